@@ -1,0 +1,71 @@
+"""The exception hierarchy: every error mriscan raises on purpose derives from ``MriscanError``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "CorruptImageError",
+    "EmptyDatasetError",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "MriscanError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "UnreadableFileError",
+    "UnsupportedFormatError",
+]
+
+
+class MriscanError(Exception):
+    """Base class of all mriscan errors."""
+
+
+class ConfigError(MriscanError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class ImageDecodeError(MriscanError, ValueError):
+    """An image file could not be turned into pixels; ``path`` names the file."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CorruptImageError(ImageDecodeError):
+    """The file is empty, truncated or damaged."""
+
+
+class UnsupportedFormatError(ImageDecodeError):
+    """The file is not a JPEG or PNG image (or not an image at all)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than the decompression-bomb cap allows."""
+
+
+class UnreadableFileError(ImageDecodeError, OSError):
+    """The file cannot be opened or read (missing, a directory, no permission)."""
+
+
+class EmptyDatasetError(MriscanError, ValueError):
+    """A data folder holds no usable class folders or images."""
+
+
+class StoreError(MriscanError):
+    """Base class of image-store errors."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No committed store exists at the given path."""
+
+
+class StoreLockedError(StoreError, RuntimeError):
+    """Another writer holds the store's write lock."""
+
+
+class StoreCorruptError(StoreError, ValueError):
+    """The store's arrays and index disagree, or a chunk cannot be read."""

@@ -1,0 +1,231 @@
+"""Preprocessing: crop to the brain, resize to S×S, normalise (wrappers over Numba kernels).
+
+Threads: ``preprocess_batch`` runs in parallel over images with Numba's thread pool, whose size is
+``NUMBA_NUM_THREADS`` (default: all cores). Numba's default ``workqueue`` layer aborts when two
+Python threads enter a parallel kernel at once (numba#8563), so calls are serialised by a lock;
+``preprocess`` and ``normalize`` use serial, GIL-free kernels and scale with caller threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numba
+import numpy as np
+
+from mriscan import _kernels
+from mriscan.errors import ConfigError
+
+__all__ = ["PreprocessConfig", "normalize", "preprocess", "preprocess_batch"]
+
+_PARALLEL_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a decoded slice becomes a model input; stored with every store and model.
+
+    Parameters
+    ----------
+    size : int
+        Output side S (images become S×S).
+    crop : bool
+        Crop to the bounding box of the bright foreground (the head) first.
+    margin : float
+        Extra border around the crop box, as a fraction of its size.
+    threshold : float
+        Foreground threshold, as a fraction of the image's 99th-percentile intensity.
+    min_fraction : float
+        A row/column belongs to the foreground only if at least this fraction of its pixels are
+        bright (ignores small specks and labels).
+    aspect : {"pad", "stretch"}
+        ``pad`` keeps the aspect ratio and pads with black; ``stretch`` fills S×S.
+    normalization : {"zscore", "minmax", "none"}
+        Applied when feeding the model (stored images stay uint8).
+    """
+
+    size: int = 128
+    crop: bool = True
+    margin: float = 0.02
+    threshold: float = 0.1
+    min_fraction: float = 0.02
+    aspect: Literal["pad", "stretch"] = "pad"
+    normalization: Literal["zscore", "minmax", "none"] = "zscore"
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.size, bool)
+            or not isinstance(self.size, int | np.integer)
+            or self.size < 1
+        ):
+            raise ConfigError(f"size must be a positive integer. Received: size={self.size!r}.")
+        object.__setattr__(self, "size", int(self.size))
+        if not 0.0 <= float(self.margin) <= 1.0:
+            raise ConfigError(f"margin must be in [0, 1]. Received: margin={self.margin!r}.")
+        if not 0.0 <= float(self.threshold) < 1.0:
+            raise ConfigError(
+                f"threshold must be in [0, 1). Received: threshold={self.threshold!r}."
+            )
+        if not 0.0 <= float(self.min_fraction) < 1.0:
+            raise ConfigError(
+                f"min_fraction must be in [0, 1). Received: min_fraction={self.min_fraction!r}."
+            )
+        if self.aspect not in ("pad", "stretch"):
+            raise ConfigError(
+                f"aspect must be 'pad' or 'stretch'. Received: aspect={self.aspect!r}."
+            )
+        if self.normalization not in ("zscore", "minmax", "none"):
+            raise ConfigError(
+                "normalization must be 'zscore', 'minmax' or 'none'. "
+                f"Received: normalization={self.normalization!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of the config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        """Rebuild a config from ``to_dict`` output (unknown keys are an error)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"Unknown PreprocessConfig keys {sorted(unknown)}.")
+        return cls(**data)
+
+
+def _resolve(config: PreprocessConfig | None, overrides: dict[str, Any]) -> PreprocessConfig:
+    """Merge keyword overrides into a config."""
+    config = config if config is not None else PreprocessConfig()
+    if not isinstance(config, PreprocessConfig):
+        raise ConfigError(f"config must be a PreprocessConfig. Received: {type(config).__name__}.")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def _as_gray_uint8(image: Any, what: str) -> np.ndarray:
+    """Validate a 2-D uint8 image and make it C-contiguous."""
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{what} must be a 2-D grayscale array (H, W). Received shape {arr.shape}."
+        )
+    if arr.dtype != np.uint8:
+        raise ValueError(
+            f"{what} must have dtype uint8. Received dtype {arr.dtype}; "
+            "decode with mriscan.decode_image or convert with .astype(np.uint8)."
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{what} is empty. Received shape {arr.shape}.")
+    return np.ascontiguousarray(arr)
+
+
+def _kernel_args(cfg: PreprocessConfig) -> tuple:
+    """The scalar kernel arguments of a config."""
+    return (
+        cfg.crop,
+        float(cfg.threshold),
+        float(cfg.min_fraction),
+        float(cfg.margin),
+        cfg.aspect == "pad",
+    )
+
+
+def preprocess(
+    image: np.ndarray, config: PreprocessConfig | None = None, **overrides
+) -> np.ndarray:
+    """Crop and resize one grayscale slice.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), uint8
+    config : PreprocessConfig, optional
+    **overrides
+        Fields of ``PreprocessConfig`` to change, e.g. ``size=64``.
+
+    Returns
+    -------
+    ndarray of shape (S, S), uint8
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((40, 80), np.uint8); img[10:30, 20:60] = 200
+    >>> out = preprocess(img, size=8, crop=True, margin=0.0)
+    >>> out.shape, int(out.max()), int(out[0, 0])
+    ((8, 8), 200, 0)
+    """
+    cfg = _resolve(config, overrides)
+    arr = _as_gray_uint8(image, "image")
+    out = np.empty((cfg.size, cfg.size), np.uint8)
+    _kernels.crop_resize_one(arr, out, *_kernel_args(cfg))
+    return out
+
+
+def preprocess_batch(
+    images: Sequence[np.ndarray], config: PreprocessConfig | None = None, **overrides
+) -> np.ndarray:
+    """Crop and resize differently sized slices in parallel.
+
+    Parameters
+    ----------
+    images : sequence of ndarray of shape (H_i, W_i), uint8
+    config : PreprocessConfig, optional
+    **overrides
+        Fields of ``PreprocessConfig`` to change.
+
+    Returns
+    -------
+    ndarray of shape (N, S, S), uint8
+    """
+    cfg = _resolve(config, overrides)
+    arrays = [_as_gray_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
+    out = np.empty((len(arrays), cfg.size, cfg.size), np.uint8)
+    if not arrays:
+        return out
+    typed = numba.typed.List(arrays)
+    with _PARALLEL_LOCK:
+        _kernels.crop_resize_batch(typed, out, *_kernel_args(cfg))
+    return out
+
+
+def normalize(images: np.ndarray, method: str = "zscore", *, threshold: float = 0.1) -> np.ndarray:
+    """Normalise uint8 images per image to float32.
+
+    Parameters
+    ----------
+    images : ndarray of shape (H, W) or (N, H, W), uint8
+    method : {"zscore", "minmax", "none"}
+        ``zscore`` uses the mean and std of the foreground (pixels above ``threshold`` × the
+        99th percentile); ``minmax`` maps each image to [0, 1]; ``none`` divides by 255.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalize(np.array([[0, 255]], np.uint8), "minmax").tolist()
+    [[0.0, 1.0]]
+    """
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(
+            f"images must be uint8 of shape (H, W) or (N, H, W). "
+            f"Received dtype {arr.dtype}, shape {arr.shape}."
+        )
+    batch = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr)
+    out = np.empty(batch.shape, np.float32)
+    if method == "zscore":
+        _kernels.normalize_zscore(batch, out, float(threshold))
+    elif method == "minmax":
+        _kernels.normalize_minmax(batch, out)
+    elif method == "none":
+        np.multiply(batch, np.float32(1.0 / 255.0), out=out)
+    else:
+        raise ConfigError(f"method must be 'zscore', 'minmax' or 'none'. Received: {method!r}.")
+    return out[0] if arr.ndim == 2 else out

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real data set (skipped when absent) and small synthetic slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The 253-image set beside the repository, or skip."""
+    if not (REAL_DATA / "yes").is_dir():
+        pytest.skip(f"real data set not found at {REAL_DATA} (expected ../shared beside the repo)")
+    return REAL_DATA
+
+
+def make_slice(rng: np.random.Generator, h: int = 96, w: int = 80, tumor: bool = False):
+    """A tiny head-like slice: dark border, bright ellipse, optional bright blob."""
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h / 2, w / 2
+    head = ((yy - cy) / (0.4 * h)) ** 2 + ((xx - cx) / (0.4 * w)) ** 2 <= 1
+    img = np.where(head, 90, 3).astype(np.float64) + rng.normal(0, 4, (h, w))
+    if tumor:
+        by, bx = cy + rng.uniform(-0.15, 0.15) * h, cx + rng.uniform(-0.15, 0.15) * w
+        img[((yy - by) ** 2 + (xx - bx) ** 2) <= (0.1 * min(h, w)) ** 2] = 220
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """A raw folder with yes/ and no/ holding 12 small synthetic PNG/JPEG slices."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "raw"
+    for label, name in ((1, "yes"), (0, "no")):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            img = make_slice(rng, 90 + 7 * i, 80 + 5 * i, tumor=bool(label))
+            ext = ".png" if i % 2 else ".jpg"
+            Image.fromarray(img).save(root / name / f"{name}{i}{ext}")
+    return root

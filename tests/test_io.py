@@ -1,0 +1,141 @@
+"""Decoding: every Pillow mode we accept, and a specific error for every kind of bad file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mriscan.errors import (
+    CorruptImageError,
+    EmptyDatasetError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    MriscanError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
+from mriscan.io import decode_image, list_class_folders
+
+GRAD = np.tile(np.arange(0, 200, 4, dtype=np.uint8), (30, 1))  # 30x50 gradient
+
+
+def _save(tmp_path: Path, img: Image.Image, name: str, **kw) -> Path:
+    path = tmp_path / name
+    img.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.PNG", "a.jpg", "a.JPG", "a.jpeg"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_decodes_gray_and_rgb_any_suffix(tmp_path, name, mode):
+    img = Image.fromarray(GRAD).convert(mode)
+    out = decode_image(_save(tmp_path, img, name))
+    assert out.shape == (30, 50) and out.dtype == np.uint8
+    tol = 0 if name.lower().endswith("png") else 3
+    assert np.abs(out.astype(int) - GRAD).mean() <= tol
+
+
+def test_rgba_drops_alpha_instead_of_blackening(tmp_path):
+    rgba = np.dstack([GRAD] * 3 + [np.zeros_like(GRAD)])  # fully transparent
+    out = decode_image(_save(tmp_path, Image.fromarray(rgba, "RGBA"), "a.png"))
+    np.testing.assert_array_equal(out, GRAD)
+
+
+def test_la_palette_and_cmyk(tmp_path):
+    la = Image.fromarray(np.dstack([GRAD, np.zeros_like(GRAD)]), "LA")
+    np.testing.assert_array_equal(decode_image(_save(tmp_path, la, "la.png")), GRAD)
+    pal = Image.fromarray(GRAD).convert("P")
+    assert np.abs(decode_image(_save(tmp_path, pal, "p.png")).astype(int) - GRAD).max() <= 8
+    cmyk = Image.fromarray(GRAD).convert("RGB").convert("CMYK")
+    out = decode_image(_save(tmp_path, cmyk, "c.jpg", quality=95))
+    assert out.shape == GRAD.shape and np.abs(out.astype(int) - GRAD).mean() < 6
+
+
+def test_16bit_grayscale_is_scaled_to_8bit(tmp_path):
+    arr16 = (GRAD.astype(np.uint16) * 300).astype(np.uint16)
+    img = Image.fromarray(arr16)
+    out = decode_image(_save(tmp_path, img, "g16.png"))
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out[0].astype(int)) >= 0)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(GRAD)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    out = decode_image(_save(tmp_path, img, "r.jpg", exif=exif, quality=95))
+    assert out.shape == (50, 30)
+
+
+def test_zero_byte_file(tmp_path):
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(CorruptImageError, match=r"empty\.jpg: file is empty"):
+        decode_image(p)
+
+
+def test_truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(buf, "JPEG")
+    p = tmp_path / "trunc.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(CorruptImageError, match=r"trunc\.jpg: image data is truncated"):
+        decode_image(p)
+
+
+def test_text_file_named_jpg(tmp_path):
+    p = tmp_path / "notes.jpg"
+    p.write_text("this is not an image\n")
+    with pytest.raises(UnsupportedFormatError, match=r"notes\.jpg: not a recognised image"):
+        decode_image(p)
+
+
+def test_unsupported_format(tmp_path):
+    p = _save(tmp_path, Image.fromarray(GRAD), "a.bmp")
+    with pytest.raises(UnsupportedFormatError, match="format BMP is not supported"):
+        decode_image(p)
+
+
+def test_pixel_cap(tmp_path):
+    p = _save(tmp_path, Image.fromarray(GRAD), "big.png")
+    with pytest.raises(ImageTooLargeError, match=r"50x30 = 1,500 pixels exceeds the cap of 1,000"):
+        decode_image(p, max_pixels=1000)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(UnreadableFileError, match="cannot open file"):
+        decode_image(tmp_path / "nope.png")
+    with pytest.raises(UnreadableFileError, match="is a directory"):
+        decode_image(tmp_path)
+
+
+def test_errors_share_one_hierarchy():
+    for cls in (CorruptImageError, UnsupportedFormatError, ImageTooLargeError, UnreadableFileError):
+        assert issubclass(cls, ImageDecodeError) and issubclass(cls, MriscanError)
+    assert issubclass(ImageDecodeError, ValueError)
+
+
+def test_list_class_folders(class_folder, tmp_path):
+    classes = list_class_folders(class_folder)
+    assert list(classes) == ["no", "yes"] and all(len(v) == 6 for v in classes.values())
+    (tmp_path / "one" / "yes").mkdir(parents=True)
+    with pytest.raises(EmptyDatasetError, match="at least two class sub-folders"):
+        list_class_folders(tmp_path / "one")
+    (tmp_path / "one" / "no").mkdir()
+    with pytest.raises(EmptyDatasetError, match=r"hold no \.jpg"):
+        list_class_folders(tmp_path / "one")
+
+
+def test_every_real_file_decodes(real_data):
+    files = [p for d in ("yes", "no") for p in sorted((real_data / d).iterdir())]
+    assert len(files) == 253
+    shapes = set()
+    for p in files:
+        arr = decode_image(p)
+        assert arr.ndim == 2 and arr.dtype == np.uint8 and arr.size > 0
+        shapes.add(arr.shape)
+    assert len(shapes) >= 150

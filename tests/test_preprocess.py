@@ -1,0 +1,182 @@
+"""Kernels against NumPy/OpenCV references, edge cases, config validation and thread safety."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from mriscan.errors import ConfigError
+from mriscan.io import decode_image
+from mriscan.preprocess import PreprocessConfig, normalize, preprocess, preprocess_batch
+
+cv2 = pytest.importorskip("cv2")
+
+
+def _ref(img: np.ndarray, s: int) -> np.ndarray:
+    shrink = img.shape[0] >= s and img.shape[1] >= s
+    return cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (97, 131), (300, 41), (128, 128)])
+@pytest.mark.parametrize("size", [16, 32, 40])
+def test_stretch_resize_matches_opencv(shape, size):
+    img = np.random.default_rng(shape[0] + size).integers(0, 256, shape, dtype=np.uint8)
+    ours = preprocess(img, size=size, crop=False, aspect="stretch")
+    diff = np.abs(ours.astype(int) - _ref(img, size).astype(int))
+    assert diff.mean() <= 0.5 and diff.max() <= 2
+
+
+def test_enlarge_is_bilinear_like_opencv():
+    img = np.random.default_rng(1).integers(0, 256, (10, 14), dtype=np.uint8)
+    ours = preprocess(img, size=32, crop=False, aspect="stretch")
+    diff = np.abs(ours.astype(int) - _ref(img, 32).astype(int))
+    assert diff.mean() <= 0.5 and diff.max() <= 2
+
+
+def test_integer_downscale_is_exact_box_mean():
+    img = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
+    ours = preprocess(img, size=16, crop=False, aspect="stretch")
+    ref = np.floor(img.reshape(16, 4, 16, 4).mean(axis=(1, 3)) + 0.5)
+    assert np.abs(ours - ref).max() <= 1
+
+
+def test_crop_finds_the_bright_region_and_ignores_specks():
+    img = np.zeros((200, 300), np.uint8)
+    img[50:150, 100:200] = 180
+    img[5, 5] = 255  # a speck in the dark border
+    out = preprocess(img, size=50, margin=0.0)
+    assert out.min() >= 170  # the square box fills the whole output
+
+
+def test_pad_keeps_aspect_and_stretch_fills():
+    img = np.full((40, 80), 200, np.uint8)
+    padded = preprocess(img, size=20, crop=False)
+    assert (padded[:5] == 0).all() and (padded[15:] == 0).all() and (padded[5:15] == 200).all()
+    assert (preprocess(img, size=20, crop=False, aspect="stretch") == 200).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 50), (50, 1), (1, 1), (3, 5)])
+def test_tiny_and_thin_images(shape):
+    img = np.full(shape, 120, np.uint8)
+    out = preprocess(img, size=16)
+    assert out.shape == (16, 16) and out.max() == 120
+
+
+def test_all_dark_image_is_left_uncropped_and_constant_stays_constant():
+    dark = np.zeros((30, 40), np.uint8)
+    assert (preprocess(dark, size=8) == 0).all()
+    const = np.full((30, 30), 77, np.uint8)
+    assert (preprocess(const, size=8) == 77).all()
+
+
+def test_size_one_and_non_contiguous_input():
+    img = np.random.default_rng(3).integers(0, 256, (60, 80), dtype=np.uint8)
+    assert preprocess(img, size=1, crop=False, aspect="stretch")[0, 0] == pytest.approx(
+        img.mean(), abs=1
+    )
+    view = img[:, ::2]
+    np.testing.assert_array_equal(preprocess(view, size=20), preprocess(view.copy(), size=20))
+
+
+def test_batch_equals_single_calls():
+    rng = np.random.default_rng(4)
+    imgs = [
+        rng.integers(0, 256, (rng.integers(20, 90), rng.integers(20, 90)), dtype=np.uint8)
+        for _ in range(9)
+    ]
+    batch = preprocess_batch(imgs, size=24)
+    assert batch.shape == (9, 24, 24) and batch.dtype == np.uint8
+    for i, im in enumerate(imgs):
+        np.testing.assert_array_equal(batch[i], preprocess(im, size=24))
+    assert preprocess_batch([], size=24).shape == (0, 24, 24)
+
+
+def test_concurrent_batch_calls_from_four_threads():
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (120, 100), dtype=np.uint8) for _ in range(16)]
+    expected = preprocess_batch(imgs, size=32)
+    results, errors = [None] * 4, []
+
+    def work(k: int) -> None:
+        try:
+            for _ in range(5):
+                results[k] = preprocess_batch(imgs, size=32)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def test_normalize_against_numpy():
+    rng = np.random.default_rng(6)
+    imgs = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    mm = normalize(imgs, "minmax")
+    lo = imgs.min(axis=(1, 2), keepdims=True).astype(np.float64)
+    hi = imgs.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(mm, (imgs - lo) / (hi - lo), atol=1e-6)
+    z = normalize(imgs, "zscore", threshold=0.0)
+    ref = (imgs - imgs.mean(axis=(1, 2), keepdims=True)) / imgs.std(axis=(1, 2), keepdims=True)
+    # threshold 0 means "above 1 grey level": the only excluded pixels are 0 and 1
+    mask = imgs > 1
+    for n in range(3):
+        m, s = imgs[n][mask[n]].mean(), imgs[n][mask[n]].std()
+        np.testing.assert_allclose(z[n], (imgs[n] - m) / s, rtol=1e-4, atol=1e-4)
+    assert ref.shape == z.shape
+    np.testing.assert_allclose(normalize(imgs, "none"), imgs / 255.0, rtol=1e-6)
+    assert (normalize(np.full((4, 4), 9, np.uint8), "zscore") == 0).all()
+    assert (normalize(np.full((4, 4), 9, np.uint8), "minmax") == 0).all()
+
+
+def test_zscore_uses_the_foreground_only():
+    img = np.zeros((20, 20), np.uint8)
+    img[5:15, 5:15] = np.arange(100, dtype=np.uint8).reshape(10, 10) + 100
+    z = normalize(img, "zscore")
+    fg = z[5:15, 5:15]
+    assert fg.mean() == pytest.approx(0, abs=1e-4) and fg.std() == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"size": 0}, "size must be a positive integer. Received: size=0"),
+        ({"size": 2.5}, "size must be a positive integer"),
+        ({"margin": -1}, "margin must be in"),
+        ({"aspect": "crop"}, "aspect must be 'pad' or 'stretch'"),
+        ({"normalization": "l2"}, "normalization must be"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        PreprocessConfig(**kwargs)
+
+
+def test_config_roundtrip_and_bad_input():
+    cfg = PreprocessConfig(size=64, aspect="stretch")
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="must be a 2-D grayscale array"):
+        preprocess(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="must have dtype uint8"):
+        preprocess(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"images\[1\] must have dtype uint8"):
+        preprocess_batch([np.zeros((4, 4), np.uint8), np.zeros((4, 4))])
+
+
+def test_real_slices_match_opencv(real_data):
+    files = sorted((real_data / "yes").iterdir())[:60] + sorted((real_data / "no").iterdir())[:40]
+    for p in files:
+        img = decode_image(p)
+        ours = preprocess(img, size=128, crop=False, aspect="stretch")
+        diff = np.abs(ours.astype(int) - _ref(img, 128).astype(int))
+        assert diff.mean() <= 0.5 and diff.max() <= 2, p.name
+    crops = preprocess_batch([decode_image(p) for p in files], size=128)
+    # cropping removes the dark border: the outermost rows/columns are mostly foreground
+    assert crops.shape == (100, 128, 128) and crops.mean() > 40
