@@ -1,0 +1,50 @@
+"""The CLI through click's CliRunner: help, ingest/verify/info, errors as one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from mriscan.cli import main
+
+
+def test_help_lists_commands_and_imports_no_tensorflow():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("ingest", "verify", "info"):
+        assert cmd in result.output
+    code = "import sys, mriscan.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip() == "False False"
+
+
+def test_ingest_verify_info(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "added 12 (no: 6, yes: 6); 12 in total" in r.output
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    )
+    assert "added 0" in r.output
+    r = runner.invoke(main, ["verify", "--store", str(store)])
+    assert r.exit_code == 0 and r.output.startswith("OK")
+    r = runner.invoke(main, ["info", "--store", str(store)])
+    assert r.exit_code == 0 and "Samples:    12 (no: 6, yes: 6)" in r.output
+    assert "blosc" in r.output
+
+
+def test_verify_fails_on_corruption_and_errors_are_one_line(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    runner.invoke(main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"])
+    (store / "images" / "c" / "2" / "0" / "0").write_bytes(b"garbage")
+    r = runner.invoke(main, ["verify", "--store", str(store)])
+    assert r.exit_code == 1 and "sample 2" in r.output
+    r = runner.invoke(main, ["info", "--store", str(tmp_path / "nope.zarr")])
+    assert r.exit_code == 1 and "No mriscan store" in r.output and "Traceback" not in r.output

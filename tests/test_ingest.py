@@ -1,0 +1,108 @@
+"""Ingest: resume, duplicates, bad files, strict mode, and the real set's duplicate groups."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from mriscan.errors import ConfigError, EmptyDatasetError
+from mriscan.ingest import BadFilesError, IngestConfig, ingest
+from mriscan.preprocess import PreprocessConfig
+from mriscan.store import ImageStore, verify_store
+
+SMALL = IngestConfig(preprocess=PreprocessConfig(size=32), workers=2, batch_size=4)
+
+
+def test_ingest_then_resume_adds_nothing(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    first = ingest(class_folder, store, SMALL)
+    assert first.added == {"no": 6, "yes": 6} and first.total == 12 and not first.skipped
+    again = ingest(class_folder, store, SMALL)
+    assert again.n_added == 0 and again.already_stored == 12 and again.total == 12
+    (class_folder / "yes" / "new.png").write_bytes((class_folder / "yes" / "yes1.png").read_bytes())
+    shutil.copy(class_folder / "no" / "no0.jpg", class_folder / "no" / "copy of no0.jpg")
+    from PIL import Image
+
+    Image.fromarray(np.full((50, 50), 99, np.uint8)).save(class_folder / "no" / "fresh.png")
+    third = ingest(class_folder, store, SMALL)
+    assert third.added == {"no": 1, "yes": 0} and third.exact_duplicates == 2
+    with ImageStore.open(store) as st:
+        assert len(st) == 13 and st.class_names == ("no", "yes")
+        dups = {d["source"]: d["duplicate_of"] for d in st.index.duplicates}
+        assert st.index.records[dups["yes/new.png"]].source == "yes/yes1.png"
+        assert st.index.records[dups["no/copy of no0.jpg"]].source == "no/no0.jpg"
+        rec = next(r for r in st.index.records if r.source == "no/fresh.png")
+        assert (rec.height, rec.width, rec.label) == (50, 50, 0)
+        assert (st.labels == np.array([r.label for r in st.index.records])).all()
+    assert verify_store(store) == []
+
+
+def _add_bad_files(folder):
+    (folder / "yes" / "empty.jpg").write_bytes(b"")
+    (folder / "yes" / "notes.jpg").write_text("not an image")
+    good = (folder / "no" / "no0.jpg").read_bytes()
+    (folder / "no" / "cut.jpg").write_bytes(good[: len(good) // 3])
+
+
+def test_bad_files_are_skipped_with_reasons(class_folder, tmp_path):
+    _add_bad_files(class_folder)
+    report = ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    reasons = dict(report.skipped)
+    assert set(reasons) == {"yes/empty.jpg", "yes/notes.jpg", "no/cut.jpg"}
+    assert (
+        "empty" in reasons["yes/empty.jpg"]
+        and "not a recognised image" in reasons["yes/notes.jpg"]
+        and "truncated" in reasons["no/cut.jpg"]
+    )
+    assert report.total == 12
+
+
+def test_strict_fails_before_committing(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    _add_bad_files(class_folder)
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(class_folder / "yes" / "a_new.png")
+    strict = IngestConfig(preprocess=PreprocessConfig(size=32), strict=True, batch_size=2)
+    with pytest.raises(BadFilesError, match="Nothing was committed"):
+        ingest(class_folder, store, strict)
+    with ImageStore.open(store) as st:
+        assert len(st) == 12
+    assert verify_store(store) == []
+
+
+def test_empty_and_single_class_are_clear_errors(tmp_path):
+    (tmp_path / "raw" / "yes").mkdir(parents=True)
+    with pytest.raises(EmptyDatasetError, match="at least two class sub-folders"):
+        ingest(tmp_path / "raw", tmp_path / "s.zarr", SMALL)
+    with pytest.raises(EmptyDatasetError, match="does not exist"):
+        ingest(tmp_path / "nothing", tmp_path / "s.zarr", SMALL)
+
+
+def test_mismatched_preprocessing_is_refused(class_folder, tmp_path):
+    ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    other = IngestConfig(preprocess=PreprocessConfig(size=64))
+    with pytest.raises(ConfigError, match="--image-size 32"):
+        ingest(class_folder, tmp_path / "s.zarr", other)
+
+
+@pytest.mark.slow
+def test_real_set_duplicate_groups(real_data, tmp_path):
+    report = ingest(real_data, tmp_path / "real.zarr", IngestConfig())
+    assert report.total + report.exact_duplicates == 253 and not report.skipped
+    assert 180 <= report.duplicate_groups <= 215
+    with ImageStore.open(tmp_path / "real.zarr") as st:
+        group_of = {r.source: r.group for r in st.index.records}
+        for d in st.index.duplicates:
+            group_of[d["source"]] = st.index.records[d["duplicate_of"]].group
+        assert group_of["yes/Y20.jpg"] == group_of["yes/Y92.png"]
+        assert group_of["no/no 923.jpg"] == group_of["no/no.jpg"]
+        assert group_of["yes/Y1.jpg"] != group_of["no/no.jpg"]
+        # groups never mix classes in this set
+        labels = st.labels
+        for g in set(st.groups.tolist()):
+            assert len(set(labels[st.groups == g].tolist())) == 1
+    assert verify_store(tmp_path / "real.zarr") == []

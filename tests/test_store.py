@@ -1,0 +1,271 @@
+"""ImageStore: round trips, atomic commits, locking, concurrent readers, corruption, memory://."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from mriscan.errors import StoreError, StoreLockedError, StoreNotFoundError
+from mriscan.preprocess import PreprocessConfig
+from mriscan.store import ImageStore, verify_store
+
+S = 16
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, S, S), dtype=np.uint8)
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "s.zarr"
+
+
+def test_create_append_commit_read(store_path):
+    imgs = _images(40)
+    labels = np.arange(40) % 2
+    with ImageStore.create(store_path, image_size=S) as st:
+        st.set_class_names(["no", "yes"])
+        st.append(imgs[:32], labels[:32])
+        st.append(imgs[32:], labels[32:])
+        assert len(st) == 0  # not visible before commit
+        assert st.commit() == 40
+        assert len(st) == 40
+    with ImageStore.open(store_path) as st:
+        assert len(st) == 40 and st.class_names == ("no", "yes")
+        order = [39, 0, 5, 5, -1]
+        got, got_labels = st.read_batch(order)
+        np.testing.assert_array_equal(got, imgs[[39, 0, 5, 5, 39]])
+        np.testing.assert_array_equal(got_labels, labels[[39, 0, 5, 5, 39]])
+        np.testing.assert_array_equal(st[7], imgs[7])
+        np.testing.assert_array_equal(st.labels, labels)
+        batches = list(st.iter_batches(16, shuffle=True, seed=1))
+        assert [len(b[0]) for b in batches] == [16, 16, 8]
+        seen = np.concatenate([b[0] for b in batches])
+        assert sorted(map(bytes, seen)) == sorted(map(bytes, imgs))
+        with pytest.raises(IndexError, match="indices must be in"):
+            st.read_batch([40])
+    # any zarr v3 reader sees the same pixels
+    np.testing.assert_array_equal(zarr.open_array(store_path / "images", mode="r")[:], imgs)
+    assert verify_store(store_path) == []
+
+
+def test_index_records_config_and_checksums(store_path):
+    cfg = PreprocessConfig(size=S, aspect="stretch")
+    with ImageStore.create(store_path, S, cfg) as st:
+        st.set_class_names(["a", "b"])
+        st.append(
+            _images(3),
+            [0, 1, 1],
+            [
+                {"source": f"a/{i}.png", "sha256": f"h{i}", "height": 50, "width": 60}
+                for i in range(3)
+            ],
+        )
+        st.commit()
+    index = json.loads((store_path / "index.json").read_text())
+    assert index["format_version"] == 1 and index["count"] == 3
+    assert index["config"]["aspect"] == "stretch"
+    rec = index["records"][2]
+    assert rec["source"] == "a/2.png" and rec["label"] == 1 and rec["height"] == 50
+    assert len(rec["pixel_sha256"]) == 16 and rec["group"] >= 0
+
+
+def test_uncommitted_appends_vanish_and_are_trimmed(store_path):
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(_images(5), [0] * 5)
+        st.commit()
+        st.append(_images(7, seed=1), [1] * 7)  # never committed
+    with ImageStore.open(store_path) as st:
+        assert len(st) == 5
+    with ImageStore.open(store_path, mode="a") as st:  # the next writer trims leftovers
+        assert st._group["images"].shape[0] == 5
+        assert not (store_path / "images" / "c" / "6").exists()
+        st.append(_images(2, seed=2), [1, 1])
+        st.commit()
+    assert verify_store(store_path) == []
+    with ImageStore.open(store_path) as st:
+        np.testing.assert_array_equal(st.read_batch([5, 6])[0], _images(2, seed=2))
+
+
+def test_second_writer_gets_a_clear_error(store_path):
+    with ImageStore.create(store_path, S):
+        with pytest.raises(StoreLockedError, match="only one writer at a time"):
+            ImageStore.open(store_path, mode="a")
+        with ImageStore.open(store_path) as reader:  # readers take no lock
+            assert len(reader) == 0
+    with ImageStore.open(store_path, mode="a"):  # free again after close
+        pass
+
+
+def test_second_writer_in_another_process(store_path):
+    with ImageStore.create(store_path, S):
+        code = textwrap.dedent(f"""
+            from mriscan.store import ImageStore
+            from mriscan.errors import StoreLockedError
+            try:
+                ImageStore.open({str(store_path)!r}, mode="a")
+            except StoreLockedError:
+                raise SystemExit(3)
+        """)
+        assert subprocess.run([sys.executable, "-c", code]).returncode == 3
+
+
+def test_open_errors(tmp_path, store_path):
+    with pytest.raises(StoreNotFoundError, match="No mriscan store"):
+        ImageStore.open(tmp_path / "missing.zarr")
+    ImageStore.create(store_path, S).close()
+    with pytest.raises(StoreError, match="already exists"):
+        ImageStore.create(store_path, S)
+    with ImageStore.open(store_path) as st, pytest.raises(StoreError, match="read-only"):
+        st.append(_images(1), [0])
+    with (
+        ImageStore.create(store_path, S, overwrite=True) as st,
+        pytest.raises(ValueError, match=r"images must be uint8 of shape \(n, 16, 16\)"),
+    ):
+        st.append(_images(1)[:, :8], [0])
+
+
+def test_concurrent_readers_agree(store_path):
+    imgs = _images(300)
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(imgs, np.zeros(300, int))
+        st.commit()
+    errors: list[BaseException] = []
+    with ImageStore.open(store_path) as st:
+
+        def work(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            try:
+                for _ in range(30):
+                    idx = rng.integers(0, 300, 32)
+                    np.testing.assert_array_equal(st.read_batch(idx)[0], imgs[idx])
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+
+
+def test_reader_keeps_its_view_while_a_writer_commits(store_path):
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(_images(4), [0] * 4)
+        st.commit()
+        with ImageStore.open(store_path) as reader:
+            st.append(_images(4, seed=9), [1] * 4)
+            st.commit()
+            assert len(reader) == 4
+            np.testing.assert_array_equal(reader.read_batch(range(4))[0], _images(4))
+        with ImageStore.open(store_path) as fresh:
+            assert len(fresh) == 8
+
+
+def test_verify_detects_a_corrupted_chunk(store_path):
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(_images(6), [0] * 6)
+        st.commit()
+    chunk = store_path / "images" / "c" / "3" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-5:] = b"\xff" * 5
+    chunk.write_bytes(bytes(data))
+    problems = verify_store(store_path)
+    assert len(problems) == 1 and problems[0].startswith("sample 3")
+    chunk.unlink()
+    assert "chunk of sample 3 is missing" in verify_store(store_path)[0]
+
+
+def test_memory_url_store():
+    url = f"memory://mriscan-test-{uuid.uuid4().hex}/s.zarr"
+    imgs = _images(10)
+    with ImageStore.create(url, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(imgs, np.arange(10) % 2)
+        st.commit()
+        with pytest.raises(StoreLockedError):
+            ImageStore.open(url, mode="a")
+    with ImageStore.open(url) as st:
+        assert len(st) == 10
+        np.testing.assert_array_equal(st.read_batch([9, 1])[0], imgs[[9, 1]])
+    assert verify_store(url) == []
+
+
+_KILL_SCRIPT = """
+import sys, numpy as np
+from mriscan.store import ImageStore
+path, stage = sys.argv[1], sys.argv[2]
+st = ImageStore.open(path, mode="a")
+imgs = np.full((64, 16, 16), 200, np.uint8)
+print("ready", flush=True)
+if stage == "append":
+    while True:
+        st.append(imgs, np.ones(64, int))
+if stage == "commit":
+    import mriscan.store as m
+    real = m.ImageStore.commit
+    st.append(imgs, np.ones(64, int))
+    # stall just before the index is replaced, after the arrays have grown
+    orig = st._files.write_atomic
+    def stall(key, data):
+        print("committing", flush=True)
+        sys.stdin.readline()
+        orig(key, data)
+    st._files.write_atomic = stall
+    st.commit()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["append", "commit"])
+def test_sigkill_mid_write_leaves_previous_store_readable(store_path, tmp_path, stage):
+    base = _images(20)
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(base, [0] * 20)
+        st.commit()
+    script = tmp_path / "writer.py"
+    script.write_text(_KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(store_path), stage],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    if stage == "commit":
+        assert proc.stdout.readline().strip() == "committing"
+    else:
+        # wait until the writer has put chunks past the committed end
+        deadline = time.monotonic() + 30
+        while not (store_path / "images" / "c" / "200").exists():
+            assert time.monotonic() < deadline, "writer made no progress"
+            time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert verify_store(store_path) == []
+    with ImageStore.open(store_path) as st:
+        assert len(st) == 20
+        np.testing.assert_array_equal(st.read_batch(range(20))[0], base)
+    with ImageStore.open(store_path, mode="a") as st:  # the next writer recovers the lock
+        st.append(_images(3, seed=5), [1] * 3)
+        st.commit()
+    assert verify_store(store_path) == []
