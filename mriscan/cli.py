@@ -183,3 +183,177 @@ def info(store_path: Path, as_json: bool) -> None:
         f"On disk:    {_human_bytes(data['bytes_on_disk'])} "
         f"({ratio:.0%} of {_human_bytes(data['bytes_raw'])} raw)"
     )
+
+
+def _train_options(f):
+    """Options shared by train and cv."""
+    opts = [
+        click.option(
+            "--store",
+            "store_path",
+            type=_PATH,
+            default=None,
+            help="Store to ingest DATA into [default: data/processed/images.zarr, or "
+            "data/processed/synthetic.zarr for phantoms].",
+        ),
+        click.option("--epochs", type=int, default=40, show_default=True),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Per-replica batch; global batch = this × replicas.",
+        ),
+        click.option("--image-size", type=int, default=128, show_default=True),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+            default="auto",
+            show_default=True,
+            help="auto: mixed_float16 on CUDA GPUs (CC >= 7.0), else float32.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--out", type=_PATH, default=DEFAULT_OUT, show_default=True, help="Artifacts folder."
+        ),
+        click.option(
+            "--pipeline",
+            type=click.Choice(["auto", "pydataset", "tfdata"]),
+            default="auto",
+            show_default=True,
+        ),
+        click.option(
+            "--learning-rate",
+            type=float,
+            default=1e-3,
+            show_default=True,
+            help="For a global batch of 32; scaled linearly with the global batch.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _resolve_data(data: Path | None, store_path: Path | None) -> tuple[Path, Path | None]:
+    """DATA or the embedded default (data/raw, else generated phantoms) and its store."""
+    if data is not None:
+        return data, store_path
+    from mriscan.synth import default_raw_data
+
+    raw = default_raw_data("data/raw", log=lambda m: click.secho(m, fg="yellow", err=True))
+    if raw.name == "synthetic" and store_path is None:
+        store_path = Path("data/processed/synthetic.zarr")
+    return raw, store_path
+
+
+@main.command()
+@click.argument("data", type=_EXISTING, required=False)
+@_train_options
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@click.option(
+    "--verbose-fit",
+    type=click.Choice(["auto", "bar", "line", "silent"]),
+    default="auto",
+    show_default=True,
+    help="Keras progress: bar or one line/epoch.",
+)
+def train(
+    data: Path | None,
+    store_path: Path | None,
+    epochs: int,
+    batch_size: int,
+    image_size: int,
+    precision: str,
+    seed: int,
+    out: Path,
+    pipeline: str,
+    learning_rate: float,
+    val_fraction: float,
+    test_fraction: float,
+    verbose_fit: str,
+) -> None:
+    """Train the classifier on DATA (class folders or a store) and write artifacts.
+
+    With no DATA: uses data/raw/<class>/ if present, else generates synthetic phantoms
+    into data/raw/synthetic/ once. Split: stratified, duplicate-group aware; the model
+    with the best validation AUC is evaluated once on the held-out test split.
+    """
+    from mriscan.train import TrainConfig
+    from mriscan.train import train as run_train
+
+    data, store_path = _resolve_data(data, store_path)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        precision=precision,
+        seed=seed,
+        pipeline=pipeline,
+        learning_rate=learning_rate,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        verbose=verbose_fit,
+    )
+    click.echo(f"Training on {data} → {out}/ (loading TensorFlow/Keras...)", err=True)
+    result = run_train(data, cfg, out=out, store_path=store_path)
+    click.echo(f"\n{result.hardware.describe()}")
+    _print_metrics("Test split", result.metrics.get("test") or result.metrics["validation"])
+    click.echo(
+        f"Artifacts in {out}/: models/best_model.keras, history.json, metrics.json, "
+        f"split.json, plots/ ({result.seconds:.0f}s)"
+    )
+
+
+def _print_metrics(title: str, m: dict) -> None:
+    """Print accuracy, AUC, per-class precision/recall and the confusion matrix."""
+    click.echo(f"{title} (n={m['n']}, threshold {m['threshold']:.3f} chosen on validation):")
+    click.echo(
+        f"  accuracy {m['accuracy']:.3f}   ROC AUC {m['roc_auc']:.3f}   "
+        f"sensitivity {m['sensitivity']:.3f}   specificity {m['specificity']:.3f}"
+    )
+    for name, pc in m["per_class"].items():
+        click.echo(
+            f"  {name:>8}: precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  "
+            f"F1 {pc['f1']:.3f}  (n={pc['support']})"
+        )
+    names = m["class_names"]
+    cm = m["confusion_matrix"]
+    click.echo(f"  confusion (rows true, cols predicted {names}): {cm}")
+
+
+@main.command()
+@click.argument("out_dir", type=_PATH)
+@click.option("--count", type=int, default=400, show_default=True)
+@click.option("--tumor-fraction", type=float, default=0.6, show_default=True)
+@click.option(
+    "--size-range",
+    type=(int, int),
+    default=(150, 1000),
+    show_default=True,
+    help="Min and max longer side in pixels.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=None, help="Threads [default: CPU cores].")
+def synth(
+    out_dir: Path,
+    count: int,
+    tumor_fraction: float,
+    size_range: tuple[int, int],
+    seed: int,
+    workers: int | None,
+) -> None:
+    """Generate synthetic phantom slices into OUT_DIR/yes and OUT_DIR/no."""
+    from mriscan.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(count=count, tumor_fraction=tumor_fraction, size_range=size_range, seed=seed)
+    with click.progressbar(length=count, label="generating", file=sys.stderr) as bar:
+        state = {"done": 0}
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - state["done"])
+            state["done"] = done
+
+        counts = synthesize(out_dir, cfg, workers=workers, progress=progress)
+    click.echo(f"Wrote {counts['yes']} yes/ and {counts['no']} no/ phantom slices to {out_dir}/")

@@ -45,3 +45,32 @@ def class_folder(tmp_path: Path) -> Path:
             ext = ".png" if i % 2 else ".jpg"
             Image.fromarray(img).save(root / name / f"{name}{i}{ext}")
     return root
+
+
+def build_small_store(path, n: int = 80, size: int = 32, seed: int = 0):
+    """A committed store of ``n`` learnable synthetic slices (tumor = bright blob)."""
+    from mriscan.preprocess import PreprocessConfig, preprocess_batch
+    from mriscan.store import ImageStore
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    raw = [make_slice(rng, 64 + int(rng.integers(0, 20)), 64, tumor=bool(k)) for k in labels]
+    cfg = PreprocessConfig(size=size)
+    with ImageStore.create(path, size, cfg) as st:
+        st.set_class_names(["no", "yes"])
+        st.append(
+            preprocess_batch(raw, cfg),
+            labels,
+            [
+                {"source": f"{'yes' if k else 'no'}/{i}.png", "sha256": f"{i:064x}"}
+                for i, k in enumerate(labels)
+            ],
+        )
+        st.commit()
+    return path
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Path:
+    """Path of an 80-slice 32×32 store."""
+    return build_small_store(tmp_path / "small.zarr")

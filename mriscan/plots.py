@@ -1,0 +1,110 @@
+"""Matplotlib plots (Agg backend): training history, confusion matrix, ROC, Grad-CAM overlays.
+
+Each ``plot_*`` function draws on the axes it is given; ``save_*`` helpers make a figure, draw
+and write a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_history",
+    "plot_roc",
+    "save_confusion_matrix",
+    "save_history",
+    "save_roc",
+]
+
+
+def plot_history(history: Mapping[str, Sequence[float]], ax_loss, ax_acc) -> None:
+    """Loss and accuracy per epoch, train vs validation."""
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, key, title in ((ax_loss, "loss", "Loss"), (ax_acc, "accuracy", "Accuracy")):
+        if key in history:
+            ax.plot(epochs, history[key], "o-", label="train", ms=3)
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "s-", label="validation", ms=3)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], ax, title: str = "") -> None:
+    """Confusion matrix with counts and row percentages (rows: true class)."""
+    cm = np.asarray(cm)
+    rows = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    ax.imshow(pct, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{pct[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if pct[i, j] > 0.5 else "black",
+                fontsize=12,
+            )
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "Confusion matrix")
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, ax, label: str = "model") -> None:
+    """ROC curve with its AUC in the legend and the chance diagonal."""
+    ax.plot(fpr, tpr, lw=2, label=f"{label} (AUC = {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set_xlabel("false positive rate (1 − specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title("ROC curve")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+
+
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike[str]) -> Path:
+    """Write training_history.png."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    plot_history(history, a, b)
+    return _save(fig, path)
+
+
+def save_confusion_matrix(
+    cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Write confusion_matrix.png."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    plot_confusion_matrix(cm, class_names, ax, title)
+    return _save(fig, path)
+
+
+def save_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | os.PathLike[str]) -> Path:
+    """Write roc.png."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    plot_roc(fpr, tpr, auc, ax)
+    return _save(fig, path)

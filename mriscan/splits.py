@@ -1,0 +1,99 @@
+"""Stratified, duplicate-group-aware splits: every copy of a slice lands on the same side."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mriscan.errors import ConfigError
+
+__all__ = ["kfold_indices", "split_indices"]
+
+
+def _group_table(labels: np.ndarray, groups: np.ndarray, seed: int):
+    """Unique groups in a seeded random order, largest first, with per-class counts."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    groups = np.asarray(groups, np.int64).reshape(-1)
+    if labels.shape != groups.shape:
+        raise ConfigError(
+            f"labels and groups must have the same length. Received "
+            f"{labels.shape[0]} and {groups.shape[0]}."
+        )
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    n_classes = int(labels.max()) + 1 if labels.size else 1
+    counts = np.zeros((len(uniq), n_classes), np.int64)
+    np.add.at(counts, (inverse, labels), 1)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    # stable sort by size (desc) after shuffling: big groups placed first, ties random
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    return inverse, counts, order
+
+
+def _assign(counts: np.ndarray, order: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Greedily give each group to the bin whose class counts are furthest below target."""
+    filled = np.zeros_like(targets, dtype=np.float64)
+    where = np.empty(len(counts), np.int64)
+    for g in order:
+        c = counts[g]
+        # deficit after adding this group, weighted by the classes it holds
+        deficit = ((targets - filled) * c).sum(axis=1) / max(c.sum(), 1)
+        scale = np.maximum(targets.sum(axis=1), 1e-9)
+        b = int(np.argmax(deficit / scale))
+        filled[b] += c
+        where[g] = b
+    return where
+
+
+def kfold_indices(
+    labels: np.ndarray, groups: np.ndarray, *, n_folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Fold number of every sample for stratified group k-fold.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (N,), int
+    groups : ndarray of shape (N,), int
+        Duplicate-group ids; a group never spans two folds.
+    n_folds : int
+    seed : int
+
+    Returns
+    -------
+    ndarray of shape (N,), int64
+        Values in ``0..n_folds-1``.
+    """
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be >= 2. Received: n_folds={n_folds}.")
+    inverse, counts, order = _group_table(labels, groups, seed)
+    if len(counts) < n_folds:
+        raise ConfigError(f"Only {len(counts)} duplicate groups; cannot make {n_folds} folds.")
+    targets = np.tile(counts.sum(axis=0) / n_folds, (n_folds, 1))
+    return _assign(counts, order, targets)[inverse]
+
+
+def split_indices(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Stratified train/val/test split that keeps each duplicate group on one side.
+
+    Returns
+    -------
+    dict with keys ``train``, ``val``, ``test``: sorted sample indices (int64).
+    """
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1). Received: {name}={f}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be < 1. Received: {val_fraction} + {test_fraction}."
+        )
+    inverse, counts, order = _group_table(labels, groups, seed)
+    fracs = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    targets = np.outer(fracs, counts.sum(axis=0))
+    where = _assign(counts, order, targets)[inverse]
+    return {name: np.flatnonzero(where == k) for k, name in enumerate(("train", "val", "test"))}

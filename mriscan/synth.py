@@ -1,0 +1,264 @@
+"""Synthetic axial brain-MRI phantoms (``yes/`` with lesions, ``no/`` without) for trying mriscan
+without real data, for tests, and for scaling benchmarks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from mriscan.errors import ConfigError
+
+__all__ = ["SynthConfig", "phantom", "synthesize"]
+
+_CANVAS = 192
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate.
+
+    Parameters
+    ----------
+    count : int
+        Number of slices.
+    tumor_fraction : float
+        Fraction written to ``yes/`` (rounded to a whole number of slices).
+    size_range : (int, int)
+        Range of the longer image side in pixels.
+    seed : int
+    png_fraction, rgb_fraction : float
+        Fractions saved as PNG (else JPEG) and as RGB (else grayscale).
+    """
+
+    count: int = 400
+    tumor_fraction: float = 0.6
+    size_range: tuple[int, int] = (150, 1000)
+    seed: int = 0
+    png_fraction: float = 0.05
+    rgb_fraction: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.count < 2:
+            raise ConfigError(f"count must be >= 2. Received: count={self.count}.")
+        if not 0.0 < self.tumor_fraction < 1.0:
+            raise ConfigError(f"tumor_fraction must be in (0, 1). Received: {self.tumor_fraction}.")
+        lo, hi = self.size_range
+        if not 32 <= lo <= hi <= 4096:
+            raise ConfigError(
+                f"size_range must satisfy 32 <= min <= max <= 4096. Received: {self.size_range}."
+            )
+
+    @property
+    def n_tumor(self) -> int:
+        """Slices written to ``yes/``."""
+        return min(self.count - 1, max(1, round(self.count * self.tumor_fraction)))
+
+
+def _ellipse(yy, xx, cy, cx, ry, rx, angle):
+    """Normalised radius of an ellipse (<= 1 inside)."""
+    c, s = np.cos(angle), np.sin(angle)
+    dy, dx = yy - cy, xx - cx
+    u = (dx * c + dy * s) / rx
+    v = (-dx * s + dy * c) / ry
+    return np.sqrt(u * u + v * v)
+
+
+def _smooth_noise(rng, shape, sigma):
+    """Unit-variance Gaussian-smoothed noise (made at reduced size when very smooth)."""
+    f = max(1, int(sigma // 2))
+    small = (-(-shape[0] // f), -(-shape[1] // f))
+    n = ndimage.gaussian_filter(rng.standard_normal(small), sigma / f)
+    if f > 1:
+        big = Image.fromarray(n.astype(np.float32), "F").resize(
+            (small[1] * f, small[0] * f), Image.BILINEAR
+        )
+        n = np.asarray(big, np.float64)[: shape[0], : shape[1]]
+    return n / (n.std() + 1e-9)
+
+
+def phantom(rng: np.random.Generator, tumor: bool, canvas: int = _CANVAS) -> np.ndarray:
+    """One phantom slice on a square canvas, float in [0, 1].
+
+    Skull and scalp, grey/white-matter texture, ventricles, bias field and Rician-like noise;
+    ``tumor`` adds 1–2 lesions (brighter or darker, with or without oedema and mass effect);
+    healthy slices may carry small look-alikes (vessels, asymmetric bright spots).
+    """
+    yy, xx = np.mgrid[0:canvas, 0:canvas].astype(np.float64)
+    cy = canvas / 2 + rng.uniform(-0.04, 0.04) * canvas
+    cx = canvas / 2 + rng.uniform(-0.04, 0.04) * canvas
+    ry = rng.uniform(0.36, 0.44) * canvas
+    rx = ry * rng.uniform(0.75, 0.88)
+    ang = rng.uniform(-0.25, 0.25)
+    r = _ellipse(yy, xx, cy, cx, ry, rx, ang)
+    img = np.zeros((canvas, canvas))
+    img[r <= 1.06] = rng.uniform(0.3, 0.45)  # scalp
+    img[(r <= 1.0) & (r > 0.93)] = rng.uniform(0.75, 0.95)  # skull/fat ring
+    img[(r <= 0.93) & (r > 0.89)] = 0.08  # CSF gap
+    brain = r <= 0.89
+    tex = _smooth_noise(rng, (canvas, canvas), rng.uniform(2.5, 4.5))
+    gm, wm = rng.uniform(0.4, 0.5), rng.uniform(0.55, 0.68)
+    tissue = np.where(tex > rng.uniform(-0.3, 0.3), wm, gm)
+    tissue = ndimage.gaussian_filter(tissue, 0.8) + 0.03 * _smooth_noise(rng, tissue.shape, 1)
+    img[brain] = tissue[brain]
+    # ventricles: a pair of dark crescents near the centre
+    shift = 0.0
+    lesions = []
+    if tumor:
+        for _ in range(rng.choice([1, 1, 1, 2])):
+            rad = rng.uniform(0.18, 0.55)
+            theta = rng.uniform(0, 2 * np.pi)
+            ly = cy + rad * ry * np.sin(theta)
+            lx = cx + rad * rx * np.cos(theta)
+            size = rng.uniform(0.04, 0.16) * canvas
+            lesions.append((ly, lx, size))
+        shift = -np.sign(lesions[0][1] - cx) * min(lesions[0][2] * 0.25, 0.05 * canvas)
+    vent = rng.uniform(0.05, 0.1) * canvas
+    for side in (-1, 1):
+        vr = _ellipse(
+            yy,
+            xx,
+            cy - 0.02 * canvas,
+            cx + shift + side * 0.05 * canvas,
+            vent,
+            vent * 0.35,
+            ang + side * 0.35,
+        )
+        img[(vr <= 1) & brain] = rng.uniform(0.08, 0.16)
+    for ly, lx, size in lesions:
+        wobble = 0.25 * _smooth_noise(rng, (canvas, canvas), 6)
+        lr = (
+            _ellipse(yy, xx, ly, lx, size, size * rng.uniform(0.6, 1.0), rng.uniform(0, np.pi))
+            + wobble
+        )
+        inside = (lr <= 1) & brain
+        if rng.random() < 0.6:  # oedema halo
+            halo = (lr <= rng.uniform(1.4, 1.9)) & brain & ~inside
+            img[halo] = np.minimum(img[halo] + rng.uniform(0.12, 0.25), 1)
+        bright = rng.random() < 0.7
+        level = rng.uniform(0.78, 0.98) if bright else rng.uniform(0.12, 0.25)
+        core = level + 0.05 * _smooth_noise(rng, (canvas, canvas), 2)
+        if rng.random() < 0.4:  # necrotic centre with an enhancing rim
+            core = np.where(lr < 0.55, rng.uniform(0.15, 0.3), core)
+        img[inside] = core[inside]
+    if not tumor:
+        for _ in range(rng.integers(0, 4)):  # look-alikes: small bright vessels / spots
+            rad, theta = rng.uniform(0.1, 0.7), rng.uniform(0, 2 * np.pi)
+            sy, sx = cy + rad * ry * np.sin(theta), cx + rad * rx * np.cos(theta)
+            size = rng.uniform(0.012, 0.035) * canvas
+            spot = _ellipse(yy, xx, sy, sx, size, size * rng.uniform(0.3, 1), theta) <= 1
+            img[spot & brain] = rng.uniform(0.7, 0.9)
+    img = ndimage.gaussian_filter(img, 0.6)
+    bias = 1 + rng.uniform(0.05, 0.2) * _smooth_noise(rng, (canvas, canvas), canvas / 5)
+    img *= bias
+    sigma = rng.uniform(0.01, 0.04)
+    img = np.sqrt(
+        (img + sigma * rng.standard_normal(img.shape)) ** 2
+        + (sigma * rng.standard_normal(img.shape)) ** 2
+    )
+    return np.clip(img / max(img.max(), 1e-6), 0, 1)
+
+
+def _render(i: int, cfg: SynthConfig, out: Path) -> Path:
+    """Generate slice ``i`` and save it under ``yes/`` or ``no/``."""
+    rng = np.random.default_rng([cfg.seed, i])
+    tumor = i < cfg.n_tumor
+    img = phantom(rng, tumor)
+    side = int(rng.integers(cfg.size_range[0], cfg.size_range[1] + 1))
+    aspect = rng.uniform(0.8, 1.25)
+    h, w = (
+        (side, max(16, int(side / aspect))) if aspect >= 1 else (max(16, int(side * aspect)), side)
+    )
+    # place the head with a random scale and offset on a dark background of size (h, w)
+    scale = rng.uniform(0.7, 0.98) * min(h, w) / _CANVAS
+    head = Image.fromarray((img * 255).astype(np.uint8)).rotate(
+        rng.uniform(-12, 12), resample=Image.BILINEAR
+    )
+    hs = max(8, int(_CANVAS * scale))
+    head = head.resize((hs, hs), Image.BILINEAR)
+    canvas = Image.new("L", (w, h), int(rng.integers(0, 6)))
+    canvas.paste(
+        head, (int(rng.integers(0, max(1, w - hs + 1))), int(rng.integers(0, max(1, h - hs + 1))))
+    )
+    if rng.random() < cfg.rgb_fraction:
+        canvas = canvas.convert("RGB")
+    cls = "yes" if tumor else "no"
+    ext = ".png" if rng.random() < cfg.png_fraction else ".jpg"
+    path = out / cls / f"syn_{i:06d}{ext}"
+    canvas.save(path, **({"quality": 90} if ext == ".jpg" else {}))
+    return path
+
+
+def synthesize(
+    out_dir: str | os.PathLike[str],
+    config: SynthConfig | None = None,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Write ``config.count`` phantom slices into ``out_dir/yes`` and ``out_dir/no``.
+
+    Deterministic: the same seed gives the same bytes, whatever the number of workers.
+
+    Returns
+    -------
+    dict
+        Slices written per class.
+    """
+    cfg = config if config is not None else SynthConfig()
+    out = Path(out_dir)
+    for cls in ("yes", "no"):
+        (out / cls).mkdir(parents=True, exist_ok=True)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for _ in pool.map(lambda i: _render(i, cfg, out), range(cfg.count)):
+            done += 1
+            if progress is not None and (done % 50 == 0 or done == cfg.count):
+                progress(done, cfg.count)
+    return {"yes": cfg.n_tumor, "no": cfg.count - cfg.n_tumor}
+
+
+def default_raw_data(
+    root: str | os.PathLike[str] = "data/raw",
+    *,
+    count: int = 400,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """The data ``mriscan train`` uses when given none.
+
+    ``root`` itself when it holds class folders (other than ``synthetic/``); otherwise
+    ``root/synthetic``, generated once with ``count`` phantom slices.
+    """
+    root = Path(root)
+    classes = (
+        [
+            p
+            for p in root.iterdir()
+            if p.is_dir() and p.name != "synthetic" and not p.name.startswith(".")
+        ]
+        if root.is_dir()
+        else []
+    )
+    if len(classes) >= 2:
+        return root
+    synthetic = root / "synthetic"
+    if not ((synthetic / "yes").is_dir() and any((synthetic / "yes").iterdir())):
+        if log is not None:
+            log(
+                f"No class folders in {root}/: generating {count} SYNTHETIC phantom slices into "
+                f"{synthetic}/ (once). For real data put yes/ and no/ folders in {root}/ or "
+                "pass a folder: `mriscan train path/to/data`."
+            )
+        synthesize(synthetic, SynthConfig(count=count))
+    elif log is not None:
+        log(
+            f"Training on the SYNTHETIC phantom slices in {synthetic}/ (no real data in "
+            f"{root}/). Put yes/ and no/ folders in {root}/ to use real slices."
+        )
+    return synthetic

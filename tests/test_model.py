@@ -1,0 +1,82 @@
+"""The CNN: shapes, float32 output under mixed precision, save/load with the sidecar."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mriscan.errors import ConfigError, MriscanError
+from mriscan.model import build_model, last_conv_layer_name, load_model, save_model_info
+from mriscan.preprocess import PreprocessConfig
+
+pytestmark = pytest.mark.backend
+
+
+def test_shapes_and_structure():
+    model = build_model(64, filters=(8, 8, 16, 16))
+    out = model(np.zeros((3, 64, 64, 1), np.float32), training=False)
+    assert tuple(out.shape) == (3, 1)
+    convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
+    pools = [la for la in model.layers if isinstance(la, keras.layers.MaxPooling2D)]
+    assert len(convs) == 4 and len(pools) == 4
+    assert last_conv_layer_name(model) == "block4_conv1"
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+
+
+def test_output_is_float32_under_mixed_precision():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model(32, filters=(8, 8, 8, 8))
+        assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+        out = model(np.zeros((1, 32, 32, 1), np.float32))
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_augmentation_only_in_training():
+    model = build_model(32, filters=(8, 8, 8, 8), dropout=0.0)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    a = np.asarray(model(x, training=False))
+    b = np.asarray(model(x, training=False))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_validation():
+    with pytest.raises(ConfigError, match="image_size must be >= 16"):
+        build_model(8)
+    with pytest.raises(ConfigError, match="filters must be 4 positive integers"):
+        build_model(32, filters=(8, 8))
+
+
+def test_model_module_imports_only_keras():
+    src = Path(__import__("mriscan.model").model.__file__).read_text()
+    assert not re.search(r"^\s*(import|from)\s+(tensorflow|jax|torch)", src, re.M)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    model = build_model(32, filters=(8, 8, 8, 8))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with pytest.raises(MriscanError, match=r"m\.json is missing"):
+        load_model(path)
+    cfg = PreprocessConfig(size=32)
+    save_model_info(
+        path, {"preprocess": cfg.to_dict(), "class_names": ["no", "yes"], "threshold": 0.42}
+    )
+    loaded, info = load_model(path)
+    assert info.preprocess == cfg and info.class_names == ("no", "yes")
+    assert info.threshold == pytest.approx(0.42)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(loaded(x, training=False)),
+        np.asarray(model(x, training=False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(MriscanError, match="No model file"):
+        load_model(tmp_path / "nope.keras")

@@ -1,0 +1,70 @@
+"""Splits keep duplicate groups together and stay stratified (property-style over many seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mriscan.errors import ConfigError
+from mriscan.splits import kfold_indices, split_indices
+
+
+def _dataset(seed: int, n_groups: int = 120):
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice([1, 1, 1, 2, 2, 3, 6], n_groups)
+    group_label = (rng.random(n_groups) < 0.6).astype(int)
+    groups = np.repeat(np.arange(n_groups), sizes)
+    labels = np.repeat(group_label, sizes)
+    perm = rng.permutation(len(groups))
+    return labels[perm], groups[perm]
+
+
+@pytest.mark.parametrize("seed", range(15))
+@pytest.mark.parametrize("k", [3, 5])
+def test_kfold_keeps_groups_and_is_stratified(seed, k):
+    labels, groups = _dataset(seed)
+    folds = kfold_indices(labels, groups, n_folds=k, seed=seed)
+    assert set(folds.tolist()) == set(range(k))
+    for g in np.unique(groups):
+        assert len(set(folds[groups == g].tolist())) == 1
+    overall = labels.mean()
+    for f in range(k):
+        in_fold = folds == f
+        assert abs(in_fold.sum() - len(labels) / k) <= 0.2 * len(labels) / k + 6
+        assert abs(labels[in_fold].mean() - overall) < 0.1
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_split_keeps_groups_and_fractions(seed):
+    labels, groups = _dataset(seed)
+    split = split_indices(labels, groups, val_fraction=0.15, test_fraction=0.2, seed=seed)
+    all_idx = np.concatenate(list(split.values()))
+    assert sorted(all_idx.tolist()) == list(range(len(labels)))
+    sides = {name: set(groups[idx].tolist()) for name, idx in split.items()}
+    assert not (
+        sides["train"] & sides["val"]
+        or sides["train"] & sides["test"]
+        or sides["val"] & sides["test"]
+    )
+    n = len(labels)
+    assert abs(len(split["test"]) - 0.2 * n) <= 0.05 * n + 6
+    assert abs(len(split["val"]) - 0.15 * n) <= 0.05 * n + 6
+    for idx in split.values():
+        assert abs(labels[idx].mean() - labels.mean()) < 0.12
+
+
+def test_splits_are_seeded():
+    labels, groups = _dataset(0)
+    a = kfold_indices(labels, groups, seed=1)
+    np.testing.assert_array_equal(a, kfold_indices(labels, groups, seed=1))
+    assert not np.array_equal(a, kfold_indices(labels, groups, seed=2))
+
+
+def test_split_errors():
+    labels, groups = _dataset(0)
+    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction must be < 1"):
+        split_indices(labels, groups, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ConfigError, match="n_folds must be >= 2"):
+        kfold_indices(labels, groups, n_folds=1)
+    with pytest.raises(ConfigError, match="cannot make 5 folds"):
+        kfold_indices(np.array([0, 1, 1]), np.array([0, 1, 1]), n_folds=5)

@@ -1,0 +1,123 @@
+"""Training end to end on a small synthetic store, config validation, and kill/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mriscan.errors import ConfigError
+from mriscan.model import load_model
+from mriscan.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {
+    "epochs": 2,
+    "image_size": 32,
+    "batch_size": 16,
+    "warmup_epochs": 0,
+    "filters": (8, 8, 16, 16),
+    "verbose": "silent",
+}
+
+
+@pytest.mark.backend
+def test_train_writes_every_artifact(small_store, tmp_path):
+    out = tmp_path / "art"
+    result = train(small_store, TrainConfig(**FAST), out=out)
+    for rel in (
+        "models/best_model.keras",
+        "models/best_model.json",
+        "history.json",
+        "metrics.json",
+        "split.json",
+        "plots/training_history.png",
+        "plots/confusion_matrix.png",
+        "plots/roc.png",
+    ):
+        assert (out / rel).is_file(), rel
+    assert not (out / "backup").exists()
+    _, info = load_model(out / "models" / "best_model.keras")
+    assert info.preprocess.size == 32 and info.class_names == ("no", "yes")
+    assert 0 < info.threshold < 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity", "confusion_matrix"):
+        assert key in metrics["test"]
+    assert metrics["protocol"]["sizes"]["test"] == len(result.split["test"])
+    assert "strategy" in metrics["hardware"] and "precision float32" in metrics["hardware"]
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [0, 1] and "val_auc" in history[0]
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]["indices"]) & set(split["test"]["indices"])
+    assert result.hardware.global_batch == 16 * result.hardware.replicas
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="with a sum below 1"):
+        TrainConfig(val_fraction=0.6, test_fraction=0.5)
+
+
+_RESUME = """
+import json, os, signal, sys
+import keras
+from mriscan.train import TrainConfig, train
+store, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+class Trace(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        with open(os.path.join(out, "began.txt"), "a") as fh:
+            fh.write(f"{epoch}\\n")
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = TrainConfig(epochs=4, image_size=32, batch_size=16, warmup_epochs=0,
+                  filters=(8, 8, 16, 16), verbose="silent")
+train(store, cfg, out=out, callbacks=[Trace()])
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_epoch(small_store, tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_RESUME))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    first = subprocess.run(
+        [sys.executable, str(script), str(small_store), str(out), "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert (out / "backup").is_dir()
+    second = subprocess.run(
+        [sys.executable, str(script), str(small_store), str(out), "-1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    began = [int(x) for x in (out / "began.txt").read_text().split()]
+    assert began == [0, 1, 2, 3]  # epochs 0-1 in the killed run, 2-3 after resuming
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert np.isfinite([h["loss"] for h in history]).all()
+    assert (out / "models" / "best_model.keras").is_file() and not (out / "backup").exists()
