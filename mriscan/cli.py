@@ -357,3 +357,163 @@ def synth(
 
         counts = synthesize(out_dir, cfg, workers=workers, progress=progress)
     click.echo(f"Wrote {counts['yes']} yes/ and {counts['no']} no/ phantom slices to {out_dir}/")
+
+
+@main.command()
+@click.argument("data", type=_PATH, required=False)
+@click.option("--model", "model_path", type=_EXISTING, default=DEFAULT_MODEL, show_default=True)
+@click.option(
+    "--store",
+    "store_path",
+    type=_PATH,
+    default=None,
+    help="Evaluate on this store instead of DATA.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val", "train", "all"]),
+    default="test",
+    show_default=True,
+    help="Split of a store (recorded in split.json at training).",
+)
+@click.option(
+    "--out",
+    type=_PATH,
+    default=None,
+    help="Where evaluation/ is written [default: the model's artifacts folder].",
+)
+def evaluate(
+    data: Path | None, model_path: Path, store_path: Path | None, split: str, out: Path | None
+) -> None:
+    """Metrics and plots of a trained model on a split of its store or a labelled folder.
+
+    Writes evaluation/metrics.json, confusion_matrix.png, roc.png and predictions.csv.
+    """
+    from mriscan.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(model_path, store_path or data, split=split, out=out)
+    _print_metrics(f"{result['data']} [{result['split']}]", result)
+
+
+@main.command()
+@click.argument("data", type=_EXISTING, required=False)
+@_train_options
+@click.option("--folds", type=int, default=5, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True)
+def cv(
+    data: Path | None,
+    store_path: Path | None,
+    epochs: int,
+    batch_size: int,
+    image_size: int,
+    precision: str,
+    seed: int,
+    out: Path,
+    pipeline: str,
+    learning_rate: float,
+    folds: int,
+    repeats: int,
+) -> None:
+    """Cross-validate: stratified k-fold with every duplicate group inside one fold.
+
+    Trains one model per fold (same defaults as train) and writes <out>/cv/: metrics.json
+    (mean ± std, bootstrap 95% CI, per fold), oof_predictions.csv, roc.png,
+    confusion_matrix.png.
+    """
+    from mriscan.evaluate import CVConfig, cross_validate
+    from mriscan.train import TrainConfig
+
+    data, store_path = _resolve_data(data, store_path)
+    tcfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        precision=precision,
+        seed=seed,
+        pipeline=pipeline,
+        learning_rate=learning_rate,
+        verbose="line",
+    )
+    click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)
+    s = cross_validate(
+        data, CVConfig(folds=folds, repeats=repeats, train=tcfg), out=out, store_path=store_path
+    )
+    p = s["protocol"]
+    click.echo(
+        f"\n{p['folds']}-fold CV × {p['repeats']}, {p['samples']} slices in "
+        f"{p['duplicate_groups']} duplicate groups ({p['seconds'] / 60:.1f} min):"
+    )
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        m = s[key]
+        folds_txt = " ".join(f"{v:.3f}" for v in m["per_fold"])
+        click.echo(
+            f"  {key:<12} {m['mean']:.3f} ± {m['std']:.3f}  95% CI [{m['ci95'][0]:.3f}, "
+            f"{m['ci95'][1]:.3f}]  folds: {folds_txt}"
+        )
+    click.echo(f"Written to {out}/cv/")
+
+
+@main.command()
+@click.argument("model_path", type=_EXISTING)
+@click.argument("inputs", type=_PATH, nargs=-1, required=True)
+@click.option(
+    "--output",
+    type=_PATH,
+    default=Path("predictions.csv"),
+    show_default=True,
+    help="CSV or JSON file (by suffix).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Decision threshold [default: the one stored with the model].",
+)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+def predict(
+    model_path: Path,
+    inputs: tuple[Path, ...],
+    output: Path,
+    threshold: float | None,
+    batch_size: int,
+    workers: int | None,
+) -> None:
+    """Predict image files and folders with a trained model (columns: path, probability,
+    label, error). Bad files get their reason in `error` and do not stop the rest."""
+    from mriscan.predict import predict as run_predict
+
+    rows = run_predict(
+        model_path,
+        inputs,
+        output=output,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    bad = sum(1 for r in rows if r["error"])
+    counts: dict[str, int] = {}
+    for r in rows:
+        if not r["error"]:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    click.echo(f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → {output}")
+    for r in rows:
+        if r["error"]:
+            click.echo(f"  {r['path']}: {r['error']}", err=True)
+
+
+@main.command()
+@click.argument("model_path", type=_EXISTING)
+@click.argument("images", type=_PATH, nargs=-1, required=True)
+@click.option("--out", type=_PATH, default=DEFAULT_OUT / "explain", show_default=True)
+def explain(model_path: Path, images: tuple[Path, ...], out: Path) -> None:
+    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image)."""
+    from mriscan.explain import explain as run_explain
+    from mriscan.predict import collect_images
+
+    for r in run_explain(model_path, collect_images(images), out=out):
+        if r["error"]:
+            click.echo(f"  {r['path']}: {r['error']}", err=True)
+        else:
+            click.echo(f"{r['path']}: P = {r['probability']:.3f} ({r['label']}) → {r['png']}")

@@ -1,0 +1,330 @@
+"""Trustworthy numbers: evaluate a trained model, and duplicate-aware k-fold cross-validation."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mriscan import metrics as mx
+from mriscan.errors import ConfigError, MriscanError
+from mriscan.splits import kfold_indices, split_indices
+from mriscan.store import ImageStore
+from mriscan.train import TrainConfig, fit_model, open_or_ingest, predict_indices
+
+__all__ = ["CVConfig", "cross_validate", "evaluate", "summarize_folds"]
+
+log = logging.getLogger(__name__)
+
+_HEADLINE = ("accuracy", "roc_auc", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """Cross-validation protocol: ``folds`` × ``repeats`` models trained with ``train``.
+
+    Inside each training fold, ``val_fraction`` of it (group-aware) is held out to pick the
+    checkpoint and the decision threshold; the test fold is only predicted, once.
+    """
+
+    folds: int = 5
+    repeats: int = 1
+    val_fraction: float = 0.15
+    train: TrainConfig = field(default_factory=TrainConfig)
+    n_boot: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2. Received: folds={self.folds}.")
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be >= 1. Received: repeats={self.repeats}.")
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5). Received: {self.val_fraction}.")
+
+
+def summarize_folds(
+    per_fold: list[dict[str, Any]],
+    pooled_y: np.ndarray,
+    pooled_prob: np.ndarray,
+    pooled_pred: np.ndarray,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean, std, per-fold values and a bootstrap 95% CI (pooled out-of-fold) of each metric."""
+    correct = (pooled_pred == pooled_y).astype(np.float64)
+
+    def acc(y, p):  # p holds the per-sample correctness here
+        return float(p.mean())
+
+    def sens(y, p):
+        return float(p[y == 1].mean()) if (y == 1).any() else float("nan")
+
+    def spec(y, p):
+        return float(p[y == 0].mean()) if (y == 0).any() else float("nan")
+
+    cis = {
+        "accuracy": mx.bootstrap_ci(pooled_y, correct, acc, n_boot=n_boot, seed=seed),
+        "roc_auc": mx.bootstrap_ci(pooled_y, pooled_prob, mx.roc_auc, n_boot=n_boot, seed=seed),
+        "sensitivity": mx.bootstrap_ci(pooled_y, correct, sens, n_boot=n_boot, seed=seed),
+        "specificity": mx.bootstrap_ci(pooled_y, correct, spec, n_boot=n_boot, seed=seed),
+    }
+    out: dict[str, Any] = {}
+    for key in _HEADLINE:
+        vals = np.array([f[key] for f in per_fold], np.float64)
+        out[key] = {
+            "mean": float(np.nanmean(vals)),
+            "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "ci95": list(cis[key]),
+            "per_fold": vals.tolist(),
+        }
+    names = list(per_fold[0]["per_class"])
+    out["per_class"] = {
+        name: {
+            m: {
+                "mean": float(np.mean([f["per_class"][name][m] for f in per_fold])),
+                "std": float(np.std([f["per_class"][name][m] for f in per_fold], ddof=1))
+                if len(per_fold) > 1
+                else 0.0,
+            }
+            for m in ("precision", "recall", "f1")
+        }
+        for name in names
+    }
+    return out
+
+
+def cross_validate(
+    data: str | os.PathLike[str] | ImageStore,
+    config: CVConfig | None = None,
+    *,
+    out: str | os.PathLike[str] = "artifacts",
+    store_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Stratified, duplicate-group-aware k-fold CV; writes ``<out>/cv/``.
+
+    Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
+    with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``protocol``),
+    ``oof_predictions.csv``, ``roc.png``, ``confusion_matrix.png``, one folder per fold.
+    """
+    from mriscan import plots
+    from mriscan.hardware import setup_hardware
+
+    cfg = config if config is not None else CVConfig()
+    t0 = time.perf_counter()
+    store = (
+        data
+        if isinstance(data, ImageStore)
+        else open_or_ingest(data, store_path=store_path, image_size=cfg.train.image_size)
+    )
+    cv_dir = Path(out) / "cv"
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    labels = store.labels.astype(np.int64)
+    groups = store.groups
+    hw = setup_hardware(precision=cfg.train.precision, per_replica_batch=cfg.train.batch_size)
+    per_fold: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    pooled = {"y": [], "prob": [], "pred": []}
+    for rep in range(cfg.repeats):
+        folds = kfold_indices(labels, groups, n_folds=cfg.folds, seed=cfg.train.seed + rep)
+        for k in range(cfg.folds):
+            tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
+            test_idx = np.flatnonzero(folds == k)
+            rest = np.flatnonzero(folds != k)
+            inner = split_indices(
+                labels[rest],
+                groups[rest],
+                val_fraction=cfg.val_fraction,
+                test_fraction=0.0,
+                seed=cfg.train.seed + 100 * rep + k,
+            )
+            train_idx, val_idx = rest[inner["train"]], rest[inner["val"]]
+            log.info(
+                "%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx)
+            )
+            fold_dir = cv_dir / f"r{rep}_f{k}"
+            fold_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 100 * rep + k)
+            model, _, _ = fit_model(store, train_idx, val_idx, fold_cfg, fold_dir, hw)
+            val_prob = predict_indices(model, store, val_idx)
+            thr = mx.youden_threshold(labels[val_idx], val_prob)
+            prob = predict_indices(model, store, test_idx)
+            m = mx.binary_metrics(
+                labels[test_idx], prob, threshold=thr, class_names=store.class_names
+            )
+            m.update(repeat=rep, fold=k)
+            per_fold.append(m)
+            log.info(
+                "%s: accuracy %.3f, AUC %.3f (threshold %.3f from validation)",
+                tag,
+                m["accuracy"],
+                m["roc_auc"],
+                thr,
+            )
+            pred = (prob >= thr).astype(np.int64)
+            pooled["y"].append(labels[test_idx])
+            pooled["prob"].append(prob)
+            pooled["pred"].append(pred)
+            for i, p, q in zip(test_idx, prob, pred, strict=True):
+                rec = store.index.records[i]
+                rows.append(
+                    {
+                        "index": int(i),
+                        "source": rec.source,
+                        "group": rec.group,
+                        "repeat": rep,
+                        "fold": k,
+                        "label": int(labels[i]),
+                        "probability": float(p),
+                        "threshold": thr,
+                        "predicted": int(q),
+                    }
+                )
+    y = np.concatenate(pooled["y"])
+    prob = np.concatenate(pooled["prob"])
+    pred = np.concatenate(pooled["pred"])
+    summary = summarize_folds(per_fold, y, prob, pred, n_boot=cfg.n_boot, seed=cfg.train.seed)
+    cm = mx.confusion_matrix(y, pred)
+    summary["pooled"] = {
+        "confusion_matrix": cm.tolist(),
+        "roc_auc": mx.roc_auc(y, prob),
+        "accuracy": float((pred == y).mean()),
+    }
+    summary["protocol"] = {
+        "folds": cfg.folds,
+        "repeats": cfg.repeats,
+        "samples": len(labels),
+        "duplicate_groups": len(np.unique(groups)),
+        "split": "stratified k-fold; every near-duplicate group in one fold "
+        "(16x16 thumbnail correlation > 0.95); exact duplicate files stored once",
+        "inner_validation": f"{cfg.val_fraction:.0%} of each training fold (group-aware): "
+        "checkpoint by val AUC and threshold by Youden's J; the test fold "
+        "is predicted once",
+        "ci95": f"percentile bootstrap over pooled out-of-fold predictions ({cfg.n_boot} draws)",
+        "train_config": cfg.train.to_dict(),
+        "hardware": hw.describe(),
+        "seconds": time.perf_counter() - t0,
+    }
+    summary["per_fold"] = per_fold
+    (cv_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    with open(cv_dir / "oof_predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fpr, tpr, _ = mx.roc_curve(y, prob)
+    plots.save_roc(fpr, tpr, summary["pooled"]["roc_auc"], cv_dir / "roc.png")
+    plots.save_confusion_matrix(
+        cm,
+        store.class_names,
+        cv_dir / "confusion_matrix.png",
+        title=f"{cfg.folds}-fold CV, pooled (n={len(y)})",
+    )
+    return summary
+
+
+def evaluate(
+    model_path: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Metrics and plots of a trained model on a split of its store or on any labelled data.
+
+    Parameters
+    ----------
+    model_path : path
+        ``best_model.keras``; its artifacts folder (two levels up) holds ``split.json``.
+    data : path, optional
+        A store or a class-folder directory. Default: the store recorded in ``split.json``.
+    split : {"test", "val", "train", "all"}
+        Which samples of a store to use (ignored for a class-folder directory: all of it).
+    out : path, optional
+        Where ``evaluation/`` is written (default: the model's artifacts folder).
+    """
+    from mriscan import plots
+    from mriscan.model import load_model
+
+    model_path = Path(model_path)
+    artifacts = model_path.parent.parent
+    model, info = load_model(model_path)
+    split_file = artifacts / "split.json"
+    recorded = json.loads(split_file.read_text()) if split_file.is_file() else None
+    if data is None:
+        if recorded is None:
+            raise MriscanError(f"No DATA given and no {split_file} to find the training store.")
+        data = recorded["store"]
+    is_store = (Path(data) / "index.json").is_file() or str(data).startswith("memory://")
+    if is_store:
+        with ImageStore.open(data) as store:
+            if store.config != info.preprocess:
+                raise ConfigError(
+                    f"Store {data} was preprocessed with {store.config}, the model "
+                    f"with {info.preprocess}; ingest the data again with the "
+                    "model's settings (or pass a class folder)."
+                )
+            if split == "all":
+                idx = np.arange(len(store))
+            else:
+                if recorded is None or split not in recorded:
+                    raise MriscanError(f"Split {split!r} needs {split_file}; use --split all.")
+                if recorded["store"] != str(data):
+                    log.warning(
+                        "split.json was recorded for store %s, evaluating on %s",
+                        recorded["store"],
+                        data,
+                    )
+                idx = np.asarray(recorded[split]["indices"], np.int64)
+            y = store.labels[idx].astype(np.int64)
+            prob = predict_indices(model, store, idx, batch_size=batch_size)
+            class_names = store.class_names
+            sources = [store.index.records[i].source for i in idx]
+    else:
+        from mriscan.io import list_class_folders
+        from mriscan.predict import predict_files
+
+        classes = list_class_folders(data)
+        names = list(info.class_names)
+        if set(classes) != set(names):
+            raise ConfigError(f"{data} has classes {sorted(classes)}, the model {names}.")
+        files = [(p, names.index(c)) for c, ps in classes.items() for p in ps]
+        rows = predict_files(model, info, [p for p, _ in files], batch_size=batch_size)
+        ok = [i for i, r in enumerate(rows) if r["error"] == ""]
+        y = np.array([files[i][1] for i in ok], np.int64)
+        prob = np.array([rows[i]["probability"] for i in ok], np.float64)
+        class_names = info.class_names
+        sources = [str(files[i][0]) for i in ok]
+        split = "all"
+    result = mx.binary_metrics(y, prob, threshold=info.threshold, class_names=class_names)
+    result.update(
+        data=str(data),
+        split=split,
+        model=str(model_path),
+        threshold_rule=info.get("threshold_rule", ""),
+    )
+    dest = Path(out) if out is not None else artifacts
+    ev = dest / "evaluation"
+    ev.mkdir(parents=True, exist_ok=True)
+    (ev / "metrics.json").write_text(json.dumps(result, indent=2))
+    plots.save_confusion_matrix(
+        np.array(result["confusion_matrix"]),
+        class_names,
+        ev / "confusion_matrix.png",
+        title=f"{split} (n={result['n']})",
+    )
+    if len(set(y.tolist())) == 2:
+        fpr, tpr, _ = mx.roc_curve(y, prob)
+        plots.save_roc(fpr, tpr, result["roc_auc"], ev / "roc.png")
+    with open(ev / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "label", "probability"])
+        w.writerows(zip(sources, y.tolist(), prob.tolist(), strict=True))
+    return result
