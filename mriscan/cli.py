@@ -129,7 +129,11 @@ def _print_ingest(report) -> None:
         f"  exact duplicates recorded: {report.exact_duplicates}; already stored: "
         f"{report.already_stored}; near-duplicate groups: {report.duplicate_groups}"
     )
-    click.echo(f"  size on disk {_human_bytes(report.bytes_on_disk)}; {report.seconds:.1f}s")
+    from mriscan.store import ImageStore
+
+    with ImageStore.open(report.store) as store:
+        size = store.nbytes_stored()
+    click.echo(f"  size on disk {_human_bytes(size)}; {report.seconds:.1f}s")
     if report.skipped:
         click.echo(f"  skipped {len(report.skipped)} bad file(s):")
         for path, reason in report.skipped:

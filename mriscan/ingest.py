@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mriscan.duplicates import signature
+from mriscan.duplicates import SIGNATURE_SIZE
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import DEFAULT_MAX_PIXELS, decode_bytes, list_class_folders, read_file
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
@@ -73,7 +74,6 @@ class IngestReport:
     already_stored: int
     skipped: tuple[tuple[str, str], ...]
     duplicate_groups: int
-    bytes_on_disk: int
     seconds: float
 
     @property
@@ -163,10 +163,26 @@ def ingest(
         n_dup = n_known = 0
         pending = len(store)
         done = 0
+        batches = [jobs[i : i + config.batch_size] for i in range(0, len(jobs), config.batch_size)]
         with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
-            for start in range(0, len(jobs), config.batch_size):
-                chunk = jobs[start : start + config.batch_size]
-                results = list(pool.map(lambda j: _load(j[0], j[1], config.max_pixels), chunk))
+            # Keep a few batches decoding ahead so workers never wait on the main thread,
+            # while memory stays bounded to those batches.
+            in_flight: deque[list] = deque()
+            ahead = iter(batches)
+
+            def submit_next() -> None:
+                chunk = next(ahead, None)
+                if chunk is not None:
+                    in_flight.append(
+                        [pool.submit(_load, p, lab, config.max_pixels) for p, lab in chunk]
+                    )
+
+            for _ in range(3):
+                submit_next()
+            while in_flight:
+                futures = in_flight.popleft()
+                submit_next()
+                results = [f.result() for f in futures]
                 keep: list[_Decoded] = []
                 for r in results:
                     rel = r.path.relative_to(root).as_posix()
@@ -191,7 +207,7 @@ def ingest(
                 if keep:
                     imgs = [k.image for k in keep]
                     batch = preprocess_batch(imgs, config.preprocess)
-                    sigs = np.stack([signature(im) for im in imgs])
+                    sigs = preprocess_batch(imgs, size=SIGNATURE_SIZE, crop=False, aspect="stretch")
                     records = [
                         {
                             "source": k.path.relative_to(root).as_posix(),
@@ -205,7 +221,7 @@ def ingest(
                     pending += len(keep)
                     for k in keep:
                         added[names[k.label]] += 1
-                done += len(chunk)
+                done += len(results)
                 if progress is not None:
                     progress(done, len(jobs))
         store.commit()
@@ -217,7 +233,6 @@ def ingest(
             already_stored=n_known,
             skipped=tuple(skipped),
             duplicate_groups=len(set(store.groups.tolist())),
-            bytes_on_disk=store.nbytes_stored(),
             seconds=time.perf_counter() - t0,
         )
     log.info("ingest added %d samples to %s in %.1fs", report.n_added, store_path, report.seconds)

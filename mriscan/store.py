@@ -72,7 +72,7 @@ class SampleRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
-        d = dataclasses.asdict(self)
+        d = {f: getattr(self, f) for f in _RECORD_FIELDS}
         d["flags"] = list(self.flags)
         return d
 
@@ -80,6 +80,9 @@ class SampleRecord:
     def from_dict(cls, data: dict[str, Any]) -> SampleRecord:
         """Inverse of ``to_dict``."""
         return cls(**{**data, "flags": tuple(data.get("flags", ()))})
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,7 @@ class ImageStore:
             )
             s = config.size
             blosc = BloscCodec(cname="zstd", clevel=_CLEVEL, shuffle="noshuffle")
+            # "." keys keep all chunk files in one folder: no directory per slice to create.
             group.create_array(
                 "images",
                 shape=(0, s, s),
@@ -322,6 +326,7 @@ class ImageStore:
                 dtype="uint8",
                 compressors=blosc,
                 fill_value=0,
+                chunk_key_encoding={"name": "default", "separator": "."},
             )
             group.create_array(
                 "labels",
@@ -394,11 +399,11 @@ class ImageStore:
         return (
             names == ["BytesCodec", "BloscCodec"]
             and meta.chunk_grid.chunk_shape == (1, s, s)
-            and getattr(meta.chunk_key_encoding, "separator", None) == "/"
+            and getattr(meta.chunk_key_encoding, "separator", None) == "."
         )
 
     def _chunk_path(self, i: int) -> str:
-        return os.path.join(self._files.root, "images", "c", str(i), "0", "0")
+        return os.path.join(self._files.root, "images", f"c.{i}.0.0")
 
     def _trim_uncommitted(self) -> None:
         """Drop rows a crashed writer left beyond the committed count."""
@@ -410,11 +415,16 @@ class ImageStore:
                 arr.resize((n, *arr.shape[1:]))
         if self._fast:
             # Chunks written past the array's end are invisible to zarr; remove them too.
-            base = Path(self._files.root, "images", "c")
-            if base.is_dir():
-                for entry in base.iterdir():
-                    if entry.name.isdigit() and int(entry.name) >= n:
-                        _rmtree(entry)
+            with os.scandir(Path(self._files.root, "images")) as entries:
+                for entry in entries:
+                    parts = entry.name.split(".")
+                    if (
+                        len(parts) == 4
+                        and parts[0] == "c"
+                        and parts[1].isdigit()
+                        and int(parts[1]) >= n
+                    ):
+                        os.unlink(entry.path)
 
     # ---- reading ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -634,13 +644,13 @@ class ImageStore:
         list(self._pool.map(lambda k: self._write_chunk(start + k, images[k]), range(n)))
 
     def _write_chunk(self, i: int, image: np.ndarray) -> None:
-        """Compress one slice and write its chunk file atomically (tmp + rename)."""
-        path = self._chunk_path(i)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as fh:
+        """Compress one slice and write its chunk file.
+
+        No temp file and rename: row ``i`` lies past the committed end, so no reader looks at
+        this file until the commit that follows a complete write.
+        """
+        with open(self._chunk_path(i), "wb") as fh:
             fh.write(_BLOSC.encode(image))
-        os.replace(tmp, path)
 
     def commit(self) -> int:
         """Make everything appended so far visible at once; return the number of new samples.
@@ -667,8 +677,6 @@ class ImageStore:
             records = [
                 dataclasses.replace(r, group=int(g)) for r, g in zip(records, groups, strict=True)
             ]
-        if not self._files.url and self._pending_images:
-            os.sync()  # chunk files reach the disk before the index that names them
         index = dataclasses.replace(
             self._index,
             records=tuple(records),

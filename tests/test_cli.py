@@ -43,7 +43,7 @@ def test_verify_fails_on_corruption_and_errors_are_one_line(class_folder, tmp_pa
     store = tmp_path / "s.zarr"
     runner = CliRunner()
     runner.invoke(main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"])
-    (store / "images" / "c" / "2" / "0" / "0").write_bytes(b"garbage")
+    (store / "images" / "c.2.0.0").write_bytes(b"garbage")
     r = runner.invoke(main, ["verify", "--store", str(store)])
     assert r.exit_code == 1 and "sample 2" in r.output
     r = runner.invoke(main, ["info", "--store", str(tmp_path / "nope.zarr")])

@@ -93,7 +93,7 @@ def test_uncommitted_appends_vanish_and_are_trimmed(store_path):
         assert len(st) == 5
     with ImageStore.open(store_path, mode="a") as st:  # the next writer trims leftovers
         assert st._group["images"].shape[0] == 5
-        assert not (store_path / "images" / "c" / "6").exists()
+        assert not (store_path / "images" / "c.6.0.0").exists()
         st.append(_images(2, seed=2), [1, 1])
         st.commit()
     assert verify_store(store_path) == []
@@ -184,7 +184,7 @@ def test_verify_detects_a_corrupted_chunk(store_path):
         st.set_class_names(["a", "b"])
         st.append(_images(6), [0] * 6)
         st.commit()
-    chunk = store_path / "images" / "c" / "3" / "0" / "0"
+    chunk = store_path / "images" / "c.3.0.0"
     data = bytearray(chunk.read_bytes())
     data[-5:] = b"\xff" * 5
     chunk.write_bytes(bytes(data))
@@ -256,7 +256,7 @@ def test_sigkill_mid_write_leaves_previous_store_readable(store_path, tmp_path, 
     else:
         # wait until the writer has put chunks past the committed end
         deadline = time.monotonic() + 30
-        while not (store_path / "images" / "c" / "200").exists():
+        while not (store_path / "images" / "c.200.0.0").exists():
             assert time.monotonic() < deadline, "writer made no progress"
             time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)

@@ -1,0 +1,68 @@
+"""Run duplicate-aware 5-fold CV for named configurations and append the results as JSON lines.
+
+Usage: python bench/accuracy_experiments.py STORE OUT_JSONL NAME [NAME ...]
+The configurations are the rows of bench/ACCURACY.md; each is a TrainConfig override.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from mriscan.evaluate import CVConfig, cross_validate
+from mriscan.ingest import IngestConfig, ingest
+from mriscan.preprocess import PreprocessConfig
+from mriscan.train import TrainConfig
+
+EXPERIMENTS: dict[str, dict] = {
+    "default": {},
+    "e60": {"epochs": 60},
+    "s96_e60": {"image_size": 96, "epochs": 60},
+    "s64_e80": {"image_size": 64, "epochs": 80},
+    "s96_wide_e60": {"image_size": 96, "epochs": 60, "filters": (32, 64, 128, 256)},
+    "s96_e60_lr3": {"image_size": 96, "epochs": 60, "learning_rate": 3e-3},
+    "s96_e60_nodrop": {"image_size": 96, "epochs": 60, "dropout": 0.1},
+    "s96_e100": {"image_size": 96, "epochs": 100, "patience": 30},
+}
+
+
+def store_for(raw_or_store: str, size: int) -> str:
+    """A store of the right image size (ingested next to the given one when needed)."""
+    base = Path(raw_or_store)
+    if (base / "index.json").is_file():
+        raw = json.loads((base / "index.json").read_text())
+        if raw["image_size"] == size:
+            return str(base)
+        raise SystemExit(f"{base} has size {raw['image_size']}; pass the raw folder instead")
+    target = Path(f"/tmp/mriscan_acc_{size}.zarr")
+    ingest(base, target, IngestConfig(preprocess=PreprocessConfig(size=size)))
+    return str(target)
+
+
+def main() -> None:
+    data, out_jsonl, *names = sys.argv[1:]
+    for name in names:
+        overrides = EXPERIMENTS[name]
+        cfg = TrainConfig(verbose="silent", **overrides)
+        store = store_for(data, cfg.image_size)
+        t0 = time.perf_counter()
+        s = cross_validate(store, CVConfig(folds=5, train=cfg), out=f"/tmp/acc_{name}")
+        row = {
+            "name": name,
+            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+            "minutes": (time.perf_counter() - t0) / 60,
+            **{
+                k: {"mean": s[k]["mean"], "std": s[k]["std"], "ci95": s[k]["ci95"]}
+                for k in ("accuracy", "roc_auc", "sensitivity", "specificity")
+            },
+            "pooled_auc": s["pooled"]["roc_auc"],
+        }
+        with open(out_jsonl, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
