@@ -18,13 +18,25 @@ from mriscan.train import TrainConfig
 
 EXPERIMENTS: dict[str, dict] = {
     "default": {},
-    "e60": {"epochs": 60},
+    "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
-    "s64_e80": {"image_size": 64, "epochs": 80},
-    "s96_wide_e60": {"image_size": 96, "epochs": 60, "filters": (32, 64, 128, 256)},
-    "s96_e60_lr3": {"image_size": 96, "epochs": 60, "learning_rate": 3e-3},
-    "s96_e60_nodrop": {"image_size": 96, "epochs": 60, "dropout": 0.1},
-    "s96_e100": {"image_size": 96, "epochs": 100, "patience": 30},
+    "s128_e60": {"epochs": 60},
+    "s64_e60_wide": {"image_size": 64, "epochs": 60, "filters": (32, 64, 128, 256)},
+    "s64_e100": {"image_size": 64, "epochs": 100, "patience": 30},
+    "s64_e60_lr3": {"image_size": 64, "epochs": 60, "learning_rate": 3e-3},
+    "s64_e60_nocw": {"image_size": 64, "epochs": 60, "class_weight": False},
+    "s64_e60_last": {"image_size": 64, "epochs": 60, "select": "last"},
+    "s64_e60_best_noes": {"image_size": 64, "epochs": 60, "select": "best"},
+    "s64_e60_last_tta": {"image_size": 64, "epochs": 60, "select": "last", "tta": True},
+    "s96_e60_last_tta": {"image_size": 96, "epochs": 60, "select": "last", "tta": True},
+    "s64_e100_last_tta": {"image_size": 64, "epochs": 100, "select": "last", "tta": True},
+    "s64_e60_last_tta_wide": {
+        "image_size": 64,
+        "epochs": 60,
+        "select": "last",
+        "tta": True,
+        "filters": (32, 64, 128, 256),
+    },
 }
 
 

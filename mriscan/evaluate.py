@@ -39,7 +39,7 @@ class CVConfig:
     repeats: int = 1
     val_fraction: float = 0.15
     train: TrainConfig = field(default_factory=TrainConfig)
-    n_boot: int = 2000
+    n_boot: int = 1000
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -50,40 +50,50 @@ class CVConfig:
             raise ConfigError(f"val_fraction must be in (0, 0.5). Received: {self.val_fraction}.")
 
 
+def _fold_metric(key: str, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> float:
+    """One headline metric of one fold's test predictions."""
+    if key == "roc_auc":
+        return mx.roc_auc(y, prob)
+    if key == "accuracy":
+        return float((pred == y).mean())
+    cls = 1 if key == "sensitivity" else 0
+    sel = y == cls
+    return float((pred[sel] == cls).mean()) if sel.any() else float("nan")
+
+
 def summarize_folds(
     per_fold: list[dict[str, Any]],
-    pooled_y: np.ndarray,
-    pooled_prob: np.ndarray,
-    pooled_pred: np.ndarray,
+    fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     *,
-    n_boot: int = 2000,
+    n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Mean, std, per-fold values and a bootstrap 95% CI (pooled out-of-fold) of each metric."""
-    correct = (pooled_pred == pooled_y).astype(np.float64)
+    """Mean, std, per-fold values and a 95% CI of the mean of each headline metric.
 
-    def acc(y, p):  # p holds the per-sample correctness here
-        return float(p.mean())
-
-    def sens(y, p):
-        return float(p[y == 1].mean()) if (y == 1).any() else float("nan")
-
-    def spec(y, p):
-        return float(p[y == 0].mean()) if (y == 0).any() else float("nan")
-
-    cis = {
-        "accuracy": mx.bootstrap_ci(pooled_y, correct, acc, n_boot=n_boot, seed=seed),
-        "roc_auc": mx.bootstrap_ci(pooled_y, pooled_prob, mx.roc_auc, n_boot=n_boot, seed=seed),
-        "sensitivity": mx.bootstrap_ci(pooled_y, correct, sens, n_boot=n_boot, seed=seed),
-        "specificity": mx.bootstrap_ci(pooled_y, correct, spec, n_boot=n_boot, seed=seed),
-    }
+    The CI is a percentile bootstrap of the fold mean: each draw resamples every fold's test
+    predictions (``(y, prob, pred)`` per fold) with replacement, recomputes the metric per
+    fold with that fold's model and threshold, and averages over folds.
+    """
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in _HEADLINE}
+    for _ in range(n_boot):
+        vals: dict[str, list[float]] = {k: [] for k in _HEADLINE}
+        for y, prob, pred in fold_predictions:
+            idx = rng.integers(0, y.size, y.size)
+            for k in _HEADLINE:
+                vals[k].append(_fold_metric(k, y[idx], prob[idx], pred[idx]))
+        for k in _HEADLINE:
+            draws[k].append(float(np.nanmean(vals[k])))
     out: dict[str, Any] = {}
     for key in _HEADLINE:
         vals = np.array([f[key] for f in per_fold], np.float64)
+        d = np.array(draws[key])
+        d = d[np.isfinite(d)]
+        ci = [float(v) for v in np.percentile(d, [2.5, 97.5])] if d.size else [float("nan")] * 2
         out[key] = {
             "mean": float(np.nanmean(vals)),
             "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
-            "ci95": list(cis[key]),
+            "ci95": ci,
             "per_fold": vals.tolist(),
         }
     names = list(per_fold[0]["per_class"])
@@ -132,7 +142,7 @@ def cross_validate(
     hw = setup_hardware(precision=cfg.train.precision, per_replica_batch=cfg.train.batch_size)
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    pooled = {"y": [], "prob": [], "pred": []}
+    fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for rep in range(cfg.repeats):
         folds = kfold_indices(labels, groups, n_folds=cfg.folds, seed=cfg.train.seed + rep)
         for k in range(cfg.folds):
@@ -153,9 +163,9 @@ def cross_validate(
             fold_dir = cv_dir / f"r{rep}_f{k}"
             fold_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 100 * rep + k)
             model, _, _ = fit_model(store, train_idx, val_idx, fold_cfg, fold_dir, hw)
-            val_prob = predict_indices(model, store, val_idx)
+            val_prob = predict_indices(model, store, val_idx, tta=fold_cfg.tta)
             thr = mx.youden_threshold(labels[val_idx], val_prob)
-            prob = predict_indices(model, store, test_idx)
+            prob = predict_indices(model, store, test_idx, tta=fold_cfg.tta)
             m = mx.binary_metrics(
                 labels[test_idx], prob, threshold=thr, class_names=store.class_names
             )
@@ -169,9 +179,7 @@ def cross_validate(
                 thr,
             )
             pred = (prob >= thr).astype(np.int64)
-            pooled["y"].append(labels[test_idx])
-            pooled["prob"].append(prob)
-            pooled["pred"].append(pred)
+            fold_predictions.append((labels[test_idx], prob, pred))
             for i, p, q in zip(test_idx, prob, pred, strict=True):
                 rec = store.index.records[i]
                 rows.append(
@@ -187,10 +195,8 @@ def cross_validate(
                         "predicted": int(q),
                     }
                 )
-    y = np.concatenate(pooled["y"])
-    prob = np.concatenate(pooled["prob"])
-    pred = np.concatenate(pooled["pred"])
-    summary = summarize_folds(per_fold, y, prob, pred, n_boot=cfg.n_boot, seed=cfg.train.seed)
+    y, prob, pred = (np.concatenate(parts) for parts in zip(*fold_predictions, strict=True))
+    summary = summarize_folds(per_fold, fold_predictions, n_boot=cfg.n_boot, seed=cfg.train.seed)
     cm = mx.confusion_matrix(y, pred)
     summary["pooled"] = {
         "confusion_matrix": cm.tolist(),
@@ -207,7 +213,8 @@ def cross_validate(
         "inner_validation": f"{cfg.val_fraction:.0%} of each training fold (group-aware): "
         "checkpoint by val AUC and threshold by Youden's J; the test fold "
         "is predicted once",
-        "ci95": f"percentile bootstrap over pooled out-of-fold predictions ({cfg.n_boot} draws)",
+        "ci95": f"percentile bootstrap of the fold mean, resampling each fold's test "
+        f"predictions ({cfg.n_boot} draws)",
         "train_config": cfg.train.to_dict(),
         "hardware": hw.describe(),
         "seconds": time.perf_counter() - t0,
@@ -284,7 +291,7 @@ def evaluate(
                     )
                 idx = np.asarray(recorded[split]["indices"], np.int64)
             y = store.labels[idx].astype(np.int64)
-            prob = predict_indices(model, store, idx, batch_size=batch_size)
+            prob = predict_indices(model, store, idx, batch_size=batch_size, tta=info.tta)
             class_names = store.class_names
             sources = [store.index.records[i].source for i in idx]
     else:

@@ -109,6 +109,7 @@ def explain(
 ) -> list[dict[str, Any]]:
     """Grad-CAM overlay PNG for each image file; returns path, probability, png (or error)."""
     from mriscan.model import load_model
+    from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
 
     model, info = load_model(model_path)
@@ -125,7 +126,7 @@ def explain(
             results.append({"path": str(path), "error": exc.reason})
             continue
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
-        prob = float(np.asarray(model.predict_on_batch(x)).reshape(-1)[0])
+        prob = float(predict_batch(model, x, 1, tta=info.tta)[0])
         cam = grad_cam(model, x)[0]
         label = info.class_names[1] if prob >= info.threshold else info.class_names[0]
         png = save_overlay(

@@ -30,6 +30,7 @@ def build_model(
     filters: tuple[int, int, int, int] = (32, 64, 128, 256),
     convs_per_block: int = 1,
     dropout: float = 0.3,
+    block_dropout: float = 0.0,
     dense_units: int = 128,
     augment: bool = True,
     batch_norm: bool = True,
@@ -47,7 +48,10 @@ def build_model(
     convs_per_block : int
         Convolutions in each block.
     dropout : float
-        Dropout after each block (half of it) and before the head.
+        Dropout in the dense head.
+    block_dropout : float
+        Spatial dropout after each conv block (0 by default: on ~200 slices it stalled
+        training entirely, see bench/ACCURACY.md).
     dense_units : int
         Width of the dense layer of the head.
     augment : bool
@@ -66,8 +70,9 @@ def build_model(
         raise ConfigError(f"image_size must be >= 16. Received: image_size={image_size}.")
     if len(filters) != 4 or any(f < 1 for f in filters):
         raise ConfigError(f"filters must be 4 positive integers. Received: filters={filters}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1). Received: dropout={dropout}.")
+    for name, value in (("dropout", dropout), ("block_dropout", block_dropout)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1). Received: {name}={value}.")
     inputs = keras.Input((image_size, image_size, channels), name="slice")
     x = inputs
     if augment:
@@ -94,12 +99,12 @@ def build_model(
                 x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
             x = keras.layers.Activation("relu", name=f"block{b}_relu{c}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-        if dropout:
-            x = keras.layers.SpatialDropout2D(dropout / 2, name=f"block{b}_drop")(x)
+        if block_dropout:
+            x = keras.layers.SpatialDropout2D(block_dropout, name=f"block{b}_drop")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dropout(dropout, name="head_drop1")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    x = keras.layers.Dropout(dropout, name="head_drop2")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_drop")(x)
     # float32 output keeps the sigmoid and the loss numerically safe under mixed precision
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="tumor_prob")(x)
     return keras.Model(inputs, outputs, name="mriscan_cnn")
@@ -125,6 +130,11 @@ class ModelInfo(dict):
     def class_names(self) -> tuple[str, ...]:
         """Class names; the model outputs the probability of ``class_names[1]``."""
         return tuple(self["class_names"])
+
+    @property
+    def tta(self) -> bool:
+        """Whether predictions average the slice and its mirror image (as in validation)."""
+        return bool(self.get("tta", False))
 
     @property
     def threshold(self) -> float:

@@ -16,7 +16,7 @@ from mriscan.errors import ImageDecodeError, MriscanError
 from mriscan.io import IMAGE_SUFFIXES, decode_image
 from mriscan.preprocess import normalize, preprocess_batch
 
-__all__ = ["collect_images", "predict", "predict_files", "write_predictions"]
+__all__ = ["collect_images", "predict", "predict_batch", "predict_files", "write_predictions"]
 
 COLUMNS = ("path", "probability", "label", "error")
 
@@ -37,6 +37,23 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         else:
             paths.append(p)  # a missing or bad file is reported in its row
     return paths
+
+
+def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = False) -> np.ndarray:
+    """Class-1 probabilities of one batch (N, S, S, 1).
+
+    The batch is zero-padded to ``batch_size`` so that every call has the same shape (a short
+    last batch would otherwise retrace the compiled function). ``tta`` averages the
+    predictions of the slice and its left-right mirror image.
+    """
+    n = x.shape[0]
+    if n < batch_size:
+        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+    p = np.asarray(model.predict_on_batch(x), np.float64).reshape(-1)[:n]
+    if tta:
+        flipped = np.ascontiguousarray(x[:, :, ::-1])
+        p = 0.5 * (p + np.asarray(model.predict_on_batch(flipped), np.float64).reshape(-1)[:n])
+    return p
 
 
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
@@ -72,7 +89,7 @@ def predict_files(
             if good:
                 batch = preprocess_batch([decoded[i][0] for i in good], cfg)
                 x = normalize(batch, cfg.normalization, threshold=cfg.threshold)[..., None]
-                out = np.asarray(model.predict_on_batch(x), np.float64).reshape(-1)
+                out = predict_batch(model, x, batch_size, tta=info.tta)
                 probs = dict(zip(good, out.tolist(), strict=True))
             for i, path in enumerate(chunk):
                 if i in probs:

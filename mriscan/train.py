@@ -23,6 +23,7 @@ from mriscan.hardware import PRECISIONS, Hardware, setup_hardware
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.model import build_model, save_model_info
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.predict import predict_batch
 from mriscan.preprocess import PreprocessConfig
 from mriscan.splits import split_indices
 from mriscan.store import ImageStore
@@ -40,6 +41,9 @@ class TrainConfig:
 
     The learning rate is for a global batch of 32 and is scaled linearly with the global
     batch (``lr × global_batch / 32``), after a linear warm-up, with cosine decay to zero.
+    ``select`` keeps the epoch with the best validation AUC (``best``) or the final one
+    (``last``); ``patience`` (epochs without val-loss improvement) enables early stopping;
+    ``tta`` averages each prediction with that of the mirrored slice (stored with the model).
     """
 
     epochs: int = 40
@@ -57,7 +61,9 @@ class TrainConfig:
     filters: tuple[int, int, int, int] = (16, 32, 64, 128)
     augment: bool = True
     class_weight: bool = True
-    patience: int = 15
+    patience: int | None = None
+    select: str = "best"
+    tta: bool = False
     pipeline: str = "auto"
     workers: int = 2
     verbose: str = "auto"
@@ -82,8 +88,10 @@ class TrainConfig:
             )
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0. Received: {self.learning_rate}.")
-        if self.warmup_epochs < 0 or self.patience < 1:
-            raise ConfigError("warmup_epochs must be >= 0 and patience >= 1.")
+        if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 1):
+            raise ConfigError("warmup_epochs must be >= 0 and patience >= 1 (or None).")
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"select must be 'best' or 'last'. Received: {self.select!r}.")
         if self.verbose not in ("auto", "bar", "line", "silent"):
             raise ConfigError(f"verbose must be auto|bar|line|silent. Received: {self.verbose!r}.")
 
@@ -184,14 +192,18 @@ def compile_model(model: keras.Model, cfg: TrainConfig, hw: Hardware, steps_per_
 
 
 def predict_indices(
-    model: keras.Model, store: ImageStore, indices: np.ndarray, batch_size: int = 64
+    model: keras.Model,
+    store: ImageStore,
+    indices: np.ndarray,
+    batch_size: int = 64,
+    *,
+    tta: bool = False,
 ) -> np.ndarray:
     """Probabilities of class 1 for store samples, in the order given."""
     ds = StoreDataset(store, indices, batch_size=batch_size, shuffle=False)
-    probs = [
-        np.asarray(model.predict_on_batch(ds[i][0]), np.float64).reshape(-1) for i in range(len(ds))
-    ]
-    return np.concatenate(probs)
+    return np.concatenate(
+        [predict_batch(model, ds[i][0], batch_size, tta=tta) for i in range(len(ds))]
+    )
 
 
 def fit_model(
@@ -205,7 +217,7 @@ def fit_model(
     callbacks: list | None = None,
     checkpoint: bool = True,
 ) -> tuple[keras.Model, dict[str, list[float]], Path]:
-    """Build, compile and fit one model; return the best model (by val AUC) and history."""
+    """Build, compile and fit one model; return the selected model, its history and path."""
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "models" / "best_model.keras"
     model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,10 +269,11 @@ def fit_model(
     cbs: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(backup)),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
         history_cb,
     ]
-    if checkpoint:
+    if cfg.patience is not None:
+        cbs.insert(2, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
+    if checkpoint and cfg.select == "best":
         cbs.insert(
             1,
             keras.callbacks.ModelCheckpoint(
@@ -282,8 +295,10 @@ def fit_model(
         verbose=_verbosity(cfg.verbose),
         **fit_kw,
     )
-    if checkpoint and model_path.is_file():
+    if checkpoint and cfg.select == "best" and model_path.is_file():
         model = keras.saving.load_model(model_path, safe_mode=True)
+    elif checkpoint:
+        model.save(model_path)
     return model, history_cb.as_dict(), model_path
 
 
@@ -345,12 +360,13 @@ def train(
         store, split["train"], split["val"], cfg, out, hw, callbacks=callbacks
     )
     labels = store.labels.astype(np.int64)
-    val_prob = predict_indices(model, store, split["val"])
+    val_prob = predict_indices(model, store, split["val"], tta=cfg.tta)
     threshold = mx.youden_threshold(labels[split["val"]], val_prob)
     info = {
         "preprocess": store.config.to_dict(),
         "class_names": list(store.class_names),
         "threshold": threshold,
+        "tta": cfg.tta,
         "threshold_rule": "Youden's J on the validation split",
         "train_config": cfg.to_dict(),
         "image_size": store.image_size,
@@ -366,7 +382,7 @@ def train(
     }
     plots.save_history(history, out / "plots" / "training_history.png")
     if len(split["test"]):
-        test_prob = predict_indices(model, store, split["test"])
+        test_prob = predict_indices(model, store, split["test"], tta=cfg.tta)
         test = mx.binary_metrics(
             labels[split["test"]], test_prob, threshold=threshold, class_names=store.class_names
         )

@@ -48,3 +48,59 @@ def test_verify_fails_on_corruption_and_errors_are_one_line(class_folder, tmp_pa
     assert r.exit_code == 1 and "sample 2" in r.output
     r = runner.invoke(main, ["info", "--store", str(tmp_path / "nope.zarr")])
     assert r.exit_code == 1 and "No mriscan store" in r.output and "Traceback" not in r.output
+
+
+def test_synth_train_predict_explain_evaluate(tmp_path):
+    """The whole CLI path on tiny phantoms: every command answers and writes its files."""
+    runner = CliRunner()
+    raw = tmp_path / "raw"
+    r = runner.invoke(main, ["synth", str(raw), "--count", "40", "--size-range", "150", "220"])
+    assert r.exit_code == 0, r.output
+    assert "Wrote 24 yes/ and 16 no/" in r.output
+    out = tmp_path / "art"
+    r = runner.invoke(
+        main,
+        [
+            "train",
+            str(raw),
+            "--store",
+            str(tmp_path / "s.zarr"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--out",
+            str(out),
+            "--verbose-fit",
+            "silent",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "accuracy" in r.output and "ROC AUC" in r.output and "MirroredStrategy" in r.output
+    model = out / "models" / "best_model.keras"
+    assert model.is_file()
+    preds = tmp_path / "p.csv"
+    r = runner.invoke(main, ["predict", str(model), str(raw / "yes"), "--output", str(preds)])
+    assert r.exit_code == 0 and "Predicted 24 image(s)" in r.output and preds.is_file()
+    r = runner.invoke(
+        main,
+        [
+            "explain",
+            str(model),
+            str(raw / "yes" / "syn_000000.jpg"),
+            "--out",
+            str(tmp_path / "cam"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cam" / "syn_000000_gradcam.png").is_file()
+    r = runner.invoke(main, ["evaluate", "--model", str(model), "--split", "test"])
+    assert r.exit_code == 0, r.output
+    assert (out / "evaluation" / "metrics.json").is_file()
+
+
+def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
+    r = CliRunner().invoke(
+        main, ["train", str(class_folder), "--epochs", "0", "--store", str(tmp_path / "s.zarr")]
+    )
+    assert r.exit_code == 1 and "epochs must be a positive integer" in r.output

@@ -36,14 +36,22 @@ def test_summarize_folds_shapes():
         }
         for a in (0.6, 0.8)
     ]
-    y = np.array([0, 1] * 20)
-    prob = np.linspace(0, 1, 40)
-    s = summarize_folds(folds, y, prob, (prob > 0.5).astype(int), n_boot=200)
+    rng = np.random.default_rng(0)
+    preds = []
+    for acc in (0.6, 0.8):
+        y = np.array([0, 1] * 50)
+        correct = rng.random(100) < acc
+        pred = np.where(correct, y, 1 - y)
+        prob = np.clip(pred * 0.6 + rng.random(100) * 0.4, 0, 1)
+        preds.append((y, prob, pred))
+    s = summarize_folds(folds, preds, n_boot=300)
     assert s["accuracy"]["mean"] == pytest.approx(0.7)
     assert s["accuracy"]["std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert s["accuracy"]["per_fold"] == [0.6, 0.8]
-    lo, hi = s["roc_auc"]["ci95"]
-    assert lo <= hi
+    lo, hi = s["accuracy"]["ci95"]
+    observed = np.mean([(p == y).mean() for y, _, p in preds])
+    assert lo < observed < hi and hi - lo < 0.2
+    assert s["roc_auc"]["ci95"][0] <= s["roc_auc"]["ci95"][1]
 
 
 @pytest.mark.slow

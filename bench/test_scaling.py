@@ -1,0 +1,69 @@
+"""How cost grows with the data: ingest, store size, random reads and pipeline at 1k/10k/100k
+phantom slices (128²). The 100k case runs only with ``--scale-100k``."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import record
+
+from mriscan.ingest import IngestConfig, ingest
+from mriscan.pipeline import StoreDataset
+from mriscan.preprocess import PreprocessConfig
+from mriscan.store import ImageStore
+from mriscan.synth import SynthConfig, synthesize
+
+CASES = [
+    pytest.param(1_000, id="1k"),
+    pytest.param(10_000, id="10k"),
+    pytest.param(100_000, id="100k", marks=pytest.mark.scale100k),
+]
+
+
+@pytest.fixture(scope="module")
+def phantom_dirs(tmp_path_factory):
+    """Phantom class folders per N, generated on first use (not timed)."""
+    made = {}
+
+    def get(n: int):
+        if n not in made:
+            d = tmp_path_factory.mktemp(f"ph{n}")
+            synthesize(d, SynthConfig(count=n, size_range=(150, 400), seed=n))
+            made[n] = d
+        return made[n]
+
+    return get
+
+
+@pytest.mark.parametrize("n", CASES)
+def test_scaling(benchmark, phantom_dirs, tmp_path_factory, n):
+    raw = phantom_dirs(n)
+    store = tmp_path_factory.mktemp(f"st{n}") / "s.zarr"
+    cfg = IngestConfig(preprocess=PreprocessConfig(size=128))
+    benchmark.pedantic(lambda: ingest(raw, store, cfg), rounds=1, iterations=1)
+    group = "scaling (phantoms, 128²)"
+    record(group, f"ingest N={n}", n / benchmark.stats.stats.median, "files/s")
+    with ImageStore.open(store) as st:
+        assert len(st) == n
+        record(group, f"raw/stored N={n}", n * 128 * 128 / st.nbytes_stored(), "×")
+        rng = np.random.default_rng(0)
+        batches = [np.sort(rng.choice(n, 32, replace=False)) for _ in range(300)]
+        import time
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda b: st.read_batch(b), batches))
+        record(
+            group,
+            f"random batches (2 threads) N={n}",
+            300 * 32 / (time.perf_counter() - t0),
+            "img/s",
+        )
+        ds = StoreDataset(st, np.arange(n), batch_size=32, shuffle=True)
+        t0 = time.perf_counter()
+        k = min(len(ds), 300)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(ds.__getitem__, range(k)))
+        record(group, f"pipeline (PyDataset) N={n}", k * 32 / (time.perf_counter() - t0), "img/s")
