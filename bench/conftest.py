@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 RESULTS_DIR = Path(__file__).resolve().parent / ".results"
 
+# Scripts, not benchmarks: keep them out of collection (and out of --doctest-modules).
+collect_ignore = ["gpu_precision.py", "accuracy_experiments.py", "summary.py"]
+
 # (group, case) -> {"value": float, "unit": str}
 MEASURED: dict[tuple[str, str], dict] = {}
 # target rows: (name, group, numerator case, denominator case(s), op, threshold, note)

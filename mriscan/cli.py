@@ -69,7 +69,7 @@ def main(verbose: int) -> None:
 @click.option(
     "--image-size",
     type=int,
-    default=128,
+    default=96,
     show_default=True,
     help="Side S of the stored S×S slices.",
 )
@@ -200,7 +200,7 @@ def _train_options(f):
             help="Store to ingest DATA into [default: data/processed/images.zarr, or "
             "data/processed/synthetic.zarr for phantoms].",
         ),
-        click.option("--epochs", type=int, default=40, show_default=True),
+        click.option("--epochs", type=int, default=60, show_default=True),
         click.option(
             "--batch-size",
             type=int,
@@ -208,7 +208,7 @@ def _train_options(f):
             show_default=True,
             help="Per-replica batch; global batch = this × replicas.",
         ),
-        click.option("--image-size", type=int, default=128, show_default=True),
+        click.option("--image-size", type=int, default=96, show_default=True),
         click.option(
             "--precision",
             type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
@@ -225,6 +225,14 @@ def _train_options(f):
             type=click.Choice(["auto", "pydataset", "tfdata"]),
             default="auto",
             show_default=True,
+        ),
+        click.option(
+            "--select",
+            type=click.Choice(["last", "best"]),
+            default="last",
+            show_default=True,
+            help="Keep the last epoch, or the epoch with the best validation AUC "
+            "(checkpointed to models/best_model.keras as it trains).",
         ),
         click.option(
             "--learning-rate",
@@ -274,6 +282,7 @@ def train(
     out: Path,
     pipeline: str,
     learning_rate: float,
+    select: str,
     val_fraction: float,
     test_fraction: float,
     verbose_fit: str,
@@ -281,8 +290,9 @@ def train(
     """Train the classifier on DATA (class folders or a store) and write artifacts.
 
     With no DATA: uses data/raw/<class>/ if present, else generates synthetic phantoms
-    into data/raw/synthetic/ once. Split: stratified, duplicate-group aware; the model
-    with the best validation AUC is evaluated once on the held-out test split.
+    into data/raw/synthetic/ once. Split: stratified, duplicate-group aware; the kept
+    model (--select) is evaluated once on the held-out test split, with the decision
+    threshold chosen on the validation split.
     """
     from mriscan.train import TrainConfig
     from mriscan.train import train as run_train
@@ -296,6 +306,7 @@ def train(
         seed=seed,
         pipeline=pipeline,
         learning_rate=learning_rate,
+        select=select,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         verbose=verbose_fit,
@@ -415,6 +426,7 @@ def cv(
     out: Path,
     pipeline: str,
     learning_rate: float,
+    select: str,
     folds: int,
     repeats: int,
 ) -> None:
@@ -436,6 +448,7 @@ def cv(
         seed=seed,
         pipeline=pipeline,
         learning_rate=learning_rate,
+        select=select,
         verbose="line",
     )
     click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)

@@ -46,9 +46,9 @@ class TrainConfig:
     ``tta`` averages each prediction with that of the mirrored slice (stored with the model).
     """
 
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 32
-    image_size: int = 128
+    image_size: int = 96
     precision: str = "auto"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -62,8 +62,8 @@ class TrainConfig:
     augment: bool = True
     class_weight: bool = True
     patience: int | None = None
-    select: str = "best"
-    tta: bool = False
+    select: str = "last"
+    tta: bool = True
     pipeline: str = "auto"
     workers: int = 2
     verbose: str = "auto"
