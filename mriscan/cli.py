@@ -294,6 +294,7 @@ def train(
     model (--select) is evaluated once on the held-out test split, with the decision
     threshold chosen on the validation split.
     """
+    click.echo("Loading TensorFlow/Keras...", err=True)
     from mriscan.train import TrainConfig
     from mriscan.train import train as run_train
 
@@ -311,7 +312,7 @@ def train(
         test_fraction=test_fraction,
         verbose=verbose_fit,
     )
-    click.echo(f"Training on {data} → {out}/ (loading TensorFlow/Keras...)", err=True)
+    click.echo(f"Training on {data} → {out}/", err=True)
     result = run_train(data, cfg, out=out, store_path=store_path)
     click.echo(f"\n{result.hardware.describe()}")
     _print_metrics("Test split", result.metrics.get("test") or result.metrics["validation"])
