@@ -190,7 +190,7 @@ def info(store_path: Path, as_json: bool) -> None:
 
 
 def _train_options(f):
-    """Options shared by train and cv."""
+    """Options shared by train and cv (all but --store and --out are TrainConfig fields)."""
     opts = [
         click.option(
             "--store",
@@ -274,18 +274,11 @@ def _resolve_data(data: Path | None, store_path: Path | None) -> tuple[Path, Pat
 def train(
     data: Path | None,
     store_path: Path | None,
-    epochs: int,
-    batch_size: int,
-    image_size: int,
-    precision: str,
-    seed: int,
     out: Path,
-    pipeline: str,
-    learning_rate: float,
-    select: str,
     val_fraction: float,
     test_fraction: float,
     verbose_fit: str,
+    **train_options: object,
 ) -> None:
     """Train the classifier on DATA (class folders or a store) and write artifacts.
 
@@ -300,17 +293,7 @@ def train(
 
     data, store_path = _resolve_data(data, store_path)
     cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        precision=precision,
-        seed=seed,
-        pipeline=pipeline,
-        learning_rate=learning_rate,
-        select=select,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        verbose=verbose_fit,
+        val_fraction=val_fraction, test_fraction=test_fraction, verbose=verbose_fit, **train_options
     )
     click.echo(f"Training on {data} → {out}/", err=True)
     result = run_train(data, cfg, out=out, store_path=store_path)
@@ -419,17 +402,10 @@ def evaluate(
 def cv(
     data: Path | None,
     store_path: Path | None,
-    epochs: int,
-    batch_size: int,
-    image_size: int,
-    precision: str,
-    seed: int,
     out: Path,
-    pipeline: str,
-    learning_rate: float,
-    select: str,
     folds: int,
     repeats: int,
+    **train_options: object,
 ) -> None:
     """Cross-validate: stratified k-fold with every duplicate group inside one fold.
 
@@ -441,17 +417,7 @@ def cv(
     from mriscan.train import TrainConfig
 
     data, store_path = _resolve_data(data, store_path)
-    tcfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        precision=precision,
-        seed=seed,
-        pipeline=pipeline,
-        learning_rate=learning_rate,
-        select=select,
-        verbose="line",
-    )
+    tcfg = TrainConfig(verbose="line", **train_options)
     click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)
     s = cross_validate(
         data, CVConfig(folds=folds, repeats=repeats, train=tcfg), out=out, store_path=store_path
