@@ -72,7 +72,7 @@ def resolve_precision(requested: str, *, gpus: list[dict[str, Any]] | None = Non
     return "float32"
 
 
-def _tf_setup(per_replica_batch: int) -> tuple[tuple[str, ...], Any, str, list[dict[str, Any]]]:
+def _tf_setup() -> tuple[tuple[str, ...], Any, str, list[dict[str, Any]]]:
     """TensorFlow: memory growth on GPUs, then Mirrored or MultiWorkerMirrored strategy."""
     import tensorflow as tf
 
@@ -145,7 +145,7 @@ def setup_hardware(*, precision: str = "auto", per_replica_batch: int = 32) -> H
     backend = keras.backend.backend()
     strategy = None
     if backend == "tensorflow":
-        devices, strategy, name, gpus = _tf_setup(per_replica_batch)
+        devices, strategy, name, gpus = _tf_setup()
         replicas = int(strategy.num_replicas_in_sync)
     elif backend == "jax":
         import jax
