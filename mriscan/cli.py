@@ -6,9 +6,11 @@ answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -99,23 +101,25 @@ def ingest(
         workers=workers,
         strict=strict,
     )
-    report = _ingest_with_progress(raw_dir, store_path, cfg, run_ingest)
+    with _progress("ingesting") as progress:
+        report = run_ingest(raw_dir, store_path, cfg, progress=progress)
     _print_ingest(report)
 
 
-def _ingest_with_progress(raw_dir, store_path, cfg, run_ingest):
-    """Run an ingest under a click progress bar."""
-    state = {"bar": None, "done": 0}
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a click progress bar on stderr."""
+    state: dict = {"bar": None, "done": 0}
 
     def progress(done: int, total: int) -> None:
         if state["bar"] is None:
-            state["bar"] = click.progressbar(length=total, label="ingesting", file=sys.stderr)
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
             state["bar"].__enter__()
         state["bar"].update(done - state["done"])
         state["done"] = done
 
     try:
-        return run_ingest(raw_dir, store_path, cfg, progress=progress)
+        yield progress
     finally:
         if state["bar"] is not None:
             state["bar"].__exit__(None, None, None)
@@ -347,13 +351,7 @@ def synth(
     from mriscan.synth import SynthConfig, synthesize
 
     cfg = SynthConfig(count=count, tumor_fraction=tumor_fraction, size_range=size_range, seed=seed)
-    with click.progressbar(length=count, label="generating", file=sys.stderr) as bar:
-        state = {"done": 0}
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - state["done"])
-            state["done"] = done
-
+    with _progress("generating") as progress:
         counts = synthesize(out_dir, cfg, workers=workers, progress=progress)
     click.echo(f"Wrote {counts['yes']} yes/ and {counts['no']} no/ phantom slices to {out_dir}/")
 
