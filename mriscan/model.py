@@ -33,7 +33,11 @@ def build_model(
     block_dropout: float = 0.0,
     dense_units: int = 128,
     augment: bool = True,
+    rotation: float = 0.05,
+    zoom: float = 0.1,
+    translation: float = 0.0,
     batch_norm: bool = True,
+    bn_momentum: float = 0.9,
     seed: int | None = None,
 ) -> keras.Model:
     """Build the 4-conv-block classifier.
@@ -55,9 +59,16 @@ def build_model(
     dense_units : int
         Width of the dense layer of the head.
     augment : bool
-        Random flips, rotation, zoom and contrast, active only in training.
+        Random flips, rotation, zoom, translation and contrast, active only in training.
+    rotation, zoom, translation : float
+        Strength of each random transform: rotation as a fraction of a full turn (±),
+        zoom and translation as a fraction of the side (±); 0 leaves it out.
     batch_norm : bool
         Batch normalisation after every convolution.
+    bn_momentum : float
+        Momentum of the batch-norm moving statistics. Keras's 0.99 averages over ~100 steps;
+        a 60-epoch run on ~150 slices has only ~240 steps, so the inference statistics lagged
+        the weights and predictions collapsed to one class (bench/ACCURACY.md).
     seed : int, optional
         Seed of the augmentation layers.
 
@@ -70,23 +81,33 @@ def build_model(
         raise ConfigError(f"image_size must be >= 16. Received: image_size={image_size}.")
     if len(filters) != 4 or any(f < 1 for f in filters):
         raise ConfigError(f"filters must be 4 positive integers. Received: filters={filters}.")
-    for name, value in (("dropout", dropout), ("block_dropout", block_dropout)):
+    for name, value in (
+        ("dropout", dropout),
+        ("block_dropout", block_dropout),
+        ("rotation", rotation),
+        ("zoom", zoom),
+        ("translation", translation),
+    ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} must be in [0, 1). Received: {name}={value}.")
     inputs = keras.Input((image_size, image_size, channels), name="slice")
     x = inputs
     if augment:
         x = keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip")(x)
-        x = keras.layers.RandomRotation(
-            0.05, fill_mode="constant", fill_value=_Z_RANGE[0] / 4, seed=seed, name="aug_rotate"
-        )(x)
-        x = keras.layers.RandomZoom(
-            (-0.1, 0.1),
-            fill_mode="constant",
-            fill_value=_Z_RANGE[0] / 4,
-            seed=seed,
-            name="aug_zoom",
-        )(x)
+        # "nearest" repeats the border, which is background: a constant fill would paint
+        # regions of a value that normalised inputs never hold at inference time
+        if rotation:
+            x = keras.layers.RandomRotation(
+                rotation, fill_mode="nearest", seed=seed, name="aug_rotate"
+            )(x)
+        if zoom:
+            x = keras.layers.RandomZoom(
+                (-zoom, zoom), fill_mode="nearest", seed=seed, name="aug_zoom"
+            )(x)
+        if translation:
+            x = keras.layers.RandomTranslation(
+                translation, translation, fill_mode="nearest", seed=seed, name="aug_translate"
+            )(x)
         x = keras.layers.RandomContrast(0.2, value_range=_Z_RANGE, seed=seed, name="aug_contrast")(
             x
         )
@@ -96,7 +117,7 @@ def build_model(
                 f, 3, padding="same", use_bias=not batch_norm, name=f"block{b}_conv{c}"
             )(x)
             if batch_norm:
-                x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+                x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"block{b}_bn{c}")(x)
             x = keras.layers.Activation("relu", name=f"block{b}_relu{c}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
         if block_dropout:

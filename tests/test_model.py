@@ -27,6 +27,27 @@ def test_shapes_and_structure():
     assert model.layers[-1].activation.__name__ == "sigmoid"
 
 
+def test_augmentation_strengths_choose_the_layers():
+    names = {la.name for la in build_model(32, filters=(4, 4, 4, 4), rotation=0.0).layers}
+    assert "aug_rotate" not in names and {"aug_flip", "aug_zoom"} <= names
+    assert "aug_translate" not in names
+    model = build_model(32, filters=(4, 4, 4, 4), translation=0.1)
+    assert model.get_layer("aug_translate").height_factor == 0.1
+    # the fill repeats the (background) border instead of painting a constant
+    assert model.get_layer("aug_zoom").fill_mode == "nearest"
+    with pytest.raises(ConfigError, match="zoom must be in"):
+        build_model(32, zoom=1.5)
+
+
+def test_batch_norm_momentum_is_short_enough_for_few_steps():
+    bn = build_model(32, filters=(4, 4, 4, 4)).get_layer("block1_bn1")
+    x = np.random.default_rng(0).normal(0.0, 3.0, (64, 8, 8, 4)).astype(np.float32)
+    bn(x, training=True)
+    var = keras.ops.convert_to_numpy(bn.moving_variance)
+    # one batch moves the moving variance 10% of the way from 1 to ~9 (momentum 0.9, not 0.99)
+    np.testing.assert_allclose(var, 0.9 * 1.0 + 0.1 * x.reshape(-1, 4).var(0), rtol=1e-3)
+
+
 def test_output_is_float32_under_mixed_precision():
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
