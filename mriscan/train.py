@@ -44,6 +44,8 @@ class TrainConfig:
     ``select`` keeps the epoch with the best validation AUC (``best``) or the final one
     (``last``); ``patience`` (epochs without val-loss improvement) enables early stopping;
     ``tta`` averages each prediction with that of the mirrored slice (stored with the model).
+    ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the side) set
+    the strength of the training-time augmentation.
     """
 
     epochs: int = 60
@@ -60,6 +62,9 @@ class TrainConfig:
     dropout: float = 0.3
     filters: tuple[int, int, int, int] = (16, 32, 64, 128)
     augment: bool = True
+    rotation: float = 0.05
+    zoom: float = 0.1
+    translation: float = 0.0
     class_weight: bool = True
     patience: int | None = None
     select: str = "last"
@@ -86,6 +91,11 @@ class TrainConfig:
                 "val_fraction and test_fraction must be in [0, 1) with a sum "
                 f"below 1. Received: {self.val_fraction}, {self.test_fraction}."
             )
+        for name in ("rotation", "zoom", "translation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(
+                    f"{name} must be in [0, 1). Received: {name}={getattr(self, name)!r}."
+                )
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0. Received: {self.learning_rate}.")
         if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 1):
@@ -256,6 +266,9 @@ def fit_model(
             filters=cfg.filters,
             dropout=cfg.dropout,
             augment=cfg.augment,
+            rotation=cfg.rotation,
+            zoom=cfg.zoom,
+            translation=cfg.translation,
             seed=cfg.seed,
         )
         compile_model(model, cfg, hw, steps)

@@ -65,6 +65,8 @@ def test_config_validation():
         TrainConfig(precision="fp8")
     with pytest.raises(ConfigError, match="with a sum below 1"):
         TrainConfig(val_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(ConfigError, match="rotation must be in"):
+        TrainConfig(rotation=-0.1)
 
 
 _RESUME = """
