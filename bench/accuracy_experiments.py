@@ -18,6 +18,11 @@ from mriscan.train import TrainConfig
 
 EXPERIMENTS: dict[str, dict] = {
     "default": {},
+    # rows from here on run with batch-norm momentum 0.9 (build_model's default since row 7)
+    "bn09": {},
+    # from here on rotation/zoom fill with the nearest border pixel (row 8)
+    "fill_nearest": {},
+    "aug_strong": {"rotation": 0.08, "zoom": 0.2, "translation": 0.1},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},
