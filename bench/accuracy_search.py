@@ -5,6 +5,9 @@ replays ``cross_validate``'s protocol on preprocessed arrays held in memory (sam
 folds from ``mriscan.splits``, same inner validation split, same optimiser and schedule, same
 Youden threshold on validation) so that a GPU can try dozens of configurations in minutes.
 
+Status: run once on an H200 before two fixes (one ``fit`` per model instead of per epoch;
+normalised exports); no fold finished there, and it has not run on a GPU since (bench/ACCURACY.md).
+
 Usage:
   python bench/accuracy_search.py export RAW_DIR OUT_DIR      # npz per preprocessing variant
   python bench/accuracy_search.py run NPZ_DIR OUT_JSONL [--jobs N] [--deadline S] [NAME ...]

@@ -29,9 +29,9 @@ def measure(precision: str, *, batch: int = 256, steps: int = 50, size: int = 12
     x = rng.normal(size=(batch * 4, size, size, 1)).astype("float32")
     y = (rng.random(batch * 4) > 0.5).astype("float32")
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # compile + warm-up
+    # one long fit: separate fit calls cost seconds each on JAX and hid the GPU (RESULTS.md)
     t0 = time.perf_counter()
-    for _ in range(steps // 4):
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    model.fit(x, y, batch_size=batch, epochs=steps // 4, verbose=0)
     dt = time.perf_counter() - t0
     return {
         "precision": precision,
