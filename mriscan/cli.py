@@ -79,6 +79,9 @@ def main(verbose: int) -> None:
 @click.option("--no-crop", is_flag=True, help="Do not crop to the head's bounding box.")
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad file.")
+@click.option(
+    "--merge", is_flag=True, help="Allow adding a folder other than the one the store holds."
+)
 def ingest(
     raw_dir: Path,
     store_path: Path,
@@ -87,6 +90,7 @@ def ingest(
     no_crop: bool,
     workers: int | None,
     strict: bool,
+    merge: bool,
 ) -> None:
     """Decode, preprocess and store every image under RAW_DIR/<class>/.
 
@@ -100,6 +104,7 @@ def ingest(
         preprocess=PreprocessConfig(size=image_size, aspect=aspect, crop=not no_crop),
         workers=workers,
         strict=strict,
+        merge=merge,
     )
     with _progress("ingesting") as progress:
         report = run_ingest(raw_dir, store_path, cfg, progress=progress)

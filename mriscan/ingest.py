@@ -41,6 +41,9 @@ class IngestConfig:
         Fail (commit nothing) on the first bad file instead of skipping it.
     max_pixels : int
         Decompression-bomb cap per image.
+    merge : bool
+        Allow adding a raw folder other than the one(s) the store was built from (otherwise
+        refused, so that two datasets are never mixed by accident).
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -48,6 +51,7 @@ class IngestConfig:
     batch_size: int = 32
     strict: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    merge: bool = False
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -148,9 +152,18 @@ def ingest(
                 f"{config.preprocess}. Use a new --store path or the same options "
                 f"(e.g. --image-size {size})."
             )
+        source = str(root.resolve())
+        if store.index.sources and source not in store.index.sources and not config.merge:
+            store.close()
+            raise ConfigError(
+                f"Store {store_path} holds slices from {', '.join(store.index.sources)}; "
+                f"adding {source} would mix two datasets in one store. Use another --store "
+                "path, or pass --merge (IngestConfig(merge=True)) to combine them on purpose."
+            )
     except StoreNotFoundError:
         store = ImageStore.create(store_path, config.preprocess.size, config.preprocess)
     with store:
+        store.add_source(str(root.resolve()))
         names = list(store.class_names)
         names += [c for c in classes if c not in names]
         store.set_class_names(names)

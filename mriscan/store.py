@@ -94,6 +94,7 @@ class StoreIndex:
     class_names: tuple[str, ...] = ()
     records: tuple[SampleRecord, ...] = ()
     duplicates: tuple[dict[str, Any], ...] = ()
+    sources: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +107,7 @@ class StoreIndex:
             "count": len(self.records),
             "records": [r.to_dict() for r in self.records],
             "duplicates": list(self.duplicates),
+            "sources": list(self.sources),
         }
 
     @classmethod
@@ -123,6 +125,7 @@ class StoreIndex:
             class_names=tuple(data["class_names"]),
             records=tuple(SampleRecord.from_dict(r) for r in data["records"]),
             duplicates=tuple(data.get("duplicates", ())),
+            sources=tuple(data.get("sources", ())),
         )
 
 
@@ -636,6 +639,12 @@ class ImageStore:
         if old and names[: len(old)] != old:
             raise StoreError(f"Class names {list(names)} do not extend the store's {list(old)}.")
         self._index = dataclasses.replace(self._index, class_names=names)
+
+    def add_source(self, folder: str) -> None:
+        """Record (at the next commit) a raw folder whose slices this store holds."""
+        self._check_writable()
+        if folder not in self._index.sources:
+            self._index = dataclasses.replace(self._index, sources=(*self._index.sources, folder))
 
     def _write_images(self, start: int, images: np.ndarray) -> None:
         """Write chunks for rows ``start..`` (files in parallel locally, zarr elsewhere)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -87,6 +88,26 @@ def test_mismatched_preprocessing_is_refused(class_folder, tmp_path):
     other = IngestConfig(preprocess=PreprocessConfig(size=64))
     with pytest.raises(ConfigError, match="--image-size 32"):
         ingest(class_folder, tmp_path / "s.zarr", other)
+
+
+def test_a_second_dataset_is_refused_unless_merged(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    other = tmp_path / "other"
+    shutil.copytree(class_folder, other)
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(other / "no" / "extra.png")
+    with pytest.raises(ConfigError, match="would mix two datasets") as err:
+        ingest(other, store, SMALL)
+    assert str(class_folder.resolve()) in str(err.value) and "--merge" in str(err.value)
+    with ImageStore.open(store) as st:  # refused before anything was written
+        assert len(st) == 12 and st.index.sources == (str(class_folder.resolve()),)
+    merged = ingest(other, store, dataclasses.replace(SMALL, merge=True))
+    assert merged.n_added == 1
+    with ImageStore.open(store) as st:
+        assert st.index.sources == (str(class_folder.resolve()), str(other.resolve()))
+    assert verify_store(store) == []
 
 
 @pytest.mark.slow
