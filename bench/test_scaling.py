@@ -3,6 +3,7 @@ phantom slices (128²). The 100k case runs only with ``--scale-100k``."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -50,8 +51,6 @@ def test_scaling(benchmark, phantom_dirs, tmp_path_factory, n):
         record(group, f"raw/stored N={n}", n * 128 * 128 / st.nbytes_stored(), "×")
         rng = np.random.default_rng(0)
         batches = [np.sort(rng.choice(n, 32, replace=False)) for _ in range(300)]
-        import time
-
         t0 = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda b: st.read_batch(b), batches))

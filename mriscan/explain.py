@@ -25,7 +25,8 @@ __all__ = ["explain", "grad_cam", "save_overlay"]
 def _target_layer(model: keras.Model) -> str:
     """The last conv block's rectified output (its conv, BN and ReLU), the usual Grad-CAM target."""
     layers = list(model.layers)
-    i = next(k for k, la in enumerate(layers) if la.name == last_conv_layer_name(model))
+    conv = last_conv_layer_name(model)
+    i = next(k for k, la in enumerate(layers) if la.name == conv)
     while i + 1 < len(layers) and isinstance(
         layers[i + 1], keras.layers.BatchNormalization | keras.layers.Activation
     ):

@@ -142,6 +142,7 @@ def ingest(
     t0 = time.perf_counter()
     root = Path(raw_dir)
     classes = list_class_folders(root)
+    source = str(root.resolve())
     try:
         store = ImageStore.open(store_path, mode="a")
         if store.config != config.preprocess:
@@ -152,7 +153,6 @@ def ingest(
                 f"{config.preprocess}. Use a new --store path or the same options "
                 f"(e.g. --image-size {size})."
             )
-        source = str(root.resolve())
         if store.index.sources and source not in store.index.sources and not config.merge:
             store.close()
             raise ConfigError(
@@ -163,7 +163,7 @@ def ingest(
     except StoreNotFoundError:
         store = ImageStore.create(store_path, config.preprocess.size, config.preprocess)
     with store:
-        store.add_source(str(root.resolve()))
+        store.add_source(source)
         names = list(store.class_names)
         names += [c for c in classes if c not in names]
         store.set_class_names(names)
