@@ -23,6 +23,18 @@ __all__ = ["ModelInfo", "build_model", "load_model", "save_model_info"]
 _Z_RANGE = (-20.0, 20.0)
 
 
+@keras.saving.register_keras_serializable(package="mriscan")
+class MirrorDifference(keras.layers.Layer):
+    """Appends |x − mirror(x)| (left-right) to the channels: where the slice is asymmetric."""
+
+    def call(self, x):
+        return keras.ops.concatenate([x, keras.ops.abs(x - keras.ops.flip(x, axis=2))], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        *lead, c = input_shape
+        return (*lead, None if c is None else 2 * c)
+
+
 def build_model(
     image_size: int = 128,
     *,
@@ -38,6 +50,7 @@ def build_model(
     translation: float = 0.0,
     batch_norm: bool = True,
     bn_momentum: float = 0.9,
+    mirror: bool = False,
     seed: int | None = None,
 ) -> keras.Model:
     """Build the 4-conv-block classifier.
@@ -69,6 +82,9 @@ def build_model(
         Momentum of the batch-norm moving statistics. Keras's 0.99 averages over ~100 steps;
         a 60-epoch run on ~150 slices has only ~240 steps, so the inference statistics lagged
         the weights and predictions collapsed to one class (bench/ACCURACY.md).
+    mirror : bool
+        Add |x − mirror(x)| as extra channels before augmentation: slices are cropped to the
+        head and centred, a healthy brain is nearly symmetric and most tumors are not.
     seed : int, optional
         Seed of the augmentation layers.
 
@@ -91,7 +107,7 @@ def build_model(
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} must be in [0, 1). Received: {name}={value}.")
     inputs = keras.Input((image_size, image_size, channels), name="slice")
-    x = inputs
+    x = MirrorDifference(name="mirror_diff")(inputs) if mirror else inputs
     if augment:
         x = keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip")(x)
         # "nearest" repeats the border, which is background: a constant fill would paint

@@ -65,6 +65,7 @@ class TrainConfig:
     rotation: float = 0.05
     zoom: float = 0.1
     translation: float = 0.0
+    mirror: bool = False
     class_weight: bool = True
     patience: int | None = None
     select: str = "last"
@@ -269,6 +270,7 @@ def fit_model(
             rotation=cfg.rotation,
             zoom=cfg.zoom,
             translation=cfg.translation,
+            mirror=cfg.mirror,
             seed=cfg.seed,
         )
         compile_model(model, cfg, hw, steps)
