@@ -23,6 +23,8 @@ EXPERIMENTS: dict[str, dict] = {
     # from here on rotation/zoom fill with the nearest border pixel (row 8)
     "fill_nearest": {},
     "aug_strong": {"rotation": 0.08, "zoom": 0.2, "translation": 0.1},
+    "mirror": {"mirror": True},
+    "mirror_b16": {"mirror": True, "batch_size": 16},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},
