@@ -43,10 +43,12 @@ def test_balance_sizes_and_formats(tmp_path):
     assert modes == {"L", "RGB"}
 
 
-def test_tumor_slices_differ_from_healthy_ones():
-    rng = np.random.default_rng(0)
-    img = phantom(rng, tumor=True)
-    assert img.shape == (192, 192) and img.min() >= 0 and img.max() <= 1
+def test_phantom_is_a_seeded_float_image_on_the_requested_canvas():
+    img = phantom(np.random.default_rng(0), tumor=True, canvas=96)
+    assert img.shape == (96, 96) and img.dtype == np.float32
+    assert img.min() >= 0 and img.max() <= 1 and img.std() > 0.1
+    assert np.array_equal(img, phantom(np.random.default_rng(0), tumor=True, canvas=96))
+    assert not np.array_equal(img, phantom(np.random.default_rng(0), tumor=False, canvas=96))
 
 
 def test_config_validation():
@@ -84,7 +86,7 @@ def test_phantoms_are_learnable_not_trivial(tmp_path):
     ingest(
         tmp_path / "raw", tmp_path / "s.zarr", IngestConfig(preprocess=PreprocessConfig(size=64))
     )
-    cfg = TrainConfig(epochs=8, image_size=64, warmup_epochs=1, verbose="silent", patience=8)
+    cfg = TrainConfig(epochs=12, image_size=64, warmup_epochs=1, mirror=True, verbose="silent")
     result = train(tmp_path / "s.zarr", cfg, out=tmp_path / "art")
     test = result.metrics["test"]
     assert test["roc_auc"] > 0.75 and test["accuracy"] > 0.65, test
