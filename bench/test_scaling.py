@@ -66,3 +66,30 @@ def test_scaling(benchmark, phantom_dirs, tmp_path_factory, n):
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(ds.__getitem__, range(k)))
         record(group, f"pipeline (PyDataset) N={n}", k * 32 / (time.perf_counter() - t0), "img/s")
+
+
+def _phantom_signatures(n: int, seed: int) -> np.ndarray:
+    """Signatures of ``n`` phantom slices as ingest sees them (drawn small: only 16×16 counts)."""
+    from mriscan.duplicates import signature
+    from mriscan.synth import render_slice
+
+    cfg = SynthConfig(count=n, size_range=(64, 96), seed=seed)
+    return np.stack(
+        [signature(np.asarray(render_slice(i, cfg, canvas=48)[0].convert("L"))) for i in range(n)]
+    )
+
+
+@pytest.mark.parametrize("n", CASES)
+def test_grouping_scaling(benchmark, n):
+    """Duplicate grouping at commit compares every pair: its cost per slice grows with N."""
+    from mriscan.duplicates import duplicate_groups
+
+    sigs = _phantom_signatures(n, seed=n)
+    groups = benchmark.pedantic(lambda: duplicate_groups(sigs), rounds=1, iterations=1)
+    assert groups.shape == (n,)
+    record(
+        "scaling (phantoms, 128²)",
+        f"duplicate grouping N={n}",
+        n / benchmark.stats.stats.median,
+        "slices/s",
+    )
