@@ -16,7 +16,7 @@ import keras
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.preprocess import PreprocessConfig
 
-__all__ = ["ModelInfo", "build_model", "load_model", "save_model_info"]
+__all__ = ["MirrorDifference", "ModelInfo", "build_model", "load_model", "save_model_info"]
 
 # z-scored slices rarely leave ±10; RandomContrast clips to value_range, so it must be wide
 # (the Keras default of (0, 255) would destroy z-scored inputs; see DESIGN.md pitfalls).

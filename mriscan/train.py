@@ -45,7 +45,8 @@ class TrainConfig:
     (``last``); ``patience`` (epochs without val-loss improvement) enables early stopping;
     ``tta`` averages each prediction with that of the mirrored slice (stored with the model).
     ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the side) set
-    the strength of the training-time augmentation.
+    the strength of the training-time augmentation. ``mirror`` adds |slice − mirrored slice|
+    as a second channel inside the model (``build_model(mirror=...)``).
     """
 
     epochs: int = 60
@@ -65,7 +66,7 @@ class TrainConfig:
     rotation: float = 0.05
     zoom: float = 0.1
     translation: float = 0.0
-    mirror: bool = False
+    mirror: bool = True
     class_weight: bool = True
     patience: int | None = None
     select: str = "last"

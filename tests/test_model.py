@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from mriscan.errors import ConfigError, MriscanError
-from mriscan.model import build_model, last_conv_layer_name, load_model, save_model_info
+from mriscan.model import (
+    MirrorDifference,
+    build_model,
+    last_conv_layer_name,
+    load_model,
+    save_model_info,
+)
 from mriscan.preprocess import PreprocessConfig
 
 pytestmark = pytest.mark.backend
@@ -101,3 +107,23 @@ def test_save_and_load_roundtrip(tmp_path):
     )
     with pytest.raises(MriscanError, match="No model file"):
         load_model(tmp_path / "nope.keras")
+
+
+def test_mirror_channel_is_zero_where_the_slice_is_symmetric(tmp_path):
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    x[0, 2, 1, 0] = x[0, 2, 6, 0] = 1.0  # a symmetric pair
+    x[0, 5, 2, 0] = 3.0  # one-sided
+    out = np.asarray(MirrorDifference()(x))
+    assert out.shape == (1, 8, 8, 2)
+    np.testing.assert_array_equal(out[..., 0], x[..., 0])
+    expected = np.zeros((8, 8), np.float32)
+    expected[5, 2] = expected[5, 5] = 3.0
+    np.testing.assert_array_equal(out[0, ..., 1], expected)
+    model = build_model(32, filters=(4, 4, 4, 4), mirror=True)
+    assert model.get_layer("block1_conv1").kernel.shape[2] == 2
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    xs = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(loaded(xs, training=False)), np.asarray(model(xs, training=False)), atol=1e-6
+    )
