@@ -32,7 +32,7 @@ class SynthConfig:
     tumor_fraction : float
         Fraction written to ``yes/`` (rounded to a whole number of slices).
     size_range : (int, int)
-        Range of the longer image side in pixels.
+        Range of the longer image side in pixels (drawn log-uniformly).
     seed : int
     png_fraction, rgb_fraction : float
         Fractions saved as PNG (else JPEG) and as RGB (else grayscale).
@@ -191,7 +191,9 @@ def render_slice(i: int, cfg: SynthConfig, canvas: int = _CANVAS) -> tuple[Image
     rng = np.random.default_rng([cfg.seed, i])
     tumor = i < cfg.n_tumor
     img = phantom(rng, tumor, canvas)
-    side = int(rng.integers(cfg.size_range[0], cfg.size_range[1] + 1))
+    # log-uniform like the real set (longest side: median 331 px, 90% below 630 px)
+    lo, hi = cfg.size_range
+    side = min(hi, int(np.exp(rng.uniform(np.log(lo), np.log(hi + 1)))))
     aspect = rng.uniform(0.8, 1.25)
     h, w = (
         (side, max(16, int(side / aspect))) if aspect >= 1 else (max(16, int(side * aspect)), side)
