@@ -105,12 +105,13 @@ def _smooth_noise(rng, shape, sigma):
 def phantom(rng: np.random.Generator, tumor: bool, canvas: int = _CANVAS) -> np.ndarray:
     """One phantom slice on a square canvas, float in [0, 1].
 
-    Skull and scalp, grey/white-matter texture, ventricles, bias field and Rician-like noise;
+    Skull and scalp, grey/white-matter texture, ventricles, T1- or T2-like contrast, bias field,
+    Rician-like noise and a random gamma;
     ``tumor`` adds 1–2 lesions (brighter or darker, with or without oedema and mass effect);
     healthy slices may carry small look-alikes (vessels, asymmetric bright spots).
     """
-    # float32 throughout, and small structures drawn only inside their own window: the
-    # whole-canvas passes are what 10,000 slices a minute can afford
+    # float32 throughout, and small structures drawn only inside their own window, so that
+    # 10,000 slices take well under a minute
     yy, xx = _grid(canvas)
     cy = canvas / 2 + rng.uniform(-0.04, 0.04) * canvas
     cx = canvas / 2 + rng.uniform(-0.04, 0.04) * canvas
@@ -145,7 +146,7 @@ def phantom(rng: np.random.Generator, tumor: bool, canvas: int = _CANVAS) -> np.
             size = rng.uniform(0.04, 0.16) * canvas
             lesions.append((ly, lx, size))
         shift = -np.sign(lesions[0][1] - cx) * min(lesions[0][2] * 0.25, 0.05 * canvas)
-    # ventricles: a pair of dark crescents near the centre
+    # ventricles: a pair of crescents near the centre (dark on T1, bright on T2)
     vent = rng.uniform(0.05, 0.1) * canvas
     vlevel = rng.uniform(0.8, 0.95) if t2 else rng.uniform(0.08, 0.16)
     for side in (-1, 1):
