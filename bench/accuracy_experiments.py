@@ -23,6 +23,7 @@ EXPERIMENTS: dict[str, dict] = {
     # from here on rotation/zoom fill with the nearest border pixel (row 8)
     "fill_nearest": {},
     "aug_strong": {"rotation": 0.08, "zoom": 0.2, "translation": 0.1},
+    # mirror=True is TrainConfig's default since row 10; spelled out for rows run before that
     "mirror": {"mirror": True},
     "mirror_b16": {"mirror": True, "batch_size": 16},
     "s64_e60": {"image_size": 64, "epochs": 60},

@@ -49,17 +49,8 @@ def test_scaling(benchmark, phantom_dirs, tmp_path_factory, n):
     with ImageStore.open(store) as st:
         assert len(st) == n
         record(group, f"raw/stored N={n}", n * 128 * 128 / st.nbytes_stored(), "×")
-        rng = np.random.default_rng(0)
-        batches = [np.sort(rng.choice(n, 32, replace=False)) for _ in range(300)]
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda b: st.read_batch(b), batches))
-        record(
-            group,
-            f"random batches (2 threads) N={n}",
-            300 * 32 / (time.perf_counter() - t0),
-            "img/s",
-        )
+        rate = _random_batches_per_s(st, n, np.random.default_rng(0))
+        record(group, f"random batches (2 threads) N={n}", rate, "img/s")
         ds = StoreDataset(st, np.arange(n), batch_size=32, shuffle=True)
         t0 = time.perf_counter()
         k = min(len(ds), 300)
