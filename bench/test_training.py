@@ -123,3 +123,83 @@ def test_training_throughput(benchmark, train_store, precision):
     model = _compiled(precision)
     seconds = benchmark.pedantic(lambda: _fit_seconds(model, data, 12), rounds=1, iterations=1)
     record("training throughput on CPU (128², batch 32)", precision, 12 * 32 / seconds, "img/s")
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_strategy_overhead_on_one_device(benchmark, train_store, strategy):
+    """An epoch as cross-validation runs it (5 steps of 32, then 32 validation slices):
+    MirroredStrategy over the one device vs TensorFlow's default strategy."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.distribute needs the TensorFlow backend")
+    import tensorflow as tf
+
+    st = ImageStore.open(train_store)
+    x = normalize(st.read_batch(np.arange(192))[0])[..., None]
+    y = st.labels[:192].astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x[:160], y[:160])).batch(32)
+    val = tf.data.Dataset.from_tensor_slices((x[160:], y[160:])).batch(32)
+    dist = (
+        tf.distribute.MirroredStrategy(tf.config.list_logical_devices("CPU")[:1])
+        if strategy == "mirrored"
+        else tf.distribute.get_strategy()
+    )
+    with dist.scope():
+        model = _compiled()
+    model.fit(data, validation_data=val, epochs=1, verbose=0)
+
+    def run():
+        model.fit(data, validation_data=val, epochs=4, verbose=0)
+
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    record(
+        "fit epoch of 5 steps on one CPU device (128²)",
+        strategy,
+        4 / benchmark.stats.stats.median,
+        "epochs/s",
+    )
+    if strategy == "default":
+        target(
+            "default strategy vs MirroredStrategy over the one device (≥ 1.2×: worth the switch)",
+            "fit epoch of 5 steps on one CPU device (128²)",
+            "default",
+            ["mirrored"],
+            1.2,
+        )
+
+
+@pytest.mark.parametrize("feed", ["pydataset", "tfdata"])
+def test_short_epochs_pipeline(benchmark, train_store, feed):
+    """Epochs as cross-validation runs them (5 steps of 32, then 32 validation slices)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data needs the TensorFlow backend")
+    st = ImageStore.open(train_store)
+    idx, val_idx = np.arange(160), np.arange(160, 192)
+    epochs = 4
+    if feed == "pydataset":
+        data, kw = StoreDataset(st, idx, batch_size=32, shuffle=True, workers=2), {}
+        val = StoreDataset(st, val_idx, batch_size=32, workers=2)
+    else:
+        data, steps = make_tf_dataset(st, idx, batch_size=32, shuffle=True, epochs=3 * epochs)
+        kw = {"steps_per_epoch": steps, "shuffle": False}
+        val, _ = make_tf_dataset(st, val_idx, batch_size=32)
+    model = _compiled()
+    model.fit(data, validation_data=val, epochs=1, verbose=0, **kw)
+
+    def run():
+        model.fit(data, validation_data=val, epochs=epochs, verbose=0, **kw)
+
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    record(
+        "fit epoch of 5 steps, default strategy (128²)",
+        feed,
+        epochs / benchmark.stats.stats.median,
+        "epochs/s",
+    )
+    if feed == "tfdata":
+        target(
+            "tf.data vs PyDataset on short epochs (≥ 1.0×: `--pipeline auto` picks tf.data)",
+            "fit epoch of 5 steps, default strategy (128²)",
+            "tfdata",
+            ["pydataset"],
+            1.0,
+        )

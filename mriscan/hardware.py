@@ -13,11 +13,12 @@ import keras
 
 from mriscan.errors import ConfigError
 
-__all__ = ["PRECISIONS", "Hardware", "resolve_precision", "setup_hardware"]
+__all__ = ["PRECISIONS", "STRATEGIES", "Hardware", "resolve_precision", "setup_hardware"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored")
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,14 @@ def resolve_precision(requested: str, *, gpus: list[dict[str, Any]] | None = Non
     return "float32"
 
 
-def _tf_setup() -> tuple[tuple[str, ...], Any, str, list[dict[str, Any]]]:
-    """TensorFlow: memory growth on GPUs, then Mirrored or MultiWorkerMirrored strategy."""
+def _tf_setup(requested: str) -> tuple[tuple[str, ...], Any, str, list[dict[str, Any]]]:
+    """TensorFlow: memory growth on GPUs, then a Mirrored, MultiWorkerMirrored or default strategy.
+
+    ``auto`` mirrors over two or more devices; on one device it keeps TensorFlow's default
+    strategy, because ``MirroredStrategy`` over a single device only adds overhead (a training
+    epoch of the default model took twice as long on 2 CPU cores, bench/RESULTS.md).
+    ``mirrored`` forces ``MirroredStrategy`` even over one device.
+    """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -89,6 +96,9 @@ def _tf_setup() -> tuple[tuple[str, ...], Any, str, list[dict[str, Any]]]:
         name = f"MultiWorkerMirroredStrategy({len(workers)} workers)"
     else:
         logical = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        if len(logical) == 1 and requested == "auto":
+            strategy = tf.distribute.get_strategy()
+            return (logical[0].name,), strategy, "default strategy (one device)", details
         strategy = tf.distribute.MirroredStrategy([d.name for d in logical])
         name = "MirroredStrategy"
     devices = tuple(strategy.extended.worker_devices)
@@ -133,20 +143,25 @@ def _fix_symbolic_build_reduce(strategy: Any) -> None:
     strategy.reduce = reduce
 
 
-def setup_hardware(*, precision: str = "auto", per_replica_batch: int = 32) -> Hardware:
+def setup_hardware(
+    *, precision: str = "auto", per_replica_batch: int = 32, strategy: str = "auto"
+) -> Hardware:
     """Choose devices, strategy and dtype policy for the active Keras backend, and set the policy.
 
-    TensorFlow: ``MirroredStrategy`` over all GPUs (or CPU devices), ``MultiWorkerMirroredStrategy``
-    when ``TF_CONFIG`` lists several workers. JAX: ``keras.distribution.DataParallel`` over all
-    devices. PyTorch: one device.
+    TensorFlow: ``MirroredStrategy`` over all GPUs (or CPU devices) when there are two or more
+    (or ``strategy="mirrored"``), the default strategy on a single device,
+    ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` lists several workers.
+    JAX: ``keras.distribution.DataParallel`` over all devices. PyTorch: one device.
     """
     if per_replica_batch < 1:
         raise ConfigError(f"batch size must be >= 1. Received: {per_replica_batch}.")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {STRATEGIES}. Received: {strategy!r}.")
     backend = keras.backend.backend()
-    strategy = None
+    dist = None
     if backend == "tensorflow":
-        devices, strategy, name, gpus = _tf_setup()
-        replicas = int(strategy.num_replicas_in_sync)
+        devices, dist, name, gpus = _tf_setup(strategy)
+        replicas = int(dist.num_replicas_in_sync)
     elif backend == "jax":
         import jax
 
@@ -169,7 +184,7 @@ def setup_hardware(*, precision: str = "auto", per_replica_batch: int = 32) -> H
         name = "single device (PyTorch backend: no multi-device strategy)"
     policy = resolve_precision(precision, gpus=gpus)
     keras.mixed_precision.set_dtype_policy(policy)
-    hw = Hardware(backend, devices, name, replicas, per_replica_batch, policy, strategy)
+    hw = Hardware(backend, devices, name, replicas, per_replica_batch, policy, dist)
     return hw
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mriscan.errors import ConfigError
-from mriscan.hardware import resolve_precision
+from mriscan.hardware import resolve_precision, setup_hardware
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,25 @@ def test_resolve_precision(requested, gpus, expected):
 def test_unknown_precision():
     with pytest.raises(ConfigError, match="precision must be one of"):
         resolve_precision("float8")
+
+
+def test_strategy_on_one_device():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.distribute strategies need the TensorFlow backend")
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")) != 1:
+        pytest.skip("needs exactly one device")
+    auto = setup_hardware(precision="float32")
+    assert auto.strategy is tf.distribute.get_strategy() and auto.replicas == 1
+    assert auto.strategy_name == "default strategy (one device)"
+    forced = setup_hardware(precision="float32", strategy="mirrored")
+    assert isinstance(forced.strategy, tf.distribute.MirroredStrategy)
+    assert forced.strategy_name == "MirroredStrategy" and forced.replicas == 1
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        setup_hardware(strategy="tpu")
 
 
 @pytest.mark.slow

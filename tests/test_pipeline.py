@@ -66,9 +66,20 @@ def test_tfdata_matches_pydataset(small_store):
             np.testing.assert_array_equal(batches[i][0], py[i][0])
         py.on_epoch_end()
         np.testing.assert_array_equal(batches[4][1], py[0][1])
+        # a run resumed at epoch 1 sees epoch 1's batches, not epoch 0's again
+        resumed, _ = make_tf_dataset(
+            st, idx, batch_size=16, shuffle=True, seed=1, epochs=2, first_epoch=1
+        )
+        rest = list(resumed.as_numpy_iterator())
+        assert len(rest) == 4
+        for a, b in zip(rest, batches[4:], strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+        with pytest.raises(ConfigError, match="first_epoch must be in"):
+            make_tf_dataset(st, idx, epochs=2, first_epoch=2)
 
 
 def test_resolve_pipeline():
-    assert resolve_pipeline("auto") == "pydataset"
+    expected = "tfdata" if keras.backend.backend() == "tensorflow" else "pydataset"
+    assert resolve_pipeline("auto") == expected
     with pytest.raises(ConfigError, match="pipeline must be one of"):
         resolve_pipeline("dali")
