@@ -43,6 +43,7 @@ _LAZY = {
     "StoreDataset": "mriscan.pipeline",
     "TrainConfig": "mriscan.train",
     "train": "mriscan.train",
+    "pretrain_on_phantoms": "mriscan.train",
     "evaluate": "mriscan.evaluate",
     "cross_validate": "mriscan.evaluate",
     "binary_metrics": "mriscan.metrics",

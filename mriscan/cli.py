@@ -71,7 +71,7 @@ def main(verbose: int) -> None:
 @click.option(
     "--image-size",
     type=int,
-    default=96,
+    default=128,
     show_default=True,
     help="Side S of the stored S×S slices.",
 )
@@ -217,13 +217,21 @@ def _train_options(f):
             show_default=True,
             help="Per-replica batch; global batch = this × replicas.",
         ),
-        click.option("--image-size", type=int, default=96, show_default=True),
+        click.option("--image-size", type=int, default=128, show_default=True),
         click.option(
             "--precision",
             type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
             default="auto",
             show_default=True,
             help="auto: mixed_float16 on CUDA GPUs (CC >= 7.0), else float32.",
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(["auto", "mirrored"]),
+            default="auto",
+            show_default=True,
+            help="TensorFlow: auto = MirroredStrategy over 2+ devices, the default strategy on "
+            "one; mirrored = MirroredStrategy even on one device.",
         ),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
@@ -251,6 +259,15 @@ def _train_options(f):
             "asymmetric; +0.05 CV AUC on the real set).",
         ),
         click.option(
+            "--pretrain",
+            type=int,
+            default=3000,
+            show_default=True,
+            help="Phantoms to pre-train on first (0: start from random weights). The weights are "
+            "cached (~/.cache/mriscan or $MRISCAN_CACHE) and shared by all folds of cv.",
+        ),
+        click.option("--pretrain-epochs", type=int, default=5, show_default=True),
+        click.option(
             "--learning-rate",
             type=float,
             default=1e-3,
@@ -261,6 +278,13 @@ def _train_options(f):
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def _skip_pretrain_on_phantoms(data: Path, train_options: dict) -> None:
+    """Training data that are phantoms already: pre-training on more of them adds nothing."""
+    if data.name == "synthetic" and train_options.get("pretrain"):
+        click.secho("Phantom data: phantom pre-training skipped.", fg="yellow", err=True)
+        train_options["pretrain"] = 0
 
 
 def _resolve_data(data: Path | None, store_path: Path | None) -> tuple[Path, Path | None]:
@@ -308,6 +332,7 @@ def train(
     from mriscan.train import train as run_train
 
     data, store_path = _resolve_data(data, store_path)
+    _skip_pretrain_on_phantoms(data, train_options)
     cfg = TrainConfig(
         val_fraction=val_fraction, test_fraction=test_fraction, verbose=verbose_fit, **train_options
     )
@@ -427,6 +452,7 @@ def cv(
     from mriscan.train import TrainConfig
 
     data, store_path = _resolve_data(data, store_path)
+    _skip_pretrain_on_phantoms(data, train_options)
     tcfg = TrainConfig(verbose="line", **train_options)
     click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)
     s = cross_validate(

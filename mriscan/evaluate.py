@@ -18,7 +18,13 @@ from mriscan import metrics as mx
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.splits import kfold_indices, split_indices
 from mriscan.store import ImageStore
-from mriscan.train import TrainConfig, fit_model, open_or_ingest, predict_indices
+from mriscan.train import (
+    TrainConfig,
+    fit_model,
+    open_or_ingest,
+    predict_indices,
+    pretrain_on_phantoms,
+)
 
 __all__ = ["CVConfig", "cross_validate", "evaluate", "summarize_folds"]
 
@@ -139,7 +145,13 @@ def cross_validate(
     cv_dir.mkdir(parents=True, exist_ok=True)
     labels = store.labels.astype(np.int64)
     groups = store.groups
-    hw = setup_hardware(precision=cfg.train.precision, per_replica_batch=cfg.train.batch_size)
+    hw = setup_hardware(
+        precision=cfg.train.precision,
+        per_replica_batch=cfg.train.batch_size,
+        strategy=cfg.train.strategy,
+    )
+    # phantoms hold no real slice: one pre-training serves every fold
+    init = pretrain_on_phantoms(cfg.train, hw, store.config) if cfg.train.pretrain else None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -162,7 +174,9 @@ def cross_validate(
             )
             fold_dir = cv_dir / f"r{rep}_f{k}"
             fold_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 100 * rep + k)
-            model, _, _ = fit_model(store, train_idx, val_idx, fold_cfg, fold_dir, hw)
+            model, _, _ = fit_model(
+                store, train_idx, val_idx, fold_cfg, fold_dir, hw, init_weights=init
+            )
             val_prob = predict_indices(model, store, val_idx, tta=fold_cfg.tta)
             thr = mx.youden_threshold(labels[val_idx], val_prob)
             prob = predict_indices(model, store, test_idx, tta=fold_cfg.tta)

@@ -48,7 +48,7 @@ class PreprocessConfig:
         Applied when feeding the model (stored images stay uint8).
     """
 
-    size: int = 96
+    size: int = 128
     crop: bool = True
     margin: float = 0.02
     threshold: float = 0.1

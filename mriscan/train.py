@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 
 from mriscan import metrics as mx
 from mriscan.errors import ConfigError
-from mriscan.hardware import PRECISIONS, Hardware, setup_hardware
+from mriscan.hardware import PRECISIONS, STRATEGIES, Hardware, setup_hardware
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.model import build_model, save_model_info
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
@@ -27,12 +29,20 @@ from mriscan.predict import predict_batch
 from mriscan.preprocess import PreprocessConfig
 from mriscan.splits import split_indices
 from mriscan.store import ImageStore
+from mriscan.synth import SynthConfig, synthesize
 
-__all__ = ["TrainConfig", "TrainResult", "open_or_ingest", "train"]
+__all__ = ["TrainConfig", "TrainResult", "open_or_ingest", "pretrain_on_phantoms", "train"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("data/processed/images.zarr")
+# Bump when the phantoms or the pre-training recipe change: it is part of the weights' cache key.
+PRETRAIN_VERSION = 1
+# TrainConfig fields that do not change pre-trained weights (left out of their cache key)
+_NOT_PRETRAIN = (
+    "epochs", "select", "patience", "tta", "pipeline", "workers", "verbose",
+    "val_fraction", "test_fraction",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,13 +56,17 @@ class TrainConfig:
     ``tta`` averages each prediction with that of the mirrored slice (stored with the model).
     ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the side) set
     the strength of the training-time augmentation. ``mirror`` adds |slice − mirrored slice|
-    as a second channel inside the model (``build_model(mirror=...)``).
+    as a second channel inside the model (``build_model(mirror=...)``). ``strategy`` is
+    ``setup_hardware``'s: ``auto`` mirrors over two or more devices, ``mirrored`` always.
+    ``pretrain`` phantoms (``mriscan.synth``; 0 = off) are generated and learnt for
+    ``pretrain_epochs`` first, and training starts from those weights (``pretrain_on_phantoms``).
     """
 
     epochs: int = 60
     batch_size: int = 32
-    image_size: int = 96
+    image_size: int = 128
     precision: str = "auto"
+    strategy: str = "auto"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -68,6 +82,8 @@ class TrainConfig:
     translation: float = 0.0
     mirror: bool = True
     class_weight: bool = True
+    pretrain: int = 3000
+    pretrain_epochs: int = 5
     patience: int | None = None
     select: str = "last"
     tta: bool = True
@@ -76,13 +92,27 @@ class TrainConfig:
     verbose: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "image_size", "workers"):
+        for name in ("epochs", "batch_size", "image_size", "workers", "pretrain_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {PRECISIONS}. Received: precision={self.precision!r}."
+            )
+        if (
+            not isinstance(self.pretrain, int)
+            or isinstance(self.pretrain, bool)
+            or self.pretrain < 0
+        ):
+            raise ConfigError(
+                f"pretrain must be 0 (off) or a number of phantoms. Received: {self.pretrain!r}."
+            )
+        if 0 < self.pretrain < 20:
+            raise ConfigError(f"pretrain needs at least 20 phantoms. Received: {self.pretrain}.")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"strategy must be one of {STRATEGIES}. Received: strategy={self.strategy!r}."
             )
         if not (
             0 <= self.val_fraction < 1
@@ -228,8 +258,10 @@ def fit_model(
     *,
     callbacks: list | None = None,
     checkpoint: bool = True,
+    init_weights: Path | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]], Path]:
-    """Build, compile and fit one model; return the selected model, its history and path."""
+    """Build, compile and fit one model (from ``init_weights`` if given); return the selected
+    model, its history and path."""
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "models" / "best_model.keras"
     model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +269,11 @@ def fit_model(
     gb = hw.global_batch
     labels = store.labels
     keras.utils.set_random_seed(cfg.seed)
+    backup = out / "backup"
+    resume = backup.is_dir()
+    history_cb = _JsonHistory(out / "history.json", resume)
+    # BackupAndRestore resumes after the last finished epoch, which history.json also records
+    first_epoch = min(max(history_cb.epochs, default=-1) + 1, cfg.epochs - 1)
     if kind == "tfdata":
         train_data, steps = make_tf_dataset(
             store,
@@ -245,10 +282,11 @@ def fit_model(
             shuffle=True,
             seed=cfg.seed,
             epochs=cfg.epochs,
+            first_epoch=first_epoch,
             drop_remainder=True,
         )
         val_data, _ = make_tf_dataset(store, val_idx, batch_size=gb)
-        fit_kw = {"steps_per_epoch": steps}
+        fit_kw = {"steps_per_epoch": steps, "shuffle": False}  # shuffled in the dataset
     else:
         train_data = StoreDataset(
             store,
@@ -274,10 +312,9 @@ def fit_model(
             mirror=cfg.mirror,
             seed=cfg.seed,
         )
+        if init_weights is not None:
+            model.load_weights(init_weights)
         compile_model(model, cfg, hw, steps)
-    backup = out / "backup"
-    resume = backup.is_dir()
-    history_cb = _JsonHistory(out / "history.json", resume)
     monitor_best = None
     if resume and history_cb.epochs:
         monitor_best = max(r.get("val_auc", -math.inf) for r in history_cb.epochs.values())
@@ -316,6 +353,71 @@ def fit_model(
     elif checkpoint:
         model.save(model_path)
     return model, history_cb.as_dict(), model_path
+
+
+def pretrain_cache_dir() -> Path:
+    """Where pre-trained weights are kept: ``$MRISCAN_CACHE`` or ``~/.cache/mriscan``."""
+    root = os.environ.get("MRISCAN_CACHE") or Path.home() / ".cache" / "mriscan"
+    return Path(root) / "pretrain"
+
+
+def _pretrain_key(cfg: TrainConfig, preprocess: PreprocessConfig) -> str:
+    """Cache key of pre-trained weights: everything that shapes them."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_PRETRAIN}
+    blob = json.dumps(
+        {"train": d, "preprocess": preprocess.to_dict(), "version": PRETRAIN_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain_on_phantoms(
+    cfg: TrainConfig,
+    hw: Hardware,
+    preprocess: PreprocessConfig,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Weights of the model after ``cfg.pretrain_epochs`` on ``cfg.pretrain`` phantoms.
+
+    The phantoms (1–2 focal lesions, or none, in T1/T2-like heads) hold no real data, so one
+    set of weights serves every fold of a cross-validation. They are cached under
+    ``cache_dir`` (default ``pretrain_cache_dir()``) by a key of the architecture, the
+    optimisation settings and ``preprocess``; a second run with the same settings reuses them.
+    """
+    if cfg.pretrain < 1:
+        raise ConfigError("pretrain_on_phantoms needs cfg.pretrain >= 1 phantoms.")
+    cache = Path(cache_dir) if cache_dir is not None else pretrain_cache_dir()
+    path = cache / f"phantoms_{_pretrain_key(cfg, preprocess)}.weights.h5"
+    if path.is_file():
+        log.info("phantom pre-training: reusing %s", path)
+        return path
+    t0 = time.perf_counter()
+    log.info("phantom pre-training: %d phantoms, %d epochs", cfg.pretrain, cfg.pretrain_epochs)
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mriscan_pretrain_") as tmp:
+        raw, store_path = Path(tmp) / "raw", Path(tmp) / "phantoms.zarr"
+        # a seed stream of its own, so pre-training phantoms never equal `mriscan synth`'s
+        synthesize(raw, SynthConfig(count=cfg.pretrain, seed=10_000 + cfg.seed))
+        ingest(raw, store_path, IngestConfig(preprocess=preprocess))
+        store = ImageStore.open(store_path)
+        order = np.random.default_rng(cfg.seed).permutation(len(store))
+        n_val = max(2, len(store) // 20)  # only to show that the phantoms are being learnt
+        pcfg = dataclasses.replace(
+            cfg, epochs=cfg.pretrain_epochs, warmup_epochs=min(cfg.warmup_epochs, 1), patience=None
+        )
+        model, history, _ = fit_model(
+            store, order[n_val:], order[:n_val], pcfg, Path(tmp) / "run", hw, checkpoint=False
+        )
+        store.close()
+        part = path.with_name(path.name + f".{os.getpid()}.part.weights.h5")
+        model.save_weights(part)
+        os.replace(part, path)
+    auc = history.get("val_auc", [float("nan")])[-1]
+    log.info(
+        "phantom pre-training done in %.0f s (phantom val AUC %.3f)", time.perf_counter() - t0, auc
+    )
+    return path
 
 
 def train(
@@ -371,9 +473,12 @@ def train(
         )
     out.mkdir(parents=True, exist_ok=True)
     _write_split(out / "split.json", store, split, cfg)
-    hw = setup_hardware(precision=cfg.precision, per_replica_batch=cfg.batch_size)
+    hw = setup_hardware(
+        precision=cfg.precision, per_replica_batch=cfg.batch_size, strategy=cfg.strategy
+    )
+    init = pretrain_on_phantoms(cfg, hw, store.config) if cfg.pretrain else None
     model, history, model_path = fit_model(
-        store, split["train"], split["val"], cfg, out, hw, callbacks=callbacks
+        store, split["train"], split["val"], cfg, out, hw, callbacks=callbacks, init_weights=init
     )
     labels = store.labels.astype(np.int64)
     val_prob = predict_indices(model, store, split["val"], tta=cfg.tta)
@@ -427,6 +532,9 @@ def _protocol(cfg: TrainConfig, split: dict[str, np.ndarray]) -> dict[str, Any]:
         "sizes": {k: len(v) for k, v in split.items()},
         "seed": cfg.seed,
         "threshold": "chosen on validation only (Youden's J)",
+        "pretrain": {"phantoms": cfg.pretrain, "epochs": cfg.pretrain_epochs}
+        if cfg.pretrain
+        else None,
     }
 
 

@@ -14,6 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_pretrain_cache(tmp_path_factory):
+    """Pre-trained weights go to a temporary cache, never the user's ~/.cache/mriscan."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MRISCAN_CACHE", str(tmp_path_factory.mktemp("mriscan_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The 253-image set beside the repository, or skip."""

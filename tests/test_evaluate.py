@@ -18,6 +18,7 @@ TINY = TrainConfig(
     batch_size=16,
     warmup_epochs=0,
     filters=(8, 8, 16, 16),
+    pretrain=0,
     verbose="silent",
 )
 

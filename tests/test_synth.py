@@ -86,7 +86,9 @@ def test_phantoms_are_learnable_not_trivial(tmp_path):
     ingest(
         tmp_path / "raw", tmp_path / "s.zarr", IngestConfig(preprocess=PreprocessConfig(size=64))
     )
-    cfg = TrainConfig(epochs=12, image_size=64, warmup_epochs=1, mirror=True, verbose="silent")
+    cfg = TrainConfig(
+        epochs=12, image_size=64, warmup_epochs=1, mirror=True, pretrain=0, verbose="silent"
+    )
     result = train(tmp_path / "s.zarr", cfg, out=tmp_path / "art")
     test = result.metrics["test"]
     print("phantom learnability (test split):", test)

@@ -23,6 +23,7 @@ FAST = {
     "batch_size": 16,
     "warmup_epochs": 0,
     "filters": (8, 8, 16, 16),
+    "pretrain": 0,
     "verbose": "silent",
 }
 
@@ -63,6 +64,8 @@ def test_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="precision must be one of"):
         TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        TrainConfig(strategy="tpu")
     with pytest.raises(ConfigError, match="with a sum below 1"):
         TrainConfig(val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(ConfigError, match="rotation must be in"):
@@ -83,7 +86,7 @@ class Trace(keras.callbacks.Callback):
         if epoch == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = TrainConfig(epochs=4, image_size=32, batch_size=16, warmup_epochs=0,
+cfg = TrainConfig(epochs=4, image_size=32, batch_size=16, warmup_epochs=0, pretrain=0,
                   filters=(8, 8, 16, 16), verbose="silent")
 train(store, cfg, out=out, callbacks=[Trace()])
 """
@@ -123,3 +126,52 @@ def test_killed_run_resumes_from_last_epoch(small_store, tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert np.isfinite([h["loss"] for h in history]).all()
     assert (out / "models" / "best_model.keras").is_file() and not (out / "backup").exists()
+
+
+@pytest.mark.backend
+def test_phantom_pretraining_is_cached_and_starts_training(small_store, tmp_path, monkeypatch):
+    import mriscan.train as train_mod
+    from mriscan.hardware import setup_hardware
+    from mriscan.model import build_model
+    from mriscan.store import ImageStore
+
+    cfg = TrainConfig(**{**FAST, "pretrain": 40, "pretrain_epochs": 1})
+    hw = setup_hardware(precision="float32", per_replica_batch=cfg.batch_size)
+    pre = ImageStore.open(small_store).config
+    path = train_mod.pretrain_on_phantoms(cfg, hw, pre, cache_dir=tmp_path / "cache")
+    assert path.is_file() and path.parent == tmp_path / "cache"
+    fresh = build_model(32, filters=cfg.filters, mirror=cfg.mirror, seed=cfg.seed)
+    loaded = build_model(32, filters=cfg.filters, mirror=cfg.mirror, seed=cfg.seed)
+    loaded.load_weights(path)
+    kernel = next(w for w in loaded.weights if w.path.endswith("block1_conv1/kernel"))
+    fresh_kernel = next(w for w in fresh.weights if w.path.endswith("block1_conv1/kernel"))
+    assert not np.allclose(kernel.numpy(), fresh_kernel.numpy())  # it was trained
+
+    # same settings: reused without training; another architecture: another file
+    def no_training(*a, **k):
+        raise AssertionError("pre-training ran again instead of using the cache")
+
+    monkeypatch.setattr(train_mod, "fit_model", no_training)
+    assert train_mod.pretrain_on_phantoms(cfg, hw, pre, cache_dir=tmp_path / "cache") == path
+    longer = TrainConfig(**{**FAST, "pretrain": 40, "pretrain_epochs": 1, "epochs": 9})
+    assert train_mod.pretrain_on_phantoms(longer, hw, pre, cache_dir=tmp_path / "cache") == path
+    wider = TrainConfig(**{**FAST, "pretrain": 40, "pretrain_epochs": 1, "filters": (8, 8, 16, 32)})
+    assert train_mod._pretrain_key(wider, pre) != train_mod._pretrain_key(cfg, pre)
+    monkeypatch.undo()
+
+    # train() looks in the cache and starts from the weights it finds there
+    seen = []
+    real_fit = train_mod.fit_model
+
+    def spy(*a, **k):
+        seen.append(k.get("init_weights"))
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(train_mod, "fit_model", spy)
+    monkeypatch.setenv("MRISCAN_CACHE", str(tmp_path))
+    assert train_mod.pretrain_cache_dir() == tmp_path / "pretrain"
+    (tmp_path / "pretrain").mkdir()
+    path.replace(tmp_path / "pretrain" / path.name)
+    result = train(small_store, cfg, out=tmp_path / "art")
+    assert seen == [tmp_path / "pretrain" / path.name]
+    assert result.metrics["protocol"]["pretrain"] == {"phantoms": 40, "epochs": 1}
