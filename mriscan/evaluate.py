@@ -225,8 +225,12 @@ def cross_validate(
         "split": "stratified k-fold; every near-duplicate group in one fold "
         "(16x16 thumbnail correlation > 0.95); exact duplicate files stored once",
         "inner_validation": f"{cfg.val_fraction:.0%} of each training fold (group-aware): "
-        "checkpoint by val AUC and threshold by Youden's J; the test fold "
-        "is predicted once",
+        + ("checkpoint by val AUC and " if cfg.train.select == "best" else "")
+        + "threshold by Youden's J; the test fold is predicted once",
+        "pretrain": f"{cfg.train.pretrain} phantoms, {cfg.train.pretrain_epochs} epochs, "
+        "one set of weights for all folds (no real slice)"
+        if cfg.train.pretrain
+        else None,
         "ci95": f"percentile bootstrap of the fold mean, resampling each fold's test "
         f"predictions ({cfg.n_boot} draws)",
         "train_config": cfg.train.to_dict(),

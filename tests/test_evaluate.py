@@ -66,6 +66,9 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
     for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
         assert set(m[key]) == {"mean", "std", "ci95", "per_fold"} and len(m[key]["per_fold"]) == 3
     assert m["protocol"]["folds"] == 3 and "duplicate" in m["protocol"]["split"]
+    # select=last: no checkpoint is chosen on validation; TINY does not pre-train
+    assert "checkpoint" not in m["protocol"]["inner_validation"]
+    assert m["protocol"]["pretrain"] is None
     with open(cv / "oof_predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
     with ImageStore.open(small_store) as st:
