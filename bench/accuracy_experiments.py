@@ -27,10 +27,11 @@ EXPERIMENTS: dict[str, dict] = {
     "mirror": {"mirror": True},
     "mirror_b16": {"mirror": True, "batch_size": 16},
     # from here on (row 13) the default strategy on one device and the tf.data pipeline
-    "fast": {},
-    "s128": {"image_size": 128},
-    "wide": {"filters": (32, 64, 128, 128)},
-    "e100": {"epochs": 100},
+    "s96": {"image_size": 96, "pretrain": 0},
+    "s128": {"image_size": 128, "pretrain": 0},
+    # from here on (row 15) phantom pre-training and 128² are the defaults
+    "pretrain": {},
+    "pretrain6k_ft40": {"pretrain": 6000, "epochs": 40},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},
