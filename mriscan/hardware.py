@@ -77,8 +77,8 @@ def _tf_setup(requested: str) -> tuple[tuple[str, ...], Any, str, list[dict[str,
     """TensorFlow: memory growth on GPUs, then a Mirrored, MultiWorkerMirrored or default strategy.
 
     ``auto`` mirrors over two or more devices; on one device it keeps TensorFlow's default
-    strategy, because ``MirroredStrategy`` over a single device only adds overhead (a training
-    epoch of the default model took twice as long on 2 CPU cores, bench/RESULTS.md).
+    strategy, because ``MirroredStrategy`` over a single device only adds overhead (a short
+    training epoch took 1.8× as long on 2 CPU cores, bench/RESULTS.md).
     ``mirrored`` forces ``MirroredStrategy`` even over one device.
     """
     import tensorflow as tf
