@@ -280,23 +280,24 @@ def _train_options(f):
     return f
 
 
-def _skip_pretrain_on_phantoms(data: Path, train_options: dict) -> None:
-    """Training data that are phantoms already: pre-training on more of them adds nothing."""
+def _resolve_data(
+    data: Path | None, store_path: Path | None, train_options: dict
+) -> tuple[Path, Path | None]:
+    """DATA or the embedded default (data/raw, else generated phantoms) and its store.
+
+    On phantom data the phantom pre-training is switched off in ``train_options``: more
+    phantoms add nothing there.
+    """
+    if data is None:
+        from mriscan.synth import default_raw_data
+
+        data = default_raw_data("data/raw", log=lambda m: click.secho(m, fg="yellow", err=True))
+        if data.name == "synthetic" and store_path is None:
+            store_path = Path("data/processed/synthetic.zarr")
     if data.name == "synthetic" and train_options.get("pretrain"):
         click.secho("Phantom data: phantom pre-training skipped.", fg="yellow", err=True)
         train_options["pretrain"] = 0
-
-
-def _resolve_data(data: Path | None, store_path: Path | None) -> tuple[Path, Path | None]:
-    """DATA or the embedded default (data/raw, else generated phantoms) and its store."""
-    if data is not None:
-        return data, store_path
-    from mriscan.synth import default_raw_data
-
-    raw = default_raw_data("data/raw", log=lambda m: click.secho(m, fg="yellow", err=True))
-    if raw.name == "synthetic" and store_path is None:
-        store_path = Path("data/processed/synthetic.zarr")
-    return raw, store_path
+    return data, store_path
 
 
 @main.command()
@@ -331,8 +332,7 @@ def train(
     from mriscan.train import TrainConfig
     from mriscan.train import train as run_train
 
-    data, store_path = _resolve_data(data, store_path)
-    _skip_pretrain_on_phantoms(data, train_options)
+    data, store_path = _resolve_data(data, store_path, train_options)
     cfg = TrainConfig(
         val_fraction=val_fraction, test_fraction=test_fraction, verbose=verbose_fit, **train_options
     )
@@ -451,8 +451,7 @@ def cv(
     from mriscan.evaluate import CVConfig, cross_validate
     from mriscan.train import TrainConfig
 
-    data, store_path = _resolve_data(data, store_path)
-    _skip_pretrain_on_phantoms(data, train_options)
+    data, store_path = _resolve_data(data, store_path, train_options)
     tcfg = TrainConfig(verbose="line", **train_options)
     click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)
     s = cross_validate(

@@ -400,16 +400,15 @@ def pretrain_on_phantoms(
         # a seed stream of its own, so pre-training phantoms never equal `mriscan synth`'s
         synthesize(raw, SynthConfig(count=cfg.pretrain, seed=10_000 + cfg.seed))
         ingest(raw, store_path, IngestConfig(preprocess=preprocess))
-        store = ImageStore.open(store_path)
-        order = np.random.default_rng(cfg.seed).permutation(len(store))
-        n_val = max(2, len(store) // 20)  # only to show that the phantoms are being learnt
         pcfg = dataclasses.replace(
             cfg, epochs=cfg.pretrain_epochs, warmup_epochs=min(cfg.warmup_epochs, 1), patience=None
         )
-        model, history, _ = fit_model(
-            store, order[n_val:], order[:n_val], pcfg, Path(tmp) / "run", hw, checkpoint=False
-        )
-        store.close()
+        with ImageStore.open(store_path) as store:
+            order = np.random.default_rng(cfg.seed).permutation(len(store))
+            n_val = max(2, len(store) // 20)  # only to show that the phantoms are being learnt
+            model, history, _ = fit_model(
+                store, order[n_val:], order[:n_val], pcfg, Path(tmp) / "run", hw, checkpoint=False
+            )
         part = path.with_name(path.name + f".{os.getpid()}.part.weights.h5")
         model.save_weights(part)
         os.replace(part, path)
