@@ -151,8 +151,8 @@ def make_tf_dataset(
 
 
 def resolve_pipeline(requested: str) -> str:
-    """``auto`` → ``tfdata`` on TensorFlow (one iterator for all epochs: short epochs ran 1.1×
-    as fast as with ``pydataset``, bench/RESULTS.md), else ``pydataset``."""
+    """``auto`` → ``tfdata`` on TensorFlow (one iterator for all epochs; on short epochs it
+    measured 0.6–1.1× ``pydataset``'s speed, bench/RESULTS.md), else ``pydataset``."""
     if requested not in PIPELINES:
         raise ConfigError(f"pipeline must be one of {PIPELINES}. Received: {requested!r}.")
     if requested == "tfdata" and keras.backend.backend() != "tensorflow":
