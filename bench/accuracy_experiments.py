@@ -7,9 +7,12 @@ The configurations are the rows of bench/ACCURACY.md; each is a TrainConfig over
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
+
+import keras
 
 from mriscan.evaluate import CVConfig, cross_validate
 from mriscan.ingest import IngestConfig, ingest
@@ -32,6 +35,21 @@ EXPERIMENTS: dict[str, dict] = {
     # from here on (row 15) phantom pre-training and 128² are the defaults
     "pretrain": {},
     "pretrain6k_ft40": {"pretrain": 6000, "epochs": 40},
+    # fifth session: a one-call GPU screen (bench/gpu_screen.sh; JAX, mixed_float16) of
+    # variants that cost no more than the defaults on 2 CPU cores, plus two that do
+    "seed1": {"seed": 1},
+    "ema": {"ema": 0.99},
+    "wd1e2": {"weight_decay": 1e-2},
+    "drop05": {"dropout": 0.5},
+    "ls0": {"label_smoothing": 0.0},
+    "lr2e3": {"learning_rate": 2e-3},
+    "e40": {"epochs": 40},
+    "e100": {"epochs": 100},
+    "pt1500x10": {"pretrain": 1500, "pretrain_epochs": 10},
+    "pt3000x10": {"pretrain_epochs": 10},
+    "wide": {"filters": (32, 64, 128, 256)},
+    "s160": {"image_size": 160},
+    "smoke": {"epochs": 2, "pretrain": 40, "pretrain_epochs": 1},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},
@@ -68,6 +86,7 @@ def store_for(raw_or_store: str, size: int) -> str:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     data, out_jsonl, *names = sys.argv[1:]
     for name in names:
         overrides = EXPERIMENTS[name]
@@ -84,6 +103,8 @@ def main() -> None:
                 for k in ("accuracy", "roc_auc", "sensitivity", "specificity")
             },
             "pooled_auc": s["pooled"]["roc_auc"],
+            "backend": keras.backend.backend(),
+            "precision": keras.mixed_precision.dtype_policy().name,
         }
         with open(out_jsonl, "a") as fh:
             fh.write(json.dumps(row) + "\n")

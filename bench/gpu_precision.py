@@ -1,7 +1,9 @@
-"""float32 vs mixed_float16 training throughput on a GPU under KERAS_BACKEND=jax.
+"""float32 vs mixed_float16 training speed on a GPU under KERAS_BACKEND=jax, with and without
+the in-model augmentation layers.
 
 Usage (TensorFlow need not be installed): KERAS_BACKEND=jax python bench/gpu_precision.py
-Prints one JSON line per precision with images/s, and the device name.
+Prints one JSON line per (precision, augment): seconds of the first (compiling) epoch, then
+images/s of the following epochs, and the device name.
 """
 
 from __future__ import annotations
@@ -19,28 +21,32 @@ import numpy as np
 from mriscan.model import build_model
 
 
-def measure(precision: str, *, batch: int = 256, steps: int = 50, size: int = 128) -> dict:
-    """Images/s of train steps for one dtype policy on synthetic data."""
+def measure(precision: str, augment: bool, *, batch: int = 256, epochs: int = 3) -> dict:
+    """Compile time and images/s of `fit` for one dtype policy on synthetic 128² data."""
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
-    model = build_model(size, filters=(16, 32, 64, 128))
+    model = build_model(128, filters=(16, 32, 64, 128), augment=augment, mirror=True)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * 4, size, size, 1)).astype("float32")
-    y = (rng.random(batch * 4) > 0.5).astype("float32")
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # compile + warm-up
-    # one long fit: separate fit calls cost seconds each on JAX and hid the GPU (RESULTS.md)
+    x = rng.normal(size=(batch * 8, 128, 128, 1)).astype("float32")
+    y = (rng.random(batch * 8) > 0.5).astype("float32")
     t0 = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=steps // 4, verbose=0)
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # compiles
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
     dt = time.perf_counter() - t0
     return {
         "precision": precision,
-        "images_per_s": (steps // 4) * 4 * batch / dt,
+        "augment": augment,
+        "first_epoch_s": round(first, 2),
+        "images_per_s": round(epochs * len(x) / dt, 1),
         "device": str(jax.devices()[0]),
         "batch": batch,
     }
 
 
 if __name__ == "__main__":
-    for p in ("float32", "mixed_float16"):
-        print(json.dumps(measure(p)), flush=True)
+    for p, aug in (("mixed_float16", False), ("float32", False), ("mixed_float16", True),
+                   ("float32", True)):  # fmt: skip
+        print(json.dumps(measure(p, aug)), flush=True)

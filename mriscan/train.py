@@ -58,8 +58,10 @@ class TrainConfig:
     the strength of the training-time augmentation. ``mirror`` adds |slice − mirrored slice|
     as a second channel inside the model (``build_model(mirror=...)``). ``strategy`` is
     ``setup_hardware``'s: ``auto`` mirrors over two or more devices, ``mirrored`` always.
-    ``pretrain`` phantoms (``mriscan.synth``; 0 = off) are generated and learnt for
-    ``pretrain_epochs`` first, and training starts from those weights (``pretrain_on_phantoms``).
+    ``ema`` > 0 keeps an exponential moving average of the weights with that momentum and
+    ends training with it (0 = off). ``pretrain`` phantoms (``mriscan.synth``; 0 = off) are
+    generated and learnt for ``pretrain_epochs`` first, and training starts from those weights
+    (``pretrain_on_phantoms``).
     """
 
     epochs: int = 60
@@ -74,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 3
     label_smoothing: float = 0.05
+    ema: float = 0.0
     dropout: float = 0.3
     filters: tuple[int, int, int, int] = (16, 32, 64, 128)
     augment: bool = True
@@ -128,6 +131,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name} must be in [0, 1). Received: {name}={getattr(self, name)!r}."
                 )
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0 = off). Received: ema={self.ema!r}.")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0. Received: {self.learning_rate}.")
         if self.warmup_epochs < 0 or (self.patience is not None and self.patience < 1):
@@ -227,7 +232,12 @@ def compile_model(model: keras.Model, cfg: TrainConfig, hw: Hardware, steps_per_
         alpha=0.0,
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay),
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=schedule,
+            weight_decay=cfg.weight_decay,
+            use_ema=cfg.ema > 0,
+            ema_momentum=cfg.ema or 0.99,
+        ),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )

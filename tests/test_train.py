@@ -70,6 +70,31 @@ def test_config_validation():
         TrainConfig(val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(ConfigError, match="rotation must be in"):
         TrainConfig(rotation=-0.1)
+    with pytest.raises(ConfigError, match="ema must be in"):
+        TrainConfig(ema=1.0)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_ema_ends_training_on_the_averaged_weights(ema):
+    import keras
+
+    from mriscan.hardware import setup_hardware
+    from mriscan.model import build_model
+    from mriscan.train import compile_model
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, ema=ema)
+    model = build_model(32, filters=cfg.filters, augment=False)
+    compile_model(model, cfg, setup_hardware(precision="float32"), steps_per_epoch=4)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 32, 32, 1)).astype("float32"), (rng.random(64) > 0.5) * 1.0
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    averages = getattr(model.optimizer, "_model_variables_moving_average", None)
+    if not ema:
+        assert not model.optimizer.use_ema and not averages
+        return
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.5
+    for w, avg in zip(model.trainable_weights, averages, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(avg))
 
 
 _RESUME = """
