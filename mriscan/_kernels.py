@@ -154,8 +154,11 @@ def resize_into(src, y0, y1, x0, x1, out, oy, ox, oh, ow):
 
 
 @numba.njit(cache=True, nogil=True)
-def crop_resize_one(img, out, crop, rel_threshold, min_frac, margin, pad):
-    """Crop ``img`` to its foreground (optional) and resize it into the square ``out``."""
+def crop_resize_one(
+    img, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift
+):
+    """Crop ``img`` to its foreground (optional), resize it into the square ``out`` and align
+    its midline (optional)."""
     size = out.shape[0]
     h, w = img.shape
     if crop:
@@ -175,14 +178,21 @@ def crop_resize_one(img, out, crop, rel_threshold, min_frac, margin, pad):
     oy = (size - oh) // 2
     ox = (size - ow) // 2
     resize_into(img, y0, y1, x0, x1, out, oy, ox, oh, ow)
+    if align:
+        align_midline(out, max_angle, max_shift)
 
 
 @numba.njit(cache=True, parallel=True)
-def crop_resize_batch(images, out, crop, rel_threshold, min_frac, margin, pad):
+def crop_resize_batch(
+    images, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift
+):
     """Apply ``crop_resize_one`` to each image of a typed list, in parallel over images."""
     for n in numba.prange(len(images)):
         i = np.int64(n)
-        crop_resize_one(images[i], out[i], crop, rel_threshold, min_frac, margin, pad)
+        crop_resize_one(
+            images[i], out[i], crop, rel_threshold, min_frac, margin, pad, align, max_angle,
+            max_shift,
+        )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
@@ -235,3 +245,114 @@ def normalize_zscore(images, out, rel_threshold):
         for y in range(img.shape[0]):
             for x in range(img.shape[1]):
                 out[n, y, x] = (img[y, x] - mean) * inv
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def rotate_shift(img, angle, shift, out):
+    """``out`` = square ``img`` rotated by ``angle`` (radians) about its centre, then moved
+    ``shift`` pixels left (bilinear; 0 outside)."""
+    s = img.shape[0]
+    c = (s - 1) / 2.0
+    ca = math.cos(angle)
+    sa = math.sin(angle)
+    for y in range(s):
+        dy = y - c
+        for x in range(s):
+            dx = x + shift - c
+            sy = c + dy * ca - dx * sa
+            sx = c + dy * sa + dx * ca
+            y0 = math.floor(sy)
+            x0 = math.floor(sx)
+            fy = sy - y0
+            fx = sx - x0
+            acc = 0.0
+            for t in range(2):
+                yy = y0 + t
+                if yy < 0 or yy >= s:
+                    continue
+                wy = fy if t else 1.0 - fy
+                for u in range(2):
+                    xx = x0 + u
+                    if xx < 0 or xx >= s:
+                        continue
+                    acc += wy * (fx if u else 1.0 - fx) * img[yy, xx]
+            out[y, x] = acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def mirror_correlation(buf, shift):
+    """Correlation of ``buf`` moved ``shift`` pixels left (0 filled) with its left-right mirror."""
+    s = buf.shape[0]
+    sm = 0.0
+    smm = 0.0
+    sp = 0.0
+    for y in range(s):
+        r = buf[y]
+        for x in range(s):
+            u = x + shift
+            if u < 0 or u >= s:
+                continue
+            v = r[u]
+            sm += v
+            smm += v * v
+            u2 = s - 1 - x + shift
+            if 0 <= u2 < s:
+                sp += v * r[u2]
+    n = s * s
+    mean = sm / n
+    var = smm / n - mean * mean
+    if var <= _EPS:
+        return -1.0
+    return (sp / n - mean * mean) / var
+
+
+@numba.njit(cache=True, nogil=True)
+def midline_pose(img, max_angle, max_shift):
+    """(angle, shift) for ``rotate_shift`` that makes ``img`` most left-right symmetric.
+
+    Angles are searched in 3° steps up to ``max_angle`` (radians), then ±1.5° around the best;
+    shifts in whole pixels up to ``max_shift``. The identity wins ties and is kept for flat
+    images, which have no axis.
+    """
+    s = img.shape[0]
+    buf = np.empty((s, s), np.float32)
+    best_a = 0.0
+    best_d = 0
+    rotate_shift(img, 0.0, 0, buf)
+    best = mirror_correlation(buf, 0)
+    if best == -1.0:
+        return best_a, best_d
+    step = math.radians(3.0)
+    n = int(max_angle / step + 1e-9)
+    for stage in range(2):
+        centre = best_a
+        if stage == 0:
+            candidates = np.arange(-n, n + 1) * step
+        else:
+            candidates = np.array([centre - step / 2, centre + step / 2])
+        for a in candidates:
+            if abs(a) > max_angle + 1e-9:
+                continue
+            rotate_shift(img, a, 0, buf)
+            for d in range(-max_shift, max_shift + 1):
+                r = mirror_correlation(buf, d)
+                if r > best + 1e-6:
+                    best = r
+                    best_a = a
+                    best_d = d
+    return best_a, best_d
+
+
+@numba.njit(cache=True, nogil=True)
+def align_midline(img, max_angle, max_shift):
+    """Rotate and move the square uint8 ``img`` in place: its symmetry axis to the centre column."""
+    a, d = midline_pose(img, max_angle, max_shift)
+    if a == 0.0 and d == 0:
+        return
+    s = img.shape[0]
+    buf = np.empty((s, s), np.float32)
+    rotate_shift(img, a, d, buf)
+    for y in range(s):
+        for x in range(s):
+            v = math.floor(buf[y, x] + 0.5)
+            img[y, x] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))

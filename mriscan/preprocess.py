@@ -1,4 +1,4 @@
-"""Preprocessing: crop to the brain, resize to S×S, normalise (wrappers over Numba kernels).
+"""Preprocessing: crop to the brain, resize to S×S, align the midline, normalise (Numba kernels).
 
 Threads: ``preprocess_batch`` runs in parallel over images with Numba's thread pool, whose size is
 ``NUMBA_NUM_THREADS`` (default: all cores). Numba's default ``workqueue`` layer aborts when two
@@ -9,6 +9,7 @@ Python threads enter a parallel kernel at once (numba#8563), so calls are serial
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from mriscan.errors import ConfigError
 __all__ = ["PreprocessConfig", "normalize", "preprocess", "preprocess_batch"]
 
 _PARALLEL_LOCK = threading.Lock()
+# Midline search range: axial slices in the real set lean by up to ~15° and sit up to ~8% of
+# the side off-centre after the crop (bench/ACCURACY.md, row 19).
+_ALIGN_MAX_ANGLE = math.radians(15.0)
+_ALIGN_MAX_SHIFT = 0.08
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class PreprocessConfig:
         ``pad`` keeps the aspect ratio and pads with black; ``stretch`` fills S×S.
     normalization : {"zscore", "minmax", "none"}
         Applied when feeding the model (stored images stay uint8).
+    align : bool
+        Rotate (up to ±15°) and shift (up to 8% of S) the S×S slice so that the head's
+        left-right symmetry axis is the centre column: healthy brains are then close to their
+        mirror image, which the model's mirror channel compares against. Configs saved before
+        this field existed read as ``align=False``.
     """
 
     size: int = 128
@@ -55,6 +65,7 @@ class PreprocessConfig:
     min_fraction: float = 0.02
     aspect: Literal["pad", "stretch"] = "pad"
     normalization: Literal["zscore", "minmax", "none"] = "zscore"
+    align: bool = True
 
     def __post_init__(self) -> None:
         if (
@@ -95,7 +106,8 @@ class PreprocessConfig:
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"Unknown PreprocessConfig keys {sorted(unknown)}.")
-        return cls(**data)
+        # stores and models written before midline alignment existed were not aligned
+        return cls(**{"align": False, **data})
 
 
 def _resolve(config: PreprocessConfig | None, overrides: dict[str, Any]) -> PreprocessConfig:
@@ -131,13 +143,16 @@ def _kernel_args(cfg: PreprocessConfig) -> tuple:
         float(cfg.min_fraction),
         float(cfg.margin),
         cfg.aspect == "pad",
+        bool(cfg.align),
+        _ALIGN_MAX_ANGLE,
+        max(0, round(_ALIGN_MAX_SHIFT * cfg.size)),
     )
 
 
 def preprocess(
     image: np.ndarray, config: PreprocessConfig | None = None, **overrides
 ) -> np.ndarray:
-    """Crop and resize one grayscale slice.
+    """Crop, resize and (``align``) midline-align one grayscale slice.
 
     Parameters
     ----------
@@ -168,7 +183,7 @@ def preprocess(
 def preprocess_batch(
     images: Sequence[np.ndarray], config: PreprocessConfig | None = None, **overrides
 ) -> np.ndarray:
-    """Crop and resize differently sized slices in parallel.
+    """Crop, resize and midline-align differently sized slices in parallel.
 
     Parameters
     ----------

@@ -1,4 +1,5 @@
-"""Kernels against NumPy/OpenCV references, edge cases, config validation and thread safety."""
+"""Kernels against NumPy/OpenCV references (resizing with ``align=False``), midline alignment,
+edge cases, config validation and thread safety."""
 
 from __future__ import annotations
 
@@ -23,21 +24,21 @@ def _ref(img: np.ndarray, s: int) -> np.ndarray:
 @pytest.mark.parametrize("size", [16, 32, 40])
 def test_stretch_resize_matches_opencv(shape, size):
     img = np.random.default_rng(shape[0] + size).integers(0, 256, shape, dtype=np.uint8)
-    ours = preprocess(img, size=size, crop=False, aspect="stretch")
+    ours = preprocess(img, size=size, crop=False, aspect="stretch", align=False)
     diff = np.abs(ours.astype(int) - _ref(img, size).astype(int))
     assert diff.mean() <= 0.5 and diff.max() <= 2
 
 
 def test_enlarge_is_bilinear_like_opencv():
     img = np.random.default_rng(1).integers(0, 256, (10, 14), dtype=np.uint8)
-    ours = preprocess(img, size=32, crop=False, aspect="stretch")
+    ours = preprocess(img, size=32, crop=False, aspect="stretch", align=False)
     diff = np.abs(ours.astype(int) - _ref(img, 32).astype(int))
     assert diff.mean() <= 0.5 and diff.max() <= 2
 
 
 def test_integer_downscale_is_exact_box_mean():
     img = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
-    ours = preprocess(img, size=16, crop=False, aspect="stretch")
+    ours = preprocess(img, size=16, crop=False, aspect="stretch", align=False)
     ref = np.floor(img.reshape(16, 4, 16, 4).mean(axis=(1, 3)) + 0.5)
     assert np.abs(ours - ref).max() <= 1
 
@@ -46,21 +47,21 @@ def test_crop_finds_the_bright_region_and_ignores_specks():
     img = np.zeros((200, 300), np.uint8)
     img[50:150, 100:200] = 180
     img[5, 5] = 255  # a speck in the dark border
-    out = preprocess(img, size=50, margin=0.0)
+    out = preprocess(img, size=50, margin=0.0, align=False)
     assert out.min() >= 170  # the square box fills the whole output
 
 
 def test_pad_keeps_aspect_and_stretch_fills():
     img = np.full((40, 80), 200, np.uint8)
-    padded = preprocess(img, size=20, crop=False)
+    padded = preprocess(img, size=20, crop=False, align=False)
     assert (padded[:5] == 0).all() and (padded[15:] == 0).all() and (padded[5:15] == 200).all()
-    assert (preprocess(img, size=20, crop=False, aspect="stretch") == 200).all()
+    assert (preprocess(img, size=20, crop=False, aspect="stretch", align=False) == 200).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 50), (50, 1), (1, 1), (3, 5)])
 def test_tiny_and_thin_images(shape):
     img = np.full(shape, 120, np.uint8)
-    out = preprocess(img, size=16)
+    out = preprocess(img, size=16, align=False)
     assert out.shape == (16, 16) and out.max() == 120
 
 
@@ -73,9 +74,8 @@ def test_all_dark_image_is_left_uncropped_and_constant_stays_constant():
 
 def test_size_one_and_non_contiguous_input():
     img = np.random.default_rng(3).integers(0, 256, (60, 80), dtype=np.uint8)
-    assert preprocess(img, size=1, crop=False, aspect="stretch")[0, 0] == pytest.approx(
-        img.mean(), abs=1
-    )
+    one = preprocess(img, size=1, crop=False, aspect="stretch", align=False)
+    assert one[0, 0] == pytest.approx(img.mean(), abs=1)
     view = img[:, ::2]
     np.testing.assert_array_equal(preprocess(view, size=20), preprocess(view.copy(), size=20))
 
@@ -174,9 +174,55 @@ def test_real_slices_match_opencv(real_data):
     files = sorted((real_data / "yes").iterdir())[:60] + sorted((real_data / "no").iterdir())[:40]
     for p in files:
         img = decode_image(p)
-        ours = preprocess(img, size=128, crop=False, aspect="stretch")
+        ours = preprocess(img, size=128, crop=False, aspect="stretch", align=False)
         diff = np.abs(ours.astype(int) - _ref(img, 128).astype(int))
         assert diff.mean() <= 0.5 and diff.max() <= 2, p.name
-    crops = preprocess_batch([decode_image(p) for p in files], size=128)
+    crops = preprocess_batch([decode_image(p) for p in files], size=128, align=False)
     # cropping removes the dark border: the outermost rows/columns are mostly foreground
     assert crops.shape == (100, 128, 128) and crops.mean() > 40
+    aligned = preprocess_batch([decode_image(p) for p in files], size=128)
+    gain = [_mirror_corr(a) - _mirror_corr(c) for a, c in zip(aligned, crops, strict=True)]
+    # never less symmetric (up to resampling), and clearly more for the tilted/off-centre slices
+    assert min(gain) > -0.01 and np.mean(np.array(gain) > 0.05) > 0.05
+
+
+def _mirror_corr(img: np.ndarray) -> float:
+    """Pearson correlation of an image with its left-right mirror image."""
+    a = img.astype(np.float64)
+    return float(np.corrcoef(a.ravel(), a[:, ::-1].ravel())[0, 1])
+
+
+def _symmetric_head(size: int = 96) -> np.ndarray:
+    """A left-right symmetric synthetic head (ellipse + two mirrored ventricles)."""
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    img = (((yy - c) / (0.4 * size)) ** 2 + ((xx - c) / (0.3 * size)) ** 2 < 1) * 120.0
+    img += (((yy - 0.4 * size) / 8.0) ** 2 + ((np.abs(xx - c) - 12) / 5.0) ** 2 < 1) * 100.0
+    return img.astype(np.uint8)
+
+
+@pytest.mark.parametrize(("angle", "shift"), [(9.0, 5), (-12.0, -3), (4.5, 0)])
+def test_align_undoes_a_tilt_and_an_offset(angle, shift):
+    from scipy import ndimage
+
+    head = _symmetric_head()
+    moved = ndimage.shift(ndimage.rotate(head, angle, reshape=False, order=1), (0, shift), order=1)
+    moved = np.clip(moved, 0, 255).astype(np.uint8)
+    out = preprocess(moved, size=96, crop=False)
+    assert _mirror_corr(out) > max(0.98, _mirror_corr(moved) + 0.02)
+    assert abs(float(out.mean()) - float(moved.mean())) < 2  # moved, not lost
+
+
+def test_align_leaves_a_symmetric_slice_untouched_and_can_be_switched_off():
+    head = _symmetric_head()
+    np.testing.assert_array_equal(preprocess(head, size=96, crop=False), head)
+    diagonal = np.eye(96, dtype=np.uint8) * 200  # as asymmetric as it gets
+    assert not np.array_equal(preprocess(diagonal, size=96, crop=False), diagonal)
+    np.testing.assert_array_equal(preprocess(diagonal, size=96, crop=False, align=False), diagonal)
+
+
+def test_configs_saved_before_alignment_read_as_unaligned():
+    old = PreprocessConfig().to_dict()
+    del old["align"]
+    assert PreprocessConfig.from_dict(old).align is False
+    assert PreprocessConfig.from_dict(PreprocessConfig().to_dict()).align is True
