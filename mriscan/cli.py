@@ -77,6 +77,9 @@ def main(verbose: int) -> None:
 )
 @click.option("--aspect", type=click.Choice(["pad", "stretch"]), default="pad", show_default=True)
 @click.option("--no-crop", is_flag=True, help="Do not crop to the head's bounding box.")
+@click.option(
+    "--no-align", is_flag=True, help="Do not rotate/shift slices to centre the head's midline."
+)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad file.")
 @click.option(
@@ -88,6 +91,7 @@ def ingest(
     image_size: int,
     aspect: str,
     no_crop: bool,
+    no_align: bool,
     workers: int | None,
     strict: bool,
     merge: bool,
@@ -101,7 +105,9 @@ def ingest(
     from mriscan.preprocess import PreprocessConfig
 
     cfg = IngestConfig(
-        preprocess=PreprocessConfig(size=image_size, aspect=aspect, crop=not no_crop),
+        preprocess=PreprocessConfig(
+            size=image_size, aspect=aspect, crop=not no_crop, align=not no_align
+        ),
         workers=workers,
         strict=strict,
         merge=merge,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -37,6 +38,20 @@ def test_ingest_verify_info(class_folder, tmp_path):
     r = runner.invoke(main, ["info", "--store", str(store)])
     assert r.exit_code == 0 and "Samples:    12 (no: 6, yes: 6)" in r.output
     assert "blosc" in r.output
+    # the store was aligned (the default): adding with --no-align is refused, not mixed in
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32",
+               "--no-align"],
+    )  # fmt: skip
+    assert r.exit_code != 0 and "align=True" in r.output and "align=False" in r.output
+    unaligned = tmp_path / "u.zarr"
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(unaligned), "--image-size", "32",
+               "--no-align"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    index = json.loads((unaligned / "index.json").read_text())
+    assert index["config"]["align"] is False
 
 
 def test_verify_fails_on_corruption_and_errors_are_one_line(class_folder, tmp_path):
