@@ -50,6 +50,8 @@ EXPERIMENTS: dict[str, dict] = {
     "wide": {"filters": (32, 64, 128, 256)},
     "s160": {"image_size": 160},
     "smoke": {"epochs": 2, "pretrain": 40, "pretrain_epochs": 1},
+    # from here on (row 19) slices are aligned to their midline at preprocessing
+    "rot02": {"rotation": 0.02},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},
