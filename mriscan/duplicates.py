@@ -13,7 +13,8 @@ DEFAULT_THRESHOLD = 0.95
 
 
 def signature(image: np.ndarray) -> np.ndarray:
-    """Area-averaged 16×16 thumbnail of a whole decoded slice (no crop), the perceptual signature.
+    """Area-averaged 16×16 thumbnail of a whole decoded slice (no crop, no alignment), the
+    perceptual signature.
 
     Parameters
     ----------
@@ -23,7 +24,9 @@ def signature(image: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (16, 16), uint8
     """
-    return preprocess(image, size=SIGNATURE_SIZE, crop=False, aspect="stretch")
+    # aligned thumbnails of different heads look alike: the midline search merged a "no" with a
+    # "yes" slice of the real set into one group
+    return preprocess(image, size=SIGNATURE_SIZE, crop=False, aspect="stretch", align=False)
 
 
 def _unit_rows(signatures: np.ndarray) -> np.ndarray:

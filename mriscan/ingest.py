@@ -220,7 +220,9 @@ def ingest(
                 if keep:
                     imgs = [k.image for k in keep]
                     batch = preprocess_batch(imgs, config.preprocess)
-                    sigs = preprocess_batch(imgs, size=SIGNATURE_SIZE, crop=False, aspect="stretch")
+                    sigs = preprocess_batch(
+                        imgs, size=SIGNATURE_SIZE, crop=False, aspect="stretch", align=False
+                    )
                     records = [
                         {
                             "source": k.path.relative_to(root).as_posix(),
