@@ -89,6 +89,9 @@ class PreprocessConfig:
             raise ConfigError(
                 f"aspect must be 'pad' or 'stretch'. Received: aspect={self.aspect!r}."
             )
+        if not isinstance(self.align, bool | np.bool_):
+            raise ConfigError(f"align must be True or False. Received: align={self.align!r}.")
+        object.__setattr__(self, "align", bool(self.align))
         if self.normalization not in ("zscore", "minmax", "none"):
             raise ConfigError(
                 "normalization must be 'zscore', 'minmax' or 'none'. "

@@ -152,6 +152,7 @@ def test_zscore_uses_the_foreground_only():
         ({"margin": -1}, "margin must be in"),
         ({"aspect": "crop"}, "aspect must be 'pad' or 'stretch'"),
         ({"normalization": "l2"}, "normalization must be"),
+        ({"align": "yes"}, "align must be True or False"),
     ],
 )
 def test_config_validation(kwargs, match):
