@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from mriscan.preprocess import preprocess
+from mriscan.preprocess import preprocess, preprocess_batch
 
-__all__ = ["SIGNATURE_SIZE", "duplicate_groups", "signature"]
+__all__ = ["SIGNATURE_SIZE", "duplicate_groups", "signature", "signatures"]
 
 SIGNATURE_SIZE = 16
 DEFAULT_THRESHOLD = 0.95
+# aligned thumbnails of different heads look alike: the midline search merged a "no" with a
+# "yes" slice of the real set into one group
+_THUMBNAIL = {"size": SIGNATURE_SIZE, "crop": False, "aspect": "stretch", "align": False}
 
 
 def signature(image: np.ndarray) -> np.ndarray:
@@ -24,9 +29,12 @@ def signature(image: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (16, 16), uint8
     """
-    # aligned thumbnails of different heads look alike: the midline search merged a "no" with a
-    # "yes" slice of the real set into one group
-    return preprocess(image, size=SIGNATURE_SIZE, crop=False, aspect="stretch", align=False)
+    return preprocess(image, **_THUMBNAIL)
+
+
+def signatures(images: Sequence[np.ndarray]) -> np.ndarray:
+    """``signature`` of each decoded slice, computed in parallel: ndarray (N, 16, 16), uint8."""
+    return preprocess_batch(images, **_THUMBNAIL)
 
 
 def _unit_rows(signatures: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mriscan.duplicates import SIGNATURE_SIZE
+from mriscan.duplicates import signatures
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import DEFAULT_MAX_PIXELS, decode_bytes, list_class_folders, read_file
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
@@ -220,9 +220,7 @@ def ingest(
                 if keep:
                     imgs = [k.image for k in keep]
                     batch = preprocess_batch(imgs, config.preprocess)
-                    sigs = preprocess_batch(
-                        imgs, size=SIGNATURE_SIZE, crop=False, aspect="stretch", align=False
-                    )
+                    sigs = signatures(imgs)
                     records = [
                         {
                             "source": k.path.relative_to(root).as_posix(),

@@ -34,6 +34,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from mriscan.duplicates import SIGNATURE_SIZE, duplicate_groups
+from mriscan.duplicates import signatures as _thumbnails
 from mriscan.errors import (
     ConfigError,
     StoreCorruptError,
@@ -600,13 +601,7 @@ class ImageStore:
                 f"Received {len(records)}."
             )
         if signatures is None:
-            from mriscan.duplicates import signature
-
-            signatures = (
-                np.stack([signature(im) for im in images])
-                if len(images)
-                else np.empty((0, SIGNATURE_SIZE, SIGNATURE_SIZE), np.uint8)
-            )
+            signatures = _thumbnails(list(images))
         start = len(self) + self._pending_images
         images = np.ascontiguousarray(images)
         self._write_images(start, images)
