@@ -52,6 +52,11 @@ EXPERIMENTS: dict[str, dict] = {
     "smoke": {"epochs": 2, "pretrain": 40, "pretrain_epochs": 1},
     # from here on (row 19) slices are aligned to their midline at preprocessing
     "rot02": {"rotation": 0.02},
+    # sixth session: harder phantoms (lesions from the midline to the cortex, smaller, subtler;
+    # the synth.py change was run from a working copy and not kept, see row 21)
+    "phantoms_v2": {},
+    # lesions implanted into healthy training slices, at the defaults' number of steps
+    "implant1_e45": {"implant": 1, "epochs": 45},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},

@@ -274,6 +274,15 @@ def _train_options(f):
         ),
         click.option("--pretrain-epochs", type=int, default=5, show_default=True),
         click.option(
+            "--implant",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Also train on this many copies of every healthy training slice with "
+            "synthetic lesions drawn in, as tumor examples (0: off; validation and test "
+            "slices stay real).",
+        ),
+        click.option(
             "--learning-rate",
             type=float,
             default=1e-3,

@@ -17,7 +17,14 @@ from scipy import ndimage
 
 from mriscan.errors import ConfigError
 
-__all__ = ["SynthConfig", "phantom", "render_slice", "synthesize"]
+__all__ = [
+    "SynthConfig",
+    "implant_lesion",
+    "implant_lesions",
+    "phantom",
+    "render_slice",
+    "synthesize",
+]
 
 _CANVAS = 160
 
@@ -186,6 +193,64 @@ def phantom(rng: np.random.Generator, tumor: bool, canvas: int = _CANVAS) -> np.
     img = np.sqrt((img + sigma * noise[0]) ** 2 + (sigma * noise[1]) ** 2)
     img = np.clip(img / max(img.max(), 1e-6), 0, 1)
     return img ** np.float32(rng.uniform(0.7, 1.4))  # scanner/windowing contrast
+
+
+def implant_lesion(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A copy of a preprocessed uint8 slice (S, S) with 1–2 synthetic lesions inside the head.
+
+    The lesions are drawn like the phantoms' (brighter or darker than the brain around them,
+    with or without oedema and a necrotic centre) but from the slice's own intensities, so a
+    healthy slice becomes a tumor example on a real background.
+    """
+    f = image.astype(np.float32) / 255.0
+    s = f.shape[0]
+    parts, n = ndimage.label(f > 0.1)
+    if n == 0:
+        return image.copy()
+    # the largest bright component: the head, not a frame or a caption around it
+    head = ndimage.binary_fill_holes(parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])))
+    depth_map = ndimage.distance_transform_edt(head)
+    depth = float(depth_map.max())
+    if depth < 8:  # nothing head-like to draw in: leave the slice as it is
+        return image.copy()
+    brain = depth_map >= 0.12 * depth  # inside the skull ring
+    tissue = f[brain]
+    p1, p15, p90, p995 = np.percentile(tissue, [1, 15, 90, 99.5])
+    yy, xx = _grid(s)
+    out = f.copy()
+    for _ in range(rng.choice([1, 1, 1, 2])):
+        size = float(np.exp(rng.uniform(np.log(0.025), np.log(0.14)))) * s
+        # centres deep enough that the lesion stays inside the brain
+        ok = np.flatnonzero(depth_map.ravel() >= min(0.12 * depth + size, 0.8 * depth))
+        cy, cx = divmod(int(ok[rng.integers(ok.size)]), s)
+        w = _window(s, cy, cx, 2.3 * size)
+        shape = (w[0].stop - w[0].start, w[1].stop - w[1].start)
+        wobble = 0.25 * _smooth_noise(rng, shape, max(2.0, size / 3))
+        aspect, tilt = rng.uniform(0.6, 1.0), rng.uniform(0, np.pi)
+        lr = _ellipse(yy[w], xx[w], cy, cx, size, size * aspect, tilt) + wobble
+        region, inb = out[w], brain[w]
+        if rng.random() < 0.6:  # oedema halo
+            halo = (lr <= rng.uniform(1.4, 1.9)) & (lr > 1) & inb
+            region[halo] = np.minimum(region[halo] + rng.uniform(0.08, 0.2), 1)
+        bright = rng.random() < 0.7
+        level = rng.uniform(p90, min(1.0, p995 + 0.1)) if bright else rng.uniform(p1, p15)
+        core = level + 0.04 * _smooth_noise(rng, shape, 1.5)
+        if rng.random() < 0.4:  # necrotic centre with an enhancing rim
+            core = np.where(lr < 0.55, rng.uniform(p1, p15), core)
+        # soft edge: blend over about a pixel instead of a hard cut-out
+        alpha = np.clip((1.0 - lr) * size / 1.5 + 0.5, 0, 1) * inb
+        region[...] = region * (1 - alpha) + np.clip(core, 0, 1) * alpha
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def implant_lesions(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
+    """``copies`` lesion-implanted versions of every slice in ``images`` (N, S, S) uint8,
+    in the order slice 0 copy 0, slice 0 copy 1, ... (seeded per slice and copy)."""
+    out = np.empty((images.shape[0] * copies, *images.shape[1:]), np.uint8)
+    for i, img in enumerate(images):
+        for c in range(copies):
+            out[i * copies + c] = implant_lesion(np.random.default_rng([seed, i, c, 7]), img)
+    return out
 
 
 def render_slice(i: int, cfg: SynthConfig, canvas: int = _CANVAS) -> tuple[Image.Image, bool]:

@@ -29,7 +29,7 @@ from mriscan.predict import predict_batch
 from mriscan.preprocess import PreprocessConfig
 from mriscan.splits import split_indices
 from mriscan.store import ImageStore
-from mriscan.synth import SynthConfig, synthesize
+from mriscan.synth import SynthConfig, implant_lesions, synthesize
 
 __all__ = ["TrainConfig", "TrainResult", "open_or_ingest", "pretrain_on_phantoms", "train"]
 
@@ -41,7 +41,7 @@ PRETRAIN_VERSION = 1
 # TrainConfig fields that do not change pre-trained weights (left out of their cache key)
 _NOT_PRETRAIN = (
     "epochs", "select", "patience", "tta", "pipeline", "workers", "verbose",
-    "val_fraction", "test_fraction",
+    "val_fraction", "test_fraction", "implant",
 )  # fmt: skip
 
 
@@ -61,7 +61,9 @@ class TrainConfig:
     ``ema`` > 0 keeps an exponential moving average of the weights with that momentum and
     ends training with it (0 = off). ``pretrain`` phantoms (``mriscan.synth``; 0 = off) are
     generated and learnt for ``pretrain_epochs`` first, and training starts from those weights
-    (``pretrain_on_phantoms``).
+    (``pretrain_on_phantoms``). ``implant`` > 0 adds that many copies of every healthy
+    training slice with synthetic lesions drawn in (``mriscan.synth.implant_lesions``) to
+    the training data as tumor examples (validation and test data stay real).
     """
 
     epochs: int = 60
@@ -87,6 +89,7 @@ class TrainConfig:
     class_weight: bool = True
     pretrain: int = 3000
     pretrain_epochs: int = 5
+    implant: int = 0
     patience: int | None = None
     select: str = "last"
     tta: bool = True
@@ -110,6 +113,10 @@ class TrainConfig:
         ):
             raise ConfigError(
                 f"pretrain must be 0 (off) or a number of phantoms. Received: {self.pretrain!r}."
+            )
+        if not isinstance(self.implant, int) or isinstance(self.implant, bool) or self.implant < 0:
+            raise ConfigError(
+                f"implant must be 0 (off) or a number of copies. Received: {self.implant!r}."
             )
         if 0 < self.pretrain < 20:
             raise ConfigError(f"pretrain needs at least 20 phantoms. Received: {self.pretrain}.")
@@ -258,6 +265,24 @@ def predict_indices(
     )
 
 
+def _with_implants(
+    store: ImageStore, train_idx: np.ndarray, cfg: TrainConfig, folder: Path
+) -> ImageStore:
+    """A store in ``folder`` with the training slices plus ``cfg.implant`` lesion-implanted
+    copies of each healthy one (labelled as tumors)."""
+    images, labels = store.read_batch(np.sort(train_idx))
+    implants = implant_lesions(images[labels == 0], cfg.implant, cfg.seed)
+    out = ImageStore.create(folder / "implants.zarr", store.image_size, store.config)
+    out.set_class_names(list(store.class_names))
+    out.append(
+        np.concatenate([images, implants]),
+        np.concatenate([labels, np.ones(len(implants), np.uint8)]),
+    )
+    out.commit()
+    log.info("training on %d slices + %d with implanted lesions", len(images), len(implants))
+    return out
+
+
 def fit_model(
     store: ImageStore,
     train_idx: np.ndarray,
@@ -272,13 +297,39 @@ def fit_model(
 ) -> tuple[keras.Model, dict[str, list[float]], Path]:
     """Build, compile and fit one model (from ``init_weights`` if given); return the selected
     model, its history and path."""
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    if not cfg.implant:
+        return _fit(
+            store, train_idx, store, val_idx, cfg, out, hw, callbacks, checkpoint, init_weights
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="mriscan_implants_") as tmp,
+        _with_implants(store, train_idx, cfg, Path(tmp)) as train_store,
+    ):
+        every = np.arange(len(train_store), dtype=np.int64)
+        return _fit(
+            train_store, every, store, val_idx, cfg, out, hw, callbacks, checkpoint, init_weights
+        )
+
+
+def _fit(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_store: ImageStore,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    out: Path,
+    hw: Hardware,
+    callbacks: list | None,
+    checkpoint: bool,
+    init_weights: Path | None,
+) -> tuple[keras.Model, dict[str, list[float]], Path]:
+    """``fit_model`` once the training data are settled (training and validation stores)."""
     model_path = out / "models" / "best_model.keras"
-    model_path.parent.mkdir(parents=True, exist_ok=True)
     kind = resolve_pipeline(cfg.pipeline)
     gb = hw.global_batch
     labels = store.labels
-    keras.utils.set_random_seed(cfg.seed)
     backup = out / "backup"
     resume = backup.is_dir()
     history_cb = _JsonHistory(out / "history.json", resume)
@@ -295,7 +346,7 @@ def fit_model(
             first_epoch=first_epoch,
             drop_remainder=True,
         )
-        val_data, _ = make_tf_dataset(store, val_idx, batch_size=gb)
+        val_data, _ = make_tf_dataset(val_store, val_idx, batch_size=gb)
         fit_kw = {"steps_per_epoch": steps, "shuffle": False}  # shuffled in the dataset
     else:
         train_data = StoreDataset(
@@ -307,7 +358,7 @@ def fit_model(
             workers=cfg.workers,
             drop_remainder=True,
         )
-        val_data = StoreDataset(store, val_idx, batch_size=gb, workers=cfg.workers)
+        val_data = StoreDataset(val_store, val_idx, batch_size=gb, workers=cfg.workers)
         steps, fit_kw = len(train_data), {}
     log.info("training on %s", hw.describe(kind))
     with hw.scope():
@@ -411,7 +462,11 @@ def pretrain_on_phantoms(
         synthesize(raw, SynthConfig(count=cfg.pretrain, seed=10_000 + cfg.seed))
         ingest(raw, store_path, IngestConfig(preprocess=preprocess))
         pcfg = dataclasses.replace(
-            cfg, epochs=cfg.pretrain_epochs, warmup_epochs=min(cfg.warmup_epochs, 1), patience=None
+            cfg,
+            epochs=cfg.pretrain_epochs,
+            warmup_epochs=min(cfg.warmup_epochs, 1),
+            patience=None,
+            implant=0,
         )
         with ImageStore.open(store_path) as store:
             order = np.random.default_rng(cfg.seed).permutation(len(store))

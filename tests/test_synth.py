@@ -95,3 +95,30 @@ def test_phantoms_are_learnable_not_trivial(tmp_path):
     # ranking, not the threshold: a 45-slice validation split makes the threshold noisy
     # (third session: AUC 0.893, accuracy 0.622 at the validation threshold)
     assert 0.8 < test["roc_auc"] < 0.995, test
+
+
+def _healthy_slice(size: int = 64) -> np.ndarray:
+    """A phantom head without lesions on a black background, as a store holds it (uint8)."""
+    img = phantom(np.random.default_rng(1), tumor=False, canvas=size)
+    img[img < 0.15] = 0  # a clean background, so "inside the head" is unambiguous
+    return (img * 255).astype(np.uint8)
+
+
+def test_implanted_lesions_are_drawn_inside_the_head_and_seeded():
+    from scipy import ndimage
+
+    from mriscan.synth import implant_lesion, implant_lesions
+
+    img = _healthy_slice()
+    head = ndimage.binary_fill_holes(img > 0.1 * 255)
+    changed = [implant_lesion(np.random.default_rng(k), img) != img for k in range(8)]
+    for diff in changed:
+        assert diff.sum() >= 4  # a lesion was drawn ...
+        assert not (diff & ~head).any()  # ... and only inside the head
+    assert len({d.tobytes() for d in changed}) == 8  # each seed draws another one
+    batch = implant_lesions(np.stack([img, img[:, ::-1]]), copies=2, seed=5)
+    assert batch.shape == (4, 64, 64) and batch.dtype == np.uint8
+    assert np.array_equal(batch, implant_lesions(np.stack([img, img[:, ::-1]]), 2, seed=5))
+    assert not np.array_equal(batch[0], batch[1])  # two copies, two lesions
+    blank = np.zeros((64, 64), np.uint8)  # no head: nothing to draw into
+    assert np.array_equal(implant_lesion(np.random.default_rng(0), blank), blank)

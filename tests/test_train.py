@@ -200,3 +200,49 @@ def test_phantom_pretraining_is_cached_and_starts_training(small_store, tmp_path
     result = train(small_store, cfg, out=tmp_path / "art")
     assert seen == [tmp_path / "pretrain" / path.name]
     assert result.metrics["protocol"]["pretrain"] == {"phantoms": 40, "epochs": 1}
+
+
+def test_implants_add_tumor_copies_of_healthy_training_slices(small_store, tmp_path):
+    import mriscan.train as train_mod
+    from mriscan.store import ImageStore
+
+    with pytest.raises(ConfigError, match="implant must be 0"):
+        TrainConfig(implant=-1)
+    cfg = TrainConfig(**FAST, implant=2)
+    with ImageStore.open(small_store) as store:
+        train_idx = np.arange(0, 40)
+        images, labels = store.read_batch(train_idx)
+        with train_mod._with_implants(store, train_idx, cfg, tmp_path) as aug:
+            new_images, new_labels = aug.read_batch(np.arange(len(aug)))
+            assert list(aug.class_names) == list(store.class_names)
+    n_healthy = int((labels == 0).sum())
+    assert len(new_labels) == 40 + 2 * n_healthy
+    assert np.array_equal(new_images[:40], images) and np.array_equal(new_labels[:40], labels)
+    assert (new_labels[40:] == 1).all()  # the implants are tumor examples
+    healthy = np.repeat(images[labels == 0], 2, axis=0)
+    assert (new_images[40:] != healthy).any(axis=(1, 2)).all()  # each copy got a lesion
+    # the pre-trained weights do not depend on it (implants are for the real slices only)
+    pre = ImageStore.open(small_store).config
+    assert train_mod._pretrain_key(cfg, pre) == train_mod._pretrain_key(TrainConfig(**FAST), pre)
+
+
+def test_training_with_implants_fits_on_the_larger_set_and_validates_on_real_slices(
+    small_store, tmp_path, monkeypatch
+):
+    import mriscan.train as train_mod
+
+    seen = {}
+    real_fit = train_mod._fit
+
+    def spy(store, train_idx, val_store, val_idx, *a):
+        seen.update(n_train=len(train_idx), train_labels=store.labels[train_idx].copy())
+        seen.update(val=val_store, n_val=len(val_idx))
+        return real_fit(store, train_idx, val_store, val_idx, *a)
+
+    monkeypatch.setattr(train_mod, "_fit", spy)
+    result = train(small_store, TrainConfig(**{**FAST, "epochs": 1}, implant=1), out=tmp_path)
+    split = result.split
+    n_train, n_healthy = len(split["train"]), int((seen["train_labels"] == 0).sum())
+    assert seen["n_train"] == n_train + n_healthy  # one implanted copy per healthy slice
+    assert seen["val"].location == str(small_store)  # validation: the real slices only
+    assert seen["n_val"] == len(split["val"])
