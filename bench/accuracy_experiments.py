@@ -57,6 +57,11 @@ EXPERIMENTS: dict[str, dict] = {
     "phantoms_v2": {},
     # lesions implanted into healthy training slices, at the defaults' number of steps
     "implant1_e45": {"implant": 1, "epochs": 45},
+    "e45": {"epochs": 45},
+    "implant2_e35": {"implant": 2, "epochs": 35},
+    # the same comparisons on other folds and starting weights (seed 1 draws both)
+    "seed1_e45": {"seed": 1, "epochs": 45},
+    "seed1_implant1_e45": {"seed": 1, "implant": 1, "epochs": 45},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},

@@ -215,7 +215,7 @@ def _train_options(f):
             help="Store to ingest DATA into [default: data/processed/images.zarr, or "
             "data/processed/synthetic.zarr for phantoms].",
         ),
-        click.option("--epochs", type=int, default=60, show_default=True),
+        click.option("--epochs", type=int, default=45, show_default=True),
         click.option(
             "--batch-size",
             type=int,

@@ -66,7 +66,7 @@ class TrainConfig:
     the training data as tumor examples (validation and test data stay real).
     """
 
-    epochs: int = 60
+    epochs: int = 45
     batch_size: int = 32
     image_size: int = 128
     precision: str = "auto"
