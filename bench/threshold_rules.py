@@ -1,0 +1,76 @@
+"""Score decision-threshold rules on the saved fold models of finished cross-validations.
+
+Usage: python bench/threshold_rules.py STORE SEED:CV_DIR [SEED:CV_DIR ...]
+Re-creates each run's folds and inner validation splits (as ``mriscan.evaluate.cross_validate``
+does for that seed), predicts validation and test slices with every fold model (flip TTA), and
+prints the fold-mean test accuracy each rule gives when it sees the validation slices only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mriscan import metrics as mx
+from mriscan.splits import kfold_indices, split_indices
+from mriscan.store import ImageStore
+from mriscan.train import predict_indices
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def median_midpoint(y: np.ndarray, p: np.ndarray) -> float:
+    """Halfway, in log-odds, between the validation medians of the two classes."""
+    mid = 0.5 * (np.median(_logit(p[y == 0])) + np.median(_logit(p[y == 1])))
+    return float(1 / (1 + np.exp(-mid)))
+
+
+RULES = {
+    "youden": mx.youden_threshold,
+    "fixed_0.5": lambda y, p: 0.5,
+    "median_midpoint": median_midpoint,
+}
+
+
+def fold_predictions(store: ImageStore, seed: int, cv_dir: Path, folds: int = 5):
+    """(val labels, val probs, test labels, test probs) per fold of one run."""
+    labels, groups = store.labels.astype(np.int64), store.groups
+    assign = kfold_indices(labels, groups, n_folds=folds, seed=seed)
+    for k in range(folds):
+        test_idx, rest = np.flatnonzero(assign == k), np.flatnonzero(assign != k)
+        inner = split_indices(
+            labels[rest], groups[rest], val_fraction=0.15, test_fraction=0.0, seed=seed + k
+        )
+        val_idx = rest[inner["val"]]
+        model = keras.saving.load_model(cv_dir / f"r0_f{k}" / "models" / "best_model.keras")
+        yield (
+            labels[val_idx],
+            predict_indices(model, store, val_idx, tta=True),
+            labels[test_idx],
+            predict_indices(model, store, test_idx, tta=True),
+        )
+
+
+def main() -> None:
+    store = ImageStore.open(sys.argv[1])
+    print("run".ljust(40), *(r.rjust(16) for r in RULES))
+    for spec in sys.argv[2:]:
+        seed, cv_dir = spec.split(":", 1)
+        acc = {r: [] for r in RULES}
+        for yv, pv, yt, pt in fold_predictions(store, int(seed), Path(cv_dir)):
+            for name, rule in RULES.items():
+                acc[name].append(float(np.mean((pt >= rule(yv, pv)) == yt)))
+        cells = [f"{np.mean(a):.3f}" for a in acc.values()]
+        print(cv_dir.ljust(40), *(c.rjust(16) for c in cells))
+        for name, a in acc.items():
+            print("   ", name.ljust(16), " ".join(f"{v:.3f}" for v in a))
+
+
+if __name__ == "__main__":
+    main()
