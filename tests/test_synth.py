@@ -122,3 +122,17 @@ def test_implanted_lesions_are_drawn_inside_the_head_and_seeded():
     assert not np.array_equal(batch[0], batch[1])  # two copies, two lesions
     blank = np.zeros((64, 64), np.uint8)  # no head: nothing to draw into
     assert np.array_equal(implant_lesion(np.random.default_rng(0), blank), blank)
+
+
+def test_implants_ignore_a_frame_around_the_slice():
+    from scipy import ndimage
+
+    from mriscan.synth import implant_lesion
+
+    img = _healthy_slice()
+    head = ndimage.binary_fill_holes(img > 0.1 * 255)
+    framed = img.copy()
+    framed[[0, -1], :] = framed[:, [0, -1]] = 255  # a bright border, as some scans carry
+    for k in range(6):
+        diff = implant_lesion(np.random.default_rng(k), framed) != framed
+        assert diff.any() and not (diff & ~head).any()  # inside the head, not the frame's box
