@@ -1,9 +1,10 @@
 """Score decision-threshold rules on the saved fold models of finished cross-validations.
 
 Usage: python bench/threshold_rules.py STORE SEED:CV_DIR [SEED:CV_DIR ...]
-Re-creates each run's folds and inner validation splits (as ``mriscan.evaluate.cross_validate``
-does for that seed), predicts validation and test slices with every fold model (flip TTA), and
-prints the fold-mean test accuracy each rule gives when it sees the validation slices only.
+Re-creates each run's folds and inner validation splits (``mriscan.splits.cv_splits``, as
+``mriscan.evaluate.cross_validate`` does for that seed), predicts validation and test slices
+with every fold model (flip TTA), and prints the fold-mean test accuracy each rule gives when
+it sees the validation slices only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import keras
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.splits import kfold_indices, split_indices
+from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
 from mriscan.train import predict_indices
 
@@ -40,14 +41,8 @@ RULES = {
 
 def fold_predictions(store: ImageStore, seed: int, cv_dir: Path, folds: int = 5):
     """(val labels, val probs, test labels, test probs) per fold of one run."""
-    labels, groups = store.labels.astype(np.int64), store.groups
-    assign = kfold_indices(labels, groups, n_folds=folds, seed=seed)
-    for k in range(folds):
-        test_idx, rest = np.flatnonzero(assign == k), np.flatnonzero(assign != k)
-        inner = split_indices(
-            labels[rest], groups[rest], val_fraction=0.15, test_fraction=0.0, seed=seed + k
-        )
-        val_idx = rest[inner["val"]]
+    labels = store.labels.astype(np.int64)
+    for _, k, _, val_idx, test_idx in cv_splits(labels, store.groups, folds=folds, seed=seed):
         model = keras.saving.load_model(cv_dir / f"r0_f{k}" / "models" / "best_model.keras")
         yield (
             labels[val_idx],

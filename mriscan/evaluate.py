@@ -16,7 +16,7 @@ import numpy as np
 
 from mriscan import metrics as mx
 from mriscan.errors import ConfigError, MriscanError
-from mriscan.splits import kfold_indices, split_indices
+from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
 from mriscan.train import (
     TrainConfig,
@@ -155,60 +155,52 @@ def cross_validate(
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for rep in range(cfg.repeats):
-        folds = kfold_indices(labels, groups, n_folds=cfg.folds, seed=cfg.train.seed + rep)
-        for k in range(cfg.folds):
-            tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
-            test_idx = np.flatnonzero(folds == k)
-            rest = np.flatnonzero(folds != k)
-            inner = split_indices(
-                labels[rest],
-                groups[rest],
-                val_fraction=cfg.val_fraction,
-                test_fraction=0.0,
-                seed=cfg.train.seed + 100 * rep + k,
+    splits = cv_splits(
+        labels,
+        groups,
+        folds=cfg.folds,
+        repeats=cfg.repeats,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.train.seed,
+    )
+    for rep, k, train_idx, val_idx, test_idx in splits:
+        tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
+        log.info("%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx))
+        fold_dir = cv_dir / f"r{rep}_f{k}"
+        fold_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 100 * rep + k)
+        model, _, _ = fit_model(
+            store, train_idx, val_idx, fold_cfg, fold_dir, hw, init_weights=init
+        )
+        val_prob = predict_indices(model, store, val_idx, tta=fold_cfg.tta)
+        thr = mx.youden_threshold(labels[val_idx], val_prob)
+        prob = predict_indices(model, store, test_idx, tta=fold_cfg.tta)
+        m = mx.binary_metrics(labels[test_idx], prob, threshold=thr, class_names=store.class_names)
+        m.update(repeat=rep, fold=k)
+        per_fold.append(m)
+        log.info(
+            "%s: accuracy %.3f, AUC %.3f (threshold %.3f from validation)",
+            tag,
+            m["accuracy"],
+            m["roc_auc"],
+            thr,
+        )
+        pred = (prob >= thr).astype(np.int64)
+        fold_predictions.append((labels[test_idx], prob, pred))
+        for i, p, q in zip(test_idx, prob, pred, strict=True):
+            rec = store.index.records[i]
+            rows.append(
+                {
+                    "index": int(i),
+                    "source": rec.source,
+                    "group": rec.group,
+                    "repeat": rep,
+                    "fold": k,
+                    "label": int(labels[i]),
+                    "probability": float(p),
+                    "threshold": thr,
+                    "predicted": int(q),
+                }
             )
-            train_idx, val_idx = rest[inner["train"]], rest[inner["val"]]
-            log.info(
-                "%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx)
-            )
-            fold_dir = cv_dir / f"r{rep}_f{k}"
-            fold_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 100 * rep + k)
-            model, _, _ = fit_model(
-                store, train_idx, val_idx, fold_cfg, fold_dir, hw, init_weights=init
-            )
-            val_prob = predict_indices(model, store, val_idx, tta=fold_cfg.tta)
-            thr = mx.youden_threshold(labels[val_idx], val_prob)
-            prob = predict_indices(model, store, test_idx, tta=fold_cfg.tta)
-            m = mx.binary_metrics(
-                labels[test_idx], prob, threshold=thr, class_names=store.class_names
-            )
-            m.update(repeat=rep, fold=k)
-            per_fold.append(m)
-            log.info(
-                "%s: accuracy %.3f, AUC %.3f (threshold %.3f from validation)",
-                tag,
-                m["accuracy"],
-                m["roc_auc"],
-                thr,
-            )
-            pred = (prob >= thr).astype(np.int64)
-            fold_predictions.append((labels[test_idx], prob, pred))
-            for i, p, q in zip(test_idx, prob, pred, strict=True):
-                rec = store.index.records[i]
-                rows.append(
-                    {
-                        "index": int(i),
-                        "source": rec.source,
-                        "group": rec.group,
-                        "repeat": rep,
-                        "fold": k,
-                        "label": int(labels[i]),
-                        "probability": float(p),
-                        "threshold": thr,
-                        "predicted": int(q),
-                    }
-                )
     y, prob, pred = (np.concatenate(parts) for parts in zip(*fold_predictions, strict=True))
     summary = summarize_folds(per_fold, fold_predictions, n_boot=cfg.n_boot, seed=cfg.train.seed)
     cm = mx.confusion_matrix(y, pred)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from mriscan.errors import ConfigError
 
-__all__ = ["kfold_indices", "split_indices"]
+__all__ = ["cv_splits", "kfold_indices", "split_indices"]
 
 
 def _group_table(labels: np.ndarray, groups: np.ndarray, seed: int):
@@ -97,3 +99,29 @@ def split_indices(
     targets = np.outer(fracs, counts.sum(axis=0))
     where = _assign(counts, order, targets)[inverse]
     return {name: np.flatnonzero(where == k) for k, name in enumerate(("train", "val", "test"))}
+
+
+def cv_splits(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    folds: int,
+    repeats: int = 1,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(repeat, fold, train, val, test) indices of each fold of a repeated group-aware k-fold,
+    with a group-aware validation split (seed ``seed + 100·repeat + fold``) inside each
+    training part."""
+    for rep in range(repeats):
+        assign = kfold_indices(labels, groups, n_folds=folds, seed=seed + rep)
+        for k in range(folds):
+            test_idx, rest = np.flatnonzero(assign == k), np.flatnonzero(assign != k)
+            inner = split_indices(
+                labels[rest],
+                groups[rest],
+                val_fraction=val_fraction,
+                test_fraction=0.0,
+                seed=seed + 100 * rep + k,
+            )
+            yield rep, k, rest[inner["train"]], rest[inner["val"]], test_idx
