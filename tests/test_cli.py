@@ -121,3 +121,18 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
         main, ["train", str(class_folder), "--epochs", "0", "--store", str(tmp_path / "s.zarr")]
     )
     assert r.exit_code == 1 and "epochs must be a positive integer" in r.output
+
+
+def test_train_and_cv_defaults_are_train_configs():
+    # the CLI spells the defaults out (importing TrainConfig would load TensorFlow for --help)
+    import dataclasses
+
+    from mriscan.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    for name in ("train", "cv"):
+        shared = [p for p in main.commands[name].params if p.name in fields]
+        assert len(shared) >= 12, name
+        for param in shared:
+            assert param.default == getattr(defaults, param.name), (name, param.name)
