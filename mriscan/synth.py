@@ -109,6 +109,65 @@ def _smooth_noise(rng, shape, sigma):
     return n / (n.std() + 1e-9)
 
 
+@dataclass(frozen=True)
+class _LesionLook:
+    """Intensity ranges (in [0, 1]) and texture of a drawn lesion."""
+
+    halo_gain: tuple[float, float]  # oedema: added to the tissue around the lesion
+    bright: tuple[float, float]  # level of an enhancing lesion (70% of them)
+    dark: tuple[float, float]  # level of a hypointense one
+    necrotic: tuple[float, float]  # level of a necrotic centre (40% of lesions)
+    grain: float  # amplitude of the smooth noise on the lesion
+    grain_sigma: float  # its smoothness in pixels
+    soft_edge: bool  # blend over about a pixel instead of a hard cut-out
+
+
+_PHANTOM_LESION = _LesionLook(
+    halo_gain=(0.12, 0.25),
+    bright=(0.78, 0.98),
+    dark=(0.12, 0.25),
+    necrotic=(0.15, 0.3),
+    grain=0.05,
+    grain_sigma=2,
+    soft_edge=False,
+)
+
+
+def _draw_lesion(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    brain: np.ndarray,
+    cy: float,
+    cx: float,
+    size: float,
+    look: _LesionLook,
+    *,
+    wobble_sigma: float,
+) -> None:
+    """Draw one lesion of radius ``size`` at (cy, cx) into ``img`` (in place), inside ``brain``."""
+    yy, xx = _grid(img.shape[0])
+    w = _window(img.shape[0], cy, cx, 2.3 * size)  # room for wobble and the oedema halo
+    shape = (w[0].stop - w[0].start, w[1].stop - w[1].start)
+    wobble = 0.25 * _smooth_noise(rng, shape, wobble_sigma)
+    aspect, tilt = rng.uniform(0.6, 1.0), rng.uniform(0, np.pi)
+    lr = _ellipse(yy[w], xx[w], cy, cx, size, size * aspect, tilt) + wobble
+    region, inb = img[w], brain[w]
+    if rng.random() < 0.6:  # oedema halo
+        halo = (lr <= rng.uniform(1.4, 1.9)) & (lr > 1) & inb
+        region[halo] = np.minimum(region[halo] + rng.uniform(*look.halo_gain), 1)
+    bright = rng.random() < 0.7
+    level = rng.uniform(*look.bright) if bright else rng.uniform(*look.dark)
+    core = level + look.grain * _smooth_noise(rng, shape, look.grain_sigma)
+    if rng.random() < 0.4:  # necrotic centre with an enhancing rim
+        core = np.where(lr < 0.55, rng.uniform(*look.necrotic), core)
+    if look.soft_edge:
+        alpha = np.clip((1.0 - lr) * size / 1.5 + 0.5, 0, 1) * inb
+        region[...] = region * (1 - alpha) + np.clip(core, 0, 1) * alpha
+    else:
+        inside = (lr <= 1) & inb
+        region[inside] = core[inside]
+
+
 def phantom(rng: np.random.Generator, tumor: bool, canvas: int = _CANVAS) -> np.ndarray:
     """One phantom slice on a square canvas, float in [0, 1].
 
@@ -162,22 +221,7 @@ def phantom(rng: np.random.Generator, tumor: bool, canvas: int = _CANVAS) -> np.
         vr = _ellipse(yy[w], xx[w], vy, vx, vent, vent * 0.35, ang + side * 0.35)
         img[w][(vr <= 1) & brain[w]] = vlevel
     for ly, lx, size in lesions:
-        w = _window(canvas, ly, lx, 2.3 * size)  # room for wobble and the oedema halo
-        shape = (w[0].stop - w[0].start, w[1].stop - w[1].start)
-        wobble = 0.25 * _smooth_noise(rng, shape, 6)
-        aspect, tilt = rng.uniform(0.6, 1.0), rng.uniform(0, np.pi)
-        lr = _ellipse(yy[w], xx[w], ly, lx, size, size * aspect, tilt) + wobble
-        region, inb = img[w], brain[w]
-        inside = (lr <= 1) & inb
-        if rng.random() < 0.6:  # oedema halo
-            halo = (lr <= rng.uniform(1.4, 1.9)) & inb & ~inside
-            region[halo] = np.minimum(region[halo] + rng.uniform(0.12, 0.25), 1)
-        bright = rng.random() < 0.7
-        level = rng.uniform(0.78, 0.98) if bright else rng.uniform(0.12, 0.25)
-        core = level + 0.05 * _smooth_noise(rng, shape, 2)
-        if rng.random() < 0.4:  # necrotic centre with an enhancing rim
-            core = np.where(lr < 0.55, rng.uniform(0.15, 0.3), core)
-        region[inside] = core[inside]
+        _draw_lesion(rng, img, brain, ly, lx, size, _PHANTOM_LESION, wobble_sigma=6)
     if not tumor:
         for _ in range(rng.integers(0, 4)):  # look-alikes: small bright vessels / spots
             rad, theta = rng.uniform(0.1, 0.7), rng.uniform(0, 2 * np.pi)
@@ -216,30 +260,23 @@ def implant_lesion(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     brain = depth_map >= 0.12 * depth  # inside the skull ring
     tissue = f[brain]
     p1, p15, p90, p995 = np.percentile(tissue, [1, 15, 90, 99.5])
-    yy, xx = _grid(s)
+    # the slice's own dark and bright ends, a gentler halo and grain, and a soft edge
+    look = _LesionLook(
+        halo_gain=(0.08, 0.2),
+        bright=(p90, min(1.0, p995 + 0.1)),
+        dark=(p1, p15),
+        necrotic=(p1, p15),
+        grain=0.04,
+        grain_sigma=1.5,
+        soft_edge=True,
+    )
     out = f.copy()
     for _ in range(rng.choice([1, 1, 1, 2])):
         size = float(np.exp(rng.uniform(np.log(0.025), np.log(0.14)))) * s
         # centres deep enough that the lesion stays inside the brain
         ok = np.flatnonzero(depth_map.ravel() >= min(0.12 * depth + size, 0.8 * depth))
         cy, cx = divmod(int(ok[rng.integers(ok.size)]), s)
-        w = _window(s, cy, cx, 2.3 * size)
-        shape = (w[0].stop - w[0].start, w[1].stop - w[1].start)
-        wobble = 0.25 * _smooth_noise(rng, shape, max(2.0, size / 3))
-        aspect, tilt = rng.uniform(0.6, 1.0), rng.uniform(0, np.pi)
-        lr = _ellipse(yy[w], xx[w], cy, cx, size, size * aspect, tilt) + wobble
-        region, inb = out[w], brain[w]
-        if rng.random() < 0.6:  # oedema halo
-            halo = (lr <= rng.uniform(1.4, 1.9)) & (lr > 1) & inb
-            region[halo] = np.minimum(region[halo] + rng.uniform(0.08, 0.2), 1)
-        bright = rng.random() < 0.7
-        level = rng.uniform(p90, min(1.0, p995 + 0.1)) if bright else rng.uniform(p1, p15)
-        core = level + 0.04 * _smooth_noise(rng, shape, 1.5)
-        if rng.random() < 0.4:  # necrotic centre with an enhancing rim
-            core = np.where(lr < 0.55, rng.uniform(p1, p15), core)
-        # soft edge: blend over about a pixel instead of a hard cut-out
-        alpha = np.clip((1.0 - lr) * size / 1.5 + 0.5, 0, 1) * inb
-        region[...] = region * (1 - alpha) + np.clip(core, 0, 1) * alpha
+        _draw_lesion(rng, out, brain, cy, cx, size, look, wobble_sigma=max(2.0, size / 3))
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 

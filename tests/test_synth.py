@@ -51,6 +51,22 @@ def test_phantom_is_a_seeded_float_image_on_the_requested_canvas():
     assert not np.array_equal(img, phantom(np.random.default_rng(0), tumor=False, canvas=96))
 
 
+def test_phantoms_are_unchanged_unless_pretrain_version_is_bumped():
+    # cached pre-trained weights (and every recorded CV number) assume these exact phantoms:
+    # if you change the drawing on purpose, bump train.PRETRAIN_VERSION and update the numbers
+    stats = [
+        (float(a.mean()), float((a * a).mean()))
+        for a in (phantom(np.random.default_rng([s, 3]), True) for s in range(4))
+    ]
+    expected = [
+        (0.195002, 0.103441),
+        (0.215195, 0.115009),
+        (0.2171050, 0.1196),
+        (0.231877, 0.097949),
+    ]
+    assert np.allclose(stats, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="tumor_fraction must be in"):
         SynthConfig(tumor_fraction=1.0)
