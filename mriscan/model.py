@@ -80,7 +80,7 @@ def build_model(
         Batch normalisation after every convolution.
     bn_momentum : float
         Momentum of the batch-norm moving statistics. Keras's 0.99 averages over ~100 steps;
-        a 60-epoch run on ~150 slices has only ~240 steps, so the inference statistics lagged
+        a 45-epoch run on ~150 slices has only ~225 steps, so the inference statistics lagged
         the weights and predictions collapsed to one class (bench/ACCURACY.md).
     mirror : bool
         Add |x − mirror(x)| as extra channels before augmentation: slices are cropped to the
