@@ -32,24 +32,56 @@ def median_midpoint(y: np.ndarray, p: np.ndarray) -> float:
     return float(1 / (1 + np.exp(-mid)))
 
 
+def youden_central(y: np.ndarray, p: np.ndarray) -> float:
+    """Of all cuts with the best Youden's J, the middle one in log-odds (not the highest)."""
+    fpr, tpr, thr = mx.roc_curve(y, p)
+    j = tpr - fpr
+    # a cut between score k and k+1 has the J of point k; midpoints in log-odds
+    lo = _logit(np.r_[thr[2:], 0.0])
+    hi = _logit(thr[1:])
+    best = np.flatnonzero(j[1:] >= j[1:].max() - 1e-12)
+    mids = 0.5 * (lo[best] + hi[best])
+    return float(1 / (1 + np.exp(-np.median(mids))))
+
+
+def youden_shrunk(y: np.ndarray, p: np.ndarray) -> float:
+    """Youden's threshold pulled halfway to 0.5 in log-odds (a prior against extreme cuts)."""
+    t = mx.youden_threshold(y, p)
+    return float(1 / (1 + np.exp(-0.5 * _logit(np.array(t)))))
+
+
 RULES = {
     "youden": mx.youden_threshold,
     "fixed_0.5": lambda y, p: 0.5,
     "median_midpoint": median_midpoint,
+    "youden_central": youden_central,
+    "youden_shrunk": youden_shrunk,
 }
 
 
 def fold_predictions(store: ImageStore, seed: int, cv_dir: Path, folds: int = 5):
-    """(val labels, val probs, test labels, test probs) per fold of one run."""
+    """(val labels, val probs, test labels, test probs) per fold of one run.
+
+    Cached in ``cv_dir/threshold_rules.npz`` (predicting takes a minute per run).
+    """
+    cache = cv_dir / "threshold_rules.npz"
+    if cache.exists():
+        saved = np.load(cache)
+        return [tuple(saved[f"f{k}_{i}"] for i in range(4)) for k in range(folds)]
     labels = store.labels.astype(np.int64)
+    out = []
     for _, k, _, val_idx, test_idx in cv_splits(labels, store.groups, folds=folds, seed=seed):
         model = keras.saving.load_model(cv_dir / f"r0_f{k}" / "models" / "best_model.keras")
-        yield (
-            labels[val_idx],
-            predict_indices(model, store, val_idx, tta=True),
-            labels[test_idx],
-            predict_indices(model, store, test_idx, tta=True),
+        out.append(
+            (
+                labels[val_idx],
+                predict_indices(model, store, val_idx, tta=True),
+                labels[test_idx],
+                predict_indices(model, store, test_idx, tta=True),
+            )
         )
+    np.savez(cache, **{f"f{k}_{i}": a for k, fold in enumerate(out) for i, a in enumerate(fold)})
+    return out
 
 
 def main() -> None:
