@@ -80,7 +80,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     ema: float = 0.0
     dropout: float = 0.3
-    filters: tuple[int, int, int, int] = (16, 32, 64, 128)
+    filters: tuple[int, int, int, int] = (24, 48, 96, 192)
     augment: bool = True
     rotation: float = 0.05
     zoom: float = 0.1
