@@ -19,6 +19,8 @@ from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
 from mriscan.train import TrainConfig
 
+# Filters 24-48-96-192 are the default since the seventh session (rows 28-29): every entry
+# without its own "filters" ran with 16-32-64-128 (add them to re-run one as recorded).
 EXPERIMENTS: dict[str, dict] = {
     "default": {},
     # rows from here on run with batch-norm momentum 0.9 (build_model's default since row 7)
