@@ -67,6 +67,8 @@ EXPERIMENTS: dict[str, dict] = {
     "s160_e45": {"image_size": 160, "epochs": 45},
     "w24_e45": {"filters": (24, 48, 96, 192), "epochs": 45},
     "seed1_w24_e45": {"seed": 1, "filters": (24, 48, 96, 192), "epochs": 45},
+    # seventh session: a third draw of the new defaults
+    "seed2": {"seed": 2},
     "s64_e60": {"image_size": 64, "epochs": 60},
     "s96_e60": {"image_size": 96, "epochs": 60},
     "s128_e60": {"epochs": 60},
