@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -125,8 +126,6 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
 
 def test_train_and_cv_defaults_are_train_configs():
     # the CLI spells the defaults out (importing TrainConfig would load TensorFlow for --help)
-    import dataclasses
-
     from mriscan.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
