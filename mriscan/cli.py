@@ -449,12 +449,21 @@ def evaluate(
 @_train_options
 @click.option("--folds", type=int, default=5, show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.15,
+    show_default=True,
+    help="Share of each training fold held out to choose the threshold (0.25 traded AUC for "
+    "accuracy on two seeds, bench/ACCURACY.md rows 31-32).",
+)
 def cv(
     data: Path | None,
     store_path: Path | None,
     out: Path,
     folds: int,
     repeats: int,
+    val_fraction: float,
     **train_options: object,
 ) -> None:
     """Cross-validate: stratified k-fold with every duplicate group inside one fold.
@@ -470,7 +479,10 @@ def cv(
     tcfg = TrainConfig(verbose="line", **train_options)
     click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)
     s = cross_validate(
-        data, CVConfig(folds=folds, repeats=repeats, train=tcfg), out=out, store_path=store_path
+        data,
+        CVConfig(folds=folds, repeats=repeats, val_fraction=val_fraction, train=tcfg),
+        out=out,
+        store_path=store_path,
     )
     p = s["protocol"]
     click.echo(

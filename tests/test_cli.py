@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from mriscan.cli import main
@@ -135,3 +136,25 @@ def test_train_and_cv_defaults_are_train_configs():
         assert len(shared) >= 12, name
         for param in shared:
             assert param.default == getattr(defaults, param.name), (name, param.name)
+    from mriscan.evaluate import CVConfig
+
+    cv_params = {p.name: p.default for p in main.commands["cv"].params}
+    for name in ("folds", "repeats", "val_fraction"):
+        assert cv_params[name] == getattr(CVConfig(), name), name
+
+
+@pytest.mark.slow
+def test_cv_writes_its_artifacts_with_the_chosen_validation_share(tmp_path):
+    raw = tmp_path / "raw"
+    runner = CliRunner()
+    assert runner.invoke(main, ["synth", str(raw), "--count", "40"]).exit_code == 0
+    out = tmp_path / "art"
+    args = ["cv", str(raw), "--store", str(tmp_path / "s.zarr"), "--out", str(out)]
+    args += ["--folds", "2", "--epochs", "1", "--image-size", "32", "--pretrain", "0"]
+    r = runner.invoke(main, [*args, "--val-fraction", "0.3"])
+    assert r.exit_code == 0, r.output
+    assert "2-fold CV × 1, 40 slices" in r.output and "roc_auc" in r.output
+    m = json.loads((out / "cv" / "metrics.json").read_text())
+    assert m["protocol"]["inner_validation"].startswith("30% of each training fold")
+    assert len(m["accuracy"]["per_fold"]) == 2
+    assert (out / "cv" / "oof_predictions.csv").is_file()
