@@ -1,14 +1,16 @@
 """Score decision-threshold rules on the saved fold models of finished cross-validations.
 
-Usage: python bench/threshold_rules.py STORE SEED:CV_DIR [SEED:CV_DIR ...]
-Re-creates each run's folds and inner validation splits (``mriscan.splits.cv_splits``, as
-``mriscan.evaluate.cross_validate`` does for that seed), predicts validation and test slices
+Usage: python bench/threshold_rules.py STORE CV_DIR [CV_DIR ...]
+Re-creates each run's folds and inner validation splits (``mriscan.splits.cv_splits`` with the
+seed, folds and validation share its ``metrics.json`` records, as
+``mriscan.evaluate.cross_validate`` made them), predicts validation and test slices
 with every fold model (flip TTA), and prints the fold-mean test accuracy each rule gives when
 it sees the validation slices only.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -59,18 +61,30 @@ RULES = {
 }
 
 
-def fold_predictions(store: ImageStore, seed: int, cv_dir: Path, folds: int = 5):
+def run_protocol(cv_dir: Path) -> tuple[int, int, float]:
+    """Seed, folds and inner validation share of a finished one-repeat CV (its metrics.json)."""
+    protocol = json.loads((cv_dir / "metrics.json").read_text())["protocol"]
+    if protocol["repeats"] != 1:
+        raise SystemExit(f"{cv_dir}: only one-repeat runs are supported")
+    # cross_validate writes the share as the leading "NN%" of this text
+    share = float(protocol["inner_validation"].split("%", 1)[0]) / 100
+    return int(protocol["train_config"]["seed"]), int(protocol["folds"]), share
+
+
+def fold_predictions(store: ImageStore, cv_dir: Path):
     """(val labels, val probs, test labels, test probs) per fold of one run.
 
     Cached in ``cv_dir/threshold_rules.npz`` (predicting takes a minute per run).
     """
+    seed, folds, share = run_protocol(cv_dir)
     cache = cv_dir / "threshold_rules.npz"
     if cache.exists():
         saved = np.load(cache)
         return [tuple(saved[f"f{k}_{i}"] for i in range(4)) for k in range(folds)]
     labels = store.labels.astype(np.int64)
     out = []
-    for _, k, _, val_idx, test_idx in cv_splits(labels, store.groups, folds=folds, seed=seed):
+    splits = cv_splits(labels, store.groups, folds=folds, val_fraction=share, seed=seed)
+    for _, k, _, val_idx, test_idx in splits:
         model = keras.saving.load_model(cv_dir / f"r0_f{k}" / "models" / "best_model.keras")
         out.append(
             (
@@ -87,10 +101,9 @@ def fold_predictions(store: ImageStore, seed: int, cv_dir: Path, folds: int = 5)
 def main() -> None:
     store = ImageStore.open(sys.argv[1])
     print("run".ljust(40), *(r.rjust(16) for r in RULES))
-    for spec in sys.argv[2:]:
-        seed, cv_dir = spec.split(":", 1)
+    for cv_dir in sys.argv[2:]:
         acc = {r: [] for r in RULES}
-        for yv, pv, yt, pt in fold_predictions(store, int(seed), Path(cv_dir)):
+        for yv, pv, yt, pt in fold_predictions(store, Path(cv_dir)):
             for name, rule in RULES.items():
                 acc[name].append(float(np.mean((pt >= rule(yv, pv)) == yt)))
         cells = [f"{np.mean(a):.3f}" for a in acc.values()]
