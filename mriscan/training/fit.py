@@ -1,0 +1,250 @@
+"""Fitting one model, and the one sequence that turns a split into a calibrated model.
+
+``fit_and_calibrate`` is the recipe every command ships: fit on the training part, choose the
+decision threshold on the validation part (``mriscan.metrics.choose_threshold``), predict the
+test part once. ``train`` and ``cross_validate`` both call it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from mriscan import metrics as mx
+from mriscan.artifacts import RunLayout
+from mriscan.config import TrainConfig
+from mriscan.hardware import Hardware
+from mriscan.model import build_model
+from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.predict import predict_store
+from mriscan.store import ImageStore
+from mriscan.synth import implant_lesions
+from mriscan.training.history import JsonHistory
+from mriscan.training.optimizer import class_weights, compile_model
+
+__all__ = ["Calibrated", "fit_and_calibrate", "fit_model"]
+
+log = logging.getLogger(__name__)
+
+
+def _verbosity(v: str) -> int:
+    if v == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return {"bar": 1, "line": 2, "silent": 0}[v]
+
+
+def _with_implants(
+    store: ImageStore, train_idx: np.ndarray, cfg: TrainConfig, folder: Path
+) -> ImageStore:
+    """A store in ``folder`` with the training slices plus ``cfg.fit.implant`` lesion-implanted
+    copies of each healthy one (labelled as tumors)."""
+    images, labels = store.read_batch(np.sort(train_idx))
+    implants = implant_lesions(images[labels == 0], cfg.fit.implant, cfg.seed)
+    out = ImageStore.create(folder / "implants.zarr", store.image_size, store.config)
+    out.set_class_names(list(store.class_names))
+    out.append(
+        np.concatenate([images, implants]),
+        np.concatenate([labels, np.ones(len(implants), np.uint8)]),
+    )
+    out.commit()
+    log.info("training on %d slices + %d with implanted lesions", len(images), len(implants))
+    return out
+
+
+def fit_model(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    layout: RunLayout,
+    hw: Hardware,
+    *,
+    callbacks: list | None = None,
+    checkpoint: bool = True,
+    init_weights: Path | None = None,
+) -> tuple[keras.Model, dict[str, list[float]], Path]:
+    """Build, compile and fit one model (from ``init_weights`` if given).
+
+    Returns the kept model (``cfg.fit.select``), its history (metric → list over epochs) and
+    ``layout.model``, where it is saved when ``checkpoint``.
+    """
+    layout.models.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    if not cfg.fit.implant:
+        return _fit(
+            store, train_idx, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="mriscan_implants_") as tmp,
+        _with_implants(store, train_idx, cfg, Path(tmp)) as train_store,
+    ):
+        every = np.arange(len(train_store), dtype=np.int64)
+        return _fit(
+            train_store, every, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
+        )
+
+
+def _fit(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_store: ImageStore,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    layout: RunLayout,
+    hw: Hardware,
+    callbacks: list | None,
+    checkpoint: bool,
+    init_weights: Path | None,
+) -> tuple[keras.Model, dict[str, list[float]], Path]:
+    """``fit_model`` once the training data are settled (training and validation stores)."""
+    model_path = layout.model
+    kind = resolve_pipeline(cfg.runtime.pipeline)
+    gb = hw.global_batch
+    epochs = cfg.fit.epochs
+    backup = layout.backup
+    resume = backup.is_dir()
+    history_cb = JsonHistory(layout.history, resume)
+    # BackupAndRestore resumes after the last finished epoch, which history.json also records
+    first_epoch = min(max(history_cb.epochs, default=-1) + 1, epochs - 1)
+    if kind == "tfdata":
+        train_data, steps = make_tf_dataset(
+            store,
+            train_idx,
+            batch_size=gb,
+            shuffle=True,
+            seed=cfg.seed,
+            epochs=epochs,
+            first_epoch=first_epoch,
+            drop_remainder=True,
+        )
+        val_data, _ = make_tf_dataset(val_store, val_idx, batch_size=gb)
+        fit_kw: dict[str, Any] = {"steps_per_epoch": steps, "shuffle": False}  # shuffled there
+    else:
+        train_data = StoreDataset(
+            store,
+            train_idx,
+            batch_size=gb,
+            shuffle=True,
+            seed=cfg.seed,
+            workers=cfg.runtime.workers,
+            drop_remainder=True,
+        )
+        val_data = StoreDataset(val_store, val_idx, batch_size=gb, workers=cfg.runtime.workers)
+        steps, fit_kw = len(train_data), {}
+    log.info("training on %s", hw.describe(kind))
+    with hw.scope():
+        model = build_model(store.image_size, cfg.model, seed=cfg.seed)
+        if init_weights is not None:
+            model.load_weights(init_weights)
+        compile_model(model, cfg.optimizer, hw, steps, epochs)
+    monitor_best = None
+    if resume and history_cb.epochs:
+        monitor_best = max(r.get("val_auc", -math.inf) for r in history_cb.epochs.values())
+        log.info("resuming from %s (best val_auc so far %.4f)", backup, monitor_best)
+    cbs: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(backup)),
+        keras.callbacks.TerminateOnNaN(),
+        history_cb,
+    ]
+    if cfg.fit.patience is not None:
+        cbs.insert(2, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fit.patience))
+    best = checkpoint and cfg.fit.select == "best"
+    if best:
+        cbs.insert(
+            1,
+            keras.callbacks.ModelCheckpoint(
+                str(model_path),
+                monitor="val_auc",
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=monitor_best,
+            ),
+        )
+    cbs += list(callbacks or [])
+    labels = store.labels
+    cw = class_weights(labels[train_idx]) if cfg.optimizer.class_weight else None
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        callbacks=cbs,
+        class_weight=cw,
+        verbose=_verbosity(cfg.runtime.verbose),
+        **fit_kw,
+    )
+    if best and model_path.is_file():
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    elif checkpoint:
+        model.save(model_path)
+    return model, history_cb.as_dict(), model_path
+
+
+@dataclass
+class Calibrated:
+    """A fitted model with its threshold and its predictions on validation and test.
+
+    ``val_prob`` / ``test_prob``: float64 probabilities of class 1, in the order of the
+    split's indices (``test_prob`` is empty when there is no test part); ``test`` holds
+    ``mriscan.metrics.binary_metrics`` of the test part at ``threshold`` (None without one).
+    """
+
+    model: Any
+    history: dict[str, list[float]]
+    model_path: Path
+    threshold: float
+    val_prob: np.ndarray
+    test_prob: np.ndarray
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+
+
+def fit_and_calibrate(
+    store: ImageStore,
+    split: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    layout: RunLayout,
+    hw: Hardware,
+    *,
+    init_weights: Path | None = None,
+    callbacks: list | None = None,
+) -> Calibrated:
+    """Fit on ``split["train"]``, choose the threshold on ``split["val"]``, score ``split["test"]``.
+
+    Raises
+    ------
+    mriscan.errors.ConfigError
+        If a part of the split is empty where it is needed (from the pipeline).
+    """
+    model, history, model_path = fit_model(
+        store,
+        split["train"],
+        split["val"],
+        cfg,
+        layout,
+        hw,
+        callbacks=callbacks,
+        init_weights=init_weights,
+    )
+    labels = store.labels.astype(np.int64)
+    names = store.class_names
+    val_prob = predict_store(model, store, split["val"], tta=cfg.fit.tta)
+    threshold = mx.choose_threshold(labels[split["val"]], val_prob)
+    validation = mx.binary_metrics(
+        labels[split["val"]], val_prob, threshold=threshold, class_names=names
+    )
+    test_idx = split.get("test", np.empty(0, np.int64))
+    test_prob, test = np.empty(0, np.float64), None
+    if len(test_idx):
+        test_prob = predict_store(model, store, test_idx, tta=cfg.fit.tta)
+        test = mx.binary_metrics(
+            labels[test_idx], test_prob, threshold=threshold, class_names=names
+        )
+    return Calibrated(model, history, model_path, threshold, val_prob, test_prob, validation, test)
