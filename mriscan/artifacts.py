@@ -20,6 +20,8 @@ Layout of a training run (``mriscan train --out DIR``)::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -38,6 +40,8 @@ __all__ = [
     "ModelCardError",
     "Protocol",
     "RunLayout",
+    "file_sha256",
+    "publish_model",
     "read_json",
     "write_json",
 ]
@@ -93,6 +97,16 @@ class RunLayout:
     @property
     def backup(self) -> Path:
         return self.root / "backup"
+
+    @property
+    def run_marker(self) -> Path:
+        """Identity of the unfinished run whose state ``backup/`` holds."""
+        return self.backup / "run.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Best-so-far model of a run in progress (published to ``model`` when it ends)."""
+        return self.root / "checkpoint" / MODEL_FILE
 
     @property
     def plots(self) -> Path:
@@ -175,6 +189,40 @@ class EvalLayout:
         return self.root / "confusion_matrix.png"
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish_model(save: Any, card: ModelCard, model_path: str | os.PathLike[str]) -> ModelCard:
+    """Write a model and its card so that the previous pair stays intact until the new one is
+    complete: ``save(tmp_path)`` writes the model beside its destination, the card records the
+    file's SHA-256, then both are moved in place with ``os.replace`` (model first). A kill
+    between the two moves leaves a model whose card does not match it, which ``load_model``
+    reports (``ModelCard.check_model_file``) instead of using the pair.
+
+    Keras writes model files in place, not atomically; this is why the temp file is needed.
+    """
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{model_path.stem}.{os.getpid()}.tmp{model_path.suffix}")
+    try:
+        save(tmp)
+        card = dataclasses.replace(card, model_sha256=file_sha256(tmp))
+        card_tmp = card_path(tmp)
+        write_json(card_tmp, card.to_dict())
+        os.replace(tmp, model_path)
+        os.replace(card_tmp, card_path(model_path))
+    finally:
+        for leftover in (tmp, card_path(tmp)):
+            leftover.unlink(missing_ok=True)
+    return card
+
+
 def card_path(model_path: str | os.PathLike[str]) -> Path:
     """Path of the model card of ``model_path`` (``X.keras`` → ``X.json``)."""
     return Path(model_path).with_suffix(".json")
@@ -233,6 +281,7 @@ class ModelCard:
     image_size: int | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
     keras_backend: str = ""
+    model_sha256: str = ""
     format_version: int = MODEL_CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -272,6 +321,7 @@ class ModelCard:
             "train_config": self.train_config,
             "image_size": self.preprocess.size,
             "keras_backend": self.keras_backend,
+            "model_sha256": self.model_sha256,
         }
 
     @classmethod
@@ -303,6 +353,7 @@ class ModelCard:
                 image_size=size,
                 train_config=dict(data.get("train_config") or {}),
                 keras_backend=str(data.get("keras_backend", "")),
+                model_sha256=str(data.get("model_sha256", "")),
                 format_version=MODEL_CARD_VERSION,
             )
         except KeyError as exc:
@@ -336,6 +387,16 @@ class ModelCard:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ModelCardError(f"{path} is not readable JSON ({exc}); retrain.") from exc
         return cls.from_dict(data, source=str(path))
+
+    def check_model_file(self, model_path: str | os.PathLike[str]) -> None:
+        """Raise ``ModelCardError`` unless ``model_path`` is the file this card was written for
+        (cards of version 1 carry no digest and are not checked)."""
+        if self.model_sha256 and file_sha256(model_path) != self.model_sha256:
+            raise ModelCardError(
+                f"{card_path(model_path)} belongs to another model file than {model_path} "
+                "(a run was interrupted while publishing its model, or files were mixed up). "
+                "Retrain, or restore the matching pair."
+            )
 
     def label_of(self, probability: float, threshold: float | None = None) -> str:
         """The class name assigned to a probability of ``class_names[1]``."""

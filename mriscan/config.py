@@ -410,7 +410,7 @@ def _nested_type(cls: type, name: str) -> type | None:
     return None
 
 
-def override(cfg: C, changes: Mapping[str, Any]) -> C:
+def override(cfg: C, changes: Mapping[str, Any], _at: str = "") -> C:
     """A copy of ``cfg`` with dotted settings replaced, e.g. ``{"fit.epochs": 3, "seed": 1}``.
 
     Raises
@@ -425,14 +425,14 @@ def override(cfg: C, changes: Mapping[str, Any]) -> C:
         head, _, rest = key.partition(".")
         if head not in names:
             raise ConfigError(
-                f"{type(cfg).__name__} has no setting {key!r}; known: {sorted(names)}."
+                f"{type(cfg).__name__} has no setting {_at + key!r}; known: {sorted(names)}."
             )
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
             direct[head] = tuple(value) if isinstance(value, list) else value
     for head, sub in nested.items():
-        direct[head] = override(getattr(cfg, head), sub)
+        direct[head] = override(getattr(cfg, head), sub, f"{_at}{head}.")
     try:
         return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]
     except TypeError as exc:

@@ -9,10 +9,12 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "MriscanError",
+    "ResumeError",
     "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
     "StoreNotFoundError",
+    "TrainingDivergedError",
     "UnreadableFileError",
     "UnsupportedFormatError",
 ]
@@ -69,3 +71,11 @@ class StoreLockedError(StoreError, RuntimeError):
 
 class StoreCorruptError(StoreError, ValueError):
     """The store's arrays and index disagree, or a chunk cannot be read."""
+
+
+class TrainingDivergedError(MriscanError, ArithmeticError):
+    """Training produced non-finite losses or predictions; no model was published."""
+
+
+class ResumeError(MriscanError):
+    """An output folder holds an unfinished run that this run may not resume."""

@@ -28,6 +28,38 @@ log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
 
 
+def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
+    """The store positions of a recorded split part, checked against the store's content.
+
+    Raises
+    ------
+    MriscanError
+        If the store no longer holds the same slices at those positions (rebuilt or changed
+        since training): scoring them would silently mix training slices into the test.
+    """
+    idx = np.asarray(part["indices"], np.int64)
+    recs = store.index.records
+    if idx.size and (idx.min() < 0 or idx.max() >= len(recs)):
+        raise MriscanError(
+            f"The recorded {name} split names samples up to {int(idx.max())}, but "
+            f"{store.location} holds {len(recs)}: the store was rebuilt since training. "
+            "Retrain, or evaluate on a folder of unseen slices (--split all)."
+        )
+    expected = part.get("pixel_sha256") or part.get("sources")
+    key = "pixel_sha256" if part.get("pixel_sha256") else "source"
+    if expected is not None:
+        now = [getattr(recs[int(i)], key) for i in idx]
+        changed = [int(i) for i, a, b in zip(idx, expected, now, strict=True) if a != b]
+        if changed:
+            raise MriscanError(
+                f"{len(changed)} of the {idx.size} recorded {name} samples of {store.location} "
+                f"are no longer the slices the model was trained and tested with (e.g. "
+                f"position {changed[0]}): the store was rebuilt or changed since training. "
+                "Retrain, or evaluate on a folder of unseen slices (--split all)."
+            )
+    return idx
+
+
 def evaluate(
     model_path: str | os.PathLike[str],
     data: str | os.PathLike[str] | None = None,
@@ -68,6 +100,12 @@ def evaluate(
     recorded = None
     if run is not None and run.split.is_file():
         recorded = read_json(run.split, "the split of the training run")
+        made_for = recorded.get("model_sha256") if isinstance(recorded, dict) else None
+        if made_for and card.model_sha256 and made_for != card.model_sha256:
+            raise MriscanError(
+                f"{run.split} was written for another model than {model_path} (a later "
+                "run was interrupted?); retrain, or pass DATA with --split all."
+            )
     if data is None:
         if recorded is None:
             where = run.split if run is not None else "a run folder"
@@ -94,7 +132,7 @@ def evaluate(
                         recorded["store"],
                         data,
                     )
-                idx = np.asarray(recorded[split]["indices"], np.int64)
+                idx = _recorded_indices(store, recorded[split], split)
             y = store.labels[idx].astype(np.int64)
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             class_names = store.class_names

@@ -150,6 +150,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[keras.Model, ModelCard]:
             f"No model file at {path}. Train one with `mriscan train` or pass --model PATH."
         )
     card = ModelCard.load(path)  # validated before the (slower) model load
+    card.check_model_file(path)
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     shape = tuple(model.input_shape)
     size = card.preprocess.size

@@ -6,6 +6,7 @@ import pytest
 
 from mriscan.config import TrainConfig, override
 from mriscan.evaluate import evaluate
+from mriscan.store import ImageStore
 from mriscan.training.workflow import train
 
 TINY = override(
@@ -52,3 +53,18 @@ def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
     result = train(small_store, TINY, out=tmp_path / "a")
     assert seen == [len(result.split["val"])]
     assert set(result.split["val"]).isdisjoint(result.split["test"])
+
+
+def test_a_rebuilt_store_is_refused_for_a_recorded_split(small_store):
+    from mriscan.errors import MriscanError
+    from mriscan.evaluate import _recorded_indices
+
+    with ImageStore.open(small_store) as store:
+        recs = store.index.records
+        part = {"indices": [0, 1, 2], "pixel_sha256": [recs[i].pixel_sha256 for i in (0, 1, 2)]}
+        assert _recorded_indices(store, part, "test").tolist() == [0, 1, 2]
+        moved = {**part, "pixel_sha256": [recs[i].pixel_sha256 for i in (1, 0, 2)]}
+        with pytest.raises(MriscanError, match="no longer the slices"):
+            _recorded_indices(store, moved, "test")
+        with pytest.raises(MriscanError, match="store was rebuilt"):
+            _recorded_indices(store, {"indices": [len(recs)]}, "test")

@@ -261,3 +261,39 @@ def test_training_with_implants_fits_on_the_larger_set_and_validates_on_real_sli
     assert seen["n_train"] == n_train + n_healthy  # one implanted copy per healthy slice
     assert seen["val"].location == str(small_store)  # validation: the real slices only
     assert seen["n_val"] == len(split["val"])
+
+
+@pytest.mark.parametrize("lr", [1e12])
+def test_a_diverged_run_writes_nothing_and_keeps_the_previous_model(small_store, tmp_path, lr):
+    from mriscan.errors import TrainingDivergedError
+
+    out = tmp_path / "art"
+    train(small_store, fast(fit__epochs=1), out=out)
+    files = ("models/best_model.keras", "models/best_model.json", "metrics.json", "split.json")
+    before = {f: (out / f).read_bytes() for f in files}
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        train(
+            small_store, fast(optimizer__learning_rate=lr, optimizer__class_weight=False), out=out
+        )
+    assert {f: (out / f).read_bytes() for f in files} == before
+    assert not (out / "backup").exists()  # nothing left to resume
+
+
+def test_resume_only_the_same_run(tmp_path):
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.errors import ResumeError
+    from mriscan.training.fit import _check_resume
+
+    layout = RunLayout(tmp_path)
+    assert _check_resume(layout, "run-a") is False  # no backup: a fresh start
+    layout.backup.mkdir()
+    with pytest.raises(ResumeError, match="other data, settings, seed"):
+        _check_resume(layout, "run-a")  # a backup without identity is never adopted
+    write_json(layout.run_marker, {"run_id": "run-b"})
+    with pytest.raises(ResumeError, match="only the same run may resume"):
+        _check_resume(layout, "run-a")
+    write_json(layout.run_marker, {"run_id": "run-a"})
+    assert _check_resume(layout, "run-a") is True
+    (layout.backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(ResumeError, match="damaged"):
+        _check_resume(layout, "run-a")

@@ -11,19 +11,20 @@ import csv
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import Protocol, RunLayout, write_json
+from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
-from mriscan.training.fit import fit_and_calibrate
+from mriscan.training.fit import card_for, fit_and_calibrate
 from mriscan.training.pretrain import pretrain_on_phantoms
 from mriscan.training.workflow import setup_for
 
@@ -138,7 +139,11 @@ def cross_validate(
         log.info("%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx))
         fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
         split = {"train": train_idx, "val": val_idx, "test": test_idx}
-        run = fit_and_calibrate(store, split, fold_cfg, cv.fold(rep, k), hw, init_weights=init)
+        fold_layout = cv.fold(rep, k)
+        run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
+        publish_model(run.model.save, card_for(store, fold_cfg, run.threshold), fold_layout.model)
+        for leftover in (fold_layout.backup, fold_layout.checkpoint.parent):
+            shutil.rmtree(leftover, ignore_errors=True)
         thr, prob, m = run.threshold, run.test_prob, run.test
         assert m is not None  # a k-fold test part is never empty
         m.update(repeat=rep, fold=k)

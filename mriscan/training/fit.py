@@ -7,8 +7,11 @@ test part once. ``train`` and ``cross_validate`` both call it, so they cannot dr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -19,8 +22,9 @@ import keras
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import RunLayout
+from mriscan.artifacts import ModelCard, RunLayout, write_json
 from mriscan.config import TrainConfig
+from mriscan.errors import ResumeError, TrainingDivergedError
 from mriscan.hardware import Hardware
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
@@ -30,7 +34,7 @@ from mriscan.synth import implant_lesions
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
 
-__all__ = ["Calibrated", "fit_and_calibrate", "fit_model"]
+__all__ = ["Calibrated", "card_for", "fit_and_calibrate", "fit_model", "run_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,70 @@ def _with_implants(
     return out
 
 
+def run_fingerprint(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    init_weights: Path | None,
+) -> str:
+    """Identity of a run: its full config, its data (store, samples and their checksums) and
+    its starting weights. A backup may only be resumed by a run with the same fingerprint."""
+    recs = store.index.records
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(str(store.location).encode())
+    h.update(str(init_weights.name if init_weights is not None else "").encode())
+    for part in (train_idx, val_idx):
+        h.update(np.asarray(part, np.int64).tobytes())
+        h.update("".join(recs[int(i)].pixel_sha256 for i in part).encode())
+    return h.hexdigest()[:32]
+
+
+def _check_resume(layout: RunLayout, run_id: str) -> bool:
+    """Whether ``layout.backup`` holds this run's state to resume (False: start afresh).
+
+    Raises
+    ------
+    ResumeError
+        If it holds another run's state, or a damaged one.
+    """
+    backup = layout.backup
+    if not backup.is_dir():
+        return False
+    fix = f"Delete {backup} to start afresh, or use another --out."
+    try:
+        marker = json.loads(layout.run_marker.read_text())
+    except (OSError, ValueError):
+        marker = {}
+    if not isinstance(marker, dict) or marker.get("run_id") != run_id:
+        raise ResumeError(
+            f"{backup} holds an unfinished run with other data, settings, seed or starting "
+            f"weights; only the same run may resume from it. {fix}"
+        )
+    weights = [backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"]
+    if any(p.is_file() for p in weights) and not any(_h5_readable(p) for p in weights):
+        raise ResumeError(
+            f"{backup} is damaged (the run was killed while writing it): its weights cannot "
+            f"be read. {fix}"
+        )
+    return True
+
+
+def _h5_readable(path: Path) -> bool:
+    """True when ``path`` is an HDF5 file that opens and lists its contents."""
+    import h5py
+
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            f.visit(lambda _name: None)
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
 def fit_model(
     store: ImageStore,
     train_idx: np.ndarray,
@@ -70,13 +138,22 @@ def fit_model(
     callbacks: list | None = None,
     checkpoint: bool = True,
     init_weights: Path | None = None,
-) -> tuple[keras.Model, dict[str, list[float]], Path]:
+) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build, compile and fit one model (from ``init_weights`` if given).
 
-    Returns the kept model (``cfg.fit.select``), its history (metric → list over epochs) and
-    ``layout.model``, where it is saved when ``checkpoint``.
+    Returns the kept model (``cfg.fit.select``: the last epoch, or the best validation AUC
+    from ``layout.checkpoint`` when ``checkpoint``) and its history (metric → list over
+    epochs). Nothing is published to ``layout.model``: the caller does that once the model is
+    calibrated (``mriscan.artifacts.publish_model``). A run killed mid-way resumes from
+    ``layout.backup`` only when rerun with the same data, config and starting weights.
+
+    Raises
+    ------
+    ResumeError
+        If ``layout.backup`` holds another run's state or a damaged one.
+    TrainingDivergedError
+        If the training loss became NaN or infinite.
     """
-    layout.models.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if not cfg.fit.implant:
         return _fit(
@@ -103,15 +180,21 @@ def _fit(
     callbacks: list | None,
     checkpoint: bool,
     init_weights: Path | None,
-) -> tuple[keras.Model, dict[str, list[float]], Path]:
+) -> tuple[keras.Model, dict[str, list[float]]]:
     """``fit_model`` once the training data are settled (training and validation stores)."""
-    model_path = layout.model
     kind = resolve_pipeline(cfg.runtime.pipeline)
     gb = hw.global_batch
     epochs = cfg.fit.epochs
     backup = layout.backup
-    resume = backup.is_dir()
-    history_cb = JsonHistory(layout.history, resume)
+    run_id = run_fingerprint(store, train_idx, val_idx, cfg, init_weights)
+    resume = _check_resume(layout, run_id)
+    best_path = layout.checkpoint
+    if not resume:
+        shutil.rmtree(best_path.parent, ignore_errors=True)  # another run's best-so-far
+    best_path.parent.mkdir(parents=True, exist_ok=True)
+    backup.mkdir(parents=True, exist_ok=True)
+    write_json(layout.run_marker, {"run_id": run_id})
+    history_cb = JsonHistory(layout.history, resume, run_id)
     # BackupAndRestore resumes after the last finished epoch, which history.json also records
     first_epoch = min(max(history_cb.epochs, default=-1) + 1, epochs - 1)
     if kind == "tfdata":
@@ -147,10 +230,12 @@ def _fit(
         compile_model(model, cfg.optimizer, hw, steps, epochs)
     monitor_best = None
     if resume and history_cb.epochs:
-        monitor_best = max(r.get("val_auc", -math.inf) for r in history_cb.epochs.values())
+        aucs = [r.get("val_auc") for r in history_cb.epochs.values()]
+        monitor_best = max((a for a in aucs if isinstance(a, float)), default=-math.inf)
         log.info("resuming from %s (best val_auc so far %.4f)", backup, monitor_best)
     cbs: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(backup)),
+        # double_checkpoint: a kill while the weights are written leaves the previous copy
+        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         history_cb,
     ]
@@ -161,7 +246,7 @@ def _fit(
         cbs.insert(
             1,
             keras.callbacks.ModelCheckpoint(
-                str(model_path),
+                str(best_path),
                 monitor="val_auc",
                 mode="max",
                 save_best_only=True,
@@ -180,11 +265,20 @@ def _fit(
         verbose=_verbosity(cfg.runtime.verbose),
         **fit_kw,
     )
-    if best and model_path.is_file():
-        model = keras.saving.load_model(model_path, safe_mode=True)
-    elif checkpoint:
-        model.save(model_path)
-    return model, history_cb.as_dict(), model_path
+    history = history_cb.as_dict()
+    losses = np.asarray(
+        [v if isinstance(v, float) else np.nan for v in history.get("loss", [])], np.float64
+    )
+    if losses.size == 0 or not np.isfinite(losses).all():
+        shutil.rmtree(backup, ignore_errors=True)  # nothing worth resuming
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became {losses[-1] if losses.size else 'undefined'} "
+            f"at epoch {losses.size}. No model was written (the previous one, if any, is "
+            "untouched). Lower --learning-rate, or check the data for unreadable slices."
+        )
+    if best and best_path.is_file():
+        model = keras.saving.load_model(best_path, safe_mode=True)
+    return model, history
 
 
 @dataclass
@@ -198,7 +292,6 @@ class Calibrated:
 
     model: Any
     history: dict[str, list[float]]
-    model_path: Path
     threshold: float
     val_prob: np.ndarray
     test_prob: np.ndarray
@@ -220,10 +313,12 @@ def fit_and_calibrate(
 
     Raises
     ------
+    TrainingDivergedError
+        If the loss or any validation prediction is not finite (then no threshold exists).
     mriscan.errors.ConfigError
         If a part of the split is empty where it is needed (from the pipeline).
     """
-    model, history, model_path = fit_model(
+    model, history = fit_model(
         store,
         split["train"],
         split["val"],
@@ -236,6 +331,12 @@ def fit_and_calibrate(
     labels = store.labels.astype(np.int64)
     names = store.class_names
     val_prob = predict_store(model, store, split["val"], tta=cfg.fit.tta)
+    if not np.isfinite(val_prob).all():
+        raise TrainingDivergedError(
+            f"The model predicts {int((~np.isfinite(val_prob)).sum())} of {val_prob.size} "
+            "validation slices as NaN: training diverged. No model was written. Lower "
+            "--learning-rate."
+        )
     threshold = mx.choose_threshold(labels[split["val"]], val_prob)
     validation = mx.binary_metrics(
         labels[split["val"]], val_prob, threshold=threshold, class_names=names
@@ -244,7 +345,20 @@ def fit_and_calibrate(
     test_prob, test = np.empty(0, np.float64), None
     if len(test_idx):
         test_prob = predict_store(model, store, test_idx, tta=cfg.fit.tta)
-        test = mx.binary_metrics(
-            labels[test_idx], test_prob, threshold=threshold, class_names=names
-        )
-    return Calibrated(model, history, model_path, threshold, val_prob, test_prob, validation, test)
+        y_test = labels[test_idx]
+        test = mx.binary_metrics(y_test, test_prob, threshold=threshold, class_names=names)
+    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test)
+
+
+def card_for(store: ImageStore, cfg: TrainConfig, threshold: float) -> ModelCard:
+    """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)."""
+    return ModelCard(
+        preprocess=store.config,
+        class_names=tuple(store.class_names),
+        threshold=threshold,
+        tta=cfg.fit.tta,
+        threshold_rule=mx.THRESHOLD_RULE,
+        image_size=store.image_size,
+        train_config=cfg.to_dict(),
+        keras_backend=keras.backend.backend(),
+    )

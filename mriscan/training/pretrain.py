@@ -103,7 +103,7 @@ def pretrain_on_phantoms(
         with ImageStore.open(store_path) as store:
             order = np.random.default_rng(cfg.seed).permutation(len(store))
             n_val = max(2, len(store) // 20)  # only to show that the phantoms are being learnt
-            model, history, _ = fit_model(
+            model, history = fit_model(
                 store,
                 order[n_val:],
                 order[:n_val],

@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import keras
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import ModelCard, Protocol, RunLayout, write_json
+from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
 from mriscan.config import TrainConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
@@ -26,7 +25,7 @@ from mriscan.pipeline import resolve_pipeline
 from mriscan.sources import open_or_ingest
 from mriscan.splits import split_indices
 from mriscan.store import ImageStore
-from mriscan.training.fit import Calibrated, fit_and_calibrate
+from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate
 from mriscan.training.pretrain import pretrain_on_phantoms
 
 __all__ = ["TrainResult", "setup_for", "train"]
@@ -83,6 +82,10 @@ def train(
     ------
     ConfigError
         If the store does not hold exactly two classes or the split leaves an empty part.
+    TrainingDivergedError
+        If training diverged (nothing is written over the previous model).
+    ResumeError
+        If ``out`` holds an unfinished run of other data or settings.
     """
     from mriscan import plots
 
@@ -108,31 +111,25 @@ def train(
             "--val-fraction/--test-fraction."
         )
     layout.root.mkdir(parents=True, exist_ok=True)
-    _write_split(layout, store, split, cfg)
     hw = setup_for(cfg)
     init = pretrain_on_phantoms(cfg, hw, store.config) if cfg.pretrain.phantoms else None
     run = fit_and_calibrate(store, split, cfg, layout, hw, init_weights=init, callbacks=callbacks)
-    ModelCard(
-        preprocess=store.config,
-        class_names=tuple(store.class_names),
-        threshold=run.threshold,
-        tta=cfg.fit.tta,
-        threshold_rule=mx.THRESHOLD_RULE,
-        image_size=store.image_size,
-        train_config=cfg.to_dict(),
-        keras_backend=keras.backend.backend(),
-    ).save(run.model_path)
+    # the model, its card, split and metrics are written only now, together: a run that
+    # stops earlier leaves the previous run's files as they were
+    card = publish_model(run.model.save, card_for(store, cfg, run.threshold), layout.model)
+    _write_split(layout, store, split, cfg, card.model_sha256)
     result_metrics = _run_metrics(cfg, split, hw, run)
+    result_metrics["model_sha256"] = card.model_sha256
     plots.save_history(run.history, layout.history_plot)
     if run.test is not None:
         _plot_test(plots, layout, store, split["test"], run)
     result_metrics["seconds"] = time.perf_counter() - t0
     write_json(layout.metrics, result_metrics)
-    if layout.backup.is_dir():  # a finished run needs no resume point
-        shutil.rmtree(layout.backup, ignore_errors=True)
+    for leftover in (layout.backup, layout.checkpoint.parent):  # a finished run needs neither
+        shutil.rmtree(leftover, ignore_errors=True)
     return TrainResult(
         layout.root,
-        run.model_path,
+        layout.model,
         result_metrics,
         run.history,
         hw,
@@ -184,17 +181,27 @@ def _plot_test(plots: Any, layout: RunLayout, store: ImageStore, test_idx, run: 
 
 
 def _write_split(
-    layout: RunLayout, store: ImageStore, split: dict[str, np.ndarray], cfg: TrainConfig
+    layout: RunLayout,
+    store: ImageStore,
+    split: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    model_sha256: str,
 ) -> None:
-    """Record the split (indices and source files) so it can be reproduced."""
+    """Record the split (indices, source files and pixel checksums) so it can be reproduced
+    and checked against the store later (``mriscan evaluate`` refuses a rebuilt store)."""
     recs = store.index.records
     data = {
+        "model_sha256": model_sha256,
         "seed": cfg.seed,
         "val_fraction": cfg.split.val_fraction,
         "test_fraction": cfg.split.test_fraction,
         "store": store.location,
         **{
-            k: {"indices": v.tolist(), "sources": [recs[i].source for i in v]}
+            k: {
+                "indices": v.tolist(),
+                "sources": [recs[i].source for i in v],
+                "pixel_sha256": [recs[i].pixel_sha256 for i in v],
+            }
             for k, v in split.items()
         },
     }
