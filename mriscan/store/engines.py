@@ -14,7 +14,7 @@ resize, remove leftovers past the committed end). Two engines implement it:
 chunk equal to the fill value, so a store written through zarr may lack the chunks of all-black
 slices. Both raise ``StoreCorruptError`` for a row outside the array or a chunk that cannot be
 decoded. Try another chunk layout by writing an engine against ``ChunkEngine`` and running the
-conformance suite in ``tests/store/test_engines.py`` on it.
+conformance suite in ``tests/test_store_engines.py`` on it.
 """
 
 from __future__ import annotations
@@ -232,6 +232,16 @@ class LocalChunkFiles(ChunkEngine):
         except FileNotFoundError:
             return np.full((s0, s1), self.fill_value, np.uint8)
         try:
+            # Blosc trusts the sizes in its 16-byte header: a truncated file would decode
+            # bytes past its end. Check them first (header layout: c-blosc README_HEADER.rst).
+            if len(raw) < 16:
+                raise ValueError(f"{len(raw)} bytes, shorter than a Blosc header")
+            nbytes, _, cbytes = np.frombuffer(raw[4:16], "<u4")
+            if cbytes != len(raw) or nbytes != s0 * s1:
+                raise ValueError(
+                    f"Blosc header says {cbytes} compressed / {nbytes} raw bytes; the file holds "
+                    f"{len(raw)} and a slice needs {s0 * s1}"
+                )
             arr = np.frombuffer(numcodecs.blosc.decompress(raw), dtype=np.uint8)
         except (RuntimeError, ValueError) as exc:
             raise StoreCorruptError(
