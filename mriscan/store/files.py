@@ -121,6 +121,17 @@ class StoreFiles:
         finally:
             os.close(dir_fd)
 
+    def remove_orphan_temps(self, key: str) -> int:
+        """Delete temp files a killed ``write_atomic(key, ...)`` left (local stores); return how
+        many. Call only while holding the write lock."""
+        if self.url:
+            return 0
+        removed = 0
+        for entry in Path(self.root).glob(f".{key}.*.tmp"):
+            entry.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def nbytes(self) -> int:
         """Bytes the store occupies (0 if the filesystem cannot tell)."""
         if self.url:

@@ -12,6 +12,7 @@ The store does not decide which slices are near-duplicates: whoever commits pass
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ import zarr
 
 from mriscan.duplicates import SIGNATURE_SIZE
 from mriscan.duplicates import signatures as _thumbnails
-from mriscan.errors import ConfigError, StoreError, StoreNotFoundError
+from mriscan.errors import ConfigError, StoreCorruptError, StoreError, StoreNotFoundError
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store.engines import (
     ChunkEngine,
@@ -54,6 +55,42 @@ def zarr_store(path: str | os.PathLike[str]) -> Any:
     if is_url(path):
         return zarr.storage.FsspecStore.from_url(str(path))
     return zarr.storage.LocalStore(local_path(path))
+
+
+def _is_mriscan_group(group_meta: bytes | None) -> bool:
+    """Whether a group's ``zarr.json`` bytes carry the attribute ``ImageStore.create`` writes."""
+    if group_meta is None:
+        return False
+    try:
+        meta = json.loads(group_meta)
+        return isinstance(meta, dict) and "mriscan_format" in (meta.get("attributes") or {})
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def _open_arrays(path: str | os.PathLike[str], mode: str) -> zarr.Group:
+    """Open the store's zarr group and check its three arrays are there and readable.
+
+    Raises
+    ------
+    StoreCorruptError
+        A ``zarr.json`` (the group's or an array's) is missing or unreadable.
+    """
+    try:
+        group = zarr.open_group(zarr_store(path), mode="r" if mode == "r" else "r+")
+        for name in _ARRAYS:
+            if not isinstance(group[name], zarr.Array):
+                raise ValueError(f"{name} is a group, not an array")
+    except (KeyError, ValueError, TypeError, OSError, zarr.errors.BaseZarrError) as exc:
+        raise StoreCorruptError(
+            f"{path}: the zarr metadata of the store (zarr.json of the group or of "
+            f"{', '.join(_ARRAYS)}) is missing or unreadable ({type(exc).__name__}: {exc}). "
+            "The slices cannot be located; re-ingest the raw folder into a new --store."
+        ) from exc
+    return group
+
+
+_ARRAYS = ("images", "labels", "signatures")
 
 
 class ImageStore:
@@ -123,11 +160,18 @@ class ImageStore:
         if config.size != int(image_size):
             raise ConfigError(f"image_size ({image_size}) must equal config.size ({config.size}).")
         files = StoreFiles(path)
-        exists = files.read(INDEX_KEY) is not None or files.read("zarr.json") is not None
-        if exists and not overwrite:
+        committed = files.read(INDEX_KEY) is not None
+        group_meta = files.read("zarr.json")
+        exists = committed or group_meta is not None
+        # A creation killed before its first index.json left a group that holds nothing
+        # committed: replacing it loses nothing. Anything else is somebody's data.
+        interrupted = not committed and _is_mriscan_group(group_meta)
+        if exists and not overwrite and not interrupted:
+            what = "a mriscan store" if committed else "a zarr group that is not a mriscan store"
             raise StoreError(
-                f"{path} already exists. Open it with ImageStore.open(..., "
-                "mode='a') to append, or pass overwrite=True to replace it."
+                f"{path} already exists and holds {what}. Append to it (`mriscan ingest "
+                f"RAW_DIR --store {path}`, or ImageStore.open(..., mode='a')), or choose another "
+                "--store path, or delete it (ImageStore.create(..., overwrite=True)) to replace it."
             )
         if not files.url:
             local_path(path).mkdir(parents=True, exist_ok=True)
@@ -192,10 +236,11 @@ class ImageStore:
             lock = WriteLock(path, files)
             lock.acquire()
         try:
-            group = zarr.open_group(zarr_store(path), mode="r" if mode == "r" else "r+")
+            group = _open_arrays(path, mode)
             store = cls(path, mode=mode, index=index, group=group, files=files, lock=lock)
             if mode == "a":
                 store._trim_uncommitted()
+                files.remove_orphan_temps(INDEX_KEY)
         except BaseException:
             if lock is not None:
                 lock.release()

@@ -58,7 +58,31 @@ class SampleRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleRecord:
-        """Inverse of ``to_dict``."""
+        """Inverse of ``to_dict``; checks every field's kind and range.
+
+        Raises
+        ------
+        ValueError
+            A field is missing, unknown, of the wrong kind (e.g. a position that is a string or a
+            float) or out of range (a label outside [0, 255], a negative position).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - set(_RECORD_FIELDS)
+        if unknown:
+            raise ValueError(f"record has unknown fields {sorted(unknown)}")
+        for name in ("position", "label", "height", "width", "group"):
+            v = data.get(name, -1 if name == "group" else None)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"record field {name!r} must be an integer, got {v!r}")
+        for name in ("source", "sha256", "pixel_sha256"):
+            if not isinstance(data.get(name, ""), str):
+                raise ValueError(f"record field {name!r} must be a string, got {data[name]!r}")
+        if data["position"] < 0 or not 0 <= data["label"] <= 255 or data.get("group", -1) < -1:
+            raise ValueError(
+                f"record out of range: position {data['position']}, label {data['label']} "
+                f"(0..255), group {data.get('group', -1)}"
+            )
         return cls(**{**data, "flags": tuple(data.get("flags", ()))})
 
 
@@ -123,7 +147,10 @@ def decode_index(raw: bytes, where: str) -> StoreIndex:
         The bytes are not JSON, or not an index of the supported format version.
     """
     try:
-        return StoreIndex.from_dict(json.loads(raw))
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found a {type(data).__name__}")
+        return StoreIndex.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreCorruptError(f"{where}/index.json is unreadable ({exc}).") from exc
 
