@@ -57,23 +57,30 @@ def phantom_volume(
 ) -> np.ndarray:
     """A stack of phantom slices, float32 (n_slices, canvas, canvas) in [0, 1].
 
-    Each slice is its own ``mriscan.synth.phantom`` inside a disc whose radius falls off like a
-    sphere's cross-section away from the middle slice: slice ``n_slices // 2`` has the largest
-    head area and the end slices the smallest.
+    One ``mriscan.synth.phantom`` head inside a disc whose radius falls off like a sphere's
+    cross-section away from the middle slice (so slice ``n_slices // 2`` has the largest head
+    area and the area never grows toward either end), times a gain that rises from 0.85 to 1.0
+    along the stack, plus a little noise per slice: every slice differs, so a flipped or
+    permuted axis is detectable.
     """
     if n_slices < 1 or canvas < 16:
         raise ConfigError(
             f"n_slices must be >= 1 and canvas >= 16. Received: {n_slices}, {canvas}."
         )
     rng = np.random.default_rng([seed, 11])
+    head = phantom(rng, tumor, canvas)
     yy, xx = np.mgrid[:canvas, :canvas]
     r = np.hypot(yy - (canvas - 1) / 2, xx - (canvas - 1) / 2) / (canvas / 2)
+    fg = head > 0.2  # above the background noise
+    extent = float(r[fg].max()) if fg.any() else 1.0  # the head's radius
     mid = (n_slices - 1) / 2
     out = np.empty((n_slices, canvas, canvas), np.float32)
     for k in range(n_slices):
         t = 0.0 if n_slices == 1 else (k - mid) / (mid + 1)
-        radius = np.sqrt(max(0.0, 1.0 - t * t))
-        out[k] = phantom(rng, tumor, canvas) * (r <= radius)
+        radius = extent * np.sqrt(max(0.0, 1.0 - t * t))
+        gain = 0.85 + 0.15 * (k / max(1, n_slices - 1))
+        noisy = head * gain + rng.normal(0, 0.01, head.shape)
+        out[k] = np.clip(noisy, 0, 1) * (r <= radius)
     return out
 
 
