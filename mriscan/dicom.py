@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
@@ -334,12 +335,12 @@ def read_dicom(
             **ident,
             frame=f,
             n_frames=n_frames,
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
+            instance_number=_int_or_none(_raw(ds, "InstanceNumber")),
             slice_position=position,
             plane=_plane(normal),
             series_description=description,
-            series_number=_int_or_none(ds.get("SeriesNumber")),
-            modality=str(ds.get("Modality", "") or ""),
+            series_number=_int_or_none(_raw(ds, "SeriesNumber")),
+            modality=str(_raw(ds, "Modality") or ""),
             photometric=photometric,
             transfer_syntax=str(ts),
             rows=rows,
@@ -479,9 +480,39 @@ def _frame_item(ds: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Datas
     return None
 
 
+def _raw(ds: pydicom.Dataset, keyword: str) -> str | list[str] | None:
+    """A top-level *text* element's value as str (list of str when multi-valued), or None.
+
+    Reads the element's bytes directly instead of through pydicom's value conversion (which
+    builds and regex-validates a DSfloat/IS per number): that conversion of ~20 elements cost as
+    much as decoding a 256x256 slice. Only for text VRs (DS, IS, CS, UI, LO, SH, PN, DA);
+    bytes are decoded as UTF-8 with replacement (consistently, so hashes stay stable).
+    """
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace").strip(" \x00")
+        if not text:
+            return None
+        return [v.strip(" \x00") for v in text.split("\\")] if "\\" in text else text
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [str(v) for v in value]
+    return str(value)
+
+
+_TAGS: dict[str, int] = {}
+
+
 def _attr(ds: pydicom.Dataset, frame: int, sequence: str, name: str):
     """``name`` from the top level, else from ``sequence`` in the functional groups."""
-    value = ds.get(name)
+    value = _raw(ds, name)
     if value is not None:
         return value
     if 0x52009229 not in ds and 0x52009230 not in ds:  # Shared / Per-frame Functional Groups
@@ -494,8 +525,11 @@ def _first(value) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return float(value[0]) if len(value) else None
-    return float(value)
+        value = value[0] if len(value) else None
+    try:
+        return None if value is None or value == "" else float(value)
+    except ValueError:
+        return None
 
 
 def _rescale(ds: pydicom.Dataset, frame: int) -> tuple[float, float]:
@@ -565,8 +599,8 @@ def _to_uint8(
 
 def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
     def h(kind: str, keyword: str) -> str | None:
-        value = ds.get(keyword)
-        value = "" if value is None else str(value).strip()
+        value = _raw(ds, keyword)
+        value = "" if value is None else "\\".join(value) if isinstance(value, list) else value
         return salted_hash(salt, kind, value) if value else None
 
     return {
@@ -579,17 +613,17 @@ def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
 
 def _safe_description(ds: pydicom.Dataset) -> str:
     """Series Description without any text that matches the patient's name, ID or birth date."""
-    text = str(ds.get("SeriesDescription", "") or "")
+    text = _raw(ds, "SeriesDescription")
     if not text:
         return ""
+    text = "\\".join(text) if isinstance(text, list) else text
     tokens = set()
-    name = ds.get("PatientName")
-    if name:
-        tokens.update(t for t in re.split(r"[\^=\s,]+", str(name)) if len(t) >= 2)
-    for keyword in ("PatientID", "PatientBirthDate", "OtherPatientIDs", "PatientBirthName"):
-        value = ds.get(keyword)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs",
+                    "PatientBirthName"):  # fmt: skip
+        value = _raw(ds, keyword)
         if value:
-            tokens.update(t for t in re.split(r"[\^=\s,\\]+", str(value)) if len(t) >= 2)
+            value = " ".join(value) if isinstance(value, list) else value
+            tokens.update(t for t in re.split(r"[\^=\s,]+", value) if len(t) >= 2)
     for t in sorted(tokens, key=len, reverse=True):
         text = re.sub(re.escape(t), "[removed]", text, flags=re.IGNORECASE)
     text = "".join(ch for ch in text if ch.isprintable())

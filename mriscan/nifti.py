@@ -235,23 +235,30 @@ def read_nifti(
             )
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
     try:
-        canon = nib.as_closest_canonical(img)
-        data = np.asanyarray(canon.dataobj)
-    except Exception as exc:  # truncated data: ValueError/EOFError/zlib.error; bad affine
+        raw = np.asanyarray(img.dataobj)  # in the file's voxel order (a memmap for .nii)
+    except Exception as exc:  # truncated data: ValueError/EOFError/zlib.error
         raise CorruptImageError(path, f"voxel data cannot be read ({exc})") from exc
-    if data.dtype.kind == "c" or data.dtype.fields is not None:
-        raise UnsupportedFormatError(path, f"voxel type {data.dtype} is not a real scalar")
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    if data.dtype.kind == "b":
-        data = data.astype(np.uint8)
-    lo, hi = percentile_window(data, cfg.window_percentiles)
+    if raw.dtype.kind == "c" or raw.dtype.fields is not None:
+        raise UnsupportedFormatError(path, f"voxel type {raw.dtype} is not a real scalar")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+    if raw.dtype.kind == "b":
+        raw = raw.astype(np.uint8)
+    # window first, in the file's own memory order (one pass), then reorient the uint8 volume:
+    # the percentiles do not depend on the voxel order
+    lo, hi = percentile_window(raw, cfg.window_percentiles)
     window = Window("percentile", lo, hi)
+    u8 = window_to_uint8(raw, window)
+    try:
+        canon = nib.as_closest_canonical(type(img)(u8, img.affine))
+    except Exception as exc:  # a singular or non-finite affine
+        raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
+    data = np.asanyarray(canon.dataobj)  # RAS+ view of u8
     axis = _AXIS[cfg.plane]
     n = data.shape[axis]
-    thr = lo + cfg.foreground_level * (hi - lo)
     others = tuple(a for a in range(3) if a != axis)
-    area = np.count_nonzero(data > thr, axis=others).astype(np.float64)
+    area = np.count_nonzero(data > round(cfg.foreground_level * 255), axis=others)
+    area = area.astype(np.float64)
     share = area / area.max() if area.max() > 0 else np.zeros(n)
     if cfg.selection == "all":
         keep = list(range(n))
@@ -268,7 +275,7 @@ def read_nifti(
     spacing = {0: (zooms[2], zooms[1]), 1: (zooms[2], zooms[0]), 2: (zooms[1], zooms[0])}[axis]
     slices = []
     for k in keep:
-        image = window_to_uint8(_display_slice(data, axis, k), window)
+        image = np.ascontiguousarray(_display_slice(data, axis, k))
         meta = NiftiSliceMeta(
             volume=volume,
             slice_index=k,
