@@ -8,6 +8,9 @@ __all__ = [
     "EmptyDatasetError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "ManifestError",
+    "MissingCodecError",
+    "MixedSeriesError",
     "MriscanError",
     "ResumeError",
     "StoreCorruptError",
@@ -51,6 +54,25 @@ class ImageTooLargeError(ImageDecodeError):
 
 class UnreadableFileError(ImageDecodeError, OSError):
     """The file cannot be opened or read (missing, a directory, no permission)."""
+
+
+class MissingCodecError(ImageDecodeError):
+    """A DICOM file's pixel data are compressed with a codec no installed plugin can decode.
+
+    ``packages`` names what to ``pip install`` to read it.
+    """
+
+    def __init__(self, path: object, reason: str, packages: tuple[str, ...] = ()) -> None:
+        self.packages = tuple(packages)
+        super().__init__(path, reason)
+
+
+class MixedSeriesError(MriscanError, ValueError):
+    """The slices of one DICOM series (or one folder of slices) disagree in size."""
+
+
+class ManifestError(MriscanError, ValueError):
+    """A CSV manifest (``path,label[,group]``) is missing, malformed or names missing files."""
 
 
 class EmptyDatasetError(MriscanError, ValueError):
