@@ -13,14 +13,13 @@ from pathlib import Path
 from mriscan.errors import ConfigError
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
-from mriscan.store import ImageStore
+from mriscan.store import DEFAULT_STORE, ImageStore
 
 __all__ = ["DEFAULT_RAW", "DEFAULT_STORE", "PHANTOM_STORE", "is_store", "open_or_ingest"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RAW = Path("data/raw")
-DEFAULT_STORE = Path("data/processed/images.zarr")
 PHANTOM_STORE = Path("data/processed/synthetic.zarr")
 
 
