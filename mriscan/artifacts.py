@@ -43,6 +43,7 @@ __all__ = [
     "file_sha256",
     "publish_model",
     "read_json",
+    "signatures_path",
     "write_json",
 ]
 
@@ -198,7 +199,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def publish_model(save: Any, card: ModelCard, model_path: str | os.PathLike[str]) -> ModelCard:
+def publish_model(
+    save: Any,
+    card: ModelCard,
+    model_path: str | os.PathLike[str],
+    *,
+    signatures: Any = None,
+) -> ModelCard:
     """Write a model and its card so that the previous pair stays intact until the new one is
     complete: ``save(tmp_path)`` writes the model beside its destination, the card records the
     file's SHA-256, then both are moved in place with ``os.replace`` (model first). A kill
@@ -206,10 +213,20 @@ def publish_model(save: Any, card: ModelCard, model_path: str | os.PathLike[str]
     reports (``ModelCard.check_model_file``) instead of using the pair.
 
     Keras writes model files in place, not atomically; this is why the temp file is needed.
+    ``signatures`` (uint8 (N, 16, 16) thumbnails of the training slices) are written first to
+    ``signatures_path(model_path)``, their digest kept in the card.
     """
+    import numpy as np
+
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_path.with_name(f".{model_path.stem}.{os.getpid()}.tmp{model_path.suffix}")
+    if signatures is not None:
+        sig_path = signatures_path(model_path)
+        sig_tmp = sig_path.with_name(f".{sig_path.name}.{os.getpid()}.tmp.npy")
+        np.save(sig_tmp, np.ascontiguousarray(signatures, np.uint8))
+        card = dataclasses.replace(card, train_signatures_sha256=file_sha256(sig_tmp))
+        os.replace(sig_tmp, sig_path)
     try:
         save(tmp)
         card = dataclasses.replace(card, model_sha256=file_sha256(tmp))
@@ -221,6 +238,12 @@ def publish_model(save: Any, card: ModelCard, model_path: str | os.PathLike[str]
         for leftover in (tmp, card_path(tmp)):
             leftover.unlink(missing_ok=True)
     return card
+
+
+def signatures_path(model_path: str | os.PathLike[str]) -> Path:
+    """Thumbnails of a model's training slices (``X.keras`` → ``X.signatures.npy``)."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".signatures.npy")
 
 
 def card_path(model_path: str | os.PathLike[str]) -> Path:
@@ -268,15 +291,22 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
 class ModelCard:
     """What a saved model needs beside its weights; stored as ``X.json`` beside ``X.keras``.
 
-    ``class_names[1]`` is the class whose probability the sigmoid outputs; a slice is assigned
-    to it when that probability >= ``threshold`` (chosen on validation by ``threshold_rule``).
-    ``tta``: predictions average the slice and its left-right mirror image.
+    Two classes: ``class_names[1]`` is the positive class whose probability the sigmoid
+    outputs; a slice is assigned to it when that probability >= ``threshold`` (chosen on
+    validation by ``threshold_rule``). K > 2 classes: softmax outputs in the order of
+    ``class_names``, the most probable class is predicted, ``threshold`` is None; ``healthy``
+    names the no-tumor class when there is one. ``tta``: predictions average the slice and its
+    left-right mirror image. ``train_signatures_sha256``: digest of the training slices'
+    thumbnails saved beside the model (``signatures_path``), used to drop near-duplicates of
+    the training data from an evaluation on another collection.
     """
 
     preprocess: PreprocessConfig
     class_names: tuple[str, ...]
-    threshold: float
+    threshold: float | None
     tta: bool = False
+    healthy: str | None = None
+    train_signatures_sha256: str = ""
     threshold_rule: str = ""
     image_size: int | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
@@ -288,19 +318,28 @@ class ModelCard:
         names = self.class_names
         if (
             not isinstance(names, tuple)
-            or len(names) != 2
-            or len(set(names)) != 2
+            or len(names) < 2
+            or len(set(names)) != len(names)
             or not all(isinstance(n, str) and n for n in names)
         ):
             raise ModelCardError(
-                f"class_names must be two distinct non-empty names. Received: {names!r}."
+                f"class_names must be two or more distinct non-empty names. Received: {names!r}."
             )
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+        if len(names) == 2 and (
+            isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0
+        ):
             raise ModelCardError(
                 f"threshold must be a number in [0, 1]. Received: {t!r} (a diverged training "
                 "run gives NaN: retrain with a lower --learning-rate)."
             )
+        if len(names) > 2 and t is not None:
+            raise ModelCardError(
+                f"a {len(names)}-class model predicts the most probable class; its threshold "
+                f"must be null. Received: {t!r}."
+            )
+        if self.healthy is not None and self.healthy not in names:
+            raise ModelCardError(f"healthy {self.healthy!r} is not one of {list(names)}.")
         if not isinstance(self.tta, bool):
             raise ModelCardError(f"tta must be true or false. Received: {self.tta!r}.")
         if self.image_size is not None and self.image_size != self.preprocess.size:
@@ -317,6 +356,8 @@ class ModelCard:
             "class_names": list(self.class_names),
             "threshold": self.threshold,
             "tta": self.tta,
+            "healthy": self.healthy,
+            "train_signatures_sha256": self.train_signatures_sha256,
             "threshold_rule": self.threshold_rule,
             "train_config": self.train_config,
             "image_size": self.preprocess.size,
@@ -347,8 +388,10 @@ class ModelCard:
             return cls(
                 preprocess=pre,
                 class_names=tuple(data["class_names"]),
-                threshold=data.get("threshold", 0.5),
+                threshold=data.get("threshold", 0.5 if len(data["class_names"]) == 2 else None),
                 tta=data.get("tta", False),
+                healthy=data.get("healthy"),
+                train_signatures_sha256=str(data.get("train_signatures_sha256", "")),
                 threshold_rule=str(data.get("threshold_rule", "")),
                 image_size=size,
                 train_config=dict(data.get("train_config") or {}),
@@ -398,10 +441,21 @@ class ModelCard:
                 "Retrain, or restore the matching pair."
             )
 
-    def label_of(self, probability: float, threshold: float | None = None) -> str:
-        """The class name assigned to a probability of ``class_names[1]``."""
-        thr = self.threshold if threshold is None else threshold
-        return self.class_names[1] if probability >= thr else self.class_names[0]
+    def decide(self, probs: Any, threshold: float | None = None) -> str:
+        """The class name assigned to one slice's class probabilities (length K).
+
+        Two classes: ``class_names[1]`` when its probability >= ``threshold`` (default: the
+        card's); more: the most probable class.
+        """
+        if len(self.class_names) == 2:
+            thr = self.threshold if threshold is None else threshold
+            return self.class_names[1] if float(probs[1]) >= thr else self.class_names[0]
+        return self.class_names[int(max(range(len(probs)), key=lambda k: probs[k]))]
+
+    @property
+    def binary(self) -> bool:
+        """True for a two-class (sigmoid) model."""
+        return len(self.class_names) == 2
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ def config_option(cls: type, path: str, flag: str, help: str = "") -> Callable:
         hint = typing.get_type_hints(owner).get(f.name)
         if typing.get_origin(hint) is typing.Literal:
             choices = typing.get_args(hint)
+    if path.endswith("class_map"):
+        return click.option(flag, name, type=_ClassMap(), default=default, help=text)
     if isinstance(default, bool):
         return click.option(
             f"{flag}/--no-{flag[2:]}", name, default=default, show_default=True, help=text
@@ -66,9 +68,32 @@ def config_option(cls: type, path: str, flag: str, help: str = "") -> Callable:
         kw.update(type=int, nargs=len(default))
     elif default is not None:
         kw["type"] = type(default)
-    else:
-        kw["type"] = int
+    else:  # an optional setting: its type is the non-None member of its hint
+        hint = typing.get_type_hints(owner).get(f.name)
+        kw["type"] = next((t for t in typing.get_args(hint) if t is not type(None)), str)
     return click.option(flag, name, **kw)
+
+
+class _ClassMap(click.ParamType):
+    """``'yes=glioma,meningioma,pituitary;no=notumor'`` or ``@FILE`` (one entry per line)."""
+
+    name = "MAP"
+
+    def convert(self, value, param, ctx):
+        from mriscan.config import parse_class_map
+
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).read_text()
+            except OSError as exc:
+                self.fail(f"cannot read the class map file {text[1:]}: {exc.strerror}", param, ctx)
+        try:
+            return parse_class_map(text)
+        except MriscanError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def _typed_overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -262,6 +287,9 @@ _TRAIN_OPTIONS = (
     ("fit.implant", "--implant"),
     ("optimizer.learning_rate", "--learning-rate"),
     ("split.val_fraction", "--val-fraction"),
+    ("task.class_map", "--class-map"),
+    ("task.positive", "--positive"),
+    ("task.healthy", "--healthy"),
 )
 
 
@@ -342,17 +370,50 @@ def train(
     )
 
 
+def _num(v: float | None) -> str:
+    """A metric for people: 3 decimals, or 'undefined'."""
+    return "undefined" if v is None or v != v else f"{v:.3f}"
+
+
+_LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro-F1",
+    "roc_auc": "ROC AUC",
+    "macro_roc_auc": "macro ROC AUC (one-vs-rest)",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
+
+
 def _print_metrics(title: str, m: dict) -> None:
-    """Print accuracy, AUC, per-class precision/recall and the confusion matrix."""
-    click.echo(f"{title} (n={m['n']}, threshold {m['threshold']:.3f} chosen on validation):")
-    click.echo(
-        f"  accuracy {m['accuracy']:.3f}   ROC AUC {m['roc_auc']:.3f}   "
-        f"sensitivity {m['sensitivity']:.3f}   specificity {m['specificity']:.3f}"
-    )
+    """Print the headline metrics, per-class precision/recall/F1 and the confusion matrix."""
+    thr = m.get("threshold")
+    rule = f"threshold {thr:.3f}" if isinstance(thr, float) and thr == thr else "most probable"
+    click.echo(f"{title} (n={m['n']}, {rule}):")
+    keys = [
+        k
+        for k in (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "roc_auc",
+            "macro_roc_auc",
+            "sensitivity",
+            "specificity",
+        )
+        if k in m
+    ]
+    ci = m.get("ci95", {})
+    parts = []
+    for k in keys:
+        lo_hi = f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if k in ci else ""
+        parts.append(f"{_LABELS[k]} {_num(m[k])}{lo_hi}")
+    click.echo("  " + "   ".join(parts))
     for name, pc in m["per_class"].items():
         click.echo(
-            f"  {name:>8}: precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  "
-            f"F1 {pc['f1']:.3f}  (n={pc['support']})"
+            f"  {name:>10}: precision {_num(pc['precision'])}  recall {_num(pc['recall'])}  "
+            f"F1 {_num(pc['f1'])}  (n={pc['support']})"
         )
     names = m["class_names"]
     cm = m["confusion_matrix"]
@@ -412,17 +473,58 @@ def synth(
     default=None,
     help="Where evaluation/ is written [default: the model's artifacts folder].",
 )
+@config_option(
+    TrainConfig,
+    "task.class_map",
+    "--class-map",
+    "Map DATA's classes onto the model's: 'yes=glioma,meningioma,pituitary;no=notumor' or "
+    "@FILE [default: by name, else tumor vs no tumor].",
+)
+@click.option(
+    "--keep-duplicates",
+    is_flag=True,
+    help="Keep slices of other data that near-duplicate a training slice of the model "
+    "(removed and counted by default).",
+)
 def evaluate(
-    data: Path | None, model_path: Path, store_path: Path | None, split: str, out: Path | None
+    data: Path | None,
+    model_path: Path,
+    store_path: Path | None,
+    split: str,
+    out: Path | None,
+    cfg__task__class_map: tuple,
+    keep_duplicates: bool,
 ) -> None:
-    """Metrics and plots of a trained model on a split of its store or a labelled folder.
+    """Metrics and plots of a trained model on a split of its store, or on any labelled
+    folder or store (another collection: near-duplicates of its training slices removed).
 
-    Writes evaluation/metrics.json, confusion_matrix.png, roc.png and predictions.csv.
+    Writes evaluation/metrics.json (with 95% CIs over duplicate groups), confusion_matrix.png,
+    roc.png (two classes), predictions.csv and near_duplicates_removed.csv.
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(model_path, store_path or data, split=split, out=out)
-    _print_metrics(f"{result['data']} [{result['split']}]", result)
+    result = run_evaluate(
+        model_path,
+        store_path or data,
+        split=split,
+        out=out,
+        class_map=cfg__task__class_map,
+        remove_duplicates=not keep_duplicates,
+    )
+    click.echo(f"{result['data']} [{result['split']}]: {result['comparison']}")
+    dup = result["near_duplicates_removed"]
+    if dup["count"]:
+        click.echo(
+            f"  removed {dup['count']} near-duplicates of training slices "
+            f"(thumbnail correlation > {dup['threshold']}): {dup['per_class']}"
+        )
+    for f in result["unreadable_files"]:
+        click.echo(f"  not evaluated (unreadable): {f['path']}: {f['reason']}", err=True)
+    _print_metrics("Evaluation", result)
+    recalls = ", ".join(
+        f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
+    )
+    click.echo(f"  recall per data class: {recalls}")
 
 
 @main.command()
@@ -449,7 +551,7 @@ def cv(
     data, store_path = _resolve_data(data, store_path, overrides)
     tcfg = override(TrainConfig(), {"runtime.verbose": "line", **overrides})
     cfg = override(CVConfig(train=tcfg), folds)
-    from mriscan.training.crossval import HEADLINE, cross_validate
+    from mriscan.training.crossval import cross_validate
 
     click.echo(f"{cfg.folds}-fold CV × {cfg.repeats} on {data} → {out}/cv/", err=True)
     s = cross_validate(data, cfg, out=out, store_path=store_path)
@@ -458,12 +560,18 @@ def cv(
         f"\n{p['folds']}-fold CV × {p['repeats']}, {p['samples']} slices in "
         f"{p['duplicate_groups']} duplicate groups ({s['seconds'] / 60:.1f} min):"
     )
-    for key in HEADLINE:
+    click.echo(f"  task: {s['task']}")
+    for key in s["headline"]:
         m = s[key]
-        folds_txt = " ".join(f"{v:.3f}" for v in m["per_fold"])
+        folds_txt = " ".join(_num(v) for v in m["per_fold"])
         click.echo(
-            f"  {key:<12} {m['mean']:.3f} ± {m['std']:.3f}  95% CI [{m['ci95'][0]:.3f}, "
-            f"{m['ci95'][1]:.3f}]  folds: {folds_txt}"
+            f"  {key:<17} {_num(m['mean'])} ± {_num(m['std'])}  95% CI [{_num(m['ci95'][0])}, "
+            f"{_num(m['ci95'][1])}]  folds: {folds_txt}"
+        )
+    types = s["pooled"].get("tumor_types_only")
+    if types:
+        click.echo(
+            f"  tumor types only (pooled, n={types['n']}): accuracy {_num(types['accuracy'])}"
         )
     click.echo(f"Written to {out}/cv/")
 
@@ -522,12 +630,20 @@ def predict(
 @click.argument("model_path", type=_EXISTING)
 @click.argument("images", type=_PATH, nargs=-1, required=True)
 @click.option("--out", type=_PATH, default=DEFAULT_OUT / "explain", show_default=True)
-def explain(model_path: Path, images: tuple[Path, ...], out: Path) -> None:
+@click.option(
+    "--class",
+    "explain_class",
+    default=None,
+    help="Class whose evidence is shown [default: the predicted class].",
+)
+def explain(
+    model_path: Path, images: tuple[Path, ...], out: Path, explain_class: str | None
+) -> None:
     """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image)."""
     from mriscan.explain import explain as run_explain
     from mriscan.predict import collect_images
 
-    for r in run_explain(model_path, collect_images(images), out=out):
+    for r in run_explain(model_path, collect_images(images), out=out, explain_class=explain_class):
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:

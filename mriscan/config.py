@@ -8,6 +8,7 @@ nothing of Keras), so the CLI, the library and the experiment drivers read the s
 ``OptimizerConfig``       how each step changes the weights (AdamW, schedule, loss, batch)
 ``HardwareConfig``        precision policy and distribution strategy (they change numerics)
 ``RuntimeConfig``         input pipeline, reader threads, progress output (numerics unchanged)
+``TaskConfig``            which classes: a class map (merge/rename), the positive and healthy class
 ``SplitConfig``           validation and test shares of the group-aware split
 ``PretrainConfig``        phantom pre-training (0 phantoms = off)
 ``FitConfig``             epochs, early stopping, model selection, implants, test-time flip
@@ -48,9 +49,11 @@ __all__ = [
     "PretrainConfig",
     "RuntimeConfig",
     "SplitConfig",
+    "TaskConfig",
     "TrainConfig",
     "config_from_dict",
     "override",
+    "parse_class_map",
 ]
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -204,6 +207,71 @@ class RuntimeConfig:
         _choice(self, "verbose", VERBOSITY)
 
 
+def parse_class_map(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``"yes=glioma,meningioma,pituitary;no=notumor"`` → ``(("yes", (...)), ("no", ...))``.
+
+    Entries are separated by ``;`` (or given one per line); each is ``target=source,...``.
+
+    Raises
+    ------
+    ConfigError
+        If an entry has no ``=``, an empty name, or a source appears twice.
+    """
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for raw in text.replace("\n", ";").split(";"):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        target, eq, sources = entry.partition("=")
+        names = tuple(s.strip() for s in sources.split(",") if s.strip())
+        if not eq or not target.strip() or not names:
+            raise ConfigError(
+                f"A class map entry must read target=source[,source...]. Received: {entry!r}."
+            )
+        out.append((target.strip(), names))
+    cfg = TaskConfig(class_map=tuple(out))
+    return cfg.class_map
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which classes the model learns (``mriscan.tasks.resolve_task``).
+
+    ``class_map`` merges or renames the data's class folders, e.g.
+    ``(("yes", ("glioma", "meningioma", "pituitary")), ("no", ("notumor",)))``; classes not
+    named are left out. Empty: the data's classes as they are. ``positive`` names the positive
+    class of a two-class task (default: the one named like a tumor — yes, tumor, positive,
+    abnormal — or the other one of a healthy-like name); never alphabetical order.
+    ``healthy`` names the no-tumor class of a K-class task, so that a tumor-vs-no-tumor
+    probability can be reported (default: a class named like no, notumor, normal, healthy).
+    """
+
+    class_map: tuple[tuple[str, tuple[str, ...]], ...] = _opt(
+        (),
+        "Merge or rename class folders: 'yes=glioma,meningioma,pituitary;no=notumor' (classes "
+        "not named are left out), or @FILE with one entry per line.",
+    )
+    positive: str | None = _opt(
+        None, "Positive class of a two-class task [default: the tumor-like name]."
+    )
+    healthy: str | None = _opt(
+        None, "The no-tumor class of a K-class task [default: the healthy-like name]."
+    )
+
+    def __post_init__(self) -> None:
+        cmap = tuple((str(t), tuple(str(s) for s in srcs)) for t, srcs in self.class_map)
+        object.__setattr__(self, "class_map", cmap)
+        targets = [t for t, _ in cmap]
+        sources = [s for _, srcs in cmap for s in srcs]
+        if len(set(targets)) != len(targets):
+            raise ConfigError(f"class_map names a target twice: {targets}.")
+        if len(set(sources)) != len(sources):
+            dup = sorted({s for s in sources if sources.count(s) > 1})
+            raise ConfigError(f"class_map maps {dup} to two targets; each folder has one class.")
+        if cmap and len(targets) < 2:
+            raise ConfigError(f"class_map must leave at least two classes. Received: {targets}.")
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """Shares of the stratified, duplicate-group-aware split (``mriscan.splits``).
@@ -306,6 +374,7 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -335,6 +404,7 @@ _SUBCONFIGS = {
     "runtime": RuntimeConfig,
     "split": SplitConfig,
     "pretrain": PretrainConfig,
+    "task": TaskConfig,
 }
 
 

@@ -1,7 +1,11 @@
-"""Evaluate a saved model on a split of its store or on any labelled folder or store.
+"""Evaluate a saved model on a split of its store, or on any labelled folder or store.
 
 Imports no training code: a model, its card (``mriscan.artifacts.ModelCard``) and prediction
-(``mriscan.predict``) are all it needs.
+(``mriscan.predict``) are all it needs. Data from another collection are scored after
+removing — and counting — the slices that near-duplicate the model's own training slices
+(their thumbnails are saved beside the model), and their classes are matched to the model's
+(``mriscan.tasks.compare_classes``): the same classes, or tumor vs no tumor with recall per
+data class (e.g. per tumor type).
 """
 
 from __future__ import annotations
@@ -9,23 +13,334 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import RunLayout, read_json, write_json
+from mriscan.artifacts import (
+    ModelCardError,
+    RunLayout,
+    file_sha256,
+    read_json,
+    signatures_path,
+    write_json,
+)
+from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
-from mriscan.predict import predict_files, predict_store
+from mriscan.predict import predict_store
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
+from mriscan.tasks import Comparison, compare_classes
 
-__all__ = ["SPLITS", "evaluate"]
+__all__ = ["SPLITS", "evaluate", "near_duplicates_of"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train", "all")
+
+
+def near_duplicates_of(
+    signatures: np.ndarray, reference: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> np.ndarray:
+    """Boolean mask (n,): which of ``signatures`` correlate above ``threshold`` with any of
+    ``reference`` (both uint8 (n, 16, 16) thumbnails, ``mriscan.duplicates.signatures``).
+
+    Pearson correlation of the flattened thumbnails, computed in blocks of 2,048 rows
+    (memory O(block × len(reference))).
+    """
+
+    def unit(s: np.ndarray) -> np.ndarray:
+        x = s.reshape(len(s), -1).astype(np.float64)
+        x -= x.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+    out = np.zeros(len(signatures), bool)
+    if not len(signatures) or not len(reference):
+        return out
+    ref = unit(reference).T
+    a = unit(signatures)
+    for start in range(0, len(a), 2048):
+        out[start : start + 2048] = (a[start : start + 2048] @ ref).max(axis=1) > threshold
+    return out
+
+
+def _training_signatures(model_path: Path, card: Any) -> np.ndarray | None:
+    """The thumbnails of the model's training slices, or None for models saved without."""
+    path = signatures_path(model_path)
+    if not card.train_signatures_sha256:
+        return None
+    if not path.is_file() or file_sha256(path) != card.train_signatures_sha256:
+        raise ModelCardError(
+            f"{path} is missing or does not belong to {model_path}: it holds the thumbnails of "
+            "the training slices, needed to remove their near-duplicates from an evaluation. "
+            "Restore it, retrain, or pass --keep-duplicates."
+        )
+    return np.load(path)
+
+
+def evaluate(
+    model_path: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    class_map: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    remove_duplicates: bool = True,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Metrics and plots of a trained model on a split of its store or on any labelled data.
+
+    Parameters
+    ----------
+    model_path : path
+        ``best_model.keras``; when it sits in a run folder (``RUN/models/``), ``RUN/split.json``
+        says which store and samples each split holds.
+    data : path, optional
+        A store or a class-folder directory. Default: the store recorded in ``split.json``.
+    split : {"test", "val", "train", "all"}
+        Which samples of the training store to use; other data are used whole ("all").
+    out : path, optional
+        Where ``evaluation/`` is written (default: the model's run folder).
+    class_map : tuple, optional
+        Data classes → model classes (``mriscan.config.parse_class_map``); by default the
+        classes are matched by name, or as tumor vs no tumor.
+    remove_duplicates : bool
+        Drop (and count) slices of other data that near-duplicate a training slice of the model
+        (thumbnail correlation > 0.95).
+    n_boot : int
+        Bootstrap draws (over duplicate groups) of the 95% CIs.
+
+    Raises
+    ------
+    MriscanError
+        If no data can be found, or a split is asked for that was not recorded.
+    ConfigError
+        If the data were preprocessed differently from the model, or their classes cannot be
+        matched to the model's.
+    """
+    from mriscan.model import load_model
+
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}. Received: {split!r}.")
+    model_path = Path(model_path)
+    run = RunLayout.of_model(model_path)
+    model, card = load_model(model_path)
+    recorded = _recorded_split(run, card, model_path)
+    own = data is None
+    if own:
+        if recorded is None:
+            where = run.split if run is not None else "a run folder"
+            raise MriscanError(f"No DATA given and no {where} to find the training store.")
+        data = recorded["store"]
+    dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
+    ev = RunLayout(dest).evaluation
+    with tempfile.TemporaryDirectory(prefix="mriscan_eval_") as tmp:
+        store, skipped = _open_data(data, card, Path(tmp))
+        with store:
+            if store.config != card.preprocess:
+                raise ConfigError(
+                    f"Store {data} was preprocessed with {store.config}, the model "
+                    f"with {card.preprocess}; ingest the data again with the "
+                    "model's settings (or pass a class folder)."
+                )
+            same_store = recorded is not None and str(data) == recorded["store"]
+            if split != "all" and not same_store:
+                log.warning("%s is not the training store: all of it is evaluated", data)
+                split = "all"
+            if split == "all":
+                idx = np.arange(len(store))
+            else:
+                if recorded is None or split not in recorded:
+                    raise MriscanError(
+                        f"Split {split!r} needs the run's split.json; use --split all."
+                    )
+                idx = _recorded_indices(store, recorded[split], split)
+            cmp = compare_classes(store.class_names, card.class_names, card.healthy, class_map)
+            y_all = cmp.label_map[store.labels[idx].astype(np.int64)]
+            idx, y = idx[y_all >= 0], y_all[y_all >= 0]
+            removed = (
+                _dedupe(model_path, card, store, idx)
+                if (remove_duplicates and not same_store)
+                else np.zeros(idx.size, bool)
+            )
+            dropped = [
+                (store.index.records[i].source, store.class_names[store.labels[i]])
+                for i in idx[removed]
+            ]
+            idx, y = idx[~removed], y[~removed]
+            if not idx.size:
+                raise MriscanError(
+                    f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
+                    f"training slices removed, {len(skipped)} unreadable files)."
+                )
+            prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
+            groups = store.groups[idx]
+            data_labels = store.labels[idx].astype(np.int64)
+            sources = [store.index.records[i].source for i in idx]
+            data_names = store.class_names
+    result = _score(cmp, card, y, prob, groups, data_labels, data_names, n_boot)
+    result.update(
+        data=str(data),
+        split=split,
+        model=str(model_path),
+        comparison=cmp.describe(),
+        threshold_rule=card.threshold_rule,
+        unreadable_files=[{"path": p, "reason": r} for p, r in skipped],
+        near_duplicates_removed={
+            "threshold": DEFAULT_THRESHOLD,
+            "count": len(dropped),
+            "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
+        },
+    )
+    _write(ev, result, cmp, y, prob, sources, dropped)
+    return result
+
+
+def _recorded_split(run: RunLayout | None, card: Any, model_path: Path) -> dict | None:
+    """The run's split.json, checked to belong to this model."""
+    if run is None or not run.split.is_file():
+        return None
+    recorded = read_json(run.split, "the split of the training run")
+    made_for = recorded.get("model_sha256") if isinstance(recorded, dict) else None
+    if made_for and card.model_sha256 and made_for != card.model_sha256:
+        raise MriscanError(
+            f"{run.split} was written for another model than {model_path} (a later "
+            "run was interrupted?); retrain, or pass DATA with --split all."
+        )
+    return recorded
+
+
+def _open_data(data: Any, card: Any, tmp: Path) -> tuple[ImageStore, list[tuple[str, str]]]:
+    """A store of the data: the store itself, or class folders ingested into ``tmp`` with the
+    model's preprocessing. Returns the store and the files that could not be read."""
+    if is_store(data):
+        return ImageStore.open(data), []
+    from mriscan.ingest import IngestConfig, ingest
+
+    report = ingest(Path(data), tmp / "eval.zarr", IngestConfig(preprocess=card.preprocess))
+    for path, reason in report.skipped:
+        log.warning("not evaluated, unreadable: %s (%s)", path, reason)
+    return ImageStore.open(tmp / "eval.zarr"), [(str(p), str(r)) for p, r in report.skipped]
+
+
+def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:
+    """Mask over ``idx``: slices that near-duplicate one of the model's training slices."""
+    reference = _training_signatures(model_path, card)
+    if reference is None:
+        log.warning(
+            "%s was saved without its training thumbnails: near-duplicates of training "
+            "slices cannot be removed (retrain to get them)",
+            model_path,
+        )
+        return np.zeros(idx.size, bool)
+    return near_duplicates_of(store.signatures()[idx], reference)
+
+
+def _score(
+    cmp: Comparison,
+    card: Any,
+    y: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    data_labels: np.ndarray,
+    data_names: tuple[str, ...],
+    n_boot: int,
+) -> dict[str, Any]:
+    """Metrics, 95% CIs over groups, and recall per data class."""
+    if cmp.mode == "same" and card.binary:
+        p, thr = prob[:, 1], card.threshold
+
+        def metric(sel):
+            return mx.binary_metrics(y[sel], p[sel], threshold=thr, class_names=card.class_names)
+
+        keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+        pred = (p >= thr).astype(np.int64)
+    elif cmp.mode == "same":
+
+        def metric(sel):
+            return mx.multiclass_metrics(y[sel], prob[sel], card.class_names)
+
+        keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
+        pred = prob.argmax(axis=1)
+    else:
+        h = cmp.model_healthy
+        p_tumor = 1.0 - prob[:, h]
+        if card.binary:
+            pred = (prob[:, 1] >= card.threshold).astype(np.int64)
+            thr = card.threshold
+        else:
+            pred = (prob.argmax(axis=1) != h).astype(np.int64)
+            thr = float("nan")  # decided by the most probable class, not a cut
+
+        def metric(sel):
+            m = mx.binary_metrics(y[sel], p_tumor[sel], threshold=0.5, class_names=cmp.class_names)
+            return _with_pred(m, y[sel], pred[sel])
+
+        keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+    result = metric(np.arange(y.size))
+    if cmp.mode != "same":
+        result["threshold"] = thr
+    result["ci95"] = mx.group_bootstrap_ci(metric, groups, keys, n_boot=n_boot)
+    result["recall_per_data_class"] = {
+        name: _recall_of_class(cmp, y, pred, data_labels, k) for k, name in enumerate(data_names)
+    }
+    return result
+
+
+def _with_pred(m: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Binary metrics recomputed for given predictions (a K-class model's decisions)."""
+    cm = mx.confusion_matrix(y, pred)
+    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    m.update(
+        accuracy=(tp + tn) / y.size if y.size else float("nan"),
+        sensitivity=sens,
+        specificity=spec,
+        balanced_accuracy=mx._nanmean([sens, spec]),
+        confusion_matrix=cm.tolist(),
+    )
+    return m
+
+
+def _recall_of_class(cmp, y, pred, data_labels, k) -> dict[str, Any]:
+    """Share of a data class's slices given their correct scored label."""
+    sel = data_labels == k
+    n = int(sel.sum())
+    return {"n": n, "recall": float((pred[sel] == y[sel]).mean()) if n else float("nan")}
+
+
+def _write(ev, result, cmp, y, prob, sources, dropped) -> None:
+    """metrics.json, plots, predictions.csv and near_duplicates_removed.csv."""
+    from mriscan import plots
+
+    ev.root.mkdir(parents=True, exist_ok=True)
+    write_json(ev.metrics, result)
+    names = list(cmp.class_names)
+    plots.save_confusion_matrix(
+        np.array(result["confusion_matrix"]),
+        names,
+        ev.confusion_plot,
+        title=f"{result['split']} (n={result['n']})",
+    )
+    if len(names) == 2 and len(set(y.tolist())) == 2:
+        p = prob[:, 1] if cmp.mode == "same" else 1.0 - prob[:, cmp.model_healthy]
+        fpr, tpr, _ = mx.roc_curve(y, p)
+        plots.save_roc(fpr, tpr, result["roc_auc"], ev.roc_plot)
+    with open(ev.predictions, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "label", *(f"p_{c}" for c in range(prob.shape[1]))])
+        for s, label, row in zip(sources, y.tolist(), prob.tolist(), strict=True):
+            w.writerow([s, names[label], *(f"{v:.6f}" for v in row)])
+    with open(ev.root / "near_duplicates_removed.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "class"])
+        w.writerows(dropped)
 
 
 def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
@@ -58,119 +373,3 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
                 "Retrain, or evaluate on a folder of unseen slices (--split all)."
             )
     return idx
-
-
-def evaluate(
-    model_path: str | os.PathLike[str],
-    data: str | os.PathLike[str] | None = None,
-    *,
-    split: str = "test",
-    out: str | os.PathLike[str] | None = None,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Metrics and plots of a trained model on a split of its store or on any labelled data.
-
-    Parameters
-    ----------
-    model_path : path
-        ``best_model.keras``; when it sits in a run folder (``RUN/models/``), ``RUN/split.json``
-        says which store and samples each split holds.
-    data : path, optional
-        A store or a class-folder directory. Default: the store recorded in ``split.json``.
-    split : {"test", "val", "train", "all"}
-        Which samples of a store to use (ignored for a class-folder directory: all of it).
-    out : path, optional
-        Where ``evaluation/`` is written (default: the model's run folder).
-
-    Raises
-    ------
-    MriscanError
-        If no data can be found, or a split is asked for that was not recorded.
-    ConfigError
-        If the data were preprocessed differently from the model, or their classes differ.
-    """
-    from mriscan import plots
-    from mriscan.model import load_model
-
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}. Received: {split!r}.")
-    model_path = Path(model_path)
-    run = RunLayout.of_model(model_path)
-    model, card = load_model(model_path)
-    recorded = None
-    if run is not None and run.split.is_file():
-        recorded = read_json(run.split, "the split of the training run")
-        made_for = recorded.get("model_sha256") if isinstance(recorded, dict) else None
-        if made_for and card.model_sha256 and made_for != card.model_sha256:
-            raise MriscanError(
-                f"{run.split} was written for another model than {model_path} (a later "
-                "run was interrupted?); retrain, or pass DATA with --split all."
-            )
-    if data is None:
-        if recorded is None:
-            where = run.split if run is not None else "a run folder"
-            raise MriscanError(f"No DATA given and no {where} to find the training store.")
-        data = recorded["store"]
-    if is_store(data):
-        with ImageStore.open(data) as store:
-            if store.config != card.preprocess:
-                raise ConfigError(
-                    f"Store {data} was preprocessed with {store.config}, the model "
-                    f"with {card.preprocess}; ingest the data again with the "
-                    "model's settings (or pass a class folder)."
-                )
-            if split == "all":
-                idx = np.arange(len(store))
-            else:
-                if recorded is None or split not in recorded:
-                    raise MriscanError(
-                        f"Split {split!r} needs the run's split.json; use --split all."
-                    )
-                if recorded["store"] != str(data):
-                    log.warning(
-                        "split.json was recorded for store %s, evaluating on %s",
-                        recorded["store"],
-                        data,
-                    )
-                idx = _recorded_indices(store, recorded[split], split)
-            y = store.labels[idx].astype(np.int64)
-            prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
-            class_names = store.class_names
-            sources = [store.index.records[i].source for i in idx]
-    else:
-        from mriscan.io import list_class_folders
-
-        classes = list_class_folders(data)
-        names = list(card.class_names)
-        if set(classes) != set(names):
-            raise ConfigError(f"{data} has classes {sorted(classes)}, the model {names}.")
-        files = [(p, names.index(c)) for c, ps in classes.items() for p in ps]
-        rows = predict_files(model, card, [p for p, _ in files], batch_size=batch_size)
-        ok = [i for i, r in enumerate(rows) if r["error"] == ""]
-        y = np.array([files[i][1] for i in ok], np.int64)
-        prob = np.array([rows[i]["probability"] for i in ok], np.float64)
-        class_names = card.class_names
-        sources = [str(files[i][0]) for i in ok]
-        split = "all"
-    result = mx.binary_metrics(y, prob, threshold=card.threshold, class_names=class_names)
-    result.update(
-        data=str(data), split=split, model=str(model_path), threshold_rule=card.threshold_rule
-    )
-    dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
-    ev = RunLayout(dest).evaluation
-    ev.root.mkdir(parents=True, exist_ok=True)
-    write_json(ev.metrics, result)
-    plots.save_confusion_matrix(
-        np.array(result["confusion_matrix"]),
-        class_names,
-        ev.confusion_plot,
-        title=f"{split} (n={result['n']})",
-    )
-    if len(set(y.tolist())) == 2:
-        fpr, tpr, _ = mx.roc_curve(y, prob)
-        plots.save_roc(fpr, tpr, result["roc_auc"], ev.roc_plot)
-    with open(ev.predictions, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["source", "label", "probability"])
-        w.writerows(zip(sources, y.tolist(), prob.tolist(), strict=True))
-    return result

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mriscan.errors import ImageDecodeError
+from mriscan.errors import ConfigError, ImageDecodeError
 from mriscan.model import last_conv_layer_name
 
 __all__ = ["explain", "grad_cam", "save_overlay"]
@@ -42,37 +42,48 @@ def _split_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, kera
     return features, head
 
 
-def _gradient(head: keras.Model, feats: Any) -> Any:
-    """d(sum of head outputs)/d(feats) with the active backend's autodiff."""
+def _gradient(head: keras.Model, feats: Any, select: np.ndarray) -> Any:
+    """d(sum of the selected head outputs)/d(feats) with the active backend's autodiff.
+
+    ``select``: (N, K) float32 one-hot of the class explained for each image.
+    """
     backend = keras.backend.backend()
+    sel = ops.convert_to_tensor(select)
     if backend == "tensorflow":
         import tensorflow as tf
 
         feats = tf.convert_to_tensor(feats)
         with tf.GradientTape() as tape:
             tape.watch(feats)
-            out = head(feats, training=False)
+            out = ops.sum(head(feats, training=False) * sel)
         return tape.gradient(out, feats)
     if backend == "jax":
         import jax
 
-        return jax.grad(lambda f: ops.sum(head(f, training=False)))(feats)
-
+        return jax.grad(lambda f: ops.sum(head(f, training=False) * sel))(feats)
     feats = feats.detach().requires_grad_(True)
-    head(feats, training=False).sum().backward()
+    ops.sum(head(feats, training=False) * sel).backward()
     return feats.grad
 
 
 def grad_cam(
-    model: keras.Model, images: np.ndarray, *, layer_name: str | None = None
+    model: keras.Model,
+    images: np.ndarray,
+    *,
+    layer_name: str | None = None,
+    class_index: int | np.ndarray | None = None,
 ) -> np.ndarray:
-    """Grad-CAM maps for the positive-class output.
+    """Grad-CAM maps (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks
+    via Gradient-based Localization") of one class's output.
 
     Parameters
     ----------
     model : keras.Model
     images : ndarray of shape (N, S, S, 1), float32
         Normalised model inputs.
+    class_index : int or ndarray of shape (N,), optional
+        The class explained (per image). Default: the positive class of a sigmoid model, the
+        most probable class of a softmax model.
     layer_name : str, optional
         Layer to explain (default: the last conv block's ReLU output; rectified feature maps
         localised the evidence better than the raw convolution in tests/test_explain.py).
@@ -85,13 +96,28 @@ def grad_cam(
     x = np.asarray(images, np.float32)
     features, head = _split_model(model, layer_name or _target_layer(model))
     feats = features(x, training=False)
-    grads = _gradient(head, feats)
+    k = int(model.output_shape[-1])
+    if k == 1:
+        select = np.ones((x.shape[0], 1), np.float32)
+    else:
+        if class_index is None:
+            cls = np.asarray(ops.convert_to_numpy(head(feats, training=False))).argmax(axis=1)
+        else:
+            cls = np.broadcast_to(np.asarray(class_index, np.int64), (x.shape[0],))
+        select = np.eye(k, dtype=np.float32)[cls]
+    grads = _gradient(head, feats, select)
     weights = ops.mean(ops.cast(grads, "float32"), axis=(1, 2), keepdims=True)
     cam = ops.relu(ops.sum(weights * ops.cast(feats, "float32"), axis=-1, keepdims=True))
     cam = ops.image.resize(cam, (x.shape[1], x.shape[2]), interpolation="bilinear")[..., 0]
     peak = ops.max(cam, axis=(1, 2), keepdims=True)
     cam = ops.where(peak > 0, cam / ops.maximum(peak, 1e-12), ops.zeros_like(cam))
     return np.asarray(ops.convert_to_numpy(cam), np.float32)
+
+
+def _peak(cam: np.ndarray) -> tuple[int, int]:
+    """(row, col) of a map's maximum."""
+    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return int(r), int(c)
 
 
 def save_overlay(
@@ -119,13 +145,30 @@ def explain(
     images: Sequence[str | os.PathLike[str]],
     *,
     out: str | os.PathLike[str] = "artifacts/explain",
+    explain_class: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Grad-CAM overlay PNG for each image file; returns path, probability, png (or error)."""
+    """Grad-CAM overlay PNG for each image file.
+
+    ``explain_class``: the class whose evidence is shown (default: the predicted class; for a
+    two-class model the map is always that of the positive class's output, which rises with
+    the evidence for it). Returns per image ``path``, ``probability`` (of the explained class),
+    ``explained_class``, ``label``, ``png``, ``cam_peak`` ((row, col) of the map's maximum in
+    the S×S model input) or ``error``.
+
+    Raises
+    ------
+    ConfigError
+        If ``explain_class`` is not one of the model's classes.
+    """
     from mriscan.model import load_model
     from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
 
     model, card = load_model(model_path)
+    if explain_class is not None and explain_class not in card.class_names:
+        raise ConfigError(
+            f"--class {explain_class!r} is not one of the model's classes {card.class_names}."
+        )
     cfg = card.preprocess
     out = Path(out)
     results: list[dict[str, Any]] = []
@@ -139,16 +182,27 @@ def explain(
             results.append({"path": str(path), "error": exc.reason})
             continue
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
-        prob = float(predict_batch(model, x, 1, tta=card.tta)[0])
-        cam = grad_cam(model, x)[0]
-        label = card.label_of(prob)
+        probs = predict_batch(model, x, 1, tta=card.tta)[0]
+        label = card.decide(probs)
+        target = label if explain_class is None else explain_class
+        k = card.class_names.index(target)
+        cam = grad_cam(model, x, class_index=None if card.binary else k)[0]
+        prob = float(probs[k])
         png = save_overlay(
             img,
             cam,
             out / f"{path.stem}_gradcam.png",
-            title=f"{path.name}: P({card.class_names[1]}) = {prob:.2f} → {label}",
+            title=f"{path.name}: P({target}) = {prob:.2f} → {label}",
         )
         results.append(
-            {"path": str(path), "probability": prob, "label": label, "png": str(png), "error": ""}
+            {
+                "path": str(path),
+                "probability": prob,
+                "explained_class": target,
+                "label": label,
+                "png": str(png),
+                "cam_peak": _peak(cam),
+                "error": "",
+            }
         )
     return results

@@ -1,4 +1,11 @@
-"""Binary classification metrics in plain NumPy (no scikit-learn), and threshold choice."""
+"""Classification metrics and the decision-threshold rule.
+
+Plain NumPy, computed from the confusion matrix and the ranks of the scores, so that undefined
+cases are handled one way everywhere; the tests check every number against scikit-learn's
+(``precision_recall_fscore_support``, ``balanced_accuracy_score``, ``roc_auc_score``). A number
+that is undefined on the data at hand (a class absent, no positive prediction) is NaN — written
+as ``null`` in JSON (``mriscan.artifacts.write_json``) and left out of means — never 0.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ __all__ = [
     "bootstrap_ci",
     "choose_threshold",
     "confusion_matrix",
+    "group_bootstrap_ci",
+    "group_resample",
+    "multiclass_metrics",
     "roc_auc",
     "roc_curve",
     "youden_threshold",
@@ -106,7 +116,8 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 
 def _safe_div(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
+    """a / b, or NaN (undefined) when b is 0."""
+    return float(a / b) if b else float("nan")
 
 
 def binary_metrics(
@@ -125,27 +136,143 @@ def binary_metrics(
     pred = (p >= threshold).astype(np.int64)
     cm = confusion_matrix(y, pred)
     tn, fp, fn, tp = (int(v) for v in cm.ravel())
-    per_class = {}
-    for k, name in enumerate(class_names[:2]):
-        tp_k = int(cm[k, k])
-        prec = _safe_div(tp_k, cm[:, k].sum())
-        rec = _safe_div(tp_k, cm[k, :].sum())
-        per_class[name] = {
-            "precision": prec,
-            "recall": rec,
-            "f1": _safe_div(2 * prec * rec, prec + rec),
-            "support": int(cm[k, :].sum()),
-        }
+    per_class = _per_class(cm, class_names[:2])
+    sens, spec = _safe_div(tp, tp + fn), _safe_div(tn, tn + fp)
     return {
         "n": int(y.size),
         "threshold": float(threshold),
         "accuracy": _safe_div(tp + tn, y.size),
+        "balanced_accuracy": _nanmean([sens, spec]),
+        "macro_f1": _nanmean([v["f1"] for v in per_class.values()]),
         "roc_auc": roc_auc(y, p),
-        "sensitivity": _safe_div(tp, tp + fn),
-        "specificity": _safe_div(tn, tn + fp),
+        "sensitivity": sens,
+        "specificity": spec,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "class_names": list(class_names[:2]),
+    }
+
+
+def _nanmean(values) -> float:
+    """Mean of the defined values; NaN when none is defined."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _per_class(cm: np.ndarray, class_names) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows: true).
+
+    F1 is undefined (NaN) when precision or recall is; 0 when both are defined and 0.
+    """
+    out = {}
+    for k, name in enumerate(class_names):
+        tp_k = int(cm[k, k])
+        prec = _safe_div(tp_k, cm[:, k].sum())
+        rec = _safe_div(tp_k, cm[k, :].sum())
+        f1 = (
+            float("nan")
+            if not (np.isfinite(prec) and np.isfinite(rec))
+            else (_safe_div(2 * prec * rec, prec + rec) if prec + rec else 0.0)
+        )
+        out[name] = {"precision": prec, "recall": rec, "f1": f1, "support": int(cm[k, :].sum())}
+    return out
+
+
+def multiclass_metrics(
+    y_true: np.ndarray, prob: np.ndarray, class_names: tuple[str, ...]
+) -> dict[str, Any]:
+    """Metrics of a K-class prediction (K >= 2) by the most probable class.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n,), int in [0, K)
+    prob : ndarray of shape (n, K), float; rows are class probabilities
+    class_names : tuple of K str
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present),
+        ``macro_f1`` (over classes with a defined F1), ``per_class`` (precision, recall, F1,
+        support, one-vs-rest ``roc_auc``), ``macro_roc_auc`` (mean of the defined one-vs-rest
+        AUCs), ``confusion_matrix`` (counts) and ``confusion_matrix_row_percent``.
+
+    Raises
+    ------
+    ValueError
+        If shapes disagree or a label is outside [0, K).
+    """
+    y = np.asarray(y_true, np.int64).reshape(-1)
+    p = np.asarray(prob, np.float64)
+    k = len(class_names)
+    if p.ndim != 2 or p.shape != (y.size, k):
+        raise ValueError(f"prob must have shape ({y.size}, {k}). Received {p.shape}.")
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"y_true must hold labels in [0, {k}).")
+    pred = p.argmax(axis=1) if y.size else np.empty(0, np.int64)
+    cm = confusion_matrix(y, pred, n_classes=k)
+    per_class = _per_class(cm, class_names)
+    aucs = []
+    for j, name in enumerate(class_names):
+        auc = roc_auc((y == j).astype(np.int64), p[:, j])
+        per_class[name]["roc_auc"] = auc
+        aucs.append(auc)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = np.where(rows > 0, 100.0 * cm / np.maximum(rows, 1), np.nan)
+    return {
+        "n": int(y.size),
+        "decision": "most probable class",
+        "accuracy": _safe_div(int((pred == y).sum()), y.size),
+        "balanced_accuracy": _nanmean(
+            [v["recall"] for v in per_class.values() if v["support"] > 0]
+        ),
+        "macro_f1": _nanmean([v["f1"] for v in per_class.values()]),
+        "macro_roc_auc": _nanmean(aucs),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_row_percent": pct.tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def group_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one bootstrap draw of whole groups (slices of one group — near-duplicates,
+    one patient — are not independent, so they are drawn together)."""
+    uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    drawn = rng.integers(0, uniq.size, uniq.size)
+    return np.concatenate([members[g] for g in drawn]) if uniq.size else order
+
+
+def group_bootstrap_ci(
+    metric,
+    groups: np.ndarray,
+    keys: tuple[str, ...],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap CIs over groups: ``metric(indices) -> dict`` is evaluated on
+    ``n_boot`` draws of whole groups; draws where a metric is undefined are left out.
+
+    Returns ``{key: [low, high]}`` (NaN when no draw defines it).
+    """
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n_boot):
+        m = metric(group_resample(groups, rng))
+        for k in keys:
+            v = m[k]
+            if v is not None and np.isfinite(v):
+                draws[k].append(float(v))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {
+        k: [float(x) for x in np.percentile(v, [lo, hi])] if v else [float("nan")] * 2
+        for k, v in draws.items()
     }
 
 

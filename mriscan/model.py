@@ -41,6 +41,7 @@ def build_model(
     image_size: int = 128,
     config: ModelConfig | None = None,
     *,
+    num_classes: int = 2,
     seed: int | None = None,
     **overrides: Any,
 ) -> keras.Model:
@@ -52,6 +53,9 @@ def build_model(
         Input side S; inputs are (batch, S, S, channels) float32, normalised per image.
     config : ModelConfig, optional
         The architecture and augmentation (default ``ModelConfig()``, the training default).
+    num_classes : int
+        K >= 2. Two classes: one sigmoid output (probability of class 1); more: K softmax
+        outputs.
     seed : int, optional
         Seed of the augmentation layers.
     **overrides
@@ -60,7 +64,7 @@ def build_model(
     Returns
     -------
     keras.Model
-        One sigmoid output (probability of class 1), computed in float32.
+        Output (batch, 1) sigmoid for two classes, (batch, K) softmax otherwise; float32.
 
     Raises
     ------
@@ -73,6 +77,8 @@ def build_model(
             cfg = dataclasses.replace(cfg, **overrides)
         except TypeError as exc:
             raise ConfigError(f"build_model: {exc}") from exc
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes must be >= 2. Received: {num_classes!r}.")
     if image_size < 16:
         raise ConfigError(f"image_size must be >= 16. Received: image_size={image_size}.")
     channels, filters, convs_per_block = cfg.channels, cfg.filters, cfg.convs_per_block
@@ -116,7 +122,12 @@ def build_model(
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_drop")(x)
     # float32 output keeps the sigmoid and the loss numerically safe under mixed precision
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="tumor_prob")(x)
+    if num_classes == 2:
+        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="tumor_prob")(x)
+    else:
+        outputs = keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="class_prob"
+        )(x)
     return keras.Model(inputs, outputs, name="mriscan_cnn")
 
 

@@ -27,11 +27,26 @@ def _epoch_order(indices: np.ndarray, epoch: int, seed: int, shuffle: bool) -> n
     return np.random.default_rng([seed, epoch]).permutation(indices)
 
 
-def load_batch(store: ImageStore, idx: np.ndarray, normalization: str, threshold: float):
-    """Read and normalise one batch: (n, S, S, 1) float32 and (n,) float32 labels."""
+def load_batch(
+    store: ImageStore,
+    idx: np.ndarray,
+    normalization: str,
+    threshold: float,
+    label_map: np.ndarray | None = None,
+    num_classes: int = 2,
+):
+    """Read and normalise one batch: (n, S, S, 1) float32 images and their targets.
+
+    Targets are the store's labels mapped through ``label_map`` (data label → model label,
+    ``mriscan.tasks.Task.label_map``; identity when None): (n,) float32 for two classes (the
+    sigmoid's target), (n, K) one-hot float32 for K > 2 (the softmax's).
+    """
     images, labels = store.read_batch(idx)
     x = normalize(images, normalization, threshold=threshold)[..., None]
-    return x, labels.astype(np.float32)
+    y = labels.astype(np.int64) if label_map is None else label_map[labels.astype(np.int64)]
+    if num_classes == 2:
+        return x, y.astype(np.float32)
+    return x, np.eye(num_classes, dtype=np.float32)[y]
 
 
 class StoreDataset(keras.utils.PyDataset):
@@ -66,6 +81,8 @@ class StoreDataset(keras.utils.PyDataset):
         max_queue_size: int = 8,
         drop_remainder: bool = False,
         min_batch: int = 2,
+        label_map: np.ndarray | None = None,
+        num_classes: int = 2,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         if batch_size < 1:
@@ -85,6 +102,8 @@ class StoreDataset(keras.utils.PyDataset):
         self._order = _epoch_order(self.indices, 0, seed, shuffle)
         self._norm = store.config.normalization
         self._thr = store.config.threshold
+        self._label_map = label_map
+        self._num_classes = num_classes
 
     def __len__(self) -> int:
         n = self.indices.size / self.batch_size
@@ -94,7 +113,9 @@ class StoreDataset(keras.utils.PyDataset):
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range [0, {len(self)})")
         idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        return load_batch(self.store, idx, self._norm, self._thr)
+        return load_batch(
+            self.store, idx, self._norm, self._thr, self._label_map, self._num_classes
+        )
 
     def on_epoch_end(self) -> None:
         """Reshuffle for the next epoch."""
@@ -112,6 +133,8 @@ def make_tf_dataset(
     epochs: int = 1,
     first_epoch: int = 0,
     drop_remainder: bool = False,
+    label_map: np.ndarray | None = None,
+    num_classes: int = 2,
 ):
     """A ``tf.data.Dataset`` over epochs ``first_epoch``..``epochs - 1``, read in parallel
     (AUTOTUNE) and prefetched.
@@ -134,12 +157,13 @@ def make_tf_dataset(
         k = int(k)
         order = _epoch_order(idx, k // per_epoch, seed, shuffle)
         b = k % per_epoch
-        return load_batch(store, order[b * batch_size : (b + 1) * batch_size], norm, thr)
+        batch = order[b * batch_size : (b + 1) * batch_size]
+        return load_batch(store, batch, norm, thr, label_map, num_classes)
 
     def tf_read(k):
         x, y = tf.numpy_function(read, [k], (tf.float32, tf.float32), stateful=False)
         x.set_shape((None, s, s, 1))
-        y.set_shape((None,))
+        y.set_shape((None,) if num_classes == 2 else (None, num_classes))
         return x, y
 
     if not 0 <= first_epoch < epochs:

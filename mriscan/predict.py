@@ -19,14 +19,13 @@ from mriscan.preprocess import normalize, preprocess_batch
 
 __all__ = [
     "collect_images",
+    "columns_for",
     "predict",
     "predict_batch",
     "predict_files",
     "predict_store",
     "write_predictions",
 ]
-
-COLUMNS = ("path", "probability", "label", "error")
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -48,8 +47,9 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = False) -> np.ndarray:
-    """Class-1 probabilities of one batch (N, S, S, 1).
+    """Class probabilities of one batch (N, S, S, 1): float64 of shape (N, K).
 
+    A two-class (sigmoid) model gives columns ``[1 - p, p]``, p the probability of class 1.
     The batch is zero-padded to ``batch_size`` so that every call has the same shape (a short
     last batch would otherwise retrace the compiled function). ``tta`` averages the
     predictions of the slice and its left-right mirror image.
@@ -57,11 +57,14 @@ def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = Fal
     n = x.shape[0]
     if n < batch_size:
         x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-    p = np.asarray(model.predict_on_batch(x), np.float64).reshape(-1)[:n]
+    out = np.asarray(model.predict_on_batch(x), np.float64)[:n]
     if tta:
         flipped = np.ascontiguousarray(x[:, :, ::-1])
-        p = 0.5 * (p + np.asarray(model.predict_on_batch(flipped), np.float64).reshape(-1)[:n])
-    return p
+        out = 0.5 * (out + np.asarray(model.predict_on_batch(flipped), np.float64)[:n])
+    if out.ndim == 1 or out.shape[1] == 1:
+        p = out.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return out
 
 
 def predict_store(
@@ -72,7 +75,7 @@ def predict_store(
     *,
     tta: bool = False,
 ) -> np.ndarray:
-    """Class-1 probabilities (float64, shape (n,)) of store samples, in the order given.
+    """Class probabilities (float64, shape (n, K)) of store samples, in the order given.
 
     Reads ``batch_size`` samples at a time from ``store`` (an ``ImageStore``) and normalises
     them as the training pipeline does (``store.config.normalization``).
@@ -84,7 +87,8 @@ def predict_store(
         images, _ = store.read_batch(idx[start : start + batch_size])
         x = normalize(images, cfg.normalization, threshold=cfg.threshold)[..., None]
         parts.append(predict_batch(model, x, batch_size, tta=tta))
-    return np.concatenate(parts) if parts else np.empty(0, np.float64)
+    k = int(model.output_shape[-1])
+    return np.concatenate(parts) if parts else np.empty((0, max(k, 2)), np.float64)
 
 
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
@@ -92,6 +96,33 @@ def _decode(path: Path) -> tuple[np.ndarray | None, str]:
         return decode_image(path), ""
     except ImageDecodeError as exc:
         return None, exc.reason
+
+
+def columns_for(card: Any) -> tuple[str, ...]:
+    """Output columns of a model: ``path, label, p_<class>... [, probability | tumor_probability],
+    error``. Two classes: ``probability`` is that of the positive class (``class_names[1]``);
+    K classes with a healthy class: ``tumor_probability`` = 1 − P(healthy)."""
+    probs = tuple(f"p_{name}" for name in card.class_names)
+    extra = ("probability",) if len(card.class_names) == 2 else ()
+    if len(card.class_names) > 2 and card.healthy is not None:
+        extra = ("tumor_probability",)
+    return ("path", "label", *probs, *extra, "error")
+
+
+def _row(path: Path, p: np.ndarray | None, card: Any, thr: float | None, error: str) -> dict:
+    """One output row (probabilities None and label empty for an unreadable file)."""
+    row: dict[str, Any] = {"path": str(path), "label": ""}
+    names = card.class_names
+    for k, name in enumerate(names):
+        row[f"p_{name}"] = None if p is None else float(p[k])
+    if len(names) == 2:
+        row["probability"] = None if p is None else float(p[1])
+    elif card.healthy is not None:
+        row["tumor_probability"] = None if p is None else float(1.0 - p[names.index(card.healthy)])
+    if p is not None:
+        row["label"] = card.decide(p, thr)
+    row["error"] = error
+    return row
 
 
 def predict_files(
@@ -103,67 +134,59 @@ def predict_files(
     batch_size: int = 32,
     workers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per path: ``path``, ``probability`` (of ``class_names[1]``), ``label``, ``error``.
+    """One row per path with the columns ``columns_for(card)``.
 
-    Bad files get an empty probability and label and the reason in ``error``.
+    Bad files get empty probabilities and label and the reason in ``error``.
+
+    Raises
+    ------
+    ConfigError
+        If ``threshold`` is given for a model of more than two classes, or is not in [0, 1].
     """
     cfg = card.preprocess
     thr = card.threshold if threshold is None else float(threshold)
-    if not 0.0 <= thr <= 1.0:  # also rejects NaN: `p >= nan` is always false
-        raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
-    names = card.class_names
+    if len(card.class_names) == 2:
+        if thr is None or not 0.0 <= thr <= 1.0:  # also rejects NaN: `p >= nan` is false
+            raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
+    elif threshold is not None:
+        raise ConfigError(
+            f"--threshold applies to two-class models; this one has {len(card.class_names)} "
+            "classes and predicts the most probable one."
+        )
     rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
             decoded = list(pool.map(_decode, chunk))
             good = [i for i, (img, _) in enumerate(decoded) if img is not None]
-            probs: dict[int, float] = {}
+            probs: dict[int, np.ndarray] = {}
             if good:
                 batch = preprocess_batch([decoded[i][0] for i in good], cfg)
                 x = normalize(batch, cfg.normalization, threshold=cfg.threshold)[..., None]
                 out = predict_batch(model, x, batch_size, tta=card.tta)
-                probs = dict(zip(good, out.tolist(), strict=True))
+                probs = dict(zip(good, out, strict=True))
             for i, path in enumerate(chunk):
-                if i in probs:
-                    p = probs[i]
-                    rows.append(
-                        {
-                            "path": str(path),
-                            "probability": p,
-                            "label": names[1] if p >= thr else names[0],
-                            "error": "",
-                        }
-                    )
-                else:
-                    rows.append(
-                        {
-                            "path": str(path),
-                            "probability": None,
-                            "label": "",
-                            "error": decoded[i][1],
-                        }
-                    )
+                rows.append(
+                    _row(path, probs.get(i), card, thr, "" if i in probs else decoded[i][1])
+                )
     return rows
 
 
 def write_predictions(rows: list[dict[str, Any]], output: str | os.PathLike[str]) -> Path:
-    """Write rows as CSV or JSON (by the file's suffix)."""
+    """Write rows as CSV or JSON (by the file's suffix); CSV probabilities with 6 decimals."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".json":
         output.write_text(json.dumps(rows, indent=1))
     elif output.suffix.lower() == ".csv":
         with open(output, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["path", "error"])
             w.writeheader()
             for r in rows:
                 w.writerow(
                     {
-                        **r,
-                        "probability": ""
-                        if r["probability"] is None
-                        else f"{r['probability']:.6f}",
+                        k: ("" if v is None else f"{v:.6f}") if isinstance(v, float | None) else v
+                        for k, v in r.items()
                     }
                 )
     else:

@@ -61,7 +61,6 @@ def class_folder(tmp_path: Path) -> Path:
 
 def build_small_store(path, n: int = 80, size: int = 32, seed: int = 0):
     """A committed store of ``n`` learnable synthetic slices (tumor = bright blob)."""
-    from mriscan.duplicates import duplicate_groups
     from mriscan.preprocess import PreprocessConfig, preprocess_batch
     from mriscan.store import ImageStore
 
@@ -79,8 +78,10 @@ def build_small_store(path, n: int = 80, size: int = 32, seed: int = 0):
                 for i, k in enumerate(labels)
             ],
         )
-        # group near-duplicates as ingest does (the store never groups on its own)
-        st.commit(groups=duplicate_groups(st.pending_signatures()))
+        # every slice its own group: these simple phantoms all correlate above the
+        # near-duplicate threshold (single linkage would chain all 40 healthy ones into one
+        # group, so no split could put healthy slices in both validation and test)
+        st.commit(groups=np.arange(n))
     return path
 
 
@@ -88,3 +89,50 @@ def build_small_store(path, n: int = 80, size: int = 32, seed: int = 0):
 def small_store(tmp_path: Path) -> Path:
     """Path of an 80-slice 32×32 store."""
     return build_small_store(tmp_path / "small.zarr")
+
+
+def make_class_slice(rng: np.random.Generator, k: int, h: int = 64, w: int = 64) -> np.ndarray:
+    """A head-like slice of class ``k``: 0 = no blob (healthy), k >= 1 = a bright blob at the
+    k-th of several fixed places (left, right, top, bottom), so every class is learnable."""
+    img = make_slice(rng, h, w, tumor=False).astype(np.float64)
+    if k:
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx = [(0.5, 0.3), (0.5, 0.7), (0.3, 0.5), (0.7, 0.5)][(k - 1) % 4]
+        blob = ((yy - cy * h) ** 2 + (xx - cx * w) ** 2) <= (0.1 * min(h, w)) ** 2
+        img[blob] = 220
+    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def build_class_store(path, class_names, n_per_class: int = 24, size: int = 32, seed: int = 0):
+    """A committed store with one class per name (``class_names[0]`` the healthy one)."""
+    from mriscan.preprocess import PreprocessConfig, preprocess_batch
+    from mriscan.store import ImageStore
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(class_names)), n_per_class)
+    raw = [make_class_slice(rng, int(k)) for k in labels]
+    cfg = PreprocessConfig(size=size)
+    with ImageStore.create(path, size, cfg) as st:
+        st.set_class_names(list(class_names))
+        st.append(
+            preprocess_batch(raw, cfg),
+            labels,
+            [
+                {"source": f"{class_names[k]}/{i}.png", "sha256": f"{i:064x}"}
+                for i, k in enumerate(labels)
+            ],
+        )
+        st.commit(groups=np.arange(len(labels)))  # see build_small_store
+    return path
+
+
+def write_class_folders(root: Path, class_names, n_per_class: int = 8, seed: int = 1) -> Path:
+    """Class folders of PNG slices made by ``make_class_slice`` (class k = ``class_names[k]``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(class_names):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(make_class_slice(rng, k, 60 + i, 56 + i)).save(root / name / f"{i}.png")
+    return root

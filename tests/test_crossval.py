@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mriscan.config import CVConfig, TrainConfig, override
+from mriscan.metrics import binary_metrics
 from mriscan.store import ImageStore
 from mriscan.training.crossval import cross_validate, summarize_folds
 
@@ -27,35 +28,36 @@ TINY = override(
 
 
 def test_summarize_folds_shapes():
-    folds = [
-        {
-            "accuracy": a,
-            "roc_auc": 0.8,
-            "sensitivity": 0.7,
-            "specificity": 0.9,
-            "per_class": {
-                "no": {"precision": 0.5, "recall": 0.5, "f1": 0.5},
-                "yes": {"precision": 0.5, "recall": 0.5, "f1": 0.5},
-            },
-        }
-        for a in (0.6, 0.8)
-    ]
     rng = np.random.default_rng(0)
-    preds = []
+    folds, preds = [], []
     for acc in (0.6, 0.8):
         y = np.array([0, 1] * 50)
         correct = rng.random(100) < acc
         pred = np.where(correct, y, 1 - y)
         prob = np.clip(pred * 0.6 + rng.random(100) * 0.4, 0, 1)
-        preds.append((y, prob, pred))
+        m = binary_metrics(y, prob, threshold=0.6)
+        folds.append({**m, "threshold": 0.6})
+        preds.append((y, prob, np.arange(100) // 2))  # groups of two slices
     s = summarize_folds(folds, preds, n_boot=300)
-    assert s["accuracy"]["mean"] == pytest.approx(0.7)
-    assert s["accuracy"]["std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
-    assert s["accuracy"]["per_fold"] == [0.6, 0.8]
+    accs = [f["accuracy"] for f in folds]
+    assert s["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert s["accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert s["accuracy"]["per_fold"] == accs and s["accuracy"]["n_defined"] == 2
     lo, hi = s["accuracy"]["ci95"]
-    observed = np.mean([(p == y).mean() for y, _, p in preds])
-    assert lo < observed < hi and hi - lo < 0.2
+    assert lo < np.mean(accs) < hi and hi - lo < 0.25
     assert s["roc_auc"]["ci95"][0] <= s["roc_auc"]["ci95"][1]
+    assert set(s["per_class"]) == {"no", "yes"}
+
+
+def test_undefined_fold_metrics_are_left_out_of_the_mean():
+    y = np.array([0, 0, 1, 1])
+    prob = np.array([0.1, 0.2, 0.8, 0.9])
+    good = {**binary_metrics(y, prob, threshold=0.5), "threshold": 0.5}
+    only_healthy = {**binary_metrics(y[:2], prob[:2], threshold=0.5), "threshold": 0.5}
+    preds = [(y, prob, np.arange(4)), (y[:2], prob[:2], np.arange(2))]
+    s = summarize_folds([good, only_healthy], preds, n_boot=20)
+    assert s["sensitivity"]["per_fold"][1] != s["sensitivity"]["per_fold"][1]  # NaN
+    assert s["sensitivity"]["mean"] == 1.0 and s["sensitivity"]["n_defined"] == 1
 
 
 @pytest.mark.slow
@@ -82,5 +84,6 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
         fold_of_group.setdefault(r["group"], set()).add(r["fold"])
     assert all(len(f) == 1 for f in fold_of_group.values())
     assert s["pooled"]["accuracy"] == pytest.approx(
-        np.mean([int(r["label"]) == int(r["predicted"]) for r in rows])
+        np.mean([r["label"] == r["predicted"] for r in rows])
     )
+    assert {r["label"] for r in rows} == {"no", "yes"}

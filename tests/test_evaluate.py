@@ -34,7 +34,11 @@ def test_evaluate_recorded_test_split_and_folder(small_store, tmp_path, class_fo
     for f in ("metrics.json", "confusion_matrix.png", "predictions.csv"):
         assert (out / "evaluation" / f).is_file()
     folder = evaluate(model, class_folder, out=tmp_path / "ev2")
-    assert folder["n"] == 12 and folder["split"] == "all"
+    # the synthetic folder looks like the training phantoms: near-duplicates are removed
+    removed = folder["near_duplicates_removed"]["count"]
+    assert folder["n"] + removed == 12 and folder["split"] == "all"
+    kept = evaluate(model, class_folder, out=tmp_path / "ev3", remove_duplicates=False)
+    assert kept["n"] == 12 and kept["near_duplicates_removed"]["count"] == 0
 
 
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import mriscan.metrics as mx
 from mriscan.metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -69,3 +70,56 @@ def test_bootstrap_ci_brackets_the_estimate():
     p = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
     lo, hi = bootstrap_ci(y, p, roc_auc, n_boot=300)
     assert lo < roc_auc(y, p) < hi and hi - lo < 0.2
+
+
+def test_multiclass_metrics_agree_with_scikit_learn():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 300)
+    logits = rng.normal(size=(300, 4)) + 1.5 * np.eye(4)[y]
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    m = mx.multiclass_metrics(y, prob, ("a", "b", "c", "d"))
+    pred = prob.argmax(axis=1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    p, r, _, _ = skm.precision_recall_fscore_support(y, pred)
+    for k, name in enumerate("abcd"):
+        assert m["per_class"][name]["recall"] == pytest.approx(r[k])
+        assert m["per_class"][name]["precision"] == pytest.approx(p[k])
+        assert m["per_class"][name]["roc_auc"] == pytest.approx(
+            skm.roc_auc_score(y == k, prob[:, k])
+        )
+    assert m["macro_roc_auc"] == pytest.approx(skm.roc_auc_score(y, prob, multi_class="ovr"))
+    assert np.allclose(np.array(m["confusion_matrix_row_percent"]).sum(axis=1), 100)
+
+
+def test_undefined_metrics_are_nan_not_zero():
+    # no positive slice: sensitivity and the positive class's recall are undefined
+    m = mx.binary_metrics(np.zeros(5, int), np.full(5, 0.2), threshold=0.5)
+    assert np.isnan(m["sensitivity"]) and np.isnan(m["roc_auc"])
+    assert m["specificity"] == 1.0 and m["balanced_accuracy"] == 1.0
+    assert np.isnan(m["per_class"]["yes"]["recall"])
+    # a class absent in a K-class fold: its recall and AUC are undefined, left out of means
+    y = np.array([0, 0, 1, 1])
+    prob = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
+    m = mx.multiclass_metrics(y, prob, ("a", "b", "c"))
+    assert np.isnan(m["per_class"]["c"]["recall"]) and np.isnan(m["per_class"]["c"]["roc_auc"])
+    assert m["balanced_accuracy"] == 1.0 and m["macro_roc_auc"] == 1.0
+
+
+def test_group_bootstrap_draws_whole_groups():
+    groups = np.array([0, 0, 0, 1, 2, 2])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = mx.group_resample(groups, rng)
+        drawn = groups[idx]
+        for g, size in ((0, 3), (1, 1), (2, 2)):
+            assert (drawn == g).sum() % size == 0  # a group comes whole or not at all
+    y = np.array([1, 1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.3, 0.1])
+    ci = mx.group_bootstrap_ci(
+        lambda s: mx.binary_metrics(y[s], p[s]), groups, ("accuracy", "roc_auc"), n_boot=50
+    )
+    assert ci["accuracy"] == [1.0, 1.0] and ci["roc_auc"][0] == 1.0

@@ -46,7 +46,8 @@ def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
         assert r["label"] == ("yes" if r["probability"] >= 0.5 else "no")
     with open(out) as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["path", "probability", "label", "error"] and len(table) == 15
+    columns = ["path", "label", "p_no", "p_yes", "probability", "error"]
+    assert list(table[0]) == columns and len(table) == 15
     rows_json = predict(
         model_file, [class_folder / "yes"], output=tmp_path / "p.json", threshold=0.0
     )

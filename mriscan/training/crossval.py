@@ -24,77 +24,164 @@ from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
-from mriscan.training.fit import card_for, fit_and_calibrate
+from mriscan.tasks import Task, resolve_task
+from mriscan.training.fit import card_for, fit_and_calibrate, score
 from mriscan.training.pretrain import pretrain_on_phantoms
 from mriscan.training.workflow import setup_for
 
-__all__ = ["HEADLINE", "cross_validate", "summarize_folds"]
+__all__ = ["HEADLINE", "HEADLINE_MULTI", "cross_validate", "headline", "summarize_folds"]
 
 log = logging.getLogger(__name__)
 
 HEADLINE = ("accuracy", "roc_auc", "sensitivity", "specificity")
+HEADLINE_MULTI = ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
+_BINARY_EXTRA = ("balanced_accuracy", "macro_f1")
 
 
-def _fold_metric(key: str, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> float:
-    """One headline metric of one fold's test predictions."""
-    if key == "roc_auc":
-        return mx.roc_auc(y, prob)
-    if key == "accuracy":
-        return float((pred == y).mean())
-    cls = 1 if key == "sensitivity" else 0
-    sel = y == cls
-    return float((pred[sel] == cls).mean()) if sel.any() else float("nan")
+def headline(task: Task) -> tuple[str, ...]:
+    """The metrics summarised per fold: the binary four (+ balanced accuracy, macro-F1) or the
+    K-class four."""
+    return HEADLINE + _BINARY_EXTRA if task.binary else HEADLINE_MULTI
 
 
 def summarize_folds(
     per_fold: list[dict[str, Any]],
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     *,
+    task: Task | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Mean, std, per-fold values and a 95% CI of the mean of each headline metric.
 
-    The CI is a percentile bootstrap of the fold mean: each draw resamples every fold's test
-    predictions (``(y, prob, pred)`` per fold) with replacement, recomputes the metric per
-    fold with that fold's model and threshold, and averages over folds.
+    ``fold_predictions``: per fold ``(y, prob, groups)`` with ``prob`` of shape (n, K) (or
+    (n,) for two classes) and the fold's threshold in ``per_fold[i]["threshold"]``. A metric
+    undefined on a fold (NaN: a class absent) is left out of the mean and counted in
+    ``n_defined``. The CI is a percentile bootstrap of the fold mean that resamples whole
+    groups of each fold's test part (near-duplicates and patients are not independent),
+    recomputing the metric with that fold's model and threshold.
     """
+    task = task if task is not None else _binary_task()
+    keys = headline(task)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in HEADLINE}
+    draws: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(n_boot):
-        vals: dict[str, list[float]] = {k: [] for k in HEADLINE}
-        for y, prob, pred in fold_predictions:
-            idx = rng.integers(0, y.size, y.size)
-            for k in HEADLINE:
-                vals[k].append(_fold_metric(k, y[idx], prob[idx], pred[idx]))
-        for k in HEADLINE:
-            draws[k].append(float(np.nanmean(vals[k])))
+        vals: dict[str, list[float]] = {k: [] for k in keys}
+        for fold, (y, prob, groups) in zip(per_fold, fold_predictions, strict=True):
+            idx = mx.group_resample(groups, rng)
+            m = score(task, y[idx], _as_k(prob)[idx], fold.get("threshold"))
+            for k in keys:
+                vals[k].append(m[k])
+        for k in keys:
+            draws[k].append(mx._nanmean(vals[k]))
     out: dict[str, Any] = {}
-    for key in HEADLINE:
-        vals = np.array([f[key] for f in per_fold], np.float64)
+    for key in keys:
+        vals = np.array([np.nan if f[key] is None else f[key] for f in per_fold], np.float64)
         d = np.array(draws[key])
         d = d[np.isfinite(d)]
         ci = [float(v) for v in np.percentile(d, [2.5, 97.5])] if d.size else [float("nan")] * 2
+        defined = vals[np.isfinite(vals)]
         out[key] = {
-            "mean": float(np.nanmean(vals)),
-            "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "mean": float(defined.mean()) if defined.size else float("nan"),
+            "std": float(defined.std(ddof=1)) if defined.size > 1 else 0.0,
             "ci95": ci,
             "per_fold": vals.tolist(),
+            "n_defined": int(defined.size),
         }
     names = list(per_fold[0]["per_class"])
+    metrics = ("precision", "recall", "f1") + (() if task.binary else ("roc_auc",))
     out["per_class"] = {
-        name: {
-            m: {
-                "mean": float(np.mean([f["per_class"][name][m] for f in per_fold])),
-                "std": float(np.std([f["per_class"][name][m] for f in per_fold], ddof=1))
-                if len(per_fold) > 1
-                else 0.0,
-            }
-            for m in ("precision", "recall", "f1")
-        }
+        name: {m: _mean_std([f["per_class"][name][m] for f in per_fold]) for m in metrics}
         for name in names
     }
     return out
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return {
+        "mean": float(v.mean()) if v.size else float("nan"),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+    }
+
+
+def _as_k(prob: np.ndarray) -> np.ndarray:
+    """(n,) probabilities of class 1 → (n, 2); (n, K) unchanged."""
+    p = np.asarray(prob, np.float64)
+    return np.stack([1.0 - p, p], axis=1) if p.ndim == 1 else p
+
+
+def _binary_task() -> Task:
+    return Task(("no", "yes"), ("no", "yes"), np.array([0, 1]), 0)
+
+
+def _predicted(task: Task, prob: np.ndarray, threshold: float | None) -> np.ndarray:
+    if task.binary:
+        return (prob[:, 1] >= threshold).astype(np.int64)
+    return prob.argmax(axis=1)
+
+
+def _pooled(task: Task, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Metrics of all out-of-fold predictions together (each fold at its own threshold)."""
+    cm = mx.confusion_matrix(y, pred, n_classes=task.num_classes)
+    out: dict[str, Any] = {
+        "confusion_matrix": cm.tolist(),
+        "accuracy": float((pred == y).mean()),
+    }
+    if task.binary:
+        out["roc_auc"] = mx.roc_auc(y, prob[:, 1])
+        return out
+    m = mx.multiclass_metrics(y, prob, task.class_names)
+    out.update(
+        balanced_accuracy=m["balanced_accuracy"],
+        macro_f1=m["macro_f1"],
+        macro_roc_auc=m["macro_roc_auc"],
+        confusion_matrix_row_percent=m["confusion_matrix_row_percent"],
+    )
+    if task.healthy is not None:
+        # tumor vs no tumor, and the tumor types among themselves (no source confound there)
+        h = task.healthy
+        tumor_y = (y != h).astype(np.int64)
+        out["tumor_vs_healthy"] = mx.binary_metrics(
+            tumor_y,
+            1.0 - prob[:, h],
+            threshold=0.5,
+            class_names=(task.class_names[h], "tumor"),
+        )
+        sel = y != h
+        if sel.any():
+            types = [k for k in range(task.num_classes) if k != h]
+            sub = prob[sel][:, types]
+            pred_t = np.asarray(types)[sub.argmax(axis=1)]
+            out["tumor_types_only"] = {
+                "n": int(sel.sum()),
+                "accuracy": float((pred_t == y[sel]).mean()),
+                "rule": "most probable tumor class, on slices whose true class is a tumor",
+            }
+    return out
+
+
+def _rows(store, task, rep, k, test_idx, y, prob, pred, thr) -> list[dict[str, Any]]:
+    """One ``oof_predictions.csv`` row per test slice of a fold."""
+    rows = []
+    for j, i in enumerate(test_idx):
+        rec = store.index.records[i]
+        row = {
+            "index": int(i),
+            "source": rec.source,
+            "group": rec.group,
+            "repeat": rep,
+            "fold": k,
+            "label": task.class_names[int(y[j])],
+            "predicted": task.class_names[int(pred[j])],
+        }
+        if task.binary:
+            row.update(probability=float(prob[j, 1]), threshold=thr)
+        else:
+            row.update({f"p_{n}": float(prob[j, c]) for c, n in enumerate(task.class_names)})
+        rows.append(row)
+    return rows
 
 
 def cross_validate(
@@ -118,14 +205,18 @@ def cross_validate(
     store = open_or_ingest(data, store_path=store_path, image_size=tcfg.image_size)
     cv = RunLayout(out).cv
     cv.root.mkdir(parents=True, exist_ok=True)
-    labels = store.labels.astype(np.int64)
-    groups = store.groups
+    task = resolve_task(store.class_names, tcfg.task)
+    log.info("task: %s", task.describe())
+    all_labels = task.labels(store.labels)
+    kept = np.flatnonzero(all_labels >= 0)
+    labels, groups = all_labels[kept], store.groups[kept]
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training serves every fold
     init = pretrain_on_phantoms(tcfg, hw, store.config) if tcfg.pretrain.phantoms else None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    preds: list[np.ndarray] = []
     splits = cv_splits(
         labels,
         groups,
@@ -134,7 +225,8 @@ def cross_validate(
         val_fraction=tcfg.split.val_fraction,
         seed=tcfg.seed,
     )
-    for rep, k, train_idx, val_idx, test_idx in splits:
+    for rep, k, *parts in splits:
+        train_idx, val_idx, test_idx = (kept[p] for p in parts)
         tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
         log.info("%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx))
         fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
@@ -146,45 +238,37 @@ def cross_validate(
             shutil.rmtree(leftover, ignore_errors=True)
         thr, prob, m = run.threshold, run.test_prob, run.test
         assert m is not None  # a k-fold test part is never empty
-        m.update(repeat=rep, fold=k)
+        m.update(repeat=rep, fold=k, threshold=thr)
         per_fold.append(m)
+        key = "roc_auc" if task.binary else "macro_roc_auc"
         log.info(
-            "%s: accuracy %.3f, AUC %.3f (threshold %.3f from validation)",
+            "%s: accuracy %.3f, AUC %.3f%s",
             tag,
             m["accuracy"],
-            m["roc_auc"],
-            thr,
+            m[key],
+            f" (threshold {thr:.3f} from validation)" if thr is not None else "",
         )
-        pred = (prob >= thr).astype(np.int64)
-        fold_predictions.append((labels[test_idx], prob, pred))
-        for i, p, q in zip(test_idx, prob, pred, strict=True):
-            rec = store.index.records[i]
-            rows.append(
-                {
-                    "index": int(i),
-                    "source": rec.source,
-                    "group": rec.group,
-                    "repeat": rep,
-                    "fold": k,
-                    "label": int(labels[i]),
-                    "probability": float(p),
-                    "threshold": thr,
-                    "predicted": int(q),
-                }
-            )
-    y, prob, pred = (np.concatenate(parts) for parts in zip(*fold_predictions, strict=True))
-    summary = summarize_folds(per_fold, fold_predictions, n_boot=cfg.n_boot, seed=tcfg.seed)
-    cm = mx.confusion_matrix(y, pred)
-    summary["pooled"] = {
-        "confusion_matrix": cm.tolist(),
-        "roc_auc": mx.roc_auc(y, prob),
-        "accuracy": float((pred == y).mean()),
-    }
+        y_fold = all_labels[test_idx]
+        pred = _predicted(task, prob, thr)
+        fold_predictions.append((y_fold, prob, store.groups[test_idx]))
+        preds.append(pred)
+        rows += _rows(store, task, rep, k, test_idx, y_fold, prob, pred, thr)
+    y = np.concatenate([f[0] for f in fold_predictions])
+    prob = np.concatenate([f[1] for f in fold_predictions])
+    pred = np.concatenate(preds)
+    summary = summarize_folds(
+        per_fold, fold_predictions, task=task, n_boot=cfg.n_boot, seed=tcfg.seed
+    )
+    summary["pooled"] = _pooled(task, y, prob, pred)
+    summary["task"] = task.describe()
+    summary["headline"] = list(headline(task))
+    summary["class_names"] = list(task.class_names)
+    cm = np.array(summary["pooled"]["confusion_matrix"])
     protocol = Protocol(
         kind="cv",
         seed=tcfg.seed,
         val_fraction=tcfg.split.val_fraction,
-        threshold_rule=mx.THRESHOLD_RULE,
+        threshold_rule=mx.THRESHOLD_RULE if task.binary else "most probable class",
         duplicate_threshold=DEFAULT_THRESHOLD,
         folds=cfg.folds,
         repeats=cfg.repeats,
@@ -205,11 +289,12 @@ def cross_validate(
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    fpr, tpr, _ = mx.roc_curve(y, prob)
-    plots.save_roc(fpr, tpr, summary["pooled"]["roc_auc"], cv.roc_plot)
+    if task.binary:
+        fpr, tpr, _ = mx.roc_curve(y, prob[:, 1])
+        plots.save_roc(fpr, tpr, summary["pooled"]["roc_auc"], cv.roc_plot)
     plots.save_confusion_matrix(
         cm,
-        store.class_names,
+        task.class_names,
         cv.confusion_plot,
         title=f"{cfg.folds}-fold CV, pooled (n={len(y)})",
     )

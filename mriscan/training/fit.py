@@ -24,13 +24,14 @@ import numpy as np
 from mriscan import metrics as mx
 from mriscan.artifacts import ModelCard, RunLayout, write_json
 from mriscan.config import TrainConfig
-from mriscan.errors import ResumeError, TrainingDivergedError
+from mriscan.errors import ConfigError, ResumeError, TrainingDivergedError
 from mriscan.hardware import Hardware
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
 from mriscan.predict import predict_store
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
+from mriscan.tasks import Task, resolve_task
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
 
@@ -49,7 +50,20 @@ def _with_implants(
     store: ImageStore, train_idx: np.ndarray, cfg: TrainConfig, folder: Path
 ) -> ImageStore:
     """A store in ``folder`` with the training slices plus ``cfg.fit.implant`` lesion-implanted
-    copies of each healthy one (labelled as tumors)."""
+    copies of each healthy one (labelled as tumors).
+
+    Raises
+    ------
+    ConfigError
+        Unless the data's own classes are a healthy and a tumor class (implants are drawn
+        into healthy slices and labelled as the tumor class).
+    """
+    task = resolve_task(store.class_names, cfg.task)
+    if not task.binary or cfg.task.class_map or task.class_names != store.class_names:
+        raise ConfigError(
+            "--implant needs data with exactly a healthy and a tumor class folder (e.g. no/ "
+            f"and yes/); these data have {list(store.class_names)}."
+        )
     images, labels = store.read_batch(np.sort(train_idx))
     implants = implant_lesions(images[labels == 0], cfg.fit.implant, cfg.seed)
     out = ImageStore.create(folder / "implants.zarr", store.image_size, store.config)
@@ -182,6 +196,8 @@ def _fit(
     init_weights: Path | None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """``fit_model`` once the training data are settled (training and validation stores)."""
+    task = resolve_task(store.class_names, cfg.task)
+    k = task.num_classes
     kind = resolve_pipeline(cfg.runtime.pipeline)
     gb = hw.global_batch
     epochs = cfg.fit.epochs
@@ -207,8 +223,12 @@ def _fit(
             epochs=epochs,
             first_epoch=first_epoch,
             drop_remainder=True,
+            label_map=task.label_map,
+            num_classes=k,
         )
-        val_data, _ = make_tf_dataset(val_store, val_idx, batch_size=gb)
+        val_data, _ = make_tf_dataset(
+            val_store, val_idx, batch_size=gb, label_map=task.label_map, num_classes=k
+        )
         fit_kw: dict[str, Any] = {"steps_per_epoch": steps, "shuffle": False}  # shuffled there
     else:
         train_data = StoreDataset(
@@ -219,15 +239,24 @@ def _fit(
             seed=cfg.seed,
             workers=cfg.runtime.workers,
             drop_remainder=True,
+            label_map=task.label_map,
+            num_classes=k,
         )
-        val_data = StoreDataset(val_store, val_idx, batch_size=gb, workers=cfg.runtime.workers)
+        val_data = StoreDataset(
+            val_store,
+            val_idx,
+            batch_size=gb,
+            workers=cfg.runtime.workers,
+            label_map=task.label_map,
+            num_classes=k,
+        )
         steps, fit_kw = len(train_data), {}
     log.info("training on %s", hw.describe(kind))
     with hw.scope():
-        model = build_model(store.image_size, cfg.model, seed=cfg.seed)
+        model = build_model(store.image_size, cfg.model, num_classes=k, seed=cfg.seed)
         if init_weights is not None:
-            model.load_weights(init_weights)
-        compile_model(model, cfg.optimizer, hw, steps, epochs)
+            _load_initial_weights(model, init_weights, store.image_size, cfg)
+        compile_model(model, cfg.optimizer, hw, steps, epochs, num_classes=k)
     monitor_best = None
     if resume and history_cb.epochs:
         aucs = [r.get("val_auc") for r in history_cb.epochs.values()]
@@ -254,8 +283,8 @@ def _fit(
             ),
         )
     cbs += list(callbacks or [])
-    labels = store.labels
-    cw = class_weights(labels[train_idx]) if cfg.optimizer.class_weight else None
+    train_labels = task.labels(store.labels[train_idx])
+    cw = class_weights(train_labels, k) if cfg.optimizer.class_weight else None
     model.fit(
         train_data,
         validation_data=val_data,
@@ -281,22 +310,46 @@ def _fit(
     return model, history
 
 
+def _load_initial_weights(model: keras.Model, path: Path, size: int, cfg: TrainConfig) -> None:
+    """Start from ``path`` (weights of a two-class model of the same architecture, e.g. the
+    phantom pre-training). A K-class model takes every layer but the output layer from it."""
+    if model.output_shape[-1] == 1:
+        model.load_weights(path)
+        return
+    source = build_model(size, cfg.model, num_classes=2, seed=cfg.seed)
+    source.load_weights(path)
+    head = model.layers[-1].name
+    for layer in model.layers:
+        if layer.name != head and layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
 @dataclass
 class Calibrated:
     """A fitted model with its threshold and its predictions on validation and test.
 
-    ``val_prob`` / ``test_prob``: float64 probabilities of class 1, in the order of the
-    split's indices (``test_prob`` is empty when there is no test part); ``test`` holds
-    ``mriscan.metrics.binary_metrics`` of the test part at ``threshold`` (None without one).
+    ``val_prob`` / ``test_prob``: float64 class probabilities of shape (n, K), in the order of
+    the split's indices (``test_prob`` has no rows when there is no test part); ``test`` holds
+    the metrics of the test part (``binary_metrics`` at ``threshold`` for two classes,
+    ``multiclass_metrics`` otherwise; None without a test part). ``threshold`` is None for
+    K > 2 (the most probable class is predicted).
     """
 
     model: Any
     history: dict[str, list[float]]
-    threshold: float
+    threshold: float | None
     val_prob: np.ndarray
     test_prob: np.ndarray
     validation: dict[str, Any]
     test: dict[str, Any] | None
+    task: Task
+
+
+def score(task: Task, y: np.ndarray, prob: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """The metrics of predictions ``prob`` (n, K) against model labels ``y`` (n,)."""
+    if task.binary:
+        return mx.binary_metrics(y, prob[:, 1], threshold=threshold, class_names=task.class_names)
+    return mx.multiclass_metrics(y, prob, task.class_names)
 
 
 def fit_and_calibrate(
@@ -328,8 +381,8 @@ def fit_and_calibrate(
         callbacks=callbacks,
         init_weights=init_weights,
     )
-    labels = store.labels.astype(np.int64)
-    names = store.class_names
+    task = resolve_task(store.class_names, cfg.task)
+    labels = task.labels(store.labels)
     val_prob = predict_store(model, store, split["val"], tta=cfg.fit.tta)
     if not np.isfinite(val_prob).all():
         raise TrainingDivergedError(
@@ -337,27 +390,27 @@ def fit_and_calibrate(
             "validation slices as NaN: training diverged. No model was written. Lower "
             "--learning-rate."
         )
-    threshold = mx.choose_threshold(labels[split["val"]], val_prob)
-    validation = mx.binary_metrics(
-        labels[split["val"]], val_prob, threshold=threshold, class_names=names
-    )
+    y_val = labels[split["val"]]
+    threshold = mx.choose_threshold(y_val, val_prob[:, 1]) if task.binary else None
+    validation = score(task, y_val, val_prob, threshold)
     test_idx = split.get("test", np.empty(0, np.int64))
-    test_prob, test = np.empty(0, np.float64), None
+    test_prob, test = np.empty((0, task.num_classes), np.float64), None
     if len(test_idx):
         test_prob = predict_store(model, store, test_idx, tta=cfg.fit.tta)
-        y_test = labels[test_idx]
-        test = mx.binary_metrics(y_test, test_prob, threshold=threshold, class_names=names)
-    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test)
+        test = score(task, labels[test_idx], test_prob, threshold)
+    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test, task)
 
 
-def card_for(store: ImageStore, cfg: TrainConfig, threshold: float) -> ModelCard:
+def card_for(store: ImageStore, cfg: TrainConfig, threshold: float | None) -> ModelCard:
     """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)."""
+    task = resolve_task(store.class_names, cfg.task)
     return ModelCard(
         preprocess=store.config,
-        class_names=tuple(store.class_names),
+        class_names=task.class_names,
         threshold=threshold,
         tta=cfg.fit.tta,
-        threshold_rule=mx.THRESHOLD_RULE,
+        healthy=None if task.healthy is None else task.class_names[task.healthy],
+        threshold_rule=mx.THRESHOLD_RULE if task.binary else "most probable class",
         image_size=store.image_size,
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),

@@ -12,9 +12,15 @@ __all__ = ["class_weights", "compile_model"]
 
 
 def compile_model(
-    model: keras.Model, cfg: OptimizerConfig, hw: Hardware, steps_per_epoch: int, epochs: int
+    model: keras.Model,
+    cfg: OptimizerConfig,
+    hw: Hardware,
+    steps_per_epoch: int,
+    epochs: int,
+    num_classes: int = 2,
 ) -> None:
-    """Compile with AdamW, a linear warm-up then cosine decay to 0, BCE, accuracy and AUC.
+    """Compile with AdamW, a linear warm-up then cosine decay to 0, cross-entropy, accuracy
+    and AUC (binary cross-entropy for two classes, categorical on one-hot targets for more).
 
     The peak learning rate is ``cfg.learning_rate × global_batch / 32`` (linear scaling,
     Goyal et al. 2017); the warm-up starts at a tenth of it (Keras ``CosineDecay`` with
@@ -30,6 +36,12 @@ def compile_model(
         warmup_steps=warm,
         alpha=0.0,
     )
+    if num_classes == 2:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
+        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     model.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=schedule,
@@ -37,12 +49,13 @@ def compile_model(
             use_ema=cfg.ema > 0,
             ema_momentum=cfg.ema or 0.99,
         ),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+        loss=loss,
+        metrics=[accuracy, keras.metrics.AUC(name="auc")],
     )
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Balanced weights n / (2 · count) per class, so the minority class counts as much."""
-    counts = np.bincount(labels.astype(np.int64), minlength=2)
-    return {k: float(labels.size / (2 * max(c, 1))) for k, c in enumerate(counts)}
+def class_weights(labels: np.ndarray, num_classes: int = 2) -> dict[int, float]:
+    """Balanced weights n / (K · count) per class, so a minority class counts as much
+    (scikit-learn's ``class_weight="balanced"`` rule)."""
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+    return {k: float(labels.size / (num_classes * max(c, 1))) for k, c in enumerate(counts)}

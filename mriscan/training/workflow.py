@@ -25,6 +25,7 @@ from mriscan.pipeline import resolve_pipeline
 from mriscan.sources import open_or_ingest
 from mriscan.splits import split_indices
 from mriscan.store import ImageStore
+from mriscan.tasks import Task, resolve_task
 from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate
 from mriscan.training.pretrain import pretrain_on_phantoms
 
@@ -81,7 +82,8 @@ def train(
     Raises
     ------
     ConfigError
-        If the store does not hold exactly two classes or the split leaves an empty part.
+        If the task's classes cannot be resolved, or a class is missing from a part of the
+        split (too few slices: then every reported number would be undefined or anecdotal).
     TrainingDivergedError
         If training diverged (nothing is written over the previous model).
     ResumeError
@@ -93,30 +95,31 @@ def train(
     t0 = time.perf_counter()
     layout = RunLayout(out)
     store = open_or_ingest(data, store_path=store_path, image_size=cfg.image_size)
-    if len(store.class_names) != 2:
-        raise ConfigError(
-            f"Training needs exactly two classes; the store has {list(store.class_names)}."
-        )
-    split = split_indices(
-        store.labels,
-        store.groups,
+    task = resolve_task(store.class_names, cfg.task)
+    log.info("task: %s", task.describe())
+    labels = task.labels(store.labels)
+    kept = np.flatnonzero(labels >= 0)
+    inner = split_indices(
+        labels[kept],
+        store.groups[kept],
         val_fraction=cfg.split.val_fraction,
         test_fraction=cfg.split.test_fraction,
         seed=cfg.seed,
     )
-    if min(len(split["train"]), len(split["val"])) == 0:
-        raise ConfigError(
-            f"The split left an empty train or validation set "
-            f"({ {k: len(v) for k, v in split.items()} }); add data or change "
-            "--val-fraction/--test-fraction."
-        )
+    split = {k: kept[v] for k, v in inner.items()}
+    check_split(split, labels, task, test=cfg.split.test_fraction > 0)
     layout.root.mkdir(parents=True, exist_ok=True)
     hw = setup_for(cfg)
     init = pretrain_on_phantoms(cfg, hw, store.config) if cfg.pretrain.phantoms else None
     run = fit_and_calibrate(store, split, cfg, layout, hw, init_weights=init, callbacks=callbacks)
     # the model, its card, split and metrics are written only now, together: a run that
     # stops earlier leaves the previous run's files as they were
-    card = publish_model(run.model.save, card_for(store, cfg, run.threshold), layout.model)
+    card = publish_model(
+        run.model.save,
+        card_for(store, cfg, run.threshold),
+        layout.model,
+        signatures=store.signatures()[kept],
+    )
     _write_split(layout, store, split, cfg, card.model_sha256)
     result_metrics = _run_metrics(cfg, split, hw, run)
     result_metrics["model_sha256"] = card.model_sha256
@@ -138,6 +141,35 @@ def train(
     )
 
 
+def check_split(
+    split: dict[str, np.ndarray], labels: np.ndarray, task: Task, *, test: bool
+) -> None:
+    """Every class must appear in the training, validation and (when asked) test part.
+
+    Raises
+    ------
+    ConfigError
+        Naming the class, the part and the counts per class, with the way out.
+    """
+    parts = ("train", "val", "test") if test else ("train", "val")
+    for part in parts:
+        counts = np.bincount(labels[split[part]], minlength=task.num_classes)
+        missing = [task.class_names[k] for k in np.flatnonzero(counts == 0)]
+        if missing:
+            have = dict(
+                zip(
+                    task.class_names,
+                    np.bincount(labels[labels >= 0], minlength=task.num_classes).tolist(),
+                    strict=True,
+                )
+            )
+            raise ConfigError(
+                f"The {part} part of the split holds no slice of {missing} (slices per class: "
+                f"{have}; unreadable files are not counted). Add data for that class, or use "
+                "`mriscan cv`, which uses every slice for testing once."
+            )
+
+
 def _run_metrics(
     cfg: TrainConfig, split: dict[str, np.ndarray], hw: Hardware, run: Calibrated
 ) -> dict[str, Any]:
@@ -147,7 +179,7 @@ def _run_metrics(
         seed=cfg.seed,
         val_fraction=cfg.split.val_fraction,
         test_fraction=cfg.split.test_fraction,
-        threshold_rule=mx.THRESHOLD_RULE,
+        threshold_rule=mx.THRESHOLD_RULE if run.task.binary else "most probable class",
         duplicate_threshold=DEFAULT_THRESHOLD,
         sizes={k: len(v) for k, v in split.items()},
         select=cfg.fit.select,
@@ -156,6 +188,7 @@ def _run_metrics(
     )
     out: dict[str, Any] = {
         "protocol": protocol.to_dict(),
+        "task": run.task.describe(),
         "train_config": cfg.to_dict(),
         "hardware": hw.describe(resolve_pipeline(cfg.runtime.pipeline)),
         "validation": run.validation,
@@ -171,13 +204,14 @@ def _plot_test(plots: Any, layout: RunLayout, store: ImageStore, test_idx, run: 
     assert test is not None
     plots.save_confusion_matrix(
         np.array(test["confusion_matrix"]),
-        store.class_names,
+        run.task.class_names,
         layout.confusion_plot,
         title=f"Test split (n={test['n']})",
     )
-    y = store.labels.astype(np.int64)[test_idx]
-    fpr, tpr, _ = mx.roc_curve(y, run.test_prob)
-    plots.save_roc(fpr, tpr, test["roc_auc"], layout.roc_plot)
+    if run.task.binary:
+        y = run.task.labels(store.labels[test_idx])
+        fpr, tpr, _ = mx.roc_curve(y, run.test_prob[:, 1])
+        plots.save_roc(fpr, tpr, test["roc_auc"], layout.roc_plot)
 
 
 def _write_split(

@@ -1,0 +1,241 @@
+"""What the model is asked to tell apart: the data's classes mapped onto the model's classes.
+
+Keras-free. A store keeps the classes of its folders as they are (e.g. glioma, meningioma,
+notumor, pituitary); a ``Task`` maps them onto the classes one model learns (the same four, or
+yes = the three tumor types and no = notumor). The positive class of a two-class task is
+decided by name or by ``TaskConfig.positive``, never by alphabetical order, and is always
+label 1 (the sigmoid's output); the healthy class of a K-class task is named too, so a
+tumor-vs-no-tumor probability can be reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mriscan.config import TaskConfig
+from mriscan.errors import ConfigError
+
+__all__ = [
+    "HEALTHY_NAMES",
+    "POSITIVE_NAMES",
+    "Comparison",
+    "Task",
+    "compare_classes",
+    "healthy_like",
+    "positive_like",
+    "resolve_task",
+]
+
+# names of a tumor / a healthy class in public brain-MRI sets (compared case-insensitively,
+# ignoring "_", "-" and spaces)
+POSITIVE_NAMES = frozenset({"yes", "tumor", "tumour", "positive", "abnormal", "lesion"})
+HEALTHY_NAMES = frozenset(
+    {"no", "notumor", "notumour", "normal", "healthy", "negative", "control", "none"}
+)
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch not in "_- ")
+
+
+def positive_like(name: str) -> bool:
+    """True for names such as ``yes`` or ``tumor``."""
+    return _norm(name) in POSITIVE_NAMES
+
+
+def healthy_like(name: str) -> bool:
+    """True for names such as ``no``, ``notumor``, ``normal``."""
+    return _norm(name) in HEALTHY_NAMES
+
+
+@dataclass(frozen=True)
+class Task:
+    """A resolved task.
+
+    ``class_names``: the model's K classes, label k = ``class_names[k]``; for K = 2,
+    ``class_names[1]`` is the positive class. ``label_map``: int64 array over the data's
+    labels, data label → model label, −1 where the data class is left out. ``healthy``: index
+    of the no-tumor class among ``class_names``, or None.
+    """
+
+    class_names: tuple[str, ...]
+    data_class_names: tuple[str, ...]
+    label_map: np.ndarray
+    healthy: int | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    def labels(self, data_labels: np.ndarray) -> np.ndarray:
+        """Model labels (int64, −1 = left out) of data labels."""
+        return self.label_map[np.asarray(data_labels, np.int64)]
+
+    def kept(self, data_labels: np.ndarray) -> np.ndarray:
+        """Indices of the samples whose class the task keeps."""
+        return np.flatnonzero(self.labels(data_labels) >= 0)
+
+    def describe(self) -> str:
+        """e.g. ``no = notumor; yes = glioma + meningioma + pituitary (positive)``."""
+        parts = []
+        for k, name in enumerate(self.class_names):
+            srcs = [d for j, d in enumerate(self.data_class_names) if self.label_map[j] == k]
+            src = " + ".join(srcs)
+            tag = " (positive)" if self.binary and k == 1 else ""
+            tag += " (healthy)" if self.healthy == k and not self.binary else ""
+            parts.append(f"{name} = {src}{tag}" if src != name else f"{name}{tag}")
+        return "; ".join(parts)
+
+
+def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = None) -> Task:
+    """Map the data's classes onto the model's, as ``config`` says.
+
+    Raises
+    ------
+    ConfigError
+        If the map names a class the data lack, fewer than two classes remain, or the positive
+        class of a two-class task cannot be told from the names (then ``--positive`` is needed).
+    """
+    cfg = config if config is not None else TaskConfig()
+    data = tuple(data_class_names)
+    if cfg.class_map:
+        unknown = sorted({s for _, srcs in cfg.class_map for s in srcs} - set(data))
+        if unknown:
+            raise ConfigError(
+                f"The class map names {unknown}, but the data's classes are {list(data)}."
+            )
+        names = [t for t, _ in cfg.class_map]
+        source_of = {s: t for t, srcs in cfg.class_map for s in srcs}
+    else:
+        names = list(data)
+        source_of = {d: d for d in data}
+    if len(names) < 2:
+        raise ConfigError(
+            f"A task needs at least two classes; the data have {list(data)}. Add a class "
+            "folder or give a class map."
+        )
+    if len(names) == 2:
+        names = _order_binary(names, cfg.positive)
+    elif cfg.positive is not None:
+        raise ConfigError(
+            f"--positive applies to two-class tasks; this one has {len(names)} classes "
+            f"{names}. Use --healthy to name the no-tumor class."
+        )
+    healthy = _healthy_index(names, cfg.healthy)
+    label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
+    return Task(tuple(names), data, label_map.astype(np.int64), healthy)
+
+
+def _order_binary(names: list[str], positive: str | None) -> list[str]:
+    """[negative, positive] of a two-class task."""
+    if positive is not None:
+        if positive not in names:
+            raise ConfigError(f"--positive {positive!r} is not one of the classes {names}.")
+    else:
+        pos = [n for n in names if positive_like(n)]
+        neg = [n for n in names if healthy_like(n)]
+        if len(pos) == 1:
+            positive = pos[0]
+        elif len(neg) == 1:
+            positive = next(n for n in names if n != neg[0])
+        else:
+            raise ConfigError(
+                f"Which of {names} is the positive (tumor) class? Name it with --positive "
+                "(the order of folders never decides it)."
+            )
+    return [next(n for n in names if n != positive), positive]
+
+
+def _healthy_index(names: list[str], healthy: str | None) -> int | None:
+    if healthy is not None:
+        if healthy not in names:
+            raise ConfigError(f"--healthy {healthy!r} is not one of the classes {names}.")
+        return names.index(healthy)
+    if len(names) == 2:
+        return 0  # the negative class of a binary task
+    found = [k for k, n in enumerate(names) if healthy_like(n)]
+    return found[0] if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How a labelled data set is scored against a model trained on other classes.
+
+    ``mode`` ``"same"``: the data's classes (after ``class_map``) are model classes; labels are
+    model labels and the model's own decision rule applies. ``"tumor_vs_healthy"``: the data
+    and the model each have a healthy class; every other class counts as tumor, the model's
+    tumor probability is 1 − P(healthy), and recall is also reported per data class (e.g. per
+    tumor type). ``label_map``: data label → scored label (−1: left out).
+    """
+
+    mode: str
+    class_names: tuple[str, ...]
+    data_class_names: tuple[str, ...]
+    label_map: np.ndarray
+    model_healthy: int | None
+
+    def describe(self) -> str:
+        """Which data classes are scored as which, in words."""
+        groups = []
+        for k, name in enumerate(self.class_names):
+            srcs = [d for j, d in enumerate(self.data_class_names) if self.label_map[j] == k]
+            groups.append(f"{name} = {' + '.join(srcs) or '(none)'}")
+        left = [d for j, d in enumerate(self.data_class_names) if self.label_map[j] < 0]
+        tail = f"; left out: {', '.join(left)}" if left else ""
+        return f"{self.mode}: " + "; ".join(groups) + tail
+
+
+def compare_classes(
+    data_class_names: Sequence[str],
+    model_class_names: Sequence[str],
+    model_healthy: str | None,
+    class_map: tuple[tuple[str, tuple[str, ...]], ...] = (),
+) -> Comparison:
+    """Decide how data with ``data_class_names`` are scored by a model.
+
+    Raises
+    ------
+    ConfigError
+        When the classes cannot be matched; the message lists both sides and the way out
+        (``--class-map``).
+    """
+    data = tuple(data_class_names)
+    model = tuple(model_class_names)
+    hint = (
+        f"The data have classes {list(data)}, the model {list(model)}. Map them with "
+        "--class-map, e.g. 'yes=glioma,meningioma,pituitary;no=notumor'."
+    )
+    if class_map:
+        TaskConfig(class_map=class_map)  # validates the map
+        source_of = {s: t for t, srcs in class_map for s in srcs}
+        unknown = sorted(set(source_of) - set(data))
+        if unknown:
+            raise ConfigError(f"The class map names {unknown}. {hint}")
+    else:
+        source_of = {d: d for d in data}
+    targets = set(source_of.values())
+    if targets <= set(model) and len(targets) >= 2:
+        lm = np.array([model.index(source_of[d]) if d in source_of else -1 for d in data])
+        h = model.index(model_healthy) if model_healthy in model else None
+        return Comparison("same", model, data, lm.astype(np.int64), h)
+    if model_healthy is None or model_healthy not in model:
+        raise ConfigError(f"{hint} (The model has no healthy class to compare tumor vs none.)")
+    healthy_targets = [t for t in targets if t == model_healthy or healthy_like(t)]
+    if len(healthy_targets) != 1 or len(targets) < 2:
+        raise ConfigError(f"{hint} (Found no single healthy class among {sorted(targets)}.)")
+    healthy = healthy_targets[0]
+    lm = np.array([(0 if source_of[d] == healthy else 1) if d in source_of else -1 for d in data])
+    return Comparison(
+        "tumor_vs_healthy",
+        (model_healthy, "tumor"),
+        data,
+        lm.astype(np.int64),
+        model.index(model_healthy),
+    )
