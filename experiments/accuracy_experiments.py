@@ -504,6 +504,20 @@ def store_for(data: Path, preprocess: PreprocessConfig, stores: Path) -> Path:
     return target
 
 
+def _new_folder(root: Path, stem: str) -> Path:
+    """A folder that did not exist (``stem``, else ``stem-2``, ...): a run never resumes or
+    mixes with another run's fold folders."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = root / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ExperimentError(f"no free run folder for {stem} under {root}.")
+
+
 def run(res: Resolved, data: Path, out_root: Path, log_path: Path, stores: Path) -> dict[str, Any]:
     """Cross-validate one resolved experiment; write ``experiment.json``; append to the log.
 
@@ -520,8 +534,7 @@ def run(res: Resolved, data: Path, out_root: Path, log_path: Path, stores: Path)
         log.warning("%s: %s", res.name, res.experiment.caveat)
     store = store_for(data, res.preprocess, stores)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    out = out_root / f"{res.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=False)
+    out = _new_folder(out_root, f"{res.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     s = cross_validate(store, res.cv, out=out)
     record = {

@@ -162,3 +162,35 @@ def test_threshold_rules_read_the_protocol_numbers(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"protocol": {"kind": "cv", "seed": 0}}))
     with pytest.raises(MriscanError, match="folds"):
         tr.run_protocol(tmp_path)
+
+
+def test_run_records_config_commit_and_appends_one_json_line(tmp_path, monkeypatch):
+    """The plumbing of a run, with cross_validate replaced by a stand-in (no training)."""
+    import mriscan.training.crossval as crossval
+
+    seen = {}
+
+    def fake_cv(store, cfg, *, out):
+        seen.update(store=store, cfg=cfg, out=out)
+        fold = {"mean": 0.8, "std": 0.1, "ci95": [0.7, 0.9], "per_fold": [0.8] * 5}
+        return {
+            **{k: fold for k in ax.HEADLINE},
+            "pooled": {"roc_auc": 0.85},
+            "hardware": "cpu, float32",
+        }
+
+    monkeypatch.setattr(crossval, "cross_validate", fake_cv)
+    monkeypatch.setattr(ax, "store_for", lambda data, pre, stores: tmp_path / "s.zarr")
+    log_path = tmp_path / "log.jsonl"
+    res = ax.resolve("seed1_e45")
+    for _ in range(2):
+        rec = ax.run(res, tmp_path / "data", tmp_path / "runs", log_path, tmp_path / "stores")
+    assert seen["cfg"] == res.cv and seen["store"] == tmp_path / "s.zarr"
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[-1]["config"] == res.cv.to_dict()
+    assert lines[-1]["config"]["train"]["model"]["filters"] == [16, 32, 64, 128]
+    assert lines[-1]["commit"] == ax.git_state()["commit"] and "dirty" in lines[-1]
+    assert lines[-1]["row"] == 26 and lines[-1]["roc_auc"]["mean"] == 0.8
+    on_disk = json.loads((Path(rec["out"]) / "experiment.json").read_text())
+    assert on_disk == lines[-1]
