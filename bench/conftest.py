@@ -1,5 +1,9 @@
 """Benchmark fixtures and the results registry behind the summary table.
 
+``bench/`` holds speed benchmarks only (``test_*.py``, run by ``nox -s bench``; the GPU
+throughput script ``gpu_precision.py``); accuracy experiments and their log are in
+``experiments/``.
+
 Every benchmark records throughputs with ``record(...)``; at the end of the session the ratios
 against their baselines and the targets are written to ``bench/.results/summary.json`` and
 ``summary.md`` (``bench/summary.py`` copies the table into RESULTS.md).
@@ -21,7 +25,7 @@ REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 RESULTS_DIR = Path(__file__).resolve().parent / ".results"
 
 # Scripts, not benchmarks: keep them out of collection (and out of --doctest-modules).
-collect_ignore = ["gpu_precision.py", "accuracy_experiments.py", "summary.py"]
+collect_ignore = ["gpu_precision.py", "summary.py"]
 
 # (group, case) -> {"value": float, "unit": str}
 MEASURED: dict[tuple[str, str], dict] = {}
@@ -29,9 +33,17 @@ MEASURED: dict[tuple[str, str], dict] = {}
 TARGETS: list[dict] = []
 
 
-def record(group: str, case: str, value: float, unit: str) -> None:
-    """Store one throughput (higher is better)."""
-    MEASURED[(group, case)] = {"value": float(value), "unit": unit}
+def per_second(benchmark, amount: float) -> float | None:
+    """``amount`` per second of the median timed round; None under ``--benchmark-disable``
+    (a smoke run: each benchmark body runs once, untimed)."""
+    stats = benchmark.stats
+    return None if stats is None else amount / stats.stats.median
+
+
+def record(group: str, case: str, value: float | None, unit: str) -> None:
+    """Store one throughput (higher is better); None (nothing timed) is not stored."""
+    if value is not None:
+        MEASURED[(group, case)] = {"value": float(value), "unit": unit}
 
 
 def target(

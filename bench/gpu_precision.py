@@ -18,6 +18,7 @@ import jax
 import keras
 import numpy as np
 
+from mriscan.config import ModelConfig
 from mriscan.model import build_model
 
 
@@ -25,7 +26,8 @@ def measure(precision: str, augment: bool, *, batch: int = 256, epochs: int = 3)
     """Compile time and images/s of `fit` for one dtype policy on synthetic 128² data."""
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
-    model = build_model(128, filters=(16, 32, 64, 128), augment=augment, mirror=True)
+    cfg = ModelConfig(filters=(16, 32, 64, 128), augment=augment, mirror=True)
+    model = build_model(128, cfg)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 8, 128, 128, 1)).astype("float32")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import record, target
+from conftest import per_second, record, target
 
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.pipeline import StoreDataset
@@ -45,7 +45,7 @@ def test_scaling(benchmark, phantom_dirs, tmp_path_factory, n):
     cfg = IngestConfig(preprocess=PreprocessConfig(size=128))
     benchmark.pedantic(lambda: ingest(raw, store, cfg), rounds=1, iterations=1)
     group = "scaling (phantoms, 128²)"
-    record(group, f"ingest N={n}", n / benchmark.stats.stats.median, "files/s")
+    record(group, f"ingest N={n}", per_second(benchmark, n), "files/s")
     with ImageStore.open(store) as st:
         assert len(st) == n
         record(group, f"raw/stored N={n}", n * 128 * 128 / st.nbytes_stored(), "×")
@@ -81,7 +81,7 @@ def test_grouping_scaling(benchmark, n):
     record(
         "scaling (phantoms, 128²)",
         f"duplicate grouping N={n}",
-        n / benchmark.stats.stats.median,
+        per_second(benchmark, n),
         "slices/s",
     )
 

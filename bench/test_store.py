@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import record, target
+from conftest import per_second, record, target
 
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
@@ -91,7 +91,7 @@ def test_random_batches(benchmark, stores, n, threads, method):
         read = lambda idx: np.asarray(mm[idx])  # noqa: E731
     benchmark.pedantic(_threaded(read, batches, threads), rounds=3, warmup_rounds=1)
     group = f"random batches of 32, N={n}, {threads} thread(s)"
-    record(group, method, N_BATCHES * BATCH / benchmark.stats.stats.median, "img/s")
+    record(group, method, per_second(benchmark, N_BATCHES * BATCH), "img/s")
     if method == "mriscan" and threads == 2 and n == max(SIZES):
         target(f"store random batches N={n}, 2 threads: vs h5py", group, "mriscan", ["h5py"], 10)
         target(
@@ -118,7 +118,7 @@ def test_sequential_scan(benchmark, stores, method):
         mm = np.memmap(mpath, dtype=np.uint8, mode="r", shape=data.shape)
         fn = lambda: [np.array(mm[i : i + 256]) for i in range(0, n, 256)]  # noqa: E731
     benchmark.pedantic(fn, rounds=2, warmup_rounds=1)
-    record(f"sequential scan N={n}", method, n / benchmark.stats.stats.median, "img/s")
+    record(f"sequential scan N={n}", method, per_second(benchmark, n), "img/s")
 
 
 def test_store_size(benchmark, stores):
@@ -166,7 +166,7 @@ def test_ingest_vs_decode_floor(benchmark, real_files, tmp_path, method):
     record(
         f"ingest real253, {workers} workers",
         method,
-        len(real_files) / benchmark.stats.stats.median,
+        per_second(benchmark, len(real_files)),
         "files/s",
     )
     if method == "ingest":

@@ -103,8 +103,8 @@ class ModelConfig:
     slice). ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the
     side) set the training-time augmentation, active only when ``augment``. ``bn_momentum``:
     Keras's 0.99 averages over ~100 steps; a 45-epoch run on ~150 slices has ~225, so the
-    inference statistics lagged the weights (bench/ACCURACY.md). ``block_dropout``: spatial
-    dropout after each block (0: on ~200 slices it stalled training, bench/ACCURACY.md).
+    inference statistics lagged the weights (experiments/ACCURACY.md). ``block_dropout``: spatial
+    dropout after each block (0: on ~200 slices it stalled training, experiments/ACCURACY.md).
     """
 
     filters: tuple[int, int, int, int] = _opt((24, 48, 96, 192), "Width of the 4 conv blocks.")

@@ -25,7 +25,7 @@ __all__ = ["PreprocessConfig", "normalize", "preprocess", "preprocess_batch"]
 
 _PARALLEL_LOCK = threading.Lock()
 # Midline search range: axial slices in the real set lean by up to ~15° and sit up to ~8% of
-# the side off-centre after the crop (bench/ACCURACY.md, row 19).
+# the side off-centre after the crop (experiments/ACCURACY.md, row 19).
 _ALIGN_MAX_ANGLE = math.radians(15.0)
 _ALIGN_MAX_SHIFT = 0.08
 

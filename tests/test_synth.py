@@ -93,7 +93,7 @@ def test_default_raw_data_generates_once(tmp_path):
 
 @pytest.mark.slow
 def test_phantoms_are_learnable_not_trivial(tmp_path):
-    """A few epochs on 300 phantoms beat chance clearly but not perfectly (ACCURACY.md)."""
+    """A few epochs on 300 phantoms beat chance clearly, not perfectly (experiments/ACCURACY.md)."""
     from mriscan.config import TrainConfig, override
     from mriscan.ingest import IngestConfig, ingest
     from mriscan.preprocess import PreprocessConfig

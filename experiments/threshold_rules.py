@@ -1,26 +1,27 @@
 """Score decision-threshold rules on the saved fold models of finished cross-validations.
 
-Usage: python bench/threshold_rules.py STORE CV_DIR [CV_DIR ...]
+Usage: python experiments/threshold_rules.py STORE CV_DIR [CV_DIR ...]
+(``CV_DIR`` is a ``cv/`` folder as ``mriscan cv`` or experiments/accuracy_experiments.py write
+it: ``metrics.json`` and one ``r0_f<k>/`` run folder per fold.)
 Re-creates each run's folds and inner validation splits (``mriscan.splits.cv_splits`` with the
-seed, folds and validation share its ``metrics.json`` records, as
-``mriscan.evaluate.cross_validate`` made them), predicts validation and test slices
-with every fold model (flip TTA), and prints the fold-mean test accuracy each rule gives when
-it sees the validation slices only.
+seed, folds and validation share that ``metrics.json["protocol"]`` records as numbers, as
+``mriscan.training.crossval.cross_validate`` made them), predicts validation and test slices
+with every fold model (with flip TTA when its model card says so), and prints the fold-mean
+test accuracy each rule gives when it sees the validation slices only.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from mriscan import metrics as mx
+from mriscan.artifacts import CVLayout, read_json
+from mriscan.errors import MriscanError
 from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
-from mriscan.train import predict_indices
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -53,7 +54,7 @@ def youden_shrunk(y: np.ndarray, p: np.ndarray) -> float:
 
 
 RULES = {
-    "youden": mx.youden_threshold,
+    "youden": mx.choose_threshold,  # the shipped rule (Youden's J today)
     "fixed_0.5": lambda y, p: 0.5,
     "median_midpoint": median_midpoint,
     "youden_central": youden_central,
@@ -62,13 +63,27 @@ RULES = {
 
 
 def run_protocol(cv_dir: Path) -> tuple[int, int, float]:
-    """Seed, folds and inner validation share of a finished one-repeat CV (its metrics.json)."""
-    protocol = json.loads((cv_dir / "metrics.json").read_text())["protocol"]
+    """Seed, folds and inner validation share of a finished one-repeat CV.
+
+    Read as numbers from ``cv_dir/metrics.json["protocol"]`` (``mriscan.artifacts.Protocol``).
+
+    Raises
+    ------
+    MriscanError
+        If the file is missing or unreadable, a number is absent, or the run has repeats.
+    """
+    protocol = read_json(CVLayout(cv_dir).metrics, "a cross-validation's metrics").get(
+        "protocol", {}
+    )
+    missing = [k for k in ("seed", "folds", "repeats", "val_fraction") if k not in protocol]
+    if protocol.get("kind") != "cv" or missing:
+        raise MriscanError(
+            f"{cv_dir}/metrics.json has no cv protocol with seed, folds, repeats and "
+            f"val_fraction (missing {missing}); re-run the CV with this version of mriscan."
+        )
     if protocol["repeats"] != 1:
-        raise SystemExit(f"{cv_dir}: only one-repeat runs are supported")
-    # cross_validate writes the share as the leading "NN%" of this text
-    share = float(protocol["inner_validation"].split("%", 1)[0]) / 100
-    return int(protocol["train_config"]["seed"]), int(protocol["folds"]), share
+        raise MriscanError(f"{cv_dir}: only one-repeat runs are supported.")
+    return int(protocol["seed"]), int(protocol["folds"]), float(protocol["val_fraction"])
 
 
 def fold_predictions(store: ImageStore, cv_dir: Path):
@@ -81,17 +96,28 @@ def fold_predictions(store: ImageStore, cv_dir: Path):
     if cache.exists():
         saved = np.load(cache)
         return [tuple(saved[f"f{k}_{i}"] for i in range(4)) for k in range(folds)]
+    from mriscan.model import load_model
+    from mriscan.predict import predict_store
+
     labels = store.labels.astype(np.int64)
+    samples = read_json(CVLayout(cv_dir).metrics, "a cross-validation's metrics")["protocol"].get(
+        "samples"
+    )
+    if samples is not None and samples != len(labels):
+        raise MriscanError(
+            f"{cv_dir} was run on {samples} slices, the store has {len(labels)}: pass the store "
+            "the CV ran on."
+        )
     out = []
     splits = cv_splits(labels, store.groups, folds=folds, val_fraction=share, seed=seed)
     for _, k, _, val_idx, test_idx in splits:
-        model = keras.saving.load_model(cv_dir / f"r0_f{k}" / "models" / "best_model.keras")
+        model, card = load_model(CVLayout(cv_dir).fold(0, k).model)
         out.append(
             (
                 labels[val_idx],
-                predict_indices(model, store, val_idx, tta=True),
+                predict_store(model, store, val_idx, tta=card.tta),
                 labels[test_idx],
-                predict_indices(model, store, test_idx, tta=True),
+                predict_store(model, store, test_idx, tta=card.tta),
             )
         )
     np.savez(cache, **{f"f{k}_{i}": a for k, fold in enumerate(out) for i, a in enumerate(fold)})
@@ -99,6 +125,9 @@ def fold_predictions(store: ImageStore, cv_dir: Path):
 
 
 def main() -> None:
+    """Print one table row per CV_DIR and the per-fold accuracies of each rule."""
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
     store = ImageStore.open(sys.argv[1])
     print("run".ljust(40), *(r.rjust(16) for r in RULES))
     for cv_dir in sys.argv[2:]:

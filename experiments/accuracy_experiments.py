@@ -1,0 +1,623 @@
+"""Named accuracy experiments: each name re-runs one row of experiments/ACCURACY.md as measured.
+
+Usage (from the repository root; see experiments/README.md)::
+
+    python experiments/accuracy_experiments.py --dry-run [NAME ...]     # resolved configs, no run
+    python experiments/accuracy_experiments.py --list                   # names, rows, caveats
+    python experiments/accuracy_experiments.py NAME [NAME ...] [--data DIR] [--out DIR] [--log F]
+
+Every entry is an *era* (the complete settings of one session's defaults, every field of
+``CVConfig`` and ``PreprocessConfig`` written out) plus the row's own dotted changes. Nothing
+falls back to today's defaults: if a setting is added to ``mriscan.config`` later, resolving
+any entry fails until the eras spell it out (with the value the old rows ran with), so a
+default that changes can no longer silently change what an old name runs. ``reference`` pins
+today's defaults; ``tests/test_experiments.py`` fails when they move away from it.
+
+Keys of ``changes`` and of an era: ``TrainConfig`` dotted settings (``"model.filters"``,
+``"fit.epochs"``, ``"seed"``), ``"cv.folds"`` / ``"cv.repeats"`` / ``"cv.n_boot"`` for
+``CVConfig``, and ``"preprocess.<field>"`` for the ``PreprocessConfig`` the store is ingested
+with (``image_size`` must equal ``preprocess.size``).
+
+A run writes ``OUT/NAME-YYYYmmdd-HHMMSS/`` (``cv/`` as ``mriscan cv`` writes it, and
+``experiment.json``: name, row, the full resolved config, the git commit and whether the
+checkout was dirty, the headline numbers) and appends the same record as one JSON line to the
+log (default ``experiments/ACCURACY.jsonl``, beside the markdown log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mriscan.config import CVConfig, override
+from mriscan.errors import MriscanError
+from mriscan.preprocess import PreprocessConfig
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "brain_mri"
+DEFAULT_OUT = HERE / "runs"
+DEFAULT_LOG = HERE / "ACCURACY.jsonl"
+HEADLINE = ("accuracy", "roc_auc", "sensitivity", "specificity")
+
+log = logging.getLogger("experiments")
+
+
+class ExperimentError(MriscanError, ValueError):
+    """An experiment name, entry or data set is unusable (the message says which and why)."""
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def all_keys() -> frozenset[str]:
+    """Every setting an era must spell out: CVConfig's own (``cv.*``), TrainConfig's (dotted)
+    and PreprocessConfig's (``preprocess.*``), read from the dataclasses themselves."""
+    cv = CVConfig().to_dict()
+    train = cv.pop("train")
+    keys = {f"cv.{k}" for k in cv}
+    keys |= set(_flatten(train))
+    keys |= {f"preprocess.{k}" for k in PreprocessConfig().to_dict()}
+    return frozenset(keys)
+
+
+def _derive(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(changes) - set(base)
+    if unknown:
+        raise ExperimentError(f"unknown settings {sorted(unknown)}; known: {sorted(base)}")
+    return {**base, **changes}
+
+
+def _size(n: int) -> dict[str, int]:
+    """The model input and the ingested slice side (they must agree)."""
+    return {"image_size": n, "preprocess.size": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Eras: the complete settings of each session's defaults (git commits where they became them).
+# ---------------------------------------------------------------------------------------------
+
+# First session, commit 6988345 (rows 3-5): 64² unaligned slices, filters 16-32-64-128,
+# batch-norm momentum 0.99 (Keras's), no mirror channel, no pre-training, keep the best
+# val-AUC epoch, no TTA, MirroredStrategy over the one CPU fed by a PyDataset.
+# TensorFlow CPU, float32; the harness ran Keras silently.
+S1: dict[str, Any] = {
+    "cv.folds": 5,
+    "cv.repeats": 1,
+    "cv.n_boot": 1000,
+    "seed": 0,
+    "image_size": 64,
+    "model.filters": (16, 32, 64, 128),
+    "model.dropout": 0.3,
+    "model.augment": True,
+    "model.rotation": 0.05,
+    "model.zoom": 0.1,
+    "model.translation": 0.0,
+    "model.mirror": False,
+    "model.channels": 1,
+    "model.convs_per_block": 1,
+    "model.block_dropout": 0.0,
+    "model.dense_units": 128,
+    "model.batch_norm": True,
+    "model.bn_momentum": 0.99,
+    "optimizer.learning_rate": 1e-3,
+    "optimizer.weight_decay": 1e-4,
+    "optimizer.warmup_epochs": 3,
+    "optimizer.label_smoothing": 0.05,
+    "optimizer.ema": 0.0,
+    "optimizer.batch_size": 32,
+    "optimizer.class_weight": True,
+    "fit.epochs": 60,
+    "fit.patience": None,
+    "fit.select": "best",
+    "fit.implant": 0,
+    "fit.tta": False,
+    "hardware.precision": "float32",
+    "hardware.strategy": "mirrored",
+    "runtime.pipeline": "pydataset",
+    "runtime.workers": 2,
+    "runtime.verbose": "silent",
+    "split.val_fraction": 0.15,
+    "split.test_fraction": 0.15,
+    "pretrain.phantoms": 0,
+    "pretrain.epochs": 5,
+    "preprocess.size": 64,
+    "preprocess.crop": True,
+    "preprocess.margin": 0.02,
+    "preprocess.threshold": 0.1,
+    "preprocess.min_fraction": 0.02,
+    "preprocess.aspect": "pad",
+    "preprocess.normalization": "zscore",
+    "preprocess.align": False,
+}
+# 2d76d07, the first session's defaults (row 6): 96², keep the last epoch, flip TTA
+S1_DEFAULTS = _derive(S1, {**_size(96), "fit.select": "last", "fit.tta": True})
+# aa5ae7d, second session (rows 7-9): batch-norm momentum 0.9 (and nearest-border fill, which
+# is code, not a setting: every era from here on has it)
+S2 = _derive(S1_DEFAULTS, {"model.bn_momentum": 0.9})
+# adec20d, third session (rows 10-11): the mirror channel
+S3 = _derive(S2, {"model.mirror": True})
+# 06fd666, fourth session (rows 13-14): TensorFlow's default strategy on one device, tf.data
+# (``auto`` on TensorFlow); rows 13-14 ran before pre-training existed
+S4 = _derive(S3, {"hardware.strategy": "auto", "runtime.pipeline": "auto"})
+# 06fd666, the fourth session's defaults (rows 15-18): 128², 5 epochs on 3,000 phantoms first
+S4_PRETRAIN = _derive(S4, {**_size(128), "pretrain.phantoms": 3000})
+# 3a8c607, fifth session (rows 19-22, 24-26): slices (and phantoms) aligned to their midline
+S5_ALIGN = _derive(S4_PRETRAIN, {"preprocess.align": True})
+# 9898ff0, sixth session (rows 23, 27-28 base): 45 epochs
+S6_E45 = _derive(S5_ALIGN, {"fit.epochs": 45})
+# d1f7ea6, seventh session (rows 28-32): filters 24-48-96-192
+S7_W24 = _derive(S6_E45, {"model.filters": (24, 48, 96, 192)})
+
+# Today's defaults, written out (not read from mriscan.config, so that they cannot drift):
+# ``CVConfig()`` with image_size 128 (what None resolves to on ingest) and silent Keras.
+# The rows pin float32 (what their CPU ran); today's default is "auto" (float32 on a CPU,
+# mixed_float16 on a CUDA GPU). tests/test_experiments.py checks this equals the defaults.
+REFERENCE: dict[str, Any] = {
+    "cv.folds": 5,
+    "cv.repeats": 1,
+    "cv.n_boot": 1000,
+    "seed": 0,
+    "image_size": 128,
+    "model.filters": (24, 48, 96, 192),
+    "model.dropout": 0.3,
+    "model.augment": True,
+    "model.rotation": 0.05,
+    "model.zoom": 0.1,
+    "model.translation": 0.0,
+    "model.mirror": True,
+    "model.channels": 1,
+    "model.convs_per_block": 1,
+    "model.block_dropout": 0.0,
+    "model.dense_units": 128,
+    "model.batch_norm": True,
+    "model.bn_momentum": 0.9,
+    "optimizer.learning_rate": 1e-3,
+    "optimizer.weight_decay": 1e-4,
+    "optimizer.warmup_epochs": 3,
+    "optimizer.label_smoothing": 0.05,
+    "optimizer.ema": 0.0,
+    "optimizer.batch_size": 32,
+    "optimizer.class_weight": True,
+    "fit.epochs": 45,
+    "fit.patience": None,
+    "fit.select": "last",
+    "fit.implant": 0,
+    "fit.tta": True,
+    "hardware.precision": "auto",
+    "hardware.strategy": "auto",
+    "runtime.pipeline": "auto",
+    "runtime.workers": 2,
+    "runtime.verbose": "silent",
+    "split.val_fraction": 0.15,
+    "split.test_fraction": 0.15,
+    "pretrain.phantoms": 3000,
+    "pretrain.epochs": 5,
+    "preprocess.size": 128,
+    "preprocess.crop": True,
+    "preprocess.margin": 0.02,
+    "preprocess.threshold": 0.1,
+    "preprocess.min_fraction": 0.02,
+    "preprocess.aspect": "pad",
+    "preprocess.normalization": "zscore",
+    "preprocess.align": True,
+}
+
+ERAS: dict[str, dict[str, Any]] = {
+    "s1": S1,
+    "s1_defaults": S1_DEFAULTS,
+    "s2": S2,
+    "s3": S3,
+    "s4": S4,
+    "s4_pretrain": S4_PRETRAIN,
+    "s5_align": S5_ALIGN,
+    "s6_e45": S6_E45,
+    "s7_w24": S7_W24,
+    "reference": REFERENCE,
+}
+
+# What a config cannot express: code that the row ran and that is gone or changed since.
+CONSTANT_FILL = (
+    "ran with rotation/zoom filling a constant -5 (before aa5ae7d); mriscan.model now always "
+    "fills from the nearest border pixel, so a re-run differs in the augmentation"
+)
+THROWAWAY_PRETRAIN = (
+    "the row ran from a throw-away script (other phantom seeds, a 200-slice phantom "
+    "validation split); this entry runs cross_validate, with the phantoms the real command "
+    "drew (for row 15's settings the real command gave 0.785 / 0.880)"
+)
+NO_ROW_SCREEN = "registered for the fifth session's GPU screen; no run finished, so no row"
+NO_ROW_S1 = "registered in the first session; no row records a result"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One named experiment: an era plus the row's changes.
+
+    ``row``: the row of experiments/ACCURACY.md it reproduces (None: never measured).
+    ``caveat``: what a re-run cannot reproduce because the row depended on code, data or
+    a script that is gone ("" when the settings are the whole story, as far as known).
+    """
+
+    era: str
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    row: int | None = None
+    caveat: str = ""
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    # today's defaults (row 28's recipe; row 28 itself pinned float32, as its CPU ran it)
+    "reference": Experiment("reference", row=28),
+    # a few minutes' check that the harness runs end to end (no row)
+    "smoke": Experiment(
+        "reference", {"fit.epochs": 2, "pretrain.phantoms": 40, "pretrain.epochs": 1}
+    ),
+    # first session (64², keep the best epoch, no TTA unless said)
+    "s64_e60": Experiment("s1", {"fit.patience": 15}, row=3, caveat=CONSTANT_FILL),
+    "s64_e60_last": Experiment("s1", {"fit.select": "last"}, row=4, caveat=CONSTANT_FILL),
+    "s64_e60_last_tta": Experiment(
+        "s1", {"fit.select": "last", "fit.tta": True}, row=5, caveat=CONSTANT_FILL
+    ),
+    "s96_e60_last_tta": Experiment("s1_defaults", row=6, caveat=CONSTANT_FILL),
+    "s64_e60_best_noes": Experiment("s1", caveat=NO_ROW_S1),
+    "s96_e60": Experiment("s1", _size(96), caveat=NO_ROW_S1),
+    "s128_e60": Experiment("s1", _size(128), caveat=NO_ROW_S1),
+    "s64_e60_wide": Experiment("s1", {"model.filters": (32, 64, 128, 256)}, caveat=NO_ROW_S1),
+    "s64_e100": Experiment("s1", {"fit.epochs": 100, "fit.patience": 30}, caveat=NO_ROW_S1),
+    "s64_e60_lr3": Experiment("s1", {"optimizer.learning_rate": 3e-3}, caveat=NO_ROW_S1),
+    "s64_e60_nocw": Experiment("s1", {"optimizer.class_weight": False}, caveat=NO_ROW_S1),
+    "s64_e100_last_tta": Experiment(
+        "s1", {"fit.epochs": 100, "fit.select": "last", "fit.tta": True}, caveat=NO_ROW_S1
+    ),
+    "s64_e60_last_tta_wide": Experiment(
+        "s1",
+        {"fit.select": "last", "fit.tta": True, "model.filters": (32, 64, 128, 256)},
+        caveat=NO_ROW_S1,
+    ),
+    # second session: 96², batch-norm momentum 0.9
+    "bn09": Experiment("s2", row=7, caveat=CONSTANT_FILL),
+    "fill_nearest": Experiment("s2", row=8),
+    "aug_strong": Experiment(
+        "s2", {"model.rotation": 0.08, "model.zoom": 0.2, "model.translation": 0.1}, row=9
+    ),
+    # third session: the mirror channel
+    "mirror": Experiment("s3", row=10),
+    "mirror_b16": Experiment("s3", {"optimizer.batch_size": 16}, row=11),
+    # fourth session: default strategy + tf.data, then 128² and phantom pre-training
+    "s96": Experiment("s4", row=13),
+    "s128": Experiment("s4", _size(128), row=14),
+    "pretrain": Experiment("s4_pretrain", row=15, caveat=THROWAWAY_PRETRAIN),
+    "pretrain6k_ft40": Experiment(
+        "s4_pretrain",
+        {"pretrain.phantoms": 6000, "fit.epochs": 40},
+        row=16,
+        caveat=THROWAWAY_PRETRAIN,
+    ),
+    # fifth session, before midline alignment
+    "ema": Experiment("s4_pretrain", {"optimizer.ema": 0.99}, row=18),
+    "wd1e2": Experiment("s4_pretrain", {"optimizer.weight_decay": 1e-2}, caveat=NO_ROW_SCREEN),
+    "drop05": Experiment("s4_pretrain", {"model.dropout": 0.5}, caveat=NO_ROW_SCREEN),
+    "ls0": Experiment("s4_pretrain", {"optimizer.label_smoothing": 0.0}, caveat=NO_ROW_SCREEN),
+    "lr2e3": Experiment("s4_pretrain", {"optimizer.learning_rate": 2e-3}, caveat=NO_ROW_SCREEN),
+    "e40": Experiment("s4_pretrain", {"fit.epochs": 40}, caveat=NO_ROW_SCREEN),
+    "e100": Experiment("s4_pretrain", {"fit.epochs": 100}, caveat=NO_ROW_SCREEN),
+    "pt1500x10": Experiment(
+        "s4_pretrain", {"pretrain.phantoms": 1500, "pretrain.epochs": 10}, caveat=NO_ROW_SCREEN
+    ),
+    "pt3000x10": Experiment("s4_pretrain", {"pretrain.epochs": 10}, caveat=NO_ROW_SCREEN),
+    "wide": Experiment("s4_pretrain", {"model.filters": (32, 64, 128, 256)}, caveat=NO_ROW_SCREEN),
+    "s160": Experiment("s4_pretrain", _size(160), caveat=NO_ROW_SCREEN),
+    # fifth session, midline alignment (60 epochs)
+    "align": Experiment(
+        "s5_align",
+        row=19,
+        caveat=(
+            "row 19 aligned a copy of the store with SciPy (the same search) and pre-trained "
+            "on unaligned phantoms; with PreprocessConfig.align the phantoms are aligned too "
+            "(the real command with these settings gave 0.836 / 0.923)"
+        ),
+    ),
+    "rot02": Experiment(
+        "s5_align",
+        {"model.rotation": 0.02},
+        row=20,
+        caveat=(
+            "ran on a store whose duplicate signatures were computed on aligned slices "
+            "(197 groups, fixed in 5ffe12b): today's store has 201 groups and other folds"
+        ),
+    ),
+    # sixth session: implants, 45 epochs, a second seed, 160², wider filters
+    "implant1_e45": Experiment("s5_align", {"fit.implant": 1, "fit.epochs": 45}, row=22),
+    "e45": Experiment("s5_align", {"fit.epochs": 45}, row=23),
+    "implant2_e35": Experiment("s5_align", {"fit.implant": 2, "fit.epochs": 35}, row=24),
+    "seed1": Experiment("s5_align", {"seed": 1}, row=25),
+    "seed1_e45": Experiment("s5_align", {"seed": 1, "fit.epochs": 45}, row=26),
+    "seed1_implant1_e45": Experiment(
+        "s5_align",
+        {"seed": 1, "fit.implant": 1, "fit.epochs": 45},
+        caveat="registered in the sixth session; no row records a result",
+    ),
+    "s160_e45": Experiment("s6_e45", _size(160), row=27),
+    "w24_e45": Experiment("s6_e45", {"model.filters": (24, 48, 96, 192)}, row=28),
+    "seed1_w24_e45": Experiment("s6_e45", {"seed": 1, "model.filters": (24, 48, 96, 192)}, row=29),
+    # seventh session: the wider defaults
+    "seed2": Experiment("s7_w24", {"seed": 2}, row=30),
+    "val25": Experiment("s7_w24", {"split.val_fraction": 0.25}, row=31),
+    "seed2_val25": Experiment("s7_w24", {"seed": 2, "split.val_fraction": 0.25}, row=32),
+}
+
+# Names that were registered once and cannot reproduce anything now: the reason instead.
+RETIRED: dict[str, str] = {
+    "default": (
+        "meant 'whatever the defaults are today', so its runs drifted with the code; run "
+        "'reference' (today's defaults, pinned) or the name of the row you want"
+    ),
+    "phantoms_v2": (
+        "row 21's harder phantoms were a working-copy change to mriscan/synth.py that was not "
+        "kept; with today's phantoms this would be 'align' again"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An entry's complete settings: the CV config and the preprocessing of its store."""
+
+    name: str
+    experiment: Experiment
+    cv: CVConfig
+    preprocess: PreprocessConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: name, row, era, changes, caveat, config (CVConfig.to_dict), preprocess."""
+        return {
+            "name": self.name,
+            "row": self.experiment.row,
+            "era": self.experiment.era,
+            "changes": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.experiment.changes.items()
+            },
+            "caveat": self.experiment.caveat,
+            "config": self.cv.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+        }
+
+
+def resolve(name: str) -> Resolved:
+    """Build the complete, validated settings of the experiment ``name``.
+
+    Raises
+    ------
+    ExperimentError
+        If the name is unknown or retired, the era does not spell out every setting of
+        today's ``CVConfig`` / ``PreprocessConfig``, a change names no setting, or
+        ``image_size`` differs from ``preprocess.size``.
+    mriscan.errors.ConfigError
+        If a value is invalid.
+    """
+    if name in RETIRED:
+        raise ExperimentError(f"experiment {name!r} is retired: {RETIRED[name]}.")
+    if name not in EXPERIMENTS:
+        raise ExperimentError(
+            f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}."
+        )
+    exp = EXPERIMENTS[name]
+    if exp.era not in ERAS:
+        raise ExperimentError(f"{name}: unknown era {exp.era!r}; known: {sorted(ERAS)}.")
+    era = ERAS[exp.era]
+    keys = all_keys()
+    missing, extra = keys - set(era), set(era) - keys
+    if missing or extra:
+        raise ExperimentError(
+            f"era {exp.era!r} must spell out every setting: missing {sorted(missing)}, "
+            f"unknown {sorted(extra)}. Add the value the era's rows ran with (a new setting "
+            "that did not exist then: the value that reproduces the old behaviour)."
+        )
+    flat = _derive(era, exp.changes)
+    if flat["image_size"] != flat["preprocess.size"]:
+        raise ExperimentError(
+            f"{name}: image_size {flat['image_size']} differs from preprocess.size "
+            f"{flat['preprocess.size']}; change both (use _size(n))."
+        )
+    cv_keys = {k: v for k, v in flat.items() if k.startswith("cv.")}
+    pre = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("preprocess.")}
+    train = {f"train.{k}": v for k, v in flat.items() if not k.startswith(("cv.", "preprocess."))}
+    cv = override(CVConfig(), {**{k[3:]: v for k, v in cv_keys.items()}, **train})
+    return Resolved(name, exp, cv, PreprocessConfig(**pre))
+
+
+def git_state(repo: Path = REPO) -> dict[str, Any]:
+    """``{"commit": <git rev-parse HEAD>, "dirty": bool}`` of ``repo`` (tracked files only).
+
+    Raises
+    ------
+    ExperimentError
+        If ``repo`` is not a git checkout or git is missing: a result without its commit
+        could not be reproduced, so the run does not start.
+    """
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ExperimentError(
+            f"cannot read the git commit of {repo} ({exc}); run from a git checkout."
+        ) from exc
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def store_for(data: Path, preprocess: PreprocessConfig, stores: Path) -> Path:
+    """A store of ``data`` preprocessed exactly with ``preprocess``.
+
+    ``data`` is a store (used if its preprocessing equals ``preprocess``) or a folder of class
+    folders (ingested once into ``stores/<size>-<hash>.zarr`` and reused).
+
+    Raises
+    ------
+    ExperimentError
+        If ``data`` is a store with other preprocessing, or does not exist.
+    """
+    import hashlib
+
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.sources import is_store
+    from mriscan.store import ImageStore
+
+    if not data.exists():
+        raise ExperimentError(f"{data} does not exist; pass --data (class folders or a store).")
+    if is_store(data):
+        have = ImageStore.open(data).config
+        if have != preprocess:
+            raise ExperimentError(
+                f"{data} was ingested with {have.to_dict()}, this experiment needs "
+                f"{preprocess.to_dict()}; pass the raw class folders as --data instead."
+            )
+        return data
+    blob = json.dumps({"data": str(data.resolve()), **preprocess.to_dict()}, sort_keys=True)
+    target = stores / f"{preprocess.size}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.zarr"
+    if not (target / "index.json").is_file():
+        log.info("ingesting %s into %s", data, target)
+        ingest(data, target, IngestConfig(preprocess=preprocess))
+    return target
+
+
+def _new_folder(root: Path, stem: str) -> Path:
+    """A folder that did not exist (``stem``, else ``stem-2``, ...): a run never resumes or
+    mixes with another run's fold folders."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = root / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ExperimentError(f"no free run folder for {stem} under {root}.")
+
+
+def run(res: Resolved, data: Path, out_root: Path, log_path: Path, stores: Path) -> dict[str, Any]:
+    """Cross-validate one resolved experiment; write ``experiment.json``; append to the log.
+
+    Returns the record written (see the module docstring).
+    """
+    import keras
+
+    from mriscan.training.crossval import cross_validate
+
+    git = git_state()
+    if git["dirty"]:
+        log.warning("the checkout has uncommitted changes: the record says dirty=true")
+    if res.experiment.caveat:
+        log.warning("%s: %s", res.name, res.experiment.caveat)
+    store = store_for(data, res.preprocess, stores)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    out = _new_folder(out_root, f"{res.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    t0 = time.perf_counter()
+    s = cross_validate(store, res.cv, out=out)
+    record = {
+        **res.to_dict(),
+        **git,
+        "started": started,
+        "minutes": (time.perf_counter() - t0) / 60,
+        "data": str(data),
+        "store": str(store),
+        "out": str(out),
+        **{k: {m: s[k][m] for m in ("mean", "std", "ci95", "per_fold")} for k in HEADLINE},
+        "pooled_auc": s["pooled"]["roc_auc"],
+        "backend": keras.backend.backend(),
+        "precision": keras.mixed_precision.dtype_policy().name,
+        "hardware": s["hardware"],
+    }
+    (out / "experiment.json").write_text(json.dumps(record, indent=2))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return record
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Re-run rows of experiments/ACCURACY.md by name (5-fold duplicate-aware CV)."
+    )
+    p.add_argument("names", nargs="*", help="experiment names (all with --dry-run/--list)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="class folders or a store")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where run folders go")
+    p.add_argument("--log", type=Path, default=DEFAULT_LOG, help="JSONL log to append to")
+    p.add_argument(
+        "--stores", type=Path, default=None, help="where ingested stores go [OUT/stores]"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print resolved configs, run nothing")
+    p.add_argument("--list", action="store_true", help="print names, rows and caveats")
+    p.add_argument(
+        "--ingest-only", action="store_true", help="ingest the stores the names need, then stop"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    names = args.names or (list(EXPERIMENTS) if args.dry_run or args.list else [])
+    if not names:
+        _parser().error("name at least one experiment (or use --dry-run / --list)")
+    try:
+        resolved = [resolve(n) for n in names]  # every name checked before anything runs
+        if args.list:
+            for r in resolved:
+                row = "-" if r.experiment.row is None else str(r.experiment.row)
+                print(f"{r.name:24} row {row:>3}  era {r.experiment.era:12} {r.experiment.caveat}")
+            return 0
+        if args.dry_run:
+            for r in resolved:
+                print(json.dumps(r.to_dict(), indent=1))
+            return 0
+        stores = args.stores or args.out / "stores"
+        if args.ingest_only:
+            for r in resolved:
+                print(store_for(args.data, r.preprocess, stores))
+            return 0
+        for r in resolved:
+            rec = run(r, args.data, args.out, args.log, stores)
+            print(json.dumps({k: rec[k] for k in ("name", "row", "commit", "dirty", "out")}))
+            print(
+                "  accuracy {:.3f} ± {:.3f}, ROC AUC {:.3f} ± {:.3f}, {:.1f} min".format(
+                    rec["accuracy"]["mean"],
+                    rec["accuracy"]["std"],
+                    rec["roc_auc"]["mean"],
+                    rec["roc_auc"]["std"],
+                    rec["minutes"],
+                ),
+                flush=True,
+            )
+    except MriscanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
