@@ -30,6 +30,7 @@ __all__ = [
     "SourceFile",
     "decode_bytes",
     "decode_image",
+    "display_path",
     "file_kind",
     "is_dicom",
     "list_class_folders",
@@ -72,6 +73,17 @@ def decode_image(
     CorruptImageError, UnsupportedFormatError, ImageTooLargeError, UnreadableFileError
     """
     return decode_bytes(read_file(path), path, max_pixels=max_pixels, draft_size=draft_size)
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that is always valid UTF-8, for messages, tables, plot titles.
+
+    A file name holding bytes that are not valid UTF-8 reaches Python as lone surrogates
+    (PEP 383 ``surrogateescape``), which UTF-8 writers, terminals and Matplotlib reject; those
+    bytes are shown as ``\\xNN`` instead (``os.fsencode`` then ``backslashreplace``). Valid
+    names are returned unchanged.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:
