@@ -20,6 +20,7 @@ import click
 
 from mriscan.config import CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
+from mriscan.io import display_path
 from mriscan.preprocess import PreprocessConfig
 from mriscan.sources import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
 
@@ -342,17 +343,24 @@ def train(
     )
 
 
+def _num(value: Any) -> str:
+    """A metric with 3 decimals, or "undefined" (NaN / None: e.g. a class absent)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "undefined"
+    return f"{value:.3f}"
+
+
 def _print_metrics(title: str, m: dict) -> None:
     """Print accuracy, AUC, per-class precision/recall and the confusion matrix."""
     click.echo(f"{title} (n={m['n']}, threshold {m['threshold']:.3f} chosen on validation):")
     click.echo(
-        f"  accuracy {m['accuracy']:.3f}   ROC AUC {m['roc_auc']:.3f}   "
-        f"sensitivity {m['sensitivity']:.3f}   specificity {m['specificity']:.3f}"
+        f"  accuracy {_num(m['accuracy'])}   ROC AUC {_num(m['roc_auc'])}   "
+        f"sensitivity {_num(m['sensitivity'])}   specificity {_num(m['specificity'])}"
     )
     for name, pc in m["per_class"].items():
         click.echo(
-            f"  {name:>8}: precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  "
-            f"F1 {pc['f1']:.3f}  (n={pc['support']})"
+            f"  {name:>8}: precision {_num(pc['precision'])}  recall {_num(pc['recall'])}  "
+            f"F1 {_num(pc['f1'])}  (n={pc['support']})"
         )
     names = m["class_names"]
     cm = m["confusion_matrix"]
@@ -417,12 +425,30 @@ def evaluate(
 ) -> None:
     """Metrics and plots of a trained model on a split of its store or a labelled folder.
 
-    Writes evaluation/metrics.json, confusion_matrix.png, roc.png and predictions.csv.
+    Writes evaluation/metrics.json, confusion_matrix.png, roc.png and predictions.csv. Files
+    of a folder that cannot be read are listed (on screen, in metrics.json under
+    "unreadable", in predictions.csv with their reason) and left out of n. A metric that is
+    undefined on the data (ROC AUC when no slice of one class could be read) is printed as
+    "undefined" and written as null; the command then exits 1.
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(model_path, store_path or data, split=split, out=out)
     _print_metrics(f"{result['data']} [{result['split']}]", result)
+    if result["unreadable"]:
+        click.echo(
+            f"  {result['n_unreadable']} of {result['n_files']} file(s) could not be read "
+            "and are not counted in n:",
+            err=True,
+        )
+        for u in result["unreadable"]:
+            click.echo(f"    {u['path']} ({u['label']}): {u['error']}", err=True)
+    if result["undefined"]:
+        why = "; ".join(f"{k}: {v}" for k, v in result["undefined"].items())
+        raise click.ClickException(
+            f"Undefined on these data: {why}. Fix or remove the unreadable files, or evaluate "
+            "on data holding every class."
+        )
 
 
 @main.command()
@@ -476,7 +502,9 @@ def cv(
     type=_PATH,
     default=Path("predictions.csv"),
     show_default=True,
-    help="CSV or JSON file (by suffix).",
+    help="A .csv, .jsonl (JSON Lines) or .json file. CSV and JSON Lines are written as each "
+    "batch finishes, so a crash keeps the rows done so far; .json is written at the end, its "
+    "rows collecting meanwhile as JSON Lines in <output>.partial.",
 )
 @click.option(
     "--threshold",
@@ -495,24 +523,34 @@ def predict(
     workers: int | None,
 ) -> None:
     """Predict image files and folders with a trained model (columns: path, probability,
-    label, error). Bad files get their reason in `error` and do not stop the rest."""
+    label, error). Bad files get their reason in `error` and do not stop the rest.
+
+    Folders are searched recursively; hidden files and folders below them are skipped. File
+    names that are not valid UTF-8 are written with \\xNN escapes for the odd bytes. A
+    progress bar is drawn on stderr.
+    """
     from mriscan.predict import predict as run_predict
 
-    rows = run_predict(
-        model_path,
-        inputs,
-        output=output,
-        threshold=threshold,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    with _progress("predicting") as progress:
+        rows = run_predict(
+            model_path,
+            inputs,
+            output=output,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
     bad = sum(1 for r in rows if r["error"])
     counts: dict[str, int] = {}
     for r in rows:
         if not r["error"]:
             counts[r["label"]] = counts.get(r["label"], 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    click.echo(f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → {output}")
+    click.echo(
+        f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → "
+        f"{display_path(output)}"
+    )
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
@@ -523,12 +561,25 @@ def predict(
 @click.argument("images", type=_PATH, nargs=-1, required=True)
 @click.option("--out", type=_PATH, default=DEFAULT_OUT / "explain", show_default=True)
 def explain(model_path: Path, images: tuple[Path, ...], out: Path) -> None:
-    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image)."""
+    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image).
+
+    IMAGES are files or folders (searched recursively; hidden entries below them skipped).
+    Each PNG is named after the image's path relative to the folder all images share, with
+    / as __ and _gradcam.png added: a/slice_1.jpg and b/slice_1.jpg give
+    a__slice_1_gradcam.png and b__slice_1_gradcam.png (a single image: slice_1_gradcam.png).
+    Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_gradcam.png).
+    Exits 1 if no image is found or none could be read.
+    """
     from mriscan.explain import explain as run_explain
     from mriscan.predict import collect_images
 
-    for r in run_explain(model_path, collect_images(images), out=out):
+    results = run_explain(model_path, collect_images(images), out=out)
+    for r in results:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:
             click.echo(f"{r['path']}: P = {r['probability']:.3f} ({r['label']}) → {r['png']}")
+    if not any(not r["error"] for r in results):
+        raise click.ClickException(
+            f"None of the {len(results)} image(s) could be read; no heatmap was written."
+        )

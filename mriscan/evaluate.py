@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,41 @@ from mriscan.predict import predict_files, predict_store
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
 
-__all__ = ["SPLITS", "evaluate"]
+__all__ = ["SPLITS", "evaluate", "undefined_metrics"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train", "all")
+
+# the classes (by index) a headline metric needs at least one slice of
+_NEEDS = {"roc_auc": (0, 1), "sensitivity": (1,), "specificity": (0,)}
+
+
+def undefined_metrics(result: dict[str, Any], y: np.ndarray) -> dict[str, str]:
+    """Set the metrics that are undefined on these labels to NaN; return why, by metric name.
+
+    ROC AUC needs slices of both classes, sensitivity of the positive class
+    (``class_names[1]``), specificity of the negative one, a class's recall and F1 a slice of
+    that class; any other top-level metric that is NaN is reported too. ``result`` is a
+    ``mriscan.metrics.binary_metrics`` dict (changed in place); ``y`` its labels, int of
+    shape (n,).
+    """
+    names = result["class_names"]
+    counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
+    why: dict[str, str] = {}
+    for key, needs in _NEEDS.items():
+        absent = [names[k] for k in needs if counts[k] == 0]
+        if absent and key in result:
+            result[key] = float("nan")
+            why[key] = f"no readable slice of class {' or '.join(map(repr, absent))}"
+    for key, value in result.items():
+        if key not in why and isinstance(value, float) and not math.isfinite(value):
+            why[key] = "undefined on these data"
+    for name, pc in result.get("per_class", {}).items():
+        if pc.get("support") == 0:  # recall (and so F1) of an absent class: 0/0
+            pc["recall"] = pc["f1"] = float("nan")
+            why[f"recall of {name!r}"] = f"no readable slice of class {name!r}"
+    return why
 
 
 def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
@@ -82,10 +113,22 @@ def evaluate(
     out : path, optional
         Where ``evaluation/`` is written (default: the model's run folder).
 
+    Returns
+    -------
+    dict
+        ``mriscan.metrics.binary_metrics`` plus ``data``, ``split``, ``model``,
+        ``threshold_rule``; ``n_files`` (files or samples tried), ``n_unreadable`` and
+        ``unreadable`` (``path``, ``label``, ``error`` of each file of a folder that could not
+        be decoded: they are not in ``n``); ``undefined`` (metric name -> why it is undefined,
+        e.g. ROC AUC when no slice of one class could be read; the value is NaN, ``null`` in
+        ``metrics.json``). All of it is written to ``evaluation/metrics.json``, the
+        predictions (unreadable files with their reason) to ``evaluation/predictions.csv``.
+
     Raises
     ------
     MriscanError
-        If no data can be found, or a split is asked for that was not recorded.
+        If no data can be found, a split is asked for that was not recorded, or no file of a
+        folder could be read.
     ConfigError
         If the data were preprocessed differently from the model, or their classes differ.
     """
@@ -111,6 +154,7 @@ def evaluate(
             where = run.split if run is not None else "a run folder"
             raise MriscanError(f"No DATA given and no {where} to find the training store.")
         data = recorded["store"]
+    unreadable: list[dict[str, str]] = []  # files of a folder that could not be decoded
     if is_store(data):
         with ImageStore.open(data) as store:
             if store.config != card.preprocess:
@@ -147,15 +191,29 @@ def evaluate(
         files = [(p, names.index(c)) for c, ps in classes.items() for p in ps]
         rows = predict_files(model, card, [p for p, _ in files], batch_size=batch_size)
         ok = [i for i, r in enumerate(rows) if r["error"] == ""]
+        unreadable = [
+            {"path": r["path"], "label": names[files[i][1]], "error": r["error"]}
+            for i, r in enumerate(rows)
+            if r["error"]
+        ]
+        if not ok:
+            raise MriscanError(
+                f"None of the {len(rows)} files under {data} could be read (e.g. "
+                f"{unreadable[0]['path']}: {unreadable[0]['error']}); nothing to evaluate."
+            )
         y = np.array([files[i][1] for i in ok], np.int64)
         prob = np.array([rows[i]["probability"] for i in ok], np.float64)
         class_names = card.class_names
-        sources = [str(files[i][0]) for i in ok]
+        sources = [rows[i]["path"] for i in ok]
         split = "all"
     result = mx.binary_metrics(y, prob, threshold=card.threshold, class_names=class_names)
     result.update(
         data=str(data), split=split, model=str(model_path), threshold_rule=card.threshold_rule
     )
+    result["n_files"] = result["n"] + len(unreadable)
+    result["n_unreadable"] = len(unreadable)
+    result["unreadable"] = unreadable
+    result["undefined"] = undefined_metrics(result, y)
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     ev.root.mkdir(parents=True, exist_ok=True)
@@ -169,8 +227,10 @@ def evaluate(
     if len(set(y.tolist())) == 2:
         fpr, tpr, _ = mx.roc_curve(y, prob)
         plots.save_roc(fpr, tpr, result["roc_auc"], ev.roc_plot)
-    with open(ev.predictions, "w", newline="") as fh:
+    with open(ev.predictions, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["source", "label", "probability"])
-        w.writerows(zip(sources, y.tolist(), prob.tolist(), strict=True))
+        w.writerow(["source", "label", "probability", "error"])
+        w.writerows((*r, "") for r in zip(sources, y.tolist(), prob.tolist(), strict=True))
+        names = list(class_names)
+        w.writerows((u["path"], names.index(u["label"]), "", u["error"]) for u in unreadable)
     return result
