@@ -336,3 +336,25 @@ def test_mutators_are_reproducible(seed_index):
         a = mutate(data, np.random.default_rng([SEED, seed_index]))
         b = mutate(data, np.random.default_rng([SEED, seed_index]))
         assert a == b and isinstance(a, bytes)
+
+
+def test_an_odd_png_does_not_abort_ingest(class_folder, tmp_path):
+    """Issue 19 item 11 at the command level: the file is skipped with its reason, the rest
+    is committed (ingest reads through ``decode_bytes``)."""
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+
+    png = (class_folder / "yes" / "yes1.png").read_bytes()
+    big = zlib.compress(b"a" * 2_000_000)
+    odd = png[:33] + _chunk(b"zTXt", b"Comment\0\0" + big) + png[33:]
+    (class_folder / "yes" / "odd.png").write_bytes(odd)
+    flipped = bytearray(png)
+    flipped[11] ^= 0x04  # one bit of IHDR's length field
+    (class_folder / "no" / "flipped.png").write_bytes(bytes(flipped))
+    report = ingest(
+        class_folder, tmp_path / "s.zarr", IngestConfig(preprocess=PreprocessConfig(size=32))
+    )
+    assert report.n_added == 12
+    skipped = dict(report.skipped)
+    assert len(skipped) == 2
+    assert any("metadata chunk" in reason for reason in skipped.values())

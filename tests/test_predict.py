@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +214,31 @@ def test_an_odd_png_among_good_ones_gets_its_row(tmp_path):
     assert [bool(r["error"]) for r in rows] == [False, False, False, True, False, False]
     assert "metadata chunk" in rows[3]["error"]
     assert len((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()) == 1 + 6
+
+
+def test_predict_cli_on_a_parent_path_with_a_non_utf8_name(model_file, tmp_path, monkeypatch):
+    """The cases of issue 19 item 12 end to end: `predict MODEL ../scans --output p.csv`."""
+    import os
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    scans = tmp_path / ".cache" / "scans"
+    paths = _slices(scans, 3)
+    try:
+        paths[0].rename(scans / os.fsdecode(b"\xe9t\xe9.png"))  # Latin-1 "été"
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    (tmp_path / ".cache" / "work").mkdir()
+    monkeypatch.chdir(tmp_path / ".cache" / "work")
+    r = CliRunner().invoke(main, ["predict", str(model_file), "../scans", "--output", "p.csv"])
+    assert r.exit_code == 0, r.output
+    assert "Predicted 3 image(s)" in r.output
+    table = list(csv.DictReader(io.StringIO(Path("p.csv").read_text(encoding="utf-8"))))
+    assert sorted(row["path"] for row in table) == [
+        "../scans/\\xe9t\\xe9.png",
+        "../scans/s01.png",
+        "../scans/s02.png",
+    ]
+    assert all(row["label"] in ("no", "yes") and not row["error"] for row in table)
