@@ -20,6 +20,7 @@ import click
 
 from mriscan.config import CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
+from mriscan.io import display_path
 from mriscan.preprocess import PreprocessConfig
 from mriscan.sources import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
 
@@ -370,9 +371,11 @@ def train(
     )
 
 
-def _num(v: float | None) -> str:
-    """A metric for people: 3 decimals, or 'undefined'."""
-    return "undefined" if v is None or v != v else f"{v:.3f}"
+def _num(value: Any) -> str:
+    """A metric with 3 decimals, or "undefined" (NaN / None: e.g. a class absent)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "undefined"
+    return f"{value:.3f}"
 
 
 _LABELS = {
@@ -499,7 +502,10 @@ def evaluate(
     folder or store (another collection: near-duplicates of its training slices removed).
 
     Writes evaluation/metrics.json (with 95% CIs over duplicate groups), confusion_matrix.png,
-    roc.png (two classes), predictions.csv and near_duplicates_removed.csv.
+    roc.png (two classes), predictions.csv and near_duplicates_removed.csv. Files of a folder
+    that cannot be read are listed (on screen and in metrics.json) and left out of n. A metric
+    that is undefined on the data (e.g. ROC AUC when no slice of one class is left) is printed
+    as "undefined" and written as null; the command then exits 1.
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
@@ -518,13 +524,25 @@ def evaluate(
             f"  removed {dup['count']} near-duplicates of training slices "
             f"(thumbnail correlation > {dup['threshold']}): {dup['per_class']}"
         )
-    for f in result["unreadable_files"]:
-        click.echo(f"  not evaluated (unreadable): {f['path']}: {f['reason']}", err=True)
     _print_metrics("Evaluation", result)
+    if result["unreadable"]:
+        click.echo(
+            f"  {result['n_unreadable']} of {result['n_files']} file(s) could not be read "
+            "and are not counted in n:",
+            err=True,
+        )
+        for u in result["unreadable"]:
+            click.echo(f"    {u['path']} ({u['label']}): {u['error']}", err=True)
     recalls = ", ".join(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
     )
     click.echo(f"  recall per data class: {recalls}")
+    if result["undefined"]:
+        why = "; ".join(f"{k}: {v}" for k, v in result["undefined"].items())
+        raise click.ClickException(
+            f"Undefined on these data: {why}. Fix or remove the unreadable files, or evaluate "
+            "on data holding every class."
+        )
 
 
 @main.command()
@@ -584,7 +602,9 @@ def cv(
     type=_PATH,
     default=Path("predictions.csv"),
     show_default=True,
-    help="CSV or JSON file (by suffix).",
+    help="A .csv, .jsonl (JSON Lines) or .json file. CSV and JSON Lines are written as each "
+    "batch finishes, so a crash keeps the rows done so far; .json is written at the end, its "
+    "rows collecting meanwhile as JSON Lines in <output>.partial.",
 )
 @click.option(
     "--threshold",
@@ -603,24 +623,34 @@ def predict(
     workers: int | None,
 ) -> None:
     """Predict image files and folders with a trained model (columns: path, probability,
-    label, error). Bad files get their reason in `error` and do not stop the rest."""
+    label, error). Bad files get their reason in `error` and do not stop the rest.
+
+    Folders are searched recursively; hidden files and folders below them are skipped. File
+    names that are not valid UTF-8 are written with \\xNN escapes for the odd bytes. A
+    progress bar is drawn on stderr.
+    """
     from mriscan.predict import predict as run_predict
 
-    rows = run_predict(
-        model_path,
-        inputs,
-        output=output,
-        threshold=threshold,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    with _progress("predicting") as progress:
+        rows = run_predict(
+            model_path,
+            inputs,
+            output=output,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
     bad = sum(1 for r in rows if r["error"])
     counts: dict[str, int] = {}
     for r in rows:
         if not r["error"]:
             counts[r["label"]] = counts.get(r["label"], 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    click.echo(f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → {output}")
+    click.echo(
+        f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → "
+        f"{display_path(output)}"
+    )
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
@@ -639,12 +669,25 @@ def predict(
 def explain(
     model_path: Path, images: tuple[Path, ...], out: Path, explain_class: str | None
 ) -> None:
-    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image)."""
+    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image).
+
+    IMAGES are files or folders (searched recursively; hidden entries below them skipped).
+    Each PNG is named after the image's path relative to the folder all images share, with
+    / as __ and _gradcam.png added: a/slice_1.jpg and b/slice_1.jpg give
+    a__slice_1_gradcam.png and b__slice_1_gradcam.png (a single image: slice_1_gradcam.png).
+    Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_gradcam.png).
+    Exits 1 if no image is found or none could be read.
+    """
     from mriscan.explain import explain as run_explain
     from mriscan.predict import collect_images
 
-    for r in run_explain(model_path, collect_images(images), out=out, explain_class=explain_class):
+    results = run_explain(model_path, collect_images(images), out=out, explain_class=explain_class)
+    for r in results:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:
             click.echo(f"{r['path']}: P = {r['probability']:.3f} ({r['label']}) → {r['png']}")
+    if not any(not r["error"] for r in results):
+        raise click.ClickException(
+            f"None of the {len(results)} image(s) could be read; no heatmap was written."
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "ConfigError",
     "CorruptImageError",
@@ -37,7 +39,9 @@ class ImageDecodeError(MriscanError, ValueError):
     def __init__(self, path: object, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        # the message names the file in valid UTF-8 (see mriscan.io.display_path)
+        shown = os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        super().__init__(f"{shown}: {reason}")
 
 
 class CorruptImageError(ImageDecodeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -35,11 +36,41 @@ from mriscan.sources import is_store
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
 
-__all__ = ["SPLITS", "evaluate", "near_duplicates_of"]
+__all__ = ["SPLITS", "evaluate", "near_duplicates_of", "undefined_metrics"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train", "all")
+
+
+_NEEDS = {"roc_auc": (0, 1), "sensitivity": (1,), "specificity": (0,)}
+
+
+def undefined_metrics(result: dict[str, Any], y: np.ndarray) -> dict[str, str]:
+    """Set the metrics that are undefined on these labels to NaN; return why, by metric name.
+
+    ROC AUC needs slices of both classes, sensitivity of the positive class
+    (``class_names[1]``), specificity of the negative one, a class's recall and F1 a slice of
+    that class; any other top-level metric that is NaN is reported too. ``result`` is a
+    ``mriscan.metrics.binary_metrics`` dict (changed in place); ``y`` its labels, int of
+    shape (n,).
+    """
+    names = result["class_names"]
+    counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
+    why: dict[str, str] = {}
+    for key, needs in _NEEDS.items():
+        absent = [names[k] for k in needs if counts[k] == 0]
+        if absent and key in result:
+            result[key] = float("nan")
+            why[key] = f"no readable slice of class {' or '.join(map(repr, absent))}"
+    for key, value in result.items():
+        if key not in why and isinstance(value, float) and not math.isfinite(value):
+            why[key] = "undefined on these data"
+    for name, pc in result.get("per_class", {}).items():
+        if pc.get("support") == 0:  # recall (and so F1) of an absent class: 0/0
+            pc["recall"] = pc["f1"] = float("nan")
+            why[f"recall of {name!r}"] = f"no readable slice of class {name!r}"
+    return why
 
 
 def near_duplicates_of(
@@ -184,20 +215,33 @@ def evaluate(
             sources = [store.index.records[i].source for i in idx]
             data_names = store.class_names
     result = _score(cmp, card, y, prob, groups, data_labels, data_names, n_boot)
+    undefined = (
+        undefined_metrics(result, y)
+        if len(result["class_names"]) == 2
+        else {
+            k: "undefined on these data"
+            for k, v in result.items()
+            if isinstance(v, float) and not math.isfinite(v)
+        }
+    )
+    unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
+        n_files=int(y.size) + len(dropped) + len(unreadable),
+        n_unreadable=len(unreadable),
+        unreadable=unreadable,
+        undefined=undefined,
         data=str(data),
         split=split,
         model=str(model_path),
         comparison=cmp.describe(),
         threshold_rule=card.threshold_rule,
-        unreadable_files=[{"path": p, "reason": r} for p, r in skipped],
         near_duplicates_removed={
             "threshold": DEFAULT_THRESHOLD,
             "count": len(dropped),
             "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
         },
     )
-    _write(ev, result, cmp, y, prob, sources, dropped)
+    _write(ev, result, cmp, y, prob, sources, dropped, unreadable)
     return result
 
 
@@ -223,9 +267,15 @@ def _open_data(data: Any, card: Any, tmp: Path) -> tuple[ImageStore, list[tuple[
     from mriscan.ingest import IngestConfig, ingest
 
     report = ingest(Path(data), tmp / "eval.zarr", IngestConfig(preprocess=card.preprocess))
-    for path, reason in report.skipped:
-        log.warning("not evaluated, unreadable: %s (%s)", path, reason)
-    return ImageStore.open(tmp / "eval.zarr"), [(str(p), str(r)) for p, r in report.skipped]
+    skipped = [(str(p), str(r)) for p, r in report.skipped]
+    store = ImageStore.open(tmp / "eval.zarr")
+    if len(store) == 0 and skipped:
+        store.close()
+        raise MriscanError(
+            f"None of the {len(skipped)} files in {data} could be read (e.g. {skipped[0][0]}: "
+            f"{skipped[0][1]})."
+        )
+    return store, skipped
 
 
 def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:
@@ -315,7 +365,7 @@ def _recall_of_class(cmp, y, pred, data_labels, k) -> dict[str, Any]:
     return {"n": n, "recall": float((pred[sel] == y[sel]).mean()) if n else float("nan")}
 
 
-def _write(ev, result, cmp, y, prob, sources, dropped) -> None:
+def _write(ev, result, cmp, y, prob, sources, dropped, unreadable) -> None:
     """metrics.json, plots, predictions.csv and near_duplicates_removed.csv."""
     from mriscan import plots
 
@@ -334,9 +384,12 @@ def _write(ev, result, cmp, y, prob, sources, dropped) -> None:
         plots.save_roc(fpr, tpr, result["roc_auc"], ev.roc_plot)
     with open(ev.predictions, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["source", "label", *(f"p_{c}" for c in range(prob.shape[1]))])
+        k = prob.shape[1]
+        w.writerow(["source", "label", *(f"p_{c}" for c in range(k)), "error"])
         for s, label, row in zip(sources, y.tolist(), prob.tolist(), strict=True):
-            w.writerow([s, names[label], *(f"{v:.6f}" for v in row)])
+            w.writerow([s, names[label], *(f"{v:.6f}" for v in row), ""])
+        for u in unreadable:  # unreadable files: no probabilities, the reason instead
+            w.writerow([u["path"], u["label"], *([""] * k), u["error"]])
     with open(ev.root / "near_duplicates_removed.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["source", "class"])

@@ -8,6 +8,7 @@ or torch autograd), as Keras has no backend-neutral gradient op.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from mriscan.errors import ConfigError, ImageDecodeError
+from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
+from mriscan.io import display_path
 from mriscan.model import last_conv_layer_name
 
-__all__ = ["explain", "grad_cam", "save_overlay"]
+__all__ = ["explain", "grad_cam", "heatmap_names", "save_overlay"]
 
 
 def _target_layer(model: keras.Model) -> str:
@@ -140,6 +142,50 @@ def save_overlay(
     return save_figure(fig, path)
 
 
+def heatmap_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A distinct PNG file name for each image: its path relative to the deepest folder all
+    images share, ``/`` written as ``__``, suffix dropped, ``_gradcam.png`` added.
+
+    ``a/slice_1.jpg`` and ``b/slice_1.jpg`` give ``a__slice_1_gradcam.png`` and
+    ``b__slice_1_gradcam.png``; a single image ``x/slice_1.jpg`` gives ``slice_1_gradcam.png``.
+    Names that would still clash (``x.jpg`` beside ``x.png``; compared case-insensitively,
+    as some file systems do) keep their suffix (``x_jpg_gradcam.png``), and any clash left
+    gets ``-2``, ``-3``, ... in input order. The same file given twice gets the same name.
+    Bytes of a name that are not valid UTF-8 appear as ``_xNN`` (see
+    ``mriscan.io.display_path``).
+    """
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    if not absolute:
+        return []
+    base = Path(os.path.commonpath([p.parent for p in absolute]))
+
+    def name(p: Path, keep_suffix: bool) -> str:
+        rel = p.relative_to(base)
+        last = rel.stem + (f"_{rel.suffix[1:]}" if keep_suffix and rel.suffix else "")
+        text = display_path("__".join([*rel.parent.parts, last]))
+        return re.sub(r"[\\/\x00-\x1f]", "_", text)
+
+    unique = list(dict.fromkeys(absolute))
+    stems = {p: name(p, False) for p in unique}
+    clashes = _clashing(stems)
+    stems = {p: name(p, p in clashes) for p in unique}
+    taken: dict[str, int] = {}
+    final: dict[Path, str] = {}
+    for p in unique:
+        key = stems[p].casefold()
+        taken[key] = taken.get(key, 0) + 1
+        final[p] = stems[p] + (f"-{taken[key]}" if taken[key] > 1 else "") + "_gradcam.png"
+    return [final[p] for p in absolute]
+
+
+def _clashing(names: dict[Path, str]) -> set[Path]:
+    """The keys whose names (case-folded) are shared with another key."""
+    count: dict[str, int] = {}
+    for n in names.values():
+        count[n.casefold()] = count.get(n.casefold(), 0) + 1
+    return {p for p, n in names.items() if count[n.casefold()] > 1}
+
+
 def explain(
     model_path: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -155,15 +201,25 @@ def explain(
     ``explained_class``, ``label``, ``png``, ``cam_peak`` ((row, col) of the map's maximum in
     the S×S model input) or ``error``.
 
+    PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` in the results
+    is ``mriscan.io.display_path`` of the file.
+
     Raises
     ------
     ConfigError
         If ``explain_class`` is not one of the model's classes.
+    MriscanError
+        If ``images`` is empty.
     """
     from mriscan.model import load_model
     from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
 
+    if not images:
+        raise MriscanError(
+            "No image to explain: give .jpg/.jpeg/.png files or folders holding them (hidden "
+            "files and folders below a folder are skipped)."
+        )
     model, card = load_model(model_path)
     if explain_class is not None and explain_class not in card.class_names:
         raise ConfigError(
@@ -171,15 +227,16 @@ def explain(
         )
     cfg = card.preprocess
     out = Path(out)
+    names = heatmap_names(images)
     results: list[dict[str, Any]] = []
     from mriscan.io import decode_image
 
-    for path in images:
+    for path, png_name in zip(images, names, strict=True):
         path = Path(path)
         try:
             img = preprocess(decode_image(path), cfg)
         except ImageDecodeError as exc:
-            results.append({"path": str(path), "error": exc.reason})
+            results.append({"path": display_path(path), "error": exc.reason})
             continue
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         probs = predict_batch(model, x, 1, tta=card.tta)[0]
@@ -191,12 +248,12 @@ def explain(
         png = save_overlay(
             img,
             cam,
-            out / f"{path.stem}_gradcam.png",
-            title=f"{path.name}: P({target}) = {prob:.2f} → {label}",
+            out / png_name,
+            title=f"{display_path(path.name)}: P({target}) = {prob:.2f} → {label}",
         )
         results.append(
             {
-                "path": str(path),
+                "path": display_path(path),
                 "probability": prob,
                 "explained_class": target,
                 "label": label,

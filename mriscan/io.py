@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mriscan.errors import (
     CorruptImageError,
     EmptyDatasetError,
+    ImageDecodeError,
     ImageTooLargeError,
     ManifestError,
     UnreadableFileError,
@@ -29,6 +30,7 @@ __all__ = [
     "SourceFile",
     "decode_bytes",
     "decode_image",
+    "display_path",
     "file_kind",
     "is_dicom",
     "list_class_folders",
@@ -73,6 +75,17 @@ def decode_image(
     return decode_bytes(read_file(path), path, max_pixels=max_pixels, draft_size=draft_size)
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that is always valid UTF-8, for messages, tables, plot titles.
+
+    A file name holding bytes that are not valid UTF-8 reaches Python as lone surrogates
+    (PEP 383 ``surrogateescape``), which UTF-8 writers, terminals and Matplotlib reject; those
+    bytes are shown as ``\\xNN`` instead (``os.fsencode`` then ``backslashreplace``). Valid
+    names are returned unchanged.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def read_file(path: str | os.PathLike[str]) -> bytes:
     """Read a whole file, raising ``UnreadableFileError`` with the reason on failure."""
     path = Path(path)
@@ -93,9 +106,37 @@ def decode_bytes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
 ) -> np.ndarray:
-    """Decode the bytes of a JPEG/PNG file (``path`` names it in errors); see ``decode_image``."""
+    """Decode the bytes of a JPEG/PNG file (``path`` names it in errors); see ``decode_image``.
+
+    Every exception Pillow raises while reading the bytes (``OSError``, ``SyntaxError``,
+    ``ValueError``, ``struct.error``, ``IndexError``, ``TypeError``, ``EOFError``, ... its
+    plugins use them all for damaged input) becomes an ``ImageDecodeError`` subclass naming the
+    file and the reason, so one odd file never aborts a batch. ``MemoryError`` is not a
+    property of the file but of the machine: it propagates, with a note naming the file;
+    ``KeyboardInterrupt`` and other ``BaseException`` subclasses are never caught.
+
+    Raises
+    ------
+    CorruptImageError, UnsupportedFormatError, ImageTooLargeError
+    """
     if not data:
         raise CorruptImageError(path, "file is empty (0 bytes); re-export or remove it")
+    stage = ["header"]
+    try:
+        return _decode_pillow(data, path, max_pixels, draft_size, stage)
+    except ImageDecodeError:
+        raise
+    except MemoryError as exc:
+        exc.add_note(f"while decoding {path}")
+        raise
+    except Exception as exc:  # Pillow: no common base class for bad-input errors
+        raise _pillow_error(path, exc, stage[0]) from exc
+
+
+def _decode_pillow(
+    data: bytes, path: object, max_pixels: int, draft_size: int | None, stage: list[str]
+) -> np.ndarray:
+    """Open, check and decode with Pillow; ``stage[0]`` says how far it got (for messages)."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
@@ -104,8 +145,6 @@ def decode_bytes(
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(path, f"image is a possible decompression bomb ({exc})") from exc
-    except OSError as exc:
-        raise CorruptImageError(path, f"cannot read image header ({exc})") from exc
     with img:
         if img.format not in _FORMATS:
             raise UnsupportedFormatError(
@@ -118,16 +157,35 @@ def decode_bytes(
                 f"{w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,}; "
                 "downscale it or raise max_pixels",
             )
-        try:
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("L", (int(draft_size), int(draft_size)))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_gray(img)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise CorruptImageError(
-                path, f"image data is truncated or damaged ({exc}); re-export the file"
-            ) from exc
+        stage[0] = "data"
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("L", (int(draft_size), int(draft_size)))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        arr = _to_gray(img)
+    if arr.ndim != 2 or arr.dtype != np.uint8 or arr.size == 0:
+        raise CorruptImageError(
+            path, f"decoded to an unusable array {arr.shape} {arr.dtype}; re-export the file"
+        )
+    return arr
+
+
+def _pillow_error(path: object, exc: Exception, stage: str) -> ImageDecodeError:
+    """The ``ImageDecodeError`` for an exception Pillow raised at ``stage`` (header or data)."""
+    text = str(exc) or type(exc).__name__
+    if "Decompressed data too large" in text:  # PngImagePlugin.MAX_TEXT_CHUNK / ICC limits
+        return CorruptImageError(
+            path,
+            f"a PNG metadata chunk decompresses past Pillow's safety limit ({text}); "
+            "re-save the image without its text/ICC metadata",
+        )
+    if not isinstance(exc, OSError | SyntaxError | ValueError):
+        text = f"{type(exc).__name__}: {text}"
+    if stage == "header":
+        return CorruptImageError(path, f"cannot read image header ({text}); re-export the file")
+    return CorruptImageError(
+        path, f"image data is truncated or damaged ({text}); re-export the file"
+    )
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mriscan.cli import main
 from mriscan.config import TrainConfig, override
+from mriscan.errors import MriscanError
 from mriscan.evaluate import evaluate
 from mriscan.store import ImageStore
 from mriscan.training.workflow import train
@@ -60,7 +66,6 @@ def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
 
 
 def test_a_rebuilt_store_is_refused_for_a_recorded_split(small_store):
-    from mriscan.errors import MriscanError
     from mriscan.evaluate import _recorded_indices
 
     with ImageStore.open(small_store) as store:
@@ -72,3 +77,78 @@ def test_a_rebuilt_store_is_refused_for_a_recorded_split(small_store):
             _recorded_indices(store, moved, "test")
         with pytest.raises(MriscanError, match="store was rebuilt"):
             _recorded_indices(store, {"indices": [len(recs)]}, "test")
+
+
+# --- issue 19 item 10 (evaluate): unreadable files are named; undefined metrics say so ----------
+
+
+@pytest.fixture
+def loose_model(tmp_path):
+    from mriscan.artifacts import ModelCard
+    from mriscan.model import build_model
+    from mriscan.preprocess import PreprocessConfig
+
+    path = tmp_path / "m" / "model.keras"
+    path.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8)).save(path)
+    cfg = PreprocessConfig(size=32)
+    ModelCard(preprocess=cfg, class_names=("no", "yes"), threshold=0.5).save(path)
+    return path
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.backend
+def test_unreadable_files_are_named_and_counted(loose_model, class_folder, tmp_path):
+    bad = sorted((class_folder / "yes").iterdir())[:2] + sorted((class_folder / "no").iterdir())[:1]
+    for p in bad:
+        _truncate(p)
+    ev = evaluate(loose_model, class_folder, out=tmp_path / "ev")
+    assert ev["n"] == 9 and ev["n_files"] == 12 and ev["n_unreadable"] == 3
+    assert sorted(u["path"] for u in ev["unreadable"]) == sorted(str(p) for p in bad)
+    assert all(u["error"] for u in ev["unreadable"]) and ev["undefined"] == {}
+    saved = _strict_json(tmp_path / "ev" / "evaluation" / "metrics.json")
+    assert saved["n_unreadable"] == 3 and len(saved["unreadable"]) == 3
+    table = (tmp_path / "ev" / "evaluation" / "predictions.csv").read_text().splitlines()
+    assert len(table) == 1 + 12 and sum(",," in line for line in table) == 3
+    r = CliRunner().invoke(
+        main,
+        ["evaluate", str(class_folder), "--model", str(loose_model), "--out", str(tmp_path / "c")],
+    )
+    assert r.exit_code == 0, r.output
+    assert "3 of 12 file(s) could not be read" in r.output
+    assert all(str(p) in r.output for p in bad)
+
+
+@pytest.mark.backend
+def test_a_class_with_no_readable_file_makes_auc_undefined(loose_model, class_folder, tmp_path):
+    for p in (class_folder / "yes").iterdir():
+        _truncate(p)
+    ev = evaluate(loose_model, class_folder, out=tmp_path / "ev")
+    assert ev["n"] == 6 and ev["n_unreadable"] == 6
+    assert np.isnan(ev["roc_auc"]) and np.isnan(ev["sensitivity"])
+    assert "no readable slice of class 'yes'" in ev["undefined"]["roc_auc"]
+    saved = _strict_json(tmp_path / "ev" / "evaluation" / "metrics.json")  # NaN -> null
+    assert saved["roc_auc"] is None and saved["sensitivity"] is None
+    assert set(saved["undefined"]) >= {"roc_auc", "sensitivity"}
+    r = CliRunner().invoke(
+        main,
+        ["evaluate", str(class_folder), "--model", str(loose_model), "--out", str(tmp_path / "c")],
+    )
+    assert r.exit_code == 1
+    assert "ROC AUC undefined" in r.output and "nan" not in r.output.lower()
+    assert "roc_auc: no readable slice of class 'yes'" in r.output
+    # nothing readable at all: a clear error, not a table of zeros
+    for p in (class_folder / "no").iterdir():
+        _truncate(p)
+    with pytest.raises(MriscanError, match=r"None of the 12 files .* could be read"):
+        evaluate(loose_model, class_folder, out=tmp_path / "ev3")

@@ -38,3 +38,80 @@ def test_heatmap_peaks_on_the_blob(tmp_path):
     assert np.mean(on_blob) >= 0.8, peaks
     png = save_overlay(xt[yt == 1][0, ..., 0], cams[0], tmp_path / "cam.png", title="blob")
     assert png.stat().st_size > 1000
+
+
+# --- issue 19 item 12: explain's inputs and outputs ---------------------------------------------
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    from mriscan.artifacts import ModelCard
+    from mriscan.preprocess import PreprocessConfig
+
+    path = tmp_path / "m" / "best_model.keras"
+    path.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8)).save(path)
+    ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5).save(
+        path
+    )
+    return path
+
+
+def _slice_file(path):
+    from PIL import Image
+
+    from tests.conftest import make_slice
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_slice(np.random.default_rng(len(str(path))), 48, 40)).save(path)
+    return path
+
+
+def test_heatmap_names_are_distinct_and_follow_the_relative_path(tmp_path):
+    from mriscan.explain import heatmap_names
+
+    assert heatmap_names([tmp_path / "a/slice_1.jpg", tmp_path / "b/slice_1.jpg"]) == [
+        "a__slice_1_gradcam.png",
+        "b__slice_1_gradcam.png",
+    ]
+    assert heatmap_names([tmp_path / "x/slice_1.jpg"]) == ["slice_1_gradcam.png"]
+    names = heatmap_names(
+        [tmp_path / p for p in ("x/s.jpg", "x/s.png", "x/S.JPG", "x/s.jpg", "x/y/s.jpg")]
+    )
+    assert names[0] == names[3]  # the same file twice: one name
+    assert len({n.casefold() for n in names}) == 4  # distinct files: distinct names
+    assert names[4] == "y__s_gradcam.png"
+
+
+def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_path):
+    import os
+
+    from mriscan.explain import explain
+
+    images = [_slice_file(tmp_path / "in" / d / "slice_1.jpg") for d in ("a", "b")]
+    odd = _slice_file(tmp_path / "in" / "c" / "x.png")
+    try:
+        odd = odd.rename(odd.with_name(os.fsdecode(b"scan_\xff.png")))
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    out = tmp_path / "cam"
+    results = explain(model_file, [*images, odd], out=out)
+    assert [r["error"] for r in results] == ["", "", ""]
+    pngs = sorted(p.name for p in out.iterdir())
+    assert pngs == ["a__slice_1_gradcam.png", "b__slice_1_gradcam.png", "c__scan__xff_gradcam.png"]
+    assert results[2]["path"].endswith("scan_\\xff.png")  # printable, valid UTF-8
+
+
+def test_explain_cli_without_images_or_readable_images_exits_1(model_file, tmp_path):
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    (tmp_path / ".cache" / "empty").mkdir(parents=True)
+    r = CliRunner().invoke(main, ["explain", str(model_file), str(tmp_path / ".cache" / "empty")])
+    assert r.exit_code == 1 and "No image to explain" in r.output
+    bad = tmp_path / ".cache" / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = CliRunner().invoke(main, ["explain", str(model_file), str(bad), "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "None of the 1 image(s) could be read" in r.output
+    assert "bad.png" in r.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,87 @@ def test_every_real_file_decodes(real_data):
         assert arr.ndim == 2 and arr.dtype == np.uint8 and arr.size > 0
         shapes.add(arr.shape)
     assert len(shapes) >= 150
+
+
+# --- issue 19 item 11: no Pillow exception escapes decode --------------------------------------
+
+
+def _chunk(ctype: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(GRAD).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("where", ["before IDAT", "after IDAT"])
+@pytest.mark.parametrize("ctype", [b"zTXt", b"iTXt", b"iCCP"])
+def test_png_metadata_chunk_past_pillows_limit(tmp_path, ctype, where):
+    big = zlib.compress(b"a" * 2_000_000)
+    body = {
+        b"zTXt": b"Comment\0\0" + big,
+        b"iTXt": b"Comment\0\x01\0\0\0" + big,
+        b"iCCP": b"icc\0\0" + big,
+    }[ctype]
+    png = _png_bytes()
+    at = 33 if where == "before IDAT" else png.rindex(b"IEND") - 4  # after IHDR / before IEND
+    p = tmp_path / "meta.png"
+    p.write_bytes(png[:at] + _chunk(ctype, body) + png[at:])
+    with pytest.raises(CorruptImageError, match=r"meta\.png: a PNG metadata chunk decompresses"):
+        decode_image(p)
+
+
+@pytest.mark.parametrize("bit", range(32))
+def test_any_flipped_bit_of_the_ihdr_length(tmp_path, bit):
+    b = bytearray(_png_bytes())
+    b[8 + bit // 8] ^= 1 << (7 - bit % 8)  # bytes 8..11: IHDR's length field
+    p = tmp_path / "ihdr.png"
+    p.write_bytes(bytes(b))
+    try:
+        out = decode_image(p)
+    except ImageDecodeError as exc:
+        assert exc.path == str(p) and exc.reason
+    else:
+        assert out.ndim == 2 and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("stage", ["open", "load"])
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("x"), SyntaxError("x"), IndexError("x"), TypeError("x"), KeyError("x"),
+     EOFError(), ZeroDivisionError(), RuntimeError("x"), struct.error("x")],
+)  # fmt: skip
+def test_every_pillow_exception_becomes_a_decode_error(tmp_path, monkeypatch, stage, error):
+    """The whole kind: whatever a Pillow plugin raises on bad data names the file."""
+    import PIL.ImageFile
+
+    def boom(*args, **kwargs):
+        raise error
+
+    if stage == "open":
+        monkeypatch.setattr(Image, "open", boom)
+    else:
+        monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", boom)
+    p = _save(tmp_path, Image.fromarray(GRAD), "odd.png")
+    with pytest.raises(CorruptImageError) as info:
+        decode_image(p)
+    assert info.value.path == str(p)
+    assert ("header" if stage == "open" else "truncated or damaged") in info.value.reason
+    assert info.value.__cause__ is error
+
+
+@pytest.mark.parametrize("error", [MemoryError(), KeyboardInterrupt()])
+def test_memory_error_and_interrupt_are_not_swallowed(tmp_path, monkeypatch, error):
+    import PIL.ImageFile
+
+    def boom(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", boom)
+    p = _save(tmp_path, Image.fromarray(GRAD), "big.png")
+    with pytest.raises(type(error)) as info:
+        decode_image(p)
+    if isinstance(error, MemoryError):
+        assert any(str(p) in note for note in info.value.__notes__)

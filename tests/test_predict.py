@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,185 @@ def test_collect_images_sorts_and_filters(class_folder):
     files = collect_images([class_folder / "no"])
     assert [f.name for f in files] == sorted(f.name for f in files)
     assert all(f.suffix.lower() in {".jpg", ".png"} for f in files)
+
+
+# --- issue 19: paths (item 12), streamed output and progress (item 14), odd files (item 11) ----
+
+
+class _FakeModel:
+    """Stands in for a Keras model: P(yes) = 0.7 for every slice; fails on call ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def predict_on_batch(self, x):
+        import numpy as np
+
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError("simulated crash")
+        return np.full((x.shape[0], 1), 0.7, np.float32)
+
+
+CARD = ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5)
+
+
+def _slices(folder, n, prefix="s"):
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import make_slice
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(make_slice(rng, 40, 36)).save(folder / f"{prefix}{i:02d}.png")
+    return sorted(folder.iterdir())
+
+
+def test_collect_images_under_dot_folders_and_parent_paths(tmp_path, monkeypatch):
+    scans = tmp_path / ".cache" / "scans"
+    _slices(scans, 2)
+    _slices(scans / ".thumbnails", 1)
+    (scans / ".hidden.png").write_bytes((scans / "s00.png").read_bytes())
+    found = collect_images([scans])
+    assert [p.name for p in found] == ["s00.png", "s01.png"]  # hidden entries *below* skipped
+    work = tmp_path / ".cache" / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert [p.name for p in collect_images(["../scans"])] == ["s00.png", "s01.png"]
+
+
+def test_no_images_is_a_clear_error(tmp_path):
+    from mriscan.errors import MriscanError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MriscanError, match=r"No \.jpg/\.jpeg/\.png images found in .*empty"):
+        predict(tmp_path / "no-model.keras", [tmp_path / "empty"])
+
+
+def test_non_utf8_file_name_is_predicted_and_written(tmp_path):
+    import os
+
+    from mriscan.predict import predict_files
+
+    good = _slices(tmp_path / "in", 2)
+    odd = tmp_path / "in" / os.fsdecode(b"scan_\xff\xfe.png")
+    try:
+        good[0].rename(odd)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    shown = ["s01.png", "scan_\\xff\\xfe.png"]  # the odd bytes as \xNN escapes
+    for out in (tmp_path / "p.csv", tmp_path / "p.json", tmp_path / "p.jsonl"):
+        rows = predict_files(_FakeModel(), CARD, collect_images([tmp_path / "in"]), output=out)
+        assert [r["error"] for r in rows] == ["", ""]
+        text = out.read_text(encoding="utf-8")  # valid UTF-8 throughout
+        if out.suffix == ".csv":
+            table = list(csv.DictReader(io.StringIO(text)))
+        elif out.suffix == ".json":
+            table = json.loads(text)
+        else:
+            table = [json.loads(line) for line in text.splitlines()]
+        assert [r["path"].rsplit("/", 1)[-1] for r in table] == shown
+        assert [r["path"] for r in table] == [r["path"] for r in rows]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json"])
+def test_a_crash_mid_run_keeps_the_rows_done_so_far(tmp_path, suffix):
+    from mriscan.predict import predict_files
+
+    paths = _slices(tmp_path / "in", 12)
+    out = tmp_path / f"p{suffix}"
+    if suffix == ".json":
+        out.write_text("[]")  # a previous run's result must not pass for this one's
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict_files(_FakeModel(fail_at=3), CARD, paths, batch_size=5, output=out)
+    if suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    else:
+        partial = out if suffix == ".jsonl" else tmp_path / "p.json.partial"
+        assert suffix == ".jsonl" or not out.exists()
+        rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert len(rows) == 10  # the two batches of 5 that finished
+    assert [r["path"] for r in rows] == [str(p) for p in paths[:10]]
+    assert all(r["label"] == "yes" for r in rows)
+
+
+def test_output_streams_per_batch_with_progress_and_json_is_valid_at_the_end(tmp_path):
+    from mriscan.predict import predict_files
+
+    paths = _slices(tmp_path / "in", 12)
+    out = tmp_path / "p.json"
+    seen = []
+
+    def progress(done, total):
+        # each finished batch is already in the partial file when progress is reported
+        lines = (tmp_path / "p.json.partial").read_text().splitlines()
+        seen.append((done, total, len(lines)))
+
+    rows = predict_files(_FakeModel(), CARD, paths, batch_size=5, output=out, progress=progress)
+    assert seen == [(5, 12, 5), (10, 12, 10), (12, 12, 12)]
+    assert json.loads(out.read_text()) == [
+        {**r, "probability": pytest.approx(r["probability"])} for r in rows
+    ]
+    assert not (tmp_path / "p.json.partial").exists()
+
+
+def test_unknown_output_suffix_fails_before_any_work(tmp_path):
+    from mriscan.errors import MriscanError
+
+    _slices(tmp_path / "in", 1)
+    with pytest.raises(MriscanError, match=r"Output must end in \.csv, \.jsonl, \.json"):
+        predict(tmp_path / "missing-model.keras", [tmp_path / "in"], output=tmp_path / "p.txt")
+
+
+def test_an_odd_png_among_good_ones_gets_its_row(tmp_path):
+    """Issue 19 item 11: a zTXt chunk past Pillow's limit used to abort the whole run."""
+    import struct
+    import zlib
+
+    from mriscan.predict import predict_files
+
+    paths = _slices(tmp_path / "in", 6)
+    png = paths[3].read_bytes()
+    body = b"Comment\0\0" + zlib.compress(b"a" * 2_000_000)
+    ztxt = (
+        struct.pack(">I", len(body))
+        + b"zTXt"
+        + body
+        + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    )
+    paths[3].write_bytes(png[:33] + ztxt + png[33:])
+    rows = predict_files(_FakeModel(), CARD, paths, batch_size=4, output=tmp_path / "p.csv")
+    assert [bool(r["error"]) for r in rows] == [False, False, False, True, False, False]
+    assert "metadata chunk" in rows[3]["error"]
+    assert len((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()) == 1 + 6
+
+
+def test_predict_cli_on_a_parent_path_with_a_non_utf8_name(model_file, tmp_path, monkeypatch):
+    """The cases of issue 19 item 12 end to end: `predict MODEL ../scans --output p.csv`."""
+    import os
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    scans = tmp_path / ".cache" / "scans"
+    paths = _slices(scans, 3)
+    try:
+        paths[0].rename(scans / os.fsdecode(b"\xe9t\xe9.png"))  # Latin-1 "été"
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    (tmp_path / ".cache" / "work").mkdir()
+    monkeypatch.chdir(tmp_path / ".cache" / "work")
+    r = CliRunner().invoke(main, ["predict", str(model_file), "../scans", "--output", "p.csv"])
+    assert r.exit_code == 0, r.output
+    assert "Predicted 3 image(s)" in r.output
+    table = list(csv.DictReader(io.StringIO(Path("p.csv").read_text(encoding="utf-8"))))
+    assert sorted(row["path"] for row in table) == [
+        "../scans/\\xe9t\\xe9.png",
+        "../scans/s01.png",
+        "../scans/s02.png",
+    ]
+    assert all(row["label"] in ("no", "yes") and not row["error"] for row in table)
