@@ -267,7 +267,7 @@ def _open_data(data: Any, card: Any, tmp: Path) -> tuple[ImageStore, list[tuple[
     from mriscan.ingest import IngestConfig, ingest
 
     report = ingest(Path(data), tmp / "eval.zarr", IngestConfig(preprocess=card.preprocess))
-    skipped = [(str(p), str(r)) for p, r in report.skipped]
+    skipped = [(str(Path(data) / p), str(r)) for p, r in report.skipped]  # as the user named it
     store = ImageStore.open(tmp / "eval.zarr")
     if len(store) == 0 and skipped:
         store.close()
