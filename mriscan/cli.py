@@ -115,7 +115,13 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.argument("raw_dir", type=_EXISTING)
+@click.argument("raw_dir", type=_EXISTING, required=False)
+@click.option(
+    "--manifest",
+    type=_EXISTING,
+    default=None,
+    help="CSV with the header path,label[,group] instead of RAW_DIR (paths relative to it).",
+)
 @click.option(
     "--store",
     "store_path",
@@ -138,19 +144,29 @@ def main(verbose: int) -> None:
 @click.pass_context
 def ingest(
     ctx: click.Context,
-    raw_dir: Path,
+    raw_dir: Path | None,
+    manifest: Path | None,
     store_path: Path,
     workers: int | None,
     strict: bool,
     merge: bool,
     **options: Any,
 ) -> None:
-    """Decode, preprocess and store every image under RAW_DIR/<class>/.
+    """Decode, preprocess and store every input under RAW_DIR/<class>/ (or in --manifest).
 
-    Re-running adds only new files; bad files are skipped and listed.
+    Inputs: JPEG/PNG, DICOM (any suffix, series folders, multi-frame: one sample per frame)
+    and NIfTI (.nii, .nii.gz: one sample per kept slice). Re-running brings the store in line
+    with the folder: new files are added, a file moved to another class folder takes that label,
+    an overwritten file replaces its sample, a deleted file's sample is retired. Bad files,
+    label conflicts (same bytes under two classes) and unreadable folders are listed; uniform or
+    thin images are stored with a warning (--strict: any of these fails, committing nothing).
     """
     from mriscan.ingest import IngestConfig
     from mriscan.ingest import ingest as run_ingest
+
+    if (raw_dir is None) == (manifest is None):
+        raise click.UsageError("Give either RAW_DIR or --manifest CSV (one of them).")
+    raw_dir = raw_dir if raw_dir is not None else manifest
 
     preprocess = override(PreprocessConfig(), _typed_overrides(ctx, options))
     cfg = IngestConfig(preprocess=preprocess, workers=workers, strict=strict, merge=merge)
@@ -191,10 +207,31 @@ def _print_ingest(report) -> None:
     with ImageStore.open(report.store) as store:
         size = store.nbytes_stored()
     click.echo(f"  size on disk {_human_bytes(size)}; {report.seconds:.1f}s")
+    changed = {
+        "relabelled (moved to another class)": report.relabelled,
+        "replaced (new content)": report.replaced,
+        "removed (file deleted)": report.removed,
+    }
+    if any(changed.values()):  # fmt: skip
+        click.echo(
+            "  retired samples: "
+            + ", ".join(f"{v} {k}" for k, v in changed.items() if v)
+            + " (labels follow the files' current folders)"
+        )
     if report.skipped:
-        click.echo(f"  skipped {len(report.skipped)} bad file(s):")
+        click.echo(f"  skipped {len(report.skipped)} bad file(s) or folder(s):")
         for path, reason in report.skipped:
             click.echo(f"    {path}: {reason}")
+    if report.not_images:
+        click.echo(f"  {len(report.not_images)} DICOM file(s) without an image, not stored:")
+        for path, reason in report.not_images:
+            click.echo(f"    {path}: {reason}")
+    if report.warnings:
+        click.echo(f"  stored with a warning ({len(report.warnings)}; --strict refuses them):")
+        for path, reason in report.warnings:
+            click.echo(f"    {path}: {reason}")
+    for note in report.notes:
+        click.echo(f"  note: {note}")
 
 
 @main.command()
@@ -486,6 +523,12 @@ def cv(
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+@click.option(
+    "--show-paths",
+    is_flag=True,
+    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
+    "often named after the patient).",
+)
 def predict(
     model_path: Path,
     inputs: tuple[Path, ...],
@@ -493,9 +536,17 @@ def predict(
     threshold: float | None,
     batch_size: int,
     workers: int | None,
+    show_paths: bool,
 ) -> None:
-    """Predict image files and folders with a trained model (columns: path, probability,
-    label, error). Bad files get their reason in `error` and do not stop the rest."""
+    """Predict image files, DICOM series / files and NIfTI volumes, or folders of them.
+
+    Columns: path, probability, label, error, level, unit, slices, aggregate. JPEG/PNG: one
+    row each (level image). DICOM/NIfTI: one row per slice (level slice) and one per series or
+    volume (level series/volume) whose probability is the mean of the top-3 slice
+    probabilities (the `aggregate` column says so). Bad files get their reason in `error` and
+    do not stop the rest.
+    """
+    from mriscan.aggregate import RULE
     from mriscan.predict import predict as run_predict
 
     rows = run_predict(
@@ -505,7 +556,10 @@ def predict(
         threshold=threshold,
         batch_size=batch_size,
         workers=workers,
+        show_paths=show_paths,
     )
+    units = [r for r in rows if r.get("level") in ("series", "volume")]
+    rows = [r for r in rows if r.get("level") not in ("series", "volume")]
     bad = sum(1 for r in rows if r["error"])
     counts: dict[str, int] = {}
     for r in rows:
@@ -513,6 +567,12 @@ def predict(
             counts[r["label"]] = counts.get(r["label"], 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     click.echo(f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → {output}")
+    if units:
+        click.echo(f"{len(units)} series/volume(s), probability = {RULE}:")
+        for r in units:
+            click.echo(
+                f"  {r['path']}: P = {r['probability']:.3f} ({r['label']}, {r['slices']} slices)"
+            )
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
@@ -522,12 +582,33 @@ def predict(
 @click.argument("model_path", type=_EXISTING)
 @click.argument("images", type=_PATH, nargs=-1, required=True)
 @click.option("--out", type=_PATH, default=DEFAULT_OUT / "explain", show_default=True)
-def explain(model_path: Path, images: tuple[Path, ...], out: Path) -> None:
-    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image)."""
+@click.option(
+    "--slices",
+    "slice_list",
+    default=None,
+    help="DICOM/NIfTI: comma-separated slice indices (0-based, in series/volume order) to "
+    "explain [default: the --top-k most probable].",
+)
+@click.option("--top-k", type=int, default=3, show_default=True, help="DICOM/NIfTI slices.")
+def explain(
+    model_path: Path, images: tuple[Path, ...], out: Path, slice_list: str | None, top_k: int
+) -> None:
+    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image), and over
+    chosen slices of DICOM series / NIfTI volumes (--slices, else the --top-k most probable)."""
     from mriscan.explain import explain as run_explain
-    from mriscan.predict import collect_images
+    from mriscan.readers import collect_inputs
 
-    for r in run_explain(model_path, collect_images(images), out=out):
+    try:
+        chosen = None if slice_list is None else [int(k) for k in slice_list.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 0,4,7; got {slice_list!r}") from None
+    files, problems = collect_inputs(images)
+    for p, why in problems:
+        click.echo(f"  {p}: {why}", err=True)
+    if not files:
+        raise click.ClickException("Nothing to explain: no JPEG/PNG, DICOM or NIfTI input.")
+    results = run_explain(model_path, [f.path for f in files], out=out, slices=chosen, top_k=top_k)
+    for r in results:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:

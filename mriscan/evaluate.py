@@ -17,7 +17,7 @@ import numpy as np
 from mriscan import metrics as mx
 from mriscan.artifacts import RunLayout, read_json, write_json
 from mriscan.errors import ConfigError, MriscanError
-from mriscan.predict import predict_files, predict_store
+from mriscan.predict import predict_store
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
 
@@ -120,7 +120,7 @@ def evaluate(
                     "model's settings (or pass a class folder)."
                 )
             if split == "all":
-                idx = np.arange(len(store))
+                idx = store.active_indices()
             else:
                 if recorded is None or split not in recorded:
                     raise MriscanError(
@@ -138,24 +138,40 @@ def evaluate(
             class_names = store.class_names
             sources = [store.index.records[i].source for i in idx]
     else:
-        from mriscan.io import list_class_folders
+        from mriscan.io import scan_class_folders
+        from mriscan.scan_predict import predict_arrays, read_inputs
 
-        classes = list_class_folders(data)
+        # read as ingest reads: JPEG/PNG, DICOM (one slice per frame), NIfTI (kept slices)
+        listing = scan_class_folders(data)
+        classes = listing.classes
         names = list(card.class_names)
         if set(classes) != set(names):
             raise ConfigError(f"{data} has classes {sorted(classes)}, the model {names}.")
-        files = [(p, names.index(c)) for c, ps in classes.items() for p in ps]
-        rows = predict_files(model, card, [p for p, _ in files], batch_size=batch_size)
-        ok = [i for i, r in enumerate(rows) if r["error"] == ""]
-        y = np.array([files[i][1] for i in ok], np.int64)
-        prob = np.array([rows[i]["probability"] for i in ok], np.float64)
+        files = [(f, names.index(c)) for c, fs in classes.items() for f in fs]
+        images, labels, sources = [], [], []
+        skipped = [(str(p), why) for p, why in listing.unreadable]
+        for (f, lab), r in zip(files, read_inputs([f for f, _ in files]), strict=True):
+            # scanner files are named by class and pseudonym only (no path: often a name)
+            name = str(f.path) if f.kind == "image" else f"{names[lab]}/<{f.kind} file>"
+            if r.error is not None or r.skipped is not None:
+                skipped.append((name, r.error or f"skipped: {r.skipped}"))
+                continue
+            for sl in r.slices:
+                images.append(sl.image)
+                labels.append(lab)
+                sources.append(name if f.kind == "image" else sl.source)
+        for name, why in skipped:
+            log.warning("not evaluated: %s: %s", name, why)
+        y = np.array(labels, np.int64)
+        prob = predict_arrays(model, card, images, batch_size=batch_size)
         class_names = card.class_names
-        sources = [str(files[i][0]) for i in ok]
         split = "all"
     result = mx.binary_metrics(y, prob, threshold=card.threshold, class_names=class_names)
     result.update(
         data=str(data), split=split, model=str(model_path), threshold_rule=card.threshold_rule
     )
+    if not is_store(data):
+        result["not_evaluated"] = [{"source": n, "error": e} for n, e in skipped]
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     ev.root.mkdir(parents=True, exist_ok=True)

@@ -119,25 +119,39 @@ def explain(
     images: Sequence[str | os.PathLike[str]],
     *,
     out: str | os.PathLike[str] = "artifacts/explain",
+    slices: Sequence[int] | None = None,
+    top_k: int = 3,
 ) -> list[dict[str, Any]]:
-    """Grad-CAM overlay PNG for each image file; returns path, probability, png (or error)."""
+    """Grad-CAM overlay PNG for each image file and for chosen slices of DICOM series / NIfTI
+    volumes; returns path, probability, label, png (or error) per explained slice.
+
+    Scanner inputs are read as ingest reads them (``mriscan.scan_predict.read_inputs``); the
+    slices of a series / volume are ordered (slice position, slice index) and numbered from 0.
+    ``slices`` picks those indices of every series / volume; otherwise the ``top_k`` slices with
+    the highest probability are explained. Their rows and PNGs are named by pseudonym
+    (``series-<hash>_slice<k>``), never by the file or folder name.
+
+    Raises
+    ------
+    ConfigError
+        ``top_k < 1`` or a negative slice index.
+    """
+    from mriscan.errors import ConfigError
+    from mriscan.io import SourceFile, file_kind
     from mriscan.model import load_model
     from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
+    from mriscan.scan_predict import predict_arrays, read_inputs
 
+    if top_k < 1 or (slices is not None and any(k < 0 for k in slices)):
+        raise ConfigError(f"top_k must be >= 1 and slices >= 0. Received: {top_k}, {slices}.")
     model, card = load_model(model_path)
     cfg = card.preprocess
     out = Path(out)
     results: list[dict[str, Any]] = []
     from mriscan.io import decode_image
 
-    for path in images:
-        path = Path(path)
-        try:
-            img = preprocess(decode_image(path), cfg)
-        except ImageDecodeError as exc:
-            results.append({"path": str(path), "error": exc.reason})
-            continue
+    def overlay(img: np.ndarray, name: str, stem: str) -> dict[str, Any]:
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         prob = float(predict_batch(model, x, 1, tta=card.tta)[0])
         cam = grad_cam(model, x)[0]
@@ -145,10 +159,44 @@ def explain(
         png = save_overlay(
             img,
             cam,
-            out / f"{path.stem}_gradcam.png",
-            title=f"{path.name}: P({card.class_names[1]}) = {prob:.2f} → {label}",
+            out / f"{stem}_gradcam.png",
+            title=f"{name}: P({card.class_names[1]}) = {prob:.2f} → {label}",
         )
-        results.append(
-            {"path": str(path), "probability": prob, "label": label, "png": str(png), "error": ""}
-        )
+        return {"path": name, "probability": prob, "label": label, "png": str(png), "error": ""}
+
+    scans = []
+    for path in images:
+        path = Path(path)
+        kind = file_kind(path)
+        if kind in ("dicom", "nifti"):
+            scans.append(SourceFile(path, kind))
+            continue
+        try:
+            img = preprocess(decode_image(path), cfg)
+        except ImageDecodeError as exc:
+            results.append({"path": str(path), "error": exc.reason})
+            continue
+        results.append(overlay(img, path.name, path.stem))
+    units: dict[str, list] = {}
+    for r in read_inputs(scans):
+        if r.error is not None or r.skipped is not None:
+            results.append({"path": str(r.path), "error": r.error or f"skipped: {r.skipped}"})
+            continue
+        for s in r.slices:
+            units.setdefault(s.unit, []).append(s)
+    for unit, members in units.items():
+        members.sort(key=lambda s: s.order)
+        if slices is not None:
+            chosen = [k for k in slices if k < len(members)]
+            for k in (k for k in slices if k >= len(members)):
+                results.append(
+                    {"path": unit, "error": f"no slice {k}: it has {len(members)} (0..)"}
+                )
+        else:
+            probs = predict_arrays(model, card, [s.image for s in members])
+            chosen = sorted(np.argsort(-probs, kind="stable")[:top_k].tolist())
+        for k in chosen:
+            img = preprocess(members[k].image, cfg)
+            stem = f"{unit.replace(':', '-')}_slice{k}"
+            results.append(overlay(img, f"{members[k].source} (slice {k})", stem))
     return results

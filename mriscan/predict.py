@@ -26,7 +26,8 @@ __all__ = [
     "write_predictions",
 ]
 
-COLUMNS = ("path", "probability", "label", "error")
+# level/unit/slices/aggregate: filled for DICOM/NIfTI rows (mriscan.scan_predict), else empty
+COLUMNS = ("path", "probability", "label", "error", "level", "unit", "slices", "aggregate")
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -155,7 +156,7 @@ def write_predictions(rows: list[dict[str, Any]], output: str | os.PathLike[str]
         output.write_text(json.dumps(rows, indent=1))
     elif output.suffix.lower() == ".csv":
         with open(output, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=COLUMNS, restval="", extrasaction="ignore")
             w.writeheader()
             for r in rows:
                 w.writerow(
@@ -179,17 +180,46 @@ def predict(
     threshold: float | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    show_paths: bool = False,
 ) -> list[dict[str, Any]]:
-    """Predict files and folders with a saved model (threshold: the model's, unless given)."""
+    """Predict files and folders with a saved model (threshold: the model's, unless given).
+
+    JPEG/PNG files give one row each; DICOM files and NIfTI volumes one row per slice plus one
+    per series / volume (``mriscan.scan_predict.predict_inputs``, rule in
+    ``mriscan.aggregate.RULE``); folders that cannot be listed one error row each.
+    ``show_paths`` names scanner slices by file instead of by pseudonym.
+    """
     from mriscan.model import load_model
+    from mriscan.readers import collect_inputs
+    from mriscan.scan_predict import predict_inputs
 
     model, card = load_model(model_path)
-    paths = collect_images(inputs)
-    if not paths:
-        raise MriscanError(f"No .jpg/.jpeg/.png images found in {list(map(str, inputs))}.")
+    files, problems = collect_inputs(inputs)
+    if not files:
+        raise MriscanError(
+            f"No JPEG/PNG, DICOM or NIfTI files found in {list(map(str, inputs))}"
+            + "".join(f"; {p}: {why}" for p, why in problems)
+            + "."
+        )
+    paths = [f.path for f in files if f.kind == "image"]
+    scans = [f for f in files if f.kind != "image"]
     rows = predict_files(
         model, card, paths, threshold=threshold, batch_size=batch_size, workers=workers
     )
+    if scans:
+        thr = card.threshold if threshold is None else float(threshold)
+        rows += predict_inputs(
+            model,
+            card,
+            scans,
+            threshold=thr,
+            batch_size=batch_size,
+            workers=workers,
+            show_paths=show_paths,
+        )
+    rows += [
+        {"path": str(p), "probability": None, "label": "", "error": why} for p, why in problems
+    ]
     if output is not None:
         write_predictions(rows, output)
     return rows

@@ -36,10 +36,14 @@ def open_or_ingest(
 ) -> ImageStore:
     """Open ``data`` if it is a store; otherwise ingest its class folders into ``store_path``.
 
+    Class folders (or a ``.csv`` manifest) must hold exactly two classes; that is checked
+    before anything is written, so a wrong folder leaves no store behind to block the corrected
+    command.
+
     Parameters
     ----------
     data : path, URL or ImageStore
-        A store, or a folder of class folders.
+        A store, a folder of class folders (JPEG/PNG, DICOM, NIfTI), or a CSV manifest.
     store_path : path, optional
         Where class folders are ingested (default ``DEFAULT_STORE``).
     image_size : int, optional
@@ -58,7 +62,7 @@ def open_or_ingest(
     else:
         target = Path(store_path) if store_path is not None else DEFAULT_STORE
         pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
-        report = ingest(Path(data), target, IngestConfig(preprocess=pre))
+        report = ingest(Path(data), target, IngestConfig(preprocess=pre, n_classes=2))
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
         return ImageStore.open(target)
     if image_size is not None and image_size != store.image_size:

@@ -9,7 +9,7 @@ import pytest
 
 from mriscan.artifacts import ModelCard
 from mriscan.model import build_model
-from mriscan.predict import collect_images, predict
+from mriscan.predict import COLUMNS, collect_images, predict
 from mriscan.preprocess import PreprocessConfig
 
 pytestmark = pytest.mark.backend
@@ -46,7 +46,7 @@ def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
         assert r["label"] == ("yes" if r["probability"] >= 0.5 else "no")
     with open(out) as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["path", "probability", "label", "error"] and len(table) == 15
+    assert tuple(table[0]) == COLUMNS and len(table) == 15
     rows_json = predict(
         model_file, [class_folder / "yes"], output=tmp_path / "p.json", threshold=0.0
     )

@@ -126,15 +126,18 @@ def cross_validate(
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    # retired samples (their file was deleted, overwritten or moved) take no part
+    usable = store.active_indices()
     splits = cv_splits(
-        labels,
-        groups,
+        labels[usable],
+        groups[usable],
         folds=cfg.folds,
         repeats=cfg.repeats,
         val_fraction=tcfg.split.val_fraction,
         seed=tcfg.seed,
     )
     for rep, k, train_idx, val_idx, test_idx in splits:
+        train_idx, val_idx, test_idx = usable[train_idx], usable[val_idx], usable[test_idx]
         tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
         log.info("%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx))
         fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
@@ -188,8 +191,8 @@ def cross_validate(
         duplicate_threshold=DEFAULT_THRESHOLD,
         folds=cfg.folds,
         repeats=cfg.repeats,
-        samples=len(labels),
-        duplicate_groups=len(np.unique(groups)),
+        samples=len(usable),
+        duplicate_groups=len(np.unique(groups[usable])),
         select=tcfg.fit.select,
         pretrain_phantoms=tcfg.pretrain.phantoms,
         pretrain_epochs=tcfg.pretrain.epochs if tcfg.pretrain.phantoms else 0,

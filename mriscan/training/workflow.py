@@ -97,13 +97,16 @@ def train(
         raise ConfigError(
             f"Training needs exactly two classes; the store has {list(store.class_names)}."
         )
-    split = split_indices(
-        store.labels,
-        store.groups,
+    # retired samples (their file was deleted, overwritten or moved) take no part
+    usable = store.active_indices()
+    part = split_indices(
+        store.labels[usable],
+        store.groups[usable],
         val_fraction=cfg.split.val_fraction,
         test_fraction=cfg.split.test_fraction,
         seed=cfg.seed,
     )
+    split = {name: usable[idx] for name, idx in part.items()}
     if min(len(split["train"]), len(split["val"])) == 0:
         raise ConfigError(
             f"The split left an empty train or validation set "
