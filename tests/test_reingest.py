@@ -78,9 +78,10 @@ def test_same_file_under_two_classes_is_a_conflict_not_folder_order(class_folder
     shutil.copy(class_folder / "no" / "no0.jpg", class_folder / "yes" / "also_no0.jpg")
     report = ingest(class_folder, store, SMALL)
     reasons = dict(report.skipped)
-    assert "label conflict" in reasons["no/no0.jpg"] and "label conflict" in reasons[
-        "yes/also_no0.jpg"
-    ]
+    assert (
+        "label conflict" in reasons["no/no0.jpg"]
+        and "label conflict" in reasons["yes/also_no0.jpg"]
+    )
     assert report.conflicts == 2 and report.total == 11
     assert "no/no0.jpg" not in _active(store)
     with pytest.raises(BadFilesError, match="label conflict"):
@@ -113,7 +114,7 @@ def test_nested_copy_of_the_class_layout_is_refused(kaggle_download, tmp_path):
     (only / "brain_tumor_dataset").mkdir(parents=True)
     shutil.copytree(kaggle_download / "yes", only / "brain_tumor_dataset" / "yes")
     shutil.copytree(kaggle_download / "no", only / "brain_tumor_dataset" / "no")
-    with pytest.raises(EmptyDatasetError, match="use .*brain_tumor_dataset as the data"):
+    with pytest.raises(EmptyDatasetError, match=r"use .*brain_tumor_dataset as the data"):
         ingest(only, tmp_path / "s.zarr", SMALL)
 
 
@@ -178,7 +179,7 @@ def test_unreadable_class_folder_is_reported_as_unreadable(class_folder, tmp_pat
         return real(path)
 
     monkeypatch.setattr(os, "listdir", listdir)
-    with pytest.raises(EmptyDatasetError, match="unreadable .*Permission denied") as err:
+    with pytest.raises(EmptyDatasetError, match=r"unreadable .*Permission denied") as err:
         ingest(class_folder, tmp_path / "s.zarr", SMALL)
     assert "holds no" not in str(err.value)
 

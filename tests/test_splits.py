@@ -104,7 +104,7 @@ def test_no_patient_or_duplicate_on_both_sides_of_any_split_or_fold(seed):
         for g in np.unique(ids):
             members = ids == g
             assert len(set(side[members].tolist())) == 1
-            for _, _, train, val, test in folds:
+            for _, _, train, val, _test in folds:
                 where = {0 if i in set(train) else 1 if i in set(val) else 2
                          for i in np.flatnonzero(members)}  # fmt: skip
                 assert len(where) == 1
