@@ -200,7 +200,8 @@ def _print_ingest(report) -> None:
     click.echo(f"Store {report.store}: added {report.n_added} ({added}); {report.total} in total.")
     click.echo(
         f"  exact duplicates recorded: {report.exact_duplicates}; already stored: "
-        f"{report.already_stored}; near-duplicate groups: {report.duplicate_groups}"
+        f"{report.already_stored}; split groups (near-duplicates joined with patients, "
+        f"volumes, manifest groups): {report.duplicate_groups}"
     )
     from mriscan.store import ImageStore
 
@@ -268,7 +269,8 @@ def info(store_path: Path, as_json: bool) -> None:
     click.echo(f"Samples:    {data['samples']} ({counts})")
     click.echo(f"Image size: {data['image_size']}×{data['image_size']} uint8")
     click.echo(
-        f"Groups:     {data['duplicate_groups']} near-duplicate groups; "
+        f"Groups:     {data['duplicate_groups']} split groups (near-duplicates, patients, "
+        f"volumes); {data.get('retired', 0)} retired samples; "
         f"{data['exact_duplicates_skipped']} exact duplicate files not stored twice"
     )
     click.echo(f"Preprocess: {data['preprocess']}")
