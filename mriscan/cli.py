@@ -141,7 +141,13 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.argument("raw_dir", type=_EXISTING)
+@click.argument("raw_dir", type=_EXISTING, required=False)
+@click.option(
+    "--manifest",
+    type=_EXISTING,
+    default=None,
+    help="CSV with the header path,label[,group] instead of RAW_DIR (paths relative to it).",
+)
 @click.option(
     "--store",
     "store_path",
@@ -164,19 +170,29 @@ def main(verbose: int) -> None:
 @click.pass_context
 def ingest(
     ctx: click.Context,
-    raw_dir: Path,
+    raw_dir: Path | None,
+    manifest: Path | None,
     store_path: Path,
     workers: int | None,
     strict: bool,
     merge: bool,
     **options: Any,
 ) -> None:
-    """Decode, preprocess and store every image under RAW_DIR/<class>/.
+    """Decode, preprocess and store every input under RAW_DIR/<class>/ (or in --manifest).
 
-    Re-running adds only new files; bad files are skipped and listed.
+    Inputs: JPEG/PNG, DICOM (any suffix, series folders, multi-frame: one sample per frame)
+    and NIfTI (.nii, .nii.gz: one sample per kept slice). Re-running brings the store in line
+    with the folder: new files are added, a file moved to another class folder takes that label,
+    an overwritten file replaces its sample, a deleted file's sample is retired. Bad files,
+    label conflicts (same bytes under two classes) and unreadable folders are listed; uniform or
+    thin images are stored with a warning (--strict: any of these fails, committing nothing).
     """
     from mriscan.ingest import IngestConfig
     from mriscan.ingest import ingest as run_ingest
+
+    if (raw_dir is None) == (manifest is None):
+        raise click.UsageError("Give either RAW_DIR or --manifest CSV (one of them).")
+    raw_dir = raw_dir if raw_dir is not None else manifest
 
     preprocess = override(PreprocessConfig(), _typed_overrides(ctx, options))
     cfg = IngestConfig(preprocess=preprocess, workers=workers, strict=strict, merge=merge)
@@ -210,17 +226,39 @@ def _print_ingest(report) -> None:
     click.echo(f"Store {report.store}: added {report.n_added} ({added}); {report.total} in total.")
     click.echo(
         f"  exact duplicates recorded: {report.exact_duplicates}; already stored: "
-        f"{report.already_stored}; near-duplicate groups: {report.duplicate_groups}"
+        f"{report.already_stored}; split groups (near-duplicates joined with patients, "
+        f"volumes, manifest groups): {report.duplicate_groups}"
     )
     from mriscan.store import ImageStore
 
     with ImageStore.open(report.store) as store:
         size = store.nbytes_stored()
     click.echo(f"  size on disk {_human_bytes(size)}; {report.seconds:.1f}s")
+    changed = {
+        "relabelled (moved to another class)": report.relabelled,
+        "replaced (new content)": report.replaced,
+        "removed (file deleted)": report.removed,
+    }
+    if any(changed.values()):  # fmt: skip
+        click.echo(
+            "  retired samples: "
+            + ", ".join(f"{v} {k}" for k, v in changed.items() if v)
+            + " (labels follow the files' current folders)"
+        )
     if report.skipped:
-        click.echo(f"  skipped {len(report.skipped)} bad file(s):")
+        click.echo(f"  skipped {len(report.skipped)} bad file(s) or folder(s):")
         for path, reason in report.skipped:
             click.echo(f"    {path}: {reason}")
+    if report.not_images:
+        click.echo(f"  {len(report.not_images)} DICOM file(s) without an image, not stored:")
+        for path, reason in report.not_images:
+            click.echo(f"    {path}: {reason}")
+    if report.warnings:
+        click.echo(f"  stored with a warning ({len(report.warnings)}; --strict refuses them):")
+        for path, reason in report.warnings:
+            click.echo(f"    {path}: {reason}")
+    for note in report.notes:
+        click.echo(f"  note: {note}")
 
 
 @main.command()
@@ -257,7 +295,8 @@ def info(store_path: Path, as_json: bool) -> None:
     click.echo(f"Samples:    {data['samples']} ({counts})")
     click.echo(f"Image size: {data['image_size']}×{data['image_size']} uint8")
     click.echo(
-        f"Groups:     {data['duplicate_groups']} near-duplicate groups; "
+        f"Groups:     {data['duplicate_groups']} split groups (near-duplicates, patients, "
+        f"volumes); {data.get('retired', 0)} retired samples; "
         f"{data['exact_duplicates_skipped']} exact duplicate files not stored twice"
     )
     click.echo(f"Preprocess: {data['preprocess']}")
@@ -614,6 +653,12 @@ def cv(
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+@click.option(
+    "--show-paths",
+    is_flag=True,
+    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
+    "often named after the patient).",
+)
 def predict(
     model_path: Path,
     inputs: tuple[Path, ...],
@@ -621,14 +666,21 @@ def predict(
     threshold: float | None,
     batch_size: int,
     workers: int | None,
+    show_paths: bool,
 ) -> None:
-    """Predict image files and folders with a trained model (columns: path, probability,
-    label, error). Bad files get their reason in `error` and do not stop the rest.
+    """Predict image files, DICOM series / files and NIfTI volumes, or folders of them.
 
-    Folders are searched recursively; hidden files and folders below them are skipped. File
-    names that are not valid UTF-8 are written with \\xNN escapes for the odd bytes. A
-    progress bar is drawn on stderr.
+    Columns: path, label, p_<class> for each class, probability (two classes: the positive
+    class's) or tumor_probability (more classes, 1 - P(healthy)), error; DICOM/NIfTI add level,
+    unit, slices, aggregate. JPEG/PNG: one row each. DICOM/NIfTI: one row per slice (level
+    slice) and one per series or volume (level series/volume) whose probabilities are the mean
+    of the top-3 slice probabilities (the `aggregate` column says so). Bad files get their
+    reason in `error` and do not stop the rest. Folders are searched recursively; hidden files
+    and folders below them are skipped. File names that are not valid UTF-8 are written with
+    \\xNN escapes for the odd bytes. Rows are written as they are made (.csv, .jsonl; .json at
+    the end, .json.partial meanwhile); a progress bar is drawn on stderr.
     """
+    from mriscan.aggregate import RULE
     from mriscan.predict import predict as run_predict
 
     with _progress("predicting") as progress:
@@ -640,7 +692,10 @@ def predict(
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            show_paths=show_paths,
         )
+    units = [r for r in rows if r.get("level") in ("series", "volume")]
+    rows = [r for r in rows if r.get("level") not in ("series", "volume")]
     bad = sum(1 for r in rows if r["error"])
     counts: dict[str, int] = {}
     for r in rows:
@@ -651,6 +706,12 @@ def predict(
         f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → "
         f"{display_path(output)}"
     )
+    if units:
+        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}:")
+        for r in units:
+            p = r.get("probability", r.get("tumor_probability"))
+            shown = f"P = {_num(p)}, " if p is not None else ""
+            click.echo(f"  {r['path']}: {shown}{r['label']} ({r['slices']} slices)")
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
@@ -666,22 +727,52 @@ def predict(
     default=None,
     help="Class whose evidence is shown [default: the predicted class].",
 )
+@click.option(
+    "--slices",
+    "slice_list",
+    default=None,
+    help="DICOM/NIfTI: comma-separated slice indices (0-based, in series/volume order) to "
+    "explain [default: the --top-k most likely to show a tumor].",
+)
+@click.option("--top-k", type=int, default=3, show_default=True, help="DICOM/NIfTI slices.")
 def explain(
-    model_path: Path, images: tuple[Path, ...], out: Path, explain_class: str | None
+    model_path: Path,
+    images: tuple[Path, ...],
+    out: Path,
+    explain_class: str | None,
+    slice_list: str | None,
+    top_k: int,
 ) -> None:
-    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image).
+    """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image), and over
+    chosen slices of DICOM series / NIfTI volumes (--slices, else the --top-k most likely).
 
     IMAGES are files or folders (searched recursively; hidden entries below them skipped).
     Each PNG is named after the image's path relative to the folder all images share, with
     / as __ and _gradcam.png added: a/slice_1.jpg and b/slice_1.jpg give
     a__slice_1_gradcam.png and b__slice_1_gradcam.png (a single image: slice_1_gradcam.png).
     Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_gradcam.png).
-    Exits 1 if no image is found or none could be read.
+    Scanner slices are named by pseudonym. Exits 1 if no image is found or none could be read.
     """
     from mriscan.explain import explain as run_explain
-    from mriscan.predict import collect_images
+    from mriscan.readers import collect_inputs
 
-    results = run_explain(model_path, collect_images(images), out=out, explain_class=explain_class)
+    try:
+        chosen = None if slice_list is None else [int(k) for k in slice_list.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 0,4,7; got {slice_list!r}") from None
+    files, problems = collect_inputs(images)
+    for p, why in problems:
+        click.echo(f"  {display_path(p)}: {why}", err=True)
+    if not files:
+        raise click.ClickException("Nothing to explain: no JPEG/PNG, DICOM or NIfTI input.")
+    results = run_explain(
+        model_path,
+        [f.path for f in files],
+        out=out,
+        explain_class=explain_class,
+        slices=chosen,
+        top_k=top_k,
+    )
     for r in results:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)

@@ -184,7 +184,7 @@ def evaluate(
                 log.warning("%s is not the training store: all of it is evaluated", data)
                 split = "all"
             if split == "all":
-                idx = np.arange(len(store))
+                idx = store.active_indices()  # retired samples (file gone) are not scored
             else:
                 if recorded is None or split not in recorded:
                     raise MriscanError(

@@ -192,34 +192,47 @@ def explain(
     *,
     out: str | os.PathLike[str] = "artifacts/explain",
     explain_class: str | None = None,
+    slices: Sequence[int] | None = None,
+    top_k: int = 3,
 ) -> list[dict[str, Any]]:
-    """Grad-CAM overlay PNG for each image file.
+    """Grad-CAM overlay PNG for each image file and for chosen slices of DICOM series / NIfTI
+    volumes.
 
     ``explain_class``: the class whose evidence is shown (default: the predicted class; for a
     two-class model the map is always that of the positive class's output, which rises with
-    the evidence for it). Returns per image ``path``, ``probability`` (of the explained class),
-    ``explained_class``, ``label``, ``png``, ``cam_peak`` ((row, col) of the map's maximum in
-    the S×S model input) or ``error``.
+    the evidence for it). Returns per explained slice ``path``, ``probability`` (of the
+    explained class), ``explained_class``, ``label``, ``png``, ``cam_peak`` ((row, col) of the
+    map's maximum in the S×S model input) or ``error``.
 
-    PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` in the results
-    is ``mriscan.io.display_path`` of the file.
+    Image PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` is
+    ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest reads them
+    (``mriscan.scan_predict.read_inputs``); the slices of a series / volume are ordered (slice
+    position, slice index) and numbered from 0. ``slices`` picks those indices of every series
+    / volume; otherwise the ``top_k`` slices most likely to show a tumor (or the explained
+    class) are explained. Their rows and PNGs are named by pseudonym
+    (``series-<hash>_slice<k>``), never by the file or folder name.
 
     Raises
     ------
     ConfigError
-        If ``explain_class`` is not one of the model's classes.
+        If ``explain_class`` is not one of the model's classes, ``top_k < 1`` or a slice
+        index is negative.
     MriscanError
         If ``images`` is empty.
     """
+    from mriscan.io import SourceFile, decode_image, file_kind
     from mriscan.model import load_model
     from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
+    from mriscan.scan_predict import predict_arrays, read_inputs
 
     if not images:
         raise MriscanError(
-            "No image to explain: give .jpg/.jpeg/.png files or folders holding them (hidden "
-            "files and folders below a folder are skipped)."
+            "No image to explain: give .jpg/.jpeg/.png, DICOM or NIfTI files or folders "
+            "holding them (hidden files and folders below a folder are skipped)."
         )
+    if top_k < 1 or (slices is not None and any(k < 0 for k in slices)):
+        raise ConfigError(f"top_k must be >= 1 and slices >= 0. Received: {top_k}, {slices}.")
     model, card = load_model(model_path)
     if explain_class is not None and explain_class not in card.class_names:
         raise ConfigError(
@@ -227,17 +240,9 @@ def explain(
         )
     cfg = card.preprocess
     out = Path(out)
-    names = heatmap_names(images)
     results: list[dict[str, Any]] = []
-    from mriscan.io import decode_image
 
-    for path, png_name in zip(images, names, strict=True):
-        path = Path(path)
-        try:
-            img = preprocess(decode_image(path), cfg)
-        except ImageDecodeError as exc:
-            results.append({"path": display_path(path), "error": exc.reason})
-            continue
+    def overlay(img: np.ndarray, name: str, png_name: str) -> dict[str, Any]:
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         probs = predict_batch(model, x, 1, tta=card.tta)[0]
         label = card.decide(probs)
@@ -246,20 +251,62 @@ def explain(
         cam = grad_cam(model, x, class_index=None if card.binary else k)[0]
         prob = float(probs[k])
         png = save_overlay(
-            img,
-            cam,
-            out / png_name,
-            title=f"{display_path(path.name)}: P({target}) = {prob:.2f} → {label}",
+            img, cam, out / png_name, title=f"{name}: P({target}) = {prob:.2f} → {label}"
         )
-        results.append(
-            {
-                "path": display_path(path),
-                "probability": prob,
-                "explained_class": target,
-                "label": label,
-                "png": str(png),
-                "cam_peak": _peak(cam),
-                "error": "",
-            }
-        )
+        return {
+            "path": name,
+            "probability": prob,
+            "explained_class": target,
+            "label": label,
+            "png": str(png),
+            "cam_peak": _peak(cam),
+            "error": "",
+        }
+
+    files = [Path(p) for p in images]
+    kinds = [file_kind(p) for p in files]
+    plain = [p for p, k in zip(files, kinds, strict=True) if k not in ("dicom", "nifti")]
+    scans = [SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")]
+    for path, png_name in zip(plain, heatmap_names(plain), strict=True):
+        try:
+            img = preprocess(decode_image(path), cfg)
+        except ImageDecodeError as exc:
+            results.append({"path": display_path(path), "error": exc.reason})
+            continue
+        results.append(overlay(img, display_path(path.name), png_name))
+    units: dict[str, list] = {}
+    for r in read_inputs(scans):
+        if r.error is not None or r.skipped is not None:
+            results.append(
+                {"path": display_path(r.path), "error": r.error or f"skipped: {r.skipped}"}
+            )
+            continue
+        for s in r.slices:
+            units.setdefault(s.unit, []).append(s)
+    for unit, members in units.items():
+        members.sort(key=lambda s: s.order)
+        if slices is not None:
+            chosen = [k for k in slices if k < len(members)]
+            for k in (k for k in slices if k >= len(members)):
+                results.append(
+                    {"path": unit, "error": f"no slice {k}: it has {len(members)} (0..)"}
+                )
+        else:
+            probs = predict_arrays(model, card, [s.image for s in members])
+            score = _slice_score(card, probs, explain_class)
+            chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
+        for k in chosen:
+            img = preprocess(members[k].image, cfg)
+            stem = f"{unit.replace(':', '-')}_slice{k}"
+            results.append(overlay(img, f"{members[k].source} (slice {k})", f"{stem}_gradcam.png"))
     return results
+
+
+def _slice_score(card: Any, probs: np.ndarray, explain_class: str | None) -> np.ndarray:
+    """How strongly each slice (rows of ``probs``, (n, K)) shows what is explained: the chosen
+    class's probability, else the tumor probability (1 − P(healthy)), else the top class's."""
+    if explain_class is not None:
+        return probs[:, card.class_names.index(explain_class)]
+    if card.healthy is not None:
+        return 1.0 - probs[:, card.class_names.index(card.healthy)]
+    return probs.max(axis=1)

@@ -1,12 +1,19 @@
-"""Ingest: class folders of JPEG/PNG → decoded, preprocessed slices committed to an ImageStore."""
+"""Ingest: class folders (or a CSV manifest) of JPEG/PNG, DICOM and NIfTI → preprocessed slices
+committed to an ImageStore in one atomic commit.
+
+A re-ingest brings the store in line with the folder: a file moved to another class folder is
+stored under its new label (the label follows the file's current folder), a file overwritten
+with new content replaces its old sample, a deleted file's sample is retired. Retired samples
+keep their rows (a commit only ever appends) but are flagged in the index and left out of
+training, CV, evaluation and duplicate matching (``SampleRecord.active``).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import shutil
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,10 +22,22 @@ from pathlib import Path
 import numpy as np
 
 from mriscan.duplicates import duplicate_groups, signatures
-from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
-from mriscan.io import DEFAULT_MAX_PIXELS, decode_bytes, list_class_folders, read_file
+from mriscan.errors import ConfigError, MriscanError
+from mriscan.io import DEFAULT_MAX_PIXELS, read_manifest, scan_class_folders
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
-from mriscan.store import ImageStore, StoreNotFoundError
+from mriscan.readers import (
+    InputRead,
+    ReadOptions,
+    check_series_sizes,
+    describe_flags,
+    file_sha256,
+    read_input,
+    slice_warnings,
+)
+from mriscan.scan import new_salt, salted_hash
+from mriscan.splits import union_groups
+from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
+from mriscan.store.files import is_url, local_path
 
 __all__ = ["IngestConfig", "IngestReport", "ingest"]
 
@@ -38,12 +57,19 @@ class IngestConfig:
     batch_size : int
         Slices preprocessed and appended per batch.
     strict : bool
-        Fail (commit nothing) on the first bad file instead of skipping it.
+        Fail (commit nothing) on the first bad file, label conflict or warned slice (uniform,
+        thin) instead of skipping or flagging it.
     max_pixels : int
         Decompression-bomb cap per image.
     merge : bool
         Allow adding a raw folder other than the one(s) the store was built from (otherwise
         refused, so that two datasets are never mixed by accident).
+    n_classes : int, optional
+        Refuse (before anything is written) data with another number of classes; ``train`` and
+        ``cv`` ask for 2.
+    dicom : mriscan.dicom.DicomConfig, optional
+    nifti : mriscan.nifti.NiftiConfig, optional
+        How DICOM files and NIfTI volumes become slices (their defaults when None).
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -52,6 +78,9 @@ class IngestConfig:
     strict: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     merge: bool = False
+    n_classes: int | None = None
+    dicom: object | None = None
+    nifti: object | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -69,7 +98,17 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What an ingest run did."""
+    """What an ingest run did.
+
+    ``skipped``: ``(name, reason)`` of every file or folder not stored (bad files, label
+    conflicts, unreadable folders); ``not_images``: DICOM files without pixel data (structured
+    reports, DICOMDIR), listed; ``warnings``: ``(name, reason)`` of slices stored with a warning
+    (uniform, thin). Names are paths relative to the raw folder; they are shown to the user so
+    the files can be fixed, and never written into the store (DICOM/NIfTI samples are stored
+    under pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
+    their file was deleted, overwritten or moved to another class; ``conflicts`` files whose
+    bytes sit under two classes. ``total`` counts the active samples after the run.
+    """
 
     store: str
     added: dict[str, int]
@@ -79,6 +118,13 @@ class IngestReport:
     skipped: tuple[tuple[str, str], ...]
     duplicate_groups: int
     seconds: float
+    removed: int = 0
+    replaced: int = 0
+    relabelled: int = 0
+    conflicts: int = 0
+    not_images: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -91,25 +137,58 @@ class BadFilesError(MriscanError, ValueError):
 
 
 @dataclass
-class _Decoded:
+class _Job:
+    """One input file of this run."""
+
     path: Path
+    kind: str
     label: int
-    sha256: str
-    image: np.ndarray | None
-    error: str | None
+    rel: str
+    group: str | None = None
+    sha256: str = ""
+    file_id: str = ""
+    error: str | None = None
 
 
-def _load(path: Path, label: int, max_pixels: int) -> _Decoded:
-    """Read, hash and decode one file, capturing decode errors."""
+def _listing(raw: Path, config: IngestConfig) -> tuple[str, Path, list[str], list, list]:
+    """(origin, root, class names, jobs, listing problems) of a class-folder tree or manifest."""
+    if raw.is_file() and raw.suffix.lower() == ".csv":
+        entries = read_manifest(raw)
+        names = sorted({e.label for e in entries})
+        root = raw.resolve().parent
+        jobs = [
+            _Job(e.path, e.kind, names.index(e.label), _rel(e.path, root), e.group) for e in entries
+        ]
+        problems: list[tuple[str, str]] = []
+    else:
+        listing = scan_class_folders(raw)
+        names = list(listing.classes)
+        root = raw
+        jobs = [
+            _Job(f.path, f.kind, names.index(c), _rel(f.path, root))
+            for c, files in listing.classes.items()
+            for f in files
+        ]
+        problems = [(_rel(p, root), r) for p, r in listing.unreadable]
+    if config.n_classes is not None and len(names) != config.n_classes:
+        raise ConfigError(
+            f"{raw} holds {len(names)} classes {names}; {config.n_classes} are needed. Point "
+            "at the folder that holds exactly the class folders (e.g. yes/ and no/). Nothing "
+            "was written."
+        )
+    return str(raw.resolve()), root, names, jobs, problems
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _hash(job: _Job) -> _Job:
     try:
-        data = read_file(path)
-    except ImageDecodeError as exc:
-        return _Decoded(path, label, "", None, exc.reason)
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        return _Decoded(path, label, digest, decode_bytes(data, path, max_pixels=max_pixels), None)
-    except ImageDecodeError as exc:
-        return _Decoded(path, label, digest, None, exc.reason)
+        job.sha256 = file_sha256(job.path)
+    except OSError as exc:
+        job.error = f"cannot read file ({exc.strerror or exc}); check that it is readable"
+    return job
 
 
 def ingest(
@@ -119,30 +198,63 @@ def ingest(
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Add every new image under ``raw_dir``'s class folders to the store at ``store_path``.
+    """Bring the store at ``store_path`` in line with ``raw_dir``'s class folders (or manifest).
 
-    Files already stored (same SHA-256) are skipped, so re-running adds nothing; a file whose
-    bytes equal another's is recorded as its duplicate. Bad files are skipped with a reason
-    (or, with ``strict``, fail the run before anything is committed). Everything new becomes
-    visible in one atomic commit.
+    Inputs: JPEG/PNG, DICOM (by content, any suffix; series folders at any depth; multi-frame
+    files give one sample per frame) and NIfTI volumes (``.nii``, ``.nii.gz``; one sample per
+    kept slice). ``raw_dir`` may instead be a CSV manifest ``path,label[,group]``
+    (``mriscan.io.read_manifest``).
+
+    Every file is hashed first; only new or changed files are decoded. Per file:
+
+    - unchanged (same content, same label): nothing to do (``already_stored``);
+    - moved to another class folder, or relabelled in the manifest: the old sample is retired
+      (``relabelled``) and the file stored under its current label;
+    - overwritten with new content: the old sample is retired (``replaced``), the new stored;
+    - deleted: its sample is retired (``removed``) — not when a folder could not be listed;
+    - same bytes as a stored file of the same label: recorded as an exact duplicate;
+    - same bytes under two labels: a label conflict, never resolved by folder order: every copy
+      is listed in ``skipped`` and any stored copy retired (``conflict``);
+    - unreadable or undecodable: listed in ``skipped`` with the reason (``strict``: fail);
+    - uniform (all black, all white, one grey) or thin (a side < 8 px): stored, flagged, and
+      listed in ``warnings`` (``strict``: fail).
+
+    Split groups (``SampleRecord.group``) are the union of near-duplicate slices and slices that
+    share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group. Patient
+    and other identifiers are stored only as hashes salted with the store's random salt
+    (created at the first ingest, kept in the index). Everything becomes visible in one atomic
+    commit; a store created by a run that fails is removed again.
 
     Parameters
     ----------
     raw_dir : path
-        Folder with one sub-folder per class (e.g. ``yes/``, ``no/``).
+        Folder with one sub-folder per class (e.g. ``yes/``, ``no/``), or a ``.csv`` manifest.
     store_path : path or fsspec URL
     config : IngestConfig, optional
     progress : callable(done, total), optional
+        Called while decoding the files to add.
 
     Returns
     -------
     IngestReport
+
+    Raises
+    ------
+    EmptyDatasetError
+        Missing, unreadable or empty class folders; a nested copy of the class layout.
+    ManifestError
+        A bad manifest.
+    ConfigError
+        Other preprocessing than the store's, another dataset without ``merge``, a wrong number
+        of classes (``n_classes``).
+    BadFilesError
+        ``strict`` and a bad file, label conflict or warned slice (nothing committed).
     """
     config = config if config is not None else IngestConfig()
     t0 = time.perf_counter()
-    root = Path(raw_dir)
-    classes = list_class_folders(root)
-    source = str(root.resolve())
+    raw = Path(raw_dir)
+    source, root, classes, jobs, problems = _listing(raw, config)
+    created = False
     try:
         store = ImageStore.open(store_path, mode="a")
         if store.config != config.preprocess:
@@ -162,97 +274,266 @@ def ingest(
             )
     except StoreNotFoundError:
         store = ImageStore.create(store_path, config.preprocess.size, config.preprocess)
-    with store:
-        store.add_source(source)
-        names = list(store.class_names)
-        names += [c for c in classes if c not in names]
-        store.set_class_names(names)
-        known = {r.sha256: r.position for r in store.index.records if r.sha256}
-        seen = {(r.source, r.sha256) for r in store.index.records}
-        seen |= {(d["source"], d["sha256"]) for d in store.index.duplicates}
-        jobs = [(p, names.index(c)) for c, files in classes.items() for p in files]
-        added = dict.fromkeys(classes, 0)
-        skipped: list[tuple[str, str]] = []
-        n_dup = n_known = 0
-        pending = len(store)
-        done = 0
-        batches = [jobs[i : i + config.batch_size] for i in range(0, len(jobs), config.batch_size)]
-        with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
-            # Keep a few batches decoding ahead so workers never wait on the main thread,
-            # while memory stays bounded to those batches.
-            in_flight: deque[list] = deque()
-            ahead = iter(batches)
-
-            def submit_next() -> None:
-                chunk = next(ahead, None)
-                if chunk is not None:
-                    in_flight.append(
-                        [pool.submit(_load, p, lab, config.max_pixels) for p, lab in chunk]
-                    )
-
-            for _ in range(3):
-                submit_next()
-            while in_flight:
-                futures = in_flight.popleft()
-                submit_next()
-                results = [f.result() for f in futures]
-                keep: list[_Decoded] = []
-                for r in results:
-                    rel = r.path.relative_to(root).as_posix()
-                    if r.error is not None:
-                        if config.strict:
-                            raise BadFilesError(
-                                f"{r.path}: {r.error}. Nothing was committed "
-                                "(--strict); fix or remove the file and rerun."
-                            )
-                        skipped.append((rel, r.error))
-                        log.warning("skipping %s: %s", r.path, r.error)
-                    elif (rel, r.sha256) in seen:
-                        n_known += 1
-                    elif r.sha256 in known:
-                        store.add_duplicate(rel, r.sha256, known[r.sha256])
-                        seen.add((rel, r.sha256))
-                        n_dup += 1
-                    else:
-                        known[r.sha256] = pending + len(keep)
-                        seen.add((rel, r.sha256))
-                        keep.append(r)
-                if keep:
-                    imgs = [k.image for k in keep]
-                    batch = preprocess_batch(imgs, config.preprocess)
-                    sigs = signatures(imgs)
-                    records = [
-                        {
-                            "source": k.path.relative_to(root).as_posix(),
-                            "sha256": k.sha256,
-                            "height": int(k.image.shape[0]),
-                            "width": int(k.image.shape[1]),
-                        }
-                        for k in keep
-                    ]
-                    store.append(batch, [k.label for k in keep], records, signatures=sigs)
-                    pending += len(keep)
-                    for k in keep:
-                        added[names[k.label]] += 1
-                done += len(results)
-                if progress is not None:
-                    progress(done, len(jobs))
-        # Near-duplicate groups over every slice, old and new (a new slice may join two old
-        # groups); nothing appended leaves the committed groups as they are.
-        if store.n_pending:
-            sigs = np.concatenate([store.signatures(), store.pending_signatures()])
-            store.commit(groups=duplicate_groups(sigs))
-        else:
-            store.commit()
-        report = IngestReport(
-            store=str(store_path),
-            added=added,
-            total=len(store),
-            exact_duplicates=n_dup,
-            already_stored=n_known,
-            skipped=tuple(skipped),
-            duplicate_groups=len(set(store.groups.tolist())),
-            seconds=time.perf_counter() - t0,
-        )
+        created = True
+    try:
+        with store:
+            report = _run(store, store_path, source, root, classes, jobs, problems, config,
+                          progress, t0)  # fmt: skip
+    except BaseException:
+        if created:
+            _remove_store(store_path)
+        raise
     log.info("ingest added %d samples to %s in %.1fs", report.n_added, store_path, report.seconds)
     return report
+
+
+def _remove_store(store_path: str | os.PathLike[str]) -> None:
+    """Delete a store this run created (it never committed anything but an empty index)."""
+    if is_url(store_path):
+        return
+    shutil.rmtree(local_path(store_path), ignore_errors=True)
+
+
+def _run(store, store_path, source, root, classes, jobs, problems, config, progress, t0):
+    salt = store.salt
+    if salt is None:
+        salt = new_salt()
+        store.set_salt(salt)
+    store.add_source(source)
+    origin = store.index.sources.index(source)
+    names = list(store.class_names)
+    names += [c for c in classes if c not in names]
+    store.set_class_names(names)
+    for j in jobs:
+        j.label = names.index(classes[j.label])
+    sources = store.index.sources
+
+    def fid(orig: str, rel: str) -> str:
+        return salted_hash(salt, "file", f"{orig}\x00{rel}")
+
+    # format-1 records carry no file id yet: derive it from their relative path
+    records = list(store.index.records)
+    for i, r in enumerate(records):
+        if not r.file_id and r.origin >= 0 and r.kind == "image" and r.source:
+            records[i] = SampleRecord(**{**r.to_dict(), "flags": r.flags,
+                                         "file_id": fid(sources[r.origin], r.source)})  # fmt: skip
+            store.update_record(i, file_id=records[i].file_id)
+    skipped: list[tuple[str, str]] = list(problems)
+    notes: list[str] = []
+    retire: dict[int, str] = {}
+    key_updates: dict[int, str] = {}
+
+    def fail(name: str, reason: str) -> None:
+        if config.strict:
+            raise BadFilesError(
+                f"{name}: {reason}. Nothing was committed (--strict); fix or remove the file "
+                "and rerun."
+            )
+        skipped.append((name, reason))
+        log.warning("skipping %s: %s", name, reason)
+
+    if problems and config.strict:
+        fail(*problems[0])
+    with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
+        list(pool.map(_hash, jobs))
+    for j in jobs:
+        j.file_id = fid(source, j.rel)
+    present = {j.file_id for j in jobs}
+    active = [r for r in records if r.active]
+    by_fid: dict[str, list[SampleRecord]] = {}
+    for r in active:
+        by_fid.setdefault(r.file_id, []).append(r)
+
+    # 1. deleted files (not when a folder could not be listed: its files would look deleted)
+    if problems:
+        notes.append(
+            "deleted files were not looked for: some folders could not be listed (see above)"
+        )
+    else:
+        for r in active:
+            if r.origin == origin and r.file_id and r.file_id not in present:
+                retire[r.position] = "removed"
+    # 2. label conflicts: the same bytes under two labels, now or against another folder
+    labels_of: dict[str, set[int]] = {}
+    where: dict[str, list[str]] = {}
+    for j in jobs:
+        if j.error is None:
+            labels_of.setdefault(j.sha256, set()).add(j.label)
+            where.setdefault(j.sha256, []).append(f"{j.rel} ({names[j.label]})")
+    for r in active:
+        if r.origin != origin and r.sha256 in labels_of:
+            labels_of[r.sha256].add(r.label)
+            where[r.sha256].append(f"a stored sample of {sources[r.origin]} ({names[r.label]})")
+    conflicted = {h for h, labs in labels_of.items() if len(labs) > 1}
+    n_conflicts = 0
+    for j in jobs:
+        if j.error is not None:
+            fail(j.rel, j.error)
+        elif j.sha256 in conflicted:
+            n_conflicts += 1
+            others = [w for w in where[j.sha256] if not w.startswith(j.rel + " (")]
+            fail(
+                j.rel,
+                f"label conflict: the same bytes are also stored as {', '.join(others)}; a "
+                "slice cannot be both, and mriscan will not pick one by folder order: delete "
+                "or move the wrong copy and rerun",
+            )
+    for r in active:
+        if r.sha256 in conflicted:
+            retire[r.position] = "conflict"
+    # 3. unchanged, relabelled and overwritten files
+    todo: list[_Job] = []
+    n_known = 0
+    group_of = {j.file_id: _group_key(salt, j) for j in jobs}
+    for j in jobs:
+        if j.error is not None or j.sha256 in conflicted:
+            continue
+        old = [r for r in by_fid.get(j.file_id, []) if r.position not in retire]
+        if old and all(r.sha256 == j.sha256 and r.label == j.label for r in old):
+            n_known += 1
+            key = group_of[j.file_id]
+            if key is not None:  # a manifest's group column may change
+                for r in old:
+                    if r.group_key != key:
+                        key_updates[r.position] = key
+            continue
+        for r in old:
+            retire[r.position] = "relabelled" if r.sha256 == j.sha256 else "replaced"
+        todo.append(j)
+    # a removed record whose bytes come back under another label: the file was moved
+    moved = {j.sha256: j.label for j in todo}
+    for pos, why in list(retire.items()):
+        r = records[pos]
+        if why == "removed" and r.sha256 in moved and moved[r.sha256] != r.label:
+            retire[pos] = "relabelled"
+    # 4. exact duplicates of kept samples (same label: conflicts are gone by now)
+    primary: dict[str, int] = {}
+    for r in active:
+        if r.position not in retire:
+            primary.setdefault(r.sha256, r.position)
+    old_dups = [d for d in store.index.duplicates if d.get("origin", 0) != origin]
+    kept_dups = {
+        (d["source"], d["sha256"]) for d in store.index.duplicates if d.get("origin", 0) == origin
+    }
+    dups: list[tuple[_Job, str]] = []
+    to_add: list[_Job] = []
+    pending_sha: set[str] = set()
+    for j in todo:
+        if j.sha256 in primary or j.sha256 in pending_sha:
+            dups.append((j, j.sha256))
+        else:
+            pending_sha.add(j.sha256)
+            to_add.append(j)
+    # 5. decode and append the new files
+    added = dict.fromkeys(classes, 0)
+    not_images: list[tuple[str, str]] = []
+    warned: list[tuple[str, str]] = []
+    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"])
+    opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
+    pending_keys: list[str] = []
+    done = 0
+
+    def load(j: _Job) -> InputRead:
+        if j.path in series_errors:
+            return InputRead(j.path, j.kind, error=series_errors[j.path])
+        return read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+
+    batches = [to_add[i : i + config.batch_size] for i in range(0, len(to_add), config.batch_size)]
+    with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
+        for chunk in batches:
+            images, labels, recs = [], [], []
+            for j, r in zip(chunk, pool.map(load, chunk), strict=True):
+                if r.error is not None:
+                    fail(j.rel, r.error)
+                    pending_sha.discard(j.sha256)
+                    continue
+                if r.skipped is not None:
+                    not_images.append((j.rel, r.skipped))
+                    continue
+                key = group_of[j.file_id]
+                first = len(store) + store.n_pending + len(images)
+                primary.setdefault(j.sha256, first)
+                for s in r.slices:
+                    flags = slice_warnings(s.image)
+                    if flags:
+                        name = j.rel if j.kind == "image" else f"{j.rel} [{s.source}]"
+                        text = describe_flags(flags, s.image)
+                        if config.strict:
+                            raise BadFilesError(
+                                f"{name}: {text}. Nothing was committed (--strict); remove "
+                                "the file or run without --strict to store it with a warning."
+                            )
+                        warned.append((name, text))
+                    images.append(s.image)
+                    labels.append(j.label)
+                    recs.append(
+                        {
+                            "source": s.source,
+                            "sha256": j.sha256,
+                            "height": int(s.image.shape[0]),
+                            "width": int(s.image.shape[1]),
+                            "flags": list(flags),
+                            "kind": j.kind,
+                            "file_id": j.file_id,
+                            "origin": origin,
+                            "group_key": key if key is not None else s.group_key,
+                            "window": s.window,
+                            "plane": s.plane,
+                        }
+                    )
+                added[names[j.label]] += len(r.slices)
+            if images:
+                batch = preprocess_batch(images, config.preprocess)
+                store.append(batch, labels, recs, signatures=signatures(images))
+                pending_keys += [rec["group_key"] for rec in recs]
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(to_add))
+    # 6. the duplicates list of this folder, rebuilt (deleted copies drop out)
+    new_dups = []
+    n_new_dups = 0
+    for j, h in dups:
+        if h not in primary:  # its original failed to decode
+            fail(j.rel, "same bytes as a file that could not be read (see above)")
+            continue
+        name = j.rel if j.kind == "image" else f"{j.kind}-file/{j.file_id}"
+        new_dups.append({"source": name, "sha256": h, "duplicate_of": primary[h],
+                         "origin": origin, "file_id": j.file_id})  # fmt: skip
+        n_new_dups += (name, h) not in kept_dups
+    store.set_duplicates(old_dups + new_dups)
+    for pos, why in retire.items():
+        store.update_record(pos, flags=(*records[pos].flags, why))
+    for pos, key in key_updates.items():
+        store.update_record(pos, group_key=key)
+    # 7. split groups: near-duplicates joined with patients / volumes / manifest groups
+    if store.n_pending or retire or key_updates:
+        sigs = np.concatenate([store.signatures(), store.pending_signatures()])
+        keys = [key_updates.get(r.position, r.group_key) for r in records] + pending_keys
+        store.commit(groups=union_groups(duplicate_groups(sigs), keys))
+    else:
+        store.commit()
+    counts = {w: sum(1 for v in retire.values() if v == w) for w in ("removed", "replaced",
+                                                                     "relabelled")}  # fmt: skip
+    act = store.active_indices()
+    return IngestReport(
+        store=str(store_path),
+        added=added,
+        total=int(act.size),
+        exact_duplicates=n_new_dups,
+        already_stored=n_known,
+        skipped=tuple(skipped),
+        duplicate_groups=len(set(store.groups[act].tolist())),
+        seconds=time.perf_counter() - t0,
+        conflicts=n_conflicts,
+        not_images=tuple(not_images),
+        warnings=tuple(warned),
+        notes=tuple(notes),
+        **counts,
+    )
+
+
+def _group_key(salt: bytes, job: _Job) -> str | None:
+    """The split-group key a manifest row gives (None: the reader's own key)."""
+    if job.group is None:
+        return None
+    return "manifest:" + salted_hash(salt, "group", job.group)

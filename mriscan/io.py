@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
+    "ClassListing",
     "ManifestEntry",
     "SourceFile",
     "decode_bytes",
@@ -37,6 +38,7 @@ __all__ = [
     "list_class_sources",
     "read_file",
     "read_manifest",
+    "scan_class_folders",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -328,9 +330,111 @@ def list_class_sources(root: str | os.PathLike[str]) -> dict[str, list[SourceFil
     return classes
 
 
-def _iter_files(folder: Path) -> Iterator[Path]:
-    """Yield every non-hidden file below ``folder`` (recursively)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
+@dataclass(frozen=True)
+class ClassListing:
+    """The input files of each class folder, and the folders below them that could not be read.
+
+    ``classes`` maps each class name (sorted) to its ``SourceFile`` list (sorted by path);
+    ``unreadable`` lists ``(folder, reason)`` for every sub-folder that could not be listed (its
+    files are not in ``classes``: the caller must say so, never skip them silently).
+    """
+
+    classes: dict[str, list[SourceFile]]
+    unreadable: tuple[tuple[Path, str], ...]
+
+
+def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
+    """List ``root``'s class folders like ``list_class_sources``, checking the layout first.
+
+    Raises
+    ------
+    EmptyDatasetError
+        ``root`` is missing or unreadable; fewer than two class folders (naming a sub-folder
+        that holds class folders itself, when there is one); a class folder that cannot be read
+        (named as unreadable, with the reason); a class folder with no input files; or a nested
+        copy of the class layout (a folder holding two or more folders named like the classes,
+        as in the Kaggle download's ``brain_tumor_dataset/{yes,no}`` beside ``yes/`` and
+        ``no/``), which would be read as a class of its own.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EmptyDatasetError(
+            f"Data folder {root} does not exist or is not a folder. "
+            "Expected class sub-folders such as yes/ and no/."
+        )
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise EmptyDatasetError(
+            f"Data folder {root} cannot be read ({exc.strerror or exc}); check its permissions."
+        ) from exc
+    names = {p.name.lower() for p in subs}
+    if len(subs) < 2:
+        hint = ""
+        for sub in subs:
+            inner = _class_like_children(sub, None)
+            if len(inner) >= 2:
+                hint = f" {sub} holds class folders ({', '.join(inner)}): use {sub} as the data."
+        raise EmptyDatasetError(
+            f"{root} must hold at least two class sub-folders (e.g. yes/ and no/). "
+            f"Received: {[p.name for p in subs] or 'none'}.{hint}"
+        )
+    classes: dict[str, list[SourceFile]] = {}
+    unreadable: list[tuple[Path, str]] = []
+    for sub in subs:
+        try:
+            os.listdir(sub)
+        except OSError as exc:
+            raise EmptyDatasetError(
+                f"Class folder {sub} is unreadable ({exc.strerror or exc}); fix its permissions "
+                "(e.g. chmod -R u+rX) or move it out of the data folder."
+            ) from exc
+        found: list[SourceFile] = []
+        errors: list[tuple[Path, str]] = []
+        for dirpath, dirnames, _ in os.walk(sub):
+            inner = sorted({d.lower() for d in dirnames} & names)
+            if len(inner) >= 2:
+                raise EmptyDatasetError(
+                    f"{dirpath} holds folders named like the class folders ({', '.join(inner)}): "
+                    f"a nested copy of the class layout (the Kaggle download holds yes/, no/ and "
+                    f"brain_tumor_dataset/{{yes,no}}/). It would be read as part of class "
+                    f"{sub.name!r}. Point mriscan at one copy of the data (e.g. {dirpath}), or "
+                    "delete the duplicate folders."
+                )
+        for path in sorted(_iter_files(sub, errors)):
+            kind = file_kind(path)
+            if kind is not None:
+                found.append(SourceFile(path, kind))
+        classes[sub.name] = found
+        unreadable += sorted(set(errors))
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise EmptyDatasetError(
+            f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files."
+        )
+    return ClassListing(classes, tuple(unreadable))
+
+
+def _class_like_children(folder: Path, names: set[str] | None) -> list[str]:
+    """Sub-folder names of ``folder`` that look like class folders (yes/no/tumor...)."""
+    try:
+        kids = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    return sorted(kids) if names is None else sorted(k for k in kids if k.lower() in names)
+
+
+def _walk_error(exc: OSError) -> tuple[Path, str]:
+    return Path(exc.filename or "?"), f"folder cannot be listed ({exc.strerror or exc})"
+
+
+def _iter_files(folder: Path, errors: list | None = None) -> Iterator[Path]:
+    """Yield every non-hidden file below ``folder`` (recursively).
+
+    Folders that cannot be listed are appended to ``errors`` as ``(folder, reason)`` when given.
+    """
+    onerror = None if errors is None else (lambda e: errors.append(_walk_error(e)))
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith("."):

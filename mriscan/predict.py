@@ -190,6 +190,7 @@ def predict_files(
     workers: int | None = None,
     output: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    writer: PredictionWriter | None = None,
 ) -> list[dict[str, Any]]:
     """One row per path with the columns ``columns_for(card)``.
 
@@ -204,6 +205,8 @@ def predict_files(
         a crash keeps the rows done so far.
     progress : callable, optional
         ``progress(done, total)`` after each batch (files done, files in all).
+    writer : PredictionWriter, optional
+        An open writer to stream to instead of ``output`` (the caller closes it).
 
     Raises
     ------
@@ -213,11 +216,13 @@ def predict_files(
         If ``output`` does not end in one of ``OUTPUT_SUFFIXES``.
     """
     thr = _check_threshold(card, threshold)
-    writer = PredictionWriter(output) if output is not None else None
+    own = writer is None and output is not None
+    if own:
+        writer = PredictionWriter(output, columns=columns_for(card))
     rows: list[dict[str, Any]] = []
     with (
         ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
-        writer if writer is not None else contextlib.nullcontext(),
+        writer if own else contextlib.nullcontext(),
     ):
         for batch in _batches(model, card, paths, thr, batch_size, pool):
             rows += batch
@@ -255,7 +260,8 @@ class PredictionWriter:
     So after a crash or Ctrl-C the rows done so far are in ``output`` (CSV, JSON Lines) or
     ``<output>.partial`` (JSON); a ``.json`` file at ``output`` is always complete (an older
     one is removed when writing starts). Columns
-    are those of the first row written (default ``COLUMNS``); non-finite numbers are written
+    are ``columns`` when given, else those of the first row written (default ``COLUMNS``);
+    a row's missing columns are empty cells; non-finite numbers are written
     as empty cells (CSV) or ``null`` (JSON).
 
     Raises
@@ -265,8 +271,11 @@ class PredictionWriter:
         work is done).
     """
 
-    def __init__(self, output: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, output: str | os.PathLike[str], columns: Sequence[str] | None = None
+    ) -> None:
         self.output = Path(output)
+        self.columns = tuple(columns) if columns is not None else None
         self.kind = self.output.suffix.lower()
         if self.kind not in OUTPUT_SUFFIXES:
             raise MriscanError(
@@ -293,8 +302,10 @@ class PredictionWriter:
         assert self._fh is not None, "use PredictionWriter as a context manager"
         if self.kind == ".csv":
             if self._csv is None:
-                fields = list(rows[0]) if rows else list(COLUMNS)
-                self._csv = csv.DictWriter(self._fh, fieldnames=fields)
+                fields = self.columns or (tuple(rows[0]) if rows else COLUMNS)
+                self._csv = csv.DictWriter(
+                    self._fh, fieldnames=list(fields), restval="", extrasaction="ignore"
+                )
                 self._csv.writeheader()
             self._csv.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
         else:
@@ -307,7 +318,7 @@ class PredictionWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._fh is not None
         if self.kind == ".csv" and self._csv is None:  # no rows: still a valid table
-            csv.DictWriter(self._fh, fieldnames=list(COLUMNS)).writeheader()
+            csv.DictWriter(self._fh, fieldnames=list(self.columns or COLUMNS)).writeheader()
         self._fh.close()
         if exc_type is not None:
             log.warning(
@@ -346,37 +357,67 @@ def predict(
     batch_size: int = 32,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    show_paths: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict files and folders with a saved model (threshold: the model's, unless given).
 
-    ``output`` (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see
-    ``PredictionWriter``); ``progress(done, total)`` is called after each batch. Returns the
-    rows (see ``predict_files``).
+    JPEG/PNG files give one row each (``columns_for(card)``); DICOM files and NIfTI volumes
+    one row per slice plus one per series / volume (``mriscan.scan_predict.predict_inputs``,
+    rule in ``mriscan.aggregate.RULE``; columns ``level``, ``unit``, ``slices``,
+    ``aggregate`` added); folders that cannot be listed one error row each. ``output``
+    (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see ``PredictionWriter``);
+    ``progress(done, total)`` is called after each batch of image files. ``show_paths`` names
+    scanner slices by file instead of by pseudonym.
 
     Raises
     ------
     MriscanError
-        If ``output`` has an unknown suffix (before the model is loaded), or no image is found.
+        If ``output`` has an unknown suffix (before the model is loaded), or no input file is
+        found.
     """
     from mriscan.model import load_model
+    from mriscan.readers import collect_inputs
+    from mriscan.scan_predict import SCAN_COLUMNS, predict_inputs
 
     if output is not None:
         PredictionWriter(output)  # an unknown suffix fails here, before any work
-    paths = collect_images(inputs)
-    if not paths:
+    files, problems = collect_inputs(inputs)
+    if not files:
         shown = ", ".join(display_path(p) for p in inputs)
         raise MriscanError(
-            f"No .jpg/.jpeg/.png images found in {shown} (hidden files and folders below "
-            "them are skipped)."
+            f"No JPEG/PNG, DICOM or NIfTI files found in {shown} (hidden files and folders "
+            "below them are skipped)"
+            + "".join(f"; {display_path(p)}: {why}" for p, why in problems)
+            + "."
         )
+    paths = [f.path for f in files if f.kind == "image"]
+    scans = [f for f in files if f.kind != "image"]
     model, card = load_model(model_path)
-    return predict_files(
-        model,
-        card,
-        paths,
-        threshold=threshold,
-        batch_size=batch_size,
-        workers=workers,
-        output=output,
-        progress=progress,
-    )
+    columns = columns_for(card) + (SCAN_COLUMNS if scans else ())
+    writer = PredictionWriter(output, columns=columns) if output is not None else None
+    with writer if writer is not None else contextlib.nullcontext():
+        rows = predict_files(
+            model,
+            card,
+            paths,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            writer=writer,
+        )
+        more: list[dict[str, Any]] = []
+        if scans:
+            more += predict_inputs(
+                model,
+                card,
+                scans,
+                threshold=_check_threshold(card, threshold),
+                batch_size=batch_size,
+                workers=workers,
+                show_paths=show_paths,
+            )
+        more += [{"path": display_path(p), "label": "", "error": why} for p, why in problems]
+        if writer is not None and more:
+            writer.write(more)
+    return rows + more

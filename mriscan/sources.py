@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from mriscan.errors import ConfigError
@@ -33,13 +34,18 @@ def open_or_ingest(
     *,
     store_path: str | os.PathLike[str] | None = None,
     image_size: int | None = None,
+    check_classes: Callable[[tuple[str, ...]], object] | None = None,
 ) -> ImageStore:
     """Open ``data`` if it is a store; otherwise ingest its class folders into ``store_path``.
+
+    ``check_classes(class_names)`` (e.g. ``mriscan.tasks.resolve_task`` with the run's task)
+    is called on the class folders' names before anything is written, so a wrong folder leaves
+    no store behind to block the corrected command.
 
     Parameters
     ----------
     data : path, URL or ImageStore
-        A store, or a folder of class folders.
+        A store, a folder of class folders (JPEG/PNG, DICOM, NIfTI), or a CSV manifest.
     store_path : path, optional
         Where class folders are ingested (default ``DEFAULT_STORE``).
     image_size : int, optional
@@ -58,9 +64,15 @@ def open_or_ingest(
     else:
         target = Path(store_path) if store_path is not None else DEFAULT_STORE
         pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
+        if check_classes is not None and Path(data).is_dir():
+            from mriscan.io import scan_class_folders
+
+            check_classes(tuple(sorted(scan_class_folders(data).classes)))
         report = ingest(Path(data), target, IngestConfig(preprocess=pre))
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
         return ImageStore.open(target)
+    if check_classes is not None:
+        check_classes(tuple(store.class_names))
     if image_size is not None and image_size != store.image_size:
         size = store.image_size
         if not isinstance(data, ImageStore):

@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from mriscan.errors import ConfigError
 
-__all__ = ["cv_splits", "kfold_indices", "split_indices"]
+__all__ = ["cv_splits", "kfold_indices", "split_indices", "union_groups"]
+
+
+def union_groups(duplicate_ids: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    """Split groups that join two relations: near-duplicate slices and slices with one key.
+
+    Two samples share a group when they are linked by a chain of "same near-duplicate group" or
+    "same non-empty key" steps (connected components of the union of both relations; union-find
+    with path halving). Keys are ``SampleRecord.group_key`` strings (patient, volume, manifest
+    group); ``""`` links nothing.
+
+    Parameters
+    ----------
+    duplicate_ids : ndarray of shape (N,), int
+        Near-duplicate group per sample (``mriscan.duplicates.duplicate_groups``).
+    keys : sequence of N str
+
+    Returns
+    -------
+    ndarray of shape (N,), int64
+        Group ids 0.. numbered in order of first appearance.
+
+    Raises
+    ------
+    ConfigError
+        The two inputs differ in length.
+    """
+    dup = np.asarray(duplicate_ids, np.int64).reshape(-1)
+    n = dup.shape[0]
+    if len(keys) != n:
+        raise ConfigError(f"duplicate_ids ({n}) and keys ({len(keys)}) must have one entry each.")
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[object, int] = {}
+    for i in range(n):
+        for token in (("d", int(dup[i])), ("k", keys[i]) if keys[i] else None):
+            if token is None:
+                continue
+            j = first.setdefault(token, i)
+            if j != i:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    order: dict[int, int] = {}
+    return np.array([order.setdefault(find(i), len(order)) for i in range(n)], dtype=np.int64)
 
 
 def _group_table(labels: np.ndarray, groups: np.ndarray, seed: int):

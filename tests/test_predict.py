@@ -243,3 +243,48 @@ def test_predict_cli_on_a_parent_path_with_a_non_utf8_name(model_file, tmp_path,
         "../scans/s02.png",
     ]
     assert all(row["label"] in ("no", "yes") and not row["error"] for row in table)
+
+
+def test_dicom_series_and_nifti_give_slice_rows_and_one_row_per_unit(model_file, tmp_path):
+    import numpy as np
+
+    from mriscan.aggregate import RULE, top_k_mean
+    from mriscan.explain import explain
+    from mriscan.synth_scanner import (
+        FakePatient,
+        phantom_volume,
+        stack_to_ras,
+        write_dicom_series,
+        write_nifti,
+    )
+
+    scans = tmp_path / "scans"
+    series = scans / "Doe_Jane_19700101" / "T1"
+    write_dicom_series(series, phantom_volume(1, n_slices=5, canvas=32), patient=FakePatient())
+    write_nifti(scans / "Roe_Richard.nii.gz", stack_to_ras(phantom_volume(2, n_slices=6)))
+    (scans / "broken.dcm").write_bytes((series / "IM0001.dcm").read_bytes()[:300])
+    out = tmp_path / "p.csv"
+    rows = predict(model_file, [scans], output=out, threshold=0.5)
+    slices = [r for r in rows if r["level"] == "slice"]
+    units = [r for r in rows if r["level"] in ("series", "volume")]
+    errors = [r for r in rows if r["error"]]
+    assert len([r for r in slices if r["unit"].startswith("series:")]) == 5
+    assert {r["level"] for r in units} == {"series", "volume"} and len(units) == 2
+    assert len(errors) == 1 and errors[0]["path"].endswith("broken.dcm")
+    for u in units:
+        members = [r["probability"] for r in slices if r["unit"] == u["unit"]]
+        assert u["probability"] == pytest.approx(top_k_mean(members, 3))
+        assert u["slices"] == len(members) and u["aggregate"] == RULE
+        assert u["label"] == ("yes" if u["probability"] >= 0.5 else "no")
+    text = out.read_text()
+    for secret in ("Doe", "Jane", "19700101", "Roe", "Richard", "FAKE-0001"):
+        assert secret not in text
+    shown = predict(model_file, [series], show_paths=True)
+    assert all("Doe_Jane" in r["path"] for r in shown if r["level"] == "slice")
+    res = explain(model_file, sorted(series.iterdir()), out=tmp_path / "x", slices=[0, 4, 9])
+    made = [r for r in res if not r["error"]]
+    assert [r["path"].split("(")[-1] for r in made] == ["slice 0)", "slice 4)"]
+    assert any("no slice 9" in r["error"] for r in res)
+    assert all("Doe" not in p.name for p in (tmp_path / "x").iterdir())
+    top = explain(model_file, sorted(series.iterdir()), out=tmp_path / "y", top_k=2)
+    assert len(top) == 2 and np.all([r["png"].endswith(".png") for r in top])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mriscan.errors import ConfigError
-from mriscan.splits import kfold_indices, split_indices
+from mriscan.splits import cv_splits, kfold_indices, split_indices, union_groups
 
 
 def _dataset(seed: int, n_groups: int = 120):
@@ -68,3 +68,51 @@ def test_split_errors():
         kfold_indices(labels, groups, n_folds=1)
     with pytest.raises(ConfigError, match="cannot make 5 folds"):
         kfold_indices(np.array([0, 1, 1]), np.array([0, 1, 1]), n_folds=5)
+
+
+def _patients(seed: int):
+    """Slices of random patients (1-4 series of 1-8 slices each), with near-duplicate links
+    that cross patients now and then, and patient ids that may be missing (volume key)."""
+    rng = np.random.default_rng([seed, 7])
+    keys, labels, patient = [], [], []
+    for p in range(int(rng.integers(25, 60))):
+        lab = int(rng.random() < 0.5)
+        has_id = rng.random() < 0.8
+        for s in range(int(rng.integers(1, 5))):
+            for _ in range(int(rng.integers(1, 9))):
+                keys.append(f"patient:{p}" if has_id else f"volume:{p}-{s}")
+                labels.append(lab)
+                patient.append(p if has_id else 10_000 * (p + 1) + s)
+    n = len(keys)
+    dup = np.arange(n)
+    for _ in range(n // 10):  # a few near-duplicate pairs anywhere
+        a, b = rng.integers(0, n, 2)
+        dup[dup == dup[b]] = dup[a]
+    return np.array(labels), keys, np.array(patient), dup
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_no_patient_or_duplicate_on_both_sides_of_any_split_or_fold(seed):
+    labels, keys, patient, dup = _patients(seed)
+    groups = union_groups(dup, keys)
+    split = split_indices(labels, groups, val_fraction=0.2, test_fraction=0.2, seed=seed)
+    side = np.empty(len(labels), int)
+    for k, name in enumerate(("train", "val", "test")):
+        side[split[name]] = k
+    folds = list(cv_splits(labels, groups, folds=4, val_fraction=0.2, seed=seed))
+    for ids in (patient, dup):  # patients (or volumes) and near-duplicates alike
+        for g in np.unique(ids):
+            members = ids == g
+            assert len(set(side[members].tolist())) == 1
+            for _, _, train, val, _test in folds:
+                where = {0 if i in set(train) else 1 if i in set(val) else 2
+                         for i in np.flatnonzero(members)}  # fmt: skip
+                assert len(where) == 1
+
+
+def test_union_groups_joins_both_relations():
+    dup = np.array([0, 0, 1, 2, 3, 4])
+    keys = ["", "patient:a", "patient:a", "", "volume:v", "volume:v"]
+    np.testing.assert_array_equal(union_groups(dup, keys), [0, 0, 0, 1, 2, 2])
+    with pytest.raises(ConfigError):
+        union_groups(dup, keys[:2])

@@ -19,7 +19,7 @@ import zarr
 
 from mriscan.errors import StoreError, StoreLockedError, StoreNotFoundError
 from mriscan.preprocess import PreprocessConfig
-from mriscan.store import ImageStore, verify_store
+from mriscan.store import FORMAT_VERSION, ImageStore, verify_store
 
 S = 16
 
@@ -76,7 +76,7 @@ def test_index_records_config_and_checksums(store_path):
         )
         st.commit()
     index = json.loads((store_path / "index.json").read_text())
-    assert index["format_version"] == 1 and index["count"] == 3
+    assert index["format_version"] == FORMAT_VERSION and index["count"] == 3
     assert index["config"]["aspect"] == "stretch"
     rec = index["records"][2]
     assert rec["source"] == "a/2.png" and rec["label"] == 1 and rec["height"] == 50

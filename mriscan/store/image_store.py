@@ -122,6 +122,8 @@ class ImageStore:
         self._pending_labels: list[np.ndarray] = []
         self._pending_sigs: list[np.ndarray] = []
         self._pending_dups: list[dict[str, Any]] = []
+        self._pending_updates: dict[int, dict[str, Any]] = {}
+        self._new_duplicates: tuple[dict[str, Any], ...] | None = None
         self._closed = False
         self._labels_cache: tuple[StoreIndex, np.ndarray] | None = None
 
@@ -309,6 +311,22 @@ class ImageStore:
         return cached[1]
 
     @property
+    def salt(self) -> bytes | None:
+        """The store's secret salt for identifiers (``mriscan.scan.salted_hash``), or None when
+        the store has none yet (created before format 2, or never ingested into)."""
+        return bytes.fromhex(self._index.salt) if self._index.salt else None
+
+    def active_indices(self) -> np.ndarray:
+        """Positions of the committed samples that are not retired, ndarray (n,), int64.
+
+        Retired records (``SampleRecord.active`` False: their file was deleted, overwritten or
+        moved to another class) keep their rows, but training, CV and evaluation use only these.
+        """
+        return np.array(
+            [r.position for r in self._index.records if r.active], dtype=np.int64
+        ).reshape(-1)
+
+    @property
     def groups(self) -> np.ndarray:
         """Duplicate-group id of each committed sample, ndarray of shape (N,), int64."""
         return np.array([r.group for r in self._index.records], dtype=np.int64)
@@ -456,6 +474,53 @@ class ImageStore:
             {"source": source, "sha256": sha256, "duplicate_of": int(duplicate_of)}
         )
 
+    def set_salt(self, salt: bytes) -> None:
+        """Give a store without a salt its salt (recorded at the next commit).
+
+        Raises
+        ------
+        StoreError
+            The store already has a different salt (ids made with it would no longer match).
+        ConfigError
+            ``salt`` is shorter than 16 bytes.
+        """
+        from mriscan.scan import check_salt
+
+        self._check_writable()
+        salt = check_salt(salt)
+        if self._index.salt and self._index.salt != salt.hex():
+            raise StoreError(f"Store {self.location} already has a salt; it cannot change.")
+        self._index = dataclasses.replace(self._index, salt=salt.hex())
+
+    def update_record(self, position: int, **fields: Any) -> None:
+        """Change fields of a committed record at the next commit (the pixels never change).
+
+        Only ``flags``, ``file_id``, ``group_key`` and ``origin`` may change: a relabel or new
+        content is a new sample (``append``) plus the old one retired with a flag in
+        ``RETIRED_FLAGS``, so that every commit only appends rows.
+
+        Raises
+        ------
+        ValueError
+            Another field, or a position that is not committed.
+        """
+        self._check_writable()
+        bad = set(fields) - {"flags", "file_id", "group_key", "origin"}
+        if bad:
+            raise ValueError(f"update_record cannot change {sorted(bad)}.")
+        if not 0 <= int(position) < len(self):
+            raise ValueError(f"position {position} is not a committed sample (0..{len(self) - 1}).")
+        if "flags" in fields:
+            fields["flags"] = tuple(fields["flags"])
+        self._pending_updates.setdefault(int(position), {}).update(fields)
+
+    def set_duplicates(self, duplicates: Sequence[dict[str, Any]]) -> None:
+        """Replace the whole list of exact-duplicate files at the next commit (instead of adding
+        to it with ``add_duplicate``); each dict: ``source``, ``sha256``, ``duplicate_of``."""
+        self._check_writable()
+        self._new_duplicates = tuple(dict(d) for d in duplicates)
+        self._pending_dups = []
+
     def set_class_names(self, names: Sequence[str]) -> None:
         """Set the class names (recorded at the next commit; existing ones must be a prefix)."""
         self._check_writable()
@@ -498,6 +563,8 @@ class ImageStore:
         old_n = len(self)
         n = old_n + self._pending_images
         records = list(self._index.records) + self._pending_records
+        for pos, fields in self._pending_updates.items():
+            records[pos] = dataclasses.replace(records[pos], **fields)
         if groups is not None:
             ids = np.asarray(groups).reshape(-1)
             if ids.shape[0] != n or (ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0)):
@@ -523,10 +590,12 @@ class ImageStore:
             sig_arr = self._group["signatures"]
             sig_arr.resize((n, *sig_arr.shape[1:]))
             sig_arr[old_n:n] = np.concatenate(self._pending_sigs)
+        dups = self._index.duplicates if self._new_duplicates is None else self._new_duplicates
         index = dataclasses.replace(
             self._index,
             records=tuple(records),
-            duplicates=self._index.duplicates + tuple(self._pending_dups),
+            duplicates=dups + tuple(self._pending_dups),
+            format_version=FORMAT_VERSION,
         )
         self._files.write_atomic(INDEX_KEY, encode_index(index))
         self._index = index
@@ -534,6 +603,7 @@ class ImageStore:
         self._pending_images = 0
         self._pending_records, self._pending_labels = [], []
         self._pending_sigs, self._pending_dups = [], []
+        self._pending_updates, self._new_duplicates = {}, None
         log.info("committed %d new samples (%d total) to %s", added, n, self.location)
         return added
 
@@ -562,12 +632,14 @@ class ImageStore:
 
     def info(self) -> dict[str, Any]:
         """Summary for ``mriscan info``: counts, config, groups, codec, bytes on disk vs raw."""
-        labels = self.labels
+        active = self.active_indices()
+        labels = self.labels[active]
         meta = self._engine.array.metadata
         s = self.image_size
         return {
             "location": self.location,
-            "samples": len(self),
+            "samples": int(active.size),
+            "retired": len(self) - int(active.size),
             "image_size": s,
             "classes": {name: int((labels == k).sum()) for k, name in enumerate(self.class_names)},
             "duplicate_groups": len(set(self.groups.tolist())) if len(self) else 0,

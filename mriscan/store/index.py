@@ -21,6 +21,7 @@ from mriscan.preprocess import PreprocessConfig
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_KEY",
+    "RETIRED_FLAGS",
     "SampleRecord",
     "StoreIndex",
     "decode_index",
@@ -28,16 +29,50 @@ __all__ = [
     "pixel_checksum",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_KEY = "index.json"
+#: Flags of a record whose file is gone or changed: its row stays in the arrays (commits only
+#: ever append), but training, CV, evaluation and duplicate matching skip it.
+RETIRED_FLAGS = frozenset({"removed", "replaced", "relabelled", "conflict"})
+_KINDS = ("image", "dicom", "nifti")
 
 
 @dataclass(frozen=True)
 class SampleRecord:
     """One stored slice: where it came from and how to check it.
 
-    ``position`` is the row in the images array; ``group`` the near-duplicate group id (-1 before
-    the first commit assigns one); ``pixel_sha256`` the ``pixel_checksum`` of the stored slice.
+    ``position`` is the row in the images array; ``group`` the split group id (-1 before the
+    first commit assigns one): ``mriscan.ingest`` makes it the union of near-duplicate slices and
+    slices of one patient / volume / manifest group; ``pixel_sha256`` the ``pixel_checksum`` of
+    the stored slice.
+
+    Format 2 fields (defaults for records read from a format-1 index):
+
+    ``kind``
+        ``"image"`` (JPEG/PNG), ``"dicom"`` or ``"nifti"``.
+    ``source``
+        The path relative to the raw folder for images; for DICOM/NIfTI a pseudonym that holds no
+        file or folder name (``dicom/<series-hash>/<instance-hash>#<frame>``,
+        ``nifti/<volume-hash>#<slice>``): scanner exports are often named after the patient.
+    ``file_id``
+        Salted hash of (raw folder, path relative to it): how a re-ingest finds the record of a
+        file that moved, changed or disappeared, without storing the path.
+    ``origin``
+        Index into ``StoreIndex.sources`` of the raw folder or manifest the file came from
+        (-1: unknown, a format-1 store built from several folders).
+    ``group_key``
+        What must stay on one side of a split, as a salted hash: ``patient:<h>`` (or ``study:``,
+        ``series:``, ``instance:`` when the DICOM header lacks the patient ID), ``volume:<h>``,
+        ``manifest:<h>`` (a manifest's group column); ``""`` for plain images.
+    ``window``, ``plane``
+        The intensity window used (``"header"``, ``"percentile"``, ``"none"``; ``""`` for plain
+        images) and the slice plane (``"axial"``, ``"coronal"``, ``"sagittal"``, ``"unknown"``,
+        ``""``).
+    ``flags``
+        ``RETIRED_FLAGS`` mark a record whose file was deleted (``removed``), overwritten
+        (``replaced``), moved to another class (``relabelled``) or whose bytes now also sit
+        under another class (``conflict``) (see ``active``); ``"uniform"`` / ``"thin"`` mark
+        slices stored with a warning.
     """
 
     position: int
@@ -49,6 +84,17 @@ class SampleRecord:
     group: int = -1
     pixel_sha256: str = ""
     flags: tuple[str, ...] = ()
+    kind: str = "image"
+    file_id: str = ""
+    origin: int = -1
+    group_key: str = ""
+    window: str = ""
+    plane: str = ""
+
+    @property
+    def active(self) -> bool:
+        """False when the record is retired (its file was deleted, overwritten or moved)."""
+        return not RETIRED_FLAGS.intersection(self.flags)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -71,13 +117,18 @@ class SampleRecord:
         unknown = set(data) - set(_RECORD_FIELDS)
         if unknown:
             raise ValueError(f"record has unknown fields {sorted(unknown)}")
-        for name in ("position", "label", "height", "width", "group"):
-            v = data.get(name, -1 if name == "group" else None)
+        for name in ("position", "label", "height", "width", "group", "origin"):
+            v = data.get(name, -1 if name in ("group", "origin") else None)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"record field {name!r} must be an integer, got {v!r}")
-        for name in ("source", "sha256", "pixel_sha256"):
+        for name in ("source", "sha256", "pixel_sha256", "file_id", "group_key", "window", "plane"):
             if not isinstance(data.get(name, ""), str):
                 raise ValueError(f"record field {name!r} must be a string, got {data[name]!r}")
+        if data.get("kind", "image") not in _KINDS:
+            raise ValueError(f"record field 'kind' must be one of {_KINDS}, got {data['kind']!r}")
+        flags = data.get("flags", ())
+        if not isinstance(flags, list | tuple) or not all(isinstance(f, str) for f in flags):
+            raise ValueError(f"record field 'flags' must be a list of strings, got {flags!r}")
         if data["position"] < 0 or not 0 <= data["label"] <= 255 or data.get("group", -1) < -1:
             raise ValueError(
                 f"record out of range: position {data['position']}, label {data['label']} "
@@ -99,6 +150,7 @@ class StoreIndex:
     records: tuple[SampleRecord, ...] = ()
     duplicates: tuple[dict[str, Any], ...] = ()
     sources: tuple[str, ...] = ()
+    salt: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,24 +164,40 @@ class StoreIndex:
             "records": [r.to_dict() for r in self.records],
             "duplicates": list(self.duplicates),
             "sources": list(self.sources),
+            "salt": self.salt,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreIndex:
-        """Inverse of ``to_dict``; rejects unknown format versions (StoreCorruptError)."""
+        """Inverse of ``to_dict``; rejects unknown format versions (StoreCorruptError).
+
+        A format-1 index (before scanner data) is read as format 2 with "no salt yet" (``salt``
+        empty: the next ingest creates one) and records that were all plain images from the
+        store's one raw folder (``origin`` 0; -1 when the store lists several folders, whose
+        files then cannot be matched on re-ingest). It is written as format 2 at the next
+        commit.
+        """
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise StoreCorruptError(
-                f"index.json has format_version {version!r}; this mriscan reads version "
-                f"{FORMAT_VERSION}. Re-ingest the data with this version."
+                f"index.json has format_version {version!r}; this mriscan reads versions 1 "
+                f"and {FORMAT_VERSION}. Re-ingest the data with this version into a new --store."
             )
+        records = data["records"]
+        if version == 1:
+            origin = 0 if len(data.get("sources", ())) == 1 else -1
+            records = [{**r, "origin": origin} if isinstance(r, dict) else r for r in records]
+        salt = data.get("salt", "")
+        if not isinstance(salt, str) or (salt and len(salt) < 32):
+            raise ValueError(f"salt must be a hex string of >= 32 characters, got {salt!r}")
         return cls(
             image_size=int(data["image_size"]),
             config=PreprocessConfig.from_dict(data["config"]),
             class_names=tuple(data["class_names"]),
-            records=tuple(SampleRecord.from_dict(r) for r in data["records"]),
+            records=tuple(SampleRecord.from_dict(r) for r in records),
             duplicates=tuple(data.get("duplicates", ())),
             sources=tuple(data.get("sources", ())),
+            salt=salt,
         )
 
 

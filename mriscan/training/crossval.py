@@ -202,13 +202,19 @@ def cross_validate(
     cfg = config if config is not None else CVConfig()
     tcfg = cfg.train
     t0 = time.perf_counter()
-    store = open_or_ingest(data, store_path=store_path, image_size=tcfg.image_size)
+    store = open_or_ingest(
+        data,
+        store_path=store_path,
+        image_size=tcfg.image_size,
+        check_classes=lambda names: resolve_task(names, tcfg.task),
+    )
     cv = RunLayout(out).cv
     cv.root.mkdir(parents=True, exist_ok=True)
     task = resolve_task(store.class_names, tcfg.task)
     log.info("task: %s", task.describe())
     all_labels = task.labels(store.labels)
-    kept = np.flatnonzero(all_labels >= 0)
+    # the task's classes, and no retired sample (file deleted, overwritten or moved)
+    kept = np.intersect1d(np.flatnonzero(all_labels >= 0), store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training serves every fold
@@ -272,7 +278,7 @@ def cross_validate(
         duplicate_threshold=DEFAULT_THRESHOLD,
         folds=cfg.folds,
         repeats=cfg.repeats,
-        samples=len(labels),
+        samples=len(kept),
         duplicate_groups=len(np.unique(groups)),
         select=tcfg.fit.select,
         pretrain_phantoms=tcfg.pretrain.phantoms,

@@ -94,11 +94,17 @@ def train(
     cfg = config if config is not None else TrainConfig()
     t0 = time.perf_counter()
     layout = RunLayout(out)
-    store = open_or_ingest(data, store_path=store_path, image_size=cfg.image_size)
+    store = open_or_ingest(
+        data,
+        store_path=store_path,
+        image_size=cfg.image_size,
+        check_classes=lambda names: resolve_task(names, cfg.task),
+    )
     task = resolve_task(store.class_names, cfg.task)
     log.info("task: %s", task.describe())
     labels = task.labels(store.labels)
-    kept = np.flatnonzero(labels >= 0)
+    # the task's classes, and no retired sample (file deleted, overwritten or moved)
+    kept = np.intersect1d(np.flatnonzero(labels >= 0), store.active_indices())
     inner = split_indices(
         labels[kept],
         store.groups[kept],

@@ -1,0 +1,85 @@
+"""Per-series / per-volume scores from per-slice probabilities (Keras-free, pure NumPy).
+
+The rule: the **mean of the top-k slice probabilities** of a series (DICOM) or volume (NIfTI),
+k = ``TOP_K`` = 3 (all slices when there are fewer). A tumour shows on a few slices of a
+volume, so the mean of all slices would drown it in the healthy ones, while the single maximum
+lets one noisy slice decide; the mean of the top few is the usual middle ground (as in
+multiple-instance learning's top-k pooling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mriscan.errors import ConfigError
+
+__all__ = ["RULE", "TOP_K", "aggregate_rows", "top_k_mean"]
+
+TOP_K = 3
+RULE = f"mean of the top-{TOP_K} slice probabilities"
+
+
+def top_k_mean(probabilities: Sequence[float] | np.ndarray, k: int = TOP_K) -> float:
+    """Mean of the ``k`` largest values (all of them when fewer), as float.
+
+    Raises
+    ------
+    ConfigError
+        ``k < 1``, no values, or a value that is not finite.
+    """
+    p = np.asarray(probabilities, np.float64).reshape(-1)
+    if k < 1:
+        raise ConfigError(f"k must be >= 1. Received: k={k}.")
+    if p.size == 0 or not np.isfinite(p).all():
+        raise ConfigError(f"need at least one finite probability. Received: {p.tolist()}.")
+    return float(np.sort(p)[::-1][:k].mean())
+
+
+def aggregate_rows(
+    rows: Sequence[dict[str, Any]],
+    *,
+    card: Any,
+    threshold: float | None,
+    k: int = TOP_K,
+) -> list[dict[str, Any]]:
+    """One row per unit (``row["unit"]`` non-empty) from its slice rows without an error.
+
+    Each class's probability (``p_<class>``) is pooled with ``top_k_mean`` over the unit's
+    slices, and so are ``probability`` (two classes: the positive class's) and
+    ``tumor_probability`` (K classes with a healthy class). The label: two classes, the
+    positive class when the pooled probability >= ``threshold``; more, the class with the
+    largest pooled probability. Also ``path`` = the unit's name (``row["unit_path"]`` when the
+    slice rows give one, else the unit id), ``level`` = ``"series"`` or ``"volume"``, ``unit``,
+    ``slices`` (how many were pooled) and ``aggregate`` = the rule. Units in order of first
+    appearance.
+    """
+    names = tuple(card.class_names)
+    units: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("unit") and not r.get("error"):
+            units.setdefault(r["unit"], []).append(r)
+    out = []
+    for unit, members in units.items():
+        row: dict[str, Any] = {"path": members[0].get("unit_path") or unit}
+        pooled = [top_k_mean([m[f"p_{n}"] for m in members], k) for n in names]
+        for n, v in zip(names, pooled, strict=True):
+            row[f"p_{n}"] = v
+        for key in ("probability", "tumor_probability"):
+            if key in members[0]:
+                row[key] = top_k_mean([m[key] for m in members], k)
+        if len(names) == 2:
+            row["label"] = names[1] if row["probability"] >= threshold else names[0]
+        else:
+            row["label"] = names[int(np.argmax(pooled))]
+        row.update(
+            error="",
+            level=unit.split(":", 1)[0],
+            unit=unit,
+            slices=len(members),
+            aggregate=f"mean of the top-{k} slice probabilities",
+        )
+        out.append(row)
+    return out

@@ -1,0 +1,286 @@
+"""One reader for every input kind: a file (JPEG/PNG, DICOM, NIfTI) -> uint8 slices with
+pseudonymous names, split-group keys and warnings. Shared by ingest, evaluate, predict, explain.
+
+A plain image is one slice named by its path relative to the raw folder. A DICOM file gives one
+slice per frame, a NIfTI volume its selected slices (``mriscan.dicom``, ``mriscan.nifti``); their
+slices are named by salted hashes only (``dicom/<series>/<instance>#<frame>``,
+``nifti/<volume>#<slice>``), never by the file or folder name, which in scanner exports is often
+the patient's name. Keras-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mriscan.errors import ImageDecodeError, MixedSeriesError
+from mriscan.io import DEFAULT_MAX_PIXELS, SourceFile, _iter_files, decode_bytes, file_kind
+
+__all__ = [
+    "MIN_SIDE",
+    "InputRead",
+    "InputSlice",
+    "ReadOptions",
+    "check_series_sizes",
+    "collect_inputs",
+    "file_sha256",
+    "read_input",
+    "slice_warnings",
+]
+
+#: Slices with a side shorter than this (e.g. 1×N strips) are stored only with a warning.
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How inputs are read: the pixel cap and the DICOM/NIfTI settings (None: their defaults)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    dicom: object | None = None  # mriscan.dicom.DicomConfig
+    nifti: object | None = None  # mriscan.nifti.NiftiConfig
+
+
+@dataclass(frozen=True)
+class InputSlice:
+    """One slice of an input file.
+
+    Attributes
+    ----------
+    image : ndarray of shape (H, W), uint8
+    source : str
+        Relative path (plain images) or the pseudonym described in the module doc.
+    group_key : str
+        ``patient:<h>`` / ``study:`` / ``series:`` / ``instance:`` (DICOM), ``volume:<h>``
+        (NIfTI), or ``""`` (plain images).
+    unit : str
+        The series or volume the slice belongs to, for per-series aggregation (``""`` for plain
+        images).
+    order : float
+        Position in its unit (slice position in mm, instance number or slice index).
+    window, plane : str
+        ``SampleRecord.window`` / ``SampleRecord.plane``.
+    """
+
+    image: np.ndarray = field(repr=False)
+    source: str
+    group_key: str = ""
+    unit: str = ""
+    order: float = 0.0
+    window: str = ""
+    plane: str = ""
+
+
+@dataclass(frozen=True)
+class InputRead:
+    """What reading one file gave: slices, or ``skipped`` (a DICOM without pixel data, listed,
+    not an error), or ``error`` (the reason, without the path)."""
+
+    path: Path
+    kind: str
+    slices: tuple[InputSlice, ...] = ()
+    skipped: str | None = None
+    error: str | None = None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file's bytes (streamed, ``hashlib.file_digest``).
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
+    """Flags of a slice that is stored only with a warning: ``"uniform"`` (every pixel equal:
+    all black, all white or one grey) and ``"thin"`` (a side shorter than ``MIN_SIDE``)."""
+    flags = []
+    if image.size and int(image.min()) == int(image.max()):
+        flags.append("uniform")
+    if min(image.shape) < MIN_SIDE:
+        flags.append("thin")
+    return tuple(flags)
+
+
+def describe_flags(flags: Iterable[str], image: np.ndarray) -> str:
+    """Human text for ``slice_warnings`` flags (e.g. for the ingest report)."""
+    parts = []
+    if "uniform" in flags:
+        v = int(image.flat[0]) if image.size else 0
+        what = "all black" if v == 0 else "all white" if v == 255 else f"every pixel = {v}"
+        parts.append(f"uniform image ({what}): no anatomy to learn from")
+    if "thin" in flags:
+        parts.append(f"{image.shape[1]}x{image.shape[0]} pixels: a side under {MIN_SIDE}")
+    return "; ".join(parts)
+
+
+def read_input(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    salt: bytes,
+    root: str | os.PathLike[str],
+    options: ReadOptions | None = None,
+    data: bytes | None = None,
+) -> InputRead:
+    """Read one input file into slices; reader failures become ``InputRead.error``.
+
+    Parameters
+    ----------
+    path : path-like
+    kind : {"image", "dicom", "nifti"}
+        As given by ``mriscan.io.file_kind``.
+    salt : bytes
+        The store's salt (``mriscan.scan.new_salt``) for every identifier.
+    root : path-like
+        The raw folder: plain images are named relative to it, NIfTI volume ids hash the path
+        relative to it.
+    options : ReadOptions, optional
+    data : bytes, optional
+        The file's bytes if already read (plain images only).
+
+    Returns
+    -------
+    InputRead
+    """
+    opts = options if options is not None else ReadOptions()
+    path = Path(path)
+    try:
+        if kind == "image":
+            if data is None:
+                data = path.read_bytes()
+            image = decode_bytes(data, path, max_pixels=opts.max_pixels)
+            rel = Path(os.path.relpath(path, root)).as_posix()
+            return InputRead(path, kind, (InputSlice(image, rel),))
+        if kind == "dicom":
+            from mriscan.dicom import read_dicom
+
+            r = read_dicom(path, salt=salt, config=opts.dicom)
+            if r.skipped:
+                return InputRead(path, kind, skipped=r.skipped)
+            out = []
+            for s in r.slices:
+                m = s.meta
+                series = m.series or f"i{m.instance}"
+                unit = f"series:{series}"
+                order = (
+                    m.slice_position
+                    if m.slice_position is not None
+                    else float(m.instance_number or 0) + m.frame / max(m.n_frames, 1)
+                )
+                out.append(
+                    InputSlice(
+                        s.image,
+                        f"dicom/{series}/{m.instance or 'none'}#{m.frame}",
+                        group_key=m.group,
+                        unit=unit,
+                        order=float(order),
+                        window=m.window_source,
+                        plane=m.plane,
+                    )
+                )
+            return InputRead(path, kind, tuple(out))
+        if kind == "nifti":
+            from mriscan.nifti import read_nifti
+
+            r = read_nifti(path, salt=salt, root=root, config=opts.nifti)
+            out = [
+                InputSlice(
+                    s.image,
+                    f"nifti/{s.meta.volume}#{s.meta.slice_index}",
+                    group_key=s.meta.group,
+                    unit=f"volume:{s.meta.volume}",
+                    order=float(s.meta.slice_index),
+                    window=s.meta.window_source,
+                    plane=s.meta.plane,
+                )
+                for s in r.slices
+            ]
+            if not out:
+                return InputRead(path, kind, error="the volume has no slice to keep")
+            return InputRead(path, kind, tuple(out))
+    except ImageDecodeError as exc:
+        return InputRead(path, kind, error=exc.reason)
+    except OSError as exc:
+        return InputRead(path, kind, error=f"cannot read file ({exc.strerror or exc})")
+    return InputRead(path, kind, error=f"unknown input kind {kind!r}")
+
+
+def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
+    """DICOM files whose series mixes slice sizes, each with the reason (header-only reads).
+
+    Reads only Series Instance UID, Rows and Columns of each file (``pydicom.dcmread`` with
+    ``stop_before_pixels``); files that cannot be read here are left to the full reader, which
+    reports them. A series whose files disagree in size is refused whole: storing part of it
+    would split one acquisition by accident.
+    """
+    import pydicom
+
+    series: dict[str, dict[tuple[int, int], list[Path]]] = {}
+    for p in paths:
+        try:
+            ds = pydicom.dcmread(
+                p,
+                stop_before_pixels=True,
+                specific_tags=["SeriesInstanceUID", "Rows", "Columns"],
+            )
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        except Exception:  # damaged files: read_dicom gives the precise error later
+            continue
+        if uid:
+            series.setdefault(uid, {}).setdefault(shape, []).append(p)
+    bad: dict[Path, str] = {}
+    for shapes in series.values():
+        if len(shapes) > 1:
+            sizes = ", ".join(
+                f"{len(ps)} file(s) of {c}x{r}" for (r, c), ps in sorted(shapes.items())
+            )
+            err = MixedSeriesError(
+                f"its series mixes slice sizes ({sizes}); a series must have one size: remove "
+                "the stray files or give them a series of their own"
+            )
+            for ps in shapes.values():
+                for p in ps:
+                    bad[p] = str(err)
+    return bad
+
+
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike[str]],
+) -> tuple[list[SourceFile], list[tuple[Path, str]]]:
+    """Expand files and folders into input files of every kind, and the problems found.
+
+    Folders are searched recursively (sorted; names starting with "." below the folder given
+    are skipped, the folder given itself may lie anywhere); a file given by name is kept even if
+    its kind is unknown (it then fails in its own row). Returns ``(files, problems)`` where
+    problems are ``(folder, reason)`` for sub-folders that could not be listed and folders with
+    no input file.
+    """
+    files: list[SourceFile] = []
+    problems: list[tuple[Path, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            errors: list = []
+            found = [
+                SourceFile(q, k)
+                for q in sorted(_iter_files(p, errors))
+                if (k := file_kind(q)) is not None
+            ]
+            problems += sorted(set(errors))
+            if not found and not errors:
+                problems.append((p, "holds no JPEG/PNG, DICOM or NIfTI files"))
+            files += found
+        else:
+            files.append(SourceFile(p, file_kind(p) or "image"))
+    return files, problems

@@ -1,0 +1,217 @@
+"""Ingest of scanner data: DICOM series, multi-frame, NIfTI, manifests; privacy; patient groups;
+bad scanner inputs each named with nothing committed half-way; old (format 1) stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from pydicom.pixels import get_decoder
+
+from mriscan.cli import main
+from mriscan.ingest import BadFilesError, IngestConfig, ingest
+from mriscan.preprocess import PreprocessConfig
+from mriscan.store import ImageStore, verify_store
+from mriscan.synth_scanner import (
+    FakePatient,
+    phantom_volume,
+    stack_to_ras,
+    write_dicom_series,
+    write_nifti,
+)
+
+SMALL = IngestConfig(preprocess=PreprocessConfig(size=32), workers=2, batch_size=4)
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+# made-up identifying values: none may reach the store or a report
+SECRETS = ("Doe", "Jane", "19700101", "FAKE-0001", "Roe", "Richard", "Fictional", "Smith")
+
+
+def _patient(root: Path, cls: str, pid: str, name: str, seed: int, series: int = 1) -> None:
+    """``series`` DICOM series of one made-up patient under root/cls/<name>/."""
+    p = FakePatient(patient_id=pid, name=name.replace("_", "^"), birth_date="19700101")
+    for k in range(series):
+        stack = phantom_volume(seed + k, n_slices=4, canvas=32, tumor=cls == "yes")
+        write_dicom_series(
+            root / cls / name / f"series{k}", stack, patient=p, series_number=k + 1, seed=seed
+        )
+
+
+@pytest.fixture
+def scanner_root(tmp_path: Path) -> Path:
+    """yes/: patient Doe_Jane (2 series of 4) + a NIfTI named after a patient; no/: patient
+    FAKE-0002 (one multi-frame file of 4 frames) + 2 PNGs."""
+    root = tmp_path / "scans"
+    _patient(root, "yes", "FAKE-0001", "Doe_Jane", seed=1, series=2)
+    vol = phantom_volume(9, n_slices=6, canvas=32, tumor=True)
+    write_nifti(root / "yes" / "Roe_Richard_19700101.nii.gz", stack_to_ras(vol))
+    p2 = FakePatient(patient_id="FAKE-0002", name="Roe^Richard")
+    write_dicom_series(
+        root / "no" / "Roe_Richard", phantom_volume(5, n_slices=4, canvas=32),
+        patient=p2, multiframe=True, suffix="",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        img = (rng.random((40, 40)) * 200).astype(np.uint8)
+        Image.fromarray(img).save(root / "no" / f"plain{i}.png")
+    return root
+
+
+def test_scanner_folders_become_slices_with_groups_and_no_identity(scanner_root, tmp_path):
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(
+        main, ["ingest", str(scanner_root), "--store", str(store), "--image-size", "32"]
+    )
+    assert res.exit_code == 0, res.output
+    with ImageStore.open(store) as st:
+        recs = st.index.records
+        kinds = [r.kind for r in recs]
+        assert kinds.count("dicom") == 8 + 4 and kinds.count("image") == 2
+        assert 1 <= kinds.count("nifti") <= 6
+        assert st.salt is not None and len(st.salt) == 32
+        dicom = [r for r in recs if r.kind == "dicom"]
+        assert all(r.source.startswith("dicom/") and "#" in r.source for r in dicom)
+        assert {r.window for r in dicom} == {"header"} and {r.plane for r in dicom} == {"axial"}
+        assert {r.window for r in recs if r.kind == "nifti"} == {"percentile"}
+        assert all(r.group_key == "" and r.window == "" for r in recs if r.kind == "image")
+        # one patient = one split group, across both of her series
+        doe = [r for r in dicom if r.label == 1]
+        assert len({r.group_key for r in doe}) == 1 and doe[0].group_key.startswith("patient:")
+        assert len({r.group for r in doe}) == 1
+        roe = [r for r in dicom if r.label == 0]
+        assert len({r.group for r in roe}) == 1 and roe[0].group != doe[0].group
+        vol = [r for r in recs if r.kind == "nifti"]
+        assert len({r.group for r in vol}) == 1 and vol[0].group_key.startswith("volume:")
+    index_text = (store / "index.json").read_text()
+    for secret in SECRETS:
+        assert secret.lower() not in index_text.lower(), secret
+        assert secret.lower() not in res.output.lower(), secret
+    info = CliRunner().invoke(main, ["info", "--store", str(store), "--json"])
+    assert info.exit_code == 0 and not any(s in info.output for s in SECRETS)
+    again = ingest(scanner_root, store, SMALL)
+    assert again.n_added == 0 and again.already_stored == 8 + 1 + 1 + 2
+    assert verify_store(store) == []
+
+
+def test_shipped_mr_small_and_nibabel_example(tmp_path):
+    root = tmp_path / "shipped"
+    (root / "yes").mkdir(parents=True)
+    (root / "no").mkdir()
+    shutil.copy(PYDICOM_FILES / "MR_small.dcm", root / "yes" / "MR_small.dcm")
+    example = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+    shutil.copy(example, root / "no" / "example4d.nii.gz")
+    report = ingest(root, tmp_path / "s.zarr", SMALL)
+    assert report.added["yes"] == 1 and report.added["no"] >= 1 and not report.skipped
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        mr = [r for r in st.index.records if r.kind == "dicom"]
+        assert mr[0].window == "header" and (mr[0].height, mr[0].width) == (64, 64)
+
+
+def _bad_inputs(root: Path) -> dict[str, str]:
+    """Add one of each bad scanner input under root/no/; return {relative name: reason part}."""
+    no = root / "no"
+    sr = PYDICOM_FILES / "test-SR.dcm"
+    shutil.copy(sr, no / "report.dcm")
+    data = write_dicom_series(no / "cut", phantom_volume(2, n_slices=1, canvas=24))[0].read_bytes()
+    (no / "cut" / "IM0001.dcm").write_bytes(data[: len(data) // 2])
+    shutil.copy(PYDICOM_FILES / "MR_small_jp2klossless.dcm", no / "j2k.dcm")
+    good = write_nifti(no / "broken.nii", stack_to_ras(phantom_volume(2, n_slices=3, canvas=16)))
+    raw = bytearray(good.read_bytes())
+    raw[344:348] = b"xx1\x00"
+    good.write_bytes(bytes(raw))
+    nib.save(nib.Nifti1Image(np.zeros((4, 0, 3), np.int16), np.eye(4)), no / "empty.nii")
+    # one series whose files disagree in size (same patient, series number and seed)
+    p = FakePatient(patient_id="FAKE-0003")
+    write_dicom_series(no / "mixed", phantom_volume(4, n_slices=2, canvas=24), patient=p, seed=3)
+    write_dicom_series(
+        no / "mixed" / "more", phantom_volume(4, n_slices=2, canvas=32), patient=p, seed=3
+    )
+    return {
+        "no/cut/IM0001.dcm": "truncated",
+        "no/j2k.dcm": "pylibjpeg-openjpeg",
+        "no/broken.nii": "broken or truncated header",
+        "no/empty.nii": "zero-size volume",
+        "no/mixed/IM0001.dcm": "mixes slice sizes",
+        "no/mixed/more/IM0002.dcm": "mixes slice sizes",
+    }
+
+
+def test_bad_scanner_inputs_are_named_and_never_half_committed(scanner_root, tmp_path, monkeypatch):
+    store = tmp_path / "s.zarr"
+    first = ingest(scanner_root, store, SMALL)
+    expected = _bad_inputs(scanner_root)
+    ts = pydicom.dcmread(scanner_root / "no" / "j2k.dcm").file_meta.TransferSyntaxUID
+    monkeypatch.setattr(get_decoder(ts), "_available", {})  # as if the plugin were missing
+    with pytest.raises(BadFilesError, match="Nothing was committed"):
+        ingest(scanner_root, store, IngestConfig(preprocess=PreprocessConfig(size=32), strict=True))
+    with ImageStore.open(store) as st:
+        assert len(st) == first.total
+    report = ingest(scanner_root, store, SMALL)
+    reasons = dict(report.skipped)
+    for name, part in expected.items():
+        assert part in reasons[name], (name, reasons.get(name))
+    assert len([n for n in reasons if n.startswith("no/mixed/")]) == 4  # the whole series
+    assert [n for n, _ in report.not_images] == ["no/report.dcm"]
+    assert report.not_images[0][1].startswith("not an image:")
+    assert report.n_added == 0 and report.total == first.total
+    assert verify_store(store) == []
+
+
+def test_manifest_with_groups(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    rows = ["path,label,group"]
+    for i in range(6):
+        img = (rng.random((40, 40)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(root / f"s{i}.png")
+        rows.append(f"s{i}.png,{'tumor' if i < 3 else 'healthy'},P{i // 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(
+        main, ["ingest", "--manifest", str(root / "labels.csv"), "--store", str(store),
+               "--image-size", "32"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with ImageStore.open(store) as st:
+        assert st.class_names == ("healthy", "tumor")
+        by = {r.source: r for r in st.index.records}
+        assert by["s0.png"].group == by["s1.png"].group != by["s2.png"].group
+        assert by["s2.png"].group == by["s3.png"].group  # P1 spans both labels
+        assert all(r.group_key.startswith("manifest:") for r in st.index.records)
+    # the group column edited: groups follow on re-ingest
+    (root / "labels.csv").write_text("\n".join(rows).replace(",P0", ",P9") + "\n")
+    ingest(root / "labels.csv", store, SMALL)
+    with ImageStore.open(store) as st:
+        by = {r.source: r for r in st.index.records}
+        assert by["s0.png"].group_key != by["s2.png"].group_key
+    res = CliRunner().invoke(main, ["ingest", str(root), "--manifest", str(root / "labels.csv")])
+    assert res.exit_code != 0 and "either RAW_DIR or --manifest" in res.output
+
+
+def test_format_1_store_is_read_and_upgraded(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    index = json.loads((store / "index.json").read_text())
+    index["format_version"] = 1
+    del index["salt"]
+    for r in index["records"]:
+        for k in ("kind", "file_id", "origin", "group_key", "window", "plane"):
+            r.pop(k)
+    (store / "index.json").write_text(json.dumps(index))
+    with ImageStore.open(store) as st:
+        assert st.salt is None and len(st) == 12 and st.index.records[0].origin == 0
+    (class_folder / "no" / "no0.jpg").unlink()
+    report = ingest(class_folder, store, SMALL)  # the v1 records are matched by their path
+    assert report.n_added == 0 and report.removed == 1 and report.already_stored == 11
+    with ImageStore.open(store) as st:
+        assert st.salt is not None and st.index.format_version == 2
+        assert all(r.file_id for r in st.index.records)
+    assert json.loads((store / "index.json").read_text())["format_version"] == 2
+    assert verify_store(store) == []

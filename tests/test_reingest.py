@@ -1,0 +1,207 @@
+"""Issue 19 items 8, 9, 10 (listing): re-ingest follows the folder; nested class layouts and
+unreadable folders are named; uniform and thin images are stored only with a warning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mriscan.cli import main
+from mriscan.errors import ConfigError, EmptyDatasetError
+from mriscan.ingest import BadFilesError, IngestConfig, ingest
+from mriscan.preprocess import PreprocessConfig
+from mriscan.sources import open_or_ingest
+from mriscan.store import ImageStore, verify_store
+
+SMALL = IngestConfig(preprocess=PreprocessConfig(size=32), workers=2, batch_size=4)
+
+
+def _active(store):
+    with ImageStore.open(store) as st:
+        return {r.source: st.class_names[r.label] for r in st.index.records if r.active}
+
+
+# ---- item 8 -----------------------------------------------------------------------------------
+def test_moving_a_file_to_another_class_relabels_it(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    shutil.move(class_folder / "no" / "no1.png", class_folder / "yes" / "no1.png")
+    report = ingest(class_folder, store, SMALL)
+    assert report.relabelled == 1 and report.added == {"no": 0, "yes": 1}
+    assert report.exact_duplicates == 0 and report.total == 12
+    now = _active(store)
+    assert now["yes/no1.png"] == "yes" and "no/no1.png" not in now
+    with ImageStore.open(store) as st:
+        old = next(r for r in st.index.records if r.source == "no/no1.png")
+        assert "relabelled" in old.flags and not old.active
+        assert old.position not in st.active_indices()
+    assert verify_store(store) == []
+
+
+def test_overwritten_file_replaces_its_sample(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    Image.fromarray(np.full((50, 60), 40, np.uint8) + np.eye(50, 60, dtype=np.uint8) * 90).save(
+        class_folder / "yes" / "yes1.png"
+    )
+    report = ingest(class_folder, store, SMALL)
+    assert report.replaced == 1 and report.n_added == 1 and report.total == 12
+    with ImageStore.open(store) as st:
+        live = [r for r in st.index.records if r.active and r.source == "yes/yes1.png"]
+        assert len(live) == 1 and (live[0].height, live[0].width) == (50, 60)
+
+
+def test_deleted_file_is_retired_and_left_out_of_training(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    kept = (class_folder / "no" / "no2.jpg").read_bytes()
+    (class_folder / "no" / "no2.jpg").unlink()
+    res = CliRunner().invoke(main, ["ingest", str(class_folder), "--store", str(store),
+                                    "--image-size", "32"])  # fmt: skip
+    assert res.exit_code == 0 and "1 removed (file deleted)" in res.output
+    assert "no/no2.jpg" not in _active(store)
+    with ImageStore.open(store) as st:
+        assert len(st) == 12 and st.active_indices().size == 11 and st.info()["samples"] == 11
+    # restored, it comes back as a new sample
+    (class_folder / "no" / "no2.jpg").write_bytes(kept)
+    report = ingest(class_folder, store, SMALL)
+    assert report.added == {"no": 1, "yes": 0} and _active(store)["no/no2.jpg"] == "no"
+
+
+def test_same_file_under_two_classes_is_a_conflict_not_folder_order(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    shutil.copy(class_folder / "no" / "no0.jpg", class_folder / "yes" / "also_no0.jpg")
+    report = ingest(class_folder, store, SMALL)
+    reasons = dict(report.skipped)
+    assert (
+        "label conflict" in reasons["no/no0.jpg"]
+        and "label conflict" in reasons["yes/also_no0.jpg"]
+    )
+    assert report.conflicts == 2 and report.total == 11
+    assert "no/no0.jpg" not in _active(store)
+    with pytest.raises(BadFilesError, match="label conflict"):
+        ingest(class_folder, tmp_path / "strict.zarr", IngestConfig(
+            preprocess=PreprocessConfig(size=32), strict=True))  # fmt: skip
+    # an already stored file that gains a copy under the other class is retired, then restored
+    (class_folder / "yes" / "also_no0.jpg").unlink()
+    ingest(class_folder, store, SMALL)
+    assert _active(store)["no/no0.jpg"] == "no"
+    shutil.copy(class_folder / "no" / "no0.jpg", class_folder / "yes" / "again.jpg")
+    ingest(class_folder, store, SMALL)
+    assert "no/no0.jpg" not in _active(store)
+
+
+# ---- item 9 -----------------------------------------------------------------------------------
+@pytest.fixture
+def kaggle_download(class_folder, tmp_path):
+    """The archive as downloaded: yes/, no/ and brain_tumor_dataset/{yes,no}/."""
+    root = tmp_path / "archive"
+    shutil.copytree(class_folder, root)
+    shutil.copytree(class_folder, root / "brain_tumor_dataset")
+    return root
+
+
+def test_nested_copy_of_the_class_layout_is_refused(kaggle_download, tmp_path):
+    with pytest.raises(EmptyDatasetError, match="nested copy of the class layout"):
+        ingest(kaggle_download, tmp_path / "s.zarr", SMALL)
+    assert not (tmp_path / "s.zarr").exists()
+    only = tmp_path / "only"
+    (only / "brain_tumor_dataset").mkdir(parents=True)
+    shutil.copytree(kaggle_download / "yes", only / "brain_tumor_dataset" / "yes")
+    shutil.copytree(kaggle_download / "no", only / "brain_tumor_dataset" / "no")
+    with pytest.raises(EmptyDatasetError, match=r"use .*brain_tumor_dataset as the data"):
+        ingest(only, tmp_path / "s.zarr", SMALL)
+
+
+def test_failed_train_ingest_leaves_no_store_that_blocks_the_fix(kaggle_download, tmp_path):
+    store = tmp_path / "default.zarr"
+    with pytest.raises(EmptyDatasetError):
+        open_or_ingest(kaggle_download, store_path=store, image_size=32)
+    assert not store.exists()
+    three = tmp_path / "three"
+    for c in ("a", "b", "c"):
+        shutil.copytree(kaggle_download / "yes", three / c)
+    with pytest.raises(ConfigError, match="3 classes"):
+        open_or_ingest(three, store_path=store, image_size=32)
+    assert not store.exists()
+    # the corrected command works
+    with open_or_ingest(kaggle_download / "brain_tumor_dataset", store_path=store,
+                        image_size=32) as st:  # fmt: skip
+        assert len(st) == 12
+
+
+def test_a_store_created_by_a_failing_ingest_is_removed(class_folder, tmp_path, monkeypatch):
+    import mriscan.ingest as ing
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(ing, "preprocess_batch", boom)
+    with pytest.raises(RuntimeError):
+        ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# ---- item 10 (listing) ------------------------------------------------------------------------
+def test_unreadable_sub_folder_is_named(class_folder, tmp_path, monkeypatch):
+    hidden = class_folder / "yes" / "locked"
+    hidden.mkdir()
+    shutil.copy(class_folder / "yes" / "yes0.jpg", hidden / "inside.jpg")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(hidden):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    (class_folder / "no" / "no3.png").unlink()
+    report = ingest(class_folder, store, SMALL)
+    reasons = dict(report.skipped)
+    assert "Permission denied" in reasons["yes/locked"]
+    # deletions are not applied while a folder cannot be listed (its files would look deleted)
+    assert report.removed == 0 and any("not looked for" in n for n in report.notes)
+
+
+def test_unreadable_class_folder_is_reported_as_unreadable(class_folder, tmp_path, monkeypatch):
+    real = os.listdir
+
+    def listdir(path="."):
+        if os.fspath(path) == os.fspath(class_folder / "yes"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(EmptyDatasetError, match=r"unreadable .*Permission denied") as err:
+        ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    assert "holds no" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("array", "text"),
+    [
+        (np.zeros((40, 40), np.uint8), "all black"),
+        (np.full((40, 40), 255, np.uint8), "all white"),
+        (np.full((40, 40), 77, np.uint8), "every pixel = 77"),
+        ((np.arange(300) % 255).astype(np.uint8)[None, :], "300x1 pixels"),
+    ],
+)
+def test_degenerate_images_are_stored_with_a_warning(class_folder, tmp_path, array, text):
+    Image.fromarray(array).save(class_folder / "no" / "odd.png")
+    report = ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    warned = dict(report.warnings)
+    assert text in warned["no/odd.png"] and report.total == 13
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        rec = next(r for r in st.index.records if r.source == "no/odd.png")
+        assert rec.flags and rec.active
+    with pytest.raises(BadFilesError, match=text):
+        ingest(class_folder, tmp_path / "strict.zarr", IngestConfig(
+            preprocess=PreprocessConfig(size=32), strict=True))  # fmt: skip
+    assert not (tmp_path / "strict.zarr").exists()
