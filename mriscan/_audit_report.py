@@ -38,7 +38,7 @@ def save_pairs(a, b, pairs, path: Path, title: str) -> str | None:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(f"{s.sources[k]}"[-34:], fontsize=6)
-        axes[row, 0].set_ylabel(f"r={c:.3f}\n{kind}", fontsize=7)
+        axes[row, 0].set_ylabel(f"r={c:.4f}\n{kind}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 

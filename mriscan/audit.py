@@ -1043,8 +1043,10 @@ def audit(
         r["_set"] = s
         report["sets"].append(r)
     if split is None:
-        for a_k in range(len(sets)):
-            for b_k in range(a_k + 1, len(sets)):
+        # with --test the test set is compared in the leakage section instead
+        n_cross = len(sets) - (test is not None)
+        for a_k in range(n_cross):
+            for b_k in range(a_k + 1, n_cross):
                 x = check_cross(sets[a_k], sets[b_k], config)
                 x["_a"], x["_b"] = sets[a_k], sets[b_k]
                 report["cross"].append(x)
