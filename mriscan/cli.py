@@ -782,3 +782,93 @@ def explain(
         raise click.ClickException(
             f"None of the {len(results)} image(s) could be read; no heatmap was written."
         )
+
+
+# ---- audit (issue 17): one self-contained block ---------------------------------------------
+@main.command()
+@click.argument("data", type=_EXISTING, nargs=-1, required=True)
+@click.option("--test", "test", type=_EXISTING, default=None, help="Test set (train = DATA).")
+@click.option(
+    "--split",
+    "split",
+    type=_EXISTING,
+    default=None,
+    help="split.json from `mriscan train`: its train+val vs test items of the store DATA.",
+)
+@click.option(
+    "--out", type=_PATH, default=DEFAULT_OUT / "audit", show_default=True, help="Report folder."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Signature correlation above which two slices are near-duplicates.",
+)
+@click.option(
+    "--shortcut-auc",
+    type=float,
+    default=0.75,
+    show_default=True,
+    help="Metadata-only AUC at which a shortcut is flagged.",
+)
+@click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+def audit(
+    data: tuple[Path, ...],
+    test: Path | None,
+    split: Path | None,
+    out: Path,
+    as_json: bool,
+    threshold: float,
+    shortcut_auc: float,
+    workers: int | None,
+) -> None:
+    """Check DATA (class folders or stores) for duplicates, label conflicts, leakage between
+    a train/test pair (--test or --split) and shortcuts (metadata that predicts the label).
+
+    Writes audit.md, audit.json and figures to --out.
+
+    \b
+    Exit status:
+      0  no leakage and no label conflicts (shortcuts are reported, not fatal)
+      1  bad input (unreadable data, split that does not fit the store)
+      2  leakage: test slices with an exact or near duplicate in train
+      4  label conflicts: the same (or a near-same) slice under two labels
+      6  both 2 and 4
+    """
+    from mriscan.audit import AuditConfig, to_json, write_report
+    from mriscan.audit import audit as run_audit
+
+    cfg = AuditConfig(threshold=threshold, shortcut_auc=shortcut_auc, workers=workers)
+    with _progress("auditing") as progress:
+        report = run_audit(data, test=test, split=split, config=cfg, progress=progress)
+    page = write_report(report, out)
+    if as_json:
+        click.echo(to_json(report))
+    else:
+        for r in report["sets"]:
+            sc, sp = r["shortcut"], r["shortcut_preprocessed"]
+            click.echo(
+                f"{r['name']}: {r['decoded']} slices; exact-duplicate groups "
+                f"{r['exact']['groups']}; near-duplicate pairs (r > {threshold}) "
+                f"{r['near']['pairs']}; groups {r['groups']['count']}; label conflicts "
+                f"{len(r['label_conflicts'])}; metadata AUC {sc.get('auc')} "
+                f"({'SHORTCUT: ' + ', '.join(sc['carriers'][:3]) if sc['flagged'] else 'ok'}); "
+                f"after preprocessing {sp.get('auc')}"
+            )
+        for x in report["cross"]:
+            click.echo(
+                f"{x['a']} vs {x['b']}: {x['pairs']} pairs above r = {threshold}, "
+                f"{x['b_items_matched']} {x['b']} slices matched"
+            )
+        leak = report["leakage"]
+        if leak is not None:
+            by = ", ".join(f"{c} {v['leaked']}/{v['items']}" for c, v in leak["by_class"].items())
+            click.echo(
+                f"LEAKAGE {leak['train']} -> {leak['test']}: {leak['leaked']} of "
+                f"{leak['test_items']} test slices ({by})"
+            )
+        click.echo(f"Report: {page} ({report['seconds']:.0f}s)")
+    if report["exit_status"]:
+        sys.exit(report["exit_status"])

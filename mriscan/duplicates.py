@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mriscan.neighbors import DEFAULT_DIMS, near_pairs
 from mriscan.preprocess import preprocess, preprocess_batch
 
 __all__ = ["SIGNATURE_SIZE", "duplicate_groups", "signature", "signatures"]
@@ -37,16 +38,8 @@ def signatures(images: Sequence[np.ndarray]) -> np.ndarray:
     return preprocess_batch(images, **_THUMBNAIL)
 
 
-def _unit_rows(signatures: np.ndarray) -> np.ndarray:
-    """Zero-mean, unit-norm float32 rows (so a dot product is a Pearson correlation)."""
-    x = signatures.reshape(len(signatures), -1).astype(np.float32)
-    x -= x.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
 def duplicate_groups(
-    signatures: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, block: int = 2048
+    signatures: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, dims: int = DEFAULT_DIMS
 ) -> np.ndarray:
     """Group slices whose signatures correlate above ``threshold`` (transitively).
 
@@ -54,48 +47,43 @@ def duplicate_groups(
     ----------
     signatures : ndarray of shape (N, 16, 16), uint8
     threshold : float
-        Pearson correlation above which two slices are the same slice.
-    block : int
-        Rows compared at once (memory is ``block × N`` floats).
+        Pearson correlation in [0, 1) above which two slices are the same slice.
+    dims : int
+        Principal axes of the k-d tree behind the pair search (speed only, see
+        ``mriscan.neighbors.near_pairs``).
 
     Returns
     -------
     ndarray of shape (N,), int64
-        Group ids numbered 0.. in order of first appearance. Cost is O(N²) dot products.
+        Group ids (connected components of the "correlates above threshold" graph) numbered
+        0.. in order of first appearance. Identical constant thumbnails (blank slices) form one
+        group. The pair search is a k-d tree, not all N² pairs (``bench/test_neighbors.py``).
+
+    Raises
+    ------
+    ConfigError
+        If ``threshold`` is outside [0, 1).
     """
-    n = len(signatures)
-    parent = np.arange(n)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    x = _unit_rows(np.asarray(signatures))
-    flat = x.reshape(n, -1)
+    sigs = np.asarray(signatures)
+    n = len(sigs)
+    if n == 0:
+        return np.empty(0, np.int64)
+    i, j, _ = near_pairs(sigs, threshold=threshold, dims=dims)
+    raw = sigs.reshape(n, -1)
     # Constant thumbnails (all-black slices) correlate with nothing; compare them by value.
-    flat_const = ~np.any(flat, axis=1)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        corr = flat[start:stop] @ flat[start:].T
-        rows, cols = np.nonzero(corr > threshold)
-        for r, c in zip(rows + start, cols + start, strict=True):
-            if c > r:
-                ra, rb = find(r), find(c)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    if flat_const.any():
-        raw = np.asarray(signatures).reshape(n, -1)
+    const = np.flatnonzero(np.all(raw == raw[:, :1], axis=1))
+    if len(const):
         first: dict[bytes, int] = {}
-        for i in np.flatnonzero(flat_const):
-            key = raw[i].tobytes()
-            j = first.setdefault(key, i)
-            if j != i:
-                ra, rb = find(i), find(j)
-                parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    _, ids = np.unique(roots, return_inverse=True)
+        extra = [(first.setdefault(raw[k].tobytes(), k), k) for k in const]
+        ci, cj = np.array(extra, np.int64).reshape(-1, 2).T
+        i, j = np.concatenate([i, ci]), np.concatenate([j, cj])
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
     # renumber by first appearance so ids are stable when rows are appended
-    order = {}
-    return np.array([order.setdefault(g, len(order)) for g in ids], dtype=np.int64)
+    _, first_pos = np.unique(comp, return_index=True)
+    rank = np.empty(len(first_pos), np.int64)
+    rank[np.argsort(first_pos)] = np.arange(len(first_pos))
+    return rank[comp]

@@ -1,0 +1,1117 @@
+"""Data audit: duplicates, label conflicts, split leakage and shortcut risk, before training.
+
+``audit(paths, ...)`` reads one or more data sets (class folders or ImageStores) and checks
+
+- exact duplicates (file SHA-256), same pixels after decoding, near-duplicates (Pearson
+  correlation of the 16×16 perceptual signatures above a threshold, found with the k-d tree of
+  ``mriscan.neighbors``), the near-duplicate groups and their sizes;
+- label conflicts: the same (or a near-same) slice filed under two labels, listed pair by pair;
+- duplicates across sets and the leakage of a train/test pair (two sets, or a ``split.json``);
+- shortcut risk: per-class file metadata (size, aspect, colour mode, format, file size, JPEG
+  quality, intensity and border statistics), and how well a classifier that sees only those
+  metadata predicts the label under grouped cross-validation (ROC AUC), with the features that
+  carry it; the same on simple statistics of the preprocessed slices, to show whether
+  preprocessing removed the cue.
+
+``write_report`` writes ``audit.md``, ``audit.json`` and PNG figures. Keras-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mriscan.duplicates import duplicate_groups, signatures
+from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
+from mriscan.io import decode_bytes, list_class_folders, read_file
+from mriscan.neighbors import cross_pairs, near_pairs
+from mriscan.preprocess import PreprocessConfig, preprocess_batch
+
+__all__ = [
+    "EXIT_CONFLICT",
+    "EXIT_LEAKAGE",
+    "AuditConfig",
+    "AuditError",
+    "AuditSet",
+    "audit",
+    "load_set",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_LEAKAGE = 2
+EXIT_CONFLICT = 4
+_THUMB = 96  # side of the display thumbnails in the figures
+_BATCH = 64
+_COUNT_LEVELS = (0.90, 0.95, 0.98, 0.99)
+# ITU-T T.81 Annex K.1 luminance quantisation table (the IJG base table for quality scaling)
+_STD_LUMA = (
+    (16, 11, 10, 16, 24, 40, 51, 61),
+    (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56),
+    (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77),
+    (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101),
+    (72, 92, 95, 98, 112, 100, 103, 99),
+)
+_STD_LUMA_MEAN = float(np.mean(_STD_LUMA))
+
+
+class AuditError(MriscanError, ValueError):
+    """Audit inputs that cannot be checked (unknown layout, split that does not fit the store)."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Options of an audit.
+
+    Parameters
+    ----------
+    threshold : float
+        Signature correlation (in [0, 1)) above which two slices are near-duplicates.
+    conflict_threshold : float
+        Near-duplicates filed under two labels are a label conflict (an error) above this
+        correlation; between ``threshold`` and it they are reported as cross-class look-alikes
+        (on figshare_br35h 1,671 pairs of different tumours' slices sit at 0.95-0.99, none above).
+    borderline : float
+        Pairs with correlation in ``(threshold - borderline, threshold]`` are shown as
+        borderline (look-alikes or copies just missed).
+    shortcut_auc : float
+        Metadata-only AUC at or above which a set is flagged as having a shortcut.
+    folds : int
+        Folds of the grouped cross-validation of the shortcut classifier.
+    max_pairs : int
+        Pairs listed (and drawn) per table.
+    workers : int, optional
+        Threads reading and decoding files (default: CPU cores).
+    seed : int
+        Seed of the cross-validation folds and the classifier.
+    """
+
+    threshold: float = 0.95
+    conflict_threshold: float = 0.99
+    borderline: float = 0.02
+    shortcut_auc: float = 0.75
+    folds: int = 5
+    max_pairs: int = 12
+    workers: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(
+                f"threshold must be a correlation in [0, 1). Received: threshold={self.threshold}."
+            )
+        if not self.threshold <= self.conflict_threshold < 1.0:
+            raise ConfigError(
+                "conflict_threshold must be in [threshold, 1). Received: "
+                f"conflict_threshold={self.conflict_threshold}."
+            )
+        if not 0.0 <= self.borderline <= self.threshold:
+            raise ConfigError(
+                f"borderline must be in [0, threshold]. Received: borderline={self.borderline}."
+            )
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2. Received: folds={self.folds}.")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1. Received: workers={self.workers}.")
+
+
+@dataclass
+class AuditSet:
+    """One data set as the audit sees it: per-item arrays in a fixed order.
+
+    Attributes
+    ----------
+    name : str
+        Display name (the folder name).
+    path : str
+    kind : {"folder", "store"}
+    class_names : tuple of str
+    sources : list of str
+        Path of each item relative to the set's root (``class/file.jpg``).
+    labels : ndarray of shape (N,), int64
+    sha256 : list of str
+        File hash ("" when the file could not be read).
+    pixel_hash : list of str
+        Hash of the decoded grayscale array with its shape ("" when unavailable).
+    signatures : ndarray of shape (N, 16, 16), uint8
+    thumbs : ndarray of shape (N, 96, 96), uint8
+        Whole-slice display thumbnails (padded, not cropped).
+    meta : dict of str to ndarray of shape (N,)
+        Numeric metadata features (NaN where unknown).
+    categorical : dict of str to list of str
+        Colour mode and format per item.
+    prep_stats : dict of str to ndarray of shape (N,)
+        Simple statistics of the preprocessed slices (default ``PreprocessConfig``).
+    store_positions : ndarray of shape (N,), int64
+        Store record position of each item (-1 for folders and recorded exact duplicates).
+    skipped : list of (str, str)
+        Files that could not be decoded, with the reason.
+    notes : list of str
+        What could not be checked and why.
+    """
+
+    name: str
+    path: str
+    kind: str
+    class_names: tuple[str, ...]
+    sources: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    sha256: list[str] = field(default_factory=list)
+    pixel_hash: list[str] = field(default_factory=list)
+    signatures: np.ndarray = field(default_factory=lambda: np.empty((0, 16, 16), np.uint8))
+    thumbs: np.ndarray = field(default_factory=lambda: np.empty((0, _THUMB, _THUMB), np.uint8))
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    prep_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    store_positions: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def class_of(self, i: int) -> str:
+        """Class name of item ``i``."""
+        return self.class_names[int(self.labels[i])]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _jpeg_quality(img: Image.Image) -> float:
+    """IJG quality (1-100) whose scaled standard luminance table has the file's mean step.
+
+    Inverts libjpeg's ``jpeg_quality_scaling`` (jcparam.c: scale = 5000/q below 50, 200 - 2q
+    above) on the mean of quantisation table 0 (order-independent); NaN for non-JPEG files or
+    files without tables. An estimate: encoders with custom tables get their nearest IJG level.
+    """
+    tables = getattr(img, "quantization", None)
+    if img.format not in ("JPEG", "MPO") or not tables or 0 not in tables:
+        return float("nan")
+    scale = 100.0 * float(np.mean(tables[0])) / _STD_LUMA_MEAN
+    q = 5000.0 / scale if scale > 100.0 else (200.0 - scale) / 2.0
+    return float(np.clip(q, 1.0, 100.0))
+
+
+def _read_one(path: Path) -> dict[str, Any]:
+    """File hash, header metadata and decoded grayscale slice of one file (errors captured)."""
+    try:
+        data = read_file(path)
+    except ImageDecodeError as exc:
+        return {"error": exc.reason}
+    out: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "file_size": len(data)}
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            out["format"] = str(img.format)
+            out["mode"] = str(img.mode)
+            out["quality"] = _jpeg_quality(img)
+        gray = decode_bytes(data, path)
+    except ImageDecodeError as exc:
+        return {**out, "error": exc.reason}
+    except Exception as exc:  # Pillow raises assorted errors on broken headers
+        return {**out, "error": f"cannot read the image header ({exc})"}
+    out["gray"] = gray
+    return out
+
+
+def _gray_stats(gray: np.ndarray) -> dict[str, float]:
+    """Intensity statistics of a decoded slice (from its 256-bin histogram: no sort of
+    megapixel arrays), and the level of its outer 5% frame."""
+    h, w = gray.shape
+    b = max(1, round(0.05 * min(h, w)))
+    frame_sum = (
+        gray[:b].sum(dtype=np.int64)
+        + gray[-b:].sum(dtype=np.int64)
+        + gray[b:-b, :b].sum(dtype=np.int64)
+        + gray[b:-b, -b:].sum(dtype=np.int64)
+    )
+    frame_n = 2 * b * w + 2 * b * max(0, h - 2 * b)
+    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256.0)
+    n = hist.sum()
+    mean = float(hist @ levels / n)
+    cdf = np.cumsum(hist) / n
+    p5, p50, p95 = (float(np.searchsorted(cdf, q)) for q in (0.05, 0.5, 0.95))
+    return {
+        "intensity_mean": mean,
+        "intensity_std": float(np.sqrt(max(hist @ (levels - mean) ** 2 / n, 0.0))),
+        "intensity_p5": p5,
+        "intensity_p50": p50,
+        "intensity_p95": p95,
+        "border_mean": float(frame_sum / max(frame_n, 1)),
+        "background_fraction": float(hist[:16].sum() / n),
+    }
+
+
+def _prep_stats(slices: np.ndarray) -> dict[str, np.ndarray]:
+    """Simple statistics of preprocessed slices (N, S, S) uint8: what a model could pick up
+    without anatomy (brightness, contrast, padding, border)."""
+    x = slices.reshape(len(slices), -1).astype(np.float32)
+    s = slices.shape[1]
+    b = max(1, round(0.05 * s))
+    frame = np.concatenate(
+        [
+            slices[:, :b].reshape(len(slices), -1),
+            slices[:, -b:].reshape(len(slices), -1),
+            slices[:, :, :b].reshape(len(slices), -1),
+            slices[:, :, -b:].reshape(len(slices), -1),
+        ],
+        axis=1,
+    ).astype(np.float32)
+    p5, p50, p95 = np.percentile(x, (5, 50, 95), axis=1)
+    return {
+        "mean": x.mean(axis=1),
+        "std": x.std(axis=1),
+        "p5": p5,
+        "p50": p50,
+        "p95": p95,
+        "zero_fraction": np.mean(x == 0, axis=1),
+        "border_mean": frame.mean(axis=1),
+    }
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "index.json").is_file()
+
+
+def _store_items(path: Path) -> tuple[list[tuple[Path | None, str, int, int]], tuple, Any]:
+    """(file, source, label, store position) for every record and recorded duplicate."""
+    from mriscan.store import ImageStore
+
+    with ImageStore.open(path) as store:
+        index = store.index
+        names = tuple(index.class_names)
+        roots = [Path(s) for s in index.sources]
+
+        def resolve(src: str) -> Path | None:
+            for root in roots:
+                p = root / src
+                if p.is_file():
+                    return p
+            return None
+
+        items = [(resolve(r.source), r.source, int(r.label), r.position) for r in index.records]
+        for d in index.duplicates:
+            folder = d["source"].split("/", 1)[0]
+            label = (
+                names.index(folder)
+                if folder in names
+                else int(index.records[d["duplicate_of"]].label)
+            )
+            items.append((resolve(d["source"]), d["source"], label, -1))
+        return items, names, store
+
+
+def _count_items(path: Path) -> int:
+    """Files a set will read (for the progress total)."""
+    if _is_store(path):
+        from mriscan.store import ImageStore
+
+        with ImageStore.open(path) as store:
+            return len(store.index.records) + len(store.index.duplicates)
+    return sum(len(v) for v in list_class_folders(path).values())
+
+
+def load_set(
+    path: str | os.PathLike[str],
+    config: AuditConfig | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditSet:
+    """Read a class folder or an ImageStore into an ``AuditSet``.
+
+    Every file is read once: SHA-256, Pillow header (format, mode, quantisation tables), safe
+    decode (``mriscan.io``), then the 16×16 signature, a display thumbnail and the slice as the
+    default ``PreprocessConfig`` would store it. For a store, the files are found under the
+    folders recorded in its index; when they are gone the store's own records, signatures and
+    slices are used and the report notes what could not be checked.
+
+    Parameters
+    ----------
+    path : path
+        A folder with one sub-folder per class, or a store folder (holding ``index.json``).
+    config : AuditConfig, optional
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    AuditSet
+
+    Raises
+    ------
+    EmptyDatasetError
+        If a folder has fewer than two class folders or an empty one.
+    AuditError
+        If no file of the set could be decoded.
+    """
+    config = config or AuditConfig()
+    path = Path(path)
+    if _is_store(path):
+        items, names, _ = _store_items(path)
+        kind = "store"
+    else:
+        classes = list_class_folders(path)
+        names = tuple(classes)
+        items = [
+            (p, p.relative_to(path).as_posix(), k, -1)
+            for k, files in enumerate(classes.values())
+            for p in files
+        ]
+        kind = "folder"
+    aset = AuditSet(name=path.resolve().name, path=str(path), kind=kind, class_names=names)
+    if kind == "store" and any(p is None for p, *_ in items):
+        missing = sum(p is None for p, *_ in items)
+        aset.notes.append(
+            f"{missing} of {len(items)} source files are not found under the store's recorded "
+            "folders: file-level checks (format, colour mode, file size, JPEG quality, decoded "
+            "pixels) use the store's records and slices for the whole set instead."
+        )
+        return _load_from_store(path, aset, items)
+    return _load_files(aset, items, config, progress)
+
+
+def _load_files(aset, items, config, progress) -> AuditSet:
+    prep_cfg = PreprocessConfig()
+    rows: dict[str, list] = defaultdict(list)
+    n_done = 0
+    workers = config.workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(items), _BATCH):
+            chunk = items[start : start + _BATCH]
+            results = list(pool.map(_read_one, [p for p, *_ in chunk]))
+            grays, kept = [], []
+            for (_, src, label, pos), r in zip(chunk, results, strict=True):
+                if "error" in r:
+                    aset.skipped.append((src, r["error"]))
+                    continue
+                g = r.pop("gray")
+                grays.append(g)
+                kept.append((src, label, pos, r, g))
+            if grays:
+                sigs = signatures(grays)
+                thumbs = preprocess_batch(grays, size=_THUMB, crop=False, aspect="pad", align=False)
+                prepped = preprocess_batch(grays, prep_cfg)
+                rows["sig"].append(sigs)
+                rows["thumb"].append(thumbs)
+                for k, v in _prep_stats(prepped).items():
+                    rows[f"prep:{k}"].append(v)
+            for src, label, pos, r, g in kept:
+                h, w = g.shape
+                aset.sources.append(src)
+                rows["label"].append(label)
+                rows["pos"].append(pos)
+                aset.sha256.append(r["sha256"])
+                aset.pixel_hash.append(
+                    hashlib.sha256(f"{h}x{w}".encode() + g.tobytes()).hexdigest()
+                )
+                meta = {
+                    "height": float(h),
+                    "width": float(w),
+                    "aspect": w / h,
+                    "megapixels": h * w / 1e6,
+                    "file_size": float(r["file_size"]),
+                    "bytes_per_pixel": r["file_size"] / (h * w),
+                    "jpeg_quality": r["quality"],
+                    **_gray_stats(g),
+                }
+                for k, v in meta.items():
+                    aset.meta.setdefault(k, []).append(v)
+                aset.categorical.setdefault("mode", []).append(r["mode"])
+                aset.categorical.setdefault("format", []).append(r["format"])
+            n_done += len(chunk)
+            if progress is not None:
+                progress(n_done, len(items))
+    if not aset.sources:
+        raise AuditError(
+            f"{aset.path}: none of its {len(items)} files could be decoded "
+            f"(first: {aset.skipped[0] if aset.skipped else 'no files'}). Check the folder."
+        )
+    aset.labels = np.asarray(rows["label"], np.int64)
+    aset.store_positions = np.asarray(rows["pos"], np.int64)
+    aset.signatures = np.concatenate(rows["sig"])
+    aset.thumbs = np.concatenate(rows["thumb"])
+    aset.meta = {k: np.asarray(v, np.float64) for k, v in aset.meta.items()}
+    aset.prep_stats = {
+        k.split(":", 1)[1]: np.concatenate(v) for k, v in rows.items() if k.startswith("prep:")
+    }
+    return aset
+
+
+def _load_from_store(path: Path, aset: AuditSet, items) -> AuditSet:
+    """Store-only view: records, stored signatures and slices (no source files)."""
+    from mriscan.store import ImageStore
+
+    recs = [(src, label, pos) for _, src, label, pos in items if pos >= 0]
+    with ImageStore.open(path) as store:
+        sigs = store.signatures()
+        pos = np.array([p for *_, p in recs], np.int64)
+        slices, _ = store.read_batch(pos)
+        index = store.index
+    aset.sources = [s for s, *_ in recs]
+    aset.labels = np.array([lab for _, lab, _ in recs], np.int64)
+    aset.store_positions = pos
+    aset.sha256 = [index.records[p].sha256 for p in pos]
+    aset.pixel_hash = [index.records[p].pixel_sha256 or "" for p in pos]
+    aset.signatures = sigs[pos]
+    aset.thumbs = preprocess_batch(list(slices), size=_THUMB, crop=False, align=False)
+    h = np.array([index.records[p].height for p in pos], np.float64)
+    w = np.array([index.records[p].width for p in pos], np.float64)
+    aset.meta = {"height": h, "width": w, "aspect": w / h, "megapixels": h * w / 1e6}
+    aset.prep_stats = _prep_stats(slices) if store.config == PreprocessConfig() else {}
+    if not aset.prep_stats:
+        aset.notes.append(
+            "the store was preprocessed with other settings than the default PreprocessConfig; "
+            "the preprocessed-slice shortcut check is skipped."
+        )
+    n_dup = sum(1 for *_, p in items if p < 0)
+    if n_dup:
+        aset.notes.append(
+            f"{n_dup} exact duplicates recorded at ingest are counted from the index only."
+        )
+    return aset
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def _hash_groups(keys: Sequence[str]) -> list[list[int]]:
+    """Items sharing a non-empty key, as lists of indices (groups of 2 or more)."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        if k:
+            by[k].append(i)
+    return [v for v in by.values() if len(v) > 1]
+
+
+def _pair_row(a: AuditSet, i: int, b: AuditSet, j: int, corr: float, kind: str) -> dict:
+    return {
+        "a": a.sources[i],
+        "a_class": a.class_of(i),
+        "b": b.sources[j],
+        "b_class": b.class_of(j),
+        "correlation": round(float(corr), 4),
+        "kind": kind,
+    }
+
+
+def _kind(a: AuditSet, i: int, b: AuditSet, j: int) -> str:
+    if a.sha256[i] and a.sha256[i] == b.sha256[j]:
+        return "exact"
+    if a.pixel_hash[i] and a.pixel_hash[i] == b.pixel_hash[j]:
+        return "pixels"
+    return "near"
+
+
+def _size_histogram(groups: np.ndarray) -> dict[str, int]:
+    sizes = np.bincount(np.bincount(groups))
+    bins = {"1": (1, 1), "2": (2, 2), "3": (3, 3), "4-5": (4, 5), "6-10": (6, 10)}
+    out = {k: int(sizes[lo : hi + 1].sum()) for k, (lo, hi) in bins.items()}
+    out[">10"] = int(sizes[11:].sum())
+    return out
+
+
+def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
+    """Duplicates, near-duplicates, groups and label conflicts within one set.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``exact``, ``pixels``, ``near``, ``borderline``, ``groups``,
+        ``label_conflicts`` (pairs of items with different labels that are exact, pixel-identical
+        or near-duplicates), and the internal ``_pairs`` (i, j, corr) arrays for figures.
+    """
+    t = config.threshold
+    exact = _hash_groups(aset.sha256)
+    pixel = [g for g in _hash_groups(aset.pixel_hash) if len({aset.sha256[i] for i in g}) > 1]
+    lo = max(0.0, t - config.borderline)
+    i, j, c = near_pairs(aset.signatures, threshold=lo)
+    above = c > t
+    groups = duplicate_groups(aset.signatures, threshold=t)
+    conflicts = []
+    for g in exact + pixel:
+        if len({int(aset.labels[k]) for k in g}) > 1:
+            for k in g[1:]:
+                if aset.labels[k] != aset.labels[g[0]]:
+                    conflicts.append(
+                        _pair_row(aset, g[0], aset, k, 1.0, _kind(aset, g[0], aset, k))
+                    )
+    seen = {(r["a"], r["b"]) for r in conflicts}
+    lookalikes = []
+    for a_, b_, cc in zip(i[above], j[above], c[above], strict=True):
+        if aset.labels[a_] != aset.labels[b_]:
+            row = _pair_row(aset, a_, aset, b_, cc, _kind(aset, a_, aset, b_))
+            if (row["a"], row["b"]) in seen:
+                continue
+            if cc > config.conflict_threshold or row["kind"] != "near":
+                conflicts.append(row)
+            else:
+                lookalikes.append(row)
+    conflicts.sort(key=lambda r: -r["correlation"])
+    lookalikes.sort(key=lambda r: -r["correlation"])
+    order = np.argsort(-c[above], kind="stable")
+    worst = [
+        _pair_row(aset, i[above][k], aset, j[above][k], c[above][k], "")
+        for k in order[: config.max_pairs]
+    ]
+    for r, k in zip(worst, order, strict=False):
+        r["kind"] = _kind(aset, i[above][k], aset, j[above][k])
+    bl = np.flatnonzero(~above)
+    bl = bl[np.argsort(-c[bl], kind="stable")][: config.max_pairs]
+    sizes = np.bincount(groups)
+    largest = np.argsort(-sizes, kind="stable")[:5]
+    near_items = np.unique(np.r_[i[above], j[above]])
+    by_class = Counter(aset.class_of(k) for k in near_items)
+    return {
+        "name": aset.name,
+        "path": aset.path,
+        "kind": aset.kind,
+        "files": len(aset) + len(aset.skipped),
+        "decoded": len(aset),
+        "skipped": [{"source": s, "reason": r} for s, r in aset.skipped],
+        "classes": {n: int(np.sum(aset.labels == k)) for k, n in enumerate(aset.class_names)},
+        "notes": aset.notes,
+        "exact": {
+            "groups": len(exact),
+            "files": sum(len(g) for g in exact),
+            "extra_copies": sum(len(g) - 1 for g in exact),
+            "examples": [[aset.sources[k] for k in g] for g in exact[: config.max_pairs]],
+        },
+        "pixels": {
+            "groups": len(pixel),
+            "files": sum(len(g) for g in pixel),
+            "examples": [[aset.sources[k] for k in g] for g in pixel[: config.max_pairs]],
+        },
+        "near": {
+            "threshold": t,
+            "pairs": int(above.sum()),
+            "pairs_not_byte_identical": int(
+                sum(
+                    1
+                    for a_, b_ in zip(i[above], j[above], strict=True)
+                    if aset.sha256[a_] != aset.sha256[b_]
+                )
+            ),
+            "items": len(near_items),
+            "items_by_class": dict(sorted(by_class.items())),
+            "worst": worst,
+        },
+        "borderline": {
+            "range": [round(lo, 4), t],
+            "pairs": int(len(bl) and (~above).sum()),
+            "examples": [_pair_row(aset, i[k], aset, j[k], c[k], "near") for k in bl],
+        },
+        "groups": {
+            "count": len(sizes),
+            "size_histogram": _size_histogram(groups),
+            "largest": [
+                {
+                    "size": int(sizes[g]),
+                    "classes": dict(Counter(aset.class_of(k) for k in np.flatnonzero(groups == g))),
+                }
+                for g in largest
+                if sizes[g] > 1
+            ],
+        },
+        "label_conflicts": conflicts,
+        "conflict_threshold": config.conflict_threshold,
+        "cross_class_lookalikes": {
+            "pairs": len(lookalikes),
+            "by_classes": dict(
+                Counter(" / ".join(sorted((r["a_class"], r["b_class"]))) for r in lookalikes)
+            ),
+            "examples": lookalikes[: config.max_pairs],
+        },
+        "_pairs": (i[above], j[above], c[above], i[~above], j[~above], c[~above]),
+        "_groups": groups,
+    }
+
+
+def check_cross(a: AuditSet, b: AuditSet, config: AuditConfig) -> dict[str, Any]:
+    """Items of ``b`` that have an exact, pixel-identical or near duplicate in ``a``.
+
+    Returns
+    -------
+    dict
+        JSON-ready: counts of pairs and of ``b`` items at several correlation levels, the
+        matched ``b`` items by class (exact / pixels / near, at ``config.threshold``), the worst
+        pairs, borderline pairs, and ``_pairs`` for figures.
+    """
+    t = config.threshold
+    lo = max(0.0, min(t - config.borderline, min(_COUNT_LEVELS)))
+    i, j, c = cross_pairs(a.signatures, b.signatures, threshold=lo)
+    sha_a = {h: k for k, h in enumerate(a.sha256) if h}
+    pix_a = {h: k for k, h in enumerate(a.pixel_hash) if h}
+    matched: dict[int, tuple[str, int, float]] = {}
+    for k in range(len(b)):
+        if b.sha256[k] in sha_a:
+            matched[k] = ("exact", sha_a[b.sha256[k]], 1.0)
+        elif b.pixel_hash[k] and b.pixel_hash[k] in pix_a:
+            matched[k] = ("pixels", pix_a[b.pixel_hash[k]], 1.0)
+    above = c > t
+    order = np.argsort(-c, kind="stable")
+    for k in order:
+        if c[k] <= t:
+            break
+        matched.setdefault(int(j[k]), ("near", int(i[k]), float(c[k])))
+    by_class: dict[str, dict[str, int]] = {
+        n: {"items": int(np.sum(b.labels == q)), "exact": 0, "pixels": 0, "near": 0}
+        for q, n in enumerate(b.class_names)
+    }
+    for k, (kind, _, _) in matched.items():
+        by_class[b.class_of(k)][kind] += 1
+    for row in by_class.values():
+        row["leaked"] = row["exact"] + row["pixels"] + row["near"]
+        row["share"] = round(row["leaked"] / row["items"], 4) if row["items"] else 0.0
+    worst_keys = sorted(matched, key=lambda k: (-matched[k][2], k))[: config.max_pairs]
+    worst = [_pair_row(a, matched[k][1], b, k, matched[k][2], matched[k][0]) for k in worst_keys]
+    levels = {}
+    for lv in sorted({*_COUNT_LEVELS, t}):
+        m = c > lv
+        levels[f"{lv:.2f}"] = {"pairs": int(m.sum()), "b_items": len(np.unique(j[m]))}
+    bl = np.flatnonzero((c <= t) & (c > t - config.borderline))
+    bl = bl[np.argsort(-c[bl], kind="stable")][: config.max_pairs]
+    return {
+        "a": a.name,
+        "b": b.name,
+        "threshold": t,
+        "pairs": int(above.sum()),
+        "levels": levels,
+        "b_items_matched": len(matched),
+        "by_class": by_class,
+        "worst": worst,
+        "borderline": [_pair_row(a, i[k], b, j[k], c[k], "near") for k in bl],
+        "_matched": matched,
+        "_borderline": (i[bl], j[bl], c[bl]),
+    }
+
+
+def _subset(aset: AuditSet, idx: np.ndarray, name: str) -> AuditSet:
+    """The items ``idx`` of a set as a set of their own."""
+    idx = np.asarray(idx, np.int64)
+    return AuditSet(
+        name=name,
+        path=aset.path,
+        kind=aset.kind,
+        class_names=aset.class_names,
+        sources=[aset.sources[k] for k in idx],
+        labels=aset.labels[idx],
+        sha256=[aset.sha256[k] for k in idx],
+        pixel_hash=[aset.pixel_hash[k] for k in idx],
+        signatures=aset.signatures[idx],
+        thumbs=aset.thumbs[idx],
+        meta={k: v[idx] for k, v in aset.meta.items()},
+        categorical={k: [v[q] for q in idx] for k, v in aset.categorical.items()},
+        prep_stats={k: v[idx] for k, v in aset.prep_stats.items()},
+        store_positions=aset.store_positions[idx],
+    )
+
+
+def _merge(sets: Sequence[AuditSet], name: str) -> AuditSet:
+    """Several sets as one (labels remapped onto the union of class names, in order)."""
+    if len(sets) == 1:
+        return sets[0]
+    names: list[str] = []
+    for s in sets:
+        names += [n for n in s.class_names if n not in names]
+    keys = set.intersection(*(set(s.meta) for s in sets))
+    cats = set.intersection(*(set(s.categorical) for s in sets))
+    preps = set.intersection(*(set(s.prep_stats) for s in sets))
+    return AuditSet(
+        name=name,
+        path=", ".join(s.path for s in sets),
+        kind="+".join(sorted({s.kind for s in sets})),
+        class_names=tuple(names),
+        sources=[f"{s.name}/{src}" for s in sets for src in s.sources],
+        labels=np.concatenate(
+            [[names.index(s.class_of(k)) for k in range(len(s))] for s in sets]
+        ).astype(np.int64),
+        sha256=[h for s in sets for h in s.sha256],
+        pixel_hash=[h for s in sets for h in s.pixel_hash],
+        signatures=np.concatenate([s.signatures for s in sets]),
+        thumbs=np.concatenate([s.thumbs for s in sets]),
+        meta={k: np.concatenate([s.meta[k] for s in sets]) for k in keys},
+        categorical={k: [v for s in sets for v in s.categorical[k]] for k in cats},
+        prep_stats={k: np.concatenate([s.prep_stats[k] for s in sets]) for k in preps},
+        store_positions=np.concatenate([s.store_positions for s in sets]),
+    )
+
+
+def _split_sets(aset: AuditSet, split_path: Path) -> tuple[AuditSet, AuditSet]:
+    """Train (+ validation) and test items of a store from a ``split.json``."""
+    try:
+        split = json.loads(Path(split_path).read_text())
+        parts = {k: np.asarray(split[k]["indices"], np.int64) for k in ("train", "val", "test")}
+        srcs = {k: split[k]["sources"] for k in ("train", "val", "test")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditError(
+            f"{split_path}: not a split.json written by `mriscan train` (keys train/val/test, "
+            f"each with indices and sources): {exc}"
+        ) from exc
+    if aset.kind != "store":
+        raise AuditError(
+            f"--split needs the store the split was made on; {aset.path} is a class folder. "
+            f"Pass the store ({split.get('store', 'recorded in the split file')})."
+        )
+    where = {int(p): k for k, p in enumerate(aset.store_positions) if p >= 0}
+    out = {}
+    for name, idx in parts.items():
+        missing = [int(p) for p in idx if int(p) not in where]
+        if missing:
+            raise AuditError(
+                f"{split_path}: {name} index {missing[0]} is not a record of store {aset.path} "
+                f"({len(where)} records). Was the split made on another store?"
+            )
+        rows = np.array([where[int(p)] for p in idx], np.int64)
+        wrong = [s for s, r in zip(srcs[name], rows, strict=True) if aset.sources[r] != s]
+        if wrong:
+            raise AuditError(
+                f"{split_path}: {name} lists {wrong[0]!r} at a position where store {aset.path} "
+                "holds another file. The store changed since the split was written."
+            )
+        out[name] = rows
+    train = _subset(aset, np.r_[out["train"], out["val"]], "train+val")
+    test = _subset(aset, out["test"], "test")
+    return train, test
+
+
+# ---------------------------------------------------------------------------------------------
+# shortcut risk
+
+
+def _feature_matrix(aset: AuditSet, source: str) -> tuple[np.ndarray, list[str]]:
+    """Numeric design matrix of metadata (``source="metadata"``) or preprocessed statistics."""
+    if source == "preprocessed":
+        names = sorted(aset.prep_stats)
+        return np.column_stack([aset.prep_stats[k] for k in names]), names
+    names = list(aset.meta)
+    cols = [aset.meta[k] for k in names]
+    for key, values in aset.categorical.items():
+        for level in sorted(set(values)):
+            names.append(f"{key}={level}")
+            cols.append(np.array([v == level for v in values], np.float64))
+    return np.column_stack(cols), names
+
+
+def _cv_auc(model, X, y, groups, folds, seed) -> tuple[float, list[float]]:
+    """Grouped, stratified k-fold out-of-fold probabilities -> ROC AUC (macro one-vs-rest)
+    and the one-vs-rest AUC of each class."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+
+    k = min(folds, len(np.unique(groups)))
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    prob = cross_val_predict(model, X, y, groups=groups, cv=cv, method="predict_proba")
+    if prob.shape[1] == 2:
+        auc = float(roc_auc_score(y, prob[:, 1]))
+        return auc, [auc, auc]
+    per = [float(roc_auc_score(y == k, prob[:, k])) for k in range(prob.shape[1])]
+    return float(np.mean(per)), per
+
+
+def check_shortcut(
+    aset: AuditSet, groups: np.ndarray, config: AuditConfig, *, source: str = "metadata"
+) -> dict[str, Any]:
+    """How well features that carry no anatomy predict the label.
+
+    A histogram gradient-boosting classifier (scikit-learn) on all features, and a depth-3
+    decision tree on each feature alone, scored by ROC AUC (one-vs-rest macro for more than two
+    classes) on out-of-fold predictions of ``StratifiedGroupKFold``: near-duplicate groups never
+    straddle a fold, so copies cannot inflate the score.
+
+    Parameters
+    ----------
+    aset : AuditSet
+    groups : ndarray of shape (N,), int64
+        Near-duplicate group of each item.
+    config : AuditConfig
+    source : {"metadata", "preprocessed"}
+        File metadata, or statistics of the preprocessed slices.
+
+    Returns
+    -------
+    dict
+        ``auc``, ``flagged`` (``auc >= config.shortcut_auc``), ``features`` (single-feature AUC,
+        best first) and ``carriers`` (the features whose own AUC is at least 0.75 or, if none,
+        the best one); ``auc`` is None with a ``reason`` when a class has too few groups.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.tree import DecisionTreeClassifier
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread: on a busy 2-core machine the default pool spin-waits and one fit took
+    # 12 s instead of 0.5 s (measured on this project's reference machine)
+    with threadpool_limits(1):
+        return _check_shortcut(
+            aset, groups, config, source, HistGradientBoostingClassifier, DecisionTreeClassifier
+        )
+
+
+def _check_shortcut(
+    aset, groups, config, source, HistGradientBoostingClassifier, DecisionTreeClassifier
+) -> dict[str, Any]:
+
+    X, names = _feature_matrix(aset, source)
+    y = aset.labels
+    n_groups_per_class = [len(np.unique(groups[y == k])) for k in np.unique(y)]
+    if len(np.unique(y)) < 2 or min(n_groups_per_class) < 2:
+        return {"auc": None, "flagged": False, "reason": "a class has fewer than 2 groups"}
+    folds = min(config.folds, min(n_groups_per_class))
+    keep = [
+        k for k in range(X.shape[1]) if np.isfinite(X[:, k]).sum() > 1 and np.nanstd(X[:, k]) > 0
+    ]
+    X, names = X[:, keep], [names[k] for k in keep]
+    if not names:
+        return {"auc": 0.5, "flagged": False, "features": [], "carriers": []}
+    # the default 20 samples per leaf cannot split a small set at all
+    leaf = int(np.clip(len(y) // 100, 2, 20))
+    model = HistGradientBoostingClassifier(
+        max_iter=100, min_samples_leaf=leaf, random_state=config.seed
+    )
+    auc, per_class = _cv_auc(model, X, y, groups, folds, config.seed)
+    feats = []
+    for k, name in enumerate(names):
+        col = np.nan_to_num(X[:, k : k + 1], nan=-1.0)
+        tree = DecisionTreeClassifier(max_depth=3, random_state=config.seed)
+        f_auc, f_per = _cv_auc(tree, col, y, groups, folds, 0)
+        feats.append(
+            {"feature": name, "auc": round(f_auc, 4), "per_class": [round(v, 4) for v in f_per]}
+        )
+    feats.sort(key=lambda r: -r["auc"])
+    carriers = [f["feature"] for f in feats if f["auc"] >= 0.75] or [feats[0]["feature"]]
+    by_class = {}
+    for k, cname in enumerate(aset.class_names):
+        if k >= len(per_class):
+            continue
+        ranked = sorted(feats, key=lambda f: -f["per_class"][k])
+        by_class[cname] = {
+            "auc": round(per_class[k], 4),
+            "carriers": [f["feature"] for f in ranked if f["per_class"][k] >= 0.9][:4]
+            or [ranked[0]["feature"]],
+        }
+    return {
+        "per_class": by_class,
+        "source": source,
+        "auc": round(auc, 4),
+        "flagged": bool(auc >= config.shortcut_auc),
+        "threshold": config.shortcut_auc,
+        "folds": folds,
+        "features": feats,
+        "carriers": carriers,
+    }
+
+
+def per_class_metadata(aset: AuditSet) -> dict[str, Any]:
+    """Median (and 5th-95th percentile) of each numeric feature per class, and counts of each
+    colour mode / format per class."""
+    out: dict[str, Any] = {}
+    for k, name in enumerate(aset.class_names):
+        m = aset.labels == k
+        row: dict[str, Any] = {}
+        for f, v in aset.meta.items():
+            x = v[m][~np.isnan(v[m])]
+            row[f] = (
+                {
+                    "median": round(float(np.median(x)), 3),
+                    "p5": round(float(np.percentile(x, 5)), 3),
+                    "p95": round(float(np.percentile(x, 95)), 3),
+                }
+                if x.size
+                else None
+            )
+        for f, vals in aset.categorical.items():
+            row[f] = dict(Counter(v for v, keep in zip(vals, m, strict=True) if keep))
+        sizes = Counter(
+            f"{int(w)}x{int(h)}"
+            for w, h, keep in zip(aset.meta["width"], aset.meta["height"], m, strict=True)
+            if keep
+        )
+        row["distinct_sizes"] = len(sizes)
+        row["most_common_size"] = sizes.most_common(1)[0] if sizes else None
+        out[name] = row
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the audit
+
+
+def audit(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    test: str | os.PathLike[str] | None = None,
+    split: str | os.PathLike[str] | None = None,
+    config: AuditConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Audit one or more data sets, and a train/test pair when ``test`` or ``split`` is given.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Class folders or stores. With ``test``, they are the training side (merged).
+    test : path, optional
+        A class folder or store used as the test side.
+    split : path, optional
+        A ``split.json`` written by ``mriscan train``: its train and val items (of the one store
+        in ``paths``) are the training side, its test items the test side.
+    config : AuditConfig, optional
+    progress : callable(done, total), optional
+        Called while files are read (the long part).
+
+    Returns
+    -------
+    dict
+        JSON-ready report: ``sets`` (per set: duplicates, groups, label conflicts, shortcut),
+        ``cross`` (pairs of sets), ``leakage`` (train vs test, or None), ``exit_status``
+        (``EXIT_LEAKAGE`` | ``EXIT_CONFLICT`` bits), ``seconds``. Keys starting with ``_`` hold
+        arrays for the figures and are dropped by ``write_report``.
+
+    Raises
+    ------
+    AuditError
+        If both ``test`` and ``split`` are given, ``split`` is used with other than one store,
+        or a split does not fit its store.
+    """
+    config = config or AuditConfig()
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise AuditError("Give at least one data set (a class folder or a store).")
+    if test is not None and split is not None:
+        raise AuditError("Pass either --test DATA or --split split.json, not both.")
+    if split is not None and len(paths) != 1:
+        raise AuditError(f"--split needs exactly one store as DATA. Received {len(paths)} sets.")
+    all_paths = [*paths, *([Path(test)] if test is not None else [])]
+    counts = [_count_items(p) for p in all_paths]
+    sets = []
+    for k, p in enumerate(all_paths):
+        before = sum(counts[:k])
+        cb = None
+        if progress is not None:
+
+            def cb(d: int, n: int, before: int = before) -> None:
+                progress(before + d, sum(counts))
+
+        sets.append(load_set(p, config, progress=cb))
+    names = [s.name for s in sets]
+    for k, s in enumerate(sets):
+        if names.count(s.name) > 1:
+            s.name = f"{s.name}#{k + 1}"
+    report: dict[str, Any] = {
+        "threshold": config.threshold,
+        "config": {
+            "threshold": config.threshold,
+            "borderline": config.borderline,
+            "shortcut_auc": config.shortcut_auc,
+            "folds": config.folds,
+            "seed": config.seed,
+        },
+        "signature": "16x16 area-averaged whole-slice thumbnail, Pearson correlation",
+        "sets": [],
+        "cross": [],
+        "leakage": None,
+    }
+    for s in sets:
+        r = check_set(s, config)
+        r["metadata_by_class"] = per_class_metadata(s) if s.categorical else {}
+        r["shortcut"] = check_shortcut(s, r["_groups"], config)
+        r["shortcut_preprocessed"] = (
+            check_shortcut(s, r["_groups"], config, source="preprocessed")
+            if s.prep_stats
+            else {"auc": None, "flagged": False, "reason": "no default-preprocessed slices"}
+        )
+        r["_set"] = s
+        report["sets"].append(r)
+    if split is None:
+        # with --test the test set is compared in the leakage section instead
+        n_cross = len(sets) - (test is not None)
+        for a_k in range(n_cross):
+            for b_k in range(a_k + 1, n_cross):
+                x = check_cross(sets[a_k], sets[b_k], config)
+                x["_a"], x["_b"] = sets[a_k], sets[b_k]
+                report["cross"].append(x)
+    if test is not None or split is not None:
+        if split is not None:
+            train, test_set = _split_sets(sets[0], Path(split))
+            source = str(split)
+        else:
+            train = _merge(sets[:-1], "+".join(s.name for s in sets[:-1]))
+            test_set = sets[-1]
+            source = "--test"
+        leak = check_cross(train, test_set, config)
+        leak.update({"train": train.name, "test": test_set.name, "from": source})
+        leak["_a"], leak["_b"] = train, test_set
+        leak["leaked"] = leak["b_items_matched"]
+        leak["test_items"] = len(test_set)
+        report["leakage"] = leak
+    status = 0
+    if report["leakage"] is not None and report["leakage"]["leaked"]:
+        status |= EXIT_LEAKAGE
+    if any(r["label_conflicts"] for r in report["sets"]):
+        status |= EXIT_CONFLICT
+    report["exit_status"] = status
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def _public(obj: Any) -> Any:
+    """Drop the ``_``-prefixed internals, recursively."""
+    if isinstance(obj, dict):
+        return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list):
+        return [_public(v) for v in obj]
+    return obj
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """The report as JSON text (internals dropped)."""
+    return json.dumps(_public(report), indent=1, allow_nan=False, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if math.isnan(o) else float(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    """Write ``audit.json``, ``audit.md`` and the figures under ``out``; return ``audit.md``.
+
+    Figures: ``<set>_worst_pairs.png`` / ``<set>_borderline.png`` (pairs side by side with their
+    correlation), ``<set>_metadata.png`` (per-class histograms), and for a train/test pair
+    ``leakage_worst_pairs.png`` / ``leakage_borderline.png``.
+    """
+    from mriscan import _audit_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(to_json(report))
+    return _audit_report.write_markdown(report, out)
