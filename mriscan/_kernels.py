@@ -371,7 +371,8 @@ def align_midline(img, max_angle, max_shift):
 # few shifts at once as lags of the rows' autoconvolution, around the shift that the intensity
 # centroid predicts for that angle. Rotations use three 1-D linear shears (A. W. Paeth, "A fast
 # algorithm for general raster rotation", Graphics Interface 1986): two of the three passes run
-# along contiguous rows and vectorise, where per-pixel bilinear sampling (``rotate_shift``) does not.
+# along contiguous rows and vectorise, where per-pixel bilinear sampling (``rotate_shift``) does
+# not.
 # Index arithmetic stays in slices and non-negative counters on purpose: a possibly negative index
 # makes Numba emit wrap-around code that keeps LLVM from vectorising a loop (10× on a shear pass).
 
@@ -388,8 +389,8 @@ def shear_margins(c, max_angle, max_shift):
     rotations up to ``max_angle`` (radians) about (c, c) and shifts up to ``max_shift`` pixels."""
     al = math.tan(abs(max_angle) / 2.0)
     be = math.sin(abs(max_angle))
-    ex = int(math.ceil(abs(max_shift) + al * (c + 1.0))) + 2
-    ey = int(math.ceil(be * (c + ex + 1.0))) + 2
+    ex = math.ceil(abs(max_shift) + al * (c + 1.0)) + 2
+    ey = math.ceil(be * (c + ex + 1.0)) + 2
     return ex, ey
 
 
@@ -544,12 +545,14 @@ def _vertex(ym, y0, yp, limit):
 
 
 @numba.njit(cache=True, nogil=True)
-def _score_angle(a, m, cs, px, py, window, kmin, kmax, buf, bufpad, revpad, pw, ex, ey, p, t1, t2, row):
+def _score_angle(
+    a, m, cs, px, py, window, kmin, kmax, buf, bufpad, revpad, pw, ex, ey, p, t1, t2, row
+):
     """Rotate the reduced image by ``a`` and score the lags around the centroid's axis into
     ``row`` (indexed by lag - kmin); False for a flat image."""
     nk = 2 * window + 1
     # lag of the axis through the centroid once rotated by a (twice its column)
-    kc = int(round(2.0 * (cs + px * math.cos(a) - py * math.sin(a))))
+    kc = round(2.0 * (cs + px * math.cos(a) - py * math.sin(a)))
     k_lo = max(kmin, min(kc - window, kmax - nk + 1))
     cnt = min(nk, kmax - k_lo + 1)
     shear_rotate(m, cs, a, 0.0, buf, ex, ey, p, t1, t2)
@@ -597,9 +600,9 @@ def midline_pose_fast(img, max_angle, max_shift, window, coarse):
     py = sy / sw - cs
     px = sx / sw - cs
     ms = max_shift / f
-    k_id = int(round(2.0 * cs))
-    kmin = min(k_id, int(math.ceil(2.0 * (cs - ms) - 1e-9)))
-    kmax = max(k_id, int(math.floor(2.0 * (cs + ms) + 1e-9)))
+    k_id = round(2.0 * cs)
+    kmin = min(k_id, math.ceil(2.0 * (cs - ms) - 1e-9))
+    kmax = max(k_id, math.floor(2.0 * (cs + ms) + 1e-9))
     pw = max(abs(m - 1 - kmin), abs(m - 1 - kmax)) + 1
     bufpad = np.zeros((m, m + 2 * pw), np.float32)
     revpad = np.zeros((m, m + 2 * pw), np.float32)
