@@ -80,6 +80,13 @@ def main(verbose: int) -> None:
 @click.option(
     "--no-align", is_flag=True, help="Do not rotate/shift slices to centre the head's midline."
 )
+@click.option(
+    "--align-method",
+    type=click.Choice(["fast", "search"]),
+    default=None,
+    help="How the midline is found: 'fast' (coarse-to-fine; the default) or 'search' (the full "
+    "search that stores built before the choice existed used).",
+)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad file.")
 @click.option(
@@ -92,6 +99,7 @@ def ingest(
     aspect: str,
     no_crop: bool,
     no_align: bool,
+    align_method: str | None,
     workers: int | None,
     strict: bool,
     merge: bool,
@@ -106,7 +114,12 @@ def ingest(
 
     cfg = IngestConfig(
         preprocess=PreprocessConfig(
-            size=image_size, aspect=aspect, crop=not no_crop, align=not no_align
+            size=image_size,
+            aspect=aspect,
+            crop=not no_crop,
+            align=not no_align,
+            # the default lives in PreprocessConfig only
+            **({"align_method": align_method} if align_method else {}),
         ),
         workers=workers,
         strict=strict,
