@@ -262,7 +262,7 @@ def midline_pose(image: np.ndarray, method: str = "fast") -> tuple[float, float]
     if method == "search":
         a, d = _kernels.midline_pose(arr, _ALIGN_MAX_ANGLE, max_shift)
     else:
-        a, d = _kernels.midline_pose_fast(
+        a, d, _ = _kernels.midline_pose_fast(
             arr, _ALIGN_MAX_ANGLE, max_shift, _kernels.FAST_WINDOW, _kernels.FAST_COARSE
         )
     return math.degrees(a), float(d)

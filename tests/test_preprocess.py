@@ -314,7 +314,7 @@ def test_shear_rotation_matches_bilinear_rotation():
         p, t1, t2 = _kernels.shear_buffers(128, ex, ey)
         _kernels.shear_source(p, ex, 128)[:] = img
         out = np.empty((128, 128), np.float32)
-        _kernels.shear_rotate(128, c, a, d, out, ex, ey, p, t1, t2)
+        _kernels.shear_rotate(128, c, a, d, out, ex, ey, p, t1, t2, 1)
         diff = np.abs(out - ref)
         # same geometry; the three linear passes blur a little more than one bilinear sample
         assert diff.mean() < 1.5 and np.percentile(diff, 99) < 20, (a, d)
