@@ -21,7 +21,12 @@ REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 RESULTS_DIR = Path(__file__).resolve().parent / ".results"
 
 # Scripts, not benchmarks: keep them out of collection (and out of --doctest-modules).
-collect_ignore = ["gpu_precision.py", "accuracy_experiments.py", "summary.py"]
+collect_ignore = [
+    "gpu_precision.py",
+    "accuracy_experiments.py",
+    "summary.py",
+    "align_reference.py",
+]
 
 # (group, case) -> {"value": float, "unit": str}
 MEASURED: dict[tuple[str, str], dict] = {}
