@@ -325,10 +325,10 @@ def test_shear_rotation_matches_bilinear_rotation():
 def test_fast_pose_agrees_with_the_search_on_the_real_set(real_data):
     """Reference check: the fast pose against the brute-force search on all 253 real slices.
 
-    Measured (bench/RESULTS.md): angle within 1.5° and shift within 1 px for 88.5% of slices
-    (angle alone 89.3%, shift alone 97.2%); the full-resolution symmetry score of the fast pose
-    is within 0.01 of the search's for 90.9% (median: 0.002 higher, as it is not held to the
-    1.5° grid), never more than 0.054 lower.
+    Measured (``bench/align_reference.py``, bench/RESULTS.md): angle within 1.5° and shift within
+    1 px for 88.5% of slices (angle alone 89.3%, shift alone 96.8%); the full-resolution symmetry
+    score at the fast pose is within 0.01 of the search's for 88.5% (median 0.002 higher: the
+    fast pose is not held to the 1.5° grid), and never more than 0.055 lower.
     """
     from mriscan import _kernels
 
