@@ -64,7 +64,7 @@ class PreprocessConfig:
         ``fast``: the same score searched coarse-to-fine on a 2×2-averaged image (6°, 3°, 1.5°
         steps; only the shifts near the axis through the intensity centroid), refined between
         grid points by parabolas, and applied with a three-shear rotation (Paeth 1986); on the
-        real set it finds the reference's angle within 1.5° and shift within 1 px for ~89% of
+        real set it finds the reference's angle within 1.5° and shift within 1 px for 88.5% of
         slices (``bench/RESULTS.md``). Configs saved before this field existed read as
         ``search``, what they were built with.
     """
