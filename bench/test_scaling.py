@@ -72,7 +72,7 @@ def _phantom_signatures(n: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n", CASES)
 def test_grouping_scaling(benchmark, n):
-    """Duplicate grouping at commit compares every pair: its cost per slice grows with N."""
+    """Duplicate grouping at ingest compares every pair: its cost per slice grows with N."""
     from mriscan.duplicates import duplicate_groups
 
     sigs = _phantom_signatures(n, seed=n)

@@ -7,21 +7,77 @@ answers at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
+from mriscan.config import CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
+from mriscan.preprocess import PreprocessConfig
+from mriscan.sources import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
 
-DEFAULT_STORE = Path("data/processed/images.zarr")
 DEFAULT_OUT = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_OUT / "models" / "best_model.keras"
 _PATH = click.Path(path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
+_TYPED = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
+    """The dataclass field at dotted ``path`` of ``cls``, its default and its owner class."""
+    owner: Any = cls
+    *heads, last = path.split(".")
+    for head in heads:
+        owner = type(getattr(owner(), head))
+    f = {x.name: x for x in dataclasses.fields(owner)}[last]
+    return f, getattr(owner(), last), owner
+
+
+def config_option(cls: type, path: str, flag: str, help: str = "") -> Callable:
+    """A click option for setting ``path`` of config class ``cls``: default, choices, type and
+    help come from the dataclass (``mriscan.config``), so nothing is restated here.
+
+    The parameter is named ``cfg__<path with __>``; ``_typed_overrides`` keeps only the ones
+    the user typed, so a config's own defaults always win otherwise.
+    """
+    f, default, owner = _field(cls, path)
+    name = "cfg__" + path.replace(".", "__")
+    text = help or f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    if choices is None:
+        hint = typing.get_type_hints(owner).get(f.name)
+        if typing.get_origin(hint) is typing.Literal:
+            choices = typing.get_args(hint)
+    if isinstance(default, bool):
+        return click.option(
+            f"{flag}/--no-{flag[2:]}", name, default=default, show_default=True, help=text
+        )
+    kw: dict[str, Any] = {"default": default, "show_default": default is not None, "help": text}
+    if choices:
+        kw["type"] = click.Choice(list(choices))
+    elif isinstance(default, tuple):
+        kw.update(type=int, nargs=len(default))
+    elif default is not None:
+        kw["type"] = type(default)
+    else:
+        kw["type"] = int
+    return click.option(flag, name, **kw)
+
+
+def _typed_overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """``{dotted path: value}`` of the config options the user typed (not their defaults)."""
+    out = {}
+    for name, value in params.items():
+        if name.startswith("cfg__") and ctx.get_parameter_source(name) in _TYPED:
+            out[name[5:].replace("__", ".")] = value
+    return out
 
 
 def _human_bytes(n: float) -> str:
@@ -68,41 +124,33 @@ def main(verbose: int) -> None:
     show_default=True,
     help="Store directory (or fsspec URL).",
 )
-@click.option(
-    "--image-size",
-    type=int,
-    default=128,
-    show_default=True,
-    help="Side S of the stored S×S slices.",
+@config_option(PreprocessConfig, "size", "--image-size", "Side S of the stored S×S slices.")
+@config_option(PreprocessConfig, "aspect", "--aspect", "pad keeps the aspect ratio; stretch fills.")
+@config_option(PreprocessConfig, "crop", "--crop", "Crop to the head's bounding box.")
+@config_option(
+    PreprocessConfig, "align", "--align", "Rotate/shift slices to centre the head's midline."
 )
-@click.option("--aspect", type=click.Choice(["pad", "stretch"]), default="pad", show_default=True)
-@click.option("--no-crop", is_flag=True, help="Do not crop to the head's bounding box.")
-@click.option(
-    "--no-align", is_flag=True, help="Do not rotate/shift slices to centre the head's midline."
-)
-@click.option(
+@config_option(
+    PreprocessConfig,
+    "align_method",
     "--align-method",
-    type=click.Choice(["fast", "search"]),
-    default=None,
-    help="How the midline is found: 'fast' (coarse-to-fine; the default) or 'search' (the full "
-    "search that stores built before the choice existed used).",
+    "How the midline is found: fast (coarse-to-fine) or search (the full search that stores "
+    "built before the choice existed used).",
 )
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad file.")
 @click.option(
     "--merge", is_flag=True, help="Allow adding a folder other than the one the store holds."
 )
+@click.pass_context
 def ingest(
+    ctx: click.Context,
     raw_dir: Path,
     store_path: Path,
-    image_size: int,
-    aspect: str,
-    no_crop: bool,
-    no_align: bool,
-    align_method: str | None,
     workers: int | None,
     strict: bool,
     merge: bool,
+    **options: Any,
 ) -> None:
     """Decode, preprocess and store every image under RAW_DIR/<class>/.
 
@@ -110,21 +158,9 @@ def ingest(
     """
     from mriscan.ingest import IngestConfig
     from mriscan.ingest import ingest as run_ingest
-    from mriscan.preprocess import PreprocessConfig
 
-    cfg = IngestConfig(
-        preprocess=PreprocessConfig(
-            size=image_size,
-            aspect=aspect,
-            crop=not no_crop,
-            align=not no_align,
-            # the default lives in PreprocessConfig only
-            **({"align_method": align_method} if align_method else {}),
-        ),
-        workers=workers,
-        strict=strict,
-        merge=merge,
-    )
+    preprocess = override(PreprocessConfig(), _typed_overrides(ctx, options))
+    cfg = IngestConfig(preprocess=preprocess, workers=workers, strict=strict, merge=merge)
     with _progress("ingesting") as progress:
         report = run_ingest(raw_dir, store_path, cfg, progress=progress)
     _print_ingest(report)
@@ -217,91 +253,40 @@ def info(store_path: Path, as_json: bool) -> None:
     )
 
 
-def _train_options(f):
-    """Options shared by train and cv (all but --store and --out are TrainConfig fields)."""
+# (dotted TrainConfig setting, CLI flag) shared by train and cv
+_TRAIN_OPTIONS = (
+    ("fit.epochs", "--epochs"),
+    ("optimizer.batch_size", "--batch-size"),
+    ("image_size", "--image-size"),
+    ("hardware.precision", "--precision"),
+    ("hardware.strategy", "--strategy"),
+    ("seed", "--seed"),
+    ("runtime.pipeline", "--pipeline"),
+    ("fit.select", "--select"),
+    ("model.mirror", "--mirror"),
+    ("pretrain.phantoms", "--pretrain"),
+    ("pretrain.epochs", "--pretrain-epochs"),
+    ("fit.implant", "--implant"),
+    ("optimizer.learning_rate", "--learning-rate"),
+    ("split.val_fraction", "--val-fraction"),
+)
+
+
+def _train_options(f: Callable) -> Callable:
+    """Options shared by train and cv: --store, --out and the ``_TRAIN_OPTIONS`` settings."""
     opts = [
         click.option(
             "--store",
             "store_path",
             type=_PATH,
             default=None,
-            help="Store to ingest DATA into [default: data/processed/images.zarr, or "
-            "data/processed/synthetic.zarr for phantoms].",
+            help=f"Store to ingest DATA into [default: {DEFAULT_STORE}, or {PHANTOM_STORE} "
+            "for phantoms].",
         ),
-        click.option("--epochs", type=int, default=45, show_default=True),
-        click.option(
-            "--batch-size",
-            type=int,
-            default=32,
-            show_default=True,
-            help="Per-replica batch; global batch = this × replicas.",
-        ),
-        click.option("--image-size", type=int, default=128, show_default=True),
-        click.option(
-            "--precision",
-            type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
-            default="auto",
-            show_default=True,
-            help="auto: mixed_float16 on CUDA GPUs (CC >= 7.0), else float32.",
-        ),
-        click.option(
-            "--strategy",
-            type=click.Choice(["auto", "mirrored"]),
-            default="auto",
-            show_default=True,
-            help="TensorFlow: auto = MirroredStrategy over 2+ devices, the default strategy on "
-            "one; mirrored = MirroredStrategy even on one device.",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
         click.option(
             "--out", type=_PATH, default=DEFAULT_OUT, show_default=True, help="Artifacts folder."
         ),
-        click.option(
-            "--pipeline",
-            type=click.Choice(["auto", "pydataset", "tfdata"]),
-            default="auto",
-            show_default=True,
-        ),
-        click.option(
-            "--select",
-            type=click.Choice(["last", "best"]),
-            default="last",
-            show_default=True,
-            help="Keep the last epoch, or the epoch with the best validation AUC "
-            "(checkpointed to models/best_model.keras as it trains).",
-        ),
-        click.option(
-            "--mirror/--no-mirror",
-            default=True,
-            show_default=True,
-            help="Feed the model |slice - mirrored slice| as a second channel (tumors are "
-            "asymmetric; +0.05 CV AUC on the real set).",
-        ),
-        click.option(
-            "--pretrain",
-            type=int,
-            default=3000,
-            show_default=True,
-            help="Phantoms to pre-train on first (0: start from random weights). The weights are "
-            "cached (~/.cache/mriscan or $MRISCAN_CACHE) and shared by all folds of cv.",
-        ),
-        click.option("--pretrain-epochs", type=int, default=5, show_default=True),
-        click.option(
-            "--implant",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Also train on this many copies of every healthy training slice with "
-            "synthetic lesions drawn in, as tumor examples (0: off; validation and test "
-            "slices stay real).",
-        ),
-        click.option(
-            "--learning-rate",
-            type=float,
-            default=1e-3,
-            show_default=True,
-            help="For a global batch of 32; scaled linearly with the global batch.",
-        ),
+        *(config_option(TrainConfig, path, flag) for path, flag in _TRAIN_OPTIONS),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -309,45 +294,37 @@ def _train_options(f):
 
 
 def _resolve_data(
-    data: Path | None, store_path: Path | None, train_options: dict
+    data: Path | None, store_path: Path | None, overrides: dict[str, Any]
 ) -> tuple[Path, Path | None]:
     """DATA or the embedded default (data/raw, else generated phantoms) and its store.
 
-    On phantom data the phantom pre-training is switched off in ``train_options``: more
+    On phantom data the phantom pre-training is switched off in ``overrides``: more
     phantoms add nothing there.
     """
     if data is None:
         from mriscan.synth import default_raw_data
 
-        data = default_raw_data("data/raw", log=lambda m: click.secho(m, fg="yellow", err=True))
+        data = default_raw_data(DEFAULT_RAW, log=lambda m: click.secho(m, fg="yellow", err=True))
         if data.name == "synthetic" and store_path is None:
-            store_path = Path("data/processed/synthetic.zarr")
-    if data.name == "synthetic" and train_options.get("pretrain"):
+            store_path = PHANTOM_STORE
+    if data.name == "synthetic" and overrides.get("pretrain.phantoms", 1):
         click.secho("Phantom data: phantom pre-training skipped.", fg="yellow", err=True)
-        train_options["pretrain"] = 0
+        overrides["pretrain.phantoms"] = 0
     return data, store_path
 
 
 @main.command()
 @click.argument("data", type=_EXISTING, required=False)
 @_train_options
-@click.option("--val-fraction", type=float, default=0.15, show_default=True)
-@click.option("--test-fraction", type=float, default=0.15, show_default=True)
-@click.option(
-    "--verbose-fit",
-    type=click.Choice(["auto", "bar", "line", "silent"]),
-    default="auto",
-    show_default=True,
-    help="Keras progress: bar or one line/epoch.",
-)
+@config_option(TrainConfig, "split.test_fraction", "--test-fraction")
+@config_option(TrainConfig, "runtime.verbose", "--verbose-fit")
+@click.pass_context
 def train(
+    ctx: click.Context,
     data: Path | None,
     store_path: Path | None,
     out: Path,
-    val_fraction: float,
-    test_fraction: float,
-    verbose_fit: str,
-    **train_options: object,
+    **options: Any,
 ) -> None:
     """Train the classifier on DATA (class folders or a store) and write artifacts.
 
@@ -356,14 +333,12 @@ def train(
     model (--select) is evaluated once on the held-out test split, with the decision
     threshold chosen on the validation split.
     """
+    overrides = _typed_overrides(ctx, options)
+    data, store_path = _resolve_data(data, store_path, overrides)
+    cfg = override(TrainConfig(), overrides)
     click.echo("Loading TensorFlow/Keras...", err=True)
-    from mriscan.train import TrainConfig
-    from mriscan.train import train as run_train
+    from mriscan.training.workflow import train as run_train
 
-    data, store_path = _resolve_data(data, store_path, train_options)
-    cfg = TrainConfig(
-        val_fraction=val_fraction, test_fraction=test_fraction, verbose=verbose_fit, **train_options
-    )
     click.echo(f"Training on {data} → {out}/", err=True)
     result = run_train(data, cfg, out=out, store_path=store_path)
     click.echo(f"\n{result.hardware.describe()}")
@@ -433,7 +408,7 @@ def synth(
 )
 @click.option(
     "--split",
-    type=click.Choice(["test", "val", "train", "all"]),
+    type=click.Choice(["test", "val", "train", "all"]),  # = mriscan.evaluate.SPLITS (tested)
     default="test",
     show_default=True,
     help="Split of a store (recorded in split.json at training).",
@@ -460,24 +435,15 @@ def evaluate(
 @main.command()
 @click.argument("data", type=_EXISTING, required=False)
 @_train_options
-@click.option("--folds", type=int, default=5, show_default=True)
-@click.option("--repeats", type=int, default=1, show_default=True)
-@click.option(
-    "--val-fraction",
-    type=float,
-    default=0.15,
-    show_default=True,
-    help="Share of each training fold held out to choose the threshold (0.25 traded AUC for "
-    "accuracy on two seeds, bench/ACCURACY.md rows 31-32).",
-)
+@config_option(CVConfig, "folds", "--folds")
+@config_option(CVConfig, "repeats", "--repeats")
+@click.pass_context
 def cv(
+    ctx: click.Context,
     data: Path | None,
     store_path: Path | None,
     out: Path,
-    folds: int,
-    repeats: int,
-    val_fraction: float,
-    **train_options: object,
+    **options: Any,
 ) -> None:
     """Cross-validate: stratified k-fold with every duplicate group inside one fold.
 
@@ -485,24 +451,21 @@ def cv(
     (mean ± std, bootstrap 95% CI, per fold), oof_predictions.csv, roc.png,
     confusion_matrix.png.
     """
-    from mriscan.evaluate import CVConfig, cross_validate
-    from mriscan.train import TrainConfig
+    overrides = _typed_overrides(ctx, options)
+    folds = {k: overrides.pop(k) for k in ("folds", "repeats") if k in overrides}
+    data, store_path = _resolve_data(data, store_path, overrides)
+    tcfg = override(TrainConfig(), {"runtime.verbose": "line", **overrides})
+    cfg = override(CVConfig(train=tcfg), folds)
+    from mriscan.training.crossval import HEADLINE, cross_validate
 
-    data, store_path = _resolve_data(data, store_path, train_options)
-    tcfg = TrainConfig(verbose="line", **train_options)
-    click.echo(f"{folds}-fold CV × {repeats} on {data} → {out}/cv/", err=True)
-    s = cross_validate(
-        data,
-        CVConfig(folds=folds, repeats=repeats, val_fraction=val_fraction, train=tcfg),
-        out=out,
-        store_path=store_path,
-    )
+    click.echo(f"{cfg.folds}-fold CV × {cfg.repeats} on {data} → {out}/cv/", err=True)
+    s = cross_validate(data, cfg, out=out, store_path=store_path)
     p = s["protocol"]
     click.echo(
         f"\n{p['folds']}-fold CV × {p['repeats']}, {p['samples']} slices in "
-        f"{p['duplicate_groups']} duplicate groups ({p['seconds'] / 60:.1f} min):"
+        f"{p['duplicate_groups']} duplicate groups ({s['seconds'] / 60:.1f} min):"
     )
-    for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+    for key in HEADLINE:
         m = s[key]
         folds_txt = " ".join(f"{v:.3f}" for v in m["per_fold"])
         click.echo(

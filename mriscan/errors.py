@@ -8,11 +8,16 @@ __all__ = [
     "EmptyDatasetError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "ManifestError",
+    "MissingCodecError",
+    "MixedSeriesError",
     "MriscanError",
+    "ResumeError",
     "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
     "StoreNotFoundError",
+    "TrainingDivergedError",
     "UnreadableFileError",
     "UnsupportedFormatError",
 ]
@@ -51,6 +56,25 @@ class UnreadableFileError(ImageDecodeError, OSError):
     """The file cannot be opened or read (missing, a directory, no permission)."""
 
 
+class MissingCodecError(ImageDecodeError):
+    """A DICOM file's pixel data are compressed with a codec no installed plugin can decode.
+
+    ``packages`` names what to ``pip install`` to read it.
+    """
+
+    def __init__(self, path: object, reason: str, packages: tuple[str, ...] = ()) -> None:
+        self.packages = tuple(packages)
+        super().__init__(path, reason)
+
+
+class MixedSeriesError(MriscanError, ValueError):
+    """The slices of one DICOM series (or one folder of slices) disagree in size."""
+
+
+class ManifestError(MriscanError, ValueError):
+    """A CSV manifest (``path,label[,group]``) is missing, malformed or names missing files."""
+
+
 class EmptyDatasetError(MriscanError, ValueError):
     """A data folder holds no usable class folders or images."""
 
@@ -69,3 +93,11 @@ class StoreLockedError(StoreError, RuntimeError):
 
 class StoreCorruptError(StoreError, ValueError):
     """The store's arrays and index disagree, or a chunk cannot be read."""
+
+
+class TrainingDivergedError(MriscanError, ArithmeticError):
+    """Training produced non-finite losses or predictions; no model was published."""
+
+
+class ResumeError(MriscanError):
+    """An output folder holds an unfinished run that this run may not resume."""

@@ -98,7 +98,7 @@ def save_overlay(
     image: np.ndarray, cam: np.ndarray, path: str | os.PathLike[str], *, title: str = ""
 ) -> Path:
     """Write the slice with its heatmap overlaid (jet, 40% opacity) beside the plain slice."""
-    from mriscan.plots import _save, plt
+    from mriscan.plots import plt, save_figure
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3.6))
     a.imshow(image, cmap="gray")
@@ -111,7 +111,7 @@ def save_overlay(
     fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def explain(
@@ -125,8 +125,8 @@ def explain(
     from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
 
-    model, info = load_model(model_path)
-    cfg = info.preprocess
+    model, card = load_model(model_path)
+    cfg = card.preprocess
     out = Path(out)
     results: list[dict[str, Any]] = []
     from mriscan.io import decode_image
@@ -139,14 +139,14 @@ def explain(
             results.append({"path": str(path), "error": exc.reason})
             continue
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
-        prob = float(predict_batch(model, x, 1, tta=info.tta)[0])
+        prob = float(predict_batch(model, x, 1, tta=card.tta)[0])
         cam = grad_cam(model, x)[0]
-        label = info.class_names[1] if prob >= info.threshold else info.class_names[0]
+        label = card.label_of(prob)
         png = save_overlay(
             img,
             cam,
             out / f"{path.stem}_gradcam.png",
-            title=f"{path.name}: P({info.class_names[1]}) = {prob:.2f} → {label}",
+            title=f"{path.name}: P({card.class_names[1]}) = {prob:.2f} → {label}",
         )
         results.append(
             {"path": str(path), "probability": prob, "label": label, "png": str(png), "error": ""}

@@ -11,14 +11,12 @@ from typing import Any
 
 import keras
 
+from mriscan.config import PRECISIONS, STRATEGIES
 from mriscan.errors import ConfigError
 
-__all__ = ["PRECISIONS", "STRATEGIES", "Hardware", "resolve_precision", "setup_hardware"]
+__all__ = ["Hardware", "resolve_precision", "setup_hardware"]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "mirrored")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mriscan.duplicates import signatures
+from mriscan.duplicates import duplicate_groups, signatures
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import DEFAULT_MAX_PIXELS, decode_bytes, list_class_folders, read_file
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
@@ -237,7 +237,13 @@ def ingest(
                 done += len(results)
                 if progress is not None:
                     progress(done, len(jobs))
-        store.commit()
+        # Near-duplicate groups over every slice, old and new (a new slice may join two old
+        # groups); nothing appended leaves the committed groups as they are.
+        if store.n_pending:
+            sigs = np.concatenate([store.signatures(), store.pending_signatures()])
+            store.commit(groups=duplicate_groups(sigs))
+        else:
+            store.commit()
         report = IngestReport(
             store=str(store_path),
             added=added,

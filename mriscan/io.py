@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from mriscan.errors import (
     CorruptImageError,
     EmptyDatasetError,
     ImageTooLargeError,
+    ManifestError,
     UnreadableFileError,
     UnsupportedFormatError,
 )
@@ -21,14 +24,22 @@ from mriscan.errors import (
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "ManifestEntry",
+    "SourceFile",
     "decode_bytes",
     "decode_image",
+    "file_kind",
+    "is_dicom",
     "list_class_folders",
+    "list_class_sources",
     "read_file",
+    "read_manifest",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _FORMATS = ("JPEG", "PNG", "MPO")  # MPO: multi-picture JPEG from some cameras
 
 
@@ -176,3 +187,200 @@ def _iter_images(folder: Path) -> Iterator[Path]:
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield Path(dirpath) / name
+
+
+# --- scanner formats: recognition, listing, manifests ------------------------------------------
+
+
+def is_dicom(path: str | os.PathLike[str]) -> bool:
+    """True if the file starts like a DICOM Part 10 file: a 128-byte preamble, then ``DICM``.
+
+    Reads 132 bytes; any suffix (or none). Unreadable files and folders give False.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def file_kind(path: str | os.PathLike[str]) -> str | None:
+    """Which reader a file needs: ``"image"`` (JPEG/PNG by suffix), ``"nifti"`` (``.nii``,
+    ``.nii.gz``), ``"dicom"`` (by content, any suffix), or None (not an input; hidden files too).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.startswith("."):
+        return None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if is_dicom(path):
+        return "dicom"
+    return None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file and its kind (``"image"``, ``"dicom"`` or ``"nifti"``, see ``file_kind``)."""
+
+    path: Path
+    kind: str
+
+
+def list_class_sources(root: str | os.PathLike[str]) -> dict[str, list[SourceFile]]:
+    """Map each class sub-folder of ``root`` (sorted) to its input files of every kind.
+
+    Like ``list_class_folders``, but a class folder may also hold DICOM files (recognised by
+    content, any suffix), folders of DICOM series at any depth, and NIfTI volumes. Files are
+    sorted by path; files of no known kind are left out.
+
+    Raises
+    ------
+    EmptyDatasetError
+        If ``root`` is missing, has fewer than two class folders, or a class folder has no
+        inputs.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EmptyDatasetError(
+            f"Data folder {root} does not exist or is not a folder. "
+            "Expected class sub-folders such as yes/ and no/."
+        )
+    classes: dict[str, list[SourceFile]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = []
+        for path in sorted(_iter_files(sub)):
+            kind = file_kind(path)
+            if kind is not None:
+                found.append(SourceFile(path, kind))
+        classes[sub.name] = found
+    if len(classes) < 2:
+        raise EmptyDatasetError(
+            f"{root} must hold at least two class sub-folders (e.g. yes/ and no/). "
+            f"Received: {sorted(classes) or 'none'}."
+        )
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise EmptyDatasetError(
+            f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files."
+        )
+    return classes
+
+
+def _iter_files(folder: Path) -> Iterator[Path]:
+    """Yield every non-hidden file below ``folder`` (recursively)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One row of a CSV manifest: an existing input file, its label, and an optional group.
+
+    ``path`` is absolute (resolved against the CSV's folder), ``kind`` as in ``file_kind``,
+    ``group`` is None when the manifest has no group column or the cell is empty, and ``line``
+    is the row's line number in the CSV (for messages).
+    """
+
+    path: Path
+    label: str
+    group: str | None
+    kind: str
+    line: int
+
+
+def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
+    """Read a CSV manifest with the header ``path,label`` or ``path,label,group``.
+
+    Paths are relative to the CSV's folder (absolute paths are kept). A path may name a JPEG/PNG,
+    a DICOM file, a NIfTI volume, or a folder (every input file below it, with the row's label
+    and group). UTF-8 (a BOM is allowed); blank lines are skipped.
+
+    Returns
+    -------
+    list of ManifestEntry
+        In file order (folders expanded in sorted order).
+
+    Raises
+    ------
+    ManifestError
+        The CSV is missing or unreadable, the header is not ``path,label[,group]``, a row has the
+        wrong number of cells or an empty path/label, a path does not exist or is no input file,
+        the same file is listed twice, or fewer than two labels are present.
+    """
+    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"Cannot read manifest {csv_path}: {exc}.") from exc
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise ManifestError(f"Manifest {csv_path} is empty; expected a header path,label[,group].")
+    header = [c.strip().lower() for c in rows[0]]
+    if header not in (["path", "label"], ["path", "label", "group"]):
+        raise ManifestError(
+            f"Manifest {csv_path}: the first line must be the header 'path,label' or "
+            f"'path,label,group'. Received: {','.join(rows[0])!r}."
+        )
+    base = csv_path.parent
+    entries: list[ManifestEntry] = []
+    seen: dict[Path, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise ManifestError(
+                f"Manifest {csv_path}, line {line}: expected {len(header)} cells "
+                f"({','.join(header)}), got {len(row)}: {row!r}. Quote paths that contain commas."
+            )
+        raw_path, label = row[0].strip(), row[1].strip()
+        group = (row[2].strip() or None) if len(row) == 3 else None
+        if not raw_path or not label:
+            raise ManifestError(
+                f"Manifest {csv_path}, line {line}: path and label must not be empty. "
+                f"Received: {row!r}."
+            )
+        target = Path(raw_path)
+        target = target if target.is_absolute() else base / target
+        if target.is_dir():
+            files = [(p, file_kind(p)) for p in sorted(_iter_files(target))]
+            files = [(p, k) for p, k in files if k is not None]
+            if not files:
+                raise ManifestError(
+                    f"Manifest {csv_path}, line {line}: folder {target} holds no JPEG/PNG, "
+                    "DICOM or NIfTI files."
+                )
+        elif target.is_file():
+            kind = file_kind(target)
+            if kind is None:
+                raise ManifestError(
+                    f"Manifest {csv_path}, line {line}: {target} is not a JPEG/PNG, DICOM or "
+                    "NIfTI (.nii/.nii.gz) file."
+                )
+            files = [(target, kind)]
+        else:
+            raise ManifestError(
+                f"Manifest {csv_path}, line {line}: {target} does not exist (paths are relative "
+                f"to the manifest's folder {base})."
+            )
+        for p, kind in files:
+            key = p.resolve()
+            if key in seen:
+                raise ManifestError(
+                    f"Manifest {csv_path}, line {line}: {p} is already listed on line "
+                    f"{seen[key]}; list each file once."
+                )
+            seen[key] = line
+            entries.append(ManifestEntry(key, label, group, kind, line))
+    labels = sorted({e.label for e in entries})
+    if len(labels) < 2:
+        raise ManifestError(
+            f"Manifest {csv_path} must name at least two labels. Received: {labels or 'none'}."
+        )
+    return entries

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from mriscan.config import PIPELINES
 from mriscan.errors import ConfigError
 from mriscan.preprocess import normalize
 from mriscan.store import ImageStore
 
-__all__ = ["StoreDataset", "make_tf_dataset", "resolve_pipeline"]
-
-PIPELINES = ("auto", "pydataset", "tfdata")
+__all__ = ["StoreDataset", "load_batch", "make_tf_dataset", "resolve_pipeline"]
 
 
 def _epoch_order(indices: np.ndarray, epoch: int, seed: int, shuffle: bool) -> np.ndarray:

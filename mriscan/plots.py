@@ -21,6 +21,7 @@ __all__ = [
     "plot_history",
     "plot_roc",
     "save_confusion_matrix",
+    "save_figure",
     "save_history",
     "save_roc",
 ]
@@ -78,7 +79,7 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, ax, label: str = "mod
     ax.legend(loc="lower right")
 
 
-def _save(fig, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -91,7 +92,7 @@ def save_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
     """Write training_history.png."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     plot_history(history, a, b)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_confusion_matrix(
@@ -100,11 +101,11 @@ def save_confusion_matrix(
     """Write confusion_matrix.png."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
     plot_confusion_matrix(cm, class_names, ax, title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | os.PathLike[str]) -> Path:
     """Write roc.png."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     plot_roc(fpr, tpr, auc, ax)
-    return _save(fig, path)
+    return save_figure(fig, path)

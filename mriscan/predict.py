@@ -1,4 +1,5 @@
-"""Prediction on image files: parallel decode, the model's own preprocessing, batched inference."""
+"""Prediction: image files (parallel decode, the model's own preprocessing) or store samples,
+batched inference with the model card's threshold and test-time flip."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from mriscan.errors import ImageDecodeError, MriscanError
+from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import IMAGE_SUFFIXES, decode_image
 from mriscan.preprocess import normalize, preprocess_batch
 
-__all__ = ["collect_images", "predict", "predict_batch", "predict_files", "write_predictions"]
+__all__ = [
+    "collect_images",
+    "predict",
+    "predict_batch",
+    "predict_files",
+    "predict_store",
+    "write_predictions",
+]
 
 COLUMNS = ("path", "probability", "label", "error")
 
@@ -56,6 +64,29 @@ def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = Fal
     return p
 
 
+def predict_store(
+    model: Any,
+    store: Any,
+    indices: Sequence[int] | np.ndarray,
+    batch_size: int = 64,
+    *,
+    tta: bool = False,
+) -> np.ndarray:
+    """Class-1 probabilities (float64, shape (n,)) of store samples, in the order given.
+
+    Reads ``batch_size`` samples at a time from ``store`` (an ``ImageStore``) and normalises
+    them as the training pipeline does (``store.config.normalization``).
+    """
+    idx = np.asarray(indices, np.int64)
+    cfg = store.config
+    parts = []
+    for start in range(0, idx.size, batch_size):
+        images, _ = store.read_batch(idx[start : start + batch_size])
+        x = normalize(images, cfg.normalization, threshold=cfg.threshold)[..., None]
+        parts.append(predict_batch(model, x, batch_size, tta=tta))
+    return np.concatenate(parts) if parts else np.empty(0, np.float64)
+
+
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
     try:
         return decode_image(path), ""
@@ -65,7 +96,7 @@ def _decode(path: Path) -> tuple[np.ndarray | None, str]:
 
 def predict_files(
     model: Any,
-    info: Any,
+    card: Any,
     paths: Sequence[Path],
     *,
     threshold: float | None = None,
@@ -76,9 +107,11 @@ def predict_files(
 
     Bad files get an empty probability and label and the reason in ``error``.
     """
-    cfg = info.preprocess
-    thr = info.threshold if threshold is None else float(threshold)
-    names = info.class_names
+    cfg = card.preprocess
+    thr = card.threshold if threshold is None else float(threshold)
+    if not 0.0 <= thr <= 1.0:  # also rejects NaN: `p >= nan` is always false
+        raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
+    names = card.class_names
     rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
@@ -89,7 +122,7 @@ def predict_files(
             if good:
                 batch = preprocess_batch([decoded[i][0] for i in good], cfg)
                 x = normalize(batch, cfg.normalization, threshold=cfg.threshold)[..., None]
-                out = predict_batch(model, x, batch_size, tta=info.tta)
+                out = predict_batch(model, x, batch_size, tta=card.tta)
                 probs = dict(zip(good, out.tolist(), strict=True))
             for i, path in enumerate(chunk):
                 if i in probs:
@@ -150,12 +183,12 @@ def predict(
     """Predict files and folders with a saved model (threshold: the model's, unless given)."""
     from mriscan.model import load_model
 
-    model, info = load_model(model_path)
+    model, card = load_model(model_path)
     paths = collect_images(inputs)
     if not paths:
         raise MriscanError(f"No .jpg/.jpeg/.png images found in {list(map(str, inputs))}.")
     rows = predict_files(
-        model, info, paths, threshold=threshold, batch_size=batch_size, workers=workers
+        model, card, paths, threshold=threshold, batch_size=batch_size, workers=workers
     )
     if output is not None:
         write_predictions(rows, output)

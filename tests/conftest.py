@@ -61,6 +61,7 @@ def class_folder(tmp_path: Path) -> Path:
 
 def build_small_store(path, n: int = 80, size: int = 32, seed: int = 0):
     """A committed store of ``n`` learnable synthetic slices (tumor = bright blob)."""
+    from mriscan.duplicates import duplicate_groups
     from mriscan.preprocess import PreprocessConfig, preprocess_batch
     from mriscan.store import ImageStore
 
@@ -78,7 +79,8 @@ def build_small_store(path, n: int = 80, size: int = 32, seed: int = 0):
                 for i, k in enumerate(labels)
             ],
         )
-        st.commit()
+        # group near-duplicates as ingest does (the store never groups on its own)
+        st.commit(groups=duplicate_groups(st.pending_signatures()))
     return path
 
 

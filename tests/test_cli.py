@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -134,22 +133,52 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
     assert r.exit_code == 1 and "epochs must be a positive integer" in r.output
 
 
-def test_train_and_cv_defaults_are_train_configs():
-    # the CLI spells the defaults out (importing TrainConfig would load TensorFlow for --help)
-    from mriscan.train import TrainConfig
+def test_train_and_cv_options_are_derived_from_the_configs():
+    # every config option's default and choices come from mriscan.config, none restated
+    from mriscan.cli import _TRAIN_OPTIONS, _field
+    from mriscan.config import CVConfig, TrainConfig
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    defaults = TrainConfig()
     for name in ("train", "cv"):
-        shared = [p for p in main.commands[name].params if p.name in fields]
-        assert len(shared) >= 12, name
-        for param in shared:
-            assert param.default == getattr(defaults, param.name), (name, param.name)
-    from mriscan.evaluate import CVConfig
-
+        params = {p.name: p for p in main.commands[name].params}
+        for path, flag in _TRAIN_OPTIONS:
+            param = params["cfg__" + path.replace(".", "__")]
+            f, default, _ = _field(TrainConfig, path)
+            assert param.default == default and flag in param.opts, (name, path)
+            if "choices" in f.metadata:
+                assert tuple(param.type.choices) == f.metadata["choices"], (name, path)
     cv_params = {p.name: p.default for p in main.commands["cv"].params}
-    for name in ("folds", "repeats", "val_fraction"):
-        assert cv_params[name] == getattr(CVConfig(), name), name
+    assert cv_params["cfg__folds"] == CVConfig().folds
+    assert cv_params["cfg__repeats"] == CVConfig().repeats
+
+
+def test_only_typed_options_reach_the_config(monkeypatch, tmp_path, class_folder):
+    # cv's own default verbosity ("line") must survive: --verbose-fit was not typed
+    import mriscan.training.crossval as crossval
+
+    seen = {}
+
+    def fake_cv(data, cfg, **kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(crossval, "cross_validate", fake_cv)
+    args = ["cv", str(class_folder), "--store", str(tmp_path / "s.zarr"), "--folds", "3"]
+    CliRunner().invoke(main, [*args, "--learning-rate", "0.01", "--no-mirror"])
+    cfg = seen["cfg"]
+    assert cfg.folds == 3 and cfg.repeats == 1
+    assert cfg.train.runtime.verbose == "line" and cfg.train.optimizer.learning_rate == 0.01
+    assert cfg.train.model.mirror is False and cfg.train.fit.epochs == 45
+
+
+def test_image_size_that_disagrees_with_a_store_is_an_error(tmp_path, class_folder):
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["train", str(store), "--image-size", "64", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "holds 32×32 slices" in r.output
 
 
 @pytest.mark.slow
@@ -164,6 +193,7 @@ def test_cv_writes_its_artifacts_with_the_chosen_validation_share(tmp_path):
     assert r.exit_code == 0, r.output
     assert "2-fold CV × 1, 40 slices" in r.output and "roc_auc" in r.output
     m = json.loads((out / "cv" / "metrics.json").read_text())
-    assert m["protocol"]["inner_validation"].startswith("30% of each training fold")
+    assert m["protocol"]["val_fraction"] == 0.3
+    assert "30% of each training fold" in m["protocol"]["description"]
     assert len(m["accuracy"]["per_fold"]) == 2
     assert (out / "cv" / "oof_predictions.csv").is_file()

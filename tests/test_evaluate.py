@@ -1,85 +1,26 @@
-"""evaluate on a trained model's splits, and cross-validation's protocol and artifacts."""
+"""evaluate on a trained model's recorded splits and on a labelled folder."""
 
 from __future__ import annotations
 
-import csv
-import json
-
-import numpy as np
 import pytest
 
-from mriscan.evaluate import CVConfig, cross_validate, evaluate, summarize_folds
+from mriscan.config import TrainConfig, override
+from mriscan.evaluate import evaluate
 from mriscan.store import ImageStore
-from mriscan.train import TrainConfig, train
+from mriscan.training.workflow import train
 
-TINY = TrainConfig(
-    epochs=2,
-    image_size=32,
-    batch_size=16,
-    warmup_epochs=0,
-    filters=(8, 8, 16, 16),
-    pretrain=0,
-    verbose="silent",
+TINY = override(
+    TrainConfig(),
+    {
+        "fit.epochs": 2,
+        "image_size": 32,
+        "optimizer.batch_size": 16,
+        "optimizer.warmup_epochs": 0,
+        "model.filters": (8, 8, 16, 16),
+        "pretrain.phantoms": 0,
+        "runtime.verbose": "silent",
+    },
 )
-
-
-def test_summarize_folds_shapes():
-    folds = [
-        {
-            "accuracy": a,
-            "roc_auc": 0.8,
-            "sensitivity": 0.7,
-            "specificity": 0.9,
-            "per_class": {
-                "no": {"precision": 0.5, "recall": 0.5, "f1": 0.5},
-                "yes": {"precision": 0.5, "recall": 0.5, "f1": 0.5},
-            },
-        }
-        for a in (0.6, 0.8)
-    ]
-    rng = np.random.default_rng(0)
-    preds = []
-    for acc in (0.6, 0.8):
-        y = np.array([0, 1] * 50)
-        correct = rng.random(100) < acc
-        pred = np.where(correct, y, 1 - y)
-        prob = np.clip(pred * 0.6 + rng.random(100) * 0.4, 0, 1)
-        preds.append((y, prob, pred))
-    s = summarize_folds(folds, preds, n_boot=300)
-    assert s["accuracy"]["mean"] == pytest.approx(0.7)
-    assert s["accuracy"]["std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
-    assert s["accuracy"]["per_fold"] == [0.6, 0.8]
-    lo, hi = s["accuracy"]["ci95"]
-    observed = np.mean([(p == y).mean() for y, _, p in preds])
-    assert lo < observed < hi and hi - lo < 0.2
-    assert s["roc_auc"]["ci95"][0] <= s["roc_auc"]["ci95"][1]
-
-
-@pytest.mark.slow
-@pytest.mark.backend
-def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
-    s = cross_validate(small_store, CVConfig(folds=3, train=TINY, n_boot=100), out=tmp_path)
-    cv = tmp_path / "cv"
-    for f in ("metrics.json", "oof_predictions.csv", "roc.png", "confusion_matrix.png"):
-        assert (cv / f).is_file(), f
-    m = json.loads((cv / "metrics.json").read_text())
-    for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
-        assert set(m[key]) == {"mean", "std", "ci95", "per_fold"} and len(m[key]["per_fold"]) == 3
-    assert m["protocol"]["folds"] == 3 and "duplicate" in m["protocol"]["split"]
-    # select=last: no checkpoint is chosen on validation; TINY does not pre-train
-    assert "checkpoint" not in m["protocol"]["inner_validation"]
-    assert m["protocol"]["pretrain"] is None
-    with open(cv / "oof_predictions.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    with ImageStore.open(small_store) as st:
-        assert sorted(int(r["index"]) for r in rows) == list(range(len(st)))
-    fold_of_group: dict[str, set] = {}
-    for r in rows:
-        fold_of_group.setdefault(r["group"], set()).add(r["fold"])
-    assert all(len(f) == 1 for f in fold_of_group.values())
-    assert s["pooled"]["accuracy"] == pytest.approx(
-        np.mean([int(r["label"]) == int(r["predicted"]) for r in rows])
-    )
 
 
 @pytest.mark.backend
@@ -99,16 +40,31 @@ def test_evaluate_recorded_test_split_and_folder(small_store, tmp_path, class_fo
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
     """The threshold is computed from validation labels only: corrupting test labels for
     threshold selection would be visible here as a call with test indices."""
-    import mriscan.train as tr
+    import mriscan.metrics as mx
 
     seen: list[int] = []
-    real = tr.mx.youden_threshold
+    real = mx.youden_threshold
 
     def spy(y, p):
         seen.append(len(y))
         return real(y, p)
 
-    monkeypatch.setattr(tr.mx, "youden_threshold", spy)
+    monkeypatch.setattr(mx, "youden_threshold", spy)
     result = train(small_store, TINY, out=tmp_path / "a")
     assert seen == [len(result.split["val"])]
     assert set(result.split["val"]).isdisjoint(result.split["test"])
+
+
+def test_a_rebuilt_store_is_refused_for_a_recorded_split(small_store):
+    from mriscan.errors import MriscanError
+    from mriscan.evaluate import _recorded_indices
+
+    with ImageStore.open(small_store) as store:
+        recs = store.index.records
+        part = {"indices": [0, 1, 2], "pixel_sha256": [recs[i].pixel_sha256 for i in (0, 1, 2)]}
+        assert _recorded_indices(store, part, "test").tolist() == [0, 1, 2]
+        moved = {**part, "pixel_sha256": [recs[i].pixel_sha256 for i in (1, 0, 2)]}
+        with pytest.raises(MriscanError, match="no longer the slices"):
+            _recorded_indices(store, moved, "test")
+        with pytest.raises(MriscanError, match="store was rebuilt"):
+            _recorded_indices(store, {"indices": [len(recs)]}, "test")

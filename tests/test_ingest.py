@@ -127,3 +127,21 @@ def test_real_set_duplicate_groups(real_data, tmp_path):
         for g in set(st.groups.tolist()):
             assert len(set(labels[st.groups == g].tolist())) == 1
     assert verify_store(tmp_path / "real.zarr") == []
+
+
+def test_ingest_groups_old_and_new_slices_together(class_folder, tmp_path):
+    from PIL import Image
+
+    from mriscan.duplicates import duplicate_groups
+
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    # a near-copy of an already stored slice arrives in a later run: it joins that slice's group
+    img = np.asarray(Image.open(class_folder / "yes" / "yes2.jpg").convert("L")).copy()
+    img[0, 0] ^= 1
+    Image.fromarray(img).save(class_folder / "yes" / "near copy.png")
+    assert ingest(class_folder, store, SMALL).n_added == 1
+    with ImageStore.open(store) as st:
+        np.testing.assert_array_equal(st.groups, duplicate_groups(st.signatures()))
+        src = [r.source for r in st.index.records]
+        assert st.groups[src.index("yes/near copy.png")] == st.groups[src.index("yes/yes2.jpg")]

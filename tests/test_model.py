@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 
+from mriscan.artifacts import ModelCard
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.model import (
     MirrorDifference,
     build_model,
     last_conv_layer_name,
     load_model,
-    save_model_info,
 )
 from mriscan.preprocess import PreprocessConfig
 
@@ -92,9 +92,7 @@ def test_save_and_load_roundtrip(tmp_path):
     with pytest.raises(MriscanError, match=r"m\.json is missing"):
         load_model(path)
     cfg = PreprocessConfig(size=32)
-    save_model_info(
-        path, {"preprocess": cfg.to_dict(), "class_names": ["no", "yes"], "threshold": 0.42}
-    )
+    ModelCard(preprocess=cfg, class_names=("no", "yes"), threshold=0.42).save(path)
     loaded, info = load_model(path)
     assert info.preprocess == cfg and info.class_names == ("no", "yes")
     assert info.threshold == pytest.approx(0.42)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from mriscan.model import build_model, save_model_info
+from mriscan.artifacts import ModelCard
+from mriscan.model import build_model
 from mriscan.predict import collect_images, predict
 from mriscan.preprocess import PreprocessConfig
 
@@ -19,13 +20,8 @@ def model_file(tmp_path):
     path = tmp_path / "m" / "best_model.keras"
     path.parent.mkdir()
     build_model(32, filters=(8, 8, 8, 8)).save(path)
-    save_model_info(
-        path,
-        {
-            "preprocess": PreprocessConfig(size=32).to_dict(),
-            "class_names": ["no", "yes"],
-            "threshold": 0.5,
-        },
+    ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5).save(
+        path
     )
     return path
 

@@ -269,3 +269,24 @@ def test_sigkill_mid_write_leaves_previous_store_readable(store_path, tmp_path, 
         st.append(_images(3, seed=5), [1] * 3)
         st.commit()
     assert verify_store(store_path) == []
+
+
+def test_commit_takes_groups_from_the_caller(store_path):
+    imgs = np.zeros((4, S, S), np.uint8)  # identical slices: the store must not group them
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a"])
+        st.append(imgs[:3], [0] * 3)
+        st.commit()
+        assert st.groups.tolist() == [0, 1, 2]  # no groups given: one group per new slice
+        st.append(imgs[3:], [0])
+        st.commit()
+        assert st.groups.tolist() == [0, 1, 2, 3]
+        st.append(imgs[:2], [0, 0])
+        st.commit(groups=[0, 0, 1, 1, 0, 2])  # old ids may change: a new slice can join groups
+        assert st.groups.tolist() == [0, 0, 1, 1, 0, 2]
+        for bad in ([0, 1], [0, 0, 1, 1, 0, -1], [0.5] * 6):
+            with pytest.raises(ValueError, match="one non-negative integer per sample"):
+                st.commit(groups=bad)
+        assert st.commit() == 0 and st.groups.tolist() == [0, 0, 1, 1, 0, 2]
+    with ImageStore.open(store_path) as st:
+        assert st.groups.tolist() == [0, 0, 1, 1, 0, 2]

@@ -94,16 +94,26 @@ def test_default_raw_data_generates_once(tmp_path):
 @pytest.mark.slow
 def test_phantoms_are_learnable_not_trivial(tmp_path):
     """A few epochs on 300 phantoms beat chance clearly but not perfectly (ACCURACY.md)."""
+    from mriscan.config import TrainConfig, override
     from mriscan.ingest import IngestConfig, ingest
     from mriscan.preprocess import PreprocessConfig
-    from mriscan.train import TrainConfig, train
 
     synthesize(tmp_path / "raw", SynthConfig(count=300, size_range=(150, 400), seed=1))
     ingest(
         tmp_path / "raw", tmp_path / "s.zarr", IngestConfig(preprocess=PreprocessConfig(size=64))
     )
-    cfg = TrainConfig(
-        epochs=12, image_size=64, warmup_epochs=1, mirror=True, pretrain=0, verbose="silent"
+    from mriscan.training.workflow import train
+
+    cfg = override(
+        TrainConfig(),
+        {
+            "fit.epochs": 12,
+            "image_size": 64,
+            "optimizer.warmup_epochs": 1,
+            "model.mirror": True,
+            "pretrain.phantoms": 0,
+            "runtime.verbose": "silent",
+        },
     )
     result = train(tmp_path / "s.zarr", cfg, out=tmp_path / "art")
     test = result.metrics["test"]

@@ -12,26 +12,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mriscan.config import TrainConfig, override
 from mriscan.errors import ConfigError
 from mriscan.model import load_model
-from mriscan.train import TrainConfig, train
+from mriscan.training.workflow import train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {
-    "epochs": 2,
+    "fit.epochs": 2,
     "image_size": 32,
-    "batch_size": 16,
-    "warmup_epochs": 0,
-    "filters": (8, 8, 16, 16),
-    "pretrain": 0,
-    "verbose": "silent",
+    "optimizer.batch_size": 16,
+    "optimizer.warmup_epochs": 0,
+    "model.filters": (8, 8, 16, 16),
+    "pretrain.phantoms": 0,
+    "runtime.verbose": "silent",
 }
+
+
+def fast(**changes):
+    """The small test config with dotted changes (``fit__epochs=1`` → ``fit.epochs``)."""
+    return override(
+        TrainConfig(), {**FAST, **{k.replace("__", "."): v for k, v in changes.items()}}
+    )
 
 
 @pytest.mark.backend
 def test_train_writes_every_artifact(small_store, tmp_path):
     out = tmp_path / "art"
-    result = train(small_store, TrainConfig(**FAST), out=out)
+    result = train(small_store, fast(), out=out)
     for rel in (
         "models/best_model.keras",
         "models/best_model.json",
@@ -61,17 +69,19 @@ def test_train_writes_every_artifact(small_store, tmp_path):
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="epochs must be a positive integer"):
-        TrainConfig(epochs=0)
+        fast(fit__epochs=0)
     with pytest.raises(ConfigError, match="precision must be one of"):
-        TrainConfig(precision="fp8")
+        fast(hardware__precision="fp8")
     with pytest.raises(ConfigError, match="strategy must be one of"):
-        TrainConfig(strategy="tpu")
+        fast(hardware__strategy="tpu")
     with pytest.raises(ConfigError, match="with a sum below 1"):
-        TrainConfig(val_fraction=0.6, test_fraction=0.5)
+        fast(split__val_fraction=0.6, split__test_fraction=0.5)
     with pytest.raises(ConfigError, match="rotation must be in"):
-        TrainConfig(rotation=-0.1)
+        fast(model__rotation=-0.1)
     with pytest.raises(ConfigError, match="ema must be in"):
-        TrainConfig(ema=1.0)
+        fast(optimizer__ema=1.0)
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
+        fast(optimizer__learning_rate=float("nan"))
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.5])
@@ -80,11 +90,11 @@ def test_ema_ends_training_on_the_averaged_weights(ema):
 
     from mriscan.hardware import setup_hardware
     from mriscan.model import build_model
-    from mriscan.train import compile_model
+    from mriscan.training.optimizer import compile_model
 
-    cfg = TrainConfig(**{**FAST, "epochs": 1}, ema=ema)
-    model = build_model(32, filters=cfg.filters, augment=False)
-    compile_model(model, cfg, setup_hardware(precision="float32"), steps_per_epoch=4)
+    cfg = fast(fit__epochs=1, optimizer__ema=ema)
+    model = build_model(32, cfg.model, augment=False)
+    compile_model(model, cfg.optimizer, setup_hardware(precision="float32"), 4, cfg.fit.epochs)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 32, 32, 1)).astype("float32"), (rng.random(64) > 0.5) * 1.0
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
@@ -100,7 +110,8 @@ def test_ema_ends_training_on_the_averaged_weights(ema):
 _RESUME = """
 import json, os, signal, sys
 import keras
-from mriscan.train import TrainConfig, train
+from mriscan.config import TrainConfig, override
+from mriscan.training.workflow import train
 store, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
 class Trace(keras.callbacks.Callback):
@@ -111,8 +122,9 @@ class Trace(keras.callbacks.Callback):
         if epoch == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = TrainConfig(epochs=4, image_size=32, batch_size=16, warmup_epochs=0, pretrain=0,
-                  filters=(8, 8, 16, 16), verbose="silent")
+cfg = override(TrainConfig(), {"fit.epochs": 4, "image_size": 32, "optimizer.batch_size": 16,
+    "optimizer.warmup_epochs": 0, "pretrain.phantoms": 0, "model.filters": (8, 8, 16, 16),
+    "runtime.verbose": "silent"})
 train(store, cfg, out=out, callbacks=[Trace()])
 """
 
@@ -155,18 +167,19 @@ def test_killed_run_resumes_from_last_epoch(small_store, tmp_path):
 
 @pytest.mark.backend
 def test_phantom_pretraining_is_cached_and_starts_training(small_store, tmp_path, monkeypatch):
-    import mriscan.train as train_mod
+    import mriscan.training.fit as fit_mod
+    import mriscan.training.pretrain as train_mod
     from mriscan.hardware import setup_hardware
     from mriscan.model import build_model
     from mriscan.store import ImageStore
 
-    cfg = TrainConfig(**{**FAST, "pretrain": 40, "pretrain_epochs": 1})
-    hw = setup_hardware(precision="float32", per_replica_batch=cfg.batch_size)
+    cfg = fast(pretrain__phantoms=40, pretrain__epochs=1)
+    hw = setup_hardware(precision="float32", per_replica_batch=cfg.optimizer.batch_size)
     pre = ImageStore.open(small_store).config
     path = train_mod.pretrain_on_phantoms(cfg, hw, pre, cache_dir=tmp_path / "cache")
     assert path.is_file() and path.parent == tmp_path / "cache"
-    fresh = build_model(32, filters=cfg.filters, mirror=cfg.mirror, seed=cfg.seed)
-    loaded = build_model(32, filters=cfg.filters, mirror=cfg.mirror, seed=cfg.seed)
+    fresh = build_model(32, cfg.model, seed=cfg.seed)
+    loaded = build_model(32, cfg.model, seed=cfg.seed)
     loaded.load_weights(path)
     kernel = next(w for w in loaded.weights if w.path.endswith("block1_conv1/kernel"))
     fresh_kernel = next(w for w in fresh.weights if w.path.endswith("block1_conv1/kernel"))
@@ -178,41 +191,43 @@ def test_phantom_pretraining_is_cached_and_starts_training(small_store, tmp_path
 
     monkeypatch.setattr(train_mod, "fit_model", no_training)
     assert train_mod.pretrain_on_phantoms(cfg, hw, pre, cache_dir=tmp_path / "cache") == path
-    longer = TrainConfig(**{**FAST, "pretrain": 40, "pretrain_epochs": 1, "epochs": 9})
+    longer = override(cfg, {"fit.epochs": 9, "split.val_fraction": 0.3, "runtime.workers": 1})
     assert train_mod.pretrain_on_phantoms(longer, hw, pre, cache_dir=tmp_path / "cache") == path
-    wider = TrainConfig(**{**FAST, "pretrain": 40, "pretrain_epochs": 1, "filters": (8, 8, 16, 32)})
-    assert train_mod._pretrain_key(wider, pre) != train_mod._pretrain_key(cfg, pre)
+    wider = override(cfg, {"model.filters": (8, 8, 16, 32)})
+    assert train_mod.pretrain_key(wider, pre) != train_mod.pretrain_key(cfg, pre)
     monkeypatch.undo()
 
     # train() looks in the cache and starts from the weights it finds there
     seen = []
-    real_fit = train_mod.fit_model
+    real_fit = fit_mod.fit_model
 
     def spy(*a, **k):
         seen.append(k.get("init_weights"))
         return real_fit(*a, **k)
 
-    monkeypatch.setattr(train_mod, "fit_model", spy)
+    monkeypatch.setattr(fit_mod, "fit_model", spy)
     monkeypatch.setenv("MRISCAN_CACHE", str(tmp_path))
     assert train_mod.pretrain_cache_dir() == tmp_path / "pretrain"
     (tmp_path / "pretrain").mkdir()
     path.replace(tmp_path / "pretrain" / path.name)
     result = train(small_store, cfg, out=tmp_path / "art")
     assert seen == [tmp_path / "pretrain" / path.name]
-    assert result.metrics["protocol"]["pretrain"] == {"phantoms": 40, "epochs": 1}
+    protocol = result.metrics["protocol"]
+    assert (protocol["pretrain_phantoms"], protocol["pretrain_epochs"]) == (40, 1)
 
 
 def test_implants_add_tumor_copies_of_healthy_training_slices(small_store, tmp_path):
-    import mriscan.train as train_mod
+    import mriscan.training.fit as fit_mod
     from mriscan.store import ImageStore
+    from mriscan.training.pretrain import pretrain_key
 
     with pytest.raises(ConfigError, match="implant must be 0"):
-        TrainConfig(implant=-1)
-    cfg = TrainConfig(**FAST, implant=2)
+        fast(fit__implant=-1)
+    cfg = fast(fit__implant=2)
     with ImageStore.open(small_store) as store:
         train_idx = np.arange(0, 40)
         images, labels = store.read_batch(train_idx)
-        with train_mod._with_implants(store, train_idx, cfg, tmp_path) as aug:
+        with fit_mod._with_implants(store, train_idx, cfg, tmp_path) as aug:
             new_images, new_labels = aug.read_batch(np.arange(len(aug)))
             assert list(aug.class_names) == list(store.class_names)
     n_healthy = int((labels == 0).sum())
@@ -223,13 +238,13 @@ def test_implants_add_tumor_copies_of_healthy_training_slices(small_store, tmp_p
     assert (new_images[40:] != healthy).any(axis=(1, 2)).all()  # each copy got a lesion
     # the pre-trained weights do not depend on it (implants are for the real slices only)
     pre = ImageStore.open(small_store).config
-    assert train_mod._pretrain_key(cfg, pre) == train_mod._pretrain_key(TrainConfig(**FAST), pre)
+    assert pretrain_key(cfg, pre) == pretrain_key(fast(), pre)
 
 
 def test_training_with_implants_fits_on_the_larger_set_and_validates_on_real_slices(
     small_store, tmp_path, monkeypatch
 ):
-    import mriscan.train as train_mod
+    import mriscan.training.fit as train_mod
 
     seen = {}
     real_fit = train_mod._fit
@@ -240,9 +255,45 @@ def test_training_with_implants_fits_on_the_larger_set_and_validates_on_real_sli
         return real_fit(store, train_idx, val_store, val_idx, *a)
 
     monkeypatch.setattr(train_mod, "_fit", spy)
-    result = train(small_store, TrainConfig(**{**FAST, "epochs": 1}, implant=1), out=tmp_path)
+    result = train(small_store, fast(fit__epochs=1, fit__implant=1), out=tmp_path)
     split = result.split
     n_train, n_healthy = len(split["train"]), int((seen["train_labels"] == 0).sum())
     assert seen["n_train"] == n_train + n_healthy  # one implanted copy per healthy slice
     assert seen["val"].location == str(small_store)  # validation: the real slices only
     assert seen["n_val"] == len(split["val"])
+
+
+@pytest.mark.parametrize("lr", [1e12])
+def test_a_diverged_run_writes_nothing_and_keeps_the_previous_model(small_store, tmp_path, lr):
+    from mriscan.errors import TrainingDivergedError
+
+    out = tmp_path / "art"
+    train(small_store, fast(fit__epochs=1), out=out)
+    files = ("models/best_model.keras", "models/best_model.json", "metrics.json", "split.json")
+    before = {f: (out / f).read_bytes() for f in files}
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        train(
+            small_store, fast(optimizer__learning_rate=lr, optimizer__class_weight=False), out=out
+        )
+    assert {f: (out / f).read_bytes() for f in files} == before
+    assert not (out / "backup").exists()  # nothing left to resume
+
+
+def test_resume_only_the_same_run(tmp_path):
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.errors import ResumeError
+    from mriscan.training.fit import _check_resume
+
+    layout = RunLayout(tmp_path)
+    assert _check_resume(layout, "run-a") is False  # no backup: a fresh start
+    layout.backup.mkdir()
+    with pytest.raises(ResumeError, match="other data, settings, seed"):
+        _check_resume(layout, "run-a")  # a backup without identity is never adopted
+    write_json(layout.run_marker, {"run_id": "run-b"})
+    with pytest.raises(ResumeError, match="only the same run may resume"):
+        _check_resume(layout, "run-a")
+    write_json(layout.run_marker, {"run_id": "run-a"})
+    assert _check_resume(layout, "run-a") is True
+    (layout.backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(ResumeError, match="damaged"):
+        _check_resume(layout, "run-a")

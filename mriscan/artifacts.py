@@ -1,0 +1,461 @@
+"""What a run writes and where: the run layout, the model card, the protocol, JSON on disk.
+
+Every command names its output paths through ``RunLayout`` / ``CVLayout`` (after MONAI's
+``FolderLayout``: one object names every output path), so renaming an artifact is a one-line
+change here. The records are typed and versioned; reading one validates every value, so a
+damaged or hand-edited file gives a clear error instead of a wrong prediction. Keras-free.
+
+Layout of a training run (``mriscan train --out DIR``)::
+
+    DIR/models/best_model.keras   the kept model (Keras 3 native format)
+    DIR/models/best_model.json    its ModelCard (preprocessing, classes, threshold, config)
+    DIR/history.json              per-epoch metrics, train and validation
+    DIR/metrics.json              RunMetrics: protocol, hardware, validation and test metrics
+    DIR/split.json                the split (indices and source files)
+    DIR/plots/                    training_history.png, confusion_matrix.png, roc.png
+    DIR/backup/                   Keras BackupAndRestore state while a run is unfinished
+    DIR/evaluation/               written by ``mriscan evaluate``
+    DIR/cv/                       written by ``mriscan cv`` (``CVLayout``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mriscan.errors import ConfigError, MriscanError
+from mriscan.preprocess import PreprocessConfig
+
+__all__ = [
+    "MODEL_CARD_VERSION",
+    "CVLayout",
+    "EvalLayout",
+    "ModelCard",
+    "ModelCardError",
+    "Protocol",
+    "RunLayout",
+    "file_sha256",
+    "publish_model",
+    "read_json",
+    "write_json",
+]
+
+# 1: the sidecar before it had a version (same fields); 2: format_version written, validated
+MODEL_CARD_VERSION = 2
+MODEL_FILE = "best_model.keras"
+
+
+class ModelCardError(MriscanError, ValueError):
+    """A model card (the ``.json`` beside a ``.keras`` model) is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one training run under ``root`` (see the module docstring)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of_model(cls, model_path: str | os.PathLike[str]) -> RunLayout | None:
+        """The run a model file belongs to (``ROOT/models/X.keras``), or None if it is loose."""
+        p = Path(model_path)
+        return cls(p.parent.parent) if p.parent.name == "models" else None
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def model(self) -> Path:
+        return self.models / MODEL_FILE
+
+    @property
+    def card(self) -> Path:
+        return card_path(self.model)
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def backup(self) -> Path:
+        return self.root / "backup"
+
+    @property
+    def run_marker(self) -> Path:
+        """Identity of the unfinished run whose state ``backup/`` holds."""
+        return self.backup / "run.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Best-so-far model of a run in progress (published to ``model`` when it ends)."""
+        return self.root / "checkpoint" / MODEL_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def history_plot(self) -> Path:
+        return self.plots / "training_history.png"
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.plots / "confusion_matrix.png"
+
+    @property
+    def roc_plot(self) -> Path:
+        return self.plots / "roc.png"
+
+    @property
+    def evaluation(self) -> EvalLayout:
+        return EvalLayout(self.root / "evaluation")
+
+    @property
+    def cv(self) -> CVLayout:
+        return CVLayout(self.root / "cv")
+
+
+@dataclass(frozen=True)
+class CVLayout:
+    """Paths of a cross-validation under ``root`` (``<out>/cv``); one ``RunLayout`` per fold."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "oof_predictions.csv"
+
+    @property
+    def roc_plot(self) -> Path:
+        return self.root / "roc.png"
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+    def fold(self, repeat: int, fold: int) -> RunLayout:
+        """The run folder of one fold model."""
+        return RunLayout(self.root / f"r{repeat}_f{fold}")
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """Paths written by ``mriscan evaluate`` under ``root`` (``<run>/evaluation``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def roc_plot(self) -> Path:
+        return self.root / "roc.png"
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish_model(save: Any, card: ModelCard, model_path: str | os.PathLike[str]) -> ModelCard:
+    """Write a model and its card so that the previous pair stays intact until the new one is
+    complete: ``save(tmp_path)`` writes the model beside its destination, the card records the
+    file's SHA-256, then both are moved in place with ``os.replace`` (model first). A kill
+    between the two moves leaves a model whose card does not match it, which ``load_model``
+    reports (``ModelCard.check_model_file``) instead of using the pair.
+
+    Keras writes model files in place, not atomically; this is why the temp file is needed.
+    """
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{model_path.stem}.{os.getpid()}.tmp{model_path.suffix}")
+    try:
+        save(tmp)
+        card = dataclasses.replace(card, model_sha256=file_sha256(tmp))
+        card_tmp = card_path(tmp)
+        write_json(card_tmp, card.to_dict())
+        os.replace(tmp, model_path)
+        os.replace(card_tmp, card_path(model_path))
+    finally:
+        for leftover in (tmp, card_path(tmp)):
+            leftover.unlink(missing_ok=True)
+    return card
+
+
+def card_path(model_path: str | os.PathLike[str]) -> Path:
+    """Path of the model card of ``model_path`` (``X.keras`` → ``X.json``)."""
+    return Path(model_path).with_suffix(".json")
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe copy: NaN and ±inf become None (JSON has no NaN: it would not parse)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> Path:
+    """Write ``data`` as strict JSON atomically (temp file + ``os.replace``).
+
+    Undefined numbers (NaN, ±inf) are written as ``null``: a reader sees "undefined", never a
+    file that standard JSON parsers reject.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=indent, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """Parse a JSON file, or raise ``MriscanError`` naming ``what`` it should hold."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MriscanError(f"{path} is missing ({what}).") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MriscanError(f"{path} is not readable JSON ({what}): {exc}.") from exc
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a saved model needs beside its weights; stored as ``X.json`` beside ``X.keras``.
+
+    ``class_names[1]`` is the class whose probability the sigmoid outputs; a slice is assigned
+    to it when that probability >= ``threshold`` (chosen on validation by ``threshold_rule``).
+    ``tta``: predictions average the slice and its left-right mirror image.
+    """
+
+    preprocess: PreprocessConfig
+    class_names: tuple[str, ...]
+    threshold: float
+    tta: bool = False
+    threshold_rule: str = ""
+    image_size: int | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+    keras_backend: str = ""
+    model_sha256: str = ""
+    format_version: int = MODEL_CARD_VERSION
+
+    def __post_init__(self) -> None:
+        names = self.class_names
+        if (
+            not isinstance(names, tuple)
+            or len(names) != 2
+            or len(set(names)) != 2
+            or not all(isinstance(n, str) and n for n in names)
+        ):
+            raise ModelCardError(
+                f"class_names must be two distinct non-empty names. Received: {names!r}."
+            )
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+            raise ModelCardError(
+                f"threshold must be a number in [0, 1]. Received: {t!r} (a diverged training "
+                "run gives NaN: retrain with a lower --learning-rate)."
+            )
+        if not isinstance(self.tta, bool):
+            raise ModelCardError(f"tta must be true or false. Received: {self.tta!r}.")
+        if self.image_size is not None and self.image_size != self.preprocess.size:
+            raise ModelCardError(
+                f"image_size {self.image_size!r} disagrees with preprocess.size "
+                f"{self.preprocess.size}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {
+            "format_version": self.format_version,
+            "preprocess": self.preprocess.to_dict(),
+            "class_names": list(self.class_names),
+            "threshold": self.threshold,
+            "tta": self.tta,
+            "threshold_rule": self.threshold_rule,
+            "train_config": self.train_config,
+            "image_size": self.preprocess.size,
+            "keras_backend": self.keras_backend,
+            "model_sha256": self.model_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "model card") -> ModelCard:
+        """Validate and rebuild a card; cards without ``format_version`` are version 1.
+
+        Raises
+        ------
+        ModelCardError
+            On a missing or invalid field, naming ``source`` and the field.
+        """
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{source} must hold a JSON object. Received: {type(data)}.")
+        version = data.get("format_version", 1)
+        if version not in (1, MODEL_CARD_VERSION):
+            raise ModelCardError(
+                f"{source} has format_version {version!r}; this mriscan reads 1 and "
+                f"{MODEL_CARD_VERSION}. Upgrade mriscan or retrain."
+            )
+        try:
+            pre = PreprocessConfig.from_dict(data["preprocess"])
+            size = data.get("image_size")
+            return cls(
+                preprocess=pre,
+                class_names=tuple(data["class_names"]),
+                threshold=data.get("threshold", 0.5),
+                tta=data.get("tta", False),
+                threshold_rule=str(data.get("threshold_rule", "")),
+                image_size=size,
+                train_config=dict(data.get("train_config") or {}),
+                keras_backend=str(data.get("keras_backend", "")),
+                model_sha256=str(data.get("model_sha256", "")),
+                format_version=MODEL_CARD_VERSION,
+            )
+        except KeyError as exc:
+            raise ModelCardError(f"{source} lacks the field {exc}.") from None
+        except (ConfigError, TypeError, ValueError) as exc:
+            if isinstance(exc, ModelCardError):
+                raise ModelCardError(f"{source}: {exc}") from None
+            raise ModelCardError(f"{source} is invalid: {exc}") from exc
+
+    def save(self, model_path: str | os.PathLike[str]) -> Path:
+        """Write the card beside ``model_path`` (atomically)."""
+        return write_json(card_path(model_path), self.to_dict())
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike[str]) -> ModelCard:
+        """Read and validate the card of ``model_path``.
+
+        Raises
+        ------
+        ModelCardError
+            If it is missing, not JSON, or invalid.
+        """
+        path = card_path(model_path)
+        if not path.is_file():
+            raise ModelCardError(
+                f"{path} is missing: it holds the preprocessing the model was "
+                "trained with. Keep it next to the .keras file."
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelCardError(f"{path} is not readable JSON ({exc}); retrain.") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def check_model_file(self, model_path: str | os.PathLike[str]) -> None:
+        """Raise ``ModelCardError`` unless ``model_path`` is the file this card was written for
+        (cards of version 1 carry no digest and are not checked)."""
+        if self.model_sha256 and file_sha256(model_path) != self.model_sha256:
+            raise ModelCardError(
+                f"{card_path(model_path)} belongs to another model file than {model_path} "
+                "(a run was interrupted while publishing its model, or files were mixed up). "
+                "Retrain, or restore the matching pair."
+            )
+
+    def label_of(self, probability: float, threshold: float | None = None) -> str:
+        """The class name assigned to a probability of ``class_names[1]``."""
+        thr = self.threshold if threshold is None else threshold
+        return self.class_names[1] if probability >= thr else self.class_names[0]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How reported numbers were obtained, as numbers (``describe()`` gives the prose).
+
+    ``kind`` is ``"holdout"`` (train/val/test) or ``"cv"`` (k folds × repeats).
+    ``val_fraction`` is the share held out to choose the threshold (in cv: of each training
+    fold); ``duplicate_threshold`` the thumbnail correlation above which slices share a group.
+    """
+
+    kind: str
+    seed: int
+    val_fraction: float
+    threshold_rule: str
+    duplicate_threshold: float
+    test_fraction: float | None = None
+    folds: int | None = None
+    repeats: int | None = None
+    sizes: dict[str, int] | None = None
+    samples: int | None = None
+    duplicate_groups: int | None = None
+    select: str = "last"
+    pretrain_phantoms: int = 0
+    pretrain_epochs: int = 0
+    n_boot: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Numbers and names, plus ``description`` (prose for people, never parsed)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["description"] = self.describe()
+        return d
+
+    def describe(self) -> str:
+        """One paragraph of prose for reports."""
+        pre = (
+            f"; pre-trained on {self.pretrain_phantoms} phantoms for {self.pretrain_epochs} "
+            "epochs (no real slice)"
+            if self.pretrain_phantoms
+            else ""
+        )
+        groups = (
+            f"every near-duplicate group (16x16 thumbnail correlation > "
+            f"{self.duplicate_threshold}) on one side; exact duplicate files stored once"
+        )
+        if self.kind == "cv":
+            return (
+                f"stratified {self.folds}-fold CV x {self.repeats} (seed {self.seed}); {groups}; "
+                f"{self.val_fraction:.0%} of each training fold (group-aware) chooses "
+                + ("the checkpoint by val AUC and " if self.select == "best" else "")
+                + f"the threshold ({self.threshold_rule}); each test fold predicted once{pre}"
+            )
+        return (
+            f"stratified train/val/test split (seed {self.seed}, val {self.val_fraction:.0%}, "
+            f"test {self.test_fraction:.0%}); {groups}; threshold chosen on validation only "
+            f"({self.threshold_rule}){pre}"
+        )

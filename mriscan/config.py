@@ -1,0 +1,439 @@
+"""Every training and cross-validation setting, its one default, and its validation.
+
+This module sits at the bottom of the import graph (it imports nothing of mriscan but errors and
+nothing of Keras), so the CLI, the library and the experiment drivers read the same defaults:
+
+========================  ===============================================================
+``ModelConfig``           the network ``mriscan.model.build_model`` builds
+``OptimizerConfig``       how each step changes the weights (AdamW, schedule, loss, batch)
+``HardwareConfig``        precision policy and distribution strategy (they change numerics)
+``RuntimeConfig``         input pipeline, reader threads, progress output (numerics unchanged)
+``SplitConfig``           validation and test shares of the group-aware split
+``PretrainConfig``        phantom pre-training (0 phantoms = off)
+``FitConfig``             epochs, early stopping, model selection, implants, test-time flip
+``TrainConfig``           all of the above plus seed and image size: one training run
+``CVConfig``              folds × repeats of ``TrainConfig`` runs, bootstrap draws
+========================  ===============================================================
+
+Every dataclass is frozen and validated at construction (``ConfigError`` names the setting, the
+value received and what is allowed). Field ``metadata`` carries the help text and choices from
+which ``mriscan.cli`` derives its options, so a default or a choice list is written once, here.
+``override(cfg, {"model.filters": (8, 8, 16, 32)})`` returns a copy with dotted fields replaced.
+The weights that phantom pre-training produces depend on exactly the sub-configs listed in
+``PRETRAIN_KEY_PARTS`` (by construction: whole sub-configs, not a list of field names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mriscan.errors import ConfigError
+
+__all__ = [
+    "PIPELINES",
+    "PRECISIONS",
+    "PRETRAIN_KEY_PARTS",
+    "SELECT_MODES",
+    "STRATEGIES",
+    "VERBOSITY",
+    "CVConfig",
+    "FitConfig",
+    "HardwareConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PretrainConfig",
+    "RuntimeConfig",
+    "SplitConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "override",
+]
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored")
+PIPELINES = ("auto", "pydataset", "tfdata")
+SELECT_MODES = ("last", "best")
+VERBOSITY = ("auto", "bar", "line", "silent")
+
+C = TypeVar("C")
+
+
+def _opt(default: Any, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field whose metadata the CLI turns into an option."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+def _positive_int(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}.")
+
+
+def _fraction(owner: object, *names: str, upper_open: bool = True) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
+            raise ConfigError(f"{name} must be in [0, 1). Received: {name}={value!r}.")
+
+
+def _choice(owner: object, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(owner, name)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}. Received: {name}={value!r}.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The 4-block CNN (``mriscan.model.build_model``); inputs (batch, S, S, 1) float32.
+
+    ``filters``: width of each 3×3 conv block (then 2×2 max pooling). ``mirror`` adds
+    |x − left-right mirror(x)| as a second channel (tumors break the symmetry of a centred
+    slice). ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the
+    side) set the training-time augmentation, active only when ``augment``. ``bn_momentum``:
+    Keras's 0.99 averages over ~100 steps; a 45-epoch run on ~150 slices has ~225, so the
+    inference statistics lagged the weights (bench/ACCURACY.md). ``block_dropout``: spatial
+    dropout after each block (0: on ~200 slices it stalled training, bench/ACCURACY.md).
+    """
+
+    filters: tuple[int, int, int, int] = _opt((24, 48, 96, 192), "Width of the 4 conv blocks.")
+    dropout: float = 0.3
+    augment: bool = True
+    rotation: float = 0.05
+    zoom: float = 0.1
+    translation: float = 0.0
+    mirror: bool = _opt(
+        True,
+        "Feed the model |slice - mirrored slice| as a second channel (tumors are asymmetric; "
+        "+0.05 CV AUC on the real set).",
+    )
+    channels: int = 1
+    convs_per_block: int = 1
+    block_dropout: float = 0.0
+    dense_units: int = 128
+    batch_norm: bool = True
+    bn_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", tuple(self.filters))
+        if len(self.filters) != 4 or any(
+            not isinstance(f, int) or isinstance(f, bool) or f < 1 for f in self.filters
+        ):
+            raise ConfigError(
+                f"filters must be 4 positive integers. Received: filters={self.filters!r}."
+            )
+        _positive_int(self, "channels", "convs_per_block", "dense_units")
+        _fraction(self, "dropout", "block_dropout", "rotation", "zoom", "translation")
+        if not 0.0 < self.bn_momentum < 1.0:
+            raise ConfigError(f"bn_momentum must be in (0, 1). Received: {self.bn_momentum!r}.")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a linear warm-up and cosine decay to zero, binary cross-entropy.
+
+    ``learning_rate`` is for a global batch of 32 and is scaled linearly with the global batch
+    (``lr × global_batch / 32``; Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+    ``batch_size`` is per replica (global batch = this × replicas). ``ema`` > 0 keeps an
+    exponential moving average of the weights with that momentum and ends on it (0 = off).
+    ``class_weight``: balanced weights n / (2 · count) per class.
+    """
+
+    learning_rate: float = _opt(
+        1e-3, "For a global batch of 32; scaled linearly with the global batch."
+    )
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 3
+    label_smoothing: float = 0.05
+    ema: float = 0.0
+    batch_size: int = _opt(32, "Per-replica batch; global batch = this × replicas.")
+    class_weight: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "batch_size")
+        lr = self.learning_rate
+        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"learning_rate must be a finite number > 0. Received: {lr!r}.")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0. Received: {self.warmup_epochs!r}.")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0 = off). Received: ema={self.ema!r}.")
+        _fraction(self, "label_smoothing")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0. Received: {self.weight_decay!r}.")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Precision policy and distribution strategy (``mriscan.hardware.setup_hardware``)."""
+
+    precision: str = _opt(
+        "auto", "auto: mixed_float16 on CUDA GPUs (CC >= 7.0), else float32.", PRECISIONS
+    )
+    strategy: str = _opt(
+        "auto",
+        "TensorFlow: auto = MirroredStrategy over 2+ devices, the default strategy on one; "
+        "mirrored = MirroredStrategy even on one device.",
+        STRATEGIES,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "strategy", STRATEGIES)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How batches reach the model and how progress is shown; the weights do not depend on it."""
+
+    pipeline: str = _opt("auto", "Input pipeline (auto: tf.data on TensorFlow).", PIPELINES)
+    workers: int = 2
+    verbose: str = _opt("auto", "Keras progress: bar or one line/epoch.", VERBOSITY)
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "workers")
+        _choice(self, "pipeline", PIPELINES)
+        _choice(self, "verbose", VERBOSITY)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Shares of the stratified, duplicate-group-aware split (``mriscan.splits``).
+
+    In cross-validation ``val_fraction`` is the share of each training fold held out to choose
+    the threshold, and ``test_fraction`` is not used (the test fold is).
+    """
+
+    val_fraction: float = _opt(
+        0.15,
+        "Share held out to choose the decision threshold (in cv: of each training fold; 0.25 "
+        "traded AUC for accuracy on two seeds, experiments/ACCURACY.md rows 31-32).",
+    )
+    test_fraction: float = _opt(0.15, "Share held out for the final test (train only).")
+
+    def __post_init__(self) -> None:
+        v, t = self.val_fraction, self.test_fraction
+        if not (0 <= v < 1 and 0 <= t < 1 and v + t < 1):
+            raise ConfigError(
+                "val_fraction and test_fraction must be in [0, 1) with a sum "
+                f"below 1. Received: {v}, {t}."
+            )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Phantom pre-training (``mriscan.training.pretrain``): ``phantoms`` = 0 turns it off."""
+
+    phantoms: int = _opt(
+        3000,
+        "Phantoms to pre-train on first (0: start from random weights). The weights are "
+        "cached (~/.cache/mriscan or $MRISCAN_CACHE) and shared by all folds of cv.",
+    )
+    epochs: int = _opt(5, "Epochs of phantom pre-training.")
+
+    def __post_init__(self) -> None:
+        p = self.phantoms
+        if not isinstance(p, int) or isinstance(p, bool) or p < 0:
+            raise ConfigError(f"pretrain must be 0 (off) or a number of phantoms. Received: {p!r}.")
+        if 0 < p < 20:
+            raise ConfigError(f"pretrain needs at least 20 phantoms. Received: {p}.")
+        _positive_int(self, "epochs")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Length of training and which weights are kept.
+
+    ``select`` keeps the epoch with the best validation AUC (``best``) or the final one
+    (``last``); ``patience`` (epochs without val-loss improvement) enables early stopping;
+    ``implant`` > 0 adds that many copies of every healthy training slice with synthetic
+    lesions drawn in (``mriscan.synth.implant_lesions``) as tumor examples (validation and test
+    data stay real); ``tta`` averages each prediction with that of the mirrored slice (stored
+    with the model).
+    """
+
+    epochs: int = _opt(45, "Training epochs (45 was as good as 60 on two seeds).")
+    patience: int | None = None
+    select: str = _opt(
+        "last",
+        "Keep the last epoch, or the epoch with the best validation AUC "
+        "(checkpointed to models/best_model.keras as it trains).",
+        SELECT_MODES,
+    )
+    implant: int = _opt(
+        0,
+        "Also train on this many copies of every healthy training slice with synthetic "
+        "lesions drawn in, as tumor examples (0: off; validation and test slices stay real).",
+    )
+    tta: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "epochs")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ConfigError(f"patience must be >= 1 or None. Received: {self.patience!r}.")
+        _choice(self, "select", SELECT_MODES)
+        i = self.implant
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ConfigError(f"implant must be 0 (off) or a number of copies. Received: {i!r}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: the stage configs, the seed, and the slice size.
+
+    ``image_size`` is the side S of the slices when class folders are ingested; ``None`` means
+    ``PreprocessConfig``'s default when ingesting, and the store's own size for a store (a
+    size given explicitly that differs from the store's is an error, never ignored).
+    ``seed`` drives the split, the initial weights, the augmentation and the phantoms.
+    """
+
+    seed: int = _opt(0, "Seed of the split, initial weights, augmentation and phantoms.")
+    image_size: int | None = _opt(
+        None, "Side S of the S×S slices when ingesting [default: 128, or the store's size]."
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0. Received: seed={self.seed!r}.")
+        if self.image_size is not None:
+            _positive_int(self, "image_size")
+        for name, cls in _SUBCONFIGS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(
+                    f"{name} must be a {cls.__name__}. Received: {getattr(self, name)!r}."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON nested form (``config_from_dict(TrainConfig, d)`` is the inverse)."""
+        return _to_json(self)
+
+
+# phantom pre-training weights depend on exactly these parts of a TrainConfig (and the
+# PreprocessConfig and pre-training version): see mriscan.training.pretrain.pretrain_key
+PRETRAIN_KEY_PARTS = ("seed", "model", "optimizer", "hardware", "pretrain")
+
+_SUBCONFIGS = {
+    "model": ModelConfig,
+    "optimizer": OptimizerConfig,
+    "fit": FitConfig,
+    "hardware": HardwareConfig,
+    "runtime": RuntimeConfig,
+    "split": SplitConfig,
+    "pretrain": PretrainConfig,
+}
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """Cross-validation: ``folds`` × ``repeats`` models trained with ``train``'s settings.
+
+    Inside each training fold, ``train.split.val_fraction`` of it (group-aware) is held out to
+    pick the checkpoint and the decision threshold; the test fold is only predicted, once.
+    ``n_boot`` draws of the percentile bootstrap give the 95% CI of each fold mean.
+    """
+
+    folds: int = _opt(5, "Number of folds.")
+    repeats: int = _opt(1, "Repeats of the k-fold split with other seeds.")
+    n_boot: int = 1000
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.folds, int) or self.folds < 2:
+            raise ConfigError(f"folds must be >= 2. Received: folds={self.folds!r}.")
+        _positive_int(self, "repeats", "n_boot")
+        v = self.train.split.val_fraction
+        if not 0 < v < 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5) for cv. Received: {v}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON nested form."""
+        return _to_json(self)
+
+
+def _to_json(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = _to_json(v)
+        elif isinstance(v, tuple):
+            out[f.name] = list(v)
+        else:
+            out[f.name] = v
+    return out
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Rebuild a (nested) config from its ``to_dict`` form; unknown keys are an error.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or an invalid value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"Unknown {cls.__name__} settings: {sorted(unknown)}.")
+    kw: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = _nested_type(cls, name)
+        if sub is not None and isinstance(value, Mapping):
+            kw[name] = config_from_dict(sub, value)
+        elif isinstance(value, list):
+            kw[name] = tuple(value)
+        else:
+            kw[name] = value
+    return cls(**kw)
+
+
+def _nested_type(cls: type, name: str) -> type | None:
+    if cls is TrainConfig:
+        return _SUBCONFIGS.get(name)
+    if cls is CVConfig and name == "train":
+        return TrainConfig
+    return None
+
+
+def override(cfg: C, changes: Mapping[str, Any], _at: str = "") -> C:
+    """A copy of ``cfg`` with dotted settings replaced, e.g. ``{"fit.epochs": 3, "seed": 1}``.
+
+    Raises
+    ------
+    ConfigError
+        If a path names no setting, or a new value is invalid.
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise ConfigError(
+                f"{type(cfg).__name__} has no setting {_at + key!r}; known: {sorted(names)}."
+            )
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = tuple(value) if isinstance(value, list) else value
+    for head, sub in nested.items():
+        direct[head] = override(getattr(cfg, head), sub, f"{_at}{head}.")
+    try:
+        return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -1,0 +1,665 @@
+"""DICOM files to uint8 slices with de-identified metadata (pydicom and its decoder plugins).
+
+One file gives one slice per frame: stored values -> Modality LUT (Rescale Slope/Intercept) ->
+VOI window (the file's Window Center/Width, else a percentile window) -> 0..255, inverted for
+MONOCHROME1, as a viewer would show it (DICOM PS3.3 C.11.1, C.11.2, C.7.6.3.1.2). Compressed
+transfer syntaxes are decoded by pydicom's plugins (pylibjpeg + libjpeg/openjpeg/rle, or GDCM);
+a syntax without an installed plugin raises ``MissingCodecError`` naming what to install.
+
+Identifiers leave this module only as salted hashes (``mriscan.scan.salted_hash``); names,
+birth dates and other header text are never copied, and the free-text series description is
+kept only after removing anything that matches the patient's name, ID or birth date.
+
+Typical use (ingest)::
+
+    salt = store_salt                      # mriscan.scan.new_salt(), kept with the store
+    result = read_dicom(path, salt=salt)   # DicomRead
+    if result.skipped:                     # SR, DICOMDIR, ...: list it, go on
+        report.append((path, result.skipped))
+    for s in result.slices:                # DicomSlice: image (H, W) uint8 + meta
+        ...
+    series = group_series(all_slices)      # ordered, size-checked, per series
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import UID
+
+from mriscan.errors import (
+    ConfigError,
+    CorruptImageError,
+    ImageTooLargeError,
+    MissingCodecError,
+    MixedSeriesError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
+from mriscan.io import DEFAULT_MAX_PIXELS
+from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+
+__all__ = [
+    "DicomConfig",
+    "DicomRead",
+    "DicomSeries",
+    "DicomSlice",
+    "DicomSliceMeta",
+    "codec_packages",
+    "group_series",
+    "read_dicom",
+]
+
+logger = logging.getLogger(__name__)
+
+# What to `pip install` for each compressed transfer syntax (pydicom 3 plugin table,
+# pydicom.github.io/pydicom/stable/guides/plugin_table.html); python-gdcm decodes all of them.
+_LIBJPEG = ("pylibjpeg", "pylibjpeg-libjpeg")
+_OPENJPEG = ("pylibjpeg", "pylibjpeg-openjpeg")
+_CODEC_PACKAGES: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Pillow also decodes it)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended 12-bit
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": _OPENJPEG,  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": _OPENJPEG,  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": _OPENJPEG,  # HTJ2K
+    "1.2.840.10008.1.2.5": ("pylibjpeg", "pylibjpeg-rle"),  # RLE (pydicom also has NumPy)
+}
+_PLANES = ("sagittal", "coronal", "axial")  # the patient axis (x, y, z) the slice normal follows
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+
+
+def codec_packages(transfer_syntax: str) -> tuple[str, ...]:
+    """The PyPI packages that let pydicom decode ``transfer_syntax`` (a UID string).
+
+    ``("python-gdcm",)`` for syntaxes outside the table (GDCM covers the most).
+    """
+    return _CODEC_PACKAGES.get(str(transfer_syntax), ("python-gdcm",))
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    """How DICOM slices become uint8.
+
+    Parameters
+    ----------
+    window_percentiles : (float, float)
+        Percentiles (0-100) of the real-world values mapped to 0 and 255 when the file has no
+        usable Window Center/Width (or ``use_header_window`` is False). Computed per file: per
+        slice for single-frame files, over all frames of a multi-frame file.
+    use_header_window : bool
+        Use the file's first Window Center/Width (VOI LUT Function LINEAR, LINEAR_EXACT or
+        SIGMOID) when present.
+    max_pixels : int
+        Refuse frames with more pixels than this (``ImageTooLargeError``) before decoding.
+    """
+
+    window_percentiles: tuple[float, float] = (0.5, 99.5)
+    use_header_window: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        lo, hi = self.window_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(
+                "window_percentiles must satisfy 0 <= low < high <= 100. "
+                f"Received: window_percentiles={self.window_percentiles}."
+            )
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1. Received: max_pixels={self.max_pixels}.")
+
+
+@dataclass(frozen=True)
+class DicomSliceMeta:
+    """De-identified facts about one DICOM slice (one frame of one file).
+
+    Attributes
+    ----------
+    patient, study, series, instance : str or None
+        Salted hashes (24 hex chars) of Patient ID, Study / Series / SOP Instance UID; None
+        when the element is absent or empty.
+    frame, n_frames : int
+        0-based frame index within the file, and the file's frame count.
+    instance_number : int or None
+        Instance Number (0020,0013).
+    slice_position : float or None
+        Position along the slice normal in mm (Image Position Patient · normal), for ordering.
+    plane : str
+        ``"axial"``, ``"coronal"``, ``"sagittal"`` (the closest one to the slice normal, from
+        Image Orientation Patient) or ``"unknown"``.
+    series_description : str
+        Series Description with any patient name/ID/birth-date text removed, at most 64 chars.
+    series_number : int or None
+    modality, photometric, transfer_syntax : str
+        Modality, Photometric Interpretation and transfer syntax UID.
+    rows, columns : int
+        Size of the slice in pixels (``image.shape``).
+    pixel_spacing : (float, float) or None
+        Row and column spacing in mm.
+    window_source : str
+        ``"header"`` (Window Center/Width), ``"percentile"`` or ``"none"`` (8-bit colour shown
+        as is).
+    window_low, window_high : float
+        The values mapped to 0 and 255, in real-world units (after rescale).
+    window_function : str
+        VOI LUT Function used (``"LINEAR"``, ``"LINEAR_EXACT"``, ``"SIGMOID"``).
+    rescale_slope, rescale_intercept : float
+        The modality rescale applied (1, 0 when absent; 1, 0 when a Modality LUT was used).
+    """
+
+    patient: str | None
+    study: str | None
+    series: str | None
+    instance: str | None
+    frame: int
+    n_frames: int
+    instance_number: int | None
+    slice_position: float | None
+    plane: str
+    series_description: str
+    series_number: int | None
+    modality: str
+    photometric: str
+    transfer_syntax: str
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    window_source: str
+    window_low: float
+    window_high: float
+    window_function: str
+    rescale_slope: float
+    rescale_intercept: float
+
+    @property
+    def group(self) -> str:
+        """What must stay on one side of a split: the patient, else the study, series, file."""
+        for kind in ("patient", "study", "series", "instance"):
+            value = getattr(self, kind)
+            if value:
+                return f"{kind}:{value}"
+        return "unknown"
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of all fields (tuples become lists)."""
+        d = asdict(self)
+        if d["pixel_spacing"] is not None:
+            d["pixel_spacing"] = list(d["pixel_spacing"])
+        return d
+
+
+@dataclass(frozen=True)
+class DicomSlice:
+    """One uint8 slice: ``image`` (H, W) uint8, its ``meta``, and the ``path`` it came from.
+
+    ``path`` is for the caller (errors, the source column); it is not part of ``meta``.
+    """
+
+    image: np.ndarray = field(repr=False)
+    meta: DicomSliceMeta
+    path: Path
+
+
+@dataclass(frozen=True)
+class DicomRead:
+    """The outcome of reading one file: its slices, or why it was skipped.
+
+    ``skipped`` is None for image files; for files without pixel data (structured reports,
+    DICOMDIR, presentation states, ...) it reads ``"not an image: <SOP class> has no pixel
+    data"`` and ``slices`` is empty.
+    """
+
+    path: Path
+    slices: tuple[DicomSlice, ...]
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """The slices of one series in display order (slice position, instance number, frame)."""
+
+    series: str
+    slices: tuple[DicomSlice, ...]
+
+    @property
+    def group(self) -> str:
+        """The split group of the series (see ``DicomSliceMeta.group``)."""
+        return self.slices[0].meta.group
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) shared by all slices."""
+        return self.slices[0].image.shape
+
+
+def read_dicom(
+    path: str | os.PathLike[str],
+    *,
+    salt: bytes,
+    config: DicomConfig | None = None,
+) -> DicomRead:
+    """Read a DICOM Part 10 file into uint8 slices (one per frame).
+
+    Parameters
+    ----------
+    path : path-like
+        A DICOM file (128-byte preamble + ``DICM``), any suffix.
+    salt : bytes
+        The store's secret salt (>= 16 bytes, ``mriscan.scan.new_salt``) for the identifiers.
+    config : DicomConfig, optional
+
+    Returns
+    -------
+    DicomRead
+        ``slices``: one ``DicomSlice`` per frame, ``image`` of shape (Rows, Columns), uint8;
+        or ``skipped`` with the reason for a file without pixel data.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        Not a DICOM Part 10 file, or a photometric interpretation that is not grey or RGB/YBR.
+    MissingCodecError
+        Compressed pixel data and no installed decoder (the message names the packages).
+    CorruptImageError
+        Truncated or damaged file (header or pixel data), an image without pixel data.
+    ImageTooLargeError, UnreadableFileError
+    """
+    cfg = config if config is not None else DicomConfig()
+    salt = check_salt(salt)
+    path = Path(path)
+    if path.is_dir():
+        raise UnreadableFileError(path, "is a directory, not a DICOM file")
+    if not path.exists():
+        raise UnreadableFileError(path, "does not exist")
+    ds = _dcmread(path)  # refuses files without the preamble + "DICM" (like mriscan.io.is_dicom)
+    meta_ts = ds.file_meta.get("TransferSyntaxUID")
+    if not _has_pixels(ds):
+        sop = _sop_class_name(ds)
+        if "Image Storage" in sop or "Rows" in ds:
+            raise CorruptImageError(
+                path,
+                f"a {sop} file without pixel data: the file is truncated or damaged; "
+                "re-export it from the archive",
+            )
+        return DicomRead(path, (), skipped=f"not an image: {sop} has no pixel data")
+    if meta_ts is None:
+        raise CorruptImageError(path, "no Transfer Syntax UID in the file meta information")
+    ts = UID(str(meta_ts))
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows < 1 or cols < 1:
+        raise CorruptImageError(path, f"image size {rows}x{cols} in the header is empty")
+    if rows * cols > cfg.max_pixels:
+        raise ImageTooLargeError(
+            path,
+            f"{cols}x{rows} = {rows * cols:,} pixels per frame exceeds the cap of "
+            f"{cfg.max_pixels:,}; raise max_pixels",
+        )
+    if ts.is_compressed:
+        _check_decoder(path, ts)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in _GREY and photometric not in _COLOUR:
+        raise UnsupportedFormatError(
+            path,
+            f"photometric interpretation {photometric} is not supported (expected MONOCHROME1, "
+            "MONOCHROME2, RGB or YBR); convert the series to grey scale",
+        )
+    arr = _pixels(ds, path, ts)
+    colour = photometric in _COLOUR
+    frames = arr.reshape((n_frames, rows, cols, 3) if colour else (n_frames, rows, cols))
+    ident = _identifiers(ds, salt)
+    description = _safe_description(ds)
+    images, windows, rescales = _to_uint8(ds, frames, cfg, photometric)
+    slices = []
+    for f in range(n_frames):
+        normal, position = _geometry(ds, f)
+        window, (slope, intercept) = windows[f], rescales[f]
+        meta = DicomSliceMeta(
+            **ident,
+            frame=f,
+            n_frames=n_frames,
+            instance_number=_int_or_none(_raw(ds, "InstanceNumber")),
+            slice_position=position,
+            plane=_plane(normal),
+            series_description=description,
+            series_number=_int_or_none(_raw(ds, "SeriesNumber")),
+            modality=str(_raw(ds, "Modality") or ""),
+            photometric=photometric,
+            transfer_syntax=str(ts),
+            rows=rows,
+            columns=cols,
+            pixel_spacing=_spacing(ds, f),
+            window_source=window.source,
+            window_low=window.low,
+            window_high=window.high,
+            window_function=window.function,
+            rescale_slope=slope,
+            rescale_intercept=intercept,
+        )
+        slices.append(DicomSlice(images[f], meta, path))
+    return DicomRead(path, tuple(slices))
+
+
+def group_series(slices: Iterable[DicomSlice]) -> list[DicomSeries]:
+    """Gather slices into series, each ordered for display, and check their sizes agree.
+
+    Slices are grouped by ``meta.series`` (by ``meta.instance`` when a file has no Series
+    Instance UID) and ordered by (slice position, instance number, frame); series are returned
+    in order of their first slice.
+
+    Raises
+    ------
+    MixedSeriesError
+        If the slices of one series differ in size (names two files of different sizes).
+    """
+    groups: dict[str, list[DicomSlice]] = {}
+    for s in slices:
+        key = s.meta.series or f"instance:{s.meta.instance}"
+        groups.setdefault(key, []).append(s)
+    out = []
+    for key, members in groups.items():
+        shapes = {m.image.shape: m for m in members}
+        if len(shapes) > 1:
+            (sa, a), (sb, b) = list(shapes.items())[:2]
+            raise MixedSeriesError(
+                f"Series {key} mixes slice sizes: {a.path} is {sa[1]}x{sa[0]} but {b.path} is "
+                f"{sb[1]}x{sb[0]} ({len(shapes)} sizes in {len(members)} slices). A series must "
+                "have one size; remove the stray files or split them into their own series."
+            )
+        members.sort(key=_order_key)
+        out.append(DicomSeries(key, tuple(members)))
+    return out
+
+
+def _order_key(s: DicomSlice) -> tuple:
+    m = s.meta
+    inf = float("inf")
+    return (
+        m.slice_position if m.slice_position is not None else inf,
+        m.instance_number if m.instance_number is not None else 1 << 62,
+        m.frame,
+        str(s.path),
+    )
+
+
+def _dcmread(path: Path) -> pydicom.Dataset:
+    """``pydicom.dcmread`` with its failures turned into mriscan errors."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise UnsupportedFormatError(
+            path, "not a DICOM Part 10 file (no 128-byte preamble followed by 'DICM')"
+        ) from exc
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot read file ({exc})") from exc
+    except Exception as exc:  # pydicom raises many kinds on damaged headers
+        raise CorruptImageError(
+            path, f"the DICOM header is damaged or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+    for w in caught:
+        text = str(w.message)
+        if "End of file" in text or "truncated" in text.lower():
+            raise CorruptImageError(path, f"the file is truncated ({text}); re-export it")
+        logger.debug("%s: pydicom warned: %s", path, text)
+    return ds
+
+
+def _has_pixels(ds: pydicom.Dataset) -> bool:
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _sop_class_name(ds: pydicom.Dataset) -> str:
+    uid = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+    if not uid:
+        return "DICOM object of unknown SOP class"
+    name = UID(str(uid)).name
+    return name if name and name != str(uid) else f"SOP class {uid}"
+
+
+def _check_decoder(path: Path, ts: UID) -> None:
+    """Raise ``MissingCodecError`` unless a pydicom plugin can decode transfer syntax ``ts``."""
+    packages = codec_packages(ts)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        decoder = None
+    if decoder is not None and decoder.is_available:
+        return
+    raise MissingCodecError(
+        path,
+        f"pixel data are compressed as {ts.name} ({ts}) and no installed decoder reads them; "
+        f"install {' and '.join(packages)} (`pip install {' '.join(packages)}`) "
+        "or python-gdcm",
+        packages,
+    )
+
+
+def _pixels(ds: pydicom.Dataset, path: Path, ts: UID) -> np.ndarray:
+    try:
+        arr = ds.pixel_array
+    except (ValueError, EOFError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptImageError(
+            path, f"pixel data cannot be decoded as {ts.name}: {exc}; the file may be truncated"
+        ) from exc
+    except RuntimeError as exc:  # a plugin failed or none is usable
+        raise MissingCodecError(
+            path,
+            f"pixel data ({ts.name}) could not be decoded: {exc}; install "
+            f"{' and '.join(codec_packages(ts))}",
+            codec_packages(ts),
+        ) from exc
+    return arr
+
+
+def _frame_item(ds: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Dataset | None:
+    """The first item of ``sequence`` for ``frame`` in an enhanced multi-frame file, if any."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
+                          ("SharedFunctionalGroupsSequence", 0)):  # fmt: skip
+        seq = ds.get(groups)
+        if seq and len(seq) > index and sequence in seq[index] and seq[index][sequence].value:
+            return seq[index][sequence].value[0]
+    return None
+
+
+def _raw(ds: pydicom.Dataset, keyword: str) -> str | list[str] | None:
+    """A top-level *text* element's value as str (list of str when multi-valued), or None.
+
+    Reads the element's bytes directly instead of through pydicom's value conversion (which
+    builds and regex-validates a DSfloat/IS per number): that conversion of ~20 elements cost as
+    much as decoding a 256x256 slice. Only for text VRs (DS, IS, CS, UI, LO, SH, PN, DA);
+    bytes are decoded as UTF-8 with replacement (consistently, so hashes stay stable).
+    """
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace").strip(" \x00")
+        if not text:
+            return None
+        return [v.strip(" \x00") for v in text.split("\\")] if "\\" in text else text
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [str(v) for v in value]
+    return str(value)
+
+
+_TAGS: dict[str, int] = {}
+
+
+def _attr(ds: pydicom.Dataset, frame: int, sequence: str, name: str):
+    """``name`` from the top level, else from ``sequence`` in the functional groups."""
+    value = _raw(ds, name)
+    if value is not None:
+        return value
+    if 0x52009229 not in ds and 0x52009230 not in ds:  # Shared / Per-frame Functional Groups
+        return None
+    item = _frame_item(ds, frame, sequence)
+    return item[name].value if item is not None and name in item else None
+
+
+def _first(value) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    try:
+        return None if value is None or value == "" else float(value)
+    except ValueError:
+        return None
+
+
+def _rescale(ds: pydicom.Dataset, frame: int) -> tuple[float, float]:
+    slope = _first(_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    icpt = _first(_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+    return (1.0 if slope is None or slope == 0 else slope), (0.0 if icpt is None else icpt)
+
+
+def _header_window(ds: pydicom.Dataset, frame: int) -> tuple[float, float, str] | None:
+    c = _first(_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
+    w = _first(_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+    if c is None or w is None:
+        return None
+    fn = str(_attr(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
+    if fn not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        return None
+    if (fn == "LINEAR" and w < 1) or w <= 0:  # invalid per PS3.3 C.11.2.1.2: not usable
+        return None
+    return c, w, fn
+
+
+def _to_uint8(
+    ds: pydicom.Dataset, frames: np.ndarray, cfg: DicomConfig, photometric: str
+) -> tuple[np.ndarray, list[Window], list[tuple[float, float]]]:
+    """Rescale + window every frame to uint8 (see ``DicomConfig``)."""
+    n = frames.shape[0]
+    if photometric in _COLOUR:
+        # ITU-R BT.601 luma, as Pillow's "L" (pydicom already converted YBR to RGB)
+        grey = frames[..., 0] * 0.299 + frames[..., 1] * 0.587 + frames[..., 2] * 0.114
+        if int(ds.get("BitsStored", 8)) <= 8:
+            w = Window("none", 0.0, 255.0)
+            out = window_to_uint8(grey, w)
+            return out, [w] * n, [(1.0, 0.0)] * n
+        frames = grey
+    if ds.get("ModalityLUTSequence"):
+        # a lookup table, not a line: pydicom applies it; the window then sees LUT output
+        frames = apply_modality_lut(frames, ds)
+        rescales = [(1.0, 0.0)] * n
+    else:
+        rescales = [_rescale(ds, f) for f in range(n)]
+    out = np.empty(frames.shape[:3], np.uint8)
+    invert = photometric == "MONOCHROME1"
+    windows: list[Window] = []
+    pct = None
+    for f in range(n):
+        slope, intercept = rescales[f]
+        hdr = _header_window(ds, f) if cfg.use_header_window else None
+        cw = None
+        if hdr is not None:
+            c, w, fn = hdr
+            if fn == "LINEAR":  # PS3.3 C.11.2.1.2.1: centre - 0.5, width - 1
+                lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+            else:
+                lo, hi = c - w / 2, c + w / 2
+            window, cw = Window("header", lo, hi, fn), (c, w)
+        else:
+            if pct is None:  # per file: all frames of a multi-frame file share one window
+                pct = percentile_window(frames, cfg.window_percentiles)
+            a, b = pct[0] * slope + intercept, pct[1] * slope + intercept
+            window = Window("percentile", min(a, b), max(a, b))
+        out[f] = window_to_uint8(
+            frames[f], window, slope=slope, intercept=intercept, invert=invert, center_width=cw
+        )
+        windows.append(window)
+    return out, windows, rescales
+
+
+def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
+    def h(kind: str, keyword: str) -> str | None:
+        value = _raw(ds, keyword)
+        value = "" if value is None else "\\".join(value) if isinstance(value, list) else value
+        return salted_hash(salt, kind, value) if value else None
+
+    return {
+        "patient": h("patient", "PatientID"),
+        "study": h("study", "StudyInstanceUID"),
+        "series": h("series", "SeriesInstanceUID"),
+        "instance": h("instance", "SOPInstanceUID"),
+    }
+
+
+def _safe_description(ds: pydicom.Dataset) -> str:
+    """Series Description without any text that matches the patient's name, ID or birth date."""
+    text = _raw(ds, "SeriesDescription")
+    if not text:
+        return ""
+    text = "\\".join(text) if isinstance(text, list) else text
+    tokens = set()
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs",
+                    "PatientBirthName"):  # fmt: skip
+        value = _raw(ds, keyword)
+        if value:
+            value = " ".join(value) if isinstance(value, list) else value
+            tokens.update(t for t in re.split(r"[\^=\s,]+", value) if len(t) >= 2)
+    for t in sorted(tokens, key=len, reverse=True):
+        text = re.sub(re.escape(t), "[removed]", text, flags=re.IGNORECASE)
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text.strip()[:64]
+
+
+def _geometry(ds: pydicom.Dataset, frame: int) -> tuple[np.ndarray | None, float | None]:
+    """Slice normal (unit, patient LPS axes) and position along it in mm, when known."""
+    iop = _attr(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return None, None
+    v = np.asarray([float(x) for x in iop])
+    normal = np.cross(v[:3], v[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-6:
+        return None, None
+    normal /= norm
+    ipp = _attr(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
+    if ipp is None or len(ipp) != 3:
+        return normal, None
+    return normal, float(np.dot(np.asarray([float(x) for x in ipp]), normal))
+
+
+def _plane(normal: np.ndarray | None) -> str:
+    return "unknown" if normal is None else _PLANES[int(np.argmax(np.abs(normal)))]
+
+
+def _spacing(ds: pydicom.Dataset, frame: int) -> tuple[float, float] | None:
+    ps = _attr(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
+    if ps is None or len(ps) != 2:
+        return None
+    return float(ps[0]), float(ps[1])
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None

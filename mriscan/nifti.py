@@ -1,0 +1,303 @@
+"""NIfTI volumes to uint8 slices (nibabel): canonical orientation, a slicing axis, a slice choice.
+
+A volume is reoriented to the closest canonical orientation (RAS+, ``nibabel.as_closest_canonical``;
+voxel axes follow the patient's Right, Anterior, Superior), windowed once per volume by
+percentiles, and cut along the chosen plane. Slices are laid out as a radiology viewer shows
+DICOM images (the LPS display convention): axial with anterior at the top and the patient's
+right on the image's left; coronal with superior at the top and right on the left; sagittal with
+superior at the top and anterior on the left. So a NIfTI slice looks like the DICOM or JPEG slice
+of the same anatomy, whatever voxel order the file was saved in.
+
+4-D volumes (fMRI, DWI, several echoes): the stated rule is the first volume (index 0 of the
+4th axis), with a logged warning; ``NiftiConfig(four_d="refuse")`` refuses them instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mriscan.errors import (
+    ConfigError,
+    CorruptImageError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
+from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+
+__all__ = ["NiftiConfig", "NiftiRead", "NiftiSlice", "NiftiSliceMeta", "read_nifti"]
+
+logger = logging.getLogger(__name__)
+
+_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+_SELECTIONS = ("all", "middle", "brain")
+
+
+@dataclass(frozen=True)
+class NiftiConfig:
+    """How a NIfTI volume becomes slices.
+
+    Parameters
+    ----------
+    plane : {"axial", "coronal", "sagittal"}
+        Slicing plane in the canonical (RAS+) volume.
+    selection : {"brain", "all", "middle"}
+        Which slices to keep: ``"brain"`` those whose foreground area is at least
+        ``brain_fraction`` of the largest slice's; ``"middle"`` the ``middle_count`` central
+        slices; ``"all"`` every slice.
+    brain_fraction : float in (0, 1]
+        See ``selection="brain"``. 0.3 drops the vertex and skull-base slices that hold little
+        brain while keeping most of the cerebrum.
+    middle_count : int >= 1
+        See ``selection="middle"`` (all slices when the volume has fewer).
+    foreground_level : float in [0, 1)
+        A voxel counts as foreground (for the area) when above ``low + level * (high - low)``
+        of the volume's window.
+    window_percentiles : (float, float)
+        Percentiles (0-100) of the volume mapped to 0 and 255 (one window per volume).
+    four_d : {"first", "refuse"}
+        4-D volumes: keep the first volume (with a warning), or raise ``UnsupportedFormatError``.
+    """
+
+    plane: str = "axial"
+    selection: str = "brain"
+    brain_fraction: float = 0.3
+    middle_count: int = 16
+    foreground_level: float = 0.1
+    window_percentiles: tuple[float, float] = (0.5, 99.5)
+    four_d: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.plane not in _AXIS:
+            raise ConfigError(f"plane must be one of {sorted(_AXIS)}. Received: {self.plane!r}.")
+        if self.selection not in _SELECTIONS:
+            raise ConfigError(
+                f"selection must be one of {list(_SELECTIONS)}. Received: {self.selection!r}."
+            )
+        if not 0.0 < self.brain_fraction <= 1.0:
+            raise ConfigError(f"brain_fraction must be in (0, 1]. Received: {self.brain_fraction}.")
+        if self.middle_count < 1:
+            raise ConfigError(f"middle_count must be >= 1. Received: {self.middle_count}.")
+        if not 0.0 <= self.foreground_level < 1.0:
+            raise ConfigError(
+                f"foreground_level must be in [0, 1). Received: {self.foreground_level}."
+            )
+        lo, hi = self.window_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(
+                "window_percentiles must satisfy 0 <= low < high <= 100. "
+                f"Received: {self.window_percentiles}."
+            )
+        if self.four_d not in ("first", "refuse"):
+            raise ConfigError(f"four_d must be 'first' or 'refuse'. Received: {self.four_d!r}.")
+
+
+@dataclass(frozen=True)
+class NiftiSliceMeta:
+    """Facts about one slice of a NIfTI volume (no header text is kept).
+
+    Attributes
+    ----------
+    volume : str
+        Salted hash of the volume's key (its path relative to the class folder).
+    slice_index : int
+        Index along the slicing axis of the canonical volume; it grows toward the patient's
+        superior (axial), anterior (coronal) or right (sagittal) side.
+    n_slices : int
+        Slices along that axis in the volume (before selection).
+    plane : str
+    volume_index, n_volumes : int
+        Which volume of a 4-D file was used (0) and how many it has (1 for 3-D files).
+    window_low, window_high : float
+        The per-volume percentile window (``window_source`` is always ``"percentile"``).
+    foreground_share : float
+        This slice's foreground area over the largest slice's (0..1).
+    pixel_spacing : (float, float)
+        Row and column spacing in mm.
+    """
+
+    volume: str
+    slice_index: int
+    n_slices: int
+    plane: str
+    volume_index: int
+    n_volumes: int
+    window_source: str
+    window_low: float
+    window_high: float
+    foreground_share: float
+    pixel_spacing: tuple[float, float]
+
+    @property
+    def group(self) -> str:
+        """What must stay on one side of a split: the volume."""
+        return f"volume:{self.volume}"
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of all fields."""
+        d = asdict(self)
+        d["pixel_spacing"] = list(d["pixel_spacing"])
+        return d
+
+
+@dataclass(frozen=True)
+class NiftiSlice:
+    """One slice: ``image`` (H, W) uint8, its ``meta``, and the volume ``path``."""
+
+    image: np.ndarray = field(repr=False)
+    meta: NiftiSliceMeta
+    path: Path
+
+
+@dataclass(frozen=True)
+class NiftiRead:
+    """A volume's kept slices (in index order) and its canonical shape (X, Y, Z) and zooms (mm)."""
+
+    path: Path
+    volume: str
+    slices: tuple[NiftiSlice, ...]
+    shape: tuple[int, int, int]
+    zooms: tuple[float, float, float]
+
+
+def read_nifti(
+    path: str | os.PathLike[str],
+    *,
+    salt: bytes,
+    root: str | os.PathLike[str] | None = None,
+    config: NiftiConfig | None = None,
+) -> NiftiRead:
+    """Read a ``.nii`` / ``.nii.gz`` volume into uint8 slices.
+
+    Parameters
+    ----------
+    path : path-like
+    salt : bytes
+        The store's secret salt (``mriscan.scan.new_salt``), for the volume id.
+    root : path-like, optional
+        The class folder: the volume id hashes ``path`` relative to it (POSIX form), so the same
+        tree gives the same ids wherever it lies. Without it, the absolute path is hashed.
+    config : NiftiConfig, optional
+
+    Returns
+    -------
+    NiftiRead
+        ``slices``: ``NiftiSlice`` with ``image`` (H, W) uint8, as described in the module doc.
+
+    Raises
+    ------
+    CorruptImageError
+        Broken header, truncated data, zero-size or blank volume, unusable affine.
+    UnsupportedFormatError
+        Not 3-D or 4-D, or 4-D with ``four_d="refuse"``.
+    UnreadableFileError
+    """
+    cfg = config if config is not None else NiftiConfig()
+    salt = check_salt(salt)
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        raise UnreadableFileError(path, "does not exist or is a folder, not a NIfTI file")
+    key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
+    volume = salted_hash(salt, "volume", key)
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, OSError, EOFError
+        raise CorruptImageError(
+            path, f"not a readable NIfTI file: broken or truncated header ({exc})"
+        ) from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise UnsupportedFormatError(path, f"is a {type(img).__name__}, not a NIfTI-1/2 volume")
+    shape = tuple(int(s) for s in img.shape)
+    if any(s == 0 for s in shape) or not shape:
+        raise CorruptImageError(path, f"zero-size volume (shape {shape}); nothing to read")
+    while len(shape) > 4 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) < 3 or len(shape) > 4:
+        raise UnsupportedFormatError(path, f"expected a 3-D or 4-D volume, got shape {shape}")
+    n_volumes = shape[3] if len(shape) == 4 else 1
+    if len(img.shape) > 3:
+        if n_volumes > 1 and cfg.four_d == "refuse":
+            raise UnsupportedFormatError(
+                path,
+                f"4-D volume with {n_volumes} volumes (shape {shape}); split it or use "
+                "four_d='first'",
+            )
+        if n_volumes > 1:
+            logger.warning(
+                "%s: 4-D volume with %d volumes; using the first (index 0), as configured",
+                path,
+                n_volumes,
+            )
+        img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+    try:
+        raw = np.asanyarray(img.dataobj)  # in the file's voxel order (a memmap for .nii)
+    except Exception as exc:  # truncated data: ValueError/EOFError/zlib.error
+        raise CorruptImageError(path, f"voxel data cannot be read ({exc})") from exc
+    if raw.dtype.kind == "c" or raw.dtype.fields is not None:
+        raise UnsupportedFormatError(path, f"voxel type {raw.dtype} is not a real scalar")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+    if raw.dtype.kind == "b":
+        raw = raw.astype(np.uint8)
+    # window first, in the file's own memory order (one pass), then reorient the uint8 volume:
+    # the percentiles do not depend on the voxel order
+    lo, hi = percentile_window(raw, cfg.window_percentiles)
+    window = Window("percentile", lo, hi)
+    u8 = window_to_uint8(raw, window)
+    try:
+        canon = nib.as_closest_canonical(type(img)(u8, img.affine))
+    except Exception as exc:  # a singular or non-finite affine
+        raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
+    data = np.asanyarray(canon.dataobj)  # RAS+ view of u8
+    axis = _AXIS[cfg.plane]
+    n = data.shape[axis]
+    others = tuple(a for a in range(3) if a != axis)
+    area = np.count_nonzero(data > round(cfg.foreground_level * 255), axis=others)
+    area = area.astype(np.float64)
+    share = area / area.max() if area.max() > 0 else np.zeros(n)
+    if cfg.selection == "all":
+        keep = list(range(n))
+    elif cfg.selection == "middle":
+        m = min(cfg.middle_count, n)
+        keep = list(range((n - m) // 2, (n - m) // 2 + m))
+    else:
+        if area.max() == 0:
+            raise CorruptImageError(
+                path, "blank volume: no voxel above the window's lower end; nothing to slice"
+            )
+        keep = [int(k) for k in np.flatnonzero(share >= cfg.brain_fraction - 1e-12)]
+    zooms = tuple(float(z) for z in canon.header.get_zooms()[:3])
+    spacing = {0: (zooms[2], zooms[1]), 1: (zooms[2], zooms[0]), 2: (zooms[1], zooms[0])}[axis]
+    slices = []
+    for k in keep:
+        image = np.ascontiguousarray(_display_slice(data, axis, k))
+        meta = NiftiSliceMeta(
+            volume=volume,
+            slice_index=k,
+            n_slices=n,
+            plane=cfg.plane,
+            volume_index=0,
+            n_volumes=n_volumes,
+            window_source="percentile",
+            window_low=lo,
+            window_high=hi,
+            foreground_share=float(share[k]),
+            pixel_spacing=spacing,
+        )
+        slices.append(NiftiSlice(image, meta, path))
+    return NiftiRead(path, volume, tuple(slices), tuple(int(s) for s in data.shape), zooms)
+
+
+def _display_slice(vol: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """Slice ``k`` along ``axis`` of a RAS+ volume, laid out like a DICOM image (LPS display)."""
+    if axis == 2:  # rows: anterior -> posterior, columns: right -> left
+        return vol[::-1, ::-1, k].T
+    if axis == 1:  # rows: superior -> inferior, columns: right -> left
+        return vol[::-1, k, ::-1].T
+    # sagittal: rows superior -> inferior, columns anterior -> posterior
+    return vol[k, ::-1, ::-1].T

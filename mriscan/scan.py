@@ -1,0 +1,186 @@
+"""What the DICOM and NIfTI readers share: salted identifiers and intensity windows to uint8.
+
+Scanner data carry patient identity; mriscan keeps none of it. Every identifier that leaves a
+reader (patient, study, series, instance, volume) is a keyed hash (HMAC-SHA-256) under a random
+per-store salt that the caller owns (``new_salt``): equal inputs give equal ids within one store,
+so grouping works, while the id cannot be reversed or matched against another store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from mriscan._scan_kernels import affine_to_uint8
+from mriscan.errors import ConfigError
+
+__all__ = [
+    "HASH_CHARS",
+    "MIN_SALT_BYTES",
+    "Window",
+    "check_salt",
+    "new_salt",
+    "percentile_window",
+    "salted_hash",
+    "window_to_uint8",
+]
+
+MIN_SALT_BYTES = 16
+HASH_CHARS = 24  # 96 bits of the HMAC: collisions are negligible for any archive
+_PERCENTILE_SAMPLE = 1 << 20  # percentiles of larger arrays come from an even subsample
+
+
+def new_salt() -> bytes:
+    """A fresh random salt of 32 bytes (``secrets.token_bytes``); store it with the store."""
+    return secrets.token_bytes(32)
+
+
+def check_salt(salt: bytes) -> bytes:
+    """Return ``salt`` if it is bytes of at least ``MIN_SALT_BYTES``, else raise ``ConfigError``."""
+    if not isinstance(salt, bytes | bytearray) or len(salt) < MIN_SALT_BYTES:
+        got = f"{type(salt).__name__} of length {len(salt)}" if hasattr(salt, "__len__") else salt
+        raise ConfigError(
+            f"salt must be bytes of length >= {MIN_SALT_BYTES} (use mriscan.scan.new_salt() once "
+            f"per store and keep it). Received: {got}."
+        )
+    return bytes(salt)
+
+
+def salted_hash(salt: bytes, kind: str, value: str) -> str:
+    """Keyed hash of an identifier: ``HMAC-SHA-256(salt, kind + NUL + value)``, first 24 hex chars.
+
+    ``kind`` ("patient", "study", ...) separates the domains, so a patient ID equal to some
+    series UID does not give the same id.
+    """
+    msg = kind.encode() + b"\x00" + value.encode("utf-8", "surrogatepass")
+    return hmac.new(salt, msg, hashlib.sha256).hexdigest()[:HASH_CHARS]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The intensity window that mapped a slice to uint8.
+
+    ``low`` maps to 0 and ``high`` to 255 (linearly, clipped), in the file's real-world units
+    (after Rescale Slope/Intercept for DICOM, after scl_slope/scl_inter for NIfTI).
+    ``source`` says where it came from: ``"header"`` (DICOM Window Center/Width) or
+    ``"percentile"`` (computed from the data). ``function`` is the DICOM VOI LUT Function
+    (``"LINEAR"``, ``"LINEAR_EXACT"``, ``"SIGMOID"``) or ``"LINEAR"`` for percentile windows.
+    """
+
+    source: str
+    low: float
+    high: float
+    function: str = "LINEAR"
+
+
+def percentile_window(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The (low, high) percentiles of ``values`` (any shape), as floats.
+
+    The percentile is NumPy's ``method="inverted_cdf"`` (the smallest value whose cumulative
+    share reaches q; Hyndman & Fan 1996, definition 1): it is always a value of the data, and for
+    integer arrays of 8/16 bits it is computed exactly from a histogram (``np.bincount``), which
+    is several times faster than sorting. Other arrays above 2**20 elements are subsampled with
+    an even stride first (robust percentiles move by far less than one grey level). Non-finite
+    values are ignored; an array with none finite gives (0.0, 0.0).
+    """
+    if values.size == 0:
+        return 0.0, 0.0
+    if values.size > _PERCENTILE_SAMPLE and values.ndim > 0:
+        # an even grid of voxels (a stride per axis): cheap on views in any memory order
+        step = int(np.ceil((values.size / _PERCENTILE_SAMPLE) ** (1.0 / values.ndim)))
+        values = values[(slice(None, None, step),) * values.ndim]
+    flat = values.ravel(order="K")
+    q = np.asarray(percentiles, dtype=np.float64) / 100.0
+    if flat.dtype.kind in "ui" and flat.dtype.itemsize <= 2:
+        offset = -int(np.iinfo(flat.dtype).min)
+        idx = flat.astype(np.int32) + offset if offset else flat
+        cdf = np.cumsum(np.bincount(idx))
+        # inverted_cdf: first value whose count reaches ceil-like q * n (NumPy's definition)
+        ranks = np.maximum(np.ceil(q * flat.size - 1e-9), 1)
+        lo, hi = np.searchsorted(cdf, ranks) - offset
+        return float(lo), float(hi)
+    if flat.dtype.kind == "f":
+        flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            return 0.0, 0.0
+    lo, hi = np.percentile(flat, percentiles, method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def window_to_uint8(
+    stored: np.ndarray,
+    window: Window,
+    *,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    invert: bool = False,
+    center_width: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Map raw values through ``value * slope + intercept`` and ``window`` to uint8.
+
+    Parameters
+    ----------
+    stored : ndarray, any shape, integer or float
+        Stored values (before rescale).
+    window : Window
+        ``low`` -> 0 and ``high`` -> 255 in rescaled units, linear and clipped; for
+        ``function == "SIGMOID"`` the DICOM sigmoid (PS3.3 C.11.2.1.3.1) with ``center_width``.
+    slope, intercept : float
+        The modality rescale, fused with the window into one multiply-add (float32).
+    invert : bool
+        ``255 - value`` afterwards (MONOCHROME1: low values are displayed white).
+
+    Returns
+    -------
+    ndarray of the same shape, uint8
+        A window of zero width maps everything at or below it to 0 and above it to 255.
+    """
+    if window.function == "SIGMOID":
+        x = stored.astype(np.float32, copy=True)
+    if window.function == "SIGMOID":
+        if center_width is None:
+            raise ConfigError("a SIGMOID window needs center_width=(center, width).")
+        c, w = center_width
+        # PS3.3 C.11.2.1.3.1: y = range / (1 + exp(-4 (x - c) / w))
+        x *= np.float32(slope)
+        x += np.float32(intercept - c)
+        x *= np.float32(-4.0 / w)
+        np.exp(x, out=x)
+        x += 1
+        np.divide(np.float32(255.0), x, out=x)
+        x += np.float32(0.5)
+    else:
+        span = window.high - window.low
+        if span <= 0:
+            # a step at ``low``: everything above it is white
+            real = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+            out = (real > window.low).astype(np.uint8)
+            out *= 255
+            return 255 - out if invert else out
+        # (v * slope + intercept - low) * 255 / span, as one multiply-add on the stored values
+        a = slope * 255.0 / span
+        b = (intercept - window.low) * 255.0 / span
+        if stored.dtype.kind in "uif":
+            # one fused Numba pass in the array's own memory order (no float copy)
+            src = stored if _contiguous(stored) else np.ascontiguousarray(stored)
+            if not src.dtype.isnative:  # e.g. big-endian NIfTI: Numba needs native order
+                src = src.astype(src.dtype.newbyteorder("="))
+            out = np.empty_like(src, dtype=np.uint8)  # same order as src
+            affine_to_uint8(src.ravel(order="K"), a, b + 0.5, invert, out.ravel(order="K"))
+            return out
+        x = stored.astype(np.float32, copy=True)
+        x *= np.float32(a)
+        x += np.float32(b + 0.5)  # + 0.5 then truncation = round half up on [0, 255]
+    np.clip(x, 0, 255.5, out=x)  # truncation below maps [255, 255.5] to 255
+    out = x.astype(np.uint8)
+    if invert:
+        np.subtract(np.uint8(255), out, out=out)
+    return out
+
+
+def _contiguous(a: np.ndarray) -> bool:
+    return a.flags.c_contiguous or a.flags.f_contiguous

@@ -1,0 +1,73 @@
+"""Where training data come from: an existing store, or class folders ingested into one.
+
+Keras-free. ``open_or_ingest`` is the data-source policy every command shares; the default
+locations of raw and processed data are named here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from mriscan.errors import ConfigError
+from mriscan.ingest import IngestConfig, ingest
+from mriscan.preprocess import PreprocessConfig
+from mriscan.store import DEFAULT_STORE, ImageStore
+
+__all__ = ["DEFAULT_RAW", "DEFAULT_STORE", "PHANTOM_STORE", "is_store", "open_or_ingest"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RAW = Path("data/raw")
+PHANTOM_STORE = Path("data/processed/synthetic.zarr")
+
+
+def is_store(data: str | os.PathLike[str]) -> bool:
+    """True when ``data`` is an mriscan store (a folder with ``index.json``, or a memory URL)."""
+    return (Path(data) / "index.json").is_file() or str(data).startswith("memory://")
+
+
+def open_or_ingest(
+    data: str | os.PathLike[str] | ImageStore,
+    *,
+    store_path: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+) -> ImageStore:
+    """Open ``data`` if it is a store; otherwise ingest its class folders into ``store_path``.
+
+    Parameters
+    ----------
+    data : path, URL or ImageStore
+        A store, or a folder of class folders.
+    store_path : path, optional
+        Where class folders are ingested (default ``DEFAULT_STORE``).
+    image_size : int, optional
+        Side S of the slices when ingesting (default ``PreprocessConfig``'s). For a store it
+        must equal the store's size if given.
+
+    Raises
+    ------
+    ConfigError
+        If ``image_size`` is given and differs from the size of the store ``data``.
+    """
+    if isinstance(data, ImageStore):
+        store = data
+    elif is_store(data):
+        store = ImageStore.open(data)
+    else:
+        target = Path(store_path) if store_path is not None else DEFAULT_STORE
+        pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
+        report = ingest(Path(data), target, IngestConfig(preprocess=pre))
+        log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
+        return ImageStore.open(target)
+    if image_size is not None and image_size != store.image_size:
+        size = store.image_size
+        if not isinstance(data, ImageStore):
+            store.close()
+        raise ConfigError(
+            f"--image-size {image_size} was given, but the store {store.location} holds "
+            f"{size}×{size} slices. Drop --image-size, or ingest the class folders again "
+            "into another store with that size."
+        )
+    return store

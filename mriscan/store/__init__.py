@@ -1,0 +1,64 @@
+"""The image store: a Zarr v3 group of preprocessed slices plus a JSON index (the commit point).
+
+Layout of ``images.zarr/``::
+
+    zarr.json            group metadata
+    images/              (N, S, S) uint8, one slice per chunk, Blosc/Zstd, keys c.<i>.0.0
+    labels/              (N,) uint8
+    signatures/          (N, 16, 16) uint8 perceptual thumbnails (duplicate grouping)
+    index.json           format, PreprocessConfig, classes, one record per sample
+    write.lock           held (flock) by the one writer; readers never touch it
+
+Who owns what:
+
+- ``index``: the schema of ``index.json`` (``SampleRecord``, ``StoreIndex``, ``FORMAT_VERSION``),
+  its (de)serialisation and ``pixel_checksum``. Add a record field here.
+- ``files``: the store's own byte files (atomic write with fsync, read, list, delete, clear) and
+  the one-writer ``WriteLock``; local paths and fsspec URLs alike.
+- ``engines``: the ``ChunkEngine`` interface and its two engines, ``LocalChunkFiles`` (the local
+  fast path: chunk files read and written directly) and ``ZarrEngine`` (zarr-python, any URL or
+  layout); ``open_engine`` picks one per store at open. Try another chunk layout here.
+- ``image_store``: ``ImageStore`` = the transaction (pending appends, one atomic commit, trimming
+  a dead writer's leftovers) over an engine and the index. It stores duplicate groups but does not
+  compute them: ``mriscan.ingest`` does (with ``mriscan.duplicates``) and passes them to
+  ``commit(groups=...)``.
+- ``verify``: ``verify_store``, every committed sample checked against the index.
+
+Nothing here imports Keras or TensorFlow.
+"""
+
+from __future__ import annotations
+
+from mriscan.errors import StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
+from mriscan.store.engines import ChunkEngine, LocalChunkFiles, ZarrEngine, open_engine
+from mriscan.store.files import StoreFiles, WriteLock
+from mriscan.store.image_store import DEFAULT_STORE, ImageStore
+from mriscan.store.index import (
+    FORMAT_VERSION,
+    INDEX_KEY,
+    SampleRecord,
+    StoreIndex,
+    pixel_checksum,
+)
+from mriscan.store.verify import verify_store
+
+__all__ = [
+    "DEFAULT_STORE",
+    "FORMAT_VERSION",
+    "INDEX_KEY",
+    "ChunkEngine",
+    "ImageStore",
+    "LocalChunkFiles",
+    "SampleRecord",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreFiles",
+    "StoreIndex",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "WriteLock",
+    "ZarrEngine",
+    "open_engine",
+    "pixel_checksum",
+    "verify_store",
+]

@@ -1,0 +1,101 @@
+"""``verify_store``: check every committed sample of a store against its index."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mriscan.errors import StoreError, StoreNotFoundError
+from mriscan.store.image_store import ImageStore
+from mriscan.store.index import pixel_checksum
+
+__all__ = ["verify_store"]
+
+
+def verify_store(path: str | os.PathLike[str]) -> list[str]:
+    """Check every committed sample of a store; return a list of problems (empty if sound).
+
+    Opens every chunk, checks shapes and dtype, that the arrays cover the index, that labels
+    agree, and that each slice's pixel checksum matches the index. A chunk that does not exist
+    reads as the fill value (zarr v3 does not write all-fill-value chunks), so a missing chunk is
+    a problem exactly when the record's checksum is not the checksum of a blank slice; it is then
+    reported as missing.
+
+    Damage that keeps the store from opening (an unreadable ``index.json``, a record of the wrong
+    kind, missing zarr metadata) is returned as a single problem, not raised.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No store (no ``index.json``) at ``path``.
+    """
+    try:
+        store = ImageStore.open(path)
+    except StoreNotFoundError:
+        raise
+    except StoreError as exc:  # damaged index or zarr metadata: a finding, not a crash
+        return [str(exc)]
+    with store:
+        return _check(store)
+
+
+def _read_array(store: ImageStore, name: str, n: int, problems: list[str]) -> np.ndarray | None:
+    """The first ``n`` rows of a small array, or None (with a problem noted) if unreadable."""
+    try:
+        return np.asarray(store._group[name][:n])
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:
+        problems.append(
+            f"{name} array cannot be read ({type(exc).__name__}: {exc}); re-ingest into a new "
+            "--store"
+        )
+        return None
+
+
+def _check(store: ImageStore) -> list[str]:
+    problems: list[str] = []
+    n = len(store)
+    images = store.engine.array
+    s = store.image_size
+    if images.dtype != np.uint8 or images.shape[1:] != (s, s):
+        problems.append(
+            f"images array is {images.dtype} {images.shape}, expected uint8 (N, {s}, {s})"
+        )
+    for name in ("images", "labels", "signatures"):
+        if store._group[name].shape[0] < n:
+            problems.append(
+                f"{name} array has {store._group[name].shape[0]} rows but the index commits {n}"
+            )
+    positions = [r.position for r in store.index.records]
+    if positions != list(range(n)):
+        problems.append("index positions are not 0..N-1 in order")
+    if problems:
+        return problems
+    stored_labels = _read_array(store, "labels", n, problems)
+    _read_array(store, "signatures", n, problems)
+    for rec in store.index.records:
+        i = rec.position
+        try:
+            img = store[i]
+        except StoreError as exc:
+            problems.append(f"sample {i} ({rec.source}): {exc}")
+            continue
+        if pixel_checksum(img) != rec.pixel_sha256:
+            if not store.engine.has_chunk(i):
+                problems.append(
+                    f"sample {i} ({rec.source}): chunk of sample {i} is missing (it reads "
+                    "as blank, but the index records other pixels)"
+                )
+            else:
+                problems.append(
+                    f"sample {i} ({rec.source}): pixel checksum mismatch "
+                    f"(stored data differs from what was ingested)"
+                )
+        if stored_labels is not None and int(stored_labels[i]) != rec.label:
+            problems.append(
+                f"sample {i} ({rec.source}): label array says "
+                f"{int(stored_labels[i])}, index says {rec.label}"
+            )
+        if not 0 <= rec.label < max(len(store.class_names), 1):
+            problems.append(f"sample {i} ({rec.source}): label {rec.label} has no class name")
+    return problems

@@ -1,0 +1,220 @@
+"""Synthetic scanner data with known answers: phantom volumes as DICOM series and NIfTI volumes.
+
+The phantoms are ``mriscan.synth.phantom`` slices under an envelope that shrinks toward both ends
+of the stack (so the brain area per slice is known to peak in the middle). They are written with
+pydicom (made-up patient headers, MONOCHROME1/2, with and without windows, rescale, multi-frame)
+and nibabel (any orientation), so tests can check grouping, windowing and orientation against
+the arrays they started from. Nothing here is real patient data: names, IDs and birth dates are
+invented on purpose, to test that none of them reaches mriscan's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from mriscan.errors import ConfigError
+from mriscan.synth import phantom
+
+__all__ = [
+    "FakePatient",
+    "phantom_volume",
+    "stack_to_ras",
+    "write_dicom_series",
+    "write_nifti",
+]
+
+_MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+_MF_GREY_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC Image Storage
+# Image Orientation Patient (row direction, column direction) in LPS, as scanners write them
+_IOP = {
+    "axial": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "coronal": (1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+    "sagittal": (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+}
+
+
+@dataclass(frozen=True)
+class FakePatient:
+    """Made-up identifying header values (never real people)."""
+
+    patient_id: str = "FAKE-0001"
+    name: str = "Doe^Jane"
+    birth_date: str = "19700101"
+    sex: str = "F"
+
+
+def phantom_volume(
+    seed: int, *, n_slices: int = 9, canvas: int = 64, tumor: bool = False
+) -> np.ndarray:
+    """A stack of phantom slices, float32 (n_slices, canvas, canvas) in [0, 1].
+
+    One ``mriscan.synth.phantom`` head inside a disc whose radius falls off like a sphere's
+    cross-section away from the middle slice (so slice ``n_slices // 2`` has the largest head
+    area and the area never grows toward either end), times a gain that rises from 0.85 to 1.0
+    along the stack, plus a little noise per slice: every slice differs, so a flipped or
+    permuted axis is detectable.
+    """
+    if n_slices < 1 or canvas < 16:
+        raise ConfigError(
+            f"n_slices must be >= 1 and canvas >= 16. Received: {n_slices}, {canvas}."
+        )
+    rng = np.random.default_rng([seed, 11])
+    head = phantom(rng, tumor, canvas)
+    yy, xx = np.mgrid[:canvas, :canvas]
+    r = np.hypot(yy - (canvas - 1) / 2, xx - (canvas - 1) / 2) / (canvas / 2)
+    fg = head > 0.2  # above the background noise
+    extent = float(r[fg].max()) if fg.any() else 1.0  # the head's radius
+    mid = (n_slices - 1) / 2
+    out = np.empty((n_slices, canvas, canvas), np.float32)
+    for k in range(n_slices):
+        t = 0.0 if n_slices == 1 else (k - mid) / (mid + 1)
+        radius = extent * np.sqrt(max(0.0, 1.0 - t * t))
+        gain = 0.85 + 0.15 * (k / max(1, n_slices - 1))
+        noisy = head * gain + rng.normal(0, 0.01, head.shape)
+        out[k] = np.clip(noisy, 0, 1) * (r <= radius)
+    return out
+
+
+def stack_to_ras(stack: np.ndarray) -> np.ndarray:
+    """Axial display slices (Z, H, W) -> a RAS+ voxel array (W, H, Z), and back by reading.
+
+    Display convention (as DICOM axial images): rows run anterior -> posterior, columns the
+    patient's right -> left. So ``ras[x, y, k] = stack[k, H-1-y, W-1-x]``; ``mriscan.nifti``
+    slices a canonical volume back into exactly ``stack``.
+    """
+    return np.ascontiguousarray(stack[:, ::-1, ::-1].transpose(2, 1, 0))
+
+
+def write_nifti(
+    path: str | os.PathLike[str],
+    ras: np.ndarray,
+    *,
+    axcodes: str = "RAS",
+    zooms: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    dtype: type = np.int16,
+    scale: float = 1000.0,
+) -> Path:
+    """Save a RAS+ volume in the voxel order ``axcodes`` (e.g. ``"LAS"``, ``"PSR"``).
+
+    The voxel array is permuted/flipped to ``axcodes`` and the affine changed to match, so that
+    ``nibabel.as_closest_canonical`` recovers ``ras * scale`` (cast to ``dtype``) exactly.
+    ``ras`` of shape (X, Y, Z) or (X, Y, Z, T); ``zooms`` in mm along R, A, S.
+    """
+    path = Path(path)
+    data = np.rint(np.asarray(ras, np.float64) * scale).astype(dtype)
+    base = np.diag([*zooms, 1.0])
+    base[:3, 3] = -np.asarray(zooms) * (np.asarray(data.shape[:3]) - 1) / 2  # centred
+    t = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(axcodes)))
+    moved = apply_orientation(data, t)
+    affine = base @ inv_ornt_aff(t, data.shape[:3])
+    img = nib.Nifti1Image(np.ascontiguousarray(moved), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def write_dicom_series(
+    folder: str | os.PathLike[str],
+    stack: np.ndarray,
+    *,
+    patient: FakePatient | None = None,
+    study_uid: str | None = None,
+    series_number: int = 1,
+    description: str = "T1 AX",
+    plane: str = "axial",
+    monochrome1: bool = False,
+    window: tuple[float, float] | None = (600.0, 1000.0),
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    stored_max: int = 2000,
+    multiframe: bool = False,
+    suffix: str = ".dcm",
+    seed: int = 0,
+) -> list[Path]:
+    """Write a phantom stack (Z, H, W) in [0, 1] as one DICOM series (explicit VR LE).
+
+    Stored values are ``round(stack * stored_max)`` (uint16, 12 bits); MONOCHROME1 stores
+    ``stored_max - value`` so that the displayed image is the same. The real-world value of a
+    pixel is ``stored * slope + intercept``; ``window`` (centre, width) in real-world units, or
+    None for no VOI window. ``multiframe`` writes one file with all slices as frames
+    (Multi-frame Grayscale Word Secondary Capture) instead of one file per slice. The header
+    carries ``patient``'s made-up name, birth date and ID. ``suffix`` may be "" (no suffix).
+
+    Returns
+    -------
+    list of Path
+        The files written, in slice order.
+    """
+    if plane not in _IOP:
+        raise ConfigError(f"plane must be one of {sorted(_IOP)}. Received: plane={plane!r}.")
+    patient = patient if patient is not None else FakePatient()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = np.rint(np.clip(stack, 0, 1) * stored_max).astype(np.uint16)
+    if monochrome1:
+        stored = (stored_max - stored).astype(np.uint16)
+    study_uid = study_uid or generate_uid(entropy_srcs=[patient.patient_id, "study", str(seed)])
+    series_uid = generate_uid(entropy_srcs=[study_uid, "series", str(series_number), str(seed)])
+    iop = _IOP[plane]
+    normal = np.cross(iop[:3], iop[3:])
+    n = stored.shape[0]
+    frames = [stored] if multiframe else [stored[k : k + 1] for k in range(n)]
+    paths = []
+    for i, block in enumerate(frames):
+        sop_class = _MF_GREY_WORD_SC if multiframe else _MR_IMAGE
+        sop_uid = generate_uid(entropy_srcs=[series_uid, "instance", str(i)])
+        ds = _base_dataset(patient, sop_class, sop_uid, study_uid, series_uid)
+        ds.Modality = "MR"
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = description
+        ds.InstanceNumber = i + 1
+        ds.ImageOrientationPatient = list(iop)
+        ds.ImagePositionPatient = [float(v) for v in normal * (i * 3.0 - 20.0)]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SliceThickness = 3.0
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+        ds.Rows, ds.Columns = int(block.shape[1]), int(block.shape[2])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+        if window is not None:
+            ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+        if multiframe:
+            ds.NumberOfFrames = n
+        ds.PixelData = np.ascontiguousarray(block if multiframe else block[0]).tobytes()
+        name = "multiframe" if multiframe else f"IM{i + 1:04d}"
+        path = folder / f"{name}{suffix}"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _base_dataset(
+    patient: FakePatient, sop_class: str, sop_uid: str, study_uid: str, series_uid: str
+) -> pydicom.Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.PatientName = patient.name
+    ds.PatientID = patient.patient_id
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex
+    ds.InstitutionName = "Fictional General Hospital"
+    ds.ReferringPhysicianName = "Smith^John"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.StudyDate, ds.StudyID, ds.AccessionNumber = "20240102", "S1", "ACC-FAKE-1"
+    return ds

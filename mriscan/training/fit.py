@@ -1,0 +1,364 @@
+"""Fitting one model, and the one sequence that turns a split into a calibrated model.
+
+``fit_and_calibrate`` is the recipe every command ships: fit on the training part, choose the
+decision threshold on the validation part (``mriscan.metrics.choose_threshold``), predict the
+test part once. ``train`` and ``cross_validate`` both call it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from mriscan import metrics as mx
+from mriscan.artifacts import ModelCard, RunLayout, write_json
+from mriscan.config import TrainConfig
+from mriscan.errors import ResumeError, TrainingDivergedError
+from mriscan.hardware import Hardware
+from mriscan.model import build_model
+from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.predict import predict_store
+from mriscan.store import ImageStore
+from mriscan.synth import implant_lesions
+from mriscan.training.history import JsonHistory
+from mriscan.training.optimizer import class_weights, compile_model
+
+__all__ = ["Calibrated", "card_for", "fit_and_calibrate", "fit_model", "run_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+def _verbosity(v: str) -> int:
+    if v == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return {"bar": 1, "line": 2, "silent": 0}[v]
+
+
+def _with_implants(
+    store: ImageStore, train_idx: np.ndarray, cfg: TrainConfig, folder: Path
+) -> ImageStore:
+    """A store in ``folder`` with the training slices plus ``cfg.fit.implant`` lesion-implanted
+    copies of each healthy one (labelled as tumors)."""
+    images, labels = store.read_batch(np.sort(train_idx))
+    implants = implant_lesions(images[labels == 0], cfg.fit.implant, cfg.seed)
+    out = ImageStore.create(folder / "implants.zarr", store.image_size, store.config)
+    out.set_class_names(list(store.class_names))
+    out.append(
+        np.concatenate([images, implants]),
+        np.concatenate([labels, np.ones(len(implants), np.uint8)]),
+    )
+    out.commit()
+    log.info("training on %d slices + %d with implanted lesions", len(images), len(implants))
+    return out
+
+
+def run_fingerprint(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    init_weights: Path | None,
+) -> str:
+    """Identity of a run: its full config, its data (store, samples and their checksums) and
+    its starting weights. A backup may only be resumed by a run with the same fingerprint."""
+    recs = store.index.records
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(str(store.location).encode())
+    h.update(str(init_weights.name if init_weights is not None else "").encode())
+    for part in (train_idx, val_idx):
+        h.update(np.asarray(part, np.int64).tobytes())
+        h.update("".join(recs[int(i)].pixel_sha256 for i in part).encode())
+    return h.hexdigest()[:32]
+
+
+def _check_resume(layout: RunLayout, run_id: str) -> bool:
+    """Whether ``layout.backup`` holds this run's state to resume (False: start afresh).
+
+    Raises
+    ------
+    ResumeError
+        If it holds another run's state, or a damaged one.
+    """
+    backup = layout.backup
+    if not backup.is_dir():
+        return False
+    fix = f"Delete {backup} to start afresh, or use another --out."
+    try:
+        marker = json.loads(layout.run_marker.read_text())
+    except (OSError, ValueError):
+        marker = {}
+    if not isinstance(marker, dict) or marker.get("run_id") != run_id:
+        raise ResumeError(
+            f"{backup} holds an unfinished run with other data, settings, seed or starting "
+            f"weights; only the same run may resume from it. {fix}"
+        )
+    weights = [backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"]
+    if any(p.is_file() for p in weights) and not any(_h5_readable(p) for p in weights):
+        raise ResumeError(
+            f"{backup} is damaged (the run was killed while writing it): its weights cannot "
+            f"be read. {fix}"
+        )
+    return True
+
+
+def _h5_readable(path: Path) -> bool:
+    """True when ``path`` is an HDF5 file that opens and lists its contents."""
+    import h5py
+
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            f.visit(lambda _name: None)
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def fit_model(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    layout: RunLayout,
+    hw: Hardware,
+    *,
+    callbacks: list | None = None,
+    checkpoint: bool = True,
+    init_weights: Path | None = None,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build, compile and fit one model (from ``init_weights`` if given).
+
+    Returns the kept model (``cfg.fit.select``: the last epoch, or the best validation AUC
+    from ``layout.checkpoint`` when ``checkpoint``) and its history (metric → list over
+    epochs). Nothing is published to ``layout.model``: the caller does that once the model is
+    calibrated (``mriscan.artifacts.publish_model``). A run killed mid-way resumes from
+    ``layout.backup`` only when rerun with the same data, config and starting weights.
+
+    Raises
+    ------
+    ResumeError
+        If ``layout.backup`` holds another run's state or a damaged one.
+    TrainingDivergedError
+        If the training loss became NaN or infinite.
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    if not cfg.fit.implant:
+        return _fit(
+            store, train_idx, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="mriscan_implants_") as tmp,
+        _with_implants(store, train_idx, cfg, Path(tmp)) as train_store,
+    ):
+        every = np.arange(len(train_store), dtype=np.int64)
+        return _fit(
+            train_store, every, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
+        )
+
+
+def _fit(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_store: ImageStore,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    layout: RunLayout,
+    hw: Hardware,
+    callbacks: list | None,
+    checkpoint: bool,
+    init_weights: Path | None,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """``fit_model`` once the training data are settled (training and validation stores)."""
+    kind = resolve_pipeline(cfg.runtime.pipeline)
+    gb = hw.global_batch
+    epochs = cfg.fit.epochs
+    backup = layout.backup
+    run_id = run_fingerprint(store, train_idx, val_idx, cfg, init_weights)
+    resume = _check_resume(layout, run_id)
+    best_path = layout.checkpoint
+    if not resume:
+        shutil.rmtree(best_path.parent, ignore_errors=True)  # another run's best-so-far
+    best_path.parent.mkdir(parents=True, exist_ok=True)
+    backup.mkdir(parents=True, exist_ok=True)
+    write_json(layout.run_marker, {"run_id": run_id})
+    history_cb = JsonHistory(layout.history, resume, run_id)
+    # BackupAndRestore resumes after the last finished epoch, which history.json also records
+    first_epoch = min(max(history_cb.epochs, default=-1) + 1, epochs - 1)
+    if kind == "tfdata":
+        train_data, steps = make_tf_dataset(
+            store,
+            train_idx,
+            batch_size=gb,
+            shuffle=True,
+            seed=cfg.seed,
+            epochs=epochs,
+            first_epoch=first_epoch,
+            drop_remainder=True,
+        )
+        val_data, _ = make_tf_dataset(val_store, val_idx, batch_size=gb)
+        fit_kw: dict[str, Any] = {"steps_per_epoch": steps, "shuffle": False}  # shuffled there
+    else:
+        train_data = StoreDataset(
+            store,
+            train_idx,
+            batch_size=gb,
+            shuffle=True,
+            seed=cfg.seed,
+            workers=cfg.runtime.workers,
+            drop_remainder=True,
+        )
+        val_data = StoreDataset(val_store, val_idx, batch_size=gb, workers=cfg.runtime.workers)
+        steps, fit_kw = len(train_data), {}
+    log.info("training on %s", hw.describe(kind))
+    with hw.scope():
+        model = build_model(store.image_size, cfg.model, seed=cfg.seed)
+        if init_weights is not None:
+            model.load_weights(init_weights)
+        compile_model(model, cfg.optimizer, hw, steps, epochs)
+    monitor_best = None
+    if resume and history_cb.epochs:
+        aucs = [r.get("val_auc") for r in history_cb.epochs.values()]
+        monitor_best = max((a for a in aucs if isinstance(a, float)), default=-math.inf)
+        log.info("resuming from %s (best val_auc so far %.4f)", backup, monitor_best)
+    cbs: list[keras.callbacks.Callback] = [
+        # double_checkpoint: a kill while the weights are written leaves the previous copy
+        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+        keras.callbacks.TerminateOnNaN(),
+        history_cb,
+    ]
+    if cfg.fit.patience is not None:
+        cbs.insert(2, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fit.patience))
+    best = checkpoint and cfg.fit.select == "best"
+    if best:
+        cbs.insert(
+            1,
+            keras.callbacks.ModelCheckpoint(
+                str(best_path),
+                monitor="val_auc",
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=monitor_best,
+            ),
+        )
+    cbs += list(callbacks or [])
+    labels = store.labels
+    cw = class_weights(labels[train_idx]) if cfg.optimizer.class_weight else None
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        callbacks=cbs,
+        class_weight=cw,
+        verbose=_verbosity(cfg.runtime.verbose),
+        **fit_kw,
+    )
+    history = history_cb.as_dict()
+    losses = np.asarray(
+        [v if isinstance(v, float) else np.nan for v in history.get("loss", [])], np.float64
+    )
+    if losses.size == 0 or not np.isfinite(losses).all():
+        shutil.rmtree(backup, ignore_errors=True)  # nothing worth resuming
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became {losses[-1] if losses.size else 'undefined'} "
+            f"at epoch {losses.size}. No model was written (the previous one, if any, is "
+            "untouched). Lower --learning-rate, or check the data for unreadable slices."
+        )
+    if best and best_path.is_file():
+        model = keras.saving.load_model(best_path, safe_mode=True)
+    return model, history
+
+
+@dataclass
+class Calibrated:
+    """A fitted model with its threshold and its predictions on validation and test.
+
+    ``val_prob`` / ``test_prob``: float64 probabilities of class 1, in the order of the
+    split's indices (``test_prob`` is empty when there is no test part); ``test`` holds
+    ``mriscan.metrics.binary_metrics`` of the test part at ``threshold`` (None without one).
+    """
+
+    model: Any
+    history: dict[str, list[float]]
+    threshold: float
+    val_prob: np.ndarray
+    test_prob: np.ndarray
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+
+
+def fit_and_calibrate(
+    store: ImageStore,
+    split: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    layout: RunLayout,
+    hw: Hardware,
+    *,
+    init_weights: Path | None = None,
+    callbacks: list | None = None,
+) -> Calibrated:
+    """Fit on ``split["train"]``, choose the threshold on ``split["val"]``, score ``split["test"]``.
+
+    Raises
+    ------
+    TrainingDivergedError
+        If the loss or any validation prediction is not finite (then no threshold exists).
+    mriscan.errors.ConfigError
+        If a part of the split is empty where it is needed (from the pipeline).
+    """
+    model, history = fit_model(
+        store,
+        split["train"],
+        split["val"],
+        cfg,
+        layout,
+        hw,
+        callbacks=callbacks,
+        init_weights=init_weights,
+    )
+    labels = store.labels.astype(np.int64)
+    names = store.class_names
+    val_prob = predict_store(model, store, split["val"], tta=cfg.fit.tta)
+    if not np.isfinite(val_prob).all():
+        raise TrainingDivergedError(
+            f"The model predicts {int((~np.isfinite(val_prob)).sum())} of {val_prob.size} "
+            "validation slices as NaN: training diverged. No model was written. Lower "
+            "--learning-rate."
+        )
+    threshold = mx.choose_threshold(labels[split["val"]], val_prob)
+    validation = mx.binary_metrics(
+        labels[split["val"]], val_prob, threshold=threshold, class_names=names
+    )
+    test_idx = split.get("test", np.empty(0, np.int64))
+    test_prob, test = np.empty(0, np.float64), None
+    if len(test_idx):
+        test_prob = predict_store(model, store, test_idx, tta=cfg.fit.tta)
+        y_test = labels[test_idx]
+        test = mx.binary_metrics(y_test, test_prob, threshold=threshold, class_names=names)
+    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test)
+
+
+def card_for(store: ImageStore, cfg: TrainConfig, threshold: float) -> ModelCard:
+    """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)."""
+    return ModelCard(
+        preprocess=store.config,
+        class_names=tuple(store.class_names),
+        threshold=threshold,
+        tta=cfg.fit.tta,
+        threshold_rule=mx.THRESHOLD_RULE,
+        image_size=store.image_size,
+        train_config=cfg.to_dict(),
+        keras_backend=keras.backend.backend(),
+    )

@@ -1,0 +1,82 @@
+"""mriscan.config: one default per setting, validation at construction, dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mriscan.config import (
+    PRETRAIN_KEY_PARTS,
+    CVConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    override,
+)
+from mriscan.errors import ConfigError
+
+
+def test_override_replaces_nested_settings_and_validates():
+    cfg = override(TrainConfig(), {"fit.epochs": 3, "model.filters": [8, 8, 16, 16], "seed": 4})
+    assert (cfg.fit.epochs, cfg.model.filters, cfg.seed) == (3, (8, 8, 16, 16), 4)
+    assert TrainConfig().fit.epochs == 45  # the default is untouched (frozen)
+    with pytest.raises(ConfigError, match=r"no setting 'fit\.epoch'"):
+        override(TrainConfig(), {"fit.epoch": 3})
+    with pytest.raises(ConfigError, match="no setting 'nope'"):
+        override(TrainConfig(), {"nope": 1})
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        override(TrainConfig(), {"fit.epochs": 0})
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("optimizer.learning_rate", float("nan"), "learning_rate must be a finite"),
+        ("optimizer.learning_rate", float("inf"), "learning_rate must be a finite"),
+        ("optimizer.learning_rate", -1.0, "learning_rate must be a finite"),
+        ("pretrain.phantoms", 5, "at least 20 phantoms"),
+        ("fit.select", "first", "select must be one of"),
+        ("runtime.pipeline", "dali", "pipeline must be one of"),
+        ("model.filters", (8, 8), "filters must be 4 positive integers"),
+        ("image_size", 0, "image_size must be a positive integer"),
+        ("split.val_fraction", 1.0, "with a sum below 1"),
+    ],
+)
+def test_invalid_values_name_the_setting(path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        override(TrainConfig(), {path: value})
+
+
+def test_cv_needs_an_inner_validation_share():
+    with pytest.raises(ConfigError, match="val_fraction must be in"):
+        CVConfig(train=override(TrainConfig(), {"split.val_fraction": 0.0}))
+    with pytest.raises(ConfigError, match="folds must be >= 2"):
+        CVConfig(folds=1)
+
+
+def test_dict_round_trip():
+    cfg = override(TrainConfig(), {"model.filters": (4, 4, 8, 8), "fit.patience": 3})
+    assert config_from_dict(TrainConfig, cfg.to_dict()) == cfg
+    cv = CVConfig(folds=3, train=cfg)
+    assert config_from_dict(CVConfig, cv.to_dict()) == cv
+    with pytest.raises(ConfigError, match="Unknown TrainConfig settings"):
+        config_from_dict(TrainConfig, {**cfg.to_dict(), "epochs": 3})
+
+
+def test_pretrain_key_parts_are_whole_sub_configs_that_shape_the_weights():
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(PRETRAIN_KEY_PARTS) <= names
+    # what only changes fine-tuning, data reading or reporting is not part of the key
+    assert not {"fit", "runtime", "split", "image_size"} & set(PRETRAIN_KEY_PARTS)
+
+
+def test_build_model_default_is_the_trained_network():
+    pytest.importorskip("keras")
+    from mriscan.model import build_model
+
+    default = build_model(32)
+    trained = build_model(32, TrainConfig().model)
+    assert [la.get_config() for la in default.layers] == [la.get_config() for la in trained.layers]
+    assert default.get_layer("block1_conv1").filters == ModelConfig().filters[0]
+    assert "mirror_diff" in {la.name for la in default.layers}

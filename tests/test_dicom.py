@@ -1,0 +1,243 @@
+"""DICOM reading: transfer syntaxes, rescale, MONOCHROME1, windows, multi-frame, privacy, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import get_decoder
+
+from mriscan.dicom import DicomConfig, codec_packages, group_series, read_dicom
+from mriscan.errors import (
+    ConfigError,
+    CorruptImageError,
+    MissingCodecError,
+    MixedSeriesError,
+    UnsupportedFormatError,
+)
+from mriscan.scan import percentile_window, salted_hash
+from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+SALT = b"0123456789abcdef-test-salt"
+TS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom_transfer_syntaxes"
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def _shipped(name: str) -> Path:
+    """A test file inside the installed pydicom wheel (never downloaded), or skip."""
+    path = PYDICOM_FILES / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not shipped in this pydicom wheel")
+    return path
+
+
+def _linear_window(real: np.ndarray, c: float, w: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 LINEAR window to 0..255, written independently of mriscan."""
+    y = ((real - (c - 0.5)) / (w - 1) + 0.5) * 255.0
+    return np.floor(np.clip(y, 0, 255) + 0.5).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    return phantom_volume(3, n_slices=5, canvas=48)
+
+
+def test_nine_transfer_syntaxes_decode_to_one_array():
+    if not TS_DIR.is_dir():
+        pytest.skip(f"shared transfer-syntax files not found at {TS_DIR}")
+    images = {}
+    for i in range(1, 10):
+        r = read_dicom(TS_DIR / f"{i}.dcm", salt=SALT)
+        assert r.skipped is None and len(r.slices) == 1
+        images[i] = r.slices[0].image
+        assert r.slices[0].meta.window_source == "header"
+    for i in range(2, 10):
+        np.testing.assert_array_equal(images[i], images[1], err_msg=f"{i}.dcm differs")
+    # and the array is the header window applied to the raw values, by the formula
+    ds = pydicom.dcmread(TS_DIR / "1.dcm")
+    expected = _linear_window(ds.pixel_array.astype(np.float64), 763.0, 1639.0)
+    assert np.abs(images[1].astype(int) - expected).max() <= 1
+    assert images[1].shape == (384, 384) and images[1].dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_padded.dcm",
+    ],
+)
+def test_pydicom_mr_small_encodings_match(name):
+    ref = read_dicom(_shipped("MR_small.dcm"), salt=SALT).slices[0]
+    with pytest.warns(UserWarning) if "padded" in name else contextlib.nullcontext():
+        other = read_dicom(_shipped(name), salt=SALT).slices[0]
+    np.testing.assert_array_equal(other.image, ref.image)
+    assert ref.meta.plane == "axial" and ref.image.shape == (64, 64)
+
+
+def test_privacy_no_identifying_text_and_salted_ids(tmp_path, stack):
+    pat = FakePatient(patient_id="FAKE-4242", name="Doe^Jane", birth_date="19610203")
+    files = write_dicom_series(
+        tmp_path / "s1", stack, patient=pat, description="T1 Doe axial", seed=1
+    )
+    files += write_dicom_series(
+        tmp_path / "s2", stack, patient=pat, series_number=2, description="T2", seed=1
+    )
+    reads = [read_dicom(f, salt=SALT) for f in files]
+    metas = [s.meta for r in reads for s in r.slices]
+    text = json.dumps([m.to_dict() for m in metas])
+    ds = pydicom.dcmread(files[0])
+    for secret in ("Doe", "Jane", "19610203", "FAKE-4242", "Fictional", "ACC-FAKE", "Smith"):
+        assert secret.lower() not in text.lower(), secret
+    for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
+        assert uid not in text
+    assert metas[0].series_description == "T1 [removed] axial"
+    assert {m.patient for m in metas} == {salted_hash(SALT, "patient", "FAKE-4242")}
+    assert len({m.series for m in metas}) == 2 and len({m.study for m in metas}) == 1
+    assert len({m.instance for m in metas}) == 2 * len(stack)
+    other = read_dicom(files[0], salt=b"another-salt-of-16+bytes").slices[0].meta
+    assert other.patient != metas[0].patient
+    assert metas[0].group == f"patient:{metas[0].patient}"
+
+
+def test_salt_is_required_and_checked(tmp_path, stack):
+    f = write_dicom_series(tmp_path, stack[:1])[0]
+    with pytest.raises(ConfigError, match="salt must be bytes"):
+        read_dicom(f, salt=b"short")
+
+
+def test_monochrome1_is_inverted_to_the_same_picture(tmp_path, stack):
+    m2 = write_dicom_series(tmp_path / "m2", stack, window=(800, 1400))
+    m1 = write_dicom_series(tmp_path / "m1", stack, window=(800, 1400), monochrome1=True)
+    a = [read_dicom(f, salt=SALT).slices[0] for f in m2]
+    b = [read_dicom(f, salt=SALT).slices[0] for f in m1]
+    assert b[0].meta.photometric == "MONOCHROME1"
+    # MONOCHROME1 stores 2000 - v; its window is mirrored around 1000 so the picture is equal
+    b2 = write_dicom_series(tmp_path / "m1w", stack, window=(1200, 1400), monochrome1=True)
+    b2 = [read_dicom(f, salt=SALT).slices[0] for f in b2]
+    for x, y in zip(a, b2, strict=True):
+        assert np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 1
+    # without inversion the MONOCHROME1 picture would be the negative: far from equal
+    assert np.abs(a[2].image.astype(int) - b[2].image.astype(int)).mean() > 20
+
+
+def test_rescale_then_header_window(tmp_path, stack):
+    slope, intercept, c, w = 2.0, -100.0, 1500.0, 2400.0
+    files = write_dicom_series(tmp_path, stack, slope=slope, intercept=intercept, window=(c, w))
+    for k, f in enumerate(files):
+        s = read_dicom(f, salt=SALT).slices[0]
+        stored = np.rint(np.clip(stack[k], 0, 1) * 2000)
+        expected = _linear_window(stored * slope + intercept, c, w)
+        assert np.abs(s.image.astype(int) - expected).max() <= 1
+        assert (s.meta.rescale_slope, s.meta.rescale_intercept) == (slope, intercept)
+        assert s.meta.window_source == "header"
+        assert s.meta.window_low == pytest.approx(c - 0.5 - (w - 1) / 2)
+
+
+@pytest.mark.parametrize("use_header", [True, False])
+def test_percentile_window_when_no_header_window(tmp_path, stack, use_header):
+    window = None if use_header else (600.0, 1000.0)
+    f = write_dicom_series(tmp_path, stack[2:3], window=window, slope=0.5, intercept=10)[0]
+    cfg = DicomConfig(use_header_window=use_header, window_percentiles=(1, 99))
+    s = read_dicom(f, salt=SALT, config=cfg).slices[0]
+    real = np.rint(stack[2] * 2000) * 0.5 + 10
+    lo, hi = np.percentile(real, [1, 99], method="inverted_cdf")
+    assert s.meta.window_source == "percentile"
+    assert (s.meta.window_low, s.meta.window_high) == pytest.approx((lo, hi))
+    expected = np.floor(np.clip((real - lo) / (hi - lo), 0, 1) * 255 + 0.5)
+    assert np.abs(s.image.astype(int) - expected).max() <= 1
+
+
+def test_multiframe_gives_one_slice_per_frame(tmp_path, stack):
+    single = write_dicom_series(tmp_path / "single", stack, window=(900, 1600))
+    multi = write_dicom_series(tmp_path / "multi", stack, window=(900, 1600), multiframe=True)
+    assert len(multi) == 1
+    r = read_dicom(multi[0], salt=SALT)
+    assert [s.meta.frame for s in r.slices] == list(range(len(stack)))
+    assert all(s.meta.n_frames == len(stack) for s in r.slices)
+    for f, s in zip(single, r.slices, strict=True):
+        np.testing.assert_array_equal(s.image, read_dicom(f, salt=SALT).slices[0].image)
+    assert len({s.meta.instance for s in r.slices}) == 1
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_group_series_orders_slices_and_reads_the_plane(tmp_path, stack, plane):
+    files = write_dicom_series(tmp_path, stack, plane=plane, suffix="")  # no suffix
+    shuffled = files[:]
+    random.Random(0).shuffle(shuffled)
+    slices = [s for f in shuffled for s in read_dicom(f, salt=SALT).slices]
+    (series,) = group_series(slices)
+    assert [s.path for s in series.slices] == files
+    assert all(s.meta.plane == plane for s in series.slices)
+    pos = [s.meta.slice_position for s in series.slices]
+    assert pos == sorted(pos)
+
+
+def test_mixed_series_sizes_are_refused(tmp_path, stack):
+    files = write_dicom_series(tmp_path, stack[:3], seed=5)
+    ds = pydicom.dcmread(files[1])
+    ds.Rows, ds.Columns = 24, 24
+    ds.PixelData = np.zeros((24, 24), np.uint16).tobytes()
+    ds.save_as(files[1])
+    slices = [s for f in files for s in read_dicom(f, salt=SALT).slices]
+    with pytest.raises(MixedSeriesError, match="mixes slice sizes"):
+        group_series(slices)
+
+
+@pytest.mark.parametrize("name", ["test-SR.dcm", "dicomdirtests/DICOMDIR"])
+def test_non_image_dicom_is_skipped_with_a_reason(name):
+    r = read_dicom(_shipped(name), salt=SALT)
+    assert r.slices == () and r.skipped.startswith("not an image:")
+
+
+def test_truncated_files_give_clear_errors(tmp_path, stack):
+    with pytest.raises(CorruptImageError, match="less than expected"):
+        read_dicom(_shipped("MR_truncated.dcm"), salt=SALT)
+    data = write_dicom_series(tmp_path, stack[:1])[0].read_bytes()
+    for cut in (len(data) // 2, 400):
+        bad = tmp_path / f"cut{cut}.dcm"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CorruptImageError, match="truncated"):
+            read_dicom(bad, salt=SALT)
+
+
+def test_not_dicom_is_refused(tmp_path):
+    p = tmp_path / "x.dcm"
+    p.write_bytes(b"hello" * 40)
+    with pytest.raises(UnsupportedFormatError, match="not a DICOM Part 10 file"):
+        read_dicom(p, salt=SALT)
+
+
+def test_compressed_without_decoder_names_the_codec_package(monkeypatch):
+    path = _shipped("MR_small_jp2klossless.dcm")
+    ts = pydicom.dcmread(path).file_meta.TransferSyntaxUID
+    monkeypatch.setattr(get_decoder(ts), "_available", {})
+    with pytest.raises(MissingCodecError, match="pylibjpeg-openjpeg") as info:
+        read_dicom(path, salt=SALT)
+    assert info.value.packages == codec_packages(ts) == ("pylibjpeg", "pylibjpeg-openjpeg")
+    assert "JPEG 2000" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32])
+def test_percentile_window_matches_numpy(dtype):
+    rng = np.random.default_rng(0)
+    v = rng.normal(300, 200, (70, 50)).astype(dtype)
+    for q in [(0.5, 99.5), (0, 100), (1, 99), (37, 63)]:
+        assert percentile_window(v, q) == pytest.approx(
+            tuple(np.percentile(v, q, method="inverted_cdf"))
+        )
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="window_percentiles"):
+        DicomConfig(window_percentiles=(50, 10))

@@ -1,0 +1,159 @@
+"""NIfTI reading: canonical orientation, planes, slice choice, 4-D rule, ids, bad volumes."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+
+from mriscan.errors import ConfigError, CorruptImageError, UnsupportedFormatError
+from mriscan.nifti import NiftiConfig, read_nifti
+from mriscan.scan import Window, salted_hash, window_to_uint8
+from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_nifti
+
+SALT = b"0123456789abcdef-test-salt"
+ALL = NiftiConfig(selection="all")
+
+
+def _nibabel_file(name: str) -> Path:
+    path = Path(data_path) / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not shipped in this nibabel wheel")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    return phantom_volume(7, n_slices=9, canvas=40)
+
+
+def _expected(vol: np.ndarray, q=(0.5, 99.5)) -> tuple[np.ndarray, float, float]:
+    lo, hi = np.percentile(vol, q, method="inverted_cdf")
+    return window_to_uint8(vol, Window("percentile", lo, hi)), lo, hi
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LAS", "PSR", "ASL", "LPI", "SRA"])
+def test_any_voxel_order_gives_the_same_axial_slices(tmp_path, stack, axcodes):
+    ras = stack_to_ras(stack)
+    path = write_nifti(tmp_path / f"v_{axcodes}.nii.gz", ras, axcodes=axcodes)
+    assert "".join(nib.aff2axcodes(nib.load(path).affine)) == axcodes
+    r = read_nifti(path, salt=SALT, config=ALL)
+    stored = np.rint(stack * 1000).astype(np.int16)  # the display stack, as saved
+    expected, lo, hi = _expected(stored)
+    assert r.shape == ras.shape
+    assert [s.meta.slice_index for s in r.slices] == list(range(len(stack)))
+    for k, s in enumerate(r.slices):
+        np.testing.assert_array_equal(s.image, expected[k])
+        assert (s.meta.window_low, s.meta.window_high) == (lo, hi)
+        assert s.meta.plane == "axial" and s.meta.window_source == "percentile"
+
+
+@pytest.mark.parametrize("plane", ["coronal", "sagittal"])
+def test_coronal_and_sagittal_slices_follow_the_display_convention(tmp_path, stack, plane):
+    ras = stack_to_ras(stack)
+    path = write_nifti(tmp_path / "v.nii", ras, axcodes="PSR", zooms=(1.0, 2.0, 3.0))
+    r = read_nifti(path, salt=SALT, config=NiftiConfig(plane=plane, selection="all"))
+    vol, _, _ = _expected(np.rint(ras * 1000).astype(np.int16))
+    if plane == "coronal":  # rows superior -> inferior, columns right -> left
+        want = [vol[::-1, j, ::-1].T for j in range(ras.shape[1])]
+        assert r.slices[0].meta.pixel_spacing == (3.0, 1.0)
+    else:  # rows superior -> inferior, columns anterior -> posterior
+        want = [vol[i, ::-1, ::-1].T for i in range(ras.shape[0])]
+        assert r.slices[0].meta.pixel_spacing == (3.0, 2.0)
+    assert len(r.slices) == len(want)
+    for s, w in zip(r.slices, want, strict=True):
+        np.testing.assert_array_equal(s.image, w)
+
+
+def test_slice_selection(tmp_path, stack):
+    path = write_nifti(tmp_path / "v.nii.gz", stack_to_ras(stack))
+    brain = read_nifti(path, salt=SALT, config=NiftiConfig(brain_fraction=0.6))
+    idx = [s.meta.slice_index for s in brain.slices]
+    # the envelope makes the area peak in the middle and fall to the ends
+    assert 4 in idx and 0 not in idx and 8 not in idx and idx == sorted(idx)
+    assert all(s.meta.foreground_share >= 0.6 for s in brain.slices)
+    middle = read_nifti(path, salt=SALT, config=NiftiConfig(selection="middle", middle_count=3))
+    assert [s.meta.slice_index for s in middle.slices] == [3, 4, 5]
+    big = read_nifti(path, salt=SALT, config=NiftiConfig(selection="middle", middle_count=99))
+    assert len(big.slices) == 9
+
+
+def test_volume_id_is_a_salted_hash_of_the_relative_path(tmp_path, stack):
+    (tmp_path / "yes" / "sub").mkdir(parents=True)
+    path = write_nifti(tmp_path / "yes" / "sub" / "Doe_Jane.nii.gz", stack_to_ras(stack))
+    r = read_nifti(path, salt=SALT, root=tmp_path / "yes")
+    assert r.volume == salted_hash(SALT, "volume", "sub/Doe_Jane.nii.gz")
+    assert all(s.meta.group == f"volume:{r.volume}" for s in r.slices)
+    assert "Doe" not in str([s.meta.to_dict() for s in r.slices])
+
+
+def test_nibabel_t1(tmp_path):
+    r = read_nifti(_nibabel_file("anatomical.nii"), salt=SALT)
+    assert r.shape == (33, 41, 25) and r.slices
+    assert all(s.image.dtype == np.uint8 and s.image.shape == (41, 33) for s in r.slices)
+    assert r.slices[0].meta.n_volumes == 1
+
+
+def test_4d_uses_the_first_volume_with_a_warning(caplog):
+    path = _nibabel_file("example4d.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="mriscan.nifti"):
+        r = read_nifti(path, salt=SALT, config=ALL)
+    assert "using the first" in caplog.text
+    assert r.slices[0].meta.n_volumes == 2 and r.slices[0].meta.volume_index == 0
+    first = nib.as_closest_canonical(nib.load(path).slicer[..., 0])
+    expected, _, _ = _expected(np.asanyarray(first.dataobj))
+    np.testing.assert_array_equal(r.slices[3].image, expected[::-1, ::-1, 3].T)
+    with pytest.raises(UnsupportedFormatError, match="4-D volume with 2 volumes"):
+        read_nifti(path, salt=SALT, config=NiftiConfig(four_d="refuse"))
+
+
+def test_broken_header(tmp_path, stack):
+    path = write_nifti(tmp_path / "v.nii", stack_to_ras(stack))
+    for offset, value in ((344, b"xx1\x00"), (70, struct.pack("<h", 999))):  # magic, datatype
+        raw = bytearray(path.read_bytes())
+        raw[offset : offset + len(value)] = value
+        bad = tmp_path / "bad.nii"
+        bad.write_bytes(bytes(raw))
+        with pytest.raises(CorruptImageError, match="broken or truncated header"):
+            read_nifti(bad, salt=SALT)
+    gz = tmp_path / "cut.nii.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes())[:200])
+    with pytest.raises(CorruptImageError):
+        read_nifti(gz, salt=SALT)
+    short = tmp_path / "short.nii"
+    short.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CorruptImageError, match="cannot be read"):
+        read_nifti(short, salt=SALT)
+
+
+def test_zero_size_and_blank_volumes(tmp_path):
+    empty = tmp_path / "empty.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 0, 3), np.int16), np.eye(4)), empty)
+    with pytest.raises(CorruptImageError, match="zero-size volume"):
+        read_nifti(empty, salt=SALT)
+    blank = tmp_path / "blank.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), np.eye(4)), blank)
+    with pytest.raises(CorruptImageError, match="blank volume"):
+        read_nifti(blank, salt=SALT)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"plane": "oblique"}, "plane"),
+        ({"selection": "some"}, "selection"),
+        ({"brain_fraction": 0.0}, "brain_fraction"),
+        ({"middle_count": 0}, "middle_count"),
+        ({"window_percentiles": (99, 1)}, "window_percentiles"),
+        ({"four_d": "mean"}, "four_d"),
+    ],
+)
+def test_config_is_validated(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        NiftiConfig(**kwargs)

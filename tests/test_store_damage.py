@@ -1,0 +1,126 @@
+"""Tampered and half-created stores (issue 19 item 13): ``verify`` names the damage and never
+crashes with a traceback; an interrupted creation can be fixed by rerunning ingest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mriscan.cli import main
+from mriscan.ingest import IngestConfig, ingest
+from mriscan.preprocess import PreprocessConfig
+from mriscan.store import ImageStore, verify_store
+
+S = 16
+
+
+def _store(path: Path) -> Path:
+    imgs = np.random.default_rng(0).integers(1, 256, (5, S, S), dtype=np.uint8)
+    with ImageStore.create(path, S) as st:
+        st.set_class_names(["no", "yes"])
+        st.append(imgs, [0, 1, 0, 1, 1])
+        st.commit()
+    return path
+
+
+def _edit_index(path: Path, change) -> None:
+    data = json.loads((path / "index.json").read_text())
+    data = change(data)
+    (path / "index.json").write_text(json.dumps(data))
+
+
+def _set_record(field, value):
+    def change(d):
+        d["records"][2][field] = value
+        return d
+
+    return change
+
+
+def _garbage(rel):
+    def damage(path: Path) -> None:
+        (path / rel).write_bytes(b"\x00garbage, not what zarr wrote" * 3)
+
+    return damage
+
+
+def _delete(rel):
+    def damage(path: Path) -> None:
+        target = path / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    return damage
+
+
+DAMAGE = {
+    "index is a JSON list": lambda p: _edit_index(p, lambda d: d["records"]),
+    "index is not JSON": lambda p: (p / "index.json").write_text("{oops"),
+    "position past the end": lambda p: _edit_index(p, _set_record("position", 99)),
+    "position is a string": lambda p: _edit_index(p, _set_record("position", "2")),
+    "position is a float": lambda p: _edit_index(p, _set_record("position", 2.0)),
+    "label 300": lambda p: _edit_index(p, _set_record("label", 300)),
+    "label -1": lambda p: _edit_index(p, _set_record("label", -1)),
+    'label "yes"': lambda p: _edit_index(p, _set_record("label", "yes")),
+    "label without a class name": lambda p: _edit_index(p, _set_record("label", 7)),
+    "garbage labels chunk": _garbage("labels/c/0"),
+    "garbage signatures chunk": _garbage("signatures/c/0/0/0"),
+    "garbage images chunk": _garbage("images/c.1.0.0"),
+    "garbage images/zarr.json": _garbage("images/zarr.json"),
+    "deleted images/zarr.json": _delete("images/zarr.json"),
+    "deleted group zarr.json": _delete("zarr.json"),
+    "deleted images folder": _delete("images"),
+    "deleted chunk": _delete("images/c.3.0.0"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_verify_names_every_kind_of_damage_without_a_traceback(tmp_path, kind):
+    path = _store(tmp_path / "s.zarr")
+    assert verify_store(path) == []
+    DAMAGE[kind](path)
+    problems = verify_store(path)
+    assert problems, f"{kind}: verify passed a damaged store"
+    result = CliRunner().invoke(main, ["verify", "--store", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert "Traceback" not in result.output
+
+
+def test_interrupted_creation_is_fixed_by_rerunning_ingest(class_folder, tmp_path):
+    path = _store(tmp_path / "s.zarr")
+    (path / "index.json").unlink()  # killed before the first commit point
+    (path / ".index.json.123.456.tmp").write_bytes(b"{half")
+    cfg = IngestConfig(preprocess=PreprocessConfig(size=32), workers=1)
+    report = ingest(class_folder, path, cfg)
+    assert report.total == 12
+    assert verify_store(path) == []
+    assert not list(path.glob(".index.json.*.tmp"))
+
+
+def test_orphan_index_temp_is_removed_by_the_next_writer(tmp_path):
+    path = _store(tmp_path / "s.zarr")
+    (path / ".index.json.123.456.tmp").write_bytes(b"{half")
+    with ImageStore.open(path):  # readers leave it
+        pass
+    assert (path / ".index.json.123.456.tmp").exists()
+    with ImageStore.open(path, mode="a"):
+        pass
+    assert not list(path.glob(".index.json.*.tmp"))
+
+
+def test_a_foreign_zarr_group_is_never_replaced(tmp_path):
+    import zarr
+
+    path = tmp_path / "other.zarr"
+    zarr.open_group(str(path), mode="a", attributes={"owner": "someone else"})
+    with pytest.raises(Exception, match="not a mriscan store") as err:
+        ImageStore.create(path, S)
+    assert "another --store path" in str(err.value)
+    assert (path / "zarr.json").exists()
