@@ -1,12 +1,15 @@
 """Crop+resize kernel vs scikit-image, OpenCV (1 thread) and Pillow BOX; decode with draft().
 
-Run with ``nox -s bench``. Throughput is in megapixels of source image per second. The targets
-compare crop+resize alone (``align=False``); ``mriscan_align`` adds the midline alignment that
-ingest applies by default, to show its cost.
+Run with ``nox -s bench``. Throughput is in megapixels of source image per second. The crop+resize
+targets compare ``align=False``; ``mriscan_align`` is the default path (midline alignment,
+``align_method="fast"``) and ``mriscan_search`` the full search it replaced (real set only).
+``*_1t`` cases run the same call on one Numba thread: the per-core comparison with the
+single-threaded baselines (issue 20: default path ≥ 1.5× Pillow BOX per core).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from conftest import per_second, record, target
@@ -38,7 +41,30 @@ def _datasets(real_images, synthetic_batch):
     return {"real253": real_images, "synth1000x512": synthetic_batch}
 
 
-METHODS = ("mriscan", "mriscan_align", "opencv_area", "pillow_box", "skimage")
+METHODS = (
+    "mriscan",
+    "mriscan_1t",
+    "mriscan_align",
+    "mriscan_align_1t",
+    "mriscan_search",
+    "opencv_area",
+    "pillow_box",
+    "skimage",
+)
+
+
+def _one_thread(fn):
+    """``fn`` run on one Numba thread (the per-core cost of a parallel kernel)."""
+
+    def run():
+        before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            numba.set_num_threads(before)
+
+    return run
 
 
 @pytest.mark.parametrize("size", [128, 224])
@@ -49,10 +75,18 @@ def test_resize(benchmark, real_images, synthetic_batch, dataset, size, method):
     group = f"resize {dataset} → {size}²"
     if method == "skimage":
         images = images[:60]  # ~20× slower: a subset keeps the run short; MPx/s is comparable
+    if method == "mriscan_search" and dataset != "real253":
+        pytest.skip("the full search is only measured on the real set (~4 ms per slice)")
     if method == "mriscan":
         fn = lambda: preprocess_batch(images, size=size, align=False)  # noqa: E731
+    elif method == "mriscan_1t":
+        fn = _one_thread(lambda: preprocess_batch(images, size=size, align=False))
     elif method == "mriscan_align":
         fn = lambda: preprocess_batch(images, size=size)  # noqa: E731
+    elif method == "mriscan_align_1t":
+        fn = _one_thread(lambda: preprocess_batch(images, size=size))
+    elif method == "mriscan_search":
+        fn = lambda: preprocess_batch(images, size=size, align_method="search")  # noqa: E731
     elif method == "opencv_area":
         cv2.setNumThreads(1)
 
@@ -74,7 +108,7 @@ def test_resize(benchmark, real_images, synthetic_batch, dataset, size, method):
                 for im in images
             ]
 
-    rounds = 1 if method == "skimage" else 5
+    rounds = 1 if method in ("skimage", "mriscan_search") else 5
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
     benchmark.extra_info["MPx"] = _mpx(images)
     record(group, method, per_second(benchmark, _mpx(images)), "MPx/s")
@@ -88,6 +122,14 @@ def test_resize(benchmark, real_images, synthetic_batch, dataset, size, method):
         )
         target(
             f"kernel {dataset}→{size}: mriscan vs scikit-image", group, "mriscan", ["skimage"], 25
+        )
+    if method == "mriscan_align_1t":
+        target(
+            f"default path (fast alignment) {dataset}→{size}, per core, vs Pillow BOX",
+            group,
+            "mriscan_align_1t",
+            ["pillow_box"],
+            1.5,
         )
 
 

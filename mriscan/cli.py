@@ -162,6 +162,13 @@ def main(verbose: int) -> None:
 @config_option(
     PreprocessConfig, "align", "--align", "Rotate/shift slices to centre the head's midline."
 )
+@config_option(
+    PreprocessConfig,
+    "align_method",
+    "--align-method",
+    "How the midline is found: fast (coarse-to-fine) or search (the full search that stores "
+    "built before the choice existed used).",
+)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad file.")
 @click.option(

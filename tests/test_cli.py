@@ -53,6 +53,15 @@ def test_ingest_verify_info(class_folder, tmp_path):
     assert r.exit_code == 0, r.output
     index = json.loads((unaligned / "index.json").read_text())
     assert index["config"]["align"] is False
+    # the alignment method is recorded; the full search stays selectable for older stores
+    assert json.loads((store / "index.json").read_text())["config"]["align_method"] == "fast"
+    searched = tmp_path / "search.zarr"
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(searched), "--image-size", "32",
+               "--align-method", "search"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((searched / "index.json").read_text())["config"]["align_method"] == "search"
 
 
 def test_verify_fails_on_corruption_and_errors_are_one_line(class_folder, tmp_path):
