@@ -96,8 +96,8 @@ def fold_predictions(store: ImageStore, cv_dir: Path):
     if cache.exists():
         saved = np.load(cache)
         return [tuple(saved[f"f{k}_{i}"] for i in range(4)) for k in range(folds)]
+    from mriscan.inference import predict_store
     from mriscan.model import load_model
-    from mriscan.predict import predict_store
 
     labels = store.labels.astype(np.int64)
     samples = read_json(CVLayout(cv_dir).metrics, "a cross-validation's metrics")["protocol"].get(
@@ -115,9 +115,9 @@ def fold_predictions(store: ImageStore, cv_dir: Path):
         out.append(
             (
                 labels[val_idx],
-                predict_store(model, store, val_idx, tta=card.tta),
+                predict_store(model, store, val_idx, tta=card.tta)[:, 1],  # P(positive)
                 labels[test_idx],
-                predict_store(model, store, test_idx, tta=card.tta),
+                predict_store(model, store, test_idx, tta=card.tta)[:, 1],
             )
         )
     np.savez(cache, **{f"f{k}_{i}": a for k, fold in enumerate(out) for i, a in enumerate(fold)})

@@ -1,7 +1,7 @@
 """Evaluate a saved model on a split of its store, or on any labelled folder or store.
 
 Imports no training code: a model, its card (``mriscan.artifacts.ModelCard``) and prediction
-(``mriscan.predict``) are all it needs. Data from another collection are scored after
+(``mriscan.inference``) are all it needs. Data from another collection are scored after
 removing — and counting — the slices that near-duplicate the model's own training slices
 (their thumbnails are saved beside the model), and their classes are matched to the model's
 (``mriscan.tasks.compare_classes``): the same classes, or tumor vs no tumor with recall per
@@ -31,7 +31,7 @@ from mriscan.artifacts import (
 )
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
-from mriscan.predict import predict_store
+from mriscan.inference import predict_store
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes

@@ -220,9 +220,9 @@ def explain(
     MriscanError
         If ``images`` is empty.
     """
+    from mriscan.inference import predict_batch
     from mriscan.io import SourceFile, decode_image, file_kind
     from mriscan.model import load_model
-    from mriscan.predict import predict_batch
     from mriscan.preprocess import normalize, preprocess
     from mriscan.scan_predict import predict_arrays, read_inputs
 

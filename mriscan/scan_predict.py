@@ -19,6 +19,7 @@ import numpy as np
 
 from mriscan.aggregate import TOP_K, aggregate_rows
 from mriscan.errors import ConfigError
+from mriscan.inference import predict_batch, prediction_row
 from mriscan.io import SourceFile
 from mriscan.preprocess import normalize, preprocess_batch
 from mriscan.readers import InputRead, check_series_sizes, read_input
@@ -26,7 +27,7 @@ from mriscan.scan import new_salt
 
 __all__ = ["SCAN_COLUMNS", "predict_arrays", "predict_inputs", "read_inputs"]
 
-# the columns scanner rows add to ``mriscan.predict.columns_for``
+# the columns scanner rows add to ``mriscan.inference.columns_for``
 SCAN_COLUMNS = ("level", "unit", "slices", "aggregate")
 
 
@@ -52,8 +53,6 @@ def predict_arrays(
 ) -> np.ndarray:
     """Class probabilities (float64, shape (n, K)) of decoded uint8 slices (H, W), with the
     model card's preprocessing, normalisation and test-time flip."""
-    from mriscan.predict import predict_batch
-
     cfg = card.preprocess
     parts = []
     for start in range(0, len(images), batch_size):
@@ -81,7 +80,7 @@ def predict_inputs(
     starting "skipped:".
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``), those
-    of ``mriscan.predict.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
+    of ``mriscan.inference.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
     two-class model (None for more classes).
     """
     if card.binary and (threshold is None or not 0.0 <= threshold <= 1.0):
@@ -119,10 +118,9 @@ def _scan_row(
     level: str,
     unit: str,
 ) -> dict:
-    """A row of ``mriscan.predict`` (class probabilities, label) plus the scanner columns."""
-    from mriscan.predict import _row
-
-    row = _row(path, p, card, threshold, error)
+    """A ``mriscan.inference.prediction_row`` (class probabilities, label) plus the scanner
+    columns."""
+    row = prediction_row(path, p, card, threshold, error)
     row["path"] = path  # pseudonyms and paths are already text
     row.update(level=level, unit=unit, slices=1 if level == "slice" else "", aggregate="")
     return row

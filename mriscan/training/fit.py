@@ -26,9 +26,9 @@ from mriscan.artifacts import ModelCard, RunLayout, write_json
 from mriscan.config import TrainConfig
 from mriscan.errors import ConfigError, ResumeError, TrainingDivergedError
 from mriscan.hardware import Hardware
+from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
-from mriscan.predict import predict_store
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
 from mriscan.tasks import Task, resolve_task

@@ -1,0 +1,110 @@
+"""Inference: a model's class probabilities for batches of slices, and the rows reporting them.
+
+Shared by ``mriscan.predict`` (image files), ``mriscan.scan_predict`` (DICOM/NIfTI), training
+(``mriscan.training.fit``), ``mriscan.evaluate`` and ``mriscan.explain``; it imports none of
+them. ``columns_for`` and ``prediction_row`` define what a prediction row holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mriscan.errors import ConfigError
+from mriscan.io import display_path
+from mriscan.preprocess import normalize
+
+__all__ = ["check_threshold", "columns_for", "predict_batch", "predict_store", "prediction_row"]
+
+
+def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = False) -> np.ndarray:
+    """Class probabilities of one batch (N, S, S, 1): float64 of shape (N, K).
+
+    A two-class (sigmoid) model gives columns ``[1 - p, p]``, p the probability of class 1.
+    The batch is zero-padded to ``batch_size`` so that every call has the same shape (a short
+    last batch would otherwise retrace the compiled function). ``tta`` averages the
+    predictions of the slice and its left-right mirror image.
+    """
+    n = x.shape[0]
+    if n < batch_size:
+        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+    out = np.asarray(model.predict_on_batch(x), np.float64)[:n]
+    if tta:
+        flipped = np.ascontiguousarray(x[:, :, ::-1])
+        out = 0.5 * (out + np.asarray(model.predict_on_batch(flipped), np.float64)[:n])
+    if out.ndim == 1 or out.shape[1] == 1:
+        p = out.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return out
+
+
+def predict_store(
+    model: Any,
+    store: Any,
+    indices: Sequence[int] | np.ndarray,
+    batch_size: int = 64,
+    *,
+    tta: bool = False,
+) -> np.ndarray:
+    """Class probabilities (float64, shape (n, K)) of store samples, in the order given.
+
+    Reads ``batch_size`` samples at a time from ``store`` (an ``ImageStore``) and normalises
+    them as the training pipeline does (``store.config.normalization``).
+    """
+    idx = np.asarray(indices, np.int64)
+    cfg = store.config
+    parts = []
+    for start in range(0, idx.size, batch_size):
+        images, _ = store.read_batch(idx[start : start + batch_size])
+        x = normalize(images, cfg.normalization, threshold=cfg.threshold)[..., None]
+        parts.append(predict_batch(model, x, batch_size, tta=tta))
+    k = int(model.output_shape[-1])
+    return np.concatenate(parts) if parts else np.empty((0, max(k, 2)), np.float64)
+
+
+def check_threshold(card: Any, threshold: float | None) -> float | None:
+    """The decision threshold to use (the card's unless given), validated; None for a K-class
+    model, which predicts the most probable class."""
+    if len(card.class_names) > 2:
+        if threshold is not None:
+            raise ConfigError(
+                f"--threshold applies to two-class models; this one has "
+                f"{len(card.class_names)} classes and predicts the most probable one."
+            )
+        return None
+    thr = card.threshold if threshold is None else float(threshold)
+    if thr is None or not 0.0 <= thr <= 1.0:  # also rejects NaN: `p >= nan` is always false
+        raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
+    return thr
+
+
+def columns_for(card: Any) -> tuple[str, ...]:
+    """Output columns of a model: ``path, label, p_<class>... [, probability | tumor_probability],
+    error``. Two classes: ``probability`` is that of the positive class (``class_names[1]``);
+    K classes with a healthy class: ``tumor_probability`` = 1 − P(healthy)."""
+    probs = tuple(f"p_{name}" for name in card.class_names)
+    extra = ("probability",) if len(card.class_names) == 2 else ()
+    if len(card.class_names) > 2 and card.healthy is not None:
+        extra = ("tumor_probability",)
+    return ("path", "label", *probs, *extra, "error")
+
+
+def prediction_row(
+    path: Path, p: np.ndarray | None, card: Any, thr: float | None, error: str
+) -> dict:
+    """One output row (probabilities None and label empty for an unreadable file)."""
+    row: dict[str, Any] = {"path": display_path(path), "label": ""}
+    names = card.class_names
+    for k, name in enumerate(names):
+        row[f"p_{name}"] = None if p is None else float(p[k])
+    if len(names) == 2:
+        row["probability"] = None if p is None else float(p[1])
+    elif card.healthy is not None:
+        row["tumor_probability"] = None if p is None else float(1.0 - p[names.index(card.healthy)])
+    if p is not None:
+        row["label"] = card.decide(p, thr)
+    row["error"] = error
+    return row
