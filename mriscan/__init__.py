@@ -22,6 +22,7 @@ from mriscan.config import (
     override,
 )
 from mriscan.errors import (
+    BadFilesError,
     ConfigError,
     CorruptImageError,
     EmptyDatasetError,
@@ -52,6 +53,8 @@ _LAZY = {
     "kfold_indices": "mriscan.splits",
     "open_or_ingest": "mriscan.sources",
     "ModelCard": "mriscan.artifacts",
+    "resolve_task": "mriscan.tasks",
+    "audit": "mriscan.audit",
     "RunLayout": "mriscan.artifacts",
     "build_model": "mriscan.model",
     "load_model": "mriscan.model",
@@ -68,6 +71,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BadFilesError",
     "CVConfig",
     "ConfigError",
     "CorruptImageError",

@@ -49,6 +49,7 @@ __all__ = [
     "AuditSet",
     "audit",
     "load_set",
+    "to_json",
     "write_report",
 ]
 

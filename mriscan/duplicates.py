@@ -9,7 +9,13 @@ import numpy as np
 from mriscan.neighbors import DEFAULT_DIMS, near_pairs
 from mriscan.preprocess import preprocess, preprocess_batch
 
-__all__ = ["SIGNATURE_SIZE", "duplicate_groups", "signature", "signatures"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "SIGNATURE_SIZE",
+    "duplicate_groups",
+    "signature",
+    "signatures",
+]
 
 SIGNATURE_SIZE = 16
 DEFAULT_THRESHOLD = 0.95

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "BadFilesError",
     "ConfigError",
     "CorruptImageError",
     "EmptyDatasetError",
@@ -105,3 +106,7 @@ class TrainingDivergedError(MriscanError, ArithmeticError):
 
 class ResumeError(MriscanError):
     """An output folder holds an unfinished run that this run may not resume."""
+
+
+class BadFilesError(MriscanError, ValueError):
+    """``strict`` ingest found bad files; nothing was committed."""

@@ -126,9 +126,9 @@ def save_overlay(
     image: np.ndarray, cam: np.ndarray, path: str | os.PathLike[str], *, title: str = ""
 ) -> Path:
     """Write the slice with its heatmap overlaid (jet, 40% opacity) beside the plain slice."""
-    from mriscan.plots import plt, save_figure
+    from mriscan.plots import save_figure, subplots
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3.6))
+    fig, (a, b) = subplots(1, 2, figsize=(7, 3.6))
     a.imshow(image, cmap="gray")
     a.set_title("slice")
     b.imshow(image, cmap="gray")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mriscan.duplicates import duplicate_groups, signatures
-from mriscan.errors import ConfigError, MriscanError
+from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, read_manifest, scan_class_folders
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
 from mriscan.readers import (
@@ -130,10 +130,6 @@ class IngestReport:
     def n_added(self) -> int:
         """Samples added by this run."""
         return sum(self.added.values())
-
-
-class BadFilesError(MriscanError, ValueError):
-    """``strict`` ingest found bad files; nothing was committed."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ __all__ = [
     "save_figure",
     "save_history",
     "save_roc",
+    "subplots",
 ]
 
 
@@ -77,6 +78,12 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, ax, label: str = "mod
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+
+
+def subplots(*args, **kwargs):
+    """``matplotlib.pyplot.subplots`` on the Agg backend this module selects (use it rather
+    than importing pyplot elsewhere, which could pick another backend first)."""
+    return plt.subplots(*args, **kwargs)
 
 
 def save_figure(fig, path: str | os.PathLike[str]) -> Path:

@@ -28,6 +28,7 @@ __all__ = [
     "ReadOptions",
     "check_series_sizes",
     "collect_inputs",
+    "describe_flags",
     "file_sha256",
     "read_input",
     "slice_warnings",

@@ -19,6 +19,7 @@ from mriscan.errors import ConfigError
 
 __all__ = [
     "SynthConfig",
+    "default_raw_data",
     "implant_lesion",
     "implant_lesions",
     "phantom",

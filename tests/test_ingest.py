@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from mriscan.errors import ConfigError, EmptyDatasetError
-from mriscan.ingest import BadFilesError, IngestConfig, ingest
+from mriscan.errors import BadFilesError, ConfigError, EmptyDatasetError
+from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store import ImageStore, verify_store
 

@@ -16,7 +16,8 @@ from PIL import Image
 from pydicom.pixels import get_decoder
 
 from mriscan.cli import main
-from mriscan.ingest import BadFilesError, IngestConfig, ingest
+from mriscan.errors import BadFilesError
+from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store import ImageStore, verify_store
 from mriscan.synth_scanner import (

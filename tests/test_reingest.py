@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mriscan.cli import main
-from mriscan.errors import ConfigError, EmptyDatasetError
-from mriscan.ingest import BadFilesError, IngestConfig, ingest
+from mriscan.errors import BadFilesError, ConfigError, EmptyDatasetError
+from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
 from mriscan.sources import open_or_ingest
 from mriscan.store import ImageStore, verify_store

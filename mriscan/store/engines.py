@@ -36,6 +36,7 @@ __all__ = [
     "ChunkEngine",
     "LocalChunkFiles",
     "ZarrEngine",
+    "blosc_codec",
     "create_images_array",
     "is_local_chunk_layout",
     "open_engine",

@@ -35,7 +35,14 @@ from mriscan.tasks import Task, resolve_task
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
 
-__all__ = ["Calibrated", "card_for", "fit_and_calibrate", "fit_model", "run_fingerprint"]
+__all__ = [
+    "Calibrated",
+    "card_for",
+    "fit_and_calibrate",
+    "fit_model",
+    "run_fingerprint",
+    "score",
+]
 
 log = logging.getLogger(__name__)
 
