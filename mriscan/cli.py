@@ -742,6 +742,14 @@ def predict(
     "explain [default: the --top-k most likely to show a tumor].",
 )
 @click.option("--top-k", type=int, default=3, show_default=True, help="DICOM/NIfTI slices.")
+@click.option(
+    "--boxes",
+    type=_EXISTING,
+    default=None,
+    help="Pointing game instead of PNGs: a CSV file,class,x_center,y_center,width,height "
+    "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "
+    "often the Grad-CAM peak of a correctly classified tumor slice lies inside its box.",
+)
 def explain(
     model_path: Path,
     images: tuple[Path, ...],
@@ -749,6 +757,7 @@ def explain(
     explain_class: str | None,
     slice_list: str | None,
     top_k: int,
+    boxes: Path | None,
 ) -> None:
     """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image), and over
     chosen slices of DICOM series / NIfTI volumes (--slices, else the --top-k most likely).
@@ -763,6 +772,9 @@ def explain(
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
 
+    if boxes is not None:
+        _pointing_game(model_path, images, boxes, out)
+        return
     try:
         chosen = None if slice_list is None else [int(k) for k in slice_list.split(",")]
     except ValueError:
@@ -771,7 +783,7 @@ def explain(
     for p, why in problems:
         click.echo(f"  {display_path(p)}: {why}", err=True)
     if not files:
-        raise click.ClickException("Nothing to explain: no JPEG/PNG, DICOM or NIfTI input.")
+        raise click.ClickException("No image to explain: no JPEG/PNG, DICOM or NIfTI input.")
     results = run_explain(
         model_path,
         [f.path for f in files],
@@ -789,6 +801,27 @@ def explain(
         raise click.ClickException(
             f"None of the {len(results)} image(s) could be read; no heatmap was written."
         )
+
+
+def _pointing_game(model_path: Path, images: tuple[Path, ...], boxes: Path, out: Path) -> None:
+    """``explain --boxes``: the pointing game over one data folder; JSON in OUT."""
+    from mriscan.artifacts import write_json
+    from mriscan.explain import pointing_game
+
+    if len(images) != 1 or not images[0].is_dir():
+        raise click.UsageError("--boxes needs exactly one data folder as IMAGES.")
+    with _progress("pointing game") as progress:
+        result = pointing_game(model_path, images[0], boxes, progress=progress)
+    path = write_json(out / "pointing_game.json", result)
+    click.echo("Pointing game (Grad-CAM peak inside the tumor box, correctly classified slices):")
+    for name, s in {**result["per_class"], "all": result["overall"]}.items():
+        click.echo(
+            f"  {name:>12}: {_num(s['pointing'])}  ({s['hits']} of {s['correct']} correct, "
+            f"{s['n']} boxed slices)"
+        )
+    for rel, why in result["unreadable"]:
+        click.echo(f"  unreadable: {rel}: {why}", err=True)
+    click.echo(f"Written to {path}")
 
 
 # ---- audit (issue 17): one self-contained block ---------------------------------------------

@@ -21,7 +21,14 @@ from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
 from mriscan.model import last_conv_layer_name
 
-__all__ = ["explain", "grad_cam", "heatmap_names", "save_overlay"]
+__all__ = [
+    "explain",
+    "grad_cam",
+    "heatmap_names",
+    "pointing_game",
+    "read_boxes",
+    "save_overlay",
+]
 
 
 def _target_layer(model: keras.Model) -> str:
@@ -36,12 +43,25 @@ def _target_layer(model: keras.Model) -> str:
     return layers[i].name
 
 
-def _split_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
-    """The model cut at ``layer_name``: inputs → features, features → output."""
+def _split_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, Any]:
+    """The model cut at ``layer_name``: inputs → features, features → class scores.
+
+    The scores are the output of a sigmoid model (a positive factor p(1 − p) per image away
+    from its logit, which the per-image normalisation of the map removes) and the logits
+    (pre-softmax scores) of a softmax model, as Grad-CAM prescribes: the gradient of a softmax
+    probability mixes in every other class and vanishes once the prediction is confident.
+    """
     layer = model.get_layer(layer_name)
     features = keras.Model(model.inputs[0], layer.output)
-    head = keras.Model(layer.output, model.output)
-    return features, head
+    out = model.layers[-1]
+    if int(model.output_shape[-1]) == 1:
+        return features, keras.Model(layer.output, model.output)
+    penultimate = keras.Model(layer.output, out.input)
+
+    def logits(f: Any, training: bool = False) -> Any:
+        return ops.matmul(penultimate(f, training=training), out.kernel) + out.bias
+
+    return features, logits
 
 
 def _gradient(head: keras.Model, feats: Any, select: np.ndarray) -> Any:
@@ -310,3 +330,117 @@ def _slice_score(card: Any, probs: np.ndarray, explain_class: str | None) -> np.
     if card.healthy is not None:
         return 1.0 - probs[:, card.class_names.index(card.healthy)]
     return probs.max(axis=1)
+
+
+def read_boxes(path: str | os.PathLike[str]) -> dict[str, tuple[str, float, float, float, float]]:
+    """Tumor boxes from a CSV ``file,class,x_center,y_center,width,height`` (fractions of the
+    image side, the YOLO convention; ``file`` relative to the data folder).
+
+    Raises
+    ------
+    MriscanError
+        On a missing column or a value that is not a fraction in [0, 1], naming the line.
+    """
+    import csv
+
+    out: dict[str, tuple[str, float, float, float, float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"file", "class", "x_center", "y_center", "width", "height"}
+        if not need <= set(reader.fieldnames or ()):
+            raise MriscanError(f"{path} must have the columns {sorted(need)}.")
+        for line, row in enumerate(reader, start=2):
+            try:
+                vals = [float(row[k]) for k in ("x_center", "y_center", "width", "height")]
+            except ValueError:
+                raise MriscanError(f"{path}, line {line}: box values must be numbers.") from None
+            if not all(0.0 <= v <= 1.0 for v in vals):
+                raise MriscanError(f"{path}, line {line}: box values must be fractions in [0, 1].")
+            out[row["file"]] = (row["class"], *vals)
+    return out
+
+
+def pointing_game(
+    model_path: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    boxes_csv: str | os.PathLike[str],
+    *,
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """How often the Grad-CAM peak falls inside the tumor's box ("pointing game", Zhang et al.
+    2018, "Top-down Neural Attention by Excitation Backprop"), on the tumor slices the model
+    classifies correctly, per class.
+
+    For a two-class model the map of the positive output is used and "correct" means called a
+    tumor; for a K-class model the map of the true class, and "correct" means that class was
+    predicted (box classes that are not model classes count as tumor for a model with a healthy
+    class). The peak is mapped back to the source image through the preprocessing geometry
+    (``mriscan.preprocess.source_point``) and must lie inside the box.
+
+    Returns
+    -------
+    dict
+        ``per_class``: {class: {"n": boxed slices read, "correct": correctly classified,
+        "hits": peaks inside the box, "pointing": hits / correct}}, ``overall`` (the same over
+        all classes), ``unreadable`` (file, reason).
+    """
+    from mriscan.inference import predict_batch
+    from mriscan.io import decode_image
+    from mriscan.model import load_model
+    from mriscan.preprocess import normalize, preprocess, source_point
+
+    model, card = load_model(model_path)
+    cfg = card.preprocess
+    boxes = read_boxes(boxes_csv)
+    items = sorted(boxes.items())[:limit] if limit else sorted(boxes.items())
+    stats: dict[str, dict[str, int]] = {}
+    unreadable: list[tuple[str, str]] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        imgs, xs, keep = [], [], []
+        for rel, box in chunk:
+            try:
+                img = decode_image(Path(root) / rel)
+            except ImageDecodeError as exc:
+                unreadable.append((rel, exc.reason))
+                continue
+            imgs.append(img)
+            xs.append(preprocess(img, cfg))
+            keep.append((rel, box))
+        if not xs:
+            continue
+        x = normalize(np.stack(xs), cfg.normalization, threshold=cfg.threshold)[..., None]
+        probs = predict_batch(model, x, batch_size, tta=card.tta)
+        classes, correct = [], []
+        for (_, box), p in zip(keep, probs, strict=True):
+            cls, pred = box[0], card.decide(p)
+            if card.binary:  # the positive output's map; correct = called a tumor
+                k, ok = 1, pred == card.class_names[1]
+            elif cls in card.class_names:  # the true class's map
+                k, ok = card.class_names.index(cls), pred == cls
+            else:  # a tumor type the model does not know: any tumor class is correct
+                k, ok = int(np.argmax(p)), pred != card.healthy
+            classes.append(k)
+            correct.append(ok)
+            s = stats.setdefault(cls, {"n": 0, "correct": 0, "hits": 0})
+            s["n"] += 1
+            s["correct"] += int(ok)
+        cams = grad_cam(model, x, class_index=None if card.binary else np.array(classes))
+        for (_, box), img, cam, ok in zip(keep, imgs, cams, correct, strict=True):
+            if not ok:
+                continue
+            r, c = _peak(cam)
+            sy, sx = source_point(img, r, c, cfg)
+            h, w = img.shape
+            _, xc, yc, bw, bh = box
+            inside = abs(sx / w - xc) <= bw / 2 and abs(sy / h - yc) <= bh / 2
+            stats[box[0]]["hits"] += int(inside)
+        if progress is not None:
+            progress(min(start + batch_size, len(items)), len(items))
+    for s in stats.values():
+        s["pointing"] = s["hits"] / s["correct"] if s["correct"] else float("nan")
+    total = {k: sum(s[k] for s in stats.values()) for k in ("n", "correct", "hits")}
+    total["pointing"] = total["hits"] / total["correct"] if total["correct"] else float("nan")
+    return {"per_class": stats, "overall": total, "unreadable": unreadable}

@@ -21,7 +21,14 @@ import numpy as np
 from mriscan import _kernels
 from mriscan.errors import ConfigError
 
-__all__ = ["PreprocessConfig", "midline_pose", "normalize", "preprocess", "preprocess_batch"]
+__all__ = [
+    "PreprocessConfig",
+    "midline_pose",
+    "normalize",
+    "preprocess",
+    "preprocess_batch",
+    "source_point",
+]
 
 _PARALLEL_LOCK = threading.Lock()
 # Midline search range: axial slices in the real set lean by up to ~15° and sit up to ~8% of
@@ -266,6 +273,57 @@ def midline_pose(image: np.ndarray, method: str = "fast") -> tuple[float, float]
             arr, _ALIGN_MAX_ANGLE, max_shift, _kernels.FAST_WINDOW, _kernels.FAST_COARSE
         )
     return math.degrees(a), float(d)
+
+
+def source_point(
+    image: np.ndarray, y: float, x: float, config: PreprocessConfig | None = None, **overrides
+) -> tuple[float, float]:
+    """Where a pixel of the preprocessed slice comes from in the source image.
+
+    Inverts the geometry of ``preprocess`` (crop to the foreground box, area resize into the
+    S×S frame with padding, midline rotation and shift) for one point.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), uint8
+        The source slice, as given to ``preprocess``.
+    y, x : float
+        Row and column in the S×S preprocessed slice (pixel centres at integers).
+
+    Returns
+    -------
+    (row, col) : tuple of float
+        In source pixel coordinates (pixel centres at integers); may lie outside the image when
+        the point is in the padding.
+    """
+    cfg = _resolve(config, overrides)
+    arr = _as_gray_uint8(image, "image")
+    h, w = arr.shape
+    size = cfg.size
+    if cfg.crop:
+        y0, y1, x0, x1 = _kernels.foreground_bbox(
+            arr, float(cfg.threshold), float(cfg.min_fraction), float(cfg.margin)
+        )
+    else:
+        y0, y1, x0, x1 = 0, h, 0, w
+    ch, cw = y1 - y0, x1 - x0
+    if cfg.aspect == "pad":
+        longest = max(ch, cw)
+        oh, ow = max(1, round(ch * size / longest)), max(1, round(cw * size / longest))
+    else:
+        oh, ow = size, size
+    oy, ox = (size - oh) // 2, (size - ow) // 2
+    sy, sx = float(y), float(x)
+    if cfg.align:
+        unaligned = preprocess(arr, cfg, align=False)
+        degrees, shift = midline_pose(unaligned, cfg.align_method)
+        a, c = math.radians(degrees), (size - 1) / 2.0
+        dy, dx = sy - c, sx + shift - c
+        sy, sx = c + dy * math.cos(a) - dx * math.sin(a), c + dy * math.sin(a) + dx * math.cos(a)
+    return (
+        y0 + (sy - oy + 0.5) * ch / oh - 0.5,
+        x0 + (sx - ox + 0.5) * cw / ow - 0.5,
+    )
 
 
 def normalize(images: np.ndarray, method: str = "zscore", *, threshold: float = 0.1) -> np.ndarray:

@@ -348,3 +348,26 @@ def test_fast_pose_agrees_with_the_search_on_the_real_set(real_data):
 
     loss = np.array([score(c, r) - score(c, f) for c, f, r in zip(crops, fast, ref, strict=True)])
     assert np.mean(loss <= 0.01) >= 0.85 and np.median(loss) <= 0.002 and loss.max() < 0.1
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_source_point_inverts_the_geometry(align):
+    from mriscan.preprocess import source_point
+
+    # a tilted, off-centre head with a bright marker: preprocess, find the marker, map it back
+    h, w = 300, 260
+    yy, xx = np.mgrid[:h, :w]
+    a = np.radians(9.0)
+    cy, cx = 160.0, 120.0
+    u, v = (
+        (yy - cy) * np.cos(a) + (xx - cx) * np.sin(a),
+        -(yy - cy) * np.sin(a) + (xx - cx) * np.cos(a),
+    )
+    img = np.where((u / 110) ** 2 + (v / 85) ** 2 <= 1, 90, 4).astype(np.uint8)
+    img[(u / 110) ** 2 + (v / 85) ** 2 <= 0.3] = 60  # some inner structure to align on
+    my, mx = 130, 90
+    img[(yy - my) ** 2 + (xx - mx) ** 2 <= 36] = 250
+    out = preprocess(img, size=128, align=align)
+    r, c = np.unravel_index(int(np.argmax(out)), out.shape)
+    sy, sx = source_point(img, r, c, size=128, align=align)
+    assert abs(sy - my) <= 5 and abs(sx - mx) <= 5, (sy, sx)
