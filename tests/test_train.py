@@ -297,3 +297,99 @@ def test_resume_only_the_same_run(tmp_path):
     (layout.backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
     with pytest.raises(ResumeError, match="damaged"):
         _check_resume(layout, "run-a")
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL at a save point (not an Exception: nothing may catch it)."""
+
+
+def _kill_at(monkeypatch, point: str) -> None:
+    """Make the next write at ``point`` die half-way."""
+    import keras
+
+    import mriscan.artifacts as art
+    import mriscan.training.workflow as wf
+
+    def dies(*a, **k):
+        raise _Killed(point)
+
+    if point == "backup":
+        monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", dies)
+    elif point == "checkpoint":
+        monkeypatch.setattr(keras.callbacks.ModelCheckpoint, "_save_model", dies)
+    elif point == "model":  # Keras writing the model file: a truncated file, then death
+        real = art.publish_model
+
+        def half(save, card, path, **kw):
+            def save_half(p):
+                save(p)
+                p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+                raise _Killed(point)
+
+            return real(save_half, card, path, **kw)
+
+        monkeypatch.setattr(wf, "publish_model", half)
+    elif point == "card":  # the model file is in place, the card is not yet
+        real_replace = os.replace
+
+        def replace(src, dst):
+            real_replace(src, dst)
+            if str(dst).endswith("best_model.keras"):
+                raise _Killed(point)
+
+        monkeypatch.setattr(art.os, "replace", replace)
+    elif point == "metrics":
+        real_write = wf.write_json
+
+        def write(path, data, **kw):
+            if path.name == "metrics.json":
+                raise _Killed(point)
+            return real_write(path, data, **kw)
+
+        monkeypatch.setattr(wf, "write_json", write)
+
+
+def _consistent(out) -> bool:
+    """Model, card, split and metrics of ``out`` belong together."""
+    from mriscan.artifacts import ModelCard, file_sha256
+
+    card = ModelCard.load(out / "models" / "best_model.keras")
+    sha = file_sha256(out / "models" / "best_model.keras")
+    split = json.loads((out / "split.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    return card.model_sha256 == sha == split["model_sha256"] == metrics["model_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["backup", "checkpoint", "model", "card", "metrics"])
+def test_a_kill_at_any_save_point_leaves_a_usable_folder(small_store, tmp_path, monkeypatch, point):
+    from mriscan.artifacts import ModelCardError
+    from mriscan.errors import ResumeError
+
+    out = tmp_path / "art"
+    first = fast(fit__epochs=2, fit__select="best")
+    train(small_store, first, out=out)  # a previous good run
+    assert _consistent(out)
+    old_model = (out / "models" / "best_model.keras").read_bytes()
+    with monkeypatch.context() as m:
+        _kill_at(m, point)
+        with pytest.raises(_Killed):
+            train(small_store, fast(fit__epochs=2, fit__select="best", seed=1), out=out)
+    # right after the kill: the published pair is the old one, or a new one that is detected
+    try:
+        load_model(out / "models" / "best_model.keras")
+        new = (out / "models" / "best_model.keras").read_bytes() != old_model
+        assert point in ("metrics",) or not new, "a new model was published before its card"
+    except ModelCardError as exc:
+        assert point == "card" and "belongs to another model file" in str(exc)
+    # the same run again finishes (resuming where it can) and leaves everything consistent
+    try:
+        train(small_store, fast(fit__epochs=2, fit__select="best", seed=1), out=out)
+    except ResumeError as exc:  # only a damaged backup may be refused, with the way out
+        assert "Delete" in str(exc)
+        import shutil
+
+        shutil.rmtree(out / "backup")
+        train(small_store, fast(fit__epochs=2, fit__select="best", seed=1), out=out)
+    assert _consistent(out)
+    assert not (out / "backup").exists() and not (out / "checkpoint").exists()
