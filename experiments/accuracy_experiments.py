@@ -148,6 +148,8 @@ S1: dict[str, Any] = {
     "preprocess.aspect": "pad",
     "preprocess.normalization": "zscore",
     "preprocess.align": False,
+    # every row so far aligned (when it did) with the brute-force search; "fast" came later
+    "preprocess.align_method": "search",
 }
 # 2d76d07, the first session's defaults (row 6): 96², keep the last epoch, flip TTA
 S1_DEFAULTS = _derive(S1, {**_size(96), "fit.select": "last", "fit.tta": True})
@@ -167,6 +169,8 @@ S5_ALIGN = _derive(S4_PRETRAIN, {"preprocess.align": True})
 S6_E45 = _derive(S5_ALIGN, {"fit.epochs": 45})
 # d1f7ea6, seventh session (rows 28-32): filters 24-48-96-192
 S7_W24 = _derive(S6_E45, {"model.filters": (24, 48, 96, 192)})
+# eighth session: the fast midline alignment (issue 20) replaces the brute-force search
+S8_FAST_ALIGN = _derive(S7_W24, {"preprocess.align_method": "fast"})
 
 # Today's defaults, written out (not read from mriscan.config, so that they cannot drift):
 # ``CVConfig()`` with image_size 128 (what None resolves to on ingest) and silent Keras.
@@ -223,6 +227,7 @@ REFERENCE: dict[str, Any] = {
     "preprocess.aspect": "pad",
     "preprocess.normalization": "zscore",
     "preprocess.align": True,
+    "preprocess.align_method": "fast",
 }
 
 ERAS: dict[str, dict[str, Any]] = {
@@ -235,6 +240,7 @@ ERAS: dict[str, dict[str, Any]] = {
     "s5_align": S5_ALIGN,
     "s6_e45": S6_E45,
     "s7_w24": S7_W24,
+    "s8_fast_align": S8_FAST_ALIGN,
     "reference": REFERENCE,
 }
 
