@@ -115,7 +115,7 @@ def test_no_images_is_a_clear_error(tmp_path):
     from mriscan.errors import MriscanError
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MriscanError, match=r"No \.jpg/\.jpeg/\.png images found in .*empty"):
+    with pytest.raises(MriscanError, match=r"No JPEG/PNG, DICOM or NIfTI files found in .*empty"):
         predict(tmp_path / "no-model.keras", [tmp_path / "empty"])
 
 

@@ -123,11 +123,15 @@ def test_failed_train_ingest_leaves_no_store_that_blocks_the_fix(kaggle_download
     with pytest.raises(EmptyDatasetError):
         open_or_ingest(kaggle_download, store_path=store, image_size=32)
     assert not store.exists()
-    three = tmp_path / "three"
-    for c in ("a", "b", "c"):
-        shutil.copytree(kaggle_download / "yes", three / c)
-    with pytest.raises(ConfigError, match="3 classes"):
-        open_or_ingest(three, store_path=store, image_size=32)
+    # classes the task cannot use (which of two unknown names is the tumor?) are refused
+    # before anything is written
+    from mriscan.tasks import resolve_task
+
+    pets = tmp_path / "pets"
+    for c in ("cats", "dogs"):
+        shutil.copytree(kaggle_download / "yes", pets / c)
+    with pytest.raises(ConfigError, match="--positive"):
+        open_or_ingest(pets, store_path=store, image_size=32, check_classes=resolve_task)
     assert not store.exists()
     # the corrected command works
     with open_or_ingest(kaggle_download / "brain_tumor_dataset", store_path=store,
