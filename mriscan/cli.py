@@ -170,9 +170,18 @@ def main(verbose: int) -> None:
     "built before the choice existed used).",
 )
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
-@click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad file.")
+@click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad or unused file.")
 @click.option(
     "--merge", is_flag=True, help="Allow adding a folder other than the one the store holds."
+)
+@click.option(
+    "--modality",
+    "modalities",
+    multiple=True,
+    default=("MR",),
+    show_default=True,
+    help="DICOM Modality to read (repeat for several; 'any' for all). Images of other "
+    "modalities are listed, not stored.",
 )
 @click.pass_context
 def ingest(
@@ -183,6 +192,7 @@ def ingest(
     workers: int | None,
     strict: bool,
     merge: bool,
+    modalities: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Decode, preprocess and store every input under RAW_DIR/<class>/ (or in --manifest).
@@ -192,8 +202,12 @@ def ingest(
     with the folder: new files are added, a file moved to another class folder takes that label,
     an overwritten file replaces its sample, a deleted file's sample is retired. Bad files,
     label conflicts (same bytes under two classes) and unreadable folders are listed; uniform or
-    thin images are stored with a warning (--strict: any of these fails, committing nothing).
+    thin images, and near-identical slices under two classes, are stored with a warning; files
+    that are no input (e.g. BMP, text) and DICOM images of another modality than --modality
+    (default MR) are listed, not stored (--strict: any of these fails, committing nothing, and
+    names them all).
     """
+    from mriscan.dicom import DicomConfig
     from mriscan.ingest import IngestConfig
     from mriscan.ingest import ingest as run_ingest
 
@@ -202,7 +216,14 @@ def ingest(
     raw_dir = raw_dir if raw_dir is not None else manifest
 
     preprocess = override(PreprocessConfig(), _typed_overrides(ctx, options))
-    cfg = IngestConfig(preprocess=preprocess, workers=workers, strict=strict, merge=merge)
+    wanted = None if any(m.strip().lower() == "any" for m in modalities) else tuple(modalities)
+    cfg = IngestConfig(
+        preprocess=preprocess,
+        workers=workers,
+        strict=strict,
+        merge=merge,
+        dicom=DicomConfig(modalities=wanted),
+    )
     with _progress("ingesting") as progress:
         report = run_ingest(raw_dir, store_path, cfg, progress=progress)
     _print_ingest(report)
@@ -260,9 +281,20 @@ def _print_ingest(report) -> None:
         click.echo(f"  {len(report.not_images)} DICOM file(s) without an image, not stored:")
         for path, reason in report.not_images:
             click.echo(f"    {path}: {reason}")
+    if report.excluded:
+        click.echo(
+            f"  {len(report.excluded)} DICOM image(s) of another modality, not stored "
+            "(--modality to include them; --strict refuses them):"
+        )
+        for path, reason in report.excluded:
+            click.echo(f"    {path}: {reason}")
     if report.warnings:
         click.echo(f"  stored with a warning ({len(report.warnings)}; --strict refuses them):")
         for path, reason in report.warnings:
+            click.echo(f"    {path}: {reason}")
+    if report.ignored:
+        click.echo(f"  {len(report.ignored)} file(s) or folder(s) not read by rule:")
+        for path, reason in report.ignored:
             click.echo(f"    {path}: {reason}")
     for note in report.notes:
         click.echo(f"  note: {note}")

@@ -33,10 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from mriscan.errors import (
     ConfigError,
@@ -47,7 +52,7 @@ from mriscan.errors import (
     UnreadableFileError,
     UnsupportedFormatError,
 )
-from mriscan.io import DEFAULT_MAX_PIXELS
+from mriscan.io import DEFAULT_MAX_PIXELS, looks_like_dicom_dataset
 from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
 
 __all__ = [
@@ -109,11 +114,17 @@ class DicomConfig:
         SIGMOID) when present.
     max_pixels : int
         Refuse frames with more pixels than this (``ImageTooLargeError``) before decoding.
+    modalities : tuple of str, or None
+        The Modality (0008,0060) values whose images are read (default ``("MR",)``: mriscan
+        classifies brain MRI). Images of any other modality (CT, US, NM, CR, ...), and images
+        without a Modality, are not decoded: ``DicomRead.excluded`` says why, and ingest lists
+        them (``--strict`` refuses them). None reads every modality.
     """
 
     window_percentiles: tuple[float, float] = (0.5, 99.5)
     use_header_window: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    modalities: tuple[str, ...] | None = ("MR",)
 
     def __post_init__(self) -> None:
         lo, hi = self.window_percentiles
@@ -124,6 +135,17 @@ class DicomConfig:
             )
         if self.max_pixels < 1:
             raise ConfigError(f"max_pixels must be >= 1. Received: max_pixels={self.max_pixels}.")
+        if self.modalities is not None:
+            if isinstance(self.modalities, str) or not all(
+                isinstance(m, str) and m.strip() for m in self.modalities
+            ):
+                raise ConfigError(
+                    "modalities must be a tuple of Modality codes such as ('MR',), or None for "
+                    f"all. Received: modalities={self.modalities!r}."
+                )
+            object.__setattr__(
+                self, "modalities", tuple(m.strip().upper() for m in self.modalities)
+            )
 
 
 @dataclass(frozen=True)
@@ -223,12 +245,15 @@ class DicomRead:
 
     ``skipped`` is None for image files; for files without pixel data (structured reports,
     DICOMDIR, presentation states, ...) it reads ``"not an image: <SOP class> has no pixel
-    data"`` and ``slices`` is empty.
+    data"``, for objects whose pixel data are no scan (segmentations, RT dose grids) ``"not an
+    image: <SOP class> (...)"``; ``slices`` is then empty. ``excluded`` is set (and ``slices``
+    empty) for an image of a modality ``DicomConfig.modalities`` does not read, with the reason.
     """
 
     path: Path
     slices: tuple[DicomSlice, ...]
     skipped: str | None = None
+    excluded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,7 +313,20 @@ def read_dicom(
         raise UnreadableFileError(path, "is a directory, not a DICOM file")
     if not path.exists():
         raise UnreadableFileError(path, "does not exist")
-    ds = _dcmread(path)  # refuses files without the preamble + "DICM" (like mriscan.io.is_dicom)
+    ds = _dcmread(path)  # Part 10 files, or a bare data set (no preamble) that parses as one
+    try:
+        return _read_dataset(ds, path, salt, cfg)
+    except _HeaderValueError as exc:
+        raise CorruptImageError(
+            path,
+            f"header element {exc.keyword} {exc.tag} holds {exc.value!r}, {exc.problem}; fix "
+            "the header or re-export the file",
+        ) from exc
+
+
+def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig) -> DicomRead:
+    """``read_dicom`` after the header was read; header values that do not parse raise
+    ``_HeaderValueError``."""
     meta_ts = ds.file_meta.get("TransferSyntaxUID")
     if not _has_pixels(ds):
         sop = _sop_class_name(ds)
@@ -299,11 +337,35 @@ def read_dicom(
                 "re-export it from the archive",
             )
         return DicomRead(path, (), skipped=f"not an image: {sop} has no pixel data")
+    not_scan = _not_a_scan(ds)
+    if not_scan is not None:
+        return DicomRead(path, (), skipped=f"not an image: {not_scan}")
+    modality = str(_raw(ds, "Modality") or "").strip().upper()
+    if cfg.modalities is not None and modality not in cfg.modalities:
+        what = (
+            f"an image of modality {modality}"
+            if modality
+            else "an image without a Modality (0008,0060)"
+        )
+        allowed = ", ".join(cfg.modalities)
+        return DicomRead(
+            path,
+            (),
+            excluded=(
+                f"{what} ({_sop_class_name(ds)}), not {allowed}: mriscan reads {allowed} "
+                "images only; remove the file, or allow the modality (ingest --modality "
+                f"{modality or 'any'}, DicomConfig(modalities=...))"
+            ),
+        )
     if meta_ts is None:
         raise CorruptImageError(path, "no Transfer Syntax UID in the file meta information")
     ts = UID(str(meta_ts))
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
+    n_frames = _header_int(ds, "NumberOfFrames", 1)
+    if n_frames == 0:  # invalid; pydicom (pixels.utils.get_nr_frames) also reads it as 1
+        n_frames = 1
+    if n_frames < 0:
+        raise _HeaderValueError("NumberOfFrames", n_frames, "a negative frame count")
     if rows < 1 or cols < 1:
         raise CorruptImageError(path, f"image size {rows}x{cols} in the header is empty")
     if rows * cols > cfg.max_pixels:
@@ -323,10 +385,20 @@ def read_dicom(
         )
     arr = _pixels(ds, path, ts)
     colour = photometric in _COLOUR
-    frames = arr.reshape((n_frames, rows, cols, 3) if colour else (n_frames, rows, cols))
+    shape = (n_frames, rows, cols, 3) if colour else (n_frames, rows, cols)
+    if arr.size != int(np.prod(shape)):
+        raise CorruptImageError(
+            path,
+            f"the pixel data hold {arr.size:,} values but the header says {n_frames} frame(s) "
+            f"of {cols}x{rows}{' RGB' if colour else ''}; the header or the pixel data are "
+            "damaged",
+        )
+    frames = arr.reshape(shape)
     ident = _identifiers(ds, salt)
     description = _safe_description(ds)
     images, windows, rescales = _to_uint8(ds, frames, cfg, photometric)
+    instance_number = _int_or_none(ds, "InstanceNumber")
+    series_number = _int_or_none(ds, "SeriesNumber")
     slices = []
     for f in range(n_frames):
         normal, position = _geometry(ds, f)
@@ -335,12 +407,12 @@ def read_dicom(
             **ident,
             frame=f,
             n_frames=n_frames,
-            instance_number=_int_or_none(_raw(ds, "InstanceNumber")),
+            instance_number=instance_number,
             slice_position=position,
             plane=_plane(normal),
             series_description=description,
-            series_number=_int_or_none(_raw(ds, "SeriesNumber")),
-            modality=str(_raw(ds, "Modality") or ""),
+            series_number=series_number,
+            modality=modality,
             photometric=photometric,
             transfer_syntax=str(ts),
             rows=rows,
@@ -355,6 +427,42 @@ def read_dicom(
         )
         slices.append(DicomSlice(images[f], meta, path))
     return DicomRead(path, tuple(slices))
+
+
+class _HeaderValueError(ValueError):
+    """A header element mriscan uses holds a value that does not parse (or is invalid)."""
+
+    def __init__(self, keyword: str, value: object, problem: str) -> None:
+        self.keyword, self.value, self.problem = keyword, value, problem
+        tag = tag_for_keyword(keyword)
+        self.tag = f"({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else ""
+        super().__init__(f"{keyword} {self.tag} = {value!r}: {problem}")
+
+
+def _header_int(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """A single integer element (US or IS), ``default`` when absent or empty.
+
+    Raises ``_HeaderValueError`` when the value is not one integer (e.g. ``'1A'``).
+    """
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # pydicom converts the raw bytes on access
+        raise _HeaderValueError(keyword, "?", f"which cannot be parsed ({exc})") from exc
+    if value is None or value == "" or value == b"":
+        return default
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        if len(value) != 1:
+            raise _HeaderValueError(keyword, list(value), "not one integer")
+        value = value[0]
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise ValueError(value)
+            number = int(number)
+        return int(number)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _HeaderValueError(keyword, value, "not an integer") from exc
 
 
 def group_series(slices: Iterable[DicomSlice]) -> list[DicomSeries]:
@@ -400,15 +508,36 @@ def _order_key(s: DicomSlice) -> tuple:
 
 
 def _dcmread(path: Path) -> pydicom.Dataset:
-    """``pydicom.dcmread`` with its failures turned into mriscan errors."""
+    """``pydicom.dcmread`` with its failures turned into mriscan errors.
+
+    A file without the 128-byte preamble and ``DICM`` is read again with ``force=True`` (how
+    pydicom reads bare data sets) and kept only if it parses as DICOM: its first element a
+    DICOM dictionary tag in group 0002/0008 and at least two elements. Such a file has no file
+    meta information, so its transfer syntax is the encoding pydicom found (implicit or
+    explicit VR, little or big endian); its pixel data cannot be compressed.
+    """
+    try:
+        ds = _dcmread_checked(path, force=False)
+    except InvalidDicomError:
+        try:
+            ds = _dcmread_checked(path, force=True)
+        except (InvalidDicomError, CorruptImageError) as exc:
+            raise UnsupportedFormatError(
+                path,
+                "not a DICOM Part 10 file (no 128-byte preamble followed by 'DICM'), and the "
+                "bytes do not parse as a bare DICOM data set either",
+            ) from exc
+        _check_bare_dataset(ds, path)
+    return ds
+
+
+def _dcmread_checked(path: Path, *, force: bool) -> pydicom.Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise UnsupportedFormatError(
-            path, "not a DICOM Part 10 file (no 128-byte preamble followed by 'DICM')"
-        ) from exc
+            ds = pydicom.dcmread(path, force=force)
+    except InvalidDicomError:
+        raise
     except OSError as exc:
         raise UnreadableFileError(path, f"cannot read file ({exc})") from exc
     except Exception as exc:  # pydicom raises many kinds on damaged headers
@@ -421,6 +550,74 @@ def _dcmread(path: Path) -> pydicom.Dataset:
             raise CorruptImageError(path, f"the file is truncated ({text}); re-export it")
         logger.debug("%s: pydicom warned: %s", path, text)
     return ds
+
+
+def _check_bare_dataset(ds: pydicom.Dataset, path: Path) -> None:
+    """Refuse what ``force=True`` made of a file that is no data set; give a bare data set the
+    transfer syntax of its encoding (it has no file meta information to say it)."""
+    tags = list(ds.keys())
+    first = int(tags[0]) if tags else 0
+    if (
+        len(tags) < 2
+        or first >> 16 not in (0x0002, 0x0008)
+        or not (first & 0xFFFF == 0 or dictionary_has_tag(first))
+    ):
+        shown = f"({first >> 16:04X},{first & 0xFFFF:04X})" if tags else "none"
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+        shift = next((k for k in range(1, 8) if looks_like_dicom_dataset(head[k:])), None)
+        if shift is not None:
+            raise CorruptImageError(
+                path,
+                f"a DICOM data set without the preamble, but {shift} stray byte(s) precede its "
+                "first element, so it cannot be parsed: the file is damaged; re-export it",
+            )
+        raise UnsupportedFormatError(
+            path,
+            "not a DICOM Part 10 file (no 128-byte preamble followed by 'DICM'), nor a bare "
+            f"DICOM data set: read as one it gives {len(tags)} element(s) starting with "
+            f"{shown}, which is no DICOM header; the file is damaged or not DICOM",
+        )
+    if ds.file_meta.get("TransferSyntaxUID") is None:
+        implicit, little = ds.original_encoding
+        if implicit is None or little is None:
+            raise CorruptImageError(path, "the data set's encoding cannot be determined")
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
+
+
+# objects whose pixel data are no scan slice: segmentation masks and dose grids
+_NOT_SCAN_SOP = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation mask",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a segmentation label map",
+    "1.2.840.10008.5.1.4.1.1.66.8": "a segmentation height map",
+    "1.2.840.10008.5.1.4.1.1.481.2": "a radiotherapy dose grid",
+}
+_NOT_SCAN_MODALITY = {
+    "SEG": "a segmentation mask",
+    "RTDOSE": "a radiotherapy dose grid",
+    "RTSTRUCT": "a radiotherapy structure set",
+    "RTPLAN": "a radiotherapy plan",
+    "REG": "a registration",
+    "SR": "a structured report",
+    "KO": "a key object selection",
+    "PR": "a presentation state",
+}
+
+
+def _not_a_scan(ds: pydicom.Dataset) -> str | None:
+    """Why a data set with pixel data is still no image to learn from (SEG, RT dose), or None."""
+    uid = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
+    modality = str(_raw(ds, "Modality") or "").strip().upper()
+    what = _NOT_SCAN_SOP.get(uid) or _NOT_SCAN_MODALITY.get(modality)
+    if what is None:
+        return None
+    return f"{_sop_class_name(ds)} is {what}, not a scan slice"
 
 
 def _has_pixels(ds: pydicom.Dataset) -> bool:
@@ -521,26 +718,62 @@ def _attr(ds: pydicom.Dataset, frame: int, sequence: str, name: str):
     return item[name].value if item is not None and name in item else None
 
 
-def _first(value) -> float | None:
+def _number(keyword: str, value) -> float | None:
+    """The first number of a DS/IS/FD value, None when absent or empty.
+
+    Raises ``_HeaderValueError`` when it does not parse or is not finite."""
     if value is None or value == "":
         return None
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
         value = value[0] if len(value) else None
+        if value is None or value == "":
+            return None
     try:
-        return None if value is None or value == "" else float(value)
-    except ValueError:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise _HeaderValueError(keyword, value, "not a number") from exc
+    if not np.isfinite(number):
+        raise _HeaderValueError(keyword, value, "not a finite number")
+    return number
+
+
+def _numbers(keyword: str, value, count: int) -> list[float] | None:
+    """``count`` numbers of a multi-valued element (IOP, IPP, Pixel Spacing), None when absent.
+
+    Raises ``_HeaderValueError`` when the count is wrong or a value does not parse."""
+    if value is None or value == "":
         return None
+    values = (
+        list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
+    )
+    if len(values) != count:
+        raise _HeaderValueError(keyword, values, f"{len(values)} values where {count} belong")
+    out = [_number(keyword, v) for v in values]
+    if any(v is None for v in out):
+        raise _HeaderValueError(keyword, values, "an empty value among them")
+    return out  # type: ignore[return-value]
 
 
 def _rescale(ds: pydicom.Dataset, frame: int) -> tuple[float, float]:
-    slope = _first(_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-    icpt = _first(_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
-    return (1.0 if slope is None or slope == 0 else slope), (0.0 if icpt is None else icpt)
+    """(slope, intercept) of the Modality LUT; (1, 0) when absent.
+
+    Raises ``_HeaderValueError`` for a slope of 0: it would map every pixel to the intercept
+    (a blank slice), which no scanner writes; the header is damaged."""
+    raw_slope = _attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+    slope = _number("RescaleSlope", raw_slope)
+    icpt = _number(
+        "RescaleIntercept", _attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+    )
+    if slope == 0:
+        raise _HeaderValueError(
+            "RescaleSlope", raw_slope, "a slope of 0, which would map every pixel to one value"
+        )
+    return (1.0 if slope is None else slope), (0.0 if icpt is None else icpt)
 
 
 def _header_window(ds: pydicom.Dataset, frame: int) -> tuple[float, float, str] | None:
-    c = _first(_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
-    w = _first(_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+    c = _number("WindowCenter", _attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
+    w = _number("WindowWidth", _attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     if c is None or w is None:
         return None
     fn = str(_attr(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
@@ -559,7 +792,7 @@ def _to_uint8(
     if photometric in _COLOUR:
         # ITU-R BT.601 luma, as Pillow's "L" (pydicom already converted YBR to RGB)
         grey = frames[..., 0] * 0.299 + frames[..., 1] * 0.587 + frames[..., 2] * 0.114
-        if int(ds.get("BitsStored", 8)) <= 8:
+        if _header_int(ds, "BitsStored", 8) <= 8:
             w = Window("none", 0.0, 255.0)
             out = window_to_uint8(grey, w)
             return out, [w] * n, [(1.0, 0.0)] * n
@@ -632,19 +865,27 @@ def _safe_description(ds: pydicom.Dataset) -> str:
 
 def _geometry(ds: pydicom.Dataset, frame: int) -> tuple[np.ndarray | None, float | None]:
     """Slice normal (unit, patient LPS axes) and position along it in mm, when known."""
-    iop = _attr(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
+    iop = _numbers(
+        "ImageOrientationPatient",
+        _attr(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient"),
+        6,
+    )
+    if iop is None:
         return None, None
-    v = np.asarray([float(x) for x in iop])
+    v = np.asarray(iop)
     normal = np.cross(v[:3], v[3:])
     norm = float(np.linalg.norm(normal))
     if norm < 1e-6:
         return None, None
     normal /= norm
-    ipp = _attr(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
-    if ipp is None or len(ipp) != 3:
+    ipp = _numbers(
+        "ImagePositionPatient",
+        _attr(ds, frame, "PlanePositionSequence", "ImagePositionPatient"),
+        3,
+    )
+    if ipp is None:
         return normal, None
-    return normal, float(np.dot(np.asarray([float(x) for x in ipp]), normal))
+    return normal, float(np.dot(np.asarray(ipp), normal))
 
 
 def _plane(normal: np.ndarray | None) -> str:
@@ -652,14 +893,21 @@ def _plane(normal: np.ndarray | None) -> str:
 
 
 def _spacing(ds: pydicom.Dataset, frame: int) -> tuple[float, float] | None:
-    ps = _attr(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
-    if ps is None or len(ps) != 2:
+    ps = _numbers("PixelSpacing", _attr(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    return None if ps is None else (ps[0], ps[1])
+
+
+def _int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
+    """An IS element as int, None when absent; ``_HeaderValueError`` when it does not parse."""
+    value = _raw(ds, keyword)
+    if value is None:
         return None
-    return float(ps[0]), float(ps[1])
-
-
-def _int_or_none(value) -> int | None:
+    if isinstance(value, list):
+        raise _HeaderValueError(keyword, value, "not one integer")
     try:
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
-        return None
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _HeaderValueError(keyword, value, "not an integer") from exc

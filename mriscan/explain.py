@@ -296,10 +296,9 @@ def explain(
         results.append(overlay(img, display_path(path.name), png_name))
     units: dict[str, list] = {}
     for r in read_inputs(scans):
-        if r.error is not None or r.skipped is not None:
-            results.append(
-                {"path": display_path(r.path), "error": r.error or f"skipped: {r.skipped}"}
-            )
+        if r.error is not None or r.skipped is not None or r.excluded is not None:
+            why = r.error or f"skipped: {r.skipped or r.excluded}"
+            results.append({"path": display_path(r.path), "error": why})
             continue
         for s in r.slices:
             units.setdefault(s.unit, []).append(s)

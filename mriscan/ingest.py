@@ -23,7 +23,7 @@ import numpy as np
 
 from mriscan.duplicates import duplicate_groups, signatures
 from mriscan.errors import BadFilesError, ConfigError
-from mriscan.io import DEFAULT_MAX_PIXELS, read_manifest, scan_class_folders
+from mriscan.io import DEFAULT_MAX_PIXELS, check_label_case, scan_class_folders, scan_manifest
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
 from mriscan.readers import (
     InputRead,
@@ -57,8 +57,9 @@ class IngestConfig:
     batch_size : int
         Slices preprocessed and appended per batch.
     strict : bool
-        Fail (commit nothing) on the first bad file, label conflict or warned slice (uniform,
-        thin) instead of skipping or flagging it.
+        Fail (commit nothing) on any bad or unused file, label conflict, image of another
+        modality, or warning (uniform or thin slice, near-identical slices under two classes)
+        instead of skipping or flagging it; the error names every one of them.
     max_pixels : int
         Decompression-bomb cap per image.
     merge : bool
@@ -101,11 +102,17 @@ class IngestReport:
     """What an ingest run did.
 
     ``skipped``: ``(name, reason)`` of every file or folder not stored (bad files, label
-    conflicts, unreadable folders); ``not_images``: DICOM files without pixel data (structured
-    reports, DICOMDIR), listed; ``warnings``: ``(name, reason)`` of slices stored with a warning
-    (uniform, thin). Names are paths relative to the raw folder; they are shown to the user so
-    the files can be fixed, and never written into the store (DICOM/NIfTI samples are stored
-    under pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
+    conflicts, unreadable folders, files of no input kind such as a BMP or a text file);
+    ``not_images``: DICOM objects that are no image (no pixel data: structured reports,
+    DICOMDIR; or no scan: segmentations, RT dose grids), listed; ``excluded``: DICOM images of
+    a modality not read (``DicomConfig.modalities``, default MR only: CT, US, NM, ... are not
+    stored); ``warnings``: ``(name, reason)`` of slices stored with a warning (uniform, thin)
+    and of near-identical slices stored under two classes (one entry per group, naming every
+    file); ``ignored``: hidden files and folders (names starting with ".") and files beside
+    the class folders (a README), not read by rule.
+    Names are paths relative to the raw folder; they are shown to the user so the files can be
+    fixed, and never written into the store (DICOM/NIfTI samples are stored under
+    pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
     their file was deleted, overwritten or moved to another class; ``conflicts`` files whose
     bytes sit under two classes. ``total`` counts the active samples after the run.
     """
@@ -125,6 +132,8 @@ class IngestReport:
     not_images: tuple[tuple[str, str], ...] = ()
     warnings: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    excluded: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -146,16 +155,21 @@ class _Job:
     error: str | None = None
 
 
-def _listing(raw: Path, config: IngestConfig) -> tuple[str, Path, list[str], list, list]:
-    """(origin, root, class names, jobs, listing problems) of a class-folder tree or manifest."""
+def _listing(
+    raw: Path, config: IngestConfig
+) -> tuple[str, Path, list[str], list, list, list, list]:
+    """(origin, root, class names, jobs, unreadable folders, unused files, hidden entries) of
+    a class-folder tree or manifest; the last three as ``(name, reason)``."""
     if raw.is_file() and raw.suffix.lower() == ".csv":
-        entries = read_manifest(raw)
+        manifest = scan_manifest(raw)
+        entries = manifest.entries
         names = sorted({e.label for e in entries})
         root = raw.resolve().parent
         jobs = [
             _Job(e.path, e.kind, names.index(e.label), _rel(e.path, root), e.group) for e in entries
         ]
         problems: list[tuple[str, str]] = []
+        unused_files = manifest.unused
     else:
         listing = scan_class_folders(raw)
         names = list(listing.classes)
@@ -166,13 +180,16 @@ def _listing(raw: Path, config: IngestConfig) -> tuple[str, Path, list[str], lis
             for f in files
         ]
         problems = [(_rel(p, root), r) for p, r in listing.unreadable]
+        unused_files = listing.unused
+    unused = [(_rel(u.path, root), u.reason) for u in unused_files if not u.hidden]
+    hidden = [(_rel(u.path, root), u.reason) for u in unused_files if u.hidden]
     if config.n_classes is not None and len(names) != config.n_classes:
         raise ConfigError(
             f"{raw} holds {len(names)} classes {names}; {config.n_classes} are needed. Point "
             "at the folder that holds exactly the class folders (e.g. yes/ and no/). Nothing "
             "was written."
         )
-    return str(raw.resolve()), root, names, jobs, problems
+    return str(raw.resolve()), root, names, jobs, problems, unused, hidden
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -211,9 +228,17 @@ def ingest(
     - same bytes as a stored file of the same label: recorded as an exact duplicate;
     - same bytes under two labels: a label conflict, never resolved by folder order: every copy
       is listed in ``skipped`` and any stored copy retired (``conflict``);
+    - overwritten so that it now conflicts: its old sample is retired too (its bytes are gone);
     - unreadable or undecodable: listed in ``skipped`` with the reason (``strict``: fail);
+    - of no input kind (a BMP, a text file, ...): listed in ``skipped`` (``strict``: fail);
+      hidden files and folders, and files beside the class folders, are listed in ``ignored``;
+    - a DICOM image of another modality than ``DicomConfig.modalities`` (default MR): not
+      stored, listed in ``excluded`` (``strict``: fail);
     - uniform (all black, all white, one grey) or thin (a side < 8 px): stored, flagged, and
-      listed in ``warnings`` (``strict``: fail).
+      listed in ``warnings`` (``strict``: fail);
+    - near-identical slices (one duplicate group, ``mriscan.duplicates``) under two classes:
+      stored (the split keeps a group on one side), listed in ``warnings`` with every file of
+      the group (``strict``: fail).
 
     Split groups (``SampleRecord.group``) are the union of near-duplicate slices and slices that
     share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group. Patient
@@ -242,14 +267,16 @@ def ingest(
         A bad manifest.
     ConfigError
         Other preprocessing than the store's, another dataset without ``merge``, a wrong number
-        of classes (``n_classes``).
+        of classes (``n_classes``), a class whose name differs from a stored class only by
+        case.
     BadFilesError
-        ``strict`` and a bad file, label conflict or warned slice (nothing committed).
+        ``strict`` and any bad or unused file, label conflict, image of another modality or
+        warning (nothing committed); the message names every one.
     """
     config = config if config is not None else IngestConfig()
     t0 = time.perf_counter()
     raw = Path(raw_dir)
-    source, root, classes, jobs, problems = _listing(raw, config)
+    source, root, classes, jobs, problems, unused, hidden = _listing(raw, config)
     created = False
     try:
         store = ImageStore.open(store_path, mode="a")
@@ -268,13 +295,27 @@ def ingest(
                 f"adding {source} would mix two datasets in one store. Use another --store "
                 "path, or pass --merge (IngestConfig(merge=True)) to combine them on purpose."
             )
+        same = [
+            g
+            for g in check_label_case({*store.class_names, *classes})
+            if any(c in classes for c in g)
+        ]
+        if same:
+            store.close()
+            raise ConfigError(
+                f"Store {store_path} holds classes {list(store.class_names)}; {raw} names "
+                + "; ".join(" and ".join(repr(c) for c in g) for g in same)
+                + ", which differ only by case. Labels are compared exactly, so they would be "
+                "separate classes: rename the folders (or manifest labels) to the store's "
+                "spelling. Nothing was written."
+            )
     except StoreNotFoundError:
         store = ImageStore.create(store_path, config.preprocess.size, config.preprocess)
         created = True
     try:
         with store:
             report = _run(store, store_path, source, root, classes, jobs, problems, config,
-                          progress, t0)  # fmt: skip
+                          progress, t0, unused=unused, hidden=hidden)  # fmt: skip
     except BaseException:
         if created:
             _remove_store(store_path)
@@ -290,7 +331,21 @@ def _remove_store(store_path: str | os.PathLike[str]) -> None:
     shutil.rmtree(local_path(store_path), ignore_errors=True)
 
 
-def _run(store, store_path, source, root, classes, jobs, problems, config, progress, t0):
+def _run(
+    store,
+    store_path,
+    source,
+    root,
+    classes,
+    jobs,
+    problems,
+    config,
+    progress,
+    t0,
+    *,
+    unused,
+    hidden,
+):
     salt = store.salt
     if salt is None:
         salt = new_salt()
@@ -314,22 +369,21 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
             records[i] = SampleRecord(**{**r.to_dict(), "flags": r.flags,
                                          "file_id": fid(sources[r.origin], r.source)})  # fmt: skip
             store.update_record(i, file_id=records[i].file_id)
-    skipped: list[tuple[str, str]] = list(problems)
+    skipped: list[tuple[str, str]] = []
+    refused: list[tuple[str, str]] = []  # strict: everything that fails the run, all named
     notes: list[str] = []
     retire: dict[int, str] = {}
     key_updates: dict[int, str] = {}
 
-    def fail(name: str, reason: str) -> None:
+    def fail(name: str, reason: str, into: list | None = None) -> None:
         if config.strict:
-            raise BadFilesError(
-                f"{name}: {reason}. Nothing was committed (--strict); fix or remove the file "
-                "and rerun."
-            )
-        skipped.append((name, reason))
-        log.warning("skipping %s: %s", name, reason)
+            refused.append((name, reason))
+            return
+        (skipped if into is None else into).append((name, reason))
+        log.warning("not stored: %s: %s", name, reason)
 
-    if problems and config.strict:
-        fail(*problems[0])
+    for name, reason in (*problems, *unused):
+        fail(name, reason)
     with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
         list(pool.map(_hash, jobs))
     for j in jobs:
@@ -377,6 +431,13 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
     for r in active:
         if r.sha256 in conflicted:
             retire[r.position] = "conflict"
+    # a file whose bytes changed keeps no old sample, whatever becomes of its new bytes (a
+    # conflict, an exact duplicate, a decode error): the old pixels are no longer on disk
+    for j in jobs:
+        if j.error is None:
+            for r in by_fid.get(j.file_id, []):
+                if r.sha256 != j.sha256 and r.position not in retire:
+                    retire[r.position] = "replaced"
     # 3. unchanged, relabelled and overwritten files
     todo: list[_Job] = []
     n_known = 0
@@ -424,9 +485,13 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
     added = dict.fromkeys(classes, 0)
     not_images: list[tuple[str, str]] = []
     warned: list[tuple[str, str]] = []
-    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"])
+    excluded: list[tuple[str, str]] = []
+    unstored: dict[str, str] = {}  # sha256 -> the file of these bytes that was not stored
+    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"], root)
     opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
     pending_keys: list[str] = []
+    pending_names: list[str] = []
+    pending_labels: list[int] = []
     done = 0
 
     def load(j: _Job) -> InputRead:
@@ -439,6 +504,8 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
         for chunk in batches:
             images, labels, recs = [], [], []
             for j, r in zip(chunk, pool.map(load, chunk), strict=True):
+                if r.error is not None or r.skipped is not None or r.excluded is not None:
+                    unstored[j.sha256] = j.rel
                 if r.error is not None:
                     fail(j.rel, r.error)
                     pending_sha.discard(j.sha256)
@@ -446,20 +513,19 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
                 if r.skipped is not None:
                     not_images.append((j.rel, r.skipped))
                     continue
+                if r.excluded is not None:
+                    fail(j.rel, r.excluded, into=excluded)
+                    continue
                 key = group_of[j.file_id]
                 first = len(store) + store.n_pending + len(images)
                 primary.setdefault(j.sha256, first)
                 for s in r.slices:
                     flags = slice_warnings(s.image)
+                    name = _slice_name(j, s.source)
                     if flags:
-                        name = j.rel if j.kind == "image" else f"{j.rel} [{s.source}]"
-                        text = describe_flags(flags, s.image)
-                        if config.strict:
-                            raise BadFilesError(
-                                f"{name}: {text}. Nothing was committed (--strict); remove "
-                                "the file or run without --strict to store it with a warning."
-                            )
-                        warned.append((name, text))
+                        fail(name, describe_flags(flags, s.image), into=warned)
+                    pending_names.append(name)
+                    pending_labels.append(j.label)
                     images.append(s.image)
                     labels.append(j.label)
                     recs.append(
@@ -489,13 +555,34 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
     new_dups = []
     n_new_dups = 0
     for j, h in dups:
-        if h not in primary:  # its original failed to decode
-            fail(j.rel, "same bytes as a file that could not be read (see above)")
+        if h not in primary:  # its original was not stored
+            fail(
+                j.rel,
+                f"same bytes as {unstored.get(h, 'a file')}, which was not stored (see there)",
+            )
             continue
         name = j.rel if j.kind == "image" else f"{j.kind}-file/{j.file_id}"
         new_dups.append({"source": name, "sha256": h, "duplicate_of": primary[h],
                          "origin": origin, "file_id": j.file_id})  # fmt: skip
         n_new_dups += (name, h) not in kept_dups
+    # near-identical slices under two classes: the user must learn of it
+    sigs = None
+    if len(store) + store.n_pending:
+        sigs = np.concatenate([store.signatures(), store.pending_signatures()])
+        rel_of = {j.file_id: j for j in jobs}
+        keep = [r.position for r in records if r.active and r.position not in retire]
+        names_of = [_record_name(records[p], rel_of, sources) for p in keep] + pending_names
+        labels_of_rows = [records[p].label for p in keep] + pending_labels
+        rows = keep + list(range(len(store), len(store) + store.n_pending))
+        for name, reason in _mixed_groups(sigs[rows], names_of, labels_of_rows, names):
+            fail(name, reason, into=warned)
+    if refused:
+        shown = "\n".join(f"  {n}: {r}" for n, r in refused)
+        raise BadFilesError(
+            f"Nothing was committed (--strict): {len(refused)} file(s) or folder(s) refused. "
+            "Fix, move or remove them and rerun, or run without --strict to skip or flag them "
+            f"(they are then listed in the report):\n{shown}"
+        )
     store.set_duplicates(old_dups + new_dups)
     for pos, why in retire.items():
         store.update_record(pos, flags=(*records[pos].flags, why))
@@ -503,7 +590,6 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
         store.update_record(pos, group_key=key)
     # 7. split groups: near-duplicates joined with patients / volumes / manifest groups
     if store.n_pending or retire or key_updates:
-        sigs = np.concatenate([store.signatures(), store.pending_signatures()])
         keys = [key_updates.get(r.position, r.group_key) for r in records] + pending_keys
         store.commit(groups=union_groups(duplicate_groups(sigs), keys))
     else:
@@ -524,6 +610,8 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
         not_images=tuple(not_images),
         warnings=tuple(warned),
         notes=tuple(notes),
+        excluded=tuple(excluded),
+        ignored=tuple(hidden),
         **counts,
     )
 
@@ -533,3 +621,49 @@ def _group_key(salt: bytes, job: _Job) -> str | None:
     if job.group is None:
         return None
     return "manifest:" + salted_hash(salt, "group", job.group)
+
+
+def _slice_name(job: _Job, source: str) -> str:
+    """How the report names one slice: the file, plus ``#frame`` / ``#slice`` for scanner
+    files (never the pseudonym's identifiers)."""
+    return job.rel if job.kind == "image" else f"{job.rel}#{source.rsplit('#', 1)[-1]}"
+
+
+def _record_name(r: SampleRecord, jobs_by_fid: dict[str, _Job], sources: list[str]) -> str:
+    """The report name of a stored sample: its file in this run, else its stored source."""
+    job = jobs_by_fid.get(r.file_id)
+    if job is not None:
+        return _slice_name(job, r.source)
+    where = sources[r.origin] if 0 <= r.origin < len(sources) else "another folder"
+    return f"{r.source} (stored from {where})"
+
+
+def _mixed_groups(
+    sigs: np.ndarray, names: list[str], labels: list[int], classes: list[str]
+) -> list[tuple[str, str]]:
+    """``(first name, reason)`` for each near-duplicate group (``duplicate_groups`` of the
+    signatures ``sigs``, shape (n, 16, 16) uint8) whose slices carry more than one label."""
+    if len(sigs) < 2:
+        return []
+    groups = duplicate_groups(sigs)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    out = []
+    for rows in members.values():
+        if len({labels[i] for i in rows}) < 2:
+            continue
+        seen = sorted({(classes[labels[i]], names[i]) for i in rows})
+        listed = ", ".join(f"{n} ({c})" for c, n in seen[:12])
+        if len(seen) > 12:
+            listed += f" and {len(seen) - 12} more"
+        n_classes = len({c for c, _ in seen})
+        out.append(
+            (
+                seen[0][1],
+                f"near-identical slices stored under {n_classes} classes: {listed}; one slice "
+                "cannot be both: check the labels, then delete or move the wrong copies (until "
+                "then every split keeps the group on one side)",
+            )
+        )
+    return out

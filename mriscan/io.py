@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,16 @@ from mriscan.errors import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
     "ClassListing",
     "ManifestEntry",
+    "ManifestListing",
     "SourceFile",
+    "UnusedFile",
+    "check_label_case",
+    "classify_file",
     "decode_bytes",
     "decode_image",
     "display_path",
@@ -36,9 +42,12 @@ __all__ = [
     "is_dicom",
     "list_class_folders",
     "list_class_sources",
+    "looks_like_dicom_dataset",
     "read_file",
     "read_manifest",
     "scan_class_folders",
+    "scan_manifest",
+    "sniff_image_format",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -142,9 +151,7 @@ def _decode_pillow(
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise UnsupportedFormatError(
-            path, "not a recognised image (expected JPEG or PNG); is it a text or other file?"
-        ) from exc
+        raise _unidentified_error(data, path) from exc
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(path, f"image is a possible decompression bomb ({exc})") from exc
     with img:
@@ -187,6 +194,65 @@ def _pillow_error(path: object, exc: Exception, stage: str) -> ImageDecodeError:
         return CorruptImageError(path, f"cannot read image header ({text}); re-export the file")
     return CorruptImageError(
         path, f"image data is truncated or damaged ({text}); re-export the file"
+    )
+
+
+# Formats whose Pillow signature check is strong enough to name a file by its first bytes
+# (several other plugins accept almost anything, e.g. TGA has no check at all).
+_SNIFFED = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "JPEG2000", "ICO", "PPM", "PSD")
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """The image format a file's first bytes announce, by Pillow's own signature checks.
+
+    Parameters
+    ----------
+    head : bytes
+        The first bytes of the file (16 or more; shorter heads match fewer formats).
+
+    Returns
+    -------
+    str or None
+        A Pillow format name (``"JPEG"``, ``"PNG"``, ``"GIF"``, ``"BMP"``, ``"TIFF"``,
+        ``"WEBP"``, ...) or None. Only the signature is checked: the file may still be damaged.
+    """
+    Image.init()
+    for fmt in _SNIFFED:
+        entry = Image.OPEN.get(fmt)
+        if entry is None or entry[1] is None:
+            continue
+        try:
+            if entry[1](head):
+                return fmt
+        except Exception:  # an accept() that needs more bytes than given
+            continue
+    return None
+
+
+def _unidentified_error(data: bytes, path: object) -> ImageDecodeError:
+    """Why Pillow identified no format: a damaged JPEG/PNG (with its plugin's own reason), an
+    unsupported image format, a DICOM file, or something that is no image at all."""
+    fmt = sniff_image_format(data[:32])
+    if fmt is not None:
+        try:  # the plugin's own complaint, which Image.open() swallows
+            Image.OPEN[fmt][0](io.BytesIO(data)).close()
+            why = "Pillow cannot identify it"
+        except Exception as exc:
+            why = str(exc) or type(exc).__name__
+        if fmt in _FORMATS:
+            return CorruptImageError(
+                path, f"a damaged {fmt} file: its header cannot be read ({why}); re-export it"
+            )
+        return CorruptImageError(
+            path,
+            f"a damaged {fmt} image ({why}); {fmt} is not read anyway: re-export it as PNG",
+        )
+    if (len(data) >= 132 and data[128:132] == b"DICM") or looks_like_dicom_dataset(data[:256]):
+        return UnsupportedFormatError(
+            path, "a DICOM file, not a JPEG/PNG image: give it a .dcm suffix or its own folder"
+        )
+    return UnsupportedFormatError(
+        path, "not a recognised image (expected JPEG or PNG); is it a text or other file?"
     )
 
 
@@ -253,33 +319,144 @@ def _iter_images(folder: Path) -> Iterator[Path]:
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
-    """True if the file starts like a DICOM Part 10 file: a 128-byte preamble, then ``DICM``.
+    """True if the file starts like a DICOM file: a Part 10 file (a 128-byte preamble, then
+    ``DICM``, as ``pydicom.misc.is_dicom`` checks) or a bare data set without the preamble and
+    file meta information whose first element is a DICOM element
+    (``looks_like_dicom_dataset``).
 
-    Reads 132 bytes; any suffix (or none). Unreadable files and folders give False.
+    Reads 256 bytes; any suffix (or none). Unreadable files and folders give False. A bare data
+    set is only *likely* DICOM: ``mriscan.dicom.read_dicom`` confirms it by parsing the header.
     """
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(256)
     except OSError:
         return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return _is_part10(head) or looks_like_dicom_dataset(head)
+
+
+def _is_part10(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+# groups a data set written without its file meta information starts with: the meta group
+# itself (some writers drop only the preamble) or the identifying group 0008
+_FIRST_GROUPS = (0x0002, 0x0008)
+_VRS: frozenset[bytes] | None = None
+
+
+def looks_like_dicom_dataset(head: bytes) -> bool:
+    """True if ``head`` starts with a DICOM data element as a file without the 128-byte
+    preamble would (pydicom reads such files with ``force=True``).
+
+    The first element must be in group 0002 or 0008, little or big endian, and either carry a
+    valid explicit VR (``pydicom.valuerep.VR``) or, implicit VR little endian, be a tag of the
+    DICOM dictionary (``pydicom.datadict``) with a plausible length. A heuristic on 8 bytes:
+    ``mriscan.dicom.read_dicom`` confirms it by parsing the header.
+    """
+    if len(head) < 8:
+        return False
+    global _VRS
+    for order in ("<", ">"):
+        group, elem = struct.unpack(order + "HH", head[:4])
+        if group not in _FIRST_GROUPS:
+            continue
+        from pydicom.datadict import dictionary_has_tag
+
+        if _VRS is None:
+            from pydicom.valuerep import VR
+
+            _VRS = frozenset(v.value.encode() for v in VR if len(v.value) == 2)
+        known = elem == 0 or dictionary_has_tag((group << 16) | elem)
+        if head[4:6] in _VRS and known:
+            return True
+        if order == "<" and known:
+            (length,) = struct.unpack("<I", head[4:8])
+            if length < 1 << 16 or length == 0xFFFFFFFF:
+                return True
+    return False
+
+
+#: Suffixes that say "DICOM" on their own (the content then only has to parse).
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 
 
 def file_kind(path: str | os.PathLike[str]) -> str | None:
-    """Which reader a file needs: ``"image"`` (JPEG/PNG by suffix), ``"nifti"`` (``.nii``,
-    ``.nii.gz``), ``"dicom"`` (by content, any suffix), or None (not an input; hidden files too).
+    """Which reader a file needs: ``"image"``, ``"dicom"``, ``"nifti"``, or None (not an
+    input; hidden files too). See ``classify_file``, which also says why a file is None."""
+    return classify_file(path)[0]
+
+
+def classify_file(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """Which reader a file needs, by its content first and its name second.
+
+    Order: hidden (name starts with ".") -> None; ``DICM`` after a 128-byte preamble ->
+    ``"dicom"``; a JPEG or PNG signature (``sniff_image_format``) -> ``"image"`` (any suffix or
+    none); ``.nii`` / ``.nii.gz`` -> ``"nifti"``; a DICOM suffix (``DICOM_SUFFIXES``) or a first
+    element that looks like a DICOM data set (``looks_like_dicom_dataset``: files without the
+    preamble) -> ``"dicom"``; a ``.jpg``/``.jpeg``/``.png`` name -> ``"image"`` (the decoder
+    then says what is wrong with it). Reads the first 256 bytes.
+
+    Returns
+    -------
+    (kind, reason)
+        ``kind`` is ``"image"``, ``"dicom"``, ``"nifti"`` or None; when None, ``reason`` says
+        why the file is not an input (e.g. ``"a GIF image: only JPEG and PNG images are read;
+        convert it to PNG"``), in one line, for the listing of unused files.
     """
     path = Path(path)
     name = path.name.lower()
     if name.startswith("."):
-        return None
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return "image"
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if is_dicom(path):
-        return "dicom"
-    return None
+        return None, "hidden file (its name starts with '.')"
+    suffix_kind = (
+        "image"
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        else "nifti"
+        if name.endswith(NIFTI_SUFFIXES)
+        else "dicom"
+        if path.suffix.lower() in DICOM_SUFFIXES
+        else None
+    )
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError as exc:
+        if suffix_kind is not None:  # the reader reports it in the file's own row
+            return suffix_kind, None
+        return None, f"cannot be read to find its kind ({exc.strerror or exc})"
+    if _is_part10(head):
+        return "dicom", None
+    fmt = sniff_image_format(head[:32])
+    if fmt in _FORMATS:
+        return "image", None
+    if suffix_kind == "nifti":
+        return "nifti", None
+    if suffix_kind == "dicom" or looks_like_dicom_dataset(head):
+        return "dicom", None
+    if suffix_kind is not None:
+        return suffix_kind, None
+    if not head:
+        return None, "empty file (0 bytes)"
+    if fmt is not None:
+        return None, (
+            f"a {fmt} image: only JPEG and PNG images (and DICOM, NIfTI) are read; convert "
+            "it to PNG to use it"
+        )
+    return None, "not a JPEG/PNG image, DICOM file or NIfTI volume (by content and name)"
+
+
+@dataclass(frozen=True)
+class UnusedFile:
+    """A file or folder below a class folder (or a manifest folder row) that is not an input.
+
+    ``hidden`` marks entries not read by rule, listed for completeness: names starting with
+    "." and files beside the class folders (a README); other entries are files of no input
+    kind, with the ``reason``.
+    """
+
+    path: Path
+    reason: str
+    hidden: bool = False
 
 
 @dataclass(frozen=True)
@@ -332,15 +509,18 @@ def list_class_sources(root: str | os.PathLike[str]) -> dict[str, list[SourceFil
 
 @dataclass(frozen=True)
 class ClassListing:
-    """The input files of each class folder, and the folders below them that could not be read.
+    """The input files of each class folder, and everything below them that is not used.
 
     ``classes`` maps each class name (sorted) to its ``SourceFile`` list (sorted by path);
     ``unreadable`` lists ``(folder, reason)`` for every sub-folder that could not be listed (its
-    files are not in ``classes``: the caller must say so, never skip them silently).
+    files are not in ``classes``: the caller must say so, never skip them silently);
+    ``unused`` lists every other file that is not an input (``UnusedFile``: files of no input
+    kind with the reason, and hidden files and folders marked ``hidden``), sorted by path.
     """
 
     classes: dict[str, list[SourceFile]]
     unreadable: tuple[tuple[Path, str], ...]
+    unused: tuple[UnusedFile, ...] = ()
 
 
 def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
@@ -354,7 +534,11 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
         (named as unreadable, with the reason); a class folder with no input files; or a nested
         copy of the class layout (a folder holding two or more folders named like the classes,
         as in the Kaggle download's ``brain_tumor_dataset/{yes,no}`` beside ``yes/`` and
-        ``no/``), which would be read as a class of its own.
+        ``no/``), which would be read as a class of its own; class folders whose names differ
+        only by case (``Yes/`` beside ``yes/``).
+
+    Every file that is not an input (of no input kind, hidden, or beside the class folders) is
+    listed in ``ClassListing.unused`` with the reason; none is dropped silently.
     """
     root = Path(root)
     if not root.is_dir():
@@ -379,8 +563,25 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
             f"{root} must hold at least two class sub-folders (e.g. yes/ and no/). "
             f"Received: {[p.name for p in subs] or 'none'}.{hint}"
         )
+    same = check_label_case(p.name for p in subs)
+    if same:
+        raise EmptyDatasetError(
+            f"{root} holds class folders whose names differ only by case: "
+            + "; ".join(" and ".join(f"{n}/" for n in group) for group in same)
+            + ". Labels are compared exactly, so they would be separate classes: merge each "
+            "set into one folder (e.g. move Yes/* into yes/)."
+        )
     classes: dict[str, list[SourceFile]] = {}
     unreadable: list[tuple[Path, str]] = []
+    unused: list[UnusedFile] = []
+    for p in sorted(root.iterdir()):  # what lies beside the class folders is not read either
+        if p.name.startswith("."):
+            what = "folder" if p.is_dir() else "file"
+            unused.append(UnusedFile(p, f"hidden {what} (its name starts with '.')", True))
+        elif not p.is_dir():  # e.g. a README or PROVENANCE.md: listed, not a problem
+            unused.append(
+                UnusedFile(p, "beside the class folders: only files inside them are read", True)
+            )
     for sub in subs:
         try:
             os.listdir(sub)
@@ -401,18 +602,29 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
                     f"{sub.name!r}. Point mriscan at one copy of the data (e.g. {dirpath}), or "
                     "delete the duplicate folders."
                 )
-        for path in sorted(_iter_files(sub, errors)):
-            kind = file_kind(path)
-            if kind is not None:
-                found.append(SourceFile(path, kind))
+        hidden: list[UnusedFile] = []
+        _classify_all(sorted(_iter_files(sub, errors, hidden)), found, unused)
+        unused += hidden
         classes[sub.name] = found
         unreadable += sorted(set(errors))
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise EmptyDatasetError(
-            f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files."
+            f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files"
+            + _unused_hint(unused, [root / n for n in empty])
+            + "."
         )
-    return ClassListing(classes, tuple(unreadable))
+    return ClassListing(classes, tuple(unreadable), tuple(sorted(unused, key=lambda u: u.path)))
+
+
+def _unused_hint(unused: Sequence[UnusedFile], folders: Sequence[Path]) -> str:
+    """'; they hold: a.bmp (a BMP image...), ...' for the files of ``folders`` not used."""
+    inside = [u for u in unused if not u.hidden and any(f in u.path.parents for f in folders)]
+    if not inside:
+        return ""
+    shown = "; ".join(f"{u.path.name}: {u.reason}" for u in inside[:3])
+    more = f" (and {len(inside) - 3} more)" if len(inside) > 3 else ""
+    return f"; they hold only files that are not inputs: {shown}{more}"
 
 
 def _class_like_children(folder: Path, names: set[str] | None) -> list[str]:
@@ -428,17 +640,53 @@ def _walk_error(exc: OSError) -> tuple[Path, str]:
     return Path(exc.filename or "?"), f"folder cannot be listed ({exc.strerror or exc})"
 
 
-def _iter_files(folder: Path, errors: list | None = None) -> Iterator[Path]:
+def _iter_files(
+    folder: Path, errors: list | None = None, hidden: list | None = None
+) -> Iterator[Path]:
     """Yield every non-hidden file below ``folder`` (recursively).
 
-    Folders that cannot be listed are appended to ``errors`` as ``(folder, reason)`` when given.
+    Folders that cannot be listed are appended to ``errors`` as ``(folder, reason)`` when given;
+    hidden files and folders (names starting with ".") to ``hidden`` as ``UnusedFile`` (a hidden
+    folder once, not its contents) when given.
     """
     onerror = None if errors is None else (lambda e: errors.append(_walk_error(e)))
     for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        if hidden is not None:
+            hidden += [
+                UnusedFile(Path(dirpath) / d, "hidden folder (its name starts with '.')", True)
+                for d in dirnames
+                if d.startswith(".")
+            ]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith("."):
                 yield Path(dirpath) / name
+            elif hidden is not None:
+                hidden.append(
+                    UnusedFile(Path(dirpath) / name, "hidden file (its name starts with '.')", True)
+                )
+
+
+def _classify_all(paths: Iterable[Path], found: list[SourceFile], unused: list[UnusedFile]) -> None:
+    """Append each path to ``found`` (an input) or ``unused`` (with the reason)."""
+    for path in paths:
+        kind, reason = classify_file(path)
+        if kind is not None:
+            found.append(SourceFile(path, kind))
+        else:
+            unused.append(UnusedFile(path, reason or "not an input file"))
+
+
+def check_label_case(labels: Iterable[str]) -> list[tuple[str, ...]]:
+    """Sets of labels that differ only by case (``str.casefold``), e.g. ``[("Yes", "yes")]``.
+
+    Labels are compared exactly everywhere else, so "Yes" beside "yes" would silently become a
+    class of its own; callers turn a non-empty result into an error.
+    """
+    by_fold: dict[str, set[str]] = {}
+    for label in labels:
+        by_fold.setdefault(label.casefold(), set()).add(label)
+    return [tuple(sorted(v)) for _, v in sorted(by_fold.items()) if len(v) > 1]
 
 
 @dataclass(frozen=True)
@@ -457,7 +705,21 @@ class ManifestEntry:
     line: int
 
 
+@dataclass(frozen=True)
+class ManifestListing:
+    """A manifest's entries and the files below its folder rows that are not inputs
+    (``UnusedFile``, with the reason; hidden ones marked)."""
+
+    entries: list[ManifestEntry]
+    unused: tuple[UnusedFile, ...] = ()
+
+
 def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
+    """The entries of a CSV manifest (``scan_manifest(csv_path).entries``); see there."""
+    return scan_manifest(csv_path).entries
+
+
+def scan_manifest(csv_path: str | os.PathLike[str]) -> ManifestListing:
     """Read a CSV manifest with the header ``path,label`` or ``path,label,group``.
 
     Paths are relative to the CSV's folder (absolute paths are kept). A path may name a JPEG/PNG,
@@ -466,15 +728,17 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
 
     Returns
     -------
-    list of ManifestEntry
-        In file order (folders expanded in sorted order).
+    ManifestListing
+        ``entries`` in file order (folders expanded in sorted order); ``unused``: the files
+        below folder rows that are not inputs, with the reason.
 
     Raises
     ------
     ManifestError
         The CSV is missing or unreadable, the header is not ``path,label[,group]``, a row has the
         wrong number of cells or an empty path/label, a path does not exist or is no input file,
-        the same file is listed twice, or fewer than two labels are present.
+        the same file is listed twice, fewer than two labels are present, or two labels differ
+        only by case (``Yes`` beside ``yes``).
     """
     csv_path = Path(csv_path)
     try:
@@ -492,6 +756,7 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
         )
     base = csv_path.parent
     entries: list[ManifestEntry] = []
+    unused: list[UnusedFile] = []
     seen: dict[Path, int] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
@@ -511,19 +776,22 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
         target = Path(raw_path)
         target = target if target.is_absolute() else base / target
         if target.is_dir():
-            files = [(p, file_kind(p)) for p in sorted(_iter_files(target))]
-            files = [(p, k) for p, k in files if k is not None]
+            found: list[SourceFile] = []
+            here: list[UnusedFile] = []
+            _classify_all(sorted(_iter_files(target, None, here)), found, here)
+            files = [(f.path, f.kind) for f in found]
             if not files:
                 raise ManifestError(
                     f"Manifest {csv_path}, line {line}: folder {target} holds no JPEG/PNG, "
-                    "DICOM or NIfTI files."
+                    "DICOM or NIfTI files" + _unused_hint(here, [target]) + "."
                 )
+            unused += here
         elif target.is_file():
-            kind = file_kind(target)
+            kind, reason = classify_file(target)
             if kind is None:
                 raise ManifestError(
                     f"Manifest {csv_path}, line {line}: {target} is not a JPEG/PNG, DICOM or "
-                    "NIfTI (.nii/.nii.gz) file."
+                    f"NIfTI (.nii/.nii.gz) file: {reason}."
                 )
             files = [(target, kind)]
         else:
@@ -541,8 +809,19 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
             seen[key] = line
             entries.append(ManifestEntry(key, label, group, kind, line))
     labels = sorted({e.label for e in entries})
+    same = check_label_case(labels)
+    if same:
+        lines = {e.label: e.line for e in reversed(entries)}  # first line of each label
+        raise ManifestError(
+            f"Manifest {csv_path}: labels that differ only by case: "
+            + "; ".join(
+                " and ".join(f"{lab!r} (line {lines[lab]})" for lab in group) for group in same
+            )
+            + ". Labels are compared exactly, so each spelling would become a class of its own: "
+            "write every label the same way."
+        )
     if len(labels) < 2:
         raise ManifestError(
             f"Manifest {csv_path} must name at least two labels. Received: {labels or 'none'}."
         )
-    return entries
+    return ManifestListing(entries, tuple(sorted(unused, key=lambda u: u.path)))

@@ -11,6 +11,7 @@ the patient's name. Keras-free.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from mriscan.errors import ImageDecodeError, MixedSeriesError
-from mriscan.io import DEFAULT_MAX_PIXELS, SourceFile, _iter_files, decode_bytes, file_kind
+from mriscan.io import (
+    DEFAULT_MAX_PIXELS,
+    SourceFile,
+    UnusedFile,
+    _classify_all,
+    _iter_files,
+    decode_bytes,
+    file_kind,
+)
 
 __all__ = [
     "MIN_SIDE",
@@ -33,6 +42,8 @@ __all__ = [
     "read_input",
     "slice_warnings",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Slices with a side shorter than this (e.g. 1×N strips) are stored only with a warning.
 MIN_SIDE = 8
@@ -79,14 +90,17 @@ class InputSlice:
 
 @dataclass(frozen=True)
 class InputRead:
-    """What reading one file gave: slices, or ``skipped`` (a DICOM without pixel data, listed,
-    not an error), or ``error`` (the reason, without the path)."""
+    """What reading one file gave: slices, or ``skipped`` (a DICOM object that is no image:
+    no pixel data, a segmentation, a dose grid; listed, not an error), or ``excluded`` (a
+    readable image this run does not use, e.g. a CT when only MR is read; the reason), or
+    ``error`` (the reason, without the path)."""
 
     path: Path
     kind: str
     slices: tuple[InputSlice, ...] = ()
     skipped: str | None = None
     error: str | None = None
+    excluded: str | None = None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -152,77 +166,109 @@ def read_input(
     Returns
     -------
     InputRead
+        Never raises for a property of the file: reader errors (``ImageDecodeError``,
+        ``OSError``) and any other exception a library raises on odd input become
+        ``InputRead.error`` (unexpected ones named by type, logged with their traceback), so
+        one file can never abort a run. ``MemoryError`` (the machine, not the file: it
+        propagates with a note naming the file) and ``KeyboardInterrupt`` / ``SystemExit``
+        (not ``Exception``) are not caught.
     """
     opts = options if options is not None else ReadOptions()
     path = Path(path)
     try:
-        if kind == "image":
-            if data is None:
-                data = path.read_bytes()
-            image = decode_bytes(data, path, max_pixels=opts.max_pixels)
-            rel = Path(os.path.relpath(path, root)).as_posix()
-            return InputRead(path, kind, (InputSlice(image, rel),))
-        if kind == "dicom":
-            from mriscan.dicom import read_dicom
-
-            r = read_dicom(path, salt=salt, config=opts.dicom)
-            if r.skipped:
-                return InputRead(path, kind, skipped=r.skipped)
-            out = []
-            for s in r.slices:
-                m = s.meta
-                series = m.series or f"i{m.instance}"
-                unit = f"series:{series}"
-                order = (
-                    m.slice_position
-                    if m.slice_position is not None
-                    else float(m.instance_number or 0) + m.frame / max(m.n_frames, 1)
-                )
-                out.append(
-                    InputSlice(
-                        s.image,
-                        f"dicom/{series}/{m.instance or 'none'}#{m.frame}",
-                        group_key=m.group,
-                        unit=unit,
-                        order=float(order),
-                        window=m.window_source,
-                        plane=m.plane,
-                    )
-                )
-            return InputRead(path, kind, tuple(out))
-        if kind == "nifti":
-            from mriscan.nifti import read_nifti
-
-            r = read_nifti(path, salt=salt, root=root, config=opts.nifti)
-            out = [
-                InputSlice(
-                    s.image,
-                    f"nifti/{s.meta.volume}#{s.meta.slice_index}",
-                    group_key=s.meta.group,
-                    unit=f"volume:{s.meta.volume}",
-                    order=float(s.meta.slice_index),
-                    window=s.meta.window_source,
-                    plane=s.meta.plane,
-                )
-                for s in r.slices
-            ]
-            if not out:
-                return InputRead(path, kind, error="the volume has no slice to keep")
-            return InputRead(path, kind, tuple(out))
+        return _read_input(path, kind, salt=salt, root=root, opts=opts, data=data)
+    except MemoryError as exc:
+        exc.add_note(f"while reading {path}")
+        raise
     except ImageDecodeError as exc:
         return InputRead(path, kind, error=exc.reason)
     except OSError as exc:
         return InputRead(path, kind, error=f"cannot read file ({exc.strerror or exc})")
+    except Exception as exc:  # a library's bug or an input nobody foresaw: this file only
+        log.warning("unexpected error reading %s", path, exc_info=True)
+        return InputRead(
+            path,
+            kind,
+            error=(
+                f"unexpected {type(exc).__name__} while reading the {kind} file ({exc}); the "
+                "file is probably damaged: re-export it, or report this message"
+            ),
+        )
+
+
+def _read_input(
+    path: Path, kind: str, *, salt: bytes, root, opts: ReadOptions, data: bytes | None
+) -> InputRead:
+    """``read_input`` without its last-resort handler."""
+    if kind == "image":
+        if data is None:
+            data = path.read_bytes()
+        image = decode_bytes(data, path, max_pixels=opts.max_pixels)
+        rel = Path(os.path.relpath(path, root)).as_posix()
+        return InputRead(path, kind, (InputSlice(image, rel),))
+    if kind == "dicom":
+        from mriscan.dicom import read_dicom
+
+        r = read_dicom(path, salt=salt, config=opts.dicom)
+        if r.skipped:
+            return InputRead(path, kind, skipped=r.skipped)
+        if r.excluded:
+            return InputRead(path, kind, excluded=r.excluded)
+        out = []
+        for s in r.slices:
+            m = s.meta
+            series = m.series or f"i{m.instance}"
+            unit = f"series:{series}"
+            order = (
+                m.slice_position
+                if m.slice_position is not None
+                else float(m.instance_number or 0) + m.frame / max(m.n_frames, 1)
+            )
+            out.append(
+                InputSlice(
+                    s.image,
+                    f"dicom/{series}/{m.instance or 'none'}#{m.frame}",
+                    group_key=m.group,
+                    unit=unit,
+                    order=float(order),
+                    window=m.window_source,
+                    plane=m.plane,
+                )
+            )
+        return InputRead(path, kind, tuple(out))
+    if kind == "nifti":
+        from mriscan.nifti import read_nifti
+
+        r = read_nifti(path, salt=salt, root=root, config=opts.nifti)
+        out = [
+            InputSlice(
+                s.image,
+                f"nifti/{s.meta.volume}#{s.meta.slice_index}",
+                group_key=s.meta.group,
+                unit=f"volume:{s.meta.volume}",
+                order=float(s.meta.slice_index),
+                window=s.meta.window_source,
+                plane=s.meta.plane,
+            )
+            for s in r.slices
+        ]
+        if not out:
+            return InputRead(path, kind, error="the volume has no slice to keep")
+        return InputRead(path, kind, tuple(out))
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
 
-def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
+def check_series_sizes(
+    paths: Sequence[Path], root: str | os.PathLike[str] | None = None
+) -> dict[Path, str]:
     """DICOM files whose series mixes slice sizes, each with the reason (header-only reads).
 
     Reads only Series Instance UID, Rows and Columns of each file (``pydicom.dcmread`` with
-    ``stop_before_pixels``); files that cannot be read here are left to the full reader, which
-    reports them. A series whose files disagree in size is refused whole: storing part of it
-    would split one acquisition by accident.
+    ``stop_before_pixels``, ``force=True`` for files without the preamble); files that cannot
+    be read here are left to the full reader, which reports them. A series whose files disagree
+    in size is refused whole (storing part of it would split one acquisition by accident); the
+    reason names the stray files: those of every size but the most common one (paths relative
+    to ``root`` when given, else file names; at most 5, then a count).
     """
     import pydicom
 
@@ -233,6 +279,7 @@ def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
                 p,
                 stop_before_pixels=True,
                 specific_tags=["SeriesInstanceUID", "Rows", "Columns"],
+                force=True,
             )
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
@@ -240,15 +287,26 @@ def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
             continue
         if uid:
             series.setdefault(uid, {}).setdefault(shape, []).append(p)
+
+    def name(p: Path) -> str:
+        return Path(os.path.relpath(p, root)).as_posix() if root is not None else p.name
+
     bad: dict[Path, str] = {}
     for shapes in series.values():
         if len(shapes) > 1:
-            sizes = ", ".join(
-                f"{len(ps)} file(s) of {c}x{r}" for (r, c), ps in sorted(shapes.items())
-            )
+            # the most common size is the series' own; ties: the larger count of the sorted
+            # first, so the message is stable
+            ranked = sorted(shapes.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+            (main_r, main_c), main = ranked[0]
+            strays = [p for _, ps in ranked[1:] for p in sorted(ps)]
+            shown = [f"{name(p)} ({c}x{r})" for (r, c), ps in ranked[1:] for p in sorted(ps)]
+            listed = ", ".join(shown[:5])
+            if len(shown) > 5:
+                listed += f" and {len(shown) - 5} more"
             err = MixedSeriesError(
-                f"its series mixes slice sizes ({sizes}); a series must have one size: remove "
-                "the stray files or give them a series of their own"
+                f"its series mixes slice sizes: {len(main)} file(s) of {main_c}x{main_r}, and "
+                f"{len(strays)} stray file(s) of another size: {listed}; a series must have one "
+                "size: remove the stray files or give them a series of their own"
             )
             for ps in shapes.values():
                 for p in ps:
@@ -262,10 +320,11 @@ def collect_inputs(
     """Expand files and folders into input files of every kind, and the problems found.
 
     Folders are searched recursively (sorted; names starting with "." below the folder given
-    are skipped, the folder given itself may lie anywhere); a file given by name is kept even if
-    its kind is unknown (it then fails in its own row). Returns ``(files, problems)`` where
-    problems are ``(folder, reason)`` for sub-folders that could not be listed and folders with
-    no input file.
+    are skipped, the folder given itself may lie anywhere); kinds are found by content
+    (``mriscan.io.classify_file``); a file given by name is kept even if its kind is unknown
+    (it then fails in its own row). Returns ``(files, problems)`` where problems are
+    ``(path, reason)`` for sub-folders that could not be listed, files found in a folder that
+    are not inputs (with the reason), and folders with no file at all.
     """
     files: list[SourceFile] = []
     problems: list[tuple[Path, str]] = []
@@ -273,13 +332,12 @@ def collect_inputs(
         p = Path(item)
         if p.is_dir():
             errors: list = []
-            found = [
-                SourceFile(q, k)
-                for q in sorted(_iter_files(p, errors))
-                if (k := file_kind(q)) is not None
-            ]
+            found: list[SourceFile] = []
+            unused: list[UnusedFile] = []
+            _classify_all(sorted(_iter_files(p, errors)), found, unused)
             problems += sorted(set(errors))
-            if not found and not errors:
+            problems += [(u.path, u.reason) for u in unused]
+            if not found and not errors and not unused:
                 problems.append((p, "holds no JPEG/PNG, DICOM or NIfTI files"))
             files += found
         else:

@@ -76,8 +76,9 @@ def predict_inputs(
 ) -> list[dict[str, Any]]:
     """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order)
     and one per series / volume (``mriscan.aggregate.aggregate_rows``); a failed file gives one
-    row with the reason in ``error``; a DICOM file without pixel data one row with ``error``
-    starting "skipped:".
+    row with the reason in ``error``; a DICOM file without an image, or an image of a modality
+    not read (``DicomConfig.modalities``: MR only by default), one row with ``error`` starting
+    "skipped:".
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``), those
     of ``mriscan.inference.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
@@ -89,8 +90,8 @@ def predict_inputs(
     rows: list[dict[str, Any]] = []
     slices = []
     for r in reads:
-        if r.error is not None or r.skipped is not None:
-            err = r.error if r.error is not None else f"skipped: {r.skipped}"
+        if r.error is not None or r.skipped is not None or r.excluded is not None:
+            err = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
             rows.append(_scan_row(card, str(r.path), None, threshold, err, "file", ""))
             continue
         for s in r.slices:
