@@ -746,11 +746,15 @@ def _numbers(keyword: str, value, count: int) -> list[float] | None:
     values = (
         list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
     )
+    shown = "\\".join(str(v) for v in values)  # as the header holds it: "1\\2\\3"
     if len(values) != count:
-        raise _HeaderValueError(keyword, values, f"{len(values)} values where {count} belong")
-    out = [_number(keyword, v) for v in values]
+        raise _HeaderValueError(keyword, shown, f"{len(values)} values where {count} belong")
+    try:
+        out = [_number(keyword, v) for v in values]
+    except _HeaderValueError as exc:
+        raise _HeaderValueError(keyword, shown, f"{exc.problem} among them") from exc
     if any(v is None for v in out):
-        raise _HeaderValueError(keyword, values, "an empty value among them")
+        raise _HeaderValueError(keyword, shown, "an empty value among them")
     return out  # type: ignore[return-value]
 
 
