@@ -385,3 +385,26 @@ def test_classify_file_reasons(tmp_path):
     assert classify_file(tmp_path / ".x")[0] is None
     (tmp_path / "x.jpg").write_text("not really")  # a named image: the decoder explains
     assert classify_file(tmp_path / "x.jpg") == ("image", None)
+
+
+def test_cli_lists_what_it_did_not_store_and_modality_any_reads_ct(tmp_path):
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    root = tmp_path / "raw"
+    write_dicom_series(root / "yes" / "s", phantom_volume(1, n_slices=2, canvas=24))
+    write_dicom_series(root / "no" / "s", phantom_volume(2, n_slices=2, canvas=24), seed=2)
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", root / "no")
+    (root / "no" / "x.gif").write_bytes(_png(np.zeros((8, 8), np.uint8), "GIF"))
+    args = ["ingest", str(root), "--image-size", "32", "--workers", "1"]
+    out = CliRunner().invoke(main, [*args, "--store", str(tmp_path / "a.zarr")])
+    assert out.exit_code == 0, out.output
+    assert "added 4" in out.output
+    assert "1 DICOM image(s) of another modality" in out.output and "CT_small.dcm" in out.output
+    assert "no/x.gif: a GIF image" in out.output
+    out = CliRunner().invoke(
+        main, [*args, "--store", str(tmp_path / "b.zarr"), "--modality", "any"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "added 5" in out.output and "another modality" not in out.output

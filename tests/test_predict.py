@@ -31,13 +31,14 @@ def model_file(tmp_path):
 def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
     (class_folder / "yes" / "empty.jpg").write_bytes(b"")
     (class_folder / "no" / "notes.png").write_text("hello")
-    (class_folder / "no" / "readme.txt").write_text("not collected")
+    (class_folder / "no" / "readme.txt").write_text("no input, named with the reason")
     out = tmp_path / "preds.csv"
     rows = predict(
         model_file, [class_folder, tmp_path / "missing.jpg"], output=out, batch_size=5, workers=2
     )
-    assert len(rows) == 15  # 12 good + 2 bad in the folder + 1 missing
+    assert len(rows) == 16  # 12 good + 2 bad + 1 no input in the folder + 1 missing
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    assert "not a JPEG/PNG image, DICOM file or NIfTI" in by_name["readme.txt"]["error"]
     assert "empty" in by_name["empty.jpg"]["error"]
     assert "not a recognised image" in by_name["notes.png"]["error"]
     assert "cannot open file" in by_name["missing.jpg"]["error"]
@@ -49,7 +50,7 @@ def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
     with open(out) as fh:
         table = list(csv.DictReader(fh))
     columns = ["path", "label", "p_no", "p_yes", "probability", "error"]
-    assert list(table[0]) == columns and len(table) == 15
+    assert list(table[0]) == columns and len(table) == 16
     rows_json = predict(
         model_file, [class_folder / "yes"], output=tmp_path / "p.json", threshold=0.0
     )
