@@ -413,6 +413,16 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
             f"{store.location} holds {len(recs)}: the store was rebuilt since training. "
             "Retrain, or evaluate on a folder of unseen slices (--split all)."
         )
+    retired = np.setdiff1d(idx, store.active_indices())
+    if retired.size:
+        flags = sorted({f for i in retired for f in recs[int(i)].flags})
+        raise MriscanError(
+            f"{retired.size} of the {idx.size} recorded {name} samples of {store.location} were "
+            f"retired since training ({', '.join(flags) or 'changed'}: their files were moved, "
+            "overwritten or deleted), e.g. position "
+            f"{int(retired[0])}. Scoring them would report numbers for slices that no longer "
+            "exist. Retrain, or evaluate on a folder of unseen slices (--split all)."
+        )
     expected = part.get("pixel_sha256") or part.get("sources")
     key = "pixel_sha256" if part.get("pixel_sha256") else "source"
     if expected is not None:
