@@ -129,7 +129,8 @@ class _Group(click.Group):
 @click.version_option(package_name="mriscan")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
-    """mriscan: train and serve brain-MRI tumor classifiers (tumor / no tumor).
+    """mriscan: train and serve brain-MRI tumor classifiers (tumor / no tumor, or any number of
+    classes such as glioma / meningioma / pituitary / no tumor).
 
     Typical flow: ingest class folders into a store, train, evaluate or cross-validate,
     predict and explain. `mriscan train` with no arguments runs the whole job on data/raw
@@ -633,6 +634,13 @@ def cv(
             f"{_num(m['ci95'][1])}]  folds: {folds_txt}"
         )
     types = s["pooled"].get("tumor_types_only")
+    tvh = s["pooled"].get("tumor_vs_healthy")
+    if tvh:
+        click.echo(
+            f"  tumor vs no tumor (pooled, 1 - P(healthy) >= 0.5): accuracy "
+            f"{_num(tvh['accuracy'])}, ROC AUC {_num(tvh['roc_auc'])}, sensitivity "
+            f"{_num(tvh['sensitivity'])}, specificity {_num(tvh['specificity'])}"
+        )
     if types:
         click.echo(
             f"  tumor types only (pooled, n={types['n']}): accuracy {_num(types['accuracy'])}"
@@ -722,6 +730,8 @@ def predict(
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
+    if rows and bad == len(rows) and not units:
+        raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 
 
 @main.command()
@@ -796,7 +806,10 @@ def explain(
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:
-            click.echo(f"{r['path']}: P = {r['probability']:.3f} ({r['label']}) → {r['png']}")
+            click.echo(
+                f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
+                f"{r['label']} → {r['png']}"
+            )
     if not any(not r["error"] for r in results):
         raise click.ClickException(
             f"None of the {len(results)} image(s) could be read; no heatmap was written."
