@@ -24,7 +24,15 @@ import numpy as np
 
 from mriscan.errors import ConfigError
 
-__all__ = ["DEFAULT_DIMS", "cross_pairs", "near_pairs", "unit_rows"]
+__all__ = [
+    "DEFAULT_DIMS",
+    "PROJECTION_DIMS",
+    "committed_pairs",
+    "cross_pairs",
+    "dct_projection",
+    "near_pairs",
+    "unit_rows",
+]
 
 DEFAULT_DIMS = 16
 # float32 unit rows have norms 1 ± ~1e-6; widen the squared radius so rounding never drops a pair
@@ -204,3 +212,110 @@ def cross_pairs(
     cand = ta.sparse_distance_matrix(tb, _radius(threshold), output_type="ndarray")
     i, j, c = _verify(xa, xb, cand["i"].astype(np.int64), cand["j"].astype(np.int64), threshold)
     return _sorted(la[i], lb[j], c)
+
+
+#: Width of ``dct_projection`` (the store keeps one such row per slice, ``index/proj.f4``).
+PROJECTION_DIMS = 16
+_SCAN_CHUNK = 1 << 17
+
+
+def _dct_basis(side: int, dims: int) -> np.ndarray:
+    """``dims`` orthonormal 2-D DCT-II basis images of side ``side``, lowest frequencies first
+    (by ``u + v``, then ``u``), the constant one left out: ndarray (side², dims), float64."""
+    k = np.arange(side)
+    c = np.sqrt(2.0 / side) * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * side))
+    c[0] /= np.sqrt(2.0)  # row u of c is the 1-D basis vector of frequency u (orthonormal)
+    freqs = sorted(((u, v) for u in range(side) for v in range(side)), key=lambda f: (sum(f), f))
+    cols = [np.outer(c[u], c[v]).reshape(-1) for u, v in freqs[1 : dims + 1]]
+    return np.stack(cols, axis=1)
+
+
+def dct_projection(signatures: np.ndarray) -> np.ndarray:
+    """Coordinates of each signature's unit row (``unit_rows``) on the ``PROJECTION_DIMS``
+    lowest-frequency 2-D DCT-II basis images: ndarray (N, 16), float32.
+
+    A fixed orthonormal basis, so rows projected at different times (commits) stay comparable
+    and distances never grow: two signatures that correlate above ``t`` are within
+    ``sqrt(2 (1 - t))`` here too (see the module docstring). The DCT is the usual fixed
+    stand-in for the principal axes of natural images (Ahmed, Natarajan & Rao 1974, "Discrete
+    Cosine Transform"); it only decides how few candidates survive, never the result.
+
+    Parameters
+    ----------
+    signatures : ndarray of shape (N, S, S), uint8 (S = 16 for ``mriscan.duplicates``)
+    """
+    arr = np.asarray(signatures)
+    side = arr.shape[-1]
+    if arr.ndim != 3 or arr.shape[1] != side or side * side <= PROJECTION_DIMS:
+        raise ConfigError(
+            f"signatures must be square thumbnails (N, S, S) with S*S > {PROJECTION_DIMS}. "
+            f"Received shape {arr.shape}."
+        )
+    return (unit_rows(arr).astype(np.float64) @ _dct_basis(side, PROJECTION_DIMS)).astype(
+        np.float32
+    )
+
+
+def committed_pairs(
+    query: np.ndarray,
+    projections: np.ndarray,
+    read_signatures,
+    *,
+    threshold: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (row of ``query``, committed row) whose signatures correlate above
+    ``threshold``: the new slices of a commit against every stored one, exact.
+
+    The stored slices are represented by their ``dct_projection`` rows (``projections``, e.g. a
+    memory-mapped column), scanned in blocks of 131,072 rows with one small matrix product each
+    (float32, the squared radius widened by 1e-4 for rounding); only the candidates' signatures
+    are read back (``read_signatures``) and their exact float64 correlations kept, as in
+    ``near_pairs``. Cost: one pass over 64 bytes per stored slice plus the candidates; no pair
+    of stored slices is ever looked at again.
+
+    Parameters
+    ----------
+    query : ndarray of shape (M, S, S), uint8
+    projections : ndarray of shape (N, 16), float32
+        ``dct_projection`` of the N stored signatures.
+    read_signatures : callable(ndarray of int64 positions) -> ndarray (k, S, S) uint8
+        The stored signatures at the given positions.
+    threshold : float
+        Pearson correlation in [0, 1).
+
+    Returns
+    -------
+    i : ndarray (P,), int64 — rows of ``query``
+    j : ndarray (P,), int64 — stored positions
+    corr : ndarray (P,), float64 — sorted by ``(i, j)``
+
+    Raises
+    ------
+    ConfigError
+        ``threshold`` outside [0, 1).
+    """
+    _check(threshold, PROJECTION_DIMS)
+    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
+    q = np.asarray(query)
+    xq = unit_rows(q)
+    live = np.flatnonzero(np.any(xq, axis=1))
+    n = len(projections)
+    if not len(live) or not n:
+        return empty
+    pq = dct_projection(q[live])
+    qq = np.einsum("ij,ij->i", pq, pq)
+    r2 = np.float32(_radius(threshold) ** 2)
+    cand_i, cand_j = [], []
+    for s in range(0, n, _SCAN_CHUNK):
+        block = np.asarray(projections[s : s + _SCAN_CHUNK], dtype=np.float32)
+        d2 = qq[:, None] + np.einsum("ij,ij->i", block, block)[None, :] - 2.0 * (pq @ block.T)
+        qi, bj = np.nonzero(d2 < r2)
+        cand_i.append(qi)
+        cand_j.append(bj + s)
+    ci, cj = np.concatenate(cand_i).astype(np.int64), np.concatenate(cand_j).astype(np.int64)
+    if not len(ci):
+        return empty
+    uniq, inv = np.unique(cj, return_inverse=True)
+    stored = unit_rows(read_signatures(uniq))
+    i, j, c = _verify(xq[live], stored, ci, inv.reshape(-1), threshold)
+    return _sorted(live[i], uniq[j], c)
