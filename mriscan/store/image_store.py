@@ -58,7 +58,7 @@ from mriscan.store.index import (
 )
 from mriscan.store.table import RecordTable, RecordView, canonical_groups, columns_of
 
-__all__ = ["DEFAULT_STORE", "ImageStore"]
+__all__ = ["DEFAULT_STORE", "ImageStore", "migrate_store"]
 
 log = logging.getLogger(__name__)
 
@@ -973,3 +973,20 @@ def _labels_from_groups(
     for k, gid in enumerate(ids[old_n:].tolist()):
         labels[k] = root_of_id.setdefault(gid, old_n + k)
     return labels, np.array(merges, np.int64).reshape(-1, 2), None
+
+
+def migrate_store(path: str | os.PathLike[str]) -> int:
+    """Convert a format-1/2 store (every record in ``index.json``) to the current format in
+    place, in one atomic commit; return the version it had (nothing is written when it is
+    already current). ``mriscan migrate --store PATH`` calls this.
+
+    Raises
+    ------
+    StoreNotFoundError, StoreCorruptError, StoreLockedError
+        As ``ImageStore.open(path, mode="a")``.
+    """
+    with ImageStore.open(path, mode="a") as store:
+        version = store.index.format_version
+        if version != FORMAT_VERSION:
+            store.commit()
+        return version
