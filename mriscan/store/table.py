@@ -14,6 +14,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from mriscan.errors import StoreCorruptError
 from mriscan.store.columns import (
     FIXED,
     MUTABLE,
@@ -101,13 +102,25 @@ class RecordTable:
     def from_records(
         cls, records: Sequence[SampleRecord], projections: Callable[[], np.ndarray]
     ) -> RecordTable:
-        """A table over records held in memory (a format-1/2 index)."""
+        """A table over records held in memory (a format-1/2 index).
+
+        Raises
+        ------
+        StoreCorruptError
+            The records' positions are not 0..N-1 in order, or a record has an unknown flag.
+        """
+        if any(r.position != k for k, r in enumerate(records)):
+            raise StoreCorruptError("index.json: record positions are not 0..N-1 in order")
+        try:
+            masks = [mask_from_flags(r.flags) for r in records]
+        except ValueError as exc:
+            raise StoreCorruptError(f"index.json: {exc}") from exc
         mem: dict[str, Any] = {
             "label": np.array([r.label for r in records], np.uint8),
             "height": np.array([r.height for r in records], np.int32),
             "width": np.array([r.width for r in records], np.int32),
             "origin": np.array([r.origin for r in records], np.int32),
-            "flags": np.array([mask_from_flags(r.flags) for r in records], np.uint8),
+            "flags": np.array(masks, np.uint8),
             "keyhash": np.array([key_hash(r.group_key) for r in records], np.int64),
             "group": np.array([r.group for r in records], np.int64),
         }
