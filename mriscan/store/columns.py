@@ -4,7 +4,9 @@ Each record field is one column below ``index/`` in the store:
 
 - fixed width: ``label.u1``, ``height.i4``, ``width.i4``, ``origin.i4``, ``flags.u1`` (a bit
   mask over ``FLAG_BITS``), ``keyhash.i8`` (64-bit BLAKE2b of ``group_key``; 0 for ``""``) and
-  ``proj.f4`` (the signature's 16-D ``mriscan.neighbors.dct_projection``, 16 float32 per row);
+  ``proj.f4`` (the signature's 32-D ``mriscan.neighbors.dct_projection``, 32 float32 per row)
+  and ``sig.u1`` (the 16×16 signature itself, 256 bytes per row, for reading single rows: the
+  zarr ``signatures`` array, in chunks of 4,096, stays the one other readers use);
 - strings (``source``, ``sha256``, ``pixel_sha256``, ``file_id``, ``group_key``, ``kind``,
   ``window``, ``plane``): ``<name>.bin`` (UTF-8 bytes, back to back) and ``<name>.off`` (int64
   end offset of each row);
@@ -53,7 +55,8 @@ FIXED: dict[str, tuple[str, int]] = {
     "origin": ("<i4", 1),
     "flags": ("<u1", 1),
     "keyhash": ("<i8", 1),
-    "proj": ("<f4", 16),
+    "proj": ("<f4", 32),
+    "sig": ("<u1", 256),
 }
 STRINGS = ("source", "sha256", "pixel_sha256", "file_id", "group_key", "kind", "window", "plane")
 #: fields ``ImageStore.update_record`` may change (recorded in ``patches.jsonl``)
@@ -102,6 +105,7 @@ class ColumnFiles:
 
     def __init__(self, files: StoreFiles) -> None:
         self.files = files
+        self._unsynced: list[str] | None = None
 
     # ---- low level ---------------------------------------------------------------------
     def _path(self, rel: str) -> str:
@@ -187,9 +191,17 @@ class ColumnFiles:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if self._unsynced is None:
+                os.fsync(fd)
+            else:
+                self._unsynced.append(path)
         finally:
             os.close(fd)
+
+    def batch(self) -> _Batch:
+        """A context in which appends are written at once and flushed to disk (fsync) together
+        when it ends: one journal commit for all the files of a commit instead of one each."""
+        return _Batch(self)
 
     def truncate(self, rel: str, size: int) -> None:
         """Cut ``rel`` to ``size`` bytes (a killed writer's leftovers); no-op if shorter."""
@@ -288,6 +300,28 @@ class ColumnFiles:
     def merges(self, group_file: str, merges: int) -> np.ndarray:
         """Committed merges, int64 (merges, 2): label ``[k, 0]`` joined into ``[k, 1]``."""
         return self.array(merge_name(group_file), "<i8", merges, 2)
+
+
+class _Batch:
+    """``ColumnFiles.batch``: collects the appended paths, fsyncs each once on exit."""
+
+    def __init__(self, columns: ColumnFiles) -> None:
+        self.columns = columns
+
+    def __enter__(self) -> _Batch:
+        self.columns._unsynced = []
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        paths, self.columns._unsynced = self.columns._unsynced or [], None
+        if exc_type is not None:
+            return  # the commit failed: nothing will name these bytes
+        for path in dict.fromkeys(paths):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def group_name(generation: str) -> str:

@@ -29,7 +29,7 @@ import zarr
 from mriscan.duplicates import SIGNATURE_SIZE
 from mriscan.duplicates import signatures as _thumbnails
 from mriscan.errors import ConfigError, StoreCorruptError, StoreError, StoreNotFoundError
-from mriscan.neighbors import dct_projection
+from mriscan.neighbors import PROJECTION_DIMS, dct_projection
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store.columns import (
     COLUMN_DIR,
@@ -427,7 +427,7 @@ class ImageStore:
         return self._table
 
     def signature_projections(self) -> np.ndarray:
-        """``mriscan.neighbors.dct_projection`` of every committed signature, (N, 16) float32
+        """``mriscan.neighbors.dct_projection`` of every committed signature, (N, 32) float32
         (read from ``index/proj.f4``; computed for a format-1/2 store)."""
         return self._table.fixed("proj")
 
@@ -436,6 +436,9 @@ class ImageStore:
         pos = np.asarray(positions, np.int64).reshape(-1)
         if not pos.size:
             return np.empty((0, SIGNATURE_SIZE, SIGNATURE_SIZE), np.uint8)
+        if self._table.columns is not None:  # format 3: index/sig.u1, one row per read
+            rows = self._columns.fixed_rows("sig", pos)
+            return rows.reshape(len(pos), SIGNATURE_SIZE, SIGNATURE_SIZE)
         return np.asarray(self._group["signatures"].get_orthogonal_selection((pos,)))
 
     def constant_signatures(self) -> dict[int, int]:
@@ -748,10 +751,11 @@ class ImageStore:
             sig_arr = self._group["signatures"]
             sig_arr.resize((n, *sig_arr.shape[1:]))
             sig_arr[old_n:n] = pending_sigs
-        if self._legacy or self._manifest is None:
-            manifest = self._write_all(new_labels, merges, rebase, pending_sigs)
-        else:
-            manifest = self._write_appended(new_labels, merges, rebase, pending_sigs)
+        with self._columns.batch():  # every column byte is on disk before the manifest
+            if self._legacy or self._manifest is None:
+                manifest = self._write_all(new_labels, merges, rebase, pending_sigs)
+            else:
+                manifest = self._write_appended(new_labels, merges, rebase, pending_sigs)
         index = dataclasses.replace(self._index, format_version=FORMAT_VERSION)
         self._files.write_atomic(INDEX_KEY, encode_manifest(index, manifest))
         self._manifest, self._legacy = manifest, False
@@ -769,8 +773,9 @@ class ImageStore:
         cols["proj"] = (
             dct_projection(pending_sigs)
             if len(pending_sigs)
-            else np.empty((0, 16), np.float32)
+            else np.empty((0, PROJECTION_DIMS), np.float32)
         )
+        cols["sig"] = pending_sigs.reshape(len(pending_sigs), -1)
         return cols
 
     def _duplicates_file(self, manifest: Manifest) -> str:
@@ -832,8 +837,11 @@ class ImageStore:
         cols = columns_of(records)
         all_sigs = np.concatenate([self.signatures(), pending_sigs])
         cols["proj"] = (
-            dct_projection(all_sigs) if len(all_sigs) else np.empty((0, 16), np.float32)
+            dct_projection(all_sigs)
+            if len(all_sigs)
+            else np.empty((0, PROJECTION_DIMS), np.float32)
         )
+        cols["sig"] = all_sigs.reshape(len(all_sigs), -1)
         self._columns.append_rows(0, cols)
         if rebase is not None:
             labels = rebase

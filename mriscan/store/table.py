@@ -74,7 +74,7 @@ class RecordTable:
         Committed sizes of ``patches.jsonl``, the group generation and the number of merges.
     memory : dict, optional
         Every column in memory (``from_records``).
-    projections : callable () -> ndarray (count, 16) float32, optional
+    projections : callable () -> ndarray (count, 32) float32, optional
         How to get the signature projections of an in-memory table.
     """
 
