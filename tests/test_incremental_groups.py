@@ -93,7 +93,9 @@ def test_batched_commits_give_the_full_recomputations_groups(tmp_path):
 def test_a_caller_that_splits_a_group_rewrites_the_group_column(tmp_path):
     with ImageStore.create(tmp_path / "s.zarr", 16) as st:
         st.set_class_names(["a"])
-        st.append(np.zeros((4, 16, 16), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None], [0] * 4)
+        st.append(
+            np.zeros((4, 16, 16), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None], [0] * 4
+        )
         st.commit(groups=[0, 0, 1, 1])
         st.append(np.full((2, 16, 16), 9, np.uint8), [0, 0])
         st.commit(links=np.array([[4, 2], [5, 0]]))  # joins 4 to {2,3} and 5 to {0,1}

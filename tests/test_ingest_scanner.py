@@ -256,5 +256,5 @@ def test_unknown_format_is_refused_with_how_to_convert(class_folder, tmp_path):
     index = json.loads((store / "index.json").read_text())
     index["format_version"] = 99
     (store / "index.json").write_text(json.dumps(index))
-    with pytest.raises(StoreCorruptError, match="reads versions 1, 2 and 3. Re-ingest"):
+    with pytest.raises(StoreCorruptError, match=r"reads versions 1, 2 and 3\. Re-ingest"):
         ImageStore.open(store)

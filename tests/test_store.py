@@ -302,3 +302,29 @@ def test_commit_takes_groups_from_the_caller(store_path):
         assert st.commit() == 0 and st.groups.tolist() == [0, 0, 1, 1, 0, 2]
     with ImageStore.open(store_path) as st:
         assert st.groups.tolist() == [0, 0, 1, 1, 0, 2]
+
+
+def test_records_are_read_lazily_column_by_column(store_path):
+    n = 100
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        for start in range(0, n, 30):  # several commits: rows appended, never rewritten
+            k = min(30, n - start)
+            recs = [{"source": f"a/{start + i}.png", "sha256": f"h{start + i}"} for i in range(k)]
+            st.append(_images(k, seed=start), [(start + i) % 2 for i in range(k)], recs)
+            st.commit()
+        st.update_record(5, flags=["removed"])
+        st.commit()
+    with ImageStore.open(store_path) as st:
+        every = list(st.index.records)
+        # one at a time: the first reads are row by row, later ones from whole columns
+        assert [st.index.records[i] for i in range(n)] == every
+        assert every[5].flags == ("removed",) and 5 not in st.active_indices()
+        assert [r.source for r in every] == [f"a/{i}.png" for i in range(n)]
+        assert st.labels.tolist() == [i % 2 for i in range(n)]
+    # opening, labels and groups never touch the string columns
+    (store_path / "index" / "source.bin").unlink()
+    with ImageStore.open(store_path) as st:
+        assert len(st) == n and st.labels.sum() == n // 2 and len(st.groups) == n
+        with pytest.raises(StoreError, match=r"source\.bin is missing"):
+            st.index.records[3]

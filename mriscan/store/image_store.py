@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ from mriscan.neighbors import PROJECTION_DIMS, dct_projection
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store.columns import (
     COLUMN_DIR,
-    FLAG_BITS,
     ColumnFiles,
     group_name,
     mask_from_flags,
@@ -939,7 +938,9 @@ def _labels_from_links(
             else table.columns.groups_at(table.group_file, old_pos)
         )
         roots = table.roots()
-        old_label = {p: roots.get(g, g) for p, g in zip(old_pos.tolist(), raw.tolist(), strict=True)}
+        old_label = {
+            p: roots.get(g, g) for p, g in zip(old_pos.tolist(), raw.tolist(), strict=True)
+        }
     parent: dict[int, int] = {}
 
     def find(a: int) -> int:

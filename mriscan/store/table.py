@@ -29,6 +29,8 @@ from mriscan.store.index import RETIRED_FLAGS, SampleRecord
 __all__ = ["RecordTable", "RecordView", "canonical_groups", "resolve_labels"]
 
 _RETIRED_MASK = mask_from_flags(sorted(RETIRED_FLAGS))
+#: single-record reads before ``RecordTable.record`` reads whole columns instead
+_SINGLE_READS = 64
 
 
 def resolve_labels(merges: np.ndarray) -> dict[int, int]:
@@ -234,8 +236,32 @@ class RecordTable:
         """True where a record carries no flag in ``RETIRED_FLAGS``, bool (N,)."""
         return (self.fixed("flags") & _RETIRED_MASK) == 0
 
+    def columns_as_lists(self) -> dict[str, list]:
+        """Every record field as a Python list (patches applied), cached: what iterating or
+        indexing many records reads once instead of row by row."""
+        if "lists" not in self._cache:
+            lists: dict[str, list] = {name: self.strings(name) for name in STRINGS}
+            for name in ("label", "height", "width", "origin", "flags"):
+                lists[name] = self.fixed(name).tolist()
+            lists["group"] = self.groups().tolist()
+            self._cache["lists"] = lists
+        return self._cache["lists"]
+
     def record(self, i: int) -> SampleRecord:
-        """The ``SampleRecord`` at position ``i`` (0 <= i < count)."""
+        """The ``SampleRecord`` at position ``i`` (0 <= i < count).
+
+        The first ``_SINGLE_READS`` records are read row by row (a few bytes of each column
+        file); after that every column is read once and kept (``columns_as_lists``), since the
+        caller is evidently walking many records.
+        """
+        self._singles = getattr(self, "_singles", 0) + 1
+        if "lists" in self._cache or self._singles > _SINGLE_READS or self.memory is not None:
+            c = self.columns_as_lists()
+            return SampleRecord(
+                position=i,
+                flags=flags_from_mask(c["flags"][i]),
+                **{k: c[k][i] for k in (*STRINGS, "label", "height", "width", "origin", "group")},
+            )
         patch = self.patches().get(i, {})
         fields: dict[str, Any] = {name: self.string_at(name, i) for name in STRINGS}
         for name in ("label", "height", "width", "origin"):
@@ -283,17 +309,13 @@ class RecordView(Sequence[SampleRecord]):
         t = self._table
         if not t.count:
             return
-        strings = {name: t.strings(name) for name in STRINGS}
-        nums = {name: t.fixed(name).tolist() for name in ("label", "height", "width", "origin")}
-        flags = t.fixed("flags").tolist()
-        groups = t.groups().tolist()
+        c = t.columns_as_lists()
+        names = (*STRINGS, "label", "height", "width", "origin", "group")
         for i in range(t.count):
             yield SampleRecord(
                 position=i,
-                group=groups[i],
-                flags=flags_from_mask(flags[i]),
-                **{k: v[i] for k, v in strings.items()},
-                **{k: v[i] for k, v in nums.items()},
+                flags=flags_from_mask(c["flags"][i]),
+                **{k: c[k][i] for k in names},
             )
 
     def __eq__(self, other: object) -> bool:
