@@ -162,9 +162,16 @@ class ColumnFiles:
         if not pos.size:
             return np.empty((0, width) if width > 1 else (0,), dtype)
         if not self.files.url:
-            m = np.memmap(self._path(rel), dtype=dtype, mode="r")
-            m = m.reshape(-1, width) if width > 1 else m
-            return np.array(m[pos])
+            try:
+                m = np.memmap(self._path(rel), dtype=dtype, mode="r")
+                m = m[: len(m) // width * width].reshape(-1, width) if width > 1 else m
+                return np.array(m[pos])
+            except (OSError, ValueError, IndexError) as exc:
+                raise StoreCorruptError(
+                    f"{self.files.root}/{rel} is missing or shorter than the index says "
+                    f"({type(exc).__name__}: {exc}). Run `mriscan verify`; re-ingest into a "
+                    "new --store if it reports damage."
+                ) from exc
         whole = self.array(rel, dtype, int(pos.max()) + 1, width)
         return whole[pos]
 
@@ -229,6 +236,12 @@ class ColumnFiles:
         """End offsets (int64, (count,)) of the first ``count`` strings of a column."""
         return self.array(f"{COLUMN_DIR}/{name}.off", "<i8", count)
 
+    def string_end(self, name: str, count: int) -> int:
+        """Bytes of ``<name>.bin`` the first ``count`` strings fill (reads one offset)."""
+        if count == 0:
+            return 0
+        return int(self.rows(f"{COLUMN_DIR}/{name}.off", "<i8", np.array([count - 1]))[0])
+
     def string_at(self, name: str, i: int) -> str:
         """String ``i`` of a string column."""
         ends = self.rows(f"{COLUMN_DIR}/{name}.off", "<i8", np.array([i - 1, i] if i else [i]))
@@ -253,9 +266,9 @@ class ColumnFiles:
             self.append(_fixed_file(name), count * np.dtype(dtype).itemsize * width, arr.tobytes())
         for name in STRINGS:
             values = [v.encode() for v in columns[name]]
-            start = self.string_ends(name, count)[-1] if count else 0
-            ends = int(start) + np.cumsum([len(v) for v in values], dtype=np.int64)
-            self.append(f"{COLUMN_DIR}/{name}.bin", int(start), b"".join(values))
+            start = self.string_end(name, count)
+            ends = start + np.cumsum([len(v) for v in values], dtype=np.int64)
+            self.append(f"{COLUMN_DIR}/{name}.bin", start, b"".join(values))
             self.append(f"{COLUMN_DIR}/{name}.off", count * 8, ends.astype("<i8").tobytes())
 
     def trim(self, count: int, patch_bytes: int, group_file: str, merges: int) -> None:
@@ -264,7 +277,7 @@ class ColumnFiles:
         for name, (dtype, width) in FIXED.items():
             self.truncate(_fixed_file(name), count * np.dtype(dtype).itemsize * width)
         for name in STRINGS:
-            end = int(self.string_ends(name, count)[-1]) if count else 0
+            end = self.string_end(name, count)
             self.truncate(f"{COLUMN_DIR}/{name}.bin", end)
             self.truncate(f"{COLUMN_DIR}/{name}.off", count * 8)
         self.truncate(f"{COLUMN_DIR}/{_PATCHES}", patch_bytes)
