@@ -115,6 +115,7 @@ DAMAGE = {
     "truncated checksum column": _truncate("index/pixel_sha256.bin", 20),
     "deleted group column": _delete("index/group.0.i8"),
     "deleted projections": _delete("index/proj.f4"),
+    "signature column disagrees with the array": _bytes_at("index/sig.u1", 300, b"\x01\x02"),
     "garbage labels chunk": _garbage("labels/c/0"),
     "garbage signatures chunk": _garbage("signatures/c/0/0/0"),
     "garbage images chunk": _garbage("images/c.1.0.0"),

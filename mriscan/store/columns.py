@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -345,9 +345,3 @@ def group_name(generation: str) -> str:
 def merge_name(generation: str) -> str:
     """File of the merges of a generation."""
     return f"{COLUMN_DIR}/merges.{generation}.i8"
-
-
-def iter_chunks(n: int, size: int) -> Iterator[slice]:
-    """Slices covering ``range(n)`` in steps of ``size``."""
-    for s in range(0, n, size):
-        yield slice(s, min(s + size, n))

@@ -76,7 +76,16 @@ def _check(store: ImageStore) -> list[str]:
     except (StoreError, ValueError, KeyError, TypeError) as exc:
         return [f"the record columns cannot be read ({type(exc).__name__}: {exc})"]
     stored_labels = _read_array(store, "labels", n, problems)
-    _read_array(store, "signatures", n, problems)
+    sigs = _read_array(store, "signatures", n, problems)
+    if sigs is not None and store.table.columns is not None and n:
+        # the grouping reads index/sig.u1; it must hold the same thumbnails as the array
+        rows = store.signature_rows(np.arange(n)).reshape(sigs.shape)
+        bad = np.flatnonzero(np.any(rows != sigs, axis=(1, 2)))
+        if bad.size:
+            problems.append(
+                f"index/sig.u1 differs from the signatures array at {bad.size} sample(s) "
+                f"(first: {int(bad[0])}); re-ingest into a new --store"
+            )
     for rec in records:
         i = rec.position
         try:
