@@ -288,6 +288,19 @@ def verify(store_path: Path) -> None:
 
 @main.command()
 @click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
+def migrate(store_path: Path) -> None:
+    """Convert a store written by an older mriscan (index format 1 or 2) to the current format."""
+    from mriscan.store import FORMAT_VERSION, migrate_store
+
+    old = migrate_store(store_path)
+    if old == FORMAT_VERSION:
+        click.echo(f"OK {store_path}: already index format {FORMAT_VERSION}; nothing to do.")
+    else:
+        click.echo(f"OK {store_path}: index format {old} -> {FORMAT_VERSION}.")
+
+
+@main.command()
+@click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def info(store_path: Path, as_json: bool) -> None:
     """Describe a store: samples per class, preprocessing, duplicate groups, codec, size."""

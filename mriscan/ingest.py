@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mriscan.duplicates import duplicate_groups, signatures
+from mriscan.duplicates import duplicate_groups, new_links, signatures
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, read_manifest, scan_class_folders
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
@@ -502,12 +502,12 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
     for pos, key in key_updates.items():
         store.update_record(pos, group_key=key)
     # 7. split groups: near-duplicates joined with patients / volumes / manifest groups
-    if store.n_pending or retire or key_updates:
+    if key_updates:  # a stored key changed: groups may split, recompute them all
         sigs = np.concatenate([store.signatures(), store.pending_signatures()])
         keys = [key_updates.get(r.position, r.group_key) for r in records] + pending_keys
         store.commit(groups=union_groups(duplicate_groups(sigs), keys))
-    else:
-        store.commit()
+    else:  # only new slices: link them to the stored groups (no stored pair is searched again)
+        store.commit(links=_new_links(store, pending_keys))
     counts = {w: sum(1 for v in retire.values() if v == w) for w in ("removed", "replaced",
                                                                      "relabelled")}  # fmt: skip
     act = store.active_indices()
@@ -525,6 +525,20 @@ def _run(store, store_path, source, root, classes, jobs, problems, config, progr
         warnings=tuple(warned),
         notes=tuple(notes),
         **counts,
+    )
+
+
+def _new_links(store: ImageStore, keys: list[str]) -> np.ndarray:
+    """Links of the store's pending slices to each other and to the stored ones
+    (``mriscan.duplicates.new_links``), (E, 2) int64."""
+    return new_links(
+        store.pending_signatures(),
+        keys,
+        offset=len(store),
+        projections=store.signature_projections(),
+        read_signatures=store.signature_rows,
+        constants=store.constant_signatures(),
+        key_positions=store.positions_with_keys(keys),
     )
 
 
