@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+_STATUS = {0: "clean", 3: "leakage", 4: "label conflicts", 7: "leakage and label conflicts"}
 _HIST_FEATURES = ("width", "height", "file_size", "jpeg_quality", "intensity_mean", "border_mean")
 
 
@@ -128,7 +129,8 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         "# Data audit",
         "",
         f"Signature: {report['signature']}; near-duplicate threshold **r > {t}**. "
-        f"Exit status {report['exit_status']} ({report['seconds']:.0f} s).",
+        f"Exit status {report['exit_status']} "
+        f"({_STATUS.get(report['exit_status'], 'see --help')}; {report['seconds']:.0f} s).",
         "",
     ]
     for r in report["sets"]:
@@ -167,7 +169,9 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
                     r["borderline"]["pairs"],
                 ],
                 [
-                    "near-duplicate groups",
+                    "groups (near-duplicates + patient/volume)"
+                    if g.get("with_keys")
+                    else "near-duplicate groups",
                     f"{g['count']} groups; sizes "
                     + ", ".join(f"{k}: {v}" for k, v in g["size_histogram"].items() if v),
                 ],

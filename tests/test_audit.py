@@ -381,6 +381,19 @@ def test_split_items_retired_since_the_split_are_reported_and_audited_as_they_ar
     assert "changed since the split was made" in res.output
 
 
+def test_an_empty_side_has_no_pairs_instead_of_a_crash(tmp_path):
+    from mriscan.audit import _subset, check_cross, load_set
+
+    aset = load_set(_tiny(tmp_path / "d"), CFG)
+    empty = _subset(aset, [], "test")  # e.g. every test file of a split deleted since
+    x = check_cross(aset, empty, CFG)
+    assert x["b_items_matched"] == 0 and x["pairs"] == 0
+    assert x["by_class"] == {
+        "no": {"items": 0, "exact": 0, "pixels": 0, "near": 0, "leaked": 0, "share": 0.0},
+        "yes": {"items": 0, "exact": 0, "pixels": 0, "near": 0, "leaked": 0, "share": 0.0},
+    }
+
+
 @pytest.mark.slow
 def test_real_sets(real_data):
     """brain_mri vs figshare_br35h: the known duplicates, no conflict in brain_mri, the source
