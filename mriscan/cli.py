@@ -901,9 +901,11 @@ def audit(
     page = write_report(report, out)
     for r in report["sets"]:
         local = r["_set"].local_names
-        for s in r["skipped"]:  # console only: the report never holds scanner file paths
+        for s in r["skipped"][:20]:  # console only: the report never holds scanner file paths
             where = f"{s['source']} ({local[s['source']]})" if s["source"] in local else s["source"]
             click.echo(f"not audited: {r['name']}/{where}: {s['reason']}", err=True)
+        if len(r["skipped"]) > 20:
+            click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
     if as_json:
         click.echo(to_json(report))
     else:
