@@ -68,19 +68,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also run the 100k-slice scaling case (several minutes)",
     )
+    parser.addoption(
+        "--scale-1m",
+        action="store_true",
+        help="also run the 1M-slice index scaling case (bench/test_index_scaling.py)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scale100k: the 100k scaling case (--scale-100k)")
+    config.addinivalue_line("markers", "scale1m: the 1M index scaling case (--scale-1m)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    if config.getoption("--scale-100k"):
-        return
-    skip = pytest.mark.skip(reason="100k case: pass --scale-100k")
-    for item in items:
-        if "scale100k" in item.keywords:
-            item.add_marker(skip)
+    for marker, option in (("scale100k", "--scale-100k"), ("scale1m", "--scale-1m")):
+        if config.getoption(option):
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} case: pass {option}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def _evaluate_targets() -> list[dict]:

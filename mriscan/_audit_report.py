@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+_STATUS = {0: "clean", 3: "leakage", 4: "label conflicts", 7: "leakage and label conflicts"}
 _HIST_FEATURES = ("width", "height", "file_size", "jpeg_quality", "intensity_mean", "border_mean")
 
 
@@ -104,7 +105,7 @@ def _pair_rows(pairs: list[dict]) -> list[str]:
 
 def _shortcut_lines(title: str, s: dict) -> list[str]:
     if s.get("auc") is None:
-        return [f"**{title}:** not scored ({s.get('reason', 'n/a')}).", ""]
+        return [f"**{title}:** AUC undefined ({s.get('reason', 'n/a')}).", ""]
     verdict = "**shortcut: yes**" if s["flagged"] else "shortcut: no"
     lines = [
         f"**{title}:** grouped {s['folds']}-fold CV ROC AUC **{s['auc']:.3f}** → {verdict} "
@@ -128,7 +129,8 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         "# Data audit",
         "",
         f"Signature: {report['signature']}; near-duplicate threshold **r > {t}**. "
-        f"Exit status {report['exit_status']} ({report['seconds']:.0f} s).",
+        f"Exit status {report['exit_status']} "
+        f"({_STATUS.get(report['exit_status'], 'see --help')}; {report['seconds']:.0f} s).",
         "",
     ]
     for r in report["sets"]:
@@ -136,14 +138,15 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         slug = _slug(s.name)
         md += [f"## {s.name} ({s.kind}: `{s.path}`)", ""]
         md += [
-            f"{r['decoded']} decoded of {r['files']} files; classes: "
+            f"{r['decoded']} slices decoded from {r['files'] - r['files_not_audited']} of "
+            f"{r['files']} files; slices per class: "
             + ", ".join(f"{k} {v}" for k, v in r["classes"].items())
             + ".",
             "",
         ]
         md += [f"> note: {n}" for n in r["notes"]] + ([""] if r["notes"] else [])
         if r["skipped"]:
-            md += [f"Skipped {len(r['skipped'])} unreadable files (see audit.json).", ""]
+            md += _skipped_lines(r["skipped"])
         g = r["groups"]
         md += _table(
             ["check", "result"],
@@ -166,7 +169,9 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
                     r["borderline"]["pairs"],
                 ],
                 [
-                    "near-duplicate groups",
+                    "groups (near-duplicates + patient/volume)"
+                    if g.get("with_keys")
+                    else "near-duplicate groups",
                     f"{g['count']} groups; sizes "
                     + ", ".join(f"{k}: {v}" for k, v in g["size_histogram"].items() if v),
                 ],
@@ -229,22 +234,27 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         if r["metadata_by_class"]:
             rows = []
             for cls, m in r["metadata_by_class"].items():
-                q = m.get("jpeg_quality")
+                if not m["slices"]:
+                    rows.append([cls, 0, *["undefined (0 decodable files)"] + ["-"] * 6])
+                    continue
+                size = m["most_common_size"]
                 rows.append(
                     [
                         cls,
+                        m["slices"],
                         m["distinct_sizes"],
-                        f"{m['most_common_size'][0]} ({m['most_common_size'][1]})",
+                        "-" if size is None else f"{size[0]} ({size[1]})",
                         ", ".join(f"{k} {v}" for k, v in sorted(m["mode"].items())),
                         ", ".join(f"{k} {v}" for k, v in sorted(m["format"].items())),
-                        f"{m['file_size']['median'] / 1024:.0f} KiB",
-                        "-" if q is None else f"{q['median']:.0f}",
-                        f"{m['border_mean']['median']:.1f}",
+                        _median(m.get("file_size"), lambda v: f"{v / 1024:.0f} KiB"),
+                        _median(m.get("jpeg_quality"), lambda v: f"{v:.0f}"),
+                        _median(m.get("border_mean"), lambda v: f"{v:.1f}"),
                     ]
                 )
             md += _table(
                 [
                     "class",
+                    "slices",
                     "sizes",
                     "most common size",
                     "colour modes",
@@ -275,6 +285,7 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
             f"pixel-identical or near (r > {t}) duplicate in train.",
             "",
         ]
+        md += _changed_lines(leak.get("changed_since_split"))
         md += _table(
             ["r >", "pairs", "test slices with a match"],
             [[k, v["pairs"], v["b_items"]] for k, v in leak["levels"].items()],
@@ -282,13 +293,58 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         md += _by_class(leak)
         md += _cross_figures(leak, out, "leakage")
     path = out / "audit.md"
-    path.write_text("\n".join(md) + "\n")
+    tmp = out / ".audit.md.tmp"
+    tmp.write_text("\n".join(md) + "\n")
+    tmp.replace(path)
     return path
+
+
+_MAX_LISTED = 50
+
+
+def _median(stat: dict | None, fmt) -> str:
+    """A per-class ``{"median": ...}`` cell, or "-" when the feature is unknown for the class."""
+    return "-" if stat is None else fmt(stat["median"])
+
+
+def _skipped_lines(skipped: list[dict]) -> list[str]:
+    """The files (and folders) not audited, each with the reason (the first ``_MAX_LISTED``)."""
+    lines = [f"Not audited: {len(skipped)} files or folders:", ""]
+    lines += [f"- `{s['source']}`: {s['reason']}" for s in skipped[:_MAX_LISTED]]
+    if len(skipped) > _MAX_LISTED:
+        lines.append(f"- … and {len(skipped) - _MAX_LISTED} more (all in audit.json)")
+    return [*lines, ""]
+
+
+def _changed_lines(changed: dict | None) -> list[str]:
+    """Split items the store retired since the split was made (``--split`` only)."""
+    if not changed or not (changed["train"] or changed["test"]):
+        return []
+    lines = [
+        "**Changed since the split was made:** "
+        + ", ".join(
+            f"{len(changed[k])} of {changed['split_items'][s]} {s} items"
+            for k, s in (("train", "train+val"), ("test", "test"))
+            if changed[k]
+        )
+        + ". They are not scored as they were: leakage is computed on the files' current "
+        "content (listed as *now*; none when the file is gone).",
+        "",
+    ]
+    rows = [
+        [side, f"`{c['source']}`", c["change"], ", ".join(f"`{n}`" for n in c["now"]) or "-"]
+        for side in ("train", "test")
+        for c in changed[side]
+    ]
+    lines += _table(["side", "split item", "change", "now"], rows[:_MAX_LISTED])
+    if len(rows) > _MAX_LISTED:
+        lines += [f"… and {len(rows) - _MAX_LISTED} more (all in audit.json)", ""]
+    return lines
 
 
 def _auc_cell(s: dict) -> str:
     if s.get("auc") is None:
-        return "not scored"
+        return "AUC undefined (see below)"
     flag = "**yes**" if s["flagged"] else "no"
     return f"AUC {s['auc']:.3f} → {flag} ({', '.join(s['carriers'][:3])})"
 

@@ -48,7 +48,9 @@ def aggregate_rows(
     """One row per unit (``row["unit"]`` non-empty) from its slice rows without an error.
 
     Each class's probability (``p_<class>``) is pooled with ``top_k_mean`` over the unit's
-    slices, and so are ``probability`` (two classes: the positive class's) and
+    slices and the pooled values are rescaled to sum to 1 (two classes: ``1 − probability``
+    and ``probability``); ``probability`` (two classes: the positive class's top-k mean, as the
+    rule says) and
     ``tumor_probability`` (K classes with a healthy class). The label: two classes, the
     positive class when the pooled probability >= ``threshold``; more, the class with the
     largest pooled probability. Also ``path`` = the unit's name (``row["unit_path"]`` when the
@@ -65,11 +67,17 @@ def aggregate_rows(
     for unit, members in units.items():
         row: dict[str, Any] = {"path": members[0].get("unit_path") or unit}
         pooled = [top_k_mean([m[f"p_{n}"] for m in members], k) for n in names]
+        # the top-k means of the classes need not sum to 1 (each class picks its own slices):
+        # rescale them to a distribution, so the columns read as probabilities
+        total = sum(pooled)
+        pooled = [v / total for v in pooled] if total > 0 else pooled
         for n, v in zip(names, pooled, strict=True):
             row[f"p_{n}"] = v
         for key in ("probability", "tumor_probability"):
             if key in members[0]:
                 row[key] = top_k_mean([m[key] for m in members], k)
+        if len(names) == 2:  # the two columns follow the rule's probability exactly
+            row[f"p_{names[0]}"], row[f"p_{names[1]}"] = 1 - row["probability"], row["probability"]
         if len(names) == 2:
             row["label"] = names[1] if row["probability"] >= threshold else names[0]
         else:

@@ -110,6 +110,12 @@ class RunLayout:
         return self.root / "checkpoint" / MODEL_FILE
 
     @property
+    def live_history(self) -> Path:
+        """``history.json`` of a run in progress (published to ``history`` when it ends, so a
+        run that stops never replaces the finished run's history)."""
+        return self.root / "checkpoint" / "history.json"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 

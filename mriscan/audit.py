@@ -13,6 +13,10 @@
   carry it; the same on simple statistics of the preprocessed slices, to show whether
   preprocessing removed the cue.
 
+Class folders are listed as ``mriscan ingest`` lists them (JPEG/PNG, DICOM, NIfTI; the slices
+of a volume or series are the items, named by the readers' pseudonyms); stores are audited on
+their active records.
+
 ``write_report`` writes ``audit.md``, ``audit.json`` and PNG figures. Keras-free.
 """
 
@@ -37,11 +41,15 @@ from PIL import Image
 
 from mriscan.duplicates import duplicate_groups, signatures
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
-from mriscan.io import decode_bytes, list_class_folders, read_file
+from mriscan.io import decode_bytes, read_file, scan_class_folders
 from mriscan.neighbors import cross_pairs, near_pairs
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
+from mriscan.readers import check_series_sizes, file_sha256, read_input
+from mriscan.scan import new_salt, salted_hash
+from mriscan.splits import union_groups
 
 __all__ = [
+    "EXIT_BOTH",
     "EXIT_CONFLICT",
     "EXIT_LEAKAGE",
     "AuditConfig",
@@ -49,14 +57,18 @@ __all__ = [
     "AuditSet",
     "audit",
     "load_set",
+    "prepare_out",
     "to_json",
     "write_report",
 ]
 
 log = logging.getLogger(__name__)
 
-EXIT_LEAKAGE = 2
+#: Exit status of ``mriscan audit`` (``audit()["exit_status"]``): codes click does not use (it
+#: takes 1 for errors and 2 for bad usage), so a CI job cannot read bad usage as leakage.
+EXIT_LEAKAGE = 3
 EXIT_CONFLICT = 4
+EXIT_BOTH = EXIT_LEAKAGE | EXIT_CONFLICT  # 7
 _THUMB = 96  # side of the display thumbnails in the figures
 _BATCH = 64
 _COUNT_LEVELS = (0.90, 0.95, 0.98, 0.99)
@@ -103,6 +115,9 @@ class AuditConfig:
         Threads reading and decoding files (default: CPU cores).
     seed : int
         Seed of the cross-validation folds and the classifier.
+    min_groups : int
+        Fewest independent groups (near-duplicate / patient / volume) a class needs for the
+        shortcut AUC to be scored; below it the AUC is reported as undefined.
     """
 
     threshold: float = 0.95
@@ -113,6 +128,7 @@ class AuditConfig:
     max_pairs: int = 12
     workers: int | None = None
     seed: int = 0
+    min_groups: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
@@ -130,6 +146,8 @@ class AuditConfig:
             )
         if self.folds < 2:
             raise ConfigError(f"folds must be >= 2. Received: folds={self.folds}.")
+        if self.min_groups < 2:
+            raise ConfigError(f"min_groups must be >= 2. Received: min_groups={self.min_groups}.")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1. Received: workers={self.workers}.")
 
@@ -164,9 +182,17 @@ class AuditSet:
     store_positions : ndarray of shape (N,), int64
         Store record position of each item (-1 for folders and recorded exact duplicates).
     skipped : list of (str, str)
-        Files that could not be decoded, with the reason.
+        Files (and folders) that were not audited, with the reason.
     notes : list of str
         What could not be checked and why.
+    group_keys : list of str
+        Split-group key of each item (``SampleRecord.group_key``: patient / volume / manifest
+        group, ``""`` for plain images); joined with the near-duplicate groups.
+    n_files : int
+        Files (and unlistable folders) the set holds: a DICOM/NIfTI file may give many items.
+    local_names : dict of str to str
+        Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console only:
+        never written to the report (scanner exports are often named after the patient).
     """
 
     name: str
@@ -185,6 +211,9 @@ class AuditSet:
     store_positions: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    group_keys: list[str] = field(default_factory=list)
+    local_names: dict[str, str] = field(default_factory=dict)
+    n_files: int = 0
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -294,23 +323,50 @@ def _is_store(path: Path) -> bool:
     return (path / "index.json").is_file()
 
 
-def _store_items(path: Path) -> tuple[list[tuple[Path | None, str, int, int]], tuple, Any]:
-    """(file, source, label, store position) for every record and recorded duplicate."""
+@dataclass(frozen=True)
+class _Item:
+    """One file to read: ``source`` names it in the report (the relative path of a plain image;
+    for a DICOM/NIfTI file of a class folder a salted pseudonym, its slices get the readers'
+    pseudonyms); ``position`` is its store row (-1: none)."""
+
+    path: Path | None
+    source: str
+    label: int
+    position: int = -1
+    kind: str = "image"
+    group_key: str = ""
+
+
+def _store_items(path: Path) -> tuple[list[_Item], tuple[str, ...], list[str]]:
+    """Items of a store's active records and recorded duplicates, its class names, and notes
+    on what is not audited (retired records)."""
     from mriscan.store import ImageStore
+    from mriscan.store.index import RETIRED_FLAGS
 
     with ImageStore.open(path) as store:
         index = store.index
         names = tuple(index.class_names)
         roots = [Path(s) for s in index.sources]
 
-        def resolve(src: str) -> Path | None:
+        def resolve(src: str, kind: str) -> Path | None:
+            if kind != "image":  # DICOM/NIfTI records hold pseudonyms, never paths
+                return None
             for root in roots:
                 p = root / src
                 if p.is_file():
                     return p
             return None
 
-        items = [(resolve(r.source), r.source, int(r.label), r.position) for r in index.records]
+        items = [
+            _Item(
+                resolve(r.source, r.kind), r.source, int(r.label), r.position, r.kind, r.group_key
+            )
+            for r in index.records
+            if r.active
+        ]
+        retired = Counter(
+            next(f for f in r.flags if f in RETIRED_FLAGS) for r in index.records if not r.active
+        )
         for d in index.duplicates:
             folder = d["source"].split("/", 1)[0]
             label = (
@@ -318,18 +374,50 @@ def _store_items(path: Path) -> tuple[list[tuple[Path | None, str, int, int]], t
                 if folder in names
                 else int(index.records[d["duplicate_of"]].label)
             )
-            items.append((resolve(d["source"]), d["source"], label, -1))
-        return items, names, store
+            kind = "image" if "-file/" not in d["source"] else d["source"].split("-file/")[0]
+            items.append(_Item(resolve(d["source"], kind), d["source"], label, -1, kind))
+    notes = []
+    if retired:
+        notes.append(
+            f"{sum(retired.values())} retired records are not audited (their file was "
+            + ", ".join(f"{_RETIRED_WORDS[k]}: {v}" for k, v in sorted(retired.items()))
+            + "); training, CV and evaluation no longer use them."
+        )
+    return items, names, notes
+
+
+_RETIRED_WORDS = {
+    "removed": "deleted",
+    "replaced": "overwritten",
+    "relabelled": "moved to another class",
+    "conflict": "also filed under another class",
+}
+
+
+def _folder_items(path: Path, salt: bytes) -> tuple[list[_Item], tuple[str, ...], list]:
+    """Items of a class-folder tree (``mriscan.io.scan_class_folders``, as ingest lists it:
+    JPEG/PNG, DICOM and NIfTI; a nested copy of the class layout is refused), its class names
+    and the sub-folders that could not be listed ``(relative path, reason)``."""
+    listing = scan_class_folders(path)
+    items = []
+    for k, files in enumerate(listing.classes.values()):
+        for f in files:
+            rel = f.path.relative_to(path).as_posix()
+            src = rel if f.kind == "image" else f"{f.kind}-file/{salted_hash(salt, 'file', rel)}"
+            items.append(_Item(f.path, src, k, -1, f.kind))
+    bad = [(Path(os.path.relpath(p, path)).as_posix(), why) for p, why in listing.unreadable]
+    return items, tuple(listing.classes), bad
 
 
 def _count_items(path: Path) -> int:
-    """Files a set will read (for the progress total)."""
+    """Files a set will read (for the progress total); checks the layout like ``load_set``."""
     if _is_store(path):
         from mriscan.store import ImageStore
 
         with ImageStore.open(path) as store:
-            return len(store.index.records) + len(store.index.duplicates)
-    return sum(len(v) for v in list_class_folders(path).values())
+            index = store.index
+            return sum(r.active for r in index.records) + len(index.duplicates)
+    return sum(len(v) for v in scan_class_folders(path).classes.values())
 
 
 def load_set(
@@ -337,14 +425,20 @@ def load_set(
     config: AuditConfig | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    salt: bytes | None = None,
 ) -> AuditSet:
     """Read a class folder or an ImageStore into an ``AuditSet``.
 
     Every file is read once: SHA-256, Pillow header (format, mode, quantisation tables), safe
     decode (``mriscan.io``), then the 16×16 signature, a display thumbnail and the slice as the
-    default ``PreprocessConfig`` would store it. For a store, the files are found under the
-    folders recorded in its index; when they are gone the store's own records, signatures and
-    slices are used and the report notes what could not be checked.
+    default ``PreprocessConfig`` would store it. Class folders are listed like ``mriscan
+    ingest`` lists them (``mriscan.io.scan_class_folders``): DICOM files and series and NIfTI
+    volumes are read with ``mriscan.readers.read_input``, each slice an item named by the
+    readers' salted pseudonyms (never by file or folder names, which in scanner exports are
+    often the patient's). For a store, only active records are audited (retired ones are noted);
+    the files are found under the folders recorded in its index; when some are not there (or
+    the store holds DICOM/NIfTI slices, stored under pseudonyms) the store's own records,
+    signatures and slices are used and the report notes what could not be checked.
 
     Parameters
     ----------
@@ -352,6 +446,9 @@ def load_set(
         A folder with one sub-folder per class, or a store folder (holding ``index.json``).
     config : AuditConfig, optional
     progress : callable(done, total), optional
+    salt : bytes, optional
+        Key of the pseudonyms of DICOM/NIfTI inputs of class folders (default: a fresh random
+        salt, ``mriscan.scan.new_salt``: names are stable within one audit only).
 
     Returns
     -------
@@ -360,53 +457,114 @@ def load_set(
     Raises
     ------
     EmptyDatasetError
-        If a folder has fewer than two class folders or an empty one.
+        If a folder has fewer than two class folders, an empty or unreadable one, or a nested
+        copy of the class layout (``mriscan.io.scan_class_folders``).
     AuditError
         If no file of the set could be decoded.
     """
     config = config or AuditConfig()
     path = Path(path)
+    salt = salt if salt is not None else new_salt()
     if _is_store(path):
-        items, names, _ = _store_items(path)
-        kind = "store"
+        items, names, notes = _store_items(path)
+        kind, unlisted = "store", []
     else:
-        classes = list_class_folders(path)
-        names = tuple(classes)
-        items = [
-            (p, p.relative_to(path).as_posix(), k, -1)
-            for k, files in enumerate(classes.values())
-            for p in files
-        ]
-        kind = "folder"
+        items, names, unlisted = _folder_items(path, salt)
+        kind, notes = "folder", []
     aset = AuditSet(name=path.resolve().name, path=str(path), kind=kind, class_names=names)
-    if kind == "store" and any(p is None for p, *_ in items):
-        missing = sum(p is None for p, *_ in items)
-        aset.notes.append(
-            f"{missing} of {len(items)} source files are not found under the store's recorded "
-            "folders: file-level checks (format, colour mode, file size, JPEG quality, decoded "
-            "pixels) use the store's records and slices for the whole set instead."
-        )
+    aset.notes += notes
+    aset.skipped += unlisted
+    aset.n_files = len(items) + len(unlisted)
+    if kind == "store" and any(it.path is None for it in items):
+        missing = [it for it in items if it.path is None and it.kind == "image"]
+        scanner = sum(it.path is None and it.kind != "image" for it in items)
+        if scanner:
+            aset.notes.append(
+                f"{scanner} of {len(items)} items are DICOM/NIfTI slices, stored under "
+                "pseudonymous names by design (no file paths are kept): file-level checks "
+                "(format, colour mode, file size, JPEG quality, decoded pixels) use the store's "
+                "records and slices for the whole set."
+            )
+        if missing:
+            aset.notes.append(
+                f"{len(missing)} of {len(items)} source files are not found under the store's "
+                "recorded folders: file-level checks (format, colour mode, file size, JPEG "
+                "quality, decoded pixels) use the store's records and slices for the whole set "
+                "instead."
+            )
         return _load_from_store(path, aset, items)
-    return _load_files(aset, items, config, progress)
+    return _load_files(aset, items, config, progress, salt, path)
 
 
-def _load_files(aset, items, config, progress) -> AuditSet:
+def _read_item(
+    item: _Item, salt: bytes, root: Path, series_errors: dict[Path, str]
+) -> dict[str, Any]:
+    """Hash, file metadata and decoded slices of one item (errors captured, never raised).
+
+    Returns ``{"error": reason}`` or the file's ``sha256``, ``file_size``, ``format``, ``mode``,
+    ``quality`` and ``slices``: a list of ``(name, gray (H, W) uint8, group key)``.
+    """
+    if item.kind == "image":
+        r = _read_one(item.path)
+        if "error" in r:
+            return r
+        r["slices"] = [(item.source, r.pop("gray"), item.group_key)]
+        return r
+    if item.path in series_errors:
+        return {"error": series_errors[item.path]}
+    got = read_input(item.path, item.kind, salt=salt, root=root)
+    if got.error is not None:
+        return {"error": got.error}
+    if got.skipped is not None:
+        return {"error": f"no image to audit ({got.skipped})"}
+    try:
+        sha, size = file_sha256(item.path), os.path.getsize(item.path)
+    except OSError as exc:
+        return {"error": f"cannot read file ({exc.strerror or exc})"}
+    return {
+        "sha256": sha,
+        # per slice: a DICOM file's bytes are its frames; a NIfTI volume's are not per slice
+        "file_size": size / len(got.slices) if item.kind == "dicom" else float("nan"),
+        "format": "DICOM" if item.kind == "dicom" else "NIfTI",
+        "mode": "-",
+        "quality": float("nan"),
+        "slices": [(s.source, s.image, s.group_key) for s in got.slices],
+    }
+
+
+def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
     prep_cfg = PreprocessConfig()
     rows: dict[str, list] = defaultdict(list)
     n_done = 0
     workers = config.workers or os.cpu_count() or 1
+    series_errors = check_series_sizes([it.path for it in items if it.kind == "dicom"])
+    n_scanner = sum(it.kind != "image" for it in items)
+
+    def read(item: _Item) -> dict[str, Any]:
+        return _read_item(item, salt, root, series_errors)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(items), _BATCH):
             chunk = items[start : start + _BATCH]
-            results = list(pool.map(_read_one, [p for p, *_ in chunk]))
+            results = list(pool.map(read, chunk))
             grays, kept = [], []
-            for (_, src, label, pos), r in zip(chunk, results, strict=True):
+            for it, r in zip(chunk, results, strict=True):
                 if "error" in r:
-                    aset.skipped.append((src, r["error"]))
+                    reason = r["error"]
+                    if it.kind != "image":  # readers' messages may hold the path: not in reports
+                        aset.local_names[it.source] = str(it.path)
+                        parts = {str(it.path), os.path.relpath(it.path, root), it.path.name}
+                        for part in sorted(parts, key=len, reverse=True):
+                            reason = reason.replace(part, it.source)
+                    aset.skipped.append((it.source, reason))
                     continue
-                g = r.pop("gray")
-                grays.append(g)
-                kept.append((src, label, pos, r, g))
+                n = len(r["slices"])
+                for k, (name, g, key) in enumerate(r["slices"]):
+                    # the exact-duplicate key of a slice: its file's hash (and its place in a
+                    # multi-slice file, so the slices of one volume are not "copies")
+                    sha = r["sha256"] if n == 1 else _sha(f"{r['sha256']}#{k}".encode())
+                    grays.append(g)
+                    kept.append((name, it.label, it.position, key, sha, r, g))
             if grays:
                 sigs = signatures(grays)
                 thumbs = preprocess_batch(grays, size=_THUMB, crop=False, aspect="pad", align=False)
@@ -415,15 +573,14 @@ def _load_files(aset, items, config, progress) -> AuditSet:
                 rows["thumb"].append(thumbs)
                 for k, v in _prep_stats(prepped).items():
                     rows[f"prep:{k}"].append(v)
-            for src, label, pos, r, g in kept:
+            for name, label, pos, key, sha, r, g in kept:
                 h, w = g.shape
-                aset.sources.append(src)
+                aset.sources.append(name)
+                aset.group_keys.append(key)
                 rows["label"].append(label)
                 rows["pos"].append(pos)
-                aset.sha256.append(r["sha256"])
-                aset.pixel_hash.append(
-                    hashlib.sha256(f"{h}x{w}".encode() + g.tobytes()).hexdigest()
-                )
+                aset.sha256.append(sha)
+                aset.pixel_hash.append(_sha(f"{h}x{w}".encode() + g.tobytes()))
                 meta = {
                     "height": float(h),
                     "width": float(w),
@@ -446,6 +603,12 @@ def _load_files(aset, items, config, progress) -> AuditSet:
             f"{aset.path}: none of its {len(items)} files could be decoded "
             f"(first: {aset.skipped[0] if aset.skipped else 'no files'}). Check the folder."
         )
+    if n_scanner:
+        aset.notes.append(
+            f"{n_scanner} DICOM/NIfTI files were read as in `mriscan ingest`; their slices are "
+            "named by salted pseudonyms of this run (dicom/<series>/<instance>#<frame>, "
+            "nifti/<volume>#<slice>), never by file or folder names."
+        )
     aset.labels = np.asarray(rows["label"], np.int64)
     aset.store_positions = np.asarray(rows["pos"], np.int64)
     aset.signatures = np.concatenate(rows["sig"])
@@ -454,14 +617,29 @@ def _load_files(aset, items, config, progress) -> AuditSet:
     aset.prep_stats = {
         k.split(":", 1)[1]: np.concatenate(v) for k, v in rows.items() if k.startswith("prep:")
     }
+    _note_empty_classes(aset)
     return aset
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _note_empty_classes(aset: AuditSet) -> None:
+    """A note for every class none of whose files could be decoded (its metrics are undefined)."""
+    for k, name in enumerate(aset.class_names):
+        if not np.any(aset.labels == k):
+            aset.notes.append(
+                f"class {name!r} has 0 decodable files: its metadata, duplicates and shortcut "
+                "metrics are undefined (see the skipped files)."
+            )
 
 
 def _load_from_store(path: Path, aset: AuditSet, items) -> AuditSet:
     """Store-only view: records, stored signatures and slices (no source files)."""
     from mriscan.store import ImageStore
 
-    recs = [(src, label, pos) for _, src, label, pos in items if pos >= 0]
+    recs = [(it.source, it.label, it.position) for it in items if it.position >= 0]
     with ImageStore.open(path) as store:
         sigs = store.signatures()
         pos = np.array([p for *_, p in recs], np.int64)
@@ -470,7 +648,14 @@ def _load_from_store(path: Path, aset: AuditSet, items) -> AuditSet:
     aset.sources = [s for s, *_ in recs]
     aset.labels = np.array([lab for _, lab, _ in recs], np.int64)
     aset.store_positions = pos
-    aset.sha256 = [index.records[p].sha256 for p in pos]
+    aset.group_keys = [index.records[p].group_key for p in pos]
+    # the exact-duplicate key of a slice of a multi-slice file: its file's hash and its name
+    aset.sha256 = [
+        index.records[p].sha256
+        if index.records[p].kind == "image"
+        else _sha(f"{index.records[p].sha256}#{index.records[p].source}".encode())
+        for p in pos
+    ]
     aset.pixel_hash = [index.records[p].pixel_sha256 or "" for p in pos]
     aset.signatures = sigs[pos]
     aset.thumbs = preprocess_batch(list(slices), size=_THUMB, crop=False, align=False)
@@ -483,7 +668,8 @@ def _load_from_store(path: Path, aset: AuditSet, items) -> AuditSet:
             "the store was preprocessed with other settings than the default PreprocessConfig; "
             "the preprocessed-slice shortcut check is skipped."
         )
-    n_dup = sum(1 for *_, p in items if p < 0)
+    _note_empty_classes(aset)
+    n_dup = sum(1 for it in items if it.position < 0)
     if n_dup:
         aset.notes.append(
             f"{n_dup} exact duplicates recorded at ingest are counted from the index only."
@@ -548,6 +734,8 @@ def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
     i, j, c = near_pairs(aset.signatures, threshold=lo)
     above = c > t
     groups = duplicate_groups(aset.signatures, threshold=t)
+    if any(aset.group_keys):  # slices of one patient / volume / manifest group stay together
+        groups = union_groups(groups, aset.group_keys)
     conflicts = []
     for g in exact + pixel:
         if len({int(aset.labels[k]) for k in g}) > 1:
@@ -586,8 +774,9 @@ def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
         "name": aset.name,
         "path": aset.path,
         "kind": aset.kind,
-        "files": len(aset) + len(aset.skipped),
-        "decoded": len(aset),
+        "files": aset.n_files or len(aset) + len(aset.skipped),
+        "files_not_audited": len(aset.skipped),
+        "decoded": len(aset),  # slices: a DICOM/NIfTI file may give many
         "skipped": [{"source": s, "reason": r} for s, r in aset.skipped],
         "classes": {n: int(np.sum(aset.labels == k)) for k, n in enumerate(aset.class_names)},
         "notes": aset.notes,
@@ -622,6 +811,8 @@ def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
             "examples": [_pair_row(aset, i[k], aset, j[k], c[k], "near") for k in bl],
         },
         "groups": {
+            # near-duplicate groups, joined with patient / volume / manifest groups when known
+            "with_keys": bool(any(aset.group_keys)),
             "count": len(sizes),
             "size_histogram": _size_histogram(groups),
             "largest": [
@@ -659,7 +850,10 @@ def check_cross(a: AuditSet, b: AuditSet, config: AuditConfig) -> dict[str, Any]
     """
     t = config.threshold
     lo = max(0.0, min(t - config.borderline, min(_COUNT_LEVELS)))
-    i, j, c = cross_pairs(a.signatures, b.signatures, threshold=lo)
+    if len(a) and len(b):
+        i, j, c = cross_pairs(a.signatures, b.signatures, threshold=lo)
+    else:  # a side left empty (e.g. every test file of a split deleted since)
+        i, j, c = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
     sha_a = {h: k for k, h in enumerate(a.sha256) if h}
     pix_a = {h: k for k, h in enumerate(a.pixel_hash) if h}
     matched: dict[int, tuple[str, int, float]] = {}
@@ -724,6 +918,7 @@ def _subset(aset: AuditSet, idx: np.ndarray, name: str) -> AuditSet:
         categorical={k: [v[q] for q in idx] for k, v in aset.categorical.items()},
         prep_stats={k: v[idx] for k, v in aset.prep_stats.items()},
         store_positions=aset.store_positions[idx],
+        group_keys=[aset.group_keys[k] for k in idx] if aset.group_keys else [],
     )
 
 
@@ -754,15 +949,30 @@ def _merge(sets: Sequence[AuditSet], name: str) -> AuditSet:
         categorical={k: [v for s in sets for v in s.categorical[k]] for k in cats},
         prep_stats={k: np.concatenate([s.prep_stats[k] for s in sets]) for k in preps},
         store_positions=np.concatenate([s.store_positions for s in sets]),
+        group_keys=[k for s in sets for k in (s.group_keys if s.group_keys else [""] * len(s))],
     )
 
 
-def _split_sets(aset: AuditSet, split_path: Path) -> tuple[AuditSet, AuditSet]:
-    """Train (+ validation) and test items of a store from a ``split.json``."""
+def _split_sets(aset: AuditSet, split_path: Path) -> tuple[AuditSet, AuditSet, dict[str, Any]]:
+    """Train (+ validation) and test items of a store from a ``split.json``, on the store's
+    current content, and what changed since the split was made.
+
+    A split position whose record the store has retired since (``SampleRecord.active`` False:
+    its file was deleted, overwritten, moved to another class, or its bytes filed under another
+    class) is not audited as it was: it is listed under ``changed`` and replaced by the file's
+    current content where there is one (the active record or recorded exact duplicate with the
+    same file id, or for a moved file the record with the same bytes under its new class). So a
+    test file overwritten with a copy of a training slice counts as leakage.
+    """
+    from mriscan.store import ImageStore
+    from mriscan.store.index import RETIRED_FLAGS
+
     try:
         split = json.loads(Path(split_path).read_text())
-        parts = {k: np.asarray(split[k]["indices"], np.int64) for k in ("train", "val", "test")}
-        srcs = {k: split[k]["sources"] for k in ("train", "val", "test")}
+        parts = {k: [int(p) for p in split[k]["indices"]] for k in ("train", "val", "test")}
+        srcs = {k: list(split[k]["sources"]) for k in ("train", "val", "test")}
+        if any(len(parts[k]) != len(srcs[k]) for k in parts):
+            raise ValueError("indices and sources differ in length")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AuditError(
             f"{split_path}: not a split.json written by `mriscan train` (keys train/val/test, "
@@ -773,26 +983,88 @@ def _split_sets(aset: AuditSet, split_path: Path) -> tuple[AuditSet, AuditSet]:
             f"--split needs the store the split was made on; {aset.path} is a class folder. "
             f"Pass the store ({split.get('store', 'recorded in the split file')})."
         )
+    with ImageStore.open(aset.path) as store:
+        records = list(store.index.records)
+        dups = list(store.index.duplicates)
     where = {int(p): k for k, p in enumerate(aset.store_positions) if p >= 0}
-    out = {}
+    dup_rows = {
+        s: k
+        for k, (s, p) in enumerate(zip(aset.sources, aset.store_positions, strict=True))
+        if p < 0
+    }
+
+    def current(rec) -> list[tuple[int, str]]:
+        """(audit row, name) of the current content of a retired record's file."""
+        out = [
+            (where[q.position], q.source)
+            for q in records
+            if q.active
+            and q.file_id
+            and q.file_id == rec.file_id
+            and q.origin == rec.origin
+            and q.position in where
+        ]
+        for d in dups:
+            if d.get("file_id") and d["file_id"] == rec.file_id and d.get("origin") == rec.origin:
+                row = dup_rows.get(d["source"], where.get(int(d["duplicate_of"])))
+                if row is not None:
+                    out.append((row, d["source"]))
+        if not out and "relabelled" in rec.flags:  # moved: same bytes, new place and label
+            out = [
+                (where[q.position], q.source)
+                for q in records
+                if q.active
+                and q.sha256 == rec.sha256
+                and q.origin == rec.origin
+                and q.position in where
+            ]
+        return out
+
+    chosen: dict[str, list[tuple[int, str]]] = {}
+    changed: dict[str, list[dict[str, Any]]] = {}
     for name, idx in parts.items():
-        missing = [int(p) for p in idx if int(p) not in where]
-        if missing:
-            raise AuditError(
-                f"{split_path}: {name} index {missing[0]} is not a record of store {aset.path} "
-                f"({len(where)} records). Was the split made on another store?"
+        picked: list[tuple[int, str]] = []
+        changed[name] = []
+        for p, src in zip(idx, srcs[name], strict=True):
+            if not 0 <= p < len(records):
+                raise AuditError(
+                    f"{split_path}: {name} index {p} is not a record of store {aset.path} "
+                    f"({len(records)} records). Was the split made on another store?"
+                )
+            rec = records[p]
+            if rec.source != src:
+                raise AuditError(
+                    f"{split_path}: {name} lists {src!r} at a position where store {aset.path} "
+                    "holds another file. Was the split made on another store?"
+                )
+            if rec.active and p in where:
+                picked.append((where[p], rec.source))
+                continue
+            if rec.active:  # its file is in the store but could not be read for this audit
+                changed[name].append(
+                    {"source": rec.source, "change": "not readable now (see skipped)", "now": []}
+                )
+                continue
+            now = current(rec)
+            why = next(f for f in rec.flags if f in RETIRED_FLAGS)
+            changed[name].append(
+                {"source": rec.source, "change": _RETIRED_WORDS[why], "now": [n for _, n in now]}
             )
-        rows = np.array([where[int(p)] for p in idx], np.int64)
-        wrong = [s for s, r in zip(srcs[name], rows, strict=True) if aset.sources[r] != s]
-        if wrong:
-            raise AuditError(
-                f"{split_path}: {name} lists {wrong[0]!r} at a position where store {aset.path} "
-                "holds another file. The store changed since the split was written."
-            )
-        out[name] = rows
-    train = _subset(aset, np.r_[out["train"], out["val"]], "train+val")
-    test = _subset(aset, out["test"], "test")
-    return train, test
+            picked += now
+        chosen[name] = list(dict.fromkeys(picked))
+    train = _subset(aset, [r for r, _ in chosen["train"] + chosen["val"]], "train+val")
+    train.sources = [n for _, n in chosen["train"] + chosen["val"]]
+    test = _subset(aset, [r for r, _ in chosen["test"]], "test")
+    test.sources = [n for _, n in chosen["test"]]
+    info = {
+        "train": changed["train"] + changed["val"],
+        "test": changed["test"],
+        "split_items": {
+            "train+val": len(parts["train"]) + len(parts["val"]),
+            "test": len(parts["test"]),
+        },
+    }
+    return train, test, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,7 +1125,10 @@ def check_shortcut(
     dict
         ``auc``, ``flagged`` (``auc >= config.shortcut_auc``), ``features`` (single-feature AUC,
         best first) and ``carriers`` (the features whose own AUC is at least 0.75 or, if none,
-        the best one); ``auc`` is None with a ``reason`` when a class has too few groups.
+        the best one). ``auc`` is None (undefined, never a made-up 0.5) with a ``reason`` when
+        fewer than two classes have slices, a class has fewer than ``config.min_groups`` groups
+        (with 2 slices per class a 2-fold CV scores 0.5 whatever the data), or no feature
+        varies. Classes without slices are left out of the scoring.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.tree import DecisionTreeClassifier
@@ -873,16 +1148,43 @@ def _check_shortcut(
 
     X, names = _feature_matrix(aset, source)
     y = aset.labels
-    n_groups_per_class = [len(np.unique(groups[y == k])) for k in np.unique(y)]
-    if len(np.unique(y)) < 2 or min(n_groups_per_class) < 2:
-        return {"auc": None, "flagged": False, "reason": "a class has fewer than 2 groups"}
-    folds = min(config.folds, min(n_groups_per_class))
+    present = [k for k in range(len(aset.class_names)) if np.any(y == k)]
+    if len(present) < 2:
+        return {
+            "auc": None,
+            "flagged": False,
+            "source": source,
+            "reason": "fewer than two classes have decodable slices",
+        }
+    few = {
+        aset.class_names[k]: len(np.unique(groups[y == k]))
+        for k in present
+        if len(np.unique(groups[y == k])) < config.min_groups
+    }
+    if few:
+        return {
+            "auc": None,
+            "flagged": False,
+            "source": source,
+            "reason": "too few independent slices to score: "
+            + ", ".join(f"class {c!r} has {n} group(s)" for c, n in few.items())
+            + f" (near-duplicate/patient groups; at least {config.min_groups} per class needed)",
+        }
+    if len(present) < len(aset.class_names):
+        keep_rows = np.isin(y, present)
+        X, y, groups = X[keep_rows], np.searchsorted(present, y[keep_rows]), groups[keep_rows]
+    folds = min(config.folds, min(len(np.unique(groups[y == k])) for k in np.unique(y)))
     keep = [
         k for k in range(X.shape[1]) if np.isfinite(X[:, k]).sum() > 1 and np.nanstd(X[:, k]) > 0
     ]
     X, names = X[:, keep], [names[k] for k in keep]
     if not names:
-        return {"auc": 0.5, "flagged": False, "features": [], "carriers": []}
+        return {
+            "auc": None,
+            "flagged": False,
+            "source": source,
+            "reason": "no feature varies across the set: nothing a classifier could use",
+        }
     # the default 20 samples per leaf cannot split a small set at all
     leaf = int(np.clip(len(y) // 100, 2, 20))
     model = HistGradientBoostingClassifier(
@@ -900,7 +1202,7 @@ def _check_shortcut(
     feats.sort(key=lambda r: -r["auc"])
     carriers = [f["feature"] for f in feats if f["auc"] >= 0.75] or [feats[0]["feature"]]
     by_class = {}
-    for k, cname in enumerate(aset.class_names):
+    for k, cname in enumerate(aset.class_names[q] for q in present):
         if k >= len(per_class):
             continue
         ranked = sorted(feats, key=lambda f: -f["per_class"][k])
@@ -923,11 +1225,14 @@ def _check_shortcut(
 
 def per_class_metadata(aset: AuditSet) -> dict[str, Any]:
     """Median (and 5th-95th percentile) of each numeric feature per class, and counts of each
-    colour mode / format per class."""
+    colour mode / format per class.
+
+    A class with no decodable slice (``slices`` 0) gets None for every numeric feature and
+    ``most_common_size``: undefined, not zero."""
     out: dict[str, Any] = {}
     for k, name in enumerate(aset.class_names):
         m = aset.labels == k
-        row: dict[str, Any] = {}
+        row: dict[str, Any] = {"slices": int(m.sum())}
         for f, v in aset.meta.items():
             x = v[m][~np.isnan(v[m])]
             row[f] = (
@@ -1003,6 +1308,7 @@ def audit(
     if split is not None and len(paths) != 1:
         raise AuditError(f"--split needs exactly one store as DATA. Received {len(paths)} sets.")
     all_paths = [*paths, *([Path(test)] if test is not None else [])]
+    salt = new_salt()  # one key for the pseudonyms of every set of this audit
     counts = [_count_items(p) for p in all_paths]
     sets = []
     for k, p in enumerate(all_paths):
@@ -1013,7 +1319,7 @@ def audit(
             def cb(d: int, n: int, before: int = before) -> None:
                 progress(before + d, sum(counts))
 
-        sets.append(load_set(p, config, progress=cb))
+        sets.append(load_set(p, config, progress=cb, salt=salt))
     names = [s.name for s in sets]
     for k, s in enumerate(sets):
         if names.count(s.name) > 1:
@@ -1053,17 +1359,19 @@ def audit(
                 report["cross"].append(x)
     if test is not None or split is not None:
         if split is not None:
-            train, test_set = _split_sets(sets[0], Path(split))
+            train, test_set, changed = _split_sets(sets[0], Path(split))
             source = str(split)
         else:
             train = _merge(sets[:-1], "+".join(s.name for s in sets[:-1]))
             test_set = sets[-1]
-            source = "--test"
+            source, changed = "--test", None
         leak = check_cross(train, test_set, config)
         leak.update({"train": train.name, "test": test_set.name, "from": source})
         leak["_a"], leak["_b"] = train, test_set
         leak["leaked"] = leak["b_items_matched"]
         leak["test_items"] = len(test_set)
+        # split items the store retired since the split was made (None for --test)
+        leak["changed_since_split"] = changed
         report["leakage"] = leak
     status = 0
     if report["leakage"] is not None and report["leakage"]["leaked"]:
@@ -1108,11 +1416,55 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
 
     Figures: ``<set>_worst_pairs.png`` / ``<set>_borderline.png`` (pairs side by side with their
     correlation), ``<set>_metadata.png`` (per-class histograms), and for a train/test pair
-    ``leakage_worst_pairs.png`` / ``leakage_borderline.png``.
+    ``leakage_worst_pairs.png`` / ``leakage_borderline.png``. ``audit.md`` and then
+    ``audit.json`` are written last, each atomically: an ``audit.json`` is only ever the result
+    of a finished run.
+
+    Raises
+    ------
+    AuditError
+        ``out`` is an existing file or cannot be created (``prepare_out``).
     """
     from mriscan import _audit_report
 
+    out = prepare_out(out)
+    text = to_json(report)  # fails before anything is written if the report cannot be encoded
+    page = _audit_report.write_markdown(report, out)
+    _write_atomic(out / "audit.json", text)  # last: a JSON report means a finished run
+    return page
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half a
+    file, never a stale one claiming another run's result)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_out(out: str | os.PathLike[str]) -> Path:
+    """Create the report folder ``out`` (and its parents) and remove the reports of an earlier
+    run there (``audit.json``, ``audit.md``), so a failed run never leaves a report that claims
+    a result. Call it before the (long) audit to fail early.
+
+    Raises
+    ------
+    AuditError
+        ``out`` (or a parent) is an existing file, or the folder cannot be created or written.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(to_json(report))
-    return _audit_report.write_markdown(report, out)
+    if out.exists() and not out.is_dir():
+        raise AuditError(
+            f"--out {out} is an existing file; the report needs a folder (audit.md, audit.json "
+            "and figures). Pass a folder path, or move the file."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("audit.json", "audit.md"):
+            (out / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise AuditError(
+            f"--out {out}: cannot create or write the report folder ({exc.strerror or exc}). "
+            "Pass a writable folder path."
+        ) from exc
+    return out

@@ -129,7 +129,8 @@ class _Group(click.Group):
 @click.version_option(package_name="mriscan")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
-    """mriscan: train and serve brain-MRI tumor classifiers (tumor / no tumor).
+    """mriscan: train and serve brain-MRI tumor classifiers (tumor / no tumor, or any number of
+    classes such as glioma / meningioma / pituitary / no tumor).
 
     Typical flow: ingest class folders into a store, train, evaluate or cross-validate,
     predict and explain. `mriscan train` with no arguments runs the whole job on data/raw
@@ -315,6 +316,19 @@ def verify(store_path: Path) -> None:
             "the named samples (or the whole folder into a new store)."
         )
     click.echo(f"OK {store_path}: every sample readable and matching its checksum.")
+
+
+@main.command()
+@click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
+def migrate(store_path: Path) -> None:
+    """Convert a store written by an older mriscan (index format 1 or 2) to the current format."""
+    from mriscan.store import FORMAT_VERSION, migrate_store
+
+    old = migrate_store(store_path)
+    if old == FORMAT_VERSION:
+        click.echo(f"OK {store_path}: already index format {FORMAT_VERSION}; nothing to do.")
+    else:
+        click.echo(f"OK {store_path}: index format {old} -> {FORMAT_VERSION}.")
 
 
 @main.command()
@@ -665,6 +679,13 @@ def cv(
             f"{_num(m['ci95'][1])}]  folds: {folds_txt}"
         )
     types = s["pooled"].get("tumor_types_only")
+    tvh = s["pooled"].get("tumor_vs_healthy")
+    if tvh:
+        click.echo(
+            f"  tumor vs no tumor (pooled, 1 - P(healthy) >= 0.5): accuracy "
+            f"{_num(tvh['accuracy'])}, ROC AUC {_num(tvh['roc_auc'])}, sensitivity "
+            f"{_num(tvh['sensitivity'])}, specificity {_num(tvh['specificity'])}"
+        )
     if types:
         click.echo(
             f"  tumor types only (pooled, n={types['n']}): accuracy {_num(types['accuracy'])}"
@@ -754,6 +775,8 @@ def predict(
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
+    if rows and bad == len(rows) and not units:
+        raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 
 
 @main.command()
@@ -828,7 +851,10 @@ def explain(
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:
-            click.echo(f"{r['path']}: P = {r['probability']:.3f} ({r['label']}) → {r['png']}")
+            click.echo(
+                f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
+                f"{r['label']} → {r['png']}"
+            )
     if not any(not r["error"] for r in results):
         raise click.ClickException(
             f"None of the {len(results)} image(s) could be read; no heatmap was written."
@@ -857,7 +883,20 @@ def _pointing_game(model_path: Path, images: tuple[Path, ...], boxes: Path, out:
 
 
 # ---- audit (issue 17): one self-contained block ---------------------------------------------
-@main.command()
+class _AuditCommand(click.Command):
+    """``audit`` reports bad usage (unknown option, missing or nonexistent DATA) as one line and
+    exit status 1: click's usage status 2 must not be read as a finding by a CI job."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise click.ClickException(
+                f"{exc.format_message()} (see `mriscan audit --help`)"
+            ) from exc
+
+
+@main.command(cls=_AuditCommand)
 @click.argument("data", type=_EXISTING, nargs=-1, required=True)
 @click.option("--test", "test", type=_EXISTING, default=None, help="Test set (train = DATA).")
 @click.option(
@@ -902,20 +941,29 @@ def audit(
     Writes audit.md, audit.json and figures to --out.
 
     \b
-    Exit status:
+    Exit status (codes click does not use for anything else):
       0  no leakage and no label conflicts (shortcuts are reported, not fatal)
-      1  bad input (unreadable data, split that does not fit the store)
-      2  leakage: test slices with an exact or near duplicate in train
+      1  bad input or usage (one line: unknown option, missing data, unreadable
+         data, --out is a file, split that does not fit the store)
+      3  leakage: test slices with an exact or near duplicate in train
       4  label conflicts: the same (or a near-same) slice under two labels
-      6  both 2 and 4
+      7  both 3 and 4
     """
-    from mriscan.audit import AuditConfig, to_json, write_report
+    from mriscan.audit import AuditConfig, prepare_out, to_json, write_report
     from mriscan.audit import audit as run_audit
 
     cfg = AuditConfig(threshold=threshold, shortcut_auc=shortcut_auc, workers=workers)
+    prepare_out(out)  # an unusable --out fails now, not after the audit
     with _progress("auditing") as progress:
         report = run_audit(data, test=test, split=split, config=cfg, progress=progress)
     page = write_report(report, out)
+    for r in report["sets"]:
+        local = r["_set"].local_names
+        for s in r["skipped"][:20]:  # console only: the report never holds scanner file paths
+            where = f"{s['source']} ({local[s['source']]})" if s["source"] in local else s["source"]
+            click.echo(f"not audited: {r['name']}/{where}: {s['reason']}", err=True)
+        if len(r["skipped"]) > 20:
+            click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
     if as_json:
         click.echo(to_json(report))
     else:
@@ -925,10 +973,11 @@ def audit(
                 f"{r['name']}: {r['decoded']} slices; exact-duplicate groups "
                 f"{r['exact']['groups']}; near-duplicate pairs (r > {threshold}) "
                 f"{r['near']['pairs']}; groups {r['groups']['count']}; label conflicts "
-                f"{len(r['label_conflicts'])}; metadata AUC {sc.get('auc')} "
-                f"({'SHORTCUT: ' + ', '.join(sc['carriers'][:3]) if sc['flagged'] else 'ok'}); "
-                f"after preprocessing {sp.get('auc')}"
+                f"{len(r['label_conflicts'])}; metadata AUC {_auc_text(sc)}; "
+                f"after preprocessing {_auc_text(sp)}"
             )
+            for note in r["notes"]:
+                click.echo(f"  note: {note}")
         for x in report["cross"]:
             click.echo(
                 f"{x['a']} vs {x['b']}: {x['pairs']} pairs above r = {threshold}, "
@@ -937,10 +986,26 @@ def audit(
         leak = report["leakage"]
         if leak is not None:
             by = ", ".join(f"{c} {v['leaked']}/{v['items']}" for c, v in leak["by_class"].items())
+            head = "LEAKAGE" if leak["leaked"] else "no leakage"
             click.echo(
-                f"LEAKAGE {leak['train']} -> {leak['test']}: {leak['leaked']} of "
-                f"{leak['test_items']} test slices ({by})"
+                f"{head} {leak['train']} -> {leak['test']}: {leak['leaked']} of "
+                f"{leak['test_items']} test slices have a duplicate in train ({by})"
             )
+            changed = leak.get("changed_since_split")
+            if changed and (changed["train"] or changed["test"]):
+                click.echo(
+                    f"  changed since the split was made: {len(changed['train'])} train+val, "
+                    f"{len(changed['test'])} test items (audited on their current content; "
+                    "see the report)"
+                )
         click.echo(f"Report: {page} ({report['seconds']:.0f}s)")
     if report["exit_status"]:
         sys.exit(report["exit_status"])
+
+
+def _auc_text(s: dict) -> str:
+    """'0.981 (SHORTCUT: width, height)', '0.512 (ok)' or 'undefined (reason)'."""
+    if s.get("auc") is None:
+        return f"undefined ({s.get('reason', 'not scored')})"
+    verdict = "SHORTCUT: " + ", ".join(s["carriers"][:3]) if s["flagged"] else "ok"
+    return f"{s['auc']:.3f} ({verdict})"

@@ -218,6 +218,7 @@ def parse_class_map(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         If an entry has no ``=``, an empty name, or a source appears twice.
     """
     out: list[tuple[str, tuple[str, ...]]] = []
+    text = text.lstrip("\ufeff")  # a byte-order mark, as Windows editors write one
     for raw in text.replace("\n", ";").split(";"):
         entry = raw.split("#", 1)[0].strip()
         if not entry:
@@ -381,6 +382,11 @@ class TrainConfig:
             raise ConfigError(f"seed must be an integer >= 0. Received: seed={self.seed!r}.")
         if self.image_size is not None:
             _positive_int(self, "image_size")
+            if not 16 <= self.image_size <= 2048:
+                raise ConfigError(
+                    f"image_size must be in [16, 2048] (the network pools 4 times). "
+                    f"Received: image_size={self.image_size}."
+                )
         for name, cls in _SUBCONFIGS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(

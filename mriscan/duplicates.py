@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mriscan.neighbors import DEFAULT_DIMS, near_pairs
+from mriscan.neighbors import DEFAULT_DIMS, committed_pairs, near_pairs
 from mriscan.preprocess import preprocess, preprocess_batch
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "SIGNATURE_SIZE",
     "duplicate_groups",
+    "new_links",
     "signature",
     "signatures",
 ]
@@ -93,3 +94,82 @@ def duplicate_groups(
     rank = np.empty(len(first_pos), np.int64)
     rank[np.argsort(first_pos)] = np.arange(len(first_pos))
     return rank[comp]
+
+
+def new_links(
+    signatures: np.ndarray,
+    keys: Sequence[str],
+    *,
+    offset: int,
+    projections: np.ndarray,
+    read_signatures: Callable[[np.ndarray], np.ndarray],
+    constants: Mapping[int, int],
+    key_positions: Mapping[str, int],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> np.ndarray:
+    """The links that put ``M`` new slices into the split groups of ``offset`` stored ones:
+    the incremental form of ``mriscan.splits.union_groups(duplicate_groups(all), all_keys)``.
+
+    Joining these links (``ImageStore.commit(links=...)``) to the stored groups gives the same
+    partition as recomputing every group from all signatures and keys, provided no stored key
+    changed; only the new slices are searched: among themselves (``near_pairs``) and against
+    the stored ones (``mriscan.neighbors.committed_pairs``, one scan of their projections).
+
+    Parameters
+    ----------
+    signatures : ndarray of shape (M, 16, 16), uint8
+        The new slices' signatures; they take positions ``offset .. offset + M - 1``.
+    keys : sequence of M str
+        Their group keys (``""``: none).
+    offset : int
+        Number of stored slices.
+    projections : ndarray of shape (offset, 16), float32
+        ``mriscan.neighbors.dct_projection`` of the stored signatures.
+    read_signatures : callable(positions) -> ndarray (k, 16, 16) uint8
+        Stored signatures by position.
+    constants : mapping int -> int
+        First stored position of each constant signature value (blank slices group by value).
+    key_positions : mapping str -> int
+        First stored position of each key of ``keys`` that a stored slice carries.
+    threshold : float
+        Correlation above which two slices are near-duplicates.
+
+    Returns
+    -------
+    ndarray of shape (E, 2), int64
+        Pairs of positions that share a group.
+
+    Raises
+    ------
+    ConfigError
+        ``threshold`` outside [0, 1), or ``keys`` of another length than ``signatures``.
+    """
+    from mriscan.errors import ConfigError
+
+    sigs = np.asarray(signatures)
+    m = len(sigs)
+    if len(keys) != m:
+        raise ConfigError(f"signatures ({m}) and keys ({len(keys)}) must have one entry each.")
+    edges: list[np.ndarray] = []
+    if m == 0:
+        return np.empty((0, 2), np.int64)
+    i, j, _ = near_pairs(sigs, threshold=threshold)
+    edges.append(np.stack([i + offset, j + offset], axis=1))
+    if offset:
+        qi, sj, _ = committed_pairs(sigs, projections, read_signatures, threshold=threshold)
+        edges.append(np.stack([qi + offset, sj], axis=1))
+    flat = sigs.reshape(m, -1)
+    const = np.flatnonzero(np.all(flat == flat[:, :1], axis=1))
+    first: dict[object, int] = {}
+    extra = []
+    for k in const.tolist():
+        v = int(flat[k, 0])
+        target = constants.get(v, first.setdefault(("c", v), k + offset))
+        extra.append((k + offset, target))
+    for k, key in enumerate(keys):
+        if key:
+            extra.append((k + offset, key_positions.get(key, first.setdefault(key, k + offset))))
+    if extra:
+        edges.append(np.array(extra, np.int64))
+    out = np.concatenate(edges).astype(np.int64).reshape(-1, 2)
+    return out[out[:, 0] != out[:, 1]]

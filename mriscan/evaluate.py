@@ -219,11 +219,12 @@ def evaluate(
         undefined_metrics(result, y)
         if len(result["class_names"]) == 2
         else {
-            k: "undefined on these data"
-            for k, v in result.items()
-            if isinstance(v, float) and not math.isfinite(v)
+            k: "undefined on these data (a class has no slice)"
+            for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
+            if not math.isfinite(result[k])
         }
     )
+    undefined.pop("threshold", None)  # a K-class model has none, by design
     unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
         n_files=int(y.size) + len(dropped) + len(unreadable),
@@ -241,7 +242,8 @@ def evaluate(
             "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
         },
     )
-    _write(ev, result, cmp, y, prob, sources, dropped, unreadable)
+    result["model_class_names"] = list(card.class_names)
+    _write(ev, result, cmp, y, prob, sources, dropped, unreadable, result.pop("_decisions"))
     return result
 
 
@@ -335,6 +337,7 @@ def _score(
     result = metric(np.arange(y.size))
     if cmp.mode != "same":
         result["threshold"] = thr
+    result["_decisions"] = pred.tolist()  # scored label of each slice, for predictions.csv
     result["ci95"] = mx.group_bootstrap_ci(metric, groups, keys, n_boot=n_boot)
     result["recall_per_data_class"] = {
         name: _recall_of_class(cmp, y, pred, data_labels, k) for k, name in enumerate(data_names)
@@ -343,18 +346,13 @@ def _score(
 
 
 def _with_pred(m: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """Binary metrics recomputed for given predictions (a K-class model's decisions)."""
-    cm = mx.confusion_matrix(y, pred)
-    tn, fp, fn, tp = (int(v) for v in cm.ravel())
-    sens = tp / (tp + fn) if tp + fn else float("nan")
-    spec = tn / (tn + fp) if tn + fp else float("nan")
-    m.update(
-        accuracy=(tp + tn) / y.size if y.size else float("nan"),
-        sensitivity=sens,
-        specificity=spec,
-        balanced_accuracy=mx._nanmean([sens, spec]),
-        confusion_matrix=cm.tolist(),
-    )
+    """Binary metrics whose counts all come from the model's own decisions ``pred`` (its
+    threshold, or its most probable class); only the ROC AUC comes from the probabilities."""
+    names = m["class_names"]
+    counted = mx.binary_metrics(y, pred.astype(np.float64), threshold=0.5, class_names=names)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity"):
+        m[key] = counted[key]
+    m.update(per_class=counted["per_class"], confusion_matrix=counted["confusion_matrix"])
     return m
 
 
@@ -365,7 +363,7 @@ def _recall_of_class(cmp, y, pred, data_labels, k) -> dict[str, Any]:
     return {"n": n, "recall": float((pred[sel] == y[sel]).mean()) if n else float("nan")}
 
 
-def _write(ev, result, cmp, y, prob, sources, dropped, unreadable) -> None:
+def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) -> None:
     """metrics.json, plots, predictions.csv and near_duplicates_removed.csv."""
     from mriscan import plots
 
@@ -385,9 +383,10 @@ def _write(ev, result, cmp, y, prob, sources, dropped, unreadable) -> None:
     with open(ev.predictions, "w", newline="") as fh:
         w = csv.writer(fh)
         k = prob.shape[1]
-        w.writerow(["source", "label", *(f"p_{c}" for c in range(k)), "error"])
-        for s, label, row in zip(sources, y.tolist(), prob.tolist(), strict=True):
-            w.writerow([s, names[label], *(f"{v:.6f}" for v in row), ""])
+        model_names = result["model_class_names"]
+        w.writerow(["source", "label", "predicted", *(f"p_{c}" for c in model_names), "error"])
+        for s, label, pred, row in zip(sources, y.tolist(), decisions, prob.tolist(), strict=True):
+            w.writerow([s, names[label], names[pred], *(f"{v:.6f}" for v in row), ""])
         for u in unreadable:  # unreadable files: no probabilities, the reason instead
             w.writerow([u["path"], u["label"], *([""] * k), u["error"]])
     with open(ev.root / "near_duplicates_removed.csv", "w", newline="") as fh:
@@ -412,6 +411,16 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
             f"The recorded {name} split names samples up to {int(idx.max())}, but "
             f"{store.location} holds {len(recs)}: the store was rebuilt since training. "
             "Retrain, or evaluate on a folder of unseen slices (--split all)."
+        )
+    retired = np.setdiff1d(idx, store.active_indices())
+    if retired.size:
+        flags = sorted({f for i in retired for f in recs[int(i)].flags})
+        raise MriscanError(
+            f"{retired.size} of the {idx.size} recorded {name} samples of {store.location} were "
+            f"retired since training ({', '.join(flags) or 'changed'}: their files were moved, "
+            "overwritten or deleted), e.g. position "
+            f"{int(retired[0])}. Scoring them would report numbers for slices that no longer "
+            "exist. Retrain, or evaluate on a folder of unseen slices (--split all)."
         )
     expected = part.get("pixel_sha256") or part.get("sources")
     key = "pixel_sha256" if part.get("pixel_sha256") else "source"

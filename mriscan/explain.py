@@ -270,8 +270,13 @@ def explain(
         k = card.class_names.index(target)
         cam = grad_cam(model, x, class_index=None if card.binary else k)[0]
         prob = float(probs[k])
+        if explain_class is not None:  # runs for different classes must not overwrite
+            png_name = png_name.replace("_gradcam.png", f"_{explain_class}_gradcam.png")
         png = save_overlay(
-            img, cam, out / png_name, title=f"{name}: P({target}) = {prob:.2f} → {label}"
+            img,
+            cam,
+            out / png_name,
+            title=f"{name}: P({target}) = {prob:.2f}; predicted {label}",
         )
         return {
             "path": name,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mriscan.duplicates import duplicate_groups, signatures
+from mriscan.duplicates import duplicate_groups, new_links, signatures
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, check_label_case, scan_class_folders, scan_manifest
 from mriscan.preprocess import PreprocessConfig, preprocess_batch
@@ -238,7 +238,7 @@ def ingest(
       listed in ``warnings`` (``strict``: fail);
     - near-identical slices (one duplicate group, ``mriscan.duplicates``) under two classes:
       stored (the split keeps a group on one side), listed in ``warnings`` with every file of
-      the group (``strict``: fail).
+      the group by the run that stores the new slice (``strict``: fail).
 
     Split groups (``SampleRecord.group``) are the union of near-duplicate slices and slices that
     share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group. Patient
@@ -566,16 +566,9 @@ def _run(
                          "origin": origin, "file_id": j.file_id})  # fmt: skip
         n_new_dups += (name, h) not in kept_dups
     # near-identical slices under two classes: the user must learn of it
-    sigs = None
-    if len(store) + store.n_pending:
-        sigs = np.concatenate([store.signatures(), store.pending_signatures()])
-        rel_of = {j.file_id: j for j in jobs}
-        keep = [r.position for r in records if r.active and r.position not in retire]
-        names_of = [_record_name(records[p], rel_of, sources) for p in keep] + pending_names
-        labels_of_rows = [records[p].label for p in keep] + pending_labels
-        rows = keep + list(range(len(store), len(store) + store.n_pending))
-        for name, reason in _mixed_groups(sigs[rows], names_of, labels_of_rows, names):
-            fail(name, reason, into=warned)
+    for name, reason in _mixed_classes(store, records, retire, jobs, sources, names,
+                                       pending_names, pending_labels):  # fmt: skip
+        fail(name, reason, into=warned)
     if refused:
         shown = "\n".join(f"  {n}: {r}" for n, r in refused)
         raise BadFilesError(
@@ -589,11 +582,12 @@ def _run(
     for pos, key in key_updates.items():
         store.update_record(pos, group_key=key)
     # 7. split groups: near-duplicates joined with patients / volumes / manifest groups
-    if store.n_pending or retire or key_updates:
+    if key_updates:  # a stored key changed: groups may split, recompute them all
+        sigs = np.concatenate([store.signatures(), store.pending_signatures()])
         keys = [key_updates.get(r.position, r.group_key) for r in records] + pending_keys
         store.commit(groups=union_groups(duplicate_groups(sigs), keys))
-    else:
-        store.commit()
+    else:  # only new slices: link them to the stored groups (no stored pair is searched again)
+        store.commit(links=_new_links(store, pending_keys))
     counts = {w: sum(1 for v in retire.values() if v == w) for w in ("removed", "replaced",
                                                                      "relabelled")}  # fmt: skip
     act = store.active_indices()
@@ -613,6 +607,20 @@ def _run(
         excluded=tuple(excluded),
         ignored=tuple(hidden),
         **counts,
+    )
+
+
+def _new_links(store: ImageStore, keys: list[str]) -> np.ndarray:
+    """Links of the store's pending slices to each other and to the stored ones
+    (``mriscan.duplicates.new_links``), (E, 2) int64."""
+    return new_links(
+        store.pending_signatures(),
+        keys,
+        offset=len(store),
+        projections=store.signature_projections(),
+        read_signatures=store.signature_rows,
+        constants=store.constant_signatures(),
+        key_positions=store.positions_with_keys(keys),
     )
 
 
@@ -638,26 +646,75 @@ def _record_name(r: SampleRecord, jobs_by_fid: dict[str, _Job], sources: list[st
     return f"{r.source} (stored from {where})"
 
 
-def _mixed_groups(
-    sigs: np.ndarray, names: list[str], labels: list[int], classes: list[str]
+def _mixed_classes(
+    store: ImageStore,
+    records: list[SampleRecord],
+    retire: dict[int, str],
+    jobs: list[_Job],
+    sources: list[str],
+    classes: list[str],
+    pending_names: list[str],
+    pending_labels: list[int],
 ) -> list[tuple[str, str]]:
-    """``(first name, reason)`` for each near-duplicate group (``duplicate_groups`` of the
-    signatures ``sigs``, shape (n, 16, 16) uint8) whose slices carry more than one label."""
-    if len(sigs) < 2:
+    """``(first name, reason)`` for each near-duplicate group that a slice of this run joins
+    and that holds slices of more than one class.
+
+    The groups are the connected components of the near-duplicate links of the new (pending)
+    slices among themselves and to the active stored ones (``mriscan.duplicates.new_links``
+    without group keys: a patient may rightly have slices of two classes, a near-identical
+    slice may not). Only the new slices are searched, as for the split groups, so a conflict is
+    reported by the run that stores it.
+    """
+    m = store.n_pending
+    if m == 0:
         return []
-    groups = duplicate_groups(sigs)
+    n = len(store)
+    links = new_links(
+        store.pending_signatures(),
+        [""] * m,
+        offset=n,
+        projections=store.signature_projections(),
+        read_signatures=store.signature_rows,
+        constants=store.constant_signatures(),
+        key_positions={},
+    )
+    live = {p for p in {int(x) for x in links.reshape(-1)} if p >= n}
+    live |= {
+        p
+        for p in {int(x) for x in links.reshape(-1)}
+        if p < n and records[p].active and p not in retire
+    }
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in links.tolist():
+        if a in live and b in live:
+            parent[find(a)] = find(b)
     members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups.tolist()):
-        members.setdefault(g, []).append(i)
+    for p in live:
+        members.setdefault(find(p), []).append(p)
+    by_fid = {j.file_id: j for j in jobs}
+
+    def label_name(p: int) -> tuple[str, str]:
+        if p >= n:
+            return classes[pending_labels[p - n]], pending_names[p - n]
+        return classes[records[p].label], _record_name(records[p], by_fid, sources)
+
     out = []
     for rows in members.values():
-        if len({labels[i] for i in rows}) < 2:
+        seen = sorted({label_name(p) for p in rows})
+        n_classes = len({c for c, _ in seen})
+        if n_classes < 2:
             continue
-        seen = sorted({(classes[labels[i]], names[i]) for i in rows})
-        listed = ", ".join(f"{n} ({c})" for c, n in seen[:12])
+        listed = ", ".join(f"{name} ({c})" for c, name in seen[:12])
         if len(seen) > 12:
             listed += f" and {len(seen) - 12} more"
-        n_classes = len({c for c, _ in seen})
         out.append(
             (
                 seen[0][1],
@@ -666,4 +723,4 @@ def _mixed_groups(
                 "then every split keeps the group on one side)",
             )
         )
-    return out
+    return sorted(out)

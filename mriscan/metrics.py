@@ -163,18 +163,19 @@ def _nanmean(values) -> float:
 def _per_class(cm: np.ndarray, class_names) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support of each class from a confusion matrix (rows: true).
 
-    F1 is undefined (NaN) when precision or recall is; 0 when both are defined and 0.
+    Precision is undefined (NaN) when the class is never predicted, recall when it never
+    occurs. F1 is undefined only when the class neither occurs nor is predicted; a class that
+    occurs but is never found correctly has F1 = 0 (as scikit-learn's ``zero_division=0``), so
+    a model that ignores a class is not rewarded by a smaller macro mean.
     """
     out = {}
     for k, name in enumerate(class_names):
         tp_k = int(cm[k, k])
-        prec = _safe_div(tp_k, cm[:, k].sum())
-        rec = _safe_div(tp_k, cm[k, :].sum())
-        f1 = (
-            float("nan")
-            if not (np.isfinite(prec) and np.isfinite(rec))
-            else (_safe_div(2 * prec * rec, prec + rec) if prec + rec else 0.0)
-        )
+        predicted, actual = int(cm[:, k].sum()), int(cm[k, :].sum())
+        prec = _safe_div(tp_k, predicted)
+        rec = _safe_div(tp_k, actual)
+        # 2PR/(P+R) = 2TP/(predicted + actual): defined whenever the class occurs or is predicted
+        f1 = float("nan") if predicted == actual == 0 else 2 * tp_k / (predicted + actual)
         out[name] = {"precision": prec, "recall": rec, "f1": f1, "support": int(cm[k, :].sum())}
     return out
 

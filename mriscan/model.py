@@ -163,6 +163,14 @@ def load_model(path: str | os.PathLike[str]) -> tuple[keras.Model, ModelCard]:
     card = ModelCard.load(path)  # validated before the (slower) model load
     card.check_model_file(path)
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    outputs = int(model.output_shape[-1])
+    expected = 1 if len(card.class_names) == 2 else len(card.class_names)
+    if outputs != expected:
+        raise ModelCardError(
+            f"{path}: the model has {outputs} output(s) but its card names "
+            f"{len(card.class_names)} classes {list(card.class_names)}; the card does not belong "
+            "to this model. Retrain, or restore the card."
+        )
     shape = tuple(model.input_shape)
     size = card.preprocess.size
     if shape[1:3] != (size, size):

@@ -303,6 +303,7 @@ def predict(
     paths = [f.path for f in files if f.kind == "image"]
     scans = [f for f in files if f.kind != "image"]
     model, card = load_model(model_path)
+    check_threshold(card, threshold)  # before the output file is opened (and truncated)
     columns = columns_for(card) + (SCAN_COLUMNS if scans else ())
     writer = PredictionWriter(output, columns=columns) if output is not None else None
     with writer if writer is not None else contextlib.nullcontext():

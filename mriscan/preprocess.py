@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 _PARALLEL_LOCK = threading.Lock()
+# largest stored side: 4096² uint8 is 16 MiB a slice, already far beyond what the model uses
+MAX_SIZE = 4096
 # Midline search range: axial slices in the real set lean by up to ~15° and sit up to ~8% of
 # the side off-centre after the crop (experiments/ACCURACY.md, row 19).
 _ALIGN_MAX_ANGLE = math.radians(15.0)
@@ -93,6 +95,11 @@ class PreprocessConfig:
             or self.size < 1
         ):
             raise ConfigError(f"size must be a positive integer. Received: size={self.size!r}.")
+        if self.size > MAX_SIZE:
+            raise ConfigError(
+                f"size must be at most {MAX_SIZE} (an S×S uint8 slice per sample; the network "
+                f"works at 128). Received: size={self.size}."
+            )
         object.__setattr__(self, "size", int(self.size))
         if not 0.0 <= float(self.margin) <= 1.0:
             raise ConfigError(f"margin must be in [0, 1]. Received: margin={self.margin!r}.")

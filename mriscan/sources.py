@@ -63,7 +63,12 @@ def open_or_ingest(
         store = ImageStore.open(data)
     else:
         target = Path(store_path) if store_path is not None else DEFAULT_STORE
-        pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
+        if image_size is None and is_store(target):
+            # adding to an existing store: its own preprocessing, unless a size was asked for
+            with ImageStore.open(target) as existing:
+                pre = existing.config
+        else:
+            pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
         if check_classes is not None and Path(data).is_dir():
             from mriscan.io import scan_class_folders
 

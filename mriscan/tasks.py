@@ -10,6 +10,7 @@ tumor-vs-no-tumor probability can be reported.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ __all__ = [
     "positive_like",
     "resolve_task",
 ]
+
+log = logging.getLogger(__name__)
 
 # names of a tumor / a healthy class in public brain-MRI sets (compared case-insensitively,
 # ignoring "_", "-" and spaces)
@@ -121,8 +124,25 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
             f"A task needs at least two classes; the data have {list(data)}. Add a class "
             "folder or give a class map."
         )
+    if cfg.positive is not None and cfg.positive == cfg.healthy:
+        raise ConfigError(
+            f"--positive and --healthy both name {cfg.positive!r}: the tumor class cannot also "
+            "be the no-tumor class."
+        )
     if len(names) == 2:
-        names = _order_binary(names, cfg.positive)
+        positive = cfg.positive
+        if positive is None and cfg.healthy is not None:
+            if cfg.healthy not in names:
+                raise ConfigError(f"--healthy {cfg.healthy!r} is not one of the classes {names}.")
+            positive = next(n for n in names if n != cfg.healthy)  # the other one
+        names = _order_binary(names, positive)
+        if healthy_like(names[1]) or positive_like(names[0]):
+            log.warning(
+                "the positive (tumor) class is %r and the negative one %r: their names say the "
+                "opposite; check --positive/--healthy",
+                names[1],
+                names[0],
+            )
     elif cfg.positive is not None:
         raise ConfigError(
             f"--positive applies to two-class tasks; this one has {len(names)} classes "

@@ -11,7 +11,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mriscan.audit import EXIT_CONFLICT, EXIT_LEAKAGE, AuditConfig, AuditError, audit
+from mriscan.audit import (
+    EXIT_BOTH,
+    EXIT_CONFLICT,
+    EXIT_LEAKAGE,
+    AuditConfig,
+    AuditError,
+    audit,
+)
 from mriscan.cli import main
 
 CFG = AuditConfig(folds=3, workers=2)
@@ -166,6 +173,225 @@ def test_cli_exit_status_and_outputs(tmp_path):
     payload = json.loads(res.output[res.output.index("{") :])
     assert payload["leakage"]["leaked"] == 1
     assert "Exit status" in runner.invoke(main, ["audit", "--help"]).output
+
+
+def _tiny(root: Path, n: int = 2, offset: int = 0) -> Path:
+    """Two classes of ``n`` distinct PNG heads each (too few to score a shortcut: fast)."""
+    return _write(
+        root,
+        {
+            "no": [(offset + i, (96, 96), ".png") for i in range(n)],
+            "yes": [(offset + 100 + i, (96, 96), ".png") for i in range(n)],
+        },
+    )
+
+
+def _truncated_jpeg(path: Path, seed: int = 77) -> None:
+    """A JPEG cut after 300 bytes (as `head -c 300`): the header reads, the pixels do not."""
+    tmp = path.with_suffix(".full.jpg")
+    Image.fromarray(_head(seed)).save(tmp, quality=90)
+    path.write_bytes(tmp.read_bytes()[:300])
+    tmp.unlink()
+
+
+def test_class_with_no_decodable_file_is_reported_not_a_crash(tmp_path):
+    root = tmp_path / "one_bad"
+    _write(root, {"yes": [(i, (96, 96), ".jpg") for i in range(3)]})
+    (root / "no").mkdir()
+    _truncated_jpeg(root / "no" / "broken.jpg")
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["audit", str(root), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "audit.md").read_text()
+    assert "class 'no' has 0 decodable files" in md
+    assert "`no/broken.jpg`: " in md  # the skipped file is named, with its reason
+    report = json.loads((out / "audit.json").read_text())
+    assert report["exit_status"] == 0
+    no = report["sets"][0]["metadata_by_class"]["no"]
+    assert no["slices"] == 0 and no["most_common_size"] is None and no["width"] is None
+    assert report["sets"][0]["shortcut"]["auc"] is None
+    assert "AUC undefined" in res.output and "AUC None" not in res.output
+
+
+def test_a_failed_run_leaves_no_report_claiming_a_result(tmp_path):
+    out = tmp_path / "report"
+    runner = CliRunner()
+    assert (
+        runner.invoke(main, ["audit", str(_tiny(tmp_path / "ok")), "--out", str(out)]).exit_code
+        == 0
+    )
+    assert (out / "audit.json").is_file()
+    bad = tmp_path / "bad"
+    for c in ("no", "yes"):
+        (bad / c).mkdir(parents=True)
+        _truncated_jpeg(bad / c / "x.jpg")
+    res = runner.invoke(main, ["audit", str(bad), "--out", str(out)])
+    assert res.exit_code == 1 and "could be decoded" in res.output
+    assert not (out / "audit.json").exists() and not (out / "audit.md").exists()
+
+
+def _scanner_folder(root: Path, dicom_only: bool = False) -> Path:
+    """Class folders holding DICOM series and NIfTI volumes in folders named after (made-up)
+    patients, beside PNGs unless ``dicom_only``."""
+    from mriscan.synth_scanner import (
+        FakePatient,
+        phantom_volume,
+        stack_to_ras,
+        write_dicom_series,
+        write_nifti,
+    )
+
+    for k, c in enumerate(("no", "yes")):
+        pat = FakePatient(patient_id=f"FAKE-{k}", name=f"Doe^Jane{k}")
+        write_dicom_series(root / c / f"Doe_Jane{k}", phantom_volume(k, n_slices=4), patient=pat)
+    if not dicom_only:
+        _write(root, {"no": [(1, (96, 96), ".png")], "yes": [(2, (96, 96), ".png")]})
+        write_nifti(
+            root / "yes" / "Smith_John.nii.gz",
+            stack_to_ras(phantom_volume(9, n_slices=5, tumor=True)),
+        )
+        (root / "no" / "Roe_Richard.nii.gz").write_bytes(b"not a volume")
+    return root
+
+
+def test_dicom_and_nifti_in_class_folders_are_audited_under_pseudonyms(tmp_path):
+    root = _scanner_folder(tmp_path / "scanner")
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["audit", str(root), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "audit.json").read_text())
+    s = report["sets"][0]
+    assert s["decoded"] == 2 + 4 + 4 + 5  # PNGs, two DICOM series, one NIfTI volume
+    assert s["classes"] == {"no": 5, "yes": 10}
+    assert s["metadata_by_class"]["no"]["format"] == {"DICOM": 4, "PNG": 1}
+    assert s["metadata_by_class"]["yes"]["format"] == {"DICOM": 4, "NIfTI": 5, "PNG": 1}
+    # slices of one series / volume are one group, not independent samples
+    assert s["groups"]["count"] == 5
+    # the broken volume is listed, under a pseudonym; its path only on the console
+    [skip] = s["skipped"]
+    assert skip["source"].startswith("nifti-file/") and skip["reason"]
+    assert "Roe_Richard.nii.gz" in res.output
+    text = (out / "audit.md").read_text() + (out / "audit.json").read_text()
+    for secret in ("Doe", "Jane", "Smith", "Roe_"):
+        assert secret not in text
+    only = CliRunner().invoke(
+        main, ["audit", str(_scanner_folder(tmp_path / "dcm", True)), "--out", str(out)]
+    )
+    assert only.exit_code == 0, only.output
+    assert json.loads((out / "audit.json").read_text())["sets"][0]["decoded"] == 8
+
+
+def test_store_of_scanner_slices_is_not_reported_as_missing_files(tmp_path):
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+
+    store = tmp_path / "s.zarr"
+    ingest(_scanner_folder(tmp_path / "raw"), store, IngestConfig(preprocess=PreprocessConfig()))
+    s = audit([store], config=CFG)["sets"][0]
+    assert s["decoded"] == 15
+    assert not any("not found" in n for n in s["notes"])
+    assert any("pseudonymous names by design" in n for n in s["notes"])
+
+
+def test_exit_codes_differ_from_click_usage_and_bad_input_is_one_line(tmp_path, monkeypatch):
+    assert (EXIT_LEAKAGE, EXIT_CONFLICT, EXIT_BOTH) == (3, 4, 7)
+    runner = CliRunner()
+    for args in (["audit", str(tmp_path / "nonexistent")], ["audit", "--bogus", str(tmp_path)]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 1, res.output
+        assert len(res.output.strip().splitlines()) == 1 and res.output.startswith("Error:")
+    help_text = runner.invoke(main, ["audit", "--help"]).output
+    assert all(f"{c}  " in help_text for c in ("3", "4", "7"))
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the audit ran although --out is unusable")
+
+    monkeypatch.setattr("mriscan.audit.audit", must_not_run)
+    (tmp_path / "file.txt").write_text("x")
+    res = runner.invoke(
+        main, ["audit", str(_tiny(tmp_path / "d")), "--out", str(tmp_path / "file.txt")]
+    )
+    assert res.exit_code == 1 and "is an existing file" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_nested_copy_of_the_class_layout_is_refused_like_ingest(tmp_path):
+    root = tmp_path / "kaggle"
+    _tiny(root)
+    _tiny(root / "brain_tumor_dataset")
+    res = CliRunner().invoke(main, ["audit", str(root), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1
+    assert "nested copy of the class layout" in res.output
+    assert "label conflicts" not in res.output
+
+
+def test_tiny_sets_leave_the_auc_undefined_and_say_no_leakage(tmp_path):
+    train, test = _tiny(tmp_path / "train"), _tiny(tmp_path / "test", offset=500)
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["audit", str(train), "--test", str(test), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "audit.json").read_text())
+    sc = report["sets"][0]["shortcut"]
+    assert sc["auc"] is None and "too few" in sc["reason"]
+    assert "metadata AUC undefined" in res.output and "None" not in res.output
+    assert "no leakage" in res.output and "LEAKAGE" not in res.output
+    assert "0.500" not in (out / "audit.md").read_text()
+
+
+def test_split_items_retired_since_the_split_are_reported_and_audited_as_they_are_now(tmp_path):
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.store import ImageStore
+
+    raw = _tiny(tmp_path / "raw", n=4)
+    store, cfg = tmp_path / "s.zarr", IngestConfig(preprocess=PreprocessConfig(size=32))
+    ingest(raw, store, cfg)
+    with ImageStore.open(store) as st:
+        src = [r.source for r in st.index.records]
+    test_idx = [src.index(n) for n in ("no/no3_3.png", "yes/yes2_102.png", "yes/yes3_103.png")]
+    train_idx = [i for i in range(len(src)) if i not in test_idx]
+    split = {
+        "store": str(store),
+        **{
+            k: {"indices": idx, "sources": [src[i] for i in idx]}
+            for k, idx in (("train", train_idx), ("val", []), ("test", test_idx))
+        },
+    }
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    before = audit([store], split=tmp_path / "split.json", config=CFG)
+    assert before["leakage"]["leaked"] == 0 and before["exit_status"] == 0
+    # after training: a test file overwritten with a copy of a training slice, another deleted
+    shutil.copy(raw / "yes" / "yes0_100.png", raw / "yes" / "yes2_102.png")
+    (raw / "yes" / "yes3_103.png").unlink()
+    ingest(raw, store, cfg)
+    out = tmp_path / "r"
+    res = CliRunner().invoke(
+        main, ["audit", str(store), "--split", str(tmp_path / "split.json"), "--out", str(out)]
+    )
+    assert res.exit_code == EXIT_LEAKAGE, res.output
+    leak = json.loads((out / "audit.json").read_text())["leakage"]
+    changed = {c["source"]: (c["change"], c["now"]) for c in leak["changed_since_split"]["test"]}
+    assert changed == {
+        "yes/yes2_102.png": ("overwritten", ["yes/yes2_102.png"]),
+        "yes/yes3_103.png": ("deleted", []),
+    }
+    assert leak["test_items"] == 2 and leak["leaked"] == 1
+    assert leak["worst"][0]["a"] == "yes/yes0_100.png" and leak["worst"][0]["kind"] == "exact"
+    assert "Changed since the split was made" in (out / "audit.md").read_text()
+    assert "changed since the split was made" in res.output
+
+
+def test_an_empty_side_has_no_pairs_instead_of_a_crash(tmp_path):
+    from mriscan.audit import _subset, check_cross, load_set
+
+    aset = load_set(_tiny(tmp_path / "d"), CFG)
+    empty = _subset(aset, [], "test")  # e.g. every test file of a split deleted since
+    x = check_cross(aset, empty, CFG)
+    assert x["b_items_matched"] == 0 and x["pairs"] == 0
+    assert x["by_class"] == {
+        "no": {"items": 0, "exact": 0, "pixels": 0, "near": 0, "leaked": 0, "share": 0.0},
+        "yes": {"items": 0, "exact": 0, "pixels": 0, "near": 0, "leaked": 0, "share": 0.0},
+    }
 
 
 @pytest.mark.slow

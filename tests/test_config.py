@@ -80,3 +80,12 @@ def test_build_model_default_is_the_trained_network():
     assert [la.get_config() for la in default.layers] == [la.get_config() for la in trained.layers]
     assert default.get_layer("block1_conv1").filters == ModelConfig().filters[0]
     assert "mirror_diff" in {la.name for la in default.layers}
+
+
+def test_sizes_are_bounded():
+    from mriscan.preprocess import PreprocessConfig
+
+    with pytest.raises(ConfigError, match=r"image_size must be in \[16, 2048\]"):
+        override(TrainConfig(), {"image_size": 8})
+    with pytest.raises(ConfigError, match="size must be at most 4096"):
+        PreprocessConfig(size=100_000)

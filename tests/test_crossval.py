@@ -69,7 +69,8 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
         assert (cv / f).is_file(), f
     m = json.loads((cv / "metrics.json").read_text())
     for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
-        assert set(m[key]) == {"mean", "std", "ci95", "per_fold"} and len(m[key]["per_fold"]) == 3
+        assert set(m[key]) == {"mean", "std", "ci95", "per_fold", "n_defined"}
+        assert len(m[key]["per_fold"]) == 3
     p = m["protocol"]
     assert p["kind"] == "cv" and p["folds"] == 3 and p["duplicate_threshold"] == 0.95
     # select=last: no checkpoint is chosen on validation; TINY does not pre-train

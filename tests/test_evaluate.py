@@ -152,3 +152,19 @@ def test_a_class_with_no_readable_file_makes_auc_undefined(loose_model, class_fo
         _truncate(p)
     with pytest.raises(MriscanError, match=r"None of the 12 files .* could be read"):
         evaluate(loose_model, class_folder, out=tmp_path / "ev3")
+
+
+def test_a_split_with_retired_samples_is_refused(small_store):
+    from mriscan.evaluate import _recorded_indices
+
+    with ImageStore.open(small_store) as store:
+        recs = store.index.records
+        part = {"indices": [0, 1], "pixel_sha256": [recs[0].pixel_sha256, recs[1].pixel_sha256]}
+    with ImageStore.open(small_store, mode="a") as store:  # file 0 was overwritten since
+        store.update_record(0, flags=("replaced",))
+        store.commit()
+    with ImageStore.open(small_store) as store:
+        with pytest.raises(MriscanError, match="retired since training \\(replaced"):
+            _recorded_indices(store, part, "test")
+        assert _recorded_indices(store, {**part, "indices": [1], "pixel_sha256": part[
+            "pixel_sha256"][1:]}, "test").tolist() == [1]  # fmt: skip

@@ -16,10 +16,10 @@ from PIL import Image
 from pydicom.pixels import get_decoder
 
 from mriscan.cli import main
-from mriscan.errors import BadFilesError
+from mriscan.errors import BadFilesError, StoreCorruptError
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
-from mriscan.store import ImageStore, verify_store
+from mriscan.store import FORMAT_VERSION, ImageStore, verify_store
 from mriscan.synth_scanner import (
     FakePatient,
     phantom_volume,
@@ -196,11 +196,20 @@ def test_manifest_with_groups(tmp_path):
     assert res.exit_code != 0 and "either RAW_DIR or --manifest" in res.output
 
 
+def _legacy_index(store: Path, version: int) -> dict:
+    """Rewrite a store as an older mriscan left it: every record inline in index.json."""
+    with ImageStore.open(store) as st:
+        index = st.index.to_dict()
+    index["format_version"] = version
+    shutil.rmtree(store / "index")
+    (store / "index.json").write_text(json.dumps(index))
+    return index
+
+
 def test_format_1_store_is_read_and_upgraded(class_folder, tmp_path):
     store = tmp_path / "s.zarr"
     ingest(class_folder, store, SMALL)
-    index = json.loads((store / "index.json").read_text())
-    index["format_version"] = 1
+    index = _legacy_index(store, 1)
     del index["salt"]
     for r in index["records"]:
         for k in ("kind", "file_id", "origin", "group_key", "window", "plane"):
@@ -212,7 +221,40 @@ def test_format_1_store_is_read_and_upgraded(class_folder, tmp_path):
     report = ingest(class_folder, store, SMALL)  # the v1 records are matched by their path
     assert report.n_added == 0 and report.removed == 1 and report.already_stored == 11
     with ImageStore.open(store) as st:
-        assert st.salt is not None and st.index.format_version == 2
+        assert st.salt is not None and st.index.format_version == FORMAT_VERSION
         assert all(r.file_id for r in st.index.records)
-    assert json.loads((store / "index.json").read_text())["format_version"] == 2
+    assert json.loads((store / "index.json").read_text())["format_version"] == FORMAT_VERSION
     assert verify_store(store) == []
+
+
+def test_format_2_store_is_read_as_is_and_migrated(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    with ImageStore.open(store) as st:
+        records, groups, labels = list(st.index.records), st.groups.copy(), st.labels.copy()
+        dups = list(st.index.duplicates)
+    _legacy_index(store, 2)
+    with ImageStore.open(store) as st:  # read as it is, nothing written
+        assert st.index.format_version == 2 and list(st.index.records) == records
+        assert st.groups.tolist() == groups.tolist() and st.labels.tolist() == labels.tolist()
+    assert verify_store(store) == []
+    assert not (store / "index").exists()
+    r = CliRunner().invoke(main, ["migrate", "--store", str(store)])
+    assert r.exit_code == 0 and "index format 2 -> 3" in r.output, r.output
+    with ImageStore.open(store) as st:
+        assert st.index.format_version == FORMAT_VERSION and list(st.index.records) == records
+        assert st.groups.tolist() == groups.tolist() and list(st.index.duplicates) == dups
+    assert "records" not in json.loads((store / "index.json").read_text())
+    assert verify_store(store) == []
+    r = CliRunner().invoke(main, ["migrate", "--store", str(store)])
+    assert r.exit_code == 0 and "nothing to do" in r.output
+
+
+def test_unknown_format_is_refused_with_how_to_convert(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    index = json.loads((store / "index.json").read_text())
+    index["format_version"] = 99
+    (store / "index.json").write_text(json.dumps(index))
+    with pytest.raises(StoreCorruptError, match=r"reads versions 1, 2 and 3\. Re-ingest"):
+        ImageStore.open(store)

@@ -123,3 +123,15 @@ def test_group_bootstrap_draws_whole_groups():
         lambda s: mx.binary_metrics(y[s], p[s]), groups, ("accuracy", "roc_auc"), n_boot=50
     )
     assert ci["accuracy"] == [1.0, 1.0] and ci["roc_auc"][0] == 1.0
+
+
+def test_a_class_never_found_has_f1_zero_not_undefined():
+    # a model that calls every slice class 0: the other classes occur, are never found
+    y = np.array([0, 1, 2, 3] * 3)
+    prob = np.tile([0.7, 0.1, 0.1, 0.1], (12, 1))
+    m = mx.multiclass_metrics(y, prob, ("a", "b", "c", "d"))
+    assert [m["per_class"][c]["f1"] for c in "bcd"] == [0.0, 0.0, 0.0]
+    assert np.isnan(m["per_class"]["b"]["precision"])  # never predicted: precision undefined
+    assert m["macro_f1"] == pytest.approx((2 * 3 / (12 + 3)) / 4)  # a: P 0.25, R 1 -> F1 0.4
+    b = mx.binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]), threshold=0.5)
+    assert b["per_class"]["yes"]["f1"] == 0.0 and b["macro_f1"] == pytest.approx((2 / 3) / 2)

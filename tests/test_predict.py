@@ -289,3 +289,25 @@ def test_dicom_series_and_nifti_give_slice_rows_and_one_row_per_unit(model_file,
     assert all("Doe" not in p.name for p in (tmp_path / "x").iterdir())
     top = explain(model_file, sorted(series.iterdir()), out=tmp_path / "y", top_k=2)
     assert len(top) == 2 and np.all([r["png"].endswith(".png") for r in top])
+
+
+def test_series_rows_pool_every_class_into_a_distribution():
+    from mriscan.aggregate import aggregate_rows
+    from mriscan.artifacts import ModelCard
+
+    card = ModelCard(PreprocessConfig(size=32), ("g", "n", "p"), None, healthy="n")
+    rows = [
+        {
+            "unit": "volume:1",
+            "error": "",
+            "p_g": pg,
+            "p_n": pn,
+            "p_p": pp,
+            "tumor_probability": 1 - pn,
+        }
+        for pg, pn, pp in ((0.8, 0.1, 0.1), (0.1, 0.8, 0.1), (0.2, 0.2, 0.6), (0.7, 0.2, 0.1))
+    ]
+    (row,) = aggregate_rows(rows, card=card, threshold=None, k=3)
+    assert abs(row["p_g"] + row["p_n"] + row["p_p"] - 1) < 1e-9
+    assert row["label"] == "g" and row["slices"] == 4
+    assert row["tumor_probability"] == pytest.approx((0.9 + 0.8 + 0.8) / 3)

@@ -78,9 +78,14 @@ def test_index_records_config_and_checksums(store_path):
     index = json.loads((store_path / "index.json").read_text())
     assert index["format_version"] == FORMAT_VERSION and index["count"] == 3
     assert index["config"]["aspect"] == "stretch"
-    rec = index["records"][2]
-    assert rec["source"] == "a/2.png" and rec["label"] == 1 and rec["height"] == 50
-    assert len(rec["pixel_sha256"]) == 16 and rec["group"] >= 0
+    # format 3: index.json is a small manifest; the records live in append-only column files
+    assert "records" not in index and len((store_path / "index.json").read_bytes()) < 2000
+    assert (store_path / "index" / "label.u1").read_bytes() == bytes([0, 1, 1])
+    with ImageStore.open(store_path) as st:
+        rec = st.index.records[2]
+        assert rec.source == "a/2.png" and rec.label == 1 and rec.height == 50
+        assert len(rec.pixel_sha256) == 16 and rec.group >= 0 and rec.position == 2
+        assert list(st.index.records)[2] == rec and st.index.records[-1] == rec
 
 
 def test_uncommitted_appends_vanish_and_are_trimmed(store_path):
@@ -249,6 +254,8 @@ def test_sigkill_mid_write_leaves_previous_store_readable(store_path, tmp_path, 
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        # the writer must run this checkout's mriscan, not whichever one is installed
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     assert proc.stdout.readline().strip() == "ready"
     if stage == "commit":
@@ -268,6 +275,11 @@ def test_sigkill_mid_write_leaves_previous_store_readable(store_path, tmp_path, 
     with ImageStore.open(store_path, mode="a") as st:  # the next writer recovers the lock
         st.append(_images(3, seed=5), [1] * 3)
         st.commit()
+    # the killed writer's column rows were cut off, not appended to
+    assert verify_store(store_path) == []
+    with ImageStore.open(store_path) as st:
+        assert len(st) == 23 and st.labels.tolist() == [0] * 20 + [1] * 3
+        assert (store_path / "index" / "label.u1").stat().st_size == 23
     assert verify_store(store_path) == []
 
 
@@ -290,3 +302,29 @@ def test_commit_takes_groups_from_the_caller(store_path):
         assert st.commit() == 0 and st.groups.tolist() == [0, 0, 1, 1, 0, 2]
     with ImageStore.open(store_path) as st:
         assert st.groups.tolist() == [0, 0, 1, 1, 0, 2]
+
+
+def test_records_are_read_lazily_column_by_column(store_path):
+    n = 100
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        for start in range(0, n, 30):  # several commits: rows appended, never rewritten
+            k = min(30, n - start)
+            recs = [{"source": f"a/{start + i}.png", "sha256": f"h{start + i}"} for i in range(k)]
+            st.append(_images(k, seed=start), [(start + i) % 2 for i in range(k)], recs)
+            st.commit()
+        st.update_record(5, flags=["removed"])
+        st.commit()
+    with ImageStore.open(store_path) as st:
+        every = list(st.index.records)
+        # one at a time: the first reads are row by row, later ones from whole columns
+        assert [st.index.records[i] for i in range(n)] == every
+        assert every[5].flags == ("removed",) and 5 not in st.active_indices()
+        assert [r.source for r in every] == [f"a/{i}.png" for i in range(n)]
+        assert st.labels.tolist() == [i % 2 for i in range(n)]
+    # opening, labels and groups never touch the string columns
+    (store_path / "index" / "source.bin").unlink()
+    with ImageStore.open(store_path) as st:
+        assert len(st) == n and st.labels.sum() == n // 2 and len(st.groups) == n
+        with pytest.raises(StoreError, match=r"source\.bin is missing"):
+            st.index.records[3]

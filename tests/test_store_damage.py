@@ -4,6 +4,7 @@ crashes with a traceback; an interrupted creation can be fixed by rerunning inge
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -29,9 +30,44 @@ def _store(path: Path) -> Path:
 
 
 def _edit_index(path: Path, change) -> None:
-    data = json.loads((path / "index.json").read_text())
+    """Damage a record the way it would sit in a format-2 index (every record inline)."""
+    with ImageStore.open(path) as st:
+        data = st.index.to_dict()
+    shutil.rmtree(path / "index")
     data = change(data)
     (path / "index.json").write_text(json.dumps(data))
+
+
+def _edit_manifest(change) -> None:
+    def damage(path: Path) -> None:
+        data = json.loads((path / "index.json").read_text())
+        (path / "index.json").write_text(json.dumps(change(data)))
+
+    return damage
+
+
+def _set(key, value):
+    def change(d):
+        d[key] = value
+        return d
+
+    return change
+
+
+def _bytes_at(rel, offset, data):
+    def damage(path: Path) -> None:
+        with open(path / rel, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(data)
+
+    return damage
+
+
+def _truncate(rel, size):
+    def damage(path: Path) -> None:
+        os.truncate(path / rel, size)
+
+    return damage
 
 
 def _set_record(field, value):
@@ -67,6 +103,19 @@ DAMAGE = {
     "label -1": lambda p: _edit_index(p, _set_record("label", -1)),
     'label "yes"': lambda p: _edit_index(p, _set_record("label", "yes")),
     "label without a class name": lambda p: _edit_index(p, _set_record("label", 7)),
+    # format 3: the manifest and the column files
+    "manifest count past the rows": _edit_manifest(_set("count", 99)),
+    "manifest count is a string": _edit_manifest(_set("count", "5")),
+    "manifest patch bytes past the file": _edit_manifest(_set("patch_bytes", 10)),
+    "manifest group generation missing": _edit_manifest(_set("group_file", "7")),
+    "manifest duplicates file outside index/": _edit_manifest(_set("duplicates_file", "../x")),
+    "column label without a class name": _bytes_at("index/label.u1", 2, b"\x07"),
+    "label column disagrees with labels array": _bytes_at("index/label.u1", 2, b"\x01"),
+    "truncated source offsets": _truncate("index/source.off", 16),
+    "truncated checksum column": _truncate("index/pixel_sha256.bin", 20),
+    "deleted group column": _delete("index/group.0.i8"),
+    "deleted projections": _delete("index/proj.f4"),
+    "signature column disagrees with the array": _bytes_at("index/sig.u1", 300, b"\x01\x02"),
     "garbage labels chunk": _garbage("labels/c/0"),
     "garbage signatures chunk": _garbage("signatures/c/0/0/0"),
     "garbage images chunk": _garbage("images/c.1.0.0"),

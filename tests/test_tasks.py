@@ -83,3 +83,12 @@ def test_compare_collections():
     assert c.mode == "same" and c.label_map.tolist() == [1, 1, 0, 1]
     with pytest.raises(ConfigError, match="--class-map"):
         compare_classes(("cats", "dogs"), FOUR, "notumor")
+
+
+def test_positive_and_healthy_must_agree():
+    with pytest.raises(ConfigError, match="cannot also be the no-tumor class"):
+        resolve_task(("a", "b"), TaskConfig(positive="a", healthy="a"))
+    # in a two-class task, naming the healthy class settles the positive one
+    assert resolve_task(("a", "b"), TaskConfig(healthy="a")).class_names == ("a", "b")
+    assert resolve_task(("a", "b"), TaskConfig(healthy="b")).class_names == ("b", "a")
+    assert parse_class_map("\ufeffyes=glioma;no=notumor")[0][0] == "yes"  # a BOM is dropped

@@ -1,18 +1,29 @@
-"""The image store: a Zarr v3 group of preprocessed slices plus a JSON index (the commit point).
+"""The image store: a Zarr v3 group of preprocessed slices, per-sample record columns and a small
+JSON manifest (the commit point).
 
-Layout of ``images.zarr/``::
+Layout of ``images.zarr/`` (index format 3)::
 
     zarr.json            group metadata
     images/              (N, S, S) uint8, one slice per chunk, Blosc/Zstd, keys c.<i>.0.0
     labels/              (N,) uint8
     signatures/          (N, 16, 16) uint8 perceptual thumbnails (duplicate grouping)
-    index.json           format, PreprocessConfig, classes, one record per sample
+    index/               append-only record columns (``columns``): label.u1, flags.u1, ...,
+                         source.bin/.off, ..., proj.f4, group.<g>.i8, merges.<g>.i8,
+                         patches.jsonl, duplicates.<k>.json
+    index.json           the manifest: format, PreprocessConfig, classes, salt, sources, the
+                         committed count of rows / patch bytes / merges
     write.lock           held (flock) by the one writer; readers never touch it
+
+Format 1/2 stores (every record inline in ``index.json``) are read as they are and written as
+format 3 at their next commit; ``mriscan migrate`` (``migrate_store``) converts one at once.
 
 Who owns what:
 
-- ``index``: the schema of ``index.json`` (``SampleRecord``, ``StoreIndex``, ``FORMAT_VERSION``),
-  its (de)serialisation and ``pixel_checksum``. Add a record field here.
+- ``index``: the schema (``SampleRecord``, ``StoreIndex``, ``Manifest``, ``FORMAT_VERSION``),
+  the (de)serialisation of ``index.json`` and ``pixel_checksum``. Add a record field here and in
+  ``columns``.
+- ``columns``: the append-only column files below ``index/``; ``table``: the committed records
+  column by column (``RecordTable``) and as lazily built ``SampleRecord`` s (``RecordView``).
 - ``files``: the store's own byte files (atomic write with fsync, read, list, delete, clear) and
   the one-writer ``WriteLock``; local paths and fsspec URLs alike.
 - ``engines``: the ``ChunkEngine`` interface and its two engines, ``LocalChunkFiles`` (the local
@@ -32,7 +43,7 @@ from __future__ import annotations
 from mriscan.errors import StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
 from mriscan.store.engines import ChunkEngine, LocalChunkFiles, ZarrEngine, open_engine
 from mriscan.store.files import StoreFiles, WriteLock
-from mriscan.store.image_store import DEFAULT_STORE, ImageStore
+from mriscan.store.image_store import DEFAULT_STORE, ImageStore, migrate_store
 from mriscan.store.index import (
     FORMAT_VERSION,
     INDEX_KEY,
@@ -58,6 +69,7 @@ __all__ = [
     "StoreNotFoundError",
     "WriteLock",
     "ZarrEngine",
+    "migrate_store",
     "open_engine",
     "pixel_checksum",
     "verify_store",

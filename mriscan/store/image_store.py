@@ -1,9 +1,12 @@
 """``ImageStore``: a transaction (pending appends, one atomic commit, one writer) over a chunk
-engine (the images) and the index (what is committed).
+engine (the images), the record columns and the manifest ``index.json`` (what is committed).
 
-Only the first ``len(index.records)`` rows are committed. A writer writes new chunks past that
-point, then grows the arrays, then atomically replaces ``index.json``: a crash at any moment leaves
-the previous index and every chunk it names intact. The next writer trims the leftovers.
+Only the first ``count`` rows are committed. A writer writes new chunks and column rows past that
+point (column files only ever grow), then grows the arrays, then atomically replaces
+``index.json``: a crash at any moment leaves the previous manifest and every chunk and column byte
+it names intact. The next writer trims the leftovers. A commit writes only its new rows, a few
+changed fields (``index/patches.jsonl``) and a manifest of a few hundred bytes; opening reads
+only the manifest, and columns are read when first used.
 
 The store does not decide which slices are near-duplicates: whoever commits passes the groups
 (``commit(groups=...)``; ``mriscan.ingest`` computes them with ``mriscan.duplicates``).
@@ -15,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,15 @@ import zarr
 from mriscan.duplicates import SIGNATURE_SIZE
 from mriscan.duplicates import signatures as _thumbnails
 from mriscan.errors import ConfigError, StoreCorruptError, StoreError, StoreNotFoundError
+from mriscan.neighbors import PROJECTION_DIMS, dct_projection
 from mriscan.preprocess import PreprocessConfig
+from mriscan.store.columns import (
+    COLUMN_DIR,
+    ColumnFiles,
+    group_name,
+    mask_from_flags,
+    merge_name,
+)
 from mriscan.store.engines import (
     ChunkEngine,
     blosc_codec,
@@ -36,14 +48,16 @@ from mriscan.store.files import LOCK_KEY, StoreFiles, WriteLock, is_url, local_p
 from mriscan.store.index import (
     FORMAT_VERSION,
     INDEX_KEY,
+    Manifest,
     SampleRecord,
     StoreIndex,
     decode_index,
-    encode_index,
+    encode_manifest,
     pixel_checksum,
 )
+from mriscan.store.table import RecordTable, RecordView, canonical_groups, columns_of
 
-__all__ = ["DEFAULT_STORE", "ImageStore"]
+__all__ = ["DEFAULT_STORE", "ImageStore", "migrate_store"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +107,48 @@ def _open_arrays(path: str | os.PathLike[str], mode: str) -> zarr.Group:
 _ARRAYS = ("images", "labels", "signatures")
 
 
+class _Duplicates(Sequence[dict[str, Any]]):
+    """The committed list of exact-duplicate files, read from its file when first used."""
+
+    def __init__(self, files: StoreFiles, key: str) -> None:
+        self._files, self._key, self._items = files, key, None
+
+    def _load(self) -> list[dict[str, Any]]:
+        if self._items is None:
+            raw = self._files.read(self._key) if self._key else b"[]"
+            try:
+                items = json.loads(raw) if raw is not None else None
+                if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
+                    raise ValueError("not a JSON list of objects")
+            except ValueError as exc:
+                raise StoreCorruptError(
+                    f"{self._files.root}/{self._key} (the exact-duplicate list) is missing or "
+                    f"unreadable ({exc}). Re-ingest the raw folder into a new --store."
+                ) from exc
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __getitem__(self, i):
+        return self._load()[i]
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _constant_values(sigs: np.ndarray) -> np.ndarray:
+    """Per signature: its value if constant (a blank slice), else -1; int64 (n,)."""
+    if not len(sigs):
+        return np.empty(0, np.int64)
+    flat = np.asarray(sigs).reshape(len(sigs), -1)
+    const = np.all(flat == flat[:, :1], axis=1)
+    return np.where(const, flat[:, 0].astype(np.int64), -1)
+
+
 class ImageStore:
     """A Zarr v3 store of preprocessed slices with an atomic JSON index.
 
@@ -109,23 +165,44 @@ class ImageStore:
         group: zarr.Group,
         files: StoreFiles,
         lock: WriteLock | None,
+        manifest: Manifest | None = None,
     ) -> None:
         self.location = str(location)
         self.mode = mode
-        self._index = index
         self._group = group
         self._files = files
+        self._columns = ColumnFiles(files)
         self._lock = lock
         self._engine: ChunkEngine = open_engine(group["images"], files)
+        self._manifest = manifest
+        self._legacy = manifest is None
+        self._set_index(index, manifest)
         self._pending_images = 0
-        self._pending_records: list[SampleRecord] = []
+        self._pending_records: list[dict[str, Any]] = []
         self._pending_labels: list[np.ndarray] = []
         self._pending_sigs: list[np.ndarray] = []
         self._pending_dups: list[dict[str, Any]] = []
         self._pending_updates: dict[int, dict[str, Any]] = {}
         self._new_duplicates: tuple[dict[str, Any], ...] | None = None
         self._closed = False
-        self._labels_cache: tuple[StoreIndex, np.ndarray] | None = None
+
+    def _set_index(self, index: StoreIndex, manifest: Manifest | None) -> None:
+        """Attach the record table of ``manifest`` (format 3) or of ``index.records`` (1/2)."""
+        if manifest is None:
+            self._table = RecordTable.from_records(
+                index.records, lambda: dct_projection(self.signatures())
+            )
+            dups = tuple(index.duplicates)
+        else:
+            self._table = RecordTable(
+                manifest.count,
+                self._columns,
+                patch_bytes=manifest.patch_bytes,
+                group_file=manifest.group_file,
+                merges=manifest.merges,
+            )
+            dups = _Duplicates(self._files, manifest.duplicates_file)
+        self._index = dataclasses.replace(index, records=RecordView(self._table), duplicates=dups)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -203,9 +280,11 @@ class ImageStore:
                 compressors=blosc_codec(),
                 fill_value=0,
             )
-            index = StoreIndex(image_size=s, config=config)
-            files.write_atomic(INDEX_KEY, encode_index(index))
-            return cls(path, mode="a", index=index, group=group, files=files, lock=lock)
+            index, manifest = StoreIndex(image_size=s, config=config), Manifest()
+            files.write_atomic(INDEX_KEY, encode_manifest(index, manifest))
+            return cls(
+                path, mode="a", index=index, group=group, files=files, lock=lock, manifest=manifest
+            )
         except BaseException:
             lock.release()
             raise
@@ -214,12 +293,16 @@ class ImageStore:
     def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> ImageStore:
         """Open a committed store; ``mode`` is ``"r"`` (default, no lock) or ``"a"`` (append).
 
+        Reads only ``index.json`` (a small manifest) and the zarr metadata; record columns are
+        read when first used. A format-1/2 store (every record in ``index.json``) is read as it
+        is and written as format 3 at its next commit (``mriscan migrate`` converts it at once).
+
         Raises
         ------
         StoreNotFoundError
             No ``index.json`` at ``path``.
         StoreCorruptError
-            ``index.json`` cannot be parsed.
+            ``index.json`` cannot be parsed or has an unknown format version.
         StoreLockedError
             ``mode="a"`` and another writer holds the store.
         """
@@ -232,14 +315,16 @@ class ImageStore:
                 f"No mriscan store at {path} (no index.json). Create one "
                 "with `mriscan ingest RAW_DIR --store PATH`."
             )
-        index = decode_index(raw, str(path))
+        index, manifest = decode_index(raw, str(path))
         lock = None
         if mode == "a":
             lock = WriteLock(path, files)
             lock.acquire()
         try:
             group = _open_arrays(path, mode)
-            store = cls(path, mode=mode, index=index, group=group, files=files, lock=lock)
+            store = cls(
+                path, mode=mode, index=index, group=group, files=files, lock=lock, manifest=manifest
+            )
             if mode == "a":
                 store._trim_uncommitted()
                 files.remove_orphan_temps(INDEX_KEY)
@@ -250,8 +335,9 @@ class ImageStore:
         return store
 
     def _trim_uncommitted(self) -> None:
-        """Drop rows a crashed writer left beyond the committed count."""
-        n = len(self._index.records)
+        """Drop rows a crashed writer left beyond the committed count (images, arrays, column
+        files) and column files no longer named by the manifest."""
+        n = len(self)
         if self._engine.rows != n:
             log.info("trimming images from %d to %d committed rows", self._engine.rows, n)
             self._engine.resize(n)
@@ -262,10 +348,20 @@ class ImageStore:
                 arr.resize((n, *arr.shape[1:]))
         # chunks written past the array's end are invisible to zarr; remove them too
         self._engine.remove_leftovers(n)
+        m = self._manifest
+        if m is None:
+            return  # format 1/2: the columns are written whole at the next commit
+        self._columns.trim(m.count, m.patch_bytes, m.group_file, m.merges)
+        keep = {group_name(m.group_file), merge_name(m.group_file), m.duplicates_file}
+        stale = re.compile(r"(group|merges)\.\d+\.i8|duplicates\.\d+\.json")
+        for key in list(self._files.keys(COLUMN_DIR)):
+            rel = f"{COLUMN_DIR}/{key}"
+            if stale.fullmatch(key) and rel not in keep:
+                self._files.delete(rel)
 
     # ---- reading ------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._index.records)
+        return self._table.count
 
     def __enter__(self) -> ImageStore:
         return self
@@ -301,14 +397,8 @@ class ImageStore:
     @property
     def labels(self) -> np.ndarray:
         """Committed labels, ndarray of shape (N,), uint8."""
-        # Cached per index: read_batch needs labels on every call, and rebuilding them from
-        # the records is O(N) — it cost ~2 ms per random batch at 20k slices.
-        cached = self._labels_cache
-        if cached is None or cached[0] is not self._index:
-            labels = np.array([r.label for r in self._index.records], dtype=np.uint8)
-            labels.flags.writeable = False
-            self._labels_cache = cached = (self._index, labels)
-        return cached[1]
+        # read once per commit from index/label.u1 (read_batch needs labels on every call)
+        return self._table.fixed("label")
 
     @property
     def salt(self) -> bytes | None:
@@ -322,14 +412,60 @@ class ImageStore:
         Retired records (``SampleRecord.active`` False: their file was deleted, overwritten or
         moved to another class) keep their rows, but training, CV and evaluation use only these.
         """
-        return np.array(
-            [r.position for r in self._index.records if r.active], dtype=np.int64
-        ).reshape(-1)
+        return np.flatnonzero(self._table.active_mask()).astype(np.int64)
 
     @property
     def groups(self) -> np.ndarray:
-        """Duplicate-group id of each committed sample, ndarray of shape (N,), int64."""
-        return np.array([r.group for r in self._index.records], dtype=np.int64)
+        """Split-group id of each committed sample, ndarray of shape (N,), int64, numbered 0.. in
+        order of first appearance (read-only; computed once per commit)."""
+        return self._table.groups()
+
+    @property
+    def table(self) -> RecordTable:
+        """The committed records column by column (``mriscan.store.table.RecordTable``)."""
+        return self._table
+
+    def signature_projections(self) -> np.ndarray:
+        """``mriscan.neighbors.dct_projection`` of every committed signature, (N, 32) float32
+        (read from ``index/proj.f4``; computed for a format-1/2 store)."""
+        return self._table.fixed("proj")
+
+    def signature_rows(self, positions: np.ndarray) -> np.ndarray:
+        """Committed signatures at ``positions``, ndarray (k, 16, 16) uint8."""
+        pos = np.asarray(positions, np.int64).reshape(-1)
+        if not pos.size:
+            return np.empty((0, SIGNATURE_SIZE, SIGNATURE_SIZE), np.uint8)
+        if self._table.columns is not None:  # format 3: index/sig.u1, one row per read
+            rows = self._columns.fixed_rows("sig", pos)
+            return rows.reshape(len(pos), SIGNATURE_SIZE, SIGNATURE_SIZE)
+        return np.asarray(self._group["signatures"].get_orthogonal_selection((pos,)))
+
+    def constant_signatures(self) -> dict[int, int]:
+        """First committed position of every constant signature value (blank slices)."""
+        if self._manifest is not None:
+            return dict(self._manifest.constants)
+        vals = _constant_values(self.signatures())
+        out: dict[int, int] = {}
+        for pos in np.flatnonzero(vals >= 0).tolist():
+            out.setdefault(int(vals[pos]), pos)
+        return out
+
+    def positions_with_keys(self, keys: Sequence[str]) -> dict[str, int]:
+        """First committed position carrying each non-empty group key of ``keys`` (keys no
+        committed record carries are left out)."""
+        from mriscan.store.columns import key_hash
+
+        wanted = {key_hash(k): k for k in keys if k}
+        if not wanted or not len(self):
+            return {}
+        kh = self._table.fixed("keyhash")
+        hits = np.flatnonzero(np.isin(kh, np.fromiter(wanted, np.int64)))
+        out: dict[str, int] = {}
+        for pos in hits.tolist():
+            k = wanted[int(kh[pos])]
+            if k not in out and self._table.string_at("group_key", pos) == k:
+                out[k] = pos
+        return out
 
     def __getitem__(self, i: int) -> np.ndarray:
         images, _ = self.read_batch([i])
@@ -462,7 +598,9 @@ class ImageStore:
             rec.update(
                 position=start + k, label=int(labels[k]), pixel_sha256=pixel_checksum(images[k])
             )
-            self._pending_records.append(SampleRecord.from_dict(rec))
+            full = SampleRecord.from_dict(rec).to_dict()  # checks every field
+            mask_from_flags(full["flags"])  # a flag outside FLAG_BITS cannot be stored
+            self._pending_records.append(full)
         self._pending_labels.append(labels.astype(np.uint8))
         self._pending_sigs.append(np.asarray(signatures, np.uint8))
         self._pending_images += images.shape[0]
@@ -511,7 +649,13 @@ class ImageStore:
         if not 0 <= int(position) < len(self):
             raise ValueError(f"position {position} is not a committed sample (0..{len(self) - 1}).")
         if "flags" in fields:
-            fields["flags"] = tuple(fields["flags"])
+            fields["flags"] = list(fields["flags"])
+            mask_from_flags(fields["flags"])
+        for name in ("file_id", "group_key"):
+            if name in fields and not isinstance(fields[name], str):
+                raise ValueError(f"{name} must be a string, got {fields[name]!r}")
+        if "origin" in fields:
+            fields["origin"] = int(fields["origin"])
         self._pending_updates.setdefault(int(position), {}).update(fields)
 
     def set_duplicates(self, duplicates: Sequence[dict[str, Any]]) -> None:
@@ -536,35 +680,49 @@ class ImageStore:
         if folder not in self._index.sources:
             self._index = dataclasses.replace(self._index, sources=(*self._index.sources, folder))
 
-    def commit(self, groups: Sequence[int] | np.ndarray | None = None) -> int:
+    def commit(
+        self,
+        groups: Sequence[int] | np.ndarray | None = None,
+        *,
+        links: np.ndarray | None = None,
+    ) -> int:
         """Make everything appended so far visible at once; return the number of new samples.
 
-        Grows the arrays and replaces ``index.json`` (the commit point). Readers that opened
-        earlier keep their old view.
+        Appends the new rows to the column files, grows the arrays and replaces ``index.json``
+        (the commit point). Readers that opened earlier keep their old view. A format-1/2 store
+        is written as format 3 (all columns) here.
 
         Parameters
         ----------
         groups : array-like of shape (N_committed + N_pending,), int >= 0, optional
-            Near-duplicate group of every sample after the commit, old and new (a new slice can
-            join two old groups, so old ids may change). ``mriscan.ingest`` passes
-            ``duplicate_groups(concat(store.signatures(), store.pending_signatures()))``.
-            If omitted, committed samples keep their groups and each new sample gets a group of
-            its own (``max + 1, max + 2, ...``): the store never decides on its own that two
-            slices are copies of each other.
+            Split group of every sample after the commit, old and new. When it only joins old
+            groups (and places new samples) it is recorded as merges; otherwise (an old group
+            split) the group column is rewritten as a new generation.
+        links : ndarray of shape (E, 2), int, optional
+            Pairs of positions (committed or pending) that must share a group, the incremental
+            form (``mriscan.ingest`` passes the near-duplicate and same-key pairs of the new
+            samples): groups only ever join, and the commit costs O(new samples + E).
+            Not with ``groups``.
+
+        If neither is given, committed samples keep their groups and each new sample gets a group
+        of its own: the store never decides on its own that two slices are copies of each other.
 
         Raises
         ------
         ValueError
-            ``groups`` has the wrong length or holds negative ids.
+            ``groups`` has the wrong length or holds negative ids; ``links`` names a position
+            outside the store or comes with ``groups``.
         StoreError
             The store is closed or read-only.
         """
         self._check_writable()
         old_n = len(self)
         n = old_n + self._pending_images
-        records = list(self._index.records) + self._pending_records
-        for pos, fields in self._pending_updates.items():
-            records[pos] = dataclasses.replace(records[pos], **fields)
+        if groups is not None and links is not None:
+            raise ValueError("pass either groups or links to commit, not both")
+        table = self._table
+        merges = np.empty((0, 2), np.int64)
+        rebase: np.ndarray | None = None
         if groups is not None:
             ids = np.asarray(groups).reshape(-1)
             if ids.shape[0] != n or (ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0)):
@@ -573,15 +731,17 @@ class ImageStore:
                     f"({old_n} committed + {self._pending_images} pending = {n}). Received "
                     f"dtype {ids.dtype}, shape {ids.shape}."
                 )
-            records = [
-                dataclasses.replace(r, group=int(g)) for r, g in zip(records, ids, strict=True)
-            ]
-        elif self._pending_images:
-            next_id = max((r.group for r in self._index.records), default=-1) + 1
-            records[old_n:] = [
-                dataclasses.replace(r, group=next_id + k)
-                for k, r in enumerate(self._pending_records)
-            ]
+            new_labels, merges, rebase = _labels_from_groups(table.group_labels(), ids)
+        elif links is not None:
+            pairs = np.asarray(links, np.int64).reshape(-1, 2)
+            if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
+                raise ValueError(
+                    f"links must name positions in [0, {n}); received {pairs.min()}..{pairs.max()}"
+                )
+            new_labels, merges = _labels_from_links(table, old_n, n, pairs)
+        else:
+            new_labels = np.arange(old_n, n, dtype=np.int64)
+        pending_sigs = self.pending_signatures()
         if self._pending_images:
             self._engine.resize(n)
             labels = self._group["labels"]
@@ -589,16 +749,16 @@ class ImageStore:
             labels[old_n:n] = np.concatenate(self._pending_labels)
             sig_arr = self._group["signatures"]
             sig_arr.resize((n, *sig_arr.shape[1:]))
-            sig_arr[old_n:n] = np.concatenate(self._pending_sigs)
-        dups = self._index.duplicates if self._new_duplicates is None else self._new_duplicates
-        index = dataclasses.replace(
-            self._index,
-            records=tuple(records),
-            duplicates=dups + tuple(self._pending_dups),
-            format_version=FORMAT_VERSION,
-        )
-        self._files.write_atomic(INDEX_KEY, encode_index(index))
-        self._index = index
+            sig_arr[old_n:n] = pending_sigs
+        with self._columns.batch():  # every column byte is on disk before the manifest
+            if self._legacy or self._manifest is None:
+                manifest = self._write_all(new_labels, merges, rebase, pending_sigs)
+            else:
+                manifest = self._write_appended(new_labels, merges, rebase, pending_sigs)
+        index = dataclasses.replace(self._index, format_version=FORMAT_VERSION)
+        self._files.write_atomic(INDEX_KEY, encode_manifest(index, manifest))
+        self._manifest, self._legacy = manifest, False
+        self._set_index(index, manifest)
         added = self._pending_images
         self._pending_images = 0
         self._pending_records, self._pending_labels = [], []
@@ -606,6 +766,111 @@ class ImageStore:
         self._pending_updates, self._new_duplicates = {}, None
         log.info("committed %d new samples (%d total) to %s", added, n, self.location)
         return added
+
+    def _new_columns(self, pending_sigs: np.ndarray) -> dict[str, Any]:
+        cols = columns_of(self._pending_records)
+        cols["proj"] = (
+            dct_projection(pending_sigs)
+            if len(pending_sigs)
+            else np.empty((0, PROJECTION_DIMS), np.float32)
+        )
+        cols["sig"] = pending_sigs.reshape(len(pending_sigs), -1)
+        return cols
+
+    def _duplicates_file(self, manifest: Manifest) -> str:
+        """Write the exact-duplicate list if this commit changed it; return its key."""
+        if self._new_duplicates is None and not self._pending_dups:
+            return manifest.duplicates_file
+        base = list(self._index.duplicates) if self._new_duplicates is None else []
+        new = base + list(self._new_duplicates or ()) + list(self._pending_dups)
+        if new == list(self._index.duplicates) and (manifest.duplicates_file or not new):
+            return manifest.duplicates_file
+        if not new:
+            return ""
+        last = re.fullmatch(r"index/duplicates\.(\d+)\.json", manifest.duplicates_file)
+        key = f"{COLUMN_DIR}/duplicates.{int(last.group(1)) + 1 if last else 0}.json"
+        self._files.write_atomic(key, json.dumps(new).encode())
+        return key
+
+    def _write_appended(self, new_labels, merges, rebase, pending_sigs) -> Manifest:
+        """Format 3 onto format 3: append the new rows, patches and merges."""
+        m = self._manifest
+        cols = self._columns
+        old_n = m.count
+        if self._pending_images:
+            cols.append_rows(old_n, self._new_columns(pending_sigs))
+        gen, n_merges = m.group_file, m.merges
+        if rebase is not None:
+            gen, n_merges = str(int(gen) + 1), 0
+            cols.append(group_name(gen), 0, rebase.astype("<i8").tobytes())
+        else:
+            if len(new_labels):
+                cols.append(group_name(gen), old_n * 8, new_labels.astype("<i8").tobytes())
+            if len(merges):
+                cols.append(merge_name(gen), n_merges * 16, merges.astype("<i8").tobytes())
+                n_merges += len(merges)
+        patch_bytes = m.patch_bytes
+        if self._pending_updates:
+            patch_bytes = cols.append_patches(patch_bytes, self._pending_updates)
+        constants = dict(m.constants)
+        for k, v in enumerate(_constant_values(pending_sigs).tolist()):
+            if v >= 0:
+                constants.setdefault(v, old_n + k)
+        return Manifest(
+            count=old_n + self._pending_images,
+            patch_bytes=patch_bytes,
+            group_file=gen,
+            merges=n_merges,
+            constants=constants,
+            duplicates_file=self._duplicates_file(m),
+        )
+
+    def _write_all(self, new_labels, merges, rebase, pending_sigs) -> Manifest:
+        """A format-1/2 store (or a first commit): write every column from row 0."""
+        t = self._table
+        old_n = t.count
+        records = [r.to_dict() for r in self._index.records]
+        for pos, fields in self._pending_updates.items():
+            records[pos].update(fields)
+        records += self._pending_records
+        cols = columns_of(records)
+        all_sigs = np.concatenate([self.signatures(), pending_sigs])
+        cols["proj"] = (
+            dct_projection(all_sigs)
+            if len(all_sigs)
+            else np.empty((0, PROJECTION_DIMS), np.float32)
+        )
+        cols["sig"] = all_sigs.reshape(len(all_sigs), -1)
+        self._columns.append_rows(0, cols)
+        if rebase is not None:
+            labels = rebase
+        else:
+            labels = np.concatenate([t.group_labels(), new_labels])
+            if len(merges):
+                from mriscan.store.table import resolve_labels
+
+                roots = resolve_labels(merges)
+                labels = np.array([roots.get(x, x) for x in labels.tolist()], np.int64)
+        labels = canonical_groups(labels)
+        self._columns.append(group_name("0"), 0, labels.astype("<i8").tobytes())
+        self._columns.append(merge_name("0"), 0, b"")
+        self._columns.append(f"{COLUMN_DIR}/patches.jsonl", 0, b"")
+        constants: dict[int, int] = {}
+        for pos, v in enumerate(_constant_values(all_sigs).tolist()):
+            if v >= 0:
+                constants.setdefault(v, pos)
+        dups = list(self._index.duplicates) if self._new_duplicates is None else []
+        dups += list(self._new_duplicates or ()) + list(self._pending_dups)
+        dup_key = ""
+        if dups:
+            dup_key = f"{COLUMN_DIR}/duplicates.0.json"
+            self._files.write_atomic(dup_key, json.dumps(dups).encode())
+        return Manifest(
+            count=old_n + self._pending_images,
+            group_file="0",
+            constants=constants,
+            duplicates_file=dup_key,
+        )
 
     def close(self) -> None:
         """Release the write lock and worker threads; uncommitted appends are discarded."""
@@ -642,11 +907,95 @@ class ImageStore:
             "retired": len(self) - int(active.size),
             "image_size": s,
             "classes": {name: int((labels == k).sum()) for k, name in enumerate(self.class_names)},
-            "duplicate_groups": len(set(self.groups.tolist())) if len(self) else 0,
+            "duplicate_groups": int(np.unique(self.groups).size),
             "exact_duplicates_skipped": len(self._index.duplicates),
+            "format_version": FORMAT_VERSION if self._manifest is not None else "1/2 (legacy)",
             "preprocess": self.config.to_dict(),
             "codec": [c.to_dict() for c in meta.codecs],
             "chunks": list(meta.chunk_grid.chunk_shape),
             "bytes_on_disk": self.nbytes_stored(),
             "bytes_raw": len(self) * s * s,
         }
+
+
+def _labels_from_links(
+    table: RecordTable, old_n: int, n: int, pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group labels of the new rows and the merges of old groups that ``pairs`` imply.
+
+    Union-find over labels (a committed row's resolved label, a new row's own position); the
+    smallest label is the root, so an old group never takes a new row's label.
+    """
+    new = np.arange(old_n, n, dtype=np.int64)
+    if not len(pairs):
+        return new, np.empty((0, 2), np.int64)
+    old_pos = np.unique(pairs[pairs < old_n])
+    old_label: dict[int, int] = {}
+    if old_pos.size:
+        raw = (
+            table.memory["group"][old_pos]
+            if table.memory is not None
+            else table.columns.groups_at(table.group_file, old_pos)
+        )
+        roots = table.roots()
+        old_label = {
+            p: roots.get(g, g) for p, g in zip(old_pos.tolist(), raw.tolist(), strict=True)
+        }
+    parent: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent.get(a, a) != a:
+            parent[a] = parent.get(parent[a], parent[a])
+            a = parent[a]
+        return a
+
+    for a, b in pairs.tolist():
+        la = old_label[a] if a < old_n else a
+        lb = old_label[b] if b < old_n else b
+        ra, rb = find(la), find(lb)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    labels = np.array([find(int(p)) for p in new.tolist()], np.int64)
+    old_roots = set(old_label.values())
+    merges = [(a, find(a)) for a in sorted(old_roots) if find(a) != a]
+    return labels, np.array(merges, np.int64).reshape(-1, 2)
+
+
+def _labels_from_groups(
+    old: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(new rows' labels, merges, None) when ``ids`` only joins the old groups ``old`` (resolved
+    labels) and places new rows; (empty, empty, all labels) when it splits an old group."""
+    old_n, n = len(old), len(ids)
+    ids = ids.astype(np.int64)
+    if old_n:
+        pairs = np.unique(np.stack([old, ids[:old_n]], axis=1), axis=0)
+        if len(np.unique(pairs[:, 0])) != len(pairs):  # an old group now has two ids: a split
+            return np.empty(0, np.int64), np.empty((0, 2), np.int64), canonical_groups(ids)
+    else:
+        pairs = np.empty((0, 2), np.int64)
+    root_of_id: dict[int, int] = {}
+    for label, gid in pairs.tolist():  # sorted by label: the first is the smallest
+        root_of_id.setdefault(gid, label)
+    merges = [(label, root_of_id[gid]) for label, gid in pairs.tolist() if root_of_id[gid] != label]
+    labels = np.empty(n - old_n, np.int64)
+    for k, gid in enumerate(ids[old_n:].tolist()):
+        labels[k] = root_of_id.setdefault(gid, old_n + k)
+    return labels, np.array(merges, np.int64).reshape(-1, 2), None
+
+
+def migrate_store(path: str | os.PathLike[str]) -> int:
+    """Convert a format-1/2 store (every record in ``index.json``) to the current format in
+    place, in one atomic commit; return the version it had (nothing is written when it is
+    already current). ``mriscan migrate --store PATH`` calls this.
+
+    Raises
+    ------
+    StoreNotFoundError, StoreCorruptError, StoreLockedError
+        As ``ImageStore.open(path, mode="a")``.
+    """
+    with ImageStore.open(path, mode="a") as store:
+        version = store.index.format_version
+        if version != FORMAT_VERSION:
+            store.commit()
+        return version

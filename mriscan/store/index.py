@@ -1,8 +1,12 @@
-"""The store's index schema: one ``SampleRecord`` per committed slice, in ``index.json``.
+"""The store's index schema: ``SampleRecord`` (one per committed slice), ``StoreIndex`` and the
+manifest ``index.json``.
 
-``index.json`` is the commit point of a store: the arrays may hold more rows than it names
-(leftovers of an interrupted writer), never fewer. This module owns its fields, its format
-version and its (de)serialisation; nothing here touches files or arrays.
+``index.json`` is the commit point of a store: the arrays and column files may hold more rows
+than it names (leftovers of an interrupted writer), never fewer. Format 3 (this version) keeps the
+records in append-only column files (``mriscan.store.columns``) and ``index.json`` is a small
+manifest (``Manifest``: counts, config, classes, salt, sources); formats 1 and 2 held every record
+in ``index.json`` and are still read (``StoreIndex.from_dict``). This module owns the fields, the
+format version and the (de)serialisation; nothing here touches files or arrays.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,15 +26,20 @@ from mriscan.preprocess import PreprocessConfig
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_KEY",
+    "LEGACY_VERSIONS",
     "RETIRED_FLAGS",
+    "Manifest",
     "SampleRecord",
     "StoreIndex",
     "decode_index",
-    "encode_index",
+    "encode_manifest",
     "pixel_checksum",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: versions whose ``index.json`` holds every record; read as they are, written as format 3 at the
+#: next commit (or by ``mriscan migrate``)
+LEGACY_VERSIONS = (1, 2)
 INDEX_KEY = "index.json"
 #: Flags of a record whose file is gone or changed: its row stays in the arrays (commits only
 #: ever append), but training, CV, evaluation and duplicate matching skip it.
@@ -141,22 +151,84 @@ _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
 
 
 @dataclass(frozen=True)
+class Manifest:
+    """Where the committed state of a format-3 store ends, as ``index.json`` records it.
+
+    ``count`` rows of every column; ``patch_bytes`` of ``index/patches.jsonl``; the group
+    generation ``group_file`` (``index/group.<g>.i8``, ``index/merges.<g>.i8``) and its number of
+    ``merges``; ``constants``: the first position of each constant signature value (blank
+    slices group by value); ``duplicates_file``: the JSON list of exact-duplicate files
+    (``""``: none).
+    """
+
+    count: int = 0
+    patch_bytes: int = 0
+    group_file: str = "0"
+    merges: int = 0
+    constants: dict[int, int] = field(default_factory=dict)
+    duplicates_file: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (merged into ``index.json``)."""
+        return {
+            "count": self.count,
+            "patch_bytes": self.patch_bytes,
+            "group_file": self.group_file,
+            "merges": self.merges,
+            "constants": {str(k): v for k, v in sorted(self.constants.items())},
+            "duplicates_file": self.duplicates_file,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Inverse of ``to_dict``; raises ValueError for a field of the wrong kind or range."""
+        for name in ("count", "patch_bytes", "merges"):
+            v = data.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"manifest field {name!r} must be an integer >= 0, got {v!r}")
+        gen, dup = data.get("group_file"), data.get("duplicates_file", "")
+        if not isinstance(gen, str) or not gen.isdigit():
+            raise ValueError(f"manifest field 'group_file' must be a number string, got {gen!r}")
+        if not isinstance(dup, str) or (dup and not dup.startswith("index/")):
+            raise ValueError(f"manifest field 'duplicates_file' is not a column file: {dup!r}")
+        consts = data.get("constants", {})
+        if not isinstance(consts, dict) or not all(
+            isinstance(v, int) and 0 <= v < data["count"] for v in consts.values()
+        ):
+            raise ValueError(f"manifest field 'constants' is malformed: {consts!r}")
+        return cls(
+            count=data["count"],
+            patch_bytes=data["patch_bytes"],
+            group_file=gen,
+            merges=data["merges"],
+            constants={int(k): int(v) for k, v in consts.items()},
+            duplicates_file=dup,
+        )
+
+
+@dataclass(frozen=True)
 class StoreIndex:
-    """The committed state of a store, written to ``index.json`` as one atomic replace."""
+    """The committed state of a store.
+
+    ``records`` and ``duplicates`` are sequences; in an open format-3 store they are read from
+    the column files when used (``mriscan.store.table.RecordView``), so opening stays cheap.
+    ``format_version`` is the version the store was read as (1 or 2: converted at the next
+    commit).
+    """
 
     image_size: int
     config: PreprocessConfig
     class_names: tuple[str, ...] = ()
-    records: tuple[SampleRecord, ...] = ()
-    duplicates: tuple[dict[str, Any], ...] = ()
+    records: Sequence[SampleRecord] = ()
+    duplicates: Sequence[dict[str, Any]] = ()
     sources: tuple[str, ...] = ()
     salt: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
+        """Plain-JSON form of a format-2 index (every record inline; for tests and tools)."""
         return {
-            "format_version": self.format_version,
+            "format_version": 2,
             "image_size": self.image_size,
             "config": self.config.to_dict(),
             "class_names": list(self.class_names),
@@ -169,18 +241,19 @@ class StoreIndex:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreIndex:
-        """Inverse of ``to_dict``; rejects unknown format versions (StoreCorruptError).
+        """A format-1/2 ``index.json`` (every record inline); rejects other versions
+        (StoreCorruptError).
 
         A format-1 index (before scanner data) is read as format 2 with "no salt yet" (``salt``
         empty: the next ingest creates one) and records that were all plain images from the
         store's one raw folder (``origin`` 0; -1 when the store lists several folders, whose
         files then cannot be matched on re-ingest). It is written as format 2 at the next
-        commit.
+        commit (format 3: ``mriscan migrate --store PATH`` does it without ingesting).
         """
         version = data.get("format_version")
-        if version not in (1, FORMAT_VERSION):
+        if version not in LEGACY_VERSIONS:
             raise StoreCorruptError(
-                f"index.json has format_version {version!r}; this mriscan reads versions 1 "
+                f"index.json has format_version {version!r}; this mriscan reads versions 1, 2 "
                 f"and {FORMAT_VERSION}. Re-ingest the data with this version into a new --store."
             )
         records = data["records"]
@@ -198,27 +271,61 @@ class StoreIndex:
             duplicates=tuple(data.get("duplicates", ())),
             sources=tuple(data.get("sources", ())),
             salt=salt,
+            format_version=version,
         )
 
 
-def encode_index(index: StoreIndex) -> bytes:
-    """The bytes of ``index.json`` for ``index`` (compact JSON, UTF-8)."""
-    return json.dumps(index.to_dict()).encode()
+def encode_manifest(index: StoreIndex, manifest: Manifest) -> bytes:
+    """The bytes of a format-3 ``index.json`` (compact JSON, UTF-8): the header of ``index``
+    (records and duplicates live in column files) and ``manifest``."""
+    return json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "image_size": index.image_size,
+            "config": index.config.to_dict(),
+            "class_names": list(index.class_names),
+            "sources": list(index.sources),
+            "salt": index.salt,
+            **manifest.to_dict(),
+        }
+    ).encode()
 
 
-def decode_index(raw: bytes, where: str) -> StoreIndex:
+def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
     """Parse the bytes of ``index.json``; ``where`` names the store in the error.
+
+    Returns
+    -------
+    index : StoreIndex
+        For format 3 without records or duplicates (the caller attaches views of the column
+        files); for formats 1/2 with every record.
+    manifest : Manifest or None
+        None for formats 1/2.
 
     Raises
     ------
     StoreCorruptError
-        The bytes are not JSON, or not an index of the supported format version.
+        The bytes are not JSON, or not an index of a supported format version.
     """
     try:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, found a {type(data).__name__}")
-        return StoreIndex.from_dict(data)
+        if data.get("format_version") != FORMAT_VERSION:
+            return StoreIndex.from_dict(data), None
+        salt = data.get("salt", "")
+        if not isinstance(salt, str) or (salt and len(salt) < 32):
+            raise ValueError(f"salt must be a hex string of >= 32 characters, got {salt!r}")
+        if not all(isinstance(x, str) for x in [*data["class_names"], *data["sources"]]):
+            raise ValueError("class_names and sources must be lists of strings")
+        index = StoreIndex(
+            image_size=int(data["image_size"]),
+            config=PreprocessConfig.from_dict(data["config"]),
+            class_names=tuple(data["class_names"]),
+            sources=tuple(data["sources"]),
+            salt=salt,
+        )
+        return index, Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreCorruptError(f"{where}/index.json is unreadable ({exc}).") from exc
 

@@ -66,14 +66,27 @@ def _check(store: ImageStore) -> list[str]:
             problems.append(
                 f"{name} array has {store._group[name].shape[0]} rows but the index commits {n}"
             )
-    positions = [r.position for r in store.index.records]
-    if positions != list(range(n)):
-        problems.append("index positions are not 0..N-1 in order")
     if problems:
         return problems
+    try:  # format 3: every column file must cover the committed rows
+        records = list(store.index.records)
+        len(store.index.duplicates)
+        if store.table.columns is not None:
+            store.signature_projections()
+    except (StoreError, ValueError, KeyError, TypeError) as exc:
+        return [f"the record columns cannot be read ({type(exc).__name__}: {exc})"]
     stored_labels = _read_array(store, "labels", n, problems)
-    _read_array(store, "signatures", n, problems)
-    for rec in store.index.records:
+    sigs = _read_array(store, "signatures", n, problems)
+    if sigs is not None and store.table.columns is not None and n:
+        # the grouping reads index/sig.u1; it must hold the same thumbnails as the array
+        rows = store.signature_rows(np.arange(n)).reshape(sigs.shape)
+        bad = np.flatnonzero(np.any(rows != sigs, axis=(1, 2)))
+        if bad.size:
+            problems.append(
+                f"index/sig.u1 differs from the signatures array at {bad.size} sample(s) "
+                f"(first: {int(bad[0])}); re-ingest into a new --store"
+            )
+    for rec in records:
         i = rec.position
         try:
             img = store[i]

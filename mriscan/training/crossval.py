@@ -98,11 +98,12 @@ def summarize_folds(
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and std of the defined values (NaN when none; std NaN with fewer than two)."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
     return {
         "mean": float(v.mean()) if v.size else float("nan"),
-        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "std": float(v.std(ddof=1)) if v.size > 1 else (0.0 if v.size == 1 else float("nan")),
     }
 
 
@@ -240,6 +241,8 @@ def cross_validate(
         fold_layout = cv.fold(rep, k)
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
         publish_model(run.model.save, card_for(store, fold_cfg, run.threshold), fold_layout.model)
+        if fold_layout.live_history.is_file():
+            os.replace(fold_layout.live_history, fold_layout.history)
         for leftover in (fold_layout.backup, fold_layout.checkpoint.parent):
             shutil.rmtree(leftover, ignore_errors=True)
         thr, prob, m = run.threshold, run.test_prob, run.test

@@ -212,12 +212,7 @@ def _fit(
     run_id = run_fingerprint(store, train_idx, val_idx, cfg, init_weights)
     resume = _check_resume(layout, run_id)
     best_path = layout.checkpoint
-    if not resume:
-        shutil.rmtree(best_path.parent, ignore_errors=True)  # another run's best-so-far
-    best_path.parent.mkdir(parents=True, exist_ok=True)
-    backup.mkdir(parents=True, exist_ok=True)
-    write_json(layout.run_marker, {"run_id": run_id})
-    history_cb = JsonHistory(layout.history, resume, run_id)
+    history_cb = JsonHistory(layout.live_history, resume, run_id)
     # BackupAndRestore resumes after the last finished epoch, which history.json also records
     first_epoch = min(max(history_cb.epochs, default=-1) + 1, epochs - 1)
     if kind == "tfdata":
@@ -264,6 +259,13 @@ def _fit(
         if init_weights is not None:
             _load_initial_weights(model, init_weights, store.image_size, cfg)
         compile_model(model, cfg.optimizer, hw, steps, epochs, num_classes=k)
+    # the run's own files are made only now that the model builds: a run refused for its
+    # settings leaves nothing that could block the next one
+    if not resume:
+        shutil.rmtree(best_path.parent, ignore_errors=True)  # another run's best-so-far
+    best_path.parent.mkdir(parents=True, exist_ok=True)
+    backup.mkdir(parents=True, exist_ok=True)
+    write_json(layout.run_marker, {"run_id": run_id})
     monitor_best = None
     if resume and history_cb.epochs:
         aucs = [r.get("val_auc") for r in history_cb.epochs.values()]

@@ -124,11 +124,15 @@ def train(
         run.model.save,
         card_for(store, cfg, run.threshold),
         layout.model,
-        signatures=store.signatures()[kept],
+        # what the model (and its threshold) saw: near-duplicates of these are removed when
+        # it is evaluated on other data; the test part is not among them
+        signatures=store.signatures()[np.sort(np.concatenate([split["train"], split["val"]]))],
     )
     _write_split(layout, store, split, cfg, card.model_sha256)
     result_metrics = _run_metrics(cfg, split, hw, run)
     result_metrics["model_sha256"] = card.model_sha256
+    if layout.live_history.is_file():
+        os.replace(layout.live_history, layout.history)
     plots.save_history(run.history, layout.history_plot)
     if run.test is not None:
         _plot_test(plots, layout, store, split["test"], run)
