@@ -17,12 +17,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from mriscan.errors import ImageDecodeError, MriscanError
+from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.inference import check_threshold, columns_for, predict_batch, prediction_row
 from mriscan.io import IMAGE_SUFFIXES, decode_image, display_path
 from mriscan.preprocess import normalize, preprocess
 
 __all__ = [
+    "ENGINES",
     "OUTPUT_SUFFIXES",
     "PredictionWriter",
     "collect_images",
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "label", "error")  # the columns of an empty table (see columns_for)
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json")
+ENGINES = ("auto", "keras", "onnx")
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -346,6 +348,7 @@ def predict(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     show_paths: bool = False,
+    engine: str = "auto",
 ) -> list[dict[str, Any]]:
     """Predict files and folders with a saved model (threshold: the model's, unless given).
 
@@ -357,15 +360,27 @@ def predict(
     ``progress(done, total)`` is called after each batch of image files. ``show_paths`` names
     scanner slices by file instead of by pseudonym.
 
+    ``engine`` runs the model: ``keras`` (the ``.keras`` file, through TensorFlow), ``onnx``
+    (its export ``X.onnx`` made by ``mriscan.onnx_engine.export_onnx``, through ONNX Runtime:
+    no TensorFlow import, seconds sooner per run, the same probabilities up to float rounding),
+    or ``auto``: ``onnx`` when ``X.onnx`` exists beside the model, else ``keras``. The first
+    batches of files are decoded and preprocessed while the model loads.
+
     Raises
     ------
     MriscanError
         If ``output`` has an unknown suffix (before the model is loaded), or no input file is
         found.
+    ConfigError
+        If ``engine`` is not one of ``ENGINES``.
+    OnnxExportError
+        If the ONNX export is missing (``engine="onnx"``) or was made from another model file.
     """
     from mriscan.readers import collect_inputs
     from mriscan.scan_predict import SCAN_COLUMNS, predict_inputs
 
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
     if output is not None:
         PredictionWriter(output)  # an unknown suffix fails here, before any work
     files, problems = collect_inputs(inputs)
@@ -387,9 +402,7 @@ def predict(
         # the first batches are decoded and preprocessed while TensorFlow and the model load
         prefetch = _Prefetcher(paths, card.preprocess, batch_size, pool)
         try:
-            from mriscan.model import load_model
-
-            model, card = load_model(model_path)
+            model = _load_engine(model_path, card, engine)
         except BaseException:
             prefetch.cancel()
             raise
@@ -412,6 +425,28 @@ def predict(
             if writer is not None and more:
                 writer.write(more)
     return rows + more
+
+
+def _load_engine(model_path: str | os.PathLike[str], card: Any, engine: str) -> Any:
+    """The model of ``model_path`` run by ``engine`` (see ``predict``)."""
+    from mriscan.onnx_engine import onnx_path
+
+    if engine == "onnx" or (engine == "auto" and onnx_path(model_path).is_file()):
+        from mriscan.artifacts import ModelCardError
+        from mriscan.onnx_engine import OnnxModel
+
+        model = OnnxModel(model_path)
+        size = card.preprocess.size
+        if tuple(model.input_shape[1:3]) != (size, size):
+            raise ModelCardError(
+                f"{model.path}: the model takes {model.input_shape[1:3]} inputs but its card "
+                f"says {size}×{size} slices; export the model again."
+            )
+        log.info("Predicting with ONNX Runtime (%s).", display_path(model.path))
+        return model
+    from mriscan.model import load_model
+
+    return load_model(model_path)[0]
 
 
 def _load_card(model_path: str | os.PathLike[str]) -> Any:

@@ -102,3 +102,40 @@ def test_an_unsupported_layer_is_named(tmp_path):
     with pytest.raises(OnnxExportError, match="strided"):
         export_onnx(path)
     assert not path.with_suffix(".onnx").exists()
+
+
+def test_predict_with_the_onnx_engine_matches_keras_without_importing_tensorflow(
+    tmp_path, class_folder
+):
+    import json
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.onnx_engine import OnnxExportError
+    from mriscan.predict import predict
+
+    model = build_model(32, filters=(4, 8, 8, 16), seed=0)
+    _randomise_batch_norm(model)
+    path = _save(model, tmp_path / "m" / "model.keras")
+    with pytest.raises(OnnxExportError, match="No ONNX export"):
+        predict(path, [class_folder], engine="onnx")
+    keras_rows = predict(path, [class_folder], engine="auto")  # no export yet: keras
+    r = CliRunner().invoke(main, ["export-onnx", str(path)])
+    assert r.exit_code == 0 and "model.onnx" in r.output, r.output
+    code = (
+        "import sys, json; from mriscan.predict import predict; "
+        f"rows = predict({str(path)!r}, [{str(class_folder)!r}]); "
+        "print(json.dumps([rows, 'tensorflow' in sys.modules, 'keras' in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    onnx_rows, tf_loaded, keras_loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not tf_loaded and not keras_loaded  # auto picked the export
+    assert [r["path"] for r in onnx_rows] == [r["path"] for r in keras_rows]
+    np.testing.assert_allclose(
+        [r["probability"] for r in onnx_rows], [r["probability"] for r in keras_rows], atol=2e-5
+    )
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in keras_rows]
