@@ -40,7 +40,8 @@ def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = Fal
     A two-class (sigmoid) model gives columns ``[1 - p, p]``, p the probability of class 1.
     The model is called through ``model.predict_on_batch`` (Keras compiles its predict
     function on the first call and reuses it while the input shape stays the same) on calls of
-    ``min(CALL_ROWS, batch_size)`` rows (``min(CALL_ROWS, 2 * batch_size)`` with ``tta``), the
+    ``min(CALL_ROWS, batch_size)`` rows (``min(CALL_ROWS, 2 * batch_size)`` with ``tta``;
+    a model object with a ``call_rows`` attribute sets its own instead of ``CALL_ROWS``), the
     last one zero-padded, so that every call of a run has the same shape (another shape would
     retrace the compiled function). ``tta`` averages the predictions of the slice and its
     left-right mirror image: each call holds k slices followed by their k mirror images, and
@@ -48,7 +49,7 @@ def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = Fal
     rounding.
     """
     n = x.shape[0]
-    rows = min(CALL_ROWS, 2 * batch_size if tta else batch_size)
+    rows = min(getattr(model, "call_rows", CALL_ROWS), 2 * batch_size if tta else batch_size)
     step = max(1, rows // 2) if tta else max(1, rows)
     rows = 2 * step if tta else step
     parts = []
