@@ -3,10 +3,11 @@
 ``export_onnx(X.keras)`` writes ``X.onnx`` beside the model (``mriscan export-onnx``);
 ``OnnxModel`` runs it with the interface ``mriscan.inference.predict_batch`` uses
 (``predict_on_batch``), so prediction of files, DICOM and NIfTI is unchanged. Why: importing
-TensorFlow and Keras costs 4 s on an idle 2-core machine and 14 s on a loaded one, ONNX Runtime
-0.5 s, and per model pass the two run at the same speed here (``bench/RESULTS.md``), so a
-``mriscan predict`` command starts seconds sooner. The results equal Keras's up to float
-rounding (``tests/test_onnx_engine.py``).
+TensorFlow and Keras costs ~4 s on an idle 2-core machine and 14 s on a loaded one, ONNX
+Runtime 0.5 s. Per model pass ONNX Runtime is *slower* than TensorFlow here (about half, on its
+best call size; ``bench/RESULTS.md``), so the export pays off where start-up dominates: a
+``mriscan predict`` command on up to a few thousand files. The results equal Keras's up to
+float rounding (``tests/test_onnx_engine.py``).
 
 Why our own converter: ``keras2onnx`` was last released in 2020 (Keras 2); ``tf2onnx`` was not
 tried (it converts the traced TensorFlow graph and adds its own version pins); Keras 3's

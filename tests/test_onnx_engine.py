@@ -54,10 +54,13 @@ def _save(model, path, classes=("no", "yes")):
     ],
 )
 def test_export_gives_the_keras_probabilities(tmp_path, classes, overrides):
+    import keras
+
     from mriscan.inference import predict_batch
     from mriscan.model import load_model
     from mriscan.onnx_engine import OnnxModel, export_onnx
 
+    keras.utils.set_random_seed(0)  # the weights, so the spread checked below is reproducible
     names = ("no", "yes") if classes == 2 else ("a", "b", "c")
     keras_model = build_model(32, filters=(4, 8, 8, 16), num_classes=classes, seed=0, **overrides)
     _randomise_batch_norm(keras_model)
@@ -74,7 +77,7 @@ def test_export_gives_the_keras_probabilities(tmp_path, classes, overrides):
         want = predict_batch(model, x, 8, tta=tta)
         got = predict_batch(onnx_model, x, 8, tta=tta)
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
-        assert np.ptp(want[:, -1]) > 1e-3
+        assert np.ptp(want, axis=0).max() > 1e-3  # the slices get different probabilities
 
 
 def test_a_stale_or_missing_export_is_refused(tmp_path):
