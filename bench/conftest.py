@@ -25,7 +25,7 @@ REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 RESULTS_DIR = Path(__file__).resolve().parent / ".results"
 
 # Scripts, not benchmarks: keep them out of collection (and out of --doctest-modules).
-collect_ignore = ["gpu_precision.py", "summary.py", "align_reference.py"]
+collect_ignore = ["gpu_precision.py", "summary.py", "align_reference.py", "plain_predict.py"]
 
 # (group, case) -> {"value": float, "unit": str}
 MEASURED: dict[tuple[str, str], dict] = {}

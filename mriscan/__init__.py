@@ -65,6 +65,7 @@ _LAZY = {
     "evaluate": "mriscan.evaluate",
     "binary_metrics": "mriscan.metrics",
     "predict": "mriscan.predict",
+    "export_onnx": "mriscan.onnx_engine",
     "grad_cam": "mriscan.explain",
     "explain": "mriscan.explain",
     "synthesize": "mriscan.synth",

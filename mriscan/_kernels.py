@@ -190,15 +190,24 @@ def crop_resize_one(
 
 @numba.njit(cache=True, parallel=True)
 def crop_resize_batch(
-    images, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift
-):
-    """Apply ``crop_resize_one`` to each image of a typed list, in parallel over images."""
-    for n in numba.prange(len(images)):
+    flat, offsets, shapes, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle,
+    max_shift,
+):  # fmt: skip
+    """Apply ``crop_resize_one`` to each image, in parallel over images.
+
+    The images lie back to back in the 1-D uint8 array ``flat``: image i is
+    ``flat[offsets[i] : offsets[i] + h * w].reshape(h, w)`` with ``(h, w) = shapes[i]``. (A
+    typed list of arrays would do, but building one compiles Numba's list machinery in every new
+    process, ~1 s here, which ``cache=True`` does not keep.)
+    """
+    for n in numba.prange(out.shape[0]):
         i = np.int64(n)
+        h = shapes[i, 0]
+        w = shapes[i, 1]
+        img = flat[offsets[i] : offsets[i] + h * w].reshape((h, w))
         crop_resize_one(
-            images[i], out[i], crop, rel_threshold, min_frac, margin, pad, align, max_angle,
-            max_shift,
-        )  # fmt: skip
+            img, out[i], crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift
+        )
 
 
 @numba.njit(cache=True, nogil=True)

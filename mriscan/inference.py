@@ -17,24 +17,52 @@ from mriscan.errors import ConfigError
 from mriscan.io import display_path
 from mriscan.preprocess import normalize
 
-__all__ = ["check_threshold", "columns_for", "predict_batch", "predict_store", "prediction_row"]
+__all__ = [
+    "CALL_ROWS",
+    "check_threshold",
+    "columns_for",
+    "predict_batch",
+    "predict_store",
+    "prediction_row",
+]
+
+
+# Rows per model call. Measured on the project's 2-core x86 machine with the default model at
+# 128² (``predict_on_batch``, img/s per pass, medians of 7): 4 rows 172, 8 rows 176, 16 rows 153,
+# 32 rows 152, 48 rows 134, 64 rows ~103 -- small calls keep the activations in cache, so a big
+# batch is cut into calls of this many rows (bench/test_predict.py).
+CALL_ROWS = 8
 
 
 def predict_batch(model: Any, x: np.ndarray, batch_size: int, *, tta: bool = False) -> np.ndarray:
-    """Class probabilities of one batch (N, S, S, 1): float64 of shape (N, K).
+    """Class probabilities of a batch (N, S, S, C) float32: float64 of shape (N, K).
 
     A two-class (sigmoid) model gives columns ``[1 - p, p]``, p the probability of class 1.
-    The batch is zero-padded to ``batch_size`` so that every call has the same shape (a short
-    last batch would otherwise retrace the compiled function). ``tta`` averages the
-    predictions of the slice and its left-right mirror image.
+    The model is called through ``model.predict_on_batch`` (Keras compiles its predict
+    function on the first call and reuses it while the input shape stays the same) on calls of
+    ``min(CALL_ROWS, batch_size)`` rows (``min(CALL_ROWS, 2 * batch_size)`` with ``tta``;
+    a model object with a ``call_rows`` attribute sets its own instead of ``CALL_ROWS``), the
+    last one zero-padded, so that every call of a run has the same shape (another shape would
+    retrace the compiled function). ``tta`` averages the predictions of the slice and its
+    left-right mirror image: each call holds k slices followed by their k mirror images, and
+    the two halves of its output are averaged; the result equals separate calls up to float
+    rounding.
     """
     n = x.shape[0]
-    if n < batch_size:
-        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-    out = np.asarray(model.predict_on_batch(x), np.float64)[:n]
-    if tta:
-        flipped = np.ascontiguousarray(x[:, :, ::-1])
-        out = 0.5 * (out + np.asarray(model.predict_on_batch(flipped), np.float64)[:n])
+    rows = min(getattr(model, "call_rows", CALL_ROWS), 2 * batch_size if tta else batch_size)
+    step = max(1, rows // 2) if tta else max(1, rows)
+    rows = 2 * step if tta else step
+    parts = []
+    for start in range(0, max(n, 1), step):  # an empty batch still gives (0, K)
+        xs = x[start : start + step]
+        k = xs.shape[0]
+        if tta:
+            xs = np.concatenate([xs, xs[:, :, ::-1]])
+        if xs.shape[0] < rows:
+            xs = np.concatenate([xs, np.zeros((rows - xs.shape[0], *xs.shape[1:]), xs.dtype)])
+        out = np.asarray(model.predict_on_batch(xs), np.float64)
+        parts.append(0.5 * (out[:k] + out[k : 2 * k]) if tta else out[:k])
+    out = np.concatenate(parts)
     if out.ndim == 1 or out.shape[1] == 1:
         p = out.reshape(-1)
         return np.stack([1.0 - p, p], axis=1)

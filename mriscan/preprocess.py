@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numba
 import numpy as np
 
 from mriscan import _kernels
@@ -236,9 +235,12 @@ def preprocess_batch(
     out = np.empty((len(arrays), cfg.size, cfg.size), np.uint8)
     if not arrays:
         return out
-    typed = numba.typed.List(arrays)
+    shapes = np.array([a.shape for a in arrays], np.int64)
+    offsets = np.zeros(len(arrays), np.int64)
+    np.cumsum(shapes[:-1, 0] * shapes[:-1, 1], out=offsets[1:])
+    flat = np.concatenate([a.reshape(-1) for a in arrays])
     with _PARALLEL_LOCK:
-        _kernels.crop_resize_batch(typed, out, *_kernel_args(cfg))
+        _kernels.crop_resize_batch(flat, offsets, shapes, out, *_kernel_args(cfg))
     return out
 
 

@@ -311,3 +311,103 @@ def test_series_rows_pool_every_class_into_a_distribution():
     assert abs(row["p_g"] + row["p_n"] + row["p_p"] - 1) < 1e-9
     assert row["label"] == "g" and row["slices"] == 4
     assert row["tumor_probability"] == pytest.approx((0.9 + 0.8 + 0.8) / 3)
+
+
+# --- issue 20: prediction as a pipeline ------------------------------------------------------
+
+
+class _RecordingModel:
+    """A fake model that keeps every input it is called on; P(yes) = sigmoid(2·mean of the left
+    half − mean of the right half), so a slice and its mirror differ."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def predict_on_batch(self, x):
+        import numpy as np
+
+        self.inputs.append(np.array(x))
+        half = x.shape[2] // 2
+        d = 2 * x[:, :, :half].mean(axis=(1, 2, 3)) - x[:, :, half:].mean(axis=(1, 2, 3))
+        return (1.0 / (1.0 + np.exp(-d)))[:, None].astype(np.float32)
+
+
+def _two_calls(model, x, tta):
+    """Today's reference: the slices, then (``tta``) their mirror images, in separate calls."""
+    import numpy as np
+
+    out = np.asarray(model.predict_on_batch(x), np.float64)
+    if tta:
+        out = 0.5 * (out + np.asarray(model.predict_on_batch(x[:, :, ::-1].copy()), np.float64))
+    if out.shape[1] == 1:
+        return np.concatenate([1.0 - out, out], axis=1)
+    return out
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_batch_equals_separate_calls_of_slices_and_mirrors(classes, tta):
+    """One call per chunk (slices and mirrors together, fixed shape) = separate calls."""
+    import keras
+    import numpy as np
+
+    from mriscan.inference import CALL_ROWS, predict_batch
+
+    keras.utils.set_random_seed(0)  # the weights, so the spread checked below is reproducible
+    model = build_model(32, filters=(4, 4, 8, 8), num_classes=classes, seed=0)
+    x = np.random.default_rng(3).standard_normal((11, 32, 32, 1)).astype(np.float32)
+    got = predict_batch(model, x, 32, tta=tta)
+    want = _two_calls(model, x, tta)
+    assert got.shape == (11, classes if classes > 2 else 2) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert np.ptp(got, axis=0).max() > 1e-4  # the slices get different probabilities
+    rec = _RecordingModel()
+    predict_batch(rec, x, 32, tta=tta)
+    assert {a.shape for a in rec.inputs} == {(CALL_ROWS, 32, 32, 1)}  # one compiled shape
+    step = CALL_ROWS // 2 if tta else CALL_ROWS
+    assert len(rec.inputs) == -(-11 // step)
+    if tta:  # each call: k slices then the same k slices mirrored
+        first = rec.inputs[0]
+        np.testing.assert_array_equal(first[step:], first[:step, :, ::-1])
+        np.testing.assert_array_equal(first[:step], x[:step])
+    assert predict_batch(model, x[:0], 32, tta=tta).shape == (0, classes if classes > 2 else 2)
+
+
+def test_pipelined_predict_files_equals_the_sequential_steps(tmp_path):
+    """Rows of the threaded pipeline = decode -> preprocess_batch -> normalize -> separate
+    calls, file by file, with a bad file and several batches."""
+    import dataclasses
+
+    import numpy as np
+
+    from mriscan.io import decode_image
+    from mriscan.predict import predict_files
+    from mriscan.preprocess import normalize, preprocess_batch
+
+    paths = _slices(tmp_path / "in", 13)
+    paths[6].write_bytes(b"not an image")
+    card = dataclasses.replace(CARD, tta=True)
+    rec = _RecordingModel()
+    rows = predict_files(rec, card, paths, batch_size=5, workers=3)
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert [bool(r["error"]) for r in rows] == [i == 6 for i in range(13)]
+    good = [p for i, p in enumerate(paths) if i != 6]
+    cfg = card.preprocess
+    x = normalize(preprocess_batch([decode_image(p) for p in good], cfg), threshold=cfg.threshold)
+    want = _two_calls(_RecordingModel(), x[..., None], tta=True)[:, 1]
+    got = [r["probability"] for r in rows if not r["error"]]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert len({round(p, 6) for p in got}) > 1
+
+
+def test_a_failing_model_stops_the_pipeline_and_cancels_the_files_ahead(tmp_path, monkeypatch):
+    """An error in inference propagates at once; batches queued ahead are dropped, not run."""
+    import mriscan.predict as pred
+
+    paths = _slices(tmp_path / "in", 40)
+    prepared = []
+    real = pred._prepare
+    monkeypatch.setattr(pred, "_prepare", lambda p, cfg: prepared.append(p) or real(p, cfg))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pred.predict_files(_FakeModel(fail_at=1), CARD, paths, batch_size=2, workers=1)
+    assert len(prepared) < len(paths)  # 20 batches; at most the look-ahead was prepared
