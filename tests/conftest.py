@@ -134,5 +134,20 @@ def write_class_folders(root: Path, class_names, n_per_class: int = 8, seed: int
     for k, name in enumerate(class_names):
         (root / name).mkdir(parents=True)
         for i in range(n_per_class):
-            Image.fromarray(make_class_slice(rng, k, 60 + i, 56 + i)).save(root / name / f"{i}.png")
+            img = _vary(make_class_slice(rng, k, 60 + i % 8, 56 + i % 8), rng)
+            Image.fromarray(img).save(root / name / f"{i}.png")
     return root
+
+
+def _vary(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A few random darker or brighter patches, so that the slices of a class are not all
+    near-duplicates of each other (then no group-aware split could spread a class)."""
+    h, w = img.shape
+    yy, xx = np.mgrid[:h, :w]
+    out = img.astype(np.float64)
+    for _ in range(4):
+        cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+        ry, rx = rng.uniform(0.05, 0.2) * h, rng.uniform(0.05, 0.2) * w
+        m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        out[m] = out[m] * rng.uniform(0.1, 0.6) + rng.uniform(0, 120)
+    return np.clip(out, 0, 255).astype(np.uint8)

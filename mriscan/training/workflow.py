@@ -175,8 +175,10 @@ def check_split(
             )
             raise ConfigError(
                 f"The {part} part of the split holds no slice of {missing} (slices per class: "
-                f"{have}; unreadable files are not counted). Add data for that class, or use "
-                "`mriscan cv`, which uses every slice for testing once."
+                f"{have}; unreadable files are not counted). A group-aware split keeps every "
+                "near-duplicate group (and patient) on one side, so a class needs at least as "
+                "many groups as the split has parts (`mriscan info` and `mriscan audit` show "
+                "the groups). Add data for that class, or use `mriscan cv`."
             )
 
 

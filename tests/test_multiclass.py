@@ -1,0 +1,72 @@
+"""K = 2, 3, 4 classes through every command on small synthetic class folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mriscan.cli import main
+from tests.conftest import write_class_folders
+
+FAST = ["--epochs", "2", "--pretrain", "0", "--image-size", "32", "--batch-size", "16"]
+NAMES = {
+    2: ("no", "yes"),
+    3: ("notumor", "glioma", "pituitary"),
+    4: ("notumor", "glioma", "meningioma", "pituitary"),
+}
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_every_command_works_for_k_classes(k, tmp_path):
+    names = NAMES[k]
+    data = write_class_folders(tmp_path / "data", names, n_per_class=10)
+    run = CliRunner()
+    out = tmp_path / "run"
+    args = ["--store", str(tmp_path / "s.zarr"), "--out", str(out), "--val-fraction", "0.3"]
+    r = run.invoke(main, ["train", str(data), *args, "--test-fraction", "0.3", *FAST])
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "models" / "best_model.json").read_text())
+    expected = tuple(sorted(names)) if k > 2 else ("no", "yes")
+    assert tuple(card["class_names"]) == expected
+    assert (card["threshold"] is None) == (k > 2) and card["healthy"] in ("notumor", "no")
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert len(test["confusion_matrix"]) == k and "macro_f1" in test
+    model = out / "models" / "best_model.keras"
+    r = run.invoke(main, ["predict", str(model), str(data), "--output", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "p.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 * k and {f"p_{n}" for n in names} <= set(rows[0])
+    assert {r["label"] for r in rows} <= set(names)
+    r = run.invoke(main, ["evaluate", str(data), "--model", str(model), "--out",
+                          str(tmp_path / "ev"), "--keep-duplicates"])  # fmt: skip
+    assert r.exit_code in (0, 1), r.output  # 1 only when a metric is undefined on these data
+    ev = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
+    assert ev["n"] == 10 * k and len(ev["confusion_matrix"]) == k
+    one = next((data / names[-1]).iterdir())
+    r = run.invoke(main, ["explain", str(model), str(one), "--out", str(tmp_path / "x"),
+                          "--class", names[-1]])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "x").glob(f"*_{names[-1]}_gradcam.png"))
+
+
+@pytest.mark.slow
+def test_four_class_cv_and_a_yes_no_map(tmp_path):
+    names = NAMES[4]
+    data = write_class_folders(tmp_path / "data", names, n_per_class=12)
+    run = CliRunner()
+    args = ["--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "cv4"), "--folds", "2"]
+    r = run.invoke(main, ["cv", str(data), *args, "--val-fraction", "0.3", *FAST])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "cv4" / "cv" / "metrics.json").read_text())
+    assert m["headline"] == ["accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"]
+    assert "tumor_vs_healthy" in m["pooled"] and "tumor_types_only" in m["pooled"]
+    cmap = "yes=glioma,meningioma,pituitary;no=notumor"
+    r = run.invoke(main, ["train", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "yn"),
+                          "--class-map", cmap, "--val-fraction", "0.3", *FAST])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "yn" / "models" / "best_model.json").read_text())
+    assert card["class_names"] == ["no", "yes"]
