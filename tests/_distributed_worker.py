@@ -32,7 +32,9 @@ y = (np.arange(n) % 2).astype("float32")
 x = rng.normal(0, 1, (n, s, s, 1)).astype("float32")
 x[y == 1, 8:16, 8:16, 0] += 3.0  # learnable: positives carry a bright square
 with hw.scope():
-    model = build_model(s, filters=(8, 8, 16, 16), dropout=0.0, augment=False, dense_units=16)
+    model = build_model(
+        s, filters=(8, 8, 16, 16), dropout=0.0, augment=False, dense_units=16, mirror=False
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
         loss="binary_crossentropy",
