@@ -151,3 +151,22 @@ def _vary(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         out[m] = out[m] * rng.uniform(0.1, 0.6) + rng.uniform(0, 120)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# a training config small enough for unit tests (32² slices, tiny filters, no pre-training)
+FAST_TRAIN = {
+    "fit.epochs": 2,
+    "image_size": 32,
+    "optimizer.batch_size": 16,
+    "optimizer.warmup_epochs": 0,
+    "model.filters": (8, 8, 16, 16),
+    "pretrain.phantoms": 0,
+    "runtime.verbose": "silent",
+}
+
+
+def fast_config(**changes):
+    """``FAST_TRAIN`` with dotted changes, e.g. ``fast_config(**{"fit.epochs": 1})``."""
+    from mriscan.config import TrainConfig, override
+
+    return override(TrainConfig(), {**FAST_TRAIN, **changes})

@@ -8,23 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from mriscan.config import CVConfig, TrainConfig, override
+from mriscan.config import CVConfig
 from mriscan.metrics import binary_metrics
 from mriscan.store import ImageStore
 from mriscan.training.crossval import cross_validate, summarize_folds
+from tests.conftest import fast_config
 
-TINY = override(
-    TrainConfig(),
-    {
-        "fit.epochs": 2,
-        "image_size": 32,
-        "optimizer.batch_size": 16,
-        "optimizer.warmup_epochs": 0,
-        "model.filters": (8, 8, 16, 16),
-        "pretrain.phantoms": 0,
-        "runtime.verbose": "silent",
-    },
-)
+TINY = fast_config()
 
 
 def test_summarize_folds_shapes():

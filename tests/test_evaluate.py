@@ -9,24 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from mriscan.cli import main
-from mriscan.config import TrainConfig, override
 from mriscan.errors import MriscanError
 from mriscan.evaluate import evaluate
 from mriscan.store import ImageStore
 from mriscan.training.workflow import train
+from tests.conftest import fast_config
 
-TINY = override(
-    TrainConfig(),
-    {
-        "fit.epochs": 2,
-        "image_size": 32,
-        "optimizer.batch_size": 16,
-        "optimizer.warmup_epochs": 0,
-        "model.filters": (8, 8, 16, 16),
-        "pretrain.phantoms": 0,
-        "runtime.verbose": "silent",
-    },
-)
+TINY = fast_config()
 
 
 @pytest.mark.backend

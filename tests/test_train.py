@@ -12,28 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mriscan.config import TrainConfig, override
+from mriscan.config import override
 from mriscan.errors import ConfigError
 from mriscan.model import load_model
 from mriscan.training.workflow import train
+from tests.conftest import fast_config
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {
-    "fit.epochs": 2,
-    "image_size": 32,
-    "optimizer.batch_size": 16,
-    "optimizer.warmup_epochs": 0,
-    "model.filters": (8, 8, 16, 16),
-    "pretrain.phantoms": 0,
-    "runtime.verbose": "silent",
-}
 
 
 def fast(**changes):
     """The small test config with dotted changes (``fit__epochs=1`` → ``fit.epochs``)."""
-    return override(
-        TrainConfig(), {**FAST, **{k.replace("__", "."): v for k, v in changes.items()}}
-    )
+    return fast_config(**{k.replace("__", "."): v for k, v in changes.items()})
 
 
 @pytest.mark.backend
