@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -115,14 +116,36 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+# file-system conditions a user fixes outside mriscan: one line, not a traceback
+_FS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
 class _Group(click.Group):
-    """Turns mriscan errors into one clear line and exit status 1 (no traceback)."""
+    """Turns mriscan errors, and file-system errors such as a full disk, into one clear line
+    and exit status 1 (no traceback). Writers commit atomically, so such a failure leaves the
+    previous store, model and results as they were."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MriscanError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            why = _FS_ERRORS.get(exc.errno)
+            if why is None:
+                raise
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            raise click.ClickException(
+                f"Stopped: {why}{where}. Nothing half-written was kept (the previous store, "
+                "model and results are as they were); free space or fix the permissions and "
+                "run the command again."
+            ) from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

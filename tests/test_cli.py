@@ -197,3 +197,28 @@ def test_cv_writes_its_artifacts_with_the_chosen_validation_share(tmp_path):
     assert "30% of each training fold" in m["protocol"]["description"]
     assert len(m["accuracy"]["per_fold"]) == 2
     assert (out / "cv" / "oof_predictions.csv").is_file()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_store(class_folder, tmp_path, monkeypatch):
+    import errno
+
+    import mriscan.store.files as files
+
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(class_folder), "--store", str(store)]).exit_code == 0
+    index_before = (store / "index.json").read_bytes()
+    (class_folder / "yes" / "extra.png").write_bytes(
+        (class_folder / "yes" / "yes1.png").read_bytes()[:-1] + b"\0"
+    )
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(store / "index.json"))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    r = runner.invoke(main, ["ingest", str(class_folder), "--store", str(store)])
+    assert r.exit_code == 1 and "no space left on the device" in r.output
+    assert "Traceback" not in r.output
+    monkeypatch.undo()
+    assert (store / "index.json").read_bytes() == index_before
+    assert runner.invoke(main, ["verify", "--store", str(store)]).exit_code == 0
