@@ -173,3 +173,25 @@ def test_a_foreign_zarr_group_is_never_replaced(tmp_path):
         ImageStore.create(path, S)
     assert "another --store path" in str(err.value)
     assert (path / "zarr.json").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d.__setitem__("class_names", ["no", "no"]),
+        lambda d: d.__setitem__("class_names", ["", "yes"]),
+        lambda d: d.pop("salt"),
+    ],
+    ids=["duplicate class names", "empty class name", "salt key removed"],
+)
+def test_verify_names_damaged_manifest_fields(small_store, damage):
+    import json
+
+    from mriscan.store import verify_store
+
+    index = small_store / "index.json"
+    data = json.loads(index.read_text())
+    damage(data)
+    index.write_text(json.dumps(data))
+    problems = verify_store(small_store)
+    assert problems and "index.json" in problems[0]

@@ -313,11 +313,14 @@ def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
             raise ValueError(f"expected a JSON object, found a {type(data).__name__}")
         if data.get("format_version") != FORMAT_VERSION:
             return StoreIndex.from_dict(data), None
-        salt = data.get("salt", "")
+        salt = data["salt"]  # format 3 always writes the key ("" before the first ingest)
         if not isinstance(salt, str) or (salt and len(salt) < 32):
             raise ValueError(f"salt must be a hex string of >= 32 characters, got {salt!r}")
         if not all(isinstance(x, str) for x in [*data["class_names"], *data["sources"]]):
             raise ValueError("class_names and sources must be lists of strings")
+        names = data["class_names"]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"class_names must be distinct and non-empty, got {names!r}")
         index = StoreIndex(
             image_size=int(data["image_size"]),
             config=PreprocessConfig.from_dict(data["config"]),
