@@ -809,6 +809,8 @@ def predict(
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
+        elif r.get("warning"):
+            click.echo(f"  {r['path']}: predicted, but {r['warning']}", err=True)
     if rows and bad == len(rows) and not units:
         raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 

@@ -110,14 +110,15 @@ def check_threshold(card: Any, threshold: float | None) -> float | None:
 
 
 def columns_for(card: Any) -> tuple[str, ...]:
-    """Output columns of a model: ``path, label, p_<class>... [, probability | tumor_probability],
-    error``. Two classes: ``probability`` is that of the positive class (``class_names[1]``);
-    K classes with a healthy class: ``tumor_probability`` = 1 − P(healthy)."""
+    """Output columns of a model: ``path, label, p_<class>... [, probability |
+    tumor_probability], error, warning``. Two classes: ``probability`` is that of the positive
+    class (``class_names[1]``); K classes with a healthy class: ``tumor_probability`` =
+    1 − P(healthy)."""
     probs = tuple(f"p_{name}" for name in card.class_names)
     extra = ("probability",) if len(card.class_names) == 2 else ()
     if len(card.class_names) > 2 and card.healthy is not None:
         extra = ("tumor_probability",)
-    return ("path", "label", *probs, *extra, "error")
+    return ("path", "label", *probs, *extra, "error", "warning")
 
 
 def prediction_row(
@@ -135,4 +136,5 @@ def prediction_row(
     if p is not None:
         row["label"] = card.decide(p, thr)
     row["error"] = error
+    row["warning"] = ""  # e.g. a uniform or 1×N image: predicted, but nothing to see
     return row

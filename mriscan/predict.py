@@ -65,17 +65,24 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
-def _prepare(path: Path, cfg: Any) -> tuple[np.ndarray | None, str]:
-    """One file as the model takes it: (float32 (S, S), "") or (None, why it is unreadable).
+def _prepare(path: Path, cfg: Any) -> tuple[np.ndarray | None, str, str]:
+    """One file as the model takes it: (float32 (S, S), "", warning) or (None, why it is
+    unreadable, ""). The warning names a slice with nothing to see (uniform, or a side under
+    ``mriscan.readers.MIN_SIDE`` pixels), as ingest does.
 
     Decoding (Pillow), preprocessing and normalisation all release the GIL, so threads run
     them in parallel with each other and with inference.
     """
+    from mriscan.readers import describe_flags, slice_warnings
+
     try:
         image = decode_image(path)
     except ImageDecodeError as exc:
-        return None, exc.reason
-    return normalize(preprocess(image, cfg), cfg.normalization, threshold=cfg.threshold), ""
+        return None, exc.reason, ""
+    flags = slice_warnings(image)
+    warning = describe_flags(flags, image) if flags else ""
+    x = normalize(preprocess(image, cfg), cfg.normalization, threshold=cfg.threshold)
+    return x, "", warning
 
 
 class _Prefetcher:
@@ -123,16 +130,19 @@ def _batches(
     """The rows of the prefetched files, one list per batch, in input order: inference of one
     batch runs while the pool prepares the next ones."""
     for chunk, prepared in prefetch:
-        good = [i for i, (x, _) in enumerate(prepared) if x is not None]
+        good = [i for i, (x, *_) in enumerate(prepared) if x is not None]
         probs: dict[int, np.ndarray] = {}
         if good:
             x = np.stack([prepared[i][0] for i in good])[..., None]
             out = predict_batch(model, x, batch_size, tta=card.tta)
             probs = dict(zip(good, out, strict=True))
-        yield [
+        rows = [
             prediction_row(path, probs.get(i), card, thr, "" if i in probs else prepared[i][1])
             for i, path in enumerate(chunk)
         ]
+        for row, (_, _, warning) in zip(rows, prepared, strict=True):
+            row["warning"] = warning
+        yield rows
 
 
 def predict_files(

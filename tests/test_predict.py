@@ -49,7 +49,7 @@ def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
         assert r["label"] == ("yes" if r["probability"] >= 0.5 else "no")
     with open(out) as fh:
         table = list(csv.DictReader(fh))
-    columns = ["path", "label", "p_no", "p_yes", "probability", "error"]
+    columns = ["path", "label", "p_no", "p_yes", "probability", "error", "warning"]
     assert list(table[0]) == columns and len(table) == 16
     rows_json = predict(
         model_file, [class_folder / "yes"], output=tmp_path / "p.json", threshold=0.0
@@ -411,3 +411,16 @@ def test_a_failing_model_stops_the_pipeline_and_cancels_the_files_ahead(tmp_path
     with pytest.raises(RuntimeError, match="simulated crash"):
         pred.predict_files(_FakeModel(fail_at=1), CARD, paths, batch_size=2, workers=1)
     assert len(prepared) < len(paths)  # 20 batches; at most the look-ahead was prepared
+
+
+def test_slices_with_nothing_to_see_are_predicted_with_a_warning(model_file, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(folder / "black.png")
+    Image.fromarray(np.full((1, 500), 90, np.uint8)).save(folder / "line.png")
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in predict(model_file, [folder])}
+    assert "uniform image" in rows["black.png"]["warning"] and not rows["black.png"]["error"]
+    assert "a side under" in rows["line.png"]["warning"]
