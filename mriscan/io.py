@@ -471,40 +471,16 @@ def list_class_sources(root: str | os.PathLike[str]) -> dict[str, list[SourceFil
     """Map each class sub-folder of ``root`` (sorted) to its input files of every kind.
 
     Like ``list_class_folders``, but a class folder may also hold DICOM files (recognised by
-    content, any suffix), folders of DICOM series at any depth, and NIfTI volumes. Files are
-    sorted by path; files of no known kind are left out.
+    content, any suffix), folders of DICOM series at any depth, and NIfTI volumes: the
+    ``classes`` of ``scan_class_folders``, which ingest uses (its checks apply).
 
     Raises
     ------
     EmptyDatasetError
-        If ``root`` is missing, has fewer than two class folders, or a class folder has no
-        inputs.
+        As ``scan_class_folders``: ``root`` missing, fewer than two class folders, a class
+        folder without inputs, and the other layout faults it names.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise EmptyDatasetError(
-            f"Data folder {root} does not exist or is not a folder. "
-            "Expected class sub-folders such as yes/ and no/."
-        )
-    classes: dict[str, list[SourceFile]] = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = []
-        for path in sorted(_iter_files(sub)):
-            kind = file_kind(path)
-            if kind is not None:
-                found.append(SourceFile(path, kind))
-        classes[sub.name] = found
-    if len(classes) < 2:
-        raise EmptyDatasetError(
-            f"{root} must hold at least two class sub-folders (e.g. yes/ and no/). "
-            f"Received: {sorted(classes) or 'none'}."
-        )
-    empty = [name for name, files in classes.items() if not files]
-    if empty:
-        raise EmptyDatasetError(
-            f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files."
-        )
-    return classes
+    return scan_class_folders(root).classes
 
 
 @dataclass(frozen=True)
