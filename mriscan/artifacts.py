@@ -141,10 +141,11 @@ class RunLayout:
 
 
 @dataclass(frozen=True)
-class CVLayout:
-    """Paths of a cross-validation under ``root`` (``<out>/cv``); one ``RunLayout`` per fold."""
+class _ResultsLayout:
+    """A folder of results: metrics, per-slice predictions and the two plots."""
 
     root: Path
+    PREDICTIONS = "predictions.csv"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -155,7 +156,7 @@ class CVLayout:
 
     @property
     def predictions(self) -> Path:
-        return self.root / "oof_predictions.csv"
+        return self.root / self.PREDICTIONS
 
     @property
     def roc_plot(self) -> Path:
@@ -164,6 +165,13 @@ class CVLayout:
     @property
     def confusion_plot(self) -> Path:
         return self.root / "confusion_matrix.png"
+
+
+@dataclass(frozen=True)
+class CVLayout(_ResultsLayout):
+    """Paths of a cross-validation under ``root`` (``<out>/cv``); one ``RunLayout`` per fold."""
+
+    PREDICTIONS = "oof_predictions.csv"
 
     def fold(self, repeat: int, fold: int) -> RunLayout:
         """The run folder of one fold model."""
@@ -171,29 +179,8 @@ class CVLayout:
 
 
 @dataclass(frozen=True)
-class EvalLayout:
+class EvalLayout(_ResultsLayout):
     """Paths written by ``mriscan evaluate`` under ``root`` (``<run>/evaluation``)."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / "predictions.csv"
-
-    @property
-    def roc_plot(self) -> Path:
-        return self.root / "roc.png"
-
-    @property
-    def confusion_plot(self) -> Path:
-        return self.root / "confusion_matrix.png"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -297,29 +297,27 @@ def _print_ingest(report) -> None:
             + ", ".join(f"{v} {k}" for k, v in changed.items() if v)
             + " (labels follow the files' current folders)"
         )
-    if report.skipped:
-        click.echo(f"  skipped {len(report.skipped)} bad file(s) or folder(s):")
-        for path, reason in report.skipped:
-            click.echo(f"    {path}: {reason}")
-    if report.not_images:
-        click.echo(f"  {len(report.not_images)} DICOM file(s) without an image, not stored:")
-        for path, reason in report.not_images:
-            click.echo(f"    {path}: {reason}")
-    if report.excluded:
-        click.echo(
-            f"  {len(report.excluded)} DICOM image(s) of another modality, not stored "
-            "(--modality to include them; --strict refuses them):"
-        )
-        for path, reason in report.excluded:
-            click.echo(f"    {path}: {reason}")
-    if report.warnings:
-        click.echo(f"  stored with a warning ({len(report.warnings)}; --strict refuses them):")
-        for path, reason in report.warnings:
-            click.echo(f"    {path}: {reason}")
-    if report.ignored:
-        click.echo(f"  {len(report.ignored)} file(s) or folder(s) not read by rule:")
-        for path, reason in report.ignored:
-            click.echo(f"    {path}: {reason}")
+    for items, title in (
+        (report.skipped, f"skipped {len(report.skipped)} bad file(s) or folder(s):"),
+        (
+            report.not_images,
+            f"{len(report.not_images)} DICOM file(s) without an image, not stored:",
+        ),
+        (
+            report.excluded,
+            f"{len(report.excluded)} DICOM image(s) of another modality, not stored "
+            "(--modality to include them; --strict refuses them):",
+        ),
+        (
+            report.warnings,
+            f"stored with a warning ({len(report.warnings)}; --strict refuses them):",
+        ),
+        (report.ignored, f"{len(report.ignored)} file(s) or folder(s) not read by rule:"),
+    ):
+        if items:
+            click.echo(f"  {title}")
+            for path, reason in items:
+                click.echo(f"    {path}: {reason}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 
