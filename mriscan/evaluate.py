@@ -32,6 +32,7 @@ from mriscan.artifacts import (
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
+from mriscan.neighbors import cross_pairs
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
@@ -79,23 +80,13 @@ def near_duplicates_of(
     """Boolean mask (n,): which of ``signatures`` correlate above ``threshold`` with any of
     ``reference`` (both uint8 (n, 16, 16) thumbnails, ``mriscan.duplicates.signatures``).
 
-    Pearson correlation of the flattened thumbnails, computed in blocks of 2,048 rows
-    (memory O(block × len(reference))).
+    The pairs come from ``mriscan.neighbors.cross_pairs`` (the audit's exact, sub-quadratic
+    search over Pearson correlations).
     """
-
-    def unit(s: np.ndarray) -> np.ndarray:
-        x = s.reshape(len(s), -1).astype(np.float64)
-        x -= x.mean(axis=1, keepdims=True)
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
     out = np.zeros(len(signatures), bool)
-    if not len(signatures) or not len(reference):
-        return out
-    ref = unit(reference).T
-    a = unit(signatures)
-    for start in range(0, len(a), 2048):
-        out[start : start + 2048] = (a[start : start + 2048] @ ref).max(axis=1) > threshold
+    if len(signatures) and len(reference):
+        rows, _, _ = cross_pairs(signatures, reference, threshold=threshold)
+        out[rows] = True
     return out
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "confusion_matrix",
     "group_bootstrap_ci",
     "group_resample",
+    "mean_of_defined",
     "multiclass_metrics",
     "roc_auc",
     "roc_curve",
@@ -142,8 +143,8 @@ def binary_metrics(
         "n": int(y.size),
         "threshold": float(threshold),
         "accuracy": _safe_div(tp + tn, y.size),
-        "balanced_accuracy": _nanmean([sens, spec]),
-        "macro_f1": _nanmean([v["f1"] for v in per_class.values()]),
+        "balanced_accuracy": mean_of_defined([sens, spec]),
+        "macro_f1": mean_of_defined([v["f1"] for v in per_class.values()]),
         "roc_auc": roc_auc(y, p),
         "sensitivity": sens,
         "specificity": spec,
@@ -153,7 +154,7 @@ def binary_metrics(
     }
 
 
-def _nanmean(values) -> float:
+def mean_of_defined(values) -> float:
     """Mean of the defined values; NaN when none is defined."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
@@ -226,11 +227,11 @@ def multiclass_metrics(
         "n": int(y.size),
         "decision": "most probable class",
         "accuracy": _safe_div(int((pred == y).sum()), y.size),
-        "balanced_accuracy": _nanmean(
+        "balanced_accuracy": mean_of_defined(
             [v["recall"] for v in per_class.values() if v["support"] > 0]
         ),
-        "macro_f1": _nanmean([v["f1"] for v in per_class.values()]),
-        "macro_roc_auc": _nanmean(aucs),
+        "macro_f1": mean_of_defined([v["f1"] for v in per_class.values()]),
+        "macro_roc_auc": mean_of_defined(aucs),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_row_percent": pct.tolist(),

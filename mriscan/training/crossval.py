@@ -73,7 +73,7 @@ def summarize_folds(
             for k in keys:
                 vals[k].append(m[k])
         for k in keys:
-            draws[k].append(mx._nanmean(vals[k]))
+            draws[k].append(mx.mean_of_defined(vals[k]))
     out: dict[str, Any] = {}
     for key in keys:
         vals = np.array([np.nan if f[key] is None else f[key] for f in per_fold], np.float64)
