@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ARGMAX_RULE",
     "THRESHOLD_RULE",
     "binary_metrics",
     "bootstrap_ci",
     "choose_threshold",
     "confusion_matrix",
+    "decision_rule",
     "group_bootstrap_ci",
     "group_resample",
     "mean_of_defined",
@@ -103,6 +105,15 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 
 THRESHOLD_RULE = "Youden's J on the validation split"
+
+
+ARGMAX_RULE = "most probable class"
+
+
+def decision_rule(binary: bool) -> str:
+    """How a model's class is decided: ``THRESHOLD_RULE`` for two classes, else the most
+    probable class (``ARGMAX_RULE``)."""
+    return THRESHOLD_RULE if binary else ARGMAX_RULE
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
@@ -225,7 +236,7 @@ def multiclass_metrics(
         pct = np.where(rows > 0, 100.0 * cm / np.maximum(rows, 1), np.nan)
     return {
         "n": int(y.size),
-        "decision": "most probable class",
+        "decision": ARGMAX_RULE,
         "accuracy": _safe_div(int((pred == y).sum()), y.size),
         "balanced_accuracy": mean_of_defined(
             [v["recall"] for v in per_class.values() if v["support"] > 0]

@@ -85,6 +85,11 @@ class Task:
         """Indices of the samples whose class the task keeps."""
         return np.flatnonzero(self.labels(data_labels) >= 0)
 
+    def usable(self, data_labels: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Sorted indices of the samples that are ``active`` (not retired: their file was not
+        deleted, overwritten or moved) and of a class the task keeps."""
+        return np.intersect1d(self.kept(data_labels), active)
+
     def describe(self) -> str:
         """e.g. ``no = notumor; yes = glioma + meningioma + pituitary (positive)``."""
         parts = []

@@ -214,8 +214,7 @@ def cross_validate(
     task = resolve_task(store.class_names, tcfg.task)
     log.info("task: %s", task.describe())
     all_labels = task.labels(store.labels)
-    # the task's classes, and no retired sample (file deleted, overwritten or moved)
-    kept = np.intersect1d(np.flatnonzero(all_labels >= 0), store.active_indices())
+    kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training serves every fold
@@ -277,7 +276,7 @@ def cross_validate(
         kind="cv",
         seed=tcfg.seed,
         val_fraction=tcfg.split.val_fraction,
-        threshold_rule=mx.THRESHOLD_RULE if task.binary else "most probable class",
+        threshold_rule=mx.decision_rule(task.binary),
         duplicate_threshold=DEFAULT_THRESHOLD,
         folds=cfg.folds,
         repeats=cfg.repeats,

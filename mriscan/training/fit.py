@@ -419,7 +419,7 @@ def card_for(store: ImageStore, cfg: TrainConfig, threshold: float | None) -> Mo
         threshold=threshold,
         tta=cfg.fit.tta,
         healthy=None if task.healthy is None else task.class_names[task.healthy],
-        threshold_rule=mx.THRESHOLD_RULE if task.binary else "most probable class",
+        threshold_rule=mx.decision_rule(task.binary),
         image_size=store.image_size,
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),

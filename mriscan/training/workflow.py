@@ -103,8 +103,7 @@ def train(
     task = resolve_task(store.class_names, cfg.task)
     log.info("task: %s", task.describe())
     labels = task.labels(store.labels)
-    # the task's classes, and no retired sample (file deleted, overwritten or moved)
-    kept = np.intersect1d(np.flatnonzero(labels >= 0), store.active_indices())
+    kept = task.usable(store.labels, store.active_indices())
     inner = split_indices(
         labels[kept],
         store.groups[kept],
@@ -191,7 +190,7 @@ def _run_metrics(
         seed=cfg.seed,
         val_fraction=cfg.split.val_fraction,
         test_fraction=cfg.split.test_fraction,
-        threshold_rule=mx.THRESHOLD_RULE if run.task.binary else "most probable class",
+        threshold_rule=mx.decision_rule(run.task.binary),
         duplicate_threshold=DEFAULT_THRESHOLD,
         sizes={k: len(v) for k, v in split.items()},
         select=cfg.fit.select,
