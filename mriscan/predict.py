@@ -21,6 +21,7 @@ from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.inference import check_threshold, columns_for, predict_batch, prediction_row
 from mriscan.io import IMAGE_SUFFIXES, decode_image, display_path
 from mriscan.preprocess import normalize, preprocess
+from mriscan.readers import describe_flags, slice_warnings
 
 __all__ = [
     "ENGINES",
@@ -73,8 +74,6 @@ def _prepare(path: Path, cfg: Any) -> tuple[np.ndarray | None, str, str]:
     Decoding (Pillow), preprocessing and normalisation all release the GIL, so threads run
     them in parallel with each other and with inference.
     """
-    from mriscan.readers import describe_flags, slice_warnings
-
     try:
         image = decode_image(path)
     except ImageDecodeError as exc:
