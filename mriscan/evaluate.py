@@ -215,7 +215,6 @@ def evaluate(
             if not math.isfinite(result[k])
         }
     )
-    undefined.pop("threshold", None)  # a K-class model has none, by design
     unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
         n_files=int(y.size) + len(dropped) + len(unreadable),
@@ -318,7 +317,7 @@ def _score(
             thr = card.threshold
         else:
             pred = (prob.argmax(axis=1) != h).astype(np.int64)
-            thr = float("nan")  # decided by the most probable class, not a cut
+            thr = None  # decided by the most probable class: there is no cut
 
         def metric(sel):
             m = mx.binary_metrics(y[sel], p_tumor[sel], threshold=0.5, class_names=cmp.class_names)

@@ -46,6 +46,11 @@ def test_every_command_works_for_k_classes(k, tmp_path):
     assert r.exit_code in (0, 1), r.output  # 1 only when a metric is undefined on these data
     ev = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
     assert ev["n"] == 10 * k and len(ev["confusion_matrix"]) == k
+    if k > 2:  # a K-class model on a yes/no collection: tumor vs no tumor, exit 0
+        yn = write_class_folders(tmp_path / "yn", ("no", "yes"), n_per_class=6, seed=3)
+        r = run.invoke(main, ["evaluate", str(yn), "--model", str(model), "--out",
+                              str(tmp_path / "ev_yn"), "--keep-duplicates"])  # fmt: skip
+        assert r.exit_code == 0 and "tumor_vs_healthy" in r.output, r.output
     one = next((data / names[-1]).iterdir())
     r = run.invoke(main, ["explain", str(model), str(one), "--out", str(tmp_path / "x"),
                           "--class", names[-1]])  # fmt: skip
