@@ -372,6 +372,15 @@ EXPERIMENTS: dict[str, Experiment] = {
     "seed2": Experiment("s7_w24", {"seed": 2}, row=30),
     "val25": Experiment("s7_w24", {"split.val_fraction": 0.25}, row=31),
     "seed2_val25": Experiment("s7_w24", {"seed": 2, "split.val_fraction": 0.25}, row=32),
+    # ninth session: the recipe re-decided across collections (issue 16). Run with
+    # experiments/cross_collection.py (train on one collection, evaluate on another) or as CV.
+    "xc_ref": Experiment("s8_fast_align"),
+    "xc_noalign": Experiment("s8_fast_align", {"preprocess.align": False}),
+    "xc_nomirror": Experiment("s8_fast_align", {"model.mirror": False}),
+    "xc_noalign_nomirror": Experiment(
+        "s8_fast_align", {"preprocess.align": False, "model.mirror": False}
+    ),
+    "xc_nopretrain": Experiment("s8_fast_align", {"pretrain.phantoms": 0}),
 }
 
 # Names that were registered once and cannot reproduce anything now: the reason instead.
