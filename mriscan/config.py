@@ -101,7 +101,12 @@ class ModelConfig:
     ``filters``: width of each 3×3 conv block (then 2×2 max pooling). ``mirror`` adds
     |x − left-right mirror(x)| as a second channel (tumors break the symmetry of a centred
     slice). ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the
-    side) set the training-time augmentation, active only when ``augment``. ``bn_momentum``:
+    side) set the training-time augmentation, active only when ``augment``, as do the intensity
+    changes a second collection brings: ``contrast`` (Keras ``RandomContrast`` factor),
+    ``gamma`` (``mriscan.model.RandomGamma``: γ log-uniform in [e^−gamma, e^gamma]), ``noise``
+    (Gaussian noise, standard deviation in units of the slice's own standard deviation) and
+    ``blur`` (Gaussian blur of up to this σ in pixels). Gamma, noise and blur act on the slice
+    before the mirror channel is formed, so that channel sees the changed slice. ``bn_momentum``:
     Keras's 0.99 averages over ~100 steps; a 45-epoch run on ~150 slices has ~225, so the
     inference statistics lagged the weights (experiments/ACCURACY.md). ``block_dropout``: spatial
     dropout after each block (0: on ~200 slices it stalled training, experiments/ACCURACY.md).
@@ -113,6 +118,10 @@ class ModelConfig:
     rotation: float = 0.05
     zoom: float = 0.1
     translation: float = 0.0
+    contrast: float = 0.2
+    gamma: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
     mirror: bool = _opt(
         True,
         "Feed the model |slice - mirrored slice| as a second channel (tumors are asymmetric; "
@@ -135,6 +144,11 @@ class ModelConfig:
             )
         _positive_int(self, "channels", "convs_per_block", "dense_units")
         _fraction(self, "dropout", "block_dropout", "rotation", "zoom", "translation")
+        _fraction(self, "contrast", "gamma", "noise")
+        if not (isinstance(self.blur, int | float) and not isinstance(self.blur, bool)) or not (
+            0.0 <= self.blur <= 3.0
+        ):
+            raise ConfigError(f"blur must be in [0, 3] pixels. Received: blur={self.blur!r}.")
         if not 0.0 < self.bn_momentum < 1.0:
             raise ConfigError(f"bn_momentum must be in (0, 1). Received: {self.bn_momentum!r}.")
 

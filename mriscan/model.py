@@ -18,7 +18,7 @@ from mriscan.artifacts import ModelCard, ModelCardError
 from mriscan.config import ModelConfig
 from mriscan.errors import ConfigError, MriscanError
 
-__all__ = ["MirrorDifference", "build_model", "last_conv_layer_name", "load_model"]
+__all__ = ["MirrorDifference", "RandomGamma", "build_model", "last_conv_layer_name", "load_model"]
 
 # z-scored slices rarely leave ±10; RandomContrast clips to value_range, so it must be wide
 # (the Keras default of (0, 255) would destroy z-scored inputs; see DESIGN.md pitfalls).
@@ -35,6 +35,51 @@ class MirrorDifference(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         *lead, c = input_shape
         return (*lead, None if c is None else 2 * c)
+
+
+@keras.saving.register_keras_serializable(package="mriscan")
+class RandomGamma(keras.layers.Layer):
+    """Training-time gamma change of a z-scored slice; the identity at inference.
+
+    Each image (batch, S, S, C) float32 is mapped to [0, 1] by its own minimum and maximum,
+    raised to a power γ drawn log-uniformly from [e^−``max_log_gamma``, e^``max_log_gamma``]
+    (one γ per image), mapped back, and re-standardised to the image's own mean and standard
+    deviation — a monotone, non-linear remapping of intensities such as another scanner,
+    sequence or window gives, which a linear contrast change cannot imitate. Keras has no such
+    layer; the method is the "random gamma" of medical-image augmentation libraries (e.g.
+    TorchIO ``RandomGamma``, Pérez-García et al. 2021), where γ is also drawn log-uniformly.
+    """
+
+    def __init__(self, max_log_gamma: float, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_log_gamma = float(max_log_gamma)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.max_log_gamma == 0.0:
+            return x
+        ops = keras.ops
+        axes = (1, 2, 3)
+        lo = ops.min(x, axis=axes, keepdims=True)
+        hi = ops.max(x, axis=axes, keepdims=True)
+        span = ops.maximum(hi - lo, 1e-6)
+        log_g = keras.random.uniform(
+            (ops.shape(x)[0], 1, 1, 1),
+            minval=-self.max_log_gamma,
+            maxval=self.max_log_gamma,
+            seed=self.seed_generator,
+        )
+        u = ops.power(ops.clip((x - lo) / span, 0.0, 1.0), ops.exp(log_g))
+        mean, std = ops.mean(x, axis=axes, keepdims=True), ops.std(x, axis=axes, keepdims=True)
+        u_mean, u_std = ops.mean(u, axis=axes, keepdims=True), ops.std(u, axis=axes, keepdims=True)
+        return (u - u_mean) / ops.maximum(u_std, 1e-6) * std + mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "max_log_gamma": self.max_log_gamma, "seed": self.seed}
 
 
 def build_model(
@@ -86,7 +131,22 @@ def build_model(
     augment, rotation, zoom, translation = cfg.augment, cfg.rotation, cfg.zoom, cfg.translation
     batch_norm, bn_momentum, mirror = cfg.batch_norm, cfg.bn_momentum, cfg.mirror
     inputs = keras.Input((image_size, image_size, channels), name="slice")
-    x = MirrorDifference(name="mirror_diff")(inputs) if mirror else inputs
+    x = inputs
+    if augment and cfg.gamma:
+        x = RandomGamma(cfg.gamma, seed=seed, name="aug_gamma")(x)
+    if augment and cfg.noise:
+        # inputs are z-scored per slice, so a standard deviation of 1 is the slice's own
+        x = keras.layers.GaussianNoise(cfg.noise, seed=seed, name="aug_noise")(x)
+    if augment and cfg.blur:
+        x = keras.layers.RandomGaussianBlur(
+            factor=1.0,
+            kernel_size=7,
+            sigma=(0.0, cfg.blur),
+            value_range=_Z_RANGE,
+            seed=seed,
+            name="aug_blur",
+        )(x)
+    x = MirrorDifference(name="mirror_diff")(x) if mirror else x
     if augment:
         x = keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip")(x)
         # "nearest" repeats the border, which is background: a constant fill would paint
@@ -103,9 +163,10 @@ def build_model(
             x = keras.layers.RandomTranslation(
                 translation, translation, fill_mode="nearest", seed=seed, name="aug_translate"
             )(x)
-        x = keras.layers.RandomContrast(0.2, value_range=_Z_RANGE, seed=seed, name="aug_contrast")(
-            x
-        )
+        if cfg.contrast:
+            x = keras.layers.RandomContrast(
+                cfg.contrast, value_range=_Z_RANGE, seed=seed, name="aug_contrast"
+            )(x)
     for b, f in enumerate(filters, start=1):
         for c in range(1, convs_per_block + 1):
             x = keras.layers.Conv2D(

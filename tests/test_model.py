@@ -13,6 +13,7 @@ from mriscan.artifacts import ModelCard
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.model import (
     MirrorDifference,
+    RandomGamma,
     build_model,
     last_conv_layer_name,
     load_model,
@@ -43,6 +44,39 @@ def test_augmentation_strengths_choose_the_layers():
     assert model.get_layer("aug_zoom").fill_mode == "nearest"
     with pytest.raises(ConfigError, match="zoom must be in"):
         build_model(32, zoom=1.5)
+
+
+def test_intensity_augmentations_come_before_the_mirror_channel_only_when_set():
+    names = [la.name for la in build_model(32, filters=(4, 4, 4, 4)).layers]
+    assert not {"aug_gamma", "aug_noise", "aug_blur"} & set(names)
+    assert "aug_contrast" in names  # the default, as before these settings existed
+    assert "aug_contrast" not in {la.name for la in build_model(32, contrast=0.0).layers}
+    names = [
+        la.name
+        for la in build_model(32, filters=(4, 4, 4, 4), gamma=0.4, noise=0.1, blur=1.0).layers
+    ]
+    assert names.index("aug_gamma") < names.index("aug_noise") < names.index("aug_blur")
+    assert names.index("aug_blur") < names.index("mirror_diff")
+    with pytest.raises(ConfigError, match="blur must be in"):
+        build_model(32, blur=5.0)
+    with pytest.raises(ConfigError, match="gamma must be in"):
+        build_model(32, gamma=-0.1)
+
+
+def test_random_gamma_is_monotone_keeps_mean_and_std_and_is_off_at_inference():
+    rng = np.random.default_rng(0)
+    # a skewed, MRI-like intensity distribution: background near the minimum, a bright tail
+    x = rng.gamma(1.5, 1.0, size=(6, 16, 16, 1)).astype(np.float32)
+    x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+    layer = RandomGamma(0.5, seed=3)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    y = np.asarray(layer(x, training=True))
+    assert np.abs(y - x).mean() > 0.02  # it changed the slices
+    np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(1, 2, 3)), x.std(axis=(1, 2, 3)), rtol=1e-3)
+    for i in range(len(x)):  # a monotone remapping keeps the order of the pixels
+        order = np.argsort(x[i].ravel(), kind="stable")
+        assert np.all(np.diff(y[i].ravel()[order]) >= -1e-5)
 
 
 def test_batch_norm_momentum_is_short_enough_for_few_steps():
