@@ -389,6 +389,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "s8_fast_align", {"preprocess.align": False, "model.mirror": False}
     ),
     "xc_nopretrain": Experiment("s8_fast_align", {"pretrain.phantoms": 0}),
+    "xc_intensity": Experiment(
+        "s8_fast_align",
+        {"model.gamma": 0.4, "model.noise": 0.1, "model.blur": 1.0, "model.contrast": 0.4},
+    ),
 }
 
 # Names that were registered once and cannot reproduce anything now: the reason instead.
