@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, run from anywhere
 from accuracy_experiments import (
     DEFAULT_LOG,
     DEFAULT_OUT,

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -194,3 +195,51 @@ def test_run_records_config_commit_and_appends_one_json_line(tmp_path, monkeypat
     assert lines[-1]["row"] == 26 and lines[-1]["roc_auc"]["mean"] == 0.8
     on_disk = json.loads((Path(rec["out"]) / "experiment.json").read_text())
     assert on_disk == lines[-1]
+
+
+def test_cross_collection_run_trains_on_one_set_scores_the_other_and_logs(tmp_path, monkeypatch):
+    """The plumbing of experiments/cross_collection.py with train/evaluate as stand-ins."""
+    import mriscan.evaluate as evaluate_mod
+    import mriscan.training.workflow as workflow
+
+    xc = _load("cross_collection")
+    seen = {}
+
+    trained = SimpleNamespace(
+        model_path=tmp_path / "m.keras", metrics={"roc_auc": 0.99, "balanced_accuracy": 0.95}
+    )
+
+    def fake_train(store, cfg, *, out):
+        seen.update(train_store=store, cfg=cfg)
+        return trained
+
+    def fake_evaluate(model, data, *, out):
+        seen.update(model=model, eval_store=data)
+        return {
+            "roc_auc": 0.8,
+            "balanced_accuracy": 0.7,
+            "accuracy": 0.75,
+            "sensitivity": 0.6,
+            "specificity": None,  # undefined stays undefined in the record
+            "ci95": {"roc_auc": [0.7, 0.9]},
+            "threshold": 0.4,
+            "recall_per_data_class": {"pituitary": {"n": 3, "recall": 1 / 3}},
+            "near_duplicates_removed": {"count": 5},
+        }
+
+    monkeypatch.setattr(workflow, "train", fake_train)
+    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(xc, "store_for", lambda data, pre, stores: tmp_path / f"{data.name}.zarr")
+    log_path = tmp_path / "log.jsonl"
+    rec = xc.run(
+        "xc_noalign", tmp_path / "a", tmp_path / "b", tmp_path / "runs", log_path, tmp_path
+    )
+    res = ax.resolve("xc_noalign")
+    assert seen["cfg"] == res.cv.train and seen["train_store"] == tmp_path / "a.zarr"
+    assert seen["eval_store"] == tmp_path / "b.zarr" and seen["model"] == trained.model_path
+    line = json.loads(log_path.read_text())
+    assert line["preprocess"]["align"] is False and line["kind"] == "cross_collection"
+    assert line["cross"]["roc_auc"] == 0.8 and line["cross"]["specificity"] is None
+    assert line["cross"]["near_duplicates_removed"] == 5
+    assert line["own_test"]["roc_auc"] == 0.99 and line["commit"] == ax.git_state()["commit"]
+    assert json.loads((Path(rec["out"]) / "experiment.json").read_text()) == line
