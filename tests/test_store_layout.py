@@ -31,9 +31,9 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, S, S), dtype=np.uint8)
 
 
-def _store(path: Path, batches: list[np.ndarray]) -> np.ndarray:
+def _store(path: Path, batches: list[np.ndarray], compress: bool = False) -> np.ndarray:
     """A store committed in one commit per batch (so partly filled shards get rewritten)."""
-    with ImageStore.create(path, S) as st:
+    with ImageStore.create(path, S, compress=compress) as st:
         st.set_class_names(["a", "b"])
         for b in batches:
             st.append(b, np.zeros(len(b), int))
@@ -46,12 +46,15 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "s.zarr"
 
 
-def test_new_stores_are_sharded_and_zarr_python_reads_them(path):
-    imgs = _store(path, [_images(100), _images(200, 1), _images(3, 2)])
+@pytest.mark.parametrize("compress", [False, True])
+def test_new_stores_are_sharded_and_zarr_python_reads_them(path, compress):
+    imgs = _store(path, [_images(100), _images(200, 1), _images(3, 2)], compress)
     meta = json.loads((path / "images" / "zarr.json").read_text())
     (codec,) = meta["codecs"]
     assert codec["name"] == "sharding_indexed"
     assert codec["configuration"]["chunk_shape"] == [1, S, S]
+    inner = [c["name"] for c in codec["configuration"]["codecs"]]
+    assert inner == (["bytes", "blosc"] if compress else ["bytes"])
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [SHARD_ROWS, S, S]
     assert sorted(p.relative_to(path / "images").as_posix() for p in path.glob("images/c/*/0/0"))
     assert [chunk_file(path, i).exists() for i in (0, 255, 256, 302)] == [True] * 4
@@ -65,9 +68,10 @@ def test_new_stores_are_sharded_and_zarr_python_reads_them(path):
     assert verify_store(path) == []
 
 
-def test_tensorstore_reads_the_store(path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_tensorstore_reads_the_store(path, compress):
     ts = pytest.importorskip("tensorstore")
-    imgs = _store(path, [_images(40), _images(250, 1)])
+    imgs = _store(path, [_images(40), _images(250, 1)], compress)
     arr = ts.open(
         {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / "images")}}
     ).result()

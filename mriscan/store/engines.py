@@ -5,12 +5,13 @@ flush, resize, remove leftovers past the committed end). Three engines implement
 
 - ``ShardedFiles``: the layout of every new store (``create_images_array``): the standard Zarr v3
   sharding codec (``sharding_indexed``), shards of ``SHARD_ROWS`` slices at keys ``c/<k>/0/0``,
-  each inner chunk one slice compressed with Blosc-LZ4, the shard index (offset, length) at the
-  shard's end with a CRC32C. It reads the index once per shard (cached with the open file) and
-  then ``pread`` s each slice's bytes: one system call and one LZ4 decode per slice, no file
-  open. zarr-python and TensorStore read the same files (``tests/test_store_layout.py``).
+  each inner chunk one slice, the shard index (offset, length) at the
+  shard's end with a CRC32C; inner chunks are raw slices (or Blosc-LZ4 with ``compress``). It
+  reads the index once per shard (cached with the open file) and then ``preadv`` s each slice
+  straight into the output: one system call per slice, no file open, no decode. zarr-python
+  and TensorStore read the same files (``tests/test_store_layout.py``).
   Why its own reader: zarr-python's sharded read path costs ~1.5 ms per random slice and
-  TensorStore, the fastest library reader, measured 0.6× this one on random batches of 32
+  TensorStore, the fastest library reader, measured 0.24-0.7× this one on random batches of 32
   (``bench/RESULTS.md``, "#20 store layout"). The shard format is the Zarr v3 sharding
   specification (https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/).
 - ``LocalChunkFiles``: stores made before the sharded layout (one Blosc-Zstd chunk file per
@@ -75,24 +76,29 @@ def blosc_codec() -> BloscCodec:
 
 #: Slices per shard file of a new store's images (about 3 MB of 128² slices).
 SHARD_ROWS = 256
-# Inner chunks of the sharded layout: Blosc-LZ4. Chosen by measurement on real 128² slices
-# (bench/RESULTS.md, "#20 store layout"): LZ4 decodes in ~9 µs per slice where Zstd takes
-# ~40 µs (the whole budget of a read at 25% of a memmap) and encodes 7× faster; it stores 73%
-# of raw bytes where Zstd stores 58%.
+# Inner chunks of a compressed sharded layout (``compress=True``): Blosc-LZ4, measured on real
+# 128² slices (bench/RESULTS.md, "#20 store layout"): LZ4 decodes in ~9 µs per slice where Zstd
+# takes ~40 µs and encodes 7× faster; it stores 73-79% of raw bytes where Zstd stores 58-66%.
 _LZ4 = {"cname": "lz4", "clevel": 9, "shuffle": "noshuffle"}
 _MISSING = np.uint64(2**64 - 1)  # the sharding spec's offset/length of an absent inner chunk
 _BLOSC_SIZES = struct.Struct("<III")  # raw, block and compressed sizes in a Blosc header
 
 
 def create_images_array(
-    group: zarr.Group, size: int, *, shard_rows: int = SHARD_ROWS
+    group: zarr.Group, size: int, *, shard_rows: int = SHARD_ROWS, compress: bool = False
 ) -> zarr.Array:
     """Create the empty ``images`` array of a new store, shape (0, size, size) uint8.
 
     Zarr v3 sharding codec: shards of ``shard_rows`` slices (keys ``c/<k>/0/0``), inner chunks
-    of one slice compressed with Blosc-LZ4, the shard index at the end with a CRC32C (zarr's
-    defaults), fill value 0. ``ShardedFiles`` serves this layout; zarr-python and TensorStore
-    read it.
+    of one slice — raw bytes by default, Blosc-LZ4 with ``compress`` — the shard index at the
+    end with a CRC32C (zarr's defaults), fill value 0. ``ShardedFiles`` serves this layout;
+    zarr-python and TensorStore read it.
+
+    Why uncompressed by default (measured on 20,000 real 128² slices, random batches of 32 at 2
+    threads, ``bench/RESULTS.md`` "#20 store layout"): raw slices read at ~40% of a warm
+    ``np.memmap`` (each slice one ``preadv`` into the output), LZ4 at ~13% (its decode is the
+    cost), the old one-Zstd-file-per-slice layout at ~4%; raw slices take 100% of their bytes
+    on disk, LZ4 79%, Zstd 66%.
     """
     return group.create_array(
         IMAGES,
@@ -100,7 +106,7 @@ def create_images_array(
         chunks=(1, size, size),
         shards=(int(shard_rows), size, size),
         dtype="uint8",
-        compressors=BloscCodec(**_LZ4),
+        compressors=BloscCodec(**_LZ4) if compress else None,
         fill_value=0,
     )
 
@@ -205,11 +211,17 @@ class ChunkEngine(abc.ABC):
         self.array = array
         self.files = files
         self.fill_value = np.uint8(array.metadata.fill_value)
+        self._rows_of: object = None
+        self._rows = 0
 
     @property
     def rows(self) -> int:
         """Rows in the array as this handle last saw its metadata."""
-        return int(self.array.shape[0])
+        # zarr's ``shape`` goes through the metadata objects (~7 µs): cached per metadata
+        meta = self.array.metadata
+        if self._rows_of is not meta:
+            self._rows_of, self._rows = meta, int(meta.shape[0])
+        return self._rows
 
     @property
     def slice_shape(self) -> tuple[int, int]:
@@ -402,9 +414,10 @@ def is_sharded_layout(array: zarr.Array) -> bool:
         and not meta.storage_transformers
         and tuple(shard.chunk_shape) == (1, *array.shape[1:])
         and isinstance(inner[0], BytesCodec)
-        and blosc is not None
-        and blosc.get("typesize") == 1
-        and blosc.get("blocksize", 0) == 0
+        and (
+            len(inner) == 1  # uncompressed slices
+            or (blosc is not None and blosc.get("typesize") == 1 and blosc.get("blocksize", 0) == 0)
+        )
         and len(index) == 2
         and isinstance(index[0], BytesCodec)
         and getattr(index[0].endian, "value", index[0].endian) == "little"
@@ -487,9 +500,14 @@ class ShardedFiles(ChunkEngine):
             )
         super().__init__(array, files)
         shard = array.metadata.codecs[0]
-        cfg = _blosc_config(shard.codecs[1])
-        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg["shuffle"]]
-        self._encoder = numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=shuffle)
+        self._compressed = len(shard.codecs) == 2
+        if self._compressed:
+            cfg = _blosc_config(shard.codecs[1])
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg["shuffle"]]
+            blosc = numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=shuffle)
+            self._encode = blosc.encode
+        else:
+            self._encode = lambda image: image.tobytes()
         self.shard_rows = self.chunk_rows
         self._index_bytes = 16 * self.shard_rows + 4
         self._dir = os.path.join(files.root, IMAGES)
@@ -601,17 +619,41 @@ class ShardedFiles(ChunkEngine):
         pos = positions.tolist()
         got = self._acquire(sorted({i // r for i in pos}))
         try:
-            root, pread, missing = self.files.root, os.pread, int(_MISSING)
+            # the per-slice loop is the whole cost of a read (~10 µs of which ~5 are the LZ4
+            # decode): keep it to a pread, a header check and a decode into the output
+            pread, missing, decompress = os.pread, int(_MISSING), numcodecs.blosc.decompress
+            sizes, size = _BLOSC_SIZES.unpack_from, shape[0] * shape[1]
+            flat = memoryview(out.reshape(-1))
+            if not self._compressed:  # each slice read straight into the output
+                for j, i in enumerate(pos):
+                    sh = got[i // r]
+                    off, nb = sh.entries[i % r] if sh is not None else (missing, 0)
+                    if off == missing:
+                        out[j] = self.fill_value
+                    elif (
+                        nb != size
+                        or os.preadv(sh.fd, [flat[j * size : (j + 1) * size]], off) != size
+                    ):
+                        raise StoreCorruptError(
+                            f"{self.files.root}: chunk of sample {i} cannot be decoded ({nb} "
+                            f"bytes stored, a slice needs {size}). Run `mriscan verify` and "
+                            "re-ingest."
+                        )
+                return out
             for j, i in enumerate(pos):
                 sh = got[i // r]
-                if sh is None:
-                    out[j] = self.fill_value
-                    continue
-                off, nb = sh.entries[i % r]
+                off, nb = sh.entries[i % r] if sh is not None else (missing, 0)
                 if off == missing:
                     out[j] = self.fill_value
                     continue
-                _decode_slice(pread(sh.fd, nb, off), shape, root, i, out[j])
+                raw = pread(sh.fd, nb, off)
+                if nb < 16 or sizes(raw, 4) != (size, sizes(raw, 4)[1], nb) or len(raw) != nb:
+                    _decode_slice(raw, shape, self.files.root, i)  # raises, naming the sample
+                try:
+                    decompress(raw, flat[j * size : (j + 1) * size])
+                except (RuntimeError, ValueError):
+                    _decode_slice(raw, shape, self.files.root, i)
+                    raise
         finally:
             self._release(got)
         return out
@@ -659,7 +701,7 @@ class ShardedFiles(ChunkEngine):
             )
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-        encoded = list(self._pool.map(self._encoder.encode, images))
+        encoded = list(self._pool.map(self._encode, images))
         pos = start
         while encoded:
             if self._buf_shard is None:

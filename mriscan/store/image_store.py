@@ -215,6 +215,7 @@ class ImageStore:
         config: PreprocessConfig | None = None,
         *,
         overwrite: bool = False,
+        compress: bool = False,
     ) -> ImageStore:
         """Create an empty store (committed, with zero samples) and open it for writing.
 
@@ -227,6 +228,10 @@ class ImageStore:
             The preprocessing that produced the slices (recorded in the index).
         overwrite : bool
             Replace an existing store instead of raising.
+        compress : bool
+            Store slices Blosc-LZ4 compressed (~75-80% of their bytes on disk for real 128²
+            slices) instead of raw (the default: random reads ~3× faster,
+            ``mriscan.store.engines.create_images_array``).
 
         Raises
         ------
@@ -265,7 +270,7 @@ class ImageStore:
                 zarr_store(path), mode="a", attributes={"mriscan_format": FORMAT_VERSION}
             )
             s = config.size
-            create_images_array(group, s)
+            create_images_array(group, s, compress=compress)
             group.create_array(
                 "labels",
                 shape=(0,),
