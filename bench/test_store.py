@@ -297,10 +297,10 @@ def test_ingest_vs_decode_floor_issue20(benchmark, tmp_path):
     if len(files) < 1000:
         pytest.skip(f"1,000 glioma JPEGs not found under {FIGSHARE}")
     raw = tmp_path / "raw"
-    (raw / "glioma").mkdir(parents=True)
-    (raw / "other").mkdir()
-    for p in files:
-        (raw / "glioma" / p.name).symlink_to(p)
+    for d in ("a", "b"):  # two classes of 500 consecutive files (alternating files would be
+        (raw / d).mkdir(parents=True)  # neighbouring slices under two classes: warnings)
+    for k, p in enumerate(files):
+        (raw / ("a" if k < 500 else "b") / p.name).symlink_to(p)
     workers = 2
     cfg = IngestConfig(preprocess=PreprocessConfig(size=128), workers=workers)
     ingest(raw, tmp_path / "warm.zarr", cfg)  # Numba compilation and page cache outside timing
