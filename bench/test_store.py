@@ -211,18 +211,18 @@ def layouts(tmp_path_factory):
     data = replicate(preprocess_batch(imgs, size=128), N20, seed=1)
     root = tmp_path_factory.mktemp("layouts")
     made = {}
-    for name in ("sharded", "sharded-uncompressed", "per-slice"):
+    for name in ("sharded", "sharded-lz4", "per-slice"):
         path = root / f"{name}.zarr"
         with ImageStore.create(path, 128) as st:
             st.set_class_names(["x"])
             st.commit()
-        if name != "sharded":
+        if name != "sharded":  # the default layout: raw slices in shards
             shutil.rmtree(path / "images")
             group = zarr.open_group(str(path), mode="r+")
             if name == "per-slice":
                 create_chunk_per_slice_array(group, 128)
             else:
-                create_images_array(group, 128, compress=False)
+                create_images_array(group, 128, compress=True)
         with ImageStore.open(path, mode="a") as st:
             for i in range(0, N20, 2048):
                 st.append(data[i : i + 2048], np.zeros(len(data[i : i + 2048]), int))
@@ -235,16 +235,15 @@ def layouts(tmp_path_factory):
 
 
 def test_random_batches_issue20(benchmark, layouts):
-    """Random batches of 32 at 2 threads: mriscan's sharded store, the old chunk-per-slice
-    store, TensorStore on the same shards, and a warm np.memmap; rounds interleaved."""
+    """Random batches of 32 at 2 threads: mriscan's store (raw slices in shards), the same with
+    LZ4, the old chunk-per-slice store, TensorStore on the LZ4 shards, and a warm np.memmap;
+    rounds interleaved."""
     made, data = layouts
     batches = _random_batches(N20, seed=7)
     readers = {}
-    stores = {k: ImageStore.open(made[k]) for k in ("sharded", "sharded-uncompressed", "per-slice")}
+    stores = {k: ImageStore.open(made[k]) for k in ("sharded", "sharded-lz4", "per-slice")}
     readers["mriscan"] = lambda idx: stores["sharded"].read_batch(idx)[0]
-    readers["mriscan uncompressed shards"] = lambda idx: stores["sharded-uncompressed"].read_batch(
-        idx
-    )[0]
+    readers["mriscan LZ4 shards"] = lambda idx: stores["sharded-lz4"].read_batch(idx)[0]
     readers["mriscan per-slice files"] = lambda idx: stores["per-slice"].read_batch(idx)[0]
     try:
         import tensorstore as ts
@@ -252,11 +251,11 @@ def test_random_batches_issue20(benchmark, layouts):
         arr = ts.open(
             {
                 "driver": "zarr3",
-                "kvstore": {"driver": "file", "path": str(made["sharded"] / "images")},
+                "kvstore": {"driver": "file", "path": str(made["sharded-lz4"] / "images")},
                 "context": {"cache_pool": {"total_bytes_limit": 64 << 20}},
             }
         ).result()
-        readers["tensorstore"] = lambda idx: arr[idx].read().result()
+        readers["tensorstore (LZ4 shards)"] = lambda idx: arr[idx].read().result()
     except ImportError:
         pass
     mm = np.memmap(made["raw"], dtype=np.uint8, mode="r", shape=data.shape)
@@ -280,7 +279,7 @@ def test_random_batches_issue20(benchmark, layouts):
     for name, r in rates.items():
         record(group, name, float(np.median(r)), "img/s")
         print(f"{name}: median {np.median(r):,.0f} img/s, rounds {[round(x) for x in r]}")
-    for name in ("sharded", "sharded-uncompressed", "per-slice"):
+    for name in ("sharded", "sharded-lz4", "per-slice"):
         size = sum(p.stat().st_size for p in (made[name] / "images").rglob("*") if p.is_file())
         print(f"{name}: images {size / data.nbytes:.1%} of raw")
     target("issue 20: store random batches vs warm memmap", group, "mriscan", ["memmap"], 0.25)
