@@ -39,7 +39,7 @@ def test_ingest_verify_info(class_folder, tmp_path):
     assert r.exit_code == 0 and r.output.startswith("OK")
     r = runner.invoke(main, ["info", "--store", str(store)])
     assert r.exit_code == 0 and "Samples:    12 (no: 6, yes: 6)" in r.output
-    assert "blosc" in r.output
+    assert "sharding_indexed" in r.output
     # the store was aligned (the default): adding with --no-align is refused, not mixed in
     r = runner.invoke(
         main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32",
