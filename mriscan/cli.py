@@ -342,14 +342,20 @@ def verify(store_path: Path) -> None:
 @main.command()
 @click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
 def migrate(store_path: Path) -> None:
-    """Convert a store written by an older mriscan (index format 1 or 2) to the current format."""
-    from mriscan.store import FORMAT_VERSION, migrate_store
+    """Convert a store written by an older mriscan (index format 1, 2 or 3; images one file per
+    slice) to the current format (index format 4; images in shards of 256 slices)."""
+    from mriscan.store import FORMAT_VERSION, ImageStore, migrate_store
 
+    with ImageStore.open(store_path) as st:
+        per_slice = st.engine.name == "local chunk files"
     old = migrate_store(store_path)
-    if old == FORMAT_VERSION:
+    if old == FORMAT_VERSION and not per_slice:
         click.echo(f"OK {store_path}: already index format {FORMAT_VERSION}; nothing to do.")
-    else:
-        click.echo(f"OK {store_path}: index format {old} -> {FORMAT_VERSION}.")
+        return
+    done = [f"index format {old} -> {FORMAT_VERSION}"] if old != FORMAT_VERSION else []
+    if per_slice:
+        done.append("images rewritten from one file per slice into shards")
+    click.echo(f"OK {store_path}: {'; '.join(done)}.")
 
 
 @main.command()

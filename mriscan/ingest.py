@@ -501,9 +501,14 @@ def _run(
 
     batches = [to_add[i : i + config.batch_size] for i in range(0, len(to_add), config.batch_size)]
     with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
-        for chunk in batches:
+        # the next batch decodes on the pool while this one is preprocessed and appended here
+        ahead = [pool.submit(load, j) for j in batches[0]] if batches else []
+        for b, chunk in enumerate(batches):
+            reads = [f.result() for f in ahead]
+            if b + 1 < len(batches):
+                ahead = [pool.submit(load, j) for j in batches[b + 1]]
             images, labels, recs = [], [], []
-            for j, r in zip(chunk, pool.map(load, chunk), strict=True):
+            for j, r in zip(chunk, reads, strict=True):
                 if r.error is not None or r.skipped is not None or r.excluded is not None:
                     unstored[j.sha256] = j.rel
                 if r.error is not None:

@@ -89,7 +89,10 @@ def _basis(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     xd = x.astype(np.float64)
     mean = xd.mean(axis=0)
     xd -= mean
-    _, vecs = np.linalg.eigh(xd.T @ xd)  # ascending eigenvalues
+    # one BLAS thread: a (256, 256) product and eigh take ~20-40 ms on one core, but 0.2-1.8 s
+    # with OpenBLAS's threads spinning against a busy machine (measured during an ingest)
+    with threadpool_limits(1, user_api="blas"):
+        _, vecs = np.linalg.eigh(xd.T @ xd)  # ascending eigenvalues
     return mean, np.ascontiguousarray(vecs[:, ::-1][:, :dims])
 
 
@@ -102,9 +105,15 @@ def _verify(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact float64 correlations of candidate pairs; keep those above ``threshold``."""
     keep_i, keep_j, keep_c = [], [], []
+    # rows recur in many candidate pairs: convert an array to float64 once when it has fewer
+    # rows than there are pairs (same values, so the same correlations), else per chunk
+    a64 = a.astype(np.float64) if len(a) < len(i) else None
+    b64 = a64 if b is a else (b.astype(np.float64) if len(b) < len(j) else None)
     for s in range(0, len(i), _VERIFY_CHUNK):
         ii, jj = i[s : s + _VERIFY_CHUNK], j[s : s + _VERIFY_CHUNK]
-        c = np.einsum("ij,ij->i", a[ii].astype(np.float64), b[jj].astype(np.float64))
+        ra = a64[ii] if a64 is not None else a[ii].astype(np.float64)
+        rb = b64[jj] if b64 is not None else b[jj].astype(np.float64)
+        c = np.einsum("ij,ij->i", ra, rb)
         m = c > threshold
         keep_i.append(ii[m])
         keep_j.append(jj[m])

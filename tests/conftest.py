@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 # A script run in subprocesses by test_hardware, not a test module (it must not be imported).
-collect_ignore = ["_distributed_worker.py"]
+collect_ignore = ["_distributed_worker.py", "_shards.py"]
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"

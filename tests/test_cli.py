@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _shards import write_chunk_bytes
 from click.testing import CliRunner
 
 from mriscan.cli import main
@@ -38,7 +39,7 @@ def test_ingest_verify_info(class_folder, tmp_path):
     assert r.exit_code == 0 and r.output.startswith("OK")
     r = runner.invoke(main, ["info", "--store", str(store)])
     assert r.exit_code == 0 and "Samples:    12 (no: 6, yes: 6)" in r.output
-    assert "blosc" in r.output
+    assert "sharding_indexed" in r.output
     # the store was aligned (the default): adding with --no-align is refused, not mixed in
     r = runner.invoke(
         main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32",
@@ -68,7 +69,7 @@ def test_verify_fails_on_corruption_and_errors_are_one_line(class_folder, tmp_pa
     store = tmp_path / "s.zarr"
     runner = CliRunner()
     runner.invoke(main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"])
-    (store / "images" / "c.2.0.0").write_bytes(b"garbage")
+    write_chunk_bytes(store, 2, b"garbage")
     r = runner.invoke(main, ["verify", "--store", str(store)])
     assert r.exit_code == 1 and "sample 2" in r.output
     r = runner.invoke(main, ["info", "--store", str(tmp_path / "nope.zarr")])

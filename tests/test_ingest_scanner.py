@@ -240,7 +240,7 @@ def test_format_2_store_is_read_as_is_and_migrated(class_folder, tmp_path):
     assert verify_store(store) == []
     assert not (store / "index").exists()
     r = CliRunner().invoke(main, ["migrate", "--store", str(store)])
-    assert r.exit_code == 0 and "index format 2 -> 3" in r.output, r.output
+    assert r.exit_code == 0 and f"index format 2 -> {FORMAT_VERSION}" in r.output, r.output
     with ImageStore.open(store) as st:
         assert st.index.format_version == FORMAT_VERSION and list(st.index.records) == records
         assert st.groups.tolist() == groups.tolist() and list(st.index.duplicates) == dups
@@ -256,5 +256,5 @@ def test_unknown_format_is_refused_with_how_to_convert(class_folder, tmp_path):
     index = json.loads((store / "index.json").read_text())
     index["format_version"] = 99
     (store / "index.json").write_text(json.dumps(index))
-    with pytest.raises(StoreCorruptError, match=r"reads versions 1, 2 and 3\. Re-ingest"):
+    with pytest.raises(StoreCorruptError, match=r"reads versions 1 to 4\. Re-ingest"):
         ImageStore.open(store)

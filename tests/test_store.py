@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from _shards import chunk_file, chunk_present, chunk_span, drop_chunk
 
 from mriscan.errors import StoreError, StoreLockedError, StoreNotFoundError
 from mriscan.preprocess import PreprocessConfig
@@ -98,7 +99,8 @@ def test_uncommitted_appends_vanish_and_are_trimmed(store_path):
         assert len(st) == 5
     with ImageStore.open(store_path, mode="a") as st:  # the next writer trims leftovers
         assert st._group["images"].shape[0] == 5
-        assert not (store_path / "images" / "c.6.0.0").exists()
+        assert not chunk_present(store_path, 6)
+        assert not (store_path / "write.pending").exists()
         st.append(_images(2, seed=2), [1, 1])
         st.commit()
     assert verify_store(store_path) == []
@@ -189,13 +191,13 @@ def test_verify_detects_a_corrupted_chunk(store_path):
         st.set_class_names(["a", "b"])
         st.append(_images(6), [0] * 6)
         st.commit()
-    chunk = store_path / "images" / "c.3.0.0"
-    data = bytearray(chunk.read_bytes())
-    data[-5:] = b"\xff" * 5
-    chunk.write_bytes(bytes(data))
+    path, off, nb = chunk_span(store_path, 3)
+    data = bytearray(path.read_bytes())
+    data[off + nb - 5 : off + nb] = b"\xff" * 5
+    path.write_bytes(bytes(data))
     problems = verify_store(store_path)
     assert len(problems) == 1 and problems[0].startswith("sample 3")
-    chunk.unlink()
+    drop_chunk(store_path, 3)
     assert "chunk of sample 3 is missing" in verify_store(store_path)[0]
 
 
@@ -263,7 +265,7 @@ def test_sigkill_mid_write_leaves_previous_store_readable(store_path, tmp_path, 
     else:
         # wait until the writer has put chunks past the committed end
         deadline = time.monotonic() + 30
-        while not (store_path / "images" / "c.200.0.0").exists():
+        while not chunk_file(store_path, 600).exists():
             assert time.monotonic() < deadline, "writer made no progress"
             time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)

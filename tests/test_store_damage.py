@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shards import chunk_file, drop_chunk, write_chunk_bytes
 from click.testing import CliRunner
 
 from mriscan.cli import main
@@ -118,12 +119,14 @@ DAMAGE = {
     "signature column disagrees with the array": _bytes_at("index/sig.u1", 300, b"\x01\x02"),
     "garbage labels chunk": _garbage("labels/c/0"),
     "garbage signatures chunk": _garbage("signatures/c/0/0/0"),
-    "garbage images chunk": _garbage("images/c.1.0.0"),
+    "garbage images chunk": lambda p: write_chunk_bytes(p, 1, b"\x00garbage"),
+    "garbage images shard": lambda p: chunk_file(p, 1).write_bytes(b"\x00garbage" * 3),
     "garbage images/zarr.json": _garbage("images/zarr.json"),
     "deleted images/zarr.json": _delete("images/zarr.json"),
     "deleted group zarr.json": _delete("zarr.json"),
     "deleted images folder": _delete("images"),
-    "deleted chunk": _delete("images/c.3.0.0"),
+    "deleted chunk": lambda p: drop_chunk(p, 3),
+    "deleted shard": lambda p: chunk_file(p, 3).unlink(),
 }
 
 

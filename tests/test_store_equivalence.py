@@ -14,9 +14,15 @@ import fsspec
 import numpy as np
 import pytest
 import zarr
+from _shards import chunk_present, drop_chunk
 
 from mriscan.store import ImageStore, LocalChunkFiles, ZarrEngine, verify_store
-from mriscan.store.engines import create_images_array
+from mriscan.store.engines import (
+    ShardedFiles,
+    create_chunk_per_slice_array,
+    create_images_array,
+    is_sharded_layout,
+)
 from mriscan.store.files import StoreFiles
 from mriscan.store.image_store import zarr_store
 
@@ -40,8 +46,16 @@ def _engines_on(location: str):
     array = zarr.open_group(zarr_store(location), mode="r+")["images"]
     engines = [ZarrEngine(array, files)]
     if not files.url:
-        engines.append(LocalChunkFiles(array, files))
+        local = ShardedFiles if is_sharded_layout(array) else LocalChunkFiles
+        engines.append(local(array, files))
     return engines
+
+
+def _new_array(location: str, layout: str):
+    group = zarr.open_group(zarr_store(location), mode="a")
+    if layout == "per-slice":
+        return create_chunk_per_slice_array(group, S)
+    return create_images_array(group, S, shard_rows=8)
 
 
 def _copy_memory_store_to_disk(url: str, dest: Path) -> None:
@@ -52,16 +66,18 @@ def _copy_memory_store_to_disk(url: str, dest: Path) -> None:
         target.write_bytes(fs.cat_file(path))
 
 
-@pytest.mark.parametrize("writer", ["local-files", "zarr"])
-def test_either_engine_writes_what_both_read(tmp_path, writer):
+@pytest.mark.parametrize("layout", ["per-slice", "sharded"])
+@pytest.mark.parametrize("writer", ["local", "zarr"])
+def test_either_engine_writes_what_both_read(tmp_path, writer, layout):
     location = str(tmp_path / "s.zarr")
-    group = zarr.open_group(zarr_store(location), mode="a")
-    array = create_images_array(group, S)
+    array = _new_array(location, layout)
     files = StoreFiles(location)
-    eng = LocalChunkFiles(array, files) if writer == "local-files" else ZarrEngine(array, files)
+    local = ShardedFiles if layout == "sharded" else LocalChunkFiles
+    eng = local(array, files) if writer == "local" else ZarrEngine(array, files)
     imgs = _batch(np.random.default_rng(3), 24)
     imgs[5] = 0
     eng.write(0, imgs)
+    eng.flush()
     eng.resize(len(imgs))
     eng.close()
     order = np.random.default_rng(4).integers(0, len(imgs), 50)
@@ -84,14 +100,14 @@ def test_memory_store_with_a_blank_slice_copied_to_disk_reads_and_verifies(tmp_p
         assert not st.engine.has_chunk(2)  # zarr skipped the all-zero chunks
     local = tmp_path / "copy.zarr"
     _copy_memory_store_to_disk(url, local)
-    assert not (local / "images" / "c.2.0.0").exists()
+    assert not chunk_present(local, 2)
     with ImageStore.open(local) as st:
-        assert isinstance(st.engine, LocalChunkFiles)
+        assert isinstance(st.engine, ShardedFiles)
         np.testing.assert_array_equal(st.read_batch(range(12))[0], imgs)
     assert verify_store(local) == []
     assert verify_store(url) == []
     # verify still sees real damage: a lost chunk of a non-blank slice
-    (local / "images" / "c.3.0.0").unlink()
+    drop_chunk(local, 3)
     problems = verify_store(local)
     assert len(problems) == 1 and "chunk of sample 3 is missing" in problems[0]
 
@@ -115,21 +131,19 @@ def test_local_store_copied_to_a_url_reads_the_same(tmp_path):
     assert verify_store(url) == []
 
 
-def test_fast_path_equals_zarr_on_random_batches(tmp_path):
+@pytest.mark.parametrize("layout", ["per-slice", "sharded"])
+def test_fast_path_equals_zarr_on_random_batches(tmp_path, layout):
     """Property test (seeded loop): 25 random histories of appends, commits, trims and reads
-    give the same pixels through ``LocalChunkFiles`` and through zarr, on the same files."""
+    give the same pixels through the local engine and through zarr, on the same files."""
+    local = ShardedFiles if layout == "sharded" else LocalChunkFiles
     for trial in range(25):
         rng = np.random.default_rng(trial)
         location = str(tmp_path / f"t{trial}.zarr")
-        group = zarr.open_group(zarr_store(location), mode="a")
         files = StoreFiles(location)
         url = f"memory://prop-{trial}-{uuid.uuid4().hex}/s.zarr"
         writers = [
-            LocalChunkFiles(create_images_array(group, S), files),
-            ZarrEngine(
-                create_images_array(zarr.open_group(zarr_store(url), mode="a"), S),
-                StoreFiles(url),
-            ),
+            local(_new_array(location, layout), files),
+            ZarrEngine(_new_array(url, layout), StoreFiles(url)),
         ]
         truth = np.empty((0, S, S), np.uint8)
         for _ in range(int(rng.integers(1, 5))):
@@ -137,11 +151,13 @@ def test_fast_path_equals_zarr_on_random_batches(tmp_path):
                 extra = _batch(rng, int(rng.integers(1, 4)))
                 for w in writers:
                     w.write(len(truth), extra)
+                    w.flush()
                     w.resize(len(truth))
                     w.remove_leftovers(len(truth))
             new = _batch(rng, int(rng.integers(1, 12)))
             for w in writers:
                 w.write(len(truth), new)
+                w.flush()
                 w.resize(len(truth) + len(new))
             truth = np.concatenate([truth, new])
             idx = rng.integers(0, len(truth), int(rng.integers(1, 40)))

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from mriscan.errors import StoreLockedError
 
-__all__ = ["LOCK_KEY", "StoreFiles", "WriteLock", "is_url", "local_path"]
+__all__ = ["LOCK_KEY", "PENDING_KEY", "StoreFiles", "WriteLock", "is_url", "local_path"]
 
 LOCK_KEY = "write.lock"
+#: how far the current (or a dead) writer may have written image rows past the committed end
+PENDING_KEY = "write.pending"
 _MEMORY_LOCKS: dict[str, threading.Lock] = {}
 _MEMORY_LOCKS_GUARD = threading.Lock()
 
@@ -57,6 +59,15 @@ class StoreFiles:
             return Path(self.path(key)).read_bytes()
         except FileNotFoundError:
             return None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write ``key`` in place: no temp file, no fsync (for small notes a torn write of which
+        the reader detects, such as ``write.pending``)."""
+        if self.url:
+            self.fs.pipe_file(self.path(key), data)
+            return
+        with open(self.path(key), "wb") as fh:
+            fh.write(data)
 
     def exists(self, key: str) -> bool:
         """Whether the file ``key`` exists."""

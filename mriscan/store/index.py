@@ -2,9 +2,12 @@
 manifest ``index.json``.
 
 ``index.json`` is the commit point of a store: the arrays and column files may hold more rows
-than it names (leftovers of an interrupted writer), never fewer. Format 3 (this version) keeps the
+than it names (leftovers of an interrupted writer), never fewer. Formats 3 and 4 keep the
 records in append-only column files (``mriscan.store.columns``) and ``index.json`` is a small
-manifest (``Manifest``: counts, config, classes, salt, sources); formats 1 and 2 held every record
+manifest (``Manifest``: counts, config, classes, salt, sources); format 4 (this version) adds a
+promise about the writer: before it writes a row past the committed end it records how far it
+will write (``write.pending``), so the next writer removes a dead one's leftovers without listing
+the store (a format-3 store's next writer lists them once). Formats 1 and 2 held every record
 in ``index.json`` and are still read (``StoreIndex.from_dict``). This module owns the fields, the
 format version and the (de)serialisation; nothing here touches files or arrays.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX_KEY",
     "LEGACY_VERSIONS",
+    "MANIFEST_VERSIONS",
     "RETIRED_FLAGS",
     "Manifest",
     "SampleRecord",
@@ -36,10 +40,13 @@ __all__ = [
     "pixel_checksum",
 ]
 
-FORMAT_VERSION = 3
-#: versions whose ``index.json`` holds every record; read as they are, written as format 3 at the
-#: next commit (or by ``mriscan migrate``)
+FORMAT_VERSION = 4
+#: versions whose ``index.json`` holds every record; read as they are, written as the current
+#: format at the next commit (or by ``mriscan migrate``)
 LEGACY_VERSIONS = (1, 2)
+#: manifest versions (records in column files): 3 is read as it is and written as 4 at the next
+#: commit
+MANIFEST_VERSIONS = (3, FORMAT_VERSION)
 INDEX_KEY = "index.json"
 #: Flags of a record whose file is gone or changed: its row stays in the arrays (commits only
 #: ever append), but training, CV, evaluation and duplicate matching skip it.
@@ -152,7 +159,7 @@ _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
 
 @dataclass(frozen=True)
 class Manifest:
-    """Where the committed state of a format-3 store ends, as ``index.json`` records it.
+    """Where the committed state of a format-3/4 store ends, as ``index.json`` records it.
 
     ``count`` rows of every column; ``patch_bytes`` of ``index/patches.jsonl``; the group
     generation ``group_file`` (``index/group.<g>.i8``, ``index/merges.<g>.i8``) and its number of
@@ -210,7 +217,7 @@ class Manifest:
 class StoreIndex:
     """The committed state of a store.
 
-    ``records`` and ``duplicates`` are sequences; in an open format-3 store they are read from
+    ``records`` and ``duplicates`` are sequences; in an open format-3/4 store they are read from
     the column files when used (``mriscan.store.table.RecordView``), so opening stays cheap.
     ``format_version`` is the version the store was read as (1 or 2: converted at the next
     commit).
@@ -248,13 +255,13 @@ class StoreIndex:
         empty: the next ingest creates one) and records that were all plain images from the
         store's one raw folder (``origin`` 0; -1 when the store lists several folders, whose
         files then cannot be matched on re-ingest). It is written as format 2 at the next
-        commit (format 3: ``mriscan migrate --store PATH`` does it without ingesting).
+        commit (the current format: ``mriscan migrate --store PATH`` does it without ingesting).
         """
         version = data.get("format_version")
         if version not in LEGACY_VERSIONS:
             raise StoreCorruptError(
-                f"index.json has format_version {version!r}; this mriscan reads versions 1, 2 "
-                f"and {FORMAT_VERSION}. Re-ingest the data with this version into a new --store."
+                f"index.json has format_version {version!r}; this mriscan reads versions 1 to "
+                f"{FORMAT_VERSION}. Re-ingest the data with this version into a new --store."
             )
         records = data["records"]
         if version == 1:
@@ -276,7 +283,7 @@ class StoreIndex:
 
 
 def encode_manifest(index: StoreIndex, manifest: Manifest) -> bytes:
-    """The bytes of a format-3 ``index.json`` (compact JSON, UTF-8): the header of ``index``
+    """The bytes of a current-format ``index.json`` (compact JSON, UTF-8): the header of ``index``
     (records and duplicates live in column files) and ``manifest``."""
     return json.dumps(
         {
@@ -297,7 +304,7 @@ def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
     Returns
     -------
     index : StoreIndex
-        For format 3 without records or duplicates (the caller attaches views of the column
+        For format 3/4 without records or duplicates (the caller attaches views of the column
         files); for formats 1/2 with every record.
     manifest : Manifest or None
         None for formats 1/2.
@@ -311,9 +318,10 @@ def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, found a {type(data).__name__}")
-        if data.get("format_version") != FORMAT_VERSION:
+        version = data.get("format_version")
+        if version not in MANIFEST_VERSIONS:
             return StoreIndex.from_dict(data), None
-        salt = data["salt"]  # format 3 always writes the key ("" before the first ingest)
+        salt = data["salt"]  # formats 3/4 always write the key ("" before the first ingest)
         if not isinstance(salt, str) or (salt and len(salt) < 32):
             raise ValueError(f"salt must be a hex string of >= 32 characters, got {salt!r}")
         if not all(isinstance(x, str) for x in [*data["class_names"], *data["sources"]]):
@@ -327,6 +335,7 @@ def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
             class_names=tuple(data["class_names"]),
             sources=tuple(data["sources"]),
             salt=salt,
+            format_version=version,
         )
         return index, Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
