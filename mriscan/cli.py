@@ -398,6 +398,7 @@ _TRAIN_OPTIONS = (
     ("model.mirror", "--mirror"),
     ("pretrain.phantoms", "--pretrain"),
     ("pretrain.epochs", "--pretrain-epochs"),
+    ("fit.init_weights", "--init-weights"),
     ("fit.implant", "--implant"),
     ("optimizer.learning_rate", "--learning-rate"),
     ("split.val_fraction", "--val-fraction"),

@@ -25,9 +25,9 @@ from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
-from mriscan.training.fit import card_for, fit_and_calibrate, score
-from mriscan.training.pretrain import pretrain_on_phantoms
-from mriscan.training.workflow import setup_for
+from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
+from mriscan.training.pretrain import starting_weights
+from mriscan.training.workflow import pretrain_protocol, setup_for
 
 __all__ = ["HEADLINE", "HEADLINE_MULTI", "cross_validate", "headline", "summarize_folds"]
 
@@ -217,8 +217,9 @@ def cross_validate(
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
     hw = setup_for(tcfg)
-    # phantoms hold no real slice: one pre-training serves every fold
-    init = pretrain_on_phantoms(tcfg, hw, store.config) if tcfg.pretrain.phantoms else None
+    # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
+    init = starting_weights(tcfg, hw, store.config)
+    start = None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -239,7 +240,10 @@ def cross_validate(
         split = {"train": train_idx, "val": val_idx, "test": test_idx}
         fold_layout = cv.fold(rep, k)
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
-        publish_model(run.model.save, card_for(store, fold_cfg, run.threshold), fold_layout.model)
+        start = run.start
+        publish_model(
+            run.model.save, card_for(store, fold_cfg, run.threshold, start), fold_layout.model
+        )
         if fold_layout.live_history.is_file():
             os.replace(fold_layout.live_history, fold_layout.history)
         for leftover in (fold_layout.backup, fold_layout.checkpoint.parent):
@@ -283,12 +287,12 @@ def cross_validate(
         samples=len(kept),
         duplicate_groups=len(np.unique(groups)),
         select=tcfg.fit.select,
-        pretrain_phantoms=tcfg.pretrain.phantoms,
-        pretrain_epochs=tcfg.pretrain.epochs if tcfg.pretrain.phantoms else 0,
         n_boot=cfg.n_boot,
+        **pretrain_protocol(tcfg),
     )
     summary["protocol"] = protocol.to_dict()
     summary["cv_config"] = cfg.to_dict()
+    summary["init_weights"] = start_record(tcfg, start)  # the same file for every fold
     summary["hardware"] = hw.describe()
     summary["seconds"] = time.perf_counter() - t0
     summary["per_fold"] = per_fold
