@@ -55,8 +55,9 @@ class WeightsReport:
     ``loaded``: names of the model's layers that took the file's values; ``kept_initial``:
     layers with weights that the file does not hold (they keep their initial values);
     ``head_skipped``: the model's output layer when it was not loaded (the file holds it with
-    other shapes, or not at all: a model for another number of classes), else None; ``file_layers``: layers with weights in the file;
-    ``model_layers``: layers with weights in the model; ``sha256``: of the file's bytes.
+    other shapes, or not at all: a model for another number of classes), else None;
+    ``file_layers``: layers with weights in the file; ``model_layers``: layers with weights in
+    the model; ``sha256``: of the file's bytes.
     """
 
     path: str
