@@ -763,7 +763,11 @@ def predict(
     """Predict image files, DICOM series / files and NIfTI volumes, or folders of them.
 
     Columns: path, label, p_<class> for each class, probability (two classes: the positive
-    class's) or tumor_probability (more classes, 1 - P(healthy)), error; DICOM/NIfTI add level,
+    class's) or tumor_probability and is_tumor (more classes with a healthy one), error.
+    label: two classes, the positive class when probability >= the threshold; more, the most
+    probable class. tumor_probability = 1 - P(healthy) is a score; is_tumor (yes/no) is the
+    label's tumor vs no tumor call, the one `evaluate` scores: with no majority class, label
+    notumor (is_tumor no) can come with tumor_probability above 0.5. DICOM/NIfTI add level,
     unit, slices, aggregate. JPEG/PNG: one row each. DICOM/NIfTI: one row per slice (level
     slice) and one per series or volume (level series/volume) whose probabilities are the mean
     of the top-3 slice probabilities (the `aggregate` column says so). Bad files get their

@@ -41,6 +41,12 @@ def test_every_command_works_for_k_classes(k, tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 * k and {f"p_{n}" for n in names} <= set(rows[0])
     assert {r["label"] for r in rows} <= set(names)
+    if k > 2:  # the tumor vs no tumor columns follow the row: 1 - P(healthy), and the label
+        for row in rows:
+            assert float(row["tumor_probability"]) == pytest.approx(
+                1 - float(row["p_notumor"]), abs=2e-6
+            )
+            assert row["is_tumor"] == ("no" if row["label"] == "notumor" else "yes")
     r = run.invoke(main, ["evaluate", str(data), "--model", str(model), "--out",
                           str(tmp_path / "ev"), "--keep-duplicates"])  # fmt: skip
     assert r.exit_code in (0, 1), r.output  # 1 only when a metric is undefined on these data
