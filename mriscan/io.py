@@ -301,7 +301,8 @@ def list_class_folders(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise EmptyDatasetError(
-            f"Class folder(s) {empty} under {root} hold no .jpg/.jpeg/.png files."
+            f"Class folder(s) {empty} under {root} hold no .jpg/.jpeg/.png files. "
+            + _EMPTY_FIX.format(root=root)
         )
     return classes
 
@@ -588,9 +589,18 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
         raise EmptyDatasetError(
             f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files"
             + _unused_hint(unused, [root / n for n in empty])
-            + "."
+            + ". "
+            + _EMPTY_FIX.format(root=root)
         )
     return ClassListing(classes, tuple(unreadable), tuple(sorted(unused, key=lambda u: u.path)))
+
+
+# why an empty class folder is refused rather than skipped, and the way out
+_EMPTY_FIX = (
+    "Every sub-folder of {root} is a class, and a class without slices cannot be learnt or "
+    "scored (nor silently dropped: the model's classes would no longer be the folders). Put "
+    "that class's images in it, or move the folder out of {root}."
+)
 
 
 def _unused_hint(unused: Sequence[UnusedFile], folders: Sequence[Path]) -> str:

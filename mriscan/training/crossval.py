@@ -27,7 +27,7 @@ from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
 from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
 from mriscan.training.pretrain import starting_weights
-from mriscan.training.workflow import pretrain_protocol, setup_for
+from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
 
 __all__ = ["HEADLINE", "HEADLINE_MULTI", "cross_validate", "headline", "summarize_folds"]
 
@@ -216,6 +216,7 @@ def cross_validate(
     all_labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
+    check_every_class_has_slices(labels, task)
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
     init = starting_weights(tcfg, hw, store.config)

@@ -29,7 +29,14 @@ from mriscan.tasks import Task, resolve_task
 from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate, start_record
 from mriscan.training.pretrain import starting_weights
 
-__all__ = ["TrainResult", "pretrain_protocol", "setup_for", "train"]
+__all__ = [
+    "TrainResult",
+    "check_every_class_has_slices",
+    "check_split",
+    "pretrain_protocol",
+    "setup_for",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,7 @@ def train(
     log.info("task: %s", task.describe())
     labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
+    check_every_class_has_slices(labels[kept], task)
     inner = split_indices(
         labels[kept],
         store.groups[kept],
@@ -148,6 +156,29 @@ def train(
         split,
         time.perf_counter() - t0,
     )
+
+
+def check_every_class_has_slices(labels: np.ndarray, task: Task) -> None:
+    """Every class of the task must have at least one usable slice (``labels``: model labels of
+    the usable samples, shape (n,), int). A class folder whose files were all unreadable is
+    stored as a class with no slices; a model cannot learn or be scored on it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the class(es), the counts per class and the way out.
+    """
+    counts = np.bincount(labels, minlength=task.num_classes)
+    missing = [task.class_names[k] for k in np.flatnonzero(counts == 0)]
+    if missing:
+        have = dict(zip(task.class_names, counts.tolist(), strict=True))
+        raise ConfigError(
+            f"Class(es) {missing} have no usable slice (slices per class: {have}): their files "
+            "were all unreadable, or deleted since they were ingested (`mriscan ingest` lists "
+            "the skipped files). A model cannot learn a class it never sees. Fix or add that "
+            "class's files and ingest again, or leave the class out with --class-map (e.g. "
+            "--class-map 'yes=yes;no=no')."
+        )
 
 
 def check_split(
