@@ -177,6 +177,15 @@ class CVLayout(_ResultsLayout):
         """The run folder of one fold model."""
         return RunLayout(self.root / f"r{repeat}_f{fold}")
 
+    def fold_dirs(self) -> list[Path]:
+        """The fold run folders present under ``root`` (``r<repeat>_f<fold>``), sorted."""
+        import re
+
+        if not self.root.is_dir():
+            return []
+        pattern = re.compile(r"r\d+_f\d+")
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+
 
 @dataclass(frozen=True)
 class EvalLayout(_ResultsLayout):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
+from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.sources import open_or_ingest
@@ -185,6 +185,29 @@ def _rows(store, task, rep, k, test_idx, y, prob, pred, thr) -> list[dict[str, A
     return rows
 
 
+def _remove_stale(cv: CVLayout, fold_dirs: list[str], *, roc: bool) -> None:
+    """Delete what an earlier CV into the same folder left and this one does not write: fold
+    folders beyond this run's folds × repeats, and ``roc.png`` when this task has no ROC curve
+    (K classes). Done once every fold has finished, just before ``metrics.json`` is written, so
+    the folder then holds exactly one run's results (and a run that stops earlier removes
+    nothing)."""
+    keep = set(fold_dirs)
+    stale = [p for p in cv.fold_dirs() if p.name not in keep]
+    if not roc and cv.roc_plot.is_file():
+        stale.append(cv.roc_plot)
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if stale:
+        log.info(
+            "removed what an earlier cross-validation in %s left: %s",
+            cv.root,
+            ", ".join(p.name for p in stale),
+        )
+
+
 def cross_validate(
     data: str | os.PathLike[str] | ImageStore,
     config: CVConfig | None = None,
@@ -196,7 +219,10 @@ def cross_validate(
 
     Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
     with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``),
-    ``oof_predictions.csv``, ``roc.png``, ``confusion_matrix.png``, one run folder per fold.
+    ``oof_predictions.csv``, ``roc.png`` (two classes), ``confusion_matrix.png``, one run
+    folder per fold (``r<repeat>_f<fold>``, listed in ``fold_dirs``). Fold folders and a
+    ``roc.png`` that an earlier CV into the same ``out`` left and this one does not write are
+    deleted once every fold has finished, so the results never mix two runs.
     """
     from mriscan import plots
 
@@ -297,6 +323,8 @@ def cross_validate(
     summary["hardware"] = hw.describe()
     summary["seconds"] = time.perf_counter() - t0
     summary["per_fold"] = per_fold
+    summary["fold_dirs"] = [cv.fold(f["repeat"], f["fold"]).root.name for f in per_fold]
+    _remove_stale(cv, summary["fold_dirs"], roc=task.binary)
     write_json(cv.metrics, summary)
     with open(cv.predictions, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
