@@ -638,6 +638,12 @@ def evaluate(
             f"  removed {dup['count']} near-duplicates of training slices "
             f"(thumbnail correlation > {dup['threshold']}): {dup['per_class']}"
         )
+    copies = result["exact_duplicates"]
+    if copies["count"]:
+        click.echo(
+            f"  {copies['count']} exact-duplicate file(s) (same bytes as another file) scored "
+            f"once and not counted in n: {copies['per_class']} (exact_duplicates.csv)"
+        )
     _print_metrics("Evaluation", result)
     if result["unreadable"]:
         click.echo(
