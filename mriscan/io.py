@@ -163,8 +163,10 @@ def _decode_pillow(
         if w * h > max_pixels:
             raise ImageTooLargeError(
                 path,
-                f"{w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,}; "
-                "downscale it or raise max_pixels",
+                f"{w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,} (a guard "
+                "against decompression bombs); downscale the image. The cap has no "
+                "command-line option; from Python, pass a larger max_pixels to "
+                "mriscan.decode_image or mriscan.ingest.IngestConfig",
             )
         stage[0] = "data"
         if draft_size is not None and img.format == "JPEG":
