@@ -853,8 +853,9 @@ def export_onnx(model_path: Path) -> None:
     "--slices",
     "slice_list",
     default=None,
-    help="DICOM/NIfTI: comma-separated slice indices (0-based, in series/volume order) to "
-    "explain [default: the --top-k most likely to show a tumor].",
+    help="DICOM/NIfTI: comma-separated slices to explain: a NIfTI volume's own slice indices "
+    "(as in its source name nifti/<id>#<index>), a DICOM series' places in slice order "
+    "(0-based) [default: the --top-k most likely to show a tumor].",
 )
 @click.option("--top-k", type=int, default=3, show_default=True, help="DICOM/NIfTI slices.")
 @click.option(
