@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mriscan.errors import ConfigError
+from mriscan.inference import tumor_call
 
 __all__ = ["RULE", "TOP_K", "aggregate_rows", "top_k_mean"]
 
@@ -50,13 +51,14 @@ def aggregate_rows(
     Each class's probability (``p_<class>``) is pooled with ``top_k_mean`` over the unit's
     slices and the pooled values are rescaled to sum to 1 (two classes: ``1 − probability``
     and ``probability``); ``probability`` (two classes: the positive class's top-k mean, as the
-    rule says) and
-    ``tumor_probability`` (K classes with a healthy class). The label: two classes, the
-    positive class when the pooled probability >= ``threshold``; more, the class with the
-    largest pooled probability. Also ``path`` = the unit's name (``row["unit_path"]`` when the
-    slice rows give one, else the unit id), ``level`` = ``"series"`` or ``"volume"``, ``unit``,
-    ``slices`` (how many were pooled) and ``aggregate`` = the rule. Units in order of first
-    appearance.
+    rule says) and ``tumor_probability`` (K classes with a healthy class: the top-k mean of the
+    slices' tumor probabilities, a score; not 1 − the pooled ``p_<healthy>``). The label: two
+    classes, the positive class when the pooled probability >= ``threshold``; more, the class
+    with the largest pooled probability; ``is_tumor`` (with ``tumor_probability``) follows the
+    label, as in slice rows (``mriscan.inference.columns_for``). Also ``path`` = the unit's
+    name (``row["unit_path"]`` when the slice rows give one, else the unit id), ``level`` =
+    ``"series"`` or ``"volume"``, ``unit``, ``slices`` (how many were pooled) and
+    ``aggregate`` = the rule. Units in order of first appearance.
     """
     names = tuple(card.class_names)
     units: dict[str, list[dict[str, Any]]] = {}
@@ -82,6 +84,8 @@ def aggregate_rows(
             row["label"] = names[1] if row["probability"] >= threshold else names[0]
         else:
             row["label"] = names[int(np.argmax(pooled))]
+        if "is_tumor" in members[0]:
+            row["is_tumor"] = tumor_call(card, row["label"])
         row.update(
             error="",
             level=unit.split(":", 1)[0],

@@ -177,6 +177,15 @@ class CVLayout(_ResultsLayout):
         """The run folder of one fold model."""
         return RunLayout(self.root / f"r{repeat}_f{fold}")
 
+    def fold_dirs(self) -> list[Path]:
+        """The fold run folders present under ``root`` (``r<repeat>_f<fold>``), sorted."""
+        import re
+
+        if not self.root.is_dir():
+            return []
+        pattern = re.compile(r"r\d+_f\d+")
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+
 
 @dataclass(frozen=True)
 class EvalLayout(_ResultsLayout):
@@ -291,7 +300,11 @@ class ModelCard:
     names the no-tumor class when there is one. ``tta``: predictions average the slice and its
     left-right mirror image. ``train_signatures_sha256``: digest of the training slices'
     thumbnails saved beside the model (``signatures_path``), used to drop near-duplicates of
-    the training data from an evaluation on another collection.
+    the training data from an evaluation on another collection. ``init_weights``: what the
+    training started from — None for random weights, else ``source`` (``"file"``: the user's
+    ``--init-weights``; ``"phantoms"``: the phantom pre-training), the file's ``path`` and
+    ``sha256``, and how many layers were loaded (``layers_loaded`` of
+    ``layers_with_weights``; ``loaded``, ``kept_initial``, ``head_skipped``).
     """
 
     preprocess: PreprocessConfig
@@ -305,6 +318,7 @@ class ModelCard:
     train_config: dict[str, Any] = field(default_factory=dict)
     keras_backend: str = ""
     model_sha256: str = ""
+    init_weights: dict[str, Any] | None = None
     format_version: int = MODEL_CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -335,6 +349,10 @@ class ModelCard:
             raise ModelCardError(f"healthy {self.healthy!r} is not one of {list(names)}.")
         if not isinstance(self.tta, bool):
             raise ModelCardError(f"tta must be true or false. Received: {self.tta!r}.")
+        if self.init_weights is not None and not isinstance(self.init_weights, dict):
+            raise ModelCardError(
+                f"init_weights must be an object or null. Received: {self.init_weights!r}."
+            )
         if self.image_size is not None and self.image_size != self.preprocess.size:
             raise ModelCardError(
                 f"image_size {self.image_size!r} disagrees with preprocess.size "
@@ -356,6 +374,7 @@ class ModelCard:
             "image_size": self.preprocess.size,
             "keras_backend": self.keras_backend,
             "model_sha256": self.model_sha256,
+            "init_weights": self.init_weights,
         }
 
     @classmethod
@@ -390,6 +409,7 @@ class ModelCard:
                 train_config=dict(data.get("train_config") or {}),
                 keras_backend=str(data.get("keras_backend", "")),
                 model_sha256=str(data.get("model_sha256", "")),
+                init_weights=data.get("init_weights"),
                 format_version=MODEL_CARD_VERSION,
             )
         except KeyError as exc:
@@ -458,6 +478,8 @@ class Protocol:
     ``kind`` is ``"holdout"`` (train/val/test) or ``"cv"`` (k folds × repeats).
     ``val_fraction`` is the share held out to choose the threshold (in cv: of each training
     fold); ``duplicate_threshold`` the thumbnail correlation above which slices share a group.
+    ``init_weights``: the user's starting-weights file, when one replaced the phantom
+    pre-training (then ``pretrain_phantoms`` is 0).
     """
 
     kind: str
@@ -475,6 +497,7 @@ class Protocol:
     pretrain_phantoms: int = 0
     pretrain_epochs: int = 0
     n_boot: int | None = None
+    init_weights: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Numbers and names, plus ``description`` (prose for people, never parsed)."""
@@ -490,6 +513,8 @@ class Protocol:
             if self.pretrain_phantoms
             else ""
         )
+        if self.init_weights:
+            pre = f"; started from the weights file {self.init_weights} (no phantom pre-training)"
         groups = (
             f"every near-duplicate group (16x16 thumbnail correlation > "
             f"{self.duplicate_threshold}) on one side; exact duplicate files stored once"

@@ -404,6 +404,7 @@ _TRAIN_OPTIONS = (
     ("model.mirror", "--mirror"),
     ("pretrain.phantoms", "--pretrain"),
     ("pretrain.epochs", "--pretrain-epochs"),
+    ("fit.init_weights", "--init-weights"),
     ("fit.implant", "--implant"),
     ("optimizer.learning_rate", "--learning-rate"),
     ("split.val_fraction", "--val-fraction"),
@@ -643,6 +644,12 @@ def evaluate(
             f"  removed {dup['count']} near-duplicates of training slices "
             f"(thumbnail correlation > {dup['threshold']}): {dup['per_class']}"
         )
+    copies = result["exact_duplicates"]
+    if copies["count"]:
+        click.echo(
+            f"  {copies['count']} exact-duplicate file(s) (same bytes as another file) scored "
+            f"once and not counted in n: {copies['per_class']} (exact_duplicates.csv)"
+        )
     _print_metrics("Evaluation", result)
     if result["unreadable"]:
         click.echo(
@@ -768,7 +775,11 @@ def predict(
     """Predict image files, DICOM series / files and NIfTI volumes, or folders of them.
 
     Columns: path, label, p_<class> for each class, probability (two classes: the positive
-    class's) or tumor_probability (more classes, 1 - P(healthy)), error; DICOM/NIfTI add level,
+    class's) or tumor_probability and is_tumor (more classes with a healthy one), error.
+    label: two classes, the positive class when probability >= the threshold; more, the most
+    probable class. tumor_probability = 1 - P(healthy) is a score; is_tumor (yes/no) is the
+    label's tumor vs no tumor call, the one `evaluate` scores: with no majority class, label
+    notumor (is_tumor no) can come with tumor_probability above 0.5. DICOM/NIfTI add level,
     unit, slices, aggregate. JPEG/PNG: one row each. DICOM/NIfTI: one row per slice (level
     slice) and one per series or volume (level series/volume) whose probabilities are the mean
     of the top-3 slice probabilities (the `aggregate` column says so). Bad files get their
@@ -848,8 +859,9 @@ def export_onnx(model_path: Path) -> None:
     "--slices",
     "slice_list",
     default=None,
-    help="DICOM/NIfTI: comma-separated slice indices (0-based, in series/volume order) to "
-    "explain [default: the --top-k most likely to show a tumor].",
+    help="DICOM/NIfTI: comma-separated slices to explain: a NIfTI volume's own slice indices "
+    "(as in its source name nifti/<id>#<index>), a DICOM series' places in slice order "
+    "(0-based) [default: the --top-k most likely to show a tumor].",
 )
 @click.option("--top-k", type=int, default=3, show_default=True, help="DICOM/NIfTI slices.")
 @click.option(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -340,7 +341,10 @@ class FitConfig:
     ``implant`` > 0 adds that many copies of every healthy training slice with synthetic
     lesions drawn in (``mriscan.synth.implant_lesions``) as tumor examples (validation and test
     data stay real); ``tta`` averages each prediction with that of the mirrored slice (stored
-    with the model).
+    with the model). ``init_weights`` names a weights file (``.weights.h5``, ``.keras`` or
+    Keras 2 ``.h5``) to start from instead of the phantom pre-training: layers are loaded by
+    name where their shapes match (``mriscan.weights.load_matching_weights``); its content
+    enters the run's identity (resume) and the model card.
     """
 
     epochs: int = _opt(45, "Training epochs (45 was as good as 60 on two seeds).")
@@ -357,9 +361,23 @@ class FitConfig:
         "lesions drawn in, as tumor examples (0: off; validation and test slices stay real).",
     )
     tta: bool = True
+    init_weights: str | None = _opt(
+        None,
+        "Start from this weights file (.weights.h5, .keras, or Keras 2 .h5) instead of the "
+        "phantom pre-training: layers are loaded by name where their shapes match; an output "
+        "layer for another number of classes is skipped.",
+    )
 
     def __post_init__(self) -> None:
         _positive_int(self, "epochs")
+        w = self.init_weights
+        if isinstance(w, os.PathLike):
+            w = os.fspath(w)
+            object.__setattr__(self, "init_weights", w)
+        if w is not None and (not isinstance(w, str) or not w.strip()):
+            raise ConfigError(
+                f"init_weights must be the path of a weights file or None. Received: {w!r}."
+            )
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ConfigError(f"patience must be >= 1 or None. Received: {self.patience!r}.")
         _choice(self, "select", SELECT_MODES)

@@ -11,6 +11,7 @@ __all__ = [
     "EmptyDatasetError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "InitWeightsError",
     "ManifestError",
     "MissingCodecError",
     "MixedSeriesError",
@@ -102,6 +103,10 @@ class StoreCorruptError(StoreError, ValueError):
 
 class TrainingDivergedError(MriscanError, ArithmeticError):
     """Training produced non-finite losses or predictions; no model was published."""
+
+
+class InitWeightsError(MriscanError, ValueError):
+    """A starting-weights file (``--init-weights``) is missing, damaged, or fits no layer."""
 
 
 class ResumeError(MriscanError):

@@ -185,6 +185,7 @@ def evaluate(
             cmp = compare_classes(store.class_names, card.class_names, card.healthy, class_map)
             y_all = cmp.label_map[store.labels[idx].astype(np.int64)]
             idx, y = idx[y_all >= 0], y_all[y_all >= 0]
+            copies = _exact_copies(store, idx)
             removed = (
                 _dedupe(model_path, card, store, idx)
                 if (remove_duplicates and not same_store)
@@ -217,7 +218,7 @@ def evaluate(
     )
     unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
-        n_files=int(y.size) + len(dropped) + len(unreadable),
+        n_files=int(y.size) + len(dropped) + len(unreadable) + len(copies),
         n_unreadable=len(unreadable),
         unreadable=unreadable,
         undefined=undefined,
@@ -231,10 +232,33 @@ def evaluate(
             "count": len(dropped),
             "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
         },
+        exact_duplicates={
+            "count": len(copies),
+            "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in data_names},
+            "rule": "a file with the same bytes as another is scored once, as that file "
+            "(listed in exact_duplicates.csv); not counted in n",
+        },
     )
     result["model_class_names"] = list(card.class_names)
     _write(ev, result, cmp, y, prob, sources, dropped, unreadable, result.pop("_decisions"))
+    with open(ev.root / "exact_duplicates.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "same_bytes_as", "class"])
+        w.writerows(copies)
     return result
+
+
+def _exact_copies(store: ImageStore, idx: np.ndarray) -> list[tuple[str, str, str]]:
+    """``(file, the stored file it copies, class)`` for every file the store holds once because
+    its bytes equal those of a sample in ``idx`` (the ingest's exact-duplicate list)."""
+    recs = store.index.records
+    wanted = {int(i) for i in idx}
+    out = []
+    for d in store.index.duplicates:
+        pos = int(d["duplicate_of"])
+        if pos in wanted and d["source"] != recs[pos].source:
+            out.append((d["source"], recs[pos].source, store.class_names[store.labels[pos]]))
+    return out
 
 
 def _recorded_split(run: RunLayout | None, card: Any, model_path: Path) -> dict | None:

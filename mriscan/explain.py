@@ -226,11 +226,15 @@ def explain(
 
     Image PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` is
     ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest reads them
-    (``mriscan.scan_predict.read_inputs``); the slices of a series / volume are ordered (slice
-    position, slice index) and numbered from 0. ``slices`` picks those indices of every series
-    / volume; otherwise the ``top_k`` slices most likely to show a tumor (or the explained
+    (``mriscan.scan_predict.read_inputs``). A slice's number is, for a NIfTI volume, its index
+    along the slicing axis of the volume (``mriscan.nifti.NiftiSliceMeta.slice_index``, the
+    same number as in its source ``nifti/<hash>#<index>``; only the slices ingest keeps, e.g.
+    those showing enough brain, can be explained), and for a DICOM series its place in the
+    series ordered by slice position, from 0. ``slices`` picks those numbers of every series /
+    volume; otherwise the ``top_k`` slices most likely to show a tumor (or the explained
     class) are explained. Their rows and PNGs are named by pseudonym
-    (``series-<hash>_slice<k>``), never by the file or folder name.
+    (``series-<hash>_slice<k>``, ``volume-<hash>_slice<index>``), never by the file or folder
+    name.
 
     Raises
     ------
@@ -309,21 +313,53 @@ def explain(
             units.setdefault(s.unit, []).append(s)
     for unit, members in units.items():
         members.sort(key=lambda s: s.order)
+        numbers = _slice_numbers(unit, members)
         if slices is not None:
-            chosen = [k for k in slices if k < len(members)]
-            for k in (k for k in slices if k >= len(members)):
-                results.append(
-                    {"path": unit, "error": f"no slice {k}: it has {len(members)} (0..)"}
-                )
+            where = {n: k for k, n in enumerate(numbers)}
+            chosen = [where[n] for n in slices if n in where]
+            for n in (n for n in slices if n not in where):
+                results.append({"path": unit, "error": _no_such_slice(unit, n, numbers)})
         else:
             probs = predict_arrays(model, card, [s.image for s in members])
             score = _slice_score(card, probs, explain_class)
             chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
         for k in chosen:
             img = preprocess(members[k].image, cfg)
-            stem = f"{unit.replace(':', '-')}_slice{k}"
-            results.append(overlay(img, f"{members[k].source} (slice {k})", f"{stem}_gradcam.png"))
+            n = numbers[k]
+            stem = f"{unit.replace(':', '-')}_slice{n}"
+            results.append(overlay(img, f"{members[k].source} (slice {n})", f"{stem}_gradcam.png"))
     return results
+
+
+def _slice_numbers(unit: str, members: Sequence[Any]) -> list[int]:
+    """The number each slice of a unit (sorted by ``order``) is shown and chosen by: a NIfTI
+    volume's own slice index (``InputSlice.order`` holds it for volumes), a DICOM series'
+    place in slice-position order (0, 1, ...)."""
+    if unit.startswith("volume:"):
+        return [int(s.order) for s in members]
+    return list(range(len(members)))
+
+
+def _no_such_slice(unit: str, n: int, numbers: list[int]) -> str:
+    """Why slice ``n`` of a unit cannot be explained."""
+    if unit.startswith("volume:"):
+        kept = _ranges(numbers)
+        return (
+            f"no slice {n} among the volume's slices that are read (indices {kept}; slices "
+            "with too little brain are left out, as ingest leaves them out)"
+        )
+    return f"no slice {n}: it has {len(numbers)} (0..{len(numbers) - 1})"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9' (sorted input)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}-{b}" if b != a else f"{a}" for a, b in runs) or "none"
 
 
 def _slice_score(card: Any, probs: np.ndarray, explain_class: str | None) -> np.ndarray:

@@ -24,6 +24,7 @@ __all__ = [
     "predict_batch",
     "predict_store",
     "prediction_row",
+    "tumor_call",
 ]
 
 
@@ -111,14 +112,31 @@ def check_threshold(card: Any, threshold: float | None) -> float | None:
 
 def columns_for(card: Any) -> tuple[str, ...]:
     """Output columns of a model: ``path, label, p_<class>... [, probability |
-    tumor_probability], error, warning``. Two classes: ``probability`` is that of the positive
-    class (``class_names[1]``); K classes with a healthy class: ``tumor_probability`` =
-    1 − P(healthy)."""
+    tumor_probability, is_tumor], error, warning``.
+
+    ``label`` is the model card's decision (``ModelCard.decide``): two classes, the positive
+    class (``class_names[1]``) when ``probability`` (its probability) >= the threshold; K
+    classes, the most probable class. K classes with a healthy class add
+    ``tumor_probability`` = 1 − P(healthy), a score (for ranking and ROC curves), and
+    ``is_tumor`` = ``yes`` when ``label`` is not the healthy class, else ``no``: the tumor vs
+    no tumor call of the label (the one ``mriscan evaluate`` scores for such a model). The
+    two can seem to disagree when no class has a majority: P = notumor 0.40, glioma 0.30,
+    meningioma 0.30 gives label notumor and is_tumor no, with tumor_probability 0.60. (The
+    other way round cannot happen: a tumor label means P(healthy) <= 0.5.)
+    """
     probs = tuple(f"p_{name}" for name in card.class_names)
-    extra = ("probability",) if len(card.class_names) == 2 else ()
+    extra: tuple[str, ...] = ("probability",) if len(card.class_names) == 2 else ()
     if len(card.class_names) > 2 and card.healthy is not None:
-        extra = ("tumor_probability",)
+        extra = ("tumor_probability", "is_tumor")
     return ("path", "label", *probs, *extra, "error", "warning")
+
+
+def tumor_call(card: Any, label: str) -> str:
+    """``is_tumor`` of a row of a K-class model with a healthy class: ``"yes"`` when ``label``
+    is a tumor class, ``"no"`` for the healthy class, ``""`` for no label (an unreadable file)."""
+    if not label:
+        return ""
+    return "no" if label == card.healthy else "yes"
 
 
 def prediction_row(
@@ -135,6 +153,8 @@ def prediction_row(
         row["tumor_probability"] = None if p is None else float(1.0 - p[names.index(card.healthy)])
     if p is not None:
         row["label"] = card.decide(p, thr)
+    if len(names) > 2 and card.healthy is not None:
+        row["is_tumor"] = tumor_call(card, row["label"])
     row["error"] = error
     row["warning"] = ""  # e.g. a uniform or 1×N image: predicted, but nothing to see
     return row

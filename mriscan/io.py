@@ -163,8 +163,10 @@ def _decode_pillow(
         if w * h > max_pixels:
             raise ImageTooLargeError(
                 path,
-                f"{w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,}; "
-                "downscale it or raise max_pixels",
+                f"{w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,} (a guard "
+                "against decompression bombs); downscale the image. The cap has no "
+                "command-line option; from Python, pass a larger max_pixels to "
+                "mriscan.decode_image or mriscan.ingest.IngestConfig",
             )
         stage[0] = "data"
         if draft_size is not None and img.format == "JPEG":
@@ -301,7 +303,8 @@ def list_class_folders(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise EmptyDatasetError(
-            f"Class folder(s) {empty} under {root} hold no .jpg/.jpeg/.png files."
+            f"Class folder(s) {empty} under {root} hold no .jpg/.jpeg/.png files. "
+            + _EMPTY_FIX.format(root=root)
         )
     return classes
 
@@ -588,9 +591,18 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
         raise EmptyDatasetError(
             f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files"
             + _unused_hint(unused, [root / n for n in empty])
-            + "."
+            + ". "
+            + _EMPTY_FIX.format(root=root)
         )
     return ClassListing(classes, tuple(unreadable), tuple(sorted(unused, key=lambda u: u.path)))
+
+
+# why an empty class folder is refused rather than skipped, and the way out
+_EMPTY_FIX = (
+    "Every sub-folder of {root} is a class, and a class without slices cannot be learnt or "
+    "scored (nor silently dropped: the model's classes would no longer be the folders). Put "
+    "that class's images in it, or move the folder out of {root}."
+)
 
 
 def _unused_hint(unused: Sequence[UnusedFile], folders: Sequence[Path]) -> str:

@@ -78,3 +78,27 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
         np.mean([r["label"] == r["predicted"] for r in rows])
     )
     assert {r["label"] for r in rows} == {"no", "yes"}
+
+
+@pytest.mark.backend
+def test_a_rerun_with_fewer_folds_leaves_only_its_own_results(tmp_path):
+    """What an earlier CV into the same --out left and this one does not write (more folds or
+    repeats, a two-class ROC plot) is removed, so summaries and plots cannot pick it up."""
+    from mriscan.artifacts import RunLayout
+    from tests.conftest import build_class_store
+
+    store = build_class_store(tmp_path / "three.zarr", ["no", "glioma", "pit"], n_per_class=8)
+    cv = RunLayout(tmp_path / "out").cv
+    for name in ("r0_f2", "r0_f4", "r1_f0", "r0_f0"):  # an earlier 5-fold × 2 run
+        (cv.root / name / "models").mkdir(parents=True)
+        (cv.root / name / "models" / "best_model.keras").write_bytes(b"old")
+    cv.roc_plot.write_bytes(b"old two-class ROC")
+    (cv.root / "notes").mkdir()  # not a fold folder: the user's, left alone
+    cfg = CVConfig(folds=2, n_boot=20, train=fast_config(**{"fit.epochs": 1}))
+    s = cross_validate(store, cfg, out=tmp_path / "out")
+    assert s["fold_dirs"] == ["r0_f0", "r0_f1"]
+    assert [p.name for p in cv.fold_dirs()] == ["r0_f0", "r0_f1"]
+    assert (cv.root / "r0_f0" / "models" / "best_model.keras").read_bytes() != b"old"
+    assert not cv.roc_plot.exists() and cv.confusion_plot.is_file()
+    assert (cv.root / "notes").is_dir()
+    assert json.loads(cv.metrics.read_text())["fold_dirs"] == ["r0_f0", "r0_f1"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +118,32 @@ def test_unreadable_files_are_named_and_counted(loose_model, class_folder, tmp_p
     assert r.exit_code == 0, r.output
     assert "3 of 12 file(s) could not be read" in r.output
     assert all(str(p) in r.output for p in bad)
+
+
+@pytest.mark.backend
+def test_exact_duplicate_files_are_counted_and_listed(loose_model, class_folder, tmp_path):
+    """Files with the same bytes are stored, and so scored, once: the count is reported (CLI,
+    metrics.json, exact_duplicates.csv) instead of vanishing from n_files."""
+    import shutil
+
+    first = sorted((class_folder / "yes").iterdir())[0]
+    shutil.copy(first, class_folder / "yes" / f"copy_a{first.suffix}")
+    shutil.copy(first, class_folder / "yes" / f"copy_b{first.suffix}")
+    ev = evaluate(loose_model, class_folder, out=tmp_path / "ev")
+    assert ev["n"] == 12 and ev["n_files"] == 14
+    assert ev["exact_duplicates"]["count"] == 2
+    assert ev["exact_duplicates"]["per_class"] == {"no": 0, "yes": 2}
+    with open(tmp_path / "ev" / "evaluation" / "exact_duplicates.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    names = {first.name, f"copy_a{first.suffix}", f"copy_b{first.suffix}"}
+    assert len(rows) == 2 and {r["class"] for r in rows} == {"yes"}
+    assert {Path(r["source"]).name for r in rows} | {Path(rows[0]["same_bytes_as"]).name} == names
+    r = CliRunner().invoke(
+        main,
+        ["evaluate", str(class_folder), "--model", str(loose_model), "--out", str(tmp_path / "c")],
+    )
+    assert r.exit_code == 0, r.output
+    assert "2 exact-duplicate file(s) (same bytes as another file) scored once" in r.output
 
 
 @pytest.mark.backend

@@ -212,3 +212,27 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
 
     with pytest.raises(MriscanError, match="must have the columns"):
         read_boxes(tmp_path / "bad.csv")
+
+
+def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_path):
+    """Blank slices 0-2 are not read (too little brain): slice 3 of the volume is called slice
+    3 (not 0) in the row, the PNG name and --slices, as in its source nifti/<id>#3."""
+    from mriscan.explain import explain
+    from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_nifti
+
+    stack = phantom_volume(2, n_slices=6, canvas=32)
+    padded = np.concatenate([np.zeros_like(stack[:3]), stack])  # volume slices 3..8 hold brain
+    vol = write_nifti(tmp_path / "Roe_Richard.nii.gz", stack_to_ras(padded))
+    res = explain(model_file, [vol], out=tmp_path / "x", slices=[3, 8, 1])
+    made = [r for r in res if not r["error"]]
+    assert [r["path"].split("#")[1] for r in made] == ["3 (slice 3)", "8 (slice 8)"]
+    assert sorted(p.name.split("_slice")[1] for p in (tmp_path / "x").iterdir()) == [
+        "3_gradcam.png",
+        "8_gradcam.png",
+    ]
+    (missing,) = [r for r in res if r["error"]]
+    assert "no slice 1 among the volume's slices that are read (indices 3-8" in missing["error"]
+    top = explain(model_file, [vol], out=tmp_path / "y", top_k=2)
+    for r in top:  # the number shown is the source's index
+        index = r["path"].split("#")[1].split(" ")[0]
+        assert r["path"].endswith(f"(slice {index})") and 3 <= int(index) <= 8

@@ -108,6 +108,28 @@ def test_pixel_cap(tmp_path):
         decode_image(p, max_pixels=1000)
 
 
+def test_the_pixel_cap_hint_names_only_ways_that_exist(tmp_path):
+    """The hint once said "raise max_pixels" as if it were an option: no command has one."""
+    import re
+
+    from click.testing import CliRunner
+
+    import mriscan
+    from mriscan.cli import main
+    from mriscan.ingest import IngestConfig
+
+    p = _save(tmp_path, Image.fromarray(GRAD), "big.png")
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(p, max_pixels=1000)
+    message = str(info.value)
+    assert "downscale the image" in message and "no command-line option" in message
+    assert "mriscan.decode_image" in message and "IngestConfig" in message
+    assert IngestConfig(max_pixels=5).max_pixels == 5  # the named parameters exist
+    assert "max_pixels" in mriscan.decode_image.__code__.co_varnames
+    for flag in re.findall(r"--[a-z-]+", message):  # any option it names is a real one
+        assert flag in CliRunner().invoke(main, ["ingest", "--help"]).output
+
+
 def test_missing_and_directory(tmp_path):
     with pytest.raises(UnreadableFileError, match="cannot open file"):
         decode_image(tmp_path / "nope.png")

@@ -41,6 +41,12 @@ def test_every_command_works_for_k_classes(k, tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 * k and {f"p_{n}" for n in names} <= set(rows[0])
     assert {r["label"] for r in rows} <= set(names)
+    if k > 2:  # the tumor vs no tumor columns follow the row: 1 - P(healthy), and the label
+        for row in rows:
+            assert float(row["tumor_probability"]) == pytest.approx(
+                1 - float(row["p_notumor"]), abs=2e-6
+            )
+            assert row["is_tumor"] == ("no" if row["label"] == "notumor" else "yes")
     r = run.invoke(main, ["evaluate", str(data), "--model", str(model), "--out",
                           str(tmp_path / "ev"), "--keep-duplicates"])  # fmt: skip
     assert r.exit_code in (0, 1), r.output  # 1 only when a metric is undefined on these data
@@ -75,3 +81,26 @@ def test_four_class_cv_and_a_yes_no_map(tmp_path):
     assert r.exit_code == 0, r.output
     card = json.loads((tmp_path / "yn" / "models" / "best_model.json").read_text())
     assert card["class_names"] == ["no", "yes"]
+
+
+def test_an_empty_extra_class_folder_is_refused_with_the_way_out(tmp_path):
+    """An empty class folder stops ingest with one line naming it and the fix (no traceback);
+    a class whose files were all unreadable is stored without slices, and train and cv then
+    refuse it before any training instead of fitting a K-class model that never saw it."""
+    data = write_class_folders(tmp_path / "data", ("no", "yes"), n_per_class=6)
+    (data / "glioma").mkdir()
+    store = tmp_path / "s.zarr"
+    run = CliRunner()
+    r = run.invoke(main, ["ingest", str(data), "--store", str(store), "--image-size", "32"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)  # one line, no traceback
+    assert f"Class folder(s) ['glioma'] under {data} hold no JPEG/PNG" in r.output
+    assert "move the folder out of" in r.output and "Traceback" not in r.output
+    assert not store.exists()
+    (data / "glioma" / "cut.png").write_bytes((data / "yes" / "0.png").read_bytes()[:60])
+    r = run.invoke(main, ["ingest", str(data), "--store", str(store), "--image-size", "32"])
+    assert r.exit_code == 0 and "glioma/cut.png" in r.output, r.output
+    for cmd in (["train"], ["cv", "--folds", "2"]):
+        r = run.invoke(main, [*cmd, str(store), "--out", str(tmp_path / "o"), *FAST])
+        assert r.exit_code == 1, r.output
+        assert "Class(es) ['glioma'] have no usable slice" in r.output
+        assert "--class-map" in r.output and not (tmp_path / "o" / "models").exists()

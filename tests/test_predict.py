@@ -313,6 +313,38 @@ def test_series_rows_pool_every_class_into_a_distribution():
     assert row["tumor_probability"] == pytest.approx((0.9 + 0.8 + 0.8) / 3)
 
 
+def test_a_k_class_row_says_which_tumor_call_its_label_makes():
+    """label = the most probable class; tumor_probability = 1 - P(healthy), a score;
+    is_tumor = the label's tumor vs no tumor call. Without a majority they may seem to
+    disagree (label notumor, tumor_probability > 0.5); is_tumor then follows the label."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from mriscan.aggregate import aggregate_rows
+    from mriscan.artifacts import ModelCard
+    from mriscan.inference import columns_for, prediction_row
+
+    card = ModelCard(
+        PreprocessConfig(size=32), ("glioma", "notumor", "pit"), None, healthy="notumor"
+    )
+    cols = columns_for(card)
+    assert cols.index("is_tumor") == cols.index("tumor_probability") + 1
+    no_majority = prediction_row(Path("a.png"), np.array([0.3, 0.4, 0.3]), card, None, "")
+    assert no_majority["label"] == "notumor" and no_majority["is_tumor"] == "no"
+    assert no_majority["tumor_probability"] == pytest.approx(0.6)
+    tumor = prediction_row(Path("b.png"), np.array([0.5, 0.2, 0.3]), card, None, "")
+    assert (tumor["label"], tumor["is_tumor"]) == ("glioma", "yes")
+    bad = prediction_row(Path("c.png"), None, card, None, "unreadable")
+    assert bad["is_tumor"] == "" and bad["tumor_probability"] is None
+    assert list(tumor) == [c for c in cols if c in tumor]  # the columns' order
+    units = [{**r, "unit": "volume:1"} for r in (no_majority, tumor, no_majority)]
+    (unit,) = aggregate_rows(units, card=card, threshold=None, k=3)
+    assert unit["is_tumor"] == ("no" if unit["label"] == "notumor" else "yes")
+    binary = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5)
+    assert "is_tumor" not in columns_for(binary)
+
+
 # --- issue 20: prediction as a pipeline ------------------------------------------------------
 
 

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
+from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits
 from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
-from mriscan.training.fit import card_for, fit_and_calibrate, score
-from mriscan.training.pretrain import pretrain_on_phantoms
-from mriscan.training.workflow import setup_for
+from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
+from mriscan.training.pretrain import starting_weights
+from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
 
 __all__ = ["HEADLINE", "HEADLINE_MULTI", "cross_validate", "headline", "summarize_folds"]
 
@@ -185,6 +185,29 @@ def _rows(store, task, rep, k, test_idx, y, prob, pred, thr) -> list[dict[str, A
     return rows
 
 
+def _remove_stale(cv: CVLayout, fold_dirs: list[str], *, roc: bool) -> None:
+    """Delete what an earlier CV into the same folder left and this one does not write: fold
+    folders beyond this run's folds × repeats, and ``roc.png`` when this task has no ROC curve
+    (K classes). Done once every fold has finished, just before ``metrics.json`` is written, so
+    the folder then holds exactly one run's results (and a run that stops earlier removes
+    nothing)."""
+    keep = set(fold_dirs)
+    stale = [p for p in cv.fold_dirs() if p.name not in keep]
+    if not roc and cv.roc_plot.is_file():
+        stale.append(cv.roc_plot)
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if stale:
+        log.info(
+            "removed what an earlier cross-validation in %s left: %s",
+            cv.root,
+            ", ".join(p.name for p in stale),
+        )
+
+
 def cross_validate(
     data: str | os.PathLike[str] | ImageStore,
     config: CVConfig | None = None,
@@ -196,7 +219,10 @@ def cross_validate(
 
     Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
     with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``),
-    ``oof_predictions.csv``, ``roc.png``, ``confusion_matrix.png``, one run folder per fold.
+    ``oof_predictions.csv``, ``roc.png`` (two classes), ``confusion_matrix.png``, one run
+    folder per fold (``r<repeat>_f<fold>``, listed in ``fold_dirs``). Fold folders and a
+    ``roc.png`` that an earlier CV into the same ``out`` left and this one does not write are
+    deleted once every fold has finished, so the results never mix two runs.
     """
     from mriscan import plots
 
@@ -216,9 +242,11 @@ def cross_validate(
     all_labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
+    check_every_class_has_slices(labels, task)
     hw = setup_for(tcfg)
-    # phantoms hold no real slice: one pre-training serves every fold
-    init = pretrain_on_phantoms(tcfg, hw, store.config) if tcfg.pretrain.phantoms else None
+    # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
+    init = starting_weights(tcfg, hw, store.config)
+    start = None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -239,7 +267,10 @@ def cross_validate(
         split = {"train": train_idx, "val": val_idx, "test": test_idx}
         fold_layout = cv.fold(rep, k)
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
-        publish_model(run.model.save, card_for(store, fold_cfg, run.threshold), fold_layout.model)
+        start = run.start
+        publish_model(
+            run.model.save, card_for(store, fold_cfg, run.threshold, start), fold_layout.model
+        )
         if fold_layout.live_history.is_file():
             os.replace(fold_layout.live_history, fold_layout.history)
         for leftover in (fold_layout.backup, fold_layout.checkpoint.parent):
@@ -283,15 +314,17 @@ def cross_validate(
         samples=len(kept),
         duplicate_groups=len(np.unique(groups)),
         select=tcfg.fit.select,
-        pretrain_phantoms=tcfg.pretrain.phantoms,
-        pretrain_epochs=tcfg.pretrain.epochs if tcfg.pretrain.phantoms else 0,
         n_boot=cfg.n_boot,
+        **pretrain_protocol(tcfg),
     )
     summary["protocol"] = protocol.to_dict()
     summary["cv_config"] = cfg.to_dict()
+    summary["init_weights"] = start_record(tcfg, start)  # the same file for every fold
     summary["hardware"] = hw.describe()
     summary["seconds"] = time.perf_counter() - t0
     summary["per_fold"] = per_fold
+    summary["fold_dirs"] = [cv.fold(f["repeat"], f["fold"]).root.name for f in per_fold]
+    _remove_stale(cv, summary["fold_dirs"], roc=task.binary)
     write_json(cv.metrics, summary)
     with open(cv.predictions, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

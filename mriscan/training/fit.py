@@ -16,13 +16,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import ModelCard, RunLayout, write_json
+from mriscan.artifacts import ModelCard, RunLayout, file_sha256, write_json
 from mriscan.config import TrainConfig
 from mriscan.errors import ConfigError, ResumeError, TrainingDivergedError
 from mriscan.hardware import Hardware
@@ -34,14 +34,17 @@ from mriscan.synth import implant_lesions
 from mriscan.tasks import Task, resolve_task
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
+from mriscan.weights import WeightsReport, load_matching_weights
 
 __all__ = [
     "Calibrated",
+    "Fitted",
     "card_for",
     "fit_and_calibrate",
     "fit_model",
     "run_fingerprint",
     "score",
+    "start_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,12 +95,14 @@ def run_fingerprint(
     init_weights: Path | None,
 ) -> str:
     """Identity of a run: its full config, its data (store, samples and their checksums) and
-    its starting weights. A backup may only be resumed by a run with the same fingerprint."""
+    its starting weights (the SHA-256 of the file's bytes: a weights file replaced under the
+    same name is another run). A backup may only be resumed by a run with the same
+    fingerprint; 32 hex digits."""
     recs = store.index.records
     h = hashlib.sha256()
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(str(store.location).encode())
-    h.update(str(init_weights.name if init_weights is not None else "").encode())
+    h.update((file_sha256(init_weights) if init_weights is not None else "").encode())
     for part in (train_idx, val_idx):
         h.update(np.asarray(part, np.int64).tobytes())
         h.update("".join(recs[int(i)].pixel_sha256 for i in part).encode())
@@ -148,6 +153,15 @@ def _h5_readable(path: Path) -> bool:
     return True
 
 
+class Fitted(NamedTuple):
+    """What ``fit_model`` returns: the kept model, its history (metric → list over epochs) and
+    what was loaded from the starting weights (None when it started from random weights)."""
+
+    model: Any
+    history: dict[str, list[float]]
+    start: WeightsReport | None
+
+
 def fit_model(
     store: ImageStore,
     train_idx: np.ndarray,
@@ -159,19 +173,23 @@ def fit_model(
     callbacks: list | None = None,
     checkpoint: bool = True,
     init_weights: Path | None = None,
-) -> tuple[keras.Model, dict[str, list[float]]]:
+) -> Fitted:
     """Build, compile and fit one model (from ``init_weights`` if given).
 
+    ``init_weights``: a weights file whose layers are loaded by name where their shapes match
+    (``mriscan.weights.load_matching_weights``: the phantom pre-training's, or a user's file).
     Returns the kept model (``cfg.fit.select``: the last epoch, or the best validation AUC
-    from ``layout.checkpoint`` when ``checkpoint``) and its history (metric → list over
-    epochs). Nothing is published to ``layout.model``: the caller does that once the model is
-    calibrated (``mriscan.artifacts.publish_model``). A run killed mid-way resumes from
-    ``layout.backup`` only when rerun with the same data, config and starting weights.
+    from ``layout.checkpoint`` when ``checkpoint``), its history and the load report. Nothing
+    is published to ``layout.model``: the caller does that once the model is calibrated
+    (``mriscan.artifacts.publish_model``). A run killed mid-way resumes from ``layout.backup``
+    only when rerun with the same data, config and starting weights.
 
     Raises
     ------
     ResumeError
         If ``layout.backup`` holds another run's state or a damaged one.
+    InitWeightsError
+        If ``init_weights`` is missing, damaged, or matches no layer (or conflicts in shape).
     TrainingDivergedError
         If the training loss became NaN or infinite.
     """
@@ -201,7 +219,7 @@ def _fit(
     callbacks: list | None,
     checkpoint: bool,
     init_weights: Path | None,
-) -> tuple[keras.Model, dict[str, list[float]]]:
+) -> Fitted:
     """``fit_model`` once the training data are settled (training and validation stores)."""
     task = resolve_task(store.class_names, cfg.task)
     k = task.num_classes
@@ -256,8 +274,7 @@ def _fit(
     log.info("training on %s", hw.describe(kind))
     with hw.scope():
         model = build_model(store.image_size, cfg.model, num_classes=k, seed=cfg.seed)
-        if init_weights is not None:
-            _load_initial_weights(model, init_weights, store.image_size, cfg)
+        start = load_matching_weights(model, init_weights) if init_weights is not None else None
         compile_model(model, cfg.optimizer, hw, steps, epochs, num_classes=k)
     # the run's own files are made only now that the model builds: a run refused for its
     # settings leaves nothing that could block the next one
@@ -316,21 +333,7 @@ def _fit(
         )
     if best and best_path.is_file():
         model = keras.saving.load_model(best_path, safe_mode=True)
-    return model, history
-
-
-def _load_initial_weights(model: keras.Model, path: Path, size: int, cfg: TrainConfig) -> None:
-    """Start from ``path`` (weights of a two-class model of the same architecture, e.g. the
-    phantom pre-training). A K-class model takes every layer but the output layer from it."""
-    if model.output_shape[-1] == 1:
-        model.load_weights(path)
-        return
-    source = build_model(size, cfg.model, num_classes=2, seed=cfg.seed)
-    source.load_weights(path)
-    head = model.layers[-1].name
-    for layer in model.layers:
-        if layer.name != head and layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+    return Fitted(model, history, start)
 
 
 @dataclass
@@ -341,7 +344,8 @@ class Calibrated:
     the split's indices (``test_prob`` has no rows when there is no test part); ``test`` holds
     the metrics of the test part (``binary_metrics`` at ``threshold`` for two classes,
     ``multiclass_metrics`` otherwise; None without a test part). ``threshold`` is None for
-    K > 2 (the most probable class is predicted).
+    K > 2 (the most probable class is predicted). ``start``: what was loaded from the
+    starting weights (None: random initial weights).
     """
 
     model: Any
@@ -352,6 +356,7 @@ class Calibrated:
     validation: dict[str, Any]
     test: dict[str, Any] | None
     task: Task
+    start: WeightsReport | None = None
 
 
 def score(task: Task, y: np.ndarray, prob: np.ndarray, threshold: float | None) -> dict[str, Any]:
@@ -380,7 +385,7 @@ def fit_and_calibrate(
     mriscan.errors.ConfigError
         If a part of the split is empty where it is needed (from the pipeline).
     """
-    model, history = fit_model(
+    model, history, start = fit_model(
         store,
         split["train"],
         split["val"],
@@ -407,11 +412,25 @@ def fit_and_calibrate(
     if len(test_idx):
         test_prob = predict_store(model, store, test_idx, tta=cfg.fit.tta)
         test = score(task, labels[test_idx], test_prob, threshold)
-    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test, task)
+    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test, task, start)
 
 
-def card_for(store: ImageStore, cfg: TrainConfig, threshold: float | None) -> ModelCard:
-    """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)."""
+def start_record(cfg: TrainConfig, start: WeightsReport | None) -> dict[str, Any] | None:
+    """What a run started from, for the model card and metrics: None (random weights), or the
+    load report with ``source`` = ``"file"`` (``cfg.fit.init_weights``) or ``"phantoms"``."""
+    if start is None:
+        return None
+    return {"source": "file" if cfg.fit.init_weights else "phantoms", **start.to_dict()}
+
+
+def card_for(
+    store: ImageStore,
+    cfg: TrainConfig,
+    threshold: float | None,
+    start: WeightsReport | None = None,
+) -> ModelCard:
+    """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)
+    that started from the weights ``start`` reports (None: random initial weights)."""
     task = resolve_task(store.class_names, cfg.task)
     return ModelCard(
         preprocess=store.config,
@@ -423,4 +442,5 @@ def card_for(store: ImageStore, cfg: TrainConfig, threshold: float | None) -> Mo
         image_size=store.image_size,
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),
+        init_weights=start_record(cfg, start),
     )

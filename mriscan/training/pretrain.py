@@ -27,8 +27,15 @@ from mriscan.preprocess import PreprocessConfig
 from mriscan.store import ImageStore
 from mriscan.synth import SynthConfig, synthesize
 from mriscan.training.fit import fit_model
+from mriscan.weights import read_layer_weights
 
-__all__ = ["PRETRAIN_VERSION", "pretrain_cache_dir", "pretrain_key", "pretrain_on_phantoms"]
+__all__ = [
+    "PRETRAIN_VERSION",
+    "pretrain_cache_dir",
+    "pretrain_key",
+    "pretrain_on_phantoms",
+    "starting_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,7 @@ def pretrain_on_phantoms(
         with ImageStore.open(store_path) as store:
             order = np.random.default_rng(cfg.seed).permutation(len(store))
             n_val = max(2, len(store) // 20)  # only to show that the phantoms are being learnt
-            model, history = fit_model(
+            model, history, _ = fit_model(
                 store,
                 order[n_val:],
                 order[:n_val],
@@ -120,3 +127,23 @@ def pretrain_on_phantoms(
         "phantom pre-training done in %.0f s (phantom val AUC %.3f)", time.perf_counter() - t0, auc
     )
     return path
+
+
+def starting_weights(cfg: TrainConfig, hw: Hardware, preprocess: PreprocessConfig) -> Path | None:
+    """The weights file a run starts from: ``cfg.fit.init_weights`` when given (the phantom
+    pre-training is then skipped, and logged as such), else the phantom pre-training's
+    (``pretrain_on_phantoms``) when ``cfg.pretrain.phantoms`` > 0, else None (random weights).
+
+    Raises
+    ------
+    InitWeightsError
+        If ``cfg.fit.init_weights`` is missing, damaged or holds no layer with weights
+        (checked here, before any training).
+    """
+    if cfg.fit.init_weights:
+        path = Path(cfg.fit.init_weights)
+        read_layer_weights(path)  # a missing or damaged file stops the run before it starts
+        if cfg.pretrain.phantoms:
+            log.info("starting from the weights in %s: phantom pre-training skipped", path)
+        return path
+    return pretrain_on_phantoms(cfg, hw, preprocess) if cfg.pretrain.phantoms else None

@@ -26,10 +26,17 @@ from mriscan.sources import open_or_ingest
 from mriscan.splits import split_indices
 from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
-from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate
-from mriscan.training.pretrain import pretrain_on_phantoms
+from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate, start_record
+from mriscan.training.pretrain import starting_weights
 
-__all__ = ["TrainResult", "setup_for", "train"]
+__all__ = [
+    "TrainResult",
+    "check_every_class_has_slices",
+    "check_split",
+    "pretrain_protocol",
+    "setup_for",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,7 @@ def train(
     log.info("task: %s", task.describe())
     labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
+    check_every_class_has_slices(labels[kept], task)
     inner = split_indices(
         labels[kept],
         store.groups[kept],
@@ -115,13 +123,13 @@ def train(
     check_split(split, labels, task, test=cfg.split.test_fraction > 0)
     layout.root.mkdir(parents=True, exist_ok=True)
     hw = setup_for(cfg)
-    init = pretrain_on_phantoms(cfg, hw, store.config) if cfg.pretrain.phantoms else None
+    init = starting_weights(cfg, hw, store.config)
     run = fit_and_calibrate(store, split, cfg, layout, hw, init_weights=init, callbacks=callbacks)
     # the model, its card, split and metrics are written only now, together: a run that
     # stops earlier leaves the previous run's files as they were
     card = publish_model(
         run.model.save,
-        card_for(store, cfg, run.threshold),
+        card_for(store, cfg, run.threshold, run.start),
         layout.model,
         # what the model (and its threshold) saw: near-duplicates of these are removed when
         # it is evaluated on other data; the test part is not among them
@@ -148,6 +156,29 @@ def train(
         split,
         time.perf_counter() - t0,
     )
+
+
+def check_every_class_has_slices(labels: np.ndarray, task: Task) -> None:
+    """Every class of the task must have at least one usable slice (``labels``: model labels of
+    the usable samples, shape (n,), int). A class folder whose files were all unreadable is
+    stored as a class with no slices; a model cannot learn or be scored on it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the class(es), the counts per class and the way out.
+    """
+    counts = np.bincount(labels, minlength=task.num_classes)
+    missing = [task.class_names[k] for k in np.flatnonzero(counts == 0)]
+    if missing:
+        have = dict(zip(task.class_names, counts.tolist(), strict=True))
+        raise ConfigError(
+            f"Class(es) {missing} have no usable slice (slices per class: {have}): their files "
+            "were all unreadable, or deleted since they were ingested (`mriscan ingest` lists "
+            "the skipped files). A model cannot learn a class it never sees. Fix or add that "
+            "class's files and ingest again, or leave the class out with --class-map (e.g. "
+            "--class-map 'yes=yes;no=no')."
+        )
 
 
 def check_split(
@@ -194,19 +225,30 @@ def _run_metrics(
         duplicate_threshold=DEFAULT_THRESHOLD,
         sizes={k: len(v) for k, v in split.items()},
         select=cfg.fit.select,
-        pretrain_phantoms=cfg.pretrain.phantoms,
-        pretrain_epochs=cfg.pretrain.epochs if cfg.pretrain.phantoms else 0,
+        **pretrain_protocol(cfg),
     )
     out: dict[str, Any] = {
         "protocol": protocol.to_dict(),
         "task": run.task.describe(),
         "train_config": cfg.to_dict(),
+        "init_weights": start_record(cfg, run.start),
         "hardware": hw.describe(resolve_pipeline(cfg.runtime.pipeline)),
         "validation": run.validation,
     }
     if run.test is not None:
         out["test"] = run.test
     return out
+
+
+def pretrain_protocol(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``Protocol`` fields of the starting weights (a user's file replaces the phantoms)."""
+    if cfg.fit.init_weights:
+        return {"pretrain_phantoms": 0, "pretrain_epochs": 0, "init_weights": cfg.fit.init_weights}
+    on = bool(cfg.pretrain.phantoms)
+    return {
+        "pretrain_phantoms": cfg.pretrain.phantoms,
+        "pretrain_epochs": cfg.pretrain.epochs if on else 0,
+    }
 
 
 def _plot_test(plots: Any, layout: RunLayout, store: ImageStore, test_idx, run: Calibrated):
