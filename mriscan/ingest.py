@@ -10,16 +10,18 @@ training, CV, evaluation and duplicate matching (``SampleRecord.active``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mriscan.duplicates import duplicate_groups, new_links, signatures
 from mriscan.errors import BadFilesError, ConfigError
@@ -312,10 +314,26 @@ def ingest(
     except StoreNotFoundError:
         store = ImageStore.create(store_path, config.preprocess.size, config.preprocess)
         created = True
+    series_errors = None  # first try: series sizes are checked on the slices as read
     try:
-        with store:
-            report = _run(store, store_path, source, root, classes, jobs, problems, config,
-                          progress, t0, unused=unused, hidden=hidden)  # fmt: skip
+        # the run parallelises over files; BLAS threads inside its small matrix products
+        # (near-duplicate search) would only contend with the decoding threads for the cores
+        with threadpool_limits(1, user_api="blas"):
+            while True:
+                try:
+                    with store:  # _run fills in its jobs: each attempt gets fresh ones
+                        report = _run(store, store_path, source, root, classes,
+                                      [dataclasses.replace(j) for j in jobs], problems, config,
+                                      progress, t0, unused=unused, hidden=hidden,
+                                      series_errors=series_errors)  # fmt: skip
+                    break
+                except _MixedSeriesRedoError:
+                    # rare: a series mixes slice sizes. Nothing was committed; run again with
+                    # those series refused before any file is read (header-only check)
+                    series_errors = check_series_sizes(
+                        [j.path for j in jobs if j.kind == "dicom"], root
+                    )
+                    store = ImageStore.open(store_path, mode="a")
     except BaseException:
         if created:
             _remove_store(store_path)
@@ -329,6 +347,10 @@ def _remove_store(store_path: str | os.PathLike[str]) -> None:
     if is_url(store_path):
         return
     shutil.rmtree(local_path(store_path), ignore_errors=True)
+
+
+class _MixedSeriesRedoError(Exception):
+    """A series of this run mixes slice sizes: the run is redone with those files refused."""
 
 
 def _run(
@@ -345,7 +367,10 @@ def _run(
     *,
     unused,
     hidden,
+    series_errors: dict[Path, str] | None,
 ):
+    """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
+    raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes."""
     salt = store.salt
     if salt is None:
         salt = new_salt()
@@ -487,7 +512,9 @@ def _run(
     warned: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
     unstored: dict[str, str] = {}  # sha256 -> the file of these bytes that was not stored
-    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"], root)
+    check_sizes = series_errors is None
+    series_errors = series_errors or {}
+    shapes: dict[str, set[tuple[int, int]]] = {}  # DICOM series -> slice sizes seen (checked)
     opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
     pending_keys: list[str] = []
     pending_names: list[str] = []
@@ -501,9 +528,16 @@ def _run(
 
     batches = [to_add[i : i + config.batch_size] for i in range(0, len(to_add), config.batch_size)]
     with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
-        for chunk in batches:
+
+        def submit(b: int) -> list[Future]:
+            return [pool.submit(load, j) for j in batches[b]] if b < len(batches) else []
+
+        # the next batch is read while this one is preprocessed and written (one batch ahead)
+        ahead = submit(0)
+        for b, chunk in enumerate(batches):
+            futures, ahead = ahead, submit(b + 1)
             images, labels, recs = [], [], []
-            for j, r in zip(chunk, pool.map(load, chunk), strict=True):
+            for j, r in zip(chunk, (f.result() for f in futures), strict=True):
                 if r.error is not None or r.skipped is not None or r.excluded is not None:
                     unstored[j.sha256] = j.rel
                 if r.error is not None:
@@ -520,6 +554,8 @@ def _run(
                 first = len(store) + store.n_pending + len(images)
                 primary.setdefault(j.sha256, first)
                 for s in r.slices:
+                    if check_sizes and s.unit.startswith("series:"):
+                        _add_shape(shapes, s.unit[len("series:") :], s.image.shape[:2])
                     flags = slice_warnings(s.image)
                     name = _slice_name(j, s.source)
                     if flags:
@@ -551,6 +587,15 @@ def _run(
             done += len(chunk)
             if progress is not None:
                 progress(done, len(to_add))
+    if check_sizes and shapes:
+        # the unchanged DICOM files of this folder belong to the series they are in
+        for r in records:
+            if r.kind == "dicom" and r.active and r.position not in retire and r.file_id in present:
+                parts = r.source.split("/")
+                if len(parts) > 2:
+                    _add_shape(shapes, parts[1], (r.height, r.width))
+        if any(len(v) > 1 for v in shapes.values()):
+            raise _MixedSeriesRedoError
     # 6. the duplicates list of this folder, rebuilt (deleted copies drop out)
     new_dups = []
     n_new_dups = 0
@@ -608,6 +653,13 @@ def _run(
         ignored=tuple(hidden),
         **counts,
     )
+
+
+def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:
+    """Note a slice size of a DICOM series (``series``: its pseudonym in the slice source;
+    ``i<instance>``, a file without Series Instance UID, is a series of its own)."""
+    if not series.startswith("i"):  # pseudonyms are hex
+        shapes.setdefault(series, set()).add((int(shape[0]), int(shape[1])))
 
 
 def _new_links(store: ImageStore, keys: list[str]) -> np.ndarray:

@@ -164,6 +164,29 @@ def test_bad_scanner_inputs_are_named_and_never_half_committed(scanner_root, tmp
     assert verify_store(store) == []
 
 
+def test_a_new_file_of_another_size_in_a_stored_series_is_refused(scanner_root, tmp_path):
+    """Series sizes are checked on the slices as read, against the stored slices of the series
+    too; a mismatch redoes the run with the header check, so nothing is half-committed."""
+    store = tmp_path / "s.zarr"
+    first = ingest(scanner_root, store, SMALL)
+    p = FakePatient(patient_id="FAKE-0003")
+    write_dicom_series(scanner_root / "no" / "s", phantom_volume(4, n_slices=2, canvas=24),
+                       patient=p, seed=3)  # fmt: skip
+    second = ingest(scanner_root, store, SMALL)
+    assert second.n_added == 2 and not second.skipped
+    # the same series (patient, number, seed) again, one slice of another size, in a new folder
+    write_dicom_series(scanner_root / "no" / "t", phantom_volume(4, n_slices=3, canvas=32),
+                       patient=p, seed=3)  # fmt: skip
+    (scanner_root / "no" / "t" / "IM0001.dcm").unlink()
+    (scanner_root / "no" / "t" / "IM0002.dcm").unlink()
+    third = ingest(scanner_root, store, SMALL)
+    reasons = dict(third.skipped)
+    assert list(reasons) == ["no/t/IM0003.dcm"]
+    assert "mixes slice sizes" in reasons["no/t/IM0003.dcm"]
+    assert third.n_added == 0 and third.total == first.total + 2
+    assert verify_store(store) == []
+
+
 def test_manifest_with_groups(tmp_path):
     root = tmp_path / "m"
     root.mkdir()
