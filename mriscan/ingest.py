@@ -41,7 +41,7 @@ from mriscan.splits import union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
 from mriscan.store.files import is_url, local_path
 
-__all__ = ["IngestConfig", "IngestReport", "ingest"]
+__all__ = ["IngestConfig", "IngestReport", "ingest", "source_pseudonym"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,46 @@ def _listing(
     return str(raw.resolve()), root, names, jobs, problems, unused, hidden
 
 
+#: ``StoreIndex.sources`` entries written by this mriscan: the prefix, then a salted hash.
+_SOURCE_PREFIX = "folder:"
+
+
+def source_pseudonym(salt: bytes, folder: str) -> str:
+    """How a store records the raw folder (or manifest) ``folder`` (an absolute path) it was
+    ingested from: ``"folder:"`` + its salted hash (``mriscan.scan.salted_hash``), never the
+    path itself, whose folder names in hospital exports often name the patient. The same
+    folder at the same path gives the same entry, so a re-ingest recognises it."""
+    return _SOURCE_PREFIX + salted_hash(salt, "source", folder)
+
+
+def _source_entry(sources, salt: bytes | None, folder: str) -> str | None:
+    """The entry of ``sources`` that stands for ``folder`` (absolute path): its pseudonym, or
+    the plain path an older mriscan recorded; None when the store has not seen the folder."""
+    if folder in sources:
+        return folder
+    if salt is not None and (entry := source_pseudonym(salt, folder)) in sources:
+        return entry
+    return None
+
+
+def _folder_name(sources, origin: int) -> str:
+    """A stored sample's folder for messages: a path only where an older store kept one."""
+    if not 0 <= origin < len(sources):
+        return "another folder"
+    entry = sources[origin]
+    return f"folder #{origin + 1} of the store" if entry.startswith(_SOURCE_PREFIX) else entry
+
+
+def _describe_sources(sources) -> str:
+    """The folders of a store for messages (pseudonyms counted, not shown)."""
+    plain = [s for s in sources if not s.startswith(_SOURCE_PREFIX)]
+    hidden = len(sources) - len(plain)
+    parts = plain + (
+        [f"{hidden} folder(s) recorded by pseudonym only (paths are not stored)"] if hidden else []
+    )
+    return ", ".join(parts)
+
+
 def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
@@ -290,12 +330,17 @@ def ingest(
                 f"{config.preprocess}. Use a new --store path or the same options "
                 f"(e.g. --image-size {size})."
             )
-        if store.index.sources and source not in store.index.sources and not config.merge:
+        if (
+            store.index.sources
+            and _source_entry(store.index.sources, store.salt, source) is None
+            and not config.merge
+        ):
             store.close()
             raise ConfigError(
-                f"Store {store_path} holds slices from {', '.join(store.index.sources)}; "
-                f"adding {source} would mix two datasets in one store. Use another --store "
-                "path, or pass --merge (IngestConfig(merge=True)) to combine them on purpose."
+                f"Store {store_path} holds slices from "
+                f"{_describe_sources(store.index.sources)}; adding {source} would mix two "
+                "datasets in one store. Use another --store path, or pass --merge "
+                "(IngestConfig(merge=True)) to combine them on purpose."
             )
         same = [
             g
@@ -375,8 +420,11 @@ def _run(
     if salt is None:
         salt = new_salt()
         store.set_salt(salt)
-    store.add_source(source)
-    origin = store.index.sources.index(source)
+    # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
+    # an older mriscan that recorded the plain path keeps using that entry
+    entry = _source_entry(store.index.sources, salt, source) or source_pseudonym(salt, source)
+    store.add_source(entry)
+    origin = store.index.sources.index(entry)
     names = list(store.class_names)
     names += [c for c in classes if c not in names]
     store.set_class_names(names)
@@ -385,6 +433,7 @@ def _run(
     sources = store.index.sources
 
     def fid(orig: str, rel: str) -> str:
+        # from the absolute folder path (as every mriscan so far): a file keeps its id
         return salted_hash(salt, "file", f"{orig}\x00{rel}")
 
     # format-1 records carry no file id yet: derive it from their relative path
@@ -438,7 +487,9 @@ def _run(
     for r in active:
         if r.origin != origin and r.sha256 in labels_of:
             labels_of[r.sha256].add(r.label)
-            where[r.sha256].append(f"a stored sample of {sources[r.origin]} ({names[r.label]})")
+            where[r.sha256].append(
+                f"a stored sample of {_folder_name(sources, r.origin)} ({names[r.label]})"
+            )
     conflicted = {h for h, labs in labels_of.items() if len(labs) > 1}
     n_conflicts = 0
     for j in jobs:
@@ -694,7 +745,7 @@ def _record_name(r: SampleRecord, jobs_by_fid: dict[str, _Job], sources: list[st
     job = jobs_by_fid.get(r.file_id)
     if job is not None:
         return _slice_name(job, r.source)
-    where = sources[r.origin] if 0 <= r.origin < len(sources) else "another folder"
+    where = _folder_name(sources, r.origin)
     return f"{r.source} (stored from {where})"
 
 
