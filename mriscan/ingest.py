@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mriscan.duplicates import duplicate_groups, new_links, signatures
+from mriscan.duplicates import duplicate_groups, new_links, signature
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, check_label_case, scan_class_folders, scan_manifest
-from mriscan.preprocess import PreprocessConfig, preprocess_batch
+from mriscan.preprocess import PreprocessConfig, preprocess
 from mriscan.readers import (
     InputRead,
     ReadOptions,
@@ -572,10 +572,18 @@ def _run(
     pending_labels: list[int] = []
     done = 0
 
-    def load(j: _Job) -> InputRead:
+    def load(j: _Job) -> tuple[InputRead, np.ndarray | None, np.ndarray | None]:
+        """The file's slices, preprocessed (n, S, S) and their signatures (n, 16, 16); made on
+        the worker thread: the Numba kernels release the GIL, so they run beside the other
+        thread's (GIL-bound) header parsing instead of after it on the main thread."""
         if j.path in series_errors:
-            return InputRead(j.path, j.kind, error=series_errors[j.path])
-        return read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+            return InputRead(j.path, j.kind, error=series_errors[j.path]), None, None
+        r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+        if not r.slices:
+            return r, None, None
+        images = [s.image for s in r.slices]
+        pre = np.stack([preprocess(im, config.preprocess) for im in images])
+        return r, pre, np.stack([signature(im) for im in images])
 
     batches = [to_add[i : i + config.batch_size] for i in range(0, len(to_add), config.batch_size)]
     with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
@@ -587,8 +595,8 @@ def _run(
         ahead = submit(0)
         for b, chunk in enumerate(batches):
             futures, ahead = ahead, submit(b + 1)
-            images, labels, recs = [], [], []
-            for j, r in zip(chunk, (f.result() for f in futures), strict=True):
+            images, labels, recs, pres, sigs = [], [], [], [], []
+            for j, (r, pre, sig) in zip(chunk, (f.result() for f in futures), strict=True):
                 if r.error is not None or r.skipped is not None or r.excluded is not None:
                     unstored[j.sha256] = j.rel
                 if r.error is not None:
@@ -631,9 +639,11 @@ def _run(
                         }
                     )
                 added[names[j.label]] += len(r.slices)
+                pres.append(pre)
+                sigs.append(sig)
             if images:
-                batch = preprocess_batch(images, config.preprocess)
-                store.append(batch, labels, recs, signatures=signatures(images))
+                batch, batch_sigs = np.concatenate(pres), np.concatenate(sigs)
+                store.append(batch, labels, recs, signatures=batch_sigs)
                 pending_keys += [rec["group_key"] for rec in recs]
             done += len(chunk)
             if progress is not None:
