@@ -5,9 +5,20 @@ on 300 single-slice 256x256 files (uncompressed, explicit VR LE), with the heade
 with the percentile window. NIfTI: ``read_nifti`` (all slices, axial) vs ``nibabel.load(...)
 .get_fdata()`` on 3 volumes of 256x256x100 (300 slices), uncompressed and gzipped.
 Throughput in slices per second; target: mriscan >= 70% of the library's rate (issue 18).
+
+Ingest (``test_ingest_vs_library``): the whole ``mriscan.ingest.ingest`` path (hash, read,
+window, crop/resize/align, near-duplicate grouping, store write, commit; its default 2 worker
+threads here) on class folders of the same kind of files, against the library's own read of
+the same files (one thread, and two threads), timed interleaved in every round (library,
+library on 2 threads, ingest into a new store), per-side medians. Files per second.
 """
 
 from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import count
 
 import nibabel as nib
 import numpy as np
@@ -16,8 +27,15 @@ import pytest
 from conftest import record, target
 
 from mriscan.dicom import DicomConfig, read_dicom
+from mriscan.ingest import IngestConfig, ingest
 from mriscan.nifti import NiftiConfig, read_nifti
-from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_dicom_series, write_nifti
+from mriscan.synth_scanner import (
+    FakePatient,
+    phantom_volume,
+    stack_to_ras,
+    write_dicom_series,
+    write_nifti,
+)
 
 SALT = b"benchmark-salt-0123456789"
 N_DICOM = 300
@@ -88,3 +106,88 @@ def test_nifti_read(benchmark, nifti_files, suffix, method):
     record(group, method, slices / benchmark.stats.stats.median, "slices/s")
     if method == "mriscan":
         target(f"NIfTI read vs nibabel ({suffix})", group, "mriscan", ["nibabel"], 0.7)
+
+
+INGEST_ROUNDS = 5
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory) -> dict[str, tuple]:
+    """(root, files) per kind. DICOM: 300 slices of 256x256 as 6 series of 50 (6 made-up
+    patients, 3 per class folder, every other series with a header window). NIfTI: 4 volumes
+    of 256x256x100 (.nii.gz, LPS on disk), 2 per class folder."""
+    root = tmp_path_factory.mktemp("ingest")
+    dicom = root / "dicom"
+    for k in range(6):
+        cls = "yes" if k < 3 else "no"
+        stack = phantom_volume(k, n_slices=50, canvas=256, tumor=cls == "yes")
+        write_dicom_series(dicom / cls / f"patient{k}", stack, seed=k,
+                           patient=FakePatient(patient_id=f"FAKE-{k:04d}"),
+                           window=(900.0, 1600.0) if k % 2 else None)  # fmt: skip
+    nifti = root / "nifti"
+    for v in range(4):
+        cls = "yes" if v < 2 else "no"
+        (nifti / cls).mkdir(parents=True, exist_ok=True)
+        ras = stack_to_ras(phantom_volume(10 + v, n_slices=100, canvas=256, tumor=cls == "yes"))
+        write_nifti(nifti / cls / f"volume{v}.nii.gz", ras, axcodes="LPS")
+    return {
+        kind: (folder, sorted(p for p in folder.rglob("*") if p.is_file()))
+        for kind, folder in (("DICOM", dicom), ("NIfTI", nifti))
+    }
+
+
+def _library_read(kind: str):
+    if kind == "DICOM":
+        return lambda f: pydicom.dcmread(f).pixel_array
+    return lambda f: nib.load(f).get_fdata()
+
+
+@pytest.mark.parametrize("kind", ["DICOM", "NIfTI"])
+def test_ingest_vs_library(benchmark, class_folders, tmp_path, kind):
+    """``ingest`` of the class folders vs the library reading the same files, interleaved."""
+    folder, files = class_folders[kind]
+    read = _library_read(kind)
+    stores = count()
+
+    def library() -> None:
+        for f in files:
+            read(f)
+
+    def library_2_threads() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(read, files))
+
+    def run_ingest() -> None:
+        store = tmp_path / f"s{next(stores)}.zarr"
+        report = ingest(folder, store, IngestConfig(workers=2))
+        assert report.n_added > 0 and not report.skipped
+        shutil.rmtree(store)
+
+    sides = {
+        f"{kind} library read": library,
+        f"{kind} library read, 2 threads": library_2_threads,
+        "mriscan ingest": run_ingest,
+    }
+    times: dict[str, list[float]] = {k: [] for k in sides}
+
+    def one_round() -> None:
+        for name, fn in sides.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+
+    if benchmark.disabled:
+        one_round()
+        return
+    benchmark.pedantic(one_round, rounds=INGEST_ROUNDS, iterations=1, warmup_rounds=1)
+    group = f"{kind} ingest vs library read ({len(files)} files)"
+    for case, sec in times.items():
+        record(group, case, len(files) / float(np.median(sec[1:])), "files/s")  # [0]: warm-up
+    target(
+        f"{kind} ingest vs the library's own read (issue 18)",
+        group,
+        "mriscan ingest",
+        [f"{kind} library read", f"{kind} library read, 2 threads"],
+        0.7,
+        note="baseline: the faster of 1 and 2 library threads",
+    )

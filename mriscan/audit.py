@@ -486,11 +486,21 @@ def load_set(
                 "records and slices for the whole set."
             )
         if missing:
+            from mriscan.store import ImageStore
+
+            with ImageStore.open(path) as store:
+                hidden = any(s.startswith("folder:") for s in store.index.sources)
             aset.notes.append(
                 f"{len(missing)} of {len(items)} source files are not found under the store's "
-                "recorded folders: file-level checks (format, colour mode, file size, JPEG "
-                "quality, decoded pixels) use the store's records and slices for the whole set "
-                "instead."
+                "recorded folders"
+                + (
+                    " (the store records its raw folders by salted pseudonym only, as folder "
+                    "names can name patients; audit the raw folder itself for file-level checks)"
+                    if hidden
+                    else ""
+                )
+                + ": file-level checks (format, colour mode, file size, JPEG quality, decoded "
+                "pixels) use the store's records and slices for the whole set instead."
             )
         return _load_from_store(path, aset, items)
     return _load_files(aset, items, config, progress, salt, path)

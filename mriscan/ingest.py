@@ -10,21 +10,23 @@ training, CV, evaluation and duplicate matching (``SampleRecord.active``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from mriscan.duplicates import duplicate_groups, new_links, signatures
+from mriscan.duplicates import duplicate_groups, new_links, signature
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, check_label_case, scan_class_folders, scan_manifest
-from mriscan.preprocess import PreprocessConfig, preprocess_batch
+from mriscan.preprocess import PreprocessConfig, preprocess
 from mriscan.readers import (
     InputRead,
     ReadOptions,
@@ -39,7 +41,7 @@ from mriscan.splits import union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
 from mriscan.store.files import is_url, local_path
 
-__all__ = ["IngestConfig", "IngestReport", "ingest"]
+__all__ = ["IngestConfig", "IngestReport", "ingest", "source_pseudonym"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,46 @@ def _listing(
     return str(raw.resolve()), root, names, jobs, problems, unused, hidden
 
 
+#: ``StoreIndex.sources`` entries written by this mriscan: the prefix, then a salted hash.
+_SOURCE_PREFIX = "folder:"
+
+
+def source_pseudonym(salt: bytes, folder: str) -> str:
+    """How a store records the raw folder (or manifest) ``folder`` (an absolute path) it was
+    ingested from: ``"folder:"`` + its salted hash (``mriscan.scan.salted_hash``), never the
+    path itself, whose folder names in hospital exports often name the patient. The same
+    folder at the same path gives the same entry, so a re-ingest recognises it."""
+    return _SOURCE_PREFIX + salted_hash(salt, "source", folder)
+
+
+def _source_entry(sources, salt: bytes | None, folder: str) -> str | None:
+    """The entry of ``sources`` that stands for ``folder`` (absolute path): its pseudonym, or
+    the plain path an older mriscan recorded; None when the store has not seen the folder."""
+    if folder in sources:
+        return folder
+    if salt is not None and (entry := source_pseudonym(salt, folder)) in sources:
+        return entry
+    return None
+
+
+def _folder_name(sources, origin: int) -> str:
+    """A stored sample's folder for messages: a path only where an older store kept one."""
+    if not 0 <= origin < len(sources):
+        return "another folder"
+    entry = sources[origin]
+    return f"folder #{origin + 1} of the store" if entry.startswith(_SOURCE_PREFIX) else entry
+
+
+def _describe_sources(sources) -> str:
+    """The folders of a store for messages (pseudonyms counted, not shown)."""
+    plain = [s for s in sources if not s.startswith(_SOURCE_PREFIX)]
+    hidden = len(sources) - len(plain)
+    parts = plain + (
+        [f"{hidden} folder(s) recorded by pseudonym only (paths are not stored)"] if hidden else []
+    )
+    return ", ".join(parts)
+
+
 def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
@@ -288,12 +330,17 @@ def ingest(
                 f"{config.preprocess}. Use a new --store path or the same options "
                 f"(e.g. --image-size {size})."
             )
-        if store.index.sources and source not in store.index.sources and not config.merge:
+        if (
+            store.index.sources
+            and _source_entry(store.index.sources, store.salt, source) is None
+            and not config.merge
+        ):
             store.close()
             raise ConfigError(
-                f"Store {store_path} holds slices from {', '.join(store.index.sources)}; "
-                f"adding {source} would mix two datasets in one store. Use another --store "
-                "path, or pass --merge (IngestConfig(merge=True)) to combine them on purpose."
+                f"Store {store_path} holds slices from "
+                f"{_describe_sources(store.index.sources)}; adding {source} would mix two "
+                "datasets in one store. Use another --store path, or pass --merge "
+                "(IngestConfig(merge=True)) to combine them on purpose."
             )
         same = [
             g
@@ -312,10 +359,26 @@ def ingest(
     except StoreNotFoundError:
         store = ImageStore.create(store_path, config.preprocess.size, config.preprocess)
         created = True
+    series_errors = None  # first try: series sizes are checked on the slices as read
     try:
-        with store:
-            report = _run(store, store_path, source, root, classes, jobs, problems, config,
-                          progress, t0, unused=unused, hidden=hidden)  # fmt: skip
+        # the run parallelises over files; BLAS threads inside its small matrix products
+        # (near-duplicate search) would only contend with the decoding threads for the cores
+        with threadpool_limits(1, user_api="blas"):
+            while True:
+                try:
+                    with store:  # _run fills in its jobs: each attempt gets fresh ones
+                        report = _run(store, store_path, source, root, classes,
+                                      [dataclasses.replace(j) for j in jobs], problems, config,
+                                      progress, t0, unused=unused, hidden=hidden,
+                                      series_errors=series_errors)  # fmt: skip
+                    break
+                except _MixedSeriesRedoError:
+                    # rare: a series mixes slice sizes. Nothing was committed; run again with
+                    # those series refused before any file is read (header-only check)
+                    series_errors = check_series_sizes(
+                        [j.path for j in jobs if j.kind == "dicom"], root
+                    )
+                    store = ImageStore.open(store_path, mode="a")
     except BaseException:
         if created:
             _remove_store(store_path)
@@ -329,6 +392,10 @@ def _remove_store(store_path: str | os.PathLike[str]) -> None:
     if is_url(store_path):
         return
     shutil.rmtree(local_path(store_path), ignore_errors=True)
+
+
+class _MixedSeriesRedoError(Exception):
+    """A series of this run mixes slice sizes: the run is redone with those files refused."""
 
 
 def _run(
@@ -345,13 +412,19 @@ def _run(
     *,
     unused,
     hidden,
+    series_errors: dict[Path, str] | None,
 ):
+    """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
+    raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes."""
     salt = store.salt
     if salt is None:
         salt = new_salt()
         store.set_salt(salt)
-    store.add_source(source)
-    origin = store.index.sources.index(source)
+    # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
+    # an older mriscan that recorded the plain path keeps using that entry
+    entry = _source_entry(store.index.sources, salt, source) or source_pseudonym(salt, source)
+    store.add_source(entry)
+    origin = store.index.sources.index(entry)
     names = list(store.class_names)
     names += [c for c in classes if c not in names]
     store.set_class_names(names)
@@ -360,6 +433,7 @@ def _run(
     sources = store.index.sources
 
     def fid(orig: str, rel: str) -> str:
+        # from the absolute folder path (as every mriscan so far): a file keeps its id
         return salted_hash(salt, "file", f"{orig}\x00{rel}")
 
     # format-1 records carry no file id yet: derive it from their relative path
@@ -413,7 +487,9 @@ def _run(
     for r in active:
         if r.origin != origin and r.sha256 in labels_of:
             labels_of[r.sha256].add(r.label)
-            where[r.sha256].append(f"a stored sample of {sources[r.origin]} ({names[r.label]})")
+            where[r.sha256].append(
+                f"a stored sample of {_folder_name(sources, r.origin)} ({names[r.label]})"
+            )
     conflicted = {h for h, labs in labels_of.items() if len(labs) > 1}
     n_conflicts = 0
     for j in jobs:
@@ -487,28 +563,40 @@ def _run(
     warned: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
     unstored: dict[str, str] = {}  # sha256 -> the file of these bytes that was not stored
-    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"], root)
+    check_sizes = series_errors is None
+    series_errors = series_errors or {}
+    shapes: dict[str, set[tuple[int, int]]] = {}  # DICOM series -> slice sizes seen (checked)
     opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
     pending_keys: list[str] = []
     pending_names: list[str] = []
     pending_labels: list[int] = []
     done = 0
 
-    def load(j: _Job) -> InputRead:
+    def load(j: _Job) -> tuple[InputRead, np.ndarray | None, np.ndarray | None]:
+        """The file's slices, preprocessed (n, S, S) and their signatures (n, 16, 16); made on
+        the worker thread: the Numba kernels release the GIL, so they run beside the other
+        thread's (GIL-bound) header parsing instead of after it on the main thread."""
         if j.path in series_errors:
-            return InputRead(j.path, j.kind, error=series_errors[j.path])
-        return read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+            return InputRead(j.path, j.kind, error=series_errors[j.path]), None, None
+        r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+        if not r.slices:
+            return r, None, None
+        images = [s.image for s in r.slices]
+        pre = np.stack([preprocess(im, config.preprocess) for im in images])
+        return r, pre, np.stack([signature(im) for im in images])
 
     batches = [to_add[i : i + config.batch_size] for i in range(0, len(to_add), config.batch_size)]
     with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
-        # the next batch decodes on the pool while this one is preprocessed and appended here
-        ahead = [pool.submit(load, j) for j in batches[0]] if batches else []
+
+        def submit(b: int) -> list[Future]:
+            return [pool.submit(load, j) for j in batches[b]] if b < len(batches) else []
+
+        # the next batch is read while this one is preprocessed and written (one batch ahead)
+        ahead = submit(0)
         for b, chunk in enumerate(batches):
-            reads = [f.result() for f in ahead]
-            if b + 1 < len(batches):
-                ahead = [pool.submit(load, j) for j in batches[b + 1]]
-            images, labels, recs = [], [], []
-            for j, r in zip(chunk, reads, strict=True):
+            futures, ahead = ahead, submit(b + 1)
+            images, labels, recs, pres, sigs = [], [], [], [], []
+            for j, (r, pre, sig) in zip(chunk, (f.result() for f in futures), strict=True):
                 if r.error is not None or r.skipped is not None or r.excluded is not None:
                     unstored[j.sha256] = j.rel
                 if r.error is not None:
@@ -525,6 +613,8 @@ def _run(
                 first = len(store) + store.n_pending + len(images)
                 primary.setdefault(j.sha256, first)
                 for s in r.slices:
+                    if check_sizes and s.unit.startswith("series:"):
+                        _add_shape(shapes, s.unit[len("series:") :], s.image.shape[:2])
                     flags = slice_warnings(s.image)
                     name = _slice_name(j, s.source)
                     if flags:
@@ -549,13 +639,24 @@ def _run(
                         }
                     )
                 added[names[j.label]] += len(r.slices)
+                pres.append(pre)
+                sigs.append(sig)
             if images:
-                batch = preprocess_batch(images, config.preprocess)
-                store.append(batch, labels, recs, signatures=signatures(images))
+                batch, batch_sigs = np.concatenate(pres), np.concatenate(sigs)
+                store.append(batch, labels, recs, signatures=batch_sigs)
                 pending_keys += [rec["group_key"] for rec in recs]
             done += len(chunk)
             if progress is not None:
                 progress(done, len(to_add))
+    if check_sizes and shapes:
+        # the unchanged DICOM files of this folder belong to the series they are in
+        for r in records:
+            if r.kind == "dicom" and r.active and r.position not in retire and r.file_id in present:
+                parts = r.source.split("/")
+                if len(parts) > 2:
+                    _add_shape(shapes, parts[1], (r.height, r.width))
+        if any(len(v) > 1 for v in shapes.values()):
+            raise _MixedSeriesRedoError
     # 6. the duplicates list of this folder, rebuilt (deleted copies drop out)
     new_dups = []
     n_new_dups = 0
@@ -615,6 +716,13 @@ def _run(
     )
 
 
+def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:
+    """Note a slice size of a DICOM series (``series``: its pseudonym in the slice source;
+    ``i<instance>``, a file without Series Instance UID, is a series of its own)."""
+    if not series.startswith("i"):  # pseudonyms are hex
+        shapes.setdefault(series, set()).add((int(shape[0]), int(shape[1])))
+
+
 def _new_links(store: ImageStore, keys: list[str]) -> np.ndarray:
     """Links of the store's pending slices to each other and to the stored ones
     (``mriscan.duplicates.new_links``), (E, 2) int64."""
@@ -647,7 +755,7 @@ def _record_name(r: SampleRecord, jobs_by_fid: dict[str, _Job], sources: list[st
     job = jobs_by_fid.get(r.file_id)
     if job is not None:
         return _slice_name(job, r.source)
-    where = sources[r.origin] if 0 <= r.origin < len(sources) else "another folder"
+    where = _folder_name(sources, r.origin)
     return f"{r.source} (stored from {where})"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mriscan.errors import BadFilesError, ConfigError, EmptyDatasetError
-from mriscan.ingest import IngestConfig, ingest
+from mriscan.ingest import IngestConfig, ingest, source_pseudonym
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store import ImageStore, verify_store
 
@@ -100,13 +100,15 @@ def test_a_second_dataset_is_refused_unless_merged(class_folder, tmp_path):
     Image.fromarray(np.full((40, 40), 7, np.uint8)).save(other / "no" / "extra.png")
     with pytest.raises(ConfigError, match="would mix two datasets") as err:
         ingest(other, store, SMALL)
-    assert str(class_folder.resolve()) in str(err.value) and "--merge" in str(err.value)
+    assert str(other.resolve()) in str(err.value) and "--merge" in str(err.value)
+    assert "1 folder(s) recorded by pseudonym only" in str(err.value)
     with ImageStore.open(store) as st:  # refused before anything was written
-        assert len(st) == 12 and st.index.sources == (str(class_folder.resolve()),)
+        first = (source_pseudonym(st.salt, str(class_folder.resolve())),)
+        assert len(st) == 12 and st.index.sources == first
     merged = ingest(other, store, dataclasses.replace(SMALL, merge=True))
     assert merged.n_added == 1
     with ImageStore.open(store) as st:
-        assert st.index.sources == (str(class_folder.resolve()), str(other.resolve()))
+        assert st.index.sources == (*first, source_pseudonym(st.salt, str(other.resolve())))
     assert verify_store(store) == []
 
 

@@ -17,7 +17,7 @@ from pydicom.pixels import get_decoder
 
 from mriscan.cli import main
 from mriscan.errors import BadFilesError, StoreCorruptError
-from mriscan.ingest import IngestConfig, ingest
+from mriscan.ingest import IngestConfig, ingest, source_pseudonym
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store import FORMAT_VERSION, ImageStore, verify_store
 from mriscan.synth_scanner import (
@@ -100,6 +100,42 @@ def test_scanner_folders_become_slices_with_groups_and_no_identity(scanner_root,
     assert verify_store(store) == []
 
 
+def test_no_input_path_is_stored_and_reingest_still_recognises_the_files(tmp_path):
+    """A raw folder whose path names a (made-up) patient: the store records the folder only by
+    a salted pseudonym, so neither its path nor the name is in any file of the store or in
+    ``info``; the same folder ingested again is recognised (nothing added); a store that an
+    older mriscan wrote with the plain path keeps working (and gains no second entry)."""
+    root = tmp_path / "Doe^Jane FAKE-0001 19700101" / "export"
+    _patient(root, "yes", "FAKE-0001", "Doe_Jane", seed=1)
+    _patient(root, "no", "FAKE-0002", "Roe_Richard", seed=5)
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(
+        main, ["ingest", str(root), "--store", str(store), "--image-size", "32"]
+    )
+    assert res.exit_code == 0, res.output
+    absolute = str(root.resolve())
+    leaks = [absolute, "Doe^Jane FAKE-0001", *SECRETS]
+    for f in (p for p in store.rglob("*") if p.is_file()):
+        data = f.read_bytes().lower()
+        for text in leaks:
+            assert text.lower().encode() not in data, (f.relative_to(store), text)
+    info = CliRunner().invoke(main, ["info", "--store", str(store), "--json"])
+    assert info.exit_code == 0 and not any(t.lower() in info.output.lower() for t in leaks)
+    with ImageStore.open(store) as st:
+        assert st.index.sources == (source_pseudonym(st.salt, absolute),)
+        n = len(st)
+    again = ingest(root, store, SMALL)
+    assert again.n_added == 0 and again.already_stored == 8 and again.total == n
+    # an older mriscan's store: the plain path in sources, file ids made from it
+    index = json.loads((store / "index.json").read_text())
+    index["sources"] = [absolute]
+    (store / "index.json").write_text(json.dumps(index))
+    old = ingest(root, store, SMALL)
+    assert old.n_added == 0 and old.already_stored == 8 and old.total == n
+    with ImageStore.open(store) as st:
+        assert st.index.sources == (absolute,)
+
+
 def test_shipped_mr_small_and_nibabel_example(tmp_path):
     root = tmp_path / "shipped"
     (root / "yes").mkdir(parents=True)
@@ -164,6 +200,29 @@ def test_bad_scanner_inputs_are_named_and_never_half_committed(scanner_root, tmp
     assert verify_store(store) == []
 
 
+def test_a_new_file_of_another_size_in_a_stored_series_is_refused(scanner_root, tmp_path):
+    """Series sizes are checked on the slices as read, against the stored slices of the series
+    too; a mismatch redoes the run with the header check, so nothing is half-committed."""
+    store = tmp_path / "s.zarr"
+    first = ingest(scanner_root, store, SMALL)
+    p = FakePatient(patient_id="FAKE-0003")
+    write_dicom_series(scanner_root / "no" / "s", phantom_volume(4, n_slices=2, canvas=24),
+                       patient=p, seed=3)  # fmt: skip
+    second = ingest(scanner_root, store, SMALL)
+    assert second.n_added == 2 and not second.skipped
+    # the same series (patient, number, seed) again, one slice of another size, in a new folder
+    write_dicom_series(scanner_root / "no" / "t", phantom_volume(4, n_slices=3, canvas=32),
+                       patient=p, seed=3)  # fmt: skip
+    (scanner_root / "no" / "t" / "IM0001.dcm").unlink()
+    (scanner_root / "no" / "t" / "IM0002.dcm").unlink()
+    third = ingest(scanner_root, store, SMALL)
+    reasons = dict(third.skipped)
+    assert list(reasons) == ["no/t/IM0003.dcm"]
+    assert "mixes slice sizes" in reasons["no/t/IM0003.dcm"]
+    assert third.n_added == 0 and third.total == first.total + 2
+    assert verify_store(store) == []
+
+
 def test_manifest_with_groups(tmp_path):
     root = tmp_path / "m"
     root.mkdir()
@@ -196,11 +255,13 @@ def test_manifest_with_groups(tmp_path):
     assert res.exit_code != 0 and "either RAW_DIR or --manifest" in res.output
 
 
-def _legacy_index(store: Path, version: int) -> dict:
-    """Rewrite a store as an older mriscan left it: every record inline in index.json."""
+def _legacy_index(store: Path, version: int, folder: Path) -> dict:
+    """Rewrite a store as an older mriscan left it: every record inline in index.json, the
+    raw ``folder``'s plain absolute path in ``sources``."""
     with ImageStore.open(store) as st:
         index = st.index.to_dict()
     index["format_version"] = version
+    index["sources"] = [str(folder.resolve())]
     shutil.rmtree(store / "index")
     (store / "index.json").write_text(json.dumps(index))
     return index
@@ -209,7 +270,7 @@ def _legacy_index(store: Path, version: int) -> dict:
 def test_format_1_store_is_read_and_upgraded(class_folder, tmp_path):
     store = tmp_path / "s.zarr"
     ingest(class_folder, store, SMALL)
-    index = _legacy_index(store, 1)
+    index = _legacy_index(store, 1, class_folder)
     del index["salt"]
     for r in index["records"]:
         for k in ("kind", "file_id", "origin", "group_key", "window", "plane"):
@@ -233,7 +294,7 @@ def test_format_2_store_is_read_as_is_and_migrated(class_folder, tmp_path):
     with ImageStore.open(store) as st:
         records, groups, labels = list(st.index.records), st.groups.copy(), st.labels.copy()
         dups = list(st.index.duplicates)
-    _legacy_index(store, 2)
+    _legacy_index(store, 2, class_folder)
     with ImageStore.open(store) as st:  # read as it is, nothing written
         assert st.index.format_version == 2 and list(st.index.records) == records
         assert st.groups.tolist() == groups.tolist() and st.labels.tolist() == labels.tolist()
