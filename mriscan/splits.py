@@ -8,7 +8,7 @@ import numpy as np
 
 from mriscan.errors import ConfigError
 
-__all__ = ["cv_splits", "kfold_indices", "split_indices", "union_groups"]
+__all__ = ["cv_splits", "kfold_indices", "oversized_groups", "split_indices", "union_groups"]
 
 
 def union_groups(duplicate_ids: np.ndarray, keys: Sequence[str]) -> np.ndarray:
@@ -121,6 +121,44 @@ def kfold_indices(
         raise ConfigError(f"Only {len(counts)} duplicate groups; cannot make {n_folds} folds.")
     targets = np.tile(counts.sum(axis=0) / n_folds, (n_folds, 1))
     return _assign(counts, order, targets)[inverse]
+
+
+def oversized_groups(
+    labels: np.ndarray, groups: np.ndarray, smallest_part: float, class_names: Sequence[str]
+) -> list[str]:
+    """Describe the groups too large for a stratified split, one line each (empty: none).
+
+    A group larger than half of the smallest part it could land in (``smallest_part``: e.g.
+    0.15 for a 15% validation split, 1/k for k folds) cannot be placed without skewing that
+    part's size and class mix. Groups are kept whole anyway — splitting one would put copies
+    (or one patient's neighbouring slices) on both sides — so this only explains a skewed
+    split. Such groups arise when single-linkage near-duplicate chains (thumbnail correlation
+    > 0.95) join look-alike slices of many patients, as on ``figshare_br35h``.
+
+    Parameters
+    ----------
+    labels, groups : ndarray of shape (N,), int
+        Class index and group id of each sample.
+    smallest_part : float in (0, 1]
+        Share of the samples the smallest part of the split should hold.
+    class_names : sequence of str
+        Names of the class indices, for the message.
+    """
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    limit = 0.5 * smallest_part * labels.size
+    out = []
+    for g in np.flatnonzero(sizes > limit)[np.argsort(-sizes[sizes > limit])]:
+        mix = np.bincount(labels[inverse == g], minlength=len(class_names))
+        classes = ", ".join(f"{n} {c}" for n, c in zip(class_names, mix, strict=False) if c)
+        out.append(
+            f"one duplicate group holds {sizes[g]} of {labels.size} slices "
+            f"({sizes[g] / labels.size:.0%}: {classes}), more than half of a "
+            f"{smallest_part:.0%} part; it stays whole, so that part's size and class mix are "
+            "skewed. `mriscan audit` lists its pairs; chains of look-alike slices of different "
+            "patients join such groups"
+        )
+    return out
 
 
 def split_indices(

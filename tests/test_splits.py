@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from mriscan.errors import ConfigError
-from mriscan.splits import cv_splits, kfold_indices, split_indices, union_groups
+from mriscan.splits import (
+    cv_splits,
+    kfold_indices,
+    oversized_groups,
+    split_indices,
+    union_groups,
+)
 
 
 def _dataset(seed: int, n_groups: int = 120):
@@ -116,3 +122,18 @@ def test_union_groups_joins_both_relations():
     np.testing.assert_array_equal(union_groups(dup, keys), [0, 0, 0, 1, 2, 2])
     with pytest.raises(ConfigError):
         union_groups(dup, keys[:2])
+
+
+def test_oversized_groups_are_described_and_small_ones_are_not():
+    labels = np.array([0] * 60 + [1] * 40)
+    groups = np.arange(100)
+    groups[:30] = 0  # one group of 30 slices: 30% of the data, more than half of a 20% fold
+    groups[30:38] = 1  # 8 slices: less than half of a 20% fold (10)
+    lines = oversized_groups(labels, groups, 0.2, ("no", "yes"))
+    assert len(lines) == 1 and "holds 30 of 100 slices" in lines[0] and "no 30" in lines[0]
+    assert "yes" not in lines[0].split("(")[1].split(")")[0]  # only the classes it holds
+    assert oversized_groups(labels, np.arange(100), 0.2, ("no", "yes")) == []
+    # the largest first
+    groups[38:70] = 2
+    lines = oversized_groups(labels, groups, 0.2, ("no", "yes"))
+    assert [line.split(" slices")[0][-9:] for line in lines] == ["32 of 100", "30 of 100"]

@@ -22,7 +22,7 @@ from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, writ
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.sources import open_or_ingest
-from mriscan.splits import cv_splits
+from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
 from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
@@ -251,6 +251,8 @@ def cross_validate(
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     preds: list[np.ndarray] = []
+    for line in oversized_groups(labels, groups, 1.0 / cfg.folds, task.class_names):
+        log.warning("folds: %s", line)
     splits = cv_splits(
         labels,
         groups,

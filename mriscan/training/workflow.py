@@ -23,7 +23,7 @@ from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware, setup_hardware
 from mriscan.pipeline import resolve_pipeline
 from mriscan.sources import open_or_ingest
-from mriscan.splits import split_indices
+from mriscan.splits import oversized_groups, split_indices
 from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
 from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate, start_record
@@ -112,6 +112,11 @@ def train(
     labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     check_every_class_has_slices(labels[kept], task)
+    positive_parts = [f for f in (cfg.split.val_fraction, cfg.split.test_fraction) if f > 0]
+    for line in oversized_groups(
+        labels[kept], store.groups[kept], min(positive_parts, default=1.0), task.class_names
+    ):
+        log.warning("split: %s", line)
     inner = split_indices(
         labels[kept],
         store.groups[kept],
