@@ -26,6 +26,13 @@ from threadpoolctl import threadpool_limits
 from mriscan.duplicates import duplicate_groups, new_links, signature
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, check_label_case, scan_class_folders, scan_manifest
+from mriscan.keys import (
+    KEY_FILE_ENV,
+    KeyMismatchError,
+    identifier_key,
+    key_file_path,
+    key_fingerprint,
+)
 from mriscan.preprocess import PreprocessConfig, preprocess
 from mriscan.readers import (
     InputRead,
@@ -36,8 +43,8 @@ from mriscan.readers import (
     read_input,
     slice_warnings,
 )
-from mriscan.scan import new_salt, salted_hash
-from mriscan.splits import union_groups
+from mriscan.scan import salted_hash
+from mriscan.splits import join_keys, split_keys, union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
 from mriscan.store.files import is_url, local_path
 
@@ -283,10 +290,12 @@ def ingest(
       the group by the run that stores the new slice (``strict``: fail).
 
     Split groups (``SampleRecord.group``) are the union of near-duplicate slices and slices that
-    share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group. Patient
-    and other identifiers are stored only as hashes salted with the store's random salt
-    (created at the first ingest, kept in the index). Everything becomes visible in one atomic
-    commit; a store created by a run that fails is removed again.
+    share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group (a
+    manifest group joins those keys, it never replaces them). Patient and other identifiers
+    are stored only as HMAC hashes under the user's identifier key (``mriscan.keys``: a key
+    file outside the store, created on first use); the store records the key's fingerprint
+    only. Everything becomes visible in one atomic commit; a store created by a run that fails
+    is removed again.
 
     Parameters
     ----------
@@ -310,7 +319,9 @@ def ingest(
     ConfigError
         Other preprocessing than the store's, another dataset without ``merge``, a wrong number
         of classes (``n_classes``), a class whose name differs from a stored class only by
-        case.
+        case; the identifier key file cannot be created or read.
+    KeyMismatchError
+        The store was made with another identifier key (``$MRISCAN_KEY_FILE``).
     BadFilesError
         ``strict`` and any bad or unused file, label conflict, image of another modality or
         warning (nothing committed); the message names every one.
@@ -330,9 +341,14 @@ def ingest(
                 f"{config.preprocess}. Use a new --store path or the same options "
                 f"(e.g. --image-size {size})."
             )
+        try:
+            key = _store_key(store, store_path)
+        except BaseException:
+            store.close()
+            raise
         if (
             store.index.sources
-            and _source_entry(store.index.sources, store.salt, source) is None
+            and _source_entry(store.index.sources, key, source) is None
             and not config.merge
         ):
             store.close()
@@ -387,6 +403,48 @@ def ingest(
     return report
 
 
+_warned_salt: set[str] = set()
+
+
+def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
+    """The key the store's ids are hashed with: the user's identifier key
+    (``mriscan.keys.identifier_key``), checked against the fingerprint the store recorded
+    (``record``: recorded now when the store has none); a store written before the key left
+    the store keeps using the salt in its index (with a warning, once per store and process).
+
+    Raises
+    ------
+    KeyMismatchError
+        The store was made with another identifier key.
+    ConfigError
+        The key file cannot be created or read.
+    """
+    if store.salt is not None:
+        if str(store_path) not in _warned_salt:
+            _warned_salt.add(str(store_path))
+            log.warning(
+                "store %s keeps the secret salt of its patient/series hashes in its index.json "
+                "(written by an older mriscan): anyone holding the store can test guessed "
+                "patient IDs against them. Do not share it; to protect the ids, ingest the "
+                "data again into a new --store (its key then stays in %s, outside the store)",
+                store_path,
+                key_file_path(),
+            )
+        return store.salt
+    key = identifier_key()
+    fp = key_fingerprint(key)
+    if store.key_id and store.key_id != fp:
+        raise KeyMismatchError(
+            f"Store {store_path} was made with another identifier key (fingerprint "
+            f"{store.key_id}); the key file {key_file_path()} has fingerprint {fp}, so its "
+            f"patient and file ids would not match the stored ones. Point {KEY_FILE_ENV} at the "
+            "key file the store was made with, or ingest into a new --store. Nothing was written."
+        )
+    if record and not store.key_id:
+        store.set_key_id(fp)
+    return key
+
+
 def _remove_store(store_path: str | os.PathLike[str]) -> None:
     """Delete a store this run created (it never committed anything but an empty index)."""
     if is_url(store_path):
@@ -416,10 +474,7 @@ def _run(
 ):
     """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
     raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes."""
-    salt = store.salt
-    if salt is None:
-        salt = new_salt()
-        store.set_salt(salt)
+    salt = _store_key(store, store_path, record=True)
     # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
     # an older mriscan that recorded the plain path keeps using that entry
     entry = _source_entry(store.index.sources, salt, source) or source_pseudonym(salt, source)
@@ -525,10 +580,10 @@ def _run(
         if old and all(r.sha256 == j.sha256 and r.label == j.label for r in old):
             n_known += 1
             key = group_of[j.file_id]
-            if key is not None:  # a manifest's group column may change
-                for r in old:
-                    if r.group_key != key:
-                        key_updates[r.position] = key
+            for r in old:  # a manifest's group column may change (the reader's keys stay)
+                own = [k for k in split_keys(r.group_key) if not k.startswith(_MANIFEST_KEY)]
+                if (new_key := join_keys(key or "", *own)) != r.group_key:
+                    key_updates[r.position] = new_key
             continue
         for r in old:
             retire[r.position] = "relabelled" if r.sha256 == j.sha256 else "replaced"
@@ -633,7 +688,7 @@ def _run(
                             "kind": j.kind,
                             "file_id": j.file_id,
                             "origin": origin,
-                            "group_key": key if key is not None else s.group_key,
+                            "group_key": join_keys(key or "", s.group_key),
                             "window": s.window,
                             "plane": s.plane,
                         }
@@ -737,11 +792,15 @@ def _new_links(store: ImageStore, keys: list[str]) -> np.ndarray:
     )
 
 
+_MANIFEST_KEY = "manifest:"
+
+
 def _group_key(salt: bytes, job: _Job) -> str | None:
-    """The split-group key a manifest row gives (None: the reader's own key)."""
+    """The split-group key a manifest row gives (None: none); it joins the reader's own key
+    (patient / study / series / volume, ``mriscan.splits.join_keys``), never replaces it."""
     if job.group is None:
         return None
-    return "manifest:" + salted_hash(salt, "group", job.group)
+    return _MANIFEST_KEY + salted_hash(salt, "group", job.group)
 
 
 def _slice_name(job: _Job, source: str) -> str:
