@@ -318,6 +318,18 @@ def _print_ingest(report) -> None:
             click.echo(f"  {title}")
             for path, reason in items:
                 click.echo(f"    {path}: {reason}")
+    if report.placeholder_ids:
+        by_value: dict[str, list[str]] = {}
+        for path, value in report.placeholder_ids:
+            by_value.setdefault(value, []).append(path)
+        click.echo(
+            f"  warning: {len(report.placeholder_ids)} DICOM file(s) with a placeholder Patient "
+            "ID, which names no patient: grouped by their study instead (if studies are one "
+            "patient, give them one group in a --manifest):"
+        )
+        for value, paths in by_value.items():
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            click.echo(f"    Patient ID {value!r}: {len(paths)} file(s): {shown}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 

@@ -63,6 +63,7 @@ __all__ = [
     "DicomSliceMeta",
     "codec_packages",
     "group_series",
+    "is_placeholder_patient_id",
     "read_dicom",
 ]
 
@@ -184,6 +185,10 @@ class DicomSliceMeta:
         VOI LUT Function used (``"LINEAR"``, ``"LINEAR_EXACT"``, ``"SIGMOID"``).
     rescale_slope, rescale_intercept : float
         The modality rescale applied (1, 0 when absent; 1, 0 when a Modality LUT was used).
+    patient_placeholder : str
+        The Patient ID when it is a placeholder that names no one (``"ANONYMOUS"``, ``"0"``,
+        ...: ``is_placeholder_patient_id``); ``patient`` is then None, so the study becomes
+        the split group instead of one "patient" for every such study. "" otherwise.
     """
 
     patient: str | None
@@ -209,6 +214,7 @@ class DicomSliceMeta:
     window_function: str
     rescale_slope: float
     rescale_intercept: float
+    patient_placeholder: str = ""
 
     @property
     def group(self) -> str:
@@ -834,18 +840,46 @@ def _to_uint8(
     return out, windows, rescales
 
 
+#: Patient IDs that anonymisers and scanners write when there is no patient: they name no one,
+#: and as split keys they would merge every such study into one "patient"
+PLACEHOLDER_PATIENT_IDS = frozenset({
+    "ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "ANONYMOUS PATIENT", "DEIDENTIFIED",
+    "DE-IDENTIFIED", "REMOVED", "UNKNOWN", "UNK", "NONE", "NULL", "NIL", "N/A", "NA", "NOID",
+    "NO ID", "NO_ID", "NOT AVAILABLE", "PATIENT", "PATIENTID", "PATIENT ID", "ID", "TEST",
+    "DEFAULT", "EMPTY", "BLANK", "MISSING",
+})  # fmt: skip
+
+
+def is_placeholder_patient_id(value: str) -> bool:
+    """True for a Patient ID that names no patient: empty, one in ``PLACEHOLDER_PATIENT_IDS``
+    (case and surrounding blanks ignored), or one character repeated (``"0"``, ``"0000"``,
+    ``"XXXXXX"``, ``"---"``)."""
+    v = value.strip().upper()
+    return not v or v in PLACEHOLDER_PATIENT_IDS or len(set(v)) == 1
+
+
 def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
+    """The hashed ids of ``ds``, and ``patient_placeholder``: a placeholder Patient ID
+    (``is_placeholder_patient_id``), treated as missing (the study is then the split group)."""
+    placeholder = ""
+
     def h(kind: str, keyword: str) -> str | None:
+        nonlocal placeholder
         value = _raw(ds, keyword)
         value = "" if value is None else "\\".join(value) if isinstance(value, list) else value
+        if kind == "patient" and value and is_placeholder_patient_id(value):
+            placeholder = value.strip()[:32]
+            return None
         return salted_hash(salt, kind, value) if value else None
 
-    return {
+    out: dict[str, str | None] = {
         "patient": h("patient", "PatientID"),
         "study": h("study", "StudyInstanceUID"),
         "series": h("series", "SeriesInstanceUID"),
         "instance": h("instance", "SOPInstanceUID"),
     }
+    out["patient_placeholder"] = placeholder
+    return out
 
 
 def _safe_description(ds: pydicom.Dataset) -> str:

@@ -11,6 +11,7 @@ training, CV, evaluation and duplicate matching (``SampleRecord.active``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -118,7 +119,10 @@ class IngestReport:
     stored); ``warnings``: ``(name, reason)`` of slices stored with a warning (uniform, thin)
     and of near-identical slices stored under two classes (one entry per group, naming every
     file); ``ignored``: hidden files and folders (names starting with ".") and files beside
-    the class folders (a README), not read by rule.
+    the class folders (a README), not read by rule; ``placeholder_ids``: ``(name, Patient
+    ID)`` of DICOM files stored whose Patient ID names no one (``"ANONYMOUS"``, ``"0"``, ...:
+    ``mriscan.dicom.is_placeholder_patient_id``), grouped by their study instead of as one
+    patient (a warning: if such studies are one patient, give them a manifest group).
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
@@ -143,6 +147,7 @@ class IngestReport:
     notes: tuple[str, ...] = ()
     excluded: tuple[tuple[str, str], ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
+    placeholder_ids: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -243,6 +248,9 @@ def _describe_sources(sources) -> str:
 
 def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def _hash(job: _Job) -> _Job:
@@ -509,7 +517,8 @@ def _run(
             refused.append((name, reason))
             return
         (skipped if into is None else into).append((name, reason))
-        log.warning("not stored: %s: %s", name, reason)
+        # the report lists it (the CLI prints it): a warning here would show it twice
+        log.debug("reported: %s: %s", name, reason)
 
     for name, reason in (*problems, *unused):
         fail(name, reason)
@@ -517,6 +526,8 @@ def _run(
         list(pool.map(_hash, jobs))
     for j in jobs:
         j.file_id = fid(source, j.rel)
+        if j.error is None and j.sha256 == _EMPTY_SHA256:  # not "the same bytes as" another
+            j.error = "empty file (0 bytes): nothing to read; export it again or remove it"
     present = {j.file_id for j in jobs}
     active = [r for r in records if r.active]
     by_fid: dict[str, list[SampleRecord]] = {}
@@ -617,6 +628,7 @@ def _run(
     not_images: list[tuple[str, str]] = []
     warned: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
+    placeholders: list[tuple[str, str]] = []
     unstored: dict[str, str] = {}  # sha256 -> the file of these bytes that was not stored
     check_sizes = series_errors is None
     series_errors = series_errors or {}
@@ -664,6 +676,8 @@ def _run(
                 if r.excluded is not None:
                     fail(j.rel, r.excluded, into=excluded)
                     continue
+                if r.placeholder_id:
+                    placeholders.append((j.rel, r.placeholder_id))
                 key = group_of[j.file_id]
                 first = len(store) + store.n_pending + len(images)
                 primary.setdefault(j.sha256, first)
@@ -767,6 +781,7 @@ def _run(
         notes=tuple(notes),
         excluded=tuple(excluded),
         ignored=tuple(hidden),
+        placeholder_ids=tuple(placeholders),
         **counts,
     )
 

@@ -165,6 +165,36 @@ class NiftiRead:
     zooms: tuple[float, float, float]
 
 
+#: ``sizeof_hdr``, the header's first field: 348 for NIfTI-1, 540 for NIfTI-2
+_HEADER_SIZES = (348, 540)
+
+
+def _check_header_size(path: Path) -> None:
+    """Refuse a header whose ``sizeof_hdr`` is neither 348 nor 540 (in either byte order).
+
+    nibabel "fixes" such a header (it sets the field and logs a warning) and reads the data
+    anyway, but the field is the first one of every NIfTI file: when it is wrong the header is
+    damaged, and the rest of it (shape, data type, offset) cannot be trusted either.
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as fh:
+            head = fh.read(4)
+    except Exception:  # unreadable or a broken .gz: nib.load names the problem below
+        return
+    if len(head) < 4:
+        return
+    values = {int.from_bytes(head, "little", signed=True), int.from_bytes(head, "big", signed=True)}
+    if not values & set(_HEADER_SIZES):
+        raise CorruptImageError(
+            path,
+            f"broken NIfTI header: sizeof_hdr = {int.from_bytes(head, 'little', signed=True)} "
+            "(must be 348 for NIfTI-1 or 540 for NIfTI-2), so the rest of the header cannot be "
+            "trusted; export the volume again",
+        )
+
+
 def read_nifti(
     path: str | os.PathLike[str],
     *,
@@ -204,6 +234,7 @@ def read_nifti(
         raise UnreadableFileError(path, "does not exist or is a folder, not a NIfTI file")
     key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
     volume = salted_hash(salt, "volume", key)
+    _check_header_size(path)
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, OSError, EOFError

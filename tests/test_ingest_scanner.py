@@ -391,3 +391,64 @@ def test_manifest_groups_join_patients_and_series_never_split_them(tmp_path):
         np.testing.assert_array_equal(
             canonical(groups), canonical(union_groups(duplicate_groups(st.signatures()), keys))
         )
+
+
+def test_placeholder_patient_ids_do_not_merge_studies(tmp_path):
+    """Six studies of both classes whose Patient ID is a placeholder ("ANONYMOUS", "0", ...):
+    each study is its own split group, and the report lists them with a warning."""
+    root = tmp_path / "scans"
+    ids = ("ANONYMOUS", "ANONYMOUS", "0", "unknown", "N/A", "XXXXXX")
+    for k, pid in enumerate(ids):
+        cls = "yes" if k % 2 else "no"
+        write_dicom_series(
+            root / cls / f"study{k}", phantom_volume(10 + k, n_slices=2, canvas=32,
+                                                     tumor=cls == "yes"),
+            patient=FakePatient(patient_id=pid), seed=k,
+        )  # fmt: skip
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, ["ingest", str(root), "--store", str(store),
+                                    "--image-size", "32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with ImageStore.open(store) as st:
+        keys = [r.group_key for r in st.index.records]
+    assert all(k.startswith("study:") for k in keys) and len(set(keys)) == 6
+    assert "placeholder Patient ID" in res.output and "'ANONYMOUS': 4 file(s)" in res.output
+    report = ingest(root, tmp_path / "t.zarr", SMALL)
+    assert len(report.placeholder_ids) == 12
+    assert {v for _, v in report.placeholder_ids} == {"ANONYMOUS", "0", "unknown", "N/A", "XXXXXX"}
+
+
+def test_is_placeholder_patient_id():
+    from mriscan.dicom import is_placeholder_patient_id
+
+    for v in ("ANONYMOUS", " anon ", "", "0", "0000", "UNKNOWN", "NONE", "N/A", "---"):
+        assert is_placeholder_patient_id(v), v
+    for v in ("100017", "FAKE-0001", "A1", "anonymous-7"):
+        assert not is_placeholder_patient_id(v), v
+
+
+def test_empty_files_and_broken_nifti_header_are_reported_once(tmp_path, caplog):
+    """0-byte files are "empty", not "same bytes as" each other; a NIfTI whose sizeof_hdr is
+    broken is refused (nibabel would silently fix it); each reason is shown once: in the report,
+    not also as a log warning."""
+    import logging
+    import struct
+
+    root = tmp_path / "scans"
+    _patient(root, "yes", "FAKE-0001", "Doe_Jane", seed=1)
+    _patient(root, "no", "FAKE-0002", "Roe_Richard", seed=5)
+    (root / "no" / "empty.dcm").write_bytes(b"")
+    (root / "no" / "empty.nii.gz").write_bytes(b"")
+    vol = phantom_volume(3, n_slices=6, canvas=32)
+    write_nifti(root / "no" / "broken.nii", stack_to_ras(vol))
+    data = bytearray((root / "no" / "broken.nii").read_bytes())
+    data[:4] = struct.pack("<i", 0)
+    (root / "no" / "broken.nii").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        report = ingest(root, tmp_path / "s.zarr", SMALL)
+    reasons = dict(report.skipped)
+    assert reasons["no/empty.dcm"].startswith("empty file (0 bytes)")
+    assert reasons["no/empty.nii.gz"].startswith("empty file (0 bytes)")
+    assert "sizeof_hdr = 0" in reasons["no/broken.nii"]
+    assert not [r for r in caplog.records if "empty.dcm" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name.startswith("nibabel")]
