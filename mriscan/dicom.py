@@ -65,6 +65,7 @@ __all__ = [
     "group_series",
     "is_placeholder_patient_id",
     "read_dicom",
+    "series_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -880,6 +881,25 @@ def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
     }
     out["patient_placeholder"] = placeholder
     return out
+
+
+def series_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
+    """The hashed series id (``DicomSliceMeta.series``) of a DICOM file from its header alone,
+    or None when the header cannot be read or has no Series Instance UID.
+
+    For files whose pixels fail to decode (a truncated instance): the series they belong to
+    can still be told, so a per-series result can say that it misses them. Reads the header
+    only (``pydicom.dcmread`` with ``stop_before_pixels``; ``force=True`` for files without
+    the preamble) and hashes as ``read_dicom`` does.
+    """
+    salt = check_salt(salt)
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True
+        )
+        return _identifiers(ds, salt)["series"]
+    except Exception:  # a damaged header: the caller has the file's own error already
+        return None
 
 
 def _safe_description(ds: pydicom.Dataset) -> str:

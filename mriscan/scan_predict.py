@@ -75,10 +75,11 @@ def predict_inputs(
     top_k: int = TOP_K,
 ) -> list[dict[str, Any]]:
     """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order)
-    and one per series / volume (``mriscan.aggregate.aggregate_rows``); a failed file gives one
-    row with the reason in ``error``; a DICOM file without an image, or an image of a modality
-    not read (``DicomConfig.modalities``: MR only by default), one row with ``error`` starting
-    "skipped:".
+    and one per series / volume (``mriscan.aggregate.aggregate_rows``; its ``warning`` says
+    "<m> of <n> instances unreadable" when files of the series failed, e.g. a truncated
+    instance); a failed file gives one row with the reason in ``error``; a DICOM file without
+    an image, or an image of a modality not read (``DicomConfig.modalities``: MR only by
+    default), one row with ``error`` starting "skipped:".
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``), those
     of ``mriscan.inference.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
@@ -86,13 +87,21 @@ def predict_inputs(
     """
     if card.binary and (threshold is None or not 0.0 <= threshold <= 1.0):
         raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
-    reads = read_inputs(files, workers=workers)
+    salt = new_salt()
+    reads = read_inputs(files, workers=workers, salt=salt)
     rows: list[dict[str, Any]] = []
     slices = []
+    unreadable: dict[str, int] = {}  # series unit -> its files that could not be read
     for r in reads:
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             err = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
             rows.append(_scan_row(card, str(r.path), None, threshold, err, "file", ""))
+            if r.error is not None and r.kind == "dicom":
+                from mriscan.dicom import series_id
+
+                if (series := series_id(r.path, salt)) is not None:
+                    unit = f"series:{series}"
+                    unreadable[unit] = unreadable.get(unit, 0) + 1
             continue
         for s in r.slices:
             slices.append((r, s))
@@ -107,6 +116,16 @@ def predict_inputs(
     agg = aggregate_rows(rows, card=card, threshold=threshold, k=top_k)
     for row in rows:
         row.pop("unit_path", None)
+    files_of: dict[str, set] = {}
+    for r, s in slices:
+        files_of.setdefault(s.unit, set()).add(r.path)
+    for row in agg:
+        if missing := unreadable.get(row["unit"], 0):
+            total = missing + len(files_of.get(row["unit"], ()))
+            row["warning"] = (
+                f"{missing} of {total} instances unreadable (see their rows): scored from the "
+                "others only"
+            )
     return rows + agg
 
 
