@@ -58,7 +58,8 @@ def aggregate_rows(
     label, as in slice rows (``mriscan.inference.columns_for``). Also ``path`` = the unit's
     name (``row["unit_path"]`` when the slice rows give one, else the unit id), ``level`` =
     ``"series"`` or ``"volume"``, ``unit``, ``slices`` (how many were pooled),
-    ``aggregate`` = the rule and ``warning`` = "" (the caller may fill it in). Units in order of first appearance.
+    ``aggregate`` = the rule and ``warning`` = "" (the caller may fill it in). Units in order
+    of first appearance.
     """
     names = tuple(card.class_names)
     units: dict[str, list[dict[str, Any]]] = {}

@@ -641,6 +641,11 @@ def evaluate(
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
+    if data is not None and store_path is not None:
+        raise click.UsageError(
+            f"Give DATA or --store, not both (got DATA {data} and --store {store_path}): DATA "
+            "is a folder, manifest or store to evaluate on, --store a store."
+        )
     result = run_evaluate(
         model_path,
         store_path or data,

@@ -662,16 +662,34 @@ def _pixels(ds: pydicom.Dataset, path: Path, ts: UID) -> np.ndarray:
         arr = ds.pixel_array
     except (ValueError, EOFError, IndexError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptImageError(
-            path, f"pixel data cannot be decoded as {ts.name}: {exc}; the file may be truncated"
+            path,
+            f"pixel data cannot be decoded as {ts.name}: {_one_line(exc)}; the file may be "
+            "truncated",
         ) from exc
-    except RuntimeError as exc:  # a plugin failed or none is usable
+    except RuntimeError as exc:  # the installed plugins failed on these data, or none is usable
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if available:  # _check_decoder found one: the decoder ran and rejected the data
+            raise CorruptImageError(
+                path,
+                f"pixel data ({ts.name}) could not be decoded: the installed decoder failed "
+                f"({_one_line(exc)}); the compressed data are probably damaged: export the "
+                "file again",
+            ) from exc
         raise MissingCodecError(
             path,
-            f"pixel data ({ts.name}) could not be decoded: {exc}; install "
+            f"pixel data ({ts.name}) could not be decoded: {_one_line(exc)}; install "
             f"{' and '.join(codec_packages(ts))}",
             codec_packages(ts),
         ) from exc
     return arr
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's message on one line (pydicom lists each plugin's failure on its own line)."""
+    return " ".join(str(exc).split())
 
 
 def _frame_item(ds: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Dataset | None:
