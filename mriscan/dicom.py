@@ -44,7 +44,6 @@ from pydicom.uid import (
 )
 
 from mriscan.errors import (
-    ConfigError,
     CorruptImageError,
     ImageTooLargeError,
     MissingCodecError,
@@ -52,8 +51,9 @@ from mriscan.errors import (
     UnreadableFileError,
     UnsupportedFormatError,
 )
-from mriscan.io import DEFAULT_MAX_PIXELS, looks_like_dicom_dataset
+from mriscan.io import looks_like_dicom_dataset
 from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+from mriscan.scan_config import DicomConfig
 
 __all__ = [
     "DicomConfig",
@@ -99,55 +99,6 @@ def codec_packages(transfer_syntax: str) -> tuple[str, ...]:
     ``("python-gdcm",)`` for syntaxes outside the table (GDCM covers the most).
     """
     return _CODEC_PACKAGES.get(str(transfer_syntax), ("python-gdcm",))
-
-
-@dataclass(frozen=True)
-class DicomConfig:
-    """How DICOM slices become uint8.
-
-    Parameters
-    ----------
-    window_percentiles : (float, float)
-        Percentiles (0-100) of the real-world values mapped to 0 and 255 when the file has no
-        usable Window Center/Width (or ``use_header_window`` is False). Computed per file: per
-        slice for single-frame files, over all frames of a multi-frame file.
-    use_header_window : bool
-        Use the file's first Window Center/Width (VOI LUT Function LINEAR, LINEAR_EXACT or
-        SIGMOID) when present.
-    max_pixels : int
-        Refuse frames with more pixels than this (``ImageTooLargeError``) before decoding.
-    modalities : tuple of str, or None
-        The Modality (0008,0060) values whose images are read (default ``("MR",)``: mriscan
-        classifies brain MRI). Images of any other modality (CT, US, NM, CR, ...), and images
-        without a Modality, are not decoded: ``DicomRead.excluded`` says why, and ingest lists
-        them (``--strict`` refuses them). None reads every modality.
-    """
-
-    window_percentiles: tuple[float, float] = (0.5, 99.5)
-    use_header_window: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    modalities: tuple[str, ...] | None = ("MR",)
-
-    def __post_init__(self) -> None:
-        lo, hi = self.window_percentiles
-        if not 0.0 <= lo < hi <= 100.0:
-            raise ConfigError(
-                "window_percentiles must satisfy 0 <= low < high <= 100. "
-                f"Received: window_percentiles={self.window_percentiles}."
-            )
-        if self.max_pixels < 1:
-            raise ConfigError(f"max_pixels must be >= 1. Received: max_pixels={self.max_pixels}.")
-        if self.modalities is not None:
-            if isinstance(self.modalities, str) or not all(
-                isinstance(m, str) and m.strip() for m in self.modalities
-            ):
-                raise ConfigError(
-                    "modalities must be a tuple of Modality codes such as ('MR',), or None for "
-                    f"all. Received: modalities={self.modalities!r}."
-                )
-            object.__setattr__(
-                self, "modalities", tuple(m.strip().upper() for m in self.modalities)
-            )
 
 
 @dataclass(frozen=True)
@@ -360,8 +311,8 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
             (),
             excluded=(
                 f"{what} ({_sop_class_name(ds)}), not {allowed}: mriscan reads {allowed} "
-                "images only; remove the file, or allow the modality (ingest --modality "
-                f"{modality or 'any'}, DicomConfig(modalities=...))"
+                "images only; remove the file, or allow the modality (--modality "
+                f"{modality or 'any'} on the command, DicomConfig(modalities=...) in Python)"
             ),
         )
     if meta_ts is None:
