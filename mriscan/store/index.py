@@ -78,9 +78,11 @@ class SampleRecord:
         Index into ``StoreIndex.sources`` of the raw folder or manifest the file came from
         (-1: unknown, a format-1 store built from several folders).
     ``group_key``
-        What must stay on one side of a split, as a salted hash: ``patient:<h>`` (or ``study:``,
-        ``series:``, ``instance:`` when the DICOM header lacks the patient ID), ``volume:<h>``,
-        ``manifest:<h>`` (a manifest's group column); ``""`` for plain images.
+        What must stay on one side of a split, as keyed hashes: ``patient:<h>`` (or ``study:``,
+        ``series:``, ``instance:`` when the DICOM header lacks the patient ID or holds a
+        placeholder), ``volume:<h>``, ``manifest:<h>`` (a manifest's group column); several
+        keys joined by a space when a manifest group meets a patient or volume
+        (``mriscan.splits.join_keys``); ``""`` for plain images.
     ``window``, ``plane``
         The intensity window used (``"header"``, ``"percentile"``, ``"none"``; ``""`` for plain
         images) and the slice plane (``"axial"``, ``"coronal"``, ``"sagittal"``, ``"unknown"``,
