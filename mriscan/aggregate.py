@@ -57,8 +57,9 @@ def aggregate_rows(
     with the largest pooled probability; ``is_tumor`` (with ``tumor_probability``) follows the
     label, as in slice rows (``mriscan.inference.columns_for``). Also ``path`` = the unit's
     name (``row["unit_path"]`` when the slice rows give one, else the unit id), ``level`` =
-    ``"series"`` or ``"volume"``, ``unit``, ``slices`` (how many were pooled) and
-    ``aggregate`` = the rule. Units in order of first appearance.
+    ``"series"`` or ``"volume"``, ``unit``, ``slices`` (how many were pooled),
+    ``aggregate`` = the rule and ``warning`` = "" (the caller may fill it in). Units in order
+    of first appearance.
     """
     names = tuple(card.class_names)
     units: dict[str, list[dict[str, Any]]] = {}
@@ -88,6 +89,7 @@ def aggregate_rows(
             row["is_tumor"] = tumor_call(card, row["label"])
         row.update(
             error="",
+            warning="",
             level=unit.split(":", 1)[0],
             unit=unit,
             slices=len(members),

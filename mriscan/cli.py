@@ -23,7 +23,11 @@ from mriscan.config import CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
 from mriscan.io import display_path
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scan_config import NIFTI_PLANES, NIFTI_SELECTIONS, DicomConfig, NiftiConfig
 from mriscan.sources import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
+
+if typing.TYPE_CHECKING:
+    from mriscan.readers import ReadOptions
 
 DEFAULT_OUT = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_OUT / "models" / "best_model.keras"
@@ -42,17 +46,27 @@ def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
     return f, getattr(owner(), last), owner
 
 
-def config_option(cls: type, path: str, flag: str, help: str = "") -> Callable:
+def config_option(
+    cls: type,
+    path: str,
+    flag: str,
+    help: str = "",
+    *,
+    prefix: str = "cfg",
+    choices: typing.Iterable[str] | None = None,
+) -> Callable:
     """A click option for setting ``path`` of config class ``cls``: default, choices, type and
     help come from the dataclass (``mriscan.config``), so nothing is restated here.
 
-    The parameter is named ``cfg__<path with __>``; ``_typed_overrides`` keeps only the ones
-    the user typed, so a config's own defaults always win otherwise.
+    The parameter is named ``<prefix>__<path with __>`` (``cfg`` by default);
+    ``_typed_overrides`` keeps only the ``cfg`` ones the user typed, so a config's own defaults
+    always win otherwise; ``_read_options`` gathers the ``scan`` ones. ``choices`` for a field
+    whose dataclass does not declare them.
     """
     f, default, owner = _field(cls, path)
-    name = "cfg__" + path.replace(".", "__")
+    name = f"{prefix}__" + path.replace(".", "__")
     text = help or f.metadata.get("help", "")
-    choices = f.metadata.get("choices")
+    choices = f.metadata.get("choices") if choices is None else tuple(choices)
     if choices is None:
         hint = typing.get_type_hints(owner).get(f.name)
         if typing.get_origin(hint) is typing.Literal:
@@ -67,7 +81,7 @@ def config_option(cls: type, path: str, flag: str, help: str = "") -> Callable:
     if choices:
         kw["type"] = click.Choice(list(choices))
     elif isinstance(default, tuple):
-        kw.update(type=int, nargs=len(default))
+        kw.update(type=type(default[0]) if default else int, nargs=len(default))
     elif default is not None:
         kw["type"] = type(default)
     else:  # an optional setting: its type is the non-None member of its hint
@@ -164,6 +178,67 @@ def main(verbose: int) -> None:
     logging.getLogger("numba").setLevel(logging.WARNING)
 
 
+# how DICOM and NIfTI files are read, on every command that reads them (parameters "scan__...")
+_SCAN_OPTIONS = (
+    (DicomConfig, "window_percentiles", "--dicom-window", "Percentiles (0-100) of a DICOM "
+     "slice's values shown as black and white when it has no Window Center/Width (or with "
+     "--no-dicom-header-window).", None),
+    (DicomConfig, "use_header_window", "--dicom-header-window", "Window DICOM slices with their "
+     "own Window Center/Width when they have one.", None),
+    (NiftiConfig, "plane", "--nifti-plane", "Plane NIfTI volumes are sliced in (after "
+     "reorienting them to RAS+).", NIFTI_PLANES),
+    (NiftiConfig, "selection", "--nifti-slices", "Slices of a NIfTI volume to keep: brain (area "
+     ">= --nifti-brain-fraction of the largest), middle (the --nifti-middle-count central "
+     "ones) or all.", NIFTI_SELECTIONS),
+    (NiftiConfig, "brain_fraction", "--nifti-brain-fraction", "See --nifti-slices brain.", None),
+    (NiftiConfig, "middle_count", "--nifti-middle-count", "See --nifti-slices middle.", None),
+    (NiftiConfig, "window_percentiles", "--nifti-window", "Percentiles (0-100) of a NIfTI "
+     "volume shown as black and white (one window per volume).", None),
+    (NiftiConfig, "four_d", "--nifti-4d", "4-D NIfTI volumes: read the first volume (with a "
+     "warning), or refuse the file.", ("first", "refuse")),
+)  # fmt: skip
+
+
+def _scan_options(f: Callable) -> Callable:
+    """The DICOM/NIfTI reading options (``_SCAN_OPTIONS``, from ``DicomConfig`` and
+    ``NiftiConfig``) and --modality."""
+    opts = [
+        click.option(
+            "--modality",
+            "scan_modalities",
+            multiple=True,
+            default=("MR",),
+            show_default=True,
+            help="DICOM Modality to read (repeat for several; 'any' for all). Images of other "
+            "modalities are listed, not used.",
+        ),
+        *(
+            config_option(cls, field, flag, text, prefix=f"scan__{cls.__name__}", choices=ch)
+            for cls, field, flag, text, ch in _SCAN_OPTIONS
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _read_options(options: dict[str, Any]) -> ReadOptions:
+    """Pop the ``_scan_options`` parameters from a command's ``options`` into the reader
+    settings (``mriscan.readers.ReadOptions``); untyped options keep the configs' defaults."""
+    from mriscan.readers import ReadOptions
+
+    modalities = options.pop("scan_modalities", ("MR",))
+    values: dict[str, dict[str, Any]] = {"DicomConfig": {}, "NiftiConfig": {}}
+    for name in [n for n in options if n.startswith("scan__")]:
+        _, cls, field = name.split("__", 2)
+        values[cls][field] = options.pop(name)
+    wanted = None if any(m.strip().lower() == "any" for m in modalities) else tuple(modalities)
+    return ReadOptions(
+        dicom=DicomConfig(modalities=wanted, **values["DicomConfig"]),
+        nifti=NiftiConfig(**values["NiftiConfig"]),
+    )
+
+
 @main.command()
 @click.argument("raw_dir", type=_EXISTING, required=False)
 @click.option(
@@ -198,15 +273,7 @@ def main(verbose: int) -> None:
 @click.option(
     "--merge", is_flag=True, help="Allow adding a folder other than the one the store holds."
 )
-@click.option(
-    "--modality",
-    "modalities",
-    multiple=True,
-    default=("MR",),
-    show_default=True,
-    help="DICOM Modality to read (repeat for several; 'any' for all). Images of other "
-    "modalities are listed, not stored.",
-)
+@_scan_options
 @click.pass_context
 def ingest(
     ctx: click.Context,
@@ -216,7 +283,6 @@ def ingest(
     workers: int | None,
     strict: bool,
     merge: bool,
-    modalities: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Decode, preprocess and store every input under RAW_DIR/<class>/ (or in --manifest).
@@ -231,7 +297,6 @@ def ingest(
     (default MR) are listed, not stored (--strict: any of these fails, committing nothing, and
     names them all).
     """
-    from mriscan.dicom import DicomConfig
     from mriscan.ingest import IngestConfig
     from mriscan.ingest import ingest as run_ingest
 
@@ -239,14 +304,15 @@ def ingest(
         raise click.UsageError("Give either RAW_DIR or --manifest CSV (one of them).")
     raw_dir = raw_dir if raw_dir is not None else manifest
 
+    scan = _read_options(options)
     preprocess = override(PreprocessConfig(), _typed_overrides(ctx, options))
-    wanted = None if any(m.strip().lower() == "any" for m in modalities) else tuple(modalities)
     cfg = IngestConfig(
         preprocess=preprocess,
         workers=workers,
         strict=strict,
         merge=merge,
-        dicom=DicomConfig(modalities=wanted),
+        dicom=scan.dicom,
+        nifti=scan.nifti,
     )
     with _progress("ingesting") as progress:
         report = run_ingest(raw_dir, store_path, cfg, progress=progress)
@@ -318,6 +384,18 @@ def _print_ingest(report) -> None:
             click.echo(f"  {title}")
             for path, reason in items:
                 click.echo(f"    {path}: {reason}")
+    if report.placeholder_ids:
+        by_value: dict[str, list[str]] = {}
+        for path, value in report.placeholder_ids:
+            by_value.setdefault(value, []).append(path)
+        click.echo(
+            f"  warning: {len(report.placeholder_ids)} DICOM file(s) with a placeholder Patient "
+            "ID, which names no patient: grouped by their study instead (if studies are one "
+            "patient, give them one group in a --manifest):"
+        )
+        for value, paths in by_value.items():
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            click.echo(f"    Patient ID {value!r}: {len(paths)} file(s): {shown}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 
@@ -460,6 +538,7 @@ def _resolve_data(
 @_train_options
 @config_option(TrainConfig, "split.test_fraction", "--test-fraction")
 @config_option(TrainConfig, "runtime.verbose", "--verbose-fit")
+@_scan_options
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -475,6 +554,7 @@ def train(
     model (--select) is evaluated once on the held-out test split, with the decision
     threshold chosen on the validation split.
     """
+    scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)
     data, store_path = _resolve_data(data, store_path, overrides)
     cfg = override(TrainConfig(), overrides)
@@ -482,7 +562,7 @@ def train(
     from mriscan.training.workflow import train as run_train
 
     click.echo(f"Training on {data} → {out}/", err=True)
-    result = run_train(data, cfg, out=out, store_path=store_path)
+    result = run_train(data, cfg, out=out, store_path=store_path, read_options=scan)
     click.echo(f"\n{result.hardware.describe()}")
     _print_metrics("Test split", result.metrics.get("test") or result.metrics["validation"])
     click.echo(
@@ -609,6 +689,7 @@ def synth(
     help="Keep slices of other data that near-duplicate a training slice of the model "
     "(removed and counted by default).",
 )
+@_scan_options
 def evaluate(
     data: Path | None,
     model_path: Path,
@@ -617,6 +698,7 @@ def evaluate(
     out: Path | None,
     cfg__task__class_map: tuple,
     keep_duplicates: bool,
+    **options: Any,
 ) -> None:
     """Metrics and plots of a trained model on a split of its store, or on any labelled
     folder or store (another collection: near-duplicates of its training slices removed).
@@ -629,6 +711,11 @@ def evaluate(
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
+    if data is not None and store_path is not None:
+        raise click.UsageError(
+            f"Give DATA or --store, not both (got DATA {data} and --store {store_path}): DATA "
+            "is a folder, manifest or store to evaluate on, --store a store."
+        )
     result = run_evaluate(
         model_path,
         store_path or data,
@@ -636,6 +723,7 @@ def evaluate(
         out=out,
         class_map=cfg__task__class_map,
         remove_duplicates=not keep_duplicates,
+        read_options=_read_options(options),
     )
     click.echo(f"{result['data']} [{result['split']}]: {result['comparison']}")
     dup = result["near_duplicates_removed"]
@@ -676,6 +764,7 @@ def evaluate(
 @_train_options
 @config_option(CVConfig, "folds", "--folds")
 @config_option(CVConfig, "repeats", "--repeats")
+@_scan_options
 @click.pass_context
 def cv(
     ctx: click.Context,
@@ -690,6 +779,7 @@ def cv(
     (mean ± std, bootstrap 95% CI, per fold), oof_predictions.csv, roc.png,
     confusion_matrix.png.
     """
+    scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)
     folds = {k: overrides.pop(k) for k in ("folds", "repeats") if k in overrides}
     data, store_path = _resolve_data(data, store_path, overrides)
@@ -698,7 +788,7 @@ def cv(
     from mriscan.training.crossval import cross_validate
 
     click.echo(f"{cfg.folds}-fold CV × {cfg.repeats} on {data} → {out}/cv/", err=True)
-    s = cross_validate(data, cfg, out=out, store_path=store_path)
+    s = cross_validate(data, cfg, out=out, store_path=store_path, read_options=scan)
     p = s["protocol"]
     click.echo(
         f"\n{p['folds']}-fold CV × {p['repeats']}, {p['samples']} slices in "
@@ -762,6 +852,7 @@ def cv(
     "X.onnx from `mriscan export-onnx`: no TensorFlow import, starts seconds sooner), auto "
     "(onnx when X.onnx exists beside the model).",
 )
+@_scan_options
 def predict(
     model_path: Path,
     inputs: tuple[Path, ...],
@@ -771,6 +862,7 @@ def predict(
     workers: int | None,
     show_paths: bool,
     engine: str,
+    **options: Any,
 ) -> None:
     """Predict image files, DICOM series / files and NIfTI volumes, or folders of them.
 
@@ -802,6 +894,7 @@ def predict(
             progress=progress,
             show_paths=show_paths,
             engine=engine,
+            read_options=_read_options(options),
         )
     units = [r for r in rows if r.get("level") in ("series", "volume")]
     rows = [r for r in rows if r.get("level") not in ("series", "volume")]

@@ -44,7 +44,6 @@ from pydicom.uid import (
 )
 
 from mriscan.errors import (
-    ConfigError,
     CorruptImageError,
     ImageTooLargeError,
     MissingCodecError,
@@ -52,8 +51,9 @@ from mriscan.errors import (
     UnreadableFileError,
     UnsupportedFormatError,
 )
-from mriscan.io import DEFAULT_MAX_PIXELS, looks_like_dicom_dataset
+from mriscan.io import looks_like_dicom_dataset
 from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+from mriscan.scan_config import DicomConfig
 
 __all__ = [
     "DicomConfig",
@@ -63,7 +63,9 @@ __all__ = [
     "DicomSliceMeta",
     "codec_packages",
     "group_series",
+    "is_placeholder_patient_id",
     "read_dicom",
+    "series_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,55 +99,6 @@ def codec_packages(transfer_syntax: str) -> tuple[str, ...]:
     ``("python-gdcm",)`` for syntaxes outside the table (GDCM covers the most).
     """
     return _CODEC_PACKAGES.get(str(transfer_syntax), ("python-gdcm",))
-
-
-@dataclass(frozen=True)
-class DicomConfig:
-    """How DICOM slices become uint8.
-
-    Parameters
-    ----------
-    window_percentiles : (float, float)
-        Percentiles (0-100) of the real-world values mapped to 0 and 255 when the file has no
-        usable Window Center/Width (or ``use_header_window`` is False). Computed per file: per
-        slice for single-frame files, over all frames of a multi-frame file.
-    use_header_window : bool
-        Use the file's first Window Center/Width (VOI LUT Function LINEAR, LINEAR_EXACT or
-        SIGMOID) when present.
-    max_pixels : int
-        Refuse frames with more pixels than this (``ImageTooLargeError``) before decoding.
-    modalities : tuple of str, or None
-        The Modality (0008,0060) values whose images are read (default ``("MR",)``: mriscan
-        classifies brain MRI). Images of any other modality (CT, US, NM, CR, ...), and images
-        without a Modality, are not decoded: ``DicomRead.excluded`` says why, and ingest lists
-        them (``--strict`` refuses them). None reads every modality.
-    """
-
-    window_percentiles: tuple[float, float] = (0.5, 99.5)
-    use_header_window: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    modalities: tuple[str, ...] | None = ("MR",)
-
-    def __post_init__(self) -> None:
-        lo, hi = self.window_percentiles
-        if not 0.0 <= lo < hi <= 100.0:
-            raise ConfigError(
-                "window_percentiles must satisfy 0 <= low < high <= 100. "
-                f"Received: window_percentiles={self.window_percentiles}."
-            )
-        if self.max_pixels < 1:
-            raise ConfigError(f"max_pixels must be >= 1. Received: max_pixels={self.max_pixels}.")
-        if self.modalities is not None:
-            if isinstance(self.modalities, str) or not all(
-                isinstance(m, str) and m.strip() for m in self.modalities
-            ):
-                raise ConfigError(
-                    "modalities must be a tuple of Modality codes such as ('MR',), or None for "
-                    f"all. Received: modalities={self.modalities!r}."
-                )
-            object.__setattr__(
-                self, "modalities", tuple(m.strip().upper() for m in self.modalities)
-            )
 
 
 @dataclass(frozen=True)
@@ -184,6 +137,10 @@ class DicomSliceMeta:
         VOI LUT Function used (``"LINEAR"``, ``"LINEAR_EXACT"``, ``"SIGMOID"``).
     rescale_slope, rescale_intercept : float
         The modality rescale applied (1, 0 when absent; 1, 0 when a Modality LUT was used).
+    patient_placeholder : str
+        The Patient ID when it is a placeholder that names no one (``"ANONYMOUS"``, ``"0"``,
+        ...: ``is_placeholder_patient_id``); ``patient`` is then None, so the study becomes
+        the split group instead of one "patient" for every such study. "" otherwise.
     """
 
     patient: str | None
@@ -209,6 +166,7 @@ class DicomSliceMeta:
     window_function: str
     rescale_slope: float
     rescale_intercept: float
+    patient_placeholder: str = ""
 
     @property
     def group(self) -> str:
@@ -353,8 +311,8 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
             (),
             excluded=(
                 f"{what} ({_sop_class_name(ds)}), not {allowed}: mriscan reads {allowed} "
-                "images only; remove the file, or allow the modality (ingest --modality "
-                f"{modality or 'any'}, DicomConfig(modalities=...))"
+                "images only; remove the file, or allow the modality (--modality "
+                f"{modality or 'any'} on the command, DicomConfig(modalities=...) in Python)"
             ),
         )
     if meta_ts is None:
@@ -655,16 +613,34 @@ def _pixels(ds: pydicom.Dataset, path: Path, ts: UID) -> np.ndarray:
         arr = ds.pixel_array
     except (ValueError, EOFError, IndexError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptImageError(
-            path, f"pixel data cannot be decoded as {ts.name}: {exc}; the file may be truncated"
+            path,
+            f"pixel data cannot be decoded as {ts.name}: {_one_line(exc)}; the file may be "
+            "truncated",
         ) from exc
-    except RuntimeError as exc:  # a plugin failed or none is usable
+    except RuntimeError as exc:  # the installed plugins failed on these data, or none is usable
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if available:  # _check_decoder found one: the decoder ran and rejected the data
+            raise CorruptImageError(
+                path,
+                f"pixel data ({ts.name}) could not be decoded: the installed decoder failed "
+                f"({_one_line(exc)}); the compressed data are probably damaged: export the "
+                "file again",
+            ) from exc
         raise MissingCodecError(
             path,
-            f"pixel data ({ts.name}) could not be decoded: {exc}; install "
+            f"pixel data ({ts.name}) could not be decoded: {_one_line(exc)}; install "
             f"{' and '.join(codec_packages(ts))}",
             codec_packages(ts),
         ) from exc
     return arr
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's message on one line (pydicom lists each plugin's failure on its own line)."""
+    return " ".join(str(exc).split())
 
 
 def _frame_item(ds: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Dataset | None:
@@ -834,18 +810,65 @@ def _to_uint8(
     return out, windows, rescales
 
 
+#: Patient IDs that anonymisers and scanners write when there is no patient: they name no one,
+#: and as split keys they would merge every such study into one "patient"
+PLACEHOLDER_PATIENT_IDS = frozenset({
+    "ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "ANONYMOUS PATIENT", "DEIDENTIFIED",
+    "DE-IDENTIFIED", "REMOVED", "UNKNOWN", "UNK", "NONE", "NULL", "NIL", "N/A", "NA", "NOID",
+    "NO ID", "NO_ID", "NOT AVAILABLE", "PATIENT", "PATIENTID", "PATIENT ID", "ID", "TEST",
+    "DEFAULT", "EMPTY", "BLANK", "MISSING",
+})  # fmt: skip
+
+
+def is_placeholder_patient_id(value: str) -> bool:
+    """True for a Patient ID that names no patient: empty, one in ``PLACEHOLDER_PATIENT_IDS``
+    (case and surrounding blanks ignored), or one character repeated (``"0"``, ``"0000"``,
+    ``"XXXXXX"``, ``"---"``)."""
+    v = value.strip().upper()
+    return not v or v in PLACEHOLDER_PATIENT_IDS or len(set(v)) == 1
+
+
 def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
+    """The hashed ids of ``ds``, and ``patient_placeholder``: a placeholder Patient ID
+    (``is_placeholder_patient_id``), treated as missing (the study is then the split group)."""
+    placeholder = ""
+
     def h(kind: str, keyword: str) -> str | None:
+        nonlocal placeholder
         value = _raw(ds, keyword)
         value = "" if value is None else "\\".join(value) if isinstance(value, list) else value
+        if kind == "patient" and value and is_placeholder_patient_id(value):
+            placeholder = value.strip()[:32]
+            return None
         return salted_hash(salt, kind, value) if value else None
 
-    return {
+    out: dict[str, str | None] = {
         "patient": h("patient", "PatientID"),
         "study": h("study", "StudyInstanceUID"),
         "series": h("series", "SeriesInstanceUID"),
         "instance": h("instance", "SOPInstanceUID"),
     }
+    out["patient_placeholder"] = placeholder
+    return out
+
+
+def series_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
+    """The hashed series id (``DicomSliceMeta.series``) of a DICOM file from its header alone,
+    or None when the header cannot be read or has no Series Instance UID.
+
+    For files whose pixels fail to decode (a truncated instance): the series they belong to
+    can still be told, so a per-series result can say that it misses them. Reads the header
+    only (``pydicom.dcmread`` with ``stop_before_pixels``; ``force=True`` for files without
+    the preamble) and hashes as ``read_dicom`` does.
+    """
+    salt = check_salt(salt)
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True
+        )
+        return _identifiers(ds, salt)["series"]
+    except Exception:  # a damaged header: the caller has the file's own error already
+        return None
 
 
 def _safe_description(ds: pydicom.Dataset) -> str:

@@ -120,7 +120,7 @@ def new_links(
     signatures : ndarray of shape (M, 16, 16), uint8
         The new slices' signatures; they take positions ``offset .. offset + M - 1``.
     keys : sequence of M str
-        Their group keys (``""``: none).
+        Their group keys (``""``: none; several in one string: ``mriscan.splits.join_keys``).
     offset : int
         Number of stored slices.
     projections : ndarray of shape (offset, 16), float32
@@ -130,7 +130,8 @@ def new_links(
     constants : mapping int -> int
         First stored position of each constant signature value (blank slices group by value).
     key_positions : mapping str -> int
-        First stored position of each key of ``keys`` that a stored slice carries.
+        First stored position carrying each single key of ``keys`` (``split_keys``), for the
+        keys a stored slice carries.
     threshold : float
         Correlation above which two slices are near-duplicates.
 
@@ -145,6 +146,7 @@ def new_links(
         ``threshold`` outside [0, 1), or ``keys`` of another length than ``signatures``.
     """
     from mriscan.errors import ConfigError
+    from mriscan.splits import split_keys
 
     sigs = np.asarray(signatures)
     m = len(sigs)
@@ -167,8 +169,8 @@ def new_links(
         target = constants.get(v, first.setdefault(("c", v), k + offset))
         extra.append((k + offset, target))
     for k, key in enumerate(keys):
-        if key:
-            extra.append((k + offset, key_positions.get(key, first.setdefault(key, k + offset))))
+        for part in split_keys(key):
+            extra.append((k + offset, key_positions.get(part, first.setdefault(part, k + offset))))
     if extra:
         edges.append(np.array(extra, np.int64))
     out = np.concatenate(edges).astype(np.int64).reshape(-1, 2)

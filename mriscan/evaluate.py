@@ -33,6 +33,7 @@ from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.neighbors import cross_pairs
+from mriscan.readers import ReadOptions
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
@@ -114,6 +115,7 @@ def evaluate(
     class_map: tuple[tuple[str, tuple[str, ...]], ...] = (),
     remove_duplicates: bool = True,
     n_boot: int = 1000,
+    read_options: ReadOptions | None = None,
 ) -> dict[str, Any]:
     """Metrics and plots of a trained model on a split of its store or on any labelled data.
 
@@ -136,6 +138,9 @@ def evaluate(
         (thumbnail correlation > 0.95).
     n_boot : int
         Bootstrap draws (over duplicate groups) of the 95% CIs.
+    read_options : mriscan.readers.ReadOptions, optional
+        How DICOM and NIfTI files of a folder ``data`` are read (``DicomConfig``,
+        ``NiftiConfig``; default: their defaults).
 
     Raises
     ------
@@ -162,7 +167,7 @@ def evaluate(
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     with tempfile.TemporaryDirectory(prefix="mriscan_eval_") as tmp:
-        store, skipped = _open_data(data, card, Path(tmp))
+        store, skipped = _open_data(data, card, Path(tmp), read_options)
         with store:
             if store.config != card.preprocess:
                 raise ConfigError(
@@ -275,14 +280,18 @@ def _recorded_split(run: RunLayout | None, card: Any, model_path: Path) -> dict 
     return recorded
 
 
-def _open_data(data: Any, card: Any, tmp: Path) -> tuple[ImageStore, list[tuple[str, str]]]:
+def _open_data(
+    data: Any, card: Any, tmp: Path, read_options: ReadOptions | None = None
+) -> tuple[ImageStore, list[tuple[str, str]]]:
     """A store of the data: the store itself, or class folders ingested into ``tmp`` with the
     model's preprocessing. Returns the store and the files that could not be read."""
     if is_store(data):
         return ImageStore.open(data), []
     from mriscan.ingest import IngestConfig, ingest
 
-    report = ingest(Path(data), tmp / "eval.zarr", IngestConfig(preprocess=card.preprocess))
+    ro = read_options if read_options is not None else ReadOptions()
+    cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
+    report = ingest(Path(data), tmp / "eval.zarr", cfg)
     skipped = [(str(Path(data) / p), str(r)) for p, r in report.skipped]  # as the user named it
     store = ImageStore.open(tmp / "eval.zarr")
     if len(store) == 0 and skipped:

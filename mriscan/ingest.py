@@ -11,6 +11,7 @@ training, CV, evaluation and duplicate matching (``SampleRecord.active``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -26,6 +27,13 @@ from threadpoolctl import threadpool_limits
 from mriscan.duplicates import duplicate_groups, new_links, signature
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS, check_label_case, scan_class_folders, scan_manifest
+from mriscan.keys import (
+    KEY_FILE_ENV,
+    KeyMismatchError,
+    identifier_key,
+    key_file_path,
+    key_fingerprint,
+)
 from mriscan.preprocess import PreprocessConfig, preprocess
 from mriscan.readers import (
     InputRead,
@@ -36,8 +44,8 @@ from mriscan.readers import (
     read_input,
     slice_warnings,
 )
-from mriscan.scan import new_salt, salted_hash
-from mriscan.splits import union_groups
+from mriscan.scan import salted_hash
+from mriscan.splits import join_keys, split_keys, union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
 from mriscan.store.files import is_url, local_path
 
@@ -111,7 +119,10 @@ class IngestReport:
     stored); ``warnings``: ``(name, reason)`` of slices stored with a warning (uniform, thin)
     and of near-identical slices stored under two classes (one entry per group, naming every
     file); ``ignored``: hidden files and folders (names starting with ".") and files beside
-    the class folders (a README), not read by rule.
+    the class folders (a README), not read by rule; ``placeholder_ids``: ``(name, Patient
+    ID)`` of DICOM files stored whose Patient ID names no one (``"ANONYMOUS"``, ``"0"``, ...:
+    ``mriscan.dicom.is_placeholder_patient_id``), grouped by their study instead of as one
+    patient (a warning: if such studies are one patient, give them a manifest group).
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
@@ -136,6 +147,7 @@ class IngestReport:
     notes: tuple[str, ...] = ()
     excluded: tuple[tuple[str, str], ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
+    placeholder_ids: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -238,6 +250,9 @@ def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
 def _hash(job: _Job) -> _Job:
     try:
         job.sha256 = file_sha256(job.path)
@@ -283,10 +298,12 @@ def ingest(
       the group by the run that stores the new slice (``strict``: fail).
 
     Split groups (``SampleRecord.group``) are the union of near-duplicate slices and slices that
-    share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group. Patient
-    and other identifiers are stored only as hashes salted with the store's random salt
-    (created at the first ingest, kept in the index). Everything becomes visible in one atomic
-    commit; a store created by a run that fails is removed again.
+    share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group (a
+    manifest group joins those keys, it never replaces them). Patient and other identifiers
+    are stored only as HMAC hashes under the user's identifier key (``mriscan.keys``: a key
+    file outside the store, created on first use); the store records the key's fingerprint
+    only. Everything becomes visible in one atomic commit; a store created by a run that fails
+    is removed again.
 
     Parameters
     ----------
@@ -310,7 +327,9 @@ def ingest(
     ConfigError
         Other preprocessing than the store's, another dataset without ``merge``, a wrong number
         of classes (``n_classes``), a class whose name differs from a stored class only by
-        case.
+        case; the identifier key file cannot be created or read.
+    KeyMismatchError
+        The store was made with another identifier key (``$MRISCAN_KEY_FILE``).
     BadFilesError
         ``strict`` and any bad or unused file, label conflict, image of another modality or
         warning (nothing committed); the message names every one.
@@ -330,9 +349,14 @@ def ingest(
                 f"{config.preprocess}. Use a new --store path or the same options "
                 f"(e.g. --image-size {size})."
             )
+        try:
+            key = _store_key(store, store_path)
+        except BaseException:
+            store.close()
+            raise
         if (
             store.index.sources
-            and _source_entry(store.index.sources, store.salt, source) is None
+            and _source_entry(store.index.sources, key, source) is None
             and not config.merge
         ):
             store.close()
@@ -387,6 +411,48 @@ def ingest(
     return report
 
 
+_warned_salt: set[str] = set()
+
+
+def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
+    """The key the store's ids are hashed with: the user's identifier key
+    (``mriscan.keys.identifier_key``), checked against the fingerprint the store recorded
+    (``record``: recorded now when the store has none); a store written before the key left
+    the store keeps using the salt in its index (with a warning, once per store and process).
+
+    Raises
+    ------
+    KeyMismatchError
+        The store was made with another identifier key.
+    ConfigError
+        The key file cannot be created or read.
+    """
+    if store.salt is not None:
+        if str(store_path) not in _warned_salt:
+            _warned_salt.add(str(store_path))
+            log.warning(
+                "store %s keeps the secret salt of its patient/series hashes in its index.json "
+                "(written by an older mriscan): anyone holding the store can test guessed "
+                "patient IDs against them. Do not share it; to protect the ids, ingest the "
+                "data again into a new --store (its key then stays in %s, outside the store)",
+                store_path,
+                key_file_path(),
+            )
+        return store.salt
+    key = identifier_key()
+    fp = key_fingerprint(key)
+    if store.key_id and store.key_id != fp:
+        raise KeyMismatchError(
+            f"Store {store_path} was made with another identifier key (fingerprint "
+            f"{store.key_id}); the key file {key_file_path()} has fingerprint {fp}, so its "
+            f"patient and file ids would not match the stored ones. Point {KEY_FILE_ENV} at the "
+            "key file the store was made with, or ingest into a new --store. Nothing was written."
+        )
+    if record and not store.key_id:
+        store.set_key_id(fp)
+    return key
+
+
 def _remove_store(store_path: str | os.PathLike[str]) -> None:
     """Delete a store this run created (it never committed anything but an empty index)."""
     if is_url(store_path):
@@ -416,10 +482,7 @@ def _run(
 ):
     """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
     raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes."""
-    salt = store.salt
-    if salt is None:
-        salt = new_salt()
-        store.set_salt(salt)
+    salt = _store_key(store, store_path, record=True)
     # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
     # an older mriscan that recorded the plain path keeps using that entry
     entry = _source_entry(store.index.sources, salt, source) or source_pseudonym(salt, source)
@@ -454,7 +517,8 @@ def _run(
             refused.append((name, reason))
             return
         (skipped if into is None else into).append((name, reason))
-        log.warning("not stored: %s: %s", name, reason)
+        # the report lists it (the CLI prints it): a warning here would show it twice
+        log.debug("reported: %s: %s", name, reason)
 
     for name, reason in (*problems, *unused):
         fail(name, reason)
@@ -462,6 +526,8 @@ def _run(
         list(pool.map(_hash, jobs))
     for j in jobs:
         j.file_id = fid(source, j.rel)
+        if j.error is None and j.sha256 == _EMPTY_SHA256:  # not "the same bytes as" another
+            j.error = "empty file (0 bytes): nothing to read; export it again or remove it"
     present = {j.file_id for j in jobs}
     active = [r for r in records if r.active]
     by_fid: dict[str, list[SampleRecord]] = {}
@@ -525,10 +591,10 @@ def _run(
         if old and all(r.sha256 == j.sha256 and r.label == j.label for r in old):
             n_known += 1
             key = group_of[j.file_id]
-            if key is not None:  # a manifest's group column may change
-                for r in old:
-                    if r.group_key != key:
-                        key_updates[r.position] = key
+            for r in old:  # a manifest's group column may change (the reader's keys stay)
+                own = [k for k in split_keys(r.group_key) if not k.startswith(_MANIFEST_KEY)]
+                if (new_key := join_keys(key or "", *own)) != r.group_key:
+                    key_updates[r.position] = new_key
             continue
         for r in old:
             retire[r.position] = "relabelled" if r.sha256 == j.sha256 else "replaced"
@@ -562,6 +628,7 @@ def _run(
     not_images: list[tuple[str, str]] = []
     warned: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
+    placeholders: list[tuple[str, str]] = []
     unstored: dict[str, str] = {}  # sha256 -> the file of these bytes that was not stored
     check_sizes = series_errors is None
     series_errors = series_errors or {}
@@ -609,6 +676,8 @@ def _run(
                 if r.excluded is not None:
                     fail(j.rel, r.excluded, into=excluded)
                     continue
+                if r.placeholder_id:
+                    placeholders.append((j.rel, r.placeholder_id))
                 key = group_of[j.file_id]
                 first = len(store) + store.n_pending + len(images)
                 primary.setdefault(j.sha256, first)
@@ -633,7 +702,7 @@ def _run(
                             "kind": j.kind,
                             "file_id": j.file_id,
                             "origin": origin,
-                            "group_key": key if key is not None else s.group_key,
+                            "group_key": join_keys(key or "", s.group_key),
                             "window": s.window,
                             "plane": s.plane,
                         }
@@ -712,6 +781,7 @@ def _run(
         notes=tuple(notes),
         excluded=tuple(excluded),
         ignored=tuple(hidden),
+        placeholder_ids=tuple(placeholders),
         **counts,
     )
 
@@ -737,11 +807,15 @@ def _new_links(store: ImageStore, keys: list[str]) -> np.ndarray:
     )
 
 
+_MANIFEST_KEY = "manifest:"
+
+
 def _group_key(salt: bytes, job: _Job) -> str | None:
-    """The split-group key a manifest row gives (None: the reader's own key)."""
+    """The split-group key a manifest row gives (None: none); it joins the reader's own key
+    (patient / study / series / volume, ``mriscan.splits.join_keys``), never replaces it."""
     if job.group is None:
         return None
-    return "manifest:" + salted_hash(salt, "group", job.group)
+    return _MANIFEST_KEY + salted_hash(salt, "group", job.group)
 
 
 def _slice_name(job: _Job, source: str) -> str:

@@ -23,78 +23,18 @@ import nibabel as nib
 import numpy as np
 
 from mriscan.errors import (
-    ConfigError,
     CorruptImageError,
     UnreadableFileError,
     UnsupportedFormatError,
 )
 from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+from mriscan.scan_config import NIFTI_PLANES, NiftiConfig
 
 __all__ = ["NiftiConfig", "NiftiRead", "NiftiSlice", "NiftiSliceMeta", "read_nifti"]
 
 logger = logging.getLogger(__name__)
 
-_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
-_SELECTIONS = ("all", "middle", "brain")
-
-
-@dataclass(frozen=True)
-class NiftiConfig:
-    """How a NIfTI volume becomes slices.
-
-    Parameters
-    ----------
-    plane : {"axial", "coronal", "sagittal"}
-        Slicing plane in the canonical (RAS+) volume.
-    selection : {"brain", "all", "middle"}
-        Which slices to keep: ``"brain"`` those whose foreground area is at least
-        ``brain_fraction`` of the largest slice's; ``"middle"`` the ``middle_count`` central
-        slices; ``"all"`` every slice.
-    brain_fraction : float in (0, 1]
-        See ``selection="brain"``. 0.3 drops the vertex and skull-base slices that hold little
-        brain while keeping most of the cerebrum.
-    middle_count : int >= 1
-        See ``selection="middle"`` (all slices when the volume has fewer).
-    foreground_level : float in [0, 1)
-        A voxel counts as foreground (for the area) when above ``low + level * (high - low)``
-        of the volume's window.
-    window_percentiles : (float, float)
-        Percentiles (0-100) of the volume mapped to 0 and 255 (one window per volume).
-    four_d : {"first", "refuse"}
-        4-D volumes: keep the first volume (with a warning), or raise ``UnsupportedFormatError``.
-    """
-
-    plane: str = "axial"
-    selection: str = "brain"
-    brain_fraction: float = 0.3
-    middle_count: int = 16
-    foreground_level: float = 0.1
-    window_percentiles: tuple[float, float] = (0.5, 99.5)
-    four_d: str = "first"
-
-    def __post_init__(self) -> None:
-        if self.plane not in _AXIS:
-            raise ConfigError(f"plane must be one of {sorted(_AXIS)}. Received: {self.plane!r}.")
-        if self.selection not in _SELECTIONS:
-            raise ConfigError(
-                f"selection must be one of {list(_SELECTIONS)}. Received: {self.selection!r}."
-            )
-        if not 0.0 < self.brain_fraction <= 1.0:
-            raise ConfigError(f"brain_fraction must be in (0, 1]. Received: {self.brain_fraction}.")
-        if self.middle_count < 1:
-            raise ConfigError(f"middle_count must be >= 1. Received: {self.middle_count}.")
-        if not 0.0 <= self.foreground_level < 1.0:
-            raise ConfigError(
-                f"foreground_level must be in [0, 1). Received: {self.foreground_level}."
-            )
-        lo, hi = self.window_percentiles
-        if not 0.0 <= lo < hi <= 100.0:
-            raise ConfigError(
-                "window_percentiles must satisfy 0 <= low < high <= 100. "
-                f"Received: {self.window_percentiles}."
-            )
-        if self.four_d not in ("first", "refuse"):
-            raise ConfigError(f"four_d must be 'first' or 'refuse'. Received: {self.four_d!r}.")
+_AXIS = NIFTI_PLANES
 
 
 @dataclass(frozen=True)
@@ -165,6 +105,36 @@ class NiftiRead:
     zooms: tuple[float, float, float]
 
 
+#: ``sizeof_hdr``, the header's first field: 348 for NIfTI-1, 540 for NIfTI-2
+_HEADER_SIZES = (348, 540)
+
+
+def _check_header_size(path: Path) -> None:
+    """Refuse a header whose ``sizeof_hdr`` is neither 348 nor 540 (in either byte order).
+
+    nibabel "fixes" such a header (it sets the field and logs a warning) and reads the data
+    anyway, but the field is the first one of every NIfTI file: when it is wrong the header is
+    damaged, and the rest of it (shape, data type, offset) cannot be trusted either.
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as fh:
+            head = fh.read(4)
+    except Exception:  # unreadable or a broken .gz: nib.load names the problem below
+        return
+    if len(head) < 4:
+        return
+    values = {int.from_bytes(head, "little", signed=True), int.from_bytes(head, "big", signed=True)}
+    if not values & set(_HEADER_SIZES):
+        raise CorruptImageError(
+            path,
+            f"broken NIfTI header: sizeof_hdr = {int.from_bytes(head, 'little', signed=True)} "
+            "(must be 348 for NIfTI-1 or 540 for NIfTI-2), so the rest of the header cannot be "
+            "trusted; export the volume again",
+        )
+
+
 def read_nifti(
     path: str | os.PathLike[str],
     *,
@@ -204,6 +174,7 @@ def read_nifti(
         raise UnreadableFileError(path, "does not exist or is a folder, not a NIfTI file")
     key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
     volume = salted_hash(salt, "volume", key)
+    _check_header_size(path)
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, OSError, EOFError

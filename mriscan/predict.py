@@ -21,7 +21,7 @@ from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.inference import check_threshold, columns_for, predict_batch, prediction_row
 from mriscan.io import IMAGE_SUFFIXES, decode_image, display_path
 from mriscan.preprocess import normalize, preprocess
-from mriscan.readers import describe_flags, slice_warnings
+from mriscan.readers import ReadOptions, describe_flags, slice_warnings
 
 __all__ = [
     "ENGINES",
@@ -358,6 +358,7 @@ def predict(
     progress: Callable[[int, int], None] | None = None,
     show_paths: bool = False,
     engine: str = "auto",
+    read_options: ReadOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Predict files and folders with a saved model (threshold: the model's, unless given).
 
@@ -367,7 +368,8 @@ def predict(
     ``aggregate`` added); folders that cannot be listed one error row each. ``output``
     (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see ``PredictionWriter``);
     ``progress(done, total)`` is called after each batch of image files. ``show_paths`` names
-    scanner slices by file instead of by pseudonym.
+    scanner slices by file instead of by pseudonym; ``read_options``
+    (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read.
 
     ``engine`` runs the model: ``keras`` (the ``.keras`` file, through TensorFlow), ``onnx``
     (its export ``X.onnx`` made by ``mriscan.onnx_engine.export_onnx``, through ONNX Runtime:
@@ -429,6 +431,7 @@ def predict(
                     batch_size=batch_size,
                     workers=workers,
                     show_paths=show_paths,
+                    read_options=read_options,
                 )
             more += [{"path": display_path(p), "label": "", "error": why} for p, why in problems]
             if writer is not None and more:

@@ -93,7 +93,9 @@ class InputRead:
     """What reading one file gave: slices, or ``skipped`` (a DICOM object that is no image:
     no pixel data, a segmentation, a dose grid; listed, not an error), or ``excluded`` (a
     readable image this run does not use, e.g. a CT when only MR is read; the reason), or
-    ``error`` (the reason, without the path)."""
+    ``error`` (the reason, without the path). ``placeholder_id`` is a DICOM file's Patient ID
+    when it is a placeholder that names no one (``mriscan.dicom.is_placeholder_patient_id``;
+    its slices are then grouped by study), else ""."""
 
     path: Path
     kind: str
@@ -101,6 +103,7 @@ class InputRead:
     skipped: str | None = None
     error: str | None = None
     excluded: str | None = None
+    placeholder_id: str = ""
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -235,7 +238,8 @@ def _read_input(
                     plane=m.plane,
                 )
             )
-        return InputRead(path, kind, tuple(out))
+        placeholder = next((s.meta.patient_placeholder for s in r.slices), "")
+        return InputRead(path, kind, tuple(out), placeholder_id=placeholder)
     if kind == "nifti":
         from mriscan.nifti import read_nifti
 

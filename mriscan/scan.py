@@ -1,9 +1,11 @@
 """What the DICOM and NIfTI readers share: salted identifiers and intensity windows to uint8.
 
 Scanner data carry patient identity; mriscan keeps none of it. Every identifier that leaves a
-reader (patient, study, series, instance, volume) is a keyed hash (HMAC-SHA-256) under a random
-per-store salt that the caller owns (``new_salt``): equal inputs give equal ids within one store,
-so grouping works, while the id cannot be reversed or matched against another store.
+reader (patient, study, series, instance, volume) is a keyed hash (HMAC-SHA-256) under a secret
+key that the caller owns and keeps out of what it writes (for stores the user's identifier key,
+``mriscan.keys``; for one ``predict`` run a fresh ``new_salt``): equal inputs give equal ids
+under one key, so grouping works, while without the key an id can neither be reversed nor tested
+against guessed identifiers, nor matched against ids made under another key.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ _PERCENTILE_SAMPLE = 1 << 20  # percentiles of larger arrays come from an even s
 
 
 def new_salt() -> bytes:
-    """A fresh random salt of 32 bytes (``secrets.token_bytes``); store it with the store."""
+    """A fresh random key of 32 bytes (``secrets.token_bytes``) for ids that need not outlive one
+    run; never write it beside the ids (stores use ``mriscan.keys.identifier_key``)."""
     return secrets.token_bytes(32)
 
 

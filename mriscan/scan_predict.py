@@ -22,7 +22,7 @@ from mriscan.errors import ConfigError
 from mriscan.inference import predict_batch, prediction_row
 from mriscan.io import SourceFile
 from mriscan.preprocess import normalize, preprocess_batch
-from mriscan.readers import InputRead, check_series_sizes, read_input
+from mriscan.readers import InputRead, ReadOptions, check_series_sizes, read_input
 from mriscan.scan import new_salt
 
 __all__ = ["SCAN_COLUMNS", "predict_arrays", "predict_inputs", "read_inputs"]
@@ -32,17 +32,22 @@ SCAN_COLUMNS = ("level", "unit", "slices", "aggregate")
 
 
 def read_inputs(
-    files: Sequence[SourceFile], *, salt: bytes | None = None, workers: int | None = None
+    files: Sequence[SourceFile],
+    *,
+    salt: bytes | None = None,
+    workers: int | None = None,
+    options: ReadOptions | None = None,
 ) -> list[InputRead]:
-    """Read every file with ``mriscan.readers.read_input`` (threads), DICOM series whose files
-    disagree in size refused whole; one ``InputRead`` per file, in order."""
+    """Read every file with ``mriscan.readers.read_input`` (threads; ``options``: how DICOM
+    and NIfTI are read), DICOM series whose files disagree in size refused whole; one
+    ``InputRead`` per file, in order."""
     salt = salt if salt is not None else new_salt()
     mixed = check_series_sizes([f.path for f in files if f.kind == "dicom"])
 
     def load(f: SourceFile) -> InputRead:
         if f.path in mixed:
             return InputRead(f.path, f.kind, error=mixed[f.path])
-        return read_input(f.path, f.kind, salt=salt, root=f.path.parent)
+        return read_input(f.path, f.kind, salt=salt, root=f.path.parent, options=options)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(load, files))
@@ -73,26 +78,37 @@ def predict_inputs(
     workers: int | None = None,
     show_paths: bool = False,
     top_k: int = TOP_K,
+    read_options: ReadOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order)
-    and one per series / volume (``mriscan.aggregate.aggregate_rows``); a failed file gives one
-    row with the reason in ``error``; a DICOM file without an image, or an image of a modality
-    not read (``DicomConfig.modalities``: MR only by default), one row with ``error`` starting
-    "skipped:".
+    and one per series / volume (``mriscan.aggregate.aggregate_rows``; its ``warning`` says
+    "<m> of <n> instances unreadable" when files of the series failed, e.g. a truncated
+    instance); a failed file gives one row with the reason in ``error``; a DICOM file without
+    an image, or an image of a modality not read (``DicomConfig.modalities``: MR only by
+    default), one row with ``error`` starting "skipped:".
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``), those
     of ``mriscan.inference.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
-    two-class model (None for more classes).
+    two-class model (None for more classes). ``read_options``: how DICOM and NIfTI are read
+    (``mriscan.readers.ReadOptions``; default: the readers' defaults).
     """
     if card.binary and (threshold is None or not 0.0 <= threshold <= 1.0):
         raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
-    reads = read_inputs(files, workers=workers)
+    salt = new_salt()
+    reads = read_inputs(files, workers=workers, salt=salt, options=read_options)
     rows: list[dict[str, Any]] = []
     slices = []
+    unreadable: dict[str, int] = {}  # series unit -> its files that could not be read
     for r in reads:
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             err = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
             rows.append(_scan_row(card, str(r.path), None, threshold, err, "file", ""))
+            if r.error is not None and r.kind == "dicom":
+                from mriscan.dicom import series_id
+
+                if (series := series_id(r.path, salt)) is not None:
+                    unit = f"series:{series}"
+                    unreadable[unit] = unreadable.get(unit, 0) + 1
             continue
         for s in r.slices:
             slices.append((r, s))
@@ -107,6 +123,16 @@ def predict_inputs(
     agg = aggregate_rows(rows, card=card, threshold=threshold, k=top_k)
     for row in rows:
         row.pop("unit_path", None)
+    files_of: dict[str, set] = {}
+    for r, s in slices:
+        files_of.setdefault(s.unit, set()).add(r.path)
+    for row in agg:
+        if missing := unreadable.get(row["unit"], 0):
+            total = missing + len(files_of.get(row["unit"], ()))
+            row["warning"] = (
+                f"{missing} of {total} instances unreadable (see their rows): scored from the "
+                "others only"
+            )
     return rows + agg
 
 

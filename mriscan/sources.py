@@ -14,6 +14,7 @@ from pathlib import Path
 from mriscan.errors import ConfigError
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
+from mriscan.readers import ReadOptions
 from mriscan.store import DEFAULT_STORE, ImageStore
 
 __all__ = ["DEFAULT_RAW", "DEFAULT_STORE", "PHANTOM_STORE", "is_store", "open_or_ingest"]
@@ -35,6 +36,7 @@ def open_or_ingest(
     store_path: str | os.PathLike[str] | None = None,
     image_size: int | None = None,
     check_classes: Callable[[tuple[str, ...]], object] | None = None,
+    read_options: ReadOptions | None = None,
 ) -> ImageStore:
     """Open ``data`` if it is a store; otherwise ingest its class folders into ``store_path``.
 
@@ -51,6 +53,9 @@ def open_or_ingest(
     image_size : int, optional
         Side S of the slices when ingesting (default ``PreprocessConfig``'s). For a store it
         must equal the store's size if given.
+    read_options : mriscan.readers.ReadOptions, optional
+        How DICOM and NIfTI files are read when ingesting (``DicomConfig``, ``NiftiConfig``;
+        None: their defaults).
 
     Raises
     ------
@@ -73,7 +78,9 @@ def open_or_ingest(
             from mriscan.io import scan_class_folders
 
             check_classes(tuple(sorted(scan_class_folders(data).classes)))
-        report = ingest(Path(data), target, IngestConfig(preprocess=pre))
+        ro = read_options if read_options is not None else ReadOptions()
+        cfg = IngestConfig(preprocess=pre, dicom=ro.dicom, nifti=ro.nifti)
+        report = ingest(Path(data), target, cfg)
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
         return ImageStore.open(target)
     if check_classes is not None:

@@ -8,16 +8,44 @@ import numpy as np
 
 from mriscan.errors import ConfigError
 
-__all__ = ["cv_splits", "kfold_indices", "oversized_groups", "split_indices", "union_groups"]
+__all__ = [
+    "cv_splits",
+    "join_keys",
+    "kfold_indices",
+    "oversized_groups",
+    "split_indices",
+    "split_keys",
+    "union_groups",
+]
+
+#: separates the keys of one ``SampleRecord.group_key`` (keys are ``kind:<hex>``, never blank)
+KEY_SEPARATOR = " "
+
+
+def join_keys(*keys: str) -> str:
+    """One ``SampleRecord.group_key`` that carries every key given: a slice of a patient that a
+    CSV manifest also puts in a group belongs to both (``"manifest:<h> patient:<h>"``).
+
+    Empty keys are dropped, the rest de-duplicated and sorted (so equal sets give equal strings);
+    a single key is returned unchanged, so stores without manifests keep their keys as they were.
+    """
+    parts = sorted({p for k in keys for p in split_keys(k)})
+    return KEY_SEPARATOR.join(parts)
+
+
+def split_keys(key: str) -> list[str]:
+    """The keys one ``SampleRecord.group_key`` carries (``join_keys``); ``""`` gives ``[]``."""
+    return [p for p in key.split(KEY_SEPARATOR) if p] if key else []
 
 
 def union_groups(duplicate_ids: np.ndarray, keys: Sequence[str]) -> np.ndarray:
     """Split groups that join two relations: near-duplicate slices and slices with one key.
 
     Two samples share a group when they are linked by a chain of "same near-duplicate group" or
-    "same non-empty key" steps (connected components of the union of both relations; union-find
-    with path halving). Keys are ``SampleRecord.group_key`` strings (patient, volume, manifest
-    group); ``""`` links nothing.
+    "same key" steps (connected components of the union of both relations; union-find with path
+    halving). Keys are ``SampleRecord.group_key`` strings (patient, volume, manifest group); one
+    string may carry several keys (``join_keys``: a DICOM slice's patient and its manifest
+    group), and the slice is then linked through each of them; ``""`` links nothing.
 
     Parameters
     ----------
@@ -49,9 +77,7 @@ def union_groups(duplicate_ids: np.ndarray, keys: Sequence[str]) -> np.ndarray:
 
     first: dict[object, int] = {}
     for i in range(n):
-        for token in (("d", int(dup[i])), ("k", keys[i]) if keys[i] else None):
-            if token is None:
-                continue
+        for token in (("d", int(dup[i])), *(("k", k) for k in split_keys(keys[i]))):
             j = first.setdefault(token, i)
             if j != i:
                 a, b = find(i), find(j)

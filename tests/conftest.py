@@ -16,9 +16,11 @@ REAL_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_pretrain_cache(tmp_path_factory):
-    """Pre-trained weights go to a temporary cache, never the user's ~/.cache/mriscan."""
+    """Pre-trained weights (and the identifier key) go to temporary folders, never the user's."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MRISCAN_CACHE", str(tmp_path_factory.mktemp("mriscan_cache")))
+    # and the identifier key to a temporary file, never the user's ~/.config/mriscan
+    mp.setenv("MRISCAN_KEY_FILE", str(tmp_path_factory.mktemp("mriscan_key") / "id.key"))
     yield
     mp.undo()
 

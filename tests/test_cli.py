@@ -223,3 +223,14 @@ def test_a_full_disk_is_one_line_and_keeps_the_store(class_folder, tmp_path, mon
     monkeypatch.undo()
     assert (store / "index.json").read_bytes() == index_before
     assert runner.invoke(main, ["verify", "--store", str(store)]).exit_code == 0
+
+
+def test_evaluate_refuses_data_and_store_together(tmp_path):
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"x")
+    res = CliRunner().invoke(
+        main,
+        ["evaluate", str(tmp_path), "--store", str(tmp_path / "s.zarr"), "--model", str(model)],
+    )
+    assert res.exit_code == 2 and "Give DATA or --store, not both" in res.output
+    assert "does not exist" not in res.output

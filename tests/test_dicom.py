@@ -241,3 +241,22 @@ def test_percentile_window_matches_numpy(dtype):
 def test_config_is_validated():
     with pytest.raises(ConfigError, match="window_percentiles"):
         DicomConfig(window_percentiles=(50, 10))
+
+
+def test_damaged_compressed_data_blame_the_data_not_a_missing_package(tmp_path):
+    """libjpeg installed but failing on damaged JPEG-LS bytes: the error says the decoder
+    failed (not "install pylibjpeg"), on one line."""
+    from mriscan.errors import CorruptImageError, MissingCodecError
+
+    ds = pydicom.dcmread(_shipped("MR_small_jpeg_ls_lossless.dcm"))
+    data = bytearray(ds.PixelData)
+    data[len(data) // 3 : len(data) // 3 + 200] = b"\xff" * 200
+    ds.PixelData = bytes(data)
+    path = tmp_path / "damaged.dcm"
+    ds.save_as(path)
+    with pytest.raises(CorruptImageError) as err:
+        read_dicom(path, salt=SALT)
+    assert not isinstance(err.value, MissingCodecError)
+    assert "the installed decoder failed" in err.value.reason
+    assert "install" not in err.value.reason.replace("installed", "")
+    assert "\n" not in str(err.value)

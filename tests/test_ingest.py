@@ -10,6 +10,7 @@ import pytest
 
 from mriscan.errors import BadFilesError, ConfigError, EmptyDatasetError
 from mriscan.ingest import IngestConfig, ingest, source_pseudonym
+from mriscan.keys import identifier_key
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store import ImageStore, verify_store
 
@@ -103,12 +104,15 @@ def test_a_second_dataset_is_refused_unless_merged(class_folder, tmp_path):
     assert str(other.resolve()) in str(err.value) and "--merge" in str(err.value)
     assert "1 folder(s) recorded by pseudonym only" in str(err.value)
     with ImageStore.open(store) as st:  # refused before anything was written
-        first = (source_pseudonym(st.salt, str(class_folder.resolve())),)
+        first = (source_pseudonym(identifier_key(), str(class_folder.resolve())),)
         assert len(st) == 12 and st.index.sources == first
     merged = ingest(other, store, dataclasses.replace(SMALL, merge=True))
     assert merged.n_added == 1
     with ImageStore.open(store) as st:
-        assert st.index.sources == (*first, source_pseudonym(st.salt, str(other.resolve())))
+        assert st.index.sources == (
+            *first,
+            source_pseudonym(identifier_key(), str(other.resolve())),
+        )
     assert verify_store(store) == []
 
 

@@ -16,9 +16,12 @@ from PIL import Image
 from pydicom.pixels import get_decoder
 
 from mriscan.cli import main
+from mriscan.duplicates import duplicate_groups
 from mriscan.errors import BadFilesError, StoreCorruptError
 from mriscan.ingest import IngestConfig, ingest, source_pseudonym
+from mriscan.keys import identifier_key, key_fingerprint
 from mriscan.preprocess import PreprocessConfig
+from mriscan.splits import kfold_indices, union_groups
 from mriscan.store import FORMAT_VERSION, ImageStore, verify_store
 from mriscan.synth_scanner import (
     FakePatient,
@@ -75,7 +78,7 @@ def test_scanner_folders_become_slices_with_groups_and_no_identity(scanner_root,
         kinds = [r.kind for r in recs]
         assert kinds.count("dicom") == 8 + 4 and kinds.count("image") == 2
         assert 1 <= kinds.count("nifti") <= 6
-        assert st.salt is not None and len(st.salt) == 32
+        assert st.salt is None and st.key_id == key_fingerprint(identifier_key())
         dicom = [r for r in recs if r.kind == "dicom"]
         assert all(r.source.startswith("dicom/") and "#" in r.source for r in dicom)
         assert {r.window for r in dicom} == {"header"} and {r.plane for r in dicom} == {"axial"}
@@ -122,7 +125,7 @@ def test_no_input_path_is_stored_and_reingest_still_recognises_the_files(tmp_pat
     info = CliRunner().invoke(main, ["info", "--store", str(store), "--json"])
     assert info.exit_code == 0 and not any(t.lower() in info.output.lower() for t in leaks)
     with ImageStore.open(store) as st:
-        assert st.index.sources == (source_pseudonym(st.salt, absolute),)
+        assert st.index.sources == (source_pseudonym(identifier_key(), absolute),)
         n = len(st)
     again = ingest(root, store, SMALL)
     assert again.n_added == 0 and again.already_stored == 8 and again.total == n
@@ -282,7 +285,7 @@ def test_format_1_store_is_read_and_upgraded(class_folder, tmp_path):
     report = ingest(class_folder, store, SMALL)  # the v1 records are matched by their path
     assert report.n_added == 0 and report.removed == 1 and report.already_stored == 11
     with ImageStore.open(store) as st:
-        assert st.salt is not None and st.index.format_version == FORMAT_VERSION
+        assert st.key_id and st.index.format_version == FORMAT_VERSION
         assert all(r.file_id for r in st.index.records)
     assert json.loads((store / "index.json").read_text())["format_version"] == FORMAT_VERSION
     assert verify_store(store) == []
@@ -319,3 +322,133 @@ def test_unknown_format_is_refused_with_how_to_convert(class_folder, tmp_path):
     (store / "index.json").write_text(json.dumps(index))
     with pytest.raises(StoreCorruptError, match=r"reads versions 1 to 4\. Re-ingest"):
         ImageStore.open(store)
+
+
+def canonical(groups: np.ndarray) -> np.ndarray:
+    """Group ids renumbered in order of first appearance (to compare partitions)."""
+    order: dict[int, int] = {}
+    return np.array([order.setdefault(int(g), len(order)) for g in groups])
+
+
+def _series_of(st: ImageStore) -> dict[int, str]:
+    """position -> DICOM series pseudonym of every committed slice."""
+    return {r.position: r.source.split("/")[1] for r in st.index.records if r.kind == "dicom"}
+
+
+def test_manifest_groups_join_patients_and_series_never_split_them(tmp_path):
+    """One manifest group per file (finding of issue 18's review): the groups must join the
+    patient/series keys, so a series or patient never spans two folds; a later run adding a
+    series of a stored patient joins that patient's group (incremental links through stored
+    records that carry two keys)."""
+    root = tmp_path / "m"
+    files = {}
+    for p in range(6):
+        cls = "yes" if p % 2 else "no"
+        patient = FakePatient(patient_id=f"FAKE-{p:04d}", name=f"Doe^P{p}")
+        stack = phantom_volume(p, n_slices=4, canvas=32, tumor=cls == "yes")
+        for f in write_dicom_series(root / f"p{p}", stack, patient=patient, seed=p):
+            files[f] = cls
+    rows = ["path,label,group"] + [
+        f"{f.relative_to(root).as_posix()},{c},G{k}" for k, (f, c) in enumerate(files.items())
+    ]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s.zarr"
+    ingest(root / "labels.csv", store, SMALL)
+    with ImageStore.open(store) as st:
+        series = _series_of(st)
+        groups = st.groups
+        assert len(series) == 24
+        by_series: dict[str, set[int]] = {}
+        for pos, s in series.items():
+            by_series.setdefault(s, set()).add(int(groups[pos]))
+        assert all(len(g) == 1 for g in by_series.values()), by_series
+        assert len(set(groups.tolist())) >= 3
+        folds = kfold_indices(st.labels, groups, n_folds=3, seed=0)
+        for s in by_series:
+            assert len({int(folds[p]) for p, v in series.items() if v == s}) == 1
+        first = {s: next(iter(g)) for s, g in by_series.items()}
+    # a second series of patient 1, added to the manifest later (incremental linking)
+    patient = FakePatient(patient_id="FAKE-0001", name="Doe^P1")
+    more = write_dicom_series(
+        root / "p1b", phantom_volume(77, n_slices=4, canvas=32, tumor=True),
+        patient=patient, series_number=2, seed=77,
+    )  # fmt: skip
+    rows += [f"{f.relative_to(root).as_posix()},yes,H{k}" for k, f in enumerate(more)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    ingest(root / "labels.csv", store, SMALL)
+    with ImageStore.open(store) as st:
+        groups = st.groups
+        recs = st.index.records
+        new = [r for r in recs if _series_of(st)[r.position] not in first]
+        assert len(new) == 4
+        patient_key = next(k for k in new[0].group_key.split() if k.startswith("patient:"))
+        same_patient = [r for r in recs if patient_key in r.group_key.split() and r not in new]
+        assert len(same_patient) == 4  # the stored series of FAKE-0001
+        joined = {int(groups[r.position]) for r in new + same_patient}
+        assert joined == {int(groups[new[0].position])}
+        keys = [r.group_key for r in st.index.records]
+        assert all(len(k.split()) == 2 for k in keys)  # manifest group + patient
+        np.testing.assert_array_equal(
+            canonical(groups), canonical(union_groups(duplicate_groups(st.signatures()), keys))
+        )
+
+
+def test_placeholder_patient_ids_do_not_merge_studies(tmp_path):
+    """Six studies of both classes whose Patient ID is a placeholder ("ANONYMOUS", "0", ...):
+    each study is its own split group, and the report lists them with a warning."""
+    root = tmp_path / "scans"
+    ids = ("ANONYMOUS", "ANONYMOUS", "0", "unknown", "N/A", "XXXXXX")
+    for k, pid in enumerate(ids):
+        cls = "yes" if k % 2 else "no"
+        write_dicom_series(
+            root / cls / f"study{k}", phantom_volume(10 + k, n_slices=2, canvas=32,
+                                                     tumor=cls == "yes"),
+            patient=FakePatient(patient_id=pid), seed=k,
+        )  # fmt: skip
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, ["ingest", str(root), "--store", str(store),
+                                    "--image-size", "32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with ImageStore.open(store) as st:
+        keys = [r.group_key for r in st.index.records]
+    assert all(k.startswith("study:") for k in keys) and len(set(keys)) == 6
+    assert "placeholder Patient ID" in res.output and "'ANONYMOUS': 4 file(s)" in res.output
+    report = ingest(root, tmp_path / "t.zarr", SMALL)
+    assert len(report.placeholder_ids) == 12
+    assert {v for _, v in report.placeholder_ids} == {"ANONYMOUS", "0", "unknown", "N/A", "XXXXXX"}
+
+
+def test_is_placeholder_patient_id():
+    from mriscan.dicom import is_placeholder_patient_id
+
+    for v in ("ANONYMOUS", " anon ", "", "0", "0000", "UNKNOWN", "NONE", "N/A", "---"):
+        assert is_placeholder_patient_id(v), v
+    for v in ("100017", "FAKE-0001", "A1", "anonymous-7"):
+        assert not is_placeholder_patient_id(v), v
+
+
+def test_empty_files_and_broken_nifti_header_are_reported_once(tmp_path, caplog):
+    """0-byte files are "empty", not "same bytes as" each other; a NIfTI whose sizeof_hdr is
+    broken is refused (nibabel would silently fix it); each reason is shown once: in the report,
+    not also as a log warning."""
+    import logging
+    import struct
+
+    root = tmp_path / "scans"
+    _patient(root, "yes", "FAKE-0001", "Doe_Jane", seed=1)
+    _patient(root, "no", "FAKE-0002", "Roe_Richard", seed=5)
+    (root / "no" / "empty.dcm").write_bytes(b"")
+    (root / "no" / "empty.nii.gz").write_bytes(b"")
+    vol = phantom_volume(3, n_slices=6, canvas=32)
+    write_nifti(root / "no" / "broken.nii", stack_to_ras(vol))
+    data = bytearray((root / "no" / "broken.nii").read_bytes())
+    data[:4] = struct.pack("<i", 0)
+    (root / "no" / "broken.nii").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        report = ingest(root, tmp_path / "s.zarr", SMALL)
+    reasons = dict(report.skipped)
+    assert reasons["no/empty.dcm"].startswith("empty file (0 bytes)")
+    assert reasons["no/empty.nii.gz"].startswith("empty file (0 bytes)")
+    assert "sizeof_hdr = 0" in reasons["no/broken.nii"]
+    assert not [r for r in caplog.records if "empty.dcm" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name.startswith("nibabel")]

@@ -456,3 +456,20 @@ def test_slices_with_nothing_to_see_are_predicted_with_a_warning(model_file, tmp
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in predict(model_file, [folder])}
     assert "uniform image" in rows["black.png"]["warning"] and not rows["black.png"]["error"]
     assert "a side under" in rows["line.png"]["warning"]
+
+
+def test_a_series_row_missing_a_truncated_instance_says_so(model_file, tmp_path):
+    from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_dicom_series, write_nifti
+
+    scans = tmp_path / "scans"
+    files = write_dicom_series(scans / "s", phantom_volume(1, n_slices=5, canvas=32))
+    write_nifti(scans / "v.nii.gz", stack_to_ras(phantom_volume(2, n_slices=6)))
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) - 100])  # header intact, pixel data cut short
+    rows = predict(model_file, [scans], threshold=0.5)
+    series = [r for r in rows if r["level"] == "series"]
+    volume = [r for r in rows if r["level"] == "volume"]
+    assert len(series) == 1 and series[0]["slices"] == 4
+    assert series[0]["warning"].startswith("1 of 5 instances unreadable")
+    assert len(volume) == 1 and volume[0]["warning"] == ""
+    assert [r["path"] for r in rows if r["error"]] == [str(files[2])]

@@ -8,9 +8,11 @@ import pytest
 from mriscan.errors import ConfigError
 from mriscan.splits import (
     cv_splits,
+    join_keys,
     kfold_indices,
     oversized_groups,
     split_indices,
+    split_keys,
     union_groups,
 )
 
@@ -137,3 +139,32 @@ def test_oversized_groups_are_described_and_small_ones_are_not():
     groups[38:70] = 2
     lines = oversized_groups(labels, groups, 0.2, ("no", "yes"))
     assert [line.split(" slices")[0][-9:] for line in lines] == ["32 of 100", "30 of 100"]
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_manifest_groups_across_patients_join_never_split(seed):
+    """A manifest group column that cuts across patients/series (one group per file, or groups
+    spanning two patients) joins their groups; it never separates a patient."""
+    labels, keys, patient, dup = _patients(seed)
+    rng = np.random.default_rng(seed + 100)
+    n = len(keys)
+    manifest = np.arange(n)  # one group per file (cuts every series apart if it replaced them)
+    for _ in range(n // 20):  # and a few groups across two patients
+        a, b = rng.integers(0, n, 2)
+        manifest[b] = manifest[a]
+    joined = [join_keys(k, f"manifest:{m}") for k, m in zip(keys, manifest, strict=True)]
+    groups = union_groups(dup, joined)
+    folds = kfold_indices(labels, groups, n_folds=3, seed=seed)
+    for ids in (patient, manifest, dup):
+        for g in np.unique(ids):
+            assert len(set(folds[ids == g].tolist())) == 1
+
+
+def test_join_keys_round_trip():
+    assert join_keys("patient:a", "") == "patient:a"
+    assert join_keys("patient:a", "manifest:b") == join_keys("manifest:b", "patient:a")
+    assert split_keys(join_keys("patient:a", "manifest:b")) == ["manifest:b", "patient:a"]
+    assert split_keys("") == [] and join_keys("", "") == ""
+    dup = np.arange(4)
+    keys = ["patient:a manifest:m", "manifest:m", "patient:a", "manifest:z"]
+    np.testing.assert_array_equal(union_groups(dup, keys), [0, 0, 0, 1])

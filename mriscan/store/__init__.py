@@ -11,7 +11,7 @@ Layout of ``images.zarr/`` (index format 4)::
     index/               append-only record columns (``columns``): label.u1, flags.u1, ...,
                          source.bin/.off, ..., proj.f4, group.<g>.i8, merges.<g>.i8,
                          patches.jsonl, duplicates.<k>.json
-    index.json           the manifest: format, PreprocessConfig, classes, salt, sources, the
+    index.json           the manifest: format, PreprocessConfig, classes, key_id, sources, the
                          committed count of rows / patch bytes / merges
     write.lock           held (flock) by the one writer; readers never touch it
     write.pending        how far an uncommitted writer may have written image rows

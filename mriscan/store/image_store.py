@@ -440,8 +440,9 @@ class ImageStore:
 
     @property
     def salt(self) -> bytes | None:
-        """The store's secret salt for identifiers (``mriscan.scan.salted_hash``), or None when
-        the store has none yet (created before format 2, or never ingested into)."""
+        """The secret salt that a store written before the identifier key left the store
+        (``mriscan.keys``) keeps in its index, or None (newer stores, format-1 stores and stores
+        never ingested into)."""
         return bytes.fromhex(self._index.salt) if self._index.salt else None
 
     def active_indices(self) -> np.ndarray:
@@ -489,11 +490,13 @@ class ImageStore:
         return out
 
     def positions_with_keys(self, keys: Sequence[str]) -> dict[str, int]:
-        """First committed position carrying each non-empty group key of ``keys`` (keys no
-        committed record carries are left out)."""
+        """A committed position carrying each single key of ``keys`` (``mriscan.splits.
+        split_keys``: a record whose ``group_key`` joins several keys carries each of them);
+        keys no committed record carries are left out."""
+        from mriscan.splits import KEY_SEPARATOR, split_keys
         from mriscan.store.columns import key_hash
 
-        wanted = {key_hash(k): k for k in keys if k}
+        wanted = {key_hash(p): p for k in keys for p in split_keys(k)}
         if not wanted or not len(self):
             return {}
         kh = self._table.fixed("keyhash")
@@ -503,6 +506,12 @@ class ImageStore:
             k = wanted[int(kh[pos])]
             if k not in out and self._table.string_at("group_key", pos) == k:
                 out[k] = pos
+        # records with several keys (a manifest group joined with a patient, ...)
+        names = set(wanted.values())
+        for pos in self._table.rows_containing("group_key", KEY_SEPARATOR).tolist():
+            for k in split_keys(self._table.string_at("group_key", pos)):
+                if k in names:
+                    out.setdefault(k, pos)
         return out
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -650,6 +659,32 @@ class ImageStore:
         self._pending_dups.append(
             {"source": source, "sha256": sha256, "duplicate_of": int(duplicate_of)}
         )
+
+    @property
+    def key_id(self) -> str:
+        """Fingerprint of the identifier key the store's ids are hashed with
+        (``mriscan.keys.key_fingerprint``), or "" when none was recorded yet."""
+        return self._index.key_id
+
+    def set_key_id(self, key_id: str) -> None:
+        """Record (at the next commit) the fingerprint of the identifier key of a store that has
+        none; the key itself is never written into the store.
+
+        Raises
+        ------
+        StoreError
+            The store already records another key, or keeps a salt of its own.
+        ConfigError
+            ``key_id`` is not 16 hex characters.
+        """
+        self._check_writable()
+        if not re.fullmatch(r"[0-9a-f]{16}", key_id or ""):
+            raise ConfigError(f"key_id must be 16 lowercase hex characters. Received: {key_id!r}.")
+        if self._index.salt or (self._index.key_id and self._index.key_id != key_id):
+            raise StoreError(
+                f"Store {self.location} already has its identifier key; it cannot change."
+            )
+        self._index = dataclasses.replace(self._index, key_id=key_id)
 
     def set_salt(self, salt: bytes) -> None:
         """Give a store without a salt its salt (recorded at the next commit).

@@ -78,9 +78,11 @@ class SampleRecord:
         Index into ``StoreIndex.sources`` of the raw folder or manifest the file came from
         (-1: unknown, a format-1 store built from several folders).
     ``group_key``
-        What must stay on one side of a split, as a salted hash: ``patient:<h>`` (or ``study:``,
-        ``series:``, ``instance:`` when the DICOM header lacks the patient ID), ``volume:<h>``,
-        ``manifest:<h>`` (a manifest's group column); ``""`` for plain images.
+        What must stay on one side of a split, as keyed hashes: ``patient:<h>`` (or ``study:``,
+        ``series:``, ``instance:`` when the DICOM header lacks the patient ID or holds a
+        placeholder), ``volume:<h>``, ``manifest:<h>`` (a manifest's group column); several
+        keys joined by a space when a manifest group meets a patient or volume
+        (``mriscan.splits.join_keys``); ``""`` for plain images.
     ``window``, ``plane``
         The intensity window used (``"header"``, ``"percentile"``, ``"none"``; ``""`` for plain
         images) and the slice plane (``"axial"``, ``"coronal"``, ``"sagittal"``, ``"unknown"``,
@@ -220,7 +222,9 @@ class StoreIndex:
     ``records`` and ``duplicates`` are sequences; in an open format-3/4 store they are read from
     the column files when used (``mriscan.store.table.RecordView``), so opening stays cheap.
     ``format_version`` is the version the store was read as (1 or 2: converted at the next
-    commit).
+    commit). ``key_id`` is the fingerprint of the identifier key the store's ids were hashed
+    with (``mriscan.keys.key_fingerprint``; the key itself is never stored); ``salt`` is the
+    hex salt that stores written before the key left the store kept here ("" in newer ones).
     """
 
     image_size: int
@@ -230,6 +234,7 @@ class StoreIndex:
     duplicates: Sequence[dict[str, Any]] = ()
     sources: tuple[str, ...] = ()
     salt: str = ""
+    key_id: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +249,7 @@ class StoreIndex:
             "duplicates": list(self.duplicates),
             "sources": list(self.sources),
             "salt": self.salt,
+            "key_id": self.key_id,
         }
 
     @classmethod
@@ -278,8 +284,17 @@ class StoreIndex:
             duplicates=tuple(data.get("duplicates", ())),
             sources=tuple(data.get("sources", ())),
             salt=salt,
+            key_id=_key_id(data),
             format_version=version,
         )
+
+
+def _key_id(data: dict[str, Any]) -> str:
+    """The ``key_id`` of an index dict (absent before the key left the store: "")."""
+    key_id = data.get("key_id", "")
+    if not isinstance(key_id, str) or (key_id and len(key_id) != 16):
+        raise ValueError(f"key_id must be 16 hex characters, got {key_id!r}")
+    return key_id
 
 
 def encode_manifest(index: StoreIndex, manifest: Manifest) -> bytes:
@@ -293,6 +308,7 @@ def encode_manifest(index: StoreIndex, manifest: Manifest) -> bytes:
             "class_names": list(index.class_names),
             "sources": list(index.sources),
             "salt": index.salt,
+            "key_id": index.key_id,
             **manifest.to_dict(),
         }
     ).encode()
@@ -335,6 +351,7 @@ def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
             class_names=tuple(data["class_names"]),
             sources=tuple(data["sources"]),
             salt=salt,
+            key_id=_key_id(data),
             format_version=version,
         )
         return index, Manifest.from_dict(data)

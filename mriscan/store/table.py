@@ -16,6 +16,7 @@ import numpy as np
 
 from mriscan.errors import StoreCorruptError
 from mriscan.store.columns import (
+    COLUMN_DIR,
     FIXED,
     MUTABLE,
     STRINGS,
@@ -195,6 +196,27 @@ class RecordTable:
         if self.memory is not None:
             return self.memory[name][i]
         return self.columns.string_at(name, i)
+
+    def rows_containing(self, name: str, byte: str) -> np.ndarray:
+        """Rows (sorted int64) whose string in column ``name`` contains the one-byte character
+        ``byte``, patches applied: found in the column's bytes with NumPy, so only those rows'
+        strings need decoding (e.g. ``group_key`` values that carry several keys)."""
+        if self.memory is not None:
+            return np.array([i for i, v in enumerate(self.strings(name)) if byte in v], np.int64)
+        if self.count == 0:
+            rows = np.empty(0, np.int64)
+        else:
+            ends = self.columns.string_ends(name, self.count)
+            blob = self.columns.read_bytes(f"{COLUMN_DIR}/{name}.bin", 0, int(ends[-1]))
+            at = np.flatnonzero(np.frombuffer(blob, np.uint8) == ord(byte))
+            rows = np.unique(np.searchsorted(ends, at, side="right")).astype(np.int64)
+        if name in MUTABLE:
+            patched = {p: f[name] for p, f in self.patches().items() if name in f}
+            if patched:
+                keep = {int(r) for r in rows if int(r) not in patched}
+                keep |= {p for p, v in patched.items() if byte in v}
+                rows = np.array(sorted(keep), np.int64)
+        return rows
 
     def group_labels(self) -> np.ndarray:
         """Group label of every row with merges resolved (not renumbered), int64 (N,)."""

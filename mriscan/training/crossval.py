@@ -21,6 +21,7 @@ from mriscan import metrics as mx
 from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
+from mriscan.readers import ReadOptions
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
@@ -214,6 +215,7 @@ def cross_validate(
     *,
     out: str | os.PathLike[str] = "artifacts",
     store_path: str | os.PathLike[str] | None = None,
+    read_options: ReadOptions | None = None,
 ) -> dict[str, Any]:
     """Stratified, duplicate-group-aware k-fold CV; writes ``RunLayout(out).cv``.
 
@@ -223,6 +225,8 @@ def cross_validate(
     folder per fold (``r<repeat>_f<fold>``, listed in ``fold_dirs``). Fold folders and a
     ``roc.png`` that an earlier CV into the same ``out`` left and this one does not write are
     deleted once every fold has finished, so the results never mix two runs.
+    ``read_options`` (``mriscan.readers.ReadOptions``): how DICOM and NIfTI files in ``data``
+    are read when it is ingested (default: ``DicomConfig``'s and ``NiftiConfig``'s defaults).
     """
     from mriscan import plots
 
@@ -234,6 +238,7 @@ def cross_validate(
         store_path=store_path,
         image_size=tcfg.image_size,
         check_classes=lambda names: resolve_task(names, tcfg.task),
+        read_options=read_options,
     )
     cv = RunLayout(out).cv
     cv.root.mkdir(parents=True, exist_ok=True)

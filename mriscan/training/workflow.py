@@ -22,6 +22,7 @@ from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware, setup_hardware
 from mriscan.pipeline import resolve_pipeline
+from mriscan.readers import ReadOptions
 from mriscan.sources import open_or_ingest
 from mriscan.splits import oversized_groups, split_indices
 from mriscan.store import ImageStore
@@ -71,6 +72,7 @@ def train(
     out: str | os.PathLike[str] = "artifacts",
     store_path: str | os.PathLike[str] | None = None,
     callbacks: list | None = None,
+    read_options: ReadOptions | None = None,
 ) -> TrainResult:
     """Train the classifier and write every artifact of ``RunLayout(out)``.
 
@@ -85,6 +87,9 @@ def train(
         Where raw folders are ingested (default ``data/processed/images.zarr``).
     callbacks : list of keras.callbacks.Callback, optional
         Run after mriscan's own callbacks.
+    read_options : mriscan.readers.ReadOptions, optional
+        How DICOM and NIfTI files in ``data`` are read (``DicomConfig``, ``NiftiConfig``;
+        default: their defaults).
 
     Raises
     ------
@@ -106,6 +111,7 @@ def train(
         store_path=store_path,
         image_size=cfg.image_size,
         check_classes=lambda names: resolve_task(names, cfg.task),
+        read_options=read_options,
     )
     task = resolve_task(store.class_names, cfg.task)
     log.info("task: %s", task.describe())
