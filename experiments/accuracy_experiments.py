@@ -395,6 +395,16 @@ EXPERIMENTS: dict[str, Experiment] = {
         "s8_fast_align",
         {"model.gamma": 0.4, "model.noise": 0.1, "model.blur": 1.0, "model.contrast": 0.4},
     ),
+    "xc_nomirror_intensity": Experiment(
+        "s8_fast_align",
+        {
+            "model.mirror": False,
+            "model.gamma": 0.4,
+            "model.noise": 0.1,
+            "model.blur": 1.0,
+            "model.contrast": 0.4,
+        },
+    ),
 }
 
 # Names that were registered once and cannot reproduce anything now: the reason instead.
