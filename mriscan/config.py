@@ -104,7 +104,9 @@ class ModelConfig:
     slice). ``rotation`` (fraction of a turn), ``zoom`` and ``translation`` (fractions of the
     side) set the training-time augmentation, active only when ``augment``, as do the intensity
     changes a second collection brings: ``contrast`` (Keras ``RandomContrast`` factor),
-    ``gamma`` (``mriscan.model.RandomGamma``: γ log-uniform in [e^−gamma, e^gamma]), ``noise``
+    ``gamma`` (``mriscan.model.RandomGamma``: γ log-uniform in [e^−gamma, e^gamma]), ``invert``
+    (``mriscan.model.RandomHeadInversion``: the probability of reversing the head's intensities,
+    so that T1- and T2-like contrasts both occur in every class), ``noise``
     (Gaussian noise, standard deviation in units of the slice's own standard deviation) and
     ``blur`` (Gaussian blur of up to this σ in pixels). Gamma, noise and blur act on the slice
     before the mirror channel is formed, so that channel sees the changed slice. ``bn_momentum``:
@@ -121,6 +123,7 @@ class ModelConfig:
     translation: float = 0.0
     contrast: float = 0.2
     gamma: float = 0.0
+    invert: float = 0.0
     noise: float = 0.0
     blur: float = 0.0
     mirror: bool = _opt(
@@ -146,6 +149,7 @@ class ModelConfig:
         _positive_int(self, "channels", "convs_per_block", "dense_units")
         _fraction(self, "dropout", "block_dropout", "rotation", "zoom", "translation")
         _fraction(self, "contrast", "gamma", "noise")
+        _fraction(self, "invert", upper_open=False)
         if not (isinstance(self.blur, int | float) and not isinstance(self.blur, bool)) or not (
             0.0 <= self.blur <= 3.0
         ):

@@ -18,7 +18,14 @@ from mriscan.artifacts import ModelCard, ModelCardError
 from mriscan.config import ModelConfig
 from mriscan.errors import ConfigError, MriscanError
 
-__all__ = ["MirrorDifference", "RandomGamma", "build_model", "last_conv_layer_name", "load_model"]
+__all__ = [
+    "MirrorDifference",
+    "RandomGamma",
+    "RandomHeadInversion",
+    "build_model",
+    "last_conv_layer_name",
+    "load_model",
+]
 
 # z-scored slices rarely leave ±10; RandomContrast clips to value_range, so it must be wide
 # (the Keras default of (0, 255) would destroy z-scored inputs; see DESIGN.md pitfalls).
@@ -82,6 +89,53 @@ class RandomGamma(keras.layers.Layer):
         return {**super().get_config(), "max_log_gamma": self.max_log_gamma, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="mriscan")
+class RandomHeadInversion(keras.layers.Layer):
+    """Training-time reversal of the head's intensities with probability ``rate``.
+
+    Input (batch, S, S, C) float32, z-scored per slice. Pixels brighter than the slice's
+    background (its minimum + 5% of its range) are the head; with probability ``rate`` per
+    image they become ``lo + hi − x`` (``lo``, ``hi``: the head's own extremes), the background
+    stays, and the result is re-standardised to the slice's mean and standard deviation. CSF,
+    dark on T1-weighted and bright on T2-weighted slices, swaps brightness, so a collection whose
+    classes come from different sequences (e.g. figshare's T1-contrast tumors against Br35H's
+    T2/FLAIR healthy slices) can no longer be separated by contrast alone. The idea of
+    randomising contrast so that a network cannot use it is that of SynthSeg (Billot et al.,
+    Medical Image Analysis 2023); Keras's ``RandomInvert`` would also invert the background.
+    The identity at inference.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        ops = keras.ops
+        axes = (1, 2, 3)
+        lo = ops.min(x, axis=axes, keepdims=True)
+        hi = ops.max(x, axis=axes, keepdims=True)
+        head = x > lo + 0.05 * (hi - lo)
+        big, small = ops.full_like(x, 3.0e38), ops.full_like(x, -3.0e38)
+        h_lo = ops.min(ops.where(head, x, big), axis=axes, keepdims=True)
+        h_hi = ops.max(ops.where(head, x, small), axis=axes, keepdims=True)
+        flip = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator)
+        flip = ops.logical_and(flip < self.rate, head)
+        y = ops.where(flip, h_lo + h_hi - x, x)
+        mean, std = ops.mean(x, axis=axes, keepdims=True), ops.std(x, axis=axes, keepdims=True)
+        y_mean, y_std = ops.mean(y, axis=axes, keepdims=True), ops.std(y, axis=axes, keepdims=True)
+        return (y - y_mean) / ops.maximum(y_std, 1e-6) * std + mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
 def build_model(
     image_size: int = 128,
     config: ModelConfig | None = None,
@@ -132,6 +186,8 @@ def build_model(
     batch_norm, bn_momentum, mirror = cfg.batch_norm, cfg.bn_momentum, cfg.mirror
     inputs = keras.Input((image_size, image_size, channels), name="slice")
     x = inputs
+    if augment and cfg.invert:
+        x = RandomHeadInversion(cfg.invert, seed=seed, name="aug_invert")(x)
     if augment and cfg.gamma:
         x = RandomGamma(cfg.gamma, seed=seed, name="aug_gamma")(x)
     if augment and cfg.noise:

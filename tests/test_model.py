@@ -14,6 +14,7 @@ from mriscan.errors import ConfigError, MriscanError
 from mriscan.model import (
     MirrorDifference,
     RandomGamma,
+    RandomHeadInversion,
     build_model,
     last_conv_layer_name,
     load_model,
@@ -77,6 +78,28 @@ def test_random_gamma_is_monotone_keeps_mean_and_std_and_is_off_at_inference():
     for i in range(len(x)):  # a monotone remapping keeps the order of the pixels
         order = np.argsort(x[i].ravel(), kind="stable")
         assert np.all(np.diff(y[i].ravel()[order]) >= -1e-5)
+
+
+def test_head_inversion_swaps_head_intensities_keeps_background_and_is_off_at_inference():
+    x = np.zeros((8, 16, 16, 1), np.float32)
+    x[:, 4:12, 4:12, 0] = np.linspace(1.0, 2.0, 64).reshape(8, 8)  # head: a ramp 1 → 2
+    x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+    always = RandomHeadInversion(1.0, seed=0)
+    np.testing.assert_array_equal(np.asarray(always(x, training=False)), x)
+    y = np.asarray(always(x, training=True))
+    head, back = x[0, 4:12, 4:12, 0], x[0, 0, 0, 0]
+    # the ramp reversed: the brightest head pixel became the darkest and vice versa
+    assert np.argmax(y[0, 4:12, 4:12, 0]) == np.argmin(head)
+    assert np.argmin(y[0, 4:12, 4:12, 0]) == np.argmax(head)
+    np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(1, 2, 3)), x.std(axis=(1, 2, 3)), rtol=1e-3)
+    assert np.all(y[:, 0, 0, 0] < y[:, 4:12, 4:12, 0].min(axis=(1, 2)))  # background stays below
+    assert np.allclose(y[0, 0, 0, 0], y[0, 0, 15, 0]) and back < head.min()
+    never = RandomHeadInversion(0.0, seed=0)
+    np.testing.assert_array_equal(np.asarray(never(x, training=True)), x)
+    half = np.asarray(RandomHeadInversion(0.5, seed=1)(np.repeat(x[:1], 64, 0), training=True))
+    flipped = (np.abs(half - x[:1]).max(axis=(1, 2, 3)) > 1e-3).sum()
+    assert 16 < flipped < 48  # about half of the images
 
 
 def test_batch_norm_momentum_is_short_enough_for_few_steps():
