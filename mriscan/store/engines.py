@@ -523,6 +523,7 @@ class ShardedFiles(ChunkEngine):
         self._buf_shard: int | None = None
         self._buf: list[bytes | None] = []
         self._buf_has_committed = False
+        self._unsynced: list[str] = []  # shards written in place since the last flush
 
     def shard_path(self, k: int) -> str:
         """File of shard ``k`` (rows ``k R .. (k + 1) R - 1``)."""
@@ -701,7 +702,10 @@ class ShardedFiles(ChunkEngine):
             )
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-        encoded = list(self._pool.map(self._encode, images))
+        if self._compressed:  # Blosc releases the GIL: encode on the pool
+            encoded = list(self._pool.map(self._encode, images))
+        else:  # a copy of each row: a pool would only add its dispatch
+            encoded = [im.tobytes() for im in images]
         pos = start
         while encoded:
             if self._buf_shard is None:
@@ -716,9 +720,21 @@ class ShardedFiles(ChunkEngine):
                 self._write_buffer()
 
     def flush(self) -> None:
-        """Write the partly filled shard of the buffer, if any."""
+        """Write the partly filled shard of the buffer, if any, and fsync every shard written
+        since the last flush (and its folder)."""
         if self._buf_shard is not None:
             self._write_buffer()
+        unsynced, self._unsynced = self._unsynced, []
+        for path in dict.fromkeys(unsynced):
+            for target in (path, os.path.dirname(path)):
+                try:
+                    fd = os.open(target, os.O_RDONLY)
+                except FileNotFoundError:  # rewritten or removed since: nothing to keep
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def _write_buffer(self) -> None:
         k, chunks, replace = self._buf_shard, self._buf, self._buf_has_committed
@@ -726,8 +742,11 @@ class ShardedFiles(ChunkEngine):
         self._write_shard(k, chunks, replace=replace)
 
     def _write_shard(self, k: int, chunks: list[bytes | None], *, replace: bool) -> None:
-        """Write shard ``k`` from its rows' encoded chunks (fsync'd; renamed over the old file
-        when ``replace``)."""
+        """Write shard ``k`` from its rows' encoded chunks: when ``replace`` (the shard holds
+        committed rows) to a temp file, fsync'd and renamed over the old one; else in place,
+        fsync'd by the next ``flush`` (a new shard holds only uncommitted rows, which no index
+        names before ``ImageStore.commit`` has flushed them: the disk writes them back in the
+        meantime instead of the writer waiting on each)."""
         r = self.shard_rows
         index = np.full((r, 2), _MISSING, np.uint64)
         off = 0
@@ -745,10 +764,12 @@ class ShardedFiles(ChunkEngine):
         with open(target, "wb") as fh:
             fh.writelines([c for c in chunks if c is not None])
             fh.write(tail)
+            if not replace:
+                self._unsynced.append(path)
+                return
             fh.flush()
             os.fsync(fh.fileno())
-        if replace:
-            os.replace(target, path)
+        os.replace(target, path)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
