@@ -56,6 +56,7 @@ __all__ = [
     "blosc_codec",
     "create_chunk_per_slice_array",
     "create_images_array",
+    "is_compressed",
     "is_local_chunk_layout",
     "is_sharded_layout",
     "open_engine",
@@ -389,6 +390,18 @@ def _blosc_config(codec: object) -> dict | None:
     if not isinstance(codec, BloscCodec):
         return None
     return codec.to_dict().get("configuration", {})
+
+
+def is_compressed(array: zarr.Array) -> bool:
+    """Whether ``array``'s chunks are compressed: any codec besides the bytes serialisation
+    among its (inner, for a sharded array) chunk codecs, or a v2 compressor."""
+    meta = array.metadata
+    if getattr(meta, "zarr_format", None) != 3:
+        return getattr(meta, "compressor", None) is not None
+    codecs = meta.codecs
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        codecs = codecs[0].codecs
+    return any(not isinstance(c, BytesCodec) for c in codecs)
 
 
 def is_sharded_layout(array: zarr.Array) -> bool:

@@ -43,6 +43,7 @@ from mriscan.store.engines import (
     ChunkEngine,
     blosc_codec,
     create_images_array,
+    is_compressed,
     open_engine,
 )
 from mriscan.store.files import LOCK_KEY, PENDING_KEY, StoreFiles, WriteLock, is_url, local_path
@@ -419,6 +420,12 @@ class ImageStore:
     def index(self) -> StoreIndex:
         """The committed index."""
         return self._index
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the slices are stored compressed (``create(..., compress=True)``: Blosc-LZ4
+        shards; stores of index format 1-3: Blosc-Zstd chunk files), else raw."""
+        return is_compressed(self._engine.array)
 
     @property
     def config(self) -> PreprocessConfig:
