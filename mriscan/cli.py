@@ -21,6 +21,7 @@ import click
 
 from mriscan.config import CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
+from mriscan.ingest import IngestConfig
 from mriscan.io import display_path
 from mriscan.preprocess import PreprocessConfig
 from mriscan.scan_config import NIFTI_PLANES, NIFTI_SELECTIONS, DicomConfig, NiftiConfig
@@ -67,15 +68,21 @@ def config_option(
     name = f"{prefix}__" + path.replace(".", "__")
     text = help or f.metadata.get("help", "")
     choices = f.metadata.get("choices") if choices is None else tuple(choices)
-    if choices is None:
-        hint = typing.get_type_hints(owner).get(f.name)
-        if typing.get_origin(hint) is typing.Literal:
-            choices = typing.get_args(hint)
+    hint = typing.get_type_hints(owner).get(f.name)
+    if choices is None and typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
     if path.endswith("class_map"):
         return click.option(flag, name, type=_ClassMap(), default=default, help=text)
-    if isinstance(default, bool):
+    if isinstance(default, bool) or (
+        default is None and set(typing.get_args(hint)) == {bool, type(None)}
+    ):
+        # an optional bool (None: the library decides) is a flag pair that defaults to None
         return click.option(
-            f"{flag}/--no-{flag[2:]}", name, default=default, show_default=True, help=text
+            f"{flag}/--no-{flag[2:]}",
+            name,
+            default=default,
+            show_default=default is not None,
+            help=text,
         )
     kw: dict[str, Any] = {"default": default, "show_default": default is not None, "help": text}
     if choices:
@@ -85,7 +92,6 @@ def config_option(
     elif default is not None:
         kw["type"] = type(default)
     else:  # an optional setting: its type is the non-None member of its hint
-        hint = typing.get_type_hints(owner).get(f.name)
         kw["type"] = next((t for t in typing.get_args(hint) if t is not type(None)), str)
     return click.option(flag, name, **kw)
 
@@ -268,6 +274,7 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
     "How the midline is found: fast (coarse-to-fine) or search (the full search that stores "
     "built before the choice existed used).",
 )
+@config_option(IngestConfig, "compress", "--compress")
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad or unused file.")
 @click.option(
@@ -283,6 +290,7 @@ def ingest(
     workers: int | None,
     strict: bool,
     merge: bool,
+    cfg__compress: bool | None,
     **options: Any,
 ) -> None:
     """Decode, preprocess and store every input under RAW_DIR/<class>/ (or in --manifest).
@@ -297,7 +305,6 @@ def ingest(
     (default MR) are listed, not stored (--strict: any of these fails, committing nothing, and
     names them all).
     """
-    from mriscan.ingest import IngestConfig
     from mriscan.ingest import ingest as run_ingest
 
     if (raw_dir is None) == (manifest is None):
@@ -313,6 +320,7 @@ def ingest(
         merge=merge,
         dicom=scan.dicom,
         nifti=scan.nifti,
+        compress=cfg__compress,
     )
     with _progress("ingesting") as progress:
         report = run_ingest(raw_dir, store_path, cfg, progress=progress)

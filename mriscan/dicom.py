@@ -330,7 +330,10 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
         raise ImageTooLargeError(
             path,
             f"{cols}x{rows} = {rows * cols:,} pixels per frame exceeds the cap of "
-            f"{cfg.max_pixels:,}; raise max_pixels",
+            f"{cfg.max_pixels:,} (a guard against decompression bombs); re-export the series "
+            "at a smaller matrix. The cap has no command-line option; from Python, pass a "
+            "larger max_pixels to "
+            "mriscan.dicom.DicomConfig (IngestConfig(dicom=DicomConfig(max_pixels=...)))",
         )
     if ts.is_compressed:
         _check_decoder(path, ts)

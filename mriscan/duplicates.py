@@ -13,6 +13,8 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "SIGNATURE_SIZE",
     "duplicate_groups",
+    "key_links",
+    "near_links",
     "new_links",
     "signature",
     "signatures",
@@ -146,15 +148,51 @@ def new_links(
         ``threshold`` outside [0, 1), or ``keys`` of another length than ``signatures``.
     """
     from mriscan.errors import ConfigError
-    from mriscan.splits import split_keys
 
-    sigs = np.asarray(signatures)
-    m = len(sigs)
+    m = len(np.asarray(signatures))
     if len(keys) != m:
         raise ConfigError(f"signatures ({m}) and keys ({len(keys)}) must have one entry each.")
-    edges: list[np.ndarray] = []
+    near = near_links(
+        signatures,
+        offset=offset,
+        projections=projections,
+        read_signatures=read_signatures,
+        constants=constants,
+        threshold=threshold,
+    )
+    return np.concatenate([near, key_links(keys, offset=offset, key_positions=key_positions)])
+
+
+def near_links(
+    signatures: np.ndarray,
+    *,
+    offset: int,
+    projections: np.ndarray,
+    read_signatures: Callable[[np.ndarray], np.ndarray],
+    constants: Mapping[int, int],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> np.ndarray:
+    """The near-duplicate part of ``new_links`` (no group keys): pairs of the ``M`` new slices
+    among themselves and with the stored ones that correlate above ``threshold``, and links of
+    constant (blank) signatures to the first slice of the same value. Parameters as for
+    ``new_links``; ``new_links`` is ``near_links`` followed by ``key_links``, so a caller that
+    needs both the near-duplicate links alone and the split-group links searches once.
+
+    Returns
+    -------
+    ndarray of shape (E, 2), int64
+        Pairs of positions (no pair of a position with itself).
+
+    Raises
+    ------
+    ConfigError
+        ``threshold`` outside [0, 1).
+    """
+    sigs = np.asarray(signatures)
+    m = len(sigs)
     if m == 0:
         return np.empty((0, 2), np.int64)
+    edges: list[np.ndarray] = []
     i, j, _ = near_pairs(sigs, threshold=threshold)
     edges.append(np.stack([i + offset, j + offset], axis=1))
     if offset:
@@ -162,16 +200,35 @@ def new_links(
         edges.append(np.stack([qi + offset, sj], axis=1))
     flat = sigs.reshape(m, -1)
     const = np.flatnonzero(np.all(flat == flat[:, :1], axis=1))
-    first: dict[object, int] = {}
+    first: dict[int, int] = {}
     extra = []
     for k in const.tolist():
         v = int(flat[k, 0])
-        target = constants.get(v, first.setdefault(("c", v), k + offset))
-        extra.append((k + offset, target))
-    for k, key in enumerate(keys):
-        for part in split_keys(key):
-            extra.append((k + offset, key_positions.get(part, first.setdefault(part, k + offset))))
+        extra.append((k + offset, constants.get(v, first.setdefault(v, k + offset))))
     if extra:
         edges.append(np.array(extra, np.int64))
     out = np.concatenate(edges).astype(np.int64).reshape(-1, 2)
+    return out[out[:, 0] != out[:, 1]]
+
+
+def key_links(keys: Sequence[str], *, offset: int, key_positions: Mapping[str, int]) -> np.ndarray:
+    """The group-key part of ``new_links``: each new slice ``offset + k`` linked, for every key
+    its ``group_key`` carries (``mriscan.splits.split_keys``; ``""`` carries none), to the first
+    stored slice of that key (``key_positions``), else to the first new slice of it.
+
+    Returns
+    -------
+    ndarray of shape (E, 2), int64
+        Pairs of positions (no pair of a position with itself).
+    """
+    from mriscan.splits import split_keys
+
+    first: dict[str, int] = {}
+    # a key may carry several (a manifest group and a patient): linked through each of them
+    extra = [
+        (k + offset, key_positions.get(part, first.setdefault(part, k + offset)))
+        for k, key in enumerate(keys)
+        for part in split_keys(key)
+    ]
+    out = np.array(extra, np.int64).reshape(-1, 2)
     return out[out[:, 0] != out[:, 1]]

@@ -234,3 +234,32 @@ def test_evaluate_refuses_data_and_store_together(tmp_path):
     )
     assert res.exit_code == 2 and "Give DATA or --store, not both" in res.output
     assert "does not exist" not in res.output
+
+
+def test_ingest_compress_option_chooses_the_codec_of_a_new_store(class_folder, tmp_path):
+    """--compress makes Blosc-LZ4 shards holding the same slices as the raw default; an
+    existing store keeps its codec: the other flag is refused (nothing written), no flag adds."""
+    from mriscan.store import ImageStore
+
+    runner = CliRunner()
+    raw, packed = tmp_path / "raw.zarr", tmp_path / "lz4.zarr"
+    base = ["ingest", str(class_folder), "--image-size", "32"]
+    assert "~79% of the raw" in runner.invoke(main, ["ingest", "--help"]).output
+    r = runner.invoke(main, [*base, "--store", str(raw)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, [*base, "--store", str(packed), "--compress"])
+    assert r.exit_code == 0, r.output
+    with ImageStore.open(raw) as a, ImageStore.open(packed) as b:
+        assert not a.compressed and b.compressed
+        assert len(a) == len(b) == 12
+        assert (a.read_batch(range(12))[0] == b.read_batch(range(12))[0]).all()
+    assert "blosc" in runner.invoke(main, ["info", "--store", str(packed)]).output
+    before = (packed / "index.json").read_bytes()
+    r = runner.invoke(main, [*base, "--store", str(packed), "--no-compress"])
+    assert r.exit_code == 1 and "holds compressed slices" in r.output
+    assert "Leave the option out" in r.output and "Nothing was written" in r.output
+    assert (packed / "index.json").read_bytes() == before
+    r = runner.invoke(main, [*base, "--store", str(raw), "--compress"])
+    assert r.exit_code == 1 and "holds raw (uncompressed) slices" in r.output
+    r = runner.invoke(main, [*base, "--store", str(packed)])  # no flag: the store's codec
+    assert r.exit_code == 0 and "added 0" in r.output

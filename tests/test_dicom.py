@@ -260,3 +260,26 @@ def test_damaged_compressed_data_blame_the_data_not_a_missing_package(tmp_path):
     assert "the installed decoder failed" in err.value.reason
     assert "install" not in err.value.reason.replace("installed", "")
     assert "\n" not in str(err.value)
+
+
+def test_the_pixel_cap_hint_names_only_ways_that_exist(tmp_path, stack):
+    """The DICOM cap's hint once said "raise max_pixels", an option no command has; it names the
+    Python parameter instead, and any option it names is a real one (as decode_image's hint)."""
+    import re
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.errors import ImageTooLargeError
+    from mriscan.ingest import IngestConfig
+
+    path = write_dicom_series(tmp_path / "s", stack[:1])[0]  # 48x48 = 2,304 pixels
+    with pytest.raises(ImageTooLargeError, match=r"48x48 = 2,304 pixels per frame") as info:
+        read_dicom(path, salt=SALT, config=DicomConfig(max_pixels=2000))
+    message = str(info.value)
+    assert "raise max_pixels" not in message and "no command-line option" in message
+    assert "DicomConfig" in message and "max_pixels" in message
+    cfg = IngestConfig(dicom=DicomConfig(max_pixels=5000))  # the way it names works
+    assert read_dicom(path, salt=SALT, config=cfg.dicom).slices
+    for flag in re.findall(r"--[a-z-]+", message):
+        assert flag in CliRunner().invoke(main, ["ingest", "--help"]).output

@@ -452,3 +452,38 @@ def test_empty_files_and_broken_nifti_header_are_reported_once(tmp_path, caplog)
     assert "sizeof_hdr = 0" in reasons["no/broken.nii"]
     assert not [r for r in caplog.records if "empty.dcm" in r.getMessage()]
     assert not [r for r in caplog.records if r.name.startswith("nibabel")]
+
+
+def test_volumes_are_appended_as_each_is_read_in_listing_order(tmp_path, monkeypatch):
+    """Slices go to the store every ``batch_size`` slices, not every ``batch_size`` files: each
+    volume of 6 kept slices (batch_size 4) is appended on its own, while later volumes are still
+    being read, and the positions follow the listing order whatever the threads' timing."""
+    root = tmp_path / "vols"
+    for v in range(5):
+        cls = "yes" if v < 3 else "no"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        vol = phantom_volume(20 + v, n_slices=6, canvas=32, tumor=cls == "yes")
+        write_nifti(root / cls / f"v{v}.nii.gz", stack_to_ras(vol))
+    calls = []
+    real_append = ImageStore.append
+
+    def append(self, images, labels, records=None, **kw):
+        calls.append([r["file_id"] for r in records])
+        return real_append(self, images, labels, records, **kw)
+
+    monkeypatch.setattr(ImageStore, "append", append)
+    cfg = IngestConfig(preprocess=PreprocessConfig(size=32), workers=2, batch_size=4)
+    report = ingest(root, tmp_path / "s.zarr", cfg)
+    n_vol = [len(c) for c in calls]
+    assert report.n_added == sum(n_vol) and len(calls) == 5  # one append per volume
+    assert all(len(set(c)) == 1 for c in calls)  # ... holding that volume's slices only
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        assert [r.file_id for r in st.index.records] == [i for c in calls for i in c]
+    monkeypatch.undo()  # the same folder on one thread, one batch: the same store
+    serial = IngestConfig(preprocess=PreprocessConfig(size=32), workers=1, batch_size=64)
+    assert ingest(root, tmp_path / "t.zarr", serial).n_added == report.n_added
+    with ImageStore.open(tmp_path / "s.zarr") as a, ImageStore.open(tmp_path / "t.zarr") as b:
+        n = len(a)
+        np.testing.assert_array_equal(a.read_batch(range(n))[0], b.read_batch(range(n))[0])
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.groups, b.groups)

@@ -68,9 +68,20 @@ def synthetic_signatures(n: int, seed: int, copies: float = 0.3) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(params=["gram", "tree"])
+def search(request, monkeypatch):
+    """Both candidate searches of ``near_pairs``: the Gram matrix (up to ``_GRAM_MAX`` rows)
+    and the k-d tree on principal axes (above it; forced here by lowering the limit)."""
+    import mriscan.neighbors as nb
+
+    if request.param == "tree":
+        monkeypatch.setattr(nb, "_GRAM_MAX", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("threshold", [0.9, 0.95, 0.98])
-def test_near_pairs_equal_brute_force(seed, threshold):
+def test_near_pairs_equal_brute_force(seed, threshold, search):
     sigs = synthetic_signatures(300, seed)
     x = unit_rows(sigs).astype(np.float64)
     corr = x @ x.T
@@ -82,8 +93,26 @@ def test_near_pairs_equal_brute_force(seed, threshold):
     np.testing.assert_allclose(c, corr[ri, rj], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_gram_and_tree_searches_give_identical_pairs_and_correlations(seed, monkeypatch):
+    """The candidate search changes with the size of the input; the answer, down to the bits
+    of the float64 correlations, does not (both end in the same exact check)."""
+    import mriscan.neighbors as nb
+
+    sigs = synthetic_signatures(500, seed)
+    gram = near_pairs(sigs)
+    monkeypatch.setattr(nb, "_GRAM_MAX", 0)
+    tree = near_pairs(sigs)
+    assert len(gram[0]) > 0
+    for a, b in zip(gram, tree, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("dims", [1, 4, 16, 300])
-def test_result_does_not_depend_on_dims(dims):
+def test_result_does_not_depend_on_dims(dims, monkeypatch):
+    import mriscan.neighbors as nb
+
+    monkeypatch.setattr(nb, "_GRAM_MAX", 0)  # dims shape the tree path only
     sigs = synthetic_signatures(200, 7)
     ref = near_pairs(sigs, dims=16)
     got = near_pairs(sigs, dims=dims)

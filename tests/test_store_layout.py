@@ -188,7 +188,7 @@ def test_writer_open_removes_a_dead_writers_leftovers_without_listing(path, monk
     dead.append(_images(700, 7), np.ones(700, int))  # shards 0 (rewritten), 1, 2 are written
     dead._engine.flush()  # ... and the partial shard 3: then the writer dies
     dead._lock.release()
-    assert (path / PENDING_KEY).read_text() == "100 800\n"
+    assert (path / PENDING_KEY).read_text() == "100 1024\n"  # the end of shard 3
     assert chunk_file(path, 799).exists() and chunk_span(path, 150)[2] > 0
 
     listed = []
@@ -230,4 +230,46 @@ def test_a_format_3_store_is_listed_once_for_leftovers(path, monkeypatch):
         assert not (path / "images" / "c.35.0.0").exists()
         st.commit()
     assert json.loads((path / "index.json").read_text())["format_version"] == FORMAT_VERSION
+    assert verify_store(path) == []
+
+
+def test_a_writer_notes_pending_rows_once_per_shard_and_fsyncs_new_shards_at_commit(
+    path, monkeypatch
+):
+    """Appending batch after batch rewrites ``write.pending`` once per shard (each in-place
+    rewrite is a flush on ext4), and a shard that holds only new rows is fsync'd by the commit,
+    not as it is written; both before the index names the rows."""
+    import os
+
+    notes, synced, order = [], [], []
+    real_write, real_fsync = StoreFiles.write, os.fsync
+
+    def write(self, key, data):
+        if key == PENDING_KEY:
+            notes.append(data)
+        return real_write(self, key, data)
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    imgs = _images(600, 3)
+    with ImageStore.create(path, 16) as st:
+        st.set_class_names(["x"])
+        monkeypatch.setattr(StoreFiles, "write", write)
+        monkeypatch.setattr(os, "fsync", fsync)
+        for s in range(0, 600, 32):  # 19 batches over shards 0, 1, 2
+            st.append(imgs[s : s + 32], np.zeros(len(imgs[s : s + 32]), int))
+        order.append(len(synced))  # shards 0 and 1 are complete, and written
+        assert chunk_file(path, 0).exists() and chunk_file(path, 256).exists()
+        st.commit()
+    assert [n.decode() for n in notes] == ["0 256\n", "0 512\n", "0 768\n"]
+    shards = [p for p in synced if "/images/c/" in p and os.path.isfile(p)]
+    assert sorted(shards) == sorted(str(chunk_file(path, i)) for i in (0, 256, 512))
+    index_sync = next(i for i, p in enumerate(synced) if ".index.json." in p)
+    assert all(synced.index(p) < index_sync for p in shards)  # slices first, then the index
+    assert order == [0]
+    assert not (path / PENDING_KEY).exists()
+    with ImageStore.open(path) as st:
+        np.testing.assert_array_equal(st.read_batch(range(600))[0], imgs)
     assert verify_store(path) == []

@@ -56,6 +56,7 @@ __all__ = [
     "blosc_codec",
     "create_chunk_per_slice_array",
     "create_images_array",
+    "is_compressed",
     "is_local_chunk_layout",
     "is_sharded_layout",
     "open_engine",
@@ -391,6 +392,18 @@ def _blosc_config(codec: object) -> dict | None:
     return codec.to_dict().get("configuration", {})
 
 
+def is_compressed(array: zarr.Array) -> bool:
+    """Whether ``array``'s chunks are compressed: any codec besides the bytes serialisation
+    among its (inner, for a sharded array) chunk codecs, or a v2 compressor."""
+    meta = array.metadata
+    if getattr(meta, "zarr_format", None) != 3:
+        return getattr(meta, "compressor", None) is not None
+    codecs = meta.codecs
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        codecs = codecs[0].codecs
+    return any(not isinstance(c, BytesCodec) for c in codecs)
+
+
 def is_sharded_layout(array: zarr.Array) -> bool:
     """Whether ``array``'s metadata is a layout ``ShardedFiles`` reads and writes.
 
@@ -523,6 +536,7 @@ class ShardedFiles(ChunkEngine):
         self._buf_shard: int | None = None
         self._buf: list[bytes | None] = []
         self._buf_has_committed = False
+        self._unsynced: list[str] = []  # shards written in place since the last flush
 
     def shard_path(self, k: int) -> str:
         """File of shard ``k`` (rows ``k R .. (k + 1) R - 1``)."""
@@ -701,7 +715,10 @@ class ShardedFiles(ChunkEngine):
             )
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-        encoded = list(self._pool.map(self._encode, images))
+        if self._compressed:  # Blosc releases the GIL: encode on the pool
+            encoded = list(self._pool.map(self._encode, images))
+        else:  # a copy of each row: a pool would only add its dispatch
+            encoded = [im.tobytes() for im in images]
         pos = start
         while encoded:
             if self._buf_shard is None:
@@ -716,9 +733,21 @@ class ShardedFiles(ChunkEngine):
                 self._write_buffer()
 
     def flush(self) -> None:
-        """Write the partly filled shard of the buffer, if any."""
+        """Write the partly filled shard of the buffer, if any, and fsync every shard written
+        since the last flush (and its folder)."""
         if self._buf_shard is not None:
             self._write_buffer()
+        unsynced, self._unsynced = self._unsynced, []
+        for path in dict.fromkeys(unsynced):
+            for target in (path, os.path.dirname(path)):
+                try:
+                    fd = os.open(target, os.O_RDONLY)
+                except FileNotFoundError:  # rewritten or removed since: nothing to keep
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def _write_buffer(self) -> None:
         k, chunks, replace = self._buf_shard, self._buf, self._buf_has_committed
@@ -726,8 +755,11 @@ class ShardedFiles(ChunkEngine):
         self._write_shard(k, chunks, replace=replace)
 
     def _write_shard(self, k: int, chunks: list[bytes | None], *, replace: bool) -> None:
-        """Write shard ``k`` from its rows' encoded chunks (fsync'd; renamed over the old file
-        when ``replace``)."""
+        """Write shard ``k`` from its rows' encoded chunks: when ``replace`` (the shard holds
+        committed rows) to a temp file, fsync'd and renamed over the old one; else in place,
+        fsync'd by the next ``flush`` (a new shard holds only uncommitted rows, which no index
+        names before ``ImageStore.commit`` has flushed them: the disk writes them back in the
+        meantime instead of the writer waiting on each)."""
         r = self.shard_rows
         index = np.full((r, 2), _MISSING, np.uint64)
         off = 0
@@ -745,10 +777,12 @@ class ShardedFiles(ChunkEngine):
         with open(target, "wb") as fh:
             fh.writelines([c for c in chunks if c is not None])
             fh.write(tail)
+            if not replace:
+                self._unsynced.append(path)
+                return
             fh.flush()
             os.fsync(fh.fileno())
-        if replace:
-            os.replace(target, path)
+        os.replace(target, path)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
