@@ -397,6 +397,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         "s8_fast_align",
         {"model.gamma": 0.4, "model.noise": 0.1, "model.blur": 1.0, "model.contrast": 0.4},
     ),
+    # issue 16 target 3: the 4-class figshare model at 96², 12 epochs (row 41's settings), with
+    # the head's intensities reversed in half of the training slices (contrast randomisation)
+    "fig4_s96_e12": Experiment("s8_fast_align", {**_size(96), "fit.epochs": 12}),
+    "fig4_s96_e12_invert": Experiment(
+        "s8_fast_align", {**_size(96), "fit.epochs": 12, "model.invert": 0.5}
+    ),
     "xc_nomirror_intensity": Experiment(
         "s8_fast_align",
         {
