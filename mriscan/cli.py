@@ -429,18 +429,24 @@ def verify(store_path: Path) -> None:
 @click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
 def migrate(store_path: Path) -> None:
     """Convert a store written by an older mriscan (index format 1, 2 or 3; images one file per
-    slice) to the current format (index format 4; images in shards of 256 slices)."""
+    slice) to the current format (index format 4; images in shards of 256 slices), and bring
+    the zarr arrays' shapes up to the committed count where a writer stopped after its commit."""
     from mriscan.store import FORMAT_VERSION, ImageStore, migrate_store
 
     with ImageStore.open(store_path) as st:
         per_slice = st.engine.name == "local chunk files"
+        lag = st.zarr_lag()
     old = migrate_store(store_path)
-    if old == FORMAT_VERSION and not per_slice:
+    if old == FORMAT_VERSION and not per_slice and lag <= 0:
         click.echo(f"OK {store_path}: already index format {FORMAT_VERSION}; nothing to do.")
         return
     done = [f"index format {old} -> {FORMAT_VERSION}"] if old != FORMAT_VERSION else []
     if per_slice:
         done.append("images rewritten from one file per slice into shards")
+    if lag > 0:
+        done.append(
+            f"zarr arrays grown by {lag} committed rows (a writer stopped after its commit)"
+        )
     click.echo(f"OK {store_path}: {'; '.join(done)}.")
 
 

@@ -216,6 +216,27 @@ def test_memory_url_store():
     assert verify_store(url) == []
 
 
+def test_url_store_grows_its_arrays_only_after_the_commit_point():
+    """The zarr-python engine (any URL) writes appended rows past the stored shape: another
+    zarr reader sees them only once index.json names them."""
+    from mriscan.store.image_store import zarr_store
+
+    url = f"memory://mriscan-test-{uuid.uuid4().hex}/s.zarr"
+    with ImageStore.create(url, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(_images(10), [0] * 10)
+        st.commit()
+        st.append(_images(5, seed=1), [1] * 5)
+        group = zarr.open_group(zarr_store(url), mode="r")
+        assert [group[k].shape[0] for k in ("images", "labels", "signatures")] == [10] * 3
+        st.commit()
+    group = zarr.open_group(zarr_store(url), mode="r")
+    assert [group[k].shape[0] for k in ("images", "labels", "signatures")] == [15] * 3
+    np.testing.assert_array_equal(group["images"][10:], _images(5, seed=1))
+    assert group["labels"][:].tolist() == [0] * 10 + [1] * 5
+    assert verify_store(url) == []
+
+
 _KILL_SCRIPT = """
 import sys, numpy as np
 from mriscan.store import ImageStore
@@ -230,7 +251,7 @@ if stage == "commit":
     import mriscan.store as m
     real = m.ImageStore.commit
     st.append(imgs, np.ones(64, int))
-    # stall just before the index is replaced, after the arrays have grown
+    # stall just before the index is replaced (shards and columns written, arrays not grown)
     orig = st._files.write_atomic
     def stall(key, data):
         print("committing", flush=True)

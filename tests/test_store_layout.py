@@ -273,3 +273,88 @@ def test_a_writer_notes_pending_rows_once_per_shard_and_fsyncs_new_shards_at_com
     with ImageStore.open(path) as st:
         np.testing.assert_array_equal(st.read_batch(range(600))[0], imgs)
     assert verify_store(path) == []
+
+
+def _outside_views(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes that zarr-python sees, and TensorStore's images shape when it is installed."""
+    group = zarr.open_group(str(path), mode="r")
+    seen = {name: group[name].shape for name in ("images", "labels", "signatures")}
+    try:
+        import tensorstore as ts
+    except ImportError:
+        return seen
+    for name in ("images", "labels", "signatures"):
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / name)}}
+        seen[f"ts {name}"] = tuple(ts.open(spec).result().shape)
+    return seen
+
+
+class _KilledError(Exception):
+    pass
+
+
+def test_outside_readers_never_see_rows_of_a_commit_killed_before_its_commit_point(
+    path, monkeypatch
+):
+    """Everything but index.json written (shards flushed, columns appended): zarr-python and
+    TensorStore must still see the 200 committed rows, not the 100 uncommitted ones."""
+    imgs = _store(path, [_images(200)])
+    real = StoreFiles.write_atomic
+
+    def write_atomic(self, key, data):
+        if key == "index.json":
+            raise _KilledError
+        real(self, key, data)
+
+    st = ImageStore.open(path, mode="a")
+    st.append(_images(100, 1), np.ones(100, int))  # rewrites shard 0, writes shard 1
+    monkeypatch.setattr(StoreFiles, "write_atomic", write_atomic)
+    with pytest.raises(_KilledError):
+        st.commit()
+    monkeypatch.undo()
+    st._lock.release()  # the writer dies holding nothing else
+    seen = _outside_views(path)
+    assert {v[0] for v in seen.values()} == {200}, seen
+    np.testing.assert_array_equal(zarr.open_array(str(path / "images"), mode="r")[:], imgs)
+    assert verify_store(path) == []
+    with ImageStore.open(path, mode="a") as st:  # the next writer trims and goes on
+        assert len(st) == 200
+    assert {v[0] for v in _outside_views(path).values()} == {200}
+
+
+def test_a_writer_stopped_after_its_commit_point_leaves_outside_readers_lagging(path, monkeypatch):
+    """Killed between index.json and growing the arrays: zarr-python and TensorStore see the
+    old rows only (never more than is committed), mriscan reads all committed rows, verify
+    says how to bring the zarr view up to date, and `mriscan migrate` does."""
+    old = _store(path, [_images(200)])
+    new = _images(100, 1)
+
+    def publish(self, new_rows=None):
+        raise _KilledError
+
+    st = ImageStore.open(path, mode="a")
+    st.append(new, np.ones(100, int))
+    monkeypatch.setattr(ImageStore, "_publish", publish)
+    with pytest.raises(_KilledError):
+        st.commit()
+    monkeypatch.undo()
+    st.close()
+    assert {v[0] for v in _outside_views(path).values()} == {200}
+    with ImageStore.open(path) as reader:  # committed: mriscan reads every row
+        assert len(reader) == 300
+        np.testing.assert_array_equal(reader.read_batch(range(300))[0], np.concatenate([old, new]))
+        assert reader.labels.tolist() == [0] * 200 + [1] * 100
+        assert reader.signatures().shape == (300, 16, 16)
+    (problem,) = verify_store(path)
+    assert "lags the index" in problem and "mriscan migrate" in problem
+    with ImageStore.open(path) as reader:
+        assert reader.zarr_lag() == 100
+    r = CliRunner().invoke(main, ["migrate", "--store", str(path)])
+    assert r.exit_code == 0 and "grown by 100 committed rows" in r.output, r.output
+    assert {v[0] for v in _outside_views(path).values()} == {300}
+    group = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(group["images"][200:], new)
+    assert group["labels"][:].tolist() == [0] * 200 + [1] * 100
+    with ImageStore.open(path) as reader:
+        np.testing.assert_array_equal(group["signatures"][:], reader.signature_rows(np.arange(300)))
+    assert verify_store(path) == []

@@ -54,6 +54,7 @@ __all__ = [
     "ShardedFiles",
     "ZarrEngine",
     "blosc_codec",
+    "covering",
     "create_chunk_per_slice_array",
     "create_images_array",
     "is_compressed",
@@ -83,6 +84,21 @@ SHARD_ROWS = 256
 _LZ4 = {"cname": "lz4", "clevel": 9, "shuffle": "noshuffle"}
 _MISSING = np.uint64(2**64 - 1)  # the sharding spec's offset/length of an absent inner chunk
 _BLOSC_SIZES = struct.Struct("<III")  # raw, block and compressed sizes in a Blosc header
+
+
+def covering(array: zarr.Array, rows: int) -> zarr.Array:
+    """``array`` itself when its first dimension is at least ``rows``, else a handle on the same
+    stored array whose first dimension is ``rows`` long in memory only (its ``zarr.json`` is not
+    touched): for writing rows past the stored shape before a commit, and for reading the
+    committed rows of a store whose writer stopped between its commit point and growing the
+    arrays (``ImageStore.commit``). Uses zarr-python's ``AsyncArray`` and
+    ``ArrayV3Metadata.update_shape`` (the same step ``zarr.Array.resize`` takes, minus the write).
+    """
+    if array.shape[0] >= rows:
+        return array
+    a = array._async_array
+    meta = a.metadata.update_shape((int(rows), *array.shape[1:]))
+    return zarr.Array(type(a)(meta, a.store_path, a.config))
 
 
 def create_images_array(
@@ -869,13 +885,23 @@ class ZarrEngine(ChunkEngine):
         super().resize(rows)
 
     def write(self, start: int, images: np.ndarray) -> None:
-        """Grow the array if needed, then write the rows (zarr skips all-fill-value chunks)."""
+        """Write the rows (zarr skips all-fill-value chunks) through a handle that covers them;
+        the stored shape grows only at ``resize``, after the commit point."""
         n = images.shape[0]
         if not n:
             return
-        if start + n > self.rows:
-            self.resize(start + n)
-        self.array[start : start + n] = images
+        covering(self.array, start + n)[start : start + n] = images
+
+    def remove_leftovers(self, rows: int, upto: int | None = None) -> int:
+        """As ``ChunkEngine.remove_leftovers``, plus the rows past ``rows`` inside the chunk that
+        holds row ``rows`` (written past the shape by a writer that died before its commit):
+        set to the fill value, so that growing the array never shows them."""
+        removed = super().remove_leftovers(rows, upto)
+        cr = self.chunk_rows
+        if rows % cr and (upto is None or upto > rows) and rows >= self.rows:
+            end = (rows // cr + 1) * cr
+            covering(self.array, end)[rows:end] = self.fill_value
+        return removed
 
     def has_chunk(self, position: int) -> bool:
         key = f"{IMAGES}/{self._chunk_key(position // self.chunk_rows)}"

@@ -2,9 +2,12 @@
 engine (the images), the record columns and the manifest ``index.json`` (what is committed).
 
 Only the first ``count`` rows are committed. A writer writes new chunks and column rows past that
-point (column files only ever grow), then grows the arrays, then atomically replaces
-``index.json``: a crash at any moment leaves the previous manifest and every chunk and column byte
-it names intact. The next writer trims the leftovers. A commit writes only its new rows, a few
+point (column files only ever grow; shards past the arrays' shape are invisible to zarr), then
+atomically replaces ``index.json`` (the commit point), and only then grows the zarr arrays'
+shapes, so that outside readers (zarr-python, TensorStore) never see an uncommitted row: a crash
+at any moment leaves the previous manifest and every chunk and column byte it names intact, or,
+after the commit point, arrays shorter than the index (mriscan reads past their shape). The next
+writer trims the leftovers and grows short arrays. A commit writes only its new rows, a few
 changed fields (``index/patches.jsonl``) and a manifest of a few hundred bytes; opening reads
 only the manifest, and columns are read when first used.
 
@@ -42,6 +45,7 @@ from mriscan.store.columns import (
 from mriscan.store.engines import (
     ChunkEngine,
     blosc_codec,
+    covering,
     create_images_array,
     is_compressed,
     open_engine,
@@ -175,10 +179,12 @@ class ImageStore:
         self._files = files
         self._columns = ColumnFiles(files)
         self._lock = lock
-        self._engine: ChunkEngine = open_engine(group["images"], files)
         self._manifest = manifest
         self._legacy = manifest is None
         self._set_index(index, manifest)
+        # the images' zarr.json may lag the committed count (a writer stopped after its commit
+        # point): the shards hold those rows, so read them through a handle that covers them
+        self._engine: ChunkEngine = open_engine(covering(group["images"], len(self)), files)
         self._pending_images = 0
         self._pending_records: list[dict[str, Any]] = []
         self._pending_labels: list[np.ndarray] = []
@@ -382,12 +388,12 @@ class ImageStore:
         Costs O(rows the dead writer wrote) on a format-4 store (``write.pending``); a store
         last written by an older writer is listed once."""
         n = len(self)
-        if self._engine.rows != n:
+        if self._engine.rows > n:
             log.info("trimming images from %d to %d committed rows", self._engine.rows, n)
             self._engine.resize(n)
         for name in ("labels", "signatures"):
             arr = self._group[name]
-            if arr.shape[0] != n:
+            if arr.shape[0] > n:
                 log.info("trimming %s from %d to %d committed rows", name, arr.shape[0], n)
                 arr.resize((n, *arr.shape[1:]))
         # chunks written past the array's end are invisible to zarr; remove them too
@@ -395,6 +401,7 @@ class ImageStore:
         if removed:
             log.info("removed %d leftover chunk file(s) past row %d", removed, n)
         self._files.delete(PENDING_KEY)
+        self._publish()  # a writer that stopped after its commit point left the arrays short
         m = self._manifest
         if m is None:
             return  # format 1/2: the columns are written whole at the next commit
@@ -467,6 +474,14 @@ class ImageStore:
         moved to another class) keep their rows, but training, CV and evaluation use only these.
         """
         return np.flatnonzero(self._table.active_mask()).astype(np.int64)
+
+    def zarr_lag(self) -> int:
+        """Committed rows that the zarr arrays' shapes (``zarr.json``) do not cover yet, int: 0
+        unless a writer stopped between its commit point and growing the arrays. mriscan reads
+        those rows anyway; zarr-python and TensorStore see them once a writer opens the store
+        (``mriscan migrate``, the next ingest)."""
+        n = len(self)
+        return max(n - self._group[name].shape[0] for name in _ARRAYS)
 
     @property
     def groups(self) -> np.ndarray:
@@ -585,7 +600,10 @@ class ImageStore:
 
     def signatures(self) -> np.ndarray:
         """Committed perceptual thumbnails, ndarray of shape (N, 16, 16), uint8."""
-        return np.asarray(self._group["signatures"][: len(self)])
+        n = len(self)
+        if self._table.columns is not None:  # index/sig.u1 (the zarr array may lag the index)
+            return self._columns.fixed("sig", n).reshape(n, SIGNATURE_SIZE, SIGNATURE_SIZE)
+        return np.asarray(self._group["signatures"][:n])
 
     def pending_signatures(self) -> np.ndarray:
         """Thumbnails of the appended, not yet committed samples, ndarray (n, 16, 16), uint8."""
@@ -777,9 +795,9 @@ class ImageStore:
     ) -> int:
         """Make everything appended so far visible at once; return the number of new samples.
 
-        Appends the new rows to the column files, grows the arrays and replaces ``index.json``
-        (the commit point). Readers that opened earlier keep their old view. A format-1/2 store
-        is written as format 3 (all columns) here.
+        Appends the new rows to the column files, replaces ``index.json`` (the commit point),
+        then grows the zarr arrays (``_publish``). Readers that opened earlier keep their old
+        view. A format-1/2 store is written as the current format (all columns) here.
 
         Parameters
         ----------
@@ -832,14 +850,8 @@ class ImageStore:
             new_labels = np.arange(old_n, n, dtype=np.int64)
         pending_sigs = self.pending_signatures()
         if self._pending_images:
-            self._engine.flush()  # every slice on disk (fsync'd) before the arrays grow
-            self._engine.resize(n)
-            labels = self._group["labels"]
-            labels.resize((n,))
-            labels[old_n:n] = np.concatenate(self._pending_labels)
-            sig_arr = self._group["signatures"]
-            sig_arr.resize((n, *sig_arr.shape[1:]))
-            sig_arr[old_n:n] = pending_sigs
+            # every slice on disk (fsync'd), past the arrays' shape: no reader looks there yet
+            self._engine.flush()
         with self._columns.batch():  # every column byte is on disk before the manifest
             if self._legacy or self._manifest is None:
                 manifest = self._write_all(new_labels, merges, rebase, pending_sigs)
@@ -850,6 +862,10 @@ class ImageStore:
         self._manifest, self._legacy = manifest, False
         self._set_index(index, manifest)
         added = self._pending_images
+        if added:  # only now may outside readers see the new rows
+            self._publish(
+                {"labels": np.concatenate(self._pending_labels), "signatures": pending_sigs}
+            )
         self._pending_images = 0
         self._pending_records, self._pending_labels = [], []
         self._pending_sigs, self._pending_dups = [], []
@@ -859,6 +875,37 @@ class ImageStore:
             self._pending_upto = 0
         log.info("committed %d new samples (%d total) to %s", added, n, self.location)
         return added
+
+    def _publish(self, new_rows: dict[str, np.ndarray] | None = None) -> None:
+        """Grow the zarr arrays (their ``zarr.json`` shape) to the committed count, so that
+        zarr-python and TensorStore see the committed rows, and never earlier than the commit
+        point: ``commit`` calls this after replacing ``index.json``, and a writer's ``open``
+        calls it for a writer that stopped in between (until then outside readers see fewer
+        rows, never uncommitted ones).
+
+        ``labels`` and ``signatures`` get their values for the rows past their shape first,
+        from ``new_rows`` (the rows this commit added, by array name) or else from the
+        committed columns (``index/label.u1``, ``index/sig.u1``); the images' shards were
+        written and fsync'd before the commit point."""
+        n = len(self)
+        for name in ("labels", "signatures"):
+            arr = self._group[name]
+            have = arr.shape[0]
+            if have >= n:
+                continue
+            values = (new_rows or {}).get(name)
+            if values is None or len(values) != n - have:
+                if name == "labels":
+                    values = self._columns.fixed("label", n)[have:]
+                else:
+                    values = self.signature_rows(np.arange(have, n))
+            covering(arr, n)[have:n] = values  # chunks past the shape: invisible until resize
+            arr.resize((n, *arr.shape[1:]))
+        images = self._group["images"]
+        if images.shape[0] < n:
+            images.resize((n, *images.shape[1:]))
+        self._engine.array = images
+        self._engine.resize(n)  # drops the write buffer; the shape is already n
 
     def _new_columns(self, pending_sigs: np.ndarray) -> dict[str, Any]:
         cols = columns_of(self._pending_records)

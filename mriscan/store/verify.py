@@ -61,12 +61,22 @@ def _check(store: ImageStore) -> list[str]:
         problems.append(
             f"images array is {images.dtype} {images.shape}, expected uint8 (N, {s}, {s})"
         )
-    for name in ("images", "labels", "signatures"):
-        if store._group[name].shape[0] < n:
-            problems.append(
-                f"{name} array has {store._group[name].shape[0]} rows but the index commits {n}"
-            )
-    if problems:
+    short = {
+        name: store._group[name].shape[0]
+        for name in ("images", "labels", "signatures")
+        if store._group[name].shape[0] < n
+    }
+    if short:
+        # a writer stopped between its commit point (index.json) and growing the arrays: the
+        # committed rows are all there (mriscan reads them), zarr-python / TensorStore see fewer
+        problems.append(
+            "the zarr metadata lags the index: "
+            + ", ".join(f"{k} array has {v} rows" for k, v in short.items())
+            + f" but the index commits {n} (a writer stopped after its commit). mriscan reads "
+            "every committed sample; to let zarr-python and TensorStore see them too, run "
+            f"`mriscan migrate --store {store.location}` (or ingest into the store again)"
+        )
+    if any(p.startswith("images array is") for p in problems):
         return problems
     try:  # format 3: every column file must cover the committed rows
         records = list(store.index.records)
@@ -77,9 +87,9 @@ def _check(store: ImageStore) -> list[str]:
         return [f"the record columns cannot be read ({type(exc).__name__}: {exc})"]
     stored_labels = _read_array(store, "labels", n, problems)
     sigs = _read_array(store, "signatures", n, problems)
-    if sigs is not None and store.table.columns is not None and n:
+    if sigs is not None and store.table.columns is not None and len(sigs):
         # the grouping reads index/sig.u1; it must hold the same thumbnails as the array
-        rows = store.signature_rows(np.arange(n)).reshape(sigs.shape)
+        rows = store.signature_rows(np.arange(len(sigs))).reshape(sigs.shape)
         bad = np.flatnonzero(np.any(rows != sigs, axis=(1, 2)))
         if bad.size:
             problems.append(
@@ -104,7 +114,7 @@ def _check(store: ImageStore) -> list[str]:
                     f"sample {i} ({rec.source}): pixel checksum mismatch "
                     f"(stored data differs from what was ingested)"
                 )
-        if stored_labels is not None and int(stored_labels[i]) != rec.label:
+        if stored_labels is not None and i < len(stored_labels) and stored_labels[i] != rec.label:
             problems.append(
                 f"sample {i} ({rec.source}): label array says "
                 f"{int(stored_labels[i])}, index says {rec.label}"
