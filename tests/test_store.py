@@ -351,3 +351,25 @@ def test_records_are_read_lazily_column_by_column(store_path):
         assert len(st) == n and st.labels.sum() == n // 2 and len(st.groups) == n
         with pytest.raises(StoreError, match=r"source\.bin is missing"):
             st.index.records[3]
+
+
+def test_info_leaves_retired_samples_out_of_every_count(store_path):
+    """A retired row keeps its group in the group column; info must not count it (nor a group
+    only retired rows hold), as ingest's report and a fresh store do not."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    with ImageStore.create(store_path, S) as st:
+        st.set_class_names(["a", "b"])
+        st.append(_images(4), [0, 0, 1, 1])
+        st.commit(groups=[0, 0, 1, 2])  # rows 0 and 1 one group; 2 and 3 alone
+        st.update_record(3, flags=["removed"])  # a group only a retired row holds
+        st.update_record(1, flags=["relabelled"])  # a group that keeps a live row
+        st.commit()
+    with ImageStore.open(store_path) as st:
+        info = st.info()
+    assert info["samples"] == 2 and info["retired"] == 2
+    assert info["classes"] == {"a": 1, "b": 1} and info["duplicate_groups"] == 2
+    out = CliRunner().invoke(main, ["info", "--store", str(store_path)]).output
+    assert "Groups:     2 split groups" in out, out

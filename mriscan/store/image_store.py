@@ -1091,7 +1091,7 @@ class ImageStore:
             "retired": len(self) - int(active.size),
             "image_size": s,
             "classes": {name: int((labels == k).sum()) for k, name in enumerate(self.class_names)},
-            "duplicate_groups": int(np.unique(self.groups).size),
+            "duplicate_groups": int(np.unique(self.groups[active]).size),  # retired left out
             "exact_duplicates_skipped": len(self._index.duplicates),
             "format_version": FORMAT_VERSION if self._manifest is not None else "1/2 (legacy)",
             "preprocess": self.config.to_dict(),
