@@ -132,12 +132,13 @@ class IngestReport:
     DICOMDIR; or no scan: segmentations, RT dose grids), listed; ``excluded``: DICOM images of
     a modality not read (``DicomConfig.modalities``, default MR only: CT, US, NM, ... are not
     stored); ``warnings``: ``(name, reason)`` of slices stored with a warning (uniform, thin)
-    and of near-identical slices stored under two classes (one entry per group, naming every
-    file); ``ignored``: hidden files and folders (names starting with ".") and files beside
-    the class folders (a README), not read by rule; ``placeholder_ids``: ``(name, Patient
-    ID)`` of DICOM files stored whose Patient ID names no one (``"ANONYMOUS"``, ``"0"``, ...:
-    ``mriscan.dicom.is_placeholder_patient_id``), grouped by their study instead of as one
-    patient (a warning: if such studies are one patient, give them a manifest group).
+    and of near-identical slices stored under two classes (one entry per group, naming up
+    to five files of each class, with counts); ``ignored``: hidden files and folders (names
+    starting with ".") and files beside the class folders (a README), not read by rule;
+    ``placeholder_ids``: ``(name, Patient ID)`` of DICOM files stored whose Patient ID names
+    no one (``"ANONYMOUS"``, ``"0"``, ...: ``mriscan.dicom.is_placeholder_patient_id``),
+    grouped by their study instead of as one patient (a warning: if such studies are one
+    patient, give them a manifest group).
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
@@ -309,8 +310,8 @@ def ingest(
     - uniform (all black, all white, one grey) or thin (a side < 8 px): stored, flagged, and
       listed in ``warnings`` (``strict``: fail);
     - near-identical slices (one duplicate group, ``mriscan.duplicates``) under two classes:
-      stored (the split keeps a group on one side), listed in ``warnings`` with every file of
-      the group by the run that stores the new slice (``strict``: fail).
+      stored (the split keeps a group on one side), listed in ``warnings`` (per class: how many
+      files, the first five by name) by the run that stores the new slice (``strict``: fail).
 
     Split groups (``SampleRecord.group``) are the union of near-duplicate slices and slices that
     share a patient (DICOM; else study, series), a volume (NIfTI) or a manifest group (a
@@ -869,6 +870,9 @@ def _record_name(r: SampleRecord, jobs_by_fid: dict[str, _Job], sources: list[st
     return f"{r.source} (stored from {where})"
 
 
+_SHOWN = 5  # names of each class that a near-identical group's warning shows
+
+
 def _mixed_classes(
     store: ImageStore,
     records: list[SampleRecord],
@@ -924,18 +928,23 @@ def _mixed_classes(
     out = []
     for rows in members.values():
         seen = sorted({label_name(p) for p in rows})
-        n_classes = len({c for c, _ in seen})
-        if n_classes < 2:
+        by_class: dict[str, list[str]] = {}
+        for c, name in seen:
+            by_class.setdefault(c, []).append(name)
+        if len(by_class) < 2:
             continue
-        listed = ", ".join(f"{name} ({c})" for c, name in seen[:12])
-        if len(seen) > 12:
-            listed += f" and {len(seen) - 12} more"
+        # every class, the largest first: how many, and the first few names
+        listed = "; ".join(
+            f"{len(names)} {c} ({', '.join(names[:_SHOWN])}"
+            + (f" and {len(names) - _SHOWN} more)" if len(names) > _SHOWN else ")")
+            for c, names in sorted(by_class.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        )
         out.append(
             (
                 seen[0][1],
-                f"near-identical slices stored under {n_classes} classes: {listed}; one slice "
-                "cannot be both: check the labels, then delete or move the wrong copies (until "
-                "then every split keeps the group on one side)",
+                f"near-identical slices, all stored, under {len(by_class)} classes: {listed}. "
+                "One slice cannot be both: check the labels, then delete or move the wrong "
+                "copies (until then every split keeps the group on one side)",
             )
         )
     return sorted(out)

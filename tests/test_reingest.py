@@ -209,3 +209,38 @@ def test_degenerate_images_are_stored_with_a_warning(class_folder, tmp_path, arr
         ingest(class_folder, tmp_path / "strict.zarr", IngestConfig(
             preprocess=PreprocessConfig(size=32), strict=True))  # fmt: skip
     assert not (tmp_path / "strict.zarr").exists()
+
+
+def test_near_identical_slices_under_two_classes_are_reported_as_stored_per_class(
+    class_folder, tmp_path, caplog
+):
+    """The warning names members of every class, with counts, and says they are stored; no log
+    line calls them "not stored"."""
+    import logging
+
+    rng = np.random.default_rng(8)
+    blocks = rng.integers(0, 256, (8, 8)).astype(np.uint8)  # a pattern unlike the other slices
+    base = np.kron(blocks, np.ones((12, 12), np.uint8))
+    copies = [
+        np.clip(base.astype(int) + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+        for _ in range(10)
+    ]
+    for k, img in enumerate(copies[:7]):
+        Image.fromarray(img).save(class_folder / "yes" / f"copy_yes{k}.png")
+    for k, img in enumerate(copies[7:]):
+        Image.fromarray(img).save(class_folder / "no" / f"copy_no{k}.png")
+    args = ["ingest", str(class_folder), "--store", str(tmp_path / "s.zarr"), "--image-size", "32"]
+    with caplog.at_level(logging.INFO):
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert not [r for r in caplog.records if "not stored" in r.getMessage()], caplog.text
+    stored_part = res.output.split("stored with a warning", 1)[1]
+    (line,) = [x for x in stored_part.splitlines() if "near-identical" in x]
+    assert "all stored, under 2 classes" in line and "not stored" not in line
+    yes = ", ".join(f"yes/copy_yes{k}.png" for k in range(5))
+    assert f"7 yes ({yes} and 2 more)" in line, line
+    assert "3 no (no/copy_no0.png, no/copy_no1.png, no/copy_no2.png)" in line, line
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        assert {r.source for r in st.index.records if r.active} >= {
+            f"{c}/copy_{c}{k}.png" for c, m in (("yes", 7), ("no", 3)) for k in range(m)
+        }
