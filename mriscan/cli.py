@@ -418,9 +418,18 @@ def verify(store_path: Path) -> None:
     if problems:
         for p in problems:
             click.echo(f"BAD {p}", err=True)
+        if all("lags the index" in p for p in problems):  # nothing lost: the zarr view lags
+            raise click.ClickException(
+                f"{store_path}: every committed sample is sound, but zarr-python and "
+                f"TensorStore do not see all of them yet; run `mriscan migrate --store "
+                f"{store_path}`."
+            )
         raise click.ClickException(
-            f"{len(problems)} problem(s) in {store_path}; re-ingest "
-            "the named samples (or the whole folder into a new store)."
+            f"{len(problems)} problem(s) in {store_path}. Ingesting into this store again "
+            "cannot repair them: its records say those files are already stored, and a stored "
+            "slice is never rewritten. Ingest the raw folder(s) again into a new store "
+            "(`mriscan ingest RAW_DIR --store NEW_PATH`), check it with `mriscan verify "
+            "--store NEW_PATH`, and use it instead of this one."
         )
     click.echo(f"OK {store_path}: every sample readable and matching its checksum.")
 

@@ -198,3 +198,33 @@ def test_verify_names_damaged_manifest_fields(small_store, damage):
     index.write_text(json.dumps(data))
     problems = verify_store(small_store)
     assert problems and "index.json" in problems[0]
+
+
+def test_verify_advice_on_a_damaged_shard_is_one_that_works(class_folder, tmp_path):
+    """Re-ingesting into the damaged store adds nothing (its records say the files are
+    stored), so verify must not suggest it; the advice it gives (a new store) must work."""
+    cfg = IngestConfig(preprocess=PreprocessConfig(size=32), workers=1)
+    path = tmp_path / "s.zarr"
+    ingest(class_folder, path, cfg)
+    chunk_file(path, 0).write_bytes(b"\x00garbage" * 3)
+    result = CliRunner().invoke(main, ["verify", "--store", str(path)])
+    assert result.exit_code == 1 and "named samples" not in result.output
+    assert "cannot repair" in result.output and "into a new store" in result.output
+    assert ingest(class_folder, path, cfg).n_added == 0  # why: nothing is re-stored
+    assert verify_store(path)
+    new = tmp_path / "new.zarr"
+    ingest(class_folder, new, cfg)  # the advice
+    result = CliRunner().invoke(main, ["verify", "--store", str(new)])
+    assert result.exit_code == 0, result.output
+
+
+def test_verify_on_a_lagging_zarr_view_points_at_migrate(tmp_path):
+    path = _store(tmp_path / "s.zarr")
+    meta = json.loads((path / "labels" / "zarr.json").read_text())
+    meta["shape"] = [3]  # as if the writer stopped after its commit point
+    (path / "labels" / "zarr.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["verify", "--store", str(path)])
+    assert result.exit_code == 1 and "mriscan migrate" in result.output, result.output
+    assert "re-ingest" not in result.output.lower()
+    assert CliRunner().invoke(main, ["migrate", "--store", str(path)]).exit_code == 0
+    assert verify_store(path) == []

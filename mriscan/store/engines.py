@@ -208,8 +208,8 @@ def _decode_slice(
         numcodecs.blosc.decompress(raw, out)
     except (RuntimeError, ValueError) as exc:
         raise StoreCorruptError(
-            f"{root}: chunk of sample {i} cannot be decoded ({exc}). Run `mriscan verify` and "
-            "re-ingest."
+            f"{root}: chunk of sample {i} cannot be decoded ({exc}). Run `mriscan verify`; "
+            "re-ingest the raw folder into a new --store."
         ) from exc
     return out
 
@@ -258,7 +258,8 @@ class ChunkEngine(abc.ABC):
             bad = int(pos.min()) if pos.min() < 0 else int(pos.max())
             raise StoreCorruptError(
                 f"{self.files.root}: sample {bad} lies outside the images array "
-                f"({self.rows} rows). Run `mriscan verify` and re-ingest."
+                f"({self.rows} rows). Run `mriscan verify`; re-ingest the raw folder into a "
+                "new --store."
             )
         return self._read(pos)
 
@@ -576,7 +577,7 @@ class ShardedFiles(ChunkEngine):
                 rows = f"{k * self.shard_rows}..{(k + 1) * self.shard_rows - 1}"
                 raise StoreCorruptError(
                     f"{self.files.root}: the shard file of samples {rows} ({path}) is damaged: "
-                    f"{exc}. Run `mriscan verify` and re-ingest."
+                    f"{exc}. Run `mriscan verify`; re-ingest the raw folder into a new --store."
                 ) from exc
         except BaseException:
             os.close(fd)
@@ -666,8 +667,8 @@ class ShardedFiles(ChunkEngine):
                     ):
                         raise StoreCorruptError(
                             f"{self.files.root}: chunk of sample {i} cannot be decoded ({nb} "
-                            f"bytes stored, a slice needs {size}). Run `mriscan verify` and "
-                            "re-ingest."
+                            f"bytes stored, a slice needs {size}). Run `mriscan verify`; "
+                            "re-ingest the raw folder into a new --store."
                         )
                 return out
             for j, i in enumerate(pos):
@@ -872,7 +873,8 @@ class ZarrEngine(ChunkEngine):
                 except (RuntimeError, ValueError, TypeError) as one:
                     raise StoreCorruptError(
                         f"{self.files.root}: chunk of sample {int(i)} cannot be decoded "
-                        f"({one}). Run `mriscan verify` and re-ingest."
+                        f"({one}). Run `mriscan verify`; re-ingest the raw folder into a new "
+                        "--store."
                     ) from one
             raise StoreCorruptError(f"{self.files.root}: images cannot be read ({exc}).") from exc
 
