@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,10 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose + 1, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Pillow's DecompressionBombWarning ("... could be decompression bomb DOS attack"): every
+    # decode applies mriscan's own pixel cap before decoding (mriscan.io.decode_bytes), which
+    # refuses such an image with its own message, or admits it because the user raised the cap
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     logging.getLogger("numba").setLevel(logging.WARNING)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -153,7 +154,9 @@ def _decode_pillow(
     except UnidentifiedImageError as exc:
         raise _unidentified_error(data, path) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(path, f"image is a possible decompression bomb ({exc})") from exc
+        # over Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS): mriscan's cap decides, with
+        # mriscan's message, on the header Pillow's plugin reads without that check
+        img = _open_unchecked(data, path, max_pixels, exc)
     with img:
         if img.format not in _FORMATS:
             raise UnsupportedFormatError(
@@ -161,13 +164,7 @@ def _decode_pillow(
             )
         w, h = img.size
         if w * h > max_pixels:
-            raise ImageTooLargeError(
-                path,
-                f"{w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,} (a guard "
-                "against decompression bombs); downscale the image. The cap has no "
-                "command-line option; from Python, pass a larger max_pixels to "
-                "mriscan.decode_image or mriscan.ingest.IngestConfig",
-            )
+            raise _too_large(path, f"{w}x{h} = {w * h:,}", max_pixels)
         stage[0] = "data"
         if draft_size is not None and img.format == "JPEG":
             img.draft("L", (int(draft_size), int(draft_size)))
@@ -179,6 +176,33 @@ def _decode_pillow(
             path, f"decoded to an unusable array {arr.shape} {arr.dtype}; re-export the file"
         )
     return arr
+
+
+def _too_large(path: object, size: str, max_pixels: int) -> ImageTooLargeError:
+    """mriscan's message for an image over the pixel cap; ``size`` like ``"W x H = N"``."""
+    return ImageTooLargeError(
+        path,
+        f"{size} pixels exceeds the cap of {max_pixels:,} (a guard against decompression "
+        "bombs); downscale the image. The cap has no command-line option; from Python, pass a "
+        "larger max_pixels to mriscan.decode_image or mriscan.ingest.IngestConfig",
+    )
+
+
+def _open_unchecked(data: bytes, path: object, max_pixels: int, bomb: Exception) -> Image.Image:
+    """Open an image that ``Image.open`` refused as a decompression bomb with its format's
+    Pillow plugin directly (``Image.OPEN[format]``, what ``Image.open`` calls before its own
+    size check), so that mriscan's cap (checked next, before any pixel is decoded) decides and
+    words the refusal. Raises ``ImageTooLargeError`` itself when no plugin reads the header."""
+    fmt = sniff_image_format(data[:32])
+    if fmt in _FORMATS and fmt in Image.OPEN:
+        try:
+            return Image.OPEN[fmt][0](io.BytesIO(data), "")
+        except Exception:  # a header the plugin cannot read: refuse by Pillow's pixel count
+            pass
+    counted = re.search(r"\((\d+) pixels\)", str(bomb))
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    size = f"{int(counted.group(1)):,}" if counted else f"more than {limit:,}"
+    raise _too_large(path, size, max_pixels) from bomb
 
 
 def _pillow_error(path: object, exc: Exception, stage: str) -> ImageDecodeError:

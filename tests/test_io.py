@@ -247,3 +247,63 @@ def test_memory_error_and_interrupt_are_not_swallowed(tmp_path, monkeypatch, err
         decode_image(p)
     if isinstance(error, MemoryError):
         assert any(str(p) in note for note in info.value.__notes__)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` 8-bit grey pixels (its data is a
+    few bytes: only the header is ever read when the size is refused)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [13000, 30000])  # under and over Pillow's own error limit
+def test_images_over_pillows_bomb_limit_get_mriscans_cap_message(tmp_path, side):
+    p = tmp_path / "huge.png"
+    p.write_bytes(_png_claiming(side, side))
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(p)
+    message = str(info.value)
+    assert f"{side}x{side} = {side * side:,} pixels exceeds the cap of 64,000,000" in message
+    assert "huge.png" in message and "downscale the image" in message
+    assert "DOS attack" not in message and "decompression bomb (" not in message
+
+
+def test_mriscans_cap_decides_where_pillows_limit_is_lower(tmp_path, monkeypatch):
+    """An image Pillow alone would refuse (its limit set below the image) is decoded when it
+    is within mriscan's cap, and refused with mriscan's message when it is not."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow errors past 200 pixels
+    p = _save(tmp_path, Image.fromarray(GRAD), "a.png")
+    np.testing.assert_array_equal(decode_image(p), GRAD)
+    with pytest.raises(ImageTooLargeError, match=r"50x30 = 1,500 pixels exceeds the cap of 1,000"):
+        decode_image(p, max_pixels=1000)
+
+
+def test_ingest_names_huge_images_in_mriscans_words_without_pillows_warning(class_folder, tmp_path):
+    import warnings
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    (class_folder / "yes" / "wide.png").write_bytes(_png_claiming(13000, 13000))
+    (class_folder / "no" / "vast.png").write_bytes(_png_claiming(30000, 30000))
+    args = ["ingest", str(class_folder), "--store", str(tmp_path / "s.zarr"), "--image-size", "32"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "DOS attack" not in res.output, res.output
+    assert not [w for w in caught if "DOS attack" in str(w.message)]
+    assert "yes/wide.png: 13000x13000 = 169,000,000 pixels exceeds the cap" in res.output
+    assert "no/vast.png: 30000x30000 = 900,000,000 pixels exceeds the cap" in res.output
