@@ -27,10 +27,12 @@ from test_neighbors import _signatures
 from mriscan.duplicates import duplicate_groups, new_links
 from mriscan.neighbors import dct_projection
 from mriscan.splits import union_groups
-from mriscan.store import ImageStore
+from mriscan.store import FORMAT_VERSION, ImageStore
 from mriscan.store.columns import ColumnFiles, group_name, merge_name
 from mriscan.store.files import StoreFiles
 from mriscan.store.index import INDEX_KEY, Manifest, encode_manifest
+
+CURRENT = f"format {FORMAT_VERSION}"  # the index format written today (columns + manifest)
 
 GROUP = "index scaling (16² synthetic slices)"
 S = 16
@@ -189,12 +191,12 @@ def test_index_scaling(tmp_path, n):
         g = st.groups
         assert g[n] == g[0] and g[n + 1] == g[1] and g[n + 32] == g[0]  # copies joined
     t_commit = float(np.median(commits))
-    record(GROUP, f"format 3: commit of 32 (grouping incl.) N={n}", 1 / t_commit, "commits/s")
-    record(GROUP, f"format 3: commit of 32, CPU s N={n}", float(np.median(cpus)), "s")
-    record(GROUP, f"format 3: open N={n}", 1 / opened["open_s"], "opens/s")
-    record(GROUP, f"format 3: reader RSS after open N={n}", opened["open_mb"], "MB")
-    record(GROUP, f"format 3: RSS after labels+groups N={n}", opened["columns_mb"], "MB")
-    print(f"format 3: commit {commits} s wall, {cpus} s CPU; open {opened}")
+    record(GROUP, f"{CURRENT}: commit of 32 (grouping incl.) N={n}", 1 / t_commit, "commits/s")
+    record(GROUP, f"{CURRENT}: commit of 32, CPU s N={n}", float(np.median(cpus)), "s")
+    record(GROUP, f"{CURRENT}: open N={n}", 1 / opened["open_s"], "opens/s")
+    record(GROUP, f"{CURRENT}: reader RSS after open N={n}", opened["open_mb"], "MB")
+    record(GROUP, f"{CURRENT}: RSS after labels+groups N={n}", opened["columns_mb"], "MB")
+    print(f"{CURRENT}: commit {commits} s wall, {cpus} s CPU; open {opened}")
     if n > 100_000:
         return
     legacy = tmp_path / "legacy.zarr"
@@ -207,8 +209,8 @@ def test_index_scaling(tmp_path, n):
     record(GROUP, f"format 2: open N={n}", 1 / old_open["open_s"], "opens/s")
     record(GROUP, f"format 2: reader RSS after open N={n}", old_open["open_mb"], "MB")
     print(f"format 2: commit {old_commit} s; open {old_open}")
-    new = f"format 3: commit of 32 (grouping incl.) N={n}"
+    new = f"{CURRENT}: commit of 32 (grouping incl.) N={n}"
     old = f"format 2: commit of 32 (grouping incl.) N={n}"
-    target(f"index commit N={n}", GROUP, new, [old], 1.0, "format 3 vs format 2")
-    new, old = f"format 3: open N={n}", f"format 2: open N={n}"
-    target(f"index open N={n}", GROUP, new, [old], 1.0, "format 3 vs format 2")
+    target(f"index commit N={n}", GROUP, new, [old], 1.0, f"{CURRENT} vs format 2")
+    new, old = f"{CURRENT}: open N={n}", f"format 2: open N={n}"
+    target(f"index open N={n}", GROUP, new, [old], 1.0, f"{CURRENT} vs format 2")
