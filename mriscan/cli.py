@@ -486,15 +486,50 @@ def info(store_path: Path, as_json: bool) -> None:
         f"{data['exact_duplicates_skipped']} exact duplicate files not stored twice"
     )
     click.echo(f"Preprocess: {data['preprocess']}")
-    click.echo(
-        f"Codec:      {' → '.join(c['name'] for c in data['codec'])} "
-        f"{data['codec'][-1].get('configuration', '')}; chunks {data['chunks']}"
-    )
+    layout = {
+        "local zarr shards": f"images in shards of {data['chunks'][0]} slices",
+        "local chunk files": "images one file per slice (older layout)",
+    }.get(data["images_layout"], f"images read through zarr-python ({data['images_layout']})")
+    click.echo(f"Format:     index format {data['format_version']}; {layout}")
+    if data["migrate"]:
+        click.echo(
+            f"            written by an older mriscan: read as it is; `mriscan migrate --store "
+            f"{store_path}` converts it (shards: far fewer files, faster reads)"
+        )
+    chunks = "×".join(str(c) for c in data["chunks"])
+    click.echo(f"Codec:      {_codec_text(data['codec'])}; chunks {chunks}")
     ratio = data["bytes_on_disk"] / data["bytes_raw"] if data["bytes_raw"] else 0
     click.echo(
         f"On disk:    {_human_bytes(data['bytes_on_disk'])} "
         f"({ratio:.0%} of {_human_bytes(data['bytes_raw'])} raw)"
     )
+
+
+def _codec_text(codecs: list[dict]) -> str:
+    """A zarr v3 codec chain (``Codec.to_dict()`` of each) in words, e.g. "sharding, inner
+    chunks 1×128×128: Blosc-LZ4 level 9"."""
+    parts = []
+    for k, c in enumerate(codecs):
+        name, cfg = c.get("name", "?"), c.get("configuration") or {}
+        if name == "sharding_indexed":
+            inner = "×".join(str(x) for x in cfg.get("chunk_shape", ()))
+            parts.append(f"sharding, inner chunks {inner}: {_codec_text(list(cfg['codecs']))}")
+        elif name == "bytes":
+            if k == len(codecs) - 1:  # nothing after it: the bytes are stored as they are
+                parts.append("uncompressed")
+        elif name == "blosc":
+            shuffle = cfg.get("shuffle", "noshuffle")
+            parts.append(
+                f"Blosc-{str(cfg.get('cname', '?')).upper()} level {cfg.get('clevel', '?')}"
+                + ("" if shuffle == "noshuffle" else f" ({shuffle})")
+            )
+        elif name == "zstd":
+            parts.append(f"Zstd level {cfg.get('level', '?')}")
+        elif name == "gzip":
+            parts.append(f"gzip level {cfg.get('level', '?')}")
+        else:
+            parts.append(name)
+    return " → ".join(parts) or "uncompressed"
 
 
 # (dotted TrainConfig setting, CLI flag) shared by train and cv

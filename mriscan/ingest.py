@@ -405,6 +405,7 @@ def ingest(
                 "separate classes: rename the folders (or manifest labels) to the store's "
                 "spelling. Nothing was written."
             )
+        _hint_migrate(store, store_path)
     except StoreNotFoundError:
         store = ImageStore.create(
             store_path, config.preprocess.size, config.preprocess, compress=bool(config.compress)
@@ -439,6 +440,24 @@ def ingest(
 
 
 _warned_salt: set[str] = set()
+_hinted_migrate: set[str] = set()
+
+
+def _hint_migrate(store: ImageStore, store_path) -> None:
+    """Say (once per store and process) that a store whose images are one file per slice, as
+    mriscan wrote them before shards, can be converted with ``mriscan migrate``."""
+    from mriscan.store.engines import LocalChunkFiles
+
+    if not isinstance(store.engine, LocalChunkFiles) or str(store_path) in _hinted_migrate:
+        return
+    _hinted_migrate.add(str(store_path))
+    log.warning(
+        "store %s keeps its images as one file per slice (written by an older mriscan): it is "
+        "read and added to as it is; `mriscan migrate --store %s` rewrites them as shards of "
+        "256 slices (far fewer files, faster reads)",
+        store_path,
+        store_path,
+    )
 
 
 def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:

@@ -358,3 +358,38 @@ def test_a_writer_stopped_after_its_commit_point_leaves_outside_readers_lagging(
     with ImageStore.open(path) as reader:
         np.testing.assert_array_equal(group["signatures"][:], reader.signature_rows(np.arange(300)))
     assert verify_store(path) == []
+
+
+def test_info_names_the_format_and_suggests_migrate_for_an_older_store(path):
+    _old_layout_store(path, _images(20, 5))
+    out = CliRunner().invoke(main, ["info", "--store", str(path)]).output
+    assert "Format:     index format 3; images one file per slice" in out, out
+    assert f"`mriscan migrate --store {path}`" in out
+    (codec,) = [x for x in out.splitlines() if x.startswith("Codec:")]
+    assert codec == "Codec:      Blosc-ZSTD level 3; chunks 1×16×16", codec
+    assert CliRunner().invoke(main, ["migrate", "--store", str(path)]).exit_code == 0
+    out = CliRunner().invoke(main, ["info", "--store", str(path)]).output
+    assert f"Format:     index format {FORMAT_VERSION}; images in shards of 256 slices" in out
+    assert "mriscan migrate" not in out
+    (codec,) = [x for x in out.splitlines() if x.startswith("Codec:")]
+    assert codec == "Codec:      sharding, inner chunks 1×16×16: uncompressed; chunks 256×16×16"
+    with ImageStore.create(path.with_name("c.zarr"), S, compress=True):
+        pass
+    out = CliRunner().invoke(main, ["info", "--store", str(path.with_name("c.zarr"))]).output
+    assert "inner chunks 1×16×16: Blosc-LZ4 level" in out and "{" not in out.split("Codec:")[1]
+
+
+def test_ingest_into_an_unmigrated_store_hints_at_migrate_once(class_folder, path, caplog):
+    import logging
+
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+
+    _old_layout_store(path, _images(4, 5))
+    cfg = IngestConfig(preprocess=PreprocessConfig(size=S), workers=1, merge=True)
+    with caplog.at_level(logging.WARNING, logger="mriscan.ingest"):
+        ingest(class_folder, path, cfg)
+        ingest(class_folder, path, cfg)
+    hints = [r for r in caplog.records if "mriscan migrate --store" in r.getMessage()]
+    assert len(hints) == 1 and "one file per slice" in hints[0].getMessage()
+    assert verify_store(path) == []

@@ -44,6 +44,7 @@ from mriscan.store.columns import (
 )
 from mriscan.store.engines import (
     ChunkEngine,
+    LocalChunkFiles,
     blosc_codec,
     covering,
     create_images_array,
@@ -1080,7 +1081,9 @@ class ImageStore:
         return self._files.nbytes()
 
     def info(self) -> dict[str, Any]:
-        """Summary for ``mriscan info``: counts, config, groups, codec, bytes on disk vs raw."""
+        """Summary for ``mriscan info``: counts, config, groups, codec, bytes on disk vs raw,
+        the index format and images layout, and whether ``mriscan migrate`` would convert
+        the store (``migrate``: an older index format or images one file per slice)."""
         active = self.active_indices()
         labels = self.labels[active]
         meta = self._engine.array.metadata
@@ -1093,7 +1096,10 @@ class ImageStore:
             "classes": {name: int((labels == k).sum()) for k, name in enumerate(self.class_names)},
             "duplicate_groups": int(np.unique(self.groups[active]).size),  # retired left out
             "exact_duplicates_skipped": len(self._index.duplicates),
-            "format_version": FORMAT_VERSION if self._manifest is not None else "1/2 (legacy)",
+            "format_version": self._index.format_version,
+            "images_layout": self._engine.name,
+            "migrate": self._index.format_version != FORMAT_VERSION
+            or isinstance(self._engine, LocalChunkFiles),
             "preprocess": self.config.to_dict(),
             "codec": [c.to_dict() for c in meta.codecs],
             "chunks": list(meta.chunk_grid.chunk_shape),
