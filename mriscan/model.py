@@ -44,6 +44,15 @@ class MirrorDifference(keras.layers.Layer):
         return (*lead, None if c is None else 2 * c)
 
 
+def _with_moments_of(y, x):
+    """``y`` (batch, S, S, C) rescaled per image to the mean and standard deviation of ``x``: an
+    intensity augmentation then changes the slice's contrast, not its z-score statistics."""
+    ops, axes = keras.ops, (1, 2, 3)
+    mean, std = ops.mean(x, axis=axes, keepdims=True), ops.std(x, axis=axes, keepdims=True)
+    y_mean, y_std = ops.mean(y, axis=axes, keepdims=True), ops.std(y, axis=axes, keepdims=True)
+    return (y - y_mean) / ops.maximum(y_std, 1e-6) * std + mean
+
+
 @keras.saving.register_keras_serializable(package="mriscan")
 class RandomGamma(keras.layers.Layer):
     """Training-time gamma change of a z-scored slice; the identity at inference.
@@ -78,9 +87,7 @@ class RandomGamma(keras.layers.Layer):
             seed=self.seed_generator,
         )
         u = ops.power(ops.clip((x - lo) / span, 0.0, 1.0), ops.exp(log_g))
-        mean, std = ops.mean(x, axis=axes, keepdims=True), ops.std(x, axis=axes, keepdims=True)
-        u_mean, u_std = ops.mean(u, axis=axes, keepdims=True), ops.std(u, axis=axes, keepdims=True)
-        return (u - u_mean) / ops.maximum(u_std, 1e-6) * std + mean
+        return _with_moments_of(u, x)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -124,10 +131,7 @@ class RandomHeadInversion(keras.layers.Layer):
         h_hi = ops.max(ops.where(head, x, small), axis=axes, keepdims=True)
         flip = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator)
         flip = ops.logical_and(flip < self.rate, head)
-        y = ops.where(flip, h_lo + h_hi - x, x)
-        mean, std = ops.mean(x, axis=axes, keepdims=True), ops.std(x, axis=axes, keepdims=True)
-        y_mean, y_std = ops.mean(y, axis=axes, keepdims=True), ops.std(y, axis=axes, keepdims=True)
-        return (y - y_mean) / ops.maximum(y_std, 1e-6) * std + mean
+        return _with_moments_of(ops.where(flip, h_lo + h_hi - x, x), x)
 
     def compute_output_shape(self, input_shape):
         return input_shape
