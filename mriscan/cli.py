@@ -317,7 +317,18 @@ def ingest(
     raw_dir = raw_dir if raw_dir is not None else manifest
 
     scan = _read_options(options)
-    preprocess = override(PreprocessConfig(), _typed_overrides(ctx, options))
+    typed = _typed_overrides(ctx, options)
+    base = PreprocessConfig()
+    if not typed:
+        # adding to an existing store: its own preprocessing unless an option was typed (as
+        # train/cv do), so a second folder can be merged without repeating --image-size etc.
+        from mriscan.sources import is_store
+        from mriscan.store import ImageStore
+
+        if is_store(store_path):
+            with ImageStore.open(store_path) as existing:
+                base = existing.config
+    preprocess = override(base, typed)
     cfg = IngestConfig(
         preprocess=preprocess,
         workers=workers,

@@ -236,6 +236,23 @@ def test_evaluate_refuses_data_and_store_together(tmp_path):
     assert "does not exist" not in res.output
 
 
+def test_ingest_into_an_existing_store_keeps_its_preprocessing_unless_typed(class_folder, tmp_path):
+    """A second ingest without options (e.g. --merge of another collection) uses the store's
+    own settings; a typed option that differs is still refused, naming the store's."""
+    runner = CliRunner()
+    store = tmp_path / "s.zarr"
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["ingest", str(class_folder), "--store", str(store)])
+    assert r.exit_code == 0 and "added 0" in r.output, r.output
+    r = runner.invoke(
+        main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "64"]
+    )
+    assert r.exit_code != 0 and "--image-size 32" in r.output
+
+
 def test_ingest_compress_option_chooses_the_codec_of_a_new_store(class_folder, tmp_path):
     """--compress makes Blosc-LZ4 shards holding the same slices as the raw default; an
     existing store keeps its codec: the other flag is refused (nothing written), no flag adds."""
