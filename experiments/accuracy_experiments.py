@@ -393,6 +393,8 @@ EXPERIMENTS: dict[str, Experiment] = {
         "s8_fast_align", {"preprocess.align": False, "model.mirror": False}
     ),
     "xc_nopretrain": Experiment("s8_fast_align", {"pretrain.phantoms": 0}),
+    "xc_ref_seed1": Experiment("s8_fast_align", {"seed": 1}),
+    "xc_nomirror_seed1": Experiment("s8_fast_align", {"seed": 1, "model.mirror": False}),
     "xc_intensity": Experiment(
         "s8_fast_align",
         {"model.gamma": 0.4, "model.noise": 0.1, "model.blur": 1.0, "model.contrast": 0.4},
