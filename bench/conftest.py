@@ -40,6 +40,26 @@ def per_second(benchmark, amount: float) -> float | None:
     return None if stats is None else amount / stats.stats.median
 
 
+def interleaved(benchmark, sides: dict, rounds: int) -> dict[str, float]:
+    """Time the ``sides`` (name -> no-argument callable) one after the other in each of
+    ``rounds`` pytest-benchmark rounds (plus one warm-up round, not counted), so that a busy
+    machine slows every side alike; per-side median seconds, or {} under
+    ``--benchmark-disable`` (each side runs once, untimed)."""
+    times: dict[str, list[float]] = {k: [] for k in sides}
+
+    def one_round() -> None:
+        for name, fn in sides.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+
+    if benchmark.disabled:
+        one_round()
+        return {}
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=1)
+    return {k: float(np.median(v[1:])) for k, v in times.items()}  # v[0]: the warm-up round
+
+
 def record(group: str, case: str, value: float | None, unit: str) -> None:
     """Store one throughput (higher is better); None (nothing timed) is not stored."""
     if value is not None:

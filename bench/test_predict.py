@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import REPO, record, target
+from conftest import REPO, interleaved, record, target
 
 GLIOMA = REPO.parent / "shared" / "data" / "figshare_br35h" / "glioma"
 N = int(os.environ.get("MRISCAN_BENCH_PREDICT_N", "500"))
@@ -58,22 +56,16 @@ def model_file(tmp_path_factory) -> Path:
     return path
 
 
-def _interleaved(benchmark, sides: dict) -> dict[str, float]:
-    """Run the sides one after the other in each pytest-benchmark round; per-side medians (s),
-    or {} under --benchmark-disable (one untimed round)."""
-    times: dict[str, list[float]] = {k: [] for k in sides}
-
-    def one_round():
-        for name, fn in sides.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-
-    if benchmark.disabled:
-        one_round()
-        return {}
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    return {k: float(np.median(v[1:])) for k, v in times.items()}  # v[0]: the warm-up round
+def _report(
+    med: dict[str, float], where: str, n: int, cases: dict[str, str], baseline: str, name: str
+) -> None:
+    """Record each side's img/s under ``GROUP, where`` and declare ``case ≥ 1.5× baseline`` for
+    each labelled case (``name`` formatted with the label)."""
+    group = f"{GROUP}, {where}"
+    for case, sec in med.items():
+        record(group, case, n / sec, "img/s")
+    for label, case in cases.items():
+        target(name.format(label), group, case, [baseline], 1.5)
 
 
 def test_predict_in_process(benchmark, files, model_file):
@@ -87,27 +79,26 @@ def test_predict_in_process(benchmark, files, model_file):
 
     model, card = load_model(model_file)
     onnx_model = OnnxModel(model_file)
-    med = _interleaved(
+    med = interleaved(
         benchmark,
         {
             "mriscan predict_files": lambda: predict_files(model, card, files),
             "mriscan predict_files, onnx engine": lambda: predict_files(onnx_model, card, files),
             "plain script run()": lambda: plain_predict.run(model, files),
         },
+        ROUNDS,
     )
-    for case, sec in med.items():
-        record(GROUP + ", in process", case, len(files) / sec, "img/s")
-    for engine, case in (
-        ("keras", "mriscan predict_files"),
-        ("onnx", "mriscan predict_files, onnx engine"),
-    ):
-        target(
-            f"#20 prediction in process ({engine} engine) ≥ 1.5× the same-work plain script",
-            GROUP + ", in process",
-            case,
-            ["plain script run()"],
-            1.5,
-        )
+    _report(
+        med,
+        "in process",
+        len(files),
+        {
+            "keras engine": "mriscan predict_files",
+            "onnx engine": "mriscan predict_files, onnx engine",
+        },
+        "plain script run()",
+        "#20 prediction in process ({}) ≥ 1.5× the same-work plain script",
+    )
 
 
 def test_predict_command(benchmark, files, model_file, tmp_path):
@@ -119,29 +110,23 @@ def test_predict_command(benchmark, files, model_file, tmp_path):
     def command(*args: str) -> None:
         subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True, capture_output=True)
 
-    med = _interleaved(
+    def predict(output: str, *options: str) -> None:
+        command(
+            "-m",
+            "mriscan",
+            "predict",
+            str(model_file),
+            folder,
+            "--output",
+            str(tmp_path / output),
+            *options,
+        )
+
+    med = interleaved(
         benchmark,
         {
-            "mriscan predict --engine keras": lambda: command(
-                "-m",
-                "mriscan",
-                "predict",
-                str(model_file),
-                folder,
-                "--output",
-                str(tmp_path / "m.csv"),
-                "--engine",
-                "keras",
-            ),
-            "mriscan predict (auto: onnx)": lambda: command(
-                "-m",
-                "mriscan",
-                "predict",
-                str(model_file),
-                folder,
-                "--output",
-                str(tmp_path / "o.csv"),
-            ),
+            "mriscan predict --engine keras": lambda: predict("m.csv", "--engine", "keras"),
+            "mriscan predict (auto: onnx)": lambda: predict("o.csv"),
             "plain script": lambda: command(
                 str(REPO / "bench" / "plain_predict.py"),
                 str(model_file),
@@ -150,17 +135,13 @@ def test_predict_command(benchmark, files, model_file, tmp_path):
                 str(tmp_path / "p.csv"),
             ),
         },
+        ROUNDS,
     )
-    for case, sec in med.items():
-        record(GROUP + ", as a command", case, len(files) / sec, "img/s")
-    for engine, case in (
-        ("keras", "mriscan predict --engine keras"),
-        ("auto: onnx", "mriscan predict (auto: onnx)"),
-    ):
-        target(
-            f"#20 `mriscan predict` ({engine}) as a command ≥ 1.5× the plain script as a command",
-            GROUP + ", as a command",
-            case,
-            ["plain script"],
-            1.5,
-        )
+    _report(
+        med,
+        "as a command",
+        len(files),
+        {"keras": "mriscan predict --engine keras", "auto: onnx": "mriscan predict (auto: onnx)"},
+        "plain script",
+        "#20 `mriscan predict` ({}) as a command ≥ 1.5× the plain script as a command",
+    )

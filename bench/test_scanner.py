@@ -16,7 +16,6 @@ library on 2 threads, ingest into a new store), per-side medians. Files per seco
 from __future__ import annotations
 
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 
@@ -24,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import record, target
+from conftest import interleaved, record, target
 
 from mriscan.dicom import DicomConfig, read_dicom
 from mriscan.ingest import IngestConfig, ingest
@@ -168,21 +167,12 @@ def test_ingest_vs_library(benchmark, class_folders, tmp_path, kind):
         f"{kind} library read, 2 threads": library_2_threads,
         "mriscan ingest": run_ingest,
     }
-    times: dict[str, list[float]] = {k: [] for k in sides}
-
-    def one_round() -> None:
-        for name, fn in sides.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-
-    if benchmark.disabled:
-        one_round()
+    med = interleaved(benchmark, sides, INGEST_ROUNDS)
+    if not med:  # --benchmark-disable: ran once, nothing timed
         return
-    benchmark.pedantic(one_round, rounds=INGEST_ROUNDS, iterations=1, warmup_rounds=1)
     group = f"{kind} ingest vs library read ({len(files)} files)"
-    for case, sec in times.items():
-        record(group, case, len(files) / float(np.median(sec[1:])), "files/s")  # [0]: warm-up
+    for case, sec in med.items():
+        record(group, case, len(files) / sec, "files/s")
     target(
         f"{kind} ingest vs the library's own read (issue 18)",
         group,
