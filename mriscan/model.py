@@ -44,17 +44,50 @@ class MirrorDifference(keras.layers.Layer):
         return (*lead, None if c is None else 2 * c)
 
 
-def _with_moments_of(y, x):
-    """``y`` (batch, S, S, C) rescaled per image to the mean and standard deviation of ``x``: an
-    intensity augmentation then changes the slice's contrast, not its z-score statistics."""
-    ops, axes = keras.ops, (1, 2, 3)
-    mean, std = ops.mean(x, axis=axes, keepdims=True), ops.std(x, axis=axes, keepdims=True)
-    y_mean, y_std = ops.mean(y, axis=axes, keepdims=True), ops.std(y, axis=axes, keepdims=True)
-    return (y - y_mean) / ops.maximum(y_std, 1e-6) * std + mean
+class _IntensityAugmentation(keras.layers.Layer):
+    """Shared mechanics of mriscan's intensity augmentations: one setting ``strength`` (0: off),
+    a seed generator, the identity at inference or when off, and the per-image statistics the
+    subclasses' ``_augment`` works with. Input and output (batch, S, S, C) float32."""
+
+    _AXES = (1, 2, 3)
+
+    def __init__(self, strength: float, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strength = float(strength)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.strength == 0.0:
+            return x
+        ops = keras.ops
+        lo = ops.min(x, axis=self._AXES, keepdims=True)
+        hi = ops.max(x, axis=self._AXES, keepdims=True)
+        y = self._augment(x, lo, hi)
+        # rescaled to the slice's own mean and standard deviation: the augmentation changes the
+        # slice's contrast, not its z-score statistics
+        mean, std = (
+            ops.mean(x, axis=self._AXES, keepdims=True),
+            ops.std(x, axis=self._AXES, keepdims=True),
+        )
+        y_mean = ops.mean(y, axis=self._AXES, keepdims=True)
+        y_std = ops.std(y, axis=self._AXES, keepdims=True)
+        return (y - y_mean) / ops.maximum(y_std, 1e-6) * std + mean
+
+    def _augment(self, x, lo, hi):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _per_image_uniform(self, x, low: float = 0.0, high: float = 1.0):
+        """One uniform draw per image, shaped (batch, 1, 1, 1)."""
+        shape = (keras.ops.shape(x)[0], 1, 1, 1)
+        return keras.random.uniform(shape, minval=low, maxval=high, seed=self.seed_generator)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @keras.saving.register_keras_serializable(package="mriscan")
-class RandomGamma(keras.layers.Layer):
+class RandomGamma(_IntensityAugmentation):
     """Training-time gamma change of a z-scored slice; the identity at inference.
 
     Each image (batch, S, S, C) float32 is mapped to [0, 1] by its own minimum and maximum,
@@ -67,37 +100,23 @@ class RandomGamma(keras.layers.Layer):
     """
 
     def __init__(self, max_log_gamma: float, seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_log_gamma = float(max_log_gamma)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(max_log_gamma, seed, **kwargs)
 
-    def call(self, x, training=None):
-        if not training or self.max_log_gamma == 0.0:
-            return x
+    @property
+    def max_log_gamma(self) -> float:
+        return self.strength
+
+    def _augment(self, x, lo, hi):
         ops = keras.ops
-        axes = (1, 2, 3)
-        lo = ops.min(x, axis=axes, keepdims=True)
-        hi = ops.max(x, axis=axes, keepdims=True)
-        span = ops.maximum(hi - lo, 1e-6)
-        log_g = keras.random.uniform(
-            (ops.shape(x)[0], 1, 1, 1),
-            minval=-self.max_log_gamma,
-            maxval=self.max_log_gamma,
-            seed=self.seed_generator,
-        )
-        u = ops.power(ops.clip((x - lo) / span, 0.0, 1.0), ops.exp(log_g))
-        return _with_moments_of(u, x)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        log_g = self._per_image_uniform(x, -self.strength, self.strength)
+        return ops.power(ops.clip((x - lo) / ops.maximum(hi - lo, 1e-6), 0.0, 1.0), ops.exp(log_g))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "max_log_gamma": self.max_log_gamma, "seed": self.seed}
+        return {**super().get_config(), "max_log_gamma": self.strength, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="mriscan")
-class RandomHeadInversion(keras.layers.Layer):
+class RandomHeadInversion(_IntensityAugmentation):
     """Training-time reversal of the head's intensities with probability ``rate``.
 
     Input (batch, S, S, C) float32, z-scored per slice. Pixels brighter than the slice's
@@ -113,31 +132,23 @@ class RandomHeadInversion(keras.layers.Layer):
     """
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rate = float(rate)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(rate, seed, **kwargs)
 
-    def call(self, x, training=None):
-        if not training or self.rate == 0.0:
-            return x
+    @property
+    def rate(self) -> float:
+        return self.strength
+
+    def _augment(self, x, lo, hi):
         ops = keras.ops
-        axes = (1, 2, 3)
-        lo = ops.min(x, axis=axes, keepdims=True)
-        hi = ops.max(x, axis=axes, keepdims=True)
         head = x > lo + 0.05 * (hi - lo)
         big, small = ops.full_like(x, 3.0e38), ops.full_like(x, -3.0e38)
-        h_lo = ops.min(ops.where(head, x, big), axis=axes, keepdims=True)
-        h_hi = ops.max(ops.where(head, x, small), axis=axes, keepdims=True)
-        flip = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator)
-        flip = ops.logical_and(flip < self.rate, head)
-        return _with_moments_of(ops.where(flip, h_lo + h_hi - x, x), x)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        h_lo = ops.min(ops.where(head, x, big), axis=self._AXES, keepdims=True)
+        h_hi = ops.max(ops.where(head, x, small), axis=self._AXES, keepdims=True)
+        flip = ops.logical_and(self._per_image_uniform(x) < self.strength, head)
+        return ops.where(flip, h_lo + h_hi - x, x)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+        return {**super().get_config(), "rate": self.strength, "seed": self.seed}
 
 
 def build_model(
