@@ -20,3 +20,28 @@ def affine_to_uint8(x: np.ndarray, a: float, b: float, invert: bool, out: np.nda
             v = np.float32(255.5)
         u = np.uint8(v)
         out[i] = 255 - u if invert else u
+
+
+@numba.njit(cache=True, nogil=True)
+def integer_percentiles(x: np.ndarray, ranks: np.ndarray, out: np.ndarray) -> None:
+    """``out[k]`` = the smallest value of the integer array ``x`` (1-D, non-empty) whose count
+    of values <= it reaches ``ranks[k]`` (1 <= rank <= x.size): NumPy's ``inverted_cdf``
+    percentile from an exact histogram over ``x.min()..x.max()`` (as ``np.bincount`` +
+    ``np.searchsorted`` give it, without their int64 copy of ``x``)."""
+    lo = x[0]
+    hi = x[0]
+    for i in range(x.shape[0]):  # min/max without branches: vectorised
+        lo = min(lo, x[i])
+        hi = max(hi, x[i])
+    lo = np.int64(lo)
+    hi = np.int64(hi)
+    counts = np.zeros(hi - lo + 1, np.int64)
+    for i in range(x.shape[0]):
+        counts[np.int64(x[i]) - lo] += 1
+    for k in range(ranks.shape[0]):
+        cum = 0
+        for j in range(counts.shape[0]):
+            cum += counts[j]
+            if cum >= ranks[k]:
+                out[k] = lo + j
+                break

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 
 import numpy as np
 
-from mriscan._scan_kernels import affine_to_uint8
+from mriscan._scan_kernels import affine_to_uint8, integer_percentiles
 from mriscan.errors import ConfigError
 
 __all__ = [
@@ -97,15 +98,19 @@ def percentile_window(values: np.ndarray, percentiles: tuple[float, float]) -> t
         step = int(np.ceil((values.size / _PERCENTILE_SAMPLE) ** (1.0 / values.ndim)))
         values = values[(slice(None, None, step),) * values.ndim]
     flat = values.ravel(order="K")
-    q = np.asarray(percentiles, dtype=np.float64) / 100.0
     if flat.dtype.kind in "ui" and flat.dtype.itemsize <= 2:
-        offset = -int(np.iinfo(flat.dtype).min)
-        idx = flat.astype(np.int32) + offset if offset else flat
-        cdf = np.cumsum(np.bincount(idx))
-        # inverted_cdf: first value whose count reaches ceil-like q * n (NumPy's definition)
-        ranks = np.maximum(np.ceil(q * flat.size - 1e-9), 1)
-        lo, hi = np.searchsorted(cdf, ranks) - offset
-        return float(lo), float(hi)
+        # inverted_cdf: first value whose count reaches ceil-like q * n (NumPy's definition),
+        # from an exact histogram (one Numba pass that releases the GIL); the ranks in Python
+        # floats: the same float64 arithmetic as on arrays, a few microseconds less per call
+        ranks = np.array(
+            [max(math.ceil(float(p) / 100.0 * flat.size - 1e-9), 1) for p in percentiles],
+            np.float64,
+        )
+        if not flat.dtype.isnative:
+            flat = flat.astype(flat.dtype.newbyteorder("="))
+        out = np.empty(2, np.int64)
+        integer_percentiles(flat, ranks, out)
+        return float(out[0]), float(out[1])
     if flat.dtype.kind == "f":
         flat = flat[np.isfinite(flat)]
         if flat.size == 0:

@@ -228,14 +228,18 @@ def test_compressed_without_decoder_names_the_codec_package(monkeypatch):
     assert "JPEG 2000" in str(info.value)
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32])
+@pytest.mark.parametrize(
+    "dtype", [np.uint16, np.int16, np.uint8, np.int8, ">i2", ">u2", np.float32]
+)
 def test_percentile_window_matches_numpy(dtype):
     rng = np.random.default_rng(0)
-    v = rng.normal(300, 200, (70, 50)).astype(dtype)
-    for q in [(0.5, 99.5), (0, 100), (1, 99), (37, 63)]:
-        assert percentile_window(v, q) == pytest.approx(
-            tuple(np.percentile(v, q, method="inverted_cdf"))
-        )
+    wide = rng.normal(300, 200, (70, 50)).astype(dtype)
+    narrow = rng.integers(-2, 3, (9, 7)).astype(dtype)  # few distinct values: ties at the ranks
+    for v in (wide, narrow, wide[::3, ::-2], wide[:1, :1]):
+        for q in [(0.5, 99.5), (0, 100), (1, 99), (37, 63), (99, 1)]:
+            expected = tuple(float(x) for x in np.percentile(v, q, method="inverted_cdf"))
+            # integers come from an exact histogram (a Numba kernel): the same values exactly
+            assert percentile_window(v, q) == pytest.approx(expected, abs=0)
 
 
 def test_config_is_validated():
