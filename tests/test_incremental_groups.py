@@ -158,3 +158,52 @@ def test_real_set_ingested_in_two_runs_gives_the_known_groups(real_data, tmp_pat
     with ImageStore.open(tmp_path / "s.zarr") as st:
         assert len(st) == 228
         np.testing.assert_array_equal(st.groups, duplicate_groups(st.signatures()))
+
+
+def _python_components(old_label: dict[int, int], old_n: int, n: int, pairs: np.ndarray):
+    """The dict-based union-find the store used before its Numba kernel (the reference)."""
+    parent: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent.get(a, a) != a:
+            parent[a] = parent.get(parent[a], parent[a])
+            a = parent[a]
+        return a
+
+    for a, b in pairs.tolist():
+        ra = find(old_label[a] if a < old_n else a)
+        rb = find(old_label[b] if b < old_n else b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    labels = [find(p) for p in range(old_n, n)]
+    merges = [(a, find(a)) for a in sorted(set(old_label.values())) if find(a) != a]
+    return labels, merges
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_link_components_equal_a_plain_union_find(tmp_path, seed):
+    """The store's group labels and merges from links (its Numba union-find) are those of the
+    plain union-find: every new row labelled by its component's smallest label, every old group
+    that joins a smaller one recorded as a merge."""
+    from mriscan.store.image_store import _labels_from_links
+
+    rng = np.random.default_rng(seed)
+    store = ImageStore.create(tmp_path / "s.zarr", 16, PreprocessConfig(size=16))
+    old_n = int(rng.integers(0, 40))
+    if old_n:
+        store.append(rng.integers(0, 256, (old_n, 16, 16), dtype=np.uint8), [0] * old_n)
+        # some committed rows already share groups
+        store.commit(links=rng.integers(0, old_n, (old_n // 3, 2)))
+    n = old_n + int(rng.integers(1, 60))
+    pairs = rng.integers(0, n, (int(rng.integers(0, 3 * n)), 2)).astype(np.int64)
+    table = store.table
+    # as the store resolves them: the committed label (after merges) of every old row a link names
+    named = sorted(p for p in set(pairs.reshape(-1).tolist()) if p < old_n)
+    raw = table.columns.groups_at(table.group_file, np.array(named, np.int64)).tolist()
+    roots = table.roots()
+    old_label = {p: roots.get(g, g) for p, g in zip(named, raw, strict=True)}
+    labels, merges = _labels_from_links(table, old_n, n, pairs)
+    want_labels, want_merges = _python_components(old_label, old_n, n, pairs)
+    assert labels.tolist() == want_labels
+    assert merges.tolist() == [list(m) for m in want_merges]
+    store.close()

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from mriscan._graph_kernels import component_minima
 from mriscan.duplicates import SIGNATURE_SIZE
 from mriscan.duplicates import signatures as _thumbnails
 from mriscan.errors import ConfigError, StoreCorruptError, StoreError, StoreNotFoundError
@@ -1119,8 +1120,13 @@ def _labels_from_links(
     new = np.arange(old_n, n, dtype=np.int64)
     if not len(pairs):
         return new, np.empty((0, 2), np.int64)
-    old_pos = np.unique(pairs[pairs < old_n])
-    old_label: dict[int, int] = {}
+    # both ends as labels (an old row's resolved label, a new row's own position); then the
+    # components over the labels that occur, by a Numba union-find (~12k links of 400 NIfTI
+    # slices took 40 ms as a Python loop); a component's label is its smallest
+    ends = pairs.copy()
+    old_lab = np.empty(0, np.int64)
+    old = pairs < old_n
+    old_pos = np.unique(pairs[old])
     if old_pos.size:
         raw = (
             table.memory["group"][old_pos]
@@ -1128,27 +1134,17 @@ def _labels_from_links(
             else table.columns.groups_at(table.group_file, old_pos)
         )
         roots = table.roots()
-        old_label = {
-            p: roots.get(g, g) for p, g in zip(old_pos.tolist(), raw.tolist(), strict=True)
-        }
-    parent: dict[int, int] = {}
-
-    def find(a: int) -> int:
-        while parent.get(a, a) != a:
-            parent[a] = parent.get(parent[a], parent[a])
-            a = parent[a]
-        return a
-
-    for a, b in pairs.tolist():
-        la = old_label[a] if a < old_n else a
-        lb = old_label[b] if b < old_n else b
-        ra, rb = find(la), find(lb)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    labels = np.array([find(int(p)) for p in new.tolist()], np.int64)
-    old_roots = set(old_label.values())
-    merges = [(a, find(a)) for a in sorted(old_roots) if find(a) != a]
-    return labels, np.array(merges, np.int64).reshape(-1, 2)
+        old_lab = np.array([roots.get(g, g) for g in raw.tolist()], np.int64)
+        ends[old] = old_lab[np.searchsorted(old_pos, pairs[old])]
+    nodes, inverse = np.unique(np.concatenate([ends.reshape(-1), new]), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    e = 2 * len(ends)
+    root = component_minima(inverse[:e:2].copy(), inverse[1:e:2].copy(), len(nodes))
+    labels = nodes[root[inverse[e:]]]
+    old_roots = np.unique(old_lab)
+    joined = nodes[root[np.searchsorted(nodes, old_roots)]]
+    moved = joined != old_roots
+    return labels, np.stack([old_roots[moved], joined[moved]], axis=1).reshape(-1, 2)
 
 
 def _labels_from_groups(
