@@ -287,3 +287,95 @@ def test_the_pixel_cap_hint_names_only_ways_that_exist(tmp_path, stack):
     assert read_dicom(path, salt=SALT, config=cfg.dicom).slices
     for flag in re.findall(r"--[a-z-]+", message):
         assert flag in CliRunner().invoke(main, ["ingest", "--help"]).output
+
+
+def _variant(tmp_path, name, *, bits, stored, signed, frames=1, implicit=False, mono="MONOCHROME2",
+             garbage=True, pad=0):  # fmt: skip
+    """An uncompressed grey file written by pydicom, with garbage above Bits Stored."""
+    rng = np.random.default_rng(bits + stored + signed + frames)
+    shape = (frames, 12, 10) if frames > 1 else (12, 10)
+    dtype = np.dtype(f"<{'ui'[signed]}{bits // 8}")
+    lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    values = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = pydicom.uid.MRImageStorage
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = shape[-2:]
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, mono
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored, stored - 1
+    ds.PixelRepresentation = signed
+    raw = values.view(f"<u{bits // 8}").copy()
+    if garbage and stored < bits:  # bits above Bits Stored that a reader must ignore
+        raw |= np.array(rng.integers(0, 1 << (bits - stored), shape) << stored, raw.dtype)
+    ds.PixelData = raw.tobytes() + b"\0" * pad
+    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ts = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = ts
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"bits": 16, "stored": 12, "signed": 0},
+        {"bits": 16, "stored": 12, "signed": 1},
+        {"bits": 16, "stored": 16, "signed": 1},
+        {"bits": 16, "stored": 10, "signed": 0, "frames": 3},
+        {"bits": 8, "stored": 8, "signed": 0},
+        {"bits": 8, "stored": 6, "signed": 1},
+        {"bits": 32, "stored": 20, "signed": 1},
+        {"bits": 16, "stored": 12, "signed": 0, "implicit": True},
+        {"bits": 16, "stored": 12, "signed": 0, "mono": "MONOCHROME1"},
+    ],
+)
+def test_uncompressed_pixels_equal_pydicoms_decoder(tmp_path, monkeypatch, variant):
+    """mriscan's own view of uncompressed grey pixel data (``_native_pixels``) gives what
+    pydicom's decoder gives (unused high bits cleared or sign-extended), and read_dicom the same
+    slices and metadata with it as through pydicom."""
+    from mriscan import dicom
+
+    path = _variant(tmp_path, "v", **variant)
+    ds = pydicom.dcmread(path)
+    ts = ds.file_meta.TransferSyntaxUID
+    n = int(np.prod(get_decoder(ts).as_array(ds)[0].shape))
+    ours = dicom._native_pixels(ds, ts, n, str(ds.PhotometricInterpretation))
+    theirs = get_decoder(ts).as_array(pydicom.dcmread(path))[0].reshape(-1)
+    assert ours is not None and ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)
+    fast = read_dicom(path, salt=SALT, config=DicomConfig(modalities=None))
+    monkeypatch.setattr(dicom, "_native_pixels", lambda *a: None)
+    slow = read_dicom(path, salt=SALT, config=DicomConfig(modalities=None))
+    assert len(fast.slices) == len(slow.slices) == variant.get("frames", 1)
+    for a, b in zip(fast.slices, slow.slices, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        assert a.meta == b.meta
+
+
+def test_pixel_data_of_another_length_is_left_to_pydicom(tmp_path):
+    """Pixel data shorter or longer than the header says are not read by mriscan's own view:
+    pydicom's decoder reports a short one (read_dicom names the file as damaged) and warns
+    about excess padding, as before."""
+    from mriscan import dicom
+
+    short = _variant(tmp_path, "short", bits=16, stored=12, signed=0)
+    ds = pydicom.dcmread(short)
+    ds.PixelData = ds.PixelData[:-40]
+    ds.save_as(short, enforce_file_format=True)
+    padded = _variant(tmp_path, "padded", bits=16, stored=12, signed=0, pad=6)
+    for path in (short, padded):
+        ds = pydicom.dcmread(path)
+        ts = ds.file_meta.TransferSyntaxUID
+        assert dicom._native_pixels(ds, ts, 120, "MONOCHROME2") is None
+    with pytest.raises(CorruptImageError, match="less than expected"):
+        read_dicom(short, salt=SALT)
+    with pytest.warns(UserWarning, match="excess padding"):
+        r = read_dicom(padded, salt=SALT)
+    assert r.slices[0].image.shape == (12, 10)
