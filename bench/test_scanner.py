@@ -11,6 +11,9 @@ window, crop/resize/align, near-duplicate grouping, store write, commit; its def
 threads here) on class folders of the same kind of files, against the library's own read of
 the same files (one thread, and two threads), timed interleaved in every round (library,
 library on 2 threads, ingest into a new store), per-side medians. Files per second.
+``test_ingest_vs_library_large``: the same on 2,000 DICOM files (40 series) and 16 NIfTI
+volumes, beside the issue's case, where a run's fixed costs (listing, store creation, the hash
+pass, the commit's fsyncs) weigh less.
 """
 
 from __future__ import annotations
@@ -108,24 +111,23 @@ def test_nifti_read(benchmark, nifti_files, suffix, method):
 
 
 INGEST_ROUNDS = 5
+LARGE_ROUNDS = 3
 
 
-@pytest.fixture(scope="module")
-def class_folders(tmp_path_factory) -> dict[str, tuple]:
-    """(root, files) per kind. DICOM: 300 slices of 256x256 as 6 series of 50 (6 made-up
-    patients, 3 per class folder, every other series with a header window). NIfTI: 4 volumes
-    of 256x256x100 (.nii.gz, LPS on disk), 2 per class folder."""
-    root = tmp_path_factory.mktemp("ingest")
+def _class_folders(root, n_series: int, n_volumes: int) -> dict[str, tuple]:
+    """(root, files) per kind. DICOM: ``n_series`` series of 50 slices of 256x256 (one made-up
+    patient each, half per class folder, every other series with a header window). NIfTI:
+    ``n_volumes`` volumes of 256x256x100 (.nii.gz, LPS on disk), half per class folder."""
     dicom = root / "dicom"
-    for k in range(6):
-        cls = "yes" if k < 3 else "no"
+    for k in range(n_series):
+        cls = "yes" if k < n_series // 2 else "no"
         stack = phantom_volume(k, n_slices=50, canvas=256, tumor=cls == "yes")
         write_dicom_series(dicom / cls / f"patient{k}", stack, seed=k,
                            patient=FakePatient(patient_id=f"FAKE-{k:04d}"),
                            window=(900.0, 1600.0) if k % 2 else None)  # fmt: skip
     nifti = root / "nifti"
-    for v in range(4):
-        cls = "yes" if v < 2 else "no"
+    for v in range(n_volumes):
+        cls = "yes" if v < n_volumes // 2 else "no"
         (nifti / cls).mkdir(parents=True, exist_ok=True)
         ras = stack_to_ras(phantom_volume(10 + v, n_slices=100, canvas=256, tumor=cls == "yes"))
         write_nifti(nifti / cls / f"volume{v}.nii.gz", ras, axcodes="LPS")
@@ -135,16 +137,28 @@ def class_folders(tmp_path_factory) -> dict[str, tuple]:
     }
 
 
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory) -> dict[str, tuple]:
+    """The issue-18 case: DICOM 300 slices as 6 series of 50; NIfTI 4 volumes."""
+    return _class_folders(tmp_path_factory.mktemp("ingest"), n_series=6, n_volumes=4)
+
+
+@pytest.fixture(scope="module")
+def large_class_folders(tmp_path_factory) -> dict[str, tuple]:
+    """A second, larger case beside it (fixed costs per run weigh less): DICOM 2,000 slices as
+    40 series of 50; NIfTI 16 volumes."""
+    return _class_folders(tmp_path_factory.mktemp("ingest_large"), n_series=40, n_volumes=16)
+
+
 def _library_read(kind: str):
     if kind == "DICOM":
         return lambda f: pydicom.dcmread(f).pixel_array
     return lambda f: nib.load(f).get_fdata()
 
 
-@pytest.mark.parametrize("kind", ["DICOM", "NIfTI"])
-def test_ingest_vs_library(benchmark, class_folders, tmp_path, kind):
-    """``ingest`` of the class folders vs the library reading the same files, interleaved."""
-    folder, files = class_folders[kind]
+def _ingest_vs_library(benchmark, folder, files, kind: str, tmp_path, rounds: int, name: str):
+    """``ingest`` of ``folder`` vs the library reading its ``files``, interleaved; recorded
+    under the target row ``name``."""
     read = _library_read(kind)
     stores = count()
 
@@ -167,17 +181,33 @@ def test_ingest_vs_library(benchmark, class_folders, tmp_path, kind):
         f"{kind} library read, 2 threads": library_2_threads,
         "mriscan ingest": run_ingest,
     }
-    med = interleaved(benchmark, sides, INGEST_ROUNDS)
+    med = interleaved(benchmark, sides, rounds)
     if not med:  # --benchmark-disable: ran once, nothing timed
         return
     group = f"{kind} ingest vs library read ({len(files)} files)"
     for case, sec in med.items():
         record(group, case, len(files) / sec, "files/s")
     target(
-        f"{kind} ingest vs the library's own read (issue 18)",
+        name,
         group,
         "mriscan ingest",
         [f"{kind} library read", f"{kind} library read, 2 threads"],
         0.7,
         note="baseline: the faster of 1 and 2 library threads",
     )
+
+
+@pytest.mark.parametrize("kind", ["DICOM", "NIfTI"])
+def test_ingest_vs_library(benchmark, class_folders, tmp_path, kind):
+    """``ingest`` of the class folders vs the library reading the same files, interleaved."""
+    folder, files = class_folders[kind]
+    name = f"{kind} ingest vs the library's own read (issue 18)"
+    _ingest_vs_library(benchmark, folder, files, kind, tmp_path, INGEST_ROUNDS, name)
+
+
+@pytest.mark.parametrize("kind", ["DICOM", "NIfTI"])
+def test_ingest_vs_library_large(benchmark, large_class_folders, tmp_path, kind):
+    """The same comparison on the larger folders (2,000 DICOM files, 16 NIfTI volumes)."""
+    folder, files = large_class_folders[kind]
+    name = f"{kind} ingest vs the library's own read, {len(files):,} files (issue 18, larger)"
+    _ingest_vs_library(benchmark, folder, files, kind, tmp_path, LARGE_ROUNDS, name)
