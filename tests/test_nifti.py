@@ -157,3 +157,43 @@ def test_zero_size_and_blank_volumes(tmp_path):
 def test_config_is_validated(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         NiftiConfig(**kwargs)
+
+
+def _gz_variants(tmp_path, stack) -> list[Path]:
+    """Gzipped volumes of several kinds: int16 LPS, float32 big-endian, NIfTI-2, scaled."""
+    ras = stack_to_ras(stack)
+    out = [write_nifti(tmp_path / "lps.nii.gz", ras, axcodes="LPS")]
+    big = nib.Nifti1Image(ras.astype(">f4") * 0.5, np.diag([1.0, 1.0, 2.0, 1.0]))
+    nib.save(big, tmp_path / "big.nii.gz")
+    two = nib.Nifti2Image(ras.astype(np.int16), np.diag([1.0, 1.0, 1.0, 1.0]))
+    nib.save(two, tmp_path / "two.nii.gz")
+    scaled = nib.Nifti1Image(ras.astype(np.int16), np.eye(4))
+    scaled.header.set_slope_inter(0.25, -10.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    out += [tmp_path / "big.nii.gz", tmp_path / "two.nii.gz", tmp_path / "scaled.nii.gz"]
+    return [*out, _nibabel_file("example4d.nii.gz"), _nibabel_file("example_nifti2.nii.gz")]
+
+
+def test_gzipped_volumes_read_through_isal_equal_nibabels_reading(tmp_path, stack, monkeypatch):
+    """The ISA-L gzip reader gives the same slices and metadata as nibabel's own (Python gzip),
+    and a truncated volume fails the same way."""
+    from mriscan import nifti
+
+    paths = _gz_variants(tmp_path, stack)
+    cut = tmp_path / "cut_data.nii.gz"
+    cut.write_bytes(gzip.compress(gzip.decompress(paths[0].read_bytes())[:20_000]))
+    fast = [read_nifti(p, salt=SALT, config=ALL) for p in paths]
+    assert all(nifti._open_gzipped(p)[0] is not None for p in paths)
+    with pytest.raises(CorruptImageError, match="voxel data cannot be read") as fast_err:
+        read_nifti(cut, salt=SALT, config=ALL)
+    monkeypatch.setattr(nifti, "_open_gzipped", lambda path: (None, None))
+    slow = [read_nifti(p, salt=SALT, config=ALL) for p in paths]
+    with pytest.raises(CorruptImageError, match="voxel data cannot be read") as slow_err:
+        read_nifti(cut, salt=SALT, config=ALL)
+    assert type(fast_err.value.__cause__) is type(slow_err.value.__cause__)
+    for a, b in zip(fast, slow, strict=True):
+        assert (a.shape, a.zooms, a.volume) == (b.shape, b.zooms, b.volume)
+        assert len(a.slices) == len(b.slices) > 0
+        for sa, sb in zip(a.slices, b.slices, strict=True):
+            np.testing.assert_array_equal(sa.image, sb.image)
+            assert sa.meta == sb.meta
