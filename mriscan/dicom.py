@@ -643,11 +643,12 @@ def _native_pixels(
     data = None if elem is None else elem.value
     if not isinstance(data, bytes | bytearray):
         return None
-    if _header_int(ds, "SamplesPerPixel", 1) != 1:
+    # absent (-1) or odd values: pydicom decides (and names what is wrong), as before
+    if _header_int(ds, "SamplesPerPixel", -1) != 1:
         return None
-    allocated = _header_int(ds, "BitsAllocated", 0)
-    stored = _header_int(ds, "BitsStored", allocated)
-    signed = _header_int(ds, "PixelRepresentation", 0)
+    allocated = _header_int(ds, "BitsAllocated", -1)
+    stored = _header_int(ds, "BitsStored", -1)
+    signed = _header_int(ds, "PixelRepresentation", -1)
     if allocated not in (8, 16, 32) or not 1 <= stored <= allocated or signed not in (0, 1):
         return None
     expected = n_values * (allocated // 8)

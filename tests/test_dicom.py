@@ -374,6 +374,10 @@ def test_pixel_data_of_another_length_is_left_to_pydicom(tmp_path):
         ds = pydicom.dcmread(path)
         ts = ds.file_meta.TransferSyntaxUID
         assert dicom._native_pixels(ds, ts, 120, "MONOCHROME2") is None
+    for keyword in ("BitsStored", "PixelRepresentation", "SamplesPerPixel"):  # absent
+        ds = pydicom.dcmread(padded)
+        delattr(ds, keyword)
+        assert dicom._native_pixels(ds, ds.file_meta.TransferSyntaxUID, 120, "MONOCHROME2") is None
     with pytest.raises(CorruptImageError, match="less than expected"):
         read_dicom(short, salt=SALT)
     with pytest.warns(UserWarning, match="excess padding"):
