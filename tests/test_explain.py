@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from mriscan.explain import grad_cam, save_overlay
+from mriscan.errors import ConfigError
+from mriscan.explain import class_activation_map, grad_cam, layer_cam, save_overlay
 from mriscan.model import build_model
 
 pytestmark = pytest.mark.backend
@@ -20,7 +21,9 @@ def _blob_task(n: int, seed: int = 0):
     return x, y
 
 
-def test_heatmap_peaks_on_the_blob(tmp_path):
+@pytest.fixture(scope="module")
+def blob_model():
+    """A small CNN trained until its evidence is the blob, with 20 held-out blob images."""
     keras.utils.set_random_seed(0)
     x, y = _blob_task(256)
     model = build_model(
@@ -33,13 +36,40 @@ def test_heatmap_peaks_on_the_blob(tmp_path):
     xt, yt = _blob_task(40, seed=1)
     acc = float(np.mean((np.asarray(model.predict(xt, verbose=0)).ravel() > 0.5) == yt))
     assert acc > 0.9  # the model learned the task, so its evidence is the blob
-    cams = grad_cam(model, xt[yt == 1])
+    return model, xt[yt == 1]
+
+
+def test_heatmap_peaks_on_the_blob(tmp_path, blob_model):
+    model, blobs = blob_model
+    cams = grad_cam(model, blobs)
     assert cams.shape == (20, 32, 32) and cams.max() <= 1.0 and cams.min() >= 0.0
     peaks = [np.unravel_index(np.argmax(c), c.shape) for c in cams]
     on_blob = [py < 16 and px < 16 for py, px in peaks]
     assert np.mean(on_blob) >= 0.8, peaks
-    png = save_overlay(xt[yt == 1][0, ..., 0], cams[0], tmp_path / "cam.png", title="blob")
+    png = save_overlay(blobs[0, ..., 0], cams[0], tmp_path / "cam.png", title="blob")
     assert png.stat().st_size > 1000
+
+
+def test_layer_cam_peaks_inside_the_blob_itself(blob_model):
+    """LayerCAM fuses the finer maps of shallower blocks, so its peak lands on the 8×8 blob
+    (rows/cols 4-11) and nearer its centre than the peak of the last block's 4×4 Grad-CAM."""
+    model, blobs = blob_model
+    cams = layer_cam(model, blobs)
+    assert cams.shape == (20, 32, 32) and cams.max() == pytest.approx(1.0)
+    assert cams.min() >= 0.0
+    peaks = np.array([np.unravel_index(np.argmax(c), c.shape) for c in cams])
+    inside = np.all((peaks >= 2) & (peaks <= 13), axis=1)  # the blob, ±2 px
+    assert np.mean(inside) >= 0.8, peaks
+    coarse = np.array([np.unravel_index(np.argmax(c), c.shape) for c in grad_cam(model, blobs)])
+    centre = np.array([7.5, 7.5])
+    offset = np.linalg.norm(peaks - centre, axis=1).mean()
+    assert offset < np.linalg.norm(coarse - centre, axis=1).mean(), (peaks, coarse)
+    # the dispatcher gives the same maps; an unknown method is refused by name
+    np.testing.assert_allclose(class_activation_map(model, blobs[:4]), cams[:4], atol=1e-5)
+    with pytest.raises(ConfigError, match="gradcam"):
+        class_activation_map(model, blobs[:1], method="saliency")
+    with pytest.raises(ConfigError, match="at least one layer"):
+        layer_cam(model, blobs[:1], layer_names=[])
 
 
 # --- issue 19 item 12: explain's inputs and outputs ---------------------------------------------
@@ -147,7 +177,8 @@ def three_class_model():
     return model
 
 
-def test_k_class_heatmaps_follow_the_chosen_class(three_class_model):
+@pytest.mark.parametrize("cam_fn", [grad_cam, layer_cam], ids=["gradcam", "layercam"])
+def test_k_class_heatmaps_follow_the_chosen_class(three_class_model, cam_fn):
     """The map of class k depends on class k's score only: changing the output weights of the
     other classes leaves it unchanged, changing class k's changes it."""
     xt, yt = _three_class_task(60, seed=1)
@@ -156,20 +187,20 @@ def test_k_class_heatmaps_follow_the_chosen_class(three_class_model):
     x = xt[yt == 1][:8]
     head = three_class_model.layers[-1]
     kernel, bias = (np.array(w) for w in head.get_weights())
-    before = grad_cam(three_class_model, x, class_index=1)
+    before = cam_fn(three_class_model, x, class_index=1)
     try:
         other = kernel.copy()
         other[:, [0, 2]] = np.random.default_rng(0).normal(size=(kernel.shape[0], 2))
         head.set_weights([other, bias])
-        np.testing.assert_allclose(grad_cam(three_class_model, x, class_index=1), before, atol=1e-5)
+        np.testing.assert_allclose(cam_fn(three_class_model, x, class_index=1), before, atol=1e-5)
         mine = kernel.copy()
         mine[:, 1] = -mine[:, 1]
         head.set_weights([mine, bias])
-        assert not np.allclose(grad_cam(three_class_model, x, class_index=1), before, atol=1e-3)
+        assert not np.allclose(cam_fn(three_class_model, x, class_index=1), before, atol=1e-3)
     finally:
         head.set_weights([kernel, bias])
     # by default each slice is explained for its predicted class
-    np.testing.assert_allclose(grad_cam(three_class_model, x), before, atol=1e-5)
+    np.testing.assert_allclose(cam_fn(three_class_model, x), before, atol=1e-5)
 
 
 def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path):
@@ -207,6 +238,12 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
     for name in ("left", "right"):
         s = result["per_class"][name]
         assert s["n"] == 10 and 0 <= s["hits"] <= s["correct"]
+    # the map method changes only where the peak is, not which slices count
+    coarse = pointing_game(
+        path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8, method="gradcam"
+    )
+    assert (result["method"], coarse["method"]) == ("layercam", "gradcam")
+    assert coarse["overall"]["correct"] == total["correct"]
     (tmp_path / "bad.csv").write_text("file,class,x_center\nx.png,left,0.5\n")
     from mriscan.errors import MriscanError
 
