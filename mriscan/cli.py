@@ -1039,6 +1039,23 @@ def export_onnx(model_path: Path) -> None:
     "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "
     "often the Grad-CAM peak of a correctly classified tumor slice lies inside its box.",
 )
+@click.option(
+    "--show-paths",
+    is_flag=True,
+    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
+    "often named after the patient).",
+)
+@click.option(
+    "--dicom-out",
+    type=_PATH,
+    default=None,
+    help="Also write each explained DICOM slice's overlay as a DICOM Secondary Capture into "
+    "this folder, in the source's study (same Study Instance UID, one new series per source "
+    "series) so that a PACS files it there. These files carry the source's patient module "
+    "(name, ID, birth date): keep them where the source images may be kept. JPEG/PNG and "
+    "NIfTI inputs are listed as skipped.",
+)
+@_scan_options
 def explain(
     model_path: Path,
     images: tuple[Path, ...],
@@ -1047,6 +1064,9 @@ def explain(
     slice_list: str | None,
     top_k: int,
     boxes: Path | None,
+    show_paths: bool,
+    dicom_out: Path | None,
+    **options: Any,
 ) -> None:
     """Grad-CAM heatmaps of the last conv block over each IMAGE (one PNG per image), and over
     chosen slices of DICOM series / NIfTI volumes (--slices, else the --top-k most likely).
@@ -1056,7 +1076,10 @@ def explain(
     / as __ and _gradcam.png added: a/slice_1.jpg and b/slice_1.jpg give
     a__slice_1_gradcam.png and b__slice_1_gradcam.png (a single image: slice_1_gradcam.png).
     Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_gradcam.png).
-    Scanner slices are named by pseudonym. Exits 1 if no image is found or none could be read.
+    Scanner slices are read as `predict` reads them (--dicom-*, --nifti-*, --modality) and
+    named by pseudonym (series-<hash>_slice<k>_gradcam.png, salted afresh each run), or with
+    --show-paths by their series folder or volume file. Exits 1 if no image is found or none
+    could be read.
     """
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
@@ -1080,15 +1103,24 @@ def explain(
         explain_class=explain_class,
         slices=chosen,
         top_k=top_k,
+        read_options=_read_options(options),
+        show_paths=show_paths,
+        dicom_out=dicom_out,
     )
     for r in results:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         else:
+            dcm = f" and {r['dicom']}" if r.get("dicom") else ""
             click.echo(
                 f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
-                f"{r['label']} → {r['png']}"
+                f"{r['label']} → {r['png']}{dcm}"
             )
+    skipped = [r for r in results if r.get("dicom_skipped")]
+    if skipped:
+        click.echo(f"No DICOM Secondary Capture for {len(skipped)} explained image(s):", err=True)
+        for r in skipped:
+            click.echo(f"  {r['path']}: {r['dicom_skipped']}", err=True)
     if not any(not r["error"] for r in results):
         raise click.ClickException(
             f"None of the {len(results)} image(s) could be read; no heatmap was written."
