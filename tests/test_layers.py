@@ -37,6 +37,8 @@ KERAS_FREE = (
     "mriscan.readers",
     "mriscan.dicom",
     "mriscan.nifti",
+    "mriscan.dicom_sc",
+    "mriscan.scan_config",
     "mriscan.evaluate",
     "mriscan.cli",
 )
