@@ -22,11 +22,11 @@ import click
 
 from mriscan.config import CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
-from mriscan.ingest import IngestConfig
+from mriscan.ingest_config import IngestConfig
 from mriscan.io import display_path
+from mriscan.paths import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.scan_config import NIFTI_PLANES, NIFTI_SELECTIONS, DicomConfig, NiftiConfig
-from mriscan.sources import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
 
 if typing.TYPE_CHECKING:
     from mriscan.readers import ReadOptions

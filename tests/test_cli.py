@@ -23,6 +23,26 @@ def test_help_lists_commands_and_imports_no_tensorflow():
     assert out.strip() == "False False"
 
 
+def test_cli_start_up_imports_neither_the_store_nor_ingest():
+    """Options come from light config modules (mriscan.ingest_config, mriscan.paths): zarr and
+    the ingest machinery load only in the commands that use them (~0.3 s of every start-up)."""
+    code = (
+        "import sys, mriscan.cli; "
+        "print(sorted(m for m in ('zarr', 'mriscan.store', 'mriscan.ingest', 'pydicom', "
+        "'nibabel', 'highdicom') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    from mriscan.ingest import IngestConfig
+    from mriscan.ingest_config import IngestConfig as Light
+    from mriscan.sources import DEFAULT_STORE, PHANTOM_STORE
+    from mriscan.store import DEFAULT_STORE as STORE_DEFAULT
+
+    assert IngestConfig is Light and DEFAULT_STORE is STORE_DEFAULT
+    assert str(PHANTOM_STORE) == "data/processed/synthetic.zarr"
+
+
 def test_ingest_verify_info(class_folder, tmp_path):
     store = tmp_path / "s.zarr"
     runner = CliRunner()

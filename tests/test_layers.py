@@ -39,6 +39,8 @@ KERAS_FREE = (
     "mriscan.nifti",
     "mriscan.dicom_sc",
     "mriscan.scan_config",
+    "mriscan.ingest_config",
+    "mriscan.paths",
     "mriscan.evaluate",
     "mriscan.cli",
 )
