@@ -403,3 +403,30 @@ def test_patient_orientation_from_the_source_header():
     assert patient_orientation(ds) == ("A", "F")
     with pytest.raises(SecondaryCaptureError, match="no Image Orientation"):
         patient_orientation(pydicom.Dataset())
+
+
+def test_secondary_capture_of_a_multiframe_source_names_its_frame(tmp_path):
+    import pydicom
+
+    from mriscan.dicom_sc import SCSeries, SecondaryCaptureError, write_secondary_capture
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    (src,) = write_dicom_series(tmp_path / "mf", phantom_volume(3, n_slices=4, canvas=16),
+                                multiframe=True)  # fmt: skip
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:8, 4:8] = (255, 0, 0)
+    series = SCSeries(pydicom.uid.generate_uid(), 9001, "mriscan Grad-CAM (yes)")
+    path = write_secondary_capture(src, rgb, tmp_path / "o" / "x.dcm", series=series,
+                                   instance_number=3, frame=2)  # fmt: skip
+    ds = pydicom.dcmread(path)
+    (ref,) = ds.SourceImageSequence
+    assert ref.ReferencedFrameNumber == 3 and ds.InstanceNumber == 3
+    assert ds.SeriesDescription == "mriscan Grad-CAM (yes)" and ds.SeriesNumber == 9001
+    np.testing.assert_array_equal(ds.pixel_array, rgb)
+    with pytest.raises(SecondaryCaptureError, match="uint8"):
+        write_secondary_capture(src, rgb[..., 0], tmp_path / "y.dcm", series=series,
+                                instance_number=1)  # fmt: skip
+    (tmp_path / "not.dcm").write_bytes(b"plain text")
+    with pytest.raises(SecondaryCaptureError, match="cannot read the source's DICOM header"):
+        write_secondary_capture(tmp_path / "not.dcm", rgb, tmp_path / "z.dcm", series=series,
+                                instance_number=1)  # fmt: skip
