@@ -12,14 +12,18 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 from keras import ops
 
+from mriscan.config import CAM_METHODS, DEFAULT_CAM
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
+
+if TYPE_CHECKING:
+    from mriscan.readers import ReadOptions
 
 __all__ = [
     "CAM_METHODS",
@@ -102,9 +106,9 @@ def _gradient(head: keras.Model, feats: Any, select: np.ndarray) -> Any:
     return feats.grad
 
 
-CAM_METHODS = ("gradcam", "layercam")
-#: explain's map: LayerCAM hit the tumor boxes more often than Grad-CAM (ACCURACY.md row 49)
-DEFAULT_CAM = "layercam"
+#: each method's name as shown on plots and in DICOM descriptions, and its source
+CAM_NAMES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}
+CAM_SOURCES = {"gradcam": "Selvaraju et al. 2017", "layercam": "Jiang et al. 2021"}
 
 
 def _selection(
@@ -227,7 +231,7 @@ def class_activation_map(
     model: keras.Model,
     images: np.ndarray,
     *,
-    method: str = "layercam",
+    method: str = DEFAULT_CAM,
     class_index: int | np.ndarray | None = None,
 ) -> np.ndarray:
     """The map of ``method`` (one of ``CAM_METHODS``) with its default layers; shapes as in
@@ -238,11 +242,16 @@ def class_activation_map(
     ConfigError
         On an unknown ``method``.
     """
+    _check_method(method)
     if method == "gradcam":
         return grad_cam(model, images, class_index=class_index)
-    if method == "layercam":
-        return layer_cam(model, images, class_index=class_index)
-    raise ConfigError(f"method must be one of {CAM_METHODS}. Received: {method!r}.")
+    return layer_cam(model, images, class_index=class_index)
+
+
+def _check_method(method: str) -> None:
+    """Raise ``ConfigError`` unless ``method`` is one of ``CAM_METHODS``."""
+    if method not in CAM_METHODS:
+        raise ConfigError(f"method must be one of {CAM_METHODS}. Received: {method!r}.")
 
 
 def _peak(cam: np.ndarray) -> tuple[int, int]:
@@ -252,28 +261,39 @@ def _peak(cam: np.ndarray) -> tuple[int, int]:
 
 
 def save_overlay(
-    image: np.ndarray, cam: np.ndarray, path: str | os.PathLike[str], *, title: str = ""
+    image: np.ndarray,
+    cam: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    method: str = DEFAULT_CAM,
 ) -> Path:
-    """Write the slice with its heatmap overlaid (jet, 40% opacity) beside the plain slice."""
-    from mriscan.plots import save_figure, subplots
+    """Write the slice with its heatmap overlaid (``mriscan.plots.overlay_rgb``: jet, 40%
+    opacity) beside the plain slice, as a PNG at ``path``; returns ``path``. ``method`` (one of
+    ``CAM_METHODS``) names the map's panel."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from mriscan.plots import overlay_rgb, save_figure, subplots
 
     fig, (a, b) = subplots(1, 2, figsize=(7, 3.6))
     a.imshow(image, cmap="gray")
     a.set_title("slice")
-    b.imshow(image, cmap="gray")
-    im = b.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    b.set_title("Grad-CAM")
+    b.imshow(overlay_rgb(image, cam))
+    b.set_title(CAM_NAMES.get(method, method))
     for ax in (a, b):
         ax.axis("off")
-    fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
+    scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
+    fig.colorbar(scale, ax=b, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
 
 
-def heatmap_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+def heatmap_names(paths: Sequence[str | os.PathLike[str]], method: str = DEFAULT_CAM) -> list[str]:
     """A distinct PNG file name for each image: its path relative to the deepest folder all
-    images share, ``/`` written as ``__``, suffix dropped, ``_gradcam.png`` added.
+    images share, ``/`` written as ``__``, suffix dropped, ``_<method>.png`` added (below for
+    ``method="gradcam"``; the default gives ``_layercam.png``).
 
     ``a/slice_1.jpg`` and ``b/slice_1.jpg`` give ``a__slice_1_gradcam.png`` and
     ``b__slice_1_gradcam.png``; a single image ``x/slice_1.jpg`` gives ``slice_1_gradcam.png``.
@@ -303,7 +323,7 @@ def heatmap_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     for p in unique:
         key = stems[p].casefold()
         taken[key] = taken.get(key, 0) + 1
-        final[p] = stems[p] + (f"-{taken[key]}" if taken[key] > 1 else "") + "_gradcam.png"
+        final[p] = stems[p] + (f"-{taken[key]}" if taken[key] > 1 else "") + f"_{method}.png"
     return [final[p] for p in absolute]
 
 
@@ -324,6 +344,9 @@ def explain(
     slices: Sequence[int] | None = None,
     top_k: int = 3,
     method: str = DEFAULT_CAM,
+    read_options: ReadOptions | None = None,
+    show_paths: bool = False,
+    dicom_out: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Class-activation overlay PNG (``method``: ``layercam``, the default, or ``gradcam``; see
     ``class_activation_map``) for each image file and for chosen slices of DICOM series / NIfTI
@@ -336,16 +359,28 @@ def explain(
     map's maximum in the S×S model input) or ``error``.
 
     Image PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` is
-    ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest reads them
-    (``mriscan.scan_predict.read_inputs``). A slice's number is, for a NIfTI volume, its index
+    ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest and predict read
+    them (``mriscan.scan_predict.read_inputs`` with ``read_options``, the
+    ``mriscan.readers.ReadOptions`` of ``mriscan predict``'s --dicom-*/--nifti-*/--modality;
+    default: the readers' defaults). A slice's number is, for a NIfTI volume, its index
     along the slicing axis of the volume (``mriscan.nifti.NiftiSliceMeta.slice_index``, the
-    same number as in its source ``nifti/<hash>#<index>``; only the slices ingest keeps, e.g.
+    same number as in its source ``nifti/<hash>#<index>``; only the slices read, e.g.
     those showing enough brain, can be explained), and for a DICOM series its place in the
     series ordered by slice position, from 0. ``slices`` picks those numbers of every series /
     volume; otherwise the ``top_k`` slices most likely to show a tumor (or the explained
     class) are explained. Their rows and PNGs are named by pseudonym
-    (``series-<hash>_slice<k>``, ``volume-<hash>_slice<index>``), never by the file or folder
-    name.
+    (``series-<hash>_slice<k>``, ``volume-<hash>_slice<index>``; the hash is salted afresh
+    each run), never by the file or folder name; ``show_paths`` names them by path instead,
+    as ``mriscan predict --show-paths`` does: the row by ``<file>#<frame or slice>``, the PNG
+    by the series folder or volume file (as ``heatmap_names`` names files) and
+    ``_slice<k>``.
+
+    ``dicom_out``: a folder where each explained slice read from DICOM also gets its overlay
+    (``mriscan.plots.overlay_rgb`` of the S×S model input, the PNG's right panel) as a DICOM
+    Secondary Capture in the source's study (``mriscan.dicom_sc.write_secondary_capture``: it
+    carries the source's patient module, unlike the PNGs), one new series per source series;
+    its row then has ``dicom`` (the file). Slices that are no DICOM (JPEG/PNG, NIfTI), or
+    whose source cannot take one, get ``dicom_skipped`` (the reason) instead.
 
     Raises
     ------
@@ -366,6 +401,7 @@ def explain(
             "No image to explain: give .jpg/.jpeg/.png, DICOM or NIfTI files or folders "
             "holding them (hidden files and folders below a folder are skipped)."
         )
+    _check_method(method)
     if top_k < 1 or (slices is not None and any(k < 0 for k in slices)):
         raise ConfigError(f"top_k must be >= 1 and slices >= 0. Received: {top_k}, {slices}.")
     model, card = load_model(model_path)
@@ -377,7 +413,7 @@ def explain(
     out = Path(out)
     results: list[dict[str, Any]] = []
 
-    def overlay(img: np.ndarray, name: str, png_name: str) -> dict[str, Any]:
+    def overlay(img: np.ndarray, name: str, png_name: str) -> tuple[dict[str, Any], np.ndarray]:
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         probs = predict_batch(model, x, 1, tta=card.tta)[0]
         label = card.decide(probs)
@@ -388,14 +424,15 @@ def explain(
         ]
         prob = float(probs[k])
         if explain_class is not None:  # runs for different classes must not overwrite
-            png_name = png_name.replace("_gradcam.png", f"_{explain_class}_gradcam.png")
+            png_name = png_name.replace(f"_{method}.png", f"_{explain_class}_{method}.png")
         png = save_overlay(
             img,
             cam,
             out / png_name,
             title=f"{name}: P({target}) = {prob:.2f}; predicted {label}",
+            method=method,
         )
-        return {
+        row = {
             "path": name,
             "probability": prob,
             "explained_class": target,
@@ -404,44 +441,127 @@ def explain(
             "cam_peak": _peak(cam),
             "error": "",
         }
+        return row, cam
 
+    not_dicom = "not a DICOM input: there is no study to file a Secondary Capture into"
     files = [Path(p) for p in images]
     kinds = [file_kind(p) for p in files]
     plain = [p for p, k in zip(files, kinds, strict=True) if k not in ("dicom", "nifti")]
     scans = [SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")]
-    for path, png_name in zip(plain, heatmap_names(plain), strict=True):
+    for path, png_name in zip(plain, heatmap_names(plain, method), strict=True):
         try:
             img = preprocess(decode_image(path), cfg)
         except ImageDecodeError as exc:
             results.append({"path": display_path(path), "error": exc.reason})
             continue
-        results.append(overlay(img, display_path(path.name), png_name))
+        row, _ = overlay(img, display_path(path.name), png_name)
+        if dicom_out is not None:
+            row["dicom_skipped"] = not_dicom
+        results.append(row)
     units: dict[str, list] = {}
-    for r in read_inputs(scans):
+    for r in read_inputs(scans, options=read_options):
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             why = r.error or f"skipped: {r.skipped or r.excluded}"
             results.append({"path": display_path(r.path), "error": why})
             continue
         for s in r.slices:
-            units.setdefault(s.unit, []).append(s)
+            units.setdefault(s.unit, []).append((r, s))
+    # the series folder or volume file of each unit, and (show_paths) the PNG stem it gives
+    where = {u: m[0][0].path.parent if m[0][0].kind == "dicom" else m[0][0].path
+             for u, m in units.items()}  # fmt: skip
+    stems = [n[: -len(f"_{method}.png")] for n in heatmap_names(list(where.values()), method)]
+    path_stems = dict(zip(where, stems, strict=True))
+    sc_series: dict[str, Any] = {}
     for unit, members in units.items():
-        members.sort(key=lambda s: s.order)
-        numbers = _slice_numbers(unit, members)
+        members.sort(key=lambda rs: rs[1].order)
+        numbers = _slice_numbers(unit, [s for _, s in members])
+        unit_name = display_path(where[unit]) if show_paths else unit
         if slices is not None:
-            where = {n: k for k, n in enumerate(numbers)}
-            chosen = [where[n] for n in slices if n in where]
-            for n in (n for n in slices if n not in where):
-                results.append({"path": unit, "error": _no_such_slice(unit, n, numbers)})
+            place = {n: k for k, n in enumerate(numbers)}
+            chosen = [place[n] for n in slices if n in place]
+            for n in (n for n in slices if n not in place):
+                results.append({"path": unit_name, "error": _no_such_slice(unit, n, numbers)})
         else:
-            probs = predict_arrays(model, card, [s.image for s in members])
+            probs = predict_arrays(model, card, [s.image for _, s in members])
             score = _slice_score(card, probs, explain_class)
             chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
         for k in chosen:
-            img = preprocess(members[k].image, cfg)
+            r, s = members[k]
+            img = preprocess(s.image, cfg)
             n = numbers[k]
-            stem = f"{unit.replace(':', '-')}_slice{n}"
-            results.append(overlay(img, f"{members[k].source} (slice {n})", f"{stem}_gradcam.png"))
+            index = s.source.rsplit("#", 1)[-1]
+            name = f"{display_path(r.path)}#{index}" if show_paths else s.source
+            stem = path_stems[unit] if show_paths else unit.replace(":", "-")
+            row, cam = overlay(img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png")
+            if dicom_out is not None:
+                if r.kind != "dicom":
+                    row["dicom_skipped"] = not_dicom
+                else:
+                    _secondary_capture(
+                        row, r.path, int(index), img, cam, n,
+                        Path(dicom_out) / Path(row["png"]).name.replace(".png", ".dcm"),
+                        sc_series.setdefault(unit, _new_series(r.path, explain_class, method)),
+                        model_path, method,
+                    )  # fmt: skip
+            results.append(row)
     return results
+
+
+def _new_series(source: Path, explain_class: str | None, method: str) -> Any:
+    """A fresh ``mriscan.dicom_sc.SCSeries`` for the Secondary Captures of ``source``'s series:
+    series number 9000 + the source's last three digits (so it sorts after it in a viewer),
+    described by the class explained (each image's Derivation Description names its own)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import generate_uid
+
+    from mriscan.dicom_sc import SCSeries
+
+    try:
+        number = int(pydicom.dcmread(source, stop_before_pixels=True).get("SeriesNumber") or 0)
+    except (OSError, InvalidDicomError, ValueError, TypeError):
+        number = 0  # the header is read again when the file is written, and its error reported
+    what = explain_class if explain_class is not None else "predicted class"
+    return SCSeries(generate_uid(), 9000 + number % 1000, f"mriscan {CAM_NAMES[method]} ({what})")
+
+
+def _secondary_capture(
+    row: dict[str, Any],
+    source: Path,
+    frame: int,
+    img: np.ndarray,
+    cam: np.ndarray,
+    number: int,
+    path: Path,
+    series: Any,
+    model_path: str | os.PathLike[str],
+    method: str,
+) -> None:
+    """Write the row's overlay as a Secondary Capture (``row["dicom"]``), or say why not
+    (``row["dicom_skipped"]``)."""
+    from mriscan.dicom_sc import SecondaryCaptureError, write_secondary_capture
+    from mriscan.plots import overlay_rgb
+
+    what = (
+        f"{CAM_NAMES[method]} ({CAM_SOURCES[method]}) of class {row['explained_class']} "
+        f"(P = {row['probability']:.3f}, predicted {row['label']}) by mriscan model "
+        f"{Path(model_path).name}, over the slice as the model sees it (cropped, aligned, "
+        f"resized to {img.shape[1]}x{img.shape[0]})"
+    )
+    try:
+        written = write_secondary_capture(
+            source,
+            overlay_rgb(img, cam),
+            path,
+            series=series,
+            instance_number=number + 1,
+            frame=frame,
+            derivation=what,
+        )
+    except SecondaryCaptureError as exc:
+        row["dicom_skipped"] = str(exc)
+        return
+    row["dicom"] = str(written)
 
 
 def _slice_numbers(unit: str, members: Sequence[Any]) -> list[int]:
@@ -545,6 +665,7 @@ def pointing_game(
     from mriscan.model import load_model
     from mriscan.preprocess import normalize, preprocess, source_point
 
+    _check_method(method)
     model, card = load_model(model_path)
     cfg = card.preprocess
     boxes = read_boxes(boxes_csv)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -103,16 +105,16 @@ def test_heatmap_names_are_distinct_and_follow_the_relative_path(tmp_path):
     from mriscan.explain import heatmap_names
 
     assert heatmap_names([tmp_path / "a/slice_1.jpg", tmp_path / "b/slice_1.jpg"]) == [
-        "a__slice_1_gradcam.png",
-        "b__slice_1_gradcam.png",
+        "a__slice_1_layercam.png",
+        "b__slice_1_layercam.png",
     ]
-    assert heatmap_names([tmp_path / "x/slice_1.jpg"]) == ["slice_1_gradcam.png"]
+    assert heatmap_names([tmp_path / "x/slice_1.jpg"]) == ["slice_1_layercam.png"]
     names = heatmap_names(
         [tmp_path / p for p in ("x/s.jpg", "x/s.png", "x/S.JPG", "x/s.jpg", "x/y/s.jpg")]
     )
     assert names[0] == names[3]  # the same file twice: one name
     assert len({n.casefold() for n in names}) == 4  # distinct files: distinct names
-    assert names[4] == "y__s_gradcam.png"
+    assert names[4] == "y__s_layercam.png"
 
 
 def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_path):
@@ -130,7 +132,11 @@ def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_p
     results = explain(model_file, [*images, odd], out=out)
     assert [r["error"] for r in results] == ["", "", ""]
     pngs = sorted(p.name for p in out.iterdir())
-    assert pngs == ["a__slice_1_gradcam.png", "b__slice_1_gradcam.png", "c__scan__xff_gradcam.png"]
+    assert pngs == [
+        "a__slice_1_layercam.png",
+        "b__slice_1_layercam.png",
+        "c__scan__xff_layercam.png",
+    ]
     assert results[2]["path"].endswith("scan_\\xff.png")  # printable, valid UTF-8
 
 
@@ -264,8 +270,8 @@ def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_pat
     made = [r for r in res if not r["error"]]
     assert [r["path"].split("#")[1] for r in made] == ["3 (slice 3)", "8 (slice 8)"]
     assert sorted(p.name.split("_slice")[1] for p in (tmp_path / "x").iterdir()) == [
-        "3_gradcam.png",
-        "8_gradcam.png",
+        "3_layercam.png",
+        "8_layercam.png",
     ]
     (missing,) = [r for r in res if r["error"]]
     assert "no slice 1 among the volume's slices that are read (indices 3-8" in missing["error"]
@@ -273,3 +279,195 @@ def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_pat
     for r in top:  # the number shown is the source's index
         index = r["path"].split("#")[1].split(" ")[0]
         assert r["path"].endswith(f"(slice {index})") and 3 <= int(index) <= 8
+
+
+# --- issue 18: explain reads scanner files as predict does; --show-paths; --dicom-out ------------
+
+
+@pytest.fixture
+def scans(tmp_path):
+    """A 5-slice DICOM series in a folder named after its (made-up) patient, a NIfTI volume
+    whose slices 0-2 are blank (not read by default), and a JPEG."""
+    from PIL import Image
+
+    from mriscan.synth_scanner import (
+        FakePatient,
+        phantom_volume,
+        stack_to_ras,
+        write_dicom_series,
+        write_nifti,
+    )
+
+    root = tmp_path / "scans"
+    series = root / "Doe_Jane_19700101" / "T1"
+    write_dicom_series(series, phantom_volume(1, n_slices=5, canvas=32), patient=FakePatient())
+    stack = phantom_volume(2, n_slices=6, canvas=32)
+    padded = np.concatenate([np.zeros_like(stack[:3]), stack])
+    write_nifti(root / "Roe_Richard.nii.gz", stack_to_ras(padded))
+    Image.fromarray((stack[2] * 255).astype(np.uint8)).save(root / "plain.jpg")
+    return root
+
+
+def _files(root):
+    from mriscan.readers import collect_inputs
+
+    return [f.path for f in collect_inputs([root])[0]]
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    return CliRunner().invoke(main, ["explain", *map(str, args)])
+
+
+def test_explain_takes_predict_s_reader_options(model_file, scans, tmp_path):
+    """--nifti-slices all makes the blank slice 1 explainable; --modality CT leaves the MR
+    series unread; --dicom-window/--no-dicom-header-window give the probabilities predict
+    gives with the same options, slice by slice (matched by file with --show-paths)."""
+    vol = scans / "Roe_Richard.nii.gz"
+    res = _cli(model_file, vol, "--slices", "1", "--out", tmp_path / "a")
+    assert res.exit_code == 1 and "no slice 1 among the volume's slices" in res.output
+    res = _cli(model_file, vol, "--slices", "1", "--out", tmp_path / "b", "--nifti-slices", "all")
+    assert res.exit_code == 0, res.output
+    assert [p.name.split("_", 1)[1] for p in (tmp_path / "b").iterdir()] == ["slice1_layercam.png"]
+    series = scans / "Doe_Jane_19700101" / "T1"
+    res = _cli(model_file, series, "--modality", "CT", "--out", tmp_path / "c")
+    assert res.exit_code == 1 and res.output.count("skipped: ") == 5
+    assert not (tmp_path / "c").exists()
+
+    from mriscan.explain import explain
+    from mriscan.predict import predict
+    from mriscan.readers import ReadOptions
+    from mriscan.scan_config import DicomConfig
+
+    opts = ReadOptions(dicom=DicomConfig(window_percentiles=(5.0, 60.0), use_header_window=False))
+    predicted = {
+        r["path"]: r["probability"]
+        for r in predict(model_file, [series], show_paths=True, read_options=opts)
+        if r["level"] == "slice"
+    }
+    res = explain(
+        model_file, _files(series), out=tmp_path / "d", slices=range(5), read_options=opts,
+        show_paths=True, explain_class="yes",
+    )  # fmt: skip
+    assert len(res) == 5 and not any(r["error"] for r in res)
+    for r in res:
+        assert r["probability"] == pytest.approx(predicted[r["path"].split(" (slice")[0]], abs=1e-5)
+
+
+def test_show_paths_names_scanner_slices_by_file(model_file, scans, tmp_path):
+    from mriscan.explain import explain
+
+    secret = ("Doe", "Jane", "19700101", "Roe", "Richard")
+    hidden = explain(model_file, _files(scans), out=tmp_path / "h", top_k=1)
+    assert len(hidden) == 3 and not any(r["error"] for r in hidden)
+    for r in hidden:  # the JPEG keeps its name; scanner slices have pseudonyms
+        assert not any(s in r["path"] or s in Path(r["png"]).name for s in secret)
+    shown = explain(model_file, _files(scans), out=tmp_path / "s", top_k=1, show_paths=True)
+    by_kind = {Path(r["path"].split("#")[0]).suffix: r for r in shown}
+    dicom, nifti = by_kind[".dcm"], by_kind[".gz"]
+    assert "Doe_Jane_19700101/T1/IM000" in dicom["path"] and "#0 (slice " in dicom["path"]
+    assert Path(dicom["png"]).name.startswith("Doe_Jane_19700101__T1_slice")
+    assert nifti["path"].startswith(str(scans / "Roe_Richard.nii.gz") + "#")
+    assert Path(nifti["png"]).name.startswith("Roe_Richard.nii_slice")
+    res = _cli(model_file, scans, "--top-k", "1", "--show-paths", "--out", tmp_path / "c")
+    assert res.exit_code == 0 and "Doe_Jane_19700101" in res.output and "Roe_Richard" in res.output
+    res = _cli(model_file, scans, "--top-k", "1", "--out", tmp_path / "c2")
+    assert res.exit_code == 0 and not any(s in res.output for s in secret)
+
+
+def test_dicom_out_writes_secondary_captures_in_the_source_study(model_file, scans, tmp_path):
+    """Each explained DICOM slice gets an RGB Secondary Capture whose pixels are the overlay
+    of the PNG's right panel, in the source's study and patient; JPEG and NIfTI are listed as
+    skipped with the reason."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    from mriscan.explain import class_activation_map, explain
+    from mriscan.io import SourceFile
+    from mriscan.model import load_model
+    from mriscan.plots import overlay_rgb
+    from mriscan.preprocess import normalize, preprocess
+    from mriscan.scan_predict import read_inputs
+
+    out = tmp_path / "dcm"
+    res = explain(model_file, _files(scans), out=tmp_path / "png", slices=[0, 3], dicom_out=out)
+    made = [r for r in res if r.get("dicom")]
+    assert len(made) == 2
+    skipped = [r for r in res if r.get("dicom_skipped")]
+    assert len(skipped) == 2 and all("not a DICOM input" in r["dicom_skipped"] for r in skipped)
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(r["dicom"]).name for r in made)
+    model, card = load_model(model_file)
+    sources = {pydicom.dcmread(p).SOPInstanceUID: p for p in scans.rglob("*.dcm")}
+    series_uids = set()
+    for r in made:
+        ds = pydicom.dcmread(r["dicom"])
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage and ds.Modality == "OT"
+        (ref,) = ds.SourceImageSequence
+        src = pydicom.dcmread(sources[ref.ReferencedSOPInstanceUID])
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+        assert (ds.PatientName, ds.PatientID) == (src.PatientName, src.PatientID)
+        assert (ds.Rows, ds.Columns, ds.SamplesPerPixel) == (32, 32, 3)
+        assert ds.PhotometricInterpretation == "RGB" and list(ds.PatientOrientation) == ["L", "P"]
+        series_uids.add(ds.SeriesInstanceUID)
+        # the same pixels, recomputed from the source file through the public functions
+        (read,) = read_inputs([SourceFile(sources[ref.ReferencedSOPInstanceUID], "dicom")])
+        img = preprocess(read.slices[0].image, card.preprocess)
+        x = normalize(img, card.preprocess.normalization, threshold=card.preprocess.threshold)
+        cam = class_activation_map(model, x[None, ..., None])[0]
+        np.testing.assert_array_equal(ds.pixel_array, overlay_rgb(img, cam))
+        assert ds.pixel_array.any()
+    assert len(series_uids) == 1  # one new series per source series
+    res = _cli(model_file, scans, "--slices", "3", "--out", tmp_path / "p2", "--dicom-out", out)
+    assert res.exit_code == 0, res.output
+    assert "No DICOM Secondary Capture for 2 explained image(s)" in res.output
+    assert "plain.jpg: not a DICOM input" in res.output
+
+
+def test_patient_orientation_from_the_source_header():
+    import pydicom
+
+    from mriscan.dicom_sc import SecondaryCaptureError, patient_orientation
+
+    ds = pydicom.Dataset()
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    assert patient_orientation(ds) == ("L", "P")
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal
+    assert patient_orientation(ds) == ("P", "F")
+    ds.ImageOrientationPatient = [-0.94, 0.34, 0, 0, 0, -1]  # coronal, tilted 20 degrees
+    assert patient_orientation(ds) == ("R", "F")
+    del ds.ImageOrientationPatient
+    ds.PatientOrientation = ["A", "F"]
+    assert patient_orientation(ds) == ("A", "F")
+    with pytest.raises(SecondaryCaptureError, match="no Image Orientation"):
+        patient_orientation(pydicom.Dataset())
+
+
+def test_secondary_capture_of_a_multiframe_source_names_its_frame(tmp_path):
+    import pydicom
+
+    from mriscan.dicom_sc import SCSeries, SecondaryCaptureError, write_secondary_capture
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    (src,) = write_dicom_series(tmp_path / "mf", phantom_volume(3, n_slices=4, canvas=16),
+                                multiframe=True)  # fmt: skip
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:8, 4:8] = (255, 0, 0)
+    series = SCSeries(pydicom.uid.generate_uid(), 9001, "mriscan Grad-CAM (yes)")
+    path = write_secondary_capture(src, rgb, tmp_path / "o" / "x.dcm", series=series,
+                                   instance_number=3, frame=2)  # fmt: skip
+    ds = pydicom.dcmread(path)
+    (ref,) = ds.SourceImageSequence
+    assert ref.ReferencedFrameNumber == 3 and ds.InstanceNumber == 3
+    assert ds.SeriesDescription == "mriscan Grad-CAM (yes)" and ds.SeriesNumber == 9001
+    np.testing.assert_array_equal(ds.pixel_array, rgb)
+    with pytest.raises(SecondaryCaptureError, match="uint8"):
+        write_secondary_capture(src, rgb[..., 0], tmp_path / "y.dcm", series=series,
+                                instance_number=1)  # fmt: skip
+    (tmp_path / "not.dcm").write_bytes(b"plain text")
+    with pytest.raises(SecondaryCaptureError, match="cannot read the source's DICOM header"):
+        write_secondary_capture(tmp_path / "not.dcm", rgb, tmp_path / "z.dcm", series=series,
+                                instance_number=1)  # fmt: skip
