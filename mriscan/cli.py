@@ -279,6 +279,13 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
     "How the midline is found: fast (coarse-to-fine) or search (the full search that stores "
     "built before the choice existed used).",
 )
+@config_option(
+    PreprocessConfig,
+    "smooth",
+    "--smooth",
+    "Gaussian low-pass σ in pixels of the S×S slice (0: off): removes the fine texture in "
+    "which collections differ.",
+)
 @config_option(IngestConfig, "compress", "--compress")
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad or unused file.")
