@@ -420,6 +420,8 @@ EXPERIMENTS: dict[str, Experiment] = {
     # texture is a shortcut in both collections, so it is removed for good before the model
     # sees a slice (a Gaussian low-pass of 1 px in preprocessing, train and test alike)
     "xc_smooth": Experiment("s8_fast_align", {"preprocess.smooth": 1.0}),
+    "xc_smooth_seed1": Experiment("s8_fast_align", {"seed": 1, "preprocess.smooth": 1.0}),
+    "xc_smooth15": Experiment("s8_fast_align", {"preprocess.smooth": 1.5}),
     "fig4_s96_e12_smooth": Experiment(
         "s8_fast_align", {**_size(96), "fit.epochs": 12, "preprocess.smooth": 1.0}
     ),
