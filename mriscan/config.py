@@ -62,6 +62,10 @@ STRATEGIES = ("auto", "mirrored")
 PIPELINES = ("auto", "pydataset", "tfdata")
 SELECT_MODES = ("last", "best")
 VERBOSITY = ("auto", "bar", "line", "silent")
+#: explain's class-activation maps (mriscan.explain); LayerCAM is the default because it hit the
+#: tumor boxes of figshare_br35h more often than Grad-CAM (experiments/ACCURACY.md row 49)
+CAM_METHODS = ("layercam", "gradcam")
+DEFAULT_CAM = "layercam"
 
 C = TypeVar("C")
 

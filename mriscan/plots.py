@@ -16,7 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mriscan.errors import ConfigError
+
 __all__ = [
+    "overlay_rgb",
     "plot_confusion_matrix",
     "plot_history",
     "plot_roc",
@@ -78,6 +81,45 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, ax, label: str = "mod
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+
+
+def overlay_rgb(image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:
+    """A heatmap blended over a grey slice, as one RGB image: the Grad-CAM panel of
+    ``mriscan.explain.save_overlay`` and the pixels of ``mriscan.dicom_sc`` Secondary Captures.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), any real dtype
+        The slice; shown from its minimum (black) to its maximum (white), as Matplotlib's
+        ``imshow`` scales it (all black when uniform).
+    cam : ndarray of shape (H, W), float
+        The map in [0, 1] (values outside are clipped), coloured with Matplotlib's "jet".
+    alpha : float in [0, 1]
+        Opacity of the heatmap.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+        ``round(255 * ((1 - alpha) * grey + alpha * jet(cam)))`` per channel.
+
+    Raises
+    ------
+    mriscan.errors.ConfigError
+        If the shapes differ or ``alpha`` is outside [0, 1].
+    """
+    img = np.asarray(image, np.float64)
+    heat = np.clip(np.asarray(cam, np.float64), 0.0, 1.0)
+    if img.ndim != 2 or img.shape != heat.shape:
+        raise ConfigError(
+            f"image and cam must be (H, W) of one shape; got {img.shape}, {heat.shape}."
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1]; got {alpha}.")
+    lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
+    grey = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    jet = matplotlib.colormaps["jet"](heat)[..., :3]
+    rgb = (1.0 - alpha) * grey[..., None] + alpha * jet
+    return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def subplots(*args, **kwargs):

@@ -75,6 +75,13 @@ class PreprocessConfig:
         real set it finds the reference's angle within 1.5° and shift within 1 px for 88.5% of
         slices (``bench/RESULTS.md``). Configs saved before this field existed read as
         ``search``, what they were built with.
+    smooth : float
+        Standard deviation σ, in output pixels, of a Gaussian low-pass applied to the S×S slice
+        last (``scipy.ndimage.gaussian_filter``, edges mirrored; 0 = off, at most 3). It
+        removes the fine texture (noise, JPEG blocks, sharpening) in which collections differ:
+        models trained on ``brain_mri`` and on ``figshare_br35h`` both turned out to call
+        smoother slices tumors and noisier ones healthy (experiments/ACCURACY.md row 50).
+        Configs saved before this field existed read as 0.
     """
 
     size: int = 128
@@ -86,6 +93,7 @@ class PreprocessConfig:
     normalization: Literal["zscore", "minmax", "none"] = "zscore"
     align: bool = True
     align_method: Literal["fast", "search"] = "fast"
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if (
@@ -122,6 +130,15 @@ class PreprocessConfig:
                 "align_method must be 'fast' or 'search'. "
                 f"Received: align_method={self.align_method!r}."
             )
+        if (
+            isinstance(self.smooth, bool)
+            or not isinstance(self.smooth, int | float | np.floating | np.integer)
+            or not 0.0 <= float(self.smooth) <= 3.0
+        ):
+            raise ConfigError(
+                f"smooth must be a σ in [0, 3] pixels. Received: smooth={self.smooth!r}."
+            )
+        object.__setattr__(self, "smooth", float(self.smooth))
         if self.normalization not in ("zscore", "minmax", "none"):
             raise ConfigError(
                 "normalization must be 'zscore', 'minmax' or 'none'. "
@@ -211,7 +228,7 @@ def preprocess(
     arr = _as_gray_uint8(image, "image")
     out = np.empty((cfg.size, cfg.size), np.uint8)
     _kernels.crop_resize_one(arr, out, *_kernel_args(cfg))
-    return out
+    return _smooth(out, cfg.smooth)
 
 
 def preprocess_batch(
@@ -241,7 +258,20 @@ def preprocess_batch(
     flat = np.concatenate([a.reshape(-1) for a in arrays])
     with _PARALLEL_LOCK:
         _kernels.crop_resize_batch(flat, offsets, shapes, out, *_kernel_args(cfg))
-    return out
+    return _smooth(out, cfg.smooth)
+
+
+def _smooth(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian low-pass of σ pixels over the last two axes of uint8 slices, rounded back to
+    uint8 (unchanged for σ = 0). SciPy's filter, not a kernel of ours: it is already separable
+    and fast (~0.2 ms per 128² slice)."""
+    if sigma <= 0.0:
+        return images
+    from scipy.ndimage import gaussian_filter
+
+    sig = (0.0,) * (images.ndim - 2) + (sigma, sigma)
+    smooth = gaussian_filter(images.astype(np.float32), sig, mode="reflect")
+    return np.clip(np.rint(smooth), 0, 255).astype(np.uint8)
 
 
 def midline_pose(image: np.ndarray, method: str = "fast") -> tuple[float, float]:

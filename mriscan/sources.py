@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mriscan.errors import ConfigError
 from mriscan.ingest import IngestConfig, ingest
+from mriscan.paths import DEFAULT_RAW, PHANTOM_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.readers import ReadOptions
 from mriscan.store import DEFAULT_STORE, ImageStore
@@ -20,9 +21,6 @@ from mriscan.store import DEFAULT_STORE, ImageStore
 __all__ = ["DEFAULT_RAW", "DEFAULT_STORE", "PHANTOM_STORE", "is_store", "open_or_ingest"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RAW = Path("data/raw")
-PHANTOM_STORE = Path("data/processed/synthetic.zarr")
 
 
 def is_store(data: str | os.PathLike[str]) -> bool:

@@ -23,6 +23,26 @@ def test_help_lists_commands_and_imports_no_tensorflow():
     assert out.strip() == "False False"
 
 
+def test_cli_start_up_imports_neither_the_store_nor_ingest():
+    """Options come from light config modules (mriscan.ingest_config, mriscan.paths): zarr and
+    the ingest machinery load only in the commands that use them (~0.3 s of every start-up)."""
+    code = (
+        "import sys, mriscan.cli; "
+        "print(sorted(m for m in ('zarr', 'mriscan.store', 'mriscan.ingest', 'pydicom', "
+        "'nibabel', 'highdicom') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    from mriscan.ingest import IngestConfig
+    from mriscan.ingest_config import IngestConfig as Light
+    from mriscan.sources import DEFAULT_STORE, PHANTOM_STORE
+    from mriscan.store import DEFAULT_STORE as STORE_DEFAULT
+
+    assert IngestConfig is Light and DEFAULT_STORE is STORE_DEFAULT
+    assert str(PHANTOM_STORE) == "data/processed/synthetic.zarr"
+
+
 def test_ingest_verify_info(class_folder, tmp_path):
     store = tmp_path / "s.zarr"
     runner = CliRunner()
@@ -121,7 +141,22 @@ def test_synth_train_predict_explain_evaluate(tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "cam" / "syn_000000_gradcam.png").is_file()
+    assert (tmp_path / "cam" / "syn_000000_layercam.png").is_file()
+    cam = [
+        "explain",
+        str(model),
+        str(raw / "yes" / "syn_000000.jpg"),
+        "--out",
+        str(tmp_path / "cam"),
+    ]
+    r = runner.invoke(main, [*cam, "--method", "gradcam"])  # a second map beside the first
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == [
+        "syn_000000_gradcam.png",
+        "syn_000000_layercam.png",
+    ]
+    r = runner.invoke(main, [*cam, "--method", "saliency"])
+    assert r.exit_code == 2 and "saliency" in r.output
     r = runner.invoke(main, ["evaluate", "--model", str(model), "--split", "test"])
     assert r.exit_code == 0, r.output
     assert (out / "evaluation" / "metrics.json").is_file()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
-from mriscan.explain import grad_cam, save_overlay
+from mriscan.errors import ConfigError
+from mriscan.explain import class_activation_map, grad_cam, layer_cam, save_overlay
 from mriscan.model import build_model
 
 pytestmark = pytest.mark.backend
@@ -20,7 +23,9 @@ def _blob_task(n: int, seed: int = 0):
     return x, y
 
 
-def test_heatmap_peaks_on_the_blob(tmp_path):
+@pytest.fixture(scope="module")
+def blob_model():
+    """A small CNN trained until its evidence is the blob, with 20 held-out blob images."""
     keras.utils.set_random_seed(0)
     x, y = _blob_task(256)
     model = build_model(
@@ -33,13 +38,40 @@ def test_heatmap_peaks_on_the_blob(tmp_path):
     xt, yt = _blob_task(40, seed=1)
     acc = float(np.mean((np.asarray(model.predict(xt, verbose=0)).ravel() > 0.5) == yt))
     assert acc > 0.9  # the model learned the task, so its evidence is the blob
-    cams = grad_cam(model, xt[yt == 1])
+    return model, xt[yt == 1]
+
+
+def test_heatmap_peaks_on_the_blob(tmp_path, blob_model):
+    model, blobs = blob_model
+    cams = grad_cam(model, blobs)
     assert cams.shape == (20, 32, 32) and cams.max() <= 1.0 and cams.min() >= 0.0
     peaks = [np.unravel_index(np.argmax(c), c.shape) for c in cams]
     on_blob = [py < 16 and px < 16 for py, px in peaks]
     assert np.mean(on_blob) >= 0.8, peaks
-    png = save_overlay(xt[yt == 1][0, ..., 0], cams[0], tmp_path / "cam.png", title="blob")
+    png = save_overlay(blobs[0, ..., 0], cams[0], tmp_path / "cam.png", title="blob")
     assert png.stat().st_size > 1000
+
+
+def test_layer_cam_peaks_inside_the_blob_itself(blob_model):
+    """LayerCAM fuses the finer maps of shallower blocks, so its peak lands on the 8×8 blob
+    (rows/cols 4-11) and nearer its centre than the peak of the last block's 4×4 Grad-CAM."""
+    model, blobs = blob_model
+    cams = layer_cam(model, blobs)
+    assert cams.shape == (20, 32, 32) and cams.max() == pytest.approx(1.0)
+    assert cams.min() >= 0.0
+    peaks = np.array([np.unravel_index(np.argmax(c), c.shape) for c in cams])
+    inside = np.all((peaks >= 2) & (peaks <= 13), axis=1)  # the blob, ±2 px
+    assert np.mean(inside) >= 0.8, peaks
+    coarse = np.array([np.unravel_index(np.argmax(c), c.shape) for c in grad_cam(model, blobs)])
+    centre = np.array([7.5, 7.5])
+    offset = np.linalg.norm(peaks - centre, axis=1).mean()
+    assert offset < np.linalg.norm(coarse - centre, axis=1).mean(), (peaks, coarse)
+    # the dispatcher gives the same maps; an unknown method is refused by name
+    np.testing.assert_allclose(class_activation_map(model, blobs[:4]), cams[:4], atol=1e-5)
+    with pytest.raises(ConfigError, match="gradcam"):
+        class_activation_map(model, blobs[:1], method="saliency")
+    with pytest.raises(ConfigError, match="at least one layer"):
+        layer_cam(model, blobs[:1], layer_names=[])
 
 
 # --- issue 19 item 12: explain's inputs and outputs ---------------------------------------------
@@ -73,16 +105,16 @@ def test_heatmap_names_are_distinct_and_follow_the_relative_path(tmp_path):
     from mriscan.explain import heatmap_names
 
     assert heatmap_names([tmp_path / "a/slice_1.jpg", tmp_path / "b/slice_1.jpg"]) == [
-        "a__slice_1_gradcam.png",
-        "b__slice_1_gradcam.png",
+        "a__slice_1_layercam.png",
+        "b__slice_1_layercam.png",
     ]
-    assert heatmap_names([tmp_path / "x/slice_1.jpg"]) == ["slice_1_gradcam.png"]
+    assert heatmap_names([tmp_path / "x/slice_1.jpg"]) == ["slice_1_layercam.png"]
     names = heatmap_names(
         [tmp_path / p for p in ("x/s.jpg", "x/s.png", "x/S.JPG", "x/s.jpg", "x/y/s.jpg")]
     )
     assert names[0] == names[3]  # the same file twice: one name
     assert len({n.casefold() for n in names}) == 4  # distinct files: distinct names
-    assert names[4] == "y__s_gradcam.png"
+    assert names[4] == "y__s_layercam.png"
 
 
 def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_path):
@@ -100,7 +132,11 @@ def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_p
     results = explain(model_file, [*images, odd], out=out)
     assert [r["error"] for r in results] == ["", "", ""]
     pngs = sorted(p.name for p in out.iterdir())
-    assert pngs == ["a__slice_1_gradcam.png", "b__slice_1_gradcam.png", "c__scan__xff_gradcam.png"]
+    assert pngs == [
+        "a__slice_1_layercam.png",
+        "b__slice_1_layercam.png",
+        "c__scan__xff_layercam.png",
+    ]
     assert results[2]["path"].endswith("scan_\\xff.png")  # printable, valid UTF-8
 
 
@@ -147,7 +183,8 @@ def three_class_model():
     return model
 
 
-def test_k_class_heatmaps_follow_the_chosen_class(three_class_model):
+@pytest.mark.parametrize("cam_fn", [grad_cam, layer_cam], ids=["gradcam", "layercam"])
+def test_k_class_heatmaps_follow_the_chosen_class(three_class_model, cam_fn):
     """The map of class k depends on class k's score only: changing the output weights of the
     other classes leaves it unchanged, changing class k's changes it."""
     xt, yt = _three_class_task(60, seed=1)
@@ -156,20 +193,20 @@ def test_k_class_heatmaps_follow_the_chosen_class(three_class_model):
     x = xt[yt == 1][:8]
     head = three_class_model.layers[-1]
     kernel, bias = (np.array(w) for w in head.get_weights())
-    before = grad_cam(three_class_model, x, class_index=1)
+    before = cam_fn(three_class_model, x, class_index=1)
     try:
         other = kernel.copy()
         other[:, [0, 2]] = np.random.default_rng(0).normal(size=(kernel.shape[0], 2))
         head.set_weights([other, bias])
-        np.testing.assert_allclose(grad_cam(three_class_model, x, class_index=1), before, atol=1e-5)
+        np.testing.assert_allclose(cam_fn(three_class_model, x, class_index=1), before, atol=1e-5)
         mine = kernel.copy()
         mine[:, 1] = -mine[:, 1]
         head.set_weights([mine, bias])
-        assert not np.allclose(grad_cam(three_class_model, x, class_index=1), before, atol=1e-3)
+        assert not np.allclose(cam_fn(three_class_model, x, class_index=1), before, atol=1e-3)
     finally:
         head.set_weights([kernel, bias])
     # by default each slice is explained for its predicted class
-    np.testing.assert_allclose(grad_cam(three_class_model, x), before, atol=1e-5)
+    np.testing.assert_allclose(cam_fn(three_class_model, x), before, atol=1e-5)
 
 
 def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path):
@@ -207,6 +244,12 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
     for name in ("left", "right"):
         s = result["per_class"][name]
         assert s["n"] == 10 and 0 <= s["hits"] <= s["correct"]
+    # the map method changes only where the peak is, not which slices count
+    coarse = pointing_game(
+        path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8, method="gradcam"
+    )
+    assert (result["method"], coarse["method"]) == ("layercam", "gradcam")
+    assert coarse["overall"]["correct"] == total["correct"]
     (tmp_path / "bad.csv").write_text("file,class,x_center\nx.png,left,0.5\n")
     from mriscan.errors import MriscanError
 
@@ -227,8 +270,8 @@ def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_pat
     made = [r for r in res if not r["error"]]
     assert [r["path"].split("#")[1] for r in made] == ["3 (slice 3)", "8 (slice 8)"]
     assert sorted(p.name.split("_slice")[1] for p in (tmp_path / "x").iterdir()) == [
-        "3_gradcam.png",
-        "8_gradcam.png",
+        "3_layercam.png",
+        "8_layercam.png",
     ]
     (missing,) = [r for r in res if r["error"]]
     assert "no slice 1 among the volume's slices that are read (indices 3-8" in missing["error"]
@@ -236,3 +279,195 @@ def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_pat
     for r in top:  # the number shown is the source's index
         index = r["path"].split("#")[1].split(" ")[0]
         assert r["path"].endswith(f"(slice {index})") and 3 <= int(index) <= 8
+
+
+# --- issue 18: explain reads scanner files as predict does; --show-paths; --dicom-out ------------
+
+
+@pytest.fixture
+def scans(tmp_path):
+    """A 5-slice DICOM series in a folder named after its (made-up) patient, a NIfTI volume
+    whose slices 0-2 are blank (not read by default), and a JPEG."""
+    from PIL import Image
+
+    from mriscan.synth_scanner import (
+        FakePatient,
+        phantom_volume,
+        stack_to_ras,
+        write_dicom_series,
+        write_nifti,
+    )
+
+    root = tmp_path / "scans"
+    series = root / "Doe_Jane_19700101" / "T1"
+    write_dicom_series(series, phantom_volume(1, n_slices=5, canvas=32), patient=FakePatient())
+    stack = phantom_volume(2, n_slices=6, canvas=32)
+    padded = np.concatenate([np.zeros_like(stack[:3]), stack])
+    write_nifti(root / "Roe_Richard.nii.gz", stack_to_ras(padded))
+    Image.fromarray((stack[2] * 255).astype(np.uint8)).save(root / "plain.jpg")
+    return root
+
+
+def _files(root):
+    from mriscan.readers import collect_inputs
+
+    return [f.path for f in collect_inputs([root])[0]]
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    return CliRunner().invoke(main, ["explain", *map(str, args)])
+
+
+def test_explain_takes_predict_s_reader_options(model_file, scans, tmp_path):
+    """--nifti-slices all makes the blank slice 1 explainable; --modality CT leaves the MR
+    series unread; --dicom-window/--no-dicom-header-window give the probabilities predict
+    gives with the same options, slice by slice (matched by file with --show-paths)."""
+    vol = scans / "Roe_Richard.nii.gz"
+    res = _cli(model_file, vol, "--slices", "1", "--out", tmp_path / "a")
+    assert res.exit_code == 1 and "no slice 1 among the volume's slices" in res.output
+    res = _cli(model_file, vol, "--slices", "1", "--out", tmp_path / "b", "--nifti-slices", "all")
+    assert res.exit_code == 0, res.output
+    assert [p.name.split("_", 1)[1] for p in (tmp_path / "b").iterdir()] == ["slice1_layercam.png"]
+    series = scans / "Doe_Jane_19700101" / "T1"
+    res = _cli(model_file, series, "--modality", "CT", "--out", tmp_path / "c")
+    assert res.exit_code == 1 and res.output.count("skipped: ") == 5
+    assert not (tmp_path / "c").exists()
+
+    from mriscan.explain import explain
+    from mriscan.predict import predict
+    from mriscan.readers import ReadOptions
+    from mriscan.scan_config import DicomConfig
+
+    opts = ReadOptions(dicom=DicomConfig(window_percentiles=(5.0, 60.0), use_header_window=False))
+    predicted = {
+        r["path"]: r["probability"]
+        for r in predict(model_file, [series], show_paths=True, read_options=opts)
+        if r["level"] == "slice"
+    }
+    res = explain(
+        model_file, _files(series), out=tmp_path / "d", slices=range(5), read_options=opts,
+        show_paths=True, explain_class="yes",
+    )  # fmt: skip
+    assert len(res) == 5 and not any(r["error"] for r in res)
+    for r in res:
+        assert r["probability"] == pytest.approx(predicted[r["path"].split(" (slice")[0]], abs=1e-5)
+
+
+def test_show_paths_names_scanner_slices_by_file(model_file, scans, tmp_path):
+    from mriscan.explain import explain
+
+    secret = ("Doe", "Jane", "19700101", "Roe", "Richard")
+    hidden = explain(model_file, _files(scans), out=tmp_path / "h", top_k=1)
+    assert len(hidden) == 3 and not any(r["error"] for r in hidden)
+    for r in hidden:  # the JPEG keeps its name; scanner slices have pseudonyms
+        assert not any(s in r["path"] or s in Path(r["png"]).name for s in secret)
+    shown = explain(model_file, _files(scans), out=tmp_path / "s", top_k=1, show_paths=True)
+    by_kind = {Path(r["path"].split("#")[0]).suffix: r for r in shown}
+    dicom, nifti = by_kind[".dcm"], by_kind[".gz"]
+    assert "Doe_Jane_19700101/T1/IM000" in dicom["path"] and "#0 (slice " in dicom["path"]
+    assert Path(dicom["png"]).name.startswith("Doe_Jane_19700101__T1_slice")
+    assert nifti["path"].startswith(str(scans / "Roe_Richard.nii.gz") + "#")
+    assert Path(nifti["png"]).name.startswith("Roe_Richard.nii_slice")
+    res = _cli(model_file, scans, "--top-k", "1", "--show-paths", "--out", tmp_path / "c")
+    assert res.exit_code == 0 and "Doe_Jane_19700101" in res.output and "Roe_Richard" in res.output
+    res = _cli(model_file, scans, "--top-k", "1", "--out", tmp_path / "c2")
+    assert res.exit_code == 0 and not any(s in res.output for s in secret)
+
+
+def test_dicom_out_writes_secondary_captures_in_the_source_study(model_file, scans, tmp_path):
+    """Each explained DICOM slice gets an RGB Secondary Capture whose pixels are the overlay
+    of the PNG's right panel, in the source's study and patient; JPEG and NIfTI are listed as
+    skipped with the reason."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    from mriscan.explain import class_activation_map, explain
+    from mriscan.io import SourceFile
+    from mriscan.model import load_model
+    from mriscan.plots import overlay_rgb
+    from mriscan.preprocess import normalize, preprocess
+    from mriscan.scan_predict import read_inputs
+
+    out = tmp_path / "dcm"
+    res = explain(model_file, _files(scans), out=tmp_path / "png", slices=[0, 3], dicom_out=out)
+    made = [r for r in res if r.get("dicom")]
+    assert len(made) == 2
+    skipped = [r for r in res if r.get("dicom_skipped")]
+    assert len(skipped) == 2 and all("not a DICOM input" in r["dicom_skipped"] for r in skipped)
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(r["dicom"]).name for r in made)
+    model, card = load_model(model_file)
+    sources = {pydicom.dcmread(p).SOPInstanceUID: p for p in scans.rglob("*.dcm")}
+    series_uids = set()
+    for r in made:
+        ds = pydicom.dcmread(r["dicom"])
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage and ds.Modality == "OT"
+        (ref,) = ds.SourceImageSequence
+        src = pydicom.dcmread(sources[ref.ReferencedSOPInstanceUID])
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+        assert (ds.PatientName, ds.PatientID) == (src.PatientName, src.PatientID)
+        assert (ds.Rows, ds.Columns, ds.SamplesPerPixel) == (32, 32, 3)
+        assert ds.PhotometricInterpretation == "RGB" and list(ds.PatientOrientation) == ["L", "P"]
+        series_uids.add(ds.SeriesInstanceUID)
+        # the same pixels, recomputed from the source file through the public functions
+        (read,) = read_inputs([SourceFile(sources[ref.ReferencedSOPInstanceUID], "dicom")])
+        img = preprocess(read.slices[0].image, card.preprocess)
+        x = normalize(img, card.preprocess.normalization, threshold=card.preprocess.threshold)
+        cam = class_activation_map(model, x[None, ..., None])[0]
+        np.testing.assert_array_equal(ds.pixel_array, overlay_rgb(img, cam))
+        assert ds.pixel_array.any()
+    assert len(series_uids) == 1  # one new series per source series
+    res = _cli(model_file, scans, "--slices", "3", "--out", tmp_path / "p2", "--dicom-out", out)
+    assert res.exit_code == 0, res.output
+    assert "No DICOM Secondary Capture for 2 explained image(s)" in res.output
+    assert "plain.jpg: not a DICOM input" in res.output
+
+
+def test_patient_orientation_from_the_source_header():
+    import pydicom
+
+    from mriscan.dicom_sc import SecondaryCaptureError, patient_orientation
+
+    ds = pydicom.Dataset()
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    assert patient_orientation(ds) == ("L", "P")
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal
+    assert patient_orientation(ds) == ("P", "F")
+    ds.ImageOrientationPatient = [-0.94, 0.34, 0, 0, 0, -1]  # coronal, tilted 20 degrees
+    assert patient_orientation(ds) == ("R", "F")
+    del ds.ImageOrientationPatient
+    ds.PatientOrientation = ["A", "F"]
+    assert patient_orientation(ds) == ("A", "F")
+    with pytest.raises(SecondaryCaptureError, match="no Image Orientation"):
+        patient_orientation(pydicom.Dataset())
+
+
+def test_secondary_capture_of_a_multiframe_source_names_its_frame(tmp_path):
+    import pydicom
+
+    from mriscan.dicom_sc import SCSeries, SecondaryCaptureError, write_secondary_capture
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    (src,) = write_dicom_series(tmp_path / "mf", phantom_volume(3, n_slices=4, canvas=16),
+                                multiframe=True)  # fmt: skip
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:8, 4:8] = (255, 0, 0)
+    series = SCSeries(pydicom.uid.generate_uid(), 9001, "mriscan Grad-CAM (yes)")
+    path = write_secondary_capture(src, rgb, tmp_path / "o" / "x.dcm", series=series,
+                                   instance_number=3, frame=2)  # fmt: skip
+    ds = pydicom.dcmread(path)
+    (ref,) = ds.SourceImageSequence
+    assert ref.ReferencedFrameNumber == 3 and ds.InstanceNumber == 3
+    assert ds.SeriesDescription == "mriscan Grad-CAM (yes)" and ds.SeriesNumber == 9001
+    np.testing.assert_array_equal(ds.pixel_array, rgb)
+    with pytest.raises(SecondaryCaptureError, match="uint8"):
+        write_secondary_capture(src, rgb[..., 0], tmp_path / "y.dcm", series=series,
+                                instance_number=1)  # fmt: skip
+    (tmp_path / "not.dcm").write_bytes(b"plain text")
+    with pytest.raises(SecondaryCaptureError, match="cannot read the source's DICOM header"):
+        write_secondary_capture(tmp_path / "not.dcm", rgb, tmp_path / "z.dcm", series=series,
+                                instance_number=1)  # fmt: skip

@@ -37,6 +37,10 @@ KERAS_FREE = (
     "mriscan.readers",
     "mriscan.dicom",
     "mriscan.nifti",
+    "mriscan.dicom_sc",
+    "mriscan.scan_config",
+    "mriscan.ingest_config",
+    "mriscan.paths",
     "mriscan.evaluate",
     "mriscan.cli",
 )

@@ -61,7 +61,7 @@ def test_every_command_works_for_k_classes(k, tmp_path):
     r = run.invoke(main, ["explain", str(model), str(one), "--out", str(tmp_path / "x"),
                           "--class", names[-1]])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert list((tmp_path / "x").glob(f"*_{names[-1]}_gradcam.png"))
+    assert list((tmp_path / "x").glob(f"*_{names[-1]}_layercam.png"))
 
 
 @pytest.mark.slow

@@ -160,6 +160,9 @@ def test_zscore_uses_the_foreground_only():
         ({"normalization": "l2"}, "normalization must be"),
         ({"align": "yes"}, "align must be True or False"),
         ({"align_method": "moments"}, "align_method must be 'fast' or 'search'"),
+        ({"smooth": -0.5}, r"smooth must be a σ in \[0, 3\] pixels"),
+        ({"smooth": 4}, "smooth must be a σ in"),
+        ({"smooth": True}, "smooth must be a σ in"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -241,6 +244,29 @@ def test_configs_saved_before_alignment_read_as_unaligned():
     del old["align"], old["align_method"]
     assert PreprocessConfig.from_dict(old).align is False
     assert PreprocessConfig.from_dict(PreprocessConfig().to_dict()).align is True
+
+
+def test_smooth_low_passes_the_slice_and_keeps_the_rest():
+    """σ = 0 changes nothing; σ > 0 removes fine texture (pixel noise) but keeps the shape,
+    the geometry and the mean brightness, in single and batch calls alike; configs saved
+    before the field existed read as unsmoothed."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((90, 120), np.uint8)
+    img[15:75, 20:100] = 140
+    img = np.clip(img + rng.normal(0, 25, img.shape) * (img > 0), 0, 255).astype(np.uint8)
+    plain = preprocess(img, size=48, align=False)
+    assert np.array_equal(preprocess(img, size=48, align=False, smooth=0.0), plain)
+    soft = preprocess(img, size=48, align=False, smooth=1.0)
+    assert soft.dtype == np.uint8 and soft.shape == (48, 48)
+    inner = (slice(16, 32), slice(12, 36))  # inside the bright block: the noise is what varies
+    assert soft[inner].std() < 0.5 * plain[inner].std()
+    assert abs(float(soft[inner].mean()) - float(plain[inner].mean())) < 2.0
+    assert np.array_equal(soft > 70, plain > 70) or np.mean((soft > 70) != (plain > 70)) < 0.03
+    batch = preprocess_batch([img, img[::2, ::2]], size=48, align=False, smooth=1.0)
+    assert np.array_equal(batch[0], soft)
+    old = PreprocessConfig(smooth=1.0).to_dict()
+    del old["smooth"]
+    assert PreprocessConfig.from_dict(old) == PreprocessConfig()
 
 
 def test_configs_saved_before_align_method_keep_the_full_search():

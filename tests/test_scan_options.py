@@ -53,6 +53,7 @@ class _CapturedError(Exception):
         ("cv", "mriscan.training.crossval", "cross_validate"),
         ("evaluate", "mriscan.evaluate", "evaluate"),
         ("predict", "mriscan.predict", "predict"),
+        ("explain", "mriscan.explain", "explain"),
     ],
 )
 def test_scan_options_reach_every_command(command, module, func, monkeypatch, tmp_path):
@@ -66,11 +67,13 @@ def test_scan_options_reach_every_command(command, module, func, monkeypatch, tm
     monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(**{func: fake}))
     model = tmp_path / "m.keras"
     model.write_bytes(b"x")
+    write_nifti(tmp_path / "v.nii.gz", stack_to_ras(phantom_volume(1, n_slices=2, canvas=16)))
     args = {
         "train": ["train", str(tmp_path)],
         "cv": ["cv", str(tmp_path)],
         "evaluate": ["evaluate", str(tmp_path), "--model", str(model)],
         "predict": ["predict", str(model), str(tmp_path)],
+        "explain": ["explain", str(model), str(tmp_path / "v.nii.gz")],
     }[command]
     res = CliRunner().invoke(main, [*args, *OPTS])
     assert isinstance(res.exception, _CapturedError), res.output

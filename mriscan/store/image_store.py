@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from mriscan.duplicates import SIGNATURE_SIZE
 from mriscan.duplicates import signatures as _thumbnails
 from mriscan.errors import ConfigError, StoreCorruptError, StoreError, StoreNotFoundError
 from mriscan.neighbors import PROJECTION_DIMS, dct_projection
+from mriscan.paths import DEFAULT_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.store.columns import (
     COLUMN_DIR,
@@ -68,8 +68,6 @@ from mriscan.store.table import RecordTable, RecordView, canonical_groups, colum
 __all__ = ["DEFAULT_STORE", "ImageStore", "migrate_store"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STORE = Path("data/processed/images.zarr")
 
 
 def zarr_store(path: str | os.PathLike[str]) -> Any:

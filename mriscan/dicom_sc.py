@@ -1,0 +1,185 @@
+"""Grad-CAM overlays written back as DICOM: one Secondary Capture Image per explained slice,
+filed in the study of the DICOM file the slice came from (``mriscan explain --dicom-out``).
+
+The object is built with ``highdicom`` (``highdicom.sc.SCImage.from_ref_dataset``), which
+copies the source's Patient and General Study modules (Patient Name, Patient ID, Birth Date,
+Sex, Study Instance UID, Accession Number, ...) so that a PACS files the overlay into the
+source's study. Such a file therefore carries the patient's identity, by design and unlike
+everything else mriscan writes (the store, predictions, reports and explain's PNGs hold
+pseudonyms only); keep these files where the source images may be kept. Keras-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mriscan.errors import MriscanError
+
+__all__ = ["SCSeries", "SecondaryCaptureError", "patient_orientation", "write_secondary_capture"]
+
+#: Manufacturer (0008,0070) of the equipment that made the Secondary Capture
+MANUFACTURER = "mriscan"
+# the patient-based (LPS) axes: +x toward the patient's left, +y posterior, +z head
+_POSITIVE, _NEGATIVE = ("L", "P", "H"), ("R", "A", "F")
+
+
+class SecondaryCaptureError(MriscanError, ValueError):
+    """A Secondary Capture cannot be made for a source file (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class SCSeries:
+    """The new series a run's Secondary Captures of one source series go into.
+
+    Attributes
+    ----------
+    series_instance_uid : str
+        Fresh for each run and source series (``pydicom.uid.generate_uid``).
+    series_number : int
+    description : str
+        Series Description (0008,103E), e.g. "mriscan Grad-CAM (yes)".
+    """
+
+    series_instance_uid: str
+    series_number: int
+    description: str
+
+
+def patient_orientation(ds, frame: int = 0) -> tuple[str, str]:
+    """Patient Orientation (0020,0020) of a source image's rows and columns: the patient axis
+    each points along most (DICOM PS3.3 C.7.6.1.1.1: L/R, A/P, H/F), from its Image
+    Orientation (Patient) (top level, or the Plane Orientation Sequence of an enhanced
+    multi-frame file, shared or for ``frame``, 0-based), else its own Patient Orientation.
+
+    Only the dominant letter of each direction is given (``highdicom`` accepts single
+    letters): an oblique axial slice tilted 20° is still ("L", "P").
+
+    Raises
+    ------
+    SecondaryCaptureError
+        If the file states neither.
+    """
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        for seq, index in (
+            ("SharedFunctionalGroupsSequence", 0),
+            ("PerFrameFunctionalGroupsSequence", frame),
+        ):
+            items = ds.get(seq)
+            if items and len(items) > index and items[index].get("PlaneOrientationSequence"):
+                iop = items[index].PlaneOrientationSequence[0].get("ImageOrientationPatient")
+                if iop is not None:
+                    break
+    if iop is not None and len(iop) == 6:
+        cos = np.asarray([float(v) for v in iop]).reshape(2, 3)
+        letters = []
+        for v in cos:
+            k = int(np.argmax(np.abs(v)))
+            letters.append(_POSITIVE[k] if v[k] > 0 else _NEGATIVE[k])
+        return letters[0], letters[1]
+    own = ds.get("PatientOrientation")
+    if own is not None and len(own) == 2 and all(str(x) in _POSITIVE + _NEGATIVE for x in own):
+        return str(own[0]), str(own[1])
+    raise SecondaryCaptureError(
+        "the source states no Image Orientation (Patient) or single-letter Patient "
+        "Orientation, so the overlay's orientation cannot be written"
+    )
+
+
+def write_secondary_capture(
+    source: str | os.PathLike[str],
+    rgb: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    series: SCSeries,
+    instance_number: int,
+    frame: int = 0,
+    derivation: str = "",
+) -> Path:
+    """Write ``rgb`` as a Secondary Capture Image in the study of the DICOM file ``source``.
+
+    Parameters
+    ----------
+    source : path-like
+        The DICOM file the slice was read from (its header only is read, with ``pydicom``).
+    rgb : ndarray of shape (H, W, 3), uint8
+        The image (``mriscan.plots.overlay_rgb``), stored as 8-bit RGB, uncompressed
+        (Explicit VR Little Endian).
+    path : path-like
+        The file written (folders created).
+    series : SCSeries
+        The new series the image belongs to.
+    instance_number : int >= 1
+    frame : int
+        The source frame (0-based) the slice is, referenced as Referenced Frame Number
+        frame + 1 in a multi-frame source.
+    derivation : str
+        Derivation Description (0008,2111), e.g. the model and class explained (at most 1024
+        characters, the ST limit).
+
+    Returns
+    -------
+    Path
+        ``path``. The object has the Secondary Capture Image Storage SOP Class
+        (1.2.840.10008.5.1.4.1.1.7), Modality OT, the source's Patient and Study modules
+        (``highdicom.sc.SCImage.from_ref_dataset``), Patient Orientation from
+        ``patient_orientation``, and a Source Image Sequence naming the source SOP instance
+        (and frame).
+
+    Raises
+    ------
+    SecondaryCaptureError
+        If ``source`` cannot be read as DICOM, has no Study Instance UID, or states no
+        orientation; if ``rgb`` is not (H, W, 3) uint8.
+    """
+    import highdicom
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise SecondaryCaptureError(
+            f"the overlay must be an (H, W, 3) uint8 array; got {rgb.shape} {rgb.dtype}"
+        )
+    try:
+        ref = pydicom.dcmread(source, stop_before_pixels=True)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise SecondaryCaptureError(f"cannot read the source's DICOM header ({exc})") from exc
+    if not ref.get("StudyInstanceUID") or not ref.get("SOPInstanceUID"):
+        raise SecondaryCaptureError(
+            "the source has no Study or SOP Instance UID: there is no study to file the "
+            "Secondary Capture into"
+        )
+    sc = highdicom.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=np.ascontiguousarray(rgb),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series.series_instance_uid,
+        series_number=series.series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        patient_orientation=patient_orientation(ref, frame),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    sc.SeriesDescription = series.description[:64]
+    sc.BurnedInAnnotation = "NO"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    if derivation:
+        sc.DerivationDescription = derivation[:1024]
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = ref.SOPClassUID
+    item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    if int(ref.get("NumberOfFrames", 1) or 1) > 1:
+        item.ReferencedFrameNumber = frame + 1
+    sc.SourceImageSequence = [item]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sc.save_as(path, enforce_file_format=True)
+    return path

@@ -1,0 +1,82 @@
+"""The settings of an ingest run (``IngestConfig``), apart from ``mriscan.ingest`` so that the
+command line can offer them as options without importing the store (zarr) and the ingest
+machinery at start-up; ``mriscan.ingest`` exports it under its usual name. Keras-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mriscan.errors import ConfigError
+from mriscan.io import DEFAULT_MAX_PIXELS
+from mriscan.preprocess import PreprocessConfig
+
+__all__ = ["IngestConfig"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Options of one ingest run.
+
+    Parameters
+    ----------
+    preprocess : PreprocessConfig
+        How slices are cropped and resized (``preprocess.size`` is the stored side S).
+    workers : int, optional
+        Decoding threads (default: CPU cores).
+    batch_size : int
+        Slices preprocessed and appended per batch.
+    strict : bool
+        Fail (commit nothing) on any bad or unused file, label conflict, image of another
+        modality, or warning (uniform or thin slice, near-identical slices under two classes)
+        instead of skipping or flagging it; the error names every one of them.
+    max_pixels : int
+        Decompression-bomb cap per image.
+    merge : bool
+        Allow adding a raw folder other than the one(s) the store was built from (otherwise
+        refused, so that two datasets are never mixed by accident).
+    n_classes : int, optional
+        Refuse (before anything is written) data with another number of classes; ``train`` and
+        ``cv`` ask for 2.
+    dicom : mriscan.dicom.DicomConfig, optional
+    nifti : mriscan.nifti.NiftiConfig, optional
+        How DICOM files and NIfTI volumes become slices (their defaults when None).
+    compress : bool, optional
+        How a store this run creates keeps its slices: True, Blosc-LZ4 compressed shards (~79%
+        of the raw bytes for real 128² slices, random batch reads about half as fast); False,
+        raw (100%). None (default): raw for a new store; an existing store keeps its codec
+        either way, and True/False for a store of the other kind is refused
+        (``ImageStore.create(compress=...)``, ``bench/RESULTS.md``).
+    """
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    workers: int | None = None
+    batch_size: int = 32
+    strict: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    merge: bool = False
+    n_classes: int | None = None
+    dicom: object | None = None
+    nifti: object | None = None
+    compress: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Store the slices of a new store Blosc-LZ4 compressed: ~79% of the raw "
+            "bytes on disk, random batch reads about half as fast (--no-compress: raw, 100%). "
+            "[default: raw for a new store; an existing one keeps its codec]"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1. Received: workers={self.workers}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1. Received: batch_size={self.batch_size}.")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1. Received: max_pixels={self.max_pixels}.")
+
+    @property
+    def n_workers(self) -> int:
+        """Resolved number of decoding threads."""
+        return self.workers or os.cpu_count() or 1
