@@ -158,11 +158,67 @@ def resize_into(src, y0, y1, x0, x1, out, oy, ox, oh, ow):
 
 
 @numba.njit(cache=True, nogil=True)
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian of standard deviation ``sigma`` (> 0) pixels, truncated at
+    4σ as ``scipy.ndimage.gaussian_filter`` does (radius ``int(4σ + 0.5)``)."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.empty(2 * radius + 1, np.float32)
+    total = 0.0
+    for i in range(-radius, radius + 1):
+        v = math.exp(-0.5 * (i / sigma) ** 2)
+        taps[i + radius] = v
+        total += v
+    for i in range(taps.size):
+        taps[i] = taps[i] / total
+    return taps
+
+
+@numba.njit(cache=True, nogil=True)
+def _reflect(i: int, n: int) -> int:
+    """Index ``i`` folded into [0, n) as scipy's mode "reflect" (d c b a | a b c d | d c b a)."""
+    while i < 0 or i >= n:
+        i = -i - 1 if i < 0 else 2 * n - i - 1
+    return i
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def gaussian_blur(img, sigma):
+    """Separable Gaussian low-pass of the 2-D uint8 ``img`` in place (rows, then columns, in
+    float32; rounded and clipped back), edges mirrored; equals
+    ``scipy.ndimage.gaussian_filter(img.astype(float32), sigma, mode="reflect")`` rounded, up to
+    one grey level where float rounding differs (tests/test_preprocess.py)."""
+    h, w = img.shape
+    taps = gaussian_taps(sigma)
+    r = (taps.size - 1) // 2
+    tmp = np.empty((h, w), np.float32)
+    line = np.empty(max(h, w) + 2 * r, np.float32)
+    for y in range(h):
+        for x in range(-r, w + r):
+            line[x + r] = img[y, _reflect(x, w)]
+        for x in range(w):
+            acc = np.float32(0.0)
+            for t in range(taps.size):
+                acc += taps[t] * line[x + t]
+            tmp[y, x] = acc
+    acc = np.empty(w, np.float32)
+    for y in range(h):  # columns as whole rows: the inner loop runs along memory
+        acc[:] = 0.0
+        for t in range(taps.size):
+            src = tmp[_reflect(y + t - r, h)]
+            k = taps[t]
+            for x in range(w):
+                acc[x] += k * src[x]
+        for x in range(w):
+            img[y, x] = min(255, max(0, math.floor(acc[x] + 0.5)))
+
+
+@numba.njit(cache=True, nogil=True)
 def crop_resize_one(
-    img, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift
+    img, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift, smooth
 ):
-    """Crop ``img`` to its foreground (optional), resize it into the square ``out`` and align
-    its midline (``align``: ``ALIGN_NONE``, ``ALIGN_SEARCH`` or ``ALIGN_FAST``)."""
+    """Crop ``img`` to its foreground (optional), resize it into the square ``out``, align
+    its midline (``align``: ``ALIGN_NONE``, ``ALIGN_SEARCH`` or ``ALIGN_FAST``) and low-pass it
+    (``smooth``: Gaussian σ in pixels, 0 = off)."""
     size = out.shape[0]
     h, w = img.shape
     if crop:
@@ -186,12 +242,14 @@ def crop_resize_one(
         align_midline(out, max_angle, max_shift)
     elif align == ALIGN_FAST:
         align_midline_fast(out, max_angle, max_shift)
+    if smooth > 0.0:
+        gaussian_blur(out, smooth)
 
 
 @numba.njit(cache=True, parallel=True)
 def crop_resize_batch(
     flat, offsets, shapes, out, crop, rel_threshold, min_frac, margin, pad, align, max_angle,
-    max_shift,
+    max_shift, smooth,
 ):  # fmt: skip
     """Apply ``crop_resize_one`` to each image, in parallel over images.
 
@@ -206,8 +264,9 @@ def crop_resize_batch(
         w = shapes[i, 1]
         img = flat[offsets[i] : offsets[i] + h * w].reshape((h, w))
         crop_resize_one(
-            img, out[i], crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift
-        )
+            img, out[i], crop, rel_threshold, min_frac, margin, pad, align, max_angle, max_shift,
+            smooth,
+        )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from mriscan import _kernels
 from mriscan.errors import ConfigError
 from mriscan.io import decode_image
 from mriscan.preprocess import (
@@ -244,6 +245,31 @@ def test_configs_saved_before_alignment_read_as_unaligned():
     del old["align"], old["align_method"]
     assert PreprocessConfig.from_dict(old).align is False
     assert PreprocessConfig.from_dict(PreprocessConfig().to_dict()).align is True
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma"),
+    [
+        ((128, 128), 1.0),
+        ((96, 96), 1.5),
+        ((7, 5), 2.0),
+        ((1, 1), 1.0),
+        ((40, 3), 3.0),
+        ((9, 64), 0.3),
+    ],
+)
+def test_smoothing_kernel_equals_scipy(shape, sigma):
+    """The Numba low-pass is SciPy's gaussian_filter (mode "reflect", truncate 4) rounded to
+    uint8, also where the 4σ radius is wider than the image (mirrored more than once)."""
+    from scipy import ndimage
+
+    img = (np.random.default_rng(3).random(shape) * 255).astype(np.uint8)
+    ref = ndimage.gaussian_filter(img.astype(np.float32), sigma, mode="reflect")
+    ref = np.clip(np.rint(ref), 0, 255).astype(np.uint8)
+    out = img.copy()
+    _kernels.gaussian_blur(out, sigma)
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    assert np.mean(out == ref) >= 0.99
 
 
 def test_smooth_low_passes_the_slice_and_keeps_the_rest():
