@@ -997,7 +997,7 @@ def predict(
             n = r["slices"]
             note = f"; {r['warning']}" if r.get("warning") else ""
             click.echo(
-                f"  {r['path']}: {shown}{r['label']} ({n} slice{'s' if n != 1 else ''}{note})"
+                f"  {r['path']}: {shown}{r['label']} ({n} slice{'s' if n != 1 else ''}){note}"
             )
     for r in rows:
         if r["error"]:
