@@ -994,12 +994,22 @@ def predict(
         for r in units:
             p = r.get("probability", r.get("tumor_probability"))
             shown = f"P = {_num(p)}, " if p is not None else ""
-            click.echo(f"  {r['path']}: {shown}{r['label']} ({r['slices']} slices)")
+            n = r["slices"]
+            note = f"; {r['warning']}" if r.get("warning") else ""
+            click.echo(
+                f"  {r['path']}: {shown}{r['label']} ({n} slice{'s' if n != 1 else ''}){note}"
+            )
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
         elif r.get("warning"):
             click.echo(f"  {r['path']}: predicted, but {r['warning']}", err=True)
+    if not show_paths and any(r["error"] and r.get("level") == "file" for r in rows):
+        click.echo(
+            "  (DICOM/NIfTI files that gave no slice are named by pseudonym, as their slices "
+            "are: run again with --show-paths to see which files they are)",
+            err=True,
+        )
     if rows and bad == len(rows) and not units:
         raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 
@@ -1017,6 +1027,32 @@ def export_onnx(model_path: Path) -> None:
     from mriscan.onnx_engine import export_onnx as run_export
 
     click.echo(f"Written {display_path(run_export(model_path))}")
+
+
+def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
+    """explain's --slices as a list (each slice once, in the order given), or None; bad values
+    of --slices / --top-k, or both given, are usage errors naming the flags."""
+    ctx = click.get_current_context()
+    if top_k < 1:
+        raise click.BadParameter(f"must be >= 1; got {top_k}.", param_hint="'--top-k'")
+    if slice_list is None:
+        return None
+    if ctx.get_parameter_source("top_k") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            "--slices and --top-k exclude each other: --slices picks the slices to explain, "
+            "--top-k has the most likely ones picked; give one of them."
+        )
+    try:
+        chosen = [int(k) for k in slice_list.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected integers like 0,4,7; got {slice_list!r}.", param_hint="'--slices'"
+        ) from None
+    if any(k < 0 for k in chosen):
+        raise click.BadParameter(
+            f"slices are numbered from 0; got {slice_list!r}.", param_hint="'--slices'"
+        )
+    return list(dict.fromkeys(chosen))
 
 
 @main.command()
@@ -1104,10 +1140,7 @@ def explain(
     if boxes is not None:
         _pointing_game(model_path, images, boxes, out, method)
         return
-    try:
-        chosen = None if slice_list is None else [int(k) for k in slice_list.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected integers like 0,4,7; got {slice_list!r}") from None
+    chosen = _slice_choice(slice_list, top_k)
     files, problems = collect_inputs(images)
     for p, why in problems:
         click.echo(f"  {display_path(p)}: {why}", err=True)

@@ -27,6 +27,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,7 @@ __all__ = [
     "DicomSeries",
     "DicomSlice",
     "DicomSliceMeta",
+    "codec_advice",
     "codec_packages",
     "group_series",
     "is_placeholder_patient_id",
@@ -71,35 +73,60 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# What to `pip install` for each compressed transfer syntax (pydicom 3 plugin table,
-# pydicom.github.io/pydicom/stable/guides/plugin_table.html); python-gdcm decodes all of them.
+# What to `pip install` for each compressed transfer syntax, as pydicom 3's decoder plugins
+# declare it (``DECODER_DEPENDENCIES`` of ``pydicom.pixels.decoders.{pylibjpeg,gdcm,pyjpegls}``;
+# pydicom.github.io/pydicom/stable/guides/plugin_table.html): the alternatives, the one
+# mriscan installs first. GDCM's plugin covers the JPEG, JPEG-LS and JPEG 2000 syntaxes only
+# (not HTJ2K); RLE Lossless has pydicom's own decoder; MPEG-2/MPEG-4/HEVC video and any other
+# syntax have no decoder in pydicom at all, so no package helps (``codec_packages`` gives ()).
 _LIBJPEG = ("pylibjpeg", "pylibjpeg-libjpeg")
 _OPENJPEG = ("pylibjpeg", "pylibjpeg-openjpeg")
-_CODEC_PACKAGES: dict[str, tuple[str, ...]] = {
-    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Pillow also decodes it)
-    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended 12-bit
-    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
-    "1.2.840.10008.1.2.4.201": _OPENJPEG,  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202": _OPENJPEG,  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203": _OPENJPEG,  # HTJ2K
-    "1.2.840.10008.1.2.5": ("pylibjpeg", "pylibjpeg-rle"),  # RLE (pydicom also has NumPy)
+_GDCM = ("python-gdcm",)
+_CODEC_PACKAGES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "1.2.840.10008.1.2.4.50": (_LIBJPEG, _GDCM),  # JPEG Baseline (Pillow also decodes it)
+    "1.2.840.10008.1.2.4.51": (_LIBJPEG, _GDCM),  # JPEG Extended 12-bit
+    "1.2.840.10008.1.2.4.57": (_LIBJPEG, _GDCM),  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": (_LIBJPEG, _GDCM),  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": (_LIBJPEG, ("pyjpegls",), _GDCM),  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": (_LIBJPEG, ("pyjpegls",), _GDCM),  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": (_OPENJPEG, _GDCM),  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": (_OPENJPEG, _GDCM),  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": (_OPENJPEG,),  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": (_OPENJPEG,),  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": (_OPENJPEG,),  # HTJ2K
+    "1.2.840.10008.1.2.5": (("pylibjpeg", "pylibjpeg-rle"),),  # RLE (pydicom also has NumPy)
+    "1.2.840.10008.1.2.8.1": (("pydicom>=3.1",),),  # Deflated Image Frame Compression
 }
-_PLANES = ("sagittal", "coronal", "axial")  # the patient axis (x, y, z) the slice normal follows
-_GREY = ("MONOCHROME1", "MONOCHROME2")
-_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 
 
 def codec_packages(transfer_syntax: str) -> tuple[str, ...]:
-    """The PyPI packages that let pydicom decode ``transfer_syntax`` (a UID string).
+    """The PyPI packages that let pydicom decode ``transfer_syntax`` (a UID string), the first
+    of the alternatives in pydicom's plugin table; ``()`` when no package can (MPEG-2, MPEG-4,
+    HEVC video and every syntax pydicom has no decoder for)."""
+    alternatives = _CODEC_PACKAGES.get(str(transfer_syntax), ())
+    return alternatives[0] if alternatives else ()
 
-    ``("python-gdcm",)`` for syntaxes outside the table (GDCM covers the most).
-    """
-    return _CODEC_PACKAGES.get(str(transfer_syntax), ("python-gdcm",))
+
+def codec_advice(transfer_syntax: str) -> str:
+    """What to do when ``transfer_syntax`` cannot be decoded: every alternative to install
+    (e.g. "install pylibjpeg and pylibjpeg-openjpeg (`pip install pylibjpeg
+    pylibjpeg-openjpeg`) or python-gdcm (`pip install python-gdcm`)"), or, for a syntax no
+    package decodes, that none exists and the series must be exported in another syntax."""
+    alternatives = _CODEC_PACKAGES.get(str(transfer_syntax), ())
+    if not alternatives:
+        return (
+            "no package adds one (pydicom has no decoder plugin for MPEG/HEVC video or other "
+            "syntaxes outside its plugin table): export the series again uncompressed or in "
+            "a JPEG / JPEG 2000 syntax"
+        )
+    return "install " + " or ".join(
+        f"{' and '.join(a)} (`pip install {' '.join(a)}`)" for a in alternatives
+    )
+
+
+_PLANES = ("sagittal", "coronal", "axial")  # the patient axis (x, y, z) the slice normal follows
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 
 
 @dataclass(frozen=True)
@@ -605,11 +632,10 @@ def _check_decoder(path: Path, ts: UID) -> None:
         decoder = None
     if decoder is not None and decoder.is_available:
         return
+    what = "no installed decoder reads them" if packages else "pydicom has no decoder for them"
     raise MissingCodecError(
         path,
-        f"pixel data are compressed as {ts.name} ({ts}) and no installed decoder reads them; "
-        f"install {' and '.join(packages)} (`pip install {' '.join(packages)}`) "
-        "or python-gdcm",
+        f"pixel data are compressed as {ts.name} ({ts}) and {what}; " + codec_advice(ts),
         packages,
     )
 
@@ -662,7 +688,36 @@ def _native_pixels(
     return arr
 
 
+_decoding = threading.local()  # .active: this thread is inside ``_pixels``
+
+
+class _QuietWhileDecoding(logging.Filter):
+    """Drops the records of pydicom's decoder logger on threads inside ``_pixels``.
+
+    pydicom logs every plugin's failure as ERROR with its full traceback
+    (``LOGGER.exception`` in ``pydicom.pixels.decoders.base.Decoder._decode_frame``) and then
+    raises a ``RuntimeError`` listing the same failures; ``_pixels`` turns that into one line
+    naming the file and the codec, so the log would only repeat it at length. Other threads,
+    and pydicom used outside mriscan's reads, log as before.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_decoding, "active", False)
+
+
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_QuietWhileDecoding())
+
+
 def _pixels(ds: pydicom.Dataset, path: Path, ts: UID) -> np.ndarray:
+    """``_decode``, with pydicom's per-plugin error log silenced (``_QuietWhileDecoding``)."""
+    _decoding.active = True
+    try:
+        return _decode(ds, path, ts)
+    finally:
+        _decoding.active = False
+
+
+def _decode(ds: pydicom.Dataset, path: Path, ts: UID) -> np.ndarray:
     """All frames of ``ds`` as pydicom decodes them, through the transfer syntax's decoder
     (``pydicom.pixels.get_decoder(ts).as_array(ds)``): what ``Dataset.pixel_array`` returns, without
     its bookkeeping for repeated access (``get_image_pixel_ids`` twice and a cached copy on the
@@ -689,8 +744,7 @@ def _pixels(ds: pydicom.Dataset, path: Path, ts: UID) -> np.ndarray:
             ) from exc
         raise MissingCodecError(
             path,
-            f"pixel data ({ts.name}) could not be decoded: {_one_line(exc)}; install "
-            f"{' and '.join(codec_packages(ts))}",
+            f"pixel data ({ts.name}) could not be decoded: {_one_line(exc)}; " + codec_advice(ts),
             codec_packages(ts),
         ) from exc
     return arr

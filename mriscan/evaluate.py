@@ -48,8 +48,14 @@ SPLITS = ("test", "val", "train", "all")
 _NEEDS = {"roc_auc": (0, 1), "sensitivity": (1,), "specificity": (0,)}
 
 
-def undefined_metrics(result: dict[str, Any], y: np.ndarray) -> dict[str, str]:
+def undefined_metrics(
+    result: dict[str, Any], y: np.ndarray, removed: dict[str, int] | None = None
+) -> dict[str, str]:
     """Set the metrics that are undefined on these labels to NaN; return why, by metric name.
+
+    ``removed``: per class name, the readable slices taken out before scoring as
+    near-duplicates of training slices; a class with none left but some removed is said to
+    have been emptied so, not to have no readable slice.
 
     ROC AUC needs slices of both classes, sensitivity of the positive class
     (``class_names[1]``), specificity of the negative one, a class's recall and F1 a slice of
@@ -59,19 +65,31 @@ def undefined_metrics(result: dict[str, Any], y: np.ndarray) -> dict[str, str]:
     """
     names = result["class_names"]
     counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
+    removed = removed or {}
+
+    def none_of(absent: list[str]) -> str:
+        gone = [f"{removed[n]} of class {n!r}" for n in absent if removed.get(n)]
+        if not gone:
+            return f"no readable slice of class {' or '.join(map(repr, absent))}"
+        return (
+            f"no slice of class {' or '.join(map(repr, absent))} left: the readable ones "
+            f"({', '.join(gone)}) were removed as near-duplicates of training slices "
+            "(--keep-duplicates scores them)"
+        )
+
     why: dict[str, str] = {}
     for key, needs in _NEEDS.items():
         absent = [names[k] for k in needs if counts[k] == 0]
         if absent and key in result:
             result[key] = float("nan")
-            why[key] = f"no readable slice of class {' or '.join(map(repr, absent))}"
+            why[key] = none_of(absent)
     for key, value in result.items():
         if key not in why and isinstance(value, float) and not math.isfinite(value):
             why[key] = "undefined on these data"
     for name, pc in result.get("per_class", {}).items():
         if pc.get("support") == 0:  # recall (and so F1) of an absent class: 0/0
             pc["recall"] = pc["f1"] = float("nan")
-            why[f"recall of {name!r}"] = f"no readable slice of class {name!r}"
+            why[f"recall of {name!r}"] = none_of([name])
     return why
 
 
@@ -200,6 +218,8 @@ def evaluate(
                 (store.index.records[i].source, store.class_names[store.labels[i]])
                 for i in idx[removed]
             ]
+            gone = np.bincount(y[removed], minlength=len(card.class_names))
+            removed_of = {n: int(c) for n, c in zip(card.class_names, gone, strict=True)}
             idx, y = idx[~removed], y[~removed]
             if not idx.size:
                 raise MriscanError(
@@ -213,7 +233,7 @@ def evaluate(
             data_names = store.class_names
     result = _score(cmp, card, y, prob, groups, data_labels, data_names, n_boot)
     undefined = (
-        undefined_metrics(result, y)
+        undefined_metrics(result, y, removed_of)
         if len(result["class_names"]) == 2
         else {
             k: "undefined on these data (a class has no slice)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,9 +286,22 @@ def save_overlay(
         ax.axis("off")
     scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
     fig.colorbar(scale, ax=b, fraction=0.046, pad=0.04)
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width: a long path must not run off both edges
+        fig.suptitle(_wrap_title(title, fig.get_figwidth(), TITLE_SIZE), fontsize=TITLE_SIZE)
     return save_figure(fig, path)
+
+
+#: font size (points) of an overlay's title
+TITLE_SIZE = 10.0
+
+
+def _wrap_title(title: str, width_in: float, fontsize: float) -> str:
+    """``title`` in lines that fit ``width_in`` inches at ``fontsize`` points: at most
+    ``width_in * 72 / (0.62 * fontsize)`` characters per line (0.62 em: wider than the mean
+    character of DejaVu Sans, matplotlib's default font, so a line of capitals and digits
+    fits too), broken at spaces, and inside a word (a path) that is longer."""
+    chars = max(20, int(width_in * 72 / (0.62 * fontsize)))
+    return "\n".join(textwrap.wrap(title, chars, break_long_words=True, break_on_hyphens=False))
 
 
 def heatmap_names(paths: Sequence[str | os.PathLike[str]], method: str = DEFAULT_CAM) -> list[str]:
@@ -372,8 +386,10 @@ def explain(
     (``series-<hash>_slice<k>``, ``volume-<hash>_slice<index>``; the hash is salted afresh
     each run), never by the file or folder name; ``show_paths`` names them by path instead,
     as ``mriscan predict --show-paths`` does: the row by ``<file>#<frame or slice>``, the PNG
-    by the series folder or volume file (as ``heatmap_names`` names files) and
-    ``_slice<k>``.
+    by the series folder or volume file (as ``heatmap_names`` names files), then, when one
+    folder holds several series, ``_series<N>`` (their Series Numbers; see
+    ``mriscan.scan_predict.series_labels``: the row of the series reads ``<folder> [series
+    <N>]``), and ``_slice<k>``. ``slices`` given twice are explained once.
 
     ``dicom_out``: a folder where each explained slice read from DICOM also gets its overlay
     (``mriscan.plots.overlay_rgb`` of the S×S model input, the PNG's right panel) as a DICOM
@@ -394,7 +410,13 @@ def explain(
     from mriscan.io import SourceFile, decode_image, file_kind
     from mriscan.model import load_model
     from mriscan.preprocess import normalize, preprocess
-    from mriscan.scan_predict import predict_arrays, read_inputs
+    from mriscan.scan_predict import (
+        label_stem,
+        predict_arrays,
+        read_inputs,
+        series_labels,
+        unit_places,
+    )
 
     if not images:
         raise MriscanError(
@@ -402,8 +424,12 @@ def explain(
             "holding them (hidden files and folders below a folder are skipped)."
         )
     _check_method(method)
-    if top_k < 1 or (slices is not None and any(k < 0 for k in slices)):
-        raise ConfigError(f"top_k must be >= 1 and slices >= 0. Received: {top_k}, {slices}.")
+    if top_k < 1:
+        raise ConfigError(f"top_k (--top-k) must be >= 1. Received: {top_k}.")
+    if slices is not None:
+        if any(k < 0 for k in slices):
+            raise ConfigError(f"slices (--slices) must be >= 0. Received: {list(slices)}.")
+        slices = list(dict.fromkeys(slices))  # the same slice twice: one PNG, one row
     model, card = load_model(model_path)
     if explain_class is not None and explain_class not in card.class_names:
         raise ConfigError(
@@ -470,12 +496,18 @@ def explain(
     where = {u: m[0][0].path.parent if m[0][0].kind == "dicom" else m[0][0].path
              for u, m in units.items()}  # fmt: skip
     stems = [n[: -len(f"_{method}.png")] for n in heatmap_names(list(where.values()), method)]
-    path_stems = dict(zip(where, stems, strict=True))
+    # several series in one folder: "series <N>" tells them (and their files) apart
+    labels = series_labels(unit_places([rs for m in units.values() for rs in m]))
+    path_stems = {
+        u: stem + (f"_{label_stem(labels[u])}" if labels[u] else "")
+        for u, stem in zip(where, stems, strict=True)
+    }
     sc_series: dict[str, Any] = {}
     for unit, members in units.items():
         members.sort(key=lambda rs: rs[1].order)
         numbers = _slice_numbers(unit, [s for _, s in members])
-        unit_name = display_path(where[unit]) if show_paths else unit
+        shown = display_path(where[unit]) + (f" [{labels[unit]}]" if labels[unit] else "")
+        unit_name = shown if show_paths else unit
         if slices is not None:
             place = {n: k for k, n in enumerate(numbers)}
             chosen = [place[n] for n in slices if n in place]

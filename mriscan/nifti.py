@@ -236,8 +236,9 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
         if n_volumes > 1 and cfg.four_d == "refuse":
             raise UnsupportedFormatError(
                 path,
-                f"4-D volume with {n_volumes} volumes (shape {shape}); split it or use "
-                "four_d='first'",
+                f"4-D volume with {n_volumes} volumes (shape {shape}); split it, or read its "
+                "first volume: `--nifti-4d first` on the command line (NiftiConfig("
+                "four_d='first') in Python)",
             )
         if n_volumes > 1:
             logger.warning(

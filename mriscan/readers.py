@@ -77,6 +77,9 @@ class InputSlice:
         Position in its unit (slice position in mm, instance number or slice index).
     window, plane : str
         ``SampleRecord.window`` / ``SampleRecord.plane``.
+    series_number : int or None
+        A DICOM slice's Series Number (0020,0011), to tell series apart for a person (None when
+        absent, and for other kinds).
     """
 
     image: np.ndarray = field(repr=False)
@@ -86,6 +89,7 @@ class InputSlice:
     order: float = 0.0
     window: str = ""
     plane: str = ""
+    series_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,7 @@ def _read_input(
                     order=float(order),
                     window=m.window_source,
                     plane=m.plane,
+                    series_number=m.series_number,
                 )
             )
         placeholder = next((s.meta.patient_placeholder for s in r.slices), "")

@@ -5,14 +5,17 @@
 Scanner slices are named by pseudonyms (``dicom/<series>/<instance>#<frame>``,
 ``nifti/<volume>#<slice>``) hashed with a salt made fresh for each run, so an output file holds
 no file or folder name of a scan (often the patient's name) unless ``show_paths`` asks for them.
-Files that fail still get an error row naming the file: the user must be able to fix it.
+Files that fail get an error row named the same way: by pseudonym (``dicom/<series>/file-<h>``,
+``nifti/file-<h>``), the path removed from the library's reason too, or by path with
+``show_paths`` (run again with it to find the file to fix).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +25,26 @@ from mriscan.errors import ConfigError
 from mriscan.inference import predict_batch, prediction_row
 from mriscan.io import SourceFile
 from mriscan.preprocess import normalize, preprocess_batch
-from mriscan.readers import InputRead, ReadOptions, check_series_sizes, read_input
-from mriscan.scan import new_salt
+from mriscan.readers import (
+    MIN_SIDE,
+    InputRead,
+    ReadOptions,
+    check_series_sizes,
+    describe_flags,
+    read_input,
+    slice_warnings,
+)
+from mriscan.scan import new_salt, salted_hash
 
-__all__ = ["SCAN_COLUMNS", "predict_arrays", "predict_inputs", "read_inputs"]
+__all__ = [
+    "SCAN_COLUMNS",
+    "label_stem",
+    "predict_arrays",
+    "predict_inputs",
+    "read_inputs",
+    "series_labels",
+    "unit_places",
+]
 
 # the columns scanner rows add to ``mriscan.inference.columns_for``
 SCAN_COLUMNS = ("level", "unit", "slices", "aggregate")
@@ -80,14 +99,20 @@ def predict_inputs(
     top_k: int = TOP_K,
     read_options: ReadOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order)
-    and one per series / volume (``mriscan.aggregate.aggregate_rows``; its ``warning`` says
-    "<m> of <n> instances unreadable" when files of the series failed, e.g. a truncated
-    instance); a failed file gives one row with the reason in ``error``; a DICOM file without
-    an image, or an image of a modality not read (``DicomConfig.modalities``: MR only by
-    default), one row with ``error`` starting "skipped:".
+    """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order;
+    ``warning`` as for JPEG/PNG rows: ``mriscan.readers.slice_warnings``, the rule ingest
+    uses, e.g. "uniform image (all black): ...") and one per series / volume
+    (``mriscan.aggregate.aggregate_rows``; its ``warning`` says "<m> of <n> instances
+    unreadable" when files of the series failed, e.g. a truncated instance, and "<u> of <n>
+    slices uniform ..." / "... thin ..." when slices were flagged); a failed file gives one row
+    (``level`` "file") with the reason in ``error``; a DICOM file without an image, or an image
+    of a modality not read (``DicomConfig.modalities``: MR only by default), one row with
+    ``error`` starting "skipped:".
 
-    Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``), those
+    Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``; a failed
+    file's row likewise: see the module doc; a series / volume row: the unit's pseudonym, or
+    with ``show_paths`` its folder or file, followed by `` [series <N>]`` when its folder holds
+    several series, see ``series_labels``), those
     of ``mriscan.inference.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
     two-class model (None for more classes). ``read_options``: how DICOM and NIfTI are read
     (``mriscan.readers.ReadOptions``; default: the readers' defaults).
@@ -102,23 +127,37 @@ def predict_inputs(
     for r in reads:
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             err = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
-            rows.append(_scan_row(card, str(r.path), None, threshold, err, "file", ""))
-            if r.error is not None and r.kind == "dicom":
+            series = None
+            if r.kind == "dicom":
                 from mriscan.dicom import series_id
 
-                if (series := series_id(r.path, salt)) is not None:
-                    unit = f"series:{series}"
-                    unreadable[unit] = unreadable.get(unit, 0) + 1
+                series = series_id(r.path, salt)
+            if r.error is not None and series is not None:
+                unit = f"series:{series}"
+                unreadable[unit] = unreadable.get(unit, 0) + 1
+            name = str(r.path) if show_paths else _file_pseudonym(r, series, salt)
+            err = _without_path(err, r.path)
+            rows.append(_scan_row(card, name, None, threshold, err, "file", ""))
             continue
         for s in r.slices:
             slices.append((r, s))
     slices.sort(key=lambda rs: (rs[1].unit, rs[1].order))
     probs = predict_arrays(model, card, [s.image for _, s in slices], batch_size=batch_size)
+    labels = series_labels(unit_places(slices)) if show_paths else {}
+    flagged: dict[str, dict[str, int]] = {}  # unit -> flag -> its slices flagged so
     for (r, s), p in zip(slices, probs, strict=True):
         where = f"{r.path}#{s.source.rsplit('#', 1)[-1]}" if show_paths else s.source
         row = _scan_row(card, where, p, threshold, "", "slice", s.unit)
+        flags = slice_warnings(s.image)  # the rule of ingest and of predict's JPEG/PNG rows
+        if flags:
+            row["warning"] = describe_flags(flags, s.image)
+            for f in flags:
+                flagged.setdefault(s.unit, {}).setdefault(f, 0)
+                flagged[s.unit][f] += 1
         if show_paths:
-            row["unit_path"] = str(r.path.parent if r.kind == "dicom" else r.path)
+            place = str(r.path.parent if r.kind == "dicom" else r.path)
+            label = labels.get(s.unit, "")
+            row["unit_path"] = f"{place} [{label}]" if label else place
         rows.append(row)
     agg = aggregate_rows(rows, card=card, threshold=threshold, k=top_k)
     for row in rows:
@@ -127,13 +166,99 @@ def predict_inputs(
     for r, s in slices:
         files_of.setdefault(s.unit, set()).add(r.path)
     for row in agg:
+        notes = []
         if missing := unreadable.get(row["unit"], 0):
             total = missing + len(files_of.get(row["unit"], ()))
-            row["warning"] = (
+            notes.append(
                 f"{missing} of {total} instances unreadable (see their rows): scored from the "
                 "others only"
             )
+        for flag, count in flagged.get(row["unit"], {}).items():
+            what = _FLAG_TEXT[flag]
+            notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
+        row["warning"] = "; ".join(notes)
     return rows + agg
+
+
+#: how a series / volume row names its slices flagged by ``mriscan.readers.slice_warnings``
+_FLAG_TEXT = {
+    "uniform": "uniform (every pixel equal: no anatomy)",
+    "thin": f"thin (a side under {MIN_SIDE} pixels)",
+}
+
+
+def _file_pseudonym(r: InputRead, series: str | None, salt: bytes) -> str:
+    """The name of a file that gave no slice, without its path: ``dicom/<series>/file-<h>``
+    (the series' own pseudonym when its header names one, else ``unknown``) or
+    ``<kind>/file-<h>``, ``h`` a salted hash of the file's absolute path (this run's salt)."""
+    h = salted_hash(salt, "file", os.path.abspath(r.path))
+    if r.kind == "dicom":
+        return f"dicom/{series or 'unknown'}/file-{h}"
+    return f"{r.kind}/file-{h}"
+
+
+def _without_path(reason: str, path: Path) -> str:
+    """``reason`` with the file's path (as given, absolute or resolved; some libraries, e.g.
+    nibabel, put it in their messages) replaced by "the file"."""
+    forms = {str(path), os.path.abspath(path), str(path.resolve())}
+    for form in sorted(forms, key=len, reverse=True):
+        reason = reason.replace(f"'{form}'", "the file").replace(form, "the file")
+    return reason
+
+
+def unit_places(
+    slices: Sequence[tuple[InputRead, Any]],
+) -> dict[str, tuple[Path, int | None, Path]]:
+    """Per unit of ``(read, slice)`` pairs: the place a person knows it by (a DICOM series'
+    folder, a NIfTI volume's file), its Series Number (DICOM; else None) and its first file
+    (in path order), as ``series_labels`` takes them."""
+    out: dict[str, tuple[Path, int | None, Path]] = {}
+    for r, s in slices:
+        place = r.path.parent if r.kind == "dicom" else r.path
+        old = out.get(s.unit)
+        first = r.path if old is None or str(r.path) < str(old[2]) else old[2]
+        number = s.series_number if old is None else old[1]
+        out[s.unit] = (place, number, first)
+    return out
+
+
+def series_labels(units: Mapping[str, tuple[Path, int | None, Path]]) -> dict[str, str]:
+    """What tells apart units shown by the same place (several series in one folder).
+
+    ``units``: unit -> (place, Series Number or None, first file), as ``unit_places`` gives.
+    A unit alone at its place gets ""; one of several gets ``"series <N>"`` (its Series
+    Number) when no other there has that number, else ``"series <N> #<k>"`` (``"series
+    #<k>"`` without a number), ``k`` = 1, 2, ... in the order of the units' first files, so
+    the labels do not depend on the run's salt.
+    """
+    by_place: dict[Path, list[str]] = {}
+    for unit, (place, _, _) in units.items():
+        by_place.setdefault(place, []).append(unit)
+    out = dict.fromkeys(units, "")
+    for members in by_place.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda u: str(units[u][2]))
+        bases = {
+            u: "series" + (f" {units[u][1]}" if units[u][1] is not None else "") for u in members
+        }
+        shared = {
+            b for b in bases.values() if sum(v == b for v in bases.values()) > 1 or b == "series"
+        }
+        seen: dict[str, int] = {}
+        for u in members:
+            b = bases[u]
+            if b in shared:
+                seen[b] = seen.get(b, 0) + 1
+                out[u] = f"{b} #{seen[b]}"
+            else:
+                out[u] = b
+    return out
+
+
+def label_stem(label: str) -> str:
+    """A ``series_labels`` label as part of a file name: "series 3 #2" -> "series3-2"."""
+    return label.replace(" #", "-").replace(" ", "")
 
 
 def _scan_row(

@@ -383,3 +383,49 @@ def test_pixel_data_of_another_length_is_left_to_pydicom(tmp_path):
     with pytest.warns(UserWarning, match="excess padding"):
         r = read_dicom(padded, salt=SALT)
     assert r.slices[0].image.shape == (12, 10)
+
+
+def test_codec_advice_follows_pydicom_s_plugin_table(tmp_path):
+    """Each alternative named once, GDCM only where pydicom's GDCM plugin decodes the syntax;
+    MPEG-2 (no pydicom decoder at all) names no package and says what to do instead."""
+    from pydicom.encaps import encapsulate
+
+    from mriscan.dicom import codec_advice
+
+    jls = codec_advice("1.2.840.10008.1.2.4.80")
+    assert jls.count("python-gdcm") == 2 and "pyjpegls" in jls  # name + pip command
+    assert "gdcm" not in codec_advice("1.2.840.10008.1.2.4.201")  # HTJ2K: openjpeg only
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    assert codec_packages(mpeg2) == () and "install" not in codec_advice(mpeg2)
+    path = write_dicom_series(tmp_path, np.full((1, 16, 16), 0.5, np.float32))[0]
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = mpeg2
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x11" * 100])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(MissingCodecError, match="export the series again") as info:
+        read_dicom(path, salt=SALT)
+    assert info.value.packages == () and "MPEG2" in str(info.value)
+    assert "install" not in info.value.reason
+
+
+def test_a_decoder_failure_is_one_line_without_pydicom_s_traceback(tmp_path, caplog):
+    """pydicom logs each failing plugin as ERROR with a traceback; while mriscan decodes, its
+    one-line error is all that is shown (pydicom used directly still logs)."""
+    import logging
+
+    from mriscan.errors import CorruptImageError
+
+    ds = pydicom.dcmread(_shipped("MR_small_jpeg_ls_lossless.dcm"))
+    data = bytearray(ds.PixelData)
+    data[len(data) // 3 : len(data) // 3 + 200] = b"\xff" * 200
+    ds.PixelData = bytes(data)
+    path = tmp_path / "damaged.dcm"
+    ds.save_as(path)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(CorruptImageError, match="JPEG-LS"):
+            read_dicom(path, salt=SALT)
+        assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+        with pytest.raises(RuntimeError):
+            _ = pydicom.dcmread(path).pixel_array
+        assert [r for r in caplog.records if r.levelno == logging.ERROR]

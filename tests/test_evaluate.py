@@ -185,3 +185,19 @@ def test_a_split_with_retired_samples_is_refused(small_store):
             _recorded_indices(store, part, "test")
         assert _recorded_indices(store, {**part, "indices": [1], "pixel_sha256": part[
             "pixel_sha256"][1:]}, "test").tolist() == [1]  # fmt: skip
+
+
+def test_a_class_emptied_by_duplicate_removal_is_said_so():
+    """All 'yes' slices readable but removed as near-duplicates of training slices: the
+    undefined metrics say that, not "no readable slice"."""
+    from mriscan import metrics as mx
+    from mriscan.evaluate import undefined_metrics
+
+    y = np.zeros(4, np.int64)
+    result = mx.binary_metrics(y, np.full(4, 0.2), threshold=0.5)
+    why = undefined_metrics(result, y, {"no": 1, "yes": 3})
+    assert "removed as near-duplicates of training slices" in why["sensitivity"]
+    assert "3 of class 'yes'" in why["sensitivity"] and "readable slice" not in why["roc_auc"]
+    assert why["recall of 'yes'"] == why["sensitivity"]
+    plain = undefined_metrics(mx.binary_metrics(y, np.full(4, 0.2), threshold=0.5), y)
+    assert plain["sensitivity"] == "no readable slice of class 'yes'"

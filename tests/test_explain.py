@@ -471,3 +471,50 @@ def test_secondary_capture_of_a_multiframe_source_names_its_frame(tmp_path):
     with pytest.raises(SecondaryCaptureError, match="cannot read the source's DICOM header"):
         write_secondary_capture(tmp_path / "not.dcm", rgb, tmp_path / "z.dcm", series=series,
                                 instance_number=1)  # fmt: skip
+
+
+def test_explain_cli_names_its_flags_in_usage_errors(model_file, scans, tmp_path):
+    """Bad --slices / --top-k are click usage errors (exit 2) naming the flag; --slices with a
+    --top-k of its own is refused; a slice given twice is explained once."""
+    series = scans / "Doe_Jane_19700101" / "T1"
+    for args, flag in (
+        (["--slices", "-1"], "'--slices'"),
+        (["--slices", "0,x"], "'--slices'"),
+        (["--top-k", "0"], "'--top-k'"),
+        (["--slices", "1", "--top-k", "2"], "--top-k"),
+    ):
+        res = _cli(model_file, series, *args, "--out", tmp_path / "bad")
+        assert res.exit_code == 2 and flag in res.output, (args, res.output)
+        assert "top_k" not in res.output and not (tmp_path / "bad").exists()
+    res = _cli(model_file, series, "--slices", "0,0,2", "--out", tmp_path / "d")
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "d").iterdir())) == 2
+    from mriscan.explain import explain
+
+    assert len(explain(model_file, _files(series), out=tmp_path / "e", slices=[1, 1])) == 1
+    with pytest.raises(ConfigError, match=r"top_k \(--top-k\)"):
+        explain(model_file, _files(series), out=tmp_path / "e", top_k=0)
+
+
+def test_a_long_overlay_title_stays_inside_the_figure(tmp_path, monkeypatch):
+    """A title as long as a deep --show-paths path is wrapped, not cut at both edges."""
+    import mriscan.plots as plots
+
+    figures = []
+    real = plots.save_figure
+
+    def keep(fig, path):
+        fig.tight_layout()
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+        figures.append((box, fig.bbox, fig._suptitle.get_text()))
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    title = "/data/exports/" + "/".join(["SMITH_JANE_1970_MRN100001"] * 4) + "/IM0001.dcm#0"
+    title += " (slice 3): P(yes) = 0.49; predicted no"
+    img = np.zeros((32, 32), np.float32)
+    save_overlay(img, img, tmp_path / "t.png", title=title)
+    ((box, fig_box, text),) = figures
+    assert text.count("\n") >= 1 and "".join(text.split()) == "".join(title.split())
+    assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1 and box.y1 <= fig_box.y1

@@ -109,8 +109,10 @@ def test_4d_uses_the_first_volume_with_a_warning(caplog):
     first = nib.as_closest_canonical(nib.load(path).slicer[..., 0])
     expected, _, _ = _expected(np.asanyarray(first.dataobj))
     np.testing.assert_array_equal(r.slices[3].image, expected[::-1, ::-1, 3].T)
-    with pytest.raises(UnsupportedFormatError, match="4-D volume with 2 volumes"):
+    with pytest.raises(UnsupportedFormatError, match="4-D volume with 2 volumes") as info:
         read_nifti(path, salt=SALT, config=NiftiConfig(four_d="refuse"))
+    # the way out is named for both audiences: the CLI flag and the Python option
+    assert "`--nifti-4d first`" in info.value.reason and "four_d='first'" in info.value.reason
 
 
 def test_broken_header(tmp_path, stack):

@@ -1,0 +1,160 @@
+"""scan_predict: DICOM/NIfTI rows of predict — warnings, several series in one folder, failed
+files named by pseudonym."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mriscan.artifacts import ModelCard
+from mriscan.model import build_model
+from mriscan.predict import predict
+from mriscan.preprocess import PreprocessConfig
+from mriscan.scan_predict import label_stem, series_labels
+from mriscan.synth_scanner import (
+    FakePatient,
+    phantom_volume,
+    stack_to_ras,
+    write_dicom_series,
+    write_nifti,
+)
+
+pytestmark = pytest.mark.backend
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "m" / "best_model.keras"
+    path.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8)).save(path)
+    card = ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5)
+    card.save(path)
+    return path
+
+
+def _two_series(folder: Path) -> None:
+    """Two series of one patient in one folder (a1-a3: series 3, b1-b2: series 7)."""
+    for name, number, n, seed in (("a", 3, 3, 1), ("b", 7, 2, 2)):
+        files = write_dicom_series(
+            folder / name, phantom_volume(seed, n_slices=n, canvas=32), series_number=number,
+            patient=FakePatient(), seed=seed,
+        )  # fmt: skip
+        for k, f in enumerate(files):
+            f.rename(folder / f"{name}{k + 1}.dcm")
+        (folder / name).rmdir()
+
+
+def test_series_labels_tell_apart_only_series_sharing_a_place():
+    f, g = Path("scans/two"), Path("scans/one")
+    units = {
+        "series:x": (f, 3, f / "a1"),
+        "series:y": (f, 7, f / "b1"),
+        "series:z": (g, 3, g / "c1"),
+        "volume:v": (Path("v.nii"), None, Path("v.nii")),
+    }
+    assert series_labels(units) == {
+        "series:x": "series 3", "series:y": "series 7", "series:z": "", "volume:v": "",
+    }  # fmt: skip
+    # equal (or missing) Series Numbers: numbered in the order of their first files
+    same = {"s:2": (f, 5, f / "b1"), "s:1": (f, 5, f / "a1"), "s:3": (f, None, f / "c1")}
+    assert series_labels(same) == {"s:1": "series 5 #1", "s:2": "series 5 #2", "s:3": "series #1"}
+    assert label_stem("series 5 #2") == "series5-2" and label_stem("series 3") == "series3"
+
+
+def test_uniform_scanner_slices_are_flagged_as_png_ones_are(model_file, tmp_path):
+    """The rule of ingest and of predict's PNG rows (mriscan.readers.slice_warnings): a
+    black DICOM instance and a NIfTI volume's constant slice get the same warning, and their
+    series / volume row counts them."""
+    from PIL import Image
+
+    scans = tmp_path / "scans"
+    stack = phantom_volume(1, n_slices=3, canvas=32)
+    stack[1] = 0.0  # one all-black instance
+    write_dicom_series(scans / "s", stack, window=None)
+    vol = phantom_volume(2, n_slices=4, canvas=32)
+    vol[2] = 0.0
+    write_nifti(scans / "v.nii.gz", stack_to_ras(vol))
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(scans / "black.png")
+    from mriscan.readers import ReadOptions
+    from mriscan.scan_config import NiftiConfig
+
+    rows = predict(
+        model_file, [scans], read_options=ReadOptions(nifti=NiftiConfig(selection="all"))
+    )
+    png = next(r for r in rows if r["path"].endswith("black.png"))
+    assert png["warning"].startswith("uniform image (all black)")
+    flagged = [r for r in rows if r.get("level") == "slice" and r["warning"]]
+    assert len(flagged) == 2 and all(r["warning"] == png["warning"] for r in flagged)
+    assert all(not r["error"] and r["label"] for r in flagged)  # predicted all the same
+    units = {r["level"]: r for r in rows if r.get("level") in ("series", "volume")}
+    assert (
+        units["series"]["warning"]
+        == "1 of 3 slices uniform (every pixel equal: no anatomy) (see their rows)"
+    )
+    assert units["volume"]["warning"].startswith("1 of 4 slices uniform")
+
+
+def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file, tmp_path):
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.explain import explain
+
+    folder = tmp_path / "Doe_Jane" / "two"
+    _two_series(folder)
+    rows = predict(model_file, [folder], show_paths=True)
+    units = sorted(r["path"] for r in rows if r["level"] == "series")
+    assert units == [f"{folder} [series 3]", f"{folder} [series 7]"]
+    hidden = predict(model_file, [folder])
+    assert not any("Doe" in r["path"] or "series 3" in r["path"] for r in hidden)
+    files = sorted(folder.iterdir())
+    res = explain(
+        model_file, files, out=tmp_path / "png", slices=[0], show_paths=True,
+        dicom_out=tmp_path / "dcm",
+    )  # fmt: skip
+    assert len(res) == 2 and not any(r["error"] for r in res)
+    pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert pngs == ["two_series3_slice0_layercam.png", "two_series7_slice0_layercam.png"]
+    assert sorted(p.name for p in (tmp_path / "dcm").iterdir()) == [
+        n.replace(".png", ".dcm") for n in pngs
+    ]
+    # without --show-paths the names stay pseudonymous
+    res = explain(model_file, files, out=tmp_path / "h", slices=[0])
+    assert all(p.name.startswith("series-") for p in (tmp_path / "h").iterdir())
+    assert len(list((tmp_path / "h").iterdir())) == 2
+    # the console: slice counts in the singular when there is one, the label per series
+    out = CliRunner().invoke(
+        main, ["predict", str(model_file), str(folder), "--show-paths",
+               "--output", str(tmp_path / "p.csv")],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert f"{folder} [series 7]: P = " in out.output and "(2 slices)" in out.output
+
+
+def test_failed_scanner_files_follow_show_paths(model_file, tmp_path):
+    """An unreadable NIfTI and a truncated DICOM: by pseudonym, with the path removed from the
+    library's own message too (nibabel repeats it), unless --show-paths."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    scans = tmp_path / "Roe_Richard"
+    files = write_dicom_series(scans / "s", phantom_volume(1, n_slices=2, canvas=32))
+    files[0].write_bytes(files[0].read_bytes()[:-100])
+    (scans / "bad.nii.gz").write_bytes(b"not gz at all")
+    rows = predict(model_file, [scans])
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 2 and all(r["level"] == "file" for r in bad)
+    assert not any("Roe" in r["path"] + r["error"] or "bad.nii" in r["error"] for r in bad)
+    assert sorted(r["path"].split("/")[0] for r in bad) == ["dicom", "nifti"]
+    shown = predict(model_file, [scans], show_paths=True)
+    assert sorted(r["path"] for r in shown if r["error"]) == sorted(
+        [str(files[0]), str(scans / "bad.nii.gz")]
+    )
+    res = CliRunner().invoke(
+        main, ["predict", str(model_file), str(scans), "--output", str(tmp_path / "p.csv")]
+    )
+    assert res.exit_code == 0 and "Roe" not in res.output
+    assert "run again with --show-paths" in res.output
