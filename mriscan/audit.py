@@ -577,7 +577,9 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
                     kept.append((name, it.label, it.position, key, sha, r, g))
             if grays:
                 sigs = signatures(grays)
-                thumbs = preprocess_batch(grays, size=_THUMB, crop=False, aspect="pad", align=False)
+                thumbs = preprocess_batch(
+                    grays, size=_THUMB, crop=False, aspect="pad", align=False, smooth=0.0
+                )
                 prepped = preprocess_batch(grays, prep_cfg)
                 rows["sig"].append(sigs)
                 rows["thumb"].append(thumbs)
@@ -668,7 +670,7 @@ def _load_from_store(path: Path, aset: AuditSet, items) -> AuditSet:
     ]
     aset.pixel_hash = [index.records[p].pixel_sha256 or "" for p in pos]
     aset.signatures = sigs[pos]
-    aset.thumbs = preprocess_batch(list(slices), size=_THUMB, crop=False, align=False)
+    aset.thumbs = preprocess_batch(list(slices), size=_THUMB, crop=False, align=False, smooth=0.0)
     h = np.array([index.records[p].height for p in pos], np.float64)
     w = np.array([index.records[p].width for p in pos], np.float64)
     aset.meta = {"height": h, "width": w, "aspect": w / h, "megapixels": h * w / 1e6}

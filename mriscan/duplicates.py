@@ -24,12 +24,20 @@ SIGNATURE_SIZE = 16
 DEFAULT_THRESHOLD = 0.95
 # aligned thumbnails of different heads look alike: the midline search merged a "no" with a
 # "yes" slice of the real set into one group
-_THUMBNAIL = {"size": SIGNATURE_SIZE, "crop": False, "aspect": "stretch", "align": False}
+# the signature's own fixed geometry: no crop, alignment or low-pass, whatever the store's
+# preprocessing (the 0.95 threshold was calibrated on these thumbnails)
+_THUMBNAIL = {
+    "size": SIGNATURE_SIZE,
+    "crop": False,
+    "aspect": "stretch",
+    "align": False,
+    "smooth": 0.0,
+}
 
 
 def signature(image: np.ndarray) -> np.ndarray:
-    """Area-averaged 16×16 thumbnail of a whole decoded slice (no crop, no alignment), the
-    perceptual signature.
+    """Area-averaged 16×16 thumbnail of a whole decoded slice (no crop, no alignment, no
+    low-pass), the perceptual signature.
 
     Parameters
     ----------

@@ -226,7 +226,7 @@ def preprocess(
     --------
     >>> import numpy as np
     >>> img = np.zeros((40, 80), np.uint8); img[10:30, 20:60] = 200
-    >>> out = preprocess(img, size=8, crop=True, margin=0.0)
+    >>> out = preprocess(img, size=8, crop=True, margin=0.0, smooth=0.0)
     >>> out.shape, int(out.max()), int(out[0, 0])
     ((8, 8), 200, 0)
     """

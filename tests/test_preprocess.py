@@ -31,21 +31,21 @@ def _ref(img: np.ndarray, s: int) -> np.ndarray:
 @pytest.mark.parametrize("size", [16, 32, 40])
 def test_stretch_resize_matches_opencv(shape, size):
     img = np.random.default_rng(shape[0] + size).integers(0, 256, shape, dtype=np.uint8)
-    ours = preprocess(img, size=size, crop=False, aspect="stretch", align=False)
+    ours = preprocess(img, size=size, crop=False, aspect="stretch", align=False, smooth=0.0)
     diff = np.abs(ours.astype(int) - _ref(img, size).astype(int))
     assert diff.mean() <= 0.5 and diff.max() <= 2
 
 
 def test_enlarge_is_bilinear_like_opencv():
     img = np.random.default_rng(1).integers(0, 256, (10, 14), dtype=np.uint8)
-    ours = preprocess(img, size=32, crop=False, aspect="stretch", align=False)
+    ours = preprocess(img, size=32, crop=False, aspect="stretch", align=False, smooth=0.0)
     diff = np.abs(ours.astype(int) - _ref(img, 32).astype(int))
     assert diff.mean() <= 0.5 and diff.max() <= 2
 
 
 def test_integer_downscale_is_exact_box_mean():
     img = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
-    ours = preprocess(img, size=16, crop=False, aspect="stretch", align=False)
+    ours = preprocess(img, size=16, crop=False, aspect="stretch", align=False, smooth=0.0)
     ref = np.floor(img.reshape(16, 4, 16, 4).mean(axis=(1, 3)) + 0.5)
     assert np.abs(ours - ref).max() <= 1
 
@@ -54,21 +54,23 @@ def test_crop_finds_the_bright_region_and_ignores_specks():
     img = np.zeros((200, 300), np.uint8)
     img[50:150, 100:200] = 180
     img[5, 5] = 255  # a speck in the dark border
-    out = preprocess(img, size=50, margin=0.0, align=False)
+    out = preprocess(img, size=50, margin=0.0, align=False, smooth=0.0)
     assert out.min() >= 170  # the square box fills the whole output
 
 
 def test_pad_keeps_aspect_and_stretch_fills():
     img = np.full((40, 80), 200, np.uint8)
-    padded = preprocess(img, size=20, crop=False, align=False)
+    padded = preprocess(img, size=20, crop=False, align=False, smooth=0.0)
     assert (padded[:5] == 0).all() and (padded[15:] == 0).all() and (padded[5:15] == 200).all()
-    assert (preprocess(img, size=20, crop=False, aspect="stretch", align=False) == 200).all()
+    assert (
+        preprocess(img, size=20, crop=False, aspect="stretch", align=False, smooth=0.0) == 200
+    ).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 50), (50, 1), (1, 1), (3, 5)])
 def test_tiny_and_thin_images(shape):
     img = np.full(shape, 120, np.uint8)
-    out = preprocess(img, size=16, align=False)
+    out = preprocess(img, size=16, align=False, smooth=0.0)
     assert out.shape == (16, 16) and out.max() == 120
 
 
@@ -81,7 +83,7 @@ def test_all_dark_image_is_left_uncropped_and_constant_stays_constant():
 
 def test_size_one_and_non_contiguous_input():
     img = np.random.default_rng(3).integers(0, 256, (60, 80), dtype=np.uint8)
-    one = preprocess(img, size=1, crop=False, aspect="stretch", align=False)
+    one = preprocess(img, size=1, crop=False, aspect="stretch", align=False, smooth=0.0)
     assert one[0, 0] == pytest.approx(img.mean(), abs=1)
     view = img[:, ::2]
     np.testing.assert_array_equal(preprocess(view, size=20), preprocess(view.copy(), size=20))
@@ -186,13 +188,13 @@ def test_real_slices_match_opencv(real_data):
     files = sorted((real_data / "yes").iterdir())[:60] + sorted((real_data / "no").iterdir())[:40]
     for p in files:
         img = decode_image(p)
-        ours = preprocess(img, size=128, crop=False, aspect="stretch", align=False)
+        ours = preprocess(img, size=128, crop=False, aspect="stretch", align=False, smooth=0.0)
         diff = np.abs(ours.astype(int) - _ref(img, 128).astype(int))
         assert diff.mean() <= 0.5 and diff.max() <= 2, p.name
-    crops = preprocess_batch([decode_image(p) for p in files], size=128, align=False)
+    crops = preprocess_batch([decode_image(p) for p in files], size=128, align=False, smooth=0.0)
     # cropping removes the dark border: the outermost rows/columns are mostly foreground
     assert crops.shape == (100, 128, 128) and crops.mean() > 40
-    aligned = preprocess_batch([decode_image(p) for p in files], size=128)
+    aligned = preprocess_batch([decode_image(p) for p in files], size=128, smooth=0.0)
     gain = [_mirror_corr(a) - _mirror_corr(c) for a, c in zip(aligned, crops, strict=True)]
     # never less symmetric (up to resampling), and clearly more for the tilted/off-centre slices
     assert min(gain) > -0.01 and np.mean(np.array(gain) > 0.05) > 0.05
@@ -221,7 +223,7 @@ def test_align_undoes_a_tilt_and_an_offset(angle, shift, method):
     head = _symmetric_head()
     moved = ndimage.shift(ndimage.rotate(head, angle, reshape=False, order=1), (0, shift), order=1)
     moved = np.clip(moved, 0, 255).astype(np.uint8)
-    out = preprocess(moved, size=96, crop=False, align_method=method)
+    out = preprocess(moved, size=96, crop=False, align_method=method, smooth=0.0)
     assert _mirror_corr(out) > max(0.98, _mirror_corr(moved) + 0.02)
     assert abs(float(out.mean()) - float(moved.mean())) < 2  # moved, not lost
 
@@ -229,13 +231,17 @@ def test_align_undoes_a_tilt_and_an_offset(angle, shift, method):
 @pytest.mark.parametrize("method", ["fast", "search"])
 def test_align_leaves_a_symmetric_slice_untouched_and_can_be_switched_off(method):
     head = _symmetric_head()
-    np.testing.assert_array_equal(preprocess(head, size=96, crop=False, align_method=method), head)
+    np.testing.assert_array_equal(
+        preprocess(head, size=96, crop=False, align_method=method, smooth=0.0), head
+    )
     assert midline_pose(head, method) == (0.0, 0.0)
     diagonal = np.eye(96, dtype=np.uint8) * 200  # as asymmetric as it gets
     assert not np.array_equal(
-        preprocess(diagonal, size=96, crop=False, align_method=method), diagonal
+        preprocess(diagonal, size=96, crop=False, align_method=method, smooth=0.0), diagonal
     )
-    np.testing.assert_array_equal(preprocess(diagonal, size=96, crop=False, align=False), diagonal)
+    np.testing.assert_array_equal(
+        preprocess(diagonal, size=96, crop=False, align=False, smooth=0.0), diagonal
+    )
     flat = np.full((64, 64), 90, np.uint8)
     assert midline_pose(flat, method) == (0.0, 0.0)
 
@@ -280,7 +286,7 @@ def test_smooth_low_passes_the_slice_and_keeps_the_rest():
     img = np.zeros((90, 120), np.uint8)
     img[15:75, 20:100] = 140
     img = np.clip(img + rng.normal(0, 25, img.shape) * (img > 0), 0, 255).astype(np.uint8)
-    plain = preprocess(img, size=48, align=False)
+    plain = preprocess(img, size=48, align=False, smooth=0.0)
     assert np.array_equal(preprocess(img, size=48, align=False, smooth=0.0), plain)
     soft = preprocess(img, size=48, align=False, smooth=1.0)
     assert soft.dtype == np.uint8 and soft.shape == (48, 48)
@@ -342,7 +348,7 @@ def test_fast_pose_recovers_known_poses_of_symmetric_phantoms():
             fast_err.append((a - angle, d - shift))
             ra, rd = midline_pose(moved, "search")
             ref_err.append((ra - angle, rd - shift))
-            out = preprocess(moved, size=128, crop=False)
+            out = preprocess(moved, size=128, crop=False, smooth=0.0)
             assert np.abs(out.astype(int) - sym.astype(int)).mean() < 6, (seed, angle, shift)
     fast_err, ref_err = np.abs(fast_err), np.abs(ref_err)
     # the reference is held to its grid (1.5° steps, whole pixels); the fast search refines
@@ -386,7 +392,7 @@ def test_fast_pose_agrees_with_the_search_on_the_real_set(real_data):
     from mriscan import _kernels
 
     files = sorted(p for d in ("yes", "no") for p in (real_data / d).iterdir())
-    crops = preprocess_batch([decode_image(p) for p in files], size=128, align=False)
+    crops = preprocess_batch([decode_image(p) for p in files], size=128, align=False, smooth=0.0)
     fast = np.array([midline_pose(c, "fast") for c in crops])
     ref = np.array([midline_pose(c, "search") for c in crops])
     da = np.abs(fast[:, 0] - ref[:, 0])
@@ -420,7 +426,7 @@ def test_source_point_inverts_the_geometry(align):
     img[(u / 110) ** 2 + (v / 85) ** 2 <= 0.3] = 60  # some inner structure to align on
     my, mx = 130, 90
     img[(yy - my) ** 2 + (xx - mx) ** 2 <= 36] = 250
-    out = preprocess(img, size=128, align=align)
+    out = preprocess(img, size=128, align=align, smooth=0.0)
     r, c = np.unravel_index(int(np.argmax(out)), out.shape)
     sy, sx = source_point(img, r, c, size=128, align=align)
     assert abs(sy - my) <= 5 and abs(sx - mx) <= 5, (sy, sx)
