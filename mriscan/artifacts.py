@@ -31,6 +31,7 @@ from typing import Any
 
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scan_config import ReaderSettings
 
 __all__ = [
     "MODEL_CARD_VERSION",
@@ -304,7 +305,11 @@ class ModelCard:
     training started from — None for random weights, else ``source`` (``"file"``: the user's
     ``--init-weights``; ``"phantoms"``: the phantom pre-training), the file's ``path`` and
     ``sha256``, and how many layers were loaded (``layers_loaded`` of
-    ``layers_with_weights``; ``loaded``, ``kept_initial``, ``head_skipped``).
+    ``layers_with_weights``; ``loaded``, ``kept_initial``, ``head_skipped``). ``reader``: how
+    the training store's DICOM and NIfTI files were read (``ReaderSettings``, the store's
+    ``reader_settings``), the settings ``predict``, ``explain`` and ``evaluate`` read scanner
+    files with unless told otherwise; None for a card written before mriscan recorded them, or
+    a store that records none (then the defaults, as before).
     """
 
     preprocess: PreprocessConfig
@@ -319,6 +324,7 @@ class ModelCard:
     keras_backend: str = ""
     model_sha256: str = ""
     init_weights: dict[str, Any] | None = None
+    reader: ReaderSettings | None = None
     format_version: int = MODEL_CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -375,6 +381,7 @@ class ModelCard:
             "keras_backend": self.keras_backend,
             "model_sha256": self.model_sha256,
             "init_weights": self.init_weights,
+            "reader": None if self.reader is None else self.reader.to_dict(),
         }
 
     @classmethod
@@ -410,6 +417,9 @@ class ModelCard:
                 keras_backend=str(data.get("keras_backend", "")),
                 model_sha256=str(data.get("model_sha256", "")),
                 init_weights=data.get("init_weights"),
+                reader=(
+                    None if data.get("reader") is None else ReaderSettings.from_dict(data["reader"])
+                ),
                 format_version=MODEL_CARD_VERSION,
             )
         except KeyError as exc:

@@ -33,7 +33,8 @@ from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.neighbors import cross_pairs
-from mriscan.readers import ReadOptions
+from mriscan.readers import ReadOptions, settings_for_model
+from mriscan.scan_config import describe_setting
 from mriscan.sources import is_store
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
@@ -140,7 +141,9 @@ def evaluate(
         Bootstrap draws (over duplicate groups) of the 95% CIs.
     read_options : mriscan.readers.ReadOptions, optional
         How DICOM and NIfTI files of a folder ``data`` are read (``DicomConfig``,
-        ``NiftiConfig``; default: their defaults).
+        ``NiftiConfig``, ``overrides``); what it leaves open is read as the model card records
+        for the training data (``ModelCard.reader``; the defaults for an older card). A store
+        ``data`` read otherwise than the training data is evaluated with a warning.
 
     Raises
     ------
@@ -175,6 +178,7 @@ def evaluate(
                     f"with {card.preprocess}; ingest the data again with the "
                     "model's settings (or pass a class folder)."
                 )
+            _warn_reader(store, card, data)
             same_store = recorded is not None and str(data) == recorded["store"]
             if split != "all" and not same_store:
                 log.warning("%s is not the training store: all of it is evaluated", data)
@@ -289,7 +293,8 @@ def _open_data(
         return ImageStore.open(data), []
     from mriscan.ingest import IngestConfig, ingest
 
-    ro = read_options if read_options is not None else ReadOptions()
+    # scanner files: read as the model's training data were, unless chosen otherwise
+    ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
     skipped = [(str(Path(data) / p), str(r)) for p, r in report.skipped]  # as the user named it
@@ -301,6 +306,22 @@ def _open_data(
             f"{skipped[0][1]})."
         )
     return store, skipped
+
+
+def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
+    """Log when the scanner files of ``store`` were read otherwise than the model's training
+    data (both recorded; only settings of the kinds of file the store holds)."""
+    if store.reader_settings is None or card.reader is None or not len(store):
+        return
+    held = set(store.table.strings("kind")) & {"dicom", "nifti"}
+    diffs = card.reader.differences(store.reader_settings, held)
+    if diffs:
+        log.warning(
+            "store %s was read with %s; the model's training data with %s",
+            data,
+            ", ".join(describe_setting(n, new) for n, _, new in diffs),
+            ", ".join(describe_setting(n, old) for n, old, _ in diffs),
+        )
 
 
 def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:

@@ -443,4 +443,5 @@ def card_for(
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),
         init_weights=start_record(cfg, start),
+        reader=store.reader_settings,
     )
