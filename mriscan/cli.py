@@ -514,6 +514,7 @@ def info(store_path: Path, as_json: bool) -> None:
         f"{data['exact_duplicates_skipped']} exact duplicate files not stored twice"
     )
     click.echo(f"Preprocess: {data['preprocess']}")
+    click.echo(f"Reader:     {_reader_text(data.get('reader'))}")
     layout = {
         "local zarr shards": f"images in shards of {data['chunks'][0]} slices",
         "local chunk files": "images one file per slice (older layout)",
@@ -531,6 +532,16 @@ def info(store_path: Path, as_json: bool) -> None:
         f"On disk:    {_human_bytes(data['bytes_on_disk'])} "
         f"({ratio:.0%} of {_human_bytes(data['bytes_raw'])} raw)"
     )
+
+
+def _reader_text(reader: dict | None) -> str:
+    """How a store's scanner files were read, as the options that choose it."""
+    from mriscan.scan_config import ReaderSettings, describe_setting
+
+    if reader is None:
+        return "not recorded (written by an older mriscan; the defaults are assumed)"
+    flat = ReaderSettings.from_dict(reader).flat()
+    return " ".join(describe_setting(n, v) for n, v in flat.items())
 
 
 def _codec_text(codecs: list[dict]) -> str:
