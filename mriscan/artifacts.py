@@ -309,7 +309,12 @@ class ModelCard:
     the training store's DICOM and NIfTI files were read (``ReaderSettings``, the store's
     ``reader_settings``), the settings ``predict``, ``explain`` and ``evaluate`` read scanner
     files with unless told otherwise; None for a card written before mriscan recorded them, or
-    a store that records none (then the defaults, as before).
+    a store that records none (then the defaults, as before). ``train_patients``: the patients
+    of the training and validation slices, so that ``evaluate`` can remove slices of the same
+    patients from another collection: ``{"key_id": the store's identifier-key fingerprint,
+    "patients": sorted keyed hashes "patient:<h>"}`` (HMAC pseudonyms under the user's key,
+    ``mriscan.keys``, as the store holds them; never the IDs); None where the card predates it
+    or the store has no key fingerprint (an older store that keeps its own salt).
     """
 
     preprocess: PreprocessConfig
@@ -325,6 +330,7 @@ class ModelCard:
     model_sha256: str = ""
     init_weights: dict[str, Any] | None = None
     reader: ReaderSettings | None = None
+    train_patients: dict[str, Any] | None = None
     format_version: int = MODEL_CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -359,6 +365,17 @@ class ModelCard:
             raise ModelCardError(
                 f"init_weights must be an object or null. Received: {self.init_weights!r}."
             )
+        tp = self.train_patients
+        if tp is not None and (
+            not isinstance(tp, dict)
+            or not isinstance(tp.get("key_id"), str)
+            or not isinstance(tp.get("patients"), list)
+            or not all(isinstance(p, str) and p.startswith("patient:") for p in tp["patients"])
+        ):
+            raise ModelCardError(
+                "train_patients must be null or {'key_id': str, 'patients': ['patient:<h>', "
+                f"...]}}. Received: {str(tp)[:200]!r}."
+            )
         if self.image_size is not None and self.image_size != self.preprocess.size:
             raise ModelCardError(
                 f"image_size {self.image_size!r} disagrees with preprocess.size "
@@ -382,6 +399,7 @@ class ModelCard:
             "model_sha256": self.model_sha256,
             "init_weights": self.init_weights,
             "reader": None if self.reader is None else self.reader.to_dict(),
+            "train_patients": self.train_patients,
         }
 
     @classmethod
@@ -420,6 +438,7 @@ class ModelCard:
                 reader=(
                     None if data.get("reader") is None else ReaderSettings.from_dict(data["reader"])
                 ),
+                train_patients=data.get("train_patients"),
                 format_version=MODEL_CARD_VERSION,
             )
         except KeyError as exc:

@@ -834,6 +834,15 @@ def evaluate(
             f"  removed {dup['count']} near-duplicates of training slices "
             f"(thumbnail correlation > {dup['threshold']}): {dup['per_class']}"
         )
+    same = result["same_patient_removed"]
+    if same["count"]:
+        click.echo(
+            f"  removed {same['count']} slices of {same['patients']} patient(s) the model was "
+            f"trained or validated on (same keyed Patient ID): {same['per_class']} "
+            "(same_patient_removed.csv)"
+        )
+    elif same["why_not"]:
+        click.echo(f"  cannot check for training patients: {same['why_not']}")
     copies = result["exact_duplicates"]
     if copies["count"]:
         click.echo(

@@ -290,3 +290,72 @@ def test_the_cli_notes_typed_options_that_differ_from_the_training_settings(
     notes = [r.message for r in caplog.records if "trained on data read with" in r.message]
     assert len(notes) == 1 and "--nifti-plane coronal" in notes[0]
     assert "(3 slices)" in res.output  # coronal; the middle 3 as the card says
+
+
+# ---- item 4: evaluate removes slices of the model's training patients ---------------------
+
+
+def _series(root: Path, cls: str, pid: str, seed: int) -> None:
+    from mriscan.synth_scanner import FakePatient
+
+    write_dicom_series(root / cls / f"{pid}-{seed}", phantom_volume(seed, n_slices=3, canvas=32),
+                       patient=FakePatient(patient_id=pid))  # fmt: skip
+
+
+@pytest.mark.backend
+def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monkeypatch):
+    import csv
+
+    from conftest import fast_config
+
+    from mriscan.evaluate import evaluate
+    from mriscan.model import build_model
+    from mriscan.training.fit import card_for
+
+    train = tmp_path / "train"
+    _series(train, "yes", "P1", 1)
+    _series(train, "no", "P2", 2)
+    store = tmp_path / "train.zarr"
+    assert _ingest(str(train), "--store", str(store)).exit_code == 0
+    with ImageStore.open(store) as st:
+        seen = st.active_indices()
+        card = card_for(st, fast_config(), 0.5, seen=seen[seen != seen[0]])  # all but one slice
+        key_id = st.key_id
+    listed = card.train_patients
+    assert listed["key_id"] == key_id and len(listed["patients"]) == 2
+    assert all(p.startswith("patient:") and "P1" not in p for p in listed["patients"])
+    model = tmp_path / "m" / "best_model.keras"
+    model.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8)).save(model)
+    card.save(model)
+    other = tmp_path / "other"  # new series: two of training patients, two of others
+    _series(other, "yes", "P1", 11)
+    _series(other, "yes", "P3", 13)
+    _series(other, "no", "P2", 12)
+    _series(other, "no", "P4", 14)
+    res = evaluate(model, other, out=tmp_path / "ev", n_boot=10)
+    same = res["same_patient_removed"]
+    assert same["checked"] and same["count"] == 6 and same["patients"] == 2
+    assert same["per_class"] == {"no": 3, "yes": 3}
+    assert res["n"] == 6 and res["n_files"] == 12
+    saved = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
+    assert saved["same_patient_removed"]["count"] == 6
+    with open(tmp_path / "ev" / "evaluation" / "same_patient_removed.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["source", "class"] and len(rows) == 7
+    assert all("P1" not in r[0] and "P2" not in r[0] for r in rows)  # pseudonyms only
+    # --keep-duplicates keeps them
+    kept = evaluate(model, other, out=tmp_path / "ev2", n_boot=10, remove_duplicates=False)
+    assert kept["n"] == 12 and not kept["same_patient_removed"]["checked"]
+    # another identifier key: the same patient has another hash; say so, remove nothing
+    monkeypatch.setenv("MRISCAN_KEY_FILE", str(tmp_path / "other.key"))
+    res = evaluate(model, other, out=tmp_path / "ev3", n_boot=10)
+    same = res["same_patient_removed"]
+    assert not same["checked"] and same["count"] == 0 and res["n"] == 12
+    assert "another identifier key" in same["why_not"]
+    # an older card lists no patients: cannot check, said so
+    import dataclasses
+
+    dataclasses.replace(card, train_patients=None).save(model)
+    res = evaluate(model, other, out=tmp_path / "ev4", n_boot=10)
+    assert "lists no training patients" in res["same_patient_removed"]["why_not"]
