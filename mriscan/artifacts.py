@@ -31,6 +31,7 @@ from typing import Any
 
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scan_config import ReaderSettings
 
 __all__ = [
     "MODEL_CARD_VERSION",
@@ -304,7 +305,16 @@ class ModelCard:
     training started from — None for random weights, else ``source`` (``"file"``: the user's
     ``--init-weights``; ``"phantoms"``: the phantom pre-training), the file's ``path`` and
     ``sha256``, and how many layers were loaded (``layers_loaded`` of
-    ``layers_with_weights``; ``loaded``, ``kept_initial``, ``head_skipped``).
+    ``layers_with_weights``; ``loaded``, ``kept_initial``, ``head_skipped``). ``reader``: how
+    the training store's DICOM and NIfTI files were read (``ReaderSettings``, the store's
+    ``reader_settings``), the settings ``predict``, ``explain`` and ``evaluate`` read scanner
+    files with unless told otherwise; None for a card written before mriscan recorded them, or
+    a store that records none (then the defaults, as before). ``train_patients``: the patients
+    of the training and validation slices, so that ``evaluate`` can remove slices of the same
+    patients from another collection: ``{"key_id": the store's identifier-key fingerprint,
+    "patients": sorted keyed hashes "patient:<h>"}`` (HMAC pseudonyms under the user's key,
+    ``mriscan.keys``, as the store holds them; never the IDs); None where the card predates it
+    or the store has no key fingerprint (an older store that keeps its own salt).
     """
 
     preprocess: PreprocessConfig
@@ -319,6 +329,8 @@ class ModelCard:
     keras_backend: str = ""
     model_sha256: str = ""
     init_weights: dict[str, Any] | None = None
+    reader: ReaderSettings | None = None
+    train_patients: dict[str, Any] | None = None
     format_version: int = MODEL_CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -353,6 +365,17 @@ class ModelCard:
             raise ModelCardError(
                 f"init_weights must be an object or null. Received: {self.init_weights!r}."
             )
+        tp = self.train_patients
+        if tp is not None and (
+            not isinstance(tp, dict)
+            or not isinstance(tp.get("key_id"), str)
+            or not isinstance(tp.get("patients"), list)
+            or not all(isinstance(p, str) and p.startswith("patient:") for p in tp["patients"])
+        ):
+            raise ModelCardError(
+                "train_patients must be null or {'key_id': str, 'patients': ['patient:<h>', "
+                f"...]}}. Received: {str(tp)[:200]!r}."
+            )
         if self.image_size is not None and self.image_size != self.preprocess.size:
             raise ModelCardError(
                 f"image_size {self.image_size!r} disagrees with preprocess.size "
@@ -375,6 +398,8 @@ class ModelCard:
             "keras_backend": self.keras_backend,
             "model_sha256": self.model_sha256,
             "init_weights": self.init_weights,
+            "reader": None if self.reader is None else self.reader.to_dict(),
+            "train_patients": self.train_patients,
         }
 
     @classmethod
@@ -410,6 +435,10 @@ class ModelCard:
                 keras_backend=str(data.get("keras_backend", "")),
                 model_sha256=str(data.get("model_sha256", "")),
                 init_weights=data.get("init_weights"),
+                reader=(
+                    None if data.get("reader") is None else ReaderSettings.from_dict(data["reader"])
+                ),
+                train_patients=data.get("train_patients"),
                 format_version=MODEL_CARD_VERSION,
             )
         except KeyError as exc:

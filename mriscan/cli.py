@@ -235,19 +235,25 @@ def _scan_options(f: Callable) -> Callable:
 
 def _read_options(options: dict[str, Any]) -> ReadOptions:
     """Pop the ``_scan_options`` parameters from a command's ``options`` into the reader
-    settings (``mriscan.readers.ReadOptions``); untyped options keep the configs' defaults."""
+    settings the user typed (``mriscan.readers.ReadOptions.overrides``); the others are left
+    to the store's or the model's recorded settings (the configs' defaults where none are)."""
     from mriscan.readers import ReadOptions
+    from mriscan.scan_config import ReaderSettings
 
-    modalities = options.pop("scan_modalities", ("MR",))
-    values: dict[str, dict[str, Any]] = {"DicomConfig": {}, "NiftiConfig": {}}
-    for name in [n for n in options if n.startswith("scan__")]:
-        _, cls, field = name.split("__", 2)
-        values[cls][field] = options.pop(name)
-    wanted = None if any(m.strip().lower() == "any" for m in modalities) else tuple(modalities)
-    return ReadOptions(
-        dicom=DicomConfig(modalities=wanted, **values["DicomConfig"]),
-        nifti=NiftiConfig(**values["NiftiConfig"]),
-    )
+    ctx = click.get_current_context()
+    typed: dict[str, Any] = {}
+    for name in [n for n in options if n.startswith("scan_")]:
+        value = options.pop(name)
+        if ctx.get_parameter_source(name) not in _TYPED:
+            continue
+        if name == "scan_modalities":
+            any_ = any(m.strip().lower() == "any" for m in value)
+            typed["dicom.modalities"] = None if any_ else tuple(value)
+        else:
+            _, cls, field = name.split("__", 2)
+            typed[f"{'dicom' if cls == 'DicomConfig' else 'nifti'}.{field}"] = value
+    ReaderSettings().replace(typed)  # a bad value fails here, naming the setting
+    return ReadOptions(overrides=typed)
 
 
 @main.command()
@@ -336,13 +342,17 @@ def ingest(
             with ImageStore.open(store_path) as existing:
                 base = existing.config
     preprocess = override(base, typed)
+    from mriscan.sources import reading_for_store
+
+    # the reading options typed, on top of the store's recorded ones (None: the store's)
+    reader = reading_for_store(store_path, scan)
     cfg = IngestConfig(
         preprocess=preprocess,
         workers=workers,
         strict=strict,
         merge=merge,
-        dicom=scan.dicom,
-        nifti=scan.nifti,
+        dicom=None if reader is None else reader.dicom,
+        nifti=None if reader is None else reader.nifti,
         compress=cfg__compress,
     )
     with _progress("ingesting") as progress:
@@ -504,6 +514,7 @@ def info(store_path: Path, as_json: bool) -> None:
         f"{data['exact_duplicates_skipped']} exact duplicate files not stored twice"
     )
     click.echo(f"Preprocess: {data['preprocess']}")
+    click.echo(f"Reader:     {_reader_text(data.get('reader'))}")
     layout = {
         "local zarr shards": f"images in shards of {data['chunks'][0]} slices",
         "local chunk files": "images one file per slice (older layout)",
@@ -521,6 +532,16 @@ def info(store_path: Path, as_json: bool) -> None:
         f"On disk:    {_human_bytes(data['bytes_on_disk'])} "
         f"({ratio:.0%} of {_human_bytes(data['bytes_raw'])} raw)"
     )
+
+
+def _reader_text(reader: dict | None) -> str:
+    """How a store's scanner files were read, as the options that choose it."""
+    from mriscan.scan_config import ReaderSettings, describe_setting
+
+    if reader is None:
+        return "not recorded (written by an older mriscan; the defaults are assumed)"
+    flat = ReaderSettings.from_dict(reader).flat()
+    return " ".join(describe_setting(n, v) for n, v in flat.items())
 
 
 def _codec_text(codecs: list[dict]) -> str:
@@ -813,6 +834,15 @@ def evaluate(
             f"  removed {dup['count']} near-duplicates of training slices "
             f"(thumbnail correlation > {dup['threshold']}): {dup['per_class']}"
         )
+    same = result["same_patient_removed"]
+    if same["count"]:
+        click.echo(
+            f"  removed {same['count']} slices of {same['patients']} patient(s) the model was "
+            f"trained or validated on (same keyed Patient ID): {same['per_class']} "
+            "(same_patient_removed.csv)"
+        )
+    elif same["why_not"]:
+        click.echo(f"  cannot check for training patients: {same['why_not']}")
     copies = result["exact_duplicates"]
     if copies["count"]:
         click.echo(

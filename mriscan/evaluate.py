@@ -33,8 +33,10 @@ from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.neighbors import cross_pairs
-from mriscan.readers import ReadOptions
+from mriscan.readers import ReadOptions, settings_for_model
+from mriscan.scan_config import describe_setting
 from mriscan.sources import is_store
+from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
 
@@ -153,12 +155,17 @@ def evaluate(
         classes are matched by name, or as tumor vs no tumor.
     remove_duplicates : bool
         Drop (and count) slices of other data that near-duplicate a training slice of the model
-        (thumbnail correlation > 0.95).
+        (thumbnail correlation > 0.95), and then those of a patient among the model's training
+        and validation patients (``ModelCard.train_patients``: keyed Patient ID hashes, which
+        match only under the same identifier key; ``same_patient_removed`` in the result says
+        how many, or why it could not be checked; ``same_patient_removed.csv`` lists them).
     n_boot : int
         Bootstrap draws (over duplicate groups) of the 95% CIs.
     read_options : mriscan.readers.ReadOptions, optional
         How DICOM and NIfTI files of a folder ``data`` are read (``DicomConfig``,
-        ``NiftiConfig``; default: their defaults).
+        ``NiftiConfig``, ``overrides``); what it leaves open is read as the model card records
+        for the training data (``ModelCard.reader``; the defaults for an older card). A store
+        ``data`` read otherwise than the training data is evaluated with a warning.
 
     Raises
     ------
@@ -193,6 +200,7 @@ def evaluate(
                     f"with {card.preprocess}; ingest the data again with the "
                     "model's settings (or pass a class folder)."
                 )
+            _warn_reader(store, card, data)
             same_store = recorded is not None and str(data) == recorded["store"]
             if split != "all" and not same_store:
                 log.warning("%s is not the training store: all of it is evaluated", data)
@@ -221,10 +229,22 @@ def evaluate(
             gone = np.bincount(y[removed], minlength=len(card.class_names))
             removed_of = {n: int(c) for n, c in zip(card.class_names, gone, strict=True)}
             idx, y = idx[~removed], y[~removed]
+            # slices of a patient the model trained or was validated on (the rest)
+            same, same_patients, why_not = (
+                _same_patients(card, store, idx)
+                if (remove_duplicates and not same_store)
+                else (np.zeros(idx.size, bool), 0, "")
+            )
+            same_rows = [
+                (store.index.records[i].source, store.class_names[store.labels[i]])
+                for i in idx[same]
+            ]
+            idx, y = idx[~same], y[~same]
             if not idx.size:
                 raise MriscanError(
                     f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
-                    f"training slices removed, {len(skipped)} unreadable files)."
+                    f"training slices removed, {len(same_rows)} slices of training patients "
+                    f"removed, {len(skipped)} unreadable files)."
                 )
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
@@ -243,7 +263,7 @@ def evaluate(
     )
     unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
-        n_files=int(y.size) + len(dropped) + len(unreadable) + len(copies),
+        n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
         n_unreadable=len(unreadable),
         unreadable=unreadable,
         undefined=undefined,
@@ -257,6 +277,16 @@ def evaluate(
             "count": len(dropped),
             "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
         },
+        same_patient_removed={
+            "checked": not why_not and remove_duplicates and not same_store,
+            "why_not": why_not,
+            "count": len(same_rows),
+            "patients": same_patients,
+            "per_class": {n: sum(1 for _, c in same_rows if c == n) for n in data_names},
+            "rule": "slices whose keyed Patient ID hash is that of a training or validation "
+            "slice of the model (same identifier key), among those left after the "
+            "near-duplicates (listed in same_patient_removed.csv)",
+        },
         exact_duplicates={
             "count": len(copies),
             "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in data_names},
@@ -266,6 +296,10 @@ def evaluate(
     )
     result["model_class_names"] = list(card.class_names)
     _write(ev, result, cmp, y, prob, sources, dropped, unreadable, result.pop("_decisions"))
+    with open(ev.root / "same_patient_removed.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "class"])
+        w.writerows(same_rows)
     with open(ev.root / "exact_duplicates.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["source", "same_bytes_as", "class"])
@@ -309,7 +343,8 @@ def _open_data(
         return ImageStore.open(data), []
     from mriscan.ingest import IngestConfig, ingest
 
-    ro = read_options if read_options is not None else ReadOptions()
+    # scanner files: read as the model's training data were, unless chosen otherwise
+    ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
     skipped = [(str(Path(data) / p), str(r)) for p, r in report.skipped]  # as the user named it
@@ -321,6 +356,57 @@ def _open_data(
             f"{skipped[0][1]})."
         )
     return store, skipped
+
+
+def _same_patients(card: Any, store: ImageStore, idx: np.ndarray) -> tuple[np.ndarray, int, str]:
+    """Slices of ``idx`` whose patient (keyed hash ``patient:<h>`` of the DICOM Patient ID) is
+    among the model's training and validation patients (``ModelCard.train_patients``): the
+    mask over ``idx``, the number of such patients, and "" or why this cannot be checked (the
+    card lists no patients, or these data's IDs were hashed with another identifier key, so
+    the same patient would have another hash)."""
+    none = np.zeros(idx.size, bool)
+    listed = card.train_patients
+    if listed is None:
+        return (
+            none,
+            0,
+            (
+                "the model card lists no training patients (written by an older mriscan, or "
+                "trained on a store without an identifier-key fingerprint); retrain to get them"
+            ),
+        )
+    if not store.key_id or store.key_id != listed["key_id"]:
+        theirs = store.key_id or "none: an older store with a salt of its own"
+        return (
+            none,
+            0,
+            (
+                f"these data's patient IDs were hashed with another identifier key (fingerprint "
+                f"{theirs}; the model's training data: {listed['key_id']}), so a training patient "
+                f"cannot be recognised; point $MRISCAN_KEY_FILE at the training key to check"
+            ),
+        )
+    train = set(listed["patients"])
+    keys = store.table.strings("group_key")
+    hits = [[p for p in patient_keys(keys[i]) if p in train] for i in idx.tolist()]
+    mask = np.array([bool(h) for h in hits], bool).reshape(idx.shape)
+    return mask, len({p for h in hits for p in h}), ""
+
+
+def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
+    """Log when the scanner files of ``store`` were read otherwise than the model's training
+    data (both recorded; only settings of the kinds of file the store holds)."""
+    if store.reader_settings is None or card.reader is None or not len(store):
+        return
+    held = set(store.table.strings("kind")) & {"dicom", "nifti"}
+    diffs = card.reader.differences(store.reader_settings, held)
+    if diffs:
+        log.warning(
+            "store %s was read with %s; the model's training data with %s",
+            data,
+            ", ".join(describe_setting(n, new) for n, _, new in diffs),
+            ", ".join(describe_setting(n, old) for n, old, _ in diffs),
+        )
 
 
 def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:

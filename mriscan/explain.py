@@ -376,7 +376,8 @@ def explain(
     ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest and predict read
     them (``mriscan.scan_predict.read_inputs`` with ``read_options``, the
     ``mriscan.readers.ReadOptions`` of ``mriscan predict``'s --dicom-*/--nifti-*/--modality;
-    default: the readers' defaults). A slice's number is, for a NIfTI volume, its index
+    what they leave open is read as the model card records, ``ModelCard.reader``, as in
+    ``predict``). A slice's number is, for a NIfTI volume, its index
     along the slicing axis of the volume (``mriscan.nifti.NiftiSliceMeta.slice_index``, the
     same number as in its source ``nifti/<hash>#<index>``; only the slices read, e.g.
     those showing enough brain, can be explained), and for a DICOM series its place in the
@@ -410,6 +411,7 @@ def explain(
     from mriscan.io import SourceFile, decode_image, file_kind
     from mriscan.model import load_model
     from mriscan.preprocess import normalize, preprocess
+    from mriscan.readers import settings_for_model
     from mriscan.scan_predict import (
         label_stem,
         predict_arrays,
@@ -485,6 +487,8 @@ def explain(
             row["dicom_skipped"] = not_dicom
         results.append(row)
     units: dict[str, list] = {}
+    if scans:  # read as the training data were, unless chosen otherwise
+        read_options = settings_for_model(card.reader, read_options)
     for r in read_inputs(scans, options=read_options):
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             why = r.error or f"skipped: {r.skipped or r.excluded}"

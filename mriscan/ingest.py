@@ -48,6 +48,7 @@ from mriscan.readers import (
     slice_warnings,
 )
 from mriscan.scan import salted_hash
+from mriscan.scan_config import ReaderSettings, describe_setting
 from mriscan.splits import join_keys, split_keys, union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
 from mriscan.store.files import is_url, local_path
@@ -310,6 +311,7 @@ def ingest(
                 "or use a new --store path. Nothing was written."
             )
         try:
+            reader, reader_record = _reader_for(store, store_path, config)
             key = _store_key(store, store_path)
         except BaseException:
             store.close()
@@ -346,6 +348,8 @@ def ingest(
             store_path, config.preprocess.size, config.preprocess, compress=bool(config.compress)
         )
         created = True
+        reader = reader_record = ReadOptions(dicom=config.dicom, nifti=config.nifti).resolve()
+    config = dataclasses.replace(config, dicom=reader.dicom, nifti=reader.nifti)
     series_errors = None  # first try: series sizes are checked on the slices as read
     try:
         # the run parallelises over files; BLAS threads inside its small matrix products
@@ -357,7 +361,8 @@ def ingest(
                         report = _run(store, store_path, source, root, classes,
                                       [dataclasses.replace(j) for j in jobs], problems, config,
                                       progress, t0, unused=unused, hidden=hidden,
-                                      series_errors=series_errors)  # fmt: skip
+                                      series_errors=series_errors,
+                                      reader_record=reader_record)  # fmt: skip
                     break
                 except _MixedSeriesRedoError:
                     # rare: a series mixes slice sizes. Nothing was committed; run again with
@@ -434,6 +439,62 @@ def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
     return key
 
 
+_KIND_NAMES = {"dicom": "DICOM", "nifti": "NIfTI"}
+_warned_reader: set[str] = set()
+
+
+def _reader_for(
+    store: ImageStore, store_path, config: IngestConfig
+) -> tuple[ReaderSettings, ReaderSettings | None]:
+    """How this ingest reads scanner files, and what the store records after it (None: leave
+    its record as it is).
+
+    ``config.dicom`` / ``config.nifti`` None take the store's recorded settings (the defaults
+    where it records none). Settings for a kind of file the store already holds (DICOM, NIfTI)
+    must equal the recorded ones; those of a kind it does not hold yet may change. A store
+    written before mriscan recorded its settings that holds scanner slices keeps no record
+    (how they were read is unknown): read with the defaults or the options given, with a
+    warning (once per store and process) that this cannot be checked.
+
+    Raises
+    ------
+    ConfigError
+        A setting differs from the store's for a kind of file it holds; the message names
+        each setting, the store's value and this ingest's, and what to do.
+    """
+    recorded = store.reader_settings
+    wanted = ReadOptions(dicom=config.dicom, nifti=config.nifti).resolve(recorded)
+    held = sorted(set(store.table.strings("kind")) & set(_KIND_NAMES)) if len(store) else []
+    if recorded is None:
+        if not held:
+            return wanted, wanted
+        if str(store_path) not in _warned_reader:
+            _warned_reader.add(str(store_path))
+            log.warning(
+                "store %s holds %s slices but does not record how they were read (written by "
+                "an older mriscan, which read them with the defaults unless --dicom-*/--nifti-*/"
+                "--modality options were given): this ingest reads with %s and cannot check "
+                "that they match",
+                store_path,
+                " and ".join(_KIND_NAMES[k] for k in held),
+                "the defaults" if wanted == ReaderSettings() else "the options given",
+            )
+        return wanted, None
+    diffs = recorded.differences(wanted, held)
+    if diffs:
+        kinds = " and ".join(_KIND_NAMES[k] for k in held)
+        raise ConfigError(
+            f"Store {store_path} holds {kinds} slices read with "
+            + ", ".join(describe_setting(n, old) for n, old, _ in diffs)
+            + "; this ingest asks for "
+            + ", ".join(describe_setting(n, new) for n, _, new in diffs)
+            + ". Slices read two ways in one store would be trained on as one kind of data. "
+            "Leave these options out (the store's settings are then used), or ingest into a "
+            "new --store. Nothing was written."
+        )
+    return wanted, wanted
+
+
 def _remove_store(store_path: str | os.PathLike[str]) -> None:
     """Delete a store this run created (it never committed anything but an empty index)."""
     if is_url(store_path):
@@ -460,10 +521,15 @@ def _run(
     unused,
     hidden,
     series_errors: dict[Path, str] | None,
+    reader_record: ReaderSettings | None = None,
 ):
     """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
-    raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes."""
+    raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes.
+    ``reader_record``: the reading settings recorded in the store at the commit (None: left
+    as they are)."""
     salt = _store_key(store, store_path, record=True)
+    if reader_record is not None and store.reader_settings != reader_record:
+        store.set_reader_settings(reader_record)
     # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
     # an older mriscan that recorded the plain path keeps using that entry
     entry = _source_entry(store.index.sources, salt, source) or source_pseudonym(salt, source)

@@ -41,7 +41,10 @@ class IngestConfig:
         ``cv`` ask for 2.
     dicom : mriscan.dicom.DicomConfig, optional
     nifti : mriscan.nifti.NiftiConfig, optional
-        How DICOM files and NIfTI volumes become slices (their defaults when None).
+        How DICOM files and NIfTI volumes become slices. None: the settings the store records
+        (``ImageStore.reader_settings``), or the defaults for a new store or one that records
+        none. A new store records the settings used; a setting other than the store's for a
+        kind of file the store holds is refused (``ConfigError``, nothing written).
     compress : bool, optional
         How a store this run creates keeps its slices: True, Blosc-LZ4 compressed shards (~79%
         of the raw bytes for real 128² slices, random batch reads about half as fast); False,

@@ -21,7 +21,7 @@ from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.inference import check_threshold, columns_for, predict_batch, prediction_row
 from mriscan.io import IMAGE_SUFFIXES, decode_image, display_path
 from mriscan.preprocess import normalize, preprocess
-from mriscan.readers import ReadOptions, describe_flags, slice_warnings
+from mriscan.readers import ReadOptions, describe_flags, settings_for_model, slice_warnings
 
 __all__ = [
     "ENGINES",
@@ -369,7 +369,10 @@ def predict(
     (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see ``PredictionWriter``);
     ``progress(done, total)`` is called after each batch of image files. ``show_paths`` names
     scanner slices by file instead of by pseudonym; ``read_options``
-    (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read.
+    (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read: what it leaves
+    open is read as the model card records for the training data (``ModelCard.reader``; the
+    defaults for an older card), and a chosen setting that differs is logged
+    (``mriscan.readers.settings_for_model``).
 
     ``engine`` runs the model: ``keras`` (the ``.keras`` file, through TensorFlow), ``onnx``
     (its export ``X.onnx`` made by ``mriscan.onnx_engine.export_onnx``, through ONNX Runtime:
@@ -407,6 +410,8 @@ def predict(
     scans = [f for f in files if f.kind != "image"]
     card = _load_card(model_path)
     thr = check_threshold(card, threshold)
+    if scans:  # scanner files: read as the training data were, unless chosen otherwise
+        read_options = settings_for_model(card.reader, read_options)
     columns = columns_for(card) + (SCAN_COLUMNS if scans else ())
     writer = PredictionWriter(output, columns=columns) if output is not None else None
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:

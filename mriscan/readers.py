@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from mriscan.io import (
     decode_bytes,
     file_kind,
 )
+from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
     "MIN_SIDE",
@@ -40,6 +42,7 @@ __all__ = [
     "describe_flags",
     "file_sha256",
     "read_input",
+    "settings_for_model",
     "slice_warnings",
 ]
 
@@ -51,11 +54,70 @@ MIN_SIDE = 8
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How inputs are read: the pixel cap and the DICOM/NIfTI settings (None: their defaults)."""
+    """How inputs are read: the pixel cap and the DICOM/NIfTI settings.
+
+    ``dicom`` / ``nifti`` None: the recorded settings of the store being added to or of the
+    model being applied (``mriscan.scan_config.ReaderSettings``), or the configs' defaults
+    where none are recorded (or when the options are used as they are). ``overrides``: dotted
+    settings (``{"nifti.plane": "sagittal"}``, names in ``mriscan.scan_config.READER_FLAGS``)
+    applied on top, e.g. the options a user typed; ``resolve`` combines the three.
+    """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     dicom: object | None = None  # mriscan.dicom.DicomConfig
     nifti: object | None = None  # mriscan.nifti.NiftiConfig
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> bool:
+        """Whether these options choose any reading setting (else a recorded one applies)."""
+        return self.dicom is not None or self.nifti is not None or bool(self.overrides)
+
+    def resolve(self, base: ReaderSettings | None = None) -> ReaderSettings:
+        """The settings these options give on top of ``base`` (None: the defaults).
+
+        Raises
+        ------
+        ConfigError
+            An override names an unknown setting or has a value the configs refuse.
+        """
+        s = base if base is not None else ReaderSettings()
+        s = ReaderSettings(
+            dicom=self.dicom if self.dicom is not None else s.dicom,
+            nifti=self.nifti if self.nifti is not None else s.nifti,
+        )
+        return s.replace(self.overrides)
+
+    def with_settings(self, settings: ReaderSettings) -> ReadOptions:
+        """These options reading with ``settings`` (no overrides left)."""
+        return ReadOptions(max_pixels=self.max_pixels, dicom=settings.dicom, nifti=settings.nifti)
+
+
+def settings_for_model(
+    recorded: ReaderSettings | None, options: ReadOptions | None, *, model: str = "the model"
+) -> ReadOptions:
+    """How to read scanner files for a model whose card records ``recorded`` (None: an older
+    card, read with the defaults as before): ``options`` win where they choose a setting, and
+    each chosen setting that differs from the training data's is logged (one warning line),
+    since the model then sees slices read otherwise than those it learnt from.
+
+    Raises
+    ------
+    ConfigError
+        ``options.overrides`` names an unknown setting or a refused value.
+    """
+    opts = options if options is not None else ReadOptions()
+    settings = opts.resolve(recorded)
+    if recorded is not None and opts.chosen:
+        diffs = recorded.differences(settings)
+        if diffs:
+            log.warning(
+                "reading scanner files with %s; %s was trained on data read with %s",
+                ", ".join(describe_setting(n, new) for n, _, new in diffs),
+                model,
+                ", ".join(describe_setting(n, old) for n, old, _ in diffs),
+            )
+    return opts.with_settings(settings)
 
 
 @dataclass(frozen=True)

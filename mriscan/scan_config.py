@@ -6,12 +6,23 @@ Keras-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from mriscan.errors import ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS
 
-__all__ = ["NIFTI_PLANES", "NIFTI_SELECTIONS", "DicomConfig", "NiftiConfig"]
+__all__ = [
+    "NIFTI_PLANES",
+    "NIFTI_SELECTIONS",
+    "READER_FLAGS",
+    "DicomConfig",
+    "NiftiConfig",
+    "ReaderSettings",
+    "describe_setting",
+]
 
 #: slicing axis of each plane in a RAS+ volume
 NIFTI_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -126,3 +137,135 @@ class NiftiConfig:
             )
         if self.four_d not in ("first", "refuse"):
             raise ConfigError(f"four_d must be 'first' or 'refuse'. Received: {self.four_d!r}.")
+
+
+#: The reading settings a store and a model card record (``ReaderSettings.flat`` names), each
+#: with the command-line option that sets it ("" where there is none).
+READER_FLAGS: dict[str, str] = {
+    "dicom.modalities": "--modality",
+    "dicom.window_percentiles": "--dicom-window",
+    "dicom.use_header_window": "--dicom-header-window",
+    "nifti.plane": "--nifti-plane",
+    "nifti.selection": "--nifti-slices",
+    "nifti.brain_fraction": "--nifti-brain-fraction",
+    "nifti.middle_count": "--nifti-middle-count",
+    "nifti.foreground_level": "",
+    "nifti.window_percentiles": "--nifti-window",
+    "nifti.four_d": "--nifti-4d",
+}
+_CLASSES = {"dicom": DicomConfig, "nifti": NiftiConfig}
+
+
+def _plain(value: Any) -> Any:
+    """JSON form of a setting's value (tuples become lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """How scanner files were (or are to be) read: the ``DicomConfig`` and ``NiftiConfig``.
+
+    Recorded in a store's ``index.json`` when an ingest creates it (``"reader"``) and copied
+    into the model card of every model trained on the store, so that a later ingest into the
+    store and ``predict`` / ``explain`` / ``evaluate`` with the model read scanner files the same
+    way. ``DicomConfig.max_pixels`` is a safety cap, not a way of reading, and is not recorded.
+    Plain JSON form: ``{"dicom": {...}, "nifti": {...}}`` (``to_dict``); setting names are
+    dotted (``"nifti.plane"``, ``READER_FLAGS``).
+    """
+
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    nifti: NiftiConfig = field(default_factory=NiftiConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """``{dotted name: value}`` of every recorded setting (``READER_FLAGS`` order)."""
+        return {
+            name: getattr(getattr(self, name.split(".")[0]), name.split(".")[1])
+            for name in READER_FLAGS
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form: ``{"dicom": {field: value}, "nifti": {field: value}}``."""
+        out: dict[str, dict[str, Any]] = {"dicom": {}, "nifti": {}}
+        for name, value in self.flat().items():
+            kind, key = name.split(".")
+            out[kind][key] = _plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReaderSettings:
+        """Inverse of ``to_dict``; a setting left out takes its default.
+
+        Raises
+        ------
+        ConfigError
+            ``data`` is not of that form, names an unknown setting, or holds a value the
+            configs refuse.
+        """
+        if not isinstance(data, Mapping) or set(data) - set(_CLASSES):
+            raise ConfigError(
+                "reader settings must be an object with 'dicom' and 'nifti' entries. "
+                f"Received: {data!r}."
+            )
+        overrides = {}
+        for kind, values in data.items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(
+                    f"reader settings {kind!r} must be an object. Received: {values!r}."
+                )
+            for key, value in values.items():
+                overrides[f"{kind}.{key}"] = value
+        return cls().replace(overrides)
+
+    def replace(self, overrides: Mapping[str, Any]) -> ReaderSettings:
+        """A copy with the dotted settings ``overrides`` changed (lists become tuples).
+
+        Raises
+        ------
+        ConfigError
+            An unknown setting name, or a value the configs refuse.
+        """
+        changes: dict[str, dict[str, Any]] = {"dicom": {}, "nifti": {}}
+        for name, value in overrides.items():
+            if name not in READER_FLAGS:
+                raise ConfigError(
+                    f"unknown reader setting {name!r}; known: {', '.join(READER_FLAGS)}."
+                )
+            kind, key = name.split(".")
+            changes[kind][key] = tuple(value) if isinstance(value, list) else value
+        try:
+            return ReaderSettings(
+                dicom=dataclasses.replace(self.dicom, **changes["dicom"]),
+                nifti=dataclasses.replace(self.nifti, **changes["nifti"]),
+            )
+        except TypeError as exc:  # a value of the wrong kind (e.g. a number for a tuple)
+            raise ConfigError(f"invalid reader setting: {exc}.") from exc
+
+    def differences(
+        self, other: ReaderSettings, kinds: Iterable[str] = ("dicom", "nifti")
+    ) -> list[tuple[str, Any, Any]]:
+        """``(dotted name, self's value, other's value)`` of every setting of ``kinds`` (of
+        ``"dicom"``, ``"nifti"``) that differs."""
+        kinds = set(kinds)
+        mine, theirs = self.flat(), other.flat()
+        return [
+            (name, mine[name], theirs[name])
+            for name in READER_FLAGS
+            if name.split(".")[0] in kinds and mine[name] != theirs[name]
+        ]
+
+
+def describe_setting(name: str, value: Any) -> str:
+    """A reader setting as the user would type it: ``--nifti-plane sagittal``,
+    ``--modality MR``, ``--no-dicom-header-window``, or ``NiftiConfig.foreground_level=0.1``
+    for one without an option."""
+    flag = READER_FLAGS.get(name, "")
+    if not flag:
+        kind, key = name.split(".")
+        return f"{_CLASSES[kind].__name__}.{key}={value!r}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if name == "dicom.modalities":
+        return " ".join(f"{flag} {m}" for m in value) if value else f"{flag} any"
+    if isinstance(value, tuple | list):
+        return f"{flag} {' '.join(str(v) for v in value)}"
+    return f"{flag} {value}"

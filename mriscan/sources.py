@@ -16,9 +16,17 @@ from mriscan.ingest import IngestConfig, ingest
 from mriscan.paths import DEFAULT_RAW, PHANTOM_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.readers import ReadOptions
+from mriscan.scan_config import ReaderSettings
 from mriscan.store import DEFAULT_STORE, ImageStore
 
-__all__ = ["DEFAULT_RAW", "DEFAULT_STORE", "PHANTOM_STORE", "is_store", "open_or_ingest"]
+__all__ = [
+    "DEFAULT_RAW",
+    "DEFAULT_STORE",
+    "PHANTOM_STORE",
+    "is_store",
+    "open_or_ingest",
+    "reading_for_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,22 @@ log = logging.getLogger(__name__)
 def is_store(data: str | os.PathLike[str]) -> bool:
     """True when ``data`` is an mriscan store (a folder with ``index.json``, or a memory URL)."""
     return (Path(data) / "index.json").is_file() or str(data).startswith("memory://")
+
+
+def reading_for_store(
+    store_path: str | os.PathLike[str], read_options: ReadOptions | None
+) -> ReaderSettings | None:
+    """The reading settings ``read_options`` choose for an ingest into ``store_path``: None
+    when they choose none (the ingest then reads as the store records, ``IngestConfig``),
+    else the chosen ones on top of the store's recorded settings (the defaults for a new store
+    or one that records none), so that typing one option changes only that setting."""
+    if read_options is None or not read_options.chosen:
+        return None
+    recorded = None
+    if is_store(store_path):
+        with ImageStore.open(store_path) as existing:
+            recorded = existing.reader_settings
+    return read_options.resolve(recorded)
 
 
 def open_or_ingest(
@@ -52,8 +76,10 @@ def open_or_ingest(
         Side S of the slices when ingesting (default ``PreprocessConfig``'s). For a store it
         must equal the store's size if given.
     read_options : mriscan.readers.ReadOptions, optional
-        How DICOM and NIfTI files are read when ingesting (``DicomConfig``, ``NiftiConfig``;
-        None: their defaults).
+        How DICOM and NIfTI files are read when ingesting (``DicomConfig``, ``NiftiConfig``,
+        ``overrides``); what it leaves open is the existing store's recorded settings, else the
+        defaults. Settings other than the store's for a kind of file it holds are refused by
+        ``mriscan.ingest.ingest``.
 
     Raises
     ------
@@ -76,8 +102,12 @@ def open_or_ingest(
             from mriscan.io import scan_class_folders
 
             check_classes(tuple(sorted(scan_class_folders(data).classes)))
-        ro = read_options if read_options is not None else ReadOptions()
-        cfg = IngestConfig(preprocess=pre, dicom=ro.dicom, nifti=ro.nifti)
+        chosen = reading_for_store(target, read_options)
+        cfg = IngestConfig(
+            preprocess=pre,
+            dicom=None if chosen is None else chosen.dicom,
+            nifti=None if chosen is None else chosen.nifti,
+        )
         report = ingest(Path(data), target, cfg)
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
         return ImageStore.open(target)

@@ -13,6 +13,7 @@ __all__ = [
     "join_keys",
     "kfold_indices",
     "oversized_groups",
+    "patient_keys",
     "split_indices",
     "split_keys",
     "union_groups",
@@ -36,6 +37,13 @@ def join_keys(*keys: str) -> str:
 def split_keys(key: str) -> list[str]:
     """The keys one ``SampleRecord.group_key`` carries (``join_keys``); ``""`` gives ``[]``."""
     return [p for p in key.split(KEY_SEPARATOR) if p] if key else []
+
+
+def patient_keys(key: str) -> list[str]:
+    """The patient keys (``patient:<h>``, keyed hashes of DICOM Patient IDs) among the keys of
+    one ``SampleRecord.group_key``; studies, series, volumes and manifest groups are left out
+    (they name no patient)."""
+    return [k for k in split_keys(key) if k.startswith("patient:")]
 
 
 def union_groups(duplicate_ids: np.ndarray, keys: Sequence[str]) -> np.ndarray:

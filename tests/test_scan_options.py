@@ -16,7 +16,7 @@ from mriscan.ingest import IngestConfig, ingest
 from mriscan.io import SourceFile
 from mriscan.preprocess import PreprocessConfig
 from mriscan.readers import ReadOptions
-from mriscan.scan_config import DicomConfig, NiftiConfig
+from mriscan.scan_config import DicomConfig, NiftiConfig, ReaderSettings
 from mriscan.scan_predict import read_inputs
 from mriscan.sources import open_or_ingest
 from mriscan.store import ImageStore
@@ -77,9 +77,13 @@ def test_scan_options_reach_every_command(command, module, func, monkeypatch, tm
     }[command]
     res = CliRunner().invoke(main, [*args, *OPTS])
     assert isinstance(res.exception, _CapturedError), res.output
-    assert seen["read_options"] == WANTED
+    # the typed options only: the rest comes from the store's or the model's record
+    assert seen["read_options"].resolve() == ReaderSettings(dicom=WANTED.dicom, nifti=WANTED.nifti)
+    assert set(seen["read_options"].overrides) == {
+        "dicom.window_percentiles", "dicom.use_header_window", "dicom.modalities",
+        "nifti.plane", "nifti.selection", "nifti.four_d"}  # fmt: skip
     res = CliRunner().invoke(main, args)
-    assert seen["read_options"] == ReadOptions(dicom=DicomConfig(), nifti=NiftiConfig())
+    assert seen["read_options"] == ReadOptions() and not seen["read_options"].chosen
 
 
 def test_ingest_options_reach_the_readers(scans, tmp_path):

@@ -36,6 +36,7 @@ from mriscan.errors import ConfigError, StoreCorruptError, StoreError, StoreNotF
 from mriscan.neighbors import PROJECTION_DIMS, dct_projection
 from mriscan.paths import DEFAULT_STORE
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scan_config import ReaderSettings
 from mriscan.store.columns import (
     COLUMN_DIR,
     ColumnFiles,
@@ -719,6 +720,20 @@ class ImageStore:
             )
         self._index = dataclasses.replace(self._index, key_id=key_id)
 
+    @property
+    def reader_settings(self) -> ReaderSettings | None:
+        """How the store's DICOM and NIfTI files were read (``ReaderSettings``), or None for a
+        store written before mriscan recorded it (unknown; the defaults are assumed)."""
+        return self._index.reader
+
+    def set_reader_settings(self, settings: ReaderSettings) -> None:
+        """Record (at the next commit) how the store's scanner files are read; ``mriscan.ingest``
+        decides when that may change (never for a kind of file the store already holds)."""
+        self._check_writable()
+        if not isinstance(settings, ReaderSettings):
+            raise TypeError(f"settings must be a ReaderSettings. Received: {settings!r}.")
+        self._index = dataclasses.replace(self._index, reader=settings)
+
     def set_salt(self, salt: bytes) -> None:
         """Give a store without a salt its salt (recorded at the next commit).
 
@@ -1100,6 +1115,8 @@ class ImageStore:
             "migrate": self._index.format_version != FORMAT_VERSION
             or isinstance(self._engine, LocalChunkFiles),
             "preprocess": self.config.to_dict(),
+            # None: written before mriscan recorded it (read with the defaults, presumably)
+            "reader": None if self.reader_settings is None else self.reader_settings.to_dict(),
             "codec": [c.to_dict() for c in meta.codecs],
             "chunks": list(meta.chunk_grid.chunk_shape),
             "bytes_on_disk": self.nbytes_stored(),

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from mriscan.errors import StoreCorruptError
+from mriscan.errors import ConfigError, StoreCorruptError
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scan_config import ReaderSettings
 
 __all__ = [
     "FORMAT_VERSION",
@@ -225,6 +226,10 @@ class StoreIndex:
     commit). ``key_id`` is the fingerprint of the identifier key the store's ids were hashed
     with (``mriscan.keys.key_fingerprint``; the key itself is never stored); ``salt`` is the
     hex salt that stores written before the key left the store kept here ("" in newer ones).
+    ``reader`` is how the store's DICOM and NIfTI files were read
+    (``mriscan.scan_config.ReaderSettings``, ``"reader"`` in ``index.json``); None in a store
+    written before mriscan recorded it (then unknown: the defaults are assumed, and a store
+    holding scanner slices is never given settings it may not have been read with).
     """
 
     image_size: int
@@ -236,6 +241,7 @@ class StoreIndex:
     salt: str = ""
     key_id: str = ""
     format_version: int = FORMAT_VERSION
+    reader: ReaderSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of a format-2 index (every record inline; for tests and tools)."""
@@ -250,6 +256,7 @@ class StoreIndex:
             "sources": list(self.sources),
             "salt": self.salt,
             "key_id": self.key_id,
+            "reader": None if self.reader is None else self.reader.to_dict(),
         }
 
     @classmethod
@@ -286,7 +293,19 @@ class StoreIndex:
             salt=salt,
             key_id=_key_id(data),
             format_version=version,
+            reader=_reader(data),
         )
+
+
+def _reader(data: dict[str, Any]) -> ReaderSettings | None:
+    """The ``reader`` of an index dict (absent before mriscan recorded it: None)."""
+    raw = data.get("reader")
+    if raw is None:
+        return None
+    try:
+        return ReaderSettings.from_dict(raw)
+    except ConfigError as exc:
+        raise ValueError(f"reader {exc}") from exc
 
 
 def _key_id(data: dict[str, Any]) -> str:
@@ -309,6 +328,7 @@ def encode_manifest(index: StoreIndex, manifest: Manifest) -> bytes:
             "sources": list(index.sources),
             "salt": index.salt,
             "key_id": index.key_id,
+            "reader": None if index.reader is None else index.reader.to_dict(),
             **manifest.to_dict(),
         }
     ).encode()
@@ -353,6 +373,7 @@ def decode_index(raw: bytes, where: str) -> tuple[StoreIndex, Manifest | None]:
             salt=salt,
             key_id=_key_id(data),
             format_version=version,
+            reader=_reader(data),
         )
         return index, Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -275,8 +275,11 @@ def cross_validate(
         fold_layout = cv.fold(rep, k)
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
         start = run.start
+        seen = np.sort(np.concatenate([train_idx, val_idx]))
         publish_model(
-            run.model.save, card_for(store, fold_cfg, run.threshold, start), fold_layout.model
+            run.model.save,
+            card_for(store, fold_cfg, run.threshold, start, seen=seen),
+            fold_layout.model,
         )
         if fold_layout.live_history.is_file():
             os.replace(fold_layout.live_history, fold_layout.history)

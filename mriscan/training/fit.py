@@ -29,6 +29,7 @@ from mriscan.hardware import Hardware
 from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
 from mriscan.tasks import Task, resolve_task
@@ -428,10 +429,18 @@ def card_for(
     cfg: TrainConfig,
     threshold: float | None,
     start: WeightsReport | None = None,
+    seen: np.ndarray | None = None,
 ) -> ModelCard:
     """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)
-    that started from the weights ``start`` reports (None: random initial weights)."""
+    that started from the weights ``start`` reports (None: random initial weights); ``seen``:
+    the positions of its training and validation slices, whose patients the card lists
+    (``ModelCard.train_patients``; None: not listed)."""
     task = resolve_task(store.class_names, cfg.task)
+    patients = None
+    if seen is not None and store.key_id:
+        keys = store.table.strings("group_key")
+        found = {p for i in np.asarray(seen).tolist() for p in patient_keys(keys[i])}
+        patients = {"key_id": store.key_id, "patients": sorted(found)}
     return ModelCard(
         preprocess=store.config,
         class_names=task.class_names,
@@ -443,4 +452,6 @@ def card_for(
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),
         init_weights=start_record(cfg, start),
+        reader=store.reader_settings,
+        train_patients=patients,
     )

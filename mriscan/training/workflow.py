@@ -138,13 +138,14 @@ def train(
     run = fit_and_calibrate(store, split, cfg, layout, hw, init_weights=init, callbacks=callbacks)
     # the model, its card, split and metrics are written only now, together: a run that
     # stops earlier leaves the previous run's files as they were
+    # what the model (and its threshold) saw: near-duplicates of these slices, and slices of
+    # their patients, are removed when it is evaluated on other data; the test part is not
+    seen = np.sort(np.concatenate([split["train"], split["val"]]))
     card = publish_model(
         run.model.save,
-        card_for(store, cfg, run.threshold, run.start),
+        card_for(store, cfg, run.threshold, run.start, seen=seen),
         layout.model,
-        # what the model (and its threshold) saw: near-duplicates of these are removed when
-        # it is evaluated on other data; the test part is not among them
-        signatures=store.signatures()[np.sort(np.concatenate([split["train"], split["val"]]))],
+        signatures=store.signatures()[seen],
     )
     _write_split(layout, store, split, cfg, card.model_sha256)
     result_metrics = _run_metrics(cfg, split, hw, run)
