@@ -48,6 +48,15 @@ def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
     return f, getattr(owner(), last), owner
 
 
+#: predict's and explain's --show-paths, one wording for both
+_show_paths_option = click.option(
+    "--show-paths",
+    is_flag=True,
+    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
+    "often named after the patient).",
+)
+
+
 def config_option(
     cls: type,
     path: str,
@@ -948,12 +957,7 @@ def cv(
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
-@click.option(
-    "--show-paths",
-    is_flag=True,
-    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
-    "often named after the patient).",
-)
+@_show_paths_option
 @click.option(
     "--engine",
     type=click.Choice(["auto", "keras", "onnx"]),
@@ -1121,12 +1125,7 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     "last (finer; its peak hit figshare's tumor boxes 0.29 vs 0.13 of the time); gradcam: "
     "Grad-CAM (Selvaraju et al. 2017) of the last conv block.",
 )
-@click.option(
-    "--show-paths",
-    is_flag=True,
-    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
-    "often named after the patient).",
-)
+@_show_paths_option
 @click.option(
     "--dicom-out",
     type=_PATH,
