@@ -78,15 +78,16 @@ def test_resize(benchmark, real_images, synthetic_batch, dataset, size, method):
     if method == "mriscan_search" and dataset != "real253":
         pytest.skip("the full search is only measured on the real set (~4 ms per slice)")
     if method == "mriscan":
-        fn = lambda: preprocess_batch(images, size=size, align=False)  # noqa: E731
+        # the crop+resize kernel alone: no alignment, no low-pass
+        fn = lambda: preprocess_batch(images, size=size, align=False, smooth=0.0)  # noqa: E731
     elif method == "mriscan_1t":
-        fn = _one_thread(lambda: preprocess_batch(images, size=size, align=False))
-    elif method == "mriscan_align":
+        fn = _one_thread(lambda: preprocess_batch(images, size=size, align=False, smooth=0.0))
+    elif method == "mriscan_align":  # today's default preprocessing
         fn = lambda: preprocess_batch(images, size=size)  # noqa: E731
     elif method == "mriscan_align_1t":
         fn = _one_thread(lambda: preprocess_batch(images, size=size))
     elif method == "mriscan_search":
-        fn = lambda: preprocess_batch(images, size=size, align_method="search")  # noqa: E731
+        fn = lambda: preprocess_batch(images, size=size, align_method="search", smooth=0.0)  # noqa: E731
     elif method == "opencv_area":
         cv2.setNumThreads(1)
 
