@@ -179,8 +179,6 @@ S6_E45 = _derive(S5_ALIGN, {"fit.epochs": 45})
 S7_W24 = _derive(S6_E45, {"model.filters": (24, 48, 96, 192)})
 # eighth session: the fast midline alignment (issue 20) replaces the brute-force search
 S8_FAST_ALIGN = _derive(S7_W24, {"preprocess.align_method": "fast"})
-# tenth session: a 1 px Gaussian low-pass in preprocessing (rows 51-53)
-S10_SMOOTH = _derive(S8_FAST_ALIGN, {"preprocess.smooth": 1.0})
 
 # Today's defaults, written out (not read from mriscan.config, so that they cannot drift):
 # ``CVConfig()`` with image_size 128 (what None resolves to on ingest) and silent Keras.
@@ -244,7 +242,7 @@ REFERENCE: dict[str, Any] = {
     "preprocess.normalization": "zscore",
     "preprocess.align": True,
     "preprocess.align_method": "fast",
-    "preprocess.smooth": 1.0,
+    "preprocess.smooth": 0.0,
 }
 
 ERAS: dict[str, dict[str, Any]] = {
@@ -258,7 +256,6 @@ ERAS: dict[str, dict[str, Any]] = {
     "s6_e45": S6_E45,
     "s7_w24": S7_W24,
     "s8_fast_align": S8_FAST_ALIGN,
-    "s10_smooth": S10_SMOOTH,
     "reference": REFERENCE,
 }
 

@@ -77,15 +77,17 @@ class PreprocessConfig:
         ``search``, what they were built with.
     smooth : float
         Standard deviation σ, in output pixels, of a Gaussian low-pass applied to the S×S slice
-        last (default 1; 0 = off, at most 3; a separable Numba kernel, edges mirrored, equal to
+        last (0 = off, the default; at most 3; a separable Numba kernel, edges mirrored, equal to
         ``scipy.ndimage.gaussian_filter(..., mode="reflect")`` rounded to ±1 grey level: SciPy's
         filter cost 0.21 ms per 128² slice, as much as the crop, resize and alignment together). It
         removes the fine texture (noise, JPEG blocks, sharpening) in which collections differ:
         models trained on ``brain_mri`` and on ``figshare_br35h`` both turned out to call
-        smoother slices tumors and noisier ones healthy (experiments/ACCURACY.md row 50); with
-        σ = 1 px the ``brain_mri`` model's AUC on ``figshare_br35h`` rose 0.892 → 0.947 and
-        0.857 → 0.894 on two seeds, its own CV AUC 0.930 → 0.941 (rows 51-53). Configs saved
-        before this field existed read as 0.
+        smoother slices tumors and noisier ones healthy (experiments/ACCURACY.md row 50). With
+        σ = 1 px a ``brain_mri`` model ranks ``figshare_br35h`` better (AUC 0.892 → 0.944 and
+        0.857 → 0.884 on two seeds) but its validation-chosen threshold does not carry over
+        (balanced accuracy 0.790 → 0.792, 0.650 → 0.675), and its own CV accuracy fell
+        0.877 → 0.828 at AUC 0.930 → 0.941 (rows 51-52): off by default. Configs saved before
+        this field existed read as 0.
     """
 
     size: int = 128
@@ -97,7 +99,7 @@ class PreprocessConfig:
     normalization: Literal["zscore", "minmax", "none"] = "zscore"
     align: bool = True
     align_method: Literal["fast", "search"] = "fast"
-    smooth: float = 1.0
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if (

@@ -299,7 +299,7 @@ def test_smooth_low_passes_the_slice_and_keeps_the_rest():
     old = PreprocessConfig().to_dict()
     del old["smooth"]
     assert PreprocessConfig.from_dict(old).smooth == 0.0
-    assert PreprocessConfig().smooth == 1.0
+    assert PreprocessConfig().smooth == 0.0
 
 
 def test_configs_saved_before_align_method_keep_the_full_search():
