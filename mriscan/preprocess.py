@@ -85,9 +85,9 @@ class PreprocessConfig:
         smoother slices tumors and noisier ones healthy (experiments/ACCURACY.md row 50). With
         σ = 1 px a ``brain_mri`` model ranks ``figshare_br35h`` better (AUC 0.892 → 0.944 and
         0.857 → 0.884 on two seeds) but its validation-chosen threshold does not carry over
-        (balanced accuracy 0.790 → 0.792, 0.650 → 0.675), and its own CV accuracy fell
-        0.877 → 0.828 at AUC 0.930 → 0.941 (rows 51-52): off by default. Configs saved before
-        this field existed read as 0.
+        (balanced accuracy 0.790 → 0.792, 0.650 → 0.675), and its own CV accuracy moved
+        0.877 → 0.828 and 0.855 → 0.873 on two seeds at AUC +0.01 (rows 51-54): off by
+        default. Configs saved before this field existed read as 0.
     """
 
     size: int = 128
