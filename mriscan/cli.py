@@ -1181,7 +1181,7 @@ def explain(
         out=out,
         explain_class=explain_class,
         slices=chosen,
-        top_k=top_k,
+        top_k=None if chosen is not None else top_k,
         method=method,
         read_options=_read_options(options),
         show_paths=show_paths,

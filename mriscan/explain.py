@@ -356,7 +356,7 @@ def explain(
     out: str | os.PathLike[str] = "artifacts/explain",
     explain_class: str | None = None,
     slices: Sequence[int] | None = None,
-    top_k: int = 3,
+    top_k: int | None = None,
     method: str = DEFAULT_CAM,
     read_options: ReadOptions | None = None,
     show_paths: bool = False,
@@ -382,9 +382,9 @@ def explain(
     same number as in its source ``nifti/<hash>#<index>``; only the slices read, e.g.
     those showing enough brain, can be explained), and for a DICOM series its place in the
     series ordered by slice position, from 0. ``slices`` picks those numbers of every series /
-    volume; otherwise the ``top_k`` slices most likely to show a tumor (or the explained
-    class) are explained. Their rows and PNGs are named by pseudonym
-    (``series-<hash>_slice<k>``, ``volume-<hash>_slice<index>``; the hash is salted afresh
+    volume; otherwise the ``top_k`` (default 3) slices most likely to show a tumor (or the
+    explained class) are explained; giving both is an error. Their rows and PNGs are named by
+    pseudonym (``series-<hash>_slice<k>``, ``volume-<hash>_slice<index>``; the hash is salted afresh
     each run), never by the file or folder name; ``show_paths`` names them by path instead,
     as ``mriscan predict --show-paths`` does: the row by ``<file>#<frame or slice>``, the PNG
     by the series folder or volume file (as ``heatmap_names`` names files), then, when one
@@ -402,8 +402,8 @@ def explain(
     Raises
     ------
     ConfigError
-        If ``explain_class`` is not one of the model's classes, ``top_k < 1`` or a slice
-        index is negative.
+        If ``explain_class`` is not one of the model's classes, ``top_k < 1``, a slice
+        index is negative, or both ``slices`` and ``top_k`` are given.
     MriscanError
         If ``images`` is empty.
     """
@@ -426,6 +426,12 @@ def explain(
             "holding them (hidden files and folders below a folder are skipped)."
         )
     _check_method(method)
+    if slices is not None and top_k is not None:
+        raise ConfigError(
+            "slices (--slices) and top_k (--top-k) exclude each other: give the slices to "
+            "explain, or how many of the most likely ones."
+        )
+    top_k = 3 if top_k is None else top_k
     if top_k < 1:
         raise ConfigError(f"top_k (--top-k) must be >= 1. Received: {top_k}.")
     if slices is not None:

@@ -494,6 +494,8 @@ def test_explain_cli_names_its_flags_in_usage_errors(model_file, scans, tmp_path
     assert len(explain(model_file, _files(series), out=tmp_path / "e", slices=[1, 1])) == 1
     with pytest.raises(ConfigError, match=r"top_k \(--top-k\)"):
         explain(model_file, _files(series), out=tmp_path / "e", top_k=0)
+    with pytest.raises(ConfigError, match="exclude each other"):  # the library, like the CLI
+        explain(model_file, _files(series), out=tmp_path / "e", slices=[1], top_k=2)
 
 
 def test_a_long_overlay_title_stays_inside_the_figure(tmp_path, monkeypatch):
