@@ -27,11 +27,18 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mriscan.explain import _block_outputs, grad_cam, layer_cam, read_boxes
+from mriscan.explain import (
+    block_outputs,
+    grad_cam,
+    layer_cam,
+    peak_in_box,
+    pointing_target,
+    read_boxes,
+)
 from mriscan.inference import predict_batch
 from mriscan.io import decode_image
 from mriscan.model import load_model
-from mriscan.preprocess import normalize, preprocess, source_point
+from mriscan.preprocess import normalize, preprocess
 
 Change = Callable[[np.ndarray], np.ndarray]
 
@@ -106,7 +113,7 @@ def cam_layers(model_path: Path, root: Path, boxes_csv: Path, limit: int | None)
     """Pointing game per map (see the module docstring)."""
     model, card = load_model(model_path)
     cfg = card.preprocess
-    blocks = _block_outputs(model)
+    blocks = block_outputs(model)
     maps: dict[str, Callable] = {}
     for b in blocks:
         maps[f"gradcam {b}"] = lambda m, x, k, b=b: grad_cam(m, x, layer_name=b, class_index=k)
@@ -126,29 +133,16 @@ def cam_layers(model_path: Path, root: Path, boxes_csv: Path, limit: int | None)
             np.stack([preprocess(i, cfg) for i in imgs]), cfg.normalization, threshold=cfg.threshold
         )[..., None]
         probs = predict_batch(model, x, 32, tta=card.tta)
-        ks, ok = [], []
-        for (_, box), p in zip(chunk, probs, strict=True):
-            cls, pred = box[0], card.decide(p)
-            if card.binary:
-                ks.append(1)
-                ok.append(pred == card.class_names[1])
-            elif cls in card.class_names:
-                ks.append(card.class_names.index(cls))
-                ok.append(pred == cls)
-            else:
-                ks.append(int(np.argmax(p)))
-                ok.append(pred != card.healthy)
+        ks, ok = zip(
+            *(pointing_target(card, box[0], p) for (_, box), p in zip(chunk, probs, strict=True)),
+            strict=True,
+        )
         k = None if card.binary else np.array(ks)
         for name, fn in maps.items():
             for (_, box), img, cam, good in zip(chunk, imgs, fn(model, x, k), ok, strict=True):
                 if not good:
                     continue
-                r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
-                sy, sx = source_point(img, r, c, cfg)
-                _, xc, yc, bw, bh = box
-                inside = (
-                    abs(sx / img.shape[1] - xc) <= bw / 2 and abs(sy / img.shape[0] - yc) <= bh / 2
-                )
+                inside = peak_in_box(img, cam, box[1:], cfg)
                 hits[name].setdefault(box[0], []).append(int(inside))
         print(f"{min(start + 32, len(items))} of {len(items)}", flush=True)
     out = {}

@@ -28,12 +28,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAM_METHODS",
+    "block_outputs",
     "class_activation_map",
     "explain",
     "grad_cam",
     "heatmap_names",
     "layer_cam",
+    "peak_in_box",
     "pointing_game",
+    "pointing_target",
     "read_boxes",
     "save_overlay",
 ]
@@ -41,12 +44,18 @@ __all__ = [
 
 def _target_layer(model: keras.Model) -> str:
     """The last conv block's rectified output (its conv, BN and ReLU), the usual Grad-CAM target."""
-    return _block_outputs(model)[-1]
+    return block_outputs(model)[-1]
 
 
-def _block_outputs(model: keras.Model) -> list[str]:
-    """Each convolution's rectified output (the conv followed by its BN and activation layers),
-    shallowest first."""
+def block_outputs(model: keras.Model) -> list[str]:
+    """Names of each convolution's rectified output (the conv followed by its BN and activation
+    layers), shallowest first: the layers ``grad_cam`` and ``layer_cam`` can explain.
+
+    Raises
+    ------
+    MriscanError
+        If the model has no Conv2D layer.
+    """
     layers = list(model.layers)
     names = []
     for i, layer in enumerate(layers):
@@ -210,7 +219,7 @@ def layer_cam(
     """
     x = np.asarray(images, np.float32)
     if layer_names is None:
-        blocks = _block_outputs(model)
+        blocks = block_outputs(model)
         layer_names = blocks[-3:-1] or blocks
     if not layer_names:
         raise ConfigError("layer_names must name at least one layer.")
@@ -675,6 +684,37 @@ def read_boxes(path: str | os.PathLike[str]) -> dict[str, tuple[str, float, floa
     return out
 
 
+def pointing_target(card: Any, box_class: str, probs: np.ndarray) -> tuple[int, bool]:
+    """The pointing game's rule for one boxed slice: (output whose map is drawn, whether the
+    slice counts as correctly classified).
+
+    A two-class model: its positive output, correct when called a tumor. A K-class model: the
+    true class's output, correct when that class is predicted; for a box class the model does
+    not know (a tumor type it was not trained on), the most probable class's output, correct
+    when any class but the healthy one is predicted. ``card``: the ``ModelCard``; ``probs``:
+    its (K,) class probabilities.
+    """
+    pred = card.decide(probs)
+    if card.binary:
+        return 1, pred == card.class_names[1]
+    if box_class in card.class_names:
+        return card.class_names.index(box_class), pred == box_class
+    return int(np.argmax(probs)), pred != card.healthy
+
+
+def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config: Any) -> bool:
+    """Whether the map's maximum, mapped back to the source ``image`` (H, W) through the
+    preprocessing geometry of ``config`` (``mriscan.preprocess.source_point``), lies inside
+    ``box`` = (x_center, y_center, width, height), fractions of the image side (YOLO)."""
+    from mriscan.preprocess import source_point
+
+    r, c = _peak(cam)
+    sy, sx = source_point(image, r, c, config)
+    h, w = image.shape
+    xc, yc, bw, bh = box
+    return abs(sx / w - xc) <= bw / 2 and abs(sy / h - yc) <= bh / 2
+
+
 def pointing_game(
     model_path: str | os.PathLike[str],
     root: str | os.PathLike[str],
@@ -705,7 +745,7 @@ def pointing_game(
     from mriscan.inference import predict_batch
     from mriscan.io import decode_image
     from mriscan.model import load_model
-    from mriscan.preprocess import normalize, preprocess, source_point
+    from mriscan.preprocess import normalize, preprocess
 
     _check_method(method)
     model, card = load_model(model_path)
@@ -732,13 +772,8 @@ def pointing_game(
         probs = predict_batch(model, x, batch_size, tta=card.tta)
         classes, correct = [], []
         for (_, box), p in zip(keep, probs, strict=True):
-            cls, pred = box[0], card.decide(p)
-            if card.binary:  # the positive output's map; correct = called a tumor
-                k, ok = 1, pred == card.class_names[1]
-            elif cls in card.class_names:  # the true class's map
-                k, ok = card.class_names.index(cls), pred == cls
-            else:  # a tumor type the model does not know: any tumor class is correct
-                k, ok = int(np.argmax(p)), pred != card.healthy
+            cls = box[0]
+            k, ok = pointing_target(card, cls, p)
             classes.append(k)
             correct.append(ok)
             s = stats.setdefault(cls, {"n": 0, "correct": 0, "hits": 0})
@@ -750,11 +785,7 @@ def pointing_game(
         for (_, box), img, cam, ok in zip(keep, imgs, cams, correct, strict=True):
             if not ok:
                 continue
-            r, c = _peak(cam)
-            sy, sx = source_point(img, r, c, cfg)
-            h, w = img.shape
-            _, xc, yc, bw, bh = box
-            inside = abs(sx / w - xc) <= bw / 2 and abs(sy / h - yc) <= bh / 2
+            inside = peak_in_box(img, cam, box[1:], cfg)
             stats[box[0]]["hits"] += int(inside)
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
