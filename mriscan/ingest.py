@@ -379,7 +379,18 @@ def ingest(
     return report
 
 
-_warned_salt: set[str] = set()
+# (topic, store) pairs already warned about in this process: a store's lasting condition is
+# said once, not on every ingest of a long run
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(topic: str, store_path: object, message: str, *args: object) -> None:
+    """``log.warning(message, *args)`` the first time ``topic`` comes up for ``store_path``."""
+    if (topic, str(store_path)) not in _warned:
+        _warned.add((topic, str(store_path)))
+        log.warning(message, *args)
+
+
 _hinted_migrate: set[str] = set()
 
 
@@ -414,16 +425,16 @@ def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
         The key file cannot be created or read.
     """
     if store.salt is not None:
-        if str(store_path) not in _warned_salt:
-            _warned_salt.add(str(store_path))
-            log.warning(
-                "store %s keeps the secret salt of its patient/series hashes in its index.json "
-                "(written by an older mriscan): anyone holding the store can test guessed "
-                "patient IDs against them. Do not share it; to protect the ids, ingest the "
-                "data again into a new --store (its key then stays in %s, outside the store)",
-                store_path,
-                key_file_path(),
-            )
+        _warn_once(
+            "salt",
+            store_path,
+            "store %s keeps the secret salt of its patient/series hashes in its index.json "
+            "(written by an older mriscan): anyone holding the store can test guessed "
+            "patient IDs against them. Do not share it; to protect the ids, ingest the "
+            "data again into a new --store (its key then stays in %s, outside the store)",
+            store_path,
+            key_file_path(),
+        )
         return store.salt
     key = identifier_key()
     fp = key_fingerprint(key)
@@ -440,7 +451,6 @@ def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
 
 
 _KIND_NAMES = {"dicom": "DICOM", "nifti": "NIfTI"}
-_warned_reader: set[str] = set()
 
 
 def _reader_for(
@@ -468,17 +478,17 @@ def _reader_for(
     if recorded is None:
         if not held:
             return wanted, wanted
-        if str(store_path) not in _warned_reader:
-            _warned_reader.add(str(store_path))
-            log.warning(
-                "store %s holds %s slices but does not record how they were read (written by "
-                "an older mriscan, which read them with the defaults unless --dicom-*/--nifti-*/"
-                "--modality options were given): this ingest reads with %s and cannot check "
-                "that they match",
-                store_path,
-                " and ".join(_KIND_NAMES[k] for k in held),
-                "the defaults" if wanted == ReaderSettings() else "the options given",
-            )
+        _warn_once(
+            "reader",
+            store_path,
+            "store %s holds %s slices but does not record how they were read (written by "
+            "an older mriscan, which read them with the defaults unless --dicom-*/--nifti-*/"
+            "--modality options were given): this ingest reads with %s and cannot check "
+            "that they match",
+            store_path,
+            " and ".join(_KIND_NAMES[k] for k in held),
+            "the defaults" if wanted == ReaderSettings() else "the options given",
+        )
         return wanted, None
     diffs = recorded.differences(wanted, held)
     if diffs:
