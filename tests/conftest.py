@@ -33,6 +33,23 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """An untrained two-class (no/yes) model for 32² slices with its model card, saved as
+    ``tmp_path/m/best_model.keras`` (threshold 0.5): for tests of the files around a model."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.model import build_model
+    from mriscan.preprocess import PreprocessConfig
+
+    path = tmp_path / "m" / "best_model.keras"
+    path.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8)).save(path)
+    ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5).save(
+        path
+    )
+    return path
+
+
 def make_slice(rng: np.random.Generator, h: int = 96, w: int = 80, tumor: bool = False):
     """A tiny head-like slice: dark border, bright ellipse, optional bright blob."""
     yy, xx = np.mgrid[:h, :w]

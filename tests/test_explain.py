@@ -77,20 +77,6 @@ def test_layer_cam_peaks_inside_the_blob_itself(blob_model):
 # --- issue 19 item 12: explain's inputs and outputs ---------------------------------------------
 
 
-@pytest.fixture
-def model_file(tmp_path):
-    from mriscan.artifacts import ModelCard
-    from mriscan.preprocess import PreprocessConfig
-
-    path = tmp_path / "m" / "best_model.keras"
-    path.parent.mkdir()
-    build_model(32, filters=(8, 8, 8, 8)).save(path)
-    ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5).save(
-        path
-    )
-    return path
-
-
 def _slice_file(path):
     from PIL import Image
 

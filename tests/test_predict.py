@@ -17,17 +17,6 @@ from mriscan.preprocess import PreprocessConfig
 pytestmark = pytest.mark.backend
 
 
-@pytest.fixture
-def model_file(tmp_path):
-    path = tmp_path / "m" / "best_model.keras"
-    path.parent.mkdir()
-    build_model(32, filters=(8, 8, 8, 8)).save(path)
-    ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5).save(
-        path
-    )
-    return path
-
-
 def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
     (class_folder / "yes" / "empty.jpg").write_bytes(b"")
     (class_folder / "no" / "notes.png").write_text("hello")

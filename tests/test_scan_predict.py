@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mriscan.artifacts import ModelCard
-from mriscan.model import build_model
 from mriscan.predict import predict
-from mriscan.preprocess import PreprocessConfig
 from mriscan.scan_predict import label_stem, series_labels
 from mriscan.synth_scanner import (
     FakePatient,
@@ -22,16 +19,6 @@ from mriscan.synth_scanner import (
 )
 
 pytestmark = pytest.mark.backend
-
-
-@pytest.fixture
-def model_file(tmp_path):
-    path = tmp_path / "m" / "best_model.keras"
-    path.parent.mkdir()
-    build_model(32, filters=(8, 8, 8, 8)).save(path)
-    card = ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.5)
-    card.save(path)
-    return path
 
 
 def _two_series(folder: Path) -> None:
