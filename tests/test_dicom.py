@@ -247,17 +247,23 @@ def test_config_is_validated():
         DicomConfig(window_percentiles=(50, 10))
 
 
-def test_damaged_compressed_data_blame_the_data_not_a_missing_package(tmp_path):
-    """libjpeg installed but failing on damaged JPEG-LS bytes: the error says the decoder
-    failed (not "install pylibjpeg"), on one line."""
-    from mriscan.errors import CorruptImageError, MissingCodecError
-
+def _damaged_jpeg_ls(tmp_path):
+    """pydicom's JPEG-LS MR_small with 200 bytes of its compressed data overwritten."""
     ds = pydicom.dcmread(_shipped("MR_small_jpeg_ls_lossless.dcm"))
     data = bytearray(ds.PixelData)
     data[len(data) // 3 : len(data) // 3 + 200] = b"\xff" * 200
     ds.PixelData = bytes(data)
     path = tmp_path / "damaged.dcm"
     ds.save_as(path)
+    return path
+
+
+def test_damaged_compressed_data_blame_the_data_not_a_missing_package(tmp_path):
+    """libjpeg installed but failing on damaged JPEG-LS bytes: the error says the decoder
+    failed (not "install pylibjpeg"), on one line."""
+    from mriscan.errors import CorruptImageError, MissingCodecError
+
+    path = _damaged_jpeg_ls(tmp_path)
     with pytest.raises(CorruptImageError) as err:
         read_dicom(path, salt=SALT)
     assert not isinstance(err.value, MissingCodecError)
@@ -416,12 +422,7 @@ def test_a_decoder_failure_is_one_line_without_pydicom_s_traceback(tmp_path, cap
 
     from mriscan.errors import CorruptImageError
 
-    ds = pydicom.dcmread(_shipped("MR_small_jpeg_ls_lossless.dcm"))
-    data = bytearray(ds.PixelData)
-    data[len(data) // 3 : len(data) // 3 + 200] = b"\xff" * 200
-    ds.PixelData = bytes(data)
-    path = tmp_path / "damaged.dcm"
-    ds.save_as(path)
+    path = _damaged_jpeg_ls(tmp_path)
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(CorruptImageError, match="JPEG-LS"):
             read_dicom(path, salt=SALT)
