@@ -33,6 +33,7 @@ from mriscan.io import (
 from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
+    "FLAG_SUMMARY",
     "MIN_SIDE",
     "InputRead",
     "InputSlice",
@@ -193,6 +194,14 @@ def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
     if min(image.shape) < MIN_SIDE:
         flags.append("thin")
     return tuple(flags)
+
+
+#: each ``slice_warnings`` flag in a few words, for rows that count flagged slices (a series
+#: or volume row of ``predict``); ``describe_flags`` says it of one slice
+FLAG_SUMMARY = {
+    "uniform": "uniform (every pixel equal: no anatomy)",
+    "thin": f"thin (a side under {MIN_SIDE} pixels)",
+}
 
 
 def describe_flags(flags: Iterable[str], image: np.ndarray) -> str:

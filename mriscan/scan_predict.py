@@ -26,7 +26,7 @@ from mriscan.inference import predict_batch, prediction_row
 from mriscan.io import SourceFile
 from mriscan.preprocess import normalize, preprocess_batch
 from mriscan.readers import (
-    MIN_SIDE,
+    FLAG_SUMMARY,
     InputRead,
     ReadOptions,
     check_series_sizes,
@@ -174,17 +174,10 @@ def predict_inputs(
                 "others only"
             )
         for flag, count in flagged.get(row["unit"], {}).items():
-            what = _FLAG_TEXT[flag]
+            what = FLAG_SUMMARY[flag]
             notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
         row["warning"] = "; ".join(notes)
     return rows + agg
-
-
-#: how a series / volume row names its slices flagged by ``mriscan.readers.slice_warnings``
-_FLAG_TEXT = {
-    "uniform": "uniform (every pixel equal: no anatomy)",
-    "thin": f"thin (a side under {MIN_SIDE} pixels)",
-}
 
 
 def _file_pseudonym(r: InputRead, series: str | None, salt: bytes) -> str:
