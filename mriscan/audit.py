@@ -745,7 +745,9 @@ def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
     lo = max(0.0, t - config.borderline)
     i, j, c = near_pairs(aset.signatures, threshold=lo)
     above = c > t
-    groups = duplicate_groups(aset.signatures, threshold=t)
+    # the split groups ingest would make: near-duplicates of one class (the cross-class pairs
+    # are the conflicts and look-alikes below), joined by patient / volume / manifest keys
+    groups = duplicate_groups(aset.signatures, labels=aset.labels, threshold=t)
     if any(aset.group_keys):  # slices of one patient / volume / manifest group stay together
         groups = union_groups(groups, aset.group_keys)
     conflicts = []

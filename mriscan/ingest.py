@@ -26,7 +26,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from mriscan._graph_kernels import component_minima
-from mriscan.duplicates import duplicate_groups, key_links, near_links, signature
+from mriscan.duplicates import (
+    duplicate_groups,
+    key_links,
+    near_links,
+    same_label_links,
+    signature,
+)
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
 from mriscan.io import check_label_case, scan_class_folders, scan_manifest
@@ -820,15 +826,17 @@ def _run(
         store.update_record(pos, flags=(*records[pos].flags, why))
     for pos, key in key_updates.items():
         store.update_record(pos, group_key=key)
-    # 7. split groups: near-duplicates joined with patients / volumes / manifest groups
+    # 7. split groups: near-duplicates of one class (``same_label_links`` says why not across
+    # classes) joined with patients / volumes / manifest groups
+    all_labels = np.concatenate([store.labels, np.asarray(pending_labels, np.int64)])
     if key_updates:  # a stored key changed: groups may split, recompute them all
         sigs = np.concatenate([store.signatures(), store.pending_signatures()])
         keys = [key_updates.get(r.position, r.group_key) for r in records] + pending_keys
-        store.commit(groups=union_groups(duplicate_groups(sigs), keys))
+        store.commit(groups=union_groups(duplicate_groups(sigs, labels=all_labels), keys))
     else:  # only new slices: link them to the stored groups (no stored pair is searched again)
         keyed = key_links(pending_keys, offset=len(store),
                           key_positions=store.positions_with_keys(pending_keys))  # fmt: skip
-        store.commit(links=np.concatenate([near, keyed]))
+        store.commit(links=np.concatenate([same_label_links(near, all_labels), keyed]))
     counts = {w: sum(1 for v in retire.values() if v == w) for w in ("removed", "replaced",
                                                                      "relabelled")}  # fmt: skip
     act = store.active_indices()

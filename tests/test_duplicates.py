@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from mriscan.duplicates import SIGNATURE_SIZE, duplicate_groups, signature
+from mriscan.duplicates import SIGNATURE_SIZE, duplicate_groups, same_label_links, signature
+from mriscan.errors import ConfigError
 from mriscan.preprocess import preprocess
 
 
@@ -34,3 +36,31 @@ def test_copies_group_together_and_different_heads_do_not():
     a_copy = np.clip(a.astype(int) + 3, 0, 255).astype(np.uint8)  # re-encoded copy
     groups = duplicate_groups(np.stack([signature(x) for x in (a, a_copy, b)]))
     assert groups[0] == groups[1] != groups[2]
+
+
+def test_copies_under_two_labels_are_not_one_split_group():
+    """A chain a (label 0) ~ a' (label 1) ~ a'' (label 1): only the same-label link joins."""
+    a = _tilted_head(10.0, 0)
+    copies = [np.clip(a.astype(int) + d, 0, 255).astype(np.uint8) for d in (0, 3, 6)]
+    sigs = np.stack([signature(x) for x in copies])
+    assert len(set(duplicate_groups(sigs).tolist())) == 1  # without labels: one group
+    groups = duplicate_groups(sigs, labels=np.array([0, 1, 1]))
+    assert groups[0] != groups[1] == groups[2]
+    # blank slices of two labels are not joined either
+    blanks = np.zeros((3, SIGNATURE_SIZE, SIGNATURE_SIZE), np.uint8)
+    np.testing.assert_array_equal(duplicate_groups(blanks, labels=np.array([0, 1, 0])), [0, 1, 0])
+
+
+def test_same_label_links_keeps_pairs_of_one_label_in_order():
+    links = np.array([[0, 1], [1, 2], [3, 0], [2, 4]])
+    got = same_label_links(links, np.array([0, 0, 1, 0, 1]))
+    np.testing.assert_array_equal(got, [[0, 1], [3, 0], [2, 4]])
+    assert same_label_links(np.empty((0, 2), np.int64), np.array([0])).shape == (0, 2)
+
+
+def test_labels_of_another_length_are_an_error():
+    sigs = np.zeros((2, SIGNATURE_SIZE, SIGNATURE_SIZE), np.uint8)
+    with pytest.raises(ConfigError, match="3 labels for 2 signatures"):
+        duplicate_groups(sigs, labels=np.array([0, 1, 1]))
+    with pytest.raises(ConfigError, match="position 5"):
+        same_label_links(np.array([[0, 5]]), np.array([0, 1]))

@@ -292,6 +292,20 @@ def test_half_size_resave_under_the_other_class_is_a_warning(class_folder, tmp_p
         ingest(class_folder, tmp_path / "strict.zarr", strict)
 
 
+def test_resaves_join_a_split_group_only_under_their_own_class(class_folder, tmp_path):
+    """The near-identical pair of two classes is warned about (above) but does not join the
+    split groups (``mriscan.duplicates.same_label_links``); a resave in its own class does,
+    also when it arrives in a later ingest (the incremental links)."""
+    src = Image.open(class_folder / "yes" / "yes3.png")
+    src.resize((src.width // 2, src.height // 2)).save(class_folder / "no" / "small_copy.png")
+    ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    src.resize((src.width * 2 // 3, src.height * 2 // 3)).save(class_folder / "yes" / "yes3_small.png")
+    ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        group = {r.source: int(st.groups[r.position]) for r in st.index.records if r.active}
+    assert group["yes/yes3_small.png"] == group["yes/yes3.png"] != group["no/small_copy.png"]
+
+
 @pytest.mark.skipif(not TS_DIR.is_dir(), reason=f"shared data {TS_DIR} absent")
 def test_nine_encodings_split_over_two_classes_are_named(tmp_path):
     root = tmp_path / "raw"
