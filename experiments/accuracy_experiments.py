@@ -395,7 +395,6 @@ EXPERIMENTS: dict[str, Experiment] = {
     "xc_noalign_nomirror": Experiment(
         "s8_fast_align", {"preprocess.align": False, "model.mirror": False}
     ),
-    "xc_nopretrain": Experiment("s8_fast_align", {"pretrain.phantoms": 0}),
     "xc_ref_seed1": Experiment("s8_fast_align", {"seed": 1}),
     "xc_nomirror_seed1": Experiment("s8_fast_align", {"seed": 1, "model.mirror": False}),
     "xc_intensity": Experiment(
@@ -425,6 +424,20 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig4_s96_e12_smooth": Experiment(
         "s8_fast_align", {**_size(96), "fit.epochs": 12, "preprocess.smooth": 1.0}
     ),
+    # eleventh session: the defaults not yet re-decided across collections (issue 16: phantom
+    # pre-training, resolution, width, epochs, class weights), each on seeds 0 and 1
+    **{
+        f"xc_{name}{suffix}": Experiment("s8_fast_align", {**changes, **seed})
+        for name, changes in (
+            ("nopretrain", {"pretrain.phantoms": 0}),
+            ("s96", _size(96)),
+            ("wide", {"model.filters": (32, 64, 128, 256)}),
+            ("e30", {"fit.epochs": 30}),
+            ("e60", {"fit.epochs": 60}),
+            ("nocw", {"optimizer.class_weight": False}),
+        )
+        for suffix, seed in (("", {}), ("_seed1", {"seed": 1}))
+    },
     "xc_nomirror_intensity": Experiment(
         "s8_fast_align",
         {
