@@ -48,12 +48,20 @@ def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
     return f, getattr(owner(), last), owner
 
 
+#: predict's and explain's note under files named by pseudonym (``level`` "file" rows)
+_PSEUDONYM_HINT = (
+    "  (DICOM/NIfTI files that gave no slice, and files beside them that are no input, are "
+    "named by pseudonym, as scanner slices are: run again with --show-paths to see which "
+    "files they are)"
+)
+
 #: predict's and explain's --show-paths, one wording for both
 _show_paths_option = click.option(
     "--show-paths",
     is_flag=True,
-    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
-    "often named after the patient).",
+    help="Name DICOM/NIfTI slices, the scanner files that fail and the files beside them "
+    "that are no input by path (default: by pseudonym; scan folders are often named after "
+    "the patient).",
 )
 
 
@@ -1039,11 +1047,7 @@ def predict(
         elif r.get("warning"):
             click.echo(f"  {r['path']}: predicted, but {r['warning']}", err=True)
     if not show_paths and any(r["error"] and r.get("level") == "file" for r in rows):
-        click.echo(
-            "  (DICOM/NIfTI files that gave no slice are named by pseudonym, as their slices "
-            "are: run again with --show-paths to see which files they are)",
-            err=True,
-        )
+        click.echo(_PSEUDONYM_HINT, err=True)
     if rows and bad == len(rows) and not units:
         raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 
@@ -1165,14 +1169,17 @@ def explain(
     """
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
+    from mriscan.scan import new_salt
+    from mriscan.scan_predict import problem_rows
 
     if boxes is not None:
         _pointing_game(model_path, images, boxes, out, method)
         return
     chosen = _slice_choice(slice_list, top_k)
     files, problems = collect_inputs(images)
-    for p, why in problems:
-        click.echo(f"  {display_path(p)}: {why}", err=True)
+    unused = problem_rows(problems, images, files, salt=new_salt(), show_paths=show_paths)
+    for u in unused:
+        click.echo(f"  {u['path']}: {u['error']}", err=True)
     if not files:
         raise click.ClickException("No image to explain: no JPEG/PNG, DICOM or NIfTI input.")
     results = run_explain(
@@ -1196,6 +1203,8 @@ def explain(
                 f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
                 f"{r['label']} → {r['png']}{dcm}"
             )
+    if not show_paths and any(r.get("level") == "file" for r in [*unused, *results]):
+        click.echo(_PSEUDONYM_HINT, err=True)
     skipped = [r for r in results if r.get("dicom_skipped")]
     if skipped:
         click.echo(f"No DICOM Secondary Capture for {len(skipped)} explained image(s):", err=True)
