@@ -228,8 +228,7 @@ def problem_rows(
     for item in inputs:
         root = Path(os.path.abspath(item))
         if Path(item).is_dir() and any(
-            f.kind != "image" and Path(os.path.abspath(f.path)).is_relative_to(root)
-            for f in files
+            f.kind != "image" and Path(os.path.abspath(f.path)).is_relative_to(root) for f in files
         ):
             scanned.append(root)
     rows = []
