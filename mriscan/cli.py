@@ -708,6 +708,30 @@ _LABELS = {
 }
 
 
+def _print_levels(result: dict) -> None:
+    """evaluate's per-series and per-patient sections (``mriscan.evaluate.grouped_levels``):
+    the pooling rule once, then each level's metrics, or one line saying why it has none."""
+    sections = {k: result[f"per_{k}"] for k in ("series", "patient") if f"per_{k}" in result}
+    shown = [s for s in sections.values() if s["available"]]
+    if shown:
+        click.echo(f"Per unit: {shown[0]['rule']}.")
+    for level, s in sections.items():
+        if not s["available"]:
+            click.echo(f"  {s['why']}")
+            continue
+        if s["n"]:
+            _print_metrics(f"Per {level}: {s['units']} → {s['predictions']}", s)
+        notes = []
+        if s["mixed_labels"]:
+            notes.append(f"{s['mixed_labels']} unit(s) left out: their slices differ in label")
+        if s["slices_without_unit"]:
+            notes.append(f"{s['slices_without_unit']} slice(s) belong to no {level}")
+        if s["undefined"]:
+            notes.append("undefined: " + "; ".join(f"{k}: {v}" for k, v in s["undefined"].items()))
+        for note in notes:
+            click.echo(f"  ({level}) {note}")
+
+
 def _print_metrics(title: str, m: dict) -> None:
     """Print the headline metrics, per-class precision/recall/F1 and the confusion matrix."""
     thr = m.get("threshold")
@@ -823,7 +847,11 @@ def evaluate(
     folder or store (another collection: near-duplicates of its training slices removed).
 
     Writes evaluation/metrics.json (with 95% CIs over duplicate groups), confusion_matrix.png,
-    roc.png (two classes), predictions.csv and near_duplicates_removed.csv. Files of a folder
+    roc.png (two classes), predictions.csv and near_duplicates_removed.csv. DICOM series,
+    NIfTI volumes and manifest groups are also scored as units (per_series in metrics.json,
+    series_predictions.csv), and patients when the data have Patient IDs (per_patient,
+    patient_predictions.csv): slice probabilities pooled as `predict` pools them (mean of the
+    top-3 per class); units are named by keyed hash only. Files of a folder
     that cannot be read are listed (on screen and in metrics.json) and left out of n. A metric
     that is undefined on the data (e.g. ROC AUC when no slice of one class is left) is printed
     as "undefined" and written as null; the command then exits 1.
@@ -879,6 +907,7 @@ def evaluate(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
     )
     click.echo(f"  recall per data class: {recalls}")
+    _print_levels(result)
     if result["undefined"]:
         why = "; ".join(f"{k}: {v}" for k, v in result["undefined"].items())
         raise click.ClickException(
