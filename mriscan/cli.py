@@ -1331,7 +1331,8 @@ def audit(
       0  no leakage and no label conflicts (shortcuts are reported, not fatal)
       1  bad input or usage (one line: unknown option, missing data, unreadable
          data, --out is a file, split that does not fit the store)
-      3  leakage: test slices with an exact or near duplicate in train
+      3  leakage: test slices with an exact or near duplicate in train, or of a
+         patient (keyed Patient ID) with slices in train
       4  label conflicts: the same (or a near-same) slice under two labels
       7  both 3 and 4
     """
@@ -1377,6 +1378,7 @@ def audit(
                 f"{head} {leak['train']} -> {leak['test']}: {leak['leaked']} of "
                 f"{leak['test_items']} test slices have a duplicate in train ({by})"
             )
+            _echo_same_patient(leak["same_patient"])
             changed = leak.get("changed_since_split")
             if changed and (changed["train"] or changed["test"]):
                 click.echo(
@@ -1387,6 +1389,29 @@ def audit(
         click.echo(f"Report: {page} ({report['seconds']:.0f}s)")
     if report["exit_status"]:
         sys.exit(report["exit_status"])
+
+
+def _echo_same_patient(same: dict) -> None:
+    """The audit's patients on both sides of a train/test pair (``check_patients``), by
+    pseudonym: at most 10 listed, the rest in the report."""
+    if not same["checked"]:
+        click.echo(f"  cannot check for patients on both sides: {same['why_not']}")
+        return
+    if not same["patients"]:
+        click.echo(
+            f"  no patient on both sides ({same['test_patients']} patient(s) in test, "
+            f"{same['train_patients']} in train, by keyed Patient ID)"
+        )
+        return
+    by = ", ".join(f"{c} {n}" for c, n in same["by_class"].items())
+    click.echo(
+        f"LEAKAGE: {same['patients']} patient(s) on both sides (same keyed Patient ID): "
+        f"{same['test_slices']} test slices ({by}), {same['train_slices']} train slices"
+    )
+    for p in same["shared"][:10]:
+        click.echo(f"  {p['patient']}: {p['test_slices']} test, {p['train_slices']} train")
+    if len(same["shared"]) > 10:
+        click.echo(f"  ... and {len(same['shared']) - 10} more (see the report)")
 
 
 def _auc_text(s: dict) -> str:
