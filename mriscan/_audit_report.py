@@ -286,6 +286,7 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
             "",
         ]
         md += _changed_lines(leak.get("changed_since_split"))
+        md += _same_patient_lines(leak["same_patient"])
         md += _table(
             ["r >", "pairs", "test slices with a match"],
             [[k, v["pairs"], v["b_items"]] for k, v in leak["levels"].items()],
@@ -347,6 +348,37 @@ def _auc_cell(s: dict) -> str:
         return "AUC undefined (see below)"
     flag = "**yes**" if s["flagged"] else "no"
     return f"AUC {s['auc']:.3f} → {flag} ({', '.join(s['carriers'][:3])})"
+
+
+def _same_patient_lines(same: dict) -> list[str]:
+    """The leakage section's patients on both sides (``mriscan.audit.check_patients``), by
+    pseudonym (keyed hash), as Markdown lines."""
+    if not same["checked"]:
+        return [f"Patients on both sides: not checked: {same['why_not']}.", ""]
+    if not same["patients"]:
+        return [
+            f"No patient has slices on both sides ({same['test_patients']} patients in test, "
+            f"{same['train_patients']} in train, by keyed Patient ID hash).",
+            "",
+        ]
+    md = [
+        f"**{same['patients']} patients have slices on both sides** (same keyed Patient ID "
+        f"hash): {same['test_slices']} test slices, {same['train_slices']} train slices.",
+        "",
+    ]
+    md += _table(
+        ["patient (keyed hash)", "test slices", "train slices", "test classes"],
+        [
+            [
+                f"`{p['patient']}`",
+                p["test_slices"],
+                p["train_slices"],
+                ", ".join(f"{c} {n}" for c, n in p["test_classes"].items()),
+            ]
+            for p in same["shared"]
+        ],
+    )
+    return md
 
 
 def _by_class(x: dict) -> list[str]:

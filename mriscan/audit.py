@@ -6,7 +6,8 @@
   correlation of the 16×16 perceptual signatures above a threshold, found with the k-d tree of
   ``mriscan.neighbors``), the near-duplicate groups and their sizes;
 - label conflicts: the same (or a near-same) slice filed under two labels, listed pair by pair;
-- duplicates across sets and the leakage of a train/test pair (two sets, or a ``split.json``);
+- duplicates across sets and the leakage of a train/test pair (two sets, or a ``split.json``):
+  duplicates, and patients (keyed Patient ID hashes) with slices on both sides;
 - shortcut risk: per-class file metadata (size, aspect, colour mode, format, file size, JPEG
   quality, intensity and border statistics), and how well a classifier that sees only those
   metadata predicts the label under grouped cross-validation (ROC AUC), with the features that
@@ -49,6 +50,7 @@ from mriscan.scan import new_salt, salted_hash
 from mriscan.splits import union_groups
 
 __all__ = [
+    "AUDIT_KEY",
     "EXIT_BOTH",
     "EXIT_CONFLICT",
     "EXIT_LEAKAGE",
@@ -56,6 +58,7 @@ __all__ = [
     "AuditError",
     "AuditSet",
     "audit",
+    "check_patients",
     "load_set",
     "prepare_out",
     "to_json",
@@ -193,6 +196,12 @@ class AuditSet:
     local_names : dict of str to str
         Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console only:
         never written to the report (scanner exports are often named after the patient).
+    key_id : str
+        Which key the patient hashes of ``group_keys`` were made with: ``AUDIT_KEY`` (class
+        folders: this audit's own salt, shared by every folder of one audit), a store's
+        identifier-key fingerprint (``ImageStore.key_id``), ``"own salt of <store>"`` (an
+        older store with a salt of its own), or ``""`` when unknown (sets merged from
+        different keys). Patients of two sets can be matched only when the two are equal.
     """
 
     name: str
@@ -214,6 +223,7 @@ class AuditSet:
     group_keys: list[str] = field(default_factory=list)
     local_names: dict[str, str] = field(default_factory=dict)
     n_files: int = 0
+    key_id: str = ""
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -409,6 +419,19 @@ def _folder_items(path: Path, salt: bytes) -> tuple[list[_Item], tuple[str, ...]
     return items, tuple(listing.classes), bad
 
 
+#: ``AuditSet.key_id`` of class folders: their Patient IDs are hashed with the audit's own salt
+AUDIT_KEY = "this audit's salt"
+
+
+def _store_key_id(path: Path) -> str:
+    """``AuditSet.key_id`` of a store: its identifier-key fingerprint, or, for an older store
+    hashed with a salt of its own, a text naming that store (it matches only itself)."""
+    from mriscan.store import ImageStore
+
+    with ImageStore.open(path) as store:
+        return store.key_id or f"own salt of {path.resolve()}"
+
+
 def _count_items(path: Path) -> int:
     """Files a set will read (for the progress total); checks the layout like ``load_set``."""
     if _is_store(path):
@@ -467,11 +490,13 @@ def load_set(
     salt = salt if salt is not None else new_salt()
     if _is_store(path):
         items, names, notes = _store_items(path)
-        kind, unlisted = "store", []
+        kind, unlisted, key_id = "store", [], _store_key_id(path)
     else:
         items, names, unlisted = _folder_items(path, salt)
-        kind, notes = "folder", []
-    aset = AuditSet(name=path.resolve().name, path=str(path), kind=kind, class_names=names)
+        kind, notes, key_id = "folder", [], AUDIT_KEY
+    aset = AuditSet(
+        name=path.resolve().name, path=str(path), kind=kind, class_names=names, key_id=key_id
+    )
     aset.notes += notes
     aset.skipped += unlisted
     aset.n_files = len(items) + len(unlisted)
@@ -914,6 +939,76 @@ def check_cross(a: AuditSet, b: AuditSet, config: AuditConfig) -> dict[str, Any]
     }
 
 
+def check_patients(a: AuditSet, b: AuditSet) -> dict[str, Any]:
+    """Patients with slices in both ``a`` (train) and ``b`` (test): the same keyed hash of the
+    DICOM Patient ID (``patient:<h>`` in ``AuditSet.group_keys``,
+    ``mriscan.splits.patient_keys``), which holds only when both were hashed with one key
+    (``AuditSet.key_id``).
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``checked`` (bool), ``why_not`` ("" or why the sets cannot be compared:
+        different keys), ``train_patients`` / ``test_patients`` (patients on each side, when
+        checked), ``patients`` (how many are on both sides), ``test_slices`` /
+        ``train_slices`` (their slices on each side), ``by_class`` (test slices per class) and
+        ``shared``: per patient, by pseudonym (the keyed hash, never the ID), its slices on
+        each side and the test slices' classes; largest first.
+    """
+    from mriscan.splits import patient_keys
+
+    out: dict[str, Any] = {
+        "checked": False,
+        "why_not": "",
+        "patients": 0,
+        "test_slices": 0,
+        "train_slices": 0,
+        "by_class": {},
+        "shared": [],
+    }
+    if not a.key_id or not b.key_id or a.key_id != b.key_id:
+        out["why_not"] = (
+            f"the two sides' patient IDs were hashed with different keys (train: "
+            f"{a.key_id or 'several keys'}; test: {b.key_id or 'several keys'}), so one "
+            "patient would have two hashes; audit two class folders together, or two stores "
+            "ingested with the same identifier key ($MRISCAN_KEY_FILE)"
+        )
+        return out
+    out["checked"] = True
+
+    def by_patient(s: AuditSet) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = defaultdict(list)
+        for i, key in enumerate(s.group_keys):
+            for p in patient_keys(key):
+                found[p].append(i)
+        return found
+
+    train, test = by_patient(a), by_patient(b)
+    both = sorted(set(train) & set(test), key=lambda p: (-len(test[p]), p))
+    shared = []
+    for p in both:
+        classes = Counter(b.class_of(i) for i in test[p])
+        shared.append(
+            {
+                "patient": p,
+                "train_slices": len(train[p]),
+                "test_slices": len(test[p]),
+                "test_classes": dict(sorted(classes.items())),
+            }
+        )
+    test_items = sorted({i for p in both for i in test[p]})
+    out.update(
+        train_patients=len(train),
+        test_patients=len(test),
+        patients=len(both),
+        test_slices=len(test_items),
+        train_slices=len({i for p in both for i in train[p]}),
+        by_class=dict(sorted(Counter(b.class_of(i) for i in test_items).items())),
+        shared=shared,
+    )
+    return out
+
+
 def _subset(aset: AuditSet, idx: np.ndarray, name: str) -> AuditSet:
     """The items ``idx`` of a set as a set of their own."""
     idx = np.asarray(idx, np.int64)
@@ -933,6 +1028,7 @@ def _subset(aset: AuditSet, idx: np.ndarray, name: str) -> AuditSet:
         prep_stats={k: v[idx] for k, v in aset.prep_stats.items()},
         store_positions=aset.store_positions[idx],
         group_keys=[aset.group_keys[k] for k in idx] if aset.group_keys else [],
+        key_id=aset.key_id,
     )
 
 
@@ -964,6 +1060,7 @@ def _merge(sets: Sequence[AuditSet], name: str) -> AuditSet:
         prep_stats={k: np.concatenate([s.prep_stats[k] for s in sets]) for k in preps},
         store_positions=np.concatenate([s.store_positions for s in sets]),
         group_keys=[k for s in sets for k in (s.group_keys if s.group_keys else [""] * len(s))],
+        key_id=sets[0].key_id if len({s.key_id for s in sets}) == 1 else "",
     )
 
 
@@ -1302,7 +1399,9 @@ def audit(
     -------
     dict
         JSON-ready report: ``sets`` (per set: duplicates, groups, label conflicts, shortcut),
-        ``cross`` (pairs of sets), ``leakage`` (train vs test, or None), ``exit_status``
+        ``cross`` (pairs of sets), ``leakage`` (train vs test, or None; its
+        ``same_patient``: the patients with slices on both sides, ``check_patients``; any
+        counts as leakage), ``exit_status``
         (``EXIT_LEAKAGE`` | ``EXIT_CONFLICT`` bits), ``seconds``. Keys starting with ``_`` hold
         arrays for the figures and are dropped by ``write_report``.
 
@@ -1386,9 +1485,11 @@ def audit(
         leak["test_items"] = len(test_set)
         # split items the store retired since the split was made (None for --test)
         leak["changed_since_split"] = changed
+        leak["same_patient"] = check_patients(train, test_set)
         report["leakage"] = leak
     status = 0
-    if report["leakage"] is not None and report["leakage"]["leaked"]:
+    leak = report["leakage"]
+    if leak is not None and (leak["leaked"] or leak["same_patient"]["patients"]):
         status |= EXIT_LEAKAGE
     if any(r["label_conflicts"] for r in report["sets"]):
         status |= EXIT_CONFLICT

@@ -48,12 +48,20 @@ def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
     return f, getattr(owner(), last), owner
 
 
+#: predict's and explain's note under files named by pseudonym (``level`` "file" rows)
+_PSEUDONYM_HINT = (
+    "  (DICOM/NIfTI files that gave no slice, and files beside them that are no input, are "
+    "named by pseudonym, as scanner slices are: run again with --show-paths to see which "
+    "files they are)"
+)
+
 #: predict's and explain's --show-paths, one wording for both
 _show_paths_option = click.option(
     "--show-paths",
     is_flag=True,
-    help="Name DICOM/NIfTI slices by file path (default: by pseudonym; scan folders are "
-    "often named after the patient).",
+    help="Name DICOM/NIfTI slices, the scanner files that fail and the files beside them "
+    "that are no input by path (default: by pseudonym; scan folders are often named after "
+    "the patient).",
 )
 
 
@@ -700,6 +708,30 @@ _LABELS = {
 }
 
 
+def _print_levels(result: dict) -> None:
+    """evaluate's per-series and per-patient sections (``mriscan.evaluate.grouped_levels``):
+    the pooling rule once, then each level's metrics, or one line saying why it has none."""
+    sections = {k: result[f"per_{k}"] for k in ("series", "patient") if f"per_{k}" in result}
+    shown = [s for s in sections.values() if s["available"]]
+    if shown:
+        click.echo(f"Per unit: {shown[0]['rule']}.")
+    for level, s in sections.items():
+        if not s["available"]:
+            click.echo(f"  {s['why']}")
+            continue
+        if s["n"]:
+            _print_metrics(f"Per {level}: {s['units']} → {s['predictions']}", s)
+        notes = []
+        if s["mixed_labels"]:
+            notes.append(f"{s['mixed_labels']} unit(s) left out: their slices differ in label")
+        if s["slices_without_unit"]:
+            notes.append(f"{s['slices_without_unit']} slice(s) belong to no {level}")
+        if s["undefined"]:
+            notes.append("undefined: " + "; ".join(f"{k}: {v}" for k, v in s["undefined"].items()))
+        for note in notes:
+            click.echo(f"  ({level}) {note}")
+
+
 def _print_metrics(title: str, m: dict) -> None:
     """Print the headline metrics, per-class precision/recall/F1 and the confusion matrix."""
     thr = m.get("threshold")
@@ -815,7 +847,11 @@ def evaluate(
     folder or store (another collection: near-duplicates of its training slices removed).
 
     Writes evaluation/metrics.json (with 95% CIs over duplicate groups), confusion_matrix.png,
-    roc.png (two classes), predictions.csv and near_duplicates_removed.csv. Files of a folder
+    roc.png (two classes), predictions.csv and near_duplicates_removed.csv. DICOM series,
+    NIfTI volumes and manifest groups are also scored as units (per_series in metrics.json,
+    series_predictions.csv), and patients when the data have Patient IDs (per_patient,
+    patient_predictions.csv): slice probabilities pooled as `predict` pools them (mean of the
+    top-3 per class); units are named by keyed hash only. Files of a folder
     that cannot be read are listed (on screen and in metrics.json) and left out of n. A metric
     that is undefined on the data (e.g. ROC AUC when no slice of one class is left) is printed
     as "undefined" and written as null; the command then exits 1.
@@ -871,6 +907,7 @@ def evaluate(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
     )
     click.echo(f"  recall per data class: {recalls}")
+    _print_levels(result)
     if result["undefined"]:
         why = "; ".join(f"{k}: {v}" for k, v in result["undefined"].items())
         raise click.ClickException(
@@ -1039,11 +1076,7 @@ def predict(
         elif r.get("warning"):
             click.echo(f"  {r['path']}: predicted, but {r['warning']}", err=True)
     if not show_paths and any(r["error"] and r.get("level") == "file" for r in rows):
-        click.echo(
-            "  (DICOM/NIfTI files that gave no slice are named by pseudonym, as their slices "
-            "are: run again with --show-paths to see which files they are)",
-            err=True,
-        )
+        click.echo(_PSEUDONYM_HINT, err=True)
     if rows and bad == len(rows) and not units:
         raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 
@@ -1165,14 +1198,17 @@ def explain(
     """
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
+    from mriscan.scan import new_salt
+    from mriscan.scan_predict import problem_rows
 
     if boxes is not None:
         _pointing_game(model_path, images, boxes, out, method)
         return
     chosen = _slice_choice(slice_list, top_k)
     files, problems = collect_inputs(images)
-    for p, why in problems:
-        click.echo(f"  {display_path(p)}: {why}", err=True)
+    unused = problem_rows(problems, images, files, salt=new_salt(), show_paths=show_paths)
+    for u in unused:
+        click.echo(f"  {u['path']}: {u['error']}", err=True)
     if not files:
         raise click.ClickException("No image to explain: no JPEG/PNG, DICOM or NIfTI input.")
     results = run_explain(
@@ -1196,6 +1232,8 @@ def explain(
                 f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
                 f"{r['label']} → {r['png']}{dcm}"
             )
+    if not show_paths and any(r.get("level") == "file" for r in [*unused, *results]):
+        click.echo(_PSEUDONYM_HINT, err=True)
     skipped = [r for r in results if r.get("dicom_skipped")]
     if skipped:
         click.echo(f"No DICOM Secondary Capture for {len(skipped)} explained image(s):", err=True)
@@ -1293,7 +1331,8 @@ def audit(
       0  no leakage and no label conflicts (shortcuts are reported, not fatal)
       1  bad input or usage (one line: unknown option, missing data, unreadable
          data, --out is a file, split that does not fit the store)
-      3  leakage: test slices with an exact or near duplicate in train
+      3  leakage: test slices with an exact or near duplicate in train, or of a
+         patient (keyed Patient ID) with slices in train
       4  label conflicts: the same (or a near-same) slice under two labels
       7  both 3 and 4
     """
@@ -1339,6 +1378,7 @@ def audit(
                 f"{head} {leak['train']} -> {leak['test']}: {leak['leaked']} of "
                 f"{leak['test_items']} test slices have a duplicate in train ({by})"
             )
+            _echo_same_patient(leak["same_patient"])
             changed = leak.get("changed_since_split")
             if changed and (changed["train"] or changed["test"]):
                 click.echo(
@@ -1349,6 +1389,29 @@ def audit(
         click.echo(f"Report: {page} ({report['seconds']:.0f}s)")
     if report["exit_status"]:
         sys.exit(report["exit_status"])
+
+
+def _echo_same_patient(same: dict) -> None:
+    """The audit's patients on both sides of a train/test pair (``check_patients``), by
+    pseudonym: at most 10 listed, the rest in the report."""
+    if not same["checked"]:
+        click.echo(f"  cannot check for patients on both sides: {same['why_not']}")
+        return
+    if not same["patients"]:
+        click.echo(
+            f"  no patient on both sides ({same['test_patients']} patient(s) in test, "
+            f"{same['train_patients']} in train, by keyed Patient ID)"
+        )
+        return
+    by = ", ".join(f"{c} {n}" for c, n in same["by_class"].items())
+    click.echo(
+        f"LEAKAGE: {same['patients']} patient(s) on both sides (same keyed Patient ID): "
+        f"{same['test_slices']} test slices ({by}), {same['train_slices']} train slices"
+    )
+    for p in same["shared"][:10]:
+        click.echo(f"  {p['patient']}: {p['test_slices']} test, {p['train_slices']} train")
+    if len(same["shared"]) > 10:
+        click.echo(f"  ... and {len(same['shared']) - 10} more (see the report)")
 
 
 def _auc_text(s: dict) -> str:

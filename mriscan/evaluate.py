@@ -40,7 +40,15 @@ from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
 
-__all__ = ["SPLITS", "evaluate", "near_duplicates_of", "undefined_metrics"]
+__all__ = [
+    "LEVELS",
+    "SPLITS",
+    "evaluate",
+    "grouped_levels",
+    "near_duplicates_of",
+    "undefined_metrics",
+    "unit_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +147,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics and plots of a trained model on a split of its store or on any labelled data.
 
+    The slices are scored, and so are their units: the result's ``per_series`` and
+    ``per_patient`` (``grouped_levels``: the slices' probabilities pooled per DICOM series /
+    NIfTI volume / manifest group, and per patient, with ``mriscan predict``'s rule, then
+    scored) with their pooled rows in ``series_predictions.csv`` / ``patient_predictions.csv``;
+    a level the data do not have (JPEG/PNG only, no Patient ID) says why instead.
+
     Parameters
     ----------
     model_path : path
@@ -161,6 +175,7 @@ def evaluate(
         how many, or why it could not be checked; ``same_patient_removed.csv`` lists them).
     n_boot : int
         Bootstrap draws (over duplicate groups) of the 95% CIs.
+
     read_options : mriscan.readers.ReadOptions, optional
         How DICOM and NIfTI files of a folder ``data`` are read (``DicomConfig``,
         ``NiftiConfig``, ``overrides``); what it leaves open is read as the model card records
@@ -250,16 +265,12 @@ def evaluate(
             groups = store.groups[idx]
             data_labels = store.labels[idx].astype(np.int64)
             sources = [store.index.records[i].source for i in idx]
+            group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
     result = _score(cmp, card, y, prob, groups, data_labels, data_names, n_boot)
-    undefined = (
-        undefined_metrics(result, y, removed_of)
-        if len(result["class_names"]) == 2
-        else {
-            k: "undefined on these data (a class has no slice)"
-            for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
-            if not math.isfinite(result[k])
-        }
+    undefined = _undefined(result, y, removed_of)
+    levels = grouped_levels(
+        cmp, card, y, prob, groups, data_labels, data_names, sources, group_keys, n_boot
     )
     unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
@@ -295,6 +306,12 @@ def evaluate(
         },
     )
     result["model_class_names"] = list(card.class_names)
+    for name, (section, rows) in levels.items():
+        result[f"per_{name}"] = section
+        section.pop("_decisions", None)
+        if rows is not None:
+            ev.root.mkdir(parents=True, exist_ok=True)
+            _write_unit_rows(ev.root / section["predictions"], rows, card)
     _write(ev, result, cmp, y, prob, sources, dropped, unreadable, result.pop("_decisions"))
     with open(ev.root / "same_patient_removed.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -305,6 +322,153 @@ def evaluate(
         w.writerow(["source", "same_bytes_as", "class"])
         w.writerows(copies)
     return result
+
+
+def _undefined(
+    result: dict[str, Any], y: np.ndarray, removed: dict[str, int] | None = None
+) -> dict[str, str]:
+    """The metrics of ``result`` undefined on labels ``y`` (set to NaN), with why: two
+    classes, ``undefined_metrics``; more, the headline metrics that are not finite."""
+    if len(result["class_names"]) == 2:
+        return undefined_metrics(result, y, removed)
+    return {
+        k: "undefined on these data (a class has no slice)"
+        for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
+        if not math.isfinite(result[k])
+    }
+
+
+#: what each grouped level of ``grouped_levels`` pools, in words
+LEVELS = {
+    "series": "DICOM series, NIfTI volumes, manifest groups",
+    "patient": "patients by keyed Patient ID hash",
+}
+
+
+def unit_of(source: str, group_key: str, level: str) -> str:
+    """The unit a stored slice belongs to at ``level`` ("series" or "patient"), or "" for none.
+
+    ``series``: ``series:<h>`` of a DICOM slice (its source ``dicom/<h>/...``, the unit
+    ``mriscan predict`` pools), ``volume:<h>`` of a NIfTI slice (``nifti/<h>#k``), else the
+    slice's CSV-manifest group (``manifest:<h>`` in its ``group_key``); ``patient``: the first
+    ``patient:<h>`` key of ``group_key`` (``mriscan.splits.patient_keys``). All are keyed
+    hashes: no file name or identifier.
+    """
+    from mriscan.splits import split_keys
+
+    if level == "patient":
+        return next(iter(patient_keys(group_key)), "")
+    if level != "series":
+        raise ConfigError(f"level must be one of {tuple(LEVELS)}. Received: {level!r}.")
+    kind, _, rest = source.partition("/")
+    if kind == "dicom" and rest:
+        return "series:" + rest.split("/", 1)[0]
+    if kind == "nifti" and rest:
+        return "volume:" + rest.rsplit("#", 1)[0]
+    return next((k for k in split_keys(group_key) if k.startswith("manifest:")), "")
+
+
+def grouped_levels(
+    cmp: Comparison,
+    card: Any,
+    y: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    data_labels: np.ndarray,
+    data_names: tuple[str, ...],
+    sources: list[str],
+    group_keys: list[str],
+    n_boot: int,
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
+    """Metrics per series / volume and per patient: the slices' probabilities pooled per unit
+    (``unit_of``) with predict's rule for its series / volume rows
+    (``mriscan.aggregate.aggregate_rows``: ``mriscan.aggregate.RULE`` per class, rescaled to
+    sum to 1; the label by the model's threshold or most probable class), then scored as
+    slices are (``_score``: the same metrics, 95% CIs by bootstrap over the units' split
+    groups; a metric undefined on the units is NaN and listed in ``undefined``).
+
+    ``y`` (n,) int: the slices' labels as the model's (or tumor / no tumor) classes; ``prob``
+    (n, K) float: their probabilities; ``groups`` (n,) int: split groups; ``data_labels``
+    (n,) int: labels as data classes; ``sources``, ``group_keys``: the slices' stored
+    ``SampleRecord.source`` and ``group_key``.
+
+    Returns, per level ("series", "patient"), ``(section, rows)``: ``section`` the metrics
+    (``available`` True, ``units`` what was pooled, ``rule``, ``n`` units,
+    ``mixed_labels`` units left out because their slices carry different labels,
+    ``slices_without_unit``, ``predictions`` the CSV file name) or, when no slice has such a
+    unit (JPEG/PNG only; no Patient ID), ``{"available": False, "why": ...}`` and rows None;
+    ``rows`` the pooled rows (``aggregate_rows``'s, with ``true`` and ``predicted``).
+    """
+    from mriscan.aggregate import RULE, aggregate_rows
+    from mriscan.inference import prediction_row
+
+    thr = card.threshold if card.binary else None
+    out: dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]] = {}
+    for level, what in LEVELS.items():
+        units = [unit_of(s, k, level) for s, k in zip(sources, group_keys, strict=True)]
+        if not any(units):
+            why = (
+                "JPEG/PNG slices only (no DICOM series, NIfTI volume or manifest group): "
+                "no series level"
+                if level == "series"
+                else "no slice has a Patient ID (JPEG/PNG and NIfTI carry none): no patient level"
+            )
+            out[level] = ({"available": False, "why": why}, None)
+            continue
+        members: dict[str, list[int]] = {}
+        for i, u in enumerate(units):
+            if u:
+                members.setdefault(u, []).append(i)
+        mixed = [u for u, m in members.items() if len(set(y[m].tolist())) > 1]
+        slice_rows = []
+        for i, u in enumerate(units):
+            if u and u not in mixed:
+                row = prediction_row(Path(u), prob[i], card, thr, "")
+                row["unit"] = u
+                slice_rows.append(row)
+        rows = aggregate_rows(slice_rows, card=card, threshold=thr)
+        first = [members[r["unit"]][0] for r in rows]
+        y_u = y[first].astype(np.int64)
+        p_u = np.array([[r[f"p_{n}"] for n in card.class_names] for r in rows], np.float64)
+        p_u = p_u.reshape(len(rows), len(card.class_names))
+        d_u = np.array(
+            [
+                data_labels[members[r["unit"]][0]]
+                if len(set(data_labels[members[r["unit"]]].tolist())) == 1
+                else -1
+                for r in rows
+            ],
+            np.int64,
+        )
+        section: dict[str, Any] = {"available": True, "units": what}
+        if rows:
+            section.update(_score(cmp, card, y_u, p_u, groups[first], d_u, data_names, n_boot))
+            section["undefined"] = _undefined(section, y_u)
+            for r, label, pred in zip(rows, y_u.tolist(), section["_decisions"], strict=True):
+                r.update(true=cmp.class_names[label], predicted=cmp.class_names[pred])
+        else:
+            section.update(n=0, undefined={"all": "every unit mixes labels"})
+        section.update(
+            rule=f"probabilities = the {RULE} of the unit, per class, rescaled to sum to 1 "
+            "(as predict's series/volume rows); label by the model's threshold or most "
+            "probable class",
+            mixed_labels=len(mixed),
+            slices_without_unit=sum(1 for u in units if not u),
+            predictions=f"{level}_predictions.csv",
+        )
+        out[level] = (section, rows)
+    return out
+
+
+def _write_unit_rows(path: Path, rows: list[dict[str, Any]], card: Any) -> None:
+    """The pooled rows of ``grouped_levels`` as CSV: ``unit`` (a keyed hash), ``slices``,
+    ``true``, ``predicted``, ``p_<class>`` of the model's classes (6 decimals)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["unit", "slices", "true", "predicted", *(f"p_{c}" for c in card.class_names)])
+        for r in rows:
+            probs = [f"{r[f'p_{c}']:.6f}" for c in card.class_names]
+            w.writerow([r["unit"], r["slices"], r["true"], r["predicted"], *probs])
 
 
 def _exact_copies(store: ImageStore, idx: np.ndarray) -> list[tuple[str, str, str]]:

@@ -399,7 +399,10 @@ def explain(
     by the series folder or volume file (as ``heatmap_names`` names files), then, when one
     folder holds several series, ``_series<N>`` (their Series Numbers; see
     ``mriscan.scan_predict.series_labels``: the row of the series reads ``<folder> [series
-    <N>]``), and ``_slice<k>``. ``slices`` given twice are explained once.
+    <N>]``), and ``_slice<k>``. ``slices`` given twice are explained once. A scanner file that
+    gives no slice (unreadable, or no image) gets a row with ``error`` and ``level`` "file",
+    named as ``mriscan predict`` names it (``mriscan.scan_predict.failed_file_name``: by
+    pseudonym, or by path with ``show_paths``).
 
     ``dicom_out``: a folder where each explained slice read from DICOM also gets its overlay
     (``mriscan.plots.overlay_rgb`` of the S×S model input, the PNG's right panel) as a DICOM
@@ -421,7 +424,9 @@ def explain(
     from mriscan.model import load_model
     from mriscan.preprocess import normalize, preprocess
     from mriscan.readers import settings_for_model
+    from mriscan.scan import new_salt
     from mriscan.scan_predict import (
+        failed_file_name,
         label_stem,
         predict_arrays,
         read_inputs,
@@ -504,10 +509,11 @@ def explain(
     units: dict[str, list] = {}
     if scans:  # read as the training data were, unless chosen otherwise
         read_options = settings_for_model(card.reader, read_options)
-    for r in read_inputs(scans, options=read_options):
+    salt = new_salt()  # this run's pseudonyms
+    for r in read_inputs(scans, options=read_options, salt=salt):
         if r.error is not None or r.skipped is not None or r.excluded is not None:
-            why = r.error or f"skipped: {r.skipped or r.excluded}"
-            results.append({"path": display_path(r.path), "error": why})
+            name, why, _ = failed_file_name(r, salt=salt, show_paths=show_paths)
+            results.append({"path": name, "error": why, "level": "file"})
             continue
         for s in r.slices:
             units.setdefault(s.unit, []).append((r, s))

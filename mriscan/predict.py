@@ -365,10 +365,12 @@ def predict(
     JPEG/PNG files give one row each (``columns_for(card)``); DICOM files and NIfTI volumes
     one row per slice plus one per series / volume (``mriscan.scan_predict.predict_inputs``,
     rule in ``mriscan.aggregate.RULE``; columns ``level``, ``unit``, ``slices``,
-    ``aggregate`` added); folders that cannot be listed one error row each. ``output``
+    ``aggregate`` added); files that are no input and folders that cannot be listed one error
+    row each. ``output``
     (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see ``PredictionWriter``);
     ``progress(done, total)`` is called after each batch of image files. ``show_paths`` names
-    scanner slices by file instead of by pseudonym; ``read_options``
+    scanner slices, scanner files that failed and the files beside them that are no input
+    (``mriscan.scan_predict.problem_rows``) by path instead of by pseudonym; ``read_options``
     (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read: what it leaves
     open is read as the model card records for the training data (``ModelCard.reader``; the
     defaults for an older card), and a chosen setting that differs is logged
@@ -391,7 +393,8 @@ def predict(
         If the ONNX export is missing (``engine="onnx"``) or was made from another model file.
     """
     from mriscan.readers import collect_inputs
-    from mriscan.scan_predict import SCAN_COLUMNS, predict_inputs
+    from mriscan.scan import new_salt
+    from mriscan.scan_predict import SCAN_COLUMNS, predict_inputs, problem_rows
 
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
@@ -427,6 +430,7 @@ def predict(
                 model, card, prefetch, thr, batch_size, writer=writer, own=False, progress=progress
             )
             more: list[dict[str, Any]] = []
+            salt = new_salt()  # this run's pseudonyms
             if scans:
                 more += predict_inputs(
                     model,
@@ -437,8 +441,9 @@ def predict(
                     workers=workers,
                     show_paths=show_paths,
                     read_options=read_options,
+                    salt=salt,
                 )
-            more += [{"path": display_path(p), "label": "", "error": why} for p, why in problems]
+            more += problem_rows(problems, inputs, files, salt=salt, show_paths=show_paths)
             if writer is not None and more:
                 writer.write(more)
     return rows + more

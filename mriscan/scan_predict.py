@@ -7,7 +7,11 @@ Scanner slices are named by pseudonyms (``dicom/<series>/<instance>#<frame>``,
 no file or folder name of a scan (often the patient's name) unless ``show_paths`` asks for them.
 Files that fail get an error row named the same way: by pseudonym (``dicom/<series>/file-<h>``,
 ``nifti/file-<h>``), the path removed from the library's reason too, or by path with
-``show_paths`` (run again with it to find the file to fix).
+``show_paths`` (run again with it to find the file to fix). So do the files and folders found
+beside scanner data that are no input (a ``notes.txt``, a folder that cannot be listed:
+``other/file-<h>``, ``other/folder-<h>``; see ``problem_rows``): below a folder of DICOM or NIfTI
+files a path may name the patient. JPEG/PNG files, and what lies in folders without scanner
+files, keep their paths.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from mriscan.scan import new_salt, salted_hash
 
 __all__ = [
     "SCAN_COLUMNS",
+    "failed_file_name",
     "label_stem",
     "predict_arrays",
     "predict_inputs",
+    "problem_rows",
     "read_inputs",
     "series_labels",
     "unit_places",
@@ -98,6 +104,7 @@ def predict_inputs(
     show_paths: bool = False,
     top_k: int = TOP_K,
     read_options: ReadOptions | None = None,
+    salt: bytes | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order;
     ``warning`` as for JPEG/PNG rows: ``mriscan.readers.slice_warnings``, the rule ingest
@@ -115,28 +122,23 @@ def predict_inputs(
     several series, see ``series_labels``), those
     of ``mriscan.inference.columns_for(card)``, then ``SCAN_COLUMNS``. ``threshold``: that of a
     two-class model (None for more classes). ``read_options``: how DICOM and NIfTI are read
-    (``mriscan.readers.ReadOptions``; default: the readers' defaults).
+    (``mriscan.readers.ReadOptions``; default: the readers' defaults). ``salt``: the key of
+    this run's pseudonyms (default: a fresh one, ``mriscan.scan.new_salt``), given to name
+    ``problem_rows`` with the same key.
     """
     if card.binary and (threshold is None or not 0.0 <= threshold <= 1.0):
         raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
-    salt = new_salt()
+    salt = salt if salt is not None else new_salt()
     reads = read_inputs(files, workers=workers, salt=salt, options=read_options)
     rows: list[dict[str, Any]] = []
     slices = []
     unreadable: dict[str, int] = {}  # series unit -> its files that could not be read
     for r in reads:
         if r.error is not None or r.skipped is not None or r.excluded is not None:
-            err = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
-            series = None
-            if r.kind == "dicom":
-                from mriscan.dicom import series_id
-
-                series = series_id(r.path, salt)
+            name, err, series = failed_file_name(r, salt=salt, show_paths=show_paths)
             if r.error is not None and series is not None:
                 unit = f"series:{series}"
                 unreadable[unit] = unreadable.get(unit, 0) + 1
-            name = str(r.path) if show_paths else _file_pseudonym(r, series, salt)
-            err = _without_path(err, r.path)
             rows.append(_scan_row(card, name, None, threshold, err, "file", ""))
             continue
         for s in r.slices:
@@ -178,6 +180,72 @@ def predict_inputs(
             notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
         row["warning"] = "; ".join(notes)
     return rows + agg
+
+
+def failed_file_name(
+    r: InputRead, *, salt: bytes, show_paths: bool = False
+) -> tuple[str, str, str | None]:
+    """How a report names a scanner file that gave no slice (``r.error``, ``r.skipped`` or
+    ``r.excluded`` set), the rule of ``predict_inputs``: ``(name, reason, series)``.
+
+    ``name``: the pseudonym of ``_file_pseudonym`` (``dicom/<series>/file-<h>``,
+    ``nifti/file-<h>``; ``salt`` the run's key), or the path with ``show_paths``; ``reason``:
+    the error, or "skipped: <why>", with the file's path replaced by "the file" (libraries
+    such as nibabel repeat it); ``series``: the hashed series id of a DICOM file whose header
+    still names one (``mriscan.dicom.series_id``), else None.
+    """
+    why = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
+    series = None
+    if r.kind == "dicom":
+        from mriscan.dicom import series_id
+
+        series = series_id(r.path, salt)
+    name = str(r.path) if show_paths else _file_pseudonym(r, series, salt)
+    return name, _without_path(why, r.path), series
+
+
+def problem_rows(
+    problems: Sequence[tuple[Path, str]],
+    inputs: Sequence[str | os.PathLike[str]],
+    files: Sequence[SourceFile],
+    *,
+    salt: bytes,
+    show_paths: bool = False,
+) -> list[dict[str, Any]]:
+    """Rows (``path``, ``label`` "", ``error``; ``level`` when named by pseudonym) for what
+    ``mriscan.readers.collect_inputs`` found that is no input (files of no input kind,
+    sub-folders that cannot be listed, empty folders), named by the rule for scanner data.
+
+    A problem that lies below a folder of ``inputs`` holding a DICOM or NIfTI file (``files``)
+    is named by pseudonym, ``other/file-<h>`` or ``other/folder-<h>`` (``h`` = the salted hash
+    of its absolute path; its path removed from the reason; ``level`` "file"), as a scanner
+    file that failed is: a path below scanner data may name the patient. Others keep their
+    path (``mriscan.io.display_path``), as JPEG/PNG rows do; so do all with ``show_paths``.
+    """
+    from mriscan.io import display_path
+
+    scanned = []
+    for item in inputs:
+        root = Path(os.path.abspath(item))
+        if Path(item).is_dir() and any(
+            f.kind != "image" and Path(os.path.abspath(f.path)).is_relative_to(root) for f in files
+        ):
+            scanned.append(root)
+    rows = []
+    for p, why in problems:
+        absolute = Path(os.path.abspath(p))
+        private = not show_paths and any(absolute.is_relative_to(r) for r in scanned)
+        if private:
+            what = "folder" if absolute.is_dir() else "file"
+            name = f"other/{what}-{salted_hash(salt, 'file', str(absolute))}"
+            why = _without_path(why, p)
+        else:
+            name = display_path(p)
+        row = {"path": name, "label": "", "error": why}
+        if private:
+            row["level"] = "file"
+        rows.append(row)
+    return rows
 
 
 def _file_pseudonym(r: InputRead, series: str | None, salt: bytes) -> str:

@@ -414,3 +414,58 @@ def test_real_sets(real_data):
     assert 600 <= leak["by_class"]["notumor"]["leaked"] <= 750
     assert 400 <= leak["levels"]["0.98"]["b_items"] <= 600
     assert r["exit_status"] & EXIT_LEAKAGE
+
+
+def _patients(root: Path, plan: list[tuple[str, str, int]]) -> Path:
+    """Class folders of DICOM series named after made-up patients: (class, patient, seed)."""
+    from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+    for c, name, seed in plan:
+        pat = FakePatient(patient_id=f"FAKE-{name.upper()}", name=f"{name}^Jane")
+        write_dicom_series(
+            root / c / f"{name}_Jane_{seed}", phantom_volume(seed, n_slices=3), patient=pat,
+            seed=seed,
+        )  # fmt: skip
+    return root
+
+
+def test_patients_on_both_sides_are_leakage_listed_by_pseudonym(tmp_path):
+    """Doe is in train (no) and in test (yes, another series): one shared patient, its 3 test
+    slices; Roe (train only) and Poe (test only) are not. Folders of one audit share its salt;
+    stores compare under one identifier key; a folder against a store cannot be checked."""
+    train = _patients(tmp_path / "train", [("no", "Doe", 1), ("yes", "Roe", 2)])
+    test = _patients(tmp_path / "test", [("no", "Poe", 3), ("yes", "Doe", 4)])
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["audit", str(train), "--test", str(test), "--out", str(out)])
+    assert res.exit_code & EXIT_LEAKAGE, res.output
+    report = json.loads((out / "audit.json").read_text())
+    same = report["leakage"]["same_patient"]
+    assert same["checked"] and same["patients"] == 1 and same["test_slices"] == 3
+    assert same["test_patients"] == 2 and same["by_class"] == {"yes": 3}
+    [shared] = same["shared"]
+    assert shared["patient"].startswith("patient:") and shared["train_slices"] == 3
+    md = (out / "audit.md").read_text()
+    assert shared["patient"] in res.output and shared["patient"] in md
+    assert "1 patient(s) on both sides" in res.output and "1 patients have slices" in md
+    for secret in ("Doe", "Jane", "FAKE", "Roe", "Poe"):
+        assert secret not in res.output + md + (out / "audit.json").read_text()
+
+    apart = _patients(tmp_path / "other", [("no", "Moe", 5), ("yes", "Zoe", 6)])
+    same = audit([train], test=apart, config=CFG)["leakage"]["same_patient"]
+    assert same["checked"] and same["patients"] == 0 and same["shared"] == []
+
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+
+    stores = []
+    for name, root in (("train", train), ("test", test)):
+        ingest(root, tmp_path / f"{name}.zarr", IngestConfig(preprocess=PreprocessConfig()))
+        stores.append(tmp_path / f"{name}.zarr")
+    same = audit([stores[0]], test=stores[1], config=CFG)["leakage"]["same_patient"]
+    assert same["checked"] and same["patients"] == 1 and same["test_slices"] == 3
+    mixed = audit([stores[0]], test=test, config=CFG)["leakage"]["same_patient"]
+    assert not mixed["checked"] and "different keys" in mixed["why_not"]
+    res = CliRunner().invoke(
+        main, ["audit", str(stores[0]), "--test", str(test), "--out", str(tmp_path / "r2")]
+    )
+    assert "cannot check for patients on both sides" in res.output

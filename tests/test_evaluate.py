@@ -201,3 +201,118 @@ def test_a_class_emptied_by_duplicate_removal_is_said_so():
     assert why["recall of 'yes'"] == why["sensitivity"]
     plain = undefined_metrics(mx.binary_metrics(y, np.full(4, 0.2), threshold=0.5), y)
     assert plain["sensitivity"] == "no readable slice of class 'yes'"
+
+
+def _levels(class_names, card_names, y, prob, sources, keys):
+    """``grouped_levels`` on hand-made slices (every slice its own split group)."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.evaluate import grouped_levels
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.tasks import compare_classes
+
+    card = ModelCard(
+        preprocess=PreprocessConfig(size=32),
+        class_names=card_names,
+        threshold=0.5 if len(card_names) == 2 else None,
+    )
+    cmp = compare_classes(class_names, card.class_names, card.healthy)
+    y = np.asarray(y, np.int64)
+    return grouped_levels(
+        cmp, card, y, np.asarray(prob, np.float64), np.arange(y.size), y,
+        tuple(class_names), sources, keys, 50,
+    )  # fmt: skip
+
+
+def test_series_and_patients_are_pooled_with_predict_s_rule():
+    """Binary: series A (yes; P(yes) .9 .8 .1 .7 -> top-3 mean .8), B (no; .2 .3 -> .25), a
+    NIfTI volume V (no; .6 -> .6, called yes at .5) and a manifest group of JPEGs M (yes); A and
+    B are one patient whose slices differ in label (left out), V has no Patient ID."""
+    from mriscan.aggregate import top_k_mean
+
+    p_yes = [0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.6, 0.4, 0.9]
+    y = [1, 1, 1, 1, 0, 0, 0, 1, 1]
+    sources = [f"dicom/A/i{k}#0" for k in range(4)] + ["dicom/B/i0#0", "dicom/B/i1#0"]
+    sources += ["nifti/V#3", "yes/a.png", "yes/b.png"]
+    keys = ["patient:P"] * 6 + ["volume:V", "manifest:M", "manifest:M"]
+    prob = np.stack([1 - np.array(p_yes), p_yes], axis=1)
+    levels = _levels(("no", "yes"), ("no", "yes"), y, prob, sources, keys)
+    series, rows = levels["series"]
+    assert series["available"] and series["n"] == 4 and series["mixed_labels"] == 0
+    pooled = {r["unit"]: (r["probability"], r["true"], r["predicted"]) for r in rows}
+    assert pooled["series:A"] == (pytest.approx(0.8), "yes", "yes")
+    assert pooled["series:B"] == (pytest.approx(0.25), "no", "no")
+    assert pooled["volume:V"] == (pytest.approx(0.6), "no", "yes")
+    assert pooled["manifest:M"][0] == pytest.approx(top_k_mean([0.4, 0.9]))
+    assert series["accuracy"] == pytest.approx(0.75) and series["specificity"] == 0.5
+    assert "mean of the top-3 slice probabilities" in series["rule"]
+    patient, rows = levels["patient"]
+    assert patient["mixed_labels"] == 1 and rows == [] and patient["slices_without_unit"] == 3
+
+
+def test_a_level_with_one_class_has_undefined_metrics_and_jpeg_only_has_none():
+    """Three-class model: two patients, both glioma: ROC AUCs undefined (NaN, listed), the
+    pooled label the most probable pooled class; JPEG/PNG slices only: no level at all."""
+    names = ("glioma", "meningioma", "notumor")
+    prob = [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]]
+    sources = ["dicom/S1/a#0", "dicom/S1/b#0", "dicom/S2/a#0", "dicom/S2/b#0"]
+    keys = ["patient:P1", "patient:P1", "patient:P2", "patient:P2"]
+    levels = _levels(names, names, [0, 0, 0, 0], prob, sources, keys)
+    patient, rows = levels["patient"]
+    assert [r["predicted"] for r in rows] == ["glioma", "meningioma"]
+    assert patient["n"] == 2 and patient["accuracy"] == 0.5
+    assert np.isnan(patient["macro_roc_auc"]) and "macro_roc_auc" in patient["undefined"]
+    plain = _levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
+                    ["no/a.png", "yes/b.png"], ["", ""])  # fmt: skip
+    assert plain["series"][1] is None and not plain["series"][0]["available"]
+    assert "JPEG/PNG slices only" in plain["series"][0]["why"]
+    assert plain["patient"][1] is None and not plain["patient"][0]["available"]
+
+
+@pytest.mark.backend
+def test_evaluate_scores_dicom_series_and_patients_as_predict_pools_them(loose_model, tmp_path):
+    """A class folder of DICOM series (3 made-up patients, one with two series): per_series
+    and per_patient in metrics.json, their CSVs by keyed hash only, the pooled probabilities
+    those of `mriscan predict`'s series rows; a JPEG folder says it has no such level."""
+    from mriscan.predict import predict
+    from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+    root = tmp_path / "raw"
+    plan = [("yes", "Doe^Jane", 1), ("yes", "Doe^Jane", 2), ("yes", "Roe^Rick", 3)]
+    plan += [("no", "Poe^Edgar", 4)]
+    for label, name, seed in plan:
+        write_dicom_series(
+            root / label / f"{name.replace('^', '_')}_{seed}",
+            phantom_volume(seed, n_slices=4, canvas=32, tumor=label == "yes"),
+            patient=FakePatient(patient_id=name.upper(), name=name), seed=seed,
+            series_number=seed,
+        )  # fmt: skip
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(
+        main, ["evaluate", str(root), "--model", str(loose_model), "--out", str(out)]
+    )
+    assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
+    assert "mean of the top-3 slice probabilities" in r.output
+    saved = _strict_json(out / "evaluation" / "metrics.json")
+    assert saved["per_series"]["n"] == 4 and saved["per_patient"]["n"] == 3
+    assert saved["per_patient"]["confusion_matrix"] is not None
+    table = (out / "evaluation" / "series_predictions.csv").read_text()
+    patients = (out / "evaluation" / "patient_predictions.csv").read_text()
+    assert not any(s in table + patients + r.output for s in ("Doe", "Roe", "Poe", "Jane"))
+    ours = sorted(float(row["p_yes"]) for row in csv.DictReader(table.splitlines()))
+    theirs = sorted(
+        row["probability"] for row in predict(loose_model, [root]) if row["level"] == "series"
+    )
+    assert ours == pytest.approx(theirs, abs=1e-5)
+    assert len(patients.splitlines()) == 1 + 3
+
+
+@pytest.mark.backend
+def test_evaluate_on_jpegs_says_there_is_no_series_level(loose_model, class_folder, tmp_path):
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(
+        main, ["evaluate", str(class_folder), "--model", str(loose_model), "--out", str(out)]
+    )
+    assert "JPEG/PNG slices only" in r.output and "Per series" not in r.output
+    saved = _strict_json(out / "evaluation" / "metrics.json")
+    assert saved["per_series"]["available"] is False and saved["per_patient"]["available"] is False
+    assert not (out / "evaluation" / "series_predictions.csv").exists()

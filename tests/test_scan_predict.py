@@ -145,3 +145,68 @@ def test_failed_scanner_files_follow_show_paths(model_file, tmp_path):
     )
     assert res.exit_code == 0 and "Roe" not in res.output
     assert "run again with --show-paths" in res.output
+
+
+def _patient_folder(root: Path) -> Path:
+    """A folder named after a made-up patient: a readable series, a truncated instance, a
+    structured report (pydicom's test-SR.dcm), a DICOMDIR, a notes file that is no input,
+    and a JPEG-only folder beside it."""
+    import shutil
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    scans = root / "Roe_Richard_19650303"
+    files = write_dicom_series(
+        scans / "T1", phantom_volume(1, n_slices=3, canvas=32), patient=FakePatient()
+    )
+    files[0].write_bytes(files[0].read_bytes()[:-100])
+    shutil.copy(get_testdata_file("test-SR.dcm"), scans / "Roe_report.dcm")
+    shutil.copy(get_testdata_file("DICOMDIR"), scans / "DICOMDIR")
+    (scans / "Roe_notes.txt").write_text("Richard Roe, referred by Dr X")
+    plain = root / "jpegs"
+    plain.mkdir()
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(plain / "Moe_scan.jpg")
+    (plain / "Moe_notes.txt").write_text("not an input")
+    return scans
+
+
+def test_no_path_under_scanner_data_reaches_any_output(model_file, tmp_path):
+    """predict and explain name every file under a folder of scanner data by pseudonym:
+    failed instances, non-image DICOM (SR, DICOMDIR) and files that are no input, on the
+    console and in the output file; --show-paths names them by path. JPEG/PNG files and what
+    lies beside them in folders without scanner data keep their paths."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    scans = _patient_folder(tmp_path / "in")
+    plain = tmp_path / "in" / "jpegs"
+    for suffix in (".csv", ".json"):
+        out = tmp_path / f"p{suffix}"
+        args = ["predict", str(model_file), str(scans), str(plain), "--output", str(out)]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        text = res.output + out.read_text()
+        assert "Roe" not in text and "Richard" not in text
+        for name in ("other/file-", "dicom/unknown/file-", "skipped: not an image"):
+            assert name in text
+        assert "Moe_scan.jpg" in text and "Moe_notes.txt" in text  # no scanner data there
+        assert "run again with --show-paths" in res.output
+    res = CliRunner().invoke(main, [*args, "--show-paths"])
+    assert res.exit_code == 0, res.output
+    shown = out.read_text()
+    for name in ("Roe_notes.txt", "Roe_report.dcm", "DICOMDIR", "IM0001"):
+        assert name in shown and name in res.output
+
+    exp = ["explain", str(model_file), str(scans), "--top-k", "1", "--out", str(tmp_path / "x")]
+    res = CliRunner().invoke(main, exp)
+    assert res.exit_code == 0, res.output
+    assert "Roe" not in res.output and "Richard" not in res.output
+    assert res.output.count("other/file-") == 1 and res.output.count("/file-") == 4
+    assert "run again with --show-paths" in res.output
+    assert not any("Roe" in p.name for p in (tmp_path / "x").iterdir())
+    res = CliRunner().invoke(main, [*exp, "--show-paths"])
+    assert res.exit_code == 0, res.output
+    for name in ("Roe_notes.txt", "Roe_report.dcm", "DICOMDIR", "IM0001"):
+        assert name in res.output
