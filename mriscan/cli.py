@@ -48,21 +48,26 @@ def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
     return f, getattr(owner(), last), owner
 
 
-#: predict's and explain's note under files named by pseudonym (``level`` "file" rows)
+#: predict's, explain's and evaluate's note under files named by pseudonym (``level`` "file"
+#: rows)
 _PSEUDONYM_HINT = (
     "  (DICOM/NIfTI files that gave no slice, and files beside them that are no input, are "
     "named by pseudonym, as scanner slices are: run again with --show-paths to see which "
     "files they are)"
 )
 
-#: predict's and explain's --show-paths, one wording for both
-_show_paths_option = click.option(
-    "--show-paths",
-    is_flag=True,
-    help="Name DICOM/NIfTI slices, the scanner files that fail and the files beside them "
-    "that are no input by path (default: by pseudonym; scan folders are often named after "
-    "the patient).",
-)
+
+def _show_paths_option(slices: bool = True) -> Callable:
+    """The --show-paths flag of predict and explain (``slices``: their DICOM/NIfTI slices are
+    named by path too) and of evaluate (``slices`` False: its slices keep their store names,
+    pseudonyms for scanner slices): one wording for all."""
+    what = "DICOM/NIfTI slices, the scanner files" if slices else "The DICOM/NIfTI files"
+    return click.option(
+        "--show-paths",
+        is_flag=True,
+        help=f"Name {what} that fail and the files beside them that are no input by path "
+        "(default: by pseudonym; scan folders are often named after the patient).",
+    )
 
 
 def config_option(
@@ -832,6 +837,7 @@ def synth(
     help="Keep slices of other data that near-duplicate a training slice of the model "
     "(removed and counted by default).",
 )
+@_show_paths_option(slices=False)
 @_scan_options
 def evaluate(
     data: Path | None,
@@ -841,6 +847,7 @@ def evaluate(
     out: Path | None,
     cfg__task__class_map: tuple,
     keep_duplicates: bool,
+    show_paths: bool,
     **options: Any,
 ) -> None:
     """Metrics and plots of a trained model on a split of its store, or on any labelled
@@ -852,7 +859,9 @@ def evaluate(
     series_predictions.csv), and patients when the data have Patient IDs (per_patient,
     patient_predictions.csv): slice probabilities pooled as `predict` pools them (mean of the
     top-3 per class); units are named by keyed hash only. Files of a folder
-    that cannot be read are listed (on screen and in metrics.json) and left out of n. A metric
+    that cannot be read are listed (on screen, in metrics.json and predictions.csv) and left
+    out of n; in a folder holding DICOM/NIfTI files they are named by pseudonym, as `predict`
+    names them, unless --show-paths. A metric
     that is undefined on the data (e.g. ROC AUC when no slice of one class is left) is printed
     as "undefined" and written as null; the command then exits 1.
     """
@@ -871,6 +880,7 @@ def evaluate(
         class_map=cfg__task__class_map,
         remove_duplicates=not keep_duplicates,
         read_options=_read_options(options),
+        show_paths=show_paths,
     )
     click.echo(f"{result['data']} [{result['split']}]: {result['comparison']}")
     dup = result["near_duplicates_removed"]
@@ -903,6 +913,8 @@ def evaluate(
         )
         for u in result["unreadable"]:
             click.echo(f"    {u['path']} ({u['label']}): {u['error']}", err=True)
+        if any(u.get("level") == "file" for u in result["unreadable"]):
+            click.echo(_PSEUDONYM_HINT, err=True)
     recalls = ", ".join(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
     )
@@ -994,7 +1006,7 @@ def cv(
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
-@_show_paths_option
+@_show_paths_option()
 @click.option(
     "--engine",
     type=click.Choice(["auto", "keras", "onnx"]),
@@ -1158,7 +1170,7 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     "last (finer; its peak hit figshare's tumor boxes 0.29 vs 0.13 of the time); gradcam: "
     "Grad-CAM (Selvaraju et al. 2017) of the last conv block.",
 )
-@_show_paths_option
+@_show_paths_option()
 @click.option(
     "--dicom-out",
     type=_PATH,

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from mriscan.artifacts import (
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
+from mriscan.io import SourceFile
 from mriscan.neighbors import cross_pairs
 from mriscan.readers import ReadOptions, settings_for_model
 from mriscan.scan_config import describe_setting
@@ -48,6 +50,7 @@ __all__ = [
     "near_duplicates_of",
     "undefined_metrics",
     "unit_of",
+    "unreadable_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,7 @@ def evaluate(
     remove_duplicates: bool = True,
     n_boot: int = 1000,
     read_options: ReadOptions | None = None,
+    show_paths: bool = False,
 ) -> dict[str, Any]:
     """Metrics and plots of a trained model on a split of its store or on any labelled data.
 
@@ -181,6 +185,14 @@ def evaluate(
         ``NiftiConfig``, ``overrides``); what it leaves open is read as the model card records
         for the training data (``ModelCard.reader``; the defaults for an older card). A store
         ``data`` read otherwise than the training data is evaluated with a warning.
+    show_paths : bool
+        Name the files of a folder ``data`` that could not be read by path. By default those
+        in a folder holding DICOM or NIfTI files (a path there may name the patient) are named
+        as ``mriscan predict`` names them (``unreadable_rows``): scanner files
+        ``dicom/<series>/file-<h>`` / ``nifti/file-<h>``, other files and folders
+        ``other/file-<h>`` / ``other/folder-<h>``, the paths removed from their reasons too;
+        JPEG/PNG files, and everything in data without scanner files, keep their paths.
+        Slices are always named by their store source (scanner slices by pseudonym).
 
     Raises
     ------
@@ -207,7 +219,7 @@ def evaluate(
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     with tempfile.TemporaryDirectory(prefix="mriscan_eval_") as tmp:
-        store, skipped = _open_data(data, card, Path(tmp), read_options)
+        store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths)
         with store:
             if store.config != card.preprocess:
                 raise ConfigError(
@@ -259,7 +271,7 @@ def evaluate(
                 raise MriscanError(
                     f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
                     f"training slices removed, {len(same_rows)} slices of training patients "
-                    f"removed, {len(skipped)} unreadable files)."
+                    f"removed, {len(unreadable)} unreadable files)."
                 )
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
@@ -272,7 +284,6 @@ def evaluate(
     levels = grouped_levels(
         cmp, card, y, prob, groups, data_labels, data_names, sources, group_keys, n_boot
     )
-    unreadable = [{"path": p, "label": Path(p).parent.name, "error": r} for p, r in skipped]
     result.update(
         n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
         n_unreadable=len(unreadable),
@@ -499,27 +510,120 @@ def _recorded_split(run: RunLayout | None, card: Any, model_path: Path) -> dict 
 
 
 def _open_data(
-    data: Any, card: Any, tmp: Path, read_options: ReadOptions | None = None
-) -> tuple[ImageStore, list[tuple[str, str]]]:
+    data: Any,
+    card: Any,
+    tmp: Path,
+    read_options: ReadOptions | None = None,
+    show_paths: bool = False,
+) -> tuple[ImageStore, list[dict[str, str]]]:
     """A store of the data: the store itself, or class folders ingested into ``tmp`` with the
-    model's preprocessing. Returns the store and the files that could not be read."""
+    model's preprocessing. Returns the store and the rows of the files that could not be read
+    (``unreadable_rows``, keyed with the identifier key the data were ingested with)."""
     if is_store(data):
         return ImageStore.open(data), []
     from mriscan.ingest import IngestConfig, ingest
+    from mriscan.keys import identifier_key
 
     # scanner files: read as the model's training data were, unless chosen otherwise
     ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
-    skipped = [(str(Path(data) / p), str(r)) for p, r in report.skipped]  # as the user named it
+    rows = []
+    if report.skipped:
+        # the key of the store's slice names, so a failed instance's dicom/<series>/ is that
+        # of its series' slices in predictions.csv
+        key = identifier_key()
+        rows = unreadable_rows(data, report.skipped, salt=key, show_paths=show_paths)
     store = ImageStore.open(tmp / "eval.zarr")
-    if len(store) == 0 and skipped:
+    if len(store) == 0 and rows:
         store.close()
         raise MriscanError(
-            f"None of the {len(skipped)} files in {data} could be read (e.g. {skipped[0][0]}: "
-            f"{skipped[0][1]})."
+            f"None of the {len(rows)} files in {data} could be read (e.g. {rows[0]['path']}: "
+            f"{rows[0]['error']})."
         )
-    return store, skipped
+    return store, rows
+
+
+def unreadable_rows(
+    data: str | os.PathLike[str],
+    skipped: Sequence[tuple[str, str]],
+    *,
+    salt: bytes,
+    show_paths: bool = False,
+) -> list[dict[str, str]]:
+    """The files and folders an ingest of ``data`` did not store (``IngestReport.skipped``:
+    ``(name relative to the ingest's root, reason)``), named by ``mriscan predict``'s rule.
+
+    ``data``: the class-folder tree or CSV manifest ingested (the root is the folder, or the
+    manifest's folder). DICOM/NIfTI files are named by
+    ``mriscan.scan_predict.failed_file_name`` (``dicom/<series>/file-<h>``,
+    ``nifti/file-<h>``), files of no input kind and folders that cannot be listed by
+    ``mriscan.scan_predict.problem_rows`` (``other/file-<h>``, ``other/folder-<h>`` below a
+    folder holding scanner files, else their paths); JPEG/PNG files keep their paths; with
+    ``show_paths`` all are named by path. ``salt``: the key of the pseudonyms (bytes, at least
+    16). A reason that names other files of ``data`` (a label conflict, the stray files of a
+    series) names them the same way.
+
+    Returns
+    -------
+    list of dict
+        ``path``, ``label`` (the file's class: its class folder or manifest label; "" when
+        unknown), ``error``, and ``level`` "file" for the rows named by pseudonym; in the order
+        of ``skipped``.
+    """
+    from mriscan.io import display_path, scan_class_folders, scan_manifest
+    from mriscan.readers import InputRead
+    from mriscan.scan_predict import failed_file_name, problem_rows
+
+    data = Path(data)
+    manifest = not data.is_dir()
+    # skipped names are relative to ingest's root: the folder, or the manifest's (resolved) one
+    root = data.resolve().parent if manifest else data
+    if manifest:
+        listed = scan_manifest(data)
+        found = [(SourceFile(e.path, e.kind), e.label) for e in listed.entries]
+        others = [u.path for u in listed.unused]
+    else:
+        listing = scan_class_folders(data)
+        found = [(f, c) for c, fs in listing.classes.items() for f in fs]
+        others = [u.path for u in listing.unused] + [p for p, _ in listing.unreadable]
+    files = [f for f, _ in found]
+
+    def rel(p: Path) -> str:
+        return Path(os.path.relpath(p, root)).as_posix()
+
+    by_rel = {rel(f.path): (f.kind, c) for f, c in found}
+    known = sorted({*by_rel, *(rel(p) for p in others)}, key=len, reverse=True)
+
+    def name(name_rel: str, why: str) -> tuple[str, str, bool]:
+        """(name, reason, named by pseudonym) of one entry."""
+        path = Path(os.path.normpath(root / name_rel))
+        kind = by_rel.get(name_rel, ("", ""))[0]
+        if kind == "image":
+            return display_path(path), why, False
+        if kind:
+            read = InputRead(path, kind, error=why)
+            shown, why, _ = failed_file_name(read, salt=salt, show_paths=show_paths)
+            return shown, why, not show_paths
+        row = problem_rows([(path, why)], [root], files, salt=salt, show_paths=show_paths)[0]
+        return row["path"], row["error"], "level" in row
+
+    out = []
+    for entry, reason in skipped:
+        shown, why, private = name(entry, str(reason))
+        if private:  # other files of the data that the reason names: by their names too
+            for other in known:
+                if other != entry and other in why:
+                    pseudonym, _, hidden = name(other, "")
+                    why = why.replace(other, pseudonym) if hidden else why
+        label = by_rel.get(entry, ("", ""))[1]
+        if not label and not manifest:
+            label = entry.split("/", 1)[0]  # below a class folder
+        row = {"path": shown, "label": label, "error": why}
+        if private:
+            row["level"] = "file"
+        out.append(row)
+    return out
 
 
 def _same_patients(card: Any, store: ImageStore, idx: np.ndarray) -> tuple[np.ndarray, int, str]:
@@ -681,7 +785,7 @@ def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) ->
         for s, label, pred, row in zip(sources, y.tolist(), decisions, prob.tolist(), strict=True):
             w.writerow([s, names[label], names[pred], *(f"{v:.6f}" for v in row), ""])
         for u in unreadable:  # unreadable files: no probabilities, the reason instead
-            w.writerow([u["path"], u["label"], *([""] * k), u["error"]])
+            w.writerow([u["path"], u["label"], *([""] * (k + 1)), u["error"]])  # + predicted
     with open(ev.root / "near_duplicates_removed.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["source", "class"])

@@ -316,3 +316,98 @@ def test_evaluate_on_jpegs_says_there_is_no_series_level(loose_model, class_fold
     saved = _strict_json(out / "evaluation" / "metrics.json")
     assert saved["per_series"]["available"] is False and saved["per_patient"]["available"] is False
     assert not (out / "evaluation" / "series_predictions.csv").exists()
+
+
+def _roe_folder(root: Path) -> Path:
+    """Class folders of DICOM series in folders named after made-up patients: yes/ holds
+    ``Roe_Richard_19650303/T1`` (3 instances, the first truncated) and a notes file that is no
+    input; no/ a readable series of another patient."""
+    from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+    scans = root / "yes" / "Roe_Richard_19650303"
+    roe = FakePatient(patient_id="ROE-1", name="Roe^Richard", birth_date="19650303")
+    files = write_dicom_series(
+        scans / "T1", phantom_volume(1, n_slices=3, canvas=32, tumor=True), patient=roe
+    )
+    files[0].write_bytes(files[0].read_bytes()[:-100])
+    (scans / "Roe_notes.txt").write_text("Richard Roe, referred by Dr X")
+    poe = FakePatient(patient_id="POE-1", name="Poe^Edgar", birth_date="19500119")
+    write_dicom_series(
+        root / "no" / "Poe_Edgar_19500119", phantom_volume(2, n_slices=3, canvas=32),
+        patient=poe, seed=2,
+    )  # fmt: skip
+    return files[0]
+
+
+@pytest.mark.backend
+def test_evaluate_names_unreadable_scanner_files_by_pseudonym(loose_model, tmp_path):
+    """Below a folder of DICOM files, evaluate names the files it could not read (a truncated
+    instance, a notes file) by predict's pseudonyms on the console, in metrics.json and in
+    every CSV; the truncated instance's series pseudonym is that of its readable slices.
+    --show-paths names them by path."""
+    truncated = _roe_folder(tmp_path / "raw")
+
+    def run(*extra: str) -> tuple[str, dict, str]:
+        out = tmp_path / f"ev{len(extra)}"
+        args = ["evaluate", str(tmp_path / "raw"), "--model", str(loose_model), "--out", str(out)]
+        r = CliRunner().invoke(main, [*args, *extra])
+        assert r.exit_code == 0, r.output
+        ev = out / "evaluation"
+        tables = "".join(p.read_text() for p in sorted(ev.glob("*.csv")))
+        saved = _strict_json(ev / "metrics.json")
+        return r.output + tables + (ev / "metrics.json").read_text(), saved, tables
+
+    text, saved, tables = run()
+    for secret in ("Roe", "Richard", "19650303", "Poe", "Edgar", "19500119", "IM0", "T1/"):
+        assert secret not in text
+    rows = {u["path"].split("/")[0]: u for u in saved["unreadable"]}
+    assert saved["n_unreadable"] == 2 and set(rows) == {"dicom", "other"}
+    assert all(u["label"] == "yes" and u["level"] == "file" for u in rows.values())
+    series = rows["dicom"]["path"].split("/")[1]
+    assert series != "unknown" and f"dicom/{series}/" in tables  # its slices' series
+    assert rows["other"]["path"].startswith("other/file-")
+    table = list(csv.DictReader((tmp_path / "ev0" / "evaluation" / "predictions.csv").open()))
+    failed = [t for t in table if t["error"]]  # in the error column, not one to the left
+    assert {t["source"] for t in failed} == set(u["path"] for u in rows.values())
+    assert all(t["predicted"] == t["p_yes"] == "" for t in failed)
+    assert "run again with --show-paths" in text
+
+    text, saved, _ = run("--show-paths")
+    assert sorted(u["path"] for u in saved["unreadable"]) == sorted(
+        [str(truncated), str(truncated.parent.parent / "Roe_notes.txt")]
+    )
+    assert str(truncated) in text and "Roe_notes.txt" in text
+    assert "run again with --show-paths" not in text
+
+
+def test_unreadable_rows_name_the_other_files_a_reason_names(tmp_path):
+    """A reason naming other files of the data (the stray files of a series, a label
+    conflict) names them by their pseudonyms; a JPEG/PNG keeps its path; a manifest's rows
+    are found relative to its folder and labelled by it."""
+    from PIL import Image
+
+    from mriscan.evaluate import unreadable_rows
+    from mriscan.scan import new_salt
+
+    truncated = _roe_folder(tmp_path / "raw")
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "raw" / "no" / "Moe.png")
+    stray = truncated.relative_to(tmp_path / "raw").as_posix()
+    other = stray.replace("IM0001", "IM0002")
+    why = f"its series mixes slice sizes: {stray} (30x30); a series must have one size"
+    skipped = [(other, why), ("no/Moe.png", f"label conflict: also stored as {stray} (yes)")]
+    salt = new_salt()
+    hidden = unreadable_rows(tmp_path / "raw", skipped, salt=salt)
+    assert "Roe" not in hidden[0]["path"] + hidden[0]["error"]
+    assert hidden[0]["path"].startswith("dicom/") and hidden[0]["label"] == "yes"
+    assert str(tmp_path / "raw" / "no" / "Moe.png") == hidden[1]["path"]
+    assert "level" not in hidden[1] and hidden[1]["label"] == "no"
+    own = unreadable_rows(tmp_path / "raw", [(stray, "truncated")], salt=salt)[0]["path"]
+    assert own in hidden[0]["error"]  # named as its own row would be
+    shown = unreadable_rows(tmp_path / "raw", skipped, salt=salt, show_paths=True)
+    assert shown[0]["error"] == why and "Roe_Richard_19650303" in shown[0]["path"]
+
+    manifest = tmp_path / "raw" / "list.csv"
+    manifest.write_text(f"path,label\n{stray},tumor\n{other},tumor\nno/Moe.png,healthy\n")
+    rows = unreadable_rows(manifest, skipped, salt=salt)
+    assert [r["label"] for r in rows] == ["tumor", "healthy"]
+    assert rows[0]["path"] == hidden[0]["path"] and own in rows[0]["error"]
