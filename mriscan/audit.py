@@ -58,6 +58,7 @@ __all__ = [
     "AuditError",
     "AuditSet",
     "audit",
+    "audit_key",
     "check_patients",
     "load_set",
     "prepare_out",
@@ -199,9 +200,11 @@ class AuditSet:
     key_id : str
         Which key the patient hashes of ``group_keys`` were made with: ``AUDIT_KEY`` (class
         folders: this audit's own salt, shared by every folder of one audit), a store's
-        identifier-key fingerprint (``ImageStore.key_id``), ``"own salt of <store>"`` (an
-        older store with a salt of its own), or ``""`` when unknown (sets merged from
-        different keys). Patients of two sets can be matched only when the two are equal.
+        identifier-key fingerprint (``ImageStore.key_id``; class folders too when audited
+        beside a store made with the user's identifier key, see ``audit_key``), ``"own salt
+        of <store>"`` (an older store with a salt of its own), or ``""`` when unknown (sets
+        merged from different keys). Patients of two sets can be matched only when the two
+        are equal.
     """
 
     name: str
@@ -432,6 +435,38 @@ def _store_key_id(path: Path) -> str:
         return store.key_id or f"own salt of {path.resolve()}"
 
 
+def audit_key(paths: Sequence[str | os.PathLike[str]]) -> tuple[bytes, str]:
+    """The key class folders of one audit are read with, and their ``AuditSet.key_id``.
+
+    When ``paths`` hold class folders and a store made with the user's identifier key (its
+    ``ImageStore.key_id`` is the fingerprint of ``mriscan.keys.identifier_key``, read, never
+    created, here), that key and its fingerprint: the folders' Patient IDs then hash as the
+    store's do, so patients on both sides of a folder-vs-store pair are found. Otherwise a
+    fresh salt (``mriscan.scan.new_salt``) and ``AUDIT_KEY``: a store of another key (or an
+    older one with a salt of its own), or no key file, cannot be matched, and
+    ``check_patients`` says so.
+
+    Raises
+    ------
+    StoreError
+        A store's index cannot be read (as ``load_set`` would raise).
+    """
+    from mriscan.keys import identifier_key, key_fingerprint
+
+    paths = [Path(p) for p in paths]
+    stores = [p for p in paths if _is_store(p)]
+    if stores and len(stores) < len(paths):
+        try:
+            key = identifier_key(create=False)
+        except ConfigError:  # no key file, or an unreadable one: nothing to match with
+            key = None
+        if key is not None:
+            fp = key_fingerprint(key)
+            if any(_store_key_id(p) == fp for p in stores):
+                return key, fp
+    return new_salt(), AUDIT_KEY
+
+
 def _count_items(path: Path) -> int:
     """Files a set will read (for the progress total); checks the layout like ``load_set``."""
     if _is_store(path):
@@ -449,6 +484,7 @@ def load_set(
     *,
     progress: Callable[[int, int], None] | None = None,
     salt: bytes | None = None,
+    key_id: str = AUDIT_KEY,
 ) -> AuditSet:
     """Read a class folder or an ImageStore into an ``AuditSet``.
 
@@ -470,8 +506,13 @@ def load_set(
     config : AuditConfig, optional
     progress : callable(done, total), optional
     salt : bytes, optional
-        Key of the pseudonyms of DICOM/NIfTI inputs of class folders (default: a fresh random
-        salt, ``mriscan.scan.new_salt``: names are stable within one audit only).
+        Key of the pseudonyms and Patient ID hashes of DICOM/NIfTI inputs of class folders
+        (default: a fresh random salt, ``mriscan.scan.new_salt``: names are stable within one
+        audit only).
+    key_id : str
+        ``AuditSet.key_id`` of a class folder read with ``salt``: ``AUDIT_KEY`` for a salt of
+        the audit's own, the fingerprint (``mriscan.keys.key_fingerprint``) when ``salt`` is
+        the identifier key (``audit_key``). Ignored for a store (its own fingerprint).
 
     Returns
     -------
@@ -493,7 +534,7 @@ def load_set(
         kind, unlisted, key_id = "store", [], _store_key_id(path)
     else:
         items, names, unlisted = _folder_items(path, salt)
-        kind, notes, key_id = "folder", [], AUDIT_KEY
+        kind, notes = "folder", []
     aset = AuditSet(
         name=path.resolve().name, path=str(path), kind=kind, class_names=names, key_id=key_id
     )
@@ -641,9 +682,14 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
             f"(first: {aset.skipped[0] if aset.skipped else 'no files'}). Check the folder."
         )
     if n_scanner:
+        whose = (
+            "of this run"
+            if aset.key_id == AUDIT_KEY
+            else "under the identifier key of the store audited beside them (as the store's)"
+        )
         aset.notes.append(
             f"{n_scanner} DICOM/NIfTI files were read as in `mriscan ingest`; their slices are "
-            "named by salted pseudonyms of this run (dicom/<series>/<instance>#<frame>, "
+            f"named by salted pseudonyms {whose} (dicom/<series>/<instance>#<frame>, "
             "nifti/<volume>#<slice>), never by file or folder names."
         )
     aset.labels = np.asarray(rows["label"], np.int64)
@@ -970,8 +1016,9 @@ def check_patients(a: AuditSet, b: AuditSet) -> dict[str, Any]:
         out["why_not"] = (
             f"the two sides' patient IDs were hashed with different keys (train: "
             f"{a.key_id or 'several keys'}; test: {b.key_id or 'several keys'}), so one "
-            "patient would have two hashes; audit two class folders together, or two stores "
-            "ingested with the same identifier key ($MRISCAN_KEY_FILE)"
+            "patient would have two hashes; audit two class folders together, two stores "
+            "ingested with the same identifier key, or a class folder beside a store made "
+            "with your identifier key ($MRISCAN_KEY_FILE: the folder is then read with it)"
         )
         return out
     out["checked"] = True
@@ -1421,7 +1468,9 @@ def audit(
     if split is not None and len(paths) != 1:
         raise AuditError(f"--split needs exactly one store as DATA. Received {len(paths)} sets.")
     all_paths = [*paths, *([Path(test)] if test is not None else [])]
-    salt = new_salt()  # one key for the pseudonyms of every set of this audit
+    # one key for the pseudonyms of every folder of this audit: the identifier key when a
+    # store made with it is audited too (patients then match across folder and store)
+    salt, key_id = audit_key(all_paths)
     counts = [_count_items(p) for p in all_paths]
     sets = []
     for k, p in enumerate(all_paths):
@@ -1432,7 +1481,7 @@ def audit(
             def cb(d: int, n: int, before: int = before) -> None:
                 progress(before + d, sum(counts))
 
-        sets.append(load_set(p, config, progress=cb, salt=salt))
+        sets.append(load_set(p, config, progress=cb, salt=salt, key_id=key_id))
     names = [s.name for s in sets]
     for k, s in enumerate(sets):
         if names.count(s.name) > 1:

@@ -463,9 +463,52 @@ def test_patients_on_both_sides_are_leakage_listed_by_pseudonym(tmp_path):
         stores.append(tmp_path / f"{name}.zarr")
     same = audit([stores[0]], test=stores[1], config=CFG)["leakage"]["same_patient"]
     assert same["checked"] and same["patients"] == 1 and same["test_slices"] == 3
+    # a folder beside a store of the user's identifier key is read with that key
     mixed = audit([stores[0]], test=test, config=CFG)["leakage"]["same_patient"]
-    assert not mixed["checked"] and "different keys" in mixed["why_not"]
+    assert mixed["checked"] and mixed["patients"] == 1 and mixed["test_slices"] == 3
+
+
+def test_a_folder_beside_a_store_of_the_identifier_key_is_checked_for_patients(
+    tmp_path, monkeypatch
+):
+    """A class folder audited with a store made by ingest under the user's identifier key is
+    read with that key: the one patient they share (Doe) is found whichever side the store
+    is on, by the store's own hash. When the key file is another, or missing, the folder
+    keeps the audit's own salt and the check says it cannot be made, and why."""
+    from mriscan.audit import AUDIT_KEY, audit_key
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.keys import identifier_key
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.store import ImageStore
+
+    train = _patients(tmp_path / "train", [("no", "Doe", 1), ("yes", "Roe", 2)])
+    test = _patients(tmp_path / "test", [("no", "Poe", 3), ("yes", "Doe", 4)])
+    store, test_store = tmp_path / "train.zarr", tmp_path / "test.zarr"
+    ingest(train, store, IngestConfig(preprocess=PreprocessConfig()))
+    ingest(test, test_store, IngestConfig(preprocess=PreprocessConfig()))
+    with ImageStore.open(store) as s:
+        stored_keys = " ".join(s.table.strings("group_key"))
+    for a, b in ((store, test), (train, test_store)):  # the store on either side
+        same = audit([a], test=b, config=CFG)["leakage"]["same_patient"]
+        assert same["checked"] and same["patients"] == 1 and same["test_slices"] == 3, same
+        assert same["shared"][0]["patient"] in stored_keys
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["audit", str(store), "--test", str(test), "--out", str(out)])
+    assert res.exit_code & EXIT_LEAKAGE, res.output
+    assert "1 patient(s) on both sides" in res.output
+    report = (out / "audit.json").read_text() + (out / "audit.md").read_text() + res.output
+    for secret in ("Doe", "Jane", "FAKE", "Roe", "Poe"):
+        assert secret not in report
+
+    monkeypatch.setenv("MRISCAN_KEY_FILE", str(tmp_path / "other.key"))
+    assert audit_key([store, test])[1] == AUDIT_KEY  # no key file: none is made
+    assert not (tmp_path / "other.key").exists()
+    identifier_key()  # another key
+    assert audit_key([store, test])[1] == AUDIT_KEY
+    same = audit([store], test=test, config=CFG)["leakage"]["same_patient"]
+    assert not same["checked"] and "different keys" in same["why_not"]
+    assert "a store made with your identifier key" in same["why_not"]
     res = CliRunner().invoke(
-        main, ["audit", str(stores[0]), "--test", str(test), "--out", str(tmp_path / "r2")]
+        main, ["audit", str(store), "--test", str(test), "--out", str(tmp_path / "r2")]
     )
     assert "cannot check for patients on both sides" in res.output
