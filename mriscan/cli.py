@@ -61,7 +61,7 @@ def _show_paths_option(slices: bool = True) -> Callable:
     """The --show-paths flag of predict and explain (``slices``: their DICOM/NIfTI slices are
     named by path too) and of evaluate (``slices`` False: its slices keep their store names,
     pseudonyms for scanner slices): one wording for all."""
-    what = "DICOM/NIfTI slices, the scanner files" if slices else "The DICOM/NIfTI files"
+    what = "DICOM/NIfTI slices, the scanner files" if slices else "the DICOM/NIfTI files"
     return click.option(
         "--show-paths",
         is_flag=True,
