@@ -299,7 +299,9 @@ def test_resaves_join_a_split_group_only_under_their_own_class(class_folder, tmp
     src = Image.open(class_folder / "yes" / "yes3.png")
     src.resize((src.width // 2, src.height // 2)).save(class_folder / "no" / "small_copy.png")
     ingest(class_folder, tmp_path / "s.zarr", SMALL)
-    src.resize((src.width * 2 // 3, src.height * 2 // 3)).save(class_folder / "yes" / "yes3_small.png")
+    src.resize((src.width * 2 // 3, src.height * 2 // 3)).save(
+        class_folder / "yes" / "yes3_small.png"
+    )
     ingest(class_folder, tmp_path / "s.zarr", SMALL)
     with ImageStore.open(tmp_path / "s.zarr") as st:
         group = {r.source: int(st.groups[r.position]) for r in st.index.records if r.active}
