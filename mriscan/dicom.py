@@ -45,6 +45,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from mriscan._dicom_part10 import read_part10
+from mriscan._scan_kernels import stored_values
 from mriscan.errors import (
     CorruptImageError,
     ImageTooLargeError,
@@ -526,7 +528,11 @@ def _dcmread_checked(path: Path, *, force: bool) -> pydicom.Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=force)
+            # the plainest Part 10 layout is read by mriscan's faster walk over the same
+            # elements (``mriscan._dicom_part10``); every other file by pydicom
+            ds = None if force else read_part10(path)
+            if ds is None:
+                ds = pydicom.dcmread(path, force=force)
     except InvalidDicomError:
         raise
     except OSError as exc:
@@ -657,9 +663,11 @@ def _native_pixels(
     sign-extended (signed) by a left and a right shift (``_correct_unused_bits``); its option
     handling and validation cost ~0.1 ms per file, ~20% of a 256x256 file's whole read, which
     is why the common case is done here (``tests/test_dicom.py`` checks it equals pydicom's
-    result on every kind it takes). Pixel data of another length than the header says (short:
-    pydicom's error; longer than the padding byte: its warning, or extra frames), and every
-    other layout (1-bit, colour, big endian, compressed, float pixel data), go to pydicom.
+    result on every kind it takes); the unused bits are corrected in one pass of a Numba
+    kernel (``stored_values``) instead of a copy and two shifts. Pixel data of another length
+    than the header says (short: pydicom's error; longer than the padding byte: its warning,
+    or extra frames), and every other layout (1-bit, colour, big endian, compressed, float
+    pixel data), go to pydicom.
     """
     if str(ts) not in _NATIVE_LE or photometric not in _GREY:
         return None
@@ -681,10 +689,11 @@ def _native_pixels(
     if not expected <= len(data) <= expected + expected % 2:  # else: pydicom's warning/error
         return None
     dtype = np.dtype(f"<{'ui'[signed]}{allocated // 8}")
-    arr = np.frombuffer(data, dtype, count=n_values).copy()
-    if stored < allocated:
-        np.left_shift(arr, allocated - stored, out=arr)
-        np.right_shift(arr, allocated - stored, out=arr)
+    raw = np.frombuffer(data, dtype, count=n_values)
+    if stored == allocated:
+        return raw.copy()
+    arr = np.empty(n_values, dtype.newbyteorder("="))
+    stored_values(raw.astype(arr.dtype, copy=False), stored, bool(signed), arr)
     return arr
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from mriscan.neighbors import DEFAULT_DIMS, committed_pairs, near_pairs
-from mriscan.preprocess import preprocess, preprocess_batch
+from mriscan.preprocess import preprocess, preprocess_batch, preprocess_serial
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -50,8 +50,12 @@ def signature(image: np.ndarray) -> np.ndarray:
     return preprocess(image, **_THUMBNAIL)
 
 
-def signatures(images: Sequence[np.ndarray]) -> np.ndarray:
-    """``signature`` of each decoded slice, computed in parallel: ndarray (N, 16, 16), uint8."""
+def signatures(images: Sequence[np.ndarray], *, serial: bool = False) -> np.ndarray:
+    """``signature`` of each decoded slice: ndarray (N, 16, 16), uint8; computed in parallel
+    (``preprocess_batch``), or ``serial``: on the calling thread in one GIL-free call
+    (``preprocess_serial``, for callers whose own threads keep the cores busy)."""
+    if serial:
+        return preprocess_serial(images, **_THUMBNAIL)
     return preprocess_batch(images, **_THUMBNAIL)
 
 

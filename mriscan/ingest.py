@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from mriscan._graph_kernels import component_minima
-from mriscan.duplicates import duplicate_groups, key_links, near_links, signature
+from mriscan.duplicates import duplicate_groups, key_links, near_links, signatures
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
 from mriscan.io import check_label_case, scan_class_folders, scan_manifest
@@ -37,7 +37,7 @@ from mriscan.keys import (
     key_file_path,
     key_fingerprint,
 )
-from mriscan.preprocess import preprocess
+from mriscan.preprocess import preprocess_serial
 from mriscan.readers import (
     InputRead,
     ReadOptions,
@@ -696,40 +696,38 @@ def _run(
     pending_labels: list[int] = []
     done = 0
 
-    def load(j: _Job) -> tuple[InputRead, np.ndarray | None, np.ndarray | None, list]:
-        """The file's slices, preprocessed (n, S, S), their signatures (n, 16, 16) and warning
-        flags; made on the worker thread: the Numba kernels release the GIL, so they run beside
-        the other thread's (GIL-bound) header parsing instead of after it on the main thread."""
+    def load(j: _Job) -> InputRead:
+        """The file's slices as read (decoded, windowed to uint8), on a reader thread."""
         if j.path in series_errors:
-            return InputRead(j.path, j.kind, error=series_errors[j.path]), None, None, []
-        r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
-        if not r.slices:
-            return r, None, None, []
-        images = [s.image for s in r.slices]
-        pre = np.stack([preprocess(im, config.preprocess) for im in images])
-        flags = [slice_warnings(im) for im in images]
-        return r, pre, np.stack([signature(im) for im in images]), flags
+            return InputRead(j.path, j.kind, error=series_errors[j.path])
+        return read_input(j.path, j.kind, salt=salt, root=root, options=opts)
 
-    # Files are read (and preprocessed) by the pool up to ``2 * batch_size`` files ahead of the
-    # one being stored, and taken in listing order (positions do not depend on timing); slices
-    # are appended as soon as ``batch_size`` of them are ready, so a few large files (NIfTI
-    # volumes) are written while the next ones are read instead of after all of them.
+    # The work is split by what holds the GIL. Reading a scanner file is mostly Python (pydicom
+    # parses the header element by element): reader threads do only that, up to
+    # ``2 * batch_size`` files ahead of the one being stored, taken in listing order (positions
+    # do not depend on timing). Cropping, resizing and the signatures are Numba kernels that
+    # release the GIL: the main thread runs them once per batch (``preprocess_serial``) while
+    # the readers go on, so they take the second core instead of waiting for the GIL after
+    # every slice. Slices are appended as soon as ``batch_size`` of them are ready, so a few
+    # large files (NIfTI volumes) are written while the next ones are read.
     window = 2 * config.batch_size
-    images, labels, recs, pres, sigs = [], [], [], [], []
+    images, labels, recs = [], [], []
 
     def flush() -> None:
-        nonlocal images, labels, recs, pres, sigs, pending_keys
+        nonlocal images, labels, recs, pending_keys
         if images:
-            store.append(np.concatenate(pres), labels, recs, signatures=np.concatenate(sigs))
+            pre = preprocess_serial(images, config.preprocess)
+            store.append(pre, labels, recs, signatures=signatures(images, serial=True))
             pending_keys += [rec["group_key"] for rec in recs]
-        images, labels, recs, pres, sigs = [], [], [], [], []
+        images, labels, recs = [], [], []
 
-    with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
+    with ThreadPoolExecutor(max_workers=_readers(config)) as pool:
         inflight: deque[Future] = deque(pool.submit(load, j) for j in to_add[:window])
         for k, j in enumerate(to_add):
-            r, pre, sig, slice_flags = inflight.popleft().result()
+            r = inflight.popleft().result()
             if k + window < len(to_add):
                 inflight.append(pool.submit(load, to_add[k + window]))
+            slice_flags = [slice_warnings(s.image) for s in r.slices]
             if r.error is not None or r.skipped is not None or r.excluded is not None:
                 unstored[j.sha256] = j.rel
             if r.error is not None:
@@ -771,8 +769,6 @@ def _run(
                         }
                     )
                 added[names[j.label]] += len(r.slices)
-                pres.append(pre)
-                sigs.append(sig)
             last = k + 1 == len(to_add)
             if len(images) >= config.batch_size or last:
                 flush()
@@ -850,6 +846,13 @@ def _run(
         placeholder_ids=tuple(placeholders),
         **counts,
     )
+
+
+def _readers(config: IngestConfig) -> int:
+    """Reader threads of a run: ``workers`` less the main thread, which preprocesses and stores
+    (at least one). Reading is mostly GIL-bound Python, so a second reader on two cores only
+    contends for the GIL with the first and with the main thread's kernels (measured slower)."""
+    return max(1, config.n_workers - int(os.environ.get("MRISCAN_XREAD", "1")))
 
 
 def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:

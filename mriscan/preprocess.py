@@ -26,6 +26,7 @@ __all__ = [
     "normalize",
     "preprocess",
     "preprocess_batch",
+    "preprocess_serial",
     "source_point",
 ]
 
@@ -256,17 +257,45 @@ def preprocess_batch(
     ndarray of shape (N, S, S), uint8
     """
     cfg = _resolve(config, overrides)
-    arrays = [_as_gray_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
-    out = np.empty((len(arrays), cfg.size, cfg.size), np.uint8)
-    if not arrays:
+    out = np.empty((len(images), cfg.size, cfg.size), np.uint8)
+    if not len(images):
         return out
-    shapes = np.array([a.shape for a in arrays], np.int64)
+    with _PARALLEL_LOCK:
+        _kernels.crop_resize_batch(*_packed(images), out, *_kernel_args(cfg))
+    return out
+
+
+def preprocess_serial(
+    images: Sequence[np.ndarray], config: PreprocessConfig | None = None, **overrides
+) -> np.ndarray:
+    """``preprocess_batch`` on the calling thread: the same result, from one GIL-free Numba
+    call for the whole batch and without Numba's thread pool.
+
+    For callers that already keep the cores busy with threads of their own (``ingest``
+    preprocesses a batch on its main thread while its reader thread decodes the next files):
+    the call holds no lock and lets other Python threads run, and takes the GIL back once per
+    batch rather than once per image (a thread that waits for the GIL after every image
+    falls behind a thread that parses headers in Python).
+
+    Parameters and result as for ``preprocess_batch``: a sequence of (H_i, W_i) uint8 slices
+    in, an (N, S, S) uint8 array out.
+    """
+    cfg = _resolve(config, overrides)
+    out = np.empty((len(images), cfg.size, cfg.size), np.uint8)
+    if len(images):
+        _kernels.crop_resize_serial(*_packed(images), out, *_kernel_args(cfg))
+    return out
+
+
+def _packed(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The slices back to back as the batch kernels take them: (flat uint8, offsets (N,)
+    int64, shapes (N, 2) int64)."""
+    arrays = [_as_gray_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
+    shapes = np.array([a.shape for a in arrays], np.int64).reshape(len(arrays), 2)
     offsets = np.zeros(len(arrays), np.int64)
     np.cumsum(shapes[:-1, 0] * shapes[:-1, 1], out=offsets[1:])
     flat = np.concatenate([a.reshape(-1) for a in arrays])
-    with _PARALLEL_LOCK:
-        _kernels.crop_resize_batch(flat, offsets, shapes, out, *_kernel_args(cfg))
-    return out
+    return flat, offsets, shapes
 
 
 def midline_pose(image: np.ndarray, method: str = "fast") -> tuple[float, float]:
