@@ -721,7 +721,7 @@ def _run(
             pending_keys += [rec["group_key"] for rec in recs]
         images, labels, recs = [], [], []
 
-    with ThreadPoolExecutor(max_workers=_readers(config)) as pool:
+    with ThreadPoolExecutor(max_workers=_readers(config, to_add)) as pool:
         inflight: deque[Future] = deque(pool.submit(load, j) for j in to_add[:window])
         for k, j in enumerate(to_add):
             r = inflight.popleft().result()
@@ -848,11 +848,15 @@ def _run(
     )
 
 
-def _readers(config: IngestConfig) -> int:
-    """Reader threads of a run: ``workers`` less the main thread, which preprocesses and stores
-    (at least one). Reading is mostly GIL-bound Python, so a second reader on two cores only
-    contends for the GIL with the first and with the main thread's kernels (measured slower)."""
-    return max(1, config.n_workers - int(os.environ.get("MRISCAN_XREAD", "1")))
+def _readers(config: IngestConfig, jobs: list[_Job]) -> int:
+    """Reader threads of a run. DICOM headers are parsed in Python, holding the GIL: with
+    only DICOM files to read, ``workers`` less the main thread (which preprocesses and stores;
+    at least one), since a second parser on two cores only contends for the GIL with the
+    first and with the main thread's kernels (measured slower). NIfTI volumes and JPEG/PNG
+    images are mostly decompressed outside the GIL (zlib, Pillow): ``workers`` readers."""
+    if jobs and all(j.kind == "dicom" for j in jobs):
+        return max(1, config.n_workers - 1)
+    return config.n_workers
 
 
 def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:
