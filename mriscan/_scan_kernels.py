@@ -55,19 +55,3 @@ def integer_percentiles(x: np.ndarray, ranks: np.ndarray, out: np.ndarray) -> No
             if cum >= ranks[k]:
                 out[k] = lo + j
                 break
-
-
-@numba.njit(cache=True, nogil=True)
-def stored_values(raw: np.ndarray, stored: int, signed: bool, out: np.ndarray) -> None:
-    """``out[i]`` = ``raw[i]`` with the bits above the low ``stored`` ones cleared (unsigned)
-    or filled with bit ``stored - 1`` (signed): what pydicom's native decoder gives for Bits
-    Stored < Bits Allocated (a left then a right shift by the unused bits, its
-    ``_correct_unused_bits``), in one pass instead of a copy and two shifts."""
-    full = np.int64(1) << stored
-    mask = full - 1
-    half = full >> 1
-    for i in range(raw.shape[0]):
-        v = np.int64(raw[i]) & mask
-        if signed and v >= half:
-            v -= full
-        out[i] = v

@@ -48,7 +48,6 @@ from pydicom.uid import (
 )
 
 from mriscan._dicom_part10 import read_part10
-from mriscan._scan_kernels import stored_values
 from mriscan.errors import (
     CorruptImageError,
     ImageTooLargeError,
@@ -299,11 +298,15 @@ def read_dicom(
     cfg = config if config is not None else DicomConfig()
     salt = check_salt(salt)
     path = Path(path)
-    if path.is_dir():
-        raise UnreadableFileError(path, "is a directory, not a DICOM file")
-    if not path.exists():
-        raise UnreadableFileError(path, "does not exist")
-    ds = _dcmread(path)  # Part 10 files, or a bare data set (no preamble) that parses as one
+    try:
+        ds = _dcmread(path)  # Part 10 files, or a bare data set (no preamble) that parses as one
+    except UnreadableFileError:
+        # said plainly for the two usual causes (looked up only now: two stat calls per file)
+        if path.is_dir():
+            raise UnreadableFileError(path, "is a directory, not a DICOM file") from None
+        if not path.exists():
+            raise UnreadableFileError(path, "does not exist") from None
+        raise
     try:
         return _read_dataset(ds, path, salt, cfg)
     except _HeaderValueError as exc:
@@ -635,12 +638,29 @@ def _uid(value: str) -> UID:
 
 def _not_a_scan(ds: pydicom.Dataset) -> str | None:
     """Why a data set with pixel data is still no image to learn from (SEG, RT dose), or None."""
+    if _surely_a_scan(ds):
+        return None
     uid = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
     modality = str(_raw(ds, "Modality") or "").strip().upper()
     what = _NOT_SCAN_SOP.get(uid) or _NOT_SCAN_MODALITY.get(modality)
     if what is None:
         return None
     return f"{_sop_class_name(ds)} is {what}, not a scan slice"
+
+
+def _surely_a_scan(ds: pydicom.Dataset) -> bool:
+    """True when the SOP Class UID's bytes, stripped, and the Modality name no object of
+    ``_NOT_SCAN_SOP`` / ``_NOT_SCAN_MODALITY``: then pydicom's converted UID (which strips no
+    more than that) names none either, and ``_not_a_scan`` need not convert it (~5 us). False
+    when unsure (no raw SOP Class UID of its own: the file meta's is used)."""
+    elem = ds.get_item(0x00080016)
+    if type(elem) is not RawDataElement or not isinstance(elem.value, bytes):
+        return False
+    uid = elem.value.decode("ascii", "replace").strip(" \x00")
+    if not uid or uid in _NOT_SCAN_SOP:
+        return False
+    modality = str(_raw(ds, "Modality") or "").strip().upper()
+    return modality not in _NOT_SCAN_MODALITY
 
 
 def _has_pixels(ds: pydicom.Dataset) -> bool:
@@ -689,8 +709,8 @@ def _native_pixels(
     sign-extended (signed) by a left and a right shift (``_correct_unused_bits``); its option
     handling and validation cost ~0.1 ms per file, ~20% of a 256x256 file's whole read, which
     is why the common case is done here (``tests/test_dicom.py`` checks it equals pydicom's
-    result on every kind it takes); the unused bits are corrected in one pass of a Numba
-    kernel (``stored_values``) instead of a copy and two shifts. Pixel data of another length
+    result on every kind it takes); the unused bits are corrected while copying the values
+    out of the read-only bytes (one pass for unsigned values). Pixel data of another length
     than the header says (short: pydicom's error; longer than the padding byte: its warning,
     or extra frames), and every other layout (1-bit, colour, big endian, compressed, float
     pixel data), go to pydicom.
@@ -718,9 +738,12 @@ def _native_pixels(
     raw = np.frombuffer(data, dtype, count=n_values)
     if stored == allocated:
         return raw.copy()
-    arr = np.empty(n_values, dtype.newbyteorder("="))
-    stored_values(raw.astype(arr.dtype, copy=False), stored, bool(signed), arr)
-    return arr
+    unused = allocated - stored
+    if signed:  # the shifts, written into a new array (the bytes are read-only)
+        arr = np.left_shift(raw, unused)
+        return np.right_shift(arr, unused, out=arr)
+    # unsigned: the same as the two shifts, in one pass
+    return np.bitwise_and(raw, np.array((1 << stored) - 1, dtype))
 
 
 _decoding = threading.local()  # .active: this thread is inside ``_pixels``
