@@ -44,6 +44,12 @@ _ITEM_DELIMITER = 0xFFFEE00D
 _PREAMBLE = 128
 _CHUNK = 16384  # bytes read at once; larger values are read on their own
 _raw_element = RawDataElement._make
+#: Transfer Syntax UID bytes as writers pad them (to an even length, with a NUL) -> implicit
+#: VR; any other spelling, even one pydicom would read as these, is left to pydicom
+_SYNTAXES = {
+    str(ExplicitVRLittleEndian).encode() + b"\x00": False,
+    str(ImplicitVRLittleEndian).encode() + b"\x00": True,
+}
 
 
 def read_part10(path: str | os.PathLike[str]) -> FileDataset | None:
@@ -67,16 +73,12 @@ def _read(src: _Source, name: str) -> FileDataset | None:
     if meta_walk is None or not meta_walk[0]:
         return None
     meta_elements, start = meta_walk
+    implicit = _SYNTAXES.get(_value(meta_elements, 0x00020010))
+    if implicit is None:
+        return None
     try:
         file_meta = _file_meta(meta_elements)
-        syntax = file_meta.get("TransferSyntaxUID")
-    except Exception:  # a value pydicom cannot convert: its own reader decides
-        return None
-    if syntax == ExplicitVRLittleEndian:
-        implicit = False
-    elif syntax == ImplicitVRLittleEndian:
-        implicit = True
-    else:
+    except Exception:  # pydicom's own reader decides
         return None
     first = src.at(start, 8)
     if first is None or _looks_implicit(first) != implicit or first[:2] == b"\x00\x00":
@@ -123,14 +125,19 @@ class _Source:
         return self.buf[pos - self.base : pos - self.base + n]
 
 
+def _value(elements: dict, tag: int) -> bytes | None:
+    elem = elements.get(tag)
+    return None if elem is None else elem.value
+
+
 def _file_meta(elements: dict) -> FileMetaDataset:
-    """The file meta information as ``pydicom.filereader._read_file_meta_info`` makes it (its
-    first element converted, as pydicom tries it; an error there leaves the file to pydicom)."""
+    """The file meta information as ``pydicom.filereader._read_file_meta_info`` makes it.
+    (pydicom then converts its first element to try whether it was implicit VR, which these
+    files are not: the element stays raw until used, with the same value then.)"""
     file_meta = FileMetaDataset(elements)
     file_meta.set_original_encoding(
         is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding
     )
-    file_meta[next(iter(elements))]
     return file_meta
 
 

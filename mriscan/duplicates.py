@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from mriscan.neighbors import DEFAULT_DIMS, committed_pairs, near_pairs
-from mriscan.preprocess import preprocess, preprocess_batch, preprocess_serial
+from mriscan.preprocess import PreprocessConfig, preprocess, preprocess_batch
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "SIGNATURE_CONFIG",
     "SIGNATURE_SIZE",
     "duplicate_groups",
     "key_links",
@@ -33,6 +34,8 @@ _THUMBNAIL = {
     "align": False,
     "smooth": 0.0,
 }
+#: the signature's geometry as a config (``preprocess_serial`` takes configs)
+SIGNATURE_CONFIG = PreprocessConfig(**_THUMBNAIL)
 
 
 def signature(image: np.ndarray) -> np.ndarray:
@@ -50,12 +53,8 @@ def signature(image: np.ndarray) -> np.ndarray:
     return preprocess(image, **_THUMBNAIL)
 
 
-def signatures(images: Sequence[np.ndarray], *, serial: bool = False) -> np.ndarray:
-    """``signature`` of each decoded slice: ndarray (N, 16, 16), uint8; computed in parallel
-    (``preprocess_batch``), or ``serial``: on the calling thread in one GIL-free call
-    (``preprocess_serial``, for callers whose own threads keep the cores busy)."""
-    if serial:
-        return preprocess_serial(images, **_THUMBNAIL)
+def signatures(images: Sequence[np.ndarray]) -> np.ndarray:
+    """``signature`` of each decoded slice, computed in parallel: ndarray (N, 16, 16), uint8."""
     return preprocess_batch(images, **_THUMBNAIL)
 
 

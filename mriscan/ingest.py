@@ -26,7 +26,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from mriscan._graph_kernels import component_minima
-from mriscan.duplicates import duplicate_groups, key_links, near_links, signatures
+from mriscan.duplicates import (
+    SIGNATURE_CONFIG,
+    duplicate_groups,
+    key_links,
+    near_links,
+)
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
 from mriscan.io import check_label_case, scan_class_folders, scan_manifest
@@ -696,38 +701,50 @@ def _run(
     pending_labels: list[int] = []
     done = 0
 
-    def load(j: _Job) -> InputRead:
-        """The file's slices as read (decoded, windowed to uint8), on a reader thread."""
+    def load(j: _Job) -> tuple[InputRead, list[tuple[str, ...]]]:
+        """The file's slices as read (decoded, windowed to uint8) and their warning flags, on a
+        reader thread."""
         if j.path in series_errors:
-            return InputRead(j.path, j.kind, error=series_errors[j.path])
-        return read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+            return InputRead(j.path, j.kind, error=series_errors[j.path]), []
+        r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+        return r, [slice_warnings(s.image) for s in r.slices]
 
-    # The work is split by what holds the GIL. Reading a scanner file is mostly Python (pydicom
-    # parses the header element by element): reader threads do only that, up to
+    # The work is split by what holds the GIL. Reading a scanner file is mostly Python (the
+    # DICOM header is parsed element by element): reader threads do only that, up to
     # ``2 * batch_size`` files ahead of the one being stored, taken in listing order (positions
     # do not depend on timing). Cropping, resizing and the signatures are Numba kernels that
     # release the GIL: the main thread runs them once per batch (``preprocess_serial``) while
     # the readers go on, so they take the second core instead of waiting for the GIL after
-    # every slice. Slices are appended as soon as ``batch_size`` of them are ready, so a few
-    # large files (NIfTI volumes) are written while the next ones are read.
+    # every slice. Each batch is then appended by one writer thread (pixel checksums, record
+    # checks, the shard write), in order, while the main thread prepares the next batch.
+    # Slices are appended as soon as ``batch_size`` of them are ready, so a few large files
+    # (NIfTI volumes) are written while the next ones are read.
     window = 2 * config.batch_size
     images, labels, recs = [], [], []
+    start = len(store) + store.n_pending  # the position of the first slice of this loop
+    sent = 0  # slices handed to the writer so far
+    appending: Future | None = None
 
     def flush() -> None:
-        nonlocal images, labels, recs, pending_keys
+        nonlocal images, labels, recs, pending_keys, sent, appending
         if images:
-            pre = preprocess_serial(images, config.preprocess)
-            store.append(pre, labels, recs, signatures=signatures(images, serial=True))
+            pre, sig = preprocess_serial(images, config.preprocess, SIGNATURE_CONFIG)
+            if appending is not None:
+                appending.result()  # one batch in flight at most; its error surfaces here
+            appending = writer.submit(store.append, pre, labels, recs, signatures=sig)
             pending_keys += [rec["group_key"] for rec in recs]
+            sent += len(images)
         images, labels, recs = [], [], []
 
-    with ThreadPoolExecutor(max_workers=_readers(config, to_add)) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=_readers(config, to_add)) as pool,
+        ThreadPoolExecutor(max_workers=1) as writer,
+    ):
         inflight: deque[Future] = deque(pool.submit(load, j) for j in to_add[:window])
         for k, j in enumerate(to_add):
-            r = inflight.popleft().result()
+            r, slice_flags = inflight.popleft().result()
             if k + window < len(to_add):
                 inflight.append(pool.submit(load, to_add[k + window]))
-            slice_flags = [slice_warnings(s.image) for s in r.slices]
             if r.error is not None or r.skipped is not None or r.excluded is not None:
                 unstored[j.sha256] = j.rel
             if r.error is not None:
@@ -741,7 +758,7 @@ def _run(
                 if r.placeholder_id:
                     placeholders.append((j.rel, r.placeholder_id))
                 key = group_of[j.file_id]
-                first = len(store) + store.n_pending + len(images)
+                first = start + sent + len(images)
                 primary.setdefault(j.sha256, first)
                 for s, flags in zip(r.slices, slice_flags, strict=True):
                     if check_sizes and s.unit.startswith("series:"):
@@ -775,6 +792,8 @@ def _run(
             done += 1
             if progress is not None and (done % config.batch_size == 0 or last):
                 progress(done, len(to_add))
+        if appending is not None:
+            appending.result()
     if check_sizes and shapes:
         # the unchanged DICOM files of this folder belong to the series they are in
         for r in records:

@@ -266,25 +266,37 @@ def preprocess_batch(
 
 
 def preprocess_serial(
-    images: Sequence[np.ndarray], config: PreprocessConfig | None = None, **overrides
-) -> np.ndarray:
-    """``preprocess_batch`` on the calling thread: the same result, from one GIL-free Numba
-    call for the whole batch and without Numba's thread pool.
+    images: Sequence[np.ndarray], *configs: PreprocessConfig
+) -> tuple[np.ndarray, ...]:
+    """``preprocess_batch`` of the same slices under each of ``configs``, on the calling thread:
+    the same results, from one GIL-free Numba call per config and without Numba's thread pool.
 
     For callers that already keep the cores busy with threads of their own (``ingest``
-    preprocesses a batch on its main thread while its reader thread decodes the next files):
-    the call holds no lock and lets other Python threads run, and takes the GIL back once per
-    batch rather than once per image (a thread that waits for the GIL after every image
-    falls behind a thread that parses headers in Python).
+    preprocesses a batch and its signatures on the main thread while its reader thread decodes
+    the next files): the calls hold no lock and let other Python threads run, take the GIL back
+    once per batch rather than once per image (a thread that waits for the GIL after every
+    image falls behind a thread that parses headers in Python), and the slices are packed for
+    the kernels once for all configs.
 
-    Parameters and result as for ``preprocess_batch``: a sequence of (H_i, W_i) uint8 slices
-    in, an (N, S, S) uint8 array out.
+    Parameters
+    ----------
+    images : sequence of ndarray of shape (H_i, W_i), uint8
+    *configs : PreprocessConfig
+        One or more.
+
+    Returns
+    -------
+    tuple of ndarray of shape (N, S_k, S_k), uint8
+        One per config, in order.
     """
-    cfg = _resolve(config, overrides)
-    out = np.empty((len(images), cfg.size, cfg.size), np.uint8)
+    if not configs or not all(isinstance(c, PreprocessConfig) for c in configs):
+        raise ConfigError("preprocess_serial needs one or more PreprocessConfig.")
+    outs = tuple(np.empty((len(images), c.size, c.size), np.uint8) for c in configs)
     if len(images):
-        _kernels.crop_resize_serial(*_packed(images), out, *_kernel_args(cfg))
-    return out
+        packed = _packed(images)
+        for cfg, out in zip(configs, outs, strict=True):
+            _kernels.crop_resize_serial(*packed, out, *_kernel_args(cfg))
+    return outs
 
 
 def _packed(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
