@@ -31,7 +31,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-__all__ = ["read_part10"]
+__all__ = ["read_part10", "tag_object"]
 
 #: the standard VRs as their two bytes, and their names (pydicom's ``filereader.ENCODED_VR``)
 _VR_NAMES = {str(vr).encode("ascii"): str(vr) for vr in VR}
@@ -50,6 +50,22 @@ _SYNTAXES = {
     str(ExplicitVRLittleEndian).encode() + b"\x00": False,
     str(ImplicitVRLittleEndian).encode() + b"\x00": True,
 }
+
+
+_BASE_TAGS: dict[int, BaseTag] = {}
+_MAX_SHARED_TAGS = 8192  # private tags vary by vendor: the table stays bounded
+
+
+def tag_object(tag: int) -> BaseTag:
+    """One shared ``BaseTag`` per tag number. The data sets read here use these objects as
+    their keys, so a lookup with the same object matches by identity: ``BaseTag.__eq__`` is
+    Python, and ``pydicom.tag.Tag`` returns a ``BaseTag`` at once but converts an int."""
+    obj = _BASE_TAGS.get(tag)
+    if obj is None:
+        obj = BaseTag(tag)
+        if len(_BASE_TAGS) < _MAX_SHARED_TAGS:
+            _BASE_TAGS[tag] = obj
+    return obj
 
 
 def read_part10(path: str | os.PathLike[str]) -> FileDataset | None:
@@ -198,7 +214,7 @@ def _elements(src: _Source, pos: int, *, implicit: bool, meta: bool) -> tuple[di
                 return None
             buf, base = src.buf, src.base
             limit = base + len(buf)
-        key = BaseTag(tag)
+        key = tag_object(tag)
         # RawDataElement(tag, VR, length, value, value_tell, is_implicit_VR,
         # is_little_endian, is_raw, is_buffered), as pydicom's generator yields it
         out[key] = _raw_element((key, vr, length, value, pos, implicit, True, True, False))

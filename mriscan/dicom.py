@@ -40,6 +40,7 @@ from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -47,7 +48,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from mriscan._dicom_part10 import read_part10
+from mriscan._dicom_part10 import read_part10, tag_object
 from mriscan.errors import (
     CorruptImageError,
     ImageTooLargeError,
@@ -442,9 +443,7 @@ def _header_int(ds: pydicom.Dataset, keyword: str, default: int) -> int:
 
     Raises ``_HeaderValueError`` when the value is not one integer (e.g. ``'1A'``).
     """
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    tag = _tag(keyword)
     elem = ds.get_item(tag)
     if (
         type(elem) is RawDataElement
@@ -653,7 +652,7 @@ def _surely_a_scan(ds: pydicom.Dataset) -> bool:
     ``_NOT_SCAN_SOP`` / ``_NOT_SCAN_MODALITY``: then pydicom's converted UID (which strips no
     more than that) names none either, and ``_not_a_scan`` need not convert it (~5 us). False
     when unsure (no raw SOP Class UID of its own: the file meta's is used)."""
-    elem = ds.get_item(0x00080016)
+    elem = ds.get_item(_SOP_CLASS)
     if type(elem) is not RawDataElement or not isinstance(elem.value, bytes):
         return False
     uid = elem.value.decode("ascii", "replace").strip(" \x00")
@@ -665,9 +664,11 @@ def _surely_a_scan(ds: pydicom.Dataset) -> bool:
 
 def _has_pixels(ds: pydicom.Dataset) -> bool:
     # Pixel Data, Float Pixel Data, Double Float Pixel Data (by tag: no keyword lookups)
-    return 0x7FE00010 in ds or 0x7FE00008 in ds or 0x7FE00009 in ds
+    return _PIXEL_DATA in ds or _FLOAT_PIXEL_DATA in ds or _DOUBLE_PIXEL_DATA in ds
 
 
+_SOP_CLASS = tag_object(0x00080016)
+_SYNTAX_TAG = tag_object(0x00020010)
 #: the padded bytes of every transfer syntax pydicom knows -> its UID, as pydicom converts them
 _SYNTAX_BYTES = {
     (str(u) + "\0" * (len(str(u)) % 2)).encode("ascii"): UID(str(u))
@@ -678,7 +679,7 @@ _SYNTAX_BYTES = {
 def _transfer_syntax(ds: pydicom.Dataset) -> UID | None:
     """``ds.file_meta.get("TransferSyntaxUID")``; the usual spellings of the known syntaxes
     are looked up by their bytes instead of being converted and validated by pydicom (~5 us)."""
-    elem = ds.file_meta.get_item(0x00020010)
+    elem = ds.file_meta.get_item(_SYNTAX_TAG)
     if type(elem) is RawDataElement and elem.value in _SYNTAX_BYTES:
         return _SYNTAX_BYTES[elem.value]
     return ds.file_meta.get("TransferSyntaxUID")
@@ -711,7 +712,9 @@ def _check_decoder(path: Path, ts: UID) -> None:
 
 #: uncompressed little-endian transfer syntaxes, whose pixel data are the values themselves
 _NATIVE_LE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)})
-_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA = tag_object(0x7FE00010)
+_FLOAT_PIXEL_DATA = tag_object(0x7FE00008)
+_DOUBLE_PIXEL_DATA = tag_object(0x7FE00009)
 
 
 def _native_pixels(
@@ -734,7 +737,7 @@ def _native_pixels(
     """
     if str(ts) not in _NATIVE_LE or photometric not in _GREY:
         return None
-    if 0x7FE00008 in ds or 0x7FE00009 in ds:  # Float / Double Float Pixel Data
+    if _FLOAT_PIXEL_DATA in ds or _DOUBLE_PIXEL_DATA in ds:
         return None
     elem = ds.get_item(_PIXEL_DATA)
     data = None if elem is None else elem.value
@@ -848,9 +851,7 @@ def _raw(ds: pydicom.Dataset, keyword: str) -> str | list[str] | None:
     much as decoding a 256x256 slice. Only for text VRs (DS, IS, CS, UI, LO, SH, PN, DA);
     bytes are decoded as UTF-8 with replacement (consistently, so hashes stay stable).
     """
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    tag = _tag(keyword)
     elem = ds.get_item(tag)
     if elem is None:
         return None
@@ -867,7 +868,19 @@ def _raw(ds: pydicom.Dataset, keyword: str) -> str | list[str] | None:
     return str(value)
 
 
-_TAGS: dict[str, int] = {}
+def _tag(keyword: str) -> BaseTag:
+    """The shared tag object of a dictionary keyword (``mriscan._dicom_part10.tag_object``)."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_object(tag_for_keyword(keyword))
+    return tag
+
+
+_TAGS: dict[str, BaseTag] = {}
+
+
+_SHARED_GROUPS = tag_object(0x52009229)  # Shared Functional Groups Sequence
+_PER_FRAME_GROUPS = tag_object(0x52009230)  # Per-frame Functional Groups Sequence
 
 
 def _attr(ds: pydicom.Dataset, frame: int, sequence: str, name: str):
@@ -875,7 +888,7 @@ def _attr(ds: pydicom.Dataset, frame: int, sequence: str, name: str):
     value = _raw(ds, name)
     if value is not None:
         return value
-    if 0x52009229 not in ds and 0x52009230 not in ds:  # Shared / Per-frame Functional Groups
+    if _SHARED_GROUPS not in ds and _PER_FRAME_GROUPS not in ds:
         return None
     item = _frame_item(ds, frame, sequence)
     return item[name].value if item is not None and name in item else None
