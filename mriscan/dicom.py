@@ -48,7 +48,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from mriscan._dicom_part10 import read_part10, tag_object
 from mriscan.errors import (
     CorruptImageError,
     ImageTooLargeError,
@@ -549,11 +548,7 @@ def _dcmread_checked(path: Path, *, force: bool) -> pydicom.Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            # the plainest Part 10 layout is read by mriscan's faster walk over the same
-            # elements (``mriscan._dicom_part10``); every other file by pydicom
-            ds = None if force else read_part10(path)
-            if ds is None:
-                ds = pydicom.dcmread(path, force=force)
+            ds = pydicom.dcmread(path, force=force)
     except InvalidDicomError:
         raise
     except OSError as exc:
@@ -667,8 +662,8 @@ def _has_pixels(ds: pydicom.Dataset) -> bool:
     return _PIXEL_DATA in ds or _FLOAT_PIXEL_DATA in ds or _DOUBLE_PIXEL_DATA in ds
 
 
-_SOP_CLASS = tag_object(0x00080016)
-_SYNTAX_TAG = tag_object(0x00020010)
+_SOP_CLASS = BaseTag(0x00080016)
+_SYNTAX_TAG = BaseTag(0x00020010)
 #: the padded bytes of every transfer syntax pydicom knows -> its UID, as pydicom converts them
 _SYNTAX_BYTES = {
     (str(u) + "\0" * (len(str(u)) % 2)).encode("ascii"): UID(str(u))
@@ -712,9 +707,9 @@ def _check_decoder(path: Path, ts: UID) -> None:
 
 #: uncompressed little-endian transfer syntaxes, whose pixel data are the values themselves
 _NATIVE_LE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)})
-_PIXEL_DATA = tag_object(0x7FE00010)
-_FLOAT_PIXEL_DATA = tag_object(0x7FE00008)
-_DOUBLE_PIXEL_DATA = tag_object(0x7FE00009)
+_PIXEL_DATA = BaseTag(0x7FE00010)
+_FLOAT_PIXEL_DATA = BaseTag(0x7FE00008)
+_DOUBLE_PIXEL_DATA = BaseTag(0x7FE00009)
 
 
 def _native_pixels(
@@ -869,18 +864,19 @@ def _raw(ds: pydicom.Dataset, keyword: str) -> str | list[str] | None:
 
 
 def _tag(keyword: str) -> BaseTag:
-    """The shared tag object of a dictionary keyword (``mriscan._dicom_part10.tag_object``)."""
+    """The tag object of a dictionary keyword, made once (``pydicom.tag.Tag`` converts each
+    time)."""
     tag = _TAGS.get(keyword)
     if tag is None:
-        tag = _TAGS[keyword] = tag_object(tag_for_keyword(keyword))
+        tag = _TAGS[keyword] = BaseTag(tag_for_keyword(keyword))
     return tag
 
 
 _TAGS: dict[str, BaseTag] = {}
 
 
-_SHARED_GROUPS = tag_object(0x52009229)  # Shared Functional Groups Sequence
-_PER_FRAME_GROUPS = tag_object(0x52009230)  # Per-frame Functional Groups Sequence
+_SHARED_GROUPS = BaseTag(0x52009229)  # Shared Functional Groups Sequence
+_PER_FRAME_GROUPS = BaseTag(0x52009230)  # Per-frame Functional Groups Sequence
 
 
 def _attr(ds: pydicom.Dataset, frame: int, sequence: str, name: str):
