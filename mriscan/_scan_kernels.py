@@ -35,9 +35,19 @@ def integer_percentiles(x: np.ndarray, ranks: np.ndarray, out: np.ndarray) -> No
         hi = max(hi, x[i])
     lo = np.int64(lo)
     hi = np.int64(hi)
-    counts = np.zeros(hi - lo + 1, np.int64)
-    for i in range(x.shape[0]):
-        counts[np.int64(x[i]) - lo] += 1
+    # four partial histograms, summed: runs of one value (a black background) would otherwise
+    # increment one counter back to back, each add waiting for the one before (~4x slower)
+    span = hi - lo + 1
+    parts = np.zeros((4, span), np.int64)
+    n4 = x.shape[0] - x.shape[0] % 4
+    for i in range(0, n4, 4):
+        parts[0, np.int64(x[i]) - lo] += 1
+        parts[1, np.int64(x[i + 1]) - lo] += 1
+        parts[2, np.int64(x[i + 2]) - lo] += 1
+        parts[3, np.int64(x[i + 3]) - lo] += 1
+    for i in range(n4, x.shape[0]):
+        parts[0, np.int64(x[i]) - lo] += 1
+    counts = parts[0] + parts[1] + parts[2] + parts[3]
     for k in range(ranks.shape[0]):
         cum = 0
         for j in range(counts.shape[0]):

@@ -8,10 +8,11 @@ import numpy as np
 
 from mriscan.errors import ConfigError
 from mriscan.neighbors import DEFAULT_DIMS, committed_pairs, near_pairs
-from mriscan.preprocess import preprocess, preprocess_batch
+from mriscan.preprocess import PreprocessConfig, preprocess, preprocess_batch
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "SIGNATURE_CONFIG",
     "SIGNATURE_SIZE",
     "duplicate_groups",
     "key_links",
@@ -35,6 +36,8 @@ _THUMBNAIL = {
     "align": False,
     "smooth": 0.0,
 }
+#: the signature's geometry as a config (``preprocess_serial`` takes configs)
+SIGNATURE_CONFIG = PreprocessConfig(**_THUMBNAIL)
 
 
 def signature(image: np.ndarray) -> np.ndarray:

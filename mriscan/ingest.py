@@ -27,11 +27,11 @@ from threadpoolctl import threadpool_limits
 
 from mriscan._graph_kernels import component_minima
 from mriscan.duplicates import (
+    SIGNATURE_CONFIG,
     duplicate_groups,
     key_links,
     near_links,
     same_label_links,
-    signature,
 )
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
@@ -43,7 +43,7 @@ from mriscan.keys import (
     key_file_path,
     key_fingerprint,
 )
-from mriscan.preprocess import preprocess
+from mriscan.preprocess import preprocess_serial
 from mriscan.readers import (
     InputRead,
     ReadOptions,
@@ -702,38 +702,48 @@ def _run(
     pending_labels: list[int] = []
     done = 0
 
-    def load(j: _Job) -> tuple[InputRead, np.ndarray | None, np.ndarray | None, list]:
-        """The file's slices, preprocessed (n, S, S), their signatures (n, 16, 16) and warning
-        flags; made on the worker thread: the Numba kernels release the GIL, so they run beside
-        the other thread's (GIL-bound) header parsing instead of after it on the main thread."""
+    def load(j: _Job) -> tuple[InputRead, list[tuple[str, ...]]]:
+        """The file's slices as read (decoded, windowed to uint8) and their warning flags, on a
+        reader thread."""
         if j.path in series_errors:
-            return InputRead(j.path, j.kind, error=series_errors[j.path]), None, None, []
+            return InputRead(j.path, j.kind, error=series_errors[j.path]), []
         r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
-        if not r.slices:
-            return r, None, None, []
-        images = [s.image for s in r.slices]
-        pre = np.stack([preprocess(im, config.preprocess) for im in images])
-        flags = [slice_warnings(im) for im in images]
-        return r, pre, np.stack([signature(im) for im in images]), flags
+        return r, [slice_warnings(s.image) for s in r.slices]
 
-    # Files are read (and preprocessed) by the pool up to ``2 * batch_size`` files ahead of the
-    # one being stored, and taken in listing order (positions do not depend on timing); slices
-    # are appended as soon as ``batch_size`` of them are ready, so a few large files (NIfTI
-    # volumes) are written while the next ones are read instead of after all of them.
+    # The work is split by what holds the GIL. Reading a scanner file is mostly Python (the
+    # DICOM header is parsed element by element): reader threads do only that, up to
+    # ``2 * batch_size`` files ahead of the one being stored, taken in listing order (positions
+    # do not depend on timing). Cropping, resizing and the signatures are Numba kernels that
+    # release the GIL: the main thread runs them once per batch (``preprocess_serial``) while
+    # the readers go on, so they take the second core instead of waiting for the GIL after
+    # every slice. Each batch is then appended by one writer thread (pixel checksums, record
+    # checks, the shard write), in order, while the main thread prepares the next batch.
+    # Slices are appended as soon as ``batch_size`` of them are ready, so a few large files
+    # (NIfTI volumes) are written while the next ones are read.
     window = 2 * config.batch_size
-    images, labels, recs, pres, sigs = [], [], [], [], []
+    images, labels, recs = [], [], []
+    start = len(store) + store.n_pending  # the position of the first slice of this loop
+    sent = 0  # slices handed to the writer so far
+    appending: Future | None = None
 
     def flush() -> None:
-        nonlocal images, labels, recs, pres, sigs, pending_keys
+        nonlocal images, labels, recs, pending_keys, sent, appending
         if images:
-            store.append(np.concatenate(pres), labels, recs, signatures=np.concatenate(sigs))
+            pre, sig = preprocess_serial(images, config.preprocess, SIGNATURE_CONFIG)
+            if appending is not None:
+                appending.result()  # one batch in flight at most; its error surfaces here
+            appending = writer.submit(store.append, pre, labels, recs, signatures=sig)
             pending_keys += [rec["group_key"] for rec in recs]
-        images, labels, recs, pres, sigs = [], [], [], [], []
+            sent += len(images)
+        images, labels, recs = [], [], []
 
-    with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=_readers(config, to_add)) as pool,
+        ThreadPoolExecutor(max_workers=1) as writer,
+    ):
         inflight: deque[Future] = deque(pool.submit(load, j) for j in to_add[:window])
         for k, j in enumerate(to_add):
-            r, pre, sig, slice_flags = inflight.popleft().result()
+            r, slice_flags = inflight.popleft().result()
             if k + window < len(to_add):
                 inflight.append(pool.submit(load, to_add[k + window]))
             if r.error is not None or r.skipped is not None or r.excluded is not None:
@@ -749,7 +759,7 @@ def _run(
                 if r.placeholder_id:
                     placeholders.append((j.rel, r.placeholder_id))
                 key = group_of[j.file_id]
-                first = len(store) + store.n_pending + len(images)
+                first = start + sent + len(images)
                 primary.setdefault(j.sha256, first)
                 for s, flags in zip(r.slices, slice_flags, strict=True):
                     if check_sizes and s.unit.startswith("series:"):
@@ -777,14 +787,14 @@ def _run(
                         }
                     )
                 added[names[j.label]] += len(r.slices)
-                pres.append(pre)
-                sigs.append(sig)
             last = k + 1 == len(to_add)
             if len(images) >= config.batch_size or last:
                 flush()
             done += 1
             if progress is not None and (done % config.batch_size == 0 or last):
                 progress(done, len(to_add))
+        if appending is not None:
+            appending.result()
     if check_sizes and shapes:
         # the unchanged DICOM files of this folder belong to the series they are in
         for r in records:
@@ -858,6 +868,17 @@ def _run(
         placeholder_ids=tuple(placeholders),
         **counts,
     )
+
+
+def _readers(config: IngestConfig, jobs: list[_Job]) -> int:
+    """Reader threads of a run. DICOM headers are parsed in Python, holding the GIL: with
+    only DICOM files to read, ``workers`` less the main thread (which preprocesses and stores;
+    at least one), since a second parser on two cores only contends for the GIL with the
+    first and with the main thread's kernels (measured slower). NIfTI volumes and JPEG/PNG
+    images are mostly decompressed outside the GIL (zlib, Pillow): ``workers`` readers."""
+    if jobs and all(j.kind == "dicom" for j in jobs):
+        return max(1, config.n_workers - 1)
+    return config.n_workers
 
 
 def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:

@@ -24,7 +24,10 @@ class IngestConfig:
     preprocess : PreprocessConfig
         How slices are cropped and resized (``preprocess.size`` is the stored side S).
     workers : int, optional
-        Decoding threads (default: CPU cores).
+        Cores to use (default: CPU cores): reading threads, beside the main thread that
+        preprocesses each batch (and one thread that appends it to the store). A run of DICOM
+        files only reads on ``workers - 1`` threads (at least one), since their headers are
+        parsed holding the GIL; NIfTI volumes and JPEG/PNG images on ``workers``.
     batch_size : int
         Slices preprocessed and appended per batch.
     strict : bool

@@ -26,6 +26,7 @@ __all__ = [
     "normalize",
     "preprocess",
     "preprocess_batch",
+    "preprocess_serial",
     "source_point",
 ]
 
@@ -256,17 +257,57 @@ def preprocess_batch(
     ndarray of shape (N, S, S), uint8
     """
     cfg = _resolve(config, overrides)
-    arrays = [_as_gray_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
-    out = np.empty((len(arrays), cfg.size, cfg.size), np.uint8)
-    if not arrays:
+    out = np.empty((len(images), cfg.size, cfg.size), np.uint8)
+    if not len(images):
         return out
-    shapes = np.array([a.shape for a in arrays], np.int64)
+    with _PARALLEL_LOCK:
+        _kernels.crop_resize_batch(*_packed(images), out, *_kernel_args(cfg))
+    return out
+
+
+def preprocess_serial(
+    images: Sequence[np.ndarray], *configs: PreprocessConfig
+) -> tuple[np.ndarray, ...]:
+    """``preprocess_batch`` of the same slices under each of ``configs``, on the calling thread:
+    the same results, from one GIL-free Numba call per config and without Numba's thread pool.
+
+    For callers that already keep the cores busy with threads of their own (``ingest``
+    preprocesses a batch and its signatures on the main thread while its reader thread decodes
+    the next files): the calls hold no lock and let other Python threads run, take the GIL back
+    once per batch rather than once per image (a thread that waits for the GIL after every
+    image falls behind a thread that parses headers in Python), and the slices are packed for
+    the kernels once for all configs.
+
+    Parameters
+    ----------
+    images : sequence of ndarray of shape (H_i, W_i), uint8
+    *configs : PreprocessConfig
+        One or more.
+
+    Returns
+    -------
+    tuple of ndarray of shape (N, S_k, S_k), uint8
+        One per config, in order.
+    """
+    if not configs or not all(isinstance(c, PreprocessConfig) for c in configs):
+        raise ConfigError("preprocess_serial needs one or more PreprocessConfig.")
+    outs = tuple(np.empty((len(images), c.size, c.size), np.uint8) for c in configs)
+    if len(images):
+        packed = _packed(images)
+        for cfg, out in zip(configs, outs, strict=True):
+            _kernels.crop_resize_serial(*packed, out, *_kernel_args(cfg))
+    return outs
+
+
+def _packed(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The slices back to back as the batch kernels take them: (flat uint8, offsets (N,)
+    int64, shapes (N, 2) int64)."""
+    arrays = [_as_gray_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
+    shapes = np.array([a.shape for a in arrays], np.int64).reshape(len(arrays), 2)
     offsets = np.zeros(len(arrays), np.int64)
     np.cumsum(shapes[:-1, 0] * shapes[:-1, 1], out=offsets[1:])
     flat = np.concatenate([a.reshape(-1) for a in arrays])
-    with _PARALLEL_LOCK:
-        _kernels.crop_resize_batch(flat, offsets, shapes, out, *_kernel_args(cfg))
-    return out
+    return flat, offsets, shapes
 
 
 def midline_pose(image: np.ndarray, method: str = "fast") -> tuple[float, float]:

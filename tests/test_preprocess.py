@@ -17,6 +17,7 @@ from mriscan.preprocess import (
     normalize,
     preprocess,
     preprocess_batch,
+    preprocess_serial,
 )
 
 cv2 = pytest.importorskip("cv2")
@@ -100,6 +101,28 @@ def test_batch_equals_single_calls():
     for i, im in enumerate(imgs):
         np.testing.assert_array_equal(batch[i], preprocess(im, size=24))
     assert preprocess_batch([], size=24).shape == (0, 24, 24)
+
+
+def test_serial_batch_equals_single_calls_for_each_config():
+    """preprocess_serial gives, per config, what preprocess gives image by image (the store's
+    preprocessing and the signature's geometry from one packing), and an empty batch."""
+    from mriscan.duplicates import SIGNATURE_CONFIG, signature
+
+    rng = np.random.default_rng(5)
+    imgs = [
+        rng.integers(0, 256, (rng.integers(20, 90), rng.integers(20, 90)), dtype=np.uint8)
+        for _ in range(7)
+    ]
+    cfg = PreprocessConfig(size=32, align=True)
+    pre, sig = preprocess_serial(imgs, cfg, SIGNATURE_CONFIG)
+    assert pre.shape == (7, 32, 32) and sig.shape == (7, 16, 16)
+    for i, im in enumerate(imgs):
+        np.testing.assert_array_equal(pre[i], preprocess(im, cfg))
+        np.testing.assert_array_equal(sig[i], signature(im))
+    (empty,) = preprocess_serial([], cfg)
+    assert empty.shape == (0, 32, 32)
+    with pytest.raises(ConfigError):
+        preprocess_serial(imgs)
 
 
 def test_concurrent_batch_calls_from_four_threads():

@@ -145,7 +145,7 @@ def test_a_store_created_by_a_failing_ingest_is_removed(class_folder, tmp_path, 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ing, "preprocess", boom)
+    monkeypatch.setattr(ing, "preprocess_serial", boom)  # fails mid-run
     with pytest.raises(RuntimeError):
         ingest(class_folder, tmp_path / "s.zarr", SMALL)
     assert not (tmp_path / "s.zarr").exists()

@@ -393,3 +393,35 @@ def test_ingest_into_an_unmigrated_store_hints_at_migrate_once(class_folder, pat
     hints = [r for r in caplog.records if "mriscan migrate --store" in r.getMessage()]
     assert len(hints) == 1 and "one file per slice" in hints[0].getMessage()
     assert verify_store(path) == []
+
+
+def test_fsync_all_syncs_every_path_once_and_reports_a_missing_one(tmp_path, monkeypatch):
+    """fsync_all syncs each distinct path (several at a time), skips vanished ones only when
+    asked, and raises a failure after trying the rest."""
+    import os
+
+    from mriscan.store import files
+
+    paths = []
+    for k in range(12):
+        p = tmp_path / f"f{k}"
+        p.write_bytes(b"x" * k)
+        paths.append(str(p))
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    files.fsync_all(paths + paths[:3])
+    assert len(synced) == 12
+    missing = str(tmp_path / "gone")
+    synced.clear()
+    files.fsync_all([*paths[:4], missing], missing_ok=True)
+    assert len(synced) == 4
+    synced.clear()
+    with pytest.raises(FileNotFoundError):
+        files.fsync_all([missing, *paths[:4]])
+    assert len(synced) == 4

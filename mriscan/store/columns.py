@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mriscan.errors import StoreCorruptError
-from mriscan.store.files import StoreFiles
+from mriscan.store.files import StoreFiles, fsync_all
 
 __all__ = [
     "COLUMN_DIR",
@@ -316,7 +316,8 @@ class ColumnFiles:
 
 
 class _Batch:
-    """``ColumnFiles.batch``: collects the appended paths, fsyncs each once on exit."""
+    """``ColumnFiles.batch``: collects the appended paths, fsyncs each once on exit (several
+    at a time, ``mriscan.store.files.fsync_all``)."""
 
     def __init__(self, columns: ColumnFiles) -> None:
         self.columns = columns
@@ -329,12 +330,7 @@ class _Batch:
         paths, self.columns._unsynced = self.columns._unsynced or [], None
         if exc_type is not None:
             return  # the commit failed: nothing will name these bytes
-        for path in dict.fromkeys(paths):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_all(paths)
 
 
 def group_name(generation: str) -> str:

