@@ -655,28 +655,46 @@ def _walk_error(exc: OSError) -> tuple[Path, str]:
 def _iter_files(
     folder: Path, errors: list | None = None, hidden: list | None = None
 ) -> Iterator[Path]:
-    """Yield every non-hidden file below ``folder`` (recursively).
+    """Yield every non-hidden file below ``folder`` (recursively), following symbolic links to
+    folders as to files (a linked series folder is data like any other).
 
     Folders that cannot be listed are appended to ``errors`` as ``(folder, reason)`` when given;
     hidden files and folders (names starting with ".") to ``hidden`` as ``UnusedFile`` (a hidden
-    folder once, not its contents) when given.
+    folder once, not its contents) when given, and so are empty folders, links to a folder
+    above (a loop) and links to a folder already listed (a second path to it: read once).
     """
     onerror = None if errors is None else (lambda e: errors.append(_walk_error(e)))
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
-        if hidden is not None:
-            hidden += [
-                UnusedFile(Path(dirpath) / d, "hidden folder (its name starts with '.')", True)
-                for d in dirnames
-                if d.startswith(".")
-            ]
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    top = os.path.realpath(folder)
+    seen = {top}
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                _note(hidden, Path(dirpath) / d, "hidden folder (its name starts with '.')")
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if top.startswith(real.rstrip(os.sep) + os.sep):  # os.walk would loop for ever
+                _note(hidden, Path(dirpath) / d, "link to a folder above it (a loop): not read")
+                continue
+            if real in seen:
+                _note(hidden, Path(dirpath) / d, "link to a folder already listed: read once")
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        if not dirnames and not filenames and Path(dirpath) != Path(folder):
+            _note(hidden, Path(dirpath), "empty folder: nothing to read")
         for name in filenames:
             if not name.startswith("."):
                 yield Path(dirpath) / name
-            elif hidden is not None:
-                hidden.append(
-                    UnusedFile(Path(dirpath) / name, "hidden file (its name starts with '.')", True)
-                )
+            else:
+                _note(hidden, Path(dirpath) / name, "hidden file (its name starts with '.')")
+
+
+def _note(hidden: list | None, path: Path, reason: str) -> None:
+    """List ``path`` as not read, by rule (``UnusedFile.hidden``), when a list is kept."""
+    if hidden is not None:
+        hidden.append(UnusedFile(path, reason, True))
 
 
 def _classify_all(paths: Iterable[Path], found: list[SourceFile], unused: list[UnusedFile]) -> None:

@@ -422,3 +422,30 @@ def test_cli_lists_what_it_did_not_store_and_modality_any_reads_ct(tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert "added 5" in out.output and "another modality" not in out.output
+
+
+# ---- 7. linked, looping and empty folders ------------------------------------------------------
+def test_linked_series_folder_is_read_and_loops_and_empty_folders_are_listed(tmp_path):
+    """A series folder reached by a symbolic link is data like any other (a linked file and a
+    linked class folder are read too); a link back up the tree is listed, not followed for ever;
+    an empty folder is listed as such."""
+    elsewhere = tmp_path / "elsewhere"
+    for k, cls in enumerate(("yes", "no")):
+        write_dicom_series(elsewhere / cls, phantom_volume(k, n_slices=3, canvas=48), seed=k,
+                           patient=FakePatient(patient_id=f"FAKE-{k}"))  # fmt: skip
+    root = tmp_path / "raw"
+    (root / "yes").mkdir(parents=True)
+    (root / "no").mkdir()
+    (root / "yes" / "ROE_link").symlink_to(elsewhere / "yes", target_is_directory=True)
+    (root / "no" / "series").symlink_to(elsewhere / "no", target_is_directory=True)
+    (root / "no" / "series_again").symlink_to(elsewhere / "no", target_is_directory=True)
+    (root / "yes" / "ROE_link_up").symlink_to(root, target_is_directory=True)
+    (root / "yes" / "empty_series").mkdir()
+    report = ingest(root, tmp_path / "s.zarr", SMALL)
+    assert report.added == {"no": 3, "yes": 3}
+    ignored = dict(report.ignored)
+    assert "a loop" in ignored["yes/ROE_link_up"]
+    assert "already listed" in ignored["no/series_again"]
+    assert "empty folder" in ignored["yes/empty_series"]
+    strict = IngestConfig(preprocess=PreprocessConfig(size=32), strict=True)
+    assert ingest(root, tmp_path / "strict.zarr", strict).added == {"no": 3, "yes": 3}
