@@ -373,9 +373,7 @@ def ingest(
                 except _MixedSeriesRedoError:
                     # rare: a series mixes slice sizes. Nothing was committed; run again with
                     # those series refused before any file is read (header-only check)
-                    series_errors = check_series_sizes(
-                        [j.path for j in jobs if j.kind == "dicom"], root
-                    )
+                    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"])
                     store = ImageStore.open(store_path, mode="a")
     except BaseException:
         if created:
