@@ -442,6 +442,7 @@ def _print_ingest(report) -> None:
             f"stored with a warning ({len(report.warnings)}; --strict refuses them):",
         ),
         (report.ignored, f"{len(report.ignored)} file(s) or folder(s) not read by rule:"),
+        (report.read_notes, f"{len(report.read_notes)} file(s) stored with a note:"),
     ):
         if items:
             click.echo(f"  {title}")
@@ -1323,6 +1324,7 @@ class _AuditCommand(click.Command):
     help="Metadata-only AUC at which a shortcut is flagged.",
 )
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+@_show_paths_option(slices=False)
 def audit(
     data: tuple[Path, ...],
     test: Path | None,
@@ -1332,11 +1334,14 @@ def audit(
     threshold: float,
     shortcut_auc: float,
     workers: int | None,
+    show_paths: bool,
 ) -> None:
     """Check DATA (class folders or stores) for duplicates, label conflicts, leakage between
     a train/test pair (--test or --split) and shortcuts (metadata that predicts the label).
 
-    Writes audit.md, audit.json and figures to --out.
+    Writes audit.md, audit.json and figures to --out. DICOM/NIfTI files that cannot be
+    audited are named by pseudonym there and on the console (by path on the console with
+    --show-paths).
 
     \b
     Exit status (codes click does not use for anything else):
@@ -1356,13 +1361,19 @@ def audit(
     with _progress("auditing") as progress:
         report = run_audit(data, test=test, split=split, config=cfg, progress=progress)
     page = write_report(report, out)
+    hidden = False
     for r in report["sets"]:
-        local = r["_set"].local_names
-        for s in r["skipped"][:20]:  # console only: the report never holds scanner file paths
-            where = f"{s['source']} ({local[s['source']]})" if s["source"] in local else s["source"]
+        local = r["_set"].local_names  # scanner files' paths: shown only with --show-paths
+        for s in r["skipped"][:20]:
+            where = s["source"]
+            if where in local and show_paths:
+                where = f"{where} ({local[where]})"
+            hidden = hidden or (s["source"] in local and not show_paths)
             click.echo(f"not audited: {r['name']}/{where}: {s['reason']}", err=True)
         if len(r["skipped"]) > 20:
             click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
+    if hidden:
+        click.echo(_PSEUDONYM_HINT, err=True)
     if as_json:
         click.echo(to_json(report))
     else:

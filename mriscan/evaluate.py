@@ -528,6 +528,9 @@ def _open_data(
     ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
+    if report.read_notes:  # by count: the files' paths may name the patient
+        notes = sorted({n for _, n in report.read_notes})
+        log.warning("%d file(s) read with a note: %s", len(report.read_notes), "; ".join(notes[:3]))
     rows = []
     if report.skipped:
         # the key of the store's slice names, so a failed instance's dicom/<series>/ is that

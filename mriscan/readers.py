@@ -34,6 +34,7 @@ from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
     "FLAG_SUMMARY",
+    "FOUR_D_NOTE",
     "MIN_SIDE",
     "InputRead",
     "InputSlice",
@@ -162,7 +163,9 @@ class InputRead:
     readable image this run does not use, e.g. a CT when only MR is read; the reason), or
     ``error`` (the reason, without the path). ``placeholder_id`` is a DICOM file's Patient ID
     when it is a placeholder that names no one (``mriscan.dicom.is_placeholder_patient_id``;
-    its slices are then grouped by study), else ""."""
+    its slices are then grouped by study), else "". ``note``: what was read otherwise than the
+    file holds, without the path (a 4-D NIfTI volume: "4-D volume with 2 volumes: the first
+    was read (--nifti-4d)"), else "": the caller reports it as its naming rule allows."""
 
     path: Path
     kind: str
@@ -171,6 +174,11 @@ class InputRead:
     error: str | None = None
     excluded: str | None = None
     placeholder_id: str = ""
+    note: str = ""
+
+
+#: ``InputRead.note`` of a 4-D NIfTI volume read as its first volume (``%d``: the volumes)
+FOUR_D_NOTE = "4-D volume with %d volumes: the first was read (--nifti-4d)"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -246,7 +254,8 @@ def read_input(
     InputRead
         Never raises for a property of the file: reader errors (``ImageDecodeError``,
         ``OSError``) and any other exception a library raises on odd input become
-        ``InputRead.error`` (unexpected ones named by type, logged with their traceback), so
+        ``InputRead.error`` (unexpected ones named by type, logged without the path, which
+        is logged with the traceback at DEBUG), so
         one file can never abort a run. ``MemoryError`` (the machine, not the file: it
         propagates with a note naming the file) and ``KeyboardInterrupt`` / ``SystemExit``
         (not ``Exception``) are not caught.
@@ -263,7 +272,15 @@ def read_input(
     except OSError as exc:
         return InputRead(path, kind, error=f"cannot read file ({exc.strerror or exc})")
     except Exception as exc:  # a library's bug or an input nobody foresaw: this file only
-        log.warning("unexpected error reading %s", path, exc_info=True)
+        # the path may name the patient (scanner exports): the warning names the file's kind
+        # and error type only (the file's own row or list entry says which file); the path
+        # and traceback are logged at DEBUG (`mriscan -vv`), for a bug report
+        log.warning(
+            "unexpected %s while reading a %s file (see its row; `mriscan -vv` logs the traceback)",
+            type(exc).__name__,
+            kind,
+        )
+        log.debug("unexpected error reading %s", path, exc_info=True)
         return InputRead(
             path,
             kind,
@@ -334,7 +351,9 @@ def _read_input(
         ]
         if not out:
             return InputRead(path, kind, error="the volume has no slice to keep")
-        return InputRead(path, kind, tuple(out))
+        n_volumes = r.slices[0].meta.n_volumes
+        note = FOUR_D_NOTE % n_volumes if n_volumes > 1 else ""
+        return InputRead(path, kind, tuple(out), note=note)
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
 

@@ -4,8 +4,11 @@ and what does not fit (an image of another modality, an empty Patient ID) is lis
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from mriscan.ingest import IngestConfig, ingest
@@ -13,7 +16,9 @@ from mriscan.preprocess import PreprocessConfig
 from mriscan.synth_scanner import (
     FakePatient,
     phantom_volume,
+    stack_to_ras,
     write_dicom_series,
+    write_nifti,
 )
 
 SMALL = IngestConfig(preprocess=PreprocessConfig(size=32), workers=2, batch_size=4)
@@ -59,3 +64,70 @@ def test_mixed_size_reason_names_no_file_in_predict_or_evaluate_rows(tmp_path):
     for row in rows:
         assert "HERNANDEZ" not in row["path"] + row["error"], row
         assert "mixes slice sizes" in row["error"]
+
+
+def _four_d(path: Path) -> Path:
+    stack = phantom_volume(6, n_slices=5, canvas=32)
+    vol = np.stack([stack_to_ras(stack)] * 2, axis=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(path, vol)
+    return path
+
+
+def test_four_d_volume_is_said_once_without_its_path(tmp_path, caplog):
+    """A 4-D NIfTI volume: the library logs no path above DEBUG (predict, evaluate, explain and
+    audit say it without one, from ``InputRead.note``); ingest lists it by path once."""
+    from mriscan.readers import read_input
+    from mriscan.scan import new_salt
+
+    raw = tmp_path / "raw"
+    vol = _four_d(raw / "no" / "OKAFOR_CHIDI_1970.nii.gz")
+    write_dicom_series(raw / "yes" / "s", phantom_volume(5, n_slices=2, canvas=32))
+    with caplog.at_level(logging.INFO):
+        r = read_input(vol, "nifti", salt=new_salt(), root=raw)
+        report = ingest(raw, tmp_path / "s.zarr", SMALL)
+    assert r.note == "4-D volume with 2 volumes: the first was read (--nifti-4d)"
+    assert "OKAFOR" not in caplog.text
+    assert report.read_notes == (("no/OKAFOR_CHIDI_1970.nii.gz", r.note),)
+
+
+def test_audit_lists_an_image_of_another_modality_and_names_no_path(tmp_path):
+    """pydicom's CT_small.dcm in a class folder of MR series: listed as not audited with the
+    modality reason (it crashed with ZeroDivisionError); the console names it by pseudonym."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    root = tmp_path / "a1"
+    for k, c in enumerate(("no", "yes")):
+        pat = FakePatient(patient_id=f"MRN-{k}", name=f"Smith^John{k}")
+        write_dicom_series(root / c / f"SMITH_JOHN{k}", phantom_volume(k, n_slices=3), patient=pat)
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", root / "yes" / "SMITH_JOHN_CT.dcm")
+    out = tmp_path / "aud"
+    res = CliRunner().invoke(main, ["audit", str(root), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("not audited:"))
+    assert "modality CT" in line and "SMITH" not in res.output
+    shown = CliRunner().invoke(main, ["audit", str(root), "--out", str(out), "--show-paths"])
+    assert "SMITH_JOHN_CT.dcm" in shown.output
+
+
+def test_unexpected_reader_error_is_logged_without_the_path(tmp_path, caplog, monkeypatch):
+    """A library's unexpected exception: the warning names the kind and type, not the file
+    (its row does, by its naming rule); the path and traceback only at DEBUG."""
+    import mriscan.readers
+    from mriscan.scan import new_salt
+
+    def boom(path, *args, **kwargs):
+        raise RuntimeError("odd input")
+
+    monkeypatch.setattr(mriscan.readers, "_read_input", boom)
+    path = tmp_path / f"{NAME}.dcm"
+    path.write_bytes(b"x")
+    with caplog.at_level(logging.DEBUG, logger="mriscan.readers"):
+        r = mriscan.readers.read_input(path, "dicom", salt=new_salt(), root=tmp_path)
+    assert "unexpected RuntimeError" in r.error
+    above = [x.getMessage() for x in caplog.records if x.levelno > logging.DEBUG]
+    assert above == ["unexpected RuntimeError while reading a dicom file (see its row; "
+                     "`mriscan -vv` logs the traceback)"]  # fmt: skip
+    assert NAME in caplog.text  # at DEBUG, for a bug report
