@@ -449,6 +449,8 @@ def _print_ingest(report) -> None:
             for path, reason in items:
                 click.echo(f"    {path}: {reason}")
     if report.placeholder_ids:
+        from mriscan.dicom import EMPTY_PATIENT_ID
+
         by_value: dict[str, list[str]] = {}
         for path, value in report.placeholder_ids:
             by_value.setdefault(value, []).append(path)
@@ -459,7 +461,8 @@ def _print_ingest(report) -> None:
         )
         for value, paths in by_value.items():
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            click.echo(f"    Patient ID {value!r}: {len(paths)} file(s): {shown}")
+            what = "empty Patient ID" if value == EMPTY_PATIENT_ID else f"Patient ID {value!r}"
+            click.echo(f"    {what}: {len(paths)} file(s): {shown}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 

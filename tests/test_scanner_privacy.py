@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
@@ -131,3 +132,37 @@ def test_unexpected_reader_error_is_logged_without_the_path(tmp_path, caplog, mo
     assert above == ["unexpected RuntimeError while reading a dicom file (see its row; "
                      "`mriscan -vv` logs the traceback)"]  # fmt: skip
     assert NAME in caplog.text  # at DEBUG, for a bug report
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_an_empty_patient_id_is_listed_as_a_placeholder_and_grouped_by_study(tmp_path, empty):
+    """A Patient ID element that is present but empty (or blank) is treated as 'ANONYMOUS'
+    is: listed in ingest's placeholder warning, its slices grouped by their study; an absent
+    element stays plain 'missing' (not listed)."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.dicom import EMPTY_PATIENT_ID, read_dicom
+    from mriscan.scan import new_salt
+
+    raw = tmp_path / "raw"
+    files = write_dicom_series(
+        raw / "yes" / "s", phantom_volume(1, n_slices=2, canvas=32), patient=FakePatient(empty)
+    )
+    write_dicom_series(
+        raw / "no" / "s", phantom_volume(2, n_slices=2, canvas=32), patient=FakePatient("ANON")
+    )
+    assert pydicom.dcmread(files[0]).PatientID.strip() == ""
+    meta = read_dicom(files[0], salt=new_salt()).slices[0].meta
+    assert meta.patient is None and meta.patient_placeholder == EMPTY_PATIENT_ID
+    assert meta.group.startswith("study:")
+    report = ingest(raw, tmp_path / "s.zarr", SMALL)
+    assert sorted(v for _, v in report.placeholder_ids) == [EMPTY_PATIENT_ID] * 2 + ["ANON"] * 2
+    out = CliRunner().invoke(main, ["ingest", str(raw), "--store", str(tmp_path / "c.zarr")])
+    assert "empty Patient ID: 2 file(s)" in out.output and "Patient ID 'ANON'" in out.output
+
+    del_id = raw / "yes" / "s" / files[1].name
+    ds = pydicom.dcmread(del_id)
+    del ds.PatientID
+    ds.save_as(del_id)
+    assert read_dicom(del_id, salt=new_salt()).slices[0].meta.patient_placeholder == ""
