@@ -1077,7 +1077,13 @@ def predict(
         f"{display_path(output)}"
     )
     if units:
-        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}:")
+        from mriscan.artifacts import ModelCard
+        from mriscan.inference import check_threshold
+
+        card = ModelCard.load(model_path)  # the label rule, stated once for the rows below
+        thr = check_threshold(card, threshold)
+        rule = f"{card.class_names[1]} at P ≥ {thr:.3f}" if thr is not None else "the most probable"
+        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}; label: {rule}:")
         for r in units:
             p = r.get("probability", r.get("tumor_probability"))
             shown = f"P = {_num(p)}, " if p is not None else ""
