@@ -195,8 +195,9 @@ class AuditSet:
     n_files : int
         Files (and unlistable folders) the set holds: a DICOM/NIfTI file may give many items.
     local_names : dict of str to str
-        Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console only:
-        never written to the report (scanner exports are often named after the patient).
+        Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console of
+        ``mriscan audit --show-paths`` only: never written to the report (scanner exports are
+        often named after the patient).
     key_id : str
         Which key the patient hashes of ``group_keys`` were made with: ``AUDIT_KEY`` (class
         folders: this audit's own salt, shared by every folder of one audit), a store's
