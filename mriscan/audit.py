@@ -195,8 +195,9 @@ class AuditSet:
     n_files : int
         Files (and unlistable folders) the set holds: a DICOM/NIfTI file may give many items.
     local_names : dict of str to str
-        Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console only:
-        never written to the report (scanner exports are often named after the patient).
+        Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console of
+        ``mriscan audit --show-paths`` only: never written to the report (scanner exports are
+        often named after the patient).
     key_id : str
         Which key the patient hashes of ``group_keys`` were made with: ``AUDIT_KEY`` (class
         folders: this audit's own salt, shared by every folder of one audit), a store's
@@ -593,6 +594,10 @@ def _read_item(
         return {"error": got.error}
     if got.skipped is not None:
         return {"error": f"no image to audit ({got.skipped})"}
+    if got.excluded is not None:  # e.g. a CT among MR series: ingest would not store it either
+        return {"error": f"not read, as `mriscan ingest` would not store it: {got.excluded}"}
+    if not got.slices:  # read_input gives an error for a file without slices; never divide by 0
+        return {"error": "the file gave no slice"}
     try:
         sha, size = file_sha256(item.path), os.path.getsize(item.path)
     except OSError as exc:
@@ -605,6 +610,7 @@ def _read_item(
         "mode": "-",
         "quality": float("nan"),
         "slices": [(s.source, s.image, s.group_key) for s in got.slices],
+        "note": got.note,
     }
 
 
@@ -615,6 +621,7 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
     workers = config.workers or os.cpu_count() or 1
     series_errors = check_series_sizes([it.path for it in items if it.kind == "dicom"])
     n_scanner = sum(it.kind != "image" for it in items)
+    read_notes: list[str] = []
 
     def read(item: _Item) -> dict[str, Any]:
         return _read_item(item, salt, root, series_errors)
@@ -634,6 +641,8 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
                             reason = reason.replace(part, it.source)
                     aset.skipped.append((it.source, reason))
                     continue
+                if r.get("note"):
+                    read_notes.append(r["note"])
                 n = len(r["slices"])
                 for k, (name, g, key) in enumerate(r["slices"]):
                     # the exact-duplicate key of a slice: its file's hash (and its place in a
@@ -691,6 +700,10 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
             f"{n_scanner} DICOM/NIfTI files were read as in `mriscan ingest`; their slices are "
             f"named by salted pseudonyms {whose} (dicom/<series>/<instance>#<frame>, "
             "nifti/<volume>#<slice>), never by file or folder names."
+        )
+    if read_notes:  # by count: the files are named by pseudonym only
+        aset.notes.append(
+            f"{len(read_notes)} file(s) read with a note: " + "; ".join(sorted(set(read_notes))[:3])
         )
     aset.labels = np.asarray(rows["label"], np.int64)
     aset.store_positions = np.asarray(rows["pos"], np.int64)

@@ -442,12 +442,15 @@ def _print_ingest(report) -> None:
             f"stored with a warning ({len(report.warnings)}; --strict refuses them):",
         ),
         (report.ignored, f"{len(report.ignored)} file(s) or folder(s) not read by rule:"),
+        (report.read_notes, f"{len(report.read_notes)} file(s) stored with a note:"),
     ):
         if items:
             click.echo(f"  {title}")
             for path, reason in items:
                 click.echo(f"    {path}: {reason}")
     if report.placeholder_ids:
+        from mriscan.dicom import EMPTY_PATIENT_ID
+
         by_value: dict[str, list[str]] = {}
         for path, value in report.placeholder_ids:
             by_value.setdefault(value, []).append(path)
@@ -458,7 +461,8 @@ def _print_ingest(report) -> None:
         )
         for value, paths in by_value.items():
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            click.echo(f"    Patient ID {value!r}: {len(paths)} file(s): {shown}")
+            what = "empty Patient ID" if value == EMPTY_PATIENT_ID else f"Patient ID {value!r}"
+            click.echo(f"    {what}: {len(paths)} file(s): {shown}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 
@@ -1073,7 +1077,13 @@ def predict(
         f"{display_path(output)}"
     )
     if units:
-        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}:")
+        from mriscan.artifacts import ModelCard
+        from mriscan.inference import check_threshold
+
+        card = ModelCard.load(model_path)  # the label rule, stated once for the rows below
+        thr = check_threshold(card, threshold)
+        rule = f"{card.class_names[1]} at P ≥ {thr:.3f}" if thr is not None else "the most probable"
+        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}; label: {rule}:")
         for r in units:
             p = r.get("probability", r.get("tumor_probability"))
             shown = f"P = {_num(p)}, " if p is not None else ""
@@ -1323,6 +1333,7 @@ class _AuditCommand(click.Command):
     help="Metadata-only AUC at which a shortcut is flagged.",
 )
 @click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+@_show_paths_option(slices=False)
 def audit(
     data: tuple[Path, ...],
     test: Path | None,
@@ -1332,11 +1343,14 @@ def audit(
     threshold: float,
     shortcut_auc: float,
     workers: int | None,
+    show_paths: bool,
 ) -> None:
     """Check DATA (class folders or stores) for duplicates, label conflicts, leakage between
     a train/test pair (--test or --split) and shortcuts (metadata that predicts the label).
 
-    Writes audit.md, audit.json and figures to --out.
+    Writes audit.md, audit.json and figures to --out. DICOM/NIfTI files that cannot be
+    audited are named by pseudonym there and on the console (by path on the console with
+    --show-paths).
 
     \b
     Exit status (codes click does not use for anything else):
@@ -1356,13 +1370,19 @@ def audit(
     with _progress("auditing") as progress:
         report = run_audit(data, test=test, split=split, config=cfg, progress=progress)
     page = write_report(report, out)
+    hidden = False
     for r in report["sets"]:
-        local = r["_set"].local_names
-        for s in r["skipped"][:20]:  # console only: the report never holds scanner file paths
-            where = f"{s['source']} ({local[s['source']]})" if s["source"] in local else s["source"]
+        local = r["_set"].local_names  # scanner files' paths: shown only with --show-paths
+        for s in r["skipped"][:20]:
+            where = s["source"]
+            if where in local and show_paths:
+                where = f"{where} ({local[where]})"
+            hidden = hidden or (s["source"] in local and not show_paths)
             click.echo(f"not audited: {r['name']}/{where}: {s['reason']}", err=True)
         if len(r["skipped"]) > 20:
             click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
+    if hidden:
+        click.echo(_PSEUDONYM_HINT, err=True)
     if as_json:
         click.echo(to_json(report))
     else:

@@ -61,6 +61,7 @@ from mriscan.scan import Window, check_salt, percentile_window, salted_hash, win
 from mriscan.scan_config import DicomConfig
 
 __all__ = [
+    "EMPTY_PATIENT_ID",
     "DicomConfig",
     "DicomRead",
     "DicomSeries",
@@ -170,8 +171,10 @@ class DicomSliceMeta:
         The modality rescale applied (1, 0 when absent; 1, 0 when a Modality LUT was used).
     patient_placeholder : str
         The Patient ID when it is a placeholder that names no one (``"ANONYMOUS"``, ``"0"``,
-        ...: ``is_placeholder_patient_id``); ``patient`` is then None, so the study becomes
-        the split group instead of one "patient" for every such study. "" otherwise.
+        ...: ``is_placeholder_patient_id``; ``EMPTY_PATIENT_ID`` when the element is present
+        but empty or blank); ``patient`` is then None, so the study becomes the split group
+        instead of one "patient" for every such study. "" otherwise (also when the element is
+        absent).
     """
 
     patient: str | None
@@ -1016,6 +1019,11 @@ PLACEHOLDER_PATIENT_IDS = frozenset({
 })  # fmt: skip
 
 
+#: ``DicomSliceMeta.patient_placeholder`` of a file whose Patient ID element is present but
+#: empty (or only blanks): listed like ``"ANONYMOUS"``, grouped by study like every placeholder
+EMPTY_PATIENT_ID = "(empty)"
+
+
 def is_placeholder_patient_id(value: str) -> bool:
     """True for a Patient ID that names no patient: empty, one in ``PLACEHOLDER_PATIENT_IDS``
     (case and surrounding blanks ignored), or one character repeated (``"0"``, ``"0000"``,
@@ -1034,7 +1042,10 @@ def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
         value = _raw(ds, keyword)
         value = "" if value is None else "\\".join(value) if isinstance(value, list) else value
         if kind == "patient" and value and is_placeholder_patient_id(value):
-            placeholder = value.strip()[:32]
+            placeholder = value.strip()[:32] or EMPTY_PATIENT_ID
+            return None
+        if kind == "patient" and not value and keyword in ds:  # present, empty: as a placeholder
+            placeholder = EMPTY_PATIENT_ID
             return None
         if not value:
             return None

@@ -62,13 +62,21 @@ _NEEDS = {"roc_auc": (0, 1), "sensitivity": (1,), "specificity": (0,)}
 
 
 def undefined_metrics(
-    result: dict[str, Any], y: np.ndarray, removed: dict[str, int] | None = None
+    result: dict[str, Any],
+    y: np.ndarray,
+    removed: dict[str, int] | None = None,
+    *,
+    unit: str = "",
+    unpooled: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Set the metrics that are undefined on these labels to NaN; return why, by metric name.
 
     ``removed``: per class name, the readable slices taken out before scoring as
     near-duplicates of training slices; a class with none left but some removed is said to
-    have been emptied so, not to have no readable slice.
+    have been emptied so, not to have no readable slice. ``unit``: what ``y`` labels when not
+    slices ("patient", "series or volume": "no patient of class 'no'"), and ``unpooled``: per
+    class name, why its readable slices gave no such unit (e.g. "24 readable slice(s) have no
+    Patient ID"), added to the reason.
 
     ROC AUC needs slices of both classes, sensitivity of the positive class
     (``class_names[1]``), specificity of the negative one, a class's recall and F1 a slice of
@@ -82,6 +90,12 @@ def undefined_metrics(
 
     def none_of(absent: list[str]) -> str:
         gone = [f"{removed[n]} of class {n!r}" for n in absent if removed.get(n)]
+        if unit:
+            told = {n: (unpooled or {})[n] for n in absent if n in (unpooled or {})}
+            why = "; ".join((f"{n!r}: " if len(absent) > 1 else "") + t for n, t in told.items())
+            return f"no {unit} of class {' or '.join(map(repr, absent))}" + (
+                f" ({why})" if why else ""
+            )
         if not gone:
             return f"no readable slice of class {' or '.join(map(repr, absent))}"
         return (
@@ -336,12 +350,13 @@ def evaluate(
 
 
 def _undefined(
-    result: dict[str, Any], y: np.ndarray, removed: dict[str, int] | None = None
+    result: dict[str, Any], y: np.ndarray, removed: dict[str, int] | None = None, **unit: Any
 ) -> dict[str, str]:
     """The metrics of ``result`` undefined on labels ``y`` (set to NaN), with why: two
-    classes, ``undefined_metrics``; more, the headline metrics that are not finite."""
+    classes, ``undefined_metrics`` (``unit``: its ``unit`` and ``unpooled``); more, the
+    headline metrics that are not finite."""
     if len(result["class_names"]) == 2:
-        return undefined_metrics(result, y, removed)
+        return undefined_metrics(result, y, removed, **unit)
     return {
         k: "undefined on these data (a class has no slice)"
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
@@ -354,6 +369,11 @@ LEVELS = {
     "series": "DICOM series, NIfTI volumes, manifest groups",
     "patient": "patients by keyed Patient ID hash",
 }
+
+
+#: a unit of each level in words ("no patient of class 'no'"), and what a slice lacks without one
+_UNIT_NAME = {"series": "series or volume", "patient": "patient"}
+_UNIT_WORD = {"series": "series, volume or manifest group", "patient": "Patient ID"}
 
 
 def unit_of(source: str, group_key: str, level: str) -> str:
@@ -454,7 +474,19 @@ def grouped_levels(
         section: dict[str, Any] = {"available": True, "units": what}
         if rows:
             section.update(_score(cmp, card, y_u, p_u, groups[first], d_u, data_names, n_boot))
-            section["undefined"] = _undefined(section, y_u)
+            # a class without units may well have readable slices: say where they went
+            unpooled = {}
+            for k, name in enumerate(cmp.class_names):
+                alone = sum(1 for i, u in enumerate(units) if not u and y[i] == k)
+                in_mixed = sum(1 for u in mixed for i in members[u] if y[i] == k)
+                parts = [f"{alone} readable slice(s) have no {_UNIT_WORD[level]}"] if alone else []
+                if in_mixed:
+                    parts.append(f"{in_mixed} lie in units left out for mixed labels")
+                if parts:
+                    unpooled[name] = ", ".join(parts)
+            section["undefined"] = _undefined(
+                section, y_u, unit=_UNIT_NAME[level], unpooled=unpooled
+            )
             for r, label, pred in zip(rows, y_u.tolist(), section["_decisions"], strict=True):
                 r.update(true=cmp.class_names[label], predicted=cmp.class_names[pred])
         else:
@@ -528,6 +560,9 @@ def _open_data(
     ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
+    if report.read_notes:  # by count: the files' paths may name the patient
+        notes = sorted({n for _, n in report.read_notes})
+        log.warning("%d file(s) read with a note: %s", len(report.read_notes), "; ".join(notes[:3]))
     rows = []
     if report.skipped:
         # the key of the store's slice names, so a failed instance's dicom/<series>/ is that

@@ -8,6 +8,7 @@ or torch autograd), as Keras has no backend-neutral gradient op.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import textwrap
@@ -22,6 +23,8 @@ from keras import ops
 from mriscan.config import CAM_METHODS, DEFAULT_CAM
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mriscan.readers import ReadOptions
@@ -510,7 +513,12 @@ def explain(
     if scans:  # read as the training data were, unless chosen otherwise
         read_options = settings_for_model(card.reader, read_options)
     salt = new_salt()  # this run's pseudonyms
-    for r in read_inputs(scans, options=read_options, salt=salt):
+    reads = read_inputs(scans, options=read_options, salt=salt)
+    if noted := [r.note for r in reads if r.note]:  # by count: paths may name the patient
+        log.warning(
+            "%d file(s) read with a note: %s", len(noted), "; ".join(sorted(set(noted))[:3])
+        )
+    for r in reads:
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             name, why, _ = failed_file_name(r, salt=salt, show_paths=show_paths)
             results.append({"path": name, "error": why, "level": "file"})

@@ -80,7 +80,9 @@ class IngestReport:
     ``placeholder_ids``: ``(name, Patient ID)`` of DICOM files stored whose Patient ID names
     no one (``"ANONYMOUS"``, ``"0"``, ...: ``mriscan.dicom.is_placeholder_patient_id``),
     grouped by their study instead of as one patient (a warning: if such studies are one
-    patient, give them a manifest group).
+    patient, give them a manifest group). ``read_notes``: ``(name, note)`` of files stored
+    but read otherwise than they hold (``mriscan.readers.InputRead.note``: the first volume
+    of a 4-D NIfTI volume).
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
@@ -106,6 +108,7 @@ class IngestReport:
     excluded: tuple[tuple[str, str], ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
     placeholder_ids: tuple[tuple[str, str], ...] = ()
+    read_notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -373,9 +376,7 @@ def ingest(
                 except _MixedSeriesRedoError:
                     # rare: a series mixes slice sizes. Nothing was committed; run again with
                     # those series refused before any file is read (header-only check)
-                    series_errors = check_series_sizes(
-                        [j.path for j in jobs if j.kind == "dicom"], root
-                    )
+                    series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"])
                     store = ImageStore.open(store_path, mode="a")
     except BaseException:
         if created:
@@ -692,6 +693,7 @@ def _run(
     warned: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
     placeholders: list[tuple[str, str]] = []
+    read_notes: list[tuple[str, str]] = []
     unstored: dict[str, str] = {}  # sha256 -> the file of these bytes that was not stored
     check_sizes = series_errors is None
     series_errors = series_errors or {}
@@ -758,6 +760,8 @@ def _run(
             else:
                 if r.placeholder_id:
                     placeholders.append((j.rel, r.placeholder_id))
+                if r.note:
+                    read_notes.append((j.rel, r.note))
                 key = group_of[j.file_id]
                 first = start + sent + len(images)
                 primary.setdefault(j.sha256, first)
@@ -866,6 +870,7 @@ def _run(
         excluded=tuple(excluded),
         ignored=tuple(hidden),
         placeholder_ids=tuple(placeholders),
+        read_notes=tuple(read_notes),
         **counts,
     )
 

@@ -9,7 +9,9 @@ superior at the top and anterior on the left. So a NIfTI slice looks like the DI
 of the same anatomy, whatever voxel order the file was saved in.
 
 4-D volumes (fMRI, DWI, several echoes): the stated rule is the first volume (index 0 of the
-4th axis), with a logged warning; ``NiftiConfig(four_d="refuse")`` refuses them instead.
+4th axis; ``NiftiSliceMeta.n_volumes`` says how many there were, for the caller to report: a
+log line here would name the path, often the patient's name); ``NiftiConfig(four_d="refuse")``
+refuses them instead.
 """
 
 from __future__ import annotations
@@ -240,8 +242,8 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
                 "first volume: `--nifti-4d first` on the command line (NiftiConfig("
                 "four_d='first') in Python)",
             )
-        if n_volumes > 1:
-            logger.warning(
+        if n_volumes > 1:  # the callers say it (``NiftiSliceMeta.n_volumes``), naming no path
+            logger.debug(
                 "%s: 4-D volume with %d volumes; using the first (index 0), as configured",
                 path,
                 n_volumes,

@@ -34,6 +34,7 @@ from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
     "FLAG_SUMMARY",
+    "FOUR_D_NOTE",
     "MIN_SIDE",
     "InputRead",
     "InputSlice",
@@ -162,7 +163,9 @@ class InputRead:
     readable image this run does not use, e.g. a CT when only MR is read; the reason), or
     ``error`` (the reason, without the path). ``placeholder_id`` is a DICOM file's Patient ID
     when it is a placeholder that names no one (``mriscan.dicom.is_placeholder_patient_id``;
-    its slices are then grouped by study), else ""."""
+    its slices are then grouped by study), else "". ``note``: what was read otherwise than the
+    file holds, without the path (a 4-D NIfTI volume: "4-D volume with 2 volumes: the first
+    was read (--nifti-4d)"), else "": the caller reports it as its naming rule allows."""
 
     path: Path
     kind: str
@@ -171,6 +174,11 @@ class InputRead:
     error: str | None = None
     excluded: str | None = None
     placeholder_id: str = ""
+    note: str = ""
+
+
+#: ``InputRead.note`` of a 4-D NIfTI volume read as its first volume (``%d``: the volumes)
+FOUR_D_NOTE = "4-D volume with %d volumes: the first was read (--nifti-4d)"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -246,7 +254,8 @@ def read_input(
     InputRead
         Never raises for a property of the file: reader errors (``ImageDecodeError``,
         ``OSError``) and any other exception a library raises on odd input become
-        ``InputRead.error`` (unexpected ones named by type, logged with their traceback), so
+        ``InputRead.error`` (unexpected ones named by type, logged without the path, which
+        is logged with the traceback at DEBUG), so
         one file can never abort a run. ``MemoryError`` (the machine, not the file: it
         propagates with a note naming the file) and ``KeyboardInterrupt`` / ``SystemExit``
         (not ``Exception``) are not caught.
@@ -263,7 +272,15 @@ def read_input(
     except OSError as exc:
         return InputRead(path, kind, error=f"cannot read file ({exc.strerror or exc})")
     except Exception as exc:  # a library's bug or an input nobody foresaw: this file only
-        log.warning("unexpected error reading %s", path, exc_info=True)
+        # the path may name the patient (scanner exports): the warning names the file's kind
+        # and error type only (the file's own row or list entry says which file); the path
+        # and traceback are logged at DEBUG (`mriscan -vv`), for a bug report
+        log.warning(
+            "unexpected %s while reading a %s file (see its row; `mriscan -vv` logs the traceback)",
+            type(exc).__name__,
+            kind,
+        )
+        log.debug("unexpected error reading %s", path, exc_info=True)
         return InputRead(
             path,
             kind,
@@ -334,21 +351,26 @@ def _read_input(
         ]
         if not out:
             return InputRead(path, kind, error="the volume has no slice to keep")
-        return InputRead(path, kind, tuple(out))
+        n_volumes = r.slices[0].meta.n_volumes
+        note = FOUR_D_NOTE % n_volumes if n_volumes > 1 else ""
+        return InputRead(path, kind, tuple(out), note=note)
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
 
-def check_series_sizes(
-    paths: Sequence[Path], root: str | os.PathLike[str] | None = None
-) -> dict[Path, str]:
+def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
     """DICOM files whose series mixes slice sizes, each with the reason (header-only reads).
 
     Reads only Series Instance UID, Rows and Columns of each file (``pydicom.dcmread`` with
     ``stop_before_pixels``, ``force=True`` for files without the preamble); files that cannot
     be read here are left to the full reader, which reports them. A series whose files disagree
-    in size is refused whole (storing part of it would split one acquisition by accident); the
-    reason names the stray files: those of every size but the most common one (paths relative
-    to ``root`` when given, else file names; at most 5, then a count).
+    in size is refused whole (storing part of it would split one acquisition by accident).
+
+    The reason names no file (file and folder names of scanner exports often name the patient,
+    and the reason is shown by ``predict``, ``evaluate``, ``explain`` and ``audit``, which name
+    such files by pseudonym): it counts the files of each size, the most common first, and
+    gives the size of the file it is for, e.g. "its series mixes slice sizes: 3 files of
+    96x96, 1 file of 80x80; this file is 80x80 (...)". Every file of the series gets its own
+    reason (its own row), so the stray ones are found by their rows.
     """
     import pydicom
 
@@ -368,27 +390,24 @@ def check_series_sizes(
         if uid:
             series.setdefault(uid, {}).setdefault(shape, []).append(p)
 
-    def name(p: Path) -> str:
-        return Path(os.path.relpath(p, root)).as_posix() if root is not None else p.name
-
     bad: dict[Path, str] = {}
     for shapes in series.values():
         if len(shapes) > 1:
-            # the most common size is the series' own; ties: the larger count of the sorted
-            # first, so the message is stable
+            # the most common size is the series' own; ties: the smaller (rows, columns) first,
+            # so the message is stable
             ranked = sorted(shapes.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-            (main_r, main_c), main = ranked[0]
-            strays = [p for _, ps in ranked[1:] for p in sorted(ps)]
-            shown = [f"{name(p)} ({c}x{r})" for (r, c), ps in ranked[1:] for p in sorted(ps)]
-            listed = ", ".join(shown[:5])
-            if len(shown) > 5:
-                listed += f" and {len(shown) - 5} more"
-            err = MixedSeriesError(
-                f"its series mixes slice sizes: {len(main)} file(s) of {main_c}x{main_r}, and "
-                f"{len(strays)} stray file(s) of another size: {listed}; a series must have one "
-                "size: remove the stray files or give them a series of their own"
+            counts = ", ".join(
+                f"{len(ps)} file{'s' if len(ps) != 1 else ''} of {c}x{r}" for (r, c), ps in ranked
             )
-            for ps in shapes.values():
+            (main_r, main_c), _ = ranked[0]
+            for (r, c), ps in ranked:
+                err = MixedSeriesError(
+                    f"its series mixes slice sizes: {counts}; this file is {c}x{r}"
+                    + (" (the series' most common size)" if (r, c) == (main_r, main_c) else "")
+                    + "; a series must have one size: remove the files of another size than "
+                    f"{main_c}x{main_r} or give them a series of their own (each file of the "
+                    "series is listed with its size)"
+                )
                 for p in ps:
                     bad[p] = str(err)
     return bad

@@ -165,10 +165,13 @@ def predict_inputs(
     for row in rows:
         row.pop("unit_path", None)
     files_of: dict[str, set] = {}
+    read_note: dict[str, str] = {}  # unit -> how it was read (the first volume of a 4-D file)
     for r, s in slices:
         files_of.setdefault(s.unit, set()).add(r.path)
+        if r.note:
+            read_note[s.unit] = r.note
     for row in agg:
-        notes = []
+        notes = [read_note[row["unit"]]] if row["unit"] in read_note else []
         if missing := unreadable.get(row["unit"], 0):
             total = missing + len(files_of.get(row["unit"], ()))
             notes.append(

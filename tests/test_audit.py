@@ -270,7 +270,9 @@ def test_dicom_and_nifti_in_class_folders_are_audited_under_pseudonyms(tmp_path)
     # the broken volume is listed, under a pseudonym; its path only on the console
     [skip] = s["skipped"]
     assert skip["source"].startswith("nifti-file/") and skip["reason"]
-    assert "Roe_Richard.nii.gz" in res.output
+    assert "Roe_Richard" not in res.output and "--show-paths" in res.output
+    shown = CliRunner().invoke(main, ["audit", str(root), "--out", str(out), "--show-paths"])
+    assert shown.exit_code == 0 and "Roe_Richard.nii.gz" in shown.output
     text = (out / "audit.md").read_text() + (out / "audit.json").read_text()
     for secret in ("Doe", "Jane", "Smith", "Roe_"):
         assert secret not in text

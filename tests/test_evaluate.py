@@ -249,6 +249,20 @@ def test_series_and_patients_are_pooled_with_predict_s_rule():
     assert patient["mixed_labels"] == 1 and rows == [] and patient["slices_without_unit"] == 3
 
 
+def test_a_class_without_patients_is_said_so_not_to_have_no_readable_slice():
+    """Patients of class 'yes' only; the 'no' slices are a NIfTI volume (no Patient ID): the
+    per-patient ROC AUC is undefined because no *patient* is 'no', and says where its
+    readable slices went (tester 18: it read "no readable slice of class 'no'")."""
+    y = [1, 1, 0, 0, 0]
+    sources = ["dicom/A/i0#0", "dicom/A/i1#0", "nifti/V#1", "nifti/V#2", "nifti/V#3"]
+    keys = ["patient:P", "patient:P", "volume:V", "volume:V", "volume:V"]
+    prob = [[0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2]]
+    levels = _levels(("no", "yes"), ("no", "yes"), y, prob, sources, keys)
+    why = levels["patient"][0]["undefined"]["roc_auc"]
+    assert why == "no patient of class 'no' (3 readable slice(s) have no Patient ID)"
+    assert "roc_auc" not in levels["series"][0]["undefined"]  # two units, one of each class
+
+
 def test_a_level_with_one_class_has_undefined_metrics_and_jpeg_only_has_none():
     """Three-class model: two patients, both glioma: ROC AUCs undefined (NaN, listed), the
     pooled label the most probable pooled class; JPEG/PNG slices only: no level at all."""

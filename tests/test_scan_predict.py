@@ -118,6 +118,10 @@ def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     assert f"{folder} [series 7]: P = " in out.output and "(2 slices)" in out.output
+    from mriscan.artifacts import ModelCard
+
+    card = ModelCard.load(model_file)  # the threshold the series labels follow, said once
+    assert f"label: {card.class_names[1]} at P ≥ {card.threshold:.3f}:" in out.output
 
 
 def test_failed_scanner_files_follow_show_paths(model_file, tmp_path):
@@ -210,3 +214,18 @@ def test_no_path_under_scanner_data_reaches_any_output(model_file, tmp_path):
     assert res.exit_code == 0, res.output
     for name in ("Roe_notes.txt", "Roe_report.dcm", "DICOMDIR", "IM0001"):
         assert name in res.output
+
+
+def test_a_4d_volume_is_said_in_its_volume_row_without_its_path(model_file, tmp_path, caplog):
+    """The first volume of a 4-D NIfTI is read: the volume row's warning says so, and no log
+    line above DEBUG names the file (named after a made-up patient)."""
+    import logging
+
+    stack = stack_to_ras(phantom_volume(3, n_slices=4, canvas=32))
+    path = tmp_path / "OKAFOR_CHIDI_1970.nii.gz"
+    write_nifti(path, np.stack([stack, stack], axis=-1))
+    with caplog.at_level(logging.INFO):
+        rows = predict(model_file, [path])
+    [vol] = [r for r in rows if r.get("level") == "volume"]
+    assert vol["warning"] == "4-D volume with 2 volumes: the first was read (--nifti-4d)"
+    assert "OKAFOR" not in caplog.text + "".join(str(r) for r in rows)
