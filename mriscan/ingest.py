@@ -999,7 +999,8 @@ def _mixed_classes(
                 seen[0][1],
                 f"near-identical slices, all stored, under {len(by_class)} classes: {listed}. "
                 "One slice cannot be both: check the labels, then delete or move the wrong "
-                "copies (until then every split keeps the group on one side)",
+                "copies (split groups join near-duplicates of one class only, so until then "
+                "these copies can fall on both sides of a split)",
             )
         )
     return sorted(out)

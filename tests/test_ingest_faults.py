@@ -287,6 +287,7 @@ def test_half_size_resave_under_the_other_class_is_a_warning(class_folder, tmp_p
     mixed = [r for _, r in report.warnings if "near-identical" in r]
     assert len(mixed) == 1
     assert "1 no (no/small_copy.png)" in mixed[0] and "yes/yes3.png" in mixed[0]
+    assert "one class only" in mixed[0] and "both sides of a split" in mixed[0]
     strict = IngestConfig(preprocess=PreprocessConfig(size=32), strict=True)
     with pytest.raises(BadFilesError, match="near-identical"):
         ingest(class_folder, tmp_path / "strict.zarr", strict)
