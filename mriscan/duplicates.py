@@ -29,15 +29,10 @@ DEFAULT_THRESHOLD = 0.95
 # "yes" slice of the real set into one group
 # the signature's own fixed geometry: no crop, alignment or low-pass, whatever the store's
 # preprocessing (the 0.95 threshold was calibrated on these thumbnails)
-_THUMBNAIL = {
-    "size": SIGNATURE_SIZE,
-    "crop": False,
-    "aspect": "stretch",
-    "align": False,
-    "smooth": 0.0,
-}
-#: the signature's geometry as a config (``preprocess_serial`` takes configs)
-SIGNATURE_CONFIG = PreprocessConfig(**_THUMBNAIL)
+#: the signature's geometry, a config of its own (``preprocess_serial`` takes configs)
+SIGNATURE_CONFIG = PreprocessConfig(
+    size=SIGNATURE_SIZE, crop=False, aspect="stretch", align=False, smooth=0.0
+)
 
 
 def signature(image: np.ndarray) -> np.ndarray:
@@ -52,12 +47,12 @@ def signature(image: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (16, 16), uint8
     """
-    return preprocess(image, **_THUMBNAIL)
+    return preprocess(image, SIGNATURE_CONFIG)
 
 
 def signatures(images: Sequence[np.ndarray]) -> np.ndarray:
     """``signature`` of each decoded slice, computed in parallel: ndarray (N, 16, 16), uint8."""
-    return preprocess_batch(images, **_THUMBNAIL)
+    return preprocess_batch(images, SIGNATURE_CONFIG)
 
 
 def duplicate_groups(
