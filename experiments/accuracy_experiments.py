@@ -438,6 +438,21 @@ EXPERIMENTS: dict[str, Experiment] = {
         )
         for suffix, seed in (("", {}), ("_seed1", {"seed": 1}))
     },
+    # twelfth session: the two changes that each ranked figshare better (96² slices, rows 56-57;
+    # the 1 px low-pass, rows 51-54) together, and a third seed for the 96² decision
+    **{
+        f"xc_{name}{suffix}": Experiment("s8_fast_align", {**changes, **seed})
+        for name, changes in (
+            ("s96_smooth", {**_size(96), "preprocess.smooth": 1.0}),
+            ("s96", _size(96)),
+            ("ref", {}),
+        )
+        for suffix, seed in (("_seed2", {"seed": 2}),)
+    },
+    "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),
+    "xc_s96_smooth_seed1": Experiment(
+        "s8_fast_align", {**_size(96), "preprocess.smooth": 1.0, "seed": 1}
+    ),
     "xc_nomirror_intensity": Experiment(
         "s8_fast_align",
         {
