@@ -209,6 +209,9 @@ def main(verbose: int) -> None:
     # refuses such an image with its own message, or admits it because the user raised the cap
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     logging.getLogger("numba").setLevel(logging.WARNING)
+    # highdicom says at INFO each module it copies into a Secondary Capture or Structured
+    # Report (explain/predict --dicom-out): a page per run; shown with -vv
+    logging.getLogger("highdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
 # how DICOM and NIfTI files are read, on every command that reads them (parameters "scan__...")

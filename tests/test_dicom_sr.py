@@ -113,6 +113,15 @@ def _check_report(ds, row: dict[str, str], classes, sources: dict[str, object]) 
     assert "classes: " + ", ".join(classes) in params
     scheme = ds.CodingSchemeIdentificationSequence[0]
     assert scheme.CodingSchemeDesignator == "99MRISCAN"
+    # highdicom's own parser reads it back as a TID 1500 report with the same groups
+    import highdicom as hd
+
+    report = hd.sr.ComprehensiveSR.from_dataset(ds).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    parsed = report.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in parsed] == ["mriscan finding"] + [
+        f"mriscan P({c})" for c in classes
+    ]
 
 
 def _sources_of(root: Path) -> dict[str, dict[str, object]]:
