@@ -50,6 +50,7 @@ patient's or file's name. Keras-free.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -326,15 +327,18 @@ def write_series_report(
     scheme.CodingSchemeResponsibleOrganization = "mriscan"
     sr.CodingSchemeIdentificationSequence = [scheme]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{sr.SOPInstanceUID}.dcm"
     tmp = out / f".{sr.SOPInstanceUID}.{os.getpid()}.tmp"
     try:
+        out.mkdir(parents=True, exist_ok=True)
         sr.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StructuredReportError(f"cannot write {path} ({exc})") from exc
+    except BaseException as exc:  # no half-written file is left, whatever stopped the write
+        with contextlib.suppress(OSError):  # e.g. ``out`` is no folder: there is no temp file
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError | ValueError):
+            raise StructuredReportError(f"cannot write {path} ({exc})") from exc
+        raise
     return path
 
 

@@ -293,3 +293,29 @@ def test_bad_rows_and_sources_are_refused_by_name(tmp_path):
         class_code("x" * 65)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
     assert write([SRSource(f) for f in files], row).parent == tmp_path / "o"
+
+
+def test_a_failed_write_leaves_no_file_and_is_a_report_error(tmp_path, monkeypatch):
+    import os
+
+    from mriscan.artifacts import ModelCard
+    from mriscan.dicom_sr import SRSource, StructuredReportError, write_series_report
+    from mriscan.preprocess import PreprocessConfig
+
+    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5)
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=1, canvas=16))
+    row = {"label": "no", "p_no": 0.6, "p_yes": 0.4, "slices": 1}
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(StructuredReportError, match="No space left on device"):
+        write_series_report([SRSource(files[0])], row, card, tmp_path / "o",
+                            model_path="m.keras", threshold=0.5)  # fmt: skip
+    assert list((tmp_path / "o").iterdir()) == []  # the temporary file is gone too
+    (tmp_path / "taken").write_bytes(b"")  # the folder's name is a file's
+    monkeypatch.undo()
+    with pytest.raises(StructuredReportError, match="cannot write"):
+        write_series_report([SRSource(files[0])], row, card, tmp_path / "taken",
+                            model_path="m.keras", threshold=0.5)  # fmt: skip
