@@ -209,6 +209,9 @@ def main(verbose: int) -> None:
     # refuses such an image with its own message, or admits it because the user raised the cap
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     logging.getLogger("numba").setLevel(logging.WARNING)
+    # highdicom says at INFO each module it copies into a Secondary Capture or Structured
+    # Report (explain/predict --dicom-out): a page per run; shown with -vv
+    logging.getLogger("highdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
 # how DICOM and NIfTI files are read, on every command that reads them (parameters "scan__...")
@@ -1020,6 +1023,17 @@ def cv(
     "X.onnx from `mriscan export-onnx`: no TensorFlow import, starts seconds sooner), auto "
     "(onnx when X.onnx exists beside the model).",
 )
+@click.option(
+    "--dicom-out",
+    type=_PATH,
+    default=None,
+    help="Also write each DICOM series' finding (label, per-class probabilities, pooling "
+    "rule, model) as a DICOM Structured Report (TID 1500, Comprehensive SR) into this folder, "
+    "in the source's study with its instances as evidence, named <SOP Instance UID>.dcm. "
+    "These files carry the source's patient module (name, ID, birth date): keep them where the "
+    "source images may be kept. JPEG/PNG and NIfTI inputs get none (listed); --output is "
+    "unchanged.",
+)
 @_scan_options
 def predict(
     model_path: Path,
@@ -1030,6 +1044,7 @@ def predict(
     workers: int | None,
     show_paths: bool,
     engine: str,
+    dicom_out: Path | None,
     **options: Any,
 ) -> None:
     """Predict image files, DICOM series / files and NIfTI volumes, or folders of them.
@@ -1063,6 +1078,7 @@ def predict(
             show_paths=show_paths,
             engine=engine,
             read_options=_read_options(options),
+            dicom_out=dicom_out,
         )
     units = [r for r in rows if r.get("level") in ("series", "volume")]
     rows = [r for r in rows if r.get("level") not in ("series", "volume")]
@@ -1089,9 +1105,9 @@ def predict(
             shown = f"P = {_num(p)}, " if p is not None else ""
             n = r["slices"]
             note = f"; {r['warning']}" if r.get("warning") else ""
-            click.echo(
-                f"  {r['path']}: {shown}{r['label']} ({n} slice{'s' if n != 1 else ''}){note}"
-            )
+            dcm = f" → {r['dicom']}" if r.get("dicom") else ""
+            slices = f"{n} slice{'s' if n != 1 else ''}"
+            click.echo(f"  {r['path']}: {shown}{r['label']} ({slices}){dcm}{note}")
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['path']}: {r['error']}", err=True)
@@ -1099,6 +1115,18 @@ def predict(
             click.echo(f"  {r['path']}: predicted, but {r['warning']}", err=True)
     if not show_paths and any(r["error"] and r.get("level") == "file" for r in rows):
         click.echo(_PSEUDONYM_HINT, err=True)
+    if dicom_out is not None:
+        skipped = [r for r in units + rows if r.get("dicom_skipped")]
+        made = sum(1 for r in units if r.get("dicom"))
+        click.echo(f"{made} DICOM Structured Report(s) → {display_path(dicom_out)}", err=True)
+        if skipped:
+            click.echo(f"No DICOM Structured Report for {len(skipped)} input(s):", err=True)
+            why: dict[str, list[str]] = {}
+            for r in skipped:
+                why.setdefault(r["dicom_skipped"], []).append(r["path"])
+            for reason, paths in why.items():  # by reason: a folder of JPEGs is one line
+                more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
+                click.echo(f"  {reason}: {', '.join(paths[:10])}{more}", err=True)
     if rows and bad == len(rows) and not units:
         raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 

@@ -359,6 +359,7 @@ def predict(
     show_paths: bool = False,
     engine: str = "auto",
     read_options: ReadOptions | None = None,
+    dicom_out: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict files and folders with a saved model (threshold: the model's, unless given).
 
@@ -381,6 +382,14 @@ def predict(
     no TensorFlow import, seconds sooner per run, the same probabilities up to float rounding),
     or ``auto``: ``onnx`` when ``X.onnx`` exists beside the model, else ``keras``. The first
     batches of files are decoded and preprocessed while the model loads.
+
+    ``dicom_out``: a folder where each DICOM series row also gets its finding as a DICOM
+    Structured Report in the source's study (``mriscan.dicom_sr.write_series_report``: it
+    carries the source's patient module, unlike ``output``), written once ``output`` is
+    complete; the returned series row then has ``dicom`` (the file) or ``dicom_skipped`` (why
+    not: one series' failure leaves the others written), a NIfTI volume row and each predicted
+    JPEG/PNG row ``dicom_skipped`` (not a DICOM input). These keys are not written to
+    ``output``, which stays as it is without ``dicom_out``.
 
     Raises
     ------
@@ -431,6 +440,7 @@ def predict(
             )
             more: list[dict[str, Any]] = []
             salt = new_salt()  # this run's pseudonyms
+            evidence: dict[str, list[Any]] = {}
             if scans:
                 more += predict_inputs(
                     model,
@@ -442,10 +452,18 @@ def predict(
                     show_paths=show_paths,
                     read_options=read_options,
                     salt=salt,
+                    sources=evidence,
                 )
             more += problem_rows(problems, inputs, files, salt=salt, show_paths=show_paths)
             if writer is not None and more:
                 writer.write(more)
+    if dicom_out is not None:  # after the predictions are safe in ``output``
+        from mriscan.dicom_sr import NOT_DICOM, write_series_reports
+
+        for row in rows:
+            if not row["error"]:
+                row["dicom_skipped"] = NOT_DICOM
+        write_series_reports(more, evidence, card, dicom_out, model_path=model_path, threshold=thr)
     return rows + more
 
 

@@ -105,6 +105,7 @@ def predict_inputs(
     top_k: int = TOP_K,
     read_options: ReadOptions | None = None,
     salt: bytes | None = None,
+    sources: dict[str, list[Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order;
     ``warning`` as for JPEG/PNG rows: ``mriscan.readers.slice_warnings``, the rule ingest
@@ -124,7 +125,9 @@ def predict_inputs(
     two-class model (None for more classes). ``read_options``: how DICOM and NIfTI are read
     (``mriscan.readers.ReadOptions``; default: the readers' defaults). ``salt``: the key of
     this run's pseudonyms (default: a fresh one, ``mriscan.scan.new_salt``), given to name
-    ``problem_rows`` with the same key.
+    ``problem_rows`` with the same key. ``sources``: a dict filled with, per DICOM series
+    unit, the ``mriscan.dicom_sr.SRSource`` (file, frame) of each slice pooled into its row,
+    in slice order (the evidence of ``mriscan.dicom_sr.write_series_report``).
     """
     if card.binary and (threshold is None or not 0.0 <= threshold <= 1.0):
         raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
@@ -168,6 +171,11 @@ def predict_inputs(
     read_note: dict[str, str] = {}  # unit -> how it was read (the first volume of a 4-D file)
     for r, s in slices:
         files_of.setdefault(s.unit, set()).add(r.path)
+        if sources is not None and r.kind == "dicom":
+            from mriscan.dicom_sr import SRSource
+
+            frame = int(s.source.rsplit("#", 1)[-1])
+            sources.setdefault(s.unit, []).append(SRSource(r.path, frame))
         if r.note:
             read_note[s.unit] = r.note
     for row in agg:

@@ -38,6 +38,7 @@ KERAS_FREE = (
     "mriscan.dicom",
     "mriscan.nifti",
     "mriscan.dicom_sc",
+    "mriscan.dicom_sr",
     "mriscan.scan_config",
     "mriscan.ingest_config",
     "mriscan.paths",

@@ -1,0 +1,390 @@
+"""The series-level finding of ``mriscan predict`` written back as DICOM: one Structured Report
+per predicted DICOM series, filed in the source's study (``mriscan predict --dicom-out``).
+
+The report is a TID 1500 Measurement Report (DICOM PS3.16), built with ``highdicom.sr``
+(``MeasurementReport`` in a ``ComprehensiveSR``), for the whole series (no region: the model
+classifies slices, and the series row pools them). Comprehensive SR Storage holds TID 1500
+without spatial coordinates and is the more widely accepted of the SOP classes highdicom
+offers for it (Comprehensive 3D SR adds only 3-D coordinates, which a series-level finding
+has none of). Its content:
+
+- the observer is the device ``mriscan`` (TID 1004: the model file as its model name);
+- procedure reported: SCT 363679005 "Imaging procedure";
+- measurement group 1, tracking identifier "mriscan finding": the finding (DCM 121071) is the
+  predicted class; for a model with a healthy class (the models whose ``predict`` rows carry
+  ``is_tumor``) also the qualitative evaluation SCT 108369006 "Neoplasm" = SCT 52101004
+  "Present" or SCT 272519000 "Absent", the label's tumor vs no tumor call (a two-class
+  model's card does not say whether its positive class is a tumor, so it gets none); its
+  source images
+  (TID 1501 "Source", one per SOP instance read, with its frames for a multi-frame file) are
+  the evidence, listed too in the Current Requested Procedure Evidence Sequence;
+- one measurement group per class, tracking identifier "mriscan P(<class>)": the finding is
+  the class and the measurement DCM 122157 "Probability" (unit UCUM "1", no units) its pooled
+  probability, exactly the ``p_<class>`` of ``predict``'s series row, with the pooling rule as
+  its Measurement Method (SCT 370129005);
+- every group carries TID 4019 Algorithm Identification: name "mriscan <model file>", version
+  (mriscan's and the model file's SHA-256 prefix from its card), and the decision rule
+  (threshold, or the most probable class), the pooling rule and the class list as its
+  parameters.
+
+Codes are those shipped in ``pydicom.sr.codedict`` where one fits. Two kinds of concept have
+no standard code, so they use the private coding scheme ``99MRISCAN`` (PS3.16 section 8.2:
+private designators begin with "99"), declared in the file's Coding Scheme Identification
+Sequence (0008,0110):
+
+- the classes: they are the names of the training data's class folders (``yes``/``no``,
+  ``glioma``, ...), chosen by whoever trained the model; mapping them to SNOMED would claim a
+  meaning the model card does not record. Code Value = Code Meaning = the class name.
+- the pooling rule (``top<k>-mean``, "Mean of top-<k> slice probabilities"): no
+  DICOM or SNOMED concept names "mean of the k largest slice probabilities"
+  (``mriscan.aggregate``).
+
+The report is marked COMPLETE (every class is reported), PRELIMINARY and UNVERIFIED (an
+algorithm's output that no person has checked). Like ``mriscan.dicom_sc``'s Secondary
+Captures, highdicom copies the source's Patient and General Study modules (Patient Name,
+Patient ID, Birth Date, Sex, Study Instance UID, Accession Number, ...) so that a PACS files
+the report with the images; such a file carries the patient's identity, by design and unlike
+everything else mriscan writes. Its file name is its own fresh SOP Instance UID, never a
+patient's or file's name. Keras-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mriscan.errors import MriscanError
+
+__all__ = [
+    "CODING_SCHEME",
+    "SRSource",
+    "StructuredReportError",
+    "class_code",
+    "pooling_code",
+    "write_series_report",
+    "write_series_reports",
+]
+
+#: the private coding scheme designator of the class and pooling-rule codes (see module doc)
+CODING_SCHEME = "99MRISCAN"
+#: the Series Number (0020,0011) of a report is this + the source's Series Number modulo 1000
+SERIES_NUMBER_BASE = 8000
+# General Study / Patient attributes of Type 2 (present, possibly empty) that highdicom reads
+# from the first source as attributes; a source that omits one gets it empty, as Type 2 allows
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+class StructuredReportError(MriscanError, ValueError):
+    """A Structured Report cannot be made for a series (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class SRSource:
+    """One slice of a series as ``predict`` read it: the DICOM ``path`` and its ``frame``
+    (0-based; 0 for a single-frame file)."""
+
+    path: Path
+    frame: int = 0
+
+
+def _code(value: str, meaning: str) -> Any:
+    """A code of the private scheme ``CODING_SCHEME``."""
+    from pydicom.sr.coding import Code
+
+    return Code(value, CODING_SCHEME, meaning)
+
+
+def class_code(name: str) -> Any:
+    """The ``pydicom.sr.coding.Code`` of a model class: value and meaning the class name, in
+    the private scheme ``CODING_SCHEME``.
+
+    Raises
+    ------
+    StructuredReportError
+        If the name cannot be a Code Meaning (LO: at most 64 characters, no backslash or
+        control character): rename the class folder and train again.
+    """
+    if len(name) > 64 or "\\" in name or any(ord(c) < 32 for c in name):
+        raise StructuredReportError(
+            f"the class name {name!r} cannot be a DICOM Code Meaning (at most 64 characters, "
+            "no backslash or control character)"
+        )
+    return _code(name, name)
+
+
+def pooling_code(k: int) -> Any:
+    """The private code of ``mriscan.aggregate``'s rule: ``top<k>-mean``."""
+    return _code(f"top{k}-mean", f"Mean of top-{k} slice probabilities")
+
+
+def _read_header(path: Path) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise StructuredReportError(f"cannot read a source's DICOM header ({exc})") from exc
+
+
+def write_series_report(
+    sources: Sequence[SRSource],
+    row: Mapping[str, Any],
+    card: Any,
+    out: str | os.PathLike[str],
+    *,
+    model_path: str | os.PathLike[str],
+    threshold: float | None,
+) -> Path:
+    """Write one series' finding (``row``: its ``level`` "series" row of
+    ``mriscan.scan_predict.predict_inputs``) as a Comprehensive SR in the series' study.
+
+    Parameters
+    ----------
+    sources : sequence of SRSource
+        The slices pooled into the row (their files' headers only are read, with ``pydicom``).
+    row : mapping
+        ``label``, ``p_<class>`` for every class of ``card`` (floats in [0, 1]), ``slices``;
+        ``aggregate`` names the rule (``"mean of the top-<k> slice probabilities"``).
+    card : ModelCard
+        ``class_names``, ``healthy``, ``model_sha256``.
+    out : path-like
+        The folder; the file is ``<out>/<SOP Instance UID>.dcm``, written to a temporary file
+        in that folder and renamed (``os.replace``), so a file of that name is always whole.
+    model_path : path-like
+        The model file (its name identifies the algorithm).
+    threshold : float or None
+        The two-class decision threshold used (None for more classes).
+
+    Returns
+    -------
+    Path
+        The file: Comprehensive SR Storage (1.2.840.10008.5.1.4.1.1.88.33), Modality SR, the
+        study and patient of the sources, a new series (Series Number ``SERIES_NUMBER_BASE`` +
+        the source's modulo 1000), content as the module doc describes.
+
+    Raises
+    ------
+    StructuredReportError
+        If there is no source, a source cannot be read, lacks a Study, Series or SOP Instance
+        UID, the sources span several series, a frame is out of range, the row lacks a class's
+        probability or its label is no class, or highdicom refuses the content (its reason).
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from mriscan import __version__
+    from mriscan.dicom_sc import MANUFACTURER
+
+    if not sources:
+        raise StructuredReportError("no source instance: nothing to refer the finding to")
+    names = tuple(card.class_names)
+    label = row.get("label")
+    if label not in names:
+        raise StructuredReportError(f"the row's label {label!r} is not one of {list(names)}")
+    probs: dict[str, float] = {}
+    for n in names:
+        p = row.get(f"p_{n}")
+        if not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
+            raise StructuredReportError(f"the row has no probability in [0, 1] for class {n!r}")
+        probs[n] = float(p)
+    frames: dict[Path, list[int]] = {}
+    for s in sources:
+        frames.setdefault(Path(s.path), []).append(int(s.frame))
+    headers = []
+    for path, fr in frames.items():
+        ds = _read_header(path)
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            if not ds.get(key):
+                raise StructuredReportError(
+                    f"a source has no {key}: there is no study to file the report into"
+                )
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if bad := [f for f in fr if not 0 <= f < n_frames]:
+            raise StructuredReportError(
+                f"a source of {n_frames} frame(s) has no frame {bad[0] + 1} (1-based)"
+            )
+        headers.append((ds, sorted(set(fr))))
+    series = {ds.SeriesInstanceUID for ds, _ in headers}
+    if len(series) > 1:
+        raise StructuredReportError(f"the sources span {len(series)} series, not one")
+    first = headers[0][0]
+    for key in _TYPE2:
+        if key not in first:
+            setattr(first, key, None)  # Type 2: present and empty
+    k = _top_k(row)
+    rule = row.get("aggregate") or f"mean of the top-{k} slice probabilities"
+    decision = (
+        f"label: {names[1]} when P({names[1]}) >= {threshold:.6g}, else {names[0]}"
+        if threshold is not None and len(names) == 2
+        else "label: the most probable class"
+    )
+    pooling = (
+        f"slice pooling: {rule} of each class over {row.get('slices', len(sources))} slice(s)"
+        + ("" if len(names) == 2 else ", rescaled to sum to 1")
+    )
+    sha = getattr(card, "model_sha256", "") or ""
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"mriscan {Path(model_path).name}"[:1024],
+        version=f"mriscan {__version__}" + (f"; model sha256 {sha[:16]}" if sha else ""),
+        parameters=[decision, pooling, "classes: " + ", ".join(names)],
+        manufacturer=MANUFACTURER,
+    )
+    try:
+        source_items = [
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                ds,
+                referenced_frame_numbers=[f + 1 for f in fr]
+                if int(ds.get("NumberOfFrames", 1) or 1) > 1
+                else None,
+            )
+            for ds, fr in headers
+        ]
+        evaluations = []
+        if len(names) > 2 and getattr(card, "healthy", None) is not None:
+            present = codes.SCT.Absent if label == card.healthy else codes.SCT.Present
+            evaluations.append(hd.sr.QualitativeEvaluation(codes.SCT.Neoplasm, present))
+        groups = [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(), identifier="mriscan finding"
+                ),
+                finding_type=class_code(label),
+                algorithm_id=algorithm,
+                qualitative_evaluations=evaluations or None,
+                source_images=source_items,
+            )
+        ]
+        for n in names:
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=generate_uid(), identifier=f"mriscan P({n})"[:64]
+                    ),
+                    finding_type=class_code(n),
+                    algorithm_id=algorithm,
+                    measurements=[
+                        hd.sr.Measurement(
+                            name=codes.DCM.Probability,
+                            value=probs[n],
+                            unit=codes.UCUM.NoUnits,
+                            method=pooling_code(k),
+                        )
+                    ],
+                )
+            )
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=generate_uid(entropy_srcs=["mriscan", sha or str(Path(model_path).name)]),
+                name="mriscan",
+                manufacturer_name=MANUFACTURER,
+                model_name=Path(model_path).name[:64],
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=codes.SCT.ImagingProcedure,
+            imaging_measurements=groups,
+        )
+        number = int(first.get("SeriesNumber") or 0)
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[ds for ds, _ in headers],
+            content=report,
+            series_instance_uid=generate_uid(),
+            series_number=SERIES_NUMBER_BASE + number % 1000,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        if isinstance(exc, StructuredReportError):
+            raise
+        raise StructuredReportError(f"highdicom refused the report ({exc})") from exc
+    sr.SeriesDescription = f"mriscan finding ({Path(model_path).name})"[:64]
+    sr.SoftwareVersions = f"mriscan {__version__}"
+    scheme = pydicom.Dataset()
+    scheme.CodingSchemeDesignator = CODING_SCHEME
+    scheme.CodingSchemeName = "mriscan model classes and pooling rules"
+    scheme.CodingSchemeResponsibleOrganization = "mriscan"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    out = Path(out)
+    path = out / f"{sr.SOPInstanceUID}.dcm"
+    tmp = out / f".{sr.SOPInstanceUID}.{os.getpid()}.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        sr.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException as exc:  # no half-written file is left, whatever stopped the write
+        with contextlib.suppress(OSError):  # e.g. ``out`` is no folder: there is no temp file
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError | ValueError):
+            raise StructuredReportError(f"cannot write {path} ({exc})") from exc
+        raise
+    return path
+
+
+def _top_k(row: Mapping[str, Any]) -> int:
+    """The k of the row's rule "mean of the top-<k> slice probabilities" (``TOP_K`` if none)."""
+    import re
+
+    from mriscan.aggregate import TOP_K
+
+    m = re.search(r"top-(\d+)", str(row.get("aggregate") or ""))
+    return int(m.group(1)) if m else TOP_K
+
+
+def write_series_reports(
+    rows: Sequence[dict[str, Any]],
+    sources: Mapping[str, Sequence[SRSource]],
+    card: Any,
+    out: str | os.PathLike[str],
+    *,
+    model_path: str | os.PathLike[str],
+    threshold: float | None,
+) -> None:
+    """A report (``write_series_report``) for every ``level`` "series" row whose ``unit`` has
+    ``sources``; the row gains ``dicom`` (the file) or ``dicom_skipped`` (why not: the
+    ``StructuredReportError``'s reason), so one series' failure leaves the others written.
+    A ``level`` "volume" row (NIfTI) gains ``dicom_skipped`` "not a DICOM input: ...". Other
+    rows are left as they are."""
+    for row in rows:
+        level = row.get("level")
+        if level == "volume":
+            row["dicom_skipped"] = NOT_DICOM
+        elif level == "series":
+            try:
+                row["dicom"] = str(
+                    write_series_report(
+                        sources.get(row["unit"], ()),
+                        row,
+                        card,
+                        out,
+                        model_path=model_path,
+                        threshold=threshold,
+                    )
+                )
+            except StructuredReportError as exc:
+                row["dicom_skipped"] = str(exc)
+
+
+#: why an input gets no report
+NOT_DICOM = "not a DICOM input: there is no study to file a Structured Report into"
