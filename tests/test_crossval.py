@@ -13,6 +13,7 @@ from mriscan.metrics import binary_metrics
 from mriscan.store import ImageStore
 from mriscan.training.crossval import cross_validate, summarize_folds
 from tests.conftest import fast_config
+from tests.test_evaluate import _levels
 
 TINY = fast_config()
 
@@ -93,6 +94,7 @@ def test_a_rerun_with_fewer_folds_leaves_only_its_own_results(tmp_path):
         (cv.root / name / "models").mkdir(parents=True)
         (cv.root / name / "models" / "best_model.keras").write_bytes(b"old")
     cv.roc_plot.write_bytes(b"old two-class ROC")
+    cv.unit_predictions("series").write_text("an earlier CV on DICOM series")
     (cv.root / "notes").mkdir()  # not a fold folder: the user's, left alone
     cfg = CVConfig(folds=2, n_boot=20, train=fast_config(**{"fit.epochs": 1}))
     s = cross_validate(store, cfg, out=tmp_path / "out")
@@ -101,4 +103,118 @@ def test_a_rerun_with_fewer_folds_leaves_only_its_own_results(tmp_path):
     assert (cv.root / "r0_f0" / "models" / "best_model.keras").read_bytes() != b"old"
     assert not cv.roc_plot.exists() and cv.confusion_plot.is_file()
     assert (cv.root / "notes").is_dir()
-    assert json.loads(cv.metrics.read_text())["fold_dirs"] == ["r0_f0", "r0_f1"]
+    saved = json.loads(cv.metrics.read_text())
+    assert saved["fold_dirs"] == ["r0_f0", "r0_f1"]
+    # JPEG/PNG slices: no series or patient level, and no file of one left from before
+    assert saved["per_series"]["available"] is False and not cv.unit_predictions("series").exists()
+    assert "JPEG/PNG slices only" in saved["per_series"]["why"]
+    assert saved["per_patient"]["available"] is False
+
+
+def _fold_levels(threshold, p_yes, y, series, patients, class_names=("no", "yes")):
+    """``grouped_levels`` of one fold's test slices of a two-class model at ``threshold``:
+    slice ``i`` of DICOM series ``series[i]`` and patient ``patients[i]`` (split group = the
+    patient), label ``y[i]``, P(yes) ``p_yes[i]``."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.evaluate import Scoring, grouped_levels
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.tasks import compare_classes
+
+    card = ModelCard(
+        preprocess=PreprocessConfig(size=32), class_names=class_names, threshold=threshold
+    )
+    cmp = compare_classes(class_names, card.class_names, card.healthy)
+    y = np.asarray(y, np.int64)
+    p = np.asarray(p_yes, np.float64)
+    sources = [f"dicom/{s}/i{i}#0" for i, s in enumerate(series)]
+    keys = [f"patient:{q}" if q else "" for q in patients]
+    groups = np.array([sum(map(ord, q or s)) for q, s in zip(patients, series, strict=True)])
+    scoring = Scoring(cmp, card, class_names, 50)
+    return grouped_levels(scoring, y, np.stack([1 - p, p], 1), groups, y, sources, keys)
+
+
+def _two_folds():
+    """Fold 0 at threshold 0.5: series A (yes; P(yes) .9 .8 .1 .7: top-3 mean .8 -> yes),
+    B (no; .2 .3 -> .25 -> no), C (no; .8 .7 .3 -> .6 -> yes); A is patient P1, B and C
+    patient P2 (no; .8 .7 .3 -> .6 -> yes). Fold 1 at 0.4: D (yes; .3 .6 -> .45 -> yes at
+    fold 1's threshold, no at fold 0's; patient P4), E (no; .1 -> no, patient P5)."""
+    fold0 = _fold_levels(
+        0.5,
+        [0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.8, 0.7, 0.3],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0],
+        ["A"] * 4 + ["B"] * 2 + ["C"] * 3,
+        ["P1"] * 4 + ["P2"] * 5,
+    )
+    fold1 = _fold_levels(0.4, [0.3, 0.6, 0.1], [1, 1, 0], ["D", "D", "E"], ["P4", "P4", "P5"])
+    folds = [
+        {"repeat": 0, "fold": 0, "threshold": 0.5},
+        {"repeat": 0, "fold": 1, "threshold": 0.4},
+    ]
+    return folds, [fold0, fold1]
+
+
+def test_series_and_patients_are_scored_per_fold_and_summarised_over_folds():
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import summarize_levels
+
+    folds, levels = _two_folds()
+    out = summarize_levels(resolve_task(("no", "yes")), folds, levels, n_boot=50)
+    series, rows = out["series"]
+    assert series["available"] and series["n"] == 5
+    pooled = {r["unit"]: (r["fold"], r["probability"], r["predicted"]) for r in rows}
+    assert pooled["series:A"] == (0, pytest.approx(0.8), "yes")
+    assert pooled["series:B"] == (0, pytest.approx(0.25), "no")
+    assert pooled["series:C"] == (0, pytest.approx(0.6), "yes")
+    assert pooled["series:D"] == (1, pytest.approx(0.45), "yes")  # fold 1's own threshold
+    assert pooled["series:E"] == (1, pytest.approx(0.1), "no")
+    acc = series["accuracy"]
+    assert acc["per_fold"] == pytest.approx([2 / 3, 1.0]) and acc["n_defined"] == 2
+    assert acc["mean"] == pytest.approx(5 / 6)
+    assert acc["std"] == pytest.approx(np.std([2 / 3, 1.0], ddof=1))
+    assert series["specificity"]["per_fold"] == pytest.approx([0.5, 1.0])
+    assert series["pooled"]["accuracy"] == pytest.approx(4 / 5)
+    assert series["pooled"]["confusion_matrix"] == [[2, 1], [0, 2]]
+    assert [f["n"] for f in series["per_fold"]] == [3, 2]
+    assert "mean of the top-3 slice probabilities" in series["rule"]
+    patient, rows = out["patient"]
+    assert {r["unit"]: r["predicted"] for r in rows} == {
+        "patient:P1": "yes", "patient:P2": "yes", "patient:P4": "yes", "patient:P5": "no",
+    }  # fmt: skip
+    assert patient["accuracy"]["per_fold"] == pytest.approx([0.5, 1.0])
+    assert patient["accuracy"]["mean"] == pytest.approx(0.75)
+
+
+def test_a_metric_undefined_on_a_fold_is_left_out_of_the_unit_mean():
+    """Fold 1 holds only 'no' series: its sensitivity and ROC AUC are undefined (NaN, with
+    why), the mean is fold 0's; a fold whose slices have no unit at all counts as undefined."""
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import summarize_levels
+
+    folds, levels = _two_folds()
+    levels[1] = _fold_levels(0.4, [0.3, 0.1], [0, 0], ["D", "E"], ["P4", "P5"])
+    # a fold of JPEG/PNG slices only (a store of both kinds): no series in it
+    levels.append(_levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
+                          ["no/a.png", "yes/b.png"], ["", ""]))  # fmt: skip
+    folds.append({"repeat": 0, "fold": 2, "threshold": 0.5})
+    series, _ = summarize_levels(resolve_task(("no", "yes")), folds, levels, n_boot=50)["series"]
+    sens = series["sensitivity"]
+    assert sens["per_fold"][0] == 1.0 and np.isnan(sens["per_fold"][1:]).all()
+    assert sens["mean"] == 1.0 and sens["n_defined"] == 1
+    assert series["accuracy"]["n_defined"] == 2 and np.isnan(series["accuracy"]["per_fold"][2])
+    why = series["per_fold"][1]["undefined"]
+    assert why["sensitivity"] == "no series or volume of class 'yes'" and "roc_auc" in why
+    assert series["per_fold"][2]["available"] is False and series["per_fold"][2]["fold"] == 2
+    assert "JPEG/PNG slices only" in series["per_fold"][2]["why"]
+
+
+def test_jpeg_only_folds_have_no_unit_level():
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import summarize_levels
+
+    plain = _levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
+                    ["no/a.png", "yes/b.png"], ["", ""])  # fmt: skip
+    folds = [{"repeat": 0, "fold": k, "threshold": 0.5} for k in range(2)]
+    out = summarize_levels(resolve_task(("no", "yes")), folds, [plain, plain], n_boot=10)
+    assert out["series"] == ({"available": False, "why": plain["series"][0]["why"]}, None)
+    assert "JPEG/PNG slices only" in out["series"][0]["why"]
+    assert out["patient"][1] is None and "no patient level" in out["patient"][0]["why"]
