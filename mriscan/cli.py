@@ -1013,7 +1013,9 @@ def _print_cv_levels(s: dict) -> None:
         if not m["available"]:
             click.echo(f"  {m['why']}")
             continue
-        click.echo(f"Per {level}: {m['units']}, {m['n']} over the folds → {m['predictions']}")
+        click.echo(
+            f"Per {level}: {m['units']} ({m['n']} units over the folds) → {m['predictions']}"
+        )
         _print_fold_summary(m, s["headline"])
         notes = []
         if m["mixed_labels"]:
@@ -1025,8 +1027,11 @@ def _print_cv_levels(s: dict) -> None:
             if not f["available"]:
                 notes.append(f"{where}: {f['why']}")
             elif f["undefined"]:
-                why = "; ".join(f"{k}: {v}" for k, v in f["undefined"].items())
-                notes.append(f"{where}: undefined (left out of the mean): {why}")
+                by_reason: dict[str, list[str]] = {}
+                for k, v in f["undefined"].items():
+                    by_reason.setdefault(v, []).append(k)
+                why = "; ".join(f"{', '.join(ks)}: {v}" for v, ks in by_reason.items())
+                notes.append(f"{where}: undefined, left out of the mean: {why}")
         for note in notes:
             click.echo(f"  ({level}) {note}")
 

@@ -218,3 +218,126 @@ def test_jpeg_only_folds_have_no_unit_level():
     assert out["series"] == ({"available": False, "why": plain["series"][0]["why"]}, None)
     assert "JPEG/PNG slices only" in out["series"][0]["why"]
     assert out["patient"][1] is None and "no patient level" in out["patient"][0]["why"]
+
+
+def _scanner_folder(root, class_names, patients_per_class=4):
+    """Class folders of DICOM series of made-up patients (names and IDs in the headers and in
+    the folder names); the first patient of each class has two series."""
+    from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+    seed = 0
+    for k, label in enumerate(class_names):
+        for j in range(patients_per_class):
+            name = f"Doe{k}{j}^Jane"
+            for _ in range(2 if j == 0 else 1):
+                seed += 1
+                write_dicom_series(
+                    root / label / f"{name.replace('^', '_')}_{seed}",
+                    phantom_volume(seed, n_slices=3, canvas=32, tumor=k > 0),
+                    patient=FakePatient(patient_id=f"MRN{k}{j}XYZ", name=name),
+                    seed=seed, series_number=seed,
+                )  # fmt: skip
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.backend
+@pytest.mark.parametrize("class_names", [("no", "yes"), ("glioma", "meningioma", "notumor")])
+def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
+    tmp_path, monkeypatch, class_names
+):
+    """2-fold CV on DICOM series (K = 2 and 3 classes): each fold's series rows are its test
+    slices' probabilities pooled by predict's rule (recomputed here from
+    oof_predictions.csv), scored at the fold's own decision rule; units are named by keyed
+    hash only, never by folder or Patient ID, in the files and on the console."""
+    from click.testing import CliRunner
+
+    import mriscan.training.crossval as crossval
+    from mriscan.aggregate import top_k_mean
+    from mriscan.cli import main
+
+    raw = _scanner_folder(tmp_path / "raw", class_names)
+    out = tmp_path / "art"
+    cfg = CVConfig(folds=2, n_boot=50, train=fast_config(**{"fit.epochs": 1}))
+    s = cross_validate(raw, cfg, out=out, store_path=tmp_path / "s.zarr")
+    # the console summary of this result (the CLI's printing, without a second training)
+    monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
+    r = CliRunner().invoke(main, ["cv", str(raw), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
+    assert "mean of the top-3 slice probabilities" in r.output
+    cv = out / "cv"
+    saved = json.loads((cv / "metrics.json").read_text())
+    with open(cv / "oof_predictions.csv") as fh:
+        slices = list(csv.DictReader(fh))
+    with open(cv / "oof_series_predictions.csv") as fh:
+        series = {row["unit"]: row for row in csv.DictReader(fh)}
+    # by hand: each series' slices, top-3 mean per class, rescaled to sum 1
+    members: dict[str, list[dict]] = {}
+    for row in slices:
+        assert row["source"].startswith("dicom/")
+        members.setdefault("series:" + row["source"].split("/")[1], []).append(row)
+    assert set(series) == set(members) and saved["per_series"]["n"] == len(members)
+    correct: dict[int, list[bool]] = {}
+    for unit, rows in members.items():
+        if len(class_names) == 2:
+            p_yes = top_k_mean([float(r["probability"]) for r in rows])
+            pooled = [1 - p_yes, p_yes]
+            predicted = class_names[int(p_yes >= float(rows[0]["threshold"]))]
+        else:
+            tops = [top_k_mean([float(r[f"p_{c}"]) for r in rows]) for c in class_names]
+            pooled = [v / sum(tops) for v in tops]
+            predicted = class_names[int(np.argmax(pooled))]
+        ours = series[unit]
+        assert [float(ours[f"p_{c}"]) for c in class_names] == pytest.approx(pooled, abs=2e-6)
+        assert ours["predicted"] == predicted and ours["true"] == rows[0]["label"]
+        assert ours["fold"] == rows[0]["fold"] and int(ours["slices"]) == len(rows) == 3
+        correct.setdefault(int(ours["fold"]), []).append(predicted == rows[0]["label"])
+    acc = saved["per_series"]["accuracy"]
+    assert acc["per_fold"] == pytest.approx([np.mean(correct[0]), np.mean(correct[1])])
+    assert acc["mean"] == pytest.approx(np.mean(acc["per_fold"]))
+    patients = (cv / "oof_patient_predictions.csv").read_text()
+    assert len(patients.splitlines()) == 1 + 4 * len(class_names)
+    assert saved["per_patient"]["n"] == 4 * len(class_names)
+    text = r.output + patients + (cv / "oof_series_predictions.csv").read_text()
+    text += (cv / "metrics.json").read_text()
+    # the folders below DATA are named after the patients (the DATA folder itself is the
+    # user's own argument, echoed as given)
+    leaked = [w for w in ("Doe", "Jane", "MRN") if w in text]
+    assert not leaked, (leaked, text[text.find(leaked[0]) - 200 :][:400] if leaked else "")
+
+
+def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monkeypatch, tmp_path):
+    """The cv summary on screen: the pooling rule once, each level's mean ± std over folds
+    with "undefined" for a fold without a unit of a class, and why it was left out."""
+    from click.testing import CliRunner
+
+    import mriscan.training.crossval as crossval
+    from mriscan.cli import main
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import headline, summarize_levels
+
+    folds, levels = _two_folds()
+    levels[1] = _fold_levels(0.4, [0.3, 0.1], [0, 0], ["D", "E"], ["P4", "P5"])
+    task = resolve_task(("no", "yes"))
+    units = summarize_levels(task, folds, levels, n_boot=20)
+    for level, (section, _) in units.items():  # as cross_validate names its files
+        section["predictions"] = f"oof_{level}_predictions.csv"
+    keys = list(headline(task))
+    s = {k: units["series"][0][k] for k in keys}  # stands in for the slice summary
+    s.update(
+        protocol={"folds": 2, "repeats": 1, "samples": 12, "duplicate_groups": 5},
+        seconds=6.0, task=task.describe(), headline=keys, pooled={},
+        per_series=units["series"][0], per_patient=units["patient"][0],
+    )  # fmt: skip
+    monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
+    r = CliRunner().invoke(main, ["cv", str(tmp_path), "--out", str(tmp_path / "art")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("mean of the top-3 slice probabilities") == 1
+    assert "Per series: DICOM series, NIfTI volumes, manifest groups (5 units" in r.output
+    assert "sensitivity       1.000 ± 0.000" in r.output and "folds: 1.000 undefined" in r.output
+    assert (
+        "(series) repeat 1, fold 2: undefined, left out of the mean: roc_auc, sensitivity, "
+        "recall of 'yes': no series or volume of class 'yes'" in r.output
+    )
+    assert "Per patient: patients by keyed Patient ID hash (4 units" in r.output
