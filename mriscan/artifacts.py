@@ -174,6 +174,11 @@ class CVLayout(_ResultsLayout):
 
     PREDICTIONS = "oof_predictions.csv"
 
+    def unit_predictions(self, level: str) -> Path:
+        """The pooled out-of-fold rows of one unit level ("series", "patient";
+        ``mriscan.evaluate.LEVELS``): ``oof_<level>_predictions.csv``."""
+        return self.root / f"oof_{level}_predictions.csv"
+
     def fold(self, repeat: int, fold: int) -> RunLayout:
         """The run folder of one fold model."""
         return RunLayout(self.root / f"r{repeat}_f{fold}")

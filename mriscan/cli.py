@@ -953,7 +953,12 @@ def cv(
 
     Trains one model per fold (same defaults as train) and writes <out>/cv/: metrics.json
     (mean ± std, bootstrap 95% CI, per fold), oof_predictions.csv, roc.png,
-    confusion_matrix.png.
+    confusion_matrix.png. DICOM series, NIfTI volumes and manifest groups, and patients when
+    the data have Patient IDs, are scored too, as `evaluate` scores them: each fold's test
+    slices pooled per unit (mean of the top-3 per class), then mean ± std over folds
+    (per_series / per_patient in metrics.json, oof_series_predictions.csv /
+    oof_patient_predictions.csv; units named by keyed hash only). A metric undefined on a fold
+    (no unit of a class in it) is printed "undefined" and left out of the mean.
     """
     scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)
@@ -971,13 +976,7 @@ def cv(
         f"{p['duplicate_groups']} duplicate groups ({s['seconds'] / 60:.1f} min):"
     )
     click.echo(f"  task: {s['task']}")
-    for key in s["headline"]:
-        m = s[key]
-        folds_txt = " ".join(_num(v) for v in m["per_fold"])
-        click.echo(
-            f"  {key:<17} {_num(m['mean'])} ± {_num(m['std'])}  95% CI [{_num(m['ci95'][0])}, "
-            f"{_num(m['ci95'][1])}]  folds: {folds_txt}"
-        )
+    _print_fold_summary(s, s["headline"])
     types = s["pooled"].get("tumor_types_only")
     tvh = s["pooled"].get("tumor_vs_healthy")
     if tvh:
@@ -990,7 +989,54 @@ def cv(
         click.echo(
             f"  tumor types only (pooled, n={types['n']}): accuracy {_num(types['accuracy'])}"
         )
+    _print_cv_levels(s)
     click.echo(f"Written to {out}/cv/")
+
+
+def _print_fold_summary(s: dict, keys: list[str]) -> None:
+    """One line per headline metric of a CV summary: mean ± std, 95% CI, the folds' values."""
+    for key in keys:
+        m = s[key]
+        folds_txt = " ".join(_num(v) for v in m["per_fold"])
+        click.echo(
+            f"  {key:<17} {_num(m['mean'])} ± {_num(m['std'])}  95% CI [{_num(m['ci95'][0])}, "
+            f"{_num(m['ci95'][1])}]  folds: {folds_txt}"
+        )
+
+
+def _print_cv_levels(s: dict) -> None:
+    """cv's per-series and per-patient summaries (``mriscan.training.crossval.summarize_levels``):
+    the pooling rule once, then each level's metrics over folds and what was undefined where,
+    or one line saying why the data have no such level."""
+    sections = {k: s[f"per_{k}"] for k in ("series", "patient") if f"per_{k}" in s}
+    shown = [v for v in sections.values() if v["available"]]
+    if shown:
+        click.echo(f"Per unit, in each fold: {shown[0]['rule']}.")
+    for level, m in sections.items():
+        if not m["available"]:
+            click.echo(f"  {m['why']}")
+            continue
+        click.echo(
+            f"Per {level}: {m['units']} ({m['n']} units over the folds) → {m['predictions']}"
+        )
+        _print_fold_summary(m, s["headline"])
+        notes = []
+        if m["mixed_labels"]:
+            notes.append(f"{m['mixed_labels']} unit(s) left out: their slices differ in label")
+        if m["slices_without_unit"]:
+            notes.append(f"{m['slices_without_unit']} slice(s) belong to no {level}")
+        for f in m["per_fold"]:
+            where = f"repeat {f['repeat'] + 1}, fold {f['fold'] + 1}"
+            if not f["available"]:
+                notes.append(f"{where}: {f['why']}")
+            elif f["undefined"]:
+                by_reason: dict[str, list[str]] = {}
+                for k, v in f["undefined"].items():
+                    by_reason.setdefault(v, []).append(k)
+                why = "; ".join(f"{', '.join(ks)}: {v}" for v, ks in by_reason.items())
+                notes.append(f"{where}: undefined, left out of the mean: {why}")
+        for note in notes:
+            click.echo(f"  ({level}) {note}")
 
 
 @main.command()

@@ -491,7 +491,11 @@ def group_series(slices: Iterable[DicomSlice]) -> list[DicomSeries]:
     Raises
     ------
     MixedSeriesError
-        If the slices of one series differ in size (names two files of different sizes).
+        If the slices of one series differ in size. The message names the series by its keyed
+        hash (``series:<h>``, as the store's per-series units) and counts the slices of each
+        size, the most common first, as ``mriscan.readers.check_series_sizes`` does; it names
+        no file (a path below a scanner folder may name the patient). The exception's
+        ``files`` maps each ``(rows, columns)`` to the paths of its slices' files.
     """
     groups: dict[str, list[DicomSlice]] = {}
     for s in slices:
@@ -499,17 +503,34 @@ def group_series(slices: Iterable[DicomSlice]) -> list[DicomSeries]:
         groups.setdefault(key, []).append(s)
     out = []
     for key, members in groups.items():
-        shapes = {m.image.shape: m for m in members}
-        if len(shapes) > 1:
-            (sa, a), (sb, b) = list(shapes.items())[:2]
-            raise MixedSeriesError(
-                f"Series {key} mixes slice sizes: {a.path} is {sa[1]}x{sa[0]} but {b.path} is "
-                f"{sb[1]}x{sb[0]} ({len(shapes)} sizes in {len(members)} slices). A series must "
-                "have one size; remove the stray files or split them into their own series."
-            )
+        by_size: dict[tuple[int, int], list[DicomSlice]] = {}
+        for m in members:
+            by_size.setdefault(m.image.shape[:2], []).append(m)
+        if len(by_size) > 1:
+            raise _mixed_sizes(key, by_size)
         members.sort(key=_order_key)
         out.append(DicomSeries(key, tuple(members)))
     return out
+
+
+def _mixed_sizes(key: str, by_size: dict[tuple[int, int], list[DicomSlice]]) -> MixedSeriesError:
+    """The ``MixedSeriesError`` of series ``key`` whose slices come in the sizes of ``by_size``
+    ((rows, columns) -> slices): sizes counted, no file named, the files on ``.files``."""
+    # the most common size is the series' own; ties: the smaller (rows, columns) first
+    ranked = sorted(by_size.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    counts = ", ".join(
+        f"{len(ms)} slice{'s' if len(ms) != 1 else ''} of {c}x{r}" for (r, c), ms in ranked
+    )
+    (main_r, main_c), _ = ranked[0]
+    n_files = len({m.path for ms in by_size.values() for m in ms})
+    name = key if key.startswith("instance:") else f"series:{key}"
+    return MixedSeriesError(
+        f"DICOM series {name} mixes slice sizes: {counts} (from {n_files} "
+        f"file{'s' if n_files != 1 else ''}). A series must have one size: remove the files "
+        f"of another size than {main_c}x{main_r} or give them a series of their own "
+        "(the exception's .files lists the files of each size).",
+        files={size: sorted({m.path for m in ms}, key=str) for size, ms in ranked},
+    )
 
 
 def _order_key(s: DicomSlice) -> tuple:

@@ -74,7 +74,16 @@ class MissingCodecError(ImageDecodeError):
 
 
 class MixedSeriesError(MriscanError, ValueError):
-    """The slices of one DICOM series (or one folder of slices) disagree in size."""
+    """The slices of one DICOM series (or one folder of slices) disagree in size.
+
+    The message names no file (a path below a scanner folder may name the patient);
+    ``files``, when the raiser knows them, maps each size ``(rows, columns)`` to the paths of
+    the slices of that size (most common size first), for a caller that must find them.
+    """
+
+    def __init__(self, message: str, files: dict[tuple[int, int], list] | None = None) -> None:
+        self.files = dict(files or {})
+        super().__init__(message)
 
 
 class ManifestError(MriscanError, ValueError):

@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,14 @@ from mriscan.tasks import Comparison, compare_classes
 __all__ = [
     "LEVELS",
     "SPLITS",
+    "Scoring",
     "evaluate",
     "grouped_levels",
     "near_duplicates_of",
     "undefined_metrics",
     "unit_of",
     "unreadable_rows",
+    "write_unit_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -293,11 +296,10 @@ def evaluate(
             sources = [store.index.records[i].source for i in idx]
             group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
-    result = _score(cmp, card, y, prob, groups, data_labels, data_names, n_boot)
+    scoring = Scoring(cmp, card, data_names, n_boot)
+    result = _score(scoring, y, prob, groups, data_labels)
     undefined = _undefined(result, y, removed_of)
-    levels = grouped_levels(
-        cmp, card, y, prob, groups, data_labels, data_names, sources, group_keys, n_boot
-    )
+    levels = grouped_levels(scoring, y, prob, groups, data_labels, sources, group_keys)
     result.update(
         n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
         n_unreadable=len(unreadable),
@@ -336,7 +338,7 @@ def evaluate(
         section.pop("_decisions", None)
         if rows is not None:
             ev.root.mkdir(parents=True, exist_ok=True)
-            _write_unit_rows(ev.root / section["predictions"], rows, card)
+            write_unit_rows(ev.root / section["predictions"], rows, card.class_names)
     _write(ev, result, cmp, y, prob, sources, dropped, unreadable, result.pop("_decisions"))
     with open(ev.root / "same_patient_removed.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -362,6 +364,22 @@ def _undefined(
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
         if not math.isfinite(result[k])
     }
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What scores a model's predictions, the same for slices and for pooled units.
+
+    ``cmp``: how the data's classes meet the model's (``mriscan.tasks.compare_classes``; labels
+    ``y`` are ``cmp.class_names`` indices); ``card``: the model's ``ModelCard`` (its
+    ``class_names``, ``threshold``, ``healthy``: the decision rule); ``data_names``: the data's
+    own class names (recall per data class); ``n_boot``: bootstrap draws of the 95% CIs.
+    """
+
+    cmp: Comparison
+    card: Any
+    data_names: tuple[str, ...]
+    n_boot: int
 
 
 #: what each grouped level of ``grouped_levels`` pools, in words
@@ -400,16 +418,13 @@ def unit_of(source: str, group_key: str, level: str) -> str:
 
 
 def grouped_levels(
-    cmp: Comparison,
-    card: Any,
+    scoring: Scoring,
     y: np.ndarray,
     prob: np.ndarray,
     groups: np.ndarray,
     data_labels: np.ndarray,
-    data_names: tuple[str, ...],
     sources: list[str],
     group_keys: list[str],
-    n_boot: int,
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
     """Metrics per series / volume and per patient: the slices' probabilities pooled per unit
     (``unit_of``) with predict's rule for its series / volume rows
@@ -418,9 +433,10 @@ def grouped_levels(
     slices are (``_score``: the same metrics, 95% CIs by bootstrap over the units' split
     groups; a metric undefined on the units is NaN and listed in ``undefined``).
 
-    ``y`` (n,) int: the slices' labels as the model's (or tumor / no tumor) classes; ``prob``
-    (n, K) float: their probabilities; ``groups`` (n,) int: split groups; ``data_labels``
-    (n,) int: labels as data classes; ``sources``, ``group_keys``: the slices' stored
+    ``scoring``: the model and classes that score (``Scoring``); ``y`` (n,) int: the slices'
+    labels as the model's (or tumor / no tumor) classes; ``prob`` (n, K) float: their
+    probabilities; ``groups`` (n,) int: split groups; ``data_labels`` (n,) int: labels as
+    ``scoring.data_names``; ``sources``, ``group_keys``: the slices' stored
     ``SampleRecord.source`` and ``group_key``.
 
     Returns, per level ("series", "patient"), ``(section, rows)``: ``section`` the metrics
@@ -428,11 +444,13 @@ def grouped_levels(
     ``mixed_labels`` units left out because their slices carry different labels,
     ``slices_without_unit``, ``predictions`` the CSV file name) or, when no slice has such a
     unit (JPEG/PNG only; no Patient ID), ``{"available": False, "why": ...}`` and rows None;
-    ``rows`` the pooled rows (``aggregate_rows``'s, with ``true`` and ``predicted``).
+    ``rows`` the pooled rows (``aggregate_rows``'s, with ``true``, ``predicted`` and ``group``,
+    the split group of the unit's first slice).
     """
     from mriscan.aggregate import RULE, aggregate_rows
     from mriscan.inference import prediction_row
 
+    cmp, card = scoring.cmp, scoring.card
     thr = card.threshold if card.binary else None
     out: dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]] = {}
     for level, what in LEVELS.items():
@@ -473,7 +491,7 @@ def grouped_levels(
         )
         section: dict[str, Any] = {"available": True, "units": what}
         if rows:
-            section.update(_score(cmp, card, y_u, p_u, groups[first], d_u, data_names, n_boot))
+            section.update(_score(scoring, y_u, p_u, groups[first], d_u))
             # a class without units may well have readable slices: say where they went
             unpooled = {}
             for k, name in enumerate(cmp.class_names):
@@ -487,8 +505,13 @@ def grouped_levels(
             section["undefined"] = _undefined(
                 section, y_u, unit=_UNIT_NAME[level], unpooled=unpooled
             )
-            for r, label, pred in zip(rows, y_u.tolist(), section["_decisions"], strict=True):
-                r.update(true=cmp.class_names[label], predicted=cmp.class_names[pred])
+            decided = zip(rows, y_u.tolist(), section["_decisions"], first, strict=True)
+            for r, label, pred, i in decided:
+                r.update(
+                    true=cmp.class_names[label],
+                    predicted=cmp.class_names[pred],
+                    group=int(groups[i]),
+                )
         else:
             section.update(n=0, undefined={"all": "every unit mixes labels"})
         section.update(
@@ -503,15 +526,21 @@ def grouped_levels(
     return out
 
 
-def _write_unit_rows(path: Path, rows: list[dict[str, Any]], card: Any) -> None:
-    """The pooled rows of ``grouped_levels`` as CSV: ``unit`` (a keyed hash), ``slices``,
-    ``true``, ``predicted``, ``p_<class>`` of the model's classes (6 decimals)."""
+def write_unit_rows(
+    path: str | os.PathLike[str],
+    rows: Sequence[dict[str, Any]],
+    class_names: Sequence[str],
+    lead: Sequence[str] = (),
+) -> None:
+    """The pooled rows of ``grouped_levels`` as CSV: the ``lead`` columns (row keys, e.g.
+    cross-validation's ``repeat`` and ``fold``), ``unit`` (a keyed hash), ``slices``, ``true``,
+    ``predicted``, ``p_<class>`` of the model's ``class_names`` (6 decimals)."""
+    keys = [*lead, "unit", "slices", "true", "predicted"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["unit", "slices", "true", "predicted", *(f"p_{c}" for c in card.class_names)])
+        w.writerow([*keys, *(f"p_{c}" for c in class_names)])
         for r in rows:
-            probs = [f"{r[f'p_{c}']:.6f}" for c in card.class_names]
-            w.writerow([r["unit"], r["slices"], r["true"], r["predicted"], *probs])
+            w.writerow([*(r[k] for k in keys), *(f"{r[f'p_{c}']:.6f}" for c in class_names)])
 
 
 def _exact_copies(store: ImageStore, idx: np.ndarray) -> list[tuple[str, str, str]]:
@@ -726,16 +755,14 @@ def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> 
 
 
 def _score(
-    cmp: Comparison,
-    card: Any,
+    scoring: Scoring,
     y: np.ndarray,
     prob: np.ndarray,
     groups: np.ndarray,
     data_labels: np.ndarray,
-    data_names: tuple[str, ...],
-    n_boot: int,
 ) -> dict[str, Any]:
-    """Metrics, 95% CIs over groups, and recall per data class."""
+    """Metrics, 95% CIs over groups, and recall per data class (``scoring.data_names``)."""
+    cmp, card = scoring.cmp, scoring.card
     if cmp.mode == "same" and card.binary:
         p, thr = prob[:, 1], card.threshold
 
@@ -770,9 +797,10 @@ def _score(
     if cmp.mode != "same":
         result["threshold"] = thr
     result["_decisions"] = pred.tolist()  # scored label of each slice, for predictions.csv
-    result["ci95"] = mx.group_bootstrap_ci(metric, groups, keys, n_boot=n_boot)
+    result["ci95"] = mx.group_bootstrap_ci(metric, groups, keys, n_boot=scoring.n_boot)
     result["recall_per_data_class"] = {
-        name: _recall_of_class(cmp, y, pred, data_labels, k) for k, name in enumerate(data_names)
+        name: _recall_of_class(cmp, y, pred, data_labels, k)
+        for k, name in enumerate(scoring.data_names)
     }
     return result
 

@@ -13,6 +13,7 @@ from mriscan.metrics import binary_metrics
 from mriscan.store import ImageStore
 from mriscan.training.crossval import cross_validate, summarize_folds
 from tests.conftest import fast_config
+from tests.test_evaluate import _levels
 
 TINY = fast_config()
 
@@ -93,6 +94,7 @@ def test_a_rerun_with_fewer_folds_leaves_only_its_own_results(tmp_path):
         (cv.root / name / "models").mkdir(parents=True)
         (cv.root / name / "models" / "best_model.keras").write_bytes(b"old")
     cv.roc_plot.write_bytes(b"old two-class ROC")
+    cv.unit_predictions("series").write_text("an earlier CV on DICOM series")
     (cv.root / "notes").mkdir()  # not a fold folder: the user's, left alone
     cfg = CVConfig(folds=2, n_boot=20, train=fast_config(**{"fit.epochs": 1}))
     s = cross_validate(store, cfg, out=tmp_path / "out")
@@ -101,4 +103,241 @@ def test_a_rerun_with_fewer_folds_leaves_only_its_own_results(tmp_path):
     assert (cv.root / "r0_f0" / "models" / "best_model.keras").read_bytes() != b"old"
     assert not cv.roc_plot.exists() and cv.confusion_plot.is_file()
     assert (cv.root / "notes").is_dir()
-    assert json.loads(cv.metrics.read_text())["fold_dirs"] == ["r0_f0", "r0_f1"]
+    saved = json.loads(cv.metrics.read_text())
+    assert saved["fold_dirs"] == ["r0_f0", "r0_f1"]
+    # JPEG/PNG slices: no series or patient level, and no file of one left from before
+    assert saved["per_series"]["available"] is False and not cv.unit_predictions("series").exists()
+    assert "JPEG/PNG slices only" in saved["per_series"]["why"]
+    assert saved["per_patient"]["available"] is False
+
+
+def _fold_levels(threshold, p_yes, y, series, patients, class_names=("no", "yes")):
+    """``grouped_levels`` of one fold's test slices of a two-class model at ``threshold``:
+    slice ``i`` of DICOM series ``series[i]`` and patient ``patients[i]`` (split group = the
+    patient), label ``y[i]``, P(yes) ``p_yes[i]``."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.evaluate import Scoring, grouped_levels
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.tasks import compare_classes
+
+    card = ModelCard(
+        preprocess=PreprocessConfig(size=32), class_names=class_names, threshold=threshold
+    )
+    cmp = compare_classes(class_names, card.class_names, card.healthy)
+    y = np.asarray(y, np.int64)
+    p = np.asarray(p_yes, np.float64)
+    sources = [f"dicom/{s}/i{i}#0" for i, s in enumerate(series)]
+    keys = [f"patient:{q}" if q else "" for q in patients]
+    groups = np.array([sum(map(ord, q or s)) for q, s in zip(patients, series, strict=True)])
+    scoring = Scoring(cmp, card, class_names, 50)
+    return grouped_levels(scoring, y, np.stack([1 - p, p], 1), groups, y, sources, keys)
+
+
+def _two_folds():
+    """Fold 0 at threshold 0.5: series A (yes; P(yes) .9 .8 .1 .7: top-3 mean .8 -> yes),
+    B (no; .2 .3 -> .25 -> no), C (no; .8 .7 .3 -> .6 -> yes); A is patient P1, B and C
+    patient P2 (no; .8 .7 .3 -> .6 -> yes). Fold 1 at 0.4: D (yes; .3 .6 -> .45 -> yes at
+    fold 1's threshold, no at fold 0's; patient P4), E (no; .1 -> no, patient P5)."""
+    fold0 = _fold_levels(
+        0.5,
+        [0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.8, 0.7, 0.3],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0],
+        ["A"] * 4 + ["B"] * 2 + ["C"] * 3,
+        ["P1"] * 4 + ["P2"] * 5,
+    )
+    fold1 = _fold_levels(0.4, [0.3, 0.6, 0.1], [1, 1, 0], ["D", "D", "E"], ["P4", "P4", "P5"])
+    folds = [
+        {"repeat": 0, "fold": 0, "threshold": 0.5},
+        {"repeat": 0, "fold": 1, "threshold": 0.4},
+    ]
+    return folds, [fold0, fold1]
+
+
+def test_series_and_patients_are_scored_per_fold_and_summarised_over_folds():
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import summarize_levels
+
+    folds, levels = _two_folds()
+    out = summarize_levels(resolve_task(("no", "yes")), folds, levels, n_boot=50)
+    series, rows = out["series"]
+    assert series["available"] and series["n"] == 5
+    pooled = {r["unit"]: (r["fold"], r["probability"], r["predicted"]) for r in rows}
+    assert pooled["series:A"] == (0, pytest.approx(0.8), "yes")
+    assert pooled["series:B"] == (0, pytest.approx(0.25), "no")
+    assert pooled["series:C"] == (0, pytest.approx(0.6), "yes")
+    assert pooled["series:D"] == (1, pytest.approx(0.45), "yes")  # fold 1's own threshold
+    assert pooled["series:E"] == (1, pytest.approx(0.1), "no")
+    acc = series["accuracy"]
+    assert acc["per_fold"] == pytest.approx([2 / 3, 1.0]) and acc["n_defined"] == 2
+    assert acc["mean"] == pytest.approx(5 / 6)
+    assert acc["std"] == pytest.approx(np.std([2 / 3, 1.0], ddof=1))
+    assert series["specificity"]["per_fold"] == pytest.approx([0.5, 1.0])
+    assert series["pooled"]["accuracy"] == pytest.approx(4 / 5)
+    assert series["pooled"]["confusion_matrix"] == [[2, 1], [0, 2]]
+    assert [f["n"] for f in series["per_fold"]] == [3, 2]
+    assert "mean of the top-3 slice probabilities" in series["rule"]
+    patient, rows = out["patient"]
+    assert {r["unit"]: r["predicted"] for r in rows} == {
+        "patient:P1": "yes", "patient:P2": "yes", "patient:P4": "yes", "patient:P5": "no",
+    }  # fmt: skip
+    assert patient["accuracy"]["per_fold"] == pytest.approx([0.5, 1.0])
+    assert patient["accuracy"]["mean"] == pytest.approx(0.75)
+
+
+def test_a_metric_undefined_on_a_fold_is_left_out_of_the_unit_mean():
+    """Fold 1 holds only 'no' series: its sensitivity and ROC AUC are undefined (NaN, with
+    why), the mean is fold 0's; a fold whose slices have no unit at all counts as undefined."""
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import summarize_levels
+
+    folds, levels = _two_folds()
+    levels[1] = _fold_levels(0.4, [0.3, 0.1], [0, 0], ["D", "E"], ["P4", "P5"])
+    # a fold of JPEG/PNG slices only (a store of both kinds): no series in it
+    levels.append(_levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
+                          ["no/a.png", "yes/b.png"], ["", ""]))  # fmt: skip
+    folds.append({"repeat": 0, "fold": 2, "threshold": 0.5})
+    series, _ = summarize_levels(resolve_task(("no", "yes")), folds, levels, n_boot=50)["series"]
+    sens = series["sensitivity"]
+    assert sens["per_fold"][0] == 1.0 and np.isnan(sens["per_fold"][1:]).all()
+    assert sens["mean"] == 1.0 and sens["n_defined"] == 1
+    assert series["accuracy"]["n_defined"] == 2 and np.isnan(series["accuracy"]["per_fold"][2])
+    why = series["per_fold"][1]["undefined"]
+    assert why["sensitivity"] == "no series or volume of class 'yes'" and "roc_auc" in why
+    assert series["per_fold"][2]["available"] is False and series["per_fold"][2]["fold"] == 2
+    assert "JPEG/PNG slices only" in series["per_fold"][2]["why"]
+
+
+def test_jpeg_only_folds_have_no_unit_level():
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import summarize_levels
+
+    plain = _levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
+                    ["no/a.png", "yes/b.png"], ["", ""])  # fmt: skip
+    folds = [{"repeat": 0, "fold": k, "threshold": 0.5} for k in range(2)]
+    out = summarize_levels(resolve_task(("no", "yes")), folds, [plain, plain], n_boot=10)
+    assert out["series"] == ({"available": False, "why": plain["series"][0]["why"]}, None)
+    assert "JPEG/PNG slices only" in out["series"][0]["why"]
+    assert out["patient"][1] is None and "no patient level" in out["patient"][0]["why"]
+
+
+def _scanner_folder(root, class_names, patients_per_class=4):
+    """Class folders of DICOM series of made-up patients (names and IDs in the headers and in
+    the folder names); the first patient of each class has two series."""
+    from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+    seed = 0
+    for k, label in enumerate(class_names):
+        for j in range(patients_per_class):
+            name = f"Doe{k}{j}^Jane"
+            for _ in range(2 if j == 0 else 1):
+                seed += 1
+                write_dicom_series(
+                    root / label / f"{name.replace('^', '_')}_{seed}",
+                    phantom_volume(seed, n_slices=3, canvas=32, tumor=k > 0),
+                    patient=FakePatient(patient_id=f"MRN{k}{j}XYZ", name=name),
+                    seed=seed, series_number=seed,
+                )  # fmt: skip
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.backend
+@pytest.mark.parametrize("class_names", [("no", "yes"), ("glioma", "meningioma", "notumor")])
+def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
+    tmp_path, monkeypatch, class_names
+):
+    """2-fold CV on DICOM series (K = 2 and 3 classes): each fold's series rows are its test
+    slices' probabilities pooled by predict's rule (recomputed here from
+    oof_predictions.csv), scored at the fold's own decision rule; units are named by keyed
+    hash only, never by folder or Patient ID, in the files and on the console."""
+    from click.testing import CliRunner
+
+    import mriscan.training.crossval as crossval
+    from mriscan.aggregate import top_k_mean
+    from mriscan.cli import main
+
+    raw = _scanner_folder(tmp_path / "raw", class_names)
+    out = tmp_path / "art"
+    cfg = CVConfig(folds=2, n_boot=50, train=fast_config(**{"fit.epochs": 1}))
+    s = cross_validate(raw, cfg, out=out, store_path=tmp_path / "s.zarr")
+    # the console summary of this result (the CLI's printing, without a second training)
+    monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
+    r = CliRunner().invoke(main, ["cv", str(raw), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
+    assert "mean of the top-3 slice probabilities" in r.output
+    cv = out / "cv"
+    saved = json.loads((cv / "metrics.json").read_text())
+    with open(cv / "oof_predictions.csv") as fh:
+        slices = list(csv.DictReader(fh))
+    with open(cv / "oof_series_predictions.csv") as fh:
+        series = {row["unit"]: row for row in csv.DictReader(fh)}
+    # by hand: each series' slices, top-3 mean per class, rescaled to sum 1
+    members: dict[str, list[dict]] = {}
+    for row in slices:
+        assert row["source"].startswith("dicom/")
+        members.setdefault("series:" + row["source"].split("/")[1], []).append(row)
+    assert set(series) == set(members) and saved["per_series"]["n"] == len(members)
+    correct: dict[int, list[bool]] = {}
+    for unit, rows in members.items():
+        if len(class_names) == 2:
+            p_yes = top_k_mean([float(r["probability"]) for r in rows])
+            pooled = [1 - p_yes, p_yes]
+            predicted = class_names[int(p_yes >= float(rows[0]["threshold"]))]
+        else:
+            tops = [top_k_mean([float(r[f"p_{c}"]) for r in rows]) for c in class_names]
+            pooled = [v / sum(tops) for v in tops]
+            predicted = class_names[int(np.argmax(pooled))]
+        ours = series[unit]
+        assert [float(ours[f"p_{c}"]) for c in class_names] == pytest.approx(pooled, abs=2e-6)
+        assert ours["predicted"] == predicted and ours["true"] == rows[0]["label"]
+        assert ours["fold"] == rows[0]["fold"] and int(ours["slices"]) == len(rows) == 3
+        correct.setdefault(int(ours["fold"]), []).append(predicted == rows[0]["label"])
+    acc = saved["per_series"]["accuracy"]
+    assert acc["per_fold"] == pytest.approx([np.mean(correct[0]), np.mean(correct[1])])
+    assert acc["mean"] == pytest.approx(np.mean(acc["per_fold"]))
+    patients = (cv / "oof_patient_predictions.csv").read_text()
+    assert len(patients.splitlines()) == 1 + 4 * len(class_names)
+    assert saved["per_patient"]["n"] == 4 * len(class_names)
+    text = r.output + patients + (cv / "oof_series_predictions.csv").read_text()
+    text += (cv / "metrics.json").read_text()
+    # the folders below DATA are named after the patients (the DATA folder itself is the
+    # user's own argument, echoed as given)
+    leaked = [w for w in ("Doe", "Jane", "MRN") if w in text]
+    assert not leaked, (leaked, text[text.find(leaked[0]) - 200 :][:400] if leaked else "")
+
+
+def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monkeypatch, tmp_path):
+    """The cv summary on screen: the pooling rule once, each level's mean ± std over folds
+    with "undefined" for a fold without a unit of a class, and why it was left out."""
+    from click.testing import CliRunner
+
+    import mriscan.training.crossval as crossval
+    from mriscan.cli import main
+    from mriscan.tasks import resolve_task
+    from mriscan.training.crossval import headline, summarize_levels
+
+    folds, levels = _two_folds()
+    levels[1] = _fold_levels(0.4, [0.3, 0.1], [0, 0], ["D", "E"], ["P4", "P5"])
+    task = resolve_task(("no", "yes"))
+    units = summarize_levels(task, folds, levels, n_boot=20)
+    for level, (section, _) in units.items():  # as cross_validate names its files
+        section["predictions"] = f"oof_{level}_predictions.csv"
+    keys = list(headline(task))
+    s = {k: units["series"][0][k] for k in keys}  # stands in for the slice summary
+    s.update(
+        protocol={"folds": 2, "repeats": 1, "samples": 12, "duplicate_groups": 5},
+        seconds=6.0, task=task.describe(), headline=keys, pooled={},
+        per_series=units["series"][0], per_patient=units["patient"][0],
+    )  # fmt: skip
+    monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
+    r = CliRunner().invoke(main, ["cv", str(tmp_path), "--out", str(tmp_path / "art")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("mean of the top-3 slice probabilities") == 1
+    assert "Per series: DICOM series, NIfTI volumes, manifest groups (5 units" in r.output
+    assert "sensitivity       1.000 ± 0.000" in r.output and "folds: 1.000 undefined" in r.output
+    assert (
+        "(series) repeat 1, fold 2: undefined, left out of the mean: roc_auc, sensitivity, "
+        "recall of 'yes': no series or volume of class 'yes'" in r.output
+    )
+    assert "Per patient: patients by keyed Patient ID hash (4 units" in r.output

@@ -183,15 +183,26 @@ def test_group_series_orders_slices_and_reads_the_plane(tmp_path, stack, plane):
     assert pos == sorted(pos)
 
 
-def test_mixed_series_sizes_are_refused(tmp_path, stack):
-    files = write_dicom_series(tmp_path, stack[:3], seed=5)
+def test_mixed_series_sizes_are_refused_without_naming_a_file(tmp_path, stack):
+    """The error counts the sizes and names the series by its keyed hash, not by a path (the
+    folder here is named after a made-up patient); the files stay on the exception."""
+    folder = tmp_path / "Doe_Jane_19700101"
+    files = write_dicom_series(folder, stack[:3], seed=5)
     ds = pydicom.dcmread(files[1])
     ds.Rows, ds.Columns = 24, 24
     ds.PixelData = np.zeros((24, 24), np.uint16).tobytes()
     ds.save_as(files[1])
     slices = [s for f in files for s in read_dicom(f, salt=SALT).slices]
-    with pytest.raises(MixedSeriesError, match="mixes slice sizes"):
+    with pytest.raises(MixedSeriesError, match="mixes slice sizes") as info:
         group_series(slices)
+    message = str(info.value)
+    assert "Doe" not in message and "Jane" not in message and str(tmp_path) not in message
+    assert "IM000" not in message
+    h, w = stack.shape[1:]
+    assert f"2 slices of {w}x{h}, 1 slice of 24x24 (from 3 files)" in message
+    assert f"series:{slices[0].meta.series}" in message
+    assert f"another size than {w}x{h}" in message
+    assert info.value.files == {(h, w): [files[0], files[2]], (24, 24): [files[1]]}
 
 
 @pytest.mark.parametrize("name", ["test-SR.dcm", "dicomdirtests/DICOMDIR"])

@@ -206,7 +206,7 @@ def test_a_class_emptied_by_duplicate_removal_is_said_so():
 def _levels(class_names, card_names, y, prob, sources, keys):
     """``grouped_levels`` on hand-made slices (every slice its own split group)."""
     from mriscan.artifacts import ModelCard
-    from mriscan.evaluate import grouped_levels
+    from mriscan.evaluate import Scoring, grouped_levels
     from mriscan.preprocess import PreprocessConfig
     from mriscan.tasks import compare_classes
 
@@ -217,10 +217,10 @@ def _levels(class_names, card_names, y, prob, sources, keys):
     )
     cmp = compare_classes(class_names, card.class_names, card.healthy)
     y = np.asarray(y, np.int64)
+    scoring = Scoring(cmp, card, tuple(class_names), 50)
     return grouped_levels(
-        cmp, card, y, np.asarray(prob, np.float64), np.arange(y.size), y,
-        tuple(class_names), sources, keys, 50,
-    )  # fmt: skip
+        scoring, y, np.asarray(prob, np.float64), np.arange(y.size), y, sources, keys
+    )
 
 
 def test_series_and_patients_are_pooled_with_predict_s_rule():

@@ -2,7 +2,10 @@
 
 Each fold runs ``fit_and_calibrate`` (the same sequence as ``train``) with a group-aware
 validation part carved out of its training part; the test fold is predicted once. The summary
-gives each headline metric's mean, spread, per-fold values and a bootstrap CI of the fold mean.
+gives each headline metric's mean, spread, per-fold values and a bootstrap CI of the fold mean,
+for slices and, where the store has them, for DICOM series / NIfTI volumes / manifest groups
+and patients (each fold's test slices pooled per unit as ``mriscan evaluate`` pools them:
+``mriscan.evaluate.grouped_levels``).
 """
 
 from __future__ import annotations
@@ -21,16 +24,24 @@ from mriscan import metrics as mx
 from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
+from mriscan.evaluate import LEVELS, Scoring, grouped_levels, write_unit_rows
 from mriscan.readers import ReadOptions
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
-from mriscan.tasks import Task, resolve_task
+from mriscan.tasks import Comparison, Task, resolve_task
 from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
 from mriscan.training.pretrain import starting_weights
 from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
 
-__all__ = ["HEADLINE", "HEADLINE_MULTI", "cross_validate", "headline", "summarize_folds"]
+__all__ = [
+    "HEADLINE",
+    "HEADLINE_MULTI",
+    "cross_validate",
+    "headline",
+    "summarize_folds",
+    "summarize_levels",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +107,104 @@ def summarize_folds(
         for name in names
     }
     return out
+
+
+def summarize_levels(
+    task: Task,
+    folds: list[dict[str, Any]],
+    levels: list[dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
+    """Cross-validation's per-series and per-patient results from each fold's
+    ``mriscan.evaluate.grouped_levels`` (its test slices pooled per unit and scored).
+
+    ``folds``: per fold its ``repeat``, ``fold`` and ``threshold`` (None for K classes);
+    ``levels``: per fold, ``grouped_levels``'s output (its rows carry ``group``, the units'
+    split groups). Returns per level ("series", "patient") ``(section, rows)``: ``section``
+    holds, like ``summarize_folds``, each headline metric's ``mean``, ``std``, ``ci95`` (a
+    bootstrap of the fold mean over whole split groups of units), ``per_fold`` and
+    ``n_defined``, and ``per_class``; ``pooled`` (all folds' units together, each fold at its
+    own threshold); ``per_fold``: each fold's section (``repeat``, ``fold``, ``threshold``,
+    its metrics, ``undefined``, ``mixed_labels``, ``slices_without_unit``), or
+    ``available`` False and ``why`` for a fold without such units; ``n`` (units scored),
+    ``mixed_labels``, ``slices_without_unit`` (summed over folds), ``units``, ``rule``,
+    ``available`` True. A metric undefined on a fold (NaN: no unit of a class, or no unit at
+    all in that fold) is NaN in ``per_fold`` and left out of the mean, counted in
+    ``n_defined``. ``rows``: the pooled rows of every fold with ``repeat`` and ``fold``. A
+    level no fold has (JPEG/PNG only, no Patient ID): ``({"available": False, "why": ...},
+    None)``.
+    """
+    out: dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]] = {}
+    names = list(task.class_names)
+    for level, what in LEVELS.items():
+        sections = [lv[level][0] for lv in levels]
+        if not any(s["available"] for s in sections):
+            out[level] = ({"available": False, "why": sections[0]["why"]}, None)
+            continue
+        per_fold: list[dict[str, Any]] = []
+        scored: list[int] = []  # positions in per_fold of the folds with units to score
+        preds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        rows: list[dict[str, Any]] = []
+        for f, lv in zip(folds, levels, strict=True):
+            section, fold_rows = lv[level]
+            tag = {"repeat": f["repeat"], "fold": f["fold"]}
+            if not section["available"]:
+                per_fold.append({**tag, **section})
+                continue
+            entry = {**tag, "threshold": f["threshold"]}
+            entry.update((k, v) for k, v in section.items() if k != "_decisions")
+            per_fold.append(entry)
+            if not section["n"]:  # every unit of the fold mixes labels
+                continue
+            fold_rows = [{**tag, **r} for r in fold_rows or []]
+            rows += fold_rows
+            y_u = np.array([names.index(r["true"]) for r in fold_rows], np.int64)
+            p_u = np.array([[r[f"p_{c}"] for c in names] for r in fold_rows], np.float64)
+            g_u = np.array([r["group"] for r in fold_rows], np.int64)
+            scored.append(len(per_fold) - 1)
+            preds.append((y_u, p_u, g_u))
+        keys = headline(task)
+        if scored:
+            summary = summarize_folds(
+                [per_fold[i] for i in scored], preds, task=task, n_boot=n_boot, seed=seed
+            )
+        else:
+            summary = {
+                k: {"mean": float("nan"), "std": float("nan"), "ci95": [float("nan")] * 2}
+                for k in keys
+            }
+            summary["per_class"] = {}
+        for k in keys:  # every fold in per_fold, NaN where it had no unit to score
+            values = [float("nan")] * len(per_fold)
+            for i, v in zip(scored, summary[k].get("per_fold", []), strict=False):
+                values[i] = v
+            summary[k]["per_fold"] = values
+            summary[k]["n_defined"] = int(np.isfinite(values).sum())
+        if rows:
+            y = np.concatenate([p[0] for p in preds])
+            prob = np.concatenate([p[1] for p in preds])
+            pred = np.array([names.index(r["predicted"]) for r in rows], np.int64)
+            summary["pooled"] = _pooled(task, y, prob, pred)
+        ok = [e for e in per_fold if e["available"]]
+        summary.update(
+            available=True,
+            units=what,
+            rule=ok[0]["rule"],
+            n=len(rows),
+            mixed_labels=sum(e["mixed_labels"] for e in ok),
+            slices_without_unit=sum(e["slices_without_unit"] for e in ok),
+            per_fold=per_fold,
+        )
+        out[level] = (summary, rows)
+    return out
+
+
+def _comparison(task: Task) -> Comparison:
+    """The task as ``mriscan.evaluate``'s class comparison: the model's classes are the task's,
+    the data's labels mapped by the task (recall is also reported per data class)."""
+    return Comparison("same", task.class_names, task.data_class_names, task.label_map, task.healthy)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -186,16 +295,24 @@ def _rows(store, task, rep, k, test_idx, y, prob, pred, thr) -> list[dict[str, A
     return rows
 
 
-def _remove_stale(cv: CVLayout, fold_dirs: list[str], *, roc: bool) -> None:
+def _remove_stale(
+    cv: CVLayout, fold_dirs: list[str], *, roc: bool, levels: tuple[str, ...] = ()
+) -> None:
     """Delete what an earlier CV into the same folder left and this one does not write: fold
-    folders beyond this run's folds × repeats, and ``roc.png`` when this task has no ROC curve
-    (K classes). Done once every fold has finished, just before ``metrics.json`` is written, so
-    the folder then holds exactly one run's results (and a run that stops earlier removes
-    nothing)."""
+    folders beyond this run's folds × repeats, ``roc.png`` when this task has no ROC curve
+    (K classes), and the ``oof_<level>_predictions.csv`` of unit levels other than ``levels``
+    (those this run writes). Done once every fold has finished, just before ``metrics.json`` is
+    written, so the folder then holds exactly one run's results (and a run that stops earlier
+    removes nothing)."""
     keep = set(fold_dirs)
     stale = [p for p in cv.fold_dirs() if p.name not in keep]
     if not roc and cv.roc_plot.is_file():
         stale.append(cv.roc_plot)
+    stale += [
+        cv.unit_predictions(lv)
+        for lv in LEVELS
+        if lv not in levels and cv.unit_predictions(lv).is_file()
+    ]
     for p in stale:
         if p.is_dir():
             shutil.rmtree(p)
@@ -220,11 +337,16 @@ def cross_validate(
     """Stratified, duplicate-group-aware k-fold CV; writes ``RunLayout(out).cv``.
 
     Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
-    with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``),
-    ``oof_predictions.csv``, ``roc.png`` (two classes), ``confusion_matrix.png``, one run
-    folder per fold (``r<repeat>_f<fold>``, listed in ``fold_dirs``). Fold folders and a
-    ``roc.png`` that an earlier CV into the same ``out`` left and this one does not write are
-    deleted once every fold has finished, so the results never mix two runs.
+    with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``;
+    ``per_series`` and ``per_patient``: ``summarize_levels``' sections, each fold's test slices
+    pooled per DICOM series / NIfTI volume / manifest group and per patient with ``mriscan
+    predict``'s rule, or why the store has no such unit), ``oof_predictions.csv``,
+    ``oof_series_predictions.csv`` / ``oof_patient_predictions.csv`` (the pooled units, named
+    by keyed hash only; where the level exists), ``roc.png`` (two classes),
+    ``confusion_matrix.png``, one run folder per fold (``r<repeat>_f<fold>``, listed in
+    ``fold_dirs``). Fold folders, a ``roc.png`` and unit files that an earlier CV into the
+    same ``out`` left and this one does not write are deleted once every fold has finished,
+    so the results never mix two runs.
     ``read_options`` (``mriscan.readers.ReadOptions``): how DICOM and NIfTI files in ``data``
     are read when it is ingested (default: ``DicomConfig``'s and ``NiftiConfig``'s defaults).
     """
@@ -256,6 +378,9 @@ def cross_validate(
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     preds: list[np.ndarray] = []
+    fold_levels: list[dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]] = []
+    cmp = _comparison(task)
+    recs = store.index.records
     for line in oversized_groups(labels, groups, 1.0 / cfg.folds, task.class_names):
         log.warning("folds: %s", line)
     splits = cv_splits(
@@ -276,7 +401,7 @@ def cross_validate(
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
         start = run.start
         seen = np.sort(np.concatenate([train_idx, val_idx]))
-        publish_model(
+        card = publish_model(
             run.model.save,
             card_for(store, fold_cfg, run.threshold, start, seen=seen),
             fold_layout.model,
@@ -302,6 +427,26 @@ def cross_validate(
         fold_predictions.append((y_fold, prob, store.groups[test_idx]))
         preds.append(pred)
         rows += _rows(store, task, rep, k, test_idx, y_fold, prob, pred, thr)
+        # the fold's test slices pooled per series / patient, as evaluate pools and scores them
+        levels = grouped_levels(
+            Scoring(cmp, card, store.class_names, cfg.n_boot),
+            y_fold,
+            prob,
+            store.groups[test_idx],
+            store.labels[test_idx].astype(np.int64),
+            [recs[i].source for i in test_idx],
+            [recs[i].group_key for i in test_idx],
+        )
+        fold_levels.append(levels)
+        for level, (section, _) in levels.items():
+            if section["available"] and section["n"]:
+                log.info(
+                    "%s: per %s accuracy %.3f (%d units)",
+                    tag,
+                    level,
+                    section["accuracy"],
+                    section["n"],
+                )
     y = np.concatenate([f[0] for f in fold_predictions])
     prob = np.concatenate([f[1] for f in fold_predictions])
     pred = np.concatenate(preds)
@@ -309,6 +454,11 @@ def cross_validate(
         per_fold, fold_predictions, task=task, n_boot=cfg.n_boot, seed=tcfg.seed
     )
     summary["pooled"] = _pooled(task, y, prob, pred)
+    unit_levels = summarize_levels(task, per_fold, fold_levels, n_boot=cfg.n_boot, seed=tcfg.seed)
+    for level, (section, _) in unit_levels.items():
+        if section["available"]:
+            section["predictions"] = cv.unit_predictions(level).name
+        summary[f"per_{level}"] = section
     summary["task"] = task.describe()
     summary["headline"] = list(headline(task))
     summary["class_names"] = list(task.class_names)
@@ -334,12 +484,20 @@ def cross_validate(
     summary["seconds"] = time.perf_counter() - t0
     summary["per_fold"] = per_fold
     summary["fold_dirs"] = [cv.fold(f["repeat"], f["fold"]).root.name for f in per_fold]
-    _remove_stale(cv, summary["fold_dirs"], roc=task.binary)
+    written = tuple(lv for lv, (_, r) in unit_levels.items() if r is not None)
+    _remove_stale(cv, summary["fold_dirs"], roc=task.binary, levels=written)
     write_json(cv.metrics, summary)
     with open(cv.predictions, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    for level in written:
+        write_unit_rows(
+            cv.unit_predictions(level),
+            unit_levels[level][1],
+            task.class_names,
+            lead=("repeat", "fold"),
+        )
     if task.binary:
         fpr, tpr, _ = mx.roc_curve(y, prob[:, 1])
         plots.save_roc(fpr, tpr, summary["pooled"]["roc_auc"], cv.roc_plot)
