@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from mriscan.errors import ConfigError
@@ -59,6 +59,7 @@ def open_or_ingest(
     image_size: int | None = None,
     check_classes: Callable[[tuple[str, ...]], object] | None = None,
     read_options: ReadOptions | None = None,
+    used_classes: Collection[str] | None = None,
 ) -> ImageStore:
     """Open ``data`` if it is a store; otherwise ingest its class folders into ``store_path``.
 
@@ -80,6 +81,9 @@ def open_or_ingest(
         ``overrides``); what it leaves open is the existing store's recorded settings, else the
         defaults. Settings other than the store's for a kind of file it holds are refused by
         ``mriscan.ingest.ingest``.
+    used_classes : collection of str, optional
+        The class folders the run uses (a class map's sources; None: all): an empty class
+        folder outside them is not refused (``IngestConfig.used_classes``).
 
     Raises
     ------
@@ -98,15 +102,17 @@ def open_or_ingest(
                 pre = existing.config
         else:
             pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
+        used = None if used_classes is None else tuple(used_classes)
         if check_classes is not None and Path(data).is_dir():
             from mriscan.io import scan_class_folders
 
-            check_classes(tuple(sorted(scan_class_folders(data).classes)))
+            check_classes(tuple(sorted(scan_class_folders(data, used).classes)))
         chosen = reading_for_store(target, read_options)
         cfg = IngestConfig(
             preprocess=pre,
             dicom=None if chosen is None else chosen.dicom,
             nifti=None if chosen is None else chosen.nifti,
+            used_classes=used,
         )
         report = ingest(Path(data), target, cfg)
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
