@@ -116,6 +116,10 @@ def open_or_ingest(
         )
         report = ingest(Path(data), target, cfg)
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
+        # by class folder (a manifest's folders may name patients: not shown)
+        skipped = _skipped_by_class(report.skipped) if Path(data).is_dir() else ""
+        if skipped:
+            log.warning("files not stored (`mriscan ingest` lists each): %s", skipped)
         return ImageStore.open(target)
     if check_classes is not None:
         check_classes(tuple(store.class_names))
@@ -129,3 +133,22 @@ def open_or_ingest(
             "into another store with that size."
         )
     return store
+
+
+def _skipped_by_class(skipped) -> str:
+    """'zdupes: 3 label conflict(s); yes: 1 unreadable or not an input' of an ingest's
+    ``skipped`` entries (``(name relative to the data folder, reason)``), by class folder."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, reason in skipped:
+        folder = Path(name).parts[0] if Path(name).parts else name
+        kind = (
+            "label conflict(s)"
+            if reason.startswith("label conflict")
+            else "unreadable or not an input"
+        )
+        by = counts.setdefault(folder, {})
+        by[kind] = by.get(kind, 0) + 1
+    return "; ".join(
+        f"{folder}: " + ", ".join(f"{n} {kind}" for kind, n in by.items())
+        for folder, by in sorted(counts.items())
+    )

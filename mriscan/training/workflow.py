@@ -216,7 +216,7 @@ def check_every_class_has_slices(
         out = "leave the class out with --class-map (at least two classes must remain)"
     raise ConfigError(
         f"Class(es) {missing} have no usable slice (slices per class: {have}): {what}. "
-        "`mriscan ingest` lists the skipped files and label conflicts. A model cannot learn a "
+        "`mriscan ingest` lists the skipped files and why. A model cannot learn a "
         f"class it never sees. Fix or add that class's files and ingest again, or {out}."
     )
 
@@ -235,7 +235,10 @@ def _why_no_slice(store: ImageStore, task: Task, name: str) -> str:
     data_labels = np.flatnonzero(task.label_map == k)
     rows = np.flatnonzero(np.isin(store.labels, data_labels))
     if not rows.size:
-        return "no file of it could be read (it was stored without slices)"
+        return (
+            "none of its files was stored: ingest skipped each one, as unreadable or as a "
+            "label conflict (the same bytes also lie under another class folder)"
+        )
     records = store.index.records
     counts: dict[str, int] = {}
     for i in rows:
