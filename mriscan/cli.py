@@ -929,9 +929,10 @@ def evaluate(
     _print_levels(result)
     if result["undefined"]:
         why = "; ".join(f"{k}: {v}" for k, v in result["undefined"].items())
+        fix = "fix the unreadable files listed above, or " if result["unreadable"] else ""
         raise click.ClickException(
-            f"Undefined on these data: {why}. Fix or remove the unreadable files, or evaluate "
-            "on data holding every class."
+            f"Undefined on these data: {why}. To define them, {fix}evaluate on data holding "
+            "slices of every class."
         )
 
 

@@ -282,6 +282,11 @@ class TaskConfig:
         None, "The no-tumor class of a K-class task [default: the healthy-like name]."
     )
 
+    @property
+    def used_classes(self) -> tuple[str, ...] | None:
+        """The data classes the class map names (its sources), or None without a map (all)."""
+        return tuple(s for _, srcs in self.class_map for s in srcs) if self.class_map else None
+
     def __post_init__(self) -> None:
         cmap = tuple((str(t), tuple(str(s) for s in srcs)) for t, srcs in self.class_map)
         object.__setattr__(self, "class_map", cmap)
@@ -289,9 +294,31 @@ class TaskConfig:
         sources = [s for _, srcs in cmap for s in srcs]
         if len(set(targets)) != len(targets):
             raise ConfigError(f"class_map names a target twice: {targets}.")
+        folded: dict[str, list[str]] = {}
+        for t in targets:
+            folded.setdefault(t.casefold(), []).append(t)
+        same = [names for names in folded.values() if len(names) > 1]
+        if same:
+            raise ConfigError(
+                "class_map names targets that differ only by case: "
+                + "; ".join(" and ".join(names) for names in same)
+                + ". Classes are compared exactly, so they would be two classes: spell each "
+                "class one way."
+            )
+        for t, srcs in cmap:
+            twice = sorted({s for s in srcs if srcs.count(s) > 1})
+            if twice:
+                raise ConfigError(
+                    f"class_map names {twice} twice in the list of target {t!r}; name each "
+                    "folder once."
+                )
         if len(set(sources)) != len(sources):
             dup = sorted({s for s in sources if sources.count(s) > 1})
-            raise ConfigError(f"class_map maps {dup} to two targets; each folder has one class.")
+            where = {s: [t for t, srcs in cmap if s in srcs] for s in dup}
+            said = "; ".join(f"{s!r} to {' and '.join(map(repr, ts))}" for s, ts in where.items())
+            raise ConfigError(
+                f"class_map maps a folder to two targets ({said}); each folder has one class."
+            )
         if cmap and len(targets) < 2:
             raise ConfigError(f"class_map must leave at least two classes. Received: {targets}.")
 

@@ -31,6 +31,7 @@ from mriscan.artifacts import (
     signatures_path,
     write_json,
 )
+from mriscan.config import TaskConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
@@ -236,7 +237,8 @@ def evaluate(
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     with tempfile.TemporaryDirectory(prefix="mriscan_eval_") as tmp:
-        store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths)
+        used = TaskConfig(class_map=class_map).used_classes
+        store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths, used)
         with store:
             if store.config != card.preprocess:
                 raise ConfigError(
@@ -576,10 +578,13 @@ def _open_data(
     tmp: Path,
     read_options: ReadOptions | None = None,
     show_paths: bool = False,
+    used: tuple[str, ...] | None = None,
 ) -> tuple[ImageStore, list[dict[str, str]]]:
     """A store of the data: the store itself, or class folders ingested into ``tmp`` with the
     model's preprocessing. Returns the store and the rows of the files that could not be read
-    (``unreadable_rows``, keyed with the identifier key the data were ingested with)."""
+    (``unreadable_rows``, keyed with the identifier key the data were ingested with).
+    ``used``: the class folders the class map names (None: all); an empty one outside them is
+    not refused."""
     if is_store(data):
         return ImageStore.open(data), []
     from mriscan.ingest import IngestConfig, ingest
@@ -587,7 +592,9 @@ def _open_data(
 
     # scanner files: read as the model's training data were, unless chosen otherwise
     ro = settings_for_model(card.reader, read_options)
-    cfg = IngestConfig(preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti)
+    cfg = IngestConfig(
+        preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti, used_classes=used
+    )
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
     if report.read_notes:  # by count: the files' paths may name the patient
         notes = sorted({n for _, n in report.read_notes})
@@ -597,7 +604,7 @@ def _open_data(
         # the key of the store's slice names, so a failed instance's dicom/<series>/ is that
         # of its series' slices in predictions.csv
         key = identifier_key()
-        rows = unreadable_rows(data, report.skipped, salt=key, show_paths=show_paths)
+        rows = unreadable_rows(data, report.skipped, salt=key, show_paths=show_paths, used=used)
     store = ImageStore.open(tmp / "eval.zarr")
     if len(store) == 0 and rows:
         store.close()
@@ -614,6 +621,7 @@ def unreadable_rows(
     *,
     salt: bytes,
     show_paths: bool = False,
+    used: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
     """The files and folders an ingest of ``data`` did not store (``IngestReport.skipped``:
     ``(name relative to the ingest's root, reason)``), named by ``mriscan predict``'s rule.
@@ -626,7 +634,8 @@ def unreadable_rows(
     folder holding scanner files, else their paths); JPEG/PNG files keep their paths; with
     ``show_paths`` all are named by path. ``salt``: the key of the pseudonyms (bytes, at least
     16). A reason that names other files of ``data`` (a label conflict, the stray files of a
-    series) names them the same way.
+    series) names them the same way. ``used``: the class folders the ingest used
+    (``IngestConfig.used_classes``).
 
     Returns
     -------
@@ -648,7 +657,7 @@ def unreadable_rows(
         found = [(SourceFile(e.path, e.kind), e.label) for e in listed.entries]
         others = [u.path for u in listed.unused]
     else:
-        listing = scan_class_folders(data)
+        listing = scan_class_folders(data, used)
         found = [(f, c) for c, fs in listing.classes.items() for f in fs]
         others = [u.path for u in listing.unused] + [p for p, _ in listing.unreadable]
     files = [f for f, _ in found]

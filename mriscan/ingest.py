@@ -146,7 +146,7 @@ def _listing(
         problems: list[tuple[str, str]] = []
         unused_files = manifest.unused
     else:
-        listing = scan_class_folders(raw)
+        listing = scan_class_folders(raw, config.used_classes)
         names = list(listing.classes)
         root = raw
         jobs = [
@@ -158,6 +158,11 @@ def _listing(
         unused_files = listing.unused
     unused = [(_rel(u.path, root), u.reason) for u in unused_files if not u.hidden]
     hidden = [(_rel(u.path, root), u.reason) for u in unused_files if u.hidden]
+    if not (raw.is_file() and raw.suffix.lower() == ".csv"):
+        hidden += [
+            (name, "an empty class folder the class map leaves out")
+            for name in listing.empty_left_out
+        ]
     if config.n_classes is not None and len(names) != config.n_classes:
         raise ConfigError(
             f"{raw} holds {len(names)} classes {names}; {config.n_classes} are needed. Point "

@@ -48,6 +48,10 @@ class IngestConfig:
         (``ImageStore.reader_settings``), or the defaults for a new store or one that records
         none. A new store records the settings used; a setting other than the store's for a
         kind of file the store holds is refused (``ConfigError``, nothing written).
+    used_classes : tuple of str, optional
+        The class folders the caller uses (a class map's sources); None: all. An empty class
+        folder outside them is listed in ``IngestReport.ignored`` instead of refused
+        (``mriscan.io.scan_class_folders``' ``used``); non-empty ones are stored as usual.
     compress : bool, optional
         How a store this run creates keeps its slices: True, Blosc-LZ4 compressed shards (~79%
         of the raw bytes for real 128² slices, random batch reads about half as fast); False,
@@ -65,6 +69,7 @@ class IngestConfig:
     n_classes: int | None = None
     dicom: object | None = None
     nifti: object | None = None
+    used_classes: tuple[str, ...] | None = None
     compress: bool | None = field(
         default=None,
         metadata={

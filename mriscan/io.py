@@ -7,7 +7,7 @@ import io
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -524,9 +524,12 @@ class ClassListing:
     classes: dict[str, list[SourceFile]]
     unreadable: tuple[tuple[Path, str], ...]
     unused: tuple[UnusedFile, ...] = ()
+    empty_left_out: tuple[str, ...] = ()
 
 
-def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
+def scan_class_folders(
+    root: str | os.PathLike[str], used: Collection[str] | None = None
+) -> ClassListing:
     """List ``root``'s class folders like ``list_class_sources``, checking the layout first.
 
     Raises
@@ -542,6 +545,10 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
 
     Every file that is not an input (of no input kind, hidden, or beside the class folders) is
     listed in ``ClassListing.unused`` with the reason; none is dropped silently.
+
+    ``used``: the class folders the caller will use (the sources of a class map), None for
+    all. An empty class folder outside ``used`` is left out of ``classes`` and named in
+    ``ClassListing.empty_left_out`` instead of refused: the map leaves it out explicitly.
     """
     root = Path(root)
     if not root.is_dir():
@@ -610,6 +617,11 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
         unused += hidden
         classes[sub.name] = found
         unreadable += sorted(set(errors))
+    left_out = tuple(
+        n for n, files in classes.items() if not files and used is not None and n not in used
+    )
+    for name in left_out:
+        del classes[name]
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise EmptyDatasetError(
@@ -618,14 +630,25 @@ def scan_class_folders(root: str | os.PathLike[str]) -> ClassListing:
             + ". "
             + _EMPTY_FIX.format(root=root)
         )
-    return ClassListing(classes, tuple(unreadable), tuple(sorted(unused, key=lambda u: u.path)))
+    if len(classes) < 2:
+        raise EmptyDatasetError(
+            f"{root} holds fewer than two class folders with files once the empty one(s) the "
+            f"class map leaves out ({', '.join(left_out)}) are set aside: {sorted(classes)}."
+        )
+    return ClassListing(
+        classes,
+        tuple(unreadable),
+        tuple(sorted(unused, key=lambda u: u.path)),
+        left_out,
+    )
 
 
 # why an empty class folder is refused rather than skipped, and the way out
 _EMPTY_FIX = (
     "Every sub-folder of {root} is a class, and a class without slices cannot be learnt or "
     "scored (nor silently dropped: the model's classes would no longer be the folders). Put "
-    "that class's images in it, or move the folder out of {root}."
+    "that class's images in it, move the folder out of {root}, or (train, cv, evaluate) give "
+    "a --class-map that leaves it out."
 )
 
 

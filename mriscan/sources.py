@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from mriscan.errors import ConfigError
@@ -59,6 +59,7 @@ def open_or_ingest(
     image_size: int | None = None,
     check_classes: Callable[[tuple[str, ...]], object] | None = None,
     read_options: ReadOptions | None = None,
+    used_classes: Collection[str] | None = None,
 ) -> ImageStore:
     """Open ``data`` if it is a store; otherwise ingest its class folders into ``store_path``.
 
@@ -80,6 +81,9 @@ def open_or_ingest(
         ``overrides``); what it leaves open is the existing store's recorded settings, else the
         defaults. Settings other than the store's for a kind of file it holds are refused by
         ``mriscan.ingest.ingest``.
+    used_classes : collection of str, optional
+        The class folders the run uses (a class map's sources; None: all): an empty class
+        folder outside them is not refused (``IngestConfig.used_classes``).
 
     Raises
     ------
@@ -98,18 +102,24 @@ def open_or_ingest(
                 pre = existing.config
         else:
             pre = PreprocessConfig() if image_size is None else PreprocessConfig(size=image_size)
+        used = None if used_classes is None else tuple(used_classes)
         if check_classes is not None and Path(data).is_dir():
             from mriscan.io import scan_class_folders
 
-            check_classes(tuple(sorted(scan_class_folders(data).classes)))
+            check_classes(tuple(sorted(scan_class_folders(data, used).classes)))
         chosen = reading_for_store(target, read_options)
         cfg = IngestConfig(
             preprocess=pre,
             dicom=None if chosen is None else chosen.dicom,
             nifti=None if chosen is None else chosen.nifti,
+            used_classes=used,
         )
         report = ingest(Path(data), target, cfg)
         log.info("ingested %s: %d new, %d in store %s", data, report.n_added, report.total, target)
+        # by class folder (a manifest's folders may name patients: not shown)
+        skipped = _skipped_by_class(report.skipped) if Path(data).is_dir() else ""
+        if skipped:
+            log.warning("files not stored (`mriscan ingest` lists each): %s", skipped)
         return ImageStore.open(target)
     if check_classes is not None:
         check_classes(tuple(store.class_names))
@@ -123,3 +133,22 @@ def open_or_ingest(
             "into another store with that size."
         )
     return store
+
+
+def _skipped_by_class(skipped) -> str:
+    """'zdupes: 3 label conflict(s); yes: 1 unreadable or not an input' of an ingest's
+    ``skipped`` entries (``(name relative to the data folder, reason)``), by class folder."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, reason in skipped:
+        folder = Path(name).parts[0] if Path(name).parts else name
+        kind = (
+            "label conflict(s)"
+            if reason.startswith("label conflict")
+            else "unreadable or not an input"
+        )
+        by = counts.setdefault(folder, {})
+        by[kind] = by.get(kind, 0) + 1
+    return "; ".join(
+        f"{folder}: " + ", ".join(f"{n} {kind}" for kind, n in by.items())
+        for folder, by in sorted(counts.items())
+    )

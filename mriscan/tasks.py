@@ -22,12 +22,14 @@ from mriscan.errors import ConfigError
 __all__ = [
     "HEALTHY_NAMES",
     "POSITIVE_NAMES",
+    "TUMOR_TYPE_NAMES",
     "Comparison",
     "Task",
     "compare_classes",
     "healthy_like",
     "positive_like",
     "resolve_task",
+    "tumor_like",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,38 @@ log = logging.getLogger(__name__)
 # ignoring "_", "-" and spaces)
 POSITIVE_NAMES = frozenset({"yes", "tumor", "tumour", "positive", "abnormal", "lesion"})
 HEALTHY_NAMES = frozenset(
-    {"no", "notumor", "notumour", "normal", "healthy", "negative", "control", "none"}
+    {
+        "no",
+        "notumor",
+        "notumour",
+        "normal",
+        "healthy",
+        "negative",
+        "control",
+        "none",
+        "nofinding",
+        "nofindings",
+    }
+)
+# tumor types of the public sets (figshare: glioma, meningioma, pituitary; the Kaggle "Brain
+# Tumor Classification" set: glioma_tumor, ...): a class of one of these names, alone or
+# followed by "tumor"/"tumour", is a tumor class
+TUMOR_TYPE_NAMES = frozenset(
+    {
+        "glioma",
+        "meningioma",
+        "pituitary",
+        "astrocytoma",
+        "glioblastoma",
+        "oligodendroglioma",
+        "ependymoma",
+        "medulloblastoma",
+        "schwannoma",
+        "neurocytoma",
+        "metastasis",
+        "metastases",
+        "lymphoma",
+    }
 )
 
 
@@ -50,8 +83,19 @@ def positive_like(name: str) -> bool:
 
 
 def healthy_like(name: str) -> bool:
-    """True for names such as ``no``, ``notumor``, ``normal``."""
+    """True for names such as ``no``, ``notumor``, ``normal``, ``no_finding``."""
     return _norm(name) in HEALTHY_NAMES
+
+
+def tumor_like(name: str) -> bool:
+    """True for a tumor name (``positive_like``) or a tumor type: ``glioma``, ``meningioma``,
+    ``pituitary``, ... (``TUMOR_TYPE_NAMES``), alone or followed by ``tumor``/``tumour``
+    (``glioma_tumor``); compared case-insensitively, ignoring ``_``, ``-`` and spaces."""
+    n = _norm(name)
+    for suffix in ("tumor", "tumour"):
+        if n.endswith(suffix) and n[: -len(suffix)] in TUMOR_TYPE_NAMES:
+            return True
+    return positive_like(name) or n in TUMOR_TYPE_NAMES
 
 
 @dataclass(frozen=True)
@@ -61,13 +105,16 @@ class Task:
     ``class_names``: the model's K classes, label k = ``class_names[k]``; for K = 2,
     ``class_names[1]`` is the positive class. ``label_map``: int64 array over the data's
     labels, data label → model label, −1 where the data class is left out. ``healthy``: index
-    of the no-tumor class among ``class_names``, or None.
+    of the no-tumor class among ``class_names``, or None. ``positive_guess``: for a two-class
+    task whose positive class was not named (by ``--positive`` or a tumor-like name) but taken
+    as the one beside a healthy-like name, why; empty otherwise.
     """
 
     class_names: tuple[str, ...]
     data_class_names: tuple[str, ...]
     label_map: np.ndarray
     healthy: int | None
+    positive_guess: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -90,16 +137,25 @@ class Task:
         deleted, overwritten or moved) and of a class the task keeps."""
         return np.intersect1d(self.kept(data_labels), active)
 
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        """The data classes the task leaves out (a class map does not name them)."""
+        return tuple(d for j, d in enumerate(self.data_class_names) if self.label_map[j] < 0)
+
     def describe(self) -> str:
-        """e.g. ``no = notumor; yes = glioma + meningioma + pituitary (positive)``."""
+        """e.g. ``no = notumor; yes = glioma + meningioma (positive); left out: pituitary``."""
         parts = []
         for k, name in enumerate(self.class_names):
             srcs = [d for j, d in enumerate(self.data_class_names) if self.label_map[j] == k]
             src = " + ".join(srcs)
-            tag = " (positive)" if self.binary and k == 1 else ""
+            tag = ""
+            if self.binary and k == 1:
+                guessed = f", guessed: {self.positive_guess}" if self.positive_guess else ""
+                tag = f" (positive{guessed})"
             tag += " (healthy)" if self.healthy == k and not self.binary else ""
             parts.append(f"{name} = {src}{tag}" if src != name else f"{name}{tag}")
-        return "; ".join(parts)
+        left = self.left_out
+        return "; ".join(parts) + (f"; left out: {', '.join(left)}" if left else "")
 
 
 def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = None) -> Task:
@@ -140,42 +196,58 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
             if cfg.healthy not in names:
                 raise ConfigError(f"--healthy {cfg.healthy!r} is not one of the classes {names}.")
             positive = next(n for n in names if n != cfg.healthy)  # the other one
-        names = _order_binary(names, positive)
-        if healthy_like(names[1]) or positive_like(names[0]):
+        names, guess = _order_binary(names, positive)
+        if healthy_like(names[1]) or tumor_like(names[0]):
             log.warning(
                 "the positive (tumor) class is %r and the negative one %r: their names say the "
                 "opposite; check --positive/--healthy",
                 names[1],
                 names[0],
             )
-    elif cfg.positive is not None:
+    else:
+        guess = ""
+    if len(names) != 2 and cfg.positive is not None:
         raise ConfigError(
             f"--positive applies to two-class tasks; this one has {len(names)} classes "
             f"{names}. Use --healthy to name the no-tumor class."
         )
     healthy = _healthy_index(names, cfg.healthy)
     label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
-    return Task(tuple(names), data, label_map.astype(np.int64), healthy)
+    return Task(tuple(names), data, label_map.astype(np.int64), healthy, guess)
 
 
-def _order_binary(names: list[str], positive: str | None) -> list[str]:
-    """[negative, positive] of a two-class task."""
+def _order_binary(names: list[str], positive: str | None) -> tuple[list[str], str]:
+    """([negative, positive], why the positive class is a guess or "") of a two-class task.
+
+    Without ``positive``: the one tumor-like name (``tumor_like``) is positive; else the one
+    beside the only healthy-like name, announced as a guess. Two tumor-like, two healthy-like
+    or two neutral names are refused (``--positive`` decides).
+    """
+    guess = ""
     if positive is not None:
         if positive not in names:
             raise ConfigError(f"--positive {positive!r} is not one of the classes {names}.")
     else:
-        pos = [n for n in names if positive_like(n)]
+        pos = [n for n in names if tumor_like(n)]
         neg = [n for n in names if healthy_like(n)]
+        if len(pos) == 2 or len(neg) == 2:
+            kind = "a tumor" if len(pos) == 2 else "a healthy (no-tumor)"
+            raise ConfigError(
+                f"Both classes {names} are named like {kind} class, so the names cannot tell "
+                "which is the positive (tumor) class. Name it with --positive (or merge or "
+                "rename the classes with --class-map)."
+            )
         if len(pos) == 1:
             positive = pos[0]
         elif len(neg) == 1:
             positive = next(n for n in names if n != neg[0])
+            guess = f"{neg[0]!r} is named like a healthy class; confirm with --positive"
         else:
             raise ConfigError(
                 f"Which of {names} is the positive (tumor) class? Name it with --positive "
                 "(the order of folders never decides it)."
             )
-    return [next(n for n in names if n != positive), positive]
+    return [next(n for n in names if n != positive), positive], guess
 
 
 def _healthy_index(names: list[str], healthy: str | None) -> int | None:
@@ -225,24 +297,33 @@ def compare_classes(
 ) -> Comparison:
     """Decide how data with ``data_class_names`` are scored by a model.
 
+    Every data class (after ``class_map``) named like a model class: scored as the model's
+    classes (``"same"``). Otherwise, when the model has a healthy class, tumor vs no tumor: a
+    data class is healthy when it is the model's healthy class or named like one
+    (``healthy_like``), tumor when it is another model class or named like a tumor or tumor
+    type (``tumor_like``: yes, tumor, glioma, ...). A data class that is neither is never
+    guessed to be either.
+
     Raises
     ------
     ConfigError
-        When the classes cannot be matched; the message lists both sides and the way out
-        (``--class-map``).
+        When the classes cannot be matched: a data class that is neither a model class nor
+        named like a tumor or healthy class (named, with the ``--class-map`` that maps or leaves
+        it out), no single healthy class, or a model without a healthy class. The message
+        lists both sides and the way out.
     """
     data = tuple(data_class_names)
     model = tuple(model_class_names)
-    hint = (
-        f"The data have classes {list(data)}, the model {list(model)}. Map them with "
-        "--class-map, e.g. 'yes=glioma,meningioma,pituitary;no=notumor'."
-    )
+    sides = f"The data have classes {list(data)}, the model {list(model)}."
     if class_map:
         TaskConfig(class_map=class_map)  # validates the map
         source_of = {s: t for t, srcs in class_map for s in srcs}
         unknown = sorted(set(source_of) - set(data))
         if unknown:
-            raise ConfigError(f"The class map names {unknown}. {hint}")
+            raise ConfigError(
+                f"The class map names {unknown}, which are not classes of the data. {sides} "
+                f"{_map_hint(data, model, model_healthy)}"
+            )
     else:
         source_of = {d: d for d in data}
     targets = set(source_of.values())
@@ -251,11 +332,31 @@ def compare_classes(
         h = model.index(model_healthy) if model_healthy in model else None
         return Comparison("same", model, data, lm.astype(np.int64), h)
     if model_healthy is None or model_healthy not in model:
-        raise ConfigError(f"{hint} (The model has no healthy class to compare tumor vs none.)")
-    healthy_targets = [t for t in targets if t == model_healthy or healthy_like(t)]
-    if len(healthy_targets) != 1 or len(targets) < 2:
-        raise ConfigError(f"{hint} (Found no single healthy class among {sorted(targets)}.)")
-    healthy = healthy_targets[0]
+        raise ConfigError(
+            f"{sides} The model has no healthy class, so it cannot score tumor vs no tumor; "
+            f"every class scored must be one of its classes. {_map_hint(data, model, None)}"
+        )
+    healthy_t = sorted(t for t in targets if t == model_healthy or healthy_like(t))
+    tumor_t = sorted(t for t in targets if t not in healthy_t and ((t in model) or tumor_like(t)))
+    neither = sorted(targets - set(healthy_t) - set(tumor_t))
+    if neither:
+        many = len(neither) > 1
+        what = ("class map target" if class_map else "data class") + ("s" if many else "")
+        raise ConfigError(
+            f"The {what} {neither} {'are' if many else 'is'} neither one of the model's "
+            f"classes {list(model)} nor named like a tumor or a healthy class, so mriscan "
+            f"cannot tell how to score {'them' if many else 'it'} (never assumed to be a "
+            "tumor). "
+            f"{_map_hint(data, model, model_healthy, neither)}"
+        )
+    if len(healthy_t) != 1 or not tumor_t:
+        found = f"healthy-like: {healthy_t or 'none'}; tumor: {tumor_t or 'none'}"
+        raise ConfigError(
+            f"{sides} Scoring tumor vs no tumor needs one healthy class and at least one tumor "
+            f"class among the data's classes ({found}). "
+            f"{_map_hint(data, model, model_healthy)}"
+        )
+    healthy = healthy_t[0]
     lm = np.array([(0 if source_of[d] == healthy else 1) if d in source_of else -1 for d in data])
     return Comparison(
         "tumor_vs_healthy",
@@ -263,4 +364,48 @@ def compare_classes(
         data,
         lm.astype(np.int64),
         model.index(model_healthy),
+    )
+
+
+def _map_hint(
+    data: tuple[str, ...],
+    model: tuple[str, ...],
+    model_healthy: str | None,
+    unknown: Sequence[str] = (),
+) -> str:
+    """The way out of a failed match: the form of ``--class-map`` (targets are the model's
+    classes, sources the data's) and, where the names allow one, an example built from them
+    that leaves ``unknown`` out."""
+    form = (
+        "Map the data's classes onto the model's with --class-map 'MODEL_CLASS=DATA_CLASS[,"
+        "DATA_CLASS...];...' (each target is one of the model's classes; data classes not "
+        "named are left out)"
+    )
+    tumor_target = None
+    if model_healthy in model and len(model) == 2:
+        tumor_target = next(m for m in model if m != model_healthy)
+    groups: dict[str, list[str]] = {}
+    for d in data:
+        if d in unknown:
+            continue
+        if d in model:
+            t = d
+        elif model_healthy in model and healthy_like(d):
+            t = model_healthy
+        elif tumor_target is not None and tumor_like(d):
+            t = tumor_target
+        else:
+            continue
+        groups.setdefault(t, []).append(d)
+    if len(groups) < 2:
+        return form + "."
+    example = ";".join(f"{t}={','.join(srcs)}" for t, srcs in groups.items())
+    if not unknown:
+        return f"{form}, e.g. --class-map '{example}'."
+    names = ", ".join(unknown)
+    into = model_healthy if model_healthy in groups else next(iter(groups))
+    return (
+        f"{form}: --class-map '{example}' leaves {names} out; to score {unknown[0]} as one of "
+        f"the model's classes instead, add it to that class's list (e.g. "
+        f"'{into}={','.join([*groups[into], unknown[0]])}' scores it as {into})."
     )

@@ -425,3 +425,71 @@ def test_unreadable_rows_name_the_other_files_a_reason_names(tmp_path):
     rows = unreadable_rows(manifest, skipped, salt=salt)
     assert [r["label"] for r in rows] == ["tumor", "healthy"]
     assert rows[0]["path"] == hidden[0]["path"] and own in rows[0]["error"]
+
+
+FOUR = ("notumor", "glioma", "meningioma", "pituitary")
+
+
+@pytest.fixture
+def four_class_model(tmp_path):
+    """An untrained 4-class model (healthy class notumor) with its card: only the mapping of
+    classes is under test, not its accuracy."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.model import build_model
+    from mriscan.preprocess import PreprocessConfig
+
+    path = tmp_path / "m4" / "model.keras"
+    path.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8), num_classes=4).save(path)
+    names = tuple(sorted(FOUR))
+    ModelCard(
+        preprocess=PreprocessConfig(size=32), class_names=names, threshold=None, healthy="notumor"
+    ).save(path)
+    return path
+
+
+@pytest.mark.backend
+def test_an_unknown_extra_folder_is_refused_and_the_shown_map_scores_k_classes(
+    four_class_model, tmp_path
+):
+    """A fifth folder of healthy slices named t2_axial is no model class and not named like a
+    tumor or healthy class: evaluate refuses it (naming it and the map that leaves it out)
+    instead of scoring it as tumor and dropping to two classes. With that map the four
+    matching classes keep their 4-class metrics."""
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "odd2", (*FOUR, "t2_axial"), n_per_class=3)
+    with pytest.raises(MriscanError, match=r"\['t2_axial'\] is neither") as err:
+        evaluate(four_class_model, data, out=tmp_path / "ev")
+    shown = "glioma=glioma;meningioma=meningioma;notumor=notumor;pituitary=pituitary"
+    assert f"'{shown}' leaves t2_axial out" in str(err.value)
+    assert not (tmp_path / "ev" / "evaluation").exists()
+    args = ["--model", str(four_class_model), "--out", str(tmp_path / "cli"), "--class-map", shown]
+    r = CliRunner().invoke(main, ["evaluate", str(data), *args])
+    assert r.exit_code in (0, 1), r.output  # 1 only for a metric undefined on these data
+    ev = json.loads((tmp_path / "cli" / "evaluation" / "metrics.json").read_text())
+    assert ev["comparison"].startswith("same:") and ev["comparison"].endswith("left out: t2_axial")
+    assert len(ev["confusion_matrix"]) == 4 and ev["n"] == 12
+    assert "left out: t2_axial" in r.output
+
+
+@pytest.mark.backend
+def test_an_empty_folder_the_class_map_leaves_out_is_allowed(four_class_model, tmp_path):
+    """The class map leaves the empty folder out explicitly: nothing is dropped silently, so it
+    is listed as left out rather than refused (the data may be read-only). Without a map, or
+    when the map names it, it is still refused."""
+    from mriscan.errors import EmptyDatasetError
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "odd", FOUR, n_per_class=3)
+    (data / "empty").mkdir()
+    with pytest.raises(EmptyDatasetError, match=r"\['empty'\].*--class-map that leaves it out"):
+        evaluate(four_class_model, data, out=tmp_path / "ev0")
+    from mriscan.config import parse_class_map
+
+    cmap = parse_class_map(";".join(f"{n}={n}" for n in FOUR))
+    ev = evaluate(four_class_model, data, out=tmp_path / "ev", class_map=cmap)
+    assert ev["n"] == 12 and len(ev["confusion_matrix"]) == 4
+    with pytest.raises(EmptyDatasetError, match=r"\['empty'\]"):
+        named = parse_class_map(";".join(f"{n}={n}" for n in FOUR[1:]) + ";notumor=notumor,empty")
+        evaluate(four_class_model, data, out=tmp_path / "ev2", class_map=named)

@@ -104,3 +104,64 @@ def test_an_empty_extra_class_folder_is_refused_with_the_way_out(tmp_path):
         assert r.exit_code == 1, r.output
         assert "Class(es) ['glioma'] have no usable slice" in r.output
         assert "--class-map" in r.output and not (tmp_path / "o" / "models").exists()
+
+
+def test_a_class_of_label_conflicts_is_said_so_with_a_map_built_from_the_task(tmp_path, caplog):
+    """A folder of byte copies of another class: every copy is a label conflict, none is
+    stored. train names the conflicts (not only 'unreadable or deleted'), suggests a map of the
+    task's own classes, and logs the classes a map leaves out, before any training."""
+    import logging
+    import shutil
+
+    data = write_class_folders(tmp_path / "data", ("notumor", "glioma", "meningioma"), 6)
+    (data / "zdupes").mkdir()
+    for i in range(3):
+        shutil.copy(data / "notumor" / f"{i}.png", data / "zdupes" / f"c{i}.png")
+    args = ["--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "o"), *FAST]
+    with caplog.at_level(logging.INFO):
+        r = CliRunner().invoke(main, ["train", str(data), *args])
+    assert r.exit_code == 1, r.output
+    assert "Class(es) ['zdupes'] have no usable slice" in r.output
+    assert "label conflict" in r.output and "deleted since" not in r.output
+    assert "--class-map 'glioma=glioma;meningioma=meningioma;notumor=notumor'" in r.output
+    assert "zdupes: 3 label conflict(s)" in caplog.text
+    caplog.clear()
+    cmap = "glioma=glioma;notumor=notumor;zdupes=zdupes"  # still names the empty class
+    with caplog.at_level(logging.INFO):
+        r = CliRunner().invoke(main, ["cv", str(tmp_path / "s.zarr"), "--class-map", cmap, *args])
+    assert r.exit_code == 1 and "['zdupes'] have no usable slice" in r.output, r.output
+    assert "--class-map 'glioma=glioma;notumor=notumor'" in r.output
+    assert "task: glioma; notumor (healthy); zdupes; left out: meningioma" in caplog.text
+    assert not (tmp_path / "o" / "models").exists()
+
+
+def test_an_empty_folder_a_class_map_leaves_out_is_listed_not_refused(tmp_path):
+    """The class map leaves the empty folder out explicitly, so train and cv ingest the rest
+    (the data may be read-only) and the ingest report lists the folder as not read."""
+    from mriscan.config import TaskConfig, parse_class_map
+    from mriscan.errors import EmptyDatasetError
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.sources import open_or_ingest
+    from mriscan.tasks import resolve_task
+
+    data = write_class_folders(tmp_path / "data", ("notumor", "glioma", "single"), 4)
+    (data / "empty").mkdir()
+    cfg = TaskConfig(class_map=parse_class_map("glioma=glioma;notumor=notumor;single=single"))
+    seen = []
+    with open_or_ingest(
+        data,
+        store_path=tmp_path / "s.zarr",
+        image_size=32,
+        check_classes=lambda names: seen.append(resolve_task(names, cfg)),
+        used_classes=cfg.used_classes,
+    ) as store:
+        assert tuple(store.class_names) == ("glioma", "notumor", "single") and len(store) == 12
+    assert seen[0].left_out == ()
+    pre = IngestConfig(preprocess=PreprocessConfig(size=32), used_classes=cfg.used_classes)
+    report = ingest(data, tmp_path / "t.zarr", pre)
+    assert ("empty", "an empty class folder the class map leaves out") in report.ignored
+    for used in (None, ("glioma", "notumor", "empty")):  # no map, or a map naming it
+        with pytest.raises(EmptyDatasetError, match=r"\['empty'\]"):
+            open_or_ingest(data, store_path=tmp_path / "u.zarr", used_classes=used)
+    assert not (tmp_path / "u.zarr").exists()

@@ -92,3 +92,86 @@ def test_positive_and_healthy_must_agree():
     assert resolve_task(("a", "b"), TaskConfig(healthy="a")).class_names == ("a", "b")
     assert resolve_task(("a", "b"), TaskConfig(healthy="b")).class_names == ("b", "a")
     assert parse_class_map("\ufeffyes=glioma;no=notumor")[0][0] == "yes"  # a BOM is dropped
+
+
+def test_an_unknown_data_class_is_never_scored_as_tumor():
+    """A data class that is no model class and not named like a tumor or healthy class (a
+    folder of healthy T2 slices named t2_axial) is refused, naming it and the class map that
+    leaves it out (targets: the model's classes), instead of being counted as a tumor."""
+    with pytest.raises(ConfigError) as err:
+        compare_classes((*FOUR, "t2_axial"), FOUR, "notumor")
+    msg = str(err.value)
+    assert "['t2_axial'] is neither one of the model's classes" in msg
+    assert "'glioma=glioma;meningioma=meningioma;notumor=notumor;pituitary=pituitary'" in msg
+    assert "'notumor=notumor,t2_axial'" in msg
+    # the map it shows works: the four matching classes are scored as K classes
+    shown = parse_class_map(
+        "glioma=glioma;meningioma=meningioma;notumor=notumor;pituitary=pituitary"
+    )
+    c = compare_classes((*FOUR, "t2_axial"), FOUR, "notumor", shown)
+    assert c.mode == "same" and c.label_map.tolist() == [0, 1, 2, 3, -1]
+    assert c.describe().endswith("left out: t2_axial")
+    # a yes/no model: the unknown folder is refused too; the example maps onto yes/no
+    with pytest.raises(ConfigError, match="'yes=glioma,meningioma,pituitary;no=notumor'"):
+        compare_classes((*FOUR, "single"), ("no", "yes"), "no")
+    # neutral names on both sides: refused, no example invented
+    with pytest.raises(ConfigError, match=r"\['cats', 'dogs'\] are neither"):
+        compare_classes(("cats", "dogs"), FOUR, "notumor")
+
+
+def test_tumor_types_and_tumor_names_count_as_tumor():
+    """glioma / meningioma / pituitary (and the Kaggle set's glioma_tumor, ...) are tumor
+    classes by name; a tumor-like data class beside the model's classes makes tumor vs none."""
+    c = compare_classes(("glioma_tumor", "meningioma_tumor", "no_tumor"), ("no", "yes"), "no")
+    assert c.mode == "tumor_vs_healthy" and c.label_map.tolist() == [1, 1, 0]
+    c = compare_classes(("glioma", "notumor", "yes"), FOUR, "notumor")
+    assert c.mode == "tumor_vs_healthy" and c.label_map.tolist() == [1, 0, 1]
+    # two healthy-like classes and no tumor one: refused, not guessed
+    with pytest.raises(ConfigError, match="one healthy class and at least one tumor"):
+        compare_classes(("control", "no"), FOUR, "notumor")
+
+
+def test_the_hint_maps_onto_the_model_s_classes():
+    """A yes/no set on a model without a healthy class: the hint gives the form target=model
+    class, never the yes=glioma,... example that maps the wrong way round."""
+    with pytest.raises(ConfigError) as err:
+        compare_classes(("no", "yes"), ("glioma", "meningioma", "pituitary"), None)
+    msg = str(err.value)
+    assert "no healthy class" in msg and "MODEL_CLASS=DATA_CLASS" in msg
+    assert "yes=glioma" not in msg
+
+
+@pytest.mark.parametrize(
+    "names", [("healthy", "no_finding"), ("glioma", "meningioma"), ("tumor", "yes")]
+)
+def test_two_healthy_or_two_tumor_names_need_positive(names):
+    with pytest.raises(ConfigError, match=r"Both classes .* --positive"):
+        resolve_task(names)
+    assert resolve_task(names, TaskConfig(positive=names[0])).class_names == names[::-1]
+
+
+def test_a_positive_class_taken_beside_a_healthy_name_is_announced_as_a_guess():
+    task = resolve_task(("healthy", "scans"))
+    assert task.class_names == ("healthy", "scans") and task.positive_guess
+    assert "(positive, guessed: 'healthy' is named like a healthy class" in task.describe()
+    named = resolve_task(("glioma", "notumor"))
+    assert named.class_names == ("notumor", "glioma") and not named.positive_guess
+    assert "guessed" not in resolve_task(("scans", "tumor")).describe()
+
+
+def test_describe_names_the_classes_a_map_leaves_out():
+    task = resolve_task(FOUR, TaskConfig(class_map=parse_class_map("yes=glioma;no=notumor")))
+    assert task.left_out == ("meningioma", "pituitary")
+    assert task.describe() == (
+        "no = notumor; yes = glioma (positive); left out: meningioma, pituitary"
+    )
+    assert "left out" not in resolve_task(FOUR).describe()
+
+
+def test_class_map_errors_say_what_is_wrong():
+    with pytest.raises(ConfigError, match=r"names \['glioma'\] twice in the list of target 'yes'"):
+        parse_class_map("yes=glioma,glioma;no=notumor")
+    with pytest.raises(ConfigError, match=r"'glioma' to 'yes' and 'no'"):
+        parse_class_map("yes=glioma;no=glioma,notumor")
+    with pytest.raises(ConfigError, match="differ only by case: Glioma and glioma"):
+        parse_class_map("Glioma=glioma;glioma=notumor")

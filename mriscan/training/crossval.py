@@ -361,6 +361,7 @@ def cross_validate(
         image_size=tcfg.image_size,
         check_classes=lambda names: resolve_task(names, tcfg.task),
         read_options=read_options,
+        used_classes=tcfg.task.used_classes,
     )
     cv = RunLayout(out).cv
     cv.root.mkdir(parents=True, exist_ok=True)
@@ -369,7 +370,7 @@ def cross_validate(
     all_labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
-    check_every_class_has_slices(labels, task)
+    check_every_class_has_slices(labels, task, store)
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
     init = starting_weights(tcfg, hw, store.config)

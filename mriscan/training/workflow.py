@@ -112,12 +112,13 @@ def train(
         image_size=cfg.image_size,
         check_classes=lambda names: resolve_task(names, cfg.task),
         read_options=read_options,
+        used_classes=cfg.task.used_classes,
     )
     task = resolve_task(store.class_names, cfg.task)
     log.info("task: %s", task.describe())
     labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
-    check_every_class_has_slices(labels[kept], task)
+    check_every_class_has_slices(labels[kept], task, store)
     positive_parts = [f for f in (cfg.split.val_fraction, cfg.split.test_fraction) if f > 0]
     for line in oversized_groups(
         labels[kept], store.groups[kept], min(positive_parts, default=1.0), task.class_names
@@ -170,27 +171,85 @@ def train(
     )
 
 
-def check_every_class_has_slices(labels: np.ndarray, task: Task) -> None:
+# why a stored sample was retired (``SampleRecord.flags``), in words
+_RETIRED_WHY = {
+    "conflict": "retired as label conflicts (the same bytes lie under another class folder)",
+    "removed": "deleted since they were ingested",
+    "replaced": "overwritten since they were ingested",
+    "relabelled": "moved to another class folder since they were ingested",
+}
+
+
+def check_every_class_has_slices(
+    labels: np.ndarray, task: Task, store: ImageStore | None = None
+) -> None:
     """Every class of the task must have at least one usable slice (``labels``: model labels of
     the usable samples, shape (n,), int). A class folder whose files were all unreadable is
-    stored as a class with no slices; a model cannot learn or be scored on it.
+    stored as a class with no slices; one whose slices were all retired (label conflicts,
+    files deleted, overwritten or moved) keeps them only as retired records. A model cannot
+    learn or be scored on such a class. ``store``: the store the task maps, so the message can
+    say which of these happened (without it, every cause is named as possible).
 
     Raises
     ------
     ConfigError
-        Naming the class(es), the counts per class and the way out.
+        Naming the class(es), the counts per class, what happened to their files and the way
+        out: fix the files, or a class map that leaves the class(es) out.
     """
     counts = np.bincount(labels, minlength=task.num_classes)
     missing = [task.class_names[k] for k in np.flatnonzero(counts == 0)]
-    if missing:
-        have = dict(zip(task.class_names, counts.tolist(), strict=True))
-        raise ConfigError(
-            f"Class(es) {missing} have no usable slice (slices per class: {have}): their files "
-            "were all unreadable, or deleted since they were ingested (`mriscan ingest` lists "
-            "the skipped files). A model cannot learn a class it never sees. Fix or add that "
-            "class's files and ingest again, or leave the class out with --class-map (e.g. "
-            "--class-map 'yes=yes;no=no')."
+    if not missing:
+        return
+    have = dict(zip(task.class_names, counts.tolist(), strict=True))
+    if store is None:
+        what = (
+            "their files were all unreadable, retired as label conflicts, or deleted, "
+            "overwritten or moved since they were ingested"
         )
+    else:
+        what = "; ".join(f"{name!r}: {_why_no_slice(store, task, name)}" for name in missing)
+    keep = [(t, srcs) for t, srcs in _sources_of(task) if t not in missing]
+    if len(keep) >= 2:
+        cmap = ";".join(f"{t}={','.join(srcs)}" for t, srcs in keep)
+        out = f"leave the class out with --class-map '{cmap}'"
+    else:
+        out = "leave the class out with --class-map (at least two classes must remain)"
+    raise ConfigError(
+        f"Class(es) {missing} have no usable slice (slices per class: {have}): {what}. "
+        "`mriscan ingest` lists the skipped files and why. A model cannot learn a "
+        f"class it never sees. Fix or add that class's files and ingest again, or {out}."
+    )
+
+
+def _sources_of(task: Task) -> list[tuple[str, list[str]]]:
+    """(model class, its data classes) of ``task``, in the model's order."""
+    return [
+        (name, [d for j, d in enumerate(task.data_class_names) if task.label_map[j] == k])
+        for k, name in enumerate(task.class_names)
+    ]
+
+
+def _why_no_slice(store: ImageStore, task: Task, name: str) -> str:
+    """What became of the files of model class ``name``, which has no usable slice."""
+    k = task.class_names.index(name)
+    data_labels = np.flatnonzero(task.label_map == k)
+    rows = np.flatnonzero(np.isin(store.labels, data_labels))
+    if not rows.size:
+        return (
+            "none of its files was stored: ingest skipped each one, as unreadable or as a "
+            "label conflict (the same bytes also lie under another class folder)"
+        )
+    records = store.index.records
+    counts: dict[str, int] = {}
+    for i in rows:
+        flags = [f for f in records[int(i)].flags if f in _RETIRED_WHY]
+        key = flags[0] if flags else "other"
+        counts[key] = counts.get(key, 0) + 1
+    parts = [
+        f"{n} {_RETIRED_WHY.get(f, 'retired')}"
+        for f, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    ]
+    return f"its {rows.size} stored slice(s) were all retired: " + ", ".join(parts)
 
 
 def check_split(
