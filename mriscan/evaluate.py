@@ -117,8 +117,8 @@ def undefined_metrics(
     AUC needs two classes present), then per class ``"precision of 'c'"`` (class never
     predicted), ``"recall of 'c'"`` and ``"F1 of 'c'"`` (no slice of the class: left out of
     macro-F1 and balanced accuracy), ``"ROC AUC of 'c'"`` (K classes: the class absent, or no
-    slice of any other class), and ``"recall of data class 'd'"`` for a data class
-    (``recall_per_data_class``) without a slice that is not a scored class itself.
+    slice of any other class). ``recall_per_data_class`` is not listed: its ``n`` (0) says
+    why a data class has no recall (none left, or left out by a class map).
     """
     names = list(result["class_names"])
     counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
@@ -174,11 +174,6 @@ def undefined_metrics(
             others = [n for j, n in enumerate(names) if j != k]
             why[f"ROC AUC of {name!r}"] = (
                 none_of([name]) if counts[k] == 0 else none_of(others) + " (one-vs-rest)"
-            )
-    for name, r in result.get("recall_per_data_class", {}).items():
-        if name not in names and undefined(r.get("recall")):
-            why[f"recall of data class {name!r}"] = (
-                f"no {unit or 'slice'} of data class {name!r} scored"
             )
     return why
 
