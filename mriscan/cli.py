@@ -739,7 +739,7 @@ def _print_levels(result: dict) -> None:
         if s["slices_without_unit"]:
             notes.append(f"{s['slices_without_unit']} slice(s) belong to no {level}")
         if s["undefined"]:
-            notes.append("undefined: " + "; ".join(f"{k}: {v}" for k, v in s["undefined"].items()))
+            notes.append(f"undefined: {_by_reason(s['undefined'])}")
         for note in notes:
             click.echo(f"  ({level}) {note}")
 
@@ -772,6 +772,14 @@ def _print_metrics(title: str, m: dict) -> None:
         click.echo(
             f"  {name:>10}: precision {_num(pc['precision'])}  recall {_num(pc['recall'])}  "
             f"F1 {_num(pc['f1'])}  (n={pc['support']})"
+        )
+    absent = [n for n, pc in m["per_class"].items() if not pc["support"]]
+    present = [n for n, pc in m["per_class"].items() if pc["support"]]
+    if absent and present and "macro_f1" in m:
+        means = "macro-F1" if "sensitivity" in m else "macro-F1 and balanced accuracy"
+        click.echo(
+            f"  ({means} over the classes present: {', '.join(present)}; "
+            f"{', '.join(absent)} without a slice, left out)"
         )
     names = m["class_names"]
     cm = m["confusion_matrix"]
@@ -868,9 +876,16 @@ def evaluate(
     top-3 per class); units are named by keyed hash only. Files of a folder
     that cannot be read are listed (on screen, in metrics.json and predictions.csv) and left
     out of n; in a folder holding DICOM/NIfTI files they are named by pseudonym, as `predict`
-    names them, unless --show-paths. A metric
-    that is undefined on the data (e.g. ROC AUC when no slice of one class is left) is printed
-    as "undefined" and written as null; the command then exits 1.
+    names them, unless --show-paths.
+
+    A metric undefined on the data is printed "undefined", written as null and listed with
+    its reason under "undefined" in metrics.json, never counted as 0: a class with no slice
+    has recall and F1 undefined and is left out of macro-F1 (and, K classes, of balanced
+    accuracy: both are means over the classes present); a class never predicted has precision
+    undefined; two classes: balanced accuracy, ROC AUC, sensitivity or specificity are
+    undefined without a slice of the class they need. The command exits 1 when a headline
+    metric of the slices (accuracy, balanced accuracy, macro-F1, ROC AUC, sensitivity,
+    specificity) is undefined; undefined per-class values alone are listed but exit 0.
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
@@ -927,13 +942,27 @@ def evaluate(
     )
     click.echo(f"  recall per data class: {recalls}")
     _print_levels(result)
-    if result["undefined"]:
-        why = "; ".join(f"{k}: {v}" for k, v in result["undefined"].items())
-        fix = "fix the unreadable files listed above, or " if result["unreadable"] else ""
+    from mriscan.evaluate import failing
+
+    fatal = failing(result["undefined"])
+    minor = {k: v for k, v in result["undefined"].items() if k not in fatal}
+    if minor:  # per-class values: listed (metrics.json "undefined" too), not a failure
+        click.echo(f"  undefined, left out of every mean: {_by_reason(minor)}")
+    if fatal:
+        fix = "fix or remove the unreadable files, or " if result["unreadable"] else ""
         raise click.ClickException(
-            f"Undefined on these data: {why}. To define them, {fix}evaluate on data holding "
-            "slices of every class."
+            f"Undefined on these data: {_by_reason(fatal)}. To score them, {fix}evaluate on "
+            "data holding a slice of every class."
         )
+
+
+def _by_reason(undefined: dict[str, str]) -> str:
+    """'recall of 'no', F1 of 'no': no readable slice of class 'no'; ...': an ``undefined``
+    dict (metric -> why) with the metrics of one reason named together."""
+    by: dict[str, list[str]] = {}
+    for k, v in undefined.items():
+        by.setdefault(v, []).append(k)
+    return "; ".join(f"{', '.join(ks)}: {v}" for v, ks in by.items())
 
 
 @main.command()
@@ -959,7 +988,9 @@ def cv(
     slices pooled per unit (mean of the top-3 per class), then mean ± std over folds
     (per_series / per_patient in metrics.json, oof_series_predictions.csv /
     oof_patient_predictions.csv; units named by keyed hash only). A metric undefined on a fold
-    (no unit of a class in it) is printed "undefined" and left out of the mean.
+    (no unit of a class in it) is printed "undefined" and left out of the mean; metrics.json
+    counts the folds that define each metric (n_defined, per class too), and a std from fewer
+    than two folds is undefined (null), not 0.
     """
     scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)
@@ -1031,11 +1062,9 @@ def _print_cv_levels(s: dict) -> None:
             if not f["available"]:
                 notes.append(f"{where}: {f['why']}")
             elif f["undefined"]:
-                by_reason: dict[str, list[str]] = {}
-                for k, v in f["undefined"].items():
-                    by_reason.setdefault(v, []).append(k)
-                why = "; ".join(f"{', '.join(ks)}: {v}" for v, ks in by_reason.items())
-                notes.append(f"{where}: undefined, left out of the mean: {why}")
+                notes.append(
+                    f"{where}: undefined, left out of the mean: {_by_reason(f['undefined'])}"
+                )
         for note in notes:
             click.echo(f"  ({level}) {note}")
 

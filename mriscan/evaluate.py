@@ -45,10 +45,12 @@ from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
 
 __all__ = [
+    "HEADLINE_METRICS",
     "LEVELS",
     "SPLITS",
     "Scoring",
     "evaluate",
+    "failing",
     "grouped_levels",
     "near_duplicates_of",
     "undefined_metrics",
@@ -62,7 +64,32 @@ log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
 
 
-_NEEDS = {"roc_auc": (0, 1), "sensitivity": (1,), "specificity": (0,)}
+# what each binary headline metric needs a slice of (0: the negative class, 1: the positive)
+_NEEDS = {
+    "roc_auc": (0, 1),
+    "balanced_accuracy": (0, 1),
+    "sensitivity": (1,),
+    "specificity": (0,),
+}
+
+HEADLINE_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "roc_auc",
+    "macro_roc_auc",
+    "sensitivity",
+    "specificity",
+)
+"""The metrics that summarise a whole evaluation; ``evaluate`` exits 1 when one of them is
+undefined on the slices (``failing``). A per-class value that is undefined (a class with no
+slice, or never predicted) is listed in ``undefined`` too, but does not fail the command."""
+
+
+def failing(undefined: dict[str, str]) -> dict[str, str]:
+    """The entries of an ``undefined`` dict that are headline metrics (``HEADLINE_METRICS``):
+    those make ``mriscan evaluate`` exit 1."""
+    return {k: v for k, v in undefined.items() if k in HEADLINE_METRICS}
 
 
 def undefined_metrics(
@@ -73,22 +100,28 @@ def undefined_metrics(
     unit: str = "",
     unpooled: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Set the metrics that are undefined on these labels to NaN; return why, by metric name.
+    """Why each undefined (NaN) metric of ``result`` is undefined, by metric name.
 
-    ``removed``: per class name, the readable slices taken out before scoring as
-    near-duplicates of training slices; a class with none left but some removed is said to
-    have been emptied so, not to have no readable slice. ``unit``: what ``y`` labels when not
-    slices ("patient", "series or volume": "no patient of class 'no'"), and ``unpooled``: per
-    class name, why its readable slices gave no such unit (e.g. "24 readable slice(s) have no
-    Patient ID"), added to the reason.
+    ``result``: a ``mriscan.metrics.binary_metrics`` or ``multiclass_metrics`` dict, which
+    already holds NaN wherever a metric is undefined (``mriscan.metrics``' one rule; this only
+    explains, it changes nothing); ``y``: its labels, int of shape (n,). ``removed``: per
+    class name, the readable slices taken out before scoring as near-duplicates of training
+    slices; a class with none left but some removed is said to have been emptied so, not to
+    have no readable slice. ``unit``: what ``y`` labels when not slices ("patient", "series or
+    volume": "no patient of class 'no'"), and ``unpooled``: per class name, why its readable
+    slices gave no such unit (e.g. "24 readable slice(s) have no Patient ID"), added to the
+    reason.
 
-    ROC AUC needs slices of both classes, sensitivity of the positive class
-    (``class_names[1]``), specificity of the negative one, a class's recall and F1 a slice of
-    that class; any other top-level metric that is NaN is reported too. ``result`` is a
-    ``mriscan.metrics.binary_metrics`` dict (changed in place); ``y`` its labels, int of
-    shape (n,).
+    Keys: the headline metrics (``HEADLINE_METRICS``; two classes: ROC AUC and balanced
+    accuracy need slices of both classes, sensitivity of the positive class
+    (``class_names[1]``), specificity of the negative one; K classes: the macro one-vs-rest
+    AUC needs two classes present), then per class ``"precision of 'c'"`` (class never
+    predicted), ``"recall of 'c'"`` and ``"F1 of 'c'"`` (no slice of the class: left out of
+    macro-F1 and balanced accuracy), ``"ROC AUC of 'c'"`` (K classes: the class absent, or no
+    slice of any other class). ``recall_per_data_class`` is not listed: its ``n`` (0) says
+    why a data class has no recall (none left, or left out by a class map).
     """
-    names = result["class_names"]
+    names = list(result["class_names"])
     counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
     removed = removed or {}
 
@@ -108,19 +141,41 @@ def undefined_metrics(
             "(--keep-duplicates scores them)"
         )
 
+    def undefined(value: Any) -> bool:
+        return isinstance(value, float) and not math.isfinite(value)
+
+    absent_all = [n for k, n in enumerate(names) if counts[k] == 0]
     why: dict[str, str] = {}
-    for key, needs in _NEEDS.items():
-        absent = [names[k] for k in needs if counts[k] == 0]
-        if absent and key in result:
-            result[key] = float("nan")
-            why[key] = none_of(absent)
-    for key, value in result.items():
-        if key not in why and isinstance(value, float) and not math.isfinite(value):
+    for key in HEADLINE_METRICS:
+        if not undefined(result.get(key)):
+            continue
+        if len(names) == 2 and key in _NEEDS:
+            absent = [names[k] for k in _NEEDS[key] if counts[k] == 0]
+        elif key == "macro_roc_auc":
+            absent = absent_all
+        else:
+            absent = []
+        why[key] = none_of(absent) if absent else "undefined on these data"
+    for key, value in result.items():  # any other top-level number
+        if key not in why and undefined(value):
             why[key] = "undefined on these data"
-    for name, pc in result.get("per_class", {}).items():
-        if pc.get("support") == 0:  # recall (and so F1) of an absent class: 0/0
-            pc["recall"] = pc["f1"] = float("nan")
-            why[f"recall of {name!r}"] = none_of([name])
+    binary = len(names) == 2 and "sensitivity" in result
+    for k, name in enumerate(names):
+        pc = result.get("per_class", {}).get(name)
+        if pc is None:
+            continue
+        if undefined(pc.get("precision")):
+            why[f"precision of {name!r}"] = f"class {name!r} never predicted" + (
+                f" for any {unit}" if unit else ""
+            )
+        for metric, label in (("recall", "recall"), ("f1", "F1")):
+            if undefined(pc.get(metric)):
+                why[f"{label} of {name!r}"] = none_of([name])
+        if not binary and undefined(pc.get("roc_auc")):
+            others = [n for j, n in enumerate(names) if j != k]
+            why[f"ROC AUC of {name!r}"] = (
+                none_of([name]) if counts[k] == 0 else none_of(others) + " (one-vs-rest)"
+            )
     return why
 
 
@@ -272,8 +327,9 @@ def evaluate(
                 (store.index.records[i].source, store.class_names[store.labels[i]])
                 for i in idx[removed]
             ]
-            gone = np.bincount(y[removed], minlength=len(card.class_names))
-            removed_of = {n: int(c) for n, c in zip(card.class_names, gone, strict=True)}
+            # y holds the scored classes' labels (the model's, or tumor / no tumor)
+            gone = np.bincount(y[removed], minlength=len(cmp.class_names))
+            removed_of = {n: int(c) for n, c in zip(cmp.class_names, gone, strict=True)}
             idx, y = idx[~removed], y[~removed]
             # slices of a patient the model trained or was validated on (the rest)
             same, same_patients, why_not = (
@@ -356,16 +412,9 @@ def evaluate(
 def _undefined(
     result: dict[str, Any], y: np.ndarray, removed: dict[str, int] | None = None, **unit: Any
 ) -> dict[str, str]:
-    """The metrics of ``result`` undefined on labels ``y`` (set to NaN), with why: two
-    classes, ``undefined_metrics`` (``unit``: its ``unit`` and ``unpooled``); more, the
-    headline metrics that are not finite."""
-    if len(result["class_names"]) == 2:
-        return undefined_metrics(result, y, removed, **unit)
-    return {
-        k: "undefined on these data (a class has no slice)"
-        for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc")
-        if not math.isfinite(result[k])
-    }
+    """``undefined_metrics`` of ``result`` on labels ``y`` (``unit``: its ``unit`` and
+    ``unpooled``)."""
+    return undefined_metrics(result, y, removed, **unit)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,26 @@
 
 Plain NumPy, computed from the confusion matrix and the ranks of the scores, so that undefined
 cases are handled one way everywhere; the tests check every number against scikit-learn's
-(``precision_recall_fscore_support``, ``balanced_accuracy_score``, ``roc_auc_score``). A number
-that is undefined on the data at hand (a class absent, no positive prediction) is NaN — written
-as ``null`` in JSON (``mriscan.artifacts.write_json``) and left out of means — never 0.
+(``precision_recall_fscore_support``, ``f1_score``, ``balanced_accuracy_score``,
+``roc_auc_score``). A number that is undefined on the data at hand (a class absent, a class
+never predicted) is NaN — written as ``null`` in JSON (``mriscan.artifacts.write_json``) and
+left out of means — never 0.
+
+The one rule (``_per_class``), used by ``train``, ``evaluate`` and ``cv`` alike:
+
+- a class with no true sample (support 0) has recall and F1 undefined, whether or not the model
+  predicted it, and is left out of macro-F1 and of the balanced accuracy; so macro-F1 is the
+  mean F1 over the classes present in ``y_true`` (``f1_score(y_true, y_pred,
+  labels=<classes present>, average="macro")``; scikit-learn's default ``labels`` also counts
+  a class that is only predicted, as F1 0, so the same model's macro-F1 would depend on
+  whether it happened to predict an absent class);
+- a class never predicted has precision undefined (scikit-learn's ``zero_division`` case);
+  if it is present its recall and F1 are 0 (it was never found), so a model that ignores a
+  class is not rewarded;
+- K-class balanced accuracy is the mean recall over the classes present in ``y_true``, as
+  ``sklearn.metrics.balanced_accuracy_score``; the binary one is (sensitivity + specificity) / 2
+  and undefined when either is (no tumor or no healthy sample): it is never the sensitivity
+  alone under another name.
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ __all__ = [
     "decision_rule",
     "group_bootstrap_ci",
     "group_resample",
+    "macro_f1",
     "mean_of_defined",
     "multiclass_metrics",
     "roc_auc",
@@ -142,7 +160,19 @@ def binary_metrics(
     """Accuracy, ROC AUC, sensitivity, specificity, per-class precision/recall/F1, confusion.
 
     Class 1 is the positive (tumor) class; a sample is predicted positive when
-    ``prob >= threshold``.
+    ``prob >= threshold``. ``y_true``: int of shape (n,) in {0, 1}; ``prob``: float of shape
+    (n,), the probability of class 1.
+
+    Returns a dict: ``n``, ``threshold``, ``accuracy``, ``balanced_accuracy`` ((sensitivity +
+    specificity) / 2; NaN when either is undefined), ``macro_f1`` (mean F1 over the classes
+    present in ``y_true``), ``roc_auc`` (NaN unless both classes occur), ``sensitivity`` (NaN
+    without a positive), ``specificity`` (NaN without a negative), ``per_class``
+    (``_per_class``), ``confusion_matrix`` (2×2 counts, rows true) and ``class_names``.
+
+    Raises
+    ------
+    ValueError
+        If the lengths differ or ``y_true`` holds a label other than 0 and 1.
     """
     y, p = _check(y_true, prob)
     pred = (p >= threshold).astype(np.int64)
@@ -154,8 +184,8 @@ def binary_metrics(
         "n": int(y.size),
         "threshold": float(threshold),
         "accuracy": _safe_div(tp + tn, y.size),
-        "balanced_accuracy": mean_of_defined([sens, spec]),
-        "macro_f1": mean_of_defined([v["f1"] for v in per_class.values()]),
+        "balanced_accuracy": 0.5 * (sens + spec),  # NaN when either is undefined
+        "macro_f1": macro_f1(per_class),
         "roc_auc": roc_auc(y, p),
         "sensitivity": sens,
         "specificity": spec,
@@ -175,10 +205,15 @@ def mean_of_defined(values) -> float:
 def _per_class(cm: np.ndarray, class_names) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support of each class from a confusion matrix (rows: true).
 
-    Precision is undefined (NaN) when the class is never predicted, recall when it never
-    occurs. F1 is undefined only when the class neither occurs nor is predicted; a class that
-    occurs but is never found correctly has F1 = 0 (as scikit-learn's ``zero_division=0``), so
-    a model that ignores a class is not rewarded by a smaller macro mean.
+    ``cm``: int array (K, K) counts ``cm[true, predicted]``; ``class_names``: K str. Returns
+    ``{name: {"precision", "recall", "f1", "support"}}``.
+
+    The module's one rule: recall and F1 are undefined (NaN) for a class with no true sample
+    (support 0), also when the model predicted it (then scikit-learn's ``f1_score`` gives 0;
+    here it is left out of every mean rather than counted as 0); precision is undefined for a
+    class never predicted. A class that occurs but is never found correctly has recall and
+    F1 = 0 (scikit-learn's F-score, 2TP / (2TP + FP + FN)), so a model that ignores a class
+    is not rewarded by a smaller macro mean.
     """
     out = {}
     for k, name in enumerate(class_names):
@@ -186,10 +221,19 @@ def _per_class(cm: np.ndarray, class_names) -> dict[str, dict[str, float]]:
         predicted, actual = int(cm[:, k].sum()), int(cm[k, :].sum())
         prec = _safe_div(tp_k, predicted)
         rec = _safe_div(tp_k, actual)
-        # 2PR/(P+R) = 2TP/(predicted + actual): defined whenever the class occurs or is predicted
-        f1 = float("nan") if predicted == actual == 0 else 2 * tp_k / (predicted + actual)
-        out[name] = {"precision": prec, "recall": rec, "f1": f1, "support": int(cm[k, :].sum())}
+        # 2PR/(P+R) = 2TP/(predicted + actual); undefined, like recall, without a true sample
+        f1 = 2 * tp_k / (predicted + actual) if actual else float("nan")
+        out[name] = {"precision": prec, "recall": rec, "f1": f1, "support": actual}
     return out
+
+
+def macro_f1(per_class: dict[str, dict[str, float]]) -> float:
+    """Mean F1 over the classes present (support > 0) of a ``_per_class`` dict; NaN if none.
+
+    Equals scikit-learn's ``f1_score(y_true, y_pred, labels=<classes present in y_true>,
+    average="macro")``: a class without a true sample is left out, not counted as F1 0.
+    """
+    return mean_of_defined([v["f1"] for v in per_class.values() if v["support"] > 0])
 
 
 def multiclass_metrics(
@@ -206,10 +250,13 @@ def multiclass_metrics(
     Returns
     -------
     dict
-        ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present),
-        ``macro_f1`` (over classes with a defined F1), ``per_class`` (precision, recall, F1,
-        support, one-vs-rest ``roc_auc``), ``macro_roc_auc`` (mean of the defined one-vs-rest
-        AUCs), ``confusion_matrix`` (counts) and ``confusion_matrix_row_percent``.
+        ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present in
+        ``y_true``, as ``sklearn.metrics.balanced_accuracy_score``), ``macro_f1`` (mean F1
+        over the classes present in ``y_true``: ``macro_f1``), ``per_class`` (precision,
+        recall, F1, support, one-vs-rest ``roc_auc``; undefined as ``_per_class`` says, the
+        AUC when the class is absent or alone), ``macro_roc_auc`` (mean of the defined
+        one-vs-rest AUCs), ``confusion_matrix`` (counts) and ``confusion_matrix_row_percent``
+        (NaN rows for absent classes).
 
     Raises
     ------
@@ -241,7 +288,7 @@ def multiclass_metrics(
         "balanced_accuracy": mean_of_defined(
             [v["recall"] for v in per_class.values() if v["support"] > 0]
         ),
-        "macro_f1": mean_of_defined([v["f1"] for v in per_class.values()]),
+        "macro_f1": macro_f1(per_class),
         "macro_roc_auc": mean_of_defined(aucs),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),

@@ -49,6 +49,10 @@ def test_undefined_fold_metrics_are_left_out_of_the_mean():
     s = summarize_folds([good, only_healthy], preds, n_boot=20)
     assert s["sensitivity"]["per_fold"][1] != s["sensitivity"]["per_fold"][1]  # NaN
     assert s["sensitivity"]["mean"] == 1.0 and s["sensitivity"]["n_defined"] == 1
+    # one defined fold says nothing of the spread: std undefined (null), not 0
+    assert np.isnan(s["sensitivity"]["std"]) and s["accuracy"]["std"] == 0.0
+    assert s["per_class"]["yes"]["recall"]["n_defined"] == 1
+    assert np.isnan(s["per_class"]["yes"]["recall"]["std"])
 
 
 @pytest.mark.slow
@@ -335,9 +339,50 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     assert r.exit_code == 0, r.output
     assert r.output.count("mean of the top-3 slice probabilities") == 1
     assert "Per series: DICOM series, NIfTI volumes, manifest groups (5 units" in r.output
-    assert "sensitivity       1.000 ± 0.000" in r.output and "folds: 1.000 undefined" in r.output
+    # one defined fold: the std is undefined, not 0
+    assert "sensitivity       1.000 ± undefined" in r.output
+    assert "folds: 1.000 undefined" in r.output
     assert (
-        "(series) repeat 1, fold 2: undefined, left out of the mean: roc_auc, sensitivity, "
-        "recall of 'yes': no series or volume of class 'yes'" in r.output
+        "(series) repeat 1, fold 2: undefined, left out of the mean: balanced_accuracy, "
+        "roc_auc, sensitivity, recall of 'yes', F1 of 'yes': no series or volume of class "
+        "'yes'" in r.output
     )
     assert "Per patient: patients by keyed Patient ID hash (4 units" in r.output
+
+
+def test_a_class_absent_from_folds_counts_nowhere_and_its_summary_says_how_many_folds():
+    """Tester 16 findings 2 and 9 (K = 3): 'pituitary' is absent from fold 0 (but predicted
+    there) and fold 1 (never predicted), present in fold 2. Its recall and F1 are undefined on
+    both folds alike and left out of those folds' macro-F1; the per-class summary gives
+    n_defined, and a std from one fold is undefined, not 0 (as for the headline metrics)."""
+    from mriscan.metrics import multiclass_metrics
+    from mriscan.tasks import resolve_task
+
+    names = ("glioma", "notumor", "pituitary")
+    task = resolve_task(names)
+    folds, preds = [], []
+    cases = (
+        ([0, 0, 1, 1], [0, 2, 1, 1]),  # pituitary absent, predicted once
+        ([0, 0, 1, 1], [0, 1, 1, 1]),  # absent, never predicted
+        ([0, 1, 2, 2], [0, 1, 2, 0]),  # present
+    )
+    for y, pred in cases:
+        y = np.array(y)
+        prob = np.eye(3)[pred] * 0.7 + 0.1
+        folds.append({**multiclass_metrics(y, prob, names), "threshold": None})
+        preds.append((y, prob, np.arange(y.size)))
+    assert folds[0]["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)  # glioma, notumor only
+    assert folds[1]["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    s = summarize_folds(folds, preds, task=task, n_boot=20)
+    pit = s["per_class"]["pituitary"]
+    assert pit["recall"] == {"mean": 0.5, "std": pytest.approx(float("nan"), nan_ok=True),
+                             "n_defined": 1}  # fmt: skip
+    assert pit["f1"]["n_defined"] == 1 and pit["f1"]["mean"] == pytest.approx(2 / 3)
+    assert pit["precision"]["n_defined"] == 2  # fold 0: 0 of 1 right; fold 1: never predicted
+    assert pit["precision"]["mean"] == pytest.approx(0.5)
+    assert np.isnan(pit["roc_auc"]["std"]) and pit["roc_auc"]["n_defined"] == 1
+    glioma = s["per_class"]["glioma"]["recall"]
+    assert glioma["n_defined"] == 3 and glioma["std"] == pytest.approx(
+        np.std([0.5, 0.5, 1], ddof=1)
+    )
+    assert s["macro_f1"]["n_defined"] == 3

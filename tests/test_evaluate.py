@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mriscan.cli import main
 from mriscan.errors import MriscanError
-from mriscan.evaluate import evaluate
+from mriscan.evaluate import evaluate, failing
 from mriscan.store import ImageStore
 from mriscan.training.workflow import train
 from tests.conftest import fast_config
@@ -106,7 +106,10 @@ def test_unreadable_files_are_named_and_counted(loose_model, class_folder, tmp_p
     ev = evaluate(loose_model, class_folder, out=tmp_path / "ev")
     assert ev["n"] == 9 and ev["n_files"] == 12 and ev["n_unreadable"] == 3
     assert sorted(u["path"] for u in ev["unreadable"]) == sorted(str(p) for p in bad)
-    assert all(u["error"] for u in ev["unreadable"]) and ev["undefined"] == {}
+    # both classes left: no headline metric undefined (the untrained model may never predict
+    # a class: that precision is listed, and does not fail the command)
+    assert all(u["error"] for u in ev["unreadable"]) and failing(ev["undefined"]) == {}
+    assert all(k.startswith("precision of") for k in ev["undefined"])
     saved = _strict_json(tmp_path / "ev" / "evaluation" / "metrics.json")
     assert saved["n_unreadable"] == 3 and len(saved["unreadable"]) == 3
     table = (tmp_path / "ev" / "evaluation" / "predictions.csv").read_text().splitlines()
@@ -163,7 +166,8 @@ def test_a_class_with_no_readable_file_makes_auc_undefined(loose_model, class_fo
     )
     assert r.exit_code == 1
     assert "ROC AUC undefined" in r.output and "nan" not in r.output.lower()
-    assert "roc_auc: no readable slice of class 'yes'" in r.output
+    # the headline metrics that fail, named together with their one reason
+    assert "balanced_accuracy, roc_auc, sensitivity: no readable slice of class 'yes'" in r.output
     # nothing readable at all: a clear error, not a table of zeros
     for p in (class_folder / "no").iterdir():
         _truncate(p)
@@ -493,3 +497,85 @@ def test_an_empty_folder_the_class_map_leaves_out_is_allowed(four_class_model, t
     with pytest.raises(EmptyDatasetError, match=r"\['empty'\]"):
         named = parse_class_map(";".join(f"{n}={n}" for n in FOUR[1:]) + ";notumor=notumor,empty")
         evaluate(four_class_model, data, out=tmp_path / "ev2", class_map=named)
+
+
+def test_per_class_undefined_values_are_listed_with_their_reason():
+    """Tester 16 findings 2 and 8, K classes: class 'c' absent but predicted (its precision 0,
+    its recall, F1 and AUC undefined), class 'b' present but never predicted (precision
+    undefined). Every per-class null is listed with why; no headline metric is undefined,
+    so nothing fails; macro-F1 is the mean over the classes present."""
+    from mriscan import metrics as mx
+    from mriscan.evaluate import failing, undefined_metrics
+
+    y = np.array([0, 0, 0, 1, 1])
+    pred = np.array([0, 0, 2, 0, 2])
+    result = mx.multiclass_metrics(y, np.eye(3)[pred] * 0.7 + 0.1, ("a", "b", "c"))
+    why = undefined_metrics(result, y, {"c": 2})
+    assert why == {
+        "precision of 'b'": "class 'b' never predicted",
+        "recall of 'c'": why["recall of 'c'"],
+        "F1 of 'c'": why["recall of 'c'"],
+        "ROC AUC of 'c'": why["recall of 'c'"],
+    }
+    assert "2 of class 'c'" in why["recall of 'c'"] and "near-duplicates" in why["recall of 'c'"]
+    assert failing(why) == {}
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)  # a: 2TP/(3 + 3); b: none found
+    # one class only: the macro AUC is undefined, a headline metric, so it fails
+    one = mx.multiclass_metrics(y[:3], np.eye(3)[pred[:3]] * 0.7 + 0.1, ("a", "b", "c"))
+    why = undefined_metrics(one, y[:3])
+    assert failing(why) == {"macro_roc_auc": "no readable slice of class 'b' or 'c'"}
+    assert why["ROC AUC of 'a'"] == "no readable slice of class 'b' or 'c' (one-vs-rest)"
+
+
+def test_binary_with_no_negative_slice_fails_on_its_headline_metrics():
+    """Tester 16 finding 2, the yes/no case (every 'no' slice removed as a near-duplicate,
+    two 'yes' slices called 'no'): balanced accuracy is undefined with specificity and listed;
+    macro-F1 is the F1 of 'yes' alone and is not."""
+    from mriscan import metrics as mx
+    from mriscan.evaluate import failing, undefined_metrics
+
+    y = np.ones(10, np.int64)
+    result = mx.binary_metrics(y, np.r_[np.full(8, 0.9), 0.1, 0.2], threshold=0.5)
+    why = undefined_metrics(result, y, {"no": 61})
+    assert set(failing(why)) == {"balanced_accuracy", "roc_auc", "specificity"}
+    assert "61 of class 'no'" in why["balanced_accuracy"]
+    assert {"recall of 'no'", "F1 of 'no'"} <= set(why) and "precision of 'no'" not in why
+    assert result["macro_f1"] == pytest.approx(2 * 8 / (8 + 10))
+
+
+@pytest.mark.backend
+def test_evaluate_exits_0_when_only_per_class_values_are_undefined(tmp_path):
+    """Tester 16 finding 8: a 3-class model on data without class 'c' exits 0; metrics.json
+    lists every per-class null in "undefined" (none of them a headline metric) and macro-F1
+    is the mean over 'a' and 'b'; the console says the same."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.model import build_model
+    from mriscan.preprocess import PreprocessConfig
+    from tests.conftest import write_class_folders
+
+    path = tmp_path / "m" / "model.keras"
+    path.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8), num_classes=3, seed=0).save(path)
+    card = ModelCard(
+        preprocess=PreprocessConfig(size=32), class_names=("a", "b", "c"), threshold=None
+    )
+    card.save(path)
+    data = write_class_folders(tmp_path / "data", ("a", "b"), n_per_class=4)
+    r = CliRunner().invoke(
+        main, ["evaluate", str(data), "--model", str(path), "--out", str(tmp_path / "ev")]
+    )
+    assert r.exit_code == 0, r.output
+    saved = _strict_json(tmp_path / "ev" / "evaluation" / "metrics.json")
+    c = saved["per_class"]["c"]
+    assert c["support"] == 0 and c["recall"] is None and c["f1"] is None
+    assert c["roc_auc"] is None
+    listed = saved["undefined"]
+    assert {"recall of 'c'", "F1 of 'c'", "ROC AUC of 'c'"} <= set(listed)
+    nulls = {f"precision of {n!r}" for n, v in saved["per_class"].items() if v["precision"] is None}
+    assert {k for k in listed if k.startswith("precision")} == nulls
+    assert not set(listed) & {"accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"}
+    f1 = [saved["per_class"][n]["f1"] for n in "ab"]
+    assert saved["macro_f1"] == pytest.approx(np.mean(f1))
+    assert "recall of 'c', F1 of 'c', ROC AUC of 'c': no readable slice of class 'c'" in r.output
+    assert "Error" not in r.output
+    assert "macro-F1 and balanced accuracy over the classes present: a, b" in r.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -99,8 +101,9 @@ def test_undefined_metrics_are_nan_not_zero():
     # no positive slice: sensitivity and the positive class's recall are undefined
     m = mx.binary_metrics(np.zeros(5, int), np.full(5, 0.2), threshold=0.5)
     assert np.isnan(m["sensitivity"]) and np.isnan(m["roc_auc"])
-    assert m["specificity"] == 1.0 and m["balanced_accuracy"] == 1.0
-    assert np.isnan(m["per_class"]["yes"]["recall"])
+    # balanced accuracy is (sens + spec) / 2: undefined with sensitivity, not the specificity
+    assert m["specificity"] == 1.0 and np.isnan(m["balanced_accuracy"])
+    assert np.isnan(m["per_class"]["yes"]["recall"]) and np.isnan(m["per_class"]["yes"]["f1"])
     # a class absent in a K-class fold: its recall and AUC are undefined, left out of means
     y = np.array([0, 0, 1, 1])
     prob = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
@@ -135,3 +138,66 @@ def test_a_class_never_found_has_f1_zero_not_undefined():
     assert m["macro_f1"] == pytest.approx((2 * 3 / (12 + 3)) / 4)  # a: P 0.25, R 1 -> F1 0.4
     b = mx.binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]), threshold=0.5)
     assert b["per_class"]["yes"]["f1"] == 0.0 and b["macro_f1"] == pytest.approx((2 / 3) / 2)
+
+
+def test_an_absent_class_is_undefined_whether_or_not_it_was_predicted():
+    """Tester 16 finding 2: a class with no true slice has recall and F1 undefined, left out
+    of macro-F1, also when the model predicted it (it was counted as F1 0 then)."""
+    from sklearn import metrics as skm
+
+    # K = 3, class c absent; predicted for slice 2 (first), never (second: slice 2 called b)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    cases = (
+        ([0, 0, 2, 1, 1, 0], True, (2 / 3 + 4 / 5) / 2),  # a: 2 of 3 called a, 2 of 3 found
+        ([0, 0, 1, 1, 1, 0], False, 2 / 3),
+    )
+    for pred, c_predicted, macro in cases:
+        prob = np.eye(3)[pred] * 0.8 + 0.1 / 3
+        m = mx.multiclass_metrics(y, prob, ("a", "b", "c"))
+        c = m["per_class"]["c"]
+        assert c["support"] == 0 and np.isnan(c["recall"]) and np.isnan(c["f1"])
+        assert np.isnan(c["roc_auc"])
+        # precision of c: 0 of 1 right when predicted, undefined when never predicted
+        assert (c["precision"] == 0.0) if c_predicted else np.isnan(c["precision"])
+        assert m["macro_f1"] == pytest.approx(macro)  # over a and b only; was (.67+.8+0)/3
+        assert m["macro_f1"] == pytest.approx(
+            skm.f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0)
+        )
+        # mean recall over the classes present, as scikit-learn (which warns that y_pred
+        # holds a class y_true lacks)
+        assert m["balanced_accuracy"] == pytest.approx(2 / 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+
+
+def test_binary_with_one_class_absent():
+    """Tester 16 finding 2, the yes/no case: no 'no' slice but some predicted 'no'. Recall and
+    F1 of 'no' are undefined; macro-F1 is the F1 of 'yes' alone; balanced accuracy is
+    undefined with specificity (it was the sensitivity)."""
+    y = np.ones(20, int)
+    prob = np.r_[np.full(18, 0.9), np.full(2, 0.1)]  # 18 found, 2 called 'no'
+    m = binary_metrics(y, prob, threshold=0.5)
+    no = m["per_class"]["no"]
+    assert no["support"] == 0 and no["precision"] == 0.0
+    assert np.isnan(no["recall"]) and np.isnan(no["f1"])
+    assert m["sensitivity"] == pytest.approx(0.9) and np.isnan(m["specificity"])
+    assert np.isnan(m["balanced_accuracy"]) and np.isnan(m["roc_auc"])
+    f1_yes = 2 * 18 / (18 + 20)
+    assert m["per_class"]["yes"]["f1"] == pytest.approx(f1_yes)
+    assert m["macro_f1"] == pytest.approx(f1_yes)  # not (0 + F1_yes) / 2
+    # both classes present: balanced accuracy and macro-F1 as scikit-learn's
+    from sklearn import metrics as skm
+
+    y2 = np.array([0, 0, 0, 1, 1, 1, 1])
+    p2 = np.array([0.1, 0.7, 0.2, 0.9, 0.3, 0.8, 0.6])
+    m2 = binary_metrics(y2, p2, threshold=0.5)
+    pred2 = (p2 >= 0.5).astype(int)
+    assert m2["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y2, pred2))
+    assert m2["macro_f1"] == pytest.approx(skm.f1_score(y2, pred2, average="macro"))
+
+
+def test_no_slice_at_all_gives_undefined_not_zero():
+    m = mx.multiclass_metrics(np.empty(0, int), np.empty((0, 3)), ("a", "b", "c"))
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"):
+        assert np.isnan(m[key]), key

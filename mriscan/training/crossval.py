@@ -68,10 +68,14 @@ def summarize_folds(
 
     ``fold_predictions``: per fold ``(y, prob, groups)`` with ``prob`` of shape (n, K) (or
     (n,) for two classes) and the fold's threshold in ``per_fold[i]["threshold"]``. A metric
-    undefined on a fold (NaN: a class absent) is left out of the mean and counted in
-    ``n_defined``. The CI is a percentile bootstrap of the fold mean that resamples whole
-    groups of each fold's test part (near-duplicates and patients are not independent),
-    recomputing the metric with that fold's model and threshold.
+    undefined on a fold (NaN: a class absent) is left out of the mean and ``n_defined`` counts
+    the folds that define it; ``std`` (ddof 1) is NaN (null in JSON) below two such folds.
+    ``per_class``: per class name and metric (precision, recall, F1; K classes also the
+    one-vs-rest ROC AUC) the same ``mean``, ``std`` and ``n_defined``, by
+    ``mriscan.metrics``' rule (recall and F1 undefined on a fold without the class, precision
+    on a fold that never predicts it). The CI is a percentile bootstrap of the fold mean that
+    resamples whole groups of each fold's test part (near-duplicates and patients are not
+    independent), recomputing the metric with that fold's model and threshold.
     """
     task = task if task is not None else _binary_task()
     keys = headline(task)
@@ -92,14 +96,7 @@ def summarize_folds(
         d = np.array(draws[key])
         d = d[np.isfinite(d)]
         ci = [float(v) for v in np.percentile(d, [2.5, 97.5])] if d.size else [float("nan")] * 2
-        defined = vals[np.isfinite(vals)]
-        out[key] = {
-            "mean": float(defined.mean()) if defined.size else float("nan"),
-            "std": float(defined.std(ddof=1)) if defined.size > 1 else 0.0,
-            "ci95": ci,
-            "per_fold": vals.tolist(),
-            "n_defined": int(defined.size),
-        }
+        out[key] = {**_mean_std(vals), "ci95": ci, "per_fold": vals.tolist()}
     names = list(per_fold[0]["per_class"])
     metrics = ("precision", "recall", "f1") + (() if task.binary else ("roc_auc",))
     out["per_class"] = {
@@ -207,13 +204,16 @@ def _comparison(task: Task) -> Comparison:
     return Comparison("same", task.class_names, task.data_class_names, task.label_map, task.healthy)
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and std of the defined values (NaN when none; std NaN with fewer than two)."""
-    v = np.asarray(values, np.float64)
+def _mean_std(values) -> dict[str, Any]:
+    """``mean``, sample ``std`` (ddof 1) and ``n_defined`` of the folds' values (None or NaN:
+    undefined on that fold, left out). The mean is NaN when no fold defines the metric, the
+    std when fewer than two do: one value says nothing of the spread, so it is not 0."""
+    v = np.array([np.nan if x is None else x for x in values], np.float64)
     v = v[np.isfinite(v)]
     return {
         "mean": float(v.mean()) if v.size else float("nan"),
-        "std": float(v.std(ddof=1)) if v.size > 1 else (0.0 if v.size == 1 else float("nan")),
+        "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
+        "n_defined": int(v.size),
     }
 
 
