@@ -10,13 +10,13 @@ training, CV, evaluation and duplicate matching (``SampleRecord.active``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +44,6 @@ from mriscan.keys import (
     key_fingerprint,
 )
 from mriscan.preprocess import preprocess_serial
-from mriscan.read_process import Claims, ProcessReader
 from mriscan.readers import (
     InputRead,
     ReadOptions,
@@ -301,9 +300,6 @@ def ingest(
     raw = Path(raw_dir)
     source, root, classes, jobs, problems, unused, hidden = _listing(raw, config)
     created = False
-    # started at once, so that its start-up (~1 s) overlaps opening the store, the hash pass
-    # and the first reads of the reader thread
-    child = _start_process_reader(config, jobs)
     try:
         store = ImageStore.open(store_path, mode="a")
         if store.config != config.preprocess:
@@ -375,12 +371,9 @@ def ingest(
                                       [dataclasses.replace(j) for j in jobs], problems, config,
                                       progress, t0, unused=unused, hidden=hidden,
                                       series_errors=series_errors,
-                                      reader_record=reader_record, child=child)  # fmt: skip
+                                      reader_record=reader_record)  # fmt: skip
                     break
                 except _MixedSeriesRedoError:
-                    if child is not None:
-                        child.close()
-                        child = None
                     # rare: a series mixes slice sizes. Nothing was committed; run again with
                     # those series refused before any file is read (header-only check)
                     series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"])
@@ -389,9 +382,6 @@ def ingest(
         if created:
             _remove_store(store_path)
         raise
-    finally:
-        if child is not None:
-            child.close()
     log.info("ingest added %d samples to %s in %.1fs", report.n_added, store_path, report.seconds)
     return report
 
@@ -549,16 +539,12 @@ def _run(
     hidden,
     series_errors: dict[Path, str] | None,
     reader_record: ReaderSettings | None = None,
-    child: ProcessReader | None = None,
 ):
     """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
     raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes.
     ``reader_record``: the reading settings recorded in the store at the commit (None: left
     as they are)."""
     salt = _store_key(store, store_path, record=True)
-    opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
-    if child is not None:
-        child.setup(salt, root, opts, jobs[0].path)
     if reader_record is not None and store.reader_settings != reader_record:
         store.set_reader_settings(reader_record)
     # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
@@ -712,6 +698,7 @@ def _run(
     check_sizes = series_errors is None
     series_errors = series_errors or {}
     shapes: dict[str, set[tuple[int, int]]] = {}  # DICOM series -> slice sizes seen (checked)
+    opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
     pending_keys: list[str] = []
     pending_names: list[str] = []
     pending_labels: list[int] = []
@@ -752,35 +739,15 @@ def _run(
             sent += len(images)
         images, labels, recs = [], [], []
 
-    results: list[Future] = [Future() for _ in to_add]
-    claims = Claims(len(to_add), ahead=window)
-
-    def read_claims() -> None:
-        while (c := claims.claim(1)) is not None:
-            for i in c:
-                try:
-                    results[i].set_result(load(to_add[i]))
-                except BaseException as exc:
-                    results[i].set_exception(exc)
-
-    use_child = child is not None and len(to_add) >= PROCESS_READER_MIN_FILES
-    if child is not None and not use_child:  # most files were stored already
-        child.close()
-    n_readers = _readers(config, to_add)
     with (
-        ThreadPoolExecutor(max_workers=n_readers + use_child) as pool,
+        ThreadPoolExecutor(max_workers=_readers(config, to_add)) as pool,
         ThreadPoolExecutor(max_workers=1) as writer,
-        _closing(claims, child if use_child else None),
     ):
-        for _ in range(n_readers):
-            pool.submit(read_claims)
-        if use_child:
-            pool.submit(child.feed, claims, [j.path for j in to_add], results,
-                        PROCESS_READER_CHUNK)  # fmt: skip
+        inflight: deque[Future] = deque(pool.submit(load, j) for j in to_add[:window])
         for k, j in enumerate(to_add):
-            r, slice_flags = results[k].result()
-            results[k] = None  # its slices are referenced below for as long as needed
-            claims.consumed(k + 1)
+            r, slice_flags = inflight.popleft().result()
+            if k + window < len(to_add):
+                inflight.append(pool.submit(load, to_add[k + window]))
             if r.error is not None or r.skipped is not None or r.excluded is not None:
                 unstored[j.sha256] = j.rel
             if r.error is not None:
@@ -906,36 +873,6 @@ def _run(
         read_notes=tuple(read_notes),
         **counts,
     )
-
-
-#: A DICOM-only run of at least this many files to read also reads in a second process
-#: (``mriscan.read_process``: why, and the numbers); it takes runs of this many files.
-PROCESS_READER_MIN_FILES = 1000
-PROCESS_READER_CHUNK = 16
-
-
-def _start_process_reader(config: IngestConfig, jobs: list[_Job]) -> ProcessReader | None:
-    """A reading process for this run (``mriscan.read_process``), or None: only for runs of
-    DICOM files alone, at least ``PROCESS_READER_MIN_FILES`` of them, on ``workers >= 2``."""
-    if (
-        config.n_workers < 2
-        or len(jobs) < PROCESS_READER_MIN_FILES
-        or not all(j.kind == "dicom" for j in jobs)
-    ):
-        return None
-    return ProcessReader()
-
-
-@contextlib.contextmanager
-def _closing(claims: Claims, child: ProcessReader | None):
-    """On leaving the read loop (done, or an error): no more claims, the child ended (so
-    that the reading threads return before the pool waits for them)."""
-    try:
-        yield
-    finally:
-        claims.close()
-        if child is not None:
-            child.close()
 
 
 def _readers(config: IngestConfig, jobs: list[_Job]) -> int:
