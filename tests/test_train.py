@@ -289,6 +289,49 @@ def test_resume_only_the_same_run(tmp_path):
         _check_resume(layout, "run-a")
 
 
+def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp_path):
+    """--verbose-fit (runtime.verbose) and runtime.workers change what is shown or how fast
+    batches arrive, never the weights: a run killed with one value resumes with another. A
+    real difference is refused naming the setting, its value in the backup and now."""
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.errors import ResumeError
+    from mriscan.store import ImageStore
+    from mriscan.training.fit import _check_resume, run_fingerprint, run_identity
+
+    layout = RunLayout(tmp_path)
+    killed = fast(runtime__verbose="line", runtime__workers=1)
+    with ImageStore.open(small_store) as st:
+        tr, va = np.arange(0, 30), np.arange(30, 40)
+        old = run_identity(st, tr, va, killed, None)
+        layout.backup.mkdir()
+        write_json(
+            layout.run_marker,
+            {"run_id": run_fingerprint(st, tr, va, killed, None), "identity": old},
+        )
+        for shown in (
+            fast(runtime__verbose="silent"),
+            fast(runtime__verbose="bar", runtime__workers=3),
+        ):
+            rid = run_fingerprint(st, tr, va, shown, None)
+            assert _check_resume(layout, rid, run_identity(st, tr, va, shown, None)) is True
+        longer = fast(runtime__verbose="silent", fit__epochs=killed.fit.epochs + 5)
+        with pytest.raises(ResumeError) as err:
+            _check_resume(
+                layout,
+                run_fingerprint(st, tr, va, longer, None),
+                run_identity(st, tr, va, longer, None),
+            )
+        msg = str(err.value)
+        assert f"fit.epochs: {killed.fit.epochs} in the backup, {killed.fit.epochs + 5} now" in msg
+        assert "verbose" not in msg and "other data, settings" not in msg
+        other = run_identity(st, tr, np.arange(30, 41), killed, None)
+        with pytest.raises(
+            ResumeError,
+            match=r"data: other training/validation slices \(30/10 in the backup, 30/11 now",
+        ):
+            _check_resume(layout, "x", other)
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at a save point (not an Exception: nothing may catch it)."""
 
