@@ -332,6 +332,22 @@ def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp
             _check_resume(layout, "x", other)
 
 
+def test_a_class_too_small_to_split_is_not_sent_to_cv():
+    """A class with too few groups for train/val/test cannot be cross-validated either: the
+    message offers more data or --class-map, never `mriscan cv` as a way around it."""
+    from mriscan.tasks import Task
+    from mriscan.training.workflow import check_split
+
+    task = Task(("a", "b", "c"), ("a", "b", "c"), np.arange(3), None)
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    split = {"train": np.arange(0, 20, 2), "val": np.arange(1, 20, 2), "test": np.array([20])}
+    with pytest.raises(ConfigError, match=r"holds no slice of \['c'\]") as err:
+        check_split(split, labels, task, test=True)
+    msg = str(err.value)
+    assert "--class-map" in msg and "`mriscan cv` is no way around this" in msg
+    assert "or use `mriscan cv`" not in msg
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at a save point (not an Exception: nothing may catch it)."""
 

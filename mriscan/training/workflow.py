@@ -220,7 +220,9 @@ def check_split(
                 f"{have}; unreadable files are not counted). A group-aware split keeps every "
                 "near-duplicate group (and patient) on one side, so a class needs at least as "
                 "many groups as the split has parts (`mriscan info` and `mriscan audit` show "
-                "the groups). Add data for that class, or use `mriscan cv`."
+                "the groups). Add data for that class, or leave it out with --class-map (map "
+                "only the other classes). `mriscan cv` is no way around this: each of its "
+                "folds needs every class in its training and validation parts too."
             )
 
 
