@@ -308,6 +308,9 @@ def evaluate(
         data=str(data),
         split=split,
         model=str(model_path),
+        # the model file's bytes: `train` into the same run folder removes an evaluation whose
+        # model it replaced; a reader compares it with the card's model_sha256
+        model_sha256=card.model_sha256 or file_sha256(model_path),
         comparison=cmp.describe(),
         threshold_rule=card.threshold_rule,
         near_duplicates_removed={

@@ -348,6 +348,51 @@ def test_a_class_too_small_to_split_is_not_sent_to_cv():
     assert "or use `mriscan cv`" not in msg
 
 
+@pytest.mark.slow
+@pytest.mark.backend
+def test_retraining_removes_the_evaluation_of_the_replaced_model(small_store, tmp_path):
+    """evaluate records the model file's SHA-256; a new model published into the same run
+    folder removes the evaluation of the one it replaced."""
+    from mriscan.artifacts import ModelCard, RunLayout
+    from mriscan.evaluate import evaluate
+
+    out = tmp_path / "art"
+    layout = RunLayout(out)
+    train(small_store, fast(fit__epochs=1), out=out)
+    result = evaluate(layout.model, n_boot=10)
+    assert result["model_sha256"] == ModelCard.load(layout.model).model_sha256
+    saved = json.loads(layout.evaluation.metrics.read_text())
+    assert saved["model_sha256"] == result["model_sha256"]
+    train(small_store, fast(fit__epochs=1, seed=1), out=out)
+    assert not layout.evaluation.root.exists()
+
+
+def test_only_the_evaluation_of_the_replaced_model_is_removed(tmp_path):
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.training.workflow import _remove_stale_evaluation
+
+    layout = RunLayout(tmp_path)
+    ev = layout.evaluation
+
+    def evaluation(**rec):
+        write_json(ev.metrics, rec)
+        (ev.root / "predictions.csv").write_text("source,label\n")
+
+    evaluation(model=str(layout.model), model_sha256="old")
+    _remove_stale_evaluation(layout, "other", "new")  # scored a model other than the replaced
+    assert ev.metrics.is_file()
+    _remove_stale_evaluation(layout, "old", "old")  # the same bytes published again
+    assert ev.metrics.is_file()
+    _remove_stale_evaluation(layout, "old", "new")
+    assert not ev.root.exists()
+    evaluation(model=str(tmp_path / "elsewhere" / "models" / "best_model.keras"))
+    _remove_stale_evaluation(layout, "old", "new")  # an older record of another model: kept
+    assert ev.metrics.is_file()
+    evaluation(model=str(layout.model))  # an older record of this run's model: stale
+    _remove_stale_evaluation(layout, "old", "new")
+    assert not ev.root.exists()
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at a save point (not an Exception: nothing may catch it)."""
 
