@@ -14,7 +14,6 @@ import csv
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from mriscan.io import SourceFile
 from mriscan.neighbors import cross_pairs
 from mriscan.readers import ReadOptions, settings_for_model
 from mriscan.scan_config import describe_setting
+from mriscan.scratch import scratch_dir
 from mriscan.sources import is_store
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
@@ -235,7 +235,7 @@ def evaluate(
         data = recorded["store"]
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
-    with tempfile.TemporaryDirectory(prefix="mriscan_eval_") as tmp:
+    with scratch_dir("eval") as tmp:
         store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths)
         with store:
             if store.config != card.preprocess:

@@ -425,3 +425,21 @@ def test_unreadable_rows_name_the_other_files_a_reason_names(tmp_path):
     rows = unreadable_rows(manifest, skipped, salt=salt)
     assert [r["label"] for r in rows] == ["tumor", "healthy"]
     assert rows[0]["path"] == hidden[0]["path"] and own in rows[0]["error"]
+
+
+def test_evaluate_keeps_its_temporary_store_in_a_scratch_folder(
+    loose_model, class_folder, tmp_path, monkeypatch
+):
+    """evaluate on a class folder ingests it into a scratch folder of the system's temporary
+    directory: a killed evaluate's folder there is removed by the next evaluate."""
+    import tempfile
+
+    from tests.test_scratch import _killed_run
+
+    base = tmp_path / "systmp"
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    left = _killed_run(base)
+    evaluate(loose_model, class_folder, out=tmp_path / "ev", n_boot=10, remove_duplicates=False)
+    assert not left.exists() and list(base.iterdir()) == []
+    assert (tmp_path / "ev" / "evaluation" / "metrics.json").is_file()

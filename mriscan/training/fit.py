@@ -13,7 +13,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ from mriscan.hardware import Hardware
 from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.scratch import scratch_dir
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
@@ -281,7 +281,7 @@ def fit_model(
             store, train_idx, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
         )
     with (
-        tempfile.TemporaryDirectory(prefix="mriscan_implants_") as tmp,
+        scratch_dir("implants") as tmp,
         _with_implants(store, train_idx, cfg, Path(tmp)) as train_store,
     ):
         every = np.arange(len(train_store), dtype=np.int64)
