@@ -344,9 +344,10 @@ def check_folds(
                     f"Cross-validation fold {k + 1}/{folds} (repeat {rep + 1}) would have no "
                     f"slice of {missing} in its {part} part (split groups per class: "
                     f"{per_class}). A group-aware split keeps every near-duplicate group (and "
-                    "patient) in one part, and each fold needs every class in its test, "
-                    "training and validation parts, so a class needs several groups (at least "
-                    "3; `mriscan info` and `mriscan audit` show the groups). A model that never "
+                    "patient) in one part, and each fold needs every class in its training "
+                    "and validation parts besides the test fold that holds it, so a class "
+                    "needs several groups (at least 3; `mriscan info` and `mriscan audit` show "
+                    "the groups). A model that never "
                     "sees a class cannot be scored on it. Add data for that class, or leave it "
                     "out with --class-map (map only the other classes)."
                 )
@@ -449,16 +450,12 @@ def cross_validate(
         read_options=read_options,
     )
     cv = RunLayout(out).cv
-    cv.root.mkdir(parents=True, exist_ok=True)
     task = resolve_task(store.class_names, tcfg.task)
     log.info("task: %s", task.describe())
     all_labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
     check_every_class_has_slices(labels, task)
-    hw = setup_for(tcfg)
-    # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
-    init = starting_weights(tcfg, hw, store.config)
     start = None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -480,6 +477,10 @@ def cross_validate(
         )
     )
     check_folds(labels, groups, splits, task, cfg.folds)
+    cv.root.mkdir(parents=True, exist_ok=True)
+    hw = setup_for(tcfg)
+    # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
+    init = starting_weights(tcfg, hw, store.config)
     summary_cleared = False
     for rep, k, *parts in splits:
         train_idx, val_idx, test_idx = (kept[p] for p in parts)
