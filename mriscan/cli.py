@@ -1391,6 +1391,13 @@ def _pointing_game(
         )
     for rel, why in result["unreadable"]:
         click.echo(f"  unreadable: {rel}: {why}", err=True)
+    nb = result["without_box"]
+    if nb["count"]:
+        where = ", ".join(f"{k}: {v}" for k, v in nb["per_folder"].items())
+        click.echo(
+            f"  {nb['count']} tumor slice(s) have no box in {boxes.name} and were not scored "
+            f"({where})"
+        )
     click.echo(f"Written to {path}")
 
 

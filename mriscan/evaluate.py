@@ -14,7 +14,6 @@ import csv
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from mriscan.io import SourceFile
 from mriscan.neighbors import cross_pairs
 from mriscan.readers import ReadOptions, settings_for_model
 from mriscan.scan_config import describe_setting
+from mriscan.scratch import scratch_dir
 from mriscan.sources import is_store
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
@@ -291,7 +291,7 @@ def evaluate(
         data = recorded["store"]
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
-    with tempfile.TemporaryDirectory(prefix="mriscan_eval_") as tmp:
+    with scratch_dir("eval") as tmp:
         used = TaskConfig(class_map=class_map).used_classes
         store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths, used)
         with store:
@@ -366,6 +366,9 @@ def evaluate(
         data=str(data),
         split=split,
         model=str(model_path),
+        # the model file's bytes: `train` into the same run folder removes an evaluation whose
+        # model it replaced; a reader compares it with the card's model_sha256
+        model_sha256=card.model_sha256 or file_sha256(model_path),
         comparison=cmp.describe(),
         threshold_rule=card.threshold_rule,
         near_duplicates_removed={

@@ -42,6 +42,7 @@ __all__ = [
     "pointing_target",
     "read_boxes",
     "save_overlay",
+    "slices_without_box",
 ]
 
 
@@ -754,7 +755,15 @@ def pointing_game(
     dict
         ``method``, ``per_class``: {class: {"n": boxed slices read, "correct": correctly classified,
         "hits": peaks inside the box, "pointing": hits / correct}}, ``overall`` (the same over
-        all classes), ``unreadable`` (file, reason).
+        all classes), ``unreadable`` (file, reason), ``without_box`` (``slices_without_box``:
+        image files beside the boxed ones that the boxes file does not list, not scored).
+
+    Raises
+    ------
+    MriscanError
+        If no boxed slice could be scored (every path missing or undecodable, or no box):
+        naming how many paths did not resolve, an example, and that paths are relative to
+        ``root``.
     """
     from mriscan.inference import predict_batch
     from mriscan.io import decode_image
@@ -803,8 +812,89 @@ def pointing_game(
             stats[box[0]]["hits"] += int(inside)
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
+    if not stats:
+        raise MriscanError(_nothing_scored(Path(root), boxes_csv, items, unreadable))
     for s in stats.values():
         s["pointing"] = s["hits"] / s["correct"] if s["correct"] else float("nan")
     total = {k: sum(s[k] for s in stats.values()) for k in ("n", "correct", "hits")}
     total["pointing"] = total["hits"] / total["correct"] if total["correct"] else float("nan")
-    return {"method": method, "per_class": stats, "overall": total, "unreadable": unreadable}
+    return {
+        "method": method,
+        "per_class": stats,
+        "overall": total,
+        "unreadable": unreadable,
+        "without_box": slices_without_box(root, boxes, _tumor_classes(card, boxes)),
+    }
+
+
+def _tumor_classes(card: Any, boxes: dict[str, Any]) -> set[str]:
+    """The classes whose folders hold tumor slices: those of the boxes, and the model's
+    classes but its healthy one (every class of a model without one)."""
+    return {b[0] for b in boxes.values()} | (set(card.class_names) - {card.healthy})
+
+
+def slices_without_box(
+    root: str | os.PathLike[str], boxes: dict[str, Any], tumor_classes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The JPEG/PNG files of tumor slices that the boxes file does not list (not scored by the
+    pointing game): those directly in a folder holding a boxed slice, or in ``root/<class>``
+    for a class of ``tumor_classes``. Returns ``count``, ``per_folder`` (folder relative to
+    ``root``, posix, "." for ``root`` itself → count; only folders with some) and ``rule``.
+    ``boxes``: ``read_boxes``' result (paths relative to ``root``)."""
+    from mriscan.io import IMAGE_SUFFIXES
+
+    root = Path(root)
+    boxed = {(root / rel).resolve() for rel in boxes}
+    folders = {p.parent for p in boxed}
+    folders |= {(root / c).resolve() for c in tumor_classes if (root / c).is_dir()}
+    per_folder: dict[str, int] = {}
+    for folder in sorted(folders):
+        if not folder.is_dir():
+            continue
+        n = sum(
+            1
+            for f in folder.iterdir()
+            if f.suffix.lower() in IMAGE_SUFFIXES
+            and not f.name.startswith(".")
+            and f.is_file()
+            and f.resolve() not in boxed
+        )
+        if n:
+            try:
+                name = folder.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                name = str(folder)
+            per_folder[name] = n
+    return {
+        "count": sum(per_folder.values()),
+        "per_folder": per_folder,
+        "rule": "JPEG/PNG files directly in a folder holding boxed slices or in a tumor "
+        "class's folder that the boxes file does not list; not scored",
+    }
+
+
+def _nothing_scored(
+    root: Path, boxes_csv: Any, items: list[tuple[str, Any]], unreadable: list[tuple[str, str]]
+) -> str:
+    """The error of a pointing game that could score no slice: which paths did not resolve
+    (with an example), which files could not be decoded, what the paths are relative to."""
+    if not items:
+        return f"{boxes_csv} lists no box: nothing to score."
+    missing = [rel for rel, _ in unreadable if not (root / rel).is_file()]
+    bad = [(rel, why) for rel, why in unreadable if (root / rel).is_file()]
+    parts = [f"None of the {len(items)} boxed slices of {boxes_csv} could be scored."]
+    if missing:
+        parts.append(
+            f"{len(missing)} path(s) do not resolve: the `file` column is read relative to the "
+            f"data folder {root} (e.g. {missing[0]!r} → {root / missing[0]}, which does not "
+            "exist)."
+        )
+        first = Path(missing[0]).parts[0] if Path(missing[0]).parts else ""
+        if first == root.name or (root.parent / missing[0]).is_file():
+            parts.append(
+                f"The paths seem to start with the data folder's own name ({first + '/'!r}): "
+                "remove that prefix from the boxes file, or pass the folder above as IMAGES."
+            )
+    if bad:
+        parts.append(f"{len(bad)} file(s) could not be decoded (e.g. {bad[0][0]}: {bad[0][1]}).")
+    return " ".join(parts)

@@ -386,3 +386,92 @@ def test_a_class_absent_from_folds_counts_nowhere_and_its_summary_says_how_many_
         np.std([0.5, 0.5, 1], ddof=1)
     )
     assert s["macro_f1"]["n_defined"] == 3
+
+
+class _Interrupted(BaseException):
+    """Stands in for a kill during a fold (not an Exception: nothing may catch it)."""
+
+
+@pytest.mark.slow
+@pytest.mark.backend
+def test_an_interrupted_rerun_never_leaves_the_old_summary_beside_its_new_fold_models(
+    tmp_path, monkeypatch
+):
+    """A new CV into an --out that holds a finished one: the old summary stays while no new
+    fold model has landed, is removed when the first one lands, and a run stopped after that
+    leaves fold folders without any summary. The same command run again resumes and writes
+    its own summary."""
+    import mriscan.training.crossval as cvmod
+    from mriscan.artifacts import ModelCard, RunLayout
+    from tests.conftest import build_class_store
+
+    store = build_class_store(tmp_path / "two.zarr", ["no", "yes"], n_per_class=8)
+    out = tmp_path / "out"
+    cv = RunLayout(out).cv
+    summary = [cv.metrics, cv.predictions, cv.roc_plot, cv.confusion_plot]
+    summary.append(cv.unit_predictions("series"))
+    for p in [*summary, cv.fold(0, 0).model, cv.fold(0, 1).model]:  # an earlier, finished run
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"old")
+    old_metrics = cv.metrics.read_bytes()
+
+    real = cvmod.fit_and_calibrate
+    calls = []
+
+    def stop_at(n):
+        def fit(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                raise _Interrupted
+            return real(*a, **k)
+
+        return fit
+
+    second = CVConfig(folds=2, n_boot=20, train=fast_config(**{"fit.epochs": 2}))
+    # stopped before any fold model of the new run landed: the old run is whole
+    monkeypatch.setattr(cvmod, "fit_and_calibrate", stop_at(1))
+    with pytest.raises(_Interrupted):
+        cross_validate(store, second, out=out)
+    assert cv.metrics.read_bytes() == old_metrics
+    assert cv.fold(0, 0).model.read_bytes() == b"old"
+    # stopped during fold 2: fold 1 holds the new model, and no summary claims anything
+    calls.clear()
+    monkeypatch.setattr(cvmod, "fit_and_calibrate", stop_at(2))
+    with pytest.raises(_Interrupted):
+        cross_validate(store, second, out=out)
+    card = ModelCard.load(cv.fold(0, 0).model)
+    assert card.train_config["fit"]["epochs"] == 2
+    assert not any(p.exists() for p in summary), [p.name for p in summary if p.exists()]
+    # the same command again finishes and writes its own summary
+    monkeypatch.setattr(cvmod, "fit_and_calibrate", real)
+    cross_validate(store, second, out=out)
+    saved = json.loads(cv.metrics.read_text())
+    assert saved["cv_config"]["train"]["fit"]["epochs"] == 2
+    assert saved["fold_dirs"] == ["r0_f0", "r0_f1"]
+    assert all(p.is_file() for p in summary[:4]) and not summary[4].exists()  # no series here
+
+
+def test_cv_refuses_a_class_some_fold_could_not_train_on_and_warns_of_few_groups(caplog):
+    from mriscan.errors import ConfigError
+    from mriscan.splits import cv_splits
+    from mriscan.tasks import Task
+    from mriscan.training.crossval import check_folds
+
+    task = Task(("a", "b", "c"), ("a", "b", "c"), np.arange(3), None)
+
+    def folds_of(labels, folds=3):
+        groups = np.arange(labels.size)  # every slice its own group
+        splits = list(cv_splits(labels, groups, folds=folds, val_fraction=0.15, seed=0))
+        return labels, groups, splits
+
+    # one slice of "c": the fold that tests it trains without it
+    labels, groups, splits = folds_of(np.array([0] * 20 + [1] * 20 + [2]))
+    with pytest.raises(ConfigError, match=r"no slice of \['c'\] in its (training|validation)") as e:
+        check_folds(labels, groups, splits, task, 3)
+    assert "'c': 1" in str(e.value) and "--class-map" in str(e.value)
+    assert "use `mriscan cv`" not in str(e.value)
+    # enough groups for every part but fewer than folds: trained, with a warning
+    labels, groups, splits = folds_of(np.array([0] * 20 + [1] * 20 + [2] * 4), folds=5)
+    with caplog.at_level("WARNING", logger="mriscan.training.crossval"):
+        check_folds(labels, groups, splits, task, 5)
+    assert any("class 'c' has 4 split group(s) for 5 folds" in r.message for r in caplog.records)

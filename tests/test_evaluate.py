@@ -579,3 +579,21 @@ def test_evaluate_exits_0_when_only_per_class_values_are_undefined(tmp_path):
     assert "recall of 'c', F1 of 'c', ROC AUC of 'c': no readable slice of class 'c'" in r.output
     assert "Error" not in r.output
     assert "macro-F1 and balanced accuracy over the classes present: a, b" in r.output
+
+
+def test_evaluate_keeps_its_temporary_store_in_a_scratch_folder(
+    loose_model, class_folder, tmp_path, monkeypatch
+):
+    """evaluate on a class folder ingests it into a scratch folder of the system's temporary
+    directory: a killed evaluate's folder there is removed by the next evaluate."""
+    import tempfile
+
+    from tests.test_scratch import _killed_run
+
+    base = tmp_path / "systmp"
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    left = _killed_run(base)
+    evaluate(loose_model, class_folder, out=tmp_path / "ev", n_boot=10, remove_duplicates=False)
+    assert not left.exists() and list(base.iterdir()) == []
+    assert (tmp_path / "ev" / "evaluation" / "metrics.json").is_file()

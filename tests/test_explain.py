@@ -236,11 +236,41 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
     )
     assert (result["method"], coarse["method"]) == ("layercam", "gradcam")
     assert coarse["overall"]["correct"] == total["correct"]
+    # tumor slices without a box are counted (healthy ones are not), and not scored
+    assert result["without_box"]["count"] == 0
+    png = next((tmp_path / "data" / "right").glob("*.png")).read_bytes()
+    for name in ("left", "right", "none"):
+        (tmp_path / "data" / name).mkdir(exist_ok=True)
+        for j in range(2):
+            (tmp_path / "data" / name / f"extra{j}.png").write_bytes(png)
+    again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
+    assert again["without_box"]["per_folder"] == {"left": 2, "right": 2}
+    assert again["without_box"]["count"] == 4 and again["overall"]["n"] == 20
     (tmp_path / "bad.csv").write_text("file,class,x_center\nx.png,left,0.5\n")
     from mriscan.errors import MriscanError
 
     with pytest.raises(MriscanError, match="must have the columns"):
         read_boxes(tmp_path / "bad.csv")
+    # paths that all miss (prefixed with the data folder's name): an error, not n=0 and exit 0
+    prefixed = [rows[0]] + [f"data/{r}" for r in rows[1:]]
+    (tmp_path / "prefixed.csv").write_text("\n".join(prefixed) + "\n")
+    with pytest.raises(MriscanError) as err:
+        pointing_game(path, tmp_path / "data", tmp_path / "prefixed.csv")
+    msg = str(err.value)
+    assert "None of the 21 boxed slices" in msg and "21 path(s) do not resolve" in msg
+    assert f"relative to the data folder {tmp_path / 'data'}" in msg
+    assert "start with the data folder's own name ('data/')" in msg
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    args = ["explain", str(path), str(tmp_path / "data"), "--out", str(tmp_path / "pg")]
+    r = CliRunner().invoke(main, [*args, "--boxes", str(tmp_path / "prefixed.csv")])
+    assert r.exit_code == 1 and "do not resolve" in r.output, r.output
+    assert not (tmp_path / "pg" / "pointing_game.json").exists()
+    r = CliRunner().invoke(main, [*args, "--boxes", str(tmp_path / "boxes.csv")])
+    assert r.exit_code == 0, r.output
+    assert "4 tumor slice(s) have no box in boxes.csv and were not scored (left: 2" in r.output
 
 
 def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_path):

@@ -42,6 +42,7 @@ KERAS_FREE = (
     "mriscan.scan_config",
     "mriscan.ingest_config",
     "mriscan.paths",
+    "mriscan.scratch",
     "mriscan.evaluate",
     "mriscan.cli",
 )

@@ -289,6 +289,110 @@ def test_resume_only_the_same_run(tmp_path):
         _check_resume(layout, "run-a")
 
 
+def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp_path):
+    """--verbose-fit (runtime.verbose) and runtime.workers change what is shown or how fast
+    batches arrive, never the weights: a run killed with one value resumes with another. A
+    real difference is refused naming the setting, its value in the backup and now."""
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.errors import ResumeError
+    from mriscan.store import ImageStore
+    from mriscan.training.fit import _check_resume, run_fingerprint, run_identity
+
+    layout = RunLayout(tmp_path)
+    killed = fast(runtime__verbose="line", runtime__workers=1)
+    with ImageStore.open(small_store) as st:
+        tr, va = np.arange(0, 30), np.arange(30, 40)
+        old = run_identity(st, tr, va, killed, None)
+        layout.backup.mkdir()
+        write_json(
+            layout.run_marker,
+            {"run_id": run_fingerprint(st, tr, va, killed, None), "identity": old},
+        )
+        for shown in (
+            fast(runtime__verbose="silent"),
+            fast(runtime__verbose="bar", runtime__workers=3),
+        ):
+            rid = run_fingerprint(st, tr, va, shown, None)
+            assert _check_resume(layout, rid, run_identity(st, tr, va, shown, None)) is True
+        longer = fast(runtime__verbose="silent", fit__epochs=killed.fit.epochs + 5)
+        with pytest.raises(ResumeError) as err:
+            _check_resume(
+                layout,
+                run_fingerprint(st, tr, va, longer, None),
+                run_identity(st, tr, va, longer, None),
+            )
+        msg = str(err.value)
+        assert f"fit.epochs: {killed.fit.epochs} in the backup, {killed.fit.epochs + 5} now" in msg
+        assert "verbose" not in msg and "other data, settings" not in msg
+        other = run_identity(st, tr, np.arange(30, 41), killed, None)
+        with pytest.raises(
+            ResumeError,
+            match=r"data: other training/validation slices \(30/10 in the backup, 30/11 now",
+        ):
+            _check_resume(layout, "x", other)
+
+
+def test_a_class_too_small_to_split_is_not_sent_to_cv():
+    """A class with too few groups for train/val/test cannot be cross-validated either: the
+    message offers more data or --class-map, never `mriscan cv` as a way around it."""
+    from mriscan.tasks import Task
+    from mriscan.training.workflow import check_split
+
+    task = Task(("a", "b", "c"), ("a", "b", "c"), np.arange(3), None)
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    split = {"train": np.arange(0, 20, 2), "val": np.arange(1, 20, 2), "test": np.array([20])}
+    with pytest.raises(ConfigError, match=r"holds no slice of \['c'\]") as err:
+        check_split(split, labels, task, test=True)
+    msg = str(err.value)
+    assert "--class-map" in msg and "`mriscan cv` is no way around this" in msg
+    assert "or use `mriscan cv`" not in msg
+
+
+@pytest.mark.slow
+@pytest.mark.backend
+def test_retraining_removes_the_evaluation_of_the_replaced_model(small_store, tmp_path):
+    """evaluate records the model file's SHA-256; a new model published into the same run
+    folder removes the evaluation of the one it replaced."""
+    from mriscan.artifacts import ModelCard, RunLayout
+    from mriscan.evaluate import evaluate
+
+    out = tmp_path / "art"
+    layout = RunLayout(out)
+    train(small_store, fast(fit__epochs=1), out=out)
+    result = evaluate(layout.model, n_boot=10)
+    assert result["model_sha256"] == ModelCard.load(layout.model).model_sha256
+    saved = json.loads(layout.evaluation.metrics.read_text())
+    assert saved["model_sha256"] == result["model_sha256"]
+    train(small_store, fast(fit__epochs=1, seed=1), out=out)
+    assert not layout.evaluation.root.exists()
+
+
+def test_only_the_evaluation_of_the_replaced_model_is_removed(tmp_path):
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.training.workflow import _remove_stale_evaluation
+
+    layout = RunLayout(tmp_path)
+    ev = layout.evaluation
+
+    def evaluation(**rec):
+        write_json(ev.metrics, rec)
+        (ev.root / "predictions.csv").write_text("source,label\n")
+
+    evaluation(model=str(layout.model), model_sha256="old")
+    _remove_stale_evaluation(layout, "other", "new")  # scored a model other than the replaced
+    assert ev.metrics.is_file()
+    _remove_stale_evaluation(layout, "old", "old")  # the same bytes published again
+    assert ev.metrics.is_file()
+    _remove_stale_evaluation(layout, "old", "new")
+    assert not ev.root.exists()
+    evaluation(model=str(tmp_path / "elsewhere" / "models" / "best_model.keras"))
+    _remove_stale_evaluation(layout, "old", "new")  # an older record of another model: kept
+    assert ev.metrics.is_file()
+    evaluation(model=str(layout.model))  # an older record of this run's model: stale
+    _remove_stale_evaluation(layout, "old", "new")
+    assert not ev.root.exists()
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at a save point (not an Exception: nothing may catch it)."""
 

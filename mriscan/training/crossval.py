@@ -24,6 +24,7 @@ from mriscan import metrics as mx
 from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
+from mriscan.errors import ConfigError
 from mriscan.evaluate import LEVELS, Scoring, grouped_levels, write_unit_rows
 from mriscan.readers import ReadOptions
 from mriscan.sources import open_or_ingest
@@ -37,6 +38,7 @@ from mriscan.training.workflow import check_every_class_has_slices, pretrain_pro
 __all__ = [
     "HEADLINE",
     "HEADLINE_MULTI",
+    "check_folds",
     "cross_validate",
     "headline",
     "summarize_folds",
@@ -295,6 +297,83 @@ def _rows(store, task, rep, k, test_idx, y, prob, pred, thr) -> list[dict[str, A
     return rows
 
 
+def check_folds(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    splits: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]],
+    task: Task,
+    folds: int,
+) -> None:
+    """Check a cross-validation's folds before any is trained.
+
+    ``labels``, ``groups``: model labels and split groups of the usable slices, shape (n,),
+    int; ``splits``: ``mriscan.splits.cv_splits``' (repeat, fold, train, val, test) positions
+    into them. Logs a warning for each class with fewer split groups than folds (some test
+    folds hold none of it: its recall and F1 are undefined there, and its few slices get a
+    large class weight in training).
+
+    Raises
+    ------
+    ConfigError
+        If a fold's training or validation part holds no slice of a class: that fold's model
+        could not learn the class (or its threshold could not be chosen), and every number of
+        it would be meaningless. Names the fold, the part, the class, the groups per class and
+        the way out.
+    """
+    per_class = {
+        name: int(np.unique(groups[labels == c]).size) for c, name in enumerate(task.class_names)
+    }
+    for name, n in per_class.items():
+        if n < folds:
+            log.warning(
+                "folds: class %r has %d split group(s) for %d folds: %d test fold(s) hold none "
+                "of it (its recall and F1 are undefined there) and its few slices weigh "
+                "heavily in training (class weights); its numbers are anecdotal. Add data for "
+                "it, or leave it out with --class-map.",
+                name,
+                n,
+                folds,
+                folds - n,
+            )
+    for rep, k, train, val, _ in splits:
+        for part, idx in (("training", train), ("validation", val)):
+            present = np.bincount(labels[idx], minlength=task.num_classes)
+            missing = [task.class_names[c] for c in np.flatnonzero(present == 0)]
+            if missing:
+                raise ConfigError(
+                    f"Cross-validation fold {k + 1}/{folds} (repeat {rep + 1}) would have no "
+                    f"slice of {missing} in its {part} part (split groups per class: "
+                    f"{per_class}). A group-aware split keeps every near-duplicate group (and "
+                    "patient) in one part, and each fold needs every class in its training "
+                    "and validation parts besides the test fold that holds it, so a class "
+                    "needs several groups (at least 3; `mriscan info` and `mriscan audit` show "
+                    "the groups). A model that never "
+                    "sees a class cannot be scored on it. Add data for that class, or leave it "
+                    "out with --class-map (map only the other classes)."
+                )
+
+
+def _remove_summary(cv: CVLayout) -> None:
+    """Delete the summary an earlier CV into the same folder left (``metrics.json``, the
+    out-of-fold predictions of slices and units, the plots), once this run's first fold model
+    is about to replace that run's: the folder then never shows one run's numbers beside
+    another run's models. A run stopped before its end leaves fold folders and no summary;
+    rerunning the same command resumes it (an unfinished fold from its backup) and writes the
+    summary."""
+    old = [cv.metrics, cv.predictions, cv.roc_plot, cv.confusion_plot]
+    old += [cv.unit_predictions(lv) for lv in LEVELS]
+    gone = [p for p in old if p.is_file()]
+    for p in gone:
+        p.unlink()
+    if gone:
+        log.warning(
+            "removed the summary of an earlier cross-validation in %s (%s): its fold models are "
+            "being replaced by this run's",
+            cv.root,
+            ", ".join(p.name for p in gone),
+        )
+
+
 def _remove_stale(
     cv: CVLayout, fold_dirs: list[str], *, roc: bool, levels: tuple[str, ...] = ()
 ) -> None:
@@ -336,6 +415,9 @@ def cross_validate(
 ) -> dict[str, Any]:
     """Stratified, duplicate-group-aware k-fold CV; writes ``RunLayout(out).cv``.
 
+    Raises ``mriscan.errors.ConfigError`` before any training when a fold's training or
+    validation part would hold no slice of a class (``check_folds``).
+
     Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
     with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``;
     ``per_series`` and ``per_patient``: ``summarize_levels``' sections, each fold's test slices
@@ -346,7 +428,12 @@ def cross_validate(
     ``confusion_matrix.png``, one run folder per fold (``r<repeat>_f<fold>``, listed in
     ``fold_dirs``). Fold folders, a ``roc.png`` and unit files that an earlier CV into the
     same ``out`` left and this one does not write are deleted once every fold has finished,
-    so the results never mix two runs.
+    so the results never mix two runs; the earlier run's summary files (``metrics.json``,
+    out-of-fold predictions, plots) are deleted as soon as this run's first fold model is
+    about to replace one of its models, so a run that is stopped (killed) part-way leaves fold
+    folders without any summary, never the earlier summary beside new models. Rerunning the
+    same command then resumes: finished folds are trained again, an unfinished one resumes
+    from its backup, and the summary is written at the end.
     ``read_options`` (``mriscan.readers.ReadOptions``): how DICOM and NIfTI files in ``data``
     are read when it is ingested (default: ``DicomConfig``'s and ``NiftiConfig``'s defaults).
     """
@@ -364,16 +451,12 @@ def cross_validate(
         used_classes=tcfg.task.used_classes,
     )
     cv = RunLayout(out).cv
-    cv.root.mkdir(parents=True, exist_ok=True)
     task = resolve_task(store.class_names, tcfg.task)
     log.info("task: %s", task.describe())
     all_labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
     check_every_class_has_slices(labels, task, store)
-    hw = setup_for(tcfg)
-    # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
-    init = starting_weights(tcfg, hw, store.config)
     start = None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -384,14 +467,22 @@ def cross_validate(
     recs = store.index.records
     for line in oversized_groups(labels, groups, 1.0 / cfg.folds, task.class_names):
         log.warning("folds: %s", line)
-    splits = cv_splits(
-        labels,
-        groups,
-        folds=cfg.folds,
-        repeats=cfg.repeats,
-        val_fraction=tcfg.split.val_fraction,
-        seed=tcfg.seed,
+    splits = list(
+        cv_splits(
+            labels,
+            groups,
+            folds=cfg.folds,
+            repeats=cfg.repeats,
+            val_fraction=tcfg.split.val_fraction,
+            seed=tcfg.seed,
+        )
     )
+    check_folds(labels, groups, splits, task, cfg.folds)
+    cv.root.mkdir(parents=True, exist_ok=True)
+    hw = setup_for(tcfg)
+    # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
+    init = starting_weights(tcfg, hw, store.config)
+    summary_cleared = False
     for rep, k, *parts in splits:
         train_idx, val_idx, test_idx = (kept[p] for p in parts)
         tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
@@ -402,6 +493,9 @@ def cross_validate(
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
         start = run.start
         seen = np.sort(np.concatenate([train_idx, val_idx]))
+        if not summary_cleared:  # the first fold model of this run is about to land
+            _remove_summary(cv)
+            summary_cleared = True
         card = publish_model(
             run.model.save,
             card_for(store, fold_cfg, run.threshold, start, seen=seen),

@@ -13,7 +13,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ from mriscan.hardware import Hardware
 from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.scratch import scratch_dir
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
@@ -43,7 +43,9 @@ __all__ = [
     "card_for",
     "fit_and_calibrate",
     "fit_model",
+    "identity_differences",
     "run_fingerprint",
+    "run_identity",
     "score",
     "start_record",
 ]
@@ -88,6 +90,40 @@ def _with_implants(
     return out
 
 
+#: settings that change what is shown or how fast batches arrive, never the weights: a run may
+#: resume with other values of them (``RuntimeConfig``: batches follow the seed and epoch)
+OUTPUT_ONLY = (("runtime", "verbose"), ("runtime", "workers"))
+
+
+def run_identity(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    init_weights: Path | None,
+) -> dict[str, Any]:
+    """What makes a run the same run, as plain JSON: its config without the output-only
+    settings (``OUTPUT_ONLY``), its store's location, the SHA-256 of its starting-weights file
+    (a file replaced under the same name is another run; "" for random weights), the sizes of
+    its training and validation parts and a SHA-256 of their positions and pixel checksums."""
+    conf = cfg.to_dict()
+    for section, name in OUTPUT_ONLY:
+        conf.get(section, {}).pop(name, None)
+    recs = store.index.records
+    h = hashlib.sha256()
+    for part in (train_idx, val_idx):
+        h.update(np.asarray(part, np.int64).tobytes())
+        h.update("".join(recs[int(i)].pixel_sha256 for i in part).encode())
+    return {
+        "config": conf,
+        "store": str(store.location),
+        "init_weights_sha256": file_sha256(init_weights) if init_weights is not None else "",
+        "train_slices": len(train_idx),
+        "val_slices": len(val_idx),
+        "slices_sha256": h.hexdigest(),
+    }
+
+
 def run_fingerprint(
     store: ImageStore,
     train_idx: np.ndarray,
@@ -95,28 +131,63 @@ def run_fingerprint(
     cfg: TrainConfig,
     init_weights: Path | None,
 ) -> str:
-    """Identity of a run: its full config, its data (store, samples and their checksums) and
-    its starting weights (the SHA-256 of the file's bytes: a weights file replaced under the
-    same name is another run). A backup may only be resumed by a run with the same
-    fingerprint; 32 hex digits."""
-    recs = store.index.records
-    h = hashlib.sha256()
-    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    h.update(str(store.location).encode())
-    h.update((file_sha256(init_weights) if init_weights is not None else "").encode())
-    for part in (train_idx, val_idx):
-        h.update(np.asarray(part, np.int64).tobytes())
-        h.update("".join(recs[int(i)].pixel_sha256 for i in part).encode())
-    return h.hexdigest()[:32]
+    """Identity of a run (``run_identity``) as 32 hex digits. A backup may only be resumed by
+    a run with the same fingerprint."""
+    return _fingerprint(run_identity(store, train_idx, val_idx, cfg, init_weights))
 
 
-def _check_resume(layout: RunLayout, run_id: str) -> bool:
+def _fingerprint(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"fit": {"epochs": 4}}`` → ``{"fit.epochs": 4}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two ``run_identity`` records, one line per setting or part:
+    ``"fit.epochs: 40 in the backup, 60 now"``; the data as sizes and a note."""
+    lines = []
+    a, b = _flat(old.get("config", {})), _flat(new.get("config", {}))
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "(unset)") != b.get(key, "(unset)"):
+            lines.append(
+                f"{key}: {a.get(key, '(unset)')!r} in the backup, {b.get(key, '(unset)')!r} now"
+            )
+    if old.get("store") != new.get("store"):
+        lines.append(f"store: {old.get('store')} in the backup, {new.get('store')} now")
+    if old.get("init_weights_sha256") != new.get("init_weights_sha256"):
+        lines.append(
+            "starting weights: another file (SHA-256 "
+            f"{str(old.get('init_weights_sha256'))[:12] or 'none'} in the backup, "
+            f"{str(new.get('init_weights_sha256'))[:12] or 'none'} now)"
+        )
+    if old.get("slices_sha256") != new.get("slices_sha256"):
+        lines.append(
+            f"data: other training/validation slices ({old.get('train_slices')}/"
+            f"{old.get('val_slices')} in the backup, {new.get('train_slices')}/"
+            f"{new.get('val_slices')} now, or the same counts with other slices or pixels)"
+        )
+    return lines
+
+
+def _check_resume(layout: RunLayout, run_id: str, identity: dict[str, Any] | None = None) -> bool:
     """Whether ``layout.backup`` holds this run's state to resume (False: start afresh).
+
+    ``identity``: this run's ``run_identity``, compared with the one the backup records to name
+    what differs when the run ids do not match.
 
     Raises
     ------
     ResumeError
-        If it holds another run's state, or a damaged one.
+        If it holds another run's state (naming the settings that differ, old and new value,
+        where the backup records them), or a damaged one.
     """
     backup = layout.backup
     if not backup.is_dir():
@@ -127,9 +198,19 @@ def _check_resume(layout: RunLayout, run_id: str) -> bool:
     except (OSError, ValueError):
         marker = {}
     if not isinstance(marker, dict) or marker.get("run_id") != run_id:
+        old = marker.get("identity") if isinstance(marker, dict) else None
+        diff = identity_differences(old, identity) if isinstance(old, dict) and identity else []
+        if diff:
+            what = "it differs from this run in: " + "; ".join(diff) + "."
+            how = (
+                " Rerun with the backup's values to resume it, or delete "
+                f"{backup} to start afresh (its progress is lost), or use another --out."
+            )
+            raise ResumeError(f"{backup} holds an unfinished run; {what}{how}")
         raise ResumeError(
             f"{backup} holds an unfinished run with other data, settings, seed or starting "
-            f"weights; only the same run may resume from it. {fix}"
+            "weights (it records no details to say which: written by an older mriscan, or "
+            f"damaged); only the same run may resume from it. {fix}"
         )
     weights = [backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"]
     if any(p.is_file() for p in weights) and not any(_h5_readable(p) for p in weights):
@@ -200,7 +281,7 @@ def fit_model(
             store, train_idx, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
         )
     with (
-        tempfile.TemporaryDirectory(prefix="mriscan_implants_") as tmp,
+        scratch_dir("implants") as tmp,
         _with_implants(store, train_idx, cfg, Path(tmp)) as train_store,
     ):
         every = np.arange(len(train_store), dtype=np.int64)
@@ -228,8 +309,9 @@ def _fit(
     gb = hw.global_batch
     epochs = cfg.fit.epochs
     backup = layout.backup
-    run_id = run_fingerprint(store, train_idx, val_idx, cfg, init_weights)
-    resume = _check_resume(layout, run_id)
+    identity = run_identity(store, train_idx, val_idx, cfg, init_weights)
+    run_id = _fingerprint(identity)
+    resume = _check_resume(layout, run_id, identity)
     best_path = layout.checkpoint
     history_cb = JsonHistory(layout.live_history, resume, run_id)
     # BackupAndRestore resumes after the last finished epoch, which history.json also records
@@ -283,7 +365,7 @@ def _fit(
         shutil.rmtree(best_path.parent, ignore_errors=True)  # another run's best-so-far
     best_path.parent.mkdir(parents=True, exist_ok=True)
     backup.mkdir(parents=True, exist_ok=True)
-    write_json(layout.run_marker, {"run_id": run_id})
+    write_json(layout.run_marker, {"run_id": run_id, "identity": identity})
     monitor_best = None
     if resume and history_cb.epochs:
         aucs = [r.get("val_auc") for r in history_cb.epochs.values()]

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scratch import scratch_dir
 from mriscan.store import ImageStore
 from mriscan.synth import SynthConfig, synthesize
 from mriscan.training.fit import fit_model
@@ -93,7 +93,7 @@ def pretrain_on_phantoms(
     t0 = time.perf_counter()
     log.info("phantom pre-training: %d phantoms, %d epochs", pre.phantoms, pre.epochs)
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mriscan_pretrain_") as tmp:
+    with scratch_dir("pretrain") as tmp:
         raw, store_path = Path(tmp) / "raw", Path(tmp) / "phantoms.zarr"
         # a seed stream of its own, so pre-training phantoms never equal `mriscan synth`'s
         synthesize(raw, SynthConfig(count=pre.phantoms, seed=10_000 + cfg.seed))

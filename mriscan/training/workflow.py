@@ -6,17 +6,19 @@ hardware → phantom pre-training → ``fit_and_calibrate`` → model card, metr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
+from mriscan.artifacts import Protocol, RunLayout, file_sha256, publish_model, write_json
 from mriscan.config import TrainConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
@@ -82,7 +84,9 @@ def train(
         A class-folder directory (ingested into ``store_path`` first) or a store.
     config : TrainConfig, optional
     out : path
-        The run folder (``mriscan.artifacts.RunLayout`` names every file in it).
+        The run folder (``mriscan.artifacts.RunLayout`` names every file in it). An
+        ``evaluation/`` there that scored the model this run replaces is deleted when the new
+        model is published (its ``metrics.json`` records the model's SHA-256).
     store_path : path, optional
         Where raw folders are ingested (default ``data/processed/images.zarr``).
     callbacks : list of keras.callbacks.Callback, optional
@@ -142,12 +146,14 @@ def train(
     # what the model (and its threshold) saw: near-duplicates of these slices, and slices of
     # their patients, are removed when it is evaluated on other data; the test part is not
     seen = np.sort(np.concatenate([split["train"], split["val"]]))
+    replaced = _published_sha256(layout)
     card = publish_model(
         run.model.save,
         card_for(store, cfg, run.threshold, run.start, seen=seen),
         layout.model,
         signatures=store.signatures()[seen],
     )
+    _remove_stale_evaluation(layout, replaced, card.model_sha256)
     _write_split(layout, store, split, cfg, card.model_sha256)
     result_metrics = _run_metrics(cfg, split, hw, run)
     result_metrics["model_sha256"] = card.model_sha256
@@ -178,6 +184,50 @@ _RETIRED_WHY = {
     "replaced": "overwritten since they were ingested",
     "relabelled": "moved to another class folder since they were ingested",
 }
+
+
+def _published_sha256(layout: RunLayout) -> str | None:
+    """SHA-256 of the model file now published in ``layout`` (None: none, or unreadable)."""
+    try:
+        return file_sha256(layout.model) if layout.model.is_file() else None
+    except OSError:
+        return None
+
+
+def _remove_stale_evaluation(layout: RunLayout, replaced: str | None, new: str) -> None:
+    """Delete ``layout.evaluation`` when it scored the model this run just replaced, so the run
+    folder never shows an evaluation beside a model it was not made with.
+
+    The evaluation's ``metrics.json`` records ``model_sha256`` (since session 12): it is stale
+    when that is the replaced file's digest (``replaced``) and not the new one's (``new``). An
+    older evaluation without it is stale when its ``model`` path is this run's model. An
+    evaluation of another model written here with ``--out`` is kept, and so is a folder whose
+    ``metrics.json`` cannot be read (nothing says which model it scored).
+    """
+    ev = layout.evaluation
+    if not ev.metrics.is_file():
+        return
+    try:
+        rec = json.loads(ev.metrics.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(rec, dict):
+        return
+    sha = rec.get("model_sha256")
+    if sha:
+        stale = sha != new and sha == replaced
+    else:
+        try:
+            stale = Path(str(rec.get("model", ""))).resolve() == layout.model.resolve()
+        except OSError:
+            stale = False
+    if stale:
+        shutil.rmtree(ev.root)
+        log.warning(
+            "removed %s: it evaluated the model this run replaced (run `mriscan evaluate` "
+            "again for the new one)",
+            ev.root,
+        )
 
 
 def check_every_class_has_slices(
@@ -279,7 +329,9 @@ def check_split(
                 f"{have}; unreadable files are not counted). A group-aware split keeps every "
                 "near-duplicate group (and patient) on one side, so a class needs at least as "
                 "many groups as the split has parts (`mriscan info` and `mriscan audit` show "
-                "the groups). Add data for that class, or use `mriscan cv`."
+                "the groups). Add data for that class, or leave it out with --class-map (map "
+                "only the other classes). `mriscan cv` is no way around this: each of its "
+                "folds needs every class in its training and validation parts too."
             )
 
 
