@@ -224,7 +224,7 @@ def test_jpeg_only_folds_have_no_unit_level():
     assert out["patient"][1] is None and "no patient level" in out["patient"][0]["why"]
 
 
-def _scanner_folder(root, class_names, patients_per_class=4):
+def _scanner_folder(root, class_names, patients_per_class=4, canvas=32):
     """Class folders of DICOM series of made-up patients (names and IDs in the headers and in
     the folder names); the first patient of each class has two series."""
     from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
@@ -237,7 +237,7 @@ def _scanner_folder(root, class_names, patients_per_class=4):
                 seed += 1
                 write_dicom_series(
                     root / label / f"{name.replace('^', '_')}_{seed}",
-                    phantom_volume(seed, n_slices=3, canvas=32, tumor=k > 0),
+                    phantom_volume(seed, n_slices=3, canvas=canvas, tumor=k > 0),
                     patient=FakePatient(patient_id=f"MRN{k}{j}XYZ", name=name),
                     seed=seed, series_number=seed,
                 )  # fmt: skip
@@ -260,9 +260,12 @@ def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
     from mriscan.aggregate import top_k_mean
     from mriscan.cli import main
 
-    raw = _scanner_folder(tmp_path / "raw", class_names)
+    PATIENTS = 6  # per class: enough split groups that every fold part holds every class
+    raw = _scanner_folder(tmp_path / "raw", class_names, patients_per_class=PATIENTS, canvas=96)
     out = tmp_path / "art"
-    cfg = CVConfig(folds=2, n_boot=50, train=fast_config(**{"fit.epochs": 1}))
+    cfg = CVConfig(
+        folds=2, n_boot=50, train=fast_config(**{"fit.epochs": 1, "split.val_fraction": 0.3})
+    )
     s = cross_validate(raw, cfg, out=out, store_path=tmp_path / "s.zarr")
     # the console summary of this result (the CLI's printing, without a second training)
     monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
@@ -301,8 +304,8 @@ def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
     assert acc["per_fold"] == pytest.approx([np.mean(correct[0]), np.mean(correct[1])])
     assert acc["mean"] == pytest.approx(np.mean(acc["per_fold"]))
     patients = (cv / "oof_patient_predictions.csv").read_text()
-    assert len(patients.splitlines()) == 1 + 4 * len(class_names)
-    assert saved["per_patient"]["n"] == 4 * len(class_names)
+    assert len(patients.splitlines()) == 1 + PATIENTS * len(class_names)
+    assert saved["per_patient"]["n"] == PATIENTS * len(class_names)
     text = r.output + patients + (cv / "oof_series_predictions.csv").read_text()
     text += (cv / "metrics.json").read_text()
     # the folders below DATA are named after the patients (the DATA folder itself is the
