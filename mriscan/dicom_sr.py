@@ -158,7 +158,9 @@ def write_series_report(
         The slices pooled into the row (their files' headers only are read, with ``pydicom``).
     row : mapping
         ``label``, ``p_<class>`` for every class of ``card`` (floats in [0, 1]), ``slices``;
-        ``aggregate`` names the rule (``"mean of the top-<k> slice probabilities"``).
+        ``aggregate`` names the rule (``"mean of the top-<k> slice probabilities"``); a
+        non-empty ``warning`` (unreadable instances, flagged slices) is stated as an algorithm
+        parameter ``note: ...``.
     card : ModelCard
         ``class_names``, ``healthy``, ``model_sha256``.
     out : path-like
@@ -242,7 +244,11 @@ def write_series_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"mriscan {Path(model_path).name}"[:1024],
         version=f"mriscan {__version__}" + (f"; model sha256 {sha[:16]}" if sha else ""),
-        parameters=[decision, pooling, "classes: " + ", ".join(names)],
+        # the series row's warning (e.g. "1 of 12 instances unreadable ...: scored from the
+        # others only"; counts only, no file names): a reader of the report must see that the
+        # finding rests on part of the series
+        parameters=[decision, pooling, "classes: " + ", ".join(names)]
+        + ([f"note: {row['warning']}"] if row.get("warning") else []),
         manufacturer=MANUFACTURER,
     )
     try:

@@ -319,3 +319,30 @@ def test_a_failed_write_leaves_no_file_and_is_a_report_error(tmp_path, monkeypat
     with pytest.raises(StructuredReportError, match="cannot write"):
         write_series_report([SRSource(files[0])], row, card, tmp_path / "taken",
                             model_path="m.keras", threshold=0.5)  # fmt: skip
+
+
+def test_a_series_scored_from_part_of_its_files_says_so_in_its_report(model_file, tmp_path):
+    """One instance of a series is truncated: the series is scored from the others, its CSV
+    row warns, and its report states the same note (counts only, no file name), so a reader
+    of the report sees that the finding rests on part of the series."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    scans = _scans(tmp_path / "scans")
+    victim = sorted((scans / "Doe_Jane_19700101" / "T1").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-100])  # header whole, pixel data cut
+    rows = predict(model_file, [scans], dicom_out=tmp_path / "sr")
+    (row,) = [r for r in rows if r.get("level") == "series" and "unreadable" in r["warning"]]
+    assert row["warning"].startswith("1 of 4 instances unreadable")
+    ds = pydicom.dcmread(row["dicom"])
+    finding = _groups(ds)["mriscan finding"].ContentSequence
+    params = [i.TextValue for i in _items(finding, ALGORITHM_PARAMETERS)]
+    assert f"note: {row['warning']}" in params
+    assert not any(victim.name in p or "Doe" in p for p in params)
+    others = [r for r in rows if r.get("level") == "series" and r is not row]
+    (other,) = others
+    ds = pydicom.dcmread(other["dicom"])
+    params = [i.TextValue for i in _items(_groups(ds)["mriscan finding"].ContentSequence,
+                                          ALGORITHM_PARAMETERS)]  # fmt: skip
+    assert not any(p.startswith("note: ") for p in params)
