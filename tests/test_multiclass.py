@@ -69,7 +69,7 @@ def test_four_class_cv_and_a_yes_no_map(tmp_path):
     names = NAMES[4]
     data = write_class_folders(tmp_path / "data", names, n_per_class=12)
     run = CliRunner()
-    args = ["--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "cv4"), "--folds", "2"]
+    args = ["--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "cv4"), "--folds", "3"]
     r = run.invoke(main, ["cv", str(data), *args, "--val-fraction", "0.3", *FAST])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "cv4" / "cv" / "metrics.json").read_text())
