@@ -30,7 +30,7 @@ from mriscan.artifacts import (
     signatures_path,
     write_json,
 )
-from mriscan.config import TaskConfig
+from mriscan.config import check_class_map
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
@@ -53,6 +53,7 @@ __all__ = [
     "failing",
     "grouped_levels",
     "near_duplicates_of",
+    "one_class_summary",
     "undefined_metrics",
     "unit_of",
     "unreadable_rows",
@@ -292,7 +293,9 @@ def evaluate(
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     with scratch_dir("eval") as tmp:
-        used = TaskConfig(class_map=class_map).used_classes
+        # the data side may hold one class (a tumor-only collection): the map may leave one
+        class_map = check_class_map(class_map, min_targets=1)
+        used = tuple(s for _, srcs in class_map for s in srcs) if class_map else None
         store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths, used)
         with store:
             if store.config != card.preprocess:
@@ -394,6 +397,9 @@ def evaluate(
         },
     )
     result["model_class_names"] = list(card.class_names)
+    present = np.unique(y)
+    if present.size == 1:
+        result["one_class"] = one_class_summary(result, str(cmp.class_names[int(present[0])]))
     for name, (section, rows) in levels.items():
         result[f"per_{name}"] = section
         section.pop("_decisions", None)
@@ -410,6 +416,36 @@ def evaluate(
         w.writerow(["source", "same_bytes_as", "class"])
         w.writerows(copies)
     return result
+
+
+def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """What an evaluation of slices of one class only (an external tumor-only or healthy-only
+    collection, or every slice of the other class removed) could compute.
+
+    ``result``: the metrics of ``evaluate`` (NaN where undefined, ``ci95`` per headline
+    metric); ``name``: the one class scored (a model class, or ``tumor``). Returns ``class``,
+    ``defined`` and ``undefined`` (the headline metrics, ``HEADLINE_METRICS``, each list in
+    that order: the undefined ones are those that need a slice of another class) and, when
+    the specificity is defined (healthy slices only), ``false_positive_rate`` = 1 −
+    specificity with its 95% CI ``false_positive_rate_ci95`` (the bootstrap CI of the
+    specificity, mirrored): the share of healthy slices the model calls a tumor.
+    """
+
+    def defined(key: str) -> bool:
+        v = result.get(key)
+        return isinstance(v, float) and math.isfinite(v)
+
+    keys = [k for k in HEADLINE_METRICS if k in result]
+    out: dict[str, Any] = {
+        "class": name,
+        "defined": [k for k in keys if defined(k)],
+        "undefined": [k for k in keys if not defined(k)],
+    }
+    if defined("specificity"):
+        out["false_positive_rate"] = 1.0 - result["specificity"]
+        lo, hi = result.get("ci95", {}).get("specificity", [math.nan, math.nan])
+        out["false_positive_rate_ci95"] = [1.0 - hi, 1.0 - lo]
+    return out
 
 
 def _undefined(
@@ -645,7 +681,11 @@ def _open_data(
     # scanner files: read as the model's training data were, unless chosen otherwise
     ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(
-        preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti, used_classes=used
+        preprocess=card.preprocess,
+        dicom=ro.dicom,
+        nifti=ro.nifti,
+        used_classes=used,
+        min_classes=1,  # one class may be scored (a tumor-only collection); a model needs two
     )
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
     if report.read_notes:  # by count: the files' paths may name the patient
@@ -705,11 +745,11 @@ def unreadable_rows(
     # skipped names are relative to ingest's root: the folder, or the manifest's (resolved) one
     root = data.resolve().parent if manifest else data
     if manifest:
-        listed = scan_manifest(data)
+        listed = scan_manifest(data, min_labels=1)
         found = [(SourceFile(e.path, e.kind), e.label) for e in listed.entries]
         others = [u.path for u in listed.unused]
     else:
-        listing = scan_class_folders(data, used)
+        listing = scan_class_folders(data, used, min_classes=1)
         found = [(f, c) for c, fs in listing.classes.items() for f in fs]
         others = [u.path for u in listing.unused] + [p for p, _ in listing.unreadable]
     files = [f for f, _ in found]
