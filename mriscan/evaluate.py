@@ -100,6 +100,7 @@ def undefined_metrics(
     *,
     unit: str = "",
     unpooled: dict[str, str] | None = None,
+    not_in_data: Sequence[str] = (),
 ) -> dict[str, str]:
     """Why each undefined (NaN) metric of ``result`` is undefined, by metric name.
 
@@ -111,7 +112,9 @@ def undefined_metrics(
     have no readable slice. ``unit``: what ``y`` labels when not slices ("patient", "series or
     volume": "no patient of class 'no'"), and ``unpooled``: per class name, why its readable
     slices gave no such unit (e.g. "24 readable slice(s) have no Patient ID"), added to the
-    reason.
+    reason. ``not_in_data``: the classes no class of the data is scored as (a tumor-only
+    collection has no healthy class): "these data hold no class 'no'", not "no readable
+    slice".
 
     Keys: the headline metrics (``HEADLINE_METRICS``; two classes: ROC AUC and balanced
     accuracy need slices of both classes, sensitivity of the positive class
@@ -127,6 +130,8 @@ def undefined_metrics(
     removed = removed or {}
 
     def none_of(absent: list[str]) -> str:
+        if absent and set(absent) <= set(not_in_data):
+            return f"these data hold no class {' or '.join(map(repr, absent))}"
         gone = [f"{removed[n]} of class {n!r}" for n in absent if removed.get(n)]
         if unit:
             told = {n: (unpooled or {})[n] for n in absent if n in (unpooled or {})}
@@ -238,13 +243,18 @@ def evaluate(
         says which store and samples each split holds.
     data : path, optional
         A store or a class-folder directory. Default: the store recorded in ``split.json``.
+        It may hold one class (a tumor-only or healthy-only collection, or a ``class_map``
+        with one target; ``mriscan.tasks.compare_classes`` matches it): the metrics that need
+        another class are NaN and listed in ``undefined``, and the result's ``one_class``
+        (``one_class_summary``) says what was computed, with the false-positive rate of
+        healthy slices.
     split : {"test", "val", "train", "all"}
         Which samples of the training store to use; other data are used whole ("all").
     out : path, optional
         Where ``evaluation/`` is written (default: the model's run folder).
     class_map : tuple, optional
-        Data classes → model classes (``mriscan.config.parse_class_map``); by default the
-        classes are matched by name, or as tumor vs no tumor.
+        Data classes → model classes (``mriscan.config.parse_class_map``; one target is
+        allowed here); by default the classes are matched by name, or as tumor vs no tumor.
     remove_duplicates : bool
         Drop (and count) slices of other data that near-duplicate a training slice of the model
         (thumbnail correlation > 0.95), and then those of a patient among the model's training
@@ -359,7 +369,7 @@ def evaluate(
             data_names = store.class_names
     scoring = Scoring(cmp, card, data_names, n_boot)
     result = _score(scoring, y, prob, groups, data_labels)
-    undefined = _undefined(result, y, removed_of)
+    undefined = _undefined(result, y, removed_of, not_in_data=_not_in_data(cmp))
     levels = grouped_levels(scoring, y, prob, groups, data_labels, sources, group_keys)
     result.update(
         n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
@@ -446,6 +456,12 @@ def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
         lo, hi = result.get("ci95", {}).get("specificity", [math.nan, math.nan])
         out["false_positive_rate_ci95"] = [1.0 - hi, 1.0 - lo]
     return out
+
+
+def _not_in_data(cmp: Comparison) -> tuple[str, ...]:
+    """The scored classes (``cmp.class_names``) that no class of the data is mapped to."""
+    mapped = set(cmp.label_map.tolist())
+    return tuple(n for k, n in enumerate(cmp.class_names) if k not in mapped)
 
 
 def _undefined(
@@ -593,7 +609,11 @@ def grouped_levels(
                 if parts:
                     unpooled[name] = ", ".join(parts)
             section["undefined"] = _undefined(
-                section, y_u, unit=_UNIT_NAME[level], unpooled=unpooled
+                section,
+                y_u,
+                unit=_UNIT_NAME[level],
+                unpooled=unpooled,
+                not_in_data=_not_in_data(cmp),
             )
             decided = zip(rows, y_u.tolist(), section["_decisions"], first, strict=True)
             for r, label, pred, i in decided:

@@ -226,3 +226,8 @@ def test_a_class_map_with_one_target_is_for_evaluate_only():
     # the other checks of a map still apply to one target
     with pytest.raises(ConfigError, match=r"names \['glioma'\] twice"):
         parse_class_map("yes=glioma,glioma", min_targets=1)
+    # a K-class model's tumor type, as tumor vs no tumor (its sensitivity) by naming it so
+    c = compare_classes(
+        ("glioma",), FOUR, "notumor", parse_class_map("tumor=glioma", min_targets=1)
+    )
+    assert c.mode == "tumor_vs_healthy" and c.label_map.tolist() == [1]
