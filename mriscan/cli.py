@@ -124,6 +124,10 @@ class _ClassMap(click.ParamType):
 
     name = "MAP"
 
+    def __init__(self, min_targets: int = 2) -> None:
+        # 2: a model learns two or more classes; evaluate's data side may keep one
+        self.min_targets = min_targets
+
     def convert(self, value, param, ctx):
         from mriscan.config import parse_class_map
 
@@ -136,7 +140,7 @@ class _ClassMap(click.ParamType):
             except OSError as exc:
                 self.fail(f"cannot read the class map file {text[1:]}: {exc.strerror}", param, ctx)
         try:
-            return parse_class_map(text)
+            return parse_class_map(text, min_targets=self.min_targets)
         except MriscanError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -839,12 +843,14 @@ def synth(
     default=None,
     help="Where evaluation/ is written [default: the model's artifacts folder].",
 )
-@config_option(
-    TrainConfig,
-    "task.class_map",
+@click.option(
     "--class-map",
-    "Map DATA's classes onto the model's: 'yes=glioma,meningioma,pituitary;no=notumor' or "
-    "@FILE [default: by name, else tumor vs no tumor].",
+    "cfg__task__class_map",
+    type=_ClassMap(min_targets=1),
+    default=(),
+    help="Map DATA's classes onto the model's: 'yes=glioma,meningioma,pituitary;no=notumor' or "
+    "@FILE [default: by name, else tumor vs no tumor]; one target scores one class (e.g. "
+    "'yes=glioma,meningioma': the sensitivity on tumor slices alone).",
 )
 @click.option(
     "--keep-duplicates",
@@ -886,6 +892,11 @@ def evaluate(
     undefined without a slice of the class they need. The command exits 1 when a headline
     metric of the slices (accuracy, balanced accuracy, macro-F1, ROC AUC, sensitivity,
     specificity) is undefined; undefined per-class values alone are listed but exit 0.
+
+    DATA may hold one class (a tumor-only or healthy-only collection, or a --class-map that
+    leaves one class): a line says what was computed (sensitivity and recall per data class
+    for tumor slices; specificity and the false-positive rate for healthy ones) and why the
+    rest is undefined, and the command exits 1, as for any undefined headline metric.
     """
     from mriscan.evaluate import evaluate as run_evaluate
 
@@ -948,12 +959,42 @@ def evaluate(
     minor = {k: v for k, v in result["undefined"].items() if k not in fatal}
     if minor:  # per-class values: listed (metrics.json "undefined" too), not a failure
         click.echo(f"  undefined, left out of every mean: {_by_reason(minor)}")
+    one = result.get("one_class")
+    if one:
+        click.echo(_one_class_line(result, one))
     if fatal:
         fix = "fix or remove the unreadable files, or " if result["unreadable"] else ""
         raise click.ClickException(
-            f"Undefined on these data: {_by_reason(fatal)}. To score them, {fix}evaluate on "
-            "data holding a slice of every class."
+            f"Undefined on these data: {_by_reason(fatal)}. To score them"
+            + (" too" if one else "")
+            + f", {fix}evaluate on data holding a slice of every class."
         )
+
+
+def _one_class_line(result: dict, one: dict) -> str:
+    """evaluate's line for data of one class (``mriscan.evaluate.one_class_summary``): what
+    was computed (with the false-positive rate of healthy slices), and why the rest is not."""
+    ci = result.get("ci95", {})
+
+    def shown(k: str) -> str:
+        lo_hi = f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if k in ci else ""
+        return f"{_LABELS[k]} {_num(result[k])}{lo_hi}"
+
+    parts = [shown(k) for k in one["defined"]]
+    if "false_positive_rate" in one:
+        lo, hi = one["false_positive_rate_ci95"]
+        parts.append(
+            f"false-positive rate {_num(one['false_positive_rate'])} [{_num(lo)}, {_num(hi)}] "
+            "(1 − specificity: the share of these healthy slices called a tumor)"
+        )
+    parts.append("recall per data class")
+    rest = ", ".join(_LABELS[k] for k in one["undefined"])
+    tail = (
+        f"; {rest} need slices of another class and are undefined, so the exit status is 1"
+        if one["undefined"]
+        else ""
+    )
+    return f"One class in these data ({one['class']}): computed {'; '.join(parts)}{tail}."
 
 
 def _by_reason(undefined: dict[str, str]) -> str:

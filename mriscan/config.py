@@ -52,6 +52,7 @@ __all__ = [
     "SplitConfig",
     "TaskConfig",
     "TrainConfig",
+    "check_class_map",
     "config_from_dict",
     "override",
     "parse_class_map",
@@ -230,15 +231,19 @@ class RuntimeConfig:
         _choice(self, "verbose", VERBOSITY)
 
 
-def parse_class_map(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def parse_class_map(text: str, *, min_targets: int = 2) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``"yes=glioma,meningioma,pituitary;no=notumor"`` → ``(("yes", (...)), ("no", ...))``.
 
     Entries are separated by ``;`` (or given one per line); each is ``target=source,...``.
+    ``min_targets``: the fewest targets the map may leave (``check_class_map``): 2 for a map
+    a model is trained with, 1 for ``mriscan evaluate``'s (e.g. ``yes=glioma,meningioma``: the
+    sensitivity of a yes/no model on a tumor-only collection).
 
     Raises
     ------
     ConfigError
-        If an entry has no ``=``, an empty name, or a source appears twice.
+        If an entry has no ``=``, an empty name, a source appears twice, or fewer than
+        ``min_targets`` targets remain.
     """
     out: list[tuple[str, tuple[str, ...]]] = []
     text = text.lstrip("\ufeff")  # a byte-order mark, as Windows editors write one
@@ -253,8 +258,54 @@ def parse_class_map(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
                 f"A class map entry must read target=source[,source...]. Received: {entry!r}."
             )
         out.append((target.strip(), names))
-    cfg = TaskConfig(class_map=tuple(out))
-    return cfg.class_map
+    return check_class_map(tuple(out), min_targets=min_targets)
+
+
+def check_class_map(
+    class_map: Any, *, min_targets: int = 2
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A class map (``((target, (source, ...)), ...)``) as tuples of str, checked: no target
+    named twice (nor two differing only by case), no source named twice, and, for a non-empty
+    map, at least ``min_targets`` targets (2: ``TaskConfig``'s rule, a model tells two or more
+    classes apart; 1: ``mriscan evaluate``'s data side, which may score one class).
+
+    Raises
+    ------
+    ConfigError
+        Naming the targets or sources at fault.
+    """
+    cmap = tuple((str(t), tuple(str(s) for s in srcs)) for t, srcs in class_map)
+    targets = [t for t, _ in cmap]
+    sources = [s for _, srcs in cmap for s in srcs]
+    if len(set(targets)) != len(targets):
+        raise ConfigError(f"class_map names a target twice: {targets}.")
+    folded: dict[str, list[str]] = {}
+    for t in targets:
+        folded.setdefault(t.casefold(), []).append(t)
+    same = [names for names in folded.values() if len(names) > 1]
+    if same:
+        raise ConfigError(
+            "class_map names targets that differ only by case: "
+            + "; ".join(" and ".join(names) for names in same)
+            + ". Classes are compared exactly, so they would be two classes: spell each "
+            "class one way."
+        )
+    for t, srcs in cmap:
+        twice = sorted({s for s in srcs if srcs.count(s) > 1})
+        if twice:
+            raise ConfigError(
+                f"class_map names {twice} twice in the list of target {t!r}; name each folder once."
+            )
+    if len(set(sources)) != len(sources):
+        dup = sorted({s for s in sources if sources.count(s) > 1})
+        where = {s: [t for t, srcs in cmap if s in srcs] for s in dup}
+        said = "; ".join(f"{s!r} to {' and '.join(map(repr, ts))}" for s, ts in where.items())
+        raise ConfigError(
+            f"class_map maps a folder to two targets ({said}); each folder has one class."
+        )
+    if cmap and len(targets) < min_targets:
+        raise ConfigError(f"class_map must leave at least two classes. Received: {targets}.")
+    return cmap
 
 
 @dataclass(frozen=True)
@@ -288,39 +339,7 @@ class TaskConfig:
         return tuple(s for _, srcs in self.class_map for s in srcs) if self.class_map else None
 
     def __post_init__(self) -> None:
-        cmap = tuple((str(t), tuple(str(s) for s in srcs)) for t, srcs in self.class_map)
-        object.__setattr__(self, "class_map", cmap)
-        targets = [t for t, _ in cmap]
-        sources = [s for _, srcs in cmap for s in srcs]
-        if len(set(targets)) != len(targets):
-            raise ConfigError(f"class_map names a target twice: {targets}.")
-        folded: dict[str, list[str]] = {}
-        for t in targets:
-            folded.setdefault(t.casefold(), []).append(t)
-        same = [names for names in folded.values() if len(names) > 1]
-        if same:
-            raise ConfigError(
-                "class_map names targets that differ only by case: "
-                + "; ".join(" and ".join(names) for names in same)
-                + ". Classes are compared exactly, so they would be two classes: spell each "
-                "class one way."
-            )
-        for t, srcs in cmap:
-            twice = sorted({s for s in srcs if srcs.count(s) > 1})
-            if twice:
-                raise ConfigError(
-                    f"class_map names {twice} twice in the list of target {t!r}; name each "
-                    "folder once."
-                )
-        if len(set(sources)) != len(sources):
-            dup = sorted({s for s in sources if sources.count(s) > 1})
-            where = {s: [t for t, srcs in cmap if s in srcs] for s in dup}
-            said = "; ".join(f"{s!r} to {' and '.join(map(repr, ts))}" for s, ts in where.items())
-            raise ConfigError(
-                f"class_map maps a folder to two targets ({said}); each folder has one class."
-            )
-        if cmap and len(targets) < 2:
-            raise ConfigError(f"class_map must leave at least two classes. Received: {targets}.")
+        object.__setattr__(self, "class_map", check_class_map(self.class_map))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from mriscan.artifacts import (
     signatures_path,
     write_json,
 )
-from mriscan.config import TaskConfig
+from mriscan.config import check_class_map
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
@@ -53,6 +53,7 @@ __all__ = [
     "failing",
     "grouped_levels",
     "near_duplicates_of",
+    "one_class_summary",
     "undefined_metrics",
     "unit_of",
     "unreadable_rows",
@@ -99,6 +100,7 @@ def undefined_metrics(
     *,
     unit: str = "",
     unpooled: dict[str, str] | None = None,
+    not_in_data: Sequence[str] = (),
 ) -> dict[str, str]:
     """Why each undefined (NaN) metric of ``result`` is undefined, by metric name.
 
@@ -110,7 +112,9 @@ def undefined_metrics(
     have no readable slice. ``unit``: what ``y`` labels when not slices ("patient", "series or
     volume": "no patient of class 'no'"), and ``unpooled``: per class name, why its readable
     slices gave no such unit (e.g. "24 readable slice(s) have no Patient ID"), added to the
-    reason.
+    reason. ``not_in_data``: the classes no class of the data is scored as (a tumor-only
+    collection has no healthy class): "these data hold no class 'no'", not "no readable
+    slice".
 
     Keys: the headline metrics (``HEADLINE_METRICS``; two classes: ROC AUC and balanced
     accuracy need slices of both classes, sensitivity of the positive class
@@ -126,6 +130,8 @@ def undefined_metrics(
     removed = removed or {}
 
     def none_of(absent: list[str]) -> str:
+        if absent and set(absent) <= set(not_in_data):
+            return f"these data hold no class {' or '.join(map(repr, absent))}"
         gone = [f"{removed[n]} of class {n!r}" for n in absent if removed.get(n)]
         if unit:
             told = {n: (unpooled or {})[n] for n in absent if n in (unpooled or {})}
@@ -237,13 +243,18 @@ def evaluate(
         says which store and samples each split holds.
     data : path, optional
         A store or a class-folder directory. Default: the store recorded in ``split.json``.
+        It may hold one class (a tumor-only or healthy-only collection, or a ``class_map``
+        with one target; ``mriscan.tasks.compare_classes`` matches it): the metrics that need
+        another class are NaN and listed in ``undefined``, and the result's ``one_class``
+        (``one_class_summary``) says what was computed, with the false-positive rate of
+        healthy slices.
     split : {"test", "val", "train", "all"}
         Which samples of the training store to use; other data are used whole ("all").
     out : path, optional
         Where ``evaluation/`` is written (default: the model's run folder).
     class_map : tuple, optional
-        Data classes → model classes (``mriscan.config.parse_class_map``); by default the
-        classes are matched by name, or as tumor vs no tumor.
+        Data classes → model classes (``mriscan.config.parse_class_map``; one target is
+        allowed here); by default the classes are matched by name, or as tumor vs no tumor.
     remove_duplicates : bool
         Drop (and count) slices of other data that near-duplicate a training slice of the model
         (thumbnail correlation > 0.95), and then those of a patient among the model's training
@@ -292,7 +303,9 @@ def evaluate(
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     with scratch_dir("eval") as tmp:
-        used = TaskConfig(class_map=class_map).used_classes
+        # the data side may hold one class (a tumor-only collection): the map may leave one
+        class_map = check_class_map(class_map, min_targets=1)
+        used = tuple(s for _, srcs in class_map for s in srcs) if class_map else None
         store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths, used)
         with store:
             if store.config != card.preprocess:
@@ -356,7 +369,7 @@ def evaluate(
             data_names = store.class_names
     scoring = Scoring(cmp, card, data_names, n_boot)
     result = _score(scoring, y, prob, groups, data_labels)
-    undefined = _undefined(result, y, removed_of)
+    undefined = _undefined(result, y, removed_of, not_in_data=_not_in_data(cmp))
     levels = grouped_levels(scoring, y, prob, groups, data_labels, sources, group_keys)
     result.update(
         n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
@@ -394,6 +407,9 @@ def evaluate(
         },
     )
     result["model_class_names"] = list(card.class_names)
+    present = np.unique(y)
+    if present.size == 1:
+        result["one_class"] = one_class_summary(result, str(cmp.class_names[int(present[0])]))
     for name, (section, rows) in levels.items():
         result[f"per_{name}"] = section
         section.pop("_decisions", None)
@@ -410,6 +426,42 @@ def evaluate(
         w.writerow(["source", "same_bytes_as", "class"])
         w.writerows(copies)
     return result
+
+
+def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """What an evaluation of slices of one class only (an external tumor-only or healthy-only
+    collection, or every slice of the other class removed) could compute.
+
+    ``result``: the metrics of ``evaluate`` (NaN where undefined, ``ci95`` per headline
+    metric); ``name``: the one class scored (a model class, or ``tumor``). Returns ``class``,
+    ``defined`` and ``undefined`` (the headline metrics, ``HEADLINE_METRICS``, each list in
+    that order: the undefined ones are those that need a slice of another class) and, when
+    the specificity is defined (healthy slices only), ``false_positive_rate`` = 1 −
+    specificity with its 95% CI ``false_positive_rate_ci95`` (the bootstrap CI of the
+    specificity, mirrored): the share of healthy slices the model calls a tumor.
+    """
+
+    def defined(key: str) -> bool:
+        v = result.get(key)
+        return isinstance(v, float) and math.isfinite(v)
+
+    keys = [k for k in HEADLINE_METRICS if k in result]
+    out: dict[str, Any] = {
+        "class": name,
+        "defined": [k for k in keys if defined(k)],
+        "undefined": [k for k in keys if not defined(k)],
+    }
+    if defined("specificity"):
+        out["false_positive_rate"] = 1.0 - result["specificity"]
+        lo, hi = result.get("ci95", {}).get("specificity", [math.nan, math.nan])
+        out["false_positive_rate_ci95"] = [1.0 - hi, 1.0 - lo]
+    return out
+
+
+def _not_in_data(cmp: Comparison) -> tuple[str, ...]:
+    """The scored classes (``cmp.class_names``) that no class of the data is mapped to."""
+    mapped = set(cmp.label_map.tolist())
+    return tuple(n for k, n in enumerate(cmp.class_names) if k not in mapped)
 
 
 def _undefined(
@@ -557,7 +609,11 @@ def grouped_levels(
                 if parts:
                     unpooled[name] = ", ".join(parts)
             section["undefined"] = _undefined(
-                section, y_u, unit=_UNIT_NAME[level], unpooled=unpooled
+                section,
+                y_u,
+                unit=_UNIT_NAME[level],
+                unpooled=unpooled,
+                not_in_data=_not_in_data(cmp),
             )
             decided = zip(rows, y_u.tolist(), section["_decisions"], first, strict=True)
             for r, label, pred, i in decided:
@@ -645,7 +701,11 @@ def _open_data(
     # scanner files: read as the model's training data were, unless chosen otherwise
     ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(
-        preprocess=card.preprocess, dicom=ro.dicom, nifti=ro.nifti, used_classes=used
+        preprocess=card.preprocess,
+        dicom=ro.dicom,
+        nifti=ro.nifti,
+        used_classes=used,
+        min_classes=1,  # one class may be scored (a tumor-only collection); a model needs two
     )
     report = ingest(Path(data), tmp / "eval.zarr", cfg)
     if report.read_notes:  # by count: the files' paths may name the patient
@@ -705,11 +765,11 @@ def unreadable_rows(
     # skipped names are relative to ingest's root: the folder, or the manifest's (resolved) one
     root = data.resolve().parent if manifest else data
     if manifest:
-        listed = scan_manifest(data)
+        listed = scan_manifest(data, min_labels=1)
         found = [(SourceFile(e.path, e.kind), e.label) for e in listed.entries]
         others = [u.path for u in listed.unused]
     else:
-        listing = scan_class_folders(data, used)
+        listing = scan_class_folders(data, used, min_classes=1)
         found = [(f, c) for c, fs in listing.classes.items() for f in fs]
         others = [u.path for u in listing.unused] + [p for p, _ in listing.unreadable]
     files = [f for f, _ in found]

@@ -136,7 +136,7 @@ def _listing(
     """(origin, root, class names, jobs, unreadable folders, unused files, hidden entries) of
     a class-folder tree or manifest; the last three as ``(name, reason)``."""
     if raw.is_file() and raw.suffix.lower() == ".csv":
-        manifest = scan_manifest(raw)
+        manifest = scan_manifest(raw, min_labels=config.min_classes)
         entries = manifest.entries
         names = sorted({e.label for e in entries})
         root = raw.resolve().parent
@@ -146,7 +146,7 @@ def _listing(
         problems: list[tuple[str, str]] = []
         unused_files = manifest.unused
     else:
-        listing = scan_class_folders(raw, config.used_classes)
+        listing = scan_class_folders(raw, config.used_classes, min_classes=config.min_classes)
         names = list(listing.classes)
         root = raw
         jobs = [

@@ -52,6 +52,10 @@ class IngestConfig:
         The class folders the caller uses (a class map's sources); None: all. An empty class
         folder outside them is listed in ``IngestReport.ignored`` instead of refused
         (``mriscan.io.scan_class_folders``' ``used``); non-empty ones are stored as usual.
+    min_classes : int
+        The fewest classes the data may have (class folders, or manifest labels): 2 (a store
+        to train on); ``mriscan evaluate`` ingests the data it scores with 1 (e.g. a
+        tumor-only collection), into its temporary store only.
     compress : bool, optional
         How a store this run creates keeps its slices: True, Blosc-LZ4 compressed shards (~79%
         of the raw bytes for real 128² slices, random batch reads about half as fast); False,
@@ -70,6 +74,7 @@ class IngestConfig:
     dicom: object | None = None
     nifti: object | None = None
     used_classes: tuple[str, ...] | None = None
+    min_classes: int = 2
     compress: bool | None = field(
         default=None,
         metadata={
@@ -84,6 +89,10 @@ class IngestConfig:
             raise ConfigError(f"workers must be >= 1. Received: workers={self.workers}.")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1. Received: batch_size={self.batch_size}.")
+        if self.min_classes < 1:
+            raise ConfigError(
+                f"min_classes must be >= 1. Received: min_classes={self.min_classes}."
+            )
         if self.max_pixels < 1:
             raise ConfigError(f"max_pixels must be >= 1. Received: max_pixels={self.max_pixels}.")
 

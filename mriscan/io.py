@@ -528,7 +528,7 @@ class ClassListing:
 
 
 def scan_class_folders(
-    root: str | os.PathLike[str], used: Collection[str] | None = None
+    root: str | os.PathLike[str], used: Collection[str] | None = None, *, min_classes: int = 2
 ) -> ClassListing:
     """List ``root``'s class folders like ``list_class_sources``, checking the layout first.
 
@@ -549,6 +549,12 @@ def scan_class_folders(
     ``used``: the class folders the caller will use (the sources of a class map), None for
     all. An empty class folder outside ``used`` is left out of ``classes`` and named in
     ``ClassListing.empty_left_out`` instead of refused: the map leaves it out explicitly.
+
+    ``min_classes``: the fewest class folders (with files) accepted: 2 for data a model is
+    trained on (and for ``mriscan ingest``); 1 for the data ``mriscan evaluate`` scores (a
+    tumor-only collection). A lone class folder that itself holds two or more folders named
+    like classes (``yes/``, ``glioma/``, ...: ``mriscan.tasks.tumor_like`` /
+    ``healthy_like``) is refused even then: the data were pointed at one level too high.
     """
     root = Path(root)
     if not root.is_dir():
@@ -563,7 +569,7 @@ def scan_class_folders(
             f"Data folder {root} cannot be read ({exc.strerror or exc}); check its permissions."
         ) from exc
     names = {p.name.lower() for p in subs}
-    if len(subs) < 2:
+    if len(subs) < min_classes:
         hint = ""
         for sub in subs:
             inner = _class_like_children(sub, None)
@@ -572,7 +578,21 @@ def scan_class_folders(
         raise EmptyDatasetError(
             f"{root} must hold at least two class sub-folders (e.g. yes/ and no/). "
             f"Received: {[p.name for p in subs] or 'none'}.{hint}"
+            if min_classes >= 2
+            else f"{root} holds no class sub-folder (e.g. yes/ or no/); put the images in "
+            "one folder per class."
         )
+    if len(subs) == 1:  # one class allowed (evaluate): not the parent of the class folders
+        from mriscan.tasks import healthy_like, tumor_like
+
+        inner = [n for n in _class_like_children(subs[0], None) if tumor_like(n) or healthy_like(n)]
+        if len(inner) >= 2:
+            raise EmptyDatasetError(
+                f"{root} holds one folder, {subs[0].name}/, and it holds folders named like "
+                f"classes ({', '.join(inner)}): use {subs[0]} as the data (its sub-folders are "
+                f"the classes), or, to score everything as the one class {subs[0].name!r}, "
+                "move the images out of those folders."
+            )
     same = check_label_case(p.name for p in subs)
     if same:
         raise EmptyDatasetError(
@@ -630,9 +650,10 @@ def scan_class_folders(
             + ". "
             + _EMPTY_FIX.format(root=root)
         )
-    if len(classes) < 2:
+    if len(classes) < min_classes:
+        few = "fewer than two class folders" if min_classes >= 2 else "no class folder"
         raise EmptyDatasetError(
-            f"{root} holds fewer than two class folders with files once the empty one(s) the "
+            f"{root} holds {few} with files once the empty one(s) the "
             f"class map leaves out ({', '.join(left_out)}) are set aside: {sorted(classes)}."
         )
     return ClassListing(
@@ -772,7 +793,7 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
     return scan_manifest(csv_path).entries
 
 
-def scan_manifest(csv_path: str | os.PathLike[str]) -> ManifestListing:
+def scan_manifest(csv_path: str | os.PathLike[str], *, min_labels: int = 2) -> ManifestListing:
     """Read a CSV manifest with the header ``path,label`` or ``path,label,group``.
 
     Paths are relative to the CSV's folder (absolute paths are kept). A path may name a JPEG/PNG,
@@ -790,8 +811,9 @@ def scan_manifest(csv_path: str | os.PathLike[str]) -> ManifestListing:
     ManifestError
         The CSV is missing or unreadable, the header is not ``path,label[,group]``, a row has the
         wrong number of cells or an empty path/label, a path does not exist or is no input file,
-        the same file is listed twice, fewer than two labels are present, or two labels differ
-        only by case (``Yes`` beside ``yes``).
+        the same file is listed twice, fewer than ``min_labels`` labels are present (2; 1 for
+        the data ``mriscan evaluate`` scores), or two labels differ only by case (``Yes`` beside
+        ``yes``).
     """
     csv_path = Path(csv_path)
     try:
@@ -873,8 +895,9 @@ def scan_manifest(csv_path: str | os.PathLike[str]) -> ManifestListing:
             + ". Labels are compared exactly, so each spelling would become a class of its own: "
             "write every label the same way."
         )
-    if len(labels) < 2:
+    if len(labels) < min_labels:
+        least = "two labels" if min_labels >= 2 else "one label"
         raise ManifestError(
-            f"Manifest {csv_path} must name at least two labels. Received: {labels or 'none'}."
+            f"Manifest {csv_path} must name at least {least}. Received: {labels or 'none'}."
         )
     return ManifestListing(entries, tuple(sorted(unused, key=lambda u: u.path)))

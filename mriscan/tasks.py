@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mriscan.config import TaskConfig
+from mriscan.config import TaskConfig, check_class_map
 from mriscan.errors import ConfigError
 
 __all__ = [
@@ -304,19 +304,26 @@ def compare_classes(
     type (``tumor_like``: yes, tumor, glioma, ...). A data class that is neither is never
     guessed to be either.
 
+    The data may hold one side only (an external tumor-only or healthy-only collection; the
+    metrics that need the other side are then undefined, ``mriscan.metrics``): one class (after
+    ``class_map``) that is a model class is scored as that class (``"same"``), except the
+    model's healthy class of a K-class model, which is scored tumor vs no tumor (so that the
+    specificity, the share of healthy slices given no tumor class, is reported); tumor classes
+    without a healthy one, or one healthy class alone, are scored tumor vs no tumor.
+
     Raises
     ------
     ConfigError
         When the classes cannot be matched: a data class that is neither a model class nor
         named like a tumor or healthy class (named, with the ``--class-map`` that maps or leaves
-        it out), no single healthy class, or a model without a healthy class. The message
-        lists both sides and the way out.
+        it out), two healthy classes, or a model without a healthy class. The message lists
+        both sides and the way out.
     """
     data = tuple(data_class_names)
     model = tuple(model_class_names)
     sides = f"The data have classes {list(data)}, the model {list(model)}."
     if class_map:
-        TaskConfig(class_map=class_map)  # validates the map
+        check_class_map(class_map, min_targets=1)  # one class may be scored (not trained)
         source_of = {s: t for t, srcs in class_map for s in srcs}
         unknown = sorted(set(source_of) - set(data))
         if unknown:
@@ -327,7 +334,10 @@ def compare_classes(
     else:
         source_of = {d: d for d in data}
     targets = set(source_of.values())
-    if targets <= set(model) and len(targets) >= 2:
+    # one class alone is scored as that model class, but the healthy class of a K-class model
+    # tumor vs no tumor (its specificity)
+    alone_healthy = len(targets) == 1 and len(model) > 2 and targets == {model_healthy}
+    if targets <= set(model) and not alone_healthy:
         lm = np.array([model.index(source_of[d]) if d in source_of else -1 for d in data])
         h = model.index(model_healthy) if model_healthy in model else None
         return Comparison("same", model, data, lm.astype(np.int64), h)
@@ -349,14 +359,14 @@ def compare_classes(
             "tumor). "
             f"{_map_hint(data, model, model_healthy, neither)}"
         )
-    if len(healthy_t) != 1 or not tumor_t:
-        found = f"healthy-like: {healthy_t or 'none'}; tumor: {tumor_t or 'none'}"
+    if len(healthy_t) > 1:
+        found = f"healthy-like: {healthy_t}; tumor: {tumor_t or 'none'}"
         raise ConfigError(
-            f"{sides} Scoring tumor vs no tumor needs one healthy class and at least one tumor "
-            f"class among the data's classes ({found}). "
+            f"{sides} Scoring tumor vs no tumor needs one healthy class (or none, for tumor "
+            f"slices only) among the data's classes ({found}). "
             f"{_map_hint(data, model, model_healthy)}"
         )
-    healthy = healthy_t[0]
+    healthy = healthy_t[0] if healthy_t else None
     lm = np.array([(0 if source_of[d] == healthy else 1) if d in source_of else -1 for d in data])
     return Comparison(
         "tumor_vs_healthy",

@@ -576,7 +576,7 @@ def test_evaluate_exits_0_when_only_per_class_values_are_undefined(tmp_path):
     assert not set(listed) & {"accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"}
     f1 = [saved["per_class"][n]["f1"] for n in "ab"]
     assert saved["macro_f1"] == pytest.approx(np.mean(f1))
-    assert "recall of 'c', F1 of 'c', ROC AUC of 'c': no readable slice of class 'c'" in r.output
+    assert "recall of 'c', F1 of 'c', ROC AUC of 'c': these data hold no class 'c'" in r.output
     assert "Error" not in r.output
     assert "macro-F1 and balanced accuracy over the classes present: a, b" in r.output
 
@@ -597,3 +597,127 @@ def test_evaluate_keeps_its_temporary_store_in_a_scratch_folder(
     evaluate(loose_model, class_folder, out=tmp_path / "ev", n_boot=10, remove_duplicates=False)
     assert not left.exists() and list(base.iterdir()) == []
     assert (tmp_path / "ev" / "evaluation" / "metrics.json").is_file()
+
+
+# --- tester 16 finding 6: a one-class external set (tumor-only, healthy-only) ------------------
+
+
+def _one_class_folder(class_folder, tmp_path, name):
+    """``class_folder``'s 6 slices of one class, alone under ``tmp_path/only_<name>/<name>/``."""
+    root = tmp_path / f"only_{name}"
+    root.mkdir()
+    (class_folder / name).rename(root / name)
+    return root
+
+
+def _cli_evaluate(data, model, out, *extra):
+    args = ["evaluate", str(data), "--model", str(model), "--out", str(out), *extra]
+    return CliRunner().invoke(main, args)
+
+
+@pytest.mark.backend
+def test_a_tumor_only_folder_gives_sensitivity_and_exits_1_saying_so(
+    loose_model, class_folder, tmp_path, monkeypatch
+):
+    """Sensitivity and recall per data class are computed with their group CIs; specificity,
+    balanced accuracy and AUC are undefined with the reason; the exit status is 1 (a headline
+    metric undefined), after a line saying what the one class allowed. Near-duplicates of
+    the model's training slices are still removed and counted."""
+    import mriscan.evaluate as ev_mod
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+
+    data = _one_class_folder(class_folder, tmp_path, "yes")
+    # the model was "trained" on two of these slices: their thumbnails are its training ones
+    ingest(data, tmp_path / "s.zarr", IngestConfig(PreprocessConfig(size=32), min_classes=1))
+    with ImageStore.open(tmp_path / "s.zarr") as store:
+        assert store.class_names == ("yes",)
+        trained = store.signatures()[:2]
+    monkeypatch.setattr(ev_mod, "_training_signatures", lambda path, card: trained)
+    ev = evaluate(loose_model, data, out=tmp_path / "ev", n_boot=50)
+    removed = ev["near_duplicates_removed"]
+    assert removed["count"] >= 2 and removed["per_class"] == {"yes": removed["count"]}
+    assert ev["n"] + removed["count"] == 6 and ev["n"] > 0
+    assert ev["comparison"] == "same: no = (none); yes = yes"
+    assert np.isfinite(ev["sensitivity"]) and np.isfinite(
+        ev["recall_per_data_class"]["yes"]["recall"]
+    )
+    assert all(np.isfinite(ev["ci95"]["sensitivity"]))
+    assert np.isnan(ev["specificity"]) and np.isnan(ev["roc_auc"])
+    assert np.isnan(ev["balanced_accuracy"]) and all(np.isnan(ev["ci95"]["specificity"]))
+    assert set(failing(ev["undefined"])) == {"balanced_accuracy", "roc_auc", "specificity"}
+    assert ev["undefined"]["specificity"] == "these data hold no class 'no'"
+    one = ev["one_class"]
+    assert one["class"] == "yes" and "false_positive_rate" not in one
+    assert one["defined"] == ["accuracy", "macro_f1", "sensitivity"]
+    assert one["undefined"] == ["balanced_accuracy", "roc_auc", "specificity"]
+    assert _strict_json(tmp_path / "ev" / "evaluation" / "metrics.json")["specificity"] is None
+
+    r = _cli_evaluate(data, loose_model, tmp_path / "c")
+    assert r.exit_code == 1, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("One class in these data"))
+    assert line.startswith("One class in these data (yes): computed accuracy")
+    assert "sensitivity " in line and "recall per data class" in line
+    assert "balanced accuracy, ROC AUC, specificity need slices of another class" in line
+    assert "so the exit status is 1" in line
+    assert r.output.index("One class in these data") < r.output.index("Error:")
+    assert "removed" in r.output and "near-duplicates of training slices" in r.output
+
+
+@pytest.mark.backend
+def test_a_healthy_only_folder_gives_specificity_and_the_false_positive_rate(
+    loose_model, class_folder, tmp_path
+):
+    data = _one_class_folder(class_folder, tmp_path, "no")
+    ev = evaluate(loose_model, data, out=tmp_path / "ev", n_boot=50)
+    assert ev["n"] == 6 and np.isfinite(ev["specificity"]) and np.isnan(ev["sensitivity"])
+    one = ev["one_class"]
+    assert one["false_positive_rate"] == pytest.approx(1 - ev["specificity"])
+    lo, hi = ev["ci95"]["specificity"]
+    assert one["false_positive_rate_ci95"] == pytest.approx([1 - hi, 1 - lo])
+    assert set(failing(ev["undefined"])) == {"balanced_accuracy", "roc_auc", "sensitivity"}
+    r = _cli_evaluate(data, loose_model, tmp_path / "c")
+    assert r.exit_code == 1, r.output
+    fpr = f"false-positive rate {one['false_positive_rate']:.3f}"
+    assert "One class in these data (no): computed" in r.output and fpr in r.output
+    assert "balanced accuracy, ROC AUC, sensitivity need slices of another class" in r.output
+
+
+@pytest.mark.backend
+def test_a_class_map_leaving_one_class_scores_it_and_a_k_class_model_scores_healthy_data(
+    loose_model, four_class_model, tmp_path
+):
+    """Tester 16's command: a yes/no model on a 3-tumor-type folder with
+    --class-map 'yes=glioma,meningioma,pituitary' (refused before: "must leave at least two
+    classes"); a 4-class model on its healthy class alone: tumor vs no tumor, specificity."""
+    from tests.conftest import write_class_folders
+
+    k3 = write_class_folders(tmp_path / "k3", ("glioma", "meningioma", "pituitary"), n_per_class=3)
+    r = _cli_evaluate(
+        k3, loose_model, tmp_path / "c", "--class-map", "yes=glioma,meningioma,pituitary"
+    )
+    assert r.exit_code == 1, r.output
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["comparison"] == "same: no = (none); yes = glioma + meningioma + pituitary"
+    assert saved["n"] == 9 and saved["sensitivity"] is not None and saved["specificity"] is None
+    assert set(saved["recall_per_data_class"]) == {"glioma", "meningioma", "pituitary"}
+    assert all(v["n"] == 3 for v in saved["recall_per_data_class"].values())
+    assert "One class in these data (yes)" in r.output
+    healthy = write_class_folders(tmp_path / "h", ("notumor",), n_per_class=4)
+    ev = evaluate(four_class_model, healthy, out=tmp_path / "ev4", n_boot=20)
+    assert ev["comparison"] == "tumor_vs_healthy: notumor = notumor; tumor = (none)"
+    assert np.isfinite(ev["specificity"]) and "false_positive_rate" in ev["one_class"]
+
+
+def test_train_still_refuses_one_class(class_folder, tmp_path):
+    """Only evaluate's data side takes one class: train refuses a one-class folder and a
+    one-target class map with their messages, before anything is trained."""
+    data = _one_class_folder(class_folder, tmp_path, "yes")
+    r = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "t")])
+    assert r.exit_code != 0 and "must hold at least two class sub-folders" in r.output
+    args = ["train", str(data), "--class-map", "yes=yes"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "t2")])
+    assert r.exit_code == 2 and "class_map must leave at least two classes" in r.output
+    r = CliRunner().invoke(main, ["ingest", str(data), "--store", str(tmp_path / "s.zarr")])
+    assert r.exit_code != 0 and "must hold at least two class sub-folders" in r.output
+    assert not (tmp_path / "s.zarr").exists()

@@ -154,6 +154,27 @@ def test_list_class_folders(class_folder, tmp_path):
         list_class_folders(tmp_path / "one")
 
 
+def test_one_class_folder_is_for_evaluate_only(class_folder, tmp_path):
+    """Tester 16 finding 6: evaluate lists a folder of one class (a tumor-only collection);
+    by default (ingest, train, cv) it is refused with the same message as before. The parent
+    of the class folders is refused even then, naming the folder to use."""
+    from mriscan.io import scan_class_folders
+
+    (tmp_path / "one").mkdir()
+    (class_folder / "yes").rename(tmp_path / "one" / "yes")
+    with pytest.raises(EmptyDatasetError, match="at least two class sub-folders"):
+        scan_class_folders(tmp_path / "one")
+    listing = scan_class_folders(tmp_path / "one", min_classes=1)
+    assert list(listing.classes) == ["yes"] and len(listing.classes["yes"]) == 6
+    (tmp_path / "top").mkdir()
+    class_folder.rename(tmp_path / "top" / "set")
+    (tmp_path / "top" / "set" / "yes").mkdir()
+    with pytest.raises(EmptyDatasetError, match=r"set/, and it holds folders named like classes"):
+        scan_class_folders(tmp_path / "top", min_classes=1)
+    with pytest.raises(EmptyDatasetError, match="holds no class sub-folder"):
+        scan_class_folders(tmp_path / "top" / "set" / "no", min_classes=1)
+
+
 def test_every_real_file_decodes(real_data):
     files = [p for d in ("yes", "no") for p in sorted((real_data / d).iterdir())]
     assert len(files) == 253

@@ -127,7 +127,7 @@ def test_tumor_types_and_tumor_names_count_as_tumor():
     c = compare_classes(("glioma", "notumor", "yes"), FOUR, "notumor")
     assert c.mode == "tumor_vs_healthy" and c.label_map.tolist() == [1, 0, 1]
     # two healthy-like classes and no tumor one: refused, not guessed
-    with pytest.raises(ConfigError, match="one healthy class and at least one tumor"):
+    with pytest.raises(ConfigError, match=r"needs one healthy class \(or none"):
         compare_classes(("control", "no"), FOUR, "notumor")
 
 
@@ -175,3 +175,59 @@ def test_class_map_errors_say_what_is_wrong():
         parse_class_map("yes=glioma;no=glioma,notumor")
     with pytest.raises(ConfigError, match="differ only by case: Glioma and glioma"):
         parse_class_map("Glioma=glioma;glioma=notumor")
+
+
+# --- tester 16 finding 6: a one-class (tumor-only or healthy-only) external set ----------------
+
+
+@pytest.mark.parametrize(
+    ("data", "model", "mode", "names", "labels"),
+    [
+        # a model class: scored as that class
+        (("yes",), ("no", "yes"), "same", ("no", "yes"), [1]),
+        (("no",), ("no", "yes"), "same", ("no", "yes"), [0]),
+        (("glioma",), FOUR, "same", FOUR, [0]),
+        # tumor-like names, or a tumor-only set of several types: tumor vs no tumor
+        (("glioma_tumor",), ("no", "yes"), "tumor_vs_healthy", ("no", "tumor"), [1]),
+        (("glioma", "meningioma"), ("no", "yes"), "tumor_vs_healthy", ("no", "tumor"), [1, 1]),
+        (("tumor",), FOUR, "tumor_vs_healthy", ("notumor", "tumor"), [1]),
+        # healthy-like names, and the healthy class of a K-class model (its specificity)
+        (("normal",), ("no", "yes"), "tumor_vs_healthy", ("no", "tumor"), [0]),
+        (("notumor",), FOUR, "tumor_vs_healthy", ("notumor", "tumor"), [0]),
+    ],
+)
+def test_one_data_class_is_matched_by_the_name_rules(data, model, mode, names, labels):
+    c = compare_classes(data, model, model[0] if model == ("no", "yes") else "notumor")
+    assert (c.mode, c.class_names, c.label_map.tolist()) == (mode, names, labels)
+
+
+def test_one_unknown_data_class_is_refused_never_guessed():
+    with pytest.raises(ConfigError, match=r"\['t2_axial'\] is neither"):
+        compare_classes(("t2_axial",), ("no", "yes"), "no")
+    with pytest.raises(ConfigError, match="no healthy class"):  # nothing to score it against
+        compare_classes(("tumor",), ("glioma", "meningioma", "pituitary"), None)
+
+
+def test_a_class_map_with_one_target_is_for_evaluate_only():
+    """evaluate may leave one class ('yes=glioma,meningioma': the sensitivity of a yes/no model
+    on tumors alone); a model is still trained on two or more, with the same message."""
+    one = parse_class_map("yes=glioma,meningioma", min_targets=1)
+    c = compare_classes(FOUR, ("no", "yes"), "no", one)
+    assert c.mode == "same" and c.label_map.tolist() == [1, 1, -1, -1]
+    assert (
+        c.describe() == "same: no = (none); yes = glioma + meningioma; left out: notumor, pituitary"
+    )
+    with pytest.raises(ConfigError, match="class_map must leave at least two classes"):
+        parse_class_map("yes=glioma,meningioma")
+    with pytest.raises(ConfigError, match="class_map must leave at least two classes"):
+        TaskConfig(class_map=one)
+    with pytest.raises(ConfigError, match="A task needs at least two classes"):
+        resolve_task(("yes",))
+    # the other checks of a map still apply to one target
+    with pytest.raises(ConfigError, match=r"names \['glioma'\] twice"):
+        parse_class_map("yes=glioma,glioma", min_targets=1)
+    # a K-class model's tumor type, as tumor vs no tumor (its sensitivity) by naming it so
+    c = compare_classes(
+        ("glioma",), FOUR, "notumor", parse_class_map("tumor=glioma", min_targets=1)
+    )
+    assert c.mode == "tumor_vs_healthy" and c.label_map.tolist() == [1]
