@@ -130,44 +130,6 @@ def _assign(counts: np.ndarray, order: np.ndarray, targets: np.ndarray) -> np.nd
     return where
 
 
-def _cover(where: np.ndarray, counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Give every part that is meant to hold some of a class (``targets[part, class] > 0``) at
-    least one group of it, taken from the part holding the most groups of that class, when that
-    part can spare one (it keeps at least one) without losing the last group of another class.
-
-    The greedy fill (``_assign``) places large groups first; a small part (the validation share
-    of a cross-validation fold's few groups) can then end up without a class although the class
-    has groups to spare, and cv would refuse the fold (``crossval.check_folds``) or a model
-    would be thresholded without the class. Splits in which every part already holds every
-    class are returned unchanged. ``where``: part of each group, shape (G,), int64; ``counts``:
-    slices per group and class, shape (G, K); ``targets``: shape (parts, K).
-    """
-    where = where.copy()
-    n_parts = targets.shape[0]
-    for c in range(counts.shape[1]):
-        holds = counts[:, c] > 0
-        for b in range(n_parts):
-            if targets[b, c] <= 0 or (holds & (where == b)).any():
-                continue
-            held = np.bincount(where[holds], minlength=n_parts)
-            for d in np.argsort(-held, kind="stable"):
-                if held[d] < 2:
-                    break
-                spare = [
-                    g
-                    for g in np.flatnonzero(holds & (where == d))
-                    if all(  # no other class loses its last group in part d
-                        ((counts[:, k] > 0) & (where == d)).sum() >= 2
-                        for k in np.flatnonzero(counts[g] > 0)
-                        if k != c
-                    )
-                ]
-                if spare:  # the smallest group: the least change to the other shares
-                    where[min(spare, key=lambda g: (counts[g].sum(), g))] = b
-                    break
-    return where
-
-
 def kfold_indices(
     labels: np.ndarray, groups: np.ndarray, *, n_folds: int = 5, seed: int = 0
 ) -> np.ndarray:
@@ -257,7 +219,7 @@ def split_indices(
     inverse, counts, order = _group_table(labels, groups, seed)
     fracs = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     targets = np.outer(fracs, counts.sum(axis=0))
-    where = _cover(_assign(counts, order, targets), counts, targets)[inverse]
+    where = _assign(counts, order, targets)[inverse]
     return {name: np.flatnonzero(where == k) for k, name in enumerate(("train", "val", "test"))}
 
 
