@@ -753,19 +753,9 @@ def _print_metrics(title: str, m: dict) -> None:
     thr = m.get("threshold")
     rule = f"threshold {thr:.3f}" if isinstance(thr, float) and thr == thr else "most probable"
     click.echo(f"{title} (n={m['n']}, {rule}):")
-    keys = [
-        k
-        for k in (
-            "accuracy",
-            "balanced_accuracy",
-            "macro_f1",
-            "roc_auc",
-            "macro_roc_auc",
-            "sensitivity",
-            "specificity",
-        )
-        if k in m
-    ]
+    from mriscan.evaluate import HEADLINE_METRICS
+
+    keys = [k for k in HEADLINE_METRICS if k in m]
     ci = m.get("ci95", {})
     parts = []
     for k in keys:
