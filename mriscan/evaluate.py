@@ -159,6 +159,8 @@ def undefined_metrics(
             absent = [names[k] for k in _NEEDS[key] if counts[k] == 0]
         elif key == "macro_roc_auc":
             absent = absent_all
+        elif key in ("macro_f1", "balanced_accuracy") and len(names) - len(absent_all) < 2:
+            absent = absent_all  # a mean over classes needs two of them present
         else:
             absent = []
         why[key] = none_of(absent) if absent else "undefined on these data"

@@ -228,12 +228,16 @@ def _per_class(cm: np.ndarray, class_names) -> dict[str, dict[str, float]]:
 
 
 def macro_f1(per_class: dict[str, dict[str, float]]) -> float:
-    """Mean F1 over the classes present (support > 0) of a ``_per_class`` dict; NaN if none.
+    """Mean F1 over the classes present (support > 0) of a ``_per_class`` dict; NaN when fewer
+    than two classes are present.
 
     Equals scikit-learn's ``f1_score(y_true, y_pred, labels=<classes present in y_true>,
-    average="macro")``: a class without a true sample is left out, not counted as F1 0.
+    average="macro")``: a class without a true sample is left out, not counted as F1 0. With
+    one class present its precision is 1 by construction (no slice of another class can be
+    mistaken for it), so its F1 would read as a two-sided score it is not: undefined instead.
     """
-    return mean_of_defined([v["f1"] for v in per_class.values() if v["support"] > 0])
+    present = [v["f1"] for v in per_class.values() if v["support"] > 0]
+    return mean_of_defined(present) if len(present) >= 2 else float("nan")
 
 
 def multiclass_metrics(
@@ -251,8 +255,9 @@ def multiclass_metrics(
     -------
     dict
         ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present in
-        ``y_true``, as ``sklearn.metrics.balanced_accuracy_score``), ``macro_f1`` (mean F1
-        over the classes present in ``y_true``: ``macro_f1``), ``per_class`` (precision,
+        ``y_true``, as ``sklearn.metrics.balanced_accuracy_score``; NaN with fewer than two
+        present), ``macro_f1`` (mean F1 over the classes present in ``y_true``: ``macro_f1``;
+        NaN with fewer than two), ``per_class`` (precision,
         recall, F1, support, one-vs-rest ``roc_auc``; undefined as ``_per_class`` says, the
         AUC when the class is absent or alone), ``macro_roc_auc`` (mean of the defined
         one-vs-rest AUCs), ``confusion_matrix`` (counts) and ``confusion_matrix_row_percent``
@@ -285,9 +290,10 @@ def multiclass_metrics(
         "n": int(y.size),
         "decision": ARGMAX_RULE,
         "accuracy": _safe_div(int((pred == y).sum()), y.size),
-        "balanced_accuracy": mean_of_defined(
-            [v["recall"] for v in per_class.values() if v["support"] > 0]
-        ),
+        # one class present: its recall alone, nothing balanced (undefined, as for two classes)
+        "balanced_accuracy": mean_of_defined(present)
+        if len(present := [v["recall"] for v in per_class.values() if v["support"] > 0]) >= 2
+        else float("nan"),
         "macro_f1": macro_f1(per_class),
         "macro_roc_auc": mean_of_defined(aucs),
         "per_class": per_class,

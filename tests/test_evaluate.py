@@ -167,7 +167,10 @@ def test_a_class_with_no_readable_file_makes_auc_undefined(loose_model, class_fo
     assert r.exit_code == 1
     assert "ROC AUC undefined" in r.output and "nan" not in r.output.lower()
     # the headline metrics that fail, named together with their one reason
-    assert "balanced_accuracy, roc_auc, sensitivity: no readable slice of class 'yes'" in r.output
+    assert (
+        "balanced_accuracy, macro_f1, roc_auc, sensitivity: no readable slice of class 'yes'"
+        in r.output
+    )
     # nothing readable at all: a clear error, not a table of zeros
     for p in (class_folder / "no").iterdir():
         _truncate(p)
@@ -523,24 +526,26 @@ def test_per_class_undefined_values_are_listed_with_their_reason():
     # one class only: the macro AUC is undefined, a headline metric, so it fails
     one = mx.multiclass_metrics(y[:3], np.eye(3)[pred[:3]] * 0.7 + 0.1, ("a", "b", "c"))
     why = undefined_metrics(one, y[:3])
-    assert failing(why) == {"macro_roc_auc": "no readable slice of class 'b' or 'c'"}
+    reason = "no readable slice of class 'b' or 'c'"
+    # a mean over classes needs two present: macro-F1 and balanced accuracy too
+    assert failing(why) == dict.fromkeys(("balanced_accuracy", "macro_f1", "macro_roc_auc"), reason)
     assert why["ROC AUC of 'a'"] == "no readable slice of class 'b' or 'c' (one-vs-rest)"
 
 
 def test_binary_with_no_negative_slice_fails_on_its_headline_metrics():
     """Tester 16 finding 2, the yes/no case (every 'no' slice removed as a near-duplicate,
     two 'yes' slices called 'no'): balanced accuracy is undefined with specificity and listed;
-    macro-F1 is the F1 of 'yes' alone and is not."""
+    so is macro-F1 (one class present: the F1 of 'yes' has precision 1 by construction)."""
     from mriscan import metrics as mx
     from mriscan.evaluate import failing, undefined_metrics
 
     y = np.ones(10, np.int64)
     result = mx.binary_metrics(y, np.r_[np.full(8, 0.9), 0.1, 0.2], threshold=0.5)
     why = undefined_metrics(result, y, {"no": 61})
-    assert set(failing(why)) == {"balanced_accuracy", "roc_auc", "specificity"}
+    assert set(failing(why)) == {"balanced_accuracy", "macro_f1", "roc_auc", "specificity"}
     assert "61 of class 'no'" in why["balanced_accuracy"]
     assert {"recall of 'no'", "F1 of 'no'"} <= set(why) and "precision of 'no'" not in why
-    assert result["macro_f1"] == pytest.approx(2 * 8 / (8 + 10))
+    assert np.isnan(result["macro_f1"]) and result["per_class"]["yes"]["precision"] == 1.0
 
 
 @pytest.mark.backend
@@ -645,12 +650,14 @@ def test_a_tumor_only_folder_gives_sensitivity_and_exits_1_saying_so(
     assert all(np.isfinite(ev["ci95"]["sensitivity"]))
     assert np.isnan(ev["specificity"]) and np.isnan(ev["roc_auc"])
     assert np.isnan(ev["balanced_accuracy"]) and all(np.isnan(ev["ci95"]["specificity"]))
-    assert set(failing(ev["undefined"])) == {"balanced_accuracy", "roc_auc", "specificity"}
+    assert set(failing(ev["undefined"])) == {
+        "balanced_accuracy", "macro_f1", "roc_auc", "specificity"
+    }  # fmt: skip
     assert ev["undefined"]["specificity"] == "these data hold no class 'no'"
     one = ev["one_class"]
     assert one["class"] == "yes" and "false_positive_rate" not in one
-    assert one["defined"] == ["accuracy", "macro_f1", "sensitivity"]
-    assert one["undefined"] == ["balanced_accuracy", "roc_auc", "specificity"]
+    assert one["defined"] == ["accuracy", "sensitivity"]
+    assert one["undefined"] == ["balanced_accuracy", "macro_f1", "roc_auc", "specificity"]
     assert _strict_json(tmp_path / "ev" / "evaluation" / "metrics.json")["specificity"] is None
 
     r = _cli_evaluate(data, loose_model, tmp_path / "c")
@@ -658,7 +665,7 @@ def test_a_tumor_only_folder_gives_sensitivity_and_exits_1_saying_so(
     line = next(x for x in r.output.splitlines() if x.startswith("One class in these data"))
     assert line.startswith("One class in these data (yes): computed accuracy")
     assert "sensitivity " in line and "recall per data class" in line
-    assert "balanced accuracy, ROC AUC, specificity need slices of another class" in line
+    assert "balanced accuracy, macro-F1, ROC AUC, specificity need slices of another" in line
     assert "so the exit status is 1" in line
     assert r.output.index("One class in these data") < r.output.index("Error:")
     assert "removed" in r.output and "near-duplicates of training slices" in r.output
@@ -675,12 +682,14 @@ def test_a_healthy_only_folder_gives_specificity_and_the_false_positive_rate(
     assert one["false_positive_rate"] == pytest.approx(1 - ev["specificity"])
     lo, hi = ev["ci95"]["specificity"]
     assert one["false_positive_rate_ci95"] == pytest.approx([1 - hi, 1 - lo])
-    assert set(failing(ev["undefined"])) == {"balanced_accuracy", "roc_auc", "sensitivity"}
+    assert set(failing(ev["undefined"])) == {
+        "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity"
+    }  # fmt: skip
     r = _cli_evaluate(data, loose_model, tmp_path / "c")
     assert r.exit_code == 1, r.output
     fpr = f"false-positive rate {one['false_positive_rate']:.3f}"
     assert "One class in these data (no): computed" in r.output and fpr in r.output
-    assert "balanced accuracy, ROC AUC, sensitivity need slices of another class" in r.output
+    assert "balanced accuracy, macro-F1, ROC AUC, sensitivity need slices of another" in r.output
 
 
 @pytest.mark.backend

@@ -173,8 +173,9 @@ def test_an_absent_class_is_undefined_whether_or_not_it_was_predicted():
 
 def test_binary_with_one_class_absent():
     """Tester 16 finding 2, the yes/no case: no 'no' slice but some predicted 'no'. Recall and
-    F1 of 'no' are undefined; macro-F1 is the F1 of 'yes' alone; balanced accuracy is
-    undefined with specificity (it was the sensitivity)."""
+    F1 of 'no' are undefined; balanced accuracy is undefined with specificity (it was the
+    sensitivity), and so is macro-F1: with one class present, the F1 of 'yes' has precision 1
+    by construction (it was (0 + F1_yes) / 2, then F1_yes alone, read as a two-sided score)."""
     y = np.ones(20, int)
     prob = np.r_[np.full(18, 0.9), np.full(2, 0.1)]  # 18 found, 2 called 'no'
     m = binary_metrics(y, prob, threshold=0.5)
@@ -185,7 +186,10 @@ def test_binary_with_one_class_absent():
     assert np.isnan(m["balanced_accuracy"]) and np.isnan(m["roc_auc"])
     f1_yes = 2 * 18 / (18 + 20)
     assert m["per_class"]["yes"]["f1"] == pytest.approx(f1_yes)
-    assert m["macro_f1"] == pytest.approx(f1_yes)  # not (0 + F1_yes) / 2
+    assert m["per_class"]["yes"]["precision"] == 1.0 and np.isnan(m["macro_f1"])
+    k = mx.multiclass_metrics(np.zeros(6, int), np.eye(3)[[0, 0, 0, 1, 2, 0]], ("a", "b", "c"))
+    assert k["per_class"]["a"]["recall"] == pytest.approx(4 / 6)  # defined per class
+    assert np.isnan(k["macro_f1"]) and np.isnan(k["balanced_accuracy"])  # one class present
     # both classes present: balanced accuracy and macro-F1 as scikit-learn's
     from sklearn import metrics as skm
 
