@@ -182,7 +182,8 @@ def write_series_report(
     ------
     StructuredReportError
         If there is no source, a source cannot be read, lacks a Study, Series or SOP Instance
-        UID, the sources span several series, a frame is out of range, the row lacks a class's
+        UID, the sources span several series, or several patients (Patient ID) or studies
+        (Study Instance UID), a frame is out of range, the row lacks a class's
         probability or its label is no class, or highdicom refuses the content (its reason).
     """
     import highdicom as hd
@@ -225,6 +226,20 @@ def write_series_report(
     series = {ds.SeriesInstanceUID for ds, _ in headers}
     if len(series) > 1:
         raise StructuredReportError(f"the sources span {len(series)} series, not one")
+    # one report is filed under one patient and one study: a series whose instances name
+    # several must not put a finding drawn partly from another's images into this record
+    for keyword, what in (("PatientID", "patients (Patient ID)"),
+                          ("StudyInstanceUID", "studies (Study Instance UID)")):  # fmt: skip
+        counts: dict[str, int] = {}
+        for ds, _ in headers:
+            value = str(ds.get(keyword, "") or "").strip()
+            counts[value] = counts.get(value, 0) + 1
+        if len(counts) > 1:  # counts only: the reason is printed and must name no one
+            split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
+            raise StructuredReportError(
+                f"the series' instances belong to {len(counts)} {what} ({split} instances): "
+                "one report cannot be filed for them; check the series"
+            )
     first = headers[0][0]
     for key in _TYPE2:
         if key not in first:

@@ -226,8 +226,22 @@ def predict_inputs(
             sources.setdefault(s.unit, []).append(SRSource(r.path, frame))
         if r.note:
             read_note[s.unit] = r.note
+    owners: dict[str, dict[str, dict[str, int]]] = {}  # unit -> patient/study -> id -> slices
+    for _, s in slices:
+        if s.unit.startswith("series:"):
+            for what, value in (("patient", s.patient), ("study", s.study)):
+                counts = owners.setdefault(s.unit, {}).setdefault(what, {})
+                counts[value] = counts.get(value, 0) + 1
     for row in agg:
         notes = [read_note[row["unit"]]] if row["unit"] in read_note else []
+        for what, counts in owners.get(row["unit"], {}).items():
+            if len(counts) > 1:  # counts only: no identifier
+                split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
+                kind = "patients (Patient ID)" if what == "patient" else "studies (Study UID)"
+                notes.append(
+                    f"its slices belong to {len(counts)} {kind} ({split} slices): check the "
+                    "series; --dicom-out files no report for it"
+                )
         if missing := len(unreadable.get(row["unit"], ())):
             total = missing + len(files_of.get(row["unit"], ()))
             notes.append(

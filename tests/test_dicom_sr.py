@@ -346,3 +346,35 @@ def test_a_series_scored_from_part_of_its_files_says_so_in_its_report(model_file
     params = [i.TextValue for i in _items(_groups(ds)["mriscan finding"].ContentSequence,
                                           ALGORITHM_PARAMETERS)]  # fmt: skip
     assert not any(p.startswith("note: ") for p in params)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "what"),
+    [
+        ("PatientID", "OTHER999", "2 patients (Patient ID) (3 + 1 instances)"),
+        ("StudyInstanceUID", "1.2.826.0.1.3680043.8.498.1", "2 studies (Study Instance UID)"),
+    ],
+)
+def test_a_series_spanning_patients_or_studies_gets_no_report(
+    model_file, tmp_path, keyword, value, what
+):
+    """One instance of another patient or study in a series: predicted, warned in its row,
+    and no report filed (the reason gives counts only, no identifier)."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=4, canvas=32), seed=2)
+    ds = pydicom.dcmread(files[1])
+    setattr(ds, keyword, value)
+    if keyword == "PatientID":
+        ds.PatientName = "Other^Person"
+    ds.save_as(files[1])
+    rows = predict(model_file, [tmp_path / "s"], dicom_out=tmp_path / "sr")
+    (row,) = [r for r in rows if r.get("level") == "series"]
+    assert row["slices"] == 4 and "dicom" not in row
+    assert what in row["dicom_skipped"] and "one report cannot be filed" in row["dicom_skipped"]
+    assert "OTHER" not in row["dicom_skipped"] and "Other" not in row["dicom_skipped"]
+    kind = "patients (Patient ID)" if keyword == "PatientID" else "studies (Study UID)"
+    assert f"its slices belong to 2 {kind} (3 + 1 slices)" in row["warning"]
+    assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
