@@ -182,14 +182,15 @@ def write_series_report(
     ------
     StructuredReportError
         If there is no source, a source cannot be read, lacks a Study, Series or SOP Instance
-        UID, the sources span several series, or several patients (Patient ID) or studies
-        (Study Instance UID), a frame is out of range, the row lacks a class's
+        UID or has an invalid one (``pydicom.uid.UID.is_valid``), the sources span several
+        series, or several patients (Patient ID) or studies (Study Instance UID), a frame is
+        out of range, the row lacks a class's
         probability or its label is no class, or highdicom refuses the content (its reason).
     """
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
+    from pydicom.uid import UID, generate_uid
 
     from mriscan import __version__
     from mriscan.dicom_sc import MANUFACTURER
@@ -216,6 +217,11 @@ def write_series_report(
             if not ds.get(key):
                 raise StructuredReportError(
                     f"a source has no {key}: there is no study to file the report into"
+                )
+            if not UID(str(ds.get(key))).is_valid:  # copied into the report: it must be valid
+                raise StructuredReportError(
+                    f"a source's {key} is not a valid DICOM UID (digits and dots, at most 64 "
+                    "characters, no component with a leading zero): fix the source's header"
                 )
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if bad := [f for f in fr if not 0 <= f < n_frames]:

@@ -378,3 +378,45 @@ def test_a_series_spanning_patients_or_studies_gets_no_report(
     kind = "patients (Patient ID)" if keyword == "PatientID" else "studies (Study UID)"
     assert f"its slices belong to 2 {kind} (3 + 1 slices)" in row["warning"]
     assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
+
+
+def test_an_invalid_study_uid_is_refused(model_file, tmp_path):
+    """A malformed Study Instance UID is not copied into a report: the series is refused."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=2, canvas=32))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = "1.2.3.abc.0045"
+        ds.save_as(f)
+    with pytest.warns(UserWarning):  # pydicom's own, on reading the bad UID
+        rows = predict(model_file, [tmp_path / "s"], dicom_out=tmp_path / "sr")
+    (row,) = [r for r in rows if r.get("level") == "series"]
+    assert "StudyInstanceUID is not a valid DICOM UID" in row["dicom_skipped"]
+    assert "abc" not in row["dicom_skipped"] and "dicom" not in row
+    assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
+
+
+def test_dicom_out_naming_a_file_is_a_usage_error_before_predicting(model_file, tmp_path):
+    """--dicom-out at an existing file: exit 2 and no predictions file; the library refuses it
+    too, before reading anything."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.errors import MriscanError
+    from mriscan.predict import predict
+
+    write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=2, canvas=32))
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(
+        main, ["predict", str(model_file), str(tmp_path / "s"), "--output", str(out),
+               "--dicom-out", str(tmp_path / "afile")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "--dicom-out" in res.output
+    assert not out.exists()
+    with pytest.raises(MriscanError, match="is not a folder"):
+        predict(model_file, [tmp_path / "s"], output=out, dicom_out=tmp_path / "afile")
+    assert not out.exists()
