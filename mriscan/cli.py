@@ -1132,7 +1132,7 @@ def _print_cv_levels(s: dict) -> None:
 )
 @click.option(
     "--dicom-out",
-    type=_PATH,
+    type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Also write each DICOM series' finding (label, per-class probabilities, pooling "
     "rule, model) as a DICOM Structured Report (TID 1500, Comprehensive SR) into this folder, "

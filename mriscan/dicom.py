@@ -70,6 +70,7 @@ __all__ = [
     "codec_advice",
     "codec_packages",
     "group_series",
+    "instance_id",
     "is_placeholder_patient_id",
     "read_dicom",
     "series_id",
@@ -1103,6 +1104,21 @@ def series_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
             path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True
         )
         return _identifiers(ds, salt)["series"]
+    except Exception:  # a damaged header: the caller has the file's own error already
+        return None
+
+
+def instance_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
+    """The hashed SOP Instance UID (``DicomSliceMeta.instance``) of a DICOM file from its
+    header alone, as ``series_id`` reads it, or None when the header cannot be read or has no
+    SOP Instance UID: tells whether a file whose pixels fail to decode is a copy of an instance
+    read from another file."""
+    salt = check_salt(salt)
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True
+        )
+        return _identifiers(ds, salt)["instance"]
     except Exception:  # a damaged header: the caller has the file's own error already
         return None
 

@@ -44,14 +44,17 @@ algorithm's output that no person has checked). Like ``mriscan.dicom_sc``'s Seco
 Captures, highdicom copies the source's Patient and General Study modules (Patient Name,
 Patient ID, Birth Date, Sex, Study Instance UID, Accession Number, ...) so that a PACS files
 the report with the images; such a file carries the patient's identity, by design and unlike
-everything else mriscan writes. Its file name is its own fresh SOP Instance UID, never a
-patient's or file's name. Keras-free.
+everything else mriscan writes. Its file name is its own SOP Instance UID, never a
+patient's or file's name; that UID (and its series') is derived from the source series, the
+model file's SHA-256, the threshold and the pooling rule, so a repeated run replaces its report
+rather than adding a second one. Keras-free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +68,7 @@ __all__ = [
     "StructuredReportError",
     "class_code",
     "pooling_code",
+    "remove_stale_temp_files",
     "write_series_report",
     "write_series_reports",
 ]
@@ -148,6 +152,7 @@ def write_series_report(
     *,
     model_path: str | os.PathLike[str],
     threshold: float | None,
+    model_sha256: str | None = None,
 ) -> Path:
     """Write one series' finding (``row``: its ``level`` "series" row of
     ``mriscan.scan_predict.predict_inputs``) as a Comprehensive SR in the series' study.
@@ -170,6 +175,14 @@ def write_series_report(
         The model file (its name identifies the algorithm).
     threshold : float or None
         The two-class decision threshold used (None for more classes).
+    model_sha256 : str, optional
+        The model file's SHA-256 (hex); default: the card's, else the file's.
+
+    The report's SOP Instance UID and Series Instance UID are derived
+    (``pydicom.uid.generate_uid(entropy_srcs=...)``) from the source Series Instance UID, the
+    model's SHA-256, the threshold and the pooling rule: the same report made again (a run
+    repeated after a crash, into the same folder) replaces its file instead of adding a
+    second report of the same finding, while another model, threshold or rule gives another.
 
     Returns
     -------
@@ -182,13 +195,15 @@ def write_series_report(
     ------
     StructuredReportError
         If there is no source, a source cannot be read, lacks a Study, Series or SOP Instance
-        UID, the sources span several series, a frame is out of range, the row lacks a class's
+        UID or has an invalid one (``pydicom.uid.UID.is_valid``), the sources span several
+        series, or several patients (Patient ID) or studies (Study Instance UID), a frame is
+        out of range, the row lacks a class's
         probability or its label is no class, or highdicom refuses the content (its reason).
     """
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
+    from pydicom.uid import UID, generate_uid
 
     from mriscan import __version__
     from mriscan.dicom_sc import MANUFACTURER
@@ -216,6 +231,11 @@ def write_series_report(
                 raise StructuredReportError(
                     f"a source has no {key}: there is no study to file the report into"
                 )
+            if not UID(str(ds.get(key))).is_valid:  # copied into the report: it must be valid
+                raise StructuredReportError(
+                    f"a source's {key} is not a valid DICOM UID (digits and dots, at most 64 "
+                    "characters, no component with a leading zero): fix the source's header"
+                )
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if bad := [f for f in fr if not 0 <= f < n_frames]:
             raise StructuredReportError(
@@ -225,6 +245,20 @@ def write_series_report(
     series = {ds.SeriesInstanceUID for ds, _ in headers}
     if len(series) > 1:
         raise StructuredReportError(f"the sources span {len(series)} series, not one")
+    # one report is filed under one patient and one study: a series whose instances name
+    # several must not put a finding drawn partly from another's images into this record
+    for keyword, what in (("PatientID", "patients (Patient ID)"),
+                          ("StudyInstanceUID", "studies (Study Instance UID)")):  # fmt: skip
+        counts: dict[str, int] = {}
+        for ds, _ in headers:
+            value = str(ds.get(keyword, "") or "").strip()
+            counts[value] = counts.get(value, 0) + 1
+        if len(counts) > 1:  # counts only: the reason is printed and must name no one
+            split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
+            raise StructuredReportError(
+                f"the series' instances belong to {len(counts)} {what} ({split} instances): "
+                "one report cannot be filed for them; check the series"
+            )
     first = headers[0][0]
     for key in _TYPE2:
         if key not in first:
@@ -240,7 +274,25 @@ def write_series_report(
         f"slice pooling: {rule} of each class over {row.get('slices', len(sources))} slice(s)"
         + ("" if len(names) == 2 else ", rescaled to sum to 1")
     )
-    sha = getattr(card, "model_sha256", "") or ""
+    sha = model_sha256 or getattr(card, "model_sha256", "") or ""
+    if not sha:
+        from mriscan.readers import file_sha256
+
+        try:
+            sha = file_sha256(model_path)
+        except OSError as exc:
+            raise StructuredReportError(
+                f"cannot read the model file to identify the report's algorithm ({exc})"
+            ) from exc
+    # the same source series, model, threshold and rule give the same report UIDs (see above)
+    identity = [
+        first.SeriesInstanceUID,
+        sha,
+        "threshold none" if threshold is None else f"threshold {float(threshold)!r}",
+        f"pooling top{k}: {rule}",
+    ]
+    sop_uid = generate_uid(entropy_srcs=["mriscan SR instance", *identity])
+    series_uid = generate_uid(entropy_srcs=["mriscan SR series", *identity])
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"mriscan {Path(model_path).name}"[:1024],
         version=f"mriscan {__version__}" + (f"; model sha256 {sha[:16]}" if sha else ""),
@@ -268,7 +320,8 @@ def write_series_report(
         groups = [
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier="mriscan finding"
+                    uid=generate_uid(entropy_srcs=[sop_uid, "mriscan finding"]),
+                    identifier="mriscan finding",
                 ),
                 finding_type=class_code(label),
                 algorithm_id=algorithm,
@@ -280,7 +333,8 @@ def write_series_report(
             groups.append(
                 hd.sr.MeasurementsAndQualitativeEvaluations(
                     tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=generate_uid(), identifier=f"mriscan P({n})"[:64]
+                        uid=generate_uid(entropy_srcs=[sop_uid, f"mriscan P({n})"]),
+                        identifier=f"mriscan P({n})"[:64],
                     ),
                     finding_type=class_code(n),
                     algorithm_id=algorithm,
@@ -297,7 +351,7 @@ def write_series_report(
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=generate_uid(entropy_srcs=["mriscan", sha or str(Path(model_path).name)]),
+                uid=generate_uid(entropy_srcs=["mriscan", sha]),
                 name="mriscan",
                 manufacturer_name=MANUFACTURER,
                 model_name=Path(model_path).name[:64],
@@ -312,9 +366,9 @@ def write_series_report(
         sr = hd.sr.ComprehensiveSR(
             evidence=[ds for ds, _ in headers],
             content=report,
-            series_instance_uid=generate_uid(),
+            series_instance_uid=series_uid,
             series_number=SERIES_NUMBER_BASE + number % 1000,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=sop_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
             is_complete=True,
@@ -350,8 +404,6 @@ def write_series_report(
 
 def _top_k(row: Mapping[str, Any]) -> int:
     """The k of the row's rule "mean of the top-<k> slice probabilities" (``TOP_K`` if none)."""
-    import re
-
     from mriscan.aggregate import TOP_K
 
     m = re.search(r"top-(\d+)", str(row.get("aggregate") or ""))
@@ -371,7 +423,17 @@ def write_series_reports(
     ``sources``; the row gains ``dicom`` (the file) or ``dicom_skipped`` (why not: the
     ``StructuredReportError``'s reason), so one series' failure leaves the others written.
     A ``level`` "volume" row (NIfTI) gains ``dicom_skipped`` "not a DICOM input: ...". Other
-    rows are left as they are."""
+    rows are left as they are. First removes the temporary files that writers killed midway
+    left in ``out`` (``remove_stale_temp_files``); the model file is hashed once."""
+    remove_stale_temp_files(out)
+    sha = getattr(card, "model_sha256", "") or ""
+    if not sha and any(r.get("level") == "series" for r in rows):
+        from mriscan.readers import file_sha256
+
+        try:
+            sha = file_sha256(model_path)
+        except OSError:
+            sha = ""  # each series row then says why it has no report
     for row in rows:
         level = row.get("level")
         if level == "volume":
@@ -386,10 +448,47 @@ def write_series_reports(
                         out,
                         model_path=model_path,
                         threshold=threshold,
+                        model_sha256=sha or None,
                     )
                 )
             except StructuredReportError as exc:
                 row["dicom_skipped"] = str(exc)
+
+
+#: a temporary report file: ``.<SOP Instance UID>.<writer's process id>.tmp``
+_TEMP_NAME = re.compile(r"\.([0-9.]+)\.(\d+)\.tmp")
+
+
+def remove_stale_temp_files(out: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files (``.<SOP Instance UID>.<pid>.tmp``, see
+    ``write_series_report``) in folder ``out`` whose writing process is no longer alive (a run
+    killed while writing, e.g. ``kill -9``): a PACS import of the folder must not meet them.
+    Files of a live process (another run writing into the folder now) are left. Returns the
+    files removed; nothing when ``out`` is no folder, or on Windows (where ``os.kill`` cannot
+    test a process without stopping it)."""
+    out = Path(out)
+    if os.name == "nt" or not out.is_dir():
+        return []
+    removed = []
+    for p in sorted(out.iterdir()):
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m is None or not p.is_file() or _alive(int(m.group(2))):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another run removed it meanwhile
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (POSIX: signal 0 tests without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # another user's process, or unsure
+        return True
+    return True
 
 
 #: why an input gets no report

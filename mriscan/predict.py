@@ -394,8 +394,8 @@ def predict(
     Raises
     ------
     MriscanError
-        If ``output`` has an unknown suffix (before the model is loaded), or no input file is
-        found.
+        If ``output`` has an unknown suffix or ``dicom_out`` exists and is no folder (both
+        before anything is read), or no input file is found.
     ConfigError
         If ``engine`` is not one of ``ENGINES``.
     OnnxExportError
@@ -409,6 +409,11 @@ def predict(
         raise ConfigError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
     if output is not None:
         PredictionWriter(output)  # an unknown suffix fails here, before any work
+    if dicom_out is not None and os.path.lexists(dicom_out) and not Path(dicom_out).is_dir():
+        raise MriscanError(
+            f"--dicom-out {display_path(dicom_out)} exists and is not a folder: give a folder "
+            "(new or existing) for the Structured Reports."
+        )
     files, problems = collect_inputs(inputs)
     if not files:
         shown = ", ".join(display_path(p) for p in inputs)

@@ -144,6 +144,13 @@ class InputSlice:
     series_number : int or None
         A DICOM slice's Series Number (0020,0011), to tell series apart for a person (None when
         absent, and for other kinds).
+    instance : str or None
+        A DICOM slice's salted SOP Instance UID hash and 0-based frame, ``"<h>#<frame>"``
+        (None without a SOP Instance UID, and for other kinds): two files holding the same
+        instance give slices with the same value.
+    patient, study : str
+        A DICOM slice's salted Patient ID (or its placeholder) and Study Instance UID hashes
+        ("" when absent, and for other kinds), to tell a series whose instances disagree.
     """
 
     image: np.ndarray = field(repr=False)
@@ -154,6 +161,9 @@ class InputSlice:
     window: str = ""
     plane: str = ""
     series_number: int | None = None
+    instance: str | None = None
+    patient: str = ""
+    study: str = ""
 
 
 @dataclass(frozen=True)
@@ -329,6 +339,10 @@ def _read_input(
                     window=m.window_source,
                     plane=m.plane,
                     series_number=m.series_number,
+                    instance=f"{m.instance}#{m.frame}" if m.instance else None,
+                    patient=m.patient
+                    or (f"placeholder:{m.patient_placeholder}" if m.patient_placeholder else ""),
+                    study=m.study or "",
                 )
             )
         placeholder = next((s.meta.patient_placeholder for s in r.slices), "")
@@ -423,10 +437,24 @@ def collect_inputs(
     (``mriscan.io.classify_file``); a file given by name is kept even if its kind is unknown
     (it then fails in its own row). Returns ``(files, problems)`` where problems are
     ``(path, reason)`` for sub-folders that could not be listed, files found in a folder that
-    are not inputs (with the reason), and folders with no file at all.
+    are not inputs (with the reason), and folders with no file at all. A file reached more
+    than once (the same input given twice, a folder and a file or sub-folder inside it, a
+    symbolic link to a file already found) is listed once, where it was first reached, so it
+    is read and scored once.
     """
     files: list[SourceFile] = []
     problems: list[tuple[Path, str]] = []
+    seen: set[str] = set()  # real paths: a file reached twice (a folder and one of its files)
+
+    def once(found: Sequence[SourceFile]) -> list[SourceFile]:
+        out = []
+        for f in found:
+            key = os.path.realpath(f.path)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+        return out
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -438,7 +466,7 @@ def collect_inputs(
             problems += [(u.path, u.reason) for u in unused]
             if not found and not errors and not unused:
                 problems.append((p, "holds no JPEG/PNG, DICOM or NIfTI files"))
-            files += found
+            files += once(found)
         else:
-            files.append(SourceFile(p, file_kind(p) or "image"))
+            files += once([SourceFile(p, file_kind(p) or "image")])
     return files, problems

@@ -32,6 +32,7 @@ from mriscan.preprocess import normalize, preprocess_batch
 from mriscan.readers import (
     FLAG_SUMMARY,
     InputRead,
+    InputSlice,
     ReadOptions,
     check_series_sizes,
     describe_flags,
@@ -115,7 +116,13 @@ def predict_inputs(
     slices uniform ..." / "... thin ..." when slices were flagged); a failed file gives one row
     (``level`` "file") with the reason in ``error``; a DICOM file without an image, or an image
     of a modality not read (``DicomConfig.modalities``: MR only by default), one row with
-    ``error`` starting "skipped:".
+    ``error`` starting "skipped:". Each SOP instance (and frame) of a series is scored once:
+    a later file holding one already read (a copied file, another encoding of the instance)
+    gets a ``level`` "file" row "skipped: same SOP Instance UID as <the scored slice's row>:
+    scored once", a damaged one the same words after its error, and the series row's
+    ``warning`` counts them ("<n> file(s) holding an instance read from another file ...");
+    an undecodable file counts as an unreadable instance only when no other file gave its
+    instance.
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``; a failed
     file's row likewise: see the module doc; a series / volume row: the unit's pseudonym, or
@@ -135,24 +142,65 @@ def predict_inputs(
     reads = read_inputs(files, workers=workers, salt=salt, options=read_options)
     rows: list[dict[str, Any]] = []
     slices = []
-    unreadable: dict[str, int] = {}  # series unit -> its files that could not be read
-    for r in reads:
+    file_rows: list[tuple[int, dict[str, Any]]] = []  # (place in ``reads``, row)
+    # one slice per SOP instance and frame in each series: copies of an instance (a copied
+    # file, the same instance exported twice) are not scored again, so they cannot tip the
+    # series' pooled probability or its slice count
+    first_of: dict[tuple[str, str], tuple[InputRead, InputSlice]] = {}
+    copies: dict[str, int] = {}  # series unit -> its files not scored again (copies)
+    failed = []
+    for i, r in enumerate(reads):
         if r.error is not None or r.skipped is not None or r.excluded is not None:
-            name, err, series = failed_file_name(r, salt=salt, show_paths=show_paths)
-            if r.error is not None and series is not None:
-                unit = f"series:{series}"
-                unreadable[unit] = unreadable.get(unit, 0) + 1
-            rows.append(_scan_row(card, name, None, threshold, err, "file", ""))
+            failed.append((i, r))
             continue
+        dup = []
         for s in r.slices:
+            key = (s.unit, s.instance) if s.instance else None
+            if key is not None and key in first_of:
+                dup.append(s)
+                continue
+            if key is not None:
+                first_of[key] = (r, s)
             slices.append((r, s))
+        if dup:
+            unit = dup[0].unit
+            copies[unit] = copies.get(unit, 0) + 1
+            first = [_slice_name(*first_of[(s.unit, s.instance)], show_paths) for s in dup]
+            if len(dup) == 1:
+                why = f"same SOP Instance UID as {first[0]}"
+            else:  # a multi-frame copy: its frames are those of the first file
+                why = f"same SOP Instance UID and frames as {first[0].rsplit('#', 1)[0]}"
+            if len(dup) < len(r.slices):
+                why = f"{len(dup)} of its {len(r.slices)} frames: {why}"
+            name = str(r.path) if show_paths else _file_pseudonym(r, unit.split(":", 1)[1], salt)
+            err = f"skipped: {why}: scored once" + (
+                " (its other frames are scored)" if len(dup) < len(r.slices) else ""
+            )
+            file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
+    scored = {(u, inst.rsplit("#", 1)[0]): rs for (u, inst), rs in first_of.items()}
+    unreadable: dict[str, set] = {}  # series unit -> its instances that could not be read
+    for i, r in failed:
+        name, err, series = failed_file_name(r, salt=salt, show_paths=show_paths)
+        if r.error is not None and series is not None:
+            from mriscan.dicom import instance_id
+
+            unit = f"series:{series}"
+            inst = instance_id(r.path, salt)
+            if inst is not None and (unit, inst) in scored:
+                # a damaged copy of an instance read from another file: nothing is missing
+                first = _slice_name(*scored[(unit, inst)], show_paths).rsplit("#", 1)[0]
+                err += f"; it has the same SOP Instance UID as {first}, which was scored"
+                copies[unit] = copies.get(unit, 0) + 1
+            else:
+                unreadable.setdefault(unit, set()).add(inst or ("file", str(r.path)))
+        file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
+    rows += [row for _, row in sorted(file_rows, key=lambda ir: ir[0])]
     slices.sort(key=lambda rs: (rs[1].unit, rs[1].order))
     probs = predict_arrays(model, card, [s.image for _, s in slices], batch_size=batch_size)
     labels = series_labels(unit_places(slices)) if show_paths else {}
     flagged: dict[str, dict[str, int]] = {}  # unit -> flag -> its slices flagged so
     for (r, s), p in zip(slices, probs, strict=True):
-        where = f"{r.path}#{s.source.rsplit('#', 1)[-1]}" if show_paths else s.source
-        row = _scan_row(card, where, p, threshold, "", "slice", s.unit)
+        row = _scan_row(card, _slice_name(r, s, show_paths), p, threshold, "", "slice", s.unit)
         flags = slice_warnings(s.image)  # the rule of ingest and of predict's JPEG/PNG rows
         if flags:
             row["warning"] = describe_flags(flags, s.image)
@@ -178,13 +226,32 @@ def predict_inputs(
             sources.setdefault(s.unit, []).append(SRSource(r.path, frame))
         if r.note:
             read_note[s.unit] = r.note
+    owners: dict[str, dict[str, dict[str, int]]] = {}  # unit -> patient/study -> id -> slices
+    for _, s in slices:
+        if s.unit.startswith("series:"):
+            for what, value in (("patient", s.patient), ("study", s.study)):
+                counts = owners.setdefault(s.unit, {}).setdefault(what, {})
+                counts[value] = counts.get(value, 0) + 1
     for row in agg:
         notes = [read_note[row["unit"]]] if row["unit"] in read_note else []
-        if missing := unreadable.get(row["unit"], 0):
+        for what, counts in owners.get(row["unit"], {}).items():
+            if len(counts) > 1:  # counts only: no identifier
+                split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
+                kind = "patients (Patient ID)" if what == "patient" else "studies (Study UID)"
+                notes.append(
+                    f"its slices belong to {len(counts)} {kind} ({split} slices): check the "
+                    "series; --dicom-out files no report for it"
+                )
+        if missing := len(unreadable.get(row["unit"], ())):
             total = missing + len(files_of.get(row["unit"], ()))
             notes.append(
                 f"{missing} of {total} instances unreadable (see their rows): scored from the "
                 "others only"
+            )
+        if n := copies.get(row["unit"], 0):
+            notes.append(
+                f"{n} file{'s' if n != 1 else ''} holding an instance read from another file "
+                "(same SOP Instance UID) not scored again (see their rows)"
             )
         for flag, count in flagged.get(row["unit"], {}).items():
             what = FLAG_SUMMARY[flag]
@@ -257,6 +324,12 @@ def problem_rows(
             row["level"] = "file"
         rows.append(row)
     return rows
+
+
+def _slice_name(r: InputRead, s: InputSlice, show_paths: bool) -> str:
+    """The name of a scanner slice's row: its pseudonym, or ``<file>#<frame or slice>`` with
+    ``show_paths`` (as ``predict_inputs`` names slice rows)."""
+    return f"{r.path}#{s.source.rsplit('#', 1)[-1]}" if show_paths else s.source
 
 
 def _file_pseudonym(r: InputRead, series: str | None, salt: bytes) -> str:

@@ -266,7 +266,7 @@ def test_bad_rows_and_sources_are_refused_by_name(tmp_path):
     from mriscan.errors import MriscanError
     from mriscan.preprocess import PreprocessConfig
 
-    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5)
+    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5, model_sha256="0" * 64)
     files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=2, canvas=16))
     row = {"label": "yes", "p_no": 0.3, "p_yes": 0.7, "slices": 2}
 
@@ -302,7 +302,7 @@ def test_a_failed_write_leaves_no_file_and_is_a_report_error(tmp_path, monkeypat
     from mriscan.dicom_sr import SRSource, StructuredReportError, write_series_report
     from mriscan.preprocess import PreprocessConfig
 
-    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5)
+    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5, model_sha256="0" * 64)
     files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=1, canvas=16))
     row = {"label": "no", "p_no": 0.6, "p_yes": 0.4, "slices": 1}
 
@@ -346,3 +346,113 @@ def test_a_series_scored_from_part_of_its_files_says_so_in_its_report(model_file
     params = [i.TextValue for i in _items(_groups(ds)["mriscan finding"].ContentSequence,
                                           ALGORITHM_PARAMETERS)]  # fmt: skip
     assert not any(p.startswith("note: ") for p in params)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "what"),
+    [
+        ("PatientID", "OTHER999", "2 patients (Patient ID) (3 + 1 instances)"),
+        ("StudyInstanceUID", "1.2.826.0.1.3680043.8.498.1", "2 studies (Study Instance UID)"),
+    ],
+)
+def test_a_series_spanning_patients_or_studies_gets_no_report(
+    model_file, tmp_path, keyword, value, what
+):
+    """One instance of another patient or study in a series: predicted, warned in its row,
+    and no report filed (the reason gives counts only, no identifier)."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=4, canvas=32), seed=2)
+    ds = pydicom.dcmread(files[1])
+    setattr(ds, keyword, value)
+    if keyword == "PatientID":
+        ds.PatientName = "Other^Person"
+    ds.save_as(files[1])
+    rows = predict(model_file, [tmp_path / "s"], dicom_out=tmp_path / "sr")
+    (row,) = [r for r in rows if r.get("level") == "series"]
+    assert row["slices"] == 4 and "dicom" not in row
+    assert what in row["dicom_skipped"] and "one report cannot be filed" in row["dicom_skipped"]
+    assert "OTHER" not in row["dicom_skipped"] and "Other" not in row["dicom_skipped"]
+    kind = "patients (Patient ID)" if keyword == "PatientID" else "studies (Study UID)"
+    assert f"its slices belong to 2 {kind} (3 + 1 slices)" in row["warning"]
+    assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
+
+
+def test_an_invalid_study_uid_is_refused(model_file, tmp_path):
+    """A malformed Study Instance UID is not copied into a report: the series is refused."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=2, canvas=32))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = "1.2.3.abc.0045"
+        ds.save_as(f)
+    with pytest.warns(UserWarning):  # pydicom's own, on reading the bad UID
+        rows = predict(model_file, [tmp_path / "s"], dicom_out=tmp_path / "sr")
+    (row,) = [r for r in rows if r.get("level") == "series"]
+    assert "StudyInstanceUID is not a valid DICOM UID" in row["dicom_skipped"]
+    assert "abc" not in row["dicom_skipped"] and "dicom" not in row
+    assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
+
+
+def test_dicom_out_naming_a_file_is_a_usage_error_before_predicting(model_file, tmp_path):
+    """--dicom-out at an existing file: exit 2 and no predictions file; the library refuses it
+    too, before reading anything."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.errors import MriscanError
+    from mriscan.predict import predict
+
+    write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=2, canvas=32))
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(
+        main, ["predict", str(model_file), str(tmp_path / "s"), "--output", str(out),
+               "--dicom-out", str(tmp_path / "afile")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "--dicom-out" in res.output
+    assert not out.exists()
+    with pytest.raises(MriscanError, match="is not a folder"):
+        predict(model_file, [tmp_path / "s"], output=out, dicom_out=tmp_path / "afile")
+    assert not out.exists()
+
+
+def test_a_rerun_replaces_its_reports_and_stale_temp_files_go(model_file, tmp_path):
+    """The same prediction run twice into one folder leaves one report per series (same file
+    name, same UIDs); another threshold adds its own. A temporary file of a writer that is
+    gone (a run killed midway) is removed at the next run; one of a live process is kept."""
+    import os
+    import subprocess
+    import sys
+
+    import pydicom
+
+    from mriscan.predict import predict
+
+    write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=3, canvas=32))
+    out = tmp_path / "sr"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = out / f".1.2.826.0.1.3680043.8.498.7.{int(dead.stdout)}.tmp"
+    live = out / f".1.2.826.0.1.3680043.8.498.8.{os.getpid()}.tmp"
+    stale.write_bytes(b"")
+    live.write_bytes(b"")
+    first = predict(model_file, [tmp_path / "s"], dicom_out=out)
+    assert not stale.exists() and live.exists()
+    live.unlink()
+    (made,) = [r["dicom"] for r in first if r.get("dicom")]
+    again = predict(model_file, [tmp_path / "s"], dicom_out=out)
+    assert [r["dicom"] for r in again if r.get("dicom")] == [made]
+    assert [p.name for p in out.iterdir()] == [Path(made).name]
+    other = predict(model_file, [tmp_path / "s"], dicom_out=out, threshold=0.25)
+    (made2,) = [r["dicom"] for r in other if r.get("dicom")]
+    assert made2 != made and len(list(out.iterdir())) == 2
+    a, b = pydicom.dcmread(made), pydicom.dcmread(made2)
+    assert a.SeriesInstanceUID != b.SeriesInstanceUID
+    assert a.SOPInstanceUID == Path(made).stem and a.SOPInstanceUID.is_valid

@@ -229,3 +229,56 @@ def test_a_4d_volume_is_said_in_its_volume_row_without_its_path(model_file, tmp_
     [vol] = [r for r in rows if r.get("level") == "volume"]
     assert vol["warning"] == "4-D volume with 2 volumes: the first was read (--nifti-4d)"
     assert "OKAFOR" not in caplog.text + "".join(str(r) for r in rows)
+
+
+def _series_row(rows):
+    (row,) = [r for r in rows if r.get("level") == "series"]
+    return row
+
+
+def test_copies_of_an_instance_are_scored_once(model_file, tmp_path):
+    """A copied file, the folder given with one of its files, and a damaged copy of an
+    instance read from another file: each SOP instance is scored once, the series' probability
+    and slice count are those of the series without the copies, each copy has a row saying so
+    and the series row counts them."""
+    import shutil
+
+    clean = tmp_path / "clean"
+    files = write_dicom_series(clean, phantom_volume(1, n_slices=4, canvas=32), seed=3)
+    want = _series_row(predict(model_file, [clean]))
+    assert want["slices"] == 4 and want["warning"] == ""
+
+    scans = tmp_path / "scans"
+    shutil.copytree(clean, scans)
+    shutil.copy(scans / files[0].name, scans / "copy_a.dcm")
+    shutil.copy(scans / files[1].name, scans / "copy_b.dcm")
+    damaged = (scans / files[2].name).read_bytes()[:-100]  # not decodable, same instance
+    (scans / "copy_c.dcm").write_bytes(damaged)
+    rows = predict(model_file, [scans, scans / files[3].name, scans])
+    got = _series_row(rows)
+    assert got["slices"] == 4
+    assert got["probability"] == pytest.approx(want["probability"], abs=1e-6)
+    assert "3 files holding an instance read from another file" in got["warning"]
+    assert "unreadable" not in got["warning"]  # the damaged file's instance was scored
+    slices = [r for r in rows if r.get("level") == "slice"]
+    assert len(slices) == 4 and len({r["path"] for r in slices}) == 4
+    notes = [r["error"] for r in rows if "same SOP Instance UID" in r["error"]]
+    assert len(notes) == 3
+    firsts = {r["path"] for r in slices}
+    for note in notes:  # each names the slice row (the damaged one: its instance) scored
+        assert any(f"as {p.rsplit('#', 1)[0]}" in note for p in firsts)
+    shown = predict(model_file, [scans], show_paths=True)
+    copied = sorted(r["path"] for r in shown if "same SOP Instance UID" in r["error"])
+    assert copied == sorted(str(scans / f"copy_{c}.dcm") for c in "abc")
+
+
+def test_an_unreadable_instance_of_its_own_still_counts_as_missing(model_file, tmp_path):
+    """Two damaged copies of one instance that no other file holds: one instance missing."""
+    scans = tmp_path / "s"
+    files = write_dicom_series(scans, phantom_volume(1, n_slices=3, canvas=32), seed=3)
+    damaged = files[0].read_bytes()[:-100]
+    files[0].write_bytes(damaged)
+    (scans / "again.dcm").write_bytes(damaged)
+    got = _series_row(predict(model_file, [scans]))
+    assert got["slices"] == 2
+    assert got["warning"].startswith("1 of 3 instances unreadable")
