@@ -180,9 +180,11 @@ def write_series_report(
 
     The report's SOP Instance UID and Series Instance UID are derived
     (``pydicom.uid.generate_uid(entropy_srcs=...)``) from the source Series Instance UID, the
-    model's SHA-256, the threshold and the pooling rule: the same report made again (a run
+    model's SHA-256, the threshold and the pooling rule (the instance UID also from the
+    instances scored, the label and the probabilities): the same report made again (a run
     repeated after a crash, into the same folder) replaces its file instead of adding a
-    second report of the same finding, while another model, threshold or rule gives another.
+    second report of the same finding, while another model, threshold, rule or content gives
+    another (one UID never names two different reports).
 
     Returns
     -------
@@ -291,7 +293,16 @@ def write_series_report(
         "threshold none" if threshold is None else f"threshold {float(threshold)!r}",
         f"pooling top{k}: {rule}",
     ]
-    sop_uid = generate_uid(entropy_srcs=["mriscan SR instance", *identity])
+    # the instance UID also depends on the content (the instances scored, the label and the
+    # probabilities): one UID never names two different reports, which a PACS would treat as
+    # one object (a series whose files changed gets a new report, in the same series)
+    content = [
+        *(f"{ds.SOPInstanceUID}#{','.join(map(str, fr))}" for ds, fr in sorted(
+            headers, key=lambda h: str(h[0].SOPInstanceUID))),
+        f"label {label}",
+        *(f"p_{n} {probs[n]!r}" for n in names),
+    ]  # fmt: skip
+    sop_uid = generate_uid(entropy_srcs=["mriscan SR instance", *identity, *content])
     series_uid = generate_uid(entropy_srcs=["mriscan SR series", *identity])
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"mriscan {Path(model_path).name}"[:1024],

@@ -391,7 +391,10 @@ def test_an_invalid_study_uid_is_refused(model_file, tmp_path):
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID = "1.2.3.abc.0045"
         ds.save_as(f)
-    with pytest.warns(UserWarning):  # pydicom's own, on reading the bad UID
+    import warnings
+
+    with warnings.catch_warnings():  # pydicom may warn about the bad UID (once per process)
+        warnings.simplefilter("ignore", UserWarning)
         rows = predict(model_file, [tmp_path / "s"], dicom_out=tmp_path / "sr")
     (row,) = [r for r in rows if r.get("level") == "series"]
     assert "StudyInstanceUID is not a valid DICOM UID" in row["dicom_skipped"]
@@ -456,3 +459,10 @@ def test_a_rerun_replaces_its_reports_and_stale_temp_files_go(model_file, tmp_pa
     a, b = pydicom.dcmread(made), pydicom.dcmread(made2)
     assert a.SeriesInstanceUID != b.SeriesInstanceUID
     assert a.SOPInstanceUID == Path(made).stem and a.SOPInstanceUID.is_valid
+    # the series' files changed: another report (one UID never names two contents), same series
+    sorted((tmp_path / "s").iterdir())[0].unlink()
+    changed = predict(model_file, [tmp_path / "s"], dicom_out=out)
+    (made3,) = [r["dicom"] for r in changed if r.get("dicom")]
+    c = pydicom.dcmread(made3)
+    assert made3 not in (made, made2) and len(list(out.iterdir())) == 3
+    assert c.SeriesInstanceUID == a.SeriesInstanceUID
