@@ -159,10 +159,7 @@ def _listing(
     unused = [(_rel(u.path, root), u.reason) for u in unused_files if not u.hidden]
     hidden = [(_rel(u.path, root), u.reason) for u in unused_files if u.hidden]
     if not (raw.is_file() and raw.suffix.lower() == ".csv"):
-        hidden += [
-            (name, "an empty class folder the class map leaves out")
-            for name in listing.empty_left_out
-        ]
+        hidden += [(name, EMPTY_LEFT_OUT) for name in listing.empty_left_out]
     if config.n_classes is not None and len(names) != config.n_classes:
         raise ConfigError(
             f"{raw} holds {len(names)} classes {names}; {config.n_classes} are needed. Point "
@@ -174,6 +171,8 @@ def _listing(
 
 #: ``StoreIndex.sources`` entries written by this mriscan: the prefix, then a salted hash.
 _SOURCE_PREFIX = "folder:"
+#: ``IngestReport.ignored``'s reason for an empty class folder that the class map leaves out
+EMPTY_LEFT_OUT = "an empty class folder the class map leaves out"
 
 
 def source_pseudonym(salt: bytes, folder: str) -> str:

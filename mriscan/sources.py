@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from mriscan.errors import ConfigError
-from mriscan.ingest import IngestConfig, ingest
+from mriscan.ingest import EMPTY_LEFT_OUT, IngestConfig, ingest
 from mriscan.paths import DEFAULT_RAW, PHANTOM_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.readers import ReadOptions
@@ -120,6 +120,9 @@ def open_or_ingest(
         skipped = _skipped_by_class(report.skipped) if Path(data).is_dir() else ""
         if skipped:
             log.warning("files not stored (`mriscan ingest` lists each): %s", skipped)
+        left_out = [name for name, why in report.ignored if why == EMPTY_LEFT_OUT]
+        if left_out:  # said where the task's "left out:" line cannot (no class in the store)
+            log.info("empty class folder(s) the class map leaves out: %s", ", ".join(left_out))
         return ImageStore.open(target)
     if check_classes is not None:
         check_classes(tuple(store.class_names))
