@@ -534,8 +534,9 @@ def grouped_levels(
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
     """Metrics per series / volume and per patient: the slices' probabilities pooled per unit
     (``unit_of``) with predict's rule for its series / volume rows
-    (``mriscan.aggregate.aggregate_rows``: ``mriscan.aggregate.RULE`` per class, rescaled to
-    sum to 1; the label by the model's threshold or most probable class), then scored as
+    (``mriscan.aggregate.aggregate_rows``, described by ``mriscan.aggregate.pooling_rule``: two
+    classes, the positive class's top-3 mean and 1 − that; more, per class, rescaled to sum to
+    1; the label by the model's threshold or most probable class), then scored as
     slices are (``_score``: the same metrics, 95% CIs by bootstrap over the units' split
     groups; a metric undefined on the units is NaN and listed in ``undefined``).
 
@@ -553,7 +554,7 @@ def grouped_levels(
     ``rows`` the pooled rows (``aggregate_rows``'s, with ``true``, ``predicted`` and ``group``,
     the split group of the unit's first slice).
     """
-    from mriscan.aggregate import RULE, aggregate_rows
+    from mriscan.aggregate import aggregate_rows, pooling_rule
     from mriscan.inference import prediction_row
 
     cmp, card = scoring.cmp, scoring.card
@@ -625,9 +626,8 @@ def grouped_levels(
         else:
             section.update(n=0, undefined={"all": "every unit mixes labels"})
         section.update(
-            rule=f"probabilities = the {RULE} of the unit, per class, rescaled to sum to 1 "
-            "(as predict's series/volume rows); label by the model's threshold or most "
-            "probable class",
+            rule=f"{pooling_rule(card.class_names)} (as predict's series/volume rows); label "
+            "by the model's threshold or most probable class",
             mixed_labels=len(mixed),
             slices_without_unit=sum(1 for u in units if not u),
             predictions=f"{level}_predictions.csv",

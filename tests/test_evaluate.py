@@ -248,7 +248,12 @@ def test_series_and_patients_are_pooled_with_predict_s_rule():
     assert pooled["volume:V"] == (pytest.approx(0.6), "no", "yes")
     assert pooled["manifest:M"][0] == pytest.approx(top_k_mean([0.4, 0.9]))
     assert series["accuracy"] == pytest.approx(0.75) and series["specificity"] == 0.5
-    assert "mean of the top-3 slice probabilities" in series["rule"]
+    # the rule as done (tester 18): P(yes) the top-3 mean, P(no) = 1 − that, no rescaling
+    assert series["rule"].startswith(
+        "P(yes) = the mean of the top-3 slice P(yes) of the unit (all slices when fewer), "
+        "P(no) = 1 − P(yes)"
+    )
+    assert "rescaled" not in series["rule"]
     patient, rows = levels["patient"]
     assert patient["mixed_labels"] == 1 and rows == [] and patient["slices_without_unit"] == 3
 
@@ -279,6 +284,7 @@ def test_a_level_with_one_class_has_undefined_metrics_and_jpeg_only_has_none():
     assert [r["predicted"] for r in rows] == ["glioma", "meningioma"]
     assert patient["n"] == 2 and patient["accuracy"] == 0.5
     assert np.isnan(patient["macro_roc_auc"]) and "macro_roc_auc" in patient["undefined"]
+    assert "rescaled so the 3 sum to 1" in patient["rule"]
     plain = _levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
                     ["no/a.png", "yes/b.png"], ["", ""])  # fmt: skip
     assert plain["series"][1] is None and not plain["series"][0]["available"]
