@@ -942,18 +942,21 @@ def evaluate(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
     )
     click.echo(f"  recall per data class: {recalls}")
-    _print_levels(result)
     from mriscan.evaluate import failing
 
     fatal = failing(result["undefined"])
     minor = {k: v for k, v in result["undefined"].items() if k not in fatal}
-    if minor:  # per-class values: listed (metrics.json "undefined" too), not a failure
-        click.echo(f"  undefined, left out of every mean: {_by_reason(minor)}")
+    if minor:  # the slices' per-class values: listed (metrics.json too), not a failure
+        click.echo(f"  (slices) undefined, left out of every mean: {_by_reason(minor)}")
+    _print_levels(result)
     one = result.get("one_class")
     if one:
         click.echo(_one_class_line(result, one))
     if fatal:
-        fix = "fix or remove the unreadable files, or " if result["unreadable"] else ""
+        # only files that could add a slice of a class without one can help (not, e.g., a
+        # tumor-only set's unreadable tumor file); removing a file never adds a slice
+        helps = result.get("unreadable_of_absent_classes", 0)
+        fix = f"fix the {helps} unreadable file(s) of a class without a slice, or " if helps else ""
         raise click.ClickException(
             f"Undefined on these data: {_by_reason(fatal)}. To score them"
             + (" too" if one else "")

@@ -276,7 +276,9 @@ def evaluate(
         ``dicom/<series>/file-<h>`` / ``nifti/file-<h>``, other files and folders
         ``other/file-<h>`` / ``other/folder-<h>``, the paths removed from their reasons too;
         JPEG/PNG files, and everything in data without scanner files, keep their paths.
-        Slices are always named by their store source (scanner slices by pseudonym).
+        Slices are always named by their store source (scanner slices by pseudonym). The
+        result's ``unreadable_of_absent_classes`` counts the unreadable files that could,
+        once fixed, add a slice of a scored class that has none (``_unreadable_of_absent``).
 
     Raises
     ------
@@ -408,6 +410,9 @@ def evaluate(
     )
     result["model_class_names"] = list(card.class_names)
     present = np.unique(y)
+    result["unreadable_of_absent_classes"] = _unreadable_of_absent(
+        unreadable, data_names, cmp, present
+    )
     if present.size == 1:
         result["one_class"] = one_class_summary(result, str(cmp.class_names[int(present[0])]))
     for name, (section, rows) in levels.items():
@@ -456,6 +461,26 @@ def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
         lo, hi = result.get("ci95", {}).get("specificity", [math.nan, math.nan])
         out["false_positive_rate_ci95"] = [1.0 - hi, 1.0 - lo]
     return out
+
+
+def _unreadable_of_absent(
+    unreadable: Sequence[dict[str, Any]],
+    data_names: Sequence[str],
+    cmp: Comparison,
+    present: np.ndarray,
+) -> int:
+    """How many unreadable files, once fixed, could add a slice of a scored class that has
+    none: those whose data class maps to such a class, or whose data class has no readable
+    file at all (not in ``data_names``, so its mapping is unknown). A file of a class that
+    already has slices, or of a class left out by the map, cannot help (tester 18: the
+    advice to fix a tumor-only set's truncated tumor file)."""
+    absent = set(range(len(cmp.class_names))) - {int(k) for k in present}
+    count = 0
+    for u in unreadable:
+        label = u.get("label", "")
+        if label not in data_names or int(cmp.label_map[list(data_names).index(label)]) in absent:
+            count += 1
+    return count
 
 
 def _not_in_data(cmp: Comparison) -> tuple[str, ...]:

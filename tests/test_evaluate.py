@@ -315,7 +315,7 @@ def test_evaluate_scores_dicom_series_and_patients_as_predict_pools_them(loose_m
         main, ["evaluate", str(root), "--model", str(loose_model), "--out", str(out)]
     )
     assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
-    assert "mean of the top-3 slice probabilities" in r.output
+    assert "Per unit: P(yes) = the mean of the top-3 slice P(yes)" in r.output
     saved = _strict_json(out / "evaluation" / "metrics.json")
     assert saved["per_series"]["n"] == 4 and saved["per_patient"]["n"] == 3
     assert saved["per_patient"]["confusion_matrix"] is not None
@@ -668,6 +668,35 @@ def test_a_tumor_only_folder_gives_sensitivity_and_exits_1_saying_so(
     assert "so the exit status is 1" in line
     assert r.output.index("One class in these data") < r.output.index("Error:")
     assert "removed" in r.output and "near-duplicates of training slices" in r.output
+
+
+@pytest.mark.backend
+def test_the_closing_advice_names_only_unreadable_files_that_could_help(
+    loose_model, class_folder, tmp_path
+):
+    """Tester 18: a tumor-only set with an unreadable tumor file was told to "fix or remove
+    the unreadable files", which cannot add a 'no' slice; the slices' undefined per-class
+    line was printed under the per-patient block. Now: no such advice there; an unreadable
+    file of the class without a slice is named as the one that can help; the slices' line
+    comes before the unit levels."""
+    data = _one_class_folder(class_folder, tmp_path, "yes")
+    _truncate(next((data / "yes").glob("*.png")))
+    r = _cli_evaluate(data, loose_model, tmp_path / "c")
+    assert r.exit_code == 1, r.output
+    err = next(x for x in r.output.splitlines() if x.startswith("Error:"))
+    assert "unreadable" not in err and err.endswith(
+        "evaluate on data holding a slice of every class."
+    )
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["n_unreadable"] == 1 and saved["unreadable_of_absent_classes"] == 0
+    minor = r.output.index("  (slices) undefined, left out of every mean: ")
+    assert minor < r.output.index("JPEG/PNG slices only") < r.output.index("One class in")
+
+    (data / "no").mkdir()
+    (data / "no" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    r = _cli_evaluate(data, loose_model, tmp_path / "d")
+    assert r.exit_code == 1, r.output
+    assert "fix the 1 unreadable file(s) of a class without a slice, or evaluate" in r.output
 
 
 @pytest.mark.backend
