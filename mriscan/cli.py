@@ -706,6 +706,20 @@ def train(
     )
 
 
+def _ci(m: dict, key: str) -> str:
+    """`` [low, high]`` of ``m["ci95"][key]``, `` [CI undefined: N group(s)]`` when the
+    metric is defined but its CI rests on fewer than 2 groups (``ci95_groups``), or ""."""
+    ci = m.get("ci95", {})
+    if key not in ci:
+        return ""
+    n = m.get("ci95_groups", {}).get(key)
+    value = m.get(key)
+    defined = isinstance(value, float) and value == value
+    if defined and n is not None and n < 2:
+        return f" [CI undefined: {n} group(s)]"
+    return f" [{_num(ci[key][0])}, {_num(ci[key][1])}]"
+
+
 def _num(value: Any) -> str:
     """A metric with 3 decimals, or "undefined" (NaN / None: e.g. a class absent)."""
     if value is None or (isinstance(value, float) and value != value):
@@ -756,11 +770,7 @@ def _print_metrics(title: str, m: dict) -> None:
     from mriscan.evaluate import HEADLINE_METRICS
 
     keys = [k for k in HEADLINE_METRICS if k in m]
-    ci = m.get("ci95", {})
-    parts = []
-    for k in keys:
-        lo_hi = f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if k in ci else ""
-        parts.append(f"{_LABELS[k]} {_num(m[k])}{lo_hi}")
+    parts = [f"{_LABELS[k]} {_num(m[k])}{_ci(m, k)}" for k in keys]
     click.echo("  " + "   ".join(parts))
     for name, pc in m["per_class"].items():
         click.echo(
@@ -967,17 +977,15 @@ def evaluate(
 def _one_class_line(result: dict, one: dict) -> str:
     """evaluate's line for data of one class (``mriscan.evaluate.one_class_summary``): what
     was computed (with the false-positive rate of healthy slices), and why the rest is not."""
-    ci = result.get("ci95", {})
-
-    def shown(k: str) -> str:
-        lo_hi = f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if k in ci else ""
-        return f"{_LABELS[k]} {_num(result[k])}{lo_hi}"
-
-    parts = [shown(k) for k in one["defined"]]
+    parts = [f"{_LABELS[k]} {_num(result[k])}{_ci(result, k)}" for k in one["defined"]]
     if "false_positive_rate" in one:
         lo, hi = one["false_positive_rate_ci95"]
+        n = result.get("ci95_groups", {}).get("specificity")
+        fpr_ci = (
+            f"CI undefined: {n} group(s)" if n is not None and n < 2 else f"{_num(lo)}, {_num(hi)}"
+        )
         parts.append(
-            f"false-positive rate {_num(one['false_positive_rate'])} [{_num(lo)}, {_num(hi)}] "
+            f"false-positive rate {_num(one['false_positive_rate'])} [{fpr_ci}] "
             "(1 − specificity: the share of these healthy slices called a tumor)"
         )
     parts.append("recall per data class")

@@ -907,7 +907,11 @@ def _score(
     groups: np.ndarray,
     data_labels: np.ndarray,
 ) -> dict[str, Any]:
-    """Metrics, 95% CIs over groups, and recall per data class (``scoring.data_names``)."""
+    """Metrics, 95% CIs over groups, and recall per data class (``scoring.data_names``).
+
+    ``ci95``: per headline key ``[low, high]``, NaN where the metric is undefined or its CI
+    rests on fewer than 2 groups (``mriscan.metrics.ci_groups``); ``ci95_groups``: per key,
+    how many groups it rests on."""
     cmp, card = scoring.cmp, scoring.card
     if cmp.mode == "same" and card.binary:
         p, thr = prob[:, 1], card.threshold
@@ -943,7 +947,13 @@ def _score(
     if cmp.mode != "same":
         result["threshold"] = thr
     result["_decisions"] = pred.tolist()  # scored label of each slice, for predictions.csv
-    result["ci95"] = mx.group_bootstrap_ci(metric, groups, keys, n_boot=scoring.n_boot)
+    # two scored classes (0 negative, 1 positive): a class-conditional metric's CI rests on the
+    # groups holding its class; fewer than 2 -> no interval (null), not a zero-width one
+    needs = mx.BINARY_CI_NEEDS if len(cmp.class_names) == 2 else None
+    result["ci95"] = mx.group_bootstrap_ci(
+        metric, groups, keys, n_boot=scoring.n_boot, labels=y, needs=needs
+    )
+    result["ci95_groups"] = mx.ci_groups(groups, keys, y, needs)
     result["recall_per_data_class"] = {
         name: _recall_of_class(cmp, y, pred, data_labels, k)
         for k, name in enumerate(scoring.data_names)
