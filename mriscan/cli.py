@@ -803,6 +803,34 @@ def _print_metrics(title: str, m: dict) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="Threads [default: CPU cores].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["images", "dicom", "nifti"]),
+    default="images",
+    show_default=True,
+    help="images: PNG/JPEG slices (--count, --size-range); dicom: DICOM series of made-up "
+    "patients; nifti: NIfTI volumes in several orientations (--patients, "
+    "--series-per-patient, --slices, --canvas).",
+)
+@click.option(
+    "--patients",
+    type=int,
+    default=8,
+    show_default=True,
+    help="dicom/nifti: made-up patients (--tumor-fraction of them in yes/).",
+)
+@click.option(
+    "--series-per-patient",
+    type=int,
+    default=2,
+    show_default=True,
+    help="dicom/nifti: series (NIfTI: volumes) per patient.",
+)
+@click.option("--slices", type=int, default=9, show_default=True, help="dicom/nifti: per series.")
+@click.option(
+    "--canvas", type=int, default=64, show_default=True, help="dicom/nifti: pixels per side."
+)
 def synth(
     out_dir: Path,
     count: int,
@@ -810,8 +838,40 @@ def synth(
     size_range: tuple[int, int],
     seed: int,
     workers: int | None,
+    fmt: str,
+    patients: int,
+    series_per_patient: int,
+    slices: int,
+    canvas: int,
 ) -> None:
-    """Generate synthetic phantom slices into OUT_DIR/yes and OUT_DIR/no."""
+    """Generate synthetic phantoms into OUT_DIR/yes and OUT_DIR/no: PNG/JPEG slices, or (with
+    --format dicom|nifti, ``mriscan.synth_scanner.write_scanner_set``) DICOM series of made-up
+    patients (MONOCHROME1 and 2, with and without a window, several series per patient) or
+    NIfTI volumes in several voxel orders. Seeded by --seed."""
+    if fmt != "images":
+        from mriscan.synth_scanner import write_scanner_set
+
+        counts = write_scanner_set(
+            out_dir,
+            fmt=fmt,
+            patients=patients,
+            tumor_fraction=tumor_fraction,
+            series_per_patient=series_per_patient,
+            n_slices=slices,
+            canvas=canvas,
+            seed=seed,
+        )
+        if fmt == "dicom":
+            click.echo(
+                f"Wrote {counts['yes']} yes/ and {counts['no']} no/ made-up patients "
+                f"({counts['series']} DICOM series, {counts['slices']} slices) to {out_dir}/"
+            )
+        else:
+            click.echo(
+                f"Wrote {counts['yes']} yes/ and {counts['no']} no/ NIfTI volumes "
+                f"({counts['slices']} slices) to {out_dir}/"
+            )
+        return
     from mriscan.synth import SynthConfig, synthesize
 
     cfg = SynthConfig(count=count, tumor_fraction=tumor_fraction, size_range=size_range, seed=seed)
