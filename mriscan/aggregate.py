@@ -17,10 +17,39 @@ import numpy as np
 from mriscan.errors import ConfigError
 from mriscan.inference import tumor_call
 
-__all__ = ["RULE", "TOP_K", "aggregate_rows", "top_k_mean"]
+__all__ = ["RULE", "TOP_K", "aggregate_rows", "pooling_rule", "top_k_mean"]
 
 TOP_K = 3
 RULE = f"mean of the top-{TOP_K} slice probabilities"
+
+
+def pooling_rule(class_names: Sequence[str], k: int = TOP_K) -> str:
+    """What ``aggregate_rows`` does to a unit's slice probabilities, in words, for these
+    classes (the text that cv and evaluate print and store as ``rule``).
+
+    Two classes ``(negative, positive)``: P(positive) = the mean of the top-``k`` slice
+    P(positive), P(negative) = 1 − that (the per-class top-k means are not rescaled: the
+    negative class's own top-k mean would pick other slices). More classes: each class's
+    top-``k`` mean, rescaled so the K values sum to 1.
+
+    Raises
+    ------
+    ConfigError
+        Fewer than two class names.
+    """
+    names = tuple(class_names)
+    if len(names) < 2:
+        raise ConfigError(f"need at least two class names. Received: {list(names)}.")
+    if len(names) == 2:
+        neg, pos = names
+        return (
+            f"P({pos}) = the mean of the top-{k} slice P({pos}) of the unit "
+            f"(all slices when fewer), P({neg}) = 1 − P({pos})"
+        )
+    return (
+        f"each class's mean of the top-{k} slice probabilities of the unit (all slices when "
+        f"fewer), rescaled so the {len(names)} sum to 1"
+    )
 
 
 def top_k_mean(probabilities: Sequence[float] | np.ndarray, k: int = TOP_K) -> float:

@@ -706,6 +706,20 @@ def train(
     )
 
 
+def _ci(m: dict, key: str) -> str:
+    """`` [low, high]`` of ``m["ci95"][key]``, `` [CI undefined: N group(s)]`` when the
+    metric is defined but its CI rests on fewer than 2 groups (``ci95_groups``), or ""."""
+    ci = m.get("ci95", {})
+    if key not in ci:
+        return ""
+    n = m.get("ci95_groups", {}).get(key)
+    value = m.get(key)
+    defined = isinstance(value, float) and value == value
+    if defined and n is not None and n < 2:
+        return f" [CI undefined: {n} group(s)]"
+    return f" [{_num(ci[key][0])}, {_num(ci[key][1])}]"
+
+
 def _num(value: Any) -> str:
     """A metric with 3 decimals, or "undefined" (NaN / None: e.g. a class absent)."""
     if value is None or (isinstance(value, float) and value != value):
@@ -756,11 +770,7 @@ def _print_metrics(title: str, m: dict) -> None:
     from mriscan.evaluate import HEADLINE_METRICS
 
     keys = [k for k in HEADLINE_METRICS if k in m]
-    ci = m.get("ci95", {})
-    parts = []
-    for k in keys:
-        lo_hi = f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if k in ci else ""
-        parts.append(f"{_LABELS[k]} {_num(m[k])}{lo_hi}")
+    parts = [f"{_LABELS[k]} {_num(m[k])}{_ci(m, k)}" for k in keys]
     click.echo("  " + "   ".join(parts))
     for name, pc in m["per_class"].items():
         click.echo(
@@ -793,6 +803,34 @@ def _print_metrics(title: str, m: dict) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="Threads [default: CPU cores].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["images", "dicom", "nifti"]),
+    default="images",
+    show_default=True,
+    help="images: PNG/JPEG slices (--count, --size-range); dicom: DICOM series of made-up "
+    "patients; nifti: NIfTI volumes in several orientations (--patients, "
+    "--series-per-patient, --slices, --canvas).",
+)
+@click.option(
+    "--patients",
+    type=int,
+    default=8,
+    show_default=True,
+    help="dicom/nifti: made-up patients (--tumor-fraction of them in yes/).",
+)
+@click.option(
+    "--series-per-patient",
+    type=int,
+    default=2,
+    show_default=True,
+    help="dicom/nifti: series (NIfTI: volumes) per patient.",
+)
+@click.option("--slices", type=int, default=9, show_default=True, help="dicom/nifti: per series.")
+@click.option(
+    "--canvas", type=int, default=64, show_default=True, help="dicom/nifti: pixels per side."
+)
 def synth(
     out_dir: Path,
     count: int,
@@ -800,8 +838,40 @@ def synth(
     size_range: tuple[int, int],
     seed: int,
     workers: int | None,
+    fmt: str,
+    patients: int,
+    series_per_patient: int,
+    slices: int,
+    canvas: int,
 ) -> None:
-    """Generate synthetic phantom slices into OUT_DIR/yes and OUT_DIR/no."""
+    """Generate synthetic phantoms into OUT_DIR/yes and OUT_DIR/no: PNG/JPEG slices, or (with
+    --format dicom|nifti, ``mriscan.synth_scanner.write_scanner_set``) DICOM series of made-up
+    patients (MONOCHROME1 and 2, with and without a window, several series per patient) or
+    NIfTI volumes in several voxel orders. Seeded by --seed."""
+    if fmt != "images":
+        from mriscan.synth_scanner import write_scanner_set
+
+        counts = write_scanner_set(
+            out_dir,
+            fmt=fmt,
+            patients=patients,
+            tumor_fraction=tumor_fraction,
+            series_per_patient=series_per_patient,
+            n_slices=slices,
+            canvas=canvas,
+            seed=seed,
+        )
+        if fmt == "dicom":
+            click.echo(
+                f"Wrote {counts['yes']} yes/ and {counts['no']} no/ made-up patients "
+                f"({counts['series']} DICOM series, {counts['slices']} slices) to {out_dir}/"
+            )
+        else:
+            click.echo(
+                f"Wrote {counts['yes']} yes/ and {counts['no']} no/ NIfTI volumes "
+                f"({counts['slices']} slices) to {out_dir}/"
+            )
+        return
     from mriscan.synth import SynthConfig, synthesize
 
     cfg = SynthConfig(count=count, tumor_fraction=tumor_fraction, size_range=size_range, seed=seed)
@@ -942,18 +1012,21 @@ def evaluate(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
     )
     click.echo(f"  recall per data class: {recalls}")
-    _print_levels(result)
     from mriscan.evaluate import failing
 
     fatal = failing(result["undefined"])
     minor = {k: v for k, v in result["undefined"].items() if k not in fatal}
-    if minor:  # per-class values: listed (metrics.json "undefined" too), not a failure
-        click.echo(f"  undefined, left out of every mean: {_by_reason(minor)}")
+    if minor:  # the slices' per-class values: listed (metrics.json too), not a failure
+        click.echo(f"  (slices) undefined, left out of every mean: {_by_reason(minor)}")
+    _print_levels(result)
     one = result.get("one_class")
     if one:
         click.echo(_one_class_line(result, one))
     if fatal:
-        fix = "fix or remove the unreadable files, or " if result["unreadable"] else ""
+        # only files that could add a slice of a class without one can help (not, e.g., a
+        # tumor-only set's unreadable tumor file); removing a file never adds a slice
+        helps = result.get("unreadable_of_absent_classes", 0)
+        fix = f"fix the {helps} unreadable file(s) of a class without a slice, or " if helps else ""
         raise click.ClickException(
             f"Undefined on these data: {_by_reason(fatal)}. To score them"
             + (" too" if one else "")
@@ -964,17 +1037,15 @@ def evaluate(
 def _one_class_line(result: dict, one: dict) -> str:
     """evaluate's line for data of one class (``mriscan.evaluate.one_class_summary``): what
     was computed (with the false-positive rate of healthy slices), and why the rest is not."""
-    ci = result.get("ci95", {})
-
-    def shown(k: str) -> str:
-        lo_hi = f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if k in ci else ""
-        return f"{_LABELS[k]} {_num(result[k])}{lo_hi}"
-
-    parts = [shown(k) for k in one["defined"]]
+    parts = [f"{_LABELS[k]} {_num(result[k])}{_ci(result, k)}" for k in one["defined"]]
     if "false_positive_rate" in one:
         lo, hi = one["false_positive_rate_ci95"]
+        n = result.get("ci95_groups", {}).get("specificity")
+        fpr_ci = (
+            f"CI undefined: {n} group(s)" if n is not None and n < 2 else f"{_num(lo)}, {_num(hi)}"
+        )
         parts.append(
-            f"false-positive rate {_num(one['false_positive_rate'])} [{_num(lo)}, {_num(hi)}] "
+            f"false-positive rate {_num(one['false_positive_rate'])} [{fpr_ci}] "
             "(1 − specificity: the share of these healthy slices called a tumor)"
         )
     parts.append("recall per data class")

@@ -278,7 +278,9 @@ def evaluate(
         ``dicom/<series>/file-<h>`` / ``nifti/file-<h>``, other files and folders
         ``other/file-<h>`` / ``other/folder-<h>``, the paths removed from their reasons too;
         JPEG/PNG files, and everything in data without scanner files, keep their paths.
-        Slices are always named by their store source (scanner slices by pseudonym).
+        Slices are always named by their store source (scanner slices by pseudonym). The
+        result's ``unreadable_of_absent_classes`` counts the unreadable files that could,
+        once fixed, add a slice of a scored class that has none (``_unreadable_of_absent``).
 
     Raises
     ------
@@ -410,6 +412,9 @@ def evaluate(
     )
     result["model_class_names"] = list(card.class_names)
     present = np.unique(y)
+    result["unreadable_of_absent_classes"] = _unreadable_of_absent(
+        unreadable, data_names, cmp, present
+    )
     if present.size == 1:
         result["one_class"] = one_class_summary(result, str(cmp.class_names[int(present[0])]))
     for name, (section, rows) in levels.items():
@@ -458,6 +463,26 @@ def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
         lo, hi = result.get("ci95", {}).get("specificity", [math.nan, math.nan])
         out["false_positive_rate_ci95"] = [1.0 - hi, 1.0 - lo]
     return out
+
+
+def _unreadable_of_absent(
+    unreadable: Sequence[dict[str, Any]],
+    data_names: Sequence[str],
+    cmp: Comparison,
+    present: np.ndarray,
+) -> int:
+    """How many unreadable files, once fixed, could add a slice of a scored class that has
+    none: those whose data class maps to such a class, or whose data class has no readable
+    file at all (not in ``data_names``, so its mapping is unknown). A file of a class that
+    already has slices, or of a class left out by the map, cannot help (tester 18: the
+    advice to fix a tumor-only set's truncated tumor file)."""
+    absent = set(range(len(cmp.class_names))) - {int(k) for k in present}
+    count = 0
+    for u in unreadable:
+        label = u.get("label", "")
+        if label not in data_names or int(cmp.label_map[list(data_names).index(label)]) in absent:
+            count += 1
+    return count
 
 
 def _not_in_data(cmp: Comparison) -> tuple[str, ...]:
@@ -536,8 +561,9 @@ def grouped_levels(
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
     """Metrics per series / volume and per patient: the slices' probabilities pooled per unit
     (``unit_of``) with predict's rule for its series / volume rows
-    (``mriscan.aggregate.aggregate_rows``: ``mriscan.aggregate.RULE`` per class, rescaled to
-    sum to 1; the label by the model's threshold or most probable class), then scored as
+    (``mriscan.aggregate.aggregate_rows``, described by ``mriscan.aggregate.pooling_rule``: two
+    classes, the positive class's top-3 mean and 1 − that; more, per class, rescaled to sum to
+    1; the label by the model's threshold or most probable class), then scored as
     slices are (``_score``: the same metrics, 95% CIs by bootstrap over the units' split
     groups; a metric undefined on the units is NaN and listed in ``undefined``).
 
@@ -555,7 +581,7 @@ def grouped_levels(
     ``rows`` the pooled rows (``aggregate_rows``'s, with ``true``, ``predicted`` and ``group``,
     the split group of the unit's first slice).
     """
-    from mriscan.aggregate import RULE, aggregate_rows
+    from mriscan.aggregate import aggregate_rows, pooling_rule
     from mriscan.inference import prediction_row
 
     cmp, card = scoring.cmp, scoring.card
@@ -627,9 +653,8 @@ def grouped_levels(
         else:
             section.update(n=0, undefined={"all": "every unit mixes labels"})
         section.update(
-            rule=f"probabilities = the {RULE} of the unit, per class, rescaled to sum to 1 "
-            "(as predict's series/volume rows); label by the model's threshold or most "
-            "probable class",
+            rule=f"{pooling_rule(card.class_names)} (as predict's series/volume rows); label "
+            "by the model's threshold or most probable class",
             mixed_labels=len(mixed),
             slices_without_unit=sum(1 for u in units if not u),
             predictions=f"{level}_predictions.csv",
@@ -884,7 +909,11 @@ def _score(
     groups: np.ndarray,
     data_labels: np.ndarray,
 ) -> dict[str, Any]:
-    """Metrics, 95% CIs over groups, and recall per data class (``scoring.data_names``)."""
+    """Metrics, 95% CIs over groups, and recall per data class (``scoring.data_names``).
+
+    ``ci95``: per headline key ``[low, high]``, NaN where the metric is undefined or its CI
+    rests on fewer than 2 groups (``mriscan.metrics.ci_groups``); ``ci95_groups``: per key,
+    how many groups it rests on."""
     cmp, card = scoring.cmp, scoring.card
     if cmp.mode == "same" and card.binary:
         p, thr = prob[:, 1], card.threshold
@@ -920,7 +949,13 @@ def _score(
     if cmp.mode != "same":
         result["threshold"] = thr
     result["_decisions"] = pred.tolist()  # scored label of each slice, for predictions.csv
-    result["ci95"] = mx.group_bootstrap_ci(metric, groups, keys, n_boot=scoring.n_boot)
+    # two scored classes (0 negative, 1 positive): a class-conditional metric's CI rests on the
+    # groups holding its class; fewer than 2 -> no interval (null), not a zero-width one
+    needs = mx.BINARY_CI_NEEDS if len(cmp.class_names) == 2 else None
+    result["ci95"] = mx.group_bootstrap_ci(
+        metric, groups, keys, n_boot=scoring.n_boot, labels=y, needs=needs
+    )
+    result["ci95_groups"] = mx.ci_groups(groups, keys, y, needs)
     result["recall_per_data_class"] = {
         name: _recall_of_class(cmp, y, pred, data_labels, k)
         for k, name in enumerate(scoring.data_names)

@@ -32,10 +32,12 @@ import numpy as np
 
 __all__ = [
     "ARGMAX_RULE",
+    "BINARY_CI_NEEDS",
     "THRESHOLD_RULE",
     "binary_metrics",
     "bootstrap_ci",
     "choose_threshold",
+    "ci_groups",
     "confusion_matrix",
     "decision_rule",
     "group_bootstrap_ci",
@@ -313,6 +315,53 @@ def group_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([members[g] for g in drawn]) if uniq.size else order
 
 
+# the classes (label 0 negative, 1 positive) whose slices a binary metric is computed on:
+# its bootstrap varies only with the groups holding them
+BINARY_CI_NEEDS: dict[str, tuple[int, ...]] = {
+    "sensitivity": (1,),
+    "specificity": (0,),
+    "balanced_accuracy": (0, 1),
+    "roc_auc": (0, 1),
+}
+
+
+def ci_groups(
+    groups: np.ndarray,
+    keys: tuple[str, ...],
+    labels: np.ndarray | None = None,
+    needs: dict[str, tuple[int, ...]] | None = None,
+) -> dict[str, int]:
+    """How many groups each key's bootstrap CI rests on: all distinct ``groups`` (n,), or, for
+    a key in ``needs`` (with ``labels`` (n,) int), the fewest groups holding a sample of one
+    of the classes it needs (e.g. ``BINARY_CI_NEEDS``: the specificity rests on the groups
+    with a negative sample). Below 2 a bootstrap cannot estimate any spread: every draw
+    repeats the same group(s), so the percentile interval has zero width.
+
+    Raises
+    ------
+    ValueError
+        ``needs`` without ``labels``, or ``labels`` of another length than ``groups``.
+    """
+    g = np.asarray(groups).reshape(-1)
+    total = int(np.unique(g).size)
+    if not needs:
+        return {k: total for k in keys}
+    if labels is None:
+        raise ValueError("ci_groups: needs is given, labels are missing")
+    y = np.asarray(labels).reshape(-1)
+    if y.size != g.size:
+        raise ValueError(f"ci_groups: {y.size} labels for {g.size} groups")
+    per_class: dict[int, int] = {}
+
+    def holding(c: int) -> int:
+        if c not in per_class:
+            per_class[c] = int(np.unique(g[y == c]).size)
+        return per_class[c]
+
+    return {k: min((holding(c) for c in needs[k]), default=total) if k in needs else total
+            for k in keys}  # fmt: skip
+
+
 def group_bootstrap_ci(
     metric,
     groups: np.ndarray,
@@ -321,17 +370,27 @@ def group_bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    labels: np.ndarray | None = None,
+    needs: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, list[float]]:
     """Percentile bootstrap CIs over groups: ``metric(indices) -> dict`` is evaluated on
     ``n_boot`` draws of whole groups; draws where a metric is undefined are left out.
 
-    Returns ``{key: [low, high]}`` (NaN when no draw defines it).
+    A key whose CI rests on fewer than 2 groups (``ci_groups`` with ``labels`` and ``needs``:
+    fewer than 2 groups in all, or holding a class the metric needs) gets no interval: a
+    bootstrap of one group only repeats it, and its zero-width interval would read as
+    certainty (tester 18).
+
+    Returns ``{key: [low, high]}`` (NaN when no draw defines it, or when it rests on fewer
+    than 2 groups).
     """
     rng = np.random.default_rng(seed)
+    rests_on = ci_groups(groups, keys, labels, needs)
     draws: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(n_boot):
+    wanted = [k for k in keys if rests_on[k] >= 2]
+    for _ in range(n_boot if wanted else 0):
         m = metric(group_resample(groups, rng))
-        for k in keys:
+        for k in wanted:
             v = m[k]
             if v is not None and np.isfinite(v):
                 draws[k].append(float(v))

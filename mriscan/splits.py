@@ -158,7 +158,11 @@ def kfold_indices(
 
 
 def oversized_groups(
-    labels: np.ndarray, groups: np.ndarray, smallest_part: float, class_names: Sequence[str]
+    labels: np.ndarray,
+    groups: np.ndarray,
+    smallest_part: float,
+    class_names: Sequence[str],
+    keys: Sequence[str] | None = None,
 ) -> list[str]:
     """Describe the groups too large for a stratified split, one line each (empty: none).
 
@@ -166,8 +170,10 @@ def oversized_groups(
     0.15 for a 15% validation split, 1/k for k folds) cannot be placed without skewing that
     part's size and class mix. Groups are kept whole anyway — splitting one would put copies
     (or one patient's neighbouring slices) on both sides — so this only explains a skewed
-    split. Such groups arise when single-linkage near-duplicate chains (thumbnail correlation
-    > 0.95) join look-alike slices of many patients, as on ``figshare_br35h``.
+    split. Such groups arise from one patient's (or volume's, or manifest group's) slices, or
+    when single-linkage near-duplicate chains (thumbnail correlation > 0.95) join look-alike
+    slices of many patients, as on ``figshare_br35h``; with ``keys`` the line says which
+    (tester 18: one patient's two series were called chains of look-alike slices).
 
     Parameters
     ----------
@@ -177,22 +183,58 @@ def oversized_groups(
         Share of the samples the smallest part of the split should hold.
     class_names : sequence of str
         Names of the class indices, for the message.
+    keys : sequence of N str, optional
+        ``SampleRecord.group_key`` of each sample: the group is then described as one
+        patient's (or one key's) slices when its keys alone join it, else as joined by
+        near-duplicate links too; without them the wording is neutral.
     """
     labels = np.asarray(labels, np.int64).reshape(-1)
     _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     limit = 0.5 * smallest_part * labels.size
     out = []
     for g in np.flatnonzero(sizes > limit)[np.argsort(-sizes[sizes > limit])]:
-        mix = np.bincount(labels[inverse == g], minlength=len(class_names))
+        members = np.flatnonzero(inverse == g)
+        mix = np.bincount(labels[members], minlength=len(class_names))
         classes = ", ".join(f"{n} {c}" for n, c in zip(class_names, mix, strict=False) if c)
+        what = _what_joined([keys[i] for i in members]) if keys is not None else None
+        joined = (
+            what or "near-duplicates, or slices sharing a patient, series, volume or manifest key"
+        )
+        audit = (
+            ". `mriscan audit` lists its near-duplicate pairs"
+            if what is None or "near-duplicate" in what
+            else ""
+        )
         out.append(
-            f"one duplicate group holds {sizes[g]} of {labels.size} slices "
+            f"one split group ({joined}) holds {sizes[g]} of {labels.size} slices "
             f"({sizes[g] / labels.size:.0%}: {classes}), more than half of a "
             f"{smallest_part:.0%} part; it stays whole, so that part's size and class mix are "
-            "skewed. `mriscan audit` lists its pairs; chains of look-alike slices of different "
-            "patients join such groups"
+            f"skewed{audit}"
         )
     return out
+
+
+def _what_joined(member_keys: Sequence[str]) -> str:
+    """What joined one group's samples (their ``group_key`` strings): "one patient's
+    slices", "slices sharing one volume" (the kinds of key) when the keys alone join them all,
+    else "near-duplicate links joining P patient(s), S slice(s) without a key"."""
+    keyed = [k for k in member_keys if k]
+    unkeyed = len(member_keys) - len(keyed)
+    n_parts = int(np.unique(union_groups(np.arange(len(keyed)), keyed)).size) if keyed else 0
+    patients = {k for key in keyed for k in patient_keys(key)}
+    if unkeyed == 0 and n_parts == 1:
+        if len(patients) == 1:
+            return "one patient's slices"
+        kinds = sorted({k.split(":", 1)[0] for key in keyed for k in split_keys(key)})
+        return f"slices sharing one {' / '.join(kinds)} key"
+    bits = []
+    if patients:
+        bits.append(f"{len(patients)} patient(s)")
+    elif n_parts:
+        bits.append(f"{n_parts} volume(s) / manifest group(s)")
+    if unkeyed:
+        bits.append(f"{unkeyed} slice(s) without a patient, volume or manifest key")
+    return "near-duplicate links joining " + ", ".join(bits)
 
 
 def split_indices(

@@ -25,11 +25,13 @@ from mriscan.errors import ConfigError
 from mriscan.synth import phantom
 
 __all__ = [
+    "NIFTI_ORIENTATIONS",
     "FakePatient",
     "phantom_volume",
     "stack_to_ras",
     "write_dicom_series",
     "write_nifti",
+    "write_scanner_set",
 ]
 
 _MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -218,3 +220,95 @@ def _base_dataset(
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.StudyDate, ds.StudyID, ds.AccessionNumber = "20240102", "S1", "ACC-FAKE-1"
     return ds
+
+
+# the voxel orders the NIfTI volumes of ``write_scanner_set`` cycle through (nibabel axcodes)
+NIFTI_ORIENTATIONS = ("RAS", "LPS", "LAS", "PSR", "ASL", "RPI")
+
+
+def write_scanner_set(
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: str,
+    patients: int = 8,
+    tumor_fraction: float = 0.5,
+    series_per_patient: int = 2,
+    n_slices: int = 9,
+    canvas: int = 64,
+    seed: int = 0,
+) -> dict[str, int]:
+    """A labelled set of phantom scanner data under ``out_dir/yes`` and ``out_dir/no``.
+
+    ``fmt="dicom"``: ``patients`` made-up patients (``FakePatient``: ID ``SYN-<seed>-<i>``,
+    invented name and birth date), each in one study with ``series_per_patient`` axial series
+    of ``n_slices`` slices (``canvas`` pixels square) in ``<class>/patient-<i>/series-<s>/``;
+    the series alternate MONOCHROME2 / MONOCHROME1 and every third one has no VOI window
+    (the rest Window Center/Width 600/1000), so a reader's inversion and fallback windowing
+    are exercised. ``fmt="nifti"``: ``patients × series_per_patient`` volumes
+    ``<class>/vol-<i>-<s>_<axcodes>.nii.gz``, their voxel orders cycling through
+    ``NIFTI_ORIENTATIONS`` (``write_nifti``: the canonical volume is the same phantom).
+    The first ``round(patients * tumor_fraction)`` patients are tumor cases (``yes``); every
+    volume is seeded from ``seed``, the patient and the series.
+
+    Returns ``{"yes": patients, "no": patients, "series": n, "slices": n}`` (DICOM) or
+    ``{"yes": volumes, "no": volumes, "volumes": n, "slices": n}`` (NIfTI).
+
+    Raises
+    ------
+    ConfigError
+        An unknown ``fmt``; ``patients < 2``; ``tumor_fraction`` that leaves a class without a
+        patient; ``series_per_patient < 1``; ``n_slices < 1`` or ``canvas < 16``.
+    """
+    if fmt not in ("dicom", "nifti"):
+        raise ConfigError(f"fmt must be 'dicom' or 'nifti'. Received: fmt={fmt!r}.")
+    if patients < 2 or series_per_patient < 1:
+        raise ConfigError(
+            "patients must be >= 2 and series_per_patient >= 1. Received: "
+            f"patients={patients}, series_per_patient={series_per_patient}."
+        )
+    n_yes = round(patients * tumor_fraction)
+    if not 0 < n_yes < patients:
+        raise ConfigError(
+            f"tumor_fraction={tumor_fraction} of {patients} patients leaves a class without a "
+            "patient: choose a fraction (or more patients) that gives both classes one."
+        )
+    out = Path(out_dir)
+    counts = {"yes": 0, "no": 0, "slices": 0, "series" if fmt == "dicom" else "volumes": 0}
+    k = 0  # series / volume counter across patients: the MONOCHROME, window, axcodes cycles
+    for i in range(patients):
+        label = "yes" if i < n_yes else "no"
+        person = FakePatient(
+            patient_id=f"SYN-{seed}-{i:04d}",
+            name=f"Synth^Patient{i:04d}",
+            birth_date=f"19{50 + i % 50:02d}0{1 + i % 9}1{i % 10}",
+            sex="FM"[i % 2],
+        )
+        for s in range(series_per_patient):
+            stack = phantom_volume(
+                seed * 100_003 + i * 101 + s,
+                n_slices=n_slices,
+                canvas=canvas,
+                tumor=label == "yes",
+            )
+            if fmt == "dicom":
+                write_dicom_series(
+                    out / label / f"patient-{i:04d}" / f"series-{s + 1}",
+                    stack,
+                    patient=person,
+                    series_number=s + 1,
+                    monochrome1=k % 2 == 1,
+                    window=None if k % 3 == 2 else (600.0, 1000.0),
+                    seed=seed * 1000 + i,
+                )
+                counts["series"] += 1
+            else:
+                axcodes = NIFTI_ORIENTATIONS[k % len(NIFTI_ORIENTATIONS)]
+                folder = out / label
+                folder.mkdir(parents=True, exist_ok=True)
+                write_nifti(folder / f"vol-{i:04d}-{s + 1}_{axcodes}.nii.gz", stack_to_ras(stack),
+                            axcodes=axcodes)  # fmt: skip
+                counts["volumes"] += 1
+            counts["slices"] += n_slices
+            k += 1
+        counts[label] += 1 if fmt == "dicom" else series_per_patient
+    return counts

@@ -315,3 +315,64 @@ def test_ingest_compress_option_chooses_the_codec_of_a_new_store(class_folder, t
     assert r.exit_code == 1 and "holds raw (uncompressed) slices" in r.output
     r = runner.invoke(main, [*base, "--store", str(packed)])  # no flag: the store's codec
     assert r.exit_code == 0 and "added 0" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "nifti"])
+def test_synth_writes_scanner_data_that_ingests_by_patient_and_series(tmp_path, fmt):
+    """Issue 18: `mriscan synth --format dicom|nifti`. DICOM: made-up patients with several
+    series each, MONOCHROME1 and 2, with and without a window; ingested, every slice is read,
+    labelled by its class folder, one patient's series share one split group, the headers'
+    names never reach the store. NIfTI: volumes in several voxel orders, one unit each."""
+    import pydicom
+
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.splits import patient_keys
+    from mriscan.store import ImageStore
+
+    raw, again = tmp_path / "raw", tmp_path / "again"
+    opts = ["--format", fmt, "--patients", "4", "--series-per-patient", "2", "--slices", "5"]
+    opts += ["--canvas", "48", "--seed", "3"]
+    r = CliRunner().invoke(main, ["synth", str(raw), *opts])
+    assert r.exit_code == 0, r.output
+    if fmt == "dicom":
+        assert "Wrote 2 yes/ and 2 no/ made-up patients (8 DICOM series, 40 slices)" in r.output
+        files = sorted(raw.rglob("*.dcm"))
+        assert len(files) == 40
+        heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        assert {h.PhotometricInterpretation for h in heads} == {"MONOCHROME1", "MONOCHROME2"}
+        assert {"WindowCenter" in h for h in heads} == {True, False}
+        assert (
+            len({h.PatientID for h in heads}) == 4
+            and len({h.SeriesInstanceUID for h in heads}) == 8
+        )
+    else:
+        assert "Wrote 4 yes/ and 4 no/ NIfTI volumes (40 slices)" in r.output
+        names = sorted(p.name for p in raw.rglob("*.nii.gz"))
+        assert len(names) == 8 and len({n.split("_")[1] for n in names}) >= 6  # voxel orders
+    assert CliRunner().invoke(main, ["synth", str(again), *opts]).exit_code == 0
+    assert sorted(p.read_bytes() for p in again.rglob("*.*") if p.is_file()) == sorted(
+        p.read_bytes() for p in raw.rglob("*.*") if p.is_file()
+    )  # seeded
+    ingest(raw, tmp_path / "s.zarr", IngestConfig(PreprocessConfig(size=32)))
+    with ImageStore.open(tmp_path / "s.zarr") as store:
+        recs = store.index.records
+        by_class = {n: int((store.labels == k).sum()) for k, n in enumerate(store.class_names)}
+        if fmt == "dicom":
+            assert by_class == {"no": 20, "yes": 20}
+            patients: dict[str, set[int]] = {}
+            for i, rec in enumerate(recs):
+                (key,) = patient_keys(rec.group_key)
+                patients.setdefault(key, set()).add(int(store.groups[i]))
+                assert rec.source.startswith("dicom/")
+            assert len(patients) == 4 and all(len(g) == 1 for g in patients.values())
+            series = {rec.source.split("/")[1] for rec in recs}
+            assert len(series) == 8
+            stored = b"".join(
+                p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()
+            )
+            assert b"Synth" not in stored and b"SYN-3" not in stored  # made-up names stay out
+        else:
+            assert set(by_class) == {"no", "yes"} and 0 < by_class["yes"] <= 20
+            volumes = {rec.source.rsplit("#", 1)[0] for rec in recs}
+            assert len(volumes) == 8 and all(rec.source.startswith("nifti/") for rec in recs)

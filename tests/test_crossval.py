@@ -179,7 +179,8 @@ def test_series_and_patients_are_scored_per_fold_and_summarised_over_folds():
     assert series["pooled"]["accuracy"] == pytest.approx(4 / 5)
     assert series["pooled"]["confusion_matrix"] == [[2, 1], [0, 2]]
     assert [f["n"] for f in series["per_fold"]] == [3, 2]
-    assert "mean of the top-3 slice probabilities" in series["rule"]
+    assert "the mean of the top-3 slice P(yes)" in series["rule"]
+    assert "P(no) = 1 − P(yes)" in series["rule"] and "rescaled" not in series["rule"]
     patient, rows = out["patient"]
     assert {r["unit"]: r["predicted"] for r in rows} == {
         "patient:P1": "yes", "patient:P2": "yes", "patient:P4": "yes", "patient:P5": "no",
@@ -272,14 +273,17 @@ def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
     r = CliRunner().invoke(main, ["cv", str(raw), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
-    assert "mean of the top-3 slice probabilities" in r.output
+    from mriscan.aggregate import pooling_rule
+
+    assert f"Per unit, in each fold: {pooling_rule(class_names)}" in r.output
     cv = out / "cv"
     saved = json.loads((cv / "metrics.json").read_text())
     with open(cv / "oof_predictions.csv") as fh:
         slices = list(csv.DictReader(fh))
     with open(cv / "oof_series_predictions.csv") as fh:
         series = {row["unit"]: row for row in csv.DictReader(fh)}
-    # by hand: each series' slices, top-3 mean per class, rescaled to sum 1
+    # by hand: each series' slices, two classes: the top-3 mean of P(yes) and 1 − that;
+    # more: the top-3 mean per class, rescaled to sum 1
     members: dict[str, list[dict]] = {}
     for row in slices:
         assert row["source"].startswith("dicom/")
@@ -340,7 +344,7 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
     r = CliRunner().invoke(main, ["cv", str(tmp_path), "--out", str(tmp_path / "art")])
     assert r.exit_code == 0, r.output
-    assert r.output.count("mean of the top-3 slice probabilities") == 1
+    assert r.output.count("the mean of the top-3 slice P(yes)") == 1  # the rule, once
     assert "Per series: DICOM series, NIfTI volumes, manifest groups (5 units" in r.output
     # one defined fold: the std is undefined, not 0
     assert "sensitivity       1.000 ± undefined" in r.output

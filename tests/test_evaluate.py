@@ -251,7 +251,12 @@ def test_series_and_patients_are_pooled_with_predict_s_rule():
     assert pooled["volume:V"] == (pytest.approx(0.6), "no", "yes")
     assert pooled["manifest:M"][0] == pytest.approx(top_k_mean([0.4, 0.9]))
     assert series["accuracy"] == pytest.approx(0.75) and series["specificity"] == 0.5
-    assert "mean of the top-3 slice probabilities" in series["rule"]
+    # the rule as done (tester 18): P(yes) the top-3 mean, P(no) = 1 − that, no rescaling
+    assert series["rule"].startswith(
+        "P(yes) = the mean of the top-3 slice P(yes) of the unit (all slices when fewer), "
+        "P(no) = 1 − P(yes)"
+    )
+    assert "rescaled" not in series["rule"]
     patient, rows = levels["patient"]
     assert patient["mixed_labels"] == 1 and rows == [] and patient["slices_without_unit"] == 3
 
@@ -282,6 +287,7 @@ def test_a_level_with_one_class_has_undefined_metrics_and_jpeg_only_has_none():
     assert [r["predicted"] for r in rows] == ["glioma", "meningioma"]
     assert patient["n"] == 2 and patient["accuracy"] == 0.5
     assert np.isnan(patient["macro_roc_auc"]) and "macro_roc_auc" in patient["undefined"]
+    assert "rescaled so the 3 sum to 1" in patient["rule"]
     plain = _levels(("no", "yes"), ("no", "yes"), [0, 1], [[0.6, 0.4], [0.2, 0.8]],
                     ["no/a.png", "yes/b.png"], ["", ""])  # fmt: skip
     assert plain["series"][1] is None and not plain["series"][0]["available"]
@@ -312,10 +318,19 @@ def test_evaluate_scores_dicom_series_and_patients_as_predict_pools_them(loose_m
         main, ["evaluate", str(root), "--model", str(loose_model), "--out", str(out)]
     )
     assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
-    assert "mean of the top-3 slice probabilities" in r.output
+    assert "Per unit: P(yes) = the mean of the top-3 slice P(yes)" in r.output
     saved = _strict_json(out / "evaluation" / "metrics.json")
     assert saved["per_series"]["n"] == 4 and saved["per_patient"]["n"] == 3
     assert saved["per_patient"]["confusion_matrix"] is not None
+    # one 'no' patient: the specificity is defined, its CI rests on one group (tester 18:
+    # it read [1.000, 1.000]); three 'yes' patients in two groups or more keep theirs
+    patient = saved["per_patient"]
+    assert patient["ci95_groups"]["specificity"] == 1 and patient["ci95"]["specificity"] == [
+        None,
+        None,
+    ]
+    assert patient["ci95_groups"]["sensitivity"] >= 2 and None not in patient["ci95"]["sensitivity"]
+    assert f"specificity {patient['specificity']:.3f} [CI undefined: 1 group(s)]" in r.output
     table = (out / "evaluation" / "series_predictions.csv").read_text()
     patients = (out / "evaluation" / "patient_predictions.csv").read_text()
     assert not any(s in table + patients + r.output for s in ("Doe", "Roe", "Poe", "Jane"))
@@ -672,6 +687,35 @@ def test_a_tumor_only_folder_gives_sensitivity_and_exits_1_saying_so(
 
 
 @pytest.mark.backend
+def test_the_closing_advice_names_only_unreadable_files_that_could_help(
+    loose_model, class_folder, tmp_path
+):
+    """Tester 18: a tumor-only set with an unreadable tumor file was told to "fix or remove
+    the unreadable files", which cannot add a 'no' slice; the slices' undefined per-class
+    line was printed under the per-patient block. Now: no such advice there; an unreadable
+    file of the class without a slice is named as the one that can help; the slices' line
+    comes before the unit levels."""
+    data = _one_class_folder(class_folder, tmp_path, "yes")
+    _truncate(next((data / "yes").glob("*.png")))
+    r = _cli_evaluate(data, loose_model, tmp_path / "c")
+    assert r.exit_code == 1, r.output
+    err = next(x for x in r.output.splitlines() if x.startswith("Error:"))
+    assert "unreadable" not in err and err.endswith(
+        "evaluate on data holding a slice of every class."
+    )
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["n_unreadable"] == 1 and saved["unreadable_of_absent_classes"] == 0
+    minor = r.output.index("  (slices) undefined, left out of every mean: ")
+    assert minor < r.output.index("JPEG/PNG slices only") < r.output.index("One class in")
+
+    (data / "no").mkdir()
+    (data / "no" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    r = _cli_evaluate(data, loose_model, tmp_path / "d")
+    assert r.exit_code == 1, r.output
+    assert "fix the 1 unreadable file(s) of a class without a slice, or evaluate" in r.output
+
+
+@pytest.mark.backend
 def test_a_healthy_only_folder_gives_specificity_and_the_false_positive_rate(
     loose_model, class_folder, tmp_path
 ):
@@ -680,14 +724,16 @@ def test_a_healthy_only_folder_gives_specificity_and_the_false_positive_rate(
     assert ev["n"] == 6 and np.isfinite(ev["specificity"]) and np.isnan(ev["sensitivity"])
     one = ev["one_class"]
     assert one["false_positive_rate"] == pytest.approx(1 - ev["specificity"])
-    lo, hi = ev["ci95"]["specificity"]
-    assert one["false_positive_rate_ci95"] == pytest.approx([1 - hi, 1 - lo])
+    # the six look-alike healthy slices form one duplicate group: no CI can be estimated
+    # (tester 18: a zero-width one read as certainty), for the rate either
+    assert ev["ci95_groups"]["specificity"] == 1 and np.isnan(ev["ci95"]["specificity"]).all()
+    assert np.isnan(one["false_positive_rate_ci95"]).all()
     assert set(failing(ev["undefined"])) == {
         "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity"
     }  # fmt: skip
     r = _cli_evaluate(data, loose_model, tmp_path / "c")
     assert r.exit_code == 1, r.output
-    fpr = f"false-positive rate {one['false_positive_rate']:.3f}"
+    fpr = f"false-positive rate {one['false_positive_rate']:.3f} [CI undefined: 1 group(s)]"
     assert "One class in these data (no): computed" in r.output and fpr in r.output
     assert "balanced accuracy, macro-F1, ROC AUC, sensitivity need slices of another" in r.output
 

@@ -128,6 +128,39 @@ def test_group_bootstrap_draws_whole_groups():
     assert ci["accuracy"] == [1.0, 1.0] and ci["roc_auc"][0] == 1.0
 
 
+def test_a_ci_resting_on_fewer_than_two_groups_is_undefined_not_zero_width():
+    """Tester 18: two patients, one per class, gave balanced accuracy [0.667, 0.667]. A CI
+    that rests on one group (in all, or holding the class the metric needs) is NaN; the
+    metrics that draws of two groups can vary keep their interval."""
+    y = np.array([1, 1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.7, 0.2, 0.3, 0.1])  # group 5: 2 of 3 right, group 8: 3 of 3
+    one_each = np.array([5, 5, 5, 8, 8, 8])  # one group per class
+
+    def metric(s):
+        return mx.binary_metrics(y[s], p[s])
+
+    keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+    plain = mx.group_bootstrap_ci(metric, one_each, keys, n_boot=200)
+    assert plain["balanced_accuracy"][0] == plain["balanced_accuracy"][1]  # the old zero width
+    ci = mx.group_bootstrap_ci(
+        metric, one_each, keys, n_boot=200, labels=y, needs=mx.BINARY_CI_NEEDS
+    )
+    for k in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity"):
+        assert np.isnan(ci[k]).all(), k
+    assert ci["accuracy"][0] < ci["accuracy"][1]  # two groups: draws of one or the other
+    assert mx.ci_groups(one_each, keys, y, mx.BINARY_CI_NEEDS) == {
+        "accuracy": 2, "balanced_accuracy": 1, "roc_auc": 1, "sensitivity": 1, "specificity": 1,
+    }  # fmt: skip
+    alone = mx.group_bootstrap_ci(metric, np.zeros(6, int), ("accuracy",), n_boot=50)
+    assert np.isnan(alone["accuracy"]).all()  # one group in all
+    # two positive groups, one negative: the sensitivity has its interval, the others not
+    g = np.array([1, 1, 2, 3, 3, 3])
+    ci = mx.group_bootstrap_ci(metric, g, keys, n_boot=200, labels=y, needs=mx.BINARY_CI_NEEDS)
+    assert ci["sensitivity"][0] < ci["sensitivity"][1] and np.isnan(ci["specificity"]).all()
+    with pytest.raises(ValueError, match="labels are missing"):
+        mx.ci_groups(g, keys, None, mx.BINARY_CI_NEEDS)
+
+
 def test_a_class_never_found_has_f1_zero_not_undefined():
     # a model that calls every slice class 0: the other classes occur, are never found
     y = np.array([0, 1, 2, 3] * 3)

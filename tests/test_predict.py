@@ -303,6 +303,28 @@ def test_series_rows_pool_every_class_into_a_distribution():
     assert row["tumor_probability"] == pytest.approx((0.9 + 0.8 + 0.8) / 3)
 
 
+def test_two_class_series_rows_follow_the_rule_text_not_a_rescaling():
+    """Two classes: P(yes) is the top-3 mean of P(yes) and P(no) = 1 − that, as
+    ``pooling_rule`` says (tester 18: the text said "per class, rescaled to sum to 1", which
+    gives another number: here the top-3 mean of P(no) is 0.633, not 1 − 0.6)."""
+    from mriscan.aggregate import aggregate_rows, pooling_rule, top_k_mean
+    from mriscan.artifacts import ModelCard
+    from mriscan.errors import ConfigError
+
+    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5)
+    p_yes = [0.9, 0.6, 0.3, 0.2]
+    rows = [{"unit": "series:1", "error": "", "p_no": 1 - p, "p_yes": p, "probability": p}
+            for p in p_yes]  # fmt: skip
+    (row,) = aggregate_rows(rows, card=card, threshold=0.5, k=3)
+    assert row["p_yes"] == pytest.approx(0.6) and row["p_no"] == pytest.approx(0.4)
+    assert top_k_mean([1 - p for p in p_yes]) == pytest.approx(1.9 / 3)  # not reported
+    rule = pooling_rule(("no", "yes"))
+    assert "P(yes) = the mean of the top-3 slice P(yes)" in rule and "P(no) = 1 − P(yes)" in rule
+    assert "rescaled so the 3 sum to 1" in pooling_rule(("g", "n", "p"))
+    with pytest.raises(ConfigError, match="at least two class names"):
+        pooling_rule(("yes",))
+
+
 def test_a_k_class_row_says_which_tumor_call_its_label_makes():
     """label = the most probable class; tumor_probability = 1 - P(healthy), a score;
     is_tumor = the label's tumor vs no tumor call. Without a majority they may seem to

@@ -133,12 +133,36 @@ def test_oversized_groups_are_described_and_small_ones_are_not():
     groups[30:38] = 1  # 8 slices: less than half of a 20% fold (10)
     lines = oversized_groups(labels, groups, 0.2, ("no", "yes"))
     assert len(lines) == 1 and "holds 30 of 100 slices" in lines[0] and "no 30" in lines[0]
-    assert "yes" not in lines[0].split("(")[1].split(")")[0]  # only the classes it holds
+    mix = lines[0].split("slices (")[1].split(")")[0]
+    assert mix == "30%: no 30"  # only the classes it holds
+    assert "near-duplicates, or slices sharing a patient" in lines[0]  # no keys: neutral
     assert oversized_groups(labels, np.arange(100), 0.2, ("no", "yes")) == []
     # the largest first
     groups[38:70] = 2
     lines = oversized_groups(labels, groups, 0.2, ("no", "yes"))
-    assert [line.split(" slices")[0][-9:] for line in lines] == ["32 of 100", "30 of 100"]
+    assert [line.split(" slices (")[0][-9:] for line in lines] == ["32 of 100", "30 of 100"]
+
+
+def test_oversized_groups_say_what_joined_them():
+    """Tester 18: one patient's two series were described as "chains of look-alike slices of
+    different patients". With the group keys: one patient's slices are said so (no audit
+    pointer); a group the keys alone leave in parts is said to be joined by near-duplicates."""
+    labels = np.array([0] * 60 + [1] * 40)
+    keys = [f"patient:p{i // 4}" for i in range(100)]  # 25 patients of 4 slices
+    keys[:30] = ["patient:big"] * 30  # one patient of 30 slices
+    keys[30:60] = [""] * 30  # JPEGs: no key
+    dup = np.arange(100)
+    dup[30:60] = 1000  # 30 look-alike JPEGs
+    dup[60] = 1000  # ... linked to one slice of patient p15
+    groups = union_groups(dup, keys)
+    lines = oversized_groups(labels, groups, 0.2, ("no", "yes"), keys)
+    assert len(lines) == 2
+    patient = next(x for x in lines if "holds 30 of 100" in x)
+    assert patient.startswith("one split group (one patient's slices) holds 30")
+    assert "audit" not in patient and "near-duplicate" not in patient
+    chain = next(x for x in lines if "holds 34 of 100" in x)  # 30 JPEGs + patient p15's 4
+    assert "near-duplicate links joining 1 patient(s), 30 slice(s) without a" in chain
+    assert "audit" in chain
 
 
 @pytest.mark.parametrize("seed", range(15))

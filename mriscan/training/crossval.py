@@ -465,7 +465,8 @@ def cross_validate(
     fold_levels: list[dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]] = []
     cmp = _comparison(task)
     recs = store.index.records
-    for line in oversized_groups(labels, groups, 1.0 / cfg.folds, task.class_names):
+    keys = [recs[i].group_key for i in kept]
+    for line in oversized_groups(labels, groups, 1.0 / cfg.folds, task.class_names, keys):
         log.warning("folds: %s", line)
     splits = list(
         cv_splits(

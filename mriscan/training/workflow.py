@@ -124,8 +124,13 @@ def train(
     kept = task.usable(store.labels, store.active_indices())
     check_every_class_has_slices(labels[kept], task, store)
     positive_parts = [f for f in (cfg.split.val_fraction, cfg.split.test_fraction) if f > 0]
+    recs = store.index.records
     for line in oversized_groups(
-        labels[kept], store.groups[kept], min(positive_parts, default=1.0), task.class_names
+        labels[kept],
+        store.groups[kept],
+        min(positive_parts, default=1.0),
+        task.class_names,
+        [recs[i].group_key for i in kept],
     ):
         log.warning("split: %s", line)
     inner = split_indices(
