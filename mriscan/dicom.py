@@ -1098,14 +1098,7 @@ def series_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
     only (``pydicom.dcmread`` with ``stop_before_pixels``; ``force=True`` for files without
     the preamble) and hashes as ``read_dicom`` does.
     """
-    salt = check_salt(salt)
-    try:
-        ds = pydicom.dcmread(
-            path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True
-        )
-        return _identifiers(ds, salt)["series"]
-    except Exception:  # a damaged header: the caller has the file's own error already
-        return None
+    return _header_id(path, salt, "SeriesInstanceUID", "series")
 
 
 def instance_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
@@ -1113,12 +1106,16 @@ def instance_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
     header alone, as ``series_id`` reads it, or None when the header cannot be read or has no
     SOP Instance UID: tells whether a file whose pixels fail to decode is a copy of an instance
     read from another file."""
+    return _header_id(path, salt, "SOPInstanceUID", "instance")
+
+
+def _header_id(path: str | os.PathLike[str], salt: bytes, tag: str, key: str) -> str | None:
+    """``_identifiers``' ``key`` of the file, read from the header's ``tag`` alone; None when
+    the header cannot be read (the caller has the file's own error already)."""
     salt = check_salt(salt)
     try:
-        ds = pydicom.dcmread(
-            path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True
-        )
-        return _identifiers(ds, salt)["instance"]
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[tag], force=True)
+        return _identifiers(ds, salt)[key]
     except Exception:  # a damaged header: the caller has the file's own error already
         return None
 
