@@ -741,24 +741,35 @@ _LABELS = {
 def _print_levels(result: dict) -> None:
     """evaluate's per-series and per-patient sections (``mriscan.evaluate.grouped_levels``):
     the pooling rule once, then each level's metrics, or one line saying why it has none."""
+
+    def section(level: str, s: dict) -> list[str]:
+        if s["n"]:
+            _print_metrics(f"Per {level}: {s['units']} → {s['predictions']}", s)
+        return [f"undefined: {_by_reason(s['undefined'])}"] if s["undefined"] else []
+
+    _print_unit_levels(result, "Per unit", section)
+
+
+def _print_unit_levels(result: dict, intro: str, section: Callable[[str, dict], list]) -> None:
+    """The per-series and per-patient sections of ``result`` (evaluate's or cv's): the pooling
+    rule once (after ``intro``), then per level ``section(level, its dict)`` (which prints the
+    metrics and returns further notes) and the notes every level has, or one line saying why
+    the data have no such level."""
     sections = {k: result[f"per_{k}"] for k in ("series", "patient") if f"per_{k}" in result}
     shown = [s for s in sections.values() if s["available"]]
     if shown:
-        click.echo(f"Per unit: {shown[0]['rule']}.")
+        click.echo(f"{intro}: {shown[0]['rule']}.")
     for level, s in sections.items():
         if not s["available"]:
             click.echo(f"  {s['why']}")
             continue
-        if s["n"]:
-            _print_metrics(f"Per {level}: {s['units']} → {s['predictions']}", s)
+        more = section(level, s)
         notes = []
         if s["mixed_labels"]:
             notes.append(f"{s['mixed_labels']} unit(s) left out: their slices differ in label")
         if s["slices_without_unit"]:
             notes.append(f"{s['slices_without_unit']} slice(s) belong to no {level}")
-        if s["undefined"]:
-            notes.append(f"undefined: {_by_reason(s['undefined'])}")
-        for note in notes:
+        for note in notes + more:
             click.echo(f"  ({level}) {note}")
 
 
@@ -1142,23 +1153,13 @@ def _print_cv_levels(s: dict) -> None:
     """cv's per-series and per-patient summaries (``mriscan.training.crossval.summarize_levels``):
     the pooling rule once, then each level's metrics over folds and what was undefined where,
     or one line saying why the data have no such level."""
-    sections = {k: s[f"per_{k}"] for k in ("series", "patient") if f"per_{k}" in s}
-    shown = [v for v in sections.values() if v["available"]]
-    if shown:
-        click.echo(f"Per unit, in each fold: {shown[0]['rule']}.")
-    for level, m in sections.items():
-        if not m["available"]:
-            click.echo(f"  {m['why']}")
-            continue
+
+    def section(level: str, m: dict) -> list[str]:
         click.echo(
             f"Per {level}: {m['units']} ({m['n']} units over the folds) → {m['predictions']}"
         )
         _print_fold_summary(m, s["headline"])
         notes = []
-        if m["mixed_labels"]:
-            notes.append(f"{m['mixed_labels']} unit(s) left out: their slices differ in label")
-        if m["slices_without_unit"]:
-            notes.append(f"{m['slices_without_unit']} slice(s) belong to no {level}")
         for f in m["per_fold"]:
             where = f"repeat {f['repeat'] + 1}, fold {f['fold'] + 1}"
             if not f["available"]:
@@ -1167,8 +1168,9 @@ def _print_cv_levels(s: dict) -> None:
                 notes.append(
                     f"{where}: undefined, left out of the mean: {_by_reason(f['undefined'])}"
                 )
-        for note in notes:
-            click.echo(f"  ({level}) {note}")
+        return notes
+
+    _print_unit_levels(s, "Per unit, in each fold", section)
 
 
 @main.command()

@@ -351,8 +351,8 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     assert "folds: 1.000 undefined" in r.output
     assert (
         "(series) repeat 1, fold 2: undefined, left out of the mean: balanced_accuracy, "
-        "roc_auc, sensitivity, recall of 'yes', F1 of 'yes': no series or volume of class "
-        "'yes'" in r.output
+        "macro_f1, roc_auc, sensitivity, recall of 'yes', F1 of 'yes': no series or volume "
+        "of class 'yes'" in r.output
     )
     assert "Per patient: patients by keyed Patient ID hash (4 units" in r.output
 
