@@ -53,6 +53,7 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "check_class_map",
+    "class_map_sources",
     "config_from_dict",
     "override",
     "parse_class_map",
@@ -261,6 +262,12 @@ def parse_class_map(text: str, *, min_targets: int = 2) -> tuple[tuple[str, tupl
     return check_class_map(tuple(out), min_targets=min_targets)
 
 
+def class_map_sources(class_map: Any) -> tuple[str, ...] | None:
+    """The data classes a class map (``((target, (source, ...)), ...)``) names, in its order,
+    or None for no map (every data class is used)."""
+    return tuple(s for _, srcs in class_map for s in srcs) if class_map else None
+
+
 def check_class_map(
     class_map: Any, *, min_targets: int = 2
 ) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -336,7 +343,7 @@ class TaskConfig:
     @property
     def used_classes(self) -> tuple[str, ...] | None:
         """The data classes the class map names (its sources), or None without a map (all)."""
-        return tuple(s for _, srcs in self.class_map for s in srcs) if self.class_map else None
+        return class_map_sources(self.class_map)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_map", check_class_map(self.class_map))

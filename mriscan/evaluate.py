@@ -30,7 +30,7 @@ from mriscan.artifacts import (
     signatures_path,
     write_json,
 )
-from mriscan.config import check_class_map
+from mriscan.config import check_class_map, class_map_sources
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
@@ -309,7 +309,7 @@ def evaluate(
     with scratch_dir("eval") as tmp:
         # the data side may hold one class (a tumor-only collection): the map may leave one
         class_map = check_class_map(class_map, min_targets=1)
-        used = tuple(s for _, srcs in class_map for s in srcs) if class_map else None
+        used = class_map_sources(class_map)
         store, unreadable = _open_data(data, card, Path(tmp), read_options, show_paths, used)
         with store:
             if store.config != card.preprocess:

@@ -170,7 +170,7 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
     cfg = config if config is not None else TaskConfig()
     data = tuple(data_class_names)
     if cfg.class_map:
-        unknown = sorted({s for _, srcs in cfg.class_map for s in srcs} - set(data))
+        unknown = sorted(set(cfg.used_classes or ()) - set(data))
         if unknown:
             raise ConfigError(
                 f"The class map names {unknown}, but the data's classes are {list(data)}."
