@@ -65,14 +65,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
 
 
-# what each binary headline metric needs a slice of (0: the negative class, 1: the positive)
-_NEEDS = {
-    "roc_auc": (0, 1),
-    "balanced_accuracy": (0, 1),
-    "sensitivity": (1,),
-    "specificity": (0,),
-}
-
 HEADLINE_METRICS = (
     "accuracy",
     "balanced_accuracy",
@@ -155,8 +147,8 @@ def undefined_metrics(
     for key in HEADLINE_METRICS:
         if not undefined(result.get(key)):
             continue
-        if len(names) == 2 and key in _NEEDS:
-            absent = [names[k] for k in _NEEDS[key] if counts[k] == 0]
+        if len(names) == 2 and key in mx.BINARY_CI_NEEDS:  # the classes the metric needs
+            absent = [names[k] for k in mx.BINARY_CI_NEEDS[key] if counts[k] == 0]
         elif key == "macro_roc_auc":
             absent = absent_all
         elif key in ("macro_f1", "balanced_accuracy") and len(names) - len(absent_all) < 2:

@@ -315,8 +315,9 @@ def group_resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([members[g] for g in drawn]) if uniq.size else order
 
 
-# the classes (label 0 negative, 1 positive) whose slices a binary metric is computed on:
-# its bootstrap varies only with the groups holding them
+# the classes (label 0 negative, 1 positive) whose slices a binary metric is computed on: it
+# is undefined without a slice of each, and its bootstrap varies only with the groups holding
+# them (``mriscan.evaluate.undefined_metrics`` names the missing class from it too)
 BINARY_CI_NEEDS: dict[str, tuple[int, ...]] = {
     "sensitivity": (1,),
     "specificity": (0,),
