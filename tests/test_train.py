@@ -206,6 +206,31 @@ def test_phantom_pretraining_is_cached_and_starts_training(small_store, tmp_path
     assert (protocol["pretrain_phantoms"], protocol["pretrain_epochs"]) == (40, 1)
 
 
+@pytest.mark.backend
+def test_phantom_pretraining_ignores_the_real_tasks_class_map(small_store, tmp_path):
+    """The phantoms are yes/no: a class map (or positive/healthy class) naming the user's
+    classes must not be applied to them (it stopped `train --class-map` with "the class map
+    names ['glioma', ...], but the data's classes are ['no', 'yes']")."""
+    import mriscan.training.pretrain as train_mod
+    from mriscan.hardware import setup_hardware
+    from mriscan.store import ImageStore
+
+    cfg = override(
+        fast(pretrain__phantoms=40, pretrain__epochs=1),
+        {
+            "task.class_map": (("glioma", ("glioma",)), ("meningioma", ("meningioma",))),
+            "task.healthy": None,
+        },
+    )
+    hw = setup_hardware(precision="float32", per_replica_batch=cfg.optimizer.batch_size)
+    pre = ImageStore.open(small_store).config
+    path = train_mod.pretrain_on_phantoms(cfg, hw, pre, cache_dir=tmp_path / "cache")
+    assert path.is_file()
+    # the task does not shape the phantom weights: the same cache entry as without a map
+    plain = fast(pretrain__phantoms=40, pretrain__epochs=1)
+    assert train_mod.pretrain_key(plain, pre) == train_mod.pretrain_key(cfg, pre)
+
+
 def test_implants_add_tumor_copies_of_healthy_training_slices(small_store, tmp_path):
     import mriscan.training.fit as fit_mod
     from mriscan.store import ImageStore

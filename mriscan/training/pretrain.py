@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mriscan.artifacts import RunLayout
-from mriscan.config import PRETRAIN_KEY_PARTS, TrainConfig, override
+from mriscan.config import PRETRAIN_KEY_PARTS, TaskConfig, TrainConfig, override
 from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware
 from mriscan.ingest import IngestConfig, ingest
@@ -101,6 +101,9 @@ def pretrain_on_phantoms(
         pcfg = override(
             cfg,
             {
+                # the phantoms are yes/no whatever the user's classes: a class map, positive
+                # or healthy class of the real task names classes they do not have
+                "task": TaskConfig(),
                 "fit.epochs": pre.epochs,
                 "optimizer.warmup_epochs": min(cfg.optimizer.warmup_epochs, 1),
                 "fit.patience": None,
