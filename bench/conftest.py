@@ -44,14 +44,17 @@ def interleaved(benchmark, sides: dict, rounds: int) -> dict[str, float]:
     """Time the ``sides`` (name -> no-argument callable) one after the other in each of
     ``rounds`` pytest-benchmark rounds (plus one warm-up round, not counted), so that a busy
     machine slows every side alike; per-side median seconds, or {} under
-    ``--benchmark-disable`` (each side runs once, untimed)."""
+    ``--benchmark-disable`` (each side runs once, untimed). A side may return a callable:
+    its clean-up (e.g. removing the store it wrote), run after its time is taken."""
     times: dict[str, list[float]] = {k: [] for k in sides}
 
     def one_round() -> None:
         for name, fn in sides.items():
             t = time.perf_counter()
-            fn()
+            cleanup = fn()
             times[name].append(time.perf_counter() - t)
+            if callable(cleanup):
+                cleanup()
 
     if benchmark.disabled:
         one_round()
