@@ -10,19 +10,24 @@ has none of). Its content:
 
 - the observer is the device ``mriscan`` (TID 1004: the model file as its model name);
 - procedure reported: SCT 363679005 "Imaging procedure";
-- measurement group 1, tracking identifier "mriscan finding": the finding (DCM 121071) is the
-  predicted class; for a model with a healthy class (the models whose ``predict`` rows carry
-  ``is_tumor``) also the qualitative evaluation SCT 108369006 "Neoplasm" = SCT 52101004
-  "Present" or SCT 272519000 "Absent", the label's tumor vs no tumor call (a two-class
-  model's card does not say whether its positive class is a tumor, so it gets none); its
-  source images
-  (TID 1501 "Source", one per SOP instance read, with its frames for a multi-frame file) are
-  the evidence, listed too in the Current Requested Procedure Evidence Sequence;
-- one measurement group per class, tracking identifier "mriscan P(<class>)": the finding is
-  the class and the measurement DCM 122157 "Probability" (unit UCUM "1", no units) its pooled
-  probability, exactly the ``p_<class>`` of ``predict``'s series row, with the pooling rule as
-  its Measurement Method (SCT 370129005);
-- every group carries TID 4019 Algorithm Identification: name "mriscan <model file>", version
+- one measurement group, tracking identifier "mriscan finding": its finding (DCM 121071) is
+  the predicted class, the only finding the report states; for a model with a healthy class
+  (the models whose ``predict`` rows carry ``is_tumor``) also the qualitative evaluation
+  SCT 108369006 "Neoplasm" = SCT 52101004 "Present" or SCT 272519000 "Absent", the label's
+  tumor vs no tumor call (a two-class model's card does not say whether its positive class is
+  a tumor, so it gets none); its source images (TID 1501 "Source", one per SOP instance read,
+  with its frames for a multi-frame file) are the evidence, listed too in the Current
+  Requested Procedure Evidence Sequence;
+- in that group one measurement per class (TID 300): DCM 122157 "Probability" (unit UCUM "1",
+  no units) = its pooled probability, exactly the ``p_<class>`` of ``predict``'s series row,
+  with the pooling rule as its Measurement Method (SCT 370129005) and the class as its concept
+  modifier SCT 278201002 "Classification" (TID 300 row 2: a concept modifier whose concept
+  name, ``$ModType``, the user of the template chooses; highdicom's ``Measurement`` has no
+  argument for it, so the item is added to its content, before the method as the rows go).
+  The probabilities of the classes not predicted are thus stated as probabilities of those
+  classes, never as findings: an earlier layout (one group per class, each with its class as
+  Finding) made a report labelled ``no`` also say "Finding: yes";
+- the group carries TID 4019 Algorithm Identification: name "mriscan <model file>", version
   (mriscan's and the model file's SHA-256 prefix from its card), and the decision rule
   (threshold, or the most probable class), the pooling rule and the class list as its
   parameters.
@@ -328,6 +333,26 @@ def write_series_report(
         if len(names) > 2 and getattr(card, "healthy", None) is not None:
             present = codes.SCT.Absent if label == card.healthy else codes.SCT.Present
             evaluations.append(hd.sr.QualitativeEvaluation(codes.SCT.Neoplasm, present))
+        measurements = []
+        for n in names:
+            measurement = hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=probs[n],
+                unit=codes.UCUM.NoUnits,
+                method=pooling_code(k),
+            )
+            # the class this probability is of: TID 300 row 2, a concept modifier of the
+            # caller's choice ($ModType = SCT Classification), which highdicom's constructor
+            # has no argument for; first, as the template's rows go (before the method)
+            measurement[0].ContentSequence.insert(
+                0,
+                hd.sr.CodeContentItem(
+                    name=codes.SCT.Classification,
+                    value=class_code(n),
+                    relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+                ),
+            )
+            measurements.append(measurement)
         groups = [
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -336,29 +361,11 @@ def write_series_report(
                 ),
                 finding_type=class_code(label),
                 algorithm_id=algorithm,
+                measurements=measurements,
                 qualitative_evaluations=evaluations or None,
                 source_images=source_items,
             )
         ]
-        for n in names:
-            groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=generate_uid(entropy_srcs=[sop_uid, f"mriscan P({n})"]),
-                        identifier=f"mriscan P({n})"[:64],
-                    ),
-                    finding_type=class_code(n),
-                    algorithm_id=algorithm,
-                    measurements=[
-                        hd.sr.Measurement(
-                            name=codes.DCM.Probability,
-                            value=probs[n],
-                            unit=codes.UCUM.NoUnits,
-                            method=pooling_code(k),
-                        )
-                    ],
-                )
-            )
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
