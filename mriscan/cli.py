@@ -1284,8 +1284,12 @@ def predict(
             p = r.get("probability", r.get("tumor_probability"))
             shown = f"P = {_num(p)}, " if p is not None else ""
             n = r["slices"]
-            note = f"; {r['warning']}" if r.get("warning") else ""
-            dcm = f" → {r['dicom']}" if r.get("dicom") else ""
+            note = "".join(f"; {r[k]}" for k in ("warning", "dicom_note") if r.get(k))
+            dcm = (
+                f" → {r['dicom']} (Series Number {r['dicom_series_number']})"
+                if r.get("dicom")
+                else ""
+            )
             slices = f"{n} slice{'s' if n != 1 else ''}"
             click.echo(f"  {r['path']}: {shown}{r['label']} ({slices}){dcm}{note}")
     for r in rows:

@@ -58,6 +58,7 @@ rather than adding a second one. Keras-free.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,8 @@ from typing import Any
 
 from mriscan.errors import MriscanError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CODING_SCHEME",
     "SRSource",
@@ -74,6 +77,7 @@ __all__ = [
     "class_code",
     "pooling_code",
     "remove_stale_temp_files",
+    "report_series_number",
     "write_series_report",
     "write_series_reports",
 ]
@@ -195,8 +199,10 @@ def write_series_report(
     -------
     Path
         The file: Comprehensive SR Storage (1.2.840.10008.5.1.4.1.1.88.33), Modality SR, the
-        study and patient of the sources, a new series (Series Number ``SERIES_NUMBER_BASE`` +
-        the source's modulo 1000), content as the module doc describes.
+        study and patient of the sources, a new series (Series Number
+        ``report_series_number`` of the source's: ``SERIES_NUMBER_BASE`` + the source's modulo
+        1000, ``SERIES_NUMBER_BASE`` for a source without one), content as the module doc
+        describes. ``write_series_reports`` states the number chosen in each row.
 
     Raises
     ------
@@ -207,6 +213,29 @@ def write_series_report(
         out of range, the row lacks a class's
         probability or its label is no class, or highdicom refuses the content (its reason).
     """
+    return _write_series_report(
+        sources,
+        row,
+        card,
+        out,
+        model_path=model_path,
+        threshold=threshold,
+        model_sha256=model_sha256,
+    )[0]
+
+
+def _write_series_report(
+    sources: Sequence[SRSource],
+    row: Mapping[str, Any],
+    card: Any,
+    out: str | os.PathLike[str],
+    *,
+    model_path: str | os.PathLike[str],
+    threshold: float | None,
+    model_sha256: str | None = None,
+) -> tuple[Path, int | None, int]:
+    """``write_series_report``, returning also the source's Series Number (None when it has
+    none) and the report's (``report_series_number``)."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -380,12 +409,13 @@ def write_series_report(
             procedure_reported=codes.SCT.ImagingProcedure,
             imaging_measurements=groups,
         )
-        number = int(first.get("SeriesNumber") or 0)
+        source_number = _series_number(first)
+        number = report_series_number(source_number)
         sr = hd.sr.ComprehensiveSR(
             evidence=[ds for ds, _ in headers],
             content=report,
             series_instance_uid=series_uid,
-            series_number=SERIES_NUMBER_BASE + number % 1000,
+            series_number=number,
             sop_instance_uid=sop_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
@@ -417,7 +447,25 @@ def write_series_report(
         if isinstance(exc, OSError | ValueError):
             raise StructuredReportError(f"cannot write {path} ({exc})") from exc
         raise
-    return path
+    return path, source_number, number
+
+
+def report_series_number(source: int | None) -> int:
+    """The Series Number (0020,0011) of a report on a series numbered ``source``:
+    ``SERIES_NUMBER_BASE`` + ``source`` modulo 1000, and ``SERIES_NUMBER_BASE`` itself for a
+    source without one (None): a report's Series Number only sorts it beside its source in a
+    viewer; its Series Instance UID, not the number, tells reports apart."""
+    return SERIES_NUMBER_BASE + (source or 0) % 1000
+
+
+def _series_number(ds: Any) -> int | None:
+    """A header's Series Number (IS, Type 2: possibly absent or empty) as an int, else None.
+    Raises ValueError for a value that is no integer (``write_series_report`` then refuses
+    the report with highdicom's other refusals)."""
+    value = ds.get("SeriesNumber")
+    if value is None or str(value).strip() == "":
+        return None
+    return int(value)
 
 
 def _top_k(row: Mapping[str, Any]) -> int:
@@ -438,11 +486,15 @@ def write_series_reports(
     threshold: float | None,
 ) -> None:
     """A report (``write_series_report``) for every ``level`` "series" row whose ``unit`` has
-    ``sources``; the row gains ``dicom`` (the file) or ``dicom_skipped`` (why not: the
+    ``sources``; the row gains ``dicom`` (the file) and ``dicom_series_number`` (the report's
+    Series Number, ``report_series_number``), or ``dicom_skipped`` (why not: the
     ``StructuredReportError``'s reason), so one series' failure leaves the others written.
-    A ``level`` "volume" row (NIfTI) gains ``dicom_skipped`` "not a DICOM input: ...". Other
-    rows are left as they are. First removes the temporary files that writers killed midway
-    left in ``out`` (``remove_stale_temp_files``); the model file is hashed once."""
+    A source series without a Series Number gets ``SERIES_NUMBER_BASE``: its row also gains
+    ``dicom_note`` saying so, and a warning naming the row's ``path`` (the series as
+    ``predict`` shows it) and the number is logged. A ``level`` "volume" row (NIfTI) gains
+    ``dicom_skipped`` "not a DICOM input: ...". Other rows are left as they are. First removes
+    the temporary files that writers killed midway left in ``out``
+    (``remove_stale_temp_files``); the model file is hashed once."""
     remove_stale_temp_files(out)
     sha = getattr(card, "model_sha256", "") or ""
     if not sha and any(r.get("level") == "series" for r in rows):
@@ -458,19 +510,31 @@ def write_series_reports(
             row["dicom_skipped"] = NOT_DICOM
         elif level == "series":
             try:
-                row["dicom"] = str(
-                    write_series_report(
-                        sources.get(row["unit"], ()),
-                        row,
-                        card,
-                        out,
-                        model_path=model_path,
-                        threshold=threshold,
-                        model_sha256=sha or None,
-                    )
+                path, source_number, number = _write_series_report(
+                    sources.get(row["unit"], ()),
+                    row,
+                    card,
+                    out,
+                    model_path=model_path,
+                    threshold=threshold,
+                    model_sha256=sha or None,
                 )
             except StructuredReportError as exc:
                 row["dicom_skipped"] = str(exc)
+                continue
+            row["dicom"] = str(path)
+            row["dicom_series_number"] = number
+            if source_number is None:
+                row["dicom_note"] = (
+                    f"the source series has no Series Number: the report's is {number}"
+                )
+                log.warning(
+                    "%s: the source series has no Series Number; its Structured Report %s "
+                    "gets Series Number %d",
+                    row.get("path", row["unit"]),
+                    path.name,
+                    number,
+                )
 
 
 #: a temporary report file: ``.<SOP Instance UID>.<writer's process id>.tmp``

@@ -523,3 +523,49 @@ def test_a_report_states_only_its_predicted_class_as_a_finding(tmp_path):
     assert report.get_image_measurement_groups(finding_type=class_code("yes")) == []
     (parsed,) = report.get_image_measurement_groups(finding_type=class_code("no"))
     assert len(parsed.get_measurements(name=codes.DCM.Probability)) == 2
+
+
+def test_the_report_series_number_is_shown_and_a_missing_source_number_warned(
+    model_file, tmp_path, caplog
+):
+    """Each report's Series Number is printed beside its file; a source series without a
+    Series Number gets 8000, said on its line (row ``dicom_note``) and in a logged warning
+    naming the series as predict shows it."""
+    import logging
+
+    import pydicom
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.dicom_sr import SERIES_NUMBER_BASE, report_series_number
+    from mriscan.predict import predict
+
+    assert report_series_number(None) == report_series_number(1000) == SERIES_NUMBER_BASE
+    assert report_series_number(1003) == SERIES_NUMBER_BASE + 3
+    scans = _scans(tmp_path / "scans")
+    for p in (scans / "Doe_Jane_19700101" / "T1").iterdir():
+        ds = pydicom.dcmread(p)
+        del ds.SeriesNumber
+        ds.save_as(p)
+    with caplog.at_level(logging.WARNING, logger="mriscan.dicom_sr"):
+        rows = predict(model_file, [scans], dicom_out=tmp_path / "sr")
+    series = {r["slices"]: r for r in rows if r.get("level") == "series"}
+    none, four = series[4], series[3]  # T1: 4 slices, no number; MF: 3 frames, number 4
+    assert none["dicom_series_number"] == 8000 and four["dicom_series_number"] == 8004
+    assert pydicom.dcmread(none["dicom"]).SeriesNumber == 8000
+    assert pydicom.dcmread(four["dicom"]).SeriesNumber == 8004
+    assert none["dicom_note"] == "the source series has no Series Number: the report's is 8000"
+    assert "dicom_note" not in four
+    (warned,) = [r.getMessage() for r in caplog.records if r.name == "mriscan.dicom_sr"]
+    assert warned.startswith(f"{none['path']}: the source series has no Series Number")
+    assert warned.endswith(f"{Path(none['dicom']).name} gets Series Number 8000")
+    res = CliRunner().invoke(
+        main, ["predict", str(model_file), str(scans), "--output", str(tmp_path / "p.csv"),
+               "--dicom-out", str(tmp_path / "sr2")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "(Series Number " in ln]
+    assert len(lines) == 2
+    (no_number,) = [ln for ln in lines if "(Series Number 8000)" in ln]
+    assert no_number.endswith("; the source series has no Series Number: the report's is 8000")
+    assert any("(Series Number 8004)" in ln for ln in lines)
