@@ -115,7 +115,8 @@ def undefined_metrics(
     predicted), ``"recall of 'c'"`` and ``"F1 of 'c'"`` (no slice of the class: left out of
     macro-F1 and balanced accuracy), ``"ROC AUC of 'c'"`` (K classes: the class absent, or no
     slice of any other class). ``recall_per_data_class`` is not listed: its ``n`` (0) says
-    why a data class has no recall (none left, or left out by a class map).
+    why a data class has no recall (none left); a data class left out by a class map has no
+    entry there (``Comparison.describe``'s "left out" names it).
     """
     names = list(result["class_names"])
     counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
@@ -363,6 +364,9 @@ def evaluate(
             sources = [store.index.records[i].source for i in idx]
             group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
+    # the data classes scored: one a class map leaves out is never read into the counts
+    # below, so it is not listed with a 0 there (``comparison`` names it as left out)
+    scored_names = [n for k, n in enumerate(data_names) if cmp.label_map[k] >= 0]
     scoring = Scoring(cmp, card, data_names, n_boot)
     result = _score(scoring, y, prob, groups, data_labels)
     undefined = _undefined(result, y, removed_of, not_in_data=_not_in_data(cmp))
@@ -383,21 +387,21 @@ def evaluate(
         near_duplicates_removed={
             "threshold": DEFAULT_THRESHOLD,
             "count": len(dropped),
-            "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
+            "per_class": {n: sum(1 for _, c in dropped if c == n) for n in scored_names},
         },
         same_patient_removed={
             "checked": not why_not and remove_duplicates and not same_store,
             "why_not": why_not,
             "count": len(same_rows),
             "patients": same_patients,
-            "per_class": {n: sum(1 for _, c in same_rows if c == n) for n in data_names},
+            "per_class": {n: sum(1 for _, c in same_rows if c == n) for n in scored_names},
             "rule": "slices whose keyed Patient ID hash is that of a training or validation "
             "slice of the model (same identifier key), among those left after the "
             "near-duplicates (listed in same_patient_removed.csv)",
         },
         exact_duplicates={
             "count": len(copies),
-            "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in data_names},
+            "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in scored_names},
             "rule": "a file with the same bytes as another is scored once, as that file "
             "(listed in exact_duplicates.csv); not counted in n",
         },
@@ -948,9 +952,11 @@ def _score(
         metric, groups, keys, n_boot=scoring.n_boot, labels=y, needs=needs
     )
     result["ci95_groups"] = mx.ci_groups(groups, keys, y, needs)
+    # data classes a class map leaves out are not scored: not listed (the comparison names them)
     result["recall_per_data_class"] = {
         name: _recall_of_class(cmp, y, pred, data_labels, k)
         for k, name in enumerate(scoring.data_names)
+        if cmp.label_map[k] >= 0
     }
     return result
 

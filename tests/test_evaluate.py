@@ -776,3 +776,26 @@ def test_train_still_refuses_one_class(class_folder, tmp_path):
     r = CliRunner().invoke(main, ["ingest", str(data), "--store", str(tmp_path / "s.zarr")])
     assert r.exit_code != 0 and "must hold at least two class sub-folders" in r.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.backend
+def test_a_data_class_the_class_map_leaves_out_is_not_listed_as_zero(
+    loose_model, class_folder, tmp_path
+):
+    """A third folder the class map leaves out: the comparison says "left out: extra", and
+    neither the removed-slice counts (near-duplicates, same patient, exact duplicates) nor
+    recall per data class list it with a 0 / n=0, in metrics.json or on the console (its
+    slices are never read into them)."""
+    import shutil
+
+    shutil.copytree(class_folder / "yes", class_folder / "extra")
+    r = _cli_evaluate(class_folder, loose_model, tmp_path / "c", "--class-map", "no=no;yes=yes")
+    assert r.exit_code in (0, 1), r.output
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["comparison"].endswith("left out: extra")
+    assert set(saved["recall_per_data_class"]) == {"no", "yes"}
+    for key in ("near_duplicates_removed", "same_patient_removed", "exact_duplicates"):
+        assert set(saved[key]["per_class"]) == {"no", "yes"}, key
+    (line,) = [x for x in r.output.splitlines() if "recall per data class:" in x]
+    assert "extra" not in line
+    assert "left out: extra" in r.output
