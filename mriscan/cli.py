@@ -1066,7 +1066,21 @@ def _one_class_line(result: dict, one: dict) -> str:
         if one["undefined"]
         else ""
     )
-    return f"One class in these data ({one['class']}): computed {'; '.join(parts)}{tail}."
+    return f"One class in these data ({_one_class_names(one)}): computed {'; '.join(parts)}{tail}."
+
+
+def _one_class_names(one: dict) -> str:
+    """The one class of ``_one_class_line``: ``yes`` when data, scored and model class agree,
+    else ``notumor, scored as the model's no`` (the data's classes, then the model's)."""
+    data, model = one.get("data_classes") or [], one.get("model_classes") or []
+    if data == [one["class"]] and model in ([], [one["class"]]):
+        return one["class"]
+    shown = " + ".join(data) or one["class"]
+    if not model:
+        return f"{shown}, scored as {one['class']}"
+    theirs = ", ".join(model[:-1]) + (" or " if len(model) > 1 else "") + model[-1]
+    named = "" if model == [one["class"]] else f"{one['class']}: "
+    return f"{shown}, scored as {named}the model's {theirs}"
 
 
 def _by_reason(undefined: dict[str, str]) -> str:

@@ -412,7 +412,13 @@ def evaluate(
         unreadable, data_names, cmp, present
     )
     if present.size == 1:
-        result["one_class"] = one_class_summary(result, str(cmp.class_names[int(present[0])]))
+        k = int(present[0])
+        result["one_class"] = one_class_summary(
+            result,
+            str(cmp.class_names[k]),
+            data_classes=[data_names[int(j)] for j in np.unique(data_labels)],
+            model_classes=cmp.model_classes_of(k),
+        )
     for name, (section, rows) in levels.items():
         result[f"per_{name}"] = section
         section.pop("_decisions", None)
@@ -431,14 +437,25 @@ def evaluate(
     return result
 
 
-def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
+def one_class_summary(
+    result: dict[str, Any],
+    name: str,
+    *,
+    data_classes: Sequence[str] = (),
+    model_classes: Sequence[str] = (),
+) -> dict[str, Any]:
     """What an evaluation of slices of one class only (an external tumor-only or healthy-only
     collection, or every slice of the other class removed) could compute.
 
     ``result``: the metrics of ``evaluate`` (NaN where undefined, ``ci95`` per headline
-    metric); ``name``: the one class scored (a model class, or ``tumor``). Returns ``class``,
-    ``defined`` and ``undefined`` (the headline metrics, ``HEADLINE_METRICS``, each list in
-    that order: the undefined ones are those that need a slice of another class) and, when
+    metric); ``name``: the one class scored (``Comparison.class_names``: a model class, or
+    ``tumor`` for any tumor class of a K-class model); ``data_classes``: the data's classes
+    whose slices were scored (e.g. ``["notumor"]``); ``model_classes``: the model's classes
+    ``name`` stands for (``Comparison.model_classes_of``: e.g. ``["no"]``, or a K-class
+    model's tumor types for ``tumor``). Returns ``class`` (``name``), ``data_classes``,
+    ``model_classes`` (as given, lists), ``defined`` and ``undefined`` (the headline metrics,
+    ``HEADLINE_METRICS``, each list in that order: the undefined ones are those that need a
+    slice of another class) and, when
     the specificity is defined (healthy slices only), ``false_positive_rate`` = 1 −
     specificity with its 95% CI ``false_positive_rate_ci95`` (the bootstrap CI of the
     specificity, mirrored): the share of healthy slices the model calls a tumor.
@@ -451,6 +468,8 @@ def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
     keys = [k for k in HEADLINE_METRICS if k in result]
     out: dict[str, Any] = {
         "class": name,
+        "data_classes": list(data_classes),
+        "model_classes": list(model_classes),
         "defined": [k for k in keys if defined(k)],
         "undefined": [k for k in keys if not defined(k)],
     }
