@@ -830,8 +830,8 @@ def unreadable_rows(
             return display_path(path), why, False
         if kind:
             read = InputRead(path, kind, error=why)
-            shown, why, _ = failed_file_name(read, salt=salt, show_paths=show_paths)
-            return shown, why, not show_paths
+            failed = failed_file_name(read, salt=salt, show_paths=show_paths)
+            return failed.name, failed.reason, not show_paths
         row = problem_rows([(path, why)], [root], files, salt=salt, show_paths=show_paths)[0]
         return row["path"], row["error"], "level" in row
 
