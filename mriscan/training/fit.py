@@ -124,19 +124,12 @@ def run_identity(
     }
 
 
-def run_fingerprint(
-    store: ImageStore,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    cfg: TrainConfig,
-    init_weights: Path | None,
-) -> str:
-    """Identity of a run (``run_identity``) as 32 hex digits. A backup may only be resumed by
-    a run with the same fingerprint."""
-    return _fingerprint(run_identity(store, train_idx, val_idx, cfg, init_weights))
-
-
-def _fingerprint(identity: dict[str, Any]) -> str:
+def run_fingerprint(identity: dict[str, Any]) -> str:
+    """A run's identity (``run_identity``'s record) as 32 hex digits: the first half of the
+    SHA-256 of its JSON with sorted keys. A backup may only be resumed by a run with the same
+    fingerprint. Takes the record rather than its inputs so that a caller that keeps the
+    record too (``fit_model``: for ``_check_resume``'s account of what differs) hashes the
+    starting-weights file once."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -310,7 +303,7 @@ def _fit(
     epochs = cfg.fit.epochs
     backup = layout.backup
     identity = run_identity(store, train_idx, val_idx, cfg, init_weights)
-    run_id = _fingerprint(identity)
+    run_id = run_fingerprint(identity)
     resume = _check_resume(layout, run_id, identity)
     best_path = layout.checkpoint
     history_cb = JsonHistory(layout.live_history, resume, run_id)
