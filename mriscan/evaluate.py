@@ -25,7 +25,6 @@ from mriscan import metrics as mx
 from mriscan.artifacts import (
     ModelCardError,
     RunLayout,
-    file_sha256,
     read_json,
     signatures_path,
     write_json,
@@ -36,7 +35,7 @@ from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.io import SourceFile
 from mriscan.neighbors import cross_pairs
-from mriscan.readers import ReadOptions, settings_for_model
+from mriscan.readers import ReadOptions, file_sha256, settings_for_model
 from mriscan.scan_config import describe_setting
 from mriscan.scratch import scratch_dir
 from mriscan.sources import is_store

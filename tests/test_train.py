@@ -442,7 +442,8 @@ def _kill_at(monkeypatch, point: str) -> None:
 
 def _consistent(out) -> bool:
     """Model, card, split and metrics of ``out`` belong together."""
-    from mriscan.artifacts import ModelCard, file_sha256
+    from mriscan.artifacts import ModelCard
+    from mriscan.readers import file_sha256
 
     card = ModelCard.load(out / "models" / "best_model.keras")
     sha = file_sha256(out / "models" / "best_model.keras")

@@ -193,8 +193,9 @@ def test_config_and_card_hold_the_setting(tmp_path):
 @pytest.mark.backend
 def test_training_from_a_file_replaces_the_phantoms_and_is_recorded(tmp_path, monkeypatch):
     import mriscan.training.pretrain as pretrain_mod
-    from mriscan.artifacts import ModelCard, file_sha256
+    from mriscan.artifacts import ModelCard
     from mriscan.model import build_model
+    from mriscan.readers import file_sha256
     from mriscan.store import ImageStore
     from mriscan.training.fit import run_fingerprint, run_identity
     from mriscan.training.workflow import train

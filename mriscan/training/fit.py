@@ -21,13 +21,14 @@ import keras
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import ModelCard, RunLayout, file_sha256, write_json
+from mriscan.artifacts import ModelCard, RunLayout, write_json
 from mriscan.config import TrainConfig
 from mriscan.errors import ConfigError, ResumeError, TrainingDivergedError
 from mriscan.hardware import Hardware
 from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.readers import file_sha256
 from mriscan.scratch import scratch_dir
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
