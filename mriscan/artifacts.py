@@ -21,7 +21,6 @@ Layout of a training run (``mriscan train --out DIR``)::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.preprocess import PreprocessConfig
+from mriscan.readers import file_sha256
 from mriscan.scan_config import ReaderSettings
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "ModelCardError",
     "Protocol",
     "RunLayout",
-    "file_sha256",
     "publish_model",
     "read_json",
     "signatures_path",
@@ -196,15 +195,6 @@ class CVLayout(_ResultsLayout):
 @dataclass(frozen=True)
 class EvalLayout(_ResultsLayout):
     """Paths written by ``mriscan evaluate`` under ``root`` (``<run>/evaluation``)."""
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def publish_model(

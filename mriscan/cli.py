@@ -1066,7 +1066,21 @@ def _one_class_line(result: dict, one: dict) -> str:
         if one["undefined"]
         else ""
     )
-    return f"One class in these data ({one['class']}): computed {'; '.join(parts)}{tail}."
+    return f"One class in these data ({_one_class_names(one)}): computed {'; '.join(parts)}{tail}."
+
+
+def _one_class_names(one: dict) -> str:
+    """The one class of ``_one_class_line``: ``yes`` when data, scored and model class agree,
+    else ``notumor, scored as the model's no`` (the data's classes, then the model's)."""
+    data, model = one.get("data_classes") or [], one.get("model_classes") or []
+    if data == [one["class"]] and model in ([], [one["class"]]):
+        return one["class"]
+    shown = " + ".join(data) or one["class"]
+    if not model:
+        return f"{shown}, scored as {one['class']}"
+    theirs = ", ".join(model[:-1]) + (" or " if len(model) > 1 else "") + model[-1]
+    named = "" if model == [one["class"]] else f"{one['class']}: "
+    return f"{shown}, scored as {named}the model's {theirs}"
 
 
 def _by_reason(undefined: dict[str, str]) -> str:
@@ -1284,8 +1298,12 @@ def predict(
             p = r.get("probability", r.get("tumor_probability"))
             shown = f"P = {_num(p)}, " if p is not None else ""
             n = r["slices"]
-            note = f"; {r['warning']}" if r.get("warning") else ""
-            dcm = f" → {r['dicom']}" if r.get("dicom") else ""
+            note = "".join(f"; {r[k]}" for k in ("warning", "dicom_note") if r.get(k))
+            dcm = (
+                f" → {r['dicom']} (Series Number {r['dicom_series_number']})"
+                if r.get("dicom")
+                else ""
+            )
             slices = f"{n} slice{'s' if n != 1 else ''}"
             click.echo(f"  {r['path']}: {shown}{r['label']} ({slices}){dcm}{note}")
     for r in rows:

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -67,13 +68,13 @@ __all__ = [
     "DicomSeries",
     "DicomSlice",
     "DicomSliceMeta",
+    "HeaderIds",
     "codec_advice",
     "codec_packages",
     "group_series",
-    "instance_id",
+    "header_ids",
     "is_placeholder_patient_id",
     "read_dicom",
-    "series_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1089,35 +1090,43 @@ def _identifiers(ds: pydicom.Dataset, salt: bytes) -> dict[str, str | None]:
 _hash = functools.lru_cache(maxsize=1024)(salted_hash)
 
 
-def series_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
-    """The hashed series id (``DicomSliceMeta.series``) of a DICOM file from its header alone,
-    or None when the header cannot be read or has no Series Instance UID.
+class HeaderIds(NamedTuple):
+    """The hashed ``series`` (``DicomSliceMeta.series``) and ``instance``
+    (``DicomSliceMeta.instance``) ids of a DICOM file read from its header alone
+    (``header_ids``); each None when the header cannot be read or lacks the UID."""
 
-    For files whose pixels fail to decode (a truncated instance): the series they belong to
-    can still be told, so a per-series result can say that it misses them. Reads the header
-    only (``pydicom.dcmread`` with ``stop_before_pixels``; ``force=True`` for files without
-    the preamble) and hashes as ``read_dicom`` does.
+    series: str | None
+    instance: str | None
+
+
+def header_ids(path: str | os.PathLike[str], salt: bytes) -> HeaderIds:
+    """The hashed Series Instance UID and SOP Instance UID of a DICOM file, from one read of
+    its header (``pydicom.dcmread`` with ``stop_before_pixels`` and only those two tags;
+    ``force=True`` for files without the preamble), hashed as ``read_dicom`` hashes them;
+    each None when the header cannot be read or has no such UID (never raises for a damaged
+    file: the caller has the file's own error already).
+
+    For files whose pixels fail to decode (a truncated instance): the series tells which
+    per-series result misses them, the instance whether the file is a copy of an instance
+    read from another file.
+
+    Raises
+    ------
+    ConfigError
+        If ``salt`` is no valid salt (``mriscan.scan.check_salt``).
     """
-    return _header_id(path, salt, "SeriesInstanceUID", "series")
-
-
-def instance_id(path: str | os.PathLike[str], salt: bytes) -> str | None:
-    """The hashed SOP Instance UID (``DicomSliceMeta.instance``) of a DICOM file from its
-    header alone, as ``series_id`` reads it, or None when the header cannot be read or has no
-    SOP Instance UID: tells whether a file whose pixels fail to decode is a copy of an instance
-    read from another file."""
-    return _header_id(path, salt, "SOPInstanceUID", "instance")
-
-
-def _header_id(path: str | os.PathLike[str], salt: bytes, tag: str, key: str) -> str | None:
-    """``_identifiers``' ``key`` of the file, read from the header's ``tag`` alone; None when
-    the header cannot be read (the caller has the file's own error already)."""
     salt = check_salt(salt)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[tag], force=True)
-        return _identifiers(ds, salt)[key]
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["SeriesInstanceUID", "SOPInstanceUID"],
+            force=True,
+        )
+        ids = _identifiers(ds, salt)
     except Exception:  # a damaged header: the caller has the file's own error already
-        return None
+        return HeaderIds(None, None)
+    return HeaderIds(ids["series"], ids["instance"])
 
 
 _PATIENT_TEXT = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs",

@@ -10,19 +10,24 @@ has none of). Its content:
 
 - the observer is the device ``mriscan`` (TID 1004: the model file as its model name);
 - procedure reported: SCT 363679005 "Imaging procedure";
-- measurement group 1, tracking identifier "mriscan finding": the finding (DCM 121071) is the
-  predicted class; for a model with a healthy class (the models whose ``predict`` rows carry
-  ``is_tumor``) also the qualitative evaluation SCT 108369006 "Neoplasm" = SCT 52101004
-  "Present" or SCT 272519000 "Absent", the label's tumor vs no tumor call (a two-class
-  model's card does not say whether its positive class is a tumor, so it gets none); its
-  source images
-  (TID 1501 "Source", one per SOP instance read, with its frames for a multi-frame file) are
-  the evidence, listed too in the Current Requested Procedure Evidence Sequence;
-- one measurement group per class, tracking identifier "mriscan P(<class>)": the finding is
-  the class and the measurement DCM 122157 "Probability" (unit UCUM "1", no units) its pooled
-  probability, exactly the ``p_<class>`` of ``predict``'s series row, with the pooling rule as
-  its Measurement Method (SCT 370129005);
-- every group carries TID 4019 Algorithm Identification: name "mriscan <model file>", version
+- one measurement group, tracking identifier "mriscan finding": its finding (DCM 121071) is
+  the predicted class, the only finding the report states; for a model with a healthy class
+  (the models whose ``predict`` rows carry ``is_tumor``) also the qualitative evaluation
+  SCT 108369006 "Neoplasm" = SCT 52101004 "Present" or SCT 272519000 "Absent", the label's
+  tumor vs no tumor call (a two-class model's card does not say whether its positive class is
+  a tumor, so it gets none); its source images (TID 1501 "Source", one per SOP instance read,
+  with its frames for a multi-frame file) are the evidence, listed too in the Current
+  Requested Procedure Evidence Sequence;
+- in that group one measurement per class (TID 300): DCM 122157 "Probability" (unit UCUM "1",
+  no units) = its pooled probability, exactly the ``p_<class>`` of ``predict``'s series row,
+  with the pooling rule as its Measurement Method (SCT 370129005) and the class as its concept
+  modifier SCT 278201002 "Classification" (TID 300 row 2: a concept modifier whose concept
+  name, ``$ModType``, the user of the template chooses; highdicom's ``Measurement`` has no
+  argument for it, so the item is added to its content, before the method as the rows go).
+  The probabilities of the classes not predicted are thus stated as probabilities of those
+  classes, never as findings: an earlier layout (one group per class, each with its class as
+  Finding) made a report labelled ``no`` also say "Finding: yes";
+- the group carries TID 4019 Algorithm Identification: name "mriscan <model file>", version
   (mriscan's and the model file's SHA-256 prefix from its card), and the decision rule
   (threshold, or the most probable class), the pooling rule and the class list as its
   parameters.
@@ -53,6 +58,7 @@ rather than adding a second one. Keras-free.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -62,6 +68,8 @@ from typing import Any
 
 from mriscan.errors import MriscanError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CODING_SCHEME",
     "SRSource",
@@ -69,6 +77,7 @@ __all__ = [
     "class_code",
     "pooling_code",
     "remove_stale_temp_files",
+    "report_series_number",
     "write_series_report",
     "write_series_reports",
 ]
@@ -190,8 +199,10 @@ def write_series_report(
     -------
     Path
         The file: Comprehensive SR Storage (1.2.840.10008.5.1.4.1.1.88.33), Modality SR, the
-        study and patient of the sources, a new series (Series Number ``SERIES_NUMBER_BASE`` +
-        the source's modulo 1000), content as the module doc describes.
+        study and patient of the sources, a new series (Series Number
+        ``report_series_number`` of the source's: ``SERIES_NUMBER_BASE`` + the source's modulo
+        1000, ``SERIES_NUMBER_BASE`` for a source without one), content as the module doc
+        describes. ``write_series_reports`` states the number chosen in each row.
 
     Raises
     ------
@@ -202,6 +213,29 @@ def write_series_report(
         out of range, the row lacks a class's
         probability or its label is no class, or highdicom refuses the content (its reason).
     """
+    return _write_series_report(
+        sources,
+        row,
+        card,
+        out,
+        model_path=model_path,
+        threshold=threshold,
+        model_sha256=model_sha256,
+    )[0]
+
+
+def _write_series_report(
+    sources: Sequence[SRSource],
+    row: Mapping[str, Any],
+    card: Any,
+    out: str | os.PathLike[str],
+    *,
+    model_path: str | os.PathLike[str],
+    threshold: float | None,
+    model_sha256: str | None = None,
+) -> tuple[Path, int | None, int]:
+    """``write_series_report``, returning also the source's Series Number (None when it has
+    none) and the report's (``report_series_number``)."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -328,6 +362,26 @@ def write_series_report(
         if len(names) > 2 and getattr(card, "healthy", None) is not None:
             present = codes.SCT.Absent if label == card.healthy else codes.SCT.Present
             evaluations.append(hd.sr.QualitativeEvaluation(codes.SCT.Neoplasm, present))
+        measurements = []
+        for n in names:
+            measurement = hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=probs[n],
+                unit=codes.UCUM.NoUnits,
+                method=pooling_code(k),
+            )
+            # the class this probability is of: TID 300 row 2, a concept modifier of the
+            # caller's choice ($ModType = SCT Classification), which highdicom's constructor
+            # has no argument for; first, as the template's rows go (before the method)
+            measurement[0].ContentSequence.insert(
+                0,
+                hd.sr.CodeContentItem(
+                    name=codes.SCT.Classification,
+                    value=class_code(n),
+                    relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+                ),
+            )
+            measurements.append(measurement)
         groups = [
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -336,29 +390,11 @@ def write_series_report(
                 ),
                 finding_type=class_code(label),
                 algorithm_id=algorithm,
+                measurements=measurements,
                 qualitative_evaluations=evaluations or None,
                 source_images=source_items,
             )
         ]
-        for n in names:
-            groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=generate_uid(entropy_srcs=[sop_uid, f"mriscan P({n})"]),
-                        identifier=f"mriscan P({n})"[:64],
-                    ),
-                    finding_type=class_code(n),
-                    algorithm_id=algorithm,
-                    measurements=[
-                        hd.sr.Measurement(
-                            name=codes.DCM.Probability,
-                            value=probs[n],
-                            unit=codes.UCUM.NoUnits,
-                            method=pooling_code(k),
-                        )
-                    ],
-                )
-            )
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -373,12 +409,13 @@ def write_series_report(
             procedure_reported=codes.SCT.ImagingProcedure,
             imaging_measurements=groups,
         )
-        number = int(first.get("SeriesNumber") or 0)
+        source_number = _series_number(first)
+        number = report_series_number(source_number)
         sr = hd.sr.ComprehensiveSR(
             evidence=[ds for ds, _ in headers],
             content=report,
             series_instance_uid=series_uid,
-            series_number=SERIES_NUMBER_BASE + number % 1000,
+            series_number=number,
             sop_instance_uid=sop_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
@@ -410,7 +447,25 @@ def write_series_report(
         if isinstance(exc, OSError | ValueError):
             raise StructuredReportError(f"cannot write {path} ({exc})") from exc
         raise
-    return path
+    return path, source_number, number
+
+
+def report_series_number(source: int | None) -> int:
+    """The Series Number (0020,0011) of a report on a series numbered ``source``:
+    ``SERIES_NUMBER_BASE`` + ``source`` modulo 1000, and ``SERIES_NUMBER_BASE`` itself for a
+    source without one (None): a report's Series Number only sorts it beside its source in a
+    viewer; its Series Instance UID, not the number, tells reports apart."""
+    return SERIES_NUMBER_BASE + (source or 0) % 1000
+
+
+def _series_number(ds: Any) -> int | None:
+    """A header's Series Number (IS, Type 2: possibly absent or empty) as an int, else None.
+    Raises ValueError for a value that is no integer (``write_series_report`` then refuses
+    the report with highdicom's other refusals)."""
+    value = ds.get("SeriesNumber")
+    if value is None or str(value).strip() == "":
+        return None
+    return int(value)
 
 
 def _top_k(row: Mapping[str, Any]) -> int:
@@ -431,11 +486,15 @@ def write_series_reports(
     threshold: float | None,
 ) -> None:
     """A report (``write_series_report``) for every ``level`` "series" row whose ``unit`` has
-    ``sources``; the row gains ``dicom`` (the file) or ``dicom_skipped`` (why not: the
+    ``sources``; the row gains ``dicom`` (the file) and ``dicom_series_number`` (the report's
+    Series Number, ``report_series_number``), or ``dicom_skipped`` (why not: the
     ``StructuredReportError``'s reason), so one series' failure leaves the others written.
-    A ``level`` "volume" row (NIfTI) gains ``dicom_skipped`` "not a DICOM input: ...". Other
-    rows are left as they are. First removes the temporary files that writers killed midway
-    left in ``out`` (``remove_stale_temp_files``); the model file is hashed once."""
+    A source series without a Series Number gets ``SERIES_NUMBER_BASE``: its row also gains
+    ``dicom_note`` saying so, and a warning naming the row's ``path`` (the series as
+    ``predict`` shows it) and the number is logged. A ``level`` "volume" row (NIfTI) gains
+    ``dicom_skipped`` "not a DICOM input: ...". Other rows are left as they are. First removes
+    the temporary files that writers killed midway left in ``out``
+    (``remove_stale_temp_files``); the model file is hashed once."""
     remove_stale_temp_files(out)
     sha = getattr(card, "model_sha256", "") or ""
     if not sha and any(r.get("level") == "series" for r in rows):
@@ -451,19 +510,31 @@ def write_series_reports(
             row["dicom_skipped"] = NOT_DICOM
         elif level == "series":
             try:
-                row["dicom"] = str(
-                    write_series_report(
-                        sources.get(row["unit"], ()),
-                        row,
-                        card,
-                        out,
-                        model_path=model_path,
-                        threshold=threshold,
-                        model_sha256=sha or None,
-                    )
+                path, source_number, number = _write_series_report(
+                    sources.get(row["unit"], ()),
+                    row,
+                    card,
+                    out,
+                    model_path=model_path,
+                    threshold=threshold,
+                    model_sha256=sha or None,
                 )
             except StructuredReportError as exc:
                 row["dicom_skipped"] = str(exc)
+                continue
+            row["dicom"] = str(path)
+            row["dicom_series_number"] = number
+            if source_number is None:
+                row["dicom_note"] = (
+                    f"the source series has no Series Number: the report's is {number}"
+                )
+                log.warning(
+                    "%s: the source series has no Series Number; its Structured Report %s "
+                    "gets Series Number %d",
+                    row.get("path", row["unit"]),
+                    path.name,
+                    number,
+                )
 
 
 #: a temporary report file: ``.<SOP Instance UID>.<writer's process id>.tmp``

@@ -25,7 +25,6 @@ from mriscan import metrics as mx
 from mriscan.artifacts import (
     ModelCardError,
     RunLayout,
-    file_sha256,
     read_json,
     signatures_path,
     write_json,
@@ -36,7 +35,7 @@ from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.io import SourceFile
 from mriscan.neighbors import cross_pairs
-from mriscan.readers import ReadOptions, settings_for_model
+from mriscan.readers import ReadOptions, file_sha256, settings_for_model
 from mriscan.scan_config import describe_setting
 from mriscan.scratch import scratch_dir
 from mriscan.sources import is_store
@@ -115,7 +114,8 @@ def undefined_metrics(
     predicted), ``"recall of 'c'"`` and ``"F1 of 'c'"`` (no slice of the class: left out of
     macro-F1 and balanced accuracy), ``"ROC AUC of 'c'"`` (K classes: the class absent, or no
     slice of any other class). ``recall_per_data_class`` is not listed: its ``n`` (0) says
-    why a data class has no recall (none left, or left out by a class map).
+    why a data class has no recall (none left); a data class left out by a class map has no
+    entry there (``Comparison.describe``'s "left out" names it).
     """
     names = list(result["class_names"])
     counts = np.bincount(np.asarray(y, np.int64), minlength=len(names))
@@ -363,6 +363,9 @@ def evaluate(
             sources = [store.index.records[i].source for i in idx]
             group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
+    # the data classes scored: one a class map leaves out is never read into the counts
+    # below, so it is not listed with a 0 there (``comparison`` names it as left out)
+    scored_names = [n for k, n in enumerate(data_names) if cmp.label_map[k] >= 0]
     scoring = Scoring(cmp, card, data_names, n_boot)
     result = _score(scoring, y, prob, groups, data_labels)
     undefined = _undefined(result, y, removed_of, not_in_data=_not_in_data(cmp))
@@ -383,21 +386,21 @@ def evaluate(
         near_duplicates_removed={
             "threshold": DEFAULT_THRESHOLD,
             "count": len(dropped),
-            "per_class": {n: sum(1 for _, c in dropped if c == n) for n in data_names},
+            "per_class": {n: sum(1 for _, c in dropped if c == n) for n in scored_names},
         },
         same_patient_removed={
             "checked": not why_not and remove_duplicates and not same_store,
             "why_not": why_not,
             "count": len(same_rows),
             "patients": same_patients,
-            "per_class": {n: sum(1 for _, c in same_rows if c == n) for n in data_names},
+            "per_class": {n: sum(1 for _, c in same_rows if c == n) for n in scored_names},
             "rule": "slices whose keyed Patient ID hash is that of a training or validation "
             "slice of the model (same identifier key), among those left after the "
             "near-duplicates (listed in same_patient_removed.csv)",
         },
         exact_duplicates={
             "count": len(copies),
-            "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in data_names},
+            "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in scored_names},
             "rule": "a file with the same bytes as another is scored once, as that file "
             "(listed in exact_duplicates.csv); not counted in n",
         },
@@ -408,7 +411,13 @@ def evaluate(
         unreadable, data_names, cmp, present
     )
     if present.size == 1:
-        result["one_class"] = one_class_summary(result, str(cmp.class_names[int(present[0])]))
+        k = int(present[0])
+        result["one_class"] = one_class_summary(
+            result,
+            str(cmp.class_names[k]),
+            data_classes=[data_names[int(j)] for j in np.unique(data_labels)],
+            model_classes=cmp.model_classes_of(k),
+        )
     for name, (section, rows) in levels.items():
         result[f"per_{name}"] = section
         section.pop("_decisions", None)
@@ -427,14 +436,25 @@ def evaluate(
     return result
 
 
-def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
+def one_class_summary(
+    result: dict[str, Any],
+    name: str,
+    *,
+    data_classes: Sequence[str] = (),
+    model_classes: Sequence[str] = (),
+) -> dict[str, Any]:
     """What an evaluation of slices of one class only (an external tumor-only or healthy-only
     collection, or every slice of the other class removed) could compute.
 
     ``result``: the metrics of ``evaluate`` (NaN where undefined, ``ci95`` per headline
-    metric); ``name``: the one class scored (a model class, or ``tumor``). Returns ``class``,
-    ``defined`` and ``undefined`` (the headline metrics, ``HEADLINE_METRICS``, each list in
-    that order: the undefined ones are those that need a slice of another class) and, when
+    metric); ``name``: the one class scored (``Comparison.class_names``: a model class, or
+    ``tumor`` for any tumor class of a K-class model); ``data_classes``: the data's classes
+    whose slices were scored (e.g. ``["notumor"]``); ``model_classes``: the model's classes
+    ``name`` stands for (``Comparison.model_classes_of``: e.g. ``["no"]``, or a K-class
+    model's tumor types for ``tumor``). Returns ``class`` (``name``), ``data_classes``,
+    ``model_classes`` (as given, lists), ``defined`` and ``undefined`` (the headline metrics,
+    ``HEADLINE_METRICS``, each list in that order: the undefined ones are those that need a
+    slice of another class) and, when
     the specificity is defined (healthy slices only), ``false_positive_rate`` = 1 −
     specificity with its 95% CI ``false_positive_rate_ci95`` (the bootstrap CI of the
     specificity, mirrored): the share of healthy slices the model calls a tumor.
@@ -447,6 +467,8 @@ def one_class_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
     keys = [k for k in HEADLINE_METRICS if k in result]
     out: dict[str, Any] = {
         "class": name,
+        "data_classes": list(data_classes),
+        "model_classes": list(model_classes),
         "defined": [k for k in keys if defined(k)],
         "undefined": [k for k in keys if not defined(k)],
     }
@@ -807,8 +829,8 @@ def unreadable_rows(
             return display_path(path), why, False
         if kind:
             read = InputRead(path, kind, error=why)
-            shown, why, _ = failed_file_name(read, salt=salt, show_paths=show_paths)
-            return shown, why, not show_paths
+            failed = failed_file_name(read, salt=salt, show_paths=show_paths)
+            return failed.name, failed.reason, not show_paths
         row = problem_rows([(path, why)], [root], files, salt=salt, show_paths=show_paths)[0]
         return row["path"], row["error"], "level" in row
 
@@ -948,9 +970,11 @@ def _score(
         metric, groups, keys, n_boot=scoring.n_boot, labels=y, needs=needs
     )
     result["ci95_groups"] = mx.ci_groups(groups, keys, y, needs)
+    # data classes a class map leaves out are not scored: not listed (the comparison names them)
     result["recall_per_data_class"] = {
         name: _recall_of_class(cmp, y, pred, data_labels, k)
         for k, name in enumerate(scoring.data_names)
+        if cmp.label_map[k] >= 0
     }
     return result
 

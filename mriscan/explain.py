@@ -521,8 +521,8 @@ def explain(
         )
     for r in reads:
         if r.error is not None or r.skipped is not None or r.excluded is not None:
-            name, why, _ = failed_file_name(r, salt=salt, show_paths=show_paths)
-            results.append({"path": name, "error": why, "level": "file"})
+            failed = failed_file_name(r, salt=salt, show_paths=show_paths)
+            results.append({"path": failed.name, "error": failed.reason, "level": "file"})
             continue
         for s in r.slices:
             units.setdefault(s.unit, []).append((r, s))

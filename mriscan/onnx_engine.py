@@ -238,8 +238,8 @@ def export_onnx(model_path: str | os.PathLike[str]) -> Path:
     """
     import onnx
 
-    from mriscan.artifacts import file_sha256
     from mriscan.model import load_model
+    from mriscan.readers import file_sha256
 
     model, _card = load_model(model_path)
     proto = _convert(model)
@@ -279,7 +279,7 @@ class OnnxModel:
     def __init__(self, model_path: str | os.PathLike[str], threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from mriscan.artifacts import file_sha256
+        from mriscan.readers import file_sha256
 
         self.path = onnx_path(model_path)
         if not self.path.is_file():

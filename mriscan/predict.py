@@ -386,7 +386,9 @@ def predict(
     ``dicom_out``: a folder where each DICOM series row also gets its finding as a DICOM
     Structured Report in the source's study (``mriscan.dicom_sr.write_series_report``: it
     carries the source's patient module, unlike ``output``), written once ``output`` is
-    complete; the returned series row then has ``dicom`` (the file) or ``dicom_skipped`` (why
+    complete; the returned series row then has ``dicom`` (the file) and
+    ``dicom_series_number`` (the report's Series Number; with ``dicom_note`` when the source
+    series has none, see ``mriscan.dicom_sr.write_series_reports``) or ``dicom_skipped`` (why
     not: one series' failure leaves the others written), a NIfTI volume row and each predicted
     JPEG/PNG row ``dicom_skipped`` (not a DICOM input). These keys are not written to
     ``output``, which stays as it is without ``dicom_out``.

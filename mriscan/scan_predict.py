@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from mriscan.scan import new_salt, salted_hash
 
 __all__ = [
     "SCAN_COLUMNS",
+    "FailedFile",
     "failed_file_name",
     "label_stem",
     "predict_arrays",
@@ -180,12 +181,9 @@ def predict_inputs(
     scored = {(u, inst.rsplit("#", 1)[0]): rs for (u, inst), rs in first_of.items()}
     unreadable: dict[str, set] = {}  # series unit -> its instances that could not be read
     for i, r in failed:
-        name, err, series = failed_file_name(r, salt=salt, show_paths=show_paths)
+        name, err, series, inst = failed_file_name(r, salt=salt, show_paths=show_paths)
         if r.error is not None and series is not None:
-            from mriscan.dicom import instance_id
-
             unit = f"series:{series}"
-            inst = instance_id(r.path, salt)
             if inst is not None and (unit, inst) in scored:
                 # a damaged copy of an instance read from another file: nothing is missing
                 first = _slice_name(*scored[(unit, inst)], show_paths).rsplit("#", 1)[0]
@@ -260,26 +258,34 @@ def predict_inputs(
     return rows + agg
 
 
-def failed_file_name(
-    r: InputRead, *, salt: bytes, show_paths: bool = False
-) -> tuple[str, str, str | None]:
+class FailedFile(NamedTuple):
+    """How a report names a scanner file that gave no slice (``failed_file_name``)."""
+
+    name: str
+    reason: str
+    series: str | None
+    instance: str | None
+
+
+def failed_file_name(r: InputRead, *, salt: bytes, show_paths: bool = False) -> FailedFile:
     """How a report names a scanner file that gave no slice (``r.error``, ``r.skipped`` or
-    ``r.excluded`` set), the rule of ``predict_inputs``: ``(name, reason, series)``.
+    ``r.excluded`` set), the rule of ``predict_inputs``: ``(name, reason, series, instance)``.
 
     ``name``: the pseudonym of ``_file_pseudonym`` (``dicom/<series>/file-<h>``,
     ``nifti/file-<h>``; ``salt`` the run's key), or the path with ``show_paths``; ``reason``:
     the error, or "skipped: <why>", with the file's path replaced by "the file" (libraries
-    such as nibabel repeat it); ``series``: the hashed series id of a DICOM file whose header
-    still names one (``mriscan.dicom.series_id``), else None.
+    such as nibabel repeat it); ``series`` and ``instance``: the hashed Series and SOP
+    Instance UIDs of a DICOM file whose header still names them, from one read of its header
+    (``mriscan.dicom.header_ids``), else None.
     """
     why = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
-    series = None
+    series = instance = None
     if r.kind == "dicom":
-        from mriscan.dicom import series_id
+        from mriscan.dicom import header_ids
 
-        series = series_id(r.path, salt)
+        series, instance = header_ids(r.path, salt)
     name = str(r.path) if show_paths else _file_pseudonym(r, series, salt)
-    return name, _without_path(why, r.path), series
+    return FailedFile(name, _without_path(why, r.path), series, instance)
 
 
 def problem_rows(

@@ -269,7 +269,11 @@ class Comparison:
     model labels and the model's own decision rule applies. ``"tumor_vs_healthy"``: the data
     and the model each have a healthy class; every other class counts as tumor, the model's
     tumor probability is 1 − P(healthy), and recall is also reported per data class (e.g. per
-    tumor type). ``label_map``: data label → scored label (−1: left out).
+    tumor type). ``class_names``: the scored classes, in ``"same"`` mode the model's, in
+    ``"tumor_vs_healthy"`` the model's healthy class and the tumor side, named after the
+    model's other class for a two-class model (its ``yes``: that is the class it predicts) and
+    ``tumor`` (any class but the healthy one) for more. ``label_map``: data label → scored
+    label (−1: left out). ``model_class_names``: the model's classes (``model_classes_of``).
     """
 
     mode: str
@@ -277,13 +281,29 @@ class Comparison:
     data_class_names: tuple[str, ...]
     label_map: np.ndarray
     model_healthy: int | None
+    model_class_names: tuple[str, ...] = ()
+
+    def data_classes_of(self, k: int) -> tuple[str, ...]:
+        """The data classes scored as scored class ``k`` (``class_names[k]``)."""
+        return tuple(d for j, d in enumerate(self.data_class_names) if self.label_map[j] == k)
+
+    def model_classes_of(self, k: int) -> tuple[str, ...]:
+        """The model's classes that scored class ``k`` stands for: itself in ``"same"`` mode;
+        in ``"tumor_vs_healthy"`` the healthy class (k = 0) or every other class (k = 1: a
+        two-class model's positive class, a K-class model's tumor types). Empty when the
+        model's classes were not given."""
+        if not self.model_class_names:
+            return ()
+        if self.mode == "same":
+            return (self.class_names[k],)
+        h = self.model_healthy
+        return tuple(n for i, n in enumerate(self.model_class_names) if (i == h) == (k == 0))
 
     def describe(self) -> str:
         """Which data classes are scored as which, in words."""
         groups = []
         for k, name in enumerate(self.class_names):
-            srcs = [d for j, d in enumerate(self.data_class_names) if self.label_map[j] == k]
-            groups.append(f"{name} = {' + '.join(srcs) or '(none)'}")
+            groups.append(f"{name} = {' + '.join(self.data_classes_of(k)) or '(none)'}")
         left = [d for j, d in enumerate(self.data_class_names) if self.label_map[j] < 0]
         tail = f"; left out: {', '.join(left)}" if left else ""
         return f"{self.mode}: " + "; ".join(groups) + tail
@@ -310,6 +330,11 @@ def compare_classes(
     model's healthy class of a K-class model, which is scored tumor vs no tumor (so that the
     specificity, the share of healthy slices given no tumor class, is reported); tumor classes
     without a healthy one, or one healthy class alone, are scored tumor vs no tumor.
+
+    Tumor vs no tumor scores two classes (``Comparison.class_names``): the model's healthy
+    class and, for a two-class model, its other class (a yes/no model's ``yes``: the class it
+    predicts, whatever the data's tumor classes are called), for a K-class model ``tumor``
+    (any of its other classes).
 
     Raises
     ------
@@ -340,7 +365,7 @@ def compare_classes(
     if targets <= set(model) and not alone_healthy:
         lm = np.array([model.index(source_of[d]) if d in source_of else -1 for d in data])
         h = model.index(model_healthy) if model_healthy in model else None
-        return Comparison("same", model, data, lm.astype(np.int64), h)
+        return Comparison("same", model, data, lm.astype(np.int64), h, model)
     if model_healthy is None or model_healthy not in model:
         raise ConfigError(
             f"{sides} The model has no healthy class, so it cannot score tumor vs no tumor; "
@@ -368,12 +393,16 @@ def compare_classes(
         )
     healthy = healthy_t[0] if healthy_t else None
     lm = np.array([(0 if source_of[d] == healthy else 1) if d in source_of else -1 for d in data])
+    # the tumor side is the class the model predicts: a two-class model's other class (its
+    # "yes"), or "tumor" for any of a K-class model's tumor classes
+    tumor = next(m for m in model if m != model_healthy) if len(model) == 2 else "tumor"
     return Comparison(
         "tumor_vs_healthy",
-        (model_healthy, "tumor"),
+        (model_healthy, tumor),
         data,
         lm.astype(np.int64),
         model.index(model_healthy),
+        model,
     )
 
 

@@ -234,7 +234,7 @@ def load_matching_weights(model: Any, path: str | os.PathLike[str]) -> WeightsRe
         file was made with other model settings; nothing is loaded then); or if no layer
         matches at all.
     """
-    from mriscan.artifacts import file_sha256
+    from mriscan.readers import file_sha256
 
     fmt, theirs = read_layer_weights(path)
     head = model.layers[-1].name

@@ -100,3 +100,27 @@ def test_json_is_strict_and_undefined_is_null(tmp_path):
     path = write_json(tmp_path / "m.json", {"auc": math.nan, "x": [1.0, math.inf]})
     assert json.loads(path.read_text()) == {"auc": None, "x": [1.0, None]}
     assert "NaN" not in path.read_text()
+
+
+def test_file_hashing_has_one_definition():
+    """One ``file_sha256`` (``mriscan.readers``, the lower module: ingest and the readers use
+    it without the artifacts); artifacts imports it rather than keeping a copy."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    import mriscan
+    import mriscan.artifacts
+    import mriscan.readers
+
+    root = Path(mriscan.__file__).parent
+    pattern = re.compile(r"^def file_sha256\(", re.M)
+    defined = [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*.py")
+        if pattern.search(p.read_text(encoding="utf-8"))
+    ]
+    assert defined == ["readers.py"]
+    assert mriscan.artifacts.file_sha256 is mriscan.readers.file_sha256
+    path = root / "errors.py"
+    assert mriscan.readers.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.backend
 # DICOM / SNOMED codes the reports use (pydicom.sr.codedict), by value
 GROUP, FINDING, PROBABILITY, METHOD = "125007", "121071", "122157", "370129005"
 ALGORITHM_PARAMETERS, NEOPLASM, PRESENT, ABSENT = "111002", "108369006", "52101004", "272519000"
+CLASSIFICATION = "278201002"  # SCT "Classification": the class a probability is of
 
 
 def _scans(root: Path) -> Path:
@@ -43,6 +44,25 @@ def _scans(root: Path) -> Path:
 def _items(seq, code):
     """Content items of ``seq`` whose concept name has Code Value ``code``."""
     return [i for i in seq if i.ConceptNameCodeSequence[0].CodeValue == code]
+
+
+def _walk(seq):
+    """Every content item below ``seq``, depth first."""
+    for item in seq:
+        yield item
+        yield from _walk(item.get("ContentSequence", ()))
+
+
+def _probabilities(content) -> dict[str, object]:
+    """Class -> its Probability NUM item, of a measurement group's content (the class is the
+    NUM's concept modifier SCT Classification)."""
+    out = {}
+    for num in _items(content, PROBABILITY):
+        (cls,) = _items(num.ContentSequence, CLASSIFICATION)
+        assert cls.RelationshipType == "HAS CONCEPT MOD"
+        assert cls.ConceptCodeSequence[0].CodingSchemeDesignator == "99MRISCAN"
+        out[cls.ConceptCodeSequence[0].CodeValue] = num
+    return out
 
 
 def _groups(ds):
@@ -82,11 +102,13 @@ def _check_report(ds, row: dict[str, str], classes, sources: dict[str, object]) 
     assert set(refs) == set(sources)
     assert all(refs[u].ReferencedSOPClassUID == s.SOPClassUID for u, s in sources.items())
     groups = _groups(ds)
-    assert set(groups) == {"mriscan finding", *(f"mriscan P({c})" for c in classes)}
+    assert set(groups) == {"mriscan finding"}
     finding = groups["mriscan finding"].ContentSequence
     (code,) = _items(finding, FINDING)
     assert code.ConceptCodeSequence[0].CodeValue == row["label"]
     assert code.ConceptCodeSequence[0].CodingSchemeDesignator == "99MRISCAN"
+    # one finding in the whole report: the predicted class, never the other classes
+    assert len(_items(_walk(ds.ContentSequence), FINDING)) == 1
     images = [i for i in finding if i.ValueType == "IMAGE"]
     assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images} == set(sources)
     for item in images:  # a multi-frame source: all its frames, 1-based
@@ -96,11 +118,10 @@ def _check_report(ds, row: dict[str, str], classes, sources: dict[str, object]) 
             assert [int(f) for f in frames] == list(range(1, int(src.NumberOfFrames) + 1))
         else:
             assert frames is None
-    for c in classes:
-        content = groups[f"mriscan P({c})"].ContentSequence
-        (code,) = _items(content, FINDING)
-        assert code.ConceptCodeSequence[0].CodeValue == c
-        (num,) = _items(content, PROBABILITY)
+    # every class's probability, in the finding's group, each with its class
+    probabilities = _probabilities(finding)
+    assert list(probabilities) == list(classes)
+    for c, num in probabilities.items():
         value = num.MeasuredValueSequence[0]
         # the CSV holds six decimals; the report the float itself
         assert float(value.FloatingPointValue) == pytest.approx(float(row[f"p_{c}"]), abs=1e-6)
@@ -118,10 +139,16 @@ def _check_report(ds, row: dict[str, str], classes, sources: dict[str, object]) 
 
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
     assert isinstance(report, hd.sr.MeasurementReport)
-    parsed = report.get_image_measurement_groups()
-    assert [g.tracking_identifier for g in parsed] == ["mriscan finding"] + [
-        f"mriscan P({c})" for c in classes
-    ]
+    (parsed,) = report.get_image_measurement_groups()
+    assert parsed.tracking_identifier == "mriscan finding"
+    assert parsed.finding_type.value == row["label"]
+    from pydicom.sr.codedict import codes
+
+    read = {}
+    for m in parsed.get_measurements(name=codes.DCM.Probability):
+        (cls,) = hd.sr.utils.find_content_items(m[0], name=codes.SCT.Classification)
+        read[cls.value.value] = m.value
+    assert read == pytest.approx({c: float(row[f"p_{c}"]) for c in classes}, abs=1e-6)
 
 
 def _sources_of(root: Path) -> dict[str, dict[str, object]]:
@@ -466,3 +493,79 @@ def test_a_rerun_replaces_its_reports_and_stale_temp_files_go(model_file, tmp_pa
     c = pydicom.dcmread(made3)
     assert made3 not in (made, made2) and len(list(out.iterdir())) == 3
     assert c.SeriesInstanceUID == a.SeriesInstanceUID
+
+
+def test_a_report_states_only_its_predicted_class_as_a_finding(tmp_path):
+    """A series labelled ``no``: the report's one Finding is ``no`` (no item anywhere says
+    "Finding: yes"), and both classes' probabilities are in that group, each with its class
+    as the Probability's concept modifier, read back by highdicom's parser."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from mriscan.artifacts import ModelCard
+    from mriscan.dicom_sr import SRSource, class_code, write_series_report
+    from mriscan.preprocess import PreprocessConfig
+
+    card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5, model_sha256="0" * 64)
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=2, canvas=16))
+    row = {"label": "no", "p_no": 0.8, "p_yes": 0.2, "slices": 2}
+    path = write_series_report([SRSource(f) for f in files], row, card, tmp_path / "o",
+                               model_path="m.keras", threshold=0.5)  # fmt: skip
+    ds = pydicom.dcmread(path)
+    findings = _items(_walk(ds.ContentSequence), FINDING)
+    assert [f.ConceptCodeSequence[0].CodeValue for f in findings] == ["no"]
+    (group,) = _groups(ds).values()
+    probabilities = _probabilities(group.ContentSequence)
+    assert {c: float(n.MeasuredValueSequence[0].FloatingPointValue)
+            for c, n in probabilities.items()} == {"no": 0.8, "yes": 0.2}  # fmt: skip
+    report = hd.sr.ComprehensiveSR.from_dataset(ds).content
+    assert report.get_image_measurement_groups(finding_type=class_code("yes")) == []
+    (parsed,) = report.get_image_measurement_groups(finding_type=class_code("no"))
+    assert len(parsed.get_measurements(name=codes.DCM.Probability)) == 2
+
+
+def test_the_report_series_number_is_shown_and_a_missing_source_number_warned(
+    model_file, tmp_path, caplog
+):
+    """Each report's Series Number is printed beside its file; a source series without a
+    Series Number gets 8000, said on its line (row ``dicom_note``) and in a logged warning
+    naming the series as predict shows it."""
+    import logging
+
+    import pydicom
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.dicom_sr import SERIES_NUMBER_BASE, report_series_number
+    from mriscan.predict import predict
+
+    assert report_series_number(None) == report_series_number(1000) == SERIES_NUMBER_BASE
+    assert report_series_number(1003) == SERIES_NUMBER_BASE + 3
+    scans = _scans(tmp_path / "scans")
+    for p in (scans / "Doe_Jane_19700101" / "T1").iterdir():
+        ds = pydicom.dcmread(p)
+        del ds.SeriesNumber
+        ds.save_as(p)
+    with caplog.at_level(logging.WARNING, logger="mriscan.dicom_sr"):
+        rows = predict(model_file, [scans], dicom_out=tmp_path / "sr")
+    series = {r["slices"]: r for r in rows if r.get("level") == "series"}
+    none, four = series[4], series[3]  # T1: 4 slices, no number; MF: 3 frames, number 4
+    assert none["dicom_series_number"] == 8000 and four["dicom_series_number"] == 8004
+    assert pydicom.dcmread(none["dicom"]).SeriesNumber == 8000
+    assert pydicom.dcmread(four["dicom"]).SeriesNumber == 8004
+    assert none["dicom_note"] == "the source series has no Series Number: the report's is 8000"
+    assert "dicom_note" not in four
+    (warned,) = [r.getMessage() for r in caplog.records if r.name == "mriscan.dicom_sr"]
+    assert warned.startswith(f"{none['path']}: the source series has no Series Number")
+    assert warned.endswith(f"{Path(none['dicom']).name} gets Series Number 8000")
+    res = CliRunner().invoke(
+        main, ["predict", str(model_file), str(scans), "--output", str(tmp_path / "p.csv"),
+               "--dicom-out", str(tmp_path / "sr2")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "(Series Number " in ln]
+    assert len(lines) == 2
+    (no_number,) = [ln for ln in lines if "(Series Number 8000)" in ln]
+    assert no_number.endswith("; the source series has no Series Number: the report's is 8000")
+    assert any("(Series Number 8004)" in ln for ln in lines)

@@ -757,7 +757,8 @@ def test_a_class_map_leaving_one_class_scores_it_and_a_k_class_model_scores_heal
     assert saved["n"] == 9 and saved["sensitivity"] is not None and saved["specificity"] is None
     assert set(saved["recall_per_data_class"]) == {"glioma", "meningioma", "pituitary"}
     assert all(v["n"] == 3 for v in saved["recall_per_data_class"].values())
-    assert "One class in these data (yes)" in r.output
+    line = "One class in these data (glioma + meningioma + pituitary, scored as the model's yes)"
+    assert line in r.output
     healthy = write_class_folders(tmp_path / "h", ("notumor",), n_per_class=4)
     ev = evaluate(four_class_model, healthy, out=tmp_path / "ev4", n_boot=20)
     assert ev["comparison"] == "tumor_vs_healthy: notumor = notumor; tumor = (none)"
@@ -776,3 +777,69 @@ def test_train_still_refuses_one_class(class_folder, tmp_path):
     r = CliRunner().invoke(main, ["ingest", str(data), "--store", str(tmp_path / "s.zarr")])
     assert r.exit_code != 0 and "must hold at least two class sub-folders" in r.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.backend
+def test_a_data_class_the_class_map_leaves_out_is_not_listed_as_zero(
+    loose_model, class_folder, tmp_path
+):
+    """A third folder the class map leaves out: the comparison says "left out: extra", and
+    neither the removed-slice counts (near-duplicates, same patient, exact duplicates) nor
+    recall per data class list it with a 0 / n=0, in metrics.json or on the console (its
+    slices are never read into them)."""
+    import shutil
+
+    shutil.copytree(class_folder / "yes", class_folder / "extra")
+    r = _cli_evaluate(class_folder, loose_model, tmp_path / "c", "--class-map", "no=no;yes=yes")
+    assert r.exit_code in (0, 1), r.output
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["comparison"].endswith("left out: extra")
+    assert set(saved["recall_per_data_class"]) == {"no", "yes"}
+    for key in ("near_duplicates_removed", "same_patient_removed", "exact_duplicates"):
+        assert set(saved[key]["per_class"]) == {"no", "yes"}, key
+    (line,) = [x for x in r.output.splitlines() if "recall per data class:" in x]
+    assert "extra" not in line
+    assert "left out: extra" in r.output
+
+
+@pytest.mark.backend
+def test_one_class_data_name_their_data_class_and_the_model_class_it_maps_to(
+    four_class_model, tmp_path
+):
+    """A yes/no model on a healthy-only folder named notumor: its scored classes are the
+    model's own (no, yes: not "tumor", a class it does not have) and the one-class summary
+    names the data class and the model class it maps to, in metrics.json and on the console.
+    A 4-class model on tumor types alone: "tumor" stands for the model's tumor classes."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.model import build_model
+    from mriscan.preprocess import PreprocessConfig
+    from tests.conftest import write_class_folders
+
+    model = tmp_path / "yn" / "model.keras"
+    model.parent.mkdir()
+    build_model(32, filters=(8, 8, 8, 8)).save(model)
+    ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.5, healthy="no").save(model)
+    healthy = write_class_folders(tmp_path / "h", ("notumor",), n_per_class=4)
+    r = _cli_evaluate(healthy, model, tmp_path / "c")
+    assert r.exit_code == 1, r.output
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["comparison"] == "tumor_vs_healthy: no = notumor; yes = (none)"
+    assert saved["class_names"] == ["no", "yes"] and set(saved["per_class"]) == {"no", "yes"}
+    one = saved["one_class"]
+    assert (one["class"], one["data_classes"], one["model_classes"]) == ("no", ["notumor"], ["no"])
+    assert "One class in these data (notumor, scored as the model's no): computed" in r.output
+
+    # tumor-like names that are no model class: tumor vs no tumor
+    kinds = ("glioma_tumor", "meningioma_tumor")
+    tumors = write_class_folders(tmp_path / "t", kinds, n_per_class=3)
+    ev = evaluate(four_class_model, tumors, out=tmp_path / "ev4", n_boot=20)
+    one = ev["one_class"]
+    assert ev["class_names"] == ["notumor", "tumor"] and one["class"] == "tumor"
+    assert one["data_classes"] == list(kinds)
+    assert one["model_classes"] == ["glioma", "meningioma", "pituitary"]
+    from mriscan.cli import _one_class_names
+
+    assert _one_class_names(one) == (
+        "glioma_tumor + meningioma_tumor, scored as tumor: the model's glioma, meningioma or "
+        "pituitary"
+    )

@@ -282,3 +282,32 @@ def test_an_unreadable_instance_of_its_own_still_counts_as_missing(model_file, t
     got = _series_row(predict(model_file, [scans]))
     assert got["slices"] == 2
     assert got["warning"].startswith("1 of 3 instances unreadable")
+
+
+def test_a_file_that_fails_to_decode_has_its_header_read_once(model_file, tmp_path, monkeypatch):
+    """The failure path reads a damaged file's header once for both its series and its SOP
+    instance (``mriscan.dicom.header_ids``), and still tells a damaged copy of a scored
+    instance from a missing one (one copy, one damaged instance of its own)."""
+    import pydicom
+
+    import mriscan.dicom as dicom_mod
+
+    scans = tmp_path / "s"
+    files = write_dicom_series(scans, phantom_volume(1, n_slices=3, canvas=32), seed=3)
+    (scans / "copy.dcm").write_bytes(files[1].read_bytes()[:-100])  # a scored instance
+    files[0].write_bytes(files[0].read_bytes()[:-100])  # an instance of its own
+    reads: dict[str, int] = {}
+    real = pydicom.dcmread
+
+    def counting(path, *args, **kwargs):
+        tags = kwargs.get("specific_tags") or ()
+        # the failure path's look-ups (not the series-size check every DICOM file gets first)
+        if tags and "Rows" not in tags:
+            reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dicom_mod.pydicom, "dcmread", counting)
+    got = _series_row(predict(model_file, [scans]))
+    assert reads == {"copy.dcm": 1, files[0].name: 1}
+    assert got["slices"] == 2 and got["warning"].startswith("1 of 3 instances unreadable")
+    assert "1 file holding an instance read from another file" in got["warning"]

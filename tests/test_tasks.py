@@ -187,12 +187,13 @@ def test_class_map_errors_say_what_is_wrong():
         (("yes",), ("no", "yes"), "same", ("no", "yes"), [1]),
         (("no",), ("no", "yes"), "same", ("no", "yes"), [0]),
         (("glioma",), FOUR, "same", FOUR, [0]),
-        # tumor-like names, or a tumor-only set of several types: tumor vs no tumor
-        (("glioma_tumor",), ("no", "yes"), "tumor_vs_healthy", ("no", "tumor"), [1]),
-        (("glioma", "meningioma"), ("no", "yes"), "tumor_vs_healthy", ("no", "tumor"), [1, 1]),
+        # tumor-like names, or a tumor-only set of several types: tumor vs no tumor (the
+        # tumor side is a yes/no model's own "yes", a K-class model's "tumor")
+        (("glioma_tumor",), ("no", "yes"), "tumor_vs_healthy", ("no", "yes"), [1]),
+        (("glioma", "meningioma"), ("no", "yes"), "tumor_vs_healthy", ("no", "yes"), [1, 1]),
         (("tumor",), FOUR, "tumor_vs_healthy", ("notumor", "tumor"), [1]),
         # healthy-like names, and the healthy class of a K-class model (its specificity)
-        (("normal",), ("no", "yes"), "tumor_vs_healthy", ("no", "tumor"), [0]),
+        (("normal",), ("no", "yes"), "tumor_vs_healthy", ("no", "yes"), [0]),
         (("notumor",), FOUR, "tumor_vs_healthy", ("notumor", "tumor"), [0]),
     ],
 )
@@ -231,3 +232,18 @@ def test_a_class_map_with_one_target_is_for_evaluate_only():
         ("glioma",), FOUR, "notumor", parse_class_map("tumor=glioma", min_targets=1)
     )
     assert c.mode == "tumor_vs_healthy" and c.label_map.tolist() == [1]
+
+
+def test_a_comparison_names_the_data_and_model_classes_of_each_scored_class():
+    """A yes/no model on notumor/: scored 'no' is data notumor and the model's no, and the
+    tumor side is the model's 'yes'; a 4-class model's 'tumor' stands for its tumor types."""
+    c = compare_classes(("notumor",), ("no", "yes"), "no")
+    assert c.class_names == ("no", "yes")
+    assert (c.data_classes_of(0), c.model_classes_of(0)) == (("notumor",), ("no",))
+    assert (c.data_classes_of(1), c.model_classes_of(1)) == ((), ("yes",))
+    c = compare_classes(("no", "yes"), FOUR, "notumor")
+    assert c.class_names == ("notumor", "tumor") and c.model_classes_of(0) == ("notumor",)
+    assert set(c.model_classes_of(1)) == set(FOUR) - {"notumor"}
+    assert c.data_classes_of(1) == ("yes",)
+    same = compare_classes(FOUR, FOUR, "notumor")
+    assert same.model_classes_of(2) == (same.class_names[2],)

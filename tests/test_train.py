@@ -331,21 +331,18 @@ def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp
         layout.backup.mkdir()
         write_json(
             layout.run_marker,
-            {"run_id": run_fingerprint(st, tr, va, killed, None), "identity": old},
+            {"run_id": run_fingerprint(old), "identity": old},
         )
         for shown in (
             fast(runtime__verbose="silent"),
             fast(runtime__verbose="bar", runtime__workers=3),
         ):
-            rid = run_fingerprint(st, tr, va, shown, None)
-            assert _check_resume(layout, rid, run_identity(st, tr, va, shown, None)) is True
+            now = run_identity(st, tr, va, shown, None)
+            assert _check_resume(layout, run_fingerprint(now), now) is True
         longer = fast(runtime__verbose="silent", fit__epochs=killed.fit.epochs + 5)
+        now = run_identity(st, tr, va, longer, None)
         with pytest.raises(ResumeError) as err:
-            _check_resume(
-                layout,
-                run_fingerprint(st, tr, va, longer, None),
-                run_identity(st, tr, va, longer, None),
-            )
+            _check_resume(layout, run_fingerprint(now), now)
         msg = str(err.value)
         assert f"fit.epochs: {killed.fit.epochs} in the backup, {killed.fit.epochs + 5} now" in msg
         assert "verbose" not in msg and "other data, settings" not in msg
@@ -470,7 +467,8 @@ def _kill_at(monkeypatch, point: str) -> None:
 
 def _consistent(out) -> bool:
     """Model, card, split and metrics of ``out`` belong together."""
-    from mriscan.artifacts import ModelCard, file_sha256
+    from mriscan.artifacts import ModelCard
+    from mriscan.readers import file_sha256
 
     card = ModelCard.load(out / "models" / "best_model.keras")
     sha = file_sha256(out / "models" / "best_model.keras")

@@ -193,10 +193,11 @@ def test_config_and_card_hold_the_setting(tmp_path):
 @pytest.mark.backend
 def test_training_from_a_file_replaces_the_phantoms_and_is_recorded(tmp_path, monkeypatch):
     import mriscan.training.pretrain as pretrain_mod
-    from mriscan.artifacts import ModelCard, file_sha256
+    from mriscan.artifacts import ModelCard
     from mriscan.model import build_model
+    from mriscan.readers import file_sha256
     from mriscan.store import ImageStore
-    from mriscan.training.fit import run_fingerprint
+    from mriscan.training.fit import run_fingerprint, run_identity
     from mriscan.training.workflow import train
 
     names = ["notumor", "glioma", "meningioma", "pit"]
@@ -227,9 +228,9 @@ def test_training_from_a_file_replaces_the_phantoms_and_is_recorded(tmp_path, mo
     # the file's content (not only its name) is part of the run's identity (resume check)
     with ImageStore.open(store) as st:
         idx = np.arange(8)
-        before = run_fingerprint(st, idx, idx, cfg, path)
+        before = run_fingerprint(run_identity(st, idx, idx, cfg, path))
         build_model(32, cfg.model, num_classes=2, seed=10).save_weights(path)
-        assert run_fingerprint(st, idx, idx, cfg, path) != before
+        assert run_fingerprint(run_identity(st, idx, idx, cfg, path)) != before
 
 
 def test_a_missing_file_stops_training_before_it_starts(small_store, tmp_path):

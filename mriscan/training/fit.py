@@ -21,13 +21,14 @@ import keras
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import ModelCard, RunLayout, file_sha256, write_json
+from mriscan.artifacts import ModelCard, RunLayout, write_json
 from mriscan.config import TrainConfig
 from mriscan.errors import ConfigError, ResumeError, TrainingDivergedError
 from mriscan.hardware import Hardware
 from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
+from mriscan.readers import file_sha256
 from mriscan.scratch import scratch_dir
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
@@ -124,19 +125,12 @@ def run_identity(
     }
 
 
-def run_fingerprint(
-    store: ImageStore,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    cfg: TrainConfig,
-    init_weights: Path | None,
-) -> str:
-    """Identity of a run (``run_identity``) as 32 hex digits. A backup may only be resumed by
-    a run with the same fingerprint."""
-    return _fingerprint(run_identity(store, train_idx, val_idx, cfg, init_weights))
-
-
-def _fingerprint(identity: dict[str, Any]) -> str:
+def run_fingerprint(identity: dict[str, Any]) -> str:
+    """A run's identity (``run_identity``'s record) as 32 hex digits: the first half of the
+    SHA-256 of its JSON with sorted keys. A backup may only be resumed by a run with the same
+    fingerprint. Takes the record rather than its inputs so that a caller that keeps the
+    record too (``fit_model``: for ``_check_resume``'s account of what differs) hashes the
+    starting-weights file once."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -310,7 +304,7 @@ def _fit(
     epochs = cfg.fit.epochs
     backup = layout.backup
     identity = run_identity(store, train_idx, val_idx, cfg, init_weights)
-    run_id = _fingerprint(identity)
+    run_id = run_fingerprint(identity)
     resume = _check_resume(layout, run_id, identity)
     best_path = layout.checkpoint
     history_cb = JsonHistory(layout.live_history, resume, run_id)

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import Protocol, RunLayout, file_sha256, publish_model, write_json
+from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
 from mriscan.config import TrainConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware, setup_hardware
 from mriscan.pipeline import resolve_pipeline
-from mriscan.readers import ReadOptions
+from mriscan.readers import ReadOptions, file_sha256
 from mriscan.sources import open_or_ingest
 from mriscan.splits import oversized_groups, split_indices
 from mriscan.store import ImageStore
