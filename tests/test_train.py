@@ -256,6 +256,32 @@ def test_implants_add_tumor_copies_of_healthy_training_slices(small_store, tmp_p
     assert pretrain_key(cfg, pre) == pretrain_key(fast(), pre)
 
 
+def test_implants_follow_the_class_map(tmp_path):
+    """With a class map, implants go into the slices the task calls healthy and are labelled
+    with a data class the task maps to its tumor class (``--implant`` refused any map)."""
+    from conftest import build_class_store
+
+    import mriscan.training.fit as fit_mod
+    from mriscan.store import ImageStore
+
+    path = build_class_store(tmp_path / "s.zarr", ["glioma", "meningioma", "notumor", "pituitary"])
+    cmap = (("yes", ("glioma", "meningioma")), ("no", ("notumor",)))  # pituitary left out
+    cfg = override(fast(fit__implant=1), {"task.class_map": cmap})
+    with ImageStore.open(path) as store:
+        train_idx = np.flatnonzero(store.labels != 3)  # the kept classes, as training gives
+        images, labels = store.read_batch(train_idx)
+        with fit_mod._with_implants(store, train_idx, cfg, tmp_path) as aug:
+            new_images, new_labels = aug.read_batch(np.arange(len(aug)))
+    notumor = labels == 2
+    assert len(new_labels) == len(labels) + int(notumor.sum())  # one copy per notumor slice
+    assert (new_labels[len(labels) :] == 0).all()  # data label of glioma: maps to "yes"
+    assert (new_images[len(labels) :] != images[notumor]).any(axis=(1, 2)).all()
+    # a task without a healthy class is refused, naming the task
+    four = override(fast(fit__implant=1), {"task.healthy": "notumor"})
+    with ImageStore.open(path) as store, pytest.raises(ConfigError, match="two-class task"):
+        fit_mod._with_implants(store, train_idx, four, tmp_path / "x")
+
+
 def test_training_with_implants_fits_on_the_larger_set_and_validates_on_real_slices(
     small_store, tmp_path, monkeypatch
 ):

@@ -66,25 +66,33 @@ def _with_implants(
     """A store in ``folder`` with the training slices plus ``cfg.fit.implant`` lesion-implanted
     copies of each healthy one (labelled as tumors).
 
+    The task decides which slices are healthy and which data class an implanted copy gets (the
+    first data class the task maps to its positive class), so a class map works as without
+    one: the copies carry data labels, and training maps them as it maps every slice.
+
     Raises
     ------
     ConfigError
-        Unless the data's own classes are a healthy and a tumor class (implants are drawn
-        into healthy slices and labelled as the tumor class).
+        Unless the task is a two-class task with a healthy class (implants are drawn into
+        healthy slices and labelled as the tumor class).
     """
     task = resolve_task(store.class_names, cfg.task)
-    if not task.binary or cfg.task.class_map or task.class_names != store.class_names:
+    if not task.binary or task.healthy is None:
         raise ConfigError(
-            "--implant needs data with exactly a healthy and a tumor class folder (e.g. no/ "
-            f"and yes/); these data have {list(store.class_names)}."
+            "--implant needs a two-class task of a healthy and a tumor class (e.g. no/ and "
+            f"yes/, or a --class-map such as 'yes=glioma,meningioma;no=notumor'); this task is "
+            f"{task.describe()}."
         )
     images, labels = store.read_batch(np.sort(train_idx))
-    implants = implant_lesions(images[labels == 0], cfg.fit.implant, cfg.seed)
+    tumor = 1 - task.healthy
+    tumor_data_label = int(np.flatnonzero(task.label_map == tumor)[0])
+    healthy = task.labels(labels) == task.healthy
+    implants = implant_lesions(images[healthy], cfg.fit.implant, cfg.seed)
     out = ImageStore.create(folder / "implants.zarr", store.image_size, store.config)
     out.set_class_names(list(store.class_names))
     out.append(
         np.concatenate([images, implants]),
-        np.concatenate([labels, np.ones(len(implants), np.uint8)]),
+        np.concatenate([labels, np.full(len(implants), tumor_data_label, np.uint8)]),
     )
     out.commit()
     log.info("training on %d slices + %d with implanted lesions", len(images), len(implants))
