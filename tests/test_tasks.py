@@ -247,3 +247,14 @@ def test_a_comparison_names_the_data_and_model_classes_of_each_scored_class():
     assert c.data_classes_of(1) == ("yes",)
     same = compare_classes(FOUR, FOUR, "notumor")
     assert same.model_classes_of(2) == (same.class_names[2],)
+
+
+def test_a_class_map_with_no_entry_is_refused():
+    """'' / ';' / comments only parse to no entry: refused (never "no map"), naming what was
+    given and the two ways out."""
+    for text in ("", ";", " ", "\n# yes=glioma\n;\n"):
+        with pytest.raises(ConfigError, match="names no class") as err:
+            parse_class_map(text)
+        assert repr(text) in str(err.value) and "leave --class-map out" in str(err.value)
+    with pytest.raises(ConfigError, match=r"^The class map file m\.txt names no class"):
+        parse_class_map("", min_targets=1, origin="The class map file m.txt")
