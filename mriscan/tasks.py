@@ -212,6 +212,8 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
             f"{names}. Use --healthy to name the no-tumor class."
         )
     healthy = _healthy_index(names, cfg.healthy)
+    if cfg.healthy is not None and len(names) > 2:
+        _check_healthy_name(names, cfg.healthy)
     label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
     return Task(tuple(names), data, label_map.astype(np.int64), healthy, guess)
 
@@ -248,6 +250,27 @@ def _order_binary(names: list[str], positive: str | None) -> tuple[list[str], st
                 "(the order of folders never decides it)."
             )
     return [next(n for n in names if n != positive), positive], guess
+
+
+def _check_healthy_name(names: list[str], healthy: str) -> None:
+    """Warn when ``--healthy`` names a K-class task's no-tumor class against the names: the
+    class is named like a tumor (``tumor_like``: glioma, yes, ...) or another class is named
+    like a healthy one (``healthy_like``: notumor, no, ...). The counterpart of the two-class
+    warning on ``--positive``; the choice stands (the names may mislead), but the tumor
+    probability and ``is_tumor`` of the model are then 1 − P(``healthy``)."""
+    why = [f"{healthy!r} is named like a tumor class"] if tumor_like(healthy) else []
+    others = [n for n in names if n != healthy and healthy_like(n)]
+    if others:
+        said = " and ".join(map(repr, others))
+        why.append(f"{said} {'is' if len(others) == 1 else 'are'} named like a healthy class")
+    if why:
+        log.warning(
+            "the no-tumor class (--healthy) is %r, but %s: their names say the opposite; check "
+            "--healthy (the model's tumor probability is 1 - P(%s))",
+            healthy,
+            " and ".join(why),
+            healthy,
+        )
 
 
 def _healthy_index(names: list[str], healthy: str | None) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -258,3 +260,22 @@ def test_a_class_map_with_no_entry_is_refused():
         assert repr(text) in str(err.value) and "leave --class-map out" in str(err.value)
     with pytest.raises(ConfigError, match=r"^The class map file m\.txt names no class"):
         parse_class_map("", min_targets=1, origin="The class map file m.txt")
+
+
+def test_healthy_naming_a_tumor_class_is_warned(caplog):
+    """--healthy glioma beside notumor (a K-class task) is taken but warned, as the two-class
+    --positive no is: the names say the opposite, and the tumor probability is 1 - P(glioma)."""
+    three = ("glioma", "meningioma", "notumor")
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        task = resolve_task(three, TaskConfig(healthy="glioma"))
+    assert task.class_names[task.healthy] == "glioma"
+    said = [r.getMessage() for r in caplog.records if "say the opposite" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert "'glioma' is named like a tumor class" in said[0]
+    assert "'notumor' is named like a healthy class" in said[0] and "--healthy" in said[0]
+    # a neutral name beside no healthy-like one, or the healthy-like one itself: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        resolve_task(three, TaskConfig(healthy="notumor"))
+        resolve_task(("a", "b", "c"), TaskConfig(healthy="b"))
+    assert "say the opposite" not in caplog.text
