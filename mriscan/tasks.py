@@ -158,8 +158,16 @@ class Task:
         return "; ".join(parts) + (f"; left out: {', '.join(left)}" if left else "")
 
 
-def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = None) -> Task:
+def resolve_task(
+    data_class_names: Sequence[str], config: TaskConfig | None = None, *, warn: bool = True
+) -> Task:
     """Map the data's classes onto the model's, as ``config`` says.
+
+    Logs a warning (``mriscan.tasks`` logger) when the names contradict the choice made:
+    a two-class task's positive class named like a healthy one (or the negative like a tumor),
+    or ``--healthy`` naming a tumor-like class of a K-class task. ``warn=False`` resolves the
+    same task without them: for the repeated resolutions of one run (fitting, calibrating, the
+    model card), so that a run says each warning once, where it announces its task.
 
     Raises
     ------
@@ -197,7 +205,7 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
                 raise ConfigError(f"--healthy {cfg.healthy!r} is not one of the classes {names}.")
             positive = next(n for n in names if n != cfg.healthy)  # the other one
         names, guess = _order_binary(names, positive)
-        if healthy_like(names[1]) or tumor_like(names[0]):
+        if warn and (healthy_like(names[1]) or tumor_like(names[0])):
             log.warning(
                 "the positive (tumor) class is %r and the negative one %r: their names say the "
                 "opposite; check --positive/--healthy",
@@ -212,7 +220,7 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
             f"{names}. Use --healthy to name the no-tumor class."
         )
     healthy = _healthy_index(names, cfg.healthy)
-    if cfg.healthy is not None and len(names) > 2:
+    if warn and cfg.healthy is not None and len(names) > 2:
         _check_healthy_name(names, cfg.healthy)
     label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
     return Task(tuple(names), data, label_map.astype(np.int64), healthy, guess)

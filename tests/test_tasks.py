@@ -279,3 +279,16 @@ def test_healthy_naming_a_tumor_class_is_warned(caplog):
         resolve_task(three, TaskConfig(healthy="notumor"))
         resolve_task(("a", "b", "c"), TaskConfig(healthy="b"))
     assert "say the opposite" not in caplog.text
+
+
+def test_warn_false_resolves_the_same_task_without_a_word(caplog):
+    """warn=False (a run's repeated resolutions) logs nothing and resolves the same task."""
+    cfg = TaskConfig(class_map=parse_class_map("yes=glioma;no=notumor"), positive="no")
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        quiet = resolve_task(FOUR, cfg, warn=False)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        said = resolve_task(FOUR, cfg)
+    assert "say the opposite" in caplog.text
+    assert quiet.class_names == said.class_names == ("yes", "no")
+    assert quiet.label_map.tolist() == said.label_map.tolist()

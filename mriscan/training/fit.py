@@ -72,7 +72,7 @@ def _with_implants(
         Unless the data's own classes are a healthy and a tumor class (implants are drawn
         into healthy slices and labelled as the tumor class).
     """
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     if not task.binary or cfg.task.class_map or task.class_names != store.class_names:
         raise ConfigError(
             "--implant needs data with exactly a healthy and a tumor class folder (e.g. no/ "
@@ -297,7 +297,7 @@ def _fit(
     init_weights: Path | None,
 ) -> Fitted:
     """``fit_model`` once the training data are settled (training and validation stores)."""
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     k = task.num_classes
     kind = resolve_pipeline(cfg.runtime.pipeline)
     gb = hw.global_batch
@@ -472,7 +472,7 @@ def fit_and_calibrate(
         callbacks=callbacks,
         init_weights=init_weights,
     )
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     labels = task.labels(store.labels)
     val_prob = predict_store(model, store, split["val"], tta=cfg.fit.tta)
     if not np.isfinite(val_prob).all():
@@ -511,7 +511,7 @@ def card_for(
     that started from the weights ``start`` reports (None: random initial weights); ``seen``:
     the positions of its training and validation slices, whose patients the card lists
     (``ModelCard.train_patients``; None: not listed)."""
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     patients = None
     if seen is not None and store.key_id:
         keys = store.table.strings("group_key")
