@@ -172,8 +172,9 @@ def resolve_task(
     Raises
     ------
     ConfigError
-        If the map names a class the data lack, fewer than two classes remain, or the positive
-        class of a two-class task cannot be told from the names (then ``--positive`` is needed).
+        If the map names a class the data lack (naming those that differ from a data class
+        only by case), fewer than two classes remain, or the positive class of a two-class
+        task cannot be told from the names (then ``--positive`` is needed).
     """
     cfg = config if config is not None else TaskConfig()
     data = tuple(data_class_names)
@@ -182,6 +183,7 @@ def resolve_task(
         if unknown:
             raise ConfigError(
                 f"The class map names {unknown}, but the data's classes are {list(data)}."
+                f"{_case_hint(unknown, data)}"
             )
         names = [t for t, _ in cfg.class_map]
         source_of = {s: t for t, srcs in cfg.class_map for s in srcs}
@@ -224,6 +226,21 @@ def resolve_task(
         _check_healthy_name(names, cfg.healthy)
     label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
     return Task(tuple(names), data, label_map.astype(np.int64), healthy, guess)
+
+
+def _case_hint(unknown: Sequence[str], data: Sequence[str]) -> str:
+    """`` 'Glioma' and 'glioma' differ only by case: ...`` for the names of a class map that
+    match a data class only when case is ignored (``str.casefold``, as ingest compares
+    labels), or "" when none does."""
+    pairs = [
+        f"{u!r} and {d!r}" for u in unknown for d in data if u != d and u.casefold() == d.casefold()
+    ]
+    if not pairs:
+        return ""
+    return (
+        " " + "; ".join(pairs) + " differ only by case: class names are compared "
+        "exactly, so write them in the data's spelling."
+    )
 
 
 def _order_binary(names: list[str], positive: str | None) -> tuple[list[str], str]:
@@ -384,8 +401,8 @@ def compare_classes(
         unknown = sorted(set(source_of) - set(data))
         if unknown:
             raise ConfigError(
-                f"The class map names {unknown}, which are not classes of the data. {sides} "
-                f"{_map_hint(data, model, model_healthy)}"
+                f"The class map names {unknown}, which are not classes of the data. {sides}"
+                f"{_case_hint(unknown, data)} {_map_hint(data, model, model_healthy)}"
             )
     else:
         source_of = {d: d for d in data}

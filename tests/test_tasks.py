@@ -292,3 +292,20 @@ def test_warn_false_resolves_the_same_task_without_a_word(caplog):
     assert "say the opposite" in caplog.text
     assert quiet.class_names == said.class_names == ("yes", "no")
     assert quiet.label_map.tolist() == said.label_map.tolist()
+
+
+def test_a_class_map_that_differs_only_by_case_says_so():
+    """'YES=Glioma,Meningioma;no=NOTUMOR' is refused (names are compared exactly), and the
+    message names the pairs that differ only by case, as ingest does for folders."""
+    cmap = parse_class_map("YES=Glioma,Meningioma;no=NOTUMOR")
+    with pytest.raises(ConfigError) as err:
+        resolve_task(FOUR, TaskConfig(class_map=cmap))
+    msg = str(err.value)
+    assert "'Glioma' and 'glioma'; 'Meningioma' and 'meningioma'; 'NOTUMOR' and 'notumor'" in msg
+    assert "differ only by case" in msg
+    # evaluate's matching says it too; a name that is simply unknown gets no such line
+    with pytest.raises(ConfigError, match="'NOTUMOR' and 'notumor' differ only by case"):
+        compare_classes(FOUR, ("no", "yes"), "no", parse_class_map("yes=glioma;no=NOTUMOR"))
+    with pytest.raises(ConfigError) as err:
+        resolve_task(FOUR, TaskConfig(class_map=parse_class_map("yes=gliomas;no=notumor")))
+    assert "case" not in str(err.value)
