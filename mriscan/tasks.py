@@ -389,8 +389,9 @@ def compare_classes(
     ConfigError
         When the classes cannot be matched: a data class that is neither a model class nor
         named like a tumor or healthy class (named, with the ``--class-map`` that maps or leaves
-        it out), two healthy classes, or a model without a healthy class. The message lists
-        both sides and the way out.
+        it out), a class map target that is neither (named, with the model's classes to
+        rename it to), two healthy classes, or a model without a healthy class. The message
+        lists both sides and the way out.
     """
     data = tuple(data_class_names)
     model = tuple(model_class_names)
@@ -422,9 +423,11 @@ def compare_classes(
     healthy_t = sorted(t for t in targets if t == model_healthy or healthy_like(t))
     tumor_t = sorted(t for t in targets if t not in healthy_t and ((t in model) or tumor_like(t)))
     neither = sorted(targets - set(healthy_t) - set(tumor_t))
+    if neither and class_map:
+        raise ConfigError(_target_hint(neither, class_map, model))
     if neither:
         many = len(neither) > 1
-        what = ("class map target" if class_map else "data class") + ("s" if many else "")
+        what = "data class" + ("es" if many else "")
         raise ConfigError(
             f"The {what} {neither} {'are' if many else 'is'} neither one of the model's "
             f"classes {list(model)} nor named like a tumor or a healthy class, so mriscan "
@@ -452,6 +455,33 @@ def compare_classes(
         model.index(model_healthy),
         model,
     )
+
+
+def _target_hint(
+    neither: Sequence[str],
+    class_map: tuple[tuple[str, tuple[str, ...]], ...],
+    model: tuple[str, ...],
+) -> str:
+    """Why class map targets ``neither`` (no model class, not named like a tumor or healthy
+    class) are refused, and the way out: rename them to the model's classes (targets are the
+    model's classes, sources the data's), with the corrected map when one target and one
+    unused model class leave no choice."""
+    many = len(neither) > 1
+    names = ", ".join(map(repr, neither))
+    head = (
+        f"The class map's target{'s' if many else ''} {names} {'are' if many else 'is'} not "
+        f"one of the model's classes {list(model)} (nor named like a tumor or a healthy "
+        "class, which would score tumor vs no tumor). In --class-map "
+        "'MODEL_CLASS=DATA_CLASS[,DATA_CLASS...];...' each target is one of the model's "
+        "classes and the sources are the data's"
+    )
+    free = [m for m in model if m not in {t for t, _ in class_map}]
+    if len(neither) == 1 and len(free) == 1:
+        fixed = ";".join(
+            f"{free[0] if t == neither[0] else t}={','.join(srcs)}" for t, srcs in class_map
+        )
+        return f"{head}: rename {neither[0]!r} to {free[0]!r}, e.g. --class-map '{fixed}'."
+    return f"{head}: rename {'them' if many else 'it'} to one of {list(model)}."
 
 
 def _map_hint(

@@ -309,3 +309,22 @@ def test_a_class_map_that_differs_only_by_case_says_so():
     with pytest.raises(ConfigError) as err:
         resolve_task(FOUR, TaskConfig(class_map=parse_class_map("yes=gliomas;no=notumor")))
     assert "case" not in str(err.value)
+
+
+def test_an_unknown_class_map_target_is_named_as_a_target():
+    """evaluate's 'foo=glioma;no=notumor' for a yes/no model: 'foo' is a target (a model
+    class), not a data folder; the message says so, lists the model's classes and gives the
+    map with foo renamed, not advice to add foo to a class's list of folders."""
+    cmap = parse_class_map("foo=glioma;no=notumor", min_targets=1)
+    with pytest.raises(ConfigError) as err:
+        compare_classes(FOUR, ("no", "yes"), "no", cmap)
+    msg = str(err.value)
+    assert "target 'foo' is not one of the model's classes ['no', 'yes']" in msg
+    assert "rename 'foo' to 'yes', e.g. --class-map 'yes=glioma;no=notumor'" in msg
+    assert "leaves foo out" not in msg and "notumor,foo" not in msg
+    # the map it gives works
+    c = compare_classes(FOUR, ("no", "yes"), "no", parse_class_map("yes=glioma;no=notumor"))
+    assert c.mode == "same" and c.label_map.tolist() == [1, -1, 0, -1]
+    # two unknown targets: renamed to the model's classes, no example invented
+    with pytest.raises(ConfigError, match=r"targets 'bar', 'foo' are not one of .* to one of"):
+        compare_classes(FOUR, FOUR, "notumor", parse_class_map("foo=glioma;bar=notumor"))
