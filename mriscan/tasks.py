@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "TUMOR_TYPE_NAMES",
     "Comparison",
     "Task",
+    "canonical_class_map",
     "compare_classes",
     "healthy_like",
     "positive_like",
@@ -156,6 +158,22 @@ class Task:
             parts.append(f"{name} = {src}{tag}" if src != name else f"{name}{tag}")
         left = self.left_out
         return "; ".join(parts) + (f"; left out: {', '.join(left)}" if left else "")
+
+
+def canonical_class_map(class_map: Any) -> list[list[Any]]:
+    """A class map (``((target, (source, ...)), ...)``) as plain JSON in the form that
+    ``resolve_task`` makes one task of: ``[[target, [source, ...]], ...]`` with each entry's
+    sources sorted (a data class's model label depends on its target only) and, for a
+    two-class map, the entries sorted too (the negative and positive class are told by
+    ``--positive`` or the names, never by the entries' order). A map of more than two targets
+    keeps its entries' order: it is the order of the model's classes (label k = k-th entry).
+
+    Two maps with the same canonical form resolve to the same task on any data; used for a
+    run's identity (``mriscan.training.fit.run_identity``), so that
+    ``no=notumor;yes=pituitary,glioma`` resumes a run of ``yes=glioma,pituitary;no=notumor``.
+    """
+    entries = [[str(t), sorted(str(s) for s in srcs)] for t, srcs in class_map]
+    return sorted(entries) if len(entries) == 2 else entries
 
 
 def resolve_task(
