@@ -183,9 +183,11 @@ def resolve_task(
 
     Logs a warning (``mriscan.tasks`` logger) when the names contradict the choice made:
     a two-class task's positive class named like a healthy one (or the negative like a tumor),
-    or ``--healthy`` naming a tumor-like class of a K-class task. ``warn=False`` resolves the
-    same task without them: for the repeated resolutions of one run (fitting, calibrating, the
-    model card), so that a run says each warning once, where it announces its task.
+    ``--healthy`` naming a tumor-like class of a K-class task, or a K-class task left without
+    a healthy class because two of its classes are named like one (``no`` and ``notumor``).
+    ``warn=False`` resolves the same task without them: for the repeated resolutions of one
+    run (fitting, calibrating, the model card), so that a run says each warning once, where
+    it announces its task.
 
     Raises
     ------
@@ -241,7 +243,9 @@ def resolve_task(
         )
     healthy = _healthy_index(names, cfg.healthy)
     if warn and cfg.healthy is not None and len(names) > 2:
-        _check_healthy_name(names, cfg.healthy)
+        _check_healthy_name(names, cfg.healthy, data, source_of)
+    if warn and healthy is None and len(names) > 2:
+        _warn_many_healthy(names, data, source_of)
     label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
     return Task(tuple(names), data, label_map.astype(np.int64), healthy, guess)
 
@@ -295,16 +299,32 @@ def _order_binary(names: list[str], positive: str | None) -> tuple[list[str], st
     return [next(n for n in names if n != positive), positive], guess
 
 
-def _check_healthy_name(names: list[str], healthy: str) -> None:
+def _check_healthy_name(
+    names: list[str], healthy: str, data: tuple[str, ...], source_of: dict[str, str]
+) -> None:
     """Warn when ``--healthy`` names a K-class task's no-tumor class against the names: the
-    class is named like a tumor (``tumor_like``: glioma, yes, ...) or another class is named
+    class is named like a tumor (``tumor_like``: glioma, yes, ...), or another class is named
     like a healthy one (``healthy_like``: notumor, no, ...). The counterpart of the two-class
     warning on ``--positive``; the choice stands (the names may mislead), but the tumor
-    probability and ``is_tumor`` of the model are then 1 − P(``healthy``)."""
-    why = [f"{healthy!r} is named like a tumor class"] if tumor_like(healthy) else []
+    probability and ``is_tumor`` of the model are then 1 − P(``healthy``): another
+    healthy-like class counts as tumor in them (said, with a class map that merges it)."""
     others = [n for n in names if n != healthy and healthy_like(n)]
+    said = " and ".join(map(repr, others))
+    if healthy_like(healthy):
+        if others:
+            log.warning(
+                "the no-tumor class (--healthy) is %r, and %s %s named like a healthy class "
+                "too: a class of its own, counted as tumor by the model's tumor probability "
+                "(1 - P(%s))%s",
+                healthy,
+                said,
+                "is" if len(others) == 1 else "are",
+                healthy,
+                _merge_hint(data, source_of, "; merge them"),
+            )
+        return
+    why = [f"{healthy!r} is named like a tumor class"] if tumor_like(healthy) else []
     if others:
-        said = " and ".join(map(repr, others))
         why.append(f"{said} {'is' if len(others) == 1 else 'are'} named like a healthy class")
     if why:
         log.warning(
@@ -314,6 +334,43 @@ def _check_healthy_name(names: list[str], healthy: str) -> None:
             " and ".join(why),
             healthy,
         )
+
+
+def _warn_many_healthy(names: list[str], data: tuple[str, ...], source_of: dict[str, str]) -> None:
+    """Warn when a K-class task has no healthy class because two or more of its classes are
+    named like one (``no`` and ``notumor`` of a merged store): the model then reports no
+    tumor probability and ``is_tumor``, and learns the healthy slices of two collections as
+    two classes. The two-class counterpart (two healthy-like names) is refused, since no
+    positive class can be told; a K-class task may have no healthy class (tumor types only),
+    so this one trains, with the ways out: ``--healthy`` or a class map that merges them
+    (``_merge_hint``)."""
+    found = [n for n in names if healthy_like(n)]
+    if len(found) < 2:
+        return
+    log.warning(
+        "the classes %s are %s named like a healthy (no-tumor) class, so the task has no "
+        "healthy class: the model will report no tumor probability and learns them as "
+        "separate classes; name the one healthy class with --healthy%s",
+        " and ".join(map(repr, found)),
+        "both" if len(found) == 2 else "all",
+        _merge_hint(data, source_of, ", or merge them"),
+    )
+
+
+def _merge_hint(data: tuple[str, ...], source_of: dict[str, str], lead: str) -> str:
+    """``lead`` + `` with --class-map 'yes=<tumor-like data classes>;no=<healthy-like>'``:
+    a two-class map built from the data classes the task uses (by their classes' names), with
+    the neutral ones it would leave out named; "" when no data class is tumor-like."""
+    used = [d for d in data if d in source_of]
+    tumor = [d for d in used if tumor_like(source_of[d])]
+    well = [d for d in used if healthy_like(source_of[d])]
+    other = [d for d in used if d not in tumor and d not in well]
+    if not tumor or not well:
+        return ""
+    hint = f"{lead} with --class-map 'yes={','.join(tumor)};no={','.join(well)}'"
+    if other:
+        hint += f" (it leaves out {', '.join(other)}: add entries for them to keep them)"
+    return hint
 
 
 def _healthy_index(names: list[str], healthy: str | None) -> int | None:

@@ -328,3 +328,35 @@ def test_an_unknown_class_map_target_is_named_as_a_target():
     # two unknown targets: renamed to the model's classes, no example invented
     with pytest.raises(ConfigError, match=r"targets 'bar', 'foo' are not one of .* to one of"):
         compare_classes(FOUR, FOUR, "notumor", parse_class_map("foo=glioma;bar=notumor"))
+
+
+def test_a_k_class_task_with_two_healthy_like_classes_is_warned(caplog):
+    """A merged store (figshare's four folders + brain_mri's no/yes) trained without a map is
+    a 6-class task with no healthy class: warned, naming no and notumor and giving --healthy
+    and a class map that merges them."""
+    six = (*FOUR, "no", "yes")
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        task = resolve_task(six)
+    assert task.num_classes == 6 and task.healthy is None
+    msg = caplog.text
+    assert "'notumor' and 'no' are both named like a healthy (no-tumor) class" in msg
+    assert "--healthy" in msg
+    assert "--class-map 'yes=glioma,meningioma,pituitary,yes;no=notumor,no'" in msg
+    # the map it gives makes one healthy class; --healthy or one healthy-like name: no warning
+    shown = parse_class_map("yes=glioma,meningioma,pituitary,yes;no=notumor,no")
+    assert resolve_task(six, TaskConfig(class_map=shown)).class_names == ("no", "yes")
+    # --healthy no: taken, but notumor is then counted as tumor by the tumor probability
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        task = resolve_task(six, TaskConfig(healthy="no"))
+    assert task.class_names[task.healthy] == "no"
+    msg = caplog.text
+    assert "'notumor' is named like a healthy class too" in msg and "counted as tumor" in msg
+    assert "--class-map 'yes=glioma,meningioma,pituitary,yes;no=notumor,no'" in msg
+    assert "say the opposite" not in msg
+    # one healthy-like name, or warn=False: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        assert resolve_task(FOUR).healthy is not None
+        resolve_task(six, warn=False)
+    assert caplog.records == []
