@@ -120,7 +120,9 @@ def config_option(
 
 
 class _ClassMap(click.ParamType):
-    """``'yes=glioma,meningioma,pituitary;no=notumor'`` or ``@FILE`` (one entry per line)."""
+    """``'yes=glioma,meningioma,pituitary;no=notumor'`` or ``@FILE`` (one entry per line),
+    parsed by ``mriscan.config.parse_class_map``: a map that names no class (``''``, an empty
+    file, comments only) is refused as a usage error, naming the file."""
 
     name = "MAP"
 
@@ -134,13 +136,15 @@ class _ClassMap(click.ParamType):
         if isinstance(value, tuple):
             return value
         text = str(value)
+        origin = None
         if text.startswith("@"):
+            origin = f"The class map file {text[1:]}"
             try:
                 text = Path(text[1:]).read_text()
             except OSError as exc:
                 self.fail(f"cannot read the class map file {text[1:]}: {exc.strerror}", param, ctx)
         try:
-            return parse_class_map(text, min_targets=self.min_targets)
+            return parse_class_map(text, min_targets=self.min_targets, origin=origin)
         except MriscanError as exc:
             self.fail(str(exc), param, ctx)
 

@@ -232,21 +232,30 @@ class RuntimeConfig:
         _choice(self, "verbose", VERBOSITY)
 
 
-def parse_class_map(text: str, *, min_targets: int = 2) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def parse_class_map(
+    text: str, *, min_targets: int = 2, origin: str | None = None
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``"yes=glioma,meningioma,pituitary;no=notumor"`` → ``(("yes", (...)), ("no", ...))``.
 
-    Entries are separated by ``;`` (or given one per line); each is ``target=source,...``.
-    ``min_targets``: the fewest targets the map may leave (``check_class_map``): 2 for a map
-    a model is trained with, 1 for ``mriscan evaluate``'s (e.g. ``yes=glioma,meningioma``: the
-    sensitivity of a yes/no model on a tumor-only collection).
+    Entries are separated by ``;`` (or given one per line); each is ``target=source,...``;
+    ``#`` starts a comment. ``min_targets``: the fewest targets the map may leave
+    (``check_class_map``): 2 for a map a model is trained with, 1 for ``mriscan evaluate``'s
+    (e.g. ``yes=glioma,meningioma``: the sensitivity of a yes/no model on a tumor-only
+    collection). ``origin``: where ``text`` came from, for the messages (e.g. ``"the class map
+    file maps.txt"``; default: the text itself).
+
+    A text with no entry (empty, blanks, separators or comments only: a truncated file, entries
+    commented out) is refused, never read as "no map": that would train or score the data's
+    classes as they are, another task than the one asked for.
 
     Raises
     ------
     ConfigError
-        If an entry has no ``=``, an empty name, a source appears twice, or fewer than
-        ``min_targets`` targets remain.
+        If the text names no class, an entry has no ``=``, an empty name, a source appears
+        twice, or fewer than ``min_targets`` targets remain.
     """
     out: list[tuple[str, tuple[str, ...]]] = []
+    what = origin or f"The class map {text!r}"
     text = text.lstrip("\ufeff")  # a byte-order mark, as Windows editors write one
     for raw in text.replace("\n", ";").split(";"):
         entry = raw.split("#", 1)[0].strip()
@@ -259,6 +268,13 @@ def parse_class_map(text: str, *, min_targets: int = 2) -> tuple[tuple[str, tupl
                 f"A class map entry must read target=source[,source...]. Received: {entry!r}."
             )
         out.append((target.strip(), names))
+    if not out:
+        raise ConfigError(
+            f"{what} names no class: it holds no target=source entry (it is empty, or blanks, "
+            "';' or '#' comment lines only). Give the entries, e.g. "
+            "'yes=glioma,meningioma,pituitary;no=notumor' (in a file: one per line), or leave "
+            "--class-map out to use the data's classes as they are."
+        )
     return check_class_map(tuple(out), min_targets=min_targets)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "TUMOR_TYPE_NAMES",
     "Comparison",
     "Task",
+    "canonical_class_map",
     "compare_classes",
     "healthy_like",
     "positive_like",
@@ -158,14 +160,41 @@ class Task:
         return "; ".join(parts) + (f"; left out: {', '.join(left)}" if left else "")
 
 
-def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = None) -> Task:
+def canonical_class_map(class_map: Any) -> list[list[Any]]:
+    """A class map (``((target, (source, ...)), ...)``) as plain JSON in the form that
+    ``resolve_task`` makes one task of: ``[[target, [source, ...]], ...]`` with each entry's
+    sources sorted (a data class's model label depends on its target only) and, for a
+    two-class map, the entries sorted too (the negative and positive class are told by
+    ``--positive`` or the names, never by the entries' order). A map of more than two targets
+    keeps its entries' order: it is the order of the model's classes (label k = k-th entry).
+
+    Two maps with the same canonical form resolve to the same task on any data; used for a
+    run's identity (``mriscan.training.fit.run_identity``), so that
+    ``no=notumor;yes=pituitary,glioma`` resumes a run of ``yes=glioma,pituitary;no=notumor``.
+    """
+    entries = [[str(t), sorted(str(s) for s in srcs)] for t, srcs in class_map]
+    return sorted(entries) if len(entries) == 2 else entries
+
+
+def resolve_task(
+    data_class_names: Sequence[str], config: TaskConfig | None = None, *, warn: bool = True
+) -> Task:
     """Map the data's classes onto the model's, as ``config`` says.
+
+    Logs a warning (``mriscan.tasks`` logger) when the names contradict the choice made:
+    a two-class task's positive class named like a healthy one (or the negative like a tumor),
+    ``--healthy`` naming a tumor-like class of a K-class task, or a K-class task left without
+    a healthy class because two of its classes are named like one (``no`` and ``notumor``).
+    ``warn=False`` resolves the same task without them: for the repeated resolutions of one
+    run (fitting, calibrating, the model card), so that a run says each warning once, where
+    it announces its task.
 
     Raises
     ------
     ConfigError
-        If the map names a class the data lack, fewer than two classes remain, or the positive
-        class of a two-class task cannot be told from the names (then ``--positive`` is needed).
+        If the map names a class the data lack (naming those that differ from a data class
+        only by case), fewer than two classes remain, or the positive class of a two-class
+        task cannot be told from the names (then ``--positive`` is needed).
     """
     cfg = config if config is not None else TaskConfig()
     data = tuple(data_class_names)
@@ -174,6 +203,7 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
         if unknown:
             raise ConfigError(
                 f"The class map names {unknown}, but the data's classes are {list(data)}."
+                f"{_case_hint(unknown, data)}"
             )
         names = [t for t, _ in cfg.class_map]
         source_of = {s: t for t, srcs in cfg.class_map for s in srcs}
@@ -197,7 +227,7 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
                 raise ConfigError(f"--healthy {cfg.healthy!r} is not one of the classes {names}.")
             positive = next(n for n in names if n != cfg.healthy)  # the other one
         names, guess = _order_binary(names, positive)
-        if healthy_like(names[1]) or tumor_like(names[0]):
+        if warn and (healthy_like(names[1]) or tumor_like(names[0])):
             log.warning(
                 "the positive (tumor) class is %r and the negative one %r: their names say the "
                 "opposite; check --positive/--healthy",
@@ -212,8 +242,27 @@ def resolve_task(data_class_names: Sequence[str], config: TaskConfig | None = No
             f"{names}. Use --healthy to name the no-tumor class."
         )
     healthy = _healthy_index(names, cfg.healthy)
+    if warn and cfg.healthy is not None and len(names) > 2:
+        _check_healthy_name(names, cfg.healthy, data, source_of)
+    if warn and healthy is None and len(names) > 2:
+        _warn_many_healthy(names, data, source_of)
     label_map = np.array([names.index(source_of[d]) if d in source_of else -1 for d in data])
     return Task(tuple(names), data, label_map.astype(np.int64), healthy, guess)
+
+
+def _case_hint(unknown: Sequence[str], data: Sequence[str]) -> str:
+    """`` 'Glioma' and 'glioma' differ only by case: ...`` for the names of a class map that
+    match a data class only when case is ignored (``str.casefold``, as ingest compares
+    labels), or "" when none does."""
+    pairs = [
+        f"{u!r} and {d!r}" for u in unknown for d in data if u != d and u.casefold() == d.casefold()
+    ]
+    if not pairs:
+        return ""
+    return (
+        " " + "; ".join(pairs) + " differ only by case: class names are compared "
+        "exactly, so write them in the data's spelling."
+    )
 
 
 def _order_binary(names: list[str], positive: str | None) -> tuple[list[str], str]:
@@ -248,6 +297,80 @@ def _order_binary(names: list[str], positive: str | None) -> tuple[list[str], st
                 "(the order of folders never decides it)."
             )
     return [next(n for n in names if n != positive), positive], guess
+
+
+def _check_healthy_name(
+    names: list[str], healthy: str, data: tuple[str, ...], source_of: dict[str, str]
+) -> None:
+    """Warn when ``--healthy`` names a K-class task's no-tumor class against the names: the
+    class is named like a tumor (``tumor_like``: glioma, yes, ...), or another class is named
+    like a healthy one (``healthy_like``: notumor, no, ...). The counterpart of the two-class
+    warning on ``--positive``; the choice stands (the names may mislead), but the tumor
+    probability and ``is_tumor`` of the model are then 1 − P(``healthy``): another
+    healthy-like class counts as tumor in them (said, with a class map that merges it)."""
+    others = [n for n in names if n != healthy and healthy_like(n)]
+    said = " and ".join(map(repr, others))
+    if healthy_like(healthy):
+        if others:
+            log.warning(
+                "the no-tumor class (--healthy) is %r, and %s %s named like a healthy class "
+                "too: a class of its own, counted as tumor by the model's tumor probability "
+                "(1 - P(%s))%s",
+                healthy,
+                said,
+                "is" if len(others) == 1 else "are",
+                healthy,
+                _merge_hint(data, source_of, "; merge them"),
+            )
+        return
+    why = [f"{healthy!r} is named like a tumor class"] if tumor_like(healthy) else []
+    if others:
+        why.append(f"{said} {'is' if len(others) == 1 else 'are'} named like a healthy class")
+    if why:
+        log.warning(
+            "the no-tumor class (--healthy) is %r, but %s: their names say the opposite; check "
+            "--healthy (the model's tumor probability is 1 - P(%s))",
+            healthy,
+            " and ".join(why),
+            healthy,
+        )
+
+
+def _warn_many_healthy(names: list[str], data: tuple[str, ...], source_of: dict[str, str]) -> None:
+    """Warn when a K-class task has no healthy class because two or more of its classes are
+    named like one (``no`` and ``notumor`` of a merged store): the model then reports no
+    tumor probability and ``is_tumor``, and learns the healthy slices of two collections as
+    two classes. The two-class counterpart (two healthy-like names) is refused, since no
+    positive class can be told; a K-class task may have no healthy class (tumor types only),
+    so this one trains, with the ways out: ``--healthy`` or a class map that merges them
+    (``_merge_hint``)."""
+    found = [n for n in names if healthy_like(n)]
+    if len(found) < 2:
+        return
+    log.warning(
+        "the classes %s are %s named like a healthy (no-tumor) class, so the task has no "
+        "healthy class: the model will report no tumor probability and learns them as "
+        "separate classes; name the one healthy class with --healthy%s",
+        " and ".join(map(repr, found)),
+        "both" if len(found) == 2 else "all",
+        _merge_hint(data, source_of, ", or merge them"),
+    )
+
+
+def _merge_hint(data: tuple[str, ...], source_of: dict[str, str], lead: str) -> str:
+    """``lead`` + `` with --class-map 'yes=<tumor-like data classes>;no=<healthy-like>'``:
+    a two-class map built from the data classes the task uses (by their classes' names), with
+    the neutral ones it would leave out named; "" when no data class is tumor-like."""
+    used = [d for d in data if d in source_of]
+    tumor = [d for d in used if tumor_like(source_of[d])]
+    well = [d for d in used if healthy_like(source_of[d])]
+    other = [d for d in used if d not in tumor and d not in well]
+    if not tumor or not well:
+        return ""
+    hint = f"{lead} with --class-map 'yes={','.join(tumor)};no={','.join(well)}'"
+    if other:
+        hint += f" (it leaves out {', '.join(other)}: add entries for them to keep them)"
+    return hint
 
 
 def _healthy_index(names: list[str], healthy: str | None) -> int | None:
@@ -341,8 +464,9 @@ def compare_classes(
     ConfigError
         When the classes cannot be matched: a data class that is neither a model class nor
         named like a tumor or healthy class (named, with the ``--class-map`` that maps or leaves
-        it out), two healthy classes, or a model without a healthy class. The message lists
-        both sides and the way out.
+        it out), a class map target that is neither (named, with the model's classes to
+        rename it to), two healthy classes, or a model without a healthy class. The message
+        lists both sides and the way out.
     """
     data = tuple(data_class_names)
     model = tuple(model_class_names)
@@ -353,8 +477,8 @@ def compare_classes(
         unknown = sorted(set(source_of) - set(data))
         if unknown:
             raise ConfigError(
-                f"The class map names {unknown}, which are not classes of the data. {sides} "
-                f"{_map_hint(data, model, model_healthy)}"
+                f"The class map names {unknown}, which are not classes of the data. {sides}"
+                f"{_case_hint(unknown, data)} {_map_hint(data, model, model_healthy)}"
             )
     else:
         source_of = {d: d for d in data}
@@ -374,9 +498,11 @@ def compare_classes(
     healthy_t = sorted(t for t in targets if t == model_healthy or healthy_like(t))
     tumor_t = sorted(t for t in targets if t not in healthy_t and ((t in model) or tumor_like(t)))
     neither = sorted(targets - set(healthy_t) - set(tumor_t))
+    if neither and class_map:
+        raise ConfigError(_target_hint(neither, class_map, model))
     if neither:
         many = len(neither) > 1
-        what = ("class map target" if class_map else "data class") + ("s" if many else "")
+        what = "data class" + ("es" if many else "")
         raise ConfigError(
             f"The {what} {neither} {'are' if many else 'is'} neither one of the model's "
             f"classes {list(model)} nor named like a tumor or a healthy class, so mriscan "
@@ -404,6 +530,33 @@ def compare_classes(
         model.index(model_healthy),
         model,
     )
+
+
+def _target_hint(
+    neither: Sequence[str],
+    class_map: tuple[tuple[str, tuple[str, ...]], ...],
+    model: tuple[str, ...],
+) -> str:
+    """Why class map targets ``neither`` (no model class, not named like a tumor or healthy
+    class) are refused, and the way out: rename them to the model's classes (targets are the
+    model's classes, sources the data's), with the corrected map when one target and one
+    unused model class leave no choice."""
+    many = len(neither) > 1
+    names = ", ".join(map(repr, neither))
+    head = (
+        f"The class map's target{'s' if many else ''} {names} {'are' if many else 'is'} not "
+        f"one of the model's classes {list(model)} (nor named like a tumor or a healthy "
+        "class, which would score tumor vs no tumor). In --class-map "
+        "'MODEL_CLASS=DATA_CLASS[,DATA_CLASS...];...' each target is one of the model's "
+        "classes and the sources are the data's"
+    )
+    free = [m for m in model if m not in {t for t, _ in class_map}]
+    if len(neither) == 1 and len(free) == 1:
+        fixed = ";".join(
+            f"{free[0] if t == neither[0] else t}={','.join(srcs)}" for t, srcs in class_map
+        )
+        return f"{head}: rename {neither[0]!r} to {free[0]!r}, e.g. --class-map '{fixed}'."
+    return f"{head}: rename {'them' if many else 'it'} to one of {list(model)}."
 
 
 def _map_hint(

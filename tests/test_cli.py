@@ -376,3 +376,44 @@ def test_synth_writes_scanner_data_that_ingests_by_patient_and_series(tmp_path, 
             assert set(by_class) == {"no", "yes"} and 0 < by_class["yes"] <= 20
             volumes = {rec.source.rsplit("#", 1)[0] for rec in recs}
             assert len(volumes) == 8 and all(rec.source.startswith("nifti/") for rec in recs)
+
+
+@pytest.mark.parametrize("text", ["", ";", " ", " ; \n", "@empty.txt", "@comments.txt"])
+def test_a_class_map_that_names_no_class_is_refused_by_every_command(tmp_path, monkeypatch, text):
+    """An empty class map (an empty or comment-only @FILE, '', ';', ' ') is refused by every
+    command that takes --class-map, before any work, instead of being read as "no map" (which
+    trained the data's classes as they are: another task, in the --out meant for this one)."""
+    from mriscan.cli import _ClassMap
+
+    runner = CliRunner()
+    commands = [
+        name
+        for name, cmd in main.commands.items()
+        if any(isinstance(p.type, _ClassMap) for p in cmd.params)
+    ]
+    assert {"train", "cv", "evaluate"} <= set(commands)
+    import types
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the command ran with a class map that names no class")
+
+    # should the map get through, fail at once instead of training (without importing keras)
+    for module, name in (
+        ("mriscan.training.workflow", "train"),
+        ("mriscan.training.crossval", "cross_validate"),
+        ("mriscan.evaluate", "evaluate"),
+    ):
+        fake = types.ModuleType(module)
+        setattr(fake, name, reached)
+        monkeypatch.setitem(sys.modules, module, fake)
+    monkeypatch.chdir(tmp_path)  # the commands' default paths (data/, artifacts/) lie here
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "comments.txt").write_text("# yes=glioma,meningioma,pituitary\n#no=notumor\n\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for name in commands:
+        r = runner.invoke(main, [name, "--class-map", text])
+        assert r.exit_code == 2, (name, r.output)
+        assert "names no class" in r.output and "leave --class-map out" in r.output, r.output
+        if text.startswith("@"):
+            assert f"The class map file {text[1:]} names no class" in r.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

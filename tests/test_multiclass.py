@@ -165,3 +165,29 @@ def test_an_empty_folder_a_class_map_leaves_out_is_listed_not_refused(tmp_path):
         with pytest.raises(EmptyDatasetError, match=r"\['empty'\]"):
             open_or_ingest(data, store_path=tmp_path / "u.zarr", used_classes=used)
     assert not (tmp_path / "u.zarr").exists()
+
+
+def test_a_train_run_says_a_task_warning_once(tmp_path, caplog):
+    """The "names say the opposite" warning of a task is logged once per train run (it was
+    logged by every resolution of the task: the class check, the run, fitting, calibrating
+    and the model card)."""
+    import logging
+
+    from mriscan.training.workflow import train
+    from tests.conftest import build_class_store, fast_config
+
+    store = build_class_store(tmp_path / "s.zarr", ("glioma", "meningioma", "notumor"), 16)
+    cfg = fast_config(
+        **{
+            "fit.epochs": 1,
+            "task.class_map": (("yes", ("glioma",)), ("no", ("notumor",))),
+            "task.positive": "no",
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        train(store, cfg, out=tmp_path / "run")
+    said = [r for r in caplog.records if "say the opposite" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert "the positive (tumor) class is 'no'" in said[0].getMessage()
+    card = json.loads((tmp_path / "run" / "models" / "best_model.json").read_text())
+    assert card["class_names"] == ["yes", "no"]  # the choice stands: --positive no

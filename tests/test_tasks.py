@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -247,3 +249,114 @@ def test_a_comparison_names_the_data_and_model_classes_of_each_scored_class():
     assert c.data_classes_of(1) == ("yes",)
     same = compare_classes(FOUR, FOUR, "notumor")
     assert same.model_classes_of(2) == (same.class_names[2],)
+
+
+def test_a_class_map_with_no_entry_is_refused():
+    """'' / ';' / comments only parse to no entry: refused (never "no map"), naming what was
+    given and the two ways out."""
+    for text in ("", ";", " ", "\n# yes=glioma\n;\n"):
+        with pytest.raises(ConfigError, match="names no class") as err:
+            parse_class_map(text)
+        assert repr(text) in str(err.value) and "leave --class-map out" in str(err.value)
+    with pytest.raises(ConfigError, match=r"^The class map file m\.txt names no class"):
+        parse_class_map("", min_targets=1, origin="The class map file m.txt")
+
+
+def test_healthy_naming_a_tumor_class_is_warned(caplog):
+    """--healthy glioma beside notumor (a K-class task) is taken but warned, as the two-class
+    --positive no is: the names say the opposite, and the tumor probability is 1 - P(glioma)."""
+    three = ("glioma", "meningioma", "notumor")
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        task = resolve_task(three, TaskConfig(healthy="glioma"))
+    assert task.class_names[task.healthy] == "glioma"
+    said = [r.getMessage() for r in caplog.records if "say the opposite" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert "'glioma' is named like a tumor class" in said[0]
+    assert "'notumor' is named like a healthy class" in said[0] and "--healthy" in said[0]
+    # a neutral name beside no healthy-like one, or the healthy-like one itself: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        resolve_task(three, TaskConfig(healthy="notumor"))
+        resolve_task(("a", "b", "c"), TaskConfig(healthy="b"))
+    assert "say the opposite" not in caplog.text
+
+
+def test_warn_false_resolves_the_same_task_without_a_word(caplog):
+    """warn=False (a run's repeated resolutions) logs nothing and resolves the same task."""
+    cfg = TaskConfig(class_map=parse_class_map("yes=glioma;no=notumor"), positive="no")
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        quiet = resolve_task(FOUR, cfg, warn=False)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        said = resolve_task(FOUR, cfg)
+    assert "say the opposite" in caplog.text
+    assert quiet.class_names == said.class_names == ("yes", "no")
+    assert quiet.label_map.tolist() == said.label_map.tolist()
+
+
+def test_a_class_map_that_differs_only_by_case_says_so():
+    """'YES=Glioma,Meningioma;no=NOTUMOR' is refused (names are compared exactly), and the
+    message names the pairs that differ only by case, as ingest does for folders."""
+    cmap = parse_class_map("YES=Glioma,Meningioma;no=NOTUMOR")
+    with pytest.raises(ConfigError) as err:
+        resolve_task(FOUR, TaskConfig(class_map=cmap))
+    msg = str(err.value)
+    assert "'Glioma' and 'glioma'; 'Meningioma' and 'meningioma'; 'NOTUMOR' and 'notumor'" in msg
+    assert "differ only by case" in msg
+    # evaluate's matching says it too; a name that is simply unknown gets no such line
+    with pytest.raises(ConfigError, match="'NOTUMOR' and 'notumor' differ only by case"):
+        compare_classes(FOUR, ("no", "yes"), "no", parse_class_map("yes=glioma;no=NOTUMOR"))
+    with pytest.raises(ConfigError) as err:
+        resolve_task(FOUR, TaskConfig(class_map=parse_class_map("yes=gliomas;no=notumor")))
+    assert "case" not in str(err.value)
+
+
+def test_an_unknown_class_map_target_is_named_as_a_target():
+    """evaluate's 'foo=glioma;no=notumor' for a yes/no model: 'foo' is a target (a model
+    class), not a data folder; the message says so, lists the model's classes and gives the
+    map with foo renamed, not advice to add foo to a class's list of folders."""
+    cmap = parse_class_map("foo=glioma;no=notumor", min_targets=1)
+    with pytest.raises(ConfigError) as err:
+        compare_classes(FOUR, ("no", "yes"), "no", cmap)
+    msg = str(err.value)
+    assert "target 'foo' is not one of the model's classes ['no', 'yes']" in msg
+    assert "rename 'foo' to 'yes', e.g. --class-map 'yes=glioma;no=notumor'" in msg
+    assert "leaves foo out" not in msg and "notumor,foo" not in msg
+    # the map it gives works
+    c = compare_classes(FOUR, ("no", "yes"), "no", parse_class_map("yes=glioma;no=notumor"))
+    assert c.mode == "same" and c.label_map.tolist() == [1, -1, 0, -1]
+    # two unknown targets: renamed to the model's classes, no example invented
+    with pytest.raises(ConfigError, match=r"targets 'bar', 'foo' are not one of .* to one of"):
+        compare_classes(FOUR, FOUR, "notumor", parse_class_map("foo=glioma;bar=notumor"))
+
+
+def test_a_k_class_task_with_two_healthy_like_classes_is_warned(caplog):
+    """A merged store (figshare's four folders + brain_mri's no/yes) trained without a map is
+    a 6-class task with no healthy class: warned, naming no and notumor and giving --healthy
+    and a class map that merges them."""
+    six = (*FOUR, "no", "yes")
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        task = resolve_task(six)
+    assert task.num_classes == 6 and task.healthy is None
+    msg = caplog.text
+    assert "'notumor' and 'no' are both named like a healthy (no-tumor) class" in msg
+    assert "--healthy" in msg
+    assert "--class-map 'yes=glioma,meningioma,pituitary,yes;no=notumor,no'" in msg
+    # the map it gives makes one healthy class; --healthy or one healthy-like name: no warning
+    shown = parse_class_map("yes=glioma,meningioma,pituitary,yes;no=notumor,no")
+    assert resolve_task(six, TaskConfig(class_map=shown)).class_names == ("no", "yes")
+    # --healthy no: taken, but notumor is then counted as tumor by the tumor probability
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        task = resolve_task(six, TaskConfig(healthy="no"))
+    assert task.class_names[task.healthy] == "no"
+    msg = caplog.text
+    assert "'notumor' is named like a healthy class too" in msg and "counted as tumor" in msg
+    assert "--class-map 'yes=glioma,meningioma,pituitary,yes;no=notumor,no'" in msg
+    assert "say the opposite" not in msg
+    # one healthy-like name, or warn=False: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        assert resolve_task(FOUR).healthy is not None
+        resolve_task(six, warn=False)
+    assert caplog.records == []

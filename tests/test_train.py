@@ -536,3 +536,54 @@ def test_a_kill_at_any_save_point_leaves_a_usable_folder(small_store, tmp_path, 
         train(small_store, fast(fit__epochs=2, fit__select="best", seed=1), out=out)
     assert _consistent(out)
     assert not (out / "backup").exists() and not (out / "checkpoint").exists()
+
+
+def test_a_class_map_in_another_order_that_makes_the_same_task_resumes(tmp_path):
+    """A two-class map written in another order (entries, sources, spaces) resolves to the
+    same task, so its run resumes; a K-class map whose entries are reordered is another model
+    (the entries' order is the classes' order) and is refused saying so, both maps shown as
+    --class-map text."""
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.config import TaskConfig, parse_class_map
+    from mriscan.errors import ResumeError
+    from mriscan.store import ImageStore
+    from mriscan.tasks import resolve_task
+    from mriscan.training.fit import _check_resume, run_fingerprint, run_identity
+    from tests.conftest import build_class_store
+
+    four = ("glioma", "meningioma", "notumor", "pituitary")
+    path = build_class_store(tmp_path / "s.zarr", four, 6)
+
+    def with_map(text):
+        return fast(task__class_map=parse_class_map(text))
+
+    def task_of(text):
+        t = resolve_task(four, TaskConfig(class_map=parse_class_map(text)), warn=False)
+        return t.class_names, t.label_map.tolist(), t.healthy
+
+    killed = "yes=glioma,meningioma,pituitary;no=notumor"
+    again = "no = notumor; yes = pituitary,meningioma,glioma"
+    assert task_of(killed) == task_of(again)
+    k3 = "a=glioma;b=meningioma,pituitary;notumor=notumor"
+    k3_moved = "b=pituitary,meningioma;a=glioma;notumor=notumor"
+    assert task_of(k3) != task_of(k3_moved)  # the entries' order is the classes' order
+    assert task_of(k3) == task_of("a=glioma;b=pituitary,meningioma;notumor=notumor")
+    with ImageStore.open(path) as st:
+        tr, va = np.arange(0, 16), np.arange(16, 24)
+        for old_map, new_map in ((killed, again), (k3, k3_moved)):
+            layout = RunLayout(tmp_path / old_map.replace(";", "_").replace(",", "-"))
+            old = run_identity(st, tr, va, with_map(old_map), None)
+            layout.backup.mkdir(parents=True)
+            write_json(layout.run_marker, {"run_id": run_fingerprint(old), "identity": old})
+            now = run_identity(st, tr, va, with_map(new_map), None)
+            if old_map == killed:
+                assert _check_resume(layout, run_fingerprint(now), now) is True
+                continue
+            with pytest.raises(ResumeError) as err:
+                _check_resume(layout, run_fingerprint(now), now)
+            msg = str(err.value)
+            assert (
+                "task.class_map: 'a=glioma;b=meningioma,pituitary;notumor=notumor' in the "
+                "backup, 'b=meningioma,pituitary;a=glioma;notumor=notumor' now (the same "
+                "entries in another order" in msg
+            ), msg

@@ -33,7 +33,7 @@ from mriscan.scratch import scratch_dir
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
-from mriscan.tasks import Task, resolve_task
+from mriscan.tasks import Task, canonical_class_map, resolve_task
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
 from mriscan.weights import WeightsReport, load_matching_weights
@@ -76,7 +76,7 @@ def _with_implants(
         Unless the task is a two-class task with a healthy class (implants are drawn into
         healthy slices and labelled as the tumor class).
     """
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     if not task.binary or task.healthy is None:
         raise ConfigError(
             "--implant needs a two-class task of a healthy and a tumor class (e.g. no/ and "
@@ -112,12 +112,17 @@ def run_identity(
     init_weights: Path | None,
 ) -> dict[str, Any]:
     """What makes a run the same run, as plain JSON: its config without the output-only
-    settings (``OUTPUT_ONLY``), its store's location, the SHA-256 of its starting-weights file
-    (a file replaced under the same name is another run; "" for random weights), the sizes of
-    its training and validation parts and a SHA-256 of their positions and pixel checksums."""
-    conf = cfg.to_dict()
+    settings (``OUTPUT_ONLY``) and with its class map in canonical form
+    (``mriscan.tasks.canonical_class_map``: the order of the sources, and of a two-class map's
+    entries, does not change the task), its store's location, the SHA-256 of its
+    starting-weights file (a file replaced under the same name is another run; "" for random
+    weights), the sizes of its training and validation parts and a SHA-256 of their positions
+    and pixel checksums."""
+    conf = json.loads(json.dumps(cfg.to_dict()))  # plain JSON, as the backup records it
     for section, name in OUTPUT_ONLY:
         conf.get(section, {}).pop(name, None)
+    # a class map written in another order that makes the same task is the same run
+    conf["task"]["class_map"] = canonical_class_map(cfg.task.class_map)
     recs = store.index.records
     h = hashlib.sha256()
     for part in (train_idx, val_idx):
@@ -154,14 +159,20 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two ``run_identity`` records, one line per setting or part:
-    ``"fit.epochs: 40 in the backup, 60 now"``; the data as sizes and a note."""
+    ``"fit.epochs: 40 in the backup, 60 now"``, both sides in one notation (plain JSON; a
+    class map as --class-map text, with a note when only its entries' order differs); the
+    data as sizes and a note."""
     lines = []
-    a, b = _flat(old.get("config", {})), _flat(new.get("config", {}))
+    # both sides as plain JSON (the backup's is read from JSON): one notation on both sides
+    a = _flat(json.loads(json.dumps(old.get("config", {}))))
+    b = _flat(json.loads(json.dumps(new.get("config", {}))))
     for key in sorted(set(a) | set(b)):
-        if a.get(key, "(unset)") != b.get(key, "(unset)"):
-            lines.append(
-                f"{key}: {a.get(key, '(unset)')!r} in the backup, {b.get(key, '(unset)')!r} now"
-            )
+        va, vb = a.get(key, "(unset)"), b.get(key, "(unset)")
+        if va != vb:
+            if key == "task.class_map":
+                lines.append(_class_map_difference(va, vb))
+            else:
+                lines.append(f"{key}: {va!r} in the backup, {vb!r} now")
     if old.get("store") != new.get("store"):
         lines.append(f"store: {old.get('store')} in the backup, {new.get('store')} now")
     if old.get("init_weights_sha256") != new.get("init_weights_sha256"):
@@ -177,6 +188,33 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             f"{new.get('val_slices')} now, or the same counts with other slices or pixels)"
         )
     return lines
+
+
+def _class_map_difference(old: Any, new: Any) -> str:
+    """The ``task.class_map`` line of ``identity_differences``: both maps as --class-map
+    text, and, when they hold the same entries in another order (a map of more than two
+    classes: the entries' order is the order of the model's classes), that this is why."""
+
+    def text(cmap: Any) -> str:
+        if not cmap:
+            return "(none)"
+        try:
+            return "'" + ";".join(f"{t}={','.join(srcs)}" for t, srcs in cmap) + "'"
+        except (TypeError, ValueError):
+            return repr(cmap)
+
+    line = f"task.class_map: {text(old)} in the backup, {text(new)} now"
+    try:
+        same_entries = sorted(canonical_class_map(old)) == sorted(canonical_class_map(new))
+    except (TypeError, ValueError):
+        same_entries = False
+    if same_entries:
+        line += (
+            " (the same entries in another order: the order of a class map's entries is the "
+            "order of the model's classes, so it is another model; give the entries in the "
+            "backup's order to resume it)"
+        )
+    return line
 
 
 def _check_resume(layout: RunLayout, run_id: str, identity: dict[str, Any] | None = None) -> bool:
@@ -305,7 +343,7 @@ def _fit(
     init_weights: Path | None,
 ) -> Fitted:
     """``fit_model`` once the training data are settled (training and validation stores)."""
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     k = task.num_classes
     kind = resolve_pipeline(cfg.runtime.pipeline)
     gb = hw.global_batch
@@ -480,7 +518,7 @@ def fit_and_calibrate(
         callbacks=callbacks,
         init_weights=init_weights,
     )
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     labels = task.labels(store.labels)
     val_prob = predict_store(model, store, split["val"], tta=cfg.fit.tta)
     if not np.isfinite(val_prob).all():
@@ -519,7 +557,7 @@ def card_for(
     that started from the weights ``start`` reports (None: random initial weights); ``seen``:
     the positions of its training and validation slices, whose patients the card lists
     (``ModelCard.train_patients``; None: not listed)."""
-    task = resolve_task(store.class_names, cfg.task)
+    task = resolve_task(store.class_names, cfg.task, warn=False)
     patients = None
     if seen is not None and store.key_id:
         keys = store.table.strings("group_key")

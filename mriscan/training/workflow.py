@@ -114,7 +114,7 @@ def train(
         data,
         store_path=store_path,
         image_size=cfg.image_size,
-        check_classes=lambda names: resolve_task(names, cfg.task),
+        check_classes=lambda names: resolve_task(names, cfg.task, warn=False),  # said below
         read_options=read_options,
         used_classes=cfg.task.used_classes,
     )
