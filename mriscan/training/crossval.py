@@ -446,7 +446,7 @@ def cross_validate(
         data,
         store_path=store_path,
         image_size=tcfg.image_size,
-        check_classes=lambda names: resolve_task(names, tcfg.task),
+        check_classes=lambda names: resolve_task(names, tcfg.task, warn=False),
         read_options=read_options,
         used_classes=tcfg.task.used_classes,
     )
