@@ -301,6 +301,21 @@ def test_slices_without_box_counts_the_folder_given_not_the_links_targets(tmp_pa
     assert slices_without_box(sub, boxes2, {"glioma"})["count"] == 0
 
 
+def test_explain_refuses_class_with_boxes(tmp_path):
+    """The pointing game maps each slice's predicted class: --class with --boxes would be
+    ignored, so it is a usage error (exit 2) saying so, before the model is read."""
+    (tmp_path / "m.keras").write_bytes(b"not read")
+    (tmp_path / "data" / "glioma").mkdir(parents=True)
+    (tmp_path / "boxes.csv").write_text("file,class,x_center,y_center,width,height\n")
+    res = _cli(
+        tmp_path / "m.keras", tmp_path / "data", "--boxes", tmp_path / "boxes.csv",
+        "--class", "notumor", "--out", tmp_path / "pg",
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "--class and --boxes exclude each other" in res.output
+    assert "predicted class" in res.output and not (tmp_path / "pg").exists()
+
+
 def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_path):
     """Blank slices 0-2 are not read (too little brain): slice 3 of the volume is called slice
     3 (not 0) in the row, the PNG name and --slices, as in its source nifti/<id>#3."""
