@@ -458,6 +458,40 @@ def test_an_interrupted_rerun_never_leaves_the_old_summary_beside_its_new_fold_m
     assert all(p.is_file() for p in summary[:4]) and not summary[4].exists()  # no series here
 
 
+@pytest.mark.backend
+def test_an_unfinished_fold_of_another_run_is_refused_before_any_fold_is_trained(
+    tmp_path, monkeypatch
+):
+    """--out holds a finished fold 1 and an unfinished fold 2 (its backup) of a run with other
+    settings: cv refuses up front, naming fold 2's backup and what differs, and leaves fold
+    1's model and the earlier summary as they were (nothing is trained)."""
+    import mriscan.training.crossval as cvmod
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.errors import ResumeError
+    from tests.conftest import build_class_store
+
+    store = build_class_store(tmp_path / "two.zarr", ["no", "yes"], n_per_class=8)
+    cv = RunLayout(tmp_path / "out").cv
+    for p in (cv.fold(0, 0).model, cv.metrics):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"old")
+    fold2 = cv.fold(0, 1)
+    fold2.backup.mkdir(parents=True)
+    write_json(fold2.run_marker, {"run_id": "other", "identity": {"config": {"seed": -1}}})
+
+    def fit(*a, **k):
+        raise AssertionError("a fold was trained before every fold's backup was checked")
+
+    monkeypatch.setattr(cvmod, "fit_and_calibrate", fit)
+    cfg = CVConfig(folds=2, n_boot=20, train=fast_config(**{"fit.epochs": 1}))
+    with pytest.raises(ResumeError) as err:
+        cross_validate(store, cfg, out=tmp_path / "out")
+    msg = str(err.value)
+    assert str(fold2.backup) in msg and "holds an unfinished run; it differs" in msg
+    assert "seed: -1 in the backup" in msg
+    assert cv.fold(0, 0).model.read_bytes() == b"old" and cv.metrics.read_bytes() == b"old"
+
+
 def test_cv_refuses_a_class_some_fold_could_not_train_on_and_warns_of_few_groups(caplog):
     from mriscan.errors import ConfigError
     from mriscan.splits import cv_splits

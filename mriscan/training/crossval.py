@@ -31,7 +31,7 @@ from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, Task, resolve_task
-from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
+from mriscan.training.fit import card_for, fit_and_calibrate, resume_state, score, start_record
 from mriscan.training.pretrain import starting_weights
 from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
 
@@ -416,7 +416,11 @@ def cross_validate(
     """Stratified, duplicate-group-aware k-fold CV; writes ``RunLayout(out).cv``.
 
     Raises ``mriscan.errors.ConfigError`` before any training when a fold's training or
-    validation part would hold no slice of a class (``check_folds``).
+    validation part would hold no slice of a class (``check_folds``), and
+    ``mriscan.errors.ResumeError`` before any fold is trained when a fold's backup holds an
+    unfinished run of other data or settings (``mriscan.training.fit.resume_state``, checked
+    for every fold once the starting weights are known: the phantom pre-training, cached per
+    settings, may come first).
 
     Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
     with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``;
@@ -483,12 +487,18 @@ def cross_validate(
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
     init = starting_weights(tcfg, hw, store.config)
-    summary_cleared = False
+    plan = []
     for rep, k, *parts in splits:
         train_idx, val_idx, test_idx = (kept[p] for p in parts)
+        fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
+        # every fold's backup is checked before the first is trained: an unfinished fold of
+        # another run is refused here, not after earlier folds have replaced that run's models
+        resume_state(store, train_idx, val_idx, fold_cfg, cv.fold(rep, k), init)
+        plan.append((rep, k, train_idx, val_idx, test_idx, fold_cfg))
+    summary_cleared = False
+    for rep, k, train_idx, val_idx, test_idx, fold_cfg in plan:
         tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
         log.info("%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx))
-        fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
         split = {"train": train_idx, "val": val_idx, "test": test_idx}
         fold_layout = cv.fold(rep, k)
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)
