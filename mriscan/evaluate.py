@@ -26,6 +26,7 @@ from mriscan.artifacts import (
     ModelCardError,
     RunLayout,
     read_json,
+    remove_stale_plots,
     signatures_path,
     write_json,
 )
@@ -998,7 +999,9 @@ def _recall_of_class(cmp, y, pred, data_labels, k) -> dict[str, Any]:
 
 
 def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) -> None:
-    """metrics.json, plots, predictions.csv and near_duplicates_removed.csv."""
+    """metrics.json, plots, predictions.csv and near_duplicates_removed.csv; a plot an earlier
+    evaluation into the same folder left and this one does not write (``roc.png`` without
+    two scored classes) is deleted (``mriscan.artifacts.remove_stale_plots``)."""
     from mriscan import plots
 
     ev.root.mkdir(parents=True, exist_ok=True)
@@ -1010,10 +1013,13 @@ def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) ->
         ev.confusion_plot,
         title=f"{result['split']} (n={result['n']})",
     )
+    written = [ev.confusion_plot]
     if len(names) == 2 and len(set(y.tolist())) == 2:
         p = prob[:, 1] if cmp.mode == "same" else 1.0 - prob[:, cmp.model_healthy]
         fpr, tpr, _ = mx.roc_curve(y, p)
         plots.save_roc(fpr, tpr, result["roc_auc"], ev.roc_plot)
+        written.append(ev.roc_plot)
+    remove_stale_plots(ev, written)  # e.g. an earlier two-class evaluation's roc.png
     with open(ev.predictions, "w", newline="") as fh:
         w = csv.writer(fh)
         k = prob.shape[1]

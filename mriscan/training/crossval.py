@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
+from mriscan.artifacts import (
+    CVLayout,
+    Protocol,
+    RunLayout,
+    publish_model,
+    stale_plots,
+    write_json,
+)
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
@@ -379,14 +386,14 @@ def _remove_stale(
 ) -> None:
     """Delete what an earlier CV into the same folder left and this one does not write: fold
     folders beyond this run's folds × repeats, ``roc.png`` when this task has no ROC curve
-    (K classes), and the ``oof_<level>_predictions.csv`` of unit levels other than ``levels``
-    (those this run writes). Done once every fold has finished, just before ``metrics.json`` is
+    (K classes; ``mriscan.artifacts.stale_plots``, the rule train and evaluate follow too),
+    and the ``oof_<level>_predictions.csv`` of unit levels other than ``levels`` (those this
+    run writes). Done once every fold has finished, just before ``metrics.json`` is
     written, so the folder then holds exactly one run's results (and a run that stops earlier
     removes nothing)."""
     keep = set(fold_dirs)
     stale = [p for p in cv.fold_dirs() if p.name not in keep]
-    if not roc and cv.roc_plot.is_file():
-        stale.append(cv.roc_plot)
+    stale += stale_plots(cv, [cv.confusion_plot, *([cv.roc_plot] if roc else [])])
     stale += [
         cv.unit_predictions(lv)
         for lv in LEVELS
