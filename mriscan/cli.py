@@ -1140,7 +1140,7 @@ def cv(
     tvh = s["pooled"].get("tumor_vs_healthy")
     if tvh:
         click.echo(
-            f"  tumor vs no tumor (pooled, 1 - P(healthy) >= 0.5): accuracy "
+            f"  tumor vs no tumor (pooled, {tvh['rule']}): accuracy "
             f"{_num(tvh['accuracy'])}, ROC AUC {_num(tvh['roc_auc'])}, sensitivity "
             f"{_num(tvh['sensitivity'])}, specificity {_num(tvh['specificity'])}"
         )

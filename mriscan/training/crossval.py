@@ -32,7 +32,15 @@ from mriscan.artifacts import (
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
-from mriscan.evaluate import LEVELS, Scoring, grouped_levels, write_unit_rows
+from mriscan.evaluate import (
+    LEVELS,
+    TUMOR_CALL_RULE,
+    Scoring,
+    called_metrics,
+    grouped_levels,
+    tumor_calls,
+    write_unit_rows,
+)
 from mriscan.readers import ReadOptions
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
@@ -243,7 +251,12 @@ def _predicted(task: Task, prob: np.ndarray, threshold: float | None) -> np.ndar
 
 
 def _pooled(task: Task, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """Metrics of all out-of-fold predictions together (each fold at its own threshold)."""
+    """Metrics of all out-of-fold predictions together (each fold at its own threshold).
+
+    K classes with a healthy one: also ``tumor_vs_healthy`` (``mriscan.evaluate``'s
+    ``called_metrics`` of ``tumor_calls``: tumor when the most probable class is not the
+    healthy one, as ``evaluate`` and ``predict``'s ``is_tumor`` decide; ``threshold`` None,
+    ``rule`` in words) and ``tumor_types_only``."""
     cm = mx.confusion_matrix(y, pred, n_classes=task.num_classes)
     out: dict[str, Any] = {
         "confusion_matrix": cm.tolist(),
@@ -263,12 +276,12 @@ def _pooled(task: Task, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> di
         # tumor vs no tumor, and the tumor types among themselves (no source confound there)
         h = task.healthy
         tumor_y = (y != h).astype(np.int64)
-        out["tumor_vs_healthy"] = mx.binary_metrics(
-            tumor_y,
-            1.0 - prob[:, h],
-            threshold=0.5,
-            class_names=(task.class_names[h], "tumor"),
+        # called as evaluate and predict's is_tumor call it: by the most probable class
+        tvh = called_metrics(
+            tumor_y, 1.0 - prob[:, h], tumor_calls(prob, h), (task.class_names[h], "tumor")
         )
+        tvh.update(threshold=None, rule=f"{TUMOR_CALL_RULE}; ROC AUC from 1 - P(healthy)")
+        out["tumor_vs_healthy"] = tvh
         sel = y != h
         if sel.any():
             types = [k for k in range(task.num_classes) if k != h]
