@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,13 @@ __all__ = [
     "RunLayout",
     "publish_model",
     "read_json",
+    "remove_stale_plots",
     "signatures_path",
+    "stale_plots",
     "write_json",
 ]
+
+log = logging.getLogger(__name__)
 
 # 1: the sidecar before it had a version (same fields); 2: format_version written, validated
 MODEL_CARD_VERSION = 2
@@ -132,6 +138,11 @@ class RunLayout:
         return self.plots / "roc.png"
 
     @property
+    def plot_files(self) -> tuple[Path, ...]:
+        """Every plot a training run may write (``stale_plots`` removes those it did not)."""
+        return (self.history_plot, self.confusion_plot, self.roc_plot)
+
+    @property
     def evaluation(self) -> EvalLayout:
         return EvalLayout(self.root / "evaluation")
 
@@ -166,6 +177,12 @@ class _ResultsLayout:
     def confusion_plot(self) -> Path:
         return self.root / "confusion_matrix.png"
 
+    @property
+    def plot_files(self) -> tuple[Path, ...]:
+        """Every plot such a folder may hold (``stale_plots`` removes those a run did not
+        write)."""
+        return (self.confusion_plot, self.roc_plot)
+
 
 @dataclass(frozen=True)
 class CVLayout(_ResultsLayout):
@@ -195,6 +212,35 @@ class CVLayout(_ResultsLayout):
 @dataclass(frozen=True)
 class EvalLayout(_ResultsLayout):
     """Paths written by ``mriscan evaluate`` under ``root`` (``<run>/evaluation``)."""
+
+
+def stale_plots(
+    layout: RunLayout | CVLayout | EvalLayout, written: Iterable[str | os.PathLike[str]]
+) -> list[Path]:
+    """The plots of ``layout`` (its ``plot_files``) on disk that a run which wrote ``written``
+    did not write: an earlier run's into the same folder, such as a two-class model's
+    ``roc.png`` beside the results of a K-class one (which has no ROC curve), or a test-split
+    plot beside a run without a test split. ``train``, ``evaluate`` and ``cv`` delete them once
+    they have written their own, so a folder never shows one run's plot beside another run's
+    results."""
+    keep = {Path(p) for p in written}
+    return [p for p in layout.plot_files if p not in keep and p.is_file()]
+
+
+def remove_stale_plots(
+    layout: RunLayout | CVLayout | EvalLayout, written: Iterable[str | os.PathLike[str]]
+) -> list[Path]:
+    """Delete ``stale_plots(layout, written)``, logging each; returns the deleted paths."""
+    gone = stale_plots(layout, written)
+    for p in gone:
+        p.unlink(missing_ok=True)
+    if gone:
+        log.info(
+            "removed plots an earlier run left in %s that this one does not write: %s",
+            gone[0].parent,
+            ", ".join(p.name for p in gone),
+        )
+    return gone
 
 
 def publish_model(

@@ -1144,7 +1144,7 @@ def cv(
     tvh = s["pooled"].get("tumor_vs_healthy")
     if tvh:
         click.echo(
-            f"  tumor vs no tumor (pooled, 1 - P(healthy) >= 0.5): accuracy "
+            f"  tumor vs no tumor (pooled, {tvh['rule']}): accuracy "
             f"{_num(tvh['accuracy'])}, ROC AUC {_num(tvh['roc_auc'])}, sensitivity "
             f"{_num(tvh['sensitivity'])}, specificity {_num(tvh['specificity'])}"
         )
@@ -1382,7 +1382,7 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     "--class",
     "explain_class",
     default=None,
-    help="Class whose evidence is shown [default: the predicted class].",
+    help="Class whose evidence is shown [default: the predicted class]. Not with --boxes.",
 )
 @click.option(
     "--slices",
@@ -1399,7 +1399,8 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     default=None,
     help="Pointing game instead of PNGs: a CSV file,class,x_center,y_center,width,height "
     "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "
-    "often the map's peak on a correctly classified tumor slice lies inside its box.",
+    "often the map's peak on a correctly classified tumor slice lies inside its box (the map "
+    "of the predicted class, so not with --class).",
 )
 @click.option(
     "--method",
@@ -1446,7 +1447,8 @@ def explain(
     Scanner slices are read as `predict` reads them (--dicom-*, --nifti-*, --modality) and
     named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
     --show-paths by their series folder or volume file. Exits 1 if no image is found or none
-    could be read.
+    could be read. With --boxes, the pointing game over one data folder instead (no PNGs); it
+    maps each slice's predicted class, so --class with --boxes is a usage error (exit 2).
     """
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
@@ -1454,6 +1456,13 @@ def explain(
     from mriscan.scan_predict import problem_rows
 
     if boxes is not None:
+        if explain_class is not None:
+            raise click.UsageError(
+                "--class and --boxes exclude each other: the pointing game scores the map of "
+                "the predicted class of each correctly classified tumor slice (that is, its "
+                "true class), not a chosen one; --class is for the heatmap PNGs. Leave out "
+                "--class or --boxes."
+            )
         _pointing_game(model_path, images, boxes, out, method)
         return
     chosen = _slice_choice(slice_list, top_k)

@@ -26,6 +26,7 @@ from mriscan.artifacts import (
     ModelCardError,
     RunLayout,
     read_json,
+    remove_stale_plots,
     signatures_path,
     write_json,
 )
@@ -47,12 +48,15 @@ __all__ = [
     "HEADLINE_METRICS",
     "LEVELS",
     "SPLITS",
+    "TUMOR_CALL_RULE",
     "Scoring",
+    "called_metrics",
     "evaluate",
     "failing",
     "grouped_levels",
     "near_duplicates_of",
     "one_class_summary",
+    "tumor_calls",
     "undefined_metrics",
     "unit_of",
     "unreadable_rows",
@@ -951,12 +955,11 @@ def _score(
             pred = (prob[:, 1] >= card.threshold).astype(np.int64)
             thr = card.threshold
         else:
-            pred = (prob.argmax(axis=1) != h).astype(np.int64)
+            pred = tumor_calls(prob, h)
             thr = None  # decided by the most probable class: there is no cut
 
         def metric(sel):
-            m = mx.binary_metrics(y[sel], p_tumor[sel], threshold=0.5, class_names=cmp.class_names)
-            return _with_pred(m, y[sel], pred[sel])
+            return called_metrics(y[sel], p_tumor[sel], pred[sel], cmp.class_names)
 
         keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
     result = metric(np.arange(y.size))
@@ -979,9 +982,26 @@ def _score(
     return result
 
 
-def _with_pred(m: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """Binary metrics whose counts all come from the model's own decisions ``pred`` (its
-    threshold, or its most probable class); only the ROC AUC comes from the probabilities."""
+#: how ``tumor_calls`` decides, in words (for reports that print their rule)
+TUMOR_CALL_RULE = "tumor when the most probable class is not the healthy one"
+
+
+def tumor_calls(prob: np.ndarray, healthy: int) -> np.ndarray:
+    """A K-class model's tumor vs no tumor call of each slice: 1 (tumor) where its most
+    probable class is not ``healthy``, else 0; the call of its label, as ``predict``'s
+    ``is_tumor``. ``prob``: (n, K) class probabilities; returns int64 (n,). Used by evaluate's
+    and cv's tumor vs no tumor scores, so that their numbers agree."""
+    return (np.asarray(prob).argmax(axis=1) != healthy).astype(np.int64)
+
+
+def called_metrics(
+    y: np.ndarray, p_tumor: np.ndarray, pred: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Two-class metrics (``mriscan.metrics.binary_metrics``' keys) whose counts all come from
+    the model's own calls ``pred`` (int (n,) in {0, 1}: its threshold, or ``tumor_calls``);
+    only the ROC AUC comes from ``p_tumor`` (float (n,), P(class 1)). ``y``: int (n,) in
+    {0, 1}; ``class_names``: the two names, negative first."""
+    m = mx.binary_metrics(y, p_tumor, threshold=0.5, class_names=tuple(class_names))
     names = m["class_names"]
     counted = mx.binary_metrics(y, pred.astype(np.float64), threshold=0.5, class_names=names)
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity"):
@@ -998,7 +1018,9 @@ def _recall_of_class(cmp, y, pred, data_labels, k) -> dict[str, Any]:
 
 
 def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) -> None:
-    """metrics.json, plots, predictions.csv and near_duplicates_removed.csv."""
+    """metrics.json, plots, predictions.csv and near_duplicates_removed.csv; a plot an earlier
+    evaluation into the same folder left and this one does not write (``roc.png`` without
+    two scored classes) is deleted (``mriscan.artifacts.remove_stale_plots``)."""
     from mriscan import plots
 
     ev.root.mkdir(parents=True, exist_ok=True)
@@ -1010,10 +1032,13 @@ def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) ->
         ev.confusion_plot,
         title=f"{result['split']} (n={result['n']})",
     )
+    written = [ev.confusion_plot]
     if len(names) == 2 and len(set(y.tolist())) == 2:
         p = prob[:, 1] if cmp.mode == "same" else 1.0 - prob[:, cmp.model_healthy]
         fpr, tpr, _ = mx.roc_curve(y, p)
         plots.save_roc(fpr, tpr, result["roc_auc"], ev.roc_plot)
+        written.append(ev.roc_plot)
+    remove_stale_plots(ev, written)  # e.g. an earlier two-class evaluation's roc.png
     with open(ev.predictions, "w", newline="") as fh:
         w = csv.writer(fh)
         k = prob.shape[1]

@@ -840,13 +840,21 @@ def slices_without_box(
     pointing game): those directly in a folder holding a boxed slice, or in ``root/<class>``
     for a class of ``tumor_classes``. Returns ``count``, ``per_folder`` (folder relative to
     ``root``, posix, "." for ``root`` itself → count; only folders with some) and ``rule``.
-    ``boxes``: ``read_boxes``' result (paths relative to ``root``)."""
+    ``boxes``: ``read_boxes``' result (paths relative to ``root``).
+
+    Membership is decided on the paths as given, the way predict and ingest list a folder:
+    symbolic links are not resolved, so a folder of links into a larger collection counts its
+    own entries, not the files of the folders the links point into.
+    """
     from mriscan.io import IMAGE_SUFFIXES
 
-    root = Path(root)
-    boxed = {(root / rel).resolve() for rel in boxes}
+    def lexical(p: Path) -> Path:  # absolute, "."/".." folded, links kept
+        return Path(os.path.normpath(os.path.abspath(p)))
+
+    root = lexical(Path(root))
+    boxed = {lexical(root / rel) for rel in boxes}
     folders = {p.parent for p in boxed}
-    folders |= {(root / c).resolve() for c in tumor_classes if (root / c).is_dir()}
+    folders |= {root / c for c in tumor_classes if (root / c).is_dir()}
     per_folder: dict[str, int] = {}
     for folder in sorted(folders):
         if not folder.is_dir():
@@ -857,11 +865,11 @@ def slices_without_box(
             if f.suffix.lower() in IMAGE_SUFFIXES
             and not f.name.startswith(".")
             and f.is_file()
-            and f.resolve() not in boxed
+            and f not in boxed
         )
         if n:
             try:
-                name = folder.relative_to(root.resolve()).as_posix()
+                name = folder.relative_to(root).as_posix()
             except ValueError:
                 name = str(folder)
             per_folder[name] = n

@@ -458,6 +458,69 @@ def test_an_interrupted_rerun_never_leaves_the_old_summary_beside_its_new_fold_m
     assert all(p.is_file() for p in summary[:4]) and not summary[4].exists()  # no series here
 
 
+@pytest.mark.backend
+def test_an_unfinished_fold_of_another_run_is_refused_before_any_fold_is_trained(
+    tmp_path, monkeypatch
+):
+    """--out holds a finished fold 1 and an unfinished fold 2 (its backup) of a run with other
+    settings: cv refuses up front, naming fold 2's backup and what differs, and leaves fold
+    1's model and the earlier summary as they were (nothing is trained)."""
+    import mriscan.training.crossval as cvmod
+    from mriscan.artifacts import RunLayout, write_json
+    from mriscan.errors import ResumeError
+    from tests.conftest import build_class_store
+
+    store = build_class_store(tmp_path / "two.zarr", ["no", "yes"], n_per_class=8)
+    cv = RunLayout(tmp_path / "out").cv
+    for p in (cv.fold(0, 0).model, cv.metrics):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"old")
+    fold2 = cv.fold(0, 1)
+    fold2.backup.mkdir(parents=True)
+    write_json(fold2.run_marker, {"run_id": "other", "identity": {"config": {"seed": -1}}})
+
+    def fit(*a, **k):
+        raise AssertionError("a fold was trained before every fold's backup was checked")
+
+    monkeypatch.setattr(cvmod, "fit_and_calibrate", fit)
+    cfg = CVConfig(folds=2, n_boot=20, train=fast_config(**{"fit.epochs": 1}))
+    with pytest.raises(ResumeError) as err:
+        cross_validate(store, cfg, out=tmp_path / "out")
+    msg = str(err.value)
+    assert str(fold2.backup) in msg and "holds an unfinished run; it differs" in msg
+    assert "seed: -1 in the backup" in msg
+    assert cv.fold(0, 0).model.read_bytes() == b"old" and cv.metrics.read_bytes() == b"old"
+
+
+def test_cv_calls_tumor_vs_no_tumor_by_the_most_probable_class_as_evaluate_does():
+    """A K-class slice whose most probable class is the healthy one is no tumor, even where
+    1 - P(healthy) >= 0.5 (slice 0: .25/.45/.30; slice 4: .3/.4/.3): cv's pooled tumor vs no
+    tumor counts what evaluate counts on the same slices given as a yes/no collection (and
+    what predict's is_tumor says), and its rule says so."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.evaluate import Scoring, _score
+    from mriscan.preprocess import PreprocessConfig
+    from mriscan.tasks import Task, compare_classes
+    from mriscan.training.crossval import _pooled
+
+    names = ("glioma", "notumor", "pituitary")
+    task = Task(names, names, np.arange(3), 1)
+    prob = np.array(
+        [[0.25, 0.45, 0.30], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3]]
+    )
+    y = np.array([0, 2, 0, 1, 1])
+    tvh = _pooled(task, y, prob, prob.argmax(axis=1))["tumor_vs_healthy"]
+    assert tvh["confusion_matrix"] == [[2, 0], [1, 2]]  # slice 0: a missed tumor
+    assert tvh["sensitivity"] == pytest.approx(2 / 3) and tvh["specificity"] == 1.0
+    assert tvh["threshold"] is None and "most probable class" in tvh["rule"]
+    card = ModelCard(PreprocessConfig(size=32), names, None, healthy="notumor")
+    cmp = compare_classes(("no", "yes"), names, "notumor")
+    y_yn = (y != 1).astype(np.int64)
+    ev = _score(Scoring(cmp, card, ("no", "yes"), 20), y_yn, prob, np.arange(5), y_yn)
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc", "confusion_matrix"):
+        assert tvh[key] == ev[key], key
+
+
 def test_cv_refuses_a_class_some_fold_could_not_train_on_and_warns_of_few_groups(caplog):
     from mriscan.errors import ConfigError
     from mriscan.splits import cv_splits

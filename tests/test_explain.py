@@ -273,6 +273,49 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
     assert "4 tumor slice(s) have no box in boxes.csv and were not scored (left: 2" in r.output
 
 
+def test_slices_without_box_counts_the_folder_given_not_the_links_targets(tmp_path):
+    """A subset made of symbolic links into a larger collection: the files counted are the
+    subset's own entries (as predict and ingest list them), not the targets' folders'. Every
+    subset slice is boxed -> 0, although the collection holds more tumor slices."""
+    from mriscan.explain import slices_without_box
+
+    full = tmp_path / "collection"
+    for cls in ("glioma", "notumor"):
+        (full / cls).mkdir(parents=True)
+        for i in range(5):
+            (full / cls / f"{i}.png").write_bytes(b"png")
+    sub = tmp_path / "subset"
+    for cls in ("glioma", "notumor"):
+        (sub / cls).mkdir(parents=True)
+        for i in range(2):
+            (sub / cls / f"{i}.png").symlink_to(full / cls / f"{i}.png")
+    boxes = {f"glioma/{i}.png": ("glioma", 0.5, 0.5, 0.1, 0.1) for i in range(2)}
+    got = slices_without_box(sub, boxes, {"glioma"})
+    assert got["count"] == 0 and got["per_folder"] == {}, got
+    # one more link in the subset, not boxed: counted, under the subset's own folder name
+    (sub / "glioma" / "9.png").symlink_to(full / "glioma" / "4.png")
+    got = slices_without_box(sub, boxes, {"glioma"})
+    assert got["per_folder"] == {"glioma": 1}, got
+    # a boxed path written with "." / ".." still names the same entry
+    boxes2 = {"glioma/../glioma/./9.png": ("glioma", 0.5, 0.5, 0.1, 0.1), **boxes}
+    assert slices_without_box(sub, boxes2, {"glioma"})["count"] == 0
+
+
+def test_explain_refuses_class_with_boxes(tmp_path):
+    """The pointing game maps each slice's predicted class: --class with --boxes would be
+    ignored, so it is a usage error (exit 2) saying so, before the model is read."""
+    (tmp_path / "m.keras").write_bytes(b"not read")
+    (tmp_path / "data" / "glioma").mkdir(parents=True)
+    (tmp_path / "boxes.csv").write_text("file,class,x_center,y_center,width,height\n")
+    res = _cli(
+        tmp_path / "m.keras", tmp_path / "data", "--boxes", tmp_path / "boxes.csv",
+        "--class", "notumor", "--out", tmp_path / "pg",
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "--class and --boxes exclude each other" in res.output
+    assert "predicted class" in res.output and not (tmp_path / "pg").exists()
+
+
 def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_path):
     """Blank slices 0-2 are not read (too little brain): slice 3 of the volume is called slice
     3 (not 0) in the row, the PNG name and --slices, as in its source nifti/<id>#3."""

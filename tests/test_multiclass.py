@@ -191,3 +191,31 @@ def test_a_train_run_says_a_task_warning_once(tmp_path, caplog):
     assert "the positive (tumor) class is 'no'" in said[0].getMessage()
     card = json.loads((tmp_path / "run" / "models" / "best_model.json").read_text())
     assert card["class_names"] == ["yes", "no"]  # the choice stands: --positive no
+
+
+def test_a_k_class_run_removes_the_roc_plot_an_earlier_two_class_run_left(tmp_path):
+    """train and evaluate into an --out that holds a two-class run's roc.png: a K-class model
+    has no ROC curve, so the old plot is removed instead of standing beside the new results
+    (as cv does)."""
+    names = NAMES[3]
+    data = write_class_folders(tmp_path / "data", names, n_per_class=10)
+    run = CliRunner()
+    out = tmp_path / "run"
+    args = [str(data), "--store", str(tmp_path / "s.zarr"), "--out", str(out),
+            "--val-fraction", "0.3", "--test-fraction", "0.3", *FAST, "--epochs", "1"]  # fmt: skip
+    roc = out / "plots" / "roc.png"
+    roc.parent.mkdir(parents=True)
+    roc.write_bytes(b"an earlier yes/no model's ROC")
+    r = run.invoke(main, ["train", *args])
+    assert r.exit_code == 0, r.output
+    assert not roc.exists() and (out / "plots" / "confusion_matrix.png").is_file()
+    assert (out / "plots" / "training_history.png").is_file()
+    model = out / "models" / "best_model.keras"
+    yn = write_class_folders(tmp_path / "yn", ("no", "yes"), n_per_class=6, seed=3)
+    ev = tmp_path / "ev"
+    for folder in (yn, data):  # tumor vs no tumor (a ROC curve), then the 3 classes (none)
+        r = run.invoke(main, ["evaluate", str(folder), "--model", str(model), "--out",
+                              str(ev), "--keep-duplicates"])  # fmt: skip
+        assert r.exit_code in (0, 1), r.output  # 1 only when a metric is undefined
+        assert (ev / "evaluation" / "roc.png").is_file() == (folder == yn)
+    assert (ev / "evaluation" / "confusion_matrix.png").is_file()

@@ -304,6 +304,41 @@ def test_training_with_implants_fits_on_the_larger_set_and_validates_on_real_sli
     assert seen["n_val"] == len(split["val"])
 
 
+class _StoppedError(Exception):
+    """Stands for a process killed after an epoch's backup was written."""
+
+
+@pytest.mark.backend
+def test_a_run_with_implants_stopped_midway_resumes_from_its_backup(small_store, tmp_path):
+    """The backup's identity is that of the real data and settings (the implants follow from
+    them), not of the scratch store the implants are written to afresh each run: the same
+    run started again resumes instead of being refused as another store."""
+    import keras
+
+    from mriscan.artifacts import RunLayout
+    from mriscan.hardware import setup_hardware
+    from mriscan.store import ImageStore
+    from mriscan.training.fit import fit_model
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise _StoppedError
+
+    cfg = fast(fit__implant=1, fit__epochs=2)
+    hw = setup_hardware(precision="float32", per_replica_batch=cfg.optimizer.batch_size)
+    layout = RunLayout(tmp_path)
+    with ImageStore.open(small_store) as st:
+        tr, va = np.arange(0, 30), np.arange(30, 40)
+        with pytest.raises(_StoppedError):
+            fit_model(st, tr, va, cfg, layout, hw, callbacks=[StopAfterFirstEpoch()])
+        assert layout.run_marker.is_file()
+        begun = []
+        seen = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: begun.append(e))
+        fitted = fit_model(st, tr, va, cfg, layout, hw, callbacks=[seen])  # no ResumeError
+    assert begun == [1]  # only the second epoch was left to train
+    assert len(fitted.history["loss"]) == 2
+
+
 @pytest.mark.parametrize("lr", [1e12])
 def test_a_diverged_run_writes_nothing_and_keeps_the_previous_model(small_store, tmp_path, lr):
     from mriscan.errors import TrainingDivergedError

@@ -21,17 +21,32 @@ from typing import Any
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import CVLayout, Protocol, RunLayout, publish_model, write_json
+from mriscan.artifacts import (
+    CVLayout,
+    Protocol,
+    RunLayout,
+    publish_model,
+    stale_plots,
+    write_json,
+)
 from mriscan.config import CVConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
-from mriscan.evaluate import LEVELS, Scoring, grouped_levels, write_unit_rows
+from mriscan.evaluate import (
+    LEVELS,
+    TUMOR_CALL_RULE,
+    Scoring,
+    called_metrics,
+    grouped_levels,
+    tumor_calls,
+    write_unit_rows,
+)
 from mriscan.readers import ReadOptions
 from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, Task, resolve_task
-from mriscan.training.fit import card_for, fit_and_calibrate, score, start_record
+from mriscan.training.fit import card_for, fit_and_calibrate, resume_state, score, start_record
 from mriscan.training.pretrain import starting_weights
 from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
 
@@ -236,7 +251,12 @@ def _predicted(task: Task, prob: np.ndarray, threshold: float | None) -> np.ndar
 
 
 def _pooled(task: Task, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """Metrics of all out-of-fold predictions together (each fold at its own threshold)."""
+    """Metrics of all out-of-fold predictions together (each fold at its own threshold).
+
+    K classes with a healthy one: also ``tumor_vs_healthy`` (``mriscan.evaluate``'s
+    ``called_metrics`` of ``tumor_calls``: tumor when the most probable class is not the
+    healthy one, as ``evaluate`` and ``predict``'s ``is_tumor`` decide; ``threshold`` None,
+    ``rule`` in words) and ``tumor_types_only``."""
     cm = mx.confusion_matrix(y, pred, n_classes=task.num_classes)
     out: dict[str, Any] = {
         "confusion_matrix": cm.tolist(),
@@ -256,12 +276,12 @@ def _pooled(task: Task, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> di
         # tumor vs no tumor, and the tumor types among themselves (no source confound there)
         h = task.healthy
         tumor_y = (y != h).astype(np.int64)
-        out["tumor_vs_healthy"] = mx.binary_metrics(
-            tumor_y,
-            1.0 - prob[:, h],
-            threshold=0.5,
-            class_names=(task.class_names[h], "tumor"),
+        # called as evaluate and predict's is_tumor call it: by the most probable class
+        tvh = called_metrics(
+            tumor_y, 1.0 - prob[:, h], tumor_calls(prob, h), (task.class_names[h], "tumor")
         )
+        tvh.update(threshold=None, rule=f"{TUMOR_CALL_RULE}; ROC AUC from 1 - P(healthy)")
+        out["tumor_vs_healthy"] = tvh
         sel = y != h
         if sel.any():
             types = [k for k in range(task.num_classes) if k != h]
@@ -379,14 +399,14 @@ def _remove_stale(
 ) -> None:
     """Delete what an earlier CV into the same folder left and this one does not write: fold
     folders beyond this run's folds × repeats, ``roc.png`` when this task has no ROC curve
-    (K classes), and the ``oof_<level>_predictions.csv`` of unit levels other than ``levels``
-    (those this run writes). Done once every fold has finished, just before ``metrics.json`` is
+    (K classes; ``mriscan.artifacts.stale_plots``, the rule train and evaluate follow too),
+    and the ``oof_<level>_predictions.csv`` of unit levels other than ``levels`` (those this
+    run writes). Done once every fold has finished, just before ``metrics.json`` is
     written, so the folder then holds exactly one run's results (and a run that stops earlier
     removes nothing)."""
     keep = set(fold_dirs)
     stale = [p for p in cv.fold_dirs() if p.name not in keep]
-    if not roc and cv.roc_plot.is_file():
-        stale.append(cv.roc_plot)
+    stale += stale_plots(cv, [cv.confusion_plot, *([cv.roc_plot] if roc else [])])
     stale += [
         cv.unit_predictions(lv)
         for lv in LEVELS
@@ -416,7 +436,11 @@ def cross_validate(
     """Stratified, duplicate-group-aware k-fold CV; writes ``RunLayout(out).cv``.
 
     Raises ``mriscan.errors.ConfigError`` before any training when a fold's training or
-    validation part would hold no slice of a class (``check_folds``).
+    validation part would hold no slice of a class (``check_folds``), and
+    ``mriscan.errors.ResumeError`` before any fold is trained when a fold's backup holds an
+    unfinished run of other data or settings (``mriscan.training.fit.resume_state``, checked
+    for every fold once the starting weights are known: the phantom pre-training, cached per
+    settings, may come first).
 
     Files: ``metrics.json`` (``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` each
     with ``mean``, ``std``, ``ci95``, ``per_fold``; ``per_class``; ``pooled``; ``protocol``;
@@ -483,12 +507,18 @@ def cross_validate(
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
     init = starting_weights(tcfg, hw, store.config)
-    summary_cleared = False
+    plan = []
     for rep, k, *parts in splits:
         train_idx, val_idx, test_idx = (kept[p] for p in parts)
+        fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
+        # every fold's backup is checked before the first is trained: an unfinished fold of
+        # another run is refused here, not after earlier folds have replaced that run's models
+        resume_state(store, train_idx, val_idx, fold_cfg, cv.fold(rep, k), init)
+        plan.append((rep, k, train_idx, val_idx, test_idx, fold_cfg))
+    summary_cleared = False
+    for rep, k, train_idx, val_idx, test_idx, fold_cfg in plan:
         tag = f"repeat {rep + 1}/{cfg.repeats}, fold {k + 1}/{cfg.folds}"
         log.info("%s: train %d, val %d, test %d", tag, len(train_idx), len(val_idx), len(test_idx))
-        fold_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 100 * rep + k)
         split = {"train": train_idx, "val": val_idx, "test": test_idx}
         fold_layout = cv.fold(rep, k)
         run = fit_and_calibrate(store, split, fold_cfg, fold_layout, hw, init_weights=init)

@@ -41,10 +41,12 @@ from mriscan.weights import WeightsReport, load_matching_weights
 __all__ = [
     "Calibrated",
     "Fitted",
+    "ResumeState",
     "card_for",
     "fit_and_calibrate",
     "fit_model",
     "identity_differences",
+    "resume_state",
     "run_fingerprint",
     "run_identity",
     "score",
@@ -275,6 +277,38 @@ def _h5_readable(path: Path) -> bool:
     return True
 
 
+class ResumeState(NamedTuple):
+    """A run's ``run_identity`` record, its ``run_fingerprint`` and whether ``layout.backup``
+    holds its state to resume (``resume_state``)."""
+
+    identity: dict[str, Any]
+    run_id: str
+    resume: bool
+
+
+def resume_state(
+    store: ImageStore,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    layout: RunLayout,
+    init_weights: Path | None,
+) -> ResumeState:
+    """The backup check of one run, as ``fit_model`` makes it, without training: the run's
+    identity over the data it is given (before any ``--implant`` copies are added, which are
+    drawn from the seed and the settings), and whether ``layout.backup`` may be resumed by it.
+    ``mriscan.training.crossval`` calls it for every fold before the first is trained.
+
+    Raises
+    ------
+    ResumeError
+        If ``layout.backup`` holds another run's state (naming what differs) or a damaged one.
+    """
+    identity = run_identity(store, train_idx, val_idx, cfg, init_weights)
+    run_id = run_fingerprint(identity)
+    return ResumeState(identity, run_id, _check_resume(layout, run_id, identity))
+
+
 class Fitted(NamedTuple):
     """What ``fit_model`` returns: the kept model, its history (metric → list over epochs) and
     what was loaded from the starting weights (None when it started from random weights)."""
@@ -316,18 +350,16 @@ def fit_model(
         If the training loss became NaN or infinite.
     """
     keras.utils.set_random_seed(cfg.seed)
+    state = resume_state(store, train_idx, val_idx, cfg, layout, init_weights)
+    rest = (cfg, layout, hw, callbacks, checkpoint, init_weights, state)
     if not cfg.fit.implant:
-        return _fit(
-            store, train_idx, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
-        )
+        return _fit(store, train_idx, store, val_idx, *rest)
     with (
         scratch_dir("implants") as tmp,
         _with_implants(store, train_idx, cfg, Path(tmp)) as train_store,
     ):
         every = np.arange(len(train_store), dtype=np.int64)
-        return _fit(
-            train_store, every, store, val_idx, cfg, layout, hw, callbacks, checkpoint, init_weights
-        )
+        return _fit(train_store, every, store, val_idx, *rest)
 
 
 def _fit(
@@ -341,17 +373,17 @@ def _fit(
     callbacks: list | None,
     checkpoint: bool,
     init_weights: Path | None,
+    state: ResumeState,
 ) -> Fitted:
-    """``fit_model`` once the training data are settled (training and validation stores)."""
+    """``fit_model`` once the training data are settled (training and validation stores) and
+    the backup checked (``state``: ``resume_state`` of the data before any implants)."""
     task = resolve_task(store.class_names, cfg.task, warn=False)
     k = task.num_classes
     kind = resolve_pipeline(cfg.runtime.pipeline)
     gb = hw.global_batch
     epochs = cfg.fit.epochs
     backup = layout.backup
-    identity = run_identity(store, train_idx, val_idx, cfg, init_weights)
-    run_id = run_fingerprint(identity)
-    resume = _check_resume(layout, run_id, identity)
+    identity, run_id, resume = state
     best_path = layout.checkpoint
     history_cb = JsonHistory(layout.live_history, resume, run_id)
     # BackupAndRestore resumes after the last finished epoch, which history.json also records

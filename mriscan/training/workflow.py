@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mriscan import metrics as mx
-from mriscan.artifacts import Protocol, RunLayout, publish_model, write_json
+from mriscan.artifacts import Protocol, RunLayout, publish_model, remove_stale_plots, write_json
 from mriscan.config import TrainConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
@@ -165,8 +165,10 @@ def train(
     if layout.live_history.is_file():
         os.replace(layout.live_history, layout.history)
     plots.save_history(run.history, layout.history_plot)
+    written = [layout.history_plot]
     if run.test is not None:
-        _plot_test(plots, layout, store, split["test"], run)
+        written += _plot_test(plots, layout, store, split["test"], run)
+    remove_stale_plots(layout, written)  # e.g. a two-class run's roc.png, K classes now
     result_metrics["seconds"] = time.perf_counter() - t0
     write_json(layout.metrics, result_metrics)
     for leftover in (layout.backup, layout.checkpoint.parent):  # a finished run needs neither
@@ -379,8 +381,10 @@ def pretrain_protocol(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _plot_test(plots: Any, layout: RunLayout, store: ImageStore, test_idx, run: Calibrated):
-    """Confusion matrix and ROC of the test split."""
+def _plot_test(
+    plots: Any, layout: RunLayout, store: ImageStore, test_idx, run: Calibrated
+) -> list[Path]:
+    """Confusion matrix and ROC (two classes) of the test split; returns the plots written."""
     test = run.test
     assert test is not None
     plots.save_confusion_matrix(
@@ -393,6 +397,8 @@ def _plot_test(plots: Any, layout: RunLayout, store: ImageStore, test_idx, run: 
         y = run.task.labels(store.labels[test_idx])
         fpr, tpr, _ = mx.roc_curve(y, run.test_prob[:, 1])
         plots.save_roc(fpr, tpr, test["roc_auc"], layout.roc_plot)
+        return [layout.confusion_plot, layout.roc_plot]
+    return [layout.confusion_plot]
 
 
 def _write_split(
