@@ -227,7 +227,14 @@ def resolve_task(
                 raise ConfigError(f"--healthy {cfg.healthy!r} is not one of the classes {names}.")
             positive = next(n for n in names if n != cfg.healthy)  # the other one
         names, guess = _order_binary(names, positive)
-        if warn and (healthy_like(names[1]) or tumor_like(names[0])):
+        two_tumors = cfg.healthy is None and _all_tumor_like(names, data, source_of)
+        if warn and two_tumors:
+            log.info(
+                "both classes (%r, %r) hold tumors: the task has no healthy class, so no tumor "
+                "vs no tumor call is made from it",
+                *names,
+            )
+        elif warn and (healthy_like(names[1]) or tumor_like(names[0])):
             log.warning(
                 "the positive (tumor) class is %r and the negative one %r: their names say the "
                 "opposite; check --positive/--healthy",
@@ -235,13 +242,15 @@ def resolve_task(
                 names[0],
             )
     else:
-        guess = ""
+        guess, two_tumors = "", False
     if len(names) != 2 and cfg.positive is not None:
         raise ConfigError(
             f"--positive applies to two-class tasks; this one has {len(names)} classes "
             f"{names}. Use --healthy to name the no-tumor class."
         )
     healthy = _healthy_index(names, cfg.healthy)
+    if len(names) == 2 and two_tumors:
+        healthy = None  # e.g. glioma vs meningioma: the negative class is not "no tumor"
     if warn and cfg.healthy is not None and len(names) > 2:
         _check_healthy_name(names, cfg.healthy, data, source_of)
     if warn and healthy is None and len(names) > 2:
@@ -371,6 +380,17 @@ def _merge_hint(data: tuple[str, ...], source_of: dict[str, str], lead: str) -> 
     if other:
         hint += f" (it leaves out {', '.join(other)}: add entries for them to keep them)"
     return hint
+
+
+def _all_tumor_like(names: Sequence[str], data: Sequence[str], source_of: dict[str, str]) -> bool:
+    """Whether every class of a task holds tumors: named like a tumor (``tumor_like``), or
+    every data class mapped to it is (``a=glioma;b=meningioma``)."""
+
+    def tumors(name: str) -> bool:
+        srcs = [d for d in data if source_of.get(d) == name]
+        return tumor_like(name) or (bool(srcs) and all(tumor_like(d) for d in srcs))
+
+    return all(tumors(n) for n in names)
 
 
 def _healthy_index(names: list[str], healthy: str | None) -> int | None:

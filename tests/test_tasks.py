@@ -360,3 +360,33 @@ def test_a_k_class_task_with_two_healthy_like_classes_is_warned(caplog):
         assert resolve_task(FOUR).healthy is not None
         resolve_task(six, warn=False)
     assert caplog.records == []
+
+
+def test_a_two_class_task_of_two_tumor_types_has_no_healthy_class(caplog):
+    """glioma vs meningioma (``--positive glioma``) is a tumor-type task: its negative class is
+    not "no tumor", so it has no healthy class, no "names say the opposite" warning, and
+    evaluate refuses to score it as a tumor detector (it scored yes/no data as
+    meningioma = no, AUC 0.354)."""
+
+    data = ["glioma", "meningioma", "notumor"]
+    named = TaskConfig(
+        class_map=parse_class_map("glioma=glioma;meningioma=meningioma"), positive="glioma"
+    )
+    neutral = TaskConfig(class_map=parse_class_map("a=glioma;b=meningioma"), positive="a")
+    with caplog.at_level(logging.INFO, logger="mriscan.tasks"):
+        for cfg in (named, neutral):
+            task = resolve_task(data, cfg)
+            assert task.healthy is None and task.binary
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "no healthy class" in caplog.text
+    with pytest.raises(ConfigError, match="healthy"):
+        compare_classes(["no", "yes"], ["meningioma", "glioma"], None)
+    # a yes/no task keeps its negative class as the healthy one; --healthy is obeyed
+    assert resolve_task(["no", "yes"]).healthy == 0
+    merged = TaskConfig(class_map=parse_class_map("yes=glioma,meningioma;no=notumor"))
+    assert resolve_task(data, merged).healthy == 0
+    chosen = TaskConfig(
+        class_map=parse_class_map("glioma=glioma;meningioma=meningioma"), healthy="meningioma"
+    )
+    task = resolve_task(data, chosen)
+    assert task.class_names[task.healthy] == "meningioma"
