@@ -248,6 +248,8 @@ def resolve_task(
             f"--positive applies to two-class tasks; this one has {len(names)} classes "
             f"{names}. Use --healthy to name the no-tumor class."
         )
+    if warn and cfg.class_map:
+        _warn_renamed_onto_others(cfg.class_map, data)
     healthy = _healthy_index(names, cfg.healthy)
     if len(names) == 2 and two_tumors:
         healthy = None  # e.g. glioma vs meningioma: the negative class is not "no tumor"
@@ -380,6 +382,22 @@ def _merge_hint(data: tuple[str, ...], source_of: dict[str, str], lead: str) -> 
     if other:
         hint += f" (it leaves out {', '.join(other)}: add entries for them to keep them)"
     return hint
+
+
+def _warn_renamed_onto_others(class_map: Any, data: Sequence[str]) -> None:
+    """Warn when a class map gives a target the name of a data class it does not include
+    (``glioma=meningioma`` while glioma/ exists; swaps): classes are matched by name later
+    (evaluate, other collections), so such a map is most likely a typo."""
+    for target, srcs in class_map:
+        if target in data and target not in srcs:
+            log.warning(
+                "the class map names the class %r after the data class %r but gives it the "
+                "slices of %s; check --class-map (classes are matched by name later, e.g. by "
+                "evaluate on another collection)",
+                target,
+                target,
+                ", ".join(map(repr, srcs)),
+            )
 
 
 def _all_tumor_like(names: Sequence[str], data: Sequence[str], source_of: dict[str, str]) -> bool:
@@ -538,6 +556,15 @@ def compare_classes(
             f"{_map_hint(data, model, model_healthy)}"
         )
     healthy = healthy_t[0] if healthy_t else None
+    if len(model) > 2 and (spelled := _spelling_map(data, model)):
+        log.warning(
+            "the data's classes %s look like the model's %s spelled another way, so they are "
+            "scored as tumor vs no tumor only; for the model's %d classes give --class-map '%s'",
+            list(data),
+            list(model),
+            len(model),
+            spelled,
+        )
     lm = np.array([(0 if source_of[d] == healthy else 1) if d in source_of else -1 for d in data])
     # the tumor side is the class the model predicts: a two-class model's other class (its
     # "yes"), or "tumor" for any of a K-class model's tumor classes
@@ -550,6 +577,31 @@ def compare_classes(
         model.index(model_healthy),
         model,
     )
+
+
+def _class_key(name: str) -> str:
+    """A class name compared loosely: case, ``_``, ``-``, spaces and a ``tumor`` suffix of a
+    tumor type ignored (``Glioma_Tumor`` and ``glioma``, ``No_Tumor`` and ``notumor`` agree)."""
+    n = _norm(name)
+    for suffix in ("tumor", "tumour"):
+        if n.endswith(suffix) and n[: -len(suffix)] in TUMOR_TYPE_NAMES:
+            return n[: -len(suffix)]
+    return n.replace("tumour", "tumor")
+
+
+def _spelling_map(data: Sequence[str], model: Sequence[str]) -> str:
+    """``--class-map`` text mapping each model class to the one data class spelled like it
+    (``_class_key``), or "" unless every model class has exactly one such data class and the
+    names are not already equal."""
+    pairs = []
+    for m in model:
+        same = [d for d in data if _class_key(d) == _class_key(m)]
+        if len(same) != 1:
+            return ""
+        pairs.append((m, same[0]))
+    if all(m == d for m, d in pairs):
+        return ""
+    return ";".join(f"{m}={d}" for m, d in pairs)
 
 
 def _target_hint(

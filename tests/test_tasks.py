@@ -390,3 +390,37 @@ def test_a_two_class_task_of_two_tumor_types_has_no_healthy_class(caplog):
     )
     task = resolve_task(data, chosen)
     assert task.class_names[task.healthy] == "meningioma"
+
+
+def test_classes_spelled_otherwise_get_a_class_map_hint(caplog):
+    """A 4-class model on folders named Glioma/ ... or glioma_tumor/ ... no_tumor/ is scored
+    tumor vs no tumor (names must match exactly), and the log now says so with the map that
+    gives the model's four classes (it dropped to two classes silently)."""
+    model = ("glioma", "meningioma", "notumor", "pituitary")
+    for data in (
+        ["Glioma", "Meningioma", "NoTumor", "Pituitary"],
+        ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"],
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+            cmp = compare_classes(data, model, "notumor")
+        assert cmp.mode == "tumor_vs_healthy"
+        hint = f"--class-map 'glioma={data[0]};meningioma={data[1]};notumor={data[2]}"
+        assert hint in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):  # yes/no data: no hint
+        compare_classes(["no", "yes"], model, "notumor")
+    assert "spelled another way" not in caplog.text
+
+
+def test_a_map_that_renames_a_class_onto_another_warns(caplog):
+    data = ["glioma", "meningioma", "notumor"]
+    swapped = TaskConfig(class_map=parse_class_map("glioma=meningioma;notumor=notumor"))
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        resolve_task(data, swapped)
+    assert "names the class 'glioma' after the data class 'glioma'" in caplog.text
+    caplog.clear()
+    plain = TaskConfig(class_map=parse_class_map("yes=glioma,meningioma;no=notumor"))
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        resolve_task(data, plain)
+    assert "after the data class" not in caplog.text
