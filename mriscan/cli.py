@@ -1400,7 +1400,9 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     help="Pointing game instead of PNGs: a CSV file,class,x_center,y_center,width,height "
     "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "
     "often the map's peak on a correctly classified tumor slice lies inside its box (the map "
-    "of the predicted class, so not with --class).",
+    "of the predicted class, so not with --class). A yes/no model scores every boxed tumor "
+    "type as its tumor class; other models score only boxes of their own classes and count "
+    "the rest as not scored.",
 )
 @click.option(
     "--method",
@@ -1519,11 +1521,14 @@ def _pointing_game(
         result = pointing_game(model_path, images[0], boxes, progress=progress, method=method)
     path = write_json(out / "pointing_game.json", result)
     click.echo(f"Pointing game ({method} peak inside the tumor box, correctly classified slices):")
+    click.echo(f"  rule: {result['rule']}")
     for name, s in {**result["per_class"], "all": result["overall"]}.items():
         click.echo(
             f"  {name:>12}: {_num(s['pointing'])}  ({s['hits']} of {s['correct']} correct, "
             f"{s['n']} boxed slices)"
         )
+    for name, s in result["not_scored"].items():
+        click.echo(f"  {s['reason']}: {name}, {s['n']} boxed slices, not scored")
     for rel, why in result["unreadable"]:
         click.echo(f"  unreadable: {rel}: {why}", err=True)
     nb = result["without_box"]
