@@ -316,6 +316,33 @@ def test_explain_refuses_class_with_boxes(tmp_path):
     assert "predicted class" in res.output and not (tmp_path / "pg").exists()
 
 
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        (["--slices", "0,3"], "picks the DICOM/NIfTI slices"),
+        (["--top-k", "3"], "picks the DICOM/NIfTI slices"),  # the default value, given
+        (["--dicom-out", "sc"], "writes no heatmap"),
+        (["--show-paths"], "names files by their path in the boxes file"),
+        (["--modality", "CT"], "not DICOM/NIfTI"),
+        (["--nifti-4d", "refuse"], "not DICOM/NIfTI"),
+    ],
+)
+def test_explain_refuses_options_the_pointing_game_would_ignore(tmp_path, given, why):
+    """--slices, --top-k, --dicom-out, --show-paths and the scanner reading options change
+    nothing in the pointing game: each is a usage error (exit 2) naming it and why, before
+    the model is read (the model file here is no model)."""
+    (tmp_path / "m.keras").write_bytes(b"not read")
+    (tmp_path / "data" / "glioma").mkdir(parents=True)
+    (tmp_path / "boxes.csv").write_text("file,class,x_center,y_center,width,height\n")
+    res = _cli(
+        tmp_path / "m.keras", tmp_path / "data", "--boxes", tmp_path / "boxes.csv",
+        "--out", tmp_path / "pg", *given,
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert f"does not use {given[0]}" in res.output and why in res.output, res.output
+    assert not (tmp_path / "pg").exists() and not (tmp_path / "sc").exists()
+
+
 def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_path):
     """Blank slices 0-2 are not read (too little brain): slice 3 of the volume is called slice
     3 (not 0) in the row, the PNG name and --slices, as in its source nifti/<id>#3."""
