@@ -1400,7 +1400,9 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     help="Pointing game instead of PNGs: a CSV file,class,x_center,y_center,width,height "
     "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "
     "often the map's peak on a correctly classified tumor slice lies inside its box (the map "
-    "of the predicted class, so not with --class).",
+    "of the predicted class, so not with --class). A yes/no model scores every boxed tumor "
+    "type as its tumor class; other models score only boxes of their own classes and count "
+    "the rest as not scored.",
 )
 @click.option(
     "--method",
@@ -1448,7 +1450,9 @@ def explain(
     named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
     --show-paths by their series folder or volume file. Exits 1 if no image is found or none
     could be read. With --boxes, the pointing game over one data folder instead (no PNGs); it
-    maps each slice's predicted class, so --class with --boxes is a usage error (exit 2).
+    maps each slice's predicted class, so --class with --boxes is a usage error (exit 2), as
+    are the options it would not use: --slices, --top-k, --dicom-out, --show-paths (it names
+    files by their path in the boxes file), --modality and the --dicom-*/--nifti-* options.
     """
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
@@ -1463,6 +1467,7 @@ def explain(
                 "true class), not a chosen one; --class is for the heatmap PNGs. Leave out "
                 "--class or --boxes."
             )
+        _refuse_with_boxes(click.get_current_context())
         _pointing_game(model_path, images, boxes, out, method)
         return
     chosen = _slice_choice(slice_list, top_k)
@@ -1506,6 +1511,44 @@ def explain(
         )
 
 
+#: explain's parameters that the pointing game (--boxes) uses; every other one it would ignore
+_BOXES_USES = {"model_path", "images", "out", "boxes", "method", "explain_class"}
+
+
+def _refuse_with_boxes(ctx: click.Context) -> None:
+    """``explain --boxes``: a usage error (exit 2, before the model loads) naming each option
+    given that the pointing game would ignore, and why, instead of a run that silently drops
+    it. --slices, --top-k, --dicom-out and the DICOM/NIfTI reading options only act on the
+    heatmap PNGs of scanner slices; --show-paths changes no name there, as the pointing game
+    reads the JPEG/PNG files the boxes file lists and always names them by that path."""
+    given = [
+        p
+        for p in ctx.command.params
+        if p.name not in _BOXES_USES
+        and ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if not given:
+        return
+    why = {
+        "slice_list": "it picks the DICOM/NIfTI slices to draw; the pointing game scores every "
+        "boxed slice",
+        "top_k": "it picks the DICOM/NIfTI slices to draw; the pointing game scores every "
+        "boxed slice",
+        "dicom_out": "the pointing game writes no heatmap to file as a Secondary Capture",
+        "show_paths": "the pointing game names files by their path in the boxes file already "
+        "(it reads JPEG/PNG files only, and hides no name)",
+    }
+    scan = "the pointing game reads the JPEG/PNG files of the boxes file, not DICOM/NIfTI"
+    lines = [f"  {p.opts[0]}: {why.get(p.name, scan)}" for p in given]
+    raise click.UsageError(
+        "--boxes plays the pointing game, which does not use "
+        + ", ".join(p.opts[0] for p in given)
+        + ":\n"
+        + "\n".join(lines)
+        + "\nLeave them out, or leave out --boxes to draw heatmap PNGs."
+    )
+
+
 def _pointing_game(
     model_path: Path, images: tuple[Path, ...], boxes: Path, out: Path, method: str
 ) -> None:
@@ -1519,11 +1562,14 @@ def _pointing_game(
         result = pointing_game(model_path, images[0], boxes, progress=progress, method=method)
     path = write_json(out / "pointing_game.json", result)
     click.echo(f"Pointing game ({method} peak inside the tumor box, correctly classified slices):")
+    click.echo(f"  rule: {result['rule']}")
     for name, s in {**result["per_class"], "all": result["overall"]}.items():
         click.echo(
             f"  {name:>12}: {_num(s['pointing'])}  ({s['hits']} of {s['correct']} correct, "
             f"{s['n']} boxed slices)"
         )
+    for name, s in result["not_scored"].items():
+        click.echo(f"  {s['reason']}: {name}, {s['n']} boxed slices, not scored")
     for rel, why in result["unreadable"]:
         click.echo(f"  unreadable: {rel}: {why}", err=True)
     nb = result["without_box"]

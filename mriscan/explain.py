@@ -39,6 +39,7 @@ __all__ = [
     "layer_cam",
     "peak_in_box",
     "pointing_game",
+    "pointing_rule",
     "pointing_target",
     "read_boxes",
     "save_overlay",
@@ -699,22 +700,58 @@ def read_boxes(path: str | os.PathLike[str]) -> dict[str, tuple[str, float, floa
     return out
 
 
+def pointing_rule(card: Any, box_class: str) -> str | None:
+    """Why the pointing game does not score boxed slices of ``box_class`` with this model, or
+    None when it scores them (then ``pointing_target`` says how). ``card``: the ``ModelCard``.
+
+    The rule, one per kind of model:
+
+    - a two-class model with a healthy class (yes/no, tumor vs no tumor): every boxed slice is
+      a tumor slice, whatever tumor type its box names (figshare's glioma, meningioma,
+      pituitary on a ``brain_mri`` model): scored;
+    - any other model (K > 2 classes, or two tumor types without a healthy class): a boxed
+      slice is scored only when its class is a model class, as the map drawn is that class's;
+      for two tumor types only the positive class (``class_names[1]``), as the map of a
+      two-class model is that of its one output, the positive class's (as ``explain`` draws
+      it). A tumor type the model does not have is not scored: it has no map of its own, and
+      "correct" has no meaning for it.
+    """
+    if card.binary and card.healthy is not None:
+        return None
+    if box_class not in card.class_names:
+        return "not a class of the model"
+    if card.binary and box_class != card.class_names[1]:
+        return (
+            f"the negative class of a two-class model without a healthy class (its map is "
+            f"that of the one output, {card.class_names[1]!r})"
+        )
+    return None
+
+
 def pointing_target(card: Any, box_class: str, probs: np.ndarray) -> tuple[int, bool]:
     """The pointing game's rule for one boxed slice: (output whose map is drawn, whether the
     slice counts as correctly classified).
 
-    A two-class model: its positive output, correct when called a tumor. A K-class model: the
-    true class's output, correct when that class is predicted; for a box class the model does
-    not know (a tumor type it was not trained on), the most probable class's output, correct
-    when any class but the healthy one is predicted. ``card``: the ``ModelCard``; ``probs``:
-    its (K,) class probabilities.
+    A two-class model with a healthy class: its positive output, correct when called the tumor
+    (positive) class. Otherwise the box class's own output (for a two-class model its one
+    output, the positive class's), correct when exactly that class is predicted. ``card``: the
+    ``ModelCard``; ``probs``: its (K,) class probabilities.
+
+    Raises
+    ------
+    MriscanError
+        If ``pointing_rule`` says slices of ``box_class`` are not scored with this model
+        (e.g. a pituitary box for a glioma/meningioma/notumor model).
     """
+    if (why := pointing_rule(card, box_class)) is not None:
+        raise MriscanError(
+            f"The pointing game does not score {box_class!r} slices with a model of the classes "
+            f"{list(card.class_names)}: {why}. Leave them out (pointing_rule)."
+        )
     pred = card.decide(probs)
     if card.binary:
         return 1, pred == card.class_names[1]
-    if box_class in card.class_names:
-        return card.class_names.index(box_class), pred == box_class
-    return int(np.argmax(probs)), pred != card.healthy
+    return card.class_names.index(box_class), pred == box_class
 
 
 def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config: Any) -> bool:
@@ -744,26 +781,31 @@ def pointing_game(
     tumor's box ("pointing game", Zhang et al. 2018, "Top-down Neural Attention by Excitation
     Backprop"), on the tumor slices the model classifies correctly, per class.
 
-    For a two-class model the map of the positive output is used and "correct" means called a
-    tumor; for a K-class model the map of the true class, and "correct" means that class was
-    predicted (box classes that are not model classes count as tumor for a model with a healthy
-    class). The peak is mapped back to the source image through the preprocessing geometry
-    (``mriscan.preprocess.source_point``) and must lie inside the box.
+    Which slices are scored, which map and what "correct" means: ``pointing_rule`` and
+    ``pointing_target`` (a yes/no model: every boxed tumor type, the map of the tumor output,
+    correct when called a tumor; otherwise the box's class must be a model class, its map,
+    correct when exactly that class is predicted). Boxed slices of other classes are not scored
+    and are listed in ``not_scored``. The peak is mapped back to the source image through the
+    preprocessing geometry (``mriscan.preprocess.source_point``) and must lie inside the box.
 
     Returns
     -------
     dict
-        ``method``, ``per_class``: {class: {"n": boxed slices read, "correct": correctly classified,
+        ``method``, ``rule`` (the rule above for this model, in words), ``per_class``: {class:
+        {"n": boxed slices read, "correct": correctly classified,
         "hits": peaks inside the box, "pointing": hits / correct}}, ``overall`` (the same over
-        all classes), ``unreadable`` (file, reason), ``without_box`` (``slices_without_box``:
+        all scored classes), ``not_scored`` ({class: {"n": boxed slices listed, "reason":
+        ``pointing_rule``'s}} for the box classes the model's rule does not score; their files
+        are not read), ``unreadable`` (file, reason), ``without_box`` (``slices_without_box``:
         image files beside the boxed ones that the boxes file does not list, not scored).
 
     Raises
     ------
     MriscanError
-        If no boxed slice could be scored (every path missing or undecodable, or no box):
-        naming how many paths did not resolve, an example, and that paths are relative to
-        ``root``.
+        If no boxed slice could be scored (every path missing or undecodable, no box, or no box
+        of a class the model's rule scores): naming how many paths did not resolve, an
+        example, and that paths are relative to ``root``, or which classes were not scored and
+        why.
     """
     from mriscan.inference import predict_batch
     from mriscan.io import decode_image
@@ -775,6 +817,12 @@ def pointing_game(
     cfg = card.preprocess
     boxes = read_boxes(boxes_csv)
     items = sorted(boxes.items())[:limit] if limit else sorted(boxes.items())
+    not_scored: dict[str, dict[str, Any]] = {}
+    for _, box in items:
+        if (why := pointing_rule(card, box[0])) is not None:
+            not_scored.setdefault(box[0], {"n": 0, "reason": why})["n"] += 1
+    listed = len(items)
+    items = [(rel, box) for rel, box in items if box[0] not in not_scored]
     stats: dict[str, dict[str, int]] = {}
     unreadable: list[tuple[str, str]] = []
     for start in range(0, len(items), batch_size):
@@ -813,15 +861,29 @@ def pointing_game(
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
     if not stats:
-        raise MriscanError(_nothing_scored(Path(root), boxes_csv, items, unreadable))
+        raise MriscanError(
+            _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
+        )
     for s in stats.values():
         s["pointing"] = s["hits"] / s["correct"] if s["correct"] else float("nan")
     total = {k: sum(s[k] for s in stats.values()) for k in ("n", "correct", "hits")}
     total["pointing"] = total["hits"] / total["correct"] if total["correct"] else float("nan")
+    if card.binary and card.healthy is not None:
+        rule = (
+            f"a boxed slice of any class is correct when called {card.class_names[1]!r}; the map "
+            f"is {card.class_names[1]!r}'s"
+        )
+    else:
+        rule = (
+            "a boxed slice is correct when its own class is predicted; the map is that class's; "
+            "boxed slices of other classes are not scored"
+        )
     return {
         "method": method,
+        "rule": rule,
         "per_class": stats,
         "overall": total,
+        "not_scored": not_scored,
         "unreadable": unreadable,
         "without_box": slices_without_box(root, boxes, _tumor_classes(card, boxes)),
     }
@@ -882,12 +944,27 @@ def slices_without_box(
 
 
 def _nothing_scored(
-    root: Path, boxes_csv: Any, items: list[tuple[str, Any]], unreadable: list[tuple[str, str]]
+    root: Path,
+    boxes_csv: Any,
+    items: list[tuple[str, Any]],
+    unreadable: list[tuple[str, str]],
+    not_scored: dict[str, dict[str, Any]],
+    listed: int,
+    card: Any,
 ) -> str:
-    """The error of a pointing game that could score no slice: which paths did not resolve
-    (with an example), which files could not be decoded, what the paths are relative to."""
-    if not items:
+    """The error of a pointing game that could score no slice: which box classes the model's
+    rule does not score (``pointing_rule``), which paths did not resolve (with an example),
+    which files could not be decoded, what the paths are relative to."""
+    if not listed:
         return f"{boxes_csv} lists no box: nothing to score."
+    if not items:
+        why = "; ".join(
+            f"{c} ({v['n']} boxed slices): {v['reason']}" for c, v in not_scored.items()
+        )
+        return (
+            f"None of the {listed} boxed slices of {boxes_csv} is of a class the pointing game "
+            f"scores with a model of the classes {list(card.class_names)}: {why}."
+        )
     missing = [rel for rel, _ in unreadable if not (root / rel).is_file()]
     bad = [(rel, why) for rel, why in unreadable if (root / rel).is_file()]
     parts = [f"None of the {len(items)} boxed slices of {boxes_csv} could be scored."]

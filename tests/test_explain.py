@@ -316,6 +316,33 @@ def test_explain_refuses_class_with_boxes(tmp_path):
     assert "predicted class" in res.output and not (tmp_path / "pg").exists()
 
 
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        (["--slices", "0,3"], "picks the DICOM/NIfTI slices"),
+        (["--top-k", "3"], "picks the DICOM/NIfTI slices"),  # the default value, given
+        (["--dicom-out", "sc"], "writes no heatmap"),
+        (["--show-paths"], "names files by their path in the boxes file"),
+        (["--modality", "CT"], "not DICOM/NIfTI"),
+        (["--nifti-4d", "refuse"], "not DICOM/NIfTI"),
+    ],
+)
+def test_explain_refuses_options_the_pointing_game_would_ignore(tmp_path, given, why):
+    """--slices, --top-k, --dicom-out, --show-paths and the scanner reading options change
+    nothing in the pointing game: each is a usage error (exit 2) naming it and why, before
+    the model is read (the model file here is no model)."""
+    (tmp_path / "m.keras").write_bytes(b"not read")
+    (tmp_path / "data" / "glioma").mkdir(parents=True)
+    (tmp_path / "boxes.csv").write_text("file,class,x_center,y_center,width,height\n")
+    res = _cli(
+        tmp_path / "m.keras", tmp_path / "data", "--boxes", tmp_path / "boxes.csv",
+        "--out", tmp_path / "pg", *given,
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert f"does not use {given[0]}" in res.output and why in res.output, res.output
+    assert not (tmp_path / "pg").exists() and not (tmp_path / "sc").exists()
+
+
 def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_path):
     """Blank slices 0-2 are not read (too little brain): slice 3 of the volume is called slice
     3 (not 0) in the row, the PNG name and --slices, as in its source nifti/<id>#3."""
@@ -579,3 +606,79 @@ def test_a_long_overlay_title_stays_inside_the_figure(tmp_path, monkeypatch):
     ((box, fig_box, text),) = figures
     assert text.count("\n") >= 1 and "".join(text.split()) == "".join(title.split())
     assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1 and box.y1 <= fig_box.y1
+
+
+def test_pointing_rule_is_one_per_kind_of_model():
+    """A yes/no model scores every boxed tumor type as its tumor class; a K-class model (or two
+    tumor types) scores a box only of its own class, by an exact match, and refuses others."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.errors import MriscanError
+    from mriscan.explain import pointing_rule, pointing_target
+    from mriscan.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig(size=32)
+    yn = ModelCard(pre, ("no", "yes"), 0.5, healthy="no")
+    assert pointing_rule(yn, "pituitary") is None
+    assert pointing_target(yn, "pituitary", np.array([0.2, 0.8])) == (1, True)
+    assert pointing_target(yn, "pituitary", np.array([0.8, 0.2])) == (1, False)
+    three = ModelCard(pre, ("glioma", "meningioma", "notumor"), None, healthy="notumor")
+    assert pointing_rule(three, "meningioma") is None
+    assert pointing_target(three, "meningioma", np.array([0.1, 0.8, 0.1])) == (1, True)
+    assert pointing_target(three, "meningioma", np.array([0.8, 0.1, 0.1])) == (1, False)
+    assert pointing_rule(three, "pituitary") == "not a class of the model"
+    with pytest.raises(MriscanError, match="does not score 'pituitary'"):
+        pointing_target(three, "pituitary", np.array([0.8, 0.1, 0.1]))  # was (0, True)
+    two_tumors = ModelCard(pre, ("glioma", "meningioma"), 0.5)
+    assert pointing_rule(two_tumors, "meningioma") is None
+    assert pointing_target(two_tumors, "meningioma", np.array([0.3, 0.7])) == (1, True)
+    assert "negative class" in pointing_rule(two_tumors, "glioma")
+    assert pointing_rule(two_tumors, "pituitary") == "not a class of the model"
+
+
+def test_pointing_game_does_not_score_a_box_class_the_model_lacks(three_class_model, tmp_path):
+    """A K-class model scored on a boxes file that also lists another tumor type: those slices
+    are counted and named as not scored (console and JSON), not counted as 'correct' when the
+    model calls them any tumor class."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from mriscan.artifacts import ModelCard
+    from mriscan.cli import main
+    from mriscan.errors import MriscanError
+    from mriscan.explain import pointing_game
+    from mriscan.preprocess import PreprocessConfig
+
+    path = tmp_path / "m.keras"
+    three_class_model.save(path)
+    pre = PreprocessConfig(size=32, crop=False, align=False, normalization="none")
+    ModelCard(pre, ("none", "left", "right"), None, healthy="none").save(path)
+    xt, yt = _three_class_task(18, seed=3)
+    rows = ["file,class,x_center,y_center,width,height"]
+    for i, (img, cls) in enumerate(zip(xt[..., 0], yt, strict=True)):
+        if cls == 0:
+            continue
+        # the right-blob slices are boxed as a tumor type the model was not trained on
+        name = "left" if cls == 1 else "other"
+        u8 = np.clip(img * 40 + 100, 0, 255).astype(np.uint8)
+        (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(u8).save(tmp_path / "data" / name / f"{i}.png")
+        c = 8 / 32 if cls == 1 else 24 / 32
+        rows.append(f"{name}/{i}.png,{name},{c},{c},0.3,0.3")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    result = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
+    assert set(result["per_class"]) == {"left"} and result["overall"]["n"] == 6
+    assert result["not_scored"] == {"other": {"n": 6, "reason": "not a class of the model"}}
+    assert "not scored" in result["rule"]
+    out = tmp_path / "pg"
+    args = ["explain", str(path), str(tmp_path / "data"), "--out", str(out)]
+    r = CliRunner().invoke(main, [*args, "--boxes", str(tmp_path / "boxes.csv")])
+    assert r.exit_code == 0, r.output
+    assert "not a class of the model: other, 6 boxed slices, not scored" in r.output
+    saved = json.loads((out / "pointing_game.json").read_text())
+    assert saved["not_scored"]["other"]["n"] == 6 and "other" not in saved["per_class"]
+    # only such boxes: an error that says why, not an empty table
+    (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
+    with pytest.raises(MriscanError, match="not a class of the model"):
+        pointing_game(path, tmp_path / "data", tmp_path / "only.csv")
