@@ -449,6 +449,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         )
         for suffix, seed in (("_seed2", {"seed": 2}),)
     },
+    # thirteenth session: does the coarse-input trend go on? 96² beat 128² across collections
+    # on all three seeds (rows 56, 59: mean AUC 0.903 vs 0.866), so 64² and 80² on seeds 0-2
+    **{
+        f"xc_{name}{suffix}": Experiment("s8_fast_align", {**changes, **seed})
+        for name, changes in (("s64", _size(64)), ("s80", _size(80)))
+        for suffix, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))
+    },
     "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),
     "xc_s96_smooth_seed1": Experiment(
         "s8_fast_align", {**_size(96), "preprocess.smooth": 1.0, "seed": 1}
