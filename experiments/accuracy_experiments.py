@@ -424,6 +424,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig4_s96_e12_smooth": Experiment(
         "s8_fast_align", {**_size(96), "fit.epochs": 12, "preprocess.smooth": 1.0}
     ),
+    # thirteenth session: 64² slices ranked figshare far better for the brain_mri model (target
+    # 1); whether the coarser input also helps the 4-class figshare model on brain_mri (target 3)
+    "fig4_s64_e12": Experiment("s8_fast_align", {**_size(64), "fit.epochs": 12}),
     # eleventh session: the defaults not yet re-decided across collections (issue 16: phantom
     # pre-training, resolution, width, epochs, class weights), each on seeds 0 and 1
     **{
