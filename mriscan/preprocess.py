@@ -47,7 +47,13 @@ class PreprocessConfig:
     Parameters
     ----------
     size : int
-        Output side S (images become S×S).
+        Output side S (images become S×S). Default 64 (thirteenth session; 128 before): a
+        ``brain_mri`` model at 64² ranks ``figshare_br35h`` at ROC AUC 0.967 / 0.969 / 0.957 on
+        three seeds against 0.892 / 0.857 / 0.848 at 128² and 0.929 / 0.909 / 0.871 at 96²
+        (experiments/ACCURACY.md rows 56, 59, 60), while its own 5-fold CV moves 0.877 / 0.930
+        → 0.838 / 0.936 (seed 0) and 0.855 / 0.929 → 0.851 / 0.937 (seed 1) (rows 47, 54, 61):
+        coarser slices carry less of each collection's texture and framing, which the models
+        had used as a shortcut (row 50).
     crop : bool
         Crop to the bounding box of the bright foreground (the head) first.
     margin : float
@@ -91,7 +97,7 @@ class PreprocessConfig:
         default. Configs saved before this field existed read as 0.
     """
 
-    size: int = 128
+    size: int = 64
     crop: bool = True
     margin: float = 0.02
     threshold: float = 0.1
