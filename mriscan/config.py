@@ -26,6 +26,7 @@ The weights that phantom pre-training produces depend on exactly the sub-configs
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
@@ -238,7 +239,8 @@ def parse_class_map(
     """``"yes=glioma,meningioma,pituitary;no=notumor"`` → ``(("yes", (...)), ("no", ...))``.
 
     Entries are separated by ``;`` (or given one per line); each is ``target=source,...``;
-    ``#`` starts a comment. ``min_targets``: the fewest targets the map may leave
+    ``#`` starts a comment. A source holding a comma is written in double quotes, as in a CSV
+    file: ``yes="Meningioma, WHO I",glioma``. ``min_targets``: the fewest targets the map may leave
     (``check_class_map``): 2 for a map a model is trained with, 1 for ``mriscan evaluate``'s
     (e.g. ``yes=glioma,meningioma``: the sensitivity of a yes/no model on a tumor-only
     collection). ``origin``: where ``text`` came from, for the messages (e.g. ``"the class map
@@ -262,7 +264,9 @@ def parse_class_map(
         if not entry:
             continue
         target, eq, sources = entry.partition("=")
-        names = tuple(s.strip() for s in sources.split(",") if s.strip())
+        # csv's rules: a folder name holding a comma is written in double quotes
+        fields = next(csv.reader([sources], skipinitialspace=True), [])
+        names = tuple(f.strip() for f in fields if f.strip())
         if not eq or not target.strip() or not names:
             raise ConfigError(
                 f"A class map entry must read target=source[,source...]. Received: {entry!r}."

@@ -424,3 +424,13 @@ def test_a_map_that_renames_a_class_onto_another_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
         resolve_task(data, plain)
     assert "after the data class" not in caplog.text
+
+
+def test_a_class_folder_with_a_comma_is_named_in_quotes():
+    cmap = parse_class_map('yes="Meningioma, WHO I", glioma;no=notumor')
+    assert cmap == (("yes", ("Meningioma, WHO I", "glioma")), ("no", ("notumor",)))
+    data = ["Meningioma, WHO I", "glioma", "notumor"]
+    task = resolve_task(data, TaskConfig(class_map=cmap))
+    assert task.class_names == ("no", "yes") and task.label_map.tolist() == [1, 1, 0]
+    # unquoted, the comma still separates two sources
+    assert parse_class_map("yes=glioma, meningioma;no=notumor")[0][1] == ("glioma", "meningioma")
