@@ -480,7 +480,7 @@ class TrainConfig:
     seed: int = _opt(0, "Seed of the split, initial weights, augmentation and phantoms.")
     image_size: int | None = _opt(
         None,
-        "Side S of the S×S slices when ingesting [default: 64 (generalised best to another "
+        "Side S of the S×S slices when ingesting [default: 48 (generalised best to another "
         "collection), or the store's size].",
     )
     model: ModelConfig = field(default_factory=ModelConfig)

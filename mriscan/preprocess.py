@@ -47,13 +47,14 @@ class PreprocessConfig:
     Parameters
     ----------
     size : int
-        Output side S (images become S×S). Default 64 (thirteenth session; 128 before): a
-        ``brain_mri`` model at 64² ranks ``figshare_br35h`` at ROC AUC 0.967 / 0.969 / 0.957 on
-        three seeds against 0.892 / 0.857 / 0.848 at 128² and 0.929 / 0.909 / 0.871 at 96²
-        (experiments/ACCURACY.md rows 56, 59, 60), while its own 5-fold CV moves 0.877 / 0.930
-        → 0.838 / 0.936 (seed 0) and 0.855 / 0.929 → 0.851 / 0.937 (seed 1) (rows 47, 54, 61):
+        Output side S (images become S×S). Default 48 (thirteenth session; 128 before): a
+        ``brain_mri`` model ranks ``figshare_br35h`` at mean ROC AUC 0.866 / 0.903 / 0.937 /
+        0.964 / **0.970** / 0.946 over three seeds at 128² / 96² / 80² / 64² / 48² / 32², while
+        its own 5-fold CV (seeds 0 and 1) gives accuracy 0.877 / 0.855 and AUC 0.930 / 0.929
+        at 128², 0.847 / 0.851 and 0.947 / 0.940 at 48² (experiments/ACCURACY.md rows 56-65):
         coarser slices carry less of each collection's texture and framing, which the models
-        had used as a shortcut (row 50).
+        had used as a shortcut (row 50). Below 48² lesions of a few millimetres vanish (a pixel
+        of a 230 mm field is 4.8 mm at 48², 7.2 mm at 32²), and 32² ranked worse anyway.
     crop : bool
         Crop to the bounding box of the bright foreground (the head) first.
     margin : float
@@ -97,7 +98,7 @@ class PreprocessConfig:
         default. Configs saved before this field existed read as 0.
     """
 
-    size: int = 64
+    size: int = 48
     crop: bool = True
     margin: float = 0.02
     threshold: float = 0.1

@@ -54,11 +54,11 @@ def test_every_era_spells_out_every_setting(era):
 def test_reference_pins_todays_defaults():
     """Fails when a default changes: add an era for the new defaults, keep old rows pinned."""
     res = ax.resolve("reference")
-    expected = override(CVConfig(), {"train.image_size": 64, "train.runtime.verbose": "silent"})
+    expected = override(CVConfig(), {"train.image_size": 48, "train.runtime.verbose": "silent"})
     assert res.cv == expected
     assert res.preprocess == PreprocessConfig()
     # and the chain of eras arrives at it (the rows pin float32, what their CPU ran)
-    assert ax._derive(ax.S13_S64, {"hardware.precision": "auto"}) == ax.REFERENCE
+    assert ax._derive(ax.S13_S48, {"hardware.precision": "auto"}) == ax.REFERENCE
 
 
 @pytest.mark.parametrize(
