@@ -250,7 +250,7 @@ def resolve_task(
         )
     if warn and cfg.class_map:
         _warn_renamed_onto_others(cfg.class_map, data)
-    healthy = _healthy_index(names, cfg.healthy)
+    healthy = _healthy_index(names, cfg.healthy, data, source_of)
     if len(names) == 2 and two_tumors:
         healthy = None  # e.g. glioma vs meningioma: the negative class is not "no tumor"
     if warn and cfg.healthy is not None and len(names) > 2:
@@ -392,8 +392,8 @@ def _warn_renamed_onto_others(class_map: Any, data: Sequence[str]) -> None:
         if target in data and target not in srcs:
             log.warning(
                 "the class map names the class %r after the data class %r but gives it the "
-                "slices of %s; check --class-map (classes are matched by name later, e.g. by "
-                "evaluate on another collection)",
+                "slices of %s; check --class-map (a swap or typo here scores or trains every "
+                "slice of those classes as the other)",
                 target,
                 target,
                 ", ".join(map(repr, srcs)),
@@ -411,7 +411,15 @@ def _all_tumor_like(names: Sequence[str], data: Sequence[str], source_of: dict[s
     return all(tumors(n) for n in names)
 
 
-def _healthy_index(names: list[str], healthy: str | None) -> int | None:
+def _healthy_index(
+    names: list[str],
+    healthy: str | None,
+    data: Sequence[str] = (),
+    source_of: dict[str, str] | None = None,
+) -> int | None:
+    """The no-tumor class of a task: ``healthy`` (``--healthy``); a two-class task's negative
+    class; else the one class named like a healthy class (``healthy_like``), or, when none is,
+    the one class whose data classes all are (``n=notumor``); None when there is no such one."""
     if healthy is not None:
         if healthy not in names:
             raise ConfigError(f"--healthy {healthy!r} is not one of the classes {names}.")
@@ -419,6 +427,11 @@ def _healthy_index(names: list[str], healthy: str | None) -> int | None:
     if len(names) == 2:
         return 0  # the negative class of a binary task
     found = [k for k, n in enumerate(names) if healthy_like(n)]
+    if not found and source_of:
+        for k, n in enumerate(names):
+            srcs = [d for d in data if source_of.get(d) == n]
+            if srcs and all(healthy_like(d) for d in srcs):
+                found.append(k)
     return found[0] if len(found) == 1 else None
 
 
@@ -511,6 +524,7 @@ def compare_classes(
     sides = f"The data have classes {list(data)}, the model {list(model)}."
     if class_map:
         check_class_map(class_map, min_targets=1)  # one class may be scored (not trained)
+        _warn_renamed_onto_others(class_map, data)
         source_of = {s: t for t, srcs in class_map for s in srcs}
         unknown = sorted(set(source_of) - set(data))
         if unknown:

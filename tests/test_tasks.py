@@ -434,3 +434,27 @@ def test_a_class_folder_with_a_comma_is_named_in_quotes():
     assert task.class_names == ("no", "yes") and task.label_map.tolist() == [1, 1, 0]
     # unquoted, the comma still separates two sources
     assert parse_class_map("yes=glioma, meningioma;no=notumor")[0][1] == ("glioma", "meningioma")
+
+
+def test_a_renamed_healthy_class_is_still_the_healthy_one():
+    """'g=glioma;m=meningioma;n=notumor': n holds only healthy slices, so it is the task's
+    healthy class (it had none: no tumor probability, evaluate refused tumor vs no tumor)."""
+    data = ["glioma", "meningioma", "notumor"]
+    task = resolve_task(
+        data, TaskConfig(class_map=parse_class_map("g=glioma;m=meningioma;n=notumor"))
+    )
+    assert task.class_names[task.healthy] == "n"
+    # two such classes: none is chosen (the warning of a merged store says why)
+    both = ["glioma", "no", "notumor"]
+    cmap = parse_class_map("g=glioma;a=no;b=notumor")
+    assert resolve_task(both, TaskConfig(class_map=cmap)).healthy is None
+
+
+def test_evaluate_warns_when_a_map_swaps_classes(caplog):
+    model = ("glioma", "meningioma", "notumor", "pituitary")
+    swap = parse_class_map(
+        "glioma=meningioma;meningioma=glioma;notumor=notumor;pituitary=pituitary"
+    )
+    with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+        compare_classes(list(model), model, "notumor", swap)
+    assert "names the class 'glioma' after the data class 'glioma'" in caplog.text

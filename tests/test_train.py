@@ -622,3 +622,27 @@ def test_a_class_map_in_another_order_that_makes_the_same_task_resumes(tmp_path)
                 "backup, 'b=meningioma,pituitary;a=glioma;notumor=notumor' now (the same "
                 "entries in another order" in msg
             ), msg
+
+
+def test_implant_for_a_task_it_cannot_serve_is_refused_before_pre_training(tmp_path, monkeypatch):
+    """train and cv refuse --implant on a task without exactly a healthy and a tumor class
+    before the phantom pre-training starts (they refused only after it: minutes, first time)."""
+    from conftest import build_class_store
+
+    import mriscan.training.crossval as cv_mod
+    import mriscan.training.workflow as wf
+
+    store = build_class_store(tmp_path / "s.zarr", ["glioma", "meningioma", "notumor"])
+
+    def no_pretraining(*a, **k):
+        raise AssertionError("pre-training started before the --implant check")
+
+    monkeypatch.setattr(wf, "starting_weights", no_pretraining)
+    monkeypatch.setattr(cv_mod, "starting_weights", no_pretraining)
+    cfg = fast(fit__implant=1)
+    with pytest.raises(ConfigError, match="--implant needs a two-class task"):
+        wf.train(store, cfg, out=tmp_path / "run")
+    from mriscan.config import CVConfig
+
+    with pytest.raises(ConfigError, match="--implant needs a two-class task"):
+        cv_mod.cross_validate(store, CVConfig(folds=2, train=cfg), out=tmp_path / "cv")

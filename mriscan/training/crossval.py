@@ -46,7 +46,14 @@ from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, Task, resolve_task
-from mriscan.training.fit import card_for, fit_and_calibrate, resume_state, score, start_record
+from mriscan.training.fit import (
+    card_for,
+    check_implant,
+    fit_and_calibrate,
+    resume_state,
+    score,
+    start_record,
+)
 from mriscan.training.pretrain import starting_weights
 from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
 
@@ -477,6 +484,7 @@ def cross_validate(
     cv = RunLayout(out).cv
     task = resolve_task(store.class_names, tcfg.task)
     log.info("task: %s", task.describe())
+    check_implant(task, tcfg)  # before the phantom pre-training, which can take minutes
     all_labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]

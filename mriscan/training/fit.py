@@ -43,6 +43,7 @@ __all__ = [
     "Fitted",
     "ResumeState",
     "card_for",
+    "check_implant",
     "fit_and_calibrate",
     "fit_model",
     "identity_differences",
@@ -62,6 +63,25 @@ def _verbosity(v: str) -> int:
     return {"bar": 1, "line": 2, "silent": 0}[v]
 
 
+def check_implant(task: Task, cfg: TrainConfig) -> None:
+    """Refuse ``cfg.fit.implant`` > 0 for a task it cannot serve: implants are drawn into the
+    healthy class's slices and labelled as the tumor class, so the task must have exactly
+    those two classes. train and cv call it before the phantom pre-training, so that the
+    refusal does not wait for it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the task and a class map that would make one.
+    """
+    if cfg.fit.implant and (not task.binary or task.healthy is None):
+        raise ConfigError(
+            "--implant needs a two-class task of a healthy and a tumor class (e.g. no/ and "
+            f"yes/, or a --class-map such as 'yes=glioma,meningioma;no=notumor'); this task is "
+            f"{task.describe()}."
+        )
+
+
 def _with_implants(
     store: ImageStore, train_idx: np.ndarray, cfg: TrainConfig, folder: Path
 ) -> ImageStore:
@@ -79,12 +99,7 @@ def _with_implants(
         healthy slices and labelled as the tumor class).
     """
     task = resolve_task(store.class_names, cfg.task, warn=False)
-    if not task.binary or task.healthy is None:
-        raise ConfigError(
-            "--implant needs a two-class task of a healthy and a tumor class (e.g. no/ and "
-            f"yes/, or a --class-map such as 'yes=glioma,meningioma;no=notumor'); this task is "
-            f"{task.describe()}."
-        )
+    check_implant(task, cfg)
     images, labels = store.read_batch(np.sort(train_idx))
     tumor = 1 - task.healthy
     tumor_data_label = int(np.flatnonzero(task.label_map == tumor)[0])

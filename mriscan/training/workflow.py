@@ -29,7 +29,13 @@ from mriscan.sources import open_or_ingest
 from mriscan.splits import oversized_groups, split_indices
 from mriscan.store import ImageStore
 from mriscan.tasks import Task, resolve_task
-from mriscan.training.fit import Calibrated, card_for, fit_and_calibrate, start_record
+from mriscan.training.fit import (
+    Calibrated,
+    card_for,
+    check_implant,
+    fit_and_calibrate,
+    start_record,
+)
 from mriscan.training.pretrain import starting_weights
 
 __all__ = [
@@ -120,6 +126,7 @@ def train(
     )
     task = resolve_task(store.class_names, cfg.task)
     log.info("task: %s", task.describe())
+    check_implant(task, cfg)  # before the phantom pre-training, which can take minutes
     labels = task.labels(store.labels)
     kept = task.usable(store.labels, store.active_indices())
     check_every_class_has_slices(labels[kept], task, store)
