@@ -93,11 +93,7 @@ def tumor_like(name: str) -> bool:
     """True for a tumor name (``positive_like``) or a tumor type: ``glioma``, ``meningioma``,
     ``pituitary``, ... (``TUMOR_TYPE_NAMES``), alone or followed by ``tumor``/``tumour``
     (``glioma_tumor``); compared case-insensitively, ignoring ``_``, ``-`` and spaces."""
-    n = _norm(name)
-    for suffix in ("tumor", "tumour"):
-        if n.endswith(suffix) and n[: -len(suffix)] in TUMOR_TYPE_NAMES:
-            return True
-    return positive_like(name) or n in TUMOR_TYPE_NAMES
+    return positive_like(name) or _class_key(name) in TUMOR_TYPE_NAMES
 
 
 @dataclass(frozen=True)
@@ -227,7 +223,7 @@ def resolve_task(
                 raise ConfigError(f"--healthy {cfg.healthy!r} is not one of the classes {names}.")
             positive = next(n for n in names if n != cfg.healthy)  # the other one
         names, guess = _order_binary(names, positive)
-        two_tumors = cfg.healthy is None and _all_tumor_like(names, data, source_of)
+        two_tumors = _healthy_index(names, cfg.healthy, data, source_of) is None
         if warn and two_tumors:
             log.info(
                 "both classes (%r, %r) hold tumors: the task has no healthy class, so no tumor "
@@ -242,7 +238,7 @@ def resolve_task(
                 names[0],
             )
     else:
-        guess, two_tumors = "", False
+        guess = ""
     if len(names) != 2 and cfg.positive is not None:
         raise ConfigError(
             f"--positive applies to two-class tasks; this one has {len(names)} classes "
@@ -251,8 +247,6 @@ def resolve_task(
     if warn and cfg.class_map:
         _warn_renamed_onto_others(cfg.class_map, data)
     healthy = _healthy_index(names, cfg.healthy, data, source_of)
-    if len(names) == 2 and two_tumors:
-        healthy = None  # e.g. glioma vs meningioma: the negative class is not "no tumor"
     if warn and cfg.healthy is not None and len(names) > 2:
         _check_healthy_name(names, cfg.healthy, data, source_of)
     if warn and healthy is None and len(names) > 2:
@@ -400,15 +394,17 @@ def _warn_renamed_onto_others(class_map: Any, data: Sequence[str]) -> None:
             )
 
 
+def _held_by(name: str, data: Sequence[str], source_of: dict[str, str], like) -> bool:
+    """Whether a task class is of a kind (``like``: ``tumor_like`` or ``healthy_like``) by the
+    data classes it holds: it holds some, and every one is of that kind (``n=notumor``)."""
+    srcs = [d for d in data if source_of.get(d) == name]
+    return bool(srcs) and all(like(d) for d in srcs)
+
+
 def _all_tumor_like(names: Sequence[str], data: Sequence[str], source_of: dict[str, str]) -> bool:
     """Whether every class of a task holds tumors: named like a tumor (``tumor_like``), or
     every data class mapped to it is (``a=glioma;b=meningioma``)."""
-
-    def tumors(name: str) -> bool:
-        srcs = [d for d in data if source_of.get(d) == name]
-        return tumor_like(name) or (bool(srcs) and all(tumor_like(d) for d in srcs))
-
-    return all(tumors(n) for n in names)
+    return all(tumor_like(n) or _held_by(n, data, source_of, tumor_like) for n in names)
 
 
 def _healthy_index(
@@ -418,20 +414,19 @@ def _healthy_index(
     source_of: dict[str, str] | None = None,
 ) -> int | None:
     """The no-tumor class of a task: ``healthy`` (``--healthy``); a two-class task's negative
-    class; else the one class named like a healthy class (``healthy_like``), or, when none is,
-    the one class whose data classes all are (``n=notumor``); None when there is no such one."""
+    class, or None when both classes hold tumors (``_all_tumor_like``); else the one class
+    named like a healthy class (``healthy_like``), or, when none is, the one class whose data
+    classes all are (``n=notumor``); None when there is no such one."""
     if healthy is not None:
         if healthy not in names:
             raise ConfigError(f"--healthy {healthy!r} is not one of the classes {names}.")
         return names.index(healthy)
     if len(names) == 2:
-        return 0  # the negative class of a binary task
+        # the negative class of a binary task, unless both hold tumors (glioma vs meningioma)
+        return None if source_of and _all_tumor_like(names, data, source_of) else 0
     found = [k for k, n in enumerate(names) if healthy_like(n)]
     if not found and source_of:
-        for k, n in enumerate(names):
-            srcs = [d for d in data if source_of.get(d) == n]
-            if srcs and all(healthy_like(d) for d in srcs):
-                found.append(k)
+        found = [k for k, n in enumerate(names) if _held_by(n, data, source_of, healthy_like)]
     return found[0] if len(found) == 1 else None
 
 
@@ -599,7 +594,7 @@ def _class_key(name: str) -> str:
     n = _norm(name)
     for suffix in ("tumor", "tumour"):
         if n.endswith(suffix) and n[: -len(suffix)] in TUMOR_TYPE_NAMES:
-            return n[: -len(suffix)]
+            return n[: -len(suffix)]  # glioma_tumor -> glioma
     return n.replace("tumour", "tumor")
 
 
