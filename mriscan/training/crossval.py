@@ -42,20 +42,18 @@ from mriscan.evaluate import (
     write_unit_rows,
 )
 from mriscan.readers import ReadOptions
-from mriscan.sources import open_or_ingest
 from mriscan.splits import cv_splits, oversized_groups
 from mriscan.store import ImageStore
-from mriscan.tasks import Comparison, Task, resolve_task
+from mriscan.tasks import Comparison, Task
 from mriscan.training.fit import (
     card_for,
-    check_implant,
     fit_and_calibrate,
     resume_state,
     score,
     start_record,
 )
 from mriscan.training.pretrain import starting_weights
-from mriscan.training.workflow import check_every_class_has_slices, pretrain_protocol, setup_for
+from mriscan.training.workflow import open_for_task, pretrain_protocol, setup_for
 
 __all__ = [
     "HEADLINE",
@@ -473,22 +471,10 @@ def cross_validate(
     cfg = config if config is not None else CVConfig()
     tcfg = cfg.train
     t0 = time.perf_counter()
-    store = open_or_ingest(
-        data,
-        store_path=store_path,
-        image_size=tcfg.image_size,
-        check_classes=lambda names: resolve_task(names, tcfg.task, warn=False),
-        read_options=read_options,
-        used_classes=tcfg.task.used_classes,
-    )
+    store, task, kept = open_for_task(data, tcfg, store_path, read_options)
     cv = RunLayout(out).cv
-    task = resolve_task(store.class_names, tcfg.task)
-    log.info("task: %s", task.describe())
-    check_implant(task, tcfg)  # before the phantom pre-training, which can take minutes
     all_labels = task.labels(store.labels)
-    kept = task.usable(store.labels, store.active_indices())
     labels, groups = all_labels[kept], store.groups[kept]
-    check_every_class_has_slices(labels, task, store)
     start = None
     per_fold: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []

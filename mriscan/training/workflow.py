@@ -42,6 +42,7 @@ __all__ = [
     "TrainResult",
     "check_every_class_has_slices",
     "check_split",
+    "open_for_task",
     "pretrain_protocol",
     "setup_for",
     "train",
@@ -116,20 +117,8 @@ def train(
     cfg = config if config is not None else TrainConfig()
     t0 = time.perf_counter()
     layout = RunLayout(out)
-    store = open_or_ingest(
-        data,
-        store_path=store_path,
-        image_size=cfg.image_size,
-        check_classes=lambda names: resolve_task(names, cfg.task, warn=False),  # said below
-        read_options=read_options,
-        used_classes=cfg.task.used_classes,
-    )
-    task = resolve_task(store.class_names, cfg.task)
-    log.info("task: %s", task.describe())
-    check_implant(task, cfg)  # before the phantom pre-training, which can take minutes
+    store, task, kept = open_for_task(data, cfg, store_path, read_options)
     labels = task.labels(store.labels)
-    kept = task.usable(store.labels, store.active_indices())
-    check_every_class_has_slices(labels[kept], task, store)
     positive_parts = [f for f in (cfg.split.val_fraction, cfg.split.test_fraction) if f > 0]
     recs = store.index.records
     for line in oversized_groups(
@@ -242,6 +231,44 @@ def _remove_stale_evaluation(layout: RunLayout, replaced: str | None, new: str) 
             "again for the new one)",
             ev.root,
         )
+
+
+def open_for_task(
+    data: str | os.PathLike[str] | ImageStore,
+    cfg: TrainConfig,
+    store_path: str | os.PathLike[str] | None,
+    read_options: ReadOptions | None,
+) -> tuple[ImageStore, Task, np.ndarray]:
+    """What ``train`` and ``cross_validate`` do before any training: open (or ingest) the
+    data, resolve the task (its warnings said once, here), log it, and refuse a task that
+    ``--implant`` cannot serve (``check_implant``: before the phantom pre-training, which can
+    take minutes) or a class without a usable slice (``check_every_class_has_slices``).
+
+    Returns
+    -------
+    (store, task, kept)
+        ``kept``: sorted int64 positions of the usable samples (``Task.usable``).
+
+    Raises
+    ------
+    ConfigError
+        As ``open_or_ingest``, ``resolve_task``, ``check_implant`` and
+        ``check_every_class_has_slices`` raise it.
+    """
+    store = open_or_ingest(
+        data,
+        store_path=store_path,
+        image_size=cfg.image_size,
+        check_classes=lambda names: resolve_task(names, cfg.task, warn=False),  # said below
+        read_options=read_options,
+        used_classes=cfg.task.used_classes,
+    )
+    task = resolve_task(store.class_names, cfg.task)
+    log.info("task: %s", task.describe())
+    check_implant(task, cfg)
+    kept = task.usable(store.labels, store.active_indices())
+    check_every_class_has_slices(task.labels(store.labels)[kept], task, store)
+    return store, task, kept
 
 
 def check_every_class_has_slices(
