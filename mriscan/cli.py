@@ -1460,13 +1460,6 @@ def explain(
     from mriscan.scan_predict import problem_rows
 
     if boxes is not None:
-        if explain_class is not None:
-            raise click.UsageError(
-                "--class and --boxes exclude each other: the pointing game scores the map of "
-                "the predicted class of each correctly classified tumor slice (that is, its "
-                "true class), not a chosen one; --class is for the heatmap PNGs. Leave out "
-                "--class or --boxes."
-            )
         _refuse_with_boxes(click.get_current_context())
         _pointing_game(model_path, images, boxes, out, method)
         return
@@ -1512,13 +1505,14 @@ def explain(
 
 
 #: explain's parameters that the pointing game (--boxes) uses; every other one it would ignore
-_BOXES_USES = {"model_path", "images", "out", "boxes", "method", "explain_class"}
+_BOXES_USES = {"model_path", "images", "out", "boxes", "method"}
 
 
 def _refuse_with_boxes(ctx: click.Context) -> None:
     """``explain --boxes``: a usage error (exit 2, before the model loads) naming each option
     given that the pointing game would ignore, and why, instead of a run that silently drops
-    it. --slices, --top-k, --dicom-out and the DICOM/NIfTI reading options only act on the
+    it. --class picks the map of the heatmap PNGs (the game maps each slice's predicted
+    class); --slices, --top-k, --dicom-out and the DICOM/NIfTI reading options only act on the
     heatmap PNGs of scanner slices; --show-paths changes no name there, as the pointing game
     reads the JPEG/PNG files the boxes file lists and always names them by that path."""
     given = [
@@ -1530,6 +1524,9 @@ def _refuse_with_boxes(ctx: click.Context) -> None:
     if not given:
         return
     why = {
+        "explain_class": "--class and --boxes exclude each other: the pointing game scores the "
+        "map of the predicted class of each correctly classified tumor slice (that is, its true "
+        "class), not a chosen one; --class is for the heatmap PNGs",
         "slice_list": "it picks the DICOM/NIfTI slices to draw; the pointing game scores every "
         "boxed slice",
         "top_k": "it picks the DICOM/NIfTI slices to draw; the pointing game scores every "
