@@ -594,10 +594,11 @@ class Protocol:
                 f"stratified {self.folds}-fold CV x {self.repeats} (seed {self.seed}); {groups}; "
                 f"{self.val_fraction:.0%} of each training fold (group-aware) chooses "
                 + ("the checkpoint by val AUC and " if self.select == "best" else "")
-                + f"the threshold ({self.threshold_rule}); each test fold predicted once{pre}"
+                + "with the fold's training slices the threshold "
+                + f"({self.threshold_rule}); each test fold predicted once{pre}"
             )
         return (
             f"stratified train/val/test split (seed {self.seed}, val {self.val_fraction:.0%}, "
-            f"test {self.test_fraction:.0%}); {groups}; threshold chosen on validation only "
-            f"({self.threshold_rule}){pre}"
+            f"test {self.test_fraction:.0%}); {groups}; threshold chosen on training and "
+            f"validation slices, never test ({self.threshold_rule}){pre}"
         )

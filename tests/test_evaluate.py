@@ -39,21 +39,43 @@ def test_evaluate_recorded_test_split_and_folder(small_store, tmp_path, class_fo
 
 
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
-    """The threshold is computed from validation labels only: corrupting test labels for
-    threshold selection would be visible here as a call with test indices."""
+    """The threshold is computed from validation and training slices only: the rule is called
+    once, with the validation labels and the training labels, never with a test slice's."""
     import mriscan.metrics as mx
+    import mriscan.training.fit as fit
 
-    seen: list[int] = []
-    real = mx.youden_threshold
+    seen: list[tuple[int, int]] = []
+    real = mx.choose_threshold
+    picked: list[np.ndarray] = []
+    real_sample = fit.threshold_sample
 
-    def spy(y, p):
-        seen.append(len(y))
-        return real(y, p)
+    def spy(yv, pv, yt=None, pt=None):
+        seen.append((len(yv), len(yt)))
+        return real(yv, pv, yt, pt)
 
-    monkeypatch.setattr(mx, "youden_threshold", spy)
+    def spy_sample(idx, seed):
+        picked.append(real_sample(idx, seed))
+        return picked[-1]
+
+    monkeypatch.setattr(mx, "choose_threshold", spy)
+    monkeypatch.setattr(fit, "threshold_sample", spy_sample)
     result = train(small_store, TINY, out=tmp_path / "a")
-    assert seen == [len(result.split["val"])]
+    assert seen == [(len(result.split["val"]), len(result.split["train"]))]
+    assert set(picked[0]) == set(result.split["train"])
     assert set(result.split["val"]).isdisjoint(result.split["test"])
+    assert set(picked[0]).isdisjoint(result.split["test"])
+
+
+def test_threshold_sample_caps_training_slices():
+    from mriscan.training.fit import THRESHOLD_TRAIN_SAMPLE, threshold_sample
+
+    small = np.arange(10, 60)
+    assert threshold_sample(small, 0).tolist() == small.tolist()
+    big = np.arange(3, 3 + 3 * THRESHOLD_TRAIN_SAMPLE)
+    a, b = threshold_sample(big, 0), threshold_sample(big, 0)
+    assert len(a) == THRESHOLD_TRAIN_SAMPLE and np.all(np.diff(a) > 0)
+    assert set(a) <= set(big) and a.tolist() == b.tolist()
+    assert threshold_sample(big, 1).tolist() != a.tolist()
 
 
 def test_a_rebuilt_store_is_refused_for_a_recorded_split(small_store):

@@ -66,6 +66,45 @@ def test_youden_threshold_separates_perfectly_separable_scores():
     assert binary_metrics(y, p, threshold=t)["accuracy"] == 1.0
 
 
+def test_balanced_platt_threshold_is_the_equal_prior_crossing():
+    """Two Gaussian score clouds in log-odds, centred at -2 and +1 with equal spread: the
+    balanced Bayes cut lies midway (-0.5), whatever the class ratio; Youden's J on a small
+    sample lands wherever the two or three extreme slices put it."""
+    rng = np.random.default_rng(0)
+    for n_pos, n_neg in ((2000, 2000), (400, 3600)):
+        x = np.r_[rng.normal(1.0, 1.0, n_pos), rng.normal(-2.0, 1.0, n_neg)]
+        y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+        t = mx.balanced_platt_threshold(y, 1 / (1 + np.exp(-x)))
+        assert np.log(t / (1 - t)) == pytest.approx(-0.5, abs=0.12)
+
+
+def test_balanced_platt_threshold_is_finite_on_separable_scores():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.7, 0.8])
+    t = mx.balanced_platt_threshold(y, p)
+    assert 0.3 < t < 0.7
+    assert binary_metrics(y, p, threshold=t)["accuracy"] == 1.0
+
+
+def test_balanced_platt_threshold_refuses_one_class_and_warns_on_reversed_scores(caplog):
+    with pytest.raises(ValueError, match="both classes"):
+        mx.balanced_platt_threshold(np.ones(4, int), np.full(4, 0.7))
+    y = np.array([0, 0, 0, 1, 1, 1])
+    with caplog.at_level("WARNING"):
+        t = mx.balanced_platt_threshold(y, np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]))
+    assert t == 0.5 and "does not rank tumor slices above healthy" in caplog.text
+
+
+def test_choose_threshold_pools_training_predictions():
+    """Validation alone is balanced at 0; with training scores that sit lower the cut moves."""
+    yv, pv = np.array([0, 0, 1, 1]), np.array([0.3, 0.45, 0.55, 0.7])
+    alone = mx.choose_threshold(yv, pv)
+    yt = np.r_[np.zeros(50, int), np.ones(50, int)]
+    pt = np.r_[np.linspace(0.01, 0.2, 50), np.linspace(0.25, 0.5, 50)]
+    pooled = mx.choose_threshold(yv, pv, yt, pt)
+    assert abs(alone - 0.5) < 0.02 and pooled < 0.35
+
+
 def test_bootstrap_ci_brackets_the_estimate():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)

@@ -540,7 +540,7 @@ def cross_validate(
             tag,
             m["accuracy"],
             m[key],
-            f" (threshold {thr:.3f} from validation)" if thr is not None else "",
+            f" (threshold {thr:.3f} from training and validation)" if thr is not None else "",
         )
         y_fold = all_labels[test_idx]
         pred = _predicted(task, prob, thr)

@@ -1,8 +1,9 @@
 """Fitting one model, and the one sequence that turns a split into a calibrated model.
 
 ``fit_and_calibrate`` is the recipe every command ships: fit on the training part, choose the
-decision threshold on the validation part (``mriscan.metrics.choose_threshold``), predict the
-test part once. ``train`` and ``cross_validate`` both call it, so they cannot drift apart.
+decision threshold on the validation and training predictions
+(``mriscan.metrics.choose_threshold``), predict the test part once. ``train`` and
+``cross_validate`` both call it, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -536,6 +537,22 @@ def score(task: Task, y: np.ndarray, prob: np.ndarray, threshold: float | None) 
     return mx.multiclass_metrics(y, prob, task.class_names)
 
 
+#: training slices predicted for the threshold (``mriscan.metrics.choose_threshold``): enough
+#: to place a two-parameter logistic fit, few enough to stay seconds at millions of slices
+THRESHOLD_TRAIN_SAMPLE = 4096
+
+
+def threshold_sample(train_idx: np.ndarray, seed: int) -> np.ndarray:
+    """The training positions whose predictions join the validation ones for the threshold:
+    all of them up to ``THRESHOLD_TRAIN_SAMPLE``, else a seeded random sample of that size,
+    sorted (store reads in order). ndarray of shape (min(n, 4096),), int64."""
+    idx = np.asarray(train_idx, np.int64)
+    if len(idx) <= THRESHOLD_TRAIN_SAMPLE:
+        return idx
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(idx, THRESHOLD_TRAIN_SAMPLE, replace=False))
+
+
 def fit_and_calibrate(
     store: ImageStore,
     split: dict[str, np.ndarray],
@@ -546,7 +563,8 @@ def fit_and_calibrate(
     init_weights: Path | None = None,
     callbacks: list | None = None,
 ) -> Calibrated:
-    """Fit on ``split["train"]``, choose the threshold on ``split["val"]``, score ``split["test"]``.
+    """Fit on ``split["train"]``, choose the threshold on the validation and training
+    predictions (``mriscan.metrics.choose_threshold``; never test), score ``split["test"]``.
 
     Raises
     ------
@@ -575,7 +593,11 @@ def fit_and_calibrate(
             "--learning-rate."
         )
     y_val = labels[split["val"]]
-    threshold = mx.choose_threshold(y_val, val_prob[:, 1]) if task.binary else None
+    threshold = None
+    if task.binary:
+        seen = threshold_sample(split["train"], cfg.seed)
+        train_prob = predict_store(model, store, seen, tta=cfg.fit.tta)
+        threshold = mx.choose_threshold(y_val, val_prob[:, 1], labels[seen], train_prob[:, 1])
     validation = score(task, y_val, val_prob, threshold)
     test_idx = split.get("test", np.empty(0, np.int64))
     test_prob, test = np.empty((0, task.num_classes), np.float64), None
@@ -600,10 +622,10 @@ def card_for(
     start: WeightsReport | None = None,
     seen: np.ndarray | None = None,
 ) -> ModelCard:
-    """The model card of a model trained on ``store`` with ``cfg`` (threshold from validation)
-    that started from the weights ``start`` reports (None: random initial weights); ``seen``:
-    the positions of its training and validation slices, whose patients the card lists
-    (``ModelCard.train_patients``; None: not listed)."""
+    """The model card of a model trained on ``store`` with ``cfg`` (threshold from training
+    and validation) that started from the weights ``start`` reports (None: random initial
+    weights); ``seen``: the positions of its training and validation slices, whose patients
+    the card lists (``ModelCard.train_patients``; None: not listed)."""
     task = resolve_task(store.class_names, cfg.task, warn=False)
     patients = None
     if seen is not None and store.key_id:
