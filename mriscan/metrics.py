@@ -126,7 +126,7 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(np.clip(0.5 * (thr[k] + lower), 1e-6, 1 - 1e-6))
 
 
-THRESHOLD_RULE = "class-balanced Platt scaling of the training and validation predictions (P = 0.5)"
+THRESHOLD_RULE = "class-balanced Platt scaling of training and validation predictions, cut at 0.5"
 
 
 ARGMAX_RULE = "most probable class"
