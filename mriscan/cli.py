@@ -625,6 +625,7 @@ _TRAIN_OPTIONS = (
     ("fit.implant", "--implant"),
     ("optimizer.learning_rate", "--learning-rate"),
     ("split.val_fraction", "--val-fraction"),
+    ("fit.threshold_rule", "--threshold-rule"),
     ("task.class_map", "--class-map"),
     ("task.positive", "--positive"),
     ("task.healthy", "--healthy"),

@@ -42,6 +42,7 @@ __all__ = [
     "PRETRAIN_KEY_PARTS",
     "SELECT_MODES",
     "STRATEGIES",
+    "THRESHOLD_RULES",
     "VERBOSITY",
     "CVConfig",
     "FitConfig",
@@ -64,6 +65,8 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored")
 PIPELINES = ("auto", "pydataset", "tfdata")
 SELECT_MODES = ("last", "best")
+#: how a two-class model's decision threshold is chosen (``mriscan.metrics.choose_threshold``)
+THRESHOLD_RULES = ("platt", "youden")
 VERBOSITY = ("auto", "bar", "line", "silent")
 #: explain's class-activation maps (mriscan.explain); LayerCAM is the default because it hit the
 #: tumor boxes of figshare_br35h more often than Grad-CAM (experiments/ACCURACY.md row 49)
@@ -442,6 +445,13 @@ class FitConfig:
         "lesions drawn in, as tumor examples (0: off; validation and test slices stay real).",
     )
     tta: bool = True
+    threshold_rule: str = _opt(
+        "platt",
+        "Decision threshold of a two-class model: platt = class-balanced Platt scaling of the "
+        "training and validation predictions (carried best to another collection); youden = "
+        "Youden's J on the validation split alone (the rule of earlier versions).",
+        THRESHOLD_RULES,
+    )
     init_weights: str | None = _opt(
         None,
         "Start from this weights file (.weights.h5, .keras, or Keras 2 .h5) instead of the "
@@ -462,6 +472,7 @@ class FitConfig:
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ConfigError(f"patience must be >= 1 or None. Received: {self.patience!r}.")
         _choice(self, "select", SELECT_MODES)
+        _choice(self, "threshold_rule", THRESHOLD_RULES)
         i = self.implant
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
             raise ConfigError(f"implant must be 0 (off) or a number of copies. Received: {i!r}.")

@@ -34,6 +34,7 @@ __all__ = [
     "ARGMAX_RULE",
     "BINARY_CI_NEEDS",
     "THRESHOLD_RULE",
+    "THRESHOLD_RULE_TEXT",
     "balanced_platt_threshold",
     "binary_metrics",
     "bootstrap_ci",
@@ -126,16 +127,22 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(np.clip(0.5 * (thr[k] + lower), 1e-6, 1 - 1e-6))
 
 
-THRESHOLD_RULE = "class-balanced Platt scaling of training and validation predictions, cut at 0.5"
+#: each ``mriscan.config.THRESHOLD_RULES`` name in words, as model cards and metrics state it
+THRESHOLD_RULE_TEXT = {
+    "platt": "class-balanced Platt scaling of training and validation predictions, cut at 0.5",
+    "youden": "Youden's J on the validation split",
+}
+#: the default rule in words
+THRESHOLD_RULE = THRESHOLD_RULE_TEXT["platt"]
 
 
 ARGMAX_RULE = "most probable class"
 
 
-def decision_rule(binary: bool) -> str:
-    """How a model's class is decided: ``THRESHOLD_RULE`` for two classes, else the most
-    probable class (``ARGMAX_RULE``)."""
-    return THRESHOLD_RULE if binary else ARGMAX_RULE
+def decision_rule(binary: bool, rule: str = "platt") -> str:
+    """How a model's class is decided: ``THRESHOLD_RULE_TEXT[rule]`` for two classes, else the
+    most probable class (``ARGMAX_RULE``)."""
+    return THRESHOLD_RULE_TEXT[rule] if binary else ARGMAX_RULE
 
 
 def balanced_platt_threshold(y_true: np.ndarray, prob: np.ndarray, *, c: float = 1.0) -> float:
@@ -196,17 +203,22 @@ def choose_threshold(
     p_val: np.ndarray,
     y_train: np.ndarray | None = None,
     p_train: np.ndarray | None = None,
+    *,
+    rule: str = "platt",
 ) -> float:
-    """The decision threshold every binary mriscan model ships with (``THRESHOLD_RULE``).
+    """The decision threshold of a binary mriscan model (``THRESHOLD_RULE_TEXT[rule]``).
 
-    The one place to change the rule: ``train`` and ``cross_validate`` both call it (through
-    ``mriscan.training.fit.fit_and_calibrate``), never with test slices. Today:
-    ``balanced_platt_threshold`` on the validation and (a sample of) the training predictions
-    together. It replaced Youden's J on the validation split alone (``youden_threshold``,
-    Youden 1950), whose cut moved from 0.14 to 0.62 between seeds on 34-slice splits: on 13
-    cross-validations and 6 cross-collection runs already in the accuracy log it raised
-    brain_mri CV accuracy by 0.015 on average and balanced accuracy on another collection by
-    0.017 (experiments/threshold_carry.py, ACCURACY.md row 66).
+    The one place the rules live: ``train`` and ``cross_validate`` both call it (through
+    ``mriscan.training.fit.fit_and_calibrate``), never with test slices.
+
+    - ``"platt"`` (the default, ``FitConfig.threshold_rule``): ``balanced_platt_threshold`` on
+      the validation and (a sample of) the training predictions together. It replaced Youden's
+      J, whose cut moved from 0.14 to 0.62 between seeds on 34-slice validation splits: on 13
+      cross-validations and 6 cross-collection runs already in the accuracy log it raised
+      brain_mri CV accuracy by 0.015 on average and balanced accuracy on another collection by
+      0.017 (experiments/threshold_carry.py, ACCURACY.md row 66).
+    - ``"youden"``: ``youden_threshold`` (Youden 1950) on the validation predictions alone
+      (training ones ignored), the rule before; older rows of the log re-run with it.
 
     Parameters
     ----------
@@ -218,8 +230,13 @@ def choose_threshold(
     Raises
     ------
     ValueError
-        As ``balanced_platt_threshold``: mismatched lengths, or one class only.
+        As ``balanced_platt_threshold``: mismatched lengths, or one class only; or an unknown
+        ``rule``.
     """
+    if rule == "youden":
+        return youden_threshold(y_val, p_val)
+    if rule != "platt":
+        raise ValueError(f"Unknown threshold rule {rule!r}; known: {sorted(THRESHOLD_RULE_TEXT)}.")
     y, p = np.asarray(y_val), np.asarray(p_val)
     if y_train is not None and p_train is not None:
         y = np.concatenate([y, np.asarray(y_train)])

@@ -37,6 +37,7 @@ def test_override_replaces_nested_settings_and_validates():
         ("optimizer.learning_rate", -1.0, "learning_rate must be a finite"),
         ("pretrain.phantoms", 5, "at least 20 phantoms"),
         ("fit.select", "first", "select must be one of"),
+        ("fit.threshold_rule", "otsu", "threshold_rule must be one of"),
         ("runtime.pipeline", "dali", "pipeline must be one of"),
         ("model.filters", (8, 8), "filters must be 4 positive integers"),
         ("image_size", 0, "image_size must be a positive integer"),

@@ -66,6 +66,28 @@ def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
     assert set(picked[0]).isdisjoint(result.split["test"])
 
 
+def test_youden_rule_reads_validation_only(monkeypatch, small_store, tmp_path):
+    """``--threshold-rule youden`` (the rule of the older accuracy-log rows): Youden's J on the
+    validation slices alone, no training predictions, and the card says so."""
+    import dataclasses
+
+    import mriscan.metrics as mx
+
+    seen: list[int] = []
+    real = mx.youden_threshold
+
+    def spy(y, p):
+        seen.append(len(y))
+        return real(y, p)
+
+    monkeypatch.setattr(mx, "youden_threshold", spy)
+    cfg = dataclasses.replace(TINY, fit=dataclasses.replace(TINY.fit, threshold_rule="youden"))
+    result = train(small_store, cfg, out=tmp_path / "y")
+    assert seen == [len(result.split["val"])]
+    card = json.loads((tmp_path / "y" / "models" / "best_model.json").read_text())
+    assert card["threshold_rule"] == mx.THRESHOLD_RULE_TEXT["youden"]
+
+
 def test_threshold_sample_caps_training_slices():
     from mriscan.training.fit import THRESHOLD_TRAIN_SAMPLE, threshold_sample
 

@@ -58,7 +58,7 @@ def test_reference_pins_todays_defaults():
     assert res.cv == expected
     assert res.preprocess == PreprocessConfig()
     # and the chain of eras arrives at it (the rows pin float32, what their CPU ran)
-    assert ax._derive(ax.S13_S48, {"hardware.precision": "auto"}) == ax.REFERENCE
+    assert ax._derive(ax.S14_PLATT, {"hardware.precision": "auto"}) == ax.REFERENCE
 
 
 @pytest.mark.parametrize(

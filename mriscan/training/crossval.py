@@ -587,7 +587,7 @@ def cross_validate(
         kind="cv",
         seed=tcfg.seed,
         val_fraction=tcfg.split.val_fraction,
-        threshold_rule=mx.decision_rule(task.binary),
+        threshold_rule=mx.decision_rule(task.binary, tcfg.fit.threshold_rule),
         duplicate_threshold=DEFAULT_THRESHOLD,
         folds=cfg.folds,
         repeats=cfg.repeats,

@@ -594,7 +594,9 @@ def fit_and_calibrate(
         )
     y_val = labels[split["val"]]
     threshold = None
-    if task.binary:
+    if task.binary and cfg.fit.threshold_rule == "youden":
+        threshold = mx.choose_threshold(y_val, val_prob[:, 1], rule="youden")
+    elif task.binary:
         seen = threshold_sample(split["train"], cfg.seed)
         train_prob = predict_store(model, store, seen, tta=cfg.fit.tta)
         threshold = mx.choose_threshold(y_val, val_prob[:, 1], labels[seen], train_prob[:, 1])
@@ -638,7 +640,7 @@ def card_for(
         threshold=threshold,
         tta=cfg.fit.tta,
         healthy=None if task.healthy is None else task.class_names[task.healthy],
-        threshold_rule=mx.decision_rule(task.binary),
+        threshold_rule=mx.decision_rule(task.binary, cfg.fit.threshold_rule),
         image_size=store.image_size,
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),

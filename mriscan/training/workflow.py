@@ -385,7 +385,7 @@ def _run_metrics(
         seed=cfg.seed,
         val_fraction=cfg.split.val_fraction,
         test_fraction=cfg.split.test_fraction,
-        threshold_rule=mx.decision_rule(run.task.binary),
+        threshold_rule=mx.decision_rule(run.task.binary, cfg.fit.threshold_rule),
         duplicate_threshold=DEFAULT_THRESHOLD,
         sizes={k: len(v) for k, v in split.items()},
         select=cfg.fit.select,
