@@ -377,7 +377,8 @@ def test_resume_only_the_same_run(tmp_path):
 
 def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp_path):
     """--verbose-fit (runtime.verbose) and runtime.workers change what is shown or how fast
-    batches arrive, never the weights: a run killed with one value resumes with another. A
+    batches arrive, --threshold-rule what is decided after the last epoch, never the weights: a
+    run killed with one value resumes with another. A
     real difference is refused naming the setting, its value in the backup and now."""
     from mriscan.artifacts import RunLayout, write_json
     from mriscan.errors import ResumeError
@@ -397,6 +398,7 @@ def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp
         for shown in (
             fast(runtime__verbose="silent"),
             fast(runtime__verbose="bar", runtime__workers=3),
+            fast(runtime__verbose="line", runtime__workers=1, fit__threshold_rule="youden"),
         ):
             now = run_identity(st, tr, va, shown, None)
             assert _check_resume(layout, run_fingerprint(now), now) is True

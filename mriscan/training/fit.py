@@ -117,9 +117,10 @@ def _with_implants(
     return out
 
 
-#: settings that change what is shown or how fast batches arrive, never the weights: a run may
-#: resume with other values of them (``RuntimeConfig``: batches follow the seed and epoch)
-OUTPUT_ONLY = (("runtime", "verbose"), ("runtime", "workers"))
+#: settings that change what is shown, how fast batches arrive or what is decided after the
+#: last epoch, never the weights: a run may resume with other values of them
+#: (``RuntimeConfig``: batches follow the seed and epoch; the threshold rule runs after fitting)
+OUTPUT_ONLY = (("runtime", "verbose"), ("runtime", "workers"), ("fit", "threshold_rule"))
 
 
 def run_identity(
