@@ -13,7 +13,7 @@ Layout of a training run (``mriscan train --out DIR``)::
     DIR/metrics.json              RunMetrics: protocol, hardware, validation and test metrics
     DIR/split.json                the split (indices and source files)
     DIR/plots/                    training_history.png, confusion_matrix.png, roc.png
-    DIR/backup/                   Keras BackupAndRestore state while a run is unfinished
+    DIR/backup/                   per-epoch backup while a run is unfinished (all-or-nothing saves)
     DIR/evaluation/               written by ``mriscan evaluate``
     DIR/cv/                       written by ``mriscan cv`` (``CVLayout``)
 """

@@ -493,7 +493,9 @@ def _kill_at(monkeypatch, point: str) -> None:
         raise _Killed(point)
 
     if point == "backup":
-        monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", dies)
+        from mriscan.training.backup import AtomicBackupAndRestore
+
+        monkeypatch.setattr(AtomicBackupAndRestore, "_save_model", dies)
     elif point == "checkpoint":
         monkeypatch.setattr(keras.callbacks.ModelCheckpoint, "_save_model", dies)
     elif point == "model":  # Keras writing the model file: a truncated file, then death

@@ -35,6 +35,7 @@ from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
 from mriscan.tasks import Task, canonical_class_map, resolve_task
+from mriscan.training.backup import AtomicBackupAndRestore
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
 from mriscan.weights import WeightsReport, load_matching_weights
@@ -461,8 +462,8 @@ def _fit(
         monitor_best = max((a for a in aucs if isinstance(a, float)), default=-math.inf)
         log.info("resuming from %s (best val_auc so far %.4f)", backup, monitor_best)
     cbs: list[keras.callbacks.Callback] = [
-        # double_checkpoint: a kill while the weights are written leaves the previous copy
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+        # all-or-nothing saves: a kill while the weights are written leaves the previous ones
+        AtomicBackupAndRestore(str(backup)),
         keras.callbacks.TerminateOnNaN(),
         history_cb,
     ]
