@@ -54,7 +54,7 @@ def youden_shrunk(y: np.ndarray, p: np.ndarray) -> float:
 
 
 RULES = {
-    "youden": mx.choose_threshold,  # the shipped rule (Youden's J today)
+    "youden": mx.youden_threshold,  # the shipped rule until row 66
     "fixed_0.5": lambda y, p: 0.5,
     "median_midpoint": median_midpoint,
     "youden_central": youden_central,

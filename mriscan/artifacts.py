@@ -470,7 +470,7 @@ class ModelCard:
                 tta=data.get("tta", False),
                 healthy=data.get("healthy"),
                 train_signatures_sha256=str(data.get("train_signatures_sha256", "")),
-                threshold_rule=str(data.get("threshold_rule", "")),
+                threshold_rule=_card_rule(data),
                 image_size=size,
                 train_config=dict(data.get("train_config") or {}),
                 keras_backend=str(data.get("keras_backend", "")),
@@ -592,13 +592,23 @@ class Protocol:
         if self.kind == "cv":
             return (
                 f"stratified {self.folds}-fold CV x {self.repeats} (seed {self.seed}); {groups}; "
-                f"{self.val_fraction:.0%} of each training fold (group-aware) chooses "
-                + ("the checkpoint by val AUC and " if self.select == "best" else "")
-                + "with the fold's training slices the threshold "
-                + f"({self.threshold_rule}); each test fold predicted once{pre}"
+                f"{self.val_fraction:.0%} of each training fold (group-aware) is its "
+                "validation part"
+                + (", which chooses the checkpoint by val AUC" if self.select == "best" else "")
+                + f"; decision: {self.threshold_rule}, never from test slices; each test fold "
+                f"predicted once{pre}"
             )
         return (
             f"stratified train/val/test split (seed {self.seed}, val {self.val_fraction:.0%}, "
-            f"test {self.test_fraction:.0%}); {groups}; threshold chosen on training and "
-            f"validation slices, never test ({self.threshold_rule}){pre}"
+            f"test {self.test_fraction:.0%}); {groups}; decision: {self.threshold_rule}, "
+            f"never from test slices{pre}"
         )
+
+
+def _card_rule(data: dict[str, Any]) -> str:
+    """A card's ``threshold_rule``; cards written before it was recorded (format_version 1,
+    all thresholded by Youden's J on validation) get those words, not an empty string."""
+    rule = str(data.get("threshold_rule") or "")
+    if rule or data.get("threshold") is None:
+        return rule
+    return "Youden's J on the validation split (recorded before mriscan named its rule)"

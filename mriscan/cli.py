@@ -704,7 +704,9 @@ def train(
     click.echo(f"Training on {data} → {out}/", err=True)
     result = run_train(data, cfg, out=out, store_path=store_path, read_options=scan)
     click.echo(f"\n{result.hardware.describe()}")
-    _print_metrics("Test split", result.metrics.get("test") or result.metrics["validation"])
+    shown = result.metrics.get("test") or result.metrics["validation"]
+    rule = result.metrics.get("protocol", {}).get("threshold_rule")
+    _print_metrics("Test split", {**shown, "threshold_rule": rule})
     click.echo(
         f"Artifacts in {out}/: models/best_model.keras, history.json, metrics.json, "
         f"split.json, plots/ ({result.seconds:.0f}s)"
@@ -782,6 +784,8 @@ def _print_metrics(title: str, m: dict) -> None:
     """Print the headline metrics, per-class precision/recall/F1 and the confusion matrix."""
     thr = m.get("threshold")
     rule = f"threshold {thr:.3f}" if isinstance(thr, float) and thr == thr else "most probable"
+    if m.get("threshold_rule") and rule != "most probable":
+        rule += f": {m['threshold_rule']}"
     click.echo(f"{title} (n={m['n']}, {rule}):")
     from mriscan.evaluate import HEADLINE_METRICS
 

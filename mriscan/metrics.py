@@ -35,6 +35,8 @@ __all__ = [
     "BINARY_CI_NEEDS",
     "THRESHOLD_RULE",
     "THRESHOLD_RULE_TEXT",
+    "UNDEFINED_RULE",
+    "UndefinedThresholdError",
     "balanced_platt_threshold",
     "binary_metrics",
     "bootstrap_ci",
@@ -134,6 +136,15 @@ THRESHOLD_RULE_TEXT = {
 }
 #: the default rule in words
 THRESHOLD_RULE = THRESHOLD_RULE_TEXT["platt"]
+#: what a model card says when Platt scaling finds no cut (``UndefinedThresholdError``)
+UNDEFINED_RULE = (
+    "0.5, a stand-in: Platt scaling found no cut (the model does not rank the positive class "
+    "above the other on its training and validation slices)"
+)
+
+
+class UndefinedThresholdError(ValueError):
+    """The scores do not rank class 1 above class 0: no threshold separates them."""
 
 
 ARGMAX_RULE = "most probable class"
@@ -167,16 +178,15 @@ def balanced_platt_threshold(y_true: np.ndarray, prob: np.ndarray, *, c: float =
     Returns
     -------
     float in [1e-6, 1 − 1e-6]
-        The threshold on ``prob``; 0.5, with a warning logged, when the fitted slope is not
-        positive (the scores do not rank class 1 above class 0: no cut is meaningful).
+        The threshold on ``prob``.
 
     Raises
     ------
+    UndefinedThresholdError
+        If the fitted slope is not positive (the scores do not rank class 1 above class 0).
     ValueError
         If the lengths differ or ``y_true`` does not hold both classes.
     """
-    import logging
-
     from sklearn.linear_model import LogisticRegression
 
     y, p = _check(y_true, prob)
@@ -188,13 +198,9 @@ def balanced_platt_threshold(y_true: np.ndarray, prob: np.ndarray, *, c: float =
     fit = LogisticRegression(class_weight="balanced", C=c).fit(x, y)
     a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if a <= 0:
-        logging.getLogger(__name__).warning(
-            "The model does not rank tumor slices above healthy ones on its own training and "
-            "validation slices (calibration slope %.3g): the decision threshold is set to 0.5 "
-            "and means nothing. Train longer or check the labels.",
-            a,
+        raise UndefinedThresholdError(
+            f"The scores do not rank class 1 above class 0 (calibration slope {a:.3g})."
         )
-        return 0.5
     return float(np.clip(1 / (1 + np.exp(b / a)), 1e-6, 1 - 1e-6))
 
 
@@ -205,7 +211,7 @@ def choose_threshold(
     p_train: np.ndarray | None = None,
     *,
     rule: str = "platt",
-) -> float:
+) -> tuple[float, str]:
     """The decision threshold of a binary mriscan model (``THRESHOLD_RULE_TEXT[rule]``).
 
     The one place the rules live: ``train`` and ``cross_validate`` both call it (through
@@ -227,6 +233,13 @@ def choose_threshold(
     y_train, p_train : ndarray of shape (m,), optional
         Training labels and P(class 1) of the same model, pooled with the validation ones.
 
+    Returns
+    -------
+    (threshold, rule in words) : tuple of float and str
+        The words are ``THRESHOLD_RULE_TEXT[rule]``, or ``UNDEFINED_RULE`` with the threshold
+        0.5 (and a warning logged) when Platt scaling finds no cut: the model does not rank
+        the positive class above the other even on the slices it was trained on.
+
     Raises
     ------
     ValueError
@@ -234,14 +247,24 @@ def choose_threshold(
         ``rule``.
     """
     if rule == "youden":
-        return youden_threshold(y_val, p_val)
+        return youden_threshold(y_val, p_val), THRESHOLD_RULE_TEXT["youden"]
     if rule != "platt":
         raise ValueError(f"Unknown threshold rule {rule!r}; known: {sorted(THRESHOLD_RULE_TEXT)}.")
     y, p = np.asarray(y_val), np.asarray(p_val)
     if y_train is not None and p_train is not None:
         y = np.concatenate([y, np.asarray(y_train)])
         p = np.concatenate([p, np.asarray(p_train)])
-    return balanced_platt_threshold(y, p)
+    try:
+        return balanced_platt_threshold(y, p), THRESHOLD_RULE_TEXT["platt"]
+    except UndefinedThresholdError as exc:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s The decision threshold is set to 0.5 and means nothing (the model card says "
+            "so). Train longer, or check the labels.",
+            exc,
+        )
+        return 0.5, UNDEFINED_RULE
 
 
 def _safe_div(a: float, b: float) -> float:

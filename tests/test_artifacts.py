@@ -60,6 +60,16 @@ def test_card_without_version_reads_as_version_1():
     assert card.threshold == 0.4 and card.tta is True and card.class_names == ("no", "yes")
 
 
+def test_a_card_from_before_the_rule_was_recorded_names_youden():
+    """Binary cards written before ``threshold_rule`` existed were all thresholded by Youden's J
+    on validation: they say so, instead of an empty rule; a recorded rule is kept as it is."""
+    assert ModelCard.from_dict(GOOD).threshold_rule.startswith("Youden's J on the validation")
+    kept = ModelCard.from_dict({**GOOD, "threshold_rule": "some rule"})
+    assert kept.threshold_rule == "some rule"
+    k3 = {**GOOD, "class_names": ["a", "b", "c"], "threshold": None}
+    assert ModelCard.from_dict(k3).threshold_rule == ""
+
+
 def test_card_that_is_not_json_is_a_clear_error(tmp_path):
     model = tmp_path / "m.keras"
     card_path(model).write_text("{not json")

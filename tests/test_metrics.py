@@ -86,23 +86,28 @@ def test_balanced_platt_threshold_is_finite_on_separable_scores():
     assert binary_metrics(y, p, threshold=t)["accuracy"] == 1.0
 
 
-def test_balanced_platt_threshold_refuses_one_class_and_warns_on_reversed_scores(caplog):
+def test_a_model_that_ranks_backwards_gets_a_stand_in_threshold_that_says_so(caplog):
     with pytest.raises(ValueError, match="both classes"):
         mx.balanced_platt_threshold(np.ones(4, int), np.full(4, 0.7))
     y = np.array([0, 0, 0, 1, 1, 1])
+    backwards = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    with pytest.raises(mx.UndefinedThresholdError, match="do not rank class 1 above class 0"):
+        mx.balanced_platt_threshold(y, backwards)
     with caplog.at_level("WARNING"):
-        t = mx.balanced_platt_threshold(y, np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]))
-    assert t == 0.5 and "does not rank tumor slices above healthy" in caplog.text
+        t, words = mx.choose_threshold(y, backwards)
+    assert t == 0.5 and words == mx.UNDEFINED_RULE and "means nothing" in caplog.text
 
 
 def test_choose_threshold_pools_training_predictions():
     """Validation alone is balanced at 0; with training scores that sit lower the cut moves."""
     yv, pv = np.array([0, 0, 1, 1]), np.array([0.3, 0.45, 0.55, 0.7])
-    alone = mx.choose_threshold(yv, pv)
+    alone, words = mx.choose_threshold(yv, pv)
     yt = np.r_[np.zeros(50, int), np.ones(50, int)]
     pt = np.r_[np.linspace(0.01, 0.2, 50), np.linspace(0.25, 0.5, 50)]
-    pooled = mx.choose_threshold(yv, pv, yt, pt)
+    pooled, _ = mx.choose_threshold(yv, pv, yt, pt)
     assert abs(alone - 0.5) < 0.02 and pooled < 0.35
+    assert words == mx.THRESHOLD_RULE_TEXT["platt"]
+    assert mx.choose_threshold(yv, pv, rule="youden")[1] == mx.THRESHOLD_RULE_TEXT["youden"]
 
 
 def test_bootstrap_ci_brackets_the_estimate():

@@ -523,7 +523,7 @@ def cross_validate(
             summary_cleared = True
         card = publish_model(
             run.model.save,
-            card_for(store, fold_cfg, run.threshold, start, seen=seen),
+            card_for(store, fold_cfg, run.threshold, start, seen=seen, rule=run.threshold_rule),
             fold_layout.model,
         )
         if fold_layout.live_history.is_file():
@@ -540,7 +540,7 @@ def cross_validate(
             tag,
             m["accuracy"],
             m[key],
-            f" (threshold {thr:.3f} from training and validation)" if thr is not None else "",
+            f" (threshold {thr:.3f}: {run.threshold_rule})" if thr is not None else "",
         )
         y_fold = all_labels[test_idx]
         pred = _predicted(task, prob, thr)

@@ -518,7 +518,8 @@ class Calibrated:
     the metrics of the test part (``binary_metrics`` at ``threshold`` for two classes,
     ``multiclass_metrics`` otherwise; None without a test part). ``threshold`` is None for
     K > 2 (the most probable class is predicted). ``start``: what was loaded from the
-    starting weights (None: random initial weights).
+    starting weights (None: random initial weights). ``threshold_rule``: how the class is
+    decided, in words (``mriscan.metrics.choose_threshold``'s, or ``ARGMAX_RULE``).
     """
 
     model: Any
@@ -530,6 +531,7 @@ class Calibrated:
     test: dict[str, Any] | None
     task: Task
     start: WeightsReport | None = None
+    threshold_rule: str = ""
 
 
 def score(task: Task, y: np.ndarray, prob: np.ndarray, threshold: float | None) -> dict[str, Any]:
@@ -595,20 +597,22 @@ def fit_and_calibrate(
             "--learning-rate."
         )
     y_val = labels[split["val"]]
-    threshold = None
+    threshold, rule = None, mx.ARGMAX_RULE
     if task.binary and cfg.fit.threshold_rule == "youden":
-        threshold = mx.choose_threshold(y_val, val_prob[:, 1], rule="youden")
+        threshold, rule = mx.choose_threshold(y_val, val_prob[:, 1], rule="youden")
     elif task.binary:
         seen = threshold_sample(split["train"], cfg.seed)
         train_prob = predict_store(model, store, seen, tta=cfg.fit.tta)
-        threshold = mx.choose_threshold(y_val, val_prob[:, 1], labels[seen], train_prob[:, 1])
+        threshold, rule = mx.choose_threshold(y_val, val_prob[:, 1], labels[seen], train_prob[:, 1])
     validation = score(task, y_val, val_prob, threshold)
     test_idx = split.get("test", np.empty(0, np.int64))
     test_prob, test = np.empty((0, task.num_classes), np.float64), None
     if len(test_idx):
         test_prob = predict_store(model, store, test_idx, tta=cfg.fit.tta)
         test = score(task, labels[test_idx], test_prob, threshold)
-    return Calibrated(model, history, threshold, val_prob, test_prob, validation, test, task, start)
+    return Calibrated(
+        model, history, threshold, val_prob, test_prob, validation, test, task, start, rule
+    )
 
 
 def start_record(cfg: TrainConfig, start: WeightsReport | None) -> dict[str, Any] | None:
@@ -625,11 +629,13 @@ def card_for(
     threshold: float | None,
     start: WeightsReport | None = None,
     seen: np.ndarray | None = None,
+    rule: str | None = None,
 ) -> ModelCard:
     """The model card of a model trained on ``store`` with ``cfg`` (threshold from training
     and validation) that started from the weights ``start`` reports (None: random initial
     weights); ``seen``: the positions of its training and validation slices, whose patients
-    the card lists (``ModelCard.train_patients``; None: not listed)."""
+    the card lists (``ModelCard.train_patients``; None: not listed); ``rule``: how the threshold
+    was decided, in words (``Calibrated.threshold_rule``; None: the configured rule's)."""
     task = resolve_task(store.class_names, cfg.task, warn=False)
     patients = None
     if seen is not None and store.key_id:
@@ -642,7 +648,7 @@ def card_for(
         threshold=threshold,
         tta=cfg.fit.tta,
         healthy=None if task.healthy is None else task.class_names[task.healthy],
-        threshold_rule=mx.decision_rule(task.binary, cfg.fit.threshold_rule),
+        threshold_rule=rule or mx.decision_rule(task.binary, cfg.fit.threshold_rule),
         image_size=store.image_size,
         train_config=cfg.to_dict(),
         keras_backend=keras.backend.backend(),

@@ -150,7 +150,7 @@ def train(
     replaced = _published_sha256(layout)
     card = publish_model(
         run.model.save,
-        card_for(store, cfg, run.threshold, run.start, seen=seen),
+        card_for(store, cfg, run.threshold, run.start, seen=seen, rule=run.threshold_rule),
         layout.model,
         signatures=store.signatures()[seen],
     )
@@ -385,7 +385,7 @@ def _run_metrics(
         seed=cfg.seed,
         val_fraction=cfg.split.val_fraction,
         test_fraction=cfg.split.test_fraction,
-        threshold_rule=mx.decision_rule(run.task.binary, cfg.fit.threshold_rule),
+        threshold_rule=run.threshold_rule,
         duplicate_threshold=DEFAULT_THRESHOLD,
         sizes={k: len(v) for k, v in split.items()},
         select=cfg.fit.select,
