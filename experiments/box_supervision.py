@@ -1,0 +1,419 @@
+"""Box supervision of the feature maps the heatmaps read: does it make them point at the tumor?
+
+Issue #16 target 5 asks the pointing game (Zhang et al. 2018, "Top-down Neural Attention by
+Excitation Backprop", IJCV 126: the map's peak must fall inside the object's box) on the
+correctly classified tumor slices of ``figshare_br35h`` to reach 0.80. The classifiers score
+~0.2: they classify without localising. This experiment trains the product's classifier
+(``mriscan.model.build_model``, unchanged) with an auxiliary loss that exists during training
+only, multi-task localisation in the sense of weakly/fully supervised attention (cf. Li et al.
+2018, "Tell Me Where to Look: Guided Attention Inference Network", whose extra supervision is a
+pixel mask; here the box is the mask and it supervises the feature maps, not the heatmap):
+
+- every conv block output that a heatmap reads (``mriscan.explain.block_outputs``: blocks 2 and
+  3 for LayerCAM's default fusion, block 4 for Grad-CAM) gets a 1×1 convolution, the logit of
+  "this cell lies in the tumor's box";
+- its target is the tumor box drawn in the preprocessed S×S frame: ``source_point``
+  (``mriscan.preprocess``) is affine in (row, column) for one slice (crop, resize, midline
+  rotation), so three of its points give the map of the whole frame; every pixel is sampled
+  4×4 and the fraction of samples inside the box is the soft mask, average-pooled to each
+  block's grid;
+- the loss is the classifier's own (categorical cross-entropy with label smoothing, balanced
+  class weights, AdamW with warm-up and cosine decay: ``mriscan.training.optimizer``) plus
+  ``w`` × the class-balanced binary cross-entropy of the heads (inside and outside the box
+  weighted equally per slice, as a box covers a few percent of the slice), averaged over heads;
+- the geometric augmentation of ``build_model`` (horizontal flip, rotation, zoom) is applied to
+  the slice and its mask together, stacked as channels through the same random layers, so the
+  mask follows it and both arms keep the product's default augmentation; at inference those
+  layers are the identity, so the saved model is exactly ``build_model``'s.
+
+After training only the base classifier is saved, the way ``mriscan train`` saves it
+(``publish_model`` with ``card_for``'s model card), so the product command
+``python -m mriscan explain MODEL FOLDER --boxes FOLDER/boxes.csv`` scores it unchanged. Test
+accuracy and macro-F1 come from ``mriscan.training.fit.score`` on ``predict_store`` (TTA as the
+card says), the pointing game from ``mriscan.explain.pointing_game`` on a folder of links to the
+test split (``experiments/split_folder.py``).
+
+Usage (from the repository root)::
+
+    python experiments/box_supervision.py DATA STORE OUT --weights 0 1 [--epochs 15]
+
+``DATA`` holds the class folders and ``boxes.csv``; each weight is one arm, trained on the same
+split from the same initial weights, written to ``OUT/w<weight>/``; one JSON line per arm goes
+to ``OUT/results.jsonl``. ``--check-png F`` writes a picture of the box masks of a few slices
+(source with box | preprocessed slice with mask | the 6×6 targets) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, run from anywhere
+import split_folder
+
+from mriscan.artifacts import RunLayout, publish_model
+from mriscan.config import FitConfig, PretrainConfig, TrainConfig
+from mriscan.errors import MriscanError
+from mriscan.explain import block_outputs, pointing_game
+from mriscan.inference import predict_store
+from mriscan.io import decode_image
+from mriscan.model import build_model
+from mriscan.pipeline import load_batch
+from mriscan.preprocess import source_point
+from mriscan.splits import split_indices
+from mriscan.training.fit import card_for, score
+from mriscan.training.optimizer import class_weights, compile_model
+from mriscan.training.workflow import _write_split, open_for_task, setup_for
+
+log = logging.getLogger("box_supervision")
+
+#: build_model's geometric augmentation layers: the mask must follow them
+GEOMETRIC = ("aug_flip", "aug_rotate", "aug_zoom", "aug_translate")
+#: samples per pixel side when the box is drawn into the preprocessed frame
+SUPERSAMPLE = 4
+
+
+def frame_to_source(image: np.ndarray, config: Any) -> np.ndarray:
+    """The affine map of the preprocessed frame into ``image``: (2, 3) float64 ``A`` with
+    (row, col)_source = A @ (y, x, 1) for a preprocessed pixel (y, x).
+
+    ``source_point`` is affine in (y, x) for one slice (crop offset, resize scale, midline
+    rotation about the frame's centre); three points give ``A`` and a fourth checks it.
+
+    Raises
+    ------
+    MriscanError
+        If the fourth point is off by more than 1e-6 source pixels (``source_point`` is no
+        longer affine: this shortcut would draw the boxes wrong).
+    """
+    p0 = np.asarray(source_point(image, 0.0, 0.0, config))
+    py = np.asarray(source_point(image, 1.0, 0.0, config)) - p0
+    px = np.asarray(source_point(image, 0.0, 1.0, config)) - p0
+    a = np.stack([py, px, p0], axis=1)
+    check = np.asarray(source_point(image, 17.0, 29.0, config))
+    if np.abs(a @ np.array([17.0, 29.0, 1.0]) - check).max() > 1e-6:
+        raise MriscanError("source_point is not affine: the box masks cannot be drawn this way.")
+    return a
+
+
+def box_mask(image: np.ndarray, box: tuple[float, ...], config: Any) -> np.ndarray:
+    """The fraction of each preprocessed pixel that lies in ``box`` (x_center, y_center, width,
+    height: fractions of the source side, YOLO), (S, S) float32 in [0, 1]."""
+    a = frame_to_source(image, config)
+    s, k = config.size, SUPERSAMPLE
+    sub = (np.arange(s * k) + 0.5) / k - 0.5  # sample centres, pixel centres at integers
+    yy, xx = np.meshgrid(sub, sub, indexing="ij")
+    pts = np.stack([yy.ravel(), xx.ravel(), np.ones(yy.size)])
+    sy, sx = a @ pts
+    h, w = image.shape
+    xc, yc, bw, bh = box
+    inside = (np.abs((sx + 0.5) / w - xc) <= bw / 2) & (np.abs((sy + 0.5) / h - yc) <= bh / 2)
+    return inside.reshape(s, k, s, k).mean(axis=(1, 3)).astype(np.float32)
+
+
+def store_masks(store: Any, data: Path, cache: Path) -> np.ndarray:
+    """Box masks (N, S, S) float32 of every store sample, in store order, cached in ``cache``.
+
+    Raises
+    ------
+    MriscanError
+        If a sample's source file has no row in ``data/boxes.csv``.
+    """
+    if cache.is_file():
+        return np.load(cache)
+    with (data / "boxes.csv").open(newline="") as fh:
+        boxes = {
+            r["file"]: tuple(float(r[k]) for k in ("x_center", "y_center", "width", "height"))
+            for r in csv.DictReader(fh)
+        }
+    recs = store.index.records
+    out = np.zeros((len(recs), store.image_size, store.image_size), np.float32)
+    for i, rec in enumerate(recs):
+        if rec.source not in boxes:
+            raise MriscanError(f"{rec.source} has no box in {data / 'boxes.csv'}.")
+        out[i] = box_mask(decode_image(data / rec.source), boxes[rec.source], store.config)
+    np.save(cache, out)
+    return out
+
+
+def check_png(store: Any, data: Path, path: Path, positions: list[int]) -> None:
+    """Picture of the masks of ``positions``: source + box | stored slice + mask | 6×6 target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    with (data / "boxes.csv").open(newline="") as fh:
+        boxes = {r["file"]: r for r in csv.DictReader(fh)}
+    images, _ = store.read_batch(np.asarray(positions))
+    fig, axes = plt.subplots(len(positions), 3, figsize=(9, 3 * len(positions)))
+    s = store.image_size
+    for row, pos, img in zip(axes, positions, images, strict=True):
+        rec = store.index.records[pos]
+        src = decode_image(data / rec.source)
+        b = boxes[rec.source]
+        xc, yc, bw, bh = (float(b[k]) for k in ("x_center", "y_center", "width", "height"))
+        h, w = src.shape
+        m = box_mask(src, (xc, yc, bw, bh), store.config)
+        row[0].imshow(src, cmap="gray")
+        row[0].add_patch(
+            Rectangle(((xc - bw / 2) * w, (yc - bh / 2) * h), bw * w, bh * h, fill=False, ec="r")
+        )
+        row[0].set_title(rec.source, fontsize=8)
+        row[1].imshow(img, cmap="gray")
+        row[1].contour(m, levels=[0.5], colors="r")
+        row[1].set_title("stored slice + mask", fontsize=8)
+        row[2].imshow(m.reshape(6, s // 6, 6, s // 6).mean(axis=(1, 3)), vmin=0, vmax=1)
+        row[2].set_title("6x6 target", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+class BalancedBoxLoss(keras.layers.Layer):
+    """Per-slice class-balanced binary cross-entropy of box logits against a soft box mask.
+
+    Inputs ``(logits, target)``: (batch, h, w, 1) float32 each, target in [0, 1]. Cells are
+    weighted target / Σ target + (1 − target) / Σ (1 − target), halved, so the inside and the
+    outside of the box count equally whatever the box's size. Output (batch,) float32.
+    """
+
+    def call(self, logits, target):
+        ops = keras.ops
+        z = ops.cast(logits, "float32")
+        t = ops.cast(target, "float32")
+        # numerically stable BCE with logits: max(z, 0) − z t + log(1 + e^−|z|)
+        bce = ops.relu(z) - z * t + ops.log1p(ops.exp(-ops.abs(z)))
+        pos = ops.sum(t, axis=(1, 2, 3), keepdims=True)
+        neg = ops.sum(1.0 - t, axis=(1, 2, 3), keepdims=True)
+        wgt = 0.5 * t / ops.maximum(pos, 1e-6) + 0.5 * (1.0 - t) / ops.maximum(neg, 1e-6)
+        return ops.sum(wgt * bce, axis=(1, 2, 3))
+
+
+def training_model(base: keras.Model, heads: list[str]) -> keras.Model:
+    """``base``'s layers (shared: training this model trains ``base``) run on the slice, with
+    the geometric augmentation applied to the slice and its box mask stacked, and a 1×1 box
+    head on each layer of ``heads``. Inputs ``slice`` and ``mask`` (batch, S, S, 1); outputs
+    ``class_prob`` (base's) and ``box`` (batch,): the heads' mean ``BalancedBoxLoss``."""
+    s = int(base.input_shape[1])
+    slice_in = keras.Input((s, s, 1), name="slice")
+    mask_in = keras.Input((s, s, 1), name="mask")
+    x, m = slice_in, mask_in
+    feats = {}
+    for layer in base.layers[1:]:
+        if layer.name in GEOMETRIC:
+            joint = type(layer).from_config({**layer.get_config(), "name": f"joint_{layer.name}"})
+            xm = joint(keras.ops.concatenate([x, m], axis=-1))
+            x, m = xm[..., :-1], xm[..., -1:]
+        else:
+            x = layer(x)
+        if layer.name in heads:
+            feats[layer.name] = x
+    losses = []
+    for name in heads:
+        f = feats[name]
+        logit = keras.layers.Conv2D(1, 1, name=f"box_{name}", dtype="float32")(f)
+        target = keras.layers.AveragePooling2D(s // int(f.shape[1]), name=f"target_{name}")(m)
+        losses.append(BalancedBoxLoss(name=f"loss_{name}")(logit, target))
+    box = losses[0] if len(losses) == 1 else keras.layers.Average(name="box")(losses)
+    if len(losses) == 1:
+        box = keras.layers.Identity(name="box")(box)
+    return keras.Model({"slice": slice_in, "mask": mask_in}, {"class_prob": x, "box": box})
+
+
+def _identity_loss(y_true, y_pred):
+    """The ``box`` output already is the per-slice loss."""
+    return y_pred
+
+
+def run_arm(
+    weight: float,
+    store: Any,
+    task: Any,
+    split: dict[str, np.ndarray],
+    masks: np.ndarray,
+    cfg: TrainConfig,
+    data: Path,
+    out: Path,
+    head_blocks: tuple[int, ...],
+) -> dict[str, Any]:
+    """Train one arm (box-loss weight ``weight``), save its base model like ``mriscan train``,
+    score test accuracy, macro-F1 and the pointing game (LayerCAM and Grad-CAM)."""
+    t0 = time.perf_counter()
+    layout = RunLayout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    k = task.num_classes
+    hw = setup_for(cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    base = build_model(store.image_size, cfg.model, num_classes=k, seed=cfg.seed)
+    names = block_outputs(base)
+    heads = [names[b - 1] for b in head_blocks]
+    tm = training_model(base, heads)
+    steps = int(np.ceil(len(split["train"]) / hw.global_batch))
+    epochs = cfg.fit.epochs
+    compile_model(tm, cfg.optimizer, hw, steps, epochs, num_classes=k)
+    tm.compile(
+        optimizer=tm.optimizer,
+        loss={
+            "class_prob": keras.losses.CategoricalCrossentropy(
+                label_smoothing=cfg.optimizer.label_smoothing
+            ),
+            "box": _identity_loss,
+        },
+        loss_weights={"class_prob": 1.0, "box": float(weight)},
+        metrics={"class_prob": [keras.metrics.CategoricalAccuracy(name="accuracy")]},
+    )
+
+    def arrays(idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        idx = np.sort(idx)  # store order; fit shuffles
+        x, y = load_batch(
+            store, idx, store.config.normalization, store.config.threshold, task.label_map, k
+        )
+        return (
+            {"slice": x, "mask": masks[idx][..., None]},
+            {"class_prob": y, "box": np.zeros(len(idx), np.float32)},
+        )
+
+    x_tr, y_tr = arrays(split["train"])
+    x_va, y_va = arrays(split["val"])
+    labels_tr = y_tr["class_prob"].argmax(axis=1)
+    cw = class_weights(labels_tr, k) if cfg.optimizer.class_weight else None
+    sw = np.array([cw[c] for c in labels_tr], np.float32) if cw else np.ones(len(labels_tr))
+    hist = tm.fit(
+        x_tr,
+        y_tr,
+        sample_weight={"class_prob": sw, "box": np.ones_like(sw)},
+        validation_data=(x_va, y_va),
+        batch_size=hw.global_batch,
+        epochs=epochs,
+        shuffle=True,
+        verbose=2,
+    )
+    t_train = time.perf_counter() - t0
+    seen = np.sort(np.concatenate([split["train"], split["val"]]))
+    card = publish_model(
+        base.save,
+        card_for(store, cfg, None, None, seen=seen),
+        layout.model,
+        signatures=store.signatures()[seen],
+    )
+    _write_split(layout, store, split, cfg, card.model_sha256)
+    labels = task.labels(store.labels)
+    prob = predict_store(base, store, split["test"], tta=cfg.fit.tta)
+    test = score(task, labels[split["test"]], prob, None)
+    folder = out / "test_split"
+    if not folder.exists():
+        folder.mkdir()
+        split_folder.main(layout.root, data, folder)
+    pointing = {
+        m: pointing_game(layout.model, folder, folder / "boxes.csv", method=m)
+        for m in ("layercam", "gradcam")
+    }
+    rec = {
+        "weight": weight,
+        "heads": heads,
+        "epochs": epochs,
+        "seed": cfg.seed,
+        "model": str(layout.model),
+        "n": {p: len(v) for p, v in split.items()},
+        "test": test,
+        "pointing": {
+            m: {
+                "overall": p["overall"],
+                "per_class": p["per_class"],
+            }
+            for m, p in pointing.items()
+        },
+        "history": {k2: [float(v) for v in vals] for k2, vals in hist.history.items()},
+        "minutes_train": t_train / 60,
+        "minutes": (time.perf_counter() - t0) / 60,
+    }
+    (out / "experiment.json").write_text(json.dumps(rec, indent=2, default=str))
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("data", type=Path, help="class folders + boxes.csv")
+    p.add_argument("store", type=Path, help="store to ingest DATA into (or reuse)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--image-size", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heads", type=int, nargs="+", default=[2, 3, 4], help="conv blocks (1-4)")
+    p.add_argument("--check-png", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = TrainConfig(
+        image_size=args.image_size,
+        seed=args.seed,
+        fit=FitConfig(epochs=args.epochs),
+        pretrain=PretrainConfig(phantoms=0),
+    )
+    try:
+        store, task, kept = open_for_task(args.data, cfg, args.store, None)
+        if args.check_png is not None:
+            rng = np.random.default_rng(0)
+            check_png(store, args.data, args.check_png, sorted(rng.choice(kept, 6, replace=False)))
+            return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        masks = store_masks(store, args.data, args.out / f"masks-{store.image_size}.npy")
+        log.info("box masks of %d slices in %.0f s", len(masks), time.perf_counter() - t0)
+        labels = task.labels(store.labels)
+        inner = split_indices(
+            labels[kept],
+            store.groups[kept],
+            val_fraction=cfg.split.val_fraction,
+            test_fraction=cfg.split.test_fraction,
+            seed=cfg.seed,
+        )
+        split = {k: kept[v] for k, v in inner.items()}
+        for w in args.weights:
+            rec = run_arm(
+                w,
+                store,
+                task,
+                split,
+                masks,
+                cfg,
+                args.data,
+                args.out / f"w{w:g}",
+                tuple(args.heads),
+            )
+            with (args.out / "results.jsonl").open("a") as fh:
+                fh.write(json.dumps(rec, default=str) + "\n")
+            print(summary(rec), flush=True)
+    except MriscanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def summary(rec: dict[str, Any]) -> str:
+    """One line per arm: test accuracy, macro-F1, pointing per class and overall."""
+    parts = [f"w={rec['weight']:g}"]
+    t = rec["test"]
+    parts.append(f"acc {t.get('accuracy', float('nan')):.3f} macroF1 {t.get('macro_f1', 'n/a')}")
+    for m, p in rec["pointing"].items():
+        per = ", ".join(f"{c} {v['pointing']:.3f}" for c, v in sorted(p["per_class"].items()))
+        parts.append(f"{m}: {per}; all {p['overall']['pointing']:.3f}")
+    parts.append(f"{rec['minutes']:.1f} min")
+    return " | ".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
