@@ -201,35 +201,165 @@ class BalancedBoxLoss(keras.layers.Layer):
         return ops.sum(wgt * bce, axis=(1, 2, 3))
 
 
-def training_model(base: keras.Model, heads: list[str]) -> keras.Model:
-    """``base``'s layers (shared: training this model trains ``base``) run on the slice, with
-    the geometric augmentation applied to the slice and its box mask stacked, and a 1×1 box
-    head on each layer of ``heads``. Inputs ``slice`` and ``mask`` (batch, S, S, 1); outputs
-    ``class_prob`` (base's) and ``box`` (batch,): the heads' mean ``BalancedBoxLoss``."""
+def augmented_graph(base: keras.Model) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``base``'s layers (shared: training on this graph trains ``base``) called on a slice
+    input, with the geometric augmentation applied to the slice and a box-mask input stacked as
+    channels, so the mask follows every flip, rotation and zoom.
+
+    Returns ``(inputs, tensors)``: inputs ``slice`` and ``mask`` (batch, S, S, 1); tensors
+    ``class_prob`` (base's output), ``penultimate`` (the input of base's output layer),
+    ``mask`` (the augmented mask) and every layer's output by the layer's name.
+    """
     s = int(base.input_shape[1])
     slice_in = keras.Input((s, s, 1), name="slice")
     mask_in = keras.Input((s, s, 1), name="mask")
     x, m = slice_in, mask_in
-    feats = {}
+    tensors: dict[str, Any] = {}
     for layer in base.layers[1:]:
+        if layer is base.layers[-1]:
+            tensors["penultimate"] = x
         if layer.name in GEOMETRIC:
             joint = type(layer).from_config({**layer.get_config(), "name": f"joint_{layer.name}"})
             xm = joint(keras.ops.concatenate([x, m], axis=-1))
             x, m = xm[..., :-1], xm[..., -1:]
         else:
             x = layer(x)
-        if layer.name in heads:
-            feats[layer.name] = x
+        tensors[layer.name] = x
+    tensors["class_prob"], tensors["mask"] = x, m
+    return {"slice": slice_in, "mask": mask_in}, tensors
+
+
+def training_model(base: keras.Model, heads: list[str]) -> keras.Model:
+    """The ``augmented_graph`` of ``base`` with a 1×1 box head on each layer of ``heads``.
+    Inputs ``slice`` and ``mask`` (batch, S, S, 1); outputs ``class_prob`` (base's) and
+    ``box`` (batch,): the heads' mean ``BalancedBoxLoss`` against the augmented mask."""
+    s = int(base.input_shape[1])
+    inputs, t = augmented_graph(base)
     losses = []
     for name in heads:
-        f = feats[name]
+        f = t[name]
         logit = keras.layers.Conv2D(1, 1, name=f"box_{name}", dtype="float32")(f)
-        target = keras.layers.AveragePooling2D(s // int(f.shape[1]), name=f"target_{name}")(m)
+        target = keras.layers.AveragePooling2D(s // int(f.shape[1]), name=f"target_{name}")(
+            t["mask"]
+        )
         losses.append(BalancedBoxLoss(name=f"loss_{name}")(logit, target))
     box = losses[0] if len(losses) == 1 else keras.layers.Average(name="box")(losses)
     if len(losses) == 1:
         box = keras.layers.Identity(name="box")(box)
-    return keras.Model({"slice": slice_in, "mask": mask_in}, {"class_prob": x, "box": box})
+    return keras.Model(inputs, {"class_prob": t["class_prob"], "box": box})
+
+
+def cam_in_box_loss(feats: Any, grads: Any, target: Any, gradcam: bool) -> Any:
+    """−log of the share of a heatmap's mass inside the box, per slice: (batch,) float32.
+
+    ``feats``, ``grads``: (batch, h, w, C) activations of one layer and the gradient of the
+    true class's logit with respect to them; ``target``: (batch, h, w, 1) soft box mask. The
+    map is LayerCAM's, ReLU(Σ_c ReLU(g_c) ⊙ A_c) (Jiang et al. 2021), or with ``gradcam``
+    Grad-CAM's, ReLU(Σ_c mean(g_c) A_c) (Selvaraju et al. 2017), as ``mriscan.explain`` draws
+    them; the gradient flows through both factors (double back-propagation, as GAIN's
+    attention loss, Li et al. 2018). A map that is zero everywhere gives no gradient.
+    """
+    ops = keras.ops
+    g = ops.cast(grads, "float32")
+    a = ops.cast(feats, "float32")
+    w = ops.mean(g, axis=(1, 2), keepdims=True) if gradcam else ops.relu(g)
+    cam = ops.relu(ops.sum(w * a, axis=-1))
+    share = ops.sum(cam * target[..., 0], axis=(1, 2)) / (ops.sum(cam, axis=(1, 2)) + 1e-6)
+    return -ops.log(share + 1e-3)
+
+
+def fit_cam(
+    base: keras.Model,
+    cfg: TrainConfig,
+    hw: Any,
+    steps: int,
+    k: int,
+    train: tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray],
+    val: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
+    weight: float,
+    heads: list[str],
+) -> dict[str, list[float]]:
+    """Train ``base`` on class-weighted cross-entropy (label smoothing) + ``weight`` × the mean
+    ``cam_in_box_loss`` of the true class on the layers the product's heatmaps read: LayerCAM
+    on the rectified outputs of blocks 2 and 3, Grad-CAM on block 4's (``heads`` is not used).
+    AdamW with warm-up and cosine decay as ``compile_model`` sets it; batches of the global
+    batch size in a seeded order per epoch; TensorFlow only (nested ``GradientTape``).
+    Returns the per-epoch history (loss, cam_loss, val_loss, val_accuracy)."""
+    import tensorflow as tf
+
+    del heads
+    names = block_outputs(base)
+    layer_cams, grad_cam_layer = names[-3:-1], names[-1]
+    explained = [*layer_cams, grad_cam_layer]
+    s = int(base.input_shape[1])
+    inputs, t = augmented_graph(base)
+    probe = keras.Model(
+        inputs,
+        {"penultimate": t["penultimate"], "mask": t["mask"], **{n: t[n] for n in explained}},
+    )
+    compile_model(base, cfg.optimizer, hw, steps, cfg.fit.epochs, num_classes=k)
+    opt = base.optimizer
+    opt.build(base.trainable_variables)
+    out = base.layers[-1]
+    ce = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.optimizer.label_smoothing)
+
+    @tf.function
+    def step(x, m, y, w):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                o = probe({"slice": x, "mask": m}, training=True)
+                feats = [o[n] for n in explained]
+                inner.watch(feats)
+                logits = tf.matmul(o["penultimate"], out.kernel) + out.bias
+                chosen = tf.reduce_sum(logits * y)
+            grads = inner.gradient(chosen, feats)
+            cls = ce(y, tf.nn.softmax(logits), sample_weight=w)
+            cams = []
+            for n, f, g in zip(explained, feats, grads, strict=True):
+                target = tf.nn.avg_pool2d(
+                    o["mask"], s // int(f.shape[1]), s // int(f.shape[1]), "VALID"
+                )
+                cams.append(tf.reduce_mean(cam_in_box_loss(f, g, target, n == grad_cam_layer)))
+            cam = tf.add_n(cams) / len(cams)
+            total = cls + weight * cam
+        variables = base.trainable_variables
+        opt.apply_gradients(zip(outer.gradient(total, variables), variables, strict=True))
+        return cls, cam
+
+    x_tr, y_tr, sw = train
+    n, gb = len(sw), hw.global_batch
+    history: dict[str, list[float]] = {
+        "loss": [],
+        "cam_loss": [],
+        "val_loss": [],
+        "val_accuracy": [],
+    }
+    for epoch in range(cfg.fit.epochs):
+        t0 = time.perf_counter()
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        sums = np.zeros(2)
+        batches = 0
+        for b in range(0, n, gb):
+            idx = order[b : b + gb]
+            if len(idx) < 2:  # a batch of one makes batch-norm statistics meaningless
+                continue
+            c, a = step(x_tr["slice"][idx], x_tr["mask"][idx], y_tr["class_prob"][idx], sw[idx])
+            sums += [float(c), float(a)]
+            batches += 1
+        prob = np.asarray(base.predict(val[0]["slice"], batch_size=64, verbose=0))
+        yv = val[1]["class_prob"]
+        history["loss"].append(sums[0] / batches)
+        history["cam_loss"].append(sums[1] / batches)
+        history["val_loss"].append(float(ce(yv, prob)))
+        history["val_accuracy"].append(float((prob.argmax(1) == yv.argmax(1)).mean()))
+        log.info(
+            "epoch %d/%d: loss %.4f, cam_loss %.4f, val_loss %.4f, val_accuracy %.4f (%.0f s)",
+            epoch + 1,
+            cfg.fit.epochs,
+            *(history[h][-1] for h in ("loss", "cam_loss", "val_loss", "val_accuracy")),
+            time.perf_counter() - t0,
+        )
+    return history
 
 
 def _identity_loss(y_true, y_pred):
@@ -239,6 +369,7 @@ def _identity_loss(y_true, y_pred):
 
 def run_arm(
     weight: float,
+    mode: str,
     store: Any,
     task: Any,
     split: dict[str, np.ndarray],
@@ -248,8 +379,10 @@ def run_arm(
     out: Path,
     head_blocks: tuple[int, ...],
 ) -> dict[str, Any]:
-    """Train one arm (box-loss weight ``weight``), save its base model like ``mriscan train``,
-    score test accuracy, macro-F1 and the pointing game (LayerCAM and Grad-CAM)."""
+    """Train one arm (``mode`` "feature": box heads on ``head_blocks``; "cam": the heatmaps'
+    in-box share on the layers LayerCAM and Grad-CAM read; box-loss weight ``weight``), save
+    its base model like ``mriscan train``, score test accuracy, macro-F1 and the pointing
+    game (LayerCAM and Grad-CAM)."""
     t0 = time.perf_counter()
     layout = RunLayout(out)
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -259,21 +392,8 @@ def run_arm(
     base = build_model(store.image_size, cfg.model, num_classes=k, seed=cfg.seed)
     names = block_outputs(base)
     heads = [names[b - 1] for b in head_blocks]
-    tm = training_model(base, heads)
     steps = int(np.ceil(len(split["train"]) / hw.global_batch))
     epochs = cfg.fit.epochs
-    compile_model(tm, cfg.optimizer, hw, steps, epochs, num_classes=k)
-    tm.compile(
-        optimizer=tm.optimizer,
-        loss={
-            "class_prob": keras.losses.CategoricalCrossentropy(
-                label_smoothing=cfg.optimizer.label_smoothing
-            ),
-            "box": _identity_loss,
-        },
-        loss_weights={"class_prob": 1.0, "box": float(weight)},
-        metrics={"class_prob": [keras.metrics.CategoricalAccuracy(name="accuracy")]},
-    )
 
     def arrays(idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         idx = np.sort(idx)  # store order; fit shuffles
@@ -290,16 +410,33 @@ def run_arm(
     labels_tr = y_tr["class_prob"].argmax(axis=1)
     cw = class_weights(labels_tr, k) if cfg.optimizer.class_weight else None
     sw = np.array([cw[c] for c in labels_tr], np.float32) if cw else np.ones(len(labels_tr))
-    hist = tm.fit(
-        x_tr,
-        y_tr,
-        sample_weight={"class_prob": sw, "box": np.ones_like(sw)},
-        validation_data=(x_va, y_va),
-        batch_size=hw.global_batch,
-        epochs=epochs,
-        shuffle=True,
-        verbose=2,
-    )
+    if mode == "cam":
+        history = fit_cam(base, cfg, hw, steps, k, (x_tr, y_tr, sw), (x_va, y_va), weight, heads)
+    else:
+        tm = training_model(base, heads)
+        compile_model(tm, cfg.optimizer, hw, steps, epochs, num_classes=k)
+        tm.compile(
+            optimizer=tm.optimizer,
+            loss={
+                "class_prob": keras.losses.CategoricalCrossentropy(
+                    label_smoothing=cfg.optimizer.label_smoothing
+                ),
+                "box": _identity_loss,
+            },
+            loss_weights={"class_prob": 1.0, "box": float(weight)},
+            metrics={"class_prob": [keras.metrics.CategoricalAccuracy(name="accuracy")]},
+        )
+        hist = tm.fit(
+            x_tr,
+            y_tr,
+            sample_weight={"class_prob": sw, "box": np.ones_like(sw)},
+            validation_data=(x_va, y_va),
+            batch_size=hw.global_batch,
+            epochs=epochs,
+            shuffle=True,
+            verbose=2,
+        )
+        history = {k2: [float(v) for v in vals] for k2, vals in hist.history.items()}
     t_train = time.perf_counter() - t0
     seen = np.sort(np.concatenate([split["train"], split["val"]]))
     card = publish_model(
@@ -322,7 +459,8 @@ def run_arm(
     }
     rec = {
         "weight": weight,
-        "heads": heads,
+        "mode": mode,
+        "heads": heads if mode == "feature" else None,
         "epochs": epochs,
         "seed": cfg.seed,
         "model": str(layout.model),
@@ -335,7 +473,7 @@ def run_arm(
             }
             for m, p in pointing.items()
         },
-        "history": {k2: [float(v) for v in vals] for k2, vals in hist.history.items()},
+        "history": history,
         "minutes_train": t_train / 60,
         "minutes": (time.perf_counter() - t0) / 60,
     }
@@ -353,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("feature", "cam"), default="feature")
     p.add_argument("--heads", type=int, nargs="+", default=[2, 3, 4], help="conv blocks (1-4)")
     p.add_argument("--check-png", type=Path, default=None)
     args = p.parse_args(argv)
@@ -385,13 +524,14 @@ def main(argv: list[str] | None = None) -> int:
         for w in args.weights:
             rec = run_arm(
                 w,
+                args.mode,
                 store,
                 task,
                 split,
                 masks,
                 cfg,
                 args.data,
-                args.out / f"w{w:g}",
+                args.out / f"{args.mode}-w{w:g}",
                 tuple(args.heads),
             )
             with (args.out / "results.jsonl").open("a") as fh:
@@ -405,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(rec: dict[str, Any]) -> str:
     """One line per arm: test accuracy, macro-F1, pointing per class and overall."""
-    parts = [f"w={rec['weight']:g}"]
+    parts = [f"{rec['mode']} w={rec['weight']:g}"]
     t = rec["test"]
     parts.append(f"acc {t.get('accuracy', float('nan')):.3f} macroF1 {t.get('macro_f1', 'n/a')}")
     for m, p in rec["pointing"].items():
