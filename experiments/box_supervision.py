@@ -250,23 +250,52 @@ def training_model(base: keras.Model, heads: list[str]) -> keras.Model:
     return keras.Model(inputs, {"class_prob": t["class_prob"], "box": box})
 
 
-def cam_in_box_loss(feats: Any, grads: Any, target: Any, gradcam: bool) -> Any:
-    """−log of the share of a heatmap's mass inside the box, per slice: (batch,) float32.
+def cam_map(feats: Any, grads: Any, gradcam: bool) -> Any:
+    """One layer's heatmap, (batch, h, w) float32, before any scaling.
 
     ``feats``, ``grads``: (batch, h, w, C) activations of one layer and the gradient of the
-    true class's logit with respect to them; ``target``: (batch, h, w, 1) soft box mask. The
-    map is LayerCAM's, ReLU(Σ_c ReLU(g_c) ⊙ A_c) (Jiang et al. 2021), or with ``gradcam``
-    Grad-CAM's, ReLU(Σ_c mean(g_c) A_c) (Selvaraju et al. 2017), as ``mriscan.explain`` draws
-    them; the gradient flows through both factors (double back-propagation, as GAIN's
-    attention loss, Li et al. 2018). A map that is zero everywhere gives no gradient.
+    explained logit with respect to them. LayerCAM's map, ReLU(Σ_c ReLU(g_c) ⊙ A_c) (Jiang et
+    al. 2021), or with ``gradcam`` Grad-CAM's, ReLU(Σ_c mean(g_c) A_c) (Selvaraju et al.
+    2017), as ``mriscan.explain`` draws them; differentiable in both factors (double
+    back-propagation, as GAIN's attention loss, Li et al. 2018).
     """
     ops = keras.ops
     g = ops.cast(grads, "float32")
     a = ops.cast(feats, "float32")
     w = ops.mean(g, axis=(1, 2), keepdims=True) if gradcam else ops.relu(g)
-    cam = ops.relu(ops.sum(w * a, axis=-1))
+    return ops.relu(ops.sum(w * a, axis=-1))
+
+
+def cam_in_box_loss(feats: Any, grads: Any, target: Any, gradcam: bool) -> Any:
+    """−log of the share of a heatmap's mass inside the box, per slice: (batch,) float32.
+
+    ``feats``, ``grads`` as in ``cam_map``; ``target``: (batch, h, w, 1) soft box mask on the
+    layer's grid. A map that is zero everywhere gives no gradient.
+    """
+    ops = keras.ops
+    cam = cam_map(feats, grads, gradcam)
     share = ops.sum(cam * target[..., 0], axis=(1, 2)) / (ops.sum(cam, axis=(1, 2)) + 1e-6)
     return -ops.log(share + 1e-3)
+
+
+def unit_map(cam: Any, size: int) -> Any:
+    """(batch, h, w) map → (batch, S, S), bilinear, each scaled to a maximum of 1, as
+    ``mriscan.explain`` upsamples and scales its maps."""
+    ops = keras.ops
+    c = ops.image.resize(cam[..., None], (size, size), interpolation="bilinear")[..., 0]
+    return c / (ops.max(c, axis=(1, 2), keepdims=True) + 1e-6)
+
+
+def peak_in_box_loss(unit: Any, mask: Any, beta: float) -> Any:
+    """−log of the soft-argmax probability that a map's peak lies in the box, per slice:
+    (batch,) float32. ``unit``: (batch, S, S) maps scaled to a maximum of 1 (``unit_map``);
+    ``mask``: (batch, S, S) soft box mask in the same frame. softmax(β · map) over the S×S
+    pixels is a differentiable stand-in for the pointing game's argmax (β → ∞)."""
+    ops = keras.ops
+    flat = ops.reshape(beta * unit, (ops.shape(unit)[0], -1))
+    p = ops.softmax(flat, axis=-1)
+    inside = ops.sum(p * ops.reshape(mask, (ops.shape(mask)[0], -1)), axis=-1)
+    return -ops.log(inside + 1e-6)
 
 
 def fit_cam(
@@ -279,10 +308,14 @@ def fit_cam(
     val: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
     weight: float,
     heads: list[str],
+    beta: float | None = None,
 ) -> dict[str, list[float]]:
     """Train ``base`` on class-weighted cross-entropy (label smoothing) + ``weight`` × the mean
     ``cam_in_box_loss`` of the true class on the layers the product's heatmaps read: LayerCAM
     on the rectified outputs of blocks 2 and 3, Grad-CAM on block 4's (``heads`` is not used).
+    ``beta`` None: the loss of each layer is ``cam_in_box_loss`` on its own grid; a number:
+    ``peak_in_box_loss`` (soft pointing game) of the fused LayerCAM map of blocks 2-3 and of
+    block 4's Grad-CAM map, each upsampled and scaled as the product draws it, averaged.
     AdamW with warm-up and cosine decay as ``compile_model`` sets it; batches of the global
     batch size in a seeded order per epoch; TensorFlow only (nested ``GradientTape``).
     Returns the per-epoch history (loss, cam_loss, val_loss, val_accuracy)."""
@@ -315,13 +348,24 @@ def fit_cam(
                 chosen = tf.reduce_sum(logits * y)
             grads = inner.gradient(chosen, feats)
             cls = ce(y, tf.nn.softmax(logits), sample_weight=w)
-            cams = []
-            for n, f, g in zip(explained, feats, grads, strict=True):
-                target = tf.nn.avg_pool2d(
-                    o["mask"], s // int(f.shape[1]), s // int(f.shape[1]), "VALID"
+            if beta is None:  # in-box share of each layer's map on its own grid
+                cams = []
+                for n, f, g in zip(explained, feats, grads, strict=True):
+                    r = s // int(f.shape[1])
+                    target = tf.nn.avg_pool2d(o["mask"], r, r, "VALID")
+                    cams.append(tf.reduce_mean(cam_in_box_loss(f, g, target, n == grad_cam_layer)))
+                cam = tf.add_n(cams) / len(cams)
+            else:  # soft pointing game of the two maps the product draws, at S×S
+                maps = [
+                    unit_map(cam_map(f, g, n == grad_cam_layer), s)
+                    for n, f, g in zip(explained, feats, grads, strict=True)
+                ]
+                fused = tf.add_n(maps[:-1]) / (len(maps) - 1)
+                fused = fused / (tf.reduce_max(fused, axis=(1, 2), keepdims=True) + 1e-6)
+                box = o["mask"][..., 0]
+                cam = 0.5 * tf.reduce_mean(peak_in_box_loss(fused, box, beta)) + 0.5 * (
+                    tf.reduce_mean(peak_in_box_loss(maps[-1], box, beta))
                 )
-                cams.append(tf.reduce_mean(cam_in_box_loss(f, g, target, n == grad_cam_layer)))
-            cam = tf.add_n(cams) / len(cams)
             total = cls + weight * cam
         variables = base.trainable_variables
         opt.apply_gradients(zip(outer.gradient(total, variables), variables, strict=True))
@@ -379,6 +423,7 @@ def run_arm(
     data: Path,
     out: Path,
     head_blocks: tuple[int, ...],
+    beta: float | None = None,
 ) -> dict[str, Any]:
     """Train one arm (``mode`` "feature": box heads on ``head_blocks``; "cam": the heatmaps'
     in-box share on the layers LayerCAM and Grad-CAM read; box-loss weight ``weight``), save
@@ -412,7 +457,9 @@ def run_arm(
     cw = class_weights(labels_tr, k) if cfg.optimizer.class_weight else None
     sw = np.array([cw[c] for c in labels_tr], np.float32) if cw else np.ones(len(labels_tr))
     if mode == "cam":
-        history = fit_cam(base, cfg, hw, steps, k, (x_tr, y_tr, sw), (x_va, y_va), weight, heads)
+        history = fit_cam(
+            base, cfg, hw, steps, k, (x_tr, y_tr, sw), (x_va, y_va), weight, heads, beta
+        )
     else:
         tm = training_model(base, heads)
         compile_model(tm, cfg.optimizer, hw, steps, epochs, num_classes=k)
@@ -461,6 +508,7 @@ def run_arm(
     rec = {
         "weight": weight,
         "mode": mode,
+        "beta": beta,
         "heads": heads if mode == "feature" else None,
         "epochs": epochs,
         "seed": cfg.seed,
@@ -493,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("feature", "cam"), default="feature")
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=None,
+        help="cam mode: soft pointing-game loss with this sharpness (default: in-box share)",
+    )
     p.add_argument("--heads", type=int, nargs="+", default=[2, 3, 4], help="conv blocks (1-4)")
     p.add_argument("--check-png", type=Path, default=None)
     p.add_argument(
@@ -543,8 +597,10 @@ def main(argv: list[str] | None = None) -> int:
                 masks,
                 cfg,
                 args.data,
-                args.out / f"{args.mode}-w{w:g}",
+                args.out
+                / (f"{args.mode}-w{w:g}" + ("" if args.beta is None else f"-b{args.beta:g}")),
                 tuple(args.heads),
+                args.beta,
             )
             with (args.out / "results.jsonl").open("a") as fh:
                 fh.write(json.dumps(rec, default=str) + "\n")
