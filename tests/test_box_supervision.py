@@ -92,3 +92,16 @@ def test_the_heatmap_loss_prefers_a_map_inside_the_box(gradcam):
     loss = np.asarray(bs.cam_in_box_loss(feats, grads, target, gradcam))
     assert loss.shape == (2,)
     assert loss[0] < 0.01 < 5.0 < loss[1]
+
+
+def test_the_soft_pointing_loss_follows_the_peak_not_the_mass():
+    mask = np.zeros((2, 16, 16), np.float32)
+    mask[:, 2:6, 2:6] = 1.0
+    unit = np.full((2, 16, 16), 0.2, np.float32)
+    unit[0, 3, 3] = 1.0  # the peak inside the box
+    unit[1, 12, 12] = 1.0  # the peak outside, the box as warm as the rest
+    loss = np.asarray(bs.peak_in_box_loss(unit, mask, 20.0))
+    assert loss.shape == (2,)
+    assert loss[0] < 0.1 < 2.0 < loss[1]
+    scaled = np.asarray(bs.unit_map(np.ones((1, 4, 4), np.float32) * 3.0, 16))
+    np.testing.assert_allclose(scaled, 1.0, atol=1e-5)
