@@ -309,13 +309,15 @@ def fit_cam(
     weight: float,
     heads: list[str],
     beta: float | None = None,
+    gradcam_share: float = 0.5,
 ) -> dict[str, list[float]]:
     """Train ``base`` on class-weighted cross-entropy (label smoothing) + ``weight`` × the mean
     ``cam_in_box_loss`` of the true class on the layers the product's heatmaps read: LayerCAM
     on the rectified outputs of blocks 2 and 3, Grad-CAM on block 4's (``heads`` is not used).
     ``beta`` None: the loss of each layer is ``cam_in_box_loss`` on its own grid; a number:
     ``peak_in_box_loss`` (soft pointing game) of the fused LayerCAM map of blocks 2-3 and of
-    block 4's Grad-CAM map, each upsampled and scaled as the product draws it, averaged.
+    block 4's Grad-CAM map, each upsampled and scaled as the product draws it, weighted
+    1 − ``gradcam_share`` and ``gradcam_share``.
     AdamW with warm-up and cosine decay as ``compile_model`` sets it; batches of the global
     batch size in a seeded order per epoch; TensorFlow only (nested ``GradientTape``).
     Returns the per-epoch history (loss, cam_loss, val_loss, val_accuracy)."""
@@ -363,9 +365,9 @@ def fit_cam(
                 fused = tf.add_n(maps[:-1]) / (len(maps) - 1)
                 fused = fused / (tf.reduce_max(fused, axis=(1, 2), keepdims=True) + 1e-6)
                 box = o["mask"][..., 0]
-                cam = 0.5 * tf.reduce_mean(peak_in_box_loss(fused, box, beta)) + 0.5 * (
-                    tf.reduce_mean(peak_in_box_loss(maps[-1], box, beta))
-                )
+                cam = (1.0 - gradcam_share) * tf.reduce_mean(
+                    peak_in_box_loss(fused, box, beta)
+                ) + gradcam_share * tf.reduce_mean(peak_in_box_loss(maps[-1], box, beta))
             total = cls + weight * cam
         variables = base.trainable_variables
         opt.apply_gradients(zip(outer.gradient(total, variables), variables, strict=True))
@@ -424,6 +426,7 @@ def run_arm(
     out: Path,
     head_blocks: tuple[int, ...],
     beta: float | None = None,
+    gradcam_share: float = 0.5,
 ) -> dict[str, Any]:
     """Train one arm (``mode`` "feature": box heads on ``head_blocks``; "cam": the heatmaps'
     in-box share on the layers LayerCAM and Grad-CAM read; box-loss weight ``weight``), save
@@ -458,7 +461,17 @@ def run_arm(
     sw = np.array([cw[c] for c in labels_tr], np.float32) if cw else np.ones(len(labels_tr))
     if mode == "cam":
         history = fit_cam(
-            base, cfg, hw, steps, k, (x_tr, y_tr, sw), (x_va, y_va), weight, heads, beta
+            base,
+            cfg,
+            hw,
+            steps,
+            k,
+            (x_tr, y_tr, sw),
+            (x_va, y_va),
+            weight,
+            heads,
+            beta,
+            gradcam_share,
         )
     else:
         tm = training_model(base, heads)
@@ -509,6 +522,7 @@ def run_arm(
         "weight": weight,
         "mode": mode,
         "beta": beta,
+        "gradcam_share": gradcam_share,
         "heads": heads if mode == "feature" else None,
         "epochs": epochs,
         "seed": cfg.seed,
@@ -546,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="cam mode: soft pointing-game loss with this sharpness (default: in-box share)",
+    )
+    p.add_argument(
+        "--gradcam-share",
+        type=float,
+        default=0.5,
+        help="with --beta: weight of the Grad-CAM map's loss (the fused LayerCAM map's: 1 - it)",
     )
     p.add_argument("--heads", type=int, nargs="+", default=[2, 3, 4], help="conv blocks (1-4)")
     p.add_argument("--check-png", type=Path, default=None)
@@ -598,9 +618,14 @@ def main(argv: list[str] | None = None) -> int:
                 cfg,
                 args.data,
                 args.out
-                / (f"{args.mode}-w{w:g}" + ("" if args.beta is None else f"-b{args.beta:g}")),
+                / (
+                    f"{args.mode}-w{w:g}"
+                    + ("" if args.beta is None else f"-b{args.beta:g}")
+                    + ("" if args.gradcam_share == 0.5 else f"-g{args.gradcam_share:g}")
+                ),
                 tuple(args.heads),
                 args.beta,
+                args.gradcam_share,
             )
             with (args.out / "results.jsonl").open("a") as fh:
                 fh.write(json.dumps(rec, default=str) + "\n")
