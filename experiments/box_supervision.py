@@ -310,6 +310,7 @@ def fit_cam(
     heads: list[str],
     beta: float | None = None,
     gradcam_share: float = 0.5,
+    cam_inference: bool = False,
 ) -> dict[str, list[float]]:
     """Train ``base`` on class-weighted cross-entropy (label smoothing) + ``weight`` × the mean
     ``cam_in_box_loss`` of the true class on the layers the product's heatmaps read: LayerCAM
@@ -317,7 +318,9 @@ def fit_cam(
     ``beta`` None: the loss of each layer is ``cam_in_box_loss`` on its own grid; a number:
     ``peak_in_box_loss`` (soft pointing game) of the fused LayerCAM map of blocks 2-3 and of
     block 4's Grad-CAM map, each upsampled and scaled as the product draws it, weighted
-    1 − ``gradcam_share`` and ``gradcam_share``.
+    1 − ``gradcam_share`` and ``gradcam_share``. ``cam_inference``: the maps of the loss come
+    from a second, inference-mode pass (no dropout or augmentation, batch norm's moving
+    statistics), as the product computes them; the cross-entropy keeps the training pass.
     AdamW with warm-up and cosine decay as ``compile_model`` sets it; batches of the global
     batch size in a seeded order per epoch; TensorFlow only (nested ``GradientTape``).
     Returns the per-epoch history (loss, cam_loss, val_loss, val_accuracy)."""
@@ -344,10 +347,16 @@ def fit_cam(
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 o = probe({"slice": x, "mask": m}, training=True)
+                logits = tf.matmul(o["penultimate"], out.kernel) + out.bias
+                if cam_inference:  # the maps of the model as it is scored: no dropout or
+                    # augmentation, batch norm on its moving statistics
+                    o = probe({"slice": x, "mask": m}, training=False)
+                    cam_logits = tf.matmul(o["penultimate"], out.kernel) + out.bias
+                else:
+                    cam_logits = logits
                 feats = [o[n] for n in explained]
                 inner.watch(feats)
-                logits = tf.matmul(o["penultimate"], out.kernel) + out.bias
-                chosen = tf.reduce_sum(logits * y)
+                chosen = tf.reduce_sum(cam_logits * y)
             grads = inner.gradient(chosen, feats)
             cls = ce(y, tf.nn.softmax(logits), sample_weight=w)
             if beta is None:  # in-box share of each layer's map on its own grid
@@ -427,6 +436,7 @@ def run_arm(
     head_blocks: tuple[int, ...],
     beta: float | None = None,
     gradcam_share: float = 0.5,
+    cam_inference: bool = False,
 ) -> dict[str, Any]:
     """Train one arm (``mode`` "feature": box heads on ``head_blocks``; "cam": the heatmaps'
     in-box share on the layers LayerCAM and Grad-CAM read; box-loss weight ``weight``), save
@@ -472,6 +482,7 @@ def run_arm(
             heads,
             beta,
             gradcam_share,
+            cam_inference,
         )
     else:
         tm = training_model(base, heads)
@@ -523,6 +534,7 @@ def run_arm(
         "mode": mode,
         "beta": beta,
         "gradcam_share": gradcam_share,
+        "cam_inference": cam_inference,
         "heads": heads if mode == "feature" else None,
         "epochs": epochs,
         "seed": cfg.seed,
@@ -566,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.5,
         help="with --beta: weight of the Grad-CAM map's loss (the fused LayerCAM map's: 1 - it)",
+    )
+    p.add_argument(
+        "--cam-inference",
+        action="store_true",
+        help="cam mode: the loss's maps from an inference-mode pass (as the product draws them)",
     )
     p.add_argument("--heads", type=int, nargs="+", default=[2, 3, 4], help="conv blocks (1-4)")
     p.add_argument("--check-png", type=Path, default=None)
@@ -622,10 +639,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.mode}-w{w:g}"
                     + ("" if args.beta is None else f"-b{args.beta:g}")
                     + ("" if args.gradcam_share == 0.5 else f"-g{args.gradcam_share:g}")
+                    + ("-inf" if args.cam_inference else "")
                 ),
                 tuple(args.heads),
                 args.beta,
                 args.gradcam_share,
+                args.cam_inference,
             )
             with (args.out / "results.jsonl").open("a") as fh:
                 fh.write(json.dumps(rec, default=str) + "\n")
