@@ -1,47 +1,59 @@
-"""Box supervision of the feature maps the heatmaps read: does it make them point at the tumor?
+"""Tumor boxes as a training signal: do they make the classifier's heatmaps point at the tumor?
 
 Issue #16 target 5 asks the pointing game (Zhang et al. 2018, "Top-down Neural Attention by
 Excitation Backprop", IJCV 126: the map's peak must fall inside the object's box) on the
 correctly classified tumor slices of ``figshare_br35h`` to reach 0.80. The classifiers score
 ~0.2: they classify without localising. This experiment trains the product's classifier
-(``mriscan.model.build_model``, unchanged) with an auxiliary loss that exists during training
-only, multi-task localisation in the sense of weakly/fully supervised attention (cf. Li et al.
-2018, "Tell Me Where to Look: Guided Attention Inference Network", whose extra supervision is a
-pixel mask; here the box is the mask and it supervises the feature maps, not the heatmap):
+(``mriscan.model.build_model``, unchanged) with an extra loss that exists during training only,
+in one of two modes:
 
-- every conv block output that a heatmap reads (``mriscan.explain.block_outputs``: blocks 2 and
-  3 for LayerCAM's default fusion, block 4 for Grad-CAM) gets a 1×1 convolution, the logit of
-  "this cell lies in the tumor's box";
-- its target is the tumor box drawn in the preprocessed S×S frame: ``source_point``
-  (``mriscan.preprocess``) is affine in (row, column) for one slice (crop, resize, midline
-  rotation), so three of its points give the map of the whole frame; every pixel is sampled
-  4×4 and the fraction of samples inside the box is the soft mask, average-pooled to each
-  block's grid;
-- the loss is the classifier's own (categorical cross-entropy with label smoothing, balanced
-  class weights, AdamW with warm-up and cosine decay: ``mriscan.training.optimizer``) plus
-  ``w`` × the class-balanced binary cross-entropy of the heads (inside and outside the box
-  weighted equally per slice, as a box covers a few percent of the slice), averaged over heads;
-- the geometric augmentation of ``build_model`` (horizontal flip, rotation, zoom) is applied to
-  the slice and its mask together, stacked as channels through the same random layers, so the
-  mask follows it and both arms keep the product's default augmentation; at inference those
-  layers are the identity, so the saved model is exactly ``build_model``'s.
+- ``--mode feature`` (multi-task localisation): every conv block output a heatmap reads
+  (``mriscan.explain.block_outputs``: blocks 2 and 3 for LayerCAM's default fusion, block 4 for
+  Grad-CAM) gets a 1×1 convolution, the logit of "this cell lies in the tumor's box", trained
+  with a class-balanced binary cross-entropy (inside and outside the box weighted equally per
+  slice) against the box mask average-pooled to the block's grid. The heads learn the boxes,
+  the heatmaps do not move (0.26 → 0.26-0.27).
+- ``--mode cam`` (the heatmap itself supervised, as the attention loss of GAIN, Li et al. 2018,
+  "Tell Me Where to Look: Guided Attention Inference Network", CVPR): the LayerCAM (Jiang et
+  al. 2021) and Grad-CAM (Selvaraju et al. 2017) maps of the true class are computed inside the
+  training step (nested ``GradientTape``: double back-propagation, TensorFlow backend) and
+  penalised by ``cam_in_box_loss`` (−log of the map's mass share inside the box, per layer) or,
+  with ``--beta``, by ``peak_in_box_loss``: the fused LayerCAM map of blocks 2-3 and block 4's
+  Grad-CAM map, upsampled and scaled as ``mriscan.explain`` draws them, and −log of the
+  softmax(β · map) probability inside the box, a differentiable pointing game.
+  ``--cam-inference`` computes those maps on an inference-mode pass (no dropout or
+  augmentation, batch norm's moving statistics), as they are scored.
+
+Common to both: the loss is the classifier's own (categorical cross-entropy with label
+smoothing, balanced class weights, AdamW with warm-up and cosine decay:
+``mriscan.training.optimizer``) plus ``w`` × the box loss. The box is drawn in the preprocessed
+S×S frame: ``source_point`` (``mriscan.preprocess``) is affine in (row, column) for one slice
+(crop, resize, midline rotation), so three of its points give the map of the whole frame; each
+pixel is sampled 4×4 and the fraction of samples inside the box is the soft mask. The geometric
+augmentation of ``build_model`` (flip, rotation, zoom) is applied to the slice and its mask
+stacked as channels through the same random layers, so the mask follows it and every arm keeps
+the product's default augmentation; at inference those layers are the identity, so the saved
+model is exactly ``build_model``'s.
 
 After training only the base classifier is saved, the way ``mriscan train`` saves it
 (``publish_model`` with ``card_for``'s model card), so the product command
 ``python -m mriscan explain MODEL FOLDER --boxes FOLDER/boxes.csv`` scores it unchanged. Test
 accuracy and macro-F1 come from ``mriscan.training.fit.score`` on ``predict_store`` (TTA as the
 card says), the pointing game from ``mriscan.explain.pointing_game`` on a folder of links to the
-test split (``experiments/split_folder.py``).
+test split (``experiments/split_folder.py``). ``--occlude`` measures whether the decisions rest
+on the box's content (``occlusion``): a heatmap can be trained to point without the decision
+following it.
 
-Usage (from the repository root)::
+Usage (from the repository root; the best setting measured, 3 seeds in the session-14 report)::
 
-    python experiments/box_supervision.py DATA STORE OUT --weights 0 1 [--epochs 15]
+    python experiments/box_supervision.py DATA STORE OUT --mode cam --beta 10 \
+        --cam-inference --weights 0 1 [--epochs 15] [--seed S]
 
 ``DATA`` holds the class folders and ``boxes.csv``; each weight is one arm, trained on the same
-split from the same initial weights, written to ``OUT/w<weight>/``; one JSON line per arm goes
-to ``OUT/results.jsonl``. ``--check-png F`` writes a picture of the box masks of a few slices
-(source with box | preprocessed slice with mask | the 6×6 targets) and exits; ``--occlude
-ARM [ARM ...]`` prints how much each arm's decisions rest on the box's content (``occlusion``).
+split from the same initial weights, written to ``OUT/<mode>-w<weight>[-b<beta>...]/``; one JSON
+line per arm goes to ``OUT/results.jsonl``. ``--check-png F`` writes a picture of the box masks
+of a few slices (source with box | preprocessed slice with mask | the 6×6 targets) and exits;
+``--occlude ARM [ARM ...]`` prints how much each arm's decisions rest on the box's content.
 """
 
 from __future__ import annotations
