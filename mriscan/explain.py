@@ -764,7 +764,8 @@ def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config
     sy, sx = source_point(image, r, c, config)
     h, w = image.shape
     xc, yc, bw, bh = box
-    return abs(sx / w - xc) <= bw / 2 and abs(sy / h - yc) <= bh / 2
+    # source_point puts pixel centres at integers; box fractions run from the image's edge
+    return abs((sx + 0.5) / w - xc) <= bw / 2 and abs((sy + 0.5) / h - yc) <= bh / 2
 
 
 def pointing_game(

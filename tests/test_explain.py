@@ -195,6 +195,20 @@ def test_k_class_heatmaps_follow_the_chosen_class(three_class_model, cam_fn):
     np.testing.assert_allclose(cam_fn(three_class_model, x), before, atol=1e-5)
 
 
+def test_peak_in_box_measures_box_fractions_from_the_image_edge():
+    """A peak on the last column of a 10-pixel-wide slice (pixel centre 9, covering 9-10 in
+    edge units) lies in a box over the last 6% of the width, not in one ending at 92%."""
+    from mriscan.explain import peak_in_box
+    from mriscan.preprocess import PreprocessConfig
+
+    image = np.full((10, 10), 128, np.uint8)
+    flat = PreprocessConfig(size=10, crop=False, align=False)
+    cam = np.zeros((10, 10))
+    cam[4, 9] = 1.0
+    assert peak_in_box(image, cam, (0.97, 0.45, 0.06, 0.1), flat)  # columns 9.4-10
+    assert not peak_in_box(image, cam, (0.89, 0.45, 0.06, 0.1), flat)  # columns 8.6-9.2
+
+
 def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path):
     from PIL import Image
 
