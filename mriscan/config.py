@@ -389,6 +389,13 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         v, t = self.val_fraction, self.test_fraction
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == 0:
+            # without validation slices there is no threshold and no per-epoch check; the
+            # split would otherwise fail later as "a class is missing from the val part"
+            raise ConfigError(
+                "val_fraction must be in (0, 1): a validation part is needed to choose the "
+                "decision threshold and to report validation metrics each epoch. Received: 0."
+            )
         if not (0 <= v < 1 and 0 <= t < 1 and v + t < 1):
             raise ConfigError(
                 "val_fraction and test_fraction must be in [0, 1) with a sum "

@@ -38,6 +38,7 @@ def test_override_replaces_nested_settings_and_validates():
         ("pretrain.phantoms", 5, "at least 20 phantoms"),
         ("fit.select", "first", "select must be one of"),
         ("fit.threshold_rule", "otsu", "threshold_rule must be one of"),
+        ("split.val_fraction", 0.0, r"val_fraction must be in \(0, 1\): a validation part"),
         ("runtime.pipeline", "dali", "pipeline must be one of"),
         ("model.filters", (8, 8), "filters must be 4 positive integers"),
         ("image_size", 0, "image_size must be a positive integer"),
