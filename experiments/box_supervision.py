@@ -82,10 +82,9 @@ from mriscan.io import decode_image
 from mriscan.model import build_model
 from mriscan.pipeline import load_batch
 from mriscan.preprocess import source_point
-from mriscan.splits import split_indices
 from mriscan.training.fit import card_for, score
 from mriscan.training.optimizer import class_weights, compile_model
-from mriscan.training.workflow import _write_split, open_for_task, setup_for
+from mriscan.training.workflow import _write_split, holdout_split, open_for_task, setup_for
 
 log = logging.getLogger("box_supervision")
 
@@ -627,15 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         masks = store_masks(store, args.data, args.out / f"masks-{store.image_size}.npy")
         log.info("box masks of %d slices in %.0f s", len(masks), time.perf_counter() - t0)
-        labels = task.labels(store.labels)
-        inner = split_indices(
-            labels[kept],
-            store.groups[kept],
-            val_fraction=cfg.split.val_fraction,
-            test_fraction=cfg.split.test_fraction,
-            seed=cfg.seed,
-        )
-        split = {k: kept[v] for k, v in inner.items()}
+        split = holdout_split(store, task, kept, cfg)
         for w in args.weights:
             rec = run_arm(
                 w,

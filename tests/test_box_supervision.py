@@ -7,32 +7,15 @@ prefers a heatmap inside the box.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
+from _experiments import load_experiment
 
 from mriscan.model import build_model
 from mriscan.preprocess import PreprocessConfig, source_point
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _load(name: str):
-    """Import a script of experiments/ by path (the folder is not a package)."""
-    sys.path.insert(0, str(EXPERIMENTS_DIR))
-    spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXPERIMENTS_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bs = _load("box_supervision")
+bs = load_experiment("box_supervision")
 
 
 def _tilted_head(h: int = 200, w: int = 260, degrees: float = 12.0) -> np.ndarray:

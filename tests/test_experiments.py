@@ -6,32 +6,18 @@ depend on today's defaults, and that old rows keep the settings they measured.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _experiments import load_experiment
 
 from mriscan.config import CVConfig, override
 from mriscan.errors import MriscanError
 from mriscan.preprocess import PreprocessConfig
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _load(name: str):
-    """Import a script of experiments/ by path (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXPERIMENTS_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ax = _load("accuracy_experiments")
+ax = load_experiment("accuracy_experiments")
 DEFAULT_FILTERS = CVConfig().train.model.filters
 
 
@@ -153,7 +139,7 @@ def test_git_state_names_the_commit():
 
 
 def test_threshold_rules_read_the_protocol_numbers(tmp_path):
-    tr = _load("threshold_rules")
+    tr = load_experiment("threshold_rules")
     protocol = {"kind": "cv", "seed": 2, "folds": 5, "repeats": 1, "val_fraction": 0.25}
     (tmp_path / "metrics.json").write_text(json.dumps({"protocol": protocol}))
     assert tr.run_protocol(tmp_path) == (2, 5, 0.25)
@@ -202,7 +188,7 @@ def test_cross_collection_run_trains_on_one_set_scores_the_other_and_logs(tmp_pa
     import mriscan.evaluate as evaluate_mod
     import mriscan.training.workflow as workflow
 
-    xc = _load("cross_collection")
+    xc = load_experiment("cross_collection")
     seen = {}
 
     trained = SimpleNamespace(

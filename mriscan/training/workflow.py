@@ -118,26 +118,7 @@ def train(
     t0 = time.perf_counter()
     layout = RunLayout(out)
     store, task, kept = open_for_task(data, cfg, store_path, read_options)
-    labels = task.labels(store.labels)
-    positive_parts = [f for f in (cfg.split.val_fraction, cfg.split.test_fraction) if f > 0]
-    recs = store.index.records
-    for line in oversized_groups(
-        labels[kept],
-        store.groups[kept],
-        min(positive_parts, default=1.0),
-        task.class_names,
-        [recs[i].group_key for i in kept],
-    ):
-        log.warning("split: %s", line)
-    inner = split_indices(
-        labels[kept],
-        store.groups[kept],
-        val_fraction=cfg.split.val_fraction,
-        test_fraction=cfg.split.test_fraction,
-        seed=cfg.seed,
-    )
-    split = {k: kept[v] for k, v in inner.items()}
-    check_split(split, labels, task, test=cfg.split.test_fraction > 0)
+    split = holdout_split(store, task, kept, cfg)
     layout.root.mkdir(parents=True, exist_ok=True)
     hw = setup_for(cfg)
     init = starting_weights(cfg, hw, store.config)
@@ -341,6 +322,46 @@ def _why_no_slice(store: ImageStore, task: Task, name: str) -> str:
         for f, n in sorted(counts.items(), key=lambda kv: -kv[1])
     ]
     return f"its {rows.size} stored slice(s) were all retired: " + ", ".join(parts)
+
+
+def holdout_split(
+    store: ImageStore, task: Task, kept: np.ndarray, cfg: TrainConfig
+) -> dict[str, np.ndarray]:
+    """The train/val/test split ``train`` fits on: stratified and group-aware over the store
+    positions ``kept`` (``mriscan.splits.split_indices`` with ``cfg.split`` and ``cfg.seed``),
+    oversized groups warned about, every class checked in every part (``check_split``).
+
+    Returns
+    -------
+    dict
+        ``"train"``, ``"val"``, ``"test"``: ndarray of store positions, int64.
+
+    Raises
+    ------
+    ConfigError
+        If a class is missing from a part of the split.
+    """
+    labels = task.labels(store.labels)
+    positive_parts = [f for f in (cfg.split.val_fraction, cfg.split.test_fraction) if f > 0]
+    recs = store.index.records
+    for line in oversized_groups(
+        labels[kept],
+        store.groups[kept],
+        min(positive_parts, default=1.0),
+        task.class_names,
+        [recs[i].group_key for i in kept],
+    ):
+        log.warning("split: %s", line)
+    inner = split_indices(
+        labels[kept],
+        store.groups[kept],
+        val_fraction=cfg.split.val_fraction,
+        test_fraction=cfg.split.test_fraction,
+        seed=cfg.seed,
+    )
+    split = {k: kept[v] for k, v in inner.items()}
+    check_split(split, labels, task, test=cfg.split.test_fraction > 0)
+    return split
 
 
 def check_split(
