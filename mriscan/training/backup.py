@@ -1,17 +1,36 @@
-"""The per-epoch backup a killed run resumes from, written so that a kill never damages it."""
+"""What a killed run resumes from, written so that a kill never damages it: the per-epoch
+backup (``AtomicBackupAndRestore``) and the best-so-far checkpoint (``BestCheckpoint``)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import keras
 
-__all__ = ["EPOCH_ATTR", "AtomicBackupAndRestore"]
+__all__ = ["EPOCH_ATTR", "AtomicBackupAndRestore", "BestCheckpoint", "epochs_done"]
 
 #: HDF5 attribute of the backup's weights file: the number of epochs those weights finished
 EPOCH_ATTR = "mriscan_epochs_done"
+
+
+def epochs_done(weights: Path) -> int | None:
+    """The number of finished epochs an ``AtomicBackupAndRestore`` weights file records; None
+    when the file is missing, unreadable, or was written without the record (by Keras' own
+    ``BackupAndRestore`` in mriscan before the fourteenth session, whose in-place saves a kill
+    could tear)."""
+    import h5py
+
+    if not Path(weights).is_file():
+        return None
+    try:
+        with h5py.File(weights, "r") as f:
+            done = f.attrs.get(EPOCH_ATTR)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return None if done is None else int(done)
 
 
 def _replace_durably(tmp: Path, final: Path) -> None:
@@ -61,12 +80,57 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         _replace_durably(part, meta)
 
     def _load_model(self) -> None:
-        import h5py
+        from mriscan.errors import ResumeError
 
-        super()._load_model()
-        final = Path(self._weights_path)
-        if final.is_file():
-            with h5py.File(final, "r") as f:
-                done = f.attrs.get(EPOCH_ATTR)
-            if done is not None:
-                self.model._initial_epoch = int(done)
+        try:
+            super()._load_model()
+        except ValueError as exc:  # a file that opens but does not fit the model
+            first = (str(exc).strip().splitlines() or ["no reason given"])[0]
+            raise ResumeError(
+                f"{self.backup_dir} is damaged: its weights do not load into this model "
+                f"({first}). Delete {self.backup_dir} to start afresh, or use another --out."
+            ) from exc
+        done = epochs_done(Path(self._weights_path))
+        if done is not None:
+            self.model._initial_epoch = done
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keep the model of the epoch with the highest ``monitor`` (e.g. ``val_auc``) at ``path``,
+    written all-or-nothing: to a temporary ``.keras`` file beside it, then ``os.replace``.
+
+    Replaces ``keras.callbacks.ModelCheckpoint(save_best_only=True)``, which writes the file in
+    place: a kill during the save left an empty or weight-less ``best_model.keras`` that the
+    end of a resumed run then loaded (verifier, fourteenth session). Epochs whose value is not
+    finite are skipped.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.keras`` file.
+    monitor : str
+        The ``logs`` key to maximise.
+    initial_value_threshold : float, optional
+        The best value so far (a resumed run's); an epoch must beat it to be saved.
+    """
+
+    def __init__(
+        self, path: Path, monitor: str = "val_auc", initial_value_threshold: float | None = None
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = -math.inf if initial_value_threshold is None else initial_value_threshold
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
+            return
+        self.best = float(value)
+        self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"partial_{self.path.name}")  # Keras wants .keras
+        self.model.save(str(tmp), overwrite=True)
+        _replace_durably(tmp, self.path)

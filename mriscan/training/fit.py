@@ -35,7 +35,7 @@ from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.synth import implant_lesions
 from mriscan.tasks import Task, canonical_class_map, resolve_task
-from mriscan.training.backup import AtomicBackupAndRestore
+from mriscan.training.backup import AtomicBackupAndRestore, BestCheckpoint, epochs_done
 from mriscan.training.history import JsonHistory
 from mriscan.training.optimizer import class_weights, compile_model
 from mriscan.weights import WeightsReport, load_matching_weights
@@ -272,26 +272,16 @@ def _check_resume(layout: RunLayout, run_id: str, identity: dict[str, Any] | Non
             "weights (it records no details to say which: written by an older mriscan, or "
             f"damaged); only the same run may resume from it. {fix}"
         )
-    weights = [backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"]
-    if any(p.is_file() for p in weights) and not any(_h5_readable(p) for p in weights):
+    weights = backup / "latest.weights.h5"
+    if (weights.is_file() or weights.with_name(weights.name + ".bkp").is_file()) and (
+        epochs_done(weights) is None
+    ):
+        # mriscan before the fourteenth session saved in place (Keras' BackupAndRestore): a
+        # kill could tear the file so that it still opens, then crash or drop the optimizer
         raise ResumeError(
-            f"{backup} is damaged (the run was killed while writing it): its weights cannot "
-            f"be read. {fix}"
+            f"{backup} cannot be trusted: its weights record no finished epoch (written by an "
+            f"older mriscan, whose saves a kill could tear, or damaged). {fix}"
         )
-    return True
-
-
-def _h5_readable(path: Path) -> bool:
-    """True when ``path`` is an HDF5 file that opens and lists its contents."""
-    import h5py
-
-    if not path.is_file():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            f.visit(lambda _name: None)
-    except (OSError, ValueError, RuntimeError):
-        return False
     return True
 
 
@@ -404,8 +394,10 @@ def _fit(
     identity, run_id, resume = state
     best_path = layout.checkpoint
     history_cb = JsonHistory(layout.live_history, resume, run_id)
-    # BackupAndRestore resumes after the last finished epoch, which history.json also records
-    first_epoch = min(max(history_cb.epochs, default=-1) + 1, epochs - 1)
+    # the backup resumes after the last epoch it records as finished; the input pipeline
+    # starts its shuffling at the same epoch
+    done = epochs_done(backup / "latest.weights.h5") if resume else None
+    first_epoch = min(done or 0, epochs - 1)
     if kind == "tfdata":
         train_data, steps = make_tf_dataset(
             store,
@@ -461,26 +453,16 @@ def _fit(
         aucs = [r.get("val_auc") for r in history_cb.epochs.values()]
         monitor_best = max((a for a in aucs if isinstance(a, float)), default=-math.inf)
         log.info("resuming from %s (best val_auc so far %.4f)", backup, monitor_best)
-    cbs: list[keras.callbacks.Callback] = [
-        # all-or-nothing saves: a kill while the weights are written leaves the previous ones
-        AtomicBackupAndRestore(str(backup)),
-        keras.callbacks.TerminateOnNaN(),
-        history_cb,
-    ]
+    cbs: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), history_cb]
     if cfg.fit.patience is not None:
-        cbs.insert(2, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fit.patience))
+        cbs.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fit.patience))
     best = checkpoint and cfg.fit.select == "best"
     if best:
-        cbs.insert(
-            1,
-            keras.callbacks.ModelCheckpoint(
-                str(best_path),
-                monitor="val_auc",
-                mode="max",
-                save_best_only=True,
-                initial_value_threshold=monitor_best,
-            ),
-        )
+        cbs.append(BestCheckpoint(best_path, "val_auc", initial_value_threshold=monitor_best))
+    # the backup comes last: it declares an epoch finished only once the epoch's history row
+    # and best-so-far model are written (all-or-nothing saves, mriscan.training.backup); a
+    # kill in between re-runs that epoch, whose rows are then written again
+    cbs.append(AtomicBackupAndRestore(str(backup)))
     cbs += list(callbacks or [])
     train_labels = task.labels(store.labels[train_idx])
     cw = class_weights(train_labels, k) if cfg.optimizer.class_weight else None
