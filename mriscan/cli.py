@@ -692,7 +692,8 @@ def train(
     With no DATA: uses data/raw/<class>/ if present, else generates synthetic phantoms
     into data/raw/synthetic/ once. Split: stratified, duplicate-group aware; the kept
     model (--select) is evaluated once on the held-out test split, with the decision
-    threshold chosen on the training and validation slices (never the test split).
+    threshold chosen by --threshold-rule on the training and validation slices (never the
+    test split).
     """
     scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)

@@ -382,8 +382,9 @@ class SplitConfig:
 
     val_fraction: float = _opt(
         0.15,
-        "Share held out to choose the decision threshold (in cv: of each training fold; 0.25 "
-        "traded AUC for accuracy on two seeds, experiments/ACCURACY.md rows 31-32).",
+        "Share held out for validation: per-epoch checks and the decision threshold, with the "
+        "training slices or alone (--threshold-rule); in cv, of each training fold; 0.25 "
+        "traded AUC for accuracy on two seeds, experiments/ACCURACY.md rows 31-32.",
     )
     test_fraction: float = _opt(0.15, "Share held out for the final test (train only).")
 
