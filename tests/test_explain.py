@@ -209,23 +209,26 @@ def test_peak_in_box_measures_box_fractions_from_the_image_edge():
     assert not peak_in_box(image, cam, (0.89, 0.45, 0.06, 0.1), flat)  # columns 8.6-9.2
 
 
-def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path):
+def _boxed_blobs(model, tmp_path, n: int, seed: int, names: tuple[str, str, str]):
+    """Save ``model`` (the three-class blob model) with its card as ``tmp_path/m.keras`` and
+    write the blob slices of ``_three_class_task(n, seed)`` but class 0 as PNGs under
+    ``tmp_path/data/<names[class]>/`` with their boxes; returns the model path and the CSV
+    rows (header first; the caller writes them)."""
     from PIL import Image
 
     from mriscan.artifacts import ModelCard
-    from mriscan.explain import pointing_game, read_boxes
     from mriscan.preprocess import PreprocessConfig
 
     path = tmp_path / "m.keras"
-    three_class_model.save(path)
+    model.save(path)
     pre = PreprocessConfig(size=32, crop=False, align=False, normalization="none")
     ModelCard(pre, ("none", "left", "right"), None, healthy="none").save(path)
-    xt, yt = _three_class_task(30, seed=2)
+    xt, yt = _three_class_task(n, seed=seed)
     rows = ["file,class,x_center,y_center,width,height"]
     for i, (img, cls) in enumerate(zip(xt[..., 0], yt, strict=True)):
         if cls == 0:
             continue
-        name = ["none", "left", "right"][cls]
+        name = names[cls]
         # the network saw float inputs; the files hold them shifted to uint8 (normalization
         # "none" gives them back as 0..255 values: scale the test task accordingly)
         u8 = np.clip(img * 40 + 100, 0, 255).astype(np.uint8)
@@ -233,6 +236,14 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
         Image.fromarray(u8).save(tmp_path / "data" / name / f"{i}.png")
         c = 8 / 32 if cls == 1 else 24 / 32
         rows.append(f"{name}/{i}.png,{name},{c},{c},0.3,0.3")
+    return path, rows
+
+
+def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path):
+
+    from mriscan.explain import pointing_game, read_boxes
+
+    path, rows = _boxed_blobs(three_class_model, tmp_path, 30, 2, ("none", "left", "right"))
     (tmp_path / "data" / "left" / "broken.png").write_bytes(b"not a png")
     rows.append("left/broken.png,left,0.5,0.5,0.1,0.1")
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
@@ -656,30 +667,13 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(three_class_mo
     import json
 
     from click.testing import CliRunner
-    from PIL import Image
 
-    from mriscan.artifacts import ModelCard
     from mriscan.cli import main
     from mriscan.errors import MriscanError
     from mriscan.explain import pointing_game
-    from mriscan.preprocess import PreprocessConfig
 
-    path = tmp_path / "m.keras"
-    three_class_model.save(path)
-    pre = PreprocessConfig(size=32, crop=False, align=False, normalization="none")
-    ModelCard(pre, ("none", "left", "right"), None, healthy="none").save(path)
-    xt, yt = _three_class_task(18, seed=3)
-    rows = ["file,class,x_center,y_center,width,height"]
-    for i, (img, cls) in enumerate(zip(xt[..., 0], yt, strict=True)):
-        if cls == 0:
-            continue
-        # the right-blob slices are boxed as a tumor type the model was not trained on
-        name = "left" if cls == 1 else "other"
-        u8 = np.clip(img * 40 + 100, 0, 255).astype(np.uint8)
-        (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(u8).save(tmp_path / "data" / name / f"{i}.png")
-        c = 8 / 32 if cls == 1 else 24 / 32
-        rows.append(f"{name}/{i}.png,{name},{c},{c},0.3,0.3")
+    # the right-blob slices are boxed as a tumor type the model was not trained on
+    path, rows = _boxed_blobs(three_class_model, tmp_path, 18, 3, ("none", "left", "other"))
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
     result = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
     assert set(result["per_class"]) == {"left"} and result["overall"]["n"] == 6
