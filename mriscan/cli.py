@@ -784,9 +784,11 @@ def _print_unit_levels(result: dict, intro: str, section: Callable[[str, dict], 
 def _print_metrics(title: str, m: dict) -> None:
     """Print the headline metrics, per-class precision/recall/F1 and the confusion matrix."""
     thr = m.get("threshold")
-    rule = f"threshold {thr:.3f}" if isinstance(thr, float) and thr == thr else "most probable"
-    if m.get("threshold_rule") and rule != "most probable":
-        rule += f": {m['threshold_rule']}"
+    rule = "most probable"
+    if isinstance(thr, float) and thr == thr:
+        rule = f"threshold {thr:.3f}" + (
+            f": {m['threshold_rule']}" if m.get("threshold_rule") else ""
+        )
     click.echo(f"{title} (n={m['n']}, {rule}):")
     from mriscan.evaluate import HEADLINE_METRICS
 

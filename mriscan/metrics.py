@@ -26,6 +26,7 @@ The one rule (``_per_class``), used by ``train``, ``evaluate`` and ``cv`` alike:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -257,8 +258,6 @@ def choose_threshold(
     try:
         return balanced_platt_threshold(y, p), THRESHOLD_RULE_TEXT["platt"]
     except UndefinedThresholdError as exc:
-        import logging
-
         logging.getLogger(__name__).warning(
             "%s The decision threshold is set to 0.5 and means nothing (the model card says "
             "so). Train longer, or check the labels.",
