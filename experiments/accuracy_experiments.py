@@ -485,6 +485,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         f"xc_platt{suffix}": Experiment("s14_platt", seed, row=66)
         for suffix, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))
     },
+    # fifteenth session (issue 16 target 2, tumor typing): the 4-class figshare model with more
+    # input detail or more depth, each against row 68(b) (today's defaults, same split and seed)
+    "fig4_s64": Experiment("s14_platt", _size(64)),
+    "fig4_c2": Experiment("s14_platt", {"model.convs_per_block": 2}),
+    "fig4_s64_c2": Experiment("s14_platt", {**_size(64), "model.convs_per_block": 2}),
+    "fig4_e70": Experiment("s14_platt", {"fit.epochs": 70}),
     "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),
     "xc_s96_smooth_seed1": Experiment(
         "s8_fast_align", {**_size(96), "preprocess.smooth": 1.0, "seed": 1}
