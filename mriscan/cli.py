@@ -1147,6 +1147,7 @@ def cv(
         f"{p['duplicate_groups']} duplicate groups ({s['seconds'] / 60:.1f} min):"
     )
     click.echo(f"  task: {s['task']}")
+    click.echo(f"  decision: {p['threshold_rule']}")
     _print_fold_summary(s, s["headline"])
     types = s["pooled"].get("tumor_types_only")
     tvh = s["pooled"].get("tumor_vs_healthy")
@@ -1197,6 +1198,25 @@ def _print_cv_levels(s: dict) -> None:
         return notes
 
     _print_unit_levels(s, "Per unit, in each fold", section)
+
+
+def _label_rule(model_path: Path, threshold: float | None) -> str:
+    """How ``predict`` labels a slice, in words: the positive class at the threshold in use
+    (the model card's, with the rule that chose it, or the one given), or the most probable."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.inference import check_threshold
+    from mriscan.metrics import ARGMAX_RULE
+
+    card = ModelCard.load(model_path)
+    thr = check_threshold(card, threshold)
+    if thr is None:
+        return f"the {ARGMAX_RULE}"
+    source = "given by --threshold" if threshold is not None else card.threshold_rule
+    return (
+        f"{card.class_names[1]} at P ≥ {thr:.3f} ({source})"
+        if source
+        else (f"{card.class_names[1]} at P ≥ {thr:.3f}")
+    )
 
 
 @main.command()
@@ -1298,14 +1318,10 @@ def predict(
         f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → "
         f"{display_path(output)}"
     )
+    rule = _label_rule(model_path, threshold)
+    click.echo(f"label: {rule}")
     if units:
-        from mriscan.artifacts import ModelCard
-        from mriscan.inference import check_threshold
-
-        card = ModelCard.load(model_path)  # the label rule, stated once for the rows below
-        thr = check_threshold(card, threshold)
-        rule = f"{card.class_names[1]} at P ≥ {thr:.3f}" if thr is not None else "the most probable"
-        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}; label: {rule}:")
+        click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}, labelled as above:")
         for r in units:
             p = r.get("probability", r.get("tumor_probability"))
             shown = f"P = {_num(p)}, " if p is not None else ""

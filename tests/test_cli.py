@@ -11,6 +11,7 @@ from _shards import write_chunk_bytes
 from click.testing import CliRunner
 
 from mriscan.cli import main
+from mriscan.metrics import THRESHOLD_RULE_TEXT
 
 
 def test_help_lists_commands_and_imports_no_tensorflow():
@@ -228,6 +229,7 @@ def test_cv_writes_its_artifacts_with_the_chosen_validation_share(tmp_path):
     r = runner.invoke(main, [*args, "--val-fraction", "0.3"])
     assert r.exit_code == 0, r.output
     assert "2-fold CV × 1, 40 slices" in r.output and "roc_auc" in r.output
+    assert f"decision: {THRESHOLD_RULE_TEXT['platt']}" in r.output  # the rule, named
     m = json.loads((out / "cv" / "metrics.json").read_text())
     assert m["protocol"]["val_fraction"] == 0.3
     assert "30% of each training fold" in m["protocol"]["description"]

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mriscan.cli import main
+from mriscan.metrics import ARGMAX_RULE, THRESHOLD_RULE_TEXT
 from tests.conftest import write_class_folders
 
 FAST = ["--epochs", "2", "--pretrain", "0", "--image-size", "32", "--batch-size", "16"]
@@ -37,6 +38,12 @@ def test_every_command_works_for_k_classes(k, tmp_path):
     model = out / "models" / "best_model.keras"
     r = run.invoke(main, ["predict", str(model), str(data), "--output", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
+    said = (  # the label rule, with the threshold and how it was chosen
+        f"label: yes at P ≥ {card['threshold']:.3f} ({THRESHOLD_RULE_TEXT['platt']})"
+        if k == 2
+        else "label: the most probable class"
+    )
+    assert said in r.output, r.output
     with open(tmp_path / "p.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 * k and {f"p_{n}" for n in names} <= set(rows[0])
@@ -191,6 +198,29 @@ def test_a_train_run_says_a_task_warning_once(tmp_path, caplog):
     assert "the positive (tumor) class is 'no'" in said[0].getMessage()
     card = json.loads((tmp_path / "run" / "models" / "best_model.json").read_text())
     assert card["class_names"] == ["yes", "no"]  # the choice stands: --positive no
+
+
+def test_a_threshold_rule_a_k_class_task_cannot_use_is_said_once(tmp_path, caplog):
+    """--threshold-rule sets a two-class model's threshold; asked of a 3-class task, the run
+    goes on (the rule never changes the weights) and says once that the rule is not used."""
+    import logging
+
+    from mriscan.training.workflow import train
+    from tests.conftest import build_class_store, fast_config
+
+    store = build_class_store(tmp_path / "s.zarr", ("glioma", "meningioma", "notumor"), 16)
+    cfg = fast_config(**{"fit.epochs": 1, "fit.threshold_rule": "youden"})
+    with caplog.at_level(logging.WARNING):
+        train(store, cfg, out=tmp_path / "run")
+    said = [r for r in caplog.records if "--threshold-rule youden is not used" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert "this task has 3 classes" in said[0].getMessage()
+    card = json.loads((tmp_path / "run" / "models" / "best_model.json").read_text())
+    assert card["threshold"] is None and card["threshold_rule"] == ARGMAX_RULE
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the default rule says nothing
+        train(store, fast_config(**{"fit.epochs": 1}), out=tmp_path / "run2")
+    assert "is not used" not in caplog.text
 
 
 def test_a_k_class_run_removes_the_roc_plot_an_earlier_two_class_run_left(tmp_path):

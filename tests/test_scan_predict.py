@@ -121,7 +121,8 @@ def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file
     from mriscan.artifacts import ModelCard
 
     card = ModelCard.load(model_file)  # the threshold the series labels follow, said once
-    assert f"label: {card.class_names[1]} at P ≥ {card.threshold:.3f}:" in out.output
+    said = f"label: {card.class_names[1]} at P ≥ {card.threshold:.3f} ({card.threshold_rule})"
+    assert out.output.count(said) == 1, out.output
 
 
 def test_failed_scanner_files_follow_show_paths(model_file, tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 
 from mriscan import metrics as mx
 from mriscan.artifacts import Protocol, RunLayout, publish_model, remove_stale_plots, write_json
-from mriscan.config import TrainConfig
+from mriscan.config import FitConfig, TrainConfig
 from mriscan.duplicates import DEFAULT_THRESHOLD
 from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware, setup_hardware
@@ -246,6 +246,14 @@ def open_for_task(
     )
     task = resolve_task(store.class_names, cfg.task)
     log.info("task: %s", task.describe())
+    if not task.binary and cfg.fit.threshold_rule != FitConfig.threshold_rule:
+        # the rule never changes the weights, so a run goes on; but the user asked for it
+        log.warning(
+            "--threshold-rule %s is not used: it sets the threshold of two-class models, and "
+            "this task has %d classes, decided by the most probable class",
+            cfg.fit.threshold_rule,
+            task.num_classes,
+        )
     check_implant(task, cfg)
     kept = task.usable(store.labels, store.active_indices())
     check_every_class_has_slices(task.labels(store.labels)[kept], task, store)
