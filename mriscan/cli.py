@@ -619,6 +619,7 @@ _TRAIN_OPTIONS = (
     ("runtime.pipeline", "--pipeline"),
     ("fit.select", "--select"),
     ("model.mirror", "--mirror"),
+    ("model.convs_per_block", "--convs-per-block"),
     ("pretrain.phantoms", "--pretrain"),
     ("pretrain.epochs", "--pretrain-epochs"),
     ("fit.init_weights", "--init-weights"),

@@ -419,3 +419,28 @@ def test_a_class_map_that_names_no_class_is_refused_by_every_command(tmp_path, m
         if text.startswith("@"):
             assert f"The class map file {text[1:]} names no class" in r.output
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_convs_per_block_reaches_the_model_and_zero_is_refused(tmp_path):
+    """--convs-per-block N builds N 3×3 convolutions in each of the four blocks (the saved
+    model has 4·N); 0 is refused in one line before anything is trained."""
+    import keras
+
+    from tests.conftest import write_class_folders
+
+    class_folder = write_class_folders(tmp_path / "data", ("no", "yes"), n_per_class=10)
+    common = ["--store", str(tmp_path / "s.zarr"), "--epochs", "1", "--image-size", "32"]
+    common += ["--pretrain", "0", "--verbose-fit", "silent"]
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", "0",
+                             "--out", str(tmp_path / "zero")])  # fmt: skip
+    assert r.exit_code == 1 and "convs_per_block must be a positive integer" in r.output
+    assert not (tmp_path / "zero" / "models").exists()
+    out = tmp_path / "two"
+    r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", "2",
+                             "--out", str(out), "--val-fraction", "0.3", "--test-fraction",
+                             "0.3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    model = keras.saving.load_model(out / "models" / "best_model.keras", compile=False)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 8
