@@ -784,8 +784,10 @@ def _print_unit_levels(result: dict, intro: str, section: Callable[[str, dict], 
 
 def _print_metrics(title: str, m: dict) -> None:
     """Print the headline metrics, per-class precision/recall/F1 and the confusion matrix."""
+    from mriscan.metrics import ARGMAX_RULE
+
     thr = m.get("threshold")
-    rule = "most probable"
+    rule = ARGMAX_RULE
     if isinstance(thr, float) and thr == thr:
         rule = f"threshold {thr:.3f}" + (
             f": {m['threshold_rule']}" if m.get("threshold_rule") else ""
@@ -1201,9 +1203,10 @@ def _print_cv_levels(s: dict) -> None:
     _print_unit_levels(s, "Per unit, in each fold", section)
 
 
-def _label_rule(model_path: Path, threshold: float | None) -> str:
+def _label_rule(model_path: Path, threshold: float | None) -> tuple[str, float | None]:
     """How ``predict`` labels a slice, in words: the positive class at the threshold in use
-    (the model card's, with the rule that chose it, or the one given), or the most probable."""
+    (the model card's, with the rule that chose it, or the one given), or the most probable;
+    and that threshold (None for a K-class model)."""
     from mriscan.artifacts import ModelCard
     from mriscan.inference import check_threshold
     from mriscan.metrics import ARGMAX_RULE
@@ -1211,13 +1214,38 @@ def _label_rule(model_path: Path, threshold: float | None) -> str:
     card = ModelCard.load(model_path)
     thr = check_threshold(card, threshold)
     if thr is None:
-        return f"the {ARGMAX_RULE}"
+        return f"the {ARGMAX_RULE}", None
     source = "given by --threshold" if threshold is not None else card.threshold_rule
-    return (
-        f"{card.class_names[1]} at P ≥ {thr:.3f} ({source})"
-        if source
-        else (f"{card.class_names[1]} at P ≥ {thr:.3f}")
-    )
+    said = f"{card.class_names[1]} at P ≥ {_threshold_text(thr)}"
+    return (f"{said} ({source})" if source else said), thr
+
+
+def _threshold_text(thr: float) -> str:
+    """A threshold to 3 decimals, or to 6 significant digits where 3 would read 0 or 1 (a
+    threshold of 0.99999 is not one that nothing reaches)."""
+    text = f"{thr:.3f}"
+    return f"{thr:.6g}" if text in ("0.000", "1.000") and thr not in (0.0, 1.0) else text
+
+
+def _unit_probability(row: dict, thr: float | None) -> str:
+    """What a series/volume line of ``predict`` shows before its label: two classes, P of the
+    positive class, with as many decimals (3 to 6) as it takes not to print the same digits as
+    the threshold it was compared with; K classes, P of the label's class and, with a healthy
+    class, the tumor probability (1 − P(healthy))."""
+    if "probability" in row:  # two classes
+        p = row["probability"]
+        if p is None:
+            return ""
+        digits = 3
+        while thr is not None and digits < 6 and f"{p:.{digits}f}" == f"{thr:.{digits}f}":
+            digits += 1
+        return f"P = {p:.{digits}f}, "
+    parts = []
+    if (p := row.get(f"p_{row['label']}")) is not None:
+        parts.append(f"P({row['label']}) = {_num(p)}")
+    if row.get("tumor_probability") is not None:
+        parts.append(f"tumor probability {_num(row['tumor_probability'])}")
+    return "".join(f"{x}, " for x in parts)
 
 
 @main.command()
@@ -1319,13 +1347,12 @@ def predict(
         f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → "
         f"{display_path(output)}"
     )
-    rule = _label_rule(model_path, threshold)
+    rule, thr = _label_rule(model_path, threshold)
     click.echo(f"label: {rule}")
     if units:
         click.echo(f"{len(units)} series/volume(s), probabilities = {RULE}, labelled as above:")
         for r in units:
-            p = r.get("probability", r.get("tumor_probability"))
-            shown = f"P = {_num(p)}, " if p is not None else ""
+            shown = _unit_probability(r, thr)
             n = r["slices"]
             note = "".join(f"; {r[k]}" for k in ("warning", "dicom_note") if r.get(k))
             dcm = (

@@ -76,6 +76,10 @@ DEFAULT_CAM = "layercam"
 C = TypeVar("C")
 
 
+#: ``ModelConfig.convs_per_block`` above this is refused: a typo must not build for hours
+MAX_CONVS_PER_BLOCK = 8
+
+
 def _opt(default: Any, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field whose metadata the CLI turns into an option."""
     meta: dict[str, Any] = {"help": help}
@@ -163,6 +167,12 @@ class ModelConfig:
                 f"filters must be 4 positive integers. Received: filters={self.filters!r}."
             )
         _positive_int(self, "channels", "convs_per_block", "dense_units")
+        if self.convs_per_block > MAX_CONVS_PER_BLOCK:
+            raise ConfigError(
+                f"convs_per_block (--convs-per-block) must be at most {MAX_CONVS_PER_BLOCK}: "
+                f"each adds four 3×3 convolutions to the model. Received: "
+                f"convs_per_block={self.convs_per_block!r}."
+            )
         _fraction(self, "dropout", "block_dropout", "rotation", "zoom", "translation")
         _fraction(self, "contrast", "gamma", "noise")
         _fraction(self, "invert", upper_open=False)

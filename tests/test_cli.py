@@ -432,10 +432,11 @@ def test_convs_per_block_reaches_the_model_and_zero_is_refused(tmp_path):
     common = ["--store", str(tmp_path / "s.zarr"), "--epochs", "1", "--image-size", "32"]
     common += ["--pretrain", "0", "--verbose-fit", "silent"]
     runner = CliRunner()
-    r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", "0",
-                             "--out", str(tmp_path / "zero")])  # fmt: skip
-    assert r.exit_code == 1 and "convs_per_block must be a positive integer" in r.output
-    assert not (tmp_path / "zero" / "models").exists()
+    for bad, why in (("0", "a positive integer"), ("1000000", "at most 8")):
+        r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", bad,
+                                 "--out", str(tmp_path / "bad")])  # fmt: skip
+        assert r.exit_code == 1 and why in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "bad" / "models").exists()
     out = tmp_path / "two"
     r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", "2",
                              "--out", str(out), "--val-fraction", "0.3", "--test-fraction",
@@ -444,3 +445,24 @@ def test_convs_per_block_reaches_the_model_and_zero_is_refused(tmp_path):
     model = keras.saving.load_model(out / "models" / "best_model.keras", compile=False)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert len(convs) == 8
+
+
+def test_series_lines_of_predict_never_print_a_probability_equal_to_its_threshold():
+    """A series at P 0.50574 against a threshold of 0.50638 is labelled no; printed to 3
+    decimals both read 0.506, so the line shows as many decimals as tell them apart. A
+    threshold of 0.99999 is not printed as 1.000. A K-class series shows P of its label's
+    class and the tumor probability, never the tumor probability as if it were the label's."""
+    from mriscan.cli import _threshold_text, _unit_probability
+
+    assert _unit_probability({"probability": 0.50574, "label": "no"}, 0.50638) == "P = 0.5057, "
+    assert _unit_probability({"probability": 0.7, "label": "yes"}, 0.5) == "P = 0.700, "
+    assert _threshold_text(0.99999) == "0.99999" and _threshold_text(0.0000123) == "1.23e-05"
+    assert _threshold_text(0.24394) == "0.244" and _threshold_text(1.0) == "1.000"
+    row = {
+        "label": "pituitary",
+        "p_pituitary": 0.28,
+        "p_notumor": 0.209,
+        "tumor_probability": 0.791,
+    }
+    assert _unit_probability(row, None) == "P(pituitary) = 0.280, tumor probability 0.791, "
+    assert _unit_probability({"label": "b", "p_b": 0.5}, None) == "P(b) = 0.500, "

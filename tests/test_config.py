@@ -91,3 +91,12 @@ def test_sizes_are_bounded():
         override(TrainConfig(), {"image_size": 8})
     with pytest.raises(ConfigError, match="size must be at most 4096"):
         PreprocessConfig(size=100_000)
+
+
+def test_convs_per_block_is_bounded_so_a_typo_cannot_build_for_hours():
+    from mriscan.config import MAX_CONVS_PER_BLOCK, ModelConfig
+
+    assert ModelConfig(convs_per_block=MAX_CONVS_PER_BLOCK).convs_per_block == MAX_CONVS_PER_BLOCK
+    for bad in (0, -1, MAX_CONVS_PER_BLOCK + 1, 10**20):
+        with pytest.raises(ConfigError, match="convs_per_block"):
+            ModelConfig(convs_per_block=bad)
