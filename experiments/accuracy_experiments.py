@@ -702,8 +702,11 @@ def run(res: Resolved, data: Path, out_root: Path, log_path: Path, stores: Path)
         "data": str(data),
         "store": str(store),
         "out": str(out),
-        **{k: {m: s[k][m] for m in ("mean", "std", "ci95", "per_fold")} for k in HEADLINE},
-        "pooled_auc": s["pooled"]["roc_auc"],
+        # the summary's own headline: the binary metrics, or the K-class ones (a 4-class CV
+        # has no "roc_auc"; this line once assumed it and lost a finished run's record)
+        **{k: {m: s[k][m] for m in ("mean", "std", "ci95", "per_fold")} for k in s["headline"]},
+        "pooled_auc": s["pooled"].get("roc_auc", s["pooled"].get("macro_roc_auc")),
+        **({} if "roc_auc" in s["pooled"] else {"pooled": s["pooled"]}),
         "backend": keras.backend.backend(),
         "precision": keras.mixed_precision.dtype_policy().name,
         "hardware": s["hardware"],

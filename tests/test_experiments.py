@@ -162,6 +162,7 @@ def test_run_records_config_commit_and_appends_one_json_line(tmp_path, monkeypat
         fold = {"mean": 0.8, "std": 0.1, "ci95": [0.7, 0.9], "per_fold": [0.8] * 5}
         return {
             **{k: fold for k in ax.HEADLINE},
+            "headline": list(ax.HEADLINE),
             "pooled": {"roc_auc": 0.85},
             "hardware": "cpu, float32",
         }
@@ -181,6 +182,25 @@ def test_run_records_config_commit_and_appends_one_json_line(tmp_path, monkeypat
     assert lines[-1]["row"] == 26 and lines[-1]["roc_auc"]["mean"] == 0.8
     on_disk = json.loads((Path(rec["out"]) / "experiment.json").read_text())
     assert on_disk == lines[-1]
+
+
+def test_a_k_class_run_records_its_own_headline_and_pooled_numbers(tmp_path, monkeypatch):
+    """A 4-class CV has no "roc_auc": the record takes the summary's headline (accuracy,
+    balanced accuracy, macro-F1, macro AUC) and its pooled section (tumor types only)."""
+    import mriscan.training.crossval as crossval
+
+    headline = ["accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"]
+    fold = {"mean": 0.9, "std": 0.05, "ci95": [0.85, 0.95], "per_fold": [0.9] * 5, "n": 5}
+    pooled = {"macro_roc_auc": 0.98, "tumor_types_only": {"n": 30, "accuracy": 0.88}}
+    summary = {**{k: fold for k in headline}, "headline": headline, "pooled": pooled}
+    monkeypatch.setattr(crossval, "cross_validate", lambda store, cfg, *, out: {
+        **summary, "hardware": "cpu, float32"})  # fmt: skip
+    monkeypatch.setattr(ax, "store_for", lambda data, pre, stores: tmp_path / "s.zarr")
+    rec = ax.run(ax.resolve("fig4_c2"), tmp_path / "d", tmp_path / "r", tmp_path / "l.jsonl",
+                 tmp_path / "st")  # fmt: skip
+    assert rec["macro_f1"]["mean"] == 0.9 and "roc_auc" not in rec
+    assert rec["pooled_auc"] == 0.98 and rec["pooled"]["tumor_types_only"]["accuracy"] == 0.88
+    assert rec["config"]["train"]["model"]["convs_per_block"] == 2
 
 
 def test_cross_collection_run_trains_on_one_set_scores_the_other_and_logs(tmp_path, monkeypatch):
