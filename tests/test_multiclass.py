@@ -174,53 +174,54 @@ def test_an_empty_folder_a_class_map_leaves_out_is_listed_not_refused(tmp_path):
     assert not (tmp_path / "u.zarr").exists()
 
 
+def _train_and_warnings(store, changes: dict, out, caplog) -> tuple[list[str], dict]:
+    """Train ``fast_config(**changes)`` on ``store`` into ``out``: the WARNING messages the
+    run logged, and its model card."""
+    import logging
+
+    from mriscan.training.workflow import train
+    from tests.conftest import fast_config
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train(store, fast_config(**changes), out=out)
+    card = json.loads((out / "models" / "best_model.json").read_text())
+    return [r.getMessage() for r in caplog.records], card
+
+
 def test_a_train_run_says_a_task_warning_once(tmp_path, caplog):
     """The "names say the opposite" warning of a task is logged once per train run (it was
     logged by every resolution of the task: the class check, the run, fitting, calibrating
     and the model card)."""
-    import logging
-
-    from mriscan.training.workflow import train
-    from tests.conftest import build_class_store, fast_config
+    from tests.conftest import build_class_store
 
     store = build_class_store(tmp_path / "s.zarr", ("glioma", "meningioma", "notumor"), 16)
-    cfg = fast_config(
-        **{
-            "fit.epochs": 1,
-            "task.class_map": (("yes", ("glioma",)), ("no", ("notumor",))),
-            "task.positive": "no",
-        }
-    )
-    with caplog.at_level(logging.WARNING):
-        train(store, cfg, out=tmp_path / "run")
-    said = [r for r in caplog.records if "say the opposite" in r.getMessage()]
-    assert len(said) == 1, caplog.text
-    assert "the positive (tumor) class is 'no'" in said[0].getMessage()
-    card = json.loads((tmp_path / "run" / "models" / "best_model.json").read_text())
+    changes = {
+        "fit.epochs": 1,
+        "task.class_map": (("yes", ("glioma",)), ("no", ("notumor",))),
+        "task.positive": "no",
+    }
+    warnings, card = _train_and_warnings(store, changes, tmp_path / "run", caplog)
+    said = [m for m in warnings if "say the opposite" in m]
+    assert len(said) == 1, warnings
+    assert "the positive (tumor) class is 'no'" in said[0]
     assert card["class_names"] == ["yes", "no"]  # the choice stands: --positive no
 
 
 def test_a_threshold_rule_a_k_class_task_cannot_use_is_said_once(tmp_path, caplog):
     """--threshold-rule sets a two-class model's threshold; asked of a 3-class task, the run
     goes on (the rule never changes the weights) and says once that the rule is not used."""
-    import logging
-
-    from mriscan.training.workflow import train
-    from tests.conftest import build_class_store, fast_config
+    from tests.conftest import build_class_store
 
     store = build_class_store(tmp_path / "s.zarr", ("glioma", "meningioma", "notumor"), 16)
-    cfg = fast_config(**{"fit.epochs": 1, "fit.threshold_rule": "youden"})
-    with caplog.at_level(logging.WARNING):
-        train(store, cfg, out=tmp_path / "run")
-    said = [r for r in caplog.records if "--threshold-rule youden is not used" in r.getMessage()]
-    assert len(said) == 1, caplog.text
-    assert "this task has 3 classes" in said[0].getMessage()
-    card = json.loads((tmp_path / "run" / "models" / "best_model.json").read_text())
+    changes = {"fit.epochs": 1, "fit.threshold_rule": "youden"}
+    warnings, card = _train_and_warnings(store, changes, tmp_path / "run", caplog)
+    said = [m for m in warnings if "--threshold-rule youden is not used" in m]
+    assert len(said) == 1, warnings
+    assert "this task has 3 classes" in said[0]
     assert card["threshold"] is None and card["threshold_rule"] == ARGMAX_RULE
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):  # the default rule says nothing
-        train(store, fast_config(**{"fit.epochs": 1}), out=tmp_path / "run2")
-    assert "is not used" not in caplog.text
+    warnings, _ = _train_and_warnings(store, {"fit.epochs": 1}, tmp_path / "run2", caplog)
+    assert not [m for m in warnings if "is not used" in m]  # the default rule says nothing
 
 
 def test_a_k_class_run_removes_the_roc_plot_an_earlier_two_class_run_left(tmp_path):
