@@ -493,6 +493,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig4_e70": Experiment("s14_platt", {"fit.epochs": 70}),
     "fig4_c2_e70": Experiment("s14_platt", {"model.convs_per_block": 2, "fit.epochs": 70}),
     "fig4_c3": Experiment("s14_platt", {"model.convs_per_block": 3}),
+    "fig4_c2_nomirror": Experiment(
+        "s14_platt", {"model.convs_per_block": 2, "model.mirror": False}
+    ),
     "fig4_c2_wide": Experiment(
         "s14_platt", {"model.convs_per_block": 2, "model.filters": (32, 64, 128, 256)}
     ),
