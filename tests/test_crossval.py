@@ -325,6 +325,7 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
 
     import mriscan.training.crossval as crossval
     from mriscan.cli import main
+    from mriscan.metrics import THRESHOLD_RULE
     from mriscan.tasks import resolve_task
     from mriscan.training.crossval import headline, summarize_levels
 
@@ -337,7 +338,8 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     keys = list(headline(task))
     s = {k: units["series"][0][k] for k in keys}  # stands in for the slice summary
     s.update(
-        protocol={"folds": 2, "repeats": 1, "samples": 12, "duplicate_groups": 5},
+        protocol={"folds": 2, "repeats": 1, "samples": 12, "duplicate_groups": 5,
+                  "threshold_rule": THRESHOLD_RULE},
         seconds=6.0, task=task.describe(), headline=keys, pooled={},
         per_series=units["series"][0], per_patient=units["patient"][0],
     )  # fmt: skip
@@ -345,6 +347,7 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     r = CliRunner().invoke(main, ["cv", str(tmp_path), "--out", str(tmp_path / "art")])
     assert r.exit_code == 0, r.output
     assert r.output.count("the mean of the top-3 slice P(yes)") == 1  # the rule, once
+    assert f"  decision: {THRESHOLD_RULE}\n" in r.output  # and the decision rule
     assert "Per series: DICOM series, NIfTI volumes, manifest groups (5 units" in r.output
     # one defined fold: the std is undefined, not 0
     assert "sensitivity       1.000 ± undefined" in r.output
