@@ -501,9 +501,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         "s14_platt", {"model.convs_per_block": 2, "model.mirror": False}, row=69
     ),
     # the no-mirror arm's lead on one split, checked on a second (seed 1: other split, weights)
-    "fig4_c2_seed1": Experiment("s14_platt", {"model.convs_per_block": 2, "seed": 1}),
+    "fig4_c2_seed1": Experiment("s14_platt", {"model.convs_per_block": 2, "seed": 1}, row=69),
     "fig4_c2_nomirror_seed1": Experiment(
-        "s14_platt", {"model.convs_per_block": 2, "model.mirror": False, "seed": 1}
+        "s14_platt", {"model.convs_per_block": 2, "model.mirror": False, "seed": 1}, row=69
     ),
     "fig4_c2_wide": Experiment(
         "s14_platt",
