@@ -46,7 +46,6 @@ REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "brain_mri"
 DEFAULT_OUT = HERE / "runs"
 DEFAULT_LOG = HERE / "ACCURACY.jsonl"
-HEADLINE = ("accuracy", "roc_auc", "sensitivity", "specificity")
 
 log = logging.getLogger("experiments")
 

@@ -161,8 +161,8 @@ def test_run_records_config_commit_and_appends_one_json_line(tmp_path, monkeypat
         seen.update(store=store, cfg=cfg, out=out)
         fold = {"mean": 0.8, "std": 0.1, "ci95": [0.7, 0.9], "per_fold": [0.8] * 5}
         return {
-            **{k: fold for k in ax.HEADLINE},
-            "headline": list(ax.HEADLINE),
+            **{k: fold for k in crossval.HEADLINE},
+            "headline": list(crossval.HEADLINE),
             "pooled": {"roc_auc": 0.85},
             "hardware": "cpu, float32",
         }
@@ -189,7 +189,7 @@ def test_a_k_class_run_records_its_own_headline_and_pooled_numbers(tmp_path, mon
     balanced accuracy, macro-F1, macro AUC) and its pooled section (tumor types only)."""
     import mriscan.training.crossval as crossval
 
-    headline = ["accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"]
+    headline = list(crossval.HEADLINE_MULTI)
     fold = {"mean": 0.9, "std": 0.05, "ci95": [0.85, 0.95], "per_fold": [0.9] * 5, "n": 5}
     pooled = {"macro_roc_auc": 0.98, "tumor_types_only": {"n": 30, "accuracy": 0.88}}
     summary = {**{k: fold for k in headline}, "headline": headline, "pooled": pooled}
