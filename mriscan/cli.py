@@ -36,6 +36,7 @@ DEFAULT_MODEL = DEFAULT_OUT / "models" / "best_model.keras"
 _PATH = click.Path(path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
 _TYPED = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+_C = typing.TypeVar("_C")
 
 
 def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any, type]:
@@ -158,6 +159,54 @@ def _typed_overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, An
     return out
 
 
+def _override_typed(ctx: click.Context, base: _C, changes: dict[str, Any]) -> _C:
+    """``override(base, changes)``; an invalid setting the user typed is refused naming its
+    option (see ``_build_typed``)."""
+    params = {}
+    for p in ctx.command.params:
+        path = p.name[5:].replace("__", ".") if p.name.startswith("cfg__") else None
+        if path in changes and ctx.get_parameter_source(p.name) in _TYPED:
+            params[path] = p
+    return _build_typed(ctx, lambda c: override(base, c), changes, params)
+
+
+def _build_typed(
+    ctx: click.Context,
+    build: Callable[[dict[str, Any]], _C],
+    changes: dict[str, Any],
+    params: dict[str, click.Parameter],
+) -> _C:
+    """``build(changes)``, with a ``ConfigError`` caused by a setting the user typed (``params``:
+    its option, by dotted setting) turned into a usage error that names the option
+    (``--convs-per-block``) rather than the config field (``convs_per_block``).
+
+    A setting that is invalid on its own is named alone; settings that are valid alone but not
+    together (``--val-fraction`` with ``--test-fraction``) are named together. A ``ConfigError``
+    no typed option causes passes through unchanged (exit status 1).
+    """
+    from mriscan.errors import ConfigError
+
+    try:
+        return build(changes)
+    except ConfigError as exc:
+        for path, param in params.items():
+            try:
+                build({path: changes[path]})
+            except ConfigError as alone:
+                raise click.BadParameter(str(alone), ctx=ctx, param=param) from exc
+        together = []
+        for path, param in params.items():
+            try:
+                build({k: v for k, v in changes.items() if k != path})
+            except ConfigError:
+                continue
+            together.append(param.opts[0])
+        if not together:
+            raise
+        names = " and ".join(f"'{flag}'" for flag in together)
+        raise click.UsageError(f"Invalid combination of {names}: {exc}", ctx=ctx) from exc
+
+
 def _human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -275,17 +324,21 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
 
     ctx = click.get_current_context()
     typed: dict[str, Any] = {}
+    params = {}
+    by_name = {p.name: p for p in ctx.command.params}
     for name in [n for n in options if n.startswith("scan_")]:
         value = options.pop(name)
         if ctx.get_parameter_source(name) not in _TYPED:
             continue
         if name == "scan_modalities":
             any_ = any(m.strip().lower() == "any" for m in value)
-            typed["dicom.modalities"] = None if any_ else tuple(value)
+            path, value = "dicom.modalities", (None if any_ else tuple(value))
         else:
             _, cls, field = name.split("__", 2)
-            typed[f"{'dicom' if cls == 'DicomConfig' else 'nifti'}.{field}"] = value
-    ReaderSettings().replace(typed)  # a bad value fails here, naming the setting
+            path = f"{'dicom' if cls == 'DicomConfig' else 'nifti'}.{field}"
+        typed[path], params[path] = value, by_name[name]
+    # a bad value fails here, naming the option
+    _build_typed(ctx, ReaderSettings().replace, typed, params)
     return ReadOptions(overrides=typed)
 
 
@@ -374,7 +427,7 @@ def ingest(
         if is_store(store_path):
             with ImageStore.open(store_path) as existing:
                 base = existing.config
-    preprocess = override(base, typed)
+    preprocess = _override_typed(ctx, base, typed)
     from mriscan.sources import reading_for_store
 
     # the reading options typed, on top of the store's recorded ones (None: the store's)
@@ -699,7 +752,7 @@ def train(
     scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)
     data, store_path = _resolve_data(data, store_path, overrides)
-    cfg = override(TrainConfig(), overrides)
+    cfg = _override_typed(ctx, TrainConfig(), overrides)
     click.echo("Loading TensorFlow/Keras...", err=True)
     from mriscan.training.workflow import train as run_train
 
@@ -789,7 +842,7 @@ def _print_metrics(title: str, m: dict) -> None:
     thr = m.get("threshold")
     rule = ARGMAX_RULE
     if isinstance(thr, float) and thr == thr:
-        rule = f"threshold {thr:.3f}" + (
+        rule = f"threshold {_threshold_text(thr)}" + (
             f": {m['threshold_rule']}" if m.get("threshold_rule") else ""
         )
     click.echo(f"{title} (n={m['n']}, {rule}):")
@@ -1138,8 +1191,8 @@ def cv(
     overrides = _typed_overrides(ctx, options)
     folds = {k: overrides.pop(k) for k in ("folds", "repeats") if k in overrides}
     data, store_path = _resolve_data(data, store_path, overrides)
-    tcfg = override(TrainConfig(), {"runtime.verbose": "line", **overrides})
-    cfg = override(CVConfig(train=tcfg), folds)
+    tcfg = _override_typed(ctx, TrainConfig(), {"runtime.verbose": "line", **overrides})
+    cfg = _override_typed(ctx, CVConfig(train=tcfg), folds)
     from mriscan.training.crossval import cross_validate
 
     click.echo(f"{cfg.folds}-fold CV × {cfg.repeats} on {data} → {out}/cv/", err=True)

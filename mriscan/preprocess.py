@@ -118,8 +118,8 @@ class PreprocessConfig:
             raise ConfigError(f"size must be a positive integer. Received: size={self.size!r}.")
         if self.size > MAX_SIZE:
             raise ConfigError(
-                f"size must be at most {MAX_SIZE} (an S×S uint8 slice per sample; the network "
-                f"works at 128). Received: size={self.size}."
+                f"size must be at most {MAX_SIZE} (an S×S uint8 slice per sample; the default "
+                f"is 48). Received: size={self.size}."
             )
         object.__setattr__(self, "size", int(self.size))
         if not 0.0 <= float(self.margin) <= 1.0:

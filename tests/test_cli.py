@@ -167,7 +167,36 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
     r = CliRunner().invoke(
         main, ["train", str(class_folder), "--epochs", "0", "--store", str(tmp_path / "s.zarr")]
     )
-    assert r.exit_code == 1 and "epochs must be a positive integer" in r.output
+    assert r.exit_code == 2 and "epochs must be a positive integer" in r.output
+    assert "Invalid value for '--epochs'" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "named"),
+    [
+        ("train", ["--convs-per-block", "0"], "Invalid value for '--convs-per-block'"),
+        ("train", ["--image-size", "4"], "Invalid value for '--image-size'"),
+        ("cv", ["--folds", "1"], "Invalid value for '--folds'"),
+        ("ingest", ["--image-size", "0"], "Invalid value for '--image-size'"),
+        ("ingest", ["--dicom-window", "50", "10"], "Invalid value for '--dicom-window'"),
+        (
+            "train",
+            ["--val-fraction", "0.5", "--test-fraction", "0.6", "--epochs", "3"],
+            "Invalid combination of '--val-fraction' and '--test-fraction'",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_option_typed(
+    tmp_path, class_folder, command, args, named
+):
+    """A config error caused by an option the user typed names that option (the flag, not the
+    config field), exits as a usage error (2) and writes nothing."""
+    store = tmp_path / "s.zarr"
+    r = CliRunner().invoke(main, [command, str(class_folder), "--store", str(store), *args])
+    assert r.exit_code == 2, r.output
+    assert named in r.output and "Traceback" not in r.output
+    assert "--epochs" not in r.output.split("Error:")[1]  # the valid option is not blamed
+    assert not store.exists()
 
 
 def test_train_and_cv_options_are_derived_from_the_configs():
@@ -435,7 +464,8 @@ def test_convs_per_block_reaches_the_model_and_zero_is_refused(tmp_path):
     for bad, why in (("0", "a positive integer"), ("1000000", "at most 8")):
         r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", bad,
                                  "--out", str(tmp_path / "bad")])  # fmt: skip
-        assert r.exit_code == 1 and why in r.output and "Traceback" not in r.output, r.output
+        assert r.exit_code == 2 and why in r.output and "Traceback" not in r.output, r.output
+        assert "'--convs-per-block'" in r.output
         assert not (tmp_path / "bad" / "models").exists()
     out = tmp_path / "two"
     r = runner.invoke(main, ["train", str(class_folder), *common, "--convs-per-block", "2",
@@ -466,3 +496,24 @@ def test_series_lines_of_predict_never_print_a_probability_equal_to_its_threshol
     }
     assert _unit_probability(row, None) == "P(pituitary) = 0.280, tumor probability 0.791, "
     assert _unit_probability({"label": "b", "p_b": 0.5}, None) == "P(b) = 0.500, "
+
+
+def test_train_and_evaluate_print_a_threshold_that_rounds_to_one_with_its_digits(capsys):
+    """train/evaluate's metrics header shows a threshold of 0.99999 as such, not as 1.000
+    (which would read as one that no probability reaches)."""
+    from mriscan.cli import _print_metrics
+
+    m = {
+        "n": 4,
+        "threshold": 0.99999,
+        "threshold_rule": "given",
+        "accuracy": 0.5,
+        "per_class": {
+            c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for c in ("no", "yes")
+        },
+        "class_names": ["no", "yes"],
+        "confusion_matrix": [[1, 1], [1, 1]],
+    }
+    _print_metrics("Test split", m)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "Test split (n=4, threshold 0.99999: given):"
