@@ -519,6 +519,17 @@ EXPERIMENTS: dict[str, Experiment] = {
             ("_seed2", {"seed": 2}, None),
         )
     },
+    # sixteenth session (issue 16 target 2, "the three tumor classes alone"): a model of the
+    # three figshare tumor types only (notumor, i.e. Br35H, left out by the class map: no source
+    # confound), two convolutions per block without the mirror channel (row 69's best arm)
+    "fig3_c2_nomirror": Experiment(
+        "s14_platt",
+        {
+            "model.convs_per_block": 2,
+            "model.mirror": False,
+            "task.class_map": tuple((t, (t,)) for t in ("glioma", "meningioma", "pituitary")),
+        },
+    ),
     "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),
     "xc_s96_smooth_seed1": Experiment(
         "s8_fast_align", {**_size(96), "preprocess.smooth": 1.0, "seed": 1}

@@ -592,16 +592,17 @@ class CVConfig:
 
 
 def _to_json(cfg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            out[f.name] = _to_json(v)
-        elif isinstance(v, tuple):
-            out[f.name] = list(v)
-        else:
-            out[f.name] = v
-    return out
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(v: Any) -> Any:
+    """A setting as JSON has it: nested configs as dicts, tuples at any depth as lists (a class
+    map is a tuple of (name, tuple of folders) pairs)."""
+    if dataclasses.is_dataclass(v):
+        return _to_json(v)
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
