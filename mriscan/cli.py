@@ -207,6 +207,51 @@ def _build_typed(
         raise click.UsageError(f"Invalid combination of {names}: {exc}", ctx=ctx) from exc
 
 
+@contextlib.contextmanager
+def _keeping_ctrl_c() -> Iterator[None]:
+    """Run the block with a Ctrl-C (SIGINT) recorded instead of raised, and raise
+    ``KeyboardInterrupt`` when the block ends if one came.
+
+    For the import of Keras and its backend (seconds): a ``KeyboardInterrupt`` raised while a
+    garbage-collector callback runs is not propagated but printed as "Exception ignored in"
+    (Python's ``gc.callbacks``), and JAX registers one (``_xla_gc_callback``) that runs often
+    while TensorFlow and Keras load; a Ctrl-C landing there was lost and the command trained to
+    the end (seen twice in fourteenth-session checks, 3-4 s after the start). Only in the main
+    thread, and only where SIGINT has Python's default handler (a job started in the background
+    with SIGINT ignored keeps ignoring it).
+    """
+    import signal
+    import threading
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    pressed: list[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        if not pressed:
+            click.echo("Ctrl-C: stopping once the libraries have loaded.", err=True)
+        pressed.append(signum)
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
+
+
+def _import_keras() -> None:
+    """Import Keras and its backend so that a Ctrl-C meanwhile stops the command
+    (``_keeping_ctrl_c``); later imports of the modules that use Keras are then quick."""
+    with _keeping_ctrl_c():
+        import mriscan.model  # noqa: F401  (imports keras, and with it the backend)
+
+
 def _human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -754,6 +799,7 @@ def train(
     data, store_path = _resolve_data(data, store_path, overrides)
     cfg = _override_typed(ctx, TrainConfig(), overrides)
     click.echo("Loading TensorFlow/Keras...", err=True)
+    _import_keras()
     from mriscan.training.workflow import train as run_train
 
     click.echo(f"Training on {data} → {out}/", err=True)
@@ -1037,6 +1083,7 @@ def evaluate(
     for tumor slices; specificity and the false-positive rate for healthy ones) and why the
     rest is undefined, and the command exits 1, as for any undefined headline metric.
     """
+    _import_keras()
     from mriscan.evaluate import evaluate as run_evaluate
 
     if data is not None and store_path is not None:
@@ -1193,6 +1240,7 @@ def cv(
     data, store_path = _resolve_data(data, store_path, overrides)
     tcfg = _override_typed(ctx, TrainConfig(), {"runtime.verbose": "line", **overrides})
     cfg = _override_typed(ctx, CVConfig(train=tcfg), folds)
+    _import_keras()
     from mriscan.training.crossval import cross_validate
 
     click.echo(f"{cfg.folds}-fold CV × {cfg.repeats} on {data} → {out}/cv/", err=True)
@@ -1372,7 +1420,11 @@ def predict(
     the end, .json.partial meanwhile); a progress bar is drawn on stderr.
     """
     from mriscan.aggregate import RULE
+    from mriscan.onnx_engine import onnx_path
     from mriscan.predict import predict as run_predict
+
+    if engine == "keras" or (engine == "auto" and not onnx_path(model_path).is_file()):
+        _import_keras()  # ONNX Runtime needs no Keras
 
     with _progress("predicting") as progress:
         rows = run_predict(
@@ -1559,6 +1611,7 @@ def explain(
     are the options it would not use: --slices, --top-k, --dicom-out, --show-paths (it names
     files by their path in the boxes file), --modality and the --dicom-*/--nifti-* options.
     """
+    _import_keras()
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
     from mriscan.scan import new_salt

@@ -517,3 +517,69 @@ def test_train_and_evaluate_print_a_threshold_that_rounds_to_one_with_its_digits
     _print_metrics("Test split", m)
     first = capsys.readouterr().out.splitlines()[0]
     assert first == "Test split (n=4, threshold 0.99999: given):"
+
+
+def _interrupt_inside_a_gc_callback() -> None:
+    """Send this process SIGINT from inside a garbage-collector callback, where JAX's
+    ``_xla_gc_callback`` runs while TensorFlow and Keras load."""
+    import gc
+    import os
+    import signal
+
+    def callback(phase, info):
+        if phase == "start":
+            gc.callbacks.remove(callback)
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs here, inside the callback
+                pass
+
+    gc.callbacks.append(callback)
+    gc.collect()
+
+
+def test_a_ctrl_c_while_keras_loads_stops_the_command_even_inside_a_gc_callback():
+    """A KeyboardInterrupt raised inside a gc callback is printed and dropped by Python (the
+    fourteenth session's check lost a Ctrl-C this way: the run trained to the end). Inside
+    _keeping_ctrl_c the Ctrl-C is recorded instead, the block runs to its end, and
+    KeyboardInterrupt is raised after it; the default handler is back afterwards."""
+    import signal
+    import sys
+
+    from mriscan.cli import _keeping_ctrl_c
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    dropped = []
+    hook, sys.unraisablehook = sys.unraisablehook, lambda u: dropped.append(u.exc_type)
+    try:
+        _interrupt_inside_a_gc_callback()  # without the guard: lost
+    finally:
+        sys.unraisablehook = hook
+    assert dropped == [KeyboardInterrupt]
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt), _keeping_ctrl_c():
+        _interrupt_inside_a_gc_callback()
+        finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with _keeping_ctrl_c():  # no Ctrl-C: nothing raised
+        finished.append(True)
+    assert finished == [True, True]
+
+
+def test_keeping_ctrl_c_leaves_an_ignored_sigint_ignored():
+    """A job started with SIGINT ignored (a background job of a shell script) keeps ignoring
+    it: the guard installs nothing there."""
+    import os
+    import signal
+
+    from mriscan.cli import _keeping_ctrl_c
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _keeping_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
