@@ -307,12 +307,18 @@ def ingest(
     try:
         store = ImageStore.open(store_path, mode="a")
         if store.config != config.preprocess:
+            differ = ", ".join(
+                f"{f.name} {getattr(store.config, f.name)!r} (asked: "
+                f"{getattr(config.preprocess, f.name)!r})"
+                for f in dataclasses.fields(store.config)
+                if getattr(store.config, f.name) != getattr(config.preprocess, f.name)
+            )
             size = store.config.size
             store.close()
             raise ConfigError(
-                f"Store {store_path} was built with {store.config}; this ingest asks for "
-                f"{config.preprocess}. Use a new --store path or the same options "
-                f"(e.g. --image-size {size})."
+                f"Store {store_path} was built with other preprocessing than this ingest asks "
+                f"for: {differ}. Use a new --store path, or the store's settings (e.g. "
+                f"--image-size {size}; `mriscan info --store {store_path}` lists them)."
             )
         if config.compress is not None and store.compressed != config.compress:
             kind = "compressed" if store.compressed else "raw (uncompressed)"

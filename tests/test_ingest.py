@@ -87,7 +87,7 @@ def test_empty_and_single_class_are_clear_errors(tmp_path):
 def test_mismatched_preprocessing_is_refused(class_folder, tmp_path):
     ingest(class_folder, tmp_path / "s.zarr", SMALL)
     other = IngestConfig(preprocess=PreprocessConfig(size=64))
-    with pytest.raises(ConfigError, match="--image-size 32"):
+    with pytest.raises(ConfigError, match=r"size 32 \(asked: 64\)\. .*--image-size 32"):
         ingest(class_folder, tmp_path / "s.zarr", other)
 
 
