@@ -27,6 +27,7 @@ from mriscan.synth import phantom
 __all__ = [
     "NIFTI_ORIENTATIONS",
     "FakePatient",
+    "frame_stack",
     "phantom_volume",
     "stack_to_ras",
     "write_dicom_series",
@@ -83,6 +84,33 @@ def phantom_volume(
         gain = 0.85 + 0.15 * (k / max(1, n_slices - 1))
         noisy = head * gain + rng.normal(0, 0.01, head.shape)
         out[k] = np.clip(noisy, 0, 1) * (r <= radius)
+    return out
+
+
+def frame_stack(stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The stack (Z, H, W) with its head shrunk to 60-100% and moved within the field of view,
+    the same for every slice: one patient's placement in the scanner.
+
+    Phantom heads sit in the middle of the canvas at nearly one size, so the whole-slice 16×16
+    thumbnails that ``mriscan.duplicates`` compares (at correlation 0.95) looked alike across
+    made-up patients, even across classes, and near-duplicate links joined 8 patients into 6
+    split groups (30 into 3). Real patients are framed differently; so are these now. Bilinear
+    (``scipy.ndimage.affine_transform``, order 1), zero outside the canvas.
+    """
+    from scipy import ndimage
+
+    _, h, w = stack.shape
+    scale = rng.uniform(0.45, 1.0)
+    room_y, room_x = (1 - scale) * h / 2, (1 - scale) * w / 2
+    dy, dx = rng.uniform(-room_y, room_y), rng.uniform(-room_x, room_x)
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    # output (y, x) reads input centre + (y - centre - shift) / scale
+    offset = centre - (centre + np.array([dy, dx])) / scale
+    out = np.empty_like(stack)
+    for k, plane in enumerate(stack):
+        out[k] = ndimage.affine_transform(
+            plane, np.eye(2) / scale, offset=offset, order=1, mode="constant", cval=0.0
+        )
     return out
 
 
@@ -248,7 +276,9 @@ def write_scanner_set(
     ``<class>/vol-<i>-<s>_<axcodes>.nii.gz``, their voxel orders cycling through
     ``NIFTI_ORIENTATIONS`` (``write_nifti``: the canonical volume is the same phantom).
     The first ``round(patients * tumor_fraction)`` patients are tumor cases (``yes``); every
-    volume is seeded from ``seed``, the patient and the series.
+    volume is seeded from ``seed``, the patient and the series, and framed by ``frame_stack``
+    with one placement per patient (so near-duplicate links join a patient's slices, not
+    different patients': 8 patients make 8 split groups; 30 patients of 20 slices at 256², 24).
 
     Returns ``{"yes": patients, "no": patients, "series": n, "slices": n}`` (DICOM) or
     ``{"yes": volumes, "no": volumes, "volumes": n, "slices": n}`` (NIfTI).
@@ -283,6 +313,7 @@ def write_scanner_set(
             birth_date=f"19{50 + i % 50:02d}0{1 + i % 9}1{i % 10}",
             sex="FM"[i % 2],
         )
+        placement = np.random.default_rng([seed, i, 13]).bit_generator.state
         for s in range(series_per_patient):
             stack = phantom_volume(
                 seed * 100_003 + i * 101 + s,
@@ -290,6 +321,10 @@ def write_scanner_set(
                 canvas=canvas,
                 tumor=label == "yes",
             )
+            # one placement per patient: every series of the patient is framed alike
+            framing = np.random.default_rng()
+            framing.bit_generator.state = placement
+            stack = frame_stack(stack, framing)
             if fmt == "dicom":
                 write_dicom_series(
                     out / label / f"patient-{i:04d}" / f"series-{s + 1}",
