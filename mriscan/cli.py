@@ -786,7 +786,10 @@ def train(
     out: Path,
     **options: Any,
 ) -> None:
-    """Train the classifier on DATA (class folders or a store) and write artifacts.
+    """Train the classifier on DATA and write artifacts.
+
+    DATA: class folders (JPEG/PNG, DICOM files and series, NIfTI volumes), a CSV
+    manifest (path,label[,group] as its header; paths relative to it), or a store.
 
     With no DATA: uses data/raw/<class>/ if present, else generates synthetic phantoms
     into data/raw/synthetic/ once. Split: stratified, duplicate-group aware; the kept
@@ -1057,7 +1060,8 @@ def evaluate(
     **options: Any,
 ) -> None:
     """Metrics and plots of a trained model on a split of its store, or on any labelled
-    folder or store (another collection: near-duplicates of its training slices removed).
+    folder, CSV manifest (path,label[,group]) or store (another collection: near-duplicates
+    of its training slices removed).
 
     Writes evaluation/metrics.json (with 95% CIs over duplicate groups), confusion_matrix.png,
     roc.png (two classes), predictions.csv and near_duplicates_removed.csv. DICOM series,
@@ -1222,6 +1226,8 @@ def cv(
     **options: Any,
 ) -> None:
     """Cross-validate: stratified k-fold with every duplicate group inside one fold.
+
+    DATA: class folders, a CSV manifest (path,label[,group]) or a store, as for train.
 
     Trains one model per fold (same defaults as train) and writes <out>/cv/: metrics.json
     (mean ± std, bootstrap 95% CI, per fold), oof_predictions.csv, roc.png,

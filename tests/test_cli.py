@@ -583,3 +583,10 @@ def test_keeping_ctrl_c_leaves_an_ignored_sigint_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "evaluate"])
+def test_the_help_of_commands_that_take_data_says_a_manifest_is_data(command):
+    """train, cv and evaluate ingest a CSV manifest given as DATA; their --help says so."""
+    r = CliRunner().invoke(main, [command, "--help"])
+    assert r.exit_code == 0 and "CSV manifest (path,label[,group]" in " ".join(r.output.split())
