@@ -876,8 +876,16 @@ def _print_unit_levels(result: dict, intro: str, section: Callable[[str, dict], 
             continue
         more = section(level, s)
         notes = []
+        if s.get("labelled_by_tumor_slices"):
+            notes.append(
+                f"{s['labelled_by_tumor_slices']} unit(s) of healthy and tumor slices: "
+                "labelled with their tumor class"
+            )
         if s["mixed_labels"]:
-            notes.append(f"{s['mixed_labels']} unit(s) left out: their slices differ in label")
+            notes.append(
+                f"{s['mixed_labels']} unit(s) left out: their slices carry more than one tumor "
+                "class"
+            )
         if s["slices_without_unit"]:
             notes.append(f"{s['slices_without_unit']} slice(s) belong to no {level}")
         for note in notes + more:

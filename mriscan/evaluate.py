@@ -593,7 +593,9 @@ def grouped_levels(
 
     Returns, per level ("series", "patient"), ``(section, rows)``: ``section`` the metrics
     (``available`` True, ``units`` what was pooled, ``rule``, ``n`` units,
-    ``mixed_labels`` units left out because their slices carry different labels,
+    ``label_rule`` (``UNIT_LABEL_RULE``), ``mixed_labels`` units left out because their slices
+    carry labels the rule cannot join, ``labelled_by_tumor_slices`` units of healthy and tumor
+    slices labelled with their tumor class,
     ``slices_without_unit``, ``predictions`` the CSV file name) or, when no slice has such a
     unit (JPEG/PNG only; no Patient ID), ``{"available": False, "why": ...}`` and rows None;
     ``rows`` the pooled rows (``aggregate_rows``'s, with ``true``, ``predicted`` and ``group``,
@@ -620,7 +622,9 @@ def grouped_levels(
         for i, u in enumerate(units):
             if u:
                 members.setdefault(u, []).append(i)
-        mixed = [u for u, m in members.items() if len(set(y[m].tolist())) > 1]
+        unit_label = {u: unit_label_of(set(y[m].tolist()), cmp) for u, m in members.items()}
+        mixed = [u for u, k in unit_label.items() if k is None]
+        by_tumor = sum(1 for u, m in members.items() if len(set(y[m].tolist())) > 1) - len(mixed)
         slice_rows = []
         for i, u in enumerate(units):
             if u and u not in mixed:
@@ -629,18 +633,14 @@ def grouped_levels(
                 slice_rows.append(row)
         rows = aggregate_rows(slice_rows, card=card, threshold=thr)
         first = [members[r["unit"]][0] for r in rows]
-        y_u = y[first].astype(np.int64)
+        y_u = np.array([unit_label[r["unit"]] for r in rows], np.int64)
         p_u = np.array([[r[f"p_{n}"] for n in card.class_names] for r in rows], np.float64)
         p_u = p_u.reshape(len(rows), len(card.class_names))
         d_u = np.array(
-            [
-                data_labels[members[r["unit"]][0]]
-                if len(set(data_labels[members[r["unit"]]].tolist())) == 1
-                else -1
-                for r in rows
-            ],
+            [_unit_data_label(members[r["unit"]], unit_label[r["unit"]], y, data_labels)
+             for r in rows],
             np.int64,
-        )
+        )  # fmt: skip
         section: dict[str, Any] = {"available": True, "units": what}
         if rows:
             section.update(_score(scoring, y_u, p_u, groups[first], d_u))
@@ -673,12 +673,56 @@ def grouped_levels(
         section.update(
             rule=f"{pooling_rule(card.class_names)} (as predict's series/volume rows); label "
             "by the model's threshold or most probable class",
+            label_rule=UNIT_LABEL_RULE,
             mixed_labels=len(mixed),
+            labelled_by_tumor_slices=by_tumor,
             slices_without_unit=sum(1 for u in units if not u),
             predictions=f"{level}_predictions.csv",
         )
         out[level] = (section, rows)
     return out
+
+
+#: how ``grouped_levels`` gives a series, volume or patient its true label, in words
+UNIT_LABEL_RULE = (
+    "a unit's true label is its slices' label; a unit whose slices are healthy and of one tumor "
+    "class is of that tumor class (slice-labelled data call a tumor patient's slices without "
+    "the tumor healthy); other mixes are left out"
+)
+
+
+def scored_healthy(cmp: Comparison) -> int | None:
+    """The index of the healthy class among ``cmp.class_names``: 0 when tumor is scored against
+    healthy, the model's healthy class otherwise, and a two-class model's negative class (0)
+    when it names none; None for tumor types without a healthy class."""
+    if cmp.mode == "tumor_vs_healthy":
+        return 0
+    if cmp.model_healthy is not None:
+        return int(cmp.model_healthy)
+    return 0 if len(cmp.class_names) == 2 else None
+
+
+def unit_label_of(labels: set[int], cmp: Comparison) -> int | None:
+    """The true label of a unit whose slices carry the scored ``labels`` (``UNIT_LABEL_RULE``):
+    their one label; the tumor class when they are the healthy class and one tumor class;
+    None (left out) for any other mix, e.g. two tumor types."""
+    if len(labels) == 1:
+        return next(iter(labels))
+    healthy = scored_healthy(cmp)
+    if len(labels) == 2 and healthy in labels:
+        return next(k for k in labels if k != healthy)
+    return None
+
+
+def _unit_data_label(
+    members: Sequence[int], label: int | None, y: np.ndarray, data_labels: np.ndarray
+) -> int:
+    """The data class of a unit (recall per data class): the one data class of its slices of
+    the unit's scored ``label``; −1 when they are several (or the unit is left out)."""
+    if label is None:
+        return -1
+    own = {int(data_labels[i]) for i in members if y[i] == label}
+    return own.pop() if len(own) == 1 else -1
 
 
 def write_unit_rows(

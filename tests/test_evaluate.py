@@ -254,7 +254,7 @@ def test_a_class_emptied_by_duplicate_removal_is_said_so():
     assert plain["sensitivity"] == "no readable slice of class 'yes'"
 
 
-def _levels(class_names, card_names, y, prob, sources, keys):
+def _levels(class_names, card_names, y, prob, sources, keys, healthy=None):
     """``grouped_levels`` on hand-made slices (every slice its own split group)."""
     from mriscan.artifacts import ModelCard
     from mriscan.evaluate import Scoring, grouped_levels
@@ -265,6 +265,7 @@ def _levels(class_names, card_names, y, prob, sources, keys):
         preprocess=PreprocessConfig(size=32),
         class_names=card_names,
         threshold=0.5 if len(card_names) == 2 else None,
+        healthy=healthy,
     )
     cmp = compare_classes(class_names, card.class_names, card.healthy)
     y = np.asarray(y, np.int64)
@@ -277,7 +278,8 @@ def _levels(class_names, card_names, y, prob, sources, keys):
 def test_series_and_patients_are_pooled_with_predict_s_rule():
     """Binary: series A (yes; P(yes) .9 .8 .1 .7 -> top-3 mean .8), B (no; .2 .3 -> .25), a
     NIfTI volume V (no; .6 -> .6, called yes at .5) and a manifest group of JPEGs M (yes); A and
-    B are one patient whose slices differ in label (left out), V has no Patient ID."""
+    B are one patient with tumor and healthy slices (a tumor patient: yes, from all six slices'
+    top-3 .9 .8 .7), V has no Patient ID."""
     from mriscan.aggregate import top_k_mean
 
     p_yes = [0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.6, 0.4, 0.9]
@@ -302,7 +304,30 @@ def test_series_and_patients_are_pooled_with_predict_s_rule():
     )
     assert "rescaled" not in series["rule"]
     patient, rows = levels["patient"]
-    assert patient["mixed_labels"] == 1 and rows == [] and patient["slices_without_unit"] == 3
+    assert patient["mixed_labels"] == 0 and patient["labelled_by_tumor_slices"] == 1
+    assert patient["slices_without_unit"] == 3 and patient["n"] == 1
+    assert [(r["true"], r["predicted"]) for r in rows] == [("yes", "yes")]
+    assert rows[0]["probability"] == pytest.approx(0.8)
+    assert patient["sensitivity"] == 1.0  # defined: the tumor patient is not left out
+    assert patient["label_rule"].startswith("a unit's true label is its slices' label")
+
+
+def test_a_unit_of_healthy_and_one_tumor_type_is_of_that_type_and_two_types_are_left_out():
+    """Four classes: patient P holds notumor and glioma slices (a glioma patient), Q glioma
+    and meningioma slices (no one label: left out and counted)."""
+    names = ("glioma", "meningioma", "notumor", "pituitary")
+    y = [2, 0, 0, 0, 1]
+    sources = [f"dicom/S{k}/i0#0" for k in range(5)]
+    keys = ["patient:P", "patient:P", "patient:Q", "patient:Q", "patient:Q"]
+    prob = np.full((5, 4), 0.1)
+    prob[np.arange(5), [2, 0, 0, 0, 1]] = 0.7
+    patient, rows = _levels(names, names, y, prob, sources, keys, "notumor")["patient"]
+    assert patient["n"] == 1 and patient["mixed_labels"] == 1
+    assert patient["labelled_by_tumor_slices"] == 1
+    assert [r["true"] for r in rows] == ["glioma"]
+    # without a healthy class (tumor types only) no mix has a label: both left out
+    patient, rows = _levels(names, names, y, prob, sources, keys)["patient"]
+    assert patient["n"] == 0 and patient["mixed_labels"] == 2 and rows == []
 
 
 def test_a_class_without_patients_is_said_so_not_to_have_no_readable_slice():

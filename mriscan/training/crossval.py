@@ -148,7 +148,8 @@ def summarize_levels(
     own threshold); ``per_fold``: each fold's section (``repeat``, ``fold``, ``threshold``,
     its metrics, ``undefined``, ``mixed_labels``, ``slices_without_unit``), or
     ``available`` False and ``why`` for a fold without such units; ``n`` (units scored),
-    ``mixed_labels``, ``slices_without_unit`` (summed over folds), ``units``, ``rule``,
+    ``mixed_labels``, ``labelled_by_tumor_slices``, ``slices_without_unit`` (summed over
+    folds), ``units``, ``rule``, ``label_rule``,
     ``available`` True. A metric undefined on a fold (NaN: no unit of a class, or no unit at
     all in that fold) is NaN in ``per_fold`` and left out of the mean, counted in
     ``n_defined``. ``rows``: the pooled rows of every fold with ``repeat`` and ``fold``. A
@@ -212,7 +213,9 @@ def summarize_levels(
             units=what,
             rule=ok[0]["rule"],
             n=len(rows),
+            label_rule=ok[0]["label_rule"],
             mixed_labels=sum(e["mixed_labels"] for e in ok),
+            labelled_by_tumor_slices=sum(e["labelled_by_tumor_slices"] for e in ok),
             slices_without_unit=sum(e["slices_without_unit"] for e in ok),
             per_fold=per_fold,
         )
