@@ -294,7 +294,8 @@ def ingest(
         of classes (``n_classes``), a class whose name differs from a stored class only by
         case; the identifier key file cannot be created or read.
     KeyMismatchError
-        The store was made with another identifier key (``$MRISCAN_KEY_FILE``).
+        The store was made with another identifier key (``$MRISCAN_KEY_FILE``), or the key
+        file it names does not exist (no key file is created for a store that records a key).
     BadFilesError
         ``strict`` and any bad or unused file, label conflict, image of another modality or
         warning (nothing committed); the message names every one.
@@ -431,13 +432,15 @@ def _hint_migrate(store: ImageStore, store_path) -> None:
 def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
     """The key the store's ids are hashed with: the user's identifier key
     (``mriscan.keys.identifier_key``), checked against the fingerprint the store recorded
-    (``record``: recorded now when the store has none); a store written before the key left
+    (``record``: recorded now when the store has none; the key file is created only for a
+    store that records no key yet); a store written before the key left
     the store keeps using the salt in its index (with a warning, once per store and process).
 
     Raises
     ------
     KeyMismatchError
-        The store was made with another identifier key.
+        The store was made with another identifier key, or records one and the key file
+        does not exist (nothing is created then).
     ConfigError
         The key file cannot be created or read.
     """
@@ -453,7 +456,18 @@ def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
             key_file_path(),
         )
         return store.salt
-    key = identifier_key()
+    path = key_file_path()
+    if store.key_id and not path.exists():
+        # a new key could never match the store's ids: none is created (a mistyped
+        # $MRISCAN_KEY_FILE would otherwise leave a stray key file behind a refused command)
+        raise KeyMismatchError(
+            f"Store {store_path} was made with an identifier key (fingerprint "
+            f"{store.key_id}) that is not at {path}: no such file, and no key was created "
+            f"there (a new key could not match the stored patient and file ids). Point "
+            f"{KEY_FILE_ENV} at the key file the store was made with, or ingest into a new "
+            "--store. Nothing was written."
+        )
+    key = identifier_key(path)
     fp = key_fingerprint(key)
     if store.key_id and store.key_id != fp:
         raise KeyMismatchError(
