@@ -447,8 +447,10 @@ def ingest(
     Inputs: JPEG/PNG, DICOM (any suffix, series folders, multi-frame: one sample per frame)
     and NIfTI (.nii, .nii.gz: one sample per kept slice). Re-running brings the store in line
     with the folder: new files are added, a file moved to another class folder takes that label,
-    an overwritten file replaces its sample, a deleted file's sample is retired. Bad files,
-    label conflicts (same bytes under two classes) and unreadable folders are listed; uniform or
+    an overwritten file replaces its sample, a deleted file's sample is retired. A DICOM
+    instance in other bytes (another encoding) is stored once, the copies recorded as
+    duplicates. Bad files, label conflicts (same bytes, or the same DICOM instance, under two
+    classes) and unreadable folders are listed; uniform or
     thin images, and near-identical slices under two classes, are stored with a warning; files
     that are no input (e.g. BMP, text) and DICOM images of another modality than --modality
     (default MR) are listed, not stored (--strict: any of these fails, committing nothing, and

@@ -487,3 +487,87 @@ def test_volumes_are_appended_as_each_is_read_in_listing_order(tmp_path, monkeyp
         np.testing.assert_array_equal(a.read_batch(range(n))[0], b.read_batch(range(n))[0])
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.groups, b.groups)
+
+
+def _sop_copies(root: Path, placed: dict[str, str]) -> None:
+    """pydicom's MR_small in other encodings (one SOP instance): ``placed`` maps a class to the
+    encodings under it (``"-"``: MR_small.dcm itself, ``"bigendian"``, ``"RLE"``,
+    ``"implicit"``); a PNG in no/."""
+    for cls, names in placed.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for n in names.split():
+            src = PYDICOM_FILES / (f"MR_small_{n}.dcm" if n != "-" else "MR_small.dcm")
+            shutil.copy(src, root / cls / src.name)
+    (root / "no").mkdir(parents=True, exist_ok=True)
+    img = (np.random.default_rng(1).random((40, 40)) * 200).astype(np.uint8)
+    Image.fromarray(img).save(root / "no" / "plain.png")
+
+
+def test_one_dicom_instance_in_other_encodings_is_stored_once(tmp_path, monkeypatch):
+    """Copies of one SOP instance in other transfer syntaxes (other bytes) under one class: one
+    sample, the copies recorded as exact duplicates, as predict scores the instance once; a
+    re-ingest reads none of them again; a copy added later is a duplicate of the stored one."""
+    root = tmp_path / "raw"
+    _sop_copies(root, {"yes": "- bigendian RLE"})
+    store = tmp_path / "s.zarr"
+    report = ingest(root, store, SMALL)
+    assert report.added == {"no": 1, "yes": 1} and report.exact_duplicates == 2
+    assert not report.skipped and not report.warnings
+    with ImageStore.open(store) as st:
+        mr = [r for r in st.index.records if r.kind == "dicom"]
+        dups = list(st.index.duplicates)
+    assert len(mr) == 1 and {d["duplicate_of"] for d in dups} == {mr[0].position}
+    assert len(dups) == 2 and all(d["source"].startswith("dicom-file/") for d in dups)
+
+    import mriscan.ingest as ingest_mod
+
+    read = []
+    real = ingest_mod.read_input
+
+    def counted(path, *args, **kwargs):
+        read.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ingest_mod, "read_input", counted)
+    again = ingest(root, store, SMALL)
+    assert again.n_added == 0 and again.exact_duplicates == 0 and read == []
+    with ImageStore.open(store) as st:
+        assert len(st) == 2 and len(st.index.duplicates) == 2
+    # a copy in yet another encoding, added later: a duplicate of the stored instance
+    shutil.copy(PYDICOM_FILES / "MR_small_implicit.dcm", root / "yes" / "implicit.dcm")
+    later = ingest(root, store, SMALL)
+    assert later.n_added == 0 and later.exact_duplicates == 1 and len(read) == 1
+    with ImageStore.open(store) as st:
+        assert len(st) == 2 and len(st.index.duplicates) == 3
+
+
+def test_one_dicom_instance_under_two_classes_is_a_label_conflict(tmp_path):
+    """The same SOP instance in other bytes under two classes: every copy is listed as a label
+    conflict and none stored (as for the same bytes under two classes), in one run or when a
+    copy comes to a stored instance under another class (the stored sample is retired)."""
+    root = tmp_path / "raw"
+    _sop_copies(root, {"yes": "- bigendian", "no": "RLE"})
+    report = ingest(root, tmp_path / "s.zarr", SMALL)
+    assert report.added == {"no": 1, "yes": 0} and report.conflicts == 3
+    conflicts = dict(report.skipped)
+    assert set(conflicts) == {
+        "yes/MR_small.dcm",
+        "yes/MR_small_bigendian.dcm",
+        "no/MR_small_RLE.dcm",
+    }
+    assert all("label conflict: the same DICOM instance" in v for v in conflicts.values())
+    assert "yes/MR_small.dcm (yes)" in conflicts["no/MR_small_RLE.dcm"]
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        assert [r.kind for r in st.index.records] == ["image"]
+
+    inc = tmp_path / "inc"
+    _sop_copies(inc, {"yes": "-"})
+    store = tmp_path / "inc.zarr"
+    assert ingest(inc, store, SMALL).added == {"no": 1, "yes": 1}
+    shutil.copy(PYDICOM_FILES / "MR_small_RLE.dcm", inc / "no" / "rle.dcm")
+    report = ingest(inc, store, SMALL)
+    assert report.conflicts == 2 and report.n_added == 0 and report.total == 1
+    assert {n for n, _ in report.skipped} == {"yes/MR_small.dcm", "no/rle.dcm"}
+    with ImageStore.open(store) as st:
+        (mr,) = [r for r in st.index.records if r.kind == "dicom"]
+        assert not mr.active and "conflict" in mr.flags
