@@ -80,7 +80,9 @@ class IngestReport:
     starting with ".") and files beside the class folders (a README), not read by rule;
     ``placeholder_ids``: ``(name, Patient ID)`` of DICOM files stored whose Patient ID names
     no one (``"ANONYMOUS"``, ``"0"``, ...: ``mriscan.dicom.is_placeholder_patient_id``),
-    grouped by their study instead of as one patient (a warning: if such studies are one
+    grouped by their study instead of as one patient, and of those without a Patient ID
+    element (the value is then one of ``mriscan.dicom.MISSING_PATIENT_ID``, which says how
+    they are grouped: by study, by series, each file alone) (a warning: if such files are one
     patient, give them a manifest group). ``read_notes``: ``(name, note)`` of files stored
     but read otherwise than they hold (``mriscan.readers.InputRead.note``: the first volume
     of a 4-D NIfTI volume).

@@ -418,6 +418,42 @@ def test_placeholder_patient_ids_do_not_merge_studies(tmp_path):
     assert {v for _, v in report.placeholder_ids} == {"ANONYMOUS", "0", "unknown", "N/A", "XXXXXX"}
 
 
+def test_dicom_without_patient_id_or_any_uid_is_listed_with_how_it_was_grouped(tmp_path):
+    """No Patient ID element: grouped by study; no Patient ID, Study or Series UID: each file
+    alone. Both are listed in the placeholder warning (count, names, how grouped), pointing
+    to a manifest group; a file with a real Patient ID is not."""
+    from mriscan.dicom import MISSING_PATIENT_ID
+
+    root = tmp_path / "scans"
+    no_pid = write_dicom_series(root / "yes" / "a", phantom_volume(1, n_slices=2, canvas=32),
+                                patient=FakePatient("P1"), seed=1)  # fmt: skip
+    no_ids = write_dicom_series(root / "yes" / "b", phantom_volume(2, n_slices=3, canvas=32),
+                                patient=FakePatient("P2"), seed=2)  # fmt: skip
+    write_dicom_series(root / "no" / "c", phantom_volume(3, n_slices=2, canvas=32),
+                       patient=FakePatient("P3"), seed=3)  # fmt: skip
+    for f in no_pid + no_ids:
+        ds = pydicom.dcmread(f)
+        del ds.PatientID
+        if f in no_ids:
+            del ds.StudyInstanceUID, ds.SeriesInstanceUID
+        ds.save_as(f)
+    report = ingest(root, tmp_path / "s.zarr", SMALL)
+    study, alone = MISSING_PATIENT_ID["study"][0], MISSING_PATIENT_ID["instance"][0]
+    assert sorted(report.placeholder_ids) == sorted(
+        [(f"yes/a/{f.name}", study) for f in no_pid] + [(f"yes/b/{f.name}", alone) for f in no_ids]
+    )
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        keys = sorted(r.group_key.split(":")[0] for r in st.index.records)
+    assert keys == ["instance"] * 3 + ["patient"] * 2 + ["study"] * 2
+    res = CliRunner().invoke(main, ["ingest", str(root), "--store", str(tmp_path / "c.zarr"),
+                                    "--image-size", "32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "5 DICOM file(s) with a placeholder Patient ID or none" in res.output
+    assert "manifest's group column" in res.output
+    assert "no Patient ID: 2 file(s), grouped by their study: yes/a/IM0001.dcm" in res.output
+    assert "no Patient ID, Study or Series Instance UID: 3 file(s), each file a group" in res.output
+
+
 def test_is_placeholder_patient_id():
     from mriscan.dicom import is_placeholder_patient_id
 
