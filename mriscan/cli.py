@@ -447,8 +447,10 @@ def ingest(
     Inputs: JPEG/PNG, DICOM (any suffix, series folders, multi-frame: one sample per frame)
     and NIfTI (.nii, .nii.gz: one sample per kept slice). Re-running brings the store in line
     with the folder: new files are added, a file moved to another class folder takes that label,
-    an overwritten file replaces its sample, a deleted file's sample is retired. Bad files,
-    label conflicts (same bytes under two classes) and unreadable folders are listed; uniform or
+    an overwritten file replaces its sample, a deleted file's sample is retired. A DICOM
+    instance in other bytes (another encoding) is stored once, the copies recorded as
+    duplicates. Bad files, label conflicts (same bytes, or the same DICOM instance, under two
+    classes) and unreadable folders are listed; uniform or
     thin images, and near-identical slices under two classes, are stored with a warning; files
     that are no input (e.g. BMP, text) and DICOM images of another modality than --modality
     (default MR) are listed, not stored (--strict: any of these fails, committing nothing, and
@@ -558,20 +560,26 @@ def _print_ingest(report) -> None:
             for path, reason in items:
                 click.echo(f"    {path}: {reason}")
     if report.placeholder_ids:
-        from mriscan.dicom import EMPTY_PATIENT_ID
+        from mriscan.dicom import EMPTY_PATIENT_ID, MISSING_PATIENT_ID
 
+        missing = dict(MISSING_PATIENT_ID.values())  # value -> how those files are grouped
         by_value: dict[str, list[str]] = {}
         for path, value in report.placeholder_ids:
             by_value.setdefault(value, []).append(path)
         click.echo(
             f"  warning: {len(report.placeholder_ids)} DICOM file(s) with a placeholder Patient "
-            "ID, which names no patient: grouped by their study instead (if studies are one "
-            "patient, give them one group in a --manifest):"
+            "ID or none, which names no patient: grouped by their study instead, or as said "
+            "below (if they are one patient, give them one group in a --manifest's group "
+            "column):"
         )
         for value, paths in by_value.items():
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            what = "empty Patient ID" if value == EMPTY_PATIENT_ID else f"Patient ID {value!r}"
-            click.echo(f"    {what}: {len(paths)} file(s): {shown}")
+            if value in missing:
+                what = f"{value[1:-1]}: {len(paths)} file(s), {missing[value]}"
+            else:
+                what = "empty Patient ID" if value == EMPTY_PATIENT_ID else f"Patient ID {value!r}"
+                what += f": {len(paths)} file(s)"
+            click.echo(f"    {what}: {shown}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 

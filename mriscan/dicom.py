@@ -63,6 +63,7 @@ from mriscan.scan_config import DicomConfig
 
 __all__ = [
     "EMPTY_PATIENT_ID",
+    "MISSING_PATIENT_ID",
     "DicomConfig",
     "DicomRead",
     "DicomSeries",
@@ -1045,6 +1046,20 @@ PLACEHOLDER_PATIENT_IDS = frozenset({
 #: ``DicomSliceMeta.patient_placeholder`` of a file whose Patient ID element is present but
 #: empty (or only blanks): listed like ``"ANONYMOUS"``, grouped by study like every placeholder
 EMPTY_PATIENT_ID = "(empty)"
+
+#: ``mriscan.readers.InputRead.placeholder_id`` of a file without a Patient ID element, by the
+#: id its slices are grouped by instead (the kind of ``DicomSliceMeta.group``): (that value,
+#: how such files are grouped, in words). Listed with the placeholder IDs by ingest, since the
+#: split then keeps apart what may be one patient's (each file on its own without any UID)
+MISSING_PATIENT_ID = {
+    "study": ("(no Patient ID)", "grouped by their study"),
+    "series": ("(no Patient ID or Study Instance UID)", "grouped by their series"),
+    "instance": (
+        "(no Patient ID, Study or Series Instance UID)",
+        "each file a group of its own (one acquisition's slices can fall on both sides of a split)",
+    ),
+    "unknown": ("(no Patient ID, Study, Series or SOP Instance UID)", "all in one group"),
+}
 
 
 def is_placeholder_patient_id(value: str) -> bool:

@@ -46,6 +46,7 @@ from mriscan.keys import (
 from mriscan.preprocess import preprocess_serial
 from mriscan.readers import (
     InputRead,
+    InputSlice,
     ReadOptions,
     check_series_sizes,
     describe_flags,
@@ -79,7 +80,9 @@ class IngestReport:
     starting with ".") and files beside the class folders (a README), not read by rule;
     ``placeholder_ids``: ``(name, Patient ID)`` of DICOM files stored whose Patient ID names
     no one (``"ANONYMOUS"``, ``"0"``, ...: ``mriscan.dicom.is_placeholder_patient_id``),
-    grouped by their study instead of as one patient (a warning: if such studies are one
+    grouped by their study instead of as one patient, and of those without a Patient ID
+    element (the value is then one of ``mriscan.dicom.MISSING_PATIENT_ID``, which says how
+    they are grouped: by study, by series, each file alone) (a warning: if such files are one
     patient, give them a manifest group). ``read_notes``: ``(name, note)`` of files stored
     but read otherwise than they hold (``mriscan.readers.InputRead.note``: the first volume
     of a 4-D NIfTI volume).
@@ -87,7 +90,9 @@ class IngestReport:
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
     their file was deleted, overwritten or moved to another class; ``conflicts`` files whose
-    bytes sit under two classes. ``total`` counts the active samples after the run.
+    bytes, or whose DICOM instance, sit under two classes. ``exact_duplicates``: files of this
+    run newly recorded as copies of a stored sample (the same bytes, or a DICOM file of the same
+    instance in other bytes). ``total`` counts the active samples after the run.
     """
 
     store: str
@@ -248,8 +253,15 @@ def ingest(
     - overwritten with new content: the old sample is retired (``replaced``), the new stored;
     - deleted: its sample is retired (``removed``) — not when a folder could not be listed;
     - same bytes as a stored file of the same label: recorded as an exact duplicate;
-    - same bytes under two labels: a label conflict, never resolved by folder order: every copy
-      is listed in ``skipped`` and any stored copy retired (``conflict``);
+    - a DICOM file whose instance (SOP Instance UID and frame, the slice's ``source``
+      pseudonym) is already stored, or read from another file of this run, in other bytes
+      (another transfer syntax): recorded as an exact duplicate, as ``predict`` scores each
+      instance once (a re-ingest does not read it again while its bytes, its label and the
+      stored instance stay); a copy whose slice size differs makes its series mix sizes;
+    - same bytes, or the same DICOM instance, under two labels: a label conflict, never
+      resolved by folder order: every copy is listed in ``skipped`` and any stored copy retired
+      (``conflict``). An instance conflict is found once the files are read: the run is then
+      redone (nothing committed) with every copy refused before reading;
     - overwritten so that it now conflicts: its old sample is retired too (its bytes are gone);
     - unreadable or undecodable: listed in ``skipped`` with the reason (``strict``: fail);
     - of no input kind (a BMP, a text file, ...): listed in ``skipped`` (``strict``: fail);
@@ -294,7 +306,8 @@ def ingest(
         of classes (``n_classes``), a class whose name differs from a stored class only by
         case; the identifier key file cannot be created or read.
     KeyMismatchError
-        The store was made with another identifier key (``$MRISCAN_KEY_FILE``).
+        The store was made with another identifier key (``$MRISCAN_KEY_FILE``), or the key
+        file it names does not exist (no key file is created for a store that records a key).
     BadFilesError
         ``strict`` and any bad or unused file, label conflict, image of another modality or
         warning (nothing committed); the message names every one.
@@ -370,6 +383,7 @@ def ingest(
         reader = reader_record = ReadOptions(dicom=config.dicom, nifti=config.nifti).resolve()
     config = dataclasses.replace(config, dicom=reader.dicom, nifti=reader.nifti)
     series_errors = None  # first try: series sizes are checked on the slices as read
+    conflicts = _InstanceConflicts()  # DICOM instances found under two classes by a try
     try:
         # the run parallelises over files; BLAS threads inside its small matrix products
         # (near-duplicate search) would only contend with the decoding threads for the cores
@@ -381,8 +395,14 @@ def ingest(
                                       [dataclasses.replace(j) for j in jobs], problems, config,
                                       progress, t0, unused=unused, hidden=hidden,
                                       series_errors=series_errors,
-                                      reader_record=reader_record)  # fmt: skip
+                                      reader_record=reader_record,
+                                      conflicts=conflicts)  # fmt: skip
                     break
+                except _InstanceConflictRedoError as redo:
+                    # rare: one DICOM instance under two classes, found once read. Nothing was
+                    # committed; run again with every copy refused before any file is read
+                    conflicts = redo.conflicts
+                    store = ImageStore.open(store_path, mode="a")
                 except _MixedSeriesRedoError:
                     # rare: a series mixes slice sizes. Nothing was committed; run again with
                     # those series refused before any file is read (header-only check)
@@ -431,13 +451,15 @@ def _hint_migrate(store: ImageStore, store_path) -> None:
 def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
     """The key the store's ids are hashed with: the user's identifier key
     (``mriscan.keys.identifier_key``), checked against the fingerprint the store recorded
-    (``record``: recorded now when the store has none); a store written before the key left
+    (``record``: recorded now when the store has none; the key file is created only for a
+    store that records no key yet); a store written before the key left
     the store keeps using the salt in its index (with a warning, once per store and process).
 
     Raises
     ------
     KeyMismatchError
-        The store was made with another identifier key.
+        The store was made with another identifier key, or records one and the key file
+        does not exist (nothing is created then).
     ConfigError
         The key file cannot be created or read.
     """
@@ -453,7 +475,18 @@ def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
             key_file_path(),
         )
         return store.salt
-    key = identifier_key()
+    path = key_file_path()
+    if store.key_id and not path.exists():
+        # a new key could never match the store's ids: none is created (a mistyped
+        # $MRISCAN_KEY_FILE would otherwise leave a stray key file behind a refused command)
+        raise KeyMismatchError(
+            f"Store {store_path} was made with an identifier key (fingerprint "
+            f"{store.key_id}) that is not at {path}: no such file, and no key was created "
+            f"there (a new key could not match the stored patient and file ids). Point "
+            f"{KEY_FILE_ENV} at the key file the store was made with, or ingest into a new "
+            "--store. Nothing was written."
+        )
+    key = identifier_key(path)
     fp = key_fingerprint(key)
     if store.key_id and store.key_id != fp:
         raise KeyMismatchError(
@@ -533,6 +566,25 @@ class _MixedSeriesRedoError(Exception):
     """A series of this run mixes slice sizes: the run is redone with those files refused."""
 
 
+@dataclass
+class _InstanceConflicts:
+    """DICOM instances (SOP Instance UID and frame) found under two classes by an ingest try:
+    ``files`` maps the file id of each copy in this run to the other copies' names (for its
+    label-conflict reason); ``positions`` are the stored samples of those instances (retired as
+    ``"conflict"``). The next try refuses those files before reading anything."""
+
+    files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    positions: set[int] = dataclasses.field(default_factory=set)
+
+
+class _InstanceConflictRedoError(Exception):
+    """One DICOM instance sits under two classes: the run is redone with its copies refused."""
+
+    def __init__(self, conflicts: _InstanceConflicts) -> None:
+        super().__init__("DICOM instance label conflict")
+        self.conflicts = conflicts
+
+
 def _run(
     store,
     store_path,
@@ -549,11 +601,15 @@ def _run(
     hidden,
     series_errors: dict[Path, str] | None,
     reader_record: ReaderSettings | None = None,
+    conflicts: _InstanceConflicts | None = None,
 ):
     """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
     raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes.
     ``reader_record``: the reading settings recorded in the store at the commit (None: left
-    as they are)."""
+    as they are). ``conflicts``: DICOM instances a former try found under two classes, whose
+    copies are refused before reading; one found by this try raises
+    ``_InstanceConflictRedoError`` (before anything is committed)."""
+    conflicts = conflicts if conflicts is not None else _InstanceConflicts()
     salt = _store_key(store, store_path, record=True)
     if reader_record is not None and store.reader_settings != reader_record:
         store.set_reader_settings(reader_record)
@@ -631,6 +687,10 @@ def _run(
                 f"a stored sample of {_folder_name(sources, r.origin)} ({names[r.label]})"
             )
     conflicted = {h for h, labs in labels_of.items() if len(labs) > 1}
+    # one DICOM instance under two classes (found by a former try once read): as conflicting
+    # bytes. A byte copy of such a file was not read; it is the same instance, so it goes too
+    instance_of = {j.sha256: conflicts.files[j.file_id] for j in jobs
+                   if j.error is None and j.file_id in conflicts.files}  # fmt: skip
     n_conflicts = 0
     for j in jobs:
         if j.error is not None:
@@ -644,8 +704,18 @@ def _run(
                 "slice cannot be both, and mriscan will not pick one by folder order: delete "
                 "or move the wrong copy and rerun",
             )
+        elif j.sha256 in instance_of:
+            n_conflicts += 1
+            others = [w for w in instance_of[j.sha256] if not w.startswith(j.rel + " (")]
+            fail(
+                j.rel,
+                "label conflict: the same DICOM instance (SOP Instance UID) is also stored as "
+                f"{', '.join(others)}; a slice cannot be both, and mriscan will not pick one by "
+                "folder order: delete or move the wrong copy and rerun",
+            )
+    conflicted |= instance_of.keys()
     for r in active:
-        if r.sha256 in conflicted:
+        if r.sha256 in conflicted or r.position in conflicts.positions:
             retire[r.position] = "conflict"
     # a file whose bytes changed keeps no old sample, whatever becomes of its new bytes (a
     # conflict, an exact duplicate, a decode error): the old pixels are no longer on disk
@@ -688,11 +758,30 @@ def _run(
     kept_dups = {
         (d["source"], d["sha256"]) for d in store.index.duplicates if d.get("origin", 0) == origin
     }
+    # a DICOM copy of a stored instance in other bytes (another encoding) that a former run
+    # recorded as a duplicate: still one while its bytes, label and stored instance stay
+    copy_of = {
+        d["file_id"]: (d["sha256"], int(d["duplicate_of"]))
+        for d in store.index.duplicates
+        if d.get("origin", 0) == origin and d.get("file_id")
+    }
     dups: list[tuple[_Job, str]] = []
     to_add: list[_Job] = []
     pending_sha: set[str] = set()
     for j in todo:
         if j.sha256 in primary or j.sha256 in pending_sha:
+            dups.append((j, j.sha256))
+        elif (
+            j.kind == "dicom"
+            and (c := copy_of.get(j.file_id)) is not None
+            and c[0] == j.sha256
+            and 0 <= c[1] < len(records)
+            and records[c[1]].active
+            and c[1] not in retire
+            and records[c[1]].label == j.label
+            and records[c[1]].kind == "dicom"
+        ):
+            primary[j.sha256] = c[1]
             dups.append((j, j.sha256))
         else:
             pending_sha.add(j.sha256)
@@ -709,6 +798,17 @@ def _run(
     series_errors = series_errors or {}
     shapes: dict[str, set[tuple[int, int]]] = {}  # DICOM series -> slice sizes seen (checked)
     opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
+    # one sample per DICOM instance and frame, as predict scores them: a slice's source
+    # (dicom/<series>/<instance>#<frame>) names its instance, so a copy in other bytes (another
+    # transfer syntax) is recognised once read, against the active samples and this run's
+    instances: dict[str, tuple[int, int, str]] = {}  # source -> (position, label, file id)
+    if any(j.kind == "dicom" for j in to_add):
+        instances = {
+            r.source: (r.position, r.label, r.file_id)
+            for r in records
+            if r.kind == "dicom" and r.active and r.position not in retire
+        }
+    copies: dict[str, list[tuple[int, str]]] = {}  # source -> (label, file id) of each copy
     pending_keys: list[str] = []
     pending_names: list[str] = []
     pending_labels: list[int] = []
@@ -766,19 +866,35 @@ def _run(
             elif r.excluded is not None:
                 fail(j.rel, r.excluded, into=excluded)
             else:
-                if r.placeholder_id:
+                kept = list(zip(r.slices, slice_flags, strict=True))
+                if j.kind == "dicom" and r.slices[0].instance is not None:
+                    kept = _new_instances(j, kept, instances, copies)
+                    if check_sizes and len(kept) < len(r.slices):
+                        # a copy of another size makes its series mix sizes, as if stored
+                        for s in r.slices:
+                            if s.unit.startswith("series:"):
+                                _add_shape(shapes, s.unit[len("series:") :], s.image.shape[:2])
+                if not kept:  # every slice is a stored instance (or one of this run)
+                    first_copy = instances[r.slices[0].source]
+                    primary.setdefault(j.sha256, first_copy[0])
+                    if first_copy[1] == j.label:
+                        dups.append((j, j.sha256))
+                if r.placeholder_id and kept:
                     placeholders.append((j.rel, r.placeholder_id))
                 if r.note:
                     read_notes.append((j.rel, r.note))
                 key = group_of[j.file_id]
                 first = start + sent + len(images)
-                primary.setdefault(j.sha256, first)
-                for s, flags in zip(r.slices, slice_flags, strict=True):
+                if kept:
+                    primary.setdefault(j.sha256, first)
+                for s, flags in kept:
                     if check_sizes and s.unit.startswith("series:"):
                         _add_shape(shapes, s.unit[len("series:") :], s.image.shape[:2])
                     name = _slice_name(j, s.source)
                     if flags:
                         fail(name, describe_flags(flags, s.image), into=warned)
+                    if j.kind == "dicom" and s.instance is not None:
+                        instances[s.source] = (start + sent + len(images), j.label, j.file_id)
                     pending_names.append(name)
                     pending_labels.append(j.label)
                     images.append(s.image)
@@ -798,7 +914,7 @@ def _run(
                             "plane": s.plane,
                         }
                     )
-                added[names[j.label]] += len(r.slices)
+                added[names[j.label]] += len(kept)
             last = k + 1 == len(to_add)
             if len(images) >= config.batch_size or last:
                 flush()
@@ -807,6 +923,11 @@ def _run(
                 progress(done, len(to_add))
         if appending is not None:
             appending.result()
+    found = _instance_conflicts(copies, instances, records, jobs, names, sources, len(store))
+    if found.files.keys() - conflicts.files.keys():
+        found.files.update(conflicts.files)
+        found.positions |= conflicts.positions
+        raise _InstanceConflictRedoError(found)
     if check_sizes and shapes:
         # the unchanged DICOM files of this folder belong to the series they are in
         for r in records:
@@ -924,6 +1045,60 @@ def _readers(config: IngestConfig, jobs: list[_Job]) -> int:
     if jobs and all(j.kind == "dicom" for j in jobs):
         return max(1, config.n_workers - 1)
     return config.n_workers
+
+
+def _new_instances(
+    job: _Job,
+    slices: list[tuple[InputSlice, tuple[str, ...]]],
+    instances: dict[str, tuple[int, int, str]],
+    copies: dict[str, list[tuple[int, str]]],
+) -> list[tuple[InputSlice, tuple[str, ...]]]:
+    """The ``(slice, flags)`` of a DICOM file whose instance and frame (``InputSlice.source``)
+    is not yet among ``instances`` (source -> (position, label, file id) of the sample that
+    holds it: active stored ones and this run's); each of the others is noted in ``copies``
+    (source -> (label, file id) of every further copy) and not stored again."""
+    out = []
+    for s, flags in slices:
+        if s.source in instances:
+            copies.setdefault(s.source, []).append((job.label, job.file_id))
+        else:
+            out.append((s, flags))
+    return out
+
+
+def _instance_conflicts(
+    copies: dict[str, list[tuple[int, str]]],
+    instances: dict[str, tuple[int, int, str]],
+    records: list[SampleRecord],
+    jobs: list[_Job],
+    names: list[str],
+    sources: list[str],
+    n_stored: int,
+) -> _InstanceConflicts:
+    """The DICOM instances of ``copies`` held under more than one class (by the first sample,
+    ``instances``, and its copies): every copy's file in this run with the others' names, and
+    the stored samples of those instances (``_InstanceConflicts``)."""
+    out = _InstanceConflicts()
+    by_fid = {j.file_id: j for j in jobs}
+    for source, more in copies.items():
+        pos, label, fid = instances[source]
+        if all(lab == label for lab, _ in more):
+            continue
+        held = [(label, fid, pos), *((lab, f, -1) for lab, f in more)]
+        where = []
+        for lab, f, p in held:
+            if f in by_fid:
+                where.append(f"{by_fid[f].rel} ({names[lab]})")
+            else:
+                origin = records[p].origin if 0 <= p < n_stored else -1
+                where.append(f"a stored sample of {_folder_name(sources, origin)} ({names[lab]})")
+        for _, f, _ in held:
+            if f in by_fid:
+                seen = out.files.setdefault(f, [])
+                seen += [w for w in where if w not in seen]
+        if pos < n_stored:
+            out.positions.add(pos)
+    return out
 
 
 def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:

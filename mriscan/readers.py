@@ -173,7 +173,9 @@ class InputRead:
     readable image this run does not use, e.g. a CT when only MR is read; the reason), or
     ``error`` (the reason, without the path). ``placeholder_id`` is a DICOM file's Patient ID
     when it is a placeholder that names no one (``mriscan.dicom.is_placeholder_patient_id``;
-    its slices are then grouped by study), else "". ``note``: what was read otherwise than the
+    its slices are then grouped by study), a value of ``mriscan.dicom.MISSING_PATIENT_ID``
+    when it has no Patient ID element (grouped by study, series or file as that says), else
+    "". ``note``: what was read otherwise than the
     file holds, without the path (a 4-D NIfTI volume: "4-D volume with 2 volumes: the first
     was read (--nifti-4d)"), else "": the caller reports it as its naming rule allows."""
 
@@ -346,6 +348,10 @@ def _read_input(
                 )
             )
         placeholder = next((s.meta.patient_placeholder for s in r.slices), "")
+        if not placeholder and r.slices and r.slices[0].meta.patient is None:
+            from mriscan.dicom import MISSING_PATIENT_ID
+
+            placeholder = MISSING_PATIENT_ID[r.slices[0].meta.group.split(":", 1)[0]][0]
         return InputRead(path, kind, tuple(out), placeholder_id=placeholder)
     if kind == "nifti":
         from mriscan.nifti import read_nifti

@@ -87,11 +87,30 @@ def test_same_key_is_incremental_and_another_key_is_refused(scans, key_file, tmp
     again = ingest(scans, store, SMALL)
     assert first.n_added == 8 and again.n_added == 0 and again.already_stored == 8
     before = (store / "index.json").read_bytes()
-    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "other.key"))
+    other = tmp_path / "other.key"
+    identifier_key(other)  # another key that exists
+    monkeypatch.setenv(KEY_FILE_ENV, str(other))
     with pytest.raises(KeyMismatchError) as err:
         ingest(scans, store, SMALL)
     assert KEY_FILE_ENV in str(err.value) and key_fingerprint(identifier_key()) in str(err.value)
     assert (store / "index.json").read_bytes() == before  # nothing written
+
+
+def test_a_mistyped_key_file_is_refused_without_creating_a_key(scans, key_file, tmp_path,
+                                                               monkeypatch):  # fmt: skip
+    """A store that records a key, and $MRISCAN_KEY_FILE naming a file that does not exist (a
+    typo): the command is refused and no key file is left behind; a new store still gets one."""
+    store = tmp_path / "s.zarr"
+    ingest(scans, store, SMALL)
+    before = (store / "index.json").read_bytes()
+    typo = tmp_path / "keys" / "id.kye"
+    monkeypatch.setenv(KEY_FILE_ENV, str(typo))
+    with pytest.raises(KeyMismatchError, match="no key was created") as err:
+        ingest(scans, store, SMALL)
+    assert str(typo) in str(err.value) and KEY_FILE_ENV in str(err.value)
+    assert not typo.exists() and (store / "index.json").read_bytes() == before
+    ingest(scans, tmp_path / "new.zarr", SMALL)  # a store without a key: created on first use
+    assert typo.exists()
 
 
 def test_store_with_its_salt_inside_is_read_and_warned_about(scans, key_file, tmp_path, caplog):

@@ -418,6 +418,42 @@ def test_placeholder_patient_ids_do_not_merge_studies(tmp_path):
     assert {v for _, v in report.placeholder_ids} == {"ANONYMOUS", "0", "unknown", "N/A", "XXXXXX"}
 
 
+def test_dicom_without_patient_id_or_any_uid_is_listed_with_how_it_was_grouped(tmp_path):
+    """No Patient ID element: grouped by study; no Patient ID, Study or Series UID: each file
+    alone. Both are listed in the placeholder warning (count, names, how grouped), pointing
+    to a manifest group; a file with a real Patient ID is not."""
+    from mriscan.dicom import MISSING_PATIENT_ID
+
+    root = tmp_path / "scans"
+    no_pid = write_dicom_series(root / "yes" / "a", phantom_volume(1, n_slices=2, canvas=32),
+                                patient=FakePatient("P1"), seed=1)  # fmt: skip
+    no_ids = write_dicom_series(root / "yes" / "b", phantom_volume(2, n_slices=3, canvas=32),
+                                patient=FakePatient("P2"), seed=2)  # fmt: skip
+    write_dicom_series(root / "no" / "c", phantom_volume(3, n_slices=2, canvas=32),
+                       patient=FakePatient("P3"), seed=3)  # fmt: skip
+    for f in no_pid + no_ids:
+        ds = pydicom.dcmread(f)
+        del ds.PatientID
+        if f in no_ids:
+            del ds.StudyInstanceUID, ds.SeriesInstanceUID
+        ds.save_as(f)
+    report = ingest(root, tmp_path / "s.zarr", SMALL)
+    study, alone = MISSING_PATIENT_ID["study"][0], MISSING_PATIENT_ID["instance"][0]
+    assert sorted(report.placeholder_ids) == sorted(
+        [(f"yes/a/{f.name}", study) for f in no_pid] + [(f"yes/b/{f.name}", alone) for f in no_ids]
+    )
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        keys = sorted(r.group_key.split(":")[0] for r in st.index.records)
+    assert keys == ["instance"] * 3 + ["patient"] * 2 + ["study"] * 2
+    res = CliRunner().invoke(main, ["ingest", str(root), "--store", str(tmp_path / "c.zarr"),
+                                    "--image-size", "32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "5 DICOM file(s) with a placeholder Patient ID or none" in res.output
+    assert "manifest's group column" in res.output
+    assert "no Patient ID: 2 file(s), grouped by their study: yes/a/IM0001.dcm" in res.output
+    assert "no Patient ID, Study or Series Instance UID: 3 file(s), each file a group" in res.output
+
+
 def test_is_placeholder_patient_id():
     from mriscan.dicom import is_placeholder_patient_id
 
@@ -487,3 +523,87 @@ def test_volumes_are_appended_as_each_is_read_in_listing_order(tmp_path, monkeyp
         np.testing.assert_array_equal(a.read_batch(range(n))[0], b.read_batch(range(n))[0])
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.groups, b.groups)
+
+
+def _sop_copies(root: Path, placed: dict[str, str]) -> None:
+    """pydicom's MR_small in other encodings (one SOP instance): ``placed`` maps a class to the
+    encodings under it (``"-"``: MR_small.dcm itself, ``"bigendian"``, ``"RLE"``,
+    ``"implicit"``); a PNG in no/."""
+    for cls, names in placed.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for n in names.split():
+            src = PYDICOM_FILES / (f"MR_small_{n}.dcm" if n != "-" else "MR_small.dcm")
+            shutil.copy(src, root / cls / src.name)
+    (root / "no").mkdir(parents=True, exist_ok=True)
+    img = (np.random.default_rng(1).random((40, 40)) * 200).astype(np.uint8)
+    Image.fromarray(img).save(root / "no" / "plain.png")
+
+
+def test_one_dicom_instance_in_other_encodings_is_stored_once(tmp_path, monkeypatch):
+    """Copies of one SOP instance in other transfer syntaxes (other bytes) under one class: one
+    sample, the copies recorded as exact duplicates, as predict scores the instance once; a
+    re-ingest reads none of them again; a copy added later is a duplicate of the stored one."""
+    root = tmp_path / "raw"
+    _sop_copies(root, {"yes": "- bigendian RLE"})
+    store = tmp_path / "s.zarr"
+    report = ingest(root, store, SMALL)
+    assert report.added == {"no": 1, "yes": 1} and report.exact_duplicates == 2
+    assert not report.skipped and not report.warnings
+    with ImageStore.open(store) as st:
+        mr = [r for r in st.index.records if r.kind == "dicom"]
+        dups = list(st.index.duplicates)
+    assert len(mr) == 1 and {d["duplicate_of"] for d in dups} == {mr[0].position}
+    assert len(dups) == 2 and all(d["source"].startswith("dicom-file/") for d in dups)
+
+    import mriscan.ingest as ingest_mod
+
+    read = []
+    real = ingest_mod.read_input
+
+    def counted(path, *args, **kwargs):
+        read.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ingest_mod, "read_input", counted)
+    again = ingest(root, store, SMALL)
+    assert again.n_added == 0 and again.exact_duplicates == 0 and read == []
+    with ImageStore.open(store) as st:
+        assert len(st) == 2 and len(st.index.duplicates) == 2
+    # a copy in yet another encoding, added later: a duplicate of the stored instance
+    shutil.copy(PYDICOM_FILES / "MR_small_implicit.dcm", root / "yes" / "implicit.dcm")
+    later = ingest(root, store, SMALL)
+    assert later.n_added == 0 and later.exact_duplicates == 1 and len(read) == 1
+    with ImageStore.open(store) as st:
+        assert len(st) == 2 and len(st.index.duplicates) == 3
+
+
+def test_one_dicom_instance_under_two_classes_is_a_label_conflict(tmp_path):
+    """The same SOP instance in other bytes under two classes: every copy is listed as a label
+    conflict and none stored (as for the same bytes under two classes), in one run or when a
+    copy comes to a stored instance under another class (the stored sample is retired)."""
+    root = tmp_path / "raw"
+    _sop_copies(root, {"yes": "- bigendian", "no": "RLE"})
+    report = ingest(root, tmp_path / "s.zarr", SMALL)
+    assert report.added == {"no": 1, "yes": 0} and report.conflicts == 3
+    conflicts = dict(report.skipped)
+    assert set(conflicts) == {
+        "yes/MR_small.dcm",
+        "yes/MR_small_bigendian.dcm",
+        "no/MR_small_RLE.dcm",
+    }
+    assert all("label conflict: the same DICOM instance" in v for v in conflicts.values())
+    assert "yes/MR_small.dcm (yes)" in conflicts["no/MR_small_RLE.dcm"]
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        assert [r.kind for r in st.index.records] == ["image"]
+
+    inc = tmp_path / "inc"
+    _sop_copies(inc, {"yes": "-"})
+    store = tmp_path / "inc.zarr"
+    assert ingest(inc, store, SMALL).added == {"no": 1, "yes": 1}
+    shutil.copy(PYDICOM_FILES / "MR_small_RLE.dcm", inc / "no" / "rle.dcm")
+    report = ingest(inc, store, SMALL)
+    assert report.conflicts == 2 and report.n_added == 0 and report.total == 1
+    assert {n for n, _ in report.skipped} == {"yes/MR_small.dcm", "no/rle.dcm"}
+    with ImageStore.open(store) as st:
+        (mr,) = [r for r in st.index.records if r.kind == "dicom"]
+        assert not mr.active and "conflict" in mr.flags

@@ -138,7 +138,7 @@ def test_unexpected_reader_error_is_logged_without_the_path(tmp_path, caplog, mo
 def test_an_empty_patient_id_is_listed_as_a_placeholder_and_grouped_by_study(tmp_path, empty):
     """A Patient ID element that is present but empty (or blank) is treated as 'ANONYMOUS'
     is: listed in ingest's placeholder warning, its slices grouped by their study; an absent
-    element stays plain 'missing' (not listed)."""
+    element is no placeholder value (it is listed as missing: test_ingest_scanner)."""
     from click.testing import CliRunner
 
     from mriscan.cli import main
