@@ -34,9 +34,9 @@ from mriscan.readers import (
     InputRead,
     InputSlice,
     ReadOptions,
-    check_series_sizes,
     describe_flags,
     read_input,
+    refuse_mixed_series,
     slice_warnings,
 )
 from mriscan.scan import new_salt, salted_hash
@@ -66,18 +66,17 @@ def read_inputs(
     options: ReadOptions | None = None,
 ) -> list[InputRead]:
     """Read every file with ``mriscan.readers.read_input`` (threads; ``options``: how DICOM
-    and NIfTI are read), DICOM series whose files disagree in size refused whole; one
-    ``InputRead`` per file, in order."""
+    and NIfTI are read); one ``InputRead`` per file, in order. Then DICOM series whose files,
+    as read, disagree in size are refused whole (``mriscan.readers.refuse_mixed_series``): a
+    file that failed on its own (an empty size, a truncated instance) keeps its own reason
+    and is not counted as a size, so the rest of its series is still read."""
     salt = salt if salt is not None else new_salt()
-    mixed = check_series_sizes([f.path for f in files if f.kind == "dicom"])
 
     def load(f: SourceFile) -> InputRead:
-        if f.path in mixed:
-            return InputRead(f.path, f.kind, error=mixed[f.path])
         return read_input(f.path, f.kind, salt=salt, root=f.path.parent, options=options)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(load, files))
+        return refuse_mixed_series(list(pool.map(load, files)))
 
 
 def predict_arrays(
