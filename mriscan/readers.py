@@ -188,8 +188,9 @@ class InputRead:
     note: str = ""
 
 
-#: ``InputRead.note`` of a 4-D NIfTI volume read as its first volume (``%d``: the volumes)
-FOUR_D_NOTE = "4-D volume with %d volumes: the first was read (--nifti-4d)"
+#: ``InputRead.note`` of a 4-D NIfTI volume read as its first volume (``%d``, ``%d``: the
+#: file's axes, 4, or 5+ when those past the 4th have length 1; the volumes)
+FOUR_D_NOTE = "%d-D volume with %d volumes: the first was read (--nifti-4d)"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -366,8 +367,8 @@ def _read_input(
         ]
         if not out:
             return InputRead(path, kind, error="the volume has no slice to keep")
-        n_volumes = r.slices[0].meta.n_volumes
-        note = FOUR_D_NOTE % n_volumes if n_volumes > 1 else ""
+        meta = r.slices[0].meta
+        note = FOUR_D_NOTE % (meta.n_dims, meta.n_volumes) if meta.n_volumes > 1 else ""
         return InputRead(path, kind, tuple(out), note=note)
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
