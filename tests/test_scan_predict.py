@@ -380,3 +380,27 @@ def test_the_series_of_an_empty_instance_is_scored_with_it_counted_unreadable(mo
     (bad,) = [r for r in rows if r["error"]]
     assert "image size 0x0 in the header is empty" in bad["error"]
     assert len(files) == 5
+
+
+def test_a_file_beside_scanner_data_has_level_file_with_or_without_show_paths(tmp_path):
+    """A notes file beside DICOM files: ``level`` "file" whether it is named by pseudonym or
+    by path (F14, tester 18: it was empty with --show-paths); one beside JPEGs has none."""
+    from PIL import Image
+
+    from mriscan.readers import collect_inputs
+    from mriscan.scan import new_salt
+    from mriscan.scan_predict import problem_rows
+
+    write_dicom_series(tmp_path / "lv", phantom_volume(1, n_slices=1, canvas=32))
+    (tmp_path / "lv" / "notes.txt").write_text("not an input")
+    (tmp_path / "jp").mkdir()
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "jp" / "a.png")
+    (tmp_path / "jp" / "notes.txt").write_text("not an input")
+    inputs = [tmp_path / "lv", tmp_path / "jp"]
+    files, problems = collect_inputs(inputs)
+    for show in (False, True):
+        rows = problem_rows(problems, inputs, files, salt=new_salt(), show_paths=show)
+        by_folder = {("jp" if "/jp/" in r["path"] else "lv"): r for r in rows}
+        assert by_folder["lv"]["level"] == "file", (show, rows)
+        assert "level" not in by_folder["jp"]
+        assert by_folder["lv"]["path"].startswith("other/file-") != show
