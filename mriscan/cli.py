@@ -1605,8 +1605,8 @@ def explain(
     Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_layercam.png).
     Scanner slices are read as `predict` reads them (--dicom-*, --nifti-*, --modality) and
     named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
-    --show-paths by their series folder or volume file. Exits 1 if no image is found or none
-    could be read. With --boxes, the pointing game over one data folder instead (no PNGs); it
+    --show-paths by their series folder or volume file. Exits 1 if no image is found, or none
+    could be read or has a slice --slices asks for. With --boxes, the pointing game over one data folder instead (no PNGs); it
     maps each slice's predicted class, so --class with --boxes is a usage error (exit 2), as
     are the options it would not use: --slices, --top-k, --dicom-out, --show-paths (it names
     files by their path in the boxes file), --modality and the --dicom-*/--nifti-* options.
@@ -1657,9 +1657,25 @@ def explain(
         for r in skipped:
             click.echo(f"  {r['path']}: {r['dicom_skipped']}", err=True)
     if not any(not r["error"] for r in results):
-        raise click.ClickException(
-            f"None of the {len(results)} image(s) could be read; no heatmap was written."
-        )
+        raise click.ClickException(_nothing_explained(results))
+
+
+def _nothing_explained(results: list[dict]) -> str:
+    """explain's last line when no row was explained: inputs that could not be read, and
+    series / volumes read that have none of the ``--slices`` asked for, each counted."""
+    lacking = {r["path"] for r in results if "missing_slice" in r}
+    failed = sum("missing_slice" not in r for r in results)
+    if not lacking:
+        return f"None of the {failed} image(s) could be read; no heatmap was written."
+    asked = sorted({r["missing_slice"] for r in results if "missing_slice" in r})
+    said = ", ".join(map(str, asked))
+    why = (
+        f"no requested slice ({said}) exists in the {len(lacking)} series/volume(s) read "
+        "(their slices are listed above)"
+    )
+    if failed:
+        why += f", and {failed} input(s) could not be read"
+    return f"Nothing to explain: {why}; no heatmap was written."
 
 
 #: explain's parameters that the pointing game (--boxes) uses; every other one it would ignore
