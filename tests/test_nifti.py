@@ -133,7 +133,7 @@ def test_a_5d_file_is_named_5d_and_refused_when_its_5th_axis_holds_components(tm
     with pytest.raises(UnsupportedFormatError, match=r"5-D volume with 2 volumes \(shape"):
         read_nifti(path, salt=SALT, config=NiftiConfig(four_d="refuse"))
     nib.save(nib.Nifti1Image(np.stack([vol] * 3, -1)[..., None, :], np.eye(4)), path)
-    with pytest.raises(UnsupportedFormatError, match="5-D volume .* past the 4th") as info:
+    with pytest.raises(UnsupportedFormatError, match=r"5-D volume .* past the 4th") as info:
         read_nifti(path, salt=SALT)
     assert "vector or parameter components" in info.value.reason
 
