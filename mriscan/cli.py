@@ -23,7 +23,7 @@ import click
 from mriscan.config import CAM_METHODS, DEFAULT_CAM, CVConfig, TrainConfig, override
 from mriscan.errors import MriscanError
 from mriscan.ingest_config import IngestConfig
-from mriscan.io import display_path
+from mriscan.io import display_path, one_line
 from mriscan.paths import DEFAULT_RAW, DEFAULT_STORE, PHANTOM_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.scan_config import NIFTI_PLANES, NIFTI_SELECTIONS, DicomConfig, NiftiConfig
@@ -311,6 +311,13 @@ def main(verbose: int) -> None:
     # refuses such an image with its own message, or admits it because the user raised the cap
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     logging.getLogger("numba").setLevel(logging.WARNING)
+    # nibabel logs a header it fixes ("sizeof_hdr should be 348; set sizeof_hdr to 348") to
+    # "nibabel.global", which has a stderr handler of its own (nibabel.imageglobals): passed on
+    # to the root's handler too, each line came twice; nibabel's own copy is kept
+    logging.getLogger("nibabel.global").propagate = False
+    # pydicom 3 both logs and warns each of its warnings (pydicom.misc.warn_and_log): the
+    # logged copy is kept (with its level and "pydicom"), the warnings module's dropped
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     # highdicom says at INFO each module it copies into a Secondary Capture or Structured
     # Report (explain/predict --dicom-out): a page per run; shown with -vv
     logging.getLogger("highdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
@@ -558,7 +565,7 @@ def _print_ingest(report) -> None:
         if items:
             click.echo(f"  {title}")
             for path, reason in items:
-                click.echo(f"    {path}: {reason}")
+                click.echo(f"    {display_path(path)}: {one_line(reason)}")
     if report.placeholder_ids:
         from mriscan.dicom import EMPTY_PATIENT_ID, MISSING_PATIENT_ID
 
@@ -573,7 +580,9 @@ def _print_ingest(report) -> None:
             "column):"
         )
         for value, paths in by_value.items():
-            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            shown = ", ".join(map(display_path, paths[:3])) + (
+                f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+            )
             if value in missing:
                 what = f"{value[1:-1]}: {len(paths)} file(s), {missing[value]}"
             else:
@@ -1151,7 +1160,7 @@ def evaluate(
             err=True,
         )
         for u in result["unreadable"]:
-            click.echo(f"    {u['path']} ({u['label']}): {u['error']}", err=True)
+            click.echo(f"    {u['path']} ({u['label']}): {one_line(u['error'])}", err=True)
         if any(u.get("level") == "file" for u in result["unreadable"]):
             click.echo(_PSEUDONYM_HINT, err=True)
     recalls = ", ".join(
@@ -1491,9 +1500,9 @@ def predict(
             click.echo(f"  {r['path']}: {shown}{r['label']} ({slices}){dcm}{note}")
     for r in rows:
         if r["error"]:
-            click.echo(f"  {r['path']}: {r['error']}", err=True)
+            click.echo(f"  {r['path']}: {one_line(r['error'])}", err=True)
         elif r.get("warning"):
-            click.echo(f"  {r['path']}: predicted, but {r['warning']}", err=True)
+            click.echo(f"  {r['path']}: predicted, but {one_line(r['warning'])}", err=True)
     if not show_paths and any(r["error"] and r.get("level") == "file" for r in rows):
         click.echo(_PSEUDONYM_HINT, err=True)
     if dicom_out is not None:
@@ -1507,7 +1516,7 @@ def predict(
                 why.setdefault(r["dicom_skipped"], []).append(r["path"])
             for reason, paths in why.items():  # by reason: a folder of JPEGs is one line
                 more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
-                click.echo(f"  {reason}: {', '.join(paths[:10])}{more}", err=True)
+                click.echo(f"  {one_line(reason)}: {', '.join(paths[:10])}{more}", err=True)
     if rows and bad == len(rows) and not units:
         raise click.ClickException(f"None of the {bad} input(s) could be read (listed above).")
 
@@ -1627,11 +1636,12 @@ def explain(
     Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_layercam.png).
     Scanner slices are read as `predict` reads them (--dicom-*, --nifti-*, --modality) and
     named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
-    --show-paths by their series folder or volume file. Exits 1 if no image is found or none
-    could be read. With --boxes, the pointing game over one data folder instead (no PNGs); it
-    maps each slice's predicted class, so --class with --boxes is a usage error (exit 2), as
-    are the options it would not use: --slices, --top-k, --dicom-out, --show-paths (it names
-    files by their path in the boxes file), --modality and the --dicom-*/--nifti-* options.
+    --show-paths by their series folder or volume file. Exits 1 if no image is found, or none
+    could be read or has a slice --slices asks for. With --boxes, the pointing game over one
+    data folder instead (no PNGs); it maps each slice's predicted class, so --class with
+    --boxes is a usage error (exit 2), as are the options it would not use: --slices,
+    --top-k, --dicom-out, --show-paths (it names files by their path in the boxes file),
+    --modality and the --dicom-*/--nifti-* options.
     """
     _import_keras()
     from mriscan.explain import explain as run_explain
@@ -1647,7 +1657,7 @@ def explain(
     files, problems = collect_inputs(images)
     unused = problem_rows(problems, images, files, salt=new_salt(), show_paths=show_paths)
     for u in unused:
-        click.echo(f"  {u['path']}: {u['error']}", err=True)
+        click.echo(f"  {u['path']}: {one_line(u['error'])}", err=True)
     if not files:
         raise click.ClickException("No image to explain: no JPEG/PNG, DICOM or NIfTI input.")
     results = run_explain(
@@ -1664,7 +1674,7 @@ def explain(
     )
     for r in results:
         if r["error"]:
-            click.echo(f"  {r['path']}: {r['error']}", err=True)
+            click.echo(f"  {r['path']}: {one_line(r['error'])}", err=True)
         else:
             dcm = f" and {r['dicom']}" if r.get("dicom") else ""
             click.echo(
@@ -1677,11 +1687,27 @@ def explain(
     if skipped:
         click.echo(f"No DICOM Secondary Capture for {len(skipped)} explained image(s):", err=True)
         for r in skipped:
-            click.echo(f"  {r['path']}: {r['dicom_skipped']}", err=True)
+            click.echo(f"  {r['path']}: {one_line(r['dicom_skipped'])}", err=True)
     if not any(not r["error"] for r in results):
-        raise click.ClickException(
-            f"None of the {len(results)} image(s) could be read; no heatmap was written."
-        )
+        raise click.ClickException(_nothing_explained(results))
+
+
+def _nothing_explained(results: list[dict]) -> str:
+    """explain's last line when no row was explained: inputs that could not be read, and
+    series / volumes read that have none of the ``--slices`` asked for, each counted."""
+    lacking = {r["path"] for r in results if "missing_slice" in r}
+    failed = sum("missing_slice" not in r for r in results)
+    if not lacking:
+        return f"None of the {failed} image(s) could be read; no heatmap was written."
+    asked = sorted({r["missing_slice"] for r in results if "missing_slice" in r})
+    said = ", ".join(map(str, asked))
+    why = (
+        f"no requested slice ({said}) exists in the {len(lacking)} series/volume(s) read "
+        "(their slices are listed above)"
+    )
+    if failed:
+        why += f", and {failed} input(s) could not be read"
+    return f"Nothing to explain: {why}; no heatmap was written."
 
 
 #: explain's parameters that the pointing game (--boxes) uses; every other one it would ignore
@@ -1748,7 +1774,7 @@ def _pointing_game(
     for name, s in result["not_scored"].items():
         click.echo(f"  {s['reason']}: {name}, {s['n']} boxed slices, not scored")
     for rel, why in result["unreadable"]:
-        click.echo(f"  unreadable: {rel}: {why}", err=True)
+        click.echo(f"  unreadable: {display_path(rel)}: {one_line(why)}", err=True)
     nb = result["without_box"]
     if nb["count"]:
         where = ", ".join(f"{k}: {v}" for k, v in nb["per_folder"].items())
@@ -1845,9 +1871,9 @@ def audit(
         for s in r["skipped"][:20]:
             where = s["source"]
             if where in local and show_paths:
-                where = f"{where} ({local[where]})"
+                where = f"{where} ({display_path(local[where])})"
             hidden = hidden or (s["source"] in local and not show_paths)
-            click.echo(f"not audited: {r['name']}/{where}: {s['reason']}", err=True)
+            click.echo(f"not audited: {r['name']}/{where}: {one_line(s['reason'])}", err=True)
         if len(r["skipped"]) > 20:
             click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
     if hidden:

@@ -294,7 +294,8 @@ def read_dicom(
     Raises
     ------
     UnsupportedFormatError
-        Not a DICOM Part 10 file, or a photometric interpretation that is not grey or RGB/YBR.
+        Not a DICOM Part 10 file, a transfer syntax pydicom does not know (private or
+        invalid), or a photometric interpretation that is not grey or RGB/YBR.
     MissingCodecError
         Compressed pixel data and no installed decoder (the message names the packages).
     CorruptImageError
@@ -359,6 +360,14 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
     if meta_ts is None:
         raise CorruptImageError(path, "no Transfer Syntax UID in the file meta information")
     ts = _uid(str(meta_ts))
+    if not ts.is_transfer_syntax:  # pydicom's properties of it raise a bare ValueError
+        what = "a private UID" if ts.is_private else "no transfer syntax of the DICOM standard"
+        raise UnsupportedFormatError(
+            path,
+            f"transfer syntax {str(ts)[:64]} is not one pydicom knows ({what}, or an invalid "
+            "value), so the pixel data cannot be decoded; re-export the file with a standard "
+            "transfer syntax (e.g. Explicit VR Little Endian, 1.2.840.10008.1.2.1)",
+        )
     rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
     n_frames = _header_int(ds, "NumberOfFrames", 1)
     if n_frames == 0:  # invalid; pydicom (pixels.utils.get_nr_frames) also reads it as 1

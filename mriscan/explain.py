@@ -404,7 +404,9 @@ def explain(
     by the series folder or volume file (as ``heatmap_names`` names files), then, when one
     folder holds several series, ``_series<N>`` (their Series Numbers; see
     ``mriscan.scan_predict.series_labels``: the row of the series reads ``<folder> [series
-    <N>]``), and ``_slice<k>``. ``slices`` given twice are explained once. A scanner file that
+    <N>]``), and ``_slice<k>``. ``slices`` given twice are explained once; a number a series /
+    volume does not have gives that unit a row with ``error`` (which slices it has) and
+    ``missing_slice`` (the number asked for). A scanner file that
     gives no slice (unreadable, or no image) gets a row with ``error`` and ``level`` "file",
     named as ``mriscan predict`` names it (``mriscan.scan_predict.failed_file_name``: by
     pseudonym, or by path with ``show_paths``).
@@ -547,7 +549,13 @@ def explain(
             place = {n: k for k, n in enumerate(numbers)}
             chosen = [place[n] for n in slices if n in place]
             for n in (n for n in slices if n not in place):
-                results.append({"path": unit_name, "error": _no_such_slice(unit, n, numbers)})
+                results.append(
+                    {
+                        "path": unit_name,
+                        "error": _no_such_slice(unit, n, numbers),
+                        "missing_slice": n,
+                    }
+                )
         else:
             probs = predict_arrays(model, card, [s.image for _, s in members])
             score = _slice_score(card, probs, explain_class)

@@ -44,6 +44,7 @@ __all__ = [
     "list_class_folders",
     "list_class_sources",
     "looks_like_dicom_dataset",
+    "one_line",
     "read_file",
     "read_manifest",
     "scan_class_folders",
@@ -96,6 +97,21 @@ def display_path(path: str | os.PathLike[str]) -> str:
     names are returned unchanged.
     """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+_LINE_BREAKS = re.compile(r"\s*[^\S ]\s*")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of valid UTF-8, for the one-line-per-file lists of the console.
+
+    A library's reason may span lines (nibabel prints a 4x4 affine over four, and ends a
+    truncated file's message with a newline before " - could the file be damaged?"): every
+    run of white space holding a line break or tab becomes one space, the ends are stripped
+    (single and double spaces are kept, as file names may hold them). Bytes of a file name
+    that are not valid UTF-8 become ``\\xNN``, as ``display_path`` shows them.
+    """
+    return _LINE_BREAKS.sub(" ", display_path(text)).strip()
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

@@ -55,6 +55,9 @@ class NiftiSliceMeta:
     plane : str
     volume_index, n_volumes : int
         Which volume of a 4-D file was used (0) and how many it has (1 for 3-D files).
+    n_dims : int
+        Axes of the file's data array (``img.shape``): 3, 4, or more when the axes past the
+        4th have length 1 (a 5-D file of shape (X, Y, Z, T, 1) holds T volumes).
     window_low, window_high : float
         The per-volume percentile window (``window_source`` is always ``"percentile"``).
     foreground_share : float
@@ -74,6 +77,7 @@ class NiftiSliceMeta:
     window_high: float
     foreground_share: float
     pixel_spacing: tuple[float, float]
+    n_dims: int = 3
 
     @property
     def group(self) -> str:
@@ -166,7 +170,9 @@ def read_nifti(
     CorruptImageError
         Broken header, truncated data, zero-size or blank volume, unusable affine.
     UnsupportedFormatError
-        Not 3-D or 4-D, or 4-D with ``four_d="refuse"``.
+        Not 3-D or 4-D (a file of more axes is read as 4-D when its axes past the 4th have
+        length 1, and refused otherwise: NIfTI's 5th axis holds several values per voxel,
+        e.g. vector components, not more volumes), or 4-D with ``four_d="refuse"``.
     UnreadableFileError
     """
     cfg = config if config is not None else NiftiConfig()
@@ -226,26 +232,36 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     """``read_nifti`` after the image was opened."""
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnsupportedFormatError(path, f"is a {type(img).__name__}, not a NIfTI-1/2 volume")
-    shape = tuple(int(s) for s in img.shape)
-    if any(s == 0 for s in shape) or not shape:
-        raise CorruptImageError(path, f"zero-size volume (shape {shape}); nothing to read")
+    full = tuple(int(s) for s in img.shape)
+    if any(s == 0 for s in full) or not full:
+        raise CorruptImageError(path, f"zero-size volume (shape {full}); nothing to read")
+    shape = full
     while len(shape) > 4 and shape[-1] == 1:
         shape = shape[:-1]
-    if len(shape) < 3 or len(shape) > 4:
-        raise UnsupportedFormatError(path, f"expected a 3-D or 4-D volume, got shape {shape}")
+    if len(shape) < 3:
+        raise UnsupportedFormatError(path, f"expected a 3-D or 4-D volume, got shape {full}")
+    if len(shape) > 4:
+        raise UnsupportedFormatError(
+            path,
+            f"{len(full)}-D volume (shape {full}): mriscan reads 3-D volumes and 4-D series of "
+            "them, and an axis past the 4th holds several values per voxel (NIfTI's 5th axis: "
+            "vector or parameter components, not more volumes); save the 3-D volume to read "
+            "as a file of its own (or, if the file should be 3-D, check its header's dim field)",
+        )
     n_volumes = shape[3] if len(shape) == 4 else 1
-    if len(img.shape) > 3:
+    if len(full) > 3:
         if n_volumes > 1 and cfg.four_d == "refuse":
             raise UnsupportedFormatError(
                 path,
-                f"4-D volume with {n_volumes} volumes (shape {shape}); split it, or read its "
-                "first volume: `--nifti-4d first` on the command line (NiftiConfig("
+                f"{len(full)}-D volume with {n_volumes} volumes (shape {full}); split it, or "
+                "read its first volume: `--nifti-4d first` on the command line (NiftiConfig("
                 "four_d='first') in Python)",
             )
         if n_volumes > 1:  # the callers say it (``NiftiSliceMeta.n_volumes``), naming no path
             logger.debug(
-                "%s: 4-D volume with %d volumes; using the first (index 0), as configured",
+                "%s: %d-D volume with %d volumes; using the first (index 0), as configured",
                 path,
+                len(full),
                 n_volumes,
             )
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
@@ -303,6 +319,7 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
             window_high=hi,
             foreground_share=float(share[k]),
             pixel_spacing=spacing,
+            n_dims=len(full),
         )
         slices.append(NiftiSlice(image, meta, path))
     return NiftiRead(path, volume, tuple(slices), tuple(int(s) for s in data.shape), zooms)

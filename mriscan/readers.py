@@ -44,6 +44,7 @@ __all__ = [
     "describe_flags",
     "file_sha256",
     "read_input",
+    "refuse_mixed_series",
     "settings_for_model",
     "slice_warnings",
 ]
@@ -189,8 +190,9 @@ class InputRead:
     note: str = ""
 
 
-#: ``InputRead.note`` of a 4-D NIfTI volume read as its first volume (``%d``: the volumes)
-FOUR_D_NOTE = "4-D volume with %d volumes: the first was read (--nifti-4d)"
+#: ``InputRead.note`` of a 4-D NIfTI volume read as its first volume (``%d``, ``%d``: the
+#: file's axes, 4, or 5+ when those past the 4th have length 1; the volumes)
+FOUR_D_NOTE = "%d-D volume with %d volumes: the first was read (--nifti-4d)"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -371,8 +373,8 @@ def _read_input(
         ]
         if not out:
             return InputRead(path, kind, error="the volume has no slice to keep")
-        n_volumes = r.slices[0].meta.n_volumes
-        note = FOUR_D_NOTE % n_volumes if n_volumes > 1 else ""
+        meta = r.slices[0].meta
+        note = FOUR_D_NOTE % (meta.n_dims, meta.n_volumes) if meta.n_volumes > 1 else ""
         return InputRead(path, kind, tuple(out), note=note)
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
@@ -382,8 +384,10 @@ def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
 
     Reads only Series Instance UID, Rows and Columns of each file (``pydicom.dcmread`` with
     ``stop_before_pixels``, ``force=True`` for files without the preamble); files that cannot
-    be read here are left to the full reader, which reports them. A series whose files disagree
-    in size is refused whole (storing part of it would split one acquisition by accident).
+    be read here, and files whose header gives an empty size (Rows or Columns 0 or absent: no
+    slice can come of them), are left out and left to the full reader, which reports each
+    with its own reason. A series whose other files disagree in size is refused whole (storing
+    part of it would split one acquisition by accident).
 
     The reason names no file (file and folder names of scanner exports often name the patient,
     and the reason is shown by ``predict``, ``evaluate``, ``explain`` and ``audit``, which name
@@ -407,9 +411,38 @@ def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
             shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
         except Exception:  # damaged files: read_dicom gives the precise error later
             continue
-        if uid:
+        if uid and min(shape) > 0:  # an empty size is no slice size: read_dicom refuses it
             series.setdefault(uid, {}).setdefault(shape, []).append(p)
+    return _mixed_size_reasons(series)
 
+
+def refuse_mixed_series(reads: Sequence[InputRead]) -> list[InputRead]:
+    """``reads`` with the DICOM files of a series whose slices, as read, mix sizes refused.
+
+    The check of ``check_series_sizes`` on files already read (``read_input``): only files
+    that gave slices count, so a file that failed on its own (an empty size, a truncated or
+    undecodable instance) keeps its own error and does not make its series "mixed"; the rest
+    of such a series is kept (its series row then counts the failed instance as unreadable).
+    Files are grouped by their slices' ``unit`` ("series:<h>"), sizes are the slices' (rows,
+    columns) (a DICOM slice is its header's Rows x Columns). Each file of a series with more
+    than one size becomes an ``InputRead`` with ``error`` the reason ``check_series_sizes``
+    gives (it names no file); other reads are returned unchanged, in order.
+    """
+    series: dict[str, dict[tuple[int, int], list[Path]]] = {}
+    for r in reads:
+        if r.kind != "dicom" or not r.slices or not r.slices[0].unit.startswith("series:"):
+            continue
+        for shape in dict.fromkeys(s.image.shape[:2] for s in r.slices):
+            series.setdefault(r.slices[0].unit, {}).setdefault(shape, []).append(r.path)
+    bad = _mixed_size_reasons(series)
+    return [InputRead(r.path, r.kind, error=bad[r.path]) if r.path in bad else r for r in reads]
+
+
+def _mixed_size_reasons(
+    series: Mapping[str, Mapping[tuple[int, int], list[Path]]],
+) -> dict[Path, str]:
+    """Series key -> {(rows, columns): files} to the reason of each file of a series with more
+    than one size (see ``check_series_sizes``)."""
     bad: dict[Path, str] = {}
     for shapes in series.values():
         if len(shapes) > 1:

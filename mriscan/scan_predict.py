@@ -34,9 +34,9 @@ from mriscan.readers import (
     InputRead,
     InputSlice,
     ReadOptions,
-    check_series_sizes,
     describe_flags,
     read_input,
+    refuse_mixed_series,
     slice_warnings,
 )
 from mriscan.scan import new_salt, salted_hash
@@ -66,18 +66,17 @@ def read_inputs(
     options: ReadOptions | None = None,
 ) -> list[InputRead]:
     """Read every file with ``mriscan.readers.read_input`` (threads; ``options``: how DICOM
-    and NIfTI are read), DICOM series whose files disagree in size refused whole; one
-    ``InputRead`` per file, in order."""
+    and NIfTI are read); one ``InputRead`` per file, in order. Then DICOM series whose files,
+    as read, disagree in size are refused whole (``mriscan.readers.refuse_mixed_series``): a
+    file that failed on its own (an empty size, a truncated instance) keeps its own reason
+    and is not counted as a size, so the rest of its series is still read."""
     salt = salt if salt is not None else new_salt()
-    mixed = check_series_sizes([f.path for f in files if f.kind == "dicom"])
 
     def load(f: SourceFile) -> InputRead:
-        if f.path in mixed:
-            return InputRead(f.path, f.kind, error=mixed[f.path])
         return read_input(f.path, f.kind, salt=salt, root=f.path.parent, options=options)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(load, files))
+        return refuse_mixed_series(list(pool.map(load, files)))
 
 
 def predict_arrays(
@@ -296,15 +295,18 @@ def problem_rows(
     salt: bytes,
     show_paths: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows (``path``, ``label`` "", ``error``; ``level`` when named by pseudonym) for what
+    """Rows (``path``, ``label`` "", ``error``; ``level`` below scanner data) for what
     ``mriscan.readers.collect_inputs`` found that is no input (files of no input kind,
     sub-folders that cannot be listed, empty folders), named by the rule for scanner data.
 
     A problem that lies below a folder of ``inputs`` holding a DICOM or NIfTI file (``files``)
     is named by pseudonym, ``other/file-<h>`` or ``other/folder-<h>`` (``h`` = the salted hash
-    of its absolute path; its path removed from the reason; ``level`` "file"), as a scanner
-    file that failed is: a path below scanner data may name the patient. Others keep their
-    path (``mriscan.io.display_path``), as JPEG/PNG rows do; so do all with ``show_paths``.
+    of its absolute path; its path removed from the reason), as a scanner file that failed
+    is: a path below scanner data may name the patient. Others keep their path
+    (``mriscan.io.display_path``), as JPEG/PNG rows do; so do all with ``show_paths``. A
+    problem below scanner data has ``level`` "file", as a scanner file that failed, whether
+    it is named by pseudonym or (``show_paths``) by path; others have no ``level``, as
+    JPEG/PNG rows.
     """
     from mriscan.io import display_path
 
@@ -318,7 +320,8 @@ def problem_rows(
     rows = []
     for p, why in problems:
         absolute = Path(os.path.abspath(p))
-        private = not show_paths and any(absolute.is_relative_to(r) for r in scanned)
+        below_scans = any(absolute.is_relative_to(r) for r in scanned)
+        private = below_scans and not show_paths
         if private:
             what = "folder" if absolute.is_dir() else "file"
             name = f"other/{what}-{salted_hash(salt, 'file', str(absolute))}"
@@ -326,7 +329,7 @@ def problem_rows(
         else:
             name = display_path(p)
         row = {"path": name, "label": "", "error": why}
-        if private:
+        if below_scans:
             row["level"] = "file"
         rows.append(row)
     return rows

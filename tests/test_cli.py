@@ -66,7 +66,7 @@ def test_ingest_verify_info(class_folder, tmp_path):
         main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32",
                "--no-align"],
     )  # fmt: skip
-    assert r.exit_code != 0 and "align=True" in r.output and "align=False" in r.output
+    assert r.exit_code != 0 and "align True (asked: False)" in r.output
     unaligned = tmp_path / "u.zarr"
     r = runner.invoke(
         main, ["ingest", str(class_folder), "--store", str(unaligned), "--image-size", "32",
@@ -590,3 +590,50 @@ def test_the_help_of_commands_that_take_data_says_a_manifest_is_data(command):
     """train, cv and evaluate ingest a CSV manifest given as DATA; their --help says so."""
     r = CliRunner().invoke(main, [command, "--help"])
     assert r.exit_code == 0 and "CSV manifest (path,label[,group]" in " ".join(r.output.split())
+
+
+def test_ingest_lists_one_line_per_file_with_odd_name_bytes_escaped(tmp_path):
+    """A reason over several lines (nibabel's 4x4 affine) is one line in ingest's list, and a
+    file name that is not UTF-8 is shown with \\xNN, as predict shows it (F13, tester 18)."""
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_dicom_series
+
+    raw = tmp_path / "raw"
+    write_dicom_series(raw / "no" / "s", phantom_volume(1, n_slices=2, canvas=32))
+    vol = (stack_to_ras(phantom_volume(2, n_slices=4, canvas=32)) * 1000).astype(np.int16)
+    img = nib.Nifti1Image(vol, np.eye(4))
+    h = img.header
+    h["qform_code"], h["sform_code"] = 0, 1
+    h["srow_x"], h["srow_y"], h["srow_z"] = [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]
+    (raw / "yes").mkdir()
+    (raw / "yes" / "singular.nii").write_bytes(h.binaryblock + b"\0" * 4 + vol.tobytes())
+    good = write_dicom_series(raw / "yes" / "t", phantom_volume(3, n_slices=2, canvas=32))
+    odd = raw / "yes" / os.fsdecode(b"bad\xffname.dcm")
+    odd.write_bytes(good[0].read_bytes()[:-100])
+    res = CliRunner().invoke(
+        main, ["ingest", str(raw), "--store", str(tmp_path / "s.zarr"), "--image-size", "32"]
+    )
+    assert res.exit_code == 0, res.output
+    (affine,) = [x for x in res.output.splitlines() if "singular.nii" in x]
+    assert "the affine cannot be oriented" in affine and "[0. 0. 0. 0.] [0. 0. 1. 0.]" in affine
+    assert "    yes/bad\\xffname.dcm: " in res.output
+
+
+def test_library_warnings_are_shown_once(tmp_path):
+    """nibabel's header fixes (its own stderr handler) and pydicom's warnings (logged and
+    warned) each reach the console once under the CLI's logging (F13, tester 18)."""
+    code = (
+        "import logging; from mriscan.cli import main; main.callback(0); import nibabel\n"
+        "logging.getLogger('nibabel.global').warning('nib-said-this')\n"
+        "from pydicom import config; from pydicom.valuerep import validate_value\n"
+        "validate_value('IS', '1A-pyd', config.WARN)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stderr.count("nib-said-this") == 1, out.stderr
+    assert out.stderr.count("Invalid value for VR IS: '1A-pyd'") == 1, out.stderr

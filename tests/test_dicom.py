@@ -239,6 +239,26 @@ def test_compressed_without_decoder_names_the_codec_package(monkeypatch):
     assert "JPEG 2000" in str(info.value)
 
 
+@pytest.mark.parametrize("uid", ["1.2.3.4.5.6.7", "1.2.840.10008.1.2.9"])
+def test_an_unknown_transfer_syntax_is_named(tmp_path, stack, uid):
+    """A private or unknown Transfer Syntax UID is named with what to do, not reported as an
+    unexpected ValueError of pydicom's (F11, tester 18)."""
+    path = write_dicom_series(tmp_path, stack[:1])[0]
+    if uid.startswith("1.2.840.10008."):  # pydicom writes no unknown standard UID: patch it
+        data = path.read_bytes()
+        known = b"1.2.840.10008.1.2.1\x00"
+        assert data.count(known) == 1
+        path.write_bytes(data.replace(known, uid.encode() + b"\x00"))
+    else:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(UnsupportedFormatError, match=f"transfer syntax {uid} is not one") as e:
+        read_dicom(path, salt=SALT)
+    assert "re-export the file with a standard transfer syntax" in str(e.value)
+    assert ("a private UID" in str(e.value)) == uid.startswith("1.2.3.")
+
+
 @pytest.mark.parametrize(
     "dtype", [np.uint16, np.int16, np.uint8, np.int8, ">i2", ">u2", np.float32]
 )

@@ -141,6 +141,29 @@ def test_explain_cli_without_images_or_readable_images_exits_1(model_file, tmp_p
     assert "bad.png" in r.output
 
 
+def test_explain_cli_with_no_requested_slice_says_so_not_unreadable(model_file, tmp_path):
+    """--slices 999 on a series and a volume that were read: each is listed with the slices it
+    has, and the last line says no requested slice exists (F15, tester 18: it said "None of the
+    2 image(s) could be read"); exit status 1 as for nothing written. With a broken image
+    beside them, both causes are counted."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+    from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_dicom_series, write_nifti
+
+    write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=3, canvas=32))
+    vol = write_nifti(tmp_path / "v.nii.gz", stack_to_ras(phantom_volume(2, n_slices=4, canvas=32)))
+    args = ["explain", str(model_file), str(vol), str(tmp_path / "s"), "--slices", "999"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1, r.output
+    assert "could be read" not in r.output
+    assert "no requested slice (999) exists in the 2 series/volume(s) read" in r.output
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = CliRunner().invoke(main, [*args, str(bad), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "and 1 input(s) could not be read" in r.output
+
+
 def _three_class_task(n: int, seed: int = 0):
     """Class 0: no blob; class 1: a blob top-left; class 2: a blob bottom-right."""
     rng = np.random.default_rng(seed)

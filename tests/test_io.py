@@ -328,3 +328,17 @@ def test_ingest_names_huge_images_in_mriscans_words_without_pillows_warning(clas
     assert not [w for w in caught if "DOS attack" in str(w.message)]
     assert "yes/wide.png: 13000x13000 = 169,000,000 pixels exceeds the cap" in res.output
     assert "no/vast.png: 30000x30000 = 900,000,000 pixels exceeds the cap" in res.output
+
+
+def test_one_line_joins_lines_and_escapes_odd_bytes():
+    """Line breaks and tabs with the blanks around them become one space; double spaces of a
+    file name stay; bytes that are not UTF-8 become \\xNN (as display_path shows them)."""
+    import os
+
+    from mriscan.io import one_line
+
+    text = "affine (Could not decompose:\n[[1. 0.]\n [0. 0.]]) from " + os.fsdecode(b"a  b\xff")
+    assert one_line(text) == "affine (Could not decompose: [[1. 0.] [0. 0.]]) from a  b\\xff"
+    assert one_line("Expected 8 bytes\n - could the file be damaged?\n") == (
+        "Expected 8 bytes - could the file be damaged?"
+    )

@@ -117,6 +117,27 @@ def test_4d_uses_the_first_volume_and_logs_its_path_at_debug_only(caplog):
     assert "`--nifti-4d first`" in info.value.reason and "four_d='first'" in info.value.reason
 
 
+def test_a_5d_file_is_named_5d_and_refused_when_its_5th_axis_holds_components(tmp_path, stack):
+    """Shape (X, Y, Z, 2, 1): 2 volumes of a 5-D file, said as such (F12, tester 18: it was
+    "4-D volume with 3 volumes"); shape (X, Y, Z, 1, 3), vector components per voxel: refused
+    as 5-D, not as "expected a 3-D or 4-D volume"."""
+    from mriscan.readers import read_input
+
+    vol = stack_to_ras(stack)
+    path = tmp_path / "five.nii"
+    nib.save(nib.Nifti1Image(np.stack([vol, vol], -1)[..., None], np.eye(4)), path)
+    r = read_nifti(path, salt=SALT)
+    assert (r.slices[0].meta.n_dims, r.slices[0].meta.n_volumes) == (5, 2)
+    got = read_input(path, "nifti", salt=SALT, root=tmp_path)
+    assert got.note == "5-D volume with 2 volumes: the first was read (--nifti-4d)"
+    with pytest.raises(UnsupportedFormatError, match=r"5-D volume with 2 volumes \(shape"):
+        read_nifti(path, salt=SALT, config=NiftiConfig(four_d="refuse"))
+    nib.save(nib.Nifti1Image(np.stack([vol] * 3, -1)[..., None, :], np.eye(4)), path)
+    with pytest.raises(UnsupportedFormatError, match=r"5-D volume .* past the 4th") as info:
+        read_nifti(path, salt=SALT)
+    assert "vector or parameter components" in info.value.reason
+
+
 def test_broken_header(tmp_path, stack):
     path = write_nifti(tmp_path / "v.nii", stack_to_ras(stack))
     for offset, value in ((344, b"xx1\x00"), (70, struct.pack("<h", 999))):  # magic, datatype

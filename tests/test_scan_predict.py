@@ -312,3 +312,95 @@ def test_a_file_that_fails_to_decode_has_its_header_read_once(model_file, tmp_pa
     assert reads == {"copy.dcm": 1, files[0].name: 1}
     assert got["slices"] == 2 and got["warning"].startswith("1 of 3 instances unreadable")
     assert "1 file holding an instance read from another file" in got["warning"]
+
+
+def _with_empty_instance(scans: Path) -> list[Path]:
+    """A series of 4 instances of 32x32 in ``scans`` and a 5th of its own SOP instance with
+    Rows = Columns = 0 and no pixel bytes (the tester's F1 case)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    files = write_dicom_series(scans, phantom_volume(1, n_slices=4, canvas=32), seed=3)
+    ds = pydicom.dcmread(files[-1])
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 0
+    ds.PixelData = b""
+    ds.save_as(scans / "IM9999.dcm")
+    return [*files, scans / "IM9999.dcm"]
+
+
+def test_an_instance_of_empty_size_fails_alone_and_its_series_is_read(tmp_path):
+    """An instance whose header gives 0x0 gets its own reason and is not counted as one of
+    its series' sizes: the series' 4 good files are read (F1, tester 18: the whole series was
+    refused as "mixes slice sizes: 4 files of 128x128, 1 file of 0x0"). The header-only check
+    (audit, ingest's redo) leaves such a file to the reader too."""
+    from mriscan.io import SourceFile
+    from mriscan.readers import check_series_sizes
+    from mriscan.scan_predict import read_inputs
+
+    files = _with_empty_instance(tmp_path / "s")
+    reads = read_inputs([SourceFile(f, "dicom") for f in files], workers=1)
+    assert [len(r.slices) for r in reads] == [1, 1, 1, 1, 0]
+    assert "image size 0x0 in the header is empty" in reads[-1].error
+    assert check_series_sizes(files) == {}
+
+
+def test_a_series_of_two_real_sizes_is_still_refused_whole(tmp_path):
+    """Two real sizes in one series, and a file of empty size among them: the sized files are
+    refused with the counts of the two real sizes, the empty one keeps its own reason."""
+    import pydicom
+
+    from mriscan.io import SourceFile
+    from mriscan.readers import check_series_sizes
+    from mriscan.scan_predict import read_inputs
+
+    files = _with_empty_instance(tmp_path / "s")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    more = write_dicom_series(tmp_path / "t", phantom_volume(2, n_slices=2, canvas=24), seed=4)
+    for f in more:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = uid
+        ds.save_as(f)
+    files += more
+    reads = read_inputs([SourceFile(f, "dicom") for f in files], workers=1)
+    counts = "its series mixes slice sizes: 4 files of 32x32, 2 files of 24x24; this file is "
+    assert [r.error.split("; a series")[0] for r in reads if r.path != files[4]] == [
+        counts + "32x32 (the series' most common size)"
+    ] * 4 + [counts + "24x24"] * 2
+    assert "image size 0x0 in the header is empty" in reads[4].error
+    header = check_series_sizes(files)
+    assert header == {r.path: r.error for r in reads if r.path != files[4]}
+
+
+def test_the_series_of_an_empty_instance_is_scored_with_it_counted_unreadable(model_file, tmp_path):
+    files = _with_empty_instance(tmp_path / "s")
+    rows = predict(model_file, [tmp_path / "s"])
+    got = _series_row(rows)
+    assert got["slices"] == 4 and got["warning"].startswith("1 of 5 instances unreadable")
+    (bad,) = [r for r in rows if r["error"]]
+    assert "image size 0x0 in the header is empty" in bad["error"]
+    assert len(files) == 5
+
+
+def test_a_file_beside_scanner_data_has_level_file_with_or_without_show_paths(tmp_path):
+    """A notes file beside DICOM files: ``level`` "file" whether it is named by pseudonym or
+    by path (F14, tester 18: it was empty with --show-paths); one beside JPEGs has none."""
+    from PIL import Image
+
+    from mriscan.readers import collect_inputs
+    from mriscan.scan import new_salt
+    from mriscan.scan_predict import problem_rows
+
+    write_dicom_series(tmp_path / "lv", phantom_volume(1, n_slices=1, canvas=32))
+    (tmp_path / "lv" / "notes.txt").write_text("not an input")
+    (tmp_path / "jp").mkdir()
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "jp" / "a.png")
+    (tmp_path / "jp" / "notes.txt").write_text("not an input")
+    inputs = [tmp_path / "lv", tmp_path / "jp"]
+    files, problems = collect_inputs(inputs)
+    for show in (False, True):
+        rows = problem_rows(problems, inputs, files, salt=new_salt(), show_paths=show)
+        by_folder = {("jp" if "/jp/" in r["path"] else "lv"): r for r in rows}
+        assert by_folder["lv"]["level"] == "file", (show, rows)
+        assert "level" not in by_folder["jp"]
+        assert by_folder["lv"]["path"].startswith("other/file-") != show
