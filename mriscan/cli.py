@@ -1161,7 +1161,7 @@ def evaluate(
         )
         for u in result["unreadable"]:
             click.echo(f"    {u['path']} ({u['label']}): {one_line(u['error'])}", err=True)
-        if any(u.get("level") == "file" for u in result["unreadable"]):
+        if not show_paths and any(u.get("level") == "file" for u in result["unreadable"]):
             click.echo(_PSEUDONYM_HINT, err=True)
     recalls = ", ".join(
         f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in result["recall_per_data_class"].items()
