@@ -693,13 +693,19 @@ UNIT_LABEL_RULE = (
 
 def scored_healthy(cmp: Comparison) -> int | None:
     """The index of the healthy class among ``cmp.class_names``: 0 when tumor is scored against
-    healthy, the model's healthy class otherwise, and a two-class model's negative class (0)
-    when it names none; None for tumor types without a healthy class."""
+    healthy, the model's healthy class otherwise (a two-class model's negative class unless
+    both hold tumors: ``mriscan.tasks``), and for a card that records none (an older model) a
+    two-class model's negative class when it is named like a healthy class
+    (``mriscan.tasks.healthy_like``: no, notumor, normal, ...); None for tumor types without a
+    healthy class (glioma vs meningioma)."""
+    from mriscan.tasks import healthy_like
+
     if cmp.mode == "tumor_vs_healthy":
         return 0
     if cmp.model_healthy is not None:
         return int(cmp.model_healthy)
-    return 0 if len(cmp.class_names) == 2 else None
+    binary = len(cmp.class_names) == 2
+    return 0 if binary and healthy_like(cmp.class_names[0]) else None
 
 
 def unit_label_of(labels: set[int], cmp: Comparison) -> int | None:

@@ -325,6 +325,11 @@ def test_a_unit_of_healthy_and_one_tumor_type_is_of_that_type_and_two_types_are_
     assert patient["n"] == 1 and patient["mixed_labels"] == 1
     assert patient["labelled_by_tumor_slices"] == 1
     assert [r["true"] for r in rows] == ["glioma"]
+    # two tumor types (glioma vs meningioma, no healthy class): a mix is left out
+    two = ("glioma", "meningioma")
+    p2 = np.array([[0.6, 0.4], [0.3, 0.7]])
+    patient, rows = _levels(two, two, [0, 1], p2, sources[:2], keys[:2])["patient"]
+    assert patient["n"] == 0 and patient["mixed_labels"] == 1 and rows == []
     # without a healthy class (tumor types only) no mix has a label: both left out
     patient, rows = _levels(names, names, y, prob, sources, keys)["patient"]
     assert patient["n"] == 0 and patient["mixed_labels"] == 2 and rows == []
