@@ -17,10 +17,11 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -923,7 +924,9 @@ def _run(
                 progress(done, len(to_add))
         if appending is not None:
             appending.result()
-    found = _instance_conflicts(copies, instances, records, jobs, names, sources, len(store))
+    found = _instance_conflicts(
+        copies, instances, records, jobs, names, sources, len(store), store.index.duplicates
+    )
     if found.files.keys() - conflicts.files.keys():
         found.files.update(conflicts.files)
         found.positions |= conflicts.positions
@@ -1074,17 +1077,26 @@ def _instance_conflicts(
     names: list[str],
     sources: list[str],
     n_stored: int,
+    duplicates: Sequence[Mapping[str, Any]] = (),
 ) -> _InstanceConflicts:
     """The DICOM instances of ``copies`` held under more than one class (by the first sample,
     ``instances``, and its copies): every copy's file in this run with the others' names, and
-    the stored samples of those instances (``_InstanceConflicts``)."""
+    the stored samples of those instances (``_InstanceConflicts``). A stored sample's copies in
+    other bytes that a former run recorded (``duplicates`` entries with a ``file_id``) are
+    copies too: refused with it, so that none is promoted in its place by the next run."""
     out = _InstanceConflicts()
     by_fid = {j.file_id: j for j in jobs}
+    recorded: dict[int, list[str]] = {}  # stored position -> file ids of its recorded copies
+    for d in duplicates:
+        if d.get("file_id") and d.get("duplicate_of") is not None:
+            recorded.setdefault(int(d["duplicate_of"]), []).append(str(d["file_id"]))
     for source, more in copies.items():
         pos, label, fid = instances[source]
         if all(lab == label for lab, _ in more):
             continue
         held = [(label, fid, pos), *((lab, f, -1) for lab, f in more)]
+        if pos < n_stored:
+            held += [(label, f, pos) for f in recorded.get(pos, ()) if f in by_fid]
         where = []
         for lab, f, p in held:
             if f in by_fid:

@@ -607,3 +607,27 @@ def test_one_dicom_instance_under_two_classes_is_a_label_conflict(tmp_path):
     with ImageStore.open(store) as st:
         (mr,) = [r for r in st.index.records if r.kind == "dicom"]
         assert not mr.active and "conflict" in mr.flags
+
+
+def test_a_conflict_with_a_stored_instance_that_has_recorded_copies_settles_in_one_run(tmp_path):
+    """A stored instance with a copy in other bytes recorded as its duplicate (yes: MR_small,
+    MR_small_bigendian), then a copy under no: every copy is refused in that run, the stored
+    copy of the recorded one is not promoted in its place, and a rerun changes nothing (the
+    verifier's N1: each rerun stored and retired another copy, four runs to settle)."""
+    inc = tmp_path / "inc"
+    _sop_copies(inc, {"yes": "- bigendian"})
+    store = tmp_path / "inc.zarr"
+    first = ingest(inc, store, SMALL)
+    assert first.added == {"no": 1, "yes": 1} and first.exact_duplicates == 1
+    shutil.copy(PYDICOM_FILES / "MR_small_RLE.dcm", inc / "no" / "rle.dcm")
+    report = ingest(inc, store, SMALL)
+    assert report.n_added == 0 and report.total == 1
+    assert {n for n, _ in report.skipped} == {
+        "yes/MR_small.dcm",
+        "yes/MR_small_bigendian.dcm",
+        "no/rle.dcm",
+    }
+    again = ingest(inc, store, SMALL)
+    assert again.n_added == 0 and again.total == 1 and again.removed == 0
+    with ImageStore.open(store) as st:
+        assert not [r for r in st.index.records if r.kind == "dicom" and r.active]
