@@ -964,7 +964,10 @@ def _print_metrics(title: str, m: dict) -> None:
     show_default=True,
     help="images: PNG/JPEG slices (--count, --size-range); dicom: DICOM series of made-up "
     "patients; nifti: NIfTI volumes in several orientations (--patients, "
-    "--series-per-patient, --slices, --canvas).",
+    "--series-per-patient, --slices, --canvas). Scanner phantoms are axial stacks of "
+    "phantom slices: read NIfTI ones in the axial plane (the default) to train on them; "
+    "their coronal and sagittal slices look alike across patients, so near-duplicate "
+    "links join most of them into a few split groups.",
 )
 @click.option(
     "--patients",
