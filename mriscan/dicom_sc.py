@@ -11,6 +11,7 @@ pseudonyms only); keep these files where the source images may be kept. Keras-fr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ class SCSeries:
     Attributes
     ----------
     series_instance_uid : str
-        Fresh for each run and source series (``pydicom.uid.generate_uid``).
+        One per source series, model and map (``explain`` derives it with
+        ``pydicom.uid.generate_uid(entropy_srcs=...)``, so a rerun writes the same series).
     series_number : int
     description : str
         Series Description (0008,103E), e.g. "mriscan Grad-CAM (yes)".
@@ -110,7 +112,9 @@ def write_secondary_capture(
         The image (``mriscan.plots.overlay_rgb``), stored as 8-bit RGB, uncompressed
         (Explicit VR Little Endian).
     path : path-like
-        The file written (folders created).
+        The file written (folders created), or an existing folder: then the file is
+        ``<folder>/<SOP Instance UID>.dcm``. Written to a temporary file first and renamed, so
+        a rerun replaces the object whole.
     series : SCSeries
         The new series the image belongs to.
     instance_number : int >= 1
@@ -124,7 +128,10 @@ def write_secondary_capture(
     Returns
     -------
     Path
-        ``path``. The object has the Secondary Capture Image Storage SOP Class
+        The file written. Its SOP Instance UID is derived from the series' UID, the source's
+        SOP Instance UID and ``frame`` (``generate_uid(entropy_srcs=...)``): the same slice
+        explained again into the same series is the same object. The object has the Secondary
+        Capture Image Storage SOP Class
         (1.2.840.10008.5.1.4.1.1.7), Modality OT, the source's Patient and Study modules
         (``highdicom.sc.SCImage.from_ref_dataset``), Patient Orientation from
         ``patient_orientation``, and a Source Image Sequence naming the source SOP instance
@@ -162,7 +169,14 @@ def write_secondary_capture(
         coordinate_system="PATIENT",
         series_instance_uid=series.series_instance_uid,
         series_number=series.series_number,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(
+            entropy_srcs=[
+                "mriscan SC instance",
+                series.series_instance_uid,
+                str(ref.SOPInstanceUID),
+                str(frame),
+            ]
+        ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         patient_orientation=patient_orientation(ref, frame),
@@ -180,6 +194,15 @@ def write_secondary_capture(
         item.ReferencedFrameNumber = frame + 1
     sc.SourceImageSequence = [item]
     path = Path(path)
+    if path.is_dir():
+        path = path / f"{sc.SOPInstanceUID}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
-    sc.save_as(path, enforce_file_format=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        sc.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:  # no half-written file is left, whatever stopped the write
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return path

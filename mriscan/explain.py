@@ -414,8 +414,10 @@ def explain(
     ``dicom_out``: a folder where each explained slice read from DICOM also gets its overlay
     (``mriscan.plots.overlay_rgb`` of the S×S model input, the PNG's right panel) as a DICOM
     Secondary Capture in the source's study (``mriscan.dicom_sc.write_secondary_capture``: it
-    carries the source's patient module, unlike the PNGs), one new series per source series;
-    its row then has ``dicom`` (the file). Slices that are no DICOM (JPEG/PNG, NIfTI), or
+    carries the source's patient module, unlike the PNGs), one series per source series,
+    model file, method and class, in ``<dicom_out>/<SOP Instance UID>.dcm``, both UIDs derived
+    from those (a rerun replaces its objects, so a PACS gets no second series); its row then
+    has ``dicom`` (the file). Slices that are no DICOM (JPEG/PNG, NIfTI), or
     whose source cannot take one, get ``dicom_skipped`` (the reason) instead.
 
     Raises
@@ -572,32 +574,45 @@ def explain(
                 if r.kind != "dicom":
                     row["dicom_skipped"] = not_dicom
                 else:
+                    if unit not in sc_series:
+                        sc_series[unit] = _new_series(r.path, explain_class, method, model_path)
                     _secondary_capture(
-                        row, r.path, int(index), img, cam, n,
-                        Path(dicom_out) / Path(row["png"]).name.replace(".png", ".dcm"),
-                        sc_series.setdefault(unit, _new_series(r.path, explain_class, method)),
+                        row, r.path, int(index), img, cam, n, Path(dicom_out), sc_series[unit],
                         model_path, method,
                     )  # fmt: skip
             results.append(row)
     return results
 
 
-def _new_series(source: Path, explain_class: str | None, method: str) -> Any:
-    """A fresh ``mriscan.dicom_sc.SCSeries`` for the Secondary Captures of ``source``'s series:
+def _new_series(
+    source: Path, explain_class: str | None, method: str, model_path: str | os.PathLike[str]
+) -> Any:
+    """The ``mriscan.dicom_sc.SCSeries`` of the Secondary Captures of ``source``'s series:
     series number 9000 + the source's last three digits (so it sorts after it in a viewer),
-    described by the class explained (each image's Derivation Description names its own)."""
+    described by the class explained (each image's Derivation Description names its own). Its
+    UID is derived from the source's Series Instance UID, the model file's SHA-256, the map
+    method and the class explained, so a rerun files into the same series (and, with the
+    instance UIDs ``write_secondary_capture`` derives, replaces its objects) instead of adding
+    one series per run."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import generate_uid
 
     from mriscan.dicom_sc import SCSeries
+    from mriscan.readers import file_sha256
 
     try:
-        number = int(pydicom.dcmread(source, stop_before_pixels=True).get("SeriesNumber") or 0)
+        head = pydicom.dcmread(source, stop_before_pixels=True)
+        number = int(head.get("SeriesNumber") or 0)
+        series_uid = str(head.get("SeriesInstanceUID") or source)
     except (OSError, InvalidDicomError, ValueError, TypeError):
-        number = 0  # the header is read again when the file is written, and its error reported
+        # the header is read again when the file is written, and its error reported
+        number, series_uid = 0, str(source)
     what = explain_class if explain_class is not None else "predicted class"
-    return SCSeries(generate_uid(), 9000 + number % 1000, f"mriscan {CAM_NAMES[method]} ({what})")
+    uid = generate_uid(
+        entropy_srcs=["mriscan SC series", series_uid, file_sha256(model_path), method, what]
+    )
+    return SCSeries(uid, 9000 + number % 1000, f"mriscan {CAM_NAMES[method]} ({what})")
 
 
 def _secondary_capture(
@@ -623,6 +638,11 @@ def _secondary_capture(
         f"{Path(model_path).name}, over the slice as the model sees it (cropped, aligned, "
         f"resized to {img.shape[1]}x{img.shape[0]})"
     )
+    try:
+        path.mkdir(parents=True, exist_ok=True)  # the file is <path>/<SOP Instance UID>.dcm
+    except OSError as exc:
+        row["dicom_skipped"] = f"cannot make the folder {path} ({exc.strerror or exc})"
+        return
     try:
         written = write_secondary_capture(
             source,

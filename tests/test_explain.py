@@ -561,6 +561,35 @@ def test_dicom_out_writes_secondary_captures_in_the_source_study(model_file, sca
     assert "plain.jpg: not a DICOM input" in res.output
 
 
+def test_secondary_captures_of_a_rerun_replace_the_first_run_s(model_file, scans, tmp_path):
+    """explain --dicom-out twice on the same slices writes the same objects (UIDs derived
+    from the source, the model file, the method and the class; files named by SOP Instance
+    UID), so a PACS gets no second series; another map method is another series (tester 18
+    F8: every rerun added objects with new UIDs)."""
+    import pydicom
+
+    from mriscan.explain import explain
+
+    out = tmp_path / "dcm"
+    first = explain(model_file, _files(scans), out=tmp_path / "a", slices=[0, 3], dicom_out=out)
+    names = sorted(p.name for p in out.iterdir())
+    uids = {pydicom.dcmread(out / n).SOPInstanceUID for n in names}
+    assert len(names) == 2 and {f"{u}.dcm" for u in uids} == set(names)
+    again = explain(model_file, _files(scans), out=tmp_path / "b", slices=[0, 3], dicom_out=out)
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert sorted(r["dicom"] for r in again if r.get("dicom")) == sorted(
+        r["dicom"] for r in first if r.get("dicom")
+    )
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    other = explain(
+        model_file, _files(scans), out=tmp_path / "c", slices=[0], dicom_out=out, method="gradcam"
+    )
+    (made,) = [r["dicom"] for r in other if r.get("dicom")]
+    series = {pydicom.dcmread(out / n).SeriesInstanceUID for n in names}
+    assert len(series) == 1 and pydicom.dcmread(made).SeriesInstanceUID not in series
+    assert len(list(out.iterdir())) == 3
+
+
 def test_patient_orientation_from_the_source_header():
     import pydicom
 
