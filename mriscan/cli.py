@@ -536,6 +536,9 @@ def _print_ingest(report) -> None:
     changed = {
         "relabelled (moved to another class)": report.relabelled,
         "replaced (new content)": report.replaced,
+        "renamed (the same file under a new name in its class: stored again under it)": (
+            report.renamed
+        ),
         "removed (file deleted)": report.removed,
     }
     if any(changed.values()):  # fmt: skip

@@ -90,7 +90,10 @@ class IngestReport:
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
-    their file was deleted, overwritten or moved to another class; ``conflicts`` files whose
+    their file was deleted, overwritten or moved to another class; ``renamed`` those whose file
+    was renamed or moved within its class (the same bytes under another name and the same
+    label: retired, with the store flag ``removed``, and stored again under the new name, as a
+    move to another class is; not counted in ``removed``); ``conflicts`` files whose
     bytes, or whose DICOM instance, sit under two classes. ``exact_duplicates``: files of this
     run newly recorded as copies of a stored sample (the same bytes, or a DICOM file of the same
     instance in other bytes). ``total`` counts the active samples after the run.
@@ -107,6 +110,7 @@ class IngestReport:
     removed: int = 0
     replaced: int = 0
     relabelled: int = 0
+    renamed: int = 0
     conflicts: int = 0
     not_images: tuple[tuple[str, str], ...] = ()
     warnings: tuple[tuple[str, str], ...] = ()
@@ -750,6 +754,13 @@ def _run(
         r = records[pos]
         if why == "removed" and r.sha256 in moved and moved[r.sha256] != r.label:
             retire[pos] = "relabelled"
+    # ... and under the same label: renamed (a patient's folder renamed to anonymise it). Its
+    # store flag stays "removed"; the report tells the two apart
+    renamed = sum(
+        1
+        for pos, why in retire.items()
+        if why == "removed" and moved.get(records[pos].sha256) == records[pos].label
+    )
     # 4. exact duplicates of kept samples (same label: conflicts are gone by now)
     primary: dict[str, int] = {}
     for r in active:
@@ -1003,7 +1014,8 @@ def _run(
         ignored=tuple(hidden),
         placeholder_ids=tuple(placeholders),
         read_notes=tuple(read_notes),
-        **counts,
+        **{**counts, "removed": counts["removed"] - renamed},
+        renamed=renamed,
     )
 
 

@@ -43,6 +43,27 @@ def test_moving_a_file_to_another_class_relabels_it(class_folder, tmp_path):
     assert verify_store(store) == []
 
 
+def test_a_file_renamed_within_its_class_is_said_renamed_not_deleted(class_folder, tmp_path):
+    """Renaming a file (or a patient's folder, to anonymise it) in its class: its sample is
+    retired and stored again under the new name, as a move to another class is, and the
+    report says renamed, not "removed (file deleted)" (tester 18 F7)."""
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    shutil.move(class_folder / "no" / "no1.png", class_folder / "no" / "renamed.png")
+    (class_folder / "no" / "no2.jpg").unlink()  # and one really deleted
+    report = ingest(class_folder, store, SMALL)
+    assert (report.renamed, report.removed, report.n_added, report.total) == (1, 1, 1, 11)
+    now = _active(store)
+    assert now["no/renamed.png"] == "no" and "no/no1.png" not in now
+    res = CliRunner().invoke(main, ["ingest", str(class_folder), "--store", str(store)])
+    assert res.exit_code == 0 and "renamed (the same file" not in res.output  # no change
+    shutil.move(class_folder / "no" / "renamed.png", class_folder / "no" / "again.png")
+    res = CliRunner().invoke(main, ["ingest", str(class_folder), "--store", str(store)])
+    assert res.exit_code == 0 and "1 renamed (the same file under a new name" in res.output
+    assert "removed (file deleted)" not in res.output
+    assert verify_store(store) == []
+
+
 def test_overwritten_file_replaces_its_sample(class_folder, tmp_path):
     store = tmp_path / "s.zarr"
     ingest(class_folder, store, SMALL)
