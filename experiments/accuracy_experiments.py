@@ -765,6 +765,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def summary_line(rec: Mapping[str, Any]) -> str:
+    """One line of a run's record: each headline metric it holds as mean ± std (a K-class
+    record has macro-F1 and macro ROC AUC where a binary one has ROC AUC), and its minutes."""
+    names = {
+        "accuracy": "accuracy",
+        "roc_auc": "ROC AUC",
+        "macro_f1": "macro-F1",
+        "macro_roc_auc": "macro ROC AUC",
+    }
+    parts = [
+        f"{label} {rec[k]['mean']:.3f} ± {rec[k]['std']:.3f}"
+        for k, label in names.items()
+        if isinstance(rec.get(k), Mapping)
+    ]
+    return "  " + ", ".join([*parts, f"{rec['minutes']:.1f} min"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -791,16 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in resolved:
             rec = run(r, args.data, args.out, args.log, stores)
             print(json.dumps({k: rec[k] for k in ("name", "row", "commit", "dirty", "out")}))
-            print(
-                "  accuracy {:.3f} ± {:.3f}, ROC AUC {:.3f} ± {:.3f}, {:.1f} min".format(
-                    rec["accuracy"]["mean"],
-                    rec["accuracy"]["std"],
-                    rec["roc_auc"]["mean"],
-                    rec["roc_auc"]["std"],
-                    rec["minutes"],
-                ),
-                flush=True,
-            )
+            print(summary_line(rec), flush=True)
     except MriscanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -249,3 +249,16 @@ def test_cross_collection_run_trains_on_one_set_scores_the_other_and_logs(tmp_pa
     assert line["cross"]["near_duplicates_removed"] == 5
     assert line["own_test"]["roc_auc"] == 0.99 and line["commit"] == ax.git_state()["commit"]
     assert json.loads((Path(rec["out"]) / "experiment.json").read_text()) == line
+
+
+def test_the_summary_line_prints_a_k_class_record_without_roc_auc():
+    """A 4-class CV record has macro-F1 and macro ROC AUC, no ROC AUC: its line printed after
+    the run crashed the harness with KeyError 'roc_auc' (sixteenth session), after the record
+    was written."""
+    stat = {"mean": 0.9, "std": 0.01}
+    k_class = {"accuracy": stat, "macro_f1": stat, "macro_roc_auc": stat, "minutes": 74.2}
+    assert ax.summary_line(k_class) == (
+        "  accuracy 0.900 ± 0.010, macro-F1 0.900 ± 0.010, macro ROC AUC 0.900 ± 0.010, 74.2 min"
+    )
+    binary = {"accuracy": stat, "roc_auc": stat, "minutes": 9.0}
+    assert ax.summary_line(binary) == "  accuracy 0.900 ± 0.010, ROC AUC 0.900 ± 0.010, 9.0 min"
