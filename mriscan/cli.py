@@ -20,7 +20,15 @@ from typing import Any
 
 import click
 
-from mriscan.config import CAM_METHODS, DEFAULT_CAM, CVConfig, TrainConfig, override
+from mriscan.config import (
+    CAM_METHODS,
+    DEFAULT_CAM,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    CVConfig,
+    TrainConfig,
+    override,
+)
 from mriscan.errors import MriscanError
 from mriscan.ingest_config import IngestConfig
 from mriscan.io import display_path, one_line
@@ -36,6 +44,21 @@ DEFAULT_MODEL = DEFAULT_OUT / "models" / "best_model.keras"
 _PATH = click.Path(path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
 _TYPED = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+_POSITIVE = click.IntRange(min=1)
+
+
+class _Probability(click.FloatRange):
+    """A number in [0, 1]; click's ``FloatRange`` alone lets NaN through (every comparison
+    with NaN is false)."""
+
+    def convert(self, value, param, ctx):
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail(f"{value!r} is not a number in [0, 1].", param, ctx)
+        return out
+
+
+_PROBABILITY = _Probability(0.0, 1.0)
 _C = typing.TypeVar("_C")
 
 
@@ -431,7 +454,9 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
     "which collections differ.",
 )
 @config_option(IngestConfig, "compress", "--compress")
-@click.option("--workers", type=int, default=None, help="Decoding threads [default: CPU cores].")
+@click.option(
+    "--workers", type=_POSITIVE, default=None, help="Decoding threads [default: CPU cores]."
+)
 @click.option("--strict", is_flag=True, help="Fail, committing nothing, on any bad or unused file.")
 @click.option(
     "--merge", is_flag=True, help="Allow adding a folder other than the one the store holds."
@@ -482,6 +507,14 @@ def ingest(
             with ImageStore.open(store_path) as existing:
                 base = existing.config
     preprocess = _override_typed(ctx, base, typed)
+    if "size" in typed and not MIN_IMAGE_SIZE <= preprocess.size <= MAX_IMAGE_SIZE:
+        # PreprocessConfig takes any side (signatures are 16×16); a store is for training
+        raise click.BadParameter(
+            f"{preprocess.size}: a store's slices must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+            "pixels a side, the sizes train and cv take (the network pools 4 times).",
+            ctx=ctx,
+            param_hint="'--image-size'",
+        )
     from mriscan.sources import reading_for_store
 
     # the reading options typed, on top of the store's recorded ones (None: the store's)
@@ -1400,12 +1433,12 @@ def _unit_probability(row: dict, thr: float | None) -> str:
 )
 @click.option(
     "--threshold",
-    type=float,
+    type=_PROBABILITY,
     default=None,
-    help="Decision threshold [default: the one stored with the model].",
+    help="Decision threshold in [0, 1] [default: the one stored with the model].",
 )
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+@click.option("--batch-size", type=_POSITIVE, default=32, show_default=True)
+@click.option("--workers", type=_POSITIVE, default=None, help="Decoding threads [default: cores].")
 @_show_paths_option()
 @click.option(
     "--engine",
@@ -1610,7 +1643,7 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
 @_show_paths_option()
 @click.option(
     "--dicom-out",
-    type=_PATH,
+    type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Also write each explained DICOM slice's overlay as a DICOM Secondary Capture into "
     "this folder, in the source's study (same Study Instance UID, one new series per source "
@@ -1833,7 +1866,7 @@ class _AuditCommand(click.Command):
     show_default=True,
     help="Metadata-only AUC at which a shortcut is flagged.",
 )
-@click.option("--workers", type=int, default=None, help="Decoding threads [default: cores].")
+@click.option("--workers", type=_POSITIVE, default=None, help="Decoding threads [default: cores].")
 @_show_paths_option(slices=False)
 def audit(
     data: tuple[Path, ...],

@@ -78,6 +78,13 @@ C = TypeVar("C")
 
 #: ``ModelConfig.convs_per_block`` above this is refused: a typo must not build for hours
 MAX_CONVS_PER_BLOCK = 8
+#: the model input side S: the network pools 4 times (16 leaves a 1×1 map); 2048 bounds memory
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
+#: the largest seed: NumPy's legacy ``np.random.seed`` (set by ``keras.utils.set_random_seed``)
+#: takes 32 bits
+MAX_SEED = 2**32 - 1
+#: the most implanted copies of each healthy training slice (``FitConfig.implant``)
+MAX_IMPLANT = 8
 
 
 def _opt(default: Any, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
@@ -500,6 +507,11 @@ class FitConfig:
         i = self.implant
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
             raise ConfigError(f"implant must be 0 (off) or a number of copies. Received: {i!r}.")
+        if i > MAX_IMPLANT:
+            raise ConfigError(
+                f"implant must be at most {MAX_IMPLANT} copies of each healthy slice (each copy "
+                f"is held in memory; 1-2 were tried, ACCURACY rows 22-24). Received: {i}."
+            )
 
 
 @dataclass(frozen=True)
@@ -530,12 +542,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0. Received: seed={self.seed!r}.")
+        if self.seed > MAX_SEED:
+            raise ConfigError(
+                f"seed must be at most {MAX_SEED} (NumPy's legacy seeding, which Keras uses, "
+                f"takes 32 bits). Received: seed={self.seed}."
+            )
         if self.image_size is not None:
             _positive_int(self, "image_size")
-            if not 16 <= self.image_size <= 2048:
+            if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
                 raise ConfigError(
-                    f"image_size must be in [16, 2048] (the network pools 4 times). "
-                    f"Received: image_size={self.image_size}."
+                    f"image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] (the network "
+                    f"pools 4 times). Received: image_size={self.image_size}."
                 )
         for name, cls in _SUBCONFIGS.items():
             if not isinstance(getattr(self, name), cls):

@@ -179,6 +179,10 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
         ("cv", ["--folds", "1"], "Invalid value for '--folds'"),
         ("ingest", ["--image-size", "0"], "Invalid value for '--image-size'"),
         ("ingest", ["--dicom-window", "50", "10"], "Invalid value for '--dicom-window'"),
+        ("ingest", ["--image-size", "8"], "Invalid value for '--image-size'"),
+        ("ingest", ["--workers", "0"], "Invalid value for '--workers'"),
+        ("train", ["--seed", "99999999999"], "Invalid value for '--seed'"),
+        ("train", ["--implant", "100000000"], "Invalid value for '--implant'"),
         (
             "train",
             ["--val-fraction", "0.5", "--test-fraction", "0.6", "--epochs", "3"],
@@ -637,3 +641,28 @@ def test_library_warnings_are_shown_once(tmp_path):
     )
     assert out.stderr.count("nib-said-this") == 1, out.stderr
     assert out.stderr.count("Invalid value for VR IS: '1A-pyd'") == 1, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "named"),
+    [
+        ("predict", ["--threshold", "nan"], "Invalid value for '--threshold'"),
+        ("predict", ["--threshold", "1.5"], "Invalid value for '--threshold'"),
+        ("predict", ["--batch-size", "0"], "Invalid value for '--batch-size'"),
+        ("predict", ["--workers", "-2"], "Invalid value for '--workers'"),
+        ("explain", ["--dicom-out", "FILE"], "Invalid value for '--dicom-out'"),
+    ],
+)
+def test_predict_and_explain_refuse_bad_options_before_loading_anything(
+    tmp_path, command, args, named
+):
+    """Values that crashed with a traceback (batch size 0, negative workers) or were taken
+    silently (a NaN threshold; --dicom-out naming a file, found only after the model ran) are
+    usage errors naming the option (verifier, sixteenth session)."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"not read: the options are refused first")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = [str(afile) if a == "FILE" else a for a in args]
+    r = CliRunner().invoke(main, [command, str(model), str(tmp_path), *args])
+    assert r.exit_code == 2 and named in r.output and "Traceback" not in r.output, r.output
