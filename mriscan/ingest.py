@@ -692,6 +692,7 @@ def _run(
                 f"a stored sample of {_folder_name(sources, r.origin)} ({names[r.label]})"
             )
     conflicted = {h for h, labs in labels_of.items() if len(labs) > 1}
+    byte_conflicts = set(conflicted)  # by bytes alone (the instance conflicts join below)
     # one DICOM instance under two classes (found by a former try once read): as conflicting
     # bytes. A byte copy of such a file was not read; it is the same instance, so it goes too
     instance_of = {j.sha256: conflicts.files[j.file_id] for j in jobs
@@ -938,6 +939,11 @@ def _run(
     found = _instance_conflicts(
         copies, instances, records, jobs, names, sources, len(store), store.index.duplicates
     )
+    _byte_conflict_instances(
+        found, byte_conflicts, instances, jobs, active, len(store), read=lambda j: read_input(
+            j.path, j.kind, salt=salt, root=root, options=opts
+        ),
+    )  # fmt: skip
     if found.files.keys() - conflicts.files.keys():
         found.files.update(conflicts.files)
         found.positions |= conflicts.positions
@@ -1123,6 +1129,45 @@ def _instance_conflicts(
         if pos < n_stored:
             out.positions.add(pos)
     return out
+
+
+def _byte_conflict_instances(
+    found: _InstanceConflicts,
+    byte_conflicts: set[str],
+    instances: dict[str, tuple[int, int, str]],
+    jobs: list[_Job],
+    active: Sequence[SampleRecord],
+    n_stored: int,
+    read: Callable[[_Job], InputRead],
+) -> None:
+    """Add to ``found`` the copies in other bytes of DICOM instances whose files are label
+    conflicts by their bytes (the same file under two classes): those files are refused before
+    they are read, so without this their instance stayed unknown and a copy of it in another
+    encoding was stored under one of the classes (verifier NP1, sixteenth session). The refused
+    files' instances come from the store (stored copies) or from reading them here (rare: only
+    DICOM files in a byte conflict)."""
+    if not byte_conflicts or not instances:
+        return
+    held: dict[str, str] = {}  # instance (source without its frame) -> a conflicted file's name
+    for r in active:
+        if r.kind == "dicom" and r.sha256 in byte_conflicts:
+            held.setdefault(r.source.rsplit("#", 1)[0], "a stored sample")
+    for j in jobs:
+        if j.kind == "dicom" and j.error is None and j.sha256 in byte_conflicts:
+            for s in read(j).slices:
+                held.setdefault(s.source.rsplit("#", 1)[0], j.rel)
+    by_fid = {j.file_id: j for j in jobs}
+    for source, (pos, _label, fid) in instances.items():
+        name = held.get(source.rsplit("#", 1)[0])
+        if name is None:
+            continue
+        if fid in by_fid and by_fid[fid].sha256 not in byte_conflicts:
+            seen = found.files.setdefault(fid, [])
+            why = f"{name} (its bytes sit under two classes)"
+            if why not in seen:
+                seen.append(why)
+        if 0 <= pos < n_stored:
+            found.positions.add(pos)
 
 
 def _add_shape(shapes: dict[str, set[tuple[int, int]]], series: str, shape) -> None:

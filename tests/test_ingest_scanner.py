@@ -631,3 +631,32 @@ def test_a_conflict_with_a_stored_instance_that_has_recorded_copies_settles_in_o
     assert again.n_added == 0 and again.total == 1 and again.removed == 0
     with ImageStore.open(store) as st:
         assert not [r for r in st.index.records if r.kind == "dicom" and r.active]
+
+
+def test_a_byte_conflict_also_refuses_the_instance_s_copies_in_other_bytes(tmp_path):
+    """yes/A and no/C are the same bytes (a label conflict found before reading), and yes/R is
+    the same instance in another encoding: R goes with them, in a fresh ingest and when A was
+    stored before C came (the verifier's NP1: R stayed stored as yes)."""
+    raw = tmp_path / "raw"
+    _sop_copies(raw, {"yes": "- RLE"})
+    shutil.copy(PYDICOM_FILES / "MR_small.dcm", raw / "no" / "C.dcm")
+    report = ingest(raw, tmp_path / "s.zarr", SMALL)
+    assert {n for n, _ in report.skipped} == {
+        "yes/MR_small.dcm",
+        "yes/MR_small_RLE.dcm",
+        "no/C.dcm",
+    }
+    assert "its bytes sit under two classes" in dict(report.skipped)["yes/MR_small_RLE.dcm"]
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        assert not [r for r in st.index.records if r.kind == "dicom" and r.active]
+
+    inc = tmp_path / "inc"
+    _sop_copies(inc, {"yes": "- RLE"})
+    store = tmp_path / "inc.zarr"
+    assert ingest(inc, store, SMALL).added == {"no": 1, "yes": 1}  # R: a duplicate of A
+    shutil.copy(PYDICOM_FILES / "MR_small.dcm", inc / "no" / "C.dcm")
+    ingest(inc, store, SMALL)
+    again = ingest(inc, store, SMALL)
+    assert again.n_added == 0 and again.total == 1
+    with ImageStore.open(store) as st:
+        assert not [r for r in st.index.records if r.kind == "dicom" and r.active]
