@@ -340,7 +340,11 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
     not_scan = _not_a_scan(ds)
     if not_scan is not None:
         return DicomRead(path, (), skipped=f"not an image: {not_scan}")
-    modality = str(_raw(ds, "Modality") or "").strip().upper()
+    # Modality is type 1, but a file without it still says MR by its SOP class (MR Image,
+    # Enhanced MR, Legacy Converted Enhanced MR Image Storage: their IODs require MR)
+    modality = str(_raw(ds, "Modality") or "").strip().upper() or _MODALITY_OF_SOP.get(
+        str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or ""), ""
+    )
     if cfg.modalities is not None and modality not in cfg.modalities:
         what = (
             f"an image of modality {modality}"
@@ -641,6 +645,13 @@ def _check_bare_dataset(ds: pydicom.Dataset, path: Path) -> None:
 
 
 # objects whose pixel data are no scan slice: segmentation masks and dose grids
+#: the modality an image SOP class implies (PS3.3: the IOD's Modality is fixed), used when a
+#: file lacks the Modality element
+_MODALITY_OF_SOP = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1": "MR",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.4": "MR",  # Legacy Converted Enhanced MR Image Storage
+}
 _NOT_SCAN_SOP = {
     "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation mask",
     "1.2.840.10008.5.1.4.1.1.66.7": "a segmentation label map",

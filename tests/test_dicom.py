@@ -461,3 +461,19 @@ def test_a_decoder_failure_is_one_line_without_pydicom_s_traceback(tmp_path, cap
         with pytest.raises(RuntimeError):
             _ = pydicom.dcmread(path).pixel_array
         assert [r for r in caplog.records if r.levelno == logging.ERROR]
+
+
+def test_an_mr_image_without_a_modality_element_is_read_as_mr_by_its_sop_class(tmp_path):
+    """Modality is type 1, but an MR Image Storage object without it is still MR (its IOD says
+    so): it is read, not refused as "not MR" (tester 18 F10). A CT image without Modality is
+    still refused: nothing implies MR there."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small.dcm")
+    del ds.Modality
+    ds.save_as(tmp_path / "mr.dcm")
+    r = read_dicom(tmp_path / "mr.dcm", salt=SALT)
+    assert r.excluded is None and len(r.slices) == 1
+    ct = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    del ct.Modality
+    ct.save_as(tmp_path / "ct.dcm")
+    out = read_dicom(tmp_path / "ct.dcm", salt=SALT)
+    assert out.slices == () and "without a Modality" in out.excluded
