@@ -85,6 +85,9 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
 MAX_SEED = 2**32 - 1
 #: the most implanted copies of each healthy training slice (``FitConfig.implant``)
 MAX_IMPLANT = 8
+#: the largest per-replica batch: the learning rate scales linearly with the global batch
+#: (``OptimizerConfig``), validated up to 8,192 by Goyal et al. 2017
+MAX_BATCH_SIZE = 8192
 
 
 def _opt(default: Any, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
@@ -214,6 +217,12 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _positive_int(self, "batch_size")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"batch_size must be at most {MAX_BATCH_SIZE} per replica (the learning rate "
+                "is scaled with the batch, which Goyal et al. 2017 validated up to 8k). "
+                f"Received: batch_size={self.batch_size}."
+            )
         lr = self.learning_rate
         if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"learning_rate must be a finite number > 0. Received: {lr!r}.")

@@ -183,6 +183,7 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
         ("ingest", ["--workers", "0"], "Invalid value for '--workers'"),
         ("train", ["--seed", "99999999999"], "Invalid value for '--seed'"),
         ("train", ["--implant", "100000000"], "Invalid value for '--implant'"),
+        ("cv", ["--batch-size", "100000000"], "Invalid value for '--batch-size'"),
         (
             "train",
             ["--val-fraction", "0.5", "--test-fraction", "0.6", "--epochs", "3"],

@@ -484,7 +484,8 @@ def _fit(
         raise TrainingDivergedError(
             f"Training diverged: the loss became {losses[-1] if losses.size else 'undefined'} "
             f"at epoch {losses.size}. No model was written (the previous one, if any, is "
-            "untouched). Lower --learning-rate, or check the data for unreadable slices."
+            "untouched). Lower --learning-rate or --batch-size (the learning rate is scaled "
+            "with the batch, lr × batch / 32), or check the data for unreadable slices."
         )
     if best and best_path.is_file():
         model = keras.saving.load_model(best_path, safe_mode=True)
@@ -576,7 +577,7 @@ def fit_and_calibrate(
         raise TrainingDivergedError(
             f"The model predicts {int((~np.isfinite(val_prob)).sum())} of {val_prob.size} "
             "validation slices as NaN: training diverged. No model was written. Lower "
-            "--learning-rate."
+            "--learning-rate or --batch-size (the learning rate is scaled with the batch)."
         )
     y_val = labels[split["val"]]
     threshold, rule = None, mx.ARGMAX_RULE
