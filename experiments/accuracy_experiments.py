@@ -529,6 +529,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "model.mirror": False,
             "task.class_map": tuple((t, (t,)) for t in ("glioma", "meningioma", "pituitary")),
         },
+        row=71,
     ),
     "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),
     "xc_s96_smooth_seed1": Experiment(
