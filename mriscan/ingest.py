@@ -1149,11 +1149,19 @@ def _byte_conflict_instances(
     if not byte_conflicts or not instances:
         return
     held: dict[str, str] = {}  # instance (source without its frame) -> a conflicted file's name
+    known: set[str] = set()  # bytes whose instances are known: each is read at most once
     for r in active:
         if r.kind == "dicom" and r.sha256 in byte_conflicts:
             held.setdefault(r.source.rsplit("#", 1)[0], "a stored sample")
+            known.add(r.sha256)
     for j in jobs:
-        if j.kind == "dicom" and j.error is None and j.sha256 in byte_conflicts:
+        if (
+            j.kind == "dicom"
+            and j.error is None
+            and j.sha256 in byte_conflicts
+            and j.sha256 not in known
+        ):
+            known.add(j.sha256)
             for s in read(j).slices:
                 held.setdefault(s.source.rsplit("#", 1)[0], j.rel)
     by_fid = {j.file_id: j for j in jobs}
