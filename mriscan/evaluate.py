@@ -606,6 +606,7 @@ def grouped_levels(
 
     cmp, card = scoring.cmp, scoring.card
     thr = card.threshold if card.binary else None
+    healthy = scored_healthy(cmp)  # the unit-label rule's healthy class
     out: dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]] = {}
     for level, what in LEVELS.items():
         units = [unit_of(s, k, level) for s, k in zip(sources, group_keys, strict=True)]
@@ -622,9 +623,10 @@ def grouped_levels(
         for i, u in enumerate(units):
             if u:
                 members.setdefault(u, []).append(i)
-        unit_label = {u: unit_label_of(set(y[m].tolist()), cmp) for u, m in members.items()}
-        mixed = [u for u, k in unit_label.items() if k is None]
-        by_tumor = sum(1 for u, m in members.items() if len(set(y[m].tolist())) > 1) - len(mixed)
+        held = {u: set(y[m].tolist()) for u, m in members.items()}  # each unit's labels
+        unit_label = {u: unit_label_of(labels, healthy) for u, labels in held.items()}
+        mixed = {u for u, k in unit_label.items() if k is None}
+        by_tumor = sum(1 for labels in held.values() if len(labels) > 1) - len(mixed)
         slice_rows = []
         for i, u in enumerate(units):
             if u and u not in mixed:
@@ -708,13 +710,13 @@ def scored_healthy(cmp: Comparison) -> int | None:
     return 0 if binary and healthy_like(cmp.class_names[0]) else None
 
 
-def unit_label_of(labels: set[int], cmp: Comparison) -> int | None:
-    """The true label of a unit whose slices carry the scored ``labels`` (``UNIT_LABEL_RULE``):
-    their one label; the tumor class when they are the healthy class and one tumor class;
-    None (left out) for any other mix, e.g. two tumor types."""
+def unit_label_of(labels: set[int], healthy: int | None) -> int | None:
+    """The true label of a unit whose slices carry the scored ``labels`` (``UNIT_LABEL_RULE``;
+    ``healthy``: the scored healthy class, ``scored_healthy``): their one label; the tumor
+    class when they are the healthy class and one tumor class; None (left out) for any other
+    mix, e.g. two tumor types."""
     if len(labels) == 1:
         return next(iter(labels))
-    healthy = scored_healthy(cmp)
     if len(labels) == 2 and healthy in labels:
         return next(k for k in labels if k != healthy)
     return None
