@@ -177,9 +177,15 @@ def _typed_overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, An
     """``{dotted path: value}`` of the config options the user typed (not their defaults)."""
     out = {}
     for name, value in params.items():
-        if name.startswith("cfg__") and ctx.get_parameter_source(name) in _TYPED:
-            out[name[5:].replace("__", ".")] = value
+        if (path := _cfg_setting(name)) and ctx.get_parameter_source(name) in _TYPED:
+            out[path] = value
     return out
+
+
+def _cfg_setting(name: str) -> str | None:
+    """The dotted setting a ``config_option`` parameter sets (``cfg__fit__epochs`` ->
+    ``fit.epochs``), or None for any other parameter."""
+    return name[5:].replace("__", ".") if name.startswith("cfg__") else None
 
 
 def _override_typed(ctx: click.Context, base: _C, changes: dict[str, Any]) -> _C:
@@ -187,7 +193,7 @@ def _override_typed(ctx: click.Context, base: _C, changes: dict[str, Any]) -> _C
     option (see ``_build_typed``)."""
     params = {}
     for p in ctx.command.params:
-        path = p.name[5:].replace("__", ".") if p.name.startswith("cfg__") else None
+        path = _cfg_setting(p.name)
         if path in changes and ctx.get_parameter_source(p.name) in _TYPED:
             params[path] = p
     return _build_typed(ctx, lambda c: override(base, c), changes, params)
