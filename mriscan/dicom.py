@@ -644,7 +644,6 @@ def _check_bare_dataset(ds: pydicom.Dataset, path: Path) -> None:
         )
 
 
-# objects whose pixel data are no scan slice: segmentation masks and dose grids
 #: the modality an image SOP class implies (PS3.3: the IOD's Modality is fixed), used when a
 #: file lacks the Modality element
 _MODALITY_OF_SOP = {
@@ -652,6 +651,7 @@ _MODALITY_OF_SOP = {
     "1.2.840.10008.5.1.4.1.1.4.1": "MR",  # Enhanced MR Image Storage
     "1.2.840.10008.5.1.4.1.1.4.4": "MR",  # Legacy Converted Enhanced MR Image Storage
 }
+# objects whose pixel data are no scan slice: segmentation masks and dose grids
 _NOT_SCAN_SOP = {
     "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation mask",
     "1.2.840.10008.5.1.4.1.1.66.7": "a segmentation label map",
