@@ -11,7 +11,6 @@ pseudonyms only); keep these files where the source images may be kept. Keras-fr
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mriscan.errors import MriscanError
+from mriscan.io import write_whole
 
 __all__ = ["SCSeries", "SecondaryCaptureError", "patient_orientation", "write_secondary_capture"]
 
@@ -197,12 +197,4 @@ def write_secondary_capture(
     if path.is_dir():
         path = path / f"{sc.SOPInstanceUID}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        sc.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:  # no half-written file is left, whatever stopped the write
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_whole(path, lambda tmp: sc.save_as(tmp, enforce_file_format=True))

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from mriscan.errors import MriscanError
+from mriscan.io import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -436,17 +437,11 @@ def _write_series_report(
     sr.CodingSchemeIdentificationSequence = [scheme]
     out = Path(out)
     path = out / f"{sr.SOPInstanceUID}.dcm"
-    tmp = out / f".{sr.SOPInstanceUID}.{os.getpid()}.tmp"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        sr.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException as exc:  # no half-written file is left, whatever stopped the write
-        with contextlib.suppress(OSError):  # e.g. ``out`` is no folder: there is no temp file
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError | ValueError):
-            raise StructuredReportError(f"cannot write {path} ({exc})") from exc
-        raise
+        write_whole(path, lambda tmp: sr.save_as(tmp, enforce_file_format=True))
+    except (OSError, ValueError) as exc:  # no half-written file is left (write_whole)
+        raise StructuredReportError(f"cannot write {path} ({exc})") from exc
     return path, source_number, number
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import re
 import struct
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ __all__ = [
     "scan_class_folders",
     "scan_manifest",
     "sniff_image_format",
+    "write_whole",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -112,6 +114,29 @@ def one_line(text: str) -> str:
     that are not valid UTF-8 become ``\\xNN``, as ``display_path`` shows them.
     """
     return _LINE_BREAKS.sub(" ", display_path(text)).strip()
+
+
+def write_whole(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` writes a temporary file beside it
+    (``.<name>.<pid>.tmp``), which ``os.replace`` then moves onto ``path``. Whatever stops the
+    write (an error, Ctrl-C), the temporary file is removed and the exception passes on, so a
+    rerun never finds half a file; an existing ``path`` is replaced in one step.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # e.g. the folder is missing: there is no tmp
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

@@ -342,3 +342,22 @@ def test_one_line_joins_lines_and_escapes_odd_bytes():
     assert one_line("Expected 8 bytes\n - could the file be damaged?\n") == (
         "Expected 8 bytes - could the file be damaged?"
     )
+
+
+def test_write_whole_replaces_a_file_in_one_step_or_leaves_it_as_it_was(tmp_path):
+    """The DICOM reports and captures go through write_whole: a write that fails half-way
+    leaves the old file and no temporary file; one that succeeds replaces it."""
+    from mriscan.io import write_whole
+
+    target = tmp_path / "x.dcm"
+    target.write_bytes(b"old")
+
+    def half(tmp):
+        tmp.write_bytes(b"ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_whole(target, half)
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
+    assert write_whole(target, lambda tmp: tmp.write_bytes(b"new")) == target
+    assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]
