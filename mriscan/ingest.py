@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ from mriscan.readers import (
     check_series_sizes,
     describe_flags,
     file_sha256,
+    file_sha256_apart,
     read_input,
     slice_warnings,
 )
@@ -230,10 +232,19 @@ _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 def _hash(job: _Job) -> _Job:
     try:
-        job.sha256 = file_sha256(job.path)
+        digest: str | OSError = file_sha256(job.path)
     except OSError as exc:
-        job.error = f"cannot read file ({exc.strerror or exc}); check that it is readable"
+        digest = exc
+    _set_hash(job, digest)
     return job
+
+
+def _set_hash(job: _Job, digest: str | OSError) -> None:
+    """Record a file's SHA-256, or the reason it could not be read."""
+    if isinstance(digest, OSError):
+        job.error = f"cannot read file ({digest.strerror or digest}); check that it is readable"
+    else:
+        job.sha256 = digest
 
 
 def ingest(
@@ -250,7 +261,9 @@ def ingest(
     kept slice). ``raw_dir`` may instead be a CSV manifest ``path,label[,group]``
     (``mriscan.io.read_manifest``).
 
-    Every file is hashed first; only new or changed files are decoded. Per file:
+    Every file is hashed first; only new or changed files are decoded (a DICOM-only folder
+    new to the store is read while it is hashed, in a child process: ``_Prefetch``).
+    Per file:
 
     - unchanged (same content, same label): nothing to do (``already_stored``);
     - moved to another class folder, or relabelled in the manifest: the old sample is retired
@@ -657,8 +670,19 @@ def _run(
 
     for name, reason in (*problems, *unused):
         fail(name, reason)
-    with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
-        list(pool.map(_hash, jobs))
+    opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
+    prefetch = None
+    if _may_prefetch(jobs, records, origin, series_errors, conflicts):
+        prefetch = _Prefetch(jobs, lambda j: _read_job(j, salt, root, opts), PREFETCH_BYTES)
+    try:
+        if prefetch is None:
+            with ThreadPoolExecutor(max_workers=config.n_workers) as pool:
+                list(pool.map(_hash, jobs))
+        else:  # threads would queue for the GIL that the prefetching reader holds
+            for j, digest in zip(jobs, file_sha256_apart([j.path for j in jobs]), strict=True):
+                _set_hash(j, digest)
+    finally:
+        prefetched = prefetch.finish() if prefetch is not None else {}
     for j in jobs:
         j.file_id = fid(source, j.rel)
         if j.error is None and j.sha256 == _EMPTY_SHA256:  # not "the same bytes as" another
@@ -810,7 +834,6 @@ def _run(
     check_sizes = series_errors is None
     series_errors = series_errors or {}
     shapes: dict[str, set[tuple[int, int]]] = {}  # DICOM series -> slice sizes seen (checked)
-    opts = ReadOptions(max_pixels=config.max_pixels, dicom=config.dicom, nifti=config.nifti)
     # one sample per DICOM instance and frame, as predict scores them: a slice's source
     # (dicom/<series>/<instance>#<frame>) names its instance, so a copy in other bytes (another
     # transfer syntax) is recognised once read, against the active samples and this run's
@@ -832,8 +855,8 @@ def _run(
         reader thread."""
         if j.path in series_errors:
             return InputRead(j.path, j.kind, error=series_errors[j.path]), []
-        r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
-        return r, [slice_warnings(s.image) for s in r.slices]
+        hit = prefetched.pop(j.path, None)  # read while the files were hashed
+        return hit if hit is not None else _read_job(j, salt, root, opts)
 
     # The work is split by what holds the GIL. Reading a scanner file is mostly Python (the
     # DICOM header is parsed element by element): reader threads do only that, up to
@@ -1023,6 +1046,84 @@ def _run(
         **{**counts, "removed": counts["removed"] - renamed},
         renamed=renamed,
     )
+
+
+def _read_job(
+    j: _Job, salt: bytes, root: Path, opts: ReadOptions
+) -> tuple[InputRead, list[tuple[str, ...]]]:
+    """The file's slices as read (decoded, windowed to uint8) and each slice's warning flags."""
+    r = read_input(j.path, j.kind, salt=salt, root=root, options=opts)
+    return r, [slice_warnings(s.image) for s in r.slices]
+
+
+#: Decoded bytes (uint8 slices) that ``_Prefetch`` may hold: enough for the files it can read
+#: while a large folder is hashed (~0.7 ms per 256x256 DICOM file, 64 KiB each), a bounded
+#: share of memory for folders of any size.
+PREFETCH_BYTES = 128 << 20
+
+
+def _may_prefetch(
+    jobs: Sequence[_Job],
+    records: Sequence[SampleRecord],
+    origin: int,
+    series_errors: Mapping[Path, str] | None,
+    conflicts: _InstanceConflicts,
+) -> bool:
+    """Whether a run reads DICOM files while it hashes them (``_Prefetch``): a first try
+    (no file refused before reading) of a DICOM-only folder the store holds nothing of yet,
+    so nearly every file will be read. A re-ingest would mostly read files already stored;
+    NIfTI volumes and images are read by several threads outside the GIL, at a pace that
+    the hash pass does not hold up as much."""
+    return (
+        series_errors is None
+        and not conflicts.files
+        and bool(jobs)
+        and all(j.kind == "dicom" for j in jobs)
+        and not any(r.origin == origin for r in records)
+    )
+
+
+class _Prefetch:
+    """Reads ``jobs`` in order on one thread while the caller hashes them, until ``finish``.
+
+    Why: a DICOM header is parsed in Python, holding the GIL, so ingest's one reader thread
+    sets the pace of a DICOM run, and before this it waited for the whole hash pass (one
+    SHA-256 of every file, which decides what is new, copied or conflicting). SHA-256 runs
+    outside the GIL, so the reader can start on the listing's first files meanwhile; a file
+    that the hash pass then leaves out (a copy, a conflict) is read for nothing, which is why
+    only folders new to the store are prefetched (``_may_prefetch``). Reading stops at
+    ``limit`` decoded bytes. A file whose read raises is left for the run's own read (where
+    the error surfaces as it always did).
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[_Job],
+        read: Callable[[_Job], tuple[InputRead, list[tuple[str, ...]]]],
+        limit: int,
+    ) -> None:
+        self._stop = threading.Event()
+        self._results: dict[Path, tuple[InputRead, list[tuple[str, ...]]]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mriscan-prefetch")
+        self._pool.submit(self._read, list(jobs), read, limit)
+
+    def _read(self, jobs: list[_Job], read, limit: int) -> None:
+        held = 0
+        for j in jobs:
+            if self._stop.is_set() or held >= limit:
+                return
+            try:
+                out = read(j)
+            except Exception:
+                return  # not kept: the run reads this file again, and its error shows there
+            self._results[j.path] = out
+            held += sum(s.image.nbytes for s in out[0].slices)
+
+    def finish(self) -> dict[Path, tuple[InputRead, list[tuple[str, ...]]]]:
+        """Stop after the file being read; the reads so far, by path (the thread has ended)."""
+        self._stop.set()
+        self._pool.shutdown(wait=True)
+        return self._results
 
 
 #: DICOM files read per reader task. Each finished task wakes the main thread, and each

@@ -660,3 +660,97 @@ def test_a_byte_conflict_also_refuses_the_instance_s_copies_in_other_bytes(tmp_p
     assert again.n_added == 0 and again.total == 1
     with ImageStore.open(store) as st:
         assert not [r for r in st.index.records if r.kind == "dicom" and r.active]
+
+
+def _dicom_folder(root: Path) -> Path:
+    """yes/: 2 patients' series of 4 slices + a byte copy of one file; no/: 1 patient."""
+    for k, (cls, pid) in enumerate([("yes", "P1"), ("yes", "P2"), ("no", "P3")]):
+        stack = phantom_volume(30 + k, n_slices=4, canvas=32, tumor=cls == "yes")
+        write_dicom_series(root / cls / pid, stack, patient=FakePatient(patient_id=pid), seed=k)
+    first = sorted((root / "yes" / "P1").iterdir())[0]
+    shutil.copy(first, root / "yes" / "copy_of_first.dcm")
+    return root
+
+
+@pytest.mark.parametrize("limit", [1, 1 << 30])
+def test_dicom_files_read_while_hashed_give_the_store_of_a_plain_read(tmp_path, monkeypatch, limit):
+    """A DICOM folder new to the store is read while its files are hashed (``_Prefetch``): the
+    hash waits here until 3 files were read, so the reads really overlap. Every file is read at
+    most once, and the store equals the one of a run that reads only after hashing: records,
+    labels, groups and pixels. ``limit``: the decoded bytes the prefetch may hold (1: it stops
+    after one file)."""
+    import threading
+
+    import mriscan.ingest as ing
+
+    root = _dicom_folder(tmp_path / "scans")
+    reads: list[Path] = []
+    three_read = threading.Event()
+    real_read, real_hash = ing._read_job, ing.file_sha256_apart
+
+    def read_job(j, *a):
+        reads.append(j.path)
+        if len(reads) >= (1 if limit == 1 else 3):
+            three_read.set()
+        return real_read(j, *a)
+
+    def hash_after_reads(paths):
+        assert three_read.wait(60)
+        return real_hash(paths)
+
+    monkeypatch.setattr(ing, "PREFETCH_BYTES", limit)
+    monkeypatch.setattr(ing, "_read_job", read_job)
+    monkeypatch.setattr(ing, "file_sha256_apart", hash_after_reads)
+    report = ingest(root, tmp_path / "pre.zarr", SMALL)
+    # no file twice (a prefetched read is used); the byte copy (listed last) only if the
+    # prefetch got that far
+    assert len(reads) == len(set(reads)) and len(reads) in ((12,) if limit == 1 else (12, 13))
+    monkeypatch.setattr(ing, "_may_prefetch", lambda *a: False)
+    plain = ingest(root, tmp_path / "plain.zarr", SMALL)
+    assert (report.n_added, report.exact_duplicates) == (plain.n_added, plain.exact_duplicates)
+    assert report.n_added == 12 and report.exact_duplicates == 1
+    with ImageStore.open(tmp_path / "pre.zarr") as a, ImageStore.open(tmp_path / "plain.zarr") as b:
+        assert [r.to_dict() for r in a.index.records] == [r.to_dict() for r in b.index.records]
+        np.testing.assert_array_equal(
+            a.read_batch(range(len(a)))[0], b.read_batch(range(len(b)))[0]
+        )
+        np.testing.assert_array_equal(a.groups, b.groups)
+
+
+def test_only_dicom_folders_new_to_the_store_are_read_while_hashed(tmp_path, monkeypatch):
+    """A re-ingest (mostly stored files) and a folder with other kinds of files hash first."""
+    import mriscan.ingest as ing
+
+    made = []
+    real = ing._Prefetch
+
+    def spy(*a, **k):
+        made.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ing, "_Prefetch", spy)
+    root = _dicom_folder(tmp_path / "scans")
+    ingest(root, tmp_path / "s.zarr", SMALL)
+    assert len(made) == 1
+    write_dicom_series(root / "no" / "P4", phantom_volume(40, n_slices=4, canvas=32),
+                       patient=FakePatient(patient_id="P4"), seed=9)  # fmt: skip
+    assert ingest(root, tmp_path / "s.zarr", SMALL).n_added == 4
+    assert len(made) == 1  # the re-ingest did not prefetch
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(root / "no" / "plain.png")
+    ingest(root, tmp_path / "mixed.zarr", SMALL)
+    assert len(made) == 1
+
+
+def test_an_interrupted_hash_stops_the_prefetch_and_leaves_no_store(tmp_path, monkeypatch):
+    import threading
+
+    import mriscan.ingest as ing
+
+    def interrupted(paths):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ing, "file_sha256_apart", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(_dicom_folder(tmp_path / "scans"), tmp_path / "s.zarr", SMALL)
+    assert not (tmp_path / "s.zarr").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("mriscan-prefetch")]

@@ -1,0 +1,42 @@
+"""mriscan.readers: file digests computed in a child process."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from mriscan import readers
+from mriscan.readers import file_sha256, file_sha256_apart
+
+
+def test_file_sha256_apart_gives_file_sha256_of_each_path_in_order(tmp_path):
+    """Odd names (a newline, bytes that are not UTF-8, spaces), an empty file, a missing path
+    and a folder: digests equal ``file_sha256``'s, in order; each unreadable path its own
+    ``OSError`` with the reason, the rest still hashed."""
+    names = ["plain.dcm", "with space", "new\nline", os.fsdecode(b"latin\xe9"), "empty"]
+    paths = []
+    for k, name in enumerate(names):
+        p = tmp_path / name
+        p.write_bytes(b"" if name == "empty" else bytes([k]) * (70_000 + k))
+        paths.append(p)
+    missing, folder = tmp_path / "missing.dcm", tmp_path / "sub"
+    folder.mkdir()
+    got = file_sha256_apart([paths[0], missing, *paths[1:], folder])
+    assert got[0] == file_sha256(paths[0])
+    assert got[2:-1] == [file_sha256(p) for p in paths[1:]]
+    assert isinstance(got[1], OSError) and "No such file" in got[1].strerror
+    assert isinstance(got[-1], OSError) and "directory" in got[-1].strerror
+    assert file_sha256_apart([]) == []
+
+
+def test_file_sha256_apart_names_a_failing_child(tmp_path, monkeypatch):
+    p = tmp_path / "a.dcm"
+    p.write_bytes(b"x")
+    monkeypatch.setattr(readers, "_HASHER", "import sys; sys.stderr.write('boom'); sys.exit(3)")
+    with pytest.raises(RuntimeError, match=r"exit 3, 0 of 1 digests\): boom"):
+        file_sha256_apart([p])
+    monkeypatch.setattr(sys, "executable", "")
+    with pytest.raises(RuntimeError, match=r"sys\.executable is not set"):
+        file_sha256_apart([p])
