@@ -1914,7 +1914,8 @@ def audit(
 
     Writes audit.md, audit.json and figures to --out. DICOM/NIfTI files that cannot be
     audited are named by pseudonym there and on the console (by path on the console with
-    --show-paths).
+    --show-paths); with --show-paths the console also lists each label conflict's two files
+    by path (the report names them by pseudonym).
 
     \b
     Exit status (codes click does not use for anything else):
@@ -1945,6 +1946,20 @@ def audit(
             click.echo(f"not audited: {r['name']}/{where}: {one_line(s['reason'])}", err=True)
         if len(r["skipped"]) > 20:
             click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
+        if show_paths:  # the report names a scanner file by pseudonym: say which file it is
+            for c in r["label_conflicts"][:20]:
+                a, b = (
+                    display_path(local[f]) if f in local else f"{r['name']}/{display_path(f)}"
+                    for f in (c["a_file"], c["b_file"])
+                )
+                click.echo(
+                    f"label conflict: {a} ({c['a_class']}) and {b} ({c['b_class']}): "
+                    f"{c['kind']}, r = {c['correlation']}",
+                    err=True,
+                )
+            if len(r["label_conflicts"]) > 20:
+                more = len(r["label_conflicts"]) - 20
+                click.echo(f"label conflict: {more} more (see {page})", err=True)
     if hidden:
         click.echo(_PSEUDONYM_HINT, err=True)
     if as_json:
