@@ -93,7 +93,10 @@ class IngestReport:
     their file was deleted, overwritten or moved to another class; ``renamed`` those whose file
     was renamed or moved within its class (the same bytes under another name and the same
     label: retired, with the store flag ``removed``, and stored again under the new name, as a
-    move to another class is; not counted in ``removed``); ``conflicts`` files whose
+    move to another class is; not counted in ``removed``). A DICOM file renamed and rewritten
+    (another name and other bytes, the same instance: SOP Instance UID and frame) is counted
+    in ``replaced``, as its content changed (store flag ``removed``, as a rename's; not counted
+    in ``removed``: its instance is still there). ``conflicts`` files whose
     bytes, or whose DICOM instance, sit under two classes. ``exact_duplicates``: files of this
     run newly recorded as copies of a stored sample (the same bytes, or a DICOM file of the same
     instance in other bytes). ``total`` counts the active samples after the run.
@@ -846,6 +849,7 @@ def _run(
             if r.kind == "dicom" and r.active and r.position not in retire
         }
     copies: dict[str, list[tuple[int, str]]] = {}  # source -> (label, file id) of each copy
+    stored_instances: set[str] = set()  # sources of the DICOM slices this run stores
     pending_keys: list[str] = []
     pending_names: list[str] = []
     pending_labels: list[int] = []
@@ -932,6 +936,7 @@ def _run(
                         fail(name, describe_flags(flags, s.image), into=warned)
                     if j.kind == "dicom" and s.instance is not None:
                         instances[s.source] = (start + sent + len(images), j.label, j.file_id)
+                        stored_instances.add(s.source)
                     pending_names.append(name)
                     pending_labels.append(j.label)
                     images.append(s.image)
@@ -1026,6 +1031,18 @@ def _run(
         store.commit(links=np.concatenate([same_label_links(near, all_labels), keyed]))
     counts = {w: sum(1 for v in retire.values() if v == w) for w in ("removed", "replaced",
                                                                      "relabelled")}  # fmt: skip
+    # a deleted DICOM file whose instance (SOP Instance UID and frame) this run stored again
+    # from a file of other bytes: renamed and rewritten (a header edited, re-exported). The
+    # instance is still there with new content, as in a file overwritten in place: counted
+    # as replaced, not as a deletion (its store flag stays "removed", as a rename's does)
+    rewritten = sum(
+        1
+        for pos, why in retire.items()
+        if why == "removed"
+        and records[pos].kind == "dicom"
+        and records[pos].source in stored_instances
+        and moved.get(records[pos].sha256) != records[pos].label  # not renamed: its bytes
+    )
     act = store.active_indices()
     return IngestReport(
         store=str(store_path),
@@ -1044,7 +1061,9 @@ def _run(
         ignored=tuple(hidden),
         placeholder_ids=tuple(placeholders),
         read_notes=tuple(read_notes),
-        **{**counts, "removed": counts["removed"] - renamed},
+        removed=counts["removed"] - renamed - rewritten,
+        replaced=counts["replaced"] + rewritten,
+        relabelled=counts["relabelled"],
         renamed=renamed,
     )
 
