@@ -168,7 +168,13 @@ class AuditSet:
     kind : {"folder", "store"}
     class_names : tuple of str
     sources : list of str
-        Path of each item relative to the set's root (``class/file.jpg``).
+        Path of each item relative to the set's root (``class/file.jpg``); a DICOM/NIfTI
+        slice's pseudonym (``dicom/<series>/<instance>#<frame>``: one instance in two files
+        gives one name).
+    files : list of str
+        The file each item came from, by the name the audit gives files: ``sources``' for a
+        JPEG/PNG file and a store's record, the salted file pseudonym of a DICOM/NIfTI file of
+        a class folder (``dicom-file/<h>``, ``nifti-file/<h>``: one per file).
     labels : ndarray of shape (N,), int64
     sha256 : list of str
         File hash ("" when the file could not be read).
@@ -195,9 +201,10 @@ class AuditSet:
     n_files : int
         Files (and unlistable folders) the set holds: a DICOM/NIfTI file may give many items.
     local_names : dict of str to str
-        Pseudonym -> local path of the DICOM/NIfTI files in ``skipped``, for the console of
-        ``mriscan audit --show-paths`` only: never written to the report (scanner exports are
-        often named after the patient).
+        File pseudonym -> local path of the DICOM/NIfTI files of class folders (those in
+        ``skipped`` and those in ``files``), for the console of ``mriscan audit --show-paths``
+        only: never written to the report (scanner exports are often named after the
+        patient).
     key_id : str
         Which key the patient hashes of ``group_keys`` were made with: ``AUDIT_KEY`` (class
         folders: this audit's own salt, shared by every folder of one audit), a store's
@@ -213,6 +220,7 @@ class AuditSet:
     kind: str
     class_names: tuple[str, ...]
     sources: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
     labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     sha256: list[str] = field(default_factory=list)
     pixel_hash: list[str] = field(default_factory=list)
@@ -649,7 +657,7 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
                     # multi-slice file, so the slices of one volume are not "copies")
                     sha = r["sha256"] if n == 1 else _sha(f"{r['sha256']}#{k}".encode())
                     grays.append(g)
-                    kept.append((name, it.label, it.position, key, sha, r, g))
+                    kept.append((name, it, key, sha, r, g))
             if grays:
                 sigs = signatures(grays)
                 thumbs = preprocess_batch(
@@ -660,12 +668,15 @@ def _load_files(aset, items, config, progress, salt, root) -> AuditSet:
                 rows["thumb"].append(thumbs)
                 for k, v in _prep_stats(prepped).items():
                     rows[f"prep:{k}"].append(v)
-            for name, label, pos, key, sha, r, g in kept:
+            for name, it, key, sha, r, g in kept:
                 h, w = g.shape
                 aset.sources.append(name)
+                aset.files.append(it.source)
+                if it.kind != "image":  # --show-paths names a label conflict's file by path
+                    aset.local_names[it.source] = str(it.path)
                 aset.group_keys.append(key)
-                rows["label"].append(label)
-                rows["pos"].append(pos)
+                rows["label"].append(it.label)
+                rows["pos"].append(it.position)
                 aset.sha256.append(sha)
                 aset.pixel_hash.append(_sha(f"{h}x{w}".encode() + g.tobytes()))
                 meta = {
@@ -742,6 +753,7 @@ def _load_from_store(path: Path, aset: AuditSet, items) -> AuditSet:
         slices, _ = store.read_batch(pos)
         index = store.index
     aset.sources = [s for s, *_ in recs]
+    aset.files = list(aset.sources)  # a record is one slice of its file, by its own name
     aset.labels = np.array([lab for _, lab, _ in recs], np.int64)
     aset.store_positions = pos
     aset.group_keys = [index.records[p].group_key for p in pos]
@@ -797,6 +809,20 @@ def _pair_row(a: AuditSet, i: int, b: AuditSet, j: int, corr: float, kind: str) 
     }
 
 
+def _conflict_row(aset: AuditSet, i: int, j: int, corr: float, kind: str, shared: set[str]) -> dict:
+    """A label conflict of items ``i`` and ``j`` of ``aset`` (``_pair_row``), with the files
+    they came from (``a_file``, ``b_file``: ``AuditSet.files``). A slice name that more than
+    one item of the set holds (``shared``: one DICOM instance copied into two files, under two
+    classes) is followed by its file's name, so each side of the conflict is named by a name
+    of its own."""
+    row = _pair_row(aset, i, aset, j, corr, kind)
+    row["a_file"], row["b_file"] = aset.files[int(i)], aset.files[int(j)]
+    for side in ("a", "b"):
+        if row[side] in shared:
+            row[side] = f"{row[side]} in {row[side + '_file']}"
+    return row
+
+
 def _kind(a: AuditSet, i: int, b: AuditSet, j: int) -> str:
     if a.sha256[i] and a.sha256[i] == b.sha256[j]:
         return "exact"
@@ -821,7 +847,9 @@ def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
     dict
         JSON-ready: ``exact``, ``pixels``, ``near``, ``borderline``, ``groups``,
         ``label_conflicts`` (pairs of items with different labels that are exact, pixel-identical
-        or near-duplicates), and the internal ``_pairs`` (i, j, corr) arrays for figures.
+        or near-duplicates; each side named by a name of its own, with its file in ``a_file``
+        and ``b_file``, see ``_conflict_row``), and the internal ``_pairs`` (i, j, corr) arrays
+        for figures.
     """
     t = config.threshold
     exact = _hash_groups(aset.sha256)
@@ -835,24 +863,26 @@ def check_set(aset: AuditSet, config: AuditConfig) -> dict[str, Any]:
     if any(aset.group_keys):  # slices of one patient / volume / manifest group stay together
         groups = union_groups(groups, aset.group_keys)
     conflicts = []
+    seen = set()  # conflicting pairs by item: two items may share a name (see _conflict_row)
+    shared = {n for n, m in Counter(aset.sources).items() if m > 1}
     for g in exact + pixel:
         if len({int(aset.labels[k]) for k in g}) > 1:
             for k in g[1:]:
                 if aset.labels[k] != aset.labels[g[0]]:
                     conflicts.append(
-                        _pair_row(aset, g[0], aset, k, 1.0, _kind(aset, g[0], aset, k))
+                        _conflict_row(aset, g[0], k, 1.0, _kind(aset, g[0], aset, k), shared)
                     )
-    seen = {(r["a"], r["b"]) for r in conflicts}
+                    seen.add((min(g[0], k), max(g[0], k)))
     lookalikes = []
     for a_, b_, cc in zip(i[above], j[above], c[above], strict=True):
         if aset.labels[a_] != aset.labels[b_]:
-            row = _pair_row(aset, a_, aset, b_, cc, _kind(aset, a_, aset, b_))
-            if (row["a"], row["b"]) in seen:
+            if (min(a_, b_), max(a_, b_)) in seen:
                 continue
-            if cc > config.conflict_threshold or row["kind"] != "near":
-                conflicts.append(row)
+            kind = _kind(aset, a_, aset, b_)
+            if cc > config.conflict_threshold or kind != "near":
+                conflicts.append(_conflict_row(aset, a_, b_, cc, kind, shared))
             else:
-                lookalikes.append(row)
+                lookalikes.append(_pair_row(aset, a_, aset, b_, cc, kind))
     conflicts.sort(key=lambda r: -r["correlation"])
     lookalikes.sort(key=lambda r: -r["correlation"])
     order = np.argsort(-c[above], kind="stable")
@@ -1078,6 +1108,7 @@ def _subset(aset: AuditSet, idx: np.ndarray, name: str) -> AuditSet:
         kind=aset.kind,
         class_names=aset.class_names,
         sources=[aset.sources[k] for k in idx],
+        files=[aset.files[k] for k in idx],
         labels=aset.labels[idx],
         sha256=[aset.sha256[k] for k in idx],
         pixel_hash=[aset.pixel_hash[k] for k in idx],
@@ -1108,6 +1139,7 @@ def _merge(sets: Sequence[AuditSet], name: str) -> AuditSet:
         kind="+".join(sorted({s.kind for s in sets})),
         class_names=tuple(names),
         sources=[f"{s.name}/{src}" for s in sets for src in s.sources],
+        files=[f"{s.name}/{f}" for s in sets for f in s.files],
         labels=np.concatenate(
             [[names.index(s.class_of(k)) for k in range(len(s))] for s in sets]
         ).astype(np.int64),
@@ -1227,6 +1259,7 @@ def _split_sets(aset: AuditSet, split_path: Path) -> tuple[AuditSet, AuditSet, d
     train.sources = [n for _, n in chosen["train"] + chosen["val"]]
     test = _subset(aset, [r for r, _ in chosen["test"]], "test")
     test.sources = [n for _, n in chosen["test"]]
+    train.files, test.files = list(train.sources), list(test.sources)
     info = {
         "train": changed["train"] + changed["val"],
         "test": changed["test"],

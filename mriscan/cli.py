@@ -191,12 +191,17 @@ def _cfg_setting(name: str) -> str | None:
 def _override_typed(ctx: click.Context, base: _C, changes: dict[str, Any]) -> _C:
     """``override(base, changes)``; an invalid setting the user typed is refused naming its
     option (see ``_build_typed``)."""
+    return _build_typed(ctx, lambda c: override(base, c), changes, _typed_params(ctx, changes))
+
+
+def _typed_params(ctx: click.Context, changes: dict[str, Any]) -> dict[str, click.Parameter]:
+    """The options the user typed among the settings ``changes`` sets, by dotted setting."""
     params = {}
     for p in ctx.command.params:
         path = _cfg_setting(p.name)
         if path in changes and ctx.get_parameter_source(p.name) in _TYPED:
             params[path] = p
-    return _build_typed(ctx, lambda c: override(base, c), changes, params)
+    return params
 
 
 def _build_typed(
@@ -859,7 +864,7 @@ def train(
     scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)
     data, store_path = _resolve_data(data, store_path, overrides)
-    cfg = _override_typed(ctx, TrainConfig(), overrides)
+    cfg = _build_typed(ctx, _holdout_checked, overrides, _typed_params(ctx, overrides))
     click.echo("Loading TensorFlow/Keras...", err=True)
     _import_keras()
     from mriscan.training.workflow import train as run_train
@@ -1314,8 +1319,9 @@ def cv(
     overrides = _typed_overrides(ctx, options)
     folds = {k: overrides.pop(k) for k in ("folds", "repeats") if k in overrides}
     data, store_path = _resolve_data(data, store_path, overrides)
-    tcfg = _override_typed(ctx, TrainConfig(), {"runtime.verbose": "line", **overrides})
-    cfg = _override_typed(ctx, CVConfig(train=tcfg), folds)
+    # one build, so that cv's own check of --val-fraction (CVConfig) names the option too
+    changes = {"runtime.verbose": "line", **overrides, **folds}
+    cfg = _build_typed(ctx, _cv_config, changes, _typed_params(ctx, changes))
     _import_keras()
     from mriscan.training.crossval import cross_validate
 
@@ -1343,6 +1349,24 @@ def cv(
         )
     _print_cv_levels(s)
     click.echo(f"Written to {out}/cv/")
+
+
+def _holdout_checked(changes: dict[str, Any]) -> TrainConfig:
+    """train's config: ``TrainConfig`` with ``changes``, its validation and test shares
+    leaving a training part (``SplitConfig.check_holdout``)."""
+    cfg = override(TrainConfig(), changes)
+    cfg.split.check_holdout()
+    return cfg
+
+
+def _cv_config(changes: dict[str, Any]) -> CVConfig:
+    """cv's config: ``changes`` to ``CVConfig``'s own settings (folds, repeats) and to its
+    ``TrainConfig`` (the rest); no test share is checked, cv holds out none."""
+    own = {k: v for k, v in changes.items() if k in ("folds", "repeats")}
+    if "split.val_fraction" in changes:  # cv's range named, not only SplitConfig's (0, 1)
+        CVConfig.check_val_fraction(changes["split.val_fraction"])
+    train = override(TrainConfig(), {k: v for k, v in changes.items() if k not in own})
+    return CVConfig(train=train, **own)
 
 
 def _print_fold_summary(s: dict, keys: list[str]) -> None:
@@ -1890,7 +1914,8 @@ def audit(
 
     Writes audit.md, audit.json and figures to --out. DICOM/NIfTI files that cannot be
     audited are named by pseudonym there and on the console (by path on the console with
-    --show-paths).
+    --show-paths); with --show-paths the console also lists each label conflict's two files
+    by path (the report names them by pseudonym).
 
     \b
     Exit status (codes click does not use for anything else):
@@ -1921,6 +1946,20 @@ def audit(
             click.echo(f"not audited: {r['name']}/{where}: {one_line(s['reason'])}", err=True)
         if len(r["skipped"]) > 20:
             click.echo(f"not audited: {len(r['skipped']) - 20} more (see {page})", err=True)
+        if show_paths:  # the report names a scanner file by pseudonym: say which file it is
+            for c in r["label_conflicts"][:20]:
+                a, b = (
+                    display_path(local[f]) if f in local else f"{r['name']}/{display_path(f)}"
+                    for f in (c["a_file"], c["b_file"])
+                )
+                click.echo(
+                    f"label conflict: {a} ({c['a_class']}) and {b} ({c['b_class']}): "
+                    f"{c['kind']}, r = {c['correlation']}",
+                    err=True,
+                )
+            if len(r["label_conflicts"]) > 20:
+                more = len(r["label_conflicts"]) - 20
+                click.echo(f"label conflict: {more} more (see {page})", err=True)
     if hidden:
         click.echo(_PSEUDONYM_HINT, err=True)
     if as_json:

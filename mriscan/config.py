@@ -409,7 +409,11 @@ class SplitConfig:
     """Shares of the stratified, duplicate-group-aware split (``mriscan.splits``).
 
     In cross-validation ``val_fraction`` is the share of each training fold held out to choose
-    the threshold, and ``test_fraction`` is not used (the test fold is).
+    the threshold, and ``test_fraction`` is not used (the test fold is). Each share is checked
+    here on its own; that ``train``'s two held-out parts leave a training part
+    (``check_holdout``) is checked by ``train`` only, so a cv run is never refused, nor told
+    about, a test share it does not use (``CVConfig`` checks its own range of
+    ``val_fraction``).
     """
 
     val_fraction: float = _opt(
@@ -429,10 +433,25 @@ class SplitConfig:
                 "val_fraction must be in (0, 1): a validation part is needed to choose the "
                 "decision threshold and to report validation metrics each epoch. Received: 0."
             )
-        if not (0 <= v < 1 and 0 <= t < 1 and v + t < 1):
+        if not 0 < v < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1). Received: {v}.")
+        if not 0 <= t < 1:
+            raise ConfigError(f"test_fraction must be in [0, 1). Received: {t}.")
+
+    def check_holdout(self) -> None:
+        """Refuse shares whose validation and test parts leave no training part (``train``'s
+        split; cv holds out no test share, so it does not call this).
+
+        Raises
+        ------
+        ConfigError
+            If ``val_fraction + test_fraction`` is 1 or more.
+        """
+        v, t = self.val_fraction, self.test_fraction
+        if v + t >= 1:
             raise ConfigError(
-                "val_fraction and test_fraction must be in [0, 1) with a sum "
-                f"below 1. Received: {v}, {t}."
+                "val_fraction and test_fraction must have a sum below 1 (the rest is the "
+                f"training part). Received: {v}, {t}."
             )
 
 
@@ -608,8 +627,20 @@ class CVConfig:
         if not isinstance(self.folds, int) or self.folds < 2:
             raise ConfigError(f"folds must be >= 2. Received: folds={self.folds!r}.")
         _positive_int(self, "repeats", "n_boot")
-        v = self.train.split.val_fraction
-        if not 0 < v < 0.5:
+        self.check_val_fraction(self.train.split.val_fraction)
+
+    @staticmethod
+    def check_val_fraction(v: float) -> None:
+        """Refuse a share of each training fold held out for validation outside (0, 0.5)
+        (callers that build the ``TrainConfig`` first check with this before, so that cv's own
+        range is the one named).
+
+        Raises
+        ------
+        ConfigError
+            If ``v`` is not in (0, 0.5).
+        """
+        if not (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 0.5):
             raise ConfigError(f"val_fraction must be in (0, 0.5) for cv. Received: {v}.")
 
     def to_dict(self) -> dict[str, Any]:

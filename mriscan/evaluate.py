@@ -793,8 +793,27 @@ def _open_data(
     if is_store(data):
         return ImageStore.open(data), []
     from mriscan.ingest import IngestConfig, ingest
-    from mriscan.keys import identifier_key
+    from mriscan.keys import KEY_FILE_ENV, identifier_key, key_file_path
+    from mriscan.scan import new_salt
 
+    # the user's identifier key if there is one (training patients are recognised only under
+    # the key the model's training data were hashed with), never created for a store that is
+    # thrown away: a new key could not match the model card's, and a mistyped
+    # $MRISCAN_KEY_FILE would be left holding a stray key. Without one: a key of this run only
+    key_path = key_file_path()
+    if key_path.exists():
+        key = identifier_key(key_path)
+    else:
+        # a warning where $MRISCAN_KEY_FILE names the missing file (likely a typo); a user who
+        # never made a key is only told
+        log.log(
+            logging.WARNING if os.environ.get(KEY_FILE_ENV) else logging.INFO,
+            "no identifier key file at %s ($%s): these data's ids are hashed with a key of "
+            "this run only (none was created), so training patients cannot be recognised",
+            key_path,
+            KEY_FILE_ENV,
+        )
+        key = new_salt()
     # scanner files: read as the model's training data were, unless chosen otherwise
     ro = settings_for_model(card.reader, read_options)
     cfg = IngestConfig(
@@ -804,7 +823,7 @@ def _open_data(
         used_classes=used,
         min_classes=1,  # one class may be scored (a tumor-only collection); a model needs two
     )
-    report = ingest(Path(data), tmp / "eval.zarr", cfg)
+    report = ingest(Path(data), tmp / "eval.zarr", cfg, key=key)
     if report.read_notes:  # by count: the files' paths may name the patient
         notes = sorted({n for _, n in report.read_notes})
         log.warning("%d file(s) read with a note: %s", len(report.read_notes), "; ".join(notes[:3]))
@@ -812,7 +831,6 @@ def _open_data(
     if report.skipped:
         # the key of the store's slice names, so a failed instance's dicom/<series>/ is that
         # of its series' slices in predictions.csv
-        key = identifier_key()
         rows = unreadable_rows(data, report.skipped, salt=key, show_paths=show_paths, used=used)
     store = ImageStore.open(tmp / "eval.zarr")
     if len(store) == 0 and rows:

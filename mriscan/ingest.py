@@ -57,7 +57,7 @@ from mriscan.readers import (
     read_input,
     slice_warnings,
 )
-from mriscan.scan import salted_hash
+from mriscan.scan import check_salt, salted_hash
 from mriscan.scan_config import ReaderSettings, describe_setting
 from mriscan.splits import join_keys, split_keys, union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
@@ -95,7 +95,10 @@ class IngestReport:
     their file was deleted, overwritten or moved to another class; ``renamed`` those whose file
     was renamed or moved within its class (the same bytes under another name and the same
     label: retired, with the store flag ``removed``, and stored again under the new name, as a
-    move to another class is; not counted in ``removed``); ``conflicts`` files whose
+    move to another class is; not counted in ``removed``). A DICOM file renamed and rewritten
+    (another name and other bytes, the same instance: SOP Instance UID and frame) is counted
+    in ``replaced``, as its content changed (store flag ``removed``, as a rename's; not counted
+    in ``removed``: its instance is still there). ``conflicts`` files whose
     bytes, or whose DICOM instance, sit under two classes. ``exact_duplicates``: files of this
     run newly recorded as copies of a stored sample (the same bytes, or a DICOM file of the same
     instance in other bytes). ``total`` counts the active samples after the run.
@@ -253,6 +256,7 @@ def ingest(
     config: IngestConfig | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    key: bytes | None = None,
 ) -> IngestReport:
     """Bring the store at ``store_path`` in line with ``raw_dir``'s class folders (or manifest).
 
@@ -308,6 +312,11 @@ def ingest(
     config : IngestConfig, optional
     progress : callable(done, total), optional
         Called while decoding the files to add.
+    key : bytes, optional
+        The identifier key to hash ids with instead of the user's key file (which is then
+        neither read nor created): ``mriscan evaluate``'s temporary store takes the user's key
+        when the file exists, else a key of that run only, so that a mistyped
+        ``$MRISCAN_KEY_FILE`` leaves no key file behind. It must match a key the store records.
 
     Returns
     -------
@@ -322,15 +331,19 @@ def ingest(
     ConfigError
         Other preprocessing than the store's, another dataset without ``merge``, a wrong number
         of classes (``n_classes``), a class whose name differs from a stored class only by
-        case; the identifier key file cannot be created or read.
+        case; the identifier key file cannot be created or read; ``key`` is not bytes of at
+        least 16.
     KeyMismatchError
-        The store was made with another identifier key (``$MRISCAN_KEY_FILE``), or the key
-        file it names does not exist (no key file is created for a store that records a key).
+        The store was made with another identifier key (``$MRISCAN_KEY_FILE``, or ``key``),
+        or the key file it names does not exist (no key file is created for a store that
+        records a key).
     BadFilesError
         ``strict`` and any bad or unused file, label conflict, image of another modality or
         warning (nothing committed); the message names every one.
     """
     config = config if config is not None else IngestConfig()
+    if key is not None:
+        check_salt(key)
     t0 = time.perf_counter()
     raw = Path(raw_dir)
     source, root, classes, jobs, problems, unused, hidden = _listing(raw, config)
@@ -362,13 +375,13 @@ def ingest(
             )
         try:
             reader, reader_record = _reader_for(store, store_path, config)
-            key = _store_key(store, store_path)
+            store_key = _store_key(store, store_path, key=key)
         except BaseException:
             store.close()
             raise
         if (
             store.index.sources
-            and _source_entry(store.index.sources, key, source) is None
+            and _source_entry(store.index.sources, store_key, source) is None
             and not config.merge
         ):
             store.close()
@@ -414,7 +427,7 @@ def ingest(
                                       progress, t0, unused=unused, hidden=hidden,
                                       series_errors=series_errors,
                                       reader_record=reader_record,
-                                      conflicts=conflicts)  # fmt: skip
+                                      conflicts=conflicts, key=key)  # fmt: skip
                     break
                 except _InstanceConflictRedoError as redo:
                     # rare: one DICOM instance under two classes, found once read. Nothing was
@@ -466,8 +479,11 @@ def _hint_migrate(store: ImageStore, store_path) -> None:
     )
 
 
-def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
-    """The key the store's ids are hashed with: the user's identifier key
+def _store_key(
+    store: ImageStore, store_path, *, record: bool = False, key: bytes | None = None
+) -> bytes:
+    """The key the store's ids are hashed with: ``key`` when given (``ingest``'s; the key file
+    is then not touched), else the user's identifier key
     (``mriscan.keys.identifier_key``), checked against the fingerprint the store recorded
     (``record``: recorded now when the store has none; the key file is created only for a
     store that records no key yet); a store written before the key left
@@ -494,6 +510,16 @@ def _store_key(store: ImageStore, store_path, *, record: bool = False) -> bytes:
         )
         return store.salt
     path = key_file_path()
+    if key is not None:
+        fp = key_fingerprint(key)
+        if store.key_id and store.key_id != fp:
+            raise KeyMismatchError(
+                f"Store {store_path} was made with another identifier key (fingerprint "
+                f"{store.key_id}) than the one given (fingerprint {fp}). Nothing was written."
+            )
+        if record and not store.key_id:
+            store.set_key_id(fp)
+        return key
     if store.key_id and not path.exists():
         # a new key could never match the store's ids: none is created (a mistyped
         # $MRISCAN_KEY_FILE would otherwise leave a stray key file behind a refused command)
@@ -620,15 +646,16 @@ def _run(
     series_errors: dict[Path, str] | None,
     reader_record: ReaderSettings | None = None,
     conflicts: _InstanceConflicts | None = None,
+    key: bytes | None = None,
 ):
     """One ingest attempt; ``series_errors`` None: check series sizes on the slices read and
     raise ``_MixedSeriesRedoError`` (before anything is committed) when a series mixes sizes.
     ``reader_record``: the reading settings recorded in the store at the commit (None: left
     as they are). ``conflicts``: DICOM instances a former try found under two classes, whose
     copies are refused before reading; one found by this try raises
-    ``_InstanceConflictRedoError`` (before anything is committed)."""
+    ``_InstanceConflictRedoError`` (before anything is committed). ``key``: ``ingest``'s."""
     conflicts = conflicts if conflicts is not None else _InstanceConflicts()
-    salt = _store_key(store, store_path, record=True)
+    salt = _store_key(store, store_path, record=True, key=key)
     if reader_record is not None and store.reader_settings != reader_record:
         store.set_reader_settings(reader_record)
     # the folder is recorded by a salted pseudonym (its path may name a patient); a store of
@@ -845,6 +872,7 @@ def _run(
             if r.kind == "dicom" and r.active and r.position not in retire
         }
     copies: dict[str, list[tuple[int, str]]] = {}  # source -> (label, file id) of each copy
+    stored_instances: set[str] = set()  # sources of the DICOM slices this run stores
     pending_keys: list[str] = []
     pending_names: list[str] = []
     pending_labels: list[int] = []
@@ -931,6 +959,7 @@ def _run(
                         fail(name, describe_flags(flags, s.image), into=warned)
                     if j.kind == "dicom" and s.instance is not None:
                         instances[s.source] = (start + sent + len(images), j.label, j.file_id)
+                        stored_instances.add(s.source)
                     pending_names.append(name)
                     pending_labels.append(j.label)
                     images.append(s.image)
@@ -1025,6 +1054,18 @@ def _run(
         store.commit(links=np.concatenate([same_label_links(near, all_labels), keyed]))
     counts = {w: sum(1 for v in retire.values() if v == w) for w in ("removed", "replaced",
                                                                      "relabelled")}  # fmt: skip
+    # a deleted DICOM file whose instance (SOP Instance UID and frame) this run stored again
+    # from a file of other bytes: renamed and rewritten (a header edited, re-exported). The
+    # instance is still there with new content, as in a file overwritten in place: counted
+    # as replaced, not as a deletion (its store flag stays "removed", as a rename's does)
+    rewritten = sum(
+        1
+        for pos, why in retire.items()
+        if why == "removed"
+        and records[pos].kind == "dicom"
+        and records[pos].source in stored_instances
+        and moved.get(records[pos].sha256) != records[pos].label  # not renamed: its bytes
+    )
     act = store.active_indices()
     return IngestReport(
         store=str(store_path),
@@ -1043,7 +1084,9 @@ def _run(
         ignored=tuple(hidden),
         placeholder_ids=tuple(placeholders),
         read_notes=tuple(read_notes),
-        **{**counts, "removed": counts["removed"] - renamed},
+        removed=counts["removed"] - renamed - rewritten,
+        replaced=counts["replaced"] + rewritten,
+        relabelled=counts["relabelled"],
         renamed=renamed,
     )
 

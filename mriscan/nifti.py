@@ -281,7 +281,11 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     window = Window("percentile", lo, hi)
     u8 = window_to_uint8(raw, window)
     try:
-        canon = nib.as_closest_canonical(type(img)(u8, img.affine))
+        # a singular affine makes nibabel's qform decomposition divide by zero and take the
+        # determinant of NaNs before it raises: numpy's RuntimeWarnings would reach the
+        # console beside the error below, which says it (errstate: this thread only)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            canon = nib.as_closest_canonical(type(img)(u8, img.affine))
     except Exception as exc:  # a singular or non-finite affine
         raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
     data = np.asanyarray(canon.dataobj)  # RAS+ view of u8

@@ -446,15 +446,21 @@ def _read_input(
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
 
+#: the pixel data elements of a DICOM image (as ``mriscan.dicom``'s ``_has_pixels``)
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
     """DICOM files whose series mixes slice sizes, each with the reason (header-only reads).
 
-    Reads only Series Instance UID, Rows and Columns of each file (``pydicom.dcmread`` with
-    ``stop_before_pixels``, ``force=True`` for files without the preamble); files that cannot
-    be read here, and files whose header gives an empty size (Rows or Columns 0 or absent: no
-    slice can come of them), are left out and left to the full reader, which reports each
-    with its own reason. A series whose other files disagree in size is refused whole (storing
-    part of it would split one acquisition by accident).
+    Reads only Series Instance UID, Rows and Columns of each file, and whether it holds pixel
+    data (``pydicom.dcmread`` with ``specific_tags``, the pixel data deferred, not read;
+    ``force=True`` for files without the preamble); files that cannot be read here, files
+    whose header gives an empty size (Rows or Columns 0 or absent), and files without pixel
+    data (no slice can come of them) are left out and left to the full reader, which reports
+    each with its own reason, as ``refuse_mixed_series`` counts only files that gave slices.
+    A series whose other files disagree in size is refused whole (storing part of it would
+    split one acquisition by accident).
 
     The reason names no file (file and folder names of scanner exports often name the patient,
     and the reason is shown by ``predict``, ``evaluate``, ``explain`` and ``audit``, which name
@@ -470,15 +476,18 @@ def check_series_sizes(paths: Sequence[Path]) -> dict[Path, str]:
         try:
             ds = pydicom.dcmread(
                 p,
-                stop_before_pixels=True,
-                specific_tags=["SeriesInstanceUID", "Rows", "Columns"],
+                specific_tags=["SeriesInstanceUID", "Rows", "Columns", *_PIXEL_KEYWORDS],
+                defer_size=64,  # the pixel data's presence is what counts: its value is not read
                 force=True,
             )
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+            pixels = any(k in ds for k in _PIXEL_KEYWORDS)
         except Exception:  # damaged files: read_dicom gives the precise error later
             continue
-        if uid and min(shape) > 0:  # an empty size is no slice size: read_dicom refuses it
+        # an empty size, or no pixel data, is no slice size: read_dicom refuses the file with
+        # its own reason, and it must not count as one of its series' sizes
+        if uid and min(shape) > 0 and pixels:
             series.setdefault(uid, {}).setdefault(shape, []).append(p)
     return _mixed_size_reasons(series)
 

@@ -283,6 +283,33 @@ def test_dicom_and_nifti_in_class_folders_are_audited_under_pseudonyms(tmp_path)
     assert json.loads((out / "audit.json").read_text())["sets"][0]["decoded"] == 8
 
 
+def test_a_dicom_file_under_two_classes_names_each_side_by_its_own_file(tmp_path):
+    """One DICOM instance copied into the other class's folder: both copies hold the same
+    slice pseudonym (it is the instance's), so the conflict row names each side by it and
+    its file's pseudonym, and --show-paths lists the two files by path on the console; the
+    report holds no path."""
+    root = _scanner_folder(tmp_path / "scanner", dicom_only=True)
+    first = root / "yes" / "Doe_Jane1" / "IM0001.dcm"
+    shutil.copy(first, root / "no" / "Doe_Jane1_copy.dcm")
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["audit", str(root), "--out", str(out)])
+    assert res.exit_code == EXIT_CONFLICT, res.output
+    s = json.loads((out / "audit.json").read_text())["sets"][0]
+    [exact] = [c for c in s["label_conflicts"] if c["kind"] == "exact"]
+    assert exact["a"] != exact["b"] and exact["a_file"] != exact["b_file"]
+    for side in ("a", "b"):
+        assert exact[side].startswith("dicom/") and exact[side].endswith(
+            f" in {exact[side + '_file']}"
+        )
+        assert exact[side + "_file"].startswith("dicom-file/")
+    md = (out / "audit.md").read_text()
+    assert f"`{exact['a']}`" in md and f"`{exact['b']}`" in md
+    assert "Doe_Jane" not in md + json.dumps(s) and "Doe_Jane1_copy" not in res.output
+    shown = CliRunner().invoke(main, ["audit", str(root), "--out", str(out), "--show-paths"])
+    lines = [ln for ln in shown.output.splitlines() if ln.startswith("label conflict:")]
+    assert any(str(first) in ln and "Doe_Jane1_copy.dcm" in ln and "exact" in ln for ln in lines)
+
+
 def test_store_of_scanner_slices_is_not_reported_as_missing_files(tmp_path):
     from mriscan.ingest import IngestConfig, ingest
     from mriscan.preprocess import PreprocessConfig

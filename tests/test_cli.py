@@ -171,6 +171,9 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
     assert "Invalid value for '--epochs'" in r.output and "Traceback" not in r.output
 
 
+_CV_RANGE = "val_fraction must be in (0, 0.5) for cv. Received: "
+
+
 @pytest.mark.parametrize(
     ("command", "args", "named"),
     [
@@ -189,6 +192,11 @@ def test_train_reports_bad_options_in_one_line(tmp_path, class_folder):
             ["--val-fraction", "0.5", "--test-fraction", "0.6", "--epochs", "3"],
             "Invalid combination of '--val-fraction' and '--test-fraction'",
         ),
+        # NP8: cv's own range, named by its option, never train's unused test share
+        *(
+            ("cv", ["--val-fraction", v, "--epochs", "3"], f"'--val-fraction': {_CV_RANGE}{got}.")
+            for v, got in (("0.9", "0.9"), ("0.6", "0.6"), ("0", "0.0"))
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_option_typed(
@@ -201,6 +209,8 @@ def test_bad_settings_are_refused_naming_the_option_typed(
     assert r.exit_code == 2, r.output
     assert named in r.output and "Traceback" not in r.output
     assert "--epochs" not in r.output.split("Error:")[1]  # the valid option is not blamed
+    if command == "cv":
+        assert "test_fraction" not in r.output  # cv holds out no test share
     assert not store.exists()
 
 

@@ -42,7 +42,8 @@ def test_override_replaces_nested_settings_and_validates():
         ("runtime.pipeline", "dali", "pipeline must be one of"),
         ("model.filters", (8, 8), "filters must be 4 positive integers"),
         ("image_size", 0, "image_size must be a positive integer"),
-        ("split.val_fraction", 1.0, "with a sum below 1"),
+        ("split.val_fraction", 1.0, r"val_fraction must be in \(0, 1\). Received: 1.0"),
+        ("split.test_fraction", -0.1, r"test_fraction must be in \[0, 1\). Received: -0.1"),
     ],
 )
 def test_invalid_values_name_the_setting(path, value, message):
@@ -55,6 +56,22 @@ def test_cv_needs_an_inner_validation_share():
         CVConfig(train=override(TrainConfig(), {"split.val_fraction": 0.0}))
     with pytest.raises(ConfigError, match="folds must be >= 2"):
         CVConfig(folds=1)
+
+
+def test_cv_checks_only_the_validation_share_it_uses():
+    """NP8: cv holds out no test share (the test fold is): a valid cv val_fraction beside a
+    test_fraction whose sum with it is 1 or more is cv's to accept, and train's to refuse."""
+    from mriscan.training.workflow import train
+
+    long_test = override(TrainConfig(), {"split.test_fraction": 0.6})
+    cv = override(CVConfig(train=long_test), {"train.split.val_fraction": 0.45})
+    assert cv.train.split.val_fraction == 0.45
+    with pytest.raises(ConfigError, match="must have a sum below 1") as err:
+        train("no/such/data", cv.train, out="no/such/out")
+    assert "0.45, 0.6" in str(err.value)
+    with pytest.raises(ConfigError, match=r"in \(0, 0.5\) for cv. Received: 0.5") as err:
+        override(cv, {"train.split.val_fraction": 0.5})
+    assert "test_fraction" not in str(err.value)
 
 
 def test_dict_round_trip():

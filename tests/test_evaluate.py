@@ -490,6 +490,29 @@ def test_evaluate_names_unreadable_scanner_files_by_pseudonym(loose_model, tmp_p
     assert "run again with --show-paths" not in text
 
 
+@pytest.mark.backend
+def test_evaluate_on_a_folder_creates_no_key_file_at_a_mistyped_key_path(
+    loose_model, tmp_path, monkeypatch, caplog
+):
+    """N3: $MRISCAN_KEY_FILE naming no file (a typo): evaluate of a folder hashes its ids with
+    a key of this run only and says so; no key file is left at that path. The unreadable
+    instance is still named by its readable slices' series pseudonym (one key for both)."""
+    _roe_folder(tmp_path / "raw")
+    typo = tmp_path / "keys" / "id.kye"
+    monkeypatch.setenv("MRISCAN_KEY_FILE", str(typo))
+    out = tmp_path / "ev"
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        r = _cli_evaluate(tmp_path / "raw", loose_model, out)
+    assert r.exit_code == 0, r.output
+    assert not typo.exists() and not typo.parent.exists()
+    said = [m.getMessage() for m in caplog.records if "no identifier key file" in m.getMessage()]
+    assert len(said) == 1 and str(typo) in said[0] and "none was created" in said[0]
+    saved = _strict_json(out / "evaluation" / "metrics.json")
+    series = next(u["path"] for u in saved["unreadable"] if u["path"].startswith("dicom/"))
+    table = (out / "evaluation" / "predictions.csv").read_text()
+    assert table.count(series.rsplit("/", 1)[0] + "/") == 3  # 2 slices + the failed instance
+
+
 def test_unreadable_rows_name_the_other_files_a_reason_names(tmp_path):
     """A reason naming other files of the data (the stray files of a series, a label
     conflict) names them by their pseudonyms; a JPEG/PNG keeps its path; a manifest's rows

@@ -113,6 +113,24 @@ def test_a_mistyped_key_file_is_refused_without_creating_a_key(scans, key_file, 
     assert typo.exists()
 
 
+def test_a_given_key_is_used_and_the_key_file_is_not_touched(scans, key_file, tmp_path):
+    """``ingest(key=...)`` (evaluate's temporary store, phantom pre-training): the ids are
+    hashed with that key, the store records its fingerprint, no key file is created; another
+    key for that store is refused, and so is one too short to be a key."""
+    key = bytes(range(32))
+    store = tmp_path / "s.zarr"
+    ingest(scans, store, SMALL, key=key)
+    assert not key_file.exists()
+    with ImageStore.open(store) as st:
+        assert st.key_id == key_fingerprint(key)
+    assert len(_attack(key, _patient_hashes(store))) == 4
+    with pytest.raises(KeyMismatchError, match="another identifier key"):
+        ingest(scans, store, SMALL, key=bytes(32))
+    with pytest.raises(ConfigError, match="salt must be bytes"):
+        ingest(scans, tmp_path / "t.zarr", SMALL, key=b"short")
+    assert not key_file.exists() and not (tmp_path / "t.zarr").exists()
+
+
 def test_store_with_its_salt_inside_is_read_and_warned_about(scans, key_file, tmp_path, caplog):
     """A store written before the key left the store: its salt keeps its ids matching."""
     store = tmp_path / "old.zarr"

@@ -226,6 +226,40 @@ def test_a_new_file_of_another_size_in_a_stored_series_is_refused(scanner_root, 
     assert verify_store(store) == []
 
 
+def test_a_file_without_pixel_data_is_no_size_of_a_mixed_series(tmp_path):
+    """N4: a series that really mixes two sizes and holds an instance without pixel data: the
+    mixed-size reason counts only the files that give slices (3 of 48x48, 1 of 40x40, not 4 of
+    48x48), and the file without pixel data keeps its own reason. The header-only check
+    (ingest's redo, audit) agrees with the check on the slices as read."""
+    from mriscan.io import SourceFile
+    from mriscan.readers import check_series_sizes
+    from mriscan.scan_predict import read_inputs
+
+    raw = tmp_path / "raw"
+    files = write_dicom_series(raw / "yes" / "s", phantom_volume(1, n_slices=5, canvas=48),
+                               patient=FakePatient(patient_id="P-1"))  # fmt: skip
+    write_dicom_series(raw / "no" / "t", phantom_volume(2, n_slices=2, canvas=48),
+                       patient=FakePatient(patient_id="P-2"), seed=2)  # fmt: skip
+    ds = pydicom.dcmread(files[0])
+    small = ds.pixel_array[:40, :40].copy()
+    ds.Rows = ds.Columns = 40
+    ds.PixelData = small.tobytes()
+    ds.save_as(files[0])
+    ds = pydicom.dcmread(files[1])
+    del ds.PixelData
+    ds.save_as(files[1])
+    report = ingest(raw, tmp_path / "s.zarr", SMALL)
+    reasons = dict(report.skipped)
+    counts = "its series mixes slice sizes: 3 files of 48x48, 1 file of 40x40; this file is "
+    assert reasons["yes/s/IM0001.dcm"].startswith(counts + "40x40;")
+    for name in ("IM0003", "IM0004", "IM0005"):
+        assert reasons[f"yes/s/{name}.dcm"].startswith(counts + "48x48 (the series' most")
+    assert "without pixel data" in reasons["yes/s/IM0002.dcm"]
+    assert report.n_added == 2
+    reads = read_inputs([SourceFile(f, "dicom") for f in files], workers=1)
+    assert check_series_sizes(files) == {r.path: r.error for r in reads if r.path != files[1]}
+
+
 def test_manifest_with_groups(tmp_path):
     root = tmp_path / "m"
     root.mkdir()

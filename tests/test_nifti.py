@@ -169,6 +169,32 @@ def test_zero_size_and_blank_volumes(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "rows",
+    [[[0.0] * 4] * 3, [[1.0, 0.0, 0.0, 0.0], [0.0] * 4, [0.0, 0.0, 1.0, 0.0]]],
+    ids=["all-zero", "zero-column"],
+)
+def test_a_singular_affine_is_refused_without_numpy_warnings(tmp_path, stack, rows):
+    """N5: a volume whose sform is singular (all zeros, or a zero column) is refused with
+    mriscan's own error only; nibabel's qform decomposition divided by zero and took the
+    determinant of NaNs first, and numpy's RuntimeWarnings reached the console beside it."""
+    import warnings
+
+    path = tmp_path / "singular.nii"
+    nib.save(nib.Nifti1Image(stack.astype(np.int16), np.eye(4)), path)
+    raw = bytearray(path.read_bytes())  # nibabel will not write such an affine itself
+    struct.pack_into("<hh", raw, 252, 0, 1)  # qform_code 0 (unknown), sform_code 1 (scanner)
+    for offset, row in zip((280, 296, 312), rows, strict=True):  # srow_x, srow_y, srow_z
+        struct.pack_into("<4f", raw, offset, *row)
+    path.write_bytes(raw)
+    assert np.linalg.matrix_rank(nib.load(path).affine[:3, :3]) < 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CorruptImageError, match="the affine cannot be oriented"):
+            read_nifti(path, salt=SALT)
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"plane": "oblique"}, "plane"),

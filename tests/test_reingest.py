@@ -64,6 +64,48 @@ def test_a_file_renamed_within_its_class_is_said_renamed_not_deleted(class_folde
     assert verify_store(store) == []
 
 
+def test_a_dicom_file_renamed_and_rewritten_is_said_replaced_as_an_overwritten_one(tmp_path):
+    """NP2: a DICOM file renamed in its class and its header rewritten (other bytes, the same
+    SOP Instance UID): the instance is still there with new content, so the report counts it
+    as replaced (as a file rewritten in place), not as a deletion plus an addition; a plain
+    rename stays renamed. Each time the old sample is retired and the new content stored."""
+    import pydicom
+
+    from mriscan.synth_scanner import FakePatient, phantom_volume, write_dicom_series
+
+    raw = tmp_path / "raw"
+    for k, cls in enumerate(("no", "yes")):
+        write_dicom_series(raw / cls / f"p{k}", phantom_volume(k, n_slices=3, canvas=32),
+                           patient=FakePatient(patient_id=f"P-{k}"), seed=k)  # fmt: skip
+    store = tmp_path / "s.zarr"
+    ingest(raw, store, SMALL)
+
+    def rewrite(src, dst):
+        ds = pydicom.dcmread(src)
+        ds.SeriesDescription = f"edited {dst.name}"  # other bytes every time
+        ds.save_as(dst)
+        if dst != src:
+            src.unlink()
+
+    counts = ("replaced", "removed", "renamed", "relabelled", "n_added", "total")
+    folder = raw / "yes" / "p1"
+    rewrite(folder / "IM0001.dcm", folder / "IM0001.dcm")  # in place
+    report = ingest(raw, store, SMALL)
+    assert tuple(getattr(report, c) for c in counts) == (1, 0, 0, 0, 1, 6)
+    rewrite(folder / "IM0002.dcm", folder / "moved.dcm")  # renamed and rewritten
+    report = ingest(raw, store, SMALL)
+    assert tuple(getattr(report, c) for c in counts) == (1, 0, 0, 0, 1, 6)
+    shutil.move(folder / "IM0003.dcm", folder / "plain.dcm")  # renamed only
+    report = ingest(raw, store, SMALL)
+    assert tuple(getattr(report, c) for c in counts) == (0, 0, 1, 0, 1, 6)
+    rewrite(folder / "moved.dcm", folder / "again.dcm")
+    (raw / "no" / "p0" / "IM0001.dcm").unlink()  # and one really deleted
+    res = CliRunner().invoke(main, ["ingest", str(raw), "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "1 replaced (new content), 1 removed (file deleted)" in res.output
+    assert verify_store(store) == []
+
+
 def test_overwritten_file_replaces_its_sample(class_folder, tmp_path):
     store = tmp_path / "s.zarr"
     ingest(class_folder, store, SMALL)

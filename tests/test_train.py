@@ -64,8 +64,9 @@ def test_config_validation():
         fast(hardware__precision="fp8")
     with pytest.raises(ConfigError, match="strategy must be one of"):
         fast(hardware__strategy="tpu")
-    with pytest.raises(ConfigError, match="with a sum below 1"):
-        fast(split__val_fraction=0.6, split__test_fraction=0.5)
+    with pytest.raises(ConfigError, match="must have a sum below 1"):
+        # train's check (cv holds out no test share: its config may carry any test_fraction)
+        fast(split__val_fraction=0.6, split__test_fraction=0.5).split.check_holdout()
     with pytest.raises(ConfigError, match="rotation must be in"):
         fast(model__rotation=-0.1)
     with pytest.raises(ConfigError, match="ema must be in"):
@@ -207,10 +208,11 @@ def test_phantom_pretraining_is_cached_and_starts_training(small_store, tmp_path
 
 
 @pytest.mark.backend
-def test_phantom_pretraining_ignores_the_real_tasks_class_map(small_store, tmp_path):
+def test_phantom_pretraining_ignores_the_real_tasks_class_map(small_store, tmp_path, monkeypatch):
     """The phantoms are yes/no: a class map (or positive/healthy class) naming the user's
     classes must not be applied to them (it stopped `train --class-map` with "the class map
-    names ['glioma', ...], but the data's classes are ['no', 'yes']")."""
+    names ['glioma', ...], but the data's classes are ['no', 'yes']"); nor is the user's
+    identifier key file made for them."""
     import mriscan.training.pretrain as train_mod
     from mriscan.hardware import setup_hardware
     from mriscan.store import ImageStore
@@ -224,8 +226,11 @@ def test_phantom_pretraining_ignores_the_real_tasks_class_map(small_store, tmp_p
     )
     hw = setup_hardware(precision="float32", per_replica_batch=cfg.optimizer.batch_size)
     pre = ImageStore.open(small_store).config
+    # N3: no patient ids to key, so the identifier key file is neither read nor created
+    typo = tmp_path / "keys" / "id.kye"
+    monkeypatch.setenv("MRISCAN_KEY_FILE", str(typo))
     path = train_mod.pretrain_on_phantoms(cfg, hw, pre, cache_dir=tmp_path / "cache")
-    assert path.is_file()
+    assert path.is_file() and not typo.exists()
     # the task does not shape the phantom weights: the same cache entry as without a map
     plain = fast(pretrain__phantoms=40, pretrain__epochs=1)
     assert train_mod.pretrain_key(plain, pre) == train_mod.pretrain_key(cfg, pre)

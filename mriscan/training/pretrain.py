@@ -23,6 +23,7 @@ from mriscan.errors import ConfigError
 from mriscan.hardware import Hardware
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
+from mriscan.scan import new_salt
 from mriscan.scratch import scratch_dir
 from mriscan.store import ImageStore
 from mriscan.synth import SynthConfig, synthesize
@@ -97,7 +98,10 @@ def pretrain_on_phantoms(
         raw, store_path = Path(tmp) / "raw", Path(tmp) / "phantoms.zarr"
         # a seed stream of its own, so pre-training phantoms never equal `mriscan synth`'s
         synthesize(raw, SynthConfig(count=pre.phantoms, seed=10_000 + cfg.seed))
-        ingest(raw, store_path, IngestConfig(preprocess=preprocess))
+        # phantoms have no patient to key, and the store is thrown away: a key of this run
+        # only, so that pre-training never creates the user's key file (a mistyped
+        # $MRISCAN_KEY_FILE was left holding a stray key by `train STORE`)
+        ingest(raw, store_path, IngestConfig(preprocess=preprocess), key=new_salt())
         pcfg = override(
             cfg,
             {

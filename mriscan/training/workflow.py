@@ -105,8 +105,10 @@ def train(
     Raises
     ------
     ConfigError
-        If the task's classes cannot be resolved, or a class is missing from a part of the
-        split (too few slices: then every reported number would be undefined or anecdotal).
+        If the validation and test shares leave no training part
+        (``SplitConfig.check_holdout``), the task's classes cannot be resolved, or a class is
+        missing from a part of the split (too few slices: then every reported number would be
+        undefined or anecdotal).
     TrainingDivergedError
         If training diverged (nothing is written over the previous model).
     ResumeError
@@ -115,6 +117,7 @@ def train(
     from mriscan import plots
 
     cfg = config if config is not None else TrainConfig()
+    cfg.split.check_holdout()  # train's own: cv holds out no test share
     t0 = time.perf_counter()
     layout = RunLayout(out)
     store, task, kept = open_for_task(data, cfg, store_path, read_options)
