@@ -37,7 +37,7 @@ from mriscan.duplicates import (
 )
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
-from mriscan.io import check_label_case, scan_class_folders, scan_manifest
+from mriscan.io import check_label_case, relative_name, scan_class_folders, scan_manifest
 from mriscan.keys import (
     KEY_FILE_ENV,
     KeyMismatchError,
@@ -227,7 +227,7 @@ def _describe_sources(sources) -> str:
 
 
 def _rel(path: Path, root: Path) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
+    return relative_name(path, root)
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()

@@ -48,6 +48,7 @@ __all__ = [
     "one_line",
     "read_file",
     "read_manifest",
+    "relative_name",
     "scan_class_folders",
     "scan_manifest",
     "sniff_image_format",
@@ -99,6 +100,17 @@ def display_path(path: str | os.PathLike[str]) -> str:
     names are returned unchanged.
     """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def relative_name(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """``path`` relative to ``root``, with forward slashes, as text a store or a table keeps.
+
+    A name holding bytes that are not valid UTF-8 (an old Latin-1 export) keeps them as
+    ``\\xNN`` (``display_path``): the store's index, the JSON reports and the CSV tables are
+    UTF-8 and cannot hold them raw. The same file always gives the same text, so a re-ingest
+    recognises it.
+    """
+    return display_path(Path(os.path.relpath(path, root)).as_posix())
 
 
 _LINE_BREAKS = re.compile(r"\s*[^\S ]\s*")
@@ -609,6 +621,7 @@ def scan_class_folders(
         raise EmptyDatasetError(
             f"Data folder {root} cannot be read ({exc.strerror or exc}); check its permissions."
         ) from exc
+    _check_class_names(subs)
     names = {p.name.lower() for p in subs}
     if len(subs) < min_classes:
         hint = ""
@@ -703,6 +716,24 @@ def scan_class_folders(
         tuple(sorted(unused, key=lambda u: u.path)),
         left_out,
     )
+
+
+def _check_class_names(subs: Sequence[Path]) -> None:
+    """Refuse class folders whose names are not valid UTF-8 (bytes of an old Latin-1 export).
+
+    A file name may keep such bytes as ``\\xNN`` (``relative_name``); a class name may not:
+    it becomes the model's label, typed back by users (``--class-map``, ``--positive``) and
+    shown in every report and plot, and an escaped label would not match what they type.
+    """
+    bad = [p for p in subs if display_path(p.name) != p.name]
+    if bad:
+        raise EmptyDatasetError(
+            "Class folder name(s) "
+            + ", ".join(f"{display_path(p.name)}/" for p in bad)
+            + f" under {display_path(bad[0].parent)} are not valid UTF-8 text (the \\xNN "
+            "bytes): a class name becomes the model's label. Rename the folder(s) to UTF-8, "
+            "e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER`."
+        )
 
 
 # why an empty class folder is refused rather than skipped, and the way out

@@ -31,6 +31,7 @@ from mriscan.io import (
     _iter_files,
     decode_bytes,
     file_kind,
+    relative_name,
 )
 from mriscan.scan_config import ReaderSettings, describe_setting
 
@@ -380,8 +381,7 @@ def _read_input(
         if data is None:
             data = path.read_bytes()
         image = decode_bytes(data, path, max_pixels=opts.max_pixels)
-        rel = Path(os.path.relpath(path, root)).as_posix()
-        return InputRead(path, kind, (InputSlice(image, rel),))
+        return InputRead(path, kind, (InputSlice(image, relative_name(path, root)),))
     if kind == "dicom":
         from mriscan.dicom import read_dicom
 

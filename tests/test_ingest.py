@@ -41,6 +41,34 @@ def test_ingest_then_resume_adds_nothing(class_folder, tmp_path):
     assert verify_store(store) == []
 
 
+def test_a_file_name_that_is_not_utf8_is_stored_escaped_and_recognised(class_folder, tmp_path):
+    """A Latin-1 file name (bytes that are not UTF-8) used to crash the commit after every
+    file was decoded; it is stored as \\xNN text and a re-ingest recognises the file."""
+    import os
+
+    os.rename(
+        class_folder / "yes" / "yes1.png",
+        os.fsdecode(bytes(class_folder / "yes") + b"/caf\xe9.png"),
+    )
+    store = tmp_path / "s.zarr"
+    first = ingest(class_folder, store, SMALL)
+    assert first.added == {"no": 6, "yes": 6}
+    with ImageStore.open(store) as st:
+        assert "yes/caf\\xe9.png" in {r.source for r in st.index.records}
+    again = ingest(class_folder, store, SMALL)
+    assert again.n_added == 0 and again.already_stored == 12
+    assert verify_store(store) == []
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_refused_before_reading(class_folder, tmp_path):
+    import os
+
+    os.rename(class_folder / "no", os.fsdecode(bytes(class_folder) + b"/n\xf6"))
+    with pytest.raises(EmptyDatasetError, match=r"n\\xf6/ under .* not valid UTF-8.*[Rr]ename"):
+        ingest(class_folder, tmp_path / "s.zarr", SMALL)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def _add_bad_files(folder):
     (folder / "yes" / "empty.jpg").write_bytes(b"")
     (folder / "yes" / "notes.jpg").write_text("not an image")
