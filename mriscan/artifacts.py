@@ -535,6 +535,19 @@ class ModelCard:
             return self.class_names[1] if float(probs[1]) >= thr else self.class_names[0]
         return self.class_names[int(max(range(len(probs)), key=lambda k: probs[k]))]
 
+    def decision_text(self, probs: Any, threshold: float | None = None) -> str:
+        """Why ``decide`` gave its class, for a person: two classes, the positive class's
+        probability against the threshold (``"P(yes) = 0.536 < threshold 0.540"``), since
+        the threshold is rarely 0.5 and "P(no) = 0.46, predicted no" reads as a contradiction
+        without it; more classes, ``"most probable of K classes"``."""
+        if len(self.class_names) == 2:
+            thr = self.threshold if threshold is None else threshold
+            p = float(probs[1])
+            return (
+                f"P({self.class_names[1]}) = {p:.3f} {'≥' if p >= thr else '<'} threshold {thr:.3f}"
+            )
+        return f"most probable of {len(self.class_names)} classes"
+
     @property
     def binary(self) -> bool:
         """True for a two-class (sigmoid) model."""

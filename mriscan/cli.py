@@ -1748,7 +1748,7 @@ def explain(
             dcm = f" and {r['dicom']}" if r.get("dicom") else ""
             click.echo(
                 f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
-                f"{r['label']} → {r['png']}{dcm}"
+                f"{r['label']} ({r['decision']}) → {r['png']}{dcm}"
             )
     if not show_paths and any(r.get("level") == "file" for r in [*unused, *results]):
         click.echo(_PSEUDONYM_HINT, err=True)

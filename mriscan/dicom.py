@@ -560,6 +560,30 @@ def _order_key(s: DicomSlice) -> tuple:
     )
 
 
+def read_header(path: str | os.PathLike[str]) -> pydicom.Dataset:
+    """The header of a DICOM file (``pydicom.dcmread`` with ``stop_before_pixels``), for the
+    files mriscan writes into a source's study (``--dicom-out``).
+
+    A Part 10 file is read as it is; a bare data set without the 128-byte preamble and file
+    meta information (``mriscan.io.looks_like_dicom_dataset``), which ingest and predict read
+    too, with ``force=True`` as pydicom reads such files.
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError
+        The file is neither.
+    OSError
+        It cannot be read.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        with open(path, "rb") as fh:
+            if not looks_like_dicom_dataset(fh.read(256)):
+                raise
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+
 def _dcmread(path: Path) -> pydicom.Dataset:
     """``pydicom.dcmread`` with its failures turned into mriscan errors.
 

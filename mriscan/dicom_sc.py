@@ -147,13 +147,15 @@ def write_secondary_capture(
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    from mriscan.dicom import read_header
+
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise SecondaryCaptureError(
             f"the overlay must be an (H, W, 3) uint8 array; got {rgb.shape} {rgb.dtype}"
         )
     try:
-        ref = pydicom.dcmread(source, stop_before_pixels=True)
+        ref = read_header(source)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise SecondaryCaptureError(f"cannot read the source's DICOM header ({exc})") from exc
     if not ref.get("StudyInstanceUID") or not ref.get("SOPInstanceUID"):

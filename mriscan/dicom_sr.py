@@ -148,8 +148,10 @@ def pooling_code(k: int) -> Any:
 def _read_header(path: Path) -> Any:
     import pydicom
 
+    from mriscan.dicom import read_header
+
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return read_header(path)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise StructuredReportError(f"cannot read a source's DICOM header ({exc})") from exc
 

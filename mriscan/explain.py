@@ -383,8 +383,9 @@ def explain(
     ``explain_class``: the class whose evidence is shown (default: the predicted class; for a
     two-class model the map is always that of the positive class's output, which rises with
     the evidence for it). Returns per explained slice ``path``, ``probability`` (of the
-    explained class), ``explained_class``, ``label``, ``png``, ``cam_peak`` ((row, col) of the
-    map's maximum in the S×S model input) or ``error``.
+    explained class), ``explained_class``, ``label``, ``decision`` (why that label:
+    ``ModelCard.decision_text``, e.g. the threshold it was compared with), ``png``, ``cam_peak``
+    ((row, col) of the map's maximum in the S×S model input) or ``error``.
 
     Image PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` is
     ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest and predict read
@@ -482,11 +483,12 @@ def explain(
         prob = float(probs[k])
         if explain_class is not None:  # runs for different classes must not overwrite
             png_name = png_name.replace(f"_{method}.png", f"_{explain_class}_{method}.png")
+        why = card.decision_text(probs)
         png = save_overlay(
             img,
             cam,
             out / png_name,
-            title=f"{name}: P({target}) = {prob:.2f}; predicted {label}",
+            title=f"{name}: P({target}) = {prob:.2f}; predicted {label} ({why})",
             method=method,
         )
         row = {
@@ -494,6 +496,7 @@ def explain(
             "probability": prob,
             "explained_class": target,
             "label": label,
+            "decision": why,
             "png": str(png),
             "cam_peak": _peak(cam),
             "error": "",
@@ -594,15 +597,15 @@ def _new_series(
     method and the class explained, so a rerun files into the same series (and, with the
     instance UIDs ``write_secondary_capture`` derives, replaces its objects) instead of adding
     one series per run."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import generate_uid
 
+    from mriscan.dicom import read_header
     from mriscan.dicom_sc import SCSeries
     from mriscan.readers import file_sha256
 
     try:
-        head = pydicom.dcmread(source, stop_before_pixels=True)
+        head = read_header(source)
         number = int(head.get("SeriesNumber") or 0)
         series_uid = str(head.get("SeriesInstanceUID") or source)
     except (OSError, InvalidDicomError, ValueError, TypeError):

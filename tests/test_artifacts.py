@@ -134,3 +134,17 @@ def test_file_hashing_has_one_definition():
     assert mriscan.artifacts.file_sha256 is mriscan.readers.file_sha256
     path = root / "errors.py"
     assert mriscan.readers.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_decision_text_states_the_threshold_or_the_rule():
+    card = ModelCard(
+        preprocess=PreprocessConfig(size=32), class_names=("no", "yes"), threshold=0.605
+    )
+    assert card.decide([0.6, 0.4]) == "no"
+    assert card.decision_text([0.6, 0.4]) == "P(yes) = 0.400 < threshold 0.605"
+    assert card.decision_text([0.3, 0.7]) == "P(yes) = 0.700 ≥ threshold 0.605"
+    assert card.decision_text([0.6, 0.4], threshold=0.3) == "P(yes) = 0.400 ≥ threshold 0.300"
+    three = ModelCard(
+        preprocess=PreprocessConfig(size=32), class_names=("a", "b", "c"), threshold=None
+    )
+    assert three.decision_text([0.2, 0.5, 0.3]) == "most probable of 3 classes"

@@ -569,3 +569,29 @@ def test_the_report_series_number_is_shown_and_a_missing_source_number_warned(
     (no_number,) = [ln for ln in lines if "(Series Number 8000)" in ln]
     assert no_number.endswith("; the source series has no Series Number: the report's is 8000")
     assert any("(Series Number 8004)" in ln for ln in lines)
+
+
+def test_a_series_of_bare_data_sets_gets_its_report(model_file, tmp_path):
+    """Files without the 128-byte preamble and file meta information are read by predict
+    (``force=True``); their series' report used to be skipped ("Use force=True")."""
+    import struct
+
+    import pydicom
+
+    from mriscan.predict import predict
+
+    root = tmp_path / "scans"
+    write_dicom_series(root / "T1", phantom_volume(1, n_slices=3, canvas=32),
+                       patient=FakePatient(), series_number=3)  # fmt: skip
+    for f in (root / "T1").iterdir():
+        raw = f.read_bytes()
+        (meta_len,) = struct.unpack("<I", raw[140:144])
+        f.write_bytes(raw[144 + meta_len :])
+        assert not pydicom.misc.is_dicom(f)
+    out = tmp_path / "sr"
+    rows = predict(model_file, [root], output=tmp_path / "p.csv", dicom_out=out)
+    (series,) = [r for r in rows if r.get("level") == "series"]
+    assert not series.get("dicom_skipped"), series.get("dicom_skipped")
+    ds = pydicom.dcmread(series["dicom"])
+    source = pydicom.dcmread(next((root / "T1").iterdir()), force=True)
+    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.Modality == "SR"

@@ -124,6 +124,10 @@ def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_p
         "c__scan__xff_layercam.png",
     ]
     assert results[2]["path"].endswith("scan_\\xff.png")  # printable, valid UTF-8
+    # the label's reason states the threshold (0.5 on this card), "P(no) = 0.46, predicted no"
+    # alone reads as a contradiction when the threshold is not 0.5
+    for r in results:
+        assert r["decision"].startswith("P(yes) = ") and "threshold 0.500" in r["decision"]
 
 
 def test_explain_cli_without_images_or_readable_images_exits_1(model_file, tmp_path):
