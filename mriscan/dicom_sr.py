@@ -156,6 +156,32 @@ def _read_header(path: Path) -> Any:
         raise StructuredReportError(f"cannot read a source's DICOM header ({exc})") from exc
 
 
+def _source_image(hd: Any, ds: Any, frames: list[int], notes: list[str]) -> Any:
+    """The SR's reference to one source file and the 0-based ``frames`` of it that were scored.
+
+    A multi-frame file is referenced with its frame numbers (1-based). A file whose SOP class
+    has no frames in its IOD (a legacy MR Image Storage object) but whose header states
+    Number of Frames > 1, as some converters write, cannot be: highdicom refuses frame numbers
+    for it (``TypeError``), as the standard has none for that class. It is referenced as a
+    whole and ``notes`` gets a line saying which frames were scored, so the report stays
+    exact about its evidence.
+    """
+    from_image = hd.sr.SourceImageForMeasurementGroup.from_source_image
+    if int(ds.get("NumberOfFrames", 1) or 1) <= 1:
+        return from_image(ds)
+    try:
+        return from_image(ds, referenced_frame_numbers=[f + 1 for f in frames])
+    except TypeError as exc:
+        if "multi-frame" not in str(exc):
+            raise
+    notes.append(
+        f"instance {ds.SOPInstanceUID} (SOP class {ds.SOPClassUID}, whose IOD has no frames) "
+        f"states {int(ds.NumberOfFrames)} frames; frame(s) "
+        f"{', '.join(str(f + 1) for f in frames)} scored; referenced as a whole"
+    )
+    return from_image(ds)
+
+
 def write_series_report(
     sources: Sequence[SRSource],
     row: Mapping[str, Any],
@@ -339,6 +365,11 @@ def _write_series_report(
         f"label {label}",
         *(f"p_{n} {probs[n]!r}" for n in names),
     ]  # fmt: skip
+    frame_notes: list[str] = []
+    try:
+        source_items = [_source_image(hd, ds, fr, frame_notes) for ds, fr in headers]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StructuredReportError(f"highdicom refused a source image ({exc})") from exc
     sop_uid = generate_uid(entropy_srcs=["mriscan SR instance", *identity, *content])
     series_uid = generate_uid(entropy_srcs=["mriscan SR series", *identity])
     algorithm = hd.sr.AlgorithmIdentification(
@@ -348,19 +379,11 @@ def _write_series_report(
         # others only"; counts only, no file names): a reader of the report must see that the
         # finding rests on part of the series
         parameters=[decision, pooling, "classes: " + ", ".join(names)]
-        + ([f"note: {row['warning']}"] if row.get("warning") else []),
+        + ([f"note: {row['warning']}"] if row.get("warning") else [])
+        + [f"note: {n}" for n in frame_notes],
         manufacturer=MANUFACTURER,
     )
     try:
-        source_items = [
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(
-                ds,
-                referenced_frame_numbers=[f + 1 for f in fr]
-                if int(ds.get("NumberOfFrames", 1) or 1) > 1
-                else None,
-            )
-            for ds, fr in headers
-        ]
         evaluations = []
         if len(names) > 2 and getattr(card, "healthy", None) is not None:
             present = codes.SCT.Absent if label == card.healthy else codes.SCT.Present

@@ -595,3 +595,27 @@ def test_a_series_of_bare_data_sets_gets_its_report(model_file, tmp_path):
     ds = pydicom.dcmread(series["dicom"])
     source = pydicom.dcmread(next((root / "T1").iterdir()), force=True)
     assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.Modality == "SR"
+
+
+def test_a_legacy_mr_file_stating_frames_gets_a_report_naming_the_frames(model_file, tmp_path):
+    """MR Image Storage has no frames in its IOD; a converter's file of that class stating
+    Number of Frames 3 made highdicom refuse the report. It is referenced as a whole and the
+    frames scored are stated."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    root = tmp_path / "scans"
+    write_dicom_series(root / "MF", phantom_volume(2, n_slices=3, canvas=32),
+                       patient=FakePatient(), multiframe=True, seed=5, series_number=4)  # fmt: skip
+    (f,) = (root / "MF").iterdir()
+    ds = pydicom.dcmread(f)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.save_as(f)
+    rows = predict(model_file, [root], output=tmp_path / "p.csv", dicom_out=tmp_path / "sr")
+    (series,) = [r for r in rows if r.get("level") == "series"]
+    assert not series.get("dicom_skipped"), series.get("dicom_skipped")
+    sr = pydicom.dcmread(series["dicom"])
+    texts = [i.TextValue for i in _walk(sr.ContentSequence) if "TextValue" in i]
+    (note,) = [t for t in texts if "referenced as a whole" in t]
+    assert "states 3 frames; frame(s) 1, 2, 3 scored" in note and ds.SOPInstanceUID in note
