@@ -17,7 +17,9 @@ refuses them instead.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from mriscan.errors import (
     UnreadableFileError,
     UnsupportedFormatError,
 )
+from mriscan.io import one_line
 from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
 from mriscan.scan_config import NIFTI_PLANES, NiftiConfig
 
@@ -141,6 +144,74 @@ def _check_header_size(path: Path) -> None:
         )
 
 
+def _check_header_fields(path: Path) -> None:
+    """Refuse a header whose dim or voxel offset cannot describe the file, naming the field.
+
+    nibabel tells the byte order by dim[0] (1-7): a dim[0] out of range makes it read the
+    header byte-swapped and then blame the voxel offset; a negative or huge dim[i] surfaces
+    only when the voxels are read, as numpy's "memory mapped length must be positive" or
+    "Expected 7200000 bytes". Fields as in the NIfTI-1 header (nifti1.h: ``dim`` int16[8]
+    at byte 40, ``datatype`` int16 at 70, ``bitpix`` int16 at 72, ``vox_offset`` float32 at
+    108) and NIfTI-2 (nifti2.h: ``datatype`` int16 at 12, ``bitpix`` int16 at 14, ``dim``
+    int64[8] at 16, ``vox_offset`` int64 at 168); data type codes as nibabel knows them. A file too
+    short to hold its header is left to nib.load, which names it.
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as fh:
+            head = fh.read(_HEADER_SIZES[1])
+    except Exception:  # unreadable or a broken .gz: nib.load names the problem below
+        return
+    if len(head) < _HEADER_SIZES[0]:
+        return
+    order = next((o for o in "<>" if int(np.frombuffer(head[:4], o + "i4")[0]) == 348), None)
+    two = order is None
+    order = order or next(
+        (o for o in "<>" if int(np.frombuffer(head[:4], o + "i4")[0]) == 540), "<"
+    )
+    if two and len(head) < _HEADER_SIZES[1]:
+        return
+    if two:
+        dim = np.frombuffer(head[16:80], order + "i8").tolist()
+        code = int(np.frombuffer(head[12:14], order + "i2")[0])
+        bitpix = int(np.frombuffer(head[14:16], order + "i2")[0])
+        offset = float(np.frombuffer(head[168:176], order + "i8")[0])
+    else:
+        dim = np.frombuffer(head[40:56], order + "i2").tolist()
+        code = int(np.frombuffer(head[70:72], order + "i2")[0])
+        bitpix = int(np.frombuffer(head[72:74], order + "i2")[0])
+        offset = float(np.frombuffer(head[108:112], order + "f4")[0])
+    fix = "export the volume again (the header is damaged)"
+    if not 1 <= dim[0] <= 7:
+        raise CorruptImageError(
+            path,
+            f"broken NIfTI header: dim[0] (the number of axes) is {dim[0]}, must be 1 to 7; {fix}",
+        )
+    sizes = dim[1 : dim[0] + 1]
+    if bad := [(i + 1, n) for i, n in enumerate(sizes) if n < 0]:
+        i, n = bad[0]
+        raise CorruptImageError(
+            path, f"broken NIfTI header: dim[{i}] (the size of axis {i}) is {n}, negative; {fix}"
+        )
+    if code not in nib.nifti1.data_type_codes.code:
+        raise CorruptImageError(
+            path, f"broken NIfTI header: datatype {code} is no NIfTI data type code; {fix}"
+        )
+    if path.name.lower().endswith(".gz") or 0 in sizes or bitpix <= 0:
+        return  # sizes of 0 and data types: _read_volume and nib.load name them
+    need = int(offset) + math.prod(sizes) * bitpix // 8
+    have = path.stat().st_size
+    if need > have:
+        shape = "×".join(map(str, sizes))
+        raise CorruptImageError(
+            path,
+            f"the header states {shape} voxels of {bitpix} bits from byte {int(offset)} "
+            f"({need:,} bytes in all), but the file holds {have:,} bytes: it is truncated (copy "
+            "it again) or its dim or vox_offset field is wrong",
+        )
+
+
 def read_nifti(
     path: str | os.PathLike[str],
     *,
@@ -183,6 +254,7 @@ def read_nifti(
     key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
     volume = salted_hash(salt, "volume", key)
     _check_header_size(path)
+    _check_header_fields(path)
     img, stream = _open_gzipped(path)
     try:
         if img is None:
@@ -268,7 +340,15 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     try:
         raw = np.asanyarray(img.dataobj)  # in the file's voxel order (a memmap for .nii)
     except Exception as exc:  # truncated data: ValueError/EOFError/zlib.error
-        raise CorruptImageError(path, f"voxel data cannot be read ({exc})") from exc
+        if m := re.search(r"Expected (\d+) bytes, got (\d+) bytes", str(exc)):
+            need, got = int(m[1]), int(m[2])
+            raise CorruptImageError(
+                path,
+                f"the header states {'×'.join(map(str, full))} voxels ({need:,} bytes of voxel "
+                f"data), but the file holds {got:,}: it is truncated (copy it again) or its "
+                "dim or vox_offset field is wrong",
+            ) from exc
+        raise CorruptImageError(path, f"voxel data cannot be read ({one_line(str(exc))})") from exc
     if raw.dtype.kind == "c" or raw.dtype.fields is not None:
         raise UnsupportedFormatError(path, f"voxel type {raw.dtype} is not a real scalar")
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
