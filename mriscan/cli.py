@@ -539,8 +539,21 @@ def ingest(
         nifti=None if reader is None else reader.nifti,
         compress=cfg__compress,
     )
-    with _progress("ingesting") as progress:
-        report = run_ingest(raw_dir, store_path, cfg, progress=progress)
+    from mriscan.sources import is_store
+
+    existed = is_store(store_path)
+    try:
+        with _progress("ingesting") as progress:
+            report = run_ingest(raw_dir, store_path, cfg, progress=progress)
+    except KeyboardInterrupt:
+        # click would print only "Aborted!": say what became of the store
+        click.echo(
+            f"\nInterrupted: nothing of this run was committed; {display_path(store_path)} "
+            + ("holds what its last commit held." if existed else "was not created.")
+            + " Run the same command again to ingest.",
+            err=True,
+        )
+        ctx.exit(130)
     _print_ingest(report)
 
 
@@ -566,10 +579,15 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 def _print_ingest(report) -> None:
     """Print an ingest summary."""
     added = ", ".join(f"{k}: {v}" for k, v in report.added.items())
-    click.echo(f"Store {report.store}: added {report.n_added} ({added}); {report.total} in total.")
+    # samples are slices (a DICOM file or NIfTI volume gives several); the duplicate and
+    # already-stored counts are of files: each number says which it counts
     click.echo(
-        f"  exact duplicates recorded: {report.exact_duplicates}; already stored: "
-        f"{report.already_stored}; split groups (near-duplicates joined with patients, "
+        f"Store {report.store}: added {report.n_added} slice(s) ({added}); "
+        f"{report.total} slice(s) in total."
+    )
+    click.echo(
+        f"  files: exact duplicates recorded {report.exact_duplicates}; already stored "
+        f"{report.already_stored}. Split groups (near-duplicates joined with patients, "
         f"volumes, manifest groups): {report.duplicate_groups}"
     )
     from mriscan.store import ImageStore

@@ -439,12 +439,29 @@ def ingest(
                     # those series refused before any file is read (header-only check)
                     series_errors = check_series_sizes([j.path for j in jobs if j.kind == "dicom"])
                     store = ImageStore.open(store_path, mode="a")
-    except BaseException:
+    except BaseException as exc:
         if created:
             _remove_store(store_path)
+        elif isinstance(exc, KeyboardInterrupt):
+            _drop_uncommitted(store_path)
         raise
     log.info("ingest added %d samples to %s in %.1fs", report.n_added, store_path, report.seconds)
     return report
+
+
+def _drop_uncommitted(store_path: str | os.PathLike[str]) -> None:
+    """After an interrupted run (Ctrl-C), remove what it wrote past the committed end, as the
+    next writer would (``ImageStore.open(mode="a")`` trims): the store is left exactly as its
+    last commit, with no ``write.pending``. A failure here is logged, not raised over the
+    interrupt: the next writer trims the rows all the same."""
+    from mriscan.store import ImageStore
+
+    try:
+        ImageStore.open(store_path, mode="a").close()
+    except Exception as exc:  # e.g. another writer took the lock meanwhile
+        log.warning(
+            "could not tidy %s after the interrupt (%s); the next ingest will", store_path, exc
+        )
 
 
 # (topic, store) pairs already warned about in this process: a store's lasting condition is

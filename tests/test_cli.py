@@ -14,6 +14,42 @@ from mriscan.cli import main
 from mriscan.metrics import THRESHOLD_RULE_TEXT
 
 
+def test_an_interrupted_ingest_says_so_and_leaves_the_store_as_committed(
+    class_folder, tmp_path, monkeypatch
+):
+    """Ctrl-C used to print click's bare "Aborted!" and leave write.pending and rows past the
+    committed end for the next writer to trim."""
+    import numpy as np
+    from PIL import Image
+
+    from mriscan.store import ImageStore, verify_store
+
+    store = tmp_path / "s.zarr"
+    args = ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    for i in range(3):
+        Image.fromarray(np.full((40, 40), 40 * i + 20, np.uint8)).save(
+            class_folder / "no" / f"n{i}.png"
+        )
+    real = ImageStore.append
+
+    def append_then_interrupt(self, *a, **k):
+        real(self, *a, **k)  # rows past the committed end, write.pending written
+        assert (store / "write.pending").exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageStore, "append", append_then_interrupt)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 130 and "Aborted!" not in r.output
+    assert "Interrupted: nothing of this run was committed" in r.output
+    assert "holds what its last commit held" in r.output
+    monkeypatch.undo()
+    assert not (store / "write.pending").exists()
+    with ImageStore.open(store) as st:
+        assert len(st) == 12
+    assert verify_store(store) == []
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
@@ -51,7 +87,7 @@ def test_ingest_verify_info(class_folder, tmp_path):
         main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
     )
     assert r.exit_code == 0, r.output
-    assert "added 12 (no: 6, yes: 6); 12 in total" in r.output
+    assert "added 12 slice(s) (no: 6, yes: 6); 12 slice(s) in total" in r.output
     r = runner.invoke(
         main, ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
     )
