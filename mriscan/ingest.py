@@ -37,7 +37,13 @@ from mriscan.duplicates import (
 )
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
-from mriscan.io import check_label_case, relative_name, scan_class_folders, scan_manifest
+from mriscan.io import (
+    UNLISTED_FOLDER,
+    check_label_case,
+    relative_name,
+    scan_class_folders,
+    scan_manifest,
+)
 from mriscan.keys import (
     KEY_FILE_ENV,
     KeyMismatchError,
@@ -738,7 +744,7 @@ def _run(
         by_fid.setdefault(r.file_id, []).append(r)
 
     # 1. deleted files (not when a folder could not be listed: its files would look deleted)
-    if problems:
+    if any(why.startswith(UNLISTED_FOLDER) for _, why in problems):
         notes.append(
             "deleted files were not looked for: some folders could not be listed (see above)"
         )

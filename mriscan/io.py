@@ -8,7 +8,7 @@ import io
 import os
 import re
 import struct
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -568,8 +568,9 @@ class ClassListing:
     """The input files of each class folder, and everything below them that is not used.
 
     ``classes`` maps each class name (sorted) to its ``SourceFile`` list (sorted by path);
-    ``unreadable`` lists ``(folder, reason)`` for every sub-folder that could not be listed (its
-    files are not in ``classes``: the caller must say so, never skip them silently);
+    ``unreadable`` lists ``(path, reason)`` for every sub-folder that could not be listed (its
+    files are not in ``classes``: the caller must say so, never skip them silently; the reason
+    starts with ``UNLISTED_FOLDER``) and every broken symbolic link (with its target);
     ``unused`` lists every other file that is not an input (``UnusedFile``: files of no input
     kind with the reason, and hidden files and folders marked ``hidden``), sorted by path.
     """
@@ -687,7 +688,8 @@ def scan_class_folders(
                     "delete the duplicate folders."
                 )
         hidden: list[UnusedFile] = []
-        _classify_all(sorted(_iter_files(sub, errors, hidden)), found, unused)
+        others = {os.path.realpath(o): o.name for o in subs if o != sub}
+        _classify_all(sorted(_iter_files(sub, errors, hidden, others)), found, unused)
         unused += hidden
         classes[sub.name] = found
         unreadable += sorted(set(errors))
@@ -764,20 +766,30 @@ def _class_like_children(folder: Path, names: set[str] | None) -> list[str]:
     return sorted(kids) if names is None else sorted(k for k in kids if k.lower() in names)
 
 
+#: how a folder that cannot be listed is reported (``ClassListing.unreadable``): its files
+#: are unknown, so callers must not take them for deleted
+UNLISTED_FOLDER = "folder cannot be listed"
+
+
 def _walk_error(exc: OSError) -> tuple[Path, str]:
-    return Path(exc.filename or "?"), f"folder cannot be listed ({exc.strerror or exc})"
+    return Path(exc.filename or "?"), f"{UNLISTED_FOLDER} ({exc.strerror or exc})"
 
 
 def _iter_files(
-    folder: Path, errors: list | None = None, hidden: list | None = None
+    folder: Path,
+    errors: list | None = None,
+    hidden: list | None = None,
+    classes: Mapping[str, str] | None = None,
 ) -> Iterator[Path]:
     """Yield every non-hidden file below ``folder`` (recursively), following symbolic links to
     folders as to files (a linked series folder is data like any other).
 
-    Folders that cannot be listed are appended to ``errors`` as ``(folder, reason)`` when given;
-    hidden files and folders (names starting with ".") to ``hidden`` as ``UnusedFile`` (a hidden
-    folder once, not its contents) when given, and so are empty folders, links to a folder
-    above (a loop) and links to a folder already listed (a second path to it: read once).
+    Folders that cannot be listed, and broken symbolic links (named with their target), are
+    appended to ``errors`` as ``(path, reason)`` when given; hidden files and folders (names
+    starting with ".") to ``hidden`` as ``UnusedFile`` (a hidden folder once, not its
+    contents) when given, and so are empty folders, links to a folder above (a loop), links to
+    a folder already listed (a second path to it: read once) and links into another class
+    folder (``classes``: real path -> class name; its files are that class's, and read there).
     """
     onerror = None if errors is None else (lambda e: errors.append(_walk_error(e)))
     top = os.path.realpath(folder)
@@ -795,16 +807,32 @@ def _iter_files(
             if real in seen:
                 _note(hidden, Path(dirpath) / d, "link to a folder already listed: read once")
                 continue
+            into = next((n for r, n in (classes or {}).items() if _within(real, r)), None)
+            if into is not None:
+                _note(hidden, Path(dirpath) / d,
+                      f"link into class folder {into}/: its files are read there, as {into!r}, "
+                      "not again under this class")  # fmt: skip
+                continue
             seen.add(real)
             keep.append(d)
         dirnames[:] = keep
         if not dirnames and not filenames and Path(dirpath) != Path(folder):
             _note(hidden, Path(dirpath), "empty folder: nothing to read")
         for name in filenames:
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+            path = Path(dirpath) / name
+            if name.startswith("."):
+                _note(hidden, path, "hidden file (its name starts with '.')")
+            elif errors is not None and os.path.islink(path) and not os.path.exists(path):
+                target = display_path(os.readlink(path))
+                errors.append((path, f"broken symbolic link: it points to {target}, which does "
+                               "not exist; fix the link or delete it"))  # fmt: skip
             else:
-                _note(hidden, Path(dirpath) / name, "hidden file (its name starts with '.')")
+                yield path
+
+
+def _within(path: str, folder: str) -> bool:
+    """True if the real path ``path`` is ``folder`` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _note(hidden: list | None, path: Path, reason: str) -> None:

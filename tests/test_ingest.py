@@ -69,6 +69,21 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_before_reading(class_fo
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_broken_link_is_named_and_deleted_files_are_still_retired(class_folder, tmp_path):
+    """Only a folder that cannot be listed stops the search for deleted files (its files are
+    unknown); a broken link is named, and a file deleted beside it is retired."""
+    import os
+
+    store = tmp_path / "s.zarr"
+    ingest(class_folder, store, SMALL)
+    (class_folder / "no" / "no0.jpg").unlink()
+    os.symlink("gone.png", class_folder / "no" / "link.png")
+    report = ingest(class_folder, store, SMALL)
+    assert report.removed == 1 and report.total == 11
+    assert "broken symbolic link: it points to gone.png" in dict(report.skipped)["no/link.png"]
+    assert not any("not looked for" in n for n in report.notes)
+
+
 def _add_bad_files(folder):
     (folder / "yes" / "empty.jpg").write_bytes(b"")
     (folder / "yes" / "notes.jpg").write_text("not an image")

@@ -154,6 +154,24 @@ def test_list_class_folders(class_folder, tmp_path):
         list_class_folders(tmp_path / "one")
 
 
+def test_links_into_another_class_and_broken_links_are_named(class_folder, tmp_path):
+    """A folder link in yes/ pointing at no/ was read as yes too, and every file in it was
+    reported as a label conflict; a broken link was "cannot read file (No such file...)"."""
+    import os
+
+    from mriscan.io import UNLISTED_FOLDER, scan_class_folders
+
+    os.symlink("../no", class_folder / "yes" / "other")
+    os.symlink("/nonexistent/x.jpg", class_folder / "yes" / "broken.jpg")
+    listing = scan_class_folders(class_folder)
+    assert {len(v) for v in listing.classes.values()} == {6}  # nothing read twice
+    (why,) = [u.reason for u in listing.unused if u.path.name == "other"]
+    assert "link into class folder no/" in why and "read there, as 'no'" in why
+    ((path, reason),) = listing.unreadable
+    assert path.name == "broken.jpg" and "broken symbolic link" in reason
+    assert "/nonexistent/x.jpg" in reason and not reason.startswith(UNLISTED_FOLDER)
+
+
 def test_one_class_folder_is_for_evaluate_only(class_folder, tmp_path):
     """Tester 16 finding 6: evaluate lists a folder of one class (a tumor-only collection);
     by default (ingest, train, cv) it is refused with the same message as before. The parent
