@@ -239,11 +239,13 @@ def read_nifti(
     Raises
     ------
     CorruptImageError
-        Broken header, truncated data, zero-size or blank volume, unusable affine.
+        Broken header, truncated data, zero-size or blank volume, every voxel NaN or
+        infinite, unusable affine.
     UnsupportedFormatError
-        Not 3-D or 4-D (a file of more axes is read as 4-D when its axes past the 4th have
-        length 1, and refused otherwise: NIfTI's 5th axis holds several values per voxel,
-        e.g. vector components, not more volumes), or 4-D with ``four_d="refuse"``.
+        Not 2-D (one slice, read as X×Y×1), 3-D or 4-D (a file of more axes is read as 4-D
+        when its axes past the 4th have length 1, and refused otherwise: NIfTI's 5th axis
+        holds several values per voxel, e.g. vector components, not more volumes), or 4-D
+        with ``four_d="refuse"``.
     UnreadableFileError
     """
     cfg = config if config is not None else NiftiConfig()
@@ -310,8 +312,10 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     shape = full
     while len(shape) > 4 and shape[-1] == 1:
         shape = shape[:-1]
-    if len(shape) < 3:
-        raise UnsupportedFormatError(path, f"expected a 3-D or 4-D volume, got shape {full}")
+    if len(shape) < 2:
+        raise UnsupportedFormatError(
+            path, f"expected a 2-D slice or a 3-D or 4-D volume, got shape {full}"
+        )
     if len(shape) > 4:
         raise UnsupportedFormatError(
             path,
@@ -351,7 +355,13 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
         raise CorruptImageError(path, f"voxel data cannot be read ({one_line(str(exc))})") from exc
     if raw.dtype.kind == "c" or raw.dtype.fields is not None:
         raise UnsupportedFormatError(path, f"voxel type {raw.dtype} is not a real scalar")
-    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+    if len(shape) == 2:  # one slice saved without its third axis: read as (X, Y, 1)
+        raw = raw[..., None]
+    if raw.dtype.kind == "f" and not (finite := np.isfinite(raw)).all():
+        if not finite.any():
+            raise CorruptImageError(
+                path, "every voxel is NaN or infinite: there is no image to read; export it again"
+            )
         raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
     if raw.dtype.kind == "b":
         raw = raw.astype(np.uint8)

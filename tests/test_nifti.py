@@ -195,6 +195,27 @@ def test_a_big_endian_volume_passes_the_header_checks(tmp_path, stack):
         np.testing.assert_array_equal(x.image, y.image)
 
 
+def test_a_2d_slice_is_read_as_a_volume_of_one_slice(tmp_path):
+    """A single slice saved as a 2-D NIfTI (dim[0] = 2) was refused while the same slice
+    saved as X×Y×1 was read."""
+    img = (np.random.default_rng(1).random((24, 20)) * 1000).astype(np.int16)
+    img[6:18, 5:15] += 2000
+    nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "flat.nii")
+    nib.save(nib.Nifti1Image(img[..., None], np.eye(4)), tmp_path / "one.nii")
+    (a,), (b,) = (read_nifti(tmp_path / n, salt=SALT).slices for n in ("flat.nii", "one.nii"))
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.image.shape == (20, 24)
+    nib.save(nib.Nifti1Image(img[:, 0], np.eye(4)), tmp_path / "line.nii")
+    with pytest.raises(UnsupportedFormatError, match="expected a 2-D slice or a 3-D or 4-D"):
+        read_nifti(tmp_path / "line.nii", salt=SALT)
+
+
+def test_an_all_nan_volume_is_named_so_not_blank(tmp_path):
+    nib.save(nib.Nifti1Image(np.full((4, 5, 3), np.nan, np.float32), np.eye(4)), tmp_path / "n.nii")
+    with pytest.raises(CorruptImageError, match="every voxel is NaN or infinite"):
+        read_nifti(tmp_path / "n.nii", salt=SALT)
+
+
 def test_zero_size_and_blank_volumes(tmp_path):
     empty = tmp_path / "empty.nii"
     nib.save(nib.Nifti1Image(np.zeros((4, 0, 3), np.int16), np.eye(4)), empty)
