@@ -243,12 +243,14 @@ class DicomRead:
     data"``, for objects whose pixel data are no scan (segmentations, RT dose grids) ``"not an
     image: <SOP class> (...)"``; ``slices`` is then empty. ``excluded`` is set (and ``slices``
     empty) for an image of a modality ``DicomConfig.modalities`` does not read, with the reason.
+    ``note``: what was read otherwise than the header says (``BLANKING_WINDOW_NOTE``), or "".
     """
 
     path: Path
     slices: tuple[DicomSlice, ...]
     skipped: str | None = None
     excluded: str | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -413,7 +415,8 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
     frames = arr.reshape(shape)
     ident = _identifiers(ds, salt)
     description = _safe_description(ds)
-    images, windows, rescales = _to_uint8(ds, frames, cfg, photometric)
+    notes: list[str] = []
+    images, windows, rescales = _to_uint8(ds, frames, cfg, photometric, notes)
     instance_number = _int_or_none(ds, "InstanceNumber")
     series_number = _int_or_none(ds, "SeriesNumber")
     slices = []
@@ -443,7 +446,7 @@ def _read_dataset(ds: pydicom.Dataset, path: Path, salt: bytes, cfg: DicomConfig
             rescale_intercept=intercept,
         )
         slices.append(DicomSlice(images[f], meta, path))
-    return DicomRead(path, tuple(slices))
+    return DicomRead(path, tuple(slices), note="; ".join(notes))
 
 
 class _HeaderValueError(ValueError):
@@ -1031,10 +1034,27 @@ def _header_window(ds: pydicom.Dataset, frame: int) -> tuple[float, float, str] 
     return c, w, fn
 
 
+#: ``DicomRead.note`` when a header window blanked frames and the percentile window was used
+BLANKING_WINDOW_NOTE = (
+    "the header's Window Center/Width ({center:g}/{width:g}) maps every pixel of {frames} "
+    "to one value (the pixel data lie outside it: a window for another rescaling or "
+    "contrast); the percentile window was used there instead"
+)
+
+
 def _to_uint8(
-    ds: pydicom.Dataset, frames: np.ndarray, cfg: DicomConfig, photometric: str
+    ds: pydicom.Dataset,
+    frames: np.ndarray,
+    cfg: DicomConfig,
+    photometric: str,
+    notes: list[str] | None = None,
 ) -> tuple[np.ndarray, list[Window], list[tuple[float, float]]]:
-    """Rescale + window every frame to uint8 (see ``DicomConfig``)."""
+    """Rescale + window every frame to uint8 (see ``DicomConfig``).
+
+    A header window that maps every pixel of a frame with contrast to one value (all black or
+    all white: the data lie outside it) is not used for that frame: the percentile window is,
+    and ``notes`` gets ``BLANKING_WINDOW_NOTE`` naming the frames, so the switch is reported
+    (ingest: "stored with a note") and recorded (the sample's window source "percentile")."""
     n = frames.shape[0]
     if photometric in _COLOUR:
         # ITU-R BT.601 luma, as Pillow's "L" (pydicom already converted YBR to RGB)
@@ -1054,6 +1074,7 @@ def _to_uint8(
     invert = photometric == "MONOCHROME1"
     windows: list[Window] = []
     pct = None
+    blanked: list[int] = []
     for f in range(n):
         slope, intercept = rescales[f]
         hdr = _header_window(ds, f) if cfg.use_header_window else None
@@ -1073,7 +1094,20 @@ def _to_uint8(
         out[f] = window_to_uint8(
             frames[f], window, slope=slope, intercept=intercept, invert=invert, center_width=cw
         )
+        if cw is not None and out[f].min() == out[f].max() and np.ptp(frames[f]) > 0:
+            blanked.append(f)
+            if pct is None:
+                pct = percentile_window(frames, cfg.window_percentiles)
+            a, b = pct[0] * slope + intercept, pct[1] * slope + intercept
+            window = Window("percentile", min(a, b), max(a, b))
+            out[f] = window_to_uint8(
+                frames[f], window, slope=slope, intercept=intercept, invert=invert
+            )
         windows.append(window)
+    if blanked and notes is not None:
+        c, w, _ = _header_window(ds, blanked[0])
+        where = "the slice" if n == 1 else f"frame(s) {', '.join(str(f + 1) for f in blanked)}"
+        notes.append(BLANKING_WINDOW_NOTE.format(center=c, width=w, frames=where))
     return out, windows, rescales
 
 

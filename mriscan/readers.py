@@ -421,7 +421,7 @@ def _read_input(
             from mriscan.dicom import MISSING_PATIENT_ID
 
             placeholder = MISSING_PATIENT_ID[r.slices[0].meta.group.split(":", 1)[0]][0]
-        return InputRead(path, kind, tuple(out), placeholder_id=placeholder)
+        return InputRead(path, kind, tuple(out), placeholder_id=placeholder, note=r.note)
     if kind == "nifti":
         from mriscan.nifti import read_nifti
 

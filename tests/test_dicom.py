@@ -158,6 +158,27 @@ def test_percentile_window_when_no_header_window(tmp_path, stack, use_header):
     assert np.abs(s.image.astype(int) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("center", [1e6, -1e6], ids=["above", "below"])
+def test_a_header_window_that_blanks_the_slice_gives_way_with_a_note(tmp_path, stack, center):
+    """A Window Center/Width that the pixel data lie wholly outside made an all-white or
+    all-black slice, stored with only a "uniform" warning; now the percentile window is
+    used for it, recorded as the window source and said in the read's note."""
+    from mriscan.readers import read_input
+
+    f = write_dicom_series(tmp_path, stack[2:3], window=(center, 10.0))[0]
+    s = read_dicom(f, salt=SALT, config=DicomConfig(window_percentiles=(1, 99))).slices[0]
+    assert s.meta.window_source == "percentile" and np.ptp(s.image) > 200
+    plain = write_dicom_series(tmp_path / "p", stack[2:3], window=None)[0]
+    ref = read_dicom(plain, salt=SALT, config=DicomConfig(window_percentiles=(1, 99))).slices[0]
+    np.testing.assert_array_equal(s.image, ref.image)
+    r = read_input(f, "dicom", salt=SALT, root=tmp_path)
+    assert "maps every pixel of the slice to one value" in r.note and f"{center:g}/10" in r.note
+    # a window the data fall inside is used as before, with no note
+    ok = write_dicom_series(tmp_path / "ok", stack[2:3], window=(1000.0, 2000.0))[0]
+    assert read_dicom(ok, salt=SALT).slices[0].meta.window_source == "header"
+    assert read_input(ok, "dicom", salt=SALT, root=tmp_path).note == ""
+
+
 def test_multiframe_gives_one_slice_per_frame(tmp_path, stack):
     single = write_dicom_series(tmp_path / "single", stack, window=(900, 1600))
     multi = write_dicom_series(tmp_path / "multi", stack, window=(900, 1600), multiframe=True)
