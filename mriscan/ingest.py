@@ -38,6 +38,7 @@ from mriscan.duplicates import (
 from mriscan.errors import BadFilesError, ConfigError
 from mriscan.ingest_config import IngestConfig
 from mriscan.io import (
+    EMPTY_FILE,
     UNLISTED_FOLDER,
     check_label_case,
     relative_name,
@@ -736,7 +737,7 @@ def _run(
     for j in jobs:
         j.file_id = fid(source, j.rel)
         if j.error is None and j.sha256 == _EMPTY_SHA256:  # not "the same bytes as" another
-            j.error = "empty file (0 bytes): nothing to read; export it again or remove it"
+            j.error = EMPTY_FILE
     present = {j.file_id for j in jobs}
     active = [r for r in records if r.active]
     by_fid: dict[str, list[SampleRecord]] = {}

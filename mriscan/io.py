@@ -28,8 +28,10 @@ from mriscan.errors import (
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DICOM_SUFFIXES",
+    "EMPTY_FILE",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
+    "UNLISTED_FOLDER",
     "ClassListing",
     "ManifestEntry",
     "ManifestListing",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
+#: the reason every command gives for a file of 0 bytes, whatever its kind
+EMPTY_FILE = "empty file (0 bytes): nothing to read; export it again or remove it"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _FORMATS = ("JPEG", "PNG", "MPO")  # MPO: multi-picture JPEG from some cameras
@@ -185,7 +189,7 @@ def decode_bytes(
     CorruptImageError, UnsupportedFormatError, ImageTooLargeError
     """
     if not data:
-        raise CorruptImageError(path, "file is empty (0 bytes); re-export or remove it")
+        raise CorruptImageError(path, EMPTY_FILE)
     stage = ["header"]
     try:
         return _decode_pillow(data, path, max_pixels, draft_size, stage)

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from mriscan.errors import ImageDecodeError, MixedSeriesError
+from mriscan.errors import CorruptImageError, ImageDecodeError, MixedSeriesError
 from mriscan.io import (
     DEFAULT_MAX_PIXELS,
+    EMPTY_FILE,
     SourceFile,
     UnusedFile,
     _classify_all,
@@ -373,6 +374,13 @@ def read_input(
         )
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:  # the reader names what is wrong with the file
+        return False
+
+
 def _read_input(
     path: Path, kind: str, *, salt: bytes, root, opts: ReadOptions, data: bytes | None
 ) -> InputRead:
@@ -382,6 +390,10 @@ def _read_input(
             data = path.read_bytes()
         image = decode_bytes(data, path, max_pixels=opts.max_pixels)
         return InputRead(path, kind, (InputSlice(image, relative_name(path, root)),))
+    if kind in ("dicom", "nifti") and (data == b"" or (data is None and _is_empty(path))):
+        # as a JPEG/PNG of 0 bytes is refused, and as ingest words it (not as each reader's
+        # own complaint about a missing header)
+        raise CorruptImageError(path, EMPTY_FILE)
     if kind == "dicom":
         from mriscan.dicom import read_dicom
 

@@ -76,7 +76,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_zero_byte_file(tmp_path):
     p = tmp_path / "empty.jpg"
     p.write_bytes(b"")
-    with pytest.raises(CorruptImageError, match=r"empty\.jpg: file is empty"):
+    with pytest.raises(CorruptImageError, match=r"empty\.jpg: empty file \(0 bytes\)"):
         decode_image(p)
 
 

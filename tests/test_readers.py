@@ -40,3 +40,14 @@ def test_file_sha256_apart_names_a_failing_child(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", "")
     with pytest.raises(RuntimeError, match=r"sys\.executable is not set"):
         file_sha256_apart([p])
+
+
+@pytest.mark.parametrize("name, kind", [("a.dcm", "dicom"), ("a.nii", "nifti"), ("a.png", "image")])
+def test_an_empty_file_of_any_kind_gets_the_one_reason_ingest_gives(tmp_path, name, kind):
+    """predict named an empty .dcm "no preamble ... 0 element(s)" and an empty .nii "broken
+    or truncated header (Empty file...)", where ingest said "empty file (0 bytes)"."""
+    from mriscan.io import EMPTY_FILE
+
+    (tmp_path / name).write_bytes(b"")
+    r = readers.read_input(tmp_path / name, kind, salt=b"s" * 32, root=tmp_path)
+    assert r.error == EMPTY_FILE and not r.slices
