@@ -164,7 +164,8 @@ def oversized_groups(
     class_names: Sequence[str],
     keys: Sequence[str] | None = None,
 ) -> list[str]:
-    """Describe the groups too large for a stratified split, one line each (empty: none).
+    """Describe the groups too large for a stratified split, one line each (empty: none);
+    groups joined alike and of one size share a line, with their count and class mixes.
 
     A group larger than half of the smallest part it could land in (``smallest_part``: e.g.
     0.15 for a 15% validation split, 1/k for k folds) cannot be placed without skewing that
@@ -191,8 +192,10 @@ def oversized_groups(
     labels = np.asarray(labels, np.int64).reshape(-1)
     _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     limit = 0.5 * smallest_part * labels.size
-    out = []
-    for g in np.flatnonzero(sizes > limit)[np.argsort(-sizes[sizes > limit])]:
+    # groups alike in what joined them and in size are said once, with a count: six volumes
+    # of 9 slices gave six identical lines that told the reader nothing more than one
+    alike: dict[tuple[str, int, str], list[str]] = {}
+    for g in np.flatnonzero(sizes > limit)[np.argsort(-sizes[sizes > limit], kind="stable")]:
         members = np.flatnonzero(inverse == g)
         mix = np.bincount(labels[members], minlength=len(class_names))
         classes = ", ".join(f"{n} {c}" for n, c in zip(class_names, mix, strict=False) if c)
@@ -205,11 +208,23 @@ def oversized_groups(
             if what is None or "near-duplicate" in what
             else ""
         )
+        alike.setdefault((joined, int(sizes[g]), audit), []).append(classes)
+    out = []
+    for (joined, size, audit), mixes in alike.items():
+        share = f"{size / labels.size:.0%}"
+        part = f"more than half of a {smallest_part:.0%} part"
+        if len(mixes) == 1:
+            out.append(
+                f"one split group ({joined}) holds {size} of {labels.size} slices ({share}: "
+                f"{mixes[0]}), {part}; it stays whole, so that part's size and class mix are "
+                f"skewed{audit}"
+            )
+            continue
+        counted = ", ".join(f"{m} ×{mixes.count(m)}" for m in dict.fromkeys(mixes))
         out.append(
-            f"one split group ({joined}) holds {sizes[g]} of {labels.size} slices "
-            f"({sizes[g] / labels.size:.0%}: {classes}), more than half of a "
-            f"{smallest_part:.0%} part; it stays whole, so that part's size and class mix are "
-            f"skewed{audit}"
+            f"{len(mixes)} split groups ({joined}) hold {size} of {labels.size} slices each "
+            f"({share} each; {counted}), each {part}; they stay whole, so those parts' sizes "
+            f"and class mixes are skewed{audit}"
         )
     return out
 

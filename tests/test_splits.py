@@ -143,6 +143,19 @@ def test_oversized_groups_are_described_and_small_ones_are_not():
     assert [line.split(" slices (")[0][-9:] for line in lines] == ["32 of 100", "30 of 100"]
 
 
+def test_oversized_groups_alike_share_one_line():
+    """Six volumes of 9 slices printed six identical warnings."""
+    labels = np.array([0] * 36 + [1] * 36)
+    keys = [f"volume:v{i // 9}" for i in range(72)]  # 8 volumes of 9 slices
+    groups = union_groups(np.arange(72), keys)
+    lines = oversized_groups(labels, groups, 0.15, ("no", "yes"), keys)
+    assert lines == [
+        "8 split groups (slices sharing one volume key) hold 9 of 72 slices each (12% each; "
+        "no 9 ×4, yes 9 ×4), each more than half of a 15% part; they stay whole, so those "
+        "parts' sizes and class mixes are skewed"
+    ]
+
+
 def test_oversized_groups_say_what_joined_them():
     """Tester 18: one patient's two series were described as "chains of look-alike slices of
     different patients". With the group keys: one patient's slices are said so (no audit
