@@ -254,6 +254,45 @@ def _base_dataset(
 NIFTI_ORIENTATIONS = ("RAS", "LPS", "LAS", "PSR", "ASL", "RPI")
 
 
+#: how many placements a patient may be drawn with before the last is kept
+_PLACEMENT_TRIES = 20
+#: the highest correlation a made-up patient's slice thumbnail may have with one of the other
+#: class: below ingest's near-duplicate threshold (``mriscan.duplicates.DEFAULT_THRESHOLD``,
+#: 0.95), with a margin for the windowing a reader applies
+_CROSS_CLASS_LIMIT = 0.9
+
+
+def _framed_series(
+    seed: int, i: int, attempt: int, n_series: int, n_slices: int, canvas: int, label: str
+) -> list[np.ndarray]:
+    """Patient ``i``'s ``n_series`` phantom stacks, framed with one placement (attempt 0 is
+    the placement every earlier mriscan drew, so sets that needed no redraw are unchanged)."""
+    key = [seed, i, 13] if attempt == 0 else [seed, i, 13, attempt]
+    placement = np.random.default_rng(key).bit_generator.state
+    out = []
+    for s in range(n_series):
+        stack = phantom_volume(
+            seed * 100_003 + i * 101 + s, n_slices=n_slices, canvas=canvas, tumor=label == "yes"
+        )
+        # one placement per patient: every series of the patient is framed alike
+        framing = np.random.default_rng()
+        framing.bit_generator.state = placement
+        out.append(frame_stack(stack, framing))
+    return out
+
+
+def _unit_signatures(stack: np.ndarray) -> np.ndarray:
+    """The slices' ``mriscan.duplicates.signature`` thumbnails, centred and scaled to unit
+    length (float32, (N, 256)): their dot products are the correlations ingest compares."""
+    from mriscan.duplicates import signatures
+
+    u8 = (np.clip(stack, 0, 1) * 255).astype(np.uint8)
+    sig = signatures(list(u8)).reshape(len(u8), -1).astype(np.float32)
+    sig -= sig.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(sig, axis=1, keepdims=True)
+    return sig / np.where(norm > 0, norm, 1)
+
+
 def write_scanner_set(
     out_dir: str | os.PathLike[str],
     *,
@@ -279,6 +318,9 @@ def write_scanner_set(
     volume is seeded from ``seed``, the patient and the series, and framed by ``frame_stack``
     with one placement per patient (so near-duplicate links join a patient's slices, not
     different patients': 8 patients make 8 split groups; 30 patients of 20 slices at 256², 24).
+    A placement that leaves a slice correlating above 0.9 with a slice of the other class
+    (16×16 thumbnails, as ingest compares them) is drawn again (up to 20 times), so the set
+    ingests under ``--strict`` without near-identical slices under two classes.
 
     Returns ``{"yes": patients, "no": patients, "series": n, "slices": n}`` (DICOM) or
     ``{"yes": volumes, "no": volumes, "volumes": n, "slices": n}`` (NIfTI).
@@ -305,6 +347,7 @@ def write_scanner_set(
     out = Path(out_dir)
     counts = {"yes": 0, "no": 0, "slices": 0, "series" if fmt == "dicom" else "volumes": 0}
     k = 0  # series / volume counter across patients: the MONOCHROME, window, axcodes cycles
+    taken: dict[str, list[np.ndarray]] = {"yes": [], "no": []}  # signatures written, by class
     for i in range(patients):
         label = "yes" if i < n_yes else "no"
         person = FakePatient(
@@ -313,18 +356,14 @@ def write_scanner_set(
             birth_date=f"19{50 + i % 50:02d}0{1 + i % 9}1{i % 10}",
             sex="FM"[i % 2],
         )
-        placement = np.random.default_rng([seed, i, 13]).bit_generator.state
-        for s in range(series_per_patient):
-            stack = phantom_volume(
-                seed * 100_003 + i * 101 + s,
-                n_slices=n_slices,
-                canvas=canvas,
-                tumor=label == "yes",
-            )
-            # one placement per patient: every series of the patient is framed alike
-            framing = np.random.default_rng()
-            framing.bit_generator.state = placement
-            stack = frame_stack(stack, framing)
+        other = taken["no" if label == "yes" else "yes"]
+        for attempt in range(_PLACEMENT_TRIES):
+            stacks = _framed_series(seed, i, attempt, series_per_patient, n_slices, canvas, label)
+            sigs = _unit_signatures(np.concatenate(stacks))
+            if not other or float((np.concatenate(other) @ sigs.T).max()) < _CROSS_CLASS_LIMIT:
+                break
+        taken[label].append(sigs)
+        for s, stack in enumerate(stacks):
             if fmt == "dicom":
                 write_dicom_series(
                     out / label / f"patient-{i:04d}" / f"series-{s + 1}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mriscan.ingest import IngestConfig, ingest
 from mriscan.preprocess import PreprocessConfig
@@ -31,3 +32,14 @@ def test_the_default_dicom_set_gives_one_split_group_per_made_up_patient(tmp_pat
         groups = store.groups
     assert len(groups) == counts["slices"] == 144
     assert len(np.unique(groups)) == counts["yes"] + counts["no"] == 8
+
+
+@pytest.mark.parametrize("fmt, seed", [("dicom", 0), ("nifti", 0), ("dicom", 1)])
+def test_a_made_up_set_has_no_near_identical_slices_under_two_classes(tmp_path, fmt, seed):
+    """The default DICOM set held a tumor series whose faint lesion left its thumbnails within
+    0.95 of a healthy patient's, so `synth` then `ingest --strict` refused its own set."""
+    write_scanner_set(tmp_path / "raw", fmt=fmt, seed=seed)
+    report = ingest(
+        tmp_path / "raw", tmp_path / "s.zarr", IngestConfig(PreprocessConfig(size=32), strict=True)
+    )
+    assert report.total == 144 and not report.warnings
