@@ -1042,6 +1042,13 @@ BLANKING_WINDOW_NOTE = (
 )
 
 
+def _uniform(image: np.ndarray) -> bool:
+    """True if every pixel of ``image`` holds one value; a sparse grid of pixels first, as it
+    tells almost every windowed slice apart without reading all of it (this runs per frame)."""
+    first = image.flat[0]
+    return bool((image[::16, ::16] == first).all() and (image == first).all())
+
+
 def _to_uint8(
     ds: pydicom.Dataset,
     frames: np.ndarray,
@@ -1094,7 +1101,7 @@ def _to_uint8(
         out[f] = window_to_uint8(
             frames[f], window, slope=slope, intercept=intercept, invert=invert, center_width=cw
         )
-        if cw is not None and out[f].min() == out[f].max() and np.ptp(frames[f]) > 0:
+        if cw is not None and _uniform(out[f]) and np.ptp(frames[f]) > 0:
             blanked.append(f)
             if pct is None:
                 pct = percentile_window(frames, cfg.window_percentiles)
