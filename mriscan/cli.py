@@ -307,12 +307,22 @@ _FS_ERRORS = {
 
 class _Group(click.Group):
     """Turns mriscan errors, and file-system errors such as a full disk, into one clear line
-    and exit status 1 (no traceback). Writers commit atomically, so such a failure leaves the
-    previous store, model and results as they were."""
+    and exit status 1 (no traceback), and a Ctrl-C into one line and exit status 130 (the
+    shell's for SIGINT). Writers commit atomically, so such a failure leaves the previous
+    store, model and results as they were."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # click would print only "Aborted!" and exit 1; say what a Ctrl-C leaves behind
+            click.echo(
+                "\nInterrupted (Ctrl-C). Stores and models are committed whole, so each is as "
+                "it was or complete; result files this run was writing may be partial. Run the "
+                "command again to finish.",
+                err=True,
+            )
+            ctx.exit(130)
         except MriscanError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:

@@ -50,6 +50,22 @@ def test_an_interrupted_ingest_says_so_and_leaves_the_store_as_committed(
     assert verify_store(store) == []
 
 
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(class_folder, tmp_path, monkeypatch):
+    import mriscan.store
+
+    store = tmp_path / "s.zarr"
+    args = ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mriscan.store, "verify_store", interrupted)
+    r = CliRunner().invoke(main, ["verify", "--store", str(store)])
+    assert r.exit_code == 130 and "Aborted!" not in r.output
+    assert "Interrupted (Ctrl-C)" in r.output
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
