@@ -312,7 +312,7 @@ def read_input(
     kind: str,
     *,
     salt: bytes,
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
     options: ReadOptions | None = None,
     data: bytes | None = None,
 ) -> InputRead:
@@ -325,9 +325,10 @@ def read_input(
         As given by ``mriscan.io.file_kind``.
     salt : bytes
         The store's salt (``mriscan.scan.new_salt``) for every identifier.
-    root : path-like
+    root : path-like or None
         The raw folder: plain images are named relative to it, NIfTI volume ids hash the path
-        relative to it.
+        relative to it (None, for DICOM and NIfTI only: the absolute path is hashed, so files
+        of one name in different folders get different ids).
     options : ReadOptions, optional
     data : bytes, optional
         The file's bytes if already read (plain images only).

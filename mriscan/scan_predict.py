@@ -73,7 +73,11 @@ def read_inputs(
     salt = salt if salt is not None else new_salt()
 
     def load(f: SourceFile) -> InputRead:
-        return read_input(f.path, f.kind, salt=salt, root=f.path.parent, options=options)
+        # a NIfTI volume's id hashes its path relative to ``root``: the file's own folder
+        # would give every ``sub-*/anat/T1w.nii.gz`` of a BIDS tree one id (one "volume"
+        # pooling every subject), so volumes are named by their absolute path (root None)
+        root = f.path.parent if f.kind == "image" else None
+        return read_input(f.path, f.kind, salt=salt, root=root, options=options)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return refuse_mixed_series(list(pool.map(load, files)))

@@ -232,6 +232,25 @@ def test_a_4d_volume_is_said_in_its_volume_row_without_its_path(model_file, tmp_
     assert "OKAFOR" not in caplog.text + "".join(str(r) for r in rows)
 
 
+def test_volumes_of_one_file_name_in_different_folders_stay_apart(model_file, tmp_path):
+    """A BIDS tree holds sub-*/anat/T1w.nii.gz: their volume ids hashed the file name alone,
+    so predict pooled every subject into one volume row and named their slices alike."""
+    from mriscan.explain import explain
+
+    for i in range(3):
+        folder = tmp_path / "bids" / f"sub-0{i}" / "anat"
+        folder.mkdir(parents=True)
+        write_nifti(folder / "T1w.nii.gz", stack_to_ras(phantom_volume(i, n_slices=4, canvas=32)))
+    rows = predict(model_file, [tmp_path / "bids"])
+    volumes = [r for r in rows if r.get("level") == "volume"]
+    assert len(volumes) == 3 and all(r["slices"] == 4 for r in volumes)
+    slices = [r["path"] for r in rows if r.get("level") == "slice"]
+    assert len(slices) == len(set(slices)) == 12
+    files = sorted((tmp_path / "bids").rglob("*.nii.gz"))
+    pngs = explain(model_file, files, out=tmp_path / "cam", top_k=1)
+    assert len({r.get("png") for r in pngs}) == 3, pngs
+
+
 def _series_row(rows):
     (row,) = [r for r in rows if r.get("level") == "series"]
     return row
