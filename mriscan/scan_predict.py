@@ -27,7 +27,7 @@ import numpy as np
 from mriscan.aggregate import TOP_K, aggregate_rows
 from mriscan.errors import ConfigError
 from mriscan.inference import predict_batch, prediction_row
-from mriscan.io import SourceFile
+from mriscan.io import SourceFile, display_path
 from mriscan.preprocess import normalize, preprocess_batch
 from mriscan.readers import (
     FLAG_SUMMARY,
@@ -176,7 +176,11 @@ def predict_inputs(
                 why = f"same SOP Instance UID and frames as {first[0].rsplit('#', 1)[0]}"
             if len(dup) < len(r.slices):
                 why = f"{len(dup)} of its {len(r.slices)} frames: {why}"
-            name = str(r.path) if show_paths else _file_pseudonym(r, unit.split(":", 1)[1], salt)
+            name = (
+                display_path(r.path)
+                if show_paths
+                else _file_pseudonym(r, unit.split(":", 1)[1], salt)
+            )
             err = f"skipped: {why}: scored once" + (
                 " (its other frames are scored)" if len(dup) < len(r.slices) else ""
             )
@@ -209,7 +213,7 @@ def predict_inputs(
                 flagged.setdefault(s.unit, {}).setdefault(f, 0)
                 flagged[s.unit][f] += 1
         if show_paths:
-            place = str(r.path.parent if r.kind == "dicom" else r.path)
+            place = display_path(r.path.parent if r.kind == "dicom" else r.path)
             label = labels.get(s.unit, "")
             row["unit_path"] = f"{place} [{label}]" if label else place
         rows.append(row)
@@ -287,7 +291,7 @@ def failed_file_name(r: InputRead, *, salt: bytes, show_paths: bool = False) -> 
         from mriscan.dicom import header_ids
 
         series, instance = header_ids(r.path, salt)
-    name = str(r.path) if show_paths else _file_pseudonym(r, series, salt)
+    name = display_path(r.path) if show_paths else _file_pseudonym(r, series, salt)
     return FailedFile(name, _without_path(why, r.path), series, instance)
 
 
@@ -312,7 +316,6 @@ def problem_rows(
     it is named by pseudonym or (``show_paths``) by path; others have no ``level``, as
     JPEG/PNG rows.
     """
-    from mriscan.io import display_path
 
     scanned = []
     for item in inputs:
@@ -342,7 +345,7 @@ def problem_rows(
 def _slice_name(r: InputRead, s: InputSlice, show_paths: bool) -> str:
     """The name of a scanner slice's row: its pseudonym, or ``<file>#<frame or slice>`` with
     ``show_paths`` (as ``predict_inputs`` names slice rows)."""
-    return f"{r.path}#{s.source.rsplit('#', 1)[-1]}" if show_paths else s.source
+    return f"{display_path(r.path)}#{s.source.rsplit('#', 1)[-1]}" if show_paths else s.source
 
 
 def _file_pseudonym(r: InputRead, series: str | None, salt: bytes) -> str:

@@ -251,6 +251,22 @@ def test_volumes_of_one_file_name_in_different_folders_stay_apart(model_file, tm
     assert len({r.get("png") for r in pngs}) == 3, pngs
 
 
+def test_show_paths_writes_names_that_are_not_utf8_escaped(model_file, tmp_path):
+    """A Latin-1 folder or file name under --show-paths crashed the CSV writer after 0 rows."""
+    import os
+    import shutil
+
+    files = write_dicom_series(tmp_path / "src", phantom_volume(1, n_slices=2, canvas=32))
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/in/bad\xffname"))
+    odd.mkdir(parents=True)
+    shutil.copy(files[0], Path(os.fsdecode(bytes(odd) + b"/IM\xfe1.dcm")))
+    (odd / "broken.dcm").write_bytes(files[1].read_bytes()[:400])
+    out = tmp_path / "p.csv"
+    predict(model_file, [tmp_path / "in"], output=out, show_paths=True)
+    text = out.read_text(encoding="utf-8")
+    assert "bad\\xffname/IM\\xfe1.dcm#0" in text and "bad\\xffname/broken.dcm" in text
+
+
 def _series_row(rows):
     (row,) = [r for r in rows if r.get("level") == "series"]
     return row
