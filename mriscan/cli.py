@@ -1078,7 +1078,14 @@ def synth(
     """Generate synthetic phantoms into OUT_DIR/yes and OUT_DIR/no: PNG/JPEG slices, or (with
     --format dicom|nifti, ``mriscan.synth_scanner.write_scanner_set``) DICOM series of made-up
     patients (MONOCHROME1 and 2, with and without a window, several series per patient) or
-    NIfTI volumes in several voxel orders. Seeded by --seed."""
+    NIfTI volumes in several voxel orders. Seeded by --seed. OUT_DIR must be new or empty."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # writing into an earlier set would overwrite some of its files and keep the rest:
+        # one class folder (even one series) mixing two seeds' made-up patients
+        raise click.UsageError(
+            f"{display_path(out_dir)} is not an empty folder: synth writes a new set there and "
+            "would mix it with what is there. Give a new folder, or delete this one first.",
+        )
     if fmt != "images":
         from mriscan.synth_scanner import write_scanner_set
 

@@ -66,6 +66,22 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(class_folder, tmp_path, 
     assert "Interrupted (Ctrl-C)" in r.output
 
 
+@pytest.mark.parametrize("fmt", ["images", "dicom"])
+def test_synth_refuses_a_folder_that_is_not_empty(tmp_path, fmt):
+    """Writing a second set into the first overwrote part of it and kept the rest, mixed."""
+    out = tmp_path / "set"
+    (out / "yes").mkdir(parents=True)
+    (out / "yes" / "old.png").write_bytes(b"x")
+    r = CliRunner().invoke(main, ["synth", str(out), "--format", fmt, "--count", "4"])
+    assert r.exit_code == 2 and "is not an empty folder" in r.output
+    assert sorted(p.name for p in out.rglob("*")) == ["old.png", "yes"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(main, ["synth", str(empty), "--format", fmt, "--count", "4",
+                                  "--patients", "2", "--slices", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
