@@ -144,6 +144,24 @@ def _check_header_size(path: Path) -> None:
         )
 
 
+def _check_gzip_magic(path: Path) -> None:
+    """Refuse a ``.gz`` file that is not gzip (its first two bytes are not 1f 8b, RFC 1952),
+    saying what to do; nibabel's "File <path> is not a gzip file" names neither."""
+    if not path.name.lower().endswith(".gz"):
+        return
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+    except OSError:
+        return  # nib.load names it
+    if magic and magic != b"\x1f\x8b":
+        raise CorruptImageError(
+            path,
+            "named .gz but not gzip-compressed (it does not start as gzip does): if it is an "
+            "uncompressed NIfTI file rename it .nii, else export it again",
+        )
+
+
 def _check_header_fields(path: Path) -> None:
     """Refuse a header whose dim or voxel offset cannot describe the file, naming the field.
 
@@ -255,6 +273,7 @@ def read_nifti(
         raise UnreadableFileError(path, "does not exist or is a folder, not a NIfTI file")
     key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
     volume = salted_hash(salt, "volume", key)
+    _check_gzip_magic(path)
     _check_header_size(path)
     _check_header_fields(path)
     img, stream = _open_gzipped(path)

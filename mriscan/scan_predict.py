@@ -364,7 +364,8 @@ def _without_path(reason: str, path: Path) -> str:
     forms = {str(path), os.path.abspath(path), str(path.resolve())}
     for form in sorted(forms, key=len, reverse=True):
         reason = reason.replace(f"'{form}'", "the file").replace(form, "the file")
-    return reason
+    # nibabel writes "File <path> is not ...": not "File the file is not ..."
+    return reason.replace("File the file", "the file")
 
 
 def unit_places(

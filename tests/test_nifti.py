@@ -195,6 +195,19 @@ def test_a_big_endian_volume_passes_the_header_checks(tmp_path, stack):
         np.testing.assert_array_equal(x.image, y.image)
 
 
+def test_a_gz_name_on_a_file_that_is_not_gzip_is_said_so(tmp_path, stack):
+    """nibabel's "File <path> is not a gzip file" became "(File the file is not ...)" in
+    predict; the reason now says what the file is and what to do."""
+    plain = write_nifti(tmp_path / "v.nii", stack_to_ras(stack))
+    named = tmp_path / "v.nii.gz"
+    named.write_bytes(plain.read_bytes())
+    with pytest.raises(CorruptImageError, match=r"named \.gz but not gzip.*rename it \.nii"):
+        read_nifti(named, salt=SALT)
+    (tmp_path / "t.nii.gz").write_bytes(b"hello world")
+    with pytest.raises(CorruptImageError, match="not gzip-compressed"):
+        read_nifti(tmp_path / "t.nii.gz", salt=SALT)
+
+
 def test_a_2d_slice_is_read_as_a_volume_of_one_slice(tmp_path):
     """A single slice saved as a 2-D NIfTI (dim[0] = 2) was refused while the same slice
     saved as X×Y×1 was read."""
