@@ -144,6 +144,12 @@ def _check_header_size(path: Path) -> None:
         )
 
 
+#: the most voxels one 3-D volume (the first of a 4-D file) may hold: 1024³, ~4x the largest
+#: brain MRI volumes (0.5 mm isotropic whole-head, 512×512×400); a header stating more is
+#: refused before its voxels are read (a 36 GB claim ran a minute into "Cannot allocate memory")
+MAX_VOLUME_VOXELS = 1024**3
+
+
 def _check_gzip_magic(path: Path) -> None:
     """Refuse a ``.gz`` file that is not gzip (its first two bytes are not 1f 8b, RFC 1952),
     saying what to do; nibabel's "File <path> is not a gzip file" names neither."""
@@ -211,6 +217,13 @@ def _check_header_fields(path: Path) -> None:
         i, n = bad[0]
         raise CorruptImageError(
             path, f"broken NIfTI header: dim[{i}] (the size of axis {i}) is {n}, negative; {fix}"
+        )
+    if (voxels := math.prod(sizes[:3])) > MAX_VOLUME_VOXELS:
+        raise CorruptImageError(
+            path,
+            f"the header states a volume of {'×'.join(map(str, sizes[:3]))} = {voxels:,} voxels, "
+            f"more than mriscan reads ({MAX_VOLUME_VOXELS:,}, 1024³): a damaged dim field, or "
+            "no brain MRI volume; check the header",
         )
     if code not in nib.nifti1.data_type_codes.code:
         raise CorruptImageError(

@@ -171,8 +171,10 @@ def test_broken_header(tmp_path, stack):
         # "Expected 7200000 bytes, got 4800 bytes ... - could the file be damaged?" over 2 lines
         (42, struct.pack("<h", 30000), r"header states 30000×\d+×\d+ voxels .* truncated .* dim"),
         (70, struct.pack("<h", 999), r"datatype 999 is no NIfTI data type code"),
+        # 32767³ voxels: read as-is, it ran a minute into "Cannot allocate memory"
+        (42, struct.pack("<hhh", 32767, 32767, 32767), r"35,181,150,961,663 voxels, more than"),
     ],
-    ids=["dim0-9", "dim0-negative", "dim2-negative", "dim1-huge", "datatype"],
+    ids=["dim0-9", "dim0-negative", "dim2-negative", "dim1-huge", "datatype", "voxel-cap"],
 )
 def test_a_broken_header_field_is_named(tmp_path, stack, caplog, offset, value, match, gz):
     path = write_nifti(tmp_path / "v.nii", stack_to_ras(stack))
