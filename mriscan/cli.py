@@ -427,6 +427,13 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
         if ctx.get_parameter_source(name) not in _TYPED:
             continue
         if name == "scan_modalities":
+            if any(not m.strip() for m in value):
+                raise click.BadParameter(
+                    "an empty value: give a DICOM Modality code such as MR or CT (repeat the "
+                    "option for several), or 'any' for every modality.",
+                    ctx=ctx,
+                    param_hint="'--modality'",
+                )
             any_ = any(m.strip().lower() == "any" for m in value)
             path, value = "dicom.modalities", (None if any_ else tuple(value))
         else:

@@ -133,7 +133,7 @@ class NiftiConfig:
         if not 0.0 <= lo < hi <= 100.0:
             raise ConfigError(
                 "window_percentiles must satisfy 0 <= low < high <= 100. "
-                f"Received: {self.window_percentiles}."
+                f"Received: window_percentiles={self.window_percentiles}."
             )
         if self.four_d not in ("first", "refuse"):
             raise ConfigError(f"four_d must be 'first' or 'refuse'. Received: {self.four_d!r}.")

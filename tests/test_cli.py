@@ -82,6 +82,13 @@ def test_synth_refuses_a_folder_that_is_not_empty(tmp_path, fmt):
     assert r.exit_code == 0, r.output
 
 
+def test_an_empty_modality_is_refused_in_the_cli_s_words(class_folder, tmp_path):
+    r = CliRunner().invoke(main, ["ingest", str(class_folder), "--store", str(tmp_path / "s"),
+                                  "--modality", ""])  # fmt: skip
+    assert r.exit_code == 2 and "'--modality': an empty value" in r.output
+    assert "tuple" not in r.output and "None" not in r.output
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
