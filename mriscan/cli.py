@@ -360,8 +360,11 @@ def main(verbose: int) -> None:
     # to the root's handler too, each line came twice; nibabel's own copy is kept
     logging.getLogger("nibabel.global").propagate = False
     # pydicom 3 both logs and warns each of its warnings (pydicom.misc.warn_and_log): the
-    # logged copy is kept (with its level and "pydicom"), the warnings module's dropped
+    # warnings module's copy is dropped; the logged copy names no file and may quote a header
+    # value ("Invalid value for VR DA: '<birth date>'"), while mriscan says per file what
+    # matters (an error, a note): shown from -v on
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").setLevel(logging.ERROR if verbose < 1 else logging.WARNING)
     # highdicom says at INFO each module it copies into a Secondary Capture or Structured
     # Report (explain/predict --dicom-out): a page per run; shown with -vv
     logging.getLogger("highdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)

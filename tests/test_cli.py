@@ -89,6 +89,19 @@ def test_an_empty_modality_is_refused_in_the_cli_s_words(class_folder, tmp_path)
     assert "tuple" not in r.output and "None" not in r.output
 
 
+@pytest.mark.parametrize("flags, level", [([], "ERROR"), (["-v"], "WARNING")])
+def test_pydicom_s_own_log_lines_show_from_v_on(tmp_path, flags, level):
+    """pydicom's logged warnings name no file and may quote a header value (a birth date):
+    hidden by default, shown with -v."""
+    import logging
+
+    r = CliRunner().invoke(main, [*flags, "info", "--store", str(tmp_path / "none")])
+    assert r.exit_code != 0  # no store: the logging set-up ran all the same
+    got = logging.getLevelName(logging.getLogger("pydicom").level)
+    logging.getLogger("pydicom").setLevel(logging.NOTSET)  # not left to later tests
+    assert got == level
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
