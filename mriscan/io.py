@@ -479,7 +479,7 @@ def classify_file(path: str | os.PathLike[str]) -> tuple[str | None, str | None]
     none); ``.nii`` / ``.nii.gz`` -> ``"nifti"``; a DICOM suffix (``DICOM_SUFFIXES``) or a first
     element that looks like a DICOM data set (``looks_like_dicom_dataset``: files without the
     preamble) -> ``"dicom"``; a ``.jpg``/``.jpeg``/``.png`` name -> ``"image"`` (the decoder
-    then says what is wrong with it). Reads the first 256 bytes.
+    then says what is wrong with it). Reads the first 352 bytes.
 
     Returns
     -------
@@ -503,7 +503,7 @@ def classify_file(path: str | os.PathLike[str]) -> tuple[str | None, str | None]
     )
     try:
         with open(path, "rb") as fh:
-            head = fh.read(256)
+            head = fh.read(352)  # a NIfTI-1 header's magic ends at byte 348
     except OSError as exc:
         if suffix_kind is not None:  # the reader reports it in the file's own row
             return suffix_kind, None
@@ -526,7 +526,29 @@ def classify_file(path: str | os.PathLike[str]) -> tuple[str | None, str | None]
             f"a {fmt} image: only JPEG and PNG images (and DICOM, NIfTI) are read; convert "
             "it to PNG to use it"
         )
-    return None, "not a JPEG/PNG image, DICOM file or NIfTI volume (by content and name)"
+    return None, _unknown_reason(name, head)
+
+
+def _unknown_reason(name: str, head: bytes) -> str:
+    """Why a file of no input kind is not read, with the way out where its name or first
+    bytes tell what it is: a NIfTI/Analyze header-image pair, gzip data without .nii.gz, a
+    NIfTI volume under another name (its magic at byte 344: "n+1"; NIfTI-2: "n+2" at 4)."""
+    pair = "convert the pair to one .nii file (e.g. nibabel: nib.save(nib.load('x.hdr'), 'x.nii'))"
+    if name.endswith(".hdr") and head[:4] in _PAIR_SIZES:
+        return f"the header of a NIfTI/Analyze .hdr/.img pair, which is not read: {pair}"
+    if name.endswith(".img"):
+        return (
+            f"an .img file (the image half of a NIfTI/Analyze .hdr/.img pair?) is not read: {pair}"
+        )
+    if head[:2] == b"\x1f\x8b":
+        return "gzip-compressed data: a gzipped NIfTI volume is read when named .nii.gz"
+    if head[344:348] == b"n+1\x00" or head[4:8] == b"n+2\x00":
+        return "a NIfTI volume under another name: name it .nii (or .nii.gz when gzipped)"
+    return "not a JPEG/PNG image, DICOM file or NIfTI volume (by content and name)"
+
+
+#: ``sizeof_hdr`` (348, either byte order) that opens a NIfTI-1 or Analyze 7.5 ``.hdr``
+_PAIR_SIZES = (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")
 
 
 @dataclass(frozen=True)

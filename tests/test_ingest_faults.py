@@ -404,6 +404,28 @@ def test_classify_file_reasons(tmp_path):
     assert classify_file(tmp_path / "x.jpg") == ("image", None)
 
 
+def test_nifti_pairs_and_misnamed_nifti_get_the_way_out(tmp_path):
+    """.hdr/.img pairs, a .nii.gz without its suffix and a .nii under another name were all
+    "not a JPEG/PNG image, DICOM file or NIfTI volume"."""
+    import gzip
+
+    import nibabel as nib
+
+    vol = np.zeros((4, 4, 3), np.int16)
+    nib.save(nib.Nifti1Pair(vol, np.eye(4)), tmp_path / "pair.img")
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii")
+    (tmp_path / "gz_volume").write_bytes(gzip.compress((tmp_path / "v.nii").read_bytes()))
+    (tmp_path / "volume.dat").write_bytes((tmp_path / "v.nii").read_bytes())
+    why = {
+        n: classify_file(tmp_path / n) for n in ("pair.hdr", "pair.img", "gz_volume", "volume.dat")
+    }
+    assert all(kind is None for kind, _ in why.values())
+    assert why["pair.hdr"][1].startswith("the header of a NIfTI/Analyze .hdr/.img pair")
+    assert "convert the pair to one .nii file" in why["pair.img"][1]
+    assert "read when named .nii.gz" in why["gz_volume"][1]
+    assert why["volume.dat"][1].startswith("a NIfTI volume under another name: name it .nii")
+
+
 def test_cli_lists_what_it_did_not_store_and_modality_any_reads_ct(tmp_path):
     from click.testing import CliRunner
 
