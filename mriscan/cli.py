@@ -1791,9 +1791,10 @@ def explain(
             click.echo(f"  {r['path']}: {one_line(r['error'])}", err=True)
         else:
             dcm = f" and {r['dicom']}" if r.get("dicom") else ""
+            note = f"; {r['dicom_note']}" if r.get("dicom_note") else ""
             click.echo(
                 f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
-                f"{r['label']} ({r['decision']}) → {r['png']}{dcm}"
+                f"{r['label']} ({r['decision']}) → {r['png']}{dcm}{note}"
             )
     if not show_paths and any(r.get("level") == "file" for r in [*unused, *results]):
         click.echo(_PSEUDONYM_HINT, err=True)

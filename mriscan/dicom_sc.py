@@ -6,7 +6,9 @@ copies the source's Patient and General Study modules (Patient Name, Patient ID,
 Sex, Study Instance UID, Accession Number, ...) so that a PACS files the overlay into the
 source's study. Such a file therefore carries the patient's identity, by design and unlike
 everything else mriscan writes (the store, predictions, reports and explain's PNGs hold
-pseudonyms only); keep these files where the source images may be kept. Keras-free.
+pseudonyms only); keep these files where the source images may be kept. Values that do not
+parse for their VR (Patient's Sex "U", a date "1961-07-23") are mended or emptied in the copy
+first (``mriscan.dicom_headers``). Keras-free.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mriscan.dicom_headers import HeaderError, library_messages, mask_values, tidy_copied_header
 from mriscan.errors import MriscanError
-from mriscan.io import write_whole
+from mriscan.io import display_path, write_whole
 
 __all__ = ["SCSeries", "SecondaryCaptureError", "patient_orientation", "write_secondary_capture"]
 
@@ -101,6 +105,7 @@ def write_secondary_capture(
     instance_number: int,
     frame: int = 0,
     derivation: str = "",
+    notes: list[str] | None = None,
 ) -> Path:
     """Write ``rgb`` as a Secondary Capture Image in the study of the DICOM file ``source``.
 
@@ -124,6 +129,10 @@ def write_secondary_capture(
     derivation : str
         Derivation Description (0008,2111), e.g. the model and class explained (at most 1024
         characters, the ST limit).
+    notes : list of str, optional
+        Gets one line per element of the source's Patient and Study modules that was mended
+        or emptied in the copy (``mriscan.dicom_headers.tidy_copied_header``: e.g. a birth
+        date written YYYY-MM-DD, Patient's Sex "U"), naming the element, never its value.
 
     Returns
     -------
@@ -140,12 +149,14 @@ def write_secondary_capture(
     Raises
     ------
     SecondaryCaptureError
-        If ``source`` cannot be read as DICOM, has no Study Instance UID, or states no
-        orientation; if ``rgb`` is not (H, W, 3) uint8.
+        If ``source`` cannot be read as DICOM, has no Study Instance UID, states no
+        orientation, or has a Type 1C patient/study element that does not parse; if ``rgb``
+        is not (H, W, 3) uint8; if highdicom refuses the object or it cannot be written (the
+        reason names no header value: ``mriscan.dicom_headers.mask_values``). The warnings
+        and log lines of pydicom and highdicom meanwhile go to the debug log, values masked
+        (``mriscan.dicom_headers.library_messages``).
     """
-    import highdicom
     import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from mriscan.dicom import read_header
 
@@ -158,11 +169,54 @@ def write_secondary_capture(
         ref = read_header(source)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise SecondaryCaptureError(f"cannot read the source's DICOM header ({exc})") from exc
-    if not ref.get("StudyInstanceUID") or not ref.get("SOPInstanceUID"):
-        raise SecondaryCaptureError(
-            "the source has no Study or SOP Instance UID: there is no study to file the "
-            "Secondary Capture into"
-        )
+    with library_messages():  # their warnings quote the header's values
+        if not ref.get("StudyInstanceUID") or not ref.get("SOPInstanceUID"):
+            raise SecondaryCaptureError(
+                "the source has no Study or SOP Instance UID: there is no study to file the "
+                "Secondary Capture into"
+            )
+        try:
+            changed = tidy_copied_header(ref, "Secondary Capture")
+        except HeaderError as exc:
+            raise SecondaryCaptureError(str(exc)) from exc
+        orientation = patient_orientation(ref, frame)
+        try:
+            sc = _build(ref, rgb, series, instance_number, frame, orientation, derivation)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise SecondaryCaptureError(
+                f"highdicom refused the Secondary Capture ({mask_values(str(exc))})"
+            ) from exc
+        path = Path(path)
+        if path.is_dir():
+            path = path / f"{sc.SOPInstanceUID}.dcm"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written = write_whole(path, lambda tmp: sc.save_as(tmp, enforce_file_format=True))
+        except (OSError, ValueError) as exc:  # no half-written file is left (write_whole)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SecondaryCaptureError(
+                f"cannot write {display_path(path)} ({mask_values(reason)})"
+            ) from exc
+    if notes is not None:
+        notes.extend(changed)
+    return written
+
+
+def _build(
+    ref: Any,
+    rgb: np.ndarray,
+    series: SCSeries,
+    instance_number: int,
+    frame: int,
+    orientation: tuple[str, str],
+    derivation: str,
+) -> Any:
+    """The ``highdicom.sc.SCImage`` of ``write_secondary_capture``. Raises what highdicom
+    and pydicom raise for values they refuse (ValueError, TypeError, ...)."""
+    import highdicom
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
     sc = highdicom.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=np.ascontiguousarray(rgb),
@@ -181,7 +235,7 @@ def write_secondary_capture(
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        patient_orientation=patient_orientation(ref, frame),
+        patient_orientation=orientation,
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.SeriesDescription = series.description[:64]
@@ -195,8 +249,4 @@ def write_secondary_capture(
     if int(ref.get("NumberOfFrames", 1) or 1) > 1:
         item.ReferencedFrameNumber = frame + 1
     sc.SourceImageSequence = [item]
-    path = Path(path)
-    if path.is_dir():
-        path = path / f"{sc.SOPInstanceUID}.dcm"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_whole(path, lambda tmp: sc.save_as(tmp, enforce_file_format=True))
+    return sc

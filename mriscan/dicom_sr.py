@@ -49,10 +49,12 @@ algorithm's output that no person has checked). Like ``mriscan.dicom_sc``'s Seco
 Captures, highdicom copies the source's Patient and General Study modules (Patient Name,
 Patient ID, Birth Date, Sex, Study Instance UID, Accession Number, ...) so that a PACS files
 the report with the images; such a file carries the patient's identity, by design and unlike
-everything else mriscan writes. Its file name is its own SOP Instance UID, never a
-patient's or file's name; that UID (and its series') is derived from the source series, the
-model file's SHA-256, the threshold and the pooling rule, so a repeated run replaces its report
-rather than adding a second one. Keras-free.
+everything else mriscan writes. Values there that do not parse for their VR (Patient's Sex
+"U", a date "1961-07-23") are mended or emptied in the copy first (``mriscan.dicom_headers``).
+Its file name is its own SOP Instance UID, never a patient's or file's name; that UID (and
+its series') is derived from the source series, the model file's SHA-256, the threshold and
+the pooling rule, so a repeated run replaces its report rather than adding a second one.
+Keras-free.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mriscan.dicom_headers import HeaderError, library_messages, mask_values, tidy_copied_header
 from mriscan.errors import MriscanError
 from mriscan.io import write_whole
 
@@ -237,20 +240,27 @@ def write_series_report(
     ------
     StructuredReportError
         If there is no source, a source cannot be read, lacks a Study, Series or SOP Instance
-        UID or has an invalid one (``pydicom.uid.UID.is_valid``), the sources span several
+        UID or has an invalid one (``pydicom.uid.UID.is_valid``), lacks a Modality, has a
+        Type 1C patient/study element that does not parse, the sources span several
         series, or several patients (Patient ID) or studies (Study Instance UID), a frame is
         out of range, the row lacks a class's
-        probability or its label is no class, or highdicom refuses the content (its reason).
+        probability or its label is no class, or highdicom refuses the content (its reason,
+        with the values it quotes masked: ``mriscan.dicom_headers.mask_values``).
+
+    Values of the first source's Patient and Study modules that do not parse for their VR
+    are mended or emptied in the report (``mriscan.dicom_headers.tidy_copied_header``); the
+    warnings and log lines of pydicom and highdicom go to the debug log, values masked.
     """
-    return _write_series_report(
-        sources,
-        row,
-        card,
-        out,
-        model_path=model_path,
-        threshold=threshold,
-        model_sha256=model_sha256,
-    )[0]
+    with library_messages():  # their warnings quote the header's values
+        return _write_series_report(
+            sources,
+            row,
+            card,
+            out,
+            model_path=model_path,
+            threshold=threshold,
+            model_sha256=model_sha256,
+        )[0]
 
 
 def _write_series_report(
@@ -262,9 +272,10 @@ def _write_series_report(
     model_path: str | os.PathLike[str],
     threshold: float | None,
     model_sha256: str | None = None,
-) -> tuple[Path, int | None, int]:
+) -> tuple[Path, int | None, int, list[str]]:
     """``write_series_report``, returning also the source's Series Number (None when it has
-    none) and the report's (``report_series_number``)."""
+    none), the report's (``report_series_number``) and the lines saying which elements of
+    the source header were mended or emptied in the report (``tidy_copied_header``)."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -301,6 +312,11 @@ def _write_series_report(
                     f"a source's {key} is not a valid DICOM UID (digits and dots, at most 64 "
                     "characters, no component with a leading zero): fix the source's header"
                 )
+        if not ds.get("Modality"):  # highdicom reads it to check what the evidence is
+            raise StructuredReportError(
+                "the source has no Modality (0008,0060): it cannot be referenced as the "
+                "report's evidence; fix the source's header"
+            )
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if bad := [f for f in fr if not 0 <= f < n_frames]:
             raise StructuredReportError(
@@ -324,7 +340,11 @@ def _write_series_report(
                 f"the series' instances belong to {len(counts)} {what} ({split} instances): "
                 "one report cannot be filed for them; check the series"
             )
-    first = headers[0][0]
+    first = headers[0][0]  # highdicom copies the patient and study from it
+    try:
+        changed = tidy_copied_header(first, "report")
+    except HeaderError as exc:
+        raise StructuredReportError(str(exc)) from exc
     for key in _TYPE2:
         if key not in first:
             setattr(first, key, None)  # Type 2: present and empty
@@ -369,7 +389,9 @@ def _write_series_report(
     try:
         source_items = [_source_image(hd, ds, fr, frame_notes) for ds, fr in headers]
     except (ValueError, TypeError, AttributeError) as exc:
-        raise StructuredReportError(f"highdicom refused a source image ({exc})") from exc
+        raise StructuredReportError(
+            f"highdicom refused a source image ({mask_values(str(exc))})"
+        ) from exc
     sop_uid = generate_uid(entropy_srcs=["mriscan SR instance", *identity, *content])
     series_uid = generate_uid(entropy_srcs=["mriscan SR series", *identity])
     algorithm = hd.sr.AlgorithmIdentification(
@@ -452,7 +474,9 @@ def _write_series_report(
     except (ValueError, TypeError, AttributeError) as exc:
         if isinstance(exc, StructuredReportError):
             raise
-        raise StructuredReportError(f"highdicom refused the report ({exc})") from exc
+        raise StructuredReportError(
+            f"highdicom refused the report ({mask_values(str(exc))})"
+        ) from exc
     sr.SeriesDescription = f"mriscan finding ({Path(model_path).name})"[:64]
     sr.SoftwareVersions = f"mriscan {__version__}"
     scheme = pydicom.Dataset()
@@ -466,8 +490,8 @@ def _write_series_report(
         out.mkdir(parents=True, exist_ok=True)
         write_whole(path, lambda tmp: sr.save_as(tmp, enforce_file_format=True))
     except (OSError, ValueError) as exc:  # no half-written file is left (write_whole)
-        raise StructuredReportError(f"cannot write {path} ({exc})") from exc
-    return path, source_number, number
+        raise StructuredReportError(f"cannot write {path} ({mask_values(str(exc))})") from exc
+    return path, source_number, number, changed
 
 
 def report_series_number(source: int | None) -> int:
@@ -509,9 +533,12 @@ def write_series_reports(
     ``sources``; the row gains ``dicom`` (the file) and ``dicom_series_number`` (the report's
     Series Number, ``report_series_number``), or ``dicom_skipped`` (why not: the
     ``StructuredReportError``'s reason), so one series' failure leaves the others written.
-    A source series without a Series Number gets ``SERIES_NUMBER_BASE``: its row also gains
-    ``dicom_note`` saying so, and a warning naming the row's ``path`` (the series as
-    ``predict`` shows it) and the number is logged. A ``level`` "volume" row (NIfTI) gains
+    A row whose source header had values mended or emptied in the report (Patient's Sex "U",
+    a date YYYY-MM-DD, ...: ``mriscan.dicom_headers.tidy_copied_header``) gains
+    ``dicom_note``, one clause per element, naming the element, never its value. A source
+    series without a Series Number gets ``SERIES_NUMBER_BASE``: its ``dicom_note`` says so too,
+    and a warning naming the row's ``path`` (the series as ``predict`` shows it) and the
+    number is logged. A ``level`` "volume" row (NIfTI) gains
     ``dicom_skipped`` "not a DICOM input: ...". Other rows are left as they are. First removes
     the temporary files that writers killed midway left in ``out``
     (``remove_stale_temp_files``); the model file is hashed once."""
@@ -530,24 +557,27 @@ def write_series_reports(
             row["dicom_skipped"] = NOT_DICOM
         elif level == "series":
             try:
-                path, source_number, number = _write_series_report(
-                    sources.get(row["unit"], ()),
-                    row,
-                    card,
-                    out,
-                    model_path=model_path,
-                    threshold=threshold,
-                    model_sha256=sha or None,
-                )
+                with library_messages():  # their warnings quote the header's values
+                    path, source_number, number, changed = _write_series_report(
+                        sources.get(row["unit"], ()),
+                        row,
+                        card,
+                        out,
+                        model_path=model_path,
+                        threshold=threshold,
+                        model_sha256=sha or None,
+                    )
             except StructuredReportError as exc:
                 row["dicom_skipped"] = str(exc)
                 continue
             row["dicom"] = str(path)
             row["dicom_series_number"] = number
+            notes = list(changed)
             if source_number is None:
-                row["dicom_note"] = (
-                    f"the source series has no Series Number: the report's is {number}"
-                )
+                notes.append(f"the source series has no Series Number: the report's is {number}")
+            if notes:
+                row["dicom_note"] = "; ".join(notes)
+            if source_number is None:
                 log.warning(
                     "%s: the source series has no Series Number; its Structured Report %s "
                     "gets Series Number %d",

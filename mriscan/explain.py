@@ -418,7 +418,9 @@ def explain(
     carries the source's patient module, unlike the PNGs), one series per source series,
     model file, method and class, in ``<dicom_out>/<SOP Instance UID>.dcm``, both UIDs derived
     from those (a rerun replaces its objects, so a PACS gets no second series); its row then
-    has ``dicom`` (the file). Slices that are no DICOM (JPEG/PNG, NIfTI), or
+    has ``dicom`` (the file), and ``dicom_note`` when elements of the source's header were
+    mended or emptied in it (a birth date written YYYY-MM-DD, Patient's Sex "U"; the note names
+    the elements, never their values). Slices that are no DICOM (JPEG/PNG, NIfTI), or
     whose source cannot take one, get ``dicom_skipped`` (the reason) instead.
 
     Raises
@@ -630,8 +632,9 @@ def _secondary_capture(
     model_path: str | os.PathLike[str],
     method: str,
 ) -> None:
-    """Write the row's overlay as a Secondary Capture (``row["dicom"]``), or say why not
-    (``row["dicom_skipped"]``)."""
+    """Write the row's overlay as a Secondary Capture (``row["dicom"]``, with
+    ``row["dicom_note"]`` naming the source header's elements mended or emptied in it), or
+    say why not (``row["dicom_skipped"]``)."""
     from mriscan.dicom_sc import SecondaryCaptureError, write_secondary_capture
     from mriscan.plots import overlay_rgb
 
@@ -646,6 +649,7 @@ def _secondary_capture(
     except OSError as exc:
         row["dicom_skipped"] = f"cannot make the folder {path} ({exc.strerror or exc})"
         return
+    notes: list[str] = []
     try:
         written = write_secondary_capture(
             source,
@@ -655,11 +659,14 @@ def _secondary_capture(
             instance_number=number + 1,
             frame=frame,
             derivation=what,
+            notes=notes,
         )
     except SecondaryCaptureError as exc:
         row["dicom_skipped"] = str(exc)
         return
     row["dicom"] = str(written)
+    if notes:
+        row["dicom_note"] = "; ".join(notes)
 
 
 def _slice_numbers(unit: str, members: Sequence[Any]) -> list[int]:

@@ -37,6 +37,7 @@ KERAS_FREE = (
     "mriscan.readers",
     "mriscan.dicom",
     "mriscan.nifti",
+    "mriscan.dicom_headers",
     "mriscan.dicom_sc",
     "mriscan.dicom_sr",
     "mriscan.scan_config",
