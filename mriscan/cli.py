@@ -664,6 +664,10 @@ def _print_ingest(report) -> None:
                 what = "empty Patient ID" if value == EMPTY_PATIENT_ID else f"Patient ID {value!r}"
                 what += f": {len(paths)} file(s)"
             click.echo(f"    {what}: {shown}")
+    from mriscan.ingest import empty_class_message
+
+    for name, n_files in report.empty_classes:
+        click.echo(f"  warning: {empty_class_message(name, n_files)}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 

@@ -95,7 +95,9 @@ class IngestReport:
     they are grouped: by study, by series, each file alone) (a warning: if such files are one
     patient, give them a manifest group). ``read_notes``: ``(name, note)`` of files stored
     but read otherwise than they hold (``mriscan.readers.InputRead.note``: the first volume
-    of a 4-D NIfTI volume).
+    of a 4-D NIfTI volume). ``empty_classes``: ``(class, its files in this run)`` of each
+    class of this run left with no active sample (all its files failed: a warning, as
+    ``train`` and ``cv`` need every class; ``empty_class_message``; ``strict``: fail).
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
@@ -131,6 +133,7 @@ class IngestReport:
     ignored: tuple[tuple[str, str], ...] = ()
     placeholder_ids: tuple[tuple[str, str], ...] = ()
     read_notes: tuple[tuple[str, str], ...] = ()
+    empty_classes: tuple[tuple[str, int], ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -1086,6 +1089,11 @@ def _run(
     for name, reason in _mixed_classes(store, records, retire, jobs, sources, names,
                                        pending_names, pending_labels, near):  # fmt: skip
         fail(name, reason, into=warned)
+    empty = _empty_classes(classes, names, jobs, active, retire, pending_labels)
+    if config.strict:
+        refused += [
+            (f"class {c}", empty_class_message(c, n).removeprefix(f"class {c} ")) for c, n in empty
+        ]
     if refused:
         shown = "\n".join(f"  {n}: {r}" for n, r in refused)
         raise BadFilesError(
@@ -1141,11 +1149,34 @@ def _run(
         ignored=tuple(hidden),
         placeholder_ids=tuple(placeholders),
         read_notes=tuple(read_notes),
+        empty_classes=empty,
         removed=counts["removed"] - renamed - rewritten,
         replaced=counts["replaced"] + rewritten,
         relabelled=counts["relabelled"],
         renamed=renamed,
     )
+
+
+def empty_class_message(name: str, n_files: int) -> str:
+    """The warning for a class left with no stored slice (``IngestReport.empty_classes``)."""
+    why = f": all its {n_files} file(s) failed, see above" if n_files else ""
+    return f"class {name} has no stored slice{why}; train and cv need every class"
+
+
+def _empty_classes(
+    classes: Sequence[str],
+    names: Sequence[str],
+    jobs: Sequence[_Job],
+    active: Sequence[SampleRecord],
+    retire: Mapping[int, str],
+    pending_labels: Sequence[int],
+) -> tuple[tuple[str, int], ...]:
+    """``(class, its files in this run)`` of each class of this run (``classes``) with no
+    active sample once the run is committed: none of the stored ones left (``active`` less
+    ``retire``) and none added (``pending_labels``); ``jobs``' labels index ``names``."""
+    held = {r.label for r in active if r.position not in retire} | set(pending_labels)
+    files = [j.label for j in jobs]
+    return tuple((c, files.count(names.index(c))) for c in classes if names.index(c) not in held)
 
 
 def _read_job(
