@@ -50,6 +50,7 @@ __all__ = [
     "predict_inputs",
     "problem_rows",
     "read_inputs",
+    "row_outcome",
     "series_labels",
     "unit_places",
 ]
@@ -384,6 +385,34 @@ def _clash(
     return name, f"same SOP Instance UID as {_slice_name(*first, show_paths)} but " + (
         SAME_UID_OTHER_PIXELS
     )
+
+
+#: ``row_outcome``'s kinds of row, as ``predict``'s summary counts them
+OUTCOMES = ("scored", "unreadable", "copy", "not input")
+
+
+def row_outcome(row: Mapping[str, Any]) -> str:
+    """How ``mriscan predict``'s summary counts a row of ``mriscan.predict.predict`` (one of
+    ``OUTCOMES``): "scored" (no ``error``); "copy", a file "skipped: same SOP Instance UID
+    as ..." (an instance scored from another file); "not input", another "skipped: ..."
+    (a DICOM file without an image, an image of a modality not read) or a ``problem_rows``
+    row other than a folder that cannot be listed (a file of no input kind, an empty folder:
+    those rows alone have no ``warning`` column); "unreadable", every other error (a file
+    that could not be read or decoded, a damaged copy of a scored instance included)."""
+    from mriscan.io import UNLISTED_FOLDER
+
+    error = row.get("error") or ""
+    if not error:
+        return "scored"
+    if error.startswith(_SKIPPED):
+        return "copy" if _COPY in error else "not input"
+    if "warning" not in row and not error.startswith(UNLISTED_FOLDER):
+        return "not input"
+    return "unreadable"
+
+
+_SKIPPED = "skipped: "
+_COPY = "same SOP Instance UID"  # in a copy's reason (``predict_inputs``): "... as <row>"
 
 
 def _slice_name(r: InputRead, s: InputSlice, show_paths: bool) -> str:

@@ -458,3 +458,30 @@ def test_different_slices_that_share_a_sop_instance_uid_are_each_scored(model_fi
     assert sorted(r["path"] for r in shown if r.get("level") == "slice") == sorted(
         f"{scans / f.name}#0" for f in files
     )
+
+
+def test_predict_summary_counts_copies_and_files_that_are_no_input_apart(model_file, tmp_path):
+    """The summary line counts a damaged file as unreadable, and apart from it a copy of a
+    scored instance, a DICOM file without an image and a text file (tester18 M2: all four
+    were "4 unreadable")."""
+    import shutil
+
+    import pydicom
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    scans = tmp_path / "scans"
+    files = write_dicom_series(scans, phantom_volume(1, n_slices=3, canvas=32), seed=3)
+    shutil.copy(files[0], scans / "copy.dcm")
+    files[1].write_bytes(files[1].read_bytes()[:-100])
+    shutil.copy(Path(pydicom.data.get_testdata_file("test-SR.dcm")), scans / "report.dcm")
+    (scans / "notes.txt").write_text("scanned on Monday")
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(main, ["predict", str(model_file), str(scans), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (
+        "Predicted 2 image(s) (" in r.output
+        and "); 1 unreadable, 1 copy of a scored instance (not scored again), 2 not inputs → "
+        in r.output
+    )
