@@ -674,6 +674,10 @@ def _print_ingest(report) -> None:
                 what = "empty Patient ID" if value == EMPTY_PATIENT_ID else f"Patient ID {value!r}"
                 what += f": {len(paths)} file(s)"
             click.echo(f"    {what}: {shown}")
+    from mriscan.ingest import empty_class_message
+
+    for name, n_files in report.empty_classes:
+        click.echo(f"  warning: {empty_class_message(name, n_files)}")
     for note in report.notes:
         click.echo(f"  note: {note}")
 
@@ -1494,6 +1498,29 @@ def _unit_probability(row: dict, thr: float | None) -> str:
     return "".join(f"{x}, " for x in parts)
 
 
+def _not_scored(rows: list[dict[str, Any]]) -> str:
+    """The rows of ``predict`` with an error, counted apart (``scan_predict.row_outcome``):
+    "2 unreadable, 5 copies of a scored instance (not scored again), 1 not an input"; the
+    unreadable always, the others when there are any. Copies and files that are no input
+    were read or looked at as they should be: counting them as unreadable hid the real
+    read errors among them."""
+    from mriscan.scan_predict import row_outcome
+
+    n = {"unreadable": 0, "copy": 0, "not input": 0}
+    for r in rows:
+        if (kind := row_outcome(r)) in n:
+            n[kind] += 1
+    parts = [f"{n['unreadable']} unreadable"]
+    if n["copy"]:
+        parts.append(
+            f"{n['copy']} cop{'y' if n['copy'] == 1 else 'ies'} of a scored instance (not scored "
+            "again)"
+        )
+    if n["not input"]:
+        parts.append(f"{n['not input']} not {'an input' if n['not input'] == 1 else 'inputs'}")
+    return ", ".join(parts)
+
+
 @main.command()
 @click.argument("model_path", type=_EXISTING)
 @click.argument("inputs", type=_PATH, nargs=-1, required=True)
@@ -1594,7 +1621,7 @@ def predict(
             counts[r["label"]] = counts.get(r["label"], 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     click.echo(
-        f"Predicted {len(rows) - bad} image(s) ({summary}); {bad} unreadable → "
+        f"Predicted {len(rows) - bad} image(s) ({summary}); {_not_scored(rows)} → "
         f"{display_path(output)}"
     )
     rule, thr = _label_rule(model_path, threshold)

@@ -67,7 +67,7 @@ from mriscan.readers import (
 from mriscan.scan import check_salt, salted_hash
 from mriscan.scan_config import ReaderSettings, describe_setting
 from mriscan.splits import join_keys, split_keys, union_groups
-from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError
+from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError, pixel_checksum
 from mriscan.store.files import is_url, local_path
 
 __all__ = ["IngestConfig", "IngestReport", "ingest", "source_pseudonym"]
@@ -95,7 +95,9 @@ class IngestReport:
     they are grouped: by study, by series, each file alone) (a warning: if such files are one
     patient, give them a manifest group). ``read_notes``: ``(name, note)`` of files stored
     but read otherwise than they hold (``mriscan.readers.InputRead.note``: the first volume
-    of a 4-D NIfTI volume).
+    of a 4-D NIfTI volume). ``empty_classes``: ``(class, its files in this run)`` of each
+    class of this run left with no active sample (all its files failed: a warning, as
+    ``train`` and ``cv`` need every class; ``empty_class_message``; ``strict``: fail).
     Names are paths relative to the raw folder; they are shown to the user so the files can be
     fixed, and never written into the store (DICOM/NIfTI samples are stored under
     pseudonyms). ``removed``, ``replaced``, ``relabelled`` count samples retired because
@@ -131,6 +133,7 @@ class IngestReport:
     ignored: tuple[tuple[str, str], ...] = ()
     placeholder_ids: tuple[tuple[str, str], ...] = ()
     read_notes: tuple[tuple[str, str], ...] = ()
+    empty_classes: tuple[tuple[str, int], ...] = ()
 
     @property
     def n_added(self) -> int:
@@ -888,14 +891,15 @@ def _run(
     # one sample per DICOM instance and frame, as predict scores them: a slice's source
     # (dicom/<series>/<instance>#<frame>) names its instance, so a copy in other bytes (another
     # transfer syntax) is recognised once read, against the active samples and this run's
-    instances: dict[str, tuple[int, int, str]] = {}  # source -> (position, label, file id)
+    # Two files may share a SOP Instance UID and frame yet hold different pixels (an anonymiser
+    # that reuses UIDs): those are two slices, each stored, so a source may have several
+    # samples: the first under its source, the others under ``_slot(source, k)``
+    instances: dict[str, tuple[int, int, str]] = {}  # slot -> (position, label, file id)
     if any(j.kind == "dicom" for j in to_add):
-        instances = {
-            r.source: (r.position, r.label, r.file_id)
-            for r in records
-            if r.kind == "dicom" and r.active and r.position not in retire
-        }
-    copies: dict[str, list[tuple[int, str]]] = {}  # source -> (label, file id) of each copy
+        for r in records:
+            if r.kind == "dicom" and r.active and r.position not in retire:
+                instances[_free_slot(r.source, instances)] = (r.position, r.label, r.file_id)
+    copies: dict[str, list[tuple[int, str]]] = {}  # slot -> (label, file id) of each copy
     stored_instances: set[str] = set()  # sources of the DICOM slices this run stores
     pending_keys: list[str] = []
     pending_names: list[str] = []
@@ -937,6 +941,33 @@ def _run(
             sent += len(images)
         images, labels, recs = [], [], []
 
+    n_committed = len(store)
+    job_of = {j.file_id: j for j in jobs}
+
+    def stored_checksum(pos: int) -> str:
+        """The ``pixel_sha256`` of the sample at ``pos`` (committed, or this run's: its batch
+        is appended first). Only for a DICOM instance read twice: rare, off the hot path."""
+        if pos < n_committed:
+            if records[pos].pixel_sha256:
+                return records[pos].pixel_sha256
+            return pixel_checksum(store.read_batch([pos])[0][0])  # a store without checksums
+        if pos >= start + sent:
+            flush()
+        if appending is not None:
+            appending.result()
+        return store.pending_checksum(pos)
+
+    def same_pixels(slot: str, s: InputSlice) -> bool:
+        """Whether slice ``s`` stores as the same pixels as the sample holding ``slot``."""
+        mine = pixel_checksum(preprocess_serial([s.image], config.preprocess)[0][0])
+        return stored_checksum(instances[slot][0]) == mine
+
+    def holder_name(slot: str) -> str:
+        pos, _, fid = instances[slot]
+        if fid in job_of:
+            return job_of[fid].rel
+        return _record_name(records[pos], job_of, sources) if pos < n_committed else "a file"
+
     with (
         ThreadPoolExecutor(max_workers=_readers(config, to_add)) as pool,
         ThreadPoolExecutor(max_workers=1) as writer,
@@ -954,16 +985,21 @@ def _run(
             elif r.excluded is not None:
                 fail(j.rel, r.excluded, into=excluded)
             else:
-                kept = list(zip(r.slices, slice_flags, strict=True))
+                kept = [(s, f, s.source) for s, f in zip(r.slices, slice_flags, strict=True)]
+                matched: list[str] = []  # the slots this file's copied slices hold
                 if j.kind == "dicom" and r.slices[0].instance is not None:
-                    kept = _new_instances(j, kept, instances, copies)
+                    kept, matched, clashes = _new_instances(j, kept, instances, copies,
+                                                            same_pixels)  # fmt: skip
+                    if clashes:
+                        fail(j.rel, f"same SOP Instance UID as {holder_name(clashes[0])} but "
+                             f"{SAME_UID_OTHER_PIXELS}", into=warned)  # fmt: skip
                     if check_sizes and len(kept) < len(r.slices):
                         # a copy of another size makes its series mix sizes, as if stored
                         for s in r.slices:
                             if s.unit.startswith("series:"):
                                 _add_shape(shapes, s.unit[len("series:") :], s.image.shape[:2])
                 if not kept:  # every slice is a stored instance (or one of this run)
-                    first_copy = instances[r.slices[0].source]
+                    first_copy = instances[matched[0]]
                     primary.setdefault(j.sha256, first_copy[0])
                     if first_copy[1] == j.label:
                         dups.append((j, j.sha256))
@@ -975,14 +1011,14 @@ def _run(
                 first = start + sent + len(images)
                 if kept:
                     primary.setdefault(j.sha256, first)
-                for s, flags in kept:
+                for s, flags, slot in kept:
                     if check_sizes and s.unit.startswith("series:"):
                         _add_shape(shapes, s.unit[len("series:") :], s.image.shape[:2])
                     name = _slice_name(j, s.source)
                     if flags:
                         fail(name, describe_flags(flags, s.image), into=warned)
                     if j.kind == "dicom" and s.instance is not None:
-                        instances[s.source] = (start + sent + len(images), j.label, j.file_id)
+                        instances[slot] = (start + sent + len(images), j.label, j.file_id)
                         stored_instances.add(s.source)
                     pending_names.append(name)
                     pending_labels.append(j.label)
@@ -1053,6 +1089,11 @@ def _run(
     for name, reason in _mixed_classes(store, records, retire, jobs, sources, names,
                                        pending_names, pending_labels, near):  # fmt: skip
         fail(name, reason, into=warned)
+    empty = _empty_classes(classes, names, jobs, active, retire, pending_labels)
+    if config.strict:
+        refused += [
+            (f"class {c}", empty_class_message(c, n).removeprefix(f"class {c} ")) for c, n in empty
+        ]
     if refused:
         shown = "\n".join(f"  {n}: {r}" for n, r in refused)
         raise BadFilesError(
@@ -1108,11 +1149,34 @@ def _run(
         ignored=tuple(hidden),
         placeholder_ids=tuple(placeholders),
         read_notes=tuple(read_notes),
+        empty_classes=empty,
         removed=counts["removed"] - renamed - rewritten,
         replaced=counts["replaced"] + rewritten,
         relabelled=counts["relabelled"],
         renamed=renamed,
     )
+
+
+def empty_class_message(name: str, n_files: int) -> str:
+    """The warning for a class left with no stored slice (``IngestReport.empty_classes``)."""
+    why = f": all its {n_files} file(s) failed, see above" if n_files else ""
+    return f"class {name} has no stored slice{why}; train and cv need every class"
+
+
+def _empty_classes(
+    classes: Sequence[str],
+    names: Sequence[str],
+    jobs: Sequence[_Job],
+    active: Sequence[SampleRecord],
+    retire: Mapping[int, str],
+    pending_labels: Sequence[int],
+) -> tuple[tuple[str, int], ...]:
+    """``(class, its files in this run)`` of each class of this run (``classes``) with no
+    active sample once the run is committed: none of the stored ones left (``active`` less
+    ``retire``) and none added (``pending_labels``); ``jobs``' labels index ``names``."""
+    held = {r.label for r in active if r.position not in retire} | set(pending_labels)
+    files = [j.label for j in jobs]
+    return tuple((c, files.count(names.index(c))) for c in classes if names.index(c) not in held)
 
 
 def _read_job(
@@ -1236,23 +1300,64 @@ def _readers(config: IngestConfig, jobs: list[_Job]) -> int:
     return config.n_workers
 
 
+#: Why a DICOM file that shares a SOP Instance UID (and frame) with another but holds other
+#: pixels is stored (ingest) after "same SOP Instance UID as <the other>": not a copy
+SAME_UID_OTHER_PIXELS = (
+    "different pixels: stored as a slice of its own; the file's UIDs are not unique (an "
+    "anonymiser that reuses UIDs?)"
+)
+
+
+def _slot(source: str, k: int) -> str:
+    """The key under which the ``k``-th sample of a DICOM source (SOP Instance UID and frame)
+    is known to ``_new_instances``: the source itself for the first, then ``source``, NUL,
+    ``k`` (no source holds a NUL)."""
+    return source if k == 0 else f"{source}\x00{k}"
+
+
+def _free_slot(source: str, instances: Mapping[str, Any]) -> str:
+    """The first slot of ``source`` (``_slot``) that ``instances`` does not hold yet."""
+    k = 0
+    while _slot(source, k) in instances:
+        k += 1
+    return _slot(source, k)
+
+
 def _new_instances(
     job: _Job,
-    slices: list[tuple[InputSlice, tuple[str, ...]]],
+    slices: list[tuple[InputSlice, tuple[str, ...], str]],
     instances: dict[str, tuple[int, int, str]],
     copies: dict[str, list[tuple[int, str]]],
-) -> list[tuple[InputSlice, tuple[str, ...]]]:
-    """The ``(slice, flags)`` of a DICOM file whose instance and frame (``InputSlice.source``)
-    is not yet among ``instances`` (source -> (position, label, file id) of the sample that
-    holds it: active stored ones and this run's); each of the others is noted in ``copies``
-    (source -> (label, file id) of every further copy) and not stored again."""
-    out = []
-    for s, flags in slices:
-        if s.source in instances:
-            copies.setdefault(s.source, []).append((job.label, job.file_id))
+    same_pixels: Callable[[str, InputSlice], bool],
+) -> tuple[list[tuple[InputSlice, tuple[str, ...], str]], list[str], list[str]]:
+    """Split the ``(slice, flags, slot)`` of a DICOM file by its instances and frames
+    (``InputSlice.source``) against ``instances`` (slot -> (position, label, file id) of the
+    sample that holds it: active stored ones and this run's; slots: ``_slot``).
+
+    A slice whose source is held by a sample of the same pixels (``same_pixels(slot, slice)``,
+    asked only when the source is held) is a copy: noted in ``copies`` (slot -> (label, file
+    id) of every further copy) and not stored again. One whose source is held only by other
+    pixels is no copy (an anonymiser that reuses UIDs): kept, under the source's next free
+    slot. Returns ``(kept, matched, clashes)``: the slices to store (each with its slot), the
+    slots the copies matched, and for each kept slice whose source was held, one slot
+    holding it with other pixels."""
+    out: list[tuple[InputSlice, tuple[str, ...], str]] = []
+    matched: list[str] = []
+    clashes: list[str] = []
+    for s, flags, _ in slices:
+        k, other = 0, None
+        while (slot := _slot(s.source, k)) in instances:
+            if same_pixels(slot, s):
+                copies.setdefault(slot, []).append((job.label, job.file_id))
+                matched.append(slot)
+                break
+            other = other or slot
+            k += 1
         else:
-            out.append((s, flags))
-    return out
+            out.append((s, flags, slot))
+            if other is not None:
+                clashes.append(other)
+    return out, matched, clashes
 
 
 def _instance_conflicts(

@@ -50,6 +50,7 @@ __all__ = [
     "predict_inputs",
     "problem_rows",
     "read_inputs",
+    "row_outcome",
     "series_labels",
     "unit_places",
 ]
@@ -126,7 +127,11 @@ def predict_inputs(
     scored once", a damaged one the same words after its error, and the series row's
     ``warning`` counts them ("<n> file(s) holding an instance read from another file ...");
     an undecodable file counts as an unreadable instance only when no other file gave its
-    instance.
+    instance. A slice whose instance and frame a scored slice of other pixels holds (a broken
+    anonymiser that reuses UIDs) is no copy: it is scored, named after its file
+    (``dicom/<series>/file-<h>#<frame>`` without ``show_paths``), its ``warning`` "same SOP
+    Instance UID as <that slice's row> but different pixels: scored as a slice of its own;
+    ..." (``SAME_UID_OTHER_PIXELS``), and the series row's ``warning`` counts them.
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``; a failed
     file's row likewise: see the module doc; a series / volume row: the unit's pseudonym, or
@@ -150,26 +155,37 @@ def predict_inputs(
     # one slice per SOP instance and frame in each series: copies of an instance (a copied
     # file, the same instance exported twice) are not scored again, so they cannot tip the
     # series' pooled probability or its slice count
-    first_of: dict[tuple[str, str], tuple[InputRead, InputSlice]] = {}
+    # unless its pixels differ: a broken anonymiser may give different slices one SOP Instance
+    # UID, and each is then scored (under its file's pseudonym, with a warning)
+    first_of: dict[tuple[str, str], list[tuple[InputRead, InputSlice]]] = {}
     copies: dict[str, int] = {}  # series unit -> its files not scored again (copies)
+    clashes: dict[int, tuple[str, str]] = {}  # id(slice) -> (row name, warning): UID reused
+    clashed: dict[str, int] = {}  # series unit -> its slices of a reused UID scored anyway
     failed = []
     for i, r in enumerate(reads):
         if r.error is not None or r.skipped is not None or r.excluded is not None:
             failed.append((i, r))
             continue
         dup = []
+        dup_of = []  # the scored slice each of ``dup`` copies
         for s in r.slices:
             key = (s.unit, s.instance) if s.instance else None
-            if key is not None and key in first_of:
+            held = first_of.get(key, []) if key is not None else []
+            same = next((h for h in held if np.array_equal(h[1].image, s.image)), None)
+            if same is not None:
                 dup.append(s)
+                dup_of.append(same)
                 continue
+            if held:
+                clashes[id(s)] = _clash(r, s, held[0], salt, show_paths)
+                clashed[s.unit] = clashed.get(s.unit, 0) + 1
             if key is not None:
-                first_of[key] = (r, s)
+                first_of.setdefault(key, []).append((r, s))
             slices.append((r, s))
         if dup:
             unit = dup[0].unit
             copies[unit] = copies.get(unit, 0) + 1
-            first = [_slice_name(*first_of[(s.unit, s.instance)], show_paths) for s in dup]
+            first = [_slice_name(*rs, show_paths) for rs in dup_of]
             if len(dup) == 1:
                 why = f"same SOP Instance UID as {first[0]}"
             else:  # a multi-frame copy: its frames are those of the first file
@@ -185,7 +201,7 @@ def predict_inputs(
                 " (its other frames are scored)" if len(dup) < len(r.slices) else ""
             )
             file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
-    scored = {(u, inst.rsplit("#", 1)[0]): rs for (u, inst), rs in first_of.items()}
+    scored = {(u, inst.rsplit("#", 1)[0]): rs[0] for (u, inst), rs in first_of.items()}
     unreadable: dict[str, set] = {}  # series unit -> its instances that could not be read
     for i, r in failed:
         name, err, series, inst = failed_file_name(r, salt=salt, show_paths=show_paths)
@@ -205,10 +221,12 @@ def predict_inputs(
     labels = series_labels(unit_places(slices)) if show_paths else {}
     flagged: dict[str, dict[str, int]] = {}  # unit -> flag -> its slices flagged so
     for (r, s), p in zip(slices, probs, strict=True):
-        row = _scan_row(card, _slice_name(r, s, show_paths), p, threshold, "", "slice", s.unit)
+        name, clash = clashes.get(id(s), (_slice_name(r, s, show_paths), ""))
+        row = _scan_row(card, name, p, threshold, "", "slice", s.unit)
+        row["warning"] = clash
         flags = slice_warnings(s.image)  # the rule of ingest and of predict's JPEG/PNG rows
         if flags:
-            row["warning"] = describe_flags(flags, s.image)
+            row["warning"] = "; ".join(w for w in (clash, describe_flags(flags, s.image)) if w)
             for f in flags:
                 flagged.setdefault(s.unit, {}).setdefault(f, 0)
                 flagged[s.unit][f] += 1
@@ -257,6 +275,11 @@ def predict_inputs(
             notes.append(
                 f"{n} file{'s' if n != 1 else ''} holding an instance read from another file "
                 "(same SOP Instance UID) not scored again (see their rows)"
+            )
+        if n := clashed.get(row["unit"], 0):
+            notes.append(
+                f"{n} slice{'s' if n != 1 else ''} sharing a SOP Instance UID with another "
+                "slice of other pixels, scored as slices of their own (see their rows)"
             )
         for flag, count in flagged.get(row["unit"], {}).items():
             what = FLAG_SUMMARY[flag]
@@ -340,6 +363,63 @@ def problem_rows(
             row["level"] = "file"
         rows.append(row)
     return rows
+
+
+#: Why a DICOM slice that shares its SOP Instance UID (and frame) with a scored slice of other
+#: pixels is scored all the same, after "same SOP Instance UID as <that slice's row> but"
+SAME_UID_OTHER_PIXELS = (
+    "different pixels: scored as a slice of its own; the file's UIDs are not unique (an "
+    "anonymiser that reuses UIDs?)"
+)
+
+
+def _clash(
+    r: InputRead,
+    s: InputSlice,
+    first: tuple[InputRead, InputSlice],
+    salt: bytes,
+    show_paths: bool,
+) -> tuple[str, str]:
+    """``(row name, warning)`` of slice ``s`` of ``r``, whose SOP Instance UID and frame a
+    slice of other pixels (``first``) already holds. Its pseudonym would be that slice's, so
+    without ``show_paths`` it is named after its file (``dicom/<series>/file-<h>#<frame>``,
+    as a failed file is, ``_file_pseudonym``)."""
+    frame = s.source.rsplit("#", 1)[-1]
+    if show_paths:
+        name = _slice_name(r, s, True)
+    else:
+        name = f"{_file_pseudonym(r, s.unit.split(':', 1)[1], salt)}#{frame}"
+    return name, f"same SOP Instance UID as {_slice_name(*first, show_paths)} but " + (
+        SAME_UID_OTHER_PIXELS
+    )
+
+
+#: ``row_outcome``'s kinds of row, as ``predict``'s summary counts them
+OUTCOMES = ("scored", "unreadable", "copy", "not input")
+
+
+def row_outcome(row: Mapping[str, Any]) -> str:
+    """How ``mriscan predict``'s summary counts a row of ``mriscan.predict.predict`` (one of
+    ``OUTCOMES``): "scored" (no ``error``); "copy", a file "skipped: same SOP Instance UID
+    as ..." (an instance scored from another file); "not input", another "skipped: ..."
+    (a DICOM file without an image, an image of a modality not read) or a ``problem_rows``
+    row other than a folder that cannot be listed (a file of no input kind, an empty folder:
+    those rows alone have no ``warning`` column); "unreadable", every other error (a file
+    that could not be read or decoded, a damaged copy of a scored instance included)."""
+    from mriscan.io import UNLISTED_FOLDER
+
+    error = row.get("error") or ""
+    if not error:
+        return "scored"
+    if error.startswith(_SKIPPED):
+        return "copy" if _COPY in error else "not input"
+    if "warning" not in row and not error.startswith(UNLISTED_FOLDER):
+        return "not input"
+    return "unreadable"
+
+
+_SKIPPED = "skipped: "
+_COPY = "same SOP Instance UID"  # in a copy's reason (``predict_inputs``): "... as <row>"
 
 
 def _slice_name(r: InputRead, s: InputSlice, show_paths: bool) -> str:

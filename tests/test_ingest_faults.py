@@ -474,3 +474,40 @@ def test_linked_series_folder_is_read_and_loops_and_empty_folders_are_listed(tmp
     assert "empty folder" in ignored["yes/empty_series"]
     strict = IngestConfig(preprocess=PreprocessConfig(size=32), strict=True)
     assert ingest(root, tmp_path / "strict.zarr", strict).added == {"no": 3, "yes": 3}
+
+
+def test_a_class_left_without_a_slice_is_a_warning_and_strict_refuses_it(tmp_path):
+    """Every file of yes/ is a truncated DICOM (tester18 L7): the store is committed with a
+    warning naming the class and its failed files (train and cv would fail later), --strict
+    refuses the run; once yes/ has a stored slice, a new broken file there warns nothing."""
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    root = tmp_path / "raw"
+    good = write_dicom_series(root / "no" / "p", phantom_volume(1, n_slices=2, canvas=32), seed=1)
+    (root / "yes").mkdir()
+    for k in range(3):
+        (root / "yes" / f"cut{k}.dcm").write_bytes(good[0].read_bytes()[:-200])
+    store = tmp_path / "s.zarr"
+    report = ingest(root, store, SMALL)
+    assert report.added == {"no": 2, "yes": 0} and report.empty_classes == (("yes", 3),)
+    r = CliRunner().invoke(main, ["ingest", str(root), "--store", str(tmp_path / "c.zarr"),
+                                  "--image-size", "32"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (
+        "warning: class yes has no stored slice: all its 3 file(s) failed, see above; train "
+        "and cv need every class" in r.output
+    )
+    strict = IngestConfig(preprocess=PreprocessConfig(size=32), strict=True)
+    with pytest.raises(BadFilesError, match="class yes: has no stored slice: all its 3 file"):
+        ingest(root, tmp_path / "strict.zarr", strict)
+    assert not (tmp_path / "strict.zarr").exists()
+
+    for f in (root / "yes").iterdir():
+        f.unlink()
+    write_dicom_series(root / "yes" / "p", phantom_volume(2, n_slices=2, canvas=32), seed=2)
+    assert ingest(root, store, SMALL).added == {"no": 0, "yes": 2}
+    (root / "yes" / "cut.dcm").write_bytes(good[0].read_bytes()[:-200])
+    later = ingest(root, store, SMALL)
+    assert later.skipped and not later.empty_classes

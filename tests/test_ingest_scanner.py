@@ -3,6 +3,7 @@ bad scanner inputs each named with nothing committed half-way; old (format 1) st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -788,3 +789,72 @@ def test_an_interrupted_hash_stops_the_prefetch_and_leaves_no_store(tmp_path, mo
         ingest(_dicom_folder(tmp_path / "scans"), tmp_path / "s.zarr", SMALL)
     assert not (tmp_path / "s.zarr").exists()
     assert not [t for t in threading.enumerate() if t.name.startswith("mriscan-prefetch")]
+
+
+def _reuse_uid(files: list[Path], uid: str = "1.2.3.4", series: str | None = None) -> None:
+    """Give every file the same SOP Instance UID, as a broken anonymiser does (and ``series``
+    as Series Instance UID, when given)."""
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = uid
+        if series is not None:
+            ds.SeriesInstanceUID = series
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as(f)
+
+
+def _reused_uid_root(root: Path) -> list[Path]:
+    """yes/: one series of 4 different slices sharing one SOP Instance UID, plus a copy of its
+    first file in another encoding (implicit VR: same instance, same pixels); no/: a PNG."""
+    stack = phantom_volume(3, n_slices=4, canvas=32, tumor=True)
+    files = write_dicom_series(root / "yes" / "series", stack, seed=3)
+    _reuse_uid(files)
+    ds = pydicom.dcmread(files[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    pydicom.dcmwrite(root / "yes" / "zz_implicit.dcm", ds, implicit_vr=True, little_endian=True)
+    (root / "no").mkdir(parents=True, exist_ok=True)
+    img = (np.random.default_rng(1).random((40, 40)) * 200).astype(np.uint8)
+    Image.fromarray(img).save(root / "no" / "plain.png")
+    return files
+
+
+def test_different_slices_that_share_a_sop_instance_uid_are_each_stored_with_a_warning(tmp_path):
+    """A broken anonymiser gave 4 different slices one SOP Instance UID (tester18 M1): each is a
+    slice of its own, with a warning naming the file it shares the UID with; a copy of the same
+    pixels in other bytes is still an exact duplicate; a re-ingest reads and warns nothing; a
+    file of that UID under another class with other pixels is no label conflict; --strict
+    refuses the run."""
+    root = tmp_path / "raw"
+    files = _reused_uid_root(root)
+    store = tmp_path / "s.zarr"
+    report = ingest(root, store, SMALL)
+    assert report.added == {"no": 1, "yes": 4} and report.exact_duplicates == 1
+    assert not report.skipped and report.conflicts == 0
+    warned = dict(report.warnings)
+    first = files[0].relative_to(root).as_posix()
+    assert set(warned) == {f.relative_to(root).as_posix() for f in files[1:]}
+    assert all(
+        w.startswith(f"same SOP Instance UID as {first} but different pixels: stored as a slice")
+        and "an anonymiser that reuses UIDs?" in w
+        for w in warned.values()
+    )
+    with ImageStore.open(store) as st:
+        mr = [r for r in st.index.records if r.kind == "dicom"]
+        assert len(mr) == 4 and len({r.pixel_sha256 for r in mr}) == 4
+        assert [d["duplicate_of"] for d in st.index.duplicates] == [mr[0].position]
+
+    again = ingest(root, store, SMALL)
+    assert again.n_added == 0 and not again.warnings and again.already_stored == 5
+
+    # another class, the same UID, other pixels again: stored under no/, not a conflict
+    other = write_dicom_series(
+        root / "no" / "series", phantom_volume(8, n_slices=1, canvas=32), seed=8
+    )
+    _reuse_uid(other, series=pydicom.dcmread(files[0]).SeriesInstanceUID)
+    later = ingest(root, store, SMALL)
+    assert later.added == {"no": 1, "yes": 0} and later.conflicts == 0 and not later.skipped
+    assert len(later.warnings) == 1 and later.total == 6
+
+    strict = dataclasses.replace(SMALL, strict=True)
+    with pytest.raises(BadFilesError, match="different pixels"):
+        ingest(root, tmp_path / "strict.zarr", strict)

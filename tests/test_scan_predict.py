@@ -439,3 +439,84 @@ def test_a_file_beside_scanner_data_has_level_file_with_or_without_show_paths(tm
         assert by_folder["lv"]["level"] == "file", (show, rows)
         assert "level" not in by_folder["jp"]
         assert by_folder["lv"]["path"].startswith("other/file-") != show
+
+
+def _reuse_uid(files: list[Path], uid: str = "1.2.3.4") -> None:
+    """Give every file the same SOP Instance UID, as a broken anonymiser does."""
+    import pydicom
+
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as(f)
+
+
+def test_different_slices_that_share_a_sop_instance_uid_are_each_scored(model_file, tmp_path):
+    """A broken anonymiser gave 4 different slices one SOP Instance UID (tester18 M1): each is
+    scored, as the series without the reused UIDs is, under a name of its own (its file's
+    pseudonym, or its path), with a warning naming the slice it shares the UID with; a byte
+    copy (the same pixels) is still a copy, not scored again."""
+    import shutil
+
+    clean = tmp_path / "clean"
+    files = write_dicom_series(clean, phantom_volume(1, n_slices=4, canvas=32), seed=3)
+    want = _series_row(predict(model_file, [clean]))
+    _reuse_uid(files)
+    scans = tmp_path / "scans"
+    shutil.copytree(clean, scans)
+    shutil.copy(scans / files[0].name, scans / "zz_copy.dcm")
+    rows = predict(model_file, [scans])
+    got = _series_row(rows)
+    assert got["slices"] == 4
+    assert got["probability"] == pytest.approx(want["probability"], abs=1e-6)
+    assert "1 file holding an instance read from another file" in got["warning"]
+    assert (
+        "3 slices sharing a SOP Instance UID with another slice of other pixels" in (got["warning"])
+    )
+    slices = [r for r in rows if r.get("level") == "slice"]
+    assert len(slices) == 4 and len({r["path"] for r in slices}) == 4
+    first = [r for r in slices if not r["warning"]]
+    assert len(first) == 1
+    clashed = [r for r in slices if r["warning"]]
+    assert all(r["path"].startswith("dicom/") and "/file-" in r["path"] for r in clashed)
+    assert all(
+        r["warning"].startswith(
+            f"same SOP Instance UID as {first[0]['path']} but different pixels: scored as a "
+            "slice of its own; the file's UIDs are not unique"
+        )
+        for r in clashed
+    )
+    (copy,) = [r for r in rows if r["error"]]
+    assert copy["error"].startswith(f"skipped: same SOP Instance UID as {first[0]['path']}")
+    shown = predict(model_file, [scans], show_paths=True)
+    assert sorted(r["path"] for r in shown if r.get("level") == "slice") == sorted(
+        f"{scans / f.name}#0" for f in files
+    )
+
+
+def test_predict_summary_counts_copies_and_files_that_are_no_input_apart(model_file, tmp_path):
+    """The summary line counts a damaged file as unreadable, and apart from it a copy of a
+    scored instance, a DICOM file without an image and a text file (tester18 M2: all four
+    were "4 unreadable")."""
+    import shutil
+
+    import pydicom
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    scans = tmp_path / "scans"
+    files = write_dicom_series(scans, phantom_volume(1, n_slices=3, canvas=32), seed=3)
+    shutil.copy(files[0], scans / "copy.dcm")
+    files[1].write_bytes(files[1].read_bytes()[:-100])
+    shutil.copy(Path(pydicom.data.get_testdata_file("test-SR.dcm")), scans / "report.dcm")
+    (scans / "notes.txt").write_text("scanned on Monday")
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(main, ["predict", str(model_file), str(scans), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (
+        "Predicted 2 image(s) (" in r.output
+        and "); 1 unreadable, 1 copy of a scored instance (not scored again), 2 not inputs → "
+        in r.output
+    )

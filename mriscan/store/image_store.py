@@ -617,6 +617,20 @@ class ImageStore:
         """Samples appended since the last commit."""
         return self._pending_images
 
+    def pending_checksum(self, position: int) -> str:
+        """The ``pixel_sha256`` of a sample appended since the last commit (``position``: its
+        store position, at least ``len(self)``).
+
+        Raises
+        ------
+        IndexError
+            ``position`` is not a pending sample's.
+        """
+        k = position - len(self)
+        if not 0 <= k < len(self._pending_records):
+            raise IndexError(f"no pending sample at position {position}")
+        return str(self._pending_records[k]["pixel_sha256"])
+
     # ---- writing ------------------------------------------------------------------------
     def append(
         self,
