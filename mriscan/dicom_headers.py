@@ -243,17 +243,19 @@ def library_messages() -> Iterator[None]:
     libraries said. Not thread-safe: the libraries' loggers are detached meanwhile."""
     keep = _Keep()
     loggers = [logging.getLogger(n) for n in _LIBRARIES]
-    before = [(lg.propagate, lg.handlers[:]) for lg in loggers]
+    before = [(lg.propagate, lg.handlers[:], lg.level) for lg in loggers]
     for lg in loggers:
         lg.propagate = False
         lg.handlers = [keep]
+        lg.setLevel(logging.WARNING)  # the CLI raises pydicom's level: its warnings are kept
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
     finally:
-        for lg, (propagate, handlers) in zip(loggers, before, strict=True):
+        for lg, (propagate, handlers, level) in zip(loggers, before, strict=True):
             lg.propagate, lg.handlers = propagate, handlers
+            lg.setLevel(level)
         said = {r.getMessage(): r.name for r in keep.records}
         for w in caught:  # pydicom both logs and warns each of its lines: said once
             said.setdefault(str(w.message), w.category.__name__)
