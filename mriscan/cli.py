@@ -42,6 +42,11 @@ if typing.TYPE_CHECKING:
 DEFAULT_OUT = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_OUT / "models" / "best_model.keras"
 _PATH = click.Path(path_type=Path)
+# a store or an output folder: an existing file there is refused by click in one line
+# ("Directory 'x' is a file."), not by a NotADirectoryError after the work is done
+_FOLDER = click.Path(file_okay=False, path_type=Path)
+# an output file: an existing folder there is refused likewise ("File 'x' is a directory.")
+_FILE = click.Path(dir_okay=False, path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
 _TYPED = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
 _POSITIVE = click.IntRange(min=1)
@@ -459,7 +464,7 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
 @click.option(
     "--store",
     "store_path",
-    type=_PATH,
+    type=_FOLDER,
     default=DEFAULT_STORE,
     show_default=True,
     help="Store directory (or fsspec URL).",
@@ -683,7 +688,7 @@ def _print_ingest(report) -> None:
 
 
 @main.command()
-@click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
+@click.option("--store", "store_path", type=_FOLDER, default=DEFAULT_STORE, show_default=True)
 def verify(store_path: Path) -> None:
     """Check every chunk, shape, label and pixel checksum of a store (exit 1 if any is bad)."""
     from mriscan.store import verify_store
@@ -709,7 +714,7 @@ def verify(store_path: Path) -> None:
 
 
 @main.command()
-@click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
+@click.option("--store", "store_path", type=_FOLDER, default=DEFAULT_STORE, show_default=True)
 def migrate(store_path: Path) -> None:
     """Convert a store written by an older mriscan (index format 1, 2 or 3; images one file per
     slice) to the current format (index format 4; images in shards of 256 slices), and bring
@@ -734,7 +739,7 @@ def migrate(store_path: Path) -> None:
 
 
 @main.command()
-@click.option("--store", "store_path", type=_PATH, default=DEFAULT_STORE, show_default=True)
+@click.option("--store", "store_path", type=_FOLDER, default=DEFAULT_STORE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def info(store_path: Path, as_json: bool) -> None:
     """Describe a store: samples per class, preprocessing, duplicate groups, codec, size."""
@@ -843,13 +848,13 @@ def _train_options(f: Callable) -> Callable:
         click.option(
             "--store",
             "store_path",
-            type=_PATH,
+            type=_FOLDER,
             default=None,
             help=f"Store to ingest DATA into [default: {DEFAULT_STORE}, or {PHANTOM_STORE} "
             "for phantoms].",
         ),
         click.option(
-            "--out", type=_PATH, default=DEFAULT_OUT, show_default=True, help="Artifacts folder."
+            "--out", type=_FOLDER, default=DEFAULT_OUT, show_default=True, help="Artifacts folder."
         ),
         *(config_option(TrainConfig, path, flag) for path, flag in _TRAIN_OPTIONS),
     ]
@@ -1138,7 +1143,7 @@ def synth(
 @click.option(
     "--store",
     "store_path",
-    type=_PATH,
+    type=_FOLDER,
     default=None,
     help="Evaluate on this store instead of DATA.",
 )
@@ -1151,7 +1156,7 @@ def synth(
 )
 @click.option(
     "--out",
-    type=_PATH,
+    type=_FOLDER,
     default=None,
     help="Where evaluation/ is written [default: the model's artifacts folder].",
 )
@@ -1526,7 +1531,7 @@ def _not_scored(rows: list[dict[str, Any]]) -> str:
 @click.argument("inputs", type=_PATH, nargs=-1, required=True)
 @click.option(
     "--output",
-    type=_PATH,
+    type=_FILE,
     default=Path("predictions.csv"),
     show_default=True,
     help="A .csv, .jsonl (JSON Lines) or .json file. CSV and JSON Lines are written as each "
@@ -1706,7 +1711,7 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
 @main.command()
 @click.argument("model_path", type=_EXISTING)
 @click.argument("images", type=_PATH, nargs=-1, required=True)
-@click.option("--out", type=_PATH, default=DEFAULT_OUT / "explain", show_default=True)
+@click.option("--out", type=_FOLDER, default=DEFAULT_OUT / "explain", show_default=True)
 @click.option(
     "--class",
     "explain_class",
@@ -1952,7 +1957,7 @@ class _AuditCommand(click.Command):
     help="split.json from `mriscan train`: its train+val vs test items of the store DATA.",
 )
 @click.option(
-    "--out", type=_PATH, default=DEFAULT_OUT / "audit", show_default=True, help="Report folder."
+    "--out", type=_FOLDER, default=DEFAULT_OUT / "audit", show_default=True, help="Report folder."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout.")
 @click.option(

@@ -102,6 +102,29 @@ def test_pydicom_s_own_log_lines_show_from_v_on(tmp_path, flags, level):
     assert got == level
 
 
+def test_a_path_of_the_wrong_kind_is_refused_in_one_line(class_folder, model_file, tmp_path):
+    """--output naming a folder, --store naming a file, evaluate/explain --out naming a file
+    gave tracebacks (IsADirectoryError, NotADirectoryError), some after all the work."""
+    a_file, a_folder = tmp_path / "f.txt", tmp_path / "d"
+    a_file.write_text("x")
+    a_folder.mkdir()
+    image = str(next((class_folder / "yes").iterdir()))
+    cases = [
+        (["predict", str(model_file), image, "--output", str(a_folder)], "is a directory"),
+        (["ingest", str(class_folder), "--store", str(a_file)], "is a file"),
+        (["info", "--store", str(a_file)], "is a file"),
+        (["verify", "--store", str(a_file)], "is a file"),
+        (["evaluate", str(class_folder), "--model", str(model_file), "--out", str(a_file)],
+         "is a file"),
+        (["explain", str(model_file), image, "--out", str(a_file)], "is a file"),
+    ]  # fmt: skip
+    for args, why in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and why in r.output, (args, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
+    assert a_file.read_text() == "x" and not any(a_folder.iterdir())
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
