@@ -579,7 +579,7 @@ def ingest(
             err=True,
         )
         ctx.exit(130)
-    _print_ingest(report)
+    _print_ingest(report, manifest=manifest is not None)
 
 
 @contextlib.contextmanager
@@ -601,8 +601,9 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
             state["bar"].__exit__(None, None, None)
 
 
-def _print_ingest(report) -> None:
-    """Print an ingest summary."""
+def _print_ingest(report, *, manifest: bool = False) -> None:
+    """Print an ingest summary (``manifest``: the data came from a CSV manifest, whose rows,
+    not folders, give the labels and the files)."""
     added = ", ".join(f"{k}: {v}" for k, v in report.added.items())
     # samples are slices (a DICOM file or NIfTI volume gives several); the duplicate and
     # already-stored counts are of files: each number says which it counts
@@ -621,18 +622,26 @@ def _print_ingest(report) -> None:
         size = store.nbytes_stored()
     click.echo(f"  size on disk {_human_bytes(size)}; {report.seconds:.1f}s")
     changed = {
-        "relabelled (moved to another class)": report.relabelled,
+        "relabelled (label changed in the manifest)"
+        if manifest
+        else "relabelled (moved to another class)": report.relabelled,
         "replaced (new content)": report.replaced,
         "renamed (the same file under a new name in its class: stored again under it)": (
             report.renamed
         ),
-        "removed (file deleted)": report.removed,
+        "removed (no longer listed in the manifest, or deleted)"
+        if manifest
+        else "removed (file deleted)": report.removed,
     }
     if any(changed.values()):  # fmt: skip
         click.echo(
             "  retired samples: "
             + ", ".join(f"{v} {k}" for k, v in changed.items() if v)
-            + " (labels follow the files' current folders)"
+            + (
+                " (labels follow the manifest)"
+                if manifest
+                else " (labels follow the files' current folders)"
+            )
         )
     for items, title in (
         (report.skipped, f"skipped {len(report.skipped)} bad file(s) or folder(s):"),

@@ -125,6 +125,24 @@ def test_a_path_of_the_wrong_kind_is_refused_in_one_line(class_folder, model_fil
     assert a_file.read_text() == "x" and not any(a_folder.iterdir())
 
 
+def test_a_manifest_re_ingest_says_rows_and_labels_follow_the_manifest(class_folder, tmp_path):
+    """Rows dropped from a manifest were "removed (file deleted)", labels said to follow
+    folders."""
+    rows = [f"{p.relative_to(class_folder).as_posix()},{p.parent.name}"
+            for p in sorted(class_folder.rglob("*.*"))]  # fmt: skip
+    csv = class_folder / "m.csv"
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    args = ["ingest", "--manifest", str(csv), "--store", str(tmp_path / "s"), "--image-size", "32"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    changed = [r.replace(",no", ",yes") if "no0" in r else r for r in rows if "no1" not in r]
+    csv.write_text("path,label\n" + "\n".join(changed) + "\n")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "1 relabelled (label changed in the manifest)" in r.output
+    assert "1 removed (no longer listed in the manifest, or deleted)" in r.output
+    assert "(labels follow the manifest)" in r.output and "folders" not in r.output
+
+
 def test_help_lists_commands_and_imports_no_tensorflow():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
