@@ -328,16 +328,22 @@ def _write_series_report(
         raise StructuredReportError(f"the sources span {len(series)} series, not one")
     # one report is filed under one patient and one study: a series whose instances name
     # several must not put a finding drawn partly from another's images into this record
+    # the patient module is copied from the first instance: instances of one Patient ID that
+    # disagree on name, birth date or sex would file the report under one of them unsaid
     for keyword, what in (("PatientID", "patients (Patient ID)"),
-                          ("StudyInstanceUID", "studies (Study Instance UID)")):  # fmt: skip
+                          ("StudyInstanceUID", "studies (Study Instance UID)"),
+                          ("PatientName", "Patient's Names (0010,0010)"),
+                          ("PatientBirthDate", "Patient's Birth Dates (0010,0030)"),
+                          ("PatientSex", "Patient's Sex values (0010,0040)")):  # fmt: skip
         counts: dict[str, int] = {}
         for ds, _ in headers:
             value = str(ds.get(keyword, "") or "").strip()
             counts[value] = counts.get(value, 0) + 1
         if len(counts) > 1:  # counts only: the reason is printed and must name no one
             split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
+            verb = "belong to" if keyword in ("PatientID", "StudyInstanceUID") else "state"
             raise StructuredReportError(
-                f"the series' instances belong to {len(counts)} {what} ({split} instances): "
+                f"the series' instances {verb} {len(counts)} {what} ({split} instances): "
                 "one report cannot be filed for them; check the series"
             )
     first = headers[0][0]  # highdicom copies the patient and study from it

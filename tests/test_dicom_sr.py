@@ -407,6 +407,34 @@ def test_a_series_spanning_patients_or_studies_gets_no_report(
     assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value", "what"),
+    [
+        ("PatientName", "Secret^Name", "2 Patient's Names (0010,0010) (3 + 1 instances)"),
+        ("PatientBirthDate", "19800202", "2 Patient's Birth Dates (0010,0030)"),
+        ("PatientSex", "O", "2 Patient's Sex values (0010,0040)"),
+    ],
+)
+def test_a_series_whose_instances_disagree_on_the_patient_gets_no_report(
+    model_file, tmp_path, keyword, value, what
+):
+    """The report copies the first instance's patient module: instances of one Patient ID
+    that name another person, birth date or sex were filed under the first, unsaid."""
+    import pydicom
+
+    from mriscan.predict import predict
+
+    files = write_dicom_series(tmp_path / "s", phantom_volume(1, n_slices=4, canvas=32), seed=2)
+    ds = pydicom.dcmread(files[1])
+    setattr(ds, keyword, value)
+    ds.save_as(files[1])
+    rows = predict(model_file, [tmp_path / "s"], dicom_out=tmp_path / "sr")
+    (row,) = [r for r in rows if r.get("level") == "series"]
+    assert "dicom" not in row and f"instances state {what}" in row["dicom_skipped"]
+    assert value not in row["dicom_skipped"] and "Secret" not in row["dicom_skipped"]
+    assert not (tmp_path / "sr").exists() or not list((tmp_path / "sr").iterdir())
+
+
 def test_an_invalid_study_uid_is_refused(model_file, tmp_path):
     """A malformed Study Instance UID is not copied into a report: the series is refused."""
     import pydicom
