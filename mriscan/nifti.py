@@ -105,13 +105,15 @@ class NiftiSlice:
 
 @dataclass(frozen=True)
 class NiftiRead:
-    """A volume's kept slices (in index order) and its canonical shape (X, Y, Z) and zooms (mm)."""
+    """A volume's kept slices (in index order) and its canonical shape (X, Y, Z) and zooms (mm),
+    and ``note``: what the reader could not take from the file (its orientation), or ""."""
 
     path: Path
     volume: str
     slices: tuple[NiftiSlice, ...]
     shape: tuple[int, int, int]
     zooms: tuple[float, float, float]
+    note: str = ""  # read otherwise than the file says (NO_ORIENTATION_NOTE), else ""
 
 
 #: ``sizeof_hdr``, the header's first field: 348 for NIfTI-1, 540 for NIfTI-2
@@ -448,7 +450,25 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
             n_dims=len(full),
         )
         slices.append(NiftiSlice(image, meta, path))
-    return NiftiRead(path, volume, tuple(slices), tuple(int(s) for s in data.shape), zooms)
+    note = NO_ORIENTATION_NOTE if _unoriented(img) else ""
+    return NiftiRead(
+        path, volume, tuple(slices), tuple(int(s) for s in data.shape), zooms, note=note
+    )
+
+
+#: ``NiftiRead.note`` of a volume whose header states no orientation
+NO_ORIENTATION_NOTE = (
+    "the header states no orientation (qform_code and sform_code 0): its voxel axes were "
+    "taken as they are stored (the 3rd as axial), so the slices may be of another plane; set "
+    "the orientation in the converter, or check the slices"
+)
+
+
+def _unoriented(img) -> bool:
+    """True if neither the qform nor the sform of ``img``'s header is set (NIfTI codes 0): its
+    affine is nibabel's fallback from the voxel sizes, which says nothing of the patient."""
+    header = img.header
+    return int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
 
 
 def _display_slice(vol: np.ndarray, axis: int, k: int) -> np.ndarray:

@@ -454,8 +454,9 @@ def _read_input(
         if not out:
             return InputRead(path, kind, error="the volume has no slice to keep")
         meta = r.slices[0].meta
-        note = FOUR_D_NOTE % (meta.n_dims, meta.n_volumes) if meta.n_volumes > 1 else ""
-        return InputRead(path, kind, tuple(out), note=note)
+        notes = [FOUR_D_NOTE % (meta.n_dims, meta.n_volumes)] if meta.n_volumes > 1 else []
+        notes += [r.note] if r.note else []
+        return InputRead(path, kind, tuple(out), note="; ".join(notes))
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
 
 

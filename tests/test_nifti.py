@@ -210,6 +210,23 @@ def test_a_gz_name_on_a_file_that_is_not_gzip_is_said_so(tmp_path, stack):
         read_nifti(tmp_path / "t.nii.gz", salt=SALT)
 
 
+def test_a_volume_without_orientation_is_read_with_a_note(tmp_path, stack):
+    """qform_code = sform_code = 0: "reoriented to RAS+, axial" is a guess, said in a note
+    (ingest's "stored with a note", predict's volume row) instead of nothing."""
+    from mriscan.readers import read_input
+
+    data = stack_to_ras(stack)
+    bare = nib.Nifti1Image(data, None)
+    bare.header.set_qform(None, code=0)
+    bare.header.set_sform(None, code=0)
+    nib.save(bare, tmp_path / "bare.nii")
+    write_nifti(tmp_path / "ok.nii", data)
+    assert "states no orientation" in read_nifti(tmp_path / "bare.nii", salt=SALT).note
+    assert read_nifti(tmp_path / "ok.nii", salt=SALT).note == ""
+    r = read_input(tmp_path / "bare.nii", "nifti", salt=SALT, root=tmp_path)
+    assert r.slices and "qform_code and sform_code 0" in r.note
+
+
 def test_a_2d_slice_is_read_as_a_volume_of_one_slice(tmp_path):
     """A single slice saved as a 2-D NIfTI (dim[0] = 2) was refused while the same slice
     saved as X×Y×1 was read."""
