@@ -310,6 +310,16 @@ _FS_ERRORS = {
 }
 
 
+class _ErrorsOnly(logging.Filter):
+    """Passes log records of level ERROR and above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+_ERRORS_ONLY = _ErrorsOnly()
+
+
 class _Group(click.Group):
     """Turns mriscan errors, and file-system errors such as a full disk, into one clear line
     and exit status 1 (no traceback), and a Ctrl-C into one line and exit status 130 (the
@@ -369,7 +379,13 @@ def main(verbose: int) -> None:
     # value ("Invalid value for VR DA: '<birth date>'"), while mriscan says per file what
     # matters (an error, a note): shown from -v on
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
-    logging.getLogger("pydicom").setLevel(logging.ERROR if verbose < 1 else logging.WARNING)
+    # (a filter, not a level: pydicom sets its logger's level to WARNING when it is imported,
+    # which happens lazily, after this)
+    quiet = logging.getLogger("pydicom")
+    if verbose < 1 and _ERRORS_ONLY not in quiet.filters:
+        quiet.addFilter(_ERRORS_ONLY)
+    elif verbose >= 1:
+        quiet.removeFilter(_ERRORS_ONLY)
     # highdicom says at INFO each module it copies into a Secondary Capture or Structured
     # Report (explain/predict --dicom-out): a page per run; shown with -vv
     logging.getLogger("highdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)

@@ -243,18 +243,19 @@ def library_messages() -> Iterator[None]:
     libraries said. Not thread-safe: the libraries' loggers are detached meanwhile."""
     keep = _Keep()
     loggers = [logging.getLogger(n) for n in _LIBRARIES]
-    before = [(lg.propagate, lg.handlers[:], lg.level) for lg in loggers]
+    before = [(lg.propagate, lg.handlers[:], lg.level, lg.filters[:]) for lg in loggers]
     for lg in loggers:
         lg.propagate = False
         lg.handlers = [keep]
-        lg.setLevel(logging.WARNING)  # the CLI raises pydicom's level: its warnings are kept
+        lg.setLevel(logging.WARNING)  # whatever level or filter the CLI set, its warnings are
+        lg.filters = []  # kept (and said at DEBUG, masked, below)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
     finally:
-        for lg, (propagate, handlers, level) in zip(loggers, before, strict=True):
-            lg.propagate, lg.handlers = propagate, handlers
+        for lg, (propagate, handlers, level, filters) in zip(loggers, before, strict=True):
+            lg.propagate, lg.handlers, lg.filters = propagate, handlers, filters
             lg.setLevel(level)
         said = {r.getMessage(): r.name for r in keep.records}
         for w in caught:  # pydicom both logs and warns each of its lines: said once
