@@ -402,8 +402,16 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     # window first, in the file's own memory order (one pass), then reorient the uint8 volume:
     # the percentiles do not depend on the voxel order
     lo, hi = percentile_window(raw, cfg.window_percentiles)
-    window = Window("percentile", lo, hi)
-    u8 = window_to_uint8(raw, window)
+    scale = 1.0
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
+        # the window is applied in float32: values past its range (~3.4e38) would become
+        # infinite and the volume "blank"; a percentile window is the same picture on the
+        # volume divided by its largest magnitude (the recorded window stays in file units)
+        peak = float(np.max(np.abs(raw))) if raw.size else 0.0
+        if peak > _FLOAT32_SAFE:
+            scale = peak
+    window = Window("percentile", lo / scale, hi / scale)
+    u8 = window_to_uint8(raw / scale if scale != 1.0 else raw, window)
     try:
         # a singular affine makes nibabel's qform decomposition divide by zero and take the
         # determinant of NaNs before it raises: numpy's RuntimeWarnings would reach the
@@ -454,6 +462,10 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     return NiftiRead(
         path, volume, tuple(slices), tuple(int(s) for s in data.shape), zooms, note=note
     )
+
+
+#: magnitudes above this are rescaled before the float32 window (float32's max / 1e3)
+_FLOAT32_SAFE = float(np.finfo(np.float32).max) / 1e3
 
 
 #: ``NiftiRead.note`` of a volume whose header states no orientation

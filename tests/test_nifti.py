@@ -227,6 +227,18 @@ def test_a_volume_without_orientation_is_read_with_a_note(tmp_path, stack):
     assert r.slices and "qform_code and sform_code 0" in r.note
 
 
+def test_finite_values_past_float32_give_the_same_slices(tmp_path, stack):
+    """Values near 1e300 (finite float64) overflowed the float32 window: "blank volume"."""
+    data = stack_to_ras(stack).astype(np.float64)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "a.nii")
+    nib.save(nib.Nifti1Image(data * 1e300, np.eye(4)), tmp_path / "huge.nii")
+    a, b = (read_nifti(tmp_path / n, salt=SALT, config=ALL) for n in ("a.nii", "huge.nii"))
+    assert len(a.slices) == len(b.slices) > 0
+    for x, y in zip(a.slices, b.slices, strict=True):
+        assert np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 1
+    assert b.slices[0].meta.window_high == pytest.approx(a.slices[0].meta.window_high * 1e300)
+
+
 def test_a_2d_slice_is_read_as_a_volume_of_one_slice(tmp_path):
     """A single slice saved as a 2-D NIfTI (dim[0] = 2) was refused while the same slice
     saved as X×Y×1 was read."""
