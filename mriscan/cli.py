@@ -1849,9 +1849,10 @@ def explain(
         else:
             dcm = f" and {r['dicom']}" if r.get("dicom") else ""
             note = f"; {r['dicom_note']}" if r.get("dicom_note") else ""
+            warn = f"; warning: {r['warning']}" if r.get("warning") else ""
             click.echo(
                 f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
-                f"{r['label']} ({r['decision']}) → {r['png']}{dcm}{note}"
+                f"{r['label']} ({r['decision']}) → {r['png']}{dcm}{note}{warn}"
             )
     if not show_paths and any(r.get("level") == "file" for r in [*unused, *results]):
         click.echo(_PSEUDONYM_HINT, err=True)

@@ -23,6 +23,7 @@ from keras import ops
 from mriscan.config import CAM_METHODS, DEFAULT_CAM
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
+from mriscan.readers import describe_flags, slice_warnings
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +364,13 @@ def _clashing(names: dict[Path, str]) -> set[Path]:
     return {p for p, n in names.items() if count[n.casefold()] > 1}
 
 
+def _flag(row: dict[str, Any], image: np.ndarray) -> None:
+    """Give ``row`` the ``warning`` predict gives the same slice (uniform, thin: the rule of
+    ``mriscan.readers.slice_warnings``), or ""."""
+    flags = slice_warnings(image)
+    row["warning"] = describe_flags(flags, image) if flags else ""
+
+
 def explain(
     model_path: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -383,7 +391,8 @@ def explain(
     ``explain_class``: the class whose evidence is shown (default: the predicted class; for a
     two-class model the map is always that of the positive class's output, which rises with
     the evidence for it). Returns per explained slice ``path``, ``probability`` (of the
-    explained class), ``explained_class``, ``label``, ``decision`` (why that label:
+    explained class), ``explained_class``, ``label``, ``warning`` (the slice is uniform or
+    thin, as ``predict`` flags it, else ""), ``decision`` (why that label:
     ``ModelCard.decision_text``, e.g. the threshold it was compared with), ``png``, ``cam_peak``
     ((row, col) of the map's maximum in the S×S model input) or ``error``.
 
@@ -512,11 +521,12 @@ def explain(
     scans = [SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")]
     for path, png_name in zip(plain, heatmap_names(plain, method), strict=True):
         try:
-            img = preprocess(decode_image(path), cfg)
+            raw = decode_image(path)
         except ImageDecodeError as exc:
             results.append({"path": display_path(path), "error": exc.reason})
             continue
-        row, _ = overlay(img, display_path(path.name), png_name)
+        row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name)
+        _flag(row, raw)
         if dicom_out is not None:
             row["dicom_skipped"] = not_dicom
         results.append(row)
@@ -575,6 +585,7 @@ def explain(
             name = f"{display_path(r.path)}#{index}" if show_paths else s.source
             stem = path_stems[unit] if show_paths else unit.replace(":", "-")
             row, cam = overlay(img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png")
+            _flag(row, s.image)
             if dicom_out is not None:
                 if r.kind != "dicom":
                     row["dicom_skipped"] = not_dicom

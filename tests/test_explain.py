@@ -130,6 +130,22 @@ def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_p
         assert r["decision"].startswith("P(yes) = ") and "threshold 0.500" in r["decision"]
 
 
+def test_explain_flags_uniform_and_thin_slices_as_predict_does(model_file, tmp_path):
+    from PIL import Image
+
+    from mriscan.explain import explain
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "in" / "black.png")
+    Image.fromarray(np.full((40, 4), 90, np.uint8)).save(tmp_path / "in" / "thin.png")
+    ok = _slice_file(tmp_path / "in" / "ok.png")
+    rows = explain(model_file, [tmp_path / "in" / "black.png", tmp_path / "in" / "thin.png", ok],
+                   out=tmp_path / "cam")  # fmt: skip
+    why = {Path(r["path"]).name: r["warning"] for r in rows}
+    assert "uniform image (all black)" in why["black.png"]
+    assert "a side under 8" in why["thin.png"] and why["ok.png"] == ""
+
+
 def test_explain_cli_without_images_or_readable_images_exits_1(model_file, tmp_path):
     from click.testing import CliRunner
 
