@@ -1983,7 +1983,7 @@ class _AuditCommand(click.Command):
     help="split.json from `mriscan train`: its train+val vs test items of the store DATA.",
 )
 @click.option(
-    "--out", type=_FOLDER, default=DEFAULT_OUT / "audit", show_default=True, help="Report folder."
+    "--out", type=_PATH, default=DEFAULT_OUT / "audit", show_default=True, help="Report folder."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout.")
 @click.option(
