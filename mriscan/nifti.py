@@ -120,22 +120,28 @@ class NiftiRead:
 _HEADER_SIZES = (348, 540)
 
 
-def _check_header_size(path: Path) -> None:
+def _read_head(path: Path) -> bytes | None:
+    """The first bytes of the header (NIfTI-2's 540), decompressed for ``.gz``; None when they
+    cannot be read (``nib.load`` then names the problem). Read once for every check below."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as fh:
+            return fh.read(_HEADER_SIZES[1])
+    except Exception:  # unreadable or a broken .gz
+        return None
+
+
+def _check_header_size(path: Path, head: bytes | None) -> None:
     """Refuse a header whose ``sizeof_hdr`` is neither 348 nor 540 (in either byte order).
 
     nibabel "fixes" such a header (it sets the field and logs a warning) and reads the data
     anyway, but the field is the first one of every NIfTI file: when it is wrong the header is
     damaged, and the rest of it (shape, data type, offset) cannot be trusted either.
     """
-    from nibabel.openers import ImageOpener
-
-    try:
-        with ImageOpener(path) as fh:
-            head = fh.read(4)
-    except Exception:  # unreadable or a broken .gz: nib.load names the problem below
+    if head is None or len(head) < 4:
         return
-    if len(head) < 4:
-        return
+    head = head[:4]
     values = {int.from_bytes(head, "little", signed=True), int.from_bytes(head, "big", signed=True)}
     if not values & set(_HEADER_SIZES):
         raise CorruptImageError(
@@ -170,7 +176,7 @@ def _check_gzip_magic(path: Path) -> None:
         )
 
 
-def _check_header_fields(path: Path) -> None:
+def _check_header_fields(path: Path, head: bytes | None) -> None:
     """Refuse a header whose dim or voxel offset cannot describe the file, naming the field.
 
     nibabel tells the byte order by dim[0] (1-7): a dim[0] out of range makes it read the
@@ -182,14 +188,7 @@ def _check_header_fields(path: Path) -> None:
     int64[8] at 16, ``vox_offset`` int64 at 168); data type codes as nibabel knows them. A file too
     short to hold its header is left to nib.load, which names it.
     """
-    from nibabel.openers import ImageOpener
-
-    try:
-        with ImageOpener(path) as fh:
-            head = fh.read(_HEADER_SIZES[1])
-    except Exception:  # unreadable or a broken .gz: nib.load names the problem below
-        return
-    if len(head) < _HEADER_SIZES[0]:
+    if head is None or len(head) < _HEADER_SIZES[0]:
         return
     order = next((o for o in "<>" if int(np.frombuffer(head[:4], o + "i4")[0]) == 348), None)
     two = order is None
@@ -289,8 +288,9 @@ def read_nifti(
     key = Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path.resolve())
     volume = salted_hash(salt, "volume", key)
     _check_gzip_magic(path)
-    _check_header_size(path)
-    _check_header_fields(path)
+    head = _read_head(path)
+    _check_header_size(path, head)
+    _check_header_fields(path, head)
     img, stream = _open_gzipped(path)
     try:
         if img is None:
