@@ -114,7 +114,20 @@ def relative_name(path: str | os.PathLike[str], root: str | os.PathLike[str]) ->
     UTF-8 and cannot hold them raw. The same file always gives the same text, so a re-ingest
     recognises it.
     """
+    p, r = os.fspath(path), os.fspath(root)
+    # the common case, a file found by walking ``root``: ``path`` is ``root`` joined with plain
+    # names, and cutting the prefix gives what ``os.path.relpath`` gives without its two
+    # ``abspath`` calls (a fifth of a DICOM folder's listing time, measured)
+    if os.sep == "/" and r and isinstance(p, str) and isinstance(r, str):
+        prefix = r if r.endswith("/") else r + "/"
+        rest = p[len(prefix) :] if p.startswith(prefix) else ""
+        if rest and not _UNCLEAN_PARTS.search(f"/{rest}/"):
+            return display_path(rest)
     return display_path(Path(os.path.relpath(path, root)).as_posix())
+
+
+#: a part of a relative path that ``os.path.relpath`` would normalise away: empty, "." or ".."
+_UNCLEAN_PARTS = re.compile(r"/(?:\.\.?)?/")
 
 
 _LINE_BREAKS = re.compile(r"\s*[^\S ]\s*")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -379,3 +380,32 @@ def test_write_whole_replaces_a_file_in_one_step_or_leaves_it_as_it_was(tmp_path
     assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
     assert write_whole(target, lambda tmp: tmp.write_bytes(b"new")) == target
     assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]
+
+
+def _relpath_reference(path: str, root: str) -> str:
+    """What ``relative_name`` returned before its prefix shortcut (``os.path.relpath``)."""
+    from mriscan.io import display_path
+
+    return display_path(Path(os.path.relpath(path, root)).as_posix())
+
+
+@pytest.mark.parametrize(
+    "root",
+    ["data", "data/", "./data", "data/.", "data/../data", "/abs/data", "/abs/data/", "/", ".",
+     "./", "a/b/..", "../up/data", "data//x"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "tail",
+    ["x.dcm", "yes/p1/IM0001", "yes/./x", "yes/../x", "yes//x", "yes/x/", "..", ".", "",
+     "../other/x", "ü/\udce9.dcm", ".hidden/x"],
+)  # fmt: skip
+def test_relative_name_equals_relpath(root, tail):
+    """The shortcut for paths found under ``root`` gives exactly what ``os.path.relpath`` gives,
+    also for paths it must hand over (unclean parts, a path not below ``root``)."""
+    from mriscan.io import relative_name
+
+    for path in (os.path.join(root, tail), root + tail, "elsewhere/" + tail, "/x/" + tail):
+        if not path:
+            continue
+        assert relative_name(path, root) == _relpath_reference(path, root), (path, root)
+        assert relative_name(Path(path), Path(root)) == _relpath_reference(path, root)
