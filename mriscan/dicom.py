@@ -29,7 +29,6 @@ import math
 import os
 import re
 import threading
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from mriscan.errors import (
     UnsupportedFormatError,
 )
 from mriscan.io import looks_like_dicom_dataset
+from mriscan.library_warnings import recorded
 from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
 from mriscan.scan_config import DicomConfig
 
@@ -613,8 +613,7 @@ def _dcmread(path: Path) -> pydicom.Dataset:
 
 def _dcmread_checked(path: Path, *, force: bool) -> pydicom.Dataset:
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded() as caught:  # one thread at a time: see mriscan.library_warnings
             ds = pydicom.dcmread(path, force=force)
     except InvalidDicomError:
         raise

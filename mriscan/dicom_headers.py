@@ -17,11 +17,11 @@ import contextlib
 import datetime
 import logging
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from mriscan.errors import MriscanError
+from mriscan.library_warnings import recorded
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +250,7 @@ def library_messages() -> Iterator[None]:
         lg.setLevel(logging.WARNING)  # whatever level or filter the CLI set, its warnings are
         lg.filters = []  # kept (and said at DEBUG, masked, below)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded() as caught:  # one thread at a time: see mriscan.library_warnings
             yield
     finally:
         for lg, (propagate, handlers, level, filters) in zip(loggers, before, strict=True):
