@@ -1618,8 +1618,9 @@ def predict(
     of the top-3 slice probabilities (the `aggregate` column says so). Bad files get their
     reason in `error` and do not stop the rest. Folders are searched recursively; hidden files
     and folders below them are skipped. File names that are not valid UTF-8 are written with
-    \\xNN escapes for the odd bytes. Rows are written as they are made (.csv, .jsonl; .json at
-    the end, .json.partial meanwhile); a progress bar is drawn on stderr.
+    \\xNN escapes for the odd bytes. Rows are written as they are made, JPEG/PNG batch by batch,
+    then DICOM/NIfTI series by series as each is scored (.csv, .jsonl; .json at the end,
+    .json.partial meanwhile); a progress bar over all files is drawn on stderr.
     """
     from mriscan.aggregate import RULE
     from mriscan.onnx_engine import onnx_path

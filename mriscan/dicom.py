@@ -76,6 +76,7 @@ __all__ = [
     "header_ids",
     "is_placeholder_patient_id",
     "read_dicom",
+    "read_header_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1214,6 +1215,20 @@ def header_ids(path: str | os.PathLike[str], salt: bytes) -> HeaderIds:
     ConfigError
         If ``salt`` is no valid salt (``mriscan.scan.check_salt``).
     """
+    ids = read_header_ids(path, salt)
+    return ids if ids is not None else HeaderIds(None, None)
+
+
+def read_header_ids(path: str | os.PathLike[str], salt: bytes) -> HeaderIds | None:
+    """``header_ids``, but None when the header cannot be read (a ``HeaderIds`` of Nones is
+    then a header read without those UIDs): ``mriscan.scan_predict`` groups files into series
+    before reading their pixels, and leaves a file whose header fails to the full reader.
+
+    Raises
+    ------
+    ConfigError
+        If ``salt`` is no valid salt (``mriscan.scan.check_salt``).
+    """
     salt = check_salt(salt)
     try:
         ds = pydicom.dcmread(
@@ -1223,8 +1238,8 @@ def header_ids(path: str | os.PathLike[str], salt: bytes) -> HeaderIds:
             force=True,
         )
         ids = _identifiers(ds, salt)
-    except Exception:  # a damaged header: the caller has the file's own error already
-        return HeaderIds(None, None)
+    except Exception:  # a damaged header: the full reader gives the file's own error
+        return None
     return HeaderIds(ids["series"], ids["instance"])
 
 

@@ -364,12 +364,16 @@ def predict(
     """Predict files and folders with a saved model (threshold: the model's, unless given).
 
     JPEG/PNG files give one row each (``columns_for(card)``); DICOM files and NIfTI volumes
-    one row per slice plus one per series / volume (``mriscan.scan_predict.predict_inputs``,
+    one row per slice plus one per series / volume (``mriscan.scan_predict.iter_predict_inputs``,
     rule in ``mriscan.aggregate.RULE``; columns ``level``, ``unit``, ``slices``,
     ``aggregate`` added); files that are no input and folders that cannot be listed one error
     row each. ``output``
-    (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see ``PredictionWriter``);
-    ``progress(done, total)`` is called after each batch of image files. ``show_paths`` names
+    (``.csv``, ``.jsonl`` or ``.json``) is written as the run goes (see ``PredictionWriter``):
+    JPEG/PNG rows batch by batch, then the scanner rows series by series / volume by volume as
+    each is scored (``mriscan.scan_predict.iter_predict_inputs``: in the order of each
+    series' first file; memory holds about one series' slices, not the whole input);
+    ``progress(done, total)`` is called after each batch of image files and each scored
+    series (files done, of all input files). ``show_paths`` names
     scanner slices, scanner files that failed and the files beside them that are no input
     (``mriscan.scan_predict.problem_rows``) by path instead of by pseudonym; ``read_options``
     (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read: what it leaves
@@ -405,7 +409,7 @@ def predict(
     """
     from mriscan.readers import collect_inputs
     from mriscan.scan import new_salt
-    from mriscan.scan_predict import SCAN_COLUMNS, predict_inputs, problem_rows
+    from mriscan.scan_predict import SCAN_COLUMNS, iter_predict_inputs, problem_rows
 
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
@@ -441,29 +445,46 @@ def predict(
         except BaseException:
             prefetch.cancel()
             raise
+        # one progress bar over all files: JPEG/PNG first, then the scanner files
+        total = len(paths) + len(scans)
+
+        def images_done(done: int, _: int) -> None:
+            if progress is not None:
+                progress(done, total)
+
+        def scans_done(done: int, _: int) -> None:
+            if progress is not None:
+                progress(len(paths) + done, total)
+
         with writer if writer is not None else contextlib.nullcontext():
             rows = _predict_prefetched(
-                model, card, prefetch, thr, batch_size, writer=writer, own=False, progress=progress
-            )
+                model, card, prefetch, thr, batch_size, writer=writer, own=False,
+                progress=images_done,
+            )  # fmt: skip
             more: list[dict[str, Any]] = []
             salt = new_salt()  # this run's pseudonyms
             evidence: dict[str, list[Any]] = {}
-            if scans:
-                more += predict_inputs(
-                    model,
-                    card,
-                    scans,
-                    threshold=thr,
-                    batch_size=batch_size,
-                    workers=workers,
-                    show_paths=show_paths,
-                    read_options=read_options,
-                    salt=salt,
-                    sources=evidence,
-                )
-            more += problem_rows(problems, inputs, files, salt=salt, show_paths=show_paths)
-            if writer is not None and more:
-                writer.write(more)
+            # scanner rows are written series by series, as each is scored
+            for part in iter_predict_inputs(
+                model,
+                card,
+                scans,
+                threshold=thr,
+                batch_size=batch_size,
+                workers=workers,
+                show_paths=show_paths,
+                read_options=read_options,
+                salt=salt,
+                sources=evidence,
+                progress=scans_done,
+            ):
+                more += part
+                if writer is not None:
+                    writer.write(part)
+            others = problem_rows(problems, inputs, files, salt=salt, show_paths=show_paths)
+            more += others
+            if writer is not None and others:
+                writer.write(others)
     if dicom_out is not None:  # after the predictions are safe in ``output``
         from mriscan.dicom_sr import NOT_DICOM, write_series_reports
 

@@ -46,6 +46,7 @@ __all__ = [
     "check_series_sizes",
     "collect_inputs",
     "describe_flags",
+    "dicom_unit",
     "file_sha256",
     "read_input",
     "refuse_mixed_series",
@@ -406,8 +407,8 @@ def _read_input(
         out = []
         for s in r.slices:
             m = s.meta
-            series = m.series or f"i{m.instance}"
-            unit = f"series:{series}"
+            unit = dicom_unit(m.series, m.instance)
+            series = unit.split(":", 1)[1]
             order = (
                 m.slice_position
                 if m.slice_position is not None
@@ -458,6 +459,15 @@ def _read_input(
         notes += [r.note] if r.note else []
         return InputRead(path, kind, tuple(out), note="; ".join(notes))
     return InputRead(path, kind, error=f"unknown input kind {kind!r}")
+
+
+def dicom_unit(series: str | None, instance: str | None) -> str:
+    """The ``InputSlice.unit`` of a DICOM file's slices from its hashed Series and SOP
+    Instance UIDs (``mriscan.dicom.DicomSliceMeta``, ``mriscan.dicom.header_ids``):
+    ``series:<series>``, or ``series:i<instance>`` for a file without a Series Instance UID
+    (its own unit). The one rule for the reader and for grouping files by their headers
+    before they are read (``mriscan.scan_predict.iter_predict_inputs``)."""
+    return f"series:{series or f'i{instance}'}"
 
 
 #: the pixel data elements of a DICOM image (as ``mriscan.dicom``'s ``_has_pixels``)

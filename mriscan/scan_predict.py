@@ -17,8 +17,9 @@ files, keep their paths.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +36,7 @@ from mriscan.readers import (
     InputSlice,
     ReadOptions,
     describe_flags,
+    dicom_unit,
     read_input,
     refuse_mixed_series,
     slice_warnings,
@@ -45,6 +47,7 @@ __all__ = [
     "SCAN_COLUMNS",
     "FailedFile",
     "failed_file_name",
+    "iter_predict_inputs",
     "label_stem",
     "predict_arrays",
     "predict_inputs",
@@ -74,11 +77,7 @@ def read_inputs(
     salt = salt if salt is not None else new_salt()
 
     def load(f: SourceFile) -> InputRead:
-        # a NIfTI volume's id hashes its path relative to ``root``: the file's own folder
-        # would give every ``sub-*/anat/T1w.nii.gz`` of a BIDS tree one id (one "volume"
-        # pooling every subject), so volumes are named by their absolute path (root None)
-        root = f.path.parent if f.kind == "image" else None
-        return read_input(f.path, f.kind, salt=salt, root=root, options=options)
+        return _read_one(f, salt, options)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return refuse_mixed_series(list(pool.map(load, files)))
@@ -113,7 +112,45 @@ def predict_inputs(
     salt: bytes | None = None,
     sources: dict[str, list[Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for DICOM / NIfTI files: one per slice (``level`` "slice", in series/volume order;
+    """The rows of ``iter_predict_inputs`` (same arguments) in one list, in its order."""
+    rows: list[dict[str, Any]] = []
+    for part in iter_predict_inputs(
+        model,
+        card,
+        files,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+        show_paths=show_paths,
+        top_k=top_k,
+        read_options=read_options,
+        salt=salt,
+        sources=sources,
+    ):
+        rows += part
+    return rows
+
+
+def iter_predict_inputs(
+    model: Any,
+    card: Any,
+    files: Sequence[SourceFile],
+    *,
+    threshold: float | None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    show_paths: bool = False,
+    top_k: int = TOP_K,
+    read_options: ReadOptions | None = None,
+    salt: bytes | None = None,
+    sources: dict[str, list[Any]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    read_ahead: int | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows for DICOM / NIfTI files, yielded series by series (lists of rows) as each
+    series / volume is read and scored, so that memory holds about one series' slices.
+
+    Rows: one per slice (``level`` "slice", in slice order;
     ``warning`` as for JPEG/PNG rows: ``mriscan.readers.slice_warnings``, the rule ingest
     uses, e.g. "uniform image (all black): ...") and one per series / volume
     (``mriscan.aggregate.aggregate_rows``; its ``warning`` says "<m> of <n> instances
@@ -131,7 +168,25 @@ def predict_inputs(
     anonymiser that reuses UIDs) is no copy: it is scored, named after its file
     (``dicom/<series>/file-<h>#<frame>`` without ``show_paths``), its ``warning`` "same SOP
     Instance UID as <that slice's row> but different pixels: scored as a slice of its own;
-    ..." (``SAME_UID_OTHER_PIXELS``), and the series row's ``warning`` counts them.
+    ..." (``SAME_UID_OTHER_PIXELS``), and the series row's ``warning`` counts them. DICOM
+    series whose files, as read, mix slice sizes are refused whole
+    (``mriscan.readers.refuse_mixed_series``).
+
+    Order and streaming: the DICOM files' headers are read first (Series and SOP Instance
+    UIDs only, ``mriscan.dicom.read_header_ids``) to group the files into series (a file whose
+    header cannot be read is read whole at once: it gives its own row, or joins the series
+    its slices name); a NIfTI file is a volume of its own. Then the series / volumes are read
+    (``workers`` threads), scored and yielded one after the other, in the order of their first
+    file in ``files``: the rows of each are its files' ``level`` "file" rows (in ``files``
+    order), its slice rows, then its series / volume row. A series of fewer slices than
+    ``batch_size`` is scored together with the series after it when that one has fewer than
+    ``batch_size`` files (one model call for many small series), so its rows come with
+    theirs. With ``show_paths`` a series row whose folder holds files of series not read yet
+    comes after their rows (its name, ``series_labels``, depends on them). While one series
+    is scored, the files of the next ones are read: whole series, as long as fewer than
+    ``read_ahead`` files are read ahead (default ``max(batch_size, 2 * workers)``; 0: none),
+    so memory holds the decoded slices of the series being scored, those of the next series
+    and those read ahead.
 
     Columns: ``path`` (pseudonym, or ``<file>#<frame or slice>`` with ``show_paths``; a failed
     file's row likewise: see the module doc; a series / volume row: the unit's pseudonym, or
@@ -143,149 +198,396 @@ def predict_inputs(
     this run's pseudonyms (default: a fresh one, ``mriscan.scan.new_salt``), given to name
     ``problem_rows`` with the same key. ``sources``: a dict filled with, per DICOM series
     unit, the ``mriscan.dicom_sr.SRSource`` (file, frame) of each slice pooled into its row,
-    in slice order (the evidence of ``mriscan.dicom_sr.write_series_report``).
+    in slice order (the evidence of ``mriscan.dicom_sr.write_series_report``), as each series
+    is yielded. ``progress(done, total)``: called after each yield with the files of
+    ``files`` done and their number.
+
+    Raises
+    ------
+    ConfigError
+        If ``threshold`` is not a number in [0, 1] for a two-class model (when the first rows
+        are asked for, before any file is read).
     """
     if card.binary and (threshold is None or not 0.0 <= threshold <= 1.0):
         raise ConfigError(f"threshold must be a number in [0, 1]. Received: {threshold!r}.")
     salt = salt if salt is not None else new_salt()
-    reads = read_inputs(files, workers=workers, salt=salt, options=read_options)
-    rows: list[dict[str, Any]] = []
-    slices = []
-    file_rows: list[tuple[int, dict[str, Any]]] = []  # (place in ``reads``, row)
-    # one slice per SOP instance and frame in each series: copies of an instance (a copied
-    # file, the same instance exported twice) are not scored again, so they cannot tip the
-    # series' pooled probability or its slice count
-    # unless its pixels differ: a broken anonymiser may give different slices one SOP Instance
-    # UID, and each is then scored (under its file's pseudonym, with a warning)
-    first_of: dict[tuple[str, str], list[tuple[InputRead, InputSlice]]] = {}
-    copies: dict[str, int] = {}  # series unit -> its files not scored again (copies)
-    clashes: dict[int, tuple[str, str]] = {}  # id(slice) -> (row name, warning): UID reused
-    clashed: dict[str, int] = {}  # series unit -> its slices of a reused UID scored anyway
-    failed = []
-    for i, r in enumerate(reads):
-        if r.error is not None or r.skipped is not None or r.excluded is not None:
-            failed.append((i, r))
-            continue
-        dup = []
-        dup_of = []  # the scored slice each of ``dup`` copies
-        for s in r.slices:
-            key = (s.unit, s.instance) if s.instance else None
-            held = first_of.get(key, []) if key is not None else []
-            same = next((h for h in held if np.array_equal(h[1].image, s.image)), None)
-            if same is not None:
-                dup.append(s)
-                dup_of.append(same)
-                continue
-            if held:
-                clashes[id(s)] = _clash(r, s, held[0], salt, show_paths)
-                clashed[s.unit] = clashed.get(s.unit, 0) + 1
-            if key is not None:
-                first_of.setdefault(key, []).append((r, s))
-            slices.append((r, s))
-        if dup:
-            unit = dup[0].unit
-            copies[unit] = copies.get(unit, 0) + 1
-            first = [_slice_name(*rs, show_paths) for rs in dup_of]
-            if len(dup) == 1:
-                why = f"same SOP Instance UID as {first[0]}"
-            else:  # a multi-frame copy: its frames are those of the first file
-                why = f"same SOP Instance UID and frames as {first[0].rsplit('#', 1)[0]}"
-            if len(dup) < len(r.slices):
-                why = f"{len(dup)} of its {len(r.slices)} frames: {why}"
-            name = (
-                display_path(r.path)
-                if show_paths
-                else _file_pseudonym(r, unit.split(":", 1)[1], salt)
-            )
-            err = f"skipped: {why}: scored once" + (
-                " (its other frames are scored)" if len(dup) < len(r.slices) else ""
-            )
-            file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
-    scored = {(u, inst.rsplit("#", 1)[0]): rs[0] for (u, inst), rs in first_of.items()}
-    unreadable: dict[str, set] = {}  # series unit -> its instances that could not be read
-    for i, r in failed:
-        name, err, series, inst = failed_file_name(r, salt=salt, show_paths=show_paths)
-        if r.error is not None and series is not None:
-            unit = f"series:{series}"
-            if inst is not None and (unit, inst) in scored:
-                # a damaged copy of an instance read from another file: nothing is missing
-                first = _slice_name(*scored[(unit, inst)], show_paths).rsplit("#", 1)[0]
-                err += f"; it has the same SOP Instance UID as {first}, which was scored"
-                copies[unit] = copies.get(unit, 0) + 1
-            else:
-                unreadable.setdefault(unit, set()).add(inst or ("file", str(r.path)))
-        file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
-    rows += [row for _, row in sorted(file_rows, key=lambda ir: ir[0])]
-    slices.sort(key=lambda rs: (rs[1].unit, rs[1].order))
-    probs = predict_arrays(model, card, [s.image for _, s in slices], batch_size=batch_size)
-    labels = series_labels(unit_places(slices)) if show_paths else {}
-    flagged: dict[str, dict[str, int]] = {}  # unit -> flag -> its slices flagged so
-    for (r, s), p in zip(slices, probs, strict=True):
-        name, clash = clashes.get(id(s), (_slice_name(r, s, show_paths), ""))
-        row = _scan_row(card, name, p, threshold, "", "slice", s.unit)
-        row["warning"] = clash
-        flags = slice_warnings(s.image)  # the rule of ingest and of predict's JPEG/PNG rows
-        if flags:
-            row["warning"] = "; ".join(w for w in (clash, describe_flags(flags, s.image)) if w)
-            for f in flags:
-                flagged.setdefault(s.unit, {}).setdefault(f, 0)
-                flagged[s.unit][f] += 1
-        if show_paths:
-            place = display_path(r.path.parent if r.kind == "dicom" else r.path)
-            label = labels.get(s.unit, "")
-            row["unit_path"] = f"{place} [{label}]" if label else place
-        rows.append(row)
-    agg = aggregate_rows(rows, card=card, threshold=threshold, k=top_k)
-    for row in rows:
-        row.pop("unit_path", None)
-    files_of: dict[str, set] = {}
-    read_note: dict[str, str] = {}  # unit -> how it was read (the first volume of a 4-D file)
-    for r, s in slices:
-        files_of.setdefault(s.unit, set()).add(r.path)
-        if sources is not None and r.kind == "dicom":
-            from mriscan.dicom_sr import SRSource
+    n_workers = workers or os.cpu_count() or 1
+    ahead = max(batch_size, 2 * n_workers) if read_ahead is None else read_ahead
+    pool = ThreadPoolExecutor(max_workers=n_workers)
+    try:
+        ids = _header_pass(files, salt, pool)
+        groups = _group_files(files, ids, salt, read_options, pool)
+        stream = _Stream(model, card, files, ids, groups, threshold, batch_size, salt,
+                         show_paths, top_k, sources, read_options)  # fmt: skip
+        yield from stream.run(pool, ahead, progress)
+    finally:  # a consumer that stops early (an error, Ctrl-C) leaves no read-ahead running
+        pool.shutdown(wait=True, cancel_futures=True)
 
-            frame = int(s.source.rsplit("#", 1)[-1])
-            sources.setdefault(s.unit, []).append(SRSource(r.path, frame))
-        if r.note:
-            read_note[s.unit] = r.note
-    owners: dict[str, dict[str, dict[str, int]]] = {}  # unit -> patient/study -> id -> slices
-    for _, s in slices:
-        if s.unit.startswith("series:"):
-            for what, value in (("patient", s.patient), ("study", s.study)):
-                counts = owners.setdefault(s.unit, {}).setdefault(what, {})
-                counts[value] = counts.get(value, 0) + 1
-    for row in agg:
-        notes = [read_note[row["unit"]]] if row["unit"] in read_note else []
-        for what, counts in owners.get(row["unit"], {}).items():
-            if len(counts) > 1:  # counts only: no identifier
-                split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
-                kind = "patients (Patient ID)" if what == "patient" else "studies (Study UID)"
-                notes.append(
-                    f"its slices belong to {len(counts)} {kind} ({split} slices): check the "
-                    "series; --dicom-out files no report for it"
+
+def _read_one(f: SourceFile, salt: bytes, options: ReadOptions | None) -> InputRead:
+    """``read_input`` of one file as ``read_inputs`` reads it."""
+    # a NIfTI volume's id hashes its path relative to ``root``: the file's own folder
+    # would give every ``sub-*/anat/T1w.nii.gz`` of a BIDS tree one id (one "volume"
+    # pooling every subject), so volumes are named by their absolute path (root None)
+    root = f.path.parent if f.kind == "image" else None
+    return read_input(f.path, f.kind, salt=salt, root=root, options=options)
+
+
+def _header_pass(files: Sequence[SourceFile], salt: bytes, pool: Executor) -> list[Any]:
+    """Per file: the ``mriscan.dicom.HeaderIds`` of a DICOM file, None for a DICOM file whose
+    header cannot be read and for other kinds (``mriscan.dicom.read_header_ids``)."""
+    from mriscan.dicom import read_header_ids
+
+    def ids(f: SourceFile) -> Any:
+        return read_header_ids(f.path, salt) if f.kind == "dicom" else None
+
+    return list(pool.map(ids, files))
+
+
+@dataclass
+class _Group:
+    """Files (places in ``files``, in order) that make one series or volume, or one file that
+    fails alone; ``reads``: those already read (a header that could not be read alone)."""
+
+    members: list[int]
+    reads: dict[int, InputRead] = field(default_factory=dict)
+
+
+def _group_files(
+    files: Sequence[SourceFile],
+    ids: Sequence[Any],
+    salt: bytes,
+    options: ReadOptions | None,
+    pool: Executor,
+) -> list[_Group]:
+    """The files grouped into series by their headers' ``mriscan.readers.dicom_unit`` (the
+    unit their slices will have), groups in the order of their first file. A DICOM file whose
+    header could not be read is read now: it usually fails (a row of its own), and if it gives
+    slices it joins the group of their unit, so no series is split by a header read that
+    disagrees with the full read."""
+    unknown = [i for i, f in enumerate(files) if f.kind == "dicom" and ids[i] is None]
+    reads = pool.map(lambda i: _read_one(files[i], salt, options), unknown)
+    probed = dict(zip(unknown, reads, strict=True))
+    groups: list[_Group] = []
+    by_unit: dict[str, _Group] = {}
+    for i, f in enumerate(files):
+        unit = None
+        if i in probed:
+            unit = probed[i].slices[0].unit if probed[i].slices else None
+        elif f.kind == "dicom":
+            unit = dicom_unit(*ids[i])
+        group = by_unit.get(unit) if unit is not None else None
+        if group is None:
+            group = _Group([])
+            groups.append(group)
+            if unit is not None:
+                by_unit[unit] = group
+        group.members.append(i)
+        if i in probed:
+            group.reads[i] = probed[i]
+    return groups
+
+
+def _files_in(groups: Sequence[_Group], which: Mapping[int, Any], *, but: int) -> int:
+    """How many files the groups ``which`` (places in ``groups``) other than ``but`` hold."""
+    return sum(len(groups[n].members) for n in which if n != but)
+
+
+@dataclass
+class _Plan:
+    """What one series / volume's reads give before scoring (see ``_plan``)."""
+
+    file_rows: list[dict[str, Any]]  # its files that gave no slice to score, in file order
+    slices: list[tuple[InputRead, InputSlice]]  # to score, by (unit, order)
+    clashes: dict[int, tuple[str, str]]  # id(slice) -> (row name, warning): UID reused
+    clashed: dict[str, int]  # series unit -> its slices of a reused UID scored anyway
+    copies: dict[str, int]  # series unit -> its files not scored again (copies)
+    unreadable: dict[str, set]  # series unit -> its instances that could not be read
+
+
+class _Stream:
+    """The state of ``iter_predict_inputs`` over its groups of files."""
+
+    def __init__(
+        self,
+        model: Any,
+        card: Any,
+        files: Sequence[SourceFile],
+        ids: Sequence[Any],
+        groups: list[_Group],
+        threshold: float | None,
+        batch_size: int,
+        salt: bytes,
+        show_paths: bool,
+        top_k: int,
+        sources: dict[str, list[Any]] | None,
+        options: ReadOptions | None,
+    ) -> None:
+        self.model, self.card, self.files, self.ids, self.groups = model, card, files, ids, groups
+        self.threshold, self.batch_size, self.salt = threshold, batch_size, salt
+        self.show_paths, self.top_k, self.sources = show_paths, top_k, sources
+        self.options = options
+        # show_paths: a series row is named once every group with a file in its folder is
+        # done (``series_labels`` compares the series of a folder); groups left per folder
+        self.left: dict[Path, int] = {}
+        for g in groups:
+            for folder in self._folders(g):
+                self.left[folder] = self.left.get(folder, 0) + 1
+        self.places: dict[str, tuple[Path, int | None, Path]] = {}  # unit -> unit_places'
+        self.at_place: dict[Path, list[str]] = {}  # place -> its units read so far
+        self.held: list[dict[str, Any]] = []  # series rows waiting for their folder
+
+    def _folders(self, g: _Group) -> set[Path]:
+        return {self.files[i].path.parent for i in g.members if self.files[i].kind == "dicom"}
+
+    def run(
+        self, pool: Executor, ahead: int, progress: Callable[[int, int], None] | None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Read, score and yield the groups in order (see ``iter_predict_inputs``)."""
+        groups = self.groups
+        submitted: dict[int, dict[int, Future]] = {}  # group -> file -> its read
+        pending: list[tuple[_Group, _Plan]] = []  # read, not scored yet
+        done = 0
+        for k, g in enumerate(groups):
+            if k not in submitted:
+                submitted[k] = self._submit(pool, g)
+            # read ahead whole groups while fewer than ``ahead`` files are read ahead
+            j = max(submitted) + 1
+            while j < len(groups) and _files_in(groups, submitted, but=k) < ahead:
+                submitted[j] = self._submit(pool, groups[j])
+                j += 1
+            futures = submitted.pop(k)
+            reads = [g.reads.pop(i) if i in g.reads else futures[i].result() for i in g.members]
+            pending.append((g, self._plan(refuse_mixed_series(reads), g.members)))
+            del reads, futures
+            waiting = sum(len(p.slices) for _, p in pending)
+            last = k + 1 == len(groups)
+            if last or waiting >= self.batch_size or len(groups[k + 1].members) >= self.batch_size:
+                rows = self._score(pending)
+                done += sum(len(pg.members) for pg, _ in pending)
+                pending = []
+                if progress is not None:
+                    progress(done, len(self.files))
+                if rows:
+                    yield rows
+
+    def _submit(self, pool: Executor, g: _Group) -> dict[int, Future]:
+        """Start reading the files of ``g`` not read yet."""
+        return {
+            i: pool.submit(_read_one, self.files[i], self.salt, self.options)
+            for i in g.members
+            if i not in g.reads
+        }
+
+    def _plan(self, reads: list[InputRead], members: list[int]) -> _Plan:
+        """One group's reads (in ``members`` order) before scoring: copies of an instance and
+        failed files turned into rows, the slices to score."""
+        salt, show_paths, card, threshold = self.salt, self.show_paths, self.card, self.threshold
+        slices = []
+        file_rows: list[tuple[int, dict[str, Any]]] = []  # (place in ``reads``, row)
+        # one slice per SOP instance and frame in each series: copies of an instance (a copied
+        # file, the same instance exported twice) are not scored again, so they cannot tip the
+        # series' pooled probability or its slice count
+        # unless its pixels differ: a broken anonymiser may give different slices one SOP
+        # Instance UID, and each is then scored (under its file's pseudonym, with a warning)
+        first_of: dict[tuple[str, str], list[tuple[InputRead, InputSlice]]] = {}
+        copies: dict[str, int] = {}
+        clashes: dict[int, tuple[str, str]] = {}
+        clashed: dict[str, int] = {}
+        failed = []
+        for i, r in enumerate(reads):
+            if r.error is not None or r.skipped is not None or r.excluded is not None:
+                failed.append((i, r))
+                continue
+            dup = []
+            dup_of = []  # the scored slice each of ``dup`` copies
+            for s in r.slices:
+                key = (s.unit, s.instance) if s.instance else None
+                held = first_of.get(key, []) if key is not None else []
+                same = next((h for h in held if np.array_equal(h[1].image, s.image)), None)
+                if same is not None:
+                    dup.append(s)
+                    dup_of.append(same)
+                    continue
+                if held:
+                    clashes[id(s)] = _clash(r, s, held[0], salt, show_paths)
+                    clashed[s.unit] = clashed.get(s.unit, 0) + 1
+                if key is not None:
+                    first_of.setdefault(key, []).append((r, s))
+                slices.append((r, s))
+            if dup:
+                unit = dup[0].unit
+                copies[unit] = copies.get(unit, 0) + 1
+                first = [_slice_name(*rs, show_paths) for rs in dup_of]
+                if len(dup) == 1:
+                    why = f"same SOP Instance UID as {first[0]}"
+                else:  # a multi-frame copy: its frames are those of the first file
+                    why = f"same SOP Instance UID and frames as {first[0].rsplit('#', 1)[0]}"
+                if len(dup) < len(r.slices):
+                    why = f"{len(dup)} of its {len(r.slices)} frames: {why}"
+                name = (
+                    display_path(r.path)
+                    if show_paths
+                    else _file_pseudonym(r, unit.split(":", 1)[1], salt)
                 )
-        if missing := len(unreadable.get(row["unit"], ())):
-            total = missing + len(files_of.get(row["unit"], ()))
-            notes.append(
-                f"{missing} of {total} instances unreadable (see their rows): scored from the "
-                "others only"
+                err = f"skipped: {why}: scored once" + (
+                    " (its other frames are scored)" if len(dup) < len(r.slices) else ""
+                )
+                file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
+        scored = {(u, inst.rsplit("#", 1)[0]): rs[0] for (u, inst), rs in first_of.items()}
+        unreadable: dict[str, set] = {}
+        for i, r in failed:
+            # the header pass's ids (a header it could not read: none), not a second read
+            ids = self.ids[members[i]] or (None, None)
+            name, err, series, inst = failed_file_name(r, salt=salt, show_paths=show_paths, ids=ids)
+            if r.error is not None and series is not None:
+                unit = f"series:{series}"
+                if inst is not None and (unit, inst) in scored:
+                    # a damaged copy of an instance read from another file: nothing is missing
+                    first = _slice_name(*scored[(unit, inst)], show_paths).rsplit("#", 1)[0]
+                    err += f"; it has the same SOP Instance UID as {first}, which was scored"
+                    copies[unit] = copies.get(unit, 0) + 1
+                else:
+                    unreadable.setdefault(unit, set()).add(inst or ("file", str(r.path)))
+            file_rows.append((i, _scan_row(card, name, None, threshold, err, "file", "")))
+        slices.sort(key=lambda rs: (rs[1].unit, rs[1].order))
+        rows = [row for _, row in sorted(file_rows, key=lambda ir: ir[0])]
+        return _Plan(rows, slices, clashes, clashed, copies, unreadable)
+
+    def _score(self, pending: list[tuple[_Group, _Plan]]) -> list[dict[str, Any]]:
+        """The rows of read groups: their slices scored in one run of the model."""
+        images = [s.image for _, p in pending for _, s in p.slices]
+        probs = predict_arrays(self.model, self.card, images, batch_size=self.batch_size)
+        out: list[dict[str, Any]] = []
+        units: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+        earlier, self.held = self.held, []  # series rows held back by earlier calls
+        start = 0
+        for g, plan in pending:
+            n = len(plan.slices)
+            units.append(self._rows(plan, probs[start : start + n]))
+            start += n
+            if self.show_paths:
+                for unit, place in unit_places(plan.slices).items():
+                    self.places[unit] = place
+                    self.at_place.setdefault(place[0], []).append(unit)
+                for folder in self._folders(g):
+                    self.left[folder] -= 1
+        ready = self._ready
+        for rows, agg in units:
+            out += rows
+            out += [row for row in agg if ready(row)]
+            self.held += [row for row in agg if not ready(row)]
+        if self.show_paths:
+            # series rows held back by earlier groups whose folders are now done follow
+            out += [row for row in earlier if ready(row)]
+            self.held = [row for row in earlier if not ready(row)] + self.held
+            self._name_units(out)
+        return out
+
+    def _ready(self, row: dict[str, Any]) -> bool:
+        """Whether a series / volume row can be named: no group with a file in its folder
+        is left (``show_paths`` only; without it, a pseudonym names it at once)."""
+        if not self.show_paths or row.get("level") not in ("series", "volume"):
+            return True
+        return self.left.get(self.places[row["unit"]][0], 0) == 0
+
+    def _name_units(self, rows: list[dict[str, Any]]) -> None:
+        """``series_labels`` after the folder of each series / volume row (``show_paths``),
+        over every unit of its folder (all read by now)."""
+        wanted = {self.places[r["unit"]][0] for r in rows if r.get("level") in ("series", "volume")}
+        labels = series_labels({u: self.places[u] for p in wanted for u in self.at_place[p]})
+        for row in rows:
+            if row.get("level") in ("series", "volume") and (label := labels[row["unit"]]):
+                row["path"] = f"{row['path']} [{label}]"
+
+    def _rows(
+        self, plan: _Plan, probs: np.ndarray
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A group's file and slice rows, and its series / volume rows (with ``show_paths``
+        named by folder or file only: ``_name_units`` adds the label)."""
+        card, threshold, show_paths = self.card, self.threshold, self.show_paths
+        rows = list(plan.file_rows)
+        slices = plan.slices
+        flagged: dict[str, dict[str, int]] = {}  # unit -> flag -> its slices flagged so
+        for (r, s), p in zip(slices, probs, strict=True):
+            name, clash = plan.clashes.get(id(s), (_slice_name(r, s, show_paths), ""))
+            row = _scan_row(card, name, p, threshold, "", "slice", s.unit)
+            row["warning"] = clash
+            flags = slice_warnings(s.image)  # the rule of ingest and of predict's JPEG/PNG rows
+            if flags:
+                row["warning"] = "; ".join(w for w in (clash, describe_flags(flags, s.image)) if w)
+                for f in flags:
+                    flagged.setdefault(s.unit, {}).setdefault(f, 0)
+                    flagged[s.unit][f] += 1
+            if show_paths:
+                row["unit_path"] = display_path(r.path.parent if r.kind == "dicom" else r.path)
+            rows.append(row)
+        agg = aggregate_rows(rows, card=card, threshold=threshold, k=self.top_k)
+        for row in rows:
+            row.pop("unit_path", None)
+        files_of: dict[str, set] = {}
+        read_note: dict[str, str] = {}  # unit -> how it was read (the first volume of a 4-D file)
+        for r, s in slices:
+            files_of.setdefault(s.unit, set()).add(r.path)
+            if self.sources is not None and r.kind == "dicom":
+                from mriscan.dicom_sr import SRSource
+
+                frame = int(s.source.rsplit("#", 1)[-1])
+                self.sources.setdefault(s.unit, []).append(SRSource(r.path, frame))
+            if r.note:
+                read_note[s.unit] = r.note
+        owners: dict[str, dict[str, dict[str, int]]] = {}  # unit -> patient/study -> id -> n
+        for _, s in slices:
+            if s.unit.startswith("series:"):
+                for what, value in (("patient", s.patient), ("study", s.study)):
+                    counts = owners.setdefault(s.unit, {}).setdefault(what, {})
+                    counts[value] = counts.get(value, 0) + 1
+        for row in agg:
+            row["warning"] = _unit_warning(
+                row, plan, read_note, owners, files_of, flagged.get(row["unit"], {})
             )
-        if n := copies.get(row["unit"], 0):
+        return rows, agg
+
+
+def _unit_warning(
+    row: dict[str, Any],
+    plan: _Plan,
+    read_note: Mapping[str, str],
+    owners: Mapping[str, Mapping[str, Mapping[str, int]]],
+    files_of: Mapping[str, set],
+    flagged: Mapping[str, int],
+) -> str:
+    """The ``warning`` of a series / volume row (see ``iter_predict_inputs``)."""
+    unit = row["unit"]
+    notes = [read_note[unit]] if unit in read_note else []
+    for what, counts in owners.get(unit, {}).items():
+        if len(counts) > 1:  # counts only: no identifier
+            split = " + ".join(str(n) for n in sorted(counts.values(), reverse=True))
+            kind = "patients (Patient ID)" if what == "patient" else "studies (Study UID)"
             notes.append(
-                f"{n} file{'s' if n != 1 else ''} holding an instance read from another file "
-                "(same SOP Instance UID) not scored again (see their rows)"
+                f"its slices belong to {len(counts)} {kind} ({split} slices): check the "
+                "series; --dicom-out files no report for it"
             )
-        if n := clashed.get(row["unit"], 0):
-            notes.append(
-                f"{n} slice{'s' if n != 1 else ''} sharing a SOP Instance UID with another "
-                "slice of other pixels, scored as slices of their own (see their rows)"
-            )
-        for flag, count in flagged.get(row["unit"], {}).items():
-            what = FLAG_SUMMARY[flag]
-            notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
-        row["warning"] = "; ".join(notes)
-    return rows + agg
+    if missing := len(plan.unreadable.get(unit, ())):
+        total = missing + len(files_of.get(unit, ()))
+        notes.append(
+            f"{missing} of {total} instances unreadable (see their rows): scored from the "
+            "others only"
+        )
+    if n := plan.copies.get(unit, 0):
+        notes.append(
+            f"{n} file{'s' if n != 1 else ''} holding an instance read from another file "
+            "(same SOP Instance UID) not scored again (see their rows)"
+        )
+    if n := plan.clashed.get(unit, 0):
+        notes.append(
+            f"{n} slice{'s' if n != 1 else ''} sharing a SOP Instance UID with another "
+            "slice of other pixels, scored as slices of their own (see their rows)"
+        )
+    for flag, count in flagged.items():
+        what = FLAG_SUMMARY[flag]
+        notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
+    return "; ".join(notes)
 
 
 class FailedFile(NamedTuple):
@@ -297,7 +599,13 @@ class FailedFile(NamedTuple):
     instance: str | None
 
 
-def failed_file_name(r: InputRead, *, salt: bytes, show_paths: bool = False) -> FailedFile:
+def failed_file_name(
+    r: InputRead,
+    *,
+    salt: bytes,
+    show_paths: bool = False,
+    ids: tuple[str | None, str | None] | None = None,
+) -> FailedFile:
     """How a report names a scanner file that gave no slice (``r.error``, ``r.skipped`` or
     ``r.excluded`` set), the rule of ``predict_inputs``: ``(name, reason, series, instance)``.
 
@@ -306,14 +614,15 @@ def failed_file_name(r: InputRead, *, salt: bytes, show_paths: bool = False) -> 
     the error, or "skipped: <why>", with the file's path replaced by "the file" (libraries
     such as nibabel repeat it); ``series`` and ``instance``: the hashed Series and SOP
     Instance UIDs of a DICOM file whose header still names them, from one read of its header
-    (``mriscan.dicom.header_ids``), else None.
+    (``mriscan.dicom.header_ids``), else None; ``ids``: those two, when the caller read the
+    header already (``(None, None)`` for a header it could not read), so it is not read again.
     """
     why = r.error if r.error is not None else f"skipped: {r.skipped or r.excluded}"
     series = instance = None
     if r.kind == "dicom":
         from mriscan.dicom import header_ids
 
-        series, instance = header_ids(r.path, salt)
+        series, instance = ids if ids is not None else header_ids(r.path, salt)
     name = display_path(r.path) if show_paths else _file_pseudonym(r, series, salt)
     return FailedFile(name, _without_path(why, r.path), series, instance)
 

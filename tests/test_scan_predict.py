@@ -321,9 +321,11 @@ def test_an_unreadable_instance_of_its_own_still_counts_as_missing(model_file, t
 
 
 def test_a_file_that_fails_to_decode_has_its_header_read_once(model_file, tmp_path, monkeypatch):
-    """The failure path reads a damaged file's header once for both its series and its SOP
-    instance (``mriscan.dicom.header_ids``), and still tells a damaged copy of a scored
-    instance from a missing one (one copy, one damaged instance of its own)."""
+    """A damaged file's header is read once for both its series and its SOP instance: by the
+    pass that groups files into series before reading them (``mriscan.dicom.read_header_ids``),
+    whose ids the failure path reuses instead of reading the header again; it still tells a
+    damaged copy of a scored instance from a missing one (one copy, one damaged instance of
+    its own)."""
     import pydicom
 
     import mriscan.dicom as dicom_mod
@@ -337,14 +339,15 @@ def test_a_file_that_fails_to_decode_has_its_header_read_once(model_file, tmp_pa
 
     def counting(path, *args, **kwargs):
         tags = kwargs.get("specific_tags") or ()
-        # the failure path's look-ups (not the series-size check every DICOM file gets first)
+        # predict's header look-ups (not the series-size check of ingest and audit)
         if tags and "Rows" not in tags:
             reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(dicom_mod.pydicom, "dcmread", counting)
     got = _series_row(predict(model_file, [scans]))
-    assert reads == {"copy.dcm": 1, files[0].name: 1}
+    # every file's header once (the grouping pass), the failed files' no second time
+    assert reads == {"copy.dcm": 1, **{f.name: 1 for f in files}}
     assert got["slices"] == 2 and got["warning"].startswith("1 of 3 instances unreadable")
     assert "1 file holding an instance read from another file" in got["warning"]
 
