@@ -532,7 +532,7 @@ def explain(
         results.append(row)
     units: dict[str, list] = {}
     if scans:  # read as the training data were, unless chosen otherwise
-        read_options = settings_for_model(card.reader, read_options)
+        read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
     salt = new_salt()  # this run's pseudonyms
     reads = read_inputs(scans, options=read_options, salt=salt)
     if noted := [r.note for r in reads if r.note]:  # by count: paths may name the patient
