@@ -33,7 +33,7 @@ from typing import Any
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.preprocess import PreprocessConfig
 from mriscan.readers import file_sha256
-from mriscan.scan_config import ReaderSettings
+from mriscan.scan_config import INPUT_KINDS, ReaderSettings
 
 __all__ = [
     "MODEL_CARD_VERSION",
@@ -356,6 +356,11 @@ class ModelCard:
     "patients": sorted keyed hashes "patient:<h>"}`` (HMAC pseudonyms under the user's key,
     ``mriscan.keys``, as the store holds them; never the IDs); None where the card predates it
     or the store has no key fingerprint (an older store that keeps its own salt).
+    ``train_kinds``: the kinds of input file the training and validation slices were read from
+    (of ``"image"``, ``"dicom"``, ``"nifti"``, in that order: ``scan_config.INPUT_KINDS``), so
+    that a reading setting of a kind the model never saw is not reported as differing from its
+    training data's; None for a card written before mriscan recorded them (unknown: the
+    settings of both scanner kinds are compared, as before).
     """
 
     preprocess: PreprocessConfig
@@ -372,6 +377,7 @@ class ModelCard:
     init_weights: dict[str, Any] | None = None
     reader: ReaderSettings | None = None
     train_patients: dict[str, Any] | None = None
+    train_kinds: tuple[str, ...] | None = None
     format_version: int = MODEL_CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -417,6 +423,8 @@ class ModelCard:
                 "train_patients must be null or {'key_id': str, 'patients': ['patient:<h>', "
                 f"...]}}. Received: {str(tp)[:200]!r}."
             )
+        if self.train_kinds is not None:
+            object.__setattr__(self, "train_kinds", _kinds(self.train_kinds))
         if self.image_size is not None and self.image_size != self.preprocess.size:
             raise ModelCardError(
                 f"image_size {self.image_size!r} disagrees with preprocess.size "
@@ -441,6 +449,7 @@ class ModelCard:
             "init_weights": self.init_weights,
             "reader": None if self.reader is None else self.reader.to_dict(),
             "train_patients": self.train_patients,
+            "train_kinds": None if self.train_kinds is None else list(self.train_kinds),
         }
 
     @classmethod
@@ -480,6 +489,7 @@ class ModelCard:
                     None if data.get("reader") is None else ReaderSettings.from_dict(data["reader"])
                 ),
                 train_patients=data.get("train_patients"),
+                train_kinds=data.get("train_kinds"),
                 format_version=MODEL_CARD_VERSION,
             )
         except KeyError as exc:
@@ -616,6 +626,20 @@ class Protocol:
             f"test {self.test_fraction:.0%}); {groups}; decision: {self.threshold_rule}, "
             f"never from test slices{pre}"
         )
+
+
+def _kinds(kinds: Any) -> tuple[str, ...]:
+    """``ModelCard.train_kinds`` checked, in ``INPUT_KINDS`` order, or ``ModelCardError``."""
+    if (
+        not isinstance(kinds, list | tuple)
+        or not all(isinstance(k, str) and k in INPUT_KINDS for k in kinds)
+        or len(set(kinds)) != len(kinds)
+    ):
+        raise ModelCardError(
+            f"train_kinds must be null or a list of distinct kinds of {list(INPUT_KINDS)}. "
+            f"Received: {kinds!r}."
+        )
+    return tuple(k for k in INPUT_KINDS if k in kinds)
 
 
 def _card_rule(data: dict[str, Any]) -> str:

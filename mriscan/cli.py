@@ -1808,7 +1808,10 @@ def explain(
     Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_layercam.png).
     Scanner slices are read as `predict` reads them (--dicom-*, --nifti-*, --modality) and
     named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
-    --show-paths by their series folder or volume file. Exits 1 if no image is found, or none
+    --show-paths by their series folder or volume file. A rerun into the same --out replaces
+    the heat maps the earlier run of the same --method and --class wrote there (listed in
+    OUT/explain_files.json; files explain did not write, or changed since, are kept; nothing
+    is removed when the rerun fails or writes none). Exits 1 if no image is found, or none
     could be read or has a slice --slices asks for. With --boxes, the pointing game over one
     data folder instead (no PNGs); it maps each slice's predicted class, so --class with
     --boxes is a usage error (exit 2), as are the options it would not use: --slices,

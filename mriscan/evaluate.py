@@ -815,7 +815,7 @@ def _open_data(
         )
         key = new_salt()
     # scanner files: read as the model's training data were, unless chosen otherwise
-    ro = settings_for_model(card.reader, read_options)
+    ro = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
     cfg = IngestConfig(
         preprocess=card.preprocess,
         dicom=ro.dicom,
@@ -963,10 +963,13 @@ def _same_patients(card: Any, store: ImageStore, idx: np.ndarray) -> tuple[np.nd
 
 def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
     """Log when the scanner files of ``store`` were read otherwise than the model's training
-    data (both recorded; only settings of the kinds of file the store holds)."""
+    data (both recorded; only settings of the kinds of file the store holds and, where the
+    card records them, the model was trained on: ``ModelCard.train_kinds``)."""
     if store.reader_settings is None or card.reader is None or not len(store):
         return
     held = set(store.table.strings("kind")) & {"dicom", "nifti"}
+    if card.train_kinds is not None:
+        held &= set(card.train_kinds)
     diffs = card.reader.differences(store.reader_settings, held)
     if diffs:
         log.warning(

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from mriscan._heatmap_record import HeatmapLedger
 from mriscan.config import CAM_METHODS, DEFAULT_CAM
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
@@ -432,6 +433,16 @@ def explain(
     the elements, never their values). Slices that are no DICOM (JPEG/PNG, NIfTI), or
     whose source cannot take one, get ``dicom_skipped`` (the reason) instead.
 
+    A rerun into the same ``out`` replaces the heat maps of the earlier run instead of adding
+    a second set beside them (scanner slices' PNG names change with each run's salt): ``out``
+    holds ``explain_files.json``, the PNGs each run wrote per ``method`` and ``explain_class``
+    with their SHA-256 (``mriscan._heatmap_record``), and once a run has written its own PNGs
+    it deletes those the earlier run of the same method and class listed that it did not write
+    again, unless changed since (logged: "replaced N heat map(s) of an earlier run"). Files
+    explain did not write, and the maps of another method or class, are kept; a run that
+    fails, or writes no PNG, deletes nothing. Secondary Captures need no such record: their
+    names derive from the source, so a rerun writes the same files.
+
     Raises
     ------
     ConfigError
@@ -481,6 +492,7 @@ def explain(
     cfg = card.preprocess
     out = Path(out)
     results: list[dict[str, Any]] = []
+    ledger = HeatmapLedger(out, method, explain_class)
 
     def overlay(img: np.ndarray, name: str, png_name: str) -> tuple[dict[str, Any], np.ndarray]:
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
@@ -502,6 +514,7 @@ def explain(
             title=f"{name}: P({target}) = {prob:.2f}; predicted {label} ({why})",
             method=method,
         )
+        ledger.add(png)
         row = {
             "path": name,
             "probability": prob,
@@ -514,90 +527,93 @@ def explain(
         }
         return row, cam
 
-    not_dicom = "not a DICOM input: there is no study to file a Secondary Capture into"
-    files = [Path(p) for p in images]
-    kinds = [file_kind(p) for p in files]
-    plain = [p for p, k in zip(files, kinds, strict=True) if k not in ("dicom", "nifti")]
-    scans = [SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")]
-    for path, png_name in zip(plain, heatmap_names(plain, method), strict=True):
-        try:
-            raw = decode_image(path)
-        except ImageDecodeError as exc:
-            results.append({"path": display_path(path), "error": exc.reason})
-            continue
-        row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name)
-        _flag(row, raw)
-        if dicom_out is not None:
-            row["dicom_skipped"] = not_dicom
-        results.append(row)
-    units: dict[str, list] = {}
-    if scans:  # read as the training data were, unless chosen otherwise
-        read_options = settings_for_model(card.reader, read_options)
-    salt = new_salt()  # this run's pseudonyms
-    reads = read_inputs(scans, options=read_options, salt=salt)
-    if noted := [r.note for r in reads if r.note]:  # by count: paths may name the patient
-        log.warning(
-            "%d file(s) read with a note: %s", len(noted), "; ".join(sorted(set(noted))[:3])
-        )
-    for r in reads:
-        if r.error is not None or r.skipped is not None or r.excluded is not None:
-            failed = failed_file_name(r, salt=salt, show_paths=show_paths)
-            results.append({"path": failed.name, "error": failed.reason, "level": "file"})
-            continue
-        for s in r.slices:
-            units.setdefault(s.unit, []).append((r, s))
-    # the series folder or volume file of each unit, and (show_paths) the PNG stem it gives
-    where = {u: m[0][0].path.parent if m[0][0].kind == "dicom" else m[0][0].path
-             for u, m in units.items()}  # fmt: skip
-    stems = [n[: -len(f"_{method}.png")] for n in heatmap_names(list(where.values()), method)]
-    # several series in one folder: "series <N>" tells them (and their files) apart
-    labels = series_labels(unit_places([rs for m in units.values() for rs in m]))
-    path_stems = {
-        u: stem + (f"_{label_stem(labels[u])}" if labels[u] else "")
-        for u, stem in zip(where, stems, strict=True)
-    }
-    sc_series: dict[str, Any] = {}
-    for unit, members in units.items():
-        members.sort(key=lambda rs: rs[1].order)
-        numbers = _slice_numbers(unit, [s for _, s in members])
-        shown = display_path(where[unit]) + (f" [{labels[unit]}]" if labels[unit] else "")
-        unit_name = shown if show_paths else unit
-        if slices is not None:
-            place = {n: k for k, n in enumerate(numbers)}
-            chosen = [place[n] for n in slices if n in place]
-            for n in (n for n in slices if n not in place):
-                results.append(
-                    {
-                        "path": unit_name,
-                        "error": _no_such_slice(unit, n, numbers),
-                        "missing_slice": n,
-                    }
-                )
-        else:
-            probs = predict_arrays(model, card, [s.image for _, s in members])
-            score = _slice_score(card, probs, explain_class)
-            chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
-        for k in chosen:
-            r, s = members[k]
-            img = preprocess(s.image, cfg)
-            n = numbers[k]
-            index = s.source.rsplit("#", 1)[-1]
-            name = f"{display_path(r.path)}#{index}" if show_paths else s.source
-            stem = path_stems[unit] if show_paths else unit.replace(":", "-")
-            row, cam = overlay(img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png")
-            _flag(row, s.image)
+    with ledger:  # a rerun into `out` replaces the earlier run's heat maps
+        not_dicom = "not a DICOM input: there is no study to file a Secondary Capture into"
+        files = [Path(p) for p in images]
+        kinds = [file_kind(p) for p in files]
+        plain = [p for p, k in zip(files, kinds, strict=True) if k not in ("dicom", "nifti")]
+        scans = [
+            SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")
+        ]
+        for path, png_name in zip(plain, heatmap_names(plain, method), strict=True):
+            try:
+                raw = decode_image(path)
+            except ImageDecodeError as exc:
+                results.append({"path": display_path(path), "error": exc.reason})
+                continue
+            row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name)
+            _flag(row, raw)
             if dicom_out is not None:
-                if r.kind != "dicom":
-                    row["dicom_skipped"] = not_dicom
-                else:
-                    if unit not in sc_series:
-                        sc_series[unit] = _new_series(r.path, explain_class, method, model_path)
-                    _secondary_capture(
-                        row, r.path, int(index), img, cam, n, Path(dicom_out), sc_series[unit],
-                        model_path, method,
-                    )  # fmt: skip
+                row["dicom_skipped"] = not_dicom
             results.append(row)
-    return results
+        units: dict[str, list] = {}
+        if scans:  # read as the training data were, unless chosen otherwise
+            read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
+        salt = new_salt()  # this run's pseudonyms
+        reads = read_inputs(scans, options=read_options, salt=salt)
+        if noted := [r.note for r in reads if r.note]:  # by count: paths may name the patient
+            log.warning(
+                "%d file(s) read with a note: %s", len(noted), "; ".join(sorted(set(noted))[:3])
+            )
+        for r in reads:
+            if r.error is not None or r.skipped is not None or r.excluded is not None:
+                failed = failed_file_name(r, salt=salt, show_paths=show_paths)
+                results.append({"path": failed.name, "error": failed.reason, "level": "file"})
+                continue
+            for s in r.slices:
+                units.setdefault(s.unit, []).append((r, s))
+        # the series folder or volume file of each unit, and (show_paths) the PNG stem it gives
+        where = {u: m[0][0].path.parent if m[0][0].kind == "dicom" else m[0][0].path
+                 for u, m in units.items()}  # fmt: skip
+        stems = [n[: -len(f"_{method}.png")] for n in heatmap_names(list(where.values()), method)]
+        # several series in one folder: "series <N>" tells them (and their files) apart
+        labels = series_labels(unit_places([rs for m in units.values() for rs in m]))
+        path_stems = {
+            u: stem + (f"_{label_stem(labels[u])}" if labels[u] else "")
+            for u, stem in zip(where, stems, strict=True)
+        }
+        sc_series: dict[str, Any] = {}
+        for unit, members in units.items():
+            members.sort(key=lambda rs: rs[1].order)
+            numbers = _slice_numbers(unit, [s for _, s in members])
+            shown = display_path(where[unit]) + (f" [{labels[unit]}]" if labels[unit] else "")
+            unit_name = shown if show_paths else unit
+            if slices is not None:
+                place = {n: k for k, n in enumerate(numbers)}
+                chosen = [place[n] for n in slices if n in place]
+                for n in (n for n in slices if n not in place):
+                    results.append(
+                        {
+                            "path": unit_name,
+                            "error": _no_such_slice(unit, n, numbers),
+                            "missing_slice": n,
+                        }
+                    )
+            else:
+                probs = predict_arrays(model, card, [s.image for _, s in members])
+                score = _slice_score(card, probs, explain_class)
+                chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
+            for k in chosen:
+                r, s = members[k]
+                img = preprocess(s.image, cfg)
+                n = numbers[k]
+                index = s.source.rsplit("#", 1)[-1]
+                name = f"{display_path(r.path)}#{index}" if show_paths else s.source
+                stem = path_stems[unit] if show_paths else unit.replace(":", "-")
+                row, cam = overlay(img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png")
+                _flag(row, s.image)
+                if dicom_out is not None:
+                    if r.kind != "dicom":
+                        row["dicom_skipped"] = not_dicom
+                    else:
+                        if unit not in sc_series:
+                            sc_series[unit] = _new_series(r.path, explain_class, method, model_path)
+                        _secondary_capture(
+                            row, r.path, int(index), img, cam, n, Path(dicom_out), sc_series[unit],
+                            model_path, method,
+                        )  # fmt: skip
+                results.append(row)
+        return results
 
 
 def _new_series(

@@ -378,8 +378,8 @@ def predict(
     (``mriscan.scan_predict.problem_rows``) by path instead of by pseudonym; ``read_options``
     (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read: what it leaves
     open is read as the model card records for the training data (``ModelCard.reader``; the
-    defaults for an older card), and a chosen setting that differs is logged
-    (``mriscan.readers.settings_for_model``).
+    defaults for an older card), and a chosen setting that differs is logged when it is of a
+    kind of file the model was trained on (``mriscan.readers.settings_for_model``).
 
     ``engine`` runs the model: ``keras`` (the ``.keras`` file, through TensorFlow), ``onnx``
     (its export ``X.onnx`` made by ``mriscan.onnx_engine.export_onnx``, through ONNX Runtime:
@@ -434,7 +434,7 @@ def predict(
     card = _load_card(model_path)
     thr = check_threshold(card, threshold)
     if scans:  # scanner files: read as the training data were, unless chosen otherwise
-        read_options = settings_for_model(card.reader, read_options)
+        read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
     columns = columns_for(card) + (SCAN_COLUMNS if scans else ())
     writer = PredictionWriter(output, columns=columns) if output is not None else None
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:

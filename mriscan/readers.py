@@ -102,12 +102,19 @@ class ReadOptions:
 
 
 def settings_for_model(
-    recorded: ReaderSettings | None, options: ReadOptions | None, *, model: str = "the model"
+    recorded: ReaderSettings | None,
+    options: ReadOptions | None,
+    *,
+    model: str = "the model",
+    kinds: Iterable[str] | None = None,
 ) -> ReadOptions:
     """How to read scanner files for a model whose card records ``recorded`` (None: an older
     card, read with the defaults as before): ``options`` win where they choose a setting, and
     each chosen setting that differs from the training data's is logged (one warning line),
-    since the model then sees slices read otherwise than those it learnt from.
+    since the model then sees slices read otherwise than those it learnt from. ``kinds``: the
+    kinds of input file the model was trained on (``ModelCard.train_kinds``); only the
+    settings of those kinds are compared, as a model trained on no NIfTI (DICOM) slice has no
+    NIfTI (DICOM) reading to differ from. None (a card that does not record them): both.
 
     Raises
     ------
@@ -117,7 +124,7 @@ def settings_for_model(
     opts = options if options is not None else ReadOptions()
     settings = opts.resolve(recorded)
     if recorded is not None and opts.chosen:
-        diffs = recorded.differences(settings)
+        diffs = recorded.differences(settings, ("dicom", "nifti") if kinds is None else kinds)
         if diffs:
             log.warning(
                 "reading scanner files with %s; %s was trained on data read with %s",

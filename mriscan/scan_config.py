@@ -15,6 +15,7 @@ from mriscan.errors import ConfigError
 from mriscan.io import DEFAULT_MAX_PIXELS
 
 __all__ = [
+    "INPUT_KINDS",
     "NIFTI_PLANES",
     "NIFTI_SELECTIONS",
     "READER_FLAGS",
@@ -24,6 +25,8 @@ __all__ = [
     "describe_setting",
 ]
 
+#: the kinds of input file (``mriscan.io.file_kind``), as a store's records name them
+INPUT_KINDS = ("image", "dicom", "nifti")
 #: slicing axis of each plane in a RAS+ volume
 NIFTI_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NIFTI_SELECTIONS = ("all", "middle", "brain")

@@ -48,6 +48,9 @@ def test_layout_names_every_path(tmp_path):
         ({"image_size": 64}, "disagrees with preprocess.size"),
         ({"format_version": 99}, "format_version 99"),
         ({"preprocess": {"size": -3}}, "size must be a positive integer"),
+        ({"train_kinds": ["nifti", "nifti"]}, "train_kinds must be null or a list of distinct"),
+        ({"train_kinds": ["pet"]}, "train_kinds must be null or a list of distinct"),
+        ({"train_kinds": "nifti"}, "train_kinds must be null or a list of distinct"),
     ],
 )
 def test_card_rejects_bad_values(change, message):
@@ -58,6 +61,17 @@ def test_card_rejects_bad_values(change, message):
 def test_card_without_version_reads_as_version_1():
     card = ModelCard.from_dict({k: v for k, v in GOOD.items() if k != "format_version"})
     assert card.threshold == 0.4 and card.tta is True and card.class_names == ("no", "yes")
+
+
+def test_card_records_the_kinds_of_input_it_was_trained_on():
+    """Issue 18, L3: the kinds of file the training slices came from round-trip in
+    ``INPUT_KINDS`` order; a card written before they were recorded reads as unknown (None)."""
+    card = ModelCard.from_dict({**GOOD, "train_kinds": ["nifti", "image"]})
+    assert card.train_kinds == ("image", "nifti")
+    assert card.to_dict()["train_kinds"] == ["image", "nifti"]
+    back = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert back.train_kinds == ("image", "nifti")
+    assert ModelCard.from_dict(GOOD).train_kinds is None
 
 
 def test_a_card_from_before_the_rule_was_recorded_names_youden():

@@ -245,7 +245,7 @@ def test_synth_train_predict_explain_evaluate(tmp_path):
     ]
     r = runner.invoke(main, [*cam, "--method", "gradcam"])  # a second map beside the first
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "cam").glob("*.png")) == [
         "syn_000000_gradcam.png",
         "syn_000000_layercam.png",
     ]

@@ -117,7 +117,7 @@ def test_explain_writes_one_png_per_file_even_with_equal_names(model_file, tmp_p
     out = tmp_path / "cam"
     results = explain(model_file, [*images, odd], out=out)
     assert [r["error"] for r in results] == ["", "", ""]
-    pngs = sorted(p.name for p in out.iterdir())
+    pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == [
         "a__slice_1_layercam.png",
         "b__slice_1_layercam.png",
@@ -423,7 +423,7 @@ def test_nifti_slices_are_numbered_by_the_volume_s_own_index(model_file, tmp_pat
     res = explain(model_file, [vol], out=tmp_path / "x", slices=[3, 8, 1])
     made = [r for r in res if not r["error"]]
     assert [r["path"].split("#")[1] for r in made] == ["3 (slice 3)", "8 (slice 8)"]
-    assert sorted(p.name.split("_slice")[1] for p in (tmp_path / "x").iterdir()) == [
+    assert sorted(p.name.split("_slice")[1] for p in (tmp_path / "x").glob("*.png")) == [
         "3_layercam.png",
         "8_layercam.png",
     ]
@@ -485,7 +485,9 @@ def test_explain_takes_predict_s_reader_options(model_file, scans, tmp_path):
     assert res.exit_code == 1 and "no slice 1 among the volume's slices" in res.output
     res = _cli(model_file, vol, "--slices", "1", "--out", tmp_path / "b", "--nifti-slices", "all")
     assert res.exit_code == 0, res.output
-    assert [p.name.split("_", 1)[1] for p in (tmp_path / "b").iterdir()] == ["slice1_layercam.png"]
+    assert [p.name.split("_", 1)[1] for p in (tmp_path / "b").glob("*.png")] == [
+        "slice1_layercam.png"
+    ]
     series = scans / "Doe_Jane_19700101" / "T1"
     res = _cli(model_file, series, "--modality", "CT", "--out", tmp_path / "c")
     assert res.exit_code == 1 and res.output.count("skipped: ") == 5
@@ -671,7 +673,7 @@ def test_explain_cli_names_its_flags_in_usage_errors(model_file, scans, tmp_path
         assert "top_k" not in res.output and not (tmp_path / "bad").exists()
     res = _cli(model_file, series, "--slices", "0,0,2", "--out", tmp_path / "d")
     assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "d").iterdir())) == 2
+    assert len(list((tmp_path / "d").glob("*.png"))) == 2
     from mriscan.explain import explain
 
     assert len(explain(model_file, _files(series), out=tmp_path / "e", slices=[1, 1])) == 1
@@ -762,3 +764,124 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(three_class_mo
     (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
     with pytest.raises(MriscanError, match="not a class of the model"):
         pointing_game(path, tmp_path / "data", tmp_path / "only.csv")
+
+
+# --- issue 18, L5: a rerun into the same --out replaces its heat maps -----------------------
+
+
+def _pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def _recorded(folder: Path) -> dict[tuple, list[str]]:
+    import json
+
+    runs = json.loads((folder / "explain_files.json").read_text())["runs"]
+    return {(r["method"], r["class"]): sorted(r["files"]) for r in runs}
+
+
+def test_a_rerun_replaces_the_heat_maps_of_the_earlier_run(model_file, scans, tmp_path, caplog):
+    """Scanner slices' PNGs are named by pseudonyms salted afresh each run: a rerun used to
+    add a second set beside the first. Now it removes the earlier run's files once it has
+    written its own, says so, and leaves every file explain did not write."""
+    import logging
+
+    from mriscan.explain import explain
+
+    out = tmp_path / "cam"
+    explain(model_file, _files(scans), out=out, top_k=1)
+    first = _pngs(out)
+    assert len(first) == 3
+    (out / "notes.txt").write_text("mine")
+    (out / "mine_layercam.png").write_bytes(b"not explain's")
+    with caplog.at_level(logging.INFO, logger="mriscan.explain"):
+        res = _cli(model_file, scans, "--top-k", "1", "--out", out)
+    assert res.exit_code == 0, res.output
+    again = [p for p in _pngs(out) if p != "mine_layercam.png"]
+    assert len(again) == 3 and again != first  # new pseudonyms, the old files gone
+    assert not set(first) & set(again) - {"plain_layercam.png"}
+    assert "plain_layercam.png" in again  # named by its file: written over, not removed
+    assert _recorded(out) == {("layercam", None): again}
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "mine_layercam.png").read_bytes() == b"not explain's"
+    assert "replaced 3 heat map(s) of an earlier run in" in caplog.text
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary record
+
+
+def test_a_rerun_removes_only_unchanged_files_of_its_own_method_and_class(
+    model_file, scans, tmp_path, caplog
+):
+    """Runs for another --class or --method keep their maps (their names differ on purpose);
+    a map changed since explain wrote it is kept and named; a run that fails, or writes
+    nothing, removes nothing."""
+    import logging
+
+    from mriscan.explain import explain
+
+    series = _files(scans / "Doe_Jane_19700101")
+    out = tmp_path / "cam"
+    explain(model_file, series, out=out, slices=[0, 1])
+    ours = _pngs(out)
+    explain(model_file, series, out=out, slices=[0], explain_class="no")
+    explain(model_file, series, out=out, slices=[0], method="gradcam")
+    assert len(_pngs(out)) == 4 and set(ours) <= set(_pngs(out))
+    (out / ours[0]).write_bytes(b"edited by the user")
+    with caplog.at_level(logging.INFO, logger="mriscan.explain"):
+        explain(model_file, series, out=out, slices=[0])
+    assert f"kept 1 of its files changed since it wrote them: {ours[0]}" in caplog.text
+    assert (out / ours[0]).read_bytes() == b"edited by the user" and not (out / ours[1]).exists()
+    assert len(_pngs(out)) == 4  # the edited file, this run's, --class no's, gradcam's
+    before = {p: (out / p).read_bytes() for p in _pngs(out)}
+    res = explain(model_file, series, out=out, slices=[999])  # nothing written
+    assert all(r["error"] for r in res) and _pngs(out) == sorted(before)
+
+
+def test_a_failed_rerun_keeps_the_earlier_heat_maps(model_file, scans, tmp_path, monkeypatch):
+    import mriscan.explain as ex
+
+    series = _files(scans / "Doe_Jane_19700101")
+    out = tmp_path / "cam"
+    ex.explain(model_file, series, out=out, slices=[0, 1])
+    first = _pngs(out)
+    calls = []
+    save = ex.save_overlay
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "save_overlay", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        ex.explain(model_file, series, out=out, slices=[0, 1])
+    assert set(first) < set(_pngs(out)) and len(_pngs(out)) == 3  # one new map written
+    assert _recorded(out) == {("layercam", None): _pngs(out)}  # both runs' files listed
+    monkeypatch.setattr(ex, "save_overlay", save)
+    ex.explain(model_file, series, out=out, slices=[0, 1])
+    assert len(_pngs(out)) == 2 and not set(first) & set(_pngs(out))
+
+
+def test_a_record_explain_cannot_read_is_left_alone_and_nothing_removed(
+    model_file, scans, tmp_path, caplog
+):
+    """A record naming a file outside the folder (hand-edited), or any file of that name that
+    is not such a record, makes explain delete nothing and leave the file as it is."""
+    import json
+    import logging
+
+    from mriscan.explain import explain
+
+    series = _files(scans / "Doe_Jane_19700101")
+    out = tmp_path / "cam"
+    explain(model_file, series, out=out, slices=[0])
+    record = json.loads((out / "explain_files.json").read_text())
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"x")
+    record["runs"][0]["files"]["../victim.png"] = "0" * 64
+    (out / "explain_files.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="mriscan.explain"):
+        explain(model_file, series, out=out, slices=[0])
+    assert victim.exists() and len(_pngs(out)) == 2
+    assert "explain_files.json is not a record of mriscan explain" in caplog.text
+    assert "../victim.png" in (out / "explain_files.json").read_text()  # left as it was

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -217,6 +218,21 @@ def test_settings_for_model_prefers_typed_options_and_says_so(caplog):
     assert old.nifti == NiftiConfig() and not caplog.text
 
 
+@pytest.mark.parametrize(
+    ("kinds", "warned"),
+    [(None, True), (("image",), False), (("image", "dicom"), False), (("nifti",), True)],
+)
+def test_settings_for_model_compares_only_kinds_the_model_saw(caplog, kinds, warned):
+    """Issue 18, L3: a NIfTI setting typed for a model trained on no NIfTI slice differs from
+    nothing it learnt from, so it is not reported; a card that does not record its kinds
+    (None) is compared on both, as before."""
+    typed = ReadOptions(overrides={"nifti.plane": "coronal"})
+    with caplog.at_level(logging.WARNING, logger="mriscan.readers"):
+        ro = settings_for_model(SAGITTAL_SETTINGS, typed, kinds=kinds)
+    assert ro.nifti.plane == "coronal" and ro.nifti.middle_count == 3
+    assert ("trained on data read with" in caplog.text) is warned
+
+
 def test_old_model_cards_read_without_reader_settings():
     card = ModelCard(preprocess=PreprocessConfig(size=32), class_names=("no", "yes"),
                      threshold=0.5, reader=SAGITTAL_SETTINGS)  # fmt: skip
@@ -242,6 +258,28 @@ def test_the_model_card_of_a_training_run_copies_the_stores_settings(nii, tmp_pa
         card = card_for(st, fast_config(), 0.5)
     assert card.reader == SAGITTAL_SETTINGS
     assert ModelCard.from_dict(card.to_dict()).reader == SAGITTAL_SETTINGS
+    assert card.train_kinds == ("nifti",)
+
+
+@pytest.mark.backend
+def test_the_model_card_records_the_kinds_its_training_slices_came_from(nii, tmp_path):
+    """Issue 18, L3: ``train_kinds`` holds the kinds of the slices the model saw (``seen``),
+    not every kind the store holds."""
+    from conftest import fast_config, make_slice
+    from PIL import Image
+
+    from mriscan.training.fit import card_for
+
+    rng = np.random.default_rng(0)
+    for cls in ("yes", "no"):
+        Image.fromarray(make_slice(rng, tumor=cls == "yes")).save(nii / cls / "plain.png")
+    store = tmp_path / "s.zarr"
+    assert _ingest(str(nii), "--store", str(store)).exit_code == 0
+    with ImageStore.open(store) as st:
+        kinds = np.array(st.table.strings("kind"))
+        assert card_for(st, fast_config(), 0.5).train_kinds == ("image", "nifti")
+        images = np.flatnonzero(kinds == "image")
+        assert card_for(st, fast_config(), 0.5, seen=images).train_kinds == ("image",)
 
 
 @pytest.fixture
@@ -290,6 +328,34 @@ def test_the_cli_notes_typed_options_that_differ_from_the_training_settings(
     notes = [r.message for r in caplog.records if "trained on data read with" in r.message]
     assert len(notes) == 1 and "--nifti-plane coronal" in notes[0]
     assert "(3 slices)" in res.output  # coronal; the middle 3 as the card says
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize(("kinds", "warned"), [(None, True), (("image", "dicom"), False)])
+def test_settings_of_a_kind_the_model_never_saw_are_not_noted(
+    sagittal_model, nii, caplog, tmp_path, kinds, warned
+):
+    """Issue 18, L3: NIfTI read otherwise than the card's settings is noted by predict,
+    explain and evaluate (on a store) only when the model was trained on NIfTI slices, or its
+    card does not say which kinds it saw."""
+    import dataclasses
+
+    from mriscan.evaluate import evaluate
+
+    card = ModelCard.load(sagittal_model)
+    dataclasses.replace(card, train_kinds=kinds).save(sagittal_model)
+    store = tmp_path / "coronal.zarr"
+    assert _ingest(str(nii), "--store", str(store), "--nifti-plane", "coronal").exit_code == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for command, out in (("predict", "--output"), ("explain", "--out")):
+            res = CliRunner().invoke(main, [command, str(sagittal_model), str(nii / "yes"),
+                                            out, str(tmp_path / f"{command}.csv"),
+                                            "--nifti-plane", "coronal"])  # fmt: skip
+            assert res.exit_code == 0, res.output
+        evaluate(sagittal_model, store, out=tmp_path / "ev", n_boot=10)
+    notes = [r.message for r in caplog.records if "--nifti-plane sagittal" in r.message]
+    assert len(notes) == (3 if warned else 0), notes
 
 
 # ---- item 4: evaluate removes slices of the model's training patients ---------------------

@@ -102,15 +102,15 @@ def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file
         dicom_out=tmp_path / "dcm",
     )  # fmt: skip
     assert len(res) == 2 and not any(r["error"] for r in res)
-    pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
     assert pngs == ["two_series3_slice0_layercam.png", "two_series7_slice0_layercam.png"]
     # one Secondary Capture per series, named by its SOP Instance UID (not overwriting)
     captures = sorted(p.name for p in (tmp_path / "dcm").iterdir())
     assert len(captures) == 2 and captures == sorted(Path(r["dicom"]).name for r in res)
     # without --show-paths the names stay pseudonymous
     res = explain(model_file, files, out=tmp_path / "h", slices=[0])
-    assert all(p.name.startswith("series-") for p in (tmp_path / "h").iterdir())
-    assert len(list((tmp_path / "h").iterdir())) == 2
+    assert all(p.name.startswith("series-") for p in (tmp_path / "h").glob("*.png"))
+    assert len(list((tmp_path / "h").glob("*.png"))) == 2
     # the console: slice counts in the singular when there is one, the label per series
     out = CliRunner().invoke(
         main, ["predict", str(model_file), str(folder), "--show-paths",

@@ -30,6 +30,7 @@ from mriscan.inference import predict_store
 from mriscan.model import build_model
 from mriscan.pipeline import StoreDataset, make_tf_dataset, resolve_pipeline
 from mriscan.readers import file_sha256
+from mriscan.scan_config import INPUT_KINDS
 from mriscan.scratch import scratch_dir
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
@@ -617,14 +618,21 @@ def card_for(
     """The model card of a model trained on ``store`` with ``cfg`` (threshold from training
     and validation) that started from the weights ``start`` reports (None: random initial
     weights); ``seen``: the positions of its training and validation slices, whose patients
-    the card lists (``ModelCard.train_patients``; None: not listed); ``rule``: how the threshold
-    was decided, in words (``Calibrated.threshold_rule``; None: the configured rule's)."""
+    the card lists (``ModelCard.train_patients``; None: not listed) and whose kinds of input
+    file it records (``ModelCard.train_kinds``; None: those of every active slice of the
+    store); ``rule``: how the threshold was decided, in words (``Calibrated.threshold_rule``;
+    None: the configured rule's)."""
     task = resolve_task(store.class_names, cfg.task, warn=False)
     patients = None
     if seen is not None and store.key_id:
         keys = store.table.strings("group_key")
         found = {p for i in np.asarray(seen).tolist() for p in patient_keys(keys[i])}
         patients = {"key_id": store.key_id, "patients": sorted(found)}
+    # the kinds the model saw: a reading setting of another kind (NIfTI for a model trained on
+    # JPEGs) cannot differ from its training data's, and is not reported as differing
+    used = store.active_indices() if seen is None else np.asarray(seen, np.int64)
+    kinds = store.table.strings("kind")
+    train_kinds = tuple(k for k in INPUT_KINDS if k in {kinds[i] for i in used.tolist()})
     return ModelCard(
         preprocess=store.config,
         class_names=task.class_names,
@@ -638,4 +646,5 @@ def card_for(
         init_weights=start_record(cfg, start),
         reader=store.reader_settings,
         train_patients=patients,
+        train_kinds=train_kinds,
     )
