@@ -455,7 +455,7 @@ def explain(
     from mriscan.io import SourceFile, decode_image, file_kind
     from mriscan.model import load_model
     from mriscan.preprocess import normalize, preprocess
-    from mriscan.readers import settings_for_model
+    from mriscan.readers import settings_for_model, warn_unseen_kinds
     from mriscan.scan import new_salt
     from mriscan.scan_predict import (
         failed_file_name,
@@ -531,6 +531,7 @@ def explain(
         not_dicom = "not a DICOM input: there is no study to file a Secondary Capture into"
         files = [Path(p) for p in images]
         kinds = [file_kind(p) for p in files]
+        warn_unseen_kinds((k for k in kinds if k is not None), card.train_kinds)
         plain = [p for p, k in zip(files, kinds, strict=True) if k not in ("dicom", "nifti")]
         scans = [
             SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")

@@ -21,7 +21,13 @@ from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.inference import check_threshold, columns_for, predict_batch, prediction_row
 from mriscan.io import IMAGE_SUFFIXES, decode_image, display_path
 from mriscan.preprocess import normalize, preprocess
-from mriscan.readers import ReadOptions, describe_flags, settings_for_model, slice_warnings
+from mriscan.readers import (
+    ReadOptions,
+    describe_flags,
+    settings_for_model,
+    slice_warnings,
+    warn_unseen_kinds,
+)
 
 __all__ = [
     "ENGINES",
@@ -433,6 +439,7 @@ def predict(
     scans = [f for f in files if f.kind != "image"]
     card = _load_card(model_path)
     thr = check_threshold(card, threshold)
+    warn_unseen_kinds((f.kind for f in files), card.train_kinds)
     if scans:  # scanner files: read as the training data were, unless chosen otherwise
         read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
     columns = columns_for(card) + (SCAN_COLUMNS if scans else ())

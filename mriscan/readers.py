@@ -135,6 +135,43 @@ def settings_for_model(
     return opts.with_settings(settings)
 
 
+#: the kinds of input file in words, for messages
+KIND_WORDS = {"image": "JPEG/PNG", "dicom": "DICOM", "nifti": "NIfTI"}
+
+
+def warn_unseen_kinds(
+    kinds: Iterable[str], trained: Iterable[str] | None, *, model: str = "the model"
+) -> list[str]:
+    """Warn (one line) when input files are of a kind the model never saw in training, e.g.
+    NIfTI volumes scored by a model trained on JPEG/PNG images only: its outputs on them are
+    untested, however plausible they look. ``kinds``: the kind of every input file
+    (``mriscan.io.file_kind``); ``trained``: ``ModelCard.train_kinds`` (None: an older card
+    that does not record them, and nothing is said).
+
+    Returns
+    -------
+    list of str
+        The unseen kinds, in ``scan_config.INPUT_KINDS`` order (empty when none).
+    """
+    if trained is None:
+        return []
+    seen = set(trained)
+    counts: dict[str, int] = {}
+    for k in kinds:
+        if k in KIND_WORDS and k not in seen:
+            counts[k] = counts.get(k, 0) + 1
+    unseen = [k for k in KIND_WORDS if k in counts]
+    if unseen:
+        log.warning(
+            "%s scored by %s, which was trained on %s only: its outputs on them are untested "
+            "(validate it on labelled data of that kind first, e.g. with mriscan evaluate)",
+            " and ".join(f"{counts[k]} {KIND_WORDS[k]} file(s)" for k in unseen),
+            model,
+            " and ".join(KIND_WORDS[k] for k in KIND_WORDS if k in seen) or "no recorded kind",
+        )
+    return unseen
+
+
 @dataclass(frozen=True)
 class InputSlice:
     """One slice of an input file.

@@ -356,6 +356,30 @@ def test_settings_of_a_kind_the_model_never_saw_are_not_noted(
         evaluate(sagittal_model, store, out=tmp_path / "ev", n_boot=10)
     notes = [r.message for r in caplog.records if "--nifti-plane sagittal" in r.message]
     assert len(notes) == (3 if warned else 0), notes
+    # a model trained on no NIfTI slice scoring NIfTI files says so (predict and explain);
+    # a card that does not record its kinds says nothing of them
+    unseen = [r.message for r in caplog.records if "its outputs on them are untested" in r.message]
+    assert len(unseen) == (0 if kinds is None else 2), unseen
+    if kinds is not None:
+        assert unseen[0].startswith("1 NIfTI file(s) scored by the model, which was trained on "
+                                    "JPEG/PNG and DICOM only")  # fmt: skip
+
+
+def test_warn_unseen_kinds_names_each_unseen_kind_with_its_count(caplog):
+    from mriscan.readers import warn_unseen_kinds
+
+    with caplog.at_level(logging.WARNING, logger="mriscan.readers"):
+        assert warn_unseen_kinds(["image", "nifti", "dicom", "nifti"], ("image",)) == [
+            "dicom",
+            "nifti",
+        ]
+        assert warn_unseen_kinds(["image", "image"], ("image", "dicom")) == []
+        assert warn_unseen_kinds(["nifti"], None) == []
+    assert [r.message for r in caplog.records] == [
+        "1 DICOM file(s) and 2 NIfTI file(s) scored by the model, which was trained on JPEG/PNG "
+        "only: its outputs on them are untested (validate it on labelled data of that kind "
+        "first, e.g. with mriscan evaluate)"
+    ]
 
 
 # ---- item 4: evaluate removes slices of the model's training patients ---------------------
