@@ -883,7 +883,13 @@ def unreadable_rows(
         listed = scan_manifest(data, min_labels=1)
         found = [(SourceFile(e.path, e.kind), e.label) for e in listed.entries]
         others = [u.path for u in listed.unused]
+        # a manifest's rows may name folders anywhere: what lies beside its scanner files is
+        # named as below a class folder holding them (a patient-named folder stays hidden)
+        held = sorted({str(f.path.parent) for f, _ in found if f.kind != "image"})
+        label_of = {str(f.path.parent): c for f, c in found}
     else:
+        held, label_of = [], {}
+    if not manifest:
         listing = scan_class_folders(data, used, min_classes=1)
         found = [(f, c) for c, fs in listing.classes.items() for f in fs]
         others = [u.path for u in listing.unused] + [p for p, _ in listing.unreadable]
@@ -905,7 +911,7 @@ def unreadable_rows(
             read = InputRead(path, kind, error=why)
             failed = failed_file_name(read, salt=salt, show_paths=show_paths)
             return failed.name, failed.reason, not show_paths
-        row = problem_rows([(path, why)], [root], files, salt=salt, show_paths=show_paths)[0]
+        row = problem_rows([(path, why)], [root, *held], files, salt=salt, show_paths=show_paths)[0]
         return row["path"], row["error"], "level" in row
 
     out = []
@@ -919,6 +925,8 @@ def unreadable_rows(
         label = by_rel.get(entry, ("", ""))[1]
         if not label and not manifest:
             label = entry.split("/", 1)[0]  # below a class folder
+        elif not label:  # beside the files of a folder the manifest labels
+            label = label_of.get(str(Path(os.path.normpath(root / entry)).parent), "")
         row = {"path": shown, "label": label, "error": why}
         if private:
             row["level"] = "file"

@@ -166,3 +166,28 @@ def test_an_empty_patient_id_is_listed_as_a_placeholder_and_grouped_by_study(tmp
     del ds.PatientID
     ds.save_as(del_id)
     assert read_dicom(del_id, salt=new_salt()).slices[0].meta.patient_placeholder == ""
+
+
+def test_a_note_beside_a_manifests_dicom_folder_is_named_by_pseudonym_with_its_label(tmp_path):
+    """A manifest row may name a DICOM folder outside the manifest's own folder; a file of no
+    input kind beside those DICOM files (its folder names the patient) is named
+    ``other/file-<h>``, as below a class folder, and carries the row's label (tester20 F1)."""
+    from mriscan.evaluate import unreadable_rows
+    from mriscan.scan import new_salt
+
+    series = tmp_path / "priv" / f"{NAME} 19620101"
+    write_dicom_series(series, phantom_volume(4, n_slices=2, canvas=24))
+    (series / f"{NAME}_notes.txt").write_text("x")
+    other = tmp_path / "other"
+    write_dicom_series(other, phantom_volume(5, n_slices=2, canvas=24))
+    (tmp_path / "man").mkdir()
+    manifest = tmp_path / "man" / "m.csv"
+    manifest.write_text(f'path,label\n"../priv/{series.name}",yes\n../other,no\n')
+    report = ingest(manifest, tmp_path / "s.zarr", SMALL)
+    notes = [(n, r) for n, r in report.skipped if n.endswith("_notes.txt")]
+    assert len(notes) == 1
+    rows = unreadable_rows(manifest, notes, salt=new_salt())
+    assert rows[0]["path"].startswith("other/file-") and rows[0]["label"] == "yes", rows
+    assert NAME not in rows[0]["path"] + rows[0]["error"] and "19620101" not in rows[0]["error"]
+    shown = unreadable_rows(manifest, notes, salt=new_salt(), show_paths=True)
+    assert NAME in shown[0]["path"]
