@@ -28,6 +28,7 @@ import numpy as np
 
 from mriscan.errors import (
     CorruptImageError,
+    ImageTooLargeError,
     UnreadableFileError,
     UnsupportedFormatError,
 )
@@ -158,6 +159,53 @@ def _check_header_size(path: Path, head: bytes | None) -> None:
 MAX_VOLUME_VOXELS = 1024**3
 
 
+#: bytes of memory reading one voxel takes at its peak: the stored values, their float copy and
+#: the reoriented, windowed volume (measured: 7.0 GB for a 1000³ int16 volume)
+BYTES_PER_VOXEL = 8
+
+
+def free_memory() -> int | None:
+    """Bytes this process may still allocate: the smaller of the memory the kernel reports
+    available (``MemAvailable`` in ``/proc/meminfo``, Linux) and what the address-space limit
+    (``ulimit -v``) leaves; None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm", encoding="ascii") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(soft - used, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def _check_memory(path: Path, sizes: list[int]) -> None:
+    """Refuse, as this file's error, a volume whose reading would need more memory than is
+    free (``BYTES_PER_VOXEL`` per voxel of the first 3-D volume), before its voxels are read:
+    numpy's MemoryError would otherwise end the whole run, or the machine would swap."""
+    need = math.prod(sizes) * BYTES_PER_VOXEL
+    free = free_memory()
+    if free is not None and need > free:
+        raise ImageTooLargeError(
+            path,
+            f"reading this {'×'.join(map(str, sizes))} volume needs about {need / 2**30:.1f} "
+            f"GiB of memory and {free / 2**30:.1f} GiB are free: free memory, or crop or "
+            "resample the volume to fewer voxels first (e.g. with "
+            "nibabel.processing.resample_to_output)",
+        )
+
+
 def _check_gzip_magic(path: Path) -> None:
     """Refuse a ``.gz`` file that is not gzip (its first two bytes are not 1f 8b, RFC 1952),
     saying what to do; nibabel's "File <path> is not a gzip file" names neither."""
@@ -230,6 +278,7 @@ def _check_header_fields(path: Path, head: bytes | None) -> None:
         raise CorruptImageError(
             path, f"broken NIfTI header: datatype {code} is no NIfTI data type code; {fix}"
         )
+    _check_memory(path, sizes[:3])
     if path.name.lower().endswith(".gz") or 0 in sizes or bitpix <= 0:
         return  # sizes of 0 and data types: _read_volume and nib.load name them
     need = int(offset) + math.prod(sizes) * bitpix // 8

@@ -351,3 +351,39 @@ def test_gzipped_volumes_read_through_isal_equal_nibabels_reading(tmp_path, stac
         for sa, sb in zip(a.slices, b.slices, strict=True):
             np.testing.assert_array_equal(sa.image, sb.image)
             assert sa.meta == sb.meta
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_volume_larger_than_free_memory_is_refused_before_reading(
+    tmp_path, stack, monkeypatch, suffix
+):
+    """A volume under the voxel cap whose reading needs more memory than is free is this
+    file's error (naming the need, what is free and what to do), before a voxel is read; it
+    used to end a whole ingest with numpy's MemoryError (tester20 F2)."""
+    import mriscan.nifti as nifti
+    from mriscan.errors import ImageTooLargeError
+    from mriscan.readers import read_input
+
+    path = write_nifti(tmp_path / f"v{suffix}", stack_to_ras(stack))
+    voxels = stack.size
+    monkeypatch.setattr(nifti, "free_memory", lambda: voxels * nifti.BYTES_PER_VOXEL - 1)
+    with pytest.raises(ImageTooLargeError, match=r"needs about .* GiB of memory .* are free: fre"):
+        read_nifti(path, salt=SALT)
+    r = read_input(path, "nifti", salt=SALT, root=None)
+    assert r.error and "crop or resample the volume" in r.error and not r.slices
+    monkeypatch.setattr(nifti, "free_memory", lambda: voxels * nifti.BYTES_PER_VOXEL)
+    assert read_nifti(path, salt=SALT).slices
+
+
+def test_free_memory_counts_the_address_space_limit():
+    """``ulimit -v`` (RLIMIT_AS) bounds what may be allocated as much as the machine does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; from mriscan.nifti import free_memory; "
+        "resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.RLIM_INFINITY)); "
+        "print(free_memory())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout) < 6 * 2**30
