@@ -6,10 +6,14 @@ Why: scanner slices' PNGs are named by pseudonyms salted afresh each run
 earlier run's files and the folder ends up holding two sets no one can tell apart.
 
 ``explain_files.json`` in the folder lists, per map method and explained class (the two parts
-of a PNG name that keep runs apart on purpose), the PNGs the last run wrote and their SHA-256.
-A run removes the files the record lists for its own method and class only once it has written
-its own, and only those that still hold the bytes it recorded: never a file explain did not
-write, nor one changed since. A run that fails, or writes nothing, removes nothing.
+of a PNG name that keep runs apart on purpose), the PNGs explain wrote there, each with its
+SHA-256 and the SHA-256 of the input file it explains (a JPEG/PNG, a DICOM file, a NIfTI
+volume: by content, so the record names no path). A run replaces the maps of its own inputs
+only: once it has written its own, it removes the recorded maps of its method and class whose
+input file is among those it was given (the same image, series or volume explained again) and
+that still hold the bytes recorded; maps of other inputs stay, and stay recorded. Never a file
+explain did not write, nor one changed since. A run that fails, or writes nothing, removes
+nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +38,8 @@ log = logging.getLogger("mriscan.explain")
 RECORD_NAME = "explain_files.json"
 _VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: the fields of a file's entry: the PNG's SHA-256 and its input file's
+_ENTRY = ("sha256", "source")
 
 
 class _NotARecordError(ValueError):
@@ -41,9 +48,10 @@ class _NotARecordError(ValueError):
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The PNGs one explain run wrote: ``files`` maps each name (in the output folder) to its
-    SHA-256; ``method`` and ``explained`` (the ``--class``, or None for the predicted class)
-    say which runs it replaces."""
+    """The PNGs explain wrote for one method and class: ``files`` maps each name (in the output
+    folder) to ``{"sha256": the PNG's, "source": its input file's}``; ``method`` and
+    ``explained`` (the ``--class``, or None for the predicted class) say which runs may
+    replace them."""
 
     method: str
     explained: str | None
@@ -55,7 +63,9 @@ class RunFiles:
         ):
             raise _NotARecordError(f"method/class of {self.method!r}, {self.explained!r}")
         if not isinstance(self.files, dict) or not all(
-            _plain_png(n) and isinstance(h, str) and _SHA256.fullmatch(h)
+            _plain_png(n)
+            and isinstance(h, dict)
+            and all(isinstance(h.get(k), str) and _SHA256.fullmatch(h[k]) for k in _ENTRY)
             for n, h in self.files.items()
         ):
             raise _NotARecordError(f"file list {str(self.files)[:200]!r}")
@@ -65,7 +75,8 @@ class RunFiles:
         return (self.method, self.explained)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "class": self.explained, "files": dict(self.files)}
+        files = {n: {k: e[k] for k in _ENTRY} for n, e in self.files.items()}
+        return {"method": self.method, "class": self.explained, "files": files}
 
 
 def _plain_png(name: Any) -> bool:
@@ -112,9 +123,10 @@ def _write_record(folder: Path, runs: list[RunFiles]) -> None:
         folder / RECORD_NAME,
         {
             "format_version": _VERSION,
-            "about": "the heat maps `mriscan explain` wrote here, per --method and --class; a "
-            "rerun with the same ones removes those files that are unchanged, once it has "
-            "written its own",
+            "about": "the heat maps `mriscan explain` wrote here, per --method and --class, each "
+            "with the SHA-256 of the map and of the input file it explains; a rerun with the "
+            "same ones removes the unchanged maps of the input files it explains again, once "
+            "it has written its own",
             "runs": [r.to_dict() for r in runs],
         },
     )
@@ -123,13 +135,16 @@ def _write_record(folder: Path, runs: list[RunFiles]) -> None:
 class HeatmapLedger:
     """Records the PNGs one explain run writes into ``folder`` and, when the run ends having
     written some, replaces those an earlier run with the same ``method`` and ``explained``
-    class wrote there (see the module docstring). Use as a context manager around the run;
-    call ``add`` after each PNG is written."""
+    class wrote there for the same input files (see the module docstring). Use as a context
+    manager around the run; call ``inputs`` with every input file of the run and ``add``
+    after each PNG is written."""
 
     def __init__(self, folder: str | os.PathLike[str], method: str, explained: str | None):
         self.folder = Path(folder)
         self.key = (method, explained)
-        self.written: dict[str, str] = {}
+        self.written: dict[str, dict[str, str]] = {}
+        self.sources: set[str] = set()  # SHA-256 of every input file of this run
+        self._digest: dict[Path, str] = {}
         self.problem = ""
         try:  # read before anything is written: the run's own files are never "earlier"
             self.runs = read_record(self.folder)
@@ -137,10 +152,22 @@ class HeatmapLedger:
             self.runs = []
             self.problem = str(exc)
 
-    def add(self, png: str | os.PathLike[str]) -> None:
-        """Note a PNG this run wrote (in ``folder``)."""
+    def _source(self, path: Path) -> str:
+        if path not in self._digest:
+            try:
+                self._digest[path] = file_sha256(path)
+            except OSError:  # unreadable: its own error row says so; it matches no record
+                self._digest[path] = ""
+        return self._digest[path]
+
+    def inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Note the input files of this run (its earlier maps of them are replaced)."""
+        self.sources |= {d for p in paths if (d := self._source(Path(p)))}
+
+    def add(self, png: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
+        """Note a PNG this run wrote (in ``folder``) and the input file it explains."""
         png = Path(png)
-        self.written[png.name] = file_sha256(png)
+        self.written[png.name] = {"sha256": file_sha256(png), "source": self._source(Path(source))}
 
     def __enter__(self) -> HeatmapLedger:
         return self
@@ -164,10 +191,13 @@ class HeatmapLedger:
             )
             return
         others = [r for r in self.runs if r.key != self.key]
-        earlier = {n: h for r in self.runs if r.key == self.key for n, h in r.files.items()}
-        # a failed run removes nothing; its files join the earlier run's in the record, so the
+        recorded = {n: e for r in self.runs if r.key == self.key for n, e in r.files.items()}
+        # only the maps of inputs this run explains again are replaced; the others stay listed
+        earlier = {n: e for n, e in recorded.items() if e["source"] in self.sources}
+        kept = {n: e for n, e in recorded.items() if n not in earlier}
+        # a failed run removes nothing; its files join the earlier runs' in the record, so the
         # next complete run replaces both
-        files = dict(self.written) if exc_type is None else {**earlier, **self.written}
+        files = {**kept, **self.written} if exc_type is None else {**recorded, **self.written}
         try:
             _write_record(self.folder, [*others, RunFiles(*self.key, files)])
         except OSError as err:  # the maps are written: keep the earlier ones, say why
@@ -185,7 +215,8 @@ class HeatmapLedger:
         if replaced or changed:  # INFO: shown on the console by default (mriscan.cli)
             method, explained = self.key
             log.info(
-                "replaced %d heat map(s) of an earlier run in %s (same method %s and %s)%s",
+                "replaced %d heat map(s) an earlier run made of these inputs in %s (same method "
+                "%s and %s)%s",
                 replaced,
                 self.folder,
                 method,
@@ -198,12 +229,13 @@ class HeatmapLedger:
 
 
 def _remove_unchanged(
-    folder: Path, earlier: dict[str, str], written: dict[str, str]
+    folder: Path, earlier: dict[str, dict[str, str]], written: dict[str, dict[str, str]]
 ) -> tuple[int, list[str]]:
     """Delete the files of ``earlier`` that this run did not write again and that still hold
     the recorded bytes; returns (how many were deleted, the names kept as changed since)."""
     removed, changed = 0, []
-    for name, digest in earlier.items():
+    for name, entry in earlier.items():
+        digest = entry["sha256"]
         path = folder / name
         if name in written or not _plain_png(name) or path.is_symlink() or not path.is_file():
             continue

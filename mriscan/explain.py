@@ -436,11 +436,12 @@ def explain(
     A rerun into the same ``out`` replaces the heat maps of the earlier run instead of adding
     a second set beside them (scanner slices' PNG names change with each run's salt): ``out``
     holds ``explain_files.json``, the PNGs each run wrote per ``method`` and ``explain_class``
-    with their SHA-256 (``mriscan._heatmap_record``), and once a run has written its own PNGs
-    it deletes those the earlier run of the same method and class listed that it did not write
-    again, unless changed since (logged: "replaced N heat map(s) of an earlier run"). Files
-    explain did not write, and the maps of another method or class, are kept; a run that
-    fails, or writes no PNG, deletes nothing. Secondary Captures need no such record: their
+    with their SHA-256 and their input file's (``mriscan._heatmap_record``), and once a run has
+    written its own PNGs it deletes those an earlier run of the same method and class listed
+    for input files this run was given, that it did not write again, unless changed since
+    (logged: "replaced N heat map(s) an earlier run made of these inputs"). Maps of other
+    inputs, files explain did not write, and the maps of another method or class, are kept; a
+    run that fails, or writes no PNG, deletes nothing. Secondary Captures need no such record: their
     names derive from the source, so a rerun writes the same files.
 
     Raises
@@ -494,7 +495,9 @@ def explain(
     results: list[dict[str, Any]] = []
     ledger = HeatmapLedger(out, method, explain_class)
 
-    def overlay(img: np.ndarray, name: str, png_name: str) -> tuple[dict[str, Any], np.ndarray]:
+    def overlay(
+        img: np.ndarray, name: str, png_name: str, source: Path
+    ) -> tuple[dict[str, Any], np.ndarray]:
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         probs = predict_batch(model, x, 1, tta=card.tta)[0]
         label = card.decide(probs)
@@ -514,7 +517,7 @@ def explain(
             title=f"{name}: P({target}) = {prob:.2f}; predicted {label} ({why})",
             method=method,
         )
-        ledger.add(png)
+        ledger.add(png, source)
         row = {
             "path": name,
             "probability": prob,
@@ -532,6 +535,7 @@ def explain(
         files = [Path(p) for p in images]
         kinds = [file_kind(p) for p in files]
         warn_unseen_kinds((k for k in kinds if k is not None), card.train_kinds)
+        ledger.inputs(files)
         plain = [p for p, k in zip(files, kinds, strict=True) if k not in ("dicom", "nifti")]
         scans = [
             SourceFile(p, k) for p, k in zip(files, kinds, strict=True) if k in ("dicom", "nifti")
@@ -542,7 +546,7 @@ def explain(
             except ImageDecodeError as exc:
                 results.append({"path": display_path(path), "error": exc.reason})
                 continue
-            row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name)
+            row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name, path)
             _flag(row, raw)
             if dicom_out is not None:
                 row["dicom_skipped"] = not_dicom
@@ -601,7 +605,9 @@ def explain(
                 index = s.source.rsplit("#", 1)[-1]
                 name = f"{display_path(r.path)}#{index}" if show_paths else s.source
                 stem = path_stems[unit] if show_paths else unit.replace(":", "-")
-                row, cam = overlay(img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png")
+                row, cam = overlay(
+                    img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png", r.path
+                )
                 _flag(row, s.image)
                 if dicom_out is not None:
                     if r.kind != "dicom":

@@ -804,8 +804,32 @@ def test_a_rerun_replaces_the_heat_maps_of_the_earlier_run(model_file, scans, tm
     assert _recorded(out) == {("layercam", None): again}
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "mine_layercam.png").read_bytes() == b"not explain's"
-    assert "replaced 3 heat map(s) of an earlier run in" in caplog.text
+    assert "replaced 3 heat map(s) an earlier run made of these inputs in" in caplog.text
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary record
+
+
+def test_a_rerun_on_other_inputs_keeps_the_earlier_maps(model_file, scans, tmp_path, caplog):
+    """A rerun replaces the maps of the inputs it explains again, not those of another patient
+    explained into the same folder earlier (tester20 F3); a later rerun of the first patient
+    still replaces theirs, since they stay recorded."""
+    import logging
+
+    from mriscan.explain import explain
+
+    series = _files(scans / "Doe_Jane_19700101")
+    volume = [p for p in _files(scans) if p.name.endswith((".nii", ".nii.gz"))]
+    out = tmp_path / "cam"
+    explain(model_file, series, out=out, top_k=2)
+    first = set(_pngs(out))
+    with caplog.at_level(logging.INFO, logger="mriscan.explain"):
+        explain(model_file, volume, out=out, top_k=1)
+    second = set(_pngs(out)) - first
+    assert len(first) == 2 and len(second) == 1 and first <= set(_pngs(out))
+    assert "replaced" not in caplog.text
+    explain(model_file, series, out=out, top_k=1)
+    third = set(_pngs(out)) - first - second
+    assert len(third) == 1 and set(_pngs(out)) == second | third  # the series' maps replaced
+    assert sorted(_recorded(out)[("layercam", None)]) == sorted(second | third)
 
 
 def test_a_rerun_removes_only_unchanged_files_of_its_own_method_and_class(
