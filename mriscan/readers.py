@@ -619,8 +619,9 @@ def collect_inputs(
     are skipped, the folder given itself may lie anywhere); kinds are found by content
     (``mriscan.io.classify_file``); a file given by name is kept even if its kind is unknown
     (it then fails in its own row). Returns ``(files, problems)`` where problems are
-    ``(path, reason)`` for sub-folders that could not be listed, files found in a folder that
-    are not inputs (with the reason), and folders with no file at all. A file reached more
+    ``(path, reason)`` for inputs that do not exist, sub-folders that could not be listed,
+    files found in a folder that are not inputs (with the reason), and folders with no file at
+    all. A file reached more
     than once (the same input given twice, a folder and a file or sub-folder inside it, a
     symbolic link to a file already found) is listed once, where it was first reached, so it
     is read and scored once.
@@ -650,6 +651,10 @@ def collect_inputs(
             if not found and not errors and not unused:
                 problems.append((p, "holds no JPEG/PNG, DICOM or NIfTI files"))
             files += once(found)
+        elif not os.path.lexists(p):
+            # a path typed on the command line is named as typed whatever its suffix (a
+            # missing "x.dcm" would otherwise be a DICOM file's row, named by pseudonym)
+            problems.append((p, "does not exist; check the path"))
         else:
             files += once([SourceFile(p, file_kind(p) or "image")])
     return files, problems

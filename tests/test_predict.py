@@ -17,6 +17,26 @@ from mriscan.preprocess import PreprocessConfig
 pytestmark = pytest.mark.backend
 
 
+def test_a_missing_argument_is_named_as_typed_whatever_its_suffix(model_file, tmp_path):
+    """A mistyped ``x.dcm`` on the command line was a DICOM file's failure, named by pseudonym
+    (``dicom/unknown/file-<h>``): the user could not tell which argument was wrong. Every
+    missing argument is now named as typed (tester20 F4)."""
+    import numpy as np
+    from PIL import Image
+
+    from mriscan.readers import collect_inputs
+
+    typed = [tmp_path / "nosuch.dcm", tmp_path / "nosuch.nii.gz", tmp_path / "nosuch.jpg"]
+    files, problems = collect_inputs(typed)
+    assert files == [] and problems == [(p, "does not exist; check the path") for p in typed]
+    real = tmp_path / "real.png"
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(real)
+    rows = predict(model_file, [typed[0], real], output=tmp_path / "p.csv")
+    assert [(r["path"], r["error"]) for r in rows if r["error"]] == [
+        (str(typed[0]), "does not exist; check the path")
+    ]
+
+
 def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
     (class_folder / "yes" / "empty.jpg").write_bytes(b"")
     (class_folder / "no" / "notes.png").write_text("hello")
@@ -30,7 +50,7 @@ def test_mixed_folder_with_bad_files(model_file, class_folder, tmp_path):
     assert "not a JPEG/PNG image, DICOM file or NIfTI" in by_name["readme.txt"]["error"]
     assert "empty" in by_name["empty.jpg"]["error"]
     assert "not a recognised image" in by_name["notes.png"]["error"]
-    assert "cannot open file" in by_name["missing.jpg"]["error"]
+    assert by_name["missing.jpg"]["error"] == "does not exist; check the path"
     good = [r for r in rows if not r["error"]]
     assert len(good) == 12
     for r in good:
