@@ -347,7 +347,9 @@ def read_nifti(
                 img = nib.load(path)
             except Exception as exc:  # ImageFileError, HeaderDataError, OSError, EOFError
                 raise CorruptImageError(
-                    path, f"not a readable NIfTI file: broken or truncated header ({exc})"
+                    path,
+                    "not a readable NIfTI file: broken or truncated header "
+                    f"({one_line(str(exc)).replace(str(path), 'the file')}); export it again",
                 ) from exc
         return _read_volume(img, path, volume, cfg)
     finally:
@@ -435,7 +437,14 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
                 f"data), but the file holds {got:,}: it is truncated (copy it again) or its "
                 "dim or vox_offset field is wrong",
             ) from exc
-        raise CorruptImageError(path, f"voxel data cannot be read ({one_line(str(exc))})") from exc
+        text = one_line(str(exc))
+        if "Compressed file ended" in text or "end-of-stream" in text:
+            raise CorruptImageError(
+                path, f"the gzip file is truncated ({text}): copy or export it again"
+            ) from exc
+        raise CorruptImageError(
+            path, f"voxel data cannot be read ({text}); check the file, or export it again"
+        ) from exc
     if raw.dtype.kind == "c" or raw.dtype.fields is not None:
         raise UnsupportedFormatError(path, f"voxel type {raw.dtype} is not a real scalar")
     if len(shape) == 2:  # one slice saved without its third axis: read as (X, Y, 1)

@@ -328,6 +328,23 @@ def _gz_variants(tmp_path, stack) -> list[Path]:
     return [*out, _nibabel_file("example4d.nii.gz"), _nibabel_file("example_nifti2.nii.gz")]
 
 
+def test_truncated_gzip_and_broken_magic_say_what_to_do(tmp_path, stack):
+    """A .nii.gz cut short is called truncated with the way out, and a header nibabel cannot
+    read says what to do without repeating the path (tester20 F6)."""
+    path = write_nifti(tmp_path / "v.nii", stack_to_ras(stack))
+    packed = gzip.compress(path.read_bytes())
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(packed[: len(packed) * 2 // 3])  # the stream ends inside the voxel data
+    with pytest.raises(CorruptImageError, match=r"truncated.*: copy or export it again$"):
+        read_nifti(cut, salt=SALT)
+    bad = _patched(path, tmp_path / "bad.nii", 344, b"xx1\x00")
+    with pytest.raises(
+        CorruptImageError, match=r"broken or truncated header .*; export it ag"
+    ) as e:
+        read_nifti(bad, salt=SALT)
+    assert str(bad) not in e.value.reason
+
+
 def test_gzipped_volumes_read_through_isal_equal_nibabels_reading(tmp_path, stack, monkeypatch):
     """The ISA-L gzip reader gives the same slices and metadata as nibabel's own (Python gzip),
     and a truncated volume fails the same way."""
