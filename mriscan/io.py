@@ -533,7 +533,7 @@ def classify_file(path: str | os.PathLike[str]) -> tuple[str | None, str | None]
     if suffix_kind is not None:
         return suffix_kind, None
     if not head:
-        return None, "empty file (0 bytes)"
+        return None, EMPTY_FILE  # one reason for every empty file, with the way out
     if fmt is not None:
         return None, (
             f"a {fmt} image: only JPEG and PNG images (and DICOM, NIfTI) are read; convert "

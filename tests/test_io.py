@@ -409,3 +409,13 @@ def test_relative_name_equals_relpath(root, tail):
             continue
         assert relative_name(path, root) == _relpath_reference(path, root), (path, root)
         assert relative_name(Path(path), Path(root)) == _relpath_reference(path, root)
+
+
+def test_an_empty_file_without_a_suffix_gets_the_one_empty_file_reason(tmp_path):
+    """An empty file of no known suffix is no input, with the reason every empty input gets,
+    the way out included (tester20 F6)."""
+    from mriscan.io import EMPTY_FILE, classify_file
+
+    (tmp_path / "empty").write_bytes(b"")
+    assert classify_file(tmp_path / "empty") == (None, EMPTY_FILE)
+    assert EMPTY_FILE.endswith("export it again or remove it")
