@@ -1311,6 +1311,12 @@ def evaluate(
         # tumor-only set's unreadable tumor file); removing a file never adds a slice
         helps = result.get("unreadable_of_absent_classes", 0)
         fix = f"fix the {helps} unreadable file(s) of a class without a slice, or " if helps else ""
+        if emptied := result.get("classes_emptied_by_removal"):
+            fix = (
+                f"keep the removed slices of {', '.join(emptied)} (--keep-duplicates: they are "
+                "near-duplicates or patients of the model's training data, so the score would "
+                "flatter it), or " + fix
+            )
         raise click.ClickException(
             f"Undefined on these data: {_by_reason(fatal)}. To score them"
             + (" too" if one else "")

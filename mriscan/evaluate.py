@@ -414,6 +414,17 @@ def evaluate(
     result["unreadable_of_absent_classes"] = _unreadable_of_absent(
         unreadable, data_names, cmp, present
     )
+    # the data classes of a scored class left without slices that lost slices to the removals
+    # (near-duplicates, training patients): keeping those, not fixing files, gives it slices
+    removed = {
+        n: result["near_duplicates_removed"]["per_class"].get(n, 0)
+        + result["same_patient_removed"]["per_class"].get(n, 0)
+        for n in scored_names
+    }
+    absent = set(range(len(cmp.class_names))) - set(present.tolist())
+    result["classes_emptied_by_removal"] = [
+        n for j, n in enumerate(data_names) if int(cmp.label_map[j]) in absent and removed.get(n)
+    ]
     if present.size == 1:
         k = int(present[0])
         result["one_class"] = one_class_summary(

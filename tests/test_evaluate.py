@@ -813,6 +813,31 @@ def test_the_closing_advice_names_only_unreadable_files_that_could_help(
 
 
 @pytest.mark.backend
+def test_a_class_emptied_by_the_removals_is_named_in_the_closing_advice(
+    loose_model, class_folder, tmp_path, monkeypatch
+):
+    """Tester20 F10: when every 'no' slice was removed as a near-duplicate of the model's
+    training data, the closing advice told the user to fix unreadable files; it now names the
+    class the removals emptied and the option that keeps them."""
+    import mriscan.evaluate as ev_mod
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.preprocess import PreprocessConfig
+
+    ingest(class_folder, tmp_path / "s.zarr", IngestConfig(PreprocessConfig(size=32)))
+    with ImageStore.open(tmp_path / "s.zarr") as store:
+        no = store.class_names.index("no")
+        trained = store.signatures()[np.asarray(store.labels) == no]
+    monkeypatch.setattr(ev_mod, "_training_signatures", lambda path, card: trained)
+    r = _cli_evaluate(class_folder, loose_model, tmp_path / "c")
+    assert r.exit_code == 1, r.output
+    err = next(x for x in r.output.splitlines() if x.startswith("Error:"))
+    assert "keep the removed slices of no (--keep-duplicates" in err, err
+    assert "unreadable" not in err
+    saved = _strict_json(tmp_path / "c" / "evaluation" / "metrics.json")
+    assert saved["classes_emptied_by_removal"] == ["no"]
+
+
+@pytest.mark.backend
 def test_a_healthy_only_folder_gives_specificity_and_the_false_positive_rate(
     loose_model, class_folder, tmp_path
 ):
