@@ -882,7 +882,7 @@ def unreadable_rows(
         unknown), ``error``, and ``level`` "file" for the rows named by pseudonym; in the order
         of ``skipped``.
     """
-    from mriscan.io import display_path, scan_class_folders, scan_manifest
+    from mriscan.io import display_path, relative_name, scan_class_folders, scan_manifest
     from mriscan.readers import InputRead
     from mriscan.scan_predict import failed_file_name, problem_rows
 
@@ -907,14 +907,16 @@ def unreadable_rows(
     files = [f for f, _ in found]
 
     def rel(p: Path) -> str:
-        return Path(os.path.relpath(p, root)).as_posix()
+        # as ingest names the entries (a name that is not UTF-8 keeps its bytes as \xNN)
+        return relative_name(p, root)
 
     by_rel = {rel(f.path): (f.kind, c) for f, c in found}
+    real = {rel(p): p for p in [*(f.path for f, _ in found), *others]}  # the files, not names
     known = sorted({*by_rel, *(rel(p) for p in others)}, key=len, reverse=True)
 
     def name(name_rel: str, why: str) -> tuple[str, str, bool]:
         """(name, reason, named by pseudonym) of one entry."""
-        path = Path(os.path.normpath(root / name_rel))
+        path = Path(os.path.normpath(real.get(name_rel, root / name_rel)))
         kind = by_rel.get(name_rel, ("", ""))[0]
         if kind == "image":
             return display_path(path), why, False

@@ -191,3 +191,27 @@ def test_a_note_beside_a_manifests_dicom_folder_is_named_by_pseudonym_with_its_l
     assert NAME not in rows[0]["path"] + rows[0]["error"] and "19620101" not in rows[0]["error"]
     shown = unreadable_rows(manifest, notes, salt=new_salt(), show_paths=True)
     assert NAME in shown[0]["path"]
+
+
+def test_a_failed_dicom_file_with_a_non_utf8_name_is_named_as_a_dicom_failure(tmp_path):
+    """Ingest names a file whose name is not UTF-8 with ``\\xNN``; evaluate's rows matched
+    the entries by raw names, so such a DICOM file fell through to ``other/file-<h>`` where
+    predict says ``dicom/<series>/file-<h>`` (tester20 F9)."""
+    import os
+
+    from mriscan.evaluate import unreadable_rows
+    from mriscan.scan import new_salt
+
+    raw = tmp_path / "raw"
+    good = write_dicom_series(raw / "no" / "s", phantom_volume(5, n_slices=2, canvas=24))
+    write_dicom_series(raw / "yes" / "s", phantom_volume(6, n_slices=2, canvas=24))
+    ds = pydicom.dcmread(good[0])
+    del ds.PixelData
+    bad = raw / "no" / "s" / os.fsdecode(b"M\xfcller_nopix.dcm")
+    ds.save_as(bad)
+    report = ingest(raw, tmp_path / "s.zarr", SMALL)
+    entries = [(n, r) for n, r in report.skipped if "nopix" in n]
+    assert entries and entries[0][0] == "no/s/M\\xfcller_nopix.dcm"
+    rows = unreadable_rows(raw, entries, salt=new_salt())
+    assert rows[0]["path"].startswith("dicom/") and "/file-" in rows[0]["path"], rows
+    assert rows[0]["label"] == "no" and rows[0]["level"] == "file"
