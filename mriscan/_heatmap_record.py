@@ -162,6 +162,8 @@ class HeatmapLedger:
 
     def inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         """Note the input files of this run (its earlier maps of them are replaced)."""
+        if not any(r.key == self.key for r in self.runs):
+            return  # no earlier map of this method and class to match: no file to hash
         self.sources |= {d for p in paths if (d := self._source(Path(p)))}
 
     def add(self, png: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
