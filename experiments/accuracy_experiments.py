@@ -531,6 +531,14 @@ EXPERIMENTS: dict[str, Experiment] = {
         },
         row=71,
     ),
+    # twenty-first session (issue 16 targets 1 and 3): today's defaults with the foreground's
+    # histogram equalised when feeding the model (`preprocess.normalization = "rank"`), so that
+    # a collection's grey curve (gain, offset, gamma, exporter) cannot be a shortcut; the same
+    # names serve both directions (cross_collection.py --train/--eval)
+    **{
+        f"rank{suffix}": Experiment("s14_platt", {"preprocess.normalization": "rank", **seed})
+        for suffix, seed in (("", {}), ("_seed1", {"seed": 1}))
+    },
     "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),
     "xc_s96_smooth_seed1": Experiment(
         "s8_fast_align", {**_size(96), "preprocess.smooth": 1.0, "seed": 1}

@@ -339,6 +339,44 @@ def normalize_zscore(images, out, rel_threshold):
                 out[n, y, x] = (img[y, x] - mean) * inv
 
 
+@numba.njit(cache=True, nogil=True)
+def normalize_rank(images, out, rel_threshold):
+    """Histogram-equalise each image over its foreground: a foreground pixel becomes its
+    mid-rank quantile q among the foreground's values, (q - 1/2) * sqrt(12) (zero mean, unit
+    variance for distinct values); background pixels -sqrt(3), the quantile 0. All pixels
+    count as foreground if fewer than 2 exceed the threshold."""
+    scale = math.sqrt(12.0)
+    for n in range(images.shape[0]):
+        img = images[n]
+        thr = foreground_threshold(img, rel_threshold)
+        hist = np.zeros(256, np.int64)
+        cnt = 0
+        for y in range(img.shape[0]):
+            for x in range(img.shape[1]):
+                v = img[y, x]
+                if v > thr:
+                    hist[v] += 1
+                    cnt += 1
+        if cnt < 2:
+            thr = -1.0
+            cnt = img.size
+            hist[:] = 0
+            for y in range(img.shape[0]):
+                for x in range(img.shape[1]):
+                    hist[img[y, x]] += 1
+        lut = np.empty(256, np.float32)
+        below = 0
+        for v in range(256):
+            if v > thr:
+                lut[v] = ((below + 0.5 * hist[v]) / cnt - 0.5) * scale
+            else:
+                lut[v] = -0.5 * scale
+            below += hist[v]
+        for y in range(img.shape[0]):
+            for x in range(img.shape[1]):
+                out[n, y, x] = lut[img[y, x]]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def rotate_shift(img, angle, shift, out):
     """``out`` = square ``img`` rotated by ``angle`` (radians) about its centre, then moved

@@ -33,6 +33,7 @@ __all__ = [
 _PARALLEL_LOCK = threading.Lock()
 # largest stored side: 4096² uint8 is 16 MiB a slice, already far beyond what the model uses
 MAX_SIZE = 4096
+NORMALIZATIONS = ("zscore", "minmax", "none", "rank")  # see normalize
 # Midline search range: axial slices in the real set lean by up to ~15° and sit up to ~8% of
 # the side off-centre after the crop (experiments/ACCURACY.md, row 19).
 _ALIGN_MAX_ANGLE = math.radians(15.0)
@@ -66,8 +67,8 @@ class PreprocessConfig:
         bright (ignores small specks and labels).
     aspect : {"pad", "stretch"}
         ``pad`` keeps the aspect ratio and pads with black; ``stretch`` fills S×S.
-    normalization : {"zscore", "minmax", "none"}
-        Applied when feeding the model (stored images stay uint8).
+    normalization : {"zscore", "minmax", "none", "rank"}
+        Applied when feeding the model (stored images stay uint8); see ``normalize``.
     align : bool
         Rotate (up to ±15°) and shift (up to 8% of S) the S×S slice so that the head's
         left-right symmetry axis is the centre column: healthy brains are then close to their
@@ -104,7 +105,7 @@ class PreprocessConfig:
     threshold: float = 0.1
     min_fraction: float = 0.02
     aspect: Literal["pad", "stretch"] = "pad"
-    normalization: Literal["zscore", "minmax", "none"] = "zscore"
+    normalization: Literal["zscore", "minmax", "none", "rank"] = "zscore"
     align: bool = True
     align_method: Literal["fast", "search"] = "fast"
     smooth: float = 0.0
@@ -153,9 +154,9 @@ class PreprocessConfig:
                 f"smooth must be a σ in [0, 3] pixels. Received: smooth={self.smooth!r}."
             )
         object.__setattr__(self, "smooth", float(self.smooth))
-        if self.normalization not in ("zscore", "minmax", "none"):
+        if self.normalization not in NORMALIZATIONS:
             raise ConfigError(
-                "normalization must be 'zscore', 'minmax' or 'none'. "
+                "normalization must be 'zscore', 'minmax', 'none' or 'rank'. "
                 f"Received: normalization={self.normalization!r}."
             )
 
@@ -414,9 +415,15 @@ def normalize(images: np.ndarray, method: str = "zscore", *, threshold: float = 
     Parameters
     ----------
     images : ndarray of shape (H, W) or (N, H, W), uint8
-    method : {"zscore", "minmax", "none"}
+    method : {"zscore", "minmax", "none", "rank"}
         ``zscore`` uses the mean and std of the foreground (pixels above ``threshold`` × the
-        99th percentile); ``minmax`` maps each image to [0, 1]; ``none`` divides by 255.
+        99th percentile); ``minmax`` maps each image to [0, 1]; ``none`` divides by 255;
+        ``rank`` equalises the foreground's histogram: a foreground pixel becomes its mid-rank
+        quantile q among the foreground's pixels, as (q - 1/2)·√12 (a uniform of zero mean and
+        unit variance), the background -√3. Any monotone change of intensities (gain,
+        offset, gamma, a scanner's or exporter's grey curve) leaves ``rank`` unchanged; it is
+        histogram equalisation (Gonzalez & Woods, Digital Image Processing, 3.3.1) restricted
+        to the head, as brain-MRI intensity standardisation does (Nyúl & Udupa 1999).
 
     Returns
     -------
@@ -442,6 +449,10 @@ def normalize(images: np.ndarray, method: str = "zscore", *, threshold: float = 
         _kernels.normalize_minmax(batch, out)
     elif method == "none":
         np.multiply(batch, np.float32(1.0 / 255.0), out=out)
+    elif method == "rank":
+        _kernels.normalize_rank(batch, out, float(threshold))
     else:
-        raise ConfigError(f"method must be 'zscore', 'minmax' or 'none'. Received: {method!r}.")
+        raise ConfigError(
+            f"method must be 'zscore', 'minmax', 'none' or 'rank'. Received: {method!r}."
+        )
     return out[0] if arr.ndim == 2 else out

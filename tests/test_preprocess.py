@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from mriscan import _kernels
 from mriscan.errors import ConfigError
@@ -174,6 +175,31 @@ def test_zscore_uses_the_foreground_only():
     z = normalize(img, "zscore")
     fg = z[5:15, 5:15]
     assert fg.mean() == pytest.approx(0, abs=1e-4) and fg.std() == pytest.approx(1, abs=1e-3)
+
+
+def test_rank_equals_scipy_mid_ranks_of_the_foreground():
+    rng = np.random.default_rng(7)
+    img = np.zeros((20, 20), np.uint8)
+    img[4:16, 3:17] = rng.integers(40, 256, (12, 14), dtype=np.uint8)
+    r = normalize(img, "rank")
+    fg = img > 0.1 * np.percentile(img[::2, ::4], 99, method="inverted_cdf")
+    # scipy's "average" ranks are mid-ranks: (rank - 1/2) / n is the quantile used
+    q = (scipy.stats.rankdata(img[fg], method="average") - 0.5) / fg.sum()
+    np.testing.assert_allclose(r[fg], (q - 0.5) * np.sqrt(12), atol=1e-5)
+    assert (r[~fg] == np.float32(-np.sqrt(3))).all()
+    assert abs(r[fg].mean()) < 1e-5 and r[fg].std() == pytest.approx(1, abs=0.02)
+
+
+def test_rank_ignores_a_monotone_grey_curve_and_flat_images_do_not_divide_by_zero():
+    rng = np.random.default_rng(8)
+    img = np.zeros((24, 24), np.uint8)
+    img[3:21, 3:21] = rng.integers(0, 100, (18, 18), dtype=np.uint8) + 60
+    # gain and offset: distinct values stay distinct and in order
+    brighter = np.where(img > 0, (img.astype(int) * 3) // 2 - 20, 0).astype(np.uint8)
+    np.testing.assert_array_equal(normalize(img, "rank"), normalize(brighter, "rank"))
+    assert not np.array_equal(normalize(img, "zscore"), normalize(brighter, "zscore"))
+    flat = normalize(np.full((2, 5, 5), 9, np.uint8), "rank")
+    assert np.isfinite(flat).all() and (flat == 0).all()  # every pixel the median
 
 
 @pytest.mark.parametrize(
