@@ -110,6 +110,7 @@ S1: dict[str, Any] = {
     "model.contrast": 0.2,
     "model.gamma": 0.0,
     "model.invert": 0.0,
+    "model.curve": 0.0,
     "model.noise": 0.0,
     "model.blur": 0.0,
     "model.mirror": False,
@@ -208,6 +209,7 @@ REFERENCE: dict[str, Any] = {
     "model.contrast": 0.2,
     "model.gamma": 0.0,
     "model.invert": 0.0,
+    "model.curve": 0.0,
     "model.noise": 0.0,
     "model.blur": 0.0,
     "model.mirror": True,
@@ -537,6 +539,13 @@ EXPERIMENTS: dict[str, Experiment] = {
     # names serve both directions (cross_collection.py --train/--eval)
     **{
         f"rank{suffix}": Experiment("s14_platt", {"preprocess.normalization": "rank", **seed})
+        for suffix, seed in (("", {}), ("_seed1", {"seed": 1}))
+    },
+    # rank made both directions worse (row 72): the shortcut is not a monotone grey curve.
+    # Random non-monotone curves of the head's intensities (80% of training slices), so that
+    # no sequence's tissue order (T1 against T2/FLAIR) can identify a class
+    **{
+        f"curve{suffix}": Experiment("s14_platt", {"model.curve": 0.8, **seed})
         for suffix, seed in (("", {}), ("_seed1", {"seed": 1}))
     },
     "xc_s96_smooth": Experiment("s8_fast_align", {**_size(96), "preprocess.smooth": 1.0}),

@@ -110,7 +110,8 @@ def _fraction(owner: object, *names: str, upper_open: bool = True) -> None:
         value = getattr(owner, name)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok or not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
-            raise ConfigError(f"{name} must be in [0, 1). Received: {name}={value!r}.")
+            upper = ")" if upper_open else "]"
+            raise ConfigError(f"{name} must be in [0, 1{upper}. Received: {name}={value!r}.")
 
 
 def _choice(owner: object, name: str, choices: tuple[str, ...]) -> None:
@@ -130,7 +131,9 @@ class ModelConfig:
     changes a second collection brings: ``contrast`` (Keras ``RandomContrast`` factor),
     ``gamma`` (``mriscan.model.RandomGamma``: γ log-uniform in [e^−gamma, e^gamma]), ``invert``
     (``mriscan.model.RandomHeadInversion``: the probability of reversing the head's intensities,
-    so that T1- and T2-like contrasts both occur in every class), ``noise``
+    so that T1- and T2-like contrasts both occur in every class), ``curve``
+    (``mriscan.model.RandomIntensityCurve``: the probability of a random, non-monotone curve of
+    the head's intensities), ``noise``
     (Gaussian noise, standard deviation in units of the slice's own standard deviation) and
     ``blur`` (Gaussian blur of up to this σ in pixels). Gamma, noise and blur act on the slice
     before the mirror channel is formed, so that channel sees the changed slice. ``bn_momentum``:
@@ -148,6 +151,7 @@ class ModelConfig:
     contrast: float = 0.2
     gamma: float = 0.0
     invert: float = 0.0
+    curve: float = 0.0
     noise: float = 0.0
     blur: float = 0.0
     mirror: bool = _opt(
@@ -185,7 +189,7 @@ class ModelConfig:
             )
         _fraction(self, "dropout", "block_dropout", "rotation", "zoom", "translation")
         _fraction(self, "contrast", "gamma", "noise")
-        _fraction(self, "invert", upper_open=False)
+        _fraction(self, "invert", "curve", upper_open=False)
         if not (isinstance(self.blur, int | float) and not isinstance(self.blur, bool)) or not (
             0.0 <= self.blur <= 3.0
         ):

@@ -151,6 +151,55 @@ class RandomHeadInversion(_IntensityAugmentation):
         return {**super().get_config(), "rate": self.strength, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="mriscan")
+class RandomIntensityCurve(_IntensityAugmentation):
+    """Training-time random, generally non-monotone, remapping of the head's intensities with
+    probability ``rate`` per image; the identity at inference.
+
+    Input (batch, S, S, C) float32, z-scored per slice. The head (pixels brighter than the
+    slice's minimum + 5% of its range, as in ``RandomHeadInversion``) is scaled to t in [0, 1]
+    by its own extremes and mapped through the piecewise-linear curve through ``KNOTS`` + 1
+    evenly spaced knots whose heights are drawn uniformly from [0, 1] (one curve per image),
+    then back to the head's range; the background stays and the slice is re-standardised to
+    its own mean and standard deviation. Tissues keep their boundaries but get random
+    brightness orders (CSF brighter or darker than white matter, a lesion brighter or darker
+    than cortex), so that no sequence's contrast can identify a class: the contrast
+    randomisation of SynthSeg (Billot et al., Medical Image Analysis 2023), here as a random
+    curve of the observed intensities rather than of label maps, since the slices have none.
+    ``RandomHeadInversion`` is the one curve t -> 1 - t of this family.
+    """
+
+    KNOTS = 4
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(rate, seed, **kwargs)
+
+    @property
+    def rate(self) -> float:
+        return self.strength
+
+    def _augment(self, x, lo, hi):
+        ops = keras.ops
+        head = x > lo + 0.05 * (hi - lo)
+        big, small = ops.full_like(x, 3.0e38), ops.full_like(x, -3.0e38)
+        h_lo = ops.min(ops.where(head, x, big), axis=self._AXES, keepdims=True)
+        h_hi = ops.max(ops.where(head, x, small), axis=self._AXES, keepdims=True)
+        span = ops.maximum(h_hi - h_lo, 1e-6)
+        t = ops.clip((x - h_lo) / span, 0.0, 1.0)
+        k = self.KNOTS
+        heights = keras.random.uniform(
+            (ops.shape(x)[0], 1, 1, 1, k + 1), seed=self.seed_generator, dtype=x.dtype
+        )
+        # hat functions of the knots: weights of linear interpolation between them
+        hats = ops.relu(1.0 - ops.abs(t[..., None] * k - ops.arange(k + 1, dtype=x.dtype)))
+        curved = h_lo + ops.sum(hats * heights, axis=-1) * span
+        apply = ops.logical_and(self._per_image_uniform(x) < self.strength, head)
+        return ops.where(apply, curved, x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.strength, "seed": self.seed}
+
+
 def build_model(
     image_size: int = 128,
     config: ModelConfig | None = None,
@@ -203,6 +252,8 @@ def build_model(
     x = inputs
     if augment and cfg.invert:
         x = RandomHeadInversion(cfg.invert, seed=seed, name="aug_invert")(x)
+    if augment and cfg.curve:
+        x = RandomIntensityCurve(cfg.curve, seed=seed, name="aug_curve")(x)
     if augment and cfg.gamma:
         x = RandomGamma(cfg.gamma, seed=seed, name="aug_gamma")(x)
     if augment and cfg.noise:

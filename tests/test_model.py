@@ -15,6 +15,7 @@ from mriscan.model import (
     MirrorDifference,
     RandomGamma,
     RandomHeadInversion,
+    RandomIntensityCurve,
     build_model,
     last_conv_layer_name,
     load_model,
@@ -100,6 +101,32 @@ def test_head_inversion_swaps_head_intensities_keeps_background_and_is_off_at_in
     half = np.asarray(RandomHeadInversion(0.5, seed=1)(np.repeat(x[:1], 64, 0), training=True))
     flipped = (np.abs(half - x[:1]).max(axis=(1, 2, 3)) > 1e-3).sum()
     assert 16 < flipped < 48  # about half of the images
+
+
+def test_intensity_curve_reorders_head_tissues_keeps_background_and_is_off_at_inference():
+    x = np.zeros((64, 16, 16, 1), np.float32)
+    x[:, 4:12, 4:12, 0] = np.linspace(1.0, 2.0, 64).reshape(8, 8)  # head: a ramp 1 → 2
+    x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+    always = RandomIntensityCurve(1.0, seed=0)
+    np.testing.assert_array_equal(np.asarray(always(x, training=False)), x)
+    y = np.asarray(always(x, training=True))
+    np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(1, 2, 3)), x.std(axis=(1, 2, 3)), rtol=1e-3)
+    back = y[:, :4, :, 0].reshape(64, -1)
+    assert np.ptp(back, axis=1).max() < 1e-5  # the background stays one value per slice
+    steps = np.diff(y[:, 4:12, 4:12, 0].reshape(64, -1), axis=1)
+    rising, falling = (steps > 1e-6).any(axis=1), (steps < -1e-6).any(axis=1)
+    assert (rising & falling).sum() > 32  # most curves are non-monotone
+    assert len({np.round(y[i, 8, 8, 0], 4) for i in range(64)}) > 32  # one curve per image
+    never = RandomIntensityCurve(0.0, seed=0)
+    np.testing.assert_array_equal(np.asarray(never(x, training=True)), x)
+    half = np.asarray(RandomIntensityCurve(0.5, seed=1)(np.repeat(x[:1], 64, 0), training=True))
+    changed = (np.abs(half - x[:1]).max(axis=(1, 2, 3)) > 1e-3).sum()
+    assert 16 < changed < 48  # about half of the images
+    assert "aug_curve" in [la.name for la in build_model(32, filters=(4,) * 4, curve=0.5).layers]
+    assert "aug_curve" not in [la.name for la in build_model(32, filters=(4,) * 4).layers]
+    with pytest.raises(ConfigError, match=r"curve must be in \[0, 1\]"):
+        build_model(32, curve=1.5)
 
 
 def test_batch_norm_momentum_is_short_enough_for_few_steps():
