@@ -538,8 +538,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     # a collection's grey curve (gain, offset, gamma, exporter) cannot be a shortcut; the same
     # names serve both directions (cross_collection.py --train/--eval)
     **{
-        f"rank{suffix}": Experiment("s14_platt", {"preprocess.normalization": "rank", **seed})
-        for suffix, seed in (("", {}), ("_seed1", {"seed": 1}))
+        f"rank{suffix}": Experiment(
+            "s14_platt", {"preprocess.normalization": "rank", **seed}, row=row
+        )
+        for suffix, seed, row in (("", {}, 72), ("_seed1", {"seed": 1}, None))
     },
     # rank made both directions worse (row 72): the shortcut is not a monotone grey curve.
     # Random non-monotone curves of the head's intensities (80% of training slices), so that

@@ -69,6 +69,10 @@ class PreprocessConfig:
         ``pad`` keeps the aspect ratio and pads with black; ``stretch`` fills S×S.
     normalization : {"zscore", "minmax", "none", "rank"}
         Applied when feeding the model (stored images stay uint8); see ``normalize``.
+        ``rank`` (the head's histogram equalised) made models worse in both directions
+        between the shared collections (``figshare_br35h`` → ``brain_mri`` balanced accuracy
+        0.718 → 0.646, ``brain_mri`` → ``figshare_br35h`` 0.925 → 0.885; experiments/ACCURACY.md
+        row 72): the default stays ``zscore``.
     align : bool
         Rotate (up to ±15°) and shift (up to 8% of S) the S×S slice so that the head's
         left-right symmetry axis is the centre column: healthy brains are then close to their
