@@ -77,6 +77,16 @@ class _IntensityAugmentation(keras.layers.Layer):
     def _augment(self, x, lo, hi):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
+    def _head(self, x, lo, hi):
+        """The head's mask (pixels brighter than the slice's minimum + 5% of its range) and its
+        own extremes per image, shaped (batch, 1, 1, 1)."""
+        ops = keras.ops
+        head = x > lo + 0.05 * (hi - lo)
+        big, small = ops.full_like(x, 3.0e38), ops.full_like(x, -3.0e38)
+        h_lo = ops.min(ops.where(head, x, big), axis=self._AXES, keepdims=True)
+        h_hi = ops.max(ops.where(head, x, small), axis=self._AXES, keepdims=True)
+        return head, h_lo, h_hi
+
     def _per_image_uniform(self, x, low: float = 0.0, high: float = 1.0):
         """One uniform draw per image, shaped (batch, 1, 1, 1)."""
         shape = (keras.ops.shape(x)[0], 1, 1, 1)
@@ -115,8 +125,22 @@ class RandomGamma(_IntensityAugmentation):
         return {**super().get_config(), "max_log_gamma": self.strength, "seed": self.seed}
 
 
+class _HeadAugmentation(_IntensityAugmentation):
+    """An intensity augmentation of the head applied to each image with probability ``rate``."""
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(rate, seed, **kwargs)
+
+    @property
+    def rate(self) -> float:
+        return self.strength
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.strength, "seed": self.seed}
+
+
 @keras.saving.register_keras_serializable(package="mriscan")
-class RandomHeadInversion(_IntensityAugmentation):
+class RandomHeadInversion(_HeadAugmentation):
     """Training-time reversal of the head's intensities with probability ``rate``.
 
     Input (batch, S, S, C) float32, z-scored per slice. Pixels brighter than the slice's
@@ -131,28 +155,15 @@ class RandomHeadInversion(_IntensityAugmentation):
     The identity at inference.
     """
 
-    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(rate, seed, **kwargs)
-
-    @property
-    def rate(self) -> float:
-        return self.strength
-
     def _augment(self, x, lo, hi):
         ops = keras.ops
-        head = x > lo + 0.05 * (hi - lo)
-        big, small = ops.full_like(x, 3.0e38), ops.full_like(x, -3.0e38)
-        h_lo = ops.min(ops.where(head, x, big), axis=self._AXES, keepdims=True)
-        h_hi = ops.max(ops.where(head, x, small), axis=self._AXES, keepdims=True)
+        head, h_lo, h_hi = self._head(x, lo, hi)
         flip = ops.logical_and(self._per_image_uniform(x) < self.strength, head)
         return ops.where(flip, h_lo + h_hi - x, x)
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rate": self.strength, "seed": self.seed}
-
 
 @keras.saving.register_keras_serializable(package="mriscan")
-class RandomIntensityCurve(_IntensityAugmentation):
+class RandomIntensityCurve(_HeadAugmentation):
     """Training-time random, generally non-monotone, remapping of the head's intensities with
     probability ``rate`` per image; the identity at inference.
 
@@ -171,19 +182,9 @@ class RandomIntensityCurve(_IntensityAugmentation):
 
     KNOTS = 4
 
-    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(rate, seed, **kwargs)
-
-    @property
-    def rate(self) -> float:
-        return self.strength
-
     def _augment(self, x, lo, hi):
         ops = keras.ops
-        head = x > lo + 0.05 * (hi - lo)
-        big, small = ops.full_like(x, 3.0e38), ops.full_like(x, -3.0e38)
-        h_lo = ops.min(ops.where(head, x, big), axis=self._AXES, keepdims=True)
-        h_hi = ops.max(ops.where(head, x, small), axis=self._AXES, keepdims=True)
+        head, h_lo, h_hi = self._head(x, lo, hi)
         span = ops.maximum(h_hi - h_lo, 1e-6)
         t = ops.clip((x - h_lo) / span, 0.0, 1.0)
         k = self.KNOTS
@@ -195,9 +196,6 @@ class RandomIntensityCurve(_IntensityAugmentation):
         curved = h_lo + ops.sum(hats * heights, axis=-1) * span
         apply = ops.logical_and(self._per_image_uniform(x) < self.strength, head)
         return ops.where(apply, curved, x)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rate": self.strength, "seed": self.seed}
 
 
 def build_model(

@@ -81,10 +81,15 @@ def test_random_gamma_is_monotone_keeps_mean_and_std_and_is_off_at_inference():
         assert np.all(np.diff(y[i].ravel()[order]) >= -1e-5)
 
 
+def _ramp_heads(n: int) -> np.ndarray:
+    """``n`` z-scored 16x16 slices whose head (rows and columns 4-11) is a ramp 1 → 2."""
+    x = np.zeros((n, 16, 16, 1), np.float32)
+    x[:, 4:12, 4:12, 0] = np.linspace(1.0, 2.0, 64).reshape(8, 8)
+    return (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+
+
 def test_head_inversion_swaps_head_intensities_keeps_background_and_is_off_at_inference():
-    x = np.zeros((8, 16, 16, 1), np.float32)
-    x[:, 4:12, 4:12, 0] = np.linspace(1.0, 2.0, 64).reshape(8, 8)  # head: a ramp 1 → 2
-    x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+    x = _ramp_heads(8)
     always = RandomHeadInversion(1.0, seed=0)
     np.testing.assert_array_equal(np.asarray(always(x, training=False)), x)
     y = np.asarray(always(x, training=True))
@@ -104,9 +109,7 @@ def test_head_inversion_swaps_head_intensities_keeps_background_and_is_off_at_in
 
 
 def test_intensity_curve_reorders_head_tissues_keeps_background_and_is_off_at_inference():
-    x = np.zeros((64, 16, 16, 1), np.float32)
-    x[:, 4:12, 4:12, 0] = np.linspace(1.0, 2.0, 64).reshape(8, 8)  # head: a ramp 1 → 2
-    x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+    x = _ramp_heads(64)
     always = RandomIntensityCurve(1.0, seed=0)
     np.testing.assert_array_equal(np.asarray(always(x, training=False)), x)
     y = np.asarray(always(x, training=True))
