@@ -133,7 +133,9 @@ class ModelConfig:
     (``mriscan.model.RandomHeadInversion``: the probability of reversing the head's intensities,
     so that T1- and T2-like contrasts both occur in every class), ``curve``
     (``mriscan.model.RandomIntensityCurve``: the probability of a random, non-monotone curve of
-    the head's intensities), ``noise``
+    the head's intensities; at 0.8 it left ``figshare_br35h`` → ``brain_mri`` within its
+    interval and cost 0.09 test accuracy and 0.10 balanced accuracy across collections,
+    experiments/ACCURACY.md row 73, so it is off by default), ``noise``
     (Gaussian noise, standard deviation in units of the slice's own standard deviation) and
     ``blur`` (Gaussian blur of up to this σ in pixels). Gamma, noise and blur act on the slice
     before the mirror channel is formed, so that channel sees the changed slice. ``bn_momentum``:
