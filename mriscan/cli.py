@@ -1626,7 +1626,8 @@ def predict(
     and folders below them are skipped. File names that are not valid UTF-8 are written with
     \\xNN escapes for the odd bytes. Rows are written as they are made, JPEG/PNG batch by batch,
     then DICOM/NIfTI series by series as each is scored (.csv, .jsonl; .json at the end,
-    .json.partial meanwhile); a progress bar over all files is drawn on stderr.
+    .json.partial meanwhile); a progress bar over all files (and the DICOM headers, read
+    first to group the files into series) is drawn on stderr.
     """
     from mriscan.aggregate import RULE
     from mriscan.onnx_engine import onnx_path

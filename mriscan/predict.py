@@ -378,8 +378,9 @@ def predict(
     JPEG/PNG rows batch by batch, then the scanner rows series by series / volume by volume as
     each is scored (``mriscan.scan_predict.iter_predict_inputs``: in the order of each
     series' first file; memory holds about one series' slices, not the whole input);
-    ``progress(done, total)`` is called after each batch of image files and each scored
-    series (files done, of all input files). ``show_paths`` names
+    ``progress(done, total)`` is called after each batch of image files, as the DICOM
+    files' headers are read to group them into series, and after each scored series (units
+    of work done: one per input file, plus one per DICOM file for its header). ``show_paths`` names
     scanner slices, scanner files that failed and the files beside them that are no input
     (``mriscan.scan_predict.problem_rows``) by path instead of by pseudonym; ``read_options``
     (``mriscan.readers.ReadOptions``) says how DICOM and NIfTI files are read: what it leaves
@@ -415,7 +416,12 @@ def predict(
     """
     from mriscan.readers import collect_inputs
     from mriscan.scan import new_salt
-    from mriscan.scan_predict import SCAN_COLUMNS, iter_predict_inputs, problem_rows
+    from mriscan.scan_predict import (
+        SCAN_COLUMNS,
+        iter_predict_inputs,
+        problem_rows,
+        progress_total,
+    )
 
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
@@ -452,8 +458,9 @@ def predict(
         except BaseException:
             prefetch.cancel()
             raise
-        # one progress bar over all files: JPEG/PNG first, then the scanner files
-        total = len(paths) + len(scans)
+        # one progress bar over all files: JPEG/PNG first, then the scanner files (whose
+        # DICOM headers are read first, to group them into series: a unit each)
+        total = len(paths) + progress_total(scans)
 
         def images_done(done: int, _: int) -> None:
             if progress is not None:

@@ -199,8 +199,10 @@ def iter_predict_inputs(
     ``problem_rows`` with the same key. ``sources``: a dict filled with, per DICOM series
     unit, the ``mriscan.dicom_sr.SRSource`` (file, frame) of each slice pooled into its row,
     in slice order (the evidence of ``mriscan.dicom_sr.write_series_report``), as each series
-    is yielded. ``progress(done, total)``: called after each yield with the files of
-    ``files`` done and their number.
+    is yielded. ``progress(done, total)``: units of work done and their number, one per
+    DICOM header read in the grouping pass (reported as the pass goes, every 0.5% of it) and
+    one per file of ``files`` (reported after each yield), so a bar moves from the start on
+    inputs of many DICOM files; ``total`` is ``progress_total(files)`` throughout.
 
     Raises
     ------
@@ -215,11 +217,15 @@ def iter_predict_inputs(
     ahead = max(batch_size, 2 * n_workers) if read_ahead is None else read_ahead
     pool = ThreadPoolExecutor(max_workers=n_workers)
     try:
-        ids = _header_pass(files, salt, pool)
+        total = progress_total(files)
+        headers = total - len(files)
+        on_header = None if progress is None else lambda done: progress(done, total)
+        ids = _header_pass(files, salt, pool, on_header)
         groups = _group_files(files, ids, salt, read_options, pool)
         stream = _Stream(model, card, files, ids, groups, threshold, batch_size, salt,
                          show_paths, top_k, sources, read_options)  # fmt: skip
-        yield from stream.run(pool, ahead, progress)
+        on_files = None if progress is None else lambda done, _: progress(headers + done, total)
+        yield from stream.run(pool, ahead, on_files)
     finally:  # a consumer that stops early (an error, Ctrl-C) leaves no read-ahead running
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -233,15 +239,35 @@ def _read_one(f: SourceFile, salt: bytes, options: ReadOptions | None) -> InputR
     return read_input(f.path, f.kind, salt=salt, root=root, options=options)
 
 
-def _header_pass(files: Sequence[SourceFile], salt: bytes, pool: Executor) -> list[Any]:
+def progress_total(files: Sequence[SourceFile]) -> int:
+    """The units of work ``iter_predict_inputs`` reports for ``files``: one per file, plus one
+    per DICOM file for its header in the grouping pass."""
+    return len(files) + sum(f.kind == "dicom" for f in files)
+
+
+def _header_pass(
+    files: Sequence[SourceFile],
+    salt: bytes,
+    pool: Executor,
+    progress: Callable[[int], None] | None = None,
+) -> list[Any]:
     """Per file: the ``mriscan.dicom.HeaderIds`` of a DICOM file, None for a DICOM file whose
-    header cannot be read and for other kinds (``mriscan.dicom.read_header_ids``)."""
+    header cannot be read and for other kinds (``mriscan.dicom.read_header_ids``).
+    ``progress(headers read)``: every 0.5% of the DICOM files and after the last."""
     from mriscan.dicom import read_header_ids
 
     def ids(f: SourceFile) -> Any:
         return read_header_ids(f.path, salt) if f.kind == "dicom" else None
 
-    return list(pool.map(ids, files))
+    n = sum(f.kind == "dicom" for f in files)
+    step, read, out = max(1, n // 200), 0, []
+    for f, got in zip(files, pool.map(ids, files), strict=True):
+        out.append(got)
+        if f.kind == "dicom" and progress is not None:
+            read += 1
+            if read % step == 0 or read == n:
+                progress(read)
+    return out
 
 
 @dataclass

@@ -379,7 +379,7 @@ def test_predict_writes_a_series_rows_before_reading_the_series_after_next(
 ):
     """The output file holds the first series' rows when the third series is read (the
     second is read ahead while the first is scored), and the progress bar counts the
-    scanner files with the JPEG/PNG files."""
+    scanner files and their headers with the JPEG/PNG files."""
     from PIL import Image
 
     from mriscan.predict import predict
@@ -392,7 +392,11 @@ def test_predict_writes_a_series_rows_before_reading_the_series_after_next(
     written: list[str] = []
     real = sp.read_input
 
+    calls_at_first_read: list[int] = []
+
     def spy(path, *args, **kwargs):
+        if not calls_at_first_read:
+            calls_at_first_read.append(len(calls))
         if Path(path).parent.name == "s2" and not written:
             written.append(out.read_text())
         return real(path, *args, **kwargs)
@@ -410,5 +414,26 @@ def test_predict_writes_a_series_rows_before_reading_the_series_after_next(
     assert [r["path"] for r in early if r["level"] == "series"] == [str(folders[0])]
     assert len(early) == 1 + 3 + 1  # the PNG, the slices and the row of series s0
     assert len([r for r in rows if r.get("level") == "series"]) == 3
-    # one bar over the PNG and the 9 DICOM files: after the PNG, after each series
-    assert calls == [(1, 10), (4, 10), (7, 10), (10, 10)]
+    # one bar over the PNG, the 9 DICOM headers (read to group the files into series, before
+    # any pixel data) and the 9 DICOM files: after the PNG, each header, each series
+    headers = [(1 + h, 19) for h in range(1, 10)]
+    assert calls == [(1, 19), *headers, (13, 19), (16, 19), (19, 19)]
+    assert calls_at_first_read == [10]
+
+
+def test_the_header_pass_reports_every_half_percent_and_at_the_end(tmp_path):
+    """Progress of the grouping pass on many DICOM files: every n // 200 headers, and the
+    last; other kinds of file are no header to count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mriscan.io import SourceFile
+    from mriscan.scan_predict import _header_pass, progress_total
+
+    files = [SourceFile(tmp_path / f"f{k}.dcm", "dicom") for k in range(1001)]
+    files.insert(7, SourceFile(tmp_path / "v.nii", "nifti"))
+    seen: list[int] = []
+    with ThreadPoolExecutor(2) as pool:
+        ids = _header_pass(files, b"s" * 16, pool, seen.append)
+    assert ids == [None] * 1002  # none of them exists: no header
+    assert seen == [*range(5, 1001, 5), 1001]
+    assert progress_total(files) == 1002 + 1001
