@@ -155,7 +155,8 @@ def iter_predict_inputs(
     uses, e.g. "uniform image (all black): ...") and one per series / volume
     (``mriscan.aggregate.aggregate_rows``; its ``warning`` says "<m> of <n> instances
     unreadable" when files of the series failed, e.g. a truncated instance, and "<u> of <n>
-    slices uniform ..." / "... thin ..." when slices were flagged); a failed file gives one row
+    slices uniform ..." / "... thin ..." when slices were flagged, and "its files lie in <k>
+    folders ..." when a series' scored files do); a failed file gives one row
     (``level`` "file") with the reason in ``error``; a DICOM file without an image, or an image
     of a modality not read (``DicomConfig.modalities``: MR only by default), one row with
     ``error`` starting "skipped:". Each SOP instance (and frame) of a series is scored once:
@@ -613,7 +614,17 @@ def _unit_warning(
     for flag, count in flagged.items():
         what = FLAG_SUMMARY[flag]
         notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
+    notes += _folders_note(unit, files_of)
     return "; ".join(notes)
+
+
+def _folders_note(unit: str, files_of: Mapping[str, set]) -> list[str]:
+    """A DICOM series whose scored files lie in several folders says so (counts only: with
+    ``show_paths`` its row is named after its first slice's folder alone)."""
+    folders = {Path(p).parent for p in files_of.get(unit, ())}
+    if not unit.startswith("series:") or len(folders) < 2:
+        return []
+    return [f"its files lie in {len(folders)} folders: the row pools them all"]
 
 
 class FailedFile(NamedTuple):

@@ -198,6 +198,10 @@ def _reference_predict_inputs(
         for flag, count in flagged.get(row["unit"], {}).items():
             what = FLAG_SUMMARY[flag]
             notes.append(f"{count} of {row['slices']} slices {what} (see their rows)")
+        # added since (twenty-first session): a series over several folders says so
+        folders = {p.parent for p in files_of.get(row["unit"], ())}
+        if row["unit"].startswith("series:") and len(folders) > 1:
+            notes.append(f"its files lie in {len(folders)} folders: the row pools them all")
         row["warning"] = "; ".join(notes)
     return rows + agg
 
@@ -315,6 +319,10 @@ def test_streamed_rows_equal_those_of_reading_everything_first(
             f"{scans / 'flat'} [series 7]",
             f"{scans / 'more'} [series 9]",
         }
+    # the series over two folders (more/ and flat/) says so, with or without paths
+    spread = [r for r in units.values() if "folders" in r["warning"]]
+    assert [r["warning"] for r in spread] == ["its files lie in 2 folders: the row pools them all"]
+    assert spread[0]["slices"] == 3
     # each unit's rows come after its slices; each part holds whole series
     for unit in units:
         places = [i for i, r in enumerate(got) if r.get("unit") == unit]
