@@ -31,7 +31,7 @@ from mriscan.explain import (
     block_outputs,
     grad_cam,
     layer_cam,
-    peak_in_box,
+    peak_in_any_box,
     pointing_target,
     read_boxes,
 )
@@ -134,7 +134,7 @@ def cam_layers(model_path: Path, root: Path, boxes_csv: Path, limit: int | None)
         )[..., None]
         probs = predict_batch(model, x, 32, tta=card.tta)
         ks, ok = zip(
-            *(pointing_target(card, box[0], p) for (_, box), p in zip(chunk, probs, strict=True)),
+            *(pointing_target(card, box.cls, p) for (_, box), p in zip(chunk, probs, strict=True)),
             strict=True,
         )
         k = None if card.binary else np.array(ks)
@@ -142,8 +142,8 @@ def cam_layers(model_path: Path, root: Path, boxes_csv: Path, limit: int | None)
             for (_, box), img, cam, good in zip(chunk, imgs, fn(model, x, k), ok, strict=True):
                 if not good:
                     continue
-                inside = peak_in_box(img, cam, box[1:], cfg)
-                hits[name].setdefault(box[0], []).append(int(inside))
+                inside = peak_in_any_box(img, cam, box.boxes, cfg)
+                hits[name].setdefault(box.cls, []).append(int(inside))
         print(f"{min(start + 32, len(items))} of {len(items)}", flush=True)
     out = {}
     for name, per in hits.items():

@@ -14,7 +14,7 @@ import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import keras
 import numpy as np
@@ -32,13 +32,16 @@ if TYPE_CHECKING:
     from mriscan.readers import ReadOptions
 
 __all__ = [
+    "BOX_COLUMNS",
     "CAM_METHODS",
+    "SliceBoxes",
     "block_outputs",
     "class_activation_map",
     "explain",
     "grad_cam",
     "heatmap_names",
     "layer_cam",
+    "peak_in_any_box",
     "peak_in_box",
     "pointing_game",
     "pointing_rule",
@@ -744,31 +747,60 @@ def _slice_score(card: Any, probs: np.ndarray, explain_class: str | None) -> np.
     return probs.max(axis=1)
 
 
-def read_boxes(path: str | os.PathLike[str]) -> dict[str, tuple[str, float, float, float, float]]:
+class SliceBoxes(NamedTuple):
+    """The tumor boxes of one slice: its ``cls`` (class name) and ``boxes``, each
+    (x_center, y_center, width, height) in fractions of the image side (YOLO)."""
+
+    cls: str
+    boxes: tuple[tuple[float, float, float, float], ...]
+
+
+BOX_COLUMNS = ("file", "class", "x_center", "y_center", "width", "height")
+
+
+def read_boxes(path: str | os.PathLike[str]) -> dict[str, SliceBoxes]:
     """Tumor boxes from a CSV ``file,class,x_center,y_center,width,height`` (fractions of the
-    image side, the YOLO convention; ``file`` relative to the data folder).
+    image side, the YOLO convention; ``file`` relative to the data folder). A file on several
+    lines has several boxes (a slice with several lesions: a map's peak inside any of them
+    counts as a hit), which must name one class.
 
     Raises
     ------
     MriscanError
-        On a missing column or a value that is not a fraction in [0, 1], naming the line.
+        Naming the line: on a missing column (named), a value that is not a fraction in
+        [0, 1], a box of zero width or height, or a file whose lines name different classes.
     """
     import csv
 
-    out: dict[str, tuple[str, float, float, float, float]] = {}
+    out: dict[str, SliceBoxes] = {}
+    first_line: dict[str, int] = {}
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        need = {"file", "class", "x_center", "y_center", "width", "height"}
-        if not need <= set(reader.fieldnames or ()):
-            raise MriscanError(f"{path} must have the columns {sorted(need)}.")
+        if missing := [c for c in BOX_COLUMNS if c not in (reader.fieldnames or ())]:
+            raise MriscanError(
+                f"{path} lacks the column(s) {missing}: a boxes file has the columns "
+                f"{list(BOX_COLUMNS)} (fractions of the image side)."
+            )
         for line, row in enumerate(reader, start=2):
             try:
-                vals = [float(row[k]) for k in ("x_center", "y_center", "width", "height")]
-            except ValueError:
+                vals = tuple(float(row[k]) for k in BOX_COLUMNS[2:])
+            except (TypeError, ValueError):
                 raise MriscanError(f"{path}, line {line}: box values must be numbers.") from None
             if not all(0.0 <= v <= 1.0 for v in vals):
                 raise MriscanError(f"{path}, line {line}: box values must be fractions in [0, 1].")
-            out[row["file"]] = (row["class"], *vals)
+            if vals[2] == 0.0 or vals[3] == 0.0:
+                raise MriscanError(
+                    f"{path}, line {line}: the box of {row['file']} has zero width or height: "
+                    "no peak can fall inside it; give the tumor's extent."
+                )
+            old = out.get(row["file"])
+            if old is not None and old.cls != row["class"]:
+                raise MriscanError(
+                    f"{path}, line {line}: {row['file']} is boxed as {row['class']!r} here and "
+                    f"as {old.cls!r} on line {first_line[row['file']]}: a slice has one class."
+                )
+            first_line.setdefault(row["file"], line)
+            out[row["file"]] = SliceBoxes(row["class"], (*(old.boxes if old else ()), vals))  # type: ignore[arg-type]
     return out
 
 
@@ -778,8 +810,9 @@ def pointing_rule(card: Any, box_class: str) -> str | None:
 
     The rule, one per kind of model:
 
-    - a two-class model with a healthy class (yes/no, tumor vs no tumor): every boxed slice is
-      a tumor slice, whatever tumor type its box names (figshare's glioma, meningioma,
+    - a box of the model's healthy class is not scored (a box marks a tumor);
+    - a two-class model with a healthy class (yes/no, tumor vs no tumor): every other boxed
+      slice is a tumor slice, whatever tumor type its box names (figshare's glioma, meningioma,
       pituitary on a ``brain_mri`` model): scored;
     - any other model (K > 2 classes, or two tumor types without a healthy class): a boxed
       slice is scored only when its class is a model class, as the map drawn is that class's;
@@ -788,6 +821,8 @@ def pointing_rule(card: Any, box_class: str) -> str | None:
       it). A tumor type the model does not have is not scored: it has no map of its own, and
       "correct" has no meaning for it.
     """
+    if card.healthy is not None and box_class == card.healthy:
+        return "the model's healthy class (a box marks a tumor)"
     if card.binary and card.healthy is not None:
         return None
     if box_class not in card.class_names:
@@ -824,6 +859,13 @@ def pointing_target(card: Any, box_class: str, probs: np.ndarray) -> tuple[int, 
     if card.binary:
         return 1, pred == card.class_names[1]
     return card.class_names.index(box_class), pred == box_class
+
+
+def peak_in_any_box(
+    image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]], config: Any
+) -> bool:
+    """Whether ``peak_in_box`` holds for one of ``boxes`` (a slice with several lesions)."""
+    return any(peak_in_box(image, cam, box, config) for box in boxes)
 
 
 def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config: Any) -> bool:
@@ -892,10 +934,11 @@ def pointing_game(
     items = sorted(boxes.items())[:limit] if limit else sorted(boxes.items())
     not_scored: dict[str, dict[str, Any]] = {}
     for _, box in items:
-        if (why := pointing_rule(card, box[0])) is not None:
-            not_scored.setdefault(box[0], {"n": 0, "reason": why})["n"] += 1
+        if (why := pointing_rule(card, box.cls)) is not None:
+            not_scored.setdefault(box.cls, {"n": 0, "reason": why})["n"] += 1
     listed = len(items)
-    items = [(rel, box) for rel, box in items if box[0] not in not_scored]
+    items = [(rel, box) for rel, box in items if box.cls not in not_scored]
+    _warn_folder_classes(items, card)
     stats: dict[str, dict[str, int]] = {}
     unreadable: list[tuple[str, str]] = []
     for start in range(0, len(items), batch_size):
@@ -916,7 +959,7 @@ def pointing_game(
         probs = predict_batch(model, x, batch_size, tta=card.tta)
         classes, correct = [], []
         for (_, box), p in zip(keep, probs, strict=True):
-            cls = box[0]
+            cls = box.cls
             k, ok = pointing_target(card, cls, p)
             classes.append(k)
             correct.append(ok)
@@ -929,8 +972,8 @@ def pointing_game(
         for (_, box), img, cam, ok in zip(keep, imgs, cams, correct, strict=True):
             if not ok:
                 continue
-            inside = peak_in_box(img, cam, box[1:], cfg)
-            stats[box[0]]["hits"] += int(inside)
+            inside = peak_in_any_box(img, cam, box.boxes, cfg)
+            stats[box.cls]["hits"] += int(inside)
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
     if not stats:
@@ -943,8 +986,8 @@ def pointing_game(
     total["pointing"] = total["hits"] / total["correct"] if total["correct"] else float("nan")
     if card.binary and card.healthy is not None:
         rule = (
-            f"a boxed slice of any class is correct when called {card.class_names[1]!r}; the map "
-            f"is {card.class_names[1]!r}'s"
+            f"a boxed slice of any tumor class is correct when called {card.class_names[1]!r}; "
+            f"the map is that of {card.class_names[1]!r}; boxes of {card.healthy!r} are not scored"
         )
     else:
         rule = (
@@ -958,14 +1001,38 @@ def pointing_game(
         "overall": total,
         "not_scored": not_scored,
         "unreadable": unreadable,
-        "without_box": slices_without_box(root, boxes, _tumor_classes(card, boxes)),
+        # boxed slices of the healthy class are not scored: their folder holds no tumor
+        "without_box": slices_without_box(
+            root,
+            {rel: b for rel, b in boxes.items() if b.cls != card.healthy},
+            _tumor_classes(card, boxes),
+        ),
     }
 
 
-def _tumor_classes(card: Any, boxes: dict[str, Any]) -> set[str]:
+def _tumor_classes(card: Any, boxes: dict[str, SliceBoxes]) -> set[str]:
     """The classes whose folders hold tumor slices: those of the boxes, and the model's
-    classes but its healthy one (every class of a model without one)."""
-    return {b[0] for b in boxes.values()} | (set(card.class_names) - {card.healthy})
+    classes, but its healthy one (every class of a model without one)."""
+    return ({b.cls for b in boxes.values()} | set(card.class_names)) - {card.healthy}
+
+
+def _warn_folder_classes(items: Sequence[tuple[str, SliceBoxes]], card: Any) -> None:
+    """Warn when a boxed file lies in a class folder of the model other than its box's class:
+    the box's class decides how it is scored."""
+    odd = [
+        (rel, box.cls)
+        for rel, box in items
+        if len(parts := Path(rel).parts) > 1
+        and parts[0] in card.class_names
+        and parts[0] != box.cls
+    ]
+    if odd:
+        rel, cls = odd[0]
+        log.warning(
+            "%d boxed slice(s) lie in another class's folder than their box's class (e.g. %s "
+            "boxed as %r); they are scored as the boxes file says: check the class column",
+            len(odd), rel, cls,
+        )  # fmt: skip
 
 
 def slices_without_box(

@@ -317,7 +317,7 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
     (tmp_path / "bad.csv").write_text("file,class,x_center\nx.png,left,0.5\n")
     from mriscan.errors import MriscanError
 
-    with pytest.raises(MriscanError, match="must have the columns"):
+    with pytest.raises(MriscanError, match=r"lacks the column\(s\) \['y_center', 'width', 'h"):
         read_boxes(tmp_path / "bad.csv")
     # paths that all miss (prefixed with the data folder's name): an error, not n=0 and exit 0
     prefixed = [rows[0]] + [f"data/{r}" for r in rows[1:]]
@@ -725,6 +725,9 @@ def test_pointing_rule_is_one_per_kind_of_model():
     assert pointing_target(three, "meningioma", np.array([0.1, 0.8, 0.1])) == (1, True)
     assert pointing_target(three, "meningioma", np.array([0.8, 0.1, 0.1])) == (1, False)
     assert pointing_rule(three, "pituitary") == "not a class of the model"
+    # a box on the healthy class marks no tumor: never scored, with any kind of model
+    assert "healthy class" in pointing_rule(three, "notumor")
+    assert "healthy class" in pointing_rule(yn, "no")
     with pytest.raises(MriscanError, match="does not score 'pituitary'"):
         pointing_target(three, "pituitary", np.array([0.8, 0.1, 0.1]))  # was (0, True)
     two_tumors = ModelCard(pre, ("glioma", "meningioma"), 0.5)
@@ -909,3 +912,57 @@ def test_a_record_explain_cannot_read_is_left_alone_and_nothing_removed(
     assert victim.exists() and len(_pngs(out)) == 2
     assert "explain_files.json is not a record of mriscan explain" in caplog.text
     assert "../victim.png" in (out / "explain_files.json").read_text()  # left as it was
+
+
+def test_several_boxes_of_a_slice_count_whatever_their_order(
+    three_class_model, tmp_path, caplog, monkeypatch
+):
+    """A file on several lines has several boxes: a peak inside any of them is a hit, so the
+    result does not depend on the lines' order; lines naming two classes, and empty boxes,
+    are refused by line; a box of the healthy class is not scored, and its folder's slices
+    are no tumor slices without a box; a box's class other than its folder's is warned of."""
+    import mriscan.explain as ex
+    from mriscan.errors import MriscanError
+    from mriscan.explain import pointing_game, read_boxes
+
+    path, rows = _boxed_blobs(three_class_model, tmp_path, 30, 2, ("none", "left", "right"))
+    # every slice counts as correctly classified (the blob model was not trained on these
+    # PNGs' scale): what is tested is where the peaks fall against the boxes
+    monkeypatch.setattr(ex, "pointing_target", lambda card, c, p: (card.class_names.index(c), True))
+    whole = [",".join([*r.split(",")[:2], "0.5", "0.5", "1.0", "1.0"]) for r in rows[1:]]
+    nowhere = [",".join([*r.split(",")[:2], "0.01", "0.01", "0.01", "0.01"]) for r in rows[1:]]
+    data = tmp_path / "data"
+    scores = []
+    for order in (nowhere + whole, whole + nowhere):
+        (tmp_path / "b.csv").write_text("\n".join([rows[0], *order]) + "\n")
+        boxes = read_boxes(tmp_path / "b.csv")
+        assert {len(b.boxes) for b in boxes.values()} == {2}
+        scores.append(pointing_game(path, data, tmp_path / "b.csv")["overall"])
+    assert scores[0] == scores[1] and scores[0]["hits"] == scores[0]["correct"] > 0
+    first = rows[1].split(",")[0]
+    other = "right" if first.startswith("left") else "left"
+    (tmp_path / "two.csv").write_text(f"{rows[0]}\n{rows[1]}\n{first},{other},0.5,0.5,1,1\n")
+    with pytest.raises(MriscanError, match=rf"line 3: {first} is boxed as '{other}' here"):
+        read_boxes(tmp_path / "two.csv")
+    (tmp_path / "flat.csv").write_text(f"{rows[0]}\n{first},left,0.5,0.5,0.2,0\n")
+    with pytest.raises(MriscanError, match=r"line 2: the box of .* zero width or height"):
+        read_boxes(tmp_path / "flat.csv")
+    # a healthy slice boxed: not scored; healthy slices are not "tumor slices without a box"
+    (data / "none").mkdir()
+    png = (data / first).read_bytes()
+    for j in range(3):
+        (data / "none" / f"h{j}.png").write_bytes(png)
+    moved = f"{other}/{first.split('/')[1]}"  # a tumor file boxed as its folder's other class
+    (data / moved).write_bytes(png)
+    rest = [r for r in rows[2:] if not r.startswith(moved)]
+    lines = [rows[0], "none/h0.png,none,0.5,0.5,0.2,0.2", *rest]
+    lines.append(f"{moved},{first.split('/')[0]},0.5,0.5,1,1")
+    (tmp_path / "h.csv").write_text("\n".join(lines) + "\n")
+    caplog.set_level("WARNING", logger="mriscan.explain")
+    result = pointing_game(path, data, tmp_path / "h.csv")
+    assert result["not_scored"] == {
+        "none": {"n": 1, "reason": "the model's healthy class (a box marks a tumor)"}
+    }
+    assert "none" not in result["per_class"] and "none" not in result["without_box"]["per_folder"]
+    assert "1 boxed slice(s) lie in another class's folder" in caplog.text
+    assert moved in caplog.text
