@@ -1948,6 +1948,7 @@ def _pointing_game(
     with _progress("pointing game") as progress:
         result = pointing_game(model_path, images[0], boxes, progress=progress, method=method)
     path = write_json(out / "pointing_game.json", result)
+    table = _write_pointing_slices(out / "pointing_game_slices.csv", result["slices"])
     click.echo(f"Pointing game ({method} peak inside the tumor box, correctly classified slices):")
     click.echo(f"  rule: {result['rule']}")
     for name, s in {**result["per_class"], "all": result["overall"]}.items():
@@ -1966,7 +1967,24 @@ def _pointing_game(
             f"  {nb['count']} tumor slice(s) have no box in {boxes.name} and were not scored "
             f"({where})"
         )
-    click.echo(f"Written to {path}")
+    click.echo(f"Written to {path} (per slice: {table})")
+
+
+def _write_pointing_slices(path: Path, slices: list[dict[str, Any]]) -> Path:
+    """The pointing game's per-slice rows as CSV (``hit`` empty when undefined), atomically."""
+    import csv
+
+    from mriscan.io import write_whole
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            cols = ["file", "class", "predicted", "correct", "peak_x", "peak_y", "hit"]
+            writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
+            writer.writeheader()
+            for row in slices:
+                writer.writerow({**row, "hit": "" if row["hit"] is None else row["hit"]})
+
+    return write_whole(path, write)
 
 
 # ---- audit (issue 17): one self-contained block ---------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "grad_cam",
     "heatmap_names",
     "layer_cam",
+    "peak_fraction",
     "peak_in_any_box",
     "peak_in_box",
     "pointing_game",
@@ -868,18 +869,26 @@ def peak_in_any_box(
     return any(peak_in_box(image, cam, box, config) for box in boxes)
 
 
-def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config: Any) -> bool:
-    """Whether the map's maximum, mapped back to the source ``image`` (H, W) through the
-    preprocessing geometry of ``config`` (``mriscan.preprocess.source_point``), lies inside
-    ``box`` = (x_center, y_center, width, height), fractions of the image side (YOLO)."""
+def peak_fraction(image: np.ndarray, cam: np.ndarray, config: Any) -> tuple[float, float]:
+    """The map's maximum mapped back to the source ``image`` (H, W) through the preprocessing
+    geometry of ``config`` (``mriscan.preprocess.source_point``), as (x, y) fractions of the
+    image's width and height from its top-left edge (the boxes' convention)."""
     from mriscan.preprocess import source_point
 
     r, c = _peak(cam)
     sy, sx = source_point(image, r, c, config)
     h, w = image.shape
-    xc, yc, bw, bh = box
     # source_point puts pixel centres at integers; box fractions run from the image's edge
-    return abs((sx + 0.5) / w - xc) <= bw / 2 and abs((sy + 0.5) / h - yc) <= bh / 2
+    return (sx + 0.5) / w, (sy + 0.5) / h
+
+
+def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config: Any) -> bool:
+    """Whether the map's maximum, mapped back to the source ``image`` (H, W) through the
+    preprocessing geometry of ``config`` (``peak_fraction``), lies inside ``box`` =
+    (x_center, y_center, width, height), fractions of the image side (YOLO)."""
+    x, y = peak_fraction(image, cam, config)
+    xc, yc, bw, bh = box
+    return abs(x - xc) <= bw / 2 and abs(y - yc) <= bh / 2
 
 
 def pointing_game(
@@ -909,7 +918,11 @@ def pointing_game(
         ``method``, ``rule`` (the rule above for this model, in words), ``per_class``: {class:
         {"n": boxed slices read, "correct": correctly classified,
         "hits": peaks inside the box, "pointing": hits / correct}}, ``overall`` (the same over
-        all scored classes), ``not_scored`` ({class: {"n": boxed slices listed, "reason":
+        all scored classes), ``slices`` (per scored slice, in file order: ``file``,
+        ``class`` (its box's), ``predicted``, ``correct``, ``peak_x``/``peak_y`` (the map's
+        peak as fractions of the source image's width / height, ``peak_fraction``) and
+        ``hit`` (inside one of its boxes; None when not correctly classified)),
+        ``not_scored`` ({class: {"n": boxed slices listed, "reason":
         ``pointing_rule``'s}} for the box classes the model's rule does not score; their files
         are not read), ``unreadable`` (file, reason), ``without_box`` (``slices_without_box``:
         image files beside the boxed ones that the boxes file does not list, not scored).
@@ -940,6 +953,7 @@ def pointing_game(
     items = [(rel, box) for rel, box in items if box.cls not in not_scored]
     _warn_folder_classes(items, card)
     stats: dict[str, dict[str, int]] = {}
+    per_slice: list[dict[str, Any]] = []
     unreadable: list[tuple[str, str]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -958,7 +972,7 @@ def pointing_game(
         x = normalize(np.stack(xs), cfg.normalization, threshold=cfg.threshold)[..., None]
         probs = predict_batch(model, x, batch_size, tta=card.tta)
         classes, correct = [], []
-        for (_, box), p in zip(keep, probs, strict=True):
+        for (rel, box), p in zip(keep, probs, strict=True):
             cls = box.cls
             k, ok = pointing_target(card, cls, p)
             classes.append(k)
@@ -966,14 +980,17 @@ def pointing_game(
             s = stats.setdefault(cls, {"n": 0, "correct": 0, "hits": 0})
             s["n"] += 1
             s["correct"] += int(ok)
+            per_slice.append({"file": rel, "class": cls, "predicted": card.decide(p),
+                              "correct": ok})  # fmt: skip
         cams = class_activation_map(
             model, x, method=method, class_index=None if card.binary else np.array(classes)
         )
-        for (_, box), img, cam, ok in zip(keep, imgs, cams, correct, strict=True):
-            if not ok:
-                continue
-            inside = peak_in_any_box(img, cam, box.boxes, cfg)
-            stats[box.cls]["hits"] += int(inside)
+        rows = per_slice[len(per_slice) - len(keep) :]
+        for (_, box), img, cam, ok, row in zip(keep, imgs, cams, correct, rows, strict=True):
+            row["peak_x"], row["peak_y"] = peak_fraction(img, cam, cfg)
+            # a miss-classified slice is no trial of the game: its hit is undefined
+            row["hit"] = peak_in_any_box(img, cam, box.boxes, cfg) if ok else None
+            stats[box.cls]["hits"] += int(bool(row["hit"]))
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
     if not stats:
@@ -1000,6 +1017,7 @@ def pointing_game(
         "per_class": stats,
         "overall": total,
         "not_scored": not_scored,
+        "slices": per_slice,
         "unreadable": unreadable,
         # boxed slices of the healthy class are not scored: their folder holds no tumor
         "without_box": slices_without_box(

@@ -763,6 +763,17 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(three_class_mo
     assert "not a class of the model: other, 6 boxed slices, not scored" in r.output
     saved = json.loads((out / "pointing_game.json").read_text())
     assert saved["not_scored"]["other"]["n"] == 6 and "other" not in saved["per_class"]
+    # per slice: which were scored, where each peak fell, which hit (undefined if misread)
+    import csv
+
+    table = list(csv.DictReader((out / "pointing_game_slices.csv").open()))
+    assert [t["file"] for t in table] == [s["file"] for s in saved["slices"]]
+    assert len(table) == 6 and {t["class"] for t in table} == {"left"}
+    for t in table:
+        assert 0 <= float(t["peak_x"]) <= 1 and 0 <= float(t["peak_y"]) <= 1
+        assert t["hit"] in (("True", "False") if t["correct"] == "True" else ("",))
+    assert sum(t["hit"] == "True" for t in table) == saved["per_class"]["left"]["hits"]
+    assert "pointing_game_slices.csv" in r.output
     # only such boxes: an error that says why, not an empty table
     (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
     with pytest.raises(MriscanError, match="not a class of the model"):
