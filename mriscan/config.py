@@ -346,7 +346,7 @@ def check_class_map(
     targets = [t for t, _ in cmap]
     sources = [s for _, srcs in cmap for s in srcs]
     if len(set(targets)) != len(targets):
-        raise ConfigError(f"class_map names a target twice: {targets}.")
+        raise ConfigError(f"The class map (--class-map) names a target twice: {targets}.")
     folded: dict[str, list[str]] = {}
     for t in targets:
         folded.setdefault(t.casefold(), []).append(t)
@@ -372,7 +372,9 @@ def check_class_map(
             f"class_map maps a folder to two targets ({said}); each folder has one class."
         )
     if cmap and len(targets) < min_targets:
-        raise ConfigError(f"class_map must leave at least two classes. Received: {targets}.")
+        raise ConfigError(
+            f"The class map (--class-map) must leave at least two classes. Received: {targets}."
+        )
     return cmap
 
 

@@ -10,6 +10,7 @@ tumor-vs-no-tumor probability can be reported.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -258,15 +259,24 @@ def resolve_task(
 def _case_hint(unknown: Sequence[str], data: Sequence[str]) -> str:
     """`` 'Glioma' and 'glioma' differ only by case: ...`` for the names of a class map that
     match a data class only when case is ignored (``str.casefold``, as ingest compares
-    labels), or "" when none does."""
+    labels), then `` Did you mean 'meningioma' for 'menigioma'?`` for the others that are
+    near a data class (``difflib.get_close_matches``), or "" when none is."""
     pairs = [
         f"{u!r} and {d!r}" for u in unknown for d in data if u != d and u.casefold() == d.casefold()
     ]
+    cased = {u for u in unknown for d in data if u != d and u.casefold() == d.casefold()}
+    # near misses (a typo): difflib's ratio of matching characters, its default cutoff 0.6
+    close = {
+        u: m[0]
+        for u in unknown
+        if u not in cased and (m := difflib.get_close_matches(u, list(data), n=1))
+    }
+    hint = "".join(f" Did you mean {m!r} for {u!r}?" for u, m in close.items())
     if not pairs:
-        return ""
+        return hint
     return (
         " " + "; ".join(pairs) + " differ only by case: class names are compared "
-        "exactly, so write them in the data's spelling."
+        "exactly, so write them in the data's spelling." + hint
     )
 
 

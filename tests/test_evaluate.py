@@ -895,7 +895,7 @@ def test_train_still_refuses_one_class(class_folder, tmp_path):
     assert r.exit_code != 0 and "must hold at least two class sub-folders" in r.output
     args = ["train", str(data), "--class-map", "yes=yes"]
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "t2")])
-    assert r.exit_code == 2 and "class_map must leave at least two classes" in r.output
+    assert r.exit_code == 2 and "must leave at least two classes" in r.output
     r = CliRunner().invoke(main, ["ingest", str(data), "--store", str(tmp_path / "s.zarr")])
     assert r.exit_code != 0 and "must hold at least two class sub-folders" in r.output
     assert not (tmp_path / "s.zarr").exists()

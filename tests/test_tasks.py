@@ -220,9 +220,9 @@ def test_a_class_map_with_one_target_is_for_evaluate_only():
     assert (
         c.describe() == "same: no = (none); yes = glioma + meningioma; left out: notumor, pituitary"
     )
-    with pytest.raises(ConfigError, match="class_map must leave at least two classes"):
+    with pytest.raises(ConfigError, match="must leave at least two classes"):
         parse_class_map("yes=glioma,meningioma")
-    with pytest.raises(ConfigError, match="class_map must leave at least two classes"):
+    with pytest.raises(ConfigError, match="must leave at least two classes"):
         TaskConfig(class_map=one)
     with pytest.raises(ConfigError, match="A task needs at least two classes"):
         resolve_task(("yes",))
@@ -309,6 +309,11 @@ def test_a_class_map_that_differs_only_by_case_says_so():
     with pytest.raises(ConfigError) as err:
         resolve_task(FOUR, TaskConfig(class_map=parse_class_map("yes=gliomas;no=notumor")))
     assert "case" not in str(err.value)
+    # a typo gets the data class it is nearest to; a name near none gets no guess
+    assert "Did you mean 'glioma' for 'gliomas'?" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve_task(FOUR, TaskConfig(class_map=parse_class_map("yes=menigioma,xyz;no=notumor")))
+    assert str(err.value).endswith("Did you mean 'meningioma' for 'menigioma'?")
 
 
 def test_an_unknown_class_map_target_is_named_as_a_target():
