@@ -801,7 +801,8 @@ def read_boxes(path: str | os.PathLike[str]) -> dict[str, SliceBoxes]:
                     f"as {old.cls!r} on line {first_line[row['file']]}: a slice has one class."
                 )
             first_line.setdefault(row["file"], line)
-            out[row["file"]] = SliceBoxes(row["class"], (*(old.boxes if old else ()), vals))  # type: ignore[arg-type]
+            earlier = old.boxes if old is not None else ()
+            out[row["file"]] = SliceBoxes(row["class"], (*earlier, vals))
     return out
 
 
@@ -971,7 +972,7 @@ def pointing_game(
             continue
         x = normalize(np.stack(xs), cfg.normalization, threshold=cfg.threshold)[..., None]
         probs = predict_batch(model, x, batch_size, tta=card.tta)
-        classes, correct = [], []
+        classes, correct, rows = [], [], []
         for (rel, box), p in zip(keep, probs, strict=True):
             cls = box.cls
             k, ok = pointing_target(card, cls, p)
@@ -980,17 +981,16 @@ def pointing_game(
             s = stats.setdefault(cls, {"n": 0, "correct": 0, "hits": 0})
             s["n"] += 1
             s["correct"] += int(ok)
-            per_slice.append({"file": rel, "class": cls, "predicted": card.decide(p),
-                              "correct": ok})  # fmt: skip
+            rows.append({"file": rel, "class": cls, "predicted": card.decide(p), "correct": ok})
         cams = class_activation_map(
             model, x, method=method, class_index=None if card.binary else np.array(classes)
         )
-        rows = per_slice[len(per_slice) - len(keep) :]
         for (_, box), img, cam, ok, row in zip(keep, imgs, cams, correct, rows, strict=True):
             row["peak_x"], row["peak_y"] = peak_fraction(img, cam, cfg)
             # a miss-classified slice is no trial of the game: its hit is undefined
             row["hit"] = peak_in_any_box(img, cam, box.boxes, cfg) if ok else None
             stats[box.cls]["hits"] += int(bool(row["hit"]))
+        per_slice += rows
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
     if not stats:
