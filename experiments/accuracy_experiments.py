@@ -509,7 +509,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig4_c2_wide": Experiment(
         "s14_platt",
         {"model.convs_per_block": 2, "model.filters": (32, 64, 128, 256)},
-        caveat="registered in the fifteenth session; not run (no CPU left for it)",
+        row=74,
     ),
     # two convolutions per block ranked figshare's tumor types better (fig4_c2): the same
     # change on brain_mri, across collections (target 1) and in its own CV (target 4)
