@@ -1175,9 +1175,9 @@ def synth(
 @click.option(
     "--split",
     type=click.Choice(["test", "val", "train", "all"]),  # = mriscan.evaluate.SPLITS (tested)
-    default="test",
-    show_default=True,
-    help="Split of a store (recorded in split.json at training).",
+    default=None,
+    help="Part of the model's training store to score (recorded in split.json at training) "
+    "[default: test on the training store; all of other data, which is always scored whole].",
 )
 @click.option(
     "--out",
@@ -1206,7 +1206,7 @@ def evaluate(
     data: Path | None,
     model_path: Path,
     store_path: Path | None,
-    split: str,
+    split: str | None,
     out: Path | None,
     cfg__task__class_map: tuple,
     keep_duplicates: bool,

@@ -217,7 +217,7 @@ def evaluate(
     model_path: str | os.PathLike[str],
     data: str | os.PathLike[str] | None = None,
     *,
-    split: str = "test",
+    split: str | None = None,
     out: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     class_map: tuple[tuple[str, tuple[str, ...]], ...] = (),
@@ -246,8 +246,10 @@ def evaluate(
         another class are NaN and listed in ``undefined``, and the result's ``one_class``
         (``one_class_summary``) says what was computed, with the false-positive rate of
         healthy slices.
-    split : {"test", "val", "train", "all"}
-        Which samples of the training store to use; other data are used whole ("all").
+    split : {"test", "val", "train", "all"}, optional
+        Which samples of the training store to use. Default: "test" on the training store,
+        "all" on other data. Other data are always used whole; a split other than "all"
+        asked for on them is warned of.
     out : path, optional
         Where ``evaluation/`` is written (default: the model's run folder).
     class_map : tuple, optional
@@ -288,7 +290,7 @@ def evaluate(
     """
     from mriscan.model import load_model
 
-    if split not in SPLITS:
+    if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}. Received: {split!r}.")
     model_path = Path(model_path)
     run = RunLayout.of_model(model_path)
@@ -316,8 +318,16 @@ def evaluate(
                 )
             _warn_reader(store, card, data)
             same_store = recorded is not None and str(data) == recorded["store"]
-            if split != "all" and not same_store:
-                log.warning("%s is not the training store: all of it is evaluated", data)
+            if split is None:
+                split = "test" if same_store else "all"
+            elif split != "all" and not same_store:
+                log.warning(
+                    "split %r names part of the model's training store; %s is other data, "
+                    "so all of it is scored (less near-duplicates of the model's training "
+                    "and validation slices)",
+                    split,
+                    data,
+                )
                 split = "all"
             if split == "all":
                 idx = store.active_indices()  # retired samples (file gone) are not scored
@@ -360,7 +370,10 @@ def evaluate(
                     f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
                     f"training slices removed, {len(same_rows)} slices of training patients "
                     f"removed, {len(unreadable)} unreadable files)."
+                    + _own_data_hint(len(dropped), len(dropped) + idx.size)
                 )
+            if 2 * len(dropped) > len(dropped) + idx.size:
+                log.warning(_own_data_hint(len(dropped), len(dropped) + idx.size).strip())
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
             data_labels = store.labels[idx].astype(np.int64)
@@ -772,6 +785,18 @@ def _exact_copies(store: ImageStore, idx: np.ndarray) -> list[tuple[str, str, st
         if pos in wanted and d["source"] != recs[pos].source:
             out.append((d["source"], recs[pos].source, store.class_names[store.labels[pos]]))
     return out
+
+
+def _own_data_hint(removed: int, total: int) -> str:
+    """A sentence for when most of the data near-duplicate the model's own training and
+    validation slices (more than half of ``total``), else ""."""
+    if 2 * removed <= total:
+        return ""
+    return (
+        f" {removed} of {total} slices near-duplicate the model's training or validation "
+        "slices: are these the data it was trained on? To score its held-out test split, "
+        "run evaluate without DATA."
+    )
 
 
 def _recorded_split(run: RunLayout | None, card: Any, model_path: Path) -> dict | None:

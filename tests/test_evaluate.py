@@ -38,6 +38,42 @@ def test_evaluate_recorded_test_split_and_folder(small_store, tmp_path, class_fo
     assert kept["n"] == 12 and kept["near_duplicates_removed"]["count"] == 0
 
 
+@pytest.mark.backend
+def test_the_split_defaults_to_test_on_the_training_store_and_all_elsewhere(
+    small_store, tmp_path, class_folder, caplog
+):
+    out = tmp_path / "art"
+    result = train(small_store, TINY, out=out)
+    model = out / "models" / "best_model.keras"
+    own = evaluate(model, out=tmp_path / "own")
+    assert own["split"] == "test" and own["n"] == len(result.split["test"])
+    # other data are scored whole without a word; asking for a split of them is warned of
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        evaluate(model, class_folder, out=tmp_path / "other", remove_duplicates=False)
+        assert not [r for r in caplog.records if "training store" in r.getMessage()]
+        asked = evaluate(
+            model, class_folder, split="val", out=tmp_path / "val", remove_duplicates=False
+        )
+    said = [r.getMessage() for r in caplog.records if "training store" in r.getMessage()]
+    assert asked["split"] == "all" and len(said) == 1 and "'val'" in said[0]
+
+
+@pytest.mark.backend
+def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path, caplog):
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "raw", ("no", "yes"), n_per_class=12)
+    out = tmp_path / "art"
+    train(data, TINY, out=out)
+    model = out / "models" / "best_model.keras"
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        ev = evaluate(model, data, out=tmp_path / "ev")
+    removed = ev["near_duplicates_removed"]["count"]
+    said = [r.getMessage() for r in caplog.records if "trained on?" in r.getMessage()]
+    assert 2 * removed > 24 and len(said) == 1
+    assert f"{removed} of 24 slices" in said[0] and "without DATA" in said[0]
+
+
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
     """The threshold is computed from validation and training slices only: the rule is called
     once, with the validation labels and the training labels, never with a test slice's."""
