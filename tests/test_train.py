@@ -425,9 +425,22 @@ def test_resume_ignores_display_settings_and_names_what_differs(small_store, tmp
         other = run_identity(st, tr, np.arange(30, 41), killed, None)
         with pytest.raises(
             ResumeError,
-            match=r"data: other training/validation slices \(30/10 in the backup, 30/11 now",
+            match=r"data: other training/validation slices \(30/10 in the backup, 30/11 now\)",
         ):
             _check_resume(layout, "x", other)
+        # equal counts of other slices: said once, not as "30/10 in the backup, 30/10 now"
+        moved = run_identity(st, np.arange(10, 40), np.arange(0, 10), killed, None)
+        with pytest.raises(ResumeError) as err:
+            _check_resume(layout, "x", moved)
+        assert "in equal numbers (30/10) (or the same slices' pixels)" in str(err.value)
+        assert "30/10 in the backup" not in str(err.value)
+        seven = fast(runtime__verbose="line", runtime__workers=1, seed=7)
+        reseeded = run_identity(st, np.arange(10, 40), np.arange(0, 10), seven, None)
+        with pytest.raises(ResumeError) as err:
+            _check_resume(layout, "x", reseeded)
+        msg = str(err.value)
+        assert f"seed: {killed.seed} in the backup, 7 now" in msg
+        assert "in equal numbers (30/10): the split is drawn from the seed" in msg
 
 
 def test_a_class_too_small_to_split_is_not_sent_to_cv():

@@ -204,11 +204,21 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         )
     if old.get("slices_sha256") != new.get("slices_sha256"):
         lines.append(
-            f"data: other training/validation slices ({old.get('train_slices')}/"
-            f"{old.get('val_slices')} in the backup, {new.get('train_slices')}/"
-            f"{new.get('val_slices')} now, or the same counts with other slices or pixels)"
+            _data_difference(old, new, seeded="seed" in {k for k in a if a[k] != b.get(k)})
         )
     return lines
+
+
+def _data_difference(old: dict[str, Any], new: dict[str, Any], seeded: bool) -> str:
+    """The data line of ``identity_differences``: the training/validation counts on both
+    sides, or, when they are equal, that the same counts hold other slices (and, when the seed
+    differs too, that the split is drawn from the seed)."""
+    was = f"{old.get('train_slices')}/{old.get('val_slices')}"
+    now = f"{new.get('train_slices')}/{new.get('val_slices')}"
+    if was != now:
+        return f"data: other training/validation slices ({was} in the backup, {now} now)"
+    why = ": the split is drawn from the seed" if seeded else " (or the same slices' pixels)"
+    return f"data: other training/validation slices, in equal numbers ({now}){why}"
 
 
 def _class_map_difference(old: Any, new: Any) -> str:
