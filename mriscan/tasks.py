@@ -578,10 +578,10 @@ def compare_classes(
     if len(model) > 2 and (spelled := _spelling_map(data, model)):
         log.warning(
             "the data's classes %s look like the model's %s spelled another way, so they are "
-            "scored as tumor vs no tumor only; for the model's %d classes give --class-map '%s'",
+            "scored as tumor vs no tumor only; to score them as the model's classes, give "
+            "--class-map '%s'",
             list(data),
             list(model),
-            len(model),
             spelled,
         )
     lm = np.array([(0 if source_of[d] == healthy else 1) if d in source_of else -1 for d in data])
@@ -609,18 +609,19 @@ def _class_key(name: str) -> str:
 
 
 def _spelling_map(data: Sequence[str], model: Sequence[str]) -> str:
-    """``--class-map`` text mapping each model class to the one data class spelled like it
-    (``_class_key``), or "" unless every model class has exactly one such data class and the
-    names are not already equal."""
-    pairs = []
-    for m in model:
-        same = [d for d in data if _class_key(d) == _class_key(m)]
+    """``--class-map`` text mapping each data class to the one model class spelled like it
+    (``_class_key``), in the model's class order, or "" unless every data class has exactly
+    one such model class and some name is spelled otherwise. The data may hold some of the
+    model's classes only (a tumor-only collection, a subset of the types)."""
+    sources: dict[str, list[str]] = {}
+    for d in data:
+        same = [m for m in model if _class_key(m) == _class_key(d)]
         if len(same) != 1:
             return ""
-        pairs.append((m, same[0]))
-    if all(m == d for m, d in pairs):
+        sources.setdefault(same[0], []).append(d)
+    if all(srcs == [m] for m, srcs in sources.items()):
         return ""
-    return ";".join(f"{m}={d}" for m, d in pairs)
+    return ";".join(f"{m}={','.join(sources[m])}" for m in model if m in sources)
 
 
 def _target_hint(

@@ -412,9 +412,20 @@ def test_classes_spelled_otherwise_get_a_class_map_hint(caplog):
         assert cmp.mode == "tumor_vs_healthy"
         hint = f"--class-map 'glioma={data[0]};meningioma={data[1]};notumor={data[2]}"
         assert hint in caplog.text
+    # some of the model's classes only (tumor types without healthy slices, or a subset):
+    # the hint maps those the data hold
+    for data, hint in (
+        (["Pituitary", "Glioma"], "--class-map 'glioma=Glioma;pituitary=Pituitary'"),
+        (["glioma", "No_Tumor"], "--class-map 'glioma=glioma;notumor=No_Tumor'"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):
+            assert compare_classes(data, model, "notumor").mode == "tumor_vs_healthy"
+        assert hint in caplog.text, data
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mriscan.tasks"):  # yes/no data: no hint
         compare_classes(["no", "yes"], model, "notumor")
+        compare_classes(["Glioma", "yes"], model, "notumor")  # 'yes' is no model class
     assert "spelled another way" not in caplog.text
 
 
