@@ -1432,6 +1432,9 @@ def cv(
         click.echo(
             f"  tumor types only (pooled, n={types['n']}): accuracy {_num(types['accuracy'])}"
         )
+    if by_source := s["pooled"].get("recall_per_data_class"):
+        recalls = ", ".join(f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in by_source.items())
+        click.echo(f"  recall per data class (pooled): {recalls}")
     _print_cv_levels(s)
     click.echo(f"Written to {out}/cv/")
 

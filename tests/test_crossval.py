@@ -83,6 +83,49 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
         np.mean([r["label"] == r["predicted"] for r in rows])
     )
     assert {r["label"] for r in rows} == {"no", "yes"}
+    assert "recall_per_data_class" not in s["pooled"]  # no class map merges classes here
+
+
+@pytest.mark.slow
+def test_a_merging_class_map_gets_recall_per_data_class(tmp_path):
+    """cv with 'yes=glioma,pituitary;no=notumor' reports, pooled over folds, how many of each
+    data class were given their task class (as evaluate does), and prints it."""
+    from mriscan.config import parse_class_map
+    from tests.conftest import build_class_store
+
+    store = build_class_store(tmp_path / "s.zarr", ["glioma", "notumor", "pituitary"], 12)
+    cmap = parse_class_map("yes=glioma,pituitary;no=notumor")
+    cfg = CVConfig(folds=2, n_boot=20, train=fast_config(**{"task.class_map": cmap}))
+    s = cross_validate(store, cfg, out=tmp_path / "out")
+    by_source = s["pooled"]["recall_per_data_class"]
+    with open(tmp_path / "out" / "cv" / "oof_predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    with ImageStore.open(store) as st:
+        names = [st.class_names[int(st.labels[int(r["index"])])] for r in rows]
+    for name in ("glioma", "notumor", "pituitary"):
+        mine = [r for r, n in zip(rows, names, strict=True) if n == name]
+        hits = sum(r["label"] == r["predicted"] for r in mine)
+        assert by_source[name] == {"n": len(mine), "recall": pytest.approx(hits / len(mine))}
+
+
+def test_recall_per_data_class_only_when_a_class_stands_for_several():
+    from mriscan.tasks import Task
+    from mriscan.training.crossval import recall_per_data_class
+
+    merged = Task(
+        ("no", "yes"), ("glioma", "notumor", "pituitary", "t2"), np.array([1, 0, 1, -1]), 0
+    )
+    y = np.array([1, 1, 0, 1, 1])
+    pred = np.array([1, 0, 0, 1, 0])
+    data = np.array([0, 0, 1, 2, 2])
+    got = recall_per_data_class(merged, y, pred, data)
+    assert list(got) == ["glioma", "notumor", "pituitary"]  # t2, left out, is not listed
+    assert got["glioma"] == {"n": 2, "recall": 0.5} and got["notumor"] == {"n": 1, "recall": 1.0}
+    assert got["pituitary"] == {"n": 2, "recall": 0.5}
+    none_of_it = recall_per_data_class(merged, y[:3], pred[:3], data[:3])
+    assert np.isnan(none_of_it["pituitary"]["recall"]) and none_of_it["pituitary"]["n"] == 0
+    plain = Task(("no", "yes"), ("no", "yes"), np.array([0, 1]), 0)
+    assert recall_per_data_class(plain, y, pred, np.array([1, 1, 0, 1, 1])) is None
 
 
 @pytest.mark.backend
@@ -340,7 +383,9 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     s.update(
         protocol={"folds": 2, "repeats": 1, "samples": 12, "duplicate_groups": 5,
                   "threshold_rule": THRESHOLD_RULE},
-        seconds=6.0, task=task.describe(), headline=keys, pooled={},
+        seconds=6.0, task=task.describe(), headline=keys,
+        pooled={"recall_per_data_class": {"glioma": {"n": 4, "recall": 0.5},
+                                          "pituitary": {"n": 0, "recall": float("nan")}}},
         per_series=units["series"][0], per_patient=units["patient"][0],
     )  # fmt: skip
     monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
@@ -358,6 +403,9 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
         "of class 'yes'" in r.output
     )
     assert "Per patient: patients by keyed Patient ID hash (4 units" in r.output
+    assert "recall per data class (pooled): glioma 0.500 (n=4), pituitary undefined (n=0)" in (
+        r.output
+    )
 
 
 def test_a_class_absent_from_folds_counts_nowhere_and_its_summary_says_how_many_folds():

@@ -303,6 +303,30 @@ def _pooled(task: Task, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> di
     return out
 
 
+def recall_per_data_class(
+    task: Task, y: np.ndarray, pred: np.ndarray, data_labels: np.ndarray
+) -> dict[str, dict[str, Any]] | None:
+    """Pooled recall of each data class a class map merges into a task class (e.g. glioma,
+    meningioma and pituitary under ``yes``): the share of its slices given their task label,
+    as ``evaluate``'s ``recall_per_data_class``. ``y``, ``pred``: (n,) int64 task labels,
+    true and predicted; ``data_labels``: (n,) int64 data labels (``task.data_class_names``).
+    Returns ``{data class: {"n", "recall"}}`` for every data class the task keeps (recall NaN
+    when it has no slice), or None when no task class stands for more than one data class
+    (each class's recall is then its own)."""
+    kept = task.label_map >= 0
+    counts = np.bincount(task.label_map[kept], minlength=task.num_classes)
+    if not (counts > 1).any():
+        return None
+    out = {}
+    for k, name in enumerate(task.data_class_names):
+        if task.label_map[k] < 0:
+            continue
+        sel = data_labels == k
+        n = int(sel.sum())
+        out[name] = {"n": n, "recall": float((pred[sel] == y[sel]).mean()) if n else float("nan")}
+    return out
+
+
 def _rows(store, task, rep, k, test_idx, y, prob, pred, thr) -> list[dict[str, Any]]:
     """One ``oof_predictions.csv`` row per test slice of a fold."""
     rows = []
@@ -483,6 +507,7 @@ def cross_validate(
     rows: list[dict[str, Any]] = []
     fold_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     preds: list[np.ndarray] = []
+    data_labels: list[np.ndarray] = []  # the test slices' data classes, before the class map
     fold_levels: list[dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]] = []
     cmp = _comparison(task)
     recs = store.index.records
@@ -549,6 +574,7 @@ def cross_validate(
         pred = _predicted(task, prob, thr)
         fold_predictions.append((y_fold, prob, store.groups[test_idx]))
         preds.append(pred)
+        data_labels.append(store.labels[test_idx].astype(np.int64))
         rows += _rows(store, task, rep, k, test_idx, y_fold, prob, pred, thr)
         # the fold's test slices pooled per series / patient, as evaluate pools and scores them
         levels = grouped_levels(
@@ -577,6 +603,9 @@ def cross_validate(
         per_fold, fold_predictions, task=task, n_boot=cfg.n_boot, seed=tcfg.seed
     )
     summary["pooled"] = _pooled(task, y, prob, pred)
+    by_source = recall_per_data_class(task, y, pred, np.concatenate(data_labels))
+    if by_source is not None:
+        summary["pooled"]["recall_per_data_class"] = by_source
     unit_levels = summarize_levels(task, per_fold, fold_levels, n_boot=cfg.n_boot, seed=tcfg.seed)
     for level, (section, _) in unit_levels.items():
         if section["available"]:
