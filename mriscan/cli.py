@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import logging
+import shlex
 import sys
 import typing
 import warnings
@@ -513,6 +514,9 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
 @click.option(
     "--merge", is_flag=True, help="Allow adding a folder other than the one the store holds."
 )
+# not an ingest setting: kept hidden so that typing it gets where to give it, not "no such
+# option" (a store keeps the folders' own classes, so one store serves every class map)
+@click.option("--class-map", "class_map_typed", hidden=True, default=None)
 @_scan_options
 @click.pass_context
 def ingest(
@@ -524,6 +528,7 @@ def ingest(
     strict: bool,
     merge: bool,
     cfg__compress: bool | None,
+    class_map_typed: str | None,
     **options: Any,
 ) -> None:
     """Decode, preprocess and store every input under RAW_DIR/<class>/ (or in --manifest).
@@ -539,8 +544,19 @@ def ingest(
     that are no input (e.g. BMP, text) and DICOM images of another modality than --modality
     (default MR) are listed, not stored (--strict: any of these fails, committing nothing, and
     names them all).
+
+    Each class folder is stored under its own name, so one store serves any class map: merge
+    or rename classes with --class-map when you train, cv or evaluate.
     """
     from mriscan.ingest import ingest as run_ingest
+
+    if class_map_typed is not None:
+        raise click.UsageError(
+            "ingest takes no --class-map: the store keeps each class folder under its own "
+            "name, so one store serves any class map. Give --class-map to train, cv or "
+            f"evaluate instead, e.g. mriscan train --store {store_path} "
+            f"--class-map {shlex.quote(class_map_typed)}"
+        )
 
     if (raw_dir is None) == (manifest is None):
         raise click.UsageError("Give either RAW_DIR or --manifest CSV (one of them).")

@@ -427,6 +427,21 @@ def test_ingest_into_an_existing_store_keeps_its_preprocessing_unless_typed(clas
     assert r.exit_code != 0 and "--image-size 32" in r.output
 
 
+def test_ingest_class_map_says_where_a_class_map_goes_and_writes_nothing(class_folder, tmp_path):
+    store = tmp_path / "s.zarr"
+    r = CliRunner().invoke(
+        main,
+        ["ingest", str(class_folder), "--store", str(store), "--class-map", "tumor=yes;h=no"],
+    )
+    assert r.exit_code == 2 and not store.exists()
+    assert "ingest takes no --class-map" in r.output
+    assert f"mriscan train --store {store} --class-map 'tumor=yes;h=no'" in r.output
+    assert (
+        "--class-map"
+        not in CliRunner().invoke(main, ["ingest", "--help"]).output.split("Options:")[1]
+    )  # hidden: not an ingest setting
+
+
 def test_ingest_compress_option_chooses_the_codec_of_a_new_store(class_folder, tmp_path):
     """--compress makes Blosc-LZ4 shards holding the same slices as the raw default; an
     existing store keeps its codec: the other flag is refused (nothing written), no flag adds."""
