@@ -1193,18 +1193,21 @@ _hash = functools.lru_cache(maxsize=1024)(salted_hash)
 class HeaderIds(NamedTuple):
     """The hashed ``series`` (``DicomSliceMeta.series``) and ``instance``
     (``DicomSliceMeta.instance``) ids of a DICOM file read from its header alone
-    (``header_ids``); each None when the header cannot be read or lacks the UID."""
+    (``header_ids``); each None when the header cannot be read or lacks the UID. ``number``:
+    its Series Number (``DicomSliceMeta.series_number``), None when absent or not one
+    integer (the full read then names the fault)."""
 
     series: str | None
     instance: str | None
+    number: int | None = None
 
 
 def header_ids(path: str | os.PathLike[str], salt: bytes) -> HeaderIds:
-    """The hashed Series Instance UID and SOP Instance UID of a DICOM file, from one read of
-    its header (``pydicom.dcmread`` with ``stop_before_pixels`` and only those two tags;
-    ``force=True`` for files without the preamble), hashed as ``read_dicom`` hashes them;
-    each None when the header cannot be read or has no such UID (never raises for a damaged
-    file: the caller has the file's own error already).
+    """The hashed Series Instance UID and SOP Instance UID of a DICOM file, and its Series
+    Number, from one read of its header (``pydicom.dcmread`` with ``stop_before_pixels`` and
+    only those three tags; ``force=True`` for files without the preamble), hashed as
+    ``read_dicom`` hashes them; each None when the header cannot be read or has no such
+    element (never raises for a damaged file: the caller has the file's own error already).
 
     For files whose pixels fail to decode (a truncated instance): the series tells which
     per-series result misses them, the instance whether the file is a copy of an instance
@@ -1234,13 +1237,17 @@ def read_header_ids(path: str | os.PathLike[str], salt: bytes) -> HeaderIds | No
         ds = pydicom.dcmread(
             path,
             stop_before_pixels=True,
-            specific_tags=["SeriesInstanceUID", "SOPInstanceUID"],
+            specific_tags=["SeriesInstanceUID", "SOPInstanceUID", "SeriesNumber"],
             force=True,
         )
         ids = _identifiers(ds, salt)
     except Exception:  # a damaged header: the full reader gives the file's own error
         return None
-    return HeaderIds(ids["series"], ids["instance"])
+    try:
+        number = _int_or_none(ds, "SeriesNumber")
+    except _HeaderValueError:  # the full read names it; the ids still group the file
+        number = None
+    return HeaderIds(ids["series"], ids["instance"], number)
 
 
 _PATIENT_TEXT = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs",

@@ -403,7 +403,9 @@ def explain(
 
     Image PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` is
     ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest and predict read
-    them (``mriscan.scan_predict.read_inputs`` with ``read_options``, the
+    them, one series or volume at a time (``mriscan.scan_predict.SeriesReads``: memory holds
+    about one series' slices; the names come from the headers, read first), with
+    ``read_options``, the
     ``mriscan.readers.ReadOptions`` of ``mriscan predict``'s --dicom-*/--nifti-*/--modality;
     what they leave open is read as the model card records, ``ModelCard.reader``, as in
     ``predict``). A slice's number is, for a NIfTI volume, its index
@@ -463,12 +465,11 @@ def explain(
     from mriscan.readers import settings_for_model, warn_unseen_kinds
     from mriscan.scan import new_salt
     from mriscan.scan_predict import (
+        SeriesReads,
         failed_file_name,
         label_stem,
         predict_arrays,
-        read_inputs,
         series_labels,
-        unit_places,
     )
 
     if not images:
@@ -555,38 +556,12 @@ def explain(
             if dicom_out is not None:
                 row["dicom_skipped"] = not_dicom
             results.append(row)
-        units: dict[str, list] = {}
-        if scans:  # read as the training data were, unless chosen otherwise
-            read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
-        salt = new_salt()  # this run's pseudonyms
-        reads = read_inputs(scans, options=read_options, salt=salt)
-        if noted := [r.note for r in reads if r.note]:  # by count: paths may name the patient
-            log.warning(
-                "%d file(s) read with a note: %s", len(noted), "; ".join(sorted(set(noted))[:3])
-            )
-        for r in reads:
-            if r.error is not None or r.skipped is not None or r.excluded is not None:
-                failed = failed_file_name(r, salt=salt, show_paths=show_paths)
-                results.append({"path": failed.name, "error": failed.reason, "level": "file"})
-                continue
-            for s in r.slices:
-                units.setdefault(s.unit, []).append((r, s))
-        # the series folder or volume file of each unit, and (show_paths) the PNG stem it gives
-        where = {u: m[0][0].path.parent if m[0][0].kind == "dicom" else m[0][0].path
-                 for u, m in units.items()}  # fmt: skip
-        stems = [n[: -len(f"_{method}.png")] for n in heatmap_names(list(where.values()), method)]
-        # several series in one folder: "series <N>" tells them (and their files) apart
-        labels = series_labels(unit_places([rs for m in units.values() for rs in m]))
-        path_stems = {
-            u: stem + (f"_{label_stem(labels[u])}" if labels[u] else "")
-            for u, stem in zip(where, stems, strict=True)
-        }
         sc_series: dict[str, Any] = {}
-        for unit, members in units.items():
+
+        def explain_unit(unit: str, members: list, unit_name: str, path_stem: str) -> None:
+            """The rows and PNGs of one series / volume's chosen slices."""
             members.sort(key=lambda rs: rs[1].order)
             numbers = _slice_numbers(unit, [s for _, s in members])
-            shown = display_path(where[unit]) + (f" [{labels[unit]}]" if labels[unit] else "")
-            unit_name = shown if show_paths else unit
             if slices is not None:
                 place = {n: k for k, n in enumerate(numbers)}
                 chosen = [place[n] for n in slices if n in place]
@@ -608,7 +583,7 @@ def explain(
                 n = numbers[k]
                 index = s.source.rsplit("#", 1)[-1]
                 name = f"{display_path(r.path)}#{index}" if show_paths else s.source
-                stem = path_stems[unit] if show_paths else unit.replace(":", "-")
+                stem = path_stem if show_paths else unit.replace(":", "-")
                 row, cam = overlay(
                     img, f"{name} (slice {n})", f"{stem}_slice{n}_{method}.png", r.path
                 )
@@ -624,6 +599,42 @@ def explain(
                             model_path, method,
                         )  # fmt: skip
                 results.append(row)
+
+        if scans:  # read as the training data were, unless chosen otherwise
+            read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
+        salt = new_salt()  # this run's pseudonyms
+        noted: list[str] = []
+        # one series / volume in memory at a time: the headers first, then each group read,
+        # explained and dropped (its names are known from the headers before any is drawn)
+        with SeriesReads(scans, salt=salt, options=read_options) as series:
+            places = dict(enumerate(series.places))
+            named = {g: place for g, place in places.items() if place is not None}
+            # the series folder or volume file of each group, and (show_paths) its PNG stem
+            names = heatmap_names([place[0] for place in named.values()], method)
+            stems = dict(zip(named, (n[: -len(f"_{method}.png")] for n in names), strict=True))
+            # several series in one folder: "series <N>" tells them (and their files) apart
+            labels = series_labels(named)
+            for g, reads in enumerate(series):
+                noted += [r.note for r in reads if r.note]
+                units: dict[str, list] = {}
+                for r in reads:
+                    if r.error is not None or r.skipped is not None or r.excluded is not None:
+                        failed = failed_file_name(r, salt=salt, show_paths=show_paths)
+                        results.append(
+                            {"path": failed.name, "error": failed.reason, "level": "file"}
+                        )
+                        continue
+                    for s in r.slices:
+                        units.setdefault(s.unit, []).append((r, s))
+                for unit, members in units.items():  # one: a group is a series or volume
+                    label = labels[g]
+                    stem = stems[g] + (f"_{label_stem(label)}" if label else "")
+                    shown = display_path(places[g][0]) + (f" [{label}]" if label else "")
+                    explain_unit(unit, members, shown if show_paths else unit, stem)
+        if noted:  # by count: paths may name the patient
+            log.warning(
+                "%d file(s) read with a note: %s", len(noted), "; ".join(sorted(set(noted))[:3])
+            )
         return results
 
 

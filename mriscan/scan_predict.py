@@ -46,6 +46,7 @@ from mriscan.scan import new_salt, salted_hash
 __all__ = [
     "SCAN_COLUMNS",
     "FailedFile",
+    "SeriesReads",
     "failed_file_name",
     "iter_predict_inputs",
     "label_stem",
@@ -302,7 +303,7 @@ def _group_files(
         if i in probed:
             unit = probed[i].slices[0].unit if probed[i].slices else None
         elif f.kind == "dicom":
-            unit = dicom_unit(*ids[i])
+            unit = dicom_unit(ids[i].series, ids[i].instance)
         group = by_unit.get(unit) if unit is not None else None
         if group is None:
             group = _Group([])
@@ -318,6 +319,120 @@ def _group_files(
 def _files_in(groups: Sequence[_Group], which: Mapping[int, Any], *, but: int) -> int:
     """How many files the groups ``which`` (places in ``groups``) other than ``but`` hold."""
     return sum(len(groups[n].members) for n in which if n != but)
+
+
+def _in_order(
+    pool: Executor,
+    files: Sequence[SourceFile],
+    groups: Sequence[_Group],
+    salt: bytes,
+    options: ReadOptions | None,
+    ahead: int,
+) -> Iterator[tuple[int, _Group, list[InputRead]]]:
+    """``(k, groups[k], its reads)`` in group order, each group's reads in ``members`` order;
+    while one is used, the files of the next groups are read on ``pool``: whole groups, as
+    long as fewer than ``ahead`` files are read ahead."""
+
+    def submit(g: _Group) -> dict[int, Future]:  # the files of ``g`` not read yet
+        return {
+            i: pool.submit(_read_one, files[i], salt, options)
+            for i in g.members
+            if i not in g.reads
+        }
+
+    submitted: dict[int, dict[int, Future]] = {}  # group -> file -> its read
+    for k, g in enumerate(groups):
+        if k not in submitted:
+            submitted[k] = submit(g)
+        j = max(submitted) + 1
+        while j < len(groups) and _files_in(groups, submitted, but=k) < ahead:
+            submitted[j] = submit(groups[j])
+            j += 1
+        futures = submitted.pop(k)
+        reads = [g.reads.pop(i) if i in g.reads else futures[i].result() for i in g.members]
+        del futures
+        yield k, g, reads
+        del reads  # the consumer's copy is all that holds them now
+
+
+class SeriesReads:
+    """DICOM and NIfTI files read as ``iter_predict_inputs`` reads them, one series / volume at
+    a time, so that memory holds about one series' slices (``mriscan explain`` on many files).
+
+    On entering, the DICOM headers are read (``mriscan.dicom.read_header_ids``: Series and SOP
+    Instance UIDs, Series Number) and the files grouped into series (a NIfTI file is a volume
+    of its own; a DICOM file whose header cannot be read is read whole then, and joins the
+    series its slices name, or stands alone). Iterating yields each group's reads
+    (``mriscan.readers.InputRead``, in ``files`` order) in the order of the groups' first
+    files, reading the next groups' files on ``workers`` threads while one is used (fewer than
+    ``read_ahead`` files ahead; default ``max(32, 2 * workers)``). A group gives the slices of
+    one series or volume, or only failed files. ``places``: per group, known before any pixel
+    is read, the ``unit_places`` triple of its series or volume (the folder of its first file
+    or the NIfTI file, the Series Number, its first file in path order), or None for a group
+    of failed files only; ``series_labels`` takes them (keyed by group). Leaving the context
+    ends the reading threads, also when the iteration stopped early.
+
+    Raises
+    ------
+    ConfigError
+        If ``salt`` is no valid salt (``mriscan.scan.check_salt``).
+    """
+
+    def __init__(
+        self,
+        files: Sequence[SourceFile],
+        *,
+        salt: bytes,
+        options: ReadOptions | None = None,
+        workers: int | None = None,
+        read_ahead: int | None = None,
+    ) -> None:
+        self.files, self.salt, self.options = list(files), salt, options
+        self.workers = workers or os.cpu_count() or 1
+        self.ahead = max(32, 2 * self.workers) if read_ahead is None else read_ahead
+        self.places: list[tuple[Path, int | None, Path] | None] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._groups: list[_Group] = []
+
+    def __enter__(self) -> SeriesReads:
+        self._pool = ThreadPoolExecutor(max_workers=self.workers)
+        try:
+            ids = _header_pass(self.files, self.salt, self._pool)
+            self._groups = _group_files(self.files, ids, self.salt, self.options, self._pool)
+        except BaseException:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        self.places = [self._place(g, ids) for g in self._groups]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[list[InputRead]]:
+        if self._pool is None:
+            raise RuntimeError("SeriesReads is read inside its `with` block")
+        ordered = _in_order(self._pool, self.files, self._groups, self.salt, self.options,
+                            self.ahead)  # fmt: skip
+        for _, _, reads in ordered:
+            yield reads
+
+    def _place(self, g: _Group, ids: Sequence[Any]) -> tuple[Path, int | None, Path] | None:
+        """``places``' entry of one group: from its headers (or the reads of files whose
+        header could not be read), None when no file of it names a series or volume."""
+        paths = [self.files[i].path for i in g.members]
+        first = min(paths, key=str)
+        head = self.files[g.members[0]]
+        if head.kind == "nifti":
+            return head.path, None, head.path
+        numbers = [ids[i].number for i in g.members if ids[i] is not None]
+        numbers += [s.series_number for r in g.reads.values() for s in r.slices]
+        named = any(ids[i] is not None for i in g.members) or any(
+            r.slices for r in g.reads.values()
+        )
+        if not named:
+            return None
+        return head.path.parent, next((n for n in numbers if n is not None), None), first
 
 
 @dataclass
@@ -372,21 +487,12 @@ class _Stream:
     ) -> Iterator[list[dict[str, Any]]]:
         """Read, score and yield the groups in order (see ``iter_predict_inputs``)."""
         groups = self.groups
-        submitted: dict[int, dict[int, Future]] = {}  # group -> file -> its read
         pending: list[tuple[_Group, _Plan]] = []  # read, not scored yet
         done = 0
-        for k, g in enumerate(groups):
-            if k not in submitted:
-                submitted[k] = self._submit(pool, g)
-            # read ahead whole groups while fewer than ``ahead`` files are read ahead
-            j = max(submitted) + 1
-            while j < len(groups) and _files_in(groups, submitted, but=k) < ahead:
-                submitted[j] = self._submit(pool, groups[j])
-                j += 1
-            futures = submitted.pop(k)
-            reads = [g.reads.pop(i) if i in g.reads else futures[i].result() for i in g.members]
+        ordered = _in_order(pool, self.files, groups, self.salt, self.options, ahead)
+        for k, g, reads in ordered:
             pending.append((g, self._plan(refuse_mixed_series(reads), g.members)))
-            del reads, futures
+            del reads
             waiting = sum(len(p.slices) for _, p in pending)
             last = k + 1 == len(groups)
             if last or waiting >= self.batch_size or len(groups[k + 1].members) >= self.batch_size:
@@ -397,14 +503,6 @@ class _Stream:
                     progress(done, len(self.files))
                 if rows:
                     yield rows
-
-    def _submit(self, pool: Executor, g: _Group) -> dict[int, Future]:
-        """Start reading the files of ``g`` not read yet."""
-        return {
-            i: pool.submit(_read_one, self.files[i], self.salt, self.options)
-            for i in g.members
-            if i not in g.reads
-        }
 
     def _plan(self, reads: list[InputRead], members: list[int]) -> _Plan:
         """One group's reads (in ``members`` order) before scoring: copies of an instance and
@@ -659,7 +757,7 @@ def failed_file_name(
     if r.kind == "dicom":
         from mriscan.dicom import header_ids
 
-        series, instance = ids if ids is not None else header_ids(r.path, salt)
+        series, instance = ids[:2] if ids is not None else header_ids(r.path, salt)[:2]
     name = display_path(r.path) if show_paths else _file_pseudonym(r, series, salt)
     return FailedFile(name, _without_path(why, r.path), series, instance)
 

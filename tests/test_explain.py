@@ -977,3 +977,37 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     assert "none" not in result["per_class"] and "none" not in result["without_box"]["per_folder"]
     assert "1 boxed slice(s) lie in another class's folder" in caplog.text
     assert moved in caplog.text
+
+
+def test_explain_reads_one_series_at_a_time(model_file, tmp_path, monkeypatch):
+    """explain holds about one series in memory, as predict does: of three 40-file series,
+    the first map is drawn before the third series is read (``SeriesReads`` reads ahead
+    fewer than 32 files past the series in use: here the whole second series). It used to
+    read every file first."""
+    import mriscan.explain as ex
+    import mriscan.scan_predict as sp
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    for k in range(3):
+        stack = phantom_volume(k, n_slices=40, canvas=16)
+        write_dicom_series(tmp_path / "in" / f"s{k}", stack, series_number=k + 1, seed=k)
+    started: list[Path] = []
+    read_one, save = sp._read_one, ex.save_overlay
+
+    def counting_read(f, *args):
+        started.append(f.path)
+        return read_one(f, *args)
+
+    drawn_after: list[int] = []  # files whose reading had started when each map was drawn
+
+    def counting_save(*args, **kwargs):
+        drawn_after.append(len(started))
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(sp, "_read_one", counting_read)
+    monkeypatch.setattr(ex, "save_overlay", counting_save)
+    files = sorted((tmp_path / "in").rglob("*.dcm"))
+    res = ex.explain(model_file, files, out=tmp_path / "cam", top_k=1)
+    assert len(res) == 3 and not any(r["error"] for r in res)
+    assert sorted(started) == files  # each file read once
+    assert drawn_after[0] <= 80 and drawn_after[-1] == 120
