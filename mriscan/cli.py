@@ -551,11 +551,14 @@ def ingest(
     from mriscan.ingest import ingest as run_ingest
 
     if class_map_typed is not None:
+        # the whole command to type: train ingests DATA into --store itself, then trains
+        given = raw_dir if raw_dir is not None else manifest
+        words = ["mriscan", "train", *([str(given)] if given is not None else ["RAW_DIR"])]
+        words += ["--store", str(store_path), "--class-map", class_map_typed]
         raise click.UsageError(
             "ingest takes no --class-map: the store keeps each class folder under its own "
             "name, so one store serves any class map. Give --class-map to train, cv or "
-            f"evaluate instead, e.g. mriscan train --store {store_path} "
-            f"--class-map {shlex.quote(class_map_typed)}"
+            f"evaluate instead, e.g. {shlex.join(words)}"
         )
 
     if (raw_dir is None) == (manifest is None):
@@ -1845,6 +1848,7 @@ def explain(
     --modality and the --dicom-*/--nifti-* options.
     """
     _import_keras()
+    from mriscan._heatmap_record import RECORD_NAME
     from mriscan.explain import explain as run_explain
     from mriscan.readers import collect_inputs
     from mriscan.scan import new_salt
@@ -1861,29 +1865,30 @@ def explain(
         click.echo(f"  {u['path']}: {one_line(u['error'])}", err=True)
     if not files:
         raise click.ClickException("No image to explain: no JPEG/PNG, DICOM or NIfTI input.")
-    results = run_explain(
-        model_path,
-        [f.path for f in files],
-        out=out,
-        explain_class=explain_class,
-        slices=chosen,
-        top_k=None if chosen is not None else top_k,
-        method=method,
-        read_options=_read_options(options),
-        show_paths=show_paths,
-        dicom_out=dicom_out,
-    )
-    for r in results:
-        if r["error"]:
-            click.echo(f"  {r['path']}: {one_line(r['error'])}", err=True)
-        else:
-            dcm = f" and {r['dicom']}" if r.get("dicom") else ""
-            note = f"; {r['dicom_note']}" if r.get("dicom_note") else ""
-            warn = f"; warning: {r['warning']}" if r.get("warning") else ""
-            click.echo(
-                f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
-                f"{r['label']} ({r['decision']}) → {r['png']}{dcm}{note}{warn}"
-            )
+    shown: list[dict] = []  # the rows printed as they come: a Ctrl-C can say what is written
+    try:
+        results = run_explain(
+            model_path,
+            [f.path for f in files],
+            out=out,
+            explain_class=explain_class,
+            slices=chosen,
+            top_k=None if chosen is not None else top_k,
+            method=method,
+            read_options=_read_options(options),
+            show_paths=show_paths,
+            dicom_out=dicom_out,
+            on_row=lambda r: (shown.append(r), _echo_explained(r)),
+        )
+    except KeyboardInterrupt:
+        maps = sum(not r["error"] for r in shown)
+        click.echo(
+            f"\nInterrupted: {maps} heat map(s) written to {display_path(out)} before the "
+            f"Ctrl-C (listed in {display_path(out / RECORD_NAME)}; the next run replaces "
+            "them); the inputs after them were not explained.",
+            err=True,
+        )
+        click.get_current_context().exit(130)
     if not show_paths and any(r.get("level") == "file" for r in [*unused, *results]):
         click.echo(_PSEUDONYM_HINT, err=True)
     skipped = [r for r in results if r.get("dicom_skipped")]
@@ -1893,6 +1898,20 @@ def explain(
             click.echo(f"  {r['path']}: {one_line(r['dicom_skipped'])}", err=True)
     if not any(not r["error"] for r in results):
         raise click.ClickException(_nothing_explained(results))
+
+
+def _echo_explained(r: dict) -> None:
+    """One explain row on the console: the map written, or why there is none."""
+    if r["error"]:
+        click.echo(f"  {r['path']}: {one_line(r['error'])}", err=True)
+        return
+    dcm = f" and {r['dicom']}" if r.get("dicom") else ""
+    note = f"; {r['dicom_note']}" if r.get("dicom_note") else ""
+    warn = f"; warning: {r['warning']}" if r.get("warning") else ""
+    click.echo(
+        f"{r['path']}: P({r['explained_class']}) = {r['probability']:.3f}, predicted "
+        f"{r['label']} ({r['decision']}) → {r['png']}{dcm}{note}{warn}"
+    )
 
 
 def _nothing_explained(results: list[dict]) -> str:

@@ -302,6 +302,13 @@ def evaluate(
             where = run.split if run is not None else "a run folder"
             raise MriscanError(f"No DATA given and no {where} to find the training store.")
         data = recorded["store"]
+        if not is_store(data):
+            raise MriscanError(
+                f"The model's training store {data} (recorded in {run.split}) is not there "
+                "(moved, deleted, or recorded relative to another working folder). Give its "
+                f"place as DATA, e.g. mriscan evaluate STORE --model {model_path}: its "
+                "held-out test split is scored, wherever the store now lies."
+            )
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
     with scratch_dir("eval") as tmp:
@@ -317,7 +324,7 @@ def evaluate(
                     "model's settings (or pass a class folder)."
                 )
             _warn_reader(store, card, data)
-            same_store = recorded is not None and str(data) == recorded["store"]
+            same_store = _is_training_store(data, store, recorded)
             if split is None:
                 split = "test" if same_store else "all"
             elif split != "all" and not same_store:
@@ -329,6 +336,13 @@ def evaluate(
                     data,
                 )
                 split = "all"
+            elif same_store and split in ("train", "all"):
+                log.warning(
+                    "split %r of the training store holds the slices the model was trained "
+                    "on: its numbers say how well it fits them, not how it does on unseen "
+                    "slices (that is the test split, the default)",
+                    split,
+                )
             if split == "all":
                 idx = store.active_indices()  # retired samples (file gone) are not scored
             else:
@@ -787,6 +801,34 @@ def _exact_copies(store: ImageStore, idx: np.ndarray) -> list[tuple[str, str, st
     return out
 
 
+def _is_training_store(data: Any, store: ImageStore, recorded: dict | None) -> bool:
+    """Whether ``data`` is the model's training store: the path ``split.json`` records (both
+    resolved, so a relative path, a link or another working folder still match), or a store
+    holding the recorded slices (pixel SHA-256s) at the recorded positions of every part: the
+    training store moved or copied. A class folder is never it (its slices are ingested anew)."""
+    if recorded is None or not is_store(data):
+        return False
+    said, given = str(recorded.get("store", "")), str(data)
+    if "://" in said or "://" in given:  # URLs: compared as written
+        if said == given:
+            return True
+    elif said and Path(said).resolve() == Path(given).resolve():
+        return True
+    recs = store.index.records
+    parts = [recorded[p] for p in SPLITS if isinstance(recorded.get(p), dict)]
+    if not parts:
+        return False
+    for part in parts:
+        idx, expected = part.get("indices"), part.get("pixel_sha256")
+        if not expected or idx is None or len(idx) != len(expected):
+            return False  # an older split.json without checksums: by path only
+        if any(not 0 <= int(i) < len(recs) for i in idx):
+            return False
+        if any(recs[int(i)].pixel_sha256 != h for i, h in zip(idx, expected, strict=True)):
+            return False
+    return True
+
+
 def _own_data_hint(removed: int, total: int) -> str:
     """A sentence for when most of the data near-duplicate the model's own training and
     validation slices (more than half of ``total``), else ""."""
@@ -795,7 +837,7 @@ def _own_data_hint(removed: int, total: int) -> str:
     return (
         f" {removed} of {total} slices near-duplicate the model's training or validation "
         "slices: are these the data it was trained on? To score its held-out test split, "
-        "run evaluate without DATA."
+        "run evaluate without DATA (or with the training store as DATA)."
     )
 
 

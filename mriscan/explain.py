@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -352,13 +352,25 @@ def heatmap_names(paths: Sequence[str | os.PathLike[str]], method: str = DEFAULT
     stems = {p: name(p, False) for p in unique}
     clashes = _clashing(stems)
     stems = {p: name(p, p in clashes) for p in unique}
-    taken: dict[str, int] = {}
-    final: dict[Path, str] = {}
-    for p in unique:
-        key = stems[p].casefold()
-        taken[key] = taken.get(key, 0) + 1
-        final[p] = stems[p] + (f"-{taken[key]}" if taken[key] > 1 else "") + f"_{method}.png"
-    return [final[p] for p in absolute]
+    final = dict(zip(unique, numbered([stems[p] for p in unique]), strict=True))
+    return [final[p] + f"_{method}.png" for p in absolute]
+
+
+def numbered(stems: Sequence[str]) -> list[str]:
+    """``stems`` with ``-2``, ``-3``, ... added, in order, to each one whose name (compared
+    case-insensitively, as some file systems do) an earlier one took; a numbered name that is
+    itself taken counts on (``a``, ``a``, ``a-2`` give ``a``, ``a-3``, ``a-2``)."""
+    taken = {s.casefold() for s in stems}
+    used: set[str] = set()
+    out = []
+    for s in stems:
+        name, k = s, 1
+        while name.casefold() in used or (k > 1 and name.casefold() in taken):
+            k += 1
+            name = f"{s}-{k}"
+        used.add(name.casefold())
+        out.append(name)
+    return out
 
 
 def _clashing(names: dict[Path, str]) -> set[Path]:
@@ -388,6 +400,7 @@ def explain(
     read_options: ReadOptions | None = None,
     show_paths: bool = False,
     dicom_out: str | os.PathLike[str] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Class-activation overlay PNG (``method``: ``layercam``, the default, or ``gradcam``; see
     ``class_activation_map``) for each image file and for chosen slices of DICOM series / NIfTI
@@ -421,7 +434,8 @@ def explain(
     by the series folder or volume file (as ``heatmap_names`` names files), then, when one
     folder holds several series, ``_series<N>`` (their Series Numbers; see
     ``mriscan.scan_predict.series_labels``: the row of the series reads ``<folder> [series
-    <N>]``), and ``_slice<k>``. ``slices`` given twice are explained once; a number a series /
+    <N>]``), numbered ``-2``, ``-3`` where another series or volume took that name
+    (``numbered``), and ``_slice<k>``. ``slices`` given twice are explained once; a number a series /
     volume does not have gives that unit a row with ``error`` (which slices it has) and
     ``missing_slice`` (the number asked for). A scanner file that
     gives no slice (unreadable, or no image) gets a row with ``error`` and ``level`` "file",
@@ -438,6 +452,9 @@ def explain(
     mended or emptied in it (a birth date written YYYY-MM-DD, Patient's Sex "U"; the note names
     the elements, never their values). Slices that are no DICOM (JPEG/PNG, NIfTI), or
     whose source cannot take one, get ``dicom_skipped`` (the reason) instead.
+
+    ``on_row``: called with each row as soon as it is made (its PNG written), so a caller can
+    show progress; the rows are returned all the same.
 
     A rerun into the same ``out`` replaces the heat maps of the earlier run instead of adding
     a second set beside them (scanner slices' PNG names change with each run's salt): ``out``
@@ -498,6 +515,12 @@ def explain(
     cfg = card.preprocess
     out = Path(out)
     results: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        results.append(row)
+        if on_row is not None:  # the CLI prints each row as its map is written
+            on_row(row)
+
     ledger = HeatmapLedger(out, method, explain_class)
 
     def overlay(
@@ -549,13 +572,13 @@ def explain(
             try:
                 raw = decode_image(path)
             except ImageDecodeError as exc:
-                results.append({"path": display_path(path), "error": exc.reason})
+                emit({"path": display_path(path), "error": exc.reason})
                 continue
             row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name, path)
             _flag(row, raw)
             if dicom_out is not None:
                 row["dicom_skipped"] = not_dicom
-            results.append(row)
+            emit(row)
         sc_series: dict[str, Any] = {}
 
         def explain_unit(unit: str, members: list, unit_name: str, path_stem: str) -> None:
@@ -566,7 +589,7 @@ def explain(
                 place = {n: k for k, n in enumerate(numbers)}
                 chosen = [place[n] for n in slices if n in place]
                 for n in (n for n in slices if n not in place):
-                    results.append(
+                    emit(
                         {
                             "path": unit_name,
                             "error": _no_such_slice(unit, n, numbers),
@@ -598,7 +621,7 @@ def explain(
                             row, r.path, int(index), img, cam, n, Path(dicom_out), sc_series[unit],
                             model_path, method,
                         )  # fmt: skip
-                results.append(row)
+                emit(row)
 
         if scans:  # read as the training data were, unless chosen otherwise
             read_options = settings_for_model(card.reader, read_options, kinds=card.train_kinds)
@@ -614,13 +637,23 @@ def explain(
             stems = dict(zip(named, (n[: -len(f"_{method}.png")] for n in names), strict=True))
             # several series in one folder: "series <N>" tells them (and their files) apart
             labels = series_labels(named)
+            # folder "a" series 2 and a folder "a_series2" would share a PNG name: numbered
+            stems = dict(
+                zip(
+                    named,
+                    numbered(
+                        [stems[g] + (f"_{label_stem(labels[g])}" if labels[g] else "") for g in named]
+                    ),
+                    strict=True,
+                )
+            )
             for g, reads in enumerate(series):
                 noted += [r.note for r in reads if r.note]
                 units: dict[str, list] = {}
                 for r in reads:
                     if r.error is not None or r.skipped is not None or r.excluded is not None:
                         failed = failed_file_name(r, salt=salt, show_paths=show_paths)
-                        results.append(
+                        emit(
                             {"path": failed.name, "error": failed.reason, "level": "file"}
                         )
                         continue
@@ -628,7 +661,7 @@ def explain(
                         units.setdefault(s.unit, []).append((r, s))
                 for unit, members in units.items():  # one: a group is a series or volume
                     label = labels[g]
-                    stem = stems[g] + (f"_{label_stem(label)}" if label else "")
+                    stem = stems[g]
                     shown = display_path(places[g][0]) + (f" [{label}]" if label else "")
                     explain_unit(unit, members, shown if show_paths else unit, stem)
         if noted:  # by count: paths may name the patient

@@ -428,14 +428,17 @@ def test_ingest_into_an_existing_store_keeps_its_preprocessing_unless_typed(clas
 
 
 def test_ingest_class_map_says_where_a_class_map_goes_and_writes_nothing(class_folder, tmp_path):
-    store = tmp_path / "s.zarr"
+    import shlex
+
+    store = tmp_path / "my stores" / "s.zarr"  # a space: the command shown must quote it
     r = CliRunner().invoke(
         main,
         ["ingest", str(class_folder), "--store", str(store), "--class-map", "tumor=yes;h=no"],
     )
     assert r.exit_code == 2 and not store.exists()
     assert "ingest takes no --class-map" in r.output
-    assert f"mriscan train --store {store} --class-map 'tumor=yes;h=no'" in r.output
+    typed = f"mriscan train {shlex.quote(str(class_folder))} --store {shlex.quote(str(store))}"
+    assert f"{typed} --class-map 'tumor=yes;h=no'" in r.output
     assert (
         "--class-map"
         not in CliRunner().invoke(main, ["ingest", "--help"]).output.split("Options:")[1]

@@ -59,12 +59,44 @@ def test_the_split_defaults_to_test_on_the_training_store_and_all_elsewhere(
 
 
 @pytest.mark.backend
+def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_path, caplog):
+    """The training store given by another path (a link, a copy, a move) is still the
+    training store: its test split is scored by default, not all of it less near-duplicates
+    (tester22 HIGH: only the path string written in split.json was recognised); scoring its
+    training slices is warned of; and a moved store asked for without DATA is said to be
+    missing as the training store, with what to type."""
+    import shutil
+
+    out = tmp_path / "art"
+    result = train(small_store, TINY, out=out)
+    model = out / "models" / "best_model.keras"
+    link = tmp_path / "link.zarr"
+    link.symlink_to(small_store)
+    moved = tmp_path / "elsewhere" / "moved.zarr"
+    for where in (link, moved):
+        if where == moved:
+            shutil.copytree(small_store, moved)
+            shutil.rmtree(small_store)
+        ev = evaluate(model, where, out=tmp_path / where.stem)
+        assert ev["split"] == "test" and ev["n"] == len(result.split["test"])
+        assert ev["near_duplicates_removed"]["count"] == 0
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        ev = evaluate(model, moved, split="train", out=tmp_path / "tr")
+    assert ev["n"] == len(result.split["train"])
+    assert any("trained on" in r.getMessage() for r in caplog.records)
+    with pytest.raises(MriscanError, match="training store .* is not there") as err:
+        evaluate(model, out=tmp_path / "gone")
+    assert "STORE" in str(err.value)
+
+
+@pytest.mark.backend
 def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path, caplog):
     from tests.conftest import write_class_folders
 
     data = write_class_folders(tmp_path / "raw", ("no", "yes"), n_per_class=12)
     out = tmp_path / "art"
-    train(data, TINY, out=out)
+    # a store of its own: the default data/processed/images.zarr is the working folder's
+    train(data, TINY, out=out, store_path=tmp_path / "own.zarr")
     model = out / "models" / "best_model.keras"
     with caplog.at_level("WARNING", logger="mriscan.evaluate"):
         ev = evaluate(model, data, out=tmp_path / "ev")

@@ -1011,3 +1011,56 @@ def test_explain_reads_one_series_at_a_time(model_file, tmp_path, monkeypatch):
     assert len(res) == 3 and not any(r["error"] for r in res)
     assert sorted(started) == files  # each file read once
     assert drawn_after[0] <= 80 and drawn_after[-1] == 120
+
+
+def test_show_paths_names_never_clash_between_a_folders_series_and_another_folder(
+    model_file, tmp_path
+):
+    """Folder ``flat/`` holding series 1 and 2 names series 2's maps ``flat_series2_...``, the
+    name folder ``flat_series2/``'s maps would have: the later one is numbered (``-2``), so no
+    map overwrites another patient's (tester22 HIGH: one PNG for two series)."""
+    from mriscan.explain import explain
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    root = tmp_path / "in"
+    write_dicom_series(root / "flat", phantom_volume(1, n_slices=3, canvas=16), series_number=1)
+    write_dicom_series(
+        root / "flat", phantom_volume(2, n_slices=3, canvas=16), series_number=2, suffix=".ima",
+        seed=1,
+    )  # fmt: skip
+    write_dicom_series(
+        root / "flat_series2", phantom_volume(3, n_slices=3, canvas=16), series_number=1, seed=2
+    )
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    res = explain(model_file, files, out=tmp_path / "cam", top_k=1, show_paths=True)
+    pngs = [r["png"] for r in res if not r["error"]]
+    assert len(pngs) == 3 and len(set(pngs)) == 3
+    assert len(list((tmp_path / "cam").glob("*.png"))) == 3
+
+
+def test_explain_prints_each_map_as_written_and_a_ctrl_c_says_what_is_there(
+    model_file, class_folder, tmp_path, monkeypatch
+):
+    """The console shows each heat map as it is written, not all at the end; a Ctrl-C while
+    the third is drawn exits 130 and says how many maps were written and where they are
+    listed (tester22 MED: nothing was printed until the end, and a Ctrl-C left no account)."""
+    from click.testing import CliRunner
+
+    import mriscan.explain as ex
+    from mriscan.cli import main
+
+    save, calls = ex.save_overlay, []
+
+    def third_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "save_overlay", third_interrupted)
+    r = CliRunner().invoke(main, ["explain", str(model_file), str(class_folder), "--out",
+                                  str(tmp_path / "cam")])  # fmt: skip
+    assert r.exit_code == 130, r.output
+    assert r.output.count("→") == 2 and len(list((tmp_path / "cam").glob("*.png"))) == 2
+    assert "Interrupted: 2 heat map(s) written to" in r.output
+    assert "explain_files.json" in r.output
