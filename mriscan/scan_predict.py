@@ -897,13 +897,15 @@ def unit_places(
 ) -> dict[str, tuple[Path, int | None, Path]]:
     """Per unit of ``(read, slice)`` pairs: the place a person knows it by (a DICOM series'
     folder, a NIfTI volume's file), its Series Number (DICOM; else None) and its first file
-    (in path order), as ``series_labels`` takes them."""
+    (in path order), as ``series_labels`` takes them. A series whose files lie in several
+    folders is known by its first file's folder, as ``SeriesReads.places`` has it (so a
+    folder holding it and another series labels both)."""
     out: dict[str, tuple[Path, int | None, Path]] = {}
     for r, s in slices:
-        place = r.path.parent if r.kind == "dicom" else r.path
         old = out.get(s.unit)
         first = r.path if old is None or str(r.path) < str(old[2]) else old[2]
         number = s.series_number if old is None else old[1]
+        place = first.parent if r.kind == "dicom" else first
         out[s.unit] = (place, number, first)
     return out
 

@@ -523,3 +523,17 @@ def test_predict_summary_counts_copies_and_files_that_are_no_input_apart(model_f
         and "); 1 unreadable, 1 copy of a scored instance (not scored again), 2 not inputs → "
         in r.output
     )
+
+
+def test_a_series_over_two_folders_is_known_by_its_first_files_folder(model_file, tmp_path):
+    """Series 3 has files in X/ and Y/, and X/ also holds series 7: predict names series 3 by
+    X (its first file's folder, as explain does), so both rows of X carry their series label.
+    It used to take the folder of the series' last file read (Y): two rows both named "X"
+    (tester22 MED)."""
+    x, y = tmp_path / "X", tmp_path / "Y"
+    _two_series(x)  # a1-a3: series 3, b1-b2: series 7
+    y.mkdir()
+    (x / "a3.dcm").rename(y / "a3.dcm")
+    rows = predict(model_file, [x, y], show_paths=True)
+    units = sorted(r["path"] for r in rows if r["level"] == "series")
+    assert units == [f"{x} [series 3]", f"{x} [series 7]"]
