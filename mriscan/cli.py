@@ -1449,7 +1449,8 @@ def cv(
         )
     if types:
         click.echo(
-            f"  tumor types only (pooled, n={types['n']}): accuracy {_num(types['accuracy'])}"
+            f"  tumor types only (pooled, n={types['n']}, {types['rule']}): accuracy "
+            f"{_num(types['accuracy'])}"
         )
     if by_source := s["pooled"].get("recall_per_data_class"):
         recalls = ", ".join(f"{k} {_num(v['recall'])} (n={v['n']})" for k, v in by_source.items())

@@ -385,7 +385,9 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
                   "threshold_rule": THRESHOLD_RULE},
         seconds=6.0, task=task.describe(), headline=keys,
         pooled={"recall_per_data_class": {"glioma": {"n": 4, "recall": 0.5},
-                                          "pituitary": {"n": 0, "recall": float("nan")}}},
+                                          "pituitary": {"n": 0, "recall": float("nan")}},
+                "tumor_types_only": {"n": 4, "accuracy": 0.75, "rule": "most probable tumor "
+                                     "class, on slices whose true class is a tumor"}},
         per_series=units["series"][0], per_patient=units["patient"][0],
     )  # fmt: skip
     monkeypatch.setattr(crossval, "cross_validate", lambda *a, **k: s)
@@ -405,6 +407,11 @@ def test_cv_console_prints_unit_levels_and_what_was_undefined_on_which_fold(monk
     assert "Per patient: patients by keyed Patient ID hash (4 units" in r.output
     assert "recall per data class (pooled): glioma 0.500 (n=4), pituitary undefined (n=0)" in (
         r.output
+    )
+    # its rule, as oof_predictions.csv's predicted column does not give it (tester22 LOW)
+    assert (
+        "tumor types only (pooled, n=4, most probable tumor class, on slices whose true class "
+        "is a tumor): accuracy 0.750" in r.output
     )
 
 
