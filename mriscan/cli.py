@@ -470,7 +470,21 @@ def _read_options(options: dict[str, Any]) -> ReadOptions:
     return ReadOptions(overrides=typed)
 
 
-@main.command()
+class _IngestCommand(click.Command):
+    """``ingest``: click's "Did you mean" would offer the hidden ``--class-map`` (kept only to
+    say where a class map goes) for a mistyped ``--class``; the options it suggests are those
+    ``--help`` lists."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            hidden = {o for p in self.params if getattr(p, "hidden", False) for o in p.opts}
+            exc.possibilities = [p for p in exc.possibilities or [] if p not in hidden]
+            raise
+
+
+@main.command(cls=_IngestCommand)
 @click.argument("raw_dir", type=_EXISTING, required=False)
 @click.option(
     "--manifest",

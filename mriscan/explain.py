@@ -435,8 +435,8 @@ def explain(
     folder holds several series, ``_series<N>`` (their Series Numbers; see
     ``mriscan.scan_predict.series_labels``: the row of the series reads ``<folder> [series
     <N>]``), numbered ``-2``, ``-3`` where another series or volume took that name
-    (``numbered``), and ``_slice<k>``. ``slices`` given twice are explained once; a number a series /
-    volume does not have gives that unit a row with ``error`` (which slices it has) and
+    (``numbered``), and ``_slice<k>``. ``slices`` given twice are explained once; a number a
+    series / volume does not have gives that unit a row with ``error`` (which slices it has) and
     ``missing_slice`` (the number asked for). A scanner file that
     gives no slice (unreadable, or no image) gets a row with ``error`` and ``level`` "file",
     named as ``mriscan predict`` names it (``mriscan.scan_predict.failed_file_name``: by
@@ -638,24 +638,15 @@ def explain(
             # several series in one folder: "series <N>" tells them (and their files) apart
             labels = series_labels(named)
             # folder "a" series 2 and a folder "a_series2" would share a PNG name: numbered
-            stems = dict(
-                zip(
-                    named,
-                    numbered(
-                        [stems[g] + (f"_{label_stem(labels[g])}" if labels[g] else "") for g in named]
-                    ),
-                    strict=True,
-                )
-            )
+            wanted = [stems[g] + (f"_{label_stem(labels[g])}" if labels[g] else "") for g in named]
+            stems = dict(zip(named, numbered(wanted), strict=True))
             for g, reads in enumerate(series):
                 noted += [r.note for r in reads if r.note]
                 units: dict[str, list] = {}
                 for r in reads:
                     if r.error is not None or r.skipped is not None or r.excluded is not None:
                         failed = failed_file_name(r, salt=salt, show_paths=show_paths)
-                        emit(
-                            {"path": failed.name, "error": failed.reason, "level": "file"}
-                        )
+                        emit({"path": failed.name, "error": failed.reason, "level": "file"})
                         continue
                     for s in r.slices:
                         units.setdefault(s.unit, []).append((r, s))

@@ -402,7 +402,7 @@ class SeriesReads:
         except BaseException:
             self._pool.shutdown(wait=True, cancel_futures=True)
             raise
-        self.places = [self._place(g, ids) for g in self._groups]
+        self.places = [group_place(self.files, g, ids) for g in self._groups]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -417,22 +417,27 @@ class SeriesReads:
         for _, _, reads in ordered:
             yield reads
 
-    def _place(self, g: _Group, ids: Sequence[Any]) -> tuple[Path, int | None, Path] | None:
-        """``places``' entry of one group: from its headers (or the reads of files whose
-        header could not be read), None when no file of it names a series or volume."""
-        paths = [self.files[i].path for i in g.members]
-        first = min(paths, key=str)
-        head = self.files[g.members[0]]
-        if head.kind == "nifti":
-            return head.path, None, head.path
-        numbers = [ids[i].number for i in g.members if ids[i] is not None]
-        numbers += [s.series_number for r in g.reads.values() for s in r.slices]
-        named = any(ids[i] is not None for i in g.members) or any(
-            r.slices for r in g.reads.values()
-        )
-        if not named:
-            return None
-        return head.path.parent, next((n for n in numbers if n is not None), None), first
+
+def group_place(
+    files: Sequence[SourceFile], g: _Group, ids: Sequence[Any]
+) -> tuple[Path, int | None, Path] | None:
+    """The ``unit_places`` triple of one group of files (a series or volume), from its headers
+    (or the reads of files whose header could not be read), before any pixel is read: the
+    folder of its first file in path order (a NIfTI volume: its file), its Series Number, that
+    first file. None when no file of it names a series or volume (files failing alone).
+    Predict and explain both label a folder's series by these, so a series whose every file
+    fails to decode still counts among its folder's series in both."""
+    paths = [files[i].path for i in g.members]
+    first = min(paths, key=str)
+    head = files[g.members[0]]
+    if head.kind == "nifti":
+        return head.path, None, head.path
+    numbers = [ids[i].number for i in g.members if ids[i] is not None]
+    numbers += [s.series_number for r in g.reads.values() for s in r.slices]
+    named = any(ids[i] is not None for i in g.members) or any(r.slices for r in g.reads.values())
+    if not named:
+        return None
+    return first.parent, next((n for n in numbers if n is not None), None), first
 
 
 @dataclass
@@ -592,7 +597,11 @@ class _Stream:
             units.append(self._rows(plan, probs[start : start + n]))
             start += n
             if self.show_paths:
-                for unit, place in unit_places(plan.slices).items():
+                # the group's place from its headers, as explain has it: a series whose
+                # files all failed still counts among its folder's series
+                place = group_place(self.files, g, self.ids)
+                keys = {s.unit for _, s in plan.slices} or {f"unread:{g.members[0]}"}
+                for unit in keys if place is not None else ():
                     self.places[unit] = place
                     self.at_place.setdefault(place[0], []).append(unit)
                 for folder in self._folders(g):

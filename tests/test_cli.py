@@ -445,6 +445,15 @@ def test_ingest_class_map_says_where_a_class_map_goes_and_writes_nothing(class_f
     )  # hidden: not an ingest setting
 
 
+def test_a_mistyped_ingest_option_is_not_offered_the_hidden_class_map(tmp_path):
+    """``--class`` is no ingest option; click suggested the hidden ``--class-map``, which
+    ingest then refuses (tester22 LOW). The suggestions are options --help lists."""
+    r = CliRunner().invoke(main, ["ingest", str(tmp_path), "--class", "yes"])
+    assert r.exit_code == 2 and "No such option" in r.output and "--class-map" not in r.output
+    r = CliRunner().invoke(main, ["ingest", str(tmp_path), "--stric"])
+    assert r.exit_code == 2 and "--strict" in r.output  # a listed option is still suggested
+
+
 def test_ingest_compress_option_chooses_the_codec_of_a_new_store(class_folder, tmp_path):
     """--compress makes Blosc-LZ4 shards holding the same slices as the raw default; an
     existing store keeps its codec: the other flag is refused (nothing written), no flag adds."""

@@ -84,7 +84,7 @@ def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_
         ev = evaluate(model, moved, split="train", out=tmp_path / "tr")
     assert ev["n"] == len(result.split["train"])
     assert any("trained on" in r.getMessage() for r in caplog.records)
-    with pytest.raises(MriscanError, match="training store .* is not there") as err:
+    with pytest.raises(MriscanError, match=r"training store .* is not there") as err:
         evaluate(model, out=tmp_path / "gone")
     assert "STORE" in str(err.value)
 

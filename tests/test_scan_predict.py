@@ -537,3 +537,24 @@ def test_a_series_over_two_folders_is_known_by_its_first_files_folder(model_file
     rows = predict(model_file, [x, y], show_paths=True)
     units = sorted(r["path"] for r in rows if r["level"] == "series")
     assert units == [f"{x} [series 3]", f"{x} [series 7]"]
+
+
+def test_a_series_whose_files_all_fail_still_counts_among_its_folders_series(model_file, tmp_path):
+    """X/ holds series 3 and series 7, whose one file is truncated (header whole, pixels cut):
+    predict and explain both label series 3 "[series 3]", from the headers, so their names
+    agree. predict counted only series that gave slices (no label) while explain counted the
+    headers' (tester22 MED)."""
+    from mriscan.explain import explain
+
+    x = tmp_path / "X"
+    _two_series(x)  # a1-a3: series 3, b1-b2: series 7
+    (x / "b2.dcm").unlink()
+    data = (x / "b1.dcm").read_bytes()
+    (x / "b1.dcm").write_bytes(data[: len(data) - 1000])
+    rows = predict(model_file, [x], show_paths=True)
+    assert [r["path"] for r in rows if r["level"] == "series"] == [f"{x} [series 3]"]
+    assert any(r["level"] == "file" and r["error"] for r in rows)  # b1 said unreadable
+    res = explain(model_file, sorted(x.iterdir()), out=tmp_path / "cam", top_k=1,
+                  show_paths=True)  # fmt: skip
+    (png,) = [Path(r["png"]).name for r in res if not r["error"]]
+    assert png.startswith("X_series3_slice")
