@@ -511,6 +511,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         {"model.convs_per_block": 2, "model.filters": (32, 64, 128, 256)},
         row=74,
     ),
+    # twenty-third session: row 69's best arm (two convs, no mirror channel) with 64² input:
+    # one conv at 64² lost to 48² (fig4_s64), but typing may need detail and depth together
+    "fig4_s64_c2_nomirror": Experiment(
+        "s14_platt", {**_size(64), "model.convs_per_block": 2, "model.mirror": False}, row=75
+    ),
     # two convolutions per block ranked figshare's tumor types better (fig4_c2): the same
     # change on brain_mri, across collections (target 1) and in its own CV (target 4)
     **{
