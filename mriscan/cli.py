@@ -11,11 +11,12 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import shlex
 import sys
 import typing
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1875,6 +1876,13 @@ def explain(
         return
     chosen = _slice_choice(slice_list, top_k)
     files, problems = collect_inputs(images)
+    files, problems, inside = _outside_folder(out, images, files, problems)
+    if inside:
+        click.echo(
+            f"Skipped {inside} file(s) found inside --out {display_path(out)}: heat maps and "
+            "records of explain runs are not explained again (name a file to explain it).",
+            err=True,
+        )
     unused = problem_rows(problems, images, files, salt=new_salt(), show_paths=show_paths)
     for u in unused:
         click.echo(f"  {u['path']}: {one_line(u['error'])}", err=True)
@@ -1913,6 +1921,24 @@ def explain(
             click.echo(f"  {r['path']}: {one_line(r['dicom_skipped'])}", err=True)
     if not any(not r["error"] for r in results):
         raise click.ClickException(_nothing_explained(results))
+
+
+def _outside_folder(
+    folder: Path, given: Sequence[Path], files: list, problems: list[tuple[Path, str]]
+) -> tuple[list, list[tuple[Path, str]], int]:
+    """``collect_inputs``' files and problems less those found inside ``folder`` (explain's
+    --out, when it lies in an input folder: a rerun would explain its own maps) that were not
+    given by name. Returns them and how many were dropped."""
+    root = os.path.realpath(folder)
+    named = {os.path.realpath(p) for p in given if Path(p).is_file()}
+
+    def inside(p: Path) -> bool:
+        real = os.path.realpath(p)
+        return real not in named and (real == root or real.startswith(root + os.sep))
+
+    kept = [f for f in files if not inside(f.path)]
+    left = [(p, why) for p, why in problems if not inside(p)]
+    return kept, left, len(files) - len(kept) + len(problems) - len(left)
 
 
 def _echo_explained(r: dict) -> None:

@@ -414,11 +414,12 @@ def explain(
     ``ModelCard.decision_text``, e.g. the threshold it was compared with), ``png``, ``cam_peak``
     ((row, col) of the map's maximum in the S×S model input) or ``error``.
 
-    Image PNGs are named by ``heatmap_names`` (distinct for distinct files); ``path`` is
-    ``mriscan.io.display_path`` of the file. Scanner inputs are read as ingest and predict read
-    them, one series or volume at a time (``mriscan.scan_predict.SeriesReads``: memory holds
-    about one series' slices; the names come from the headers, read first), with
-    ``read_options``, the
+    Image PNGs are named by ``heatmap_names`` (distinct for distinct files; a name a scanner
+    slice's PNG also has is numbered ``-2``, in the order written); ``path`` is
+    ``mriscan.io.display_path`` of the file's name (of its path with ``show_paths``). Scanner
+    inputs are read as ingest and predict read them, one series or volume at a time
+    (``mriscan.scan_predict.SeriesReads``: memory holds about one series' slices; the names
+    come from the headers, read first), with ``read_options``, the
     ``mriscan.readers.ReadOptions`` of ``mriscan predict``'s --dicom-*/--nifti-*/--modality;
     what they leave open is read as the model card records, ``ModelCard.reader``, as in
     ``predict``). A slice's number is, for a NIfTI volume, its index
@@ -523,9 +524,23 @@ def explain(
 
     ledger = HeatmapLedger(out, method, explain_class)
 
+    # every PNG name of this run (case-folded) -> the input it shows: an image's name and a
+    # scanner slice's are made apart (flat_slice0.jpg and flat/ slice 0 both give
+    # flat_slice0_layercam.png), so a name another input took is numbered here
+    taken: dict[str, Path] = {}
+
+    def distinct(png_name: str, source: Path) -> str:
+        base, name, k = png_name[: -len(f"_{method}.png")], png_name, 1
+        while taken.get(name.casefold(), source) != source:
+            k += 1
+            name = f"{base}-{k}_{method}.png"
+        taken[name.casefold()] = source
+        return name
+
     def overlay(
         img: np.ndarray, name: str, png_name: str, source: Path
     ) -> tuple[dict[str, Any], np.ndarray]:
+        png_name = distinct(png_name, source)
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         probs = predict_batch(model, x, 1, tta=card.tta)[0]
         label = card.decide(probs)
@@ -574,7 +589,8 @@ def explain(
             except ImageDecodeError as exc:
                 emit({"path": display_path(path), "error": exc.reason})
                 continue
-            row, _ = overlay(preprocess(raw, cfg), display_path(path.name), png_name, path)
+            shown = display_path(path if show_paths else path.name)
+            row, _ = overlay(preprocess(raw, cfg), shown, png_name, path)
             _flag(row, raw)
             if dicom_out is not None:
                 row["dicom_skipped"] = not_dicom

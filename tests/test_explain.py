@@ -1064,3 +1064,49 @@ def test_explain_prints_each_map_as_written_and_a_ctrl_c_says_what_is_there(
     assert r.output.count("→") == 2 and len(list((tmp_path / "cam").glob("*.png"))) == 2
     assert "Interrupted: 2 heat map(s) written to" in r.output
     assert "explain_files.json" in r.output
+
+
+def test_an_image_and_a_scanner_slice_never_share_a_png(model_file, class_folder, tmp_path):
+    """``flat_slice0.jpg`` and slice 0 of series folder ``flat/`` both make
+    ``flat_slice0_layercam.png``: the later is numbered, so the image's row does not point at
+    another image's map (tester23 HIGH). With --show-paths an image's row names its path."""
+    import shutil
+
+    from mriscan.explain import explain
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    root = tmp_path / "in"
+    write_dicom_series(root / "flat", phantom_volume(1, n_slices=3, canvas=16))
+    jpg = next(class_folder.rglob("*.png"))
+    shutil.copy(jpg, root / "flat_slice0.png")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    res = explain(model_file, files, out=tmp_path / "cam", slices=[0], show_paths=True)
+    pngs = [r["png"] for r in res if not r["error"]]
+    assert len(pngs) == 2 and len(set(pngs)) == 2
+    assert len(list((tmp_path / "cam").glob("*.png"))) == 2
+    assert str(root / "flat_slice0.png") in [r["path"] for r in res]
+
+
+def test_a_rerun_with_out_inside_the_input_folder_does_not_explain_its_own_maps(
+    model_file, class_folder, tmp_path
+):
+    """--out inside the folder explained: the rerun skips (and counts) what it finds there,
+    instead of explaining the earlier maps and calling explain_files.json no image (tester23
+    LOW)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(class_folder, data)
+    args = ["explain", str(model_file), str(data), "--out", str(data / "maps")]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    made = sorted(p.name for p in (data / "maps").glob("*.png"))
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in (data / "maps").glob("*.png")) == made
+    assert f"Skipped {len(made) + 1} file(s) found inside --out" in again.output
+    assert "explain_files.json" not in again.output.split("Skipped")[0]
