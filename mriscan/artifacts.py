@@ -73,8 +73,11 @@ class RunLayout:
 
     @classmethod
     def of_model(cls, model_path: str | os.PathLike[str]) -> RunLayout | None:
-        """The run a model file belongs to (``ROOT/models/X.keras``), or None if it is loose."""
+        """The run a model file belongs to (``ROOT/models/X.keras``; a symbolic link outside
+        a run: the file it links to), or None if it is loose."""
         p = Path(model_path)
+        if p.parent.name != "models" and p.is_symlink():
+            p = p.resolve()
         return cls(p.parent.parent) if p.parent.name == "models" else None
 
     @property
@@ -505,7 +508,8 @@ class ModelCard:
 
     @classmethod
     def load(cls, model_path: str | os.PathLike[str]) -> ModelCard:
-        """Read and validate the card of ``model_path``.
+        """Read and validate the card of ``model_path`` (beside it, or, for a symbolic link,
+        beside the file it links to).
 
         Raises
         ------
@@ -513,6 +517,9 @@ class ModelCard:
             If it is missing, not JSON, or invalid.
         """
         path = card_path(model_path)
+        if not path.is_file() and Path(model_path).is_symlink():
+            # a link to a model file: its card lies beside the file linked to
+            path = card_path(Path(model_path).resolve())
         if not path.is_file():
             raise ModelCardError(
                 f"{path} is missing: it holds the preprocessing the model was "

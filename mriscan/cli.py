@@ -566,14 +566,13 @@ def ingest(
     from mriscan.ingest import ingest as run_ingest
 
     if class_map_typed is not None:
-        # the whole command to type: train ingests DATA into --store itself, then trains
-        given = raw_dir if raw_dir is not None else manifest
-        words = ["mriscan", "train", *([str(given)] if given is not None else ["RAW_DIR"])]
-        words += ["--store", str(store_path), "--class-map", class_map_typed]
+        # train on the store itself: it keeps every setting of this ingest (size, reader...)
+        words = ["mriscan", "train", str(store_path), "--class-map", class_map_typed or "MAP"]
         raise click.UsageError(
             "ingest takes no --class-map: the store keeps each class folder under its own "
-            "name, so one store serves any class map. Give --class-map to train, cv or "
-            f"evaluate instead, e.g. {shlex.join(words)}"
+            "name, so one store serves any class map. Run this ingest without --class-map, "
+            "then give the map to train, cv or evaluate with the store as DATA, e.g. "
+            f"{shlex.join(words)}"
         )
 
     if (raw_dir is None) == (manifest is None):

@@ -14,6 +14,7 @@ import csv
 import logging
 import math
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,15 +300,26 @@ def evaluate(
     own = data is None
     if own:
         if recorded is None:
-            where = run.split if run is not None else "a run folder"
-            raise MriscanError(f"No DATA given and no {where} to find the training store.")
+            raise MriscanError(
+                "No DATA given, and "
+                + (
+                    f"{run.split} is missing"
+                    if run is not None
+                    else f"{model_path} does not lie in a run folder (RUN/models/ beside "
+                    "RUN/split.json)"
+                )
+                + ", so the model's training store and test split are unknown. Give DATA "
+                "(a store or labelled folder; other data are scored whole), or evaluate the "
+                "model where train wrote it."
+            )
         data = recorded["store"]
         if not is_store(data):
+            typed = ["mriscan", "evaluate", "STORE", "--model", str(model_path)]
+            typed += ["--split", split] if split is not None else []
             raise MriscanError(
                 f"The model's training store {data} (recorded in {run.split}) is not there "
-                "(moved, deleted, or recorded relative to another working folder). Give its "
-                f"place as DATA, e.g. mriscan evaluate STORE --model {model_path}: its "
-                "held-out test split is scored, wherever the store now lies."
+                "(moved or deleted). Give its place as DATA, e.g. "
+                f"{shlex.join(typed)}: the store is recognised wherever it now lies."
             )
     dest = Path(out) if out is not None else (run.root if run is not None else model_path.parent)
     ev = RunLayout(dest).evaluation
@@ -384,10 +396,10 @@ def evaluate(
                     f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
                     f"training slices removed, {len(same_rows)} slices of training patients "
                     f"removed, {len(unreadable)} unreadable files)."
-                    + _own_data_hint(len(dropped), len(dropped) + idx.size)
+                    + _own_data_hint(len(dropped), len(dropped) + idx.size, recorded)
                 )
             if 2 * len(dropped) > len(dropped) + idx.size:
-                log.warning(_own_data_hint(len(dropped), len(dropped) + idx.size).strip())
+                log.warning(_own_data_hint(len(dropped), len(dropped) + idx.size, recorded).strip())
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
             data_labels = store.labels[idx].astype(np.int64)
@@ -829,15 +841,26 @@ def _is_training_store(data: Any, store: ImageStore, recorded: dict | None) -> b
     return True
 
 
-def _own_data_hint(removed: int, total: int) -> str:
+def _own_data_hint(removed: int, total: int, recorded: dict | None) -> str:
     """A sentence for when most of the data near-duplicate the model's own training and
-    validation slices (more than half of ``total``), else ""."""
+    validation slices (more than half of ``total``), else "". ``recorded``: the run's
+    split.json (None: the held-out test split is not known here)."""
     if 2 * removed <= total:
         return ""
-    return (
+    ask = (
         f" {removed} of {total} slices near-duplicate the model's training or validation "
-        "slices: are these the data it was trained on? To score its held-out test split, "
-        "run evaluate without DATA (or with the training store as DATA)."
+        "slices: are these the data it was trained on? "
+    )
+    if recorded is None:
+        return ask + (
+            "Its held-out test split is recorded only in its run folder (RUN/split.json "
+            "beside RUN/models/): evaluate the model there, without DATA, to score it."
+        )
+    if is_store(recorded.get("store", "")):
+        return ask + "To score its held-out test split, run evaluate without DATA."
+    return ask + (
+        f"To score its held-out test split, give its training store as DATA (recorded at "
+        f"{recorded.get('store')}, which is not there now)."
     )
 
 

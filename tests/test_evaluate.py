@@ -85,8 +85,33 @@ def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_
     assert ev["n"] == len(result.split["train"])
     assert any("trained on" in r.getMessage() for r in caplog.records)
     with pytest.raises(MriscanError, match=r"training store .* is not there") as err:
-        evaluate(model, out=tmp_path / "gone")
-    assert "STORE" in str(err.value)
+        evaluate(model, split="val", out=tmp_path / "gone")
+    assert f"mriscan evaluate STORE --model {model} --split val:" in str(err.value)
+    # a link to the model file finds its card and run folder (tester23 LOW)
+    linked = tmp_path / "mylink.keras"
+    linked.symlink_to(model)
+    assert evaluate(linked, moved, out=tmp_path / "ln")["split"] == "test"
+    # the model copied out of its run folder: no split.json, so the test split is unknown
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for f in out.joinpath("models").glob("best_model.*"):
+        shutil.copy(f, lone / f.name)
+    with pytest.raises(MriscanError, match="does not lie in a run folder"):
+        evaluate(lone / "best_model.keras", out=tmp_path / "l1")
+    with pytest.raises(MriscanError, match="recorded only in its run folder"):
+        evaluate(lone / "best_model.keras", moved, out=tmp_path / "l2")
+
+
+def test_a_relative_training_store_is_recorded_absolute(small_store, tmp_path, monkeypatch):
+    """split.json records the store's absolute path, so evaluate without DATA finds it from
+    any working folder (tester23 LOW: "rel.zarr" was recorded as typed)."""
+    monkeypatch.chdir(small_store.parent)
+    train(small_store.name, TINY, out="art")
+    recorded = json.loads((tmp_path / "art" / "split.json").read_text())["store"]
+    assert recorded == str(small_store)
+    monkeypatch.chdir(tmp_path / "art")
+    ev = evaluate(Path("models") / "best_model.keras", out=tmp_path / "ev")
+    assert ev["split"] == "test"
 
 
 @pytest.mark.backend

@@ -482,7 +482,8 @@ def _write_split(
         "seed": cfg.seed,
         "val_fraction": cfg.split.val_fraction,
         "test_fraction": cfg.split.test_fraction,
-        "store": store.location,
+        # absolute: `evaluate` without DATA finds it from any working folder (a URL as given)
+        "store": store.location if "://" in store.location else os.path.abspath(store.location),
         **{
             k: {
                 "indices": v.tolist(),
