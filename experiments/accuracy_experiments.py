@@ -516,6 +516,14 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig4_s64_c2_nomirror": Experiment(
         "s14_platt", {**_size(64), "model.convs_per_block": 2, "model.mirror": False}, row=75
     ),
+    # and without the midline alignment: figshare mixes axial, coronal and sagittal slices,
+    # and row 75's typing errors (meningioma called pituitary) may come from aligning a
+    # "midline" in sagittal slices, which have none
+    "fig4_c2_nomirror_noalign": Experiment(
+        "s14_platt",
+        {"model.convs_per_block": 2, "model.mirror": False, "preprocess.align": False},
+        row=76,
+    ),
     # two convolutions per block ranked figshare's tumor types better (fig4_c2): the same
     # change on brain_mri, across collections (target 1) and in its own CV (target 4)
     **{
