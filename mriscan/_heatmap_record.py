@@ -117,6 +117,17 @@ def read_record(folder: Path) -> list[RunFiles]:
     return [RunFiles(r.get("method"), r.get("class"), r.get("files")) for r in runs]
 
 
+def recorded_maps(folder: Path) -> set[str]:
+    """The names of the heat maps ``folder``'s record lists (any method and class), and the
+    record's own name when it holds one; empty when there is no readable record."""
+    try:
+        runs = read_record(folder)
+    except _NotARecordError:
+        return set()
+    names = {n for r in runs for n in r.files}
+    return names | {RECORD_NAME} if runs else names
+
+
 def _write_record(folder: Path, runs: list[RunFiles]) -> None:
     """Write the record atomically (temp file + ``os.replace``)."""
     write_json(
@@ -165,6 +176,22 @@ class HeatmapLedger:
         if not any(r.key == self.key for r in self.runs):
             return  # no earlier map of this method and class to match: no file to hash
         self.sources |= {d for p in paths if (d := self._source(Path(p)))}
+
+    def replaceable(self, name: str) -> bool:
+        """Whether this run may write a PNG named ``name`` in ``folder``: nothing is there, or
+        this run wrote it, or an earlier run recorded it and it still holds the recorded bytes
+        (one of explain's own maps). A file explain did not write, or one changed since (a
+        user's notes, an annotated map), is never written over."""
+        path = self.folder / name
+        if name in self.written or not (path.exists() or path.is_symlink()):
+            return True
+        recorded = {n: e["sha256"] for r in self.runs for n, e in r.files.items()}
+        if name not in recorded or path.is_symlink() or not path.is_file():
+            return False
+        try:
+            return file_sha256(path) == recorded[name]
+        except OSError:
+            return False
 
     def add(self, png: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
         """Note a PNG this run wrote (in ``folder``) and the input file it explains."""

@@ -1854,8 +1854,10 @@ def explain(
     named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
     --show-paths by their series folder or volume file. A rerun into the same --out replaces
     the heat maps the earlier run of the same --method and --class wrote there (listed in
-    OUT/explain_files.json; files explain did not write, or changed since, are kept; nothing
-    is removed when the rerun fails or writes none). Exits 1 if no image is found, or none
+    OUT/explain_files.json; files explain did not write, or changed since, are kept and never
+    written over: a new map of that name is numbered -2; nothing is removed when the rerun
+    fails or writes none). Maps an explain_files.json lists, found in an input folder, are
+    skipped. Exits 1 if no image is found, or none
     could be read or has a slice --slices asks for. With --boxes, the pointing game over one
     data folder instead (no PNGs); it maps each slice's predicted class, so --class with
     --boxes is a usage error (exit 2), as are the options it would not use: --slices,
@@ -1875,11 +1877,11 @@ def explain(
         return
     chosen = _slice_choice(slice_list, top_k)
     files, problems = collect_inputs(images)
-    files, problems, inside = _outside_folder(out, images, files, problems)
-    if inside:
+    files, problems, maps = _without_heatmaps(images, files, problems)
+    if maps:
         click.echo(
-            f"Skipped {inside} file(s) found inside --out {display_path(out)}: heat maps and "
-            "records of explain runs are not explained again (name a file to explain it).",
+            f"Skipped {maps} heat map(s) and record(s) of earlier explain runs found in the "
+            "input folders (listed in their explain_files.json; name a file to explain it).",
             err=True,
         )
     unused = problem_rows(problems, images, files, salt=new_salt(), show_paths=show_paths)
@@ -1922,21 +1924,27 @@ def explain(
         raise click.ClickException(_nothing_explained(results))
 
 
-def _outside_folder(
-    folder: Path, given: Sequence[Path], files: list, problems: list[tuple[Path, str]]
+def _without_heatmaps(
+    given: Sequence[Path], files: list, problems: list[tuple[Path, str]]
 ) -> tuple[list, list[tuple[Path, str]], int]:
-    """``collect_inputs``' files and problems less those found inside ``folder`` (explain's
-    --out, when it lies in an input folder: a rerun would explain its own maps) that were not
-    given by name. Returns them and how many were dropped."""
-    root = os.path.realpath(folder)
+    """``collect_inputs``' files and problems less the heat maps (and records) an explain run
+    wrote, found in a folder searched: those its ``explain_files.json`` lists (an --out inside
+    an input folder; a rerun would explain its own maps). Files given by name are kept.
+    Returns them and how many were dropped."""
+    from mriscan._heatmap_record import recorded_maps
+
     named = {os.path.realpath(p) for p in given if Path(p).is_file()}
+    listed: dict[Path, set[str]] = {}
 
-    def inside(p: Path) -> bool:
-        real = os.path.realpath(p)
-        return real not in named and (real == root or real.startswith(root + os.sep))
+    def is_map(p: Path) -> bool:
+        if os.path.realpath(p) in named:
+            return False
+        if p.parent not in listed:
+            listed[p.parent] = recorded_maps(p.parent)
+        return p.name in listed[p.parent]
 
-    kept = [f for f in files if not inside(f.path)]
-    left = [(p, why) for p, why in problems if not inside(p)]
+    kept = [f for f in files if not is_map(f.path)]
+    left = [(p, why) for p, why in problems if not is_map(p)]
     return kept, left, len(files) - len(kept) + len(problems) - len(left)
 
 

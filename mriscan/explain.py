@@ -526,12 +526,15 @@ def explain(
 
     # every PNG name of this run (case-folded) -> the input it shows: an image's name and a
     # scanner slice's are made apart (flat_slice0.jpg and flat/ slice 0 both give
-    # flat_slice0_layercam.png), so a name another input took is numbered here
+    # flat_slice0_layercam.png), so a name another input took is numbered here, as is one
+    # of a file in `out` that explain did not write or that changed since
     taken: dict[str, Path] = {}
 
     def distinct(png_name: str, source: Path) -> str:
         base, name, k = png_name[: -len(f"_{method}.png")], png_name, 1
-        while taken.get(name.casefold(), source) != source:
+        while taken.get(name.casefold(), source) != source or (
+            name.casefold() not in taken and not ledger.replaceable(name)
+        ):
             k += 1
             name = f"{base}-{k}_{method}.png"
         taken[name.casefold()] = source
@@ -540,6 +543,8 @@ def explain(
     def overlay(
         img: np.ndarray, name: str, png_name: str, source: Path
     ) -> tuple[dict[str, Any], np.ndarray]:
+        if explain_class is not None:  # runs for different classes must not overwrite
+            png_name = png_name.replace(f"_{method}.png", f"_{explain_class}_{method}.png")
         png_name = distinct(png_name, source)
         x = normalize(img, cfg.normalization, threshold=cfg.threshold)[None, ..., None]
         probs = predict_batch(model, x, 1, tta=card.tta)[0]
@@ -550,8 +555,6 @@ def explain(
             0
         ]
         prob = float(probs[k])
-        if explain_class is not None:  # runs for different classes must not overwrite
-            png_name = png_name.replace(f"_{method}.png", f"_{explain_class}_{method}.png")
         why = card.decision_text(probs)
         png = save_overlay(
             img,

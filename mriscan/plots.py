@@ -129,11 +129,19 @@ def subplots(*args, **kwargs):
 
 
 def save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a hidden temp file beside it, then
+    ``os.replace``), and close it: a run stopped mid-write (Ctrl-C) leaves the old file or
+    none, never a truncated PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

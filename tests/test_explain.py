@@ -1087,12 +1087,13 @@ def test_an_image_and_a_scanner_slice_never_share_a_png(model_file, class_folder
     assert str(root / "flat_slice0.png") in [r["path"] for r in res]
 
 
-def test_a_rerun_with_out_inside_the_input_folder_does_not_explain_its_own_maps(
+def test_heat_maps_of_earlier_runs_in_an_input_folder_are_not_explained_again(
     model_file, class_folder, tmp_path
 ):
-    """--out inside the folder explained: the rerun skips (and counts) what it finds there,
-    instead of explaining the earlier maps and calling explain_files.json no image (tester23
-    LOW)."""
+    """--out inside the folder explained: a rerun, into it or into a second folder there,
+    skips (and counts) the maps an explain record lists, instead of explaining them and calling
+    explain_files.json no image (tester23 LOW, tester24 MED); --out equal to the input folder
+    still explains its images (tester24 MED: every input was skipped)."""
     import shutil
 
     from click.testing import CliRunner
@@ -1101,12 +1102,47 @@ def test_a_rerun_with_out_inside_the_input_folder_does_not_explain_its_own_maps(
 
     data = tmp_path / "data"
     shutil.copytree(class_folder, data)
+    n = sum(p.is_file() for p in data.rglob("*"))  # the images
     args = ["explain", str(model_file), str(data), "--out", str(data / "maps")]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     made = sorted(p.name for p in (data / "maps").glob("*.png"))
-    again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0, again.output
+    assert len(made) == n
+    for out in ("maps", "maps2"):
+        again = CliRunner().invoke(main, [*args[:-1], str(data / out)])
+        assert again.exit_code == 0, again.output
+        assert again.output.count("→") == n
+        assert f"Skipped {n + 1} heat map(s) and record(s) of earlier explain runs" in again.output
     assert sorted(p.name for p in (data / "maps").glob("*.png")) == made
-    assert f"Skipped {len(made) + 1} file(s) found inside --out" in again.output
-    assert "explain_files.json" not in again.output.split("Skipped")[0]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list(class_folder.rglob("*.png"))[:2]:
+        shutil.copy(p, flat / p.name)
+    same = CliRunner().invoke(main, ["explain", str(model_file), str(flat), "--out", str(flat)])
+    assert same.exit_code == 0 and same.output.count("→") == 2, same.output
+
+
+def test_a_file_explain_did_not_write_or_one_changed_since_is_never_written_over(
+    model_file, class_folder, tmp_path
+):
+    """A user's file in --out with a map's name, and a map annotated since its run, are kept:
+    the new map is numbered instead (tester24 MED: both were overwritten)."""
+    import shutil
+
+    from mriscan.explain import explain
+
+    img = tmp_path / "x.png"
+    shutil.copy(next(class_folder.rglob("*.png")), img)
+    out = tmp_path / "cam"
+    out.mkdir()
+    (out / "x_layercam.png").write_bytes(b"my notes")
+    (first,) = explain(model_file, [img], out=out)
+    assert Path(first["png"]).name == "x-2_layercam.png"
+    assert (out / "x_layercam.png").read_bytes() == b"my notes"
+    with open(first["png"], "ab") as f:
+        f.write(b"annotated")
+    (second,) = explain(model_file, [img], out=out)
+    assert Path(second["png"]).name == "x-3_layercam.png"
+    assert Path(first["png"]).read_bytes().endswith(b"annotated")
+    (third,) = explain(model_file, [img], out=out)  # its own unchanged map is replaced
+    assert third["png"] == second["png"]
