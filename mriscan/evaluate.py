@@ -209,7 +209,9 @@ def _training_signatures(model_path: Path, card: Any) -> np.ndarray | None:
         raise ModelCardError(
             f"{path} is missing or does not belong to {model_path}: it holds the thumbnails of "
             "the training slices, needed to remove their near-duplicates from an evaluation. "
-            "Restore it, retrain, or pass --keep-duplicates."
+            f"Restore it (train writes it beside the model as {path.name}; copy it with the "
+            ".keras and .json files), retrain, or pass --keep-duplicates (the data are then "
+            "scored whole: slices the model was trained on, if they are among them, too)."
         )
     return np.load(path)
 

@@ -100,6 +100,11 @@ def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_
         evaluate(lone / "best_model.keras", out=tmp_path / "l1")
     with pytest.raises(MriscanError, match="recorded only in its run folder"):
         evaluate(lone / "best_model.keras", moved, out=tmp_path / "l2")
+    # without its training thumbnails: which file to copy, and what --keep-duplicates costs
+    (lone / "best_model.signatures.npy").unlink()
+    with pytest.raises(MriscanError, match=r"best_model\.signatures\.npy; copy it with") as err:
+        evaluate(lone / "best_model.keras", moved, out=tmp_path / "l3")
+    assert "trained on, if they are among them, too" in str(err.value)
 
 
 def test_a_relative_training_store_is_recorded_absolute(small_store, tmp_path, monkeypatch):
