@@ -416,7 +416,7 @@ def explain(
 
     Image PNGs are named by ``heatmap_names`` (distinct for distinct files; a name a scanner
     slice's PNG also has is numbered ``-2``, in the order written); ``path`` is
-    ``mriscan.io.display_path`` of the file's name (of its path with ``show_paths``). Scanner
+    ``mriscan.io.display_path`` of the file's path, as ``mriscan predict`` names images. Scanner
     inputs are read as ingest and predict read them, one series or volume at a time
     (``mriscan.scan_predict.SeriesReads``: memory holds about one series' slices; the names
     come from the headers, read first), with ``read_options``, the
@@ -592,7 +592,7 @@ def explain(
             except ImageDecodeError as exc:
                 emit({"path": display_path(path), "error": exc.reason})
                 continue
-            shown = display_path(path if show_paths else path.name)
+            shown = display_path(path)  # as predict names images: JPEG/PNG paths are shown
             row, _ = overlay(preprocess(raw, cfg), shown, png_name, path)
             _flag(row, raw)
             if dicom_out is not None:

@@ -1138,6 +1138,7 @@ def test_a_file_explain_did_not_write_or_one_changed_since_is_never_written_over
     (out / "x_layercam.png").write_bytes(b"my notes")
     (first,) = explain(model_file, [img], out=out)
     assert Path(first["png"]).name == "x-2_layercam.png"
+    assert first["path"] == str(img)  # an image's path, as predict shows it (tester24 LOW)
     assert (out / "x_layercam.png").read_bytes() == b"my notes"
     with open(first["png"], "ab") as f:
         f.write(b"annotated")
