@@ -243,7 +243,9 @@ def evaluate(
         ``best_model.keras``; when it sits in a run folder (``RUN/models/``), ``RUN/split.json``
         says which store and samples each split holds.
     data : path, optional
-        A store or a class-folder directory. Default: the store recorded in ``split.json``.
+        A store or a class-folder directory. Default: the store recorded in ``split.json``
+        (at its absolute path, else where it lay from the run folder at training: a project
+        folder moved whole).
         It may hold one class (a tumor-only or healthy-only collection, or a ``class_map``
         with one target; ``mriscan.tasks.compare_classes`` matches it): the metrics that need
         another class are NaN and listed in ``undefined``, and the result's ``one_class``
@@ -315,6 +317,12 @@ def evaluate(
                 "model where train wrote it."
             )
         data = recorded["store"]
+        beside = recorded.get("store_from_run")
+        if not is_store(data) and isinstance(beside, str) and is_store(run.root / beside):
+            # the run folder and its store moved together (a project folder moved or copied)
+            log.info("the training store is not at %s; using %s, where it lies from the run "
+                     "folder as it did at training", data, run.root / beside)  # fmt: skip
+            data = str(run.root / beside)
         if not is_store(data):
             typed = ["mriscan", "evaluate", "STORE", "--model", str(model_path)]
             typed += ["--split", split] if split is not None else []

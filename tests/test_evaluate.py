@@ -119,6 +119,19 @@ def test_a_relative_training_store_is_recorded_absolute(small_store, tmp_path, m
     assert ev["split"] == "test"
 
 
+def test_a_run_folder_moved_with_its_store_still_finds_it(tmp_path):
+    """A project folder (run and store) moved whole: evaluate without DATA finds the store where
+    it lies from the run folder, as at training (tester24 LOW: the absolute path was stale)."""
+    from tests.conftest import build_small_store
+
+    build_small_store(tmp_path / "proj" / "data" / "s.zarr")
+    result = train(tmp_path / "proj" / "data" / "s.zarr", TINY, out=tmp_path / "proj" / "art")
+    (tmp_path / "proj").rename(tmp_path / "moved")
+    ev = evaluate(tmp_path / "moved" / "art" / "models" / "best_model.keras")
+    assert ev["split"] == "test" and ev["n"] == len(result.split["test"])
+    assert ev["data"] == str(tmp_path / "moved" / "art" / ".." / "data" / "s.zarr")
+
+
 @pytest.mark.backend
 def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path, caplog):
     from tests.conftest import write_class_folders

@@ -484,6 +484,11 @@ def _write_split(
         "test_fraction": cfg.split.test_fraction,
         # absolute: `evaluate` without DATA finds it from any working folder (a URL as given)
         "store": store.location if "://" in store.location else os.path.abspath(store.location),
+        # and from the run folder: a project folder moved whole keeps its run and store apart
+        # by this path (None for a URL)
+        "store_from_run": None
+        if "://" in store.location
+        else os.path.relpath(os.path.abspath(store.location), os.path.abspath(layout.root)),
         **{
             k: {
                 "indices": v.tolist(),
