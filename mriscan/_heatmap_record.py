@@ -118,13 +118,21 @@ def read_record(folder: Path) -> list[RunFiles]:
 
 
 def recorded_maps(folder: Path) -> set[str]:
-    """The names of the heat maps ``folder``'s record lists (any method and class), and the
+    """The names of the heat maps ``folder``'s record lists (any method and class) whose files
+    still hold the recorded bytes (a file put there since under such a name is no map), and the
     record's own name when it holds one; empty when there is no readable record."""
     try:
         runs = read_record(folder)
     except _NotARecordError:
         return set()
-    names = {n for r in runs for n in r.files}
+    names = set()
+    for r in runs:
+        for name, entry in r.files.items():
+            try:
+                if file_sha256(folder / name) == entry["sha256"]:
+                    names.add(name)
+            except OSError:  # gone or unreadable: nothing to skip
+                continue
     return names | {RECORD_NAME} if runs else names
 
 

@@ -523,7 +523,9 @@ class ModelCard:
         if not path.is_file():
             raise ModelCardError(
                 f"{path} is missing: it holds the preprocessing the model was "
-                "trained with. Keep it next to the .keras file."
+                "trained with. Keep it next to the .keras file: train writes both, with "
+                f"{signatures_path(model_path).name}, into RUN/models/; copy the three "
+                "together, or give the model in its run folder."
             )
         try:
             data = json.loads(path.read_text())

@@ -1248,6 +1248,14 @@ def _write(ev, result, cmp, y, prob, sources, dropped, unreadable, decisions) ->
         w.writerows(dropped)
 
 
+#: what to do when the recorded split no longer matches the store (``_recorded_indices``)
+_REBUILT_HINT = (
+    "Retrain, or give slices the model has not seen as DATA (a labelled folder or another "
+    "store: scored whole, less near-duplicates of its training slices); --split all would "
+    "score this store's training slices too."
+)
+
+
 def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
     """The store positions of a recorded split part, checked against the store's content.
 
@@ -1263,7 +1271,7 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
         raise MriscanError(
             f"The recorded {name} split names samples up to {int(idx.max())}, but "
             f"{store.location} holds {len(recs)}: the store was rebuilt since training. "
-            "Retrain, or evaluate on a folder of unseen slices (--split all)."
+            + _REBUILT_HINT
         )
     retired = np.setdiff1d(idx, store.active_indices())
     if retired.size:
@@ -1273,7 +1281,7 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
             f"retired since training ({', '.join(flags) or 'changed'}: their files were moved, "
             "overwritten or deleted), e.g. position "
             f"{int(retired[0])}. Scoring them would report numbers for slices that no longer "
-            "exist. Retrain, or evaluate on a folder of unseen slices (--split all)."
+            "exist. " + _REBUILT_HINT
         )
     expected = part.get("pixel_sha256") or part.get("sources")
     key = "pixel_sha256" if part.get("pixel_sha256") else "source"
@@ -1285,6 +1293,6 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
                 f"{len(changed)} of the {idx.size} recorded {name} samples of {store.location} "
                 f"are no longer the slices the model was trained and tested with (e.g. "
                 f"position {changed[0]}): the store was rebuilt or changed since training. "
-                "Retrain, or evaluate on a folder of unseen slices (--split all)."
+                + _REBUILT_HINT
             )
     return idx

@@ -96,6 +96,11 @@ def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_
     lone.mkdir()
     for f in out.joinpath("models").glob("best_model.*"):
         shutil.copy(f, lone / f.name)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(model, alone / model.name)  # the model file without its card
+    with pytest.raises(MriscanError, match="copy the three together"):
+        evaluate(alone / model.name, moved, out=tmp_path / "l0")
     with pytest.raises(MriscanError, match="does not lie in a run folder"):
         evaluate(lone / "best_model.keras", out=tmp_path / "l1")
     with pytest.raises(MriscanError, match="recorded only in its run folder"):

@@ -1114,6 +1114,12 @@ def test_heat_maps_of_earlier_runs_in_an_input_folder_are_not_explained_again(
         assert again.output.count("→") == n
         assert f"Skipped {n + 1} heat map(s) and record(s) of earlier explain runs" in again.output
     assert sorted(p.name for p in (data / "maps").glob("*.png")) == made
+    # a map replaced by an image since is no map: it is explained, not skipped (tester25 LOW)
+    shutil.copy(next(class_folder.rglob("*.png")), data / "maps" / made[0])
+    third = CliRunner().invoke(main, [*args[:-1], str(data / "maps2")])
+    assert third.exit_code == 0, third.output
+    assert third.output.count("→") == n + 1
+    assert f"Skipped {2 * n + 1} heat map(s)" in third.output
     flat = tmp_path / "flat"
     flat.mkdir()
     for p in list(class_folder.rglob("*.png"))[:2]:
