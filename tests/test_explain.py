@@ -1153,3 +1153,34 @@ def test_a_file_explain_did_not_write_or_one_changed_since_is_never_written_over
     assert Path(first["png"]).read_bytes().endswith(b"annotated")
     (third,) = explain(model_file, [img], out=out)  # its own unchanged map is replaced
     assert third["png"] == second["png"]
+
+
+def test_a_ctrl_c_whose_interrupt_was_lost_still_stops_explain(
+    model_file, class_folder, tmp_path, monkeypatch
+):
+    """A Ctrl-C whose KeyboardInterrupt is swallowed (raised inside a garbage-collector
+    callback, JAX's ``_xla_gc_callback``) used to let explain run to the end and exit 0
+    (tester25 MED): the signal is also noted, and explain stops after the map being drawn."""
+    import contextlib
+    import signal
+
+    from click.testing import CliRunner
+
+    import mriscan.explain as ex
+    from mriscan.cli import main
+
+    save, calls = ex.save_overlay, []
+
+    def swallowed_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            # swallowed, as Python does an exception raised in a gc callback
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "save_overlay", swallowed_on_second)
+    r = CliRunner().invoke(main, ["explain", str(model_file), str(class_folder), "--out",
+                                  str(tmp_path / "cam")])  # fmt: skip
+    assert r.exit_code == 130, r.output
+    assert r.output.count("→") == 2 and "Interrupted: 2 heat map(s) written" in r.output
