@@ -117,6 +117,16 @@ def read_record(folder: Path) -> list[RunFiles]:
     return [RunFiles(r.get("method"), r.get("class"), r.get("files")) for r in runs]
 
 
+def _unchanged(path: Path, digest: str) -> bool:
+    """Whether ``path`` is a plain file (no link) that still holds the bytes of ``digest``."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return file_sha256(path) == digest
+    except OSError:
+        return False
+
+
 def recorded_maps(folder: Path) -> set[str]:
     """The names of the heat maps ``folder``'s record lists (any method and class) whose files
     still hold the recorded bytes (a file put there since under such a name is no map), and the
@@ -125,14 +135,7 @@ def recorded_maps(folder: Path) -> set[str]:
         runs = read_record(folder)
     except _NotARecordError:
         return set()
-    names = set()
-    for r in runs:
-        for name, entry in r.files.items():
-            try:
-                if file_sha256(folder / name) == entry["sha256"]:
-                    names.add(name)
-            except OSError:  # gone or unreadable: nothing to skip
-                continue
+    names = {n for r in runs for n, e in r.files.items() if _unchanged(folder / n, e["sha256"])}
     return names | {RECORD_NAME} if runs else names
 
 
@@ -170,6 +173,8 @@ class HeatmapLedger:
         except _NotARecordError as exc:
             self.runs = []
             self.problem = str(exc)
+        # every recorded map's name -> its SHA-256 (any method and class), for ``replaceable``
+        self._recorded = {n: e["sha256"] for r in self.runs for n, e in r.files.items()}
 
     def _source(self, path: Path) -> str:
         if path not in self._digest:
@@ -193,13 +198,8 @@ class HeatmapLedger:
         path = self.folder / name
         if name in self.written or not (path.exists() or path.is_symlink()):
             return True
-        recorded = {n: e["sha256"] for r in self.runs for n, e in r.files.items()}
-        if name not in recorded or path.is_symlink() or not path.is_file():
-            return False
-        try:
-            return file_sha256(path) == recorded[name]
-        except OSError:
-            return False
+        digest = self._recorded.get(name)
+        return digest is not None and _unchanged(path, digest)
 
     def add(self, png: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
         """Note a PNG this run wrote (in ``folder``) and the input file it explains."""
@@ -272,15 +272,10 @@ def _remove_unchanged(
     the recorded bytes; returns (how many were deleted, the names kept as changed since)."""
     removed, changed = 0, []
     for name, entry in earlier.items():
-        digest = entry["sha256"]
         path = folder / name
         if name in written or not _plain_png(name) or path.is_symlink() or not path.is_file():
             continue
-        try:
-            same = file_sha256(path) == digest
-        except OSError:
-            same = False
-        if not same:
+        if not _unchanged(path, entry["sha256"]):
             changed.append(name)
             continue
         path.unlink(missing_ok=True)

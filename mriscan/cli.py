@@ -248,6 +248,18 @@ def _build_typed(
         raise click.UsageError(f"Invalid combination of {names}: {exc}", ctx=ctx) from exc
 
 
+def _sigint_is_ours() -> bool:
+    """Whether a SIGINT handler may be set here: in the main thread, where SIGINT has Python's
+    default handler (a job started in the background with SIGINT ignored keeps ignoring it)."""
+    import signal
+    import threading
+
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+
+
 @contextlib.contextmanager
 def _keeping_ctrl_c() -> Iterator[None]:
     """Run the block with a Ctrl-C (SIGINT) recorded instead of raised, and raise
@@ -262,12 +274,8 @@ def _keeping_ctrl_c() -> Iterator[None]:
     with SIGINT ignored keeps ignoring it).
     """
     import signal
-    import threading
 
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    if not _sigint_is_ours():
         yield
         return
     pressed: list[int] = []
@@ -295,13 +303,9 @@ def _noting_ctrl_c() -> Iterator[list[int]]:
     ran to the end (tester25: 3 of ~25 Ctrl-Cs during explain). Main thread and Python's
     default handler only, as ``_keeping_ctrl_c``."""
     import signal
-    import threading
 
     pressed: list[int] = []
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    if not _sigint_is_ours():
         yield pressed
         return
 

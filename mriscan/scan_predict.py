@@ -56,7 +56,6 @@ __all__ = [
     "read_inputs",
     "row_outcome",
     "series_labels",
-    "unit_places",
 ]
 
 # the columns scanner rows add to ``mriscan.inference.columns_for``
@@ -367,7 +366,7 @@ class SeriesReads:
     files, reading the next groups' files on ``workers`` threads while one is used (fewer than
     ``read_ahead`` files ahead; default ``max(32, 2 * workers)``). A group gives the slices of
     one series or volume, or only failed files. ``places``: per group, known before any pixel
-    is read, the ``unit_places`` triple of its series or volume (the folder of its first file
+    is read, the ``group_place`` triple of its series or volume (the folder of its first file
     or the NIfTI file, the Series Number, its first file in path order), or None for a group
     of failed files only; ``series_labels`` takes them (keyed by group). Leaving the context
     ends the reading threads, also when the iteration stopped early.
@@ -421,12 +420,13 @@ class SeriesReads:
 def group_place(
     files: Sequence[SourceFile], g: _Group, ids: Sequence[Any]
 ) -> tuple[Path, int | None, Path] | None:
-    """The ``unit_places`` triple of one group of files (a series or volume), from its headers
-    (or the reads of files whose header could not be read), before any pixel is read: the
-    folder of its first file in path order (a NIfTI volume: its file), its Series Number, that
-    first file. None when no file of it names a series or volume (files failing alone).
-    Predict and explain both label a folder's series by these, so a series whose every file
-    fails to decode still counts among its folder's series in both."""
+    """The (place, Series Number, first file) triple ``series_labels`` takes, of one group of
+    files (a series or volume), from its headers (or the reads of files whose header could not
+    be read), before any pixel is read: the folder of its first file in path order (a NIfTI
+    volume: its file), its Series Number, that first file. None when no file of it names a
+    series or volume (files failing alone). Predict and explain both label a folder's series
+    by these, so a series whose every file fails to decode still counts among its folder's
+    series in both."""
     paths = [files[i].path for i in g.members]
     first = min(paths, key=str)
     head = files[g.members[0]]
@@ -480,7 +480,7 @@ class _Stream:
         for g in groups:
             for folder in self._folders(g):
                 self.left[folder] = self.left.get(folder, 0) + 1
-        self.places: dict[str, tuple[Path, int | None, Path]] = {}  # unit -> unit_places'
+        self.places: dict[str, tuple[Path, int | None, Path]] = {}  # unit -> group_place's
         self.at_place: dict[Path, list[str]] = {}  # place -> its units read so far
         self.held: list[dict[str, Any]] = []  # series rows waiting for their folder
 
@@ -901,28 +901,10 @@ def _without_path(reason: str, path: Path) -> str:
     return reason.replace("File the file", "the file")
 
 
-def unit_places(
-    slices: Sequence[tuple[InputRead, Any]],
-) -> dict[str, tuple[Path, int | None, Path]]:
-    """Per unit of ``(read, slice)`` pairs: the place a person knows it by (a DICOM series'
-    folder, a NIfTI volume's file), its Series Number (DICOM; else None) and its first file
-    (in path order), as ``series_labels`` takes them. A series whose files lie in several
-    folders is known by its first file's folder, as ``SeriesReads.places`` has it (so a
-    folder holding it and another series labels both)."""
-    out: dict[str, tuple[Path, int | None, Path]] = {}
-    for r, s in slices:
-        old = out.get(s.unit)
-        first = r.path if old is None or str(r.path) < str(old[2]) else old[2]
-        number = s.series_number if old is None else old[1]
-        place = first.parent if r.kind == "dicom" else first
-        out[s.unit] = (place, number, first)
-    return out
-
-
 def series_labels(units: Mapping[str, tuple[Path, int | None, Path]]) -> dict[str, str]:
     """What tells apart units shown by the same place (several series in one folder).
 
-    ``units``: unit -> (place, Series Number or None, first file), as ``unit_places`` gives.
+    ``units``: unit -> (place, Series Number or None, first file), as ``group_place`` gives.
     A unit alone at its place gets ""; one of several gets ``"series <N>"`` (its Series
     Number) when no other there has that number, else ``"series <N> #<k>"`` (``"series
     #<k>"`` without a number), ``k`` = 1, 2, ... in the order of the units' first files, so

@@ -4,6 +4,7 @@ the other (issue 18, M3), with the rows the former read-everything-first path ga
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from mriscan.scan_predict import (
     predict_arrays,
     read_inputs,
     series_labels,
-    unit_places,
 )
 from mriscan.synth_scanner import (
     FakePatient,
@@ -44,6 +44,26 @@ from mriscan.synth_scanner import (
 )
 
 pytestmark = pytest.mark.backend
+
+
+def _unit_places(
+    slices: Sequence[tuple[InputRead, Any]],
+) -> dict[str, tuple[Path, int | None, Path]]:
+    """The reference's labels, from the slices read (predict takes them from the headers,
+    ``mriscan.scan_predict.group_place``; the two agree where every series gave a slice).
+    Per unit of ``(read, slice)`` pairs: the place a person knows it by (a DICOM series'
+    folder, a NIfTI volume's file), its Series Number (DICOM; else None) and its first file
+    (in path order), as ``series_labels`` takes them. A series whose files lie in several
+    folders is known by its first file's folder, as ``SeriesReads.places`` has it (so a
+    folder holding it and another series labels both)."""
+    out: dict[str, tuple[Path, int | None, Path]] = {}
+    for r, s in slices:
+        old = out.get(s.unit)
+        first = r.path if old is None or str(r.path) < str(old[2]) else old[2]
+        number = s.series_number if old is None else old[1]
+        place = first.parent if r.kind == "dicom" else first
+        out[s.unit] = (place, number, first)
+    return out
 
 
 def _reference_predict_inputs(
@@ -132,7 +152,7 @@ def _reference_predict_inputs(
     rows += [row for _, row in sorted(file_rows, key=lambda ir: ir[0])]
     slices.sort(key=lambda rs: (rs[1].unit, rs[1].order))
     probs = predict_arrays(model, card, [s.image for _, s in slices], batch_size=batch_size)
-    labels = series_labels(unit_places(slices)) if show_paths else {}
+    labels = series_labels(_unit_places(slices)) if show_paths else {}
     flagged: dict[str, dict[str, int]] = {}  # unit -> flag -> its slices flagged so
     for (r, s), p in zip(slices, probs, strict=True):
         name, clash = clashes.get(id(s), (_slice_name(r, s, show_paths), ""))
