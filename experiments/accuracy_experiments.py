@@ -538,6 +538,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         {"model.convs_per_block": 2, "model.mirror": False, "model.translation": 0.1},
         row=78,
     ),
+    # a moving average of the weights (Keras ``use_ema``): row 18 found no gain on brain_mri's
+    # ~200 slices at 0.99; on figshare's ~100 steps per epoch 0.998 averages about 5 epochs
+    "fig4_c2_nomirror_ema": Experiment(
+        "s14_platt",
+        {"model.convs_per_block": 2, "model.mirror": False, "optimizer.ema": 0.998},
+        row=79,
+    ),
     # two convolutions per block ranked figshare's tumor types better (fig4_c2): the same
     # change on brain_mri, across collections (target 1) and in its own CV (target 4)
     **{
