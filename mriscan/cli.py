@@ -2077,12 +2077,17 @@ def _pointing_game(
         result = pointing_game(model_path, images[0], boxes, progress=progress, method=method)
     path = write_json(out / "pointing_game.json", result)
     table = _write_pointing_slices(out / "pointing_game_slices.csv", result["slices"])
-    click.echo(f"Pointing game ({method} peak inside the tumor box, correctly classified slices):")
+    tol = f"{result['tolerance_px']:g} px"
+    click.echo(
+        f"Pointing game ({method} peak inside the tumor box, correctly classified slices; "
+        f"beside it within {tol} of the box, the tolerance of the game's authors, Zhang et al.):"
+    )
     click.echo(f"  rule: {result['rule']}")
     for name, s in {**result["per_class"], "all": result["overall"]}.items():
         click.echo(
             f"  {name:>12}: {_num(s['pointing'])}  ({s['hits']} of {s['correct']} correct, "
-            f"{s['n']} boxed slices)"
+            f"{s['n']} boxed slices); within {tol}: {_num(s['pointing_within_tolerance'])} "
+            f"({s['hits_within_tolerance']})"
         )
     for name, s in result["not_scored"].items():
         click.echo(f"  {s['reason']}: {name}, {s['n']} boxed slices, not scored")
@@ -2099,14 +2104,17 @@ def _pointing_game(
 
 
 def _write_pointing_slices(path: Path, slices: list[dict[str, Any]]) -> Path:
-    """The pointing game's per-slice rows as CSV (``hit`` empty when undefined), atomically."""
+    """The pointing game's per-slice rows as CSV (``hit`` empty when undefined; ``distance_px``
+    from the peak to the nearest box in source pixels, 0 inside), atomically."""
     import csv
 
     from mriscan.io import write_whole
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            cols = ["file", "class", "predicted", "correct", "peak_x", "peak_y", "hit"]
+            cols = [
+                "file", "class", "predicted", "correct", "peak_x", "peak_y", "distance_px", "hit"
+            ]  # fmt: skip
             writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
             writer.writeheader()
             for row in slices:

@@ -9,6 +9,7 @@ or torch autograd), as Keras has no backend-neutral gradient op.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import textwrap
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BOX_COLUMNS",
     "CAM_METHODS",
+    "POINTING_TOLERANCE_PX",
     "SliceBoxes",
     "block_outputs",
     "class_activation_map",
@@ -41,6 +43,7 @@ __all__ = [
     "grad_cam",
     "heatmap_names",
     "layer_cam",
+    "peak_box_distance",
     "peak_fraction",
     "peak_in_any_box",
     "peak_in_box",
@@ -937,6 +940,40 @@ def peak_fraction(image: np.ndarray, cam: np.ndarray, config: Any) -> tuple[floa
     return (sx + 0.5) / w, (sy + 0.5) / h
 
 
+#: The pointing game's tolerance as its authors defined it: a peak within 15 pixels of an
+#: annotated object is a hit (Zhang et al., "Top-down Neural Attention by Excitation
+#: Backprop", ECCV 2016 / IJCV 2018, section on the pointing game; their images, PASCAL VOC
+#: and COCO, are about 500 pixels a side, as figshare's 512² slices). In source-image pixels.
+POINTING_TOLERANCE_PX = 15.0
+
+
+def peak_box_distance(
+    image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]], config: Any
+) -> float:
+    """Distance in source-image pixels (float) from the map's peak (``peak_fraction``: the
+    peak pixel's centre mapped back to ``image`` (H, W) through the preprocessing geometry of
+    ``config``) to the nearest of ``boxes`` ((x_center, y_center, width, height) fractions of
+    the image side, YOLO): 0.0 when the peak lies inside one (``peak_in_box``), else the
+    Euclidean distance to that box's nearest edge or corner. ``boxes`` must not be empty.
+
+    Raises
+    ------
+    ValueError
+        If ``boxes`` is empty (no distance is defined).
+    """
+    if not boxes:
+        raise ValueError("peak_box_distance needs at least one box.")
+    x, y = peak_fraction(image, cam, config)
+    h, w = image.shape
+    best = math.inf
+    for xc, yc, bw, bh in boxes:
+        # how far outside the box's half-widths the peak lies, per axis, in pixels
+        dx = max(abs(x - xc) - bw / 2, 0.0) * w
+        dy = max(abs(y - yc) - bh / 2, 0.0) * h
+        best = min(best, math.hypot(dx, dy))
+    return best
+
+
 def peak_in_box(image: np.ndarray, cam: np.ndarray, box: Sequence[float], config: Any) -> bool:
     """Whether the map's maximum, mapped back to the source ``image`` (H, W) through the
     preprocessing geometry of ``config`` (``peak_fraction``), lies inside ``box`` =
@@ -965,17 +1002,24 @@ def pointing_game(
     correct when called a tumor; otherwise the box's class must be a model class, its map,
     correct when exactly that class is predicted). Boxed slices of other classes are not scored
     and are listed in ``not_scored``. The peak is mapped back to the source image through the
-    preprocessing geometry (``mriscan.preprocess.source_point``) and must lie inside the box.
+    preprocessing geometry (``mriscan.preprocess.source_point``) and must lie inside the box:
+    this strict rule gives ``pointing``. The game's authors also count a peak within 15
+    pixels of the box as a hit (``POINTING_TOLERANCE_PX``, source-image pixels): that rule
+    gives ``pointing_within_tolerance``, reported beside it.
 
     Returns
     -------
     dict
         ``method``, ``rule`` (the rule above for this model, in words), ``per_class``: {class:
         {"n": boxed slices read, "correct": correctly classified,
-        "hits": peaks inside the box, "pointing": hits / correct}}, ``overall`` (the same over
-        all scored classes), ``slices`` (per scored slice, in file order: ``file``,
-        ``class`` (its box's), ``predicted``, ``correct``, ``peak_x``/``peak_y`` (the map's
-        peak as fractions of the source image's width / height, ``peak_fraction``) and
+        "hits": peaks inside the box, "pointing": hits / correct, "hits_within_tolerance":
+        peaks within ``tolerance_px`` of the box, "pointing_within_tolerance": those /
+        correct}} (a ratio is NaN, undefined, when no slice of the class is correct),
+        ``overall`` (the same over all scored classes), ``tolerance_px``, ``slices`` (per
+        scored slice, in file order: ``file``, ``class`` (its box's), ``predicted``,
+        ``correct``, ``peak_x``/``peak_y`` (the map's peak as fractions of the source image's
+        width / height, ``peak_fraction``), ``distance_px`` (``peak_box_distance``: source
+        pixels from the peak to its nearest box, 0 inside; for every scored slice) and
         ``hit`` (inside one of its boxes; None when not correctly classified)),
         ``not_scored`` ({class: {"n": boxed slices listed, "reason":
         ``pointing_rule``'s}} for the box classes the model's rule does not score; their files
@@ -1032,7 +1076,7 @@ def pointing_game(
             k, ok = pointing_target(card, cls, p)
             classes.append(k)
             correct.append(ok)
-            s = stats.setdefault(cls, {"n": 0, "correct": 0, "hits": 0})
+            s = stats.setdefault(cls, {"n": 0, "correct": 0, "hits": 0, "hits_within_tolerance": 0})
             s["n"] += 1
             s["correct"] += int(ok)
             rows.append({"file": rel, "class": cls, "predicted": card.decide(p), "correct": ok})
@@ -1041,9 +1085,12 @@ def pointing_game(
         )
         for (_, box), img, cam, ok, row in zip(keep, imgs, cams, correct, rows, strict=True):
             row["peak_x"], row["peak_y"] = peak_fraction(img, cam, cfg)
+            row["distance_px"] = peak_box_distance(img, cam, box.boxes, cfg)
             # a miss-classified slice is no trial of the game: its hit is undefined
             row["hit"] = peak_in_any_box(img, cam, box.boxes, cfg) if ok else None
             stats[box.cls]["hits"] += int(bool(row["hit"]))
+            near = ok and row["distance_px"] <= POINTING_TOLERANCE_PX
+            stats[box.cls]["hits_within_tolerance"] += int(near)
         per_slice += rows
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
@@ -1051,10 +1098,14 @@ def pointing_game(
         raise MriscanError(
             _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
         )
-    for s in stats.values():
-        s["pointing"] = s["hits"] / s["correct"] if s["correct"] else float("nan")
-    total = {k: sum(s[k] for s in stats.values()) for k in ("n", "correct", "hits")}
-    total["pointing"] = total["hits"] / total["correct"] if total["correct"] else float("nan")
+    counts = ("n", "correct", "hits", "hits_within_tolerance")
+    total = {k: sum(s[k] for s in stats.values()) for k in counts}
+    for s in (*stats.values(), total):
+        for ratio, hits in (
+            ("pointing", "hits"),
+            ("pointing_within_tolerance", "hits_within_tolerance"),
+        ):
+            s[ratio] = s[hits] / s["correct"] if s["correct"] else float("nan")
     if card.binary and card.healthy is not None:
         rule = (
             f"a boxed slice of any tumor class is correct when called {card.class_names[1]!r}; "
@@ -1070,6 +1121,7 @@ def pointing_game(
         "rule": rule,
         "per_class": stats,
         "overall": total,
+        "tolerance_px": POINTING_TOLERANCE_PX,
         "not_scored": not_scored,
         "slices": per_slice,
         "unreadable": unreadable,

@@ -252,6 +252,31 @@ def test_peak_in_box_measures_box_fractions_from_the_image_edge():
     assert not peak_in_box(image, cam, (0.89, 0.45, 0.06, 0.1), flat)  # columns 8.6-9.2
 
 
+def test_peak_box_distance_is_zero_inside_and_pixels_to_the_nearest_box_outside():
+    """The tolerant rule's distance, in source pixels, on a 100-pixel slice read as is: the
+    peak's pixel centre (column 9 → 9.5 from the edge) against boxes beside, above and
+    diagonal to it; the nearest of several boxes counts, and 0 means what peak_in_box says."""
+    from mriscan.explain import peak_box_distance, peak_in_box
+    from mriscan.preprocess import PreprocessConfig
+
+    image = np.full((100, 100), 128, np.uint8)
+    flat = PreprocessConfig(size=100, crop=False, align=False)
+    cam = np.zeros((100, 100))
+    cam[49, 9] = 1.0  # peak at x = 9.5, y = 49.5 pixels from the top-left edge
+    inside = (0.1, 0.5, 0.04, 0.04)  # columns 8-12, rows 48-52
+    right = (0.5, 0.495, 0.2, 0.2)  # columns 40-60: 30.5 pixels to the right
+    corner = (0.325, 0.845, 0.15, 0.15)  # columns 25-40, rows 77-92: (15.5, 27.5) away
+    assert peak_in_box(image, cam, inside, flat)
+    assert peak_box_distance(image, cam, [inside], flat) == 0.0
+    assert not peak_in_box(image, cam, right, flat)
+    assert peak_box_distance(image, cam, [right], flat) == pytest.approx(30.5)
+    assert peak_box_distance(image, cam, [corner], flat) == pytest.approx(np.hypot(15.5, 27.5))
+    assert peak_box_distance(image, cam, [right, corner], flat) == pytest.approx(30.5)
+    assert peak_box_distance(image, cam, [right, inside], flat) == 0.0
+    with pytest.raises(ValueError, match="at least one box"):
+        peak_box_distance(image, cam, [], flat)
+
+
 def _boxed_blobs(model, tmp_path, n: int, seed: int, names: tuple[str, str, str]):
     """Save ``model`` (the three-class blob model) with its card as ``tmp_path/m.keras`` and
     write the blob slices of ``_three_class_task(n, seed)`` but class 0 as PNGs under
@@ -298,6 +323,16 @@ def test_pointing_game_counts_hits_inside_the_boxes(three_class_model, tmp_path)
     for name in ("left", "right"):
         s = result["per_class"][name]
         assert s["n"] == 10 and 0 <= s["hits"] <= s["correct"]
+    # the authors' tolerance: hits are the correct slices whose peak lies within 15 source
+    # pixels of a box (0 inside: every strict hit is one), counted per class and overall
+    assert result["tolerance_px"] == 15.0
+    for name in ("left", "right", None):
+        scored = [r for r in result["slices"] if name in (None, r["class"])]
+        s = result["overall"] if name is None else result["per_class"][name]
+        near = sum(1 for r in scored if r["correct"] and r["distance_px"] <= 15.0)
+        assert s["hits_within_tolerance"] == near >= s["hits"]
+        assert s["correct"] or np.isnan(s["pointing_within_tolerance"])  # undefined, not 0
+        assert all((r["distance_px"] == 0.0) == r["hit"] for r in scored if r["correct"])
     # the map method changes only where the peak is, not which slices count
     coarse = pointing_game(
         path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8, method="gradcam"
@@ -705,6 +740,89 @@ def test_a_long_overlay_title_stays_inside_the_figure(tmp_path, monkeypatch):
     ((box, fig_box, text),) = figures
     assert text.count("\n") >= 1 and "".join(text.split()) == "".join(title.split())
     assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1 and box.y1 <= fig_box.y1
+
+
+@pytest.fixture(scope="module")
+def file_scaled_model():
+    """The three-class blob model trained on what ``pointing_game`` feeds it from the PNGs of
+    ``_file_blobs`` (the slice shifted to uint8, then divided by 255: normalization "none"),
+    so that it classifies those files correctly."""
+    keras.utils.set_random_seed(0)
+    x, y = _three_class_task(300)
+    model = build_model(
+        32, num_classes=3, filters=(8, 16, 16, 16), dropout=0.0, augment=False,
+        dense_units=16, mirror=False,
+    )  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy")
+    model.fit(_as_file(x) / 255.0, np.eye(3)[y], batch_size=32, epochs=10, verbose=0)
+    return model
+
+
+def _as_file(x: np.ndarray) -> np.ndarray:
+    """Blob slices as the uint8 pixels a PNG of them holds."""
+    return np.clip(x * 40 + 100, 0, 255).astype(np.uint8)
+
+
+def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
+    file_scaled_model, tmp_path
+):
+    """Left-blob slices (blob over columns and rows 4-12 of 32) boxed three ways: on the blob
+    (a strict hit), beside it (columns 18-24: 6-14 pixels from any peak on the blob, a hit
+    only within the 15-pixel tolerance) and in the far corner (rows and columns 26-32: over
+    20 pixels away, a miss under both rules)."""
+    from PIL import Image
+
+    from mriscan.artifacts import ModelCard
+    from mriscan.explain import pointing_game
+    from mriscan.preprocess import PreprocessConfig
+
+    path = tmp_path / "m.keras"
+    file_scaled_model.save(path)
+    pre = PreprocessConfig(size=32, crop=False, align=False, normalization="none")
+    ModelCard(pre, ("none", "left", "right"), None, healthy="none").save(path)
+    xt, yt = _three_class_task(45, seed=3)
+    boxes = {"on": "0.25,0.25,0.3,0.3", "near": "0.65625,0.25,0.1875,0.3", "far": "0.90625,"
+             "0.90625,0.1875,0.1875"}  # fmt: skip
+    kinds = list(boxes)
+    rows, kind_of = ["file,class,x_center,y_center,width,height"], {}
+    (tmp_path / "data" / "left").mkdir(parents=True)
+    for i, img in enumerate(_as_file(xt[yt == 1, ..., 0])):
+        Image.fromarray(img).save(tmp_path / "data" / "left" / f"{i}.png")
+        kind_of[f"left/{i}.png"] = kind = kinds[i % 3]
+        rows.append(f"left/{i}.png,left,{boxes[kind]}")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    result = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
+    s = result["per_class"]["left"]
+    assert s["n"] == 15 and s["correct"] >= 13  # the model reads the files it was made for
+    by_kind = {k: [r for r in result["slices"] if kind_of[r["file"]] == k and r["correct"]]
+               for k in kinds}  # fmt: skip
+    assert all(len(v) >= 4 for v in by_kind.values())  # each rule is put to the test
+    assert all(r["hit"] and r["distance_px"] == 0.0 for r in by_kind["on"])
+    assert all(not r["hit"] and 0.0 < r["distance_px"] <= 15.0 for r in by_kind["near"])
+    assert all(not r["hit"] and r["distance_px"] > 20.0 for r in by_kind["far"])
+    assert s["hits"] == len(by_kind["on"])
+    assert s["hits_within_tolerance"] == len(by_kind["on"]) + len(by_kind["near"])
+    assert s["pointing_within_tolerance"] == pytest.approx(
+        s["hits_within_tolerance"] / s["correct"]
+    )
+    assert result["overall"]["pointing_within_tolerance"] == s["pointing_within_tolerance"]
+    # the command prints both rules per class and writes each slice's distance
+    import csv
+
+    from click.testing import CliRunner
+
+    from mriscan.cli import main
+
+    out = tmp_path / "pg"
+    args = ["explain", str(path), str(tmp_path / "data"), "--out", str(out), "--boxes"]
+    r = CliRunner().invoke(main, [*args, str(tmp_path / "boxes.csv")])
+    assert r.exit_code == 0, r.output
+    near = f"within 15 px: {s['pointing_within_tolerance']:.3f} ({s['hits_within_tolerance']})"
+    assert near in next(line for line in r.output.splitlines() if "left:" in line)
+    table = list(csv.DictReader((out / "pointing_game_slices.csv").open()))
+    assert [float(t["distance_px"]) for t in table] == pytest.approx(
+        [r["distance_px"] for r in result["slices"]]
+    )
 
 
 def test_pointing_rule_is_one_per_kind_of_model():
