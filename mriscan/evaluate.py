@@ -1114,6 +1114,11 @@ def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> 
     return near_duplicates_of(store.signatures()[idx], reference)
 
 
+#: the metrics of a two-class scoring that get a group bootstrap CI: every headline metric
+#: ``binary_metrics`` / ``called_metrics`` give (macro-F1 too: it is printed beside them)
+BINARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
+
+
 def _score(
     scoring: Scoring,
     y: np.ndarray,
@@ -1133,7 +1138,7 @@ def _score(
         def metric(sel):
             return mx.binary_metrics(y[sel], p[sel], threshold=thr, class_names=card.class_names)
 
-        keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+        keys = BINARY_KEYS
         pred = (p >= thr).astype(np.int64)
     elif cmp.mode == "same":
 
@@ -1155,7 +1160,7 @@ def _score(
         def metric(sel):
             return called_metrics(y[sel], p_tumor[sel], pred[sel], cmp.class_names)
 
-        keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+        keys = BINARY_KEYS
     result = metric(np.arange(y.size))
     if cmp.mode != "same":
         result["threshold"] = thr

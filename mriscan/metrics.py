@@ -441,6 +441,7 @@ BINARY_CI_NEEDS: dict[str, tuple[int, ...]] = {
     "sensitivity": (1,),
     "specificity": (0,),
     "balanced_accuracy": (0, 1),
+    "macro_f1": (0, 1),
     "roc_auc": (0, 1),
 }
 

@@ -521,6 +521,10 @@ def test_evaluate_scores_dicom_series_and_patients_as_predict_pools_them(loose_m
     ]
     assert patient["ci95_groups"]["sensitivity"] >= 2 and None not in patient["ci95"]["sensitivity"]
     assert f"specificity {patient['specificity']:.3f} [CI undefined: 1 group(s)]" in r.output
+    # macro-F1 is printed among them, so it has its CI too (tester 22: it stood bare), and
+    # like balanced accuracy it needs both classes: here one 'no' patient
+    assert patient["ci95_groups"]["macro_f1"] == 1 and patient["ci95"]["macro_f1"] == [None, None]
+    assert f"macro-F1 {patient['macro_f1']:.3f} [CI undefined: 1 group(s)]" in r.output
     table = (out / "evaluation" / "series_predictions.csv").read_text()
     patients = (out / "evaluation" / "patient_predictions.csv").read_text()
     assert not any(s in table + patients + r.output for s in ("Doe", "Roe", "Poe", "Jane"))
