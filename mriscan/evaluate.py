@@ -410,6 +410,13 @@ def evaluate(
                 )
             if 2 * len(dropped) > len(dropped) + idx.size:
                 log.warning(_own_data_hint(len(dropped), len(dropped) + idx.size, recorded).strip())
+            kept = (
+                _count_kept_duplicates(model_path, card, store, idx)
+                if not (remove_duplicates or same_store)
+                else None
+            )
+            if kept is not None and 2 * kept > idx.size:
+                log.warning(_own_data_hint(kept, idx.size, recorded, kept=True).strip())
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
             data_labels = store.labels[idx].astype(np.int64)
@@ -440,6 +447,9 @@ def evaluate(
             "threshold": DEFAULT_THRESHOLD,
             "count": len(dropped),
             "per_class": {n: sum(1 for _, c in dropped if c == n) for n in scored_names},
+            # --keep-duplicates: how many scored slices are near-duplicates of training slices
+            # (None: not asked to keep them, or the model has no training thumbnails)
+            "kept": kept,
         },
         same_patient_removed={
             "checked": not why_not and remove_duplicates and not same_store,
@@ -851,15 +861,17 @@ def _is_training_store(data: Any, store: ImageStore, recorded: dict | None) -> b
     return True
 
 
-def _own_data_hint(removed: int, total: int, recorded: dict | None) -> str:
+def _own_data_hint(removed: int, total: int, recorded: dict | None, *, kept: bool = False) -> str:
     """A sentence for when most of the data near-duplicate the model's own training and
     validation slices (more than half of ``total``), else "". ``recorded``: the run's
-    split.json (None: the held-out test split is not known here)."""
+    split.json (None: the held-out test split is not known here). ``kept``: the slices were
+    scored (``--keep-duplicates``), not removed."""
     if 2 * removed <= total:
         return ""
+    scored = " and are scored (--keep-duplicates)" if kept else ""
     ask = (
         f" {removed} of {total} slices near-duplicate the model's training or validation "
-        "slices: are these the data it was trained on? "
+        f"slices{scored}: are these the data it was trained on? "
     )
     if recorded is None:
         return ask + (
@@ -1099,6 +1111,19 @@ def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
             ", ".join(describe_setting(n, new) for n, _, new in diffs),
             ", ".join(describe_setting(n, old) for n, old, _ in diffs),
         )
+
+
+def _count_kept_duplicates(
+    model_path: Path, card: Any, store: ImageStore, idx: np.ndarray
+) -> int | None:
+    """How many of the slices ``idx`` near-duplicate one of the model's training slices, when
+    they are kept (``--keep-duplicates``): counted, so that scoring the model's own training
+    data is still pointed out; None when the model has no training thumbnails (no warning:
+    nothing was to be removed)."""
+    reference = _training_signatures(model_path, card)
+    if reference is None or not idx.size:
+        return None
+    return int(near_duplicates_of(store.signatures()[idx], reference).sum())
 
 
 def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:

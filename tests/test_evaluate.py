@@ -152,6 +152,15 @@ def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path,
     said = [r.getMessage() for r in caplog.records if "trained on?" in r.getMessage()]
     assert 2 * removed > 24 and len(said) == 1
     assert f"{removed} of 24 slices" in said[0] and "without DATA" in said[0]
+    assert ev["near_duplicates_removed"]["kept"] is None
+    # --keep-duplicates scores them all, and still says whose slices they are (tester23 #4)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        kept = evaluate(model, data, out=tmp_path / "ev2", remove_duplicates=False)
+    said = [r.getMessage() for r in caplog.records if "trained on?" in r.getMessage()]
+    assert kept["n"] == 24 and kept["near_duplicates_removed"]["count"] == 0
+    assert kept["near_duplicates_removed"]["kept"] == removed and len(said) == 1
+    assert f"{removed} of 24 slices" in said[0] and "are scored (--keep-duplicates)" in said[0]
 
 
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
