@@ -624,19 +624,25 @@ def collect_inputs(
     all. A file reached more
     than once (the same input given twice, a folder and a file or sub-folder inside it, a
     symbolic link to a file already found) is listed once, where it was first reached, so it
-    is read and scored once.
+    is read and scored once; how many were so is logged as a warning, with an example (a
+    user who gave a file twice sees why it has one row).
     """
     files: list[SourceFile] = []
     problems: list[tuple[Path, str]] = []
-    seen: set[str] = set()  # real paths: a file reached twice (a folder and one of its files)
+    seen: dict[str, Path] = {}  # real path → where first reached (a folder and one of its files)
+    again: list[tuple[Path, Path]] = []
 
     def once(found: Sequence[SourceFile]) -> list[SourceFile]:
         out = []
         for f in found:
             key = os.path.realpath(f.path)
             if key not in seen:
-                seen.add(key)
+                seen[key] = Path(f.path)
                 out.append(f)
+            elif f.kind == "image":  # scanner files' paths may name the patient: not shown
+                again.append((Path(f.path), seen[key]))
+            else:
+                again.append((Path(), Path()))
         return out
 
     for item in inputs:
@@ -657,4 +663,14 @@ def collect_inputs(
             problems.append((p, "does not exist; check the path"))
         else:
             files += once([SourceFile(p, file_kind(p) or "image")])
+    if again:
+        shown = [(p, first) for p, first in again if p != Path()]
+        example = ""
+        if shown:
+            path, first = shown[0]
+            example = f": e.g. {path}" + ("" if path == first else f" (as {first})")
+        log.warning(
+            "%d input file(s) reached more than once are read once, where first reached%s",
+            len(again), example,
+        )  # fmt: skip
     return files, problems

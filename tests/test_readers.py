@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,32 @@ def test_an_empty_file_of_any_kind_gets_the_one_reason_ingest_gives(tmp_path, na
     (tmp_path / name).write_bytes(b"")
     r = readers.read_input(tmp_path / name, kind, salt=b"s" * 32, root=tmp_path)
     assert r.error == EMPTY_FILE and not r.slices
+
+
+def test_a_file_reached_twice_is_read_once_and_said(tmp_path, caplog):
+    """The same image given as a file and inside its folder, and a DICOM file twice: each read
+    once, where first reached, and one warning counts both; the example named is the image,
+    never the scanner file (its path may name the patient) (tester24 #6: silently once)."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from mriscan.readers import collect_inputs
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((8, 8), 30, np.uint8)).save(folder / "b.png")
+    dcm = tmp_path / "Doe_Jane" / "IM1"
+    dcm.parent.mkdir()
+    dcm.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    with caplog.at_level("WARNING", logger="mriscan.readers"):
+        files, problems = collect_inputs([folder, folder / "a.png", dcm, dcm])
+    assert [f.path for f in files] == [folder / "a.png", folder / "b.png", dcm] and not problems
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("2 input file(s) reached more than once")
+    assert str(folder / "a.png") in said[0] and "Doe_Jane" not in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mriscan.readers"):
+        assert len(collect_inputs([folder])[0]) == 2
+    assert not caplog.records
