@@ -12,8 +12,8 @@ volume: by content, so the record names no path). A run replaces the maps of its
 only: once it has written its own, it removes the recorded maps of its method and class whose
 input file is among those it was given (the same image, series or volume explained again) and
 that still hold the bytes recorded; maps of other inputs stay, and stay recorded. Never a file
-explain did not write, nor one changed since. A run that fails, or writes nothing, removes
-nothing.
+explain did not write, nor one changed or made read-only since (a user protecting a map). A
+run that fails, or writes nothing, removes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,15 @@ def _unchanged(path: Path, digest: str) -> bool:
         return False
 
 
+def _read_only(path: Path) -> bool:
+    """Whether the owner may not write ``path`` (``chmod a-w``: a user keeping a map). Read
+    from the mode bits, not ``os.access``, which says yes to root whatever the bits."""
+    try:
+        return not path.stat().st_mode & stat.S_IWUSR
+    except OSError:
+        return False
+
+
 def recorded_maps(folder: Path) -> set[str]:
     """The names of the heat maps ``folder``'s record lists (any method and class) whose files
     still hold the recorded bytes (a file put there since under such a name is no map), and the
@@ -193,13 +203,14 @@ class HeatmapLedger:
     def replaceable(self, name: str) -> bool:
         """Whether this run may write a PNG named ``name`` in ``folder``: nothing is there, or
         this run wrote it, or an earlier run recorded it and it still holds the recorded bytes
-        (one of explain's own maps). A file explain did not write, or one changed since (a
-        user's notes, an annotated map), is never written over."""
+        (one of explain's own maps). A file explain did not write, or one changed or made
+        read-only since (a user's notes, an annotated or protected map), is never written
+        over."""
         path = self.folder / name
         if name in self.written or not (path.exists() or path.is_symlink()):
             return True
         digest = self._recorded.get(name)
-        return digest is not None and _unchanged(path, digest)
+        return digest is not None and _unchanged(path, digest) and not _read_only(path)
 
     def add(self, png: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
         """Note a PNG this run wrote (in ``folder``) and the input file it explains."""
@@ -258,8 +269,8 @@ class HeatmapLedger:
                 self.folder,
                 method,
                 "predicted class" if explained is None else f"class {explained}",
-                f"; kept {len(changed)} of its files changed since it wrote them: "
-                + ", ".join(changed[:3])
+                f"; kept {len(changed)} of its files changed or made read-only since it wrote "
+                "them: " + ", ".join(changed[:3])
                 if changed
                 else "",
             )
@@ -269,13 +280,14 @@ def _remove_unchanged(
     folder: Path, earlier: dict[str, dict[str, str]], written: dict[str, dict[str, str]]
 ) -> tuple[int, list[str]]:
     """Delete the files of ``earlier`` that this run did not write again and that still hold
-    the recorded bytes; returns (how many were deleted, the names kept as changed since)."""
+    the recorded bytes and are not read-only; returns (how many were deleted, the names kept
+    as changed or made read-only since)."""
     removed, changed = 0, []
     for name, entry in earlier.items():
         path = folder / name
         if name in written or not _plain_png(name) or path.is_symlink() or not path.is_file():
             continue
-        if not _unchanged(path, entry["sha256"]):
+        if not _unchanged(path, entry["sha256"]) or _read_only(path):
             changed.append(name)
             continue
         path.unlink(missing_ok=True)

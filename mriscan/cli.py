@@ -1879,24 +1879,25 @@ def explain(
     """Class-activation heatmaps (--method) over each IMAGE (one PNG per image), and over
     chosen slices of DICOM series / NIfTI volumes (--slices, else the --top-k most likely).
 
-    IMAGES are files or folders (searched recursively; hidden entries below them skipped).
-    Each PNG is named after the image's path relative to the folder all images share, with
-    / as __ and _layercam.png added: a/slice_1.jpg and b/slice_1.jpg give
-    a__slice_1_layercam.png and b__slice_1_layercam.png (a single image: slice_1_layercam.png).
-    Should two names still clash (x.jpg beside x.png), the suffix is kept (x_jpg_layercam.png).
-    Scanner slices are read as `predict` reads them (--dicom-*, --nifti-*, --modality) and
-    named by pseudonym (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with
-    --show-paths by their series folder or volume file. A rerun into the same --out replaces
-    the heat maps the earlier run of the same --method and --class wrote there (listed in
-    OUT/explain_files.json; files explain did not write, or changed since, are kept and never
-    written over: a new map of that name is numbered -2; nothing is removed when the rerun
-    fails or writes none). Maps an explain_files.json lists, found in an input folder, are
-    skipped. Exits 1 if no image is found, or none
-    could be read or has a slice --slices asks for. With --boxes, the pointing game over one
-    data folder instead (no PNGs); it maps each slice's predicted class, so --class with
-    --boxes is a usage error (exit 2), as are the options it would not use: --slices,
-    --top-k, --dicom-out, --show-paths (it names files by their path in the boxes file),
-    --modality and the --dicom-*/--nifti-* options.
+    IMAGES are files or folders (searched recursively; hidden entries below them skipped). Each
+    PNG is named after the image's path relative to the folder all images share, with / as __
+    and _layercam.png added: a/slice_1.jpg and b/slice_1.jpg give a__slice_1_layercam.png and
+    b__slice_1_layercam.png (a single image: slice_1_layercam.png). Should two names still clash
+    (x.jpg beside x.png), the suffix is kept (x_jpg_layercam.png). Scanner slices are read as
+    `predict` reads them (--dicom-*, --nifti-*, --modality) and named by pseudonym
+    (series-<hash>_slice<k>_layercam.png, salted afresh each run), or with --show-paths by their
+    series folder or volume file. A rerun into the same --out replaces the heat maps the earlier
+    run of the same --method and --class wrote there (listed in OUT/explain_files.json; files
+    explain did not write, or changed or made read-only since, are kept, never written over: a
+    new map of that name is numbered -2; nothing is removed when the rerun fails or writes
+    none). Maps an explain_files.json lists, found in an input folder, are skipped. Exits 1 if
+    no image is found, or none could be read or has a slice --slices asks for. With --boxes, the
+    pointing game over one data folder instead (no PNGs): the share of map peaks inside the
+    tumor box and, beside it, within 15 source pixels of it (the tolerance of the game's
+    authors, Zhang et al.); it maps each slice's predicted class, so --class with --boxes is a
+    usage error (exit 2), as are the options it would not use: --slices, --top-k, --dicom-out,
+    --show-paths (it names files by their path in the boxes file), --modality and the
+    --dicom-*/--nifti-* options.
     """
     _import_keras()
     from mriscan._heatmap_record import RECORD_NAME

@@ -984,12 +984,45 @@ def test_a_rerun_removes_only_unchanged_files_of_its_own_method_and_class(
     (out / ours[0]).write_bytes(b"edited by the user")
     with caplog.at_level(logging.INFO, logger="mriscan.explain"):
         explain(model_file, series, out=out, slices=[0])
-    assert f"kept 1 of its files changed since it wrote them: {ours[0]}" in caplog.text
+    assert f"kept 1 of its files changed or made read-only since it wrote them: {ours[0]}" in (
+        caplog.text
+    )
     assert (out / ours[0]).read_bytes() == b"edited by the user" and not (out / ours[1]).exists()
     assert len(_pngs(out)) == 4  # the edited file, this run's, --class no's, gradcam's
     before = {p: (out / p).read_bytes() for p in _pngs(out)}
     res = explain(model_file, series, out=out, slices=[999])  # nothing written
     assert all(r["error"] for r in res) and _pngs(out) == sorted(before)
+
+
+def test_a_rerun_keeps_heat_maps_made_read_only(model_file, scans, tmp_path, caplog):
+    """A map the user made read-only (chmod a-w) is kept as it is, mode included: a rerun of
+    the JPEG writes its map under a numbered name beside it, and a rerun of the series (new
+    pseudonyms) does not delete it (tester25 #5: it was replaced and its mode lost)."""
+    import logging
+    import stat
+
+    from mriscan.explain import explain
+
+    out = tmp_path / "cam"
+    explain(model_file, [scans / "plain.jpg"], out=out)
+    assert _pngs(out) == ["plain_layercam.png"]
+    kept = out / "plain_layercam.png"
+    kept.chmod(0o444)
+    before = kept.read_bytes()
+    explain(model_file, [scans / "plain.jpg"], out=out)
+    assert _pngs(out) == ["plain-2_layercam.png", "plain_layercam.png"]
+    assert kept.read_bytes() == before and stat.S_IMODE(kept.stat().st_mode) == 0o444
+    series = _files(scans / "Doe_Jane_19700101")
+    explain(model_file, series, out=out, slices=[0])
+    (mine,) = set(_pngs(out)) - {"plain-2_layercam.png", "plain_layercam.png"}
+    (out / mine).chmod(0o444)
+    with caplog.at_level(logging.INFO, logger="mriscan.explain"):
+        explain(model_file, series, out=out, slices=[0])
+    assert (out / mine).exists() and stat.S_IMODE((out / mine).stat().st_mode) == 0o444
+    assert f"kept 1 of its files changed or made read-only since it wrote them: {mine}" in (
+        caplog.text
+    )
+    assert len(_pngs(out)) == 4
 
 
 def test_a_failed_rerun_keeps_the_earlier_heat_maps(model_file, scans, tmp_path, monkeypatch):
