@@ -2078,6 +2078,11 @@ def _pointing_game(
         result = pointing_game(model_path, images[0], boxes, progress=progress, method=method)
     path = write_json(out / "pointing_game.json", result)
     table = _write_pointing_slices(out / "pointing_game_slices.csv", result["slices"])
+    from mriscan.plots import save_pointing_curve
+
+    scored = {n: [r["distance_px"] for r in result["slices"] if r["class"] == n and r["correct"]]
+              for n in result["per_class"]}  # fmt: skip
+    curve = save_pointing_curve(scored, result["tolerance_px"], out / "pointing_game.png")
     tol = f"{result['tolerance_px']:g} px"
     click.echo(
         f"Pointing game ({method} peak inside the tumor box, correctly classified slices; "
@@ -2101,7 +2106,7 @@ def _pointing_game(
             f"  {nb['count']} tumor slice(s) have no box in {boxes.name} and were not scored "
             f"({where})"
         )
-    click.echo(f"Written to {path} (per slice: {table})")
+    click.echo(f"Written to {path} (per slice: {table}; by tolerance: {curve})")
 
 
 def _write_pointing_slices(path: Path, slices: list[dict[str, Any]]) -> Path:

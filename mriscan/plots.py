@@ -1,4 +1,5 @@
-"""Matplotlib plots (Agg backend): training history, confusion matrix, ROC, Grad-CAM overlays.
+"""Matplotlib plots (Agg backend): training history, confusion matrix, ROC, Grad-CAM overlays,
+the pointing game by tolerance.
 
 Each ``plot_*`` function draws on the axes it is given; ``save_*`` helpers make a figure, draw
 and write a PNG.
@@ -22,10 +23,13 @@ __all__ = [
     "overlay_rgb",
     "plot_confusion_matrix",
     "plot_history",
+    "plot_pointing_curve",
     "plot_roc",
+    "pointing_by_tolerance",
     "save_confusion_matrix",
     "save_figure",
     "save_history",
+    "save_pointing_curve",
     "save_roc",
     "subplots",
 ]
@@ -78,6 +82,40 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, ax, label: str = "mod
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title("ROC curve")
     ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+
+
+def pointing_by_tolerance(distances: Sequence[float], tolerances: np.ndarray) -> np.ndarray:
+    """The pointing game's share of hits at each tolerance: for each ``tolerances[t]`` (source
+    pixels, float (T,)), the fraction of ``distances`` (each scored slice's peak-to-box
+    distance, ``mriscan.explain.peak_box_distance``) at most that far; float64 (T,). At 0 it
+    is the strict rule's share (inside the box). NaN everywhere when ``distances`` is empty
+    (no correctly classified slice: undefined)."""
+    d = np.sort(np.asarray(distances, np.float64))
+    if not d.size:
+        return np.full(np.shape(tolerances), np.nan)
+    return np.searchsorted(d, np.asarray(tolerances, np.float64), side="right") / d.size
+
+
+def plot_pointing_curve(
+    distances: Mapping[str, Sequence[float]], tolerance: float, ax, *, max_px: float = 100.0
+) -> None:
+    """Per class, the share of correctly classified slices whose map peak lies within x source
+    pixels of their box, for x from 0 (inside the box: the strict rule) to ``max_px``; a
+    dotted line marks ``tolerance`` (the game's authors' 15 px). Classes without a scored
+    slice are left out of the legend's curves."""
+    grid = np.linspace(0.0, max_px, 201)
+    for name, d in distances.items():
+        if len(d):
+            ax.step(grid, pointing_by_tolerance(d, grid), where="post", lw=2,
+                    label=f"{name} (n={len(d)})")  # fmt: skip
+    ax.axvline(tolerance, ls=":", color="grey", lw=1, label=f"{tolerance:g} px")
+    ax.set_xlabel("peak's distance to the tumor box (source pixels)")
+    ax.set_ylabel("share of correctly classified slices")
+    ax.set_title("Pointing game by tolerance")
+    ax.set_xlim(0, max_px)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -165,4 +203,13 @@ def save_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | os.PathLi
     """Write roc.png."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     plot_roc(fpr, tpr, auc, ax)
+    return save_figure(fig, path)
+
+
+def save_pointing_curve(
+    distances: Mapping[str, Sequence[float]], tolerance: float, path: str | os.PathLike[str]
+) -> Path:
+    """Write the pointing game's share of hits by tolerance (``plot_pointing_curve``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    plot_pointing_curve(distances, tolerance, ax)
     return save_figure(fig, path)

@@ -819,6 +819,8 @@ def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
     assert r.exit_code == 0, r.output
     near = f"within 15 px: {s['pointing_within_tolerance']:.3f} ({s['hits_within_tolerance']})"
     assert near in next(line for line in r.output.splitlines() if "left:" in line)
+    assert (out / "pointing_game.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"by tolerance: {out / 'pointing_game.png'}" in r.output
     table = list(csv.DictReader((out / "pointing_game_slices.csv").open()))
     assert [float(t["distance_px"]) for t in table] == pytest.approx(
         [r["distance_px"] for r in result["slices"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -30,3 +31,21 @@ def test_a_figure_interrupted_mid_write_leaves_the_old_file_and_no_partial_one(
         save_figure(plt.figure(), path)
     assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png"]
+
+
+def test_pointing_by_tolerance_counts_peaks_at_most_that_far():
+    """At 0 the strict rule (inside the box); each distance counts from its own value on
+    (a peak 15 px away is a hit at 15, not at 14.9); no scored slice: undefined, not 0."""
+    from mriscan.plots import pointing_by_tolerance
+
+    d = [0.0, 0.0, 15.0, 40.0]
+    got = pointing_by_tolerance(d, np.array([0.0, 14.9, 15.0, 39.0, 100.0]))
+    assert got.tolist() == [0.5, 0.5, 0.75, 0.75, 1.0]
+    assert np.isnan(pointing_by_tolerance([], np.array([0.0, 15.0]))).all()
+
+
+def test_the_pointing_curve_is_written_as_a_png(tmp_path):
+    from mriscan.plots import save_pointing_curve
+
+    path = save_pointing_curve({"glioma": [0.0, 20.0], "pituitary": []}, 15.0, tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
