@@ -1,6 +1,6 @@
 """``python -m mriscan`` runs the CLI."""
 
-from mriscan.cli import main
+from mriscan.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

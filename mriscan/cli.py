@@ -427,6 +427,23 @@ def main(verbose: int) -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
+def entry() -> None:
+    """The ``mriscan`` console script and ``python -m mriscan``: ``main``, after which a
+    Ctrl-C ends the process quietly. Once the command has returned (its results written, its
+    exit status set), Python still tears down TensorFlow, JAX and their threads for up to
+    seconds; a SIGINT then raised ``KeyboardInterrupt`` inside that teardown and printed a
+    traceback over the command's output (tester24 #7). With SIGINT's default action restored,
+    the process just ends, as any program stopped by Ctrl-C (shell status 130). Only where
+    Python's own handler is installed in the main thread (``_sigint_is_ours``)."""
+    import signal
+
+    try:
+        main()  # standalone mode: ends by raising SystemExit with the command's status
+    finally:
+        if _sigint_is_ours():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # how DICOM and NIfTI files are read, on every command that reads them (parameters "scan__...")
 _SCAN_OPTIONS = (
     (DicomConfig, "window_percentiles", "--dicom-window", "Percentiles (0-100) of a DICOM "

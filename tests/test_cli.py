@@ -813,3 +813,29 @@ def test_predict_and_explain_refuse_bad_options_before_loading_anything(
     args = [str(afile) if a == "FILE" else a for a in args]
     r = CliRunner().invoke(main, [command, str(model), str(tmp_path), *args])
     assert r.exit_code == 2 and named in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("args, status", [(["--version"], 0), (["--no-such-option"], 2)])
+def test_a_ctrl_c_while_python_shuts_down_ends_the_process_without_a_traceback(args, status):
+    """The console script (``entry``) keeps the command's exit status, then restores SIGINT's
+    default action: a Ctrl-C during the interpreter's teardown (here from an atexit handler,
+    which runs after the command returned) ends the process by the signal, where it printed a
+    KeyboardInterrupt traceback over the command's output (tester24 #7)."""
+    import signal
+
+    code = (
+        "import atexit, os, signal, sys\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        f"sys.argv = ['mriscan', *{args!r}]\n"
+        "from mriscan.cli import entry\n"
+        "entry()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == -signal.SIGINT, (run.returncode, run.stderr)
+    assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
+    # without the shutdown SIGINT the command's own status stands
+    plain = subprocess.run(
+        [sys.executable, "-c", code.replace("atexit.register", "(lambda f: None)")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert plain.returncode == status, plain.stderr
