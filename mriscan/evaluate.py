@@ -1289,12 +1289,52 @@ _REBUILT_HINT = (
 def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
     """The store positions of a recorded split part, checked against the store's content.
 
+    At the recorded positions when the store still holds the recorded slices there; else, for
+    a split.json that records each slice's pixel SHA-256, where the store now holds each of
+    them (found by checksum, each exactly once among the active samples: the training store
+    rebuilt from the same files plus others, whose positions moved), with a warning.
+
     Raises
     ------
     MriscanError
-        If the store no longer holds the same slices at those positions (rebuilt or changed
-        since training): scoring them would silently mix training slices into the test.
+        If the store no longer holds the same slices at those positions and they cannot all
+        be found by checksum (rebuilt from other files, or changed since training): scoring
+        them would silently mix training slices into the test.
     """
+    try:
+        return _at_recorded_positions(store, part, name)
+    except MriscanError:
+        found = _found_by_checksum(store, part)
+        if found is None:
+            raise
+    log.warning(
+        "%s was rebuilt since training: its positions moved, and the %d recorded %s slices "
+        "were found at their new positions by their pixel SHA-256",
+        store.location, found.size, name,
+    )  # fmt: skip
+    return found
+
+
+def _found_by_checksum(store: ImageStore, part: dict[str, Any]) -> np.ndarray | None:
+    """Positions of the active samples holding the recorded ``pixel_sha256`` of ``part``, in
+    the recorded order, when each is held by exactly one active sample; else None (an older
+    split.json without checksums, a slice gone, or one held twice: not decidable)."""
+    expected = part.get("pixel_sha256")
+    if not expected or len(expected) != len(part.get("indices", ())):
+        return None
+    recs = store.index.records
+    where: dict[str, list[int]] = {}
+    for i in store.active_indices():
+        where.setdefault(recs[int(i)].pixel_sha256, []).append(int(i))
+    hits = [where.get(h, []) for h in expected]
+    if any(len(h) != 1 for h in hits):
+        return None
+    return np.asarray([h[0] for h in hits], np.int64)
+
+
+def _at_recorded_positions(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
+    """The recorded positions of ``part``, when the store holds the recorded slices there
+    (``_recorded_indices``' first try); raises ``MriscanError`` saying what differs."""
     idx = np.asarray(part["indices"], np.int64)
     recs = store.index.records
     if idx.size and (idx.min() < 0 or idx.max() >= len(recs)):

@@ -225,18 +225,65 @@ def test_threshold_sample_caps_training_slices():
     assert threshold_sample(big, 1).tolist() != a.tolist()
 
 
-def test_a_rebuilt_store_is_refused_for_a_recorded_split(small_store):
+def test_a_rebuilt_store_is_refused_for_a_recorded_split_unless_its_slices_are_found(
+    small_store, caplog
+):
+    """The recorded slices at other positions (the store rebuilt from the same files plus
+    others) are found by their pixel SHA-256, with a warning (tester25 #2: refused); a slice
+    the store no longer holds, or a split.json without checksums, is refused as before."""
     from mriscan.evaluate import _recorded_indices
 
     with ImageStore.open(small_store) as store:
         recs = store.index.records
         part = {"indices": [0, 1, 2], "pixel_sha256": [recs[i].pixel_sha256 for i in (0, 1, 2)]}
         assert _recorded_indices(store, part, "test").tolist() == [0, 1, 2]
-        moved = {**part, "pixel_sha256": [recs[i].pixel_sha256 for i in (1, 0, 2)]}
+        assert not caplog.records
+        moved = {"indices": [5, 9, len(recs) + 3], "pixel_sha256": part["pixel_sha256"]}
+        with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+            assert _recorded_indices(store, moved, "test").tolist() == [0, 1, 2]
+        assert "found at their new positions by their pixel SHA-256" in caplog.text
+        gone = {**part, "pixel_sha256": [*part["pixel_sha256"][:2], "0" * 64]}
         with pytest.raises(MriscanError, match="no longer the slices"):
-            _recorded_indices(store, moved, "test")
+            _recorded_indices(store, gone, "test")
         with pytest.raises(MriscanError, match="store was rebuilt"):
             _recorded_indices(store, {"indices": [len(recs)]}, "test")
+        # by file name only (an older split.json): names do not prove the same pixels
+        named = {"indices": [1, 0], "sources": [recs[0].source, recs[1].source]}
+        with pytest.raises(MriscanError, match="no longer the slices"):
+            _recorded_indices(store, named, "test")
+
+
+@pytest.mark.backend
+def test_the_training_store_rebuilt_with_one_more_file_scores_the_same_test_slices(
+    tmp_path, caplog
+):
+    """The training store deleted and ingested again from the same folder plus one new file
+    (listed first, so every position moves): evaluate without DATA finds the recorded test
+    slices by checksum and scores exactly them (tester25 #2: refused)."""
+    import shutil
+
+    from PIL import Image
+
+    from mriscan.ingest import IngestConfig, ingest
+    from mriscan.model import load_model
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "raw", ("no", "yes"), n_per_class=12)
+    store = tmp_path / "own.zarr"
+    result = train(data, TINY, out=tmp_path / "art", store_path=store)
+    model = tmp_path / "art" / "models" / "best_model.keras"
+    first = evaluate(model, out=tmp_path / "ev1")
+    shutil.rmtree(store)
+    odd = np.random.default_rng(7).integers(0, 255, (60, 60), dtype=np.uint8)
+    Image.fromarray(odd).save(data / "no" / "-new.png")
+    ingest(data, store, IngestConfig(load_model(model)[1].preprocess))
+    with ImageStore.open(store) as st:
+        assert st.index.records[0].source == "no/-new.png"  # every position moved
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        again = evaluate(model, out=tmp_path / "ev2")
+    assert "found at their new positions" in caplog.text
+    assert again["split"] == "test" and again["n"] == first["n"] == len(result.split["test"])
+    assert again["accuracy"] == first["accuracy"]
 
 
 # --- issue 19 item 10 (evaluate): unreadable files are named; undefined metrics say so ----------
