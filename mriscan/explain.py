@@ -816,11 +816,18 @@ class SliceBoxes(NamedTuple):
 BOX_COLUMNS = ("file", "class", "x_center", "y_center", "width", "height")
 
 
-def read_boxes(path: str | os.PathLike[str]) -> dict[str, SliceBoxes]:
+def read_boxes(
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> dict[str, SliceBoxes]:
     """Tumor boxes from a CSV ``file,class,x_center,y_center,width,height`` (fractions of the
     image side, the YOLO convention; ``file`` relative to the data folder). A file on several
     lines has several boxes (a slice with several lesions: a map's peak inside any of them
-    counts as a hit), which must name one class.
+    counts as a hit), which must name one class. A byte-order mark (spreadsheets' "CSV
+    UTF-8") is read as such, not as part of the first column's name.
+
+    Keys are the ``file`` values with "." and ".." folded (``os.path.normpath``), so one
+    file spelled two ways ("./a/x.jpg", "a/x.jpg") is one slice; with ``root`` (the data
+    folder) an absolute path inside it is keyed by its path relative to it, as the others.
 
     Raises
     ------
@@ -832,7 +839,7 @@ def read_boxes(path: str | os.PathLike[str]) -> dict[str, SliceBoxes]:
 
     out: dict[str, SliceBoxes] = {}
     first_line: dict[str, int] = {}
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if missing := [c for c in BOX_COLUMNS if c not in (reader.fieldnames or ())]:
             raise MriscanError(
@@ -851,16 +858,29 @@ def read_boxes(path: str | os.PathLike[str]) -> dict[str, SliceBoxes]:
                     f"{path}, line {line}: the box of {row['file']} has zero width or height: "
                     "no peak can fall inside it; give the tumor's extent."
                 )
-            old = out.get(row["file"])
+            key = _box_key(row["file"], root)
+            old = out.get(key)
             if old is not None and old.cls != row["class"]:
                 raise MriscanError(
                     f"{path}, line {line}: {row['file']} is boxed as {row['class']!r} here and "
-                    f"as {old.cls!r} on line {first_line[row['file']]}: a slice has one class."
+                    f"as {old.cls!r} on line {first_line[key]}: a slice has one class."
                 )
-            first_line.setdefault(row["file"], line)
+            first_line.setdefault(key, line)
             earlier = old.boxes if old is not None else ()
-            out[row["file"]] = SliceBoxes(row["class"], (*earlier, vals))
+            out[key] = SliceBoxes(row["class"], (*earlier, vals))
     return out
+
+
+def _box_key(file: str, root: str | os.PathLike[str] | None) -> str:
+    """A boxes file's ``file`` value with "." and ".." folded; an absolute path inside
+    ``root`` made relative to it (lexically: links are not resolved, as in
+    ``slices_without_box``)."""
+    key = os.path.normpath(file) if file else file
+    if root is not None and os.path.isabs(key):
+        base = os.path.normpath(os.path.abspath(root))
+        if os.path.commonpath([base, key]) == base and key != base:
+            key = os.path.relpath(key, base)
+    return key
 
 
 def pointing_rule(card: Any, box_class: str) -> str | None:
@@ -1042,7 +1062,7 @@ def pointing_game(
     _check_method(method)
     model, card = load_model(model_path)
     cfg = card.preprocess
-    boxes = read_boxes(boxes_csv)
+    boxes = read_boxes(boxes_csv, root)
     items = sorted(boxes.items())[:limit] if limit else sorted(boxes.items())
     not_scored: dict[str, dict[str, Any]] = {}
     for _, box in items:

@@ -1103,6 +1103,15 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
         assert {len(b.boxes) for b in boxes.values()} == {2}
         scores.append(pointing_game(path, data, tmp_path / "b.csv")["overall"])
     assert scores[0] == scores[1] and scores[0]["hits"] == scores[0]["correct"] > 0
+    # one file spelled two ways ("./x", an absolute path inside the data folder) is one slice
+    # with two boxes, not two slices (tester26 HIGH: it was scored twice); a spreadsheet's
+    # byte-order mark does not hide the first column
+    spelled = [f"./{r}" for r in nowhere[::2]] + [f"{data}/{r}" for r in nowhere[1::2]]
+    (tmp_path / "c.csv").write_text("\ufeff" + "\n".join([rows[0], *whole, *spelled]) + "\n")
+    assert read_boxes(tmp_path / "c.csv", data) == boxes
+    assert {len(b.boxes) for b in read_boxes(tmp_path / "c.csv").values()} == {1, 2}
+    same = pointing_game(path, data, tmp_path / "c.csv")
+    assert same["overall"] == scores[0] and len(same["slices"]) == len(whole)
     first = rows[1].split(",")[0]
     other = "right" if first.startswith("left") else "left"
     (tmp_path / "two.csv").write_text(f"{rows[0]}\n{rows[1]}\n{first},{other},0.5,0.5,1,1\n")
