@@ -1135,7 +1135,9 @@ def _print_metrics(title: str, m: dict) -> None:
         )
     absent = [n for n, pc in m["per_class"].items() if not pc["support"]]
     present = [n for n, pc in m["per_class"].items() if pc["support"]]
-    if absent and present and "macro_f1" in m:
+    macro = m.get("macro_f1")
+    # an undefined macro-F1 is over no class: the note would contradict its "undefined"
+    if absent and present and isinstance(macro, float) and macro == macro:
         means = "macro-F1" if "sensitivity" in m else "macro-F1 and balanced accuracy"
         click.echo(
             f"  ({means} over the classes present: {', '.join(present)}; "

@@ -615,27 +615,31 @@ def collect_inputs(
 ) -> tuple[list[SourceFile], list[tuple[Path, str]]]:
     """Expand files and folders into input files of every kind, and the problems found.
 
-    Folders are searched recursively (sorted; names starting with "." below the folder given
-    are skipped, the folder given itself may lie anywhere); kinds are found by content
-    (``mriscan.io.classify_file``); a file given by name is kept even if its kind is unknown
-    (it then fails in its own row). Returns ``(files, problems)`` where problems are
-    ``(path, reason)`` for inputs that do not exist, sub-folders that could not be listed,
-    files found in a folder that are not inputs (with the reason), and folders with no file at
-    all. A file reached more
-    than once (the same input given twice, a folder and a file or sub-folder inside it, a
-    symbolic link to a file already found) is listed once, where it was first reached, so it
-    is read and scored once; how many were so is logged as a warning, with an example (a
-    user who gave a file twice sees why it has one row).
+    Folders are searched recursively (sorted; names starting with "." below the folder given are
+    skipped, the folder given itself may lie anywhere); kinds are found by content
+    (``mriscan.io.classify_file``); a file given by name is kept even if its kind is unknown (it
+    then fails in its own row). Returns ``(files, problems)`` where problems are ``(path,
+    reason)`` for inputs that do not exist, sub-folders that could not be listed, files found in
+    a folder that are not inputs (with the reason), and folders with no file at all. A file
+    reached more than once (the same input given twice, a folder and a file or sub-folder inside
+    it, a symbolic or hard link to a file already found: the same device and inode) is listed
+    once, where it was first reached, so it is read and scored once; how many were so is logged
+    as a warning, with an example (a user who gave a file twice sees why it has one row).
     """
     files: list[SourceFile] = []
     problems: list[tuple[Path, str]] = []
-    seen: dict[str, Path] = {}  # real path → where first reached (a folder and one of its files)
+    # the file's identity (device, inode: links of both kinds) → where first reached
+    seen: dict[Any, Path] = {}
     again: list[tuple[Path, Path]] = []
 
     def once(found: Sequence[SourceFile]) -> list[SourceFile]:
         out = []
         for f in found:
-            key = os.path.realpath(f.path)
+            try:
+                st = os.stat(f.path)
+                key: Any = (st.st_dev, st.st_ino)
+            except OSError:  # unreadable or gone: its own row says so; by its real path
+                key = os.path.realpath(f.path)
             if key not in seen:
                 seen[key] = Path(f.path)
                 out.append(f)
@@ -665,7 +669,7 @@ def collect_inputs(
             files += once([SourceFile(p, file_kind(p) or "image")])
     if again:
         shown = [(p, first) for p, first in again if p != Path()]
-        example = ""
+        example = " (DICOM/NIfTI files: their paths, which may name the patient, not shown)"
         if shown:
             path, first = shown[0]
             example = f": e.g. {path}" + ("" if path == first else f" (as {first})")

@@ -839,3 +839,22 @@ def test_a_ctrl_c_while_python_shuts_down_ends_the_process_without_a_traceback(a
         capture_output=True, text=True,
     )  # fmt: skip
     assert plain.returncode == status, plain.stderr
+
+
+def test_an_undefined_macro_f1_gets_no_note_on_the_classes_it_averages(capsys):
+    """One class in the data: macro-F1 is undefined, so the note "macro-F1 over the classes
+    present" would contradict it (tester26 MED); a defined one keeps the note."""
+    from mriscan.cli import _print_metrics
+
+    pc = {"no": {"precision": float("nan"), "recall": float("nan"), "f1": float("nan"),
+                 "support": 0},
+          "yes": {"precision": 1.0, "recall": 0.8, "f1": 0.889, "support": 5}}  # fmt: skip
+    m = {"n": 5, "per_class": pc, "class_names": ["no", "yes"], "sensitivity": 0.8,
+         "confusion_matrix": [[0, 0], [1, 4]], "macro_f1": float("nan")}  # fmt: skip
+    _print_metrics("Test", m)
+    out = capsys.readouterr().out
+    assert "macro-F1 undefined" in out and "over the classes present" not in out
+    _print_metrics("Test", {**m, "macro_f1": 0.889})
+    assert "(macro-F1 over the classes present: yes; no without a slice, left out)" in (
+        capsys.readouterr().out
+    )

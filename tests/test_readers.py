@@ -81,3 +81,15 @@ def test_a_file_reached_twice_is_read_once_and_said(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="mriscan.readers"):
         assert len(collect_inputs([folder])[0]) == 2
     assert not caplog.records
+    # a hard link is the same file (tester26: scored twice); a scanner file's path is not
+    # shown, and the warning says so instead of stopping mid-sentence
+    os.link(folder / "b.png", tmp_path / "hard.png")
+    with caplog.at_level("WARNING", logger="mriscan.readers"):
+        files, _ = collect_inputs([tmp_path / "hard.png", folder, dcm, dcm])
+    assert [f.path for f in files] == [tmp_path / "hard.png", folder / "a.png", dcm]
+    assert f"e.g. {folder / 'b.png'} (as {tmp_path / 'hard.png'})" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mriscan.readers"):
+        collect_inputs([dcm, dcm])
+    assert caplog.records[0].getMessage().endswith("(DICOM/NIfTI files: their paths, which "
+                                                   "may name the patient, not shown)")  # fmt: skip
