@@ -1856,8 +1856,11 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
     default=None,
     help="Pointing game instead of PNGs: a CSV file,class,x_center,y_center,width,height "
     "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "
-    "often the map's peak on a correctly classified tumor slice lies inside its box (the map "
-    "of the predicted class, so not with --class). A yes/no model scores every boxed tumor "
+    "often the map's peak on a correctly classified tumor slice lies inside its box and, "
+    "beside it, within 15 source pixels of it (the tolerance of the game's authors, Zhang et "
+    "al.; meant for slices of about 500 pixels a side) (the map of the box's class, a yes/no "
+    "model's tumor class: the predicted class on every slice scored; so not with --class). "
+    "A yes/no model scores every boxed tumor "
     "type as its tumor class; other models score only boxes of their own classes and count "
     "the rest as not scored.",
 )
@@ -1913,10 +1916,11 @@ def explain(
     no image is found, or none could be read or has a slice --slices asks for. With --boxes, the
     pointing game over one data folder instead (no PNGs): the share of map peaks inside the
     tumor box and, beside it, within 15 source pixels of it (the tolerance of the game's
-    authors, Zhang et al.); it maps each slice's predicted class, so --class with --boxes is a
-    usage error (exit 2), as are the options it would not use: --slices, --top-k, --dicom-out,
-    --show-paths (it names files by their path in the boxes file), --modality and the
-    --dicom-*/--nifti-* options.
+    authors, Zhang et al., for images of about 500 pixels a side); it maps each slice's box
+    class (a yes/no model: its tumor class), the predicted class on every slice scored, so
+    --class with --boxes is a usage error (exit 2), as are the options it would not use:
+    --slices, --top-k, --dicom-out, --show-paths (it names files by their path in the boxes
+    file), --modality and the --dicom-*/--nifti-* options.
     """
     _import_keras()
     from mriscan._heatmap_record import RECORD_NAME
@@ -2047,12 +2051,13 @@ _BOXES_USES = {"model_path", "images", "out", "boxes", "method"}
 
 
 def _refuse_with_boxes(ctx: click.Context) -> None:
-    """``explain --boxes``: a usage error (exit 2, before the model loads) naming each option
-    given that the pointing game would ignore, and why, instead of a run that silently drops
-    it. --class picks the map of the heatmap PNGs (the game maps each slice's predicted
-    class); --slices, --top-k, --dicom-out and the DICOM/NIfTI reading options only act on the
-    heatmap PNGs of scanner slices; --show-paths changes no name there, as the pointing game
-    reads the JPEG/PNG files the boxes file lists and always names them by that path."""
+    """``explain --boxes``: a usage error (exit 2, before the model loads) naming each option given
+    that the pointing game would ignore, and why, instead of a run that silently drops it.
+    --class picks the map of the heatmap PNGs (the game maps each slice's box class, the
+    predicted class on every slice it scores); --slices, --top-k, --dicom-out and the
+    DICOM/NIfTI reading options only act on the heatmap PNGs of scanner slices; --show-paths
+    changes no name there, as the pointing game reads the JPEG/PNG files the boxes file lists
+    and always names them by that path."""
     given = [
         p
         for p in ctx.command.params
@@ -2102,7 +2107,7 @@ def _pointing_game(
     scored = {n: [r["distance_px"] for r in result["slices"] if r["class"] == n and r["correct"]]
               for n in result["per_class"]}  # fmt: skip
     curve = save_pointing_curve(scored, result["tolerance_px"], out / "pointing_game.png")
-    tol = f"{result['tolerance_px']:g} px"
+    tol = f"{result['tolerance_px']:g} source px"
     click.echo(
         f"Pointing game ({method} peak inside the tumor box, correctly classified slices; "
         f"beside it within {tol} of the box, the tolerance of the game's authors, Zhang et al.):"

@@ -965,6 +965,9 @@ def peak_fraction(image: np.ndarray, cam: np.ndarray, config: Any) -> tuple[floa
 #: Backprop", ECCV 2016 / IJCV 2018, section on the pointing game; their images, PASCAL VOC
 #: and COCO, are about 500 pixels a side, as figshare's 512² slices). In source-image pixels.
 POINTING_TOLERANCE_PX = 15.0
+#: longer sides (source pixels) outside which ``pointing_game`` warns that 15 pixels are another
+#: share of the side than on the authors' ~500-pixel images (half to twice that size)
+TOLERANCE_SIDES = (256, 1024)
 
 
 def peak_box_distance(
@@ -1035,7 +1038,9 @@ def pointing_game(
         "hits": peaks inside the box, "pointing": hits / correct, "hits_within_tolerance":
         peaks within ``tolerance_px`` of the box, "pointing_within_tolerance": those /
         correct}} (a ratio is NaN, undefined, when no slice of the class is correct),
-        ``overall`` (the same over all scored classes), ``tolerance_px``, ``slices`` (per
+        ``overall`` (the same over all scored classes), ``tolerance_px``,
+        ``tolerance_off_scale`` (correctly classified slices whose longer side lies outside
+        ``TOLERANCE_SIDES``, warned of), ``slices`` (per
         scored slice, in file order: ``file``, ``class`` (its box's), ``predicted``,
         ``correct``, ``peak_x``/``peak_y`` (the map's peak as fractions of the source image's
         width / height, ``peak_fraction``), ``distance_px`` (``peak_box_distance``: source
@@ -1074,6 +1079,7 @@ def pointing_game(
     stats: dict[str, dict[str, int]] = {}
     per_slice: list[dict[str, Any]] = []
     unreadable: list[tuple[str, str]] = []
+    sides: list[int] = []  # longer side of each correctly classified slice, source pixels
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         imgs, xs, keep = [], [], []
@@ -1111,6 +1117,8 @@ def pointing_game(
             stats[box.cls]["hits"] += int(bool(row["hit"]))
             near = ok and row["distance_px"] <= POINTING_TOLERANCE_PX
             stats[box.cls]["hits_within_tolerance"] += int(near)
+            if ok:
+                sides.append(max(img.shape))
         per_slice += rows
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
@@ -1142,6 +1150,7 @@ def pointing_game(
         "per_class": stats,
         "overall": total,
         "tolerance_px": POINTING_TOLERANCE_PX,
+        "tolerance_off_scale": _off_scale(sides),
         "not_scored": not_scored,
         "slices": per_slice,
         "unreadable": unreadable,
@@ -1152,6 +1161,23 @@ def pointing_game(
             _tumor_classes(card, boxes),
         ),
     }
+
+
+def _off_scale(sides: Sequence[int]) -> int:
+    """How many of the correctly classified slices' longer ``sides`` lie outside
+    ``TOLERANCE_SIDES``, warned of: there the 15-pixel tolerance is another share of the side
+    (on a 32-pixel slice half of it, on a 5,000-pixel one 0.3%)."""
+    lo, hi = TOLERANCE_SIDES
+    odd = [s for s in sides if not lo <= s <= hi]
+    if odd:
+        log.warning(
+            "%d of the %d correctly classified slices have a longer side outside %d-%d pixels "
+            "(%d to %d): there 15 pixels are another share of the side than on the ~500-pixel "
+            "images the tolerance was set for; read the strict share (inside the box), or "
+            "distance_px against each slice's size",
+            len(odd), len(sides), lo, hi, min(odd), max(odd),
+        )  # fmt: skip
+    return len(odd)
 
 
 def _tumor_classes(card: Any, boxes: dict[str, SliceBoxes]) -> set[str]:
