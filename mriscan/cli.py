@@ -1283,8 +1283,10 @@ def synth(
 @click.option(
     "--keep-duplicates",
     is_flag=True,
-    help="Keep slices of other data that near-duplicate a training slice of the model "
-    "(removed and counted by default).",
+    help="Keep and score slices of other data that near-duplicate a training slice of the "
+    "model, and slices of its training or validation patients (both removed and counted by "
+    "default); they are counted (metrics.json: kept) and a warning says when they are most "
+    "of the data.",
 )
 @_show_paths_option(slices=False)
 @_scan_options
@@ -1361,6 +1363,13 @@ def evaluate(
         )
     elif same["why_not"]:
         click.echo(f"  cannot check for training patients: {same['why_not']}")
+    if dup.get("kept"):
+        click.echo(f"  scored {dup['kept']} near-duplicates of training slices (--keep-duplicates)")
+    if same.get("kept"):
+        click.echo(
+            f"  scored {same['kept']} other slices of patients the model was trained or "
+            "validated on (--keep-duplicates)"
+        )
     copies = result["exact_duplicates"]
     if copies["count"]:
         click.echo(

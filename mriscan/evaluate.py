@@ -401,22 +401,25 @@ def evaluate(
                 for i in idx[same]
             ]
             idx, y = idx[~same], y[~same]
+            # the model's own data: near-duplicates of its slices, then slices of its patients
+            own = len(dropped) + len(same_rows)
             if not idx.size:
                 raise MriscanError(
                     f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
                     f"training slices removed, {len(same_rows)} slices of training patients "
                     f"removed, {len(unreadable)} unreadable files)."
-                    + _own_data_hint(len(dropped), len(dropped) + idx.size, recorded)
+                    + _own_data_hint(own, own + idx.size, recorded, patients=len(same_rows))
                 )
-            if 2 * len(dropped) > len(dropped) + idx.size:
-                log.warning(_own_data_hint(len(dropped), len(dropped) + idx.size, recorded).strip())
-            kept = (
-                _count_kept_duplicates(model_path, card, store, idx)
-                if not (remove_duplicates or same_store)
-                else None
-            )
-            if kept is not None and 2 * kept > idx.size:
-                log.warning(_own_data_hint(kept, idx.size, recorded, kept=True).strip())
+            if 2 * own > own + idx.size:
+                hint = _own_data_hint(own, own + idx.size, recorded, patients=len(same_rows))
+                log.warning(hint.strip())
+            kept = kept_same = None
+            if not (remove_duplicates or same_store):  # --keep-duplicates: counted, all scored
+                kept, kept_same = _count_kept(model_path, card, store, idx)
+                mine = (kept or 0) + (kept_same or 0)
+                if 2 * mine > idx.size:
+                    hint = _own_data_hint(mine, idx.size, recorded, kept=True, patients=kept_same)
+                    log.warning(hint.strip())
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
             data_labels = store.labels[idx].astype(np.int64)
@@ -457,6 +460,9 @@ def evaluate(
             "count": len(same_rows),
             "patients": same_patients,
             "per_class": {n: sum(1 for _, c in same_rows if c == n) for n in scored_names},
+            # --keep-duplicates: how many scored slices, not near-duplicates, are of training or
+            # validation patients (None: not asked to keep them, or it cannot be checked)
+            "kept": kept_same,
             "rule": "slices whose keyed Patient ID hash is that of a training or validation "
             "slice of the model (same identifier key), among those left after the "
             "near-duplicates (listed in same_patient_removed.csv)",
@@ -861,17 +867,28 @@ def _is_training_store(data: Any, store: ImageStore, recorded: dict | None) -> b
     return True
 
 
-def _own_data_hint(removed: int, total: int, recorded: dict | None, *, kept: bool = False) -> str:
-    """A sentence for when most of the data near-duplicate the model's own training and
-    validation slices (more than half of ``total``), else "". ``recorded``: the run's
-    split.json (None: the held-out test split is not known here). ``kept``: the slices were
-    scored (``--keep-duplicates``), not removed."""
+def _own_data_hint(
+    removed: int,
+    total: int,
+    recorded: dict | None,
+    *,
+    kept: bool = False,
+    patients: int | None = 0,
+) -> str:
+    """A sentence for when most of the data are the model's own (more than half of ``total``):
+    ``removed`` slices that near-duplicate its training and validation slices or, ``patients``
+    of them, are slices of its training and validation patients; else "". ``recorded``: the
+    run's split.json (None: the held-out test split is not known here). ``kept``: the slices
+    were scored (``--keep-duplicates``), not removed."""
     if 2 * removed <= total:
         return ""
     scored = " and are scored (--keep-duplicates)" if kept else ""
+    whose = (
+        f" or, {patients} of them, are of its training or validation patients" if patients else ""
+    )
     ask = (
         f" {removed} of {total} slices near-duplicate the model's training or validation "
-        f"slices{scored}: are these the data it was trained on? "
+        f"slices{whose}{scored}: are these the data it was trained on? "
     )
     if recorded is None:
         return ask + (
@@ -1113,17 +1130,28 @@ def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
         )
 
 
-def _count_kept_duplicates(
+def _count_kept(
     model_path: Path, card: Any, store: ImageStore, idx: np.ndarray
-) -> int | None:
-    """How many of the slices ``idx`` near-duplicate one of the model's training slices, when
-    they are kept (``--keep-duplicates``): counted, so that scoring the model's own training
-    data is still pointed out; None when the model has no training thumbnails (no warning:
-    nothing was to be removed)."""
+) -> tuple[int | None, int | None]:
+    """When the model's own data are kept (``--keep-duplicates``), how many of the slices
+    ``idx`` near-duplicate one of its training slices, and how many of the others are slices
+    of its training or validation patients (``_same_patients``): counted, so that scoring the
+    model's own data is still pointed out and recorded. Each None when it cannot be checked
+    (no training thumbnails; no patient list, or another identifier key): no warning, nothing
+    was to be removed."""
+    if not idx.size:
+        return None, None
     reference = _training_signatures(model_path, card)
-    if reference is None or not idx.size:
-        return None
-    return int(near_duplicates_of(store.signatures()[idx], reference).sum())
+    dup = (
+        near_duplicates_of(store.signatures()[idx], reference)
+        if reference is not None
+        else np.zeros(idx.size, bool)
+    )
+    same, _, why_not = _same_patients(card, store, idx[~dup])
+    return (
+        int(dup.sum()) if reference is not None else None,
+        int(same.sum()) if not why_not else None,
+    )
 
 
 def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:

@@ -161,6 +161,11 @@ def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path,
     assert kept["n"] == 24 and kept["near_duplicates_removed"]["count"] == 0
     assert kept["near_duplicates_removed"]["kept"] == removed and len(said) == 1
     assert f"{removed} of 24 slices" in said[0] and "are scored (--keep-duplicates)" in said[0]
+    # and the console counts them, as it counts removed ones (tester26 LOW-MED)
+    args = ["evaluate", str(data), "--model", str(model), "--out", str(tmp_path / "ev3")]
+    r = CliRunner().invoke(main, [*args, "--keep-duplicates"])
+    assert r.exit_code == 0, r.output
+    assert f"scored {removed} near-duplicates of training slices (--keep-duplicates)" in r.output
 
 
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):

@@ -393,7 +393,7 @@ def _series(root: Path, cls: str, pid: str, seed: int) -> None:
 
 
 @pytest.mark.backend
-def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monkeypatch):
+def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monkeypatch, caplog):
     import csv
 
     from conftest import fast_config
@@ -437,6 +437,21 @@ def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monke
     # --keep-duplicates keeps them
     kept = evaluate(model, other, out=tmp_path / "ev2", n_boot=10, remove_duplicates=False)
     assert kept["n"] == 12 and not kept["same_patient_removed"]["checked"]
+    assert kept["same_patient_removed"]["kept"] == 6  # and counts them
+    # mostly the model's own patients: said, whether removed or kept (tester26 MED: only
+    # near-duplicates counted towards "are these the data it was trained on?")
+    mostly = tmp_path / "mostly"
+    _series(mostly, "yes", "P1", 21)
+    _series(mostly, "no", "P2", 22)
+    _series(mostly, "yes", "P3", 23)
+    for flag, words in ((True, "removed"), (False, "are scored (--keep-duplicates)")):
+        with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+            evaluate(model, mostly, out=tmp_path / f"m{flag}", n_boot=10, remove_duplicates=flag)
+        said = [r.getMessage() for r in caplog.records if "trained on?" in r.getMessage()]
+        assert len(said) == 1 and "6 of 9 slices" in said[0], said
+        assert "or, 6 of them, are of its training or validation patients" in said[0]
+        assert ("are scored" in said[0]) == (not flag), words
+        caplog.clear()
     # another identifier key: the same patient has another hash; say so, remove nothing
     monkeypatch.setenv("MRISCAN_KEY_FILE", str(tmp_path / "other.key"))
     res = evaluate(model, other, out=tmp_path / "ev3", n_boot=10)
