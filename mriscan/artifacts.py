@@ -48,6 +48,7 @@ __all__ = [
     "remove_stale_plots",
     "signatures_path",
     "stale_plots",
+    "training_signatures",
     "write_json",
 ]
 
@@ -658,3 +659,29 @@ def _card_rule(data: dict[str, Any]) -> str:
     if rule or data.get("threshold") is None:
         return rule
     return "Youden's J on the validation split (recorded before mriscan named its rule)"
+
+
+def training_signatures(model_path: str | os.PathLike[str], card: Any) -> Any:
+    """The thumbnails of the model's training slices (uint8 (n, 16, 16),
+    ``mriscan.duplicates.signatures``), or None for a model saved without them.
+
+    Raises
+    ------
+    ModelCardError
+        If the card records them but the file beside the model is missing or other (its
+        SHA-256 differs): naming the file and what to do.
+    """
+    import numpy as np
+
+    path = signatures_path(model_path)
+    if not card.train_signatures_sha256:
+        return None
+    if not path.is_file() or file_sha256(path) != card.train_signatures_sha256:
+        raise ModelCardError(
+            f"{path} is missing or does not belong to {model_path}: it holds the thumbnails of "
+            "the training slices, needed to remove their near-duplicates from an evaluation. "
+            f"Restore it (train writes it beside the model as {path.name}; copy it with the "
+            ".keras and .json files), retrain, or pass --keep-duplicates (the data are then "
+            "scored whole: slices the model was trained on, if they are among them, too)."
+        )
+    return np.load(path)

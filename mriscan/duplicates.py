@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from mriscan.errors import ConfigError
-from mriscan.neighbors import DEFAULT_DIMS, committed_pairs, near_pairs
+from mriscan.neighbors import DEFAULT_DIMS, committed_pairs, cross_pairs, near_pairs
 from mriscan.preprocess import PreprocessConfig, preprocess, preprocess_batch
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "SIGNATURE_SIZE",
     "duplicate_groups",
     "key_links",
+    "near_duplicates_of",
     "near_links",
     "new_links",
     "same_label_links",
@@ -289,3 +290,19 @@ def key_links(keys: Sequence[str], *, offset: int, key_positions: Mapping[str, i
     ]
     out = np.array(extra, np.int64).reshape(-1, 2)
     return out[out[:, 0] != out[:, 1]]
+
+
+def near_duplicates_of(
+    signatures: np.ndarray, reference: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> np.ndarray:
+    """Boolean mask (n,): which of ``signatures`` correlate above ``threshold`` with any of
+    ``reference`` (both uint8 (n, 16, 16) thumbnails, ``mriscan.duplicates.signatures``).
+
+    The pairs come from ``mriscan.neighbors.cross_pairs`` (the audit's exact, sub-quadratic
+    search over Pearson correlations).
+    """
+    out = np.zeros(len(signatures), bool)
+    if len(signatures) and len(reference):
+        rows, _, _ = cross_pairs(signatures, reference, threshold=threshold)
+        out[rows] = True
+    return out

@@ -24,19 +24,17 @@ import numpy as np
 
 from mriscan import metrics as mx
 from mriscan.artifacts import (
-    ModelCardError,
     RunLayout,
     read_json,
     remove_stale_plots,
-    signatures_path,
+    training_signatures,
     write_json,
 )
 from mriscan.config import check_class_map, class_map_sources
-from mriscan.duplicates import DEFAULT_THRESHOLD
+from mriscan.duplicates import DEFAULT_THRESHOLD, near_duplicates_of
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.io import SourceFile
-from mriscan.neighbors import cross_pairs
 from mriscan.readers import ReadOptions, file_sha256, settings_for_model
 from mriscan.scan_config import describe_setting
 from mriscan.scratch import scratch_dir
@@ -55,7 +53,6 @@ __all__ = [
     "evaluate",
     "failing",
     "grouped_levels",
-    "near_duplicates_of",
     "one_class_summary",
     "tumor_calls",
     "undefined_metrics",
@@ -182,38 +179,6 @@ def undefined_metrics(
                 none_of([name]) if counts[k] == 0 else none_of(others) + " (one-vs-rest)"
             )
     return why
-
-
-def near_duplicates_of(
-    signatures: np.ndarray, reference: np.ndarray, threshold: float = DEFAULT_THRESHOLD
-) -> np.ndarray:
-    """Boolean mask (n,): which of ``signatures`` correlate above ``threshold`` with any of
-    ``reference`` (both uint8 (n, 16, 16) thumbnails, ``mriscan.duplicates.signatures``).
-
-    The pairs come from ``mriscan.neighbors.cross_pairs`` (the audit's exact, sub-quadratic
-    search over Pearson correlations).
-    """
-    out = np.zeros(len(signatures), bool)
-    if len(signatures) and len(reference):
-        rows, _, _ = cross_pairs(signatures, reference, threshold=threshold)
-        out[rows] = True
-    return out
-
-
-def _training_signatures(model_path: Path, card: Any) -> np.ndarray | None:
-    """The thumbnails of the model's training slices, or None for models saved without."""
-    path = signatures_path(model_path)
-    if not card.train_signatures_sha256:
-        return None
-    if not path.is_file() or file_sha256(path) != card.train_signatures_sha256:
-        raise ModelCardError(
-            f"{path} is missing or does not belong to {model_path}: it holds the thumbnails of "
-            "the training slices, needed to remove their near-duplicates from an evaluation. "
-            f"Restore it (train writes it beside the model as {path.name}; copy it with the "
-            ".keras and .json files), retrain, or pass --keep-duplicates (the data are then "
-            "scored whole: slices the model was trained on, if they are among them, too)."
-        )
-    return np.load(path)
 
 
 def evaluate(
@@ -1141,7 +1106,7 @@ def _count_kept(
     was to be removed."""
     if not idx.size:
         return None, None
-    reference = _training_signatures(model_path, card)
+    reference = training_signatures(model_path, card)
     dup = (
         near_duplicates_of(store.signatures()[idx], reference)
         if reference is not None
@@ -1156,7 +1121,7 @@ def _count_kept(
 
 def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:
     """Mask over ``idx``: slices that near-duplicate one of the model's training slices."""
-    reference = _training_signatures(model_path, card)
+    reference = training_signatures(model_path, card)
     if reference is None:
         log.warning(
             "%s was saved without its training thumbnails: near-duplicates of training "

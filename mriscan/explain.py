@@ -1040,7 +1040,9 @@ def pointing_game(
         correct}} (a ratio is NaN, undefined, when no slice of the class is correct),
         ``overall`` (the same over all scored classes), ``tolerance_px``,
         ``tolerance_off_scale`` (correctly classified slices whose longer side lies outside
-        ``TOLERANCE_SIDES``, warned of), ``slices`` (per
+        ``TOLERANCE_SIDES``, warned of), ``training_near_duplicates`` (scored slices that
+        near-duplicate the model's training or validation slices, warned of; None when the
+        model has no training thumbnails), ``slices`` (per
         scored slice, in file order: ``file``, ``class`` (its box's), ``predicted``,
         ``correct``, ``peak_x``/``peak_y`` (the map's peak as fractions of the source image's
         width / height, ``peak_fraction``), ``distance_px`` (``peak_box_distance``: source
@@ -1059,6 +1061,7 @@ def pointing_game(
         example, and that paths are relative to ``root``, or which classes were not scored and
         why.
     """
+    from mriscan.duplicates import signature
     from mriscan.inference import predict_batch
     from mriscan.io import decode_image
     from mriscan.model import load_model
@@ -1080,6 +1083,7 @@ def pointing_game(
     per_slice: list[dict[str, Any]] = []
     unreadable: list[tuple[str, str]] = []
     sides: list[int] = []  # longer side of each correctly classified slice, source pixels
+    thumbs: list[np.ndarray] = []  # each scored slice's signature, against the training ones
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         imgs, xs, keep = [], [], []
@@ -1092,6 +1096,7 @@ def pointing_game(
             imgs.append(img)
             xs.append(preprocess(img, cfg))
             keep.append((rel, box))
+            thumbs.append(signature(img))
         if not xs:
             continue
         x = normalize(np.stack(xs), cfg.normalization, threshold=cfg.threshold)[..., None]
@@ -1151,6 +1156,7 @@ def pointing_game(
         "overall": total,
         "tolerance_px": POINTING_TOLERANCE_PX,
         "tolerance_off_scale": _off_scale(sides),
+        "training_near_duplicates": _training_look_alikes(model_path, card, thumbs),
         "not_scored": not_scored,
         "slices": per_slice,
         "unreadable": unreadable,
@@ -1161,6 +1167,33 @@ def pointing_game(
             _tumor_classes(card, boxes),
         ),
     }
+
+
+def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarray]) -> int | None:
+    """How many of the scored slices (their 16×16 ``thumbs``) near-duplicate one of the
+    model's training or validation slices (``mriscan.duplicates.near_duplicates_of``, as
+    ``evaluate`` removes them), warned of: the game on them says how the model looks at slices
+    it learned from, not at new ones. None when the model has no training thumbnails (or
+    they do not match it: warned of, the game is still played)."""
+    from mriscan.artifacts import ModelCardError, training_signatures
+    from mriscan.duplicates import near_duplicates_of
+
+    try:
+        reference = training_signatures(model_path, card)
+    except ModelCardError as exc:
+        log.warning("the slices are not checked against the model's training slices: %s", exc)
+        return None
+    if reference is None or not thumbs:
+        return None
+    n = int(near_duplicates_of(np.stack(thumbs), reference).sum())
+    if n:
+        log.warning(
+            "%d of the %d scored slices near-duplicate the model's training or validation "
+            "slices: on them the pointing game says how the model looks at slices it learned "
+            "from; play it on its held-out test split or on new data for a fair number",
+            n, len(thumbs),
+        )  # fmt: skip
+    return n
 
 
 def _off_scale(sides: Sequence[int]) -> int:

@@ -931,7 +931,7 @@ def test_a_tumor_only_folder_gives_sensitivity_and_exits_1_saying_so(
     with ImageStore.open(tmp_path / "s.zarr") as store:
         assert store.class_names == ("yes",)
         trained = store.signatures()[:2]
-    monkeypatch.setattr(ev_mod, "_training_signatures", lambda path, card: trained)
+    monkeypatch.setattr(ev_mod, "training_signatures", lambda path, card: trained)
     ev = evaluate(loose_model, data, out=tmp_path / "ev", n_boot=50)
     removed = ev["near_duplicates_removed"]
     assert removed["count"] >= 2 and removed["per_class"] == {"yes": removed["count"]}
@@ -1008,7 +1008,7 @@ def test_a_class_emptied_by_the_removals_is_named_in_the_closing_advice(
     with ImageStore.open(tmp_path / "s.zarr") as store:
         no = store.class_names.index("no")
         trained = store.signatures()[np.asarray(store.labels) == no]
-    monkeypatch.setattr(ev_mod, "_training_signatures", lambda path, card: trained)
+    monkeypatch.setattr(ev_mod, "training_signatures", lambda path, card: trained)
     r = _cli_evaluate(class_folder, loose_model, tmp_path / "c")
     assert r.exit_code == 1, r.output
     err = next(x for x in r.output.splitlines() if x.startswith("Error:"))

@@ -813,6 +813,27 @@ def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
         s["hits_within_tolerance"] / s["correct"]
     )
     assert result["overall"]["pointing_within_tolerance"] == s["pointing_within_tolerance"]
+    assert result["training_near_duplicates"] is None  # no training thumbnails to check
+    # the model "trained" on 4 of these slices: counted and warned of (tester26: the game
+    # was played on a model's own training slices without a word, where evaluate warns)
+    import dataclasses
+
+    from mriscan.artifacts import signatures_path
+    from mriscan.duplicates import signatures
+    from mriscan.readers import file_sha256
+
+    seen = [np.asarray(Image.open(tmp_path / "data" / "left" / f"{i}.png")) for i in range(4)]
+    np.save(signatures_path(path), signatures(seen))
+    card = ModelCard.load(path)
+    dataclasses.replace(card, train_signatures_sha256=file_sha256(signatures_path(path))).save(path)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mriscan.explain"):
+        again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
+    assert again["training_near_duplicates"] >= 4
+    assert (
+        f"{again['training_near_duplicates']} of the 15 scored slices near-duplicate the "
+        "model's training" in caplog.text
+    )
     # the command prints both rules per class and writes each slice's distance
     import csv
 
