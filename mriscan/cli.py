@@ -381,10 +381,12 @@ class _Group(click.Group):
             if why is None:
                 raise
             where = f" while writing {exc.filename}" if exc.filename else ""
+            if exc.filename2:  # a rename (os.replace): what failed is replacing the target
+                where = f" while replacing {exc.filename2}"
             raise click.ClickException(
                 f"Stopped: {why}{where}. Nothing half-written was kept (the previous store, "
-                "model and results are as they were); free space or fix the permissions and "
-                "run the command again."
+                "model, results and heat maps are as they were); free space or fix the "
+                "permissions (or the file's attributes) and run the command again."
             ) from exc
 
 

@@ -394,6 +394,15 @@ def test_a_full_disk_is_one_line_and_keeps_the_store(class_folder, tmp_path, mon
     r = runner.invoke(main, ["ingest", str(class_folder), "--store", str(store)])
     assert r.exit_code == 1 and "no space left on the device" in r.output
     assert "Traceback" not in r.output
+    # a rename refused (an immutable target): the target is named, not the temporary file
+    # (tester26 LOW: "while writing .x.png.123.tmp")
+
+    def immutable(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted", "/o/.m.png.1.tmp", None, "/o/m.png")
+
+    monkeypatch.setattr(files.os, "fsync", immutable)
+    r = runner.invoke(main, ["ingest", str(class_folder), "--store", str(store)])
+    assert "Stopped: operation not permitted while replacing /o/m.png." in r.output, r.output
     monkeypatch.undo()
     assert (store / "index.json").read_bytes() == index_before
     assert runner.invoke(main, ["verify", "--store", str(store)]).exit_code == 0
