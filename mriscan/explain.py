@@ -1176,7 +1176,7 @@ def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarra
     it learned from, not at new ones. None when the model has no training thumbnails (or
     they do not match it: warned of, the game is still played)."""
     from mriscan.artifacts import ModelCardError, training_signatures
-    from mriscan.duplicates import near_duplicates_of
+    from mriscan.duplicates import DEFAULT_THRESHOLD, near_duplicates_of
 
     try:
         reference = training_signatures(model_path, card)
@@ -1189,9 +1189,10 @@ def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarra
     if n:
         log.warning(
             "%d of the %d scored slices near-duplicate the model's training or validation "
-            "slices: on them the pointing game says how the model looks at slices it learned "
-            "from; play it on its held-out test split or on new data for a fair number",
-            n, len(thumbs),
+            "slices (16×16 thumbnails correlating above %s, the rule by which evaluate removes "
+            "them; look-alikes of other slices are caught too): on those the pointing game "
+            "shows how the model looks at slices it learned from",
+            n, len(thumbs), DEFAULT_THRESHOLD,
         )  # fmt: skip
     return n
 
