@@ -24,6 +24,7 @@ import numpy as np
 
 from mriscan import metrics as mx
 from mriscan.artifacts import (
+    ModelCardError,
     RunLayout,
     read_json,
     remove_stale_plots,
@@ -1106,7 +1107,11 @@ def _count_kept(
     was to be removed."""
     if not idx.size:
         return None, None
-    reference = training_signatures(model_path, card)
+    try:
+        reference = training_signatures(model_path, card)
+    except ModelCardError as exc:  # the remedy that error names is this very flag
+        log.warning("scored near-duplicates of training slices are not counted: %s", exc)
+        reference = None
     dup = (
         near_duplicates_of(store.signatures()[idx], reference)
         if reference is not None

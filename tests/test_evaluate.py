@@ -110,6 +110,9 @@ def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_
     with pytest.raises(MriscanError, match=r"best_model\.signatures\.npy; copy it with") as err:
         evaluate(lone / "best_model.keras", moved, out=tmp_path / "l3")
     assert "trained on, if they are among them, too" in str(err.value)
+    # and that flag then scores the data whole: the kept near-duplicates cannot be counted
+    whole = evaluate(lone / "best_model.keras", moved, out=tmp_path / "l4", remove_duplicates=False)
+    assert whole["n"] > 0 and whole["near_duplicates_removed"]["kept"] is None
 
 
 def test_a_relative_training_store_is_recorded_absolute(small_store, tmp_path, monkeypatch):
