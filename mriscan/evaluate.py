@@ -421,7 +421,10 @@ def evaluate(
             "kept": kept,
         },
         same_patient_removed={
-            "checked": not why_not and remove_duplicates and not same_store,
+            # checked: removed, or (--keep-duplicates) counted as kept
+            "checked": bool(
+                (not why_not and remove_duplicates and not same_store) or kept_same is not None
+            ),
             "why_not": why_not,
             "count": len(same_rows),
             "patients": same_patients,
@@ -848,13 +851,12 @@ def _own_data_hint(
     were scored (``--keep-duplicates``), not removed."""
     if 2 * removed <= total:
         return ""
-    scored = " and are scored (--keep-duplicates)" if kept else ""
-    whose = (
-        f" or, {patients} of them, are of its training or validation patients" if patients else ""
-    )
+    scored = " (scored: --keep-duplicates)" if kept else ""
+    patients = patients or 0
     ask = (
-        f" {removed} of {total} slices near-duplicate the model's training or validation "
-        f"slices{whose}{scored}: are these the data it was trained on? "
+        f" {removed} of {total} slices are the model's own{scored}: {removed - patients} "
+        f"near-duplicate its training or validation slices, {patients} more are of its "
+        "training or validation patients. Are these the data it was trained on? "
     )
     if recorded is None:
         return ask + (
@@ -1289,22 +1291,34 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
 
     At the recorded positions when the store still holds the recorded slices there; else, for
     a split.json that records each slice's pixel SHA-256, where the store now holds each of
-    them (found by checksum, each exactly once among the active samples: the training store
-    rebuilt from the same files plus others, whose positions moved), with a warning.
+    them (found by checksum among the active samples: the training store rebuilt from the same
+    files plus others, whose positions moved), with a warning. A checksum held by several
+    samples (pixel-identical files) is matched to the one of the recorded source file when
+    there is one, else to any not matched yet: the same pixels score the same.
 
     Raises
     ------
     MriscanError
         If the store no longer holds the same slices at those positions and they cannot all
-        be found by checksum (rebuilt from other files, or changed since training): scoring
-        them would silently mix training slices into the test.
+        be found by checksum (rebuilt from other files, or changed since training), saying
+        how many are missing and naming one: scoring them would silently mix training slices
+        into the test.
     """
     try:
         return _at_recorded_positions(store, part, name)
-    except MriscanError:
-        found = _found_by_checksum(store, part)
-        if found is None:
+    except MriscanError as exc:
+        if not part.get("pixel_sha256"):
             raise
+        found, missing = _found_by_checksum(store, part)
+        if found is None and isinstance(exc, _RetiredError):
+            raise  # the positions hold, some samples were retired: that error says which
+        if found is None:
+            total = len(part["pixel_sha256"])
+            raise MriscanError(
+                f"{len(missing)} of the {total} recorded {name} slices are not in "
+                f"{store.location} any more (no sample holds their pixels; e.g. "
+                f"{missing[0]}): the store was rebuilt or changed since training. " + _REBUILT_HINT
+            ) from exc
     log.warning(
         "%s was rebuilt since training: its positions moved, and the %d recorded %s slices "
         "were found at their new positions by their pixel SHA-256",
@@ -1313,21 +1327,36 @@ def _recorded_indices(store: ImageStore, part: dict[str, Any], name: str) -> np.
     return found
 
 
-def _found_by_checksum(store: ImageStore, part: dict[str, Any]) -> np.ndarray | None:
+def _found_by_checksum(
+    store: ImageStore, part: dict[str, Any]
+) -> tuple[np.ndarray | None, list[str]]:
     """Positions of the active samples holding the recorded ``pixel_sha256`` of ``part``, in
-    the recorded order, when each is held by exactly one active sample; else None (an older
-    split.json without checksums, a slice gone, or one held twice: not decidable)."""
-    expected = part.get("pixel_sha256")
-    if not expected or len(expected) != len(part.get("indices", ())):
-        return None
+    the recorded order, each used once (of several holding one checksum, the one of the
+    recorded source file first); and the recorded sources (or positions) of the slices no
+    sample holds. (None, missing) when some are missing."""
+    expected = part["pixel_sha256"]
+    sources = part.get("sources") or [f"position {i}" for i in part.get("indices", ())]
     recs = store.index.records
     where: dict[str, list[int]] = {}
     for i in store.active_indices():
         where.setdefault(recs[int(i)].pixel_sha256, []).append(int(i))
-    hits = [where.get(h, []) for h in expected]
-    if any(len(h) != 1 for h in hits):
-        return None
-    return np.asarray([h[0] for h in hits], np.int64)
+    found: list[int] = []
+    missing: list[str] = []
+    for k, h in enumerate(expected):
+        free = where.get(h, [])
+        source = sources[k] if k < len(sources) else f"slice {k}"
+        if not free:
+            missing.append(str(source))
+            continue
+        mine = next((i for i in free if recs[i].source == source), free[0])
+        free.remove(mine)
+        found.append(mine)
+    return (None, missing) if missing else (np.asarray(found, np.int64), [])
+
+
+class _RetiredError(MriscanError):
+    """Some recorded samples were retired in place (their files moved, overwritten or
+    deleted): ``_at_recorded_positions``' most precise refusal."""
 
 
 def _at_recorded_positions(store: ImageStore, part: dict[str, Any], name: str) -> np.ndarray:
@@ -1344,7 +1373,7 @@ def _at_recorded_positions(store: ImageStore, part: dict[str, Any], name: str) -
     retired = np.setdiff1d(idx, store.active_indices())
     if retired.size:
         flags = sorted({f for i in retired for f in recs[int(i)].flags})
-        raise MriscanError(
+        raise _RetiredError(
             f"{retired.size} of the {idx.size} recorded {name} samples of {store.location} were "
             f"retired since training ({', '.join(flags) or 'changed'}: their files were moved, "
             "overwritten or deleted), e.g. position "

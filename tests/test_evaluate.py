@@ -163,7 +163,7 @@ def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path,
     said = [r.getMessage() for r in caplog.records if "trained on?" in r.getMessage()]
     assert kept["n"] == 24 and kept["near_duplicates_removed"]["count"] == 0
     assert kept["near_duplicates_removed"]["kept"] == removed and len(said) == 1
-    assert f"{removed} of 24 slices" in said[0] and "are scored (--keep-duplicates)" in said[0]
+    assert f"{removed} of 24 slices are the model's own (scored: --keep-duplicates)" in said[0]
     # and the console counts them, as it counts removed ones (tester26 LOW-MED)
     args = ["evaluate", str(data), "--model", str(model), "--out", str(tmp_path / "ev3")]
     r = CliRunner().invoke(main, [*args, "--keep-duplicates"])
@@ -250,15 +250,48 @@ def test_a_rebuilt_store_is_refused_for_a_recorded_split_unless_its_slices_are_f
         with caplog.at_level("WARNING", logger="mriscan.evaluate"):
             assert _recorded_indices(store, moved, "test").tolist() == [0, 1, 2]
         assert "found at their new positions by their pixel SHA-256" in caplog.text
-        gone = {**part, "pixel_sha256": [*part["pixel_sha256"][:2], "0" * 64]}
-        with pytest.raises(MriscanError, match="no longer the slices"):
+        gone = {**part, "pixel_sha256": [*part["pixel_sha256"][:2], "0" * 64],
+                "sources": [recs[i].source for i in (0, 1, 2)]}  # fmt: skip
+        # the count and the slice named are the missing one's (tester27: "3 of the 3")
+        with pytest.raises(MriscanError, match=rf"1 of the 3 recorded test slices are not in "
+                           rf".* e\.g\. {recs[2].source}\)"):  # fmt: skip
             _recorded_indices(store, gone, "test")
         with pytest.raises(MriscanError, match="store was rebuilt"):
             _recorded_indices(store, {"indices": [len(recs)]}, "test")
+        # one slice recorded twice (two pixel-identical files in the test split) but held once
+        twice = {"indices": [7, 8], "pixel_sha256": [part["pixel_sha256"][0]] * 2}
+        with pytest.raises(MriscanError, match="1 of the 2 recorded test slices are not in"):
+            _recorded_indices(store, twice, "test")
         # by file name only (an older split.json): names do not prove the same pixels
         named = {"indices": [1, 0], "sources": [recs[0].source, recs[1].source]}
         with pytest.raises(MriscanError, match="no longer the slices"):
             _recorded_indices(store, named, "test")
+
+
+def test_pixel_identical_twins_in_a_rebuilt_store_are_matched_one_to_one(tmp_path):
+    """Two samples of the same pixels (a JPEG and its PNG re-save): a recorded slice takes the
+    one of its own source file, and two recorded copies take one each (tester27 HIGH: a
+    checksum held twice made the whole split unfindable)."""
+    from mriscan.evaluate import _recorded_indices
+    from mriscan.preprocess import PreprocessConfig
+
+    cfg = PreprocessConfig(size=16)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 255, (16, 16), dtype=np.uint8) for _ in range(2))
+    with ImageStore.create(tmp_path / "s.zarr", 16, cfg) as st:
+        st.set_class_names(["no", "yes"])
+        names = ["no/new.png", "no/b.jpg", "no/a.jpg", "no/a_copy.png"]
+        st.append(np.stack([b, b, a, a]), np.zeros(4, np.int64),
+                  [{"source": n, "sha256": f"{k:064x}"} for k, n in enumerate(names)])  # fmt: skip
+        st.commit(groups=np.arange(4))
+    with ImageStore.open(tmp_path / "s.zarr") as st:
+        h = [r.pixel_sha256 for r in st.index.records]
+        assert h[0] == h[1] and h[2] == h[3]
+        one = {"indices": [5], "pixel_sha256": [h[1]], "sources": ["no/b.jpg"]}
+        assert _recorded_indices(st, one, "test").tolist() == [1]
+        both = {"indices": [9, 8], "pixel_sha256": [h[2], h[2]],
+                "sources": ["no/a_copy.png", "no/a.jpg"]}  # fmt: skip
+        assert _recorded_indices(st, both, "test").tolist() == [3, 2]
 
 
 @pytest.mark.backend

@@ -436,7 +436,7 @@ def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monke
     assert all("P1" not in r[0] and "P2" not in r[0] for r in rows)  # pseudonyms only
     # --keep-duplicates keeps them
     kept = evaluate(model, other, out=tmp_path / "ev2", n_boot=10, remove_duplicates=False)
-    assert kept["n"] == 12 and not kept["same_patient_removed"]["checked"]
+    assert kept["n"] == 12 and kept["same_patient_removed"]["checked"]  # counted as kept
     assert kept["same_patient_removed"]["kept"] == 6  # and counts them
     # mostly the model's own patients: said, whether removed or kept (tester26 MED: only
     # near-duplicates counted towards "are these the data it was trained on?")
@@ -444,13 +444,19 @@ def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monke
     _series(mostly, "yes", "P1", 21)
     _series(mostly, "no", "P2", 22)
     _series(mostly, "yes", "P3", 23)
-    for flag, words in ((True, "removed"), (False, "are scored (--keep-duplicates)")):
+    for flag in (True, False):
         with caplog.at_level("WARNING", logger="mriscan.evaluate"):
-            evaluate(model, mostly, out=tmp_path / f"m{flag}", n_boot=10, remove_duplicates=flag)
+            res = evaluate(model, mostly, out=tmp_path / f"m{flag}", n_boot=10,
+                           remove_duplicates=flag)  # fmt: skip
         said = [r.getMessage() for r in caplog.records if "trained on?" in r.getMessage()]
-        assert len(said) == 1 and "6 of 9 slices" in said[0], said
-        assert "or, 6 of them, are of its training or validation patients" in said[0]
-        assert ("are scored" in said[0]) == (not flag), words
+        assert len(said) == 1 and "6 of 9 slices are the model's own" in said[0], said
+        # the two counts apart (tester27: "6 near-duplicate ... or, 6 of them, ...")
+        assert (
+            "0 near-duplicate its training or validation slices, 6 more are of its "
+            "training or validation patients" in said[0]
+        )
+        assert ("(scored: --keep-duplicates)" in said[0]) == (not flag)
+        assert res["same_patient_removed"]["checked"]  # removed, or counted as kept
         caplog.clear()
     # another identifier key: the same patient has another hash; say so, remove nothing
     monkeypatch.setenv("MRISCAN_KEY_FILE", str(tmp_path / "other.key"))
