@@ -2126,7 +2126,8 @@ def _pointing_game(
     click.echo(f"  rule: {result['rule']}")
     for name, s in {**result["per_class"], "all": result["overall"]}.items():
         click.echo(
-            f"  {name:>12}: {_num(s['pointing'])}  ({s['hits']} of {s['correct']} correct, "
+            f"  {name:>12}: {_num(s['pointing'])}  ({s['hits']} hits of {s['correct']} "
+            "correctly classified, "
             f"{s['n']} boxed slices); within {tol}: {_num(s['pointing_within_tolerance'])} "
             f"({s['hits_within_tolerance']})"
         )

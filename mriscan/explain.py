@@ -833,8 +833,23 @@ def read_boxes(
     ------
     MriscanError
         Naming the line: on a missing column (named), a value that is not a fraction in
-        [0, 1], a box of zero width or height, or a file whose lines name different classes.
+        [0, 1], a box of zero width or height, a file whose lines name different classes, or
+        (with ``root``) a path outside the data folder; or, naming the file, when it is not
+        UTF-8 text.
     """
+    try:
+        return _read_box_rows(path, root)
+    except UnicodeDecodeError as exc:
+        raise MriscanError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}): save it as UTF-8 "
+            '(a spreadsheet\'s "CSV UTF-8"), then run the command again.'
+        ) from None
+
+
+def _read_box_rows(
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None
+) -> dict[str, SliceBoxes]:
+    """``read_boxes``' reading (UTF-8, with or without a byte-order mark)."""
     import csv
 
     out: dict[str, SliceBoxes] = {}
@@ -858,7 +873,10 @@ def read_boxes(
                     f"{path}, line {line}: the box of {row['file']} has zero width or height: "
                     "no peak can fall inside it; give the tumor's extent."
                 )
-            key = _box_key(row["file"], root)
+            try:
+                key = _box_key(row["file"], root)
+            except ValueError as exc:
+                raise MriscanError(f"{path}, line {line}: {exc}") from None
             old = out.get(key)
             if old is not None and old.cls != row["class"]:
                 raise MriscanError(
@@ -872,15 +890,34 @@ def read_boxes(
 
 
 def _box_key(file: str, root: str | os.PathLike[str] | None) -> str:
-    """A boxes file's ``file`` value with "." and ".." folded; an absolute path inside
-    ``root`` made relative to it (lexically: links are not resolved, as in
-    ``slices_without_box``)."""
+    """A boxes file's ``file`` value with "." and ".." folded; with ``root``, the path
+    relative to it of a path inside it (an absolute one, or one through "..": lexically, or
+    else with links resolved, as when the data folder is given through a link).
+
+    Raises
+    ------
+    ValueError
+        If, with ``root``, the path lies outside it (the boxes file's paths are the data
+        folder's files).
+    """
     key = os.path.normpath(file) if file else file
-    if root is not None and os.path.isabs(key):
-        base = os.path.normpath(os.path.abspath(root))
-        if os.path.commonpath([base, key]) == base and key != base:
-            key = os.path.relpath(key, base)
-    return key
+    if root is None or not key:
+        return key
+
+    def inside(p: str, base: str) -> bool:
+        return p != base and os.path.commonpath([base, p]) == base
+
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(base, key))
+    if inside(full, base):
+        return os.path.relpath(full, base)
+    real, real_base = os.path.realpath(full), os.path.realpath(base)
+    if inside(real, real_base):
+        return os.path.relpath(real, real_base)
+    raise ValueError(
+        f"{file} lies outside the data folder {root}: the file column names the data "
+        "folder's files, relative to it (give the folder that holds them all as IMAGES)"
+    )
 
 
 def pointing_rule(card: Any, box_class: str) -> str | None:
@@ -1039,7 +1076,9 @@ def pointing_game(
         peaks within ``tolerance_px`` of the box, "pointing_within_tolerance": those /
         correct}} (a ratio is NaN, undefined, when no slice of the class is correct),
         ``overall`` (the same over all scored classes), ``tolerance_px``,
-        ``tolerance_off_scale`` (correctly classified slices whose longer side lies outside
+        ``same_file_merged`` (boxed paths holding the bytes of an earlier one of their class,
+        scored as that one: ``_one_per_file``), ``tolerance_off_scale`` (correctly classified
+        slices whose longer side lies outside
         ``TOLERANCE_SIDES``, warned of), ``training_near_duplicates`` (scored slices that
         near-duplicate the model's training or validation slices, warned of; None when the
         model has no training thumbnails), ``slices`` (per
@@ -1078,6 +1117,7 @@ def pointing_game(
             not_scored.setdefault(box.cls, {"n": 0, "reason": why})["n"] += 1
     listed = len(items)
     items = [(rel, box) for rel, box in items if box.cls not in not_scored]
+    items, merged = _one_per_file(Path(root), items)
     _warn_folder_classes(items, card)
     stats: dict[str, dict[str, int]] = {}
     per_slice: list[dict[str, Any]] = []
@@ -1155,6 +1195,7 @@ def pointing_game(
         "per_class": stats,
         "overall": total,
         "tolerance_px": POINTING_TOLERANCE_PX,
+        "same_file_merged": merged,
         "tolerance_off_scale": _off_scale(sides),
         "training_near_duplicates": _training_look_alikes(model_path, card, thumbs),
         "not_scored": not_scored,
@@ -1167,6 +1208,43 @@ def pointing_game(
             _tumor_classes(card, boxes),
         ),
     }
+
+
+def _one_per_file(
+    root: Path, items: list[tuple[str, SliceBoxes]]
+) -> tuple[list[tuple[str, SliceBoxes]], int]:
+    """The boxed files with one entry per file content: a path that holds the same bytes as
+    an earlier one of the same class (a link of either kind, a copy) adds its boxes to that
+    one, which is scored once; returns the entries and how many were merged (warned of).
+    Files that cannot be read stay as they are (their row says why); the same bytes boxed as
+    two classes stay apart (each scored as its box says)."""
+    from mriscan.readers import file_sha256
+
+    first: dict[tuple[str, str], int] = {}
+    out: list[tuple[str, SliceBoxes]] = []
+    merged: list[tuple[str, str]] = []
+    for rel, box in items:
+        try:
+            key = (file_sha256(root / rel), box.cls)
+        except OSError:
+            out.append((rel, box))
+            continue
+        if key in first:
+            k = first[key]
+            kept, earlier = out[k]
+            out[k] = (kept, SliceBoxes(box.cls, (*earlier.boxes, *box.boxes)))
+            merged.append((rel, kept))
+            continue
+        first[key] = len(out)
+        out.append((rel, box))
+    if merged:
+        log.warning(
+            "%d boxed file(s) hold the same bytes as another boxed file of their class (a "
+            "link or a copy; e.g. %s, as %s): each such slice is scored once, with the boxes "
+            "of both",
+            len(merged), merged[0][0], merged[0][1],
+        )  # fmt: skip
+    return out, len(merged)
 
 
 def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarray]) -> int | None:

@@ -1152,6 +1152,35 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     assert {len(b.boxes) for b in read_boxes(tmp_path / "c.csv").values()} == {1, 2}
     same = pointing_game(path, data, tmp_path / "c.csv")
     assert same["overall"] == scores[0] and len(same["slices"]) == len(whole)
+    # reached through a linked data folder, or by other names (a link, a copy): one slice
+    # each, scored once with all its boxes (tester27: scored two and three times)
+    import os
+    import shutil
+
+    os.symlink(data, tmp_path / "link")
+    real = [f"{data}/{r}" for r in whole]  # absolute real paths, the folder given as the link
+    (tmp_path / "r.csv").write_text("\n".join([rows[0], *real, *nowhere]) + "\n")
+    assert read_boxes(tmp_path / "r.csv", tmp_path / "link") == boxes
+    one = whole[0].split(",")[0]
+    shutil.copy(data / one, data / f"{one}.copy.png")
+    os.symlink(data / one, data / f"{one}.link.png")
+    again = [f"{one}.copy.png,{whole[0].split(',', 1)[1]}", f"{one}.link.png,"
+             f"{nowhere[0].split(',', 1)[1]}"]  # fmt: skip
+    (tmp_path / "d.csv").write_text("\n".join([rows[0], *whole, *nowhere, *again]) + "\n")
+    merged = pointing_game(path, tmp_path / "link", tmp_path / "d.csv")
+    assert merged["same_file_merged"] == 2 and len(merged["slices"]) == len(whole)
+    assert merged["overall"] == scores[0]
+    (data / f"{one}.copy.png").unlink()
+    (data / f"{one}.link.png").unlink()
+    # a path outside the data folder, and a file that is not UTF-8: one clear line each
+    (tmp_path / "o.csv").write_text(f"{rows[0]}\n{tmp_path / 'elsewhere.png'},left,0.5,0.5,1,1\n")
+    with pytest.raises(MriscanError, match=r"line 2: .*elsewhere.png lies outside the data fol"):
+        read_boxes(tmp_path / "o.csv", data)
+    (tmp_path / "l1.csv").write_bytes(
+        f"{rows[0]}\nleft/\xe9.png,left,0.5,0.5,1,1\n".encode("latin-1")
+    )
+    with pytest.raises(MriscanError, match=r"l1.csv is not UTF-8 text .*save it as UTF-8"):
+        read_boxes(tmp_path / "l1.csv", data)
     first = rows[1].split(",")[0]
     other = "right" if first.startswith("left") else "left"
     (tmp_path / "two.csv").write_text(f"{rows[0]}\n{rows[1]}\n{first},{other},0.5,0.5,1,1\n")
