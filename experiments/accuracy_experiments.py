@@ -516,42 +516,33 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig4_s64_c2_nomirror": Experiment(
         "s14_platt", {**_size(64), "model.convs_per_block": 2, "model.mirror": False}, row=75
     ),
-    # and without the midline alignment: figshare mixes axial, coronal and sagittal slices,
-    # and row 75's typing errors (meningioma called pituitary) may come from aligning a
-    # "midline" in sagittal slices, which have none
-    "fig4_c2_nomirror_noalign": Experiment(
-        "s14_platt",
-        {"model.convs_per_block": 2, "model.mirror": False, "preprocess.align": False},
-        row=76,
-    ),
-    # spatial dropout after each block: 0 was decided on brain_mri's ~200 slices (it stalled
-    # training there); figshare's thousands may want the regularisation
-    "fig4_c2_nomirror_bdrop": Experiment(
-        "s14_platt",
-        {"model.convs_per_block": 2, "model.mirror": False, "model.block_dropout": 0.1},
-        row=77,
-    ),
-    # random shifts of up to a tenth of the side (0 was chosen on brain_mri's ~200 slices):
-    # figshare's tumors sit anywhere in the head, its heads anywhere in the frame
-    "fig4_c2_nomirror_shift": Experiment(
-        "s14_platt",
-        {"model.convs_per_block": 2, "model.mirror": False, "model.translation": 0.1},
-        row=78,
-    ),
-    # a moving average of the weights (Keras ``use_ema``): row 18 found no gain on brain_mri's
-    # ~200 slices at 0.99; on figshare's ~100 steps per epoch 0.998 averages about 5 epochs
-    "fig4_c2_nomirror_ema": Experiment(
-        "s14_platt",
-        {"model.convs_per_block": 2, "model.mirror": False, "optimizer.ema": 0.998},
-        row=79,
-    ),
-    # phantom pre-training was chosen on brain_mri's ~200 slices (rows 15-16), where a head
-    # start matters; with figshare's 4,564 it may only pull the filters toward phantom blobs
-    "fig4_c2_nomirror_nopretrain": Experiment(
-        "s14_platt",
-        {"model.convs_per_block": 2, "model.mirror": False, "pretrain.phantoms": 0},
-        row=81,
-    ),
+    # row 69(a)'s best arm (two convolutions per block, no mirror channel) with one more change
+    # each, decided on brain_mri's ~200 slices and tried on figshare's 4,564:
+    # - noalign (row 76): figshare mixes axial, coronal and sagittal slices, and row 75's
+    #   typing errors (meningioma called pituitary) may come from aligning a "midline" in
+    #   sagittal slices, which have none
+    # - bdrop (77): spatial dropout after each block (0 stalled training on brain_mri);
+    #   thousands of slices may want the regularisation
+    # - shift (78): random shifts of up to a tenth of the side: figshare's tumors sit anywhere
+    #   in the head, its heads anywhere in the frame
+    # - ema (79): a moving average of the weights (Keras ``use_ema``): row 18 found no gain on
+    #   brain_mri at 0.99; on figshare's ~100 steps per epoch 0.998 averages about 5 epochs
+    # - nopretrain (81): phantom pre-training (rows 15-16) gives a small set a head start; on
+    #   thousands it may only pull the filters toward phantom blobs
+    **{
+        f"fig4_c2_nomirror_{name}": Experiment(
+            "s14_platt",
+            {"model.convs_per_block": 2, "model.mirror": False, **change},
+            row=row,
+        )
+        for name, change, row in (
+            ("noalign", {"preprocess.align": False}, 76),
+            ("bdrop", {"model.block_dropout": 0.1}, 77),
+            ("shift", {"model.translation": 0.1}, 78),
+            ("ema", {"optimizer.ema": 0.998}, 79),
+            ("nopretrain", {"pretrain.phantoms": 0}, 81),
+        )
+    },
     # two convolutions per block ranked figshare's tumor types better (fig4_c2): the same
     # change on brain_mri, across collections (target 1) and in its own CV (target 4)
     **{
