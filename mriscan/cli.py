@@ -1287,8 +1287,8 @@ def synth(
     is_flag=True,
     help="Keep and score slices of other data that near-duplicate a training slice of the "
     "model, and slices of its training or validation patients (both removed and counted by "
-    "default); they are counted (metrics.json: kept) and a warning says when they are most "
-    "of the data.",
+    "default); they are counted (metrics.json: kept), listed (own_data_kept.csv) and a "
+    "warning says when they are most of the data.",
 )
 @_show_paths_option(slices=False)
 @_scan_options

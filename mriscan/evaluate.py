@@ -380,8 +380,9 @@ def evaluate(
                 hint = _own_data_hint(own, own + idx.size, recorded, patients=len(same_rows))
                 log.warning(hint.strip())
             kept = kept_same = None
+            kept_rows: list[tuple[str, str, str]] = []
             if not (remove_duplicates or same_store):  # --keep-duplicates: counted, all scored
-                kept, kept_same = _count_kept(model_path, card, store, idx)
+                kept, kept_same, kept_rows = _count_kept(model_path, card, store, idx)
                 mine = (kept or 0) + (kept_same or 0)
                 if 2 * mine > idx.size:
                     hint = _own_data_hint(mine, idx.size, recorded, kept=True, patients=kept_same)
@@ -478,6 +479,12 @@ def evaluate(
         w = csv.writer(fh)
         w.writerow(["source", "class"])
         w.writerows(same_rows)
+    # --keep-duplicates: which scored slices are the model's own (header only otherwise, so
+    # that an earlier evaluation's list in this folder does not stay beside this one's)
+    with open(ev.root / "own_data_kept.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "class", "why"])
+        w.writerows(kept_rows)
     with open(ev.root / "exact_duplicates.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["source", "same_bytes_as", "class"])
@@ -1100,15 +1107,16 @@ def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
 
 def _count_kept(
     model_path: Path, card: Any, store: ImageStore, idx: np.ndarray
-) -> tuple[int | None, int | None]:
+) -> tuple[int | None, int | None, list[tuple[str, str, str]]]:
     """When the model's own data are kept (``--keep-duplicates``), how many of the slices
     ``idx`` near-duplicate one of its training slices, and how many of the others are slices
     of its training or validation patients (``_same_patients``): counted, so that scoring the
     model's own data is still pointed out and recorded. Each None when it cannot be checked
     (no training thumbnails; no patient list, or another identifier key): no warning, nothing
-    was to be removed."""
+    was to be removed. Third: (source, class, why) of each such slice, for
+    ``own_data_kept.csv``."""
     if not idx.size:
-        return None, None
+        return None, None, []
     try:
         reference = training_signatures(model_path, card)
     except ModelCardError as exc:  # the remedy that error names is this very flag
@@ -1120,9 +1128,13 @@ def _count_kept(
         else np.zeros(idx.size, bool)
     )
     same, _, why_not = _same_patients(card, store, idx[~dup])
+    recs, names = store.index.records, store.class_names
+    rows = [(recs[i].source, names[store.labels[i]], "near-duplicate") for i in idx[dup]]
+    rows += [(recs[i].source, names[store.labels[i]], "training patient") for i in idx[~dup][same]]
     return (
         int(dup.sum()) if reference is not None else None,
         int(same.sum()) if not why_not else None,
+        rows,
     )
 
 

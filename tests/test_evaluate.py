@@ -164,6 +164,10 @@ def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path,
     assert kept["n"] == 24 and kept["near_duplicates_removed"]["count"] == 0
     assert kept["near_duplicates_removed"]["kept"] == removed and len(said) == 1
     assert f"{removed} of 24 slices are the model's own (scored: --keep-duplicates)" in said[0]
+    # and lists them (tester27 MED: only counted); header only when nothing was kept
+    listed = list(csv.DictReader((tmp_path / "ev2" / "evaluation" / "own_data_kept.csv").open()))
+    assert len(listed) == removed and {r["why"] for r in listed} == {"near-duplicate"}
+    assert not list(csv.DictReader((tmp_path / "ev" / "evaluation" / "own_data_kept.csv").open()))
     # and the console counts them, as it counts removed ones (tester26 LOW-MED)
     args = ["evaluate", str(data), "--model", str(model), "--out", str(tmp_path / "ev3")]
     r = CliRunner().invoke(main, [*args, "--keep-duplicates"])

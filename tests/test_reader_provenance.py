@@ -437,7 +437,12 @@ def test_evaluate_removes_and_counts_slices_of_training_patients(tmp_path, monke
     # --keep-duplicates keeps them
     kept = evaluate(model, other, out=tmp_path / "ev2", n_boot=10, remove_duplicates=False)
     assert kept["n"] == 12 and kept["same_patient_removed"]["checked"]  # counted as kept
-    assert kept["same_patient_removed"]["kept"] == 6  # and counts them
+    assert kept["same_patient_removed"]["kept"] == 6  # and counts them, and lists them
+    with open(tmp_path / "ev2" / "evaluation" / "own_data_kept.csv") as fh:
+        listed = list(csv.reader(fh))
+    assert listed[0] == ["source", "class", "why"] and len(listed) == 7
+    assert {r[2] for r in listed[1:]} == {"training patient"}
+    assert all("P1" not in r[0] and "P2" not in r[0] for r in listed)  # pseudonyms only
     # mostly the model's own patients: said, whether removed or kept (tester26 MED: only
     # near-duplicates counted towards "are these the data it was trained on?")
     mostly = tmp_path / "mostly"
