@@ -343,49 +343,49 @@ def evaluate(
             y_all = cmp.label_map[store.labels[idx].astype(np.int64)]
             idx, y = idx[y_all >= 0], y_all[y_all >= 0]
             copies = _exact_copies(store, idx)
-            removed = (
-                _dedupe(model_path, card, store, idx)
-                if (remove_duplicates and not same_store)
-                else np.zeros(idx.size, bool)
+            # the model's own data among other data: removed, or counted with --keep-duplicates
+            mine = (
+                None if same_store else _own_data(model_path, card, store, idx, remove_duplicates)
             )
-            dropped = [
-                (store.index.records[i].source, store.class_names[store.labels[i]])
-                for i in idx[removed]
-            ]
+            removing = remove_duplicates and mine is not None
+            none = np.zeros(idx.size, bool)
+            removed = mine.near if removing else none
+            same = mine.patient if removing else none
+            recs, names = store.index.records, store.class_names
+            dropped = [(recs[i].source, names[store.labels[i]]) for i in idx[removed]]
+            same_rows = [(recs[i].source, names[store.labels[i]]) for i in idx[same]]
             # y holds the scored classes' labels (the model's, or tumor / no tumor)
             gone = np.bincount(y[removed], minlength=len(cmp.class_names))
             removed_of = {n: int(c) for n, c in zip(cmp.class_names, gone, strict=True)}
-            idx, y = idx[~removed], y[~removed]
-            # slices of a patient the model trained or was validated on (the rest)
-            same, same_patients, why_not = (
-                _same_patients(card, store, idx)
-                if (remove_duplicates and not same_store)
-                else (np.zeros(idx.size, bool), 0, "")
-            )
-            same_rows = [
-                (store.index.records[i].source, store.class_names[store.labels[i]])
-                for i in idx[same]
-            ]
-            idx, y = idx[~same], y[~same]
+            same_patients = mine.patients if removing else 0
+            why_not = mine.why_not if mine is not None else ""
+            idx, y = idx[~(removed | same)], y[~(removed | same)]
             # the model's own data: near-duplicates of its slices, then slices of its patients
-            own = len(dropped) + len(same_rows)
+            n_own = len(dropped) + len(same_rows)
             if not idx.size:
                 raise MriscanError(
                     f"Nothing left to evaluate in {data} ({len(dropped)} near-duplicates of "
                     f"training slices removed, {len(same_rows)} slices of training patients "
                     f"removed, {len(unreadable)} unreadable files)."
-                    + _own_data_hint(own, own + idx.size, recorded, patients=len(same_rows))
+                    + _own_data_hint(n_own, n_own + idx.size, recorded, patients=len(same_rows))
                 )
-            if 2 * own > own + idx.size:
-                hint = _own_data_hint(own, own + idx.size, recorded, patients=len(same_rows))
+            if 2 * n_own > n_own + idx.size:
+                hint = _own_data_hint(n_own, n_own + idx.size, recorded, patients=len(same_rows))
                 log.warning(hint.strip())
             kept = kept_same = None
             kept_rows: list[tuple[str, str, str]] = []
-            if not (remove_duplicates or same_store):  # --keep-duplicates: counted, all scored
-                kept, kept_same, kept_rows = _count_kept(model_path, card, store, idx)
-                mine = (kept or 0) + (kept_same or 0)
-                if 2 * mine > idx.size:
-                    hint = _own_data_hint(mine, idx.size, recorded, kept=True, patients=kept_same)
+            if mine is not None and not removing:  # --keep-duplicates: counted, all scored
+                kept = int(mine.near.sum()) if mine.near_checked else None
+                kept_same = int(mine.patient.sum()) if not mine.why_not else None
+                whys = (("near-duplicate", mine.near), ("training patient", mine.patient))
+                kept_rows = [
+                    (recs[i].source, names[store.labels[i]], why)
+                    for why, mask in whys
+                    for i in idx[mask]
+                ]
+                n_kept = (kept or 0) + (kept_same or 0)
+                if 2 * n_kept > idx.size:
+                    hint = _own_data_hint(n_kept, idx.size, recorded, kept=True, patients=kept_same)
                     log.warning(hint.strip())
             prob = predict_store(model, store, idx, batch_size=batch_size, tta=card.tta)
             groups = store.groups[idx]
@@ -423,9 +423,7 @@ def evaluate(
         },
         same_patient_removed={
             # checked: removed, or (--keep-duplicates) counted as kept
-            "checked": bool(
-                (not why_not and remove_duplicates and not same_store) or kept_same is not None
-            ),
+            "checked": mine is not None and not why_not,
             "why_not": why_not,
             "count": len(same_rows),
             "patients": same_patients,
@@ -1105,50 +1103,60 @@ def _warn_reader(store: ImageStore, card: Any, data: Any) -> None:
         )
 
 
-def _count_kept(
-    model_path: Path, card: Any, store: ImageStore, idx: np.ndarray
-) -> tuple[int | None, int | None, list[tuple[str, str, str]]]:
-    """When the model's own data are kept (``--keep-duplicates``), how many of the slices
-    ``idx`` near-duplicate one of its training slices, and how many of the others are slices
-    of its training or validation patients (``_same_patients``): counted, so that scoring the
-    model's own data is still pointed out and recorded. Each None when it cannot be checked
-    (no training thumbnails; no patient list, or another identifier key): no warning, nothing
-    was to be removed. Third: (source, class, why) of each such slice, for
-    ``own_data_kept.csv``."""
-    if not idx.size:
-        return None, None, []
+@dataclass(frozen=True)
+class OwnData:
+    """Which slices of other data are the model's own (``_own_data``): boolean masks over the
+    store indices ``idx`` that were checked.
+
+    ``near``: near-duplicates (``mriscan.duplicates.near_duplicates_of``) of a training or
+    validation slice; ``patient``: the others that are slices of a training or validation
+    patient (``_same_patients``); ``patients``: how many such patients; ``near_checked``:
+    False when the model has no training thumbnails (``near`` is then all False);
+    ``why_not``: "" or why patients could not be checked (``patient`` is then all False).
+    """
+
+    near: np.ndarray
+    patient: np.ndarray
+    patients: int
+    near_checked: bool
+    why_not: str
+
+
+def _own_data(
+    model_path: Path, card: Any, store: ImageStore, idx: np.ndarray, removing: bool
+) -> OwnData:
+    """The near-duplicate and training-patient checks on the slices ``idx``, done once for
+    both uses: removing them (``removing``; the default) or counting them
+    (``--keep-duplicates``).
+
+    Raises
+    ------
+    ModelCardError
+        When removing, if the model's training thumbnails do not match it (its message names
+        ``--keep-duplicates``); when counting, that is warned of and the near-duplicates are
+        not counted.
+    """
     try:
         reference = training_signatures(model_path, card)
-    except ModelCardError as exc:  # the remedy that error names is this very flag
+    except ModelCardError as exc:
+        if removing:
+            raise
+        # the remedy that error names is the very flag in use
         log.warning("scored near-duplicates of training slices are not counted: %s", exc)
         reference = None
-    dup = (
-        near_duplicates_of(store.signatures()[idx], reference)
-        if reference is not None
-        else np.zeros(idx.size, bool)
-    )
-    same, _, why_not = _same_patients(card, store, idx[~dup])
-    recs, names = store.index.records, store.class_names
-    rows = [(recs[i].source, names[store.labels[i]], "near-duplicate") for i in idx[dup]]
-    rows += [(recs[i].source, names[store.labels[i]], "training patient") for i in idx[~dup][same]]
-    return (
-        int(dup.sum()) if reference is not None else None,
-        int(same.sum()) if not why_not else None,
-        rows,
-    )
-
-
-def _dedupe(model_path: Path, card: Any, store: ImageStore, idx: np.ndarray) -> np.ndarray:
-    """Mask over ``idx``: slices that near-duplicate one of the model's training slices."""
-    reference = training_signatures(model_path, card)
-    if reference is None:
+    if reference is None and removing:
         log.warning(
             "%s was saved without its training thumbnails: near-duplicates of training "
             "slices cannot be removed (retrain to get them)",
             model_path,
         )
-        return np.zeros(idx.size, bool)
-    return near_duplicates_of(store.signatures()[idx], reference)
+    near = np.zeros(idx.size, bool)
+    if reference is not None and idx.size:
+        near = near_duplicates_of(store.signatures()[idx], reference)
+    patient = np.zeros(idx.size, bool)
+    same, patients, why_not = _same_patients(card, store, idx[~near])
+    patient[~near] = same
+    return OwnData(near, patient, patients, reference is not None, why_not)
 
 
 #: the metrics of a two-class scoring that get a group bootstrap CI: every headline metric

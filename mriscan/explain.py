@@ -1217,7 +1217,11 @@ def _one_per_file(
     an earlier one of the same class (a link of either kind, a copy) adds its boxes to that
     one, which is scored once; returns the entries and how many were merged (warned of).
     Files that cannot be read stay as they are (their row says why); the same bytes boxed as
-    two classes stay apart (each scored as its box says)."""
+    two classes stay apart (each scored as its box says). Each file is read here to hash it
+    and again when it is decoded: a merged slice is scored against the boxes of all its paths,
+    so every path's content must be known before any slice is scored, and keeping every file's
+    bytes until then would hold the whole boxed set in memory; the second read is served from
+    the page cache."""
     from mriscan.readers import file_sha256
 
     first: dict[tuple[str, str], int] = {}

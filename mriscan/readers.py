@@ -630,9 +630,13 @@ def collect_inputs(
     problems: list[tuple[Path, str]] = []
     # the file's identity (device, inode: links of both kinds) → where first reached
     seen: dict[Any, Path] = {}
+    # files reached again: the images' (path, where first reached), as examples to show, and
+    # how many of every kind (a scanner file's path may name the patient: never shown)
     again: list[tuple[Path, Path]] = []
+    n_again = 0
 
     def once(found: Sequence[SourceFile]) -> list[SourceFile]:
+        nonlocal n_again
         out = []
         for f in found:
             try:
@@ -643,10 +647,10 @@ def collect_inputs(
             if key not in seen:
                 seen[key] = Path(f.path)
                 out.append(f)
-            elif f.kind == "image":  # scanner files' paths may name the patient: not shown
+                continue
+            n_again += 1
+            if f.kind == "image":
                 again.append((Path(f.path), seen[key]))
-            else:
-                again.append((Path(), Path()))
         return out
 
     for item in inputs:
@@ -667,14 +671,13 @@ def collect_inputs(
             problems.append((p, "does not exist; check the path"))
         else:
             files += once([SourceFile(p, file_kind(p) or "image")])
-    if again:
-        shown = [(p, first) for p, first in again if p != Path()]
+    if n_again:
         example = " (DICOM/NIfTI files: their paths, which may name the patient, not shown)"
-        if shown:
-            path, first = shown[0]
+        if again:
+            path, first = again[0]
             example = f": e.g. {path}" + ("" if path == first else f" (as {first})")
         log.warning(
             "%d input file(s) reached more than once are read once, where first reached%s",
-            len(again), example,
+            n_again, example,
         )  # fmt: skip
     return files, problems
