@@ -1487,7 +1487,8 @@ def cv(
     DATA: class folders, a CSV manifest (path,label[,group]) or a store, as for train.
 
     Trains one model per fold (same defaults as train) and writes <out>/cv/: metrics.json
-    (mean ± std, bootstrap 95% CI, per fold), oof_predictions.csv, roc.png,
+    (mean ± std, bootstrap 95% CI, per fold; each fold's slices per class, a test part whose
+    class mix strays from the whole set's flagged), oof_predictions.csv, roc.png,
     confusion_matrix.png. DICOM series, NIfTI volumes and manifest groups, and patients when
     the data have Patient IDs, are scored too, as `evaluate` scores them: each fold's test
     slices pooled per unit (mean of the top-3 per class), then mean ± std over folds
@@ -1517,6 +1518,7 @@ def cv(
     click.echo(f"  task: {s['task']}")
     click.echo(f"  decision: {p['threshold_rule']}")
     _print_fold_summary(s, s["headline"])
+    _print_fold_mix(s)
     types = s["pooled"].get("tumor_types_only")
     tvh = s["pooled"].get("tumor_vs_healthy")
     if tvh:
@@ -1564,6 +1566,27 @@ def _print_fold_summary(s: dict, keys: list[str]) -> None:
             f"  {key:<17} {_num(m['mean'])} ± {_num(m['std'])}  95% CI [{_num(m['ci95'][0])}, "
             f"{_num(m['ci95'][1])}]  folds: {folds_txt}"
         )
+
+
+def _print_fold_mix(s: dict) -> None:
+    """Each fold's test slices per class (``mriscan.splits.fold_class_mix``), a skewed class
+    marked "*": a fold's numbers are read against the mix they were measured on."""
+    from mriscan.splits import MIX_SKEW_POINTS
+
+    mix = s.get("fold_class_mix") or []
+    click.echo(
+        f"  test slices per fold (* a class share more than {MIX_SKEW_POINTS:g} points from "
+        "the whole set's):"
+    )
+    for m in mix:
+        name = f"fold {m['fold'] + 1}" + (
+            f", repeat {m['repeat'] + 1}" if s["protocol"]["repeats"] > 1 else ""
+        )
+        parts = [
+            f"{c} {n} ({100 * m['test_share'][c]:.0f}%){'*' if c in m['skewed'] else ''}"
+            for c, n in m["test"].items()
+        ]
+        click.echo(f"    {name}: {', '.join(parts)}")
 
 
 def _print_cv_levels(s: dict) -> None:

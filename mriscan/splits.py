@@ -304,3 +304,55 @@ def cv_splits(
                 seed=seed + 100 * rep + k,
             )
             yield rep, k, rest[inner["train"]], rest[inner["val"]], test_idx
+
+
+#: a fold's test share of a class this many points (of 100) from the whole set's is flagged
+MIX_SKEW_POINTS = 10.0
+
+
+def fold_class_mix(
+    labels: np.ndarray,
+    splits: Sequence[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+) -> list[dict]:
+    """How many slices of each class every part of every fold holds, and whether the fold's
+    test part is skewed.
+
+    A group-aware split keeps each group whole, so one large group (a patient's many slices,
+    or a chain of look-alike slices joined as near-duplicates) can tilt a fold's class mix;
+    the fold's numbers then answer another question than the others' (tester and row 70:
+    figshare's fold 1 held a 448-slice glioma group). This makes that visible beside the
+    metrics.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (N,), int
+        Class index of each sample.
+    splits : sequence of (repeat, fold, train, val, test)
+        ``cv_splits``' folds: positions into ``labels``.
+    class_names : sequence of str
+        Names of the class indices.
+
+    Returns
+    -------
+    list of dict, one per fold in order
+        ``repeat``, ``fold`` (0-based), ``train`` / ``val`` / ``test``: {class: slices};
+        ``test_share``: {class: share of the test part, 0-1}; ``skewed``: the classes whose
+        test share lies more than ``MIX_SKEW_POINTS`` percentage points from their share of
+        all ``labels`` (empty: none).
+    """
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    k = len(class_names)
+    whole = np.bincount(labels, minlength=k) / max(labels.size, 1)
+    out = []
+    for rep, fold, *parts in splits:
+        entry: dict = {"repeat": int(rep), "fold": int(fold)}
+        for part, idx in zip(("train", "val", "test"), parts, strict=True):
+            counts = np.bincount(labels[idx], minlength=k)
+            entry[part] = {n: int(c) for n, c in zip(class_names, counts, strict=True)}
+        test = np.bincount(labels[parts[2]], minlength=k) / max(len(parts[2]), 1)
+        entry["test_share"] = {n: float(s) for n, s in zip(class_names, test, strict=True)}
+        off = np.abs(test - whole) * 100 > MIX_SKEW_POINTS
+        entry["skewed"] = [class_names[c] for c in np.flatnonzero(off)]
+        out.append(entry)
+    return out

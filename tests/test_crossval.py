@@ -79,6 +79,12 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
     for r in rows:
         fold_of_group.setdefault(r["group"], set()).add(r["fold"])
     assert all(len(f) == 1 for f in fold_of_group.values())
+    # each fold's recorded test class mix is that of its out-of-fold rows
+    assert len(m["fold_class_mix"]) == 3
+    for mix in m["fold_class_mix"]:
+        of_fold = [r["label"] for r in rows if int(r["fold"]) == mix["fold"]]
+        assert mix["test"] == {c: of_fold.count(c) for c in ("no", "yes")}
+        assert sum(mix["train"].values()) + sum(mix["val"].values()) == len(rows) - len(of_fold)
     assert s["pooled"]["accuracy"] == pytest.approx(
         np.mean([r["label"] == r["predicted"] for r in rows])
     )
@@ -316,6 +322,10 @@ def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
     r = CliRunner().invoke(main, ["cv", str(raw), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
+    # each fold's test slices per class, as metrics.json records them
+    for m in s["fold_class_mix"]:
+        n = ", ".join(f"{c} {k}" for c, k in m["test"].items())
+        assert n.split(", ")[0] in r.output.split(f"fold {m['fold'] + 1}: ")[1].splitlines()[0]
     from mriscan.aggregate import pooling_rule
 
     assert f"Per unit, in each fold: {pooling_rule(class_names)}" in r.output

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ from mriscan.evaluate import (
     write_unit_rows,
 )
 from mriscan.readers import ReadOptions
-from mriscan.splits import cv_splits, oversized_groups
+from mriscan.splits import cv_splits, fold_class_mix, oversized_groups
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, Task
 from mriscan.training.fit import (
@@ -221,6 +222,17 @@ def summarize_levels(
         )
         out[level] = (summary, rows)
     return out
+
+
+def _whole_share(labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Each class's share (0-1) of ``labels`` (class indices)."""
+    counts = np.bincount(labels, minlength=len(names)) / max(labels.size, 1)
+    return {n: float(c) for n, c in zip(names, counts, strict=True)}
+
+
+def _shares(share: dict[str, float]) -> str:
+    """``{"glioma": 0.31, ...}`` as "glioma 31%, ..."."""
+    return ", ".join(f"{n} {100 * v:.0f}%" for n, v in share.items())
 
 
 def _comparison(task: Task) -> Comparison:
@@ -525,6 +537,16 @@ def cross_validate(
         )
     )
     check_folds(labels, groups, splits, task, cfg.folds)
+    mix = fold_class_mix(labels, splits, task.class_names)
+    for m in mix:
+        if m["skewed"]:
+            log.warning(
+                "folds: repeat %d, fold %d's test part is skewed (%s; the whole set: %s): its "
+                "numbers answer a different mix than the other folds' (whole groups are kept "
+                "together: see the oversized groups above)",
+                m["repeat"] + 1, m["fold"] + 1, _shares(m["test_share"]),
+                _shares(_whole_share(labels, task.class_names)),
+            )  # fmt: skip
     cv.root.mkdir(parents=True, exist_ok=True)
     hw = setup_for(tcfg)
     # phantoms hold no real slice: one pre-training (or the user's file) serves every fold
@@ -635,6 +657,7 @@ def cross_validate(
     summary["hardware"] = hw.describe()
     summary["seconds"] = time.perf_counter() - t0
     summary["per_fold"] = per_fold
+    summary["fold_class_mix"] = mix
     summary["fold_dirs"] = [cv.fold(f["repeat"], f["fold"]).root.name for f in per_fold]
     written = tuple(lv for lv, (_, r) in unit_levels.items() if r is not None)
     _remove_stale(cv, summary["fold_dirs"], roc=task.binary, levels=written)
