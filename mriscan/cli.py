@@ -2170,7 +2170,9 @@ def _pointing_game(
 
 def _write_pointing_slices(path: Path, slices: list[dict[str, Any]]) -> Path:
     """The pointing game's per-slice rows as CSV (``hit`` empty when undefined; ``distance_px``
-    from the peak to the nearest box in source pixels, 0 inside), atomically."""
+    from the peak to the nearest box in source pixels, 0 inside; ``side_px`` the slice's longer
+    side; ``blank`` one grey level; ``near_training`` a near-duplicate of a training slice,
+    empty when not checkable), atomically."""
     import csv
 
     from mriscan.io import write_whole
@@ -2178,12 +2180,13 @@ def _write_pointing_slices(path: Path, slices: list[dict[str, Any]]) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             cols = [
-                "file", "class", "predicted", "correct", "peak_x", "peak_y", "distance_px", "hit"
+                "file", "class", "predicted", "correct", "peak_x", "peak_y", "distance_px", "hit",
+                "side_px", "blank", "near_training",
             ]  # fmt: skip
             writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
             writer.writeheader()
-            for row in slices:
-                writer.writerow({**row, "hit": "" if row["hit"] is None else row["hit"]})
+            for row in slices:  # undefined (None) as an empty cell
+                writer.writerow({k: "" if row[k] is None else row[k] for k in cols})
 
     return write_whole(path, write)
 

@@ -1085,8 +1085,12 @@ def pointing_game(
         scored slice, in file order: ``file``, ``class`` (its box's), ``predicted``,
         ``correct``, ``peak_x``/``peak_y`` (the map's peak as fractions of the source image's
         width / height, ``peak_fraction``), ``distance_px`` (``peak_box_distance``: source
-        pixels from the peak to its nearest box, 0 inside; for every scored slice) and
-        ``hit`` (inside one of its boxes; None when not correctly classified)),
+        pixels from the peak to its nearest box, 0 inside; for every scored slice),
+        ``hit`` (inside one of its boxes; None when not correctly classified), ``side_px``
+        (the source image's longer side: ``distance_px`` is read against it; outside
+        ``TOLERANCE_SIDES`` the tolerance is another share of the slice), ``blank`` (the
+        source holds one grey level: its peak says nothing; warned of) and ``near_training``
+        (it near-duplicates a training or validation slice; None when not checkable)),
         ``not_scored`` ({class: {"n": boxed slices listed, "reason":
         ``pointing_rule``'s}} for the box classes the model's rule does not score; their files
         are not read), ``unreadable`` (file, reason), ``without_box`` (``slices_without_box``:
@@ -1159,6 +1163,9 @@ def pointing_game(
             row["distance_px"] = peak_box_distance(img, cam, box.boxes, cfg)
             # a miss-classified slice is no trial of the game: its hit is undefined
             row["hit"] = peak_in_any_box(img, cam, box.boxes, cfg) if ok else None
+            row["side_px"] = max(img.shape)
+            # one grey level: no anatomy to point at, its peak says nothing (warned of)
+            row["blank"] = bool(img.min() == img.max())
             stats[box.cls]["hits"] += int(bool(row["hit"]))
             near = ok and row["distance_px"] <= POINTING_TOLERANCE_PX
             stats[box.cls]["hits_within_tolerance"] += int(near)
@@ -1171,6 +1178,12 @@ def pointing_game(
         raise MriscanError(
             _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
         )
+    near = _training_look_alikes(model_path, card, thumbs)
+    for row, flag in zip(
+        per_slice, near if near is not None else [None] * len(per_slice), strict=True
+    ):
+        row["near_training"] = None if flag is None else bool(flag)
+    _warn_blank(per_slice)
     counts = ("n", "correct", "hits", "hits_within_tolerance")
     total = {k: sum(s[k] for s in stats.values()) for k in counts}
     for s in (*stats.values(), total):
@@ -1197,7 +1210,7 @@ def pointing_game(
         "tolerance_px": POINTING_TOLERANCE_PX,
         "same_file_merged": merged,
         "tolerance_off_scale": _off_scale(sides),
-        "training_near_duplicates": _training_look_alikes(model_path, card, thumbs),
+        "training_near_duplicates": None if near is None else int(near.sum()),
         "not_scored": not_scored,
         "slices": per_slice,
         "unreadable": unreadable,
@@ -1251,12 +1264,15 @@ def _one_per_file(
     return out, len(merged)
 
 
-def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarray]) -> int | None:
-    """How many of the scored slices (their 16×16 ``thumbs``) near-duplicate one of the
-    model's training or validation slices (``mriscan.duplicates.near_duplicates_of``, as
-    ``evaluate`` removes them), warned of: the game on them says how the model looks at slices
-    it learned from, not at new ones. None when the model has no training thumbnails (or
-    they do not match it: warned of, the game is still played)."""
+def _training_look_alikes(
+    model_path: Any, card: Any, thumbs: Sequence[np.ndarray]
+) -> np.ndarray | None:
+    """Which of the scored slices (their 16×16 ``thumbs``) near-duplicate one of the model's
+    training or validation slices (``mriscan.duplicates.near_duplicates_of``, as ``evaluate``
+    removes them): a boolean mask, shape (len(thumbs),), any warned of with their count: the
+    game on them says how the model looks at slices it learned from, not at new ones. None
+    when the model has no training thumbnails (or they do not match it: warned of, the game
+    is still played)."""
     from mriscan.artifacts import ModelCardError, training_signatures
     from mriscan.duplicates import DEFAULT_THRESHOLD, near_duplicates_of
 
@@ -1267,7 +1283,8 @@ def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarra
         return None
     if reference is None or not thumbs:
         return None
-    n = int(near_duplicates_of(np.stack(thumbs), reference).sum())
+    mask = near_duplicates_of(np.stack(thumbs), reference)
+    n = int(mask.sum())
     if n:
         log.warning(
             "%d of the %d scored slices near-duplicate the model's training or validation "
@@ -1276,7 +1293,20 @@ def _training_look_alikes(model_path: Any, card: Any, thumbs: Sequence[np.ndarra
             "shows how the model looks at slices it learned from",
             n, len(thumbs), DEFAULT_THRESHOLD,
         )  # fmt: skip
-    return n
+    return mask
+
+
+def _warn_blank(rows: Sequence[dict[str, Any]]) -> None:
+    """Warn of scored slices of one grey level (``blank``): a map of a slice without anatomy
+    has no meaningful peak, so their hits and misses are noise; they stay scored (the box
+    file lists them as tumor slices) and are flagged in the per-slice table."""
+    blank = [r["file"] for r in rows if r["blank"]]
+    if blank:
+        log.warning(
+            "%d scored slice(s) hold a single grey level (e.g. %s): no anatomy to point at, so "
+            "their peaks say nothing; check those files (column blank in the per-slice table)",
+            len(blank), blank[0],
+        )  # fmt: skip
 
 
 def _off_scale(sides: Sequence[int]) -> int:

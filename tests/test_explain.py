@@ -865,6 +865,14 @@ def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
     assert [float(t["distance_px"]) for t in table] == pytest.approx(
         [r["distance_px"] for r in result["slices"]]
     )
+    # each slice says what the counts say (tester27): its size, and whether it is one the
+    # model trained on (the 4 it "saw" among them; the others only if they look alike)
+    assert {t["side_px"] for t in table} == {"32"} and {t["blank"] for t in table} == {"False"}
+    flagged = [t["file"] for t in table if t["near_training"] == "True"]
+    assert len(flagged) == again["training_near_duplicates"]
+    assert {f"left/{i}.png" for i in range(4)} <= set(flagged)
+    assert {t["near_training"] for t in table} <= {"True", "False"}
+    assert {r["near_training"] for r in result["slices"]} == {None}  # not checkable then
 
 
 def test_pointing_rule_is_one_per_kind_of_model():
@@ -897,7 +905,9 @@ def test_pointing_rule_is_one_per_kind_of_model():
     assert pointing_rule(two_tumors, "pituitary") == "not a class of the model"
 
 
-def test_pointing_game_does_not_score_a_box_class_the_model_lacks(three_class_model, tmp_path):
+def test_pointing_game_does_not_score_a_box_class_the_model_lacks(
+    three_class_model, tmp_path, caplog
+):
     """A K-class model scored on a boxes file that also lists another tumor type: those slices
     are counted and named as not scored (console and JSON), not counted as 'correct' when the
     model calls them any tumor class."""
@@ -934,6 +944,16 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(three_class_mo
         assert t["hit"] in (("True", "False") if t["correct"] == "True" else ("",))
     assert sum(t["hit"] == "True" for t in table) == saved["per_class"]["left"]["hits"]
     assert "pointing_game_slices.csv" in r.output
+    assert {t["blank"] for t in table} == {"False"} and {t["near_training"] for t in table} == {""}
+    # a slice of one grey level has no anatomy to point at: flagged and warned of (tester26)
+    from PIL import Image
+
+    blank = next(t["file"] for t in table)
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "data" / blank)
+    with caplog.at_level("WARNING", logger="mriscan.explain"):
+        again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
+    assert [r["file"] for r in again["slices"] if r["blank"]] == [blank]
+    assert f"1 scored slice(s) hold a single grey level (e.g. {blank})" in caplog.text
     # only such boxes: an error that says why, not an empty table
     (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
     with pytest.raises(MriscanError, match="not a class of the model"):
