@@ -820,7 +820,8 @@ def read_boxes(
     path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
 ) -> dict[str, SliceBoxes]:
     """Tumor boxes from a CSV ``file,class,x_center,y_center,width,height`` (fractions of the
-    image side, the YOLO convention; ``file`` relative to the data folder). A file on several
+    image side, the YOLO convention; ``file`` relative to the data folder; spaces after the
+    commas are ignored; with ``root``, "\\" separates folders as "/" does). A file on several
     lines has several boxes (a slice with several lesions: a map's peak inside any of them
     counts as a hit), which must name one class. A byte-order mark (spreadsheets' "CSV
     UTF-8") is read as such, not as part of the first column's name.
@@ -855,7 +856,8 @@ def _read_box_rows(
     out: dict[str, SliceBoxes] = {}
     first_line: dict[str, int] = {}
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+        # spaces after the commas ("file, class, ...", as people type CSV) are not part of a name
+        reader = csv.DictReader(fh, skipinitialspace=True)
         if missing := [c for c in BOX_COLUMNS if c not in (reader.fieldnames or ())]:
             raise MriscanError(
                 f"{path} lacks the column(s) {missing}: a boxes file has the columns "
@@ -892,7 +894,9 @@ def _read_box_rows(
 def _box_key(file: str, root: str | os.PathLike[str] | None) -> str:
     """A boxes file's ``file`` value with "." and ".." folded; with ``root``, the path
     relative to it of a path inside it (an absolute one, or one through "..": lexically, or
-    else with links resolved, as when the data folder is given through a link).
+    else with links resolved, as when the data folder is given through a link). With
+    ``root``, a backslash is read as a folder separator (a boxes file written on Windows)
+    unless a file of that very name exists (on POSIX a name may hold one).
 
     Raises
     ------
@@ -900,6 +904,9 @@ def _box_key(file: str, root: str | os.PathLike[str] | None) -> str:
         If, with ``root``, the path lies outside it (the boxes file's paths are the data
         folder's files).
     """
+    if root is not None and "\\" in file and not os.path.lexists(os.path.join(root, file)):
+        # a boxes file written on Windows ("glioma\\1.jpg"): the backslash is its separator
+        file = file.replace("\\", "/")
     key = os.path.normpath(file) if file else file
     if root is None or not key:
         return key

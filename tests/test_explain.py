@@ -1192,6 +1192,16 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     assert merged["overall"] == scores[0]
     (data / f"{one}.copy.png").unlink()
     (data / f"{one}.link.png").unlink()
+    # as typed by hand or written on Windows: spaces after the commas, backslashes between
+    # folders (tester27 #11); a name that really holds a backslash keeps it
+    spaced = [", ".join(r.replace("/", "\\").split(",")) for r in [rows[0], *whole, *nowhere]]
+    (tmp_path / "w.csv").write_text("\n".join(spaced) + "\n")
+    assert read_boxes(tmp_path / "w.csv", data) == boxes
+    odd = data / "left" / "a\\b.png"
+    shutil.copy(data / one, odd)
+    (tmp_path / "bs.csv").write_text(f"{rows[0]}\nleft/a\\b.png,left,0.5,0.5,1,1\n")
+    assert list(read_boxes(tmp_path / "bs.csv", data)) == ["left/a\\b.png"]
+    odd.unlink()
     # a path outside the data folder, and a file that is not UTF-8: one clear line each
     (tmp_path / "o.csv").write_text(f"{rows[0]}\n{tmp_path / 'elsewhere.png'},left,0.5,0.5,1,1\n")
     with pytest.raises(MriscanError, match=r"line 2: .*elsewhere.png lies outside the data fol"):
