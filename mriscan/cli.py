@@ -2130,8 +2130,14 @@ def _pointing_game(
     from mriscan.artifacts import write_json
     from mriscan.explain import pointing_game
 
-    if len(images) != 1 or not images[0].is_dir():
-        raise click.UsageError("--boxes needs exactly one data folder as IMAGES.")
+    # one folder typed twice (a repeated shell glob, a pasted path) is that one folder
+    same = {os.path.realpath(p) for p in images}
+    if len(same) != 1 or not images[0].is_dir():
+        got = f"{len(same)} distinct paths" if len(same) != 1 else f"{images[0]}: not a folder"
+        raise click.UsageError(
+            f"--boxes needs exactly one data folder as IMAGES (got {got}); the boxes file's "
+            "paths are relative to it."
+        )
     with _progress("pointing game") as progress:
         result = pointing_game(model_path, images[0], boxes, progress=progress, method=method)
     path = write_json(out / "pointing_game.json", result)

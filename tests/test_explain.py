@@ -419,6 +419,21 @@ def test_explain_refuses_class_with_boxes(tmp_path):
     assert "predicted class" in res.output and not (tmp_path / "pg").exists()
 
 
+def test_explain_boxes_takes_one_folder_typed_twice_but_not_two(tmp_path):
+    """--boxes reads one data folder: the same folder given twice (another spelling too) is
+    that folder (tester26 #15: it was refused), two folders are a usage error saying so."""
+    (tmp_path / "m.keras").write_bytes(b"not a model")
+    for d in ("data/glioma", "other"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "boxes.csv").write_text("file,class,x_center,y_center,width,height\n")
+    data, boxes = tmp_path / "data", tmp_path / "boxes.csv"
+    twice = _cli(tmp_path / "m.keras", data, tmp_path / "data" / "glioma" / "..", "--boxes", boxes)
+    assert "exactly one data folder" not in twice.output  # past the check: the model is read
+    assert "m.json is missing" in twice.output and twice.exit_code == 1, twice.output
+    two = _cli(tmp_path / "m.keras", data, tmp_path / "other", "--boxes", boxes)
+    assert two.exit_code == 2 and "got 2 distinct paths" in two.output, two.output
+
+
 @pytest.mark.parametrize(
     ("given", "why"),
     [
