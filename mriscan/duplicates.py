@@ -299,10 +299,18 @@ def near_duplicates_of(
     ``reference`` (both uint8 (n, 16, 16) thumbnails, ``mriscan.duplicates.signatures``).
 
     The pairs come from ``mriscan.neighbors.cross_pairs`` (the audit's exact, sub-quadratic
-    search over Pearson correlations).
+    search over Pearson correlations). A constant thumbnail (a blank slice) correlates with
+    nothing: it matches a reference thumbnail of the same constant value, as
+    ``duplicate_groups`` joins identical blanks.
     """
     out = np.zeros(len(signatures), bool)
     if len(signatures) and len(reference):
         rows, _, _ = cross_pairs(signatures, reference, threshold=threshold)
         out[rows] = True
+        sig = np.asarray(signatures).reshape(len(signatures), -1)
+        ref = np.asarray(reference).reshape(len(reference), -1)
+        blank_ref = {int(r[0]) for r in ref[np.all(ref == ref[:, :1], axis=1)]}
+        if blank_ref:
+            blank = np.all(sig == sig[:, :1], axis=1)
+            out |= blank & np.isin(sig[:, 0], list(blank_ref))
     return out

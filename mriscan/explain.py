@@ -1084,9 +1084,10 @@ def pointing_game(
         correct}} (a ratio is NaN, undefined, when no slice of the class is correct),
         ``overall`` (the same over all scored classes), ``tolerance_px``,
         ``same_file_merged`` (boxed paths holding the bytes of an earlier one of their class,
-        scored as that one: ``_one_per_file``), ``tolerance_off_scale`` (correctly classified
-        slices whose longer side lies outside
-        ``TOLERANCE_SIDES``, warned of), ``training_near_duplicates`` (scored slices that
+        scored as that one: ``_one_per_file``), ``blank`` (boxed slices without contrast,
+        ``is_blank``: listed in ``slices``, not scored, warned of), ``tolerance_off_scale``
+        (correctly classified slices whose longer side lies outside ``TOLERANCE_SIDES``,
+        warned of), ``training_near_duplicates`` (scored slices that
         near-duplicate the model's training or validation slices, warned of; None when the
         model has no training thumbnails), ``slices`` (per
         scored slice, in file order: ``file``, ``class`` (its box's), ``predicted``,
@@ -1095,8 +1096,9 @@ def pointing_game(
         pixels from the peak to its nearest box, 0 inside; for every scored slice),
         ``hit`` (inside one of its boxes; None when not correctly classified), ``side_px``
         (the source image's longer side: ``distance_px`` is read against it; outside
-        ``TOLERANCE_SIDES`` the tolerance is another share of the slice), ``blank`` (the
-        source holds one grey level: its peak says nothing; warned of) and ``near_training``
+        ``TOLERANCE_SIDES`` the tolerance is another share of the slice), ``blank``
+        (``is_blank``: not scored, its prediction, peak, distance and hit None) and
+        ``near_training``
         (it near-duplicates a training or validation slice; None when not checkable)),
         ``not_scored`` ({class: {"n": boxed slices listed, "reason":
         ``pointing_rule``'s}} for the box classes the model's rule does not score; their files
@@ -1134,21 +1136,26 @@ def pointing_game(
     per_slice: list[dict[str, Any]] = []
     unreadable: list[tuple[str, str]] = []
     sides: list[int] = []  # longer side of each correctly classified slice, source pixels
-    thumbs: list[np.ndarray] = []  # each scored slice's signature, against the training ones
+    thumbs: list[np.ndarray] = []  # each row's slice signature, against the training ones
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        imgs, xs, keep = [], [], []
+        imgs, xs, keep, blanks = [], [], [], []
         for rel, box in chunk:
             try:
                 img = decode_image(Path(root) / rel)
             except ImageDecodeError as exc:
                 unreadable.append((rel, exc.reason))
                 continue
+            if is_blank(img):  # no anatomy: its map's peak is a fixed point, not scored
+                blanks.append((_blank_row(rel, box, img), signature(img)))
+                continue
             imgs.append(img)
             xs.append(preprocess(img, cfg))
             keep.append((rel, box))
             thumbs.append(signature(img))
         if not xs:
+            per_slice += [row for row, _ in blanks]
+            thumbs += [t for _, t in blanks]
             continue
         x = normalize(np.stack(xs), cfg.normalization, threshold=cfg.threshold)[..., None]
         probs = predict_batch(model, x, batch_size, tta=card.tta)
@@ -1171,26 +1178,27 @@ def pointing_game(
             # a miss-classified slice is no trial of the game: its hit is undefined
             row["hit"] = peak_in_any_box(img, cam, box.boxes, cfg) if ok else None
             row["side_px"] = max(img.shape)
-            # one grey level: no anatomy to point at, its peak says nothing (warned of)
-            row["blank"] = bool(img.min() == img.max())
+            row["blank"] = False
             stats[box.cls]["hits"] += int(bool(row["hit"]))
             near = ok and row["distance_px"] <= POINTING_TOLERANCE_PX
             stats[box.cls]["hits_within_tolerance"] += int(near)
             if ok:
                 sides.append(max(img.shape))
-        per_slice += rows
+        per_slice += rows + [row for row, _ in blanks]
+        thumbs += [t for _, t in blanks]
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
+    blank = _warn_blank(per_slice)
     if not stats:
         raise MriscanError(
             _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
+            + (f" {blank} of them are blank ({BLANK_RULE}): not scored." if blank else "")
         )
     near = _training_look_alikes(model_path, card, thumbs)
     for row, flag in zip(
         per_slice, near if near is not None else [None] * len(per_slice), strict=True
     ):
         row["near_training"] = None if flag is None else bool(flag)
-    _warn_blank(per_slice)
     counts = ("n", "correct", "hits", "hits_within_tolerance")
     total = {k: sum(s[k] for s in stats.values()) for k in counts}
     for s in (*stats.values(), total):
@@ -1216,6 +1224,7 @@ def pointing_game(
         "overall": total,
         "tolerance_px": POINTING_TOLERANCE_PX,
         "same_file_merged": merged,
+        "blank": blank,
         "tolerance_off_scale": _off_scale(sides),
         "training_near_duplicates": None if near is None else int(near.sum()),
         "not_scored": not_scored,
@@ -1303,17 +1312,38 @@ def _training_look_alikes(
     return mask
 
 
-def _warn_blank(rows: Sequence[dict[str, Any]]) -> None:
-    """Warn of scored slices of one grey level (``blank``): a map of a slice without anatomy
-    has no meaningful peak, so their hits and misses are noise; they stay scored (the box
-    file lists them as tumor slices) and are flagged in the per-slice table."""
+#: what makes a slice blank for the pointing game (``is_blank``)
+BLANK_RULE = "99% of its pixels within 2 grey levels of its most common value"
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """Whether a decoded slice (H, W) uint8 has no contrast to point at: ``BLANK_RULE`` (one
+    grey level, or one with a few stray pixels). A map of such a slice peaks at a point fixed
+    by the network's padding, not by anything in the slice (tester28: a blank slice's peak
+    always fell on the same pixel, a hit whenever a box held it)."""
+    values = np.asarray(image).ravel()
+    mode = int(np.bincount(values).argmax())
+    return bool(np.mean(np.abs(values.astype(np.int16) - mode) > 2) < 0.01)
+
+
+def _blank_row(rel: str, box: SliceBoxes, img: np.ndarray) -> dict[str, Any]:
+    """The per-slice row of a blank slice (``is_blank``): listed, not scored (its prediction,
+    peak, distance and hit are undefined: None)."""
+    row = dict.fromkeys(("predicted", "correct", "peak_x", "peak_y", "distance_px", "hit"))
+    return {"file": rel, "class": box.cls, **row, "side_px": max(img.shape), "blank": True}
+
+
+def _warn_blank(rows: Sequence[dict[str, Any]]) -> int:
+    """Warn of boxed slices left out because they are blank (``is_blank``); returns how many.
+    Their hits and misses would be noise: a blank slice's map peaks at a fixed point."""
     blank = [r["file"] for r in rows if r["blank"]]
     if blank:
         log.warning(
-            "%d scored slice(s) hold a single grey level (e.g. %s): no anatomy to point at, so "
-            "their peaks say nothing; check those files (column blank in the per-slice table)",
-            len(blank), blank[0],
+            "%d boxed slice(s) are blank (%s; e.g. %s): no anatomy to point at, not scored; "
+            "check those files (column blank in the per-slice table)",
+            len(blank), BLANK_RULE, blank[0],
         )  # fmt: skip
+    return len(blank)
 
 
 def _off_scale(sides: Sequence[int]) -> int:

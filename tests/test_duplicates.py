@@ -64,3 +64,19 @@ def test_labels_of_another_length_are_an_error():
         duplicate_groups(sigs, labels=np.array([0, 1, 1]))
     with pytest.raises(ConfigError, match="position 5"):
         same_label_links(np.array([[0, 5]]), np.array([0, 1]))
+
+
+def test_a_blank_slice_is_a_near_duplicate_of_a_blank_training_slice_of_its_grey_level():
+    """Constant thumbnails correlate with nothing: a blank copy of a blank training slice was
+    scored as unseen (tester28 MED); it now matches a reference blank of the same value, as
+    duplicate_groups joins identical blanks, and no other blank or head."""
+    from mriscan.duplicates import near_duplicates_of
+
+    head = _tilted_head(10.0, 0)
+    blank40, blank90 = np.full((50, 70), 40, np.uint8), np.full((30, 30), 90, np.uint8)
+    reference = np.stack([signature(x) for x in (head, blank40)])
+    query = np.stack([signature(x) for x in (np.full((80, 80), 40, np.uint8), blank90, head)])
+    assert near_duplicates_of(query, reference).tolist() == [True, False, True]
+    assert near_duplicates_of(query, reference[:1]).tolist() == [False, False, True]
+    groups = duplicate_groups(np.concatenate([reference, query]))
+    assert (groups[1] == groups[2]) and groups[1] != groups[3]  # the same rule as the groups

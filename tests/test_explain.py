@@ -960,15 +960,22 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(
     assert sum(t["hit"] == "True" for t in table) == saved["per_class"]["left"]["hits"]
     assert "pointing_game_slices.csv" in r.output
     assert {t["blank"] for t in table} == {"False"} and {t["near_training"] for t in table} == {""}
-    # a slice of one grey level has no anatomy to point at: flagged and warned of (tester26)
+    # a slice without contrast (one grey level, or a few stray pixels) has no anatomy to point
+    # at, and its map peaks at a fixed point: listed, flagged, not scored (tester26, tester28)
     from PIL import Image
 
-    blank = next(t["file"] for t in table)
+    blank, stray = [t["file"] for t in table[:2]]
     Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "data" / blank)
+    speck = np.full((32, 32), 90, np.uint8)
+    speck[5, 7] = 255
+    Image.fromarray(speck).save(tmp_path / "data" / stray)
     with caplog.at_level("WARNING", logger="mriscan.explain"):
         again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
-    assert [r["file"] for r in again["slices"] if r["blank"]] == [blank]
-    assert f"1 scored slice(s) hold a single grey level (e.g. {blank})" in caplog.text
+    flagged = [r for r in again["slices"] if r["blank"]]
+    assert [r["file"] for r in flagged] == [blank, stray] and again["blank"] == 2
+    assert all(r["hit"] is None and r["correct"] is None for r in flagged)
+    assert again["overall"]["n"] == len(table) - 2 and len(again["slices"]) == len(table)
+    assert "2 boxed slice(s) are blank (99% of its pixels within 2 grey levels" in caplog.text
     # only such boxes: an error that says why, not an empty table
     (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
     with pytest.raises(MriscanError, match="not a class of the model"):
