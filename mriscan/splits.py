@@ -312,6 +312,7 @@ MIX_SKEW_POINTS = 10.0
 
 def fold_class_mix(
     labels: np.ndarray,
+    groups: np.ndarray,
     splits: Sequence[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]],
     class_names: Sequence[str],
 ) -> list[dict]:
@@ -328,6 +329,9 @@ def fold_class_mix(
     ----------
     labels : ndarray of shape (N,), int
         Class index of each sample.
+    groups : ndarray of shape (N,), int
+        Split group of each sample: how many independent groups a class's test slices rest
+        on is counted beside them (31 slices that are copies of one image are one group).
     splits : sequence of (repeat, fold, train, val, test)
         ``cv_splits``' folds: positions into ``labels``.
     class_names : sequence of str
@@ -337,11 +341,13 @@ def fold_class_mix(
     -------
     list of dict, one per fold in order
         ``repeat``, ``fold`` (0-based), ``train`` / ``val`` / ``test``: {class: slices};
-        ``test_share``: {class: share of the test part, 0-1}; ``skewed``: the classes whose
-        test share lies more than ``MIX_SKEW_POINTS`` percentage points from their share of
-        all ``labels`` (empty: none).
+        ``test_groups``: {class: split groups among its test slices}; ``test_share``: {class:
+        share of the test part, 0-1}; ``skewed``: the classes whose test share lies more than
+        ``MIX_SKEW_POINTS`` percentage points from their share of all ``labels``, or that
+        the set holds and the test part lacks (empty: none).
     """
     labels = np.asarray(labels, np.int64).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
     k = len(class_names)
     whole = np.bincount(labels, minlength=k) / max(labels.size, 1)
     out = []
@@ -350,9 +356,13 @@ def fold_class_mix(
         for part, idx in zip(("train", "val", "test"), parts, strict=True):
             counts = np.bincount(labels[idx], minlength=k)
             entry[part] = {n: int(c) for n, c in zip(class_names, counts, strict=True)}
-        test = np.bincount(labels[parts[2]], minlength=k) / max(len(parts[2]), 1)
+        t = np.asarray(parts[2])
+        entry["test_groups"] = {
+            n: int(np.unique(groups[t][labels[t] == c]).size) for c, n in enumerate(class_names)
+        }
+        test = np.bincount(labels[t], minlength=k) / max(len(t), 1)
         entry["test_share"] = {n: float(s) for n, s in zip(class_names, test, strict=True)}
-        off = np.abs(test - whole) * 100 > MIX_SKEW_POINTS
+        off = (np.abs(test - whole) * 100 > MIX_SKEW_POINTS) | ((whole > 0) & (test == 0))
         entry["skewed"] = [class_names[c] for c in np.flatnonzero(off)]
         out.append(entry)
     return out

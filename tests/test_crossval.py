@@ -80,10 +80,15 @@ def test_cross_validate_writes_protocol_and_keeps_groups(small_store, tmp_path):
         fold_of_group.setdefault(r["group"], set()).add(r["fold"])
     assert all(len(f) == 1 for f in fold_of_group.values())
     # each fold's recorded test class mix is that of its out-of-fold rows
-    assert len(m["fold_class_mix"]) == 3
+    assert len(m["fold_class_mix"]) == 3 and m["fold_class_mix_rule"]["skew_points"] == 10
     for mix in m["fold_class_mix"]:
         of_fold = [r["label"] for r in rows if int(r["fold"]) == mix["fold"]]
         assert mix["test"] == {c: of_fold.count(c) for c in ("no", "yes")}
+        groups_of = {
+            c: {r["group"] for r in rows if int(r["fold"]) == mix["fold"] and r["label"] == c}
+            for c in ("no", "yes")
+        }
+        assert mix["test_groups"] == {c: len(g) for c, g in groups_of.items()}
         assert sum(mix["train"].values()) + sum(mix["val"].values()) == len(rows) - len(of_fold)
     assert s["pooled"]["accuracy"] == pytest.approx(
         np.mean([r["label"] == r["predicted"] for r in rows])

@@ -209,14 +209,16 @@ def test_join_keys_round_trip():
 
 def test_fold_class_mix_counts_each_part_and_flags_a_fold_tilted_by_one_group():
     """One 30-slice 'yes' group must land whole in one test fold of 100 slices (50 yes): that
-    fold's yes share strays from the whole set's 50% and is flagged; the counts of every part
-    are those of the fold's indices."""
+    fold's yes share strays from the whole set's 50% and is flagged, and its yes slices rest
+    on few groups (tester28: 31 copies of one image read as 31 slices); the counts of every
+    part are those of the fold's indices. A class the set holds and a test part lacks is
+    flagged too, however rare."""
     from mriscan.splits import MIX_SKEW_POINTS, fold_class_mix
 
     labels = np.array([0] * 50 + [1] * 50)
     groups = np.concatenate([np.arange(50), np.full(30, 50), np.arange(51, 71)])
     splits = list(cv_splits(labels, groups, folds=4, seed=0))
-    mix = fold_class_mix(labels, splits, ("no", "yes"))
+    mix = fold_class_mix(labels, groups, splits, ("no", "yes"))
     assert [(m["repeat"], m["fold"]) for m in mix] == [(0, k) for k in range(4)]
     for m, (_, _, train, val, test) in zip(mix, splits, strict=True):
         for part, idx in (("train", train), ("val", val), ("test", test)):
@@ -224,14 +226,25 @@ def test_fold_class_mix_counts_each_part_and_flags_a_fold_tilted_by_one_group():
                 "no": int((labels[idx] == 0).sum()),
                 "yes": int((labels[idx] == 1).sum()),
             }
+        for c, name in enumerate(("no", "yes")):
+            assert m["test_groups"][name] == len(set(groups[test][labels[test] == c].tolist()))
         share = m["test"]["yes"] / len(test)
         assert m["test_share"]["yes"] == pytest.approx(share)
         assert ("yes" in m["skewed"]) == (abs(share - 0.5) * 100 > MIX_SKEW_POINTS)
     big = next(m for m, s in zip(mix, splits, strict=True) if 50 in groups[s[4]])
     assert big["skewed"] == ["no", "yes"]  # 30 of its ≥ 30 test slices are yes: far from 50%
+    assert big["test_groups"]["yes"] < big["test"]["yes"] - 25  # the 30 copies: one group
+    lab = np.array([0, 1] * 20)
     balanced = fold_class_mix(
-        np.array([0, 1] * 20),
-        list(cv_splits(np.array([0, 1] * 20), np.arange(40), folds=4, seed=0)),
-        ("no", "yes"),
+        lab, np.arange(40), list(cv_splits(lab, np.arange(40), folds=4)), ("no", "yes")
     )
     assert all(m["skewed"] == [] for m in balanced)
+    # a rare class (2 of 42 slices) that a fold's test part lacks: flagged in that fold
+    rare = np.concatenate([lab, [2, 2]])
+    folds = list(cv_splits(rare, np.arange(42), folds=4, seed=0))
+    lacking = [
+        m
+        for m in fold_class_mix(rare, np.arange(42), folds, ("no", "yes", "x"))
+        if m["test"]["x"] == 0
+    ]
+    assert lacking and all("x" in m["skewed"] for m in lacking)

@@ -43,7 +43,7 @@ from mriscan.evaluate import (
     write_unit_rows,
 )
 from mriscan.readers import ReadOptions
-from mriscan.splits import cv_splits, fold_class_mix, oversized_groups
+from mriscan.splits import MIX_SKEW_POINTS, cv_splits, fold_class_mix, oversized_groups
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, Task
 from mriscan.training.fit import (
@@ -537,7 +537,7 @@ def cross_validate(
         )
     )
     check_folds(labels, groups, splits, task, cfg.folds)
-    mix = fold_class_mix(labels, splits, task.class_names)
+    mix = fold_class_mix(labels, groups, splits, task.class_names)
     for m in mix:
         if m["skewed"]:
             log.warning(
@@ -658,6 +658,13 @@ def cross_validate(
     summary["seconds"] = time.perf_counter() - t0
     summary["per_fold"] = per_fold
     summary["fold_class_mix"] = mix
+    summary["fold_class_mix_rule"] = {
+        "whole_share": _whole_share(labels, task.class_names),
+        "skew_points": MIX_SKEW_POINTS,
+        "rule": "a class is flagged in a fold's test part when its share there lies more than "
+        "skew_points percentage points from whole_share, or when the set holds it and the "
+        "part lacks it; test_groups counts the split groups its test slices rest on",
+    }
     summary["fold_dirs"] = [cv.fold(f["repeat"], f["fold"]).root.name for f in per_fold]
     written = tuple(lv for lv, (_, r) in unit_levels.items() if r is not None)
     _remove_stale(cv, summary["fold_dirs"], roc=task.binary, levels=written)
