@@ -681,7 +681,6 @@ def training_signatures(model_path: str | os.PathLike[str], card: Any) -> Any:
             f"{path} is missing or does not belong to {model_path}: it holds the thumbnails of "
             "the training slices, needed to remove their near-duplicates from an evaluation. "
             f"Restore it (train writes it beside the model as {path.name}; copy it with the "
-            ".keras and .json files), retrain, or pass --keep-duplicates (the data are then "
-            "scored whole: slices the model was trained on, if they are among them, too)."
+            ".keras and .json files), or retrain."
         )
     return np.load(path)

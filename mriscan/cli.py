@@ -1893,7 +1893,7 @@ def _slice_choice(slice_list: str | None, top_k: int) -> list[int] | None:
 @click.option("--top-k", type=int, default=3, show_default=True, help="DICOM/NIfTI slices.")
 @click.option(
     "--boxes",
-    type=_EXISTING,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Pointing game instead of PNGs: a CSV file,class,x_center,y_center,width,height "
     "(fractions; files relative to the one folder given as IMAGES). Reports, per class, how "

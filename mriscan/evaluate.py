@@ -414,6 +414,8 @@ def evaluate(
         comparison=cmp.describe(),
         threshold_rule=card.threshold_rule,
         near_duplicates_removed={
+            # False: not looked for (the training store itself, or no training thumbnails)
+            "checked": mine is not None and mine.near_checked,
             "threshold": DEFAULT_THRESHOLD,
             "count": len(dropped),
             "per_class": {n: sum(1 for _, c in dropped if c == n) for n in scored_names},
@@ -1140,7 +1142,10 @@ def _own_data(
         reference = training_signatures(model_path, card)
     except ModelCardError as exc:
         if removing:
-            raise
+            raise ModelCardError(
+                f"{exc} Or pass --keep-duplicates (the data are then scored whole: slices the "
+                "model was trained on, if they are among them, too)."
+            ) from None
         # the remedy that error names is the very flag in use
         log.warning("scored near-duplicates of training slices are not counted: %s", exc)
         reference = None

@@ -113,6 +113,14 @@ def test_the_training_store_is_recognised_wherever_it_now_lies(small_store, tmp_
     # and that flag then scores the data whole: the kept near-duplicates cannot be counted
     whole = evaluate(lone / "best_model.keras", moved, out=tmp_path / "l4", remove_duplicates=False)
     assert whole["n"] > 0 and whole["near_duplicates_removed"]["kept"] is None
+    assert whole["near_duplicates_removed"]["checked"] is False  # not "checked, none found"
+    # the flag is evaluate's remedy: the card's own error, which explain shows too, names none
+    from mriscan.artifacts import ModelCard, ModelCardError, training_signatures
+
+    card = ModelCard.load(lone / "best_model.keras")
+    with pytest.raises(ModelCardError) as bare:
+        training_signatures(lone / "best_model.keras", card)
+    assert "--keep-duplicates" not in str(bare.value) and "or retrain" in str(bare.value)
 
 
 def test_a_relative_training_store_is_recorded_absolute(small_store, tmp_path, monkeypatch):

@@ -432,6 +432,9 @@ def test_explain_boxes_takes_one_folder_typed_twice_but_not_two(tmp_path):
     assert "m.json is missing" in twice.output and twice.exit_code == 1, twice.output
     two = _cli(tmp_path / "m.keras", data, tmp_path / "other", "--boxes", boxes)
     assert two.exit_code == 2 and "got 2 distinct paths" in two.output, two.output
+    # a folder given as the boxes file: a usage error, not a traceback (tester28)
+    folder = _cli(tmp_path / "m.keras", data, "--boxes", tmp_path / "other")
+    assert folder.exit_code == 2 and "is a directory" in folder.output, folder.output
 
 
 @pytest.mark.parametrize(
