@@ -120,6 +120,14 @@ def open_or_ingest(
         skipped = _skipped_by_class(report.skipped) if Path(data).is_dir() else ""
         if skipped:
             log.warning("files not stored (`mriscan ingest` lists each): %s", skipped)
+        if report.warnings:  # stored, but the user must learn of them (tester28: train and cv
+            # were silent about near-identical slices under two classes that ingest warns of)
+            shown = "; ".join(f"{n}: {why.splitlines()[0]}" for n, why in report.warnings[:3])
+            more = len(report.warnings) - 3
+            log.warning(
+                "slices stored with %d warning(s) (`mriscan ingest` lists each): %s%s",
+                len(report.warnings), shown, f"; and {more} more" if more > 0 else "",
+            )  # fmt: skip
         left_out = [name for name, why in report.ignored if why == EMPTY_LEFT_OUT]
         if left_out:  # said where the task's "left out:" line cannot (no class in the store)
             log.info("empty class folder(s) the class map leaves out: %s", ", ".join(left_out))

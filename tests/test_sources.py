@@ -22,3 +22,23 @@ def test_an_empty_folder_the_class_map_leaves_out_is_said_once_ingested(tmp_path
         assert store.class_names == ("no", "yes")
     lines = [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
     assert lines == ["empty class folder(s) the class map leaves out: empty"]
+
+
+def test_slices_ingest_stores_with_a_warning_are_said_when_train_or_cv_ingest(tmp_path, caplog):
+    """Near-identical slices under two classes are stored with a warning that `mriscan
+    ingest` prints; train, cv and evaluate ingest through ``open_or_ingest`` and said nothing
+    (tester28 MED): the warning is logged there too, with a count and examples."""
+    import numpy as np
+    from PIL import Image
+
+    data = write_class_folders(tmp_path / "raw", ("no", "yes"), n_per_class=3)
+    rng = np.random.default_rng(8)
+    base = np.kron(rng.integers(0, 256, (8, 8)).astype(np.uint8), np.ones((12, 12), np.uint8))
+    for k, cls in enumerate(("yes", "yes", "no")):
+        noisy = np.clip(base.astype(int) + rng.integers(-2, 3, base.shape), 0, 255)
+        Image.fromarray(noisy.astype(np.uint8)).save(data / cls / f"copy{k}.png")
+    with caplog.at_level(logging.WARNING, logger="mriscan.sources"):
+        open_or_ingest(data, store_path=tmp_path / "s.zarr", image_size=32).close()
+    (line,) = [r.getMessage() for r in caplog.records if "stored with 1 warning" in r.getMessage()]
+    assert line.startswith("slices stored with 1 warning(s) (`mriscan ingest` lists each)")
+    assert "near-identical slices, all stored, under 2 classes: 2 yes" in line, line
