@@ -856,14 +856,26 @@ def _read_box_rows(
     out: dict[str, SliceBoxes] = {}
     first_line: dict[str, int] = {}
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        # spaces after the commas ("file, class, ...", as people type CSV) are not part of a name
+        # spaces around the commas ("file , class, ...", as people type CSV) and capitals in
+        # the header ("File,Class") are not part of a name
         reader = csv.DictReader(fh, skipinitialspace=True)
-        if missing := [c for c in BOX_COLUMNS if c not in (reader.fieldnames or ())]:
+        found = [f.strip().lower() for f in (reader.fieldnames or ())]
+        reader.fieldnames = found
+        if missing := [c for c in BOX_COLUMNS if c not in found]:
             raise MriscanError(
                 f"{path} lacks the column(s) {missing}: a boxes file has the columns "
-                f"{list(BOX_COLUMNS)} (fractions of the image side)."
+                f"{list(BOX_COLUMNS)} (fractions of the image side), comma-separated; its "
+                f"header reads {found}."
             )
         for line, row in enumerate(reader, start=2):
+            if None in row:  # more values than header columns
+                raise MriscanError(
+                    f"{path}, line {line}: {len(found) + len(row[None])} values under a header "
+                    f"of {len(found)} columns: quote a value that holds a comma."
+                )
+            row = {k: (v or "").strip() for k, v in row.items()}
+            if not row["file"]:
+                raise MriscanError(f"{path}, line {line}: the file column is empty.")
             try:
                 vals = tuple(float(row[k]) for k in BOX_COLUMNS[2:])
             except (TypeError, ValueError):
@@ -1452,14 +1464,14 @@ def _nothing_scored(
         return f"{boxes_csv} lists no box: nothing to score."
     if not items:
         why = "; ".join(
-            f"{c} ({v['n']} boxed slices): {v['reason']}" for c, v in not_scored.items()
+            f"{c!r} ({v['n']} boxed slices): {v['reason']}" for c, v in not_scored.items()
         )
         return (
             f"None of the {listed} boxed slices of {boxes_csv} is of a class the pointing game "
             f"scores with a model of the classes {list(card.class_names)}: {why}."
         )
-    missing = [rel for rel, _ in unreadable if not (root / rel).is_file()]
-    bad = [(rel, why) for rel, why in unreadable if (root / rel).is_file()]
+    missing = [rel for rel, _ in unreadable if not os.path.lexists(root / rel)]
+    bad = [(rel, why) for rel, why in unreadable if os.path.lexists(root / rel)]
     parts = [f"None of the {len(items)} boxed slices of {boxes_csv} could be scored."]
     if missing:
         parts.append(
@@ -1474,5 +1486,8 @@ def _nothing_scored(
                 "remove that prefix from the boxes file, or pass the folder above as IMAGES."
             )
     if bad:
-        parts.append(f"{len(bad)} file(s) could not be decoded (e.g. {bad[0][0]}: {bad[0][1]}).")
+        parts.append(
+            f"{len(bad)} path(s) could not be decoded as JPEG/PNG, the only files the pointing "
+            f"game reads (e.g. {bad[0][0]}: {bad[0][1]})."
+        )
     return " ".join(parts)

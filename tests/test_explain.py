@@ -1227,6 +1227,24 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     (tmp_path / "bs.csv").write_text(f"{rows[0]}\nleft/a\\b.png,left,0.5,0.5,1,1\n")
     assert list(read_boxes(tmp_path / "bs.csv", data)) == ["left/a\\b.png"]
     odd.unlink()
+    # spaces before the commas and a header in capitals are read as meant; an extra value and
+    # an empty file column are refused by line (tester28)
+    loose = [rows[0].upper()] + [" , ".join(r.split(",")) for r in [*whole, *nowhere]]
+    (tmp_path / "u.csv").write_text("\n".join(loose) + "\n")
+    assert read_boxes(tmp_path / "u.csv", data) == boxes
+    (tmp_path / "x.csv").write_text(f"{rows[0]}\n{whole[0]},0.3\n")
+    with pytest.raises(MriscanError, match=r"line 2: 7 values under a header of 6 columns"):
+        read_boxes(tmp_path / "x.csv", data)
+    (tmp_path / "e.csv").write_text(f"{rows[0]}\n,left,0.5,0.5,1,1\n")
+    with pytest.raises(MriscanError, match=r"line 2: the file column is empty"):
+        read_boxes(tmp_path / "e.csv", data)
+    (tmp_path / "t.csv").write_text("file\tclass\tx_center\ty_center\twidth\theight\n")
+    with pytest.raises(MriscanError, match=r"comma-separated; its header reads \['file\\tclass"):
+        read_boxes(tmp_path / "t.csv", data)
+    # a boxed path that exists but is no JPEG/PNG (a folder) is said to be so, not "missing"
+    (tmp_path / "f.csv").write_text(f"{rows[0]}\nleft,left,0.5,0.5,1,1\n")
+    with pytest.raises(MriscanError, match=r"could not be decoded as JPEG/PNG, the only files"):
+        pointing_game(path, data, tmp_path / "f.csv")
     # a path outside the data folder, and a file that is not UTF-8: one clear line each
     (tmp_path / "o.csv").write_text(f"{rows[0]}\n{tmp_path / 'elsewhere.png'},left,0.5,0.5,1,1\n")
     with pytest.raises(MriscanError, match=r"line 2: .*elsewhere.png lies outside the data fol"):
