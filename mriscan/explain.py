@@ -1268,12 +1268,17 @@ def _one_per_file(
     first: dict[tuple[str, str], int] = {}
     out: list[tuple[str, SliceBoxes]] = []
     merged: list[tuple[str, str]] = []
+    class_of: dict[str, tuple[str, str]] = {}  # digest -> (first path, its class)
+    across: list[tuple[str, str]] = []  # (path, the path of another class with its bytes)
     for rel, box in items:
         try:
             key = (file_sha256(root / rel), box.cls)
         except OSError:
             out.append((rel, box))
             continue
+        seen_as = class_of.setdefault(key[0], (rel, box.cls))
+        if seen_as[1] != box.cls:
+            across.append((rel, seen_as[0]))
         if key in first:
             k = first[key]
             kept, earlier = out[k]
@@ -1288,6 +1293,13 @@ def _one_per_file(
             "link or a copy; e.g. %s, as %s): each such slice is scored once, with the boxes "
             "of both",
             len(merged), merged[0][0], merged[0][1],
+        )  # fmt: skip
+    if across:
+        log.warning(
+            "%d boxed file(s) hold the same bytes as a boxed file of another class (e.g. %s, "
+            "as %s): each is scored as its box says, but one image under two classes is "
+            "likely a labelling error",
+            len(across), across[0][0], across[0][1],
         )  # fmt: skip
     return out, len(merged)
 

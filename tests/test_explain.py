@@ -1217,6 +1217,19 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     assert merged["overall"] == scores[0]
     (data / f"{one}.copy.png").unlink()
     (data / f"{one}.link.png").unlink()
+    # the same bytes boxed under another class: scored as each box says, but warned of
+    # (tester28: silent, where the same class's copies are merged and warned of)
+    twin_cls = "right" if one.startswith("left") else "left"
+    (data / twin_cls).mkdir(exist_ok=True)
+    shutil.copy(data / one, data / twin_cls / "twin.png")
+    lines = [rows[0], *whole, f"{twin_cls}/twin.png,{twin_cls},0.5,0.5,1,1"]
+    (tmp_path / "x2.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="mriscan.explain"):
+        crossed = pointing_game(path, data, tmp_path / "x2.csv")
+    assert len(crossed["slices"]) == len(whole) + 1 and crossed["same_file_merged"] == 0
+    assert "1 boxed file(s) hold the same bytes as a boxed file of another class" in caplog.text
+    (data / twin_cls / "twin.png").unlink()
+    caplog.clear()
     # as typed by hand or written on Windows: spaces after the commas, backslashes between
     # folders (tester27 #11); a name that really holds a backslash keeps it
     spaced = [", ".join(r.replace("/", "\\").split(",")) for r in [rows[0], *whole, *nowhere]]
