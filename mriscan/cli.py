@@ -1374,9 +1374,11 @@ def evaluate(
         )
     copies = result["exact_duplicates"]
     if copies["count"]:
+        gone = copies.get("removed_with_original", 0)
+        with_it = f", {gone} of them removed with the file they copy" if gone else ""
         click.echo(
             f"  {copies['count']} exact-duplicate file(s) (same bytes as another file) scored "
-            f"once and not counted in n: {copies['per_class']} (exact_duplicates.csv)"
+            f"once and not counted in n: {copies['per_class']}{with_it} (exact_duplicates.csv)"
         )
     _print_metrics("Evaluation", result)
     if result["unreadable"]:

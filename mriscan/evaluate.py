@@ -359,6 +359,9 @@ def evaluate(
             removed_of = {n: int(c) for n, c in zip(cmp.class_names, gone, strict=True)}
             same_patients = mine.patients if removing else 0
             why_not = mine.why_not if mine is not None else ""
+            # exact copies of a removed slice go with it: not "scored once, as that file"
+            gone_src = {recs[i].source for i in idx[removed | same]}
+            copies = [(*c, c[1] not in gone_src) for c in copies]
             idx, y = idx[~(removed | same)], y[~(removed | same)]
             # the model's own data: near-duplicates of its slices, then slices of its patients
             n_own = len(dropped) + len(same_rows)
@@ -439,9 +442,12 @@ def evaluate(
         },
         exact_duplicates={
             "count": len(copies),
-            "per_class": {n: sum(1 for _, _, c in copies if c == n) for n in scored_names},
-            "rule": "a file with the same bytes as another is scored once, as that file "
-            "(listed in exact_duplicates.csv); not counted in n",
+            "per_class": {n: sum(1 for _, _, c, _ in copies if c == n) for n in scored_names},
+            # copies of a slice removed as the model's own data: removed with it, not scored
+            "removed_with_original": sum(1 for *_, scored in copies if not scored),
+            "rule": "a file with the same bytes as another is scored once, as that file, or "
+            "removed with it when that file is removed as the model's own data (listed in "
+            "exact_duplicates.csv, column original_scored); not counted in n",
         },
     )
     result["model_class_names"] = list(card.class_names)
@@ -487,7 +493,7 @@ def evaluate(
         w.writerows(kept_rows)
     with open(ev.root / "exact_duplicates.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["source", "same_bytes_as", "class"])
+        w.writerow(["source", "same_bytes_as", "class", "original_scored"])
         w.writerows(copies)
     return result
 

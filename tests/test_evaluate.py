@@ -181,6 +181,17 @@ def test_evaluating_the_training_folder_itself_suggests_the_test_split(tmp_path,
     r = CliRunner().invoke(main, [*args, "--keep-duplicates"])
     assert r.exit_code == 0, r.output
     assert f"scored {removed} near-duplicates of training slices (--keep-duplicates)" in r.output
+    # an exact copy of a removed training slice goes with it, not "scored once" (tester28)
+    import shutil
+
+    gone = {Path(r["source"]).name for r in listed if r["source"].startswith("yes/")}
+    orig = next(f for f in sorted((data / "yes").iterdir()) if f.name in gone)
+    shutil.copy(orig, data / "yes" / f"copy{orig.suffix}")
+    again = evaluate(model, data, out=tmp_path / "ev4")
+    assert again["exact_duplicates"]["count"] == 1
+    assert again["exact_duplicates"]["removed_with_original"] == 1
+    (row,) = csv.DictReader((tmp_path / "ev4" / "evaluation" / "exact_duplicates.csv").open())
+    assert row["original_scored"] == "False" and Path(row["same_bytes_as"]).name == orig.name
 
 
 def test_thresholds_never_see_test_data(monkeypatch, small_store, tmp_path):
@@ -410,6 +421,8 @@ def test_exact_duplicate_files_are_counted_and_listed(loose_model, class_folder,
     names = {first.name, f"copy_a{first.suffix}", f"copy_b{first.suffix}"}
     assert len(rows) == 2 and {r["class"] for r in rows} == {"yes"}
     assert {Path(r["source"]).name for r in rows} | {Path(rows[0]["same_bytes_as"]).name} == names
+    assert {r["original_scored"] for r in rows} == {"True"}
+    assert ev["exact_duplicates"]["removed_with_original"] == 0
     r = CliRunner().invoke(
         main,
         ["evaluate", str(class_folder), "--model", str(loose_model), "--out", str(tmp_path / "c")],
