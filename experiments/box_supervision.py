@@ -39,7 +39,7 @@ After training only the base classifier is saved, the way ``mriscan train`` save
 (``publish_model`` with ``card_for``'s model card), so the product command
 ``python -m mriscan explain MODEL FOLDER --boxes FOLDER/boxes.csv`` scores it unchanged. Test
 accuracy and macro-F1 come from ``mriscan.training.fit.score`` on ``predict_store`` (TTA as the
-card says), the pointing game from ``mriscan.explain.pointing_game`` on a folder of links to the
+card says), the pointing game from ``mriscan.pointing.pointing_game`` on a folder of links to the
 test split (``experiments/split_folder.py``). ``--occlude`` measures whether the decisions rest
 on the box's content (``occlusion``): a heatmap can be trained to point without the decision
 following it.
@@ -76,11 +76,12 @@ import split_folder
 from mriscan.artifacts import RunLayout, publish_model
 from mriscan.config import FitConfig, PretrainConfig, TrainConfig
 from mriscan.errors import MriscanError
-from mriscan.explain import block_outputs, pointing_game
+from mriscan.explain import block_outputs
 from mriscan.inference import predict_store
 from mriscan.io import decode_image
 from mriscan.model import build_model
 from mriscan.pipeline import load_batch
+from mriscan.pointing import pointing_game
 from mriscan.preprocess import source_point
 from mriscan.training.fit import card_for, score
 from mriscan.training.optimizer import class_weights, compile_model

@@ -12,7 +12,7 @@ the model calls a tumor (any class but the model's healthy one; for a two-class 
 positive class). A change that moves these shares a lot while a radiologist would not change
 the call is a shortcut the model uses.
 
-``cam-layers``: the pointing game (``mriscan.explain.pointing_game``'s rule: peak inside the
+``cam-layers``: the pointing game (``mriscan.pointing.pointing_game``'s rule: peak inside the
 box, correctly classified tumor slices) for Grad-CAM and LayerCAM of every conv block and for
 LayerCAM fused over adjacent blocks, to choose ``explain``'s default map.
 """
@@ -27,17 +27,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mriscan.explain import (
-    block_outputs,
-    grad_cam,
-    layer_cam,
-    peak_in_any_box,
-    pointing_target,
-    read_boxes,
-)
+from mriscan.explain import block_outputs, grad_cam, layer_cam
 from mriscan.inference import predict_batch
 from mriscan.io import decode_image
 from mriscan.model import load_model
+from mriscan.pointing import peak_in_any_box, pointing_target, read_boxes
 from mriscan.preprocess import normalize, preprocess
 
 Change = Callable[[np.ndarray], np.ndarray]

@@ -2137,7 +2137,7 @@ def _pointing_game(
 ) -> None:
     """``explain --boxes``: the pointing game over one data folder; JSON in OUT."""
     from mriscan.artifacts import write_json
-    from mriscan.explain import pointing_game
+    from mriscan.pointing import pointing_game
 
     # one folder typed twice (a repeated shell glob, a pasted path) is that one folder
     same = {os.path.realpath(p) for p in images}

@@ -90,7 +90,7 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, ax, label: str = "mod
 def pointing_by_tolerance(distances: Sequence[float], tolerances: np.ndarray) -> np.ndarray:
     """The pointing game's share of hits at each tolerance: for each ``tolerances[t]`` (source
     pixels, float (T,)), the fraction of ``distances`` (each scored slice's peak-to-box
-    distance, ``mriscan.explain.peak_box_distance``) at most that far; float64 (T,). At 0 it
+    distance, ``mriscan.pointing.peak_box_distance``) at most that far; float64 (T,). At 0 it
     is the strict rule's share (inside the box). NaN everywhere when ``distances`` is empty
     (no correctly classified slice: undefined)."""
     d = np.sort(np.asarray(distances, np.float64))

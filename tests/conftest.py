@@ -189,3 +189,38 @@ def fast_config(**changes):
     from mriscan.config import TrainConfig, override
 
     return override(TrainConfig(), {**FAST_TRAIN, **changes})
+
+
+def three_class_task(n: int, seed: int = 0):
+    """Class 0: no blob; class 1: a blob top-left; class 2: a blob bottom-right: (x (n, 32, 32,
+    1) float32, y (n,) int)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.5, (n, 32, 32, 1)).astype(np.float32)
+    y = np.arange(n) % 3
+    x[y == 1, 4:12, 4:12, 0] += 3.0
+    x[y == 2, 20:28, 20:28, 0] += 3.0
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def three_class_model():
+    """A small CNN trained on ``three_class_task``: shared by the heat-map and pointing-game
+    tests (one training per session)."""
+    import keras
+
+    from mriscan.model import build_model
+
+    keras.utils.set_random_seed(0)
+    x, y = three_class_task(300)
+    model = build_model(
+        32,
+        num_classes=3,
+        filters=(8, 16, 16, 16),
+        dropout=0.0,
+        augment=False,
+        dense_units=16,
+        mirror=False,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy")
+    model.fit(x, np.eye(3)[y], batch_size=32, epochs=8, verbose=0)
+    return model
