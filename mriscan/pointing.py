@@ -524,20 +524,14 @@ def _one_per_file(
             continue
         first[key] = len(out)
         out.append((rel, box))
-    if merged:
-        log.warning(
-            "%d boxed file(s) hold the same bytes as another boxed file of their class (a "
-            "link or a copy; e.g. %s, as %s): each such slice is scored once, with the boxes "
-            "of both",
-            len(merged), merged[0][0], merged[0][1],
-        )  # fmt: skip
-    if across:
-        log.warning(
-            "%d boxed file(s) hold the same bytes as a boxed file of another class (e.g. %s, "
-            "as %s): each is scored as its box says, but one image under two classes is "
-            "likely a labelling error",
-            len(across), across[0][0], across[0][1],
-        )  # fmt: skip
+    for pairs, said in (
+        (merged, "another boxed file of their class (a link or a copy; e.g. %s, as %s): each "
+         "such slice is scored once, with the boxes of both"),
+        (across, "a boxed file of another class (e.g. %s, as %s): each is scored as its box "
+         "says, but one image under two classes is likely a labelling error"),
+    ):  # fmt: skip
+        if pairs:
+            log.warning("%d boxed file(s) hold the same bytes as " + said, len(pairs), *pairs[0])
     return out, len(merged)
 
 
