@@ -618,3 +618,20 @@ def test_cv_refuses_a_class_some_fold_could_not_train_on_and_warns_of_few_groups
     with caplog.at_level("WARNING", logger="mriscan.training.crossval"):
         check_folds(labels, groups, splits, task, 5)
     assert any("class 'c' has 4 split group(s) for 5 folds" in r.message for r in caplog.records)
+
+
+def test_cv_refuses_folds_left_without_a_test_slice_before_training():
+    """3 groups per class over 5 folds: each group kept whole and spread class by class, whole
+    folds get no group. cv trained the earlier folds and then failed on an assertion
+    (tester29 HIGH); the check before any training refuses it, naming the way out."""
+    from mriscan.errors import ConfigError
+    from mriscan.splits import cv_splits
+    from mriscan.tasks import Task
+    from mriscan.training.crossval import check_folds
+
+    task = Task(("no", "yes"), ("no", "yes"), np.arange(2), None)
+    labels, groups = np.array([0, 0, 0, 1, 1, 1]), np.arange(6)
+    splits = list(cv_splits(labels, groups, folds=5, val_fraction=0.15, seed=0))
+    assert any(len(test) == 0 for *_, test in splits)  # the case itself
+    with pytest.raises(ConfigError, match=r"would have an empty test part: the 6 split groups"):
+        check_folds(labels, groups, splits, task, 5)

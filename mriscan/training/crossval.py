@@ -379,7 +379,8 @@ def check_folds(
     Raises
     ------
     ConfigError
-        If a fold's training or validation part holds no slice of a class: that fold's model
+        If a fold's test part is empty (too few split groups for the folds), or if a fold's
+        training or validation part holds no slice of a class: that fold's model
         could not learn the class (or its threshold could not be chosen), and every number of
         it would be meaningless. Names the fold, the part, the class, the groups per class and
         the way out.
@@ -399,7 +400,16 @@ def check_folds(
                 folds,
                 folds - n,
             )
-    for rep, k, train, val, _ in splits:
+    for rep, k, train, val, test in splits:
+        if not len(test):
+            # stratifying few groups per class can leave whole folds without a group: refused
+            # here, not after the earlier folds have trained (tester29: an AssertionError)
+            raise ConfigError(
+                f"Cross-validation fold {k + 1}/{folds} (repeat {rep + 1}) would have an empty "
+                f"test part: the {int(np.unique(groups).size)} split groups (per class: "
+                f"{per_class}), each kept whole and spread class by class, do not fill "
+                f"{folds} folds. Use fewer folds (--folds), or add data."
+            )
         for part, idx in (("training", train), ("validation", val)):
             present = np.bincount(labels[idx], minlength=task.num_classes)
             missing = [task.class_names[c] for c in np.flatnonzero(present == 0)]
