@@ -679,7 +679,8 @@ def training_signatures(model_path: str | os.PathLike[str], card: Any) -> Any:
     if not path.is_file() or file_sha256(path) != card.train_signatures_sha256:
         raise ModelCardError(
             f"{path} is missing or does not belong to {model_path}: it holds the thumbnails of "
-            "the training slices, needed to remove their near-duplicates from an evaluation. "
+            "the training slices, by which their near-duplicates are recognised (evaluate "
+            "removes them, explain flags them). "
             f"Restore it (train writes it beside the model as {path.name}; copy it with the "
             ".keras and .json files), or retrain."
         )

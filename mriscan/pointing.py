@@ -111,8 +111,9 @@ def _read_box_rows(
                     f"of {len(found)} columns: quote a value that holds a comma."
                 )
             row = {k: (v or "").strip() for k, v in row.items()}
-            if not row["file"]:
-                raise MriscanError(f"{path}, line {line}: the file column is empty.")
+            for col in ("file", "class"):
+                if not row[col]:
+                    raise MriscanError(f"{path}, line {line}: the {col} column is empty.")
             try:
                 vals = tuple(float(row[k]) for k in BOX_COLUMNS[2:])
             except (TypeError, ValueError):
@@ -378,9 +379,9 @@ def pointing_game(
         if (why := pointing_rule(card, box.cls)) is not None:
             not_scored.setdefault(box.cls, {"n": 0, "reason": why})["n"] += 1
     listed = len(items)
+    _warn_folder_classes(items, card)  # every box, scored or not: a class column typo shows
     items = [(rel, box) for rel, box in items if box.cls not in not_scored]
     items, merged = _one_per_file(Path(root), items)
-    _warn_folder_classes(items, card)
     stats: dict[str, dict[str, int]] = {}
     per_slice: list[dict[str, Any]] = []
     unreadable: list[tuple[str, str]] = []
@@ -484,6 +485,7 @@ def pointing_game(
             root,
             {rel: b for rel, b in boxes.items() if b.cls != card.healthy},
             _tumor_classes(card, boxes),
+            also_listed=[rel for rel, b in boxes.items() if b.cls == card.healthy],
         ),
     }
 
@@ -558,7 +560,7 @@ def _training_look_alikes(
     n = int(mask.sum())
     if n:
         log.warning(
-            "%d of the %d scored slices near-duplicate the model's training or validation "
+            "%d of the %d boxed slices read near-duplicate the model's training or validation "
             "slices (16×16 thumbnails correlating above %s, the rule by which evaluate removes "
             "them; look-alikes of other slices are caught too): on those the pointing game "
             "shows how the model looks at slices it learned from",
@@ -644,13 +646,18 @@ def _warn_folder_classes(items: Sequence[tuple[str, SliceBoxes]], card: Any) -> 
 
 
 def slices_without_box(
-    root: str | os.PathLike[str], boxes: dict[str, Any], tumor_classes: Sequence[str] = ()
+    root: str | os.PathLike[str],
+    boxes: dict[str, Any],
+    tumor_classes: Sequence[str] = (),
+    also_listed: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JPEG/PNG files of tumor slices that the boxes file does not list (not scored by the
     pointing game): those directly in a folder holding a boxed slice, or in ``root/<class>``
     for a class of ``tumor_classes``. Returns ``count``, ``per_folder`` (folder relative to
     ``root``, posix, "." for ``root`` itself → count; only folders with some) and ``rule``.
-    ``boxes``: ``read_boxes``' result (paths relative to ``root``).
+    ``boxes``: ``read_boxes``' result (paths relative to ``root``); ``also_listed``: other
+    paths the boxes file lists (boxes of the healthy class): never counted, but their folders
+    are not searched for their sake.
 
     Membership is decided on the paths as given, the way predict and ingest list a folder:
     symbolic links are not resolved, so a folder of links into a larger collection counts its
@@ -664,6 +671,7 @@ def slices_without_box(
     root = lexical(Path(root))
     boxed = {lexical(root / rel) for rel in boxes}
     folders = {p.parent for p in boxed}
+    boxed |= {lexical(root / rel) for rel in also_listed}
     folders |= {root / c for c in tumor_classes if (root / c).is_dir()}
     per_folder: dict[str, int] = {}
     for folder in sorted(folders):

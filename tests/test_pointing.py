@@ -238,7 +238,7 @@ def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
         kind_of[f"left/{i}.png"] = kind = kinds[i % 3]
         rows.append(f"left/{i}.png,left,{boxes[kind]}")
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
-    with caplog.at_level("WARNING", logger="mriscan.explain"):
+    with caplog.at_level("WARNING", logger="mriscan.pointing"):
         result = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
     s = result["per_class"]["left"]
     assert s["n"] == 15 and s["correct"] >= 13  # the model reads the files it was made for
@@ -275,11 +275,11 @@ def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
     card = ModelCard.load(path)
     dataclasses.replace(card, train_signatures_sha256=file_sha256(signatures_path(path))).save(path)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="mriscan.explain"):
+    with caplog.at_level("WARNING", logger="mriscan.pointing"):
         again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
     assert again["training_near_duplicates"] >= 4
     assert (
-        f"{again['training_near_duplicates']} of the 15 scored slices near-duplicate the "
+        f"{again['training_near_duplicates']} of the 15 boxed slices read near-duplicate the "
         "model's training" in caplog.text
     )
     # the command prints both rules per class and writes each slice's distance
@@ -392,7 +392,7 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(
     speck = np.full((32, 32), 90, np.uint8)
     speck[5, 7] = 255
     Image.fromarray(speck).save(tmp_path / "data" / stray)
-    with caplog.at_level("WARNING", logger="mriscan.explain"):
+    with caplog.at_level("WARNING", logger="mriscan.pointing"):
         again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
     flagged = [r for r in again["slices"] if r["blank"]]
     assert [r["file"] for r in flagged] == [blank, stray] and again["blank"] == 2
@@ -466,7 +466,7 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     shutil.copy(data / one, data / twin_cls / "twin.png")
     lines = [rows[0], *whole, f"{twin_cls}/twin.png,{twin_cls},0.5,0.5,1,1"]
     (tmp_path / "x2.csv").write_text("\n".join(lines) + "\n")
-    with caplog.at_level("WARNING", logger="mriscan.explain"):
+    with caplog.at_level("WARNING", logger="mriscan.pointing"):
         crossed = pointing_game(path, data, tmp_path / "x2.csv")
     assert len(crossed["slices"]) == len(whole) + 1 and crossed["same_file_merged"] == 0
     assert "1 boxed file(s) hold the same bytes as a boxed file of another class" in caplog.text
@@ -493,6 +493,9 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     (tmp_path / "e.csv").write_text(f"{rows[0]}\n,left,0.5,0.5,1,1\n")
     with pytest.raises(MriscanError, match=r"line 2: the file column is empty"):
         read_boxes(tmp_path / "e.csv", data)
+    (tmp_path / "ec.csv").write_text(f"{rows[0]}\n{whole[0].split(',')[0]},,0.5,0.5,1,1\n")
+    with pytest.raises(MriscanError, match=r"line 2: the class column is empty"):
+        read_boxes(tmp_path / "ec.csv", data)  # was read as a class named "" (tester29)
     (tmp_path / "t.csv").write_text("file\tclass\tx_center\ty_center\twidth\theight\n")
     with pytest.raises(MriscanError, match=r"comma-separated; its header reads \['file\\tclass"):
         read_boxes(tmp_path / "t.csv", data)
@@ -525,14 +528,22 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     moved = f"{other}/{first.split('/')[1]}"  # a tumor file boxed as its folder's other class
     (data / moved).write_bytes(png)
     rest = [r for r in rows[2:] if not r.startswith(moved)]
+    tumor_dir = first.split("/")[0]
+    (data / tumor_dir / "hx.png").write_bytes(png)  # boxed as healthy inside a tumor folder
     lines = [rows[0], "none/h0.png,none,0.5,0.5,0.2,0.2", *rest]
-    lines.append(f"{moved},{first.split('/')[0]},0.5,0.5,1,1")
+    lines += [f"{moved},{tumor_dir},0.5,0.5,1,1", f"{tumor_dir}/hx.png,none,0.5,0.5,0.2,0.2"]
     (tmp_path / "h.csv").write_text("\n".join(lines) + "\n")
-    caplog.set_level("WARNING", logger="mriscan.explain")
+    caplog.set_level("WARNING", logger="mriscan.pointing")
     result = pointing_game(path, data, tmp_path / "h.csv")
     assert result["not_scored"] == {
-        "none": {"n": 1, "reason": "the model's healthy class (a box marks a tumor)"}
+        "none": {"n": 2, "reason": "the model's healthy class (a box marks a tumor)"}
     }
     assert "none" not in result["per_class"] and "none" not in result["without_box"]["per_folder"]
-    assert "1 boxed slice(s) lie in another class's folder" in caplog.text
-    assert moved in caplog.text
+    # both boxes whose class is not their folder's are warned of, the healthy one too, and a
+    # listed file is never counted as a slice without a box (tester29: it was, and silently)
+    assert "2 boxed slice(s) lie in another class's folder" in caplog.text
+    listed = {ln.split(",")[0] for ln in lines[1:]}
+    unlisted = [
+        f for f in (data / tumor_dir).glob("*.png") if f"{tumor_dir}/{f.name}" not in listed
+    ]
+    assert result["without_box"]["per_folder"].get(tumor_dir, 0) == len(unlisted)
