@@ -94,6 +94,7 @@ def open_or_ingest(
         store = data
     elif is_store(data):
         store = ImageStore.open(data)
+        _say_flagged(store)
     else:
         target = Path(store_path) if store_path is not None else DEFAULT_STORE
         if image_size is None and is_store(target):
@@ -131,7 +132,10 @@ def open_or_ingest(
         left_out = [name for name, why in report.ignored if why == EMPTY_LEFT_OUT]
         if left_out:  # said where the task's "left out:" line cannot (no class in the store)
             log.info("empty class folder(s) the class map leaves out: %s", ", ".join(left_out))
-        return ImageStore.open(target)
+        store = ImageStore.open(target)
+        if not report.warnings:  # nothing new: the slices stored with a warning before
+            _say_flagged(store)
+        return store
     if check_classes is not None:
         check_classes(tuple(store.class_names))
     if image_size is not None and image_size != store.image_size:
@@ -144,6 +148,29 @@ def open_or_ingest(
             "into another store with that size."
         )
     return store
+
+
+def _say_flagged(store: ImageStore) -> None:
+    """Log the store's active slices that ingest stored with a warning (record flags
+    ``uniform`` / ``thin``): a later train, cv or evaluate on the store, or on its folder
+    again, trains or scores them too, and the ingest that listed them may be long past
+    (tester29: said only the first time)."""
+    from mriscan.store.columns import FLAG_BITS
+
+    idx = store.active_indices()
+    flags = store.table.fixed("flags")[idx]
+    parts, examples = [], []
+    for flag in ("uniform", "thin"):
+        hit = idx[(flags >> FLAG_BITS.index(flag)) & 1 == 1]
+        if hit.size:
+            parts.append(f"{hit.size} {flag}")
+            examples += [store.index.records[int(i)].source for i in hit[:2]]
+    if parts:
+        log.warning(
+            "the store holds slices ingest stored with a warning: %s (e.g. %s); they are "
+            "used like the others",
+            ", ".join(parts), ", ".join(examples[:3]),
+        )  # fmt: skip
 
 
 def _skipped_by_class(skipped) -> str:

@@ -37,8 +37,20 @@ def test_slices_ingest_stores_with_a_warning_are_said_when_train_or_cv_ingest(tm
     for k, cls in enumerate(("yes", "yes", "no")):
         noisy = np.clip(base.astype(int) + rng.integers(-2, 3, base.shape), 0, 255)
         Image.fromarray(noisy.astype(np.uint8)).save(data / cls / f"copy{k}.png")
+    Image.fromarray(np.full((60, 60), 80, np.uint8)).save(data / "no" / "flat.png")
     with caplog.at_level(logging.WARNING, logger="mriscan.sources"):
         open_or_ingest(data, store_path=tmp_path / "s.zarr", image_size=32).close()
-    (line,) = [r.getMessage() for r in caplog.records if "stored with 1 warning" in r.getMessage()]
-    assert line.startswith("slices stored with 1 warning(s) (`mriscan ingest` lists each)")
+    (line,) = [r.getMessage() for r in caplog.records if "stored with 2 warning" in r.getMessage()]
+    assert line.startswith("slices stored with 2 warning(s) (`mriscan ingest` lists each)")
     assert "near-identical slices, all stored, under 2 classes: 2 yes" in line, line
+    assert "no/flat.png: " in line
+    # later runs on the folder (nothing new to ingest) or on the store still say what it holds
+    for given in (data, tmp_path / "s.zarr"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mriscan.sources"):
+            open_or_ingest(given, store_path=tmp_path / "s.zarr").close()
+        said = [r.getMessage() for r in caplog.records]
+        assert said == [
+            "the store holds slices ingest stored with a warning: 1 uniform (e.g. no/flat.png); "
+            "they are used like the others"
+        ], said
