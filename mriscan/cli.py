@@ -1571,23 +1571,24 @@ def _print_fold_summary(s: dict, keys: list[str]) -> None:
 
 
 def _print_fold_mix(s: dict) -> None:
-    """Each fold's test slices per class and the split groups they rest on
-    (``mriscan.splits.fold_class_mix``), a skewed or missing class marked "*": a fold's numbers
-    are read against the mix they were measured on."""
+    """Each fold's test slices per class, the split groups they rest on
+    (``mriscan.splits.fold_class_mix``) and the fold's recall of the class, a skewed or missing
+    class marked "*": a fold's numbers are read against the mix they were measured on."""
     from mriscan.splits import MIX_SKEW_POINTS
 
     mix = s.get("fold_class_mix") or []
     click.echo(
-        f"  test slices per fold (class share, split groups; * a share more than "
-        f"{MIX_SKEW_POINTS:g} points from the whole set's, or a class missing):"
+        f"  test slices per fold (class share, split groups, the fold's recall; * a share more "
+        f"than {MIX_SKEW_POINTS:g} points from the whole set's, or a class missing):"
     )
-    for m in mix:
+    for m, fold in zip(mix, s["per_fold"], strict=True):
         name = f"fold {m['fold'] + 1}" + (
             f", repeat {m['repeat'] + 1}" if s["protocol"]["repeats"] > 1 else ""
         )
+        # recall per class beside the mix: a weak fold's weak class shows here
         parts = [
-            f"{c} {n} ({100 * m['test_share'][c]:.0f}%, {_groups(m['test_groups'][c])})"
-            + ("*" if c in m["skewed"] else "")
+            f"{c} {n} ({100 * m['test_share'][c]:.0f}%, {_groups(m['test_groups'][c])}, "
+            f"recall {_num(fold['per_class'][c]['recall'])})" + ("*" if c in m["skewed"] else "")
             for c, n in m["test"].items()
         ]
         click.echo(f"    {name}: {', '.join(parts)}")

@@ -327,10 +327,13 @@ def test_cv_scores_dicom_series_and_patients_as_evaluate_pools_them(
     r = CliRunner().invoke(main, ["cv", str(raw), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "Per series: DICOM series" in r.output and "Per patient: patients" in r.output
-    # each fold's test slices per class, as metrics.json records them
-    for m in s["fold_class_mix"]:
-        n = ", ".join(f"{c} {k}" for c, k in m["test"].items())
-        assert n.split(", ")[0] in r.output.split(f"fold {m['fold'] + 1}: ")[1].splitlines()[0]
+    # each fold's test slices per class, as metrics.json records them, with the fold's recall
+    for m, fold in zip(s["fold_class_mix"], s["per_fold"], strict=True):
+        line = r.output.split(f"fold {m['fold'] + 1}: ")[1].splitlines()[0]
+        for c, k in m["test"].items():
+            recall = fold["per_class"][c]["recall"]
+            said = "undefined" if recall != recall else f"{recall:.3f}"
+            assert f"{c} {k} (" in line and f"recall {said})" in line, line
     from mriscan.aggregate import pooling_rule
 
     assert f"Per unit, in each fold: {pooling_rule(class_names)}" in r.output
