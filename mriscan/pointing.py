@@ -444,6 +444,7 @@ def pointing_game(
             _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
             + (f" {blank} of them are blank ({BLANK_RULE}): not scored." if blank else "")
         )
+    _warn_missing(Path(root), unreadable, len(items))
     near = _training_look_alikes(model_path, card, thumbs)
     for row, flag in zip(
         per_slice, near if near is not None else [None] * len(per_slice), strict=True
@@ -601,6 +602,20 @@ def _warn_blank(rows: Sequence[dict[str, Any]]) -> int:
             len(blank), BLANK_RULE, blank[0],
         )  # fmt: skip
     return len(blank)
+
+
+def _warn_missing(root: Path, unreadable: Sequence[tuple[str, str]], n: int) -> None:
+    """Warn when at least half of the ``n`` boxed paths do not exist under ``root``: the game
+    is then played on the few that resolve (tester29: a subfolder given as IMAGES scored 1 of
+    16 slices without a word on why the rest were missing)."""
+    missing = [rel for rel, _ in unreadable if not os.path.lexists(root / rel)]
+    if missing and 2 * len(missing) >= n:
+        log.warning(
+            "%d of the %d boxed paths do not exist under the data folder %s (e.g. %r → %s): "
+            "the file column is read relative to the folder given as IMAGES; is it the one "
+            "the boxes file was written for?",
+            len(missing), n, root, missing[0], root / missing[0],
+        )  # fmt: skip
 
 
 def _off_scale(sides: Sequence[int]) -> int:

@@ -547,3 +547,9 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
         f for f in (data / tumor_dir).glob("*.png") if f"{tumor_dir}/{f.name}" not in listed
     ]
     assert result["without_box"]["per_folder"].get(tumor_dir, 0) == len(unlisted)
+    # most boxed paths missing (another folder given as IMAGES): scored on the rest, and said
+    ghosts = [f"ghost/{i}.png,{tumor_dir},0.5,0.5,1,1" for i in range(len(rest))]
+    (tmp_path / "g.csv").write_text("\n".join([rows[0], *rest, *ghosts]) + "\n")
+    caplog.clear()
+    pointing_game(path, data, tmp_path / "g.csv")
+    assert f"{len(ghosts)} of the {len(ghosts) + len(rest)} boxed paths do not exist" in caplog.text
