@@ -321,7 +321,7 @@ def fold_class_mix(
 
     A group-aware split keeps each group whole, so one large group (a patient's many slices,
     or a chain of look-alike slices joined as near-duplicates) can tilt a fold's class mix;
-    the fold's numbers then answer another question than the others' (tester and row 70:
+    the fold's numbers then answer another question than the others' (ACCURACY row 70:
     figshare's fold 1 held a 448-slice glioma group). This makes that visible beside the
     metrics.
 
