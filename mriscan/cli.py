@@ -1577,6 +1577,8 @@ def _print_fold_mix(s: dict) -> None:
     from mriscan.splits import MIX_SKEW_POINTS
 
     mix = s.get("fold_class_mix") or []
+    if not mix:  # a summary without it (written before mriscan recorded the folds' mix)
+        return
     click.echo(
         f"  test slices per fold (class share, split groups, the fold's recall; * a share more "
         f"than {MIX_SKEW_POINTS:g} points from the whole set's, or a class missing):"
