@@ -56,6 +56,12 @@ def signatures(images: Sequence[np.ndarray]) -> np.ndarray:
     return preprocess_batch(images, SIGNATURE_CONFIG)
 
 
+def constant_rows(flat: np.ndarray) -> np.ndarray:
+    """Which rows of ``flat`` (n, d) thumbnails hold one value (blank slices), bool (n,):
+    they correlate with nothing, so every near-duplicate rule compares them by value."""
+    return np.all(flat == flat[:, :1], axis=1)
+
+
 def duplicate_groups(
     signatures: np.ndarray,
     *,
@@ -99,7 +105,7 @@ def duplicate_groups(
     i, j, _ = near_pairs(sigs, threshold=threshold, dims=dims)
     raw = sigs.reshape(n, -1)
     # Constant thumbnails (all-black slices) correlate with nothing; compare them by value.
-    const = np.flatnonzero(np.all(raw == raw[:, :1], axis=1))
+    const = np.flatnonzero(constant_rows(raw))
     if len(const):
         first: dict[bytes, int] = {}
         extra = [(first.setdefault(raw[k].tobytes(), k), k) for k in const]
@@ -217,7 +223,7 @@ def near_links(
         qi, sj, _ = committed_pairs(sigs, projections, read_signatures, threshold=threshold)
         edges.append(np.stack([qi + offset, sj], axis=1))
     flat = sigs.reshape(m, -1)
-    const = np.flatnonzero(np.all(flat == flat[:, :1], axis=1))
+    const = np.flatnonzero(constant_rows(flat))
     first: dict[int, int] = {}
     extra = []
     for k in const.tolist():
@@ -309,8 +315,7 @@ def near_duplicates_of(
         out[rows] = True
         sig = np.asarray(signatures).reshape(len(signatures), -1)
         ref = np.asarray(reference).reshape(len(reference), -1)
-        blank_ref = {int(r[0]) for r in ref[np.all(ref == ref[:, :1], axis=1)]}
+        blank_ref = {int(r[0]) for r in ref[constant_rows(ref)]}
         if blank_ref:
-            blank = np.all(sig == sig[:, :1], axis=1)
-            out |= blank & np.isin(sig[:, 0], list(blank_ref))
+            out |= constant_rows(sig) & np.isin(sig[:, 0], list(blank_ref))
     return out

@@ -604,11 +604,16 @@ def _warn_blank(rows: Sequence[dict[str, Any]]) -> int:
     return len(blank)
 
 
+def _missing(root: Path, unreadable: Sequence[tuple[str, str]]) -> list[str]:
+    """The unreadable boxed paths that do not exist under ``root`` (not: exist but undecodable)."""
+    return [rel for rel, _ in unreadable if not os.path.lexists(root / rel)]
+
+
 def _warn_missing(root: Path, unreadable: Sequence[tuple[str, str]], n: int) -> None:
     """Warn when at least half of the ``n`` boxed paths do not exist under ``root``: the game
     is then played on the few that resolve (tester29: a subfolder given as IMAGES scored 1 of
     16 slices without a word on why the rest were missing)."""
-    missing = [rel for rel, _ in unreadable if not os.path.lexists(root / rel)]
+    missing = _missing(root, unreadable)
     if missing and 2 * len(missing) >= n:
         log.warning(
             "%d of the %d boxed paths do not exist under the data folder %s (e.g. %r → %s): "
@@ -736,7 +741,7 @@ def _nothing_scored(
             f"None of the {listed} boxed slices of {boxes_csv} is of a class the pointing game "
             f"scores with a model of the classes {list(card.class_names)}: {why}."
         )
-    missing = [rel for rel, _ in unreadable if not os.path.lexists(root / rel)]
+    missing = _missing(root, unreadable)
     bad = [(rel, why) for rel, why in unreadable if os.path.lexists(root / rel)]
     parts = [f"None of the {len(items)} boxed slices of {boxes_csv} could be scored."]
     if missing:
