@@ -9,7 +9,9 @@ import numpy as np
 from mriscan.errors import ConfigError
 
 __all__ = [
+    "class_shares",
     "cv_splits",
+    "fold_class_mix",
     "join_keys",
     "kfold_indices",
     "oversized_groups",
@@ -310,6 +312,15 @@ def cv_splits(
 MIX_SKEW_POINTS = 10.0
 
 
+def class_shares(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Each class's share (0-1) of ``labels``, an int array (N,) of class indices into
+    ``class_names``; all 0 when ``labels`` is empty. ``fold_class_mix`` measures a fold's
+    skew against it."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    counts = np.bincount(labels, minlength=len(class_names)) / max(labels.size, 1)
+    return {n: float(c) for n, c in zip(class_names, counts, strict=True)}
+
+
 def fold_class_mix(
     labels: np.ndarray,
     groups: np.ndarray,
@@ -349,7 +360,7 @@ def fold_class_mix(
     labels = np.asarray(labels, np.int64).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     k = len(class_names)
-    whole = np.bincount(labels, minlength=k) / max(labels.size, 1)
+    whole = np.array(list(class_shares(labels, class_names).values()))
     out = []
     for rep, fold, *parts in splits:
         entry: dict = {"repeat": int(rep), "fold": int(fold)}

@@ -207,6 +207,16 @@ def test_join_keys_round_trip():
     np.testing.assert_array_equal(union_groups(dup, keys), [0, 0, 0, 1])
 
 
+def test_class_shares_are_each_class_share_of_the_labels_and_zero_when_empty():
+    """The whole set's shares that ``fold_class_mix`` and cv's summary both measure skew
+    against: a class with no slice has share 0, and no labels give all 0 (not a NaN)."""
+    from mriscan.splits import class_shares
+
+    shares = class_shares(np.array([0, 0, 0, 2]), ("no", "yes", "x"))
+    assert shares == {"no": 0.75, "yes": 0.0, "x": 0.25}
+    assert class_shares(np.array([], np.int64), ("no", "yes")) == {"no": 0.0, "yes": 0.0}
+
+
 def test_fold_class_mix_counts_each_part_and_flags_a_fold_tilted_by_one_group():
     """One 30-slice 'yes' group must land whole in one test fold of 100 slices (50 yes): that
     fold's yes share strays from the whole set's 50% and is flagged, and its yes slices rest

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,13 @@ from mriscan.evaluate import (
     write_unit_rows,
 )
 from mriscan.readers import ReadOptions
-from mriscan.splits import MIX_SKEW_POINTS, cv_splits, fold_class_mix, oversized_groups
+from mriscan.splits import (
+    MIX_SKEW_POINTS,
+    class_shares,
+    cv_splits,
+    fold_class_mix,
+    oversized_groups,
+)
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, Task
 from mriscan.training.fit import (
@@ -222,12 +227,6 @@ def summarize_levels(
         )
         out[level] = (summary, rows)
     return out
-
-
-def _whole_share(labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
-    """Each class's share (0-1) of ``labels`` (class indices)."""
-    counts = np.bincount(labels, minlength=len(names)) / max(labels.size, 1)
-    return {n: float(c) for n, c in zip(names, counts, strict=True)}
 
 
 def _shares(share: dict[str, float]) -> str:
@@ -555,7 +554,7 @@ def cross_validate(
                 "numbers answer a different mix than the other folds' (whole groups are kept "
                 "together: see the oversized groups above)",
                 m["repeat"] + 1, m["fold"] + 1, _shares(m["test_share"]),
-                _shares(_whole_share(labels, task.class_names)),
+                _shares(class_shares(labels, task.class_names)),
             )  # fmt: skip
     cv.root.mkdir(parents=True, exist_ok=True)
     hw = setup_for(tcfg)
@@ -669,7 +668,7 @@ def cross_validate(
     summary["per_fold"] = per_fold
     summary["fold_class_mix"] = mix
     summary["fold_class_mix_rule"] = {
-        "whole_share": _whole_share(labels, task.class_names),
+        "whole_share": class_shares(labels, task.class_names),
         "skew_points": MIX_SKEW_POINTS,
         "rule": "a class is flagged in a fold's test part when its share there lies more than "
         "skew_points percentage points from whole_share, or when the set holds it and the "
