@@ -133,8 +133,7 @@ def open_or_ingest(
         if left_out:  # said where the task's "left out:" line cannot (no class in the store)
             log.info("empty class folder(s) the class map leaves out: %s", ", ".join(left_out))
         store = ImageStore.open(target)
-        if not report.warnings:  # nothing new: the slices stored with a warning before
-            _say_flagged(store)
+        _say_flagged(store, listed=report.n_added)  # this run's own were listed above
         return store
     if check_classes is not None:
         check_classes(tuple(store.class_names))
@@ -150,14 +149,21 @@ def open_or_ingest(
     return store
 
 
-def _say_flagged(store: ImageStore) -> None:
+def _say_flagged(store: ImageStore, listed: int = 0) -> None:
     """Log the store's active slices that ingest stored with a warning (record flags
     ``uniform`` / ``thin``): a later train, cv or evaluate on the store, or on its folder
     again, trains or scores them too, and the ingest that listed them may be long past
-    (tester29: said only the first time)."""
+    (tester29: said only the first time).
+
+    ``listed``: how many of the store's newest rows the ingest that just ran added (an ingest
+    appends its slices after the committed ones); their warnings were logged with the ingest's
+    own, so only the earlier rows are counted here ("earlier ingests stored ..."), and nothing
+    is said when none of those is flagged.
+    """
     from mriscan.store.columns import FLAG_BITS
 
     idx = store.active_indices()
+    idx = idx[idx < len(store) - listed]
     flags = store.table.fixed("flags")[idx]
     parts, examples = [], []
     for flag in ("uniform", "thin"):
@@ -167,9 +173,9 @@ def _say_flagged(store: ImageStore) -> None:
             examples += [store.index.records[int(i)].source for i in hit[:2]]
     if parts:
         log.warning(
-            "the store holds slices ingest stored with a warning: %s (e.g. %s); they are "
+            "the store holds slices %s stored with a warning: %s (e.g. %s); they are "
             "used like the others",
-            ", ".join(parts), ", ".join(examples[:3]),
+            "earlier ingests" if listed else "ingest", ", ".join(parts), ", ".join(examples[:3]),
         )  # fmt: skip
 
 

@@ -54,3 +54,16 @@ def test_slices_ingest_stores_with_a_warning_are_said_when_train_or_cv_ingest(tm
             "the store holds slices ingest stored with a warning: 1 uniform (e.g. no/flat.png); "
             "they are used like the others"
         ], said
+    # a later ingest that stores a flagged slice of its own lists it, and still says the
+    # earlier one (said only when nothing new was flagged, before)
+    Image.fromarray(np.full((60, 60), 200, np.uint8)).save(data / "yes" / "flat2.png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mriscan.sources"):
+        open_or_ingest(data, store_path=tmp_path / "s.zarr").close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert said[0].startswith("slices stored with 1 warning(s)") and "yes/flat2.png" in said[0]
+    assert said[1] == (
+        "the store holds slices earlier ingests stored with a warning: 1 uniform "
+        "(e.g. no/flat.png); they are used like the others"
+    ), said
