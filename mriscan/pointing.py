@@ -20,16 +20,15 @@ import numpy as np
 from mriscan.config import DEFAULT_CAM
 from mriscan.errors import ImageDecodeError, MriscanError
 from mriscan.explain import check_method, class_activation_map, map_peak
+from mriscan.readers import UNIFORM_RULE, file_sha256, is_uniform
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BLANK_RULE",
     "BOX_COLUMNS",
     "POINTING_TOLERANCE_PX",
     "TOLERANCE_SIDES",
     "SliceBoxes",
-    "is_blank",
     "peak_box_distance",
     "peak_fraction",
     "peak_in_any_box",
@@ -335,7 +334,8 @@ def pointing_game(
         ``overall`` (the same over all scored classes), ``tolerance_px``,
         ``same_file_merged`` (boxed paths holding the bytes of an earlier one of their class,
         scored as that one: ``_one_per_file``), ``blank`` (boxed slices without contrast,
-        ``is_blank``: listed in ``slices``, not scored, warned of), ``tolerance_off_scale``
+        ``mriscan.readers.is_uniform``: listed in ``slices``, not scored, warned of),
+        ``tolerance_off_scale``
         (correctly classified slices whose longer side lies outside ``TOLERANCE_SIDES``,
         warned of), ``training_near_duplicates`` (scored slices that
         near-duplicate the model's training or validation slices, warned of; None when the
@@ -347,7 +347,8 @@ def pointing_game(
         ``hit`` (inside one of its boxes; None when not correctly classified), ``side_px``
         (the source image's longer side: ``distance_px`` is read against it; outside
         ``TOLERANCE_SIDES`` the tolerance is another share of the slice), ``blank``
-        (``is_blank``: not scored, its prediction, peak, distance and hit None) and
+        (``mriscan.readers.is_uniform``: not scored, its prediction, peak, distance and hit
+        None) and
         ``near_training``
         (it near-duplicates a training or validation slice; None when not checkable)),
         ``not_scored`` ({class: {"n": boxed slices listed, "reason":
@@ -396,7 +397,7 @@ def pointing_game(
             except ImageDecodeError as exc:
                 unreadable.append((rel, exc.reason))
                 continue
-            if is_blank(img):  # no anatomy: its map's peak is a fixed point, not scored
+            if is_uniform(img):  # no anatomy: its map peaks at a point fixed by the padding
                 blanks.append((_blank_row(rel, box, img), signature(img)))
                 continue
             imgs.append(img)
@@ -442,7 +443,7 @@ def pointing_game(
     if not stats:
         raise MriscanError(
             _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
-            + (f" {blank} of them are blank ({BLANK_RULE}): not scored." if blank else "")
+            + (f" {blank} of them are blank ({UNIFORM_RULE}): not scored." if blank else "")
         )
     _warn_missing(Path(root), unreadable, len(items))
     near = _training_look_alikes(model_path, card, thumbs)
@@ -503,7 +504,6 @@ def _one_per_file(
     so every path's content must be known before any slice is scored, and keeping every file's
     bytes until then would hold the whole boxed set in memory; the second read is served from
     the page cache."""
-    from mriscan.readers import file_sha256
 
     first: dict[tuple[str, str], int] = {}
     out: list[tuple[str, SliceBoxes]] = []
@@ -570,36 +570,24 @@ def _training_look_alikes(
     return mask
 
 
-#: what makes a slice blank for the pointing game (``is_blank``)
-BLANK_RULE = "99% of its pixels within 2 grey levels of its most common value"
-
-
-def is_blank(image: np.ndarray) -> bool:
-    """Whether a decoded slice (H, W) uint8 has no contrast to point at: ``BLANK_RULE`` (one
-    grey level, or one with a few stray pixels). A map of such a slice peaks at a point fixed
-    by the network's padding, not by anything in the slice (tester28: a blank slice's peak
-    always fell on the same pixel, a hit whenever a box held it)."""
-    values = np.asarray(image).ravel()
-    mode = int(np.bincount(values).argmax())
-    return bool(np.mean(np.abs(values.astype(np.int16) - mode) > 2) < 0.01)
-
-
 def _blank_row(rel: str, box: SliceBoxes, img: np.ndarray) -> dict[str, Any]:
-    """The per-slice row of a blank slice (``is_blank``): listed, not scored (its prediction,
+    """The per-slice row of a blank slice (uniform by ingest's rule,
+    ``mriscan.readers.is_uniform``): listed, not scored (its prediction,
     peak, distance and hit are undefined: None)."""
     row = dict.fromkeys(("predicted", "correct", "peak_x", "peak_y", "distance_px", "hit"))
     return {"file": rel, "class": box.cls, **row, "side_px": max(img.shape), "blank": True}
 
 
 def _warn_blank(rows: Sequence[dict[str, Any]]) -> int:
-    """Warn of boxed slices left out because they are blank (``is_blank``); returns how many.
+    """Warn of boxed slices left out because they are blank (``mriscan.readers.is_uniform``);
+    returns how many.
     Their hits and misses would be noise: a blank slice's map peaks at a fixed point."""
     blank = [r["file"] for r in rows if r["blank"]]
     if blank:
         log.warning(
             "%d boxed slice(s) are blank (%s; e.g. %s): no anatomy to point at, not scored; "
             "check those files (column blank in the per-slice table)",
-            len(blank), BLANK_RULE, blank[0],
+            len(blank), UNIFORM_RULE, blank[0],
         )  # fmt: skip
     return len(blank)
 

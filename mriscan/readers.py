@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mriscan._scan_kernels import share_near_mode
 from mriscan.errors import CorruptImageError, ImageDecodeError, MixedSeriesError
 from mriscan.io import (
     DEFAULT_MAX_PIXELS,
@@ -40,6 +41,7 @@ __all__ = [
     "FLAG_SUMMARY",
     "FOUR_D_NOTE",
     "MIN_SIDE",
+    "UNIFORM_RULE",
     "InputRead",
     "InputSlice",
     "ReadOptions",
@@ -48,6 +50,7 @@ __all__ = [
     "describe_flags",
     "dicom_unit",
     "file_sha256",
+    "is_uniform",
     "read_input",
     "refuse_mixed_series",
     "settings_for_model",
@@ -58,6 +61,18 @@ log = logging.getLogger(__name__)
 
 #: Slices with a side shorter than this (e.g. 1×N strips) are stored only with a warning.
 MIN_SIDE = 8
+
+#: A slice is "uniform" (no anatomy: all black, all white or one grey) when this share of its
+#: pixels lies within ``UNIFORM_LEVELS`` grey levels of its most common value; not "every pixel
+#: equal", so JPEG noise or a few stray pixels do not hide an empty slice (tester28: a blank
+#: slice with a stray pixel was scored by the pointing game, its map peaking at a point fixed
+#: by the network's padding). The one rule of ingest, predict, explain and the pointing game.
+UNIFORM_SHARE = 0.99
+UNIFORM_LEVELS = 2
+UNIFORM_RULE = (
+    f"{UNIFORM_SHARE:.0%} of the pixels within {UNIFORM_LEVELS} grey levels of the most "
+    "common value"
+)
 
 
 @dataclass(frozen=True)
@@ -321,11 +336,40 @@ def file_sha256_apart(paths: Sequence[str | os.PathLike[str]]) -> list[str | OSE
     return out
 
 
+def is_uniform(image: np.ndarray) -> bool:
+    """Whether a decoded slice has no anatomy by ``UNIFORM_RULE``.
+
+    Parameters
+    ----------
+    image : ndarray (H, W), uint8
+        A decoded slice, as the readers give it.
+
+    Returns
+    -------
+    bool
+        False for an empty array (nothing to judge; ``slice_warnings`` flags it "thin").
+
+    Raises
+    ------
+    TypeError
+        If ``image`` is not uint8 (grey levels are counted on the 0-255 scale).
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"is_uniform takes a uint8 slice, not {image.dtype}")
+    if not image.size:
+        return False
+    # a Numba kernel, not np.bincount: ingest's reader thread calls this on every slice, and
+    # the kernel runs without the GIL and stops once the slice is proven not uniform
+    flat = np.ascontiguousarray(image).reshape(-1)
+    return share_near_mode(flat, UNIFORM_LEVELS, UNIFORM_SHARE) >= UNIFORM_SHARE
+
+
 def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
-    """Flags of a slice that is stored only with a warning: ``"uniform"`` (every pixel equal:
-    all black, all white or one grey) and ``"thin"`` (a side shorter than ``MIN_SIDE``)."""
+    """Flags of a slice (H, W) uint8 that is stored only with a warning: ``"uniform"`` (no
+    anatomy: ``is_uniform``) and ``"thin"`` (a side shorter than ``MIN_SIDE``)."""
     flags = []
-    if image.size and int(image.min()) == int(image.max()):
+    if is_uniform(image):
         flags.append("uniform")
     if min(image.shape) < MIN_SIDE:
         flags.append("thin")
@@ -335,17 +379,22 @@ def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
 #: each ``slice_warnings`` flag in a few words, for rows that count flagged slices (a series
 #: or volume row of ``predict``); ``describe_flags`` says it of one slice
 FLAG_SUMMARY = {
-    "uniform": "uniform (every pixel equal: no anatomy)",
+    "uniform": f"uniform (no anatomy: {UNIFORM_RULE})",
     "thin": f"thin (a side under {MIN_SIDE} pixels)",
 }
 
 
 def describe_flags(flags: Iterable[str], image: np.ndarray) -> str:
-    """Human text for ``slice_warnings`` flags (e.g. for the ingest report)."""
+    """Human text for ``slice_warnings`` flags of ``image`` (H, W) uint8 (e.g. for the ingest
+    report): "uniform image (all black)", or "(nearly all black: ...)" when a few pixels
+    differ."""
     parts = []
     if "uniform" in flags:
-        v = int(image.flat[0]) if image.size else 0
+        values = np.asarray(image).reshape(-1)
+        v = int(np.bincount(values).argmax()) if values.size else 0
         what = "all black" if v == 0 else "all white" if v == 255 else f"every pixel = {v}"
+        if values.size and int(values.min()) != int(values.max()):
+            what = f"nearly {what}: {UNIFORM_RULE}"
         parts.append(f"uniform image ({what}): no anatomy to learn from")
     if "thin" in flags:
         parts.append(f"{image.shape[1]}x{image.shape[0]} pixels: a side under {MIN_SIDE}")

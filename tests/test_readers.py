@@ -1,4 +1,4 @@
-"""mriscan.readers: file digests computed in a child process."""
+"""mriscan.readers: file digests computed in a child process; the uniform-slice rule."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mriscan import readers
@@ -93,3 +94,65 @@ def test_a_file_reached_twice_is_read_once_and_said(tmp_path, caplog):
         collect_inputs([dcm, dcm])
     assert caplog.records[0].getMessage().endswith("(DICOM/NIfTI files: their paths, which "
                                                    "may name the patient, not shown)")  # fmt: skip
+
+
+def _uniform_by_definition(image: np.ndarray) -> bool:
+    """``UNIFORM_RULE`` written out with NumPy, to check the kernel against."""
+    values = image.reshape(-1).astype(np.int64)
+    mode = int(np.bincount(values).argmax())
+    return bool(np.mean(np.abs(values - mode) <= 2) >= 0.99)
+
+
+def test_is_uniform_is_the_rule_on_every_slice_and_stops_early_only_when_proven():
+    """The kernel stops reading once the pixels seen prove the slice is not uniform: it must
+    answer as the rule does, on slices at the 99% edge, with stray pixels anywhere (early
+    rows, the last pixel), on ties between two modes, and on sides that are not a multiple
+    of the kernel's steps (4, 8,192)."""
+    from mriscan.readers import is_uniform
+
+    rng = np.random.default_rng(26)
+    cases = []
+    for _ in range(600):
+        h, w = (int(v) for v in rng.integers(1, 180, 2))
+        image = np.full((h, w), rng.integers(0, 256), np.uint8)
+        k = int(rng.integers(0, max(1, image.size // 40)))  # up to 2.5%: both sides of 99%
+        image.flat[rng.integers(0, image.size, k)] = rng.integers(0, 256, k)
+        cases.append(image)
+    edge = np.zeros((100, 100), np.uint8)
+    edge.flat[:100] = 200  # exactly 1% off the mode, all in the first rows: uniform
+    late = edge.copy()
+    late.flat[-1] = 200  # one more, the very last pixel: not
+    tie = np.zeros((10, 10), np.uint8)
+    tie.flat[50:] = 100  # two modes of 50 pixels: neither window holds 99%
+    near = np.full((64, 64), 128, np.uint8)
+    near.flat[::2] = 130  # two grey levels apart: within the rule's 2
+    cases += [edge, late, tie, near, np.zeros((1, 1), np.uint8)]
+    got = [is_uniform(c) for c in cases]
+    assert got == [_uniform_by_definition(c) for c in cases]
+    assert got[-5:] == [True, False, False, True, True]
+    assert sum(got) > 100 and len(got) - sum(got) > 100  # both answers are exercised
+    noisy = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+    assert not is_uniform(noisy) and not is_uniform(np.zeros((0, 5), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        is_uniform(np.zeros((4, 4), np.float32))
+
+
+def test_a_nearly_uniform_slice_is_flagged_and_described_as_nearly_so():
+    """Ingest, predict and explain flag a slice "uniform" by one rule (a few stray pixels do
+    not hide an empty slice, as JPEG noise would); the text says when it is not exact."""
+    from mriscan.readers import FLAG_SUMMARY, UNIFORM_RULE, describe_flags, slice_warnings
+
+    black = np.zeros((40, 40), np.uint8)
+    assert describe_flags(slice_warnings(black), black) == (
+        "uniform image (all black): no anatomy to learn from"
+    )
+    stray = black.copy()
+    stray[3, 7] = 255
+    assert slice_warnings(stray) == ("uniform",)
+    assert describe_flags(slice_warnings(stray), stray) == (
+        f"uniform image (nearly all black: {UNIFORM_RULE}): no anatomy to learn from"
+    )
+    assert UNIFORM_RULE in FLAG_SUMMARY["uniform"]
+    anatomy = black.copy()
+    anatomy[10:20, 10:20] = 90  # 6% of the slice
+    assert slice_warnings(anatomy) == ()

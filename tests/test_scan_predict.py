@@ -64,7 +64,7 @@ def test_uniform_scanner_slices_are_flagged_as_png_ones_are(model_file, tmp_path
     vol[2] = 0.0
     write_nifti(scans / "v.nii.gz", stack_to_ras(vol))
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(scans / "black.png")
-    from mriscan.readers import ReadOptions
+    from mriscan.readers import UNIFORM_RULE, ReadOptions
     from mriscan.scan_config import NiftiConfig
 
     rows = predict(
@@ -78,7 +78,7 @@ def test_uniform_scanner_slices_are_flagged_as_png_ones_are(model_file, tmp_path
     units = {r["level"]: r for r in rows if r.get("level") in ("series", "volume")}
     assert (
         units["series"]["warning"]
-        == "1 of 3 slices uniform (every pixel equal: no anatomy) (see their rows)"
+        == f"1 of 3 slices uniform (no anatomy: {UNIFORM_RULE}) (see their rows)"
     )
     assert units["volume"]["warning"].startswith("1 of 4 slices uniform")
 
