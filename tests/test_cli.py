@@ -867,3 +867,32 @@ def test_an_undefined_macro_f1_gets_no_note_on_the_classes_it_averages(capsys):
     assert "(macro-F1 over the classes present: yes; no without a slice, left out)" in (
         capsys.readouterr().out
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "name"),
+    [("train", "mriscan.training.workflow", "train"),
+     ("cv", "mriscan.training.crossval", "cross_validate")],
+)  # fmt: skip
+def test_no_data_and_an_existing_store_trains_on_that_store(
+    command, module, name, class_folder, tmp_path, monkeypatch
+):
+    """`mriscan train|cv --store S` without DATA used the default data (phantoms, or
+    data/raw) and ingested them into S, refused as another source when S holds real slices:
+    S itself is the data."""
+    import importlib
+
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    r = runner.invoke(main, ["ingest", str(class_folder), "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    given = []
+
+    def stand_in(data, *args, **kwargs):
+        given.append(data)
+        raise RuntimeError("stop after the data is resolved")
+
+    monkeypatch.setattr(importlib.import_module(module), name, stand_in)
+    r = runner.invoke(main, [command, "--store", str(store), "--out", str(tmp_path / "o")])
+    assert given == [store], r.output
+    assert f"No DATA: using the store {store}." in r.output
