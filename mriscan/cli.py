@@ -1021,10 +1021,10 @@ def train(
     manifest (path,label[,group] as its header; paths relative to it), or a store.
 
     With no DATA: the store --store names if it exists, else data/raw/<class>/ if present,
-    else synthetic phantoms generated into data/raw/synthetic/ once. Split: stratified, duplicate-group aware; the kept
-    model (--select) is evaluated once on the held-out test split, with the decision
-    threshold chosen by --threshold-rule on the training and validation slices (never the
-    test split).
+    else synthetic phantoms generated into data/raw/synthetic/ once. Split: stratified,
+    duplicate-group aware; the kept model (--select) is evaluated once on the held-out test
+    split, with the decision threshold chosen by --threshold-rule on the training and
+    validation slices (never the test split).
     """
     scan = _read_options(options)
     overrides = _typed_overrides(ctx, options)

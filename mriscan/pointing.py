@@ -193,12 +193,19 @@ def pointing_rule(card: Any, box_class: str) -> str | None:
       it). A tumor type the model does not have is not scored: it has no map of its own, and
       "correct" has no meaning for it.
     """
-    if card.healthy is not None and box_class == card.healthy:
+    if card.healthy is not None and box_class.casefold() == card.healthy.casefold():
+        # any case: a "NoTumor" box must not be scored as a tumor slice of a yes/no model
         return "the model's healthy class (a box marks a tumor)"
     if card.binary and card.healthy is not None:
         return None
     if box_class not in card.class_names:
-        return "not a class of the model"
+        same = [c for c in card.class_names if c.casefold() == box_class.casefold()]
+        return "not a class of the model" + (
+            f" (it has {same[0]!r}: class names are case-sensitive; write the boxes file's "
+            "class as the model's)"
+            if same
+            else ""
+        )
     if card.binary and box_class != card.class_names[1]:
         return (
             f"the negative class of a two-class model without a healthy class (its map is "

@@ -334,6 +334,13 @@ def test_pointing_rule_is_one_per_kind_of_model():
     # a box on the healthy class marks no tumor: never scored, with any kind of model
     assert "healthy class" in pointing_rule(three, "notumor")
     assert "healthy class" in pointing_rule(yn, "no")
+    # in any case: a yes/no model scored a "No" box as a tumor slice (every box not of its
+    # healthy class is a tumor there); a class written in another case is named
+    assert "healthy class" in pointing_rule(yn, "No")
+    assert pointing_rule(three, "Glioma") == (
+        "not a class of the model (it has 'glioma': class names are case-sensitive; write the "
+        "boxes file's class as the model's)"
+    )
     with pytest.raises(MriscanError, match="does not score 'pituitary'"):
         pointing_target(three, "pituitary", np.array([0.8, 0.1, 0.1]))  # was (0, True)
     two_tumors = ModelCard(pre, ("glioma", "meningioma"), 0.5)
