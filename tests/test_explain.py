@@ -867,8 +867,12 @@ def test_heat_maps_of_earlier_runs_in_an_input_folder_are_not_explained_again(
     from mriscan.cli import main
 
     data = tmp_path / "data"
-    shutil.copytree(class_folder, data)
+    for p in sorted(class_folder.rglob("*"))[:6]:  # a few images of each class: 5 runs below
+        if p.is_file():
+            (data / p.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, data / p.parent.name / p.name)
     n = sum(p.is_file() for p in data.rglob("*"))  # the images
+    assert n >= 3
     args = ["explain", str(model_file), str(data), "--out", str(data / "maps")]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output

@@ -16,7 +16,7 @@ from mriscan.config import override
 from mriscan.errors import ConfigError
 from mriscan.model import load_model
 from mriscan.training.workflow import train
-from tests.conftest import fast_config
+from tests.conftest import build_small_store, fast_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -568,15 +568,27 @@ def _consistent(out) -> bool:
     return card.model_sha256 == sha == split["model_sha256"] == metrics["model_sha256"]
 
 
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(store, run folder) of one finished run, trained once for the kill tests below: each
+    copies the folder as the previous good run its killed run must not spoil."""
+    root = tmp_path_factory.mktemp("good_run")
+    store = build_small_store(root / "small.zarr")
+    train(store, fast(fit__epochs=2, fit__select="best"), out=root / "art")
+    return store, root / "art"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["backup", "checkpoint", "model", "card", "metrics"])
-def test_a_kill_at_any_save_point_leaves_a_usable_folder(small_store, tmp_path, monkeypatch, point):
+def test_a_kill_at_any_save_point_leaves_a_usable_folder(good_run, tmp_path, monkeypatch, point):
+    import shutil
+
     from mriscan.artifacts import ModelCardError
     from mriscan.errors import ResumeError
 
+    small_store, done = good_run
     out = tmp_path / "art"
-    first = fast(fit__epochs=2, fit__select="best")
-    train(small_store, first, out=out)  # a previous good run
+    shutil.copytree(done, out)  # a previous good run (of the same store)
     assert _consistent(out)
     old_model = (out / "models" / "best_model.keras").read_bytes()
     with monkeypatch.context() as m:
@@ -595,8 +607,6 @@ def test_a_kill_at_any_save_point_leaves_a_usable_folder(small_store, tmp_path, 
         train(small_store, fast(fit__epochs=2, fit__select="best", seed=1), out=out)
     except ResumeError as exc:  # only a damaged backup may be refused, with the way out
         assert "Delete" in str(exc)
-        import shutil
-
         shutil.rmtree(out / "backup")
         train(small_store, fast(fit__epochs=2, fit__select="best", seed=1), out=out)
     assert _consistent(out)
