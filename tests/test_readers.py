@@ -126,6 +126,12 @@ def test_is_uniform_is_the_rule_on_every_slice_and_stops_early_only_when_proven(
     tie.flat[50:] = 100  # two modes of 50 pixels: neither window holds 99%
     near = np.full((64, 64), 128, np.uint8)
     near.flat[::2] = 130  # two grey levels apart: within the rule's 2
+    big = np.full((300, 300), 40, np.uint8)  # 22 steps of the kernel, read from the middle
+    big[:6, :] = 41  # within 1 level
+    big[-3:, :] = 250  # exactly 1% off, in the last rows read: uniform
+    over = big.copy()
+    over[0, 0] = 250  # one more, in the first row (read last): not
+    cases += [big, over]
     cases += [edge, late, tie, near, np.zeros((1, 1), np.uint8)]
     got = [is_uniform(c) for c in cases]
     assert got == [_uniform_by_definition(c) for c in cases]
