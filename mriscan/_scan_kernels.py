@@ -124,12 +124,5 @@ def share_near_mode(x: np.ndarray, levels: int, at_least: float) -> float:
             done += stop - start
             if done < n and _best_window(parts, levels) + (n - done) < need:
                 return -1.0
-    counts = parts[0] + parts[1] + parts[2] + parts[3]
-    mode = 0
-    for v in range(256):
-        if counts[v] > counts[mode]:
-            mode = v
-    near = 0
-    for v in range(max(mode - levels, 0), min(mode + levels, 255) + 1):
-        near += counts[v]
+    _, near = _window_counts(parts, levels)
     return near / n
