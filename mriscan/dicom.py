@@ -58,7 +58,15 @@ from mriscan.errors import (
 )
 from mriscan.io import looks_like_dicom_dataset
 from mriscan.library_warnings import recorded
-from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+from mriscan.scan import (
+    UNIFORM_LEVELS,
+    UNIFORM_SHARE,
+    Window,
+    check_salt,
+    percentile_window,
+    salted_hash,
+    window_to_uint8,
+)
 from mriscan.scan_config import DicomConfig
 
 __all__ = [
@@ -1049,6 +1057,21 @@ def _uniform(image: np.ndarray) -> bool:
     return bool((image[::16, ::16] == first).all() and (image == first).all())
 
 
+def _contrast_at(frame: np.ndarray, slope: float, window: Window) -> bool:
+    """Whether ``frame`` (raw stored values, any shape) has contrast on the scale of
+    ``window``: its central ``UNIFORM_SHARE`` of values, rescaled by ``slope``, span at least
+    the band of grey levels that the uniform rule allows (``2 * UNIFORM_LEVELS + 1`` of the
+    window's 255). A frame that a header window maps to one value is then out of the window
+    (a window for another rescaling: the percentile window is used instead); one without is
+    a blank slice at that window, kept as it is (uniform, flagged as such) rather than its
+    noise stretched to full contrast (tester30: a blank slice with raw values 0-2 under a
+    600/1000 window was stretched and became a series' top-scoring slice)."""
+    tail = 50 * (1 - UNIFORM_SHARE)  # percent on each side
+    lo, hi = np.percentile(frame, [tail, 100 - tail])
+    band = (2 * UNIFORM_LEVELS + 1) / 255 * (window.high - window.low)
+    return bool(abs(float(hi) - float(lo)) * abs(slope) >= band)
+
+
 def _to_uint8(
     ds: pydicom.Dataset,
     frames: np.ndarray,
@@ -1058,8 +1081,9 @@ def _to_uint8(
 ) -> tuple[np.ndarray, list[Window], list[tuple[float, float]]]:
     """Rescale + window every frame to uint8 (see ``DicomConfig``).
 
-    A header window that maps every pixel of a frame with contrast to one value (all black or
-    all white: the data lie outside it) is not used for that frame: the percentile window is,
+    A header window that maps every pixel of a frame with contrast on its scale
+    (``_contrast_at``) to one value (all black or all white: the data lie outside it) is not
+    used for that frame: the percentile window is,
     and ``notes`` gets ``BLANKING_WINDOW_NOTE`` naming the frames, so the switch is reported
     (ingest: "stored with a note") and recorded (the sample's window source "percentile")."""
     n = frames.shape[0]
@@ -1101,7 +1125,7 @@ def _to_uint8(
         out[f] = window_to_uint8(
             frames[f], window, slope=slope, intercept=intercept, invert=invert, center_width=cw
         )
-        if cw is not None and _uniform(out[f]) and np.ptp(frames[f]) > 0:
+        if cw is not None and _uniform(out[f]) and _contrast_at(frames[f], slope, window):
             blanked.append(f)
             if pct is None:
                 pct = percentile_window(frames, cfg.window_percentiles)

@@ -35,6 +35,7 @@ from mriscan.io import (
     file_kind,
     relative_name,
 )
+from mriscan.scan import UNIFORM_LEVELS, UNIFORM_RULE, UNIFORM_SHARE
 from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
@@ -61,18 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Slices with a side shorter than this (e.g. 1×N strips) are stored only with a warning.
 MIN_SIDE = 8
-
-#: A slice is "uniform" (no anatomy: all black, all white or one grey) when this share of its
-#: pixels lies within ``UNIFORM_LEVELS`` grey levels of its most common value; not "every pixel
-#: equal", so JPEG noise or a few stray pixels do not hide an empty slice (tester28: a blank
-#: slice with a stray pixel was scored by the pointing game, its map peaking at a point fixed
-#: by the network's padding). The one rule of ingest, predict, explain and the pointing game.
-UNIFORM_SHARE = 0.99
-UNIFORM_LEVELS = 2
-UNIFORM_RULE = (
-    f"{UNIFORM_SHARE:.0%} of the pixels within {UNIFORM_LEVELS} grey levels of the most "
-    "common value"
-)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ from mriscan.errors import ConfigError
 __all__ = [
     "HASH_CHARS",
     "MIN_SALT_BYTES",
+    "UNIFORM_LEVELS",
+    "UNIFORM_RULE",
+    "UNIFORM_SHARE",
     "Window",
     "check_salt",
     "new_salt",
@@ -33,6 +36,21 @@ __all__ = [
 ]
 
 MIN_SALT_BYTES = 16
+
+#: A slice is "uniform" (no anatomy: all black, all white or one grey) when this share of its
+#: pixels lies within ``UNIFORM_LEVELS`` grey levels of its most common value; not "every pixel
+#: equal", so JPEG noise or a few stray pixels do not hide an empty slice (tester28: a blank
+#: slice with a stray pixel was scored by the pointing game, its map peaking at a point fixed
+#: by the network's padding). The one rule of ingest, predict, explain and the pointing game
+#: (``mriscan.readers.is_uniform``); the DICOM reader keeps a header window that leaves a
+#: slice uniform by it (``mriscan.dicom``).
+UNIFORM_SHARE = 0.99
+UNIFORM_LEVELS = 2
+UNIFORM_RULE = (
+    f"{UNIFORM_SHARE:.0%} of the pixels within {UNIFORM_LEVELS} grey levels of the most "
+    "common value"
+)
+
 HASH_CHARS = 24  # 96 bits of the HMAC: collisions are negligible for any archive
 _PERCENTILE_SAMPLE = 1 << 20  # percentiles of larger arrays come from an even subsample
 

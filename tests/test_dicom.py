@@ -179,6 +179,26 @@ def test_a_header_window_that_blanks_the_slice_gives_way_with_a_note(tmp_path, s
     assert read_input(ok, "dicom", salt=SALT, root=tmp_path).note == ""
 
 
+def test_a_blank_slice_under_its_header_window_stays_blank_and_is_flagged(tmp_path, stack):
+    """A slice of faint noise (raw 0-2) that a sane header window (600/1000) maps to black is
+    blank at that window: it keeps the header window and is flagged uniform, instead of its
+    noise being stretched to full contrast by the percentile window (tester30: it became the
+    top-scoring slice of its series). The fallback stays for windows of another scale."""
+    from mriscan.readers import read_input, slice_warnings
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 3, stack[2].shape) / 2000  # raw 0-2 once written
+    f = write_dicom_series(tmp_path, noise[None], window=(600.0, 1000.0))[0]
+    s = read_dicom(f, salt=SALT).slices[0]
+    assert s.meta.window_source == "header" and s.image.max() == 0
+    assert slice_warnings(s.image) == ("uniform",)
+    assert read_input(f, "dicom", salt=SALT, root=tmp_path).note == ""
+    # the same noise under a window whose band it spans (width 100: 2 raw units are more
+    # than 5 of its 255 grey levels) is out of the window: percentile, as for a bogus one
+    g = write_dicom_series(tmp_path / "w", noise[None], window=(600.0, 100.0))[0]
+    assert read_dicom(g, salt=SALT).slices[0].meta.window_source == "percentile"
+
+
 def test_multiframe_gives_one_slice_per_frame(tmp_path, stack):
     single = write_dicom_series(tmp_path / "single", stack, window=(900, 1600))
     multi = write_dicom_series(tmp_path / "multi", stack, window=(900, 1600), multiframe=True)
