@@ -980,15 +980,23 @@ def _resolve_data(
     """DATA or the embedded default (data/raw, else generated phantoms) and its store.
 
     With no DATA and ``--store`` naming an existing store, that store is the data (phantoms
-    were ingested into it, or refused as another source, before). On phantom data the phantom
-    pre-training is switched off in ``overrides``: more phantoms add nothing there.
+    were ingested into it, or refused as another source, before); naming anything else is a
+    usage error. On phantom data the phantom pre-training is switched off in ``overrides``:
+    more phantoms add nothing there.
     """
     if data is None and store_path is not None:
         from mriscan.sources import is_store
 
-        if is_store(store_path):
-            click.echo(f"No DATA: using the store {store_path}.", err=True)
-            return store_path, store_path
+        if not is_store(store_path):  # the default data would be ingested into it: a typo
+            # in --store would train on phantoms and report it as a success (tester30)
+            what = "does not exist" if not store_path.exists() else "is not a store"
+            raise click.UsageError(
+                f"--store {store_path} {what}, and no DATA was given. Give the data to "
+                f"ingest into it (`mriscan {click.get_current_context().info_name} DATA "
+                f"--store {store_path}`), or drop --store to use data/raw/ (or phantoms)."
+            )
+        click.echo(f"No DATA: using the store {store_path}.", err=True)
+        return store_path, store_path
     if data is None:
         from mriscan.synth import default_raw_data
 
@@ -1020,8 +1028,8 @@ def train(
     DATA: class folders (JPEG/PNG, DICOM files and series, NIfTI volumes), a CSV
     manifest (path,label[,group] as its header; paths relative to it), or a store.
 
-    With no DATA: the store --store names if it exists, else data/raw/<class>/ if present,
-    else synthetic phantoms generated into data/raw/synthetic/ once. Split: stratified,
+    With no DATA: the store --store names (it must exist), else data/raw/<class>/ if
+    present, else synthetic phantoms generated into data/raw/synthetic/ once. Split: stratified,
     duplicate-group aware; the kept model (--select) is evaluated once on the held-out test
     split, with the decision threshold chosen by --threshold-rule on the training and
     validation slices (never the test split).

@@ -21,6 +21,7 @@ from mriscan.config import DEFAULT_CAM
 from mriscan.errors import ImageDecodeError, MriscanError
 from mriscan.explain import check_method, class_activation_map, map_peak
 from mriscan.readers import UNIFORM_RULE, file_sha256, is_uniform
+from mriscan.tasks import healthy_like
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,9 @@ def pointing_rule(card: Any, box_class: str) -> str | None:
 
     The rule, one per kind of model:
 
-    - a box of the model's healthy class is not scored (a box marks a tumor);
+    - a box of the model's healthy class (in any case), or of a healthy class's name
+      (``mriscan.tasks.healthy_like``: "normal", "notumor", ...), is not scored (a box marks
+      a tumor);
     - a two-class model with a healthy class (yes/no, tumor vs no tumor): every other boxed
       slice is a tumor slice, whatever tumor type its box names (figshare's glioma, meningioma,
       pituitary on a ``brain_mri`` model): scored;
@@ -196,6 +199,9 @@ def pointing_rule(card: Any, box_class: str) -> str | None:
     if card.healthy is not None and box_class.casefold() == card.healthy.casefold():
         # any case: a "NoTumor" box must not be scored as a tumor slice of a yes/no model
         return "the model's healthy class (a box marks a tumor)"
+    if healthy_like(box_class):  # "normal", "notumor" on a yes/no model: no tumor either
+        # (tester30: scored as tumor slices of a yes/no model, every one a hit)
+        return "a healthy class's name (a box marks a tumor)"
     if card.binary and card.healthy is not None:
         return None
     if box_class not in card.class_names:
@@ -344,7 +350,7 @@ def pointing_game(
         ``mriscan.readers.is_uniform``: listed in ``slices``, not scored, warned of),
         ``tolerance_off_scale``
         (correctly classified slices whose longer side lies outside ``TOLERANCE_SIDES``,
-        warned of), ``training_near_duplicates`` (scored slices that
+        warned of), ``training_near_duplicates`` (scored slices, not blank ones, that
         near-duplicate the model's training or validation slices, warned of; None when the
         model has no training thumbnails), ``slices`` (per
         scored slice, in file order: ``file``, ``class`` (its box's), ``predicted``,
@@ -453,7 +459,8 @@ def pointing_game(
             + (f" {blank} of them are blank ({UNIFORM_RULE}): not scored." if blank else "")
         )
     _warn_missing(Path(root), unreadable, len(items))
-    near = _training_look_alikes(model_path, card, thumbs)
+    scored = np.array([not row["blank"] for row in per_slice], bool)
+    near = _training_look_alikes(model_path, card, thumbs, scored)
     for row, flag in zip(
         per_slice, near if near is not None else [None] * len(per_slice), strict=True
     ):
@@ -485,7 +492,7 @@ def pointing_game(
         "same_file_merged": merged,
         "blank": blank,
         "tolerance_off_scale": _off_scale(sides),
-        "training_near_duplicates": None if near is None else int(near.sum()),
+        "training_near_duplicates": None if near is None else int((near & scored).sum()),
         "not_scored": not_scored,
         "slices": per_slice,
         "unreadable": unreadable,
@@ -546,14 +553,16 @@ def _one_per_file(
 
 
 def _training_look_alikes(
-    model_path: Any, card: Any, thumbs: Sequence[np.ndarray]
+    model_path: Any, card: Any, thumbs: Sequence[np.ndarray], scored: np.ndarray
 ) -> np.ndarray | None:
-    """Which of the scored slices (their 16×16 ``thumbs``) near-duplicate one of the model's
-    training or validation slices (``mriscan.duplicates.near_duplicates_of``, as ``evaluate``
-    removes them): a boolean mask, shape (len(thumbs),), any warned of with their count: the
-    game on them says how the model looks at slices it learned from, not at new ones. None
-    when the model has no training thumbnails (or they do not match it: warned of, the game
-    is still played)."""
+    """Which of the boxed slices read (their 16×16 ``thumbs``) near-duplicate one of the
+    model's training or validation slices (``mriscan.duplicates.near_duplicates_of``, as
+    ``evaluate`` removes them): a boolean mask, shape (len(thumbs),). Those among the
+    ``scored`` ones (bool, same shape: not blank) are warned of with their count: the game on
+    them says how the model looks at slices it learned from, not at new ones (blank slices
+    are not counted: tester30 read 8 look-alikes that were all blank, unscored). None when
+    the model has no training thumbnails (or they do not match it: warned of, the game is
+    still played)."""
     from mriscan.artifacts import ModelCardError, training_signatures
     from mriscan.duplicates import DEFAULT_THRESHOLD, near_duplicates_of
 
@@ -565,14 +574,14 @@ def _training_look_alikes(
     if reference is None or not thumbs:
         return None
     mask = near_duplicates_of(np.stack(thumbs), reference)
-    n = int(mask.sum())
+    n = int((mask & scored).sum())
     if n:
         log.warning(
-            "%d of the %d boxed slices read near-duplicate the model's training or validation "
-            "slices (16×16 thumbnails correlating above %s, the rule by which evaluate removes "
-            "them; look-alikes of other slices are caught too): on those the pointing game "
-            "shows how the model looks at slices it learned from",
-            n, len(thumbs), DEFAULT_THRESHOLD,
+            "%d of the %d boxed slices scored near-duplicate the model's training or "
+            "validation slices (16×16 thumbnails correlating above %s, the rule by which "
+            "evaluate removes them; look-alikes of other slices are caught too): on those the "
+            "pointing game shows how the model looks at slices it learned from",
+            n, int(scored.sum()), DEFAULT_THRESHOLD,
         )  # fmt: skip
     return mask
 
@@ -643,13 +652,15 @@ def _tumor_classes(card: Any, boxes: dict[str, SliceBoxes]) -> set[str]:
 
 def _warn_folder_classes(items: Sequence[tuple[str, SliceBoxes]], card: Any) -> None:
     """Warn when a boxed file lies in a class folder of the model other than its box's class:
-    the box's class decides how it is scored."""
+    the box's class decides how it is scored. A class written in another case than its
+    folder's is not warned of here (tester30: "glioma/1.jpg boxed as 'Glioma'" read as a
+    wrong folder): ``pointing_rule`` names it where it changes the scoring."""
     odd = [
         (rel, box.cls)
         for rel, box in items
         if len(parts := Path(rel).parts) > 1
         and parts[0] in card.class_names
-        and parts[0] != box.cls
+        and parts[0].casefold() != box.cls.casefold()
     ]
     if odd:
         rel, cls = odd[0]

@@ -896,3 +896,14 @@ def test_no_data_and_an_existing_store_trains_on_that_store(
     r = runner.invoke(main, [command, "--store", str(store), "--out", str(tmp_path / "o")])
     assert given == [store], r.output
     assert f"No DATA: using the store {store}." in r.output
+    # a --store that is no store, without DATA: a usage error, nothing written, no phantoms
+    # (tester30: a typo trained on phantoms; class folders as --store became a store)
+    typo = tmp_path / "typo.zarr"
+    for path, what in ((typo, "does not exist"), (class_folder, "is not a store")):
+        before = sorted(p.name for p in class_folder.rglob("*"))
+        r = runner.invoke(main, [command, "--store", str(path), "--out", str(tmp_path / "o")])
+        assert r.exit_code == 2 and f"--store {path} {what}, and no DATA was given" in r.output
+        assert f"`mriscan {command} DATA --store {path}`" in r.output
+        assert not (tmp_path / "typo.zarr").exists()
+        assert sorted(p.name for p in class_folder.rglob("*")) == before
+    assert given == [store]

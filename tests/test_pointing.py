@@ -279,9 +279,24 @@ def test_pointing_game_counts_peaks_near_the_box_within_the_authors_tolerance(
         again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
     assert again["training_near_duplicates"] >= 4
     assert (
-        f"{again['training_near_duplicates']} of the 15 boxed slices read near-duplicate the "
+        f"{again['training_near_duplicates']} of the 15 boxed slices scored near-duplicate the "
         "model's training" in caplog.text
     )
+    # a blank slice like a blank training slice is flagged in its row, but it is not scored,
+    # so not counted among the scored look-alikes (tester30: 8 counted, all blank)
+    keep = (tmp_path / "data" / "left" / "0.png").read_bytes()
+    flat = np.full((32, 32), 90, np.uint8)
+    Image.fromarray(flat).save(tmp_path / "data" / "left" / "0.png")
+    np.save(signatures_path(path), signatures([*seen, flat]))
+    dataclasses.replace(card, train_signatures_sha256=file_sha256(signatures_path(path))).save(path)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mriscan.pointing"):
+        blanked = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
+    (row,) = [r for r in blanked["slices"] if r["file"] == "left/0.png"]
+    assert row["blank"] and row["near_training"] is True
+    assert blanked["training_near_duplicates"] == again["training_near_duplicates"] - 1
+    assert "of the 14 boxed slices scored near-duplicate" in caplog.text
+    (tmp_path / "data" / "left" / "0.png").write_bytes(keep)
     # the command prints both rules per class and writes each slice's distance
     import csv
 
@@ -337,6 +352,9 @@ def test_pointing_rule_is_one_per_kind_of_model():
     # in any case: a yes/no model scored a "No" box as a tumor slice (every box not of its
     # healthy class is a tumor there); a class written in another case is named
     assert "healthy class" in pointing_rule(yn, "No")
+    for name in ("notumor", "Normal", "healthy"):  # healthy names, not the model's own
+        assert pointing_rule(yn, name) == "a healthy class's name (a box marks a tumor)"
+        assert pointing_rule(three, name) is not None
     assert pointing_rule(three, "Glioma") == (
         "not a class of the model (it has 'glioma': class names are case-sensitive; write the "
         "boxes file's class as the model's)"
@@ -560,3 +578,23 @@ def test_several_boxes_of_a_slice_count_whatever_their_order(
     caplog.clear()
     pointing_game(path, data, tmp_path / "g.csv")
     assert f"{len(ghosts)} of the {len(ghosts) + len(rest)} boxed paths do not exist" in caplog.text
+
+
+def test_a_class_written_in_another_case_is_not_a_wrong_folder(caplog):
+    """'glioma/1.jpg' boxed as 'Glioma' lies in its own class's folder: only the box of
+    another class is warned of as lying in another class's folder (tester30)."""
+    from mriscan.artifacts import ModelCard
+    from mriscan.pointing import SliceBoxes, _warn_folder_classes
+    from mriscan.preprocess import PreprocessConfig
+
+    card = ModelCard(PreprocessConfig(size=32), ("glioma", "meningioma", "notumor"), None)
+    box = ((0.5, 0.5, 0.2, 0.2),)
+    items = [
+        ("glioma/1.jpg", SliceBoxes("Glioma", box)),
+        ("glioma/2.jpg", SliceBoxes("meningioma", box)),
+        ("meningioma/3.jpg", SliceBoxes("MENINGIOMA", box)),
+    ]
+    caplog.set_level("WARNING", logger="mriscan.pointing")
+    _warn_folder_classes(items, card)
+    assert "1 boxed slice(s) lie in another class's folder" in caplog.text
+    assert "glioma/2.jpg boxed as 'meningioma'" in caplog.text

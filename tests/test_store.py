@@ -34,6 +34,30 @@ def store_path(tmp_path: Path) -> Path:
     return tmp_path / "s.zarr"
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_store_is_never_created_over_a_user_s_files(tmp_path, overwrite):
+    """A folder of other files (class folders given as --store) or a file is refused, with
+    or without overwrite, and left as it was; an empty folder, or one an interrupted creation
+    left with only its lock, becomes the store."""
+    folder = tmp_path / "raw"
+    (folder / "yes").mkdir(parents=True)
+    (folder / "yes" / "a.png").write_bytes(b"png")
+    with pytest.raises(StoreError, match=r"raw is a folder of other files \(yes\), not a store"):
+        ImageStore.create(folder, image_size=S, overwrite=overwrite)
+    assert sorted(p.name for p in folder.rglob("*")) == ["a.png", "yes"]
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(StoreError, match="is a file, not a store"):
+        ImageStore.create(tmp_path / "f", image_size=S, overwrite=overwrite)
+    assert (tmp_path / "f").read_bytes() == b"x"
+    for name, inside in (("empty", ()), ("locked", ("write.lock",))):
+        (tmp_path / name).mkdir()
+        for f in inside:
+            (tmp_path / name / f).write_text("")
+        with ImageStore.create(tmp_path / name, image_size=S, overwrite=overwrite) as st:
+            assert len(st) == 0
+        assert (tmp_path / name / "index.json").is_file()
+
+
 def test_create_append_commit_read(store_path):
     imgs = _images(40)
     labels = np.arange(40) % 2

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,6 +157,23 @@ def _constant_values(sigs: np.ndarray) -> np.ndarray:
     return np.where(const, flat[:, 0].astype(np.int64), -1)
 
 
+def _refuse_a_folder_of_other_files(folder: Path, store: bool) -> None:
+    """Raise StoreError when a new store at ``folder`` would be written into a user's files:
+    (``store`` False: no store or zarr group there) a folder holding anything but an
+    interrupted creation's lock (tester30: `train --store CLASS_FOLDERS` wrote a store into
+    the class folders, which then no longer ingested)."""
+    if store or not folder.is_dir():
+        return
+    others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_KEY)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise StoreError(
+            f"{folder} is a folder of other files ({shown}), not a store: a store is written "
+            "into a new or empty folder of its own. Choose another --store path (class "
+            "folders are DATA: `mriscan train DATA --store NEW_PATH`)."
+        )
+
+
 class ImageStore:
     """A Zarr v3 store of preprocessed slices with an atomic JSON index.
 
@@ -246,13 +264,17 @@ class ImageStore:
         ConfigError
             ``image_size`` differs from ``config.size``.
         StoreError
-            A store exists at ``path`` and ``overwrite`` is False.
+            A store exists at ``path`` and ``overwrite`` is False; or ``path`` is a file, or a
+            folder that holds other files than a store's (whatever ``overwrite`` says: a
+            store is written into a folder of its own, never over a user's files).
         StoreLockedError
             Another writer holds the store.
         """
         config = config if config is not None else PreprocessConfig(size=int(image_size))
         if config.size != int(image_size):
             raise ConfigError(f"image_size ({image_size}) must equal config.size ({config.size}).")
+        if not is_url(path) and local_path(path).is_file():
+            raise StoreError(f"{path} is a file, not a store: choose another --store path.")
         files = StoreFiles(path)
         committed = files.read(INDEX_KEY) is not None
         group_meta = files.read("zarr.json")
@@ -268,6 +290,7 @@ class ImageStore:
                 "--store path, or delete it (ImageStore.create(..., overwrite=True)) to replace it."
             )
         if not files.url:
+            _refuse_a_folder_of_other_files(local_path(path), exists)
             local_path(path).mkdir(parents=True, exist_ok=True)
         lock = WriteLock(path, files)
         lock.acquire()
