@@ -36,10 +36,10 @@ from mriscan.duplicates import DEFAULT_THRESHOLD, near_duplicates_of
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.io import SourceFile
-from mriscan.readers import ReadOptions, file_sha256, settings_for_model
+from mriscan.readers import MIN_SIDE, UNIFORM_RULE, ReadOptions, file_sha256, settings_for_model
 from mriscan.scan_config import describe_setting
 from mriscan.scratch import scratch_dir
-from mriscan.sources import is_store
+from mriscan.sources import flagged_slices, is_store
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
@@ -396,6 +396,14 @@ def evaluate(
             sources = [store.index.records[i].source for i in idx]
             group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
+            flagged = flagged_slices(store, idx)
+    if flagged:  # scored like the others, as predict and explain warn of them (tester30)
+        log.warning(
+            "%s of the scored slices were stored with a warning (e.g. %s): they are scored "
+            "like the others (flagged_slices in metrics.json)",
+            " and ".join(f"{len(v)} {k}" for k, v in flagged.items()),
+            next(iter(flagged.values()))[0],
+        )
     # the data classes scored: one a class map leaves out is never read into the counts
     # below, so it is not listed with a 0 there (``comparison`` names it as left out)
     scored_names = [n for k, n in enumerate(data_names) if cmp.label_map[k] >= 0]
@@ -439,6 +447,11 @@ def evaluate(
             "rule": "slices whose keyed Patient ID hash is that of a training or validation "
             "slice of the model (same identifier key), among those left after the "
             "near-duplicates (listed in same_patient_removed.csv)",
+        },
+        flagged_slices={
+            "counts": {k: len(v) for k, v in flagged.items()},
+            "rule": f"uniform: no anatomy ({UNIFORM_RULE}); thin: a side under {MIN_SIDE} "
+            "pixels; stored with a warning by ingest and scored like the other slices",
         },
         exact_duplicates={
             "count": len(copies),

@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+import numpy as np
+
 from mriscan.errors import ConfigError
 from mriscan.ingest import EMPTY_LEFT_OUT, IngestConfig, ingest
 from mriscan.paths import DEFAULT_RAW, PHANTOM_STORE
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_RAW",
     "DEFAULT_STORE",
     "PHANTOM_STORE",
+    "flagged_slices",
     "is_store",
     "open_or_ingest",
     "reading_for_store",
@@ -149,33 +152,43 @@ def open_or_ingest(
     return store
 
 
+def flagged_slices(store: ImageStore, idx: np.ndarray) -> dict[str, list[str]]:
+    """The slices among ``idx`` (positions, int array) that ingest stored with a warning:
+    {flag: their sources} for the record flags ``uniform`` (no anatomy,
+    ``mriscan.readers.is_uniform``) and ``thin`` (a side under ``mriscan.readers.MIN_SIDE``),
+    a flag with none left out."""
+    from mriscan.store.columns import FLAG_BITS
+
+    idx = np.asarray(idx, np.int64)
+    flags = store.table.fixed("flags")[idx]
+    out = {}
+    for flag in ("uniform", "thin"):
+        hit = idx[(flags >> FLAG_BITS.index(flag)) & 1 == 1]
+        if hit.size:
+            out[flag] = [store.index.records[int(i)].source for i in hit]
+    return out
+
+
 def _say_flagged(store: ImageStore, listed: int = 0) -> None:
-    """Log the store's active slices that ingest stored with a warning (record flags
-    ``uniform`` / ``thin``): a later train, cv or evaluate on the store, or on its folder
-    again, trains or scores them too, and the ingest that listed them may be long past
-    (tester29: said only the first time).
+    """Log the store's active slices that ingest stored with a warning (``flagged_slices``):
+    a later train, cv or evaluate on the store, or on its folder again, trains or scores them
+    too, and the ingest that listed them may be long past (tester29: said only the first
+    time).
 
     ``listed``: how many of the store's newest rows the ingest that just ran added (an ingest
     appends its slices after the committed ones); their warnings were logged with the ingest's
     own, so only the earlier rows are counted here ("earlier ingests stored ..."), and nothing
     is said when none of those is flagged.
     """
-    from mriscan.store.columns import FLAG_BITS
-
     idx = store.active_indices()
-    idx = idx[idx < len(store) - listed]
-    flags = store.table.fixed("flags")[idx]
-    parts, examples = [], []
-    for flag in ("uniform", "thin"):
-        hit = idx[(flags >> FLAG_BITS.index(flag)) & 1 == 1]
-        if hit.size:
-            parts.append(f"{hit.size} {flag}")
-            examples += [store.index.records[int(i)].source for i in hit[:2]]
-    if parts:
+    flagged = flagged_slices(store, idx[idx < len(store) - listed])
+    if flagged:
+        examples = [src for sources in flagged.values() for src in sources[:2]]
         log.warning(
             "the store holds slices %s stored with a warning: %s (e.g. %s); they are "
             "used like the others",
-            "earlier ingests" if listed else "ingest", ", ".join(parts), ", ".join(examples[:3]),
+            "earlier ingests" if listed else "ingest",
+            ", ".join(f"{len(v)} {k}" for k, v in flagged.items()), ", ".join(examples[:3]),
         )  # fmt: skip
 
 

@@ -431,6 +431,31 @@ def test_exact_duplicate_files_are_counted_and_listed(loose_model, class_folder,
     assert "2 exact-duplicate file(s) (same bytes as another file) scored once" in r.output
 
 
+def test_slices_stored_with_a_warning_are_said_and_counted(
+    loose_model, class_folder, tmp_path, caplog
+):
+    """A uniform slice is scored like the others, as predict and explain score it, and said
+    so (tester30: evaluate scored it without a word); metrics.json counts it by flag."""
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(class_folder / "yes" / "grey90.png")
+    Image.fromarray(np.full((40, 3), 170, np.uint8)).save(class_folder / "no" / "strip.png")
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        ev = evaluate(loose_model, class_folder, out=tmp_path / "ev")
+    assert ev["n"] == 14
+    assert ev["flagged_slices"]["counts"] == {"uniform": 2, "thin": 1}
+    assert "no anatomy" in ev["flagged_slices"]["rule"]
+    assert "2 uniform and 1 thin of the scored slices were stored with a warning" in caplog.text
+    saved = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
+    assert saved["flagged_slices"]["counts"] == {"uniform": 2, "thin": 1}
+    caplog.clear()
+    class_folder.joinpath("yes", "grey90.png").unlink()
+    class_folder.joinpath("no", "strip.png").unlink()
+    with caplog.at_level("WARNING", logger="mriscan.evaluate"):
+        clean = evaluate(loose_model, class_folder, out=tmp_path / "ev2")
+    assert clean["flagged_slices"]["counts"] == {} and "stored with a warning" not in caplog.text
+
+
 @pytest.mark.backend
 def test_a_class_with_no_readable_file_makes_auc_undefined(loose_model, class_folder, tmp_path):
     for p in (class_folder / "yes").iterdir():
