@@ -997,6 +997,15 @@ def _resolve_data(
             )
         click.echo(f"No DATA: using the store {store_path}.", err=True)
         return store_path, store_path
+    if data is not None and store_path is not None:
+        from mriscan.sources import is_store
+
+        if is_store(data) and Path(store_path).resolve() != Path(data).resolve():
+            click.secho(  # said, not silently dropped (tester30)
+                f"DATA {data} is a store: --store {store_path} is not used.",
+                fg="yellow",
+                err=True,
+            )
     if data is None:
         from mriscan.synth import default_raw_data
 

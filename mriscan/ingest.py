@@ -70,7 +70,13 @@ from mriscan.splits import join_keys, split_keys, union_groups
 from mriscan.store import ImageStore, SampleRecord, StoreNotFoundError, pixel_checksum
 from mriscan.store.files import is_url, local_path
 
-__all__ = ["IngestConfig", "IngestReport", "ingest", "source_pseudonym"]
+__all__ = [
+    "IngestConfig",
+    "IngestReport",
+    "check_reading_options",
+    "ingest",
+    "source_pseudonym",
+]
 
 log = logging.getLogger(__name__)
 
@@ -613,17 +619,53 @@ def _reader_for(
         return wanted, None
     diffs = recorded.differences(wanted, held)
     if diffs:
-        kinds = " and ".join(_KIND_NAMES[k] for k in held)
         raise ConfigError(
-            f"Store {store_path} holds {kinds} slices read with "
-            + ", ".join(describe_setting(n, old) for n, old, _ in diffs)
-            + "; this ingest asks for "
-            + ", ".join(describe_setting(n, new) for n, _, new in diffs)
-            + ". Slices read two ways in one store would be trained on as one kind of data. "
+            _settings_differ(store_path, held, diffs, "this ingest asks for")
+            + " Slices read two ways in one store would be trained on as one kind of data. "
             "Leave these options out (the store's settings are then used), or ingest into a "
             "new --store. Nothing was written."
         )
     return wanted, wanted
+
+
+def _settings_differ(store_path, held: Sequence[str], diffs, asked: str) -> str:
+    """ "Store S holds NIfTI slices read with --nifti-plane axial; <asked> --nifti-plane
+    sagittal." for ``ReaderSettings.differences`` ``diffs`` of the ``held`` kinds."""
+    kinds = " and ".join(_KIND_NAMES[k] for k in held)
+    return (
+        f"Store {store_path} holds {kinds} slices read with "
+        + ", ".join(describe_setting(n, old) for n, old, _ in diffs)
+        + f"; {asked} "
+        + ", ".join(describe_setting(n, new) for n, _, new in diffs)
+        + "."
+    )
+
+
+def check_reading_options(store: ImageStore, store_path, options: ReadOptions | None) -> None:
+    """Refuse DICOM/NIfTI reading options given for an existing store (train, cv on a store)
+    that differ from how its slices were read: they apply when files are ingested, and the
+    store's slices were read otherwise (tester30: `train STORE --nifti-plane sagittal` trained
+    on axial slices without a word). Options equal to the store's, or for a kind of file it
+    does not hold, change nothing and pass.
+
+    Raises
+    ------
+    ConfigError
+        Naming each setting, the store's value and the option's, and what to do.
+    """
+    if options is None or not options.chosen:
+        return
+    recorded = store.reader_settings
+    held = sorted(set(store.table.strings("kind")) & set(_KIND_NAMES)) if len(store) else []
+    if recorded is None or not held:
+        return
+    diffs = recorded.differences(options.resolve(recorded), held)
+    if diffs:
+        raise ConfigError(
+            _settings_differ(store_path, held, diffs, "the options given ask for")
+            + " Reading options apply when files are ingested: leave them out to use the "
+            "store as it is, or give the files as DATA with a new --store to read them so."
+        )
 
 
 def _remove_store(store_path: str | os.PathLike[str]) -> None:

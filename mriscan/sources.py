@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mriscan.errors import ConfigError
-from mriscan.ingest import EMPTY_LEFT_OUT, IngestConfig, ingest
+from mriscan.ingest import EMPTY_LEFT_OUT, IngestConfig, check_reading_options, ingest
 from mriscan.paths import DEFAULT_RAW, PHANTOM_STORE
 from mriscan.preprocess import PreprocessConfig
 from mriscan.readers import ReadOptions
@@ -91,12 +91,19 @@ def open_or_ingest(
     Raises
     ------
     ConfigError
-        If ``image_size`` is given and differs from the size of the store ``data``.
+        If ``image_size`` is given and differs from the size of the store ``data``, or
+        ``read_options`` ask for other reading than the store ``data``'s slices had
+        (``mriscan.ingest.check_reading_options``).
     """
     if isinstance(data, ImageStore):
         store = data
     elif is_store(data):
         store = ImageStore.open(data)
+        try:
+            check_reading_options(store, data, read_options)
+        except ConfigError:
+            store.close()
+            raise
         _say_flagged(store)
     else:
         target = Path(store_path) if store_path is not None else DEFAULT_STORE

@@ -907,3 +907,8 @@ def test_no_data_and_an_existing_store_trains_on_that_store(
         assert not (tmp_path / "typo.zarr").exists()
         assert sorted(p.name for p in class_folder.rglob("*")) == before
     assert given == [store]
+    # a store as DATA and another --store: the store is the data, and the unused --store said
+    other = tmp_path / "other.zarr"
+    r = runner.invoke(main, [command, str(store), "--store", str(other), "--out", str(tmp_path)])
+    assert given == [store, store] and not other.exists()
+    assert f"DATA {store} is a store: --store {other} is not used." in r.output

@@ -67,3 +67,28 @@ def test_slices_ingest_stores_with_a_warning_are_said_when_train_or_cv_ingest(tm
         "the store holds slices earlier ingests stored with a warning: 1 uniform "
         "(e.g. no/flat.png); they are used like the others"
     ), said
+
+
+def test_reading_options_other_than_a_store_s_are_refused_when_it_is_the_data(tmp_path):
+    """`train STORE --nifti-plane sagittal` trained on the store's axial slices without a word
+    (tester30): options that would have read its files otherwise are refused, naming the
+    setting; the store's own settings, or none, pass."""
+    import pytest
+
+    from mriscan.errors import ConfigError
+    from mriscan.readers import ReadOptions
+    from mriscan.scan_config import NiftiConfig
+    from mriscan.synth_scanner import phantom_volume, stack_to_ras, write_nifti
+
+    for k, cls in enumerate(("no", "yes", "no", "yes")):
+        (tmp_path / "raw" / cls).mkdir(parents=True, exist_ok=True)
+        vol = stack_to_ras(phantom_volume(k, n_slices=6, canvas=32, tumor=cls == "yes"))
+        write_nifti(tmp_path / "raw" / cls / f"v{k}.nii.gz", vol)
+    store = tmp_path / "s.zarr"
+    open_or_ingest(tmp_path / "raw", store_path=store, image_size=32).close()
+    sagittal = ReadOptions(nifti=NiftiConfig(plane="sagittal"))
+    with pytest.raises(ConfigError, match="read with --nifti-plane axial; the options given ask"):
+        open_or_ingest(store, read_options=sagittal)
+    for same in (None, ReadOptions(nifti=NiftiConfig(plane="axial"))):
+        with open_or_ingest(store, read_options=same) as opened:
+            assert len(opened) > 0
