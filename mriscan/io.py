@@ -86,7 +86,8 @@ def decode_image(
     Returns
     -------
     ndarray of shape (H, W), uint8
-        EXIF orientation applied; alpha dropped; 16-bit scaled to 8-bit.
+        EXIF orientation applied; alpha dropped; 16-bit scaled to 8-bit (its range
+        min-max to 0-255, a range under 256 values shifted to 0, not stretched).
 
     Raises
     ------
@@ -360,7 +361,11 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         lo, hi = float(arr.min()), float(arr.max())
         if hi <= lo:
             return np.zeros(arr.shape, dtype=np.uint8)
-        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        # min-max to 0-255, but an integer image is never amplified past one grey level per
+        # stored value: a 16-bit slice of values 0-3 (noise on black) stays 0-3, dark and
+        # uniform by the readers' rule, instead of becoming full-contrast noise (tester30)
+        span = hi - lo if mode == "F" else max(hi - lo, 255.0)
+        return np.round((arr - lo) * (255.0 / span)).astype(np.uint8)
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode

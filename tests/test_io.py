@@ -66,6 +66,21 @@ def test_16bit_grayscale_is_scaled_to_8bit(tmp_path):
     assert np.all(np.diff(out[0].astype(int)) >= 0)
 
 
+def test_a_16bit_image_of_few_values_is_shifted_not_stretched(tmp_path):
+    """Values 1000-1002 (noise on a flat image) stay 0-2, dark and uniform by the readers'
+    rule, not full-contrast noise (tester30); a range of 256 values or more is stretched."""
+    from mriscan.readers import slice_warnings
+
+    rng = np.random.default_rng(0)
+    noise = (1000 + rng.integers(0, 3, (40, 40))).astype(np.uint16)
+    out = decode_image(_save(tmp_path, Image.fromarray(noise), "n16.png"))
+    np.testing.assert_array_equal(out, noise - 1000)
+    assert slice_warnings(out) == ("uniform",)
+    wide = (1000 + rng.integers(0, 600, (40, 40))).astype(np.uint16)
+    out = decode_image(_save(tmp_path, Image.fromarray(wide), "w16.png"))
+    assert out.min() == 0 and out.max() == 255
+
+
 def test_exif_orientation_is_applied(tmp_path):
     img = Image.fromarray(GRAD)
     exif = Image.Exif()
