@@ -668,6 +668,11 @@ def check_reading_options(store: ImageStore, store_path, options: ReadOptions | 
         )
 
 
+#: said of near-identical slices under two classes when they are stored with a warning (left
+#: out of the reason when ``--strict`` refuses them, as nothing is then stored)
+ALL_STORED = ", all stored,"
+
+
 def _remove_store(store_path: str | os.PathLike[str]) -> None:
     """Delete a store this run created (it never committed anything but an empty index)."""
     if is_url(store_path):
@@ -757,8 +762,8 @@ def _run(
     key_updates: dict[int, str] = {}
 
     def fail(name: str, reason: str, into: list | None = None) -> None:
-        if config.strict:
-            refused.append((name, reason))
+        if config.strict:  # nothing is stored: a warning's "all stored" would say otherwise
+            refused.append((name, reason.replace(ALL_STORED, "")))
             return
         (skipped if into is None else into).append((name, reason))
         # the report lists it (the CLI prints it): a warning here would show it twice
@@ -1604,7 +1609,7 @@ def _mixed_classes(
         out.append(
             (
                 seen[0][1],
-                f"near-identical slices, all stored, under {len(by_class)} classes: {listed}. "
+                f"near-identical slices{ALL_STORED} under {len(by_class)} classes: {listed}. "
                 "One slice cannot be both: check the labels, then delete or move the wrong "
                 "copies (split groups join near-duplicates of one class only, so until then "
                 "these copies can fall on both sides of a split)",

@@ -384,7 +384,7 @@ def describe_flags(flags: Iterable[str], image: np.ndarray) -> str:
         what = "all black" if v == 0 else "all white" if v == 255 else f"every pixel = {v}"
         if values.size and int(values.min()) != int(values.max()):
             what = f"nearly {what}: {UNIFORM_RULE}"
-        parts.append(f"uniform image ({what}): no anatomy to learn from")
+        parts.append(f"uniform image ({what}): no anatomy")
     if "thin" in flags:
         parts.append(f"{image.shape[1]}x{image.shape[0]} pixels: a side under {MIN_SIDE}")
     return "; ".join(parts)

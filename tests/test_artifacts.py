@@ -158,6 +158,9 @@ def test_decision_text_states_the_threshold_or_the_rule():
     assert card.decision_text([0.6, 0.4]) == "P(yes) = 0.400 < threshold 0.605"
     assert card.decision_text([0.3, 0.7]) == "P(yes) = 0.700 ≥ threshold 0.605"
     assert card.decision_text([0.6, 0.4], threshold=0.3) == "P(yes) = 0.400 ≥ threshold 0.300"
+    # digits enough to tell them apart (tester30: "0.486 < threshold 0.486")
+    near = card.decision_text([0.5, 0.60449], threshold=0.6042)
+    assert near == "P(yes) = 0.6045 ≥ threshold 0.6042"
     three = ModelCard(
         preprocess=PreprocessConfig(size=32), class_names=("a", "b", "c"), threshold=None
     )

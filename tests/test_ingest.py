@@ -111,9 +111,17 @@ def test_strict_fails_before_committing(class_folder, tmp_path):
     from PIL import Image
 
     Image.fromarray(np.full((40, 40), 7, np.uint8)).save(class_folder / "yes" / "a_new.png")
+    # near-identical copies under two classes: refused too, and not said to be "all stored"
+    rng = np.random.default_rng(4)
+    base = np.kron(rng.integers(0, 256, (8, 8)), np.ones((8, 8)))
+    for cls in ("yes", "no"):  # not the same bytes (a label conflict): near-identical
+        twin = np.clip(base + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(twin).save(class_folder / cls / f"twin_{cls}.png")
     strict = IngestConfig(preprocess=PreprocessConfig(size=32), strict=True, batch_size=2)
-    with pytest.raises(BadFilesError, match="Nothing was committed"):
+    with pytest.raises(BadFilesError, match="Nothing was committed") as exc:
         ingest(class_folder, store, strict)
+    assert "near-identical slices under 2 classes" in str(exc.value)
+    assert "all stored" not in str(exc.value)
     with ImageStore.open(store) as st:
         assert len(st) == 12
     assert verify_store(store) == []
