@@ -175,9 +175,12 @@ def write_dicom_series(
 
     Stored values are ``round(stack * stored_max)`` (uint16, 12 bits); MONOCHROME1 stores
     ``stored_max - value`` so that the displayed image is the same. The real-world value of a
-    pixel is ``stored * slope + intercept``; ``window`` (centre, width) in real-world units, or
-    None for no VOI window. ``multiframe`` writes one file with all slices as frames
-    (Multi-frame Grayscale Word Secondary Capture) instead of one file per slice. The header
+    pixel is ``stored * slope + intercept``; ``window`` (centre, width) in real-world units of
+    the MONOCHROME2 values, or None for no VOI window (MONOCHROME1 files get its mirror image,
+    centre ``stored_max * slope + 2 * intercept - centre``, so the display is the same: with
+    the window as given, the head fell below it and read nearly black). ``multiframe``
+    writes one file with all slices as frames (Multi-frame Grayscale Word Secondary Capture)
+    instead of one file per slice. The header
     carries ``patient``'s made-up name, birth date and ID. ``suffix`` may be "" (no suffix).
 
     Returns
@@ -218,7 +221,10 @@ def write_dicom_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
         if window is not None:
-            ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+            centre = window[0]
+            if monochrome1:  # the window of the mirrored values: the same display
+                centre = stored_max * slope + 2 * intercept - centre
+            ds.WindowCenter, ds.WindowWidth = f"{centre:g}", f"{window[1]:g}"
         if multiframe:
             ds.NumberOfFrames = n
         ds.PixelData = np.ascontiguousarray(block if multiframe else block[0]).tobytes()
