@@ -1018,6 +1018,20 @@ def _resolve_data(
     return data, store_path
 
 
+def _check_store(data: Path, image_size: int | None, scan: Any) -> None:
+    """The checks ``open_or_ingest`` makes of a store given as DATA (its slices' size, how
+    they were read), before TensorFlow is loaded: a wrong option is said in a second, not
+    after the framework's start-up (tester30)."""
+    from mriscan.ingest import check_reading_options
+    from mriscan.sources import check_image_size, is_store
+    from mriscan.store import ImageStore
+
+    if is_store(data):
+        with ImageStore.open(data) as store:
+            check_image_size(store, image_size)
+            check_reading_options(store, data, scan)
+
+
 @main.command()
 @click.argument("data", type=_EXISTING, required=False)
 @_train_options
@@ -1047,6 +1061,7 @@ def train(
     overrides = _typed_overrides(ctx, options)
     data, store_path = _resolve_data(data, store_path, overrides)
     cfg = _build_typed(ctx, _holdout_checked, overrides, _typed_params(ctx, overrides))
+    _check_store(data, cfg.image_size, scan)
     click.echo("Loading TensorFlow/Keras...", err=True)
     _import_keras()
     from mriscan.training.workflow import train as run_train
@@ -1531,6 +1546,7 @@ def cv(
     # one build, so that cv's own check of --val-fraction (CVConfig) names the option too
     changes = {"runtime.verbose": "line", **overrides, **folds}
     cfg = _build_typed(ctx, _cv_config, changes, _typed_params(ctx, changes))
+    _check_store(data, cfg.train.image_size, scan)
     _import_keras()
     from mriscan.training.crossval import cross_validate
 

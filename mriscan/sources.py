@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_RAW",
     "DEFAULT_STORE",
     "PHANTOM_STORE",
+    "check_image_size",
     "flagged_slices",
     "is_store",
     "open_or_ingest",
@@ -147,16 +148,31 @@ def open_or_ingest(
         return store
     if check_classes is not None:
         check_classes(tuple(store.class_names))
-    if image_size is not None and image_size != store.image_size:
-        size = store.image_size
+    try:
+        check_image_size(store, image_size)
+    except ConfigError:
         if not isinstance(data, ImageStore):
             store.close()
+        raise
+    return store
+
+
+def check_image_size(store: ImageStore, image_size: int | None) -> None:
+    """Refuse an ``--image-size`` other than the side of the slices ``store`` holds (a store
+    is read as it was ingested). None passes.
+
+    Raises
+    ------
+    ConfigError
+        Naming both sizes and the way out.
+    """
+    if image_size is not None and image_size != store.image_size:
+        size = store.image_size
         raise ConfigError(
             f"--image-size {image_size} was given, but the store {store.location} holds "
             f"{size}×{size} slices. Drop --image-size, or ingest the class folders again "
             "into another store with that size."
         )
-    return store
 
 
 def flagged_slices(store: ImageStore, idx: np.ndarray) -> dict[str, list[str]]:

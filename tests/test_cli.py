@@ -912,3 +912,17 @@ def test_no_data_and_an_existing_store_trains_on_that_store(
     r = runner.invoke(main, [command, str(store), "--store", str(other), "--out", str(tmp_path)])
     assert given == [store, store] and not other.exists()
     assert f"DATA {store} is a store: --store {other} is not used." in r.output
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_a_store_s_size_is_checked_before_tensorflow_loads(command, class_folder, tmp_path):
+    """`train STORE --image-size 64` on a 32² store was refused only after TensorFlow's
+    start-up (tester30): now before, with the same message."""
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    args = ["ingest", str(class_folder), "--store", str(store), "--image-size", "32"]
+    assert runner.invoke(main, args).exit_code == 0
+    r = runner.invoke(main, [command, str(store), "--image-size", "64", "--out", str(tmp_path)])
+    assert r.exit_code == 1, r.output
+    assert "--image-size 64 was given, but the store" in r.output and "32×32" in r.output
+    assert "Loading TensorFlow" not in r.output and "Traceback" not in r.output
