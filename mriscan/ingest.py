@@ -345,10 +345,10 @@ def ingest(
     ManifestError
         A bad manifest.
     ConfigError
-        Other preprocessing than the store's, another dataset without ``merge``, a wrong number
-        of classes (``n_classes``), a class whose name differs from a stored class only by
-        case; the identifier key file cannot be created or read; ``key`` is not bytes of at
-        least 16.
+        ``store_path`` inside ``raw_dir`` (or equal to it); other preprocessing than the
+        store's, another dataset without ``merge``, a wrong number of classes
+        (``n_classes``), a class whose name differs from a stored class only by case; the
+        identifier key file cannot be created or read; ``key`` is not bytes of at least 16.
     KeyMismatchError
         The store was made with another identifier key (``$MRISCAN_KEY_FILE``, or ``key``),
         or the key file it names does not exist (no key file is created for a store that
@@ -362,6 +362,7 @@ def ingest(
         check_salt(key)
     t0 = time.perf_counter()
     raw = Path(raw_dir)
+    _refuse_store_inside(raw, store_path)
     source, root, classes, jobs, problems, unused, hidden = _listing(raw, config)
     created = False
     try:
@@ -671,6 +672,26 @@ def check_reading_options(store: ImageStore, store_path, options: ReadOptions | 
 #: said of near-identical slices under two classes when they are stored with a warning (left
 #: out of the reason when ``--strict`` refuses them, as nothing is then stored)
 ALL_STORED = ", all stored,"
+
+
+def _refuse_store_inside(raw: Path, store_path: str | os.PathLike[str]) -> None:
+    """Refuse a store inside the class-folder tree it ingests: the next ingest of the tree
+    would read the store as a class folder, or its files as bad inputs (tester31).
+
+    Raises
+    ------
+    ConfigError
+        ``store_path`` is ``raw`` or lies below it (a CSV manifest's folder is not checked:
+        a manifest names its files).
+    """
+    if is_url(store_path) or not raw.is_dir():
+        return
+    tree, store = raw.resolve(), Path(store_path).resolve()
+    if store == tree or tree in store.parents:
+        raise ConfigError(
+            f"--store {store_path} lies inside the data folder {raw}: the store would be read "
+            "as a class folder by the next ingest. Choose a --store path outside it."
+        )
 
 
 def _remove_store(store_path: str | os.PathLike[str]) -> None:

@@ -202,3 +202,14 @@ def test_ingest_groups_old_and_new_slices_together(class_folder, tmp_path):
         np.testing.assert_array_equal(st.groups, duplicate_groups(st.signatures()))
         src = [r.source for r in st.index.records]
         assert st.groups[src.index("yes/near copy.png")] == st.groups[src.index("yes/yes2.jpg")]
+
+
+def test_a_store_inside_the_data_folder_is_refused(class_folder, tmp_path):
+    """`ingest small2 --store small2/st.zarr` was accepted, and the next ingest read the store
+    as a class folder (tester31): refused before anything is written, in the folder itself,
+    below it, or below a class folder; beside it is fine."""
+    for inside in (class_folder / "st.zarr", class_folder / "yes" / "st.zarr", class_folder):
+        with pytest.raises(ConfigError, match="lies inside the data folder"):
+            ingest(class_folder, inside, SMALL)
+        assert not (class_folder / "st.zarr").exists()
+    assert ingest(class_folder, tmp_path / "beside.zarr", SMALL).total == 12

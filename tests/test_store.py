@@ -49,6 +49,18 @@ def test_a_store_is_never_created_over_a_user_s_files(tmp_path, overwrite):
     with pytest.raises(StoreError, match="is a file, not a store"):
         ImageStore.create(tmp_path / "f", image_size=S, overwrite=overwrite)
     assert (tmp_path / "f").read_bytes() == b"x"
+    # a killed creation's remains (no index.json yet) beside a user's file: refused, both
+    # kept (tester31: the remains were cleared with everything beside them)
+    dead = tmp_path / "dead"
+    ImageStore.create(dead, image_size=S).close()
+    (dead / "index.json").unlink()
+    (dead / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match=r"dead is a folder of other files \(notes.txt\)"):
+        ImageStore.create(dead, image_size=S, overwrite=overwrite)
+    assert (dead / "notes.txt").read_text() == "mine" and (dead / "zarr.json").is_file()
+    (dead / "notes.txt").unlink()  # the remains alone are cleared and the store made anew
+    with ImageStore.create(dead, image_size=S, overwrite=overwrite) as st:
+        assert len(st) == 0
     for name, inside in (("empty", ()), ("locked", ("write.lock",))):
         (tmp_path / name).mkdir()
         for f in inside:

@@ -157,14 +157,27 @@ def _constant_values(sigs: np.ndarray) -> np.ndarray:
     return np.where(const, flat[:, 0].astype(np.int64), -1)
 
 
+#: what ``ImageStore.create`` writes before its first commit: the only entries a folder may
+#: hold for a new store to be created in it (an interrupted creation's remains, cleared)
+_CREATION_ENTRIES = frozenset(
+    {LOCK_KEY, PENDING_KEY, "zarr.json", "images", "labels", "signatures", "index"}
+)
+
+
 def _refuse_a_folder_of_other_files(folder: Path, store: bool) -> None:
-    """Raise StoreError when a new store at ``folder`` would be written into a user's files:
-    (``store`` False: no store or zarr group there) a folder holding anything but an
-    interrupted creation's lock (tester30: `train --store CLASS_FOLDERS` wrote a store into
-    the class folders, which then no longer ingested)."""
+    """Raise StoreError when a new store at ``folder`` would be written into a user's files
+    (``store`` False: no committed store there): a folder holding anything but an interrupted
+    creation's entries (``_CREATION_ENTRIES`` and temp files of ``write_atomic``), which are
+    cleared (tester30: `train --store CLASS_FOLDERS` wrote a store into the class folders;
+    tester31: a killed creation's zarr.json beside a user's files had them all deleted)."""
     if store or not folder.is_dir():
         return
-    others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_KEY)
+    others = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in _CREATION_ENTRIES
+        and not (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
+    )
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise StoreError(
@@ -290,7 +303,9 @@ class ImageStore:
                 "--store path, or delete it (ImageStore.create(..., overwrite=True)) to replace it."
             )
         if not files.url:
-            _refuse_a_folder_of_other_files(local_path(path), exists)
+            # a store (replaced only with overwrite) is left to the check above; a new one,
+            # or an interrupted creation's remains (cleared below), must not hold other files
+            _refuse_a_folder_of_other_files(local_path(path), committed)
             local_path(path).mkdir(parents=True, exist_ok=True)
         lock = WriteLock(path, files)
         lock.acquire()
