@@ -58,21 +58,6 @@ def integer_percentiles(x: np.ndarray, ranks: np.ndarray, out: np.ndarray) -> No
 
 
 @numba.njit(cache=True, nogil=True)
-def _window_counts(parts: np.ndarray, levels: int) -> tuple[int, int]:
-    """(most common value, count within ``levels`` of it) of the summed partial histograms
-    ``parts`` (4, 256)."""
-    counts = parts[0] + parts[1] + parts[2] + parts[3]
-    mode = 0
-    for v in range(256):
-        if counts[v] > counts[mode]:
-            mode = v
-    near = 0
-    for v in range(max(mode - levels, 0), min(mode + levels, 255) + 1):
-        near += counts[v]
-    return mode, near
-
-
-@numba.njit(cache=True, nogil=True)
 def _count_into(x: np.ndarray, start: int, stop: int, parts: np.ndarray) -> None:
     """Add ``x[start:stop]`` (uint8) to the partial histograms ``parts`` (4, 256): four
     counters, as ``integer_percentiles`` (runs of one value would otherwise wait on one)."""
@@ -87,30 +72,30 @@ def _count_into(x: np.ndarray, start: int, stop: int, parts: np.ndarray) -> None
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_window(parts: np.ndarray, levels: int) -> int:
-    """The largest count of any ``2 * levels + 1`` consecutive values in ``parts`` (4, 256)."""
+def _best_band(parts: np.ndarray, width: int) -> int:
+    """The largest count of any ``width`` consecutive values in ``parts`` (4, 256)."""
     counts = parts[0] + parts[1] + parts[2] + parts[3]
     best = 0
-    window = 0
+    band = 0
     for v in range(256):
-        window += counts[v]
-        if v > 2 * levels:
-            window -= counts[v - 2 * levels - 1]
-        best = max(best, window)
+        band += counts[v]
+        if v >= width:
+            band -= counts[v - width]
+        best = max(best, band)
     return best
 
 
 @numba.njit(cache=True, nogil=True)
-def share_near_mode(x: np.ndarray, levels: int, at_least: float) -> float:
-    """Share (0-1) of the uint8 array ``x`` (1-D, non-empty) within ``levels`` grey levels of
-    its most common value (the lowest such value on a tie, as ``np.bincount(x).argmax()``),
-    or -1.0 as soon as the pixels read so far prove the share is below ``at_least``.
+def band_share(x: np.ndarray, width: int, at_least: float) -> float:
+    """The largest share (0-1) of the uint8 array ``x`` (1-D, non-empty) that lies in one band
+    of ``width`` consecutive grey levels, or -1.0 as soon as the pixels read so far prove it
+    is below ``at_least``.
 
     One pass over partial histograms, in steps of 4,096 pixels from the middle of the slice
     (where the anatomy of a centred scan lies) to its end, then from its start. After each
-    step the bound is checked: no ``levels``-window can end with more than its count so far
-    plus the pixels left, so a slice with anatomy is rejected after a step or two instead of a
-    full pass."""
+    step the bound is checked: no band can end with more than its count so far plus the
+    pixels left, so a slice with anatomy is rejected after a step or two instead of a full
+    pass."""
     n = x.shape[0]
     parts = np.zeros((4, 256), np.int64)
     need = at_least * n
@@ -122,7 +107,6 @@ def share_near_mode(x: np.ndarray, levels: int, at_least: float) -> float:
             stop = min(start + step, hi)
             _count_into(x, start, stop, parts)
             done += stop - start
-            if done < n and _best_window(parts, levels) + (n - done) < need:
+            if done < n and _best_band(parts, width) + (n - done) < need:
                 return -1.0
-    _, near = _window_counts(parts, levels)
-    return near / n
+    return _best_band(parts, width) / n

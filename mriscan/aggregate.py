@@ -4,7 +4,10 @@ The rule: the **mean of the top-k slice probabilities** of a series (DICOM) or v
 k = ``TOP_K`` = 3 (all slices when there are fewer). A tumour shows on a few slices of a
 volume, so the mean of all slices would drown it in the healthy ones, while the single maximum
 lets one noisy slice decide; the mean of the top few is the usual middle ground (as in
-multiple-instance learning's top-k pooling).
+multiple-instance learning's top-k pooling). Slices without anatomy (``uniform`` by
+``mriscan.readers.is_uniform``) are left out of the pool unless every slice of the unit is:
+a model's probability for an empty slice says nothing of the patient, and it could set the
+unit's verdict (tester31: two blank slices at P 0.87 turned a healthy series into a tumour).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import numpy as np
 from mriscan.errors import ConfigError
 from mriscan.inference import tumor_call
 
-__all__ = ["RULE", "TOP_K", "aggregate_rows", "pooling_rule", "top_k_mean"]
+__all__ = ["RULE", "TOP_K", "UNIFORM_LEFT_OUT", "aggregate_rows", "pooling_rule", "top_k_mean"]
 
 TOP_K = 3
-RULE = f"mean of the top-{TOP_K} slice probabilities"
+#: how a unit's uniform (no-anatomy) slices are treated, said with every rule
+UNIFORM_LEFT_OUT = "uniform slices (no anatomy) left out unless all are"
+RULE = f"mean of the top-{TOP_K} slice probabilities ({UNIFORM_LEFT_OUT})"
 
 
 def pooling_rule(class_names: Sequence[str], k: int = TOP_K) -> str:
@@ -44,11 +49,11 @@ def pooling_rule(class_names: Sequence[str], k: int = TOP_K) -> str:
         neg, pos = names
         return (
             f"P({pos}) = the mean of the top-{k} slice P({pos}) of the unit "
-            f"(all slices when fewer), P({neg}) = 1 − P({pos})"
+            f"(all slices when fewer; {UNIFORM_LEFT_OUT}), P({neg}) = 1 − P({pos})"
         )
     return (
         f"each class's mean of the top-{k} slice probabilities of the unit (all slices when "
-        f"fewer), rescaled so the {len(names)} sum to 1"
+        f"fewer; {UNIFORM_LEFT_OUT}), rescaled so the {len(names)} sum to 1"
     )
 
 
@@ -87,7 +92,9 @@ def aggregate_rows(
     label, as in slice rows (``mriscan.inference.columns_for``). Also ``path`` = the unit's
     name (``row["unit_path"]`` when the slice rows give one, else the unit id), ``level`` =
     ``"series"`` or ``"volume"``, ``unit``, ``slices`` (how many were pooled),
-    ``aggregate`` = the rule and ``warning`` = "" (the caller may fill it in). Units in order
+    ``uniform_left_out`` (slice rows with ``row["uniform"]`` true, left out of the pool: 0
+    when every slice of the unit is uniform, all then pooled), ``aggregate`` = the rule and
+    ``warning`` = "" (the caller may fill it in). Units in order
     of first appearance.
     """
     names = tuple(card.class_names)
@@ -98,6 +105,8 @@ def aggregate_rows(
     out = []
     for unit, members in units.items():
         row: dict[str, Any] = {"path": members[0].get("unit_path") or unit}
+        pooled_rows = [m for m in members if not m.get("uniform")] or members
+        left_out, members = len(members) - len(pooled_rows), pooled_rows
         pooled = [top_k_mean([m[f"p_{n}"] for m in members], k) for n in names]
         # the top-k means of the classes need not sum to 1 (each class picks its own slices):
         # rescale them to a distribution, so the columns read as probabilities
@@ -122,7 +131,8 @@ def aggregate_rows(
             level=unit.split(":", 1)[0],
             unit=unit,
             slices=len(members),
-            aggregate=f"mean of the top-{k} slice probabilities",
+            uniform_left_out=left_out,
+            aggregate=f"mean of the top-{k} slice probabilities ({UNIFORM_LEFT_OUT})",
         )
         out.append(row)
     return out

@@ -59,10 +59,11 @@ from mriscan.errors import (
 from mriscan.io import looks_like_dicom_dataset
 from mriscan.library_warnings import recorded
 from mriscan.scan import (
-    UNIFORM_LEVELS,
+    UNIFORM_BAND,
     UNIFORM_SHARE,
     Window,
     check_salt,
+    is_uniform,
     percentile_window,
     salted_hash,
     window_to_uint8,
@@ -1044,23 +1045,16 @@ def _header_window(ds: pydicom.Dataset, frame: int) -> tuple[float, float, str] 
 
 #: ``DicomRead.note`` when a header window blanked frames and the percentile window was used
 BLANKING_WINDOW_NOTE = (
-    "the header's Window Center/Width ({center:g}/{width:g}) maps every pixel of {frames} "
+    "the header's Window Center/Width ({center:g}/{width:g}) maps (nearly) every pixel of {frames} "
     "to one value (the pixel data lie outside it: a window for another rescaling or "
     "contrast); the percentile window was used there instead"
 )
 
 
-def _uniform(image: np.ndarray) -> bool:
-    """True if every pixel of ``image`` holds one value; a sparse grid of pixels first, as it
-    tells almost every windowed slice apart without reading all of it (this runs per frame)."""
-    first = image.flat[0]
-    return bool((image[::16, ::16] == first).all() and (image == first).all())
-
-
 def _contrast_at(frame: np.ndarray, slope: float, window: Window) -> bool:
     """Whether ``frame`` (raw stored values, any shape) has contrast on the scale of
     ``window``: its central ``UNIFORM_SHARE`` of values, rescaled by ``slope``, span at least
-    the band of grey levels that the uniform rule allows (``2 * UNIFORM_LEVELS + 1`` of the
+    the band of grey levels that the uniform rule allows (``UNIFORM_BAND`` of the
     window's 255). A frame that a header window maps to one value is then out of the window
     (a window for another rescaling: the percentile window is used instead); one without is
     a blank slice at that window, kept as it is (uniform, flagged as such) rather than its
@@ -1068,7 +1062,7 @@ def _contrast_at(frame: np.ndarray, slope: float, window: Window) -> bool:
     600/1000 window was stretched and became a series' top-scoring slice)."""
     tail = 50 * (1 - UNIFORM_SHARE)  # percent on each side
     lo, hi = np.percentile(frame, [tail, 100 - tail])
-    band = (2 * UNIFORM_LEVELS + 1) / 255 * (window.high - window.low)
+    band = UNIFORM_BAND / 255 * (window.high - window.low)
     return bool(abs(float(hi) - float(lo)) * abs(slope) >= band)
 
 
@@ -1081,8 +1075,9 @@ def _to_uint8(
 ) -> tuple[np.ndarray, list[Window], list[tuple[float, float]]]:
     """Rescale + window every frame to uint8 (see ``DicomConfig``).
 
-    A header window that maps every pixel of a frame with contrast on its scale
-    (``_contrast_at``) to one value (all black or all white: the data lie outside it) is not
+    A header window that leaves a frame with contrast on its scale (``_contrast_at``)
+    uniform (``mriscan.scan.is_uniform``: all black or all white, but for a few pixels: the
+    data lie outside it) is not
     used for that frame: the percentile window is,
     and ``notes`` gets ``BLANKING_WINDOW_NOTE`` naming the frames, so the switch is reported
     (ingest: "stored with a note") and recorded (the sample's window source "percentile")."""
@@ -1125,7 +1120,9 @@ def _to_uint8(
         out[f] = window_to_uint8(
             frames[f], window, slope=slope, intercept=intercept, invert=invert, center_width=cw
         )
-        if cw is not None and _uniform(out[f]) and _contrast_at(frames[f], slope, window):
+        # uniform by the rule, not only every pixel equal: a few stray pixels inside a window
+        # for another scale kept it, storing the head all white (tester31)
+        if cw is not None and is_uniform(out[f]) and _contrast_at(frames[f], slope, window):
             blanked.append(f)
             if pct is None:
                 pct = percentile_window(frames, cfg.window_percentiles)

@@ -39,7 +39,7 @@ from mriscan.io import SourceFile
 from mriscan.readers import MIN_SIDE, UNIFORM_RULE, ReadOptions, file_sha256, settings_for_model
 from mriscan.scan_config import describe_setting
 from mriscan.scratch import scratch_dir
-from mriscan.sources import flagged_slices, is_store
+from mriscan.sources import flag_mask, flagged_slices, is_store
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
@@ -397,6 +397,7 @@ def evaluate(
             group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
             flagged = flagged_slices(store, idx)
+            uniform = flag_mask(store, idx, "uniform")
     if flagged:  # scored like the others, as predict and explain warn of them (tester30)
         log.warning(
             "%s of the scored slices were stored with a warning (e.g. %s): they are scored "
@@ -410,7 +411,9 @@ def evaluate(
     scoring = Scoring(cmp, card, data_names, n_boot)
     result = _score(scoring, y, prob, groups, data_labels)
     undefined = _undefined(result, y, removed_of, not_in_data=_not_in_data(cmp))
-    levels = grouped_levels(scoring, y, prob, groups, data_labels, sources, group_keys)
+    levels = grouped_levels(
+        scoring, y, prob, groups, data_labels, sources, group_keys, uniform=uniform
+    )
     result.update(
         n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
         n_unreadable=len(unreadable),
@@ -647,6 +650,7 @@ def grouped_levels(
     data_labels: np.ndarray,
     sources: list[str],
     group_keys: list[str],
+    uniform: np.ndarray | None = None,
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
     """Metrics per series / volume and per patient: the slices' probabilities pooled per unit
     (``unit_of``) with predict's rule for its series / volume rows
@@ -660,7 +664,9 @@ def grouped_levels(
     labels as the model's (or tumor / no tumor) classes; ``prob`` (n, K) float: their
     probabilities; ``groups`` (n,) int: split groups; ``data_labels`` (n,) int: labels as
     ``scoring.data_names``; ``sources``, ``group_keys``: the slices' stored
-    ``SampleRecord.source`` and ``group_key``.
+    ``SampleRecord.source`` and ``group_key``; ``uniform`` (n,) bool, optional: the slices
+    stored with the ``uniform`` flag (no anatomy), left out of their unit's pool as predict
+    leaves them out (``mriscan.sources.flag_mask``; None: none).
 
     Returns, per level ("series", "patient"), ``(section, rows)``: ``section`` the metrics
     (``available`` True, ``units`` what was pooled, ``rule``, ``n`` units,
@@ -703,6 +709,7 @@ def grouped_levels(
             if u and u not in mixed:
                 row = prediction_row(Path(u), prob[i], card, thr, "")
                 row["unit"] = u
+                row["uniform"] = bool(uniform is not None and uniform[i])
                 slice_rows.append(row)
         rows = aggregate_rows(slice_rows, card=card, threshold=thr)
         first = [members[r["unit"]][0] for r in rows]

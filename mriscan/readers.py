@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from mriscan._scan_kernels import share_near_mode
 from mriscan.errors import CorruptImageError, ImageDecodeError, MixedSeriesError
 from mriscan.io import (
     DEFAULT_MAX_PIXELS,
@@ -35,7 +34,7 @@ from mriscan.io import (
     file_kind,
     relative_name,
 )
-from mriscan.scan import UNIFORM_LEVELS, UNIFORM_RULE, UNIFORM_SHARE
+from mriscan.scan import UNIFORM_RULE, is_uniform
 from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
@@ -323,35 +322,6 @@ def file_sha256_apart(paths: Sequence[str | os.PathLike[str]]) -> list[str | OSE
         text = value.decode("utf-8", "replace")
         out.append(text if status == b"ok" else OSError(0, text))
     return out
-
-
-def is_uniform(image: np.ndarray) -> bool:
-    """Whether a decoded slice has no anatomy by ``UNIFORM_RULE``.
-
-    Parameters
-    ----------
-    image : ndarray (H, W), uint8
-        A decoded slice, as the readers give it.
-
-    Returns
-    -------
-    bool
-        False for an empty array (nothing to judge; ``slice_warnings`` flags it "thin").
-
-    Raises
-    ------
-    TypeError
-        If ``image`` is not uint8 (grey levels are counted on the 0-255 scale).
-    """
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f"is_uniform takes a uint8 slice, not {image.dtype}")
-    if not image.size:
-        return False
-    # a Numba kernel, not np.bincount: ingest's reader thread calls this on every slice, and
-    # the kernel runs without the GIL and stops once the slice is proven not uniform
-    flat = np.ascontiguousarray(image).reshape(-1)
-    return share_near_mode(flat, UNIFORM_LEVELS, UNIFORM_SHARE) >= UNIFORM_SHARE
 
 
 def slice_warnings(image: np.ndarray) -> tuple[str, ...]:

@@ -24,11 +24,12 @@ from mriscan.errors import ConfigError
 __all__ = [
     "HASH_CHARS",
     "MIN_SALT_BYTES",
-    "UNIFORM_LEVELS",
+    "UNIFORM_BAND",
     "UNIFORM_RULE",
     "UNIFORM_SHARE",
     "Window",
     "check_salt",
+    "is_uniform",
     "new_salt",
     "percentile_window",
     "salted_hash",
@@ -38,18 +39,49 @@ __all__ = [
 MIN_SALT_BYTES = 16
 
 #: A slice is "uniform" (no anatomy: all black, all white or one grey) when this share of its
-#: pixels lies within ``UNIFORM_LEVELS`` grey levels of its most common value; not "every pixel
+#: pixels lies in one band of ``UNIFORM_BAND`` consecutive grey levels; not "every pixel
 #: equal", so JPEG noise or a few stray pixels do not hide an empty slice (tester28: a blank
 #: slice with a stray pixel was scored by the pointing game, its map peaking at a point fixed
-#: by the network's padding). The one rule of ingest, predict, explain and the pointing game
-#: (``mriscan.readers.is_uniform``); the DICOM reader keeps a header window that leaves a
-#: slice uniform by it (``mriscan.dicom``).
+#: by the network's padding), and any band, not one around the most common value, so the
+#: same noise is flagged whichever of its levels happens to be the most common (tester31).
+#: The one rule of ingest, predict, explain, evaluate and the pointing game (``is_uniform``);
+#: the DICOM reader keeps a header window that leaves a slice uniform by it (``mriscan.dicom``).
 UNIFORM_SHARE = 0.99
-UNIFORM_LEVELS = 2
-UNIFORM_RULE = (
-    f"{UNIFORM_SHARE:.0%} of the pixels within {UNIFORM_LEVELS} grey levels of the most "
-    "common value"
-)
+UNIFORM_BAND = 5
+UNIFORM_RULE = f"{UNIFORM_SHARE:.0%} of the pixels within {UNIFORM_BAND} consecutive grey levels"
+
+
+def is_uniform(image: np.ndarray) -> bool:
+    """Whether a decoded slice has no anatomy by ``UNIFORM_RULE``.
+
+    Parameters
+    ----------
+    image : ndarray (H, W), uint8
+        A decoded slice, as the readers give it.
+
+    Returns
+    -------
+    bool
+        False for an empty array (nothing to judge; ``mriscan.readers.slice_warnings`` flags
+        it "thin").
+
+    Raises
+    ------
+    TypeError
+        If ``image`` is not uint8 (grey levels are counted on the 0-255 scale).
+    """
+    from mriscan._scan_kernels import band_share
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"is_uniform takes a uint8 slice, not {image.dtype}")
+    if not image.size:
+        return False
+    # a Numba kernel, not np.bincount: ingest's reader thread calls this on every slice, and
+    # the kernel runs without the GIL and stops once the slice is proven not uniform
+    flat = np.ascontiguousarray(image).reshape(-1)
+    return band_share(flat, UNIFORM_BAND, UNIFORM_SHARE) >= UNIFORM_SHARE
+
 
 HASH_CHARS = 24  # 96 bits of the HMAC: collisions are negligible for any archive
 _PERCENTILE_SAMPLE = 1 << 20  # percentiles of larger arrays come from an even subsample

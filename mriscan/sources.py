@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_STORE",
     "PHANTOM_STORE",
     "check_image_size",
+    "flag_mask",
     "flagged_slices",
     "is_store",
     "open_or_ingest",
@@ -175,18 +176,30 @@ def check_image_size(store: ImageStore, image_size: int | None) -> None:
         )
 
 
+def flag_mask(store: ImageStore, idx: np.ndarray, flag: str) -> np.ndarray:
+    """Which of the slices at positions ``idx`` (int array (n,)) carry the record flag
+    ``flag`` (``mriscan.store.columns.FLAG_BITS``: "uniform", "thin", ...): bool array (n,).
+
+    Raises
+    ------
+    ValueError
+        ``flag`` is not a record flag.
+    """
+    from mriscan.store.columns import FLAG_BITS
+
+    idx = np.asarray(idx, np.int64)
+    return (store.table.fixed("flags")[idx] >> FLAG_BITS.index(flag)) & 1 == 1
+
+
 def flagged_slices(store: ImageStore, idx: np.ndarray) -> dict[str, list[str]]:
     """The slices among ``idx`` (positions, int array) that ingest stored with a warning:
     {flag: their sources} for the record flags ``uniform`` (no anatomy,
     ``mriscan.readers.is_uniform``) and ``thin`` (a side under ``mriscan.readers.MIN_SIDE``),
     a flag with none left out."""
-    from mriscan.store.columns import FLAG_BITS
-
     idx = np.asarray(idx, np.int64)
-    flags = store.table.fixed("flags")[idx]
     out = {}
     for flag in ("uniform", "thin"):
-        hit = idx[(flags >> FLAG_BITS.index(flag)) & 1 == 1]
+        hit = idx[flag_mask(store, idx, flag)]
         if hit.size:
             out[flag] = [store.index.records[int(i)].source for i in hit]
     return out

@@ -423,7 +423,7 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(
     assert [r["file"] for r in flagged] == [blank, stray] and again["blank"] == 2
     assert all(r["hit"] is None and r["correct"] is None for r in flagged)
     assert again["overall"]["n"] == len(table) - 2 and len(again["slices"]) == len(table)
-    assert "2 boxed slice(s) are blank (99% of the pixels within 2 grey levels" in caplog.text
+    assert "2 boxed slice(s) are blank (99% of the pixels within 5 consecutive grey" in caplog.text
     # only such boxes: an error that says why, not an empty table
     (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
     with pytest.raises(MriscanError, match="not a class of the model"):

@@ -76,11 +76,16 @@ def test_uniform_scanner_slices_are_flagged_as_png_ones_are(model_file, tmp_path
     assert len(flagged) == 2 and all(r["warning"] == png["warning"] for r in flagged)
     assert all(not r["error"] and r["label"] for r in flagged)  # predicted all the same
     units = {r["level"]: r for r in rows if r.get("level") in ("series", "volume")}
-    assert (
-        units["series"]["warning"]
-        == f"1 of 3 slices uniform (no anatomy: {UNIFORM_RULE}) (see their rows)"
+    assert units["series"]["warning"] == (
+        f"1 of 3 slices uniform (no anatomy: {UNIFORM_RULE}), left out of P (see their rows)"
     )
     assert units["volume"]["warning"].startswith("1 of 4 slices uniform")
+    # the pool is the slices with anatomy (tester31: blank slices set a series' verdict)
+    series = [r for r in rows if r.get("level") == "slice" and r["unit"] == units["series"]["unit"]]
+    kept = [r["probability"] for r in series if not r["warning"]]
+    assert units["series"]["slices"] == 2 and units["series"]["probability"] == pytest.approx(
+        np.mean(kept)
+    )
 
 
 def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file, tmp_path):

@@ -49,6 +49,15 @@ def test_a_store_is_never_created_over_a_user_s_files(tmp_path, overwrite):
     with pytest.raises(StoreError, match="is a file, not a store"):
         ImageStore.create(tmp_path / "f", image_size=S, overwrite=overwrite)
     assert (tmp_path / "f").read_bytes() == b"x"
+    # below a file, or a link to nothing: one clear error, not a traceback (tester31)
+    with pytest.raises(StoreError, match=r"f is a file, so no store can be made at .*f/sub"):
+        ImageStore.create(tmp_path / "f" / "sub", image_size=S, overwrite=overwrite)
+    with pytest.raises(StoreNotFoundError):
+        ImageStore.open(tmp_path / "f" / "sub")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    with pytest.raises(StoreError, match=r"dangling is a symbolic link to .*nothing, which"):
+        ImageStore.create(tmp_path / "dangling", image_size=S, overwrite=overwrite)
+    assert not (tmp_path / "nothing").exists()
     # a killed creation's remains (no index.json yet) beside a user's file: refused, both
     # kept (tester31: the remains were cleared with everything beside them)
     dead = tmp_path / "dead"

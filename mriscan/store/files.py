@@ -101,12 +101,13 @@ class StoreFiles:
         return f"{self.root.rstrip('/')}/{key}"
 
     def read(self, key: str) -> bytes | None:
-        """Bytes of ``key``, or None if missing."""
+        """Bytes of ``key``, or None if missing (also when a folder above it is a file:
+        ``--store afile/sub`` is no store, tester31)."""
         try:
             if self.url:
                 return self.fs.cat_file(self.path(key))
             return Path(self.path(key)).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def write(self, key: str, data: bytes) -> None:

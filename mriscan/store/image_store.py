@@ -157,6 +157,24 @@ def _constant_values(sigs: np.ndarray) -> np.ndarray:
     return np.where(const, flat[:, 0].astype(np.int64), -1)
 
 
+def _refuse_a_path_of_no_folder(folder: Path) -> None:
+    """Raise StoreError when no store folder can be made at ``folder``: it is a file, a
+    broken symbolic link, or a file lies on its path (tester31: tracebacks)."""
+    if folder.is_file():
+        raise StoreError(f"{folder} is a file, not a store: choose another --store path.")
+    if folder.is_symlink() and not folder.exists():
+        raise StoreError(
+            f"{folder} is a symbolic link to {os.readlink(folder)}, which does not exist: "
+            "create its target folder, or choose another --store path."
+        )
+    for above in folder.parents:
+        if above.exists() and not above.is_dir():
+            raise StoreError(
+                f"{above} is a file, so no store can be made at {folder}: choose another "
+                "--store path."
+            )
+
+
 #: what ``ImageStore.create`` writes before its first commit: the only entries a folder may
 #: hold for a new store to be created in it (an interrupted creation's remains, cleared)
 _CREATION_ENTRIES = frozenset(
@@ -286,8 +304,8 @@ class ImageStore:
         config = config if config is not None else PreprocessConfig(size=int(image_size))
         if config.size != int(image_size):
             raise ConfigError(f"image_size ({image_size}) must equal config.size ({config.size}).")
-        if not is_url(path) and local_path(path).is_file():
-            raise StoreError(f"{path} is a file, not a store: choose another --store path.")
+        if not is_url(path):
+            _refuse_a_path_of_no_folder(local_path(path))
         files = StoreFiles(path)
         committed = files.read(INDEX_KEY) is not None
         group_meta = files.read("zarr.json")
