@@ -517,7 +517,7 @@ def test_a_class_emptied_by_duplicate_removal_is_said_so():
     assert plain["sensitivity"] == "no readable slice of class 'yes'"
 
 
-def _levels(class_names, card_names, y, prob, sources, keys, healthy=None):
+def _levels(class_names, card_names, y, prob, sources, keys, healthy=None, uniform=None):
     """``grouped_levels`` on hand-made slices (every slice its own split group)."""
     from mriscan.artifacts import ModelCard
     from mriscan.evaluate import Scoring, grouped_levels
@@ -533,9 +533,8 @@ def _levels(class_names, card_names, y, prob, sources, keys, healthy=None):
     cmp = compare_classes(class_names, card.class_names, card.healthy)
     y = np.asarray(y, np.int64)
     scoring = Scoring(cmp, card, tuple(class_names), 50)
-    return grouped_levels(
-        scoring, y, np.asarray(prob, np.float64), np.arange(y.size), y, sources, keys
-    )
+    prob = np.asarray(prob, np.float64)
+    return grouped_levels(scoring, y, prob, np.arange(y.size), y, sources, keys, uniform=uniform)
 
 
 def test_series_and_patients_are_pooled_with_predict_s_rule():
@@ -562,10 +561,17 @@ def test_series_and_patients_are_pooled_with_predict_s_rule():
     assert series["accuracy"] == pytest.approx(0.75) and series["specificity"] == 0.5
     # the rule as done (tester 18): P(yes) the top-3 mean, P(no) = 1 − that, no rescaling
     assert series["rule"].startswith(
-        "P(yes) = the mean of the top-3 slice P(yes) of the unit (all slices when fewer), "
-        "P(no) = 1 − P(yes)"
+        "P(yes) = the mean of the top-3 slice P(yes) of the unit (all slices when fewer; "
+        "uniform slices (no anatomy) left out unless all are), P(no) = 1 − P(yes)"
     )
     assert "rescaled" not in series["rule"]
+    # the slice of series A at .9 without anatomy: left out of A's pool (tester31), as
+    # predict leaves it out; series B, all blank, pools all
+    blank = np.array([True, False, False, False, True, True, False, False, False])
+    again = _levels(("no", "yes"), ("no", "yes"), y, prob, sources, keys, uniform=blank)
+    by_unit = {r["unit"]: r for r in again["series"][1]}
+    assert by_unit["series:A"]["probability"] == pytest.approx(top_k_mean([0.8, 0.1, 0.7]))
+    assert by_unit["series:B"]["probability"] == pytest.approx(0.25)
     patient, rows = levels["patient"]
     assert patient["mixed_labels"] == 0 and patient["labelled_by_tumor_slices"] == 1
     assert patient["slices_without_unit"] == 3 and patient["n"] == 1
