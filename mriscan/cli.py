@@ -989,11 +989,15 @@ def _resolve_data(
 
         if not is_store(store_path):  # the default data would be ingested into it: a typo
             # in --store would train on phantoms and report it as a success (tester30)
-            what = "does not exist" if not store_path.exists() else "is not a store"
+            command = click.get_current_context().info_name
+            if not store_path.exists():
+                what, fix = "does not exist", f"`mriscan {command} DATA --store {store_path}`"
+            else:  # class folders given as --store, likely: they are DATA (tester31)
+                what = "is not a store"
+                fix = f"`mriscan {command} {store_path} --store NEW_STORE` if it holds the data"
             raise click.UsageError(
-                f"--store {store_path} {what}, and no DATA was given. Give the data to "
-                f"ingest into it (`mriscan {click.get_current_context().info_name} DATA "
-                f"--store {store_path}`), or drop --store to use data/raw/ (or phantoms)."
+                f"--store {store_path} {what}, and no DATA was given. Give the data to ingest "
+                f"({fix}), or drop --store to use data/raw/ (or phantoms)."
             )
         click.echo(f"No DATA: using the store {store_path}.", err=True)
         return store_path, store_path
@@ -1683,10 +1687,14 @@ def _label_rule(model_path: Path, threshold: float | None) -> tuple[str, float |
 
 
 def _threshold_text(thr: float) -> str:
-    """A threshold to 3 decimals, or to 6 significant digits where 3 would read 0 or 1 (a
-    threshold of 0.99999 is not one that nothing reaches)."""
-    text = f"{thr:.3f}"
-    return f"{thr:.6g}" if text in ("0.000", "1.000") and thr not in (0.0, 1.0) else text
+    """A threshold to 6 decimals, trailing zeros dropped but 3 kept ("0.5" reads "0.500",
+    0.58234127 "0.582341"): not rounded to 3, where a row's P shown with more digits could
+    read as on the wrong side of it (tester31: "yes at P ≥ 0.736" above a row "P = 0.73587,
+    yes" for --threshold 0.73585), nor where 3 would read 0 or 1 (0.99999 is reachable)."""
+    if thr and abs(thr) < 1e-3:  # 6 decimals would cut its digits: 1.23e-05
+        return f"{thr:.6g}"
+    text = f"{thr:.6f}".rstrip("0")
+    return text if len(text.split(".")[1]) >= 3 else f"{thr:.3f}"
 
 
 def _unit_probability(row: dict, thr: float | None) -> str:

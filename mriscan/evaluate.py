@@ -400,8 +400,8 @@ def evaluate(
             uniform = flag_mask(store, idx, "uniform")
     if flagged:  # scored like the others, as predict and explain warn of them (tester30)
         log.warning(
-            "%s of the scored slices were stored with a warning (e.g. %s): they are scored "
-            "like the others (flagged_slices in metrics.json)",
+            "scored slices stored with a warning: %s (e.g. %s); they are scored like the "
+            "others (flagged_slices in metrics.json)",
             " and ".join(f"{len(v)} {k}" for k, v in flagged.items()),
             next(iter(flagged.values()))[0],
         )

@@ -676,14 +676,20 @@ ALL_STORED = ", all stored,"
 
 def _refuse_store_inside(raw: Path, store_path: str | os.PathLike[str]) -> None:
     """Refuse a store inside the class-folder tree it ingests: the next ingest of the tree
-    would read the store as a class folder, or its files as bad inputs (tester31).
+    would read the store as a class folder, or its files as bad inputs (tester31); and a
+    store given as the tree.
 
     Raises
     ------
     ConfigError
-        ``store_path`` is ``raw`` or lies below it (a CSV manifest's folder is not checked:
-        a manifest names its files).
+        ``raw`` is a store; ``store_path`` is ``raw`` or lies below it (a CSV manifest's
+        folder is not checked: a manifest names its files).
     """
+    if raw.is_dir() and (raw / "index.json").is_file() and (raw / "zarr.json").is_file():
+        raise ConfigError(  # its files were listed as bad inputs (tester31)
+            f"{raw} is a store, not class folders: ingest reads class folders or a CSV "
+            "manifest; train, cv and evaluate take a store as DATA."
+        )
     if is_url(store_path) or not raw.is_dir():
         return
     tree, store = raw.resolve(), Path(store_path).resolve()

@@ -52,6 +52,13 @@ HEALTHY_NAMES = frozenset(
         "none",
         "nofinding",
         "nofindings",
+        # tester31: scored as tumour boxes by the pointing game
+        "nontumor",
+        "nontumour",
+        "tumorfree",
+        "tumourfree",
+        "healthybrain",
+        "normalbrain",
     }
 )
 # tumor types of the public sets (figshare: glioma, meningioma, pituitary; the Kaggle "Brain

@@ -633,7 +633,7 @@ def test_series_lines_of_predict_never_print_a_probability_equal_to_its_threshol
     assert _unit_probability({"probability": 0.50574, "label": "no"}, 0.50638) == "P = 0.5057, "
     assert _unit_probability({"probability": 0.7, "label": "yes"}, 0.5) == "P = 0.700, "
     assert _threshold_text(0.99999) == "0.99999" and _threshold_text(0.0000123) == "1.23e-05"
-    assert _threshold_text(0.24394) == "0.244" and _threshold_text(1.0) == "1.000"
+    assert _threshold_text(0.24394) == "0.24394" and _threshold_text(1.0) == "1.000"
     row = {
         "label": "pituitary",
         "p_pituitary": 0.28,
@@ -903,7 +903,12 @@ def test_no_data_and_an_existing_store_trains_on_that_store(
         before = sorted(p.name for p in class_folder.rglob("*"))
         r = runner.invoke(main, [command, "--store", str(path), "--out", str(tmp_path / "o")])
         assert r.exit_code == 2 and f"--store {path} {what}, and no DATA was given" in r.output
-        assert f"`mriscan {command} DATA --store {path}`" in r.output
+        fix = (
+            f"`mriscan {command} DATA --store {path}`"
+            if path == typo
+            else f"`mriscan {command} {path} --store NEW_STORE` if it holds the data"
+        )
+        assert fix in " ".join(r.output.split()), r.output
         assert not (tmp_path / "typo.zarr").exists()
         assert sorted(p.name for p in class_folder.rglob("*")) == before
     assert given == [store]
@@ -926,3 +931,14 @@ def test_a_store_s_size_is_checked_before_tensorflow_loads(command, class_folder
     assert r.exit_code == 1, r.output
     assert "--image-size 64 was given, but the store" in r.output and "32×32" in r.output
     assert "Loading TensorFlow" not in r.output and "Traceback" not in r.output
+
+
+def test_a_threshold_is_printed_as_given_up_to_6_decimals():
+    """ "yes at P ≥ 0.736" above a row "P = 0.73587, yes" for --threshold 0.73585 read as a
+    row on the wrong side (tester31): the threshold is printed to 6 decimals, 3 at least."""
+    from mriscan.cli import _threshold_text
+
+    assert _threshold_text(0.73585) == "0.73585"
+    assert _threshold_text(0.5) == "0.500" and _threshold_text(0.605) == "0.605"
+    assert _threshold_text(0.58234127) == "0.582341"
+    assert _threshold_text(0.99999) == "0.99999" and _threshold_text(1.0) == "1.000"

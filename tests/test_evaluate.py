@@ -445,7 +445,7 @@ def test_slices_stored_with_a_warning_are_said_and_counted(
     assert ev["n"] == 14
     assert ev["flagged_slices"]["counts"] == {"uniform": 2, "thin": 1}
     assert "no anatomy" in ev["flagged_slices"]["rule"]
-    assert "2 uniform and 1 thin of the scored slices were stored with a warning" in caplog.text
+    assert "scored slices stored with a warning: 2 uniform and 1 thin (e.g." in caplog.text
     saved = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
     assert saved["flagged_slices"]["counts"] == {"uniform": 2, "thin": 1}
     caplog.clear()

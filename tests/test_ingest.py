@@ -213,3 +213,5 @@ def test_a_store_inside_the_data_folder_is_refused(class_folder, tmp_path):
             ingest(class_folder, inside, SMALL)
         assert not (class_folder / "st.zarr").exists()
     assert ingest(class_folder, tmp_path / "beside.zarr", SMALL).total == 12
+    with pytest.raises(ConfigError, match=r"beside\.zarr is a store, not class folders"):
+        ingest(tmp_path / "beside.zarr", tmp_path / "other.zarr", SMALL)

@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mriscan.cli import main
+from mriscan.cli import _threshold_text, main
 from mriscan.metrics import ARGMAX_RULE, THRESHOLD_RULE_TEXT
 from tests.conftest import write_class_folders
 
@@ -39,7 +39,7 @@ def test_every_command_works_for_k_classes(k, tmp_path):
     r = run.invoke(main, ["predict", str(model), str(data), "--output", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
     said = (  # the label rule, with the threshold and how it was chosen
-        f"label: yes at P ≥ {card['threshold']:.3f} ({THRESHOLD_RULE_TEXT['platt']})"
+        f"label: yes at P ≥ {_threshold_text(card['threshold'])} ({THRESHOLD_RULE_TEXT['platt']})"
         if k == 2
         else "label: the most probable class"
     )

@@ -352,7 +352,7 @@ def test_pointing_rule_is_one_per_kind_of_model():
     # in any case: a yes/no model scored a "No" box as a tumor slice (every box not of its
     # healthy class is a tumor there); a class written in another case is named
     assert "healthy class" in pointing_rule(yn, "No")
-    for name in ("notumor", "Normal", "healthy"):  # healthy names, not the model's own
+    for name in ("notumor", "Normal", "healthy", "nontumor", "tumor-free", "healthy brain"):
         assert pointing_rule(yn, name) == "a healthy class's name (a box marks a tumor)"
         assert pointing_rule(three, name) is not None
     assert pointing_rule(three, "Glioma") == (

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mriscan.cli import _threshold_text
 from mriscan.predict import predict
 from mriscan.scan_predict import label_stem, series_labels
 from mriscan.synth_scanner import (
@@ -126,7 +127,8 @@ def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file
     from mriscan.artifacts import ModelCard
 
     card = ModelCard.load(model_file)  # the threshold the series labels follow, said once
-    said = f"label: {card.class_names[1]} at P ≥ {card.threshold:.3f} ({card.threshold_rule})"
+    thr = _threshold_text(card.threshold)
+    said = f"label: {card.class_names[1]} at P ≥ {thr} ({card.threshold_rule})"
     assert out.output.count(said) == 1, out.output
 
 
