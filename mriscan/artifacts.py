@@ -563,8 +563,8 @@ class ModelCard:
         if len(self.class_names) == 2:
             thr = self.threshold if threshold is None else threshold
             p = float(probs[1])
-            digits = 3  # up to 6, until the two differ: not "0.486 < threshold 0.486"
-            while digits < 6 and f"{p:.{digits}f}" == f"{thr:.{digits}f}":
+            digits = 3  # up to 9, until the two differ: not "0.486 < threshold 0.486"
+            while digits < 9 and f"{p:.{digits}f}" == f"{thr:.{digits}f}":
                 digits += 1
             return (
                 f"P({self.class_names[1]}) = {p:.{digits}f} {'≥' if p >= thr else '<'} "

@@ -1686,14 +1686,19 @@ def _label_rule(model_path: Path, threshold: float | None) -> tuple[str, float |
     return (f"{said} ({source})" if source else said), thr
 
 
+#: the most decimals a threshold, or a probability beside it, is printed with (tester32: a P
+#: of 0.5511423 against a threshold of 0.5511425 read "0.551142" both at 6)
+_MAX_DIGITS = 9
+
+
 def _threshold_text(thr: float) -> str:
-    """A threshold to 6 decimals, trailing zeros dropped but 3 kept ("0.5" reads "0.500",
-    0.58234127 "0.582341"): not rounded to 3, where a row's P shown with more digits could
-    read as on the wrong side of it (tester31: "yes at P ≥ 0.736" above a row "P = 0.73587,
-    yes" for --threshold 0.73585), nor where 3 would read 0 or 1 (0.99999 is reachable)."""
+    """A threshold to ``_MAX_DIGITS`` decimals, trailing zeros dropped but 3 kept ("0.5" reads
+    "0.500", 0.58234127 "0.58234127"): not rounded to 3, where a row's P shown with more
+    digits could read as on the wrong side of it (tester31: "yes at P ≥ 0.736" above a row
+    "P = 0.73587, yes" for --threshold 0.73585), nor where 3 would read 0 or 1."""
     if thr and abs(thr) < 1e-3:  # 6 decimals would cut its digits: 1.23e-05
         return f"{thr:.6g}"
-    text = f"{thr:.6f}".rstrip("0")
+    text = f"{thr:.{_MAX_DIGITS}f}".rstrip("0")
     return text if len(text.split(".")[1]) >= 3 else f"{thr:.3f}"
 
 
@@ -1707,7 +1712,7 @@ def _unit_probability(row: dict, thr: float | None) -> str:
         if p is None:
             return ""
         digits = 3
-        while thr is not None and digits < 6 and f"{p:.{digits}f}" == f"{thr:.{digits}f}":
+        while thr is not None and digits < _MAX_DIGITS and f"{p:.{digits}f}" == f"{thr:.{digits}f}":
             digits += 1
         return f"P = {p:.{digits}f}, "
     parts = []

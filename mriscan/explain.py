@@ -24,7 +24,7 @@ from mriscan._heatmap_record import HeatmapLedger
 from mriscan.config import CAM_METHODS, DEFAULT_CAM
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
-from mriscan.readers import describe_flags, slice_warnings
+from mriscan.readers import describe_flags, is_uniform, slice_warnings
 
 log = logging.getLogger(__name__)
 
@@ -610,7 +610,14 @@ def explain(
             else:
                 probs = predict_arrays(model, card, [s.image for _, s in members])
                 score = _slice_score(card, probs, explain_class)
-                chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
+                # ranked as the unit is pooled: uniform slices (no anatomy) last, unless all
+                # are (tester32: the maps drawn were of blank slices the series P left out)
+                blank = np.array([is_uniform(s.image) for _, s in members], bool)
+                if blank.all():
+                    chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
+                else:  # the slices with anatomy, by score
+                    order = np.lexsort((-score, blank))[: int((~blank).sum())]
+                    chosen = sorted(order[:top_k].tolist())
             for k in chosen:
                 r, s = members[k]
                 img = preprocess(s.image, cfg)

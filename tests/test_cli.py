@@ -940,5 +940,10 @@ def test_a_threshold_is_printed_as_given_up_to_6_decimals():
 
     assert _threshold_text(0.73585) == "0.73585"
     assert _threshold_text(0.5) == "0.500" and _threshold_text(0.605) == "0.605"
-    assert _threshold_text(0.58234127) == "0.582341"
+    assert _threshold_text(0.58234127) == "0.58234127"
+    # a P beside it gets the digits that tell them apart (tester32: both read 0.551142)
+    from mriscan.cli import _unit_probability
+
+    assert _unit_probability({"probability": 0.5511422952}, 0.5511425) == "P = 0.5511423, "
+    assert _threshold_text(0.5511425) == "0.5511425"
     assert _threshold_text(0.99999) == "0.99999" and _threshold_text(1.0) == "1.000"

@@ -954,3 +954,23 @@ def test_a_ctrl_c_whose_interrupt_was_lost_still_stops_explain(
                                   str(tmp_path / "cam")])  # fmt: skip
     assert r.exit_code == 130, r.output
     assert r.output.count("→") == 2 and "Interrupted: 2 heat map(s) written" in r.output
+
+
+def test_top_k_ranks_the_slices_with_anatomy_as_the_series_is_pooled(model_file, tmp_path):
+    """A series of 3 blank slices and 2 with anatomy: `--top-k 3` drew the blank ones (their
+    P may be the highest) while predict's series P leaves them out (tester32). Only slices
+    with anatomy are drawn, at most as many as there are; a series of blanks draws blanks."""
+    from mriscan.explain import explain
+    from mriscan.synth_scanner import phantom_volume, write_dicom_series
+
+    stack = phantom_volume(4, n_slices=5, canvas=32)
+    stack[:3] = 0.0
+    write_dicom_series(tmp_path / "in" / "s", stack, window=None)
+    rows = explain(model_file, _files(tmp_path / "in"), out=tmp_path / "o", top_k=3)
+    drawn = [r for r in rows if not r.get("error")]
+    assert [r["path"].rsplit("(slice ", 1)[1] for r in drawn] == ["3)", "4)"]
+    assert not any("uniform" in (r.get("warning") or "") for r in drawn)
+    blank = np.zeros_like(stack)
+    write_dicom_series(tmp_path / "in2" / "b", blank, window=None)
+    rows = explain(model_file, _files(tmp_path / "in2"), out=tmp_path / "o2", top_k=2)
+    assert len([r for r in rows if not r.get("error")]) == 2
