@@ -669,11 +669,6 @@ def check_reading_options(store: ImageStore, store_path, options: ReadOptions | 
         )
 
 
-#: said of near-identical slices under two classes when they are stored with a warning (left
-#: out of the reason when ``--strict`` refuses them, as nothing is then stored)
-ALL_STORED = ", all stored,"
-
-
 def _refuse_store_inside(raw: Path, store_path: str | os.PathLike[str]) -> None:
     """Refuse a store inside the class-folder tree it ingests: the next ingest of the tree
     would read the store as a class folder, or its files as bad inputs (tester31); and a
@@ -790,7 +785,7 @@ def _run(
 
     def fail(name: str, reason: str, into: list | None = None) -> None:
         if config.strict:  # nothing is stored: a warning's "all stored" would say otherwise
-            refused.append((name, reason.replace(ALL_STORED, "")))
+            refused.append((name, reason))
             return
         (skipped if into is None else into).append((name, reason))
         # the report lists it (the CLI prints it): a warning here would show it twice
@@ -1161,7 +1156,8 @@ def _run(
     # links of the new slices are searched once, for this and for the split groups below
     near = _near_links(store)
     for name, reason in _mixed_classes(store, records, retire, jobs, sources, names,
-                                       pending_names, pending_labels, near):  # fmt: skip
+                                       pending_names, pending_labels, near,
+                                       stored=not config.strict):  # fmt: skip
         fail(name, reason, into=warned)
     empty = _empty_classes(classes, names, jobs, active, retire, pending_labels)
     if config.strict:
@@ -1586,9 +1582,12 @@ def _mixed_classes(
     pending_names: list[str],
     pending_labels: list[int],
     links: np.ndarray,
+    *,
+    stored: bool = True,
 ) -> list[tuple[str, str]]:
     """``(first name, reason)`` for each near-duplicate group that a slice of this run joins
-    and that holds slices of more than one class.
+    and that holds slices of more than one class; the reason says "all stored" when
+    ``stored`` (False: ``--strict`` refuses them, nothing is stored).
 
     The groups are the connected components of ``links``, the near-duplicate links of the new
     (pending) slices among themselves and to the stored ones (``_near_links``: no group keys, as
@@ -1636,7 +1635,8 @@ def _mixed_classes(
         out.append(
             (
                 seen[0][1],
-                f"near-identical slices{ALL_STORED} under {len(by_class)} classes: {listed}. "
+                f"near-identical slices{', all stored,' if stored else ''} under "
+                f"{len(by_class)} classes: {listed}. "
                 "One slice cannot be both: check the labels, then delete or move the wrong "
                 "copies (split groups join near-duplicates of one class only, so until then "
                 "these copies can fall on both sides of a split)",
