@@ -70,6 +70,15 @@ def test_a_store_is_never_created_over_a_user_s_files(tmp_path, overwrite):
     (dead / "notes.txt").unlink()  # the remains alone are cleared and the store made anew
     with ImageStore.create(dead, image_size=S, overwrite=overwrite) as st:
         assert len(st) == 0
+    # inside a store, at any depth: refused, the outer store untouched (tester32: accepted)
+    before = sorted(p.relative_to(dead) for p in dead.rglob("*"))
+    for inner in (dead / "inner", dead / "images" / "deep" / "inner"):
+        with pytest.raises(StoreError, match=r"inner lies inside the store .*dead: a store"):
+            ImageStore.create(inner, image_size=S, overwrite=overwrite)
+    (tmp_path / "into").symlink_to(dead / "images")  # a link into the store (tester33)
+    with pytest.raises(StoreError, match=r"inner lies inside the store .*dead: a store"):
+        ImageStore.create(tmp_path / "into" / "inner", image_size=S, overwrite=overwrite)
+    assert sorted(p.relative_to(dead) for p in dead.rglob("*")) == before
     for name, inside in (("empty", ()), ("locked", ("write.lock",))):
         (tmp_path / name).mkdir()
         for f in inside:

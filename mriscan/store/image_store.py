@@ -159,7 +159,9 @@ def _constant_values(sigs: np.ndarray) -> np.ndarray:
 
 def _refuse_a_path_of_no_folder(folder: Path) -> None:
     """Raise StoreError when no store folder can be made at ``folder``: it is a file, a
-    broken symbolic link, or a file lies on its path (tester31: tracebacks)."""
+    broken symbolic link, a file lies on its path (tester31: tracebacks), or it lies inside
+    another store (tester32: accepted; the outer store's rewrites or deletion would take the
+    inner one along)."""
     if folder.is_file():
         raise StoreError(f"{folder} is a file, not a store: choose another --store path.")
     if folder.is_symlink() and not folder.exists():
@@ -172,6 +174,13 @@ def _refuse_a_path_of_no_folder(folder: Path) -> None:
             raise StoreError(
                 f"{above} is a file, so no store can be made at {folder}: choose another "
                 "--store path."
+            )
+    # through links too (tester33: a link into a store's sub-folder let a store in)
+    for above in (*folder.parents, *folder.resolve().parents):
+        if (above / INDEX_KEY).is_file() and (above / "zarr.json").is_file():
+            raise StoreError(
+                f"{folder} lies inside the store {above}: a store cannot hold another. Choose "
+                "a --store path outside it."
             )
 
 
