@@ -162,12 +162,17 @@ class _Job:
 
 
 def _listing(
-    raw: Path, config: IngestConfig
+    raw: Path, config: IngestConfig, store_path: str | os.PathLike[str]
 ) -> tuple[str, Path, list[str], list, list, list, list]:
     """(origin, root, class names, jobs, unreadable folders, unused files, hidden entries) of
-    a class-folder tree or manifest; the last three as ``(name, reason)``."""
+    a class-folder tree or manifest; the last three as ``(name, reason)``.
+
+    Raises ConfigError for a store inside a folder that a manifest row names
+    (``_refuse_store_inside``)."""
     if raw.is_file() and raw.suffix.lower() == ".csv":
         manifest = scan_manifest(raw, min_labels=config.min_classes)
+        for folder in manifest.folders:
+            _refuse_store_inside(folder, store_path, what=f"a folder that the manifest {raw} lists")
         entries = manifest.entries
         names = sorted({e.label for e in entries})
         root = raw.resolve().parent
@@ -363,7 +368,7 @@ def ingest(
     t0 = time.perf_counter()
     raw = Path(raw_dir)
     _refuse_store_inside(raw, store_path)
-    source, root, classes, jobs, problems, unused, hidden = _listing(raw, config)
+    source, root, classes, jobs, problems, unused, hidden = _listing(raw, config, store_path)
     created = False
     try:
         store = ImageStore.open(store_path, mode="a")
@@ -669,16 +674,20 @@ def check_reading_options(store: ImageStore, store_path, options: ReadOptions | 
         )
 
 
-def _refuse_store_inside(raw: Path, store_path: str | os.PathLike[str]) -> None:
-    """Refuse a store inside the class-folder tree it ingests: the next ingest of the tree
-    would read the store as a class folder, or its files as bad inputs (tester31); and a
-    store given as the tree.
+def _refuse_store_inside(
+    raw: Path, store_path: str | os.PathLike[str], *, what: str = "the data folder"
+) -> None:
+    """Refuse a store inside the class-folder tree it ingests, or inside a folder a manifest
+    row names (``what`` says which): the next ingest of the tree would read the store as a
+    class folder, or its files as bad inputs (tester31, tester32); and a store given as the
+    tree.
 
     Raises
     ------
     ConfigError
-        ``raw`` is a store; ``store_path`` is ``raw`` or lies below it (a CSV manifest's
-        folder is not checked: a manifest names its files).
+        ``raw`` is a store; ``store_path`` is ``raw`` or lies below it (a CSV manifest's own
+        folder is not checked: a manifest names its files; its folder rows are, by
+        ``_listing``).
     """
     if raw.is_dir() and (raw / "index.json").is_file() and (raw / "zarr.json").is_file():
         raise ConfigError(  # its files were listed as bad inputs (tester31)
@@ -690,8 +699,8 @@ def _refuse_store_inside(raw: Path, store_path: str | os.PathLike[str]) -> None:
     tree, store = raw.resolve(), Path(store_path).resolve()
     if store == tree or tree in store.parents:
         raise ConfigError(
-            f"--store {store_path} lies inside the data folder {raw}: the store would be read "
-            "as a class folder by the next ingest. Choose a --store path outside it."
+            f"--store {store_path} lies inside {what} {raw}: the store would be read as "
+            "inputs by the next ingest. Choose a --store path outside it."
         )
 
 

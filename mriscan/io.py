@@ -925,11 +925,13 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class ManifestListing:
-    """A manifest's entries and the files below its folder rows that are not inputs
-    (``UnusedFile``, with the reason; hidden ones marked)."""
+    """A manifest's entries, the files below its folder rows that are not inputs
+    (``UnusedFile``, with the reason; hidden ones marked) and the folders its rows name (as
+    written, joined to the manifest's folder)."""
 
     entries: list[ManifestEntry]
     unused: tuple[UnusedFile, ...] = ()
+    folders: tuple[Path, ...] = ()
 
 
 def read_manifest(csv_path: str | os.PathLike[str]) -> list[ManifestEntry]:
@@ -976,6 +978,7 @@ def scan_manifest(csv_path: str | os.PathLike[str], *, min_labels: int = 2) -> M
     base = csv_path.parent
     entries: list[ManifestEntry] = []
     unused: list[UnusedFile] = []
+    folders: list[Path] = []
     seen: dict[Path, int] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
@@ -1005,6 +1008,7 @@ def scan_manifest(csv_path: str | os.PathLike[str], *, min_labels: int = 2) -> M
                     "DICOM or NIfTI files" + _unused_hint(here, [target]) + "."
                 )
             unused += here
+            folders.append(target)
         elif target.is_file():
             kind, reason = classify_file(target)
             if kind is None:
@@ -1044,4 +1048,4 @@ def scan_manifest(csv_path: str | os.PathLike[str], *, min_labels: int = 2) -> M
         raise ManifestError(
             f"Manifest {csv_path} must name at least {least}. Received: {labels or 'none'}."
         )
-    return ManifestListing(entries, tuple(sorted(unused, key=lambda u: u.path)))
+    return ManifestListing(entries, tuple(sorted(unused, key=lambda u: u.path)), tuple(folders))

@@ -215,3 +215,16 @@ def test_a_store_inside_the_data_folder_is_refused(class_folder, tmp_path):
     assert ingest(class_folder, tmp_path / "beside.zarr", SMALL).total == 12
     with pytest.raises(ConfigError, match=r"beside\.zarr is a store, not class folders"):
         ingest(tmp_path / "beside.zarr", tmp_path / "other.zarr", SMALL)
+
+
+def test_a_store_inside_a_folder_a_manifest_lists_is_refused(class_folder, tmp_path):
+    """tester32: a manifest row may name a folder, and a store inside it was accepted; the
+    next ingest of the manifest read the store's files as inputs. Refused before anything is
+    written; a store beside the manifest's files, or in the manifest's own folder, is fine."""
+    manifest = class_folder / "list.csv"
+    manifest.write_text("path,label\nyes,yes\nno/no0.jpg,no\nno/no1.png,no\n")
+    with pytest.raises(ConfigError, match=r"lies inside a folder that the manifest .*list\.csv"):
+        ingest(manifest, class_folder / "yes" / "st.zarr", SMALL)
+    assert not (class_folder / "yes" / "st.zarr").exists()
+    assert ingest(manifest, class_folder / "no" / "st.zarr", SMALL).total == 8
+    assert ingest(manifest, class_folder / "st.zarr", SMALL).total == 8
