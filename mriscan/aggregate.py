@@ -4,10 +4,11 @@ The rule: the **mean of the top-k slice probabilities** of a series (DICOM) or v
 k = ``TOP_K`` = 3 (all slices when there are fewer). A tumour shows on a few slices of a
 volume, so the mean of all slices would drown it in the healthy ones, while the single maximum
 lets one noisy slice decide; the mean of the top few is the usual middle ground (as in
-multiple-instance learning's top-k pooling). Slices without anatomy (``uniform`` by
-``mriscan.readers.is_uniform``) are left out of the pool unless every slice of the unit is:
-a model's probability for an empty slice says nothing of the patient, and it could set the
-unit's verdict (tester31: two blank slices at P 0.87 turned a healthy series into a tumour).
+multiple-instance learning's top-k pooling). Slices without anatomy (uniform or noise, by
+``mriscan.readers.has_no_anatomy``) are left out of the pool unless no slice of the unit has
+anatomy: a model's probability for an empty slice says nothing of the patient, and it could
+set the unit's verdict (tester31: two blank slices at P 0.87 turned a healthy series into a
+tumour; tester32: two slices of noise turned a phantom volume into one).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import numpy as np
 from mriscan.errors import ConfigError
 from mriscan.inference import tumor_call
 
-__all__ = ["RULE", "TOP_K", "UNIFORM_LEFT_OUT", "aggregate_rows", "pooling_rule", "top_k_mean"]
+__all__ = ["NO_ANATOMY_LEFT_OUT", "RULE", "TOP_K", "aggregate_rows", "pooling_rule", "top_k_mean"]
 
 TOP_K = 3
-#: how a unit's uniform (no-anatomy) slices are treated, said with every rule
-UNIFORM_LEFT_OUT = "uniform slices (no anatomy) left out unless all are"
-RULE = f"mean of the top-{TOP_K} slice probabilities ({UNIFORM_LEFT_OUT})"
+#: how a unit's slices without anatomy are treated, said with every rule
+NO_ANATOMY_LEFT_OUT = "slices with no anatomy (uniform or noise) left out unless all are"
+RULE = f"mean of the top-{TOP_K} slice probabilities ({NO_ANATOMY_LEFT_OUT})"
 
 
 def pooling_rule(class_names: Sequence[str], k: int = TOP_K) -> str:
@@ -49,11 +50,11 @@ def pooling_rule(class_names: Sequence[str], k: int = TOP_K) -> str:
         neg, pos = names
         return (
             f"P({pos}) = the mean of the top-{k} slice P({pos}) of the unit "
-            f"(all slices when fewer; {UNIFORM_LEFT_OUT}), P({neg}) = 1 − P({pos})"
+            f"(all slices when fewer; {NO_ANATOMY_LEFT_OUT}), P({neg}) = 1 − P({pos})"
         )
     return (
         f"each class's mean of the top-{k} slice probabilities of the unit (all slices when "
-        f"fewer; {UNIFORM_LEFT_OUT}), rescaled so the {len(names)} sum to 1"
+        f"fewer; {NO_ANATOMY_LEFT_OUT}), rescaled so the {len(names)} sum to 1"
     )
 
 
@@ -92,8 +93,8 @@ def aggregate_rows(
     label, as in slice rows (``mriscan.inference.columns_for``). Also ``path`` = the unit's
     name (``row["unit_path"]`` when the slice rows give one, else the unit id), ``level`` =
     ``"series"`` or ``"volume"``, ``unit``, ``slices`` (how many were pooled),
-    ``uniform_left_out`` (slice rows with ``row["uniform"]`` true, left out of the pool: 0
-    when every slice of the unit is uniform, all then pooled), ``aggregate`` = the rule and
+    ``no_anatomy_left_out`` (slice rows with ``row["no_anatomy"]`` true, left out of the pool:
+    0 when no slice of the unit has anatomy, all then pooled), ``aggregate`` = the rule and
     ``warning`` = "" (the caller may fill it in). Units in order
     of first appearance.
     """
@@ -105,7 +106,7 @@ def aggregate_rows(
     out = []
     for unit, members in units.items():
         row: dict[str, Any] = {"path": members[0].get("unit_path") or unit}
-        pooled_rows = [m for m in members if not m.get("uniform")] or members
+        pooled_rows = [m for m in members if not m.get("no_anatomy")] or members
         left_out, members = len(members) - len(pooled_rows), pooled_rows
         pooled = [top_k_mean([m[f"p_{n}"] for m in members], k) for n in names]
         # the top-k means of the classes need not sum to 1 (each class picks its own slices):
@@ -131,8 +132,8 @@ def aggregate_rows(
             level=unit.split(":", 1)[0],
             unit=unit,
             slices=len(members),
-            uniform_left_out=left_out,
-            aggregate=f"mean of the top-{k} slice probabilities ({UNIFORM_LEFT_OUT})",
+            no_anatomy_left_out=left_out,
+            aggregate=f"mean of the top-{k} slice probabilities ({NO_ANATOMY_LEFT_OUT})",
         )
         out.append(row)
     return out

@@ -1810,7 +1810,8 @@ def predict(
     notumor (is_tumor no) can come with tumor_probability above 0.5. DICOM/NIfTI add level,
     unit, slices, aggregate. JPEG/PNG: one row each. DICOM/NIfTI: one row per slice (level
     slice) and one per series or volume (level series/volume) whose probabilities are the mean
-    of the top-3 slice probabilities, uniform slices (no anatomy) left out unless all are (the
+    of the top-3 slice probabilities, slices with no anatomy (uniform or noise) left out unless
+    all are (the
     `aggregate` column says so). Bad files get their
     reason in `error` and do not stop the rest. Folders are searched recursively; hidden files
     and folders below them are skipped. File names that are not valid UTF-8 are written with

@@ -36,10 +36,17 @@ from mriscan.duplicates import DEFAULT_THRESHOLD, near_duplicates_of
 from mriscan.errors import ConfigError, MriscanError
 from mriscan.inference import predict_store
 from mriscan.io import SourceFile
-from mriscan.readers import MIN_SIDE, UNIFORM_RULE, ReadOptions, file_sha256, settings_for_model
+from mriscan.readers import (
+    MIN_SIDE,
+    NOISE_RULE,
+    UNIFORM_RULE,
+    ReadOptions,
+    file_sha256,
+    settings_for_model,
+)
 from mriscan.scan_config import describe_setting
 from mriscan.scratch import scratch_dir
-from mriscan.sources import flag_mask, flagged_slices, is_store
+from mriscan.sources import flagged_slices, is_store, no_anatomy_mask
 from mriscan.splits import patient_keys
 from mriscan.store import ImageStore
 from mriscan.tasks import Comparison, compare_classes
@@ -397,7 +404,7 @@ def evaluate(
             group_keys = [store.index.records[i].group_key for i in idx]
             data_names = store.class_names
             flagged = flagged_slices(store, idx)
-            uniform = flag_mask(store, idx, "uniform")
+            no_anatomy = no_anatomy_mask(store, idx)
     if flagged:  # scored like the others, as predict and explain warn of them (tester30)
         log.warning(
             "scored slices stored with a warning: %s (e.g. %s); they are scored like the "
@@ -412,7 +419,7 @@ def evaluate(
     result = _score(scoring, y, prob, groups, data_labels)
     undefined = _undefined(result, y, removed_of, not_in_data=_not_in_data(cmp))
     levels = grouped_levels(
-        scoring, y, prob, groups, data_labels, sources, group_keys, uniform=uniform
+        scoring, y, prob, groups, data_labels, sources, group_keys, no_anatomy=no_anatomy
     )
     result.update(
         n_files=int(y.size) + len(dropped) + len(same_rows) + len(unreadable) + len(copies),
@@ -453,7 +460,8 @@ def evaluate(
         },
         flagged_slices={
             "counts": {k: len(v) for k, v in flagged.items()},
-            "rule": f"uniform: no anatomy ({UNIFORM_RULE}); thin: a side under {MIN_SIDE} "
+            "rule": f"uniform: no anatomy ({UNIFORM_RULE}); noise: no anatomy ({NOISE_RULE}); "
+            f"thin: a side under {MIN_SIDE} "
             "pixels; stored with a warning by ingest and scored like the other slices",
         },
         exact_duplicates={
@@ -650,7 +658,7 @@ def grouped_levels(
     data_labels: np.ndarray,
     sources: list[str],
     group_keys: list[str],
-    uniform: np.ndarray | None = None,
+    no_anatomy: np.ndarray | None = None,
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]]:
     """Metrics per series / volume and per patient: the slices' probabilities pooled per unit
     (``unit_of``) with predict's rule for its series / volume rows
@@ -664,9 +672,9 @@ def grouped_levels(
     labels as the model's (or tumor / no tumor) classes; ``prob`` (n, K) float: their
     probabilities; ``groups`` (n,) int: split groups; ``data_labels`` (n,) int: labels as
     ``scoring.data_names``; ``sources``, ``group_keys``: the slices' stored
-    ``SampleRecord.source`` and ``group_key``; ``uniform`` (n,) bool, optional: the slices
-    stored with the ``uniform`` flag (no anatomy), left out of their unit's pool as predict
-    leaves them out (``mriscan.sources.flag_mask``; None: none).
+    ``SampleRecord.source`` and ``group_key``; ``no_anatomy`` (n,) bool, optional: the
+    slices stored with a flag of no anatomy (uniform or noise), left out of their unit's pool
+    as predict leaves them out (``mriscan.sources.no_anatomy_mask``; None: none).
 
     Returns, per level ("series", "patient"), ``(section, rows)``: ``section`` the metrics
     (``available`` True, ``units`` what was pooled, ``rule``, ``n`` units,
@@ -709,7 +717,7 @@ def grouped_levels(
             if u and u not in mixed:
                 row = prediction_row(Path(u), prob[i], card, thr, "")
                 row["unit"] = u
-                row["uniform"] = bool(uniform is not None and uniform[i])
+                row["no_anatomy"] = bool(no_anatomy is not None and no_anatomy[i])
                 slice_rows.append(row)
         rows = aggregate_rows(slice_rows, card=card, threshold=thr)
         first = [members[r["unit"]][0] for r in rows]

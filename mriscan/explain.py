@@ -24,7 +24,7 @@ from mriscan._heatmap_record import HeatmapLedger
 from mriscan.config import CAM_METHODS, DEFAULT_CAM
 from mriscan.errors import ConfigError, ImageDecodeError, MriscanError
 from mriscan.io import display_path
-from mriscan.readers import describe_flags, is_uniform, slice_warnings
+from mriscan.readers import describe_flags, has_no_anatomy, slice_warnings
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +374,8 @@ def _clashing(names: dict[Path, str]) -> set[Path]:
 
 
 def _flag(row: dict[str, Any], image: np.ndarray) -> None:
-    """Give ``row`` the ``warning`` predict gives the same slice (uniform, thin: the rule of
-    ``mriscan.readers.slice_warnings``), or ""."""
+    """Give ``row`` the ``warning`` predict gives the same slice (uniform, noise, thin: the
+    rule of ``mriscan.readers.slice_warnings``), or ""."""
     flags = slice_warnings(image)
     row["warning"] = describe_flags(flags, image) if flags else ""
 
@@ -401,8 +401,8 @@ def explain(
     ``explain_class``: the class whose evidence is shown (default: the predicted class; for a
     two-class model the map is always that of the positive class's output, which rises with
     the evidence for it). Returns per explained slice ``path``, ``probability`` (of the
-    explained class), ``explained_class``, ``label``, ``warning`` (the slice is uniform or
-    thin, as ``predict`` flags it, else ""), ``decision`` (why that label:
+    explained class), ``explained_class``, ``label``, ``warning`` (the slice is uniform, noise
+    or thin, as ``predict`` flags it, else ""), ``decision`` (why that label:
     ``ModelCard.decision_text``, e.g. the threshold it was compared with), ``png``, ``cam_peak``
     ((row, col) of the map's maximum in the S×S model input) or ``error``.
 
@@ -610,9 +610,10 @@ def explain(
             else:
                 probs = predict_arrays(model, card, [s.image for _, s in members])
                 score = _slice_score(card, probs, explain_class)
-                # ranked as the unit is pooled: uniform slices (no anatomy) last, unless all
-                # are (tester32: the maps drawn were of blank slices the series P left out)
-                blank = np.array([is_uniform(s.image) for _, s in members], bool)
+                # ranked as the unit is pooled: slices with no anatomy (uniform or noise)
+                # last, unless all are (tester32: the maps drawn were of blank slices the
+                # series P left out)
+                blank = np.array([has_no_anatomy(s.image) for _, s in members], bool)
                 if blank.all():
                     chosen = sorted(np.argsort(-score, kind="stable")[:top_k].tolist())
                 else:  # the slices with anatomy, by score

@@ -33,7 +33,15 @@ from mriscan.errors import (
     UnsupportedFormatError,
 )
 from mriscan.io import one_line
-from mriscan.scan import Window, check_salt, percentile_window, salted_hash, window_to_uint8
+from mriscan.scan import (
+    NO_ANATOMY_RULE,
+    Window,
+    check_salt,
+    has_no_anatomy,
+    percentile_window,
+    salted_hash,
+    window_to_uint8,
+)
 from mriscan.scan_config import NIFTI_PLANES, NiftiConfig
 
 __all__ = ["NiftiConfig", "NiftiRead", "NiftiSlice", "NiftiSliceMeta", "read_nifti"]
@@ -65,7 +73,8 @@ class NiftiSliceMeta:
     window_low, window_high : float
         The per-volume percentile window (``window_source`` is always ``"percentile"``).
     foreground_share : float
-        This slice's foreground area over the largest slice's (0..1).
+        This slice's foreground area over the largest slice's (0..1); 0 for a slice without
+        anatomy (``mriscan.scan.has_no_anatomy``: uniform or noise).
     pixel_spacing : (float, float)
         Row and column spacing in mm.
     """
@@ -468,22 +477,23 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
         peak = float(np.max(np.abs(raw))) if raw.size else 0.0
         if peak > _FLOAT32_SAFE:
             scale = peak
-    window = Window("percentile", lo / scale, hi / scale)
-    u8 = window_to_uint8(raw / scale if scale != 1.0 else raw, window)
-    try:
-        # a singular affine makes nibabel's qform decomposition divide by zero and take the
-        # determinant of NaNs before it raises: numpy's RuntimeWarnings would reach the
-        # console beside the error below, which says it (errstate: this thread only)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            canon = nib.as_closest_canonical(type(img)(u8, img.affine))
-    except Exception as exc:  # a singular or non-finite affine
-        raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
-    data = np.asanyarray(canon.dataobj)  # RAS+ view of u8
     axis = _AXIS[cfg.plane]
+    canon, data = _canonical(path, img, raw, lo / scale, hi / scale, scale)
+    area, blank = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
     n = data.shape[axis]
-    others = tuple(a for a in range(3) if a != axis)
-    area = np.count_nonzero(data > round(cfg.foreground_level * 255), axis=others)
-    area = area.astype(np.float64)
+    if blank.any() and not blank.all():
+        # the window again, from the slices with anatomy only: a few loud slices of noise (a
+        # spike, a corrupt slice) stretch the volume's window until the head falls under
+        # the foreground level and no slice has brain area (tester33)
+        raw_axis, flipped = _raw_axis(img.affine, axis)
+        kept = np.flatnonzero(~blank)
+        lo2, hi2 = percentile_window(
+            np.take(raw, n - 1 - kept if flipped else kept, axis=raw_axis), cfg.window_percentiles
+        )
+        if (lo2, hi2) != (lo, hi):
+            lo, hi = lo2, hi2
+            canon, data = _canonical(path, img, raw, lo / scale, hi / scale, scale)
+            area, blank = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
     share = area / area.max() if area.max() > 0 else np.zeros(n)
     if cfg.selection == "all":
         keep = list(range(n))
@@ -493,7 +503,11 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     else:
         if area.max() == 0:
             raise CorruptImageError(
-                path, "blank volume: no voxel above the window's lower end; nothing to slice"
+                path,
+                "blank volume: no slice shows anatomy (no voxel above the foreground level, "
+                f"{cfg.foreground_level:g} of the window, or every slice without anatomy: "
+                f"{NO_ANATOMY_RULE}); nothing to slice. "
+                "Check the file, or read every slice with --nifti-slices all",
             )
         keep = [int(k) for k in np.flatnonzero(share >= cfg.brain_fraction - 1e-12)]
     zooms = tuple(float(z) for z in canon.header.get_zooms()[:3])
@@ -520,6 +534,65 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
     return NiftiRead(
         path, volume, tuple(slices), tuple(int(s) for s in data.shape), zooms, note=note
     )
+
+
+def _canonical(path: Path, img, raw: np.ndarray, low: float, high: float, scale: float):
+    """``(canon, data)``: ``raw`` (3-D, file order) divided by ``scale``, windowed
+    ``low``..``high`` to uint8, as a RAS+ image and its voxel view.
+
+    Raises CorruptImageError for an affine that cannot be oriented."""
+    u8 = window_to_uint8(raw / scale if scale != 1.0 else raw, Window("percentile", low, high))
+    try:
+        # a singular affine makes nibabel's qform decomposition divide by zero and take the
+        # determinant of NaNs before it raises: numpy's RuntimeWarnings would reach the
+        # console beside the error below, which says it (errstate: this thread only)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            canon = nib.as_closest_canonical(type(img)(u8, img.affine))
+    except Exception as exc:  # a singular or non-finite affine
+        raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
+    return canon, np.asanyarray(canon.dataobj)
+
+
+def _brain_area(
+    data: np.ndarray, axis: int, level: float, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice along ``axis`` of the RAS+ uint8 volume ``data``: the foreground area (voxels
+    above ``level`` × 255; float64 (n,)) and whether the slice has no anatomy (bool (n,),
+    ``has_no_anatomy``); the area of a slice without anatomy is 0: noise above the level
+    would otherwise count as all brain and, as the largest, push the anatomy below
+    ``brain_fraction`` (tester32).
+
+    Slices are judged from the largest area down, until the areas fall under ``fraction`` of
+    the largest slice with anatomy: the smaller ones cannot be selected, and are not judged
+    (False; their area stays), which saves a third of the checks on a brain volume."""
+    n = data.shape[axis]
+    others = tuple(a for a in range(3) if a != axis)
+    area = np.count_nonzero(data > round(level * 255), axis=others).astype(np.float64)
+    # one copy with the slices contiguous, instead of a strided copy per slice; a slice's
+    # display form (``_display_slice``) is it flipped on both axes and transposed, which
+    # changes neither rule: a histogram, and a correlation over the same pairs of
+    # neighbours, each pair reversed
+    stack = np.ascontiguousarray(np.moveaxis(data, axis, 0))
+    blank = np.zeros(n, bool)
+    largest = 0.0  # the largest area of a slice with anatomy so far
+    for k in np.argsort(-area, kind="stable"):
+        if largest > 0 and area[k] < fraction * largest - 1e-9:
+            break
+        if has_no_anatomy(stack[k]):
+            blank[k] = True
+        else:
+            largest = max(largest, area[k])
+    area[blank] = 0.0
+    return area, blank
+
+
+def _raw_axis(affine: np.ndarray, axis: int) -> tuple[int, bool]:
+    """The axis of the file's voxel array that becomes RAS+ axis ``axis`` under
+    ``nib.as_closest_canonical`` (``nib.io_orientation``, the orientation it applies), and
+    whether it is reversed."""
+    ornt = nib.io_orientation(affine)
+    raw = int(np.flatnonzero(ornt[:, 0] == axis)[0])
+    return raw, bool(ornt[raw, 1] < 0)
 
 
 #: magnitudes above this are rescaled before the float32 window (float32's max / 1e3)

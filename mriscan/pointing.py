@@ -20,7 +20,7 @@ import numpy as np
 from mriscan.config import DEFAULT_CAM
 from mriscan.errors import ImageDecodeError, MriscanError
 from mriscan.explain import check_method, class_activation_map, map_peak
-from mriscan.readers import UNIFORM_RULE, file_sha256, is_uniform
+from mriscan.readers import NO_ANATOMY_RULE, file_sha256, has_no_anatomy
 from mriscan.tasks import healthy_like
 
 log = logging.getLogger(__name__)
@@ -346,8 +346,9 @@ def pointing_game(
         correct}} (a ratio is NaN, undefined, when no slice of the class is correct),
         ``overall`` (the same over all scored classes), ``tolerance_px``,
         ``same_file_merged`` (boxed paths holding the bytes of an earlier one of their class,
-        scored as that one: ``_one_per_file``), ``blank`` (boxed slices without contrast,
-        ``mriscan.readers.is_uniform``: listed in ``slices``, not scored, warned of),
+        scored as that one: ``_one_per_file``), ``blank`` (boxed slices without
+        anatomy, ``mriscan.readers.has_no_anatomy``: uniform or noise; listed in ``slices``,
+        not scored, warned of),
         ``tolerance_off_scale``
         (correctly classified slices whose longer side lies outside ``TOLERANCE_SIDES``,
         warned of), ``training_near_duplicates`` (scored slices, not blank ones, that
@@ -360,7 +361,7 @@ def pointing_game(
         ``hit`` (inside one of its boxes; None when not correctly classified), ``side_px``
         (the source image's longer side: ``distance_px`` is read against it; outside
         ``TOLERANCE_SIDES`` the tolerance is another share of the slice), ``blank``
-        (``mriscan.readers.is_uniform``: not scored, its prediction, peak, distance and hit
+        (``mriscan.readers.has_no_anatomy``: not scored, its prediction, peak, distance and hit
         None) and
         ``near_training``
         (it near-duplicates a training or validation slice; None when not checkable)),
@@ -410,7 +411,7 @@ def pointing_game(
             except ImageDecodeError as exc:
                 unreadable.append((rel, exc.reason))
                 continue
-            if is_uniform(img):  # no anatomy: its map peaks at a point fixed by the padding
+            if has_no_anatomy(img):  # its map peaks at a point fixed by the padding, or at noise
                 blanks.append((_blank_row(rel, box, img), signature(img)))
                 continue
             imgs.append(img)
@@ -456,7 +457,11 @@ def pointing_game(
     if not stats:
         raise MriscanError(
             _nothing_scored(Path(root), boxes_csv, items, unreadable, not_scored, listed, card)
-            + (f" {blank} of them are blank ({UNIFORM_RULE}): not scored." if blank else "")
+            + (
+                f" {blank} of them are blank (no anatomy: {NO_ANATOMY_RULE}): not scored."
+                if blank
+                else ""
+            )
         )
     _warn_missing(Path(root), unreadable, len(items))
     scored = np.array([not row["blank"] for row in per_slice], bool)
@@ -587,23 +592,24 @@ def _training_look_alikes(
 
 
 def _blank_row(rel: str, box: SliceBoxes, img: np.ndarray) -> dict[str, Any]:
-    """The per-slice row of a blank slice (uniform by ingest's rule,
-    ``mriscan.readers.is_uniform``): listed, not scored (its prediction,
+    """The per-slice row of a blank slice (no anatomy by ingest's rule,
+    ``mriscan.readers.has_no_anatomy``: uniform or noise): listed, not scored (its prediction,
     peak, distance and hit are undefined: None)."""
     row = dict.fromkeys(("predicted", "correct", "peak_x", "peak_y", "distance_px", "hit"))
     return {"file": rel, "class": box.cls, **row, "side_px": max(img.shape), "blank": True}
 
 
 def _warn_blank(rows: Sequence[dict[str, Any]]) -> int:
-    """Warn of boxed slices left out because they are blank (``mriscan.readers.is_uniform``);
+    """Warn of boxed slices left out because they are blank (no anatomy:
+    ``mriscan.readers.has_no_anatomy``);
     returns how many.
     Their hits and misses would be noise: a blank slice's map peaks at a fixed point."""
     blank = [r["file"] for r in rows if r["blank"]]
     if blank:
         log.warning(
-            "%d boxed slice(s) are blank (%s; e.g. %s): no anatomy to point at, not scored; "
-            "check those files (column blank in the per-slice table)",
-            len(blank), UNIFORM_RULE, blank[0],
+            "%d boxed slice(s) are blank (no anatomy: %s; e.g. %s): nothing to point at, "
+            "not scored; check those files (column blank in the per-slice table)",
+            len(blank), NO_ANATOMY_RULE, blank[0],
         )  # fmt: skip
     return len(blank)
 

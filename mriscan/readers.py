@@ -34,13 +34,23 @@ from mriscan.io import (
     file_kind,
     relative_name,
 )
-from mriscan.scan import UNIFORM_RULE, is_uniform
+from mriscan.scan import (
+    NO_ANATOMY_RULE,
+    NOISE_RULE,
+    UNIFORM_RULE,
+    has_no_anatomy,
+    is_noise,
+    is_uniform,
+)
 from mriscan.scan_config import ReaderSettings, describe_setting
 
 __all__ = [
     "FLAG_SUMMARY",
     "FOUR_D_NOTE",
     "MIN_SIDE",
+    "NOISE_RULE",
+    "NO_ANATOMY_FLAGS",
+    "NO_ANATOMY_RULE",
     "UNIFORM_RULE",
     "InputRead",
     "InputSlice",
@@ -50,6 +60,8 @@ __all__ = [
     "describe_flags",
     "dicom_unit",
     "file_sha256",
+    "has_no_anatomy",
+    "is_noise",
     "is_uniform",
     "read_input",
     "refuse_mixed_series",
@@ -324,12 +336,20 @@ def file_sha256_apart(paths: Sequence[str | os.PathLike[str]]) -> list[str | OSE
     return out
 
 
+#: the ``slice_warnings`` flags of a slice with no anatomy (``has_no_anatomy``): such slices
+#: are left out of a unit's pool, the pointing game and explain's top-k
+NO_ANATOMY_FLAGS = ("uniform", "noise")
+
+
 def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
-    """Flags of a slice (H, W) uint8 that is stored only with a warning: ``"uniform"`` (no
-    anatomy: ``is_uniform``) and ``"thin"`` (a side shorter than ``MIN_SIDE``)."""
+    """Flags of a slice (H, W) uint8 that is stored only with a warning: ``"uniform"`` or
+    ``"noise"`` (no anatomy: ``is_uniform``, else ``is_noise``) and ``"thin"`` (a side
+    shorter than ``MIN_SIDE``)."""
     flags = []
     if is_uniform(image):
         flags.append("uniform")
+    elif is_noise(image):
+        flags.append("noise")
     if min(image.shape) < MIN_SIDE:
         flags.append("thin")
     return tuple(flags)
@@ -339,6 +359,7 @@ def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
 #: or volume row of ``predict``); ``describe_flags`` says it of one slice
 FLAG_SUMMARY = {
     "uniform": f"uniform (no anatomy: {UNIFORM_RULE})",
+    "noise": f"noise (no anatomy: {NOISE_RULE})",
     "thin": f"thin (a side under {MIN_SIDE} pixels)",
 }
 
@@ -355,6 +376,8 @@ def describe_flags(flags: Iterable[str], image: np.ndarray) -> str:
         if values.size and int(values.min()) != int(values.max()):
             what = f"nearly {what}: {UNIFORM_RULE}"
         parts.append(f"uniform image ({what}): no anatomy")
+    if "noise" in flags:
+        parts.append(f"noise image ({NOISE_RULE}): no anatomy")
     if "thin" in flags:
         parts.append(f"{image.shape[1]}x{image.shape[0]} pixels: a side under {MIN_SIDE}")
     return "; ".join(parts)

@@ -93,8 +93,9 @@ class NiftiConfig:
         Slicing plane in the canonical (RAS+) volume.
     selection : {"brain", "all", "middle"}
         Which slices to keep: ``"brain"`` those whose foreground area is at least
-        ``brain_fraction`` of the largest slice's; ``"middle"`` the ``middle_count`` central
-        slices; ``"all"`` every slice.
+        ``brain_fraction`` of the largest slice's (a slice without anatomy,
+        ``mriscan.scan.has_no_anatomy``, has none: noise is not brain); ``"middle"`` the
+        ``middle_count`` central slices; ``"all"`` every slice.
     brain_fraction : float in (0, 1]
         See ``selection="brain"``. 0.3 drops the vertex and skull-base slices that hold little
         brain while keeping most of the cerebrum.

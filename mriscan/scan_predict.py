@@ -32,6 +32,7 @@ from mriscan.io import SourceFile, display_path
 from mriscan.preprocess import normalize, preprocess_batch
 from mriscan.readers import (
     FLAG_SUMMARY,
+    NO_ANATOMY_FLAGS,
     InputRead,
     InputSlice,
     ReadOptions,
@@ -649,7 +650,8 @@ class _Stream:
             row["warning"] = clash
             flags = slice_warnings(s.image)  # the rule of ingest and of predict's JPEG/PNG rows
             if flags:
-                row["uniform"] = "uniform" in flags  # left out of its unit's pool
+                # left out of its unit's pool
+                row["no_anatomy"] = any(f in NO_ANATOMY_FLAGS for f in flags)
                 row["warning"] = "; ".join(w for w in (clash, describe_flags(flags, s.image)) if w)
                 for f in flags:
                     flagged.setdefault(s.unit, {}).setdefault(f, 0)
@@ -660,7 +662,7 @@ class _Stream:
         agg = aggregate_rows(rows, card=card, threshold=threshold, k=self.top_k)
         for row in rows:
             row.pop("unit_path", None)
-            row.pop("uniform", None)
+            row.pop("no_anatomy", None)
         files_of: dict[str, set] = {}
         read_note: dict[str, str] = {}  # unit -> how it was read (the first volume of a 4-D file)
         for r, s in slices:
@@ -720,12 +722,12 @@ def _unit_warning(
             f"{n} slice{'s' if n != 1 else ''} sharing a SOP Instance UID with another "
             "slice of other pixels, scored as slices of their own (see their rows)"
         )
-    total = row["slices"] + row.get("uniform_left_out", 0)
+    total = row["slices"] + row.get("no_anatomy_left_out", 0)
     for flag, count in flagged.items():
         what = FLAG_SUMMARY[flag]
         pool = ""
-        if flag == "uniform":
-            left_out = row.get("uniform_left_out")
+        if flag in NO_ANATOMY_FLAGS:
+            left_out = row.get("no_anatomy_left_out")
             pool = ", left out of P" if left_out else ", all pooled: none has anatomy"
         notes.append(f"{count} of {total} slices {what}{pool} (see their rows)")
     notes += _folders_note(unit, files_of)

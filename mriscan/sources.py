@@ -29,6 +29,7 @@ __all__ = [
     "flag_mask",
     "flagged_slices",
     "is_store",
+    "no_anatomy_mask",
     "open_or_ingest",
     "reading_for_store",
 ]
@@ -191,14 +192,26 @@ def flag_mask(store: ImageStore, idx: np.ndarray, flag: str) -> np.ndarray:
     return (store.table.fixed("flags")[idx] >> FLAG_BITS.index(flag)) & 1 == 1
 
 
+def no_anatomy_mask(store: ImageStore, idx: np.ndarray) -> np.ndarray:
+    """Which of the slices at positions ``idx`` (int array (n,)) ingest flagged as having no
+    anatomy (``mriscan.readers.NO_ANATOMY_FLAGS``: uniform or noise): bool array (n,)."""
+    from mriscan.readers import NO_ANATOMY_FLAGS
+
+    idx = np.asarray(idx, np.int64)
+    out = np.zeros(idx.shape, bool)
+    for flag in NO_ANATOMY_FLAGS:
+        out |= flag_mask(store, idx, flag)
+    return out
+
+
 def flagged_slices(store: ImageStore, idx: np.ndarray) -> dict[str, list[str]]:
     """The slices among ``idx`` (positions, int array) that ingest stored with a warning:
-    {flag: their sources} for the record flags ``uniform`` (no anatomy,
-    ``mriscan.readers.is_uniform``) and ``thin`` (a side under ``mriscan.readers.MIN_SIDE``),
-    a flag with none left out."""
+    {flag: their sources} for the record flags ``uniform`` and ``noise`` (no anatomy,
+    ``mriscan.readers.has_no_anatomy``) and ``thin`` (a side under
+    ``mriscan.readers.MIN_SIDE``), a flag with none left out."""
     idx = np.asarray(idx, np.int64)
     out = {}
-    for flag in ("uniform", "thin"):
+    for flag in ("uniform", "noise", "thin"):
         hit = idx[flag_mask(store, idx, flag)]
         if hit.size:
             out[flag] = [store.index.records[int(i)].source for i in hit]

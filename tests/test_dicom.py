@@ -201,6 +201,12 @@ def test_a_blank_slice_under_its_header_window_stays_blank_and_is_flagged(tmp_pa
     # than 5 of its 255 grey levels) is out of the window: percentile, as for a bogus one
     g = write_dicom_series(tmp_path / "w", noise[None], window=(600.0, 100.0))[0]
     assert read_dicom(g, salt=SALT).slices[0].meta.window_source == "percentile"
+    # stretched to full contrast it is noise with no structure: flagged so (tester32 MED: a
+    # blank slice without a header window was stretched and not flagged at all)
+    assert slice_warnings(read_dicom(g, salt=SALT).slices[0].image) == ("noise",)
+    bare = write_dicom_series(tmp_path / "n", noise[None], window=None)[0]
+    blank = read_dicom(bare, salt=SALT).slices[0]
+    assert np.ptp(blank.image) > 200 and slice_warnings(blank.image) == ("noise",)
 
 
 def test_multiframe_gives_one_slice_per_frame(tmp_path, stack):

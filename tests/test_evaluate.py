@@ -517,7 +517,7 @@ def test_a_class_emptied_by_duplicate_removal_is_said_so():
     assert plain["sensitivity"] == "no readable slice of class 'yes'"
 
 
-def _levels(class_names, card_names, y, prob, sources, keys, healthy=None, uniform=None):
+def _levels(class_names, card_names, y, prob, sources, keys, healthy=None, no_anatomy=None):
     """``grouped_levels`` on hand-made slices (every slice its own split group)."""
     from mriscan.artifacts import ModelCard
     from mriscan.evaluate import Scoring, grouped_levels
@@ -534,7 +534,9 @@ def _levels(class_names, card_names, y, prob, sources, keys, healthy=None, unifo
     y = np.asarray(y, np.int64)
     scoring = Scoring(cmp, card, tuple(class_names), 50)
     prob = np.asarray(prob, np.float64)
-    return grouped_levels(scoring, y, prob, np.arange(y.size), y, sources, keys, uniform=uniform)
+    return grouped_levels(
+        scoring, y, prob, np.arange(y.size), y, sources, keys, no_anatomy=no_anatomy
+    )
 
 
 def test_series_and_patients_are_pooled_with_predict_s_rule():
@@ -562,13 +564,13 @@ def test_series_and_patients_are_pooled_with_predict_s_rule():
     # the rule as done (tester 18): P(yes) the top-3 mean, P(no) = 1 − that, no rescaling
     assert series["rule"].startswith(
         "P(yes) = the mean of the top-3 slice P(yes) of the unit (all slices when fewer; "
-        "uniform slices (no anatomy) left out unless all are), P(no) = 1 − P(yes)"
+        "slices with no anatomy (uniform or noise) left out unless all are), P(no) = 1 − P(yes)"
     )
     assert "rescaled" not in series["rule"]
     # the slice of series A at .9 without anatomy: left out of A's pool (tester31), as
     # predict leaves it out; series B, all blank, pools all
     blank = np.array([True, False, False, False, True, True, False, False, False])
-    again = _levels(("no", "yes"), ("no", "yes"), y, prob, sources, keys, uniform=blank)
+    again = _levels(("no", "yes"), ("no", "yes"), y, prob, sources, keys, no_anatomy=blank)
     by_unit = {r["unit"]: r for r in again["series"][1]}
     assert by_unit["series:A"]["probability"] == pytest.approx(top_k_mean([0.8, 0.1, 0.7]))
     assert by_unit["series:B"]["probability"] == pytest.approx(0.25)

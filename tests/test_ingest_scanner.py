@@ -38,6 +38,12 @@ PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 SECRETS = ("Doe", "Jane", "19700101", "FAKE-0001", "Roe", "Richard", "Fictional", "Smith")
 
 
+def _plain_slice() -> np.ndarray:
+    """A 40×40 uint8 slice with structure (a ramp under mild noise): not flagged as noise."""
+    ramp = np.add.outer(np.arange(40), np.arange(40)) * 2.5
+    return (ramp + np.random.default_rng(1).random((40, 40)) * 30).astype(np.uint8)
+
+
 def _patient(root: Path, cls: str, pid: str, name: str, seed: int, series: int = 1) -> None:
     """``series`` DICOM series of one made-up patient under root/cls/<name>/."""
     p = FakePatient(patient_id=pid, name=name.replace("_", "^"), birth_date="19700101")
@@ -570,7 +576,7 @@ def _sop_copies(root: Path, placed: dict[str, str]) -> None:
             src = PYDICOM_FILES / (f"MR_small_{n}.dcm" if n != "-" else "MR_small.dcm")
             shutil.copy(src, root / cls / src.name)
     (root / "no").mkdir(parents=True, exist_ok=True)
-    img = (np.random.default_rng(1).random((40, 40)) * 200).astype(np.uint8)
+    img = _plain_slice()
     Image.fromarray(img).save(root / "no" / "plain.png")
 
 
@@ -813,7 +819,7 @@ def _reused_uid_root(root: Path) -> list[Path]:
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     pydicom.dcmwrite(root / "yes" / "zz_implicit.dcm", ds, implicit_vr=True, little_endian=True)
     (root / "no").mkdir(parents=True, exist_ok=True)
-    img = (np.random.default_rng(1).random((40, 40)) * 200).astype(np.uint8)
+    img = _plain_slice()
     Image.fromarray(img).save(root / "no" / "plain.png")
     return files
 

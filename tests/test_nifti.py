@@ -84,6 +84,45 @@ def test_slice_selection(tmp_path, stack):
     assert len(big.slices) == 9
 
 
+def test_noise_slices_count_as_no_brain_in_the_selection(tmp_path, stack):
+    """tester32: two slices of full-range noise measured as all brain, so the "brain"
+    selection (>= 30% of the largest area) kept them and dropped the head's slices. A slice
+    without anatomy has no brain area; a volume of noise only has nothing to slice."""
+    rng = np.random.default_rng(32)
+    vol = np.concatenate([stack, rng.uniform(0, 1, (2, *stack.shape[1:])).astype(np.float32)])
+    path = write_nifti(tmp_path / "v.nii.gz", stack_to_ras(vol))
+    heads = read_nifti(path, salt=SALT, config=ALL).slices[:9]
+    kept = read_nifti(path, salt=SALT)
+    idx = [s.meta.slice_index for s in kept.slices]
+    assert 4 in idx and 9 not in idx and 10 not in idx and len(idx) >= 5
+    assert max(s.meta.foreground_share for s in kept.slices) == 1.0
+    every = read_nifti(path, salt=SALT, config=ALL)
+    assert [s.meta.foreground_share for s in every.slices[9:]] == [0.0, 0.0]
+    assert [s.meta.slice_index for s in heads] == list(range(9))
+    noise = write_nifti(tmp_path / "n.nii.gz", rng.uniform(0, 1, (30, 30, 4)).astype(np.float32))
+    with pytest.raises(CorruptImageError, match="no slice shows anatomy"):
+        read_nifti(noise, salt=SALT)
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPI", "SAR"])
+def test_loud_noise_slices_do_not_set_the_volume_s_window(tmp_path, stack, axcodes):
+    """tester33: three slices of noise at 20× the head's brightness stretched the volume's
+    percentile window until the head fell under the foreground level, and the volume was
+    refused as blank. The window is taken again from the slices with anatomy, in any voxel
+    order of the file: the head reads as it reads alone."""
+    rng = np.random.default_rng(33)
+    loud = rng.uniform(0, 20, (3, *stack.shape[1:])).astype(np.float32)
+    both = np.concatenate([loud[:1], stack, loud[1:]])
+    path = write_nifti(tmp_path / "v.nii.gz", stack_to_ras(both), axcodes=axcodes, scale=100)
+    alone = write_nifti(tmp_path / "a.nii.gz", stack_to_ras(stack), axcodes=axcodes, scale=100)
+    got = read_nifti(path, salt=SALT)
+    want = read_nifti(alone, salt=SALT)
+    assert [s.meta.slice_index - 1 for s in got.slices] == [s.meta.slice_index for s in want.slices]
+    for g, w in zip(got.slices, want.slices, strict=True):
+        np.testing.assert_array_equal(g.image, w.image)
+        assert (g.meta.window_low, g.meta.window_high) == (w.meta.window_low, w.meta.window_high)
+
+
 def test_volume_id_is_a_salted_hash_of_the_relative_path(tmp_path, stack):
     (tmp_path / "yes" / "sub").mkdir(parents=True)
     path = write_nifti(tmp_path / "yes" / "sub" / "Doe_Jane.nii.gz", stack_to_ras(stack))
@@ -242,8 +281,8 @@ def test_finite_values_past_float32_give_the_same_slices(tmp_path, stack):
 def test_a_2d_slice_is_read_as_a_volume_of_one_slice(tmp_path):
     """A single slice saved as a 2-D NIfTI (dim[0] = 2) was refused while the same slice
     saved as X×Y×1 was read."""
-    img = (np.random.default_rng(1).random((24, 20)) * 1000).astype(np.int16)
-    img[6:18, 5:15] += 2000
+    img = np.add.outer(np.arange(24) * 30, np.arange(20) * 20).astype(np.int16)  # a ramp
+    img[6:18, 5:15] += 2000  # and a square: anatomy enough, not noise
     nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "flat.nii")
     nib.save(nib.Nifti1Image(img[..., None], np.eye(4)), tmp_path / "one.nii")
     (a,), (b,) = (read_nifti(tmp_path / n, salt=SALT).slices for n in ("flat.nii", "one.nii"))

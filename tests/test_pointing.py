@@ -412,18 +412,24 @@ def test_pointing_game_does_not_score_a_box_class_the_model_lacks(
     # at, and its map peaks at a fixed point: listed, flagged, not scored (tester26, tester28)
     from PIL import Image
 
-    blank, stray = [t["file"] for t in table[:2]]
+    blank, stray, noise = [t["file"] for t in table[:3]]
     Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "data" / blank)
     speck = np.full((32, 32), 90, np.uint8)
     speck[5, 7] = 255
     Image.fromarray(speck).save(tmp_path / "data" / stray)
+    # and full-range noise: no anatomy either, though not uniform (tester32)
+    static = np.random.default_rng(32).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(static).save(tmp_path / "data" / noise)
     with caplog.at_level("WARNING", logger="mriscan.pointing"):
         again = pointing_game(path, tmp_path / "data", tmp_path / "boxes.csv", batch_size=8)
     flagged = [r for r in again["slices"] if r["blank"]]
-    assert [r["file"] for r in flagged] == [blank, stray] and again["blank"] == 2
+    assert [r["file"] for r in flagged] == [blank, stray, noise] and again["blank"] == 3
     assert all(r["hit"] is None and r["correct"] is None for r in flagged)
-    assert again["overall"]["n"] == len(table) - 2 and len(again["slices"]) == len(table)
-    assert "2 boxed slice(s) are blank (99% of the pixels within 5 consecutive grey" in caplog.text
+    assert again["overall"]["n"] == len(table) - 3 and len(again["slices"]) == len(table)
+    assert (
+        "3 boxed slice(s) are blank (no anatomy: uniform (99% of the pixels within 5 "
+        "consecutive grey" in caplog.text
+    )
     # only such boxes: an error that says why, not an empty table
     (tmp_path / "only.csv").write_text("\n".join([rows[0], *[r for r in rows if ",other," in r]]))
     with pytest.raises(MriscanError, match="not a class of the model"):

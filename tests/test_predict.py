@@ -514,23 +514,23 @@ def test_a_series_row_missing_a_truncated_instance_says_so(model_file, tmp_path)
 def test_uniform_slices_are_left_out_of_their_unit_s_pool_unless_all_are():
     """Two blank slices at P 0.87 turned a healthy series (head slices at 0.47) into a tumour
     (tester31): the pool is the slices with anatomy; a unit of blank slices only pools them
-    all, and says so by ``uniform_left_out`` 0."""
-    from mriscan.aggregate import RULE, UNIFORM_LEFT_OUT, aggregate_rows, pooling_rule
+    all, and says so by ``no_anatomy_left_out`` 0."""
+    from mriscan.aggregate import NO_ANATOMY_LEFT_OUT, RULE, aggregate_rows, pooling_rule
     from mriscan.artifacts import ModelCard
     from mriscan.preprocess import PreprocessConfig
 
     card = ModelCard(PreprocessConfig(size=32), ("no", "yes"), 0.58)
 
-    def row(unit, p, uniform=False):
+    def row(unit, p, no_anatomy=False):
         return {"unit": unit, "error": "", "probability": p, "p_no": 1 - p, "p_yes": p,
-                "uniform": uniform}  # fmt: skip
+                "no_anatomy": no_anatomy}  # fmt: skip
 
     rows = [row("series:a", 0.47) for _ in range(4)] + [row("series:a", 0.87, True)] * 2
     rows += [row("series:b", 0.9, True), row("series:b", 0.7, True)]
     a, b = aggregate_rows(rows, card=card, threshold=0.58)
     assert a["probability"] == pytest.approx(0.47) and a["label"] == "no"
-    assert a["slices"] == 4 and a["uniform_left_out"] == 2
+    assert a["slices"] == 4 and a["no_anatomy_left_out"] == 2
     assert b["probability"] == pytest.approx(0.8) and b["slices"] == 2
-    assert b["uniform_left_out"] == 0
-    assert UNIFORM_LEFT_OUT in RULE and UNIFORM_LEFT_OUT in pooling_rule(("no", "yes"))
+    assert b["no_anatomy_left_out"] == 0
+    assert NO_ANATOMY_LEFT_OUT in RULE and NO_ANATOMY_LEFT_OUT in pooling_rule(("no", "yes"))
     assert a["aggregate"] == RULE

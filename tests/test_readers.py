@@ -164,3 +164,22 @@ def test_a_nearly_uniform_slice_is_flagged_and_described_as_nearly_so():
     anatomy = black.copy()
     anatomy[10:20, 10:20] = 90  # 6% of the slice
     assert slice_warnings(anatomy) == ()
+
+
+def test_a_noise_slice_is_flagged_noise_and_said_to_have_no_anatomy():
+    """A slice of noise is not uniform but has no anatomy either (tester32): flagged
+    "noise", with its own words; a uniform slice is flagged "uniform" only."""
+    from mriscan.readers import (
+        FLAG_SUMMARY,
+        NO_ANATOMY_FLAGS,
+        NOISE_RULE,
+        describe_flags,
+        slice_warnings,
+    )
+
+    noise = np.random.default_rng(3).integers(0, 256, (40, 6), dtype=np.uint8)
+    flags = slice_warnings(noise)
+    assert flags == ("noise", "thin")
+    assert describe_flags(flags, noise).startswith(f"noise image ({NOISE_RULE}): no anatomy; ")
+    assert NOISE_RULE in FLAG_SUMMARY["noise"] and set(NO_ANATOMY_FLAGS) == {"uniform", "noise"}
+    assert slice_warnings(np.zeros((40, 40), np.uint8)) == ("uniform",)

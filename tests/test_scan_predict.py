@@ -89,6 +89,41 @@ def test_uniform_scanner_slices_are_flagged_as_png_ones_are(model_file, tmp_path
     )
 
 
+def test_noise_slices_are_flagged_and_left_out_of_the_volume_s_pool(model_file, tmp_path):
+    """tester32: two slices of full-range noise turned a phantom volume into "yes": they have
+    no anatomy (``mriscan.readers.has_no_anatomy``), so they are flagged "noise" and left
+    out of the volume's P, as blank slices are; a volume of noise only pools them all."""
+    from mriscan.readers import NOISE_RULE, ReadOptions
+    from mriscan.scan_config import NiftiConfig
+
+    rng = np.random.default_rng(32)
+    vol = phantom_volume(3, n_slices=5, canvas=32)
+    vol = np.concatenate([vol, rng.uniform(0, 1, (2, 32, 32)).astype(np.float32)])
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "v.nii.gz", stack_to_ras(vol))
+    write_nifti(tmp_path / "in" / "n.nii.gz", rng.uniform(0, 1, (32, 32, 3)).astype(np.float32))
+    rows = predict(
+        model_file, [tmp_path / "in"], read_options=ReadOptions(nifti=NiftiConfig(selection="all"))
+    )
+    by_unit: dict[str, list[dict]] = {}
+    for r in rows:
+        by_unit.setdefault(r["unit"], []).append(r)
+    vol_rows, noise_rows = sorted(by_unit.values(), key=len, reverse=True)
+    slices = [r for r in vol_rows if r["level"] == "slice"]
+    volume = next(r for r in vol_rows if r["level"] == "volume")
+    noisy = [r for r in slices if r["warning"]]
+    assert len(slices) == 7 and len(noisy) == 2
+    assert all(r["warning"] == f"noise image ({NOISE_RULE}): no anatomy" for r in noisy)
+    heads = sorted((r["probability"] for r in slices if not r["warning"]), reverse=True)
+    assert volume["slices"] == 5 and volume["probability"] == pytest.approx(np.mean(heads[:3]))
+    assert volume["warning"] == (
+        f"2 of 7 slices noise (no anatomy: {NOISE_RULE}), left out of P (see their rows)"
+    )
+    alone = next(r for r in noise_rows if r["level"] == "volume")
+    assert alone["slices"] == 3 and alone["warning"].endswith("all pooled: none has anatomy "
+                                                              "(see their rows)")  # fmt: skip
+
+
 def test_two_series_in_one_folder_get_distinct_rows_pngs_and_captures(model_file, tmp_path):
     from click.testing import CliRunner
 

@@ -62,7 +62,7 @@ STRINGS = ("source", "sha256", "pixel_sha256", "file_id", "group_key", "kind", "
 #: fields ``ImageStore.update_record`` may change (recorded in ``patches.jsonl``)
 MUTABLE = ("flags", "file_id", "group_key", "origin")
 #: every flag a record may carry, one bit each
-FLAG_BITS = ("removed", "replaced", "relabelled", "conflict", "uniform", "thin")
+FLAG_BITS = ("removed", "replaced", "relabelled", "conflict", "uniform", "thin", "noise")
 _PATCHES = "patches.jsonl"
 
 

@@ -42,7 +42,7 @@ from mriscan.evaluate import (
     write_unit_rows,
 )
 from mriscan.readers import ReadOptions
-from mriscan.sources import flag_mask
+from mriscan.sources import no_anatomy_mask
 from mriscan.splits import (
     MIX_SKEW_POINTS,
     class_shares,
@@ -617,7 +617,7 @@ def cross_validate(
             store.labels[test_idx].astype(np.int64),
             [recs[i].source for i in test_idx],
             [recs[i].group_key for i in test_idx],
-            uniform=flag_mask(store, test_idx, "uniform"),
+            no_anatomy=no_anatomy_mask(store, test_idx),
         )
         fold_levels.append(levels)
         for level, (section, _) in levels.items():
