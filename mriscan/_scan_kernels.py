@@ -113,60 +113,89 @@ def band_share(x: np.ndarray, width: int, at_least: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def neighbour_correlation(x: np.ndarray, above: float, min_pairs: int) -> float:
-    """Pearson correlation of each pixel of the uint8 image ``x`` (2-D) with its right and
-    its lower neighbour, the two sets of pairs pooled, over the pairs whose two pixels are
-    both brighter than ``above`` (-1: every pair); NaN when fewer than ``min_pairs`` pairs
-    count or either member of the pairs does not vary.
+def _pair_sums(x: np.ndarray, lim: int, di: int, dj: int, step: int, out: np.ndarray) -> None:
+    """Add ``n, Σa, Σb, Σa², Σb², Σab`` of the pairs ``a = x[i, j]``, ``b = x[i + di, j + dj]``
+    (rows ``i`` in steps of ``step``) whose two values exceed ``lim`` to ``out`` (int64 (6,)).
+    Each pair counts by multiplying with its 0/1 mask (no branch), which LLVM vectorises."""
+    h, w = x.shape
+    n = np.int64(0)
+    sa = np.int64(0)
+    sb = np.int64(0)
+    saa = np.int64(0)
+    sbb = np.int64(0)
+    sab = np.int64(0)
+    for i in range(0, h - di, step):
+        row_a = x[i]
+        row_b = x[i + di]
+        for j in range(w - dj):
+            a = np.int64(row_a[j])
+            b = np.int64(row_b[j + dj])
+            m = np.int64(a > lim) * np.int64(b > lim)
+            am = a * m
+            bm = b * m
+            n += m
+            sa += am
+            sb += bm
+            saa += am * a
+            sbb += bm * b
+            sab += am * b
+    out[0] += n
+    out[1] += sa
+    out[2] += sb
+    out[3] += saa
+    out[4] += sbb
+    out[5] += sab
 
-    One pass over integer sums, finished in float64."""
+
+@numba.njit(cache=True, nogil=True)
+def neighbour_sums(x: np.ndarray, above: float, max_lag: int, step: int, sums: np.ndarray) -> None:
+    """Add to ``sums`` (int64 (5, 6)) the sums that give Pearson correlations of the uint8
+    image ``x`` (2-D, any strides) between each pixel and its neighbour to the right (row 0)
+    and below (row 1), and, when ``max_lag`` is 2, two pixels to the right (row 2) and below
+    (row 3), over the pairs whose two pixels are both brighter than ``above`` (-1: every
+    pair): per row ``n, Σa, Σb, Σa², Σb², Σab`` (a the first pixel, b its neighbour); row 4
+    holds the pixel count and sum (``n, Σx``). Only the rows ``0, step, 2·step, ...`` are
+    read as the first pixels of the pairs (and for the pixel sum): a sample of the slice's
+    rows. The sums are exact: int64 holds 2·H·W·255² for any image the readers accept."""
     h, w = x.shape
     lim = np.int64(np.floor(above))  # integers: a value > above iff it is > floor(above)
-    n = 0
-    sa = 0
-    sb = 0
-    saa = 0
-    sbb = 0
-    sab = 0
-    # branch-free loops (a pair counts by multiplying with its 0/1 mask), which LLVM
-    # vectorises: ~4x faster than testing each pair
-    for i in range(h):
-        for j in range(w - 1):  # right neighbours
-            a = np.int64(x[i, j])
-            b = np.int64(x[i, j + 1])
-            m = np.int64(a > lim) * np.int64(b > lim)
-            am = a * m
-            bm = b * m
-            n += m
-            sa += am
-            sb += bm
-            saa += am * a
-            sbb += bm * b
-            sab += am * b
-    for i in range(h - 1):
-        for j in range(w):  # lower neighbours
-            a = np.int64(x[i, j])
-            b = np.int64(x[i + 1, j])
-            m = np.int64(a > lim) * np.int64(b > lim)
-            am = a * m
-            bm = b * m
-            n += m
-            sa += am
-            sb += bm
-            saa += am * a
-            sbb += bm * b
-            sab += am * b
-    if n < max(min_pairs, 1):
-        return np.nan
-    # the sums are exact (int64: 2·H·W·255² stays far inside it for any image the readers
-    # accept); centred in float64, whose rounding (~1e-16 of 255²) is far below the variance
-    # of any image with two grey levels
-    fn = np.float64(n)
-    ma = sa / fn
-    mb = sb / fn
-    cov = sab / fn - ma * mb
-    va = saa / fn - ma * ma
-    vb = sbb / fn - mb * mb
-    if va <= 0 or vb <= 0:
-        return np.nan
-    return cov / np.sqrt(va * vb)
+    total = np.int64(0)
+    count = np.int64(0)
+    for i in range(0, h, step):
+        row = x[i]
+        for j in range(w):
+            total += np.int64(row[j])
+        count += w
+    sums[4, 0] += count
+    sums[4, 1] += total
+    _pair_sums(x, lim, 0, 1, step, sums[0])
+    _pair_sums(x, lim, 1, 0, step, sums[1])
+    if max_lag >= 2:
+        _pair_sums(x, lim, 0, 2, step, sums[2])
+        _pair_sums(x, lim, 2, 0, step, sums[3])
+
+
+@numba.njit(cache=True, nogil=True)
+def neighbour_correlations(
+    x: np.ndarray, above: float, max_lag: int, step: int, min_pairs: int, out: np.ndarray
+) -> float:
+    """Pearson r of the pairs ``neighbour_sums`` sums, into ``out`` (float64 (2·max_lag,)):
+    right and below at one pixel, then at two; NaN where fewer than ``min_pairs`` pairs
+    count or they do not vary. Returns the sampled rows' mean. ``x`` may be any 2-D uint8
+    view (strided, reversed): a slice is judged as the readers give it, without a copy."""
+    sums = np.zeros((5, 6), np.int64)
+    neighbour_sums(x, above, max_lag, step, sums)
+    for k in range(2 * max_lag):
+        n = np.float64(sums[k, 0])
+        out[k] = np.nan
+        if n < max(min_pairs, 1):
+            continue
+        ma = sums[k, 1] / n
+        mb = sums[k, 2] / n
+        va = sums[k, 3] / n - ma * ma
+        vb = sums[k, 4] / n - mb * mb
+        # centred in float64 from exact integer sums: rounding ~1e-16 of 255², far below
+        # the variance of any image with two grey levels
+        if va > 0 and vb > 0:
+            out[k] = (sums[k, 5] / n - ma * mb) / np.sqrt(va * vb)
+    return sums[4, 1] / np.float64(max(sums[4, 0], 1))

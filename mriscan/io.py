@@ -400,6 +400,17 @@ def list_class_folders(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
             f"Received: {sorted(classes) or 'none'}."
         )
     empty = [name for name, files in classes.items() if not files]
+    stores = [
+        n
+        for n in empty
+        if (root / n / "index.json").is_file() and (root / n / "zarr.json").is_file()
+    ]
+    if stores:  # tester33: its chunk files were listed as bad inputs
+        raise EmptyDatasetError(
+            f"{', '.join(stores)} under {root} {'is a store' if len(stores) == 1 else 'are stores'}"
+            ", not a class folder: a store is no input. Move it out of the data folder (ingest "
+            "makes none inside one), or give it to train, cv or evaluate as DATA."
+        )
     if empty:
         raise EmptyDatasetError(
             f"Class folder(s) {empty} under {root} hold no .jpg/.jpeg/.png files. "
@@ -743,6 +754,17 @@ def scan_class_folders(
     for name in left_out:
         del classes[name]
     empty = [name for name, files in classes.items() if not files]
+    stores = [
+        n
+        for n in empty
+        if (root / n / "index.json").is_file() and (root / n / "zarr.json").is_file()
+    ]
+    if stores:  # tester33: its chunk files were listed as bad inputs
+        raise EmptyDatasetError(
+            f"{', '.join(stores)} under {root} {'is a store' if len(stores) == 1 else 'are stores'}"
+            ", not a class folder: a store is no input. Move it out of the data folder (ingest "
+            "makes none inside one), or give it to train, cv or evaluate as DATA."
+        )
     if empty:
         raise EmptyDatasetError(
             f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files"

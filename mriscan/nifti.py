@@ -568,17 +568,13 @@ def _brain_area(
     n = data.shape[axis]
     others = tuple(a for a in range(3) if a != axis)
     area = np.count_nonzero(data > round(level * 255), axis=others).astype(np.float64)
-    # one copy with the slices contiguous, instead of a strided copy per slice; a slice's
-    # display form (``_display_slice``) is it flipped on both axes and transposed, which
-    # changes neither rule: a histogram, and a correlation over the same pairs of
-    # neighbours, each pair reversed
-    stack = np.ascontiguousarray(np.moveaxis(data, axis, 0))
     blank = np.zeros(n, bool)
     largest = 0.0  # the largest area of a slice with anatomy so far
     for k in np.argsort(-area, kind="stable"):
         if largest > 0 and area[k] < fraction * largest - 1e-9:
             break
-        if has_no_anatomy(stack[k]):
+        # the slice as it is stored, a view (the noise kernel reads any strides)
+        if has_no_anatomy(_display_slice(data, axis, int(k))):
             blank[k] = True
         else:
             largest = max(largest, area[k])

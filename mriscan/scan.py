@@ -24,9 +24,13 @@ from mriscan.errors import ConfigError
 __all__ = [
     "HASH_CHARS",
     "MIN_SALT_BYTES",
+    "NOISE_BRIGHT_CORRELATION",
+    "NOISE_BRIGHT_SIDE",
     "NOISE_CORRELATION",
-    "NOISE_FOREGROUND_CORRELATION",
+    "NOISE_LAG2_CORRELATION",
+    "NOISE_LAG2_SIDE",
     "NOISE_MIN_PAIRS",
+    "NOISE_ROWS",
     "NOISE_RULE",
     "NO_ANATOMY_RULE",
     "UNIFORM_BAND",
@@ -37,8 +41,10 @@ __all__ = [
     "has_no_anatomy",
     "is_noise",
     "is_uniform",
+    "neighbour_correlations",
     "new_salt",
     "percentile_window",
+    "row_step",
     "salted_hash",
     "window_to_uint8",
 ]
@@ -90,31 +96,85 @@ def is_uniform(image: np.ndarray) -> bool:
     return band_share(flat, UNIFORM_BAND, UNIFORM_SHARE) >= UNIFORM_SHARE
 
 
-#: A slice is "noise" (no anatomy: no spatial structure) when each pixel correlates with its
-#: right and lower neighbours below ``NOISE_CORRELATION`` (Pearson r, ``is_noise``), or below
-#: ``NOISE_FOREGROUND_CORRELATION`` over the pairs whose pixels are both brighter than the
-#: slice's mean. Anatomy is smooth at the scale of a pixel: the 4,817 JPEG/PNG slices of
-#: ``brain_mri`` and ``figshare_br35h`` all have r >= 0.54 (the lowest: small, sharpened
-#: 225×225 scans) and r >= 0.32 over their bright pixels, the phantoms far more, while
-#: independent noise of any amplitude has r ~ 0 (|r| < 0.04 even after JPEG at quality 10).
-#: The second test is for noise inside a head-shaped region on black: the edge of the region
-#: lifts the whole slice's r to ~0.6 (tester33), its bright pixels' r stays ~0. A phantom
-#: under Gaussian noise of SD 0.3 × 255 keeps r ~ 0.39 (its head still visible); under SD
-#: 0.5 × 255, r ~ 0.17. The "uniform" rule misses noise (tester32: two slices of full-range
-#: noise set a phantom volume's verdict, and counted as all brain in NIfTI's slice
-#: selection). Not caught: noise with structure of its own at the scale of a pixel (noise
-#: upsampled 2× by nearest neighbour, random stripes: r ~ 0.5-0.9).
+#: A slice is "noise" (no anatomy: no spatial structure) by three tests of the Pearson r
+#: between pixels and their neighbours, each taken to the right and below and failed by the
+#: lower of the two (``is_noise``). Anatomy is smooth at the scale of a pixel, in every
+#: direction; noise is not:
+#:
+#: 1. r of each pixel with its neighbour below ``NOISE_CORRELATION``. The 4,817 JPEG/PNG
+#:    slices of ``brain_mri`` and ``figshare_br35h`` all have r >= 0.47 (the lowest: small,
+#:    sharpened 225×225 scans; >= 0.47 resized to 32 px), the phantoms more; independent
+#:    noise of any amplitude has r ~ 0 (|r| < 0.04 even after JPEG at quality 10), and so
+#:    do random stripes across them (tester33: ~0.5 when the two directions were pooled).
+#:    A phantom under Gaussian noise of SD 0.3 × 255 keeps r ~ 0.39 (its head visible).
+#: 2. On slices of at least ``NOISE_LAG2_SIDE`` pixels a side, r of pixels two apart below
+#:    ``NOISE_LAG2_CORRELATION``: noise upsampled 2× (nearest neighbour, or the 2×
+#:    interpolation of a scanner's reconstruction) has r ~ 0.5 at one pixel and ~0 at two
+#:    (tester33); real slices >= 0.19, >= 0.34 resized to 64 px.
+#: 3. On slices of at least ``NOISE_BRIGHT_SIDE`` pixels a side, r among the pixels brighter
+#:    than the slice's mean below ``NOISE_BRIGHT_CORRELATION``: noise inside a head-shaped
+#:    region on black (tester33), whose edge lifts the whole slice's r to ~0.6 while its
+#:    bright pixels' r stays ~0; real slices >= 0.31 (>= 0.37 resized to 128 px, but as low
+#:    as -0.1 at 32 px: too few bright pixels to judge, hence the side).
+#:
+#: A correlation over fewer than ``NOISE_MIN_PAIRS`` pairs, or without variance, is not
+#: judged; the pairs start on a sample of the rows (``NOISE_ROWS``), and "the mean" is
+#: theirs. Not caught: noise with structure of its own over more than two pixels (noise
+#: upsampled 4× with interpolation). The "uniform" rule misses noise (tester32: two slices of
+#: full-range noise set a phantom volume's verdict, and counted as all brain in NIfTI's
+#: slice selection).
 NOISE_CORRELATION = 0.25
-NOISE_FOREGROUND_CORRELATION = 0.15
-#: the bright pixels' r is judged only over at least this many pairs (a speck is not judged)
+NOISE_LAG2_CORRELATION = 0.07
+NOISE_LAG2_SIDE = 64
+NOISE_BRIGHT_CORRELATION = 0.15
+NOISE_BRIGHT_SIDE = 128
 NOISE_MIN_PAIRS = 64
+#: the correlations read about this many rows of a slice (every ``H // NOISE_ROWS``-th row as
+#: the first pixels of the pairs): ~16,000 pairs a direction on a 256² slice, a standard error
+#: of r under 0.01, at a quarter of the cost of every row (ingest and NIfTI's slice selection
+#: judge every slice: tester33's check cost a NIfTI ingest 40% of its speed)
+NOISE_ROWS = 64
 NOISE_RULE = (
-    f"neighbouring pixels correlate below r = {NOISE_CORRELATION}, or below "
-    f"r = {NOISE_FOREGROUND_CORRELATION} among the pixels brighter than the slice's mean: "
-    "no spatial structure"
+    f"neighbouring pixels correlate below r = {NOISE_CORRELATION} across or down; on slices "
+    f"of {NOISE_LAG2_SIDE}+ pixels, pixels two apart below r = {NOISE_LAG2_CORRELATION}; on "
+    f"slices of {NOISE_BRIGHT_SIDE}+ pixels, the pixels brighter than the mean below "
+    f"r = {NOISE_BRIGHT_CORRELATION}: no spatial structure"
 )
 #: both rules of a slice with no anatomy, as ``has_no_anatomy`` applies them
 NO_ANATOMY_RULE = f"uniform ({UNIFORM_RULE}) or noise ({NOISE_RULE})"
+
+
+def neighbour_correlations(
+    image: np.ndarray, *, above: float = -1.0, max_lag: int = 1
+) -> tuple[float, ...]:
+    """Pearson r between the pixels of ``image`` (H, W) uint8 and their neighbours:
+    ``(right, below)`` at one pixel, then ``(right, below)`` at two when ``max_lag`` is 2,
+    over the pairs whose two pixels are both brighter than ``above`` (-1: all) and whose
+    first pixel lies on a sampled row (``row_step``); NaN where fewer than
+    ``NOISE_MIN_PAIRS`` pairs count or they do not vary (one Numba pass over exact integer
+    sums, ``mriscan._scan_kernels.neighbour_correlations``)."""
+    return tuple(_correlations(np.asarray(image), above, max_lag)[0])
+
+
+def row_step(height: int) -> int:
+    """Every how many rows the noise rule reads a slice of ``height`` rows (``NOISE_ROWS``)."""
+    return max(1, height // NOISE_ROWS)
+
+
+def _correlations(image: np.ndarray, above: float, max_lag: int) -> tuple[np.ndarray, float]:
+    """(the r values of ``neighbour_correlations`` as an array, the sampled rows' mean)."""
+    from mriscan._scan_kernels import neighbour_correlations as kernel
+
+    out = np.empty(2 * max_lag, np.float64)
+    step = row_step(image.shape[0])
+    mean = kernel(image, float(above), max_lag, step, NOISE_MIN_PAIRS, out)
+    return out, float(mean)
+
+
+def _below(values: np.ndarray, limit: float) -> bool:
+    """Whether the lowest defined value is below ``limit`` (none defined: False)."""
+    defined = values[~np.isnan(values)]
+    return bool(defined.size) and float(defined.min()) < limit
 
 
 def is_noise(image: np.ndarray) -> bool:
@@ -128,28 +188,31 @@ def is_noise(image: np.ndarray) -> bool:
     Returns
     -------
     bool
-        False when a side is under 2 pixels (no neighbours to correlate; such a slice is
-        "thin") or every pixel is equal (``is_uniform`` says that one); a correlation that is
-        undefined (no variance, or under ``NOISE_MIN_PAIRS`` bright pairs) does not count.
+        False when every correlation the slice's size calls for is undefined: a side under 2
+        pixels (such a slice is "thin"), every pixel equal (``is_uniform`` says that one).
 
     Raises
     ------
     TypeError
         If ``image`` is not a 2-D uint8 array.
     """
-    from mriscan._scan_kernels import neighbour_correlation
-
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise TypeError(f"is_noise takes a 2-D uint8 slice, not {image.ndim}-D {image.dtype}")
-    if min(image.shape) < 2:
+    side = min(image.shape)
+    if side < 2:
         return False
+    # a C-ordered copy of a strided view (a NIfTI slice) is cheaper than the kernel on it,
+    # which LLVM vectorises only over unit strides
     image = np.ascontiguousarray(image)
-    # NaN (constant, or too few bright pairs) compares False: not judged
-    if neighbour_correlation(image, -1.0, 1) < NOISE_CORRELATION:
+    lag2 = side >= NOISE_LAG2_SIDE
+    r, mean = _correlations(image, -1.0, 2 if lag2 else 1)
+    if _below(r[:2], NOISE_CORRELATION) or (lag2 and _below(r[2:], NOISE_LAG2_CORRELATION)):
         return True
-    bright = neighbour_correlation(image, float(image.mean()), NOISE_MIN_PAIRS)
-    return bool(bright < NOISE_FOREGROUND_CORRELATION)
+    if side < NOISE_BRIGHT_SIDE:
+        return False
+    bright, _ = _correlations(image, mean, 1)  # the mean of the sampled rows
+    return _below(bright, NOISE_BRIGHT_CORRELATION)
 
 
 def has_no_anatomy(image: np.ndarray) -> bool:
@@ -157,6 +220,9 @@ def has_no_anatomy(image: np.ndarray) -> bool:
     (``NO_ANATOMY_RULE``). Such slices are flagged at ingest and left out of the pooling,
     the pointing game and explain's top-k, as the rules' users say. Raises TypeError for
     arrays that are not uint8."""
+    image = np.asarray(image)
+    if image.ndim == 2 and image.dtype == np.uint8:
+        image = np.ascontiguousarray(image)  # one copy of a strided view, for both rules
     return is_uniform(image) or is_noise(image)
 
 

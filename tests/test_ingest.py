@@ -228,3 +228,7 @@ def test_a_store_inside_a_folder_a_manifest_lists_is_refused(class_folder, tmp_p
     assert not (class_folder / "yes" / "st.zarr").exists()
     assert ingest(manifest, class_folder / "no" / "st.zarr", SMALL).total == 8
     assert ingest(manifest, class_folder / "st.zarr", SMALL).total == 8
+    # that store, inside the class-folder tree, is named as a store by an ingest of the tree
+    # (tester33: its chunk files were listed as bad inputs)
+    with pytest.raises(EmptyDatasetError, match=r"^st\.zarr under .* is a store, not a class"):
+        ingest(class_folder, tmp_path / "other.zarr", SMALL)
