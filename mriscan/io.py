@@ -400,17 +400,7 @@ def list_class_folders(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
             f"Received: {sorted(classes) or 'none'}."
         )
     empty = [name for name, files in classes.items() if not files]
-    stores = [
-        n
-        for n in empty
-        if (root / n / "index.json").is_file() and (root / n / "zarr.json").is_file()
-    ]
-    if stores:  # tester33: its chunk files were listed as bad inputs
-        raise EmptyDatasetError(
-            f"{', '.join(stores)} under {root} {'is a store' if len(stores) == 1 else 'are stores'}"
-            ", not a class folder: a store is no input. Move it out of the data folder (ingest "
-            "makes none inside one), or give it to train, cv or evaluate as DATA."
-        )
+    _refuse_stores_as_classes(Path(root), empty)
     if empty:
         raise EmptyDatasetError(
             f"Class folder(s) {empty} under {root} hold no .jpg/.jpeg/.png files. "
@@ -754,17 +744,7 @@ def scan_class_folders(
     for name in left_out:
         del classes[name]
     empty = [name for name, files in classes.items() if not files]
-    stores = [
-        n
-        for n in empty
-        if (root / n / "index.json").is_file() and (root / n / "zarr.json").is_file()
-    ]
-    if stores:  # tester33: its chunk files were listed as bad inputs
-        raise EmptyDatasetError(
-            f"{', '.join(stores)} under {root} {'is a store' if len(stores) == 1 else 'are stores'}"
-            ", not a class folder: a store is no input. Move it out of the data folder (ingest "
-            "makes none inside one), or give it to train, cv or evaluate as DATA."
-        )
+    _refuse_stores_as_classes(Path(root), empty)
     if empty:
         raise EmptyDatasetError(
             f"Class folder(s) {empty} under {root} hold no JPEG/PNG, DICOM or NIfTI files"
@@ -784,6 +764,23 @@ def scan_class_folders(
         tuple(sorted(unused, key=lambda u: u.path)),
         left_out,
     )
+
+
+def _refuse_stores_as_classes(root: Path, empty: Sequence[str]) -> None:
+    """Raise EmptyDatasetError naming the folders among ``empty`` (class folders under
+    ``root`` with no input) that are mriscan stores (tester33: a store's chunk files were
+    listed as bad inputs of a class "st.zarr")."""
+    stores = [
+        n
+        for n in empty
+        if (root / n / "index.json").is_file() and (root / n / "zarr.json").is_file()
+    ]
+    if stores:
+        raise EmptyDatasetError(
+            f"{', '.join(stores)} under {root} {'is a store' if len(stores) == 1 else 'are stores'}"
+            ", not a class folder: a store is no input. Move it out of the data folder (ingest "
+            "makes none inside one), or give it to train, cv or evaluate as DATA."
+        )
 
 
 def _check_class_names(subs: Sequence[Path]) -> None:
