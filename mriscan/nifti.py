@@ -37,7 +37,8 @@ from mriscan.scan import (
     NO_ANATOMY_RULE,
     Window,
     check_salt,
-    has_no_anatomy,
+    is_noise,
+    is_uniform,
     percentile_window,
     salted_hash,
     window_to_uint8,
@@ -466,9 +467,12 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
         raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
     if raw.dtype.kind == "b":
         raw = raw.astype(np.uint8)
-    # window first, in the file's own memory order (one pass), then reorient the uint8 volume:
-    # the percentiles do not depend on the voxel order
-    lo, hi = percentile_window(raw, cfg.window_percentiles)
+    # the percentiles of the volume in RAS+ order (a view): their even subsample of a large
+    # volume is then the same whatever the file's voxel order (tester34: RAS and LPS files
+    # of one volume got windows 0..671 and 0..667); the window is applied in the file's own
+    # memory order (one pass), and the uint8 volume reoriented
+    ras = _ras_view(path, img, raw)
+    lo, hi = percentile_window(ras, cfg.window_percentiles)
     scale = 1.0
     if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
         # the window is applied in float32: values past its range (~3.4e38) would become
@@ -479,21 +483,18 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
             scale = peak
     axis = _AXIS[cfg.plane]
     canon, data = _canonical(path, img, raw, lo / scale, hi / scale, scale)
-    area, blank = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
+    area, _, noise = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
     n = data.shape[axis]
-    if blank.any() and not blank.all():
-        # the window again, from the slices with anatomy only: a few loud slices of noise (a
-        # spike, a corrupt slice) stretch the volume's window until the head falls under
-        # the foreground level and no slice has brain area (tester33)
-        raw_axis, flipped = _raw_axis(img.affine, axis)
-        kept = np.flatnonzero(~blank)
-        lo2, hi2 = percentile_window(
-            np.take(raw, n - 1 - kept if flipped else kept, axis=raw_axis), cfg.window_percentiles
-        )
+    if noise.any() and not noise.all():
+        # the window again, without the slices of noise: a few loud ones (a spike, a corrupt
+        # slice) stretch the volume's window until the head falls under the foreground level
+        # (tester33), or into a few grey levels, where its slices read as uniform (tester34)
+        kept = np.take(ras, np.flatnonzero(~noise), axis=axis)
+        lo2, hi2 = percentile_window(kept, cfg.window_percentiles)
         if (lo2, hi2) != (lo, hi):
             lo, hi = lo2, hi2
             canon, data = _canonical(path, img, raw, lo / scale, hi / scale, scale)
-            area, blank = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
+            area, _, _ = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
     share = area / area.max() if area.max() > 0 else np.zeros(n)
     if cfg.selection == "all":
         keep = list(range(n))
@@ -555,12 +556,12 @@ def _canonical(path: Path, img, raw: np.ndarray, low: float, high: float, scale:
 
 def _brain_area(
     data: np.ndarray, axis: int, level: float, fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per slice along ``axis`` of the RAS+ uint8 volume ``data``: the foreground area (voxels
-    above ``level`` × 255; float64 (n,)) and whether the slice has no anatomy (bool (n,),
-    ``has_no_anatomy``); the area of a slice without anatomy is 0: noise above the level
-    would otherwise count as all brain and, as the largest, push the anatomy below
-    ``brain_fraction`` (tester32).
+    above ``level`` × 255; float64 (n,)), whether the slice has no anatomy (bool (n,),
+    ``has_no_anatomy``), and whether it is noise (bool (n,), ``is_noise``); the area of a
+    slice without anatomy is 0: noise above the level would otherwise count as all brain and,
+    as the largest, push the anatomy below ``brain_fraction`` (tester32).
 
     Slices are judged from the largest area down, until the areas fall under ``fraction`` of
     the largest slice with anatomy: the smaller ones cannot be selected, and are not judged
@@ -569,26 +570,35 @@ def _brain_area(
     others = tuple(a for a in range(3) if a != axis)
     area = np.count_nonzero(data > round(level * 255), axis=others).astype(np.float64)
     blank = np.zeros(n, bool)
+    noise = np.zeros(n, bool)
     largest = 0.0  # the largest area of a slice with anatomy so far
     for k in np.argsort(-area, kind="stable"):
         if largest > 0 and area[k] < fraction * largest - 1e-9:
             break
-        # the slice as it is stored, a view (the noise kernel reads any strides)
-        if has_no_anatomy(_display_slice(data, axis, int(k))):
+        # the slice as it is stored (``has_no_anatomy``'s rules, one contiguous copy)
+        image = np.ascontiguousarray(_display_slice(data, axis, int(k)))
+        if is_uniform(image):
             blank[k] = True
+        elif is_noise(image):
+            blank[k] = noise[k] = True
         else:
             largest = max(largest, area[k])
     area[blank] = 0.0
-    return area, blank
+    return area, blank, noise
 
 
-def _raw_axis(affine: np.ndarray, axis: int) -> tuple[int, bool]:
-    """The axis of the file's voxel array that becomes RAS+ axis ``axis`` under
-    ``nib.as_closest_canonical`` (``nib.io_orientation``, the orientation it applies), and
-    whether it is reversed."""
-    ornt = nib.io_orientation(affine)
-    raw = int(np.flatnonzero(ornt[:, 0] == axis)[0])
-    return raw, bool(ornt[raw, 1] < 0)
+def _ras_view(path: Path, img, raw: np.ndarray) -> np.ndarray:
+    """``raw`` (3-D, file order) as a view in RAS+ voxel order: the orientation
+    ``nib.as_closest_canonical`` applies (``nib.io_orientation`` of the affine).
+
+    Raises CorruptImageError for an affine that cannot be oriented."""
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    try:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return apply_orientation(raw, io_orientation(img.affine))
+    except Exception as exc:  # a singular or non-finite affine
+        raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
 
 
 #: magnitudes above this are rescaled before the float32 window (float32's max / 1e3)

@@ -25,6 +25,7 @@ __all__ = [
     "HASH_CHARS",
     "MIN_SALT_BYTES",
     "NOISE_BRIGHT_CORRELATION",
+    "NOISE_BRIGHT_MIN_PAIRS",
     "NOISE_BRIGHT_SIDE",
     "NOISE_CORRELATION",
     "NOISE_LAG2_CORRELATION",
@@ -108,27 +109,34 @@ def is_uniform(image: np.ndarray) -> bool:
 #:    do random stripes across them (tester33: ~0.5 when the two directions were pooled).
 #:    A phantom under Gaussian noise of SD 0.3 × 255 keeps r ~ 0.39 (its head visible).
 #: 2. On slices of at least ``NOISE_LAG2_SIDE`` pixels a side, r of pixels two apart below
-#:    ``NOISE_LAG2_CORRELATION``: noise upsampled 2× (nearest neighbour, or the 2×
-#:    interpolation of a scanner's reconstruction) has r ~ 0.5 at one pixel and ~0 at two
-#:    (tester33); real slices >= 0.19, >= 0.34 resized to 64 px.
-#: 3. On slices of at least ``NOISE_BRIGHT_SIDE`` pixels a side, r among the pixels brighter
-#:    than the slice's mean below ``NOISE_BRIGHT_CORRELATION``: noise inside a head-shaped
+#:    ``NOISE_LAG2_CORRELATION``: noise upsampled 2× by nearest neighbour, or by a scanner's
+#:    unfiltered zero-filling, has r ~ 0.5 at one pixel and ~0 at two (tester33); real slices
+#:    >= 0.19, >= 0.34 resized to 64 px. Bilinear, bicubic or filtered (Hann) 2× upsampling
+#:    keeps r 0.15-0.41 at two pixels: not caught (tester34).
+#: 3. On slices of at least ``NOISE_BRIGHT_SIDE`` pixels a side (over at least
+#:    ``NOISE_BRIGHT_MIN_PAIRS`` pairs), r among the pixels brighter than the slice's mean
+#:    below ``NOISE_BRIGHT_CORRELATION``: noise inside a head-shaped
 #:    region on black (tester33), whose edge lifts the whole slice's r to ~0.6 while its
 #:    bright pixels' r stays ~0; real slices >= 0.31 (>= 0.37 resized to 128 px, but as low
 #:    as -0.1 at 32 px: too few bright pixels to judge, hence the side).
 #:
 #: A correlation over fewer than ``NOISE_MIN_PAIRS`` pairs, or without variance, is not
 #: judged; the pairs start on a sample of the rows (``NOISE_ROWS``), and "the mean" is
-#: theirs. Not caught: noise with structure of its own over more than two pixels (noise
-#: upsampled 4× with interpolation). The "uniform" rule misses noise (tester32: two slices of
-#: full-range noise set a phantom volume's verdict, and counted as all brain in NIfTI's
-#: slice selection).
+#: theirs. Not caught: noise with structure of its own over two or more pixels (upsampled
+#: with interpolation, smoothed, or under a smooth gradient or bias field: tester34). The
+#: "uniform" rule misses noise (tester32: two slices of full-range noise set a phantom
+#: volume's verdict, and counted as all brain in NIfTI's slice selection).
 NOISE_CORRELATION = 0.25
 NOISE_LAG2_CORRELATION = 0.07
 NOISE_LAG2_SIDE = 64
 NOISE_BRIGHT_CORRELATION = 0.15
 NOISE_BRIGHT_SIDE = 128
 NOISE_MIN_PAIRS = 64
+#: the bright pixels are judged only over at least this many sampled pairs a direction: a
+#: small head in a large field of view has too few (tester34: heads padded to 3× their side
+#: and resized to 128 px fell to r -0.31 over their ~300 bright pairs), a head-sized region
+#: of noise at 128 px has ~2,000
+NOISE_BRIGHT_MIN_PAIRS = 1024
 #: the correlations read about this many rows of a slice (every ``H // NOISE_ROWS``-th row as
 #: the first pixels of the pairs): ~16,000 pairs a direction on a 256² slice, a standard error
 #: of r under 0.01, at a quarter of the cost of every row (ingest and NIfTI's slice selection
@@ -161,13 +169,15 @@ def row_step(height: int) -> int:
     return max(1, height // NOISE_ROWS)
 
 
-def _correlations(image: np.ndarray, above: float, max_lag: int) -> tuple[np.ndarray, float]:
+def _correlations(
+    image: np.ndarray, above: float, max_lag: int, min_pairs: int = NOISE_MIN_PAIRS
+) -> tuple[np.ndarray, float]:
     """(the r values of ``neighbour_correlations`` as an array, the sampled rows' mean)."""
     from mriscan._scan_kernels import neighbour_correlations as kernel
 
     out = np.empty(2 * max_lag, np.float64)
     step = row_step(image.shape[0])
-    mean = kernel(image, float(above), max_lag, step, NOISE_MIN_PAIRS, out)
+    mean = kernel(image, float(above), max_lag, step, min_pairs, out)
     return out, float(mean)
 
 
@@ -211,7 +221,7 @@ def is_noise(image: np.ndarray) -> bool:
         return True
     if side < NOISE_BRIGHT_SIDE:
         return False
-    bright, _ = _correlations(image, mean, 1)  # the mean of the sampled rows
+    bright, _ = _correlations(image, mean, 1, NOISE_BRIGHT_MIN_PAIRS)  # the sampled rows' mean
     return _below(bright, NOISE_BRIGHT_CORRELATION)
 
 

@@ -144,3 +144,18 @@ def test_no_slice_of_the_shared_sets_is_noise(real_data):
                 lowest = np.minimum(lowest, [min(r[:2]), min(r[2:]), min(bright)])
     limits = [NOISE_CORRELATION, NOISE_LAG2_CORRELATION, NOISE_BRIGHT_CORRELATION]
     assert (lowest > 1.8 * np.array(limits)).all(), lowest
+
+
+def test_a_small_head_in_a_large_field_of_view_is_not_noise(real_data):
+    """tester34: real slices padded with black to 3× their side and resized to 128 px (a
+    head of ~43 px) were flagged noise: their few bright pixels correlate at r -0.31 to
+    0.08. The bright pixels are judged only over ``NOISE_BRIGHT_MIN_PAIRS`` pairs."""
+    from mriscan.io import decode_image
+
+    for name in ("no/13 no.jpg", "no/no 99.jpg"):
+        image = decode_image(real_data / name)
+        h, w = image.shape
+        pad = np.zeros((3 * h, 3 * w), np.uint8)
+        pad[h : 2 * h, w : 2 * w] = image
+        small = np.asarray(Image.fromarray(pad).resize((128, 128), Image.Resampling.BOX))
+        assert not is_noise(small), name
