@@ -597,8 +597,10 @@ def _ras_view(path: Path, img, raw: np.ndarray) -> np.ndarray:
     try:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return apply_orientation(raw, io_orientation(img.affine))
-    except Exception as exc:  # a singular or non-finite affine
-        raise CorruptImageError(path, f"the affine cannot be oriented ({exc})") from exc
+    except Exception as exc:  # a singular or non-finite affine: name it, as nibabel does
+        raise CorruptImageError(
+            path, f"the affine cannot be oriented ({exc}; affine {np.asarray(img.affine)})"
+        ) from exc
 
 
 #: magnitudes above this are rescaled before the float32 window (float32's max / 1e3)
