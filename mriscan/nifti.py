@@ -37,8 +37,7 @@ from mriscan.scan import (
     NO_ANATOMY_RULE,
     Window,
     check_salt,
-    is_noise,
-    is_uniform,
+    no_anatomy,
     percentile_window,
     salted_hash,
     window_to_uint8,
@@ -483,7 +482,7 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
             scale = peak
     axis = _AXIS[cfg.plane]
     canon, data = _canonical(path, img, raw, lo / scale, hi / scale, scale)
-    area, _, noise = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
+    area, noise = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
     n = data.shape[axis]
     if noise.any() and not noise.all():
         # the window again, without the slices of noise: a few loud ones (a spike, a corrupt
@@ -494,7 +493,7 @@ def _read_volume(img, path: Path, volume: str, cfg: NiftiConfig) -> NiftiRead:
         if (lo2, hi2) != (lo, hi):
             lo, hi = lo2, hi2
             canon, data = _canonical(path, img, raw, lo / scale, hi / scale, scale)
-            area, _, _ = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
+            area, _ = _brain_area(data, axis, cfg.foreground_level, cfg.brain_fraction)
     share = area / area.max() if area.max() > 0 else np.zeros(n)
     if cfg.selection == "all":
         keep = list(range(n))
@@ -556,35 +555,31 @@ def _canonical(path: Path, img, raw: np.ndarray, low: float, high: float, scale:
 
 def _brain_area(
     data: np.ndarray, axis: int, level: float, fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per slice along ``axis`` of the RAS+ uint8 volume ``data``: the foreground area (voxels
-    above ``level`` × 255; float64 (n,)), whether the slice has no anatomy (bool (n,),
-    ``has_no_anatomy``), and whether it is noise (bool (n,), ``is_noise``); the area of a
-    slice without anatomy is 0: noise above the level would otherwise count as all brain and,
-    as the largest, push the anatomy below ``brain_fraction`` (tester32).
+    above ``level`` × 255; float64 (n,)) and whether the slice is noise (bool (n,),
+    ``no_anatomy``). The area of a slice without anatomy (uniform or noise) is 0: noise above
+    the level would otherwise count as all brain and, as the largest, push the anatomy below
+    ``brain_fraction`` (tester32).
 
     Slices are judged from the largest area down, until the areas fall under ``fraction`` of
     the largest slice with anatomy: the smaller ones cannot be selected, and are not judged
-    (False; their area stays), which saves a third of the checks on a brain volume."""
+    (their area stays), which saves a third of the checks on a brain volume."""
     n = data.shape[axis]
     others = tuple(a for a in range(3) if a != axis)
     area = np.count_nonzero(data > round(level * 255), axis=others).astype(np.float64)
-    blank = np.zeros(n, bool)
     noise = np.zeros(n, bool)
     largest = 0.0  # the largest area of a slice with anatomy so far
     for k in np.argsort(-area, kind="stable"):
         if largest > 0 and area[k] < fraction * largest - 1e-9:
             break
-        # the slice as it is stored (``has_no_anatomy``'s rules, one contiguous copy)
-        image = np.ascontiguousarray(_display_slice(data, axis, int(k)))
-        if is_uniform(image):
-            blank[k] = True
-        elif is_noise(image):
-            blank[k] = noise[k] = True
-        else:
+        rule = no_anatomy(_display_slice(data, axis, int(k)))  # the slice as it is stored
+        if rule is None:
             largest = max(largest, area[k])
-    area[blank] = 0.0
-    return area, blank, noise
+        else:
+            area[k] = 0.0
+            noise[k] = rule == "noise"
+    return area, noise
 
 
 def _ras_view(path: Path, img, raw: np.ndarray) -> np.ndarray:

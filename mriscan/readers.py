@@ -41,6 +41,7 @@ from mriscan.scan import (
     has_no_anatomy,
     is_noise,
     is_uniform,
+    no_anatomy,
 )
 from mriscan.scan_config import ReaderSettings, describe_setting
 
@@ -345,11 +346,7 @@ def slice_warnings(image: np.ndarray) -> tuple[str, ...]:
     """Flags of a slice (H, W) uint8 that is stored only with a warning: ``"uniform"`` or
     ``"noise"`` (no anatomy: ``is_uniform``, else ``is_noise``) and ``"thin"`` (a side
     shorter than ``MIN_SIDE``)."""
-    flags = []
-    if is_uniform(image):
-        flags.append("uniform")
-    elif is_noise(image):
-        flags.append("noise")
+    flags = [rule] if (rule := no_anatomy(image)) else []
     if min(image.shape) < MIN_SIDE:
         flags.append("thin")
     return tuple(flags)

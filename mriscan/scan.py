@@ -44,6 +44,7 @@ __all__ = [
     "is_uniform",
     "neighbour_correlations",
     "new_salt",
+    "no_anatomy",
     "percentile_window",
     "row_step",
     "salted_hash",
@@ -225,15 +226,23 @@ def is_noise(image: np.ndarray) -> bool:
     return _below(bright, NOISE_BRIGHT_CORRELATION)
 
 
-def has_no_anatomy(image: np.ndarray) -> bool:
-    """Whether a decoded slice (H, W) uint8 has no anatomy: ``is_uniform`` or ``is_noise``
-    (``NO_ANATOMY_RULE``). Such slices are flagged at ingest and left out of the pooling,
-    the pointing game and explain's top-k, as the rules' users say. Raises TypeError for
-    arrays that are not uint8."""
+def no_anatomy(image: np.ndarray) -> str | None:
+    """Which rule finds no anatomy in a decoded slice (H, W) uint8: ``"uniform"``
+    (``is_uniform``), else ``"noise"`` (``is_noise``), else None (``NO_ANATOMY_RULE``).
+    Raises TypeError for arrays that are not uint8."""
     image = np.asarray(image)
     if image.ndim == 2 and image.dtype == np.uint8:
         image = np.ascontiguousarray(image)  # one copy of a strided view, for both rules
-    return is_uniform(image) or is_noise(image)
+    if is_uniform(image):
+        return "uniform"
+    return "noise" if is_noise(image) else None
+
+
+def has_no_anatomy(image: np.ndarray) -> bool:
+    """Whether a decoded slice (H, W) uint8 has no anatomy (``no_anatomy``). Such slices are
+    flagged at ingest and left out of the pooling, the pointing game and explain's top-k, as
+    the rules' users say. Raises TypeError for arrays that are not uint8."""
+    return no_anatomy(image) is not None
 
 
 HASH_CHARS = 24  # 96 bits of the HMAC: collisions are negligible for any archive
